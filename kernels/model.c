@@ -1,0 +1,447 @@
+/* model.c — the whole model: arenas, initialisation, forward, backward, optimizer step. */
+#include "model.h"
+#include "layers.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- configuration ---- */
+
+int model_config_check(const struct model_config *c, char *why, size_t why_len) {
+#define FAIL(...) return snprintf(why, why_len, __VA_ARGS__), -1
+    if (c->vocab < 2) FAIL("model.vocab = %d: must be >= 2", c->vocab);
+    if (c->d_model < 2) FAIL("model.d_model = %d: must be >= 2", c->d_model);
+    if (c->n_layers < 1) FAIL("model.layers = %d: must be >= 1", c->n_layers);
+    if (c->n_heads < 1 || c->d_model % c->n_heads)
+        FAIL("model.heads = %d: must divide model.d_model = %d", c->n_heads, c->d_model);
+    if ((c->d_model / c->n_heads) % 2)
+        FAIL("model.heads = %d: head dimension d_model/heads = %d must be even (rotary pairs)",
+             c->n_heads, c->d_model / c->n_heads);
+    if (c->seq_len < 1) FAIL("model.seq_len = %d: must be >= 1", c->seq_len);
+    if (c->n_experts < 1 || c->n_experts > 4096)
+        FAIL("model.experts = %d: must be in [1, 4096]", c->n_experts);
+    if (c->top_k < 1 || c->top_k > c->n_experts)
+        FAIL("router.top_k = %d: must be in [1, model.experts = %d]", c->top_k, c->n_experts);
+    if (c->d_ff < 1) FAIL("model.d_ff = %d: must be >= 1", c->d_ff);
+    if (!c->dropless && !(c->capacity_factor > 0))
+        FAIL("router.capacity_factor = %g: must be > 0 (or set router.dropless)",
+             c->capacity_factor);
+    if (c->aux_loss_coef < 0) FAIL("router.aux_loss_coef = %g: must be >= 0", c->aux_loss_coef);
+    if (c->z_loss_coef < 0) FAIL("router.z_loss_coef = %g: must be >= 0", c->z_loss_coef);
+    if (c->bias_update_rate < 0)
+        FAIL("router.bias_update_rate = %g: must be >= 0", c->bias_update_rate);
+    if (!(c->norm_eps > 0)) FAIL("model.norm_eps = %g: must be > 0", c->norm_eps);
+    if (!(c->rope_base > 1)) FAIL("model.rope_base = %g: must be > 1", c->rope_base);
+    if (!(c->init_std > 0)) FAIL("model.init_std = %g: must be > 0", c->init_std);
+    return 0;
+#undef FAIL
+}
+
+/* Per-sequence expert capacity: ceil(cf * T * K / E), or unlimited (T*K) when dropless. */
+static int expert_capacity(const struct model_config *c, int T) {
+    if (c->dropless) return T * c->top_k;
+    int cap = (int)ceil((double)c->capacity_factor * T * c->top_k / c->n_experts);
+    return cap < T * c->top_k ? cap : T * c->top_k;
+}
+
+static const char *tensor_names[MODEL_NUM_TENSORS] = {
+    "tok_embedding.weight", "attn.qkv.weight",   "attn.out.weight",    "moe.router.weight",
+    "moe.experts.gate.weight", "moe.experts.up.weight", "moe.experts.down.weight",
+    "attn_norm.weight",     "ffn_norm.weight",   "final_norm.weight",
+};
+
+void model_tensor_info(const struct model_config *cfg, int i, struct model_tensor_info *out) {
+    int V = cfg->vocab, C = cfg->d_model, E = cfg->n_experts, F = cfg->d_ff;
+    static const int per_layer[MODEL_NUM_TENSORS] = {0, 1, 1, 1, 1, 1, 1, 1, 1, 0};
+    int shapes[MODEL_NUM_TENSORS][4] = {
+        {2, V, C},    {2, 3 * C, C}, {2, C, C}, {2, E, C}, {3, E, F, C},
+        {3, E, F, C}, {3, E, C, F},  {1, C},    {1, C},    {1, C},
+    };
+    out->name = tensor_names[i];
+    out->per_layer = per_layer[i];
+    out->ndim = shapes[i][0];
+    for (int d = 0; d < 3; d++) out->dims[d] = d < out->ndim ? shapes[i][d + 1] : 1;
+}
+
+static void point_into(struct model_params *p, real *mem, const size_t *sizes) {
+    real **slots = (real **)p;
+    for (int i = 0; i < MODEL_NUM_TENSORS; i++) {
+        slots[i] = mem;
+        mem += sizes[i];
+    }
+}
+
+/* ---- activations ---- */
+
+/* Per-layer activations live at fixed strides computed from (B_max, seq_len), so a shorter
+ * batch reuses the same arena. */
+struct acts_layout {
+    size_t NC, N, NE, NK, NKC, NKF, att, scratch;
+};
+
+static struct acts_layout layout_of(const struct model_config *c, int B) {
+    struct acts_layout l;
+    size_t T = c->seq_len, N = (size_t)B * T, C = c->d_model;
+    l.N = N;
+    l.NC = N * C;
+    l.NE = N * c->n_experts;
+    l.NK = N * c->top_k;
+    l.NKC = l.NK * C;
+    l.NKF = l.NK * c->d_ff;
+    l.att = (size_t)B * c->n_heads * T * T;
+    struct moe_layer_cfg mc = {.B = B, .T = (int)T, .C = c->d_model, .E = c->n_experts,
+                               .K = c->top_k, .F = c->d_ff};
+    size_t moe_scratch = moe_backward_scratch_size(&mc);
+    size_t attn_scratch = T * T;
+    /* backward scratch: dresid, dln, datty (NC each), dqkv (3NC), dlogits shares probs */
+    l.scratch = 3 * l.NC + 3 * l.NC + (moe_scratch > attn_scratch ? moe_scratch : attn_scratch);
+    return l;
+}
+
+/* Offsets of every activation, in reals, from act_mem; ints separately in int_mem. */
+struct acts {
+    real *resid;     // (L+1, N, C) block inputs; resid[L] is the last block's output
+    real *resid_mid; // (L, N, C) after the attention residual
+    real *ln1, *ln1_rstd, *qkv, *att, *atty, *ln2, *ln2_rstd; // (L, ...)
+    real *r_logits, *r_probs, *r_lse, *gates, *xe, *h1, *h2, *ha, *ye;
+    real *moe_out;           // (N, C) scratch for one layer's MoE output
+    real *lnf, *lnf_rstd;    // (N, C), (N)
+    real *logits, *probs;    // (N, V)
+    real *freqs;             // (T, HD/2, 2)
+    real *scratch;
+    int *topk, *row_of, *expert_off, *row_token; // (L, ...)
+};
+
+static size_t acts_carve(struct acts *a, real *mem, int *imem, const struct model_config *c,
+                         int B, size_t *n_int) {
+    struct acts_layout l = layout_of(c, B);
+    size_t L = c->n_layers, V = c->vocab, T = c->seq_len, HD = c->d_model / c->n_heads;
+    size_t off = 0;
+#define CARVE(field, count) (a->field = mem ? mem + off : NULL, off += (count))
+    CARVE(resid, (L + 1) * l.NC);
+    CARVE(resid_mid, L * l.NC);
+    CARVE(ln1, L * l.NC);
+    CARVE(ln1_rstd, L * l.N);
+    CARVE(qkv, L * 3 * l.NC);
+    CARVE(att, L * l.att);
+    CARVE(atty, L * l.NC);
+    CARVE(ln2, L * l.NC);
+    CARVE(ln2_rstd, L * l.N);
+    CARVE(r_logits, L * l.NE);
+    CARVE(r_probs, L * l.NE);
+    CARVE(r_lse, L * l.N);
+    CARVE(gates, L * l.NK);
+    CARVE(xe, L * l.NKC);
+    CARVE(h1, L * l.NKF);
+    CARVE(h2, L * l.NKF);
+    CARVE(ha, L * l.NKF);
+    CARVE(ye, L * l.NKC);
+    CARVE(moe_out, l.NC);
+    CARVE(lnf, l.NC);
+    CARVE(lnf_rstd, l.N);
+    CARVE(logits, l.N * V);
+    CARVE(probs, l.N * V);
+    CARVE(freqs, T * HD);
+    CARVE(scratch, l.scratch);
+#undef CARVE
+    size_t ioff = 0;
+#define ICARVE(field, count) (a->field = imem ? imem + ioff : NULL, ioff += (count))
+    ICARVE(topk, L * l.NK);
+    ICARVE(row_of, L * l.NK);
+    ICARVE(expert_off, L * (c->n_experts + 1));
+    ICARVE(row_token, L * l.NK);
+#undef ICARVE
+    *n_int = ioff;
+    return off;
+}
+
+static void moe_acts_of(struct moe_acts *m, const struct acts *a, const struct model_config *c,
+                        int B, int l) {
+    struct acts_layout s = layout_of(c, B);
+    m->logits = a->r_logits + l * s.NE;
+    m->probs = a->r_probs + l * s.NE;
+    m->lse = a->r_lse + l * s.N;
+    m->topk = a->topk + l * s.NK;
+    m->gates = a->gates + l * s.NK;
+    m->row_of = a->row_of + l * s.NK;
+    m->expert_off = a->expert_off + (size_t)l * (c->n_experts + 1);
+    m->row_token = a->row_token + l * s.NK;
+    m->xe = a->xe + l * s.NKC;
+    m->h1 = a->h1 + l * s.NKF;
+    m->h2 = a->h2 + l * s.NKF;
+    m->ha = a->ha + l * s.NKF;
+    m->ye = a->ye + l * s.NKC;
+}
+
+/* ---- allocation and initialisation ---- */
+
+int model_alloc(struct model *m, const struct model_config *cfg, int B_max) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    m->B_max = B_max;
+    size_t L = cfg->n_layers;
+    m->n_params = 0;
+    m->n_decay = 0;
+    for (int i = 0; i < MODEL_NUM_TENSORS; i++) {
+        struct model_tensor_info ti;
+        model_tensor_info(cfg, i, &ti);
+        size_t n = (size_t)ti.dims[0] * ti.dims[1] * ti.dims[2] * (ti.per_layer ? L : 1);
+        m->tensor_sizes[i] = n;
+        m->n_params += n;
+        if (ti.ndim >= 2) m->n_decay += n; /* matrices come first in arena order */
+    }
+    m->n_buffers = L * cfg->n_experts;
+    struct acts a;
+    size_t n_int;
+    m->act_size = acts_carve(&a, NULL, NULL, cfg, B_max, &n_int);
+
+    m->param_mem = calloc(m->n_params, sizeof(real));
+    m->grad_mem = calloc(m->n_params, sizeof(real));
+    m->m_mem = calloc(m->n_params, sizeof(real));
+    m->v_mem = calloc(m->n_params, sizeof(real));
+    m->buffer_mem = calloc(m->n_buffers, sizeof(real));
+    m->act_mem = calloc(m->act_size, sizeof(real));
+    m->n_int = n_int;
+    m->int_mem = calloc(n_int, sizeof(int));
+    m->stats.load = calloc(L * cfg->n_experts, sizeof(long));
+    if (!m->param_mem || !m->grad_mem || !m->m_mem || !m->v_mem || !m->buffer_mem ||
+        !m->act_mem || !m->int_mem || !m->stats.load) {
+        model_free(m);
+        return -1;
+    }
+    point_into(&m->params, m->param_mem, m->tensor_sizes);
+    point_into(&m->grads, m->grad_mem, m->tensor_sizes);
+    point_into(&m->m, m->m_mem, m->tensor_sizes);
+    point_into(&m->v, m->v_mem, m->tensor_sizes);
+    m->buffers.expert_bias = m->buffer_mem;
+
+    /* rotary table: cos, sin of t * base^(-2i/HD), computed in double */
+    acts_carve(&a, m->act_mem, m->int_mem, cfg, B_max, &n_int);
+    int T = cfg->seq_len, HD = cfg->d_model / cfg->n_heads;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < HD / 2; i++) {
+            double ang = t * pow((double)cfg->rope_base, -2.0 * i / HD);
+            a.freqs[(size_t)t * HD + 2 * i] = (real)cos(ang);
+            a.freqs[(size_t)t * HD + 2 * i + 1] = (real)sin(ang);
+        }
+    return 0;
+}
+
+void model_free(struct model *m) {
+    free(m->param_mem);
+    free(m->grad_mem);
+    free(m->m_mem);
+    free(m->v_mem);
+    free(m->buffer_mem);
+    free(m->act_mem);
+    free(m->int_mem);
+    free(m->stats.load);
+    memset(m, 0, sizeof *m);
+}
+
+static uint64_t mix64(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Element j of tensor i: std * sqrt(-2 ln u1) cos(2 pi u2) with u1 in (0,1], u2 in [0,1) from
+ * h = mix(mix(mix(seed ^ INIT_DOMAIN) ^ i) ^ j), u1 = ((h >> 11) + 1) 2^-53,
+ * u2 = (mix(h) >> 11) 2^-53. Output projections get std / sqrt(2 L). */
+#define INIT_DOMAIN 0x6d6f65642d696e69ULL /* "moed-ini" */
+void model_init(struct model *m, uint64_t seed) {
+    const struct model_config *c = &m->cfg;
+    uint64_t base = mix64(seed ^ INIT_DOMAIN);
+    for (int i = 0; i < MODEL_NUM_TENSORS; i++) {
+        struct model_tensor_info ti;
+        model_tensor_info(c, i, &ti);
+        real *p = model_tensor(&m->params, i);
+        size_t n = m->tensor_sizes[i];
+        if (ti.ndim == 1) { /* norm weights */
+            for (size_t j = 0; j < n; j++) p[j] = 1;
+            continue;
+        }
+        double std = c->init_std;
+        if (p == m->params.attn_out || p == m->params.w_down) std /= sqrt(2.0 * c->n_layers);
+        uint64_t ti_h = mix64(base ^ (uint64_t)i);
+        for (size_t j = 0; j < n; j++) {
+            uint64_t h = mix64(ti_h ^ (uint64_t)j);
+            double u1 = ((double)(h >> 11) + 1.0) * 0x1.0p-53;
+            double u2 = (double)(mix64(h) >> 11) * 0x1.0p-53;
+            p[j] = (real)(std * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+        }
+    }
+    memset(m->m_mem, 0, sizeof(real) * m->n_params);
+    memset(m->v_mem, 0, sizeof(real) * m->n_params);
+    memset(m->grad_mem, 0, sizeof(real) * m->n_params);
+    memset(m->buffer_mem, 0, sizeof(real) * m->n_buffers);
+    m->step = 0;
+}
+
+/* ---- forward ---- */
+
+static struct moe_layer_cfg moe_cfg(const struct model_config *c, int B, int T) {
+    struct moe_layer_cfg mc = {.B = B, .T = T, .C = c->d_model, .E = c->n_experts,
+                               .K = c->top_k, .F = c->d_ff, .capacity = expert_capacity(c, T),
+                               .aux_coef = c->aux_loss_coef, .z_coef = c->z_loss_coef};
+    return mc;
+}
+
+double model_forward(struct model *m, const int *tokens, const int *targets, int B, int T) {
+    const struct model_config *c = &m->cfg;
+    int C = c->d_model, NH = c->n_heads, L = c->n_layers, V = c->vocab, E = c->n_experts;
+    int N = B * T;
+    struct acts a;
+    size_t n_int;
+    acts_carve(&a, m->act_mem, m->int_mem, c, m->B_max, &n_int);
+    struct acts_layout s = layout_of(c, m->B_max);
+    struct moe_layer_cfg mc = moe_cfg(c, B, T);
+    struct model_params *p = &m->params;
+
+    memset(m->stats.load, 0, sizeof(long) * L * E);
+    m->stats.dropped = 0;
+    double aux_total = 0, z_total = 0;
+
+    encoder_forward(a.resid, tokens, p->wte, N, C);
+    for (int l = 0; l < L; l++) {
+        real *x = a.resid + l * s.NC, *xmid = a.resid_mid + l * s.NC;
+        real *ln1 = a.ln1 + l * s.NC, *qkv = a.qkv + l * 3 * s.NC, *att = a.att + l * s.att;
+        real *atty = a.atty + l * s.NC, *ln2 = a.ln2 + l * s.NC;
+        real *xout = a.resid + (l + 1) * s.NC;
+
+        rmsnorm_forward(ln1, a.ln1_rstd + l * s.N, x, p->ln1_w + l * C, N, C, c->norm_eps);
+        matmul_forward(qkv, ln1, p->qkv_w + (size_t)l * 3 * C * C, N, C, 3 * C);
+        rope_forward(qkv, a.freqs, B, T, C, NH);
+        attention_forward(atty, att, qkv, B, T, C, NH);
+        matmul_forward(xmid, atty, p->attn_out + (size_t)l * C * C, N, C, C);
+        for (size_t i = 0; i < (size_t)N * C; i++) xmid[i] += x[i];
+
+        rmsnorm_forward(ln2, a.ln2_rstd + l * s.N, xmid, p->ln2_w + l * C, N, C, c->norm_eps);
+        struct moe_acts ma;
+        moe_acts_of(&ma, &a, c, m->B_max, l);
+        const real *bias = c->bias_balancing ? m->buffers.expert_bias + (size_t)l * E : NULL;
+        m->stats.dropped += router_forward(&ma, m->stats.load + (size_t)l * E, ln2,
+                                           p->router_w + (size_t)l * E * C, bias, &mc);
+        double aux, z;
+        router_losses(&aux, &z, &ma, &mc);
+        aux_total += aux;
+        z_total += z;
+        size_t FC = (size_t)c->d_ff * C;
+        experts_forward(a.moe_out, &ma, ln2, p->w_gate + l * E * FC, p->w_up + l * E * FC,
+                        p->w_down + l * E * FC, &mc);
+        for (size_t i = 0; i < (size_t)N * C; i++) xout[i] = xmid[i] + a.moe_out[i];
+    }
+    rmsnorm_forward(a.lnf, a.lnf_rstd, a.resid + L * s.NC, p->lnf_w, N, C, c->norm_eps);
+    matmul_forward(a.logits, a.lnf, p->wte, N, C, V);
+    double ce_sum = crossentropy_forward(a.probs, a.logits, targets, N, V);
+
+    m->stats.ce = targets ? ce_sum / N : 0;
+    m->stats.aux = aux_total;
+    m->stats.z = z_total;
+    m->stats.loss = m->stats.ce + c->aux_loss_coef * aux_total + c->z_loss_coef * z_total;
+    return m->stats.loss;
+}
+
+const real *model_logits(const struct model *m) {
+    struct acts a;
+    size_t n_int;
+    acts_carve(&a, m->act_mem, m->int_mem, &m->cfg, m->B_max, &n_int);
+    return a.logits;
+}
+
+/* ---- backward ---- */
+
+void model_backward(struct model *m, const int *tokens, const int *targets, int B, int T) {
+    const struct model_config *c = &m->cfg;
+    int C = c->d_model, NH = c->n_heads, L = c->n_layers, V = c->vocab, E = c->n_experts;
+    int N = B * T;
+    struct acts a;
+    size_t n_int;
+    acts_carve(&a, m->act_mem, m->int_mem, c, m->B_max, &n_int);
+    struct acts_layout s = layout_of(c, m->B_max);
+    struct moe_layer_cfg mc = moe_cfg(c, B, T);
+    struct model_params *p = &m->params, *g = &m->grads;
+
+    memset(m->grad_mem, 0, sizeof(real) * m->n_params);
+    real *dresid = a.scratch, *dln = dresid + s.NC, *datty = dln + s.NC;
+    real *dqkv = datty + s.NC, *lscratch = dqkv + 3 * s.NC;
+
+    /* loss = mean over tokens of CE: dlogits overwrite probs */
+    crossentropy_backward(a.probs, a.probs, targets, N, V, 1.0 / N);
+    matmul_backward(dln, g->wte, a.probs, a.lnf, p->wte, N, C, V);
+    memset(dresid, 0, sizeof(real) * (size_t)N * C);
+    rmsnorm_backward(dresid, g->lnf_w, dln, a.resid + L * s.NC, p->lnf_w, a.lnf_rstd, N, C);
+
+    for (int l = L - 1; l >= 0; l--) {
+        real *x = a.resid + l * s.NC, *xmid = a.resid_mid + l * s.NC;
+        real *ln1 = a.ln1 + l * s.NC, *qkv = a.qkv + l * 3 * s.NC, *att = a.att + l * s.att;
+        real *atty = a.atty + l * s.NC, *ln2 = a.ln2 + l * s.NC;
+        size_t FC = (size_t)c->d_ff * C;
+
+        /* MoE block: dresid holds d(xout) = d(xmid) through the skip; add the MoE path */
+        struct moe_acts ma;
+        moe_acts_of(&ma, &a, c, m->B_max, l);
+        moe_backward(dln, g->router_w + (size_t)l * E * C, g->w_gate + l * E * FC,
+                     g->w_up + l * E * FC, g->w_down + l * E * FC, lscratch, dresid, &ma, ln2,
+                     p->router_w + (size_t)l * E * C, p->w_gate + l * E * FC,
+                     p->w_up + l * E * FC, p->w_down + l * E * FC, &mc);
+        rmsnorm_backward(dresid, g->ln2_w + l * C, dln, xmid, p->ln2_w + l * C,
+                         a.ln2_rstd + l * s.N, N, C);
+
+        /* attention block */
+        matmul_backward(datty, g->attn_out + (size_t)l * C * C, dresid, atty,
+                        p->attn_out + (size_t)l * C * C, N, C, C);
+        attention_backward(dqkv, lscratch, datty, qkv, att, B, T, C, NH);
+        rope_backward(dqkv, a.freqs, B, T, C, NH);
+        /* qkv was roped in place; the projection's input is ln1, its output gradient dqkv */
+        matmul_backward(dln, g->qkv_w + (size_t)l * 3 * C * C, dqkv, ln1,
+                        p->qkv_w + (size_t)l * 3 * C * C, N, C, 3 * C);
+        rmsnorm_backward(dresid, g->ln1_w + l * C, dln, x, p->ln1_w + l * C, a.ln1_rstd + l * s.N,
+                         N, C);
+    }
+    encoder_backward(g->wte, dresid, tokens, N, C);
+}
+
+/* ---- optimizer ---- */
+
+double adamw_lr(const struct adamw_config *o, long step) {
+    if (o->warmup_steps > 0 && step < o->warmup_steps)
+        return o->lr * (double)(step + 1) / o->warmup_steps;
+    long decay = o->total_steps - o->warmup_steps;
+    if (decay <= 0) return o->lr;
+    double frac = (double)(step - o->warmup_steps) / decay;
+    if (frac > 1) frac = 1;
+    return o->min_lr + 0.5 * (o->lr - o->min_lr) * (1 + cos(M_PI * frac));
+}
+
+double model_update(struct model *m, const struct adamw_config *o) {
+    double ss = 0;
+    for (size_t i = 0; i < m->n_params; i++) ss += (double)m->grad_mem[i] * m->grad_mem[i];
+    double norm = sqrt(ss);
+    float scale = 1.0f;
+    if (o->grad_clip > 0 && norm > o->grad_clip) scale = (float)(o->grad_clip / norm);
+    float lr = (float)adamw_lr(o, m->step);
+    adamw_update(m->param_mem, m->grad_mem, m->m_mem, m->v_mem, m->n_params, m->n_decay, lr,
+                 o->beta1, o->beta2, o->eps, o->weight_decay, scale, m->step + 1);
+
+    const struct model_config *c = &m->cfg;
+    if (c->bias_balancing) {
+        /* DeepSeek-V3: nudge each expert's selection bias toward equal load (integer counts,
+         * so the update is exact and independent of how the batch was split) */
+        int E = c->n_experts;
+        for (int l = 0; l < c->n_layers; l++) {
+            long total = 0;
+            for (int e = 0; e < E; e++) total += m->stats.load[l * E + e];
+            for (int e = 0; e < E; e++) {
+                long diff = total - (long)E * m->stats.load[l * E + e]; /* E * (mean - load) */
+                real sgn = (real)((diff > 0) - (diff < 0));
+                m->buffers.expert_bias[l * E + e] += c->bias_update_rate * sgn;
+            }
+        }
+    }
+    m->step++;
+    return norm;
+}

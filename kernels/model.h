@@ -1,0 +1,157 @@
+/*
+ * model.h — the MoE transformer: configuration, parameter arenas, forward, backward, AdamW.
+ *
+ * Owns: the exact math of the model (docs/model.md is its specification), the layout of the
+ * parameter / gradient / optimizer-moment arenas, and the activation arena of one batch.
+ * Never: reads files, parses specs, talks to other processes or allocates inside a step. It
+ * knows nothing of daemons or networks; the trainer and workers drive it step by step.
+ *
+ * Dimension letters used throughout (as in every kernel comment):
+ *   B batch (sequences)   T sequence length   C d_model   NH heads   HD = C/NH head dim
+ *   V vocabulary          L layers            E experts   K top-k    F expert hidden size
+ *   N = B*T tokens        M <= N*K routed (token, expert) assignments kept after capacity
+ *
+ * Precision: `real` is float, or double when compiled with MOE_REAL_DOUBLE (the gradient check
+ * builds a second copy of the kernels that way, so finite differences are meaningful).
+ */
+#ifndef MOE_MODEL_H
+#define MOE_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef MOE_REAL_DOUBLE
+typedef double real;
+#else
+typedef float real;
+#endif
+
+struct model_config {
+    int vocab;     // V, 256 for the byte-level vocabulary
+    int d_model;   // C
+    int n_layers;  // L
+    int n_heads;   // NH, divides C, C/NH even (rotary pairs)
+    int seq_len;   // T, the longest sequence the model is built for
+    int n_experts; // E
+    int top_k;     // K <= E
+    int d_ff;      // F, hidden size of each SwiGLU expert
+    float capacity_factor; // expert capacity = ceil(cf * T * K / E) per sequence (routing group)
+    int dropless;          // 1: no capacity limit, no token is ever dropped
+    float aux_loss_coef;   // alpha: Switch load-balancing loss weight
+    float z_loss_coef;     // beta: router z-loss weight
+    int bias_balancing;    // 1: DeepSeek-V3 auxiliary-loss-free expert bias (selection only)
+    float bias_update_rate;// u: bias_e += u * sign(mean_load - load_e) after each step
+    float rope_base;       // rotary base (10000)
+    float norm_eps;        // RMSNorm epsilon (1e-5)
+    float init_std;        // std of the normal initialisation (0.02)
+};
+
+struct adamw_config {
+    float lr;           // peak learning rate
+    float min_lr;       // floor of the cosine decay
+    int warmup_steps;   // linear warm-up from lr/warmup to lr
+    int total_steps;    // cosine decay ends here
+    float beta1, beta2, eps;
+    float weight_decay; // decoupled, applied to matrices only (not norm weights)
+    float grad_clip;    // global L2 norm clip; <= 0 disables
+};
+
+/* Parameters, in arena order. Matrices first, norm weights last: AdamW decays exactly the
+ * first `n_decay` floats of the arena, so the optimizer stays one flat loop. The same struct
+ * type points into the gradient and the two moment arenas. */
+#define MODEL_NUM_TENSORS 10
+struct model_params {
+    real *wte;      // (V, C)         token embedding, tied LM head
+    real *qkv_w;    // (L, 3C, C)     attention q,k,v projections (rows: q heads, k heads, v heads)
+    real *attn_out; // (L, C, C)      attention output projection
+    real *router_w; // (L, E, C)      router
+    real *w_gate;   // (L, E, F, C)   expert SwiGLU gate projection
+    real *w_up;     // (L, E, F, C)   expert SwiGLU up projection
+    real *w_down;   // (L, E, C, F)   expert down projection
+    real *ln1_w;    // (L, C)         RMSNorm before attention
+    real *ln2_w;    // (L, C)         RMSNorm before the MoE feed-forward
+    real *lnf_w;    // (C)            final RMSNorm
+};
+
+/* Non-trained state that is still model state (replicated, saved): */
+struct model_buffers {
+    real *expert_bias; // (L, E) selection-only bias of auxiliary-loss-free balancing
+};
+
+/* Statistics of the last forward, for progress lines and the bias update. */
+struct moe_stats {
+    double loss;      // total objective: ce + alpha*sum_l aux_l + beta*sum_l z_l
+    double ce;        // mean cross-entropy (nats/token)
+    double aux;       // sum over layers of the load-balancing loss
+    double z;         // sum over layers of the z-loss
+    long dropped;     // (token, expert) assignments dropped by capacity, all layers
+    long *load;       // (L, E) tokens selected per expert (before capacity), owned by the model
+};
+
+struct model {
+    struct model_config cfg;
+    size_t n_params;              // floats in the parameter arena
+    size_t n_decay;               // the first n_decay floats get weight decay
+    size_t tensor_sizes[MODEL_NUM_TENSORS];
+    struct model_params params;   // points into param_mem
+    struct model_params grads;    // points into grad_mem (allocated by model_alloc_train)
+    struct model_params m, v;     // AdamW moments
+    struct model_buffers buffers;
+    real *param_mem, *grad_mem, *m_mem, *v_mem, *buffer_mem;
+    size_t n_buffers;
+    /* activations for batches up to (B_max, T): see model.c */
+    int B_max;
+    real *act_mem;
+    size_t act_size;
+    int *int_mem;                 // routing decisions (top-k, rows) of the last forward
+    size_t n_int;
+    struct moe_stats stats;
+    long step; // optimizer steps taken
+};
+
+/* Reports (as moe_status failure via status.h conventions) what is wrong with a config. */
+int model_config_check(const struct model_config *cfg, char *why, size_t why_len);
+
+/* Allocates parameters, gradients, moments and activations for batches up to B_max sequences.
+ * Returns 0 or -1 (out of memory). */
+int model_alloc(struct model *m, const struct model_config *cfg, int B_max);
+void model_free(struct model *m);
+
+/* Deterministic initialisation from seed (docs/model.md, "Initialisation"). Zeroes moments,
+ * buffers and the step counter. */
+void model_init(struct model *m, uint64_t seed);
+
+/* Forward over tokens (B, T) with targets (B, T) (targets may be NULL: logits only, no loss).
+ * T <= cfg.seq_len, B <= B_max. Returns the total objective; fills m->stats. */
+double model_forward(struct model *m, const int *tokens, const int *targets, int B, int T);
+
+/* Backward of the last forward (which must have had targets). Overwrites m->grads. */
+void model_backward(struct model *m, const int *tokens, const int *targets, int B, int T);
+
+/* One AdamW step with global-norm clipping and the learning-rate schedule at m->step;
+ * then the expert-bias update (if enabled) from the last forward's load; increments m->step.
+ * Returns the gradient norm before clipping. */
+double model_update(struct model *m, const struct adamw_config *opt);
+
+/* Learning rate at optimizer step `step` (0-based). */
+double adamw_lr(const struct adamw_config *opt, long step);
+
+/* Logits of the last forward: (B, T, V). */
+const real *model_logits(const struct model *m);
+
+/* Per-tensor naming for export: name of tensor i (0..MODEL_NUM_TENSORS-1) and its full shape
+ * with the layer dimension leading where it has one. */
+struct model_tensor_info {
+    const char *name;  // e.g. "attn.qkv.weight"
+    int per_layer;     // 1: leading dimension is L, exported as blocks.{l}.<name>
+    int ndim;          // dims excluding the L dimension
+    int dims[3];
+};
+void model_tensor_info(const struct model_config *cfg, int i, struct model_tensor_info *out);
+
+/* Tensor i of a parameter-shaped struct (params, grads, m or v), in arena order. */
+static inline real *model_tensor(const struct model_params *p, int i) {
+    return ((real *const *)p)[i];
+}
+
+#endif
