@@ -1,0 +1,84 @@
+/*
+ * spec.h — the job spec: what a user writes to describe a training job.
+ *
+ * Owns: the spec's fields, their defaults and bounds (one table in spec.c), parsing YAML or
+ * JSON (libyaml reads both) into struct job_spec, `--set key.path=value` overrides, validation,
+ * and printing a complete default spec with a comment per field.
+ * Never: opens data files beyond checking that they exist, or trains anything.
+ * Errors name the field: "spec: router.top_k = 5 exceeds model.experts = 4".
+ */
+#ifndef MOE_SPEC_H
+#define MOE_SPEC_H
+
+#include "status.h"
+#include "../kernels/model.h"
+
+#include <stdint.h>
+
+#define SPEC_MAX_SOURCES 16
+#define SPEC_MAX_SCHEDULE 32
+#define SPEC_PATH_MAX 1024
+
+struct data_source_spec {
+    char path[SPEC_PATH_MAX]; // a text file, or a directory of text files (read recursively)
+    double weight;            // sampling weight from step 0 (> 0)
+};
+
+/* From `step` on, source i is sampled with weight weights[i] (piecewise constant). Entries
+ * past the last given weight hold SPEC_WEIGHT_UNSET (spec_defaults fills them), which is how
+ * validation tells [1] from [1, 0]. */
+#define SPEC_WEIGHT_UNSET (-1.0)
+struct schedule_point {
+    long step;
+    double weights[SPEC_MAX_SOURCES];
+};
+
+struct data_spec {
+    int n_sources;
+    struct data_source_spec sources[SPEC_MAX_SOURCES];
+    int n_schedule; // sorted by step, strictly increasing, all > 0
+    struct schedule_point schedule[SPEC_MAX_SCHEDULE];
+    double val_fraction; // tail of each source held out for evaluation, in [0, 0.5]
+};
+
+struct run_spec {
+    long steps;       // optimizer steps to train
+    int batch_size;   // sequences per step (global batch)
+    uint64_t seed;    // initialisation and data order
+    char output[SPEC_PATH_MAX]; // the trained .safetensors file; its config goes beside it (.json)
+    int log_every;    // progress line every N steps
+    int eval_every;   // held-out loss every N steps (0: only at the end)
+    int eval_batches; // held-out batches per evaluation
+};
+
+struct job_spec {
+    char name[128];
+    struct model_config model;   // "model" and "router" sections
+    struct adamw_config optimizer; // "optimizer" section; total_steps := run.steps
+    struct data_spec data;
+    struct run_spec run;
+};
+
+/* Fills every field with its default. data has no sources (the one field without a default). */
+void spec_defaults(struct job_spec *s);
+
+/* Parses YAML or JSON text over the defaults. Unknown fields, wrong types and out-of-range
+ * values fail with MOE_EINVAL naming the field; malformed text fails with MOE_EFORMAT naming
+ * the line. Does not validate cross-field consistency: call spec_validate. */
+moe_status spec_parse(struct job_spec *s, const char *text, size_t len, const char *origin);
+moe_status spec_load_file(struct job_spec *s, const char *path);
+
+/* Applies one "key.path=value" override, e.g. "router.top_k=2", "data.sources.0.path=x.txt",
+ * "run.steps=100". Same errors as spec_parse. */
+moe_status spec_set(struct job_spec *s, const char *assignment);
+
+/* Cross-field checks: top_k <= experts, heads divide d_model, head dim even, a source exists
+ * and is readable, schedule well formed, ... Fails with MOE_EINVAL naming the field. */
+moe_status spec_validate(const struct job_spec *s);
+
+/* A complete spec in YAML with every field, its value and a one-line comment. Caller frees. */
+char *spec_to_yaml(const struct job_spec *s);
+/* The same as JSON (no comments), for safetensors metadata and the config file. Caller frees. */
+char *spec_to_json(const struct job_spec *s);
+
+#endif
