@@ -1,0 +1,76 @@
+/*
+ * data.h — text corpora to token streams, and replayable batches.
+ *
+ * Owns: loading each data source (a text file, or a directory of text files read recursively
+ * in byte-wise sorted path order, skipping symlinks and files that are not text) into one byte
+ * stream per source; the split of each stream into a training part and a held-out tail; and
+ * the batch function. Tokens are bytes (vocabulary 256).
+ *
+ * The batch of step n is a pure function of (seed, n) and the loaded sources: sequence i of
+ * step n draws its source from the mixture weights in force at step n and its start offset
+ * from a counter-based hash of (seed, n, i) — no state carries between steps, so any step can
+ * be replayed exactly, and a data shard is just a range of sequence indices.
+ * Never: trains, or keeps a cursor.
+ */
+#ifndef MOE_DATA_H
+#define MOE_DATA_H
+
+#include "../common/spec.h"
+#include "../common/status.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct data_stream {
+    char path[SPEC_PATH_MAX];
+    uint8_t *bytes;
+    size_t n;       // all bytes of the source
+    size_t n_train; // bytes [0, n_train) train, [n_train, n) held out
+    int n_files;    // files read (1 for a plain file)
+};
+
+struct dataset {
+    int n_sources;
+    struct data_stream *sources;
+    const struct data_spec *spec; // weights and schedule (borrowed; must outlive the dataset)
+    int T;                        // sequence length
+};
+
+/* Loads every source of the spec. Fails (MOE_EIO / MOE_EINVAL naming the path) when a source
+ * is missing, unreadable, holds no text, or its training part is shorter than T + 1 bytes or
+ * (when val_fraction > 0) its held-out part is shorter than T + 1 bytes. */
+moe_status data_open(struct dataset *d, const struct data_spec *spec, int T);
+void data_close(struct dataset *d);
+
+/* Loads one path (file or directory) as a single stream with no held-out part, for `eval`. */
+moe_status data_load_stream(struct data_stream *s, const char *path);
+void data_stream_free(struct data_stream *s);
+
+/* Mixture weights (normalised to sum 1) in force at `step`. */
+void data_weights_at(const struct data_spec *spec, long step, double *weights);
+
+/* Sequences [first, first + count) of the global training batch of `step`:
+ * tokens[j*T + t] = the byte at offset+t, targets[j*T + t] = the byte at offset+t+1. */
+void data_train_batch(const struct dataset *d, uint64_t seed, long step, int first, int count,
+                      int *tokens, int *targets);
+
+/* The same batch for data shard `shard` of `n_shards` when the global batch is `batch`
+ * sequences: sequences [shard*batch/n_shards, (shard+1)*batch/n_shards). */
+void data_shard_batch(const struct dataset *d, uint64_t seed, long step, int shard, int n_shards,
+                      int batch, int *tokens, int *targets);
+
+/* Held-out evaluation: the held-out parts of all sources cut into consecutive non-overlapping
+ * windows of T+1 bytes (stride T), enumerated source by source. Returns the number of windows;
+ * data_val_window(d, i, ...) writes window i. */
+long data_val_windows(const struct dataset *d);
+void data_val_window(const struct dataset *d, long i, int *tokens, int *targets);
+
+/* The same windowing over an arbitrary stream (for eval of a model on a file). */
+long stream_windows(const struct data_stream *s, int T);
+void stream_window(const struct data_stream *s, int T, long i, int *tokens, int *targets);
+
+/* Unigram (byte-frequency) entropy in bits per byte of the training parts, mixture-weighted
+ * by the step-0 weights: the loss a model that ignores context cannot beat. */
+double data_unigram_entropy_bits(const struct dataset *d);
+
+#endif
