@@ -1,0 +1,197 @@
+/* model_io.c — struct model <-> named safetensors tensors (see model_io.h). */
+#include "model_io.h"
+#include "../common/safetensors.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Model files hold F32; the trainer library is built with float kernels only. */
+_Static_assert(sizeof(real) == sizeof(float), "model_io expects the float kernels");
+
+#define META_FORMAT "format"
+#define META_CONFIG "moed.model_config"
+#define EXPERT_BIAS_NAME "moe.expert_bias"
+
+/* The config fields, once: name in JSON, and where it lives. Ints and floats are kept apart so
+ * that a float never round-trips through an int. */
+struct cfg_field {
+    const char *name;
+    size_t offset;
+    int is_float;
+};
+#define I(f) {#f, offsetof(struct model_config, f), 0}
+#define F(f) {#f, offsetof(struct model_config, f), 1}
+static const struct cfg_field cfg_fields[] = {
+    I(vocab),          I(d_model),        I(n_layers),        I(n_heads),      I(seq_len),
+    I(n_experts),      I(top_k),          I(d_ff),            F(capacity_factor), I(dropless),
+    F(aux_loss_coef),  F(z_loss_coef),    I(bias_balancing),  F(bias_update_rate),
+    F(rope_base),      F(norm_eps),       F(init_std),
+};
+#undef I
+#undef F
+#define N_CFG_FIELDS (sizeof cfg_fields / sizeof cfg_fields[0])
+
+char *model_config_json(const struct model_config *c) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    for (size_t i = 0; i < N_CFG_FIELDS; i++) {
+        const char *p = (const char *)c + cfg_fields[i].offset;
+        double v = cfg_fields[i].is_float ? (double)*(const float *)p : (double)*(const int *)p;
+        cJSON_AddNumberToObject(o, cfg_fields[i].name, v);
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+moe_status model_config_from_json(struct model_config *c, const char *json, const char *origin) {
+    cJSON *o = cJSON_Parse(json);
+    if (!cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        return moe_fail(MOE_EFORMAT, "%s: model config is not a JSON object", origin);
+    }
+    memset(c, 0, sizeof *c);
+    moe_status res = MOE_OK;
+    for (size_t i = 0; i < N_CFG_FIELDS; i++) {
+        cJSON *v = cJSON_GetObjectItemCaseSensitive(o, cfg_fields[i].name);
+        if (!cJSON_IsNumber(v)) {
+            res = moe_fail(MOE_EFORMAT, "%s: model config lacks numeric field '%s'", origin,
+                           cfg_fields[i].name);
+            break;
+        }
+        char *p = (char *)c + cfg_fields[i].offset;
+        if (cfg_fields[i].is_float)
+            *(float *)p = (float)v->valuedouble;
+        else
+            *(int *)p = v->valueint;
+    }
+    cJSON_Delete(o);
+    if (res != MOE_OK) return res;
+    char why[256];
+    if (model_config_check(c, why, sizeof why) != 0)
+        return moe_fail(MOE_EFORMAT, "%s: model config: %s", origin, why);
+    return MOE_OK;
+}
+
+/* Name and shape of tensor i for layer l (l ignored when the tensor has no layer dimension). */
+static void tensor_name_shape(const struct model_config *c, int i, int l, char *name, size_t len,
+                              int *ndim, int64_t *shape, size_t *count) {
+    struct model_tensor_info ti;
+    model_tensor_info(c, i, &ti);
+    if (ti.per_layer)
+        snprintf(name, len, "blocks.%d.%s", l, ti.name);
+    else
+        snprintf(name, len, "%s", ti.name);
+    *ndim = ti.ndim;
+    *count = 1;
+    for (int d = 0; d < ti.ndim; d++) {
+        shape[d] = ti.dims[d];
+        *count *= (size_t)ti.dims[d];
+    }
+}
+
+/* Every tensor as (name, shape, pointer), in arena order, expert biases last per layer. */
+struct named {
+    char name[128];
+    int ndim;
+    int64_t shape[3];
+    real *ptr;
+};
+
+static struct named *named_tensors(const struct model *m, int *n_out) {
+    const struct model_config *c = &m->cfg;
+    int L = c->n_layers, n = 0;
+    struct named *t = calloc((size_t)MODEL_NUM_TENSORS * L + L, sizeof *t);
+    if (!t) return NULL;
+    for (int i = 0; i < MODEL_NUM_TENSORS; i++) {
+        struct model_tensor_info ti;
+        model_tensor_info(c, i, &ti);
+        real *base = model_tensor(&m->params, i);
+        for (int l = 0; l < (ti.per_layer ? L : 1); l++) {
+            size_t count;
+            tensor_name_shape(c, i, l, t[n].name, sizeof t[n].name, &t[n].ndim, t[n].shape,
+                              &count);
+            t[n].ptr = base + count * l;
+            n++;
+        }
+    }
+    for (int l = 0; l < L; l++) {
+        snprintf(t[n].name, sizeof t[n].name, "blocks.%d.%s", l, EXPERT_BIAS_NAME);
+        t[n].ndim = 1;
+        t[n].shape[0] = c->n_experts;
+        t[n].ptr = m->buffers.expert_bias + (size_t)l * c->n_experts;
+        n++;
+    }
+    *n_out = n;
+    return t;
+}
+
+moe_status model_save(const struct model *m, const char *path, const char *const *extra_meta,
+                      int n_extra) {
+    int n;
+    struct named *t = named_tensors(m, &n);
+    struct st_tensor_out *out = calloc((size_t)n, sizeof *out);
+    struct st_meta *meta = calloc((size_t)n_extra + 2, sizeof *meta);
+    char *cfg = model_config_json(&m->cfg);
+    moe_status res;
+    if (!t || !out || !meta || !cfg) {
+        res = moe_fail(MOE_ENOMEM, "%s: out of memory preparing the model file", path);
+        goto exit;
+    }
+    enum st_dtype dt = ST_F32;
+    for (int i = 0; i < n; i++) {
+        out[i].name = t[i].name;
+        out[i].dtype = dt;
+        out[i].ndim = t[i].ndim;
+        for (int d = 0; d < t[i].ndim; d++) out[i].shape[d] = t[i].shape[d];
+        out[i].data = t[i].ptr;
+    }
+    meta[0] = (struct st_meta){META_FORMAT, "moed"};
+    meta[1] = (struct st_meta){META_CONFIG, cfg};
+    for (int i = 0; i < n_extra; i++) meta[2 + i] = (struct st_meta){extra_meta[2 * i], extra_meta[2 * i + 1]};
+    res = st_write(path, out, n, meta, n_extra + 2);
+exit:
+    free(cfg);
+    free(meta);
+    free(out);
+    free(t);
+    return res;
+}
+
+moe_status model_load(struct model *m, const char *path, int B_max) {
+    struct st_file f;
+    CHECK(st_read(&f, path));
+    moe_status res = MOE_OK;
+    struct named *t = NULL;
+    int model_ready = 0;
+    const char *cfg_json = st_meta_get(&f, META_CONFIG);
+    if (!cfg_json) {
+        res = moe_fail(MOE_EFORMAT, "%s: not a moed model (no '%s' metadata)", path, META_CONFIG);
+        goto exit;
+    }
+    struct model_config cfg;
+    CHECK_GOTO(model_config_from_json(&cfg, cfg_json, path), res, exit);
+    if (model_alloc(m, &cfg, B_max) != 0) {
+        res = moe_fail(MOE_ENOMEM, "%s: out of memory allocating the model", path);
+        goto exit;
+    }
+    model_ready = 1;
+    int n;
+    t = named_tensors(m, &n);
+    if (!t) {
+        res = moe_fail(MOE_ENOMEM, "%s: out of memory", path);
+        goto exit;
+    }
+    for (int i = 0; i < n; i++) {
+        const struct st_tensor *st;
+        CHECK_GOTO(st_expect(&f, t[i].name, ST_F32, t[i].ndim, t[i].shape, &st), res, exit);
+        memcpy(t[i].ptr, st->data, st->nbytes);
+    }
+exit:
+    free(t);
+    st_close(&f);
+    if (res != MOE_OK && model_ready) model_free(m);
+    return res;
+}
