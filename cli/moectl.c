@@ -1,0 +1,333 @@
+/*
+ * moectl — the command line of moed.
+ *
+ * Owns: argument parsing, human and --json output, progress display, exit codes.
+ *   moectl train SPEC [--set key.path=value ...] [--json] [--quiet]
+ *   moectl eval MODEL DATA [--batch N] [--max-windows N] [--json]
+ *   moectl spec            print a complete default job spec (YAML, one comment per field)
+ * Exit codes: 0 success; 1 the run failed (I/O while writing, divergence); 2 bad input: usage,
+ * a malformed or inconsistent spec, a missing or malformed data or model file. Errors are one
+ * line on stderr: "moectl: <what is wrong>".
+ * Never: does the math itself; the trainer library and the kernels do.
+ */
+#include "../common/blas_select.h"
+#include "../common/log.h"
+#include "../common/spec.h"
+#include "../kernels/model.h"
+#include "../worker/data.h"
+#include "../worker/model_io.h"
+#include "../worker/trainer.h"
+
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXIT_RUN_FAILED 1
+#define EXIT_BAD_INPUT 2
+
+static volatile sig_atomic_t interrupted;
+static void on_signal(int sig) { interrupted = sig; }
+
+static int fail(int code, const char *what) {
+    fprintf(stderr, "moectl: %s\n", what);
+    return code;
+}
+
+static void usage(FILE *to) {
+    fprintf(to,
+            "usage: moectl <command> [options]\n"
+            "\n"
+            "commands:\n"
+            "  train SPEC [--set key.path=value ...] [--json] [--quiet]\n"
+            "        train a model in this process; SPEC is YAML or JSON (see `moectl spec`)\n"
+            "  eval MODEL DATA [--batch N] [--max-windows N] [--json]\n"
+            "        mean loss of a .safetensors model on a text file or directory\n"
+            "  spec  print a complete default job spec to edit\n"
+            "  help  this text\n"
+            "\n"
+            "exit codes: 0 ok, 1 the run failed, 2 bad input (usage, spec, data or model file)\n");
+}
+
+static double bits(double nats) { return nats / log(2.0); }
+
+/* ---- train ---- */
+
+struct progress {
+    int tty;       // stdout is a terminal: draw a bar with an ETA
+    int json;
+    int quiet;
+    long total;
+    double started;
+    long tokens;
+};
+
+static double wall(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void format_eta(char *out, size_t len, double seconds) {
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600)
+        snprintf(out, len, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+    else
+        snprintf(out, len, "%ld:%02ld", s / 60, s % 60);
+}
+
+static void draw_bar(const struct progress *p, const struct step_report *r) {
+    double elapsed = wall() - p->started;
+    double frac = (double)r->step / p->total;
+    char eta[32];
+    format_eta(eta, sizeof eta, elapsed / frac * (1 - frac));
+    int width = 30, filled = (int)(frac * width);
+    char bar[64];
+    for (int i = 0; i < width; i++) bar[i] = i < filled ? '=' : (i == filled ? '>' : ' ');
+    bar[width] = 0;
+    printf("\r\033[K[%s] %3.0f%% step %ld/%ld loss %.4f %.0f tok/s ETA %s", bar, frac * 100,
+           r->step, p->total, r->loss, p->tokens / elapsed, eta);
+    fflush(stdout);
+}
+
+static void print_step(const struct progress *p, const struct step_report *r) {
+    double elapsed = wall() - p->started;
+    double tps = p->tokens / elapsed;
+    if (p->json) {
+        printf("{\"event\":\"step\",\"step\":%ld,\"loss\":%.6f,\"ce\":%.6f,\"aux\":%.6f,"
+               "\"z\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
+               "\"load_max_over_mean\":%.4f,\"dropped\":%ld}\n",
+               r->step, r->loss, r->ce, r->aux, r->z, r->lr, r->grad_norm, tps,
+               r->load_max_over_mean, r->dropped);
+        return;
+    }
+    if (p->tty) printf("\r\033[K");
+    printf("step %5ld/%ld | loss %.4f (ce %.4f aux %.4f z %.3f) | lr %.2e | %6.0f tok/s | "
+           "load max/mean %.2f | dropped %.1f%%\n",
+           r->step, p->total, r->loss, r->ce, r->aux, r->z, r->lr, tps, r->load_max_over_mean,
+           100.0 * r->dropped / (double)r->assignments);
+    fflush(stdout);
+}
+
+static void print_eval(const struct progress *p, long step, double loss, long windows,
+                       double unigram) {
+    if (p->json) {
+        printf("{\"event\":\"eval\",\"step\":%ld,\"val_loss\":%.6f,\"val_bits_per_byte\":%.6f,"
+               "\"unigram_bits_per_byte\":%.6f,\"windows\":%ld}\n",
+               step, loss, bits(loss), unigram, windows);
+    } else {
+        if (p->tty) printf("\r\033[K");
+        printf("eval step %ld: held-out loss %.4f nats = %.4f bits/byte over %ld windows "
+               "(unigram entropy %.4f bits/byte)\n",
+               step, loss, bits(loss), windows, unigram);
+    }
+    fflush(stdout);
+}
+
+static int cmd_train(int argc, char **argv) {
+    static const struct option opts[] = {{"set", required_argument, 0, 's'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    struct progress p = {0};
+    char **sets = calloc((size_t)argc, sizeof *sets);
+    int n_sets = 0, c;
+    while ((c = getopt_long(argc, argv, "s:jqh", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': sets[n_sets++] = optarg; break;
+        case 'j': p.json = 1; break;
+        case 'q': p.quiet = 1; break;
+        case 'h': usage(stdout); free(sets); return 0;
+        default: usage(stderr); free(sets); return EXIT_BAD_INPUT;
+        }
+    }
+    if (optind != argc - 1) {
+        free(sets);
+        usage(stderr);
+        return EXIT_BAD_INPUT;
+    }
+    struct job_spec spec;
+    spec_defaults(&spec);
+    moe_status s = spec_load_file(&spec, argv[optind]);
+    for (int i = 0; s == MOE_OK && i < n_sets; i++) s = spec_set(&spec, sets[i]);
+    free(sets);
+    if (s != MOE_OK) return fail(EXIT_BAD_INPUT, moe_errmsg());
+
+    struct trainer t;
+    if (trainer_open(&t, &spec) != MOE_OK) return fail(EXIT_BAD_INPUT, moe_errmsg());
+    const struct model *m = &t.model;
+    p.tty = !p.json && isatty(STDOUT_FILENO);
+    p.total = t.spec.run.steps;
+    if (!p.json)
+        printf("moectl: training '%s': %zu parameters (%d layers, d_model %d, %d experts, "
+               "top-%d), batch %d x %d, %ld steps\n",
+               t.spec.name, m->n_params, m->cfg.n_layers, m->cfg.d_model, m->cfg.n_experts,
+               m->cfg.top_k, t.B, t.T, p.total);
+
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    int code = 0;
+    double val = NAN;
+    long windows = 0;
+    p.started = wall();
+    while (t.model.step < p.total) {
+        if (interrupted) {
+            code = fail(EXIT_RUN_FAILED, "interrupted: no model written");
+            goto exit;
+        }
+        struct step_report r;
+        if (trainer_step(&t, &r) != MOE_OK) {
+            code = fail(EXIT_RUN_FAILED, moe_errmsg());
+            goto exit;
+        }
+        p.tokens += r.tokens;
+        if (!p.quiet && (r.step % t.spec.run.log_every == 0 || r.step == 1 || r.step == p.total))
+            print_step(&p, &r);
+        else if (!p.quiet && p.tty)
+            draw_bar(&p, &r);
+        int eval_now = r.step == p.total ||
+                       (t.spec.run.eval_every > 0 && r.step % t.spec.run.eval_every == 0);
+        if (eval_now && t.spec.data.val_fraction > 0) {
+            if (trainer_eval(&t, &val, &windows) != MOE_OK) {
+                code = fail(EXIT_RUN_FAILED, moe_errmsg());
+                goto exit;
+            }
+            if (!p.quiet) print_eval(&p, r.step, val, windows, t.unigram_bits);
+        }
+    }
+    if (trainer_save_model(&t, t.spec.run.output) != MOE_OK) {
+        code = fail(EXIT_RUN_FAILED, moe_errmsg());
+        goto exit;
+    }
+    double secs = wall() - p.started;
+    if (p.json)
+        printf("{\"event\":\"done\",\"steps\":%ld,\"seconds\":%.3f,\"tokens_per_s\":%.1f,"
+               "\"val_bits_per_byte\":%.6f,\"unigram_bits_per_byte\":%.6f,\"model\":\"%s\"}\n",
+               t.model.step, secs, p.tokens / secs, isnan(val) ? -1.0 : bits(val),
+               t.unigram_bits, t.spec.run.output);
+    else
+        printf("moectl: trained %ld steps in %.1f s (%.0f tok/s); wrote %s and its config "
+               "beside it\n",
+               t.model.step, secs, p.tokens / secs, t.spec.run.output);
+exit:
+    trainer_close(&t);
+    return code;
+}
+
+/* ---- eval ---- */
+
+static int parse_positive(const char *s, const char *flag, long *out) {
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end != 0 || v <= 0) {
+        fprintf(stderr, "moectl: %s: expected a positive integer, got '%s'\n", flag, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int cmd_eval(int argc, char **argv) {
+    static const struct option opts[] = {{"batch", required_argument, 0, 'b'},
+                                         {"max-windows", required_argument, 0, 'w'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {0, 0, 0, 0}};
+    long batch = 8, max_windows = 0;
+    int json = 0, c;
+    while ((c = getopt_long(argc, argv, "b:w:j", opts, NULL)) != -1) {
+        switch (c) {
+        case 'b': if (parse_positive(optarg, "--batch", &batch)) return EXIT_BAD_INPUT; break;
+        case 'w': if (parse_positive(optarg, "--max-windows", &max_windows)) return EXIT_BAD_INPUT; break;
+        case 'j': json = 1; break;
+        default: usage(stderr); return EXIT_BAD_INPUT;
+        }
+    }
+    if (optind != argc - 2) {
+        usage(stderr);
+        return EXIT_BAD_INPUT;
+    }
+    const char *model_path = argv[optind], *data_path = argv[optind + 1];
+    struct model m;
+    if (model_load(&m, model_path, (int)batch) != MOE_OK) return fail(EXIT_BAD_INPUT, moe_errmsg());
+    struct data_stream st;
+    if (data_load_stream(&st, data_path) != MOE_OK) {
+        model_free(&m);
+        return fail(EXIT_BAD_INPUT, moe_errmsg());
+    }
+    int T = m.cfg.seq_len, code = 0;
+    long total = stream_windows(&st, T);
+    if (total == 0) {
+        fprintf(stderr, "moectl: %s: %zu bytes, fewer than one window of seq_len+1 = %d\n",
+                data_path, st.n, T + 1);
+        code = EXIT_BAD_INPUT;
+        goto exit;
+    }
+    long want = max_windows && max_windows < total ? max_windows : total;
+    int *tok = malloc(sizeof(int) * (size_t)batch * T), *tgt = malloc(sizeof(int) * (size_t)batch * T);
+    double sum = 0;
+    long done = 0;
+    while (tok && tgt && done < want) {
+        int b = 0;
+        for (; b < batch && done + b < want; b++) {
+            long w = (long)((double)(done + b) * total / want);
+            stream_window(&st, T, w, tok + (size_t)b * T, tgt + (size_t)b * T);
+        }
+        model_forward(&m, tok, tgt, b, T);
+        sum += m.stats.ce * b;
+        done += b;
+    }
+    free(tok);
+    free(tgt);
+    if (done < want) {
+        code = fail(EXIT_RUN_FAILED, "out of memory");
+        goto exit;
+    }
+    double loss = sum / done;
+    if (json)
+        printf("{\"model\":\"%s\",\"data\":\"%s\",\"windows\":%ld,\"seq_len\":%d,"
+               "\"loss\":%.6f,\"bits_per_byte\":%.6f}\n",
+               model_path, data_path, done, T, loss, bits(loss));
+    else
+        printf("eval %s on %s: %ld windows of %d bytes: loss %.4f nats/byte = %.4f bits/byte\n",
+               model_path, data_path, done, T, loss, bits(loss));
+exit:
+    data_stream_free(&st);
+    model_free(&m);
+    return code;
+}
+
+/* ---- spec ---- */
+
+static int cmd_spec(void) {
+    struct job_spec s;
+    spec_defaults(&s);
+    char *yaml = spec_to_yaml(&s);
+    if (!yaml) return fail(EXIT_RUN_FAILED, "out of memory");
+    fputs(yaml, stdout);
+    free(yaml);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    moe_log_init("cli");
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_BAD_INPUT;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "train") == 0 || strcmp(cmd, "eval") == 0) blas_select_kernels(argv);
+    if (strcmp(cmd, "train") == 0) return cmd_train(argc - 1, argv + 1);
+    if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
+    if (strcmp(cmd, "spec") == 0) return cmd_spec();
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "moectl: unknown command '%s' (moectl help lists them)\n", cmd);
+    return EXIT_BAD_INPUT;
+}
