@@ -7,8 +7,20 @@
 
 #ifdef MOE_REAL_DOUBLE
 #define GEMM cblas_dgemm
+#define EXP exp
+#define SQRT sqrt
 #else
 #define GEMM cblas_sgemm
+#define EXP expf
+#define SQRT sqrtf
+#endif
+
+/* Elementwise loops may run on several threads: each iteration writes only its own outputs
+ * and no reduction crosses iterations, so the result does not depend on the thread count. */
+#ifdef _OPENMP
+#define PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
+#else
+#define PARALLEL_FOR
 #endif
 
 /* Row-major C (M, N) = alpha * op(A) (M, K) @ op(B) (K, N) + beta * C, leading dims explicit. */
@@ -298,7 +310,7 @@ void router_losses(double *aux, double *z, const struct moe_acts *a,
     *z = zs / ((double)B * T);
 }
 
-static inline real silu(real x) { return x / (1 + (real)exp(-(double)x)); }
+static inline real sigmoid(real x) { return 1 / (1 + EXP(-x)); }
 
 void experts_forward(real *out, struct moe_acts *a, const real *inp, const real *w_gate,
                      const real *w_up, const real *w_down, const struct moe_layer_cfg *c) {
@@ -314,7 +326,8 @@ void experts_forward(real *out, struct moe_acts *a, const real *inp, const real 
         real *ha = a->ha + (size_t)r0 * F;
         gemm(0, 1, m, F, C, 1, x, C, w_gate + (size_t)e * F * C, C, 0, h1, F);
         gemm(0, 1, m, F, C, 1, x, C, w_up + (size_t)e * F * C, C, 0, h2, F);
-        for (size_t i = 0; i < (size_t)m * F; i++) ha[i] = silu(h1[i]) * h2[i];
+        PARALLEL_FOR
+        for (size_t i = 0; i < (size_t)m * F; i++) ha[i] = h1[i] * sigmoid(h1[i]) * h2[i];
         gemm(0, 1, m, C, F, 1, ha, F, w_down + (size_t)e * C * F, F, 0, a->ye + (size_t)r0 * C, C);
     }
     /* combine in k order: a dropped assignment contributes nothing, the residual carries it */
@@ -381,8 +394,9 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
         real *g1 = dh1 + (size_t)r0 * F, *g2 = dh2 + (size_t)r0 * F;
         gemm(1, 0, C, F, m, 1, dy_e, C, ha, F, 1, dw_down + (size_t)e * C * F, F);
         gemm(0, 0, m, F, C, 1, dy_e, C, wd, F, 0, g1, F); /* dha, into g1 */
+        PARALLEL_FOR
         for (size_t i = 0; i < (size_t)m * F; i++) {
-            real s = (real)(1.0 / (1.0 + exp(-(double)h1[i])));
+            real s = sigmoid(h1[i]);
             real dha = g1[i];
             g2[i] = dha * h1[i] * s;                          /* d h2 = dha * silu(h1) */
             g1[i] = dha * h2[i] * s * (1 + h1[i] * (1 - s)); /* silu'(x) = s (1 + x (1 - s)) */
@@ -447,15 +461,16 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
 void adamw_update(real *params, const real *grads, real *m, real *v, size_t n, size_t n_decay,
                   float lr, float beta1, float beta2, float eps, float weight_decay,
                   float grad_scale, long t) {
-    real bc1 = (real)(1.0 - pow(beta1, (double)t)), bc2 = (real)(1.0 - pow(beta2, (double)t));
+    real inv_bc1 = (real)(1.0 / (1.0 - pow(beta1, (double)t)));
+    real inv_bc2 = (real)(1.0 / (1.0 - pow(beta2, (double)t)));
+    PARALLEL_FOR
     for (size_t i = 0; i < n; i++) {
         real g = grads[i] * grad_scale;
         real mi = beta1 * m[i] + (1 - beta1) * g;
         real vi = beta2 * v[i] + (1 - beta2) * g * g;
         m[i] = mi;
         v[i] = vi;
-        real upd = (mi / bc1) / ((real)sqrt((double)(vi / bc2)) + eps);
-        if (i < n_decay) upd += weight_decay * params[i];
-        params[i] -= lr * upd;
+        real wd = i < n_decay ? weight_decay : 0; /* a select, so the loop still vectorizes */
+        params[i] -= lr * ((mi * inv_bc1) / (SQRT(vi * inv_bc2) + eps) + wd * params[i]);
     }
 }

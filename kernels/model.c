@@ -417,10 +417,33 @@ double adamw_lr(const struct adamw_config *o, long step) {
     return o->min_lr + 0.5 * (o->lr - o->min_lr) * (1 + cos(M_PI * frac));
 }
 
+/* Sum of squares in double over fixed chunks of 64Ki elements, the chunk sums added in chunk
+ * order: the result is the same whatever the number of threads. */
+static double sum_squares(const real *x, size_t n) {
+    enum { CHUNK = 1 << 16 };
+    size_t n_chunks = (n + CHUNK - 1) / CHUNK;
+    double *part = malloc(sizeof(double) * (n_chunks ? n_chunks : 1));
+    double total = 0;
+    if (!part) { /* no memory for partials: same order, one thread */
+        for (size_t i = 0; i < n; i++) total += (double)x[i] * x[i];
+        return total;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (size_t c = 0; c < n_chunks; c++) {
+        size_t end = (c + 1) * CHUNK < n ? (c + 1) * CHUNK : n;
+        double s = 0;
+        for (size_t i = c * CHUNK; i < end; i++) s += (double)x[i] * x[i];
+        part[c] = s;
+    }
+    for (size_t c = 0; c < n_chunks; c++) total += part[c];
+    free(part);
+    return total;
+}
+
 double model_update(struct model *m, const struct adamw_config *o) {
-    double ss = 0;
-    for (size_t i = 0; i < m->n_params; i++) ss += (double)m->grad_mem[i] * m->grad_mem[i];
-    double norm = sqrt(ss);
+    double norm = sqrt(sum_squares(m->grad_mem, m->n_params));
     float scale = 1.0f;
     if (o->grad_clip > 0 && norm > o->grad_clip) scale = (float)(o->grad_clip / norm);
     float lr = (float)adamw_lr(o, m->step);

@@ -1,0 +1,43 @@
+# The two commands of the quick start, and the rest of the developer loop.
+#   make demo   install what is missing, build, train the demo model, say where it went
+#   make check  install, build (warnings as errors) and run every test, also under ASan+UBSan
+#   make bench  benchmarks (numbers come from here, never from tests)
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= $(shell nproc)
+DEMO_OUT   ?= out/demo
+
+.PHONY: all deps build asan demo check test test-asan bench clean
+
+all: build
+
+deps:
+	@bash deploy/install-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DMOE_WERROR=ON >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+asan: deps
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMOE_WERROR=ON -DMOE_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+demo: build
+	@mkdir -p $(DEMO_OUT)
+	./$(BUILD)/moectl train deploy/specs/demo.yaml --set run.output=$(DEMO_OUT)/model.safetensors
+	./$(BUILD)/moectl eval $(DEMO_OUT)/model.safetensors /usr/share/games/fortunes/fortunes
+
+# The sanitizer build runs every test except those labelled "slow" (full training runs, which
+# the release build covers and which only repeat the same code paths more times).
+check: build asan
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -LE slow
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	./$(BUILD)/bench_train
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

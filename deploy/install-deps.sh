@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs whatever moed needs that this Debian 12 machine lacks (apt-get; via sudo when not
+# root). Safe to run often: it checks with dpkg first and touches apt only when something is
+# missing. CUDA is optional and never installed here: the build uses nvcc when it finds one.
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake pkg-config   # toolchain
+  libopenblas-dev                    # BLAS for every matrix product
+  libcjson-dev                       # JSON: safetensors headers, config files
+  libyaml-dev                        # YAML (and JSON) job specs
+  fortunes                           # the demo's English corpus (/usr/share/games/fortunes)
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "install-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  sudo=sudo
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
