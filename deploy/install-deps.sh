@@ -6,7 +6,7 @@ set -euo pipefail
 
 pkgs=(
   build-essential cmake pkg-config   # toolchain
-  libopenblas-dev                    # BLAS for every matrix product
+  libopenblas-openmp-dev             # BLAS for every matrix product (OpenMP build)
   libcjson-dev                       # JSON: safetensors headers, config files
   libyaml-dev                        # YAML (and JSON) job specs
   fortunes                           # the demo's English corpus (/usr/share/games/fortunes)

@@ -19,8 +19,10 @@
  * and no reduction crosses iterations, so the result does not depend on the thread count. */
 #ifdef _OPENMP
 #define PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
+#define PARALLEL_FOR2 _Pragma("omp parallel for collapse(2) schedule(static)")
 #else
 #define PARALLEL_FOR
+#define PARALLEL_FOR2
 #endif
 
 /* Row-major C (M, N) = alpha * op(A) (M, K) @ op(B) (K, N) + beta * C, leading dims explicit. */
@@ -39,6 +41,7 @@ static void gemm(int transA, int transB, int M, int N, int K, real alpha, const 
 /* ---- embedding ---- */
 
 void encoder_forward(real *out, const int *tokens, const real *wte, int N, int C) {
+    PARALLEL_FOR
     for (int n = 0; n < N; n++)
         memcpy(out + (size_t)n * C, wte + (size_t)tokens[n] * C, sizeof(real) * C);
 }
@@ -55,6 +58,7 @@ void encoder_backward(real *dwte, const real *dout, const int *tokens, int N, in
 
 void rmsnorm_forward(real *out, real *rstd, const real *inp, const real *weight, int N, int C,
                      float eps) {
+    PARALLEL_FOR
     for (int n = 0; n < N; n++) {
         const real *x = inp + (size_t)n * C;
         real *y = out + (size_t)n * C;
@@ -68,6 +72,7 @@ void rmsnorm_forward(real *out, real *rstd, const real *inp, const real *weight,
 
 void rmsnorm_backward(real *dinp, real *dweight, const real *dout, const real *inp,
                       const real *weight, const real *rstd, int N, int C) {
+    PARALLEL_FOR
     for (int n = 0; n < N; n++) {
         const real *x = inp + (size_t)n * C;
         const real *dy = dout + (size_t)n * C;
@@ -77,9 +82,16 @@ void rmsnorm_backward(real *dinp, real *dweight, const real *dout, const real *i
         double dot = 0;
         for (int c = 0; c < C; c++) dot += (double)weight[c] * dy[c] * x[c];
         real k = (real)(dot * r * r * r / C);
-        for (int c = 0; c < C; c++) {
-            dx[c] += r * weight[c] * dy[c] - x[c] * k;
-            dweight[c] += dy[c] * x[c] * r;
+        for (int c = 0; c < C; c++) dx[c] += r * weight[c] * dy[c] - x[c] * k;
+    }
+    /* the weight gradient sums over tokens: threads split the columns, tokens stay in order */
+    enum { COLS = 16 };
+    PARALLEL_FOR
+    for (int c0 = 0; c0 < C; c0 += COLS) {
+        int c1 = c0 + COLS < C ? c0 + COLS : C;
+        for (int n = 0; n < N; n++) {
+            const real *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+            for (int c = c0; c < c1; c++) dweight[c] += dy[c] * x[c] * rstd[n];
         }
     }
 }
@@ -100,6 +112,7 @@ void matmul_backward(real *dinp, real *dweight, const real *dout, const real *in
 
 static void rope_rotate(real *qkv, const real *freqs, int B, int T, int C, int NH, real sign) {
     int HD = C / NH;
+    PARALLEL_FOR2
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
             real *row = qkv + ((size_t)b * T + t) * 3 * C;
@@ -131,6 +144,8 @@ void rope_backward(real *dqkv, const real *freqs, int B, int T, int C, int NH) {
 void attention_forward(real *out, real *att, const real *qkv, int B, int T, int C, int NH) {
     int HD = C / NH;
     real scale = (real)(1.0 / sqrt((double)HD));
+    /* heads in parallel; BLAS inside a parallel region runs on the calling thread */
+    PARALLEL_FOR2
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             const real *q = qkv + (size_t)b * T * 3 * C + h * HD;
@@ -158,6 +173,7 @@ void attention_backward(real *dqkv, real *scratch, const real *dout, const real 
                         const real *att, int B, int T, int C, int NH) {
     int HD = C / NH;
     real scale = (real)(1.0 / sqrt((double)HD));
+    PARALLEL_FOR2
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             const real *q = qkv + (size_t)b * T * 3 * C + h * HD;
@@ -166,7 +182,7 @@ void attention_backward(real *dqkv, real *scratch, const real *dout, const real 
             real *dk = dq + C, *dv = dq + 2 * C;
             const real *p = att + ((size_t)b * NH + h) * T * T;
             const real *dO = dout + (size_t)b * T * C + h * HD;
-            real *ds = scratch; /* (T, T): dP, then dS in place */
+            real *ds = scratch + ((size_t)b * NH + h) * T * T; /* dP, then dS in place */
             gemm(1, 0, T, HD, T, 1, p, T, dO, C, 0, dv, 3 * C);
             gemm(0, 1, T, T, HD, 1, dO, C, v, 3 * C, 0, ds, T);
             for (int t = 0; t < T; t++) {
@@ -220,6 +236,7 @@ long router_forward(struct moe_acts *a, long *load, const real *inp, const real 
                     const real *expert_bias, const struct moe_layer_cfg *c) {
     int B = c->B, T = c->T, E = c->E, K = c->K, N = B * T;
     matmul_forward(a->logits, inp, router_w, N, c->C, E);
+    PARALLEL_FOR
     for (int n = 0; n < N; n++) {
         const real *z = a->logits + (size_t)n * E;
         real *p = a->probs + (size_t)n * E;
@@ -247,36 +264,39 @@ long router_forward(struct moe_acts *a, long *load, const real *inp, const real 
                 if (best < 0 || s > best_s) best = e, best_s = s;
             }
             idx[k] = best;
-            load[best]++;
         }
         double gs = 0;
         for (int k = 0; k < K; k++) gs += p[idx[k]];
         for (int k = 0; k < K; k++) a->gates[(size_t)n * K + k] = (real)(p[idx[k]] / gs);
     }
 
+    for (size_t nk = 0; nk < (size_t)N * K; nk++) load[a->topk[nk]]++;
+
     /* capacity, per sequence, k-major priority; row_of temporarily holds 1 = kept, -1 = dropped */
     long dropped = 0;
-    int count[E]; /* E is bounded by the config check; VLA on the stack is small */
+    PARALLEL_FOR
     for (int b = 0; b < B; b++) {
-        memset(count, 0, sizeof count);
+        int used[E];
+        memset(used, 0, sizeof used);
         for (int k = 0; k < K; k++)
             for (int t = 0; t < T; t++) {
                 size_t nk = ((size_t)b * T + t) * K + k;
                 int e = a->topk[nk];
-                if (count[e] < c->capacity) {
-                    count[e]++;
+                if (used[e] < c->capacity) {
+                    used[e]++;
                     a->row_of[nk] = 1;
                 } else {
                     a->row_of[nk] = -1;
-                    dropped++;
                 }
             }
     }
+    for (size_t nk = 0; nk < (size_t)N * K; nk++) dropped += a->row_of[nk] < 0;
     /* rows grouped by expert, tokens ascending within an expert (a counting sort) */
     memset(a->expert_off, 0, sizeof(int) * (E + 1));
     for (size_t nk = 0; nk < (size_t)N * K; nk++)
         if (a->row_of[nk] > 0) a->expert_off[a->topk[nk] + 1]++;
     for (int e = 0; e < E; e++) a->expert_off[e + 1] += a->expert_off[e];
+    int count[E]; /* E is bounded by the config check; VLA on the stack is small */
     memcpy(count, a->expert_off, sizeof(int) * E);
     for (size_t nk = 0; nk < (size_t)N * K; nk++) {
         if (a->row_of[nk] < 0) continue;
@@ -316,6 +336,7 @@ void experts_forward(real *out, struct moe_acts *a, const real *inp, const real 
                      const real *w_up, const real *w_down, const struct moe_layer_cfg *c) {
     int N = c->B * c->T, C = c->C, E = c->E, K = c->K, F = c->F;
     int rows = a->expert_off[E];
+    PARALLEL_FOR
     for (int r = 0; r < rows; r++)
         memcpy(a->xe + (size_t)r * C, inp + (size_t)a->row_token[r] * C, sizeof(real) * C);
     for (int e = 0; e < E; e++) {
@@ -331,9 +352,10 @@ void experts_forward(real *out, struct moe_acts *a, const real *inp, const real 
         gemm(0, 1, m, C, F, 1, ha, F, w_down + (size_t)e * C * F, F, 0, a->ye + (size_t)r0 * C, C);
     }
     /* combine in k order: a dropped assignment contributes nothing, the residual carries it */
-    memset(out, 0, sizeof(real) * (size_t)N * C);
+    PARALLEL_FOR
     for (int n = 0; n < N; n++) {
         real *y = out + (size_t)n * C;
+        memset(y, 0, sizeof(real) * C);
         for (int k = 0; k < K; k++) {
             int row = a->row_of[(size_t)n * K + k];
             if (row < 0) continue;
@@ -360,6 +382,7 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
     real *dprobs = dh2 + NK * F, *dlogits = dprobs + (size_t)N * E, *dgates = dlogits + (size_t)N * E;
 
     /* combine: y_n = sum_k g_nk ye_row  =>  dye_row = g_nk dy_n,  dg_nk = <dy_n, ye_row> */
+    PARALLEL_FOR
     for (int n = 0; n < N; n++) {
         const real *dy = dout + (size_t)n * C;
         for (int k = 0; k < K; k++) {
@@ -409,6 +432,7 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
 
     /* router: gates g_k = p_k / S through the renormalisation, plus the two losses */
     memset(dprobs, 0, sizeof(real) * (size_t)N * E);
+    PARALLEL_FOR
     for (int n = 0; n < N; n++) {
         const real *p = a->probs + (size_t)n * E;
         const int *idx = a->topk + (size_t)n * K;
@@ -422,8 +446,9 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
     }
     if (c->aux_coef != 0) {
         /* aux = (1/B) sum_b E sum_e f_be P_be, P_be = (1/T) sum_t p_bte  =>  d/dp_bte = E f_be / (B T) */
-        double f[E];
+        PARALLEL_FOR
         for (int b = 0; b < B; b++) {
+            double f[E];
             memset(f, 0, sizeof f);
             for (int t = 0; t < T; t++)
                 for (int k = 0; k < K; k++) f[a->topk[((size_t)b * T + t) * K + k]] += 1;
@@ -433,6 +458,7 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
         }
     }
     double zscale = 2.0 * c->z_coef / N;
+    PARALLEL_FOR
     for (int n = 0; n < N; n++) {
         const real *p = a->probs + (size_t)n * E;
         const real *dp = dprobs + (size_t)n * E;
@@ -445,6 +471,7 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
     matmul_backward(dinp, drouter_w, dlogits, inp, router_w, N, C, E);
 
     /* gather backward: each kept assignment returns its input gradient, in k order */
+    PARALLEL_FOR
     for (int n = 0; n < N; n++) {
         real *dx = dinp + (size_t)n * C;
         for (int k = 0; k < K; k++) {

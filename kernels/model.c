@@ -94,7 +94,7 @@ static struct acts_layout layout_of(const struct model_config *c, int B) {
     struct moe_layer_cfg mc = {.B = B, .T = (int)T, .C = c->d_model, .E = c->n_experts,
                                .K = c->top_k, .F = c->d_ff};
     size_t moe_scratch = moe_backward_scratch_size(&mc);
-    size_t attn_scratch = T * T;
+    size_t attn_scratch = (size_t)B * c->n_heads * T * T; /* one (T, T) block per head */
     /* backward scratch: dresid, dln, datty (NC each), dqkv (3NC), dlogits shares probs */
     l.scratch = 3 * l.NC + 3 * l.NC + (moe_scratch > attn_scratch ? moe_scratch : attn_scratch);
     return l;
@@ -283,6 +283,20 @@ void model_init(struct model *m, uint64_t seed) {
 
 /* ---- forward ---- */
 
+static void add_inplace(real *y, const real *x, size_t n) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+static void add_into(real *out, const real *a, const real *b, size_t n) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
 static struct moe_layer_cfg moe_cfg(const struct model_config *c, int B, int T) {
     struct moe_layer_cfg mc = {.B = B, .T = T, .C = c->d_model, .E = c->n_experts,
                                .K = c->top_k, .F = c->d_ff, .capacity = expert_capacity(c, T),
@@ -317,7 +331,7 @@ double model_forward(struct model *m, const int *tokens, const int *targets, int
         rope_forward(qkv, a.freqs, B, T, C, NH);
         attention_forward(atty, att, qkv, B, T, C, NH);
         matmul_forward(xmid, atty, p->attn_out + (size_t)l * C * C, N, C, C);
-        for (size_t i = 0; i < (size_t)N * C; i++) xmid[i] += x[i];
+        add_inplace(xmid, x, (size_t)N * C);
 
         rmsnorm_forward(ln2, a.ln2_rstd + l * s.N, xmid, p->ln2_w + l * C, N, C, c->norm_eps);
         struct moe_acts ma;
@@ -332,7 +346,7 @@ double model_forward(struct model *m, const int *tokens, const int *targets, int
         size_t FC = (size_t)c->d_ff * C;
         experts_forward(a.moe_out, &ma, ln2, p->w_gate + l * E * FC, p->w_up + l * E * FC,
                         p->w_down + l * E * FC, &mc);
-        for (size_t i = 0; i < (size_t)N * C; i++) xout[i] = xmid[i] + a.moe_out[i];
+        add_into(xout, xmid, a.moe_out, (size_t)N * C);
     }
     rmsnorm_forward(a.lnf, a.lnf_rstd, a.resid + L * s.NC, p->lnf_w, N, C, c->norm_eps);
     matmul_forward(a.logits, a.lnf, p->wte, N, C, V);

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 void openblas_set_num_threads(int n);
+int openblas_get_parallel(void);
 
 static int failures;
 #define EXPECT(cond, ...)                                                                         \
@@ -111,6 +112,9 @@ int main(int argc, char **argv) {
     openblas_set_num_threads(2); /* ctest asks for one; this test compares two against one */
     omp_set_num_threads(2);
     if (!mkdtemp(dir)) return perror("mkdtemp"), 1;
+    /* the build links OpenBLAS's OpenMP flavour (one thread pool with the kernels' loops) */
+    EXPECT(openblas_get_parallel() == 2, "OpenBLAS in this process is not the OpenMP build "
+           "(openblas_get_parallel() = %d)", openblas_get_parallel());
     char a[256], b[256], c[256], d[256], state[256];
     snprintf(a, sizeof a, "%s/a.safetensors", dir);
     snprintf(b, sizeof b, "%s/b.safetensors", dir);

@@ -106,7 +106,7 @@ int main(int argc, char **argv) {
            data);
     static const struct bench_cfg cfgs[] = {
         {"demo", 128, 2, 4, 128, 4, 2, 256, 16},
-        {"large", 512, 2, 8, 256, 8, 2, 2048, 8},
+        {"large", 512, 2, 8, 256, 8, 2, 2048, 16},
     };
     for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++)
         if (run_config(&cfgs[i], data, best) != 0) return 1;
