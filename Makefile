@@ -5,6 +5,7 @@
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc)
+MAKEFLAGS  += --no-print-directory
 DEMO_OUT   ?= out/demo
 
 .PHONY: all deps build asan demo check test test-asan bench clean
@@ -25,7 +26,8 @@ asan: deps
 demo: build
 	@mkdir -p $(DEMO_OUT)
 	./$(BUILD)/moectl train deploy/specs/demo.yaml --set run.output=$(DEMO_OUT)/model.safetensors
-	./$(BUILD)/moectl eval $(DEMO_OUT)/model.safetensors /usr/share/games/fortunes/fortunes
+	@echo "moectl: the trained model is $(DEMO_OUT)/model.safetensors (config: $(DEMO_OUT)/model.json)"
+	./$(BUILD)/moectl eval $(DEMO_OUT)/model.safetensors /usr/share/common-licenses/GPL-3
 
 # The sanitizer build runs every test except those labelled "slow" (full training runs, which
 # the release build covers and which only repeat the same code paths more times).
