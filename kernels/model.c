@@ -1,6 +1,7 @@
 /* model.c — the whole model: arenas, initialisation, forward, backward, optimizer step. */
 #include "model.h"
 #include "layers.h"
+#include "mix64.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -239,13 +240,6 @@ void model_free(struct model *m) {
     free(m->int_mem);
     free(m->stats.load);
     memset(m, 0, sizeof *m);
-}
-
-static uint64_t mix64(uint64_t z) {
-    z += 0x9e3779b97f4a7c15ULL;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
 }
 
 /* Element j of tensor i: std * sqrt(-2 ln u1) cos(2 pi u2) with u1 in (0,1], u2 in [0,1) from

@@ -6,6 +6,7 @@
  * refused with MOE_EFORMAT / MOE_ENOTFOUND and a message naming the tensor or the problem.
  */
 #include "../common/log.h"
+#include "check.h"
 #include "../common/safetensors.h"
 #include "../kernels/model.h"
 #include "../worker/model_io.h"
@@ -15,16 +16,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static int failures;
-#define EXPECT(cond, ...)                                                                         \
-    do {                                                                                          \
-        if (!(cond)) {                                                                            \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                          \
-            printf(__VA_ARGS__);                                                                  \
-            printf("\n");                                                                         \
-            failures++;                                                                           \
-        }                                                                                         \
-    } while (0)
 
 /* Re-writes src's tensors to dst, applying `edit` to the tensor called `target`:
  * 's' changes its shape (same byte count, dims swapped), 'd' drops it. */

@@ -10,6 +10,7 @@
  */
 #include "../common/blas_select.h"
 #include "../common/log.h"
+#include "check.h"
 #include "../common/spec.h"
 #include "../worker/trainer.h"
 
@@ -22,16 +23,6 @@
 void openblas_set_num_threads(int n);
 int openblas_get_parallel(void);
 
-static int failures;
-#define EXPECT(cond, ...)                                                                         \
-    do {                                                                                          \
-        if (!(cond)) {                                                                            \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                          \
-            printf(__VA_ARGS__);                                                                  \
-            printf("\n");                                                                         \
-            failures++;                                                                           \
-        }                                                                                         \
-    } while (0)
 
 static char dir[] = "/tmp/moe_test_trainer_XXXXXX";
 

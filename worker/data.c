@@ -1,4 +1,5 @@
 #include "data.h"
+#include "../kernels/mix64.h"
 
 #include "../common/log.h"
 
@@ -251,13 +252,6 @@ void data_close(struct dataset *d) {
 
 /* ---- batches ---- */
 
-/* The splitmix64 finaliser: a bijection on 64 bits with full avalanche. */
-static uint64_t mix(uint64_t z) {
-    z += 0x9e3779b97f4a7c15ULL;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
 
 void data_weights_at(const struct data_spec *spec, long step, double *weights) {
     int n = spec->n_sources;
@@ -297,11 +291,11 @@ void data_train_batch(const struct dataset *d, uint64_t seed, long step, int fir
     int T = d->T;
     double w[SPEC_MAX_SOURCES];
     data_weights_at(d->spec, step, w);
-    uint64_t step_key = mix(mix(seed) ^ (uint64_t)step);
+    uint64_t step_key = mix64(mix64(seed) ^ (uint64_t)step);
     for (int j = 0; j < count; j++) {
         int i = first + j;
-        uint64_t h1 = mix(step_key ^ (uint64_t)i);
-        uint64_t h2 = mix(h1);
+        uint64_t h1 = mix64(step_key ^ (uint64_t)i);
+        uint64_t h2 = mix64(h1);
         double u = (double)(h1 >> 11) * 0x1.0p-53;
         const struct data_stream *s = &d->sources[pick_source(w, d->n_sources, u)];
         size_t off = (size_t)(h2 % (uint64_t)(s->n_train - (size_t)T));
