@@ -105,7 +105,7 @@ void matmul_forward(real *out, const real *inp, const real *weight, int N, int I
 void matmul_backward(real *dinp, real *dweight, const real *dout, const real *inp,
                      const real *weight, int N, int IN, int OUT) {
     if (dinp) gemm(0, 0, N, IN, OUT, 1, dout, OUT, weight, IN, 0, dinp, IN);
-    gemm(1, 0, OUT, IN, N, 1, dout, OUT, inp, IN, 1, dweight, IN);
+    gemm(1, 0, OUT, IN, N, 1, dout, OUT, inp, IN, 0, dweight, IN);
 }
 
 /* ---- rotary position embedding ---- */
@@ -404,10 +404,15 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
         }
     }
 
-    /* experts */
+    /* experts; one that received no token has zero gradients */
     for (int e = 0; e < E; e++) {
         int r0 = a->expert_off[e], m = a->expert_off[e + 1] - r0;
-        if (m == 0) continue;
+        if (m == 0) {
+            memset(dw_gate + (size_t)e * F * C, 0, sizeof(real) * F * C);
+            memset(dw_up + (size_t)e * F * C, 0, sizeof(real) * F * C);
+            memset(dw_down + (size_t)e * C * F, 0, sizeof(real) * C * F);
+            continue;
+        }
         const real *x = a->xe + (size_t)r0 * C;
         const real *h1 = a->h1 + (size_t)r0 * F, *h2 = a->h2 + (size_t)r0 * F;
         const real *ha = a->ha + (size_t)r0 * F;
@@ -415,7 +420,7 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
         const real *wd = w_down + (size_t)e * C * F;
         real *dy_e = dye + (size_t)r0 * C, *dx_e = dxe + (size_t)r0 * C;
         real *g1 = dh1 + (size_t)r0 * F, *g2 = dh2 + (size_t)r0 * F;
-        gemm(1, 0, C, F, m, 1, dy_e, C, ha, F, 1, dw_down + (size_t)e * C * F, F);
+        gemm(1, 0, C, F, m, 1, dy_e, C, ha, F, 0, dw_down + (size_t)e * C * F, F);
         gemm(0, 0, m, F, C, 1, dy_e, C, wd, F, 0, g1, F); /* dha, into g1 */
         PARALLEL_FOR
         for (size_t i = 0; i < (size_t)m * F; i++) {
@@ -424,8 +429,8 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
             g2[i] = dha * h1[i] * s;                          /* d h2 = dha * silu(h1) */
             g1[i] = dha * h2[i] * s * (1 + h1[i] * (1 - s)); /* silu'(x) = s (1 + x (1 - s)) */
         }
-        gemm(1, 0, F, C, m, 1, g1, F, x, C, 1, dw_gate + (size_t)e * F * C, C);
-        gemm(1, 0, F, C, m, 1, g2, F, x, C, 1, dw_up + (size_t)e * F * C, C);
+        gemm(1, 0, F, C, m, 1, g1, F, x, C, 0, dw_gate + (size_t)e * F * C, C);
+        gemm(1, 0, F, C, m, 1, g2, F, x, C, 0, dw_up + (size_t)e * F * C, C);
         gemm(0, 0, m, C, F, 1, g1, F, wg, C, 0, dx_e, C);
         gemm(0, 0, m, C, F, 1, g2, F, wu, C, 1, dx_e, C);
     }

@@ -4,9 +4,10 @@
  * Owns: the per-layer math, CPU version (C + BLAS). kernels/cuda/ mirrors these names and
  * argument orders so a test can hold one against the other layer by layer.
  * Conventions (as in llm.c): outputs first, then saved activations, then inputs and weights,
- * then dimensions. Gradients are d-prefixed. Backward functions ADD into weight gradients
- * (the caller zeroes them once per step); what they do to input gradients is stated per
- * function ("writes" or "adds").
+ * then dimensions. Gradients are d-prefixed. Each function states whether it "writes" or
+ * "adds" to each gradient: matrix gradients are written by their one GEMM per step (so the
+ * step never zeroes the 4-bytes-per-parameter gradient arena), the small norm-weight and
+ * embedding gradients are added to.
  * Never: allocates, or keeps state between calls. Every loop runs in a fixed order, so results
  * are bit-identical from run to run (no atomics, no thread-count-dependent reductions).
  */
@@ -29,7 +30,7 @@ void rmsnorm_backward(real *dinp, real *dweight, const real *dout, const real *i
 
 /* out (N, OUT) = inp (N, IN) @ weight(OUT, IN)^T */
 void matmul_forward(real *out, const real *inp, const real *weight, int N, int IN, int OUT);
-/* writes dinp (if not NULL), adds to dweight */
+/* writes dinp (if not NULL), writes dweight */
 void matmul_backward(real *dinp, real *dweight, const real *dout, const real *inp,
                      const real *weight, int N, int IN, int OUT);
 
@@ -93,7 +94,7 @@ void router_losses(double *aux, double *z, const struct moe_acts *a, const struc
 void experts_forward(real *out, struct moe_acts *a, const real *inp, const real *w_gate,
                      const real *w_up, const real *w_down, const struct moe_layer_cfg *c);
 
-/* Backward of the whole MoE layer: writes dinp (N, C); adds to the weight gradients.
+/* Backward of the whole MoE layer: writes dinp (N, C) and the four weight gradients.
  * scratch needs moe_backward_scratch_size() reals. */
 size_t moe_backward_scratch_size(const struct moe_layer_cfg *c);
 void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real *dw_down,

@@ -373,7 +373,9 @@ void model_backward(struct model *m, const int *tokens, const int *targets, int 
     struct moe_layer_cfg mc = moe_cfg(c, B, T);
     struct model_params *p = &m->params, *g = &m->grads;
 
-    memset(m->grad_mem, 0, sizeof(real) * m->n_params);
+    /* matrix gradients are written by their GEMMs; only the norm weights (the arena's tail,
+     * after the n_decay matrix elements) accumulate and need zeroing */
+    memset(m->grad_mem + m->n_decay, 0, sizeof(real) * (m->n_params - m->n_decay));
     real *dresid = a.scratch, *dln = dresid + s.NC, *datty = dln + s.NC;
     real *dqkv = datty + s.NC, *lscratch = dqkv + 3 * s.NC;
 

@@ -44,7 +44,16 @@ double bench_sgemm_gflops(int M, int N, int K, double min_seconds) {
 void bench_child_hook(int argc, char **argv) {
     if (argc < 3 || strcmp(argv[1], "--sgemm-child") != 0) return;
     int size = atoi(argv[2]);
-    printf("%s %.3f\n", bench_corename(), bench_sgemm_gflops(size, size, size, 1.0));
+    /* the median of five samples: one sample swings by 15% with turbo and neighbours */
+    double g[5];
+    for (int i = 0; i < 5; i++) g[i] = bench_sgemm_gflops(size, size, size, 0.4);
+    for (int i = 1; i < 5; i++)
+        for (int j = i; j > 0 && g[j] < g[j - 1]; j--) {
+            double t = g[j];
+            g[j] = g[j - 1];
+            g[j - 1] = t;
+        }
+    printf("%s %.3f\n", bench_corename(), g[2]);
     exit(0);
 }
 

@@ -16,7 +16,8 @@ double bench_now(void);
 double bench_sgemm_gflops(int M, int N, int K, double min_seconds);
 
 /* Best sgemm rate over core types (children re-run argv0 with "--sgemm-child"), at a
- * square size. Writes the winning core type name ("" = OpenBLAS's own pick). */
+ * square size; each core type's rate is the median of five samples. Writes the winning core
+ * type name ("" = OpenBLAS's own pick). */
 double bench_best_sgemm(const char *argv0, int size, char *best_core, int best_len, int verbose);
 
 /* If argv holds "--sgemm-child", runs the probe and exits. Call first thing in main. */

@@ -107,6 +107,8 @@ int main(int argc, char **argv) {
     static const struct bench_cfg cfgs[] = {
         {"demo", 128, 2, 4, 128, 4, 2, 256, 16},
         {"large", 512, 2, 8, 256, 8, 2, 2048, 16},
+        {"large", 512, 2, 8, 256, 8, 2, 2048, 32}, /* same model, 8192 tokens per step */
+
     };
     for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++)
         if (run_config(&cfgs[i], data, best) != 0) return 1;
