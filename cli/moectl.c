@@ -3,6 +3,7 @@
  *
  * Owns: argument parsing, human and --json output, progress display, exit codes.
  *   moectl train SPEC [--set key.path=value ...] [--json] [--quiet]
+ *                [--resume STATE] [--state-out STATE] [--stop-at STEP]
  *   moectl eval MODEL DATA [--batch N] [--max-windows N] [--json]
  *   moectl spec            print a complete default job spec (YAML, one comment per field)
  * Exit codes: 0 success; 1 the run failed (I/O while writing, divergence); 2 bad input: usage,
@@ -44,7 +45,11 @@ static void usage(FILE *to) {
             "\n"
             "commands:\n"
             "  train SPEC [--set key.path=value ...] [--json] [--quiet]\n"
-            "        train a model in this process; SPEC is YAML or JSON (see `moectl spec`)\n"
+            "            [--resume STATE] [--state-out STATE] [--stop-at STEP]\n"
+            "        train a model in this process; SPEC is YAML or JSON (see `moectl spec`).\n"
+            "        --state-out writes the full training state (parameters, optimizer moments,\n"
+            "        step) when the run ends, stops at --stop-at, or is interrupted; --resume\n"
+            "        continues from one, reaching the same model bit for bit\n"
             "  eval MODEL DATA [--batch N] [--max-windows N] [--json]\n"
             "        mean loss of a .safetensors model on a text file or directory\n"
             "  spec  print a complete default job spec to edit\n"
@@ -128,20 +133,51 @@ static void print_eval(const struct progress *p, long step, double loss, long wi
     fflush(stdout);
 }
 
+/* Writes the full training state; says where it went and how to go on. 0 on success. */
+static int save_state(const struct trainer *t, const char *path, const struct progress *p,
+                      const char *why) {
+    if (trainer_save_state(t, path) != MOE_OK) return fail(EXIT_RUN_FAILED, moe_errmsg());
+    if (p->json)
+        printf("{\"event\":\"state\",\"reason\":\"%s\",\"step\":%ld,\"state\":\"%s\"}\n", why,
+               t->model.step, path);
+    else {
+        if (p->tty) printf("\r\033[K");
+        printf("moectl: %s at step %ld; training state written to %s (continue with "
+               "--resume %s)\n", why, t->model.step, path, path);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+static int parse_positive(const char *s, const char *flag, long *out);
+
 static int cmd_train(int argc, char **argv) {
     static const struct option opts[] = {{"set", required_argument, 0, 's'},
                                          {"json", no_argument, 0, 'j'},
                                          {"quiet", no_argument, 0, 'q'},
+                                         {"resume", required_argument, 0, 'r'},
+                                         {"state-out", required_argument, 0, 'o'},
+                                         {"stop-at", required_argument, 0, 'S'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     struct progress p = {0};
     char **sets = calloc((size_t)argc, sizeof *sets);
+    const char *resume = NULL, *state_out = NULL;
+    long stop_at = 0;
     int n_sets = 0, c;
     while ((c = getopt_long(argc, argv, "s:jqh", opts, NULL)) != -1) {
         switch (c) {
         case 's': sets[n_sets++] = optarg; break;
         case 'j': p.json = 1; break;
         case 'q': p.quiet = 1; break;
+        case 'r': resume = optarg; break;
+        case 'o': state_out = optarg; break;
+        case 'S':
+            if (parse_positive(optarg, "--stop-at", &stop_at)) {
+                free(sets);
+                return EXIT_BAD_INPUT;
+            }
+            break;
         case 'h': usage(stdout); free(sets); return 0;
         default: usage(stderr); free(sets); return EXIT_BAD_INPUT;
         }
@@ -150,6 +186,11 @@ static int cmd_train(int argc, char **argv) {
         free(sets);
         usage(stderr);
         return EXIT_BAD_INPUT;
+    }
+    if (stop_at && !state_out) {
+        free(sets);
+        return fail(EXIT_BAD_INPUT, "--stop-at needs --state-out: the stopped run's state "
+                                    "would be lost");
     }
     struct job_spec spec;
     spec_defaults(&spec);
@@ -160,14 +201,25 @@ static int cmd_train(int argc, char **argv) {
 
     struct trainer t;
     if (trainer_open(&t, &spec) != MOE_OK) return fail(EXIT_BAD_INPUT, moe_errmsg());
+    if (resume && trainer_load_state(&t, resume) != MOE_OK) {
+        trainer_close(&t);
+        return fail(EXIT_BAD_INPUT, moe_errmsg());
+    }
+    if (stop_at > t.spec.run.steps) {
+        trainer_close(&t);
+        fprintf(stderr, "moectl: --stop-at %ld is past run.steps = %ld\n", stop_at,
+                t.spec.run.steps);
+        return EXIT_BAD_INPUT;
+    }
     const struct model *m = &t.model;
     p.tty = !p.json && isatty(STDOUT_FILENO);
     p.total = t.spec.run.steps;
-    if (!p.json)
+    long last = stop_at ? stop_at : p.total;
+    if (!p.json && !p.quiet)
         printf("moectl: training '%s': %zu parameters (%d layers, d_model %d, %d experts, "
-               "top-%d), batch %d x %d, %ld steps\n",
+               "top-%d), batch %d x %d, steps %ld..%ld of %ld\n",
                t.spec.name, m->n_params, m->cfg.n_layers, m->cfg.d_model, m->cfg.n_experts,
-               m->cfg.top_k, t.B, t.T, p.total);
+               m->cfg.top_k, t.B, t.T, t.model.step + 1, last, p.total);
 
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
@@ -175,9 +227,11 @@ static int cmd_train(int argc, char **argv) {
     double val = NAN;
     long windows = 0;
     p.started = wall();
-    while (t.model.step < p.total) {
+    while (t.model.step < last) {
         if (interrupted) {
-            code = fail(EXIT_RUN_FAILED, "interrupted: no model written");
+            code = EXIT_RUN_FAILED;
+            if (state_out && save_state(&t, state_out, &p, "interrupted") == 0) goto exit;
+            fail(EXIT_RUN_FAILED, "interrupted: no model written");
             goto exit;
         }
         struct step_report r;
@@ -200,6 +254,11 @@ static int cmd_train(int argc, char **argv) {
             if (!p.quiet) print_eval(&p, r.step, val, windows, t.unigram_bits);
         }
     }
+    if (state_out && save_state(&t, state_out, &p, t.model.step < p.total ? "stopped" : "done")) {
+        code = EXIT_RUN_FAILED;
+        goto exit;
+    }
+    if (t.model.step < p.total) goto exit; /* --stop-at: the model is not finished */
     if (trainer_save_model(&t, t.spec.run.output) != MOE_OK) {
         code = fail(EXIT_RUN_FAILED, moe_errmsg());
         goto exit;
@@ -210,7 +269,7 @@ static int cmd_train(int argc, char **argv) {
                "\"val_bits_per_byte\":%.6f,\"unigram_bits_per_byte\":%.6f,\"model\":\"%s\"}\n",
                t.model.step, secs, p.tokens / secs, isnan(val) ? -1.0 : bits(val),
                t.unigram_bits, t.spec.run.output);
-    else
+    else if (!p.quiet)
         printf("moectl: trained %ld steps in %.1f s (%.0f tok/s); wrote %s and its config "
                "beside it\n",
                t.model.step, secs, p.tokens / secs, t.spec.run.output);
