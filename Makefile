@@ -28,6 +28,7 @@ demo: build
 	./$(BUILD)/moectl train deploy/specs/demo.yaml --set run.output=$(DEMO_OUT)/model.safetensors
 	@echo "moectl: the trained model is $(DEMO_OUT)/model.safetensors (config: $(DEMO_OUT)/model.json)"
 	./$(BUILD)/moectl eval $(DEMO_OUT)/model.safetensors /usr/share/common-licenses/GPL-3
+	./$(BUILD)/moectl generate $(DEMO_OUT)/model.safetensors --prompt "The " --bytes 300
 
 # The sanitizer build runs every test except those labelled "slow" (full training runs, which
 # the release build covers and which only repeat the same code paths more times).

@@ -5,6 +5,7 @@
  *   moectl train SPEC [--set key.path=value ...] [--json] [--quiet]
  *                [--resume STATE] [--state-out STATE] [--stop-at STEP]
  *   moectl eval MODEL DATA [--batch N] [--max-windows N] [--json]
+ *   moectl generate MODEL [--prompt TEXT] [--bytes N] [--temperature T] [--seed S]
  *   moectl spec            print a complete default job spec (YAML, one comment per field)
  * Exit codes: 0 success; 1 the run failed (I/O while writing, divergence); 2 bad input: usage,
  * a malformed or inconsistent spec, a missing or malformed data or model file. Errors are one
@@ -16,6 +17,7 @@
 #include "../common/spec.h"
 #include "../kernels/model.h"
 #include "../worker/data.h"
+#include "../worker/generate.h"
 #include "../worker/model_io.h"
 #include "../worker/trainer.h"
 
@@ -52,6 +54,8 @@ static void usage(FILE *to) {
             "        continues from one, reaching the same model bit for bit\n"
             "  eval MODEL DATA [--batch N] [--max-windows N] [--json]\n"
             "        mean loss of a .safetensors model on a text file or directory\n"
+            "  generate MODEL [--prompt TEXT] [--bytes N] [--temperature T] [--seed S]\n"
+            "        sample text from a model (temperature 0: always the likeliest byte)\n"
             "  spec  print a complete default job spec to edit\n"
             "  help  this text\n"
             "\n"
@@ -360,6 +364,61 @@ exit:
     return code;
 }
 
+/* ---- generate ---- */
+
+static int cmd_generate(int argc, char **argv) {
+    static const struct option opts[] = {{"prompt", required_argument, 0, 'p'},
+                                         {"bytes", required_argument, 0, 'n'},
+                                         {"temperature", required_argument, 0, 't'},
+                                         {"seed", required_argument, 0, 's'},
+                                         {0, 0, 0, 0}};
+    const char *prompt = "";
+    long n_new = 200, seed = 1;
+    double temperature = 0.8;
+    int c;
+    while ((c = getopt_long(argc, argv, "p:n:t:s:", opts, NULL)) != -1) {
+        char *end;
+        switch (c) {
+        case 'p': prompt = optarg; break;
+        case 'n': if (parse_positive(optarg, "--bytes", &n_new)) return EXIT_BAD_INPUT; break;
+        case 's': if (parse_positive(optarg, "--seed", &seed)) return EXIT_BAD_INPUT; break;
+        case 't':
+            temperature = strtod(optarg, &end);
+            if (*optarg == 0 || *end != 0 || !(temperature >= 0) || temperature > 100) {
+                fprintf(stderr, "moectl: --temperature: expected a number in [0, 100], got '%s'\n",
+                        optarg);
+                return EXIT_BAD_INPUT;
+            }
+            break;
+        default: usage(stderr); return EXIT_BAD_INPUT;
+        }
+    }
+    if (optind != argc - 1) {
+        usage(stderr);
+        return EXIT_BAD_INPUT;
+    }
+    if (n_new > (1L << 20)) return fail(EXIT_BAD_INPUT, "--bytes: at most 1048576");
+    struct model m;
+    if (model_load(&m, argv[optind], 1) != MOE_OK) return fail(EXIT_BAD_INPUT, moe_errmsg());
+    size_t n_prompt = strlen(prompt);
+    uint8_t *text = malloc(n_prompt + (size_t)n_new);
+    int code = 0;
+    if (!text) {
+        code = fail(EXIT_RUN_FAILED, "out of memory");
+    } else {
+        memcpy(text, prompt, n_prompt);
+        if (generate_bytes(&m, text, n_prompt, (size_t)n_new, (float)temperature, (uint64_t)seed) != MOE_OK)
+            code = fail(EXIT_RUN_FAILED, moe_errmsg());
+        else {
+            fwrite(text, 1, n_prompt + (size_t)n_new, stdout);
+            fputc('\n', stdout);
+        }
+    }
+    free(text);
+    model_free(&m);
+    return code;
+}
+
 /* ---- spec ---- */
 
 static int cmd_spec(void) {
@@ -379,9 +438,11 @@ int main(int argc, char **argv) {
         return EXIT_BAD_INPUT;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "train") == 0 || strcmp(cmd, "eval") == 0) blas_select_kernels(argv);
+    if (strcmp(cmd, "train") == 0 || strcmp(cmd, "eval") == 0 || strcmp(cmd, "generate") == 0)
+        blas_select_kernels(argv);
     if (strcmp(cmd, "train") == 0) return cmd_train(argc - 1, argv + 1);
     if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
+    if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
     if (strcmp(cmd, "spec") == 0) return cmd_spec();
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         usage(stdout);
