@@ -141,6 +141,8 @@ static const struct field spec_fields[] = {
     LONG_FIELD("run.steps", run.steps, "300", 1, INT_MAX, "optimizer steps to train"),
     INT_FIELD("run.batch_size", run.batch_size, "16", 1, 1 << 20,
               "sequences per step, over all workers"),
+    INT_FIELD("run.micro_batch", run.micro_batch, "0", 0, 1 << 20,
+              "sequences per forward/backward, gradients accumulated; 0: the whole batch"),
     U64_FIELD("run.seed", run.seed, "1234", "initialisation and data order"),
     STRING_FIELD("run.output", run.output, "model.safetensors",
                  "the trained model; its config goes beside it (.json)"),
@@ -1024,6 +1026,9 @@ moe_status spec_validate(const struct job_spec *s) {
     for (size_t i = 0; i < N_FIELDS; i++)
         CHECK(check_stored(&spec_fields[i], s, spec_fields[i].name));
     CHECK(validate_model(s));
+    if (s->run.micro_batch > 0 && s->run.batch_size % s->run.micro_batch != 0)
+        return moe_fail(MOE_EINVAL, "spec: run.micro_batch = %d does not divide run.batch_size = %d",
+                        s->run.micro_batch, s->run.batch_size);
     CHECK(validate_source_count(&s->data)); // the schedule's checks need a sane count
     CHECK(validate_schedule(&s->data));
     CHECK(validate_sources(&s->data)); // last: the only check that touches the filesystem

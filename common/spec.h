@@ -44,6 +44,7 @@ struct data_spec {
 struct run_spec {
     long steps;       // optimizer steps to train
     int batch_size;   // sequences per step (global batch)
+    int micro_batch;  // sequences per forward/backward, dividing batch_size; 0: batch_size
     uint64_t seed;    // initialisation and data order
     char output[SPEC_PATH_MAX]; // the trained .safetensors file; its config goes beside it (.json)
     int log_every;    // progress line every N steps

@@ -103,9 +103,9 @@ void matmul_forward(real *out, const real *inp, const real *weight, int N, int I
 }
 
 void matmul_backward(real *dinp, real *dweight, const real *dout, const real *inp,
-                     const real *weight, int N, int IN, int OUT) {
+                     const real *weight, int N, int IN, int OUT, int accumulate) {
     if (dinp) gemm(0, 0, N, IN, OUT, 1, dout, OUT, weight, IN, 0, dinp, IN);
-    gemm(1, 0, OUT, IN, N, 1, dout, OUT, inp, IN, 0, dweight, IN);
+    gemm(1, 0, OUT, IN, N, 1, dout, OUT, inp, IN, accumulate ? 1 : 0, dweight, IN);
 }
 
 /* ---- rotary position embedding ---- */
@@ -408,6 +408,7 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
     for (int e = 0; e < E; e++) {
         int r0 = a->expert_off[e], m = a->expert_off[e + 1] - r0;
         if (m == 0) {
+            if (c->accumulate) continue;
             memset(dw_gate + (size_t)e * F * C, 0, sizeof(real) * F * C);
             memset(dw_up + (size_t)e * F * C, 0, sizeof(real) * F * C);
             memset(dw_down + (size_t)e * C * F, 0, sizeof(real) * C * F);
@@ -420,7 +421,8 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
         const real *wd = w_down + (size_t)e * C * F;
         real *dy_e = dye + (size_t)r0 * C, *dx_e = dxe + (size_t)r0 * C;
         real *g1 = dh1 + (size_t)r0 * F, *g2 = dh2 + (size_t)r0 * F;
-        gemm(1, 0, C, F, m, 1, dy_e, C, ha, F, 0, dw_down + (size_t)e * C * F, F);
+        real beta = c->accumulate ? 1 : 0;
+        gemm(1, 0, C, F, m, 1, dy_e, C, ha, F, beta, dw_down + (size_t)e * C * F, F);
         gemm(0, 0, m, F, C, 1, dy_e, C, wd, F, 0, g1, F); /* dha, into g1 */
         PARALLEL_FOR
         for (size_t i = 0; i < (size_t)m * F; i++) {
@@ -429,8 +431,8 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
             g2[i] = dha * h1[i] * s;                          /* d h2 = dha * silu(h1) */
             g1[i] = dha * h2[i] * s * (1 + h1[i] * (1 - s)); /* silu'(x) = s (1 + x (1 - s)) */
         }
-        gemm(1, 0, F, C, m, 1, g1, F, x, C, 0, dw_gate + (size_t)e * F * C, C);
-        gemm(1, 0, F, C, m, 1, g2, F, x, C, 0, dw_up + (size_t)e * F * C, C);
+        gemm(1, 0, F, C, m, 1, g1, F, x, C, beta, dw_gate + (size_t)e * F * C, C);
+        gemm(1, 0, F, C, m, 1, g2, F, x, C, beta, dw_up + (size_t)e * F * C, C);
         gemm(0, 0, m, C, F, 1, g1, F, wg, C, 0, dx_e, C);
         gemm(0, 0, m, C, F, 1, g2, F, wu, C, 1, dx_e, C);
     }
@@ -473,7 +475,7 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
         real zl = (real)(zscale * a->lse[n]);
         for (int e = 0; e < E; e++) dz[e] = p[e] * (dp[e] - (real)dot) + zl * p[e];
     }
-    matmul_backward(dinp, drouter_w, dlogits, inp, router_w, N, C, E);
+    matmul_backward(dinp, drouter_w, dlogits, inp, router_w, N, C, E, c->accumulate);
 
     /* gather backward: each kept assignment returns its input gradient, in k order */
     PARALLEL_FOR

@@ -30,9 +30,9 @@ void rmsnorm_backward(real *dinp, real *dweight, const real *dout, const real *i
 
 /* out (N, OUT) = inp (N, IN) @ weight(OUT, IN)^T */
 void matmul_forward(real *out, const real *inp, const real *weight, int N, int IN, int OUT);
-/* writes dinp (if not NULL), writes dweight */
+/* writes dinp (if not NULL); writes dweight, or adds to it when accumulate */
 void matmul_backward(real *dinp, real *dweight, const real *dout, const real *inp,
-                     const real *weight, int N, int IN, int OUT);
+                     const real *weight, int N, int IN, int OUT, int accumulate);
 
 /* Rotary embedding on the q and k parts of qkv (B, T, 3C), in place; freqs (T, HD/2, 2) holds
  * cos, sin of t * base^(-2i/HD). Pairs are (2i, 2i+1) within each head. */
@@ -77,7 +77,8 @@ struct moe_acts {
 struct moe_layer_cfg {
     int B, T, C, E, K, F;
     int capacity;        // per expert per sequence; >= T*K means dropless
-    float aux_coef, z_coef;
+    double aux_coef, z_coef; // loss weights, already scaled for a micro-batch's share
+    int accumulate;      // backward adds to the weight gradients instead of writing them
 };
 
 /* Routing: logits, softmax, top-k on probs + bias, gates, capacity per sequence (k-major
@@ -94,7 +95,8 @@ void router_losses(double *aux, double *z, const struct moe_acts *a, const struc
 void experts_forward(real *out, struct moe_acts *a, const real *inp, const real *w_gate,
                      const real *w_up, const real *w_down, const struct moe_layer_cfg *c);
 
-/* Backward of the whole MoE layer: writes dinp (N, C) and the four weight gradients.
+/* Backward of the whole MoE layer: writes dinp (N, C); writes the four weight gradients, or
+ * adds to them when c->accumulate.
  * scratch needs moe_backward_scratch_size() reals. */
 size_t moe_backward_scratch_size(const struct moe_layer_cfg *c);
 void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real *dw_down,

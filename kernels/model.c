@@ -362,7 +362,8 @@ const real *model_logits(const struct model *m) {
 
 /* ---- backward ---- */
 
-void model_backward(struct model *m, const int *tokens, const int *targets, int B, int T) {
+void model_backward(struct model *m, const int *tokens, const int *targets, int B, int T,
+                    double loss_scale, int accumulate) {
     const struct model_config *c = &m->cfg;
     int C = c->d_model, NH = c->n_heads, L = c->n_layers, V = c->vocab, E = c->n_experts;
     int N = B * T;
@@ -371,17 +372,21 @@ void model_backward(struct model *m, const int *tokens, const int *targets, int 
     acts_carve(&a, m->act_mem, m->int_mem, c, m->B_max, &n_int);
     struct acts_layout s = layout_of(c, m->B_max);
     struct moe_layer_cfg mc = moe_cfg(c, B, T);
+    mc.aux_coef *= loss_scale;
+    mc.z_coef *= loss_scale;
+    mc.accumulate = accumulate;
     struct model_params *p = &m->params, *g = &m->grads;
 
     /* matrix gradients are written by their GEMMs; only the norm weights (the arena's tail,
      * after the n_decay matrix elements) accumulate and need zeroing */
-    memset(m->grad_mem + m->n_decay, 0, sizeof(real) * (m->n_params - m->n_decay));
+    if (!accumulate)
+        memset(m->grad_mem + m->n_decay, 0, sizeof(real) * (m->n_params - m->n_decay));
     real *dresid = a.scratch, *dln = dresid + s.NC, *datty = dln + s.NC;
     real *dqkv = datty + s.NC, *lscratch = dqkv + 3 * s.NC;
 
     /* loss = mean over tokens of CE: dlogits overwrite probs */
-    crossentropy_backward(a.probs, a.probs, targets, N, V, 1.0 / N);
-    matmul_backward(dln, g->wte, a.probs, a.lnf, p->wte, N, C, V);
+    crossentropy_backward(a.probs, a.probs, targets, N, V, loss_scale / N);
+    matmul_backward(dln, g->wte, a.probs, a.lnf, p->wte, N, C, V, accumulate);
     memset(dresid, 0, sizeof(real) * (size_t)N * C);
     rmsnorm_backward(dresid, g->lnf_w, dln, a.resid + L * s.NC, p->lnf_w, a.lnf_rstd, N, C);
 
@@ -403,12 +408,12 @@ void model_backward(struct model *m, const int *tokens, const int *targets, int 
 
         /* attention block */
         matmul_backward(datty, g->attn_out + (size_t)l * C * C, dresid, atty,
-                        p->attn_out + (size_t)l * C * C, N, C, C);
+                        p->attn_out + (size_t)l * C * C, N, C, C, accumulate);
         attention_backward(dqkv, lscratch, datty, qkv, att, B, T, C, NH);
         rope_backward(dqkv, a.freqs, B, T, C, NH);
         /* qkv was roped in place; the projection's input is ln1, its output gradient dqkv */
         matmul_backward(dln, g->qkv_w + (size_t)l * 3 * C * C, dqkv, ln1,
-                        p->qkv_w + (size_t)l * 3 * C * C, N, C, 3 * C);
+                        p->qkv_w + (size_t)l * 3 * C * C, N, C, 3 * C, accumulate);
         rmsnorm_backward(dresid, g->ln1_w + l * C, dln, x, p->ln1_w + l * C, a.ln1_rstd + l * s.N,
                          N, C);
     }

@@ -125,8 +125,12 @@ void model_init(struct model *m, uint64_t seed);
  * T <= cfg.seq_len, B <= B_max. Returns the total objective; fills m->stats. */
 double model_forward(struct model *m, const int *tokens, const int *targets, int B, int T);
 
-/* Backward of the last forward (which must have had targets). Overwrites m->grads. */
-void model_backward(struct model *m, const int *tokens, const int *targets, int B, int T);
+/* Backward of the last forward (which must have had targets). loss_scale multiplies every
+ * loss term's gradient: 1 for a whole batch, B / B_total for a micro-batch of B sequences of a
+ * B_total batch, so that accumulated micro-batches give the whole batch's gradient.
+ * accumulate = 0 overwrites m->grads; 1 adds to them. */
+void model_backward(struct model *m, const int *tokens, const int *targets, int B, int T,
+                    double loss_scale, int accumulate);
 
 /* One AdamW step with global-norm clipping and the learning-rate schedule at m->step;
  * then the expert-bias update (if enabled) from the last forward's load; increments m->step.

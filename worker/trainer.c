@@ -27,16 +27,20 @@ moe_status trainer_open(struct trainer *t, const struct job_spec *spec) {
         return moe_fail(MOE_EINVAL, "spec: %s", why);
 
     t->B = t->spec.run.batch_size;
+    t->M = t->spec.run.micro_batch > 0 ? t->spec.run.micro_batch : t->B;
     t->T = t->spec.model.seq_len;
     moe_status res;
     CHECK_GOTO(data_open(&t->data, &t->spec.data, t->T), res, fail);
     t->unigram_bits = data_unigram_entropy_bits(&t->data);
-    t->tokens = malloc(sizeof(int) * (size_t)t->B * t->T);
-    t->targets = malloc(sizeof(int) * (size_t)t->B * t->T);
-    if (!t->tokens || !t->targets || model_alloc(&t->model, &t->spec.model, t->B) != 0) {
+    t->tokens = malloc(sizeof(int) * (size_t)t->M * t->T);
+    t->targets = malloc(sizeof(int) * (size_t)t->M * t->T);
+    t->load_sum = calloc((size_t)t->spec.model.n_layers * t->spec.model.n_experts, sizeof(long));
+    if (!t->tokens || !t->targets || !t->load_sum ||
+        model_alloc(&t->model, &t->spec.model, t->M) != 0) {
         res = moe_fail(MOE_ENOMEM, "out of memory allocating a model of %d layers, d_model %d, "
-                       "%d experts for batch %d x %d", t->spec.model.n_layers,
-                       t->spec.model.d_model, t->spec.model.n_experts, t->B, t->T);
+                       "%d experts for micro-batch %d x %d (run.micro_batch can lower it)",
+                       t->spec.model.n_layers, t->spec.model.d_model,
+                       t->spec.model.n_experts, t->M, t->T);
         goto fail;
     }
     model_init(&t->model, t->spec.run.seed);
@@ -52,7 +56,9 @@ void trainer_close(struct trainer *t) {
     model_free(&t->model);
     free(t->tokens);
     free(t->targets);
+    free(t->load_sum);
     t->tokens = t->targets = NULL;
+    t->load_sum = NULL;
 }
 
 /* Busiest expert's share against an even split, worst layer: 1.0 is perfect balance. */
@@ -76,16 +82,26 @@ moe_status trainer_step(struct trainer *t, struct step_report *r) {
     double t0 = now_seconds();
     struct model *m = &t->model;
     long step = m->step;
-    data_train_batch(&t->data, t->spec.run.seed, step, 0, t->B, t->tokens, t->targets);
-    model_forward(m, t->tokens, t->targets, t->B, t->T);
-    model_backward(m, t->tokens, t->targets, t->B, t->T);
+    size_t n_load = (size_t)m->cfg.n_layers * m->cfg.n_experts;
     memset(r, 0, sizeof *r);
+    memset(t->load_sum, 0, sizeof(long) * n_load);
+    /* micro-batches in sequence order; each loss term is a mean, so its share is M/B */
+    int n_micro = t->B / t->M;
+    double share = (double)t->M / t->B;
+    for (int i = 0; i < n_micro; i++) {
+        data_train_batch(&t->data, t->spec.run.seed, step, i * t->M, t->M, t->tokens, t->targets);
+        model_forward(m, t->tokens, t->targets, t->M, t->T);
+        model_backward(m, t->tokens, t->targets, t->M, t->T, share, i > 0);
+        r->loss += share * m->stats.loss;
+        r->ce += share * m->stats.ce;
+        r->aux += share * m->stats.aux;
+        r->z += share * m->stats.z;
+        r->dropped += m->stats.dropped;
+        for (size_t j = 0; j < n_load; j++) t->load_sum[j] += m->stats.load[j];
+    }
+    /* the expert-bias update and the balance figure see the whole batch's load */
+    memcpy(m->stats.load, t->load_sum, sizeof(long) * n_load);
     r->lr = adamw_lr(&t->spec.optimizer, step);
-    r->loss = m->stats.loss;
-    r->ce = m->stats.ce;
-    r->aux = m->stats.aux;
-    r->z = m->stats.z;
-    r->dropped = m->stats.dropped;
     r->load_max_over_mean = load_imbalance(m);
     r->grad_norm = model_update(m, &t->spec.optimizer);
     r->step = m->step;
@@ -109,7 +125,7 @@ moe_status trainer_eval(struct trainer *t, double *loss, long *windows) {
     long done = 0;
     while (done < want) {
         int b = 0;
-        for (; b < t->B && done + b < want; b++) {
+        for (; b < t->M && done + b < want; b++) {
             /* spread the windows evenly over the whole held-out set */
             long w = (long)((double)(done + b) * total / want);
             data_val_window(&t->data, w, t->tokens + (size_t)b * t->T,

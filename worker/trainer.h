@@ -20,8 +20,9 @@ struct trainer {
     struct job_spec spec;
     struct model model;
     struct dataset data;
-    int *tokens, *targets; // (B, T)
-    int B, T;
+    int *tokens, *targets; // (M, T): one micro-batch
+    int B, M, T;           // sequences per step, per micro-batch (M divides B), length
+    long *load_sum;        // (L, E) expert loads summed over the step's micro-batches
     double unigram_bits;   // entropy of the training data, the bar a model must beat
 };
 
