@@ -109,9 +109,11 @@ static void print_step(const struct progress *p, const struct step_report *r) {
     if (p->json) {
         printf("{\"event\":\"step\",\"step\":%ld,\"loss\":%.6f,\"ce\":%.6f,\"aux\":%.6f,"
                "\"z\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
-               "\"load_max_over_mean\":%.4f,\"dropped\":%ld}\n",
+               "\"load_max_over_mean\":%.4f,\"dropped\":%ld,\"step_ms\":%.2f,"
+               "\"forward_ms\":%.2f,\"backward_ms\":%.2f,\"optimizer_ms\":%.2f}\n",
                r->step, r->loss, r->ce, r->aux, r->z, r->lr, r->grad_norm, tps,
-               r->load_max_over_mean, r->dropped);
+               r->load_max_over_mean, r->dropped, 1e3 * r->seconds, 1e3 * r->t_forward,
+               1e3 * r->t_backward, 1e3 * r->t_update);
         return;
     }
     if (p->tty) printf("\r\033[K");

@@ -90,8 +90,12 @@ moe_status trainer_step(struct trainer *t, struct step_report *r) {
     double share = (double)t->M / t->B;
     for (int i = 0; i < n_micro; i++) {
         data_train_batch(&t->data, t->spec.run.seed, step, i * t->M, t->M, t->tokens, t->targets);
+        double f0 = now_seconds();
         model_forward(m, t->tokens, t->targets, t->M, t->T);
+        double f1 = now_seconds();
         model_backward(m, t->tokens, t->targets, t->M, t->T, share, i > 0);
+        r->t_forward += f1 - f0;
+        r->t_backward += now_seconds() - f1;
         r->loss += share * m->stats.loss;
         r->ce += share * m->stats.ce;
         r->aux += share * m->stats.aux;
@@ -103,7 +107,9 @@ moe_status trainer_step(struct trainer *t, struct step_report *r) {
     memcpy(m->stats.load, t->load_sum, sizeof(long) * n_load);
     r->lr = adamw_lr(&t->spec.optimizer, step);
     r->load_max_over_mean = load_imbalance(m);
+    double u0 = now_seconds();
     r->grad_norm = model_update(m, &t->spec.optimizer);
+    r->t_update = now_seconds() - u0;
     r->step = m->step;
     r->tokens = (long)t->B * t->T;
     r->assignments = r->tokens * m->cfg.top_k * m->cfg.n_layers;

@@ -33,7 +33,8 @@ struct step_report {
     long dropped;       // assignments dropped by capacity this step
     long assignments;   // (token, expert) assignments routed this step, all layers
     double load_max_over_mean; // busiest expert's load / mean load, worst layer (1.0 = balanced)
-    double seconds;     // wall time of the step
+    double seconds;     // wall time of the step: data + forward + backward + update
+    double t_forward, t_backward, t_update; // its parts (the rest is reading the batch)
     long tokens;        // tokens processed this step
 };
 

@@ -57,9 +57,12 @@ static int run_config(const struct bench_cfg *bc, const char *data, double sgemm
     for (int i = 0; i < 2; i++) trainer_step(&t, &r); /* warm-up */
     int steps = 0;
     long kept = 0;
-    double flops = 0, t0 = bench_now(), dt;
+    double flops = 0, t0 = bench_now(), dt, tf = 0, tb = 0, tu = 0;
     do {
         trainer_step(&t, &r);
+        tf += r.t_forward;
+        tb += r.t_backward;
+        tu += r.t_update;
         steps++;
         kept = r.assignments - r.dropped;
         flops += step_flops(&t.model.cfg, t.B, t.T, kept);
@@ -70,6 +73,9 @@ static int run_config(const struct bench_cfg *bc, const char *data, double sgemm
            "%9.0f tok/s | %7.1f GFLOP/s = %5.1f%% of best sgemm\n",
            bc->name, bc->C, bc->L, bc->NH, bc->T, bc->E, bc->K, bc->F, bc->B, t.model.n_params,
            1e3 * dt / steps, (double)steps * t.B * t.T / dt, gflops, 100 * gflops / sgemm_best);
+    printf("       per step: forward %.1f ms, backward %.1f ms, optimizer %.1f ms, data and "
+           "other %.1f ms\n", 1e3 * tf / steps, 1e3 * tb / steps, 1e3 * tu / steps,
+           1e3 * (dt - tf - tb - tu) / steps);
     trainer_close(&t);
     return 0;
 }
