@@ -10,6 +10,7 @@ pkgs=(
   libcjson-dev                       # JSON: safetensors headers, config files
   libyaml-dev                        # YAML (and JSON) job specs
   fortunes                           # the demo's English corpus (/usr/share/games/fortunes)
+  python3-numpy                      # tests: an independent NumPy implementation of the model
 )
 
 missing=()
