@@ -1,6 +1,8 @@
 /*
  * test_data.c — corpus loading (order, skips, errors), the held-out split, and the batch
- * function checked against an independent re-derivation of the documented hash.
+ * function checked against an independent re-derivation of the documented hash and against
+ * the files read back with stdio — across file boundaries too — and that a loaded corpus is
+ * mapped, not copied.
  */
 #include "../common/log.h"
 #include "../worker/data.h"
@@ -86,6 +88,52 @@ static void ref_hash(uint64_t seed, long step, int i, uint64_t *h1, uint64_t *h2
     *h2 = ref_mix(*h1);
 }
 
+/* The bytes of the files `rels` (under root), concatenated in the order given, read with stdio:
+ * the reference a loaded stream is held to. */
+static uint8_t *slurp(const char *const *rels, int n_rels, size_t *n) {
+    size_t len = 0, cap = 1 << 16;
+    uint8_t *buf = malloc(cap);
+    for (int f = 0; buf && f < n_rels; f++) {
+        FILE *fp = fopen(at(rels[f]), "rb");
+        if (!fp) {
+            fprintf(stderr, "cannot read %s: %s\n", at(rels[f]), strerror(errno));
+            exit(2);
+        }
+        for (;;) {
+            if (cap - len < 4096) buf = realloc(buf, cap *= 2);
+            if (!buf) break;
+            size_t r = fread(buf + len, 1, cap - len, fp);
+            len += r;
+            if (r == 0) break;
+        }
+        fclose(fp);
+    }
+    if (!buf) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    *n = len;
+    return buf;
+}
+
+/* Whether stream bytes [off, off + len) equal `want`, read through the public window function
+ * (one window of T = n - 1 covers the whole stream). */
+static int stream_equals(const struct data_stream *s, size_t off, const void *want, size_t len) {
+    if (s->n < 2 || off > s->n || len > s->n - off) return 0;
+    int T = (int)(s->n - 1);
+    int *tok = malloc(sizeof(int) * (size_t)T), *tgt = malloc(sizeof(int) * (size_t)T);
+    int ok = tok && tgt && stream_windows(s, T) == 1;
+    if (ok) stream_window(s, T, 0, tok, tgt);
+    for (size_t k = 0; ok && k < len; k++) {
+        size_t p = off + k;
+        int got = p < (size_t)T ? tok[p] : tgt[p - 1];
+        ok = got == ((const uint8_t *)want)[k];
+    }
+    free(tok);
+    free(tgt);
+    return ok;
+}
+
 static void test_loading(void) {
     make_dir("corpus");
     make_dir("corpus/sub");
@@ -114,29 +162,29 @@ static void test_loading(void) {
     EXPECT(s.n == wlen + sizeof late_nul);
     EXPECT(s.n_train == s.n);
     EXPECT(s.n_files == 7);
-    EXPECT(s.n >= wlen && memcmp(s.bytes, want, wlen) == 0);
-    EXPECT(s.n == wlen + sizeof late_nul && memcmp(s.bytes + wlen, late_nul, sizeof late_nul) == 0);
+    EXPECT(s.n >= wlen && stream_equals(&s, 0, want, wlen));
+    EXPECT(s.n == wlen + sizeof late_nul && stream_equals(&s, wlen, late_nul, sizeof late_nul));
     EXPECT(strcmp(s.path, at("corpus")) == 0);
     data_stream_free(&s);
 
     /* A trailing slash changes nothing. */
     EXPECT(data_load_stream(&s, at("corpus/")) == MOE_OK);
-    EXPECT(s.n == wlen + sizeof late_nul && memcmp(s.bytes, want, wlen) == 0);
+    EXPECT(s.n == wlen + sizeof late_nul && stream_equals(&s, 0, want, wlen));
     data_stream_free(&s);
 
     /* A plain file is read as it is, and a symlink given directly is followed. */
     EXPECT(data_load_stream(&s, at("corpus/b.txt")) == MOE_OK);
-    EXPECT(s.n == 7 && memcmp(s.bytes, "B-text\n", 7) == 0 && s.n_files == 1);
+    EXPECT(s.n == 7 && stream_equals(&s, 0, "B-text\n", 7) && s.n_files == 1);
     data_stream_free(&s);
     EXPECT(data_load_stream(&s, at("corpus/link.txt")) == MOE_OK);
-    EXPECT(s.n == 7 && memcmp(s.bytes, "a-text\n", 7) == 0);
+    EXPECT(s.n == 7 && stream_equals(&s, 0, "a-text\n", 7));
     data_stream_free(&s);
 
     /* Errors name the path. */
     char msg[800];
     snprintf(msg, sizeof msg, "data: %s: No such file or directory", at("missing.txt"));
     EXPECT_FAIL(data_load_stream(&s, at("missing.txt")), MOE_EIO, msg);
-    EXPECT(s.bytes == NULL);
+    EXPECT(s.segments == NULL && s.n_segments == 0 && s.n == 0);
     put_str("empty.txt", "");
     snprintf(msg, sizeof msg, "data: %s: empty", at("empty.txt"));
     EXPECT_FAIL(data_load_stream(&s, at("empty.txt")), MOE_EINVAL, msg);
@@ -208,6 +256,8 @@ static void test_batches(void) {
     struct dataset d;
     EXPECT(data_open(&d, &spec, T) == MOE_OK);
     if (failures) return;
+    size_t n_ref[2];
+    uint8_t *ref[2] = {slurp(&paths[0], 1, &n_ref[0]), slurp(&paths[1], 1, &n_ref[1])};
     EXPECT(d.sources[0].n == 20000 && d.sources[0].n_train == 18000);
     EXPECT(d.sources[1].n == 12345 && d.sources[1].n_train == 12345 - 1234);
 
@@ -264,11 +314,12 @@ static void test_batches(void) {
             int src = u < wt[0] ? 0 : 1;
             if (wt[0] == 0) src = 1;
             const struct data_stream *s = &d.sources[src];
+            const uint8_t *bytes = ref[src];
             size_t off = (size_t)(h2 % (s->n_train - (size_t)T));
-            EXPECT(off + T + 1 <= s->n_train);
+            EXPECT(off + T + 1 <= s->n_train && s->n == n_ref[src]);
             int ok = 1;
             for (int t = 0; t < T; t++)
-                ok &= seq_t[t] == s->bytes[off + t] && seq_g[t] == s->bytes[off + t + 1];
+                ok &= seq_t[t] == bytes[off + t] && seq_g[t] == bytes[off + t + 1];
             EXPECT(ok);
             if (!ok) break;
             picks0 += seq_t[0] >= 'a';
@@ -291,11 +342,12 @@ static void test_batches(void) {
     for (long i = 0; i < nv; i++) {
         data_val_window(&d, i, vt, vg);
         const struct data_stream *s = &d.sources[i < n0 ? 0 : 1];
+        const uint8_t *bytes = ref[i < n0 ? 0 : 1];
         size_t start = s->n_train + (size_t)(i < n0 ? i : i - n0) * T;
         EXPECT(start >= s->n_train && start + T + 1 <= s->n);
         int ok = 1;
         for (int t = 0; t < T; t++)
-            ok &= vt[t] == s->bytes[start + t] && vg[t] == s->bytes[start + t + 1];
+            ok &= vt[t] == bytes[start + t] && vg[t] == bytes[start + t + 1];
         EXPECT(ok);
         if (!ok) break;
     }
@@ -309,8 +361,10 @@ static void test_batches(void) {
     EXPECT(stream_windows(&s, 20000) == 0);
     long last = stream_windows(&s, T) - 1;
     stream_window(&s, T, last, vt, vg);
-    EXPECT(vt[0] == s.bytes[last * T] && vg[T - 1] == s.bytes[last * T + T]);
+    EXPECT(vt[0] == ref[1][last * T] && vg[T - 1] == ref[1][last * T + T]);
     data_stream_free(&s);
+    free(ref[0]);
+    free(ref[1]);
 }
 
 static void test_entropy(void) {
@@ -348,6 +402,252 @@ static void test_entropy(void) {
     data_close(&d);
 }
 
+/* Whether a window holds ref[0 .. T]: tokens ref[0 .. T-1], targets ref[1 .. T]. */
+static int window_is(const uint8_t *ref, int T, const int *tok, const int *tgt) {
+    for (int t = 0; t < T; t++)
+        if (tok[t] != ref[t] || tgt[t] != ref[t + 1]) return 0;
+    return 1;
+}
+
+/* Whether the window [off, off + T] spans the start of a file: some file starts at b with
+ * off < b <= off + T. */
+static int crosses(const size_t *starts, int n_starts, size_t off, int T) {
+    for (int k = 0; k < n_starts; k++)
+        if (off < starts[k] && starts[k] <= off + (size_t)T) return 1;
+    return 0;
+}
+
+/* Listed in the documented order (byte-wise over full paths; '/' < '0'). A .dat file holds a
+ * NUL and is skipped; a size of 0 is an empty text file. */
+static const char *const multi_files[] = {
+    "multi/a0.txt", "multi/a1.txt", "multi/a2.txt", "multi/a3.dat", "multi/a4.txt",
+    "multi/b/c0.txt", "multi/b/c1.txt", "multi/b0.txt", "multi/b1.txt", "multi/b2.txt",
+    "multi/c.txt", "multi/d.txt", "multi/e.txt", "multi/y.txt", "multi/z.txt"};
+static const size_t multi_sizes[] = {1, 2, 0, 10, 3, 5, 0, 8, 13, 1, 300, 21, 34, 5000, 0};
+#define N_MULTI (int)(sizeof multi_files / sizeof multi_files[0])
+
+/* A directory of many small files, empty and binary ones among them: every window function
+ * held to the files concatenated with stdio, with windows that cross file boundaries. */
+static void test_boundaries(void) {
+    make_dir("multi");
+    make_dir("multi/b");
+    uint64_t x = 7;
+    const char *text[N_MULTI];
+    size_t starts[N_MULTI], acc = 0;
+    int n_text = 0, n_starts = 0;
+    for (int f = 0; f < N_MULTI; f++) {
+        uint8_t buf[5000];
+        for (size_t k = 0; k < multi_sizes[f]; k++) {
+            x = ref_mix(x);
+            buf[k] = (uint8_t)(33 + x % 94); // printable, so a misplaced byte shows
+        }
+        int binary = strstr(multi_files[f], ".dat") != NULL;
+        if (binary) buf[3] = 0;
+        put(multi_files[f], buf, multi_sizes[f]);
+        if (f > 0) EXPECT(strcmp(multi_files[f - 1], multi_files[f]) < 0);
+        if (binary) continue;
+        text[n_text++] = multi_files[f];
+        if (multi_sizes[f] > 0 && acc > 0) starts[n_starts++] = acc;
+        acc += multi_sizes[f];
+    }
+    size_t n;
+    uint8_t *ref = slurp(text, n_text, &n);
+    EXPECT(n == acc && n == 5388);
+
+    struct data_stream s;
+    EXPECT(data_load_stream(&s, at("multi")) == MOE_OK);
+    EXPECT(s.n == n && s.n_train == n && s.n_files == n_text);
+    EXPECT(s.n_segments == n_starts + 1); // empty files have no segment
+    int *tok = malloc(sizeof(int) * n), *tgt = malloc(sizeof(int) * n);
+    const int Ts[] = {1, 2, 3, 4, 7, 16, 50, 333, (int)n - 1};
+    long crossed = 0;
+    for (size_t c = 0; c < sizeof Ts / sizeof Ts[0]; c++) {
+        int T = Ts[c];
+        long nw = stream_windows(&s, T);
+        EXPECT(nw == (long)((n - (size_t)T - 1) / (size_t)T + 1));
+        for (long i = 0; i < nw; i++) {
+            size_t off = (size_t)i * (size_t)T;
+            stream_window(&s, T, i, tok, tgt);
+            int ok = window_is(ref + off, T, tok, tgt);
+            EXPECT(ok);
+            if (!ok) break;
+            crossed += crosses(starts, n_starts, off, T);
+        }
+    }
+    EXPECT(crossed >= n_starts); // T = 1 alone spans each file start once
+    data_stream_free(&s);
+
+    /* Beside a one-file source, for every (val_fraction, T): the training batch re-derived
+     * from the documented hash, every held-out window, and the entropy. */
+    const char *const paths[] = {"multi", "digits.txt"};
+    size_t ns[2] = {n, 0};
+    const uint8_t *refs[2] = {ref, slurp(&paths[1], 1, &ns[1])};
+    const double w[] = {1, 1};
+    const struct {
+        double val_fraction;
+        int T;
+    } cfg[] = {{0.95, 6}, {0.5, 16}, {0, 3}};
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        int T = cfg[c].T;
+        struct data_spec spec;
+        struct dataset d;
+        spec_init(&spec, 2, paths, w, cfg[c].val_fraction);
+        EXPECT(data_open(&d, &spec, T) == MOE_OK);
+        if (d.n_sources != 2) continue;
+        size_t n_train[2];
+        for (int j = 0; j < 2; j++) {
+            n_train[j] = ns[j] - (size_t)floor((double)ns[j] * cfg[c].val_fraction);
+            EXPECT(d.sources[j].n == ns[j] && d.sources[j].n_train == n_train[j]);
+        }
+
+        long train_crossed = 0;
+        for (int i = 0; i < 3000; i++) {
+            long step = i / 100;
+            int idx = i % 100;
+            data_train_batch(&d, 5, step, idx, 1, tok, tgt);
+            uint64_t h1, h2;
+            ref_hash(5, step, idx, &h1, &h2);
+            int src = (double)(h1 >> 11) / 9007199254740992.0 < 0.5 ? 0 : 1;
+            size_t off = (size_t)(h2 % (n_train[src] - (size_t)T));
+            int ok = window_is(refs[src] + off, T, tok, tgt);
+            EXPECT(ok);
+            if (!ok) break;
+            if (src == 0) train_crossed += crosses(starts, n_starts, off, T);
+        }
+        EXPECT(train_crossed > 0);
+
+        long i = 0, val_crossed = 0;
+        for (int j = 0; j < 2; j++)
+            for (size_t off = n_train[j]; off + (size_t)T + 1 <= ns[j]; off += (size_t)T, i++) {
+                data_val_window(&d, i, tok, tgt);
+                EXPECT(window_is(refs[j] + off, T, tok, tgt));
+                if (j == 0) val_crossed += crosses(starts, n_starts, off, T);
+            }
+        EXPECT(i == data_val_windows(&d));
+        if (cfg[c].val_fraction > 0.9) EXPECT(val_crossed > 0);
+
+        double p[256] = {0}, h = 0;
+        for (int j = 0; j < 2; j++) {
+            size_t count[256] = {0};
+            for (size_t k = 0; k < n_train[j]; k++) count[refs[j][k]]++;
+            for (int b = 0; b < 256; b++) p[b] += 0.5 * (double)count[b] / (double)n_train[j];
+        }
+        for (int b = 0; b < 256; b++)
+            if (p[b] > 0) h -= p[b] * log2(p[b]);
+        EXPECT(fabs(data_unigram_entropy_bits(&d) - h) < 1e-12);
+        data_close(&d);
+    }
+    free(tok);
+    free(tgt);
+    free(ref);
+    free((void *)refs[1]);
+}
+
+/* Empty files contribute nothing, wherever they sit, yet count as text files; a directory of
+ * only empty files is empty. */
+static void test_empty_files(void) {
+    make_dir("gaps");
+    put_str("gaps/0.txt", "");
+    put_str("gaps/1.txt", "abc");
+    put_str("gaps/2.txt", "");
+    put_str("gaps/3.txt", "def");
+    put_str("gaps/4.txt", "");
+    struct data_stream s;
+    EXPECT(data_load_stream(&s, at("gaps")) == MOE_OK);
+    EXPECT(s.n == 6 && s.n_files == 5 && s.n_segments == 2 && stream_equals(&s, 0, "abcdef", 6));
+    int tok[2], tgt[2];
+    EXPECT(stream_windows(&s, 2) == 2);
+    stream_window(&s, 2, 1, tok, tgt); // "cde": across the empty file
+    EXPECT(window_is((const uint8_t *)"cde", 2, tok, tgt));
+    data_stream_free(&s);
+
+    make_dir("allempty");
+    put_str("allempty/a.txt", "");
+    put_str("allempty/b.txt", "");
+    char msg[800];
+    snprintf(msg, sizeof msg, "data: %s: empty", at("allempty"));
+    EXPECT_FAIL(data_load_stream(&s, at("allempty")), MOE_EINVAL, msg);
+    EXPECT(s.segments == NULL && s.n == 0);
+
+    /* A file that reports size 0 yet holds bytes cannot be mapped by its size: it is read. */
+    if (access("/proc/self/status", R_OK) == 0) {
+        EXPECT(data_load_stream(&s, "/proc/self/status") == MOE_OK);
+        EXPECT(s.n > 5 && s.n_segments == 1 && !s.segments[0].mapped &&
+               stream_equals(&s, 0, "Name:", 5));
+        data_stream_free(&s);
+    }
+}
+
+/* A field of /proc/self/status in kB, or -1. */
+static long status_kb(const char *field) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    long v = -1;
+    size_t len = strlen(field);
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, field, len) == 0 && line[len] == ':') {
+            v = strtol(line + len + 1, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return v;
+}
+
+/* Loading and reading a source maps its file: private (anonymous) memory does not grow with
+ * the corpus; the pages are the page cache's, counted in RssFile and shared between processes. */
+static void test_no_copy(void) {
+    const size_t size = (size_t)32 << 20;
+    FILE *f = fopen(at("big.txt"), "wb");
+    static uint8_t chunk[1 << 16];
+    for (size_t done = 0; f && done < size; done += sizeof chunk) {
+        for (size_t k = 0; k < sizeof chunk; k++) chunk[k] = (uint8_t)('a' + (done + k) % 26);
+        if (fwrite(chunk, 1, sizeof chunk, f) != sizeof chunk) break;
+    }
+    if (!f || fclose(f) != 0) {
+        fprintf(stderr, "cannot write %s\n", at("big.txt"));
+        exit(2);
+    }
+    const int T = 256, B = 64;
+    int *tok = calloc((size_t)B * T, sizeof *tok), *tgt = calloc((size_t)B * T, sizeof *tgt);
+    struct data_spec spec;
+    struct dataset d;
+    spec_init(&spec, 1, (const char *const[]){"big.txt"}, (const double[]){1}, 0.01);
+
+    long anon0 = status_kb("RssAnon"), file0 = status_kb("RssFile");
+    if (anon0 < 0 || file0 < 0) {
+        fprintf(stderr, "test_data: no RssAnon in /proc/self/status, not measuring\n");
+        free(tok);
+        free(tgt);
+        return;
+    }
+    EXPECT(data_open(&d, &spec, T) == MOE_OK);
+    long anon1 = status_kb("RssAnon");
+    /* Read every training byte, a batch and every held-out window. */
+    double h = data_unigram_entropy_bits(&d);
+    data_train_batch(&d, 1, 0, 0, B, tok, tgt);
+    for (long i = 0; i < data_val_windows(&d); i++) data_val_window(&d, i, tok, tgt);
+    long anon2 = status_kb("RssAnon"), file2 = status_kb("RssFile");
+
+    long limit_kb = (long)(size / 4 / 1024);
+    EXPECT(anon1 - anon0 < limit_kb);
+    EXPECT(anon2 - anon0 < limit_kb);
+    size_t n_train = size - (size_t)floor((double)size * 0.01);
+    double want = 0;
+    for (int c = 0; c < 26; c++) {
+        size_t count = n_train / 26 + ((size_t)c < n_train % 26);
+        double p = (double)count / (double)n_train;
+        want -= p * log2(p);
+    }
+    EXPECT(fabs(h - want) < 1e-12);
+    printf("test_data: a %zu MiB source: RssAnon +%ld kB after loading, +%ld kB after reading "
+           "it all; RssFile +%ld kB\n",
+           size >> 20, anon1 - anon0, anon2 - anon0, file2 - file0);
+    data_close(&d);
+    free(tok);
+    free(tgt);
+}
+
 static void cleanup(void) {
     static const char *files[] = {
         "corpus/b.txt", "corpus/a.txt", "corpus/A_upper.txt", "corpus/sub.txt",
@@ -356,8 +656,15 @@ static void cleanup(void) {
         "bindir/x.dat", "letters.txt", "digits.txt", "same.txt", "cycle.bin", "other.txt"};
     static const char *dirs[] = {"corpus/sub", "corpus/.hiddendir", "corpus", "bindir",
                                  "emptydir"};
+    static const char *more_files[] = {"gaps/0.txt",     "gaps/1.txt",     "gaps/2.txt",
+                                       "gaps/3.txt",     "gaps/4.txt",     "allempty/a.txt",
+                                       "allempty/b.txt", "big.txt"};
+    static const char *more_dirs[] = {"multi/b", "multi", "gaps", "allempty"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) unlink(at(files[i]));
+    for (size_t i = 0; i < sizeof more_files / sizeof more_files[0]; i++) unlink(at(more_files[i]));
+    for (int i = 0; i < N_MULTI; i++) unlink(at(multi_files[i]));
     for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) rmdir(at(dirs[i]));
+    for (size_t i = 0; i < sizeof more_dirs / sizeof more_dirs[0]; i++) rmdir(at(more_dirs[i]));
     if (rmdir(root) != 0) {
         fprintf(stderr, "%s not empty after the tests: %s\n", root, strerror(errno));
         failures++;
@@ -374,6 +681,9 @@ int main(void) {
     test_loading();
     test_batches();
     test_entropy();
+    test_boundaries();
+    test_empty_files();
+    test_no_copy();
     cleanup();
     if (failures) {
         fprintf(stderr, "test_data: %d check(s) failed\n", failures);

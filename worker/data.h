@@ -2,15 +2,22 @@
  * data.h — text corpora to token streams, and replayable batches.
  *
  * Owns: loading each data source (a text file, or a directory of text files read recursively
- * in byte-wise sorted path order, skipping symlinks and files that are not text) into one byte
+ * in byte-wise sorted path order, skipping symlinks and files that are not text) as one byte
  * stream per source; the split of each stream into a training part and a held-out tail; and
  * the batch function. Tokens are bytes (vocabulary 256).
+ *
+ * A stream is not copied into memory: each file is memory-mapped read-only, and the stream is
+ * the concatenation of those mappings. Every process that loads a corpus on one host shares
+ * its pages through the page cache, so a corpus costs address space, not private memory, and
+ * may be larger than RAM. (Files that cannot be mapped are read into the heap instead; see
+ * add_file in data.c.) Files must not be truncated while a job reads them: a mapped page past
+ * the new end of the file raises SIGBUS.
  *
  * The batch of step n is a pure function of (seed, n) and the loaded sources: sequence i of
  * step n draws its source from the mixture weights in force at step n and its start offset
  * from a counter-based hash of (seed, n, i) — no state carries between steps, so any step can
  * be replayed exactly, and a data shard is just a range of sequence indices.
- * Never: trains, or keeps a cursor.
+ * Never: trains, keeps a cursor, or writes to a file it reads.
  */
 #ifndef MOE_DATA_H
 #define MOE_DATA_H
@@ -21,12 +28,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* One non-empty file of a stream: stream bytes [start, start + n). */
+struct data_segment {
+    const uint8_t *bytes; // (n) a read-only mapping of the file, or a heap copy if !mapped
+    size_t start;
+    size_t n;
+    int mapped; // 1: munmap to release; 0: read into the heap (see data.c for when)
+};
+
 struct data_stream {
     char path[SPEC_PATH_MAX];
-    uint8_t *bytes;
+    struct data_segment *segments; // (n_segments) in stream order; empty files have none
+    int n_segments;
     size_t n;       // all bytes of the source
     size_t n_train; // bytes [0, n_train) train, [n_train, n) held out
-    int n_files;    // files read (1 for a plain file)
+    int n_files;    // text files read, empty ones included (1 for a plain file)
 };
 
 struct dataset {
