@@ -434,24 +434,27 @@ double adamw_lr(const struct adamw_config *o, long step) {
 
 /* Sum of squares in double over fixed chunks of 64Ki elements, the chunk sums added in chunk
  * order: the result is the same whatever the number of threads. */
+enum { SQ_CHUNK = 1 << 16 };
+
+static double chunk_squares(const real *x, size_t n, size_t c) {
+    size_t end = (c + 1) * SQ_CHUNK < n ? (c + 1) * SQ_CHUNK : n;
+    double s = 0;
+    for (size_t i = c * SQ_CHUNK; i < end; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
 static double sum_squares(const real *x, size_t n) {
-    enum { CHUNK = 1 << 16 };
-    size_t n_chunks = (n + CHUNK - 1) / CHUNK;
+    size_t n_chunks = (n + SQ_CHUNK - 1) / SQ_CHUNK;
     double *part = malloc(sizeof(double) * (n_chunks ? n_chunks : 1));
     double total = 0;
-    if (!part) { /* no memory for partials: same order, one thread */
-        for (size_t i = 0; i < n; i++) total += (double)x[i] * x[i];
+    if (!part) { /* no memory for the partial sums: the same chunks in the same order, serially */
+        for (size_t c = 0; c < n_chunks; c++) total += chunk_squares(x, n, c);
         return total;
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
-    for (size_t c = 0; c < n_chunks; c++) {
-        size_t end = (c + 1) * CHUNK < n ? (c + 1) * CHUNK : n;
-        double s = 0;
-        for (size_t i = c * CHUNK; i < end; i++) s += (double)x[i] * x[i];
-        part[c] = s;
-    }
+    for (size_t c = 0; c < n_chunks; c++) part[c] = chunk_squares(x, n, c);
     for (size_t c = 0; c < n_chunks; c++) total += part[c];
     free(part);
     return total;

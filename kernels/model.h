@@ -133,7 +133,9 @@ void model_backward(struct model *m, const int *tokens, const int *targets, int 
                     double loss_scale, int accumulate);
 
 /* One AdamW step with global-norm clipping and the learning-rate schedule at m->step;
- * then the expert-bias update (if enabled) from the last forward's load; increments m->step.
+ * then the expert-bias update (if enabled) from m->stats.load, which holds the last forward's
+ * counts (a caller running micro-batches puts the whole batch's sums there first);
+ * increments m->step.
  * Returns the gradient norm before clipping. */
 double model_update(struct model *m, const struct adamw_config *opt);
 
