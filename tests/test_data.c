@@ -6,6 +6,7 @@
  */
 #include "../common/log.h"
 #include "../worker/data.h"
+#include "check.h"
 
 #include <errno.h>
 #include <math.h>
@@ -14,27 +15,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static int failures;
-
-#define EXPECT(cond)                                                                              \
-    do {                                                                                          \
-        if (!(cond)) {                                                                            \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);              \
-            failures++;                                                                           \
-        }                                                                                         \
-    } while (0)
-
-#define EXPECT_FAIL(call, want, needle)                                                           \
-    do {                                                                                          \
-        moe_status s_ = (call);                                                                   \
-        if (s_ != (want) || !strstr(moe_errmsg(), (needle))) {                                    \
-            fprintf(stderr, "%s:%d: %s: got %s \"%s\", wanted %s containing \"%s\"\n", __FILE__,  \
-                    __LINE__, #call, moe_status_str(s_), moe_errmsg(), moe_status_str(want),      \
-                    (needle));                                                                    \
-            failures++;                                                                           \
-        }                                                                                         \
-    } while (0)
 
 static char root[] = "/tmp/test_data.XXXXXX";
 

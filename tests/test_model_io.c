@@ -69,34 +69,34 @@ int main(void) {
                                .bias_update_rate = 0.001f, .rope_base = 10000,
                                .norm_eps = 1e-5f, .init_std = 0.02f};
     struct model m, back;
-    EXPECT(model_alloc(&m, &cfg, 2) == 0, "alloc");
+    EXPECT_MSG(model_alloc(&m, &cfg, 2) == 0, "alloc");
     model_init(&m, 99);
     for (size_t i = 0; i < m.n_buffers; i++) m.buffer_mem[i] = 0.001f * (float)i;
-    EXPECT(model_save(&m, good, NULL, 0) == MOE_OK, "save: %s", moe_errmsg());
-    EXPECT(model_load(&back, good, 2) == MOE_OK, "load: %s", moe_errmsg());
-    EXPECT(memcmp(&back.cfg, &m.cfg, sizeof cfg) == 0, "config changed in the round trip");
-    EXPECT(memcmp(back.param_mem, m.param_mem, sizeof(real) * m.n_params) == 0,
+    EXPECT_MSG(model_save(&m, good, NULL, 0) == MOE_OK, "save: %s", moe_errmsg());
+    EXPECT_MSG(model_load(&back, good, 2) == MOE_OK, "load: %s", moe_errmsg());
+    EXPECT_MSG(memcmp(&back.cfg, &m.cfg, sizeof cfg) == 0, "config changed in the round trip");
+    EXPECT_MSG(memcmp(back.param_mem, m.param_mem, sizeof(real) * m.n_params) == 0,
            "parameters changed in the round trip");
-    EXPECT(memcmp(back.buffer_mem, m.buffer_mem, sizeof(real) * m.n_buffers) == 0,
+    EXPECT_MSG(memcmp(back.buffer_mem, m.buffer_mem, sizeof(real) * m.n_buffers) == 0,
            "expert biases changed in the round trip");
     model_free(&back);
 
     moe_status s;
     rewrite(good, bad, "blocks.1.moe.experts.gate.weight", 's', 1);
     s = model_load(&back, bad, 2);
-    EXPECT(s == MOE_EFORMAT && strstr(moe_errmsg(), "blocks.1.moe.experts.gate.weight"),
+    EXPECT_MSG(s == MOE_EFORMAT && strstr(moe_errmsg(), "blocks.1.moe.experts.gate.weight"),
            "wrong shape: status %d, message '%s'", s, moe_errmsg());
     if (s == MOE_OK) model_free(&back);
 
     rewrite(good, bad, "blocks.0.attn.qkv.weight", 'd', 1);
     s = model_load(&back, bad, 2);
-    EXPECT(s != MOE_OK && strstr(moe_errmsg(), "blocks.0.attn.qkv.weight"),
+    EXPECT_MSG(s != MOE_OK && strstr(moe_errmsg(), "blocks.0.attn.qkv.weight"),
            "missing tensor: status %d, message '%s'", s, moe_errmsg());
     if (s == MOE_OK) model_free(&back);
 
     rewrite(good, bad, "", 0, 0);
     s = model_load(&back, bad, 2);
-    EXPECT(s == MOE_EFORMAT && strstr(moe_errmsg(), "not a moed model"),
+    EXPECT_MSG(s == MOE_EFORMAT && strstr(moe_errmsg(), "not a moed model"),
            "no config: status %d, message '%s'", s, moe_errmsg());
     if (s == MOE_OK) model_free(&back);
 

@@ -4,6 +4,7 @@
  */
 #include "../common/log.h"
 #include "../common/safetensors.h"
+#include "check.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -14,28 +15,6 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static int failures;
-
-#define EXPECT(cond)                                                                              \
-    do {                                                                                          \
-        if (!(cond)) {                                                                            \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);              \
-            failures++;                                                                           \
-        }                                                                                         \
-    } while (0)
-
-/* A read that must fail with `want` and a message containing `needle`. */
-#define EXPECT_FAIL(call, want, needle)                                                           \
-    do {                                                                                          \
-        moe_status s_ = (call);                                                                   \
-        if (s_ != (want) || !strstr(moe_errmsg(), (needle))) {                                    \
-            fprintf(stderr, "%s:%d: %s: got %s \"%s\", wanted %s containing \"%s\"\n", __FILE__,  \
-                    __LINE__, #call, moe_status_str(s_), moe_errmsg(), moe_status_str(want),      \
-                    (needle));                                                                    \
-            failures++;                                                                           \
-        }                                                                                         \
-    } while (0)
 
 static char dir[] = "/tmp/test_st.XXXXXX";
 

@@ -7,6 +7,7 @@
  */
 #include "common/spec.h"
 #include "common/status.h"
+#include "check.h"
 
 #include <cjson/cJSON.h>
 
@@ -18,16 +19,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static int failures;
-
-#define EXPECT(cond)                                                                              \
-    do {                                                                                          \
-        if (!(cond)) {                                                                            \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                       \
-            failures++;                                                                           \
-        }                                                                                         \
-    } while (0)
 
 /* A failure with status `want` whose message is one "spec: " line containing every needle. */
 static void expect_error(int line, const char *what, moe_status got, moe_status want,

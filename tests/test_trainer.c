@@ -123,7 +123,7 @@ int main(int argc, char **argv) {
     omp_set_num_threads(2);
     if (!mkdtemp(dir)) return perror("mkdtemp"), 1;
     /* the build links OpenBLAS's OpenMP flavour (one thread pool with the kernels' loops) */
-    EXPECT(openblas_get_parallel() == 2, "OpenBLAS in this process is not the OpenMP build "
+    EXPECT_MSG(openblas_get_parallel() == 2, "OpenBLAS in this process is not the OpenMP build "
            "(openblas_get_parallel() = %d)", openblas_get_parallel());
     char a[256], b[256], c[256], d[256], state[256];
     snprintf(a, sizeof a, "%s/a.safetensors", dir);
@@ -132,16 +132,16 @@ int main(int argc, char **argv) {
     snprintf(d, sizeof d, "%s/d.safetensors", dir);
     snprintf(state, sizeof state, "%s/state.safetensors", dir);
 
-    EXPECT(train(a, NULL, NULL, 12) == 0, "run a");
-    EXPECT(train(b, NULL, NULL, 12) == 0, "run b");
-    EXPECT(same_file(a, b), "two runs of one spec differ");
+    EXPECT_MSG(train(a, NULL, NULL, 12) == 0, "run a");
+    EXPECT_MSG(train(b, NULL, NULL, 12) == 0, "run b");
+    EXPECT_MSG(same_file(a, b), "two runs of one spec differ");
 
     int threads_checked = blas_thread_independent();
     if (threads_checked) {
         openblas_set_num_threads(1);
         omp_set_num_threads(1);
-        EXPECT(train(c, NULL, NULL, 12) == 0, "run c");
-        EXPECT(same_file(a, c), "a single-threaded run differs from a multi-threaded one");
+        EXPECT_MSG(train(c, NULL, NULL, 12) == 0, "run c");
+        EXPECT_MSG(same_file(a, c), "a single-threaded run differs from a multi-threaded one");
         openblas_set_num_threads(2);
         omp_set_num_threads(2);
     } else {
@@ -150,15 +150,15 @@ int main(int argc, char **argv) {
                openblas_get_corename());
     }
 
-    EXPECT(train(NULL, state, NULL, 5) == 0, "run to step 5");
-    EXPECT(train(d, NULL, state, 12) == 0, "resume from step 5");
-    EXPECT(same_file(a, d), "a run resumed from step 5 differs from the uninterrupted run");
+    EXPECT_MSG(train(NULL, state, NULL, 5) == 0, "run to step 5");
+    EXPECT_MSG(train(d, NULL, state, 12) == 0, "resume from step 5");
+    EXPECT_MSG(same_file(a, d), "a run resumed from step 5 differs from the uninterrupted run");
 
     /* a model trained further must differ: the comparisons above are not vacuous */
     char e[256];
     snprintf(e, sizeof e, "%s/e.safetensors", dir);
-    EXPECT(train(e, NULL, NULL, 13) == 0, "run e");
-    EXPECT(!same_file(a, e), "13 steps wrote the same file as 12");
+    EXPECT_MSG(train(e, NULL, NULL, 13) == 0, "run e");
+    EXPECT_MSG(!same_file(a, e), "13 steps wrote the same file as 12");
 
     const char *names[] = {"a", "b", "c", "d", "e"};
     for (int i = 0; i < 5; i++) {
