@@ -15,6 +15,8 @@ const char *moe_status_str(moe_status s) {
     case MOE_EFORMAT: return "malformed data";
     case MOE_ENOTFOUND: return "not found";
     case MOE_EINTERNAL: return "internal error";
+    case MOE_EAUTH: return "unauthenticated";
+    case MOE_EUNAVAILABLE: return "unavailable";
     }
     return "unknown status";
 }

@@ -18,6 +18,8 @@ typedef enum moe_status {
     MOE_EFORMAT,   /* a file or message is malformed (safetensors, JSON, YAML) */
     MOE_ENOTFOUND, /* a named thing does not exist */
     MOE_EINTERNAL, /* a broken invariant inside moed: a bug */
+    MOE_EAUTH,     /* a peer refused our credentials (or we refused theirs) */
+    MOE_EUNAVAILABLE, /* a peer cannot be reached now, or the call timed out: retry later */
 } moe_status;
 
 const char *moe_status_str(moe_status s);

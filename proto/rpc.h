@@ -1,0 +1,167 @@
+/*
+ * rpc.h — gRPC (C core) call mechanics for moed's processes, so that services read as handlers.
+ *
+ * Owns: the completion queue of a process and the thread that drains it; handing every
+ * completion to the process's libuv loop (handlers and callbacks run on the loop thread only,
+ * so daemon state needs no locks); request/reply framing with protobuf-c; token checks;
+ * server-streaming with one send in flight and a queue behind it; client calls (blocking for
+ * the CLI and the training thread, asynchronous for the loop); TLS or insecure credentials.
+ * Never: knows what a job or a worker is. Services own their state; this module owns calls.
+ *
+ * Status codes are gRPC's (grpc_status_code). A handler answers every call exactly once:
+ * rpc_reply or rpc_fail for unary calls, rpc_stream_finish for streams.
+ */
+#ifndef MOE_RPC_H
+#define MOE_RPC_H
+
+#include "../common/status.h"
+
+#include <grpc/grpc.h>
+#include <grpc/status.h>
+#include <protobuf-c/protobuf-c.h>
+#include <stddef.h>
+#include <uv.h>
+
+/* Largest message either side accepts; bigger ones fail with RESOURCE_EXHAUSTED. Model
+ * chunks are 1 MiB, so 4 MiB leaves room without letting a client make us allocate much. */
+#define RPC_MAX_MESSAGE (4 << 20)
+#define RPC_MODEL_CHUNK (1 << 20)
+
+/* Calls grpc_init once per process (idempotent); rpc_shutdown_library at exit. */
+void rpc_init(void);
+void rpc_shutdown_library(void);
+
+/* TLS material, all PEM file paths; NULL or "" members mean "not configured". A server with
+ * cert+key serves TLS; a client with ca verifies the server against it. */
+struct rpc_tls {
+    const char *cert_file;
+    const char *key_file;
+    const char *ca_file;
+};
+
+/* ---- the pump: one completion queue drained by one thread into a libuv loop ---- */
+
+struct rpc_pump;
+
+moe_status rpc_pump_start(struct rpc_pump **out, uv_loop_t *loop);
+/* Cancels outstanding client calls, shuts the queue down, joins the thread and closes the
+ * loop handles; `done` runs on the loop once everything is released. Servers on this pump
+ * must be shut down first. */
+void rpc_pump_stop(struct rpc_pump *p, void (*done)(void *arg), void *arg);
+
+/* ---- servers ---- */
+
+enum rpc_auth { RPC_AUTH_NONE = 0, RPC_AUTH_CLIENT, RPC_AUTH_CLUSTER };
+enum rpc_kind { RPC_UNARY = 0, RPC_SERVER_STREAM };
+
+struct rpc_call;   // one incoming call, owned by this module
+struct rpc_server;
+
+/* `request` is the unpacked message (freed by this module after the handler returns; copy
+ * what must outlive it). `ctx` is the server's context (a struct coordinator *, ...). */
+typedef void (*rpc_handler)(struct rpc_call *call, const ProtobufCMessage *request, void *ctx);
+
+struct rpc_method {
+    const char *path;                                 // "/moed.v1.Jobs/SubmitJob"
+    const ProtobufCMessageDescriptor *request_type;
+    enum rpc_kind kind;
+    enum rpc_auth auth;                               // which token the call must carry
+    rpc_handler handler;
+};
+
+struct rpc_server_config {
+    const char *listen;              // "127.0.0.1:7070"; port 0 picks a free one
+    const struct rpc_tls *tls;       // NULL: insecure
+    const char *client_token;        // required by RPC_AUTH_CLIENT methods
+    const char *cluster_token;       // required by RPC_AUTH_CLUSTER methods
+    const char *role;                // for log lines: "coordinator", "worker"
+};
+
+/* Binds, registers `methods` (the array must outlive the server) and starts serving.
+ * *bound_port gets the port actually bound. Unknown methods get UNIMPLEMENTED. */
+moe_status rpc_server_start(struct rpc_server **out, struct rpc_pump *pump,
+                            const struct rpc_server_config *cfg, const struct rpc_method *methods,
+                            int n_methods, void *ctx, int *bound_port);
+/* Stops accepting, cancels calls in flight (open streams get their on_close callback), and
+ * runs `done` on the loop when the server is destroyed. */
+void rpc_server_shutdown(struct rpc_server *s, void (*done)(void *arg), void *arg);
+
+/* Unary answers. The call is released after the status is sent: drop the pointer. */
+void rpc_reply(struct rpc_call *c, const ProtobufCMessage *response);
+void rpc_fail(struct rpc_call *c, grpc_status_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Streams. rpc_stream_send packs `msg` and queues it (one send in flight per call); returns
+ * -1 once the call is finished or the client went away. rpc_stream_finish sends the status
+ * after the queue drains. on_close runs once when the call ends for any reason (finished,
+ * client cancelled, server shut down); after it returns the call pointer is invalid. The
+ * owner must not use the call after on_close (it typically unlinks it from a watcher list). */
+int rpc_stream_send(struct rpc_call *c, const ProtobufCMessage *msg);
+void rpc_stream_finish(struct rpc_call *c, grpc_status_code code, const char *details);
+
+/* One message for many streams (a job's watchers): packed once, its bytes shared by every
+ * send. The message may be freed as soon as the sends are queued. */
+struct rpc_message;
+struct rpc_message *rpc_message_pack(const ProtobufCMessage *msg);
+int rpc_stream_send_packed(struct rpc_call *c, const struct rpc_message *m);
+void rpc_message_free(struct rpc_message *m);
+void rpc_stream_on_close(struct rpc_call *c, void (*on_close)(struct rpc_call *c, void *arg),
+                         void *arg);
+size_t rpc_stream_queued(const struct rpc_call *c); // messages not yet handed to gRPC
+/* on_sent runs each time the queue becomes empty after a send completed: the place to send
+ * the next piece of a large transfer without queueing it all (FetchModel). */
+void rpc_stream_on_sent(struct rpc_call *c, void (*on_sent)(struct rpc_call *c, void *arg),
+                        void *arg);
+
+const char *rpc_call_method(const struct rpc_call *c);
+const char *rpc_call_peer(const struct rpc_call *c); // "ipv4:127.0.0.1:50312"
+
+/* ---- clients ---- */
+
+struct rpc_channel;
+
+/* `target` "host:port"; `token` sent as "authorization: Bearer <token>" (NULL: none).
+ * wait_for_ready: calls wait for the connection (until their deadline) instead of failing
+ * fast with UNAVAILABLE while the server is down: workers want that, the CLI does not. */
+moe_status rpc_channel_open(struct rpc_channel **out, const char *target, const struct rpc_tls *tls,
+                            const char *token, int wait_for_ready);
+void rpc_channel_close(struct rpc_channel *ch);
+const char *rpc_channel_target(const struct rpc_channel *ch);
+
+/* The outcome of a client call: gRPC's code and the server's message. */
+struct rpc_result {
+    grpc_status_code code;
+    char details[512];
+};
+
+/* Blocking unary call, safe from any thread. On GRPC_STATUS_OK, *response is the unpacked
+ * reply (free with protobuf_c_message_free_unpacked(m, NULL)). Returns MOE_OK on success;
+ * otherwise fails with a message "<method> on <target>: <CODE>: <details>" and fills `res`. */
+moe_status rpc_call_sync(struct rpc_channel *ch, const char *method, const ProtobufCMessage *request,
+                         const ProtobufCMessageDescriptor *response_type,
+                         ProtobufCMessage **response, double timeout_s, struct rpc_result *res);
+
+/* Asynchronous unary call from the loop thread; `cb` runs on the loop with the result and the
+ * unpacked response (NULL unless OK; freed after cb returns). */
+typedef void (*rpc_reply_cb)(void *arg, const struct rpc_result *res, const ProtobufCMessage *response);
+moe_status rpc_call_async(struct rpc_pump *p, struct rpc_channel *ch, const char *method,
+                          const ProtobufCMessage *request,
+                          const ProtobufCMessageDescriptor *response_type, double timeout_s,
+                          rpc_reply_cb cb, void *arg);
+
+/* Blocking server-streaming call (moectl watch, fetch). timeout_s <= 0: no deadline. */
+struct rpc_stream;
+moe_status rpc_stream_open(struct rpc_stream **out, struct rpc_channel *ch, const char *method,
+                           const ProtobufCMessage *request, double timeout_s);
+/* 1: *msg holds the next message (caller frees); 0: the stream ended with OK; -1: it failed,
+ * `res` (and moe_errmsg) say why. */
+int rpc_stream_next(struct rpc_stream *s, const ProtobufCMessageDescriptor *type,
+                    ProtobufCMessage **msg, struct rpc_result *res);
+void rpc_stream_close(struct rpc_stream *s); // cancels the call if it is still open
+
+const char *rpc_code_name(grpc_status_code code); // "UNAUTHENTICATED"
+
+/* Reads a token file (one line, surrounding whitespace dropped); MOE_EIO names the file. */
+moe_status rpc_read_token(const char *path, char *out, size_t cap);
+
+#endif
