@@ -35,7 +35,16 @@ void blas_select_kernels(char **argv) {
                  "CPU supports (MOE_BLAS_CORETYPE=keep to keep yours)", have, want);
     setenv("OPENBLAS_CORETYPE", want, 1);
     setenv("MOE_BLAS_REEXEC", "1", 1);
-    execv("/proc/self/exe", argv);
+    /* Exec the binary by its real path: exec'ing "/proc/self/exe" would rename the process
+     * "exe" in /proc/<pid>/stat, and tools (moectl cluster down, ps -C) find daemons by name. */
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = 0;
+        execv(self, argv);
+    } else {
+        execv("/proc/self/exe", argv);
+    }
     LOG_WARN("could not re-execute to select %s kernels; continuing with %s", want,
              blas_loaded_coretype());
 }

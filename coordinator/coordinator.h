@@ -1,0 +1,171 @@
+/*
+ * coordinator.h — the single controller: jobs, workers, and every decision about them.
+ *
+ * Owns: the job table (spec, state, binding of each logical slot to a worker, last metrics,
+ * recent events, watchers), the worker table (address, pod, health from heartbeats), the
+ * scheduler that binds queued jobs to idle workers, failure detection (heartbeat timeout), and
+ * the durable record of all of it in RocksDB (store.h). A decision is written to the store
+ * before it is acted on or announced, so a coordinator killed at any point restarts into a
+ * state it had already promised. Everything runs on one libuv loop thread: no locks.
+ * Never: touches tensors, reads training data, or exits on a bad request. Workers own the
+ * tensors; the coordinator only tells them which slot to play and records what they report.
+ *
+ * State machine of a job (docs/protocol.md):
+ *   QUEUED --schedule--> RUNNING --last step + model uploaded--> SUCCEEDED
+ *      |                    |--worker dead / error--> FAILED
+ *      '--cancel--> CANCELLED <--cancel--'
+ */
+#ifndef MOE_COORDINATOR_H
+#define MOE_COORDINATOR_H
+
+#include "../common/status.h"
+#include "../proto/rpc.h"
+#include "proto/moed.pb-c.h"
+#include "store.h"
+
+#include <stdint.h>
+#include <uv.h>
+
+#define MOED_VERSION "0.1.0"
+#define JOB_RECENT_EVENTS 32 // kept in memory per job for GetJob / a new watcher
+
+/* Every knob of the coordinator, with its default in coordinator_config_defaults. */
+struct coordinator_config {
+    char listen[160];             // --listen, "127.0.0.1:0" picks a port
+    char dir[1024];               // --dir: RocksDB and uploaded models live here
+    char addr_file[1024];         // --addr-file: the bound address is written here when ready
+    char client_token[256];       // from --client-token-file; "" disables the check
+    char cluster_token[256];      // from --cluster-token-file; "" disables the check
+    char tls_cert[1024], tls_key[1024]; // --tls-cert/--tls-key: serve TLS
+    char worker_tls_ca[1024];     // --worker-tls-ca: verify workers' TLS when calling them
+    long heartbeat_interval_ms;   // told to workers at registration
+    long heartbeat_timeout_ms;    // a worker silent this long is dead
+    int max_assign_attempts;      // RunSlot refusals before a job fails
+};
+
+void coordinator_config_defaults(struct coordinator_config *c);
+
+struct binding {
+    char worker_id[24];
+    char address[160];
+};
+
+struct watcher {
+    struct rpc_call *call;
+    struct job *job;
+    struct watcher *prev, *next;
+};
+
+struct job {
+    long num;                  // N of "job-N"
+    char id[24];
+    char name[128];
+    Moed__V1__JobState state;
+    long step, total_steps;
+    double loss, val_loss;
+    int64_t created_ms, started_ms, finished_ms;
+    char error[768];
+    char *spec_json;
+    int pods, slots;
+    struct binding *bindings;  // (pods * slots), slot (p, s) at p * slots + s
+    int64_t model_bytes;
+    int64_t next_event;
+    /* not persisted */
+    int assign_attempts;
+    Moed__V1__StepMetrics *last;              // a private copy of the latest step's metrics
+    Moed__V1__Event *recent[JOB_RECENT_EVENTS]; // ring of the latest events, private copies
+    int n_recent, recent_head;
+    double sec_per_step;                      // moving average, for the ETA
+    struct watcher *watchers;
+    int upload_fd;                            // model upload in progress (-1: none)
+    int64_t upload_offset;
+};
+
+struct worker {
+    long num;                  // N of "w-N"
+    char id[24];
+    char address[160];
+    int pod;
+    Moed__V1__WorkerState state;
+    char version[32], host[128];
+    int pid, cpus;
+    int64_t registered_ms, last_heartbeat_ms;
+    char job_id[24];           // the job whose slot it plays (or is finishing); "" when free
+    int slot;
+    struct rpc_channel *channel; // to its Worker service
+    int confirmed;             // registered with this coordinator process (not only loaded)
+};
+
+struct coordinator {
+    struct coordinator_config cfg;
+    uv_loop_t *loop;
+    struct rpc_pump *pump;
+    struct rpc_server *server;
+    char address[160];         // host:port actually bound
+    struct store *store;
+    char models_dir[1100];
+    long next_job, next_worker;
+    char cluster_id[40];
+    struct job **jobs;         // in submission order
+    int n_jobs, cap_jobs;
+    struct worker **workers;   // in registration order
+    int n_workers, cap_workers;
+    uv_timer_t monitor;        // heartbeat timeouts
+    uv_signal_t sig_term, sig_int;
+    int64_t started_ms;
+    int stopping;
+    uint64_t steps_reported;   // step reports handled since start (the bench reads it)
+};
+
+/* Loads the store, binds the server and writes the address file. */
+moe_status coordinator_start(struct coordinator *co, uv_loop_t *loop,
+                             const struct coordinator_config *cfg);
+/* Stops serving and releases everything; the loop then runs dry. */
+void coordinator_stop(struct coordinator *co);
+
+/* ---- used by the service handlers (services.c) ---- */
+
+int64_t now_ms(void);
+struct job *coordinator_find_job(struct coordinator *co, const char *id);
+struct worker *coordinator_find_worker(struct coordinator *co, const char *id);
+int job_is_final(const struct job *j);
+const char *job_state_name(Moed__V1__JobState s);
+
+/* Accepts a validated spec as a new QUEUED job (stored before it is returned). */
+moe_status coordinator_submit(struct coordinator *co, const char *spec_text, size_t len,
+                              char *const *overrides, size_t n_overrides, struct job **out);
+/* Cancels a queued or running job; MOE_EINVAL if it already ended. */
+moe_status coordinator_cancel(struct coordinator *co, struct job *j);
+/* Moves a job to a final state with an event, tells watchers and frees its worker. */
+moe_status coordinator_finish_job(struct coordinator *co, struct job *j, Moed__V1__JobState state,
+                                  const char *kind, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* Appends an event to a job (stored now) and sends it to the job's watchers. */
+moe_status coordinator_event(struct coordinator *co, struct job *j, int sync, const char *kind,
+                             const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Binds queued jobs to idle workers, oldest job first. */
+void coordinator_schedule(struct coordinator *co);
+/* Persists a worker's record. */
+moe_status coordinator_save_worker(struct coordinator *co, const struct worker *w);
+/* Sends a JobUpdate to every watcher of `j`, with `new_event` if not NULL; finishes the
+ * watchers' streams when the job has ended. */
+void coordinator_notify(struct coordinator *co, struct job *j, const Moed__V1__Event *new_event);
+
+/* Protobuf views of a job (pointing into the job; valid until it changes). */
+struct job_view {
+    Moed__V1__JobInfo info;
+    Moed__V1__SlotBinding *bind;
+    Moed__V1__SlotBinding **bind_ptrs;
+};
+void job_view_fill(struct job_view *v, const struct job *j);
+void job_view_free(struct job_view *v);
+double job_eta_seconds(const struct job *j);
+
+/* The service tables (services.c). */
+extern const struct rpc_method coordinator_methods[];
+extern const int coordinator_n_methods;
+
+/* Deep copy of a protobuf-c message (pack + unpack). */
+ProtobufCMessage *pb_clone(const ProtobufCMessage *m);
+
+#endif

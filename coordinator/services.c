@@ -1,0 +1,647 @@
+/*
+ * services.c — the coordinator's RPC handlers: Jobs and Status for clients, Cluster for
+ * workers. Each handler checks its request, calls into coordinator.c, and answers once.
+ * Bad requests get a status naming what is wrong; nothing here exits or aborts.
+ */
+#include "coordinator.h"
+
+#include "../common/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CO(ctx) ((struct coordinator *)(ctx))
+
+moe_status coordinator_add_worker(struct coordinator *co, struct worker **out);
+moe_status coordinator_connect_worker(struct coordinator *co, struct worker *w);
+moe_status coordinator_save_meta(struct coordinator *co);
+
+static struct job *job_or_fail(struct rpc_call *call, struct coordinator *co, const char *id) {
+    struct job *j = id && id[0] ? coordinator_find_job(co, id) : NULL;
+    if (!j) rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no job %s", id && id[0] ? id : "(empty id)");
+    return j;
+}
+
+static void model_path(const struct coordinator *co, const struct job *j, char *out, size_t cap,
+                       int part) {
+    snprintf(out, cap, "%s/%s.safetensors%s", co->models_dir, j->id, part ? ".part" : "");
+}
+
+/* ---- Jobs ---- */
+
+static void submit_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__SubmitJobRequest *req = (const void *)m;
+    struct job *j;
+    moe_status s = coordinator_submit(CO(ctx), req->spec, strlen(req->spec), req->overrides,
+                                      req->n_overrides, &j);
+    if (s == MOE_EINVAL || s == MOE_EFORMAT || s == MOE_ENOTFOUND || s == MOE_EIO) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", moe_errmsg());
+        return;
+    }
+    if (s != MOE_OK) {
+        rpc_fail(call, GRPC_STATUS_INTERNAL, "%s", moe_errmsg());
+        return;
+    }
+    struct job_view v;
+    job_view_fill(&v, j);
+    rpc_reply(call, &v.info.base);
+    job_view_free(&v);
+    coordinator_schedule(CO(ctx));
+}
+
+static void cancel_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__JobRef *req = (const void *)m;
+    struct job *j = job_or_fail(call, CO(ctx), req->job_id);
+    if (!j) return;
+    if (job_is_final(j)) {
+        rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%s already ended: %s", j->id,
+                 job_state_name(j->state));
+        return;
+    }
+    if (coordinator_cancel(CO(ctx), j) != MOE_OK) {
+        rpc_fail(call, GRPC_STATUS_INTERNAL, "%s", moe_errmsg());
+        return;
+    }
+    struct job_view v;
+    job_view_fill(&v, j);
+    rpc_reply(call, &v.info.base);
+    job_view_free(&v);
+}
+
+static void list_jobs(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__ListJobsRequest *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    Moed__V1__ListJobsResponse resp = MOED__V1__LIST_JOBS_RESPONSE__INIT;
+    struct job_view *views = calloc((size_t)co->n_jobs + 1, sizeof *views);
+    Moed__V1__JobInfo **ptrs = calloc((size_t)co->n_jobs + 1, sizeof *ptrs);
+    if (!views || !ptrs) {
+        free(views);
+        free(ptrs);
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    size_t n = 0;
+    for (int i = 0; i < co->n_jobs; i++) {
+        struct job *j = co->jobs[i];
+        if (req->active_only && job_is_final(j)) continue;
+        job_view_fill(&views[n], j);
+        ptrs[n] = &views[n].info;
+        n++;
+    }
+    resp.n_jobs = n;
+    resp.jobs = ptrs;
+    rpc_reply(call, &resp.base);
+    for (size_t i = 0; i < n; i++) job_view_free(&views[i]);
+    free(views);
+    free(ptrs);
+}
+
+static void get_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__JobRef *req = (const void *)m;
+    struct job *j = job_or_fail(call, CO(ctx), req->job_id);
+    if (!j) return;
+    Moed__V1__JobStatus st = MOED__V1__JOB_STATUS__INIT;
+    struct job_view v;
+    job_view_fill(&v, j);
+    st.job = &v.info;
+    st.last = j->last;
+    Moed__V1__Event *events[JOB_RECENT_EVENTS];
+    for (int i = 0; i < j->n_recent; i++) events[i] = j->recent[(j->recent_head + i) % JOB_RECENT_EVENTS];
+    st.n_events = (size_t)j->n_recent;
+    st.events = events;
+    st.spec_json = j->spec_json;
+    st.eta_seconds = job_eta_seconds(j);
+    rpc_reply(call, &st.base);
+    job_view_free(&v);
+}
+
+static void watch_closed(struct rpc_call *c, void *arg) {
+    struct watcher *w = arg;
+    if (w->prev)
+        w->prev->next = w->next;
+    else if (w->job)
+        w->job->watchers = w->next;
+    if (w->next) w->next->prev = w->prev;
+    free(w);
+}
+
+static void watch_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__WatchJobRequest *req = (const void *)m;
+    struct job *j = job_or_fail(call, CO(ctx), req->job_id);
+    if (!j) return;
+    /* The first update is the whole picture: state, last metrics, recent events. */
+    Moed__V1__JobUpdate u = MOED__V1__JOB_UPDATE__INIT;
+    struct job_view v;
+    job_view_fill(&v, j);
+    u.job = &v.info;
+    u.last = j->last;
+    Moed__V1__Event *events[JOB_RECENT_EVENTS];
+    for (int i = 0; i < j->n_recent; i++) events[i] = j->recent[(j->recent_head + i) % JOB_RECENT_EVENTS];
+    u.n_new_events = (size_t)j->n_recent;
+    u.new_events = events;
+    u.eta_seconds = job_eta_seconds(j);
+    rpc_stream_send(call, &u.base);
+    job_view_free(&v);
+    if (job_is_final(j)) {
+        rpc_stream_finish(call, GRPC_STATUS_OK, "");
+        return;
+    }
+    struct watcher *w = calloc(1, sizeof *w);
+    if (!w) {
+        rpc_stream_finish(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    w->call = call;
+    w->job = j;
+    w->next = j->watchers;
+    if (j->watchers) j->watchers->prev = w;
+    j->watchers = w;
+    rpc_stream_on_close(call, watch_closed, w);
+}
+
+/* FetchModel streams the file a chunk at a time: the next read happens when the previous
+ * chunk has been handed to the network, so a large model never sits in memory whole. */
+struct fetch {
+    int fd;
+    int64_t offset, total;
+    char job_id[24];
+    uint8_t *buf;
+};
+
+static void fetch_closed(struct rpc_call *c, void *arg) {
+    struct fetch *f = arg;
+    close(f->fd);
+    free(f->buf);
+    free(f);
+}
+
+static void fetch_next(struct rpc_call *c, void *arg) {
+    struct fetch *f = arg;
+    if (f->offset >= f->total) {
+        rpc_stream_finish(c, GRPC_STATUS_OK, "");
+        return;
+    }
+    int64_t want = f->total - f->offset;
+    if (want > RPC_MODEL_CHUNK) want = RPC_MODEL_CHUNK;
+    ssize_t got = pread(f->fd, f->buf, (size_t)want, f->offset);
+    if (got != want) {
+        rpc_stream_finish(c, GRPC_STATUS_DATA_LOSS, "the stored model is shorter than recorded");
+        return;
+    }
+    Moed__V1__ModelChunk chunk = MOED__V1__MODEL_CHUNK__INIT;
+    chunk.job_id = f->job_id;
+    chunk.offset = f->offset;
+    chunk.total_bytes = f->total;
+    chunk.data.len = (size_t)got;
+    chunk.data.data = f->buf;
+    f->offset += got;
+    rpc_stream_send(c, &chunk.base);
+}
+
+static void fetch_model(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__JobRef *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    struct job *j = job_or_fail(call, co, req->job_id);
+    if (!j) return;
+    if (j->state != MOED__V1__JOB_STATE__JOB_SUCCEEDED) {
+        rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%s has no model: it is %s", j->id,
+                 job_state_name(j->state));
+        return;
+    }
+    char path[1200];
+    model_path(co, j, path, sizeof path, 0);
+    struct fetch *f = calloc(1, sizeof *f);
+    if (!f || !(f->buf = malloc(RPC_MODEL_CHUNK))) {
+        if (f) free(f);
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (f->fd < 0 || fstat(f->fd, &sb) != 0) {
+        LOG_ERROR("%s: cannot open its model %s: %s", j->id, path, strerror(errno));
+        if (f->fd >= 0) close(f->fd);
+        free(f->buf);
+        free(f);
+        rpc_fail(call, GRPC_STATUS_DATA_LOSS, "the model of %s is missing on the coordinator", j->id);
+        return;
+    }
+    f->total = sb.st_size;
+    snprintf(f->job_id, sizeof f->job_id, "%s", j->id);
+    rpc_stream_on_close(call, fetch_closed, f);
+    rpc_stream_on_sent(call, fetch_next, f);
+    fetch_next(call, f);
+}
+
+/* ---- Status ---- */
+
+static void get_cluster(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    struct coordinator *co = CO(ctx);
+    int64_t now = now_ms();
+    Moed__V1__ClusterStatus st = MOED__V1__CLUSTER_STATUS__INIT;
+    st.coordinator_version = MOED_VERSION;
+    st.coordinator_address = co->address;
+    st.started_unix_ms = co->started_ms;
+    st.uptime_seconds = (now - co->started_ms) / 1000.0;
+    st.heartbeat_timeout_ms = co->cfg.heartbeat_timeout_ms;
+    int n = co->n_workers;
+    Moed__V1__WorkerInfo *infos = calloc((size_t)n + 1, sizeof *infos);
+    Moed__V1__WorkerInfo **wp = calloc((size_t)n + 1, sizeof *wp);
+    /* pods: the distinct pod numbers of registered workers, ascending */
+    Moed__V1__PodInfo *pods = calloc((size_t)n + 1, sizeof *pods);
+    Moed__V1__PodInfo **pp = calloc((size_t)n + 1, sizeof *pp);
+    if (!infos || !wp || !pods || !pp) {
+        free(infos), free(wp), free(pods), free(pp);
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    size_t n_pods = 0;
+    for (int i = 0; i < n; i++) {
+        struct worker *w = co->workers[i];
+        Moed__V1__WorkerInfo wi = MOED__V1__WORKER_INFO__INIT;
+        wi.worker_id = w->id;
+        wi.address = w->address;
+        wi.pod = w->pod;
+        wi.state = w->state;
+        wi.version = w->version;
+        wi.host = w->host;
+        wi.pid = w->pid;
+        wi.last_heartbeat_unix_ms = w->last_heartbeat_ms;
+        wi.ms_since_heartbeat = now - w->last_heartbeat_ms;
+        wi.job_id = w->job_id;
+        wi.slot = w->slot;
+        wi.registered_unix_ms = w->registered_ms;
+        wi.cpus = w->cpus;
+        infos[i] = wi;
+        wp[i] = &infos[i];
+        if (w->state == MOED__V1__WORKER_STATE__WORKER_LEFT) continue;
+        size_t k = 0;
+        while (k < n_pods && pods[k].pod != w->pod) k++;
+        if (k == n_pods) {
+            Moed__V1__PodInfo pi = MOED__V1__POD_INFO__INIT;
+            pi.pod = w->pod;
+            pods[n_pods++] = pi;
+        }
+        pods[k].workers++;
+        if (w->state == MOED__V1__WORKER_STATE__WORKER_IDLE || w->state == MOED__V1__WORKER_STATE__WORKER_BUSY)
+            pods[k].alive++;
+    }
+    for (size_t a = 1; a < n_pods; a++) // insertion sort by pod number
+        for (size_t b = a; b > 0 && pods[b - 1].pod > pods[b].pod; b--) {
+            Moed__V1__PodInfo t = pods[b];
+            pods[b] = pods[b - 1];
+            pods[b - 1] = t;
+        }
+    for (size_t k = 0; k < n_pods; k++) {
+        pods[k].healthy = pods[k].alive == pods[k].workers;
+        pp[k] = &pods[k];
+    }
+    st.n_workers = (size_t)n;
+    st.workers = wp;
+    st.n_pods = n_pods;
+    st.pods = pp;
+    for (int i = 0; i < co->n_jobs; i++) {
+        st.jobs_queued += co->jobs[i]->state == MOED__V1__JOB_STATE__JOB_QUEUED;
+        st.jobs_running += co->jobs[i]->state == MOED__V1__JOB_STATE__JOB_RUNNING;
+    }
+    st.jobs_total = co->n_jobs;
+    rpc_reply(call, &st.base);
+    free(infos), free(wp), free(pods), free(pp);
+}
+
+/* ---- Cluster (workers) ---- */
+
+static void register_worker(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__RegisterRequest *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    if (!req->address[0] || !strchr(req->address, ':')) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "address \"%s\" is not host:port", req->address);
+        return;
+    }
+    if (req->pod < 0) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "pod %d is negative", req->pod);
+        return;
+    }
+    struct worker *w = req->worker_id[0] ? coordinator_find_worker(co, req->worker_id) : NULL;
+    int known = w != NULL;
+    if (!w) {
+        if (coordinator_add_worker(co, &w) != MOE_OK || coordinator_save_meta(co) != MOE_OK) {
+            rpc_fail(call, GRPC_STATUS_INTERNAL, "%s", moe_errmsg());
+            return;
+        }
+        w->registered_ms = now_ms();
+    }
+    snprintf(w->address, sizeof w->address, "%s", req->address);
+    w->pod = req->pod;
+    snprintf(w->version, sizeof w->version, "%s", req->version);
+    snprintf(w->host, sizeof w->host, "%s", req->host);
+    w->pid = req->pid;
+    w->cpus = req->cpus;
+    w->last_heartbeat_ms = now_ms();
+    /* Re-registration after our restart: a worker still running a job we think it runs is
+     * reattached; anything else it runs will be told to stop by its next heartbeat. */
+    struct job *j = req->job_id[0] ? coordinator_find_job(co, req->job_id) : NULL;
+    if (j && j->state == MOED__V1__JOB_STATE__JOB_RUNNING && !strcmp(j->bindings[0].worker_id, w->id)) {
+        snprintf(w->job_id, sizeof w->job_id, "%s", j->id);
+        w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
+        if (req->step > j->step) j->step = req->step;
+        coordinator_event(co, j, 1, "reattached", "%s reattached at step %ld", w->id, (long)req->step);
+    } else if (req->job_id[0]) {
+        snprintf(w->job_id, sizeof w->job_id, "%s", req->job_id); // busy until it stops
+        w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
+    } else {
+        w->job_id[0] = 0;
+        w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
+    }
+    w->confirmed = 1;
+    if (coordinator_connect_worker(co, w) != MOE_OK || coordinator_save_worker(co, w) != MOE_OK) {
+        rpc_fail(call, GRPC_STATUS_INTERNAL, "%s", moe_errmsg());
+        return;
+    }
+    LOG_INFO("%s %s: %s pod %d pid %d (%s, %d cpus)", w->id, known ? "re-registered" : "registered",
+             w->address, w->pod, w->pid, w->host, w->cpus);
+    Moed__V1__RegisterResponse resp = MOED__V1__REGISTER_RESPONSE__INIT;
+    resp.worker_id = w->id;
+    resp.heartbeat_interval_ms = co->cfg.heartbeat_interval_ms;
+    resp.cluster_id = co->cluster_id;
+    rpc_reply(call, &resp.base);
+    coordinator_schedule(co);
+}
+
+static void heartbeat(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__HeartbeatRequest *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    Moed__V1__HeartbeatResponse resp = MOED__V1__HEARTBEAT_RESPONSE__INIT;
+    struct worker *w = coordinator_find_worker(co, req->worker_id);
+    if (!w || w->state == MOED__V1__WORKER_STATE__WORKER_LEFT) {
+        resp.reregister = 1;
+        rpc_reply(call, &resp.base);
+        return;
+    }
+    w->last_heartbeat_ms = now_ms();
+    if (!w->confirmed) {
+        /* Known from the store, not yet seen by this process: have it register again, with
+         * the job and step it is running, so the coordinator reattaches it knowingly. */
+        resp.reregister = 1;
+        rpc_reply(call, &resp.base);
+        return;
+    }
+    if (w->state == MOED__V1__WORKER_STATE__WORKER_DEAD) {
+        /* Back from the dead (a pause, a partition). Its old job already failed. */
+        LOG_WARN("%s at %s is heartbeating again", w->id, w->address);
+        w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
+        snprintf(w->job_id, sizeof w->job_id, "%s", req->job_id);
+        if (req->job_id[0]) w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
+        coordinator_save_worker(co, w);
+    }
+    struct job *j = req->job_id[0] ? coordinator_find_job(co, req->job_id) : NULL;
+    if (req->job_id[0]) {
+        if (!j || j->state != MOED__V1__JOB_STATE__JOB_RUNNING || strcmp(w->job_id, j->id) != 0)
+            resp.stop_job = 1;
+        else if (req->step > j->step)
+            j->step = req->step;
+    } else if (w->job_id[0]) {
+        /* It runs nothing: a job we thought it was finishing is over for it. */
+        struct job *mine = coordinator_find_job(co, w->job_id);
+        if (!mine || job_is_final(mine)) {
+            w->job_id[0] = 0;
+            w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
+            coordinator_save_worker(co, w);
+            coordinator_schedule(co);
+        }
+    }
+    rpc_reply(call, &resp.base);
+}
+
+static void report_step(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__StepReport *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    Moed__V1__StepReportResponse resp = MOED__V1__STEP_REPORT_RESPONSE__INIT;
+    struct job *j = coordinator_find_job(co, req->job_id);
+    struct worker *w = coordinator_find_worker(co, req->worker_id);
+    if (!j || !w) {
+        rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no %s %s", j ? "worker" : "job",
+                 j ? req->worker_id : req->job_id);
+        return;
+    }
+    if (!req->n_metrics) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "a step report without metrics");
+        return;
+    }
+    w->last_heartbeat_ms = now_ms(); // a report is as good as a heartbeat
+    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || strcmp(j->bindings[0].worker_id, w->id) != 0) {
+        resp.stop = 1;
+        rpc_reply(call, &resp.base);
+        return;
+    }
+    for (size_t i = 0; i < req->n_metrics; i++) {
+        long step = (long)req->metrics[i]->step;
+        if (step < 1 || step > j->total_steps || (i > 0 && step <= (long)req->metrics[i - 1]->step)) {
+            rpc_fail(call, GRPC_STATUS_OUT_OF_RANGE,
+                     "step %ld of %s: steps must ascend within 1..%ld", step, j->id, j->total_steps);
+            return;
+        }
+    }
+    /* Metrics are not decisions: written without fsync, in one batch with the job's step. */
+    struct store_batch *b = store_batch_new();
+    int64_t now = now_ms();
+    for (size_t i = 0; i < req->n_metrics; i++) {
+        const Moed__V1__StepMetrics *mt = req->metrics[i];
+        store_batch_step(b, j->id, mt);
+        if (mt->step > j->step) j->step = mt->step;
+        j->loss = mt->loss;
+        if (mt->val_loss > 0) j->val_loss = mt->val_loss;
+        if (mt->seconds > 0)
+            j->sec_per_step =
+                j->sec_per_step > 0 ? 0.9 * j->sec_per_step + 0.1 * mt->seconds : mt->seconds;
+    }
+    Moed__V1__StepMetrics *copy = (Moed__V1__StepMetrics *)pb_clone(&req->metrics[req->n_metrics - 1]->base);
+    if (copy) {
+        if (!copy->reported_unix_ms) copy->reported_unix_ms = now;
+        if (j->last) moed__v1__step_metrics__free_unpacked(j->last, NULL);
+        j->last = copy;
+    }
+    {
+        Moed__Store__JobRecord rec = MOED__STORE__JOB_RECORD__INIT;
+        struct job_view v;
+        job_view_fill(&v, j);
+        rec.job = &v.info;
+        rec.spec_json = j->spec_json;
+        rec.next_event = j->next_event;
+        store_batch_job(b, &rec);
+        job_view_free(&v);
+    }
+    if (store_batch_commit(co->store, b, 0) != MOE_OK)
+        LOG_WARN("%s: steps up to %ld not stored: %s", j->id, j->step, moe_errmsg());
+    co->steps_reported += req->n_metrics;
+    coordinator_notify(co, j, NULL);
+    rpc_reply(call, &resp.base);
+}
+
+static void upload_model(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__ModelChunk *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    struct job *j = coordinator_find_job(co, req->job_id);
+    if (!j) {
+        rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no job %s", req->job_id);
+        return;
+    }
+    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING) {
+        rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%s is %s: no upload accepted", j->id,
+                 job_state_name(j->state));
+        return;
+    }
+    if (req->total_bytes <= 0 || req->offset < 0 || req->offset + (int64_t)req->data.len > req->total_bytes) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "chunk at %ld (+%zu) outside a %ld-byte model",
+                 (long)req->offset, req->data.len, (long)req->total_bytes);
+        return;
+    }
+    char path[1200];
+    model_path(co, j, path, sizeof path, 1);
+    if (req->offset == 0) { // (re)start the upload
+        if (j->upload_fd >= 0) close(j->upload_fd);
+        j->upload_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        j->upload_offset = 0;
+        if (j->upload_fd < 0) {
+            LOG_ERROR("%s: cannot create %s: %s", j->id, path, strerror(errno));
+            rpc_fail(call, GRPC_STATUS_INTERNAL, "the coordinator cannot store the model");
+            return;
+        }
+    }
+    if (j->upload_fd < 0 || req->offset != j->upload_offset) {
+        rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "chunk at %ld, expected %ld: restart at 0",
+                 (long)req->offset, (long)j->upload_offset);
+        return;
+    }
+    size_t done = 0;
+    while (done < req->data.len) {
+        ssize_t n = write(j->upload_fd, req->data.data + done, req->data.len - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            LOG_ERROR("%s: writing %s: %s", j->id, path, strerror(errno));
+            rpc_fail(call, GRPC_STATUS_INTERNAL, "the coordinator cannot store the model");
+            return;
+        }
+        done += (size_t)n;
+    }
+    j->upload_offset += (int64_t)req->data.len;
+    Moed__V1__Empty e = MOED__V1__EMPTY__INIT;
+    rpc_reply(call, &e.base);
+}
+
+/* SHA-256 of a file, with OpenSSL's libcrypto. */
+static int file_sha256(const char *path, unsigned char out[32], int64_t *size) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    unsigned char buf[1 << 16];
+    *size = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) ok = 0;
+        if (n <= 0) break;
+        *size += n;
+        ok = ok && EVP_DigestUpdate(ctx, buf, (size_t)n);
+    }
+    unsigned int len = 0;
+    ok = ok && EVP_DigestFinal_ex(ctx, out, &len) && len == 32;
+    EVP_MD_CTX_free(ctx);
+    close(fd);
+    return ok ? 0 : -1;
+}
+
+static void report_job_end(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__JobEndReport *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    struct job *j = coordinator_find_job(co, req->job_id);
+    struct worker *w = coordinator_find_worker(co, req->worker_id);
+    if (!j || !w) {
+        rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no %s %s", j ? "worker" : "job",
+                 j ? req->worker_id : req->job_id);
+        return;
+    }
+    Moed__V1__Empty empty = MOED__V1__EMPTY__INIT;
+    int mine = !strcmp(j->bindings[0].worker_id, w->id);
+    if (!strcmp(w->job_id, j->id)) { // the worker is free again
+        w->job_id[0] = 0;
+        if (w->state == MOED__V1__WORKER_STATE__WORKER_BUSY) w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
+        coordinator_save_worker(co, w);
+    }
+    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || !mine) { // cancelled, or failed already
+        rpc_reply(call, &empty.base);
+        coordinator_schedule(co);
+        return;
+    }
+    if (req->step > j->step) j->step = req->step;
+    if (!req->ok) {
+        coordinator_finish_job(co, j, MOED__V1__JOB_STATE__JOB_FAILED, "failed", "%s at step %ld: %s",
+                               w->id, (long)req->step, req->error[0] ? req->error : "stopped");
+        rpc_reply(call, &empty.base);
+        coordinator_schedule(co);
+        return;
+    }
+    char part[1200], final[1200];
+    model_path(co, j, part, sizeof part, 1);
+    model_path(co, j, final, sizeof final, 0);
+    if (j->upload_fd >= 0) {
+        int bad = fsync(j->upload_fd) != 0;
+        bad |= close(j->upload_fd) != 0;
+        j->upload_fd = -1;
+        if (bad) LOG_WARN("%s: syncing %s: %s", j->id, part, strerror(errno));
+    }
+    unsigned char sum[32];
+    int64_t size = 0;
+    if (file_sha256(part, sum, &size) != 0 || size != req->model_bytes || req->model_sha256.len != 32 ||
+        memcmp(sum, req->model_sha256.data, 32) != 0) {
+        /* The worker still holds the model: it may upload again. The job stays RUNNING. */
+        rpc_fail(call, GRPC_STATUS_DATA_LOSS, "model upload of %s does not match: got %ld bytes, "
+                 "reported %ld, checksum %s", j->id, (long)size, (long)req->model_bytes,
+                 size == req->model_bytes ? "differs" : "not checked");
+        snprintf(w->job_id, sizeof w->job_id, "%s", j->id); // still busy with it
+        w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
+        return;
+    }
+    if (rename(part, final) != 0) {
+        LOG_ERROR("%s: rename %s: %s", j->id, final, strerror(errno));
+        rpc_fail(call, GRPC_STATUS_INTERNAL, "the coordinator cannot store the model");
+        return;
+    }
+    j->model_bytes = size;
+    coordinator_finish_job(co, j, MOED__V1__JOB_STATE__JOB_SUCCEEDED, "succeeded",
+                           "%ld steps, final loss %.4f, model %ld bytes", (long)j->step, j->loss,
+                           (long)size);
+    rpc_reply(call, &empty.base);
+    coordinator_schedule(co);
+}
+
+/* ---- tables ---- */
+
+#define JOBS(name) "/moed.v1.Jobs/" name
+#define STATUS(name) "/moed.v1.Status/" name
+#define CLUSTER(name) "/moed.v1.Cluster/" name
+
+const struct rpc_method coordinator_methods[] = {
+    {JOBS("SubmitJob"), &moed__v1__submit_job_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, submit_job},
+    {JOBS("CancelJob"), &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, cancel_job},
+    {JOBS("ListJobs"), &moed__v1__list_jobs_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, list_jobs},
+    {JOBS("GetJob"), &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, get_job},
+    {JOBS("WatchJob"), &moed__v1__watch_job_request__descriptor, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, watch_job},
+    {JOBS("FetchModel"), &moed__v1__job_ref__descriptor, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, fetch_model},
+    {STATUS("GetCluster"), &moed__v1__get_cluster_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, get_cluster},
+    {STATUS("GetJob"), &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, get_job},
+    {STATUS("WatchJob"), &moed__v1__watch_job_request__descriptor, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, watch_job},
+    {CLUSTER("RegisterWorker"), &moed__v1__register_request__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, register_worker},
+    {CLUSTER("Heartbeat"), &moed__v1__heartbeat_request__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, heartbeat},
+    {CLUSTER("ReportStep"), &moed__v1__step_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_step},
+    {CLUSTER("UploadModel"), &moed__v1__model_chunk__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, upload_model},
+    {CLUSTER("ReportJobEnd"), &moed__v1__job_end_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_job_end},
+};
+const int coordinator_n_methods = (int)(sizeof coordinator_methods / sizeof coordinator_methods[0]);
