@@ -1,0 +1,229 @@
+/*
+ * cluster.c — joining the cluster and staying in it: RegisterWorker at startup (blocking,
+ * retried while the coordinator starts), a Heartbeat per interval, and registering again,
+ * with the same id and the running job, when a restarted coordinator does not know us.
+ * Loop thread only, except worker_copy_id.
+ */
+#include "worker.h"
+
+#include "../../common/log.h"
+#include "proto/moed.pb-c.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define REGISTER_METHOD "/moed.v1.Cluster/RegisterWorker"
+#define HEARTBEAT_METHOD "/moed.v1.Cluster/Heartbeat"
+#define REGISTER_CALL_TIMEOUT_S 5.0
+
+void worker_copy_id(struct worker *w, char out[WORKER_ID_MAX]) {
+    uv_mutex_lock(&w->id_mu);
+    memcpy(out, w->worker_id, WORKER_ID_MAX);
+    uv_mutex_unlock(&w->id_mu);
+}
+
+/* The running job as the coordinator should learn it: id and last step, or none. */
+static const char *running_job(struct worker *w, long *step) {
+    *step = 0;
+    if (!w->job || atomic_load(&w->job->finished)) return "";
+    *step = atomic_load(&w->job->step);
+    return w->job->id;
+}
+
+static void fill_register(struct worker *w, Moed__V1__RegisterRequest *req, char *id_buf,
+                          long *step) {
+    worker_copy_id(w, id_buf);
+    req->worker_id = id_buf;
+    req->address = w->address;
+    req->pod = w->cfg.pod;
+    req->version = (char *)MOED_VERSION;
+    req->host = w->host;
+    req->pid = (int32_t)getpid();
+    req->cpus = w->cpus;
+    req->job_id = (char *)running_job(w, step);
+    req->step = *step;
+}
+
+/* Takes the coordinator's answer: our id (kept across re-registrations) and the interval. */
+static void apply_registration(struct worker *w, const Moed__V1__RegisterResponse *resp) {
+    char old[WORKER_ID_MAX];
+    worker_copy_id(w, old);
+    if (resp->worker_id[0]) { // an answer without an id keeps the one we have
+        uv_mutex_lock(&w->id_mu);
+        snprintf(w->worker_id, sizeof w->worker_id, "%s", resp->worker_id);
+        uv_mutex_unlock(&w->id_mu);
+        if (old[0] && strcmp(old, resp->worker_id) != 0)
+            LOG_WARN("the coordinator gave us a new id: %s (was %s)", resp->worker_id, old);
+    }
+    long ms = (long)resp->heartbeat_interval_ms;
+    if (ms <= 0) ms = 1000; // an unset interval must not become a busy loop
+    if (ms < 50) ms = 50;
+    int changed = ms != w->heartbeat_ms;
+    w->heartbeat_ms = ms;
+    if (changed && uv_is_active((uv_handle_t *)&w->heartbeat)) worker_heartbeat_start(w);
+}
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+moe_status worker_register(struct worker *w) {
+    Moed__V1__RegisterRequest req = MOED__V1__REGISTER_REQUEST__INIT;
+    char id[WORKER_ID_MAX];
+    long step;
+    fill_register(w, &req, id, &step);
+    double t0 = job_now();
+    int attempts = 0;
+    for (;;) {
+        ProtobufCMessage *resp = NULL;
+        struct rpc_result res;
+        moe_status s = rpc_call_sync(w->coord, REGISTER_METHOD, &req.base,
+                                     &moed__v1__register_response__descriptor, &resp,
+                                     REGISTER_CALL_TIMEOUT_S, &res);
+        attempts++;
+        if (s == MOE_OK) {
+            const Moed__V1__RegisterResponse *r = (const Moed__V1__RegisterResponse *)resp;
+            apply_registration(w, r);
+            LOG_INFO("registered with the coordinator at %s as %s (cluster %s, pod %d, "
+                     "heartbeat every %ld ms), serving on %s",
+                     w->cfg.coordinator, w->worker_id, r->cluster_id[0] ? r->cluster_id : "-",
+                     w->cfg.pod, w->heartbeat_ms, w->address);
+            protobuf_c_message_free_unpacked(resp, NULL);
+            if (!w->worker_id[0])
+                return moe_fail(MOE_EINTERNAL, "the coordinator at %s registered us without "
+                                "a worker id", w->cfg.coordinator);
+            return MOE_OK;
+        }
+        if (s == MOE_EAUTH)
+            return moe_fail(MOE_EAUTH, "coordinator refused the cluster token (%s): check "
+                            "--cluster-token-file against the coordinator's", res.details);
+        if (s != MOE_EUNAVAILABLE) return s; // rpc_call_sync's message names the method
+        double waited = job_now() - t0;
+        if (waited >= REGISTER_RETRY_S)
+            return moe_fail(MOE_EUNAVAILABLE, "cannot reach the coordinator at %s after %.0f s "
+                            "(%d attempts): %s: %s", w->cfg.coordinator, waited, attempts,
+                            rpc_code_name(res.code), res.details);
+        LOG_DEBUG("registration attempt %d: %s", attempts, moe_errmsg());
+        sleep_ms(200); // a call that failed fast must not turn into a busy loop
+    }
+}
+
+/* ---- re-registration (asynchronous, after a heartbeat said the coordinator lost us) ---- */
+
+static void on_reregistered(void *arg, const struct rpc_result *res, const ProtobufCMessage *msg) {
+    struct worker *w = arg;
+    w->reregistering = 0;
+    if (atomic_load(&w->shutting_down)) return;
+    if (res->code != GRPC_STATUS_OK) {
+        if (res->code == GRPC_STATUS_UNAUTHENTICATED)
+            LOG_ERROR("coordinator refused the cluster token on re-registration: %s",
+                      res->details);
+        else
+            LOG_WARN("re-registration failed: %s: %s (the next heartbeat tries again)",
+                     rpc_code_name(res->code), res->details);
+        return;
+    }
+    apply_registration(w, (const Moed__V1__RegisterResponse *)msg);
+    atomic_fetch_add(&w->contact, 1);
+    long step;
+    const char *job = running_job(w, &step);
+    if (job[0])
+        LOG_INFO("registered again as %s, running %s at step %ld", w->worker_id, job, step);
+    else
+        LOG_INFO("registered again as %s", w->worker_id);
+}
+
+static void reregister(struct worker *w) {
+    if (w->reregistering) return;
+    Moed__V1__RegisterRequest req = MOED__V1__REGISTER_REQUEST__INIT;
+    char id[WORKER_ID_MAX];
+    long step;
+    fill_register(w, &req, id, &step);
+    /* the request is packed before rpc_call_async returns: stack strings are fine */
+    if (rpc_call_async(w->pump, w->coord, REGISTER_METHOD, &req.base,
+                       &moed__v1__register_response__descriptor, REGISTER_CALL_TIMEOUT_S,
+                       on_reregistered, w) != MOE_OK) {
+        LOG_WARN("re-registration: %s", moe_errmsg());
+        return;
+    }
+    w->reregistering = 1;
+}
+
+/* ---- heartbeats ---- */
+
+struct heartbeat {
+    struct worker *w;
+    char job_id[64]; // the job this heartbeat spoke for: stop_job refers to it
+};
+
+static void on_heartbeat(void *arg, const struct rpc_result *res, const ProtobufCMessage *msg) {
+    struct heartbeat *hb = arg;
+    struct worker *w = hb->w;
+    w->heartbeat_in_flight = 0;
+    if (atomic_load(&w->shutting_down)) goto done;
+    if (res->code != GRPC_STATUS_OK) {
+        if (!w->coordinator_lost)
+            LOG_INFO("heartbeat failed (%s: %s); training goes on, retrying every %ld ms",
+                     rpc_code_name(res->code), res->details, w->heartbeat_ms);
+        else
+            LOG_DEBUG("heartbeat failed: %s: %s", rpc_code_name(res->code), res->details);
+        w->coordinator_lost = 1;
+        goto done;
+    }
+    if (w->coordinator_lost) {
+        LOG_INFO("heartbeat answered: the coordinator is back");
+        atomic_fetch_add(&w->contact, 1);
+    }
+    w->coordinator_lost = 0;
+    const Moed__V1__HeartbeatResponse *r = (const Moed__V1__HeartbeatResponse *)msg;
+    if (r->reregister) {
+        LOG_INFO("the coordinator does not know us (restarted?): registering again");
+        reregister(w);
+    }
+    if (r->stop_job && hb->job_id[0] && w->job && !atomic_load(&w->job->finished) &&
+        strcmp(w->job->id, hb->job_id) == 0) {
+        int run = JOB_RUN;
+        if (atomic_compare_exchange_strong(&w->job->stop, &run, JOB_STOP_COORDINATOR))
+            LOG_INFO("%s: the coordinator says it no longer runs here: stopping", hb->job_id);
+    }
+done:
+    free(hb);
+}
+
+static void heartbeat_tick(uv_timer_t *t) {
+    struct worker *w = t->data;
+    if (w->heartbeat_in_flight || atomic_load(&w->shutting_down)) return;
+    struct heartbeat *hb = calloc(1, sizeof *hb);
+    if (!hb) return;
+    hb->w = w;
+    long step;
+    snprintf(hb->job_id, sizeof hb->job_id, "%s", running_job(w, &step));
+    char id[WORKER_ID_MAX];
+    worker_copy_id(w, id);
+    Moed__V1__HeartbeatRequest req = MOED__V1__HEARTBEAT_REQUEST__INIT;
+    req.worker_id = id;
+    req.job_id = hb->job_id;
+    req.step = step;
+    /* long enough for a busy coordinator, short enough that one lost call skips few ticks */
+    double timeout = 2.0 * (double)w->heartbeat_ms / 1000.0;
+    if (timeout < 1.0) timeout = 1.0;
+    if (timeout > 10.0) timeout = 10.0;
+    if (rpc_call_async(w->pump, w->coord, HEARTBEAT_METHOD, &req.base,
+                       &moed__v1__heartbeat_response__descriptor, timeout, on_heartbeat,
+                       hb) != MOE_OK) {
+        LOG_DEBUG("heartbeat: %s", moe_errmsg());
+        free(hb);
+        return;
+    }
+    w->heartbeat_in_flight = 1;
+}
+
+void worker_heartbeat_start(struct worker *w) {
+    w->heartbeat.data = w;
+    uv_timer_start(&w->heartbeat, heartbeat_tick, (uint64_t)w->heartbeat_ms,
+                   (uint64_t)w->heartbeat_ms);
+}

@@ -1,0 +1,341 @@
+/*
+ * job.c — the training thread of one job: trainer_open, then step after step, each followed
+ * by a blocking ReportStep (batched: at most one call per REPORT_INTERVAL_S, carrying every
+ * step since the last); evaluation every run.eval_every steps and at the end. While the
+ * coordinator is unreachable, training goes on and the reports wait in a bounded backlog,
+ * sent oldest first once it answers again: the coordinator sees every step, in order.
+ * The thread talks to the loop only through the job's atomics and w->job_done.
+ */
+#include "worker.h"
+
+#include "../../common/log.h"
+#include "proto/moed.pb-c.h"
+
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define REPORT_METHOD "/moed.v1.Cluster/ReportStep"
+#define BACKOFF_MIN_S 1.0 // after a failed report, wait before trying again (doubling)
+#define BACKOFF_MAX_S 8.0
+#define REPORT_INTERVAL_S 0.25 // batch the reports of faster steps (one call per interval)
+#define REPORT_BATCH_MAX 512   // steps per call: far below the 4 MiB message limit
+
+double job_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static long unix_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_s(double s) {
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+/* Budget for a retried call: shortened once the daemon is being stopped. */
+static double retry_budget(const struct job *j, double budget_s) {
+    if (atomic_load(&j->w->shutting_down) && budget_s > FINISH_RETRY_SHUTDOWN_S)
+        return FINISH_RETRY_SHUTDOWN_S;
+    return budget_s;
+}
+
+moe_status job_call_retry(struct job *j, struct rpc_channel *ch, const char *method,
+                          const ProtobufCMessage *req, const ProtobufCMessageDescriptor *type,
+                          ProtobufCMessage **resp, double budget_s, struct rpc_result *res) {
+    struct rpc_result local;
+    if (!res) res = &local;
+    double t0 = job_now();
+    int warned = 0;
+    for (;;) {
+        moe_status s = rpc_call_sync(ch, method, req, type, resp, REPORT_TIMEOUT_S, res);
+        if (s != MOE_EUNAVAILABLE) return s;
+        double budget = retry_budget(j, budget_s);
+        if (job_now() - t0 >= budget) return s; // rpc_call_sync's message says why
+        if (!warned)
+            LOG_WARN("%s: %s; retrying for up to %.0f s", j->id, moe_errmsg(), budget);
+        warned = 1;
+        sleep_s(0.5);
+    }
+}
+
+/* ---- step reports and their backlog ---- */
+
+struct step_entry {
+    Moed__V1__StepMetrics m;
+    float load[]; // m.expert_load points here
+};
+
+/* Reports not yet accepted by the coordinator, oldest first (a ring). */
+struct backlog {
+    struct step_entry **ring;
+    size_t head, len, cap;
+    long dropped;     // oldest reports dropped because the backlog was full
+    long refused;     // reports the coordinator answered with an error (not sent again)
+    int failing;      // the last attempt could not reach the coordinator
+    double backoff_s; // wait before the next attempt while failing
+    double next_try;
+    unsigned contact;  // w->contact when it started failing: a change means "try now"
+    double last_sent;  // when the last batch was accepted
+};
+
+static struct step_entry *entry_new(const struct trainer *t, const struct step_report *r,
+                                    double val_loss) {
+    int L = t->spec.model.n_layers, E = t->spec.model.n_experts;
+    struct step_entry *e = calloc(1, sizeof *e + sizeof(float) * (size_t)E);
+    if (!e) return NULL;
+    Moed__V1__StepMetrics init = MOED__V1__STEP_METRICS__INIT;
+    e->m = init;
+    e->m.step = r->step;
+    e->m.loss = r->loss;
+    e->m.ce = r->ce;
+    e->m.aux = r->aux;
+    e->m.z = r->z;
+    e->m.grad_norm = r->grad_norm;
+    e->m.lr = r->lr;
+    e->m.tokens = r->tokens;
+    e->m.seconds = r->seconds;
+    e->m.tokens_per_second = r->seconds > 0 ? (double)r->tokens / r->seconds : 0;
+    e->m.dropped = r->dropped;
+    e->m.assignments = r->assignments;
+    e->m.load_max_over_mean = r->load_max_over_mean;
+    e->m.reported_unix_ms = unix_ms(); // when the step completed, even if sent later
+    e->m.val_loss = val_loss;
+    /* each layer's share of its assignments per expert, averaged over the layers */
+    for (int l = 0; l < L; l++) {
+        const long *load = t->load_sum + (size_t)l * E; // (L, E)
+        long total = 0;
+        for (int x = 0; x < E; x++) total += load[x];
+        if (total == 0) continue;
+        for (int x = 0; x < E; x++) e->load[x] += (float)((double)load[x] / total / L);
+    }
+    e->m.n_expert_load = (size_t)E;
+    e->m.expert_load = e->load;
+    return e;
+}
+
+static void backlog_push(struct backlog *b, struct step_entry *e) {
+    if (b->len == b->cap && b->cap < REPORT_BACKLOG_MAX) {
+        size_t cap = b->cap ? b->cap * 2 : 16;
+        if (cap > REPORT_BACKLOG_MAX) cap = REPORT_BACKLOG_MAX;
+        struct step_entry **ring = malloc(cap * sizeof *ring);
+        if (ring) {
+            for (size_t i = 0; i < b->len; i++) ring[i] = b->ring[(b->head + i) % b->cap];
+            free(b->ring);
+            b->ring = ring;
+            b->head = 0;
+            b->cap = cap;
+        }
+    }
+    if (b->len == b->cap) { // full (or out of memory): the oldest report goes
+        if (b->cap == 0) {
+            free(e);
+            b->dropped++;
+            return;
+        }
+        free(b->ring[b->head]);
+        b->head = (b->head + 1) % b->cap;
+        b->len--;
+        if (b->dropped++ == 0)
+            LOG_WARN("step report backlog full (%zu): dropping the oldest reports", b->cap);
+    }
+    b->ring[(b->head + b->len) % b->cap] = e;
+    b->len++;
+}
+
+static void backlog_pop(struct backlog *b) {
+    free(b->ring[b->head]);
+    b->head = (b->head + 1) % b->cap;
+    b->len--;
+}
+
+static void backlog_free(struct backlog *b) {
+    while (b->len) backlog_pop(b);
+    free(b->ring);
+}
+
+/* Sends the waiting reports oldest first until one cannot be delivered. Returns 1 if the
+ * coordinator answered stop. While failing, waits out the backoff first (without blocking:
+ * training goes on). Reports the coordinator refuses for another reason than being
+ * unreachable are dropped with a warning: sending them again would not change its mind. */
+static int backlog_flush(struct job *j, struct rpc_channel *ch, struct backlog *b, int now) {
+    int stop = 0;
+    if (b->failing && job_now() < b->next_try && atomic_load(&j->w->contact) == b->contact)
+        return 0;
+    if (!b->failing && !now && job_now() - b->last_sent < REPORT_INTERVAL_S) return 0;
+    size_t held = b->len;
+    char worker_id[WORKER_ID_MAX];
+    worker_copy_id(j->w, worker_id);
+    Moed__V1__StepMetrics *batch[REPORT_BATCH_MAX];
+    while (b->len) {
+        struct step_entry *e = b->ring[b->head];
+        size_t n = b->len < REPORT_BATCH_MAX ? b->len : REPORT_BATCH_MAX;
+        for (size_t i = 0; i < n; i++) batch[i] = &b->ring[(b->head + i) % b->cap]->m;
+        Moed__V1__StepReport req = MOED__V1__STEP_REPORT__INIT;
+        req.worker_id = worker_id;
+        req.job_id = j->id;
+        req.pod = j->pod;
+        req.slot = j->slot;
+        req.n_metrics = n;
+        req.metrics = batch;
+        ProtobufCMessage *resp = NULL;
+        struct rpc_result res;
+        moe_status s = rpc_call_sync(ch, REPORT_METHOD, &req.base,
+                                     &moed__v1__step_report_response__descriptor, &resp,
+                                     REPORT_TIMEOUT_S, &res);
+        if (s == MOE_EUNAVAILABLE) {
+            if (!b->failing)
+                LOG_WARN("%s: cannot report step %ld (%s: %s): training goes on, reports wait "
+                         "until the coordinator answers", j->id, (long)e->m.step,
+                         rpc_code_name(res.code), res.details);
+            b->backoff_s = b->failing ? b->backoff_s * 2 : BACKOFF_MIN_S;
+            if (b->backoff_s > BACKOFF_MAX_S) b->backoff_s = BACKOFF_MAX_S;
+            b->failing = 1;
+            b->next_try = job_now() + b->backoff_s;
+            b->contact = atomic_load(&j->w->contact);
+            return stop;
+        }
+        if (s == MOE_OK) {
+            stop |= ((const Moed__V1__StepReportResponse *)resp)->stop;
+            protobuf_c_message_free_unpacked(resp, NULL);
+        } else if (b->refused++ < 3 || b->refused % 1000 == 0) {
+            LOG_WARN("%s: the coordinator refused the report of steps %ld.. (%ld refused so "
+                     "far): %s", j->id, (long)e->m.step, b->refused, moe_errmsg());
+        }
+        for (size_t i = 0; i < n; i++) backlog_pop(b);
+        b->last_sent = job_now();
+    }
+    if (b->failing)
+        LOG_INFO("%s: the coordinator answers again: sent %zu held step reports", j->id, held);
+    b->failing = 0;
+    return stop;
+}
+
+/* At the end of the job: every held report goes out before the end report, if the
+ * coordinator comes back within the budget. */
+static int backlog_drain(struct job *j, struct rpc_channel *ch, struct backlog *b) {
+    double t0 = job_now();
+    int stop = 0;
+    for (;;) {
+        stop |= backlog_flush(j, ch, b, 1);
+        if (!b->len) return stop;
+        if (job_now() - t0 >= retry_budget(j, FINISH_RETRY_S)) {
+            LOG_ERROR("%s: %zu step reports could not be delivered", j->id, b->len);
+            return stop;
+        }
+        sleep_s(0.1);
+    }
+}
+
+/* ---- the thread ---- */
+
+static void log_step(const struct job *j, const struct trainer *t, const struct step_report *r,
+                     double val) {
+    char vbuf[48] = "";
+    if (val > 0) snprintf(vbuf, sizeof vbuf, " val %.4f", val);
+    LOG_INFO("%s: step %ld/%ld loss %.4f ce %.4f aux %.4f lr %.2e grad %.3f load %.2f "
+             "%.0f tok/s%s", j->id, r->step, t->spec.run.steps, r->loss, r->ce, r->aux, r->lr,
+             r->grad_norm, r->load_max_over_mean, r->seconds > 0 ? r->tokens / r->seconds : 0.0,
+             vbuf);
+}
+
+/* Runs the steps. Returns 1 when all steps ran, 0 when the job ended early; *error says why
+ * (empty when it was stopped). */
+static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struct backlog *b,
+                 char *error, size_t error_len) {
+    long total = t->spec.run.steps;
+    int log_every = t->spec.run.log_every > 0 ? t->spec.run.log_every : 1;
+    while (t->model.step < total) {
+        if (atomic_load(&j->stop) != JOB_RUN) return 0;
+        struct step_report r;
+        if (trainer_step(t, &r) != MOE_OK) {
+            snprintf(error, error_len, "%s", moe_errmsg());
+            return 0;
+        }
+        atomic_store(&j->step, r.step);
+        double val = 0;
+        int eval_now = r.step == total ||
+                       (t->spec.run.eval_every > 0 && r.step % t->spec.run.eval_every == 0);
+        if (eval_now && t->spec.data.val_fraction > 0 &&
+            trainer_eval(t, &val, NULL) != MOE_OK) {
+            snprintf(error, error_len, "%s", moe_errmsg());
+            return 0;
+        }
+        if (r.step == 1 || r.step % log_every == 0 || r.step == total || val > 0)
+            log_step(j, t, &r, val);
+        struct step_entry *e = entry_new(t, &r, val);
+        if (!e) {
+            snprintf(error, error_len, "out of memory for a step report");
+            return 0;
+        }
+        backlog_push(b, e);
+        /* an evaluation and the last step go out at once; other steps within the interval */
+        if (backlog_flush(j, ch, b, val > 0 || r.step == total)) {
+            int run = JOB_RUN;
+            if (atomic_compare_exchange_strong(&j->stop, &run, JOB_STOP_COORDINATOR))
+                LOG_INFO("%s: the coordinator says stop after step %ld", j->id, r.step);
+        }
+    }
+    return 1;
+}
+
+void job_thread(void *arg) {
+    struct job *j = arg;
+    struct worker *w = j->w;
+    /* OpenMP's thread count is per thread: set it where the math runs */
+    if (w->cfg.threads > 0) omp_set_num_threads(w->cfg.threads);
+    struct rpc_channel *ch = NULL;
+    if (rpc_channel_open(&ch, w->cfg.coordinator, &w->cfg.tls, w->token, 0) != MOE_OK) {
+        LOG_ERROR("%s: %s", j->id, moe_errmsg());
+        goto done;
+    }
+    struct trainer t;
+    if (trainer_open(&t, &j->spec) != MOE_OK) {
+        char error[512];
+        snprintf(error, sizeof error, "%s", moe_errmsg());
+        LOG_ERROR("%s: %s", j->id, error);
+        job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
+        goto done;
+    }
+    LOG_INFO("%s: training '%s': %zu parameters (%d layers, d_model %d, %d experts, top-%d), "
+             "batch %d x %d, %ld steps, %d threads", j->id, t.spec.name, t.model.n_params,
+             t.spec.model.n_layers, t.spec.model.d_model, t.spec.model.n_experts,
+             t.spec.model.top_k, t.B, t.T, t.spec.run.steps, omp_get_max_threads());
+
+    struct backlog b = {0};
+    char error[512] = "";
+    double t0 = job_now();
+    int complete = train(j, ch, &t, &b, error, sizeof error);
+    if (backlog_drain(j, ch, &b)) {
+        int run = JOB_RUN;
+        atomic_compare_exchange_strong(&j->stop, &run, JOB_STOP_COORDINATOR);
+    }
+    backlog_free(&b);
+    long step = t.model.step;
+    int why = atomic_load(&j->stop);
+    if (complete && why != JOB_STOP_COORDINATOR) {
+        LOG_INFO("%s: trained %ld steps in %.1f s", j->id, step, job_now() - t0);
+        job_finish_ok(j, ch, &t);
+    } else if (error[0]) {
+        LOG_ERROR("%s: failed at step %ld: %s", j->id, step, error);
+        job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
+    } else {
+        LOG_INFO("%s: stopped after step %ld (%s)", j->id, step,
+                 why == JOB_STOP_SHUTDOWN ? "the worker is shutting down"
+                                          : "the coordinator asked");
+        job_report_end(j, ch, 0, 1,
+                       why == JOB_STOP_SHUTDOWN ? "worker shut down" : "stopped", 0, NULL, NULL);
+    }
+    trainer_close(&t);
+done:
+    rpc_channel_close(ch);
+    atomic_store(&j->finished, 1);
+    uv_async_send(&w->job_done); // last: after it, the loop may join and free j
+}

@@ -1,0 +1,196 @@
+/*
+ * upload.c — how a job ends, on its training thread: the trained model is saved to the
+ * scratch directory, hashed (SHA-256, which the coordinator checks), uploaded in chunks of
+ * RPC_MODEL_CHUNK bytes from offset 0, and the end is reported. Each call is retried while
+ * the coordinator is unreachable (it may be restarting): the model must not be lost. The
+ * scratch files go once the coordinator has the model; if it never got it they stay, and
+ * the log says where.
+ */
+#include "worker.h"
+
+#include "../../common/log.h"
+#include "proto/moed.pb-c.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define UPLOAD_METHOD "/moed.v1.Cluster/UploadModel"
+#define END_METHOD "/moed.v1.Cluster/ReportJobEnd"
+#define UPLOAD_RESTARTS 3 // times a refused or corrupted upload starts over from offset 0
+
+/* Reads exactly n bytes at off (short reads of a regular file are retried). */
+static moe_status read_at(int fd, const char *path, unsigned char *buf, size_t n, long off) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(fd, buf + got, n - got, (off_t)(off + (long)got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0)
+            return moe_fail(MOE_EIO, "cannot read %s at offset %ld: %s", path, off + (long)got,
+                            r < 0 ? strerror(errno) : "file shorter than expected");
+        got += (size_t)r;
+    }
+    return MOE_OK;
+}
+
+static moe_status file_sha256(const char *path, unsigned char sha[32], long *size) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return moe_fail(MOE_EIO, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    unsigned char *buf = malloc(RPC_MODEL_CHUNK);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    moe_status res = MOE_OK;
+    if (!buf || !ctx) {
+        res = moe_fail(MOE_ENOMEM, "out of memory hashing %s", path);
+        goto exit;
+    }
+    if (fstat(fd, &st) != 0) {
+        res = moe_fail(MOE_EIO, "cannot stat %s: %s", path, strerror(errno));
+        goto exit;
+    }
+    *size = (long)st.st_size;
+    unsigned int len = 0;
+    if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) goto crypto_fail;
+    for (long off = 0; off < *size; off += RPC_MODEL_CHUNK) {
+        size_t n = (size_t)(*size - off < RPC_MODEL_CHUNK ? *size - off : RPC_MODEL_CHUNK);
+        CHECK_GOTO(read_at(fd, path, buf, n, off), res, exit);
+        if (EVP_DigestUpdate(ctx, buf, n) != 1) goto crypto_fail;
+    }
+    if (EVP_DigestFinal_ex(ctx, sha, &len) != 1 || len != 32) goto crypto_fail;
+    goto exit;
+crypto_fail:
+    res = moe_fail(MOE_EINTERNAL, "SHA-256 of %s failed in libcrypto", path);
+exit:
+    EVP_MD_CTX_free(ctx);
+    free(buf);
+    close(fd);
+    return res;
+}
+
+static moe_status upload_model(struct job *j, struct rpc_channel *ch, const char *path, long size) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return moe_fail(MOE_EIO, "cannot open %s: %s", path, strerror(errno));
+    unsigned char *buf = malloc(RPC_MODEL_CHUNK);
+    moe_status res = MOE_OK;
+    if (!buf) {
+        res = moe_fail(MOE_ENOMEM, "out of memory uploading %s", path);
+        goto exit;
+    }
+    int restarts = 0;
+    long off = 0;
+    do { // at least one chunk, so that even an empty file arrives
+        size_t n = (size_t)(size - off < RPC_MODEL_CHUNK ? size - off : RPC_MODEL_CHUNK);
+        CHECK_GOTO(read_at(fd, path, buf, n, off), res, exit);
+        Moed__V1__ModelChunk chunk = MOED__V1__MODEL_CHUNK__INIT;
+        chunk.job_id = j->id;
+        chunk.offset = off;
+        chunk.data.len = n;
+        chunk.data.data = buf;
+        chunk.total_bytes = size;
+        ProtobufCMessage *resp = NULL;
+        res = job_call_retry(j, ch, UPLOAD_METHOD, &chunk.base, &moed__v1__empty__descriptor,
+                             &resp, FINISH_RETRY_S, NULL);
+        if (res == MOE_OK) {
+            protobuf_c_message_free_unpacked(resp, NULL);
+            off += (long)n;
+            continue;
+        }
+        /* A coordinator that restarted mid-upload forgot the chunks it had: start over. */
+        if (res != MOE_EUNAVAILABLE && off > 0 && restarts < UPLOAD_RESTARTS) {
+            LOG_WARN("%s: the coordinator refused the chunk at offset %ld (%s): uploading "
+                     "again from the start", j->id, off, moe_errmsg());
+            restarts++;
+            off = 0;
+            res = MOE_OK;
+            continue;
+        }
+        goto exit;
+    } while (off < size);
+exit:
+    free(buf);
+    close(fd);
+    return res;
+}
+
+moe_status job_report_end(struct job *j, struct rpc_channel *ch, int ok, int stopped,
+                          const char *error, long model_bytes, const unsigned char *sha256,
+                          struct rpc_result *res) {
+    char worker_id[WORKER_ID_MAX];
+    worker_copy_id(j->w, worker_id);
+    Moed__V1__JobEndReport req = MOED__V1__JOB_END_REPORT__INIT;
+    req.worker_id = worker_id;
+    req.job_id = j->id;
+    req.ok = ok;
+    req.stopped = stopped;
+    req.error = (char *)(error ? error : "");
+    req.step = atomic_load(&j->step);
+    req.model_bytes = model_bytes;
+    if (sha256) {
+        req.model_sha256.len = 32;
+        req.model_sha256.data = (uint8_t *)sha256;
+    }
+    ProtobufCMessage *resp = NULL;
+    moe_status s = job_call_retry(j, ch, END_METHOD, &req.base, &moed__v1__empty__descriptor,
+                                  &resp, FINISH_RETRY_S, res);
+    if (s != MOE_OK) {
+        if (!res || res->code != GRPC_STATUS_DATA_LOSS) // the caller uploads again
+            LOG_ERROR("%s: could not report the job's end: %s", j->id, moe_errmsg());
+        return s;
+    }
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return MOE_OK;
+}
+
+void job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t) {
+    char path[PATH_MAX + 80], config[PATH_MAX + 80], error[600];
+    snprintf(path, sizeof path, "%s/%s.safetensors", j->w->scratch, j->id);
+    snprintf(config, sizeof config, "%s/%s.json", j->w->scratch, j->id);
+    unsigned char sha[32];
+    long size = 0;
+    moe_status s = trainer_save_model(t, path);
+    if (s == MOE_OK) s = file_sha256(path, sha, &size);
+    if (s != MOE_OK) {
+        snprintf(error, sizeof error, "saving the trained model: %s", moe_errmsg());
+        LOG_ERROR("%s: %s", j->id, error);
+        job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
+        unlink(path);
+        unlink(config);
+        return;
+    }
+    /* DATA_LOSS: what arrived does not match the size or hash we report: upload again */
+    for (int attempt = 1;; attempt++) {
+        LOG_INFO("%s: uploading the model (%ld bytes)", j->id, size);
+        double t0 = job_now();
+        s = upload_model(j, ch, path, size);
+        if (s != MOE_OK) {
+            snprintf(error, sizeof error, "uploading the trained model: %s", moe_errmsg());
+            LOG_ERROR("%s: %s; the model stays in %s", j->id, error, path);
+            job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
+            return;
+        }
+        LOG_INFO("%s: model uploaded in %.2f s", j->id, job_now() - t0);
+        struct rpc_result res;
+        if (job_report_end(j, ch, 1, 0, "", size, sha, &res) == MOE_OK) break;
+        if (res.code == GRPC_STATUS_DATA_LOSS && attempt > UPLOAD_RESTARTS) {
+            snprintf(error, sizeof error, "the model arrived corrupted %d times: %s", attempt,
+                     res.details);
+            LOG_ERROR("%s: %s; the model stays in %s", j->id, error, path);
+            job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
+            return;
+        }
+        if (res.code != GRPC_STATUS_DATA_LOSS) {
+            LOG_ERROR("%s: the model stays in %s", j->id, path);
+            return;
+        }
+        LOG_WARN("%s: the coordinator got a different model (%s): uploading again", j->id,
+                 res.details);
+    }
+    LOG_INFO("%s: succeeded", j->id);
+    unlink(path);
+    unlink(config);
+}

@@ -1,0 +1,142 @@
+/*
+ * worker.h — the worker daemon: one process that plays one slot of a job at a time.
+ *
+ * Owns: joining the cluster (RegisterWorker, then a Heartbeat every interval the coordinator
+ * gives, registering again when a restarted coordinator asks), the Worker service the
+ * coordinator calls (RunSlot, StopJob), and the training thread of the job it runs: the
+ * trainer library's steps, one ReportStep per step (kept in order while the coordinator is
+ * unreachable), the model's upload and the job's end report. A scratch directory holds the
+ * trained model between saving and upload.
+ *   worker.h      the shared state (struct worker, struct job) and the functions between files
+ *   main.c        command line, scratch directory, loop, signals, orderly shutdown
+ *   cluster.c     registration and heartbeats (loop thread)
+ *   service.c     the Worker service handlers and reaping finished jobs (loop thread)
+ *   job.c         the training thread: steps, step reports and their backlog, evaluation
+ *   upload.c      the training thread's ending: save, hash, upload, ReportJobEnd
+ * Threads: the libuv loop thread owns struct worker and every RPC handler and callback; the
+ * training thread owns its trainer and its own channel to the coordinator. They share only
+ * what is marked below (atomics, and worker_id under id_mu).
+ * Never: decides which job runs where or whether a job is over (the coordinator does), calls
+ * the gRPC API directly (proto/rpc.h does), or exits from a handler: a bad request gets an
+ * error status and the daemon keeps serving.
+ */
+#ifndef MOE_WORKER_DAEMON_H
+#define MOE_WORKER_DAEMON_H
+
+#include "../../common/spec.h"
+#include "../../common/status.h"
+#include "../../proto/rpc.h"
+#include "../trainer.h"
+
+#include <limits.h>
+#include <stdatomic.h>
+#include <uv.h>
+
+#define MOED_VERSION "0.1.0" // CMake's PROJECT_VERSION
+
+#define WORKER_ID_MAX 64
+#define WORKER_TOKEN_MAX 256
+
+/* Retry budgets for calls to a coordinator that may be restarting. */
+#define REGISTER_RETRY_S 30.0   // joining at startup
+#define REPORT_TIMEOUT_S 10.0   // one ReportStep
+#define FINISH_RETRY_S 600.0    // UploadModel and ReportJobEnd: the model must not be lost
+#define FINISH_RETRY_SHUTDOWN_S 5.0 // ... unless the daemon is being stopped
+#define REPORT_BACKLOG_MAX 100000
+
+/* From the command line; fixed once the daemon runs (both threads read it without locks). */
+struct worker_config {
+    const char *coordinator;   // host:port
+    const char *token_file;
+    const char *listen;        // default 127.0.0.1:0
+    int pod;
+    int threads;               // OpenMP threads for training; 0: OpenMP's default (all cores)
+    struct rpc_tls tls;        // ca_file only: the coordinator's CA
+    const char *dir;           // scratch directory; NULL: a temporary one
+};
+
+struct worker;
+
+/* Why a job is asked to stop. The coordinator's word ends the job without a model; a
+ * shutdown that arrives after the last step still uploads the finished model. */
+enum job_stop { JOB_RUN = 0, JOB_STOP_COORDINATOR, JOB_STOP_SHUTDOWN };
+
+/* One job's slot in training. Created by RunSlot on the loop, run by its own thread, joined
+ * and freed on the loop once `finished` is set (service.c: worker_reap_job). */
+struct job {
+    struct worker *w;
+    char id[64];
+    int pod, slot;
+    struct job_spec spec;
+    uv_thread_t thread;
+    /* shared with the loop */
+    atomic_int stop;     // enum job_stop: set by the loop, read by the thread between steps
+    atomic_long step;    // last completed step, for heartbeats and re-registration
+    atomic_int finished; // the thread has reported the end and is returning
+};
+
+struct worker {
+    uv_loop_t *loop;
+    struct worker_config cfg;
+    char token[WORKER_TOKEN_MAX]; // the cluster token
+    char address[300];            // where our Worker service listens, as registered
+    char host[256];
+    int cpus;
+    char scratch[PATH_MAX];
+    int scratch_is_temp;          // made by us: removed at exit
+
+    struct rpc_pump *pump;
+    struct rpc_server *server;
+    struct rpc_channel *coord;    // the loop's channel (wait_for_ready) for register/heartbeat
+
+    uv_mutex_t id_mu;             // guards worker_id: the training thread puts it in reports
+    char worker_id[WORKER_ID_MAX];
+
+    long heartbeat_ms;
+    uv_timer_t heartbeat;
+    int heartbeat_in_flight;
+    int reregistering;
+    int coordinator_lost;         // the last heartbeat failed (log the change, not every tick)
+    atomic_uint contact;          // +1 when the coordinator answers again or re-registers us:
+                                  // the training thread then retries its reports at once
+
+    uv_signal_t sigterm, sigint;
+    uv_async_t job_done;          // the training thread's "I am finished" (wake-ups coalesce)
+    struct job *job;              // the running job, or NULL
+
+    atomic_int shutting_down;     // SIGTERM/SIGINT seen: no new jobs, short retries
+    int server_down;
+    int exit_code;
+};
+
+/* main.c (loop thread): the job is gone, take the daemon down (server, pump, handles). */
+void worker_shutdown_continue(struct worker *w);
+
+/* cluster.c (loop thread) */
+moe_status worker_register(struct worker *w); // blocking, at startup, with retries
+void worker_heartbeat_start(struct worker *w);
+void worker_copy_id(struct worker *w, char out[WORKER_ID_MAX]); // any thread
+
+/* service.c (loop thread) */
+extern const struct rpc_method worker_methods[];
+extern const int worker_n_methods;
+void worker_on_job_done(uv_async_t *a);
+void worker_reap_job(struct worker *w); // joins and frees w->job if its thread has finished
+
+/* job.c */
+void job_thread(void *arg);
+double job_now(void); // monotonic seconds
+/* A blocking call to the coordinator from the training thread, retried while it is
+ * unreachable, for up to `budget_s` (shortened when the daemon is shutting down). `res`
+ * (may be NULL) gets the last attempt's gRPC outcome. */
+moe_status job_call_retry(struct job *j, struct rpc_channel *ch, const char *method,
+                          const ProtobufCMessage *req, const ProtobufCMessageDescriptor *type,
+                          ProtobufCMessage **resp, double budget_s, struct rpc_result *res);
+
+/* upload.c (training thread): save the trained model, upload it, report the end. */
+void job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t);
+moe_status job_report_end(struct job *j, struct rpc_channel *ch, int ok, int stopped,
+                          const char *error, long model_bytes, const unsigned char *sha256,
+                          struct rpc_result *res);
+
+#endif
