@@ -1,7 +1,11 @@
 /* layers.c — CPU versions of every layer (see layers.h for the contract of each function). */
 #include "layers.h"
 
+#ifdef MOE_NO_BLAS /* the standalone GPU test build: no BLAS on that machine */
+#include "noblas.h"
+#else
 #include <cblas.h>
+#endif
 #include <math.h>
 #include <string.h>
 
