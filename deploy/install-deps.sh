@@ -11,6 +11,16 @@ pkgs=(
   libyaml-dev                        # YAML (and JSON) job specs
   fortunes                           # the demo's English corpus (/usr/share/games/fortunes)
   python3-numpy                      # tests: an independent NumPy implementation of the model
+  libgrpc-dev                        # gRPC C core: every RPC between the processes
+  libprotobuf-c-dev                  # protobuf-c runtime for the generated messages
+  protobuf-c-compiler                # protoc-c: proto/*.proto to C at build time
+  libuv1-dev                         # the daemons' event loops and timers
+  librocksdb-dev                     # the coordinator's durable job store
+  libssl-dev                         # libcrypto: SHA-256 of model transfers
+  openssl                            # tests: self-signed certificates for the TLS checks
+  python3-grpcio                     # tests: a stock gRPC client that is not part of moed
+  python3-protobuf                   # tests: its messages, generated from proto/moed.proto
+  protobuf-compiler                  # tests: protoc --python_out for that client
 )
 
 missing=()
