@@ -7,9 +7,14 @@
  *   moectl eval MODEL DATA [--batch N] [--max-windows N] [--json]
  *   moectl generate MODEL [--prompt TEXT] [--bytes N] [--temperature T] [--seed S]
  *   moectl spec            print a complete default job spec (YAML, one comment per field)
- * Exit codes: 0 success; 1 the run failed (I/O while writing, divergence); 2 bad input: usage,
- * a malformed or inconsistent spec, a missing or malformed data or model file. Errors are one
- * line on stderr: "moectl: <what is wrong>".
+ * and, talking to a coordinator (client.c says how it is found):
+ *   moectl cluster up|down|status      a local cluster of real processes (cluster.c)
+ *   moectl submit|jobs|status|watch|cancel|fetch   jobs on a cluster (jobs.c)
+ * Exit codes: 0 success (watch: the job succeeded); 1 the run, the job or the operation failed;
+ * 2 bad input: usage, a malformed or inconsistent spec, a missing or malformed data or model
+ * file, an unknown job (NOT_FOUND); 3 watch: the job was cancelled; 4 the coordinator cannot be
+ * reached or refused the credentials (UNAVAILABLE, DEADLINE_EXCEEDED, UNAUTHENTICATED).
+ * Errors are one line on stderr: "moectl: <what is wrong>".
  * Never: does the math itself; the trainer library and the kernels do.
  */
 #include "../common/blas_select.h"
@@ -20,6 +25,8 @@
 #include "../worker/generate.h"
 #include "../worker/model_io.h"
 #include "../worker/trainer.h"
+#include "../proto/rpc.h"
+#include "moectl.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -29,9 +36,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-#define EXIT_RUN_FAILED 1
-#define EXIT_BAD_INPUT 2
 
 static volatile sig_atomic_t interrupted;
 static void on_signal(int sig) { interrupted = sig; }
@@ -45,7 +49,7 @@ static void usage(FILE *to) {
     fprintf(to,
             "usage: moectl <command> [options]\n"
             "\n"
-            "commands:\n"
+            "in this process:\n"
             "  train SPEC [--set key.path=value ...] [--json] [--quiet]\n"
             "            [--resume STATE] [--state-out STATE] [--stop-at STEP]\n"
             "        train a model in this process; SPEC is YAML or JSON (see `moectl spec`).\n"
@@ -59,7 +63,33 @@ static void usage(FILE *to) {
             "  spec  print a complete default job spec to edit\n"
             "  help  this text\n"
             "\n"
-            "exit codes: 0 ok, 1 the run failed, 2 bad input (usage, spec, data or model file)\n");
+            "a local cluster (coordinator + workers on 127.0.0.1; DIR defaults to\n"
+            "$MOED_CLUSTER_DIR, else $HOME/.moed/cluster):\n"
+            "  cluster up [--workers N] [--pods P] [--threads N] [--port P] [--tls|--no-tls]\n"
+            "             [--heartbeat-timeout-ms N] [--dir DIR] [--json]\n"
+            "        start it, or restart what of it has stopped; state and logs in DIR.\n"
+            "        Defaults: 2 workers, 1 pod, the cores shared out, any free port, or what\n"
+            "        the cluster in DIR last ran with\n"
+            "  cluster down [--dir DIR] [--purge]\n"
+            "        stop it; its jobs stay in DIR for the next `cluster up` unless --purge\n"
+            "  cluster status [--json]     workers, pods, health\n"
+            "\n"
+            "jobs on a cluster:\n"
+            "  submit SPEC [--set key.path=value ...] [--json]\n"
+            "        prints the new job's id (JOB=$(moectl submit job.yaml))\n"
+            "  jobs [--active] [--json]    every job and its state\n"
+            "  status JOB [--json]         step, loss, speed, expert load, bindings, events\n"
+            "  watch JOB [--json]          live progress until the job ends; exit code from it\n"
+            "  cancel JOB [--json]\n"
+            "  fetch JOB -o FILE [--json]  the trained model (.safetensors)\n"
+            "  they take [--coordinator HOST:PORT] [--token-file F] [--ca F] [--cluster-dir DIR]\n"
+            "  (or $MOED_COORDINATOR, $MOED_TOKEN or $MOED_TOKEN_FILE, $MOED_TLS_CA,\n"
+            "  $MOED_CLUSTER_DIR); by default the local cluster's coordinator.addr, client.token\n"
+            "  and tls/cert.pem. --json prints the reply messages of proto/moed.proto, one a line\n"
+            "\n"
+            "exit codes: 0 ok (watch: the job succeeded); 1 the run, the job or the operation\n"
+            "failed; 2 bad input (usage, spec, data or model file, unknown job); 3 watch: the job\n"
+            "was cancelled; 4 the coordinator cannot be reached or refused the credentials\n");
 }
 
 static double bits(double nats) { return nats / log(2.0); }
@@ -449,6 +479,21 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         usage(stdout);
         return 0;
+    }
+    static const struct {
+        const char *name;
+        int (*run)(int argc, char **argv);
+    } client_cmds[] = {{"cluster", cmd_cluster}, {"submit", cmd_submit}, {"jobs", cmd_jobs},
+                       {"status", cmd_status},   {"watch", cmd_watch},   {"cancel", cmd_cancel},
+                       {"fetch", cmd_fetch}};
+    for (size_t i = 0; i < sizeof client_cmds / sizeof client_cmds[0]; i++) {
+        if (strcmp(cmd, client_cmds[i].name) != 0) continue;
+        int code = client_cmds[i].run(argc - 1, argv + 1);
+        /* gRPC is started by the first channel (never before `cluster up` has forked its
+         * daemons); stop it cleanly, whether or not this command got that far. */
+        rpc_init();
+        rpc_shutdown_library();
+        return code;
     }
     fprintf(stderr, "moectl: unknown command '%s' (moectl help lists them)\n", cmd);
     return EXIT_BAD_INPUT;

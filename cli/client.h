@@ -1,0 +1,92 @@
+/*
+ * client.h — how moectl finds the coordinator, authenticates to it, and reads its answers.
+ *
+ * Owns: the connection options every client command takes, their environment variables and
+ * the local cluster directory behind them; opening the channel; turning a call's gRPC status
+ * into moectl's exit code and one error line; printing a reply message as JSON.
+ * Never: decides what a command shows a person (cluster.c, jobs.c do), or starts processes.
+ *
+ * Where each setting comes from, first match wins (each setting on its own):
+ *   address  --coordinator HOST:PORT   $MOED_COORDINATOR   DIR/coordinator.addr
+ *   token    --token-file F            $MOED_TOKEN (the token itself), $MOED_TOKEN_FILE
+ *                                      DIR/client.token (none when that file does not exist)
+ *   TLS CA   --ca F                    $MOED_TLS_CA         DIR/tls/cert.pem when it exists
+ *            ("" for --ca or $MOED_TLS_CA means plaintext)
+ * DIR is --cluster-dir, else $MOED_CLUSTER_DIR, else $HOME/.moed/cluster.
+ */
+#ifndef MOECTL_CLIENT_H
+#define MOECTL_CLIENT_H
+
+#include "../common/status.h"
+#include "../proto/rpc.h"
+
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stddef.h>
+
+/* The connection options as given on the command line (NULL: not given). */
+struct client_options {
+    const char *coordinator;
+    const char *token_file;
+    const char *ca;
+    const char *cluster_dir;
+};
+
+/* getopt_long values of the connection options; CLIENT_LONG_OPTIONS goes into a command's
+ * option table, client_option() consumes them in its switch's default case. */
+enum { OPT_COORDINATOR = 0x100, OPT_TOKEN_FILE, OPT_CA, OPT_CLUSTER_DIR };
+#define CLIENT_LONG_OPTIONS                                                                       \
+    {"coordinator", required_argument, 0, OPT_COORDINATOR},                                        \
+        {"token-file", required_argument, 0, OPT_TOKEN_FILE}, {"ca", required_argument, 0, OPT_CA}, \
+        {"cluster-dir", required_argument, 0, OPT_CLUSTER_DIR}
+#define CLIENT_OPTIONS_USAGE                                                                      \
+    "[--coordinator HOST:PORT] [--token-file F] [--ca F] [--cluster-dir DIR]"
+
+/* 1 when `opt` was a connection option (stored in *o), else 0. */
+int client_option(struct client_options *o, int opt, const char *arg);
+
+/* DIR: the flag's value, else $MOED_CLUSTER_DIR, else $HOME/.moed/cluster. */
+moe_status client_cluster_dir(const char *flag, char *out, size_t cap);
+
+struct client {
+    struct rpc_channel *ch;
+    char target[256];
+    char origin[PATH_MAX + 64]; // where the address came from, for error hints
+};
+
+/* Resolves the settings and opens the channel. Returns an exit code: 0, or after printing
+ * "moectl: <what is wrong>", EXIT_BAD_INPUT (a given file unreadable) or EXIT_UNREACHABLE. */
+int client_open(struct client *c, const struct client_options *o);
+/* Opens a channel to a known address (cluster up, which made the credentials itself). */
+int client_open_at(struct client *c, const char *target, const char *token, const char *ca_file);
+void client_close(struct client *c);
+
+/* Blocking unary call. On failure prints "moectl: <method on target: CODE: details>" and
+ * returns the exit code for it; *res (optional) gets the gRPC status either way. */
+int client_call(struct client *c, const char *method, const ProtobufCMessage *request,
+                const ProtobufCMessageDescriptor *response_type, ProtobufCMessage **response,
+                struct rpc_result *res);
+
+/* moectl's exit code for a gRPC status: OK 0; INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE,
+ * ALREADY_EXISTS 2; UNAVAILABLE, DEADLINE_EXCEEDED, UNAUTHENTICATED, PERMISSION_DENIED 4;
+ * anything else (FAILED_PRECONDITION, INTERNAL, ...) 1. */
+int client_exit_code(grpc_status_code code);
+
+/* A message as JSON: fields named as in proto/moed.proto, enums by their names
+ * ("JOB_RUNNING"), 64-bit integers as numbers, bytes as hex, absent sub-messages left out. */
+cJSON *client_json(const ProtobufCMessage *m);
+/* Prints it on one line of stdout. */
+void client_print_json(const ProtobufCMessage *m);
+
+/* "RUNNING" for JOB_RUNNING, "IDLE" for WORKER_IDLE: an enum value's name without its prefix. */
+const char *client_enum_name(const ProtobufCEnumDescriptor *d, int value);
+
+/* Time helpers for human output. */
+double client_now(void);                          // CLOCK_MONOTONIC seconds
+long long client_unix_ms(void);                   // wall clock, ms
+void client_age(char *out, size_t cap, long long ms); // "4s", "3m07s", "2h05m", "3d04h"
+void client_clock(char *out, size_t cap, long long unix_ms); // local "16:40:01"
+void client_duration(char *out, size_t cap, double seconds); // "0:42", "1:02:03"
+
+#endif

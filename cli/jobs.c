@@ -1,0 +1,766 @@
+/*
+ * jobs.c — moectl's job commands: submit, jobs, status, watch, cancel, fetch.
+ *
+ * Owns: turning a spec file and its overrides into a SubmitJob request, and showing the Jobs
+ * service's answers to a person (tables, a live progress line) or to a script (--json: the
+ * reply messages, one per line). Exit codes follow moectl.h; watch's comes from the job.
+ * Never: validates a spec beyond parsing it (the coordinator is the authority, and answers
+ * INVALID_ARGUMENT naming the field), or writes a partial model file.
+ */
+#include "client.h"
+#include "moectl.h"
+
+#include "../common/spec.h"
+#include "proto/moed.pb-c.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RECONNECT_S 60.0   // watch: how long to wait for a coordinator that went away
+#define THROTTLE_S 1.0     // watch, not on a terminal: at most one step line per this long
+#define REDRAW_S 0.05      // watch, on a terminal: at most 20 redraws a second
+#define M_JOBS "/moed.v1.Jobs/"
+
+static const char *state_name(int state) {
+    return client_enum_name(&moed__v1__job_state__descriptor, state);
+}
+
+static int is_final(int state) {
+    return state == MOED__V1__JOB_STATE__JOB_SUCCEEDED || state == MOED__V1__JOB_STATE__JOB_FAILED ||
+           state == MOED__V1__JOB_STATE__JOB_CANCELLED;
+}
+
+static void job_usage(FILE *to, const char *cmd) {
+    static const struct {
+        const char *cmd, *args;
+    } forms[] = {
+        {"submit", "SPEC [--set key.path=value ...] [--json]"},
+        {"jobs", "[--active] [--json]"},
+        {"status", "JOB [--json]"},
+        {"watch", "JOB [--json]"},
+        {"cancel", "JOB [--json]"},
+        {"fetch", "JOB -o FILE [--json]"},
+    };
+    for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++)
+        if (strcmp(forms[i].cmd, cmd) == 0)
+            fprintf(to, "usage: moectl %s %s\n              " CLIENT_OPTIONS_USAGE "\n", cmd,
+                    forms[i].args);
+}
+
+struct job_args {
+    struct client_options conn;
+    int json;
+};
+
+/* Parses a command's options: the connection options, --json, --help, and `extra` (their
+ * getopt letters in `shorts`, handled by `on_extra`). Returns 0 with optind at the first of
+ * exactly `want_operands` operands, -1 after printing help, or EXIT_BAD_INPUT after usage. */
+
+static int parse_args(int argc, char **argv, struct job_args *a, const struct option *extra,
+                      int n_extra, const char *shorts, int (*on_extra)(int c, void *ctx), void *ctx,
+                      int want_operands) {
+    struct option opts[16] = {CLIENT_LONG_OPTIONS, {"json", no_argument, 0, 'j'},
+                              {"help", no_argument, 0, 'h'}};
+    int n = 6;
+    for (int i = 0; i < n_extra && n < 15; i++) opts[n++] = extra[i];
+    memset(&opts[n], 0, sizeof opts[n]);
+    char optstring[32];
+    snprintf(optstring, sizeof optstring, "jh%s", shorts);
+    memset(a, 0, sizeof *a);
+    int c;
+    while ((c = getopt_long(argc, argv, optstring, opts, NULL)) != -1) {
+        if (client_option(&a->conn, c, optarg)) continue;
+        if (c == 'j') {
+            a->json = 1;
+        } else if (c == 'h') {
+            job_usage(stdout, argv[0]);
+            return -1;
+        } else if (c == '?' || !on_extra || on_extra(c, ctx) != 0) {
+            job_usage(stderr, argv[0]);
+            return EXIT_BAD_INPUT;
+        }
+    }
+    if (argc - optind != want_operands) {
+        job_usage(stderr, argv[0]);
+        return EXIT_BAD_INPUT;
+    }
+    return 0;
+}
+
+/* ---- submit ---- */
+
+struct submit_ctx {
+    char **sets;
+    int n_sets;
+};
+
+static int submit_extra(int c, void *ctx) {
+    struct submit_ctx *s = ctx;
+    if (c != 's') return -1;
+    s->sets[s->n_sets++] = optarg;
+    return 0;
+}
+
+/* Data paths as `moectl train` would read them: relative to the current directory, which the
+ * daemons do not share. */
+static int absolute_sources(struct job_spec *spec) {
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd)) return moectl_fail(EXIT_RUN_FAILED, "getcwd: %s", strerror(errno));
+    for (int i = 0; i < spec->data.n_sources; i++) {
+        char *p = spec->data.sources[i].path;
+        if (p[0] == '/' || p[0] == 0) continue;
+        const char *rel = p;
+        while (rel[0] == '.' && rel[1] == '/') rel += 2;
+        char abs[SPEC_PATH_MAX + PATH_MAX + 2];
+        snprintf(abs, sizeof abs, "%s/%s", cwd, rel);
+        if (strlen(abs) >= SPEC_PATH_MAX)
+            return moectl_fail(EXIT_BAD_INPUT, "spec: data.sources.%d.path: %s is longer than %d "
+                               "bytes once made absolute", i, abs, SPEC_PATH_MAX - 1);
+        memcpy(p, abs, strlen(abs) + 1);
+    }
+    return 0;
+}
+
+int cmd_submit(int argc, char **argv) {
+    static const struct option extra[] = {{"set", required_argument, 0, 's'}};
+    struct submit_ctx sc = {calloc((size_t)argc, sizeof(char *)), 0};
+    struct job_args a;
+    if (!sc.sets) return moectl_fail(EXIT_RUN_FAILED, "out of memory");
+    int code = parse_args(argc, argv, &a, extra, 1, "s:", submit_extra, &sc, 1);
+    struct job_spec *spec = NULL;
+    char *json = NULL;
+    ProtobufCMessage *reply = NULL;
+    struct client cl = {0};
+    if (code) {
+        code = code < 0 ? EXIT_OK : code;
+        goto exit;
+    }
+    spec = malloc(sizeof *spec);
+    if (!spec) {
+        code = moectl_fail(EXIT_RUN_FAILED, "out of memory");
+        goto exit;
+    }
+    spec_defaults(spec);
+    moe_status s = spec_load_file(spec, argv[optind]);
+    for (int i = 0; s == MOE_OK && i < sc.n_sets; i++) s = spec_set(spec, sc.sets[i]);
+    if (s != MOE_OK) {
+        code = moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
+        goto exit;
+    }
+    if ((code = absolute_sources(spec))) goto exit;
+    if (!(json = spec_to_json(spec))) {
+        code = moectl_fail(EXIT_RUN_FAILED, "out of memory");
+        goto exit;
+    }
+    if ((code = client_open(&cl, &a.conn))) goto exit;
+    Moed__V1__SubmitJobRequest req = MOED__V1__SUBMIT_JOB_REQUEST__INIT;
+    req.spec = json; // overrides are already applied: the coordinator gets one complete spec
+    if ((code = client_call(&cl, M_JOBS "SubmitJob", &req.base, &moed__v1__job_info__descriptor,
+                            &reply, NULL)))
+        goto exit;
+    const Moed__V1__JobInfo *job = (const Moed__V1__JobInfo *)reply;
+    if (a.json)
+        client_print_json(reply);
+    else
+        printf("%s\n", job->job_id);
+exit:
+    if (reply) protobuf_c_message_free_unpacked(reply, NULL);
+    if (cl.ch) client_close(&cl);
+    free(json);
+    free(spec);
+    free(sc.sets);
+    return code;
+}
+
+/* ---- jobs ---- */
+
+static int jobs_extra(int c, void *ctx) {
+    if (c != 'a') return -1;
+    *(int *)ctx = 1;
+    return 0;
+}
+
+int cmd_jobs(int argc, char **argv) {
+    static const struct option extra[] = {{"active", no_argument, 0, 'a'}};
+    struct job_args a;
+    int active = 0;
+    int code = parse_args(argc, argv, &a, extra, 1, "a", jobs_extra, &active, 0);
+    if (code) return code < 0 ? EXIT_OK : code;
+    struct client cl;
+    if ((code = client_open(&cl, &a.conn))) return code;
+    Moed__V1__ListJobsRequest req = MOED__V1__LIST_JOBS_REQUEST__INIT;
+    req.active_only = active;
+    ProtobufCMessage *reply = NULL;
+    code = client_call(&cl, M_JOBS "ListJobs", &req.base, &moed__v1__list_jobs_response__descriptor,
+                       &reply, NULL);
+    client_close(&cl);
+    if (code) return code;
+    const Moed__V1__ListJobsResponse *r = (const Moed__V1__ListJobsResponse *)reply;
+    if (a.json) {
+        client_print_json(reply);
+    } else if (!r->n_jobs) {
+        printf("no %sjobs (moectl submit SPEC starts one)\n", active ? "active " : "");
+    } else {
+        long long now = client_unix_ms();
+        printf("%-10s %-16s %-10s %-13s %-8s %-8s %-5s %-10s %s\n", "JOB", "NAME", "STATE", "STEP",
+               "LOSS", "VAL", "MESH", "CREATED", "ERROR");
+        for (size_t i = 0; i < r->n_jobs; i++) {
+            const Moed__V1__JobInfo *j = r->jobs[i];
+            char step[48], loss[24] = "-", val[24] = "-", mesh[24] = "-", age[32];
+            snprintf(step, sizeof step, "%lld/%lld", (long long)j->step, (long long)j->total_steps);
+            if (j->step > 0) snprintf(loss, sizeof loss, "%.4f", j->loss);
+            if (j->val_loss > 0) snprintf(val, sizeof val, "%.4f", j->val_loss);
+            if (j->pods > 0) snprintf(mesh, sizeof mesh, "%dx%d", j->pods, j->slots);
+            client_age(age, sizeof age, now - j->created_unix_ms);
+            printf("%-10s %-16.16s %-10s %-13s %-8s %-8s %-5s %-10s %.60s\n", j->job_id, j->name,
+                   state_name(j->state), step, loss, val, mesh, strcat(age, " ago"), j->error);
+        }
+    }
+    protobuf_c_message_free_unpacked(reply, NULL);
+    return EXIT_OK;
+}
+
+/* ---- shared pieces of status and watch ---- */
+
+/* "max/mean 1.31, shares 27 23 25 25%" (per-expert shares while they fit on a line). */
+static void load_text(char *out, size_t cap, const Moed__V1__StepMetrics *m) {
+    int n = snprintf(out, cap, "max/mean %.2f", m->load_max_over_mean);
+    if (!m->n_expert_load || n < 0 || (size_t)n >= cap) return;
+    if (m->n_expert_load <= 16) {
+        n += snprintf(out + n, cap - (size_t)n, " [");
+        for (size_t e = 0; e < m->n_expert_load && (size_t)n < cap; e++)
+            n += snprintf(out + n, cap - (size_t)n, "%s%.0f", e ? " " : "", 100.0 * m->expert_load[e]);
+        if ((size_t)n < cap) snprintf(out + n, cap - (size_t)n, "]%%");
+    } else {
+        float lo = m->expert_load[0], hi = lo;
+        for (size_t e = 1; e < m->n_expert_load; e++) {
+            if (m->expert_load[e] < lo) lo = m->expert_load[e];
+            if (m->expert_load[e] > hi) hi = m->expert_load[e];
+        }
+        snprintf(out + n, cap - (size_t)n, " (%zu experts, shares %.1f..%.1f%%)", m->n_expert_load,
+                 100.0 * lo, 100.0 * hi);
+    }
+}
+
+static void print_event(const Moed__V1__Event *e, const char *indent) {
+    char when[16];
+    client_clock(when, sizeof when, e->unix_ms);
+    printf("%s%s %-12s %s\n", indent, when, e->kind, e->message);
+}
+
+/* ---- status ---- */
+
+static int need_job_id(const char *id) {
+    if (id[0]) return 0;
+    return moectl_fail(EXIT_BAD_INPUT, "the job id is empty (moectl jobs lists them)");
+}
+
+int cmd_status(int argc, char **argv) {
+    struct job_args a;
+    int code = parse_args(argc, argv, &a, NULL, 0, "", NULL, NULL, 1);
+    if (code) return code < 0 ? EXIT_OK : code;
+    const char *id = argv[optind];
+    if ((code = need_job_id(id))) return code;
+    struct client cl;
+    if ((code = client_open(&cl, &a.conn))) return code;
+    Moed__V1__JobRef req = MOED__V1__JOB_REF__INIT;
+    req.job_id = (char *)id;
+    ProtobufCMessage *reply = NULL;
+    code = client_call(&cl, M_JOBS "GetJob", &req.base, &moed__v1__job_status__descriptor, &reply,
+                       NULL);
+    client_close(&cl);
+    if (code) return code;
+    const Moed__V1__JobStatus *st = (const Moed__V1__JobStatus *)reply;
+    if (a.json || !st->job) {
+        client_print_json(reply);
+        protobuf_c_message_free_unpacked(reply, NULL);
+        return EXIT_OK;
+    }
+    const Moed__V1__JobInfo *j = st->job;
+    const Moed__V1__StepMetrics *m = st->last;
+    double pct = j->total_steps > 0 ? 100.0 * (double)j->step / (double)j->total_steps : 0;
+    char eta[32] = "";
+    if (st->eta_seconds > 0) {
+        char d[24];
+        client_duration(d, sizeof d, st->eta_seconds);
+        snprintf(eta, sizeof eta, ", ETA %s", d);
+    }
+    printf("%s '%s' %s: step %lld/%lld (%.0f%%)%s\n", j->job_id, j->name, state_name(j->state),
+           (long long)j->step, (long long)j->total_steps, pct, eta);
+    if (m) {
+        printf("  loss      %.4f (ce %.4f, aux %.4f, z %.4f)", m->loss, m->ce, m->aux, m->z);
+        if (j->val_loss > 0) printf("   val loss %.4f", j->val_loss);
+        printf("\n  speed     %.0f tok/s, %.3f s/step, lr %.2e, grad norm %.3g\n",
+               m->tokens_per_second, m->seconds, m->lr, m->grad_norm);
+        char load[256];
+        load_text(load, sizeof load, m);
+        printf("  experts   load %s", load);
+        if (m->assignments > 0)
+            printf(", dropped %.1f%%", 100.0 * (double)m->dropped / (double)m->assignments);
+        printf("\n");
+    } else if (j->step > 0) {
+        printf("  loss      %.4f", j->loss);
+        if (j->val_loss > 0) printf("   val loss %.4f", j->val_loss);
+        printf("\n");
+    }
+    if (j->pods > 0)
+        printf("  mesh      %d pod%s x %d slot%s\n", j->pods, j->pods == 1 ? "" : "s", j->slots,
+               j->slots == 1 ? "" : "s");
+    for (size_t i = 0; i < j->n_bindings; i++) {
+        const Moed__V1__SlotBinding *b = j->bindings[i];
+        printf("  %-9s (pod %d, slot %d) on %s at %s\n", i ? "" : "bindings", b->pod, b->slot,
+               b->worker_id, b->worker_address);
+    }
+    long long now = client_unix_ms();
+    char when[16], age[32];
+    client_clock(when, sizeof when, j->created_unix_ms);
+    client_age(age, sizeof age, now - j->created_unix_ms);
+    printf("  created   %s (%s ago)", when, age);
+    if (j->started_unix_ms) {
+        client_clock(when, sizeof when, j->started_unix_ms);
+        printf(", started %s", when);
+    }
+    if (j->finished_unix_ms) {
+        client_clock(when, sizeof when, j->finished_unix_ms);
+        printf(", finished %s", when);
+    }
+    printf("\n");
+    if (j->model_bytes > 0)
+        printf("  model     %lld bytes (moectl fetch %s -o FILE)\n", (long long)j->model_bytes,
+               j->job_id);
+    if (j->error[0]) printf("  error     %s\n", j->error);
+    if (st->n_events) {
+        printf("  events\n");
+        for (size_t i = 0; i < st->n_events; i++) print_event(st->events[i], "    ");
+    }
+    protobuf_c_message_free_unpacked(reply, NULL);
+    return EXIT_OK;
+}
+
+/* ---- watch ---- */
+
+struct watch {
+    const char *job_id;
+    int json, tty;
+    int bar_shown;         // a progress line is on the terminal, to be erased before printing
+    char bar[512];
+    double drawn_at;       // when the progress line was last drawn
+    int drawn_state;
+    long long last_step;   // the last step shown (-1: none yet)
+    double line_at;        // not a terminal: when the last step line went out
+    char pending[512];     // not a terminal: a step line the throttle held back
+    uint64_t *seen;        // events already printed (a reconnect replays recent ones)
+    size_t n_seen, cap_seen;
+};
+
+static uint64_t event_hash(const Moed__V1__Event *e) {
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)e->unix_ms;
+    for (const char *s = e->kind; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    h = (h ^ 0xff) * 1099511628211ULL;
+    for (const char *s = e->message; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+static int event_seen(struct watch *w, const Moed__V1__Event *e) {
+    uint64_t h = event_hash(e);
+    for (size_t i = 0; i < w->n_seen; i++)
+        if (w->seen[i] == h) return 1;
+    if (w->n_seen == w->cap_seen) {
+        size_t cap = w->cap_seen ? 2 * w->cap_seen : 64;
+        uint64_t *ns = realloc(w->seen, cap * sizeof *ns);
+        if (!ns) return 0;
+        w->seen = ns;
+        w->cap_seen = cap;
+    }
+    w->seen[w->n_seen++] = h;
+    return 0;
+}
+
+static int terminal_width(void) {
+    struct winsize ws;
+    if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 20) return ws.ws_col;
+    return 80;
+}
+
+static void clear_bar(struct watch *w) {
+    if (w->bar_shown) printf("\r\033[K");
+    w->bar_shown = 0;
+}
+
+static void draw_bar(struct watch *w) {
+    int width = terminal_width() - 1; // the last column would wrap on some terminals
+    printf("\r\033[K%.*s", width, w->bar);
+    fflush(stdout);
+    w->bar_shown = 1;
+}
+
+static void say(struct watch *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(struct watch *w, const char *fmt, ...) {
+    int redraw = w->bar_shown;
+    clear_bar(w);
+    fflush(stdout);
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "moectl: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    if (redraw) draw_bar(w);
+}
+
+/* Appends to a fixed buffer, dropping what does not fit. */
+struct line {
+    char *p;
+    size_t cap, n;
+};
+
+static void put(struct line *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(struct line *l, const char *fmt, ...) {
+    if (l->n + 1 >= l->cap) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(l->p + l->n, l->cap - l->n, fmt, ap);
+    va_end(ap);
+    if (k > 0) l->n = l->n + (size_t)k < l->cap ? l->n + (size_t)k : l->cap - 1;
+}
+
+/* One progress line. On a terminal: a bar, and what matters most first, since a narrow
+ * terminal cuts the end off: "job-2 [====>      ]  45% 135/300 ETA 0:42 loss 2.3456 ...".
+ * Otherwise a log line: "job-2 step 135/300 (45%) | loss 2.3456 | ... | ETA 0:42". */
+static void step_text(char *out, size_t cap, const Moed__V1__JobUpdate *u, int tty) {
+    const Moed__V1__JobInfo *j = u->job;
+    const Moed__V1__StepMetrics *m = u->last;
+    double frac = j->total_steps > 0 ? (double)j->step / (double)j->total_steps : 0;
+    if (frac > 1) frac = 1;
+    struct line l = {out, cap, 0};
+    out[0] = 0;
+    char eta[24] = "", load[200] = "";
+    if (u->eta_seconds > 0 && !is_final(j->state)) client_duration(eta, sizeof eta, u->eta_seconds);
+    if (m) load_text(load, sizeof load, m);
+    const char *sep = tty ? " " : " | ";
+    if (tty) {
+        char bar[32];
+        int width = 20, filled = (int)(frac * width);
+        for (int i = 0; i < width; i++) bar[i] = i < filled ? '=' : (i == filled ? '>' : ' ');
+        bar[width] = 0;
+        put(&l, "%s [%s] %3.0f%% %lld/%lld", j->job_id, bar, 100 * frac, (long long)j->step,
+            (long long)j->total_steps);
+        if (eta[0]) put(&l, " ETA %s", eta);
+    } else {
+        put(&l, "%s step %lld/%lld (%.0f%%)", j->job_id, (long long)j->step,
+            (long long)j->total_steps, 100 * frac);
+    }
+    if (j->step > 0) put(&l, "%sloss %.4f", sep, m ? m->loss : j->loss);
+    if (j->val_loss > 0) put(&l, " val %.4f", j->val_loss);
+    if (m) put(&l, "%s%.0f tok/s%sload %s", sep, m->tokens_per_second, sep, load);
+    if (!tty && eta[0]) put(&l, "%sETA %s", sep, eta);
+}
+
+/* Shows one update; returns the job's state. */
+static int watch_update(struct watch *w, const Moed__V1__JobUpdate *u) {
+    if (!u->job) return 0;
+    const Moed__V1__JobInfo *j = u->job;
+    if (w->json) {
+        client_print_json(&u->base);
+        return j->state;
+    }
+    int final = is_final(j->state);
+    /* A step line the throttle held back is older than this update's events: it goes first
+     * when nothing else would ever print it. */
+    if (final && w->pending[0]) {
+        printf("%s\n", w->pending);
+        w->pending[0] = 0;
+    }
+    /* Events go above the progress line, which is drawn again below them. */
+    for (size_t i = 0; i < u->n_new_events; i++) {
+        if (event_seen(w, u->new_events[i])) continue;
+        int redraw = w->bar_shown;
+        clear_bar(w);
+        printf("%s ", j->job_id);
+        print_event(u->new_events[i], "");
+        if (redraw && !final) draw_bar(w);
+    }
+    double now = client_now();
+    if (w->tty) {
+        if (j->state == MOED__V1__JOB_STATE__JOB_QUEUED)
+            snprintf(w->bar, sizeof w->bar, "%s QUEUED: waiting for free workers", j->job_id);
+        else
+            step_text(w->bar, sizeof w->bar, u, 1);
+        if (!final && (now - w->drawn_at >= REDRAW_S || (int)j->state != w->drawn_state)) {
+            draw_bar(w);
+            w->drawn_at = now;
+            w->drawn_state = (int)j->state;
+        }
+    } else if (j->step > w->last_step) {
+        char line[512];
+        step_text(line, sizeof line, u, 0);
+        if (now - w->line_at >= THROTTLE_S || final) {
+            printf("%s\n", line);
+            w->pending[0] = 0;
+            w->line_at = now;
+        } else {
+            snprintf(w->pending, sizeof w->pending, "%s", line);
+        }
+    }
+    if (j->step > w->last_step) w->last_step = j->step;
+    if (final) {
+        clear_bar(w);
+        printf("%s %s at step %lld/%lld", j->job_id, state_name(j->state), (long long)j->step,
+               (long long)j->total_steps);
+        if (j->step > 0) printf(", loss %.4f", j->loss);
+        if (j->val_loss > 0) printf(", val loss %.4f", j->val_loss);
+        if (j->error[0]) printf(": %s", j->error);
+        if (j->state == MOED__V1__JOB_STATE__JOB_SUCCEEDED)
+            printf("; model %lld bytes (moectl fetch %s -o FILE)", (long long)j->model_bytes,
+                   j->job_id);
+        printf("\n");
+    }
+    fflush(stdout);
+    return j->state;
+}
+
+static int retryable(grpc_status_code code) {
+    return code == GRPC_STATUS_UNAVAILABLE || code == GRPC_STATUS_CANCELLED;
+}
+
+int cmd_watch(int argc, char **argv) {
+    struct job_args a;
+    int code = parse_args(argc, argv, &a, NULL, 0, "", NULL, NULL, 1);
+    if (code) return code < 0 ? EXIT_OK : code;
+    struct watch w = {.job_id = argv[optind], .json = a.json, .last_step = -1, .line_at = -1e9};
+    w.tty = !w.json && isatty(STDOUT_FILENO);
+    if ((code = need_job_id(w.job_id))) return code;
+    struct client cl;
+    if ((code = client_open(&cl, &a.conn))) return code;
+
+    Moed__V1__WatchJobRequest req = MOED__V1__WATCH_JOB_REQUEST__INIT;
+    req.job_id = (char *)w.job_id;
+    struct rpc_stream *s = NULL;
+    int state = 0, got_any = 0;
+    double lost_at = 0; // when the stream broke; 0 while it is up
+    for (;;) {
+        if (!s && rpc_stream_open(&s, cl.ch, M_JOBS "WatchJob", &req.base, 0) != MOE_OK) {
+            code = moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
+            break;
+        }
+        ProtobufCMessage *msg = NULL;
+        struct rpc_result res;
+        int r = rpc_stream_next(s, &moed__v1__job_update__descriptor, &msg, &res);
+        if (r == 1) {
+            if (lost_at) say(&w, "reconnected to %s", cl.target);
+            lost_at = 0;
+            got_any = 1;
+            state = watch_update(&w, (const Moed__V1__JobUpdate *)msg);
+            protobuf_c_message_free_unpacked(msg, NULL);
+            if (is_final(state)) break;
+            continue;
+        }
+        char why[600];
+        snprintf(why, sizeof why, "%s", r == 0 ? "the stream ended before the job did"
+                                               : moe_errmsg());
+        rpc_stream_close(s);
+        s = NULL;
+        /* A coordinator that restarts comes back with the job where it was: wait for it. */
+        if (r == -1 && (!got_any || !retryable(res.code))) {
+            clear_bar(&w);
+            code = moectl_fail(client_exit_code(res.code) ? client_exit_code(res.code)
+                                                          : EXIT_RUN_FAILED, "%s", why);
+            break;
+        }
+        double now = client_now();
+        if (!lost_at) {
+            lost_at = now;
+            say(&w, "lost the coordinator (%s); reconnecting for up to %.0f s", why, RECONNECT_S);
+        } else if (now - lost_at > RECONNECT_S) {
+            clear_bar(&w);
+            code = moectl_fail(EXIT_UNREACHABLE, "gave up after %.0f s without the coordinator: %s",
+                               RECONNECT_S, why);
+            break;
+        }
+        struct timespec ts = {0, 500 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (s) rpc_stream_close(s);
+    client_close(&cl);
+    free(w.seen);
+    if (code) return code;
+    switch (state) {
+    case MOED__V1__JOB_STATE__JOB_SUCCEEDED: return EXIT_OK;
+    case MOED__V1__JOB_STATE__JOB_CANCELLED: return EXIT_CANCELLED;
+    default: return EXIT_RUN_FAILED;
+    }
+}
+
+/* ---- cancel ---- */
+
+int cmd_cancel(int argc, char **argv) {
+    struct job_args a;
+    int code = parse_args(argc, argv, &a, NULL, 0, "", NULL, NULL, 1);
+    if (code) return code < 0 ? EXIT_OK : code;
+    const char *id = argv[optind];
+    if ((code = need_job_id(id))) return code;
+    struct client cl;
+    if ((code = client_open(&cl, &a.conn))) return code;
+    Moed__V1__JobRef req = MOED__V1__JOB_REF__INIT;
+    req.job_id = (char *)id;
+    ProtobufCMessage *reply = NULL;
+    code = client_call(&cl, M_JOBS "CancelJob", &req.base, &moed__v1__job_info__descriptor, &reply,
+                       NULL);
+    client_close(&cl);
+    if (code) return code;
+    const Moed__V1__JobInfo *j = (const Moed__V1__JobInfo *)reply;
+    if (a.json)
+        client_print_json(reply);
+    else
+        printf("%s %s at step %lld/%lld\n", j->job_id, state_name(j->state), (long long)j->step,
+               (long long)j->total_steps);
+    protobuf_c_message_free_unpacked(reply, NULL);
+    return EXIT_OK;
+}
+
+/* ---- fetch ---- */
+
+/* Interrupted mid-transfer: the temporary file goes, so no partial model is ever left. */
+static char fetch_tmp[PATH_MAX + 8];
+static void fetch_interrupted(int sig) {
+    if (fetch_tmp[0]) unlink(fetch_tmp);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static int fetch_extra(int c, void *ctx) {
+    if (c != 'o') return -1;
+    *(const char **)ctx = optarg;
+    return 0;
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n) {
+    while (n) {
+        ssize_t k = write(fd, p, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+int cmd_fetch(int argc, char **argv) {
+    static const struct option extra[] = {{"output", required_argument, 0, 'o'}};
+    struct job_args a;
+    const char *out = NULL;
+    int code = parse_args(argc, argv, &a, extra, 1, "o:", fetch_extra, &out, 1);
+    if (code) return code < 0 ? EXIT_OK : code;
+    const char *id = argv[optind];
+    if ((code = need_job_id(id))) return code;
+    if (!out || !out[0]) return moectl_fail(EXIT_BAD_INPUT, "fetch: -o FILE is required");
+    if (strlen(out) + 5 > sizeof fetch_tmp)
+        return moectl_fail(EXIT_BAD_INPUT, "fetch: %s: path too long", out);
+    struct client cl;
+    if ((code = client_open(&cl, &a.conn))) return code;
+
+    snprintf(fetch_tmp, sizeof fetch_tmp, "%s.tmp", out);
+    int fd = open(fetch_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        code = moectl_fail(EXIT_RUN_FAILED, "cannot write %s: %s", fetch_tmp, strerror(errno));
+        fetch_tmp[0] = 0;
+        client_close(&cl);
+        return code;
+    }
+    signal(SIGINT, fetch_interrupted);
+    signal(SIGTERM, fetch_interrupted);
+    signal(SIGHUP, fetch_interrupted);
+
+    Moed__V1__JobRef req = MOED__V1__JOB_REF__INIT;
+    req.job_id = (char *)id;
+    struct rpc_stream *s = NULL;
+    long long written = 0, total = -1;
+    if (rpc_stream_open(&s, cl.ch, M_JOBS "FetchModel", &req.base, 0) != MOE_OK) {
+        code = moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
+        goto fail;
+    }
+    for (;;) {
+        ProtobufCMessage *msg = NULL;
+        struct rpc_result res;
+        int r = rpc_stream_next(s, &moed__v1__model_chunk__descriptor, &msg, &res);
+        if (r == 0) break;
+        if (r < 0) {
+            int c = client_exit_code(res.code);
+            if (res.code == GRPC_STATUS_FAILED_PRECONDITION)
+                code = moectl_fail(EXIT_RUN_FAILED, "%s has no model to fetch: only a SUCCEEDED "
+                                   "job has one (%s)", id, moe_errmsg());
+            else
+                code = moectl_fail(c ? c : EXIT_RUN_FAILED, "%s", moe_errmsg());
+            goto fail;
+        }
+        const Moed__V1__ModelChunk *ch = (const Moed__V1__ModelChunk *)msg;
+        const char *bad = NULL;
+        if (ch->offset != written) bad = "a chunk out of order";
+        else if (ch->total_bytes < 0 || (total >= 0 && ch->total_bytes != total)) bad = "a changing total size";
+        else if (written + (long long)ch->data.len > ch->total_bytes) bad = "more bytes than the total size";
+        if (bad) {
+            code = moectl_fail(EXIT_RUN_FAILED, "fetch %s: the coordinator sent %s (offset %lld, "
+                               "%zu bytes, total %lld, after %lld bytes)", id, bad,
+                               (long long)ch->offset, ch->data.len, (long long)ch->total_bytes,
+                               written);
+            protobuf_c_message_free_unpacked(msg, NULL);
+            goto fail;
+        }
+        total = ch->total_bytes;
+        if (write_all(fd, ch->data.data, ch->data.len) != 0) {
+            code = moectl_fail(EXIT_RUN_FAILED, "cannot write %s: %s", fetch_tmp, strerror(errno));
+            protobuf_c_message_free_unpacked(msg, NULL);
+            goto fail;
+        }
+        written += (long long)ch->data.len;
+        protobuf_c_message_free_unpacked(msg, NULL);
+    }
+    if (total < 0 || written != total) {
+        code = moectl_fail(EXIT_RUN_FAILED, "fetch %s: the stream ended after %lld of %lld bytes",
+                           id, written, total);
+        goto fail;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        fd = -1;
+        code = moectl_fail(EXIT_RUN_FAILED, "cannot write %s: %s", fetch_tmp, strerror(errno));
+        goto fail;
+    }
+    fd = -1;
+    if (rename(fetch_tmp, out) != 0) {
+        code = moectl_fail(EXIT_RUN_FAILED, "cannot rename %s to %s: %s", fetch_tmp, out,
+                           strerror(errno));
+        goto fail;
+    }
+    fetch_tmp[0] = 0;
+    if (a.json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "job_id", id);
+        cJSON_AddStringToObject(j, "file", out);
+        cJSON_AddNumberToObject(j, "bytes", (double)written);
+        char *text = cJSON_PrintUnformatted(j);
+        if (text) printf("%s\n", text);
+        cJSON_free(text);
+        cJSON_Delete(j);
+    } else
+        printf("moectl: wrote %s: the model of %s, %lld bytes\n", out, id, written);
+    rpc_stream_close(s);
+    client_close(&cl);
+    return EXIT_OK;
+fail:
+    if (fd >= 0) close(fd);
+    unlink(fetch_tmp);
+    fetch_tmp[0] = 0;
+    if (s) rpc_stream_close(s);
+    client_close(&cl);
+    return code;
+}

@@ -1,0 +1,31 @@
+/*
+ * moectl.h — what moectl's command files share: the exit codes and the commands' entry points.
+ *
+ * Every command is `int cmd_x(int argc, char **argv)` with argv[0] the command's name, and
+ * returns the process's exit code. moectl.c dispatches; cluster.c and jobs.c are the commands
+ * that talk to a coordinator; client.c is how they reach it.
+ */
+#ifndef MOECTL_H
+#define MOECTL_H
+
+/* The exit codes, the same for every command (moectl help lists them). */
+enum moectl_exit {
+    EXIT_OK = 0,          // success; watch: the job succeeded
+    EXIT_RUN_FAILED = 1,  // the job, the run or the operation failed
+    EXIT_BAD_INPUT = 2,   // usage, spec, data or model file, unknown job (NOT_FOUND)
+    EXIT_CANCELLED = 3,   // watch: the job was cancelled
+    EXIT_UNREACHABLE = 4, // no coordinator to talk to, or it refused our credentials
+};
+
+/* Prints "moectl: <message>" on stderr and returns `code`. */
+int moectl_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+int cmd_cluster(int argc, char **argv); // cluster up | down | status
+int cmd_submit(int argc, char **argv);
+int cmd_jobs(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_watch(int argc, char **argv);
+int cmd_cancel(int argc, char **argv);
+int cmd_fetch(int argc, char **argv);
+
+#endif
