@@ -420,9 +420,14 @@ static void run_slot_reply(void *arg, const struct rpc_result *res, const Protob
         if (w->state == MOED__V1__WORKER_STATE__WORKER_BUSY) w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
         coordinator_save_worker(co, w);
     }
+    /* Busy (still finishing its previous job) or unreachable: not the job's fault. The worker
+     * waits for a heartbeat that shows it idle (or for the timeout that declares it dead). */
+    int not_the_jobs_fault = res->code == GRPC_STATUS_UNAVAILABLE ||
+                             res->code == GRPC_STATUS_DEADLINE_EXCEEDED;
+    if (w && not_the_jobs_fault) w->awaiting_idle = 1;
     if (j && j->state == MOED__V1__JOB_STATE__JOB_RUNNING && !j->step) {
         if (res->code == GRPC_STATUS_INVALID_ARGUMENT || res->code == GRPC_STATUS_UNIMPLEMENTED ||
-            ++j->assign_attempts >= co->cfg.max_assign_attempts) {
+            (!not_the_jobs_fault && ++j->assign_attempts >= co->cfg.max_assign_attempts)) {
             coordinator_finish_job(co, j, MOED__V1__JOB_STATE__JOB_FAILED, "failed",
                                    "worker %s could not start it: %s: %s", a->worker_id,
                                    rpc_code_name(res->code), res->details);
@@ -439,7 +444,8 @@ static void run_slot_reply(void *arg, const struct rpc_result *res, const Protob
 }
 
 static int worker_schedulable(const struct worker *w) {
-    return w->state == MOED__V1__WORKER_STATE__WORKER_IDLE && !w->job_id[0] && w->channel;
+    return w->state == MOED__V1__WORKER_STATE__WORKER_IDLE && !w->job_id[0] && w->channel &&
+           !w->awaiting_idle;
 }
 
 void coordinator_schedule(struct coordinator *co) {

@@ -94,6 +94,8 @@ struct worker {
     int slot;
     struct rpc_channel *channel; // to its Worker service
     int confirmed;             // registered with this coordinator process (not only loaded)
+    int awaiting_idle;         // refused a job as busy: not schedulable until a heartbeat
+                               // shows it idle
 };
 
 struct coordinator {

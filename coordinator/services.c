@@ -360,6 +360,7 @@ static void register_worker(struct rpc_call *call, const ProtobufCMessage *m, vo
         w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
     }
     w->confirmed = 1;
+    w->awaiting_idle = 0;
     if (coordinator_connect_worker(co, w) != MOE_OK || coordinator_save_worker(co, w) != MOE_OK) {
         rpc_fail(call, GRPC_STATUS_INTERNAL, "%s", moe_errmsg());
         return;
@@ -399,6 +400,10 @@ static void heartbeat(struct rpc_call *call, const ProtobufCMessage *m, void *ct
         snprintf(w->job_id, sizeof w->job_id, "%s", req->job_id);
         if (req->job_id[0]) w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
         coordinator_save_worker(co, w);
+    }
+    if (!req->job_id[0] && w->awaiting_idle) {
+        w->awaiting_idle = 0; // idle now: schedulable again
+        coordinator_schedule(co);
     }
     struct job *j = req->job_id[0] ? coordinator_find_job(co, req->job_id) : NULL;
     if (req->job_id[0]) {
