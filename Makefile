@@ -1,5 +1,6 @@
 # The two commands of the quick start, and the rest of the developer loop.
-#   make demo   install what is missing, build, train the demo model, say where it went
+#   make demo   install what is missing, build, start a local cluster, train the demo job on
+#               it, fetch the model, stop the cluster
 #   make check  install, build (warnings as errors) and run every test, also under ASan+UBSan
 #   make bench  benchmarks (numbers come from here, never from tests)
 BUILD      ?= build
@@ -20,18 +21,16 @@ build: deps
 	@cmake --build $(BUILD) -j $(JOBS)
 
 asan: deps
-	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMOE_WERROR=ON -DMOE_SANITIZE=ON >/dev/null
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMOE_WERROR=ON -DMOE_SANITIZE=ON -DMOE_CUDA=OFF >/dev/null
 	@cmake --build $(ASAN_BUILD) -j $(JOBS)
 
 demo: build
-	@mkdir -p $(DEMO_OUT)
-	./$(BUILD)/moectl train deploy/specs/demo.yaml --set run.output=$(DEMO_OUT)/model.safetensors
-	@echo "moectl: the trained model is $(DEMO_OUT)/model.safetensors (config: $(DEMO_OUT)/model.json)"
-	./$(BUILD)/moectl eval $(DEMO_OUT)/model.safetensors /usr/share/common-licenses/GPL-3
-	./$(BUILD)/moectl generate $(DEMO_OUT)/model.safetensors --prompt "The " --bytes 300
+	@bash deploy/demo.sh $(BUILD)/bin $(DEMO_OUT)
 
-# The sanitizer build runs every test except those labelled "slow" (full training runs, which
-# the release build covers and which only repeat the same code paths more times).
+# The sanitizer build leaves out the CUDA kernels (the release build compiles them where nvcc
+# exists; nothing on a CPU machine runs them), and runs every test except those labelled
+# "slow" (full training runs, which the release build covers and which only repeat the same
+# code paths more times).
 check: build asan
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -LE slow
@@ -40,7 +39,8 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 bench: build
-	./$(BUILD)/bench_train
+	./$(BUILD)/bin/bench_train
+	./$(BUILD)/bin/bench_status
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
