@@ -265,21 +265,29 @@ static int need_job_id(const char *id) {
     return moectl_fail(EXIT_BAD_INPUT, "the job id is empty (moectl jobs lists them)");
 }
 
-int cmd_status(int argc, char **argv) {
-    struct job_args a;
-    int code = parse_args(argc, argv, &a, NULL, 0, "", NULL, NULL, 1);
-    if (code) return code < 0 ? EXIT_OK : code;
+/* The shape of every command that names one job and makes one call: parse the options,
+ * connect, send a JobRef. Returns the exit code (EXIT_OK with *reply set on success). */
+static int call_on_job(int argc, char **argv, struct job_args *a, const char *method,
+                       const ProtobufCMessageDescriptor *reply_type, ProtobufCMessage **reply) {
+    *reply = NULL;
+    int code = parse_args(argc, argv, a, NULL, 0, "", NULL, NULL, 1);
+    if (code) return code < 0 ? -1 : code;
     const char *id = argv[optind];
     if ((code = need_job_id(id))) return code;
     struct client cl;
-    if ((code = client_open(&cl, &a.conn))) return code;
+    if ((code = client_open(&cl, &a->conn))) return code;
     Moed__V1__JobRef req = MOED__V1__JOB_REF__INIT;
     req.job_id = (char *)id;
-    ProtobufCMessage *reply = NULL;
-    code = client_call(&cl, M_JOBS "GetJob", &req.base, &moed__v1__job_status__descriptor, &reply,
-                       NULL);
+    code = client_call(&cl, method, &req.base, reply_type, reply, NULL);
     client_close(&cl);
-    if (code) return code;
+    return code;
+}
+
+int cmd_status(int argc, char **argv) {
+    struct job_args a;
+    ProtobufCMessage *reply;
+    int code = call_on_job(argc, argv, &a, M_JOBS "GetJob", &moed__v1__job_status__descriptor, &reply);
+    if (code) return code < 0 ? EXIT_OK : code;
     const Moed__V1__JobStatus *st = (const Moed__V1__JobStatus *)reply;
     if (a.json || !st->job) {
         client_print_json(reply);
@@ -605,19 +613,9 @@ int cmd_watch(int argc, char **argv) {
 
 int cmd_cancel(int argc, char **argv) {
     struct job_args a;
-    int code = parse_args(argc, argv, &a, NULL, 0, "", NULL, NULL, 1);
+    ProtobufCMessage *reply;
+    int code = call_on_job(argc, argv, &a, M_JOBS "CancelJob", &moed__v1__job_info__descriptor, &reply);
     if (code) return code < 0 ? EXIT_OK : code;
-    const char *id = argv[optind];
-    if ((code = need_job_id(id))) return code;
-    struct client cl;
-    if ((code = client_open(&cl, &a.conn))) return code;
-    Moed__V1__JobRef req = MOED__V1__JOB_REF__INIT;
-    req.job_id = (char *)id;
-    ProtobufCMessage *reply = NULL;
-    code = client_call(&cl, M_JOBS "CancelJob", &req.base, &moed__v1__job_info__descriptor, &reply,
-                       NULL);
-    client_close(&cl);
-    if (code) return code;
     const Moed__V1__JobInfo *j = (const Moed__V1__JobInfo *)reply;
     if (a.json)
         client_print_json(reply);

@@ -102,6 +102,12 @@ static void list_jobs(struct rpc_call *call, const ProtobufCMessage *m, void *ct
     free(ptrs);
 }
 
+/* The job's recent events, oldest first, as pointers into its ring. */
+static size_t recent_events(const struct job *j, Moed__V1__Event **out) {
+    for (int i = 0; i < j->n_recent; i++) out[i] = j->recent[(j->recent_head + i) % JOB_RECENT_EVENTS];
+    return (size_t)j->n_recent;
+}
+
 static void get_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
     const Moed__V1__JobRef *req = (const void *)m;
     struct job *j = job_or_fail(call, CO(ctx), req->job_id);
@@ -112,8 +118,7 @@ static void get_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
     st.job = &v.info;
     st.last = j->last;
     Moed__V1__Event *events[JOB_RECENT_EVENTS];
-    for (int i = 0; i < j->n_recent; i++) events[i] = j->recent[(j->recent_head + i) % JOB_RECENT_EVENTS];
-    st.n_events = (size_t)j->n_recent;
+    st.n_events = recent_events(j, events);
     st.events = events;
     st.spec_json = j->spec_json;
     st.eta_seconds = job_eta_seconds(j);
@@ -142,8 +147,7 @@ static void watch_job(struct rpc_call *call, const ProtobufCMessage *m, void *ct
     u.job = &v.info;
     u.last = j->last;
     Moed__V1__Event *events[JOB_RECENT_EVENTS];
-    for (int i = 0; i < j->n_recent; i++) events[i] = j->recent[(j->recent_head + i) % JOB_RECENT_EVENTS];
-    u.n_new_events = (size_t)j->n_recent;
+    u.n_new_events = recent_events(j, events);
     u.new_events = events;
     u.eta_seconds = job_eta_seconds(j);
     rpc_stream_send(call, &u.base);

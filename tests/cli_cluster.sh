@@ -7,34 +7,10 @@
 # cluster cannot be started twice in one directory; and a TLS cluster serves over TLS.
 set -u
 moectl=$1
-py=/usr/bin/python3
 corpus=/usr/share/common-licenses/GPL-3
-tmp=$(mktemp -d /tmp/moe_cli_cluster.XXXXXX)
-cdir=$tmp/cluster
+source "$(dirname "$0")/cluster_lib.sh"
+cluster_test_init cli_cluster
 tdir=$tmp/tls-cluster
-cleanup() {
-  [ -n "${watch_pid:-}" ] && kill "$watch_pid" 2>/dev/null
-  for d in "$cdir" "$tdir"; do "$moectl" cluster down --dir "$d" --purge >/dev/null 2>&1; done
-  # whatever still runs from this test's directory (a daemon whose pid file was lost)
-  for p in /proc/[0-9]*; do grep -qsaF -- "$tmp/" "$p/cmdline" && kill -9 "${p#/proc/}" 2>/dev/null; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-unset MOED_COORDINATOR MOED_TOKEN MOED_TOKEN_FILE MOED_TLS_CA
-export MOED_CLUSTER_DIR=$cdir # the client commands find the cluster through it
-fails=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails+1)); fi; }
-# json EXPR: evaluates a Python expression over the JSON document `d` read from stdin
-json() { "$py" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-# wait_until SECONDS CONDITION
-wait_until() {
-  local end=$((SECONDS + $1))
-  until eval "$2"; do [ $SECONDS -ge $end ] && return 1; sleep 0.2; done
-}
-state_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"]["state"]'; }
-step_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"]["step"]'; }
-# running_from DIR: pids of the processes started with DIR in their command line
-running_from() { for p in /proc/[0-9]*; do grep -qsaF -- "$1/" "$p/cmdline" && echo "${p#/proc/}"; done; }
 n_jobs() { "$moectl" jobs --json | json 'len(d["jobs"])'; }
 
 # ---- up ----

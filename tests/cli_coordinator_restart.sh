@@ -5,29 +5,9 @@
 # advances), and a `moectl watch` that was following it reconnects and sees it to the end.
 set -u
 moectl=$1
-py=/usr/bin/python3
 corpus=/usr/share/common-licenses/GPL-3
-tmp=$(mktemp -d /tmp/moe_cli_restart.XXXXXX)
-cdir=$tmp/cluster
-cleanup() {
-  [ -n "${watch_pid:-}" ] && kill "$watch_pid" 2>/dev/null
-  "$moectl" cluster down --dir "$cdir" --purge >/dev/null 2>&1
-  # whatever still runs from this test's directory (a daemon whose pid file was lost)
-  for p in /proc/[0-9]*; do grep -qsaF -- "$tmp/" "$p/cmdline" && kill -9 "${p#/proc/}" 2>/dev/null; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-unset MOED_COORDINATOR MOED_TOKEN MOED_TOKEN_FILE MOED_TLS_CA
-export MOED_CLUSTER_DIR=$cdir
-fails=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails+1)); fi; }
-json() { "$py" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-wait_until() {
-  local end=$((SECONDS + $1))
-  until eval "$2"; do [ $SECONDS -ge $end ] && return 1; sleep 0.2; done
-}
-state_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"]["state"]'; }
-step_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"]["step"]'; }
+source "$(dirname "$0")/cluster_lib.sh"
+cluster_test_init cli_restart
 # "job-1=JOB_RUNNING job-2=JOB_QUEUED": ids and states, in submission order
 job_states() { "$moectl" jobs --json 2>/dev/null | json '" ".join(j["job_id"] + "=" + j["state"] for j in d["jobs"])'; }
 

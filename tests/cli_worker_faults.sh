@@ -7,28 +7,9 @@
 # workers it had.
 set -u
 moectl=$1
-py=/usr/bin/python3
 bin=$(dirname "$moectl")
-tmp=$(mktemp -d /tmp/moe_cli_faults.XXXXXX)
-cdir=$tmp/cluster
-cleanup() {
-  local pids; pids=$(cat "$cdir"/*.pid 2>/dev/null)
-  "$moectl" cluster down --dir "$cdir" --purge >/dev/null 2>&1
-  for p in $pids ${intruder:-}; do grep -qs moed- "/proc/$p/cmdline" && kill -9 "$p" 2>/dev/null; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-unset MOED_COORDINATOR MOED_TOKEN MOED_TOKEN_FILE MOED_TLS_CA
-export MOED_CLUSTER_DIR=$cdir
-fails=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails+1)); fi; }
-json() { "$py" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-wait_until() {
-  local end=$((SECONDS + $1))
-  until eval "$2"; do [ $SECONDS -ge $end ] && return 1; sleep 0.2; done
-}
-state_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"]["state"]'; }
-
+source "$(dirname "$0")/cluster_lib.sh"
+cluster_test_init cli_faults
 "$moectl" cluster up --workers 2 --threads 1 --dir "$cdir" >/dev/null 2>"$tmp/up.err" ||
   { cat "$tmp/up.err"; exit 1; }
 
