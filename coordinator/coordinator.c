@@ -21,7 +21,7 @@
 void coordinator_config_defaults(struct coordinator_config *c) {
     memset(c, 0, sizeof *c);
     snprintf(c->listen, sizeof c->listen, "127.0.0.1:0");
-    c->heartbeat_interval_ms = 500;
+    c->heartbeat_interval_ms = 1000;
     c->heartbeat_timeout_ms = 5000;
     c->max_assign_attempts = 3;
 }

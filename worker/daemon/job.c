@@ -1,6 +1,6 @@
 /*
  * job.c — the training thread of one job: trainer_open, then step after step, each followed
- * by a blocking ReportStep (batched: at most one call per REPORT_INTERVAL_S, carrying every
+ * by a blocking ReportStep (batched: at most one call a second, carrying every
  * step since the last); evaluation every run.eval_every steps and at the end. While the
  * coordinator is unreachable, training goes on and the reports wait in a bounded backlog,
  * sent oldest first once it answers again: the coordinator sees every step, in order.
@@ -20,7 +20,7 @@
 #define REPORT_METHOD "/moed.v1.Cluster/ReportStep"
 #define BACKOFF_MIN_S 1.0 // after a failed report, wait before trying again (doubling)
 #define BACKOFF_MAX_S 8.0
-#define REPORT_INTERVAL_S 0.25 // batch the reports of faster steps (one call per interval)
+#define REPORT_INTERVAL_S 1.0 // batch the reports of faster steps (one call per interval)
 #define REPORT_BATCH_MAX 512   // steps per call: far below the 4 MiB message limit
 
 double job_now(void) {
