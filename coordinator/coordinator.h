@@ -26,7 +26,6 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define MOED_VERSION "0.1.0"
 #define JOB_RECENT_EVENTS 32 // kept in memory per job for GetJob / a new watcher
 
 /* Every knob of the coordinator, with its default in coordinator_config_defaults. */

@@ -4,8 +4,8 @@
  * Owns: joining the cluster (RegisterWorker, then a Heartbeat every interval the coordinator
  * gives, registering again when a restarted coordinator asks), the Worker service the
  * coordinator calls (RunSlot, StopJob), and the training thread of the job it runs: the
- * trainer library's steps, one ReportStep per step (kept in order while the coordinator is
- * unreachable), the model's upload and the job's end report. A scratch directory holds the
+ * trainer library's steps, step reports batched to one call a second (kept in order while
+ * the coordinator is unreachable), the model's upload and the job's end report. A scratch directory holds the
  * trained model between saving and upload.
  *   worker.h      the shared state (struct worker, struct job) and the functions between files
  *   main.c        command line, scratch directory, loop, signals, orderly shutdown
@@ -32,7 +32,6 @@
 #include <stdatomic.h>
 #include <uv.h>
 
-#define MOED_VERSION "0.1.0" // CMake's PROJECT_VERSION
 
 #define WORKER_ID_MAX 64
 #define WORKER_TOKEN_MAX 256
