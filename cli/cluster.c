@@ -712,7 +712,7 @@ static int cluster_up(int argc, char **argv) {
         in_dir(addr_file, dir, "coordinator.addr");
         in_dir(log, dir, "coordinator.log");
         unlink(addr_file);
-        const char *args[20];
+        const char *args[32];
         int n = 0;
         args[n++] = coord_exe;
         args[n++] = "--listen", args[n++] = listen;
@@ -721,6 +721,8 @@ static int cluster_up(int argc, char **argv) {
         args[n++] = "--cluster-token-file", args[n++] = cluster_token;
         args[n++] = "--addr-file", args[n++] = addr_file;
         if (sh.tls) args[n++] = "--tls-cert", args[n++] = cert, args[n++] = "--tls-key", args[n++] = key;
+        /* the workers serve the same 127.0.0.1 certificate: the coordinator verifies it */
+        if (sh.tls) args[n++] = "--worker-tls-ca", args[n++] = cert;
         if (sh.heartbeat_timeout_ms) args[n++] = "--heartbeat-timeout-ms", args[n++] = hb;
         args[n] = NULL;
         if (spawn(args, log, &coord) != MOE_OK ||
@@ -748,7 +750,7 @@ static int cluster_up(int argc, char **argv) {
             code = moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
             goto exit;
         }
-        const char *args[20];
+        const char *args[32];
         int n = 0;
         args[n++] = worker_exe;
         args[n++] = "--coordinator", args[n++] = address;
@@ -757,7 +759,10 @@ static int cluster_up(int argc, char **argv) {
         args[n++] = "--pod", args[n++] = pod;
         args[n++] = "--threads", args[n++] = threads;
         args[n++] = "--dir", args[n++] = scratch;
-        if (sh.tls) args[n++] = "--tls-ca", args[n++] = cert;
+        if (sh.tls) {
+            args[n++] = "--tls-ca", args[n++] = cert;
+            args[n++] = "--tls-cert", args[n++] = cert, args[n++] = "--tls-key", args[n++] = key;
+        }
         args[n] = NULL;
         if (spawn(args, log, &pids[i]) != MOE_OK ||
             write_pid(worker_file(path, dir, i, ".pid"), pids[i]) != MOE_OK) {

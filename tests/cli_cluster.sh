@@ -117,6 +117,20 @@ if command -v openssl >/dev/null; then
   check "jobs over TLS with the cluster's certificate" '[ $? -eq 0 ]'
   MOED_CLUSTER_DIR=$tdir MOED_TLS_CA= "$moectl" jobs >/dev/null 2>&1
   check "a plaintext client cannot talk to it (exit 4)" '[ $? -eq 4 ]'
+  # a job end to end: the coordinator's RunSlot reaches the worker over TLS too
+  tjob=$(cd "$(dirname "$corpus")" && MOED_CLUSTER_DIR=$tdir "$moectl" submit "$tmp/tiny.yaml" 2>&1)
+  MOED_CLUSTER_DIR=$tdir "$moectl" watch "$tjob" >/dev/null 2>&1
+  check "a job runs on the TLS cluster (RunSlot over TLS to the worker)" '[ $? -eq 0 ]'
+  worker_port=$(MOED_CLUSTER_DIR=$tdir "$moectl" cluster status --json | json 'd["workers"][0]["address"]')
+  "$py" - "$worker_port" <<'PY' >/dev/null 2>&1
+import socket, ssl, sys
+host, port = sys.argv[1].rsplit(":", 1)
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["h2"])
+with socket.create_connection((host, int(port)), timeout=5) as s, ctx.wrap_socket(s) as t:
+    sys.exit(0 if t.version() else 1)
+PY
+  check "the worker's own port speaks TLS" '[ $? -eq 0 ]'
   "$moectl" cluster down --dir "$tdir" --purge >/dev/null
   check "cluster down --purge removes what cluster up made" '[ ! -e "$tdir" ]'
 else

@@ -2,7 +2,8 @@
  * moed-worker — the worker daemon (see worker.h for what it owns).
  *
  *   moed-worker --coordinator HOST:PORT --cluster-token-file FILE [--listen 127.0.0.1:0]
- *               [--pod N] [--threads N] [--tls-ca FILE] [--dir SCRATCH_DIR]
+ *               [--pod N] [--threads N] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
+ *               [--dir SCRATCH_DIR]
  *               [--log-level debug|info|warn|error]
  *
  * main.c: the command line, the scratch directory, starting the loop, and the orderly way
@@ -43,6 +44,8 @@ static void usage(FILE *to) {
             "  --pod N                     the pod this worker belongs to (default 0)\n"
             "  --threads N                 OpenMP threads for training (default: all cores)\n"
             "  --tls-ca FILE               verify the coordinator's TLS certificate with this CA\n"
+            "  --tls-cert FILE --tls-key FILE\n"
+            "                              serve the Worker service over TLS (PEM files)\n"
             "  --dir DIR                   scratch directory for trained models (default: a\n"
             "                              temporary directory, removed at exit)\n"
             "  --log-level LEVEL           debug, info, warn or error (default info, or\n"
@@ -80,6 +83,8 @@ static int parse_args(struct worker_config *cfg, int argc, char **argv) {
                                          {"pod", required_argument, 0, 'p'},
                                          {"threads", required_argument, 0, 'n'},
                                          {"tls-ca", required_argument, 0, 'a'},
+                                         {"tls-cert", required_argument, 0, 'C'},
+                                         {"tls-key", required_argument, 0, 'K'},
                                          {"dir", required_argument, 0, 'd'},
                                          {"log-level", required_argument, 0, 'L'},
                                          {"help", no_argument, 0, 'h'},
@@ -98,6 +103,8 @@ static int parse_args(struct worker_config *cfg, int argc, char **argv) {
             if (parse_int(optarg, "--threads", 1, &cfg->threads)) return EXIT_USAGE;
             break;
         case 'a': cfg->tls.ca_file = optarg; break;
+        case 'C': cfg->serve_tls.cert_file = optarg; break;
+        case 'K': cfg->serve_tls.key_file = optarg; break;
         case 'd': cfg->dir = optarg; break;
         case 'L':
             if (parse_level(optarg)) return EXIT_USAGE;
@@ -105,6 +112,10 @@ static int parse_args(struct worker_config *cfg, int argc, char **argv) {
         case 'h': usage(stdout); return -1;
         default: usage(stderr); return EXIT_USAGE;
         }
+    }
+    if (!cfg->serve_tls.cert_file != !cfg->serve_tls.key_file) {
+        fprintf(stderr, "moed-worker: --tls-cert and --tls-key go together\n");
+        return EXIT_USAGE;
     }
     if (optind != argc) {
         fprintf(stderr, "moed-worker: unexpected argument '%s'\n", argv[optind]);
@@ -238,7 +249,7 @@ static void on_signal(uv_signal_t *h, int signum) {
 static moe_status start(struct worker *w) {
     CHECK(rpc_pump_start(&w->pump, w->loop));
     struct rpc_server_config sc = {.listen = w->cfg.listen,
-                                   .tls = NULL,
+                                   .tls = w->cfg.serve_tls.cert_file ? &w->cfg.serve_tls : NULL,
                                    .client_token = NULL,
                                    .cluster_token = w->token,
                                    .role = "worker"};

@@ -51,6 +51,7 @@ struct worker_config {
     int pod;
     int threads;               // OpenMP threads for training; 0: OpenMP's default (all cores)
     struct rpc_tls tls;        // ca_file only: the coordinator's CA
+    struct rpc_tls serve_tls;  // cert_file + key_file: serve the Worker service over TLS
     const char *dir;           // scratch directory; NULL: a temporary one
 };
 
