@@ -131,7 +131,7 @@ static void job_record(Moed__Store__JobRecord *rec, struct job_view *v, const st
     rec->next_event = j->next_event;
 }
 
-static void batch_job(struct store_batch *b, const struct job *j) {
+void coordinator_batch_job(struct store_batch *b, const struct job *j) {
     Moed__Store__JobRecord rec;
     struct job_view v;
     job_record(&rec, &v, j);
@@ -228,7 +228,7 @@ moe_status coordinator_event(struct coordinator *co, struct job *j, int sync, co
     e.message = msg;
     int64_t seq = j->next_event++;
     struct store_batch *b = store_batch_new();
-    batch_job(b, j);
+    coordinator_batch_job(b, j);
     store_batch_event(b, j->id, seq, &e);
     moe_status s = store_batch_commit(co->store, b, sync);
     if (s != MOE_OK) {
@@ -309,7 +309,7 @@ moe_status coordinator_submit(struct coordinator *co, const char *spec_text, siz
     co->next_job++;
     struct store_batch *b = store_batch_new();
     batch_meta(b, co);
-    batch_job(b, j);
+    coordinator_batch_job(b, j);
     store_batch_event(b, j->id, seq, &e);
     moe_status s = store_batch_commit(co->store, b, 1);
     if (s == MOE_OK) s = jobs_append(co, j);
@@ -619,7 +619,6 @@ static int load_worker(const Moed__V1__WorkerInfo *in, void *arg) {
     return 0;
 }
 
-moe_status coordinator_add_worker(struct coordinator *co, struct worker **out);
 moe_status coordinator_add_worker(struct coordinator *co, struct worker **out) {
     Moed__V1__WorkerInfo wi = MOED__V1__WORKER_INFO__INIT;
     char id[24];
@@ -631,12 +630,10 @@ moe_status coordinator_add_worker(struct coordinator *co, struct worker **out) {
     return MOE_OK;
 }
 
-moe_status coordinator_connect_worker(struct coordinator *co, struct worker *w);
 moe_status coordinator_connect_worker(struct coordinator *co, struct worker *w) {
     return worker_channel(co, w);
 }
 
-moe_status coordinator_save_meta(struct coordinator *co);
 moe_status coordinator_save_meta(struct coordinator *co) {
     struct store_batch *b = store_batch_new();
     batch_meta(b, co);

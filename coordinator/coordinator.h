@@ -146,6 +146,14 @@ moe_status coordinator_event(struct coordinator *co, struct job *j, int sync, co
                              const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 /* Binds queued jobs to idle workers, oldest job first. */
 void coordinator_schedule(struct coordinator *co);
+/* Adds the job's record (info, spec, event counter) to a store batch. */
+void coordinator_batch_job(struct store_batch *b, const struct job *j);
+/* A new worker record with the next id ("w-N"); the caller fills and saves it. */
+moe_status coordinator_add_worker(struct coordinator *co, struct worker **out);
+/* (Re)opens the channel to a worker's Worker service at w->address. */
+moe_status coordinator_connect_worker(struct coordinator *co, struct worker *w);
+/* Persists the id counters and the cluster id. */
+moe_status coordinator_save_meta(struct coordinator *co);
 /* Persists a worker's record. */
 moe_status coordinator_save_worker(struct coordinator *co, const struct worker *w);
 /* Sends a JobUpdate to every watcher of `j`, with `new_event` if not NULL; finishes the

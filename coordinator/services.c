@@ -18,10 +18,6 @@
 
 #define CO(ctx) ((struct coordinator *)(ctx))
 
-moe_status coordinator_add_worker(struct coordinator *co, struct worker **out);
-moe_status coordinator_connect_worker(struct coordinator *co, struct worker *w);
-moe_status coordinator_save_meta(struct coordinator *co);
-
 static struct job *job_or_fail(struct rpc_call *call, struct coordinator *co, const char *id) {
     struct job *j = id && id[0] ? coordinator_find_job(co, id) : NULL;
     if (!j) rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no job %s", id && id[0] ? id : "(empty id)");
@@ -476,16 +472,7 @@ static void report_step(struct rpc_call *call, const ProtobufCMessage *m, void *
         if (j->last) moed__v1__step_metrics__free_unpacked(j->last, NULL);
         j->last = copy;
     }
-    {
-        Moed__Store__JobRecord rec = MOED__STORE__JOB_RECORD__INIT;
-        struct job_view v;
-        job_view_fill(&v, j);
-        rec.job = &v.info;
-        rec.spec_json = j->spec_json;
-        rec.next_event = j->next_event;
-        store_batch_job(b, &rec);
-        job_view_free(&v);
-    }
+    coordinator_batch_job(b, j);
     if (store_batch_commit(co->store, b, 0) != MOE_OK)
         LOG_WARN("%s: steps up to %ld not stored: %s", j->id, j->step, moe_errmsg());
     co->steps_reported += req->n_metrics;
