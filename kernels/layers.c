@@ -336,38 +336,52 @@ void router_losses(double *aux, double *z, const struct moe_acts *a,
 
 static inline real sigmoid(real x) { return 1 / (1 + EXP(-x)); }
 
-void experts_forward(real *out, struct moe_acts *a, const real *inp, const real *w_gate,
-                     const real *w_up, const real *w_down, const struct moe_layer_cfg *c) {
-    int N = c->B * c->T, C = c->C, E = c->E, K = c->K, F = c->F;
-    int rows = a->expert_off[E];
+void moe_gather(real *xe, const real *inp, const int *row_token, int rows, int C) {
     PARALLEL_FOR
     for (int r = 0; r < rows; r++)
-        memcpy(a->xe + (size_t)r * C, inp + (size_t)a->row_token[r] * C, sizeof(real) * C);
-    for (int e = 0; e < E; e++) {
-        int r0 = a->expert_off[e], m = a->expert_off[e + 1] - r0;
-        if (m == 0) continue;
-        const real *x = a->xe + (size_t)r0 * C;
-        real *h1 = a->h1 + (size_t)r0 * F, *h2 = a->h2 + (size_t)r0 * F;
-        real *ha = a->ha + (size_t)r0 * F;
-        gemm(0, 1, m, F, C, 1, x, C, w_gate + (size_t)e * F * C, C, 0, h1, F);
-        gemm(0, 1, m, F, C, 1, x, C, w_up + (size_t)e * F * C, C, 0, h2, F);
-        PARALLEL_FOR
-        for (size_t i = 0; i < (size_t)m * F; i++) ha[i] = h1[i] * sigmoid(h1[i]) * h2[i];
-        gemm(0, 1, m, C, F, 1, ha, F, w_down + (size_t)e * C * F, F, 0, a->ye + (size_t)r0 * C, C);
-    }
-    /* combine in k order: a dropped assignment contributes nothing, the residual carries it */
+        memcpy(xe + (size_t)r * C, inp + (size_t)row_token[r] * C, sizeof(real) * C);
+}
+
+void expert_ffn_forward(real *ye, real *h1, real *h2, real *ha, const real *xe,
+                        const real *w_gate, const real *w_up, const real *w_down, int m, int C,
+                        int F) {
+    if (m == 0) return;
+    gemm(0, 1, m, F, C, 1, xe, C, w_gate, C, 0, h1, F);
+    gemm(0, 1, m, F, C, 1, xe, C, w_up, C, 0, h2, F);
+    PARALLEL_FOR
+    for (size_t i = 0; i < (size_t)m * F; i++) ha[i] = h1[i] * sigmoid(h1[i]) * h2[i];
+    gemm(0, 1, m, C, F, 1, ha, F, w_down, F, 0, ye, C);
+}
+
+void moe_combine(real *out, const real *ye, const int *row_of, const real *gates, int N, int K,
+                 int C) {
+    /* in k order: a dropped assignment contributes nothing, the residual carries it */
     PARALLEL_FOR
     for (int n = 0; n < N; n++) {
         real *y = out + (size_t)n * C;
         memset(y, 0, sizeof(real) * C);
         for (int k = 0; k < K; k++) {
-            int row = a->row_of[(size_t)n * K + k];
+            int row = row_of[(size_t)n * K + k];
             if (row < 0) continue;
-            real g = a->gates[(size_t)n * K + k];
-            const real *ye = a->ye + (size_t)row * C;
-            for (int i = 0; i < C; i++) y[i] += g * ye[i];
+            real g = gates[(size_t)n * K + k];
+            const real *yr = ye + (size_t)row * C;
+            for (int i = 0; i < C; i++) y[i] += g * yr[i];
         }
     }
+}
+
+void experts_forward(real *out, struct moe_acts *a, const real *inp, const real *w_gate,
+                     const real *w_up, const real *w_down, const struct moe_layer_cfg *c) {
+    int N = c->B * c->T, C = c->C, E = c->E, K = c->K, F = c->F;
+    moe_gather(a->xe, inp, a->row_token, a->expert_off[E], C);
+    for (int e = 0; e < E; e++) {
+        int r0 = a->expert_off[e], m = a->expert_off[e + 1] - r0;
+        expert_ffn_forward(a->ye + (size_t)r0 * C, a->h1 + (size_t)r0 * F, a->h2 + (size_t)r0 * F,
+                           a->ha + (size_t)r0 * F, a->xe + (size_t)r0 * C,
+                           w_gate + (size_t)e * F * C, w_up + (size_t)e * F * C,
+                           w_down + (size_t)e * C * F, m, C, F);
+    }
+    moe_combine(out, a->ye, a->row_of, a->gates, N, K, C);
 }
 
 size_t moe_backward_scratch_size(const struct moe_layer_cfg *c) {
@@ -376,72 +390,77 @@ size_t moe_backward_scratch_size(const struct moe_layer_cfg *c) {
     return 2 * NK * c->C + 2 * NK * c->F + 2 * N * c->E + N * c->K;
 }
 
-void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real *dw_down,
-                  real *scratch, const real *dout, const struct moe_acts *a, const real *inp,
-                  const real *router_w, const real *w_gate, const real *w_up,
-                  const real *w_down, const struct moe_layer_cfg *c) {
-    int B = c->B, T = c->T, N = B * T, C = c->C, E = c->E, K = c->K, F = c->F;
-    size_t NK = (size_t)N * K;
-    real *dye = scratch, *dxe = dye + NK * C, *dh1 = dxe + NK * C, *dh2 = dh1 + NK * F;
-    real *dprobs = dh2 + NK * F, *dlogits = dprobs + (size_t)N * E, *dgates = dlogits + (size_t)N * E;
+void moe_backward_scratch(struct moe_scratch *s, real *scratch, const struct moe_layer_cfg *c) {
+    size_t N = (size_t)c->B * c->T, NK = N * c->K;
+    s->dye = scratch;
+    s->dxe = s->dye + NK * c->C;
+    s->dh1 = s->dxe + NK * c->C;
+    s->dh2 = s->dh1 + NK * c->F;
+    s->dprobs = s->dh2 + NK * c->F;
+    s->dlogits = s->dprobs + N * c->E;
+    s->dgates = s->dlogits + N * c->E;
+}
 
-    /* combine: y_n = sum_k g_nk ye_row  =>  dye_row = g_nk dy_n,  dg_nk = <dy_n, ye_row> */
+void moe_combine_backward(real *dye, real *dgates, const real *dout, const real *ye,
+                          const int *row_of, const real *gates, int N, int K, int C) {
+    /* y_n = sum_k g_nk ye_row  =>  dye_row = g_nk dy_n,  dg_nk = <dy_n, ye_row> */
     PARALLEL_FOR
     for (int n = 0; n < N; n++) {
         const real *dy = dout + (size_t)n * C;
         for (int k = 0; k < K; k++) {
             size_t nk = (size_t)n * K + k;
-            int row = a->row_of[nk];
+            int row = row_of[nk];
             if (row < 0) {
                 dgates[nk] = 0;
                 continue;
             }
-            const real *ye = a->ye + (size_t)row * C;
+            const real *yr = ye + (size_t)row * C;
             real *d = dye + (size_t)row * C;
-            real g = a->gates[nk];
+            real g = gates[nk];
             double dot = 0;
             for (int i = 0; i < C; i++) {
                 d[i] = g * dy[i];
-                dot += (double)dy[i] * ye[i];
+                dot += (double)dy[i] * yr[i];
             }
             dgates[nk] = (real)dot;
         }
     }
+}
 
-    /* experts; one that received no token has zero gradients */
-    for (int e = 0; e < E; e++) {
-        int r0 = a->expert_off[e], m = a->expert_off[e + 1] - r0;
-        if (m == 0) {
-            if (c->accumulate) continue;
-            memset(dw_gate + (size_t)e * F * C, 0, sizeof(real) * F * C);
-            memset(dw_up + (size_t)e * F * C, 0, sizeof(real) * F * C);
-            memset(dw_down + (size_t)e * C * F, 0, sizeof(real) * C * F);
-            continue;
-        }
-        const real *x = a->xe + (size_t)r0 * C;
-        const real *h1 = a->h1 + (size_t)r0 * F, *h2 = a->h2 + (size_t)r0 * F;
-        const real *ha = a->ha + (size_t)r0 * F;
-        const real *wg = w_gate + (size_t)e * F * C, *wu = w_up + (size_t)e * F * C;
-        const real *wd = w_down + (size_t)e * C * F;
-        real *dy_e = dye + (size_t)r0 * C, *dx_e = dxe + (size_t)r0 * C;
-        real *g1 = dh1 + (size_t)r0 * F, *g2 = dh2 + (size_t)r0 * F;
-        real beta = c->accumulate ? 1 : 0;
-        gemm(1, 0, C, F, m, 1, dy_e, C, ha, F, beta, dw_down + (size_t)e * C * F, F);
-        gemm(0, 0, m, F, C, 1, dy_e, C, wd, F, 0, g1, F); /* dha, into g1 */
-        PARALLEL_FOR
-        for (size_t i = 0; i < (size_t)m * F; i++) {
-            real s = sigmoid(h1[i]);
-            real dha = g1[i];
-            g2[i] = dha * h1[i] * s;                          /* d h2 = dha * silu(h1) */
-            g1[i] = dha * h2[i] * s * (1 + h1[i] * (1 - s)); /* silu'(x) = s (1 + x (1 - s)) */
-        }
-        gemm(1, 0, F, C, m, 1, g1, F, x, C, beta, dw_gate + (size_t)e * F * C, C);
-        gemm(1, 0, F, C, m, 1, g2, F, x, C, beta, dw_up + (size_t)e * F * C, C);
-        gemm(0, 0, m, C, F, 1, g1, F, wg, C, 0, dx_e, C);
-        gemm(0, 0, m, C, F, 1, g2, F, wu, C, 1, dx_e, C);
+void expert_ffn_backward(real *dxe, real *dw_gate, real *dw_up, real *dw_down, real *dh1,
+                         real *dh2, const real *dye, const real *xe, const real *h1,
+                         const real *h2, const real *ha, const real *w_gate, const real *w_up,
+                         const real *w_down, int m, int C, int F, int accumulate) {
+    if (m == 0) { /* an expert that received no token has zero gradients */
+        if (accumulate) return;
+        memset(dw_gate, 0, sizeof(real) * F * C);
+        memset(dw_up, 0, sizeof(real) * F * C);
+        memset(dw_down, 0, sizeof(real) * C * F);
+        return;
     }
+    real beta = accumulate ? 1 : 0;
+    gemm(1, 0, C, F, m, 1, dye, C, ha, F, beta, dw_down, F);
+    gemm(0, 0, m, F, C, 1, dye, C, w_down, F, 0, dh1, F); /* dha, into dh1 */
+    PARALLEL_FOR
+    for (size_t i = 0; i < (size_t)m * F; i++) {
+        real s = sigmoid(h1[i]);
+        real dha = dh1[i];
+        dh2[i] = dha * h1[i] * s;                          /* d h2 = dha * silu(h1) */
+        dh1[i] = dha * h2[i] * s * (1 + h1[i] * (1 - s)); /* silu'(x) = s (1 + x (1 - s)) */
+    }
+    gemm(1, 0, F, C, m, 1, dh1, F, xe, C, beta, dw_gate, C);
+    gemm(1, 0, F, C, m, 1, dh2, F, xe, C, beta, dw_up, C);
+    gemm(0, 0, m, C, F, 1, dh1, F, w_gate, C, 0, dxe, C);
+    gemm(0, 0, m, C, F, 1, dh2, F, w_up, C, 1, dxe, C);
+}
 
-    /* router: gates g_k = p_k / S through the renormalisation, plus the two losses */
+void moe_router_backward(real *dinp, real *drouter_w, const struct moe_scratch *s,
+                         const struct moe_acts *a, const real *inp, const real *router_w,
+                         const struct moe_layer_cfg *c) {
+    int B = c->B, T = c->T, N = B * T, C = c->C, E = c->E, K = c->K;
+    real *dprobs = s->dprobs, *dlogits = s->dlogits;
+    const real *dgates = s->dgates, *dxe = s->dxe;
+    /* gates g_k = p_k / S through the renormalisation, plus the two losses */
     memset(dprobs, 0, sizeof(real) * (size_t)N * E);
     PARALLEL_FOR
     for (int n = 0; n < N; n++) {
@@ -492,6 +511,27 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
             for (int i = 0; i < C; i++) dx[i] += g[i];
         }
     }
+}
+
+void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real *dw_down,
+                  real *scratch, const real *dout, const struct moe_acts *a, const real *inp,
+                  const real *router_w, const real *w_gate, const real *w_up,
+                  const real *w_down, const struct moe_layer_cfg *c) {
+    int N = c->B * c->T, C = c->C, E = c->E, K = c->K, F = c->F;
+    struct moe_scratch s;
+    moe_backward_scratch(&s, scratch, c);
+    moe_combine_backward(s.dye, s.dgates, dout, a->ye, a->row_of, a->gates, N, K, C);
+    for (int e = 0; e < E; e++) {
+        int r0 = a->expert_off[e], m = a->expert_off[e + 1] - r0;
+        expert_ffn_backward(s.dxe + (size_t)r0 * C, dw_gate + (size_t)e * F * C,
+                            dw_up + (size_t)e * F * C, dw_down + (size_t)e * C * F,
+                            s.dh1 + (size_t)r0 * F, s.dh2 + (size_t)r0 * F, s.dye + (size_t)r0 * C,
+                            a->xe + (size_t)r0 * C, a->h1 + (size_t)r0 * F, a->h2 + (size_t)r0 * F,
+                            a->ha + (size_t)r0 * F, w_gate + (size_t)e * F * C,
+                            w_up + (size_t)e * F * C, w_down + (size_t)e * C * F, m, C, F,
+                            c->accumulate);
+    }
+    moe_router_backward(dinp, drouter_w, &s, a, inp, router_w, c);
 }
 
 /* ---- optimizer ---- */

@@ -91,18 +91,58 @@ long router_forward(struct moe_acts *a, long *load, const real *inp, const real 
  * of lse^2), unweighted. */
 void router_losses(double *aux, double *z, const struct moe_acts *a, const struct moe_layer_cfg *c);
 
-/* The experts and the weighted combine: out (N, C) = sum_k gates * expert(inp) (writes). */
+/* The experts and the weighted combine: out (N, C) = sum_k gates * expert(inp) (writes).
+ * The composition of moe_gather, expert_ffn_forward for each expert, and moe_combine. */
 void experts_forward(real *out, struct moe_acts *a, const real *inp, const real *w_gate,
                      const real *w_up, const real *w_down, const struct moe_layer_cfg *c);
 
 /* Backward of the whole MoE layer: writes dinp (N, C); writes the four weight gradients, or
- * adds to them when c->accumulate.
+ * adds to them when c->accumulate. The composition of moe_combine_backward,
+ * expert_ffn_backward for each expert, and moe_router_backward.
  * scratch needs moe_backward_scratch_size() reals. */
 size_t moe_backward_scratch_size(const struct moe_layer_cfg *c);
 void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real *dw_down,
                   real *scratch, const real *dout, const struct moe_acts *a, const real *inp,
                   const real *router_w, const real *w_gate, const real *w_up,
                   const real *w_down, const struct moe_layer_cfg *c);
+
+/* The phases of the MoE layer, separately: the distributed step runs the experts of a slot on
+ * rows that other slots dispatched to it, between the phases that stay with the tokens.
+ * Rows are laid out as in struct moe_acts. Every phase does exactly what the composed
+ * functions above do, so a row's result does not depend on where its expert ran. */
+
+/* xe (rows, C) = inp[row_token[r]]: the dispatch's packing */
+void moe_gather(real *xe, const real *inp, const int *row_token, int rows, int C);
+/* One expert over m rows: h1 = xe wg^T, h2 = xe wu^T, ha = silu(h1) h2, ye = ha wd^T. */
+void expert_ffn_forward(real *ye, real *h1, real *h2, real *ha, const real *xe,
+                        const real *w_gate, const real *w_up, const real *w_down, int m, int C,
+                        int F);
+/* out (N, C) = sum_k gates[n, k] * ye[row_of[n, k]] in k order (writes) */
+void moe_combine(real *out, const real *ye, const int *row_of, const real *gates, int N, int K,
+                 int C);
+
+/* Views of the backward scratch (moe_backward_scratch_size reals) */
+struct moe_scratch {
+    real *dye, *dxe; // (N*K, C)
+    real *dh1, *dh2; // (N*K, F)
+    real *dprobs, *dlogits; // (N, E)
+    real *dgates;    // (N, K)
+};
+void moe_backward_scratch(struct moe_scratch *s, real *scratch, const struct moe_layer_cfg *c);
+/* dye (rows, C) = g * dy of each kept assignment (writes); dgates (N, K) = <dy, ye> */
+void moe_combine_backward(real *dye, real *dgates, const real *dout, const real *ye,
+                          const int *row_of, const real *gates, int N, int K, int C);
+/* One expert over m rows: writes dxe (m, C); writes its three weight gradients, or adds to
+ * them when accumulate; m == 0 writes zeros (or adds nothing). dh1, dh2 (m, F) scratch. */
+void expert_ffn_backward(real *dxe, real *dw_gate, real *dw_up, real *dw_down, real *dh1,
+                         real *dh2, const real *dye, const real *xe, const real *h1,
+                         const real *h2, const real *ha, const real *w_gate, const real *w_up,
+                         const real *w_down, int m, int C, int F, int accumulate);
+/* The router through the gates and both losses, then the gather: writes dinp (N, C) from
+ * s->dgates and s->dxe; writes drouter_w (or adds when c->accumulate). */
+void moe_router_backward(real *dinp, real *drouter_w, const struct moe_scratch *s,
+                         const struct moe_acts *a, const real *inp, const real *router_w,
+                         const struct moe_layer_cfg *c);
 
 /* AdamW over a flat arena; the first n_decay elements get decoupled weight decay. */
 void adamw_update(real *params, const real *grads, real *m, real *v, size_t n, size_t n_decay,

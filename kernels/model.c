@@ -179,15 +179,23 @@ static void moe_acts_of(struct moe_acts *m, const struct acts *a, const struct m
 /* ---- allocation and initialisation ---- */
 
 int model_alloc(struct model *m, const struct model_config *cfg, int B_max) {
+    return model_alloc_experts(m, cfg, B_max, 0, cfg->n_experts);
+}
+
+int model_alloc_experts(struct model *m, const struct model_config *cfg, int B_max, int expert_lo,
+                        int n_local) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     m->B_max = B_max;
+    m->expert_lo = expert_lo;
+    m->n_local_experts = n_local;
     size_t L = cfg->n_layers;
     m->n_params = 0;
     m->n_decay = 0;
     for (int i = 0; i < MODEL_NUM_TENSORS; i++) {
         struct model_tensor_info ti;
         model_tensor_info(cfg, i, &ti);
+        if (model_tensor_is_expert(i)) ti.dims[0] = n_local; /* (E, ., .) -> (n_local, ., .) */
         size_t n = (size_t)ti.dims[0] * ti.dims[1] * ti.dims[2] * (ti.per_layer ? L : 1);
         m->tensor_sizes[i] = n;
         m->n_params += n;
@@ -230,6 +238,13 @@ int model_alloc(struct model *m, const struct model_config *cfg, int B_max) {
     return 0;
 }
 
+real *model_swap_grad_arena(struct model *m, real *mem) {
+    real *old = m->grad_mem;
+    m->grad_mem = mem;
+    point_into(&m->grads, mem, m->tensor_sizes);
+    return old;
+}
+
 void model_free(struct model *m) {
     free(m->param_mem);
     free(m->grad_mem);
@@ -261,8 +276,16 @@ void model_init(struct model *m, uint64_t seed) {
         double std = c->init_std;
         if (p == m->params.attn_out || p == m->params.w_down) std /= sqrt(2.0 * c->n_layers);
         uint64_t ti_h = mix64(base ^ (uint64_t)i);
+        /* an expert tensor holding experts [lo, lo + n_local) of each layer: element j is
+         * element (l, lo + e, r) of the whole tensor, and gets that element's value */
+        size_t per_expert = ti.dims[1] * (size_t)ti.dims[2];
+        size_t local_layer = (size_t)m->n_local_experts * per_expert;
+        int expert = model_tensor_is_expert(i);
         for (size_t j = 0; j < n; j++) {
-            uint64_t h = mix64(ti_h ^ (uint64_t)j);
+            size_t g = j;
+            if (expert)
+                g = ((j / local_layer) * c->n_experts + m->expert_lo) * per_expert + j % local_layer;
+            uint64_t h = mix64(ti_h ^ (uint64_t)g);
             double u1 = ((double)(h >> 11) + 1.0) * 0x1.0p-53;
             double u2 = (double)(mix64(h) >> 11) * 0x1.0p-53;
             p[j] = (real)(std * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
@@ -299,6 +322,13 @@ static struct moe_layer_cfg moe_cfg(const struct model_config *c, int B, int T) 
 }
 
 double model_forward(struct model *m, const int *tokens, const int *targets, int B, int T) {
+    double loss = 0;
+    model_forward_exec(m, tokens, targets, B, T, NULL, &loss);
+    return loss;
+}
+
+int model_forward_exec(struct model *m, const int *tokens, const int *targets, int B, int T,
+                       const struct model_exec *x, double *loss) {
     const struct model_config *c = &m->cfg;
     int C = c->d_model, NH = c->n_heads, L = c->n_layers, V = c->vocab, E = c->n_experts;
     int N = B * T;
@@ -315,17 +345,17 @@ double model_forward(struct model *m, const int *tokens, const int *targets, int
 
     encoder_forward(a.resid, tokens, p->wte, N, C);
     for (int l = 0; l < L; l++) {
-        real *x = a.resid + l * s.NC, *xmid = a.resid_mid + l * s.NC;
+        real *xin = a.resid + l * s.NC, *xmid = a.resid_mid + l * s.NC;
         real *ln1 = a.ln1 + l * s.NC, *qkv = a.qkv + l * 3 * s.NC, *att = a.att + l * s.att;
         real *atty = a.atty + l * s.NC, *ln2 = a.ln2 + l * s.NC;
         real *xout = a.resid + (l + 1) * s.NC;
 
-        rmsnorm_forward(ln1, a.ln1_rstd + l * s.N, x, p->ln1_w + l * C, N, C, c->norm_eps);
+        rmsnorm_forward(ln1, a.ln1_rstd + l * s.N, xin, p->ln1_w + l * C, N, C, c->norm_eps);
         matmul_forward(qkv, ln1, p->qkv_w + (size_t)l * 3 * C * C, N, C, 3 * C);
         rope_forward(qkv, a.freqs, B, T, C, NH);
         attention_forward(atty, att, qkv, B, T, C, NH);
         matmul_forward(xmid, atty, p->attn_out + (size_t)l * C * C, N, C, C);
-        add_inplace(xmid, x, (size_t)N * C);
+        add_inplace(xmid, xin, (size_t)N * C);
 
         rmsnorm_forward(ln2, a.ln2_rstd + l * s.N, xmid, p->ln2_w + l * C, N, C, c->norm_eps);
         struct moe_acts ma;
@@ -337,9 +367,15 @@ double model_forward(struct model *m, const int *tokens, const int *targets, int
         router_losses(&aux, &z, &ma, &mc);
         aux_total += aux;
         z_total += z;
-        size_t FC = (size_t)c->d_ff * C;
-        experts_forward(a.moe_out, &ma, ln2, p->w_gate + l * E * FC, p->w_up + l * E * FC,
-                        p->w_down + l * E * FC, &mc);
+        if (x && x->experts_forward) {
+            moe_gather(ma.xe, ln2, ma.row_token, ma.expert_off[E], C);
+            if (x->experts_forward(x->ctx, l, &ma, &mc) != 0) return -1;
+            moe_combine(a.moe_out, ma.ye, ma.row_of, ma.gates, N, c->top_k, C);
+        } else {
+            size_t FC = (size_t)c->d_ff * C;
+            experts_forward(a.moe_out, &ma, ln2, p->w_gate + l * E * FC, p->w_up + l * E * FC,
+                            p->w_down + l * E * FC, &mc);
+        }
         add_into(xout, xmid, a.moe_out, (size_t)N * C);
     }
     rmsnorm_forward(a.lnf, a.lnf_rstd, a.resid + L * s.NC, p->lnf_w, N, C, c->norm_eps);
@@ -350,7 +386,8 @@ double model_forward(struct model *m, const int *tokens, const int *targets, int
     m->stats.aux = aux_total;
     m->stats.z = z_total;
     m->stats.loss = m->stats.ce + c->aux_loss_coef * aux_total + c->z_loss_coef * z_total;
-    return m->stats.loss;
+    *loss = m->stats.loss;
+    return 0;
 }
 
 const real *model_logits(const struct model *m) {
@@ -364,6 +401,11 @@ const real *model_logits(const struct model *m) {
 
 void model_backward(struct model *m, const int *tokens, const int *targets, int B, int T,
                     double loss_scale, int accumulate) {
+    model_backward_exec(m, tokens, targets, B, T, loss_scale, accumulate, NULL);
+}
+
+int model_backward_exec(struct model *m, const int *tokens, const int *targets, int B, int T,
+                        double loss_scale, int accumulate, const struct model_exec *x) {
     const struct model_config *c = &m->cfg;
     int C = c->d_model, NH = c->n_heads, L = c->n_layers, V = c->vocab, E = c->n_experts;
     int N = B * T;
@@ -391,7 +433,7 @@ void model_backward(struct model *m, const int *tokens, const int *targets, int 
     rmsnorm_backward(dresid, g->lnf_w, dln, a.resid + L * s.NC, p->lnf_w, a.lnf_rstd, N, C);
 
     for (int l = L - 1; l >= 0; l--) {
-        real *x = a.resid + l * s.NC, *xmid = a.resid_mid + l * s.NC;
+        real *xin = a.resid + l * s.NC, *xmid = a.resid_mid + l * s.NC;
         real *ln1 = a.ln1 + l * s.NC, *qkv = a.qkv + l * 3 * s.NC, *att = a.att + l * s.att;
         real *atty = a.atty + l * s.NC, *ln2 = a.ln2 + l * s.NC;
         size_t FC = (size_t)c->d_ff * C;
@@ -399,10 +441,20 @@ void model_backward(struct model *m, const int *tokens, const int *targets, int 
         /* MoE block: dresid holds d(xout) = d(xmid) through the skip; add the MoE path */
         struct moe_acts ma;
         moe_acts_of(&ma, &a, c, m->B_max, l);
-        moe_backward(dln, g->router_w + (size_t)l * E * C, g->w_gate + l * E * FC,
-                     g->w_up + l * E * FC, g->w_down + l * E * FC, lscratch, dresid, &ma, ln2,
-                     p->router_w + (size_t)l * E * C, p->w_gate + l * E * FC,
-                     p->w_up + l * E * FC, p->w_down + l * E * FC, &mc);
+        if (x && x->experts_backward) {
+            struct moe_scratch ms;
+            moe_backward_scratch(&ms, lscratch, &mc);
+            moe_combine_backward(ms.dye, ms.dgates, dresid, ma.ye, ma.row_of, ma.gates, N,
+                                 c->top_k, C);
+            if (x->experts_backward(x->ctx, l, &ma, &ms, &mc) != 0) return -1;
+            moe_router_backward(dln, g->router_w + (size_t)l * E * C, &ms, &ma, ln2,
+                                p->router_w + (size_t)l * E * C, &mc);
+        } else {
+            moe_backward(dln, g->router_w + (size_t)l * E * C, g->w_gate + l * E * FC,
+                         g->w_up + l * E * FC, g->w_down + l * E * FC, lscratch, dresid, &ma,
+                         ln2, p->router_w + (size_t)l * E * C, p->w_gate + l * E * FC,
+                         p->w_up + l * E * FC, p->w_down + l * E * FC, &mc);
+        }
         rmsnorm_backward(dresid, g->ln2_w + l * C, dln, xmid, p->ln2_w + l * C,
                          a.ln2_rstd + l * s.N, N, C);
 
@@ -414,10 +466,12 @@ void model_backward(struct model *m, const int *tokens, const int *targets, int 
         /* qkv was roped in place; the projection's input is ln1, its output gradient dqkv */
         matmul_backward(dln, g->qkv_w + (size_t)l * 3 * C * C, dqkv, ln1,
                         p->qkv_w + (size_t)l * 3 * C * C, N, C, 3 * C, accumulate);
-        rmsnorm_backward(dresid, g->ln1_w + l * C, dln, x, p->ln1_w + l * C, a.ln1_rstd + l * s.N,
-                         N, C);
+        rmsnorm_backward(dresid, g->ln1_w + l * C, dln, xin, p->ln1_w + l * C,
+                         a.ln1_rstd + l * s.N, N, C);
+        if (x && x->layer_done && x->layer_done(x->ctx, l) != 0) return -1;
     }
     encoder_backward(g->wte, dresid, tokens, N, C);
+    return 0;
 }
 
 /* ---- optimizer ---- */
@@ -443,25 +497,58 @@ static double chunk_squares(const real *x, size_t n, size_t c) {
     return s;
 }
 
-static double sum_squares(const real *x, size_t n) {
+static double block_squares(const real *p, size_t n) {
     size_t n_chunks = (n + SQ_CHUNK - 1) / SQ_CHUNK;
-    double *part = malloc(sizeof(double) * (n_chunks ? n_chunks : 1));
-    double total = 0;
-    if (!part) { /* no memory for the partial sums: the same chunks in the same order, serially */
-        for (size_t c = 0; c < n_chunks; c++) total += chunk_squares(x, n, c);
-        return total;
-    }
+    if (n_chunks <= 1) return n ? chunk_squares(p, n, 0) : 0;
+    double part[n_chunks]; /* 8 bytes per 64Ki elements: small */
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
-    for (size_t c = 0; c < n_chunks; c++) part[c] = chunk_squares(x, n, c);
+    for (size_t c = 0; c < n_chunks; c++) part[c] = chunk_squares(p, n, c);
+    double total = 0;
     for (size_t c = 0; c < n_chunks; c++) total += part[c];
-    free(part);
     return total;
 }
 
+/* The blocks: tensor by tensor in arena order, each layer in turn, and each of this model's
+ * experts in turn within an expert tensor's layer. out == NULL only counts them. */
+static size_t norm_blocks_of(const struct model *m, double *out) {
+    size_t k = 0, L = m->cfg.n_layers;
+    for (int i = 0; i < MODEL_NUM_TENSORS; i++) {
+        struct model_tensor_info ti;
+        model_tensor_info(&m->cfg, i, &ti);
+        size_t layers = ti.per_layer ? L : 1;
+        size_t parts = model_tensor_is_expert(i) ? (size_t)m->n_local_experts : 1;
+        size_t n = m->tensor_sizes[i] / (layers * parts);
+        const real *p = model_tensor(&m->grads, i);
+        for (size_t b = 0; b < layers * parts; b++, k++)
+            if (out) out[k] = block_squares(p + b * n, n);
+    }
+    return k;
+}
+
+size_t model_n_norm_blocks(const struct model *m) { return norm_blocks_of(m, NULL); }
+
+void model_norm_blocks(const struct model *m, double *out) { norm_blocks_of(m, out); }
+
+double model_grad_norm(const struct model *m) {
+    size_t n_blocks = model_n_norm_blocks(m);
+    double *part = malloc(sizeof(double) * n_blocks);
+    if (!part) return NAN; /* no memory for a few doubles: the update will say diverged */
+    model_norm_blocks(m, part);
+    double total = 0;
+    for (size_t b = 0; b < n_blocks; b++) total += part[b];
+    free(part);
+    return sqrt(total);
+}
+
 double model_update(struct model *m, const struct adamw_config *o) {
-    double norm = sqrt(sum_squares(m->grad_mem, m->n_params));
+    double norm = model_grad_norm(m);
+    model_update_with_norm(m, o, norm);
+    return norm;
+}
+
+void model_update_with_norm(struct model *m, const struct adamw_config *o, double norm) {
     float scale = 1.0f;
     if (o->grad_clip > 0 && norm > o->grad_clip) scale = (float)(o->grad_clip / norm);
     float lr = (float)adamw_lr(o, m->step);
@@ -484,5 +571,4 @@ double model_update(struct model *m, const struct adamw_config *o) {
         }
     }
     m->step++;
-    return norm;
 }

@@ -90,6 +90,10 @@ struct moe_stats {
 
 struct model {
     struct model_config cfg;
+    /* The experts whose weights this model holds: [expert_lo, expert_lo + n_local_experts).
+     * All E for a whole model; a slot of a distributed job holds its share (the expert tensors
+     * are then (L, n_local_experts, ...), everything else is whole). */
+    int expert_lo, n_local_experts;
     size_t n_params;              // floats in the parameter arena
     size_t n_decay;               // the first n_decay floats get weight decay
     size_t tensor_sizes[MODEL_NUM_TENSORS];
@@ -115,6 +119,16 @@ int model_config_check(const struct model_config *cfg, char *why, size_t why_len
 /* Allocates parameters, gradients, moments and activations for batches up to B_max sequences.
  * Returns 0 or -1 (out of memory). */
 int model_alloc(struct model *m, const struct model_config *cfg, int B_max);
+/* The same holding only experts [expert_lo, expert_lo + n_local) of each layer. */
+int model_alloc_experts(struct model *m, const struct model_config *cfg, int B_max, int expert_lo,
+                        int n_local);
+
+/* Tensors 4..6 (gate, up, down) are the experts': (L, E, ...) with E the local count. */
+static inline int model_tensor_is_expert(int i) { return i >= 4 && i <= 6; }
+
+/* Points m->grads into another gradient arena of n_params reals; returns the previous one. The
+ * mesh-emulating trainer gives each data shard its own arena this way. */
+real *model_swap_grad_arena(struct model *m, real *mem);
 void model_free(struct model *m);
 
 /* Deterministic initialisation from seed (docs/model.md, "Initialisation"). Zeroes moments,
@@ -125,6 +139,32 @@ void model_init(struct model *m, uint64_t seed);
  * T <= cfg.seq_len, B <= B_max. Returns the total objective; fills m->stats. */
 double model_forward(struct model *m, const int *tokens, const int *targets, int B, int T);
 
+/* Where the experts of a model that holds only some of them run (the distributed step). The
+ * model routes, gathers, combines and back-propagates through the router itself; the hooks
+ * move rows to the experts' holders and back. A hook returns 0, or -1 to abandon the pass
+ * (it keeps its own error). */
+struct moe_acts;
+struct moe_layer_cfg;
+struct moe_scratch;
+struct model_exec {
+    void *ctx;
+    /* both expert hooks, or neither (NULL: the experts run here, all E must be local) */
+    /* a->xe holds every kept row of layer l (all E experts): fill a->ye for every row */
+    int (*experts_forward)(void *ctx, int l, struct moe_acts *a, const struct moe_layer_cfg *c);
+    /* s->dye holds every row's output gradient: fill s->dxe for every row, and write (not
+     * add) the gradients of this model's own experts of layer l */
+    int (*experts_backward)(void *ctx, int l, const struct moe_acts *a, struct moe_scratch *s,
+                            const struct moe_layer_cfg *c);
+    /* every gradient of layer l is final (called as the backward leaves it; may be NULL) */
+    int (*layer_done)(void *ctx, int l);
+};
+/* model_forward / model_backward with the experts run by x (NULL: here, all E must be
+ * local). Return 0, or -1 when a hook failed. */
+int model_forward_exec(struct model *m, const int *tokens, const int *targets, int B, int T,
+                       const struct model_exec *x, double *loss);
+int model_backward_exec(struct model *m, const int *tokens, const int *targets, int B, int T,
+                        double loss_scale, int accumulate, const struct model_exec *x);
+
 /* Backward of the last forward (which must have had targets). loss_scale multiplies every
  * loss term's gradient: 1 for a whole batch, B / B_total for a micro-batch of B sequences of a
  * B_total batch, so that accumulated micro-batches give the whole batch's gradient.
@@ -132,12 +172,25 @@ double model_forward(struct model *m, const int *tokens, const int *targets, int
 void model_backward(struct model *m, const int *tokens, const int *targets, int B, int T,
                     double loss_scale, int accumulate);
 
+/* The squared gradient norm in blocks: one per (tensor, layer) and, for the expert tensors,
+ * per (tensor, layer, expert), in arena order; each block's sum of squares in double over
+ * fixed 64Ki-element chunks of the block. The global squared norm is the sum of every block
+ * of the whole model in that order — the same number whichever slots hold which experts.
+ * model_norm_blocks writes this model's model_n_norm_blocks() partial sums. */
+size_t model_n_norm_blocks(const struct model *m);
+void model_norm_blocks(const struct model *m, double *out);
+/* sqrt of the blocks' sum, for a model holding every expert */
+double model_grad_norm(const struct model *m);
+
 /* One AdamW step with global-norm clipping and the learning-rate schedule at m->step;
  * then the expert-bias update (if enabled) from m->stats.load, which holds the last forward's
  * counts (a caller running micro-batches puts the whole batch's sums there first);
  * increments m->step.
  * Returns the gradient norm before clipping. */
 double model_update(struct model *m, const struct adamw_config *opt);
+/* The same with the global gradient norm given (a slot of a distributed job computes it with
+ * the other slots) and the loads in m->stats.load already the whole batch's. */
+void model_update_with_norm(struct model *m, const struct adamw_config *opt, double norm);
 
 /* Learning rate at optimizer step `step` (0-based). */
 double adamw_lr(const struct adamw_config *opt, long step);
