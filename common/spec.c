@@ -87,6 +87,15 @@ struct field {
 static const struct field spec_fields[] = {
     STRING_FIELD("name", name, "moe-job", "shown by moectl status, stored in the model's metadata"),
 
+    INT_FIELD("mesh.pods", mesh.pods, "1", 1, 1024,
+              "data-parallel pods (P): each holds a full copy of the model"),
+    INT_FIELD("mesh.slots", mesh.slots, "1", 1, 1024,
+              "slots per pod (S): slot s owns experts [s*E/S, (s+1)*E/S); must divide experts"),
+    STRING_FIELD("mesh.backend", mesh.backend, "tcp",
+                 "data plane inside a pod: tcp (any workers) or mpi (a pod is one mpirun job)"),
+    DOUBLE_FIELD("mesh.timeout_s", mesh.timeout_s, "2", 0, 3600, MIN_OPEN,
+                 "a data-plane operation with no progress for this long fails (never hangs)"),
+
     INT_FIELD("model.vocab", model.vocab, "256", 2, 65536,
               "vocabulary size (V); at least 256: tokens are bytes"),
     INT_FIELD("model.d_model", model.d_model, "128", 1, 65536, "residual stream width (C)"),
@@ -158,6 +167,7 @@ static const struct field spec_fields[] = {
 static const struct {
     const char *name, *comment;
 } spec_sections[] = {
+    {"mesh", "the logical mesh: pods x slots, and the data plane between them"},
     {"model", "the transformer: byte tokens, rotary attention, SwiGLU experts"},
     {"router", "which experts see which tokens, and the balancing losses"},
     {"optimizer", "AdamW, linear warm-up, cosine decay to min_lr at run.steps"},
@@ -960,6 +970,35 @@ static moe_status validate_model(const struct job_spec *s) {
     return MOE_OK;
 }
 
+/* The mesh rules of docs/architecture.md: every slot owns the same number of experts, and
+ * every data shard the same number of sequences (and of micro-batches). */
+static moe_status validate_mesh(const struct job_spec *s) {
+    const struct mesh_spec *m = &s->mesh;
+    if (strcmp(m->backend, "tcp") != 0 && strcmp(m->backend, "mpi") != 0)
+        return moe_fail(MOE_EINVAL, "spec: mesh.backend = '%s': must be tcp or mpi", m->backend);
+    if (s->model.n_experts % m->slots != 0)
+        return moe_fail(MOE_EINVAL,
+                        "spec: mesh.slots = %d does not divide model.experts = %d (slot s owns "
+                        "experts [s*E/S, (s+1)*E/S))", m->slots, s->model.n_experts);
+    long shards = (long)m->pods * m->slots;
+    if (s->run.batch_size % shards != 0)
+        return moe_fail(MOE_EINVAL,
+                        "spec: run.batch_size = %d is not divisible by mesh.pods x mesh.slots = "
+                        "%d x %d = %ld data shards", s->run.batch_size, m->pods, m->slots, shards);
+    int per_shard = (int)(s->run.batch_size / shards);
+    if (s->run.micro_batch > 0 && shards > 1 && per_shard % s->run.micro_batch != 0)
+        return moe_fail(MOE_EINVAL,
+                        "spec: run.micro_batch = %d does not divide the %d sequences of each of "
+                        "the %ld data shards (run.batch_size / (mesh.pods x mesh.slots))",
+                        s->run.micro_batch, per_shard, shards);
+    if (m->slots > 1 && s->run.micro_batch > 0 && s->run.micro_batch < per_shard)
+        return moe_fail(MOE_EINVAL,
+                        "spec: run.micro_batch = %d: micro-batches are not supported with "
+                        "mesh.slots = %d > 1 yet (set run.micro_batch to 0 or %d, or use more "
+                        "pods and fewer slots)", s->run.micro_batch, m->slots, per_shard);
+    return MOE_OK;
+}
+
 static moe_status validate_source_count(const struct data_spec *d) {
     if (d->n_sources < 1)
         return moe_fail(MOE_EINVAL, "spec: data.sources: at least one source is required");
@@ -1026,6 +1065,7 @@ moe_status spec_validate(const struct job_spec *s) {
     for (size_t i = 0; i < N_FIELDS; i++)
         CHECK(check_stored(&spec_fields[i], s, spec_fields[i].name));
     CHECK(validate_model(s));
+    CHECK(validate_mesh(s));
     if (s->run.micro_batch > 0 && s->run.batch_size % s->run.micro_batch != 0)
         return moe_fail(MOE_EINVAL, "spec: run.micro_batch = %d does not divide run.batch_size = %d",
                         s->run.micro_batch, s->run.batch_size);

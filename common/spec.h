@@ -52,8 +52,21 @@ struct run_spec {
     int eval_batches; // held-out batches per evaluation
 };
 
+/* The logical mesh (docs/architecture.md, "The mesh"): pods x slots data shards. Slot s of
+ * every pod owns experts [s*E/slots, (s+1)*E/slots), a copy of the dense parameters and data
+ * shard p*slots+s of every batch. The math depends on (pods, slots) only, never on which
+ * process plays which slot. */
+#define MESH_BACKEND_MAX 16
+struct mesh_spec {
+    int pods;         // data-parallel copies (P)
+    int slots;        // expert-parallel slots per pod (S); divides model.experts
+    char backend[MESH_BACKEND_MAX]; // data plane inside a pod: "tcp" or "mpi"
+    double timeout_s; // a data-plane operation that makes no progress this long fails
+};
+
 struct job_spec {
     char name[128];
+    struct mesh_spec mesh;         // "mesh" section
     struct model_config model;   // "model" and "router" sections
     struct adamw_config optimizer; // "optimizer" section; total_steps := run.steps
     struct data_spec data;
