@@ -21,6 +21,7 @@ pkgs=(
   python3-grpcio                     # tests: a stock gRPC client that is not part of moed
   python3-protobuf                   # tests: its messages, generated from proto/moed.proto
   protobuf-compiler                  # tests: protoc --python_out for that client
+  libopenmpi-dev openmpi-bin         # the mpi data-plane backend (a pod = one mpirun job)
 )
 
 missing=()

@@ -1,0 +1,678 @@
+/*
+ * test_comm.c — the data plane between real processes over real sockets: every operation
+ * against an independent expectation (test_comm_data.h), the handshake's refusals, and the
+ * never-hang promise (a rank killed, a rank stopped, comm_abort from another thread).
+ * Each scenario forks its ranks from listeners the parent opened, and reaps every child.
+ */
+#include "check.h"
+#include "test_comm_data.h"
+#include "../common/log.h"
+#include "../worker/comm/comm.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+#define MAXR 8
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* One scenario: n ranks, their listeners, and per-rank overrides of the config. */
+struct scenario {
+    int n, pods, slots;
+    double timeout_s;
+    uint64_t epoch[MAXR];
+    const char *token[MAXR];
+    const char *job[MAXR];
+    struct comm_listener *l[MAXR];
+    const char *addr[MAXR];
+    char addr_buf[MAXR][COMM_ADDR_MAX]; // copies: a child closes the other ranks' listeners
+    int report[2];   // children -> parent: a line each ("<rank> <event> <value>")
+    int go[MAXR][2]; // parent -> child r: permission to go on / exit
+    pid_t pid[MAXR];
+};
+
+typedef int (*rank_body)(struct scenario *s, int rank, struct comm *c, moe_status open_status);
+
+static void scenario_init(struct scenario *s, int pods, int slots, double timeout_s) {
+    memset(s, 0, sizeof *s);
+    s->n = pods * slots, s->pods = pods, s->slots = slots, s->timeout_s = timeout_s;
+    for (int r = 0; r < s->n; r++) {
+        s->epoch[r] = 7;
+        s->token[r] = "cluster-secret";
+        s->job[r] = "job-test";
+        if (comm_listener_open(&s->l[r], "127.0.0.1:0") != MOE_OK) {
+            printf("listener: %s\n", moe_errmsg());
+            exit(1);
+        }
+        snprintf(s->addr_buf[r], COMM_ADDR_MAX, "%s", comm_listener_address(s->l[r]));
+        s->addr[r] = s->addr_buf[r];
+        if (pipe(s->go[r]) != 0) exit(1);
+    }
+    if (pipe(s->report) != 0) exit(1);
+}
+
+static void report(struct scenario *s, int rank, const char *event, double value) {
+    char line[128];
+    int k = snprintf(line, sizeof line, "%d %s %.6f\n", rank, event, value);
+    if (write(s->report[1], line, (size_t)k) != k) perror("report");
+}
+
+/* Child r waits for a byte from the parent (or its closing), at most `seconds`. */
+static void wait_go(struct scenario *s, int rank, double seconds) {
+    struct pollfd p = {.fd = s->go[rank][0], .events = POLLIN};
+    if (poll(&p, 1, (int)(seconds * 1000)) > 0) {
+        char b;
+        if (read(s->go[rank][0], &b, 1) < 0) perror("go");
+    }
+}
+
+static struct comm_config config_of(struct scenario *s, int r, enum comm_backend backend) {
+    return (struct comm_config){.backend = backend, .rank = r, .size = s->n, .pods = s->pods,
+                                .slots = s->slots, .epoch = s->epoch[r], .job_id = s->job[r],
+                                .token = s->token[r], .peers = s->addr,
+                                .timeout_s = s->timeout_s};
+}
+
+/* Forks every rank; each opens its comm and runs body; returns once all are reaped, the
+ * sum of their exit codes (failed checks) plus one per child that had to be killed. */
+static void scenario_fork(struct scenario *s, rank_body body) {
+    fflush(stdout);
+    for (int r = 0; r < s->n; r++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            failures = 0; // the child counts its own
+            for (int q = 0; q < s->n; q++)
+                if (q != r) comm_listener_close(s->l[q]);
+            close(s->report[0]);
+            struct comm *c = NULL;
+            struct comm_config cfg = config_of(s, r, COMM_TCP);
+            moe_status st = comm_open(&c, &cfg, s->l[r]);
+            if (st != MOE_OK) report(s, r, "open_failed", st);
+            int f = body(s, r, c, st);
+            comm_close(c);
+            comm_listener_close(s->l[r]);
+            fflush(stdout);
+            _exit(f + failures > 100 ? 100 : f + failures);
+        }
+        s->pid[r] = pid;
+    }
+    close(s->report[1]);
+    s->report[1] = -1;
+}
+
+/* Reaps every child within `seconds` (kills the rest), counting failures. */
+static void scenario_reap(struct scenario *s, double seconds) {
+    double deadline = now_s() + seconds;
+    int left = s->n;
+    for (int r = 0; r < s->n; r++)
+        if (!s->pid[r]) left--;
+    while (left > 0) {
+        int status;
+        pid_t p = waitpid(-1, &status, WNOHANG);
+        if (p > 0) {
+            for (int r = 0; r < s->n; r++)
+                if (s->pid[r] == p) {
+                    s->pid[r] = 0;
+                    left--;
+                    if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
+                        printf("FAIL rank %d: %d failed checks\n", r, WEXITSTATUS(status));
+                        failures++;
+                    } else if (WIFSIGNALED(status) && WTERMSIG(status) != SIGKILL) {
+                        printf("FAIL rank %d died of signal %d\n", r, WTERMSIG(status));
+                        failures++;
+                    }
+                }
+            continue;
+        }
+        if (now_s() > deadline) {
+            for (int r = 0; r < s->n; r++)
+                if (s->pid[r]) {
+                    printf("FAIL rank %d did not finish in %.0f s: killed\n", r, seconds);
+                    failures++;
+                    kill(s->pid[r], SIGCONT);
+                    kill(s->pid[r], SIGKILL);
+                }
+            deadline = now_s() + 10;
+        }
+        usleep(2000);
+    }
+    for (int r = 0; r < s->n; r++) {
+        comm_listener_close(s->l[r]);
+        close(s->go[r][0]);
+        close(s->go[r][1]);
+    }
+    if (s->report[0] >= 0) close(s->report[0]);
+}
+
+/* Reads report lines until `want` lines arrived or `seconds` passed. */
+static int read_reports(struct scenario *s, int want, double seconds, int *rank, char (*event)[32],
+                        double *value) {
+    static char buf[8192];
+    static size_t have;
+    int got = 0;
+    double deadline = now_s() + seconds;
+    while (got < want) {
+        char *nl;
+        while (got < want && (nl = memchr(buf, '\n', have))) {
+            *nl = 0;
+            if (sscanf(buf, "%d %31s %lf", &rank[got], event[got], &value[got]) == 3) got++;
+            size_t used = (size_t)(nl - buf) + 1;
+            memmove(buf, nl + 1, have - used);
+            have -= used;
+        }
+        if (got == want) break;
+        int ms = (int)((deadline - now_s()) * 1000);
+        if (ms <= 0) break;
+        struct pollfd p = {.fd = s->report[0], .events = POLLIN};
+        if (poll(&p, 1, ms) <= 0) break;
+        ssize_t k = read(s->report[0], buf + have, sizeof buf - have);
+        if (k <= 0) break;
+        have += (size_t)k;
+    }
+    return got;
+}
+
+/* ---- every operation, 2 pods x 2 slots ---------------------------------------------- */
+
+struct thread_arg {
+    struct comm *c;
+    struct comm_group g;
+    int channel, iters, salt;
+    long wrong;
+    int failed;
+};
+
+static void *a2a_thread(void *p) {
+    struct thread_arg *a = p;
+    for (int i = 0; i < a->iters; i++) {
+        long w = td_check_alltoallv(a->c, a->channel, &a->g, a->salt + i, 977);
+        if (w < 0) a->failed++;
+        else a->wrong += w;
+    }
+    return NULL;
+}
+
+static void *allreduce_thread(void *p) {
+    struct thread_arg *a = p;
+    for (int i = 0; i < a->iters; i++) {
+        long w = td_check_allreduce(a->c, a->channel, &a->g, 100003, a->salt + i);
+        if (w < 0) a->failed++;
+        else a->wrong += w;
+    }
+    return NULL;
+}
+
+static int body_ops(struct scenario *s, int rank, struct comm *c, moe_status st) {
+    EXPECT_MSG(st == MOE_OK, "rank %d open: %s", rank, moe_errmsg());
+    if (st != MOE_OK) return 1;
+    EXPECT(comm_rank(c) == rank && comm_size(c) == 4);
+    const char *shm_off = getenv("MOE_COMM_SHM");
+    int want_shm = shm_off && strcmp(shm_off, "0") == 0 ? 0 : 3;
+    EXPECT_MSG(comm_shm_peers(c) == want_shm, "rank %d: %d peers through shared memory, wanted %d",
+               rank, comm_shm_peers(c), want_shm);
+    struct comm_group all, pod2;
+    comm_group_all(&all, c);
+    EXPECT(all.n == 4 && all.me == rank && all.ranks[3] == 3);
+    comm_group_pod(&pod2, c, 1 - rank / 2);
+    EXPECT(pod2.me == -1);
+    struct comm_group pod, slot, rev = {.n = 4, .me = 3 - rank, .ranks = {3, 2, 1, 0}};
+    comm_group_pod(&pod, c, rank / 2);
+    comm_group_slot(&slot, c, rank % 2);
+    EXPECT(pod.n == 2 && pod.ranks[0] == (rank / 2) * 2 && pod.ranks[pod.me] == rank);
+    EXPECT(slot.n == 2 && slot.ranks[0] == rank % 2 && slot.ranks[1] == 2 + rank % 2 &&
+           slot.ranks[slot.me] == rank);
+
+    /* alltoallv: uneven and zero sizes, small and large (the large one wraps the rings). */
+    struct comm_stats s0, s1;
+    comm_get_stats(c, &s0);
+    size_t sent = 0;
+    for (int j = 0; j < 4; j++)
+        if (j != rank) sent += td_a2a_bytes(rank, j, 1, 3);
+    long w = td_check_alltoallv(c, 0, &all, 1, 3);
+    EXPECT_MSG(w == 0, "rank %d alltoallv small: %ld wrong (%s)", rank, w, moe_errmsg());
+    comm_get_stats(c, &s1);
+    EXPECT_MSG(s1.alltoall_bytes - s0.alltoall_bytes == sent, "stats: %llu sent, counted %llu",
+               (unsigned long long)sent,
+               (unsigned long long)(s1.alltoall_bytes - s0.alltoall_bytes));
+    for (int salt = 2; salt < 6; salt++) {
+        w = td_check_alltoallv(c, 0, &all, salt, 977);
+        EXPECT_MSG(w == 0, "rank %d alltoallv salt %d: %ld wrong (%s)", rank, salt, w,
+                   moe_errmsg());
+    }
+    w = td_check_alltoallv(c, 1, &all, 6, 20011); // up to ~20 MB per pair
+    EXPECT_MSG(w == 0, "rank %d alltoallv large: %ld wrong (%s)", rank, w, moe_errmsg());
+    w = td_check_alltoallv(c, 0, &pod, 7, 1000);
+    EXPECT_MSG(w == 0, "rank %d alltoallv pod: %ld wrong (%s)", rank, w, moe_errmsg());
+    w = td_check_alltoallv(c, 0, &rev, 8, 1000);
+    EXPECT_MSG(w == 0, "rank %d alltoallv reversed group: %ld wrong (%s)", rank, w,
+               moe_errmsg());
+
+    /* allreduce: sizes below, at and past the group and the piece size; three groups. */
+    size_t sizes[] = {0, 1, 3, 4, 1001, 300007, 1100003};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        w = td_check_allreduce(c, 1, &all, sizes[i], 10 + (int)i);
+        EXPECT_MSG(w == 0, "rank %d allreduce n=%zu: %ld wrong (%s)", rank, sizes[i], w,
+                   moe_errmsg());
+        w = td_check_allreduce(c, 0, &pod, sizes[i], 20 + (int)i);
+        EXPECT_MSG(w == 0, "rank %d pod allreduce n=%zu: %ld wrong (%s)", rank, sizes[i], w,
+                   moe_errmsg());
+        w = td_check_allreduce(c, 1, &slot, sizes[i], 30 + (int)i);
+        EXPECT_MSG(w == 0, "rank %d slot allreduce n=%zu: %ld wrong (%s)", rank, sizes[i], w,
+                   moe_errmsg());
+    }
+    w = td_check_allreduce(c, 0, &rev, 5003, 40);
+    EXPECT_MSG(w == 0, "rank %d reversed-group allreduce: %ld wrong", rank, w);
+    {
+        /* The expectation is sensitive to order: a left-to-right sum differs somewhere. */
+        float *want = td_expect_f32(&all, 5003, 41);
+        size_t differ = 0;
+        for (size_t i = 0; i < 5003; i++) {
+            float seq = ((td_f32(0, i, 41) + td_f32(1, i, 41)) + td_f32(2, i, 41)) +
+                        td_f32(3, i, 41);
+            differ += memcmp(&seq, &want[i], sizeof seq) != 0;
+        }
+        EXPECT_MSG(differ > 0, "test data cannot tell tree order from sequential order");
+        free(want);
+    }
+
+    /* reduce_scatter alone: only my chunk is defined. */
+    {
+        size_t n = 10007, lo, hi;
+        float *buf = malloc(sizeof(float) * n);
+        for (size_t i = 0; i < n; i++) buf[i] = td_f32(rank, i, 50);
+        EXPECT(comm_reduce_scatter(c, 0, &all, buf, n) == MOE_OK);
+        float *want = td_expect_f32(&all, n, 50);
+        comm_chunk(n, 4, rank, &lo, &hi);
+        EXPECT(hi - lo == 2502 || hi - lo == 2501);
+        EXPECT_MSG(memcmp(buf + lo, want + lo, (hi - lo) * sizeof(float)) == 0,
+                   "rank %d reduce_scatter chunk differs", rank);
+        /* allgather_chunks of a buffer where only my chunk is valid */
+        for (size_t i = 0; i < n; i++)
+            if (i < lo || i >= hi) buf[i] = -1;
+        EXPECT(comm_allgather_chunks(c, 1, &all, buf, n) == MOE_OK);
+        EXPECT_MSG(memcmp(buf, want, n * sizeof(float)) == 0, "rank %d allgather_chunks", rank);
+        free(buf);
+        free(want);
+    }
+
+    /* f64 and i64 */
+    {
+        size_t n = 777;
+        double *d = malloc(sizeof(double) * n);
+        int64_t *v = malloc(sizeof(int64_t) * n);
+        for (size_t i = 0; i < n; i++) d[i] = td_f64(rank, i, 60), v[i] = td_i64(rank, i, 61);
+        EXPECT(comm_allreduce_f64(c, 0, &all, d, n) == MOE_OK);
+        EXPECT(comm_allreduce_i64(c, 1, &slot, v, n) == MOE_OK);
+        double *want = td_expect_f64(&all, n, 60);
+        EXPECT_MSG(memcmp(d, want, n * sizeof(double)) == 0, "rank %d allreduce_f64", rank);
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++)
+            bad += v[i] != td_i64(slot.ranks[0], i, 61) + td_i64(slot.ranks[1], i, 61);
+        EXPECT_MSG(bad == 0, "rank %d allreduce_i64: %zu wrong", rank, bad);
+        free(d);
+        free(v);
+        free(want);
+    }
+
+    /* allgather, barrier */
+    {
+        char mine[5], got[20];
+        for (int k = 0; k < 5; k++) mine[k] = (char)('a' + rank * 5 + k);
+        EXPECT(comm_allgather(c, 0, &all, mine, 5, got) == MOE_OK);
+        for (int k = 0; k < 20; k++) EXPECT(got[k] == (char)('a' + k));
+        EXPECT(comm_barrier(c, 1, &all) == MOE_OK);
+        EXPECT(comm_barrier(c, 0, &pod) == MOE_OK);
+    }
+
+    /* send / recv around a ring: even ranks send first, odd ranks receive first. */
+    {
+        size_t n = 3 << 20;
+        uint8_t *out = malloc(n), *in = malloc(n);
+        for (size_t k = 0; k < n; k++) out[k] = (uint8_t)(rank * 13 + k * 5);
+        int to = (rank + 1) % 4, from = (rank + 3) % 4;
+        moe_status a, b;
+        if (rank % 2 == 0) {
+            a = comm_send(c, 0, to, out, n);
+            b = comm_recv(c, 0, from, in, n);
+        } else {
+            b = comm_recv(c, 0, from, in, n);
+            a = comm_send(c, 0, to, out, n);
+        }
+        EXPECT_MSG(a == MOE_OK && b == MOE_OK, "rank %d send/recv: %s", rank, moe_errmsg());
+        size_t bad = 0;
+        for (size_t k = 0; k < n; k++) bad += in[k] != (uint8_t)(from * 13 + k * 5);
+        EXPECT_MSG(bad == 0, "rank %d recv: %zu wrong bytes", rank, bad);
+        EXPECT_FAIL(comm_send(c, 0, rank, out, 1), MOE_EINVAL, "not a peer");
+        free(out);
+        free(in);
+    }
+
+    /* Disagreements: MOE_EINVAL on both ends, and the comm still works afterwards. */
+    {
+        char buf[200] = {0};
+        if (rank == 0) EXPECT_FAIL(comm_send(c, 1, 1, buf, 100), MOE_EINVAL, "rank 1");
+        if (rank == 1) EXPECT_FAIL(comm_recv(c, 1, 0, buf, 50), MOE_EINVAL, "rank 0");
+        size_t sb[2] = {0, 10}, rb[2] = {0, 10};
+        if (rank == 1) rb[0] = 11; // pod 0: rank 1 expects 11 bytes from rank 0, which sends 10
+        if (rank == 0) sb[1] = 10, rb[1] = 10;
+        if (rank < 2) {
+            if (rank == 1) sb[0] = 10, sb[1] = 0, rb[1] = 0;
+            moe_status a = comm_alltoallv(c, 0, &pod, buf, sb, buf + 100, rb);
+            EXPECT_MSG(a == MOE_EINVAL && strstr(moe_errmsg(), rank == 0 ? "rank 1" : "rank 0"),
+                       "rank %d: mismatched alltoallv gave %s: %s", rank, moe_status_str(a),
+                       moe_errmsg());
+        }
+        EXPECT_MSG(comm_barrier(c, 0, &all) == MOE_OK, "rank %d barrier after EINVAL: %s", rank,
+                   moe_errmsg());
+        w = td_check_allreduce(c, 1, &all, 999, 70);
+        EXPECT_MSG(w == 0, "rank %d allreduce after EINVAL: %ld", rank, w);
+    }
+
+    /* Two channels at once from two threads. */
+    {
+        struct thread_arg a = {.c = c, .g = pod, .channel = 0, .iters = 12, .salt = 100};
+        struct thread_arg b = {.c = c, .g = all, .channel = 1, .iters = 12, .salt = 200};
+        pthread_t ta, tb;
+        pthread_create(&ta, NULL, a2a_thread, &a);
+        pthread_create(&tb, NULL, allreduce_thread, &b);
+        pthread_join(ta, NULL);
+        pthread_join(tb, NULL);
+        EXPECT_MSG(a.failed == 0 && a.wrong == 0, "rank %d channel 0 thread: %d failed, %ld wrong",
+                   rank, a.failed, a.wrong);
+        EXPECT_MSG(b.failed == 0 && b.wrong == 0, "rank %d channel 1 thread: %d failed, %ld wrong",
+                   rank, b.failed, b.wrong);
+    }
+    EXPECT(comm_barrier(c, 0, &all) == MOE_OK);
+    return 0;
+}
+
+static void test_ops(const char *what) {
+    printf("ops (%s)\n", what);
+    struct scenario s;
+    scenario_init(&s, 2, 2, 10);
+    scenario_fork(&s, body_ops);
+    scenario_reap(&s, 60);
+}
+
+/* ---- the handshake's refusals ------------------------------------------------------- */
+
+static int body_expect_refusal(struct scenario *s, int rank, struct comm *c, moe_status st) {
+    const char *needle = (const char *)s->job[MAXR - 1]; // stashed by the test below
+    EXPECT_MSG(st == MOE_EAUTH && strstr(moe_errmsg(), needle),
+               "rank %d: wanted MOE_EAUTH naming \"%s\", got %s: %s", rank, needle,
+               moe_status_str(st), moe_errmsg());
+    return 0;
+}
+
+static void test_refusal(const char *what, int which, const char *needle) {
+    printf("refusal: %s\n", what);
+    struct scenario s;
+    scenario_init(&s, 1, 2, 0.4);
+    if (which == 0) s.token[1] = "another-secret";
+    if (which == 1) s.epoch[0] = 6;              // rank 0 (connector) is stale
+    if (which == 2) s.epoch[1] = 6;              // rank 1 (acceptor) is stale
+    if (which == 3) s.job[1] = "job-other";
+    s.job[MAXR - 1] = needle;
+    double t0 = now_s();
+    scenario_fork(&s, body_expect_refusal);
+    scenario_reap(&s, 20);
+    EXPECT_MSG(now_s() - t0 < 5, "refusal took %.1f s", now_s() - t0);
+}
+
+/* Strangers on the listener: garbage, silence, a half hello. The comm opens anyway. */
+static int body_strangers(struct scenario *s, int rank, struct comm *c, moe_status st) {
+    EXPECT_MSG(st == MOE_OK, "rank %d open with strangers around: %s", rank, moe_errmsg());
+    if (st == MOE_OK) {
+        struct comm_group all = {.n = 2, .me = rank, .ranks = {0, 1}};
+        long w = td_check_allreduce(c, 0, &all, 1234, 80);
+        EXPECT_MSG(w == 0, "rank %d allreduce with strangers around: %ld (%s)", rank, w,
+                   moe_errmsg());
+    }
+    /* The listener outlives comms: the next epoch's comm connects through it again. */
+    struct comm *next = NULL;
+    struct comm_config cfg = config_of(s, rank, COMM_TCP);
+    cfg.epoch++;
+    moe_status st2 = comm_open(&next, &cfg, s->l[rank]);
+    EXPECT_MSG(st2 == MOE_OK, "rank %d: next epoch's open: %s", rank, moe_errmsg());
+    if (st2 == MOE_OK) {
+        struct comm_group all = {.n = 2, .me = rank, .ranks = {0, 1}};
+        long w = td_check_allreduce(next, 1, &all, 4321, 81);
+        EXPECT_MSG(w == 0, "rank %d allreduce in the next epoch: %ld (%s)", rank, w,
+                   moe_errmsg());
+        comm_close(next);
+    }
+    return 0;
+}
+
+static int connect_to(const char *addr) {
+    const char *colon = strrchr(addr, ':');
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) perror("connect");
+    return fd;
+}
+
+static void test_strangers(void) {
+    printf("strangers on the listener\n");
+    struct scenario s;
+    scenario_init(&s, 1, 2, 0.5);
+    int junk = connect_to(s.addr[1]), silent = connect_to(s.addr[1]), half = connect_to(s.addr[1]);
+    char garbage[3000];
+    for (size_t i = 0; i < sizeof garbage; i++) garbage[i] = (char)td_mix(i);
+    if (write(junk, garbage, sizeof garbage) < 0) perror("write");
+    if (write(half, "MOEDCOMM\1\0\0\0", 12) < 0) perror("write");
+    int refused = connect_to(s.addr[1]); // connects, then resets at once
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(refused, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(refused);
+    double t0 = now_s();
+    scenario_fork(&s, body_strangers);
+    scenario_reap(&s, 20);
+    EXPECT_MSG(now_s() - t0 < 5, "opening with strangers took %.1f s", now_s() - t0);
+    close(junk), close(silent), close(half);
+}
+
+/* ---- never hangs -------------------------------------------------------------------- */
+
+static int body_kill(struct scenario *s, int rank, struct comm *c, moe_status st) {
+    EXPECT_MSG(st == MOE_OK, "rank %d open: %s", rank, moe_errmsg());
+    if (st != MOE_OK) return 1;
+    struct comm_group all = {.n = 4, .me = rank, .ranks = {0, 1, 2, 3}};
+    size_t per = 16 << 20;
+    uint8_t *sbuf = calloc(4, per), *rbuf = calloc(4, per);
+    size_t sb[4] = {per, per, per, per}, rb[4] = {per, per, per, per};
+    report(s, rank, "started", now_s());
+    moe_status r = MOE_OK;
+    double t = 0;
+    for (int i = 0; i < 500 && r == MOE_OK; i++) {
+        t = now_s();
+        r = comm_alltoallv(c, 0, &all, sbuf, sb, rbuf, rb);
+    }
+    double end = now_s();
+    /* A survivor names rank 3, or a survivor that gave up because of rank 3 (a failing
+     * rank shuts its links down, so that the failure spreads at once). */
+    const char *ev = r != MOE_EUNAVAILABLE ? "failed_bad"
+                     : strstr(moe_errmsg(), "rank 3") ? "failed_named"
+                                                      : "failed_other";
+    report(s, rank, ev, end);
+    report(s, rank, "call_s", end - t);
+    if (r != MOE_EUNAVAILABLE)
+        printf("rank %d: after the failure: %s: %s\n", rank, moe_status_str(r), moe_errmsg());
+    /* The comm is broken now: a later call fails at once. */
+    double t1 = now_s();
+    EXPECT(comm_barrier(c, 1, &all) == MOE_EUNAVAILABLE && now_s() - t1 < 0.1);
+    wait_go(s, rank, 20); // stay alive so that peers see rank 3 fail, not us leaving
+    free(sbuf);
+    free(rbuf);
+    return 0;
+}
+
+static void test_kill(void) {
+    printf("kill -9 a rank in the middle of a large alltoallv\n");
+    struct scenario s;
+    scenario_init(&s, 2, 2, 10); // the timeout is long: only EOF can explain a fast failure
+    scenario_fork(&s, body_kill);
+    int rank[16];
+    char ev[16][32];
+    double val[16];
+    int got = read_reports(&s, 4, 20, rank, ev, val);
+    EXPECT_MSG(got == 4, "only %d ranks started", got);
+    usleep(150000); // a few alltoallvs in
+    double killed = now_s();
+    kill(s.pid[3], SIGKILL);
+    got = read_reports(&s, 6, 20, rank, ev, val);
+    EXPECT_MSG(got == 6, "only %d reports after the kill", got);
+    int named = 0;
+    for (int i = 0; i < got; i++) {
+        if (strcmp(ev[i], "call_s") == 0) {
+            EXPECT_MSG(val[i] < 2.0, "rank %d's failing call took %.2f s", rank[i], val[i]);
+            continue;
+        }
+        named += strcmp(ev[i], "failed_named") == 0;
+        EXPECT_MSG(strcmp(ev[i], "failed_bad") != 0, "rank %d: not MOE_EUNAVAILABLE", rank[i]);
+        EXPECT_MSG(val[i] - killed < 2.0, "rank %d returned %.2f s after the kill", rank[i],
+                   val[i] - killed);
+        printf("  rank %d failed %.3f s after the kill (%s)\n", rank[i], val[i] - killed, ev[i]);
+    }
+    EXPECT_MSG(named > 0, "no survivor named the killed rank 3");
+    for (int r = 0; r < 4; r++)
+        if (write(s.go[r][1], "g", 1) < 0) perror("go");
+    scenario_reap(&s, 20);
+}
+
+static void test_stop(void) {
+    printf("SIGSTOP a rank\n");
+    struct scenario s;
+    double timeout = 1.0;
+    scenario_init(&s, 2, 2, timeout);
+    scenario_fork(&s, body_kill); // the same loop; rank 3 is stopped instead of killed
+    int rank[16];
+    char ev[16][32];
+    double val[16];
+    int got = read_reports(&s, 4, 20, rank, ev, val);
+    EXPECT_MSG(got == 4, "only %d ranks started", got);
+    usleep(150000);
+    double stopped = now_s();
+    kill(s.pid[3], SIGSTOP);
+    got = read_reports(&s, 6, 20, rank, ev, val);
+    EXPECT_MSG(got == 6, "only %d reports after the stop", got);
+    int named = 0;
+    for (int i = 0; i < got; i++) {
+        if (strcmp(ev[i], "call_s") == 0) continue;
+        named += strcmp(ev[i], "failed_named") == 0;
+        EXPECT_MSG(strcmp(ev[i], "failed_bad") != 0, "rank %d: not MOE_EUNAVAILABLE", rank[i]);
+        double after = val[i] - stopped;
+        EXPECT_MSG(after < timeout + 1.5 && after >= timeout * 0.5,
+                   "rank %d failed %.2f s after the stop (timeout %.1f s)", rank[i], after,
+                   timeout);
+        printf("  rank %d failed %.3f s after the stop (%s)\n", rank[i], after, ev[i]);
+    }
+    EXPECT_MSG(named > 0, "no survivor named the stopped rank 3");
+    kill(s.pid[3], SIGKILL);
+    for (int r = 0; r < 4; r++)
+        if (write(s.go[r][1], "g", 1) < 0) perror("go");
+    scenario_reap(&s, 20);
+}
+
+struct abort_arg {
+    struct comm *c;
+    double delay;
+};
+static void *abort_later(void *p) {
+    struct abort_arg *a = p;
+    usleep((useconds_t)(a->delay * 1e6));
+    comm_abort(a->c);
+    return NULL;
+}
+
+static int body_abort(struct scenario *s, int rank, struct comm *c, moe_status st) {
+    EXPECT_MSG(st == MOE_OK, "rank %d open: %s", rank, moe_errmsg());
+    if (st != MOE_OK) return 1;
+    if (rank == 1) { // never sends: only the abort can end rank 0's wait
+        wait_go(s, rank, 20);
+        return 0;
+    }
+    struct abort_arg a = {.c = c, .delay = 0.3};
+    pthread_t t;
+    pthread_create(&t, NULL, abort_later, &a);
+    char buf[16];
+    double t0 = now_s();
+    EXPECT_FAIL(comm_recv(c, 0, 1, buf, sizeof buf), MOE_EINTERNAL, "aborted");
+    double dt = now_s() - t0;
+    EXPECT_MSG(dt > 0.25 && dt < 1.0, "abort took %.2f s to wake the recv", dt);
+    pthread_join(t, NULL);
+    t0 = now_s();
+    EXPECT_FAIL(comm_send(c, 1, 1, buf, 4), MOE_EINTERNAL, "aborted");
+    EXPECT(now_s() - t0 < 0.1);
+    if (write(s->go[1][1], "g", 1) < 0) perror("go");
+    return 0;
+}
+
+static void test_abort(void) {
+    printf("comm_abort from another thread\n");
+    struct scenario s;
+    scenario_init(&s, 1, 2, 30);
+    scenario_fork(&s, body_abort);
+    scenario_reap(&s, 20);
+}
+
+static int selected(int argc, char **argv, const char *name) {
+    if (argc < 2) return 1;
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], name) == 0) return 1;
+    return 0;
+}
+
+/* Arguments, if any, name the scenarios to run (ops, refusal, strangers, kill, stop, abort). */
+int main(int argc, char **argv) {
+    moe_log_init("test");
+    signal(SIGPIPE, SIG_DFL); // the data plane must not need SIGPIPE ignored
+    double t0 = now_s();
+    if (selected(argc, argv, "ops")) {
+        test_ops("shared memory between local peers, large payloads by cma");
+        setenv("MOE_COMM_CMA_MIN", "1", 1); // every payload by descriptor, mismatches too
+        test_ops("shared memory, every payload by cma");
+        unsetenv("MOE_COMM_CMA_MIN");
+        setenv("MOE_COMM_CMA", "0", 1); // every byte through the rings
+        setenv("MOE_COMM_SHM_RING_MB", "1", 1); // small rings: many wrap-arounds
+        test_ops("shared memory rings only");
+        unsetenv("MOE_COMM_CMA");
+        unsetenv("MOE_COMM_SHM_RING_MB");
+        setenv("MOE_COMM_SHM", "0", 1);
+        test_ops("tcp only");
+        unsetenv("MOE_COMM_SHM");
+    }
+    if (selected(argc, argv, "refusal")) {
+        test_refusal("wrong token", 0, "token");
+        test_refusal("stale connector epoch", 1, "epoch");
+        test_refusal("stale acceptor epoch", 2, "epoch");
+        test_refusal("another job", 3, "job");
+    }
+    if (selected(argc, argv, "strangers")) test_strangers();
+    if (selected(argc, argv, "kill")) {
+        test_kill();
+        setenv("MOE_COMM_SHM", "0", 1);
+        test_kill();
+        unsetenv("MOE_COMM_SHM");
+    }
+    if (selected(argc, argv, "stop")) test_stop();
+    if (selected(argc, argv, "abort")) test_abort();
+    printf("test_comm: %d failures in %.1f s\n", failures, now_s() - t0);
+    return failures ? 1 : 0;
+}

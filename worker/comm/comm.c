@@ -1,0 +1,206 @@
+/*
+ * comm.c — the life of a comm: opening (validating the config, joining MPI, connecting the
+ * tcp links), aborting, closing; groups; the chunk rule; statistics; the broken state.
+ *
+ * Owns: the rule that after an error (other than a size disagreement) the comm is broken:
+ * every later operation fails at once with the first error, and its tcp links are shut
+ * down so that every peer's pending operation fails at once too (a failure spreads in one
+ * round trip, not one timeout per hop); and that comm_abort from any thread wakes every
+ * pending operation (a byte on a pipe that every poll() watches).
+ * Never: moves payload (engine.c does) or interprets it (collectives.c does).
+ */
+#include "comm_internal.h"
+#include "../../common/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+double comm_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static moe_status check_config(const struct comm_config *cfg) {
+    if (cfg->backend != COMM_TCP && cfg->backend != COMM_MPI)
+        return moe_fail(MOE_EINVAL, "comm: unknown backend %d", (int)cfg->backend);
+    if (cfg->pods < 1 || cfg->slots < 1 || cfg->size != cfg->pods * cfg->slots ||
+        cfg->size > COMM_MAX_RANKS)
+        return moe_fail(MOE_EINVAL, "comm: size %d is not pods %d x slots %d (at most %d ranks)",
+                        cfg->size, cfg->pods, cfg->slots, COMM_MAX_RANKS);
+    if (cfg->rank < 0 || cfg->rank >= cfg->size)
+        return moe_fail(MOE_EINVAL, "comm: rank %d outside a %d-rank comm", cfg->rank, cfg->size);
+    if (!(cfg->timeout_s > 0) || cfg->timeout_s > 86400)
+        return moe_fail(MOE_EINVAL, "comm: timeout_s %g must be in (0, 86400]", cfg->timeout_s);
+    if (!cfg->job_id || !cfg->job_id[0] || strlen(cfg->job_id) >= 128)
+        return moe_fail(MOE_EINVAL, "comm: job_id must have 1 to 127 characters");
+    if (!cfg->token || !cfg->token[0] || strlen(cfg->token) > 512)
+        return moe_fail(MOE_EINVAL, "comm: the cluster token must have 1 to 512 characters");
+    return MOE_OK;
+}
+
+moe_status comm_open(struct comm **out, const struct comm_config *cfg, struct comm_listener *l) {
+    *out = NULL;
+    CHECK(check_config(cfg));
+    moe_status res = MOE_OK;
+    struct comm *c = calloc(1, sizeof *c);
+    if (!c) return moe_fail(MOE_ENOMEM, "comm: out of memory");
+    c->abort_pipe[0] = c->abort_pipe[1] = -1;
+    pthread_mutex_init(&c->broken_mu, NULL);
+    c->rank = cfg->rank, c->size = cfg->size, c->pods = cfg->pods, c->slots = cfg->slots;
+    c->timeout_s = cfg->timeout_s;
+    c->open_deadline = comm_now() + 5 * cfg->timeout_s;
+    c->backend = cfg->backend;
+    c->epoch = cfg->epoch;
+    snprintf(c->job_id, sizeof c->job_id, "%s", cfg->job_id);
+    c->peers = calloc((size_t)c->size, sizeof *c->peers);
+    if (!c->peers) {
+        res = moe_fail(MOE_ENOMEM, "comm: out of memory for %d peers", c->size);
+        goto fail;
+    }
+    for (int q = 0; q < c->size; q++) {
+        c->peers[q].mpi_rank = -1;
+        for (int ch = 0; ch < COMM_CHANNELS; ch++) c->peers[q].ch[ch].fd = -1;
+    }
+    if (pipe(c->abort_pipe) != 0 || fcntl(c->abort_pipe[1], F_SETFL, O_NONBLOCK) != 0 ||
+        fcntl(c->abort_pipe[0], F_SETFD, FD_CLOEXEC) != 0 ||
+        fcntl(c->abort_pipe[1], F_SETFD, FD_CLOEXEC) != 0) {
+        res = moe_fail(MOE_EIO, "comm: pipe: %s", strerror(errno));
+        goto fail;
+    }
+    if (c->backend == COMM_MPI) CHECK_GOTO(comm_mpi_open(c), res, fail);
+    CHECK_GOTO(comm_connect_all(c, cfg, l), res, fail);
+    LOG_DEBUG("comm: rank %d of %d open (job %s, epoch %llu, %d peers through shared memory)",
+              c->rank, c->size, c->job_id, (unsigned long long)c->epoch, comm_shm_peers(c));
+    *out = c;
+    return MOE_OK;
+fail:
+    comm_close(c);
+    return res;
+}
+
+void comm_abort(struct comm *c) {
+    if (!c) return;
+    atomic_store(&c->aborted, 1);
+    static const char one = 1;
+    /* Never read: the pipe stays readable, so every later poll() returns at once too. */
+    if (write(c->abort_pipe[1], &one, 1) < 0 && errno != EAGAIN)
+        LOG_WARN("comm: abort pipe: %s", strerror(errno));
+}
+
+void comm_close(struct comm *c) {
+    if (!c) return;
+    if (c->peers) {
+        for (int q = 0; q < c->size; q++)
+            for (int ch = 0; ch < COMM_CHANNELS; ch++) {
+                struct link *k = &c->peers[q].ch[ch];
+                if (k->fd >= 0) close(k->fd);
+                shm_ring_close(k->tx);
+                shm_ring_close(k->rx);
+            }
+    }
+    comm_mpi_close(c);
+    for (int i = 0; i < 2; i++)
+        if (c->abort_pipe[i] >= 0) close(c->abort_pipe[i]);
+    for (int ch = 0; ch < COMM_CHANNELS; ch++) free(c->scratch[ch]);
+    pthread_mutex_destroy(&c->broken_mu);
+    free(c->peers);
+    free(c);
+}
+
+int comm_rank(const struct comm *c) { return c->rank; }
+int comm_size(const struct comm *c) { return c->size; }
+
+moe_status comm_check_usable(struct comm *c) {
+    if (atomic_load(&c->aborted))
+        return moe_fail(MOE_EINTERNAL, "comm: aborted (epoch %llu is over)",
+                        (unsigned long long)c->epoch);
+    int b = atomic_load(&c->broken);
+    if (b) {
+        char msg[sizeof c->broken_msg];
+        pthread_mutex_lock(&c->broken_mu);
+        memcpy(msg, c->broken_msg, sizeof msg);
+        pthread_mutex_unlock(&c->broken_mu);
+        return moe_fail((moe_status)b, "comm: broken by an earlier error: %s", msg);
+    }
+    return MOE_OK;
+}
+
+moe_status comm_break(struct comm *c, moe_status s) {
+    pthread_mutex_lock(&c->broken_mu);
+    bool first = !atomic_load(&c->broken);
+    if (first) {
+        snprintf(c->broken_msg, sizeof c->broken_msg, "%s", moe_errmsg());
+        atomic_store(&c->broken, (int)s);
+    }
+    pthread_mutex_unlock(&c->broken_mu);
+    /* Tell every peer at once: a peer whose transfers with us are still pending would
+     * otherwise wait for its timeout, because we stop moving bytes but are alive. shutdown,
+     * not close: the other channel's thread may be polling these sockets right now, and
+     * shutdown wakes it (EOF) where close would leave it a reused descriptor. */
+    if (first) {
+        for (int q = 0; q < c->size; q++)
+            for (int ch = 0; ch < COMM_CHANNELS; ch++)
+                if (c->peers[q].ch[ch].fd >= 0) shutdown(c->peers[q].ch[ch].fd, SHUT_RDWR);
+        LOG_DEBUG("comm: rank %d broke its comm: %s", c->rank, c->broken_msg);
+    }
+    return s;
+}
+
+void *comm_scratch(struct comm *c, int channel, size_t bytes) {
+    if (bytes <= c->scratch_bytes[channel]) return c->scratch[channel];
+    void *p = realloc(c->scratch[channel], bytes);
+    if (!p) return NULL;
+    c->scratch[channel] = p;
+    c->scratch_bytes[channel] = bytes;
+    return p;
+}
+
+void comm_group_pod(struct comm_group *g, const struct comm *c, int pod) {
+    g->n = c->slots;
+    g->me = -1;
+    for (int s = 0; s < c->slots; s++) {
+        g->ranks[s] = pod * c->slots + s;
+        if (g->ranks[s] == c->rank) g->me = s;
+    }
+}
+
+void comm_group_slot(struct comm_group *g, const struct comm *c, int slot) {
+    g->n = c->pods;
+    g->me = -1;
+    for (int p = 0; p < c->pods; p++) {
+        g->ranks[p] = p * c->slots + slot;
+        if (g->ranks[p] == c->rank) g->me = p;
+    }
+}
+
+void comm_group_all(struct comm_group *g, const struct comm *c) {
+    g->n = c->size;
+    g->me = c->rank;
+    for (int r = 0; r < c->size; r++) g->ranks[r] = r;
+}
+
+int comm_shm_peers(const struct comm *c) {
+    int n = 0;
+    for (int q = 0; q < c->size; q++) n += c->peers[q].ch[0].tx != NULL;
+    return n;
+}
+
+void comm_chunk(size_t n, int members, int i, size_t *lo, size_t *hi) {
+    size_t m = (size_t)members, base = n / m, rem = n % m, ii = (size_t)i;
+    *lo = ii * base + (ii < rem ? ii : rem);
+    *hi = *lo + base + (ii < rem ? 1 : 0);
+}
+
+void comm_get_stats(const struct comm *c, struct comm_stats *s) {
+    struct comm *m = (struct comm *)c; // atomics are read, never changed, here
+    s->alltoall_bytes = atomic_load(&m->stats[STAT_ALLTOALL]);
+    s->reduce_bytes = atomic_load(&m->stats[STAT_REDUCE]);
+    s->other_bytes = atomic_load(&m->stats[STAT_OTHER]);
+}

@@ -1,0 +1,646 @@
+/*
+ * handshake.c — connecting the tcp links of a comm and proving, on each, that both ends hold
+ * the cluster token and belong to the same job and epoch.
+ *
+ * Owns: who connects to whom (the lower rank connects to the higher, one connection per
+ * channel), the handshake messages (docs/dataplane.md), the refusal rules, and the setting
+ * up of shared-memory rings for peers on the same host.
+ * Never: sends the token (only HMAC-SHA256 values over both nonces and the whole
+ * transcript), blocks (every socket is nonblocking and polled against a deadline), or lets
+ * an unauthenticated connection become a link. A connection that does not finish its
+ * handshake within timeout_s, or speaks garbage, is closed and forgotten.
+ */
+#include "comm_internal.h"
+#include "../../common/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define HS_MAGIC "MOEDCOMM"
+#define HS_VERSION 1u
+
+enum hs_verdict {
+    HS_OK = 0,
+    HS_VERSION_DIFFERS = 1,
+    HS_JOB_DIFFERS = 2,
+    HS_EPOCH_DIFFERS = 3,
+    HS_NOT_ME = 4,   // the connector thinks we are another rank, or the comm sizes differ
+    HS_DUPLICATE = 5,
+    HS_TOKEN_DIFFERS = 6,
+};
+
+struct hs_hello { // connector -> acceptor
+    char magic[8];
+    uint32_t version;
+    uint32_t from, to, channel, size;
+    uint32_t shm; // connector can share memory
+    uint64_t epoch;
+    char job[128];
+    uint8_t host[32]; // hash of hostname, boot id and namespaces: equal = shm may work
+    uint8_t nonce[32];
+};
+struct hs_reply { // acceptor -> connector
+    char magic[8];
+    uint32_t verdict;
+    uint32_t shm; // both ends on one host and capable
+    uint64_t epoch;
+    char job[128];
+    uint8_t nonce[32];
+    uint8_t mac[32]; // HMAC(token, "acceptor" | hello | reply up to mac)
+};
+struct hs_finish { // connector -> acceptor
+    uint32_t verdict; // HS_OK, or HS_TOKEN_DIFFERS when the acceptor's mac was wrong
+    uint32_t shm;     // rings created, names below
+    char ring_c2a[64], ring_a2c[64];
+    uint32_t pid;                      // cma probe: the acceptor tries to read
+    uint64_t probe_addr, probe_value;  // probe_value at probe_addr in process pid
+    uint8_t mac[32]; // HMAC(token, "connector" | hello | reply | finish up to mac)
+};
+struct hs_final { // acceptor -> connector
+    uint32_t verdict;
+    uint32_t shm;    // the acceptor mapped both rings: the link uses them
+    uint32_t cma_ok; // the acceptor could read the connector's probe
+    uint32_t pid;
+    uint64_t probe_addr, probe_value; // the connector's turn to try
+    uint8_t mac[32]; // HMAC(token, "final" | hello | reply | final up to mac)
+};
+struct hs_confirm { // connector -> acceptor
+    uint32_t cma;    // both could read each other: large payloads go by descriptor
+};
+
+enum hs_phase { PH_CONNECT, PH_RETRY, PH_IO, PH_DONE, PH_DEAD };
+/* The message each step of a connection is sending or waiting for. */
+enum hs_step {
+    ST_SEND_HELLO, ST_RECV_REPLY, ST_SEND_FINISH, ST_RECV_FINAL, ST_SEND_CONFIRM, // connector
+    ST_RECV_HELLO, ST_SEND_REPLY, ST_RECV_FINISH, ST_SEND_FINAL, ST_RECV_CONFIRM, // acceptor
+    ST_SEND_REFUSAL
+};
+
+struct hs {
+    int fd;
+    bool outgoing;
+    int peer, channel; // for incoming, known once the hello is in
+    enum hs_phase phase;
+    enum hs_step step;
+    uint8_t buf[512];
+    size_t len, off;
+    double deadline, retry_at;
+    struct hs_hello hello;
+    struct hs_reply reply;
+    struct hs_finish finish;
+    struct hs_final final;
+    struct hs_confirm confirm;
+    struct shm_ring *tx, *rx;
+    bool cma;
+};
+
+struct hs_ctx {
+    struct comm *c;
+    const struct comm_config *cfg;
+    uint8_t host[32];
+    bool shm_capable;
+    char refused[256]; // the last connection we refused without failing (stale epoch)
+};
+
+static void host_identity(uint8_t out[32]) {
+    char id[1024] = "";
+    size_t n = 0;
+    gethostname(id, 256);
+    n = strlen(id);
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (f) {
+        n += fread(id + n, 1, 64, f);
+        fclose(f);
+    }
+    const char *ns[] = {"/proc/self/ns/ipc", "/proc/self/ns/mnt"};
+    for (int i = 0; i < 2; i++) {
+        ssize_t k = readlink(ns[i], id + n, 100);
+        if (k > 0) n += (size_t)k;
+    }
+    SHA256((const unsigned char *)id, n, out);
+}
+
+static void mac_of(const char *token, const char *role, const void *a, size_t alen,
+                   const void *b, size_t blen, const void *c2, size_t clen, uint8_t out[32]) {
+    uint8_t msg[1024];
+    size_t n = 0, rl = strlen(role);
+    memcpy(msg + n, role, rl), n += rl;
+    memcpy(msg + n, a, alen), n += alen;
+    memcpy(msg + n, b, blen), n += blen;
+    if (clen) memcpy(msg + n, c2, clen), n += clen;
+    unsigned int ol = 32;
+    HMAC(EVP_sha256(), token, (int)strlen(token), msg, n, out, &ol);
+}
+
+static void start_io(struct hs *h, enum hs_step step, const void *msg, size_t len) {
+    h->phase = PH_IO;
+    h->step = step;
+    h->off = 0;
+    h->len = len;
+    if (msg) memcpy(h->buf, msg, len);
+}
+
+static bool step_is_send(enum hs_step s) {
+    return s == ST_SEND_HELLO || s == ST_SEND_FINISH || s == ST_SEND_REPLY ||
+           s == ST_SEND_FINAL || s == ST_SEND_REFUSAL || s == ST_SEND_CONFIRM;
+}
+
+static void hs_drop(struct hs *h) {
+    if (h->fd >= 0) close(h->fd);
+    h->fd = -1;
+    shm_ring_close(h->tx);
+    shm_ring_close(h->rx);
+    h->tx = h->rx = NULL;
+    h->phase = PH_DEAD;
+}
+
+static moe_status start_connect(struct hs_ctx *x, struct hs *h) {
+    const char *addr = x->cfg->peers[h->peer];
+    char host[COMM_ADDR_MAX], port_s[16];
+    int port;
+    CHECK(tcp_parse_address(addr, host, sizeof host, &port));
+    snprintf(port_s, sizeof port_s, "%d", port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    int gai = getaddrinfo(host, port_s, &hints, &ai);
+    if (gai != 0)
+        return moe_fail(MOE_EUNAVAILABLE, "comm: rank %d's address \"%s\": %s", h->peer, addr,
+                        gai_strerror(gai));
+    h->fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (h->fd < 0) {
+        freeaddrinfo(ai);
+        return moe_fail(MOE_EIO, "comm: socket: %s", strerror(errno));
+    }
+    int r = connect(h->fd, ai->ai_addr, ai->ai_addrlen);
+    freeaddrinfo(ai);
+    if (r != 0 && errno != EINPROGRESS) {
+        if (errno == ECONNREFUSED) { // its listener is not up yet: try again shortly
+            close(h->fd);
+            h->fd = -1;
+            h->phase = PH_RETRY;
+            h->retry_at = comm_now() + 0.02;
+            return MOE_OK;
+        }
+        return moe_fail(MOE_EUNAVAILABLE, "comm: connecting to rank %d at %s: %s", h->peer, addr,
+                        strerror(errno));
+    }
+    h->phase = PH_CONNECT;
+    return MOE_OK;
+}
+
+static void make_hello(struct hs_ctx *x, struct hs *h) {
+    struct hs_hello *m = &h->hello;
+    memset(m, 0, sizeof *m);
+    memcpy(m->magic, HS_MAGIC, 8);
+    m->version = HS_VERSION;
+    m->from = (uint32_t)x->c->rank;
+    m->to = (uint32_t)h->peer;
+    m->channel = (uint32_t)h->channel;
+    m->size = (uint32_t)x->c->size;
+    m->shm = x->shm_capable;
+    m->epoch = x->c->epoch;
+    snprintf(m->job, sizeof m->job, "%s", x->c->job_id);
+    memcpy(m->host, x->host, 32);
+    RAND_bytes(m->nonce, 32);
+}
+
+/* An acceptor's verdict on a hello: which difference, if any, refuses it. */
+static enum hs_verdict judge_hello(struct hs_ctx *x, const struct hs_hello *m) {
+    struct comm *c = x->c;
+    if (memcmp(m->magic, HS_MAGIC, 8) != 0) return HS_VERSION_DIFFERS;
+    if (m->version != HS_VERSION) return HS_VERSION_DIFFERS;
+    if (strncmp(m->job, c->job_id, sizeof m->job) != 0) return HS_JOB_DIFFERS;
+    if (m->epoch != c->epoch) return HS_EPOCH_DIFFERS;
+    if (m->to != (uint32_t)c->rank || m->size != (uint32_t)c->size ||
+        m->from >= (uint32_t)c->rank || m->channel >= COMM_CHANNELS ||
+        c->peers[m->from].mpi_rank >= 0)
+        return HS_NOT_ME;
+    if (c->peers[m->from].ch[m->channel].fd >= 0) return HS_DUPLICATE;
+    return HS_OK;
+}
+
+static moe_status refusal_error(struct hs_ctx *x, int peer, enum hs_verdict v,
+                                const char *their_job, uint64_t their_epoch, bool we_refused) {
+    struct comm *c = x->c;
+    const char *who = we_refused ? "refused rank" : "rank";
+    switch (v) {
+    case HS_JOB_DIFFERS:
+        return moe_fail(MOE_EAUTH, "comm: %s %d: it is in job \"%.100s\", we are in job \"%s\"",
+                        who, peer, their_job, c->job_id);
+    case HS_EPOCH_DIFFERS:
+        return moe_fail(MOE_EAUTH, "comm: %s %d: it is in epoch %llu, we are in epoch %llu", who,
+                        peer, (unsigned long long)their_epoch, (unsigned long long)c->epoch);
+    case HS_TOKEN_DIFFERS:
+        return moe_fail(MOE_EAUTH, "comm: %s %d: the cluster tokens differ (HMAC mismatch)", who,
+                        peer);
+    case HS_NOT_ME:
+        return moe_fail(MOE_EAUTH,
+                        "comm: %s %d: it expected another rank or comm size (we are rank %d of "
+                        "%d)",
+                        who, peer, c->rank, c->size);
+    case HS_VERSION_DIFFERS:
+        return moe_fail(MOE_EAUTH, "comm: %s %d: handshake version differs", who, peer);
+    case HS_DUPLICATE:
+        return moe_fail(MOE_EAUTH, "comm: %s %d: duplicate connection", who, peer);
+    case HS_OK: break;
+    }
+    return moe_fail(MOE_EINTERNAL, "comm: refusal without a reason from rank %d", peer);
+}
+
+/* A message has fully arrived or left: decide the next step. Returns an error that fails
+ * comm_open; a connection merely dropped returns MOE_OK with phase PH_DEAD. */
+static moe_status advance(struct hs_ctx *x, struct hs *h) {
+    struct comm *c = x->c;
+    const char *token = x->cfg->token;
+    switch (h->step) {
+    case ST_SEND_HELLO: start_io(h, ST_RECV_REPLY, NULL, sizeof h->reply); return MOE_OK;
+    case ST_RECV_REPLY: {
+        memcpy(&h->reply, h->buf, sizeof h->reply);
+        struct hs_reply *r = &h->reply;
+        r->job[sizeof r->job - 1] = 0;
+        if (memcmp(r->magic, HS_MAGIC, 8) != 0)
+            return moe_fail(MOE_EAUTH, "comm: rank %d at %s does not speak the moed handshake",
+                            h->peer, x->cfg->peers[h->peer]);
+        if (r->verdict != HS_OK)
+            return refusal_error(x, h->peer, (enum hs_verdict)r->verdict, r->job, r->epoch,
+                                 false);
+        uint8_t want[32];
+        mac_of(token, "acceptor", &h->hello, sizeof h->hello, r, offsetof(struct hs_reply, mac),
+               NULL, 0, want);
+        struct hs_finish *f = &h->finish;
+        memset(f, 0, sizeof *f);
+        if (CRYPTO_memcmp(want, r->mac, 32) != 0) {
+            f->verdict = HS_TOKEN_DIFFERS; // tell it, so both ends report the same cause
+            start_io(h, ST_SEND_FINISH, f, sizeof *f);
+            return MOE_OK;
+        }
+        if (r->shm && x->shm_capable) {
+            size_t cap = shm_ring_capacity();
+            h->tx = shm_ring_create(cap, f->ring_c2a, sizeof f->ring_c2a);
+            h->rx = h->tx ? shm_ring_create(cap, f->ring_a2c, sizeof f->ring_a2c) : NULL;
+            if (!h->rx) {
+                shm_ring_close(h->tx);
+                h->tx = NULL;
+                memset(f->ring_c2a, 0, sizeof f->ring_c2a);
+                LOG_WARN("comm: no shared memory with rank %d (%s); using tcp", h->peer,
+                         moe_errmsg());
+            }
+            f->shm = h->rx != NULL;
+            if (f->shm && cma_enabled()) {
+                f->pid = (uint32_t)getpid();
+                cma_probe_of_self(&f->probe_addr, &f->probe_value);
+            }
+        }
+        mac_of(token, "connector", &h->hello, sizeof h->hello, r, sizeof *r, f,
+               offsetof(struct hs_finish, mac), f->mac);
+        start_io(h, ST_SEND_FINISH, f, sizeof *f);
+        return MOE_OK;
+    }
+    case ST_SEND_FINISH:
+        if (h->finish.verdict == HS_TOKEN_DIFFERS)
+            return moe_fail(MOE_EAUTH,
+                            "comm: rank %d proved a different cluster token (HMAC mismatch)",
+                            h->peer);
+        start_io(h, ST_RECV_FINAL, NULL, sizeof h->final);
+        return MOE_OK;
+    case ST_RECV_FINAL: {
+        memcpy(&h->final, h->buf, sizeof h->final);
+        struct hs_final *fi = &h->final;
+        if (fi->verdict != HS_OK)
+            return refusal_error(x, h->peer, (enum hs_verdict)fi->verdict, "", 0, false);
+        uint8_t want[32];
+        mac_of(token, "final", &h->hello, sizeof h->hello, &h->reply, sizeof h->reply, fi,
+               offsetof(struct hs_final, mac), want);
+        if (CRYPTO_memcmp(want, fi->mac, 32) != 0)
+            return moe_fail(MOE_EAUTH, "comm: rank %d's last handshake message is not "
+                            "authentic", h->peer);
+        if (!fi->shm) {
+            shm_ring_close(h->tx);
+            shm_ring_close(h->rx);
+            h->tx = h->rx = NULL;
+        }
+        h->cma = h->tx && fi->cma_ok && h->finish.pid &&
+                 cma_probe_peer((int)fi->pid, fi->probe_addr, fi->probe_value);
+        h->confirm.cma = h->cma;
+        start_io(h, ST_SEND_CONFIRM, &h->confirm, sizeof h->confirm);
+        return MOE_OK;
+    }
+    case ST_SEND_CONFIRM: h->phase = PH_DONE; return MOE_OK;
+
+    case ST_RECV_HELLO: {
+        memcpy(&h->hello, h->buf, sizeof h->hello);
+        struct hs_hello *m = &h->hello;
+        m->job[sizeof m->job - 1] = 0;
+        if (memcmp(m->magic, HS_MAGIC, 8) != 0) {
+            LOG_WARN("comm: dropped a connection that does not speak the moed handshake");
+            hs_drop(h);
+            return MOE_OK;
+        }
+        enum hs_verdict v = judge_hello(x, m);
+        h->peer = (int)m->from;
+        h->channel = (int)m->channel;
+        struct hs_reply *r = &h->reply;
+        memset(r, 0, sizeof *r);
+        memcpy(r->magic, HS_MAGIC, 8);
+        r->verdict = v;
+        r->epoch = c->epoch;
+        snprintf(r->job, sizeof r->job, "%s", c->job_id);
+        RAND_bytes(r->nonce, 32);
+        r->shm = v == HS_OK && m->shm && x->shm_capable && memcmp(m->host, x->host, 32) == 0;
+        mac_of(token, "acceptor", m, sizeof *m, r, offsetof(struct hs_reply, mac), NULL, 0,
+               r->mac);
+        start_io(h, v == HS_OK ? ST_SEND_REPLY : ST_SEND_REFUSAL, r, sizeof *r);
+        return MOE_OK;
+    }
+    case ST_SEND_REFUSAL: {
+        struct hs_hello *m = &h->hello;
+        enum hs_verdict v = (enum hs_verdict)h->reply.verdict;
+        /* An older epoch is a fenced worker still trying: refusing it must not stop the new
+         * epoch from forming. Everything else is a misconfiguration worth failing for. */
+        if ((v == HS_EPOCH_DIFFERS && m->epoch < c->epoch) || v == HS_DUPLICATE ||
+            v == HS_VERSION_DIFFERS) {
+            refusal_error(x, (int)m->from, v, m->job, m->epoch, true);
+            snprintf(x->refused, sizeof x->refused, "%s", moe_errmsg());
+            LOG_WARN("%s", x->refused);
+            hs_drop(h);
+            return MOE_OK;
+        }
+        return refusal_error(x, (int)m->from, v, m->job, m->epoch, true);
+    }
+    case ST_SEND_REPLY: start_io(h, ST_RECV_FINISH, NULL, sizeof h->finish); return MOE_OK;
+    case ST_RECV_FINISH: {
+        memcpy(&h->finish, h->buf, sizeof h->finish);
+        struct hs_finish *f = &h->finish;
+        f->ring_c2a[sizeof f->ring_c2a - 1] = f->ring_a2c[sizeof f->ring_a2c - 1] = 0;
+        if (f->verdict == HS_TOKEN_DIFFERS)
+            return moe_fail(MOE_EAUTH,
+                            "comm: rank %d refused our proof: the cluster tokens differ",
+                            h->peer);
+        uint8_t want[32];
+        mac_of(token, "connector", &h->hello, sizeof h->hello, &h->reply, sizeof h->reply, f,
+               offsetof(struct hs_finish, mac), want);
+        memset(&h->final, 0, sizeof h->final);
+        if (CRYPTO_memcmp(want, f->mac, 32) != 0) {
+            h->final.verdict = HS_TOKEN_DIFFERS;
+        } else if (f->shm) {
+            h->rx = shm_ring_attach(f->ring_c2a);
+            h->tx = h->rx ? shm_ring_attach(f->ring_a2c) : NULL;
+            if (!h->tx) {
+                LOG_WARN("comm: cannot map rank %d's shared memory (%s); using tcp", h->peer,
+                         moe_errmsg());
+                shm_ring_close(h->rx);
+                h->rx = NULL;
+            }
+            h->final.shm = h->tx != NULL;
+            if (h->final.shm && cma_enabled()) {
+                h->final.cma_ok = cma_probe_peer((int)f->pid, f->probe_addr, f->probe_value);
+                h->final.pid = (uint32_t)getpid();
+                cma_probe_of_self(&h->final.probe_addr, &h->final.probe_value);
+            }
+        }
+        mac_of(token, "final", &h->hello, sizeof h->hello, &h->reply, sizeof h->reply,
+               &h->final, offsetof(struct hs_final, mac), h->final.mac);
+        start_io(h, ST_SEND_FINAL, &h->final, sizeof h->final);
+        return MOE_OK;
+    }
+    case ST_SEND_FINAL:
+        if (h->final.verdict == HS_TOKEN_DIFFERS)
+            return moe_fail(MOE_EAUTH,
+                            "comm: rank %d proved a different cluster token (HMAC mismatch)",
+                            h->peer);
+        start_io(h, ST_RECV_CONFIRM, NULL, sizeof h->confirm);
+        return MOE_OK;
+    case ST_RECV_CONFIRM:
+        memcpy(&h->confirm, h->buf, sizeof h->confirm);
+        h->cma = h->tx && h->final.cma_ok && h->confirm.cma;
+        /* A valid duplicate may have completed meanwhile: the first one wins. */
+        if (c->peers[h->peer].ch[h->channel].fd >= 0) {
+            hs_drop(h);
+            return MOE_OK;
+        }
+        h->phase = PH_DONE;
+        return MOE_OK;
+    }
+    return moe_fail(MOE_EINTERNAL, "comm: handshake in an unknown step");
+}
+
+/* Moves bytes of the current message; calls advance() when it is complete. */
+static moe_status pump(struct hs_ctx *x, struct hs *h) {
+    while (h->phase == PH_IO) {
+        long k;
+        if (step_is_send(h->step))
+            k = tcp_send_some(h->fd, h->peer, h->buf + h->off, h->len - h->off);
+        else
+            k = tcp_recv_some(h->fd, h->peer, h->buf + h->off, h->len - h->off);
+        if (k < 0) {
+            if (!h->outgoing) { // an incoming connection that went away: not our problem
+                hs_drop(h);
+                return MOE_OK;
+            }
+            char why[512];
+            snprintf(why, sizeof why, "%s", moe_errmsg()); // moe_fail overwrites it
+            return moe_fail(MOE_EUNAVAILABLE, "comm: handshake with rank %d failed: %s", h->peer,
+                            why);
+        }
+        if (k == 0) return MOE_OK;
+        h->off += (size_t)k;
+        if (h->off == h->len) CHECK(advance(x, h));
+    }
+    return MOE_OK;
+}
+
+static moe_status finish_connect(struct hs_ctx *x, struct hs *h) {
+    int err = 0;
+    socklen_t el = sizeof err;
+    getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+    if (err == EINPROGRESS) return MOE_OK;
+    if (err == ECONNREFUSED) {
+        close(h->fd);
+        h->fd = -1;
+        h->phase = PH_RETRY;
+        h->retry_at = comm_now() + 0.02;
+        return MOE_OK;
+    }
+    if (err != 0)
+        return moe_fail(MOE_EUNAVAILABLE, "comm: connecting to rank %d at %s: %s", h->peer,
+                        x->cfg->peers[h->peer], strerror(err));
+    CHECK(tcp_set_socket_options(h->fd));
+    make_hello(x, h);
+    start_io(h, ST_SEND_HELLO, &h->hello, sizeof h->hello);
+    return pump(x, h);
+}
+
+moe_status comm_connect_all(struct comm *c, const struct comm_config *cfg,
+                            struct comm_listener *l) {
+    moe_status res = MOE_OK;
+    struct hs_ctx x = {.c = c, .cfg = cfg, .shm_capable = shm_ring_capacity() > 0};
+    host_identity(x.host);
+    int expect_in = 0, nout = 0;
+    for (int q = 0; q < c->size; q++) {
+        if (q == c->rank || c->peers[q].mpi_rank >= 0) continue;
+        if (q < c->rank) expect_in += COMM_CHANNELS;
+        else nout += COMM_CHANNELS;
+    }
+    if (expect_in + nout == 0) return MOE_OK;
+    if (expect_in > 0 && !l)
+        return moe_fail(MOE_EINVAL, "comm: rank %d needs a listener for its lower peers", c->rank);
+    /* Room for every expected connection plus strangers (stale workers, port scanners). */
+    int cap = nout + expect_in + 64;
+    struct hs *hs = calloc((size_t)cap, sizeof *hs);
+    struct pollfd *pf = calloc((size_t)cap + 1, sizeof *pf);
+    int *pf_of = calloc((size_t)cap + 1, sizeof *pf_of);
+    if (!hs || !pf || !pf_of) {
+        res = moe_fail(MOE_ENOMEM, "comm: out of memory for the handshake");
+        goto exit;
+    }
+    bool locked = false;
+    if (expect_in > 0) {
+        pthread_mutex_lock(comm_listener_lock(l));
+        locked = true;
+    }
+    double deadline = c->open_deadline;
+    int nh = 0;
+    for (int q = c->rank + 1; q < c->size; q++) {
+        if (c->peers[q].mpi_rank >= 0) continue;
+        if (!cfg->peers || !cfg->peers[q]) {
+            res = moe_fail(MOE_EINVAL, "comm: no address for rank %d", q);
+            goto unlock;
+        }
+        for (int ch = 0; ch < COMM_CHANNELS; ch++) {
+            struct hs *h = &hs[nh++];
+            h->fd = -1, h->outgoing = true, h->peer = q, h->channel = ch;
+            h->deadline = deadline;
+            CHECK_GOTO(start_connect(&x, h), res, unlock);
+        }
+    }
+    int have = 0;
+    for (;;) {
+        double now = comm_now();
+        have = 0;
+        for (int i = 0; i < nh; i++) {
+            struct hs *h = &hs[i];
+            if (h->phase == PH_DONE && h->fd >= 0) {
+                /* Hand the authenticated connection to its link. */
+                struct link *k = &c->peers[h->peer].ch[h->channel];
+                if (k->fd < 0) {
+                    k->fd = h->fd;
+                    k->tx = h->tx;
+                    k->rx = h->rx;
+                    k->cma = h->cma;
+                    k->pid = (int)(h->outgoing ? h->final.pid : h->finish.pid);
+                    LOG_DEBUG("comm: rank %d channel %d: link up (%s%s)", h->peer, h->channel,
+                              k->tx ? "shared memory" : "tcp", k->cma ? ", cma" : "");
+                    h->fd = -1;
+                    h->tx = h->rx = NULL;
+                } else {
+                    hs_drop(h);
+                    continue;
+                }
+            }
+            if (h->phase == PH_DONE) have++;
+        }
+        if (have == nout + expect_in) break;
+        if (now >= deadline) {
+            int missing = -1;
+            for (int q = 0; q < c->size && missing < 0; q++)
+                if (q != c->rank && c->peers[q].mpi_rank < 0)
+                    for (int ch = 0; ch < COMM_CHANNELS; ch++)
+                        if (c->peers[q].ch[ch].fd < 0) missing = q;
+            if (x.refused[0])
+                res = moe_fail(MOE_EAUTH, "comm: rank %d never connected; %s", missing,
+                               x.refused);
+            else
+                res = moe_fail(MOE_EUNAVAILABLE,
+                               "comm: no connection with rank %d within %.1f s (%d of %d links "
+                               "up; is its worker running and in this epoch?)",
+                               missing, 5 * c->timeout_s, have, nout + expect_in);
+            goto unlock;
+        }
+        int np = 0, wait_ms = (int)((deadline - now) * 1000) + 1;
+        if (expect_in > 0 && nh < cap) {
+            pf[np] = (struct pollfd){.fd = comm_listener_fd(l), .events = POLLIN};
+            pf_of[np++] = -1;
+        }
+        for (int i = 0; i < nh; i++) {
+            struct hs *h = &hs[i];
+            if (h->phase == PH_RETRY) {
+                int ms = (int)((h->retry_at - now) * 1000);
+                if (ms <= 0) {
+                    CHECK_GOTO(start_connect(&x, h), res, unlock);
+                    ms = 1;
+                }
+                if (ms < wait_ms) wait_ms = ms;
+                continue;
+            }
+            if (h->phase != PH_CONNECT && h->phase != PH_IO) continue;
+            if (!h->outgoing && now >= h->deadline) {
+                LOG_WARN("comm: dropped an incoming connection that did not finish its "
+                         "handshake within %.1f s",
+                         c->timeout_s);
+                hs_drop(h);
+                continue;
+            }
+            short ev = h->phase == PH_CONNECT || step_is_send(h->step) ? POLLOUT : POLLIN;
+            pf[np] = (struct pollfd){.fd = h->fd, .events = ev};
+            pf_of[np++] = i;
+            int ms = (int)((h->deadline - now) * 1000) + 1;
+            if (ms < wait_ms) wait_ms = ms;
+        }
+        int r = poll(pf, (nfds_t)np, wait_ms);
+        if (r < 0 && errno != EINTR) {
+            res = moe_fail(MOE_EIO, "comm: poll: %s", strerror(errno));
+            goto unlock;
+        }
+        for (int p = 0; r > 0 && p < np; p++) {
+            if (!pf[p].revents) continue;
+            if (pf_of[p] < 0) {
+                /* Accept everything waiting; each stranger costs one slot until it
+                 * finishes or its own deadline passes. */
+                while (nh < cap) {
+                    int fd = accept(comm_listener_fd(l), NULL, NULL);
+                    if (fd < 0) break;
+                    fcntl(fd, F_SETFL, O_NONBLOCK); // not inherited from the listener on Linux
+                    fcntl(fd, F_SETFD, FD_CLOEXEC);
+                    struct hs *h = &hs[nh++];
+                    memset(h, 0, sizeof *h);
+                    h->fd = fd, h->outgoing = false, h->peer = -1, h->channel = -1;
+                    h->deadline = comm_now() + c->timeout_s;
+                    if (h->deadline > deadline) h->deadline = deadline;
+                    tcp_set_socket_options(fd);
+                    start_io(h, ST_RECV_HELLO, NULL, sizeof h->hello);
+                }
+                continue;
+            }
+            struct hs *h = &hs[pf_of[p]];
+            if (h->phase == PH_CONNECT) CHECK_GOTO(finish_connect(&x, h), res, unlock);
+            else CHECK_GOTO(pump(&x, h), res, unlock);
+        }
+        /* Compact dead strangers away so that the table does not fill up. */
+        int w = 0;
+        for (int i = 0; i < nh; i++)
+            if (hs[i].phase != PH_DEAD) hs[w++] = hs[i];
+        nh = w;
+    }
+unlock:
+    if (locked) pthread_mutex_unlock(comm_listener_lock(l));
+    for (int i = 0; hs && i < nh; i++)
+        if (hs[i].phase != PH_DEAD) hs_drop(&hs[i]);
+exit:
+    free(hs);
+    free(pf);
+    free(pf_of);
+    return res;
+}

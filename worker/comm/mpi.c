@@ -1,0 +1,248 @@
+/*
+ * mpi.c — the mpi backend: peers of the same pod reached through Open MPI.
+ *
+ * Owns: MPI initialisation (MPI_THREAD_MULTIPLE, or a clear refusal), one duplicate of
+ * MPI_COMM_WORLD per channel (so that the two channels' messages never match each other),
+ * and the nonblocking transfers the engine polls: a header message (tag 1) then a payload
+ * message (tag 2) per direction, MPI_Isend/MPI_Irecv + MPI_Test, so an MPI peer is
+ * progressed in the same loop as tcp peers and the same deadline applies.
+ * The failure domain is the pod: Open MPI 4.1 cannot report a dead rank (a blocking or
+ * waited-on operation with it hangs), so when an MPI peer makes no progress for timeout_s
+ * this rank calls MPI_Abort, which ends the whole mpirun job; the other pods' replicas
+ * rebuild it. When an operation fails for another reason (a tcp peer died, comm_abort) with
+ * MPI requests pending, they are first driven to completion for up to timeout_s (a pod peer
+ * in the same operation finishes its side), then the receives still open are cancelled;
+ * a send that nobody will ever match cannot be, and its buffer belongs to the caller, so
+ * then the job is aborted too.
+ * Never: calls a blocking MPI operation after MPI_Init_thread (MPI_Comm_idup, not dup), or
+ * sends to a rank outside the pod.
+ */
+#include "comm_internal.h"
+#include "../../common/log.h"
+
+#include <limits.h>
+#include <mpi.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TAG_HEADER 1
+#define TAG_PAYLOAD 2
+
+struct comm_mpi {
+    MPI_Comm comm[COMM_CHANNELS];
+};
+
+/* One transfer's requests: 0 header out, 1 payload out, 2 header in, 3 payload in. */
+struct mpi_xfer {
+    MPI_Request req[4];
+    MPI_Comm comm;
+    void *drain; // payload of a disagreeing size lands here and is dropped
+    bool header_in;
+};
+
+moe_status comm_mpi_init(int *rank, int *size) {
+    int inited = 0, provided = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+        if (MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS)
+            return moe_fail(MOE_EUNAVAILABLE, "comm: MPI_Init_thread failed");
+    } else {
+        MPI_Query_thread(&provided);
+    }
+    if (provided < MPI_THREAD_MULTIPLE)
+        return moe_fail(MOE_EINVAL,
+                        "comm: this MPI provides thread level %d; moed needs "
+                        "MPI_THREAD_MULTIPLE (%d) for its two channels",
+                        provided, MPI_THREAD_MULTIPLE);
+    /* Errors come back as codes; a dead rank still hangs, which the deadline handles. */
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, rank);
+    MPI_Comm_size(MPI_COMM_WORLD, size);
+    return MOE_OK;
+}
+
+void comm_mpi_finalize(void) {
+    int inited = 0, finalized = 0;
+    MPI_Initialized(&inited);
+    MPI_Finalized(&finalized);
+    if (inited && !finalized) MPI_Finalize();
+}
+
+static void mpi_abort_job(const char *why) {
+    LOG_ERROR("comm: %s; aborting the MPI job (the pod is the failure domain)", why);
+    MPI_Abort(MPI_COMM_WORLD, 70);
+}
+
+moe_status comm_mpi_open(struct comm *c) {
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) return moe_fail(MOE_EINVAL, "comm: the mpi backend needs comm_mpi_init first");
+    int wrank, wsize;
+    MPI_Comm_rank(MPI_COMM_WORLD, &wrank);
+    MPI_Comm_size(MPI_COMM_WORLD, &wsize);
+    int pod = c->rank / c->slots, slot = c->rank % c->slots;
+    if (wsize != c->slots || wrank != slot)
+        return moe_fail(MOE_EINVAL,
+                        "comm: rank %d is slot %d of %d, but its MPI job has it as rank %d of %d "
+                        "(one mpirun per pod, MPI rank = slot)",
+                        c->rank, slot, c->slots, wrank, wsize);
+    c->mpi = calloc(1, sizeof *c->mpi);
+    if (!c->mpi) return moe_fail(MOE_ENOMEM, "comm: out of memory");
+    for (int ch = 0; ch < COMM_CHANNELS; ch++) c->mpi->comm[ch] = MPI_COMM_NULL;
+    for (int s = 0; s < c->slots; s++)
+        if (s != slot) c->peers[pod * c->slots + s].mpi_rank = s;
+    /* Collective over the pod: nonblocking, so a pod member that never comes is a timeout
+     * (and an abort of the job), not a hang. */
+    MPI_Request req[COMM_CHANNELS];
+    for (int ch = 0; ch < COMM_CHANNELS; ch++)
+        if (MPI_Comm_idup(MPI_COMM_WORLD, &c->mpi->comm[ch], &req[ch]) != MPI_SUCCESS)
+            return moe_fail(MOE_EUNAVAILABLE, "comm: MPI_Comm_idup failed");
+    double deadline = c->open_deadline;
+    for (;;) {
+        int done = 0;
+        MPI_Testall(COMM_CHANNELS, req, &done, MPI_STATUSES_IGNORE);
+        if (done) break;
+        if (comm_now() > deadline)
+            mpi_abort_job("the pod's MPI ranks did not all join the comm in time");
+        sched_yield();
+    }
+    for (int ch = 0; ch < COMM_CHANNELS; ch++)
+        MPI_Comm_set_errhandler(c->mpi->comm[ch], MPI_ERRORS_RETURN);
+    return MOE_OK;
+}
+
+void comm_mpi_close(struct comm *c) {
+    if (!c->mpi) return;
+    for (int ch = 0; ch < COMM_CHANNELS; ch++)
+        if (c->mpi->comm[ch] != MPI_COMM_NULL) MPI_Comm_free(&c->mpi->comm[ch]);
+    free(c->mpi);
+    c->mpi = NULL;
+}
+
+moe_status comm_mpi_start(struct comm *c, int channel, struct xfer *x) {
+    if (x->send_bytes > INT_MAX || x->recv_bytes > INT_MAX)
+        return moe_fail(MOE_EINVAL, "comm: %zu bytes to rank %d: the mpi backend moves at most "
+                        "%d bytes per message", x->send_bytes > x->recv_bytes ? x->send_bytes
+                        : x->recv_bytes, x->peer, INT_MAX);
+    struct mpi_xfer *m = calloc(1, sizeof *m);
+    if (!m) return moe_fail(MOE_ENOMEM, "comm: out of memory");
+    for (int i = 0; i < 4; i++) m->req[i] = MPI_REQUEST_NULL;
+    m->comm = c->mpi->comm[channel];
+    x->mpi_state = m;
+    int to = c->peers[x->peer].mpi_rank;
+    int rc = MPI_SUCCESS;
+    if (x->do_send) {
+        rc |= MPI_Isend(&x->out, (int)WIRE_HEADER_BYTES, MPI_BYTE, to, TAG_HEADER, m->comm,
+                        &m->req[0]);
+        if (x->send_bytes)
+            rc |= MPI_Isend(x->send, (int)x->send_bytes, MPI_BYTE, to, TAG_PAYLOAD, m->comm,
+                            &m->req[1]);
+    }
+    if (x->do_recv)
+        rc |= MPI_Irecv(&x->in, (int)WIRE_HEADER_BYTES, MPI_BYTE, to, TAG_HEADER, m->comm,
+                        &m->req[2]);
+    if (rc != MPI_SUCCESS)
+        return moe_fail(MOE_EUNAVAILABLE, "comm: posting MPI transfers with rank %d failed",
+                        x->peer);
+    return MOE_OK;
+}
+
+static void release(struct xfer *x);
+
+static int test(MPI_Request *r, bool *progressed) {
+    if (*r == MPI_REQUEST_NULL) return 1;
+    int done = 0;
+    if (MPI_Test(r, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return -1;
+    if (done) *progressed = true;
+    return done;
+}
+
+int comm_mpi_progress(struct comm *c, struct xfer *x, bool *progressed) {
+    struct mpi_xfer *m = x->mpi_state;
+    int channel = -1;
+    for (int ch = 0; ch < COMM_CHANNELS; ch++)
+        if (c->mpi->comm[ch] == m->comm) channel = ch;
+    if (test(&m->req[0], progressed) < 0 || test(&m->req[1], progressed) < 0) goto fail;
+    if (x->do_recv && !m->header_in) {
+        int h = test(&m->req[2], progressed);
+        if (h < 0) goto fail;
+        if (h) {
+            m->header_in = true;
+            long n = comm_header_arrived(c, channel, x);
+            if (n < 0) return -1;
+            void *dst = x->recv;
+            if (x->mismatch) dst = m->drain = malloc(n ? (size_t)n : 1);
+            if ((n && !dst) || n > INT_MAX) {
+                moe_fail(MOE_ENOMEM, "comm: no room for %ld bytes from rank %d", n, x->peer);
+                return -1;
+            }
+            if (n && MPI_Irecv(dst, (int)n, MPI_BYTE, c->peers[x->peer].mpi_rank, TAG_PAYLOAD,
+                               m->comm, &m->req[3]) != MPI_SUCCESS)
+                goto fail;
+        }
+    }
+    if (test(&m->req[3], progressed) < 0) goto fail;
+    x->out_fin = m->req[0] == MPI_REQUEST_NULL && m->req[1] == MPI_REQUEST_NULL;
+    x->in_fin = !x->do_recv || (m->header_in && m->req[3] == MPI_REQUEST_NULL);
+    if (x->out_fin && x->in_fin) {
+        release(x);
+        return 1;
+    }
+    return 0;
+fail:
+    moe_fail(MOE_EUNAVAILABLE, "comm: an MPI transfer with rank %d failed", x->peer);
+    return -1;
+}
+
+void comm_mpi_stalled(void) { mpi_abort_job("an MPI peer stalled"); }
+
+/* Frees what a transfer holds once its requests are all done (or cancelled). */
+static void release(struct xfer *x) {
+    struct mpi_xfer *m = x->mpi_state;
+    free(m->drain);
+    free(m);
+    x->mpi_state = NULL;
+}
+
+void comm_mpi_settle(struct comm *c, struct xfer *x, int nx) {
+    /* First let the transfers finish: a pod peer that is in the same operation completes
+     * its side whether or not it is failing too (it settles the same way), and nothing has
+     * to be torn out of Open MPI. Cancelling our receives instead would strand its sends. */
+    double deadline = comm_now() + c->timeout_s;
+    for (bool broken = false; !broken;) {
+        int pending = 0;
+        for (int i = 0; i < nx && !broken; i++) {
+            if (!x[i].mpi_state) continue;
+            bool moved = false;
+            int r = comm_mpi_progress(c, &x[i], &moved);
+            broken = r < 0; // a broken stream: cancel what is left
+            pending += r == 0;
+        }
+        if (!pending || comm_now() > deadline) break;
+        sched_yield();
+    }
+    /* What is left waits on a peer that never came: receives can be cancelled; a send that
+     * no one will match cannot, and its buffer is the caller's. */
+    for (int i = 0; i < nx; i++) {
+        struct mpi_xfer *m = x[i].mpi_state;
+        if (!m) continue;
+        for (int q = 2; q < 4; q++)
+            if (m->req[q] != MPI_REQUEST_NULL) MPI_Cancel(&m->req[q]);
+    }
+    deadline = comm_now() + 1;
+    for (int i = 0; i < nx; i++) {
+        struct mpi_xfer *m = x[i].mpi_state;
+        if (!m) continue;
+        for (;;) {
+            int done = 0;
+            MPI_Testall(4, m->req, &done, MPI_STATUSES_IGNORE);
+            if (done) break;
+            if (comm_now() > deadline)
+                mpi_abort_job("an MPI send to a peer that left the operation cannot be "
+                              "cancelled");
+            sched_yield();
+        }
+        release(&x[i]);
+    }
+}
