@@ -40,6 +40,8 @@ test: build
 
 bench: build
 	./$(BUILD)/bin/bench_train
+	./$(BUILD)/bin/bench_mesh
+	./$(BUILD)/bin/bench_alltoall
 	./$(BUILD)/bin/bench_status
 
 clean:

@@ -970,8 +970,8 @@ static moe_status validate_model(const struct job_spec *s) {
     return MOE_OK;
 }
 
-/* The mesh rules of docs/architecture.md: every slot owns the same number of experts, and
- * every data shard the same number of sequences (and of micro-batches). */
+/* The mesh rules of docs/model.md: every slot owns the same number of experts, and every data
+ * shard the same number of sequences (and of micro-batches). */
 static moe_status validate_mesh(const struct job_spec *s) {
     const struct mesh_spec *m = &s->mesh;
     if (strcmp(m->backend, "tcp") != 0 && strcmp(m->backend, "mpi") != 0)
@@ -991,11 +991,6 @@ static moe_status validate_mesh(const struct job_spec *s) {
                         "spec: run.micro_batch = %d does not divide the %d sequences of each of "
                         "the %ld data shards (run.batch_size / (mesh.pods x mesh.slots))",
                         s->run.micro_batch, per_shard, shards);
-    if (m->slots > 1 && s->run.micro_batch > 0 && s->run.micro_batch < per_shard)
-        return moe_fail(MOE_EINVAL,
-                        "spec: run.micro_batch = %d: micro-batches are not supported with "
-                        "mesh.slots = %d > 1 yet (set run.micro_batch to 0 or %d, or use more "
-                        "pods and fewer slots)", s->run.micro_batch, m->slots, per_shard);
     return MOE_OK;
 }
 

@@ -2,7 +2,10 @@
 #include "trainer.h"
 #include "../common/log.h"
 #include "../common/safetensors.h"
+#include "../kernels/tree_sum.h"
+#include "comm/comm.h"
 #include "model_io.h"
+#include "slot.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +20,10 @@ static double now_seconds(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-moe_status trainer_open(struct trainer *t, const struct job_spec *spec) {
+_Static_assert(sizeof(real) == sizeof(float), "the trainer adds shard gradients as floats");
+
+static moe_status open_common(struct trainer *t, const struct job_spec *spec, int pod, int slot,
+                              struct comm *comm) {
     memset(t, 0, sizeof *t);
     t->spec = *spec;
     t->spec.optimizer.total_steps = (int)spec->run.steps;
@@ -26,31 +32,86 @@ moe_status trainer_open(struct trainer *t, const struct job_spec *spec) {
     if (model_config_check(&t->spec.model, why, sizeof why) != 0)
         return moe_fail(MOE_EINVAL, "spec: %s", why);
 
+    struct trainer_mesh *mesh = &t->mesh;
+    mesh->pods = t->spec.mesh.pods;
+    mesh->slots = t->spec.mesh.slots;
+    mesh->shards = mesh->pods * mesh->slots;
+    mesh->pod = pod;
+    mesh->slot = slot;
+    mesh->comm = comm;
+    int E = t->spec.model.n_experts;
+    mesh->n_local_experts = comm ? E / mesh->slots : E;
+    mesh->expert_lo = comm ? slot * mesh->n_local_experts : 0;
+
     t->B = t->spec.run.batch_size;
-    t->M = t->spec.run.micro_batch > 0 ? t->spec.run.micro_batch : t->B;
+    t->Bd = t->B / mesh->shards;
+    t->M = t->spec.run.micro_batch > 0 ? t->spec.run.micro_batch : t->Bd;
     t->T = t->spec.model.seq_len;
     moe_status res;
     CHECK_GOTO(data_open(&t->data, &t->spec.data, t->T), res, fail);
     t->unigram_bits = data_unigram_entropy_bits(&t->data);
     t->tokens = malloc(sizeof(int) * (size_t)t->M * t->T);
     t->targets = malloc(sizeof(int) * (size_t)t->M * t->T);
-    t->load_sum = calloc((size_t)t->spec.model.n_layers * t->spec.model.n_experts, sizeof(long));
+    t->load_sum = calloc((size_t)t->spec.model.n_layers * E, sizeof(long));
     if (!t->tokens || !t->targets || !t->load_sum ||
-        model_alloc(&t->model, &t->spec.model, t->M) != 0) {
+        model_alloc_experts(&t->model, &t->spec.model, t->M, mesh->expert_lo,
+                            mesh->n_local_experts) != 0) {
         res = moe_fail(MOE_ENOMEM, "out of memory allocating a model of %d layers, d_model %d, "
                        "%d experts for micro-batch %d x %d (run.micro_batch can lower it)",
-                       t->spec.model.n_layers, t->spec.model.d_model,
-                       t->spec.model.n_experts, t->M, t->T);
+                       t->spec.model.n_layers, t->spec.model.d_model, mesh->n_local_experts,
+                       t->M, t->T);
         goto fail;
     }
+    if (!comm && mesh->shards > 1) {
+        mesh->shard_grads = calloc((size_t)mesh->shards, sizeof *mesh->shard_grads);
+        if (!mesh->shard_grads) goto oom;
+        mesh->shard_grads[0] = t->model.grad_mem;
+        for (int d = 1; d < mesh->shards; d++)
+            if (!(mesh->shard_grads[d] = calloc(t->model.n_params, sizeof(real)))) goto oom;
+    }
     model_init(&t->model, t->spec.run.seed);
+    if (comm) CHECK_GOTO(slot_exec_open(t), res, fail);
     return MOE_OK;
+oom:
+    res = moe_fail(MOE_ENOMEM, "out of memory for the gradients of %d data shards (%zu "
+                   "parameters each)", mesh->shards, t->model.n_params);
 fail:
     trainer_close(t);
     return res;
 }
 
+moe_status trainer_open(struct trainer *t, const struct job_spec *spec) {
+    return open_common(t, spec, 0, 0, NULL);
+}
+
+moe_status trainer_open_slot(struct trainer *t, const struct job_spec *spec, int pod, int slot,
+                             struct comm *comm) {
+    if (!comm) return moe_fail(MOE_EINVAL, "trainer_open_slot: no data-plane communicator");
+    if (pod < 0 || pod >= spec->mesh.pods || slot < 0 || slot >= spec->mesh.slots)
+        return moe_fail(MOE_EINVAL, "slot (%d, %d) is outside the %d x %d mesh", pod, slot,
+                        spec->mesh.pods, spec->mesh.slots);
+    if (comm_size(comm) != spec->mesh.pods * spec->mesh.slots ||
+        comm_rank(comm) != pod * spec->mesh.slots + slot)
+        return moe_fail(MOE_EINVAL, "slot (%d, %d): the communicator has rank %d of %d, the "
+                        "%d x %d mesh needs rank %d of %d", pod, slot, comm_rank(comm),
+                        comm_size(comm), spec->mesh.pods, spec->mesh.slots,
+                        pod * spec->mesh.slots + slot, spec->mesh.pods * spec->mesh.slots);
+    return open_common(t, spec, pod, slot, comm);
+}
+
+int trainer_writes_model(const struct trainer *t) {
+    return !t->mesh.comm || (t->mesh.pod == 0 && t->mesh.slot == 0);
+}
+
 void trainer_close(struct trainer *t) {
+    if (t->mesh.exec) slot_exec_close(t);
+    if (t->mesh.shard_grads) {
+        /* arena 0 is the model's own: put it back before the model frees it */
+        if (t->mesh.shard_grads[0]) model_swap_grad_arena(&t->model, t->mesh.shard_grads[0]);
+        for (int d = 1; d < t->mesh.shards; d++) free(t->mesh.shard_grads[d]);
+        free(t->mesh.shard_grads);
+        t->mesh.shard_grads = NULL;
+    }
     /* the data spec inside t->spec is what t->data borrows, so the dataset goes first */
     data_close(&t->data);
     model_free(&t->model);
@@ -62,7 +123,7 @@ void trainer_close(struct trainer *t) {
 }
 
 /* Busiest expert's share against an even split, worst layer: 1.0 is perfect balance. */
-static double load_imbalance(const struct model *m) {
+double trainer_load_imbalance(const struct model *m) {
     int E = m->cfg.n_experts;
     double worst = 0;
     for (int l = 0; l < m->cfg.n_layers; l++) {
@@ -78,45 +139,127 @@ static double load_imbalance(const struct model *m) {
     return worst;
 }
 
-moe_status trainer_step(struct trainer *t, struct step_report *r) {
-    double t0 = now_seconds();
+/* Adds the shards' gradient arenas as the mesh does: the slots of each pod in tree order,
+ * then the pods in tree order (kernels/tree_sum.h). The sum lands in arena 0. */
+static void reduce_shards(struct trainer *t) {
+    struct trainer_mesh *mesh = &t->mesh;
+    int P = mesh->pods, S = mesh->slots;
+    size_t n = t->model.n_params;
+    real **leaves = mesh->shard_grads;
+    real *pod_sums[P];
+    for (int p = 0; p < P; p++) {
+        tree_sum_f32(leaves + (size_t)p * S, S, n);
+        pod_sums[p] = leaves[(size_t)p * S];
+    }
+    tree_sum_f32(pod_sums, P, n);
+}
+
+/* One shard's forward and backward passes (its micro-batches in sequence order), into the
+ * model's current gradient arena. Adds the shard's losses (each term a mean over the whole
+ * batch, so a pass's share is M/B) to *part and its loads to t->load_sum. */
+struct shard_losses {
+    double loss, ce, aux, z;
+    long dropped;
+};
+
+static void shard_passes(struct trainer *t, int shard, long step, struct shard_losses *part,
+                         struct step_report *r) {
     struct model *m = &t->model;
-    long step = m->step;
     size_t n_load = (size_t)m->cfg.n_layers * m->cfg.n_experts;
-    memset(r, 0, sizeof *r);
-    memset(t->load_sum, 0, sizeof(long) * n_load);
-    /* micro-batches in sequence order; each loss term is a mean, so its share is M/B */
-    int n_micro = t->B / t->M;
+    int n_micro = t->Bd / t->M;
     double share = (double)t->M / t->B;
     for (int i = 0; i < n_micro; i++) {
-        data_train_batch(&t->data, t->spec.run.seed, step, i * t->M, t->M, t->tokens, t->targets);
+        data_train_batch(&t->data, t->spec.run.seed, step, shard * t->Bd + i * t->M, t->M,
+                         t->tokens, t->targets);
         double f0 = now_seconds();
         model_forward(m, t->tokens, t->targets, t->M, t->T);
         double f1 = now_seconds();
         model_backward(m, t->tokens, t->targets, t->M, t->T, share, i > 0);
         r->t_forward += f1 - f0;
         r->t_backward += now_seconds() - f1;
-        r->loss += share * m->stats.loss;
-        r->ce += share * m->stats.ce;
-        r->aux += share * m->stats.aux;
-        r->z += share * m->stats.z;
-        r->dropped += m->stats.dropped;
+        part->loss += share * m->stats.loss;
+        part->ce += share * m->stats.ce;
+        part->aux += share * m->stats.aux;
+        part->z += share * m->stats.z;
+        part->dropped += m->stats.dropped;
         for (size_t j = 0; j < n_load; j++) t->load_sum[j] += m->stats.load[j];
     }
-    /* the expert-bias update and the balance figure see the whole batch's load */
-    memcpy(m->stats.load, t->load_sum, sizeof(long) * n_load);
-    r->lr = adamw_lr(&t->spec.optimizer, step);
-    r->load_max_over_mean = load_imbalance(m);
-    double u0 = now_seconds();
-    r->grad_norm = model_update(m, &t->spec.optimizer);
-    r->t_update = now_seconds() - u0;
+}
+
+void trainer_finish_report(struct trainer *t, struct step_report *r, double t0) {
+    struct model *m = &t->model;
     r->step = m->step;
     r->tokens = (long)t->B * t->T;
     r->assignments = r->tokens * m->cfg.top_k * m->cfg.n_layers;
     r->seconds = now_seconds() - t0;
+}
+
+moe_status trainer_step(struct trainer *t, struct step_report *r) {
+    if (t->mesh.exec) return slot_step(t, r);
+    double t0 = now_seconds();
+    struct model *m = &t->model;
+    long step = m->step;
+    size_t n_load = (size_t)m->cfg.n_layers * m->cfg.n_experts;
+    memset(r, 0, sizeof *r);
+    memset(t->load_sum, 0, sizeof(long) * n_load);
+    /* every shard of the mesh in turn, each into its own gradient arena; the losses add in
+     * shard order, exactly as the slots' all-gather adds them */
+    int D = t->mesh.shards;
+    struct shard_losses total = {0};
+    for (int d = 0; d < D; d++) {
+        if (D > 1) model_swap_grad_arena(m, t->mesh.shard_grads[d]);
+        struct shard_losses part = {0};
+        shard_passes(t, d, step, &part, r);
+        total.loss += part.loss;
+        total.ce += part.ce;
+        total.aux += part.aux;
+        total.z += part.z;
+        total.dropped += part.dropped;
+    }
+    double u0 = now_seconds();
+    if (D > 1) {
+        reduce_shards(t);
+        model_swap_grad_arena(m, t->mesh.shard_grads[0]);
+    }
+    r->loss = total.loss;
+    r->ce = total.ce;
+    r->aux = total.aux;
+    r->z = total.z;
+    r->dropped = total.dropped;
+    /* the expert-bias update and the balance figure see the whole batch's load */
+    memcpy(m->stats.load, t->load_sum, sizeof(long) * n_load);
+    r->lr = adamw_lr(&t->spec.optimizer, step);
+    r->load_max_over_mean = trainer_load_imbalance(m);
+    r->grad_norm = model_update(m, &t->spec.optimizer);
+    r->t_update = now_seconds() - u0;
+    trainer_finish_report(t, r, t0);
     if (r->loss != r->loss) /* NaN: diverged. Say so rather than train on garbage. */
         return moe_fail(MOE_EINVAL, "training diverged at step %ld (loss is NaN); lower "
                         "optimizer.lr or raise optimizer.warmup_steps", r->step);
+    return MOE_OK;
+}
+
+/* Shard d's part of an evaluation: windows [d * per, (d + 1) * per) of the `want` spread
+ * evenly over the `total` held-out windows, in passes of up to M; the sum of ce * windows. */
+static moe_status eval_shard(struct trainer *t, int d, long per, long want, long total,
+                             double *part) {
+    double sum = 0;
+    long done = 0;
+    while (done < per) {
+        int b = 0;
+        for (; b < t->M && done + b < per; b++) {
+            long w = (long)((double)(d * per + done + b) * total / want);
+            data_val_window(&t->data, w, t->tokens + (size_t)b * t->T,
+                            t->targets + (size_t)b * t->T);
+        }
+        if (t->mesh.exec)
+            CHECK(slot_forward(t, b));
+        else
+            model_forward(&t->model, t->tokens, t->targets, b, t->T);
+        sum += t->model.stats.ce * b;
+        done += b;
+    }
+    *part = sum;
     return MOE_OK;
 }
 
@@ -125,24 +268,28 @@ moe_status trainer_eval(struct trainer *t, double *loss, long *windows) {
     if (total == 0)
         return moe_fail(MOE_EINVAL, "eval: no held-out data (data.val_fraction is %g)",
                         t->spec.data.val_fraction);
+    int D = t->mesh.shards;
     long want = (long)t->spec.run.eval_batches * t->B;
     if (want > total) want = total;
+    want -= want % D; /* every shard evaluates as many windows, in as many passes */
+    if (want == 0)
+        return moe_fail(MOE_EINVAL, "eval: %ld held-out windows cannot be shared by %d data "
+                        "shards (raise data.val_fraction)", total, D);
+    long per = want / D;
     double sum = 0;
-    long done = 0;
-    while (done < want) {
-        int b = 0;
-        for (; b < t->M && done + b < want; b++) {
-            /* spread the windows evenly over the whole held-out set */
-            long w = (long)((double)(done + b) * total / want);
-            data_val_window(&t->data, w, t->tokens + (size_t)b * t->T,
-                            t->targets + (size_t)b * t->T);
+    if (t->mesh.exec) {
+        double part;
+        CHECK(eval_shard(t, t->mesh.pod * t->mesh.slots + t->mesh.slot, per, want, total, &part));
+        CHECK(slot_sum_over_shards(t, part, &sum));
+    } else {
+        for (int d = 0; d < D; d++) {
+            double part;
+            CHECK(eval_shard(t, d, per, want, total, &part));
+            sum += part;
         }
-        model_forward(&t->model, t->tokens, t->targets, b, t->T);
-        sum += t->model.stats.ce * b;
-        done += b;
     }
-    *loss = sum / done;
-    if (windows) *windows = done;
+    *loss = sum / want;
+    if (windows) *windows = want;
     return MOE_OK;
 }
 
@@ -177,12 +324,18 @@ static moe_status write_file_atomic(const char *path, const char *text) {
 }
 
 moe_status trainer_save_model(const struct trainer *t, const char *path) {
+    if (t->mesh.exec) return slot_save_model(t, path);
+    return trainer_write_model(t, &t->model, path);
+}
+
+moe_status trainer_write_model(const struct trainer *t, const struct model *model,
+                               const char *path) {
     char step[32];
-    snprintf(step, sizeof step, "%ld", t->model.step);
+    snprintf(step, sizeof step, "%ld", model->step);
     char *spec_json = spec_to_json(&t->spec);
     if (!spec_json) return moe_fail(MOE_ENOMEM, "out of memory serialising the spec");
     const char *meta[] = {"moed.step", step, "moed.job_name", t->spec.name};
-    moe_status res = model_save(&t->model, path, meta, 2);
+    moe_status res = model_save(model, path, meta, 2);
     if (res == MOE_OK) {
         char cfg_path[SPEC_PATH_MAX + 16];
         config_path_for(path, cfg_path, sizeof cfg_path);
@@ -191,7 +344,7 @@ moe_status trainer_save_model(const struct trainer *t, const char *path) {
         if (!doc) {
             res = moe_fail(MOE_ENOMEM, "out of memory");
         } else {
-            snprintf(doc, n, "{\"step\": %ld, \"spec\": %s}", t->model.step, spec_json);
+            snprintf(doc, n, "{\"step\": %ld, \"spec\": %s}", model->step, spec_json);
             res = write_file_atomic(cfg_path, doc);
             free(doc);
         }
@@ -204,6 +357,9 @@ moe_status trainer_save_model(const struct trainer *t, const char *path) {
 /* The state file: the four arenas as flat tensors, the step in metadata. */
 moe_status trainer_save_state(const struct trainer *t, const char *path) {
     const struct model *m = &t->model;
+    if (t->mesh.exec)
+        return moe_fail(MOE_EINVAL, "%s: a slot of a distributed job holds part of the state; "
+                        "its replicas live in memory, not in state files", path);
     char step[32];
     snprintf(step, sizeof step, "%ld", m->step);
     struct st_tensor_out out[4] = {
@@ -223,6 +379,8 @@ moe_status trainer_save_state(const struct trainer *t, const char *path) {
 
 moe_status trainer_load_state(struct trainer *t, const char *path) {
     struct model *m = &t->model;
+    if (t->mesh.exec)
+        return moe_fail(MOE_EINVAL, "%s: state files hold a whole model, not a slot's part", path);
     struct st_file f;
     CHECK(st_read(&f, path));
     moe_status res = MOE_OK;

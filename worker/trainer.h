@@ -16,12 +16,35 @@
 #include "../kernels/model.h"
 #include "data.h"
 
+struct comm;
+struct slot_exec;
+
+/* The logical mesh as the trainer plays it (docs/architecture.md, "The mesh"):
+ *   D = pods * slots data shards; shard d = p * slots + s reads sequences
+ *       [d * B/D, (d+1) * B/D) of every batch;
+ *   slot s owns experts [s * E/S, (s+1) * E/S) in every pod;
+ *   gradients of different shards add in tree order (kernels/tree_sum.h): dense ones over
+ *   all D shards, an expert's over its S sources inside the pod and then over the P pods.
+ * Local (comm == NULL): one process plays every shard in turn and adds the same way: the
+ * reference the distributed run must match bit for bit. A 1 x 1 mesh is the plain trainer.
+ * Slot (comm != NULL): this process plays shard (pod, slot); the collectives are over comm. */
+struct trainer_mesh {
+    int pods, slots, shards;  // P, S, D = P * S
+    int pod, slot;            // the slot this process plays (slot mode); 0, 0 when local
+    struct comm *comm;        // NULL: local
+    int expert_lo, n_local_experts; // the experts this slot owns (all E when local)
+    real **shard_grads;       // local, D > 1: a gradient arena per shard (0 is the model's)
+    struct slot_exec *exec;   // slot mode: the distributed step's state (worker/slot.h)
+};
+
 struct trainer {
     struct job_spec spec;
+    struct trainer_mesh mesh;
     struct model model;
     struct dataset data;
     int *tokens, *targets; // (M, T): one micro-batch
-    int B, M, T;           // sequences per step, per micro-batch (M divides B), length
+    int B, M, T;           // sequences per step, per micro-batch (M divides B / D), length
+    int Bd;                // sequences of one data shard per step: B / D
     long *load_sum;        // (L, E) expert loads summed over the step's micro-batches
     double unigram_bits;   // entropy of the training data, the bar a model must beat
 };
@@ -35,11 +58,31 @@ struct step_report {
     double load_max_over_mean; // busiest expert's load / mean load, worst layer (1.0 = balanced)
     double seconds;     // wall time of the step: data + forward + backward + update
     double t_forward, t_backward, t_update; // its parts (the rest is reading the batch)
-    long tokens;        // tokens processed this step
+    long tokens;        // tokens processed this step, all shards
+    /* the data plane, this slot only (0 when local) */
+    double t_comm;            // seconds waiting for dispatch/combine and gradient reductions
+    uint64_t bytes_alltoall;  // bytes this slot sent in dispatch and combine all-to-alls
+    uint64_t bytes_allreduce; // bytes this slot sent reducing gradients and statistics
+    /* token accounting of the forward passes, all layers: rows (token, expert assignments)
+     * this slot dispatched to the pod's experts, served with its own experts, and got back
+     * combined. Over a pod, dispatched = served = returned = assignments kept. */
+    long rows_dispatched, rows_served, rows_returned;
 };
 
-/* Validates the spec, loads the data, allocates and initialises the model from run.seed. */
+/* Validates the spec, loads the data, allocates and initialises the model from run.seed.
+ * Plays every shard of spec->mesh in this process. */
 moe_status trainer_open(struct trainer *t, const struct job_spec *spec);
+
+/* The same for one slot of a distributed job: this process plays (pod, slot) of spec->mesh
+ * and reaches the other slots through comm (rank pod * slots + slot, already open). The
+ * model holds the dense parameters and this slot's experts only. trainer_step, trainer_eval
+ * and trainer_save_model are then collective: every slot of the job calls them in the same
+ * order, and an error on one (a dead peer) is an error on all. */
+moe_status trainer_open_slot(struct trainer *t, const struct job_spec *spec, int pod, int slot,
+                             struct comm *comm);
+
+/* 1 when this process writes the job's model file in trainer_save_model (local, or rank 0). */
+int trainer_writes_model(const struct trainer *t);
 void trainer_close(struct trainer *t);
 
 /* One optimizer step on the batch of step t->model.step. */
@@ -50,7 +93,8 @@ moe_status trainer_step(struct trainer *t, struct step_report *r);
 moe_status trainer_eval(struct trainer *t, double *loss, long *windows);
 
 /* The trained model: `path` (.safetensors) plus `path` with .json for .safetensors (the job
- * spec and the step). Both are written atomically. */
+ * spec and the step). Both are written atomically. In slot mode, collective: the slots of
+ * pod 0 send their experts to rank 0, which writes the whole model; the others write nothing. */
 moe_status trainer_save_model(const struct trainer *t, const char *path);
 
 /* The full training state (parameters, moments, expert biases, step) for an exact replay. */

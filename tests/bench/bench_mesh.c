@@ -1,0 +1,204 @@
+/*
+ * bench_mesh — training throughput of one job on 1, 2 and 4 worker processes.
+ *
+ * Each rank is its own process (this program re-executed with --rank, as a worker daemon is
+ * its own process), connected over loopback by worker/comm's tcp backend, running the
+ * distributed step of worker/slot.c. Every process gets cores / ranks OpenMP threads (at least
+ * one), so the machine's cores are shared, not oversubscribed: on a 2-core machine 4 ranks
+ * run at one thread each on half a core. What scales is then the work per process (each holds
+ * E/S experts and B/D sequences); the table says how much of a step is the data plane.
+ * Columns: ms per step (median over the timed steps, slowest rank), tokens/s of the job, the
+ * share of rank 0's step spent waiting in the data plane, and rank 0's bytes per step sent by
+ * dispatch/combine and by gradient reductions.
+ */
+#include "../../common/blas_select.h"
+#include "../../common/log.h"
+#include "../../common/spec.h"
+#include "../../worker/comm/comm.h"
+#include "../../worker/trainer.h"
+#include "bench.h"
+
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define WARMUP 2
+#define TIMED 8
+#define MAX_RANKS 8
+
+struct rank_result {
+    int ok;
+    double step_s[TIMED];
+    double comm_s, a2a_bytes, red_bytes; // means over the timed steps
+    char error[200];
+};
+
+static const char *data_path = "/usr/share/games/fortunes";
+
+static void make_spec(struct job_spec *s, int pods, int slots) {
+    spec_defaults(s);
+    s->mesh.pods = pods;
+    s->mesh.slots = slots;
+    s->model.d_model = 128;
+    s->model.n_layers = 2;
+    s->model.n_heads = 4;
+    s->model.seq_len = 128;
+    s->model.n_experts = 8;
+    s->model.top_k = 2;
+    s->model.d_ff = 512;
+    s->model.dropless = 1;
+    s->run.batch_size = 16;
+    s->run.steps = 1000;
+    s->data.n_sources = 1;
+    snprintf(s->data.sources[0].path, SPEC_PATH_MAX, "%s", data_path);
+    s->data.sources[0].weight = 1;
+}
+
+static int rank_main(char **argv) {
+    int pods = atoi(argv[2]), slots = atoi(argv[3]), rank = atoi(argv[4]), threads = atoi(argv[5]);
+    omp_set_num_threads(threads);
+    struct job_spec spec;
+    make_spec(&spec, pods, slots);
+    int D = pods * slots;
+    struct rank_result out;
+    memset(&out, 0, sizeof out);
+    struct comm_listener *l = NULL;
+    if (comm_listener_open(&l, "127.0.0.1:0") != MOE_OK) return 2;
+    printf("%s\n", comm_listener_address(l));
+    fflush(stdout);
+    static char addrs[MAX_RANKS][COMM_ADDR_MAX];
+    const char *peers[MAX_RANKS];
+    for (int r = 0; r < D; r++) {
+        if (!fgets(addrs[r], sizeof addrs[r], stdin)) return 2;
+        addrs[r][strcspn(addrs[r], "\n")] = 0;
+        peers[r] = addrs[r];
+    }
+    struct comm_config cc = {.backend = COMM_TCP, .rank = rank, .size = D, .pods = pods,
+                             .slots = slots, .epoch = 1, .job_id = "bench", .token = "bench",
+                             .peers = peers, .timeout_s = 10};
+    struct comm *c = NULL;
+    struct trainer t;
+    if (comm_open(&c, &cc, l) != MOE_OK || trainer_open_slot(&t, &spec, rank / slots,
+                                                              rank % slots, c) != MOE_OK) {
+        snprintf(out.error, sizeof out.error, "%s", moe_errmsg());
+    } else {
+        out.ok = 1;
+        for (int i = 0; i < WARMUP + TIMED && out.ok; i++) {
+            struct step_report r;
+            if (trainer_step(&t, &r) != MOE_OK) {
+                snprintf(out.error, sizeof out.error, "%s", moe_errmsg());
+                out.ok = 0;
+                break;
+            }
+            if (i < WARMUP) continue;
+            out.step_s[i - WARMUP] = r.seconds;
+            out.comm_s += r.t_comm / TIMED;
+            out.a2a_bytes += (double)r.bytes_alltoall / TIMED;
+            out.red_bytes += (double)r.bytes_allreduce / TIMED;
+        }
+        struct comm_group all;
+        comm_group_all(&all, c);
+        comm_barrier(c, 0, &all); /* leave together: a closed peer is not a failure then */
+        trainer_close(&t);
+    }
+    comm_close(c);
+    comm_listener_close(l);
+    fwrite(&out, sizeof out, 1, stdout);
+    fflush(stdout);
+    return out.ok ? 0 : 1;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void run_mesh(const char *self, int pods, int slots, int cores) {
+    int D = pods * slots, threads = cores / D > 0 ? cores / D : 1;
+    pid_t pids[MAX_RANKS];
+    FILE *from[MAX_RANKS], *to[MAX_RANKS];
+    for (int r = 0; r < D; r++) {
+        int in[2], outp[2];
+        if (pipe(in) != 0 || pipe(outp) != 0) return;
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            dup2(in[0], 0), dup2(outp[1], 1);
+            close(in[0]), close(in[1]), close(outp[0]), close(outp[1]);
+            char a[4][16];
+            snprintf(a[0], 16, "%d", pods), snprintf(a[1], 16, "%d", slots);
+            snprintf(a[2], 16, "%d", r), snprintf(a[3], 16, "%d", threads);
+            execl(self, self, "--rank", a[0], a[1], a[2], a[3], (char *)NULL);
+            _exit(127);
+        }
+        close(in[0]), close(outp[1]);
+        pids[r] = pid;
+        to[r] = fdopen(in[1], "w");
+        from[r] = fdopen(outp[0], "r");
+    }
+    char addrs[MAX_RANKS][COMM_ADDR_MAX];
+    for (int r = 0; r < D; r++)
+        if (!fgets(addrs[r], sizeof addrs[r], from[r])) snprintf(addrs[r], COMM_ADDR_MAX, "x\n");
+    for (int r = 0; r < D; r++) {
+        for (int q = 0; q < D; q++) fputs(addrs[q], to[r]);
+        fclose(to[r]);
+    }
+    struct rank_result res[MAX_RANKS];
+    int ok = 1;
+    for (int r = 0; r < D; r++) {
+        if (fread(&res[r], sizeof res[r], 1, from[r]) != 1) {
+            res[r].ok = 0;
+            snprintf(res[r].error, sizeof res[r].error, "no result");
+        }
+        fclose(from[r]);
+        waitpid(pids[r], NULL, 0);
+        if (!res[r].ok) {
+            printf("  %d x %d: rank %d failed: %s\n", pods, slots, r, res[r].error);
+            ok = 0;
+        }
+    }
+    if (!ok) return;
+    double slowest[TIMED];
+    for (int i = 0; i < TIMED; i++) {
+        slowest[i] = 0;
+        for (int r = 0; r < D; r++)
+            if (res[r].step_s[i] > slowest[i]) slowest[i] = res[r].step_s[i];
+    }
+    qsort(slowest, TIMED, sizeof *slowest, cmp_double);
+    double med = (slowest[TIMED / 2 - 1] + slowest[TIMED / 2]) / 2;
+    struct job_spec s;
+    make_spec(&s, pods, slots);
+    double tokens = (double)s.run.batch_size * s.model.seq_len;
+    printf("| %d x %d | %d | %d | %8.1f | %8.0f | %5.1f%% | %7.2f | %7.2f |\n", pods, slots, D,
+           threads, med * 1e3, tokens / med, 100 * res[0].comm_s / med, res[0].a2a_bytes / 1e6,
+           res[0].red_bytes / 1e6);
+    fflush(stdout);
+}
+
+int main(int argc, char **argv) {
+    bench_child_hook(argc, argv);
+    blas_select_kernels(argv);
+    moe_log_init("bench");
+    moe_log_set_level(MOE_LOG_ERROR);
+    if (argc > 1 && strcmp(argv[1], "--rank") == 0) return rank_main(argv);
+    char self[512];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return 1;
+    self[n] = 0;
+    int cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    struct job_spec s;
+    make_spec(&s, 1, 1);
+    printf("bench_mesh: C=%d L=%d E=%d top-%d F=%d, %d x %d tokens per step, dropless, tcp "
+           "data plane on loopback, %d cores\n", s.model.d_model, s.model.n_layers,
+           s.model.n_experts, s.model.top_k, s.model.d_ff, s.run.batch_size, s.model.seq_len,
+           cores);
+    printf("| mesh | processes | threads each | ms/step | tokens/s | in data plane | "
+           "dispatch+combine MB/step | reductions MB/step |\n|---|---|---|---|---|---|---|---|\n");
+    static const int meshes[][2] = {{1, 1}, {1, 2}, {2, 1}, {1, 4}, {2, 2}};
+    for (size_t i = 0; i < sizeof meshes / sizeof *meshes; i++)
+        run_mesh(self, meshes[i][0], meshes[i][1], cores);
+    return 0;
+}

@@ -1,0 +1,594 @@
+/* slot.c — one slot of a distributed job: the distributed step (see slot.h). */
+#include "slot.h"
+
+#include "../common/log.h"
+#include "../kernels/layers.h"
+#include "../kernels/tree_sum.h"
+#include "comm/comm.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Channel 0 carries what the compute thread waits for (dispatch, combine, statistics);
+ * channel 1 the gradient reductions that overlap the backward. */
+enum { CH_MOE = 0, CH_GRAD = 1 };
+
+struct reduce_item {
+    real *p;
+    size_t n;
+    int expert; // 1: an expert block, reduced over pods only
+};
+
+struct slot_exec {
+    struct trainer *t;
+    struct comm *comm;
+    struct comm_group pod, cross, all; // my pod (slot order), my slot over pods, every rank
+    int P, S, D, E, El, K, C, F, L;
+    size_t rows_max;                   // rows the pod may send this slot's experts in a layer
+    /* the rows other slots sent to this slot's experts, saved per layer for the backward */
+    real *xe_r, *h1_r, *h2_r, *ha_r;   // (L, rows_max, C | F)
+    real *ye_r, *dye_r, *dxe_r;        // (rows_max, C)
+    real *dh1_r, *dh2_r;               // (rows_max, F)
+    real *leaves;                      // (S - 1, leaf_layers, 3, El, F * C): sources 1..
+    int leaves_per_layer;              // micro-batches: every layer keeps its leaves
+    size_t leaf_layers;                // L with micro-batches, else 1 (reused per layer)
+    int *cnt;                          // (L, S, El) rows from source i for local expert e
+    int *cnt_send;                     // (S, El)
+    size_t *send_b, *recv_b;           // (S) bytes of the all-to-all at hand
+    int64_t *counts;                   // (1 + L * E) a step's dropped count and expert loads
+    struct model_exec exec;
+    int reduce_layers;                 // layer_done enqueues reductions (the last pass)
+    moe_status hook_status;
+    double t_comm;                     // this step's seconds in data-plane calls
+    long rows_dispatched, rows_served, rows_returned; // this step's forward rows
+
+    /* the reducer: a thread that runs the queued reductions in order, on channel 1 */
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct reduce_item *queue;
+    size_t q_cap, q_head, q_len;
+    int busy, stop;
+    moe_status err;
+    char errmsg[512];
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- the reducer ---- */
+
+static moe_status reduce_one(struct slot_exec *x, const struct reduce_item *it) {
+    if (it->expert) { /* the pod's sources are already added (experts_backward) */
+        if (x->P > 1) CHECK(comm_allreduce(x->comm, CH_GRAD, &x->cross, it->p, it->n));
+        return MOE_OK;
+    }
+    size_t lo = 0, hi = it->n;
+    if (x->S > 1) {
+        CHECK(comm_reduce_scatter(x->comm, CH_GRAD, &x->pod, it->p, it->n));
+        comm_chunk(it->n, x->S, x->pod.me, &lo, &hi);
+    }
+    if (x->P > 1 && hi > lo) CHECK(comm_allreduce(x->comm, CH_GRAD, &x->cross, it->p + lo, hi - lo));
+    if (x->S > 1) CHECK(comm_allgather_chunks(x->comm, CH_GRAD, &x->pod, it->p, it->n));
+    return MOE_OK;
+}
+
+static void *reducer_main(void *arg) {
+    struct slot_exec *x = arg;
+    pthread_mutex_lock(&x->mu);
+    for (;;) {
+        while (!x->stop && x->q_len == 0) pthread_cond_wait(&x->cv, &x->mu);
+        if (x->q_len == 0) break; /* stopping, nothing left */
+        struct reduce_item it = x->queue[x->q_head];
+        x->q_head = (x->q_head + 1) % x->q_cap;
+        x->q_len--;
+        x->busy = 1;
+        int failed = x->err != MOE_OK;
+        pthread_mutex_unlock(&x->mu);
+        moe_status s = failed ? MOE_OK : reduce_one(x, &it);
+        pthread_mutex_lock(&x->mu);
+        if (s != MOE_OK && x->err == MOE_OK) {
+            x->err = s;
+            snprintf(x->errmsg, sizeof x->errmsg, "%s", moe_errmsg());
+        }
+        x->busy = 0;
+        pthread_cond_broadcast(&x->cv);
+    }
+    pthread_mutex_unlock(&x->mu);
+    return NULL;
+}
+
+static void reducer_push(struct slot_exec *x, real *p, size_t n, int expert) {
+    if (n == 0) return;
+    pthread_mutex_lock(&x->mu);
+    /* the queue holds a step's pieces at most (sized in slot_exec_open) */
+    x->queue[(x->q_head + x->q_len) % x->q_cap] = (struct reduce_item){p, n, expert};
+    x->q_len++;
+    pthread_cond_broadcast(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+}
+
+/* Waits until every queued reduction ran; the first one's error, if any. */
+static moe_status reducer_wait(struct slot_exec *x) {
+    pthread_mutex_lock(&x->mu);
+    while (x->q_len || x->busy) pthread_cond_wait(&x->cv, &x->mu);
+    moe_status s = x->err;
+    char msg[sizeof x->errmsg];
+    snprintf(msg, sizeof msg, "%s", x->errmsg);
+    x->err = MOE_OK;
+    x->errmsg[0] = 0;
+    pthread_mutex_unlock(&x->mu);
+    if (s != MOE_OK) return moe_fail(s, "%s", msg);
+    return MOE_OK;
+}
+
+/* ---- the experts' hooks (compute thread, channel 0) ---- */
+
+#define HOOK(call)                                                                                \
+    do {                                                                                          \
+        double hook_t0_ = now_s();                                                                \
+        moe_status hook_s_ = (call);                                                              \
+        x->t_comm += now_s() - hook_t0_;                                                          \
+        if (hook_s_ != MOE_OK) {                                                                  \
+            x->hook_status = hook_s_;                                                             \
+            return -1;                                                                            \
+        }                                                                                         \
+    } while (0)
+
+/* Rows this slot sends to member j (expert_off is expert-major, so slot j's experts are one
+ * contiguous run) and receives from member i (the counts it announced). */
+static size_t rows_to(const struct slot_exec *x, const struct moe_acts *a, int j) {
+    return (size_t)(a->expert_off[(j + 1) * x->El] - a->expert_off[j * x->El]);
+}
+static size_t rows_from(const struct slot_exec *x, const int *cnt, int i) {
+    size_t r = 0;
+    for (int e = 0; e < x->El; e++) r += (size_t)cnt[i * x->El + e];
+    return r;
+}
+
+static int hook_forward(void *ctx, int l, struct moe_acts *a, const struct moe_layer_cfg *c) {
+    struct slot_exec *x = ctx;
+    int S = x->S, El = x->El, C = x->C, F = x->F;
+    const struct model_params *p = &x->t->model.params;
+    int *cnt = x->cnt + (size_t)l * S * El;
+    for (int j = 0; j < S; j++) {
+        for (int e = 0; e < El; e++)
+            x->cnt_send[j * El + e] = a->expert_off[j * El + e + 1] - a->expert_off[j * El + e];
+        x->send_b[j] = x->recv_b[j] = sizeof(int) * (size_t)El;
+    }
+    HOOK(comm_alltoallv(x->comm, CH_MOE, &x->pod, x->cnt_send, x->send_b, cnt, x->recv_b));
+    size_t rows_in = 0;
+    for (int j = 0; j < S; j++) {
+        x->send_b[j] = rows_to(x, a, j) * C * sizeof(real);
+        size_t r = rows_from(x, cnt, j);
+        x->recv_b[j] = r * C * sizeof(real);
+        rows_in += r;
+    }
+    if (rows_in > x->rows_max) {
+        x->hook_status = moe_fail(MOE_EINTERNAL, "layer %d: the pod sent %zu rows to slot %d's "
+                                  "experts, more than the %zu the routing allows", l, rows_in,
+                                  x->pod.me, x->rows_max);
+        return -1;
+    }
+    real *xe = x->xe_r + (size_t)l * x->rows_max * C;
+    real *h1 = x->h1_r + (size_t)l * x->rows_max * F, *h2 = x->h2_r + (size_t)l * x->rows_max * F;
+    real *ha = x->ha_r + (size_t)l * x->rows_max * F;
+    HOOK(comm_alltoallv(x->comm, CH_MOE, &x->pod, a->xe, x->send_b, xe, x->recv_b));
+    x->rows_dispatched += a->expert_off[x->E];
+    x->rows_served += (long)rows_in;
+    /* each source's rows for each of our experts: the same products, over the same rows, as
+     * the source's own model would compute with the expert at home */
+    size_t r = 0;
+    size_t FC = (size_t)F * C;
+    for (int i = 0; i < S; i++)
+        for (int e = 0; e < El; e++) {
+            int m = cnt[i * El + e];
+            size_t w = ((size_t)l * El + e) * FC;
+            expert_ffn_forward(x->ye_r + r * C, h1 + r * F, h2 + r * F, ha + r * F, xe + r * C,
+                               p->w_gate + w, p->w_up + w, p->w_down + w, m, C, F);
+            r += (size_t)m;
+        }
+    /* the answers go back the way the rows came */
+    HOOK(comm_alltoallv(x->comm, CH_MOE, &x->pod, x->ye_r, x->recv_b, a->ye, x->send_b));
+    for (int j = 0; j < S; j++) x->rows_returned += (long)(x->send_b[j] / (C * sizeof(real)));
+    (void)c;
+    return 0;
+}
+
+static int hook_backward(void *ctx, int l, const struct moe_acts *a, struct moe_scratch *s,
+                         const struct moe_layer_cfg *c) {
+    struct slot_exec *x = ctx;
+    int S = x->S, El = x->El, C = x->C, F = x->F;
+    struct model *m = &x->t->model;
+    const struct model_params *p = &m->params;
+    const int *cnt = x->cnt + (size_t)l * S * El;
+    for (int j = 0; j < S; j++) {
+        x->send_b[j] = rows_to(x, a, j) * C * sizeof(real);
+        x->recv_b[j] = rows_from(x, cnt, j) * C * sizeof(real);
+    }
+    HOOK(comm_alltoallv(x->comm, CH_MOE, &x->pod, s->dye, x->send_b, x->dye_r, x->recv_b));
+    const real *xe = x->xe_r + (size_t)l * x->rows_max * C;
+    const real *h1 = x->h1_r + (size_t)l * x->rows_max * F;
+    const real *h2 = x->h2_r + (size_t)l * x->rows_max * F;
+    const real *ha = x->ha_r + (size_t)l * x->rows_max * F;
+    size_t FC = (size_t)F * C, layer = (size_t)El * FC;
+    /* source i's weight gradients of our experts are a leaf of the mesh's tree; source 0's
+     * are written straight into the gradient arena, where the tree's sum lands */
+    real *leaf[3][S];
+    for (int i = 0; i < S; i++) {
+        real *own[3] = {m->grads.w_gate + l * layer, m->grads.w_up + l * layer,
+                        m->grads.w_down + l * layer};
+        /* with micro-batches each layer keeps its own leaves until the last pass adds them */
+        size_t slot_l = x->leaves_per_layer ? (size_t)l : 0;
+        for (int k = 0; k < 3; k++)
+            leaf[k][i] = i == 0 ? own[k]
+                                : x->leaves + (((size_t)(i - 1) * x->leaf_layers + slot_l) * 3 + k) * layer;
+    }
+    size_t r = 0;
+    for (int i = 0; i < S; i++)
+        for (int e = 0; e < El; e++) {
+            int rows = cnt[i * El + e];
+            size_t w = ((size_t)l * El + e) * FC, o = (size_t)e * FC;
+            expert_ffn_backward(x->dxe_r + r * C, leaf[0][i] + o, leaf[1][i] + o, leaf[2][i] + o,
+                                x->dh1_r, x->dh2_r, x->dye_r + r * C, xe + r * C, h1 + r * F,
+                                h2 + r * F, ha + r * F, p->w_gate + w, p->w_up + w,
+                                p->w_down + w, rows, C, F, c->accumulate);
+            r += (size_t)rows;
+        }
+    /* the sources' sum, once their last pass is in (micro-batches accumulate per source,
+     * exactly as each source's own model would) */
+    if (x->reduce_layers)
+        for (int k = 0; k < 3; k++) tree_sum_f32(leaf[k], S, layer);
+    HOOK(comm_alltoallv(x->comm, CH_MOE, &x->pod, x->dxe_r, x->recv_b, s->dxe, x->send_b));
+    (void)c;
+    return 0;
+}
+
+/* Layer l's gradients are final: reduce them while the backward goes on below. */
+static int hook_layer_done(void *ctx, int l) {
+    struct slot_exec *x = ctx;
+    if (!x->reduce_layers) return 0;
+    struct model *m = &x->t->model;
+    const struct model_params *g = &m->grads;
+    size_t C = (size_t)x->C, E = (size_t)x->E, FC = (size_t)x->F * C, El = (size_t)x->El;
+    if (l == x->L - 1) reducer_push(x, g->lnf_w, C, 0); /* final since the backward began */
+    reducer_push(x, g->qkv_w + l * 3 * C * C, 3 * C * C, 0);
+    reducer_push(x, g->attn_out + l * C * C, C * C, 0);
+    reducer_push(x, g->router_w + l * E * C, E * C, 0);
+    reducer_push(x, g->ln1_w + l * C, C, 0);
+    reducer_push(x, g->ln2_w + l * C, C, 0);
+    if (x->P > 1) {
+        reducer_push(x, g->w_gate + l * El * FC, El * FC, 1);
+        reducer_push(x, g->w_up + l * El * FC, El * FC, 1);
+        reducer_push(x, g->w_down + l * El * FC, El * FC, 1);
+    }
+    return 0;
+}
+
+/* ---- open / close ---- */
+
+static int capacity_of(const struct model_config *c, int T) {
+    if (c->dropless) return T * c->top_k;
+    int cap = (int)ceil((double)c->capacity_factor * T * c->top_k / c->n_experts);
+    return cap < T * c->top_k ? cap : T * c->top_k;
+}
+
+moe_status slot_exec_open(struct trainer *t) {
+    struct slot_exec *x = calloc(1, sizeof *x);
+    if (!x) return moe_fail(MOE_ENOMEM, "out of memory");
+    t->mesh.exec = x;
+    const struct model_config *c = &t->spec.model;
+    x->t = t;
+    x->comm = t->mesh.comm;
+    x->P = t->mesh.pods;
+    x->S = t->mesh.slots;
+    x->D = t->mesh.shards;
+    x->E = c->n_experts;
+    x->El = t->mesh.n_local_experts;
+    x->K = c->top_k;
+    x->C = c->d_model;
+    x->F = c->d_ff;
+    x->L = c->n_layers;
+    comm_group_pod(&x->pod, x->comm, t->mesh.pod);
+    comm_group_slot(&x->cross, x->comm, t->mesh.slot);
+    comm_group_all(&x->all, x->comm);
+    pthread_mutex_init(&x->mu, NULL);
+    pthread_cond_init(&x->cv, NULL);
+    x->q_cap = (size_t)x->L * 8 + 4;
+    x->queue = calloc(x->q_cap, sizeof *x->queue);
+    x->counts = calloc(1 + (size_t)x->L * x->E, sizeof *x->counts);
+    if (!x->queue || !x->counts) return moe_fail(MOE_ENOMEM, "out of memory");
+
+    x->exec.ctx = x;
+    x->exec.layer_done = hook_layer_done;
+    if (x->S > 1) {
+        x->exec.experts_forward = hook_forward;
+        x->exec.experts_backward = hook_backward;
+        /* a source sends one of our experts at most every token's K choices (dropless) or
+         * capacity rows per sequence */
+        size_t N = (size_t)t->M * t->T, K = (size_t)x->K, El = (size_t)x->El;
+        size_t by_tokens = N * (K < El ? K : El);
+        size_t by_capacity = (size_t)t->M * capacity_of(c, t->T) * El;
+        x->rows_max = (size_t)x->S * (by_tokens < by_capacity ? by_tokens : by_capacity);
+        size_t R = x->rows_max, L = (size_t)x->L, C = (size_t)x->C, F = (size_t)x->F;
+        x->xe_r = malloc(sizeof(real) * L * R * C);
+        x->h1_r = malloc(sizeof(real) * L * R * F);
+        x->h2_r = malloc(sizeof(real) * L * R * F);
+        x->ha_r = malloc(sizeof(real) * L * R * F);
+        x->ye_r = malloc(sizeof(real) * R * C);
+        x->dye_r = malloc(sizeof(real) * R * C);
+        x->dxe_r = malloc(sizeof(real) * R * C);
+        x->dh1_r = malloc(sizeof(real) * R * F);
+        x->dh2_r = malloc(sizeof(real) * R * F);
+        x->leaves_per_layer = t->Bd / t->M > 1;
+        x->leaf_layers = x->leaves_per_layer ? L : 1;
+        x->leaves = malloc(sizeof(real) * (size_t)(x->S - 1) * x->leaf_layers * 3 * El * F * C);
+        x->cnt = calloc(L * x->S * El, sizeof(int));
+        x->cnt_send = calloc((size_t)x->S * El, sizeof(int));
+        x->send_b = calloc((size_t)x->S, sizeof(size_t));
+        x->recv_b = calloc((size_t)x->S, sizeof(size_t));
+        if (!x->xe_r || !x->h1_r || !x->h2_r || !x->ha_r || !x->ye_r || !x->dye_r ||
+            !x->dxe_r || !x->dh1_r || !x->dh2_r || !x->leaves || !x->cnt || !x->cnt_send ||
+            !x->send_b || !x->recv_b)
+            return moe_fail(MOE_ENOMEM, "out of memory for the rows of %zu tokens the pod may "
+                            "send slot %d's %d experts", R, t->mesh.slot, x->El);
+    }
+    if (pthread_create(&x->thread, NULL, reducer_main, x) != 0)
+        return moe_fail(MOE_ENOMEM, "cannot start the gradient reduction thread");
+    x->thread_started = 1;
+    return MOE_OK;
+}
+
+void slot_exec_close(struct trainer *t) {
+    struct slot_exec *x = t->mesh.exec;
+    if (!x) return;
+    if (x->thread_started) {
+        pthread_mutex_lock(&x->mu);
+        x->stop = 1;
+        x->q_len = 0; /* a closing trainer does not finish its reductions */
+        pthread_cond_broadcast(&x->cv);
+        pthread_mutex_unlock(&x->mu);
+        pthread_join(x->thread, NULL);
+    }
+    pthread_mutex_destroy(&x->mu);
+    pthread_cond_destroy(&x->cv);
+    free(x->queue);
+    free(x->counts);
+    free(x->xe_r), free(x->h1_r), free(x->h2_r), free(x->ha_r), free(x->ye_r);
+    free(x->dye_r), free(x->dxe_r), free(x->dh1_r), free(x->dh2_r), free(x->leaves);
+    free(x->cnt), free(x->cnt_send), free(x->send_b), free(x->recv_b);
+    free(x);
+    t->mesh.exec = NULL;
+}
+
+/* ---- the step ---- */
+
+/* A failed pass: the epoch is over for this slot. Abort the comm so that the reducer's
+ * pending operation returns now, and keep the first error's message. */
+static moe_status pass_failed(struct slot_exec *x) {
+    moe_status s = x->hook_status != MOE_OK ? x->hook_status : MOE_EINTERNAL;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", moe_errmsg());
+    comm_abort(x->comm);
+    reducer_wait(x);
+    x->hook_status = MOE_OK;
+    return moe_fail(s, "%s", msg);
+}
+
+moe_status slot_forward(struct trainer *t, int B) {
+    struct slot_exec *x = t->mesh.exec;
+    double loss;
+    if (model_forward_exec(&t->model, t->tokens, t->targets, B, t->T,
+                           x->S > 1 ? &x->exec : NULL, &loss) != 0)
+        return pass_failed(x);
+    return MOE_OK;
+}
+
+moe_status slot_sum_over_shards(struct trainer *t, double v, double *sum) {
+    struct slot_exec *x = t->mesh.exec;
+    double all[COMM_MAX_RANKS];
+    CHECK(comm_allgather(x->comm, CH_MOE, &x->all, &v, sizeof v, all));
+    double s = 0;
+    for (int d = 0; d < x->D; d++) s += all[d];
+    *sum = s;
+    return MOE_OK;
+}
+
+/* The global gradient norm: this slot's dense blocks (the same on every slot after the
+ * reductions) and every slot's expert blocks, added in the whole model's block order. */
+static moe_status grad_norm(struct slot_exec *x, double *norm) {
+    struct model *m = &x->t->model;
+    size_t nb = model_n_norm_blocks(m), L = (size_t)x->L, El = (size_t)x->El;
+    size_t n_exp = 3 * L * El; /* blocks of the three expert tensors, in order */
+    double *local = malloc(sizeof(double) * nb);
+    double *all = malloc(sizeof(double) * n_exp * (size_t)x->S);
+    if (!local || !all) {
+        free(local), free(all);
+        return moe_fail(MOE_ENOMEM, "out of memory");
+    }
+    model_norm_blocks(m, local);
+    /* local order: wte, qkv (L), attn_out (L), router (L), gate/up/down (L * El each), ... */
+    size_t first_exp = 1 + 3 * L;
+    moe_status res = MOE_OK;
+    if (x->S > 1)
+        res = comm_allgather(x->comm, CH_MOE, &x->pod, local + first_exp,
+                             sizeof(double) * n_exp, all);
+    else
+        memcpy(all, local + first_exp, sizeof(double) * n_exp);
+    if (res == MOE_OK) {
+        double total = 0;
+        for (size_t k = 0; k < first_exp; k++) total += local[k];
+        for (int ti = 0; ti < 3; ti++)
+            for (size_t l = 0; l < L; l++)
+                for (int e = 0; e < x->E; e++) {
+                    size_t j = (size_t)e / El, el = (size_t)e % El;
+                    total += all[j * n_exp + (size_t)ti * L * El + l * El + el];
+                }
+        for (size_t k = first_exp + n_exp; k < nb; k++) total += local[k];
+        *norm = sqrt(total);
+    }
+    free(local);
+    free(all);
+    return res;
+}
+
+#define TIMED(call)                                                                               \
+    do {                                                                                          \
+        double timed_t0_ = now_s();                                                               \
+        moe_status timed_s_ = (call);                                                             \
+        x->t_comm += now_s() - timed_t0_;                                                         \
+        if (timed_s_ != MOE_OK) {                                                                 \
+            res = timed_s_;                                                                       \
+            goto fail;                                                                            \
+        }                                                                                         \
+    } while (0)
+
+moe_status slot_step(struct trainer *t, struct step_report *r) {
+    struct slot_exec *x = t->mesh.exec;
+    struct model *m = &t->model;
+    double t0 = now_s();
+    long step = m->step;
+    size_t n_load = (size_t)x->L * x->E;
+    memset(r, 0, sizeof *r);
+    memset(t->load_sum, 0, sizeof(long) * n_load);
+    struct comm_stats before, after;
+    comm_get_stats(x->comm, &before);
+    x->t_comm = 0;
+    x->rows_dispatched = x->rows_served = x->rows_returned = 0;
+    moe_status res = MOE_OK;
+
+    int shard = t->mesh.pod * x->S + t->mesh.slot;
+    int n_micro = t->Bd / t->M;
+    double share = (double)t->M / t->B;
+    double part[4] = {0, 0, 0, 0}; /* loss, ce, aux, z */
+    int64_t *counts = x->counts; /* dropped, then the loads (L, E) */
+    memset(counts, 0, sizeof(int64_t) * (1 + n_load));
+    const struct model_exec *ex = &x->exec;
+    for (int i = 0; i < n_micro; i++) {
+        data_train_batch(&t->data, t->spec.run.seed, step, shard * t->Bd + i * t->M, t->M,
+                         t->tokens, t->targets);
+        x->reduce_layers = i == n_micro - 1; /* the gradients are final in the last pass */
+        double f0 = now_s(), loss;
+        if (model_forward_exec(m, t->tokens, t->targets, t->M, t->T, ex, &loss) != 0)
+            return pass_failed(x);
+        double f1 = now_s();
+        if (model_backward_exec(m, t->tokens, t->targets, t->M, t->T, share, i > 0, ex) != 0)
+            return pass_failed(x);
+        r->t_forward += f1 - f0;
+        r->t_backward += now_s() - f1;
+        part[0] += share * m->stats.loss;
+        part[1] += share * m->stats.ce;
+        part[2] += share * m->stats.aux;
+        part[3] += share * m->stats.z;
+        counts[0] += m->stats.dropped;
+        for (size_t j = 0; j < n_load; j++) counts[1 + j] += m->stats.load[j];
+    }
+    /* the embedding's gradient is final only now (the LM head and the encoder share it) */
+    reducer_push(x, m->grads.wte, m->tensor_sizes[0], 0);
+    TIMED(reducer_wait(x));
+
+    /* the whole batch's statistics: losses added in shard order, counts exactly */
+    double parts[4 * COMM_MAX_RANKS];
+    TIMED(comm_allgather(x->comm, CH_MOE, &x->all, part, sizeof part, parts));
+    double sum[4] = {0, 0, 0, 0};
+    for (int d = 0; d < x->D; d++)
+        for (int k = 0; k < 4; k++) sum[k] += parts[4 * d + k];
+    TIMED(comm_allreduce_i64(x->comm, CH_MOE, &x->all, counts, 1 + n_load));
+    r->loss = sum[0];
+    r->ce = sum[1];
+    r->aux = sum[2];
+    r->z = sum[3];
+    r->dropped = (long)counts[0];
+    for (size_t j = 0; j < n_load; j++) t->load_sum[j] = m->stats.load[j] = (long)counts[1 + j];
+
+    double u0 = now_s(), norm = 0;
+    TIMED(grad_norm(x, &norm));
+    r->lr = adamw_lr(&t->spec.optimizer, step);
+    r->load_max_over_mean = trainer_load_imbalance(m);
+    r->grad_norm = norm;
+    model_update_with_norm(m, &t->spec.optimizer, norm);
+    r->t_update = now_s() - u0;
+    trainer_finish_report(t, r, t0);
+    comm_get_stats(x->comm, &after);
+    r->t_comm = x->t_comm;
+    r->rows_dispatched = x->rows_dispatched;
+    r->rows_served = x->rows_served;
+    r->rows_returned = x->rows_returned;
+    r->bytes_alltoall = after.alltoall_bytes - before.alltoall_bytes;
+    r->bytes_allreduce = (after.reduce_bytes - before.reduce_bytes) +
+                         (after.other_bytes - before.other_bytes);
+    if (r->loss != r->loss)
+        return moe_fail(MOE_EINVAL, "training diverged at step %ld (loss is NaN); lower "
+                        "optimizer.lr or raise optimizer.warmup_steps", r->step);
+    return MOE_OK;
+fail:
+    comm_abort(x->comm);
+    return res;
+}
+
+/* ---- the model at the end ---- */
+
+/* Pod 0 holds every expert once: its slots send theirs to rank 0, which writes the file. */
+static moe_status gather_and_write(const struct trainer *t, const char *path) {
+    const struct slot_exec *x = t->mesh.exec;
+    const struct model *m = &t->model;
+    if (t->mesh.pod != 0) return MOE_OK;
+    size_t L = (size_t)x->L, FC = (size_t)x->F * x->C, layer = (size_t)x->El * FC;
+    const real *own[3] = {m->params.w_gate, m->params.w_up, m->params.w_down};
+    if (t->mesh.slot != 0) {
+        for (int k = 0; k < 3; k++)
+            CHECK(comm_send(x->comm, CH_MOE, 0, own[k], sizeof(real) * L * layer));
+        return MOE_OK;
+    }
+    struct model full;
+    if (model_alloc(&full, &m->cfg, 1) != 0)
+        return moe_fail(MOE_ENOMEM, "out of memory assembling the whole model to save it");
+    for (int i = 0; i < MODEL_NUM_TENSORS; i++)
+        if (!model_tensor_is_expert(i))
+            memcpy(model_tensor(&full.params, i), model_tensor(&m->params, i),
+                   sizeof(real) * m->tensor_sizes[i]);
+    memcpy(full.buffer_mem, m->buffer_mem, sizeof(real) * m->n_buffers);
+    full.step = m->step;
+    moe_status res = MOE_OK;
+    real *part = malloc(sizeof(real) * L * layer);
+    if (!part) {
+        res = moe_fail(MOE_ENOMEM, "out of memory receiving the experts");
+        goto exit;
+    }
+    real *dst[3] = {full.params.w_gate, full.params.w_up, full.params.w_down};
+    size_t whole_layer = (size_t)x->E * FC;
+    for (int j = 0; j < x->S; j++)
+        for (int k = 0; k < 3; k++) {
+            const real *src = own[k];
+            if (j > 0) {
+                CHECK_GOTO(comm_recv(x->comm, CH_MOE, x->pod.ranks[j], part,
+                                     sizeof(real) * L * layer), res, exit);
+                src = part;
+            }
+            for (size_t l = 0; l < L; l++)
+                memcpy(dst[k] + l * whole_layer + (size_t)j * layer, src + l * layer,
+                       sizeof(real) * layer);
+        }
+    res = trainer_write_model(t, &full, path);
+exit:
+    free(part);
+    model_free(&full);
+    return res;
+}
+
+moe_status slot_save_model(const struct trainer *t, const char *path) {
+    struct slot_exec *x = t->mesh.exec;
+    moe_status res = gather_and_write(t, path);
+    /* every slot leaves together: the job's last collective, after which closing the comm
+     * is no longer a peer's failure for anyone still finishing */
+    moe_status b = comm_barrier(x->comm, CH_MOE, &x->all);
+    return res != MOE_OK ? res : b;
+}
