@@ -1,6 +1,8 @@
 /*
- * coordinator.c — the coordinator's state and decisions (see coordinator.h). The RPC
- * handlers in services.c translate requests into these calls.
+ * coordinator.c — the coordinator's state: the job and worker tables, their records in the
+ * store, events and watchers, submitting and cancelling, the heartbeat monitor, start and
+ * stop (see coordinator.h for the other files). The RPC handlers in services.c translate
+ * requests into these calls.
  */
 #include "coordinator.h"
 
@@ -79,7 +81,33 @@ void job_view_fill(struct job_view *v, const struct job *j) {
     int n = j->pods * j->slots;
     v->bind = calloc((size_t)n, sizeof *v->bind);
     v->bind_ptrs = calloc((size_t)n, sizeof *v->bind_ptrs);
-    if (!v->bind || !v->bind_ptrs) n = 0; // a view without bindings beats no answer
+    v->slot = calloc((size_t)n, sizeof *v->slot);
+    v->slot_ptrs = calloc((size_t)n, sizeof *v->slot_ptrs);
+    if (!v->bind || !v->bind_ptrs || !v->slot || !v->slot_ptrs) n = 0; // a view without
+                                                                     // bindings beats no answer
+    v->n_slots = (size_t)n;
+    for (int i = 0; i < n; i++) {
+        const struct binding *b = &j->bindings[i];
+        Moed__V1__SlotStatus ss = MOED__V1__SLOT_STATUS__INIT;
+        ss.pod = i / j->slots;
+        ss.slot = i % j->slots;
+        ss.worker_id = (char *)b->worker_id;
+        ss.worker_address = (char *)b->address;
+        ss.data_address = (char *)b->data_address;
+        ss.step = b->step;
+        ss.step_seconds = b->step_seconds;
+        ss.comm_seconds = b->comm_seconds;
+        ss.bytes_alltoall = b->bytes_alltoall;
+        ss.bytes_allreduce = b->bytes_allreduce;
+        ss.total_bytes_alltoall = b->total_alltoall;
+        ss.total_bytes_allreduce = b->total_allreduce;
+        ss.ended = b->ended;
+        ss.ok = b->ok;
+        ss.error = (char *)b->error;
+        ss.mpi_rank = b->mpi_rank;
+        v->slot[i] = ss;
+        v->slot_ptrs[i] = &v->slot[i];
+    }
     int bound = 0;
     for (int i = 0; i < n; i++) {
         if (!j->bindings[i].worker_id[0]) continue; // unbound slots (a queued job) are left out
@@ -88,6 +116,7 @@ void job_view_fill(struct job_view *v, const struct job *j) {
         b.slot = i % j->slots;
         b.worker_id = (char *)j->bindings[i].worker_id;
         b.worker_address = (char *)j->bindings[i].address;
+        b.data_address = (char *)j->bindings[i].data_address;
         v->bind[bound] = b;
         v->bind_ptrs[bound] = &v->bind[bound];
         bound++;
@@ -108,11 +137,21 @@ void job_view_fill(struct job_view *v, const struct job *j) {
     v->info.pods = j->pods;
     v->info.slots = j->slots;
     v->info.model_bytes = j->model_bytes;
+    v->info.epoch = j->epoch;
+    v->info.backend = (char *)j->backend;
 }
 
 void job_view_free(struct job_view *v) {
     free(v->bind);
     free(v->bind_ptrs);
+    free(v->slot);
+    free(v->slot_ptrs);
+}
+
+int job_slot_of(const struct job *j, const struct worker *w) {
+    for (int k = 0; k < j->pods * j->slots; k++)
+        if (strcmp(j->bindings[k].worker_id, w->id) == 0) return k;
+    return -1;
 }
 
 double job_eta_seconds(const struct job *j) {
@@ -129,6 +168,8 @@ static void job_record(Moed__Store__JobRecord *rec, struct job_view *v, const st
     rec->job = &v->info;
     rec->spec_json = j->spec_json;
     rec->next_event = j->next_event;
+    rec->n_slots = v->n_slots;
+    rec->slots = v->slot_ptrs;
 }
 
 void coordinator_batch_job(struct store_batch *b, const struct job *j) {
@@ -162,13 +203,21 @@ static void worker_info(Moed__V1__WorkerInfo *wi, const struct worker *w) {
     wi->slot = w->slot;
     wi->registered_unix_ms = w->registered_ms;
     wi->cpus = w->cpus;
+    wi->data_address = (char *)w->data_address;
+    wi->mpi_rank = w->mpi_rank;
+    wi->mpi_size = w->mpi_size;
+    wi->mpi_job = (char *)w->mpi_job;
+}
+
+void coordinator_batch_worker(struct store_batch *b, const struct worker *w) {
+    Moed__V1__WorkerInfo wi;
+    worker_info(&wi, w);
+    store_batch_worker(b, &wi); // packs now
 }
 
 moe_status coordinator_save_worker(struct coordinator *co, const struct worker *w) {
-    Moed__V1__WorkerInfo wi;
-    worker_info(&wi, w);
     struct store_batch *b = store_batch_new();
-    store_batch_worker(b, &wi);
+    coordinator_batch_worker(b, w);
     return store_batch_commit(co->store, b, 1);
 }
 
@@ -198,6 +247,8 @@ void coordinator_notify(struct coordinator *co, struct job *j, const Moed__V1__E
     u.job = &v.info;
     u.last = j->last;
     u.eta_seconds = job_eta_seconds(j);
+    u.n_slots = v.n_slots;
+    u.slots = v.slot_ptrs;
     Moed__V1__Event *ev[1] = {(Moed__V1__Event *)new_event};
     if (new_event) {
         u.n_new_events = 1;
@@ -215,19 +266,13 @@ void coordinator_notify(struct coordinator *co, struct job *j, const Moed__V1__E
     job_view_free(&v);
 }
 
-moe_status coordinator_event(struct coordinator *co, struct job *j, int sync, const char *kind,
-                             const char *fmt, ...) {
-    char msg[768];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
+static moe_status event_commit(struct coordinator *co, struct job *j, struct store_batch *b,
+                               int sync, const char *kind, const char *msg) {
     Moed__V1__Event e = MOED__V1__EVENT__INIT;
     e.unix_ms = now_ms();
     e.kind = (char *)kind;
-    e.message = msg;
+    e.message = (char *)msg;
     int64_t seq = j->next_event++;
-    struct store_batch *b = store_batch_new();
     coordinator_batch_job(b, j);
     store_batch_event(b, j->id, seq, &e);
     moe_status s = store_batch_commit(co->store, b, sync);
@@ -240,6 +285,26 @@ moe_status coordinator_event(struct coordinator *co, struct job *j, int sync, co
     if (copy) recent_push(j, copy);
     coordinator_notify(co, j, &e);
     return MOE_OK;
+}
+
+moe_status coordinator_event(struct coordinator *co, struct job *j, int sync, const char *kind,
+                             const char *fmt, ...) {
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return event_commit(co, j, store_batch_new(), sync, kind, msg);
+}
+
+moe_status coordinator_event_batch(struct coordinator *co, struct job *j, struct store_batch *b,
+                                   int sync, const char *kind, const char *fmt, ...) {
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return event_commit(co, j, b, sync, kind, msg);
 }
 
 /* ---- jobs ---- */
@@ -281,6 +346,8 @@ moe_status coordinator_submit(struct coordinator *co, const char *spec_text, siz
     CHECK(spec_parse(&spec, spec_text, len, "spec"));
     for (size_t i = 0; i < n_overrides; i++) CHECK(spec_set(&spec, overrides[i]));
     CHECK(spec_validate(&spec));
+    /* A mesh no set of live workers could ever hold is refused now, not queued forever. */
+    CHECK(placement_check(co, spec.mesh.pods, spec.mesh.slots, spec.mesh.backend));
 
     struct job *j = job_new();
     if (!j) return moe_fail(MOE_ENOMEM, "out of memory");
@@ -291,9 +358,11 @@ moe_status coordinator_submit(struct coordinator *co, const char *spec_text, siz
     j->total_steps = spec.run.steps;
     j->created_ms = now_ms();
     j->spec_json = spec_to_json(&spec);
-    j->pods = 1;
-    j->slots = 1;
-    j->bindings = calloc(1, sizeof *j->bindings);
+    j->pods = spec.mesh.pods;
+    j->slots = spec.mesh.slots;
+    snprintf(j->backend, sizeof j->backend, "%s", spec.mesh.backend);
+    j->timeout_s = spec.mesh.timeout_s;
+    j->bindings = calloc((size_t)(j->pods * j->slots), sizeof *j->bindings);
     if (!j->spec_json || !j->bindings) {
         job_free(j);
         return moe_fail(MOE_ENOMEM, "out of memory");
@@ -325,7 +394,7 @@ moe_status coordinator_submit(struct coordinator *co, const char *spec_text, siz
     return MOE_OK;
 }
 
-static void release_workers(struct coordinator *co, struct job *j, int still_running) {
+void coordinator_release_workers(struct coordinator *co, struct job *j, int still_running) {
     for (int i = 0; i < j->pods * j->slots; i++) {
         struct worker *w = coordinator_find_worker(co, j->bindings[i].worker_id);
         if (!w || strcmp(w->job_id, j->id) != 0) continue;
@@ -357,163 +426,19 @@ moe_status coordinator_finish_job(struct coordinator *co, struct job *j, Moed__V
     return MOE_OK;
 }
 
-static void stop_job_reply(void *arg, const struct rpc_result *res, const ProtobufCMessage *resp) {
-    char *what = arg;
-    if (res->code != GRPC_STATUS_OK)
-        LOG_WARN("StopJob %s: %s: %s (its heartbeat will say stop again)", what,
-                 rpc_code_name(res->code), res->details);
-    free(what);
-}
-
-static void tell_workers_stop(struct coordinator *co, struct job *j) {
-    for (int i = 0; i < j->pods * j->slots; i++) {
-        struct worker *w = coordinator_find_worker(co, j->bindings[i].worker_id);
-        if (!w || !w->channel || strcmp(w->job_id, j->id) != 0) continue;
-        Moed__V1__JobRef ref = MOED__V1__JOB_REF__INIT;
-        ref.job_id = j->id;
-        char *what = malloc(64);
-        if (what) snprintf(what, 64, "%s on %s", j->id, w->id);
-        rpc_call_async(co->pump, w->channel, "/moed.v1.Worker/StopJob", &ref.base,
-                       &moed__v1__empty__descriptor, 5.0, stop_job_reply, what);
-    }
-}
-
 moe_status coordinator_cancel(struct coordinator *co, struct job *j) {
     if (job_is_final(j))
         return moe_fail(MOE_EINVAL, "%s already ended (%s)", j->id, job_state_name(j->state));
     int was_running = j->state == MOED__V1__JOB_STATE__JOB_RUNNING;
     CHECK(coordinator_finish_job(co, j, MOED__V1__JOB_STATE__JOB_CANCELLED, "cancelled",
                                  "cancelled by a client at step %ld", j->step));
-    if (was_running) tell_workers_stop(co, j);
-    release_workers(co, j, was_running);
+    if (was_running) coordinator_stop_workers(co, j);
+    coordinator_release_workers(co, j, was_running);
     coordinator_schedule(co);
     return MOE_OK;
 }
 
-/* ---- scheduling ---- */
-
-struct assign_ctx {
-    struct coordinator *co;
-    char job_id[24];
-    char worker_id[24];
-};
-
-static void run_slot_reply(void *arg, const struct rpc_result *res, const ProtobufCMessage *resp) {
-    struct assign_ctx *a = arg;
-    struct coordinator *co = a->co;
-    if (co->stopping) {
-        free(a);
-        return;
-    }
-    struct job *j = coordinator_find_job(co, a->job_id);
-    struct worker *w = coordinator_find_worker(co, a->worker_id);
-    if (res->code == GRPC_STATUS_OK) {
-        if (j && j->state == MOED__V1__JOB_STATE__JOB_RUNNING)
-            coordinator_event(co, j, 0, "running", "%s is running slot (0, 0)", a->worker_id);
-        free(a);
-        return;
-    }
-    LOG_WARN("RunSlot %s on %s: %s: %s", a->job_id, a->worker_id, rpc_code_name(res->code),
-             res->details);
-    if (w && strcmp(w->job_id, a->job_id) == 0) {
-        w->job_id[0] = 0;
-        if (w->state == MOED__V1__WORKER_STATE__WORKER_BUSY) w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
-        coordinator_save_worker(co, w);
-    }
-    /* Busy (still finishing its previous job) or unreachable: not the job's fault. The worker
-     * waits for a heartbeat that shows it idle (or for the timeout that declares it dead). */
-    int not_the_jobs_fault = res->code == GRPC_STATUS_UNAVAILABLE ||
-                             res->code == GRPC_STATUS_DEADLINE_EXCEEDED;
-    if (w && not_the_jobs_fault) w->awaiting_idle = 1;
-    if (j && j->state == MOED__V1__JOB_STATE__JOB_RUNNING && !j->step) {
-        if (res->code == GRPC_STATUS_INVALID_ARGUMENT || res->code == GRPC_STATUS_UNIMPLEMENTED ||
-            (!not_the_jobs_fault && ++j->assign_attempts >= co->cfg.max_assign_attempts)) {
-            coordinator_finish_job(co, j, MOED__V1__JOB_STATE__JOB_FAILED, "failed",
-                                   "worker %s could not start it: %s: %s", a->worker_id,
-                                   rpc_code_name(res->code), res->details);
-        } else {
-            j->state = MOED__V1__JOB_STATE__JOB_QUEUED;
-            j->started_ms = 0;
-            memset(j->bindings, 0, sizeof *j->bindings * (size_t)(j->pods * j->slots));
-            coordinator_event(co, j, 1, "requeued", "worker %s refused it: %s: %s",
-                              a->worker_id, rpc_code_name(res->code), res->details);
-        }
-    }
-    free(a);
-    coordinator_schedule(co);
-}
-
-static int worker_schedulable(const struct worker *w) {
-    return w->state == MOED__V1__WORKER_STATE__WORKER_IDLE && !w->job_id[0] && w->channel &&
-           !w->awaiting_idle;
-}
-
-void coordinator_schedule(struct coordinator *co) {
-    if (co->stopping) return;
-    for (int i = 0; i < co->n_jobs; i++) {
-        struct job *j = co->jobs[i];
-        if (j->state != MOED__V1__JOB_STATE__JOB_QUEUED) continue;
-        /* 1 x 1 meshes for now: the distributed data plane comes with the mesh. Pick the
-         * idle worker that registered first, so placement is predictable. */
-        struct worker *w = NULL;
-        for (int k = 0; k < co->n_workers && !w; k++)
-            if (worker_schedulable(co->workers[k])) w = co->workers[k];
-        if (!w) return; // jobs run in submission order: none may overtake the oldest
-        j->state = MOED__V1__JOB_STATE__JOB_RUNNING;
-        j->started_ms = now_ms();
-        snprintf(j->bindings[0].worker_id, sizeof j->bindings[0].worker_id, "%s", w->id);
-        snprintf(j->bindings[0].address, sizeof j->bindings[0].address, "%s", w->address);
-        snprintf(w->job_id, sizeof w->job_id, "%s", j->id);
-        w->slot = 0;
-        w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
-        /* The decision is stored before the worker hears of it. */
-        if (coordinator_save_worker(co, w) != MOE_OK ||
-            coordinator_event(co, j, 1, "scheduled", "slot (0, 0) bound to %s at %s", w->id,
-                              w->address) != MOE_OK) {
-            LOG_ERROR("%s: cannot store the binding: %s", j->id, moe_errmsg());
-            j->state = MOED__V1__JOB_STATE__JOB_QUEUED;
-            w->job_id[0] = 0;
-            w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
-            return;
-        }
-        Moed__V1__RunSlotRequest req = MOED__V1__RUN_SLOT_REQUEST__INIT;
-        req.job_id = j->id;
-        req.spec_json = j->spec_json;
-        req.pods = j->pods;
-        req.slots = j->slots;
-        struct assign_ctx *a = calloc(1, sizeof *a);
-        if (!a) return;
-        a->co = co;
-        snprintf(a->job_id, sizeof a->job_id, "%s", j->id);
-        snprintf(a->worker_id, sizeof a->worker_id, "%s", w->id);
-        if (rpc_call_async(co->pump, w->channel, "/moed.v1.Worker/RunSlot", &req.base,
-                           &moed__v1__empty__descriptor, 10.0, run_slot_reply, a) != MOE_OK) {
-            struct rpc_result r = {GRPC_STATUS_INTERNAL, ""};
-            snprintf(r.details, sizeof r.details, "%s", moe_errmsg());
-            run_slot_reply(a, &r, NULL);
-            return;
-        }
-    }
-}
-
-/* ---- failure detection ---- */
-
-static void worker_dead(struct coordinator *co, struct worker *w, int64_t silent_ms) {
-    w->state = MOED__V1__WORKER_STATE__WORKER_DEAD;
-    LOG_WARN("%s at %s is dead: no heartbeat for %.1f s", w->id, w->address, silent_ms / 1000.0);
-    char job_id[24];
-    snprintf(job_id, sizeof job_id, "%s", w->job_id);
-    w->job_id[0] = 0;
-    coordinator_save_worker(co, w);
-    struct job *j = job_id[0] ? coordinator_find_job(co, job_id) : NULL;
-    if (j && j->state == MOED__V1__JOB_STATE__JOB_RUNNING) {
-        coordinator_finish_job(co, j, MOED__V1__JOB_STATE__JOB_FAILED, "worker_dead",
-                               "worker %s (%s, pod %d) died at step %ld: no heartbeat for %.1f s",
-                               w->id, w->address, w->pod, j->step, silent_ms / 1000.0);
-        tell_workers_stop(co, j);
-        release_workers(co, j, 1);
-    }
-}
+/* ---- failure detection: the monitor's tick (failure.c decides) ---- */
 
 static void monitor_tick(uv_timer_t *t) {
     struct coordinator *co = t->data;
@@ -523,8 +448,9 @@ static void monitor_tick(uv_timer_t *t) {
         if (w->state != MOED__V1__WORKER_STATE__WORKER_IDLE && w->state != MOED__V1__WORKER_STATE__WORKER_BUSY)
             continue;
         int64_t silent = now - w->last_heartbeat_ms;
-        if (silent > co->cfg.heartbeat_timeout_ms) worker_dead(co, w, silent);
+        if (silent > co->cfg.heartbeat_timeout_ms) coordinator_worker_dead(co, w, silent);
     }
+    for (int i = 0; i < co->n_jobs; i++) coordinator_check_failing(co, co->jobs[i], now);
     coordinator_schedule(co);
 }
 
@@ -557,7 +483,35 @@ static int load_job(const Moed__Store__JobRecord *r, void *arg) {
         if (k < 0 || k >= j->pods * j->slots) continue;
         snprintf(j->bindings[k].worker_id, sizeof j->bindings[k].worker_id, "%s", b->worker_id);
         snprintf(j->bindings[k].address, sizeof j->bindings[k].address, "%s", b->worker_address);
+        snprintf(j->bindings[k].data_address, sizeof j->bindings[k].data_address, "%s",
+                 b->data_address);
     }
+    for (size_t i = 0; j->bindings && i < r->n_slots; i++) {
+        const Moed__V1__SlotStatus *ss = r->slots[i];
+        int k = ss->pod * j->slots + ss->slot;
+        if (ss->pod < 0 || ss->slot < 0 || ss->slot >= j->slots || k >= j->pods * j->slots)
+            continue;
+        struct binding *bd = &j->bindings[k];
+        bd->mpi_rank = ss->mpi_rank;
+        bd->step = (long)ss->step;
+        bd->step_seconds = ss->step_seconds;
+        bd->comm_seconds = ss->comm_seconds;
+        bd->bytes_alltoall = ss->bytes_alltoall;
+        bd->bytes_allreduce = ss->bytes_allreduce;
+        bd->total_alltoall = ss->total_bytes_alltoall;
+        bd->total_allreduce = ss->total_bytes_allreduce;
+        bd->ended = ss->ended;
+        bd->ok = ss->ok;
+        snprintf(bd->error, sizeof bd->error, "%s", ss->error);
+    }
+    j->epoch = in->epoch;
+    snprintf(j->backend, sizeof j->backend, "%s", in->backend[0] ? in->backend : "tcp");
+    /* the data-plane timeout is in the stored spec (JobInfo does not carry it) */
+    struct job_spec spec;
+    spec_defaults(&spec);
+    j->timeout_s = spec.mesh.timeout_s;
+    if (r->spec_json && spec_parse(&spec, r->spec_json, strlen(r->spec_json), "stored spec") == MOE_OK)
+        j->timeout_s = spec.mesh.timeout_s;
     j->model_bytes = in->model_bytes;
     j->next_event = r->next_event;
     if (!j->spec_json || !j->bindings || jobs_append(co, j) != MOE_OK) {
@@ -605,6 +559,10 @@ static int load_worker(const Moed__V1__WorkerInfo *in, void *arg) {
     w->last_heartbeat_ms = in->last_heartbeat_unix_ms;
     snprintf(w->job_id, sizeof w->job_id, "%s", in->job_id);
     w->slot = in->slot;
+    snprintf(w->data_address, sizeof w->data_address, "%s", in->data_address);
+    w->mpi_rank = in->mpi_rank;
+    w->mpi_size = in->mpi_size;
+    snprintf(w->mpi_job, sizeof w->mpi_job, "%s", in->mpi_job);
     if (co->n_workers == co->cap_workers) {
         int cap = co->cap_workers ? co->cap_workers * 2 : 16;
         struct worker **nw = realloc(co->workers, (size_t)cap * sizeof *nw);
@@ -701,6 +659,8 @@ moe_status coordinator_start(struct coordinator *co, uv_loop_t *loop,
             w->last_heartbeat_ms = now;
             CHECK(worker_channel(co, w));
         }
+        struct job *j = w->job_id[0] ? coordinator_find_job(co, w->job_id) : NULL;
+        if (j && job_slot_of(j, w) >= 0) w->epoch = j->epoch; // the binding it was given
     }
     for (int i = 0; i < co->n_jobs; i++) running += co->jobs[i]->state == MOED__V1__JOB_STATE__JOB_RUNNING;
     LOG_INFO("store %s: %d jobs (%d running), %d workers known, cluster %s", db, co->n_jobs,

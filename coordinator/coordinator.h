@@ -11,9 +11,19 @@
  * tensors; the coordinator only tells them which slot to play and records what they report.
  *
  * State machine of a job (docs/protocol.md):
- *   QUEUED --schedule--> RUNNING --last step + model uploaded--> SUCCEEDED
- *      |                    |--worker dead / error--> FAILED
+ *   QUEUED --schedule (every slot bound, epoch+1)--> RUNNING
+ *   RUNNING --model uploaded + every slot ended ok--> SUCCEEDED
+ *      |                    |--any slot's worker dead / any slot's error--> FAILED
  *      '--cancel--> CANCELLED <--cancel--'
+ * A job's mesh is pods x slots; each logical slot (p, s) is played by one worker, chosen by
+ * placement.c. Slot (0, 0) speaks for the job (its loss, its step); every slot reports its own
+ * progress and data-plane numbers (struct binding).
+ *   coordinator.c  the tables, persistence, events and watchers, submit, cancel, the
+ *                  heartbeat monitor, start and stop
+ *   placement.c    which idle workers play a job's slots; whether a mesh can be placed at all
+ *   schedule.c     binding queued jobs in a new epoch, RunSlot and its answers
+ *   failure.c      how a running job ends badly: StopJob, a slot's failure, a dead worker
+ *   services.c     the RPC handlers;  store.c  RocksDB
  */
 #ifndef MOE_COORDINATOR_H
 #define MOE_COORDINATOR_H
@@ -44,9 +54,23 @@ struct coordinator_config {
 
 void coordinator_config_defaults(struct coordinator_config *c);
 
+#define DATA_ADDR_MAX 300 // a worker's data-plane address (worker/comm COMM_ADDR_MAX)
+
+/* Who plays one logical slot in the job's current epoch, and how that slot is doing. */
 struct binding {
     char worker_id[24];
-    char address[160];
+    char address[160];             // its Worker service
+    char data_address[DATA_ADDR_MAX]; // its data-plane listener
+    int mpi_rank;                  // backend mpi: its rank in its pod's MPI job
+    /* progress in this epoch (SlotStatus; persisted with the job record) */
+    long step;
+    double step_seconds, comm_seconds;
+    uint64_t bytes_alltoall, bytes_allreduce;   // the last step's
+    uint64_t total_alltoall, total_allreduce;   // summed over the epoch's reported steps
+    int ended, ok;                 // the worker reported the slot's end (a decision: synced)
+    char error[256];
+    /* not persisted */
+    int running;                   // RunSlot accepted in this epoch
 };
 
 struct watcher {
@@ -66,11 +90,19 @@ struct job {
     char error[768];
     char *spec_json;
     int pods, slots;
+    char backend[16];          // mesh.backend: "tcp" or "mpi"
+    double timeout_s;          // mesh.timeout_s, told to the workers
+    uint64_t epoch;            // +1 each time the job is bound; 0 while never bound
     struct binding *bindings;  // (pods * slots), slot (p, s) at p * slots + s
-    int64_t model_bytes;
+    int64_t model_bytes;       // > 0 once the model is uploaded and checked
     int64_t next_event;
     /* not persisted */
     int assign_attempts;
+    int n_running;                            // slots whose RunSlot was accepted this epoch
+    int64_t failing_ms;                       // a slot failed at this time: the job fails once
+                                              // the others answered (coordinator_slot_ended)
+    int first_failed;                         //   that slot, and what it said
+    char first_failure[512];
     Moed__V1__StepMetrics *last;              // a private copy of the latest step's metrics
     Moed__V1__Event *recent[JOB_RECENT_EVENTS]; // ring of the latest events, private copies
     int n_recent, recent_head;
@@ -88,9 +120,14 @@ struct worker {
     Moed__V1__WorkerState state;
     char version[32], host[128];
     int pid, cpus;
+    char data_address[DATA_ADDR_MAX]; // its data-plane listener
+    int mpi_rank, mpi_size;    // under mpirun (mpi_size 0: not)
+    char mpi_job[256];         // which mpirun job: equal for the ranks of one pod only
     int64_t registered_ms, last_heartbeat_ms;
     char job_id[24];           // the job whose slot it plays (or is finishing); "" when free
     int slot;
+    uint64_t epoch;            // the epoch of job_id it was bound in (0: unknown, after a
+                               // coordinator restart until it re-registers)
     struct rpc_channel *channel; // to its Worker service
     int confirmed;             // registered with this coordinator process (not only loaded)
     int awaiting_idle;         // refused a job as busy: not schedulable until a heartbeat
@@ -144,7 +181,36 @@ moe_status coordinator_finish_job(struct coordinator *co, struct job *j, Moed__V
 /* Appends an event to a job (stored now) and sends it to the job's watchers. */
 moe_status coordinator_event(struct coordinator *co, struct job *j, int sync, const char *kind,
                              const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-/* Binds queued jobs to idle workers, oldest job first. */
+/* The same, committed in one batch with the records already in `b` (consumed). */
+moe_status coordinator_event_batch(struct coordinator *co, struct job *j, struct store_batch *b,
+                                   int sync, const char *kind, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* Adds a worker's record to a store batch. */
+void coordinator_batch_worker(struct store_batch *b, const struct worker *w);
+/* The index (p * slots + s) of the slot `w` plays in j's current epoch, or -1. */
+int job_slot_of(const struct job *j, const struct worker *w);
+/* Fails a running job because of slot k (its worker named), stops the other slots. */
+void coordinator_fail_slot(struct coordinator *co, struct job *j, int k, const char *kind,
+                           const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* A slot of a running job ended badly (`error`, at `step`). A 1 x 1 job fails now. A mesh
+ * stops its other slots and fails once every slot has answered, or MESH_FAILURE_WINDOW_MS
+ * after the first failure: the peers of a dead slot all report losing it, and the slot that
+ * never answered is the one the reason names. */
+void coordinator_slot_failed(struct coordinator *co, struct job *j, int k, long step,
+                             const char *error);
+/* Decides a failing mesh job whose window has passed (the monitor's tick). */
+void coordinator_check_failing(struct coordinator *co, struct job *j, int64_t now);
+#define MESH_FAILURE_WINDOW_MS 2000
+
+/* Tells every worker still bound to j to stop it (StopJob, asynchronous). */
+void coordinator_stop_workers(struct coordinator *co, struct job *j);
+void coordinator_stop_worker(struct coordinator *co, struct job *j, struct worker *w);
+/* Frees the workers bound to j; with still_running, those still running it stay bound until
+ * they report its end (or a heartbeat shows them idle). */
+void coordinator_release_workers(struct coordinator *co, struct job *j, int still_running);
+/* The monitor found w silent for silent_ms: it is dead, and the slot it played has failed. */
+void coordinator_worker_dead(struct coordinator *co, struct worker *w, int64_t silent_ms);
+/* schedule.c: binds queued jobs to idle workers, oldest job first. */
 void coordinator_schedule(struct coordinator *co);
 /* Adds the job's record (info, spec, event counter) to a store batch. */
 void coordinator_batch_job(struct store_batch *b, const struct job *j);
@@ -165,10 +231,23 @@ struct job_view {
     Moed__V1__JobInfo info;
     Moed__V1__SlotBinding *bind;
     Moed__V1__SlotBinding **bind_ptrs;
+    Moed__V1__SlotStatus *slot;      // every slot of the mesh, pod-major
+    Moed__V1__SlotStatus **slot_ptrs;
+    size_t n_slots;
 };
 void job_view_fill(struct job_view *v, const struct job *j);
 void job_view_free(struct job_view *v);
 double job_eta_seconds(const struct job *j);
+
+/* placement.c: which idle workers play a job's slots. */
+/* MOE_EINVAL naming the reason when the mesh can never be placed on the workers registered
+ * and alive now (more slots than workers; mpi: too few MPI jobs of `slots` ranks). */
+moe_status placement_check(const struct coordinator *co, int pods, int slots, const char *backend);
+/* Fills out[p * slots + s] with the worker for each slot and returns 1, or returns 0 when the
+ * idle workers cannot hold the whole mesh now (nothing is changed). */
+int placement_choose(const struct coordinator *co, const struct job *j, struct worker **out);
+/* A worker that can be given a slot now. */
+int worker_schedulable(const struct worker *w);
 
 /* The service tables (services.c). */
 extern const struct rpc_method coordinator_methods[];

@@ -118,6 +118,8 @@ static void get_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
     st.events = events;
     st.spec_json = j->spec_json;
     st.eta_seconds = job_eta_seconds(j);
+    st.n_slots = v.n_slots;
+    st.slots = v.slot_ptrs;
     rpc_reply(call, &st.base);
     job_view_free(&v);
 }
@@ -146,6 +148,8 @@ static void watch_job(struct rpc_call *call, const ProtobufCMessage *m, void *ct
     u.n_new_events = recent_events(j, events);
     u.new_events = events;
     u.eta_seconds = job_eta_seconds(j);
+    u.n_slots = v.n_slots;
+    u.slots = v.slot_ptrs;
     rpc_stream_send(call, &u.base);
     job_view_free(&v);
     if (job_is_final(j)) {
@@ -239,6 +243,55 @@ static void fetch_model(struct rpc_call *call, const ProtobufCMessage *m, void *
     fetch_next(call, f);
 }
 
+/* ---- the loss curve ---- */
+
+#define LIST_STEPS_MAX 10000
+#define LIST_STEPS_BYTES (3 << 20) // below the 4 MiB message limit, whatever the expert count
+
+struct step_list {
+    Moed__V1__StepMetrics **steps;
+    size_t n, max, bytes;
+};
+
+static int collect_step(const Moed__V1__StepMetrics *m, void *arg) {
+    struct step_list *l = arg;
+    size_t size = protobuf_c_message_get_packed_size(&m->base) + 8;
+    if (l->n >= l->max || (l->n && l->bytes + size > LIST_STEPS_BYTES)) return 1;
+    Moed__V1__StepMetrics *copy = (Moed__V1__StepMetrics *)pb_clone(&m->base);
+    if (!copy) return 1;
+    l->steps[l->n++] = copy;
+    l->bytes += size;
+    return 0;
+}
+
+static void list_steps(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__ListStepsRequest *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    struct job *j = job_or_fail(call, co, req->job_id);
+    if (!j) return;
+    struct step_list l = {0};
+    l.max = req->max_steps > 0 && req->max_steps <= LIST_STEPS_MAX ? (size_t)req->max_steps
+                                                                    : LIST_STEPS_MAX;
+    l.steps = calloc(l.max, sizeof *l.steps);
+    if (!l.steps) {
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    moe_status s = store_steps_scan(co->store, j->id, req->from_step > 1 ? req->from_step : 1,
+                                    collect_step, &l);
+    if (s != MOE_OK) {
+        LOG_ERROR("%s: reading its steps: %s", j->id, moe_errmsg());
+        rpc_fail(call, GRPC_STATUS_INTERNAL, "the coordinator cannot read the steps of %s", j->id);
+    } else {
+        Moed__V1__ListStepsResponse resp = MOED__V1__LIST_STEPS_RESPONSE__INIT;
+        resp.n_steps = l.n;
+        resp.steps = l.steps;
+        rpc_reply(call, &resp.base);
+    }
+    for (size_t i = 0; i < l.n; i++) moed__v1__step_metrics__free_unpacked(l.steps[i], NULL);
+    free(l.steps);
+}
+
 /* ---- Status ---- */
 
 static void get_cluster(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
@@ -278,6 +331,10 @@ static void get_cluster(struct rpc_call *call, const ProtobufCMessage *m, void *
         wi.slot = w->slot;
         wi.registered_unix_ms = w->registered_ms;
         wi.cpus = w->cpus;
+        wi.data_address = w->data_address;
+        wi.mpi_rank = w->mpi_rank;
+        wi.mpi_size = w->mpi_size;
+        wi.mpi_job = w->mpi_job;
         infos[i] = wi;
         wp[i] = &infos[i];
         if (w->state == MOED__V1__WORKER_STATE__WORKER_LEFT) continue;
@@ -328,6 +385,19 @@ static void register_worker(struct rpc_call *call, const ProtobufCMessage *m, vo
         rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "pod %d is negative", req->pod);
         return;
     }
+    if (req->data_address[0] && !strchr(req->data_address, ':')) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "data_address \"%s\" is not host:port",
+                 req->data_address);
+        return;
+    }
+    if (req->mpi_size < 0 || (req->mpi_size > 0 && (req->mpi_rank < 0 ||
+                                                    req->mpi_rank >= req->mpi_size ||
+                                                    !req->mpi_job[0]))) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "mpi rank %d of size %d (job \"%s\"): want "
+                 "0 <= rank < size and a job id, or size 0", req->mpi_rank, req->mpi_size,
+                 req->mpi_job);
+        return;
+    }
     struct worker *w = req->worker_id[0] ? coordinator_find_worker(co, req->worker_id) : NULL;
     int known = w != NULL;
     if (!w) {
@@ -343,21 +413,50 @@ static void register_worker(struct rpc_call *call, const ProtobufCMessage *m, vo
     snprintf(w->host, sizeof w->host, "%s", req->host);
     w->pid = req->pid;
     w->cpus = req->cpus;
+    snprintf(w->data_address, sizeof w->data_address, "%s", req->data_address);
+    w->mpi_rank = req->mpi_rank;
+    w->mpi_size = req->mpi_size;
+    snprintf(w->mpi_job, sizeof w->mpi_job, "%s", req->mpi_job);
     w->last_heartbeat_ms = now_ms();
-    /* Re-registration after our restart: a worker still running a job we think it runs is
-     * reattached; anything else it runs will be told to stop by its next heartbeat. */
+    /* The slot we had bound it to, if we had (a worker that re-registers after our restart). */
+    struct job *bound = w->job_id[0] ? coordinator_find_job(co, w->job_id) : NULL;
+    int bound_slot = bound ? job_slot_of(bound, w) : -1;
+    /* Re-registration after our restart: a worker still running a slot we think it runs (the
+     * same job, slot and epoch) is reattached; anything else it runs will be told to stop by
+     * its next heartbeat. */
     struct job *j = req->job_id[0] ? coordinator_find_job(co, req->job_id) : NULL;
-    if (j && j->state == MOED__V1__JOB_STATE__JOB_RUNNING && !strcmp(j->bindings[0].worker_id, w->id)) {
+    int k = j ? job_slot_of(j, w) : -1;
+    if (j && j->state == MOED__V1__JOB_STATE__JOB_RUNNING && k >= 0 &&
+        (!req->epoch || req->epoch == j->epoch)) {
         snprintf(w->job_id, sizeof w->job_id, "%s", j->id);
         w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
-        if (req->step > j->step) j->step = req->step;
-        coordinator_event(co, j, 1, "reattached", "%s reattached at step %ld", w->id, (long)req->step);
-    } else if (req->job_id[0]) {
-        snprintf(w->job_id, sizeof w->job_id, "%s", req->job_id); // busy until it stops
-        w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
+        w->slot = k % j->slots;
+        w->epoch = j->epoch;
+        if (req->step > j->bindings[k].step) j->bindings[k].step = (long)req->step;
+        if (k == 0 && req->step > j->step) j->step = req->step;
+        if (j->pods * j->slots == 1)
+            coordinator_event(co, j, 1, "reattached", "%s reattached at step %ld", w->id,
+                              (long)req->step);
+        else
+            coordinator_event(co, j, 1, "reattached", "%s reattached to slot (%d, %d) at step %ld",
+                              w->id, k / j->slots, k % j->slots, (long)req->step);
     } else {
-        w->job_id[0] = 0;
-        w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
+        if (req->job_id[0]) {
+            snprintf(w->job_id, sizeof w->job_id, "%s", req->job_id); // busy until it stops
+            w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
+            w->epoch = req->epoch;
+        } else {
+            w->job_id[0] = 0;
+            w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
+        }
+        /* It no longer plays the slot we had bound it to (it restarted, or never got the
+         * RunSlot before we did): that slot is lost, and with it the job. */
+        if (bound && bound != j && bound->state == MOED__V1__JOB_STATE__JOB_RUNNING &&
+            bound_slot >= 0 && !bound->bindings[bound_slot].ended)
+            coordinator_fail_slot(co, bound, bound_slot, "failed",
+                                  "worker %s (%s, pod %d) re-registered %s: it no longer runs "
+                                  "its slot", w->id, w->address, w->pod,
+                                  req->job_id[0] ? "running another job" : "idle");
     }
     w->confirmed = 1;
     w->awaiting_idle = 0;
@@ -365,8 +464,12 @@ static void register_worker(struct rpc_call *call, const ProtobufCMessage *m, vo
         rpc_fail(call, GRPC_STATUS_INTERNAL, "%s", moe_errmsg());
         return;
     }
-    LOG_INFO("%s %s: %s pod %d pid %d (%s, %d cpus)", w->id, known ? "re-registered" : "registered",
-             w->address, w->pod, w->pid, w->host, w->cpus);
+    char mpi[320] = "";
+    if (w->mpi_size) snprintf(mpi, sizeof mpi, ", MPI rank %d of %d in %s", w->mpi_rank, w->mpi_size,
+                              w->mpi_job);
+    LOG_INFO("%s %s: %s pod %d pid %d (%s, %d cpus), data plane %s%s", w->id,
+             known ? "re-registered" : "registered", w->address, w->pod, w->pid, w->host, w->cpus,
+             w->data_address[0] ? w->data_address : "-", mpi);
     Moed__V1__RegisterResponse resp = MOED__V1__REGISTER_RESPONSE__INIT;
     resp.worker_id = w->id;
     resp.heartbeat_interval_ms = co->cfg.heartbeat_interval_ms;
@@ -398,6 +501,7 @@ static void heartbeat(struct rpc_call *call, const ProtobufCMessage *m, void *ct
         LOG_WARN("%s at %s is heartbeating again", w->id, w->address);
         w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
         snprintf(w->job_id, sizeof w->job_id, "%s", req->job_id);
+        w->epoch = req->epoch;
         if (req->job_id[0]) w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
         coordinator_save_worker(co, w);
     }
@@ -407,10 +511,14 @@ static void heartbeat(struct rpc_call *call, const ProtobufCMessage *m, void *ct
     }
     struct job *j = req->job_id[0] ? coordinator_find_job(co, req->job_id) : NULL;
     if (req->job_id[0]) {
-        if (!j || j->state != MOED__V1__JOB_STATE__JOB_RUNNING || strcmp(w->job_id, j->id) != 0)
+        int k = j ? job_slot_of(j, w) : -1;
+        if (!j || j->state != MOED__V1__JOB_STATE__JOB_RUNNING || strcmp(w->job_id, j->id) != 0 ||
+            k < 0 || (req->epoch && req->epoch != j->epoch)) {
             resp.stop_job = 1;
-        else if (req->step > j->step)
-            j->step = req->step;
+        } else {
+            if (req->step > j->bindings[k].step) j->bindings[k].step = (long)req->step;
+            if (k == 0 && req->step > j->step) j->step = req->step;
+        }
     } else if (w->job_id[0]) {
         /* It runs nothing: a job we thought it was finishing is over for it. */
         struct job *mine = coordinator_find_job(co, w->job_id);
@@ -440,7 +548,11 @@ static void report_step(struct rpc_call *call, const ProtobufCMessage *m, void *
         return;
     }
     w->last_heartbeat_ms = now_ms(); // a report is as good as a heartbeat
-    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || strcmp(j->bindings[0].worker_id, w->id) != 0) {
+    /* Only the worker bound to the slot it names, in the current epoch, speaks for it. */
+    int k = req->pod >= 0 && req->pod < j->pods && req->slot >= 0 && req->slot < j->slots
+                ? req->pod * j->slots + req->slot : -1;
+    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || k < 0 ||
+        strcmp(j->bindings[k].worker_id, w->id) != 0 || (req->epoch && req->epoch != j->epoch)) {
         resp.stop = 1;
         rpc_reply(call, &resp.base);
         return;
@@ -453,24 +565,39 @@ static void report_step(struct rpc_call *call, const ProtobufCMessage *m, void *
             return;
         }
     }
-    /* Metrics are not decisions: written without fsync, in one batch with the job's step. */
-    struct store_batch *b = store_batch_new();
-    int64_t now = now_ms();
+    /* The slot's own numbers, for the mesh view. */
+    struct binding *bd = &j->bindings[k];
     for (size_t i = 0; i < req->n_metrics; i++) {
         const Moed__V1__StepMetrics *mt = req->metrics[i];
-        store_batch_step(b, j->id, mt);
-        if (mt->step > j->step) j->step = mt->step;
-        j->loss = mt->loss;
-        if (mt->val_loss > 0) j->val_loss = mt->val_loss;
-        if (mt->seconds > 0)
-            j->sec_per_step =
-                j->sec_per_step > 0 ? 0.9 * j->sec_per_step + 0.1 * mt->seconds : mt->seconds;
+        bd->total_alltoall += mt->bytes_alltoall;
+        bd->total_allreduce += mt->bytes_allreduce;
     }
-    Moed__V1__StepMetrics *copy = (Moed__V1__StepMetrics *)pb_clone(&req->metrics[req->n_metrics - 1]->base);
-    if (copy) {
-        if (!copy->reported_unix_ms) copy->reported_unix_ms = now;
-        if (j->last) moed__v1__step_metrics__free_unpacked(j->last, NULL);
-        j->last = copy;
+    const Moed__V1__StepMetrics *newest = req->metrics[req->n_metrics - 1];
+    if ((long)newest->step > bd->step) bd->step = (long)newest->step;
+    bd->step_seconds = newest->seconds;
+    bd->comm_seconds = newest->comm_seconds;
+    bd->bytes_alltoall = newest->bytes_alltoall;
+    bd->bytes_allreduce = newest->bytes_allreduce;
+    /* Metrics are not decisions: written without fsync, in one batch with the job's step. */
+    struct store_batch *b = store_batch_new();
+    if (k == 0) { // slot (0, 0) speaks for the job: its loss, its step, the stored curve
+        int64_t now = now_ms();
+        for (size_t i = 0; i < req->n_metrics; i++) {
+            const Moed__V1__StepMetrics *mt = req->metrics[i];
+            store_batch_step(b, j->id, mt);
+            if (mt->step > j->step) j->step = mt->step;
+            j->loss = mt->loss;
+            if (mt->val_loss > 0) j->val_loss = mt->val_loss;
+            if (mt->seconds > 0)
+                j->sec_per_step =
+                    j->sec_per_step > 0 ? 0.9 * j->sec_per_step + 0.1 * mt->seconds : mt->seconds;
+        }
+        Moed__V1__StepMetrics *copy = (Moed__V1__StepMetrics *)pb_clone(&newest->base);
+        if (copy) {
+            if (!copy->reported_unix_ms) copy->reported_unix_ms = now;
+            if (j->last) moed__v1__step_metrics__free_unpacked(j->last, NULL);
+            j->last = copy;
+        }
     }
     coordinator_batch_job(b, j);
     if (store_batch_commit(co->store, b, 0) != MOE_OK)
@@ -565,55 +692,89 @@ static void report_job_end(struct rpc_call *call, const ProtobufCMessage *m, voi
         return;
     }
     Moed__V1__Empty empty = MOED__V1__EMPTY__INIT;
-    int mine = !strcmp(j->bindings[0].worker_id, w->id);
-    if (!strcmp(w->job_id, j->id)) { // the worker is free again
-        w->job_id[0] = 0;
+    int k = job_slot_of(j, w);
+    /* An end from another epoch (a binding that was already given up) changes nothing of
+     * the current one; it only frees the worker if that is what the worker was bound to. */
+    int stale = req->epoch && req->epoch != j->epoch;
+    if (!strcmp(w->job_id, j->id) && (!req->epoch || !w->epoch || req->epoch == w->epoch)) {
+        w->job_id[0] = 0; // the worker is free again
         if (w->state == MOED__V1__WORKER_STATE__WORKER_BUSY) w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
+        /* ... once its training thread is gone: until a heartbeat says so, a RunSlot would
+         * find it busy (the worker sends one as soon as the thread is joined) */
+        w->awaiting_idle = 1;
         coordinator_save_worker(co, w);
     }
-    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || !mine) { // cancelled, or failed already
+    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || k < 0 || stale ||
+        j->bindings[k].ended) { // cancelled, failed already, or not this worker's slot
         rpc_reply(call, &empty.base);
         coordinator_schedule(co);
         return;
     }
-    if (req->step > j->step) j->step = req->step;
+    struct binding *bd = &j->bindings[k];
+    int mesh = j->pods * j->slots > 1;
+    if (req->step > bd->step) bd->step = (long)req->step;
+    if (k == 0 && req->step > j->step) j->step = req->step;
     if (!req->ok) {
-        coordinator_finish_job(co, j, MOED__V1__JOB_STATE__JOB_FAILED, "failed", "%s at step %ld: %s",
-                               w->id, (long)req->step, req->error[0] ? req->error : "stopped");
+        /* a slot we told to stop (another failed) answers "stopped": that is not a cause */
+        if (j->failing_ms && req->stopped) {
+            bd->ended = 1;
+            snprintf(bd->error, sizeof bd->error, "stopped");
+            coordinator_check_failing(co, j, now_ms());
+        } else {
+            coordinator_slot_failed(co, j, k, (long)req->step,
+                                    req->error[0] ? req->error : "stopped");
+        }
         rpc_reply(call, &empty.base);
         coordinator_schedule(co);
         return;
     }
-    char part[1200], final[1200];
-    model_path(co, j, part, sizeof part, 1);
-    model_path(co, j, final, sizeof final, 0);
-    if (j->upload_fd >= 0) {
-        int bad = fsync(j->upload_fd) != 0;
-        bad |= close(j->upload_fd) != 0;
-        j->upload_fd = -1;
-        if (bad) LOG_WARN("%s: syncing %s: %s", j->id, part, strerror(errno));
+    if (req->model_bytes > 0 || req->model_sha256.len) { // this slot wrote the job's model
+        char part[1200], final[1200];
+        model_path(co, j, part, sizeof part, 1);
+        model_path(co, j, final, sizeof final, 0);
+        if (j->upload_fd >= 0) {
+            int bad = fsync(j->upload_fd) != 0;
+            bad |= close(j->upload_fd) != 0;
+            j->upload_fd = -1;
+            if (bad) LOG_WARN("%s: syncing %s: %s", j->id, part, strerror(errno));
+        }
+        unsigned char sum[32];
+        int64_t size = 0;
+        if (file_sha256(part, sum, &size) != 0 || size != req->model_bytes ||
+            req->model_sha256.len != 32 || memcmp(sum, req->model_sha256.data, 32) != 0) {
+            /* The worker still holds the model: it may upload again. The job stays RUNNING. */
+            rpc_fail(call, GRPC_STATUS_DATA_LOSS, "model upload of %s does not match: got %ld "
+                     "bytes, reported %ld, checksum %s", j->id, (long)size, (long)req->model_bytes,
+                     size == req->model_bytes ? "differs" : "not checked");
+            snprintf(w->job_id, sizeof w->job_id, "%s", j->id); // still busy with it
+            w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
+            return;
+        }
+        if (rename(part, final) != 0) {
+            LOG_ERROR("%s: rename %s: %s", j->id, final, strerror(errno));
+            rpc_fail(call, GRPC_STATUS_INTERNAL, "the coordinator cannot store the model");
+            snprintf(w->job_id, sizeof w->job_id, "%s", j->id);
+            w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
+            return;
+        }
+        j->model_bytes = size;
     }
-    unsigned char sum[32];
-    int64_t size = 0;
-    if (file_sha256(part, sum, &size) != 0 || size != req->model_bytes || req->model_sha256.len != 32 ||
-        memcmp(sum, req->model_sha256.data, 32) != 0) {
-        /* The worker still holds the model: it may upload again. The job stays RUNNING. */
-        rpc_fail(call, GRPC_STATUS_DATA_LOSS, "model upload of %s does not match: got %ld bytes, "
-                 "reported %ld, checksum %s", j->id, (long)size, (long)req->model_bytes,
-                 size == req->model_bytes ? "differs" : "not checked");
-        snprintf(w->job_id, sizeof w->job_id, "%s", j->id); // still busy with it
-        w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
-        return;
+    bd->ended = 1;
+    bd->ok = 1;
+    int done = 0, n = j->pods * j->slots;
+    for (int i = 0; i < n; i++) done += j->bindings[i].ended && j->bindings[i].ok;
+    if (done == n && j->model_bytes > 0) {
+        coordinator_finish_job(co, j, MOED__V1__JOB_STATE__JOB_SUCCEEDED, "succeeded",
+                               "%ld steps, final loss %.4f, model %ld bytes", (long)j->step,
+                               j->loss, (long)j->model_bytes);
+    } else if (done == n) {
+        coordinator_fail_slot(co, j, -1, "failed", "every slot of %s ended, but none uploaded "
+                              "the model", j->id);
+    } else if (mesh) { // a decision (the slot is done): synced with its event
+        coordinator_event(co, j, 1, "slot_done", "slot (%d, %d) on %s finished at step %ld "
+                          "(%d of %d slots done)%s", k / j->slots, k % j->slots, w->id,
+                          (long)req->step, done, n, j->model_bytes > 0 ? "; model uploaded" : "");
     }
-    if (rename(part, final) != 0) {
-        LOG_ERROR("%s: rename %s: %s", j->id, final, strerror(errno));
-        rpc_fail(call, GRPC_STATUS_INTERNAL, "the coordinator cannot store the model");
-        return;
-    }
-    j->model_bytes = size;
-    coordinator_finish_job(co, j, MOED__V1__JOB_STATE__JOB_SUCCEEDED, "succeeded",
-                           "%ld steps, final loss %.4f, model %ld bytes", (long)j->step, j->loss,
-                           (long)size);
     rpc_reply(call, &empty.base);
     coordinator_schedule(co);
 }
@@ -631,9 +792,11 @@ const struct rpc_method coordinator_methods[] = {
     {JOBS("GetJob"), &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, get_job},
     {JOBS("WatchJob"), &moed__v1__watch_job_request__descriptor, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, watch_job},
     {JOBS("FetchModel"), &moed__v1__job_ref__descriptor, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, fetch_model},
+    {JOBS("ListSteps"), &moed__v1__list_steps_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, list_steps},
     {STATUS("GetCluster"), &moed__v1__get_cluster_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, get_cluster},
     {STATUS("GetJob"), &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, get_job},
     {STATUS("WatchJob"), &moed__v1__watch_job_request__descriptor, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, watch_job},
+    {STATUS("ListSteps"), &moed__v1__list_steps_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, list_steps},
     {CLUSTER("RegisterWorker"), &moed__v1__register_request__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, register_worker},
     {CLUSTER("Heartbeat"), &moed__v1__heartbeat_request__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, heartbeat},
     {CLUSTER("ReportStep"), &moed__v1__step_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_step},

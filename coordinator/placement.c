@@ -1,0 +1,149 @@
+/*
+ * placement.c — which worker processes play the slots of a job's mesh.
+ *
+ * Owns: the placement rule and the check, at submission, that a mesh can be placed at all.
+ * The rule (docs/operations.md, "Placement"), for a mesh of P pods x S slots:
+ *   - one worker plays one slot: a job needs P * S idle workers, never oversubscribes;
+ *   - tcp: logical pod p takes S idle workers of one physical pod (the workers' --pod), the
+ *     lowest-numbered physical pod that still has S idle workers; the slots in the order the
+ *     workers registered. A logical pod for which no physical pod has S idle workers left
+ *     takes the first S idle workers in registration order, whatever their pods.
+ *   - mpi: logical pod p is one mpirun job of exactly S ranks, every rank idle; slot s is MPI
+ *     rank s. MPI jobs are taken lowest physical pod (of rank 0) first, then in the order
+ *     their rank 0 registered.
+ * Idle workers left over are spares.
+ * Never: changes a worker or a job (coordinator.c binds what this file chooses), or looks at
+ * anything but the worker table: the choice depends only on it, so it is predictable.
+ */
+#include "coordinator.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int alive(const struct worker *w) {
+    return w->state == MOED__V1__WORKER_STATE__WORKER_IDLE ||
+           w->state == MOED__V1__WORKER_STATE__WORKER_BUSY;
+}
+
+int worker_schedulable(const struct worker *w) {
+    return w->state == MOED__V1__WORKER_STATE__WORKER_IDLE && !w->job_id[0] && w->channel &&
+           !w->awaiting_idle;
+}
+
+static int is_mpi(const char *backend) { return backend && strcmp(backend, "mpi") == 0; }
+
+/* Whether worker index i leads (is rank 0 of) a complete MPI job of `slots` ranks whose every
+ * rank passes `ok`; g[r] gets the worker index of rank r. */
+static int mpi_group(const struct coordinator *co, int i, int slots,
+                     int (*ok)(const struct worker *), int *g) {
+    const struct worker *lead = co->workers[i];
+    if (lead->mpi_size != slots || lead->mpi_rank != 0 || !lead->mpi_job[0] || !ok(lead))
+        return 0;
+    g[0] = i;
+    for (int r = 1; r < slots; r++) {
+        g[r] = -1;
+        for (int k = 0; k < co->n_workers && g[r] < 0; k++) {
+            const struct worker *w = co->workers[k];
+            if (w->mpi_rank == r && w->mpi_size == slots && ok(w) &&
+                strcmp(w->mpi_job, lead->mpi_job) == 0)
+                g[r] = k;
+        }
+        if (g[r] < 0) return 0;
+    }
+    return 1;
+}
+
+/* Up to max_groups complete MPI jobs of `slots` ranks, lowest physical pod of rank 0 first
+ * (then registration order); ranks[g * slots + r] is the worker index of rank r of group g.
+ * Returns how many. */
+static int mpi_groups(const struct coordinator *co, int slots, int (*ok)(const struct worker *),
+                      int *ranks, int max_groups) {
+    char *taken = calloc((size_t)co->n_workers + 1, 1);
+    if (!taken) return 0;
+    int n = 0;
+    while (n < max_groups) {
+        int best = -1;
+        for (int i = 0; i < co->n_workers; i++)
+            if (!taken[i] && (best < 0 || co->workers[i]->pod < co->workers[best]->pod) &&
+                mpi_group(co, i, slots, ok, ranks + (size_t)n * slots))
+                best = i;
+        if (best < 0) break;
+        mpi_group(co, best, slots, ok, ranks + (size_t)n * slots);
+        taken[best] = 1;
+        n++;
+    }
+    free(taken);
+    return n;
+}
+
+moe_status placement_check(const struct coordinator *co, int pods, int slots, const char *backend) {
+    long need = (long)pods * slots;
+    int live = 0;
+    for (int i = 0; i < co->n_workers; i++) live += alive(co->workers[i]);
+    if (need > live)
+        return moe_fail(MOE_EINVAL,
+                        "mesh: mesh.pods x mesh.slots = %d x %d = %ld slots, but the cluster has "
+                        "%d live worker%s (one worker plays one slot)",
+                        pods, slots, need, live, live == 1 ? "" : "s");
+    if (!is_mpi(backend)) return MOE_OK;
+    int *ranks = malloc(sizeof *ranks * (size_t)pods * (size_t)slots);
+    if (!ranks) return moe_fail(MOE_ENOMEM, "out of memory");
+    int groups = mpi_groups(co, slots, alive, ranks, pods);
+    free(ranks);
+    if (groups < pods) {
+        int mpi_workers = 0;
+        for (int i = 0; i < co->n_workers; i++)
+            mpi_workers += alive(co->workers[i]) && co->workers[i]->mpi_size > 0;
+        return moe_fail(MOE_EINVAL,
+                        "mesh: mesh.backend = mpi needs %d pod%s, each one mpirun job of exactly "
+                        "mesh.slots = %d live ranks, but the cluster has %d such job%s (%d live "
+                        "workers started under mpirun; `moectl cluster up --backend mpi`)",
+                        pods, pods == 1 ? "" : "s", slots, groups, groups == 1 ? "" : "s",
+                        mpi_workers);
+    }
+    return MOE_OK;
+}
+
+static int choose_mpi(const struct coordinator *co, const struct job *j, struct worker **out) {
+    int *ranks = malloc(sizeof *ranks * (size_t)j->pods * (size_t)j->slots);
+    if (!ranks) return 0;
+    int groups = mpi_groups(co, j->slots, worker_schedulable, ranks, j->pods);
+    if (groups == j->pods)
+        for (int k = 0; k < j->pods * j->slots; k++) out[k] = co->workers[ranks[k]];
+    free(ranks);
+    return groups == j->pods;
+}
+
+static int choose_tcp(const struct coordinator *co, const struct job *j, struct worker **out) {
+    int n = co->n_workers, S = j->slots;
+    char *used = calloc((size_t)n + 1, 1);
+    if (!used) return 0;
+    int placed = 1;
+    for (int p = 0; p < j->pods && placed; p++) {
+        /* the lowest-numbered physical pod with S idle workers not taken yet */
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            const struct worker *w = co->workers[i];
+            if (used[i] || !worker_schedulable(w) || (best >= 0 && w->pod >= best)) continue;
+            int have = 0;
+            for (int k = 0; k < n; k++)
+                have += !used[k] && worker_schedulable(co->workers[k]) &&
+                        co->workers[k]->pod == w->pod;
+            if (have >= S) best = w->pod;
+        }
+        int s = 0;
+        for (int i = 0; i < n && s < S; i++) { // registration order inside the pod
+            const struct worker *w = co->workers[i];
+            if (used[i] || !worker_schedulable(w) || (best >= 0 && w->pod != best)) continue;
+            used[i] = 1;
+            out[p * S + s++] = co->workers[i];
+        }
+        placed = s == S;
+    }
+    free(used);
+    return placed;
+}
+
+int placement_choose(const struct coordinator *co, const struct job *j, struct worker **out) {
+    return is_mpi(j->backend) ? choose_mpi(co, j, out) : choose_tcp(co, j, out);
+}
