@@ -25,11 +25,13 @@ void worker_copy_id(struct worker *w, char out[WORKER_ID_MAX]) {
     uv_mutex_unlock(&w->id_mu);
 }
 
-/* The running job as the coordinator should learn it: id and last step, or none. */
-static const char *running_job(struct worker *w, long *step) {
+/* The running job as the coordinator should learn it: id, last step and epoch, or none. */
+static const char *running_job(struct worker *w, long *step, uint64_t *epoch) {
     *step = 0;
+    *epoch = 0;
     if (!w->job || atomic_load(&w->job->finished)) return "";
     *step = atomic_load(&w->job->step);
+    *epoch = w->job->epoch;
     return w->job->id;
 }
 
@@ -43,8 +45,14 @@ static void fill_register(struct worker *w, Moed__V1__RegisterRequest *req, char
     req->host = w->host;
     req->pid = (int32_t)getpid();
     req->cpus = w->cpus;
-    req->job_id = (char *)running_job(w, step);
+    uint64_t epoch;
+    req->job_id = (char *)running_job(w, step, &epoch);
     req->step = *step;
+    req->epoch = epoch;
+    req->data_address = w->data_address;
+    req->mpi_rank = w->mpi_rank;
+    req->mpi_size = w->mpi_size;
+    req->mpi_job = w->mpi_job;
 }
 
 /* Takes the coordinator's answer: our id (kept across re-registrations) and the interval. */
@@ -130,7 +138,8 @@ static void on_reregistered(void *arg, const struct rpc_result *res, const Proto
     apply_registration(w, (const Moed__V1__RegisterResponse *)msg);
     atomic_fetch_add(&w->contact, 1);
     long step;
-    const char *job = running_job(w, &step);
+    uint64_t epoch;
+    const char *job = running_job(w, &step, &epoch);
     if (job[0])
         LOG_INFO("registered again as %s, running %s at step %ld", w->worker_id, job, step);
     else
@@ -159,6 +168,8 @@ struct heartbeat {
     struct worker *w;
     char job_id[64]; // the job this heartbeat spoke for: stop_job refers to it
 };
+
+static void heartbeat_tick(uv_timer_t *t);
 
 static void on_heartbeat(void *arg, const struct rpc_result *res, const ProtobufCMessage *msg) {
     struct heartbeat *hb = arg;
@@ -189,9 +200,14 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
         int run = JOB_RUN;
         if (atomic_compare_exchange_strong(&w->job->stop, &run, JOB_STOP_COORDINATOR))
             LOG_INFO("%s: the coordinator says it no longer runs here: stopping", hb->job_id);
+        job_abort_comm(w->job);
     }
 done:
     free(hb);
+    if (w->heartbeat_again && !atomic_load(&w->shutting_down)) {
+        w->heartbeat_again = 0;
+        heartbeat_tick(&w->heartbeat);
+    }
 }
 
 static void heartbeat_tick(uv_timer_t *t) {
@@ -201,13 +217,15 @@ static void heartbeat_tick(uv_timer_t *t) {
     if (!hb) return;
     hb->w = w;
     long step;
-    snprintf(hb->job_id, sizeof hb->job_id, "%s", running_job(w, &step));
+    uint64_t epoch;
+    snprintf(hb->job_id, sizeof hb->job_id, "%s", running_job(w, &step, &epoch));
     char id[WORKER_ID_MAX];
     worker_copy_id(w, id);
     Moed__V1__HeartbeatRequest req = MOED__V1__HEARTBEAT_REQUEST__INIT;
     req.worker_id = id;
     req.job_id = hb->job_id;
     req.step = step;
+    req.epoch = epoch;
     /* long enough for a busy coordinator, short enough that one lost call skips few ticks */
     double timeout = 2.0 * (double)w->heartbeat_ms / 1000.0;
     if (timeout < 1.0) timeout = 1.0;
@@ -220,6 +238,17 @@ static void heartbeat_tick(uv_timer_t *t) {
         return;
     }
     w->heartbeat_in_flight = 1;
+}
+
+/* Now, not at the next tick: the coordinator waits for a heartbeat without a job before it
+ * gives a worker that just finished one the next (it would find it still busy otherwise). */
+void worker_heartbeat_now(struct worker *w) {
+    if (atomic_load(&w->shutting_down) || !uv_is_active((uv_handle_t *)&w->heartbeat)) return;
+    if (w->heartbeat_in_flight) { // that one may still name the job: another when it is back
+        w->heartbeat_again = 1;
+        return;
+    }
+    heartbeat_tick(&w->heartbeat);
 }
 
 void worker_heartbeat_start(struct worker *w) {

@@ -1,10 +1,14 @@
 /*
- * job.c — the training thread of one job: trainer_open, then step after step, each followed
+ * job.c — the training thread of one job: trainer_open (a 1 x 1 mesh) or, for one slot of a
+ * larger mesh, the comm (mesh.c) and trainer_open_slot; then step after step, each followed
  * by a blocking ReportStep (batched: at most one call a second, carrying every
- * step since the last); evaluation every run.eval_every steps and at the end. While the
+ * step since the last); evaluation every run.eval_every steps and at the end. In a mesh
+ * every slot reports its own steps (with its data-plane time and bytes), and steps,
+ * evaluations and the model's save are collective: every slot makes the same calls in the
+ * same order. While the
  * coordinator is unreachable, training goes on and the reports wait in a bounded backlog,
  * sent oldest first once it answers again: the coordinator sees every step, in order.
- * The thread talks to the loop only through the job's atomics and w->job_done.
+ * The thread talks to the loop only through the job's atomics, comm_mu and w->job_done.
  */
 #include "worker.h"
 
@@ -108,6 +112,11 @@ static struct step_entry *entry_new(const struct trainer *t, const struct step_r
     e->m.load_max_over_mean = r->load_max_over_mean;
     e->m.reported_unix_ms = unix_ms(); // when the step completed, even if sent later
     e->m.val_loss = val_loss;
+    e->m.pod = t->mesh.pod;
+    e->m.slot = t->mesh.slot;
+    e->m.comm_seconds = r->t_comm;
+    e->m.bytes_alltoall = r->bytes_alltoall;
+    e->m.bytes_allreduce = r->bytes_allreduce;
     /* each layer's share of its assignments per expert, averaged over the layers */
     for (int l = 0; l < L; l++) {
         const long *load = t->load_sum + (size_t)l * E; // (L, E)
@@ -183,6 +192,7 @@ static int backlog_flush(struct job *j, struct rpc_channel *ch, struct backlog *
         req.job_id = j->id;
         req.pod = j->pod;
         req.slot = j->slot;
+        req.epoch = j->epoch;
         req.n_metrics = n;
         req.metrics = batch;
         ProtobufCMessage *resp = NULL;
@@ -256,7 +266,8 @@ static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struc
         if (atomic_load(&j->stop) != JOB_RUN) return 0;
         struct step_report r;
         if (trainer_step(t, &r) != MOE_OK) {
-            snprintf(error, error_len, "%s", moe_errmsg());
+            /* told to stop while a collective waited: the abort is not the job's error */
+            if (atomic_load(&j->stop) == JOB_RUN) snprintf(error, error_len, "%s", moe_errmsg());
             return 0;
         }
         atomic_store(&j->step, r.step);
@@ -265,7 +276,7 @@ static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struc
                        (t->spec.run.eval_every > 0 && r.step % t->spec.run.eval_every == 0);
         if (eval_now && t->spec.data.val_fraction > 0 &&
             trainer_eval(t, &val, NULL) != MOE_OK) {
-            snprintf(error, error_len, "%s", moe_errmsg());
+            if (atomic_load(&j->stop) == JOB_RUN) snprintf(error, error_len, "%s", moe_errmsg());
             return 0;
         }
         if (r.step == 1 || r.step % log_every == 0 || r.step == total || val > 0)
@@ -281,9 +292,35 @@ static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struc
             int run = JOB_RUN;
             if (atomic_compare_exchange_strong(&j->stop, &run, JOB_STOP_COORDINATOR))
                 LOG_INFO("%s: the coordinator says stop after step %ld", j->id, r.step);
+            job_abort_comm(j); // the other slots must not wait for us in the next collective
         }
     }
     return 1;
+}
+
+/* Opens the trainer for this job's slot: the plain trainer for a 1 x 1 mesh, else the comm
+ * and the slot's share of the model. *error says why not. */
+static int open_trainer(struct job *j, struct trainer *t, char *error, size_t error_len) {
+    moe_status s;
+    if (j->pods * j->slots == 1) {
+        s = trainer_open(t, &j->spec);
+    } else {
+        s = job_open_comm(j);
+        if (s == MOE_OK) {
+            struct comm *c;
+            uv_mutex_lock(&j->comm_mu);
+            c = j->comm;
+            uv_mutex_unlock(&j->comm_mu);
+            s = trainer_open_slot(t, &j->spec, j->pod, j->slot, c);
+            if (s != MOE_OK) {
+                snprintf(error, error_len, "%s", moe_errmsg());
+                job_close_comm(j);
+                return 0;
+            }
+        }
+    }
+    if (s != MOE_OK) snprintf(error, error_len, "%s", moe_errmsg());
+    return s == MOE_OK;
 }
 
 void job_thread(void *arg) {
@@ -297,11 +334,11 @@ void job_thread(void *arg) {
         goto done;
     }
     struct trainer t;
-    if (trainer_open(&t, &j->spec) != MOE_OK) {
-        char error[512];
-        snprintf(error, sizeof error, "%s", moe_errmsg());
-        LOG_ERROR("%s: %s", j->id, error);
-        job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
+    char open_error[512] = "";
+    if (!open_trainer(j, &t, open_error, sizeof open_error)) {
+        int stopped = atomic_load(&j->stop) != JOB_RUN;
+        LOG_ERROR("%s: slot (%d, %d): %s", j->id, j->pod, j->slot, open_error);
+        job_report_end(j, ch, 0, stopped, stopped ? "stopped" : open_error, 0, NULL, NULL);
         goto done;
     }
     LOG_INFO("%s: training '%s': %zu parameters (%d layers, d_model %d, %d experts, top-%d), "
@@ -334,6 +371,7 @@ void job_thread(void *arg) {
                        why == JOB_STOP_SHUTDOWN ? "worker shut down" : "stopped", 0, NULL, NULL);
     }
     trainer_close(&t);
+    job_close_comm(j);
 done:
     rpc_channel_close(ch);
     atomic_store(&j->finished, 1);

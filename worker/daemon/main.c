@@ -3,14 +3,17 @@
  *
  *   moed-worker --coordinator HOST:PORT --cluster-token-file FILE [--listen 127.0.0.1:0]
  *               [--pod N] [--threads N] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
- *               [--dir SCRATCH_DIR]
+ *               [--dir SCRATCH_DIR] [--data-listen HOST:PORT] [--mpi]
  *               [--log-level debug|info|warn|error]
  *
  * main.c: the command line, the scratch directory, starting the loop, and the orderly way
  * down on SIGTERM/SIGINT: stop the job and join its thread, shut the server down, stop the
  * pump, close the handles, exit 0.
+ * Under mpirun (OMPI_COMM_WORLD_RANK set) or with --mpi, MPI is initialised first thing and
+ * the rank, size and mpirun job are registered: the ranks of one mpirun job are one pod.
  * Exit codes: 0 stopped by a signal; 1 could not start or join (coordinator unreachable for
- * 30 s, the cluster token refused, the address in use); 2 bad command line.
+ * 30 s, the cluster token refused, the address in use, MPI would not start); 2 bad command
+ * line.
  */
 #include "worker.h"
 
@@ -48,6 +51,10 @@ static void usage(FILE *to) {
             "                              serve the Worker service over TLS (PEM files)\n"
             "  --dir DIR                   scratch directory for trained models (default: a\n"
             "                              temporary directory, removed at exit)\n"
+            "  --data-listen HOST:PORT     the data plane's listener, where the other slots of\n"
+            "                              a job connect (default 127.0.0.1:0: a free port)\n"
+            "  --mpi                       initialise MPI and register the rank (implied under\n"
+            "                              mpirun, which sets OMPI_COMM_WORLD_RANK)\n"
             "  --log-level LEVEL           debug, info, warn or error (default info, or\n"
             "                              $MOE_LOG_LEVEL)\n");
 }
@@ -86,10 +93,13 @@ static int parse_args(struct worker_config *cfg, int argc, char **argv) {
                                          {"tls-cert", required_argument, 0, 'C'},
                                          {"tls-key", required_argument, 0, 'K'},
                                          {"dir", required_argument, 0, 'd'},
+                                         {"data-listen", required_argument, 0, 'D'},
+                                         {"mpi", no_argument, 0, 'M'},
                                          {"log-level", required_argument, 0, 'L'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     cfg->listen = "127.0.0.1:0";
+    cfg->data_listen = "127.0.0.1:0";
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -106,6 +116,8 @@ static int parse_args(struct worker_config *cfg, int argc, char **argv) {
         case 'C': cfg->serve_tls.cert_file = optarg; break;
         case 'K': cfg->serve_tls.key_file = optarg; break;
         case 'd': cfg->dir = optarg; break;
+        case 'D': cfg->data_listen = optarg; break;
+        case 'M': cfg->mpi = 1; break;
         case 'L':
             if (parse_level(optarg)) return EXIT_USAGE;
             break;
@@ -185,6 +197,24 @@ static void advertised_address(struct worker *w, int port) {
     snprintf(w->address, sizeof w->address, "%s:%d", host, port);
 }
 
+/* The data plane's address as peers should dial it: a wildcard host ("0.0.0.0:0" listens
+ * everywhere) is no address to dial, so it becomes the host the Worker service advertises. */
+static void advertised_data_address(struct worker *w) {
+    const char *a = comm_listener_address(w->listener);
+    const char *colon = strrchr(a, ':');
+    size_t host_len = colon ? (size_t)(colon - a) : 0;
+    int wildcard = host_len == 0 || (host_len == 7 && strncmp(a, "0.0.0.0", 7) == 0) ||
+                   (host_len == 4 && strncmp(a, "[::]", 4) == 0) ||
+                   (host_len == 2 && strncmp(a, "::", 2) == 0);
+    if (!wildcard || !colon) {
+        snprintf(w->data_address, sizeof w->data_address, "%s", a);
+        return;
+    }
+    const char *wcolon = strrchr(w->address, ':');
+    int wlen = wcolon ? (int)(wcolon - w->address) : (int)strlen(w->address);
+    snprintf(w->data_address, sizeof w->data_address, "%.*s%s", wlen, w->address, colon);
+}
+
 /* ---- the way down ---- */
 
 static void handle_closed(uv_handle_t *h) { (void)h; }
@@ -245,6 +275,27 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 /* ---- start ---- */
 
+/* Under mpirun: MPI first (before any thread), and the identity of our mpirun job, which
+ * only its ranks share: the host and the launcher's contact address (unique per live mpirun
+ * on a host), else its job namespace. */
+static moe_status start_mpi(struct worker *w) {
+    if (!w->cfg.mpi && !getenv("OMPI_COMM_WORLD_RANK")) return MOE_OK;
+    int rank = 0, size = 0;
+    CHECK(comm_mpi_init(&rank, &size));
+    const char *id = getenv("OMPI_MCA_orte_hnp_uri");
+    if (!id || !id[0]) id = getenv("PMIX_NAMESPACE");
+    char fallback[32];
+    if (!id || !id[0]) {
+        snprintf(fallback, sizeof fallback, "ppid-%d", (int)getppid());
+        id = fallback;
+    }
+    w->mpi_rank = rank;
+    w->mpi_size = size;
+    snprintf(w->mpi_job, sizeof w->mpi_job, "%.120s/%.130s", w->host, id);
+    LOG_INFO("MPI: rank %d of %d in mpirun job %s", rank, size, w->mpi_job);
+    return MOE_OK;
+}
+
 /* Serve, then join the cluster (blocking: the coordinator may still be starting). */
 static moe_status start(struct worker *w) {
     CHECK(rpc_pump_start(&w->pump, w->loop));
@@ -256,9 +307,12 @@ static moe_status start(struct worker *w) {
     int port = 0;
     CHECK(rpc_server_start(&w->server, w->pump, &sc, worker_methods, worker_n_methods, w, &port));
     advertised_address(w, port);
+    CHECK(comm_listener_open(&w->listener, w->cfg.data_listen));
+    advertised_data_address(w);
     CHECK(rpc_channel_open(&w->coord, w->cfg.coordinator, &w->cfg.tls, w->token, 1));
-    LOG_INFO("moed-worker %s listening on %s (pod %d); joining %s", MOED_VERSION, w->address,
-             w->cfg.pod, w->cfg.coordinator);
+    LOG_INFO("moed-worker %s listening on %s, data plane on %s (pod %d%s); joining %s",
+             MOED_VERSION, w->address, w->data_address, w->cfg.pod,
+             w->mpi_size ? ", under mpirun" : "", w->cfg.coordinator);
     CHECK(worker_register(w));
     if (!w->cfg.dir) CHECK(scratch_make_temp(w));
     LOG_INFO("scratch directory %s", w->scratch);
@@ -289,6 +343,10 @@ int main(int argc, char **argv) {
         LOG_ERROR("%s", moe_errmsg());
         return EXIT_FAILED;
     }
+    if (start_mpi(&w) != MOE_OK) {
+        LOG_ERROR("%s", moe_errmsg());
+        return EXIT_FAILED;
+    }
 
     uv_loop_t loop;
     uv_loop_init(&loop);
@@ -310,6 +368,8 @@ int main(int argc, char **argv) {
     uv_run(&loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&loop) != 0) LOG_WARN("the event loop closed with handles still open");
     uv_mutex_destroy(&w.id_mu);
+    if (w.listener) comm_listener_close(w.listener);
+    if (w.mpi_size) comm_mpi_finalize();
     scratch_remove(&w);
     rpc_shutdown_library();
     LOG_INFO("stopped");

@@ -4,7 +4,9 @@
  * RPC_MODEL_CHUNK bytes from offset 0, and the end is reported. Each call is retried while
  * the coordinator is unreachable (it may be restarting): the model must not be lost. The
  * scratch files go once the coordinator has the model; if it never got it they stay, and
- * the log says where.
+ * the log says where. In a mesh the save is collective (every slot calls it, the slots of
+ * pod 0 send their experts to the writer); only the slot that wrote the file
+ * (trainer_writes_model) uploads it, the others report their end without a model.
  */
 #include "worker.h"
 
@@ -129,6 +131,9 @@ moe_status job_report_end(struct job *j, struct rpc_channel *ch, int ok, int sto
     req.stopped = stopped;
     req.error = (char *)(error ? error : "");
     req.step = atomic_load(&j->step);
+    req.pod = j->pod;
+    req.slot = j->slot;
+    req.epoch = j->epoch;
     req.model_bytes = model_bytes;
     if (sha256) {
         req.model_sha256.len = 32;
@@ -153,7 +158,21 @@ void job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *
     unsigned char sha[32];
     long size = 0;
     moe_status s = trainer_save_model(t, path);
-    if (s == MOE_OK) s = file_sha256(path, sha, &size);
+    int writer = trainer_writes_model(t);
+    if (s == MOE_OK && writer) s = file_sha256(path, sha, &size);
+    if (s == MOE_OK && !writer) { // our experts went to the writer: nothing to upload
+        LOG_INFO("%s: slot (%d, %d) done; slot (0, 0) uploads the model", j->id, j->pod, j->slot);
+        job_report_end(j, ch, 1, 0, "", 0, NULL, NULL);
+        return;
+    }
+    if (s != MOE_OK && atomic_load(&j->stop) == JOB_STOP_COORDINATOR) {
+        /* another slot failed and the coordinator aborted the collective save */
+        LOG_INFO("%s: stopped while saving the model (the coordinator asked)", j->id);
+        job_report_end(j, ch, 0, 1, "stopped", 0, NULL, NULL);
+        unlink(path);
+        unlink(config);
+        return;
+    }
     if (s != MOE_OK) {
         snprintf(error, sizeof error, "saving the trained model: %s", moe_errmsg());
         LOG_ERROR("%s: %s", j->id, error);

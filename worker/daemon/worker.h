@@ -6,12 +6,15 @@
  * coordinator calls (RunSlot, StopJob), and the training thread of the job it runs: the
  * trainer library's steps, step reports batched to one call a second (kept in order while
  * the coordinator is unreachable), the model's upload and the job's end report. A scratch directory holds the
- * trained model between saving and upload.
+ * trained model between saving and upload. For a slot of a larger mesh it also owns the
+ * data-plane listener (opened at startup, its address registered) and the job's comm, opened
+ * from RunSlot's binding table and aborted by StopJob; under mpirun, MPI's initialisation.
  *   worker.h      the shared state (struct worker, struct job) and the functions between files
  *   main.c        command line, scratch directory, loop, signals, orderly shutdown
  *   cluster.c     registration and heartbeats (loop thread)
  *   service.c     the Worker service handlers and reaping finished jobs (loop thread)
  *   job.c         the training thread: steps, step reports and their backlog, evaluation
+ *   mesh.c        the training thread's data plane: comm_open from the binding, comm_abort
  *   upload.c      the training thread's ending: save, hash, upload, ReportJobEnd
  * Threads: the libuv loop thread owns struct worker and every RPC handler and callback; the
  * training thread owns its trainer and its own channel to the coordinator. They share only
@@ -26,6 +29,7 @@
 #include "../../common/spec.h"
 #include "../../common/status.h"
 #include "../../proto/rpc.h"
+#include "../comm/comm.h"
 #include "../trainer.h"
 
 #include <limits.h>
@@ -53,6 +57,8 @@ struct worker_config {
     struct rpc_tls tls;        // ca_file only: the coordinator's CA
     struct rpc_tls serve_tls;  // cert_file + key_file: serve the Worker service over TLS
     const char *dir;           // scratch directory; NULL: a temporary one
+    const char *data_listen;   // the data-plane listener, default 127.0.0.1:0
+    int mpi;                   // --mpi: initialise MPI (also when OMPI_COMM_WORLD_RANK is set)
 };
 
 struct worker;
@@ -69,6 +75,15 @@ struct job {
     int pod, slot;
     struct job_spec spec;
     uv_thread_t thread;
+    /* the mesh, from RunSlot (a 1 x 1 job has no comm) */
+    int pods, slots;
+    uint64_t epoch;
+    enum comm_backend backend;
+    double timeout_s;
+    char (*peers)[COMM_ADDR_MAX]; // (pods * slots) data addresses, rank order
+    uv_mutex_t comm_mu;           // guards comm between the thread (open, close) and the loop
+    struct comm *comm;            //   (StopJob's abort)
+    int aborted;                  // comm_abort was called (under comm_mu)
     /* shared with the loop */
     atomic_int stop;     // enum job_stop: set by the loop, read by the thread between steps
     atomic_long step;    // last completed step, for heartbeats and re-registration
@@ -80,6 +95,10 @@ struct worker {
     struct worker_config cfg;
     char token[WORKER_TOKEN_MAX]; // the cluster token
     char address[300];            // where our Worker service listens, as registered
+    struct comm_listener *listener; // the data plane's listening socket, for every job
+    char data_address[COMM_ADDR_MAX];
+    int mpi_rank, mpi_size;       // under mpirun: MPI_COMM_WORLD (mpi_size 0: no MPI)
+    char mpi_job[256];            // identifies our mpirun job (its ranks share it)
     char host[256];
     int cpus;
     char scratch[PATH_MAX];
@@ -95,6 +114,7 @@ struct worker {
     long heartbeat_ms;
     uv_timer_t heartbeat;
     int heartbeat_in_flight;
+    int heartbeat_again;          // worker_heartbeat_now while one was in flight
     int reregistering;
     int coordinator_lost;         // the last heartbeat failed (log the change, not every tick)
     atomic_uint contact;          // +1 when the coordinator answers again or re-registers us:
@@ -115,6 +135,7 @@ void worker_shutdown_continue(struct worker *w);
 /* cluster.c (loop thread) */
 moe_status worker_register(struct worker *w); // blocking, at startup, with retries
 void worker_heartbeat_start(struct worker *w);
+void worker_heartbeat_now(struct worker *w); // an extra one (a job just ended)
 void worker_copy_id(struct worker *w, char out[WORKER_ID_MAX]); // any thread
 
 /* service.c (loop thread) */
@@ -132,6 +153,14 @@ double job_now(void); // monotonic seconds
 moe_status job_call_retry(struct job *j, struct rpc_channel *ch, const char *method,
                           const ProtobufCMessage *req, const ProtobufCMessageDescriptor *type,
                           ProtobufCMessage **resp, double budget_s, struct rpc_result *res);
+
+/* mesh.c (training thread, except job_abort_comm and job_free) */
+/* Opens the job's comm (rank pod * slots + slot) from its binding; the error names the peer. */
+moe_status job_open_comm(struct job *j);
+void job_close_comm(struct job *j);
+/* Any thread: a collective blocked in the job's comm returns now (StopJob, stop answers). */
+void job_abort_comm(struct job *j);
+void job_free(struct job *j); // the loop, once the thread is joined
 
 /* upload.c (training thread): save the trained model, upload it, report the end. */
 void job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t);
