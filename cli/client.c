@@ -6,6 +6,7 @@
 #include "moectl.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -228,7 +229,19 @@ static cJSON *json_value(const ProtobufCFieldDescriptor *f, const void *p) {
         snprintf(text, sizeof text, "%.7g", *(const float *)p);
         return cJSON_CreateNumber(strtod(text, NULL));
     }
-    case PROTOBUF_C_TYPE_DOUBLE: return cJSON_CreateNumber(*(const double *)p);
+    case PROTOBUF_C_TYPE_DOUBLE: {
+        /* the shortest text that reads back as the same double: cJSON's own printing stops
+         * at 15 digits when they come within an epsilon, and a loss compared across runs must
+         * be exact */
+        double d = *(const double *)p;
+        if (!isfinite(d)) return cJSON_CreateNull();
+        char text[40];
+        for (int digits = 15; digits <= 17; digits++) {
+            snprintf(text, sizeof text, "%.*g", digits, d);
+            if (strtod(text, NULL) == d) break;
+        }
+        return cJSON_CreateRaw(text);
+    }
     case PROTOBUF_C_TYPE_BOOL: return cJSON_CreateBool(*(const protobuf_c_boolean *)p);
     case PROTOBUF_C_TYPE_ENUM: {
         int v = *(const int *)p;

@@ -2,407 +2,29 @@
  * cluster.c — `moectl cluster up | down | status`: a local moed cluster of real processes on
  * 127.0.0.1, the embedded default a user tries first and the tests run against.
  *
- * Owns: the layout of a cluster directory, starting the daemons (own session, output to a
- * log, pid files) and stopping them, the credentials and TLS material of a local cluster, and
- * the cluster status table. A cluster directory holds:
- *   client.token, cluster.token   credentials (0600), kept across restarts
- *   cluster.json                  the shape it was started with and the coordinator's address
- *   coordinator/                  the coordinator's RocksDB: jobs survive `cluster down`
- *   coordinator.{addr,pid,log}    where it listens ("host:port", written by the coordinator
- *                                 once it serves), its pid, its output
- *   worker-<i>.{pid,log}          worker i's pid and output; worker-<i>/ its scratch directory
- *   tls/{cert,key}.pem            with --tls: a self-signed certificate for 127.0.0.1, which
- *                                 clients use as their CA
+ * Owns: what each subcommand does: the shape the flags ask for against what runs already,
+ * which daemons to start (cluster_dir.h says how) and waiting until every worker has
+ * registered, stopping them in order, and the cluster status table.
  * `cluster up` on a directory where some of these processes died restarts only those, with
  * the recorded shape, and the coordinator on its recorded port so that live workers find it.
  * Where none runs, it starts the shape recorded last time, changed by the flags given.
  * Never: touches a job's state (the coordinator's) or talks to workers directly.
  */
 #include "client.h"
+#include "cluster_dir.h"
 #include "moectl.h"
 
 #include "proto/moed.pb-c.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
 #include <getopt.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
-
-#define UP_TIMEOUT_S 30.0   // for the coordinator's address, then for every worker to register
-#define DOWN_TIMEOUT_S 10.0 // SIGTERM, then SIGKILL whatever is left after this long
-#define MAX_WORKERS 1024
-#define PATH_CAP (PATH_MAX + 64)
-
-/* What a cluster was started with: recorded in cluster.json so that a partial restart
- * brings back the same cluster whatever flags it is given. */
-struct shape {
-    int workers, pods, threads, tls;
-    int port;                 // asked for (0: pick)
-    long heartbeat_timeout_ms; // 0: the coordinator's default
-    char address[256];        // where the coordinator listened last
-};
-
-/* ---- files ---- */
-
-/* Directory paths are shorter than PATH_MAX, file names short: these never truncate. */
-static char *in_dir(char *out, const char *dir, const char *name) {
-    int n = snprintf(out, PATH_CAP, "%s/%s", dir, name);
-    if (n < 0 || n >= PATH_CAP) out[0] = 0;
-    return out;
-}
-
-static char *worker_file(char *out, const char *dir, int i, const char *suffix) {
-    int n = snprintf(out, PATH_CAP, "%s/worker-%d%s", dir, i, suffix);
-    if (n < 0 || n >= PATH_CAP) out[0] = 0;
-    return out;
-}
-
-static moe_status mkdir_p(const char *path, mode_t mode) {
-    char buf[PATH_CAP];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p != '/' && *p != 0) continue;
-        char c = *p;
-        *p = 0;
-        if (mkdir(buf, mode) != 0 && errno != EEXIST)
-            return moe_fail(MOE_EIO, "cannot create %s: %s", buf, strerror(errno));
-        *p = c;
-        if (!c) break;
-    }
-    struct stat st;
-    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
-        return moe_fail(MOE_EIO, "%s: not a directory", path);
-    return MOE_OK;
-}
-
-/* Writes `text` to path.tmp and renames it over `path`: readers see all of it or none. */
-static moe_status write_file_atomic(const char *path, const char *text, mode_t mode) {
-    char tmp[PATH_CAP + 8];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) return moe_fail(MOE_EIO, "cannot write %s: %s", tmp, strerror(errno));
-    size_t n = strlen(text);
-    int ok = write(fd, text, n) == (ssize_t)n && fchmod(fd, mode) == 0;
-    ok &= close(fd) == 0;
-    if (!ok || rename(tmp, path) != 0) {
-        int err = errno;
-        unlink(tmp);
-        return moe_fail(MOE_EIO, "cannot write %s: %s", path, strerror(err));
-    }
-    return MOE_OK;
-}
-
-static int read_small_file(const char *path, char *out, size_t cap) {
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    size_t n = fread(out, 1, cap - 1, f);
-    fclose(f);
-    out[n] = 0;
-    while (n && (out[n - 1] == '\n' || out[n - 1] == ' ' || out[n - 1] == '\r')) out[--n] = 0;
-    return 0;
-}
-
-static pid_t read_pid(const char *path) {
-    char text[32];
-    if (read_small_file(path, text, sizeof text) != 0) return 0;
-    long v = strtol(text, NULL, 10);
-    return v > 1 ? (pid_t)v : 0;
-}
-
-static moe_status write_pid(const char *path, pid_t pid) {
-    char text[32];
-    snprintf(text, sizeof text, "%d\n", (int)pid);
-    return write_file_atomic(path, text, 0600);
-}
-
-/* Workers with a pid file: one past the highest index found. */
-static int worker_files(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        int i;
-        char tail[8];
-        if (sscanf(e->d_name, "worker-%d%7s", &i, tail) == 2 && strcmp(tail, ".pid") == 0 &&
-            i >= 0 && i < MAX_WORKERS && i + 1 > n)
-            n = i + 1;
-    }
-    closedir(d);
-    return n;
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    if (remove(path) != 0 && errno != ENOENT)
-        fprintf(stderr, "moectl: cannot remove %s: %s\n", path, strerror(errno));
-    return 0;
-}
-
-static void rm_tree(const char *path) {
-    struct stat st;
-    if (lstat(path, &st) != 0) return;
-    nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* ---- the recorded shape ---- */
-
-static int read_shape(const char *dir, struct shape *sh) {
-    char path[PATH_CAP], text[4096];
-    if (read_small_file(in_dir(path, dir, "cluster.json"), text, sizeof text) != 0) return 0;
-    cJSON *j = cJSON_Parse(text);
-    if (!j) return 0;
-    memset(sh, 0, sizeof *sh);
-    const cJSON *v;
-    if ((v = cJSON_GetObjectItem(j, "workers")) && cJSON_IsNumber(v)) sh->workers = v->valueint;
-    if ((v = cJSON_GetObjectItem(j, "pods")) && cJSON_IsNumber(v)) sh->pods = v->valueint;
-    if ((v = cJSON_GetObjectItem(j, "threads")) && cJSON_IsNumber(v)) sh->threads = v->valueint;
-    if ((v = cJSON_GetObjectItem(j, "port")) && cJSON_IsNumber(v)) sh->port = v->valueint;
-    if ((v = cJSON_GetObjectItem(j, "heartbeat_timeout_ms")) && cJSON_IsNumber(v))
-        sh->heartbeat_timeout_ms = (long)v->valuedouble;
-    sh->tls = cJSON_IsTrue(cJSON_GetObjectItem(j, "tls"));
-    if ((v = cJSON_GetObjectItem(j, "address")) && cJSON_IsString(v))
-        snprintf(sh->address, sizeof sh->address, "%s", v->valuestring);
-    cJSON_Delete(j);
-    return sh->workers >= 1 && sh->workers <= MAX_WORKERS && sh->pods >= 1 && sh->threads >= 1;
-}
-
-static moe_status write_shape(const char *dir, const struct shape *sh) {
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddNumberToObject(j, "workers", sh->workers);
-    cJSON_AddNumberToObject(j, "pods", sh->pods);
-    cJSON_AddNumberToObject(j, "threads", sh->threads);
-    cJSON_AddBoolToObject(j, "tls", sh->tls);
-    cJSON_AddNumberToObject(j, "port", sh->port);
-    cJSON_AddNumberToObject(j, "heartbeat_timeout_ms", (double)sh->heartbeat_timeout_ms);
-    cJSON_AddStringToObject(j, "address", sh->address);
-    char *text = cJSON_Print(j);
-    cJSON_Delete(j);
-    if (!text) return moe_fail(MOE_ENOMEM, "out of memory");
-    char path[PATH_CAP];
-    size_t n = strlen(text);
-    char *line = malloc(n + 2);
-    moe_status s = MOE_ENOMEM;
-    if (line) {
-        memcpy(line, text, n);
-        memcpy(line + n, "\n", 2);
-        s = write_file_atomic(in_dir(path, dir, "cluster.json"), line, 0600);
-        free(line);
-    }
-    cJSON_free(text);
-    return s;
-}
-
-/* ---- processes ---- */
-
-/* Alive and still a moed daemon (a pid file can outlive its process and the pid be reused).
- * Zombies count as gone: nobody may reap the daemons of an earlier `cluster up`. */
-static int daemon_alive(pid_t pid) {
-    if (pid <= 1) return 0;
-    /* Our own child: waitpid knows, whatever it is doing (the worker re-executes itself to
-     * choose its BLAS kernels, and /proc shows an empty command line meanwhile). */
-    pid_t r = waitpid(pid, NULL, WNOHANG);
-    if (r == 0) return 1;
-    if (r == pid) return 0;
-    if (kill(pid, 0) != 0 && errno != EPERM) return 0;
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return access("/proc/self/stat", R_OK) != 0; // no /proc: trust kill()
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *rp = strrchr(buf, ')');
-    if (rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X')) return 0;
-    char comm[32] = "";
-    const char *lp = strchr(buf, '(');
-    if (lp && rp && rp > lp) snprintf(comm, sizeof comm, "%.*s", (int)(rp - lp - 1), lp + 1);
-    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
-    if (!(f = fopen(path, "r"))) return 0;
-    n = fread(buf, 1, sizeof buf - 1, f); // argv[0], NUL-terminated
-    fclose(f);
-    buf[n] = 0;
-    if (n) return strstr(buf, "moed-") != NULL;
-    /* Mid-exec the command line reads empty; the worker re-executes /proc/self/exe, which
-     * names it "exe" until it is done. */
-    return strncmp(comm, "moed-", 5) == 0 || strcmp(comm, "exe") == 0;
-}
-
-/* Reaps children of this process that exited, so that they stop looking alive. */
-static void reap(void) {
-    while (waitpid(-1, NULL, WNOHANG) > 0) {
-    }
-}
-
-static void sleep_s(double s) {
-    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
-    nanosleep(&ts, NULL);
-}
-
-/* Starts argv[0] in its own session (a Ctrl-C in the shell that ran `cluster up` must not
- * reach it), stdin from /dev/null, stdout and stderr appended to `log`. Returns once the
- * child has exec'd (so that /proc already names the daemon) or failed to. Runs before this
- * process has any thread, so the child may do what it likes before exec. */
-static moe_status spawn(const char *const argv[], const char *log, pid_t *out) {
-    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (fd < 0) return moe_fail(MOE_EIO, "cannot open %s: %s", log, strerror(errno));
-    char when[32];
-    time_t now = time(NULL);
-    struct tm tm;
-    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", localtime_r(&now, &tm));
-    dprintf(fd, "---- %s moectl cluster up:", when);
-    for (int i = 0; argv[i]; i++) dprintf(fd, " %s", argv[i]);
-    dprintf(fd, "\n");
-    int sync[2]; // closed by a successful exec; carries errno when it fails
-    if (pipe2(sync, O_CLOEXEC) != 0) {
-        close(fd);
-        return moe_fail(MOE_EIO, "cannot start %s: pipe: %s", argv[0], strerror(errno));
-    }
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(fd);
-        close(sync[0]);
-        close(sync[1]);
-        return moe_fail(MOE_EIO, "cannot start %s: fork: %s", argv[0], strerror(errno));
-    }
-    if (pid == 0) {
-        setsid();
-        int null = open("/dev/null", O_RDONLY);
-        if (null >= 0) dup2(null, 0);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        for (int f = 3; f < sync[1]; f++) close(f); // all but the exec pipe
-        closefrom(sync[1] + 1);
-        execv(argv[0], (char *const *)argv);
-        int err = errno;
-        if (write(sync[1], &err, sizeof err) < 0) _exit(126);
-        _exit(127);
-    }
-    close(fd);
-    close(sync[1]);
-    int err = 0;
-    ssize_t n;
-    while ((n = read(sync[0], &err, sizeof err)) < 0 && errno == EINTR) {
-    }
-    close(sync[0]);
-    if (n > 0) {
-        waitpid(pid, NULL, 0);
-        return moe_fail(MOE_EIO, "cannot run %s: %s", argv[0], strerror(err));
-    }
-    *out = pid;
-    return MOE_OK;
-}
-
-/* The last few lines of a log, indented, so that a failed start says why without a hunt. */
-static void show_log_tail(const char *log, int lines) {
-    FILE *f = fopen(log, "r");
-    if (!f) return;
-    char ring[8][512];
-    int n = 0;
-    if (lines > 8) lines = 8;
-    while (fgets(ring[n % lines], sizeof ring[0], f)) n++;
-    fclose(f);
-    fprintf(stderr, "moectl: the last lines of %s:\n", log);
-    for (int i = n > lines ? n - lines : 0; i < n; i++) fprintf(stderr, "    %s", ring[i % lines]);
-}
-
-static moe_status find_daemon(const char *name, char *out) {
-    char dir[PATH_MAX];
-    const char *env = getenv("MOED_BIN_DIR");
-    if (env && env[0]) {
-        snprintf(dir, sizeof dir, "%s", env);
-    } else {
-        ssize_t n = readlink("/proc/self/exe", dir, sizeof dir - 1);
-        if (n <= 0) return moe_fail(MOE_EIO, "cannot find my own executable: %s", strerror(errno));
-        dir[n] = 0;
-        char *slash = strrchr(dir, '/');
-        if (slash) *slash = 0;
-    }
-    snprintf(out, PATH_CAP, "%s/%s", dir, name);
-    if (access(out, X_OK) != 0)
-        return moe_fail(MOE_EIO, "%s: %s (build it, or set MOED_BIN_DIR to the directory holding "
-                                 "moed-coordinator and moed-worker)", out, strerror(errno));
-    return MOE_OK;
-}
-
-/* ---- credentials ---- */
-
-/* Reuses an existing token file (a restarted cluster keeps its credentials), else writes 32
- * random bytes as hex. */
-static moe_status ensure_token(const char *path) {
-    struct stat st;
-    if (stat(path, &st) == 0) {
-        if ((st.st_mode & 077) && chmod(path, 0600) != 0)
-            return moe_fail(MOE_EIO, "%s: readable by others and cannot chmod: %s", path,
-                            strerror(errno));
-        char token[256];
-        return rpc_read_token(path, token, sizeof token);
-    }
-    unsigned char raw[32];
-    for (size_t got = 0; got < sizeof raw;) {
-        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
-        if (n < 0 && errno != EINTR) return moe_fail(MOE_EIO, "getrandom: %s", strerror(errno));
-        if (n > 0) got += (size_t)n;
-    }
-    char hex[2 * sizeof raw + 2];
-    for (size_t i = 0; i < sizeof raw; i++) snprintf(hex + 2 * i, 3, "%02x", raw[i]);
-    strcat(hex, "\n");
-    return write_file_atomic(path, hex, 0600);
-}
-
-/* A self-signed certificate for 127.0.0.1 (the coordinator's; clients trust it as their CA). */
-static moe_status ensure_tls(const char *dir) {
-    char tls[PATH_CAP], cert[PATH_CAP], key[PATH_CAP], log[PATH_CAP];
-    in_dir(tls, dir, "tls");
-    CHECK(mkdir_p(tls, 0700));
-    in_dir(cert, tls, "cert.pem");
-    in_dir(key, tls, "key.pem");
-    in_dir(log, tls, "openssl.log");
-    if (access(cert, R_OK) == 0 && access(key, R_OK) == 0) return MOE_OK;
-    const char *argv[] = {"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                          "ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650", "-subj",
-                          "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                          "-keyout", key, "-out", cert, NULL};
-    int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) return moe_fail(MOE_EIO, "cannot open %s: %s", log, strerror(errno));
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int null = open("/dev/null", O_RDONLY);
-        if (null >= 0) dup2(null, 0);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        execvp(argv[0], (char *const *)argv);
-        dprintf(2, "cannot run openssl: %s\n", strerror(errno));
-        _exit(127);
-    }
-    close(fd);
-    int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
-        WEXITSTATUS(status) != 0) {
-        unlink(cert);
-        unlink(key);
-        return moe_fail(MOE_EIO, "--tls: making a certificate with the openssl command failed "
-                                 "(%s): see %s", pid < 0 ? strerror(errno) :
-                                 WIFEXITED(status) && WEXITSTATUS(status) == 127
-                                     ? "openssl not found" : "openssl exited with an error",
-                        log);
-    }
-    if (chmod(key, 0600) != 0) return moe_fail(MOE_EIO, "chmod %s: %s", key, strerror(errno));
-    return MOE_OK;
-}
 
 /* ---- cluster up ---- */
 
@@ -460,9 +82,22 @@ static int wait_for_address(const char *dir, pid_t pid, char *address, size_t ca
     }
 }
 
-/* Polls GetCluster until every worker we run is registered and alive. */
-static int wait_for_workers(struct client *c, const char *dir, pid_t coord, const pid_t *pids,
-                            int n) {
+/* Is registered worker `w` worker i of the shape? By pid when we know it (we started it),
+ * else (a rank mpirun started) by its pod, MPI rank and launcher. */
+static int is_worker(const Moed__V1__WorkerInfo *w, const struct shape *sh, int i,
+                     const pid_t *pids, const pid_t *launchers) {
+    if (pids[i]) return w->pid == pids[i];
+    if (!worker_by_mpirun(sh, i)) return 0;
+    int pod = worker_pod(sh, i);
+    return w->pod == pod && w->mpi_size == sh->slots && w->mpi_rank == i % sh->slots &&
+           launchers[pod] && parent_of(w->pid) == launchers[pod];
+}
+
+/* Polls GetCluster until every worker we run is registered and alive. The pids of workers
+ * that an mpirun started are learnt here, and written to their pid files. */
+static int wait_for_workers(struct client *c, const char *dir, pid_t coord, pid_t *pids,
+                            const struct shape *sh, const pid_t *launchers) {
+    int n = sh->workers;
     double deadline = client_now() + UP_TIMEOUT_S;
     char log[PATH_CAP];
     int alive = 0;
@@ -480,7 +115,11 @@ static int wait_for_workers(struct client *c, const char *dir, pid_t coord, cons
                     const Moed__V1__WorkerInfo *w = cs->workers[k];
                     int up = w->state == MOED__V1__WORKER_STATE__WORKER_IDLE ||
                              w->state == MOED__V1__WORKER_STATE__WORKER_BUSY;
-                    if (up && w->pid == pids[i]) {
+                    if (up && is_worker(w, sh, i, pids, launchers)) {
+                        if (!pids[i]) {
+                            pids[i] = (pid_t)w->pid;
+                            write_pid(worker_file(log, dir, i, ".pid"), pids[i]);
+                        }
                         alive++;
                         break;
                     }
@@ -499,13 +138,21 @@ static int wait_for_workers(struct client *c, const char *dir, pid_t coord, cons
             show_log_tail(in_dir(log, dir, "coordinator.log"), 6);
             return EXIT_RUN_FAILED;
         }
-        for (int i = 0; i < n; i++)
-            if (!daemon_alive(pids[i])) {
+        for (int i = 0; i < n; i++) {
+            int by_mpirun = !pids[i] && worker_by_mpirun(sh, i);
+            pid_t watch = by_mpirun ? launchers[worker_pod(sh, i)] : pids[i];
+            if (daemon_alive(watch)) continue;
+            if (by_mpirun) {
+                moectl_fail(EXIT_RUN_FAILED, "the mpirun of pod %d (pid %d) exited while its "
+                            "workers started", worker_pod(sh, i), (int)watch);
+                show_log_tail(mpirun_file(log, dir, worker_pod(sh, i), ".log"), 6);
+            } else {
                 moectl_fail(EXIT_RUN_FAILED, "worker %d (pid %d) exited while starting", i,
                             (int)pids[i]);
-                show_log_tail(worker_file(log, dir, i, ".log"), 6);
-                return EXIT_RUN_FAILED;
             }
+            show_log_tail(worker_file(log, dir, i, ".log"), 6);
+            return EXIT_RUN_FAILED;
+        }
         if (client_now() > deadline) {
             moectl_fail(EXIT_RUN_FAILED,
                         "only %d of %d workers registered with the coordinator within %.0f s%s%s; "
@@ -519,7 +166,8 @@ static int wait_for_workers(struct client *c, const char *dir, pid_t coord, cons
 
 static void cluster_usage(FILE *to) {
     fprintf(to,
-            "usage: moectl cluster up [--workers N] [--pods P] [--threads N] [--port P]\n"
+            "usage: moectl cluster up [--workers N | --slots S [--spares N]] [--pods P]\n"
+            "                         [--backend tcp|mpi] [--threads N] [--port P]\n"
             "                         [--tls|--no-tls] [--heartbeat-timeout-ms N] [--dir DIR]\n"
             "                         [--json]\n"
             "       moectl cluster down [--dir DIR] [--purge]\n"
@@ -528,7 +176,9 @@ static void cluster_usage(FILE *to) {
             "DIR defaults to $MOED_CLUSTER_DIR, else $HOME/.moed/cluster.\n");
 }
 
-enum { UP_WORKERS = 1, UP_PODS = 2, UP_THREADS = 4, UP_PORT = 8, UP_TLS = 16, UP_HEARTBEAT = 32 };
+enum { UP_WORKERS = 1, UP_PODS = 2, UP_THREADS = 4, UP_PORT = 8, UP_TLS = 16, UP_HEARTBEAT = 32,
+       UP_SLOTS = 64, UP_SPARES = 128, UP_BACKEND = 256 };
+enum { OPT_SLOTS = 0x200, OPT_SPARES, OPT_BACKEND };
 
 static int cluster_up(int argc, char **argv) {
     static const struct option opts[] = {{"workers", required_argument, 0, 'w'},
@@ -538,6 +188,9 @@ static int cluster_up(int argc, char **argv) {
                                          {"tls", no_argument, 0, 'T'},
                                          {"no-tls", no_argument, 0, 'N'},
                                          {"heartbeat-timeout-ms", required_argument, 0, 'H'},
+                                         {"slots", required_argument, 0, OPT_SLOTS},
+                                         {"spares", required_argument, 0, OPT_SPARES},
+                                         {"backend", required_argument, 0, OPT_BACKEND},
                                          {"dir", required_argument, 0, 'd'},
                                          {"cluster-dir", required_argument, 0, 'd'},
                                          {"json", no_argument, 0, 'j'},
@@ -570,6 +223,19 @@ static int cluster_up(int argc, char **argv) {
                 return EXIT_BAD_INPUT;
             want.heartbeat_timeout_ms = v, given |= UP_HEARTBEAT;
             break;
+        case OPT_SLOTS:
+            if (parse_int_flag(optarg, "--slots", 1, MAX_WORKERS, &v)) return EXIT_BAD_INPUT;
+            want.slots = (int)v, given |= UP_SLOTS;
+            break;
+        case OPT_SPARES:
+            if (parse_int_flag(optarg, "--spares", 0, MAX_WORKERS, &v)) return EXIT_BAD_INPUT;
+            want.spares = (int)v, given |= UP_SPARES;
+            break;
+        case OPT_BACKEND:
+            if (strcmp(optarg, "mpi") != 0 && strcmp(optarg, "tcp") != 0)
+                return moectl_fail(EXIT_BAD_INPUT, "--backend: tcp or mpi, not '%s'", optarg);
+            want.mpi = strcmp(optarg, "mpi") == 0, given |= UP_BACKEND;
+            break;
         case 'T': want.tls = 1, given |= UP_TLS; break;
         case 'N': want.tls = 0, given |= UP_TLS; break;
         case 'd': dir_flag = optarg; break;
@@ -582,6 +248,14 @@ static int cluster_up(int argc, char **argv) {
         cluster_usage(stderr);
         return EXIT_BAD_INPUT;
     }
+    if ((given & UP_WORKERS) && (given & (UP_SLOTS | UP_SPARES)))
+        return moectl_fail(EXIT_BAD_INPUT, "--workers and --slots/--spares: give one shape "
+                           "(--slots S makes pods x S workers, plus --spares)");
+    if ((given & UP_SPARES) && !(given & UP_SLOTS))
+        return moectl_fail(EXIT_BAD_INPUT, "--spares needs --slots");
+    if ((given & UP_BACKEND) && want.mpi && !(given & UP_SLOTS))
+        return moectl_fail(EXIT_BAD_INPUT, "--backend mpi needs --slots S: each pod's S workers "
+                           "are one mpirun job");
 
     char dir[PATH_MAX], path[PATH_CAP], coord_exe[PATH_CAP], worker_exe[PATH_CAP];
     if (client_cluster_dir(dir_flag, dir, sizeof dir) != MOE_OK ||
@@ -605,10 +279,11 @@ static int cluster_up(int argc, char **argv) {
     int n_files = worker_files(dir);
     int n_alive = 0;
     pid_t *pids = calloc(MAX_WORKERS, sizeof *pids);
+    pid_t *launchers = calloc(MAX_WORKERS, sizeof *launchers); // per pod: its mpirun, if any
     int *started = calloc(MAX_WORKERS, sizeof *started);
     int code = EXIT_OK;
     struct client cl = {0};
-    if (!pids || !started) {
+    if (!pids || !started || !launchers) {
         code = moectl_fail(EXIT_RUN_FAILED, "out of memory");
         goto exit;
     }
@@ -616,6 +291,22 @@ static int cluster_up(int argc, char **argv) {
         pids[i] = read_pid(worker_file(path, dir, i, ".pid"));
         if (!daemon_alive(pids[i])) pids[i] = 0;
         else n_alive++;
+    }
+    /* A pod that mpirun launched lives and dies with its mpirun: ranks it left behind cannot
+     * form an MPI job again, so they go, and the pod starts over. */
+    for (int p = 0; have_old && old.mpi && old.slots > 0 && p < old.pods; p++) {
+        launchers[p] = read_pid(mpirun_file(path, dir, p, ".pid"));
+        int whole = daemon_alive(launchers[p]);
+        for (int i = p * old.slots; i < (p + 1) * old.slots; i++) whole &= pids[i] != 0;
+        if (whole) continue;
+        if (daemon_alive(launchers[p])) kill(launchers[p], SIGKILL);
+        launchers[p] = 0;
+        for (int i = p * old.slots; i < (p + 1) * old.slots; i++)
+            if (pids[i]) {
+                kill(pids[i], SIGKILL);
+                pids[i] = 0;
+                n_alive--;
+            }
     }
     if (coord || n_alive) {
         if (!have_old) {
@@ -636,6 +327,9 @@ static int cluster_up(int argc, char **argv) {
         const char *conflict = (given & UP_WORKERS) && want.workers != sh.workers ? "--workers"
                                : (given & UP_PODS) && want.pods != sh.pods        ? "--pods"
                                : (given & UP_THREADS) && want.threads != sh.threads ? "--threads"
+                               : (given & UP_SLOTS) && want.slots != sh.slots      ? "--slots"
+                               : (given & UP_SPARES) && want.spares != sh.spares   ? "--spares"
+                               : (given & UP_BACKEND) && want.mpi != sh.mpi        ? "--backend"
                                : (given & UP_TLS) && want.tls != sh.tls           ? "--tls"
                                : (given & UP_HEARTBEAT) &&
                                        want.heartbeat_timeout_ms != sh.heartbeat_timeout_ms
@@ -652,8 +346,20 @@ static int cluster_up(int argc, char **argv) {
     } else {
         /* A fresh start: the flags given, over the shape it last ran with, over defaults. */
         sh = have_old ? old : (struct shape){.workers = 2, .pods = 1};
-        if (given & UP_WORKERS) sh.workers = want.workers;
+        if (given & UP_WORKERS) sh.workers = want.workers, sh.slots = 0, sh.spares = 0, sh.mpi = 0;
         if (given & UP_PODS) sh.pods = want.pods;
+        if (given & UP_SLOTS) sh.slots = want.slots, sh.spares = 0, sh.mpi = 0;
+        if (given & UP_SPARES) sh.spares = want.spares;
+        if (given & UP_BACKEND) sh.mpi = want.mpi;
+        if (sh.slots > 0) {
+            if ((long)sh.pods * sh.slots + sh.spares > MAX_WORKERS) {
+                code = moectl_fail(EXIT_BAD_INPUT, "--pods %d x --slots %d + --spares %d: more "
+                                   "than %d workers", sh.pods, sh.slots, sh.spares, MAX_WORKERS);
+                goto exit;
+            }
+            sh.workers = sh.pods * sh.slots + sh.spares;
+        }
+        if (given & (UP_SLOTS | UP_SPARES | UP_PODS)) given |= UP_WORKERS; // threads follow
         if (given & UP_PORT) sh.port = want.port;
         if (given & UP_TLS) sh.tls = want.tls;
         if (given & UP_HEARTBEAT) sh.heartbeat_timeout_ms = want.heartbeat_timeout_ms;
@@ -675,6 +381,11 @@ static int cluster_up(int argc, char **argv) {
         if (!sh.tls) rm_tree(in_dir(path, dir, "tls")); // clients would take its cert as a CA
     }
 
+    char mpirun[PATH_CAP] = ""; // before anything starts: a cluster that cannot be whole is none
+    if (sh.mpi && find_mpirun(mpirun) != MOE_OK) {
+        code = moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
+        goto exit;
+    }
     char client_token[PATH_CAP], cluster_token[PATH_CAP], cert[PATH_CAP], key[PATH_CAP];
     in_dir(client_token, dir, "client.token");
     in_dir(cluster_token, dir, "cluster.token");
@@ -738,11 +449,13 @@ static int cluster_up(int argc, char **argv) {
     }
     snprintf(sh.address, sizeof sh.address, "%s", address);
 
-    /* The workers that are missing, spread round-robin over the pods. */
+    /* The workers that are missing, each in its pod (worker_pod); a pod of mpirun-launched
+     * workers as one mpirun. */
     for (int i = 0; i < sh.workers; i++) {
         if (pids[i]) continue;
         char pod[16], threads[16], scratch[PATH_CAP], log[PATH_CAP];
-        snprintf(pod, sizeof pod, "%d", i % sh.pods);
+        int p = worker_pod(&sh, i);
+        snprintf(pod, sizeof pod, "%d", p);
         snprintf(threads, sizeof threads, "%d", sh.threads);
         worker_file(scratch, dir, i, "");
         worker_file(log, dir, i, ".log");
@@ -758,11 +471,21 @@ static int cluster_up(int argc, char **argv) {
         args[n++] = "--listen", args[n++] = "127.0.0.1:0";
         args[n++] = "--pod", args[n++] = pod;
         args[n++] = "--threads", args[n++] = threads;
-        args[n++] = "--dir", args[n++] = scratch;
         if (sh.tls) {
             args[n++] = "--tls-ca", args[n++] = cert;
             args[n++] = "--tls-cert", args[n++] = cert, args[n++] = "--tls-key", args[n++] = key;
         }
+        if (worker_by_mpirun(&sh, i)) {
+            args[n] = NULL;
+            started[i] = 1;
+            if (launchers[p]) continue; // this pod's mpirun was started for an earlier rank
+            if (spawn_mpi_pod(dir, mpirun, &sh, p, args, &launchers[p]) != MOE_OK) {
+                code = moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
+                goto exit;
+            }
+            continue;
+        }
+        args[n++] = "--dir", args[n++] = scratch;
         args[n] = NULL;
         if (spawn(args, log, &pids[i]) != MOE_OK ||
             write_pid(worker_file(path, dir, i, ".pid"), pids[i]) != MOE_OK) {
@@ -783,7 +506,7 @@ static int cluster_up(int argc, char **argv) {
         goto exit;
     }
     if ((code = client_open_at(&cl, address, token, sh.tls ? cert : NULL))) goto exit;
-    if ((code = wait_for_workers(&cl, dir, coord, pids, sh.workers))) goto exit;
+    if ((code = wait_for_workers(&cl, dir, coord, pids, &sh, launchers))) goto exit;
 
     char log[PATH_CAP];
     if (json) {
@@ -800,14 +523,21 @@ static int cluster_up(int argc, char **argv) {
         for (int i = 0; i < sh.workers; i++) {
             cJSON *w = cJSON_CreateObject();
             cJSON_AddNumberToObject(w, "index", i);
-            cJSON_AddNumberToObject(w, "pod", i % sh.pods);
+            cJSON_AddNumberToObject(w, "pod", worker_pod(&sh, i));
             cJSON_AddNumberToObject(w, "pid", pids[i]);
+            if (sh.slots > 0 && i < sh.pods * sh.slots) cJSON_AddNumberToObject(w, "slot", i % sh.slots);
+            else if (sh.slots > 0) cJSON_AddBoolToObject(w, "spare", 1);
+            if (worker_by_mpirun(&sh, i))
+                cJSON_AddNumberToObject(w, "mpirun_pid", launchers[worker_pod(&sh, i)]);
             cJSON_AddStringToObject(w, "log", worker_file(log, dir, i, ".log"));
             cJSON_AddBoolToObject(w, "started", started[i]);
             cJSON_AddItemToArray(ws, w);
         }
         cJSON_AddItemToObject(j, "workers", ws);
         cJSON_AddNumberToObject(j, "pods", sh.pods);
+        cJSON_AddNumberToObject(j, "slots", sh.slots);
+        cJSON_AddNumberToObject(j, "spares", sh.spares);
+        cJSON_AddStringToObject(j, "backend", sh.mpi ? "mpi" : "tcp");
         cJSON_AddNumberToObject(j, "threads_per_worker", sh.threads);
         char *text = cJSON_PrintUnformatted(j);
         if (text) printf("%s\n", text);
@@ -827,9 +557,22 @@ static int cluster_up(int argc, char **argv) {
         printf("  directory    %s (state, logs, pids; jobs survive `moectl cluster down`)\n", dir);
         printf("  coordinator  pid %-7d %s%s\n", (int)coord, in_dir(log, dir, "coordinator.log"),
                coord_started ? "" : " (was running)");
-        for (int i = 0; i < sh.workers; i++)
-            printf("  worker %-4d  pid %-7d %s (pod %d)%s\n", i, (int)pids[i],
-                   worker_file(log, dir, i, ".log"), i % sh.pods, started[i] ? "" : " (was running)");
+        if (sh.slots > 0)
+            printf("  shape        %d pod%s x %d slot%s%s, %d spare%s%s\n", sh.pods,
+                   sh.pods == 1 ? "" : "s", sh.slots, sh.slots == 1 ? "" : "s",
+                   sh.mpi ? " (each pod one mpirun)" : "", sh.spares, sh.spares == 1 ? "" : "s",
+                   sh.spares ? " (round-robin over the pods)" : "");
+        for (int i = 0; i < sh.workers; i++) {
+            char role[96] = "";
+            if (worker_by_mpirun(&sh, i))
+                snprintf(role, sizeof role, ", MPI rank %d of mpirun pid %d", i % sh.slots,
+                         (int)launchers[worker_pod(&sh, i)]);
+            else if (sh.slots > 0 && i >= sh.pods * sh.slots)
+                snprintf(role, sizeof role, ", spare");
+            printf("  worker %-4d  pid %-7d %s (pod %d%s)%s\n", i, (int)pids[i],
+                   worker_file(log, dir, i, ".log"), worker_pod(&sh, i), role,
+                   started[i] ? "" : " (was running)");
+        }
         printf("  credentials  %s (client), %s (workers)\n", client_token, cluster_token);
         if (sh.tls) printf("  TLS          the coordinator's certificate, clients' CA: %s\n", cert);
         char def[PATH_MAX];
@@ -848,6 +591,7 @@ static int cluster_up(int argc, char **argv) {
 exit:
     if (cl.ch) client_close(&cl);
     free(pids);
+    free(launchers);
     free(started);
     return code;
 }
@@ -883,13 +627,17 @@ static int cluster_down(int argc, char **argv) {
         return EXIT_OK;
     }
 
-    /* Workers first, so that the coordinator sees them leave; then the coordinator. */
-    int n = worker_files(dir);
+    /* Workers first, so that the coordinator sees them leave; then the coordinator and the
+     * mpiruns (which end by themselves once their ranks have; a signal only for stragglers). */
+    int n_workers = worker_files(dir), n_mpi = 0;
+    struct stat ms;
+    while (n_mpi < MAX_WORKERS && stat(mpirun_file(path, dir, n_mpi, ".pid"), &ms) == 0) n_mpi++;
+    int n = n_workers + n_mpi; // pids[n_workers + p]: pod p's mpirun
     pid_t coord = read_pid(in_dir(path, dir, "coordinator.pid"));
     pid_t *pids = calloc((size_t)n + 1, sizeof *pids);
     if (!pids) return moectl_fail(EXIT_RUN_FAILED, "out of memory");
     int n_running = 0, killed = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n_workers; i++) {
         pids[i] = read_pid(worker_file(path, dir, i, ".pid"));
         if (daemon_alive(pids[i]) && kill(pids[i], SIGTERM) == 0) n_running++;
         else pids[i] = 0;
@@ -897,9 +645,13 @@ static int cluster_down(int argc, char **argv) {
     double t0 = client_now();
     for (;;) {
         int left = 0;
-        for (int i = 0; i < n; i++) left += daemon_alive(pids[i]);
+        for (int i = 0; i < n_workers; i++) left += daemon_alive(pids[i]);
         if (!left || client_now() - t0 > DOWN_TIMEOUT_S * 0.6) break;
         sleep_s(0.02);
+    }
+    for (int p = 0; p < n_mpi; p++) {
+        pid_t m = read_pid(mpirun_file(path, dir, p, ".pid"));
+        pids[n_workers + p] = daemon_alive(m) && kill(m, SIGTERM) == 0 ? m : 0;
     }
     int coord_ran = daemon_alive(coord) && kill(coord, SIGTERM) == 0;
     for (;;) {
@@ -909,8 +661,9 @@ static int cluster_down(int argc, char **argv) {
         if (client_now() - t0 > DOWN_TIMEOUT_S) {
             for (int i = 0; i < n; i++)
                 if (daemon_alive(pids[i])) {
-                    fprintf(stderr, "moectl: worker %d (pid %d) ignored SIGTERM for %.0f s: "
-                            "killed\n", i, (int)pids[i], DOWN_TIMEOUT_S);
+                    fprintf(stderr, "moectl: %s %d (pid %d) ignored SIGTERM for %.0f s: "
+                            "killed\n", i < n_workers ? "worker" : "the mpirun of pod",
+                            i < n_workers ? i : i - n_workers, (int)pids[i], DOWN_TIMEOUT_S);
                     kill(pids[i], SIGKILL), killed++;
                 }
             if (coord_ran && daemon_alive(coord)) {
@@ -928,7 +681,8 @@ static int cluster_down(int argc, char **argv) {
         }
         sleep_s(0.02);
     }
-    for (int i = 0; i < n; i++) unlink(worker_file(path, dir, i, ".pid"));
+    for (int i = 0; i < n_workers; i++) unlink(worker_file(path, dir, i, ".pid"));
+    for (int p = 0; p < n_mpi; p++) unlink(mpirun_file(path, dir, p, ".pid"));
     unlink(in_dir(path, dir, "coordinator.pid"));
     unlink(in_dir(path, dir, "coordinator.addr"));
     free(pids);
@@ -943,6 +697,7 @@ static int cluster_down(int argc, char **argv) {
             int any = 0;
             if (lstat(worker_file(path, dir, i, ""), &ws) == 0) rm_tree(path), any = 1;
             if (lstat(worker_file(path, dir, i, ".log"), &ws) == 0) unlink(path), any = 1;
+            if (lstat(mpirun_file(path, dir, i, ".log"), &ws) == 0) unlink(path), any = 1;
             if (!any && i >= n) break;
         }
         rmdir(dir); // only if nothing else was in it
@@ -1007,16 +762,18 @@ static int cluster_status(int argc, char **argv) {
     printf("workers: %d alive of %zu registered; jobs: %d running, %d queued, %d in all\n", alive,
            cs->n_workers, cs->jobs_running, cs->jobs_queued, cs->jobs_total);
     if (cs->n_workers) {
-        printf("\n%-8s %-4s %-6s %-22s %-10s %-12s %-8s %s\n", "WORKER", "POD", "STATE",
-               "ADDRESS", "HEARTBEAT", "JOB", "PID", "CPUS");
+        printf("\n%-8s %-4s %-6s %-22s %-22s %-6s %-10s %-12s %-8s %s\n", "WORKER", "POD",
+               "STATE", "ADDRESS", "DATA PLANE", "MPI", "HEARTBEAT", "JOB", "PID", "CPUS");
         for (size_t i = 0; i < cs->n_workers; i++) {
             const Moed__V1__WorkerInfo *w = cs->workers[i];
-            char job[80] = "-";
+            char job[80] = "-", mpi[24] = "-";
             if (w->job_id[0]) snprintf(job, sizeof job, "%s/%d", w->job_id, w->slot);
+            if (w->mpi_size > 0) snprintf(mpi, sizeof mpi, "%d/%d", w->mpi_rank, w->mpi_size);
             client_age(age, sizeof age, w->ms_since_heartbeat);
-            printf("%-8s %-4d %-6s %-22s %-10s %-12s %-8d %d\n", w->worker_id, w->pod,
+            printf("%-8s %-4d %-6s %-22s %-22s %-6s %-10s %-12s %-8d %d\n", w->worker_id, w->pod,
                    client_enum_name(&moed__v1__worker_state__descriptor, w->state), w->address,
-                   strcat(age, " ago"), job, w->pid, w->cpus);
+                   w->data_address[0] ? w->data_address : "-", mpi, strcat(age, " ago"), job,
+                   w->pid, w->cpus);
         }
     }
     if (cs->n_pods) {

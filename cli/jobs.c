@@ -1,9 +1,10 @@
 /*
- * jobs.c — moectl's job commands: submit, jobs, status, watch, cancel, fetch.
+ * jobs.c — moectl's job commands: submit, jobs, status, watch, cancel, fetch, steps.
  *
  * Owns: turning a spec file and its overrides into a SubmitJob request, and showing the Jobs
- * service's answers to a person (tables, a live progress line) or to a script (--json: the
- * reply messages, one per line). Exit codes follow moectl.h; watch's comes from the job.
+ * service's answers to a person (tables, a live progress line, the mesh's slot table) or to a
+ * script (--json: the reply messages, one per line). Exit codes follow moectl.h; watch's
+ * comes from the job.
  * Never: validates a spec beyond parsing it (the coordinator is the authority, and answers
  * INVALID_ARGUMENT naming the field), or writes a partial model file.
  */
@@ -50,6 +51,7 @@ static void job_usage(FILE *to, const char *cmd) {
         {"watch", "JOB [--json]"},
         {"cancel", "JOB [--json]"},
         {"fetch", "JOB -o FILE [--json]"},
+        {"steps", "JOB [--from STEP] [--json]"},
     };
     for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++)
         if (strcmp(forms[i].cmd, cmd) == 0)
@@ -252,6 +254,37 @@ static void load_text(char *out, size_t cap, const Moed__V1__StepMetrics *m) {
     }
 }
 
+/* The mesh, one line per slot: who plays it, how far it is, where its time and bytes go.
+ * Bytes are this epoch's totals; times are the slot's last step. */
+static void print_slots(Moed__V1__SlotStatus *const *slots, size_t n, int job_ended,
+                        const char *indent) {
+    if (!n) return;
+    printf("%s%-4s %-4s %-8s %-5s %-7s %9s %9s %9s %11s  %s\n", indent, "POD", "SLOT", "WORKER",
+           "RANK", "STEP", "STEP MS", "COMM MS", "A2A MB", "REDUCE MB", "STATE");
+    for (size_t i = 0; i < n; i++) {
+        const Moed__V1__SlotStatus *s = slots[i];
+        const char *state = !s->worker_id[0] ? "unbound"
+                            : s->ended      ? (s->ok ? "done" : "failed")
+                            : job_ended     ? "stopped"
+                            : s->step > 0   ? "training"
+                                            : "starting";
+        printf("%s%-4d %-4d %-8s %-5d %-7lld %9.1f %9.1f %9.2f %11.2f  %s%s%.60s\n", indent,
+               s->pod, s->slot, s->worker_id[0] ? s->worker_id : "-",
+               (int)i, (long long)s->step, // the data-plane rank: pod-major order
+               1e3 * s->step_seconds, 1e3 * s->comm_seconds, s->total_bytes_alltoall / 1e6,
+               s->total_bytes_allreduce / 1e6, state, s->error[0] ? ": " : "", s->error);
+    }
+}
+
+/* The busiest slot's share of its last step spent on the data plane (0 without a mesh). */
+static double comm_share(Moed__V1__SlotStatus *const *slots, size_t n) {
+    double worst = 0;
+    for (size_t i = 0; n > 1 && i < n; i++)
+        if (slots[i]->step_seconds > 0 && slots[i]->comm_seconds / slots[i]->step_seconds > worst)
+            worst = slots[i]->comm_seconds / slots[i]->step_seconds;
+    return worst;
+}
+
 static void print_event(const Moed__V1__Event *e, const char *indent) {
     char when[16];
     client_clock(when, sizeof when, e->unix_ms);
@@ -322,9 +355,20 @@ int cmd_status(int argc, char **argv) {
         printf("\n");
     }
     if (j->pods > 0)
-        printf("  mesh      %d pod%s x %d slot%s\n", j->pods, j->pods == 1 ? "" : "s", j->slots,
-               j->slots == 1 ? "" : "s");
-    for (size_t i = 0; i < j->n_bindings; i++) {
+        printf("  mesh      %d pod%s x %d slot%s%s%s", j->pods, j->pods == 1 ? "" : "s", j->slots,
+               j->slots == 1 ? "" : "s", j->backend[0] ? ", backend " : "", j->backend);
+    if (j->pods > 0 && j->epoch) printf(", epoch %llu", (unsigned long long)j->epoch);
+    if (j->pods > 0) printf("\n");
+    if (st->n_slots > 1) {
+        print_slots(st->slots, st->n_slots, is_final(j->state), "    ");
+        if (m && m->n_expert_load) {
+            printf("  expert load (share of assignments, averaged over layers)\n    ");
+            for (size_t e = 0; e < m->n_expert_load; e++)
+                printf("%se%zu %.1f%%", e ? "  " : "", e, 100.0 * m->expert_load[e]);
+            printf("\n");
+        }
+    }
+    for (size_t i = 0; st->n_slots <= 1 && i < j->n_bindings; i++) {
         const Moed__V1__SlotBinding *b = j->bindings[i];
         printf("  %-9s (pod %d, slot %d) on %s at %s\n", i ? "" : "bindings", b->pod, b->slot,
                b->worker_id, b->worker_address);
@@ -369,6 +413,7 @@ struct watch {
     char pending[512];     // not a terminal: a step line the throttle held back
     uint64_t *seen;        // events already printed (a reconnect replays recent ones)
     size_t n_seen, cap_seen;
+    uint64_t table_epoch;  // the epoch whose slot table was printed (a mesh's, once running)
 };
 
 static uint64_t event_hash(const Moed__V1__Event *e) {
@@ -471,6 +516,8 @@ static void step_text(char *out, size_t cap, const Moed__V1__JobUpdate *u, int t
     if (j->step > 0) put(&l, "%sloss %.4f", sep, m ? m->loss : j->loss);
     if (j->val_loss > 0) put(&l, " val %.4f", j->val_loss);
     if (m) put(&l, "%s%.0f tok/s%sload %s", sep, m->tokens_per_second, sep, load);
+    if (u->n_slots > 1 && j->step > 0) // the slowest slot's share of its step on the data plane
+        put(&l, "%scomm %.0f%%", sep, 100 * comm_share(u->slots, u->n_slots));
     if (!tty && eta[0]) put(&l, "%sETA %s", sep, eta);
 }
 
@@ -497,6 +544,16 @@ static int watch_update(struct watch *w, const Moed__V1__JobUpdate *u) {
         printf("%s ", j->job_id);
         print_event(u->new_events[i], "");
         if (redraw && !final) draw_bar(w);
+    }
+    /* A mesh's slot table: once every slot trains (who plays what), and at the end. */
+    int all_training = u->n_slots > 1;
+    for (size_t i = 0; i < u->n_slots; i++) all_training &= u->slots[i]->step > 0;
+    if (u->n_slots > 1 && ((all_training && w->table_epoch != j->epoch) || final)) {
+        clear_bar(w);
+        printf("%s %d x %d mesh, epoch %llu:\n", j->job_id, j->pods, j->slots,
+               (unsigned long long)j->epoch);
+        print_slots(u->slots, u->n_slots, final, "  ");
+        w->table_epoch = j->epoch;
     }
     double now = client_now();
     if (w->tty) {
@@ -759,6 +816,64 @@ fail:
     unlink(fetch_tmp);
     fetch_tmp[0] = 0;
     if (s) rpc_stream_close(s);
+    client_close(&cl);
+    return code;
+}
+
+/* ---- steps: the stored loss curve ---- */
+
+static int steps_extra(int c, void *ctx) {
+    if (c != 'f') return -1;
+    char *end;
+    long v = strtol(optarg, &end, 10);
+    if (!optarg[0] || *end || v < 1) {
+        moectl_fail(EXIT_BAD_INPUT, "--from: expected a step >= 1, got '%s'", optarg);
+        return -1;
+    }
+    *(long *)ctx = v;
+    return 0;
+}
+
+int cmd_steps(int argc, char **argv) {
+    static const struct option extra[] = {{"from", required_argument, 0, 'f'}};
+    struct job_args a;
+    long from = 1;
+    int code = parse_args(argc, argv, &a, extra, 1, "f:", steps_extra, &from, 1);
+    if (code) return code < 0 ? EXIT_OK : code;
+    const char *id = argv[optind];
+    if ((code = need_job_id(id))) return code;
+    struct client cl;
+    if ((code = client_open(&cl, &a.conn))) return code;
+    if (!a.json)
+        printf("%-7s %-9s %-9s %-8s %-9s %-9s %-9s %s\n", "STEP", "LOSS", "CE", "AUX", "LR",
+               "GRAD", "TOK/S", "VAL");
+    for (;;) { // pages of steps until an empty one
+        Moed__V1__ListStepsRequest req = MOED__V1__LIST_STEPS_REQUEST__INIT;
+        req.job_id = (char *)id;
+        req.from_step = from;
+        ProtobufCMessage *reply = NULL;
+        if ((code = client_call(&cl, M_JOBS "ListSteps", &req.base,
+                                &moed__v1__list_steps_response__descriptor, &reply, NULL)))
+            break;
+        const Moed__V1__ListStepsResponse *r = (const Moed__V1__ListStepsResponse *)reply;
+        for (size_t i = 0; i < r->n_steps; i++) {
+            const Moed__V1__StepMetrics *m = r->steps[i];
+            if (a.json) {
+                client_print_json(&m->base);
+            } else {
+                char val[24] = "-";
+                if (m->val_loss > 0) snprintf(val, sizeof val, "%.4f", m->val_loss);
+                printf("%-7lld %-9.4f %-9.4f %-8.4f %-9.2e %-9.3g %-9.0f %s\n",
+                       (long long)m->step, m->loss, m->ce, m->aux, m->lr, m->grad_norm,
+                       m->tokens_per_second, val);
+            }
+            from = (long)m->step + 1;
+        }
+        size_t n = r->n_steps;
+        protobuf_c_message_free_unpacked(reply, NULL);
+        if (!n) break;
+    }
+    fflush(stdout);
     client_close(&cl);
     return code;
 }

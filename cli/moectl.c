@@ -9,7 +9,7 @@
  *   moectl spec            print a complete default job spec (YAML, one comment per field)
  * and, talking to a coordinator (client.c says how it is found):
  *   moectl cluster up|down|status      a local cluster of real processes (cluster.c)
- *   moectl submit|jobs|status|watch|cancel|fetch   jobs on a cluster (jobs.c)
+ *   moectl submit|jobs|status|watch|cancel|fetch|steps   jobs on a cluster (jobs.c)
  * Exit codes: 0 success (watch: the job succeeded); 1 the run, the job or the operation failed;
  * 2 bad input: usage, a malformed or inconsistent spec, a missing or malformed data or model
  * file, an unknown job (NOT_FOUND); 3 watch: the job was cancelled; 4 the coordinator cannot be
@@ -65,9 +65,12 @@ static void usage(FILE *to) {
             "\n"
             "a local cluster (coordinator + workers on 127.0.0.1; DIR defaults to\n"
             "$MOED_CLUSTER_DIR, else $HOME/.moed/cluster):\n"
-            "  cluster up [--workers N] [--pods P] [--threads N] [--port P] [--tls|--no-tls]\n"
-            "             [--heartbeat-timeout-ms N] [--dir DIR] [--json]\n"
+            "  cluster up [--workers N | --slots S [--spares N]] [--pods P] [--backend tcp|mpi]\n"
+            "             [--threads N] [--port P] [--tls|--no-tls] [--heartbeat-timeout-ms N]\n"
+            "             [--dir DIR] [--json]\n"
             "        start it, or restart what of it has stopped; state and logs in DIR.\n"
+            "        --slots S: P pods of S workers each (plus N spares); --backend mpi\n"
+            "        launches each pod's workers with one `mpirun -np S`.\n"
             "        Defaults: 2 workers, 1 pod, the cores shared out, any free port, or what\n"
             "        the cluster in DIR last ran with\n"
             "  cluster down [--dir DIR] [--purge]\n"
@@ -78,10 +81,12 @@ static void usage(FILE *to) {
             "  submit SPEC [--set key.path=value ...] [--json]\n"
             "        prints the new job's id (JOB=$(moectl submit job.yaml))\n"
             "  jobs [--active] [--json]    every job and its state\n"
-            "  status JOB [--json]         step, loss, speed, expert load, bindings, events\n"
+            "  status JOB [--json]         step, loss, speed, expert load, the mesh's slots\n"
+            "                              (worker, step, step/comm ms, bytes moved), events\n"
             "  watch JOB [--json]          live progress until the job ends; exit code from it\n"
             "  cancel JOB [--json]\n"
             "  fetch JOB -o FILE [--json]  the trained model (.safetensors)\n"
+            "  steps JOB [--from STEP] [--json]  every stored step's metrics: the loss curve\n"
             "  they take [--coordinator HOST:PORT] [--token-file F] [--ca F] [--cluster-dir DIR]\n"
             "  (or $MOED_COORDINATOR, $MOED_TOKEN or $MOED_TOKEN_FILE, $MOED_TLS_CA,\n"
             "  $MOED_CLUSTER_DIR); by default the local cluster's coordinator.addr, client.token\n"
@@ -137,7 +142,8 @@ static void print_step(const struct progress *p, const struct step_report *r) {
     double elapsed = wall() - p->started;
     double tps = p->tokens / elapsed;
     if (p->json) {
-        printf("{\"event\":\"step\",\"step\":%ld,\"loss\":%.6f,\"ce\":%.6f,\"aux\":%.6f,"
+        /* the loss with every digit: a distributed run must match it exactly */
+        printf("{\"event\":\"step\",\"step\":%ld,\"loss\":%.17g,\"ce\":%.6f,\"aux\":%.6f,"
                "\"z\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
                "\"load_max_over_mean\":%.4f,\"dropped\":%ld,\"step_ms\":%.2f,"
                "\"forward_ms\":%.2f,\"backward_ms\":%.2f,\"optimizer_ms\":%.2f}\n",
@@ -485,7 +491,7 @@ int main(int argc, char **argv) {
         int (*run)(int argc, char **argv);
     } client_cmds[] = {{"cluster", cmd_cluster}, {"submit", cmd_submit}, {"jobs", cmd_jobs},
                        {"status", cmd_status},   {"watch", cmd_watch},   {"cancel", cmd_cancel},
-                       {"fetch", cmd_fetch}};
+                       {"fetch", cmd_fetch},     {"steps", cmd_steps}};
     for (size_t i = 0; i < sizeof client_cmds / sizeof client_cmds[0]; i++) {
         if (strcmp(cmd, client_cmds[i].name) != 0) continue;
         int code = client_cmds[i].run(argc - 1, argv + 1);

@@ -3,7 +3,8 @@
  *
  * Every command is `int cmd_x(int argc, char **argv)` with argv[0] the command's name, and
  * returns the process's exit code. moectl.c dispatches; cluster.c and jobs.c are the commands
- * that talk to a coordinator; client.c is how they reach it.
+ * that talk to a coordinator; client.c is how they reach it; cluster_dir.c holds a local
+ * cluster's files and processes.
  */
 #ifndef MOECTL_H
 #define MOECTL_H
@@ -27,5 +28,6 @@ int cmd_status(int argc, char **argv);
 int cmd_watch(int argc, char **argv);
 int cmd_cancel(int argc, char **argv);
 int cmd_fetch(int argc, char **argv);
+int cmd_steps(int argc, char **argv); // a job's stored per-step metrics (its loss curve)
 
 #endif
