@@ -2,9 +2,12 @@
 # cli_worker_faults). `cluster_test_init NAME` makes the test's private directory ($tmp, with
 # the cluster directory $cdir inside, which the client commands find through
 # MOED_CLUSTER_DIR), and arms a cleanup that stops every cluster under $tmp and anything still
-# running from it (a daemon whose pid file was lost), whatever way the test ends.
+# running from it (a daemon whose pid file was lost), whatever way the test ends; a sanitizer
+# report in any daemon's log then fails the test.
 # Needs $moectl. Gives: check NAME CONDITION, json EXPR, wait_until SECONDS CONDITION,
-# state_of JOB, step_of JOB, and $fails (the number of failed checks).
+# state_of JOB, step_of JOB, running_from DIR (pids of processes whose command line names
+# DIR/), losses_of JOB (its stored per-step losses, "step loss" lines), and $fails (the number
+# of failed checks).
 py=/usr/bin/python3
 
 cluster_test_init() {
@@ -17,10 +20,20 @@ cluster_test_init() {
 }
 
 cluster_test_cleanup() {
+  local rc=$?
   [ -n "${watch_pid:-}" ] && kill "$watch_pid" 2>/dev/null
+  # the daemons' logs survive `cluster down` (not --purge): a sanitizer report in any of them
+  # fails the test, whatever its checks said (the ASan build runs these tests too)
+  for d in "$tmp"/*/; do "$moectl" cluster down --dir "${d%/}" >/dev/null 2>&1; done
+  local bad; bad=$(grep -lsE "ERROR: (Address|Leak|Thread)Sanitizer|runtime error:" "$tmp"/*/*.log)
+  if [ -n "$bad" ]; then
+    for f in $bad; do echo "FAIL sanitizer report in $f:"; grep -sE -A12 "Sanitizer|runtime error:" "$f" | head -n 40; done
+    rc=1
+  fi
   for d in "$tmp"/*/; do "$moectl" cluster down --dir "${d%/}" --purge >/dev/null 2>&1; done
   for p in /proc/[0-9]*; do grep -qsaF -- "$tmp/" "$p/cmdline" && kill -9 "${p#/proc/}" 2>/dev/null; done
   rm -rf "$tmp"
+  exit $rc
 }
 
 check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails+1)); fi; }
@@ -32,3 +45,12 @@ wait_until() {
 }
 state_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"]["state"]'; }
 step_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"]["step"]'; }
+running_from() { for p in /proc/[0-9]*; do grep -qsaF -- "$1/" "$p/cmdline" && echo "${p#/proc/}"; done; }
+# every stored step of a job as "step loss" (the loss with all its digits, as Python prints it)
+losses_of() { "$moectl" steps "$1" --json | "$py" -c 'import json,sys
+for l in sys.stdin: d=json.loads(l); print(d["step"], repr(float(d["loss"])))'; }
+# moectl train --json progress lines as "step loss"
+train_losses() { "$py" -c 'import json,sys
+for l in sys.stdin:
+    d=json.loads(l)
+    if d.get("event") == "step": print(d["step"], repr(float(d["loss"])))'; }

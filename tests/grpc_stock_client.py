@@ -255,6 +255,19 @@ def run_job(client, args):
     spec = json.loads(js.spec_json)
     check(spec["model"]["d_model"] == 32 and spec["run"]["steps"] == 20,
           "GetJob: spec_json holds the submitted spec")
+    check(len(js.slots) == 1 and js.slots[0].worker_id == job.bindings[0].worker_id
+          and js.slots[0].ended and js.slots[0].ok and js.slots[0].step == 20,
+          "GetJob: the 1 x 1 mesh's slot: %s" % [(x.pod, x.slot, x.worker_id, x.step) for x in js.slots])
+    check(job.epoch == 1 and job.backend == "tcp", "GetJob: epoch %d, backend %s"
+          % (job.epoch, job.backend))
+    curve = client.unary("/moed.v1.Jobs/ListSteps", pb.ListStepsRequest(job_id=job.job_id),
+                         pb.ListStepsResponse)
+    check([m.step for m in curve.steps] == list(range(1, 21)) and curve.steps[-1].loss == last.loss,
+          "ListSteps: the stored steps 1..20, the last with GetJob's loss")
+    tail = client.unary("/moed.v1.Status/ListSteps",
+                        pb.ListStepsRequest(job_id=job.job_id, from_step=18, max_steps=2),
+                        pb.ListStepsResponse)
+    check([m.step for m in tail.steps] == [18, 19], "Status/ListSteps: from_step 18, max_steps 2: 18, 19")
 
     watcher.join(60)
     ups = watched["updates"]

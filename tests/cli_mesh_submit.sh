@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# A mesh that cannot be placed is refused at submission, by the coordinator, with a reason:
+# mesh.pods = 0, experts not divisible by the slots, more slots than live workers (one worker
+# plays one slot: no oversubscription), the mpi backend on a cluster without mpirun-launched
+# workers. Each is INVALID_ARGUMENT (moectl exit 2) naming what is wrong, stores nothing, and
+# the coordinator keeps serving: a mesh that fits then runs to the end. A worker handed a
+# RunSlot it cannot play (no binding table, a slot outside the mesh, a peer without a data
+# address, an mpi slot on a worker not under mpirun, ...) answers INVALID_ARGUMENT and stays up.
+set -u
+moectl=$1
+corpus=/usr/share/common-licenses/GPL-3
+source "$(dirname "$0")/cluster_lib.sh"
+cluster_test_init cli_mesh_submit
+n_jobs() { "$moectl" jobs --json | json 'len(d["jobs"])'; }
+
+"$moectl" cluster up --pods 1 --slots 2 --threads 1 --dir "$cdir" >"$tmp/up.out" 2>&1 ||
+  { cat "$tmp/up.out"; tail -n 20 "$cdir"/*.log; exit 1; }
+cat >"$tmp/mesh.yaml" <<YAML
+model: {d_model: 32, layers: 1, heads: 2, seq_len: 32, experts: 4, d_ff: 64}
+data: {sources: [{path: $corpus}]}
+run: {steps: 5, batch_size: 12, eval_every: 0}
+YAML
+
+# refuse SET... NAME PATTERN: submit with the --set flags, expect exit 2 and PATTERN on stderr
+refuse() {
+  local name=$1 pattern=$2; shift 2
+  local before; before=$(n_jobs)
+  "$moectl" submit "$tmp/mesh.yaml" "$@" >"$tmp/out" 2>"$tmp/err"
+  local rc=$?
+  check "$name: exit 2 ($(head -c 160 "$tmp/err"))" '[ $rc -eq 2 ] && [ ! -s "$tmp/out" ]'
+  check "$name: the reason names $pattern" 'grep -q -- "$pattern" "$tmp/err"'
+  check "$name: nothing stored" '[ "$(n_jobs)" = "$before" ]'
+}
+refuse "mesh.pods = 0" "mesh.pods" --set mesh.pods=0
+refuse "3 slots for 4 experts" "mesh.slots = 3 does not divide model.experts = 4" --set mesh.slots=3
+refuse "6 slots on 2 workers" "6 slots, but the cluster has 2 live workers" --set mesh.pods=3 --set mesh.slots=2
+refuse "4 slots on 2 workers" "one worker plays one slot" --set mesh.slots=4
+refuse "mpi without mpirun workers" "mesh.backend = mpi" --set mesh.slots=2 --set mesh.backend=mpi
+refuse "an unknown backend" "mesh.backend" --set mesh.backend=carrier-pigeon
+# the coordinator, not moectl, refuses placement: the same answer to a stock client
+"$py" - "$(cat "$cdir/coordinator.addr")" "$(cat "$cdir/client.token")" <<'PY' >"$tmp/py.out" 2>&1
+import sys, json
+try:
+    import grpc
+except ImportError:
+    print("skip: no grpcio"); sys.exit(0)
+addr, token = sys.argv[1], sys.argv[2]
+# hand-encoded SubmitJobRequests (field 1: the spec as JSON): moectl is not in the way
+def varint(n):
+    out = b""
+    while True:
+        b = n & 0x7f; n >>= 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n: return out
+ch = grpc.insecure_channel(addr)
+call = ch.unary_unary("/moed.v1.Jobs/SubmitJob")
+for pods, slots in ((2, 2), (0, 1)):
+    spec = json.dumps({"mesh": {"pods": pods, "slots": slots}, "model": {"d_model": 32, "layers": 1,
+            "heads": 2, "seq_len": 32, "experts": 4, "d_ff": 64},
+            "data": {"sources": [{"path": "/usr/share/common-licenses/GPL-3"}]},
+            "run": {"steps": 5, "batch_size": 12}}).encode()
+    try:
+        call(b"\x0a" + varint(len(spec)) + spec, metadata=[("authorization", "Bearer " + token)],
+             timeout=10)
+        print(pods, slots, "accepted")
+    except grpc.RpcError as e:
+        print(pods, slots, e.code().name, e.details())
+PY
+check "a stock client gets INVALID_ARGUMENT for 4 slots on 2 workers" \
+  'grep -q "skip: no grpcio" "$tmp/py.out" || grep -q "^2 2 INVALID_ARGUMENT.*4 slots, but the cluster has 2 live workers" "$tmp/py.out"'
+check "... and for mesh.pods = 0, named by the coordinator" \
+  'grep -q "skip: no grpcio" "$tmp/py.out" || grep -q "^0 1 INVALID_ARGUMENT.*mesh.pods" "$tmp/py.out"'
+
+# a worker refuses a RunSlot it cannot play (INVALID_ARGUMENT naming why) and keeps serving
+src=${MOE_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
+waddr=$("$moectl" cluster status --json | json 'd["workers"][0]["address"]')
+if "$py" -c "import grpc, google.protobuf" 2>/dev/null && command -v protoc >/dev/null &&
+   protoc --python_out="$tmp" -I "$src/proto" "$src/proto/moed.proto" 2>"$tmp/protoc.err"; then
+  "$py" - "$tmp" "$waddr" "$(cat "$cdir/cluster.token")" "$corpus" <<'PY' >"$tmp/runslot.out" 2>&1
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import grpc
+import moed_pb2 as pb
+addr, token, corpus = sys.argv[2], sys.argv[3], sys.argv[4]
+ch = grpc.insecure_channel(addr)
+run = ch.unary_unary("/moed.v1.Worker/RunSlot", request_serializer=lambda m: m.SerializeToString(),
+                     response_deserializer=pb.Empty.FromString)
+spec = json.dumps({"mesh": {"pods": 1, "slots": 2}, "model": {"d_model": 32, "layers": 1, "heads": 2,
+        "seq_len": 32, "experts": 4, "d_ff": 64}, "data": {"sources": [{"path": corpus}]},
+        "run": {"steps": 5, "batch_size": 12}})
+def binding(s, data="127.0.0.1:1"):
+    return pb.SlotBinding(pod=0, slot=s, worker_id="w-%d" % (s + 1), worker_address="x:1", data_address=data)
+cases = {
+    "no bindings": pb.RunSlotRequest(job_id="job-900", spec_json=spec, pods=1, slots=2, epoch=1, backend="tcp"),
+    "slot outside": pb.RunSlotRequest(job_id="job-901", spec_json=spec, pods=1, slots=2, slot=5, epoch=1,
+                                      backend="tcp", bindings=[binding(0), binding(1)]),
+    "no data address": pb.RunSlotRequest(job_id="job-902", spec_json=spec, pods=1, slots=2, epoch=1,
+                                         backend="tcp", bindings=[binding(0), binding(1, "")]),
+    "mpi on a tcp worker": pb.RunSlotRequest(job_id="job-903", spec_json=spec, pods=1, slots=2, epoch=1,
+                                             backend="mpi", bindings=[binding(0), binding(1)]),
+    "mesh unlike the spec": pb.RunSlotRequest(job_id="job-904", spec_json=spec, pods=2, slots=1, epoch=1,
+                                              backend="tcp", bindings=[binding(0), pb.SlotBinding(
+                                                  pod=1, slot=0, worker_id="w-2", worker_address="x:1",
+                                                  data_address="127.0.0.1:1")]),
+    "epoch 0": pb.RunSlotRequest(job_id="job-905", spec_json=spec, pods=1, slots=2, epoch=0,
+                                 backend="tcp", bindings=[binding(0), binding(1)]),
+}
+for name, req in cases.items():
+    try:
+        run(req, metadata=[("authorization", "Bearer " + token)], timeout=10)
+        print("%s: accepted" % name)
+    except grpc.RpcError as e:
+        print("%s: %s %s" % (name, e.code().name, e.details()))
+PY
+  for c in "no bindings" "slot outside" "no data address" "mpi on a tcp worker" "mesh unlike the spec" "epoch 0"; do
+    check "RunSlot with $c: INVALID_ARGUMENT ($(grep "^$c:" "$tmp/runslot.out" | head -c 150))" \
+      'grep -q "^$c: INVALID_ARGUMENT" "$tmp/runslot.out"'
+  done
+  check "the worker is still alive and idle after them" \
+    '[ "$("$moectl" cluster status --json | json "[w[\"state\"] for w in d[\"workers\"] if w[\"address\"] == \"$waddr\"][0]")" = WORKER_IDLE ]'
+else
+  echo "skip RunSlot checks: no python3-grpcio, python3-protobuf or protoc"
+fi
+
+# still serving: a 1 x 2 mesh fits, runs and ends
+job=$("$moectl" submit "$tmp/mesh.yaml" --set mesh.slots=2)
+check "the coordinator still serves: a 1 x 2 job is accepted" '[[ "$job" =~ ^job-[0-9]+$ ]]'
+timeout 120 "$moectl" watch "$job" >"$tmp/watch.out" 2>&1
+rc=$?
+check "... and succeeds (trainer_open_slot and the data plane)" '[ $rc -eq 0 ]'
+[ $rc -eq 0 ] || { tail -n 5 "$tmp/watch.out"; }
+check "only that job was stored" '[ "$(n_jobs)" = 1 ]'
+
+"$moectl" cluster down --dir "$cdir" >/dev/null
+check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
+if [ $fails -gt 0 ]; then
+  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
+fi
+[ $fails -eq 0 ] && echo "cli_mesh_submit: all checks passed" || echo "cli_mesh_submit: $fails checks failed"
+exit $((fails > 0))
