@@ -23,6 +23,7 @@
 #include "../worker/comm/comm.h"
 #include "../worker/trainer.h"
 #include "check.h"
+#include "rank_procs.h"
 
 #include <errno.h>
 #include <math.h>
@@ -151,16 +152,11 @@ static int slot_main(int argc, char **argv) {
     struct run_result out;
     memset(&out, 0, sizeof out);
     struct comm_listener *l = NULL;
-    if (comm_listener_open(&l, "127.0.0.1:0") != MOE_OK) return 2;
-    printf("%s\n", comm_listener_address(l));
-    fflush(stdout);
     static char addrs[MAX_RANKS][COMM_ADDR_MAX];
     const char *peers[MAX_RANKS];
-    for (int r = 0; r < D; r++) {
-        if (!fgets(addrs[r], sizeof addrs[r], stdin)) return 2;
-        addrs[r][strcspn(addrs[r], "\n")] = 0;
-        peers[r] = addrs[r];
-    }
+    if (comm_listener_open(&l, "127.0.0.1:0") != MOE_OK ||
+        rank_procs_exchange(l, D, addrs, peers) != 0)
+        return 2;
     struct comm_config cc = {
         .backend = COMM_TCP, .rank = rank, .size = D, .pods = pods, .slots = slots,
         .epoch = 7, .job_id = "job-mesh", .token = "mesh-test-token", .peers = peers,
@@ -195,8 +191,7 @@ done:
     if (opened) trainer_close(&t);
     comm_close(c);
     comm_listener_close(l);
-    fwrite(&out, sizeof out, 1, stdout);
-    fflush(stdout);
+    rank_procs_reply(&out, sizeof out);
     return out.ok ? 0 : 1;
 }
 
@@ -206,55 +201,34 @@ static char self_exe[512];
 static int run_mesh(const struct job_spec *spec, const char *model_path, int kill_at,
                     struct run_result *out) {
     int D = spec->mesh.pods * spec->mesh.slots;
-    pid_t pids[MAX_RANKS];
-    FILE *from[MAX_RANKS], *to[MAX_RANKS];
+    char a[MAX_RANKS][7][32];
+    char *argv[MAX_RANKS][11];
+    char *const *args[MAX_RANKS];
     for (int r = 0; r < D; r++) {
-        int in[2], outp[2];
-        if (pipe(in) != 0 || pipe(outp) != 0) return -1;
-        fflush(stdout);
-        pid_t pid = fork();
-        if (pid == 0) {
-            dup2(in[0], 0);
-            dup2(outp[1], 1);
-            close(in[0]), close(in[1]), close(outp[0]), close(outp[1]);
-            char a[7][32];
-            snprintf(a[0], 32, "%d", spec->mesh.pods);
-            snprintf(a[1], 32, "%d", spec->mesh.slots);
-            snprintf(a[2], 32, "%d", spec->model.dropless);
-            snprintf(a[3], 32, "%d", spec->run.micro_batch);
-            snprintf(a[4], 32, "%d", r);
-            snprintf(a[5], 32, "%d", kill_at);
-            execl(self_exe, self_exe, "--slot", a[0], a[1], a[2], a[3], a[4], a[5], model_path,
-                  text_path, (char *)NULL);
-            _exit(127);
-        }
-        close(in[0]);
-        close(outp[1]);
-        pids[r] = pid;
-        to[r] = fdopen(in[1], "w");
-        from[r] = fdopen(outp[0], "r");
+        snprintf(a[r][0], 32, "%d", spec->mesh.pods);
+        snprintf(a[r][1], 32, "%d", spec->mesh.slots);
+        snprintf(a[r][2], 32, "%d", spec->model.dropless);
+        snprintf(a[r][3], 32, "%d", spec->run.micro_batch);
+        snprintf(a[r][4], 32, "%d", r);
+        snprintf(a[r][5], 32, "%d", kill_at);
+        char *v[] = {"--slot", a[r][0], a[r][1], a[r][2], a[r][3], a[r][4], a[r][5],
+                     (char *)model_path, text_path, NULL};
+        memcpy(argv[r], v, sizeof v);
+        args[r] = argv[r];
     }
-    char addrs[MAX_RANKS][COMM_ADDR_MAX];
-    for (int r = 0; r < D; r++) {
-        if (!fgets(addrs[r], sizeof addrs[r], from[r])) snprintf(addrs[r], COMM_ADDR_MAX, "none\n");
+    int got[MAX_RANKS], status[MAX_RANKS];
+    if (rank_procs_run(self_exe, D, args, out, sizeof *out, got, status) != 0) {
+        printf("FAIL cannot start %d processes\n", D);
+        failures++;
+        return -1;
     }
     for (int r = 0; r < D; r++) {
-        for (int q = 0; q < D; q++) fputs(addrs[q], to[r]);
-        fclose(to[r]);
-    }
-    for (int r = 0; r < D; r++) {
-        if (fread(&out[r], sizeof out[r], 1, from[r]) != 1) {
-            memset(&out[r], 0, sizeof out[r]);
-            snprintf(out[r].error, sizeof out[r].error, "no result (the process died)");
-        }
-        fclose(from[r]);
-        int st;
-        waitpid(pids[r], &st, 0);
+        if (!got[r]) snprintf(out[r].error, sizeof out[r].error, "no result (the process died)");
         /* a slot that reported success must also exit cleanly (no sanitizer report) */
-        if (out[r].ok && !(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+        if (out[r].ok && !(WIFEXITED(status[r]) && WEXITSTATUS(status[r]) == 0)) {
             out[r].ok = 0;
             snprintf(out[r].error, sizeof out[r].error, "reported success, then exited with "
-                     "status 0x%x (a sanitizer report?)", st);
+                     "status 0x%x (a sanitizer report?)", status[r]);
         }
     }
     return 0;

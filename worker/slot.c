@@ -132,16 +132,19 @@ static moe_status reducer_wait(struct slot_exec *x) {
 
 /* ---- the experts' hooks (compute thread, channel 0) ---- */
 
-#define HOOK(call)                                                                                \
+/* A data-plane call on the compute thread: its time counts as the step's t_comm; on failure
+ * `on_error` runs with the status in s_. */
+#define TIMED(call, on_error)                                                                     \
     do {                                                                                          \
-        double hook_t0_ = now_s();                                                                \
-        moe_status hook_s_ = (call);                                                              \
-        x->t_comm += now_s() - hook_t0_;                                                          \
-        if (hook_s_ != MOE_OK) {                                                                  \
-            x->hook_status = hook_s_;                                                             \
-            return -1;                                                                            \
+        double timed_t0_ = now_s();                                                               \
+        moe_status s_ = (call);                                                                   \
+        x->t_comm += now_s() - timed_t0_;                                                         \
+        if (s_ != MOE_OK) {                                                                       \
+            on_error;                                                                             \
         }                                                                                         \
     } while (0)
+/* in a hook: keep the status for the step, abandon the pass */
+#define HOOK(call) TIMED(call, x->hook_status = s_; return -1)
 
 /* Rows this slot sends to member j (expert_off is expert-major, so slot j's experts are one
  * contiguous run) and receives from member i (the counts it announced). */
@@ -440,16 +443,8 @@ static moe_status grad_norm(struct slot_exec *x, double *norm) {
     return res;
 }
 
-#define TIMED(call)                                                                               \
-    do {                                                                                          \
-        double timed_t0_ = now_s();                                                               \
-        moe_status timed_s_ = (call);                                                             \
-        x->t_comm += now_s() - timed_t0_;                                                         \
-        if (timed_s_ != MOE_OK) {                                                                 \
-            res = timed_s_;                                                                       \
-            goto fail;                                                                            \
-        }                                                                                         \
-    } while (0)
+/* in the step: fail it */
+#define STEP(call) TIMED(call, res = s_; goto fail)
 
 moe_status slot_step(struct trainer *t, struct step_report *r) {
     struct slot_exec *x = t->mesh.exec;
@@ -493,15 +488,15 @@ moe_status slot_step(struct trainer *t, struct step_report *r) {
     }
     /* the embedding's gradient is final only now (the LM head and the encoder share it) */
     reducer_push(x, m->grads.wte, m->tensor_sizes[0], 0);
-    TIMED(reducer_wait(x));
+    STEP(reducer_wait(x));
 
     /* the whole batch's statistics: losses added in shard order, counts exactly */
     double parts[4 * COMM_MAX_RANKS];
-    TIMED(comm_allgather(x->comm, CH_MOE, &x->all, part, sizeof part, parts));
+    STEP(comm_allgather(x->comm, CH_MOE, &x->all, part, sizeof part, parts));
     double sum[4] = {0, 0, 0, 0};
     for (int d = 0; d < x->D; d++)
         for (int k = 0; k < 4; k++) sum[k] += parts[4 * d + k];
-    TIMED(comm_allreduce_i64(x->comm, CH_MOE, &x->all, counts, 1 + n_load));
+    STEP(comm_allreduce_i64(x->comm, CH_MOE, &x->all, counts, 1 + n_load));
     r->loss = sum[0];
     r->ce = sum[1];
     r->aux = sum[2];
@@ -510,7 +505,7 @@ moe_status slot_step(struct trainer *t, struct step_report *r) {
     for (size_t j = 0; j < n_load; j++) t->load_sum[j] = m->stats.load[j] = (long)counts[1 + j];
 
     double u0 = now_s(), norm = 0;
-    TIMED(grad_norm(x, &norm));
+    STEP(grad_norm(x, &norm));
     r->lr = adamw_lr(&t->spec.optimizer, step);
     r->load_max_over_mean = trainer_load_imbalance(m);
     r->grad_norm = norm;

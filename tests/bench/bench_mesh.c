@@ -16,6 +16,7 @@
 #include "../../common/spec.h"
 #include "../../worker/comm/comm.h"
 #include "../../worker/trainer.h"
+#include "../rank_procs.h"
 #include "bench.h"
 
 #include <omp.h>
@@ -66,16 +67,11 @@ static int rank_main(char **argv) {
     struct rank_result out;
     memset(&out, 0, sizeof out);
     struct comm_listener *l = NULL;
-    if (comm_listener_open(&l, "127.0.0.1:0") != MOE_OK) return 2;
-    printf("%s\n", comm_listener_address(l));
-    fflush(stdout);
     static char addrs[MAX_RANKS][COMM_ADDR_MAX];
     const char *peers[MAX_RANKS];
-    for (int r = 0; r < D; r++) {
-        if (!fgets(addrs[r], sizeof addrs[r], stdin)) return 2;
-        addrs[r][strcspn(addrs[r], "\n")] = 0;
-        peers[r] = addrs[r];
-    }
+    if (comm_listener_open(&l, "127.0.0.1:0") != MOE_OK ||
+        rank_procs_exchange(l, D, addrs, peers) != 0)
+        return 2;
     struct comm_config cc = {.backend = COMM_TCP, .rank = rank, .size = D, .pods = pods,
                              .slots = slots, .epoch = 1, .job_id = "bench", .token = "bench",
                              .peers = peers, .timeout_s = 10};
@@ -106,8 +102,7 @@ static int rank_main(char **argv) {
     }
     comm_close(c);
     comm_listener_close(l);
-    fwrite(&out, sizeof out, 1, stdout);
-    fflush(stdout);
+    rank_procs_reply(&out, sizeof out);
     return out.ok ? 0 : 1;
 }
 
@@ -118,48 +113,25 @@ static int cmp_double(const void *a, const void *b) {
 
 static void run_mesh(const char *self, int pods, int slots, int cores) {
     int D = pods * slots, threads = cores / D > 0 ? cores / D : 1;
-    pid_t pids[MAX_RANKS];
-    FILE *from[MAX_RANKS], *to[MAX_RANKS];
+    char a[MAX_RANKS][4][16];
+    char *argv[MAX_RANKS][6];
+    char *const *args[MAX_RANKS];
     for (int r = 0; r < D; r++) {
-        int in[2], outp[2];
-        if (pipe(in) != 0 || pipe(outp) != 0) return;
-        fflush(stdout);
-        pid_t pid = fork();
-        if (pid == 0) {
-            dup2(in[0], 0), dup2(outp[1], 1);
-            close(in[0]), close(in[1]), close(outp[0]), close(outp[1]);
-            char a[4][16];
-            snprintf(a[0], 16, "%d", pods), snprintf(a[1], 16, "%d", slots);
-            snprintf(a[2], 16, "%d", r), snprintf(a[3], 16, "%d", threads);
-            execl(self, self, "--rank", a[0], a[1], a[2], a[3], (char *)NULL);
-            _exit(127);
-        }
-        close(in[0]), close(outp[1]);
-        pids[r] = pid;
-        to[r] = fdopen(in[1], "w");
-        from[r] = fdopen(outp[0], "r");
-    }
-    char addrs[MAX_RANKS][COMM_ADDR_MAX];
-    for (int r = 0; r < D; r++)
-        if (!fgets(addrs[r], sizeof addrs[r], from[r])) snprintf(addrs[r], COMM_ADDR_MAX, "x\n");
-    for (int r = 0; r < D; r++) {
-        for (int q = 0; q < D; q++) fputs(addrs[q], to[r]);
-        fclose(to[r]);
+        snprintf(a[r][0], 16, "%d", pods), snprintf(a[r][1], 16, "%d", slots);
+        snprintf(a[r][2], 16, "%d", r), snprintf(a[r][3], 16, "%d", threads);
+        char *v[] = {"--rank", a[r][0], a[r][1], a[r][2], a[r][3], NULL};
+        memcpy(argv[r], v, sizeof v);
+        args[r] = argv[r];
     }
     struct rank_result res[MAX_RANKS];
-    int ok = 1;
-    for (int r = 0; r < D; r++) {
-        if (fread(&res[r], sizeof res[r], 1, from[r]) != 1) {
-            res[r].ok = 0;
-            snprintf(res[r].error, sizeof res[r].error, "no result");
-        }
-        fclose(from[r]);
-        waitpid(pids[r], NULL, 0);
-        if (!res[r].ok) {
-            printf("  %d x %d: rank %d failed: %s\n", pods, slots, r, res[r].error);
+    int got[MAX_RANKS], status[MAX_RANKS], ok = 1;
+    if (rank_procs_run(self, D, args, res, sizeof *res, got, status) != 0) return;
+    for (int r = 0; r < D; r++)
+        if (!got[r] || !res[r].ok) {
+            printf("  %d x %d: rank %d failed: %s\n", pods, slots, r,
+                   got[r] ? res[r].error : "no result");
             ok = 0;
         }
-    }
     if (!ok) return;
     double slowest[TIMED];
     for (int i = 0; i < TIMED; i++) {
