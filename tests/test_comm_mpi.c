@@ -7,6 +7,7 @@
  * Run plainly, it launches the two mpirun jobs on itself and reaps them; without mpirun on
  * the PATH it skips (exit 77).
  */
+#define _XOPEN_SOURCE 700 // nftw
 #include "check.h"
 #include "test_comm_data.h"
 #include "../common/log.h"
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ftw.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -86,29 +88,56 @@ static int rank_stall(struct comm *c, int rank) {
 }
 
 /* comm_abort while a pod peer has not yet entered the operation: the MPI transfers are
- * settled, not torn out, so the peer's operation completes and nobody aborts the MPI job. */
+ * settled, not torn out, so the peer's operation completes and nobody aborts the MPI job.
+ * The order is made, not hoped for: the abort comes only once rank 0's operation has posted
+ * its transfers (an operation begun after comm_abort posts nothing and fails at once, and a
+ * peer that then enters it stalls and aborts the job: that is not what this checks), and
+ * rank 1 enters only once rank 0 has aborted (a file in the test's directory), well within
+ * the timeout_s that the settle waits for it. */
+#define ABORT_TIMEOUT 5
+struct abort_arg {
+    struct comm *c;
+    const char *dir;
+    bool saw_op;
+};
 static void *abort_soon(void *p) {
-    usleep(200000);
-    comm_abort(p);
+    struct abort_arg *a = p;
+    for (double until = now_s() + 30; !comm_ops_in_flight(a->c) && now_s() < until;)
+        usleep(1000);
+    a->saw_op = comm_ops_in_flight(a->c) > 0;
+    usleep(200000); // the operation is well under way, waiting for rank 1
+    comm_abort(a->c);
+    char path[600];
+    snprintf(path, sizeof path, "%s/aborted", a->dir);
+    FILE *f = fopen(path, "w");
+    if (f) fclose(f);
     return NULL;
 }
 
-static int rank_abort(struct comm *c, int rank) {
+static int rank_abort(struct comm *c, int rank, const char *dir) {
     struct comm_group pod_g;
     comm_group_pod(&pod_g, c, rank / SLOTS);
     if (rank == 0) {
         pthread_t t;
-        pthread_create(&t, NULL, abort_soon, c);
+        struct abort_arg a = {.c = c, .dir = dir};
+        pthread_create(&t, NULL, abort_soon, &a);
         double t0 = now_s();
         long w = td_check_alltoallv(c, 0, &pod_g, 5, 8000); // megabytes: rendezvous sends
         double dt = now_s() - t0;
         pthread_join(t, NULL);
+        EXPECT_MSG(a.saw_op, "rank 0: its alltoallv never had its transfers posted");
         EXPECT_MSG(w < 0 && strstr(moe_errmsg(), "aborted"), "rank 0: %ld: %s", w,
                    moe_errmsg());
-        EXPECT_MSG(dt > 0.15 && dt < 3 + 1, "rank 0's aborted alltoallv took %.2f s", dt);
+        EXPECT_MSG(dt > 0.15 && dt < ABORT_TIMEOUT + 1, "rank 0's aborted alltoallv took %.2f s",
+                   dt);
         printf("rank 0: aborted alltoallv returned after %.2f s: %s\n", dt, moe_errmsg());
     } else if (rank == 1) {
-        usleep(600000); // enters after rank 0 was aborted
+        char path[600];
+        snprintf(path, sizeof path, "%s/aborted", dir);
+        for (double until = now_s() + 30; access(path, F_OK) != 0 && now_s() < until;)
+            usleep(10000);
+        EXPECT_MSG(access(path, F_OK) == 0, "rank 1: rank 0 never aborted");
+        usleep(100000); // enters after rank 0 was aborted
         long w = td_check_alltoallv(c, 0, &pod_g, 5, 8000);
         EXPECT_MSG(w == 0, "rank 1: its alltoallv with an aborted peer: %ld: %s", w,
                    moe_errmsg());
@@ -168,13 +197,15 @@ static int rank_main(void) {
     struct comm_config cfg = {.backend = COMM_MPI, .rank = rank, .size = SIZE, .pods = PODS,
                               .slots = SLOTS, .epoch = 3, .job_id = "job-mpi",
                               .token = "mpi-secret", .peers = peers,
-                              .timeout_s = stall ? STALL_TIMEOUT : abort_scenario ? 3 : 20};
+                              .timeout_s = stall            ? STALL_TIMEOUT
+                                           : abort_scenario ? ABORT_TIMEOUT
+                                                            : 20};
     struct comm *c = NULL;
     moe_status st = comm_open(&c, &cfg, l);
     EXPECT_MSG(st == MOE_OK, "rank %d open: %s", rank, moe_errmsg());
     if (st != MOE_OK) return 1;
     if (stall) return rank_stall(c, rank);
-    if (abort_scenario) return rank_abort(c, rank);
+    if (abort_scenario) return rank_abort(c, rank, dir);
 
     struct comm_group all = {.n = SIZE, .me = rank, .ranks = {0, 1, 2, 3}}, pod_g, slot_g;
     comm_group_pod(&pod_g, c, pod);
@@ -260,6 +291,12 @@ static int rank_main(void) {
 
 /* ---- the launcher ---- */
 
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *f) {
+    (void)st, (void)flag, (void)f;
+    remove(path);
+    return 0;
+}
+
 /* Runs the two pods' mpirun jobs of one scenario; each pod's exit status lands in
  * status[p] (-1 when it had to be killed after `seconds`). */
 static void run_pods(const char *scenario, double seconds, int status[PODS], double took[PODS]) {
@@ -281,6 +318,11 @@ static void run_pods(const char *scenario, double seconds, int status[PODS], dou
             setpgid(0, 0); // so that a hung job can be killed whole
             char pod[8];
             snprintf(pod, sizeof pod, "%d", p);
+            /* Each mpirun its own session directory: two of them starting at once race to
+             * create the shared default one (/tmp/ompi.HOST.UID), and the loser fails. */
+            char session[600];
+            snprintf(session, sizeof session, "%s/session.%d", dir, p);
+            mkdir(session, 0700);
             setenv("MOE_COMM_TEST_DIR", dir, 1);
             setenv("MOE_COMM_TEST_POD", pod, 1);
             setenv("MOE_COMM_TEST_SCENARIO", scenario, 1);
@@ -290,7 +332,8 @@ static void run_pods(const char *scenario, double seconds, int status[PODS], dou
             /* This VM has no network but lo: keep Open MPI on it. */
             execlp("mpirun", "mpirun", "--oversubscribe", "-np", "2", "--mca", "btl",
                    "self,vader,tcp", "--mca", "btl_tcp_if_include", "lo", "--mca",
-                   "oob_tcp_if_include", "lo", self, (char *)NULL);
+                   "oob_tcp_if_include", "lo", "--mca", "orte_tmpdir_base", session, self,
+                   (char *)NULL);
             perror("exec mpirun");
             _exit(127);
         }
@@ -328,7 +371,7 @@ static void run_pods(const char *scenario, double seconds, int status[PODS], dou
         snprintf(path, sizeof path, "%s/addr.%d", dir, r);
         unlink(path);
     }
-    rmdir(dir);
+    nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS); // addresses, marks, sessions
 }
 
 int main(int argc, char **argv) {

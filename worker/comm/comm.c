@@ -186,6 +186,10 @@ void comm_group_all(struct comm_group *g, const struct comm *c) {
     for (int r = 0; r < c->size; r++) g->ranks[r] = r;
 }
 
+int comm_ops_in_flight(const struct comm *c) {
+    return atomic_load(&((struct comm *)c)->in_flight); // read, never changed, here
+}
+
 int comm_shm_peers(const struct comm *c) {
     int n = 0;
     for (int q = 0; q < c->size; q++) n += c->peers[q].ch[0].tx != NULL;

@@ -81,7 +81,11 @@ struct comm;
  * fails it with MOE_EAUTH on both ends. */
 moe_status comm_open(struct comm **c, const struct comm_config *cfg, struct comm_listener *l);
 /* From any thread: every pending and later operation fails with MOE_EINTERNAL, and the
- * peers' pending operations with this rank fail at once too (its links are shut down). */
+ * peers' pending operations with this rank fail at once too (its links are shut down).
+ * With the mpi backend a pending operation first settles the MPI transfers it posted: a pod
+ * peer entering the same operation within timeout_s of the abort completes it. A later
+ * operation posts nothing, so a pod peer that enters it (without being aborted too) stalls
+ * and, after timeout_s, aborts the MPI job (docs/dataplane.md). */
 void comm_abort(struct comm *c);
 void comm_close(struct comm *c);
 int comm_rank(const struct comm *c);
@@ -146,6 +150,10 @@ struct comm_stats {
 void comm_get_stats(const struct comm *c, struct comm_stats *s);
 /* How many peers this rank reaches through shared memory (same host, tcp backend). */
 int comm_shm_peers(const struct comm *c);
+/* Operations (all channels) that have posted their transfers with their peers and not yet
+ * returned. A comm_abort that finds one settles what it posted (see comm_abort); one begun
+ * after comm_abort posts nothing and fails at once. For diagnostics and tests. */
+int comm_ops_in_flight(const struct comm *c);
 
 /* The mpi backend: MPI_Init_thread(MPI_THREAD_MULTIPLE) once per process, before any
  * comm_open with COMM_MPI; *rank and *size of MPI_COMM_WORLD (the pod's slot and slots).

@@ -79,6 +79,7 @@ struct comm {
     struct peer *peers; // (size); peers[rank] is self and unused
     int abort_pipe[2];  // comm_abort writes one byte; the read end is in every poll set
     atomic_int aborted;
+    atomic_int in_flight; // operations whose transfers are posted and that have not returned
     atomic_int broken;  // moe_status of the first error that broke the comm, 0 if none
     pthread_mutex_t broken_mu;
     char broken_msg[512];

@@ -221,7 +221,7 @@ moe_status comm_exchange(struct comm *c, int channel, struct xfer *x, int nx) {
     moe_status res = MOE_OK;
     struct pollfd *pf = NULL;
     double now = comm_now();
-    bool any_mpi = false, armed = false;
+    bool any_mpi = false, armed = false, counted = false; // counted: in c->in_flight
     int culprit = -1; // the peer whose failure failed the operation, if any
     size_t cma_min = cma_min_bytes();
     for (int i = 0; i < nx; i++) x[i].mpi_state = NULL;
@@ -252,6 +252,9 @@ moe_status comm_exchange(struct comm *c, int channel, struct xfer *x, int nx) {
             CHECK_GOTO(comm_mpi_start(c, channel, &x[i]), res, fail);
         }
     }
+    /* Every transfer is posted: from here on an abort settles them (comm_mpi_settle). */
+    atomic_fetch_add(&c->in_flight, 1);
+    counted = true;
     pf = malloc(sizeof *pf * ((size_t)nx + 1));
     int *pf_x = malloc(sizeof *pf_x * ((size_t)nx + 1));
     if (!pf || !pf_x) {
@@ -371,6 +374,7 @@ moe_status comm_exchange(struct comm *c, int channel, struct xfer *x, int nx) {
     for (int i = 0; i < nx; i++)
         if (x[i].do_send) sent += x[i].send_bytes;
     if (nx) atomic_fetch_add(&c->stats[stat_of(x[0].kind)], sent);
+    atomic_fetch_sub(&c->in_flight, 1);
     for (int i = 0; i < nx; i++)
         if (x[i].mismatch) return mismatch_error(&x[i]);
     return MOE_OK;
@@ -382,5 +386,6 @@ fail:
     for (int i = 0; i < nx; i++)
         if (x[i].out_cma && !x[i].out_fin) shm_revoke(c->peers[x[i].peer].ch[channel].tx, culprit);
     if (any_mpi) comm_mpi_settle(c, x, nx);
+    if (counted) atomic_fetch_sub(&c->in_flight, 1);
     return comm_break(c, res);
 }

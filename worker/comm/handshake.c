@@ -483,6 +483,40 @@ static moe_status finish_connect(struct hs_ctx *x, struct hs *h) {
     return pump(x, h);
 }
 
+/* A connection to `peer` broke (reset, closed) during the handshake. When the peer refuses
+ * us, it answers on one connection and closes the others, whose unread hellos make the
+ * close a reset: the reset can overtake the refusal that says why. So before reporting the
+ * break, give the peer's other connections a moment (a fraction of the timeout) to deliver
+ * a refusal, and report that instead (MOE_EAUTH naming what differs). */
+static moe_status prefer_refusal(struct hs_ctx *x, struct hs *hs, int nh, int peer,
+                                 moe_status broke) {
+    char why[512];
+    snprintf(why, sizeof why, "%s", moe_errmsg());
+    double until = comm_now() + 0.25 * x->c->timeout_s;
+    for (;;) {
+        struct pollfd pf[COMM_CHANNELS];
+        struct hs *of[COMM_CHANNELS];
+        int np = 0;
+        for (int i = 0; i < nh && np < COMM_CHANNELS; i++) {
+            struct hs *h = &hs[i];
+            if (h->outgoing && h->peer == peer && h->phase == PH_IO && h->fd >= 0) {
+                pf[np] = (struct pollfd){.fd = h->fd,
+                                         .events = step_is_send(h->step) ? POLLOUT : POLLIN};
+                of[np++] = h;
+            }
+        }
+        int ms = (int)((until - comm_now()) * 1000);
+        if (np == 0 || ms <= 0 || poll(pf, (nfds_t)np, ms) <= 0) break;
+        for (int p = 0; p < np; p++) {
+            if (!pf[p].revents) continue;
+            moe_status s = pump(x, of[p]);
+            if (s == MOE_EAUTH) return s;
+            if (s != MOE_OK) hs_drop(of[p]);
+        }
+    }
+    return moe_fail(broke, "%s", why);
+}
+
 moe_status comm_connect_all(struct comm *c, const struct comm_config *cfg,
                             struct comm_listener *l) {
     moe_status res = MOE_OK;
@@ -625,8 +659,13 @@ moe_status comm_connect_all(struct comm *c, const struct comm_config *cfg,
                 continue;
             }
             struct hs *h = &hs[pf_of[p]];
-            if (h->phase == PH_CONNECT) CHECK_GOTO(finish_connect(&x, h), res, unlock);
-            else CHECK_GOTO(pump(&x, h), res, unlock);
+            res = h->phase == PH_CONNECT ? finish_connect(&x, h) : pump(&x, h);
+            if (res != MOE_OK && res != MOE_EAUTH && h->outgoing) {
+                int peer = h->peer;
+                hs_drop(h);
+                res = prefer_refusal(&x, hs, nh, peer, res);
+            }
+            if (res != MOE_OK) goto unlock;
         }
         /* Compact dead strangers away so that the table does not fill up. */
         int w = 0;
