@@ -262,6 +262,10 @@ static int cmd_train(int argc, char **argv) {
                "top-%d), batch %d x %d, steps %ld..%ld of %ld\n",
                t.spec.name, m->n_params, m->cfg.n_layers, m->cfg.d_model, m->cfg.n_experts,
                m->cfg.top_k, t.B, t.T, t.model.step + 1, last, p.total);
+    if (!p.json && !p.quiet && t.mesh.shards > 1)
+        printf("moectl: playing the %d data shards of the %d x %d mesh in turn: the model a "
+               "%d x %d job writes, byte for byte\n", t.mesh.shards, t.mesh.pods, t.mesh.slots,
+               t.mesh.pods, t.mesh.slots);
 
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
