@@ -36,6 +36,24 @@ static int rank_procs_exchange(struct comm_listener *l, int n, char addrs[][COMM
     return 0;
 }
 
+/* Rank side, all of the above and the comm: a listener, the address exchange, comm_open
+ * (tcp) as rank `rank` of a pods x slots mesh. *l and *c are the caller's to close. */
+static moe_status rank_procs_open_comm(int rank, int pods, int slots, uint64_t epoch,
+                                       const char *job, const char *token, double timeout_s,
+                                       struct comm_listener **l, struct comm **c) {
+    static char addrs[RANK_PROCS_MAX][COMM_ADDR_MAX];
+    const char *peers[RANK_PROCS_MAX];
+    int n = pods * slots;
+    *c = NULL;
+    CHECK(comm_listener_open(l, "127.0.0.1:0"));
+    if (rank_procs_exchange(*l, n, addrs, peers) != 0)
+        return moe_fail(MOE_EIO, "rank %d: no address table on stdin", rank);
+    struct comm_config cc = {.backend = COMM_TCP, .rank = rank, .size = n, .pods = pods,
+                             .slots = slots, .epoch = epoch, .job_id = job, .token = token,
+                             .peers = peers, .timeout_s = timeout_s};
+    return comm_open(c, &cc, *l);
+}
+
 /* Rank side: the result, last thing on stdout. */
 static void rank_procs_reply(const void *result, size_t size) {
     fwrite(result, size, 1, stdout);

@@ -474,7 +474,7 @@ static void test_strangers(void) {
     scenario_init(&s, 1, 2, 0.5);
     int junk = connect_to(s.addr[1]), silent = connect_to(s.addr[1]), half = connect_to(s.addr[1]);
     char garbage[3000];
-    for (size_t i = 0; i < sizeof garbage; i++) garbage[i] = (char)td_mix(i);
+    for (size_t i = 0; i < sizeof garbage; i++) garbage[i] = (char)mix64(i);
     if (write(junk, garbage, sizeof garbage) < 0) perror("write");
     if (write(half, "MOEDCOMM\1\0\0\0", 12) < 0) perror("write");
     int refused = connect_to(s.addr[1]); // connects, then resets at once

@@ -6,6 +6,7 @@
 #ifndef MOE_TEST_COMM_DATA_H
 #define MOE_TEST_COMM_DATA_H
 
+#include "../kernels/mix64.h"
 #include "../kernels/tree_sum.h"
 #include "../worker/comm/comm.h"
 
@@ -13,30 +14,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-static inline uint64_t td_mix(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
 
 /* Values with many significant bits of varying magnitude: the order of additions shows. */
 static inline float td_f32(int rank, size_t i, int salt) {
-    uint64_t h = td_mix(((uint64_t)salt << 48) ^ ((uint64_t)rank << 40) ^ i);
+    uint64_t h = mix64(((uint64_t)salt << 48) ^ ((uint64_t)rank << 40) ^ i);
     return (float)((double)(h % 2000001) - 1e6) / (float)(1 + (h >> 60)) * 1e-3f;
 }
 static inline double td_f64(int rank, size_t i, int salt) {
-    uint64_t h = td_mix(((uint64_t)salt << 48) ^ ((uint64_t)rank << 40) ^ i ^ 0x55);
+    uint64_t h = mix64(((uint64_t)salt << 48) ^ ((uint64_t)rank << 40) ^ i ^ 0x55);
     return ((double)(h % 20000000001ull) - 1e10) / (double)(1 + (h >> 58)) * 1e-7;
 }
 static inline int64_t td_i64(int rank, size_t i, int salt) {
-    uint64_t h = td_mix(((uint64_t)salt << 48) ^ ((uint64_t)rank << 40) ^ i ^ 0xaa);
+    uint64_t h = mix64(((uint64_t)salt << 48) ^ ((uint64_t)rank << 40) ^ i ^ 0xaa);
     return (int64_t)(h % 2000000000001ull) - 1000000000000ll;
 }
 
 /* Bytes member rank `from` sends to rank `to` in alltoallv test `salt`: uneven, some zero. */
 static inline size_t td_a2a_bytes(int from, int to, int salt, size_t scale) {
-    uint64_t h = td_mix(((uint64_t)salt << 32) ^ ((uint64_t)from << 16) ^ (uint64_t)to);
+    uint64_t h = mix64(((uint64_t)salt << 32) ^ ((uint64_t)from << 16) ^ (uint64_t)to);
     if (h % 4 == 0) return 0;
     return (size_t)(h % 1000) * scale + (size_t)(h % 7);
 }

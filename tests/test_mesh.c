@@ -148,24 +148,15 @@ static int slot_main(int argc, char **argv) {
     struct job_spec spec;
     make_spec(&spec, pods, slots, dropless, micro);
     if (kill_at >= 0) spec.run.steps = 1000; /* the killed step comes long before the end */
-    int D = pods * slots;
     struct run_result out;
     memset(&out, 0, sizeof out);
     struct comm_listener *l = NULL;
-    static char addrs[MAX_RANKS][COMM_ADDR_MAX];
-    const char *peers[MAX_RANKS];
-    if (comm_listener_open(&l, "127.0.0.1:0") != MOE_OK ||
-        rank_procs_exchange(l, D, addrs, peers) != 0)
-        return 2;
-    struct comm_config cc = {
-        .backend = COMM_TCP, .rank = rank, .size = D, .pods = pods, .slots = slots,
-        .epoch = 7, .job_id = "job-mesh", .token = "mesh-test-token", .peers = peers,
-        .timeout_s = spec.mesh.timeout_s,
-    };
     struct comm *c = NULL;
     struct trainer t;
     int opened = 0;
-    if (comm_open(&c, &cc, l) != MOE_OK) goto fail;
+    if (rank_procs_open_comm(rank, pods, slots, 7, "job-mesh", "mesh-test-token",
+                             spec.mesh.timeout_s, &l, &c) != MOE_OK)
+        goto fail;
     if (trainer_open_slot(&t, &spec, rank / slots, rank % slots, c) != MOE_OK) goto fail;
     opened = 1;
     for (int i = 0; i < spec.run.steps; i++) {

@@ -63,22 +63,13 @@ static int rank_main(char **argv) {
     omp_set_num_threads(threads);
     struct job_spec spec;
     make_spec(&spec, pods, slots);
-    int D = pods * slots;
     struct rank_result out;
     memset(&out, 0, sizeof out);
     struct comm_listener *l = NULL;
-    static char addrs[MAX_RANKS][COMM_ADDR_MAX];
-    const char *peers[MAX_RANKS];
-    if (comm_listener_open(&l, "127.0.0.1:0") != MOE_OK ||
-        rank_procs_exchange(l, D, addrs, peers) != 0)
-        return 2;
-    struct comm_config cc = {.backend = COMM_TCP, .rank = rank, .size = D, .pods = pods,
-                             .slots = slots, .epoch = 1, .job_id = "bench", .token = "bench",
-                             .peers = peers, .timeout_s = 10};
     struct comm *c = NULL;
     struct trainer t;
-    if (comm_open(&c, &cc, l) != MOE_OK || trainer_open_slot(&t, &spec, rank / slots,
-                                                              rank % slots, c) != MOE_OK) {
+    if (rank_procs_open_comm(rank, pods, slots, 1, "bench", "bench", 10, &l, &c) != MOE_OK ||
+        trainer_open_slot(&t, &spec, rank / slots, rank % slots, c) != MOE_OK) {
         snprintf(out.error, sizeof out.error, "%s", moe_errmsg());
     } else {
         out.ok = 1;
