@@ -29,10 +29,16 @@ struct slot_exec {
     struct comm_group pod, cross, all; // my pod (slot order), my slot over pods, every rank
     int P, S, D, E, El, K, C, F, L;
     size_t rows_max;                   // rows the pod may send this slot's experts in a layer
-    /* the rows other slots sent to this slot's experts, saved per layer for the backward */
-    real *xe_r, *h1_r, *h2_r, *ha_r;   // (L, rows_max, C | F)
-    real *ye_r, *dye_r, *dxe_r;        // (rows_max, C)
-    real *dh1_r, *dh2_r;               // (rows_max, F)
+    /* The rows other slots sent to this slot's experts, saved per layer for the backward,
+     * and one layer's working rows. They grow to the most rows seen (rows_max is the worst
+     * case routing allows, every token choosing this slot: rarely near). */
+    struct served {
+        real *xe, *h1, *h2, *ha;       // (cap, C | F)
+        size_t cap;
+    } *served;                         // (L)
+    real *ye_r, *dye_r, *dxe_r;        // (cap_t, C)
+    real *dh1_r, *dh2_r;               // (cap_t, F)
+    size_t cap_t;
     real *leaves;                      // (S - 1, leaf_layers, 3, El, F * C): sources 1..
     int leaves_per_layer;              // micro-batches: every layer keeps its leaves
     size_t leaf_layers;                // L with micro-batches, else 1 (reused per layer)
@@ -157,6 +163,38 @@ static size_t rows_from(const struct slot_exec *x, const int *cnt, int i) {
     return r;
 }
 
+static int grow(real **p, size_t n) {
+    free(*p);
+    *p = malloc(sizeof(real) * (n ? n : 1));
+    return *p != NULL;
+}
+
+/* Room for `rows` served rows in layer l and in the working buffers. */
+static moe_status ensure_rows(struct slot_exec *x, int l, size_t rows) {
+    size_t C = (size_t)x->C, F = (size_t)x->F;
+    size_t want = rows + rows / 4; /* some headroom: routing moves a little from step to step */
+    if (want > x->rows_max) want = x->rows_max;
+    struct served *sv = &x->served[l];
+    if (rows > sv->cap) {
+        sv->cap = 0;
+        if (!grow(&sv->xe, want * C) || !grow(&sv->h1, want * F) || !grow(&sv->h2, want * F) ||
+            !grow(&sv->ha, want * F))
+            goto oom;
+        sv->cap = want;
+    }
+    if (rows > x->cap_t) {
+        x->cap_t = 0;
+        if (!grow(&x->ye_r, want * C) || !grow(&x->dye_r, want * C) ||
+            !grow(&x->dxe_r, want * C) || !grow(&x->dh1_r, want * F) || !grow(&x->dh2_r, want * F))
+            goto oom;
+        x->cap_t = want;
+    }
+    return MOE_OK;
+oom:
+    return moe_fail(MOE_ENOMEM, "out of memory for the %zu rows the pod sent slot %d's experts "
+                    "in layer %d", rows, x->pod.me, l);
+}
+
 static int hook_forward(void *ctx, int l, struct moe_acts *a, const struct moe_layer_cfg *c) {
     struct slot_exec *x = ctx;
     int S = x->S, El = x->El, C = x->C, F = x->F;
@@ -181,9 +219,12 @@ static int hook_forward(void *ctx, int l, struct moe_acts *a, const struct moe_l
                                   x->pod.me, x->rows_max);
         return -1;
     }
-    real *xe = x->xe_r + (size_t)l * x->rows_max * C;
-    real *h1 = x->h1_r + (size_t)l * x->rows_max * F, *h2 = x->h2_r + (size_t)l * x->rows_max * F;
-    real *ha = x->ha_r + (size_t)l * x->rows_max * F;
+    if (ensure_rows(x, l, rows_in) != MOE_OK) {
+        x->hook_status = MOE_ENOMEM;
+        return -1;
+    }
+    const struct served *sv = &x->served[l];
+    real *xe = sv->xe, *h1 = sv->h1, *h2 = sv->h2, *ha = sv->ha;
     HOOK(comm_alltoallv(x->comm, CH_MOE, &x->pod, a->xe, x->send_b, xe, x->recv_b));
     x->rows_dispatched += a->expert_off[x->E];
     x->rows_served += (long)rows_in;
@@ -218,10 +259,8 @@ static int hook_backward(void *ctx, int l, const struct moe_acts *a, struct moe_
         x->recv_b[j] = rows_from(x, cnt, j) * C * sizeof(real);
     }
     HOOK(comm_alltoallv(x->comm, CH_MOE, &x->pod, s->dye, x->send_b, x->dye_r, x->recv_b));
-    const real *xe = x->xe_r + (size_t)l * x->rows_max * C;
-    const real *h1 = x->h1_r + (size_t)l * x->rows_max * F;
-    const real *h2 = x->h2_r + (size_t)l * x->rows_max * F;
-    const real *ha = x->ha_r + (size_t)l * x->rows_max * F;
+    const struct served *sv = &x->served[l]; /* sized by this layer's forward */
+    const real *xe = sv->xe, *h1 = sv->h1, *h2 = sv->h2, *ha = sv->ha;
     size_t FC = (size_t)F * C, layer = (size_t)El * FC;
     /* source i's weight gradients of our experts are a leaf of the mesh's tree; source 0's
      * are written straight into the gradient arena, where the tree's sum lands */
@@ -321,16 +360,8 @@ moe_status slot_exec_open(struct trainer *t) {
         size_t by_tokens = N * (K < El ? K : El);
         size_t by_capacity = (size_t)t->M * capacity_of(c, t->T) * El;
         x->rows_max = (size_t)x->S * (by_tokens < by_capacity ? by_tokens : by_capacity);
-        size_t R = x->rows_max, L = (size_t)x->L, C = (size_t)x->C, F = (size_t)x->F;
-        x->xe_r = malloc(sizeof(real) * L * R * C);
-        x->h1_r = malloc(sizeof(real) * L * R * F);
-        x->h2_r = malloc(sizeof(real) * L * R * F);
-        x->ha_r = malloc(sizeof(real) * L * R * F);
-        x->ye_r = malloc(sizeof(real) * R * C);
-        x->dye_r = malloc(sizeof(real) * R * C);
-        x->dxe_r = malloc(sizeof(real) * R * C);
-        x->dh1_r = malloc(sizeof(real) * R * F);
-        x->dh2_r = malloc(sizeof(real) * R * F);
+        size_t L = (size_t)x->L, C = (size_t)x->C, F = (size_t)x->F;
+        x->served = calloc(L, sizeof *x->served);
         x->leaves_per_layer = t->Bd / t->M > 1;
         x->leaf_layers = x->leaves_per_layer ? L : 1;
         x->leaves = malloc(sizeof(real) * (size_t)(x->S - 1) * x->leaf_layers * 3 * El * F * C);
@@ -338,11 +369,10 @@ moe_status slot_exec_open(struct trainer *t) {
         x->cnt_send = calloc((size_t)x->S * El, sizeof(int));
         x->send_b = calloc((size_t)x->S, sizeof(size_t));
         x->recv_b = calloc((size_t)x->S, sizeof(size_t));
-        if (!x->xe_r || !x->h1_r || !x->h2_r || !x->ha_r || !x->ye_r || !x->dye_r ||
-            !x->dxe_r || !x->dh1_r || !x->dh2_r || !x->leaves || !x->cnt || !x->cnt_send ||
+        if (!x->served || !x->leaves || !x->cnt || !x->cnt_send ||
             !x->send_b || !x->recv_b)
-            return moe_fail(MOE_ENOMEM, "out of memory for the rows of %zu tokens the pod may "
-                            "send slot %d's %d experts", R, t->mesh.slot, x->El);
+            return moe_fail(MOE_ENOMEM, "out of memory for slot %d's %d experts' gradients",
+                            t->mesh.slot, x->El);
     }
     if (pthread_create(&x->thread, NULL, reducer_main, x) != 0)
         return moe_fail(MOE_ENOMEM, "cannot start the gradient reduction thread");
@@ -365,8 +395,13 @@ void slot_exec_close(struct trainer *t) {
     pthread_cond_destroy(&x->cv);
     free(x->queue);
     free(x->counts);
-    free(x->xe_r), free(x->h1_r), free(x->h2_r), free(x->ha_r), free(x->ye_r);
-    free(x->dye_r), free(x->dxe_r), free(x->dh1_r), free(x->dh2_r), free(x->leaves);
+    for (int l = 0; x->served && l < x->L; l++) {
+        struct served *sv = &x->served[l];
+        free(sv->xe), free(sv->h1), free(sv->h2), free(sv->ha);
+    }
+    free(x->served);
+    free(x->ye_r), free(x->dye_r), free(x->dxe_r), free(x->dh1_r), free(x->dh2_r);
+    free(x->leaves);
     free(x->cnt), free(x->cnt_send), free(x->send_b), free(x->recv_b);
     free(x);
     t->mesh.exec = NULL;
