@@ -1,17 +1,18 @@
 /*
  * test_mesh — a distributed job computes exactly what one process computes.
  *
- * For each case, the trainer that plays every shard of the mesh in one process (the
- * reference) and pods x slots real processes — forked, each with its own data-plane listener,
- * connected over loopback sockets through worker/comm, each holding only its own experts —
- * train the same spec. Checks:
+ * For each case (2x2, 1x4, 4x1, dropless, micro-batches, three slots per pod with two
+ * experts each), the trainer that plays every shard of the mesh in one process (the
+ * reference) and pods x slots real processes — each its own fresh process with its own
+ * data-plane listener (tests/rank_procs.h), connected over loopback through worker/comm,
+ * each holding only its own experts — train the same spec. Checks:
  *   - every step's loss, cross-entropy and gradient norm are the same doubles on every slot
  *     and in the reference (bit for bit), and so is the held-out loss at the end;
  *   - the model file rank 0 writes is byte for byte the reference's;
  *   - token accounting: over each pod, the rows dispatched, the rows the experts served and
  *     the rows combined back are equal, and equal to the assignments kept after capacity
  *     (all of them when dropless);
- *   - 1x4 and 2x2 (same shards, S a power of two) give the same file as each other, which is
+ *   - 1x4, 2x2 and 4x1 (same shards, S a power of two) give the same file as each other,
  *     the tree order's promise (kernels/tree_sum.h); 1x1 differs from them only by rounding;
  *   - a slot killed with SIGKILL in the middle of a step makes every survivor's step fail
  *     with an error naming a peer, within the data plane's bound (never a hang).
@@ -73,7 +74,10 @@ static void write_text(const char *path) {
     fclose(f);
 }
 
-static void make_spec(struct job_spec *s, int pods, int slots, int dropless, int micro) {
+/* The case's shape; experts and batch default to 4 and 8 (0), other values for meshes whose
+ * slots do not divide those. */
+static void make_spec(struct job_spec *s, int pods, int slots, int dropless, int micro,
+                      int experts, int batch) {
     spec_defaults(s);
     s->mesh.pods = pods;
     s->mesh.slots = slots;
@@ -82,13 +86,13 @@ static void make_spec(struct job_spec *s, int pods, int slots, int dropless, int
     s->model.n_layers = 2;
     s->model.n_heads = 4;
     s->model.seq_len = 32;
-    s->model.n_experts = 4;
+    s->model.n_experts = experts ? experts : 4;
     s->model.d_ff = 48;
     s->model.top_k = 2;
     s->model.dropless = dropless;
     s->model.capacity_factor = 1.0f;
     s->model.bias_balancing = 1;
-    s->run.batch_size = 8;
+    s->run.batch_size = batch ? batch : 8;
     s->run.micro_batch = micro;
     s->run.steps = STEPS;
     s->run.eval_batches = 1;
@@ -140,13 +144,14 @@ static void run_local(const struct job_spec *spec, const char *model_path, struc
  * address from stdin (the coordinator's part), trains, and writes its run_result to stdout.
  * kill_at >= 0: rank 3 kills itself with SIGKILL just before that step. */
 static int slot_main(int argc, char **argv) {
-    if (argc != 10) return 2;
+    if (argc != 12) return 2;
     int pods = atoi(argv[2]), slots = atoi(argv[3]), dropless = atoi(argv[4]);
     int micro = atoi(argv[5]), rank = atoi(argv[6]), kill_at = atoi(argv[7]);
+    int experts = atoi(argv[10]), batch = atoi(argv[11]);
     const char *model_path = argv[8];
     snprintf(text_path, sizeof text_path, "%s", argv[9]);
     struct job_spec spec;
-    make_spec(&spec, pods, slots, dropless, micro);
+    make_spec(&spec, pods, slots, dropless, micro, experts, batch);
     if (kill_at >= 0) spec.run.steps = 1000; /* the killed step comes long before the end */
     struct run_result out;
     memset(&out, 0, sizeof out);
@@ -192,8 +197,8 @@ static char self_exe[512];
 static int run_mesh(const struct job_spec *spec, const char *model_path, int kill_at,
                     struct run_result *out) {
     int D = spec->mesh.pods * spec->mesh.slots;
-    char a[MAX_RANKS][7][32];
-    char *argv[MAX_RANKS][11];
+    char a[MAX_RANKS][8][32];
+    char *argv[MAX_RANKS][13];
     char *const *args[MAX_RANKS];
     for (int r = 0; r < D; r++) {
         snprintf(a[r][0], 32, "%d", spec->mesh.pods);
@@ -202,8 +207,10 @@ static int run_mesh(const struct job_spec *spec, const char *model_path, int kil
         snprintf(a[r][3], 32, "%d", spec->run.micro_batch);
         snprintf(a[r][4], 32, "%d", r);
         snprintf(a[r][5], 32, "%d", kill_at);
+        snprintf(a[r][6], 32, "%d", spec->model.n_experts);
+        snprintf(a[r][7], 32, "%d", spec->run.batch_size);
         char *v[] = {"--slot", a[r][0], a[r][1], a[r][2], a[r][3], a[r][4], a[r][5],
-                     (char *)model_path, text_path, NULL};
+                     (char *)model_path, text_path, a[r][6], a[r][7], NULL};
         memcpy(argv[r], v, sizeof v);
         args[r] = argv[r];
     }
@@ -241,9 +248,9 @@ static int same_file(const char *a, const char *b) {
 #define SAME(a, b) (memcmp(&(a), &(b), sizeof(a)) == 0)
 
 static void check_case(const char *name, int pods, int slots, int dropless, int micro,
-                       char ref_path[512]) {
+                       int experts, int batch, char ref_path[512]) {
     struct job_spec spec;
-    make_spec(&spec, pods, slots, dropless, micro);
+    make_spec(&spec, pods, slots, dropless, micro, experts, batch);
     char mesh_path[512];
     snprintf(ref_path, 512, "%s/%s.ref.safetensors", dir, name);
     snprintf(mesh_path, sizeof mesh_path, "%s/%s.mesh.safetensors", dir, name);
@@ -301,7 +308,7 @@ static void check_case(const char *name, int pods, int slots, int dropless, int 
 
 static void check_kill(void) {
     struct job_spec spec;
-    make_spec(&spec, 2, 2, 0, 0);
+    make_spec(&spec, 2, 2, 0, 0, 0, 0);
     char path[512];
     snprintf(path, sizeof path, "%s/kill.safetensors", dir);
     struct run_result out[MAX_RANKS];
@@ -336,27 +343,30 @@ int main(int argc, char **argv) {
     write_text(text_path);
     signal(SIGPIPE, SIG_IGN);
 
-    char f22[512], f14[512], f11[512], f41[512], fdl[512], fmb[512];
-    check_case("dropping", 2, 2, 0, 0, f22);
-    check_case("dropping", 1, 4, 0, 0, f14);
-    check_case("dropless", 1, 4, 1, 0, fdl);
-    check_case("pods-only", 4, 1, 0, 0, f41);
-    check_case("micro-batches", 2, 1, 0, 2, fmb);
-    check_case("micro-batches", 1, 2, 1, 2, fmb);
-    check_case("micro-batches", 2, 2, 0, 1, fmb);
+    char f22[512], f14[512], f11[512], f41[512], fdl[512], fmb[512], f3[512];
+    check_case("dropping", 2, 2, 0, 0, 0, 0, f22);
+    check_case("dropping", 1, 4, 0, 0, 0, 0, f14);
+    check_case("dropless", 1, 4, 1, 0, 0, 0, fdl);
+    check_case("pods-only", 4, 1, 0, 0, 0, 0, f41);
+    check_case("micro-batches", 2, 1, 0, 2, 0, 0, fmb);
+    check_case("micro-batches", 1, 2, 1, 2, 0, 0, fmb);
+    check_case("micro-batches", 2, 2, 0, 1, 0, 0, fmb);
+    /* three slots: a tree of odd width, and two experts per slot */
+    check_case("three-slots", 1, 3, 0, 0, 6, 6, f3);
+    check_case("three-slots", 2, 3, 1, 0, 6, 12, f3);
     EXPECT_MSG(same_file(f22, f14), "2x2 and 1x4 (4 shards each) wrote different models");
     EXPECT_MSG(same_file(f22, f41), "2x2 and 4x1 (4 shards each) wrote different models");
 
     /* one shard adds its gradient in one GEMM instead of four: close, not the same bits */
     struct job_spec one;
-    make_spec(&one, 1, 1, 0, 0);
+    make_spec(&one, 1, 1, 0, 0, 0, 0);
     struct run_result r11;
     snprintf(f11, sizeof f11, "%s/one.safetensors", dir);
     run_local(&one, f11, &r11);
     EXPECT(r11.ok);
     struct trainer t4;
     struct job_spec four;
-    make_spec(&four, 1, 4, 0, 0);
+    make_spec(&four, 1, 4, 0, 0, 0, 0);
     if (trainer_open(&t4, &four) == MOE_OK) {
         struct step_report r;
         trainer_step(&t4, &r);
