@@ -41,7 +41,7 @@ int model_config_check(const struct model_config *c, char *why, size_t why_len) 
 }
 
 /* Per-sequence expert capacity: ceil(cf * T * K / E), or unlimited (T*K) when dropless. */
-static int expert_capacity(const struct model_config *c, int T) {
+int model_expert_capacity(const struct model_config *c, int T) {
     if (c->dropless) return T * c->top_k;
     int cap = (int)ceil((double)c->capacity_factor * T * c->top_k / c->n_experts);
     return cap < T * c->top_k ? cap : T * c->top_k;
@@ -316,7 +316,7 @@ static void add_into(real *out, const real *a, const real *b, size_t n) {
 
 static struct moe_layer_cfg moe_cfg(const struct model_config *c, int B, int T) {
     struct moe_layer_cfg mc = {.B = B, .T = T, .C = c->d_model, .E = c->n_experts,
-                               .K = c->top_k, .F = c->d_ff, .capacity = expert_capacity(c, T),
+                               .K = c->top_k, .F = c->d_ff, .capacity = model_expert_capacity(c, T),
                                .aux_coef = c->aux_loss_coef, .z_coef = c->z_loss_coef};
     return mc;
 }

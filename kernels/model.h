@@ -116,6 +116,10 @@ struct model {
 /* Reports (as moe_status failure via status.h conventions) what is wrong with a config. */
 int model_config_check(const struct model_config *cfg, char *why, size_t why_len);
 
+/* Per-sequence expert capacity for sequences of T tokens: ceil(cf * T * K / E), at most T * K
+ * (and T * K when dropless). */
+int model_expert_capacity(const struct model_config *c, int T);
+
 /* Allocates parameters, gradients, moments and activations for batches up to B_max sequences.
  * Returns 0 or -1 (out of memory). */
 int model_alloc(struct model *m, const struct model_config *cfg, int B_max);

@@ -47,7 +47,6 @@ struct slot_exec {
     size_t *send_b, *recv_b;           // (S) bytes of the all-to-all at hand
     int64_t *counts;                   // (1 + L * E) a step's dropped count and expert loads
     struct model_exec exec;
-    int reduce_layers;                 // layer_done enqueues reductions (the last pass)
     moe_status hook_status;
     double t_comm;                     // this step's seconds in data-plane calls
     long rows_dispatched, rows_served, rows_returned; // this step's forward rows
@@ -137,6 +136,11 @@ static moe_status reducer_wait(struct slot_exec *x) {
 }
 
 /* ---- the experts' hooks (compute thread, channel 0) ---- */
+
+/* A step's gradients are final in its last pass: only then are they summed and reduced. */
+static int last_pass(const struct slot_exec *x) {
+    return x->t->pass == x->t->Bd / x->t->M - 1;
+}
 
 /* A data-plane call on the compute thread: its time counts as the step's t_comm; on failure
  * `on_error` runs with the status in s_. */
@@ -287,7 +291,7 @@ static int hook_backward(void *ctx, int l, const struct moe_acts *a, struct moe_
         }
     /* the sources' sum, once their last pass is in (micro-batches accumulate per source,
      * exactly as each source's own model would) */
-    if (x->reduce_layers)
+    if (last_pass(x))
         for (int k = 0; k < 3; k++) tree_sum_f32(leaf[k], S, layer);
     HOOK(comm_alltoallv(x->comm, CH_MOE, &x->pod, x->dxe_r, x->recv_b, s->dxe, x->send_b));
     (void)c;
@@ -297,7 +301,7 @@ static int hook_backward(void *ctx, int l, const struct moe_acts *a, struct moe_
 /* Layer l's gradients are final: reduce them while the backward goes on below. */
 static int hook_layer_done(void *ctx, int l) {
     struct slot_exec *x = ctx;
-    if (!x->reduce_layers) return 0;
+    if (!last_pass(x)) return 0;
     struct model *m = &x->t->model;
     const struct model_params *g = &m->grads;
     size_t C = (size_t)x->C, E = (size_t)x->E, FC = (size_t)x->F * C, El = (size_t)x->El;
@@ -316,12 +320,6 @@ static int hook_layer_done(void *ctx, int l) {
 }
 
 /* ---- open / close ---- */
-
-static int capacity_of(const struct model_config *c, int T) {
-    if (c->dropless) return T * c->top_k;
-    int cap = (int)ceil((double)c->capacity_factor * T * c->top_k / c->n_experts);
-    return cap < T * c->top_k ? cap : T * c->top_k;
-}
 
 moe_status slot_exec_open(struct trainer *t) {
     struct slot_exec *x = calloc(1, sizeof *x);
@@ -358,7 +356,7 @@ moe_status slot_exec_open(struct trainer *t) {
          * capacity rows per sequence */
         size_t N = (size_t)t->M * t->T, K = (size_t)x->K, El = (size_t)x->El;
         size_t by_tokens = N * (K < El ? K : El);
-        size_t by_capacity = (size_t)t->M * capacity_of(c, t->T) * El;
+        size_t by_capacity = (size_t)t->M * model_expert_capacity(c, t->T) * El;
         x->rows_max = (size_t)x->S * (by_tokens < by_capacity ? by_tokens : by_capacity);
         size_t L = (size_t)x->L, C = (size_t)x->C, F = (size_t)x->F;
         x->served = calloc(L, sizeof *x->served);
@@ -496,38 +494,18 @@ moe_status slot_step(struct trainer *t, struct step_report *r) {
     moe_status res = MOE_OK;
 
     int shard = t->mesh.pod * x->S + t->mesh.slot;
-    int n_micro = t->Bd / t->M;
-    double share = (double)t->M / t->B;
-    double part[4] = {0, 0, 0, 0}; /* loss, ce, aux, z */
-    int64_t *counts = x->counts; /* dropped, then the loads (L, E) */
-    memset(counts, 0, sizeof(int64_t) * (1 + n_load));
-    const struct model_exec *ex = &x->exec;
-    for (int i = 0; i < n_micro; i++) {
-        data_train_batch(&t->data, t->spec.run.seed, step, shard * t->Bd + i * t->M, t->M,
-                         t->tokens, t->targets);
-        x->reduce_layers = i == n_micro - 1; /* the gradients are final in the last pass */
-        double f0 = now_s(), loss;
-        if (model_forward_exec(m, t->tokens, t->targets, t->M, t->T, ex, &loss) != 0)
-            return pass_failed(x);
-        double f1 = now_s();
-        if (model_backward_exec(m, t->tokens, t->targets, t->M, t->T, share, i > 0, ex) != 0)
-            return pass_failed(x);
-        r->t_forward += f1 - f0;
-        r->t_backward += now_s() - f1;
-        part[0] += share * m->stats.loss;
-        part[1] += share * m->stats.ce;
-        part[2] += share * m->stats.aux;
-        part[3] += share * m->stats.z;
-        counts[0] += m->stats.dropped;
-        for (size_t j = 0; j < n_load; j++) counts[1 + j] += m->stats.load[j];
-    }
+    struct shard_losses part = {0};
+    if (trainer_shard_passes(t, shard, step, &part, r, &x->exec) != 0) return pass_failed(x);
     /* the embedding's gradient is final only now (the LM head and the encoder share it) */
     reducer_push(x, m->grads.wte, m->tensor_sizes[0], 0);
     STEP(reducer_wait(x));
 
     /* the whole batch's statistics: losses added in shard order, counts exactly */
-    double parts[4 * COMM_MAX_RANKS];
-    STEP(comm_allgather(x->comm, CH_MOE, &x->all, part, sizeof part, parts));
+    double mine[4] = {part.loss, part.ce, part.aux, part.z}, parts[4 * COMM_MAX_RANKS];
+    int64_t *counts = x->counts; /* dropped, then the loads (L, E) */
+    counts[0] = part.dropped;
+    for (size_t j = 0; j < n_load; j++) counts[1 + j] = t->load_sum[j];
+    STEP(comm_allgather(x->comm, CH_MOE, &x->all, mine, sizeof mine, parts));
     double sum[4] = {0, 0, 0, 0};
     for (int d = 0; d < x->D; d++)
         for (int k = 0; k < 4; k++) sum[k] += parts[4 * d + k];

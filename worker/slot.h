@@ -30,6 +30,12 @@ moe_status slot_sum_over_shards(struct trainer *t, double v, double *sum);
 moe_status slot_save_model(const struct trainer *t, const char *path);
 
 /* trainer.c, shared with slot.c */
+struct shard_losses {
+    double loss, ce, aux, z; // share-weighted sums over the shard's passes
+    long dropped;
+};
+int trainer_shard_passes(struct trainer *t, int shard, long step, struct shard_losses *part,
+                         struct step_report *r, const struct model_exec *ex);
 double trainer_load_imbalance(const struct model *m);
 void trainer_finish_report(struct trainer *t, struct step_report *r, double t0);
 moe_status trainer_write_model(const struct trainer *t, const struct model *model,

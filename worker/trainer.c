@@ -155,26 +155,24 @@ static void reduce_shards(struct trainer *t) {
 }
 
 /* One shard's forward and backward passes (its micro-batches in sequence order), into the
- * model's current gradient arena. Adds the shard's losses (each term a mean over the whole
- * batch, so a pass's share is M/B) to *part and its loads to t->load_sum. */
-struct shard_losses {
-    double loss, ce, aux, z;
-    long dropped;
-};
-
-static void shard_passes(struct trainer *t, int shard, long step, struct shard_losses *part,
-                         struct step_report *r) {
+ * model's current gradient arena, with the experts where `ex` says (NULL: here). Adds the
+ * shard's losses (each term a mean over the whole batch, so a pass's share is M/B) to *part
+ * and its loads to t->load_sum. -1 when a hook failed. */
+int trainer_shard_passes(struct trainer *t, int shard, long step, struct shard_losses *part,
+                         struct step_report *r, const struct model_exec *ex) {
     struct model *m = &t->model;
     size_t n_load = (size_t)m->cfg.n_layers * m->cfg.n_experts;
     int n_micro = t->Bd / t->M;
     double share = (double)t->M / t->B;
     for (int i = 0; i < n_micro; i++) {
+        t->pass = i;
         data_train_batch(&t->data, t->spec.run.seed, step, shard * t->Bd + i * t->M, t->M,
                          t->tokens, t->targets);
-        double f0 = now_seconds();
-        model_forward(m, t->tokens, t->targets, t->M, t->T);
+        double f0 = now_seconds(), loss;
+        if (model_forward_exec(m, t->tokens, t->targets, t->M, t->T, ex, &loss) != 0) return -1;
         double f1 = now_seconds();
-        model_backward(m, t->tokens, t->targets, t->M, t->T, share, i > 0);
+        if (model_backward_exec(m, t->tokens, t->targets, t->M, t->T, share, i > 0, ex) != 0)
+            return -1;
         r->t_forward += f1 - f0;
         r->t_backward += now_seconds() - f1;
         part->loss += share * m->stats.loss;
@@ -184,6 +182,7 @@ static void shard_passes(struct trainer *t, int shard, long step, struct shard_l
         part->dropped += m->stats.dropped;
         for (size_t j = 0; j < n_load; j++) t->load_sum[j] += m->stats.load[j];
     }
+    return 0;
 }
 
 void trainer_finish_report(struct trainer *t, struct step_report *r, double t0) {
@@ -209,7 +208,7 @@ moe_status trainer_step(struct trainer *t, struct step_report *r) {
     for (int d = 0; d < D; d++) {
         if (D > 1) model_swap_grad_arena(m, t->mesh.shard_grads[d]);
         struct shard_losses part = {0};
-        shard_passes(t, d, step, &part, r);
+        trainer_shard_passes(t, d, step, &part, r, NULL); /* no hooks: cannot fail */
         total.loss += part.loss;
         total.ce += part.ce;
         total.aux += part.aux;

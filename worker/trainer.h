@@ -45,6 +45,7 @@ struct trainer {
     int *tokens, *targets; // (M, T): one micro-batch
     int B, M, T;           // sequences per step, per micro-batch (M divides B / D), length
     int Bd;                // sequences of one data shard per step: B / D
+    int pass;              // the shard's pass (micro-batch) running now, of Bd / M
     long *load_sum;        // (L, E) expert loads summed over the step's micro-batches
     double unigram_bits;   // entropy of the training data, the bar a model must beat
 };
