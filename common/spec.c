@@ -95,6 +95,13 @@ static const struct field spec_fields[] = {
                  "data plane inside a pod: tcp (any workers) or mpi (a pod is one mpirun job)"),
     DOUBLE_FIELD("mesh.timeout_s", mesh.timeout_s, "2", 0, 3600, MIN_OPEN,
                  "a data-plane operation with no progress for this long fails (never hangs)"),
+    INT_FIELD("mesh.replicas", mesh.replicas, "2", 1, 16,
+              "copies of each committed step's state in different failure domains (pods count; "
+              "the rest are buddy copies); 1: a lost slot fails the job"),
+    INT_FIELD("mesh.check_every", mesh.check_every, "50", 0, 1000000000,
+              "steps between hash comparisons of data-parallel replicas' state (0: never)"),
+    DOUBLE_FIELD("mesh.spare_wait_s", mesh.spare_wait_s, "60", 0, 86400, BOUND_CLOSED,
+                 "a recovery waits this long for a worker to play a lost slot, then fails"),
 
     INT_FIELD("model.vocab", model.vocab, "256", 2, 65536,
               "vocabulary size (V); at least 256: tokens are bytes"),
@@ -985,6 +992,15 @@ static moe_status validate_mesh(const struct job_spec *s) {
         return moe_fail(MOE_EINVAL,
                         "spec: run.batch_size = %d is not divisible by mesh.pods x mesh.slots = "
                         "%d x %d = %ld data shards", s->run.batch_size, m->pods, m->slots, shards);
+    int buddies = m->replicas > m->pods ? m->replicas - m->pods : 0;
+    /* a 1 x 1 job has nobody to hold a copy: it runs without one (docs/recovery.md) */
+    if (shards > 1 && buddies > m->slots - 1)
+        return moe_fail(MOE_EINVAL,
+                        "spec: mesh.replicas = %d needs %d buddy cop%s of each slot besides the "
+                        "%d pod%s, but a pod of mesh.slots = %d has only %d other slot%s to "
+                        "hold them", m->replicas, buddies, buddies == 1 ? "y" : "ies", m->pods,
+                        m->pods == 1 ? "" : "s", m->slots, m->slots - 1,
+                        m->slots == 2 ? "" : "s");
     int per_shard = (int)(s->run.batch_size / shards);
     if (s->run.micro_batch > 0 && shards > 1 && per_shard % s->run.micro_batch != 0)
         return moe_fail(MOE_EINVAL,

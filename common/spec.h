@@ -62,7 +62,29 @@ struct mesh_spec {
     int slots;        // expert-parallel slots per pod (S); divides model.experts
     char backend[MESH_BACKEND_MAX]; // data plane inside a pod: "tcp" or "mpi"
     double timeout_s; // a data-plane operation that makes no progress this long fails
+    /* recovery (docs/recovery.md) */
+    int replicas;     // copies of every committed step's state in different failure domains:
+                      // P pods give P; more (or any with one pod) are buddy copies, each slot's
+                      // experts sent to the next replicas - P slots of its pod every step.
+                      // 1: no redundancy, a lost slot fails the job
+    int check_every;  // steps between comparisons of data-parallel replicas' state hashes (0: off)
+    double spare_wait_s; // a recovery waits this long for a worker to play a lost slot
 };
+
+/* Buddy copies of each slot's experts (the slots after it in its pod hold them): what
+ * mesh.replicas asks beyond the pods, at most slots - 1. */
+static inline int mesh_buddies(const struct mesh_spec *m) {
+    int b = m->replicas - m->pods;
+    if (b > m->slots - 1) b = m->slots - 1;
+    return b > 0 ? b : 0;
+}
+/* Whether a lost slot can be recovered: a mesh (not 1 x 1) whose every slot's state is in at
+ * least two failure domains. */
+static inline int mesh_recoverable(const struct mesh_spec *m) {
+    /* mpi: a pod is one failure domain, so buddies inside it do not count */
+    int domains = m->pods + (m->backend[0] == 'm' ? 0 : mesh_buddies(m));
+    return m->pods * m->slots > 1 && m->replicas >= 2 && domains >= 2;
+}
 
 struct job_spec {
     char name[128];

@@ -536,9 +536,10 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
 
 /* ---- optimizer ---- */
 
-void adamw_update(real *params, const real *grads, real *m, real *v, size_t n, size_t n_decay,
-                  float lr, float beta1, float beta2, float eps, float weight_decay,
-                  float grad_scale, long t) {
+void adamw_update_into(real *params_out, real *m_out, real *v_out, const real *params,
+                       const real *grads, const real *m, const real *v, size_t n, size_t n_decay,
+                       float lr, float beta1, float beta2, float eps, float weight_decay,
+                       float grad_scale, long t) {
     real inv_bc1 = (real)(1.0 / (1.0 - pow(beta1, (double)t)));
     real inv_bc2 = (real)(1.0 / (1.0 - pow(beta2, (double)t)));
     PARALLEL_FOR
@@ -546,9 +547,17 @@ void adamw_update(real *params, const real *grads, real *m, real *v, size_t n, s
         real g = grads[i] * grad_scale;
         real mi = beta1 * m[i] + (1 - beta1) * g;
         real vi = beta2 * v[i] + (1 - beta2) * g * g;
-        m[i] = mi;
-        v[i] = vi;
+        real p = params[i];
+        m_out[i] = mi;
+        v_out[i] = vi;
         real wd = i < n_decay ? weight_decay : 0; /* a select, so the loop still vectorizes */
-        params[i] -= lr * ((mi * inv_bc1) / (SQRT(vi * inv_bc2) + eps) + wd * params[i]);
+        params_out[i] = p - lr * ((mi * inv_bc1) / (SQRT(vi * inv_bc2) + eps) + wd * p);
     }
+}
+
+void adamw_update(real *params, const real *grads, real *m, real *v, size_t n, size_t n_decay,
+                  float lr, float beta1, float beta2, float eps, float weight_decay,
+                  float grad_scale, long t) {
+    adamw_update_into(params, m, v, params, grads, m, v, n, n_decay, lr, beta1, beta2, eps,
+                      weight_decay, grad_scale, t);
 }

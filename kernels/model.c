@@ -548,12 +548,16 @@ double model_update(struct model *m, const struct adamw_config *o) {
     return norm;
 }
 
-void model_update_with_norm(struct model *m, const struct adamw_config *o, double norm) {
+/* The update from m's state into (p, mo, v, bias), which may be m's own arenas. */
+static void update_to(struct model *m, real *p, real *mo, real *v, real *bias,
+                      const struct adamw_config *o, double norm) {
     float scale = 1.0f;
     if (o->grad_clip > 0 && norm > o->grad_clip) scale = (float)(o->grad_clip / norm);
     float lr = (float)adamw_lr(o, m->step);
-    adamw_update(m->param_mem, m->grad_mem, m->m_mem, m->v_mem, m->n_params, m->n_decay, lr,
-                 o->beta1, o->beta2, o->eps, o->weight_decay, scale, m->step + 1);
+    adamw_update_into(p, mo, v, m->param_mem, m->grad_mem, m->m_mem, m->v_mem, m->n_params,
+                      m->n_decay, lr, o->beta1, o->beta2, o->eps, o->weight_decay, scale,
+                      m->step + 1);
+    if (bias != m->buffer_mem) memcpy(bias, m->buffer_mem, sizeof(real) * m->n_buffers);
 
     const struct model_config *c = &m->cfg;
     if (c->bias_balancing) {
@@ -566,9 +570,53 @@ void model_update_with_norm(struct model *m, const struct adamw_config *o, doubl
             for (int e = 0; e < E; e++) {
                 long diff = total - (long)E * m->stats.load[l * E + e]; /* E * (mean - load) */
                 real sgn = (real)((diff > 0) - (diff < 0));
-                m->buffers.expert_bias[l * E + e] += c->bias_update_rate * sgn;
+                bias[l * E + e] += c->bias_update_rate * sgn;
             }
         }
     }
+}
+
+void model_update_with_norm(struct model *m, const struct adamw_config *o, double norm) {
+    update_to(m, m->param_mem, m->m_mem, m->v_mem, m->buffer_mem, o, norm);
     m->step++;
+}
+
+int model_state_alloc(const struct model *m, struct model_state *s) {
+    s->param_mem = malloc(sizeof(real) * m->n_params);
+    s->m_mem = malloc(sizeof(real) * m->n_params);
+    s->v_mem = malloc(sizeof(real) * m->n_params);
+    s->buffer_mem = malloc(sizeof(real) * (m->n_buffers ? m->n_buffers : 1));
+    s->step = -1;
+    if (s->param_mem && s->m_mem && s->v_mem && s->buffer_mem) return 0;
+    model_state_free(s);
+    return -1;
+}
+
+void model_state_free(struct model_state *s) {
+    free(s->param_mem);
+    free(s->m_mem);
+    free(s->v_mem);
+    free(s->buffer_mem);
+    memset(s, 0, sizeof *s);
+}
+
+void model_state_swap(struct model *m, struct model_state *s) {
+    struct model_state mine = {m->param_mem, m->m_mem, m->v_mem, m->buffer_mem, m->step};
+    m->param_mem = s->param_mem;
+    m->m_mem = s->m_mem;
+    m->v_mem = s->v_mem;
+    m->buffer_mem = s->buffer_mem;
+    m->step = s->step;
+    *s = mine;
+    point_into(&m->params, m->param_mem, m->tensor_sizes);
+    point_into(&m->m, m->m_mem, m->tensor_sizes);
+    point_into(&m->v, m->v_mem, m->tensor_sizes);
+    m->buffers.expert_bias = m->buffer_mem;
+}
+
+void model_update_into(struct model *m, struct model_state *s, const struct adamw_config *o,
+                       double norm) {
+    update_to(m, s->param_mem, s->m_mem, s->v_mem, s->buffer_mem, o, norm);
+    s->step = m->step + 1;
+    model_state_swap(m, s);
 }

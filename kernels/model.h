@@ -196,6 +196,22 @@ double model_update(struct model *m, const struct adamw_config *opt);
  * the other slots) and the loads in m->stats.load already the whole batch's. */
 void model_update_with_norm(struct model *m, const struct adamw_config *opt, double norm);
 
+/* A second copy of a model's training state (parameters, moments, buffers, step), the same
+ * shape: the previous version a slot keeps so that it can return one step (docs/recovery.md).
+ * model_update_into writes the next state into it and swaps, so keeping it copies nothing. */
+struct model_state {
+    real *param_mem, *m_mem, *v_mem, *buffer_mem;
+    long step;
+};
+int model_state_alloc(const struct model *m, struct model_state *s); // 0 or -1 (memory)
+void model_state_free(struct model_state *s);
+/* Exchanges m's state arenas and step with s's (pointers only). */
+void model_state_swap(struct model *m, struct model_state *s);
+/* model_update_with_norm, reading m's state and writing the result into s, then swapping:
+ * afterwards m holds the new step and s the state m had (bit for bit the in-place result). */
+void model_update_into(struct model *m, struct model_state *s, const struct adamw_config *opt,
+                       double norm);
+
 /* Learning rate at optimizer step `step` (0-based). */
 double adamw_lr(const struct adamw_config *opt, long step);
 

@@ -36,6 +36,16 @@ static int rank_procs_exchange(struct comm_listener *l, int n, char addrs[][COMM
     return 0;
 }
 
+/* Rank side: the address table again, for a second epoch on the same listeners. */
+static int rank_procs_read_table(int n, char addrs[][COMM_ADDR_MAX], const char **peers) {
+    for (int r = 0; r < n; r++) {
+        if (!fgets(addrs[r], COMM_ADDR_MAX, stdin)) return -1;
+        addrs[r][strcspn(addrs[r], "\n")] = 0;
+        peers[r] = addrs[r];
+    }
+    return 0;
+}
+
 /* Rank side, all of the above and the comm: a listener, the address exchange, comm_open
  * (tcp) as rank `rank` of a pods x slots mesh. *l and *c are the caller's to close. */
 static moe_status rank_procs_open_comm(int rank, int pods, int slots, uint64_t epoch,
@@ -95,8 +105,11 @@ static int rank_procs_run(const char *self, int n, char *const *const *args, voi
     char addrs[RANK_PROCS_MAX][COMM_ADDR_MAX];
     for (int r = 0; r < n; r++)
         if (!fgets(addrs[r], sizeof addrs[r], from[r])) snprintf(addrs[r], COMM_ADDR_MAX, "-\n");
+    /* twice: a rank that forms a second epoch on the same listeners reads it again
+     * (rank_procs_read_table); the others never read the second copy */
     for (int r = 0; r < n; r++) {
-        for (int q = 0; q < n; q++) fputs(addrs[q], to[r]);
+        for (int copy = 0; copy < 2; copy++)
+            for (int q = 0; q < n; q++) fputs(addrs[q], to[r]);
         fclose(to[r]);
     }
     for (int r = 0; r < n; r++) {

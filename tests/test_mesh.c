@@ -15,13 +15,19 @@
  *   - 1x4, 2x2 and 4x1 (same shards, S a power of two) give the same file as each other,
  *     the tree order's promise (kernels/tree_sum.h); 1x1 differs from them only by rounding;
  *   - a slot killed with SIGKILL in the middle of a step makes every survivor's step fail
- *     with an error naming a peer, within the data plane's bound (never a hang).
+ *     with an error naming a peer, within the data plane's bound (never a hang);
+ *   - recovery's restore (worker/replica.h): after some steps every slot fences, one slot
+ *     starts over with a fresh trainer (a new holder), a second epoch's comm forms and every
+ *     slot returns to the plan's step — survivors from their live or previous version, the
+ *     new holder from another pod's slot or from its buddy copy — and the job trains on to
+ *     the same bits as the reference; the fence lists exactly the copies each slot holds.
  * Runs on one OpenMP thread (ctest sets it): OpenBLAS's AVX2 sgemm is not thread-count
  * independent (see test_trainer), and a mesh test must vary one thing at a time.
  */
 #include "../common/log.h"
 #include "../common/spec.h"
 #include "../worker/comm/comm.h"
+#include "../worker/replica.h"
 #include "../worker/trainer.h"
 #include "check.h"
 #include "rank_procs.h"
@@ -51,6 +57,16 @@ struct run_result {
     int ok;
     char error[256];
     double fail_seconds; // the kill case: how long the failing step took
+    int n_copies;        // the restore case: what the fence listed
+    struct state_copy copies[8];
+    long restored_to;
+};
+
+/* The restore case: everyone trains `first` steps in epoch 1, fences; rank `victim` starts
+ * over with a fresh trainer; epoch 2 restores every rank to `step` with sources from[]. */
+struct restore_case {
+    int first, step, victim;
+    int from[MAX_RANKS];
 };
 
 static double now_s(void) {
@@ -143,8 +159,41 @@ static void run_local(const struct job_spec *spec, const char *model_path, struc
  * pool). It opens its listener, tells the parent its address on stdout, reads every rank's
  * address from stdin (the coordinator's part), trains, and writes its run_result to stdout.
  * kill_at >= 0: rank 3 kills itself with SIGKILL just before that step. */
+/* The restore case's epoch change in a rank (see struct restore_case). */
+static moe_status change_epoch(struct trainer *t, const struct job_spec *spec, int rank,
+                               struct comm_listener *l, struct comm **c,
+                               const struct restore_case *rc, struct run_result *out) {
+    long live;
+    out->n_copies = replica_fence(t, out->copies, 8, &live);
+    comm_close(*c);
+    *c = NULL;
+    int n = spec->mesh.pods * spec->mesh.slots, slots = spec->mesh.slots;
+    static char addrs[RANK_PROCS_MAX][COMM_ADDR_MAX];
+    const char *peers[RANK_PROCS_MAX];
+    for (int r = 0; r < n; r++) peers[r] = addrs[r];
+    /* the same listeners, so the same addresses: the parent sends the table once more */
+    if (rank_procs_read_table(n, addrs, peers) != 0)
+        return moe_fail(MOE_EIO, "no second address table");
+    struct comm_config cc = {.backend = COMM_TCP, .rank = rank, .size = n,
+                             .pods = spec->mesh.pods, .slots = slots, .epoch = 8,
+                             .job_id = "job-mesh", .token = "mesh-test-token", .peers = peers,
+                             .timeout_s = spec->mesh.timeout_s};
+    CHECK(comm_open(c, &cc, l));
+    if (rank == rc->victim) { /* a new holder: nothing of the job in memory */
+        trainer_close(t);
+        CHECK(trainer_open_slot(t, spec, rank / slots, rank % slots, *c));
+    } else {
+        CHECK(trainer_rebind(t, *c));
+    }
+    struct restore_plan p = {rc->step, rc->from, n};
+    struct restore_stats st;
+    CHECK(replica_restore(t, &p, &st));
+    out->restored_to = t->model.step;
+    return MOE_OK;
+}
+
 static int slot_main(int argc, char **argv) {
-    if (argc != 12) return 2;
+    if (argc != 13) return 2;
     int pods = atoi(argv[2]), slots = atoi(argv[3]), dropless = atoi(argv[4]);
     int micro = atoi(argv[5]), rank = atoi(argv[6]), kill_at = atoi(argv[7]);
     int experts = atoi(argv[10]), batch = atoi(argv[11]);
@@ -164,8 +213,17 @@ static int slot_main(int argc, char **argv) {
         goto fail;
     if (trainer_open_slot(&t, &spec, rank / slots, rank % slots, c) != MOE_OK) goto fail;
     opened = 1;
-    for (int i = 0; i < spec.run.steps; i++) {
+    struct restore_case rc;
+    int restoring = sscanf(argv[12], "%d,%d,%d,%d,%d,%d,%d", &rc.first, &rc.step, &rc.victim,
+                           &rc.from[0], &rc.from[1], &rc.from[2], &rc.from[3]) == 3 + pods * slots;
+    while (t.model.step < spec.run.steps) {
+        int i = (int)t.model.step;
         struct step_report r;
+        if (restoring && i == rc.first) {
+            restoring = 0;
+            if (change_epoch(&t, &spec, rank, l, &c, &rc, &out) != MOE_OK) goto fail;
+            continue;
+        }
         if (i == kill_at && rank == 3) {
             usleep(20000); /* the others are inside the step's all-to-alls by now */
             raise(SIGKILL);
@@ -195,10 +253,10 @@ static char self_exe[512];
 
 /* Runs the mesh as separate processes; results per rank in out[]. */
 static int run_mesh(const struct job_spec *spec, const char *model_path, int kill_at,
-                    struct run_result *out) {
+                    const struct restore_case *rc, struct run_result *out) {
     int D = spec->mesh.pods * spec->mesh.slots;
-    char a[MAX_RANKS][8][32];
-    char *argv[MAX_RANKS][13];
+    char a[MAX_RANKS][9][64];
+    char *argv[MAX_RANKS][14];
     char *const *args[MAX_RANKS];
     for (int r = 0; r < D; r++) {
         snprintf(a[r][0], 32, "%d", spec->mesh.pods);
@@ -209,8 +267,13 @@ static int run_mesh(const struct job_spec *spec, const char *model_path, int kil
         snprintf(a[r][5], 32, "%d", kill_at);
         snprintf(a[r][6], 32, "%d", spec->model.n_experts);
         snprintf(a[r][7], 32, "%d", spec->run.batch_size);
+        snprintf(a[r][8], 64, "none");
+        if (rc) {
+            int o = snprintf(a[r][8], 64, "%d,%d,%d", rc->first, rc->step, rc->victim);
+            for (int k = 0; k < D; k++) o += snprintf(a[r][8] + o, (size_t)(64 - o), ",%d", rc->from[k]);
+        }
         char *v[] = {"--slot", a[r][0], a[r][1], a[r][2], a[r][3], a[r][4], a[r][5],
-                     (char *)model_path, text_path, a[r][6], a[r][7], NULL};
+                     (char *)model_path, text_path, a[r][6], a[r][7], a[r][8], NULL};
         memcpy(argv[r], v, sizeof v);
         args[r] = argv[r];
     }
@@ -257,7 +320,7 @@ static void check_case(const char *name, int pods, int slots, int dropless, int 
     struct run_result ref, out[MAX_RANKS];
     run_local(&spec, ref_path, &ref);
     EXPECT_MSG(ref.ok, "%s: reference failed: %s", name, ref.error);
-    if (run_mesh(&spec, mesh_path, -1, out) != 0) return;
+    if (run_mesh(&spec, mesh_path, -1, NULL, out) != 0) return;
     int D = pods * slots, all_ok = 1;
     for (int r = 0; r < D; r++) {
         EXPECT_MSG(out[r].ok, "%s: rank %d failed: %s", name, r, out[r].error);
@@ -306,13 +369,60 @@ static void check_case(const char *name, int pods, int slots, int dropless, int 
            ref.loss[0], ref.loss[STEPS - 1], ref.val);
 }
 
+/* Recovery's restore, without daemons: see struct restore_case. want[] lists the copies
+ * rank `lister` must report at the fence. */
+static void check_restore(const char *name, int pods, int slots, const struct restore_case *rc,
+                          int lister, const struct state_copy *want, int n_want) {
+    struct job_spec spec;
+    make_spec(&spec, pods, slots, 0, 0, 0, 0);
+    char ref_path[512], path[512];
+    snprintf(ref_path, sizeof ref_path, "%s/%s.ref.safetensors", dir, name);
+    snprintf(path, sizeof path, "%s/%s.restored.safetensors", dir, name);
+    struct run_result ref, out[MAX_RANKS];
+    run_local(&spec, ref_path, &ref);
+    if (run_mesh(&spec, path, -1, rc, out) != 0) return;
+    int D = pods * slots, ok = ref.ok;
+    for (int r = 0; r < D; r++) {
+        EXPECT_MSG(out[r].ok, "%s: rank %d failed: %s", name, r, out[r].error);
+        ok &= out[r].ok;
+    }
+    if (!ok) return;
+    for (int r = 0; r < D; r++) {
+        EXPECT_MSG(out[r].restored_to == rc->step, "%s: rank %d restored to step %ld, not %d",
+                   name, r, out[r].restored_to, rc->step);
+        for (int i = 0; i < STEPS; i++)
+            EXPECT_MSG(SAME(out[r].loss[i], ref.loss[i]) && SAME(out[r].norm[i], ref.norm[i]),
+                       "%s: rank %d step %d: loss %.17g norm %.17g, reference %.17g %.17g", name,
+                       r, i + 1, out[r].loss[i], out[r].norm[i], ref.loss[i], ref.norm[i]);
+        EXPECT_MSG(SAME(out[r].val, ref.val), "%s: rank %d held-out loss differs", name, r);
+    }
+    const struct run_result *o = &out[lister];
+    int match = o->n_copies == n_want;
+    for (int i = 0; match && i < n_want; i++) {
+        int found = 0;
+        for (int k = 0; k < o->n_copies; k++)
+            found |= o->copies[k].slot == want[i].slot && o->copies[k].step == want[i].step;
+        match = found;
+    }
+    char got[200] = "";
+    for (int k = 0, n = 0; k < o->n_copies; k++)
+        n += snprintf(got + n, sizeof got - (size_t)n, " (%d, %ld)", o->copies[k].slot,
+                      o->copies[k].step);
+    EXPECT_MSG(match, "%s: rank %d's fence listed%s", name, lister, got);
+    EXPECT_MSG(same_file(path, ref_path), "%s: the restored job's model differs from the "
+               "reference's", name);
+    printf("%s restore %-18s %d x %d: fence after step %d, rank %d new, back to step %d, then "
+           "to step %d: identical to the reference; rank %d held%s\n", failures ? "...." : "OK  ",
+           name, pods, slots, rc->first, rc->victim, rc->step, STEPS, lister, got);
+}
+
 static void check_kill(void) {
     struct job_spec spec;
     make_spec(&spec, 2, 2, 0, 0, 0, 0);
     char path[512];
     snprintf(path, sizeof path, "%s/kill.safetensors", dir);
     struct run_result out[MAX_RANKS];
-    if (run_mesh(&spec, path, 2, out) != 0) return;
+    if (run_mesh(&spec, path, 2, NULL, out) != 0) return;
     EXPECT_MSG(!out[3].ok, "the killed rank reported success");
     for (int r = 0; r < 3; r++) {
         EXPECT_MSG(!out[r].ok && out[r].error[0], "rank %d: no error after a peer died", r);
@@ -375,6 +485,15 @@ int main(int argc, char **argv) {
         trainer_close(&t4);
     }
     check_kill();
+    /* 2 x 2: the new holder of slot (1, 1) pulls slot 1's state from pod 0 */
+    struct restore_case pods_case = {4, 4, 3, {-1, -1, -1, 1}};
+    struct state_copy pods_want[] = {{1, 4}, {1, 3}};
+    check_restore("pod-replica", 2, 2, &pods_case, 1, pods_want, 2);
+    /* 1 x 4 with buddies: everyone is one step past the target and goes back to its previous
+     * version; slot 2's new holder pulls from slot 3, which holds its buddy copy */
+    struct restore_case buddy_case = {5, 4, 2, {-1, -1, 3, -1}};
+    struct state_copy buddy_want[] = {{3, 5}, {3, 4}, {2, 4}};
+    check_restore("buddy", 1, 4, &buddy_case, 3, buddy_want, 3);
 
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

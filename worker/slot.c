@@ -5,6 +5,7 @@
 #include "../kernels/layers.h"
 #include "../kernels/tree_sum.h"
 #include "comm/comm.h"
+#include "replica.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -415,6 +416,7 @@ static moe_status pass_failed(struct slot_exec *x) {
     snprintf(msg, sizeof msg, "%s", moe_errmsg());
     comm_abort(x->comm);
     reducer_wait(x);
+    replica_step_abandon(x->t);
     x->hook_status = MOE_OK;
     return moe_fail(s, "%s", msg);
 }
@@ -493,12 +495,17 @@ moe_status slot_step(struct trainer *t, struct step_report *r) {
     x->rows_dispatched = x->rows_served = x->rows_returned = 0;
     moe_status res = MOE_OK;
 
+    replica_apply_flip(t);
+    replica_step_begin(t); /* buddy copies of S(step) and its hash, beside the compute */
     int shard = t->mesh.pod * x->S + t->mesh.slot;
     struct shard_losses part = {0};
     if (trainer_shard_passes(t, shard, step, &part, r, &x->exec) != 0) return pass_failed(x);
     /* the embedding's gradient is final only now (the LM head and the encoder share it) */
     reducer_push(x, m->grads.wte, m->tensor_sizes[0], 0);
     STEP(reducer_wait(x));
+    /* before the all-rank collective: whoever passes it knows every buddy copy of S(step) is
+     * whole (docs/recovery.md, "Why two versions are enough") */
+    STEP(replica_step_join(t));
 
     /* the whole batch's statistics: losses added in shard order, counts exactly */
     double mine[4] = {part.loss, part.ce, part.aux, part.z}, parts[4 * COMM_MAX_RANKS];
@@ -522,8 +529,10 @@ moe_status slot_step(struct trainer *t, struct step_report *r) {
     r->lr = adamw_lr(&t->spec.optimizer, step);
     r->load_max_over_mean = trainer_load_imbalance(m);
     r->grad_norm = norm;
-    model_update_with_norm(m, &t->spec.optimizer, norm);
+    if ((res = replica_update(t, norm)) != MOE_OK) goto fail;
     r->t_update = now_s() - u0;
+    r->replicated_step = step; /* every slot passed this step's all-rank collective */
+    r->has_hash = replica_hash(t, r->state_sha256, &r->hash_step);
     trainer_finish_report(t, r, t0);
     comm_get_stats(x->comm, &after);
     r->t_comm = x->t_comm;
@@ -539,6 +548,7 @@ moe_status slot_step(struct trainer *t, struct step_report *r) {
     return MOE_OK;
 fail:
     comm_abort(x->comm);
+    replica_step_abandon(t);
     return res;
 }
 

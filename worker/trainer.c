@@ -5,6 +5,7 @@
 #include "../kernels/tree_sum.h"
 #include "comm/comm.h"
 #include "model_io.h"
+#include "replica.h"
 #include "slot.h"
 
 #include <stdio.h>
@@ -71,6 +72,7 @@ static moe_status open_common(struct trainer *t, const struct job_spec *spec, in
     }
     model_init(&t->model, t->spec.run.seed);
     if (comm) CHECK_GOTO(slot_exec_open(t), res, fail);
+    if (comm) CHECK_GOTO(replica_open(t), res, fail);
     return MOE_OK;
 oom:
     res = moe_fail(MOE_ENOMEM, "out of memory for the gradients of %d data shards (%zu "
@@ -103,7 +105,15 @@ int trainer_writes_model(const struct trainer *t) {
     return !t->mesh.comm || (t->mesh.pod == 0 && t->mesh.slot == 0);
 }
 
+moe_status trainer_rebind(struct trainer *t, struct comm *comm) {
+    if (!t->mesh.exec || !comm) return moe_fail(MOE_EINVAL, "trainer_rebind: not a slot");
+    slot_exec_close(t);
+    t->mesh.comm = comm;
+    return slot_exec_open(t);
+}
+
 void trainer_close(struct trainer *t) {
+    if (t->mesh.rep) replica_close(t);
     if (t->mesh.exec) slot_exec_close(t);
     if (t->mesh.shard_grads) {
         /* arena 0 is the model's own: put it back before the model frees it */

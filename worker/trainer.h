@@ -35,6 +35,7 @@ struct trainer_mesh {
     int expert_lo, n_local_experts; // the experts this slot owns (all E when local)
     real **shard_grads;       // local, D > 1: a gradient arena per shard (0 is the model's)
     struct slot_exec *exec;   // slot mode: the distributed step's state (worker/slot.h)
+    struct replica *rep;      // slot mode: previous version, buddy copies (worker/replica.h)
 };
 
 struct trainer {
@@ -68,6 +69,12 @@ struct step_report {
      * this slot dispatched to the pod's experts, served with its own experts, and got back
      * combined. Over a pod, dispatched = served = returned = assignments kept. */
     long rows_dispatched, rows_served, rows_returned;
+    /* recovery (slot mode): the newest step known committed (every slot completed it, buddy
+     * copies whole), and on check steps the state hash of step hash_step */
+    long replicated_step;
+    int has_hash;
+    long hash_step;
+    unsigned char state_sha256[32];
 };
 
 /* Validates the spec, loads the data, allocates and initialises the model from run.seed.
@@ -81,6 +88,10 @@ moe_status trainer_open(struct trainer *t, const struct job_spec *spec);
  * order, and an error on one (a dead peer) is an error on all. */
 moe_status trainer_open_slot(struct trainer *t, const struct job_spec *spec, int pod, int slot,
                              struct comm *comm);
+
+/* Slot mode: the slot goes on in a new epoch with `comm` (the last one is closed): the model
+ * and its copies are kept, the distributed step re-forms over the new comm. */
+moe_status trainer_rebind(struct trainer *t, struct comm *comm);
 
 /* 1 when this process writes the job's model file in trainer_save_model (local, or rank 0). */
 int trainer_writes_model(const struct trainer *t);

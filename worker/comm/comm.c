@@ -114,6 +114,18 @@ void comm_close(struct comm *c) {
     free(c);
 }
 
+int comm_cut(struct comm *c, int peer) {
+    int n = 0;
+    for (int q = 0; c && c->peers && q < c->size; q++) {
+        if (q == c->rank || (peer >= 0 && q != peer)) continue;
+        for (int ch = 0; ch < COMM_CHANNELS; ch++) {
+            int fd = c->peers[q].ch[ch].fd; /* shutdown, not close: another thread may poll it */
+            if (fd >= 0 && shutdown(fd, SHUT_RDWR) == 0) n++;
+        }
+    }
+    return n;
+}
+
 int comm_rank(const struct comm *c) { return c->rank; }
 int comm_size(const struct comm *c) { return c->size; }
 

@@ -46,7 +46,7 @@
 
 #define COMM_MAX_RANKS 256
 #define COMM_ADDR_MAX 300
-#define COMM_CHANNELS 2
+#define COMM_CHANNELS 3
 
 enum comm_backend { COMM_TCP = 0, COMM_MPI = 1 };
 
@@ -88,6 +88,11 @@ moe_status comm_open(struct comm **c, const struct comm_config *cfg, struct comm
  * and, after timeout_s, aborts the MPI job (docs/dataplane.md). */
 void comm_abort(struct comm *c);
 void comm_close(struct comm *c);
+/* Chaos testing (moectl chaos "cut"): shuts down this rank's tcp connections to `peer` (-1:
+ * to every peer), from any thread, as a broken network would. Operations with that peer then
+ * fail on both ends, as with a dead peer. Ranks reached through MPI are not affected.
+ * Returns how many connections it shut down. */
+int comm_cut(struct comm *c, int peer);
 int comm_rank(const struct comm *c);
 int comm_size(const struct comm *c);
 

@@ -1,0 +1,466 @@
+/* replica.c — a slot's previous version, buddy copies, fence and restore (see replica.h). */
+#include "replica.h"
+
+#include "../common/log.h"
+#include "comm/comm.h"
+
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Channel 2 carries the buddy copies: the compute thread's all-to-alls use 0, the gradient
+ * reductions 1, and these overlap with both. */
+enum { CH_MAIN = 0, CH_COPY = 2 };
+
+/* Two versions of the copy of another slot's experts (their parameters and moments). */
+struct held {
+    int slot;        // the slot index whose experts these are
+    real *buf[2];    // (3 * x_n): parameters, first moments, second moments
+    long step[2];    // the step each version is from; -1: none (or being received)
+};
+
+struct replica {
+    struct trainer *t;
+    int S, s, nb;
+    size_t x_lo, x_n;           // the experts' floats in every arena: [x_lo, x_lo + x_n)
+    struct model_state prev;    // the previous version; prev.step -1: none
+    int live_valid;             // the live arenas hold a whole state (not while receiving one)
+    struct held *held;          // (nb) copies of slots s-1, ..., s-nb
+    real *pack;                 // (3 * x_n) this slot's experts, staged for its buddies
+    int check_every;
+    int keep_prev;              // the job can recover (mesh_recoverable): keep S(t - 1)
+    atomic_int flip;            // a bit flip was asked for (chaos)
+
+    pthread_mutex_t mu;         // guards fenced, the versions' steps and the update
+    int fenced;
+
+    /* the thread: one job per step */
+    pthread_t thread;
+    int thread_started;
+    pthread_cond_t cv;
+    int pending, running, stop;
+    long job_step;
+    int do_send, do_hash;
+    moe_status err;
+    char errmsg[512];
+    uint8_t hash[32];
+    long hash_step;
+    int hash_ready;
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- the copies' transfer ---- */
+
+/* Round j of the buddy exchange over the pod: this slot sends `send` (3 * x_n floats) to
+ * slot s + j and receives slot s - j's into `recv`. */
+static moe_status exchange_round(struct replica *r, int j, const real *send, real *recv) {
+    struct comm *c = r->t->mesh.comm;
+    struct comm_group g;
+    comm_group_pod(&g, c, r->t->mesh.pod);
+    size_t sb[COMM_MAX_RANKS] = {0}, rb[COMM_MAX_RANKS] = {0};
+    size_t bytes = sizeof(real) * 3 * r->x_n;
+    sb[(r->s + j) % r->S] = bytes;
+    rb[(r->s - j + r->S) % r->S] = bytes;
+    return comm_alltoallv(c, CH_COPY, &g, send, sb, recv, rb);
+}
+
+static void pack_experts(struct replica *r) {
+    const struct model *m = &r->t->model;
+    const real *arena[3] = {m->param_mem, m->m_mem, m->v_mem};
+    for (int a = 0; a < 3; a++)
+        memcpy(r->pack + (size_t)a * r->x_n, arena[a] + r->x_lo, sizeof(real) * r->x_n);
+}
+
+/* Sends S(step)'s experts to every buddy and receives the copies of the slots before us, each
+ * into the version that does not hold the newest copy. */
+static moe_status send_copies(struct replica *r, long step) {
+    pack_experts(r);
+    for (int j = 1; j <= r->nb; j++) {
+        struct held *h = &r->held[j - 1];
+        int v = h->step[0] <= h->step[1] ? 0 : 1; /* the older (or empty) one */
+        pthread_mutex_lock(&r->mu);
+        h->step[v] = -1; /* being overwritten: not a copy until it is whole */
+        pthread_mutex_unlock(&r->mu);
+        CHECK(exchange_round(r, j, r->pack, h->buf[v]));
+        pthread_mutex_lock(&r->mu);
+        h->step[v] = step;
+        pthread_mutex_unlock(&r->mu);
+    }
+    return MOE_OK;
+}
+
+/* SHA-256 of the whole state: step, parameters, moments, buffers (what data-parallel replicas
+ * must agree on bit for bit). */
+static moe_status hash_state(const struct model *m, uint8_t out[32]) {
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int64_t step = m->step;
+    size_t n = sizeof(real) * m->n_params;
+    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
+             EVP_DigestUpdate(ctx, &step, sizeof step) &&
+             EVP_DigestUpdate(ctx, m->param_mem, n) && EVP_DigestUpdate(ctx, m->m_mem, n) &&
+             EVP_DigestUpdate(ctx, m->v_mem, n) &&
+             EVP_DigestUpdate(ctx, m->buffer_mem, sizeof(real) * m->n_buffers) &&
+             EVP_DigestFinal_ex(ctx, out, NULL);
+    EVP_MD_CTX_free(ctx);
+    return ok ? MOE_OK : moe_fail(MOE_EINTERNAL, "SHA-256 of the slot's state failed");
+}
+
+static void *replica_main(void *arg) {
+    struct replica *r = arg;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (!r->stop && !r->pending) pthread_cond_wait(&r->cv, &r->mu);
+        if (r->stop) break;
+        r->pending = 0;
+        r->running = 1;
+        long step = r->job_step;
+        int send = r->do_send, hash = r->do_hash;
+        pthread_mutex_unlock(&r->mu);
+        moe_status s = MOE_OK;
+        if (send) s = send_copies(r, step);
+        uint8_t h[32];
+        int hashed = 0;
+        if (s == MOE_OK && hash) hashed = (s = hash_state(&r->t->model, h)) == MOE_OK;
+        pthread_mutex_lock(&r->mu);
+        if (s != MOE_OK) {
+            r->err = s;
+            snprintf(r->errmsg, sizeof r->errmsg, "%s", moe_errmsg());
+        }
+        if (hashed) {
+            memcpy(r->hash, h, sizeof h);
+            r->hash_step = step;
+            r->hash_ready = 1;
+        }
+        r->running = 0;
+        pthread_cond_broadcast(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+/* ---- open / close ---- */
+
+moe_status replica_open(struct trainer *t) {
+    struct replica *r = calloc(1, sizeof *r);
+    if (!r) return moe_fail(MOE_ENOMEM, "out of memory");
+    t->mesh.rep = r;
+    struct model *m = &t->model;
+    r->t = t;
+    r->S = t->mesh.slots;
+    r->s = t->mesh.slot;
+    r->nb = mesh_buddies(&t->spec.mesh);
+    r->check_every = t->spec.mesh.check_every;
+    r->live_valid = 1;
+    for (int i = 0; i < MODEL_NUM_TENSORS; i++) {
+        if (model_tensor_is_expert(i)) r->x_n += m->tensor_sizes[i];
+        else if (i < 4) r->x_lo += m->tensor_sizes[i]; /* tensors 4..6 are the experts' */
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    r->prev.step = -1;
+    r->keep_prev = mesh_recoverable(&t->spec.mesh);
+    if (r->keep_prev && model_state_alloc(m, &r->prev) != 0)
+        return moe_fail(MOE_ENOMEM, "out of memory for the previous version of the slot's "
+                        "state (%zu parameters)", m->n_params);
+    if (r->nb > 0) {
+        r->held = calloc((size_t)r->nb, sizeof *r->held);
+        r->pack = malloc(sizeof(real) * 3 * r->x_n);
+        if (!r->held || !r->pack) return moe_fail(MOE_ENOMEM, "out of memory for buddy copies");
+        for (int j = 0; j < r->nb; j++) {
+            struct held *h = &r->held[j];
+            h->slot = (r->s - (j + 1) + r->S) % r->S;
+            for (int v = 0; v < 2; v++) {
+                h->step[v] = -1;
+                if (!(h->buf[v] = malloc(sizeof(real) * 3 * r->x_n)))
+                    return moe_fail(MOE_ENOMEM, "out of memory for buddy copies of slot %d's "
+                                    "%zu expert parameters", h->slot, r->x_n);
+            }
+        }
+    }
+    if (pthread_create(&r->thread, NULL, replica_main, r) != 0)
+        return moe_fail(MOE_ENOMEM, "cannot start the replica thread");
+    r->thread_started = 1;
+    return MOE_OK;
+}
+
+void replica_close(struct trainer *t) {
+    struct replica *r = t->mesh.rep;
+    if (!r) return;
+    if (r->thread_started) {
+        pthread_mutex_lock(&r->mu);
+        while (r->running) pthread_cond_wait(&r->cv, &r->mu);
+        r->stop = 1;
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        pthread_join(r->thread, NULL);
+    }
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    model_state_free(&r->prev);
+    for (int j = 0; r->held && j < r->nb; j++) free(r->held[j].buf[0]), free(r->held[j].buf[1]);
+    free(r->held);
+    free(r->pack);
+    free(r);
+    t->mesh.rep = NULL;
+}
+
+/* ---- the step ---- */
+
+void replica_step_begin(struct trainer *t) {
+    struct replica *r = t->mesh.rep;
+    long step = t->model.step;
+    pthread_mutex_lock(&r->mu);
+    r->job_step = step;
+    r->do_send = r->nb > 0;
+    r->do_hash = r->check_every > 0 && step > 0 && step % r->check_every == 0;
+    r->hash_ready = 0;
+    r->err = MOE_OK;
+    r->pending = r->do_send || r->do_hash;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static moe_status wait_thread(struct replica *r) {
+    pthread_mutex_lock(&r->mu);
+    while (r->pending || r->running) pthread_cond_wait(&r->cv, &r->mu);
+    moe_status s = r->err;
+    char msg[sizeof r->errmsg];
+    snprintf(msg, sizeof msg, "%s", r->errmsg);
+    r->err = MOE_OK;
+    pthread_mutex_unlock(&r->mu);
+    return s == MOE_OK ? MOE_OK : moe_fail(s, "buddy copy: %s", msg);
+}
+
+moe_status replica_step_join(struct trainer *t) { return wait_thread(t->mesh.rep); }
+
+void replica_step_abandon(struct trainer *t) {
+    if (t->mesh.rep) (void)wait_thread(t->mesh.rep);
+}
+
+moe_status replica_update(struct trainer *t, double norm) {
+    struct replica *r = t->mesh.rep;
+    pthread_mutex_lock(&r->mu);
+    if (r->fenced) {
+        pthread_mutex_unlock(&r->mu);
+        return moe_fail(MOE_EINTERNAL, "fenced by the coordinator before the update of step %ld",
+                        t->model.step + 1);
+    }
+    if (r->keep_prev)
+        model_update_into(&t->model, &r->prev, &t->spec.optimizer, norm);
+    else
+        model_update_with_norm(&t->model, &t->spec.optimizer, norm);
+    pthread_mutex_unlock(&r->mu);
+    return MOE_OK;
+}
+
+int replica_hash(const struct trainer *t, uint8_t out[32], long *step) {
+    struct replica *r = t->mesh.rep;
+    if (!r || !r->hash_ready) return 0;
+    memcpy(out, r->hash, 32);
+    *step = r->hash_step;
+    return 1;
+}
+
+/* ---- fence ---- */
+
+static int add_copy(struct state_copy *out, int n, int max, int slot, long step) {
+    for (int i = 0; i < n; i++)
+        if (out[i].slot == slot && out[i].step == step) return n;
+    if (n < max) out[n++] = (struct state_copy){slot, step};
+    return n;
+}
+
+/* Whether this slot holds its own dense state at `step` (live or previous). */
+static int holds_own(const struct replica *r, long step) {
+    return (r->live_valid && r->t->model.step == step) || (r->prev.step >= 0 && r->prev.step == step);
+}
+
+int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live) {
+    struct replica *r = t->mesh.rep;
+    if (!r) return 0;
+    pthread_mutex_lock(&r->mu);
+    r->fenced = 1;
+    int n = 0;
+    *live = r->live_valid ? t->model.step : -1;
+    if (r->live_valid) n = add_copy(out, n, max, r->s, t->model.step);
+    if (r->prev.step >= 0) n = add_copy(out, n, max, r->s, r->prev.step);
+    for (int j = 0; j < r->nb; j++)
+        for (int v = 0; v < 2; v++) {
+            long st = r->held[j].step[v];
+            if (st >= 0 && holds_own(r, st)) n = add_copy(out, n, max, r->held[j].slot, st);
+        }
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
+void replica_request_flip(struct trainer *t) {
+    if (t->mesh.rep) atomic_store(&t->mesh.rep->flip, 1);
+}
+
+void replica_apply_flip(struct trainer *t) {
+    struct replica *r = t->mesh.rep;
+    if (!r || !atomic_exchange(&r->flip, 0)) return;
+    uint32_t bits;
+    size_t i = t->model.n_params / 2; /* a dense weight every slot has */
+    memcpy(&bits, &t->model.param_mem[i], sizeof bits);
+    bits ^= 1u << 3; /* a low mantissa bit: training goes on, the hashes differ */
+    memcpy(&t->model.param_mem[i], &bits, sizeof bits);
+    LOG_WARN("chaos: flipped a bit of parameter %zu of slot (%d, %d)", i, t->mesh.pod,
+             t->mesh.slot);
+}
+
+/* ---- restore ---- */
+
+/* The arenas of this slot's own version at `step` (live or previous). */
+static int own_version(struct replica *r, long step, real *arena[4]) {
+    struct model *m = &r->t->model;
+    if (r->live_valid && m->step == step) {
+        arena[0] = m->param_mem, arena[1] = m->m_mem, arena[2] = m->v_mem, arena[3] = m->buffer_mem;
+        return 1;
+    }
+    if (r->prev.step == step) {
+        arena[0] = r->prev.param_mem, arena[1] = r->prev.m_mem, arena[2] = r->prev.v_mem;
+        arena[3] = r->prev.buffer_mem;
+        return 1;
+    }
+    return 0;
+}
+
+/* Every transfer of a slot's state is the same sequence of messages: a header (step, slot
+ * index), then for the parameters and both moments the three pieces around the experts (so
+ * that a buddy can send its own dense part with its copy of the experts), then the buffers. */
+struct state_header {
+    int64_t step, slot;
+};
+
+static moe_status send_state(struct replica *r, int to, int slot, long step, uint64_t *bytes) {
+    struct comm *c = r->t->mesh.comm;
+    const struct model *m = &r->t->model;
+    real *own[4];
+    if (!own_version(r, step, own))
+        return moe_fail(MOE_EINVAL, "restore: asked to send step %ld, but this slot holds steps "
+                        "%ld and %ld", step, m->step, r->prev.step);
+    const real *experts[3] = {own[0] + r->x_lo, own[1] + r->x_lo, own[2] + r->x_lo};
+    if (slot != r->s) { /* a buddy copy */
+        const struct held *h = NULL;
+        int v = -1;
+        for (int j = 0; j < r->nb && v < 0; j++)
+            for (int k = 0; k < 2; k++)
+                if (r->held[j].slot == slot && r->held[j].step[k] == step) h = &r->held[j], v = k;
+        if (v < 0)
+            return moe_fail(MOE_EINVAL, "restore: asked to send slot %d at step %ld, but holds "
+                            "no copy of it", slot, step);
+        for (int a = 0; a < 3; a++) experts[a] = h->buf[v] + (size_t)a * r->x_n;
+    }
+    struct state_header hd = {step, slot};
+    CHECK(comm_send(c, CH_MAIN, to, &hd, sizeof hd));
+    size_t n = m->n_params, hi = r->x_lo + r->x_n;
+    for (int a = 0; a < 3; a++) {
+        CHECK(comm_send(c, CH_MAIN, to, own[a], sizeof(real) * r->x_lo));
+        CHECK(comm_send(c, CH_MAIN, to, experts[a], sizeof(real) * r->x_n));
+        CHECK(comm_send(c, CH_MAIN, to, own[a] + hi, sizeof(real) * (n - hi)));
+    }
+    CHECK(comm_send(c, CH_MAIN, to, own[3], sizeof(real) * m->n_buffers));
+    *bytes += sizeof hd + sizeof(real) * (3 * n + m->n_buffers);
+    return MOE_OK;
+}
+
+static moe_status recv_state(struct replica *r, int from, long step, uint64_t *bytes) {
+    struct comm *c = r->t->mesh.comm;
+    struct model *m = &r->t->model;
+    struct state_header hd;
+    r->live_valid = 0; /* until every byte is in */
+    CHECK(comm_recv(c, CH_MAIN, from, &hd, sizeof hd));
+    if (hd.step != step || hd.slot != r->s)
+        return moe_fail(MOE_EINVAL, "restore: rank %d sent slot %lld at step %lld, expected "
+                        "slot %d at step %ld", from, (long long)hd.slot, (long long)hd.step,
+                        r->s, step);
+    real *own[3] = {m->param_mem, m->m_mem, m->v_mem};
+    size_t n = m->n_params, hi = r->x_lo + r->x_n;
+    for (int a = 0; a < 3; a++) {
+        CHECK(comm_recv(c, CH_MAIN, from, own[a], sizeof(real) * r->x_lo));
+        CHECK(comm_recv(c, CH_MAIN, from, own[a] + r->x_lo, sizeof(real) * r->x_n));
+        CHECK(comm_recv(c, CH_MAIN, from, own[a] + hi, sizeof(real) * (n - hi)));
+    }
+    CHECK(comm_recv(c, CH_MAIN, from, m->buffer_mem, sizeof(real) * m->n_buffers));
+    m->step = step;
+    r->live_valid = 1;
+    *bytes += sizeof hd + sizeof(real) * (3 * n + m->n_buffers);
+    return MOE_OK;
+}
+
+/* This slot's own part of the plan: its live state becomes S(step). */
+static moe_status return_to(struct replica *r, long step) {
+    struct model *m = &r->t->model;
+    if (r->live_valid && m->step == step) return MOE_OK;
+    if (r->prev.step == step) { /* one step back: the previous version becomes live */
+        model_state_swap(m, &r->prev);
+        r->live_valid = 1;
+        return MOE_OK;
+    }
+    if (step == 0) { /* the initial state is a function of the seed */
+        model_init(m, r->t->spec.run.seed);
+        r->live_valid = 1;
+        return MOE_OK;
+    }
+    return moe_fail(MOE_EINVAL, "restore: the plan says this slot holds its state at step %ld, "
+                    "but it holds steps %ld and %ld", step, r->live_valid ? m->step : -1,
+                    r->prev.step);
+}
+
+moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
+                           struct restore_stats *st) {
+    struct replica *r = t->mesh.rep;
+    struct comm *c = t->mesh.comm;
+    int me = comm_rank(c), n = comm_size(c);
+    memset(st, 0, sizeof *st);
+    if (p->n != n)
+        return moe_fail(MOE_EINVAL, "restore: the plan has %d sources for %d ranks", p->n, n);
+    double t0 = now_s();
+    (void)wait_thread(r); /* the last epoch's copy, if it was still running */
+    pthread_mutex_lock(&r->mu);
+    if (p->from[me] < 0) {
+        moe_status s = return_to(r, p->step);
+        if (s != MOE_OK) {
+            pthread_mutex_unlock(&r->mu);
+            return s;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    /* the transfers in the order of their targets: each rank takes its part in turn, so no
+     * two synchronous sends wait for each other */
+    for (int k = 0; k < n; k++) {
+        int from = p->from[k];
+        if (from < 0) continue;
+        if (from >= n || from == k)
+            return moe_fail(MOE_EINVAL, "restore: rank %d's source %d is not another rank", k, from);
+        if (me == from) CHECK(send_state(r, k, k % r->S, p->step, &st->bytes_sent));
+        if (me == k) CHECK(recv_state(r, from, p->step, &st->bytes_received));
+    }
+    /* every slot is at `step` now: the versions of other steps are gone, buddies start over */
+    pthread_mutex_lock(&r->mu);
+    r->prev.step = -1;
+    for (int j = 0; j < r->nb; j++) r->held[j].step[0] = r->held[j].step[1] = -1;
+    pthread_mutex_unlock(&r->mu);
+    if (r->nb > 0) CHECK(send_copies(r, p->step));
+    struct comm_group all;
+    comm_group_all(&all, c);
+    CHECK(comm_barrier(c, CH_MAIN, &all));
+    pthread_mutex_lock(&r->mu);
+    r->fenced = 0;
+    pthread_mutex_unlock(&r->mu);
+    st->transfer_s = now_s() - t0;
+    LOG_INFO("slot (%d, %d): restored to step %ld in %.3f s (received %.1f MB, sent %.1f MB)",
+             t->mesh.pod, t->mesh.slot, p->step, st->transfer_s, st->bytes_received / 1e6,
+             st->bytes_sent / 1e6);
+    return MOE_OK;
+}

@@ -1,0 +1,80 @@
+/*
+ * replica.h — a slot's redundancy and its recovery (docs/recovery.md).
+ *
+ * Owns, for one slot of a distributed job:
+ *   - the previous version of its state: the update writes the next state into a second
+ *     arena and swaps (model_update_into), so the slot holds S(t) and S(t - 1) at no copying
+ *     cost, and can return one step;
+ *   - buddy copies: with mesh.replicas > pods, the slot sends its experts and their moments to
+ *     the next mesh_buddies() slots of its pod during every step (channel 2, on this file's
+ *     thread, overlapped with the forward and backward), and keeps two versions of the copies
+ *     the slots before it send;
+ *   - the fence: after it no update starts, and the copies the slot can send (its own live and
+ *     previous versions, its buddy copies) are frozen and listed for the coordinator;
+ *   - restoring a new epoch: every slot returns to the plan's step, pulling its state from a
+ *     source rank when it does not hold it, and the buddy copies are refreshed;
+ *   - the state hash that data-parallel replicas compare (SHA-256, every mesh.check_every steps,
+ *     off the training thread).
+ * Never: decides the plan (the coordinator does), or writes anything to disk.
+ * Threads: the training thread calls everything but replica_fence and replica_request_flip,
+ * which any thread may call (the worker daemon's loop).
+ */
+#ifndef MOE_REPLICA_H
+#define MOE_REPLICA_H
+
+#include "trainer.h"
+
+#include <stdint.h>
+
+#define REPLICA_MAX_COPIES 64
+
+/* One copy a slot can send: the whole state of slot index `slot` after `step`. */
+struct state_copy {
+    int slot;
+    long step;
+};
+
+struct replica;
+
+/* Slot mode: allocates the previous-version arena and the buddy copies (t->mesh.rep). */
+moe_status replica_open(struct trainer *t);
+void replica_close(struct trainer *t);
+
+/* The step begins (live = S(step)): the thread sends the buddy copies of it and, on a check
+ * step, hashes it. */
+void replica_step_begin(struct trainer *t);
+/* Before the step's all-rank collective: waits for the thread. MOE_OK, or its error (the copy
+ * could not be sent or received: the epoch is over). */
+moe_status replica_step_join(struct trainer *t);
+/* After an error: waits for the thread without caring how it did (the comm is aborted). */
+void replica_step_abandon(struct trainer *t);
+/* The optimizer step, keeping the previous version: MOE_EINTERNAL naming the fence if the
+ * coordinator fenced the slot (no update may start after it). */
+moe_status replica_update(struct trainer *t, double norm);
+/* The hash the thread computed during this step, if it was a check step: 1 and out/step. */
+int replica_hash(const struct trainer *t, uint8_t out[32], long *step);
+
+/* Any thread: freeze the state (no update starts after this) and list the copies held:
+ * returns how many (at most max), *live the live step. */
+int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live);
+/* Any thread: the training thread flips one bit of its live parameters before its next step
+ * (moectl chaos "flip": silent corruption the replica check must catch). */
+void replica_request_flip(struct trainer *t);
+void replica_apply_flip(struct trainer *t); // the training thread, between steps
+
+/* A recovery epoch: every slot of the new comm (already in t->mesh.comm) calls it with the
+ * same plan. from[k] (rank order) is the rank that sends rank k its state at `step`, or -1
+ * when rank k holds it (its live or previous version, or step 0, which it makes). */
+struct restore_plan {
+    long step;
+    const int *from;
+    int n;
+};
+struct restore_stats {
+    double transfer_s;
+    uint64_t bytes_sent, bytes_received;
+};
+moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
+                           struct restore_stats *st);
+
+#endif
