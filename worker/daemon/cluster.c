@@ -31,7 +31,7 @@ static const char *running_job(struct worker *w, long *step, uint64_t *epoch) {
     *epoch = 0;
     if (!w->job || atomic_load(&w->job->finished)) return "";
     *step = atomic_load(&w->job->step);
-    *epoch = w->job->epoch;
+    *epoch = job_epoch(w->job);
     return w->job->id;
 }
 
@@ -49,6 +49,7 @@ static void fill_register(struct worker *w, Moed__V1__RegisterRequest *req, char
     req->job_id = (char *)running_job(w, step, &epoch);
     req->step = *step;
     req->epoch = epoch;
+    req->holding = req->job_id[0] && atomic_load(&w->job->holding);
     req->data_address = w->data_address;
     req->mpi_rank = w->mpi_rank;
     req->mpi_size = w->mpi_size;
@@ -201,6 +202,7 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
         if (atomic_compare_exchange_strong(&w->job->stop, &run, JOB_STOP_COORDINATOR))
             LOG_INFO("%s: the coordinator says it no longer runs here: stopping", hb->job_id);
         job_abort_comm(w->job);
+        job_wake(w->job); // a slot holding its state for the next epoch stops waiting
     }
 done:
     free(hb);
@@ -226,6 +228,7 @@ static void heartbeat_tick(uv_timer_t *t) {
     req.job_id = hb->job_id;
     req.step = step;
     req.epoch = epoch;
+    req.holding = hb->job_id[0] && atomic_load(&w->job->holding);
     /* long enough for a busy coordinator, short enough that one lost call skips few ticks */
     double timeout = 2.0 * (double)w->heartbeat_ms / 1000.0;
     if (timeout < 1.0) timeout = 1.0;

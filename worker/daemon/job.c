@@ -74,7 +74,8 @@ moe_status job_call_retry(struct job *j, struct rpc_channel *ch, const char *met
 
 struct step_entry {
     Moed__V1__StepMetrics m;
-    float load[]; // m.expert_load points here
+    uint8_t sha[32];  // m.state_sha256 points here on check steps
+    float load[];     // m.expert_load points here
 };
 
 /* Reports not yet accepted by the coordinator, oldest first (a ring). */
@@ -117,6 +118,13 @@ static struct step_entry *entry_new(const struct trainer *t, const struct step_r
     e->m.comm_seconds = r->t_comm;
     e->m.bytes_alltoall = r->bytes_alltoall;
     e->m.bytes_allreduce = r->bytes_allreduce;
+    e->m.replicated_step = r->replicated_step;
+    if (r->has_hash) {
+        memcpy(e->sha, r->state_sha256, sizeof e->sha);
+        e->m.state_sha256.data = e->sha;
+        e->m.state_sha256.len = sizeof e->sha;
+        e->m.state_hash_step = r->hash_step;
+    }
     /* each layer's share of its assignments per expert, averaged over the layers */
     for (int l = 0; l < L; l++) {
         const long *load = t->load_sum + (size_t)l * E; // (L, E)
@@ -259,13 +267,13 @@ static void log_step(const struct job *j, const struct trainer *t, const struct 
 /* Runs the steps. Returns 1 when all steps ran, 0 when the job ended early; *error says why
  * (empty when it was stopped). */
 static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struct backlog *b,
-                 char *error, size_t error_len) {
+                 char *error, size_t error_len, moe_status *why) {
     long total = t->spec.run.steps;
     int log_every = t->spec.run.log_every > 0 ? t->spec.run.log_every : 1;
     while (t->model.step < total) {
         if (atomic_load(&j->stop) != JOB_RUN) return 0;
         struct step_report r;
-        if (trainer_step(t, &r) != MOE_OK) {
+        if ((*why = trainer_step(t, &r)) != MOE_OK) {
             /* told to stop while a collective waited: the abort is not the job's error */
             if (atomic_load(&j->stop) == JOB_RUN) snprintf(error, error_len, "%s", moe_errmsg());
             return 0;
@@ -275,7 +283,7 @@ static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struc
         int eval_now = r.step == total ||
                        (t->spec.run.eval_every > 0 && r.step % t->spec.run.eval_every == 0);
         if (eval_now && t->spec.data.val_fraction > 0 &&
-            trainer_eval(t, &val, NULL) != MOE_OK) {
+            (*why = trainer_eval(t, &val, NULL)) != MOE_OK) {
             if (atomic_load(&j->stop) == JOB_RUN) snprintf(error, error_len, "%s", moe_errmsg());
             return 0;
         }
@@ -283,6 +291,7 @@ static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struc
             log_step(j, t, &r, val);
         struct step_entry *e = entry_new(t, &r, val);
         if (!e) {
+            *why = MOE_ENOMEM;
             snprintf(error, error_len, "out of memory for a step report");
             return 0;
         }
@@ -299,8 +308,9 @@ static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struc
 }
 
 /* Opens the trainer for this job's slot: the plain trainer for a 1 x 1 mesh, else the comm
- * and the slot's share of the model. *error says why not. */
-static int open_trainer(struct job *j, struct trainer *t, char *error, size_t error_len) {
+ * and the slot's share of the model. *error says why not; *why is the status. */
+static int open_trainer(struct job *j, struct trainer *t, char *error, size_t error_len,
+                        moe_status *why) {
     moe_status s;
     if (j->pods * j->slots == 1) {
         s = trainer_open(t, &j->spec);
@@ -314,13 +324,160 @@ static int open_trainer(struct job *j, struct trainer *t, char *error, size_t er
             s = trainer_open_slot(t, &j->spec, j->pod, j->slot, c);
             if (s != MOE_OK) {
                 snprintf(error, error_len, "%s", moe_errmsg());
+                *why = s;
                 job_close_comm(j);
                 return 0;
             }
         }
     }
+    *why = s;
     if (s != MOE_OK) snprintf(error, error_len, "%s", moe_errmsg());
     return s == MOE_OK;
+}
+
+/* ---- recovery: the epochs of one slot (docs/recovery.md) ---- */
+
+#define FAULT_METHOD "/moed.v1.Cluster/ReportFault"
+#define RESTORED_METHOD "/moed.v1.Cluster/ReportRestored"
+
+/* A data-plane failure (a peer lost, the epoch aborted, a stale or broken connection) is one
+ * the coordinator can recover from; anything else (bad spec, memory, divergence) ends the job. */
+static int data_plane_error(moe_status s) {
+    return s == MOE_EUNAVAILABLE || s == MOE_EINTERNAL || s == MOE_EAUTH;
+}
+
+static void report_fault(struct job *j, struct rpc_channel *ch, long step, const char *error) {
+    char worker_id[WORKER_ID_MAX];
+    worker_copy_id(j->w, worker_id);
+    Moed__V1__FaultReport req = MOED__V1__FAULT_REPORT__INIT;
+    req.worker_id = worker_id;
+    req.job_id = j->id;
+    req.pod = j->pod;
+    req.slot = j->slot;
+    req.epoch = j->epoch;
+    req.step = step;
+    req.error = (char *)error;
+    ProtobufCMessage *resp = NULL;
+    /* short: the coordinator learns it from the fence and heartbeats too */
+    if (job_call_retry(j, ch, FAULT_METHOD, &req.base, &moed__v1__empty__descriptor, &resp, 2.0,
+                       NULL) == MOE_OK)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    else
+        LOG_WARN("%s: could not report the fault: %s", j->id, moe_errmsg());
+}
+
+static void report_restored(struct job *j, struct rpc_channel *ch, long step, double connect_s,
+                            const struct restore_stats *st) {
+    char worker_id[WORKER_ID_MAX];
+    worker_copy_id(j->w, worker_id);
+    Moed__V1__RestoredReport req = MOED__V1__RESTORED_REPORT__INIT;
+    req.worker_id = worker_id;
+    req.job_id = j->id;
+    req.pod = j->pod;
+    req.slot = j->slot;
+    req.epoch = j->epoch;
+    req.step = step;
+    req.connect_seconds = connect_s;
+    req.transfer_seconds = st->transfer_s;
+    req.bytes_received = st->bytes_received;
+    req.bytes_sent = st->bytes_sent;
+    ProtobufCMessage *resp = NULL;
+    if (job_call_retry(j, ch, RESTORED_METHOD, &req.base, &moed__v1__empty__descriptor, &resp,
+                       REPORT_TIMEOUT_S, NULL) == MOE_OK)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    else
+        LOG_WARN("%s: could not report the restore: %s", j->id, moe_errmsg());
+}
+
+/* Takes the next epoch's binding as the job's: epoch, peers, timeout, restore plan. */
+static void adopt(struct job *j, struct epoch_binding *b) {
+    uv_mutex_lock(&j->comm_mu);
+    j->epoch = b->epoch;
+    j->aborted = 0;
+    free(j->peers);
+    j->peers = b->peers;
+    b->peers = NULL;
+    j->timeout_s = b->timeout_s;
+    uv_mutex_unlock(&j->comm_mu);
+    free(j->cur.restore_from);
+    j->cur = *b;
+    b->restore_from = NULL;
+    free(b);
+}
+
+/* After a data-plane failure: freeze the state, tell the coordinator, and wait for its next
+ * epoch (returns 1, the binding adopted) or for stop (returns 0). The state stays in memory
+ * however long the coordinator is away. */
+static int wait_for_epoch(struct job *j, struct rpc_channel *ch, struct trainer *t, int have_t,
+                          const char *error) {
+    struct state_copy copies[REPLICA_MAX_COPIES];
+    long live = -1;
+    if (have_t) replica_fence(t, copies, REPLICA_MAX_COPIES, &live);
+    job_close_comm(j);
+    long step = have_t ? t->model.step : 0;
+    LOG_WARN("%s: slot (%d, %d) lost its data plane in epoch %llu after step %ld (%s): holding "
+             "its state for the coordinator's next epoch", j->id, j->pod, j->slot,
+             (unsigned long long)j->epoch, step, error);
+    atomic_store(&j->holding, 1);
+    report_fault(j, ch, step, error);
+    uv_mutex_lock(&j->ep_mu);
+    while (atomic_load(&j->stop) == JOB_RUN && !(j->next && j->next->epoch > j->epoch))
+        uv_cond_wait(&j->ep_cv, &j->ep_mu);
+    struct epoch_binding *b = NULL;
+    if (atomic_load(&j->stop) == JOB_RUN) {
+        b = j->next;
+        j->next = NULL;
+    }
+    uv_mutex_unlock(&j->ep_mu);
+    if (!b) return 0;
+    uv_mutex_lock(&j->ep_mu);
+    adopt(j, b);
+    uv_mutex_unlock(&j->ep_mu);
+    atomic_store(&j->holding, 0);
+    LOG_INFO("%s: slot (%d, %d) joins epoch %llu%s", j->id, j->pod, j->slot,
+             (unsigned long long)j->epoch, j->cur.restore ? " to restore" : "");
+    return 1;
+}
+
+/* The restore of a recovery epoch, once the comm and the trainer are up. */
+static moe_status restore(struct job *j, struct rpc_channel *ch, struct trainer *t,
+                          double connect_s) {
+    struct restore_plan p = {j->cur.restore_step, j->cur.restore_from, j->pods * j->slots};
+    struct restore_stats st;
+    CHECK(replica_restore(t, &p, &st));
+    atomic_store(&j->step, t->model.step);
+    report_restored(j, ch, t->model.step, connect_s, &st);
+    return MOE_OK;
+}
+
+/* Joins the job's current epoch: the first one opens the trainer, a later one re-forms the
+ * comm under the trainer it has; either restores if the binding says so. */
+static int join_epoch(struct job *j, struct rpc_channel *ch, struct trainer *t, int *have_t,
+                      char *error, size_t error_len, moe_status *why) {
+    double t0 = job_now();
+    if (!*have_t) {
+        if (!open_trainer(j, t, error, error_len, why)) return 0;
+        *have_t = 1;
+        uv_mutex_lock(&j->ep_mu);
+        j->trainer = t;
+        uv_mutex_unlock(&j->ep_mu);
+    } else {
+        if ((*why = job_open_comm(j)) == MOE_OK) {
+            uv_mutex_lock(&j->comm_mu);
+            struct comm *c = j->comm;
+            uv_mutex_unlock(&j->comm_mu);
+            *why = trainer_rebind(t, c);
+        }
+        if (*why != MOE_OK) {
+            snprintf(error, error_len, "%s", moe_errmsg());
+            return 0;
+        }
+    }
+    if (j->cur.restore && (*why = restore(j, ch, t, job_now() - t0)) != MOE_OK) {
+        snprintf(error, error_len, "restoring step %ld: %s", j->cur.restore_step, moe_errmsg());
+        return 0;
+    }
+    return 1;
 }
 
 void job_thread(void *arg) {
@@ -334,43 +491,67 @@ void job_thread(void *arg) {
         goto done;
     }
     struct trainer t;
-    char open_error[512] = "";
-    if (!open_trainer(j, &t, open_error, sizeof open_error)) {
-        int stopped = atomic_load(&j->stop) != JOB_RUN;
-        LOG_ERROR("%s: slot (%d, %d): %s", j->id, j->pod, j->slot, open_error);
-        job_report_end(j, ch, 0, stopped, stopped ? "stopped" : open_error, 0, NULL, NULL);
-        goto done;
-    }
-    LOG_INFO("%s: training '%s': %zu parameters (%d layers, d_model %d, %d experts, top-%d), "
-             "batch %d x %d, %ld steps, %d threads", j->id, t.spec.name, t.model.n_params,
-             t.spec.model.n_layers, t.spec.model.d_model, t.spec.model.n_experts,
-             t.spec.model.top_k, t.B, t.T, t.spec.run.steps, omp_get_max_threads());
-
+    int have_t = 0, logged = 0, complete = 0;
     struct backlog b = {0};
     char error[512] = "";
     double t0 = job_now();
-    int complete = train(j, ch, &t, &b, error, sizeof error);
-    if (backlog_drain(j, ch, &b)) {
-        int run = JOB_RUN;
-        atomic_compare_exchange_strong(&j->stop, &run, JOB_STOP_COORDINATOR);
+    for (;;) {
+        moe_status why = MOE_OK;
+        error[0] = 0;
+        if (join_epoch(j, ch, &t, &have_t, error, sizeof error, &why)) {
+            if (!logged)
+                LOG_INFO("%s: training '%s': %zu parameters (%d layers, d_model %d, %d experts, "
+                         "top-%d), batch %d x %d, %ld steps, %d threads", j->id, t.spec.name,
+                         t.model.n_params, t.spec.model.n_layers, t.spec.model.d_model,
+                         t.spec.model.n_experts, t.spec.model.top_k, t.B, t.T, t.spec.run.steps,
+                         omp_get_max_threads());
+            logged = 1;
+            complete = train(j, ch, &t, &b, error, sizeof error, &why);
+            if (complete) {
+                if (backlog_drain(j, ch, &b)) {
+                    int run = JOB_RUN;
+                    atomic_compare_exchange_strong(&j->stop, &run, JOB_STOP_COORDINATOR);
+                }
+                if (atomic_load(&j->stop) == JOB_STOP_COORDINATOR) break;
+                LOG_INFO("%s: trained %ld steps in %.1f s", j->id, t.model.step, job_now() - t0);
+                int saved = job_finish_ok(j, ch, &t, j->recoverable);
+                if (saved) break;
+                why = MOE_EUNAVAILABLE; /* the collective save lost a peer: recover, save again */
+                snprintf(error, sizeof error, "saving the model: %s", moe_errmsg());
+                complete = 0;
+            }
+        }
+        if (atomic_load(&j->stop) != JOB_RUN || !j->recoverable || !data_plane_error(why))
+            break;
+        if (!wait_for_epoch(j, ch, &t, have_t, error[0] ? error : "the epoch was aborted"))
+            break;
+    }
+    if (!complete) {
+        if (backlog_drain(j, ch, &b)) {
+            int run = JOB_RUN;
+            atomic_compare_exchange_strong(&j->stop, &run, JOB_STOP_COORDINATOR);
+        }
+        long step = have_t ? t.model.step : 0;
+        int stop = atomic_load(&j->stop);
+        if (stop == JOB_RUN && error[0]) {
+            LOG_ERROR("%s: failed at step %ld: %s", j->id, step, error);
+            job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
+        } else {
+            LOG_INFO("%s: stopped after step %ld (%s)", j->id, step,
+                     stop == JOB_STOP_SHUTDOWN ? "the worker is shutting down"
+                                               : "the coordinator asked");
+            job_report_end(j, ch, 0, 1, stop == JOB_STOP_SHUTDOWN ? "worker shut down" : "stopped",
+                           0, NULL, NULL);
+        }
+    } else if (atomic_load(&j->stop) == JOB_STOP_COORDINATOR) {
+        LOG_INFO("%s: stopped after step %ld (the coordinator asked)", j->id, t.model.step);
+        job_report_end(j, ch, 0, 1, "stopped", 0, NULL, NULL);
     }
     backlog_free(&b);
-    long step = t.model.step;
-    int why = atomic_load(&j->stop);
-    if (complete && why != JOB_STOP_COORDINATOR) {
-        LOG_INFO("%s: trained %ld steps in %.1f s", j->id, step, job_now() - t0);
-        job_finish_ok(j, ch, &t);
-    } else if (error[0]) {
-        LOG_ERROR("%s: failed at step %ld: %s", j->id, step, error);
-        job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
-    } else {
-        LOG_INFO("%s: stopped after step %ld (%s)", j->id, step,
-                 why == JOB_STOP_SHUTDOWN ? "the worker is shutting down"
-                                          : "the coordinator asked");
-        job_report_end(j, ch, 0, 1,
-                       why == JOB_STOP_SHUTDOWN ? "worker shut down" : "stopped", 0, NULL, NULL);
-    }
-    trainer_close(&t);
+    uv_mutex_lock(&j->ep_mu);
+    j->trainer = NULL;
+    uv_mutex_unlock(&j->ep_mu);
+    if (have_t) trainer_close(&t);
     job_close_comm(j);
 done:
     rpc_channel_close(ch);

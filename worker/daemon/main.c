@@ -256,6 +256,7 @@ static void shutdown_begin(struct worker *w, int exit_code) {
     if (w->job && !atomic_load(&w->job->finished)) {
         int run = JOB_RUN;
         atomic_compare_exchange_strong(&w->job->stop, &run, JOB_STOP_SHUTDOWN);
+        job_wake(w->job); // one holding its state for a next epoch stops waiting
         LOG_INFO("%s: waiting for the job to stop after its current step", w->job->id);
         return; // worker_on_job_done continues once the thread is done
     }

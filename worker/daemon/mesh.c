@@ -4,6 +4,10 @@
  * (rank = pod * slots + slot, the peers' data addresses, the epoch, the cluster token), and
  * aborted from the loop when the coordinator says stop, so that a slot blocked in a
  * collective returns at once instead of after the data-plane timeout.
+ * For recovery (docs/recovery.md) it also owns the hand-over of a later epoch's binding from
+ * the loop (a recovery's RunSlot) to the training thread, and the fence: FenceSlot aborts the
+ * epoch's comm and freezes the trainer's state (worker/replica.h) so that the copies it lists
+ * stay what they are until the next epoch begins.
  * Never: chooses peers or epochs (the coordinator does), or moves tensor bytes itself (the
  * trainer does, through worker/comm).
  */
@@ -42,7 +46,8 @@ moe_status job_open_comm(struct job *j) {
     if (s != MOE_OK) return s; // comm's message names the peer
     uv_mutex_lock(&j->comm_mu);
     j->comm = c;
-    int abort_now = j->aborted; // StopJob came while we were connecting
+    /* StopJob, or a fence of this epoch, came while we were connecting */
+    int abort_now = j->aborted || j->fenced_epoch >= j->epoch;
     uv_mutex_unlock(&j->comm_mu);
     if (abort_now) comm_abort(c);
     LOG_INFO("%s: data plane up: rank %d of %d (%d x %d, %s, epoch %llu) in %.2f s", j->id,
@@ -66,9 +71,65 @@ void job_close_comm(struct job *j) {
     if (c) comm_close(c);
 }
 
+void epoch_binding_free(struct epoch_binding *b) {
+    if (!b) return;
+    free(b->peers);
+    free(b->restore_from);
+    free(b);
+}
+
+uint64_t job_epoch(struct job *j) {
+    uv_mutex_lock(&j->ep_mu);
+    uint64_t e = j->next && j->next->epoch > j->epoch ? j->next->epoch : j->epoch;
+    uv_mutex_unlock(&j->ep_mu);
+    return e;
+}
+
+void job_next_epoch(struct job *j, struct epoch_binding *b) {
+    uv_mutex_lock(&j->ep_mu);
+    if (j->next && j->next->epoch >= b->epoch) { /* the same (or newer) one is waiting */
+        uv_mutex_unlock(&j->ep_mu);
+        epoch_binding_free(b);
+        return;
+    }
+    epoch_binding_free(j->next);
+    j->next = b;
+    uv_cond_broadcast(&j->ep_cv);
+    uv_mutex_unlock(&j->ep_mu);
+    /* a thread still in an older epoch (it has not noticed the failure yet) leaves it now */
+    uv_mutex_lock(&j->comm_mu);
+    if (j->comm) comm_abort(j->comm);
+    uv_mutex_unlock(&j->comm_mu);
+}
+
+void job_wake(struct job *j) {
+    uv_mutex_lock(&j->ep_mu);
+    uv_cond_broadcast(&j->ep_cv);
+    uv_mutex_unlock(&j->ep_mu);
+}
+
+int job_fence(struct job *j, uint64_t epoch, struct state_copy *copies, int max, int *n,
+              long *live) {
+    uv_mutex_lock(&j->comm_mu);
+    if (epoch > j->fenced_epoch) j->fenced_epoch = epoch;
+    if (j->comm && j->epoch <= epoch) comm_abort(j->comm);
+    uv_mutex_unlock(&j->comm_mu);
+    *n = 0;
+    *live = -1;
+    uv_mutex_lock(&j->ep_mu);
+    int holds = j->trainer != NULL;
+    if (holds) *n = replica_fence(j->trainer, copies, max, live);
+    uv_mutex_unlock(&j->ep_mu);
+    return holds && *n > 0;
+}
+
 void job_free(struct job *j) {
     if (!j) return;
     uv_mutex_destroy(&j->comm_mu);
+    uv_mutex_destroy(&j->ep_mu);
+    uv_cond_destroy(&j->ep_cv);
+    epoch_binding_free(j->next);
+    free(j->cur.restore_from);
     free(j->peers);
     free(j);
 }

@@ -5,6 +5,10 @@
  * finished job's thread is joined here, on the loop, before the next can start. RunSlot
  * checks everything it is given (the mesh, the slot, the binding table, the backend against
  * what this process can do) and answers INVALID_ARGUMENT naming what is wrong.
+ * Recovery (docs/recovery.md): RunSlot of a newer epoch for the job this worker holds hands
+ * the new binding to its training thread; RunSlot with `restore` to an idle worker makes it a
+ * slot's new holder; FenceSlot ends an epoch here and lists the state copies this worker can
+ * send; InjectFault is moectl chaos's way in (cut a data-plane connection, flip a bit).
  */
 #include "worker.h"
 
@@ -112,6 +116,76 @@ static int check_mesh(struct rpc_call *call, struct worker *w, const Moed__V1__R
     return bad;
 }
 
+/* The restore plan of a recovery RunSlot: one source per rank, each -1 or another rank. */
+static int check_restore(struct rpc_call *call, const Moed__V1__RunSlotRequest *req, long n) {
+    if (!req->restore) return 0;
+    if (req->restore_step < 0 || (long)req->n_restore_from != n) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: restore to step %lld with %zu sources "
+                 "for %ld slots", req->job_id, (long long)req->restore_step,
+                 req->n_restore_from, n);
+        return 1;
+    }
+    for (long k = 0; k < n; k++) {
+        int32_t f = req->restore_from[k];
+        if (f < -1 || f >= n || f == k) {
+            rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: restore_from[%ld] = %d: not -1 or "
+                     "another rank of the %ld", req->job_id, k, f, n);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The epoch's part of a RunSlot (addresses, timeout, restore plan), owned by the caller. */
+static struct epoch_binding *binding_of(const struct worker *w, const Moed__V1__RunSlotRequest *req,
+                                        long n, double timeout_s) {
+    (void)w;
+    struct epoch_binding *b = calloc(1, sizeof *b);
+    if (!b) return NULL;
+    b->epoch = req->epoch;
+    b->timeout_s = timeout_s;
+    b->peers = calloc((size_t)n, sizeof *b->peers);
+    b->restore = req->restore;
+    b->restore_step = req->restore_step;
+    if (req->restore) b->restore_from = calloc((size_t)n, sizeof *b->restore_from);
+    if (!b->peers || (req->restore && !b->restore_from)) {
+        epoch_binding_free(b);
+        return NULL;
+    }
+    for (size_t i = 0; i < req->n_bindings; i++) {
+        const Moed__V1__SlotBinding *sb = req->bindings[i];
+        snprintf(b->peers[sb->pod * req->slots + sb->slot], COMM_ADDR_MAX, "%s", sb->data_address);
+    }
+    for (long k = 0; req->restore && k < n; k++) b->restore_from[k] = req->restore_from[k];
+    return b;
+}
+
+/* RunSlot of a newer epoch for the slot this worker holds: a recovery re-forms the mesh. */
+static void run_next_epoch(struct rpc_call *call, struct worker *w,
+                           const Moed__V1__RunSlotRequest *req) {
+    struct job *j = w->job;
+    long n = (long)req->pods * req->slots;
+    enum comm_backend backend;
+    if (!j->recoverable || n != (long)j->pods * j->slots || req->pods != j->pods) {
+        rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%s: epoch %llu: this worker plays slot "
+                 "(%d, %d) of epoch %llu and the job cannot move to another epoch", req->job_id,
+                 (unsigned long long)req->epoch, j->pod, j->slot,
+                 (unsigned long long)job_epoch(j));
+        return;
+    }
+    if (check_mesh(call, w, req, n, &backend) || check_restore(call, req, n)) return;
+    double timeout = req->timeout_s > 0 ? req->timeout_s : j->spec.mesh.timeout_s;
+    struct epoch_binding *b = binding_of(w, req, n, timeout);
+    if (!b) {
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker out of memory");
+        return;
+    }
+    LOG_INFO("%s: epoch %llu for slot (%d, %d)%s", req->job_id, (unsigned long long)req->epoch,
+             req->pod, req->slot, req->restore ? ", restoring" : "");
+    job_next_epoch(j, b);
+    reply_empty(call);
+}
+
 static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     struct worker *w = ctx;
     const Moed__V1__RunSlotRequest *req = (const Moed__V1__RunSlotRequest *)msg;
@@ -121,11 +195,16 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
     }
     worker_reap_job(w); // a job that just ended may not have been joined yet
     if (w->job) {
-        if (strcmp(w->job->id, req->job_id) == 0 && w->job->pod == req->pod &&
-            w->job->slot == req->slot && w->job->epoch == req->epoch) {
+        int same = strcmp(w->job->id, req->job_id) == 0 && w->job->pod == req->pod &&
+                   w->job->slot == req->slot && !atomic_load(&w->job->finished);
+        if (same && job_epoch(w->job) == req->epoch) {
             /* a coordinator that restarted may send the same slot again: it runs already */
             LOG_INFO("%s: RunSlot again for the slot it is running: nothing to do", req->job_id);
             reply_empty(call);
+            return;
+        }
+        if (same && req->epoch > job_epoch(w->job)) {
+            run_next_epoch(call, w, req);
             return;
         }
         rpc_fail(call, GRPC_STATUS_UNAVAILABLE, "busy with %s", w->job->id);
@@ -152,12 +231,15 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
     int mesh = n > 1;
     enum comm_backend backend = COMM_TCP;
     if (mesh && check_mesh(call, w, req, n, &backend)) return;
+    if (check_restore(call, req, n)) return;
     struct job *j = calloc(1, sizeof *j);
     if (!j) {
         rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker out of memory");
         return;
     }
     uv_mutex_init(&j->comm_mu);
+    uv_mutex_init(&j->ep_mu);
+    uv_cond_init(&j->ep_cv);
     spec_defaults(&j->spec);
     if (spec_parse(&j->spec, req->spec_json, strlen(req->spec_json), "RunSlot spec_json") !=
             MOE_OK ||
@@ -174,9 +256,27 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
         job_free(j);
         return;
     }
+    if (req->restore && !mesh_recoverable(&j->spec.mesh)) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: restore asked for a job whose mesh "
+                 "keeps no copies (mesh.replicas = %d)", req->job_id, j->spec.mesh.replicas);
+        job_free(j);
+        return;
+    }
     j->pods = req->pods;
     j->slots = req->slots;
     j->epoch = req->epoch;
+    j->recoverable = mesh && mesh_recoverable(&j->spec.mesh);
+    j->cur.restore = req->restore;
+    j->cur.restore_step = req->restore_step;
+    if (req->restore) {
+        j->cur.restore_from = calloc((size_t)n, sizeof *j->cur.restore_from);
+        if (!j->cur.restore_from) {
+            rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker out of memory");
+            job_free(j);
+            return;
+        }
+        for (long k = 0; k < n; k++) j->cur.restore_from[k] = req->restore_from[k];
+    }
     j->backend = backend;
     j->timeout_s = req->timeout_s > 0 ? req->timeout_s : j->spec.mesh.timeout_s;
     if (mesh) {
@@ -198,6 +298,7 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
     atomic_init(&j->stop, JOB_RUN);
     atomic_init(&j->step, 0);
     atomic_init(&j->finished, 0);
+    atomic_init(&j->holding, 0);
     if (uv_thread_create(&j->thread, job_thread, j) != 0) {
         LOG_ERROR("%s: cannot start a training thread", j->id);
         rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker cannot start a training thread");
@@ -219,10 +320,79 @@ static void stop_job(struct rpc_call *call, const ProtobufCMessage *msg, void *c
         if (atomic_compare_exchange_strong(&w->job->stop, &run, JOB_STOP_COORDINATOR))
             LOG_INFO("%s: stop requested by the coordinator", req->job_id);
         job_abort_comm(w->job); // a collective waiting on a peer returns now
+        job_wake(w->job);       // one holding its state for a next epoch stops waiting
     } else {
         LOG_DEBUG("StopJob %.64s: not running here", req->job_id);
     }
     reply_empty(call); // idempotent: stopping a job that is not here is done already
+}
+
+static void fence_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
+    struct worker *w = ctx;
+    const Moed__V1__FenceRequest *req = (const Moed__V1__FenceRequest *)msg;
+    Moed__V1__FenceResponse resp = MOED__V1__FENCE_RESPONSE__INIT;
+    struct state_copy copies[REPLICA_MAX_COPIES];
+    Moed__V1__StateCopy pb[REPLICA_MAX_COPIES], *ptrs[REPLICA_MAX_COPIES];
+    struct job *j = w->job;
+    if (j && !atomic_load(&j->finished) && strcmp(j->id, req->job_id) == 0) {
+        int n = 0;
+        long live = -1;
+        resp.holds = job_fence(j, req->epoch, copies, REPLICA_MAX_COPIES, &n, &live);
+        resp.epoch = job_epoch(j);
+        resp.pod = j->pod;
+        resp.slot = j->slot;
+        resp.step = live;
+        for (int i = 0; i < n; i++) {
+            Moed__V1__StateCopy c = MOED__V1__STATE_COPY__INIT;
+            c.slot = copies[i].slot;
+            c.step = copies[i].step;
+            pb[i] = c;
+            ptrs[i] = &pb[i];
+        }
+        resp.n_copies = (size_t)n;
+        resp.copies = ptrs;
+        LOG_INFO("%s: fenced at epoch %llu: live step %ld, %d cop%s", j->id,
+                 (unsigned long long)req->epoch, live, n, n == 1 ? "y" : "ies");
+    }
+    rpc_reply(call, &resp.base); // holds = false: nothing of that job here
+}
+
+static void inject_fault(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
+    struct worker *w = ctx;
+    const Moed__V1__InjectFaultRequest *req = (const Moed__V1__InjectFaultRequest *)msg;
+    struct job *j = w->job;
+    if (!j || atomic_load(&j->finished) || strcmp(j->id, req->job_id) != 0) {
+        rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%.64s does not run on this worker",
+                 req->job_id);
+        return;
+    }
+    if (strcmp(req->kind, "cut") == 0) {
+        uv_mutex_lock(&j->comm_mu);
+        int n = j->comm ? comm_cut(j->comm, req->peer_rank) : -1;
+        uv_mutex_unlock(&j->comm_mu);
+        if (n <= 0) {
+            rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%s: no data-plane connection to "
+                     "rank %d to cut", j->id, req->peer_rank);
+            return;
+        }
+        LOG_WARN("chaos: %s: cut %d data-plane connection%s to rank %d", j->id, n,
+                 n == 1 ? "" : "s", req->peer_rank);
+    } else if (strcmp(req->kind, "flip") == 0) {
+        uv_mutex_lock(&j->ep_mu);
+        if (j->trainer) replica_request_flip(j->trainer);
+        int ok = j->trainer && j->trainer->mesh.rep;
+        uv_mutex_unlock(&j->ep_mu);
+        if (!ok) {
+            rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%s: no slot state to corrupt yet",
+                     j->id);
+            return;
+        }
+    } else {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "fault kind '%.32s': want cut or flip",
+                 req->kind);
+        return;
+    }
+    reply_empty(call);
 }
 
 const struct rpc_method worker_methods[] = {
@@ -230,5 +400,9 @@ const struct rpc_method worker_methods[] = {
      RPC_AUTH_CLUSTER, run_slot},
     {"/moed.v1.Worker/StopJob", &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER,
      stop_job},
+    {"/moed.v1.Worker/FenceSlot", &moed__v1__fence_request__descriptor, RPC_UNARY,
+     RPC_AUTH_CLUSTER, fence_slot},
+    {"/moed.v1.Worker/InjectFault", &moed__v1__inject_fault_request__descriptor, RPC_UNARY,
+     RPC_AUTH_CLUSTER, inject_fault},
 };
 const int worker_n_methods = sizeof worker_methods / sizeof worker_methods[0];

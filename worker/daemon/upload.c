@@ -151,7 +151,8 @@ moe_status job_report_end(struct job *j, struct rpc_channel *ch, int ok, int sto
     return MOE_OK;
 }
 
-void job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t) {
+int job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t,
+                  int recoverable) {
     char path[PATH_MAX + 80], config[PATH_MAX + 80], error[600];
     snprintf(path, sizeof path, "%s/%s.safetensors", j->w->scratch, j->id);
     snprintf(config, sizeof config, "%s/%s.json", j->w->scratch, j->id);
@@ -159,11 +160,21 @@ void job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *
     long size = 0;
     moe_status s = trainer_save_model(t, path);
     int writer = trainer_writes_model(t);
+    if (s != MOE_OK && recoverable && atomic_load(&j->stop) == JOB_RUN &&
+        (s == MOE_EUNAVAILABLE || s == MOE_EINTERNAL)) {
+        /* a peer was lost during the collective save: the job recovers and saves again */
+        char why[512];
+        snprintf(why, sizeof why, "%s", moe_errmsg());
+        unlink(path);
+        unlink(config);
+        moe_fail(s, "%s", why);
+        return 0;
+    }
     if (s == MOE_OK && writer) s = file_sha256(path, sha, &size);
     if (s == MOE_OK && !writer) { // our experts went to the writer: nothing to upload
         LOG_INFO("%s: slot (%d, %d) done; slot (0, 0) uploads the model", j->id, j->pod, j->slot);
         job_report_end(j, ch, 1, 0, "", 0, NULL, NULL);
-        return;
+        return 1;
     }
     if (s != MOE_OK && atomic_load(&j->stop) == JOB_STOP_COORDINATOR) {
         /* another slot failed and the coordinator aborted the collective save */
@@ -171,7 +182,7 @@ void job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *
         job_report_end(j, ch, 0, 1, "stopped", 0, NULL, NULL);
         unlink(path);
         unlink(config);
-        return;
+        return 1;
     }
     if (s != MOE_OK) {
         snprintf(error, sizeof error, "saving the trained model: %s", moe_errmsg());
@@ -179,7 +190,7 @@ void job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *
         job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
         unlink(path);
         unlink(config);
-        return;
+        return 1;
     }
     /* DATA_LOSS: what arrived does not match the size or hash we report: upload again */
     for (int attempt = 1;; attempt++) {
@@ -190,7 +201,7 @@ void job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *
             snprintf(error, sizeof error, "uploading the trained model: %s", moe_errmsg());
             LOG_ERROR("%s: %s; the model stays in %s", j->id, error, path);
             job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
-            return;
+            return 1;
         }
         LOG_INFO("%s: model uploaded in %.2f s", j->id, job_now() - t0);
         struct rpc_result res;
@@ -200,11 +211,11 @@ void job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *
                      res.details);
             LOG_ERROR("%s: %s; the model stays in %s", j->id, error, path);
             job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
-            return;
+            return 1;
         }
         if (res.code != GRPC_STATUS_DATA_LOSS) {
             LOG_ERROR("%s: the model stays in %s", j->id, path);
-            return;
+            return 1;
         }
         LOG_WARN("%s: the coordinator got a different model (%s): uploading again", j->id,
                  res.details);
@@ -212,4 +223,5 @@ void job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *
     LOG_INFO("%s: succeeded", j->id);
     unlink(path);
     unlink(config);
+    return 1;
 }

@@ -30,6 +30,7 @@
 #include "../../common/status.h"
 #include "../../proto/rpc.h"
 #include "../comm/comm.h"
+#include "../replica.h"
 #include "../trainer.h"
 
 #include <limits.h>
@@ -67,6 +68,18 @@ struct worker;
  * shutdown that arrives after the last step still uploads the finished model. */
 enum job_stop { JOB_RUN = 0, JOB_STOP_COORDINATOR, JOB_STOP_SHUTDOWN };
 
+/* The binding of a later epoch of the job a worker holds (a recovery's RunSlot), handed from
+ * the loop to the training thread. */
+struct epoch_binding {
+    uint64_t epoch;
+    double timeout_s;
+    char (*peers)[COMM_ADDR_MAX]; // (pods * slots) data addresses, rank order
+    int restore;                  // return to restore_step first (docs/recovery.md)
+    long restore_step;
+    int *restore_from;            // (pods * slots) the rank sending each rank its state, or -1
+};
+void epoch_binding_free(struct epoch_binding *b);
+
 /* One job's slot in training. Created by RunSlot on the loop, run by its own thread, joined
  * and freed on the loop once `finished` is set (service.c: worker_reap_job). */
 struct job {
@@ -84,6 +97,17 @@ struct job {
     uv_mutex_t comm_mu;           // guards comm between the thread (open, close) and the loop
     struct comm *comm;            //   (StopJob's abort)
     int aborted;                  // comm_abort was called (under comm_mu)
+    uint64_t fenced_epoch;        // the newest epoch FenceSlot ended (under comm_mu): a comm
+                                  //   of that epoch or older is aborted as soon as it opens
+    /* recovery (docs/recovery.md) */
+    int recoverable;              // mesh_recoverable(spec): a data-plane error waits for the
+                                  //   coordinator's next epoch instead of ending the job
+    struct epoch_binding cur;     // this epoch's restore plan (thread only; peers above)
+    uv_mutex_t ep_mu;             // guards next, trainer and epoch between loop and thread
+    uv_cond_t ep_cv;              //   signalled when next arrives or stop is set
+    struct epoch_binding *next;   //   a newer epoch's binding, not yet taken by the thread
+    struct trainer *trainer;      //   the thread's trainer while it is open (FenceSlot)
+    atomic_int holding;           // fenced and waiting for the next epoch (heartbeats say so)
     /* shared with the loop */
     atomic_int stop;     // enum job_stop: set by the loop, read by the thread between steps
     atomic_long step;    // last completed step, for heartbeats and re-registration
@@ -154,6 +178,18 @@ moe_status job_call_retry(struct job *j, struct rpc_channel *ch, const char *met
                           const ProtobufCMessage *req, const ProtobufCMessageDescriptor *type,
                           ProtobufCMessage **resp, double budget_s, struct rpc_result *res);
 
+/* The epoch the coordinator should hear about: a pending newer one, else the current one
+ * (loop thread). */
+uint64_t job_epoch(struct job *j);
+/* Hands a recovery's binding (owned from now on) to the thread: any thread (the loop). */
+void job_next_epoch(struct job *j, struct epoch_binding *b);
+/* Wakes the thread if it waits for an epoch (StopJob, shutdown). */
+void job_wake(struct job *j);
+/* FenceSlot: aborts the comm of `epoch` or older and freezes the trainer's state; fills the
+ * copies it can send. Returns 1 when it holds state. Loop thread. */
+int job_fence(struct job *j, uint64_t epoch, struct state_copy *copies, int max, int *n,
+              long *live);
+
 /* mesh.c (training thread, except job_abort_comm and job_free) */
 /* Opens the job's comm (rank pod * slots + slot) from its binding; the error names the peer. */
 moe_status job_open_comm(struct job *j);
@@ -162,8 +198,11 @@ void job_close_comm(struct job *j);
 void job_abort_comm(struct job *j);
 void job_free(struct job *j); // the loop, once the thread is joined
 
-/* upload.c (training thread): save the trained model, upload it, report the end. */
-void job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t);
+/* upload.c (training thread): save the trained model, upload it, report the end; returns 1.
+ * With `recoverable`, a save that lost a peer reports nothing and returns 0 (moe_errmsg says
+ * what happened): the job recovers and saves again. */
+int job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t,
+                  int recoverable);
 moe_status job_report_end(struct job *j, struct rpc_channel *ch, int ok, int stopped,
                           const char *error, long model_bytes, const unsigned char *sha256,
                           struct rpc_result *res);
