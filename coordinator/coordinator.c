@@ -23,8 +23,8 @@
 void coordinator_config_defaults(struct coordinator_config *c) {
     memset(c, 0, sizeof *c);
     snprintf(c->listen, sizeof c->listen, "127.0.0.1:0");
-    c->heartbeat_interval_ms = 1000;
-    c->heartbeat_timeout_ms = 5000;
+    c->heartbeat_interval_ms = COORD_HEARTBEAT_INTERVAL_MS;
+    c->heartbeat_timeout_ms = COORD_HEARTBEAT_TIMEOUT_MS;
     c->max_assign_attempts = 3;
 }
 
@@ -139,6 +139,9 @@ void job_view_fill(struct job_view *v, const struct job *j) {
     v->info.model_bytes = j->model_bytes;
     v->info.epoch = j->epoch;
     v->info.backend = (char *)j->backend;
+    v->info.committed_step = j->committed_step;
+    v->info.recoveries = j->recoveries;
+    v->info.recovering = j->recovering;
 }
 
 void job_view_free(struct job_view *v) {
@@ -170,6 +173,12 @@ static void job_record(Moed__Store__JobRecord *rec, struct job_view *v, const st
     rec->next_event = j->next_event;
     rec->n_slots = v->n_slots;
     rec->slots = v->slot_ptrs;
+    rec->restore_step = j->restore_step;
+    if (j->restore_from) {
+        rec->n_restore_from = (size_t)(j->pods * j->slots);
+        rec->restore_from = j->restore_from;
+    }
+    rec->recovery_signal_ms = j->recovery_signal_ms;
 }
 
 void coordinator_batch_job(struct store_batch *b, const struct job *j) {
@@ -317,6 +326,9 @@ static struct job *job_new(void) {
 }
 
 static void job_free(struct job *j) {
+    recovery_end(j);
+    free(j->hashes);
+    free(j->restore_from);
     free(j->spec_json);
     free(j->bindings);
     if (j->last) moed__v1__step_metrics__free_unpacked(j->last, NULL);
@@ -362,6 +374,7 @@ moe_status coordinator_submit(struct coordinator *co, const char *spec_text, siz
     j->slots = spec.mesh.slots;
     snprintf(j->backend, sizeof j->backend, "%s", spec.mesh.backend);
     j->timeout_s = spec.mesh.timeout_s;
+    recovery_configure(j, &spec.mesh);
     j->bindings = calloc((size_t)(j->pods * j->slots), sizeof *j->bindings);
     if (!j->spec_json || !j->bindings) {
         job_free(j);
@@ -417,6 +430,7 @@ moe_status coordinator_finish_job(struct coordinator *co, struct job *j, Moed__V
     if (job_is_final(j)) return moe_fail(MOE_EINVAL, "%s already ended (%s)", j->id, job_state_name(j->state));
     j->state = state;
     j->finished_ms = now_ms();
+    recovery_end(j); // a recovery in progress is over with the job (its answers are dropped)
     if (state != MOED__V1__JOB_STATE__JOB_SUCCEEDED) snprintf(j->error, sizeof j->error, "%s", msg);
     if (j->upload_fd >= 0) {
         close(j->upload_fd);
@@ -512,6 +526,18 @@ static int load_job(const Moed__Store__JobRecord *r, void *arg) {
     j->timeout_s = spec.mesh.timeout_s;
     if (r->spec_json && spec_parse(&spec, r->spec_json, strlen(r->spec_json), "stored spec") == MOE_OK)
         j->timeout_s = spec.mesh.timeout_s;
+    spec.mesh.pods = j->pods; // what the job was bound as, whatever the stored spec says
+    spec.mesh.slots = j->slots;
+    snprintf(spec.mesh.backend, sizeof spec.mesh.backend, "%s", j->backend);
+    recovery_configure(j, &spec.mesh);
+    j->committed_step = in->committed_step;
+    j->recoveries = in->recoveries;
+    j->recovering = in->recovering;
+    j->restore_step = r->restore_step;
+    j->recovery_signal_ms = r->recovery_signal_ms;
+    if (r->n_restore_from == (size_t)(j->pods * j->slots) &&
+        (j->restore_from = calloc(r->n_restore_from, sizeof *j->restore_from)))
+        memcpy(j->restore_from, r->restore_from, r->n_restore_from * sizeof *j->restore_from);
     j->model_bytes = in->model_bytes;
     j->next_event = r->next_event;
     if (!j->spec_json || !j->bindings || jobs_append(co, j) != MOE_OK) {
@@ -698,6 +724,7 @@ moe_status coordinator_start(struct coordinator *co, uv_loop_t *loop,
     co->sig_term.data = co->sig_int.data = co;
     uv_signal_start(&co->sig_term, on_signal, SIGTERM);
     uv_signal_start(&co->sig_int, on_signal, SIGINT);
+    recovery_resume(co); // recoveries the previous process had not finished: fenced again
     coordinator_schedule(co);
     return MOE_OK;
 }

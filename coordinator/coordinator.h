@@ -14,6 +14,8 @@
  *   QUEUED --schedule (every slot bound, epoch+1)--> RUNNING
  *   RUNNING --model uploaded + every slot ended ok--> SUCCEEDED
  *      |                    |--any slot's worker dead / any slot's error--> FAILED
+ *      |                    |    (a recoverable mesh instead recovers: RUNNING, recovering,
+ *      |                    |     epoch+1 on the replicas; FAILED only when it cannot)
  *      '--cancel--> CANCELLED <--cancel--'
  * A job's mesh is pods x slots; each logical slot (p, s) is played by one worker, chosen by
  * placement.c. Slot (0, 0) speaks for the job (its loss, its step); every slot reports its own
@@ -23,11 +25,14 @@
  *   placement.c    which idle workers play a job's slots; whether a mesh can be placed at all
  *   schedule.c     binding queued jobs in a new epoch, RunSlot and its answers
  *   failure.c      how a running job ends badly: StopJob, a slot's failure, a dead worker
+ *   recovery.c     how a recoverable mesh survives a lost slot: fence, plan, rebind, restore;
+ *                  the committed step and the replica hash check
  *   services.c     the RPC handlers;  store.c  RocksDB
  */
 #ifndef MOE_COORDINATOR_H
 #define MOE_COORDINATOR_H
 
+#include "../common/spec.h"
 #include "../common/status.h"
 #include "../proto/rpc.h"
 #include "proto/moed.pb-c.h"
@@ -52,6 +57,11 @@ struct coordinator_config {
     int max_assign_attempts;      // RunSlot refusals before a job fails
 };
 
+/* Defaults (docs/operations.md): a dead worker is noticed within 2 s, and the check keeps
+ * room for three missed heartbeats. */
+#define COORD_HEARTBEAT_INTERVAL_MS 500
+#define COORD_HEARTBEAT_TIMEOUT_MS 2000
+
 void coordinator_config_defaults(struct coordinator_config *c);
 
 #define DATA_ADDR_MAX 300 // a worker's data-plane address (worker/comm COMM_ADDR_MAX)
@@ -71,7 +81,11 @@ struct binding {
     char error[256];
     /* not persisted */
     int running;                   // RunSlot accepted in this epoch
+    long replicated_step;          // the newest StepMetrics.replicated_step of this epoch
 };
+
+struct recovery;     // recovery.c: a recovery in progress
+struct replica_hash; // recovery.c: the latest state hash of one slot
 
 struct watcher {
     struct rpc_call *call;
@@ -96,7 +110,21 @@ struct job {
     struct binding *bindings;  // (pods * slots), slot (p, s) at p * slots + s
     int64_t model_bytes;       // > 0 once the model is uploaded and checked
     int64_t next_event;
+    /* recovery (recovery.c, docs/recovery.md); the spec's knobs are read from spec_json */
+    int recoverable;           // mesh_recoverable(): a lost slot is recovered, not fatal
+    int replicas;              // mesh.replicas
+    double spare_wait_s;       // mesh.spare_wait_s
+    int64_t committed_step;    // min over the slots of their replicated_step; never decreases
+    int recoveries;            // recoveries completed
+    int recovering;            // a recovery is in progress (fence .. every slot restored)
+    int64_t restore_step;      // T of the latest recovery epoch (0: none yet)
+    int32_t *restore_from;     // (pods * slots) its sources, RunSlotRequest.restore_from
+    int64_t recovery_signal_ms; // the first fault signal of the recovery in progress
     /* not persisted */
+    struct recovery *rec;      // the recovery this process drives (NULL: none)
+    struct replica_hash *hashes; // (pods * slots) the latest state hash each slot reported
+    uint64_t replica_matches;  // hash comparisons that agreed
+    int replica_verified;      // the first agreement has been announced (event replica_check)
     int assign_attempts;
     int n_running;                            // slots whose RunSlot was accepted this epoch
     int64_t failing_ms;                       // a slot failed at this time: the job fails once
@@ -153,6 +181,7 @@ struct coordinator {
     int64_t started_ms;
     int stopping;
     uint64_t steps_reported;   // step reports handled since start (the bench reads it)
+    uint64_t recovery_calls;   // numbers the rounds of recovery calls (stale replies are dropped)
 };
 
 /* Loads the store, binds the server and writes the address file. */
@@ -189,6 +218,9 @@ moe_status coordinator_event_batch(struct coordinator *co, struct job *j, struct
 void coordinator_batch_worker(struct store_batch *b, const struct worker *w);
 /* The index (p * slots + s) of the slot `w` plays in j's current epoch, or -1. */
 int job_slot_of(const struct job *j, const struct worker *w);
+/* Appends " [rank 2 = slot (1, 0) on w-4 at 127.0.0.1:40133]" for each data-plane rank that
+ * `why` names. */
+void coordinator_name_ranks(const struct job *j, char *why, size_t cap);
 /* Fails a running job because of slot k (its worker named), stops the other slots. */
 void coordinator_fail_slot(struct coordinator *co, struct job *j, int k, const char *kind,
                            const char *fmt, ...) __attribute__((format(printf, 5, 6)));
@@ -208,10 +240,78 @@ void coordinator_stop_worker(struct coordinator *co, struct job *j, struct worke
 /* Frees the workers bound to j; with still_running, those still running it stay bound until
  * they report its end (or a heartbeat shows them idle). */
 void coordinator_release_workers(struct coordinator *co, struct job *j, int still_running);
-/* The monitor found w silent for silent_ms: it is dead, and the slot it played has failed. */
+/* The monitor found w silent for silent_ms: it is dead, and the slot it played has failed
+ * (or, in a recoverable mesh, is recovered). */
 void coordinator_worker_dead(struct coordinator *co, struct worker *w, int64_t silent_ms);
-/* schedule.c: binds queued jobs to idle workers, oldest job first. */
+/* Marks w DEAD and unbinds it (saved), as the monitor does. */
+void coordinator_mark_dead(struct coordinator *co, struct worker *w);
+
+/* ---- recovery.c (docs/recovery.md) ---- */
+
+/* What a fault signal says about the worker of the slot it names. */
+enum fault_kind {
+    FAULT_REPORTED, // the worker reported a data-plane error: it is alive and holds its state
+    FAULT_DEAD,     // the worker is gone (heartbeats, fence, RunSlot unreachable)
+    FAULT_ENDED,    // the worker is alive but its slot ended with an error: its state is gone
+    FAULT_HOLDING,  // the worker holds a frozen state no recovery of ours will pick up
+};
+/* Reads the recovery knobs of a job's spec into j (submit, load). */
+void recovery_configure(struct job *j, const struct mesh_spec *m);
+/* A fault signal for slot k of recoverable job j (k < 0: none in particular): starts a
+ * recovery, notes the signal in the one in progress, or restarts it (a new fault of the
+ * recovery's own epoch). `what` says what was seen, for the event "failure". */
+void recovery_signal(struct coordinator *co, struct job *j, int k, enum fault_kind kind,
+                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* ReportFault of the current epoch, from the worker bound to slot k. */
+void recovery_fault_report(struct coordinator *co, struct job *j, int k,
+                           const Moed__V1__FaultReport *r);
+/* ReportRestored of the current epoch, from the worker bound to slot k. */
+void recovery_restored(struct coordinator *co, struct job *j, int k,
+                       const Moed__V1__RestoredReport *r);
+/* A worker bound to slot k of j's current epoch says (heartbeat, registration) that it runs
+ * `epoch` of j, holding a fenced state or not. Returns 1 when it keeps its slot (a recovery may
+ * have been started for it: it holds, or missed its new epoch while no recovery of this
+ * process will reach it), 0 when it must be told to stop. */
+int recovery_worker_state(struct coordinator *co, struct job *j, int k, struct worker *w,
+                          uint64_t epoch, int holding, const char *how);
+/* Step metrics of the current epoch from slot k: its replicated step (the committed step) and
+ * its state hash (the replica check). */
+void recovery_step_reported(struct coordinator *co, struct job *j, int k,
+                            const Moed__V1__StepMetrics *m);
+/* Re-plans recoveries waiting for a spare, and fails those that waited mesh.spare_wait_s. */
+void recovery_poll(struct coordinator *co);
+/* Recoveries the store says were in progress when the previous coordinator stopped: fenced
+ * again (coordinator_start). */
+void recovery_resume(struct coordinator *co);
+/* Whether the recovery in progress has given up on w (it did not answer its fence, or held
+ * nothing) while w is still in the binding it fenced: w must stop and become a spare. */
+int recovery_dropped(const struct job *j, const struct worker *w);
+/* The round of calls the job's recovery waits for (0: none). */
+uint64_t recovery_round(const struct job *j);
+/* Drops the recovery state of a job that ends (or is freed). */
+void recovery_end(struct job *j);
+/* schedule.c: binds queued jobs to idle workers, oldest job first (a recovery waiting for a
+ * spare is served before them). */
 void coordinator_schedule(struct coordinator *co);
+/* One RunSlot call of a binding round; `gen` tells the rounds of a recovery apart (0 when the
+ * scheduler sends it). */
+struct assign_ctx {
+    struct coordinator *co;
+    char job_id[24];
+    char worker_id[24];
+    uint64_t epoch;
+    uint64_t gen;
+    int slot; // p * slots + s
+};
+/* RunSlot, with j's whole binding table (and, with `restore`, j->restore_step and
+ * j->restore_from), to the worker of every slot; each answer goes to `cb` with a struct
+ * assign_ctx it must free. A call that cannot be sent is answered INTERNAL at once; sending
+ * stops when that answer changed the job's epoch or state, or (recovery) its round. */
+void coordinator_send_run_slots(struct coordinator *co, struct job *j, int restore, uint64_t gen,
+                                rpc_reply_cb cb);
+/* The binding as text: "slot (0, 0) bound to w-1 at ..." or "epoch 2: 2 x 2 mesh (tcp) bound:
+ * (0, 0) w-1, ...". */
+void coordinator_binding_text(const struct job *j, char *out, size_t cap);
 /* Adds the job's record (info, spec, event counter) to a store batch. */
 void coordinator_batch_job(struct store_batch *b, const struct job *j);
 /* A new worker record with the next id ("w-N"); the caller fills and saves it. */
@@ -248,6 +348,15 @@ moe_status placement_check(const struct coordinator *co, int pods, int slots, co
 int placement_choose(const struct coordinator *co, const struct job *j, struct worker **out);
 /* A worker that can be given a slot now. */
 int worker_schedulable(const struct worker *w);
+/* Recovery: new workers for the slots of j with need[k] set, none of them in `exclude`
+ * (worker ids, n_exclude): tcp any schedulable worker, preferring the physical pod of the
+ * logical pod's other workers (`keep[k]`: the worker staying in slot k, or NULL); mpi a whole
+ * idle MPI job of S ranks for each logical pod with a needy slot (every slot of such a pod must
+ * be needy). Fills out[k] for the needy slots and returns 1, or returns the first needy slot
+ * it cannot place, as -1 - k. */
+int placement_replace(const struct coordinator *co, const struct job *j, const char *need,
+                      struct worker *const *keep, char (*exclude)[24], int n_exclude,
+                      struct worker **out);
 
 /* The service tables (services.c). */
 extern const struct rpc_method coordinator_methods[];

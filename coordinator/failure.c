@@ -4,8 +4,11 @@
  * to name the slot that stopped answering rather than the first peer that noticed), a worker
  * declared dead by the monitor, and the reason text that names the slot, the worker and the
  * data-plane ranks an error mentions.
- * Never: recovers a job (the next issue: re-binding a slot from replicas), or decides that a
- * worker is dead by itself (the monitor in coordinator.c does, from heartbeats).
+ * A recoverable mesh (mesh_recoverable) does not fail here when a slot is lost: the dead
+ * worker is handed to recovery.c instead.
+ * Never: recovers a job (recovery.c re-binds lost slots from the replicas), or decides that a
+ * worker is dead by itself (the monitor in coordinator.c does, from heartbeats; a recovery's
+ * fence round does for the workers that cannot answer it).
  */
 #include "coordinator.h"
 
@@ -44,7 +47,7 @@ void coordinator_stop_workers(struct coordinator *co, struct job *j) {
 /* A data-plane error names its peer by rank ("comm: rank 2 closed its connection"); the
  * operator needs the worker: " [rank 2 = slot (1, 0) on w-4 at 127.0.0.1:40133]" is added
  * for each rank the message names. */
-static void name_ranks(const struct job *j, char *why, size_t cap) {
+void coordinator_name_ranks(const struct job *j, char *why, size_t cap) {
     int n = j->pods * j->slots;
     char *seen = calloc((size_t)n, 1);
     if (!seen) return;
@@ -67,7 +70,7 @@ void coordinator_fail_slot(struct coordinator *co, struct job *j, int k, const c
     va_start(ap, fmt);
     vsnprintf(why, sizeof why, fmt, ap);
     va_end(ap);
-    if (j->pods * j->slots > 1) name_ranks(j, why, sizeof why);
+    if (j->pods * j->slots > 1) coordinator_name_ranks(j, why, sizeof why);
     if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING) return;
     /* A 1 x 1 job keeps the message it always had; a mesh says which slot. */
     if (j->pods * j->slots == 1 || k < 0)
@@ -127,20 +130,35 @@ void coordinator_check_failing(struct coordinator *co, struct job *j, int64_t no
     if (!open || now - j->failing_ms >= MESH_FAILURE_WINDOW_MS) decide_failure(co, j);
 }
 
-void coordinator_worker_dead(struct coordinator *co, struct worker *w, int64_t silent_ms) {
+void coordinator_mark_dead(struct coordinator *co, struct worker *w) {
     w->state = MOED__V1__WORKER_STATE__WORKER_DEAD;
+    w->job_id[0] = 0;
+    coordinator_save_worker(co, w);
+}
+
+void coordinator_worker_dead(struct coordinator *co, struct worker *w, int64_t silent_ms) {
     LOG_WARN("%s at %s is dead: no heartbeat for %.1f s", w->id, w->address, silent_ms / 1000.0);
     char job_id[24];
     snprintf(job_id, sizeof job_id, "%s", w->job_id);
-    w->job_id[0] = 0;
-    coordinator_save_worker(co, w);
+    coordinator_mark_dead(co, w);
     struct job *j = job_id[0] ? coordinator_find_job(co, job_id) : NULL;
     int k = j ? job_slot_of(j, w) : -1;
-    if (j && j->state == MOED__V1__JOB_STATE__JOB_RUNNING && k >= 0 && !j->bindings[k].ended)
+    if (!j || j->state != MOED__V1__JOB_STATE__JOB_RUNNING || k < 0 || j->bindings[k].ended)
+        return;
+    long step = j->bindings[k].step > j->step ? j->bindings[k].step : j->step;
+    if (j->recoverable)
+        recovery_signal(co, j, k, FAULT_DEAD, "worker %s (%s, pod %d) died at step %ld: no "
+                        "heartbeat for %.1f s", w->id, w->address, w->pod, step,
+                        silent_ms / 1000.0);
+    else if (j->failing_ms) // its peers reported losing it first: the reason says what they saw
+        coordinator_fail_slot(co, j, k, "worker_dead",
+                              "worker %s (%s, pod %d) stopped answering its peers after step "
+                              "%ld (no heartbeat for %.1f s); first report: slot (%d, %d) on %s",
+                              w->id, w->address, w->pod, j->bindings[k].step, silent_ms / 1000.0,
+                              j->first_failed / j->slots, j->first_failed % j->slots,
+                              j->first_failure);
+    else
         coordinator_fail_slot(co, j, k, "worker_dead",
                               "worker %s (%s, pod %d) died at step %ld: no heartbeat for %.1f s",
-                              w->id, w->address, w->pod,
-                              j->bindings[k].step > j->step ? j->bindings[k].step : j->step,
-                              silent_ms / 1000.0);
+                              w->id, w->address, w->pod, step, silent_ms / 1000.0);
 }
-

@@ -6,6 +6,10 @@
  *                    [--tls-cert FILE --tls-key FILE] [--worker-tls-ca FILE]
  *                    [--heartbeat-interval-ms N] [--heartbeat-timeout-ms N]
  *
+ * Heartbeats: every 500 ms by default (told to the workers); a worker silent for 2000 ms is
+ * dead, which starts a recovery of a recoverable mesh (docs/recovery.md). The timeout must be
+ * at least twice the interval.
+ *
  * Exit codes: 0 after SIGTERM/SIGINT; 1 when it cannot start (store locked or unreadable,
  * address in use, unreadable token file); 2 bad flags.
  */
@@ -22,7 +26,11 @@ static void usage(FILE *to) {
             "usage: moed-coordinator --dir DIR [--listen HOST:PORT] [--addr-file FILE]\n"
             "         [--client-token-file FILE] [--cluster-token-file FILE]\n"
             "         [--tls-cert FILE --tls-key FILE] [--worker-tls-ca FILE]\n"
-            "         [--heartbeat-interval-ms N] [--heartbeat-timeout-ms N]\n");
+            "         [--heartbeat-interval-ms N] [--heartbeat-timeout-ms N]\n"
+            "  --heartbeat-interval-ms N  how often workers heartbeat (default %d)\n"
+            "  --heartbeat-timeout-ms N   a worker silent this long is dead (default %d; at\n"
+            "                             least twice the interval)\n",
+            COORD_HEARTBEAT_INTERVAL_MS, COORD_HEARTBEAT_TIMEOUT_MS);
 }
 
 static int copy_arg(char *dst, size_t cap, const char *flag, const char *v) {

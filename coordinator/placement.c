@@ -11,7 +11,9 @@
  *   - mpi: logical pod p is one mpirun job of exactly S ranks, every rank idle; slot s is MPI
  *     rank s. MPI jobs are taken lowest physical pod (of rank 0) first, then in the order
  *     their rank 0 registered.
- * Idle workers left over are spares.
+ * Idle workers left over are spares. A recovery replaces lost slots from them
+ * (placement_replace): tcp one spare per lost slot, from the physical pod of the logical pod's
+ * surviving slots when it has one; mpi a whole idle MPI job for each pod that lost a slot.
  * Never: changes a worker or a job (coordinator.c binds what this file chooses), or looks at
  * anything but the worker table: the choice depends only on it, so it is predictable.
  */
@@ -32,19 +34,32 @@ int worker_schedulable(const struct worker *w) {
 
 static int is_mpi(const char *backend) { return backend && strcmp(backend, "mpi") == 0; }
 
+/* Which workers a choice may take; ctx is the chooser's (a recovery's exclusions). */
+typedef int (*usable_fn)(const struct worker *w, const void *ctx);
+
+static int usable_alive(const struct worker *w, const void *ctx) {
+    (void)ctx;
+    return alive(w);
+}
+
+static int usable_schedulable(const struct worker *w, const void *ctx) {
+    (void)ctx;
+    return worker_schedulable(w);
+}
+
 /* Whether worker index i leads (is rank 0 of) a complete MPI job of `slots` ranks whose every
- * rank passes `ok`; g[r] gets the worker index of rank r. */
-static int mpi_group(const struct coordinator *co, int i, int slots,
-                     int (*ok)(const struct worker *), int *g) {
+ * rank is usable; g[r] gets the worker index of rank r. */
+static int mpi_group(const struct coordinator *co, int i, int slots, usable_fn ok,
+                     const void *ctx, int *g) {
     const struct worker *lead = co->workers[i];
-    if (lead->mpi_size != slots || lead->mpi_rank != 0 || !lead->mpi_job[0] || !ok(lead))
+    if (lead->mpi_size != slots || lead->mpi_rank != 0 || !lead->mpi_job[0] || !ok(lead, ctx))
         return 0;
     g[0] = i;
     for (int r = 1; r < slots; r++) {
         g[r] = -1;
         for (int k = 0; k < co->n_workers && g[r] < 0; k++) {
             const struct worker *w = co->workers[k];
-            if (w->mpi_rank == r && w->mpi_size == slots && ok(w) &&
+            if (w->mpi_rank == r && w->mpi_size == slots && ok(w, ctx) &&
                 strcmp(w->mpi_job, lead->mpi_job) == 0)
                 g[r] = k;
         }
@@ -56,7 +71,7 @@ static int mpi_group(const struct coordinator *co, int i, int slots,
 /* Up to max_groups complete MPI jobs of `slots` ranks, lowest physical pod of rank 0 first
  * (then registration order); ranks[g * slots + r] is the worker index of rank r of group g.
  * Returns how many. */
-static int mpi_groups(const struct coordinator *co, int slots, int (*ok)(const struct worker *),
+static int mpi_groups(const struct coordinator *co, int slots, usable_fn ok, const void *ctx,
                       int *ranks, int max_groups) {
     char *taken = calloc((size_t)co->n_workers + 1, 1);
     if (!taken) return 0;
@@ -65,10 +80,10 @@ static int mpi_groups(const struct coordinator *co, int slots, int (*ok)(const s
         int best = -1;
         for (int i = 0; i < co->n_workers; i++)
             if (!taken[i] && (best < 0 || co->workers[i]->pod < co->workers[best]->pod) &&
-                mpi_group(co, i, slots, ok, ranks + (size_t)n * slots))
+                mpi_group(co, i, slots, ok, ctx, ranks + (size_t)n * slots))
                 best = i;
         if (best < 0) break;
-        mpi_group(co, best, slots, ok, ranks + (size_t)n * slots);
+        mpi_group(co, best, slots, ok, ctx, ranks + (size_t)n * slots);
         taken[best] = 1;
         n++;
     }
@@ -88,7 +103,7 @@ moe_status placement_check(const struct coordinator *co, int pods, int slots, co
     if (!is_mpi(backend)) return MOE_OK;
     int *ranks = malloc(sizeof *ranks * (size_t)pods * (size_t)slots);
     if (!ranks) return moe_fail(MOE_ENOMEM, "out of memory");
-    int groups = mpi_groups(co, slots, alive, ranks, pods);
+    int groups = mpi_groups(co, slots, usable_alive, NULL, ranks, pods);
     free(ranks);
     if (groups < pods) {
         int mpi_workers = 0;
@@ -107,7 +122,7 @@ moe_status placement_check(const struct coordinator *co, int pods, int slots, co
 static int choose_mpi(const struct coordinator *co, const struct job *j, struct worker **out) {
     int *ranks = malloc(sizeof *ranks * (size_t)j->pods * (size_t)j->slots);
     if (!ranks) return 0;
-    int groups = mpi_groups(co, j->slots, worker_schedulable, ranks, j->pods);
+    int groups = mpi_groups(co, j->slots, usable_schedulable, NULL, ranks, j->pods);
     if (groups == j->pods)
         for (int k = 0; k < j->pods * j->slots; k++) out[k] = co->workers[ranks[k]];
     free(ranks);
@@ -146,4 +161,83 @@ static int choose_tcp(const struct coordinator *co, const struct job *j, struct 
 
 int placement_choose(const struct coordinator *co, const struct job *j, struct worker **out) {
     return is_mpi(j->backend) ? choose_mpi(co, j, out) : choose_tcp(co, j, out);
+}
+
+/* ---- recovery: replacing lost slots ---- */
+
+struct replace_ctx {
+    char (*exclude)[24];
+    int n_exclude;
+};
+
+static int usable_spare(const struct worker *w, const void *ctx) {
+    const struct replace_ctx *rc = ctx;
+    /* only workers this process has heard from: one known from the store alone may be gone,
+     * and a refused RunSlot costs the recovery a whole new fence round */
+    if (!worker_schedulable(w) || !w->confirmed) return 0;
+    for (int i = 0; i < rc->n_exclude; i++)
+        if (strcmp(rc->exclude[i], w->id) == 0) return 0;
+    return 1;
+}
+
+static int replace_mpi(const struct coordinator *co, const struct job *j, const char *need,
+                       const struct replace_ctx *rc, struct worker **out) {
+    int S = j->slots, pods_needed = 0;
+    for (int p = 0; p < j->pods; p++) pods_needed += need[p * S] != 0;
+    int *ranks = malloc(sizeof *ranks * (size_t)(pods_needed ? pods_needed : 1) * (size_t)S);
+    if (!ranks) return -1;
+    int groups = mpi_groups(co, S, usable_spare, rc, ranks, pods_needed);
+    int g = 0, res = 1;
+    for (int p = 0; p < j->pods && res == 1; p++) {
+        if (!need[p * S]) continue;
+        if (g >= groups) {
+            res = -1 - p * S;
+            break;
+        }
+        for (int s = 0; s < S; s++) out[p * S + s] = co->workers[ranks[g * S + s]];
+        g++;
+    }
+    free(ranks);
+    return res;
+}
+
+static int replace_tcp(const struct coordinator *co, const struct job *j, const char *need,
+                       struct worker *const *keep, const struct replace_ctx *rc,
+                       struct worker **out) {
+    int n = co->n_workers, S = j->slots;
+    char *used = calloc((size_t)n + 1, 1);
+    if (!used) return -1;
+    int res = 1;
+    for (int k = 0; k < j->pods * S && res == 1; k++) {
+        if (!need[k]) continue;
+        /* the physical pod where the logical pod's other slots live, if any stay */
+        int home = -1;
+        for (int s = 0; s < S && home < 0; s++)
+            if (keep[(k / S) * S + s]) home = keep[(k / S) * S + s]->pod;
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            if (used[i] || !usable_spare(co->workers[i], rc)) continue;
+            if (best < 0) best = i;
+            if (co->workers[i]->pod == home) {
+                best = i;
+                break;
+            }
+        }
+        if (best < 0) {
+            res = -1 - k;
+            break;
+        }
+        used[best] = 1;
+        out[k] = co->workers[best];
+    }
+    free(used);
+    return res;
+}
+
+int placement_replace(const struct coordinator *co, const struct job *j, const char *need,
+                      struct worker *const *keep, char (*exclude)[24], int n_exclude,
+                      struct worker **out) {
+    struct replace_ctx rc = {exclude, n_exclude};
+    return is_mpi(j->backend) ? replace_mpi(co, j, need, &rc, out)
+                              : replace_tcp(co, j, need, keep, &rc, out);
 }

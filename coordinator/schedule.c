@@ -4,7 +4,8 @@
  * the binding is stored (one synced batch with the job and the workers) before RunSlot, with
  * the whole binding table, goes to every bound worker; and the answers are handled: every
  * slot accepted (event "running"), or a refusal that requeues the job (a busy or unreachable
- * worker, before any step) or fails it (a worker that cannot play it).
+ * worker, before any step) or fails it (a worker that cannot play it). Recovery's RunSlots
+ * (recovery.c) go through the same sender with their own answer handler.
  * Never: chooses workers (placement.c), or waits: every call is asynchronous, on the loop.
  */
 #include "coordinator.h"
@@ -15,14 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-struct assign_ctx {
-    struct coordinator *co;
-    char job_id[24];
-    char worker_id[24];
-    uint64_t epoch;
-    int slot; // p * slots + s
-};
 
 /* Unbinds every slot of a job that goes back to the queue; workers that may have started it
  * are told to stop, and stay bound until they say they have (end report, idle heartbeat). */
@@ -106,7 +99,7 @@ static void run_slot_reply(void *arg, const struct rpc_result *res, const Protob
 }
 
 /* "slot (0, 0) bound to w-1 at 127.0.0.1:4000" for 1 x 1; the table of a mesh otherwise. */
-static void binding_text(const struct job *j, char *out, size_t cap) {
+void coordinator_binding_text(const struct job *j, char *out, size_t cap) {
     int n = j->pods * j->slots;
     if (n == 1) {
         snprintf(out, cap, "slot (0, 0) bound to %s at %s", j->bindings[0].worker_id,
@@ -145,7 +138,7 @@ static int bind_job(struct coordinator *co, struct job *j, struct worker **chose
         coordinator_batch_worker(b, w);
     }
     char text[700];
-    binding_text(j, text, sizeof text);
+    coordinator_binding_text(j, text, sizeof text);
     /* The decision is stored before any worker hears of it. */
     if (coordinator_event_batch(co, j, b, 1, "scheduled", "%s", text) != MOE_OK) {
         LOG_ERROR("%s: cannot store the binding: %s", j->id, moe_errmsg());
@@ -159,6 +152,13 @@ static int bind_job(struct coordinator *co, struct job *j, struct worker **chose
         memset(j->bindings, 0, sizeof *j->bindings * (size_t)n);
         return 0;
     }
+    coordinator_send_run_slots(co, j, 0, 0, run_slot_reply);
+    return 1;
+}
+
+void coordinator_send_run_slots(struct coordinator *co, struct job *j, int restore, uint64_t gen,
+                                rpc_reply_cb cb) {
+    int n = j->pods * j->slots;
     /* The request: the whole table, so that every slot knows every peer's data address. */
     Moed__V1__SlotBinding *tab = calloc((size_t)n, sizeof *tab);
     Moed__V1__SlotBinding **ptrs = calloc((size_t)n, sizeof *ptrs);
@@ -166,7 +166,7 @@ static int bind_job(struct coordinator *co, struct job *j, struct worker **chose
         free(tab);
         free(ptrs);
         coordinator_fail_slot(co, j, -1, "failed", "out of memory sending RunSlot");
-        return 1;
+        return;
     }
     for (int k = 0; k < n; k++) {
         Moed__V1__SlotBinding sb = MOED__V1__SLOT_BINDING__INIT;
@@ -188,36 +188,49 @@ static int bind_job(struct coordinator *co, struct job *j, struct worker **chose
     req.timeout_s = j->timeout_s;
     req.n_bindings = (size_t)n;
     req.bindings = ptrs;
+    if (restore && j->restore_from) {
+        req.restore = 1;
+        req.restore_step = j->restore_step;
+        req.n_restore_from = (size_t)n;
+        req.restore_from = j->restore_from;
+    }
+    /* the request is packed by rpc_call_async: copies of what a synchronous answer may change */
     char job_id[24];
     snprintf(job_id, sizeof job_id, "%s", j->id);
     uint64_t epoch = j->epoch;
     for (int k = 0; k < n; k++) {
+        struct worker *w = coordinator_find_worker(co, j->bindings[k].worker_id);
         req.pod = k / j->slots;
         req.slot = k % j->slots;
         struct assign_ctx *a = calloc(1, sizeof *a);
         if (!a) break;
         a->co = co;
         snprintf(a->job_id, sizeof a->job_id, "%s", job_id);
-        snprintf(a->worker_id, sizeof a->worker_id, "%s", chosen[k]->id);
+        snprintf(a->worker_id, sizeof a->worker_id, "%s", j->bindings[k].worker_id);
         a->epoch = epoch;
+        a->gen = gen;
         a->slot = k;
-        if (rpc_call_async(co->pump, chosen[k]->channel, "/moed.v1.Worker/RunSlot", &req.base,
-                           &moed__v1__empty__descriptor, 10.0, run_slot_reply, a) != MOE_OK) {
-            struct rpc_result r = {GRPC_STATUS_INTERNAL, ""};
+        moe_status s = w && w->channel
+                           ? rpc_call_async(co->pump, w->channel, "/moed.v1.Worker/RunSlot",
+                                            &req.base, &moed__v1__empty__descriptor, 10.0, cb, a)
+                           : moe_fail(MOE_EUNAVAILABLE, "no channel to %s", a->worker_id);
+        if (s != MOE_OK) {
+            struct rpc_result r = {w && w->channel ? GRPC_STATUS_INTERNAL : GRPC_STATUS_UNAVAILABLE, ""};
             snprintf(r.details, sizeof r.details, "%s", moe_errmsg());
-            run_slot_reply(a, &r, NULL); // may requeue or fail the job: stop sending
+            cb(a, &r, NULL); // may requeue, fail or re-plan the job: stop sending
             if (!(j = coordinator_find_job(co, job_id)) || j->epoch != epoch ||
-                j->state != MOED__V1__JOB_STATE__JOB_RUNNING)
+                j->state != MOED__V1__JOB_STATE__JOB_RUNNING ||
+                (gen && recovery_round(j) != gen))
                 break;
         }
     }
     free(tab);
     free(ptrs);
-    return 1;
 }
 
 void coordinator_schedule(struct coordinator *co) {
     if (co->stopping) return;
+    recovery_poll(co); // a running job that lost a slot comes before any queued job
     for (int i = 0; i < co->n_jobs; i++) {
         struct job *j = co->jobs[i];
         if (j->state != MOED__V1__JOB_STATE__JOB_QUEUED) continue;

@@ -1,6 +1,7 @@
 /*
  * services.c — the coordinator's RPC handlers: Jobs and Status for clients, Cluster for
- * workers. Each handler checks its request, calls into coordinator.c, and answers once.
+ * workers. Each handler checks its request, calls into coordinator.c (recovery.c for the
+ * fault and restore reports of a recoverable mesh), and answers once.
  * Bad requests get a status naming what is wrong; nothing here exits or aborts.
  */
 #include "coordinator.h"
@@ -418,6 +419,14 @@ static void register_worker(struct rpc_call *call, const ProtobufCMessage *m, vo
     w->mpi_size = req->mpi_size;
     snprintf(w->mpi_job, sizeof w->mpi_job, "%s", req->mpi_job);
     w->last_heartbeat_ms = now_ms();
+    /* The channel first, and kept when the address did not change: a recovery fences the
+     * worker on it (one its registration starts, or one resumed at our start), and replacing
+     * the channel would cancel that call and lose the worker. */
+    if ((!w->channel || strcmp(rpc_channel_target(w->channel), w->address) != 0) &&
+        coordinator_connect_worker(co, w) != MOE_OK) {
+        rpc_fail(call, GRPC_STATUS_INTERNAL, "%s", moe_errmsg());
+        return;
+    }
     /* The slot we had bound it to, if we had (a worker that re-registers after our restart). */
     struct job *bound = w->job_id[0] ? coordinator_find_job(co, w->job_id) : NULL;
     int bound_slot = bound ? job_slot_of(bound, w) : -1;
@@ -426,20 +435,30 @@ static void register_worker(struct rpc_call *call, const ProtobufCMessage *m, vo
      * its next heartbeat. */
     struct job *j = req->job_id[0] ? coordinator_find_job(co, req->job_id) : NULL;
     int k = j ? job_slot_of(j, w) : -1;
-    if (j && j->state == MOED__V1__JOB_STATE__JOB_RUNNING && k >= 0 &&
-        (!req->epoch || req->epoch == j->epoch)) {
+    int same_epoch = j && (!req->epoch || req->epoch == j->epoch);
+    /* A recoverable mesh's worker may hold a frozen state of an older epoch, waiting for the
+     * RunSlot of the one it is bound in: it keeps its slot (recovery_worker_state decides). */
+    int behind = j && j->recoverable && req->epoch && req->epoch < j->epoch;
+    if (j && j->state == MOED__V1__JOB_STATE__JOB_RUNNING && k >= 0 && (same_epoch || behind) &&
+        !recovery_dropped(j, w)) {
         snprintf(w->job_id, sizeof w->job_id, "%s", j->id);
         w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
         w->slot = k % j->slots;
         w->epoch = j->epoch;
-        if (req->step > j->bindings[k].step) j->bindings[k].step = (long)req->step;
-        if (k == 0 && req->step > j->step) j->step = req->step;
+        if (same_epoch && req->step > j->bindings[k].step) j->bindings[k].step = (long)req->step;
+        if (same_epoch && k == 0 && req->step > j->step) j->step = req->step;
+        char held[96] = "";
+        if (!same_epoch || req->holding)
+            snprintf(held, sizeof held, ", %s epoch %llu", req->holding ? "holding its state of"
+                     : "still in", (unsigned long long)req->epoch);
         if (j->pods * j->slots == 1)
-            coordinator_event(co, j, 1, "reattached", "%s reattached at step %ld", w->id,
-                              (long)req->step);
+            coordinator_event(co, j, 1, "reattached", "%s reattached at step %ld%s", w->id,
+                              (long)req->step, held);
         else
-            coordinator_event(co, j, 1, "reattached", "%s reattached to slot (%d, %d) at step %ld",
-                              w->id, k / j->slots, k % j->slots, (long)req->step);
+            coordinator_event(co, j, 1, "reattached", "%s reattached to slot (%d, %d) at step "
+                              "%ld%s", w->id, k / j->slots, k % j->slots, (long)req->step, held);
+        if (j->recoverable)
+            recovery_worker_state(co, j, k, w, req->epoch, req->holding, "re-registered and");
     } else {
         if (req->job_id[0]) {
             snprintf(w->job_id, sizeof w->job_id, "%s", req->job_id); // busy until it stops
@@ -450,17 +469,24 @@ static void register_worker(struct rpc_call *call, const ProtobufCMessage *m, vo
             w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
         }
         /* It no longer plays the slot we had bound it to (it restarted, or never got the
-         * RunSlot before we did): that slot is lost, and with it the job. */
+         * RunSlot before we did): that slot is lost, and with it the job, unless the job's
+         * mesh recovers it. */
         if (bound && bound != j && bound->state == MOED__V1__JOB_STATE__JOB_RUNNING &&
-            bound_slot >= 0 && !bound->bindings[bound_slot].ended)
+            bound_slot >= 0 && !bound->bindings[bound_slot].ended && !bound->recoverable)
             coordinator_fail_slot(co, bound, bound_slot, "failed",
                                   "worker %s (%s, pod %d) re-registered %s: it no longer runs "
                                   "its slot", w->id, w->address, w->pod,
                                   req->job_id[0] ? "running another job" : "idle");
+        else if (bound && bound->state == MOED__V1__JOB_STATE__JOB_RUNNING && bound_slot >= 0 &&
+                 !bound->bindings[bound_slot].ended && !recovery_dropped(bound, w))
+            recovery_signal(co, bound, bound_slot, FAULT_ENDED,
+                            "worker %s (%s, pod %d) re-registered %s: it no longer runs its slot",
+                            w->id, w->address, w->pod,
+                            req->job_id[0] ? "for another job or epoch" : "idle");
     }
     w->confirmed = 1;
     w->awaiting_idle = 0;
-    if (coordinator_connect_worker(co, w) != MOE_OK || coordinator_save_worker(co, w) != MOE_OK) {
+    if (coordinator_save_worker(co, w) != MOE_OK) {
         rpc_fail(call, GRPC_STATUS_INTERNAL, "%s", moe_errmsg());
         return;
     }
@@ -497,7 +523,8 @@ static void heartbeat(struct rpc_call *call, const ProtobufCMessage *m, void *ct
         return;
     }
     if (w->state == MOED__V1__WORKER_STATE__WORKER_DEAD) {
-        /* Back from the dead (a pause, a partition). Its old job already failed. */
+        /* Back from the dead (a pause, a partition). Its old job already failed, or a
+         * recovery replaced it: told to stop below, it becomes a spare. */
         LOG_WARN("%s at %s is heartbeating again", w->id, w->address);
         w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
         snprintf(w->job_id, sizeof w->job_id, "%s", req->job_id);
@@ -512,17 +539,26 @@ static void heartbeat(struct rpc_call *call, const ProtobufCMessage *m, void *ct
     struct job *j = req->job_id[0] ? coordinator_find_job(co, req->job_id) : NULL;
     if (req->job_id[0]) {
         int k = j ? job_slot_of(j, w) : -1;
-        if (!j || j->state != MOED__V1__JOB_STATE__JOB_RUNNING || strcmp(w->job_id, j->id) != 0 ||
-            k < 0 || (req->epoch && req->epoch != j->epoch)) {
+        int keep = j && j->state == MOED__V1__JOB_STATE__JOB_RUNNING &&
+                   strcmp(w->job_id, j->id) == 0 && k >= 0;
+        int same_epoch = j && (!req->epoch || req->epoch == j->epoch);
+        /* a recoverable mesh's worker between its fence and its new epoch keeps its slot */
+        if (keep && j->recoverable && (!same_epoch || req->holding))
+            keep = recovery_worker_state(co, j, k, w, req->epoch, req->holding, "heartbeats and");
+        else if (keep)
+            keep = same_epoch && !(j->recoverable && recovery_dropped(j, w));
+        if (!keep) {
             resp.stop_job = 1;
-        } else {
+        } else if (same_epoch) {
             if (req->step > j->bindings[k].step) j->bindings[k].step = (long)req->step;
             if (k == 0 && req->step > j->step) j->step = req->step;
         }
     } else if (w->job_id[0]) {
-        /* It runs nothing: a job we thought it was finishing is over for it. */
+        /* It runs nothing: a job we thought it was finishing is over for it, or it no longer
+         * plays a slot of it (a recovery fenced it out, the job went back to the queue). A
+         * worker still in the job's binding waits for its RunSlot. */
         struct job *mine = coordinator_find_job(co, w->job_id);
-        if (!mine || job_is_final(mine)) {
+        if (!mine || job_is_final(mine) || job_slot_of(mine, w) < 0 || recovery_dropped(mine, w)) {
             w->job_id[0] = 0;
             w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
             coordinator_save_worker(co, w);
@@ -551,9 +587,13 @@ static void report_step(struct rpc_call *call, const ProtobufCMessage *m, void *
     /* Only the worker bound to the slot it names, in the current epoch, speaks for it. */
     int k = req->pod >= 0 && req->pod < j->pods && req->slot >= 0 && req->slot < j->slots
                 ? req->pod * j->slots + req->slot : -1;
-    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || k < 0 ||
-        strcmp(j->bindings[k].worker_id, w->id) != 0 || (req->epoch && req->epoch != j->epoch)) {
-        resp.stop = 1;
+    int bound = j->state == MOED__V1__JOB_STATE__JOB_RUNNING && k >= 0 &&
+                strcmp(j->bindings[k].worker_id, w->id) == 0 && !recovery_dropped(j, w);
+    if (!bound || (req->epoch && req->epoch != j->epoch)) {
+        /* Steps of the epoch before a recovery's new one come late from a slot that keeps its
+         * worker: dropped, but that worker must not stop (it waits for, or already runs, the
+         * new epoch). */
+        resp.stop = !(bound && j->recoverable && req->epoch < j->epoch);
         rpc_reply(call, &resp.base);
         return;
     }
@@ -571,6 +611,7 @@ static void report_step(struct rpc_call *call, const ProtobufCMessage *m, void *
         const Moed__V1__StepMetrics *mt = req->metrics[i];
         bd->total_alltoall += mt->bytes_alltoall;
         bd->total_allreduce += mt->bytes_allreduce;
+        recovery_step_reported(co, j, k, mt); // committed step, replica hashes
     }
     const Moed__V1__StepMetrics *newest = req->metrics[req->n_metrics - 1];
     if ((long)newest->step > bd->step) bd->step = (long)newest->step;
@@ -714,6 +755,16 @@ static void report_job_end(struct rpc_call *call, const ProtobufCMessage *m, voi
     int mesh = j->pods * j->slots > 1;
     if (req->step > bd->step) bd->step = (long)req->step;
     if (k == 0 && req->step > j->step) j->step = req->step;
+    if (!req->ok && j->recoverable) {
+        /* a recoverable mesh recovers the slot: its worker is alive, but its state is gone */
+        bd->ended = 1;
+        snprintf(bd->error, sizeof bd->error, "%s", req->error[0] ? req->error : "stopped");
+        recovery_signal(co, j, k, FAULT_ENDED, "%s ended its slot at step %ld: %s", w->id,
+                        (long)req->step, req->error[0] ? req->error : "stopped");
+        rpc_reply(call, &empty.base);
+        coordinator_schedule(co);
+        return;
+    }
     if (!req->ok) {
         /* a slot we told to stop (another failed) answers "stopped": that is not a cause */
         if (j->failing_ms && req->stopped) {
@@ -779,6 +830,76 @@ static void report_job_end(struct rpc_call *call, const ProtobufCMessage *m, voi
     coordinator_schedule(co);
 }
 
+/* ---- recovery (docs/recovery.md): faults and restored slots ---- */
+
+/* The slot a fault or restore report names, if `w` plays it in the job's current epoch (and
+ * the report speaks for that epoch); -1 otherwise: such reports are stale and ignored. Fails
+ * the call (and returns -2) for a slot outside the mesh. */
+static int reported_slot(struct rpc_call *call, const struct job *j, const struct worker *w,
+                         int pod, int slot, uint64_t epoch) {
+    if (pod < 0 || pod >= j->pods || slot < 0 || slot >= j->slots) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "slot (%d, %d) is outside the %d x %d mesh "
+                 "of %s", pod, slot, j->pods, j->slots, j->id);
+        return -2;
+    }
+    int k = pod * j->slots + slot;
+    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || strcmp(j->bindings[k].worker_id, w->id) ||
+        (epoch && epoch != j->epoch) || recovery_dropped(j, w))
+        return -1;
+    return k;
+}
+
+static void report_fault(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__FaultReport *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    struct job *j = coordinator_find_job(co, req->job_id);
+    struct worker *w = coordinator_find_worker(co, req->worker_id);
+    if (!j || !w) {
+        rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no %s %s", j ? "worker" : "job",
+                 j ? req->worker_id : req->job_id);
+        return;
+    }
+    w->last_heartbeat_ms = now_ms(); // it is alive, whatever its peers are
+    int k = reported_slot(call, j, w, req->pod, req->slot, req->epoch);
+    if (k == -2) return;
+    Moed__V1__Empty empty = MOED__V1__EMPTY__INIT;
+    if (k < 0) {
+        LOG_INFO("%s: fault report of slot (%d, %d), epoch %llu, from %s ignored (the job is "
+                 "%s, epoch %llu): %s", j->id, req->pod, req->slot,
+                 (unsigned long long)req->epoch, w->id, job_state_name(j->state),
+                 (unsigned long long)j->epoch, req->error);
+    } else if (j->recoverable) {
+        recovery_fault_report(co, j, k, req);
+    } else { // a worker only reports faults of recoverable jobs; otherwise it is a failure
+        coordinator_slot_failed(co, j, k, (long)req->step,
+                                req->error[0] ? req->error : "data-plane fault");
+    }
+    rpc_reply(call, &empty.base);
+}
+
+static void report_restored(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__RestoredReport *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    struct job *j = coordinator_find_job(co, req->job_id);
+    struct worker *w = coordinator_find_worker(co, req->worker_id);
+    if (!j || !w) {
+        rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no %s %s", j ? "worker" : "job",
+                 j ? req->worker_id : req->job_id);
+        return;
+    }
+    w->last_heartbeat_ms = now_ms();
+    int k = reported_slot(call, j, w, req->pod, req->slot, req->epoch);
+    if (k == -2) return;
+    if (k >= 0)
+        recovery_restored(co, j, k, req);
+    else
+        LOG_INFO("%s: restored report of slot (%d, %d), epoch %llu, from %s ignored (epoch %llu)",
+                 j->id, req->pod, req->slot, (unsigned long long)req->epoch, w->id,
+                 (unsigned long long)j->epoch);
+    Moed__V1__Empty empty = MOED__V1__EMPTY__INIT;
+    rpc_reply(call, &empty.base);
+}
+
 /* ---- tables ---- */
 
 #define JOBS(name) "/moed.v1.Jobs/" name
@@ -802,5 +923,7 @@ const struct rpc_method coordinator_methods[] = {
     {CLUSTER("ReportStep"), &moed__v1__step_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_step},
     {CLUSTER("UploadModel"), &moed__v1__model_chunk__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, upload_model},
     {CLUSTER("ReportJobEnd"), &moed__v1__job_end_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_job_end},
+    {CLUSTER("ReportFault"), &moed__v1__fault_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_fault},
+    {CLUSTER("ReportRestored"), &moed__v1__restored_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_restored},
 };
 const int coordinator_n_methods = (int)(sizeof coordinator_methods / sizeof coordinator_methods[0]);

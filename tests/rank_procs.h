@@ -37,7 +37,7 @@ static int rank_procs_exchange(struct comm_listener *l, int n, char addrs[][COMM
 }
 
 /* Rank side: the address table again, for a second epoch on the same listeners. */
-static int rank_procs_read_table(int n, char addrs[][COMM_ADDR_MAX], const char **peers) {
+static inline int rank_procs_read_table(int n, char addrs[][COMM_ADDR_MAX], const char **peers) {
     for (int r = 0; r < n; r++) {
         if (!fgets(addrs[r], COMM_ADDR_MAX, stdin)) return -1;
         addrs[r][strcspn(addrs[r], "\n")] = 0;

@@ -2,7 +2,8 @@
  * test_store.c — the coordinator's RocksDB record against a real database in a fresh directory:
  * round trips, key order (job-2 before job-10), step and event ranges, batch atomicity, a
  * restart, a coordinator killed with SIGKILL right after a synced write, the lock a second
- * coordinator meets, and a corrupted value that must fail with the key's name, not crash.
+ * coordinator meets, a recovering job's record (committed step, restore plan) across a
+ * restart, and a corrupted value that must fail with the key's name, not crash.
  */
 #include "../common/log.h"
 #include "../coordinator/store.h"
@@ -448,6 +449,73 @@ static void test_reopen(const char *path) {
     store_close(st);
 }
 
+struct replica_seen {
+    const uint8_t *sha; // what the step was written with
+    int64_t replicated, hash_step;
+    int sha_ok;
+};
+
+static int see_replica(const Moed__V1__StepMetrics *m, void *arg) {
+    struct replica_seen *r = arg;
+    r->replicated = m->replicated_step;
+    r->hash_step = m->state_hash_step;
+    r->sha_ok = m->state_sha256.len == 32 && memcmp(m->state_sha256.data, r->sha, 32) == 0;
+    return 1;
+}
+
+/* A recovering job's record (docs/recovery.md): the committed step, the recovery counters
+ * and the latest restore plan survive a restart, and a step's replica fields are kept. */
+static void test_recovery_record(void) {
+    const char *path = in_dir("recovery");
+    struct store *st = open_or_die(path);
+    Moed__V1__JobInfo info = MOED__V1__JOB_INFO__INIT;
+    Moed__Store__JobRecord rec = MOED__STORE__JOB_RECORD__INIT;
+    int32_t from[4] = {-1, -1, 0, -1};
+    info.job_id = "job-7";
+    info.name = "mesh";
+    info.state = MOED__V1__JOB_STATE__JOB_RUNNING;
+    info.epoch = 3;
+    info.pods = 2;
+    info.slots = 2;
+    info.committed_step = 41;
+    info.recoveries = 2;
+    info.recovering = 1;
+    rec.job = &info;
+    rec.spec_json = "{}";
+    rec.restore_step = 41;
+    rec.n_restore_from = 4;
+    rec.restore_from = from;
+    rec.recovery_signal_ms = 1764580000123;
+    uint8_t sha[32];
+    for (int i = 0; i < 32; i++) sha[i] = (uint8_t)(i * 7);
+    Moed__V1__StepMetrics m = MOED__V1__STEP_METRICS__INIT;
+    m.step = 42;
+    m.replicated_step = 41;
+    m.state_sha256.len = 32;
+    m.state_sha256.data = sha;
+    m.state_hash_step = 40;
+    struct store_batch *b = store_batch_new();
+    store_batch_job(b, &rec);
+    store_batch_step(b, "job-7", &m);
+    EXPECT_MSG(store_batch_commit(st, b, 1) == MOE_OK, "recovery record: %s", moe_errmsg());
+    store_close(st);
+
+    st = open_or_die(path); // as a restarted coordinator reads it
+    Moed__Store__JobRecord *j = NULL;
+    EXPECT(store_job_get(st, "job-7", &j) == MOE_OK);
+    EXPECT(j && j->job->committed_step == 41 && j->job->recoveries == 2 && j->job->recovering &&
+           j->job->epoch == 3 && j->restore_step == 41 && j->recovery_signal_ms == 1764580000123);
+    EXPECT(j && j->n_restore_from == 4 && j->restore_from[0] == -1 && j->restore_from[2] == 0 &&
+           j->restore_from[3] == -1);
+    if (j) moed__store__job_record__free_unpacked(j, NULL);
+    struct replica_seen got = {.sha = sha};
+    EXPECT(store_steps_scan(st, "job-7", 42, see_replica, &got) == MOE_OK);
+    EXPECT_MSG(got.replicated == 41 && got.hash_step == 40 && got.sha_ok,
+               "step 42 read back: replicated_step %lld, state_hash_step %lld, sha %s",
+               (long long)got.replicated, (long long)got.hash_step, got.sha_ok ? "same" : "differs");
+    store_close(st);
+}
+
 /* Raw RocksDB puts, as disk corruption or a stranger's tool would leave them. */
 static void raw_put(const char *path, const char *key, const char *val, size_t vlen) {
     char *err = NULL;
@@ -535,6 +603,7 @@ int main(void) {
     test_batches(st);
     store_close(st);
     test_reopen(path);
+    test_recovery_record();
     test_corrupt();
 
     rm_rf(dir);

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The coordinator's side of recovery (coordinator/recovery.c, docs/recovery.md) against fake
+# workers that speak only the control plane (tests/fake_workers.py, Debian's python3-grpcio):
+# a 2 x 2 job whose slot (1, 0) is lost is fenced, planned (every slot back at the frozen step,
+# the new holder's state from rank 0, the spare of the lost slot's physical pod), recorded as
+# epoch 2 and restored, with committed_step, recoveries and the events failure / recovering /
+# recovered; a spare that refuses its RunSlot restarts the recovery without it, which waits for
+# a newcomer (recovery_waiting); a wrong state hash is a replica_mismatch naming both workers;
+# losing every copy of slot index 1 FAILS the job naming the slot, both workers and the
+# committed step; and a job with no spare fails after mesh.spare_wait_s. The end-to-end version
+# with real workers and tensors is cli_chaos_*.sh. $1 (moectl) is not used.
+set -u
+bin=$MOE_BUILD_DIR/bin
+py=/usr/bin/python3 # Debian's python, where python3-grpcio lives
+if ! "$py" -c 'import grpc, google.protobuf' 2>/dev/null || ! command -v protoc >/dev/null; then
+  echo "skip cli_recovery_plan: needs python3-grpcio, python3-protobuf and protobuf-compiler"
+  exit 0
+fi
+dir=$(mktemp -d /tmp/moe_cli_recovery_plan.XXXXXX)
+cpid=
+running() {
+  local s
+  s=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)
+  [ -n "$s" ] && [ "$s" != Z ]
+}
+stop() {
+  rc=
+  [ -n "$1" ] || return 0
+  kill -TERM "$1" 2>/dev/null
+  for _ in $(seq 1 100); do running "$1" || break; sleep 0.05; done
+  running "$1" && kill -KILL "$1" 2>/dev/null
+  wait "$1" 2>/dev/null
+  rc=$?
+}
+trap 'stop "$cpid"; rm -rf "$dir"' EXIT
+fails=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails+1)); fi; }
+
+mkdir -p "$dir/py"
+protoc --python_out="$dir/py" -I "$MOE_SOURCE_DIR/proto" "$MOE_SOURCE_DIR/proto/moed.proto"
+umask 077
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/client.token"
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/cluster.token"
+# fast heartbeats: the fakes heartbeat every 100 ms, a killed one is dead after 1 s
+"$bin/moed-coordinator" --dir "$dir/state" --listen 127.0.0.1:0 --addr-file "$dir/addr" \
+  --client-token-file "$dir/client.token" --cluster-token-file "$dir/cluster.token" \
+  --heartbeat-interval-ms 100 --heartbeat-timeout-ms 1000 2>"$dir/coordinator.log" &
+cpid=$!
+for _ in $(seq 1 600); do
+  [ -s "$dir/addr" ] && break
+  running "$cpid" || break
+  sleep 0.05
+done
+addr=$(cat "$dir/addr" 2>/dev/null)
+check "the coordinator is up at ${addr:-?}" '[ -n "$addr" ] && running $cpid'
+[ -n "$addr" ] || { tail -n 30 "$dir/coordinator.log"; exit 1; }
+
+timeout 300 "$py" "$MOE_SOURCE_DIR/tests/fake_workers.py" "$dir/py" "$addr" "$dir/client.token" \
+  "$dir/cluster.token" /usr/share/common-licenses/GPL-3
+rc=$?
+check "the fake workers' checks all hold" '[ $rc -eq 0 ]'
+check "the coordinator is still running" 'running $cpid'
+stop "$cpid"
+crc=$rc
+cpid=
+check "the coordinator exits 0 on SIGTERM (got $crc)" '[ "$crc" = 0 ]'
+bad=$(grep -sE "ERROR: (Address|Leak|Thread)Sanitizer|runtime error:" "$dir/coordinator.log" | head -n 1)
+check "no sanitizer report in the coordinator's log" '[ -z "$bad" ]'
+[ $fails -eq 0 ] || { echo "--- coordinator log (tail)"; grep -v " INFO " "$dir/coordinator.log" | tail -n 40; }
+echo "cli_recovery_plan: $fails failure(s)"
+[ $fails -eq 0 ]
