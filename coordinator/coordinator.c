@@ -213,6 +213,10 @@ static void worker_info(Moed__V1__WorkerInfo *wi, const struct worker *w) {
     wi->registered_unix_ms = w->registered_ms;
     wi->cpus = w->cpus;
     wi->data_address = (char *)w->data_address;
+    static char *extra[1];
+    extra[0] = (char *)w->extra_data_address;
+    wi->n_extra_data_addresses = w->extra_data_address[0] ? 1 : 0;
+    wi->extra_data_addresses = extra;
     wi->mpi_rank = w->mpi_rank;
     wi->mpi_size = w->mpi_size;
     wi->mpi_job = (char *)w->mpi_job;
@@ -586,6 +590,8 @@ static int load_worker(const Moed__V1__WorkerInfo *in, void *arg) {
     snprintf(w->job_id, sizeof w->job_id, "%s", in->job_id);
     w->slot = in->slot;
     snprintf(w->data_address, sizeof w->data_address, "%s", in->data_address);
+    snprintf(w->extra_data_address, sizeof w->extra_data_address, "%s",
+             in->n_extra_data_addresses ? in->extra_data_addresses[0] : "");
     w->mpi_rank = in->mpi_rank;
     w->mpi_size = in->mpi_size;
     snprintf(w->mpi_job, sizeof w->mpi_job, "%s", in->mpi_job);

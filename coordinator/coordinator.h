@@ -149,6 +149,8 @@ struct worker {
     char version[32], host[128];
     int pid, cpus;
     char data_address[DATA_ADDR_MAX]; // its data-plane listener
+    char extra_data_address[DATA_ADDR_MAX]; // its listener for a second slot of one job ("":
+                               // it cannot play two; see placement_replace)
     int mpi_rank, mpi_size;    // under mpirun (mpi_size 0: not)
     char mpi_job[256];         // which mpirun job: equal for the ranks of one pod only
     int64_t registered_ms, last_heartbeat_ms;

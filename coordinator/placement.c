@@ -201,6 +201,36 @@ static int replace_mpi(const struct coordinator *co, const struct job *j, const 
     return res;
 }
 
+/* No spare for slot k: a worker that stays in the job plays it too (docs/recovery.md). It
+ * must have a second data listener, play one slot only (counting the slots given out in this
+ * plan), and hold no other copy of slot k's state — not the same slot index in another pod,
+ * not a buddy of it — so that the slot's copies stay in different processes. Another pod's
+ * worker first (its pod keeps its own slots' speed). NULL when none qualifies. */
+static struct worker *double_up(const struct job *j, const char *need,
+                                struct worker *const *keep, struct worker *const *out, int k) {
+    int S = j->slots, n = j->pods * S, s = k % S, p = k / S;
+    int buddies = j->replicas > j->pods ? j->replicas - j->pods : 0;
+    if (buddies > S - 1) buddies = S - 1;
+    struct worker *best = NULL;
+    int best_elsewhere = 0;
+    for (int i = 0; i < n; i++) {
+        struct worker *w = keep[i];
+        if (!w || !w->extra_data_address[0] || w->mpi_size) continue;
+        int si = i % S, pi = i / S;
+        if (si == s) continue; /* a data-parallel copy of slot k already */
+        if (pi == p && ((si - s + S) % S) >= 1 && ((si - s + S) % S) <= buddies) continue;
+        int taken = 0; /* already two slots: one of its own before, or one in this plan */
+        for (int q = 0; q < n && !taken; q++)
+            taken = (need[q] && q != k && out[q] == w) || (q != i && keep[q] == w);
+        if (taken) continue;
+        if (!best || (pi != p && !best_elsewhere)) {
+            best = w;
+            best_elsewhere = pi != p;
+        }
+    }
+    return best;
+}
+
 static int replace_tcp(const struct coordinator *co, const struct job *j, const char *need,
                        struct worker *const *keep, const struct replace_ctx *rc,
                        struct worker **out) {
@@ -223,12 +253,17 @@ static int replace_tcp(const struct coordinator *co, const struct job *j, const 
                 break;
             }
         }
-        if (best < 0) {
+        if (best >= 0) {
+            used[best] = 1;
+            out[k] = co->workers[best];
+            continue;
+        }
+        struct worker *host = double_up(j, need, keep, out, k);
+        if (!host) {
             res = -1 - k;
             break;
         }
-        used[best] = 1;
-        out[k] = co->workers[best];
+        out[k] = host;
     }
     free(used);
     return res;

@@ -25,9 +25,9 @@
  * pods must agree at the same step. The first agreement is the event "replica_check", further
  * ones only count (job->replica_matches, logged at debug level); every disagreement is the
  * event "replica_mismatch".
- * Never: touches tensors or guesses what a worker holds (its FenceResponse says); plans two
- * slots onto one worker (the worker daemon plays one slot at a time: a lost slot waits for a
- * spare instead); recovers a job mesh_recoverable() refuses (failure.c fails it as before); or
+ * With no spare for a lost slot (tcp), a worker that stays plays it too, on its second data
+ * listener (placement.c: double_up), if one qualifies; otherwise the slot waits for a spare.
+ * Never: touches tensors or guesses what a worker holds (its FenceResponse says); recovers a job mesh_recoverable() refuses (failure.c fails it as before); or
  * plans below committed_step (that would be a bug: the job fails loudly instead).
  */
 #include "coordinator.h"
@@ -644,14 +644,22 @@ static void record(struct coordinator *co, struct job *j, int64_t t, const char 
     for (int k = 0; k < n; k++) {
         struct binding *bd = &j->bindings[k];
         struct worker *w = keep[k] ? coordinator_find_worker(co, bd->worker_id) : spare[k];
+        char kept_addr[DATA_ADDR_MAX]; /* a kept slot keeps its listener (maybe a second one) */
+        snprintf(kept_addr, sizeof kept_addr, "%s", bd->data_address);
         memset(bd, 0, sizeof *bd);
         bd->step = (long)t;
         if (!w) continue; // cannot happen: kept workers are known, spares were chosen
         snprintf(bd->worker_id, sizeof bd->worker_id, "%s", w->id);
         snprintf(bd->address, sizeof bd->address, "%s", w->address);
-        snprintf(bd->data_address, sizeof bd->data_address, "%s", w->data_address);
+        /* a survivor given a lost slot too (no spare) plays it on its second listener */
+        int second = 0;
+        for (int q = 0; q < n && !keep[k] && !second; q++)
+            second = keep[q] && !strcmp(r->ans[q].worker_id, w->id);
+        snprintf(bd->data_address, sizeof bd->data_address, "%s",
+                 keep[k] ? kept_addr : second ? w->extra_data_address : w->data_address);
         bd->mpi_rank = w->mpi_rank;
         snprintf(w->job_id, sizeof w->job_id, "%s", j->id);
+        if (second) continue; // its record already says it plays this job
         w->slot = k % S;
         w->epoch = j->epoch;
         w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;

@@ -333,6 +333,9 @@ static void get_cluster(struct rpc_call *call, const ProtobufCMessage *m, void *
         wi.registered_unix_ms = w->registered_ms;
         wi.cpus = w->cpus;
         wi.data_address = w->data_address;
+        char *extra[1] = {w->extra_data_address};
+        wi.n_extra_data_addresses = w->extra_data_address[0] ? 1 : 0;
+        wi.extra_data_addresses = extra;
         wi.mpi_rank = w->mpi_rank;
         wi.mpi_size = w->mpi_size;
         wi.mpi_job = w->mpi_job;
@@ -415,6 +418,10 @@ static void register_worker(struct rpc_call *call, const ProtobufCMessage *m, vo
     w->pid = req->pid;
     w->cpus = req->cpus;
     snprintf(w->data_address, sizeof w->data_address, "%s", req->data_address);
+    w->extra_data_address[0] = 0;
+    if (req->n_extra_data_addresses && strchr(req->extra_data_addresses[0], ':'))
+        snprintf(w->extra_data_address, sizeof w->extra_data_address, "%s",
+                 req->extra_data_addresses[0]);
     w->mpi_rank = req->mpi_rank;
     w->mpi_size = req->mpi_size;
     snprintf(w->mpi_job, sizeof w->mpi_job, "%s", req->mpi_job);
@@ -733,11 +740,19 @@ static void report_job_end(struct rpc_call *call, const ProtobufCMessage *m, voi
         return;
     }
     Moed__V1__Empty empty = MOED__V1__EMPTY__INIT;
-    int k = job_slot_of(j, w);
+    /* the slot the report names, when this worker plays it (a worker may play two) */
+    int named = req->pod >= 0 && req->pod < j->pods && req->slot >= 0 && req->slot < j->slots
+                    ? req->pod * j->slots + req->slot : -1;
+    int k = named >= 0 && !strcmp(j->bindings[named].worker_id, w->id) ? named
+                                                                       : job_slot_of(j, w);
     /* An end from another epoch (a binding that was already given up) changes nothing of
      * the current one; it only frees the worker if that is what the worker was bound to. */
     int stale = req->epoch && req->epoch != j->epoch;
-    if (!strcmp(w->job_id, j->id) && (!req->epoch || !w->epoch || req->epoch == w->epoch)) {
+    int other_open = 0; /* another slot of this job on the same worker still runs */
+    for (int q = 0; q < j->pods * j->slots && !stale; q++)
+        other_open |= q != k && !strcmp(j->bindings[q].worker_id, w->id) && !j->bindings[q].ended;
+    if (!strcmp(w->job_id, j->id) && !other_open &&
+        (!req->epoch || !w->epoch || req->epoch == w->epoch)) {
         w->job_id[0] = 0; // the worker is free again
         if (w->state == MOED__V1__WORKER_STATE__WORKER_BUSY) w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
         /* ... once its training thread is gone: until a heartbeat says so, a RunSlot would

@@ -25,14 +25,25 @@ void worker_copy_id(struct worker *w, char out[WORKER_ID_MAX]) {
     uv_mutex_unlock(&w->id_mu);
 }
 
-/* The running job as the coordinator should learn it: id, last step and epoch, or none. */
-static const char *running_job(struct worker *w, long *step, uint64_t *epoch) {
+/* The running job as the coordinator should learn it: id, last step and epoch, or none.
+ * With two slots (of one job) the step is the lower one, the epoch the newer one, and it is
+ * holding when either slot is. */
+static const char *running_job(struct worker *w, long *step, uint64_t *epoch, int *holding) {
     *step = 0;
     *epoch = 0;
-    if (!w->job || atomic_load(&w->job->finished)) return "";
-    *step = atomic_load(&w->job->step);
-    *epoch = job_epoch(w->job);
-    return w->job->id;
+    *holding = 0;
+    const char *id = "";
+    for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
+        struct job *j = w->jobs[k];
+        if (!j || atomic_load(&j->finished)) continue;
+        long s = atomic_load(&j->step);
+        uint64_t e = job_epoch(j);
+        if (!id[0] || s < *step) *step = s;
+        if (e > *epoch) *epoch = e;
+        *holding |= atomic_load(&j->holding);
+        id = j->id;
+    }
+    return id;
 }
 
 static void fill_register(struct worker *w, Moed__V1__RegisterRequest *req, char *id_buf,
@@ -46,11 +57,17 @@ static void fill_register(struct worker *w, Moed__V1__RegisterRequest *req, char
     req->pid = (int32_t)getpid();
     req->cpus = w->cpus;
     uint64_t epoch;
-    req->job_id = (char *)running_job(w, step, &epoch);
+    int holding;
+    req->job_id = (char *)running_job(w, step, &epoch, &holding);
     req->step = *step;
     req->epoch = epoch;
-    req->holding = req->job_id[0] && atomic_load(&w->job->holding);
-    req->data_address = w->data_address;
+    req->holding = holding;
+    req->data_address = w->data_addresses[0];
+    static char *extra[WORKER_MAX_SLOTS];
+    req->n_extra_data_addresses = 0;
+    for (int k = 1; k < WORKER_MAX_SLOTS; k++)
+        if (w->listeners[k]) extra[req->n_extra_data_addresses++] = w->data_addresses[k];
+    req->extra_data_addresses = extra;
     req->mpi_rank = w->mpi_rank;
     req->mpi_size = w->mpi_size;
     req->mpi_job = w->mpi_job;
@@ -140,7 +157,8 @@ static void on_reregistered(void *arg, const struct rpc_result *res, const Proto
     atomic_fetch_add(&w->contact, 1);
     long step;
     uint64_t epoch;
-    const char *job = running_job(w, &step, &epoch);
+    int holding;
+    const char *job = running_job(w, &step, &epoch, &holding);
     if (job[0])
         LOG_INFO("registered again as %s, running %s at step %ld", w->worker_id, job, step);
     else
@@ -196,13 +214,14 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
         LOG_INFO("the coordinator does not know us (restarted?): registering again");
         reregister(w);
     }
-    if (r->stop_job && hb->job_id[0] && w->job && !atomic_load(&w->job->finished) &&
-        strcmp(w->job->id, hb->job_id) == 0) {
+    for (int k = 0; r->stop_job && hb->job_id[0] && k < WORKER_MAX_SLOTS; k++) {
+        struct job *j = w->jobs[k];
+        if (!j || atomic_load(&j->finished) || strcmp(j->id, hb->job_id) != 0) continue;
         int run = JOB_RUN;
-        if (atomic_compare_exchange_strong(&w->job->stop, &run, JOB_STOP_COORDINATOR))
+        if (atomic_compare_exchange_strong(&j->stop, &run, JOB_STOP_COORDINATOR))
             LOG_INFO("%s: the coordinator says it no longer runs here: stopping", hb->job_id);
-        job_abort_comm(w->job);
-        job_wake(w->job); // a slot holding its state for the next epoch stops waiting
+        job_abort_comm(j);
+        job_wake(j); // a slot holding its state for the next epoch stops waiting
     }
 done:
     free(hb);
@@ -220,7 +239,8 @@ static void heartbeat_tick(uv_timer_t *t) {
     hb->w = w;
     long step;
     uint64_t epoch;
-    snprintf(hb->job_id, sizeof hb->job_id, "%s", running_job(w, &step, &epoch));
+    int holding;
+    snprintf(hb->job_id, sizeof hb->job_id, "%s", running_job(w, &step, &epoch, &holding));
     char id[WORKER_ID_MAX];
     worker_copy_id(w, id);
     Moed__V1__HeartbeatRequest req = MOED__V1__HEARTBEAT_REQUEST__INIT;
@@ -228,7 +248,7 @@ static void heartbeat_tick(uv_timer_t *t) {
     req.job_id = hb->job_id;
     req.step = step;
     req.epoch = epoch;
-    req.holding = hb->job_id[0] && atomic_load(&w->job->holding);
+    req.holding = holding;
     /* long enough for a busy coordinator, short enough that one lost call skips few ticks */
     double timeout = 2.0 * (double)w->heartbeat_ms / 1000.0;
     if (timeout < 1.0) timeout = 1.0;

@@ -199,20 +199,21 @@ static void advertised_address(struct worker *w, int port) {
 
 /* The data plane's address as peers should dial it: a wildcard host ("0.0.0.0:0" listens
  * everywhere) is no address to dial, so it becomes the host the Worker service advertises. */
-static void advertised_data_address(struct worker *w) {
-    const char *a = comm_listener_address(w->listener);
+static void advertised_data_address(struct worker *w, int k) {
+    const char *a = comm_listener_address(w->listeners[k]);
     const char *colon = strrchr(a, ':');
     size_t host_len = colon ? (size_t)(colon - a) : 0;
     int wildcard = host_len == 0 || (host_len == 7 && strncmp(a, "0.0.0.0", 7) == 0) ||
                    (host_len == 4 && strncmp(a, "[::]", 4) == 0) ||
                    (host_len == 2 && strncmp(a, "::", 2) == 0);
+    char *out = w->data_addresses[k];
     if (!wildcard || !colon) {
-        snprintf(w->data_address, sizeof w->data_address, "%s", a);
+        snprintf(out, COMM_ADDR_MAX, "%s", a);
         return;
     }
     const char *wcolon = strrchr(w->address, ':');
     int wlen = wcolon ? (int)(wcolon - w->address) : (int)strlen(w->address);
-    snprintf(w->data_address, sizeof w->data_address, "%.*s%s", wlen, w->address, colon);
+    snprintf(out, COMM_ADDR_MAX, "%.*s%s", wlen, w->address, colon);
 }
 
 /* ---- the way down ---- */
@@ -253,13 +254,18 @@ static void shutdown_begin(struct worker *w, int exit_code) {
     if (atomic_exchange(&w->shutting_down, 1)) return;
     w->exit_code = exit_code;
     uv_timer_stop(&w->heartbeat);
-    if (w->job && !atomic_load(&w->job->finished)) {
+    int waiting = 0;
+    for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
+        struct job *j = w->jobs[k];
+        if (!j || atomic_load(&j->finished)) continue;
         int run = JOB_RUN;
-        atomic_compare_exchange_strong(&w->job->stop, &run, JOB_STOP_SHUTDOWN);
-        job_wake(w->job); // one holding its state for a next epoch stops waiting
-        LOG_INFO("%s: waiting for the job to stop after its current step", w->job->id);
-        return; // worker_on_job_done continues once the thread is done
+        atomic_compare_exchange_strong(&j->stop, &run, JOB_STOP_SHUTDOWN);
+        job_wake(j); // one holding its state for a next epoch stops waiting
+        LOG_INFO("%s: waiting for slot (%d, %d) to stop after its current step", j->id, j->pod,
+                 j->slot);
+        waiting = 1;
     }
+    if (waiting) return; // worker_on_job_done continues once the threads are done
     worker_reap_job(w);
     worker_shutdown_continue(w);
 }
@@ -308,11 +314,22 @@ static moe_status start(struct worker *w) {
     int port = 0;
     CHECK(rpc_server_start(&w->server, w->pump, &sc, worker_methods, worker_n_methods, w, &port));
     advertised_address(w, port);
-    CHECK(comm_listener_open(&w->listener, w->cfg.data_listen));
-    advertised_data_address(w);
+    CHECK(comm_listener_open(&w->listeners[0], w->cfg.data_listen));
+    advertised_data_address(w, 0);
+    /* a second slot's listener, on the same host and any port (mpi pods never double up) */
+    if (!w->mpi_size) {
+        char extra[COMM_ADDR_MAX];
+        snprintf(extra, sizeof extra, "%s", w->cfg.data_listen);
+        char *colon = strrchr(extra, ':');
+        if (colon) snprintf(colon, sizeof extra - (size_t)(colon - extra), ":0");
+        for (int k = 1; k < WORKER_MAX_SLOTS; k++) {
+            CHECK(comm_listener_open(&w->listeners[k], extra));
+            advertised_data_address(w, k);
+        }
+    }
     CHECK(rpc_channel_open(&w->coord, w->cfg.coordinator, &w->cfg.tls, w->token, 1));
     LOG_INFO("moed-worker %s listening on %s, data plane on %s (pod %d%s); joining %s",
-             MOED_VERSION, w->address, w->data_address, w->cfg.pod,
+             MOED_VERSION, w->address, w->data_addresses[0], w->cfg.pod,
              w->mpi_size ? ", under mpirun" : "", w->cfg.coordinator);
     CHECK(worker_register(w));
     if (!w->cfg.dir) CHECK(scratch_make_temp(w));
@@ -369,7 +386,8 @@ int main(int argc, char **argv) {
     uv_run(&loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&loop) != 0) LOG_WARN("the event loop closed with handles still open");
     uv_mutex_destroy(&w.id_mu);
-    if (w.listener) comm_listener_close(w.listener);
+    for (int k = 0; k < WORKER_MAX_SLOTS; k++)
+        if (w.listeners[k]) comm_listener_close(w.listeners[k]);
     if (w.mpi_size) comm_mpi_finalize();
     scratch_remove(&w);
     rpc_shutdown_library();

@@ -41,7 +41,7 @@ moe_status job_open_comm(struct job *j) {
     };
     struct comm *c = NULL;
     double t0 = job_now();
-    moe_status s = comm_open(&c, &cfg, j->w->listener);
+    moe_status s = comm_open(&c, &cfg, j->w->listeners[j->local]);
     free(peers);
     if (s != MOE_OK) return s; // comm's message names the peer
     uv_mutex_lock(&j->comm_mu);

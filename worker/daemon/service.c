@@ -20,22 +20,47 @@
 #include <string.h>
 
 void worker_reap_job(struct worker *w) {
-    struct job *j = w->job;
-    if (!j || !atomic_load(&j->finished)) return;
-    /* finished is the thread's last word: the join returns at once */
-    uv_thread_join(&j->thread);
-    LOG_DEBUG("%s: training thread joined", j->id);
-    w->job = NULL;
-    job_free(j);
+    for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
+        struct job *j = w->jobs[k];
+        if (!j || !atomic_load(&j->finished)) continue;
+        /* finished is the thread's last word: the join returns at once */
+        uv_thread_join(&j->thread);
+        LOG_DEBUG("%s: slot (%d, %d)'s training thread joined", j->id, j->pod, j->slot);
+        w->jobs[k] = NULL;
+        job_free(j);
+    }
+}
+
+int worker_idle(const struct worker *w) {
+    for (int k = 0; k < WORKER_MAX_SLOTS; k++)
+        if (w->jobs[k]) return 0;
+    return 1;
+}
+
+struct job *worker_any_job(struct worker *w) {
+    for (int k = 0; k < WORKER_MAX_SLOTS; k++)
+        if (w->jobs[k] && !atomic_load(&w->jobs[k]->finished)) return w->jobs[k];
+    return NULL;
 }
 
 /* The async callback: wake-ups coalesce, so look at the whole state rather than count. */
 void worker_on_job_done(uv_async_t *a) {
     struct worker *w = a->data;
-    int had = w->job != NULL;
+    int had = !worker_idle(w);
     worker_reap_job(w);
-    if (had && !w->job) worker_heartbeat_now(w); // "idle": the coordinator may bind us again
-    if (atomic_load(&w->shutting_down) && !w->job) worker_shutdown_continue(w);
+    if (had && worker_idle(w)) worker_heartbeat_now(w); // "idle": the coordinator may bind us
+    if (atomic_load(&w->shutting_down) && worker_idle(w)) worker_shutdown_continue(w);
+}
+
+/* The slot (pod, slot) of job `id` this worker plays, if any (pod < 0: any slot of it). */
+static struct job *find_job(struct worker *w, const char *id, int pod, int slot) {
+    for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
+        struct job *j = w->jobs[k];
+        if (j && !atomic_load(&j->finished) && strcmp(j->id, id) == 0 &&
+            (pod < 0 || (j->pod == pod && j->slot == slot)))
+            return j;
+    }
+    return NULL;
 }
 
 /* The id names the scratch file (<dir>/<id>.safetensors): nothing that could leave it. */
@@ -161,9 +186,8 @@ static struct epoch_binding *binding_of(const struct worker *w, const Moed__V1__
 }
 
 /* RunSlot of a newer epoch for the slot this worker holds: a recovery re-forms the mesh. */
-static void run_next_epoch(struct rpc_call *call, struct worker *w,
+static void run_next_epoch(struct rpc_call *call, struct worker *w, struct job *j,
                            const Moed__V1__RunSlotRequest *req) {
-    struct job *j = w->job;
     long n = (long)req->pods * req->slots;
     enum comm_backend backend;
     if (!j->recoverable || n != (long)j->pods * j->slots || req->pods != j->pods) {
@@ -194,20 +218,33 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
         return;
     }
     worker_reap_job(w); // a job that just ended may not have been joined yet
-    if (w->job) {
-        int same = strcmp(w->job->id, req->job_id) == 0 && w->job->pod == req->pod &&
-                   w->job->slot == req->slot && !atomic_load(&w->job->finished);
-        if (same && job_epoch(w->job) == req->epoch) {
-            /* a coordinator that restarted may send the same slot again: it runs already */
-            LOG_INFO("%s: RunSlot again for the slot it is running: nothing to do", req->job_id);
-            reply_empty(call);
-            return;
-        }
-        if (same && req->epoch > job_epoch(w->job)) {
-            run_next_epoch(call, w, req);
-            return;
-        }
-        rpc_fail(call, GRPC_STATUS_UNAVAILABLE, "busy with %s", w->job->id);
+    struct job *same = find_job(w, req->job_id, req->pod, req->slot);
+    if (same && job_epoch(same) == req->epoch) {
+        /* a coordinator that restarted may send the same slot again: it runs already */
+        LOG_INFO("%s: RunSlot again for the slot it is running: nothing to do", req->job_id);
+        reply_empty(call);
+        return;
+    }
+    if (same && req->epoch > job_epoch(same)) {
+        run_next_epoch(call, w, same, req);
+        return;
+    }
+    /* a free slot: the first one, or a second one of the job it plays (a recovery that found
+     * no spare gives a survivor a lost slot; never a second job, never under mpirun) */
+    int local = -1;
+    for (size_t i = 0; i < req->n_bindings && local < 0; i++) { /* the listener it names */
+        const Moed__V1__SlotBinding *b = req->bindings[i];
+        for (int k = 0; b->pod == req->pod && b->slot == req->slot && k < WORKER_MAX_SLOTS; k++)
+            if (w->listeners[k] && !w->jobs[k] && !strcmp(b->data_address, w->data_addresses[k]))
+                local = k;
+    }
+    for (int k = 0; k < WORKER_MAX_SLOTS && local < 0; k++)
+        if (!w->jobs[k] && w->listeners[k]) local = k;
+    struct job *other = worker_any_job(w);
+    if (!worker_idle(w) && (!other || strcmp(other->id, req->job_id) != 0 || !req->restore ||
+                            local < 0)) {
+        struct job *busy = other ? other : w->jobs[0] ? w->jobs[0] : w->jobs[1];
+        rpc_fail(call, GRPC_STATUS_UNAVAILABLE, "busy with %s", busy ? busy->id : "a job");
         return;
     }
     if (!job_id_ok(req->job_id)) {
@@ -292,6 +329,7 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
         }
     }
     j->w = w;
+    j->local = local;
     snprintf(j->id, sizeof j->id, "%s", req->job_id);
     j->pod = req->pod;
     j->slot = req->slot;
@@ -305,25 +343,30 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
         job_free(j);
         return;
     }
-    w->job = j;
-    LOG_INFO("%s: running slot (%d, %d) of the %d x %d mesh of '%s' (epoch %llu): %ld steps",
+    w->jobs[local] = j;
+    LOG_INFO("%s: running slot (%d, %d) of the %d x %d mesh of '%s' (epoch %llu): %ld steps%s",
              j->id, j->pod, j->slot, j->pods, j->slots, j->spec.name,
-             (unsigned long long)j->epoch, j->spec.run.steps);
+             (unsigned long long)j->epoch, j->spec.run.steps,
+             local > 0 ? " (a second slot of this worker)" : "");
     reply_empty(call);
 }
 
 static void stop_job(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     struct worker *w = ctx;
     const Moed__V1__JobRef *req = (const Moed__V1__JobRef *)msg;
-    if (w->job && !atomic_load(&w->job->finished) && strcmp(w->job->id, req->job_id) == 0) {
+    int found = 0;
+    for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
+        struct job *j = w->jobs[k];
+        if (!j || atomic_load(&j->finished) || strcmp(j->id, req->job_id) != 0) continue;
         int run = JOB_RUN;
-        if (atomic_compare_exchange_strong(&w->job->stop, &run, JOB_STOP_COORDINATOR))
-            LOG_INFO("%s: stop requested by the coordinator", req->job_id);
-        job_abort_comm(w->job); // a collective waiting on a peer returns now
-        job_wake(w->job);       // one holding its state for a next epoch stops waiting
-    } else {
-        LOG_DEBUG("StopJob %.64s: not running here", req->job_id);
+        if (atomic_compare_exchange_strong(&j->stop, &run, JOB_STOP_COORDINATOR))
+            LOG_INFO("%s: slot (%d, %d): stop requested by the coordinator", j->id, j->pod,
+                     j->slot);
+        job_abort_comm(j); // a collective waiting on a peer returns now
+        job_wake(j);       // one holding its state for a next epoch stops waiting
+        found = 1;
     }
+    if (!found) LOG_DEBUG("StopJob %.64s: not running here", req->job_id);
     reply_empty(call); // idempotent: stopping a job that is not here is done already
 }
 
@@ -333,15 +376,27 @@ static void fence_slot(struct rpc_call *call, const ProtobufCMessage *msg, void 
     Moed__V1__FenceResponse resp = MOED__V1__FENCE_RESPONSE__INIT;
     struct state_copy copies[REPLICA_MAX_COPIES];
     Moed__V1__StateCopy pb[REPLICA_MAX_COPIES], *ptrs[REPLICA_MAX_COPIES];
-    struct job *j = w->job;
-    if (j && !atomic_load(&j->finished) && strcmp(j->id, req->job_id) == 0) {
-        int n = 0;
+    int n = 0;
+    for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
+        struct job *j = w->jobs[k];
+        if (!j || atomic_load(&j->finished) || strcmp(j->id, req->job_id) != 0) continue;
+        /* two slots of one job: one answer with the copies of both (each names its slot) */
+        int got = 0;
         long live = -1;
-        resp.holds = job_fence(j, req->epoch, copies, REPLICA_MAX_COPIES, &n, &live);
-        resp.epoch = job_epoch(j);
-        resp.pod = j->pod;
-        resp.slot = j->slot;
-        resp.step = live;
+        int holds = job_fence(j, req->epoch, copies + n, REPLICA_MAX_COPIES - n, &got, &live);
+        if (!resp.holds || (holds && live < resp.step)) {
+            resp.pod = j->pod;
+            resp.slot = j->slot;
+            resp.step = live;
+        }
+        resp.holds |= holds;
+        if (job_epoch(j) > resp.epoch) resp.epoch = job_epoch(j);
+        n += got;
+        LOG_INFO("%s: slot (%d, %d) fenced at epoch %llu: live step %ld, %d cop%s", j->id,
+                 j->pod, j->slot, (unsigned long long)req->epoch, live, got,
+                 got == 1 ? "y" : "ies");
+    }
+    {
         for (int i = 0; i < n; i++) {
             Moed__V1__StateCopy c = MOED__V1__STATE_COPY__INIT;
             c.slot = copies[i].slot;
@@ -351,8 +406,6 @@ static void fence_slot(struct rpc_call *call, const ProtobufCMessage *msg, void 
         }
         resp.n_copies = (size_t)n;
         resp.copies = ptrs;
-        LOG_INFO("%s: fenced at epoch %llu: live step %ld, %d cop%s", j->id,
-                 (unsigned long long)req->epoch, live, n, n == 1 ? "y" : "ies");
     }
     rpc_reply(call, &resp.base); // holds = false: nothing of that job here
 }
@@ -360,8 +413,8 @@ static void fence_slot(struct rpc_call *call, const ProtobufCMessage *msg, void 
 static void inject_fault(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     struct worker *w = ctx;
     const Moed__V1__InjectFaultRequest *req = (const Moed__V1__InjectFaultRequest *)msg;
-    struct job *j = w->job;
-    if (!j || atomic_load(&j->finished) || strcmp(j->id, req->job_id) != 0) {
+    struct job *j = find_job(w, req->job_id, -1, -1);
+    if (!j) {
         rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%.64s does not run on this worker",
                  req->job_id);
         return;

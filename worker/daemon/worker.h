@@ -39,6 +39,9 @@
 
 
 #define WORKER_ID_MAX 64
+/* Slots one worker may play at once: its own, and one more of the same job when a recovery
+ * finds no spare (docs/recovery.md). Each has its own data-plane listener. */
+#define WORKER_MAX_SLOTS 2
 #define WORKER_TOKEN_MAX 256
 
 /* Retry budgets for calls to a coordinator that may be restarting. */
@@ -84,6 +87,7 @@ void epoch_binding_free(struct epoch_binding *b);
  * and freed on the loop once `finished` is set (service.c: worker_reap_job). */
 struct job {
     struct worker *w;
+    int local;                    // which of the worker's slots (and data listeners) it uses
     char id[64];
     int pod, slot;
     struct job_spec spec;
@@ -119,8 +123,10 @@ struct worker {
     struct worker_config cfg;
     char token[WORKER_TOKEN_MAX]; // the cluster token
     char address[300];            // where our Worker service listens, as registered
-    struct comm_listener *listener; // the data plane's listening socket, for every job
-    char data_address[COMM_ADDR_MAX];
+    /* the data plane's listening sockets: one per slot this worker may play ([0] is its own,
+     * registered as data_address; the others as extra_data_addresses) */
+    struct comm_listener *listeners[WORKER_MAX_SLOTS];
+    char data_addresses[WORKER_MAX_SLOTS][COMM_ADDR_MAX];
     int mpi_rank, mpi_size;       // under mpirun: MPI_COMM_WORLD (mpi_size 0: no MPI)
     char mpi_job[256];            // identifies our mpirun job (its ranks share it)
     char host[256];
@@ -146,7 +152,8 @@ struct worker {
 
     uv_signal_t sigterm, sigint;
     uv_async_t job_done;          // the training thread's "I am finished" (wake-ups coalesce)
-    struct job *job;              // the running job, or NULL
+    struct job *jobs[WORKER_MAX_SLOTS]; // the slots it plays ([k] uses listeners[k]); all of
+                                  // one job when there are two; NULL where none
 
     atomic_int shutting_down;     // SIGTERM/SIGINT seen: no new jobs, short retries
     int server_down;
@@ -163,6 +170,8 @@ void worker_heartbeat_now(struct worker *w); // an extra one (a job just ended)
 void worker_copy_id(struct worker *w, char out[WORKER_ID_MAX]); // any thread
 
 /* service.c (loop thread) */
+struct job *worker_any_job(struct worker *w); // a slot it plays (not finished), or NULL
+int worker_idle(const struct worker *w);      // no job thread at all (finished ones reaped)
 extern const struct rpc_method worker_methods[];
 extern const int worker_n_methods;
 void worker_on_job_done(uv_async_t *a);
