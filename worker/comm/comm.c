@@ -160,6 +160,7 @@ moe_status comm_break(struct comm *c, moe_status s) {
         for (int q = 0; q < c->size; q++)
             for (int ch = 0; ch < COMM_CHANNELS; ch++)
                 if (c->peers[q].ch[ch].fd >= 0) shutdown(c->peers[q].ch[ch].fd, SHUT_RDWR);
+        if (c->mpi) comm_mpi_leave(c); /* the pod peers' equivalent of the shutdowns */
         LOG_DEBUG("comm: rank %d broke its comm: %s", c->rank, c->broken_msg);
     }
     return s;

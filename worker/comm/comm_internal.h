@@ -183,6 +183,8 @@ pthread_mutex_t *comm_listener_lock(struct comm_listener *l);
 /* mpi.c */
 moe_status comm_mpi_open(struct comm *c);
 void comm_mpi_close(struct comm *c);
+/* The comm broke: tell the pod peers at once (LEAVE on every channel); idempotent. */
+void comm_mpi_leave(struct comm *c);
 moe_status comm_mpi_start(struct comm *c, int channel, struct xfer *x);
 /* 1 done, 0 pending, <0 error (moe_fail set). *progressed when anything completed. */
 int comm_mpi_progress(struct comm *c, struct xfer *x, bool *progressed);

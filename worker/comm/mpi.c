@@ -13,7 +13,13 @@
  * MPI requests pending, they are first driven to completion for up to timeout_s (a pod peer
  * in the same operation finishes its side), then the receives still open are cancelled;
  * a send that nobody will ever match cannot be, and its buffer belongs to the caller, so
- * then the job is aborted too.
+ * then the job is aborted too. To keep that from happening when a pod peer merely left the
+ * operation (its comm broke on a tcp peer of another pod, or the coordinator fenced it), a
+ * rank whose comm breaks tells its pod peers at once (a LEAVE message, tag 3, on every
+ * channel: the MPI form of shutting down its sockets), a pending transfer with a peer that
+ * left fails instead of waiting out the timeout, and closing a broken comm drains what the
+ * pod peers still send until each has left too (or timeout_s): their sends complete, and the
+ * pod survives to form the next epoch.
  * Never: calls a blocking MPI operation after MPI_Init_thread (MPI_Comm_idup, not dup), or
  * sends to a rank outside the pod.
  */
@@ -22,15 +28,19 @@
 
 #include <limits.h>
 #include <mpi.h>
+#include <stdatomic.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define TAG_HEADER 1
 #define TAG_PAYLOAD 2
+#define TAG_LEAVE 3
 
 struct comm_mpi {
     MPI_Comm comm[COMM_CHANNELS];
+    atomic_int left;       // our LEAVE went out
+    MPI_Request *leave;    // (COMM_CHANNELS * slots) its sends
 };
 
 /* One transfer's requests: 0 header out, 1 payload out, 2 header in, 3 payload in. */
@@ -112,11 +122,77 @@ moe_status comm_mpi_open(struct comm *c) {
     return MOE_OK;
 }
 
-void comm_mpi_close(struct comm *c) {
-    if (!c->mpi) return;
+void comm_mpi_leave(struct comm *c) {
+    struct comm_mpi *m = c->mpi;
+    if (!m || atomic_exchange(&m->left, 1)) return;
+    static const char bye = 1;
+    int S = c->slots, me = c->rank % S;
+    m->leave = malloc(sizeof *m->leave * (size_t)(COMM_CHANNELS * S));
+    if (!m->leave) return; /* the peers then wait out their timeout, as before */
     for (int ch = 0; ch < COMM_CHANNELS; ch++)
-        if (c->mpi->comm[ch] != MPI_COMM_NULL) MPI_Comm_free(&c->mpi->comm[ch]);
-    free(c->mpi);
+        for (int s = 0; s < S; s++) {
+            MPI_Request *r = &m->leave[ch * S + s];
+            *r = MPI_REQUEST_NULL;
+            if (s != me && m->comm[ch] != MPI_COMM_NULL)
+                MPI_Isend(&bye, 1, MPI_BYTE, s, TAG_LEAVE, m->comm[ch], r);
+        }
+}
+
+/* A broken comm's last act: take whatever the pod peers still send (their pending sends
+ * complete) until every one of them has left on every channel, or timeout_s. */
+static void drain(struct comm *c) {
+    struct comm_mpi *m = c->mpi;
+    int S = c->slots, me = c->rank % S, missing = (S - 1) * COMM_CHANNELS;
+    char *seen = calloc((size_t)(COMM_CHANNELS * S), 1);
+    double deadline = comm_now() + c->timeout_s;
+    long drained = 0;
+    while (seen && missing > 0 && comm_now() < deadline) {
+        int any = 0;
+        for (int ch = 0; ch < COMM_CHANNELS; ch++) {
+            int flag = 0;
+            MPI_Message msg;
+            MPI_Status st;
+            if (MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, m->comm[ch], &flag, &msg, &st) !=
+                    MPI_SUCCESS || !flag)
+                continue;
+            int n = 0;
+            MPI_Get_count(&st, MPI_BYTE, &n);
+            void *buf = malloc(n > 0 ? (size_t)n : 1);
+            if (!buf) break;
+            MPI_Mrecv(buf, n, MPI_BYTE, &msg, MPI_STATUS_IGNORE);
+            free(buf);
+            any = 1;
+            int src = st.MPI_SOURCE;
+            if (st.MPI_TAG == TAG_LEAVE && src >= 0 && src < S && src != me &&
+                !seen[ch * S + src]) {
+                seen[ch * S + src] = 1;
+                missing--;
+            } else {
+                drained++;
+            }
+        }
+        if (!any) sched_yield();
+    }
+    if (missing > 0)
+        LOG_DEBUG("comm: %d pod peer channel%s did not leave within %.1f s", missing,
+                  missing == 1 ? "" : "s", c->timeout_s);
+    if (drained) LOG_DEBUG("comm: drained %ld MPI messages of pod peers", drained);
+    free(seen);
+}
+
+void comm_mpi_close(struct comm *c) {
+    struct comm_mpi *m = c->mpi;
+    if (!m) return;
+    if (atomic_load(&c->broken) || atomic_load(&c->aborted)) {
+        comm_mpi_leave(c);
+        drain(c);
+    }
+    for (int i = 0; m->leave && i < COMM_CHANNELS * c->slots; i++)
+        if (m->leave[i] != MPI_REQUEST_NULL) MPI_Request_free(&m->leave[i]); /* tiny: sent */
+    free(m->leave);
+    for (int ch = 0; ch < COMM_CHANNELS; ch++)
+        if (m->comm[ch] != MPI_COMM_NULL) MPI_Comm_free(&m->comm[ch]);
+    free(m);
     c->mpi = NULL;
 }
 
@@ -188,6 +264,14 @@ int comm_mpi_progress(struct comm *c, struct xfer *x, bool *progressed) {
     if (x->out_fin && x->in_fin) {
         release(x);
         return 1;
+    }
+    if (!*progressed) { /* waiting: has the peer left the epoch? (its data came before) */
+        int left = 0;
+        MPI_Iprobe(c->peers[x->peer].mpi_rank, TAG_LEAVE, m->comm, &left, MPI_STATUS_IGNORE);
+        if (left) {
+            moe_fail(MOE_EUNAVAILABLE, "comm: rank %d left the epoch (its comm broke)", x->peer);
+            return -1;
+        }
     }
     return 0;
 fail:
