@@ -8,6 +8,7 @@
  * `cluster up` on a directory where some of these processes died restarts only those, with
  * the recorded shape, and the coordinator on its recorded port so that live workers find it.
  * Where none runs, it starts the shape recorded last time, changed by the flags given.
+ * cluster_restart (moectl.h) is that partial restart for `moectl chaos`, without the output.
  * Never: touches a job's state (the coordinator's) or talks to workers directly.
  */
 #include "client.h"
@@ -96,8 +97,9 @@ static int is_worker(const Moed__V1__WorkerInfo *w, const struct shape *sh, int 
 /* Polls GetCluster until every worker we run is registered and alive. The pids of workers
  * that an mpirun started are learnt here, and written to their pid files. */
 static int wait_for_workers(struct client *c, const char *dir, pid_t coord, pid_t *pids,
-                            const struct shape *sh, const pid_t *launchers) {
-    int n = sh->workers;
+                            const struct shape *sh, const pid_t *launchers, const int *only) {
+    int n = sh->workers, want = 0;
+    for (int i = 0; i < n; i++) want += !only || only[i];
     double deadline = client_now() + UP_TIMEOUT_S;
     char log[PATH_CAP];
     int alive = 0;
@@ -111,7 +113,7 @@ static int wait_for_workers(struct client *c, const char *dir, pid_t coord, pid_
             const Moed__V1__ClusterStatus *cs = (const Moed__V1__ClusterStatus *)reply;
             alive = 0;
             for (int i = 0; i < n; i++)
-                for (size_t k = 0; k < cs->n_workers; k++) {
+                for (size_t k = 0; (!only || only[i]) && k < cs->n_workers; k++) {
                     const Moed__V1__WorkerInfo *w = cs->workers[k];
                     int up = w->state == MOED__V1__WORKER_STATE__WORKER_IDLE ||
                              w->state == MOED__V1__WORKER_STATE__WORKER_BUSY;
@@ -125,7 +127,7 @@ static int wait_for_workers(struct client *c, const char *dir, pid_t coord, pid_
                     }
                 }
             protobuf_c_message_free_unpacked(reply, NULL);
-            if (alive == n) return EXIT_OK;
+            if (alive == want) return EXIT_OK;
         } else if (res.code == GRPC_STATUS_UNAUTHENTICATED ||
                    res.code == GRPC_STATUS_PERMISSION_DENIED) {
             return moectl_fail(EXIT_UNREACHABLE, "%s", moe_errmsg());
@@ -139,6 +141,7 @@ static int wait_for_workers(struct client *c, const char *dir, pid_t coord, pid_
             return EXIT_RUN_FAILED;
         }
         for (int i = 0; i < n; i++) {
+            if (only && !only[i]) continue;
             int by_mpirun = !pids[i] && worker_by_mpirun(sh, i);
             pid_t watch = by_mpirun ? launchers[worker_pod(sh, i)] : pids[i];
             if (daemon_alive(watch)) continue;
@@ -157,7 +160,7 @@ static int wait_for_workers(struct client *c, const char *dir, pid_t coord, pid_
             moectl_fail(EXIT_RUN_FAILED,
                         "only %d of %d workers registered with the coordinator within %.0f s%s%s; "
                         "logs are in %s (`moectl cluster down --dir %s` stops what runs)",
-                        alive, n, UP_TIMEOUT_S, last_error[0] ? ": " : "", last_error, dir, dir);
+                        alive, want, UP_TIMEOUT_S, last_error[0] ? ": " : "", last_error, dir, dir);
             return EXIT_RUN_FAILED;
         }
         sleep_s(0.1);
@@ -179,6 +182,10 @@ static void cluster_usage(FILE *to) {
 enum { UP_WORKERS = 1, UP_PODS = 2, UP_THREADS = 4, UP_PORT = 8, UP_TLS = 16, UP_HEARTBEAT = 32,
        UP_SLOTS = 64, UP_SPARES = 128, UP_BACKEND = 256 };
 enum { OPT_SLOTS = 0x200, OPT_SPARES, OPT_BACKEND };
+
+enum up_output { UP_TEXT, UP_JSON, UP_QUIET };
+static int bring_up(const char *dir_flag, const struct shape *want, int given,
+                    enum up_output output, int restart_only);
 
 static int cluster_up(int argc, char **argv) {
     static const struct option opts[] = {{"workers", required_argument, 0, 'w'},
@@ -257,6 +264,17 @@ static int cluster_up(int argc, char **argv) {
         return moectl_fail(EXIT_BAD_INPUT, "--backend mpi needs --slots S: each pod's S workers "
                            "are one mpirun job");
 
+    return bring_up(dir_flag, &want, given, json ? UP_JSON : UP_TEXT, 0);
+}
+
+/* What `cluster up` does once its flags are read: start the cluster in DIR, or restart what
+ * of it has stopped. `restart_only` (moectl chaos): a cluster must run there already, one
+ * that runs whole is left alone, and only the workers restarted here are waited for, since a
+ * worker that was fenced and resumed may not be alive in the coordinator's eyes yet. */
+static int bring_up(const char *dir_flag, const struct shape *want_in, int given,
+                    enum up_output output, int restart_only) {
+    const struct shape want = *want_in;
+    int json = output == UP_JSON;
     char dir[PATH_MAX], path[PATH_CAP], coord_exe[PATH_CAP], worker_exe[PATH_CAP];
     if (client_cluster_dir(dir_flag, dir, sizeof dir) != MOE_OK ||
         find_daemon("moed-coordinator", coord_exe) != MOE_OK ||
@@ -308,6 +326,12 @@ static int cluster_up(int argc, char **argv) {
                 n_alive--;
             }
     }
+    if (restart_only && !coord && !n_alive) {
+        code = moectl_fail(EXIT_BAD_INPUT, "no cluster runs in %s (no live coordinator or "
+                           "worker from its pid files): `moectl cluster up --dir %s` starts one",
+                           dir, dir);
+        goto exit;
+    }
     if (coord || n_alive) {
         if (!have_old) {
             code = moectl_fail(EXIT_BAD_INPUT, "moed processes are running from %s but its "
@@ -318,6 +342,7 @@ static int cluster_up(int argc, char **argv) {
         sh = old;
         int all = coord != 0 && n_alive == sh.workers;
         for (int i = 0; i < sh.workers; i++) all &= pids[i] != 0;
+        if (all && restart_only) goto exit; // nothing to restart
         if (all) {
             code = moectl_fail(EXIT_BAD_INPUT, "a cluster is already running in %s (coordinator "
                                "pid %d at %s, %d workers); `moectl cluster down --dir %s` stops it",
@@ -506,7 +531,10 @@ static int cluster_up(int argc, char **argv) {
         goto exit;
     }
     if ((code = client_open_at(&cl, address, token, sh.tls ? cert : NULL))) goto exit;
-    if ((code = wait_for_workers(&cl, dir, coord, pids, &sh, launchers))) goto exit;
+    if ((code = wait_for_workers(&cl, dir, coord, pids, &sh, launchers,
+                                 restart_only ? started : NULL)))
+        goto exit;
+    if (output == UP_QUIET) goto exit;
 
     char log[PATH_CAP];
     if (json) {
@@ -594,6 +622,11 @@ exit:
     free(launchers);
     free(started);
     return code;
+}
+
+int cluster_restart(const char *dir) {
+    const struct shape none = {0};
+    return bring_up(dir, &none, 0, UP_QUIET, 1);
 }
 
 /* ---- cluster down ---- */

@@ -291,6 +291,15 @@ static void print_event(const Moed__V1__Event *e, const char *indent) {
     printf("%s%s %-12s %s\n", indent, when, e->kind, e->message);
 }
 
+/* The recovery state of a mesh job: how far its state is safe in other processes' memory,
+ * and the failures it came through (docs/recovery.md). */
+static void print_recovery(const Moed__V1__JobInfo *j) {
+    if (j->pods <= 0 && !j->recoveries && !j->recovering) return;
+    printf("  recovery  committed step %lld, %d recover%s%s\n", (long long)j->committed_step,
+           j->recoveries, j->recoveries == 1 ? "y" : "ies",
+           j->recovering ? "; RECOVERING now (fencing, rebinding, restoring)" : "");
+}
+
 /* ---- status ---- */
 
 static int need_job_id(const char *id) {
@@ -359,6 +368,7 @@ int cmd_status(int argc, char **argv) {
                j->slots == 1 ? "" : "s", j->backend[0] ? ", backend " : "", j->backend);
     if (j->pods > 0 && j->epoch) printf(", epoch %llu", (unsigned long long)j->epoch);
     if (j->pods > 0) printf("\n");
+    print_recovery(j);
     if (st->n_slots > 1) {
         print_slots(st->slots, st->n_slots, is_final(j->state), "    ");
         if (m && m->n_expert_load) {
@@ -414,6 +424,8 @@ struct watch {
     uint64_t *seen;        // events already printed (a reconnect replays recent ones)
     size_t n_seen, cap_seen;
     uint64_t table_epoch;  // the epoch whose slot table was printed (a mesh's, once running)
+    uint64_t step_epoch;   // the epoch of the steps shown
+    int recovering;        // the job was recovering at the last update
 };
 
 static uint64_t event_hash(const Moed__V1__Event *e) {
@@ -518,6 +530,11 @@ static void step_text(char *out, size_t cap, const Moed__V1__JobUpdate *u, int t
     if (m) put(&l, "%s%.0f tok/s%sload %s", sep, m->tokens_per_second, sep, load);
     if (u->n_slots > 1 && j->step > 0) // the slowest slot's share of its step on the data plane
         put(&l, "%scomm %.0f%%", sep, 100 * comm_share(u->slots, u->n_slots));
+    if (j->pods > 0 && j->committed_step > 0)
+        put(&l, "%scommitted %lld", sep, (long long)j->committed_step);
+    if (j->recoveries > 0)
+        put(&l, "%s%d recover%s", sep, j->recoveries, j->recoveries == 1 ? "y" : "ies");
+    if (j->recovering) put(&l, "%sRECOVERING", sep);
     if (!tty && eta[0]) put(&l, "%sETA %s", sep, eta);
 }
 
@@ -555,6 +572,20 @@ static int watch_update(struct watch *w, const Moed__V1__JobUpdate *u) {
         print_slots(u->slots, u->n_slots, final, "  ");
         w->table_epoch = j->epoch;
     }
+    /* A recovery returns the job to an earlier step in a new epoch: the replayed steps are
+     * shown again, and so is the change into and out of recovering. */
+    if (j->epoch != w->step_epoch) {
+        w->step_epoch = j->epoch;
+        if (j->step < w->last_step) w->last_step = j->step - 1;
+    }
+    if (j->recovering != w->recovering) {
+        w->recovering = j->recovering;
+        if (!w->tty && !final) {
+            char line[512];
+            step_text(line, sizeof line, u, 0);
+            printf("%s\n", line);
+        }
+    }
     double now = client_now();
     if (w->tty) {
         if (j->state == MOED__V1__JOB_STATE__JOB_QUEUED)
@@ -584,6 +615,8 @@ static int watch_update(struct watch *w, const Moed__V1__JobUpdate *u) {
                (long long)j->total_steps);
         if (j->step > 0) printf(", loss %.4f", j->loss);
         if (j->val_loss > 0) printf(", val loss %.4f", j->val_loss);
+        if (j->recoveries > 0)
+            printf(" after %d recover%s", j->recoveries, j->recoveries == 1 ? "y" : "ies");
         if (j->error[0]) printf(": %s", j->error);
         if (j->state == MOED__V1__JOB_STATE__JOB_SUCCEEDED)
             printf("; model %lld bytes (moectl fetch %s -o FILE)", (long long)j->model_bytes,

@@ -10,6 +10,7 @@
  * and, talking to a coordinator (client.c says how it is found):
  *   moectl cluster up|down|status      a local cluster of real processes (cluster.c)
  *   moectl submit|jobs|status|watch|cancel|fetch|steps   jobs on a cluster (jobs.c)
+ *   moectl chaos JOB                   faults injected into a job on a local cluster (chaos.c)
  * Exit codes: 0 success (watch: the job succeeded); 1 the run, the job or the operation failed;
  * 2 bad input: usage, a malformed or inconsistent spec, a missing or malformed data or model
  * file, an unknown job (NOT_FOUND); 3 watch: the job was cancelled; 4 the coordinator cannot be
@@ -82,11 +83,17 @@ static void usage(FILE *to) {
             "        prints the new job's id (JOB=$(moectl submit job.yaml))\n"
             "  jobs [--active] [--json]    every job and its state\n"
             "  status JOB [--json]         step, loss, speed, expert load, the mesh's slots\n"
-            "                              (worker, step, step/comm ms, bytes moved), events\n"
+            "                              (worker, step, step/comm ms, bytes moved), the\n"
+            "                              committed step and recoveries, events\n"
             "  watch JOB [--json]          live progress until the job ends; exit code from it\n"
             "  cancel JOB [--json]\n"
             "  fetch JOB -o FILE [--json]  the trained model (.safetensors)\n"
             "  steps JOB [--from STEP] [--json]  every stored step's metrics: the loss curve\n"
+            "  chaos JOB [--seed N] [--faults K] [--kinds kill,kill2,stop,coordinator,cut,flip]\n"
+            "            [--gap-steps G] [--timeout S] [--dir DIR] [--json] [--dry-run]\n"
+            "        a schedule of K faults drawn from the seed against a job on a local cluster\n"
+            "        (kill -9 workers, SIGSTOP one, kill and restart the coordinator, cut a\n"
+            "        data-plane connection), each waited for until the job has recovered\n"
             "  they take [--coordinator HOST:PORT] [--token-file F] [--ca F] [--cluster-dir DIR]\n"
             "  (or $MOED_COORDINATOR, $MOED_TOKEN or $MOED_TOKEN_FILE, $MOED_TLS_CA,\n"
             "  $MOED_CLUSTER_DIR); by default the local cluster's coordinator.addr, client.token\n"
@@ -495,7 +502,7 @@ int main(int argc, char **argv) {
         int (*run)(int argc, char **argv);
     } client_cmds[] = {{"cluster", cmd_cluster}, {"submit", cmd_submit}, {"jobs", cmd_jobs},
                        {"status", cmd_status},   {"watch", cmd_watch},   {"cancel", cmd_cancel},
-                       {"fetch", cmd_fetch},     {"steps", cmd_steps}};
+                       {"fetch", cmd_fetch},     {"steps", cmd_steps},   {"chaos", cmd_chaos}};
     for (size_t i = 0; i < sizeof client_cmds / sizeof client_cmds[0]; i++) {
         if (strcmp(cmd, client_cmds[i].name) != 0) continue;
         int code = client_cmds[i].run(argc - 1, argv + 1);

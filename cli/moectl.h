@@ -4,7 +4,7 @@
  * Every command is `int cmd_x(int argc, char **argv)` with argv[0] the command's name, and
  * returns the process's exit code. moectl.c dispatches; cluster.c and jobs.c are the commands
  * that talk to a coordinator; client.c is how they reach it; cluster_dir.c holds a local
- * cluster's files and processes.
+ * cluster's files and processes; chaos.c injects faults into a job on a local cluster.
  */
 #ifndef MOECTL_H
 #define MOECTL_H
@@ -29,5 +29,13 @@ int cmd_watch(int argc, char **argv);
 int cmd_cancel(int argc, char **argv);
 int cmd_fetch(int argc, char **argv);
 int cmd_steps(int argc, char **argv); // a job's stored per-step metrics (its loss curve)
+int cmd_chaos(int argc, char **argv); // a reproducible schedule of faults against a job
+
+/* Restarts what has stopped of the local cluster in `dir` the way `moectl cluster up` does:
+ * the coordinator on its recorded port, each dead worker, an mpirun pod that lost any rank as a
+ * new mpirun; the shape recorded in cluster.json. Waits until the coordinator serves and every
+ * restarted worker has registered; prints nothing but errors. A cluster that runs whole is
+ * left alone (EXIT_OK); none running at all is EXIT_BAD_INPUT. (cluster.c) */
+int cluster_restart(const char *dir);
 
 #endif

@@ -378,7 +378,9 @@ static moe_status recv_state(struct replica *r, int from, long step, uint64_t *b
     struct comm *c = r->t->mesh.comm;
     struct model *m = &r->t->model;
     struct state_header hd;
-    r->live_valid = 0; /* until every byte is in */
+    pthread_mutex_lock(&r->mu);
+    r->live_valid = 0; /* until every byte is in: a fence now lists no live copy */
+    pthread_mutex_unlock(&r->mu);
     CHECK(comm_recv(c, CH_MAIN, from, &hd, sizeof hd));
     if (hd.step != step || hd.slot != r->s)
         return moe_fail(MOE_EINVAL, "restore: rank %d sent slot %lld at step %lld, expected "
@@ -392,8 +394,10 @@ static moe_status recv_state(struct replica *r, int from, long step, uint64_t *b
         CHECK(comm_recv(c, CH_MAIN, from, own[a] + hi, sizeof(real) * (n - hi)));
     }
     CHECK(comm_recv(c, CH_MAIN, from, m->buffer_mem, sizeof(real) * m->n_buffers));
+    pthread_mutex_lock(&r->mu);
     m->step = step;
     r->live_valid = 1;
+    pthread_mutex_unlock(&r->mu);
     *bytes += sizeof hd + sizeof(real) * (3 * n + m->n_buffers);
     return MOE_OK;
 }

@@ -420,9 +420,14 @@ static void inject_fault(struct rpc_call *call, const ProtobufCMessage *msg, voi
         return;
     }
     if (strcmp(req->kind, "cut") == 0) {
-        uv_mutex_lock(&j->comm_mu);
-        int n = j->comm ? comm_cut(j->comm, req->peer_rank) : -1;
-        uv_mutex_unlock(&j->comm_mu);
+        int n = 0; /* every slot of the job here: a worker playing two cuts both */
+        for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
+            struct job *o = w->jobs[k];
+            if (!o || atomic_load(&o->finished) || strcmp(o->id, req->job_id) != 0) continue;
+            uv_mutex_lock(&o->comm_mu);
+            if (o->comm) n += comm_cut(o->comm, req->peer_rank);
+            uv_mutex_unlock(&o->comm_mu);
+        }
         if (n <= 0) {
             rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%s: no data-plane connection to "
                      "rank %d to cut", j->id, req->peer_rank);
