@@ -88,8 +88,7 @@ struct chaos {
     long long start_ms;
     /* what the polls saw */
     Moed__V1__JobStatus *st;  // the last GetJob answer (NULL before the first)
-    uint64_t *seen;           // events already printed
-    size_t n_seen, cap_seen;
+    struct event_set seen;    // events already printed
     long long last_ms[4];     // newest event of each kind below, and its text
     char last_text[4][TEXT_CAP];
     struct sample *samples;
@@ -230,35 +229,12 @@ static void print_schedule(const struct chaos *c) {
 
 /* ---- watching the job ---- */
 
-static uint64_t event_hash(const Moed__V1__Event *e) {
-    uint64_t h = 1469598103934665603ULL ^ (uint64_t)e->unix_ms;
-    for (const char *s = e->kind; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    h = (h ^ 0xff) * 1099511628211ULL;
-    for (const char *s = e->message; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
-}
-
-/* 1 the first time an event is seen. */
-static int event_new(struct chaos *c, const Moed__V1__Event *e) {
-    uint64_t h = event_hash(e);
-    for (size_t i = 0; i < c->n_seen; i++)
-        if (c->seen[i] == h) return 0;
-    if (c->n_seen == c->cap_seen) {
-        size_t cap = c->cap_seen ? 2 * c->cap_seen : 64;
-        uint64_t *ns = realloc(c->seen, cap * sizeof *ns);
-        if (!ns) return 1;
-        c->seen = ns, c->cap_seen = cap;
-    }
-    c->seen[c->n_seen++] = h;
-    return 1;
-}
-
 /* Prints the job's events that are new since the run started, and remembers the newest of
  * the kinds that close a fault. */
 static void take_events(struct chaos *c, const Moed__V1__JobStatus *st) {
     for (size_t i = 0; i < st->n_events; i++) {
         const Moed__V1__Event *e = st->events[i];
-        if (e->unix_ms < c->start_ms || !event_new(c, e)) continue;
+        if (e->unix_ms < c->start_ms || !event_set_add(&c->seen, e)) continue;
         char when[16];
         client_clock(when, sizeof when, e->unix_ms);
         say(c, "    %s %-16s %s", when, e->kind, e->message);
@@ -925,6 +901,6 @@ exit:
     if (c.cl.ch) client_close(&c.cl);
     free(c.faults);
     free(c.samples);
-    free(c.seen);
+    event_set_free(&c.seen);
     return code;
 }

@@ -4,6 +4,7 @@
 #include "client.h"
 
 #include "moectl.h"
+#include "proto/moed.pb-c.h"
 
 #include <errno.h>
 #include <math.h>
@@ -350,4 +351,32 @@ void client_duration(char *out, size_t cap, double seconds) {
         snprintf(out, cap, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
     else
         snprintf(out, cap, "%ld:%02ld", s / 60, s % 60);
+}
+
+static uint64_t event_hash(const Moed__V1__Event *e) {
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)e->unix_ms;
+    for (const char *s = e->kind; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    h = (h ^ 0xff) * 1099511628211ULL;
+    for (const char *s = e->message; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+int event_set_add(struct event_set *set, const Moed__V1__Event *e) {
+    uint64_t h = event_hash(e);
+    for (size_t i = 0; i < set->n; i++)
+        if (set->seen[i] == h) return 0;
+    if (set->n == set->cap) {
+        size_t cap = set->cap ? 2 * set->cap : 64;
+        uint64_t *ns = realloc(set->seen, cap * sizeof *ns);
+        if (!ns) return 1;
+        set->seen = ns;
+        set->cap = cap;
+    }
+    set->seen[set->n++] = h;
+    return 1;
+}
+
+void event_set_free(struct event_set *set) {
+    free(set->seen);
+    memset(set, 0, sizeof *set);
 }

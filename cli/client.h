@@ -89,4 +89,16 @@ void client_age(char *out, size_t cap, long long ms); // "4s", "3m07s", "2h05m",
 void client_clock(char *out, size_t cap, long long unix_ms); // local "16:40:01"
 void client_duration(char *out, size_t cap, double seconds); // "0:42", "1:02:03"
 
+struct Moed__V1__Event;
+
+/* The events a command already printed (watch after a reconnect, chaos between polls): an
+ * event is its time, kind and text. */
+struct event_set {
+    uint64_t *seen; // FNV-1a of each event
+    size_t n, cap;
+};
+/* 1 the first time e is added (and when out of memory: better shown twice than never). */
+int event_set_add(struct event_set *s, const struct Moed__V1__Event *e);
+void event_set_free(struct event_set *s);
+
 #endif

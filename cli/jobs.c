@@ -421,35 +421,11 @@ struct watch {
     long long last_step;   // the last step shown (-1: none yet)
     double line_at;        // not a terminal: when the last step line went out
     char pending[512];     // not a terminal: a step line the throttle held back
-    uint64_t *seen;        // events already printed (a reconnect replays recent ones)
-    size_t n_seen, cap_seen;
+    struct event_set seen; // events already printed (a reconnect replays recent ones)
     uint64_t table_epoch;  // the epoch whose slot table was printed (a mesh's, once running)
     uint64_t step_epoch;   // the epoch of the steps shown
     int recovering;        // the job was recovering at the last update
 };
-
-static uint64_t event_hash(const Moed__V1__Event *e) {
-    uint64_t h = 1469598103934665603ULL ^ (uint64_t)e->unix_ms;
-    for (const char *s = e->kind; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    h = (h ^ 0xff) * 1099511628211ULL;
-    for (const char *s = e->message; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
-}
-
-static int event_seen(struct watch *w, const Moed__V1__Event *e) {
-    uint64_t h = event_hash(e);
-    for (size_t i = 0; i < w->n_seen; i++)
-        if (w->seen[i] == h) return 1;
-    if (w->n_seen == w->cap_seen) {
-        size_t cap = w->cap_seen ? 2 * w->cap_seen : 64;
-        uint64_t *ns = realloc(w->seen, cap * sizeof *ns);
-        if (!ns) return 0;
-        w->seen = ns;
-        w->cap_seen = cap;
-    }
-    w->seen[w->n_seen++] = h;
-    return 0;
-}
 
 static int terminal_width(void) {
     struct winsize ws;
@@ -555,7 +531,7 @@ static int watch_update(struct watch *w, const Moed__V1__JobUpdate *u) {
     }
     /* Events go above the progress line, which is drawn again below them. */
     for (size_t i = 0; i < u->n_new_events; i++) {
-        if (event_seen(w, u->new_events[i])) continue;
+        if (!event_set_add(&w->seen, u->new_events[i])) continue;
         int redraw = w->bar_shown;
         clear_bar(w);
         printf("%s ", j->job_id);
@@ -690,7 +666,7 @@ int cmd_watch(int argc, char **argv) {
     }
     if (s) rpc_stream_close(s);
     client_close(&cl);
-    free(w.seen);
+    event_set_free(&w.seen);
     if (code) return code;
     switch (state) {
     case MOED__V1__JOB_STATE__JOB_SUCCEEDED: return EXIT_OK;
