@@ -178,13 +178,13 @@ static moe_status change_epoch(struct trainer *t, const struct job_spec *spec, i
                              .pods = spec->mesh.pods, .slots = slots, .epoch = 8,
                              .job_id = "job-mesh", .token = "mesh-test-token", .peers = peers,
                              .timeout_s = spec->mesh.timeout_s};
-    CHECK(comm_open(c, &cc, l));
-    if (rank == rc->victim) { /* a new holder: nothing of the job in memory */
+    if (rank == rc->victim) { /* a new holder, as the daemon makes one: nothing of the job in
+                               * memory, the trainer built before the comm, its state zero */
         trainer_close(t);
-        CHECK(trainer_open_slot(t, spec, rank / slots, rank % slots, *c));
-    } else {
-        CHECK(trainer_rebind(t, *c));
+        CHECK(trainer_open_slot_later(t, spec, rank / slots, rank % slots, 0));
     }
+    CHECK(comm_open(c, &cc, l));
+    CHECK(trainer_rebind(t, *c));
     struct restore_plan p = {rc->step, rc->from, n};
     struct restore_stats st;
     CHECK(replica_restore(t, &p, &st));

@@ -30,7 +30,6 @@ struct replica {
     struct model_state prev;    // the previous version; prev.step -1: none
     int live_valid;             // the live arenas hold a whole state (not while receiving one)
     struct held *held;          // (nb) copies of slots s-1, ..., s-nb
-    real *pack;                 // (3 * x_n) this slot's experts, staged for its buddies
     int check_every;
     int keep_prev;              // the job can recover (mesh_recoverable): keep S(t - 1)
     atomic_int flip;            // a bit flip was asked for (chaos)
@@ -60,37 +59,34 @@ static double now_s(void) {
 
 /* ---- the copies' transfer ---- */
 
-/* Round j of the buddy exchange over the pod: this slot sends `send` (3 * x_n floats) to
- * slot s + j and receives slot s - j's into `recv`. */
+/* Round j of the buddy exchange over the pod: this slot sends `send` (x_n floats) to slot
+ * s + j and receives slot s - j's into `recv`. */
 static moe_status exchange_round(struct replica *r, int j, const real *send, real *recv) {
     struct comm *c = r->t->mesh.comm;
     struct comm_group g;
     comm_group_pod(&g, c, r->t->mesh.pod);
     size_t sb[COMM_MAX_RANKS] = {0}, rb[COMM_MAX_RANKS] = {0};
-    size_t bytes = sizeof(real) * 3 * r->x_n;
+    size_t bytes = sizeof(real) * r->x_n;
     sb[(r->s + j) % r->S] = bytes;
     rb[(r->s - j + r->S) % r->S] = bytes;
     return comm_alltoallv(c, CH_COPY, &g, send, sb, recv, rb);
 }
 
-static void pack_experts(struct replica *r) {
+/* Sends S(step)'s experts to every buddy and receives the copies of the slots before us, each
+ * into the version that does not hold the newest copy. Straight from the arenas (the live
+ * state does not change before the step's update, which waits for this): one round for the
+ * parameters and one for each moment, no staging copy. */
+static moe_status send_copies(struct replica *r, long step) {
     const struct model *m = &r->t->model;
     const real *arena[3] = {m->param_mem, m->m_mem, m->v_mem};
-    for (int a = 0; a < 3; a++)
-        memcpy(r->pack + (size_t)a * r->x_n, arena[a] + r->x_lo, sizeof(real) * r->x_n);
-}
-
-/* Sends S(step)'s experts to every buddy and receives the copies of the slots before us, each
- * into the version that does not hold the newest copy. */
-static moe_status send_copies(struct replica *r, long step) {
-    pack_experts(r);
     for (int j = 1; j <= r->nb; j++) {
         struct held *h = &r->held[j - 1];
         int v = h->step[0] <= h->step[1] ? 0 : 1; /* the older (or empty) one */
         pthread_mutex_lock(&r->mu);
         h->step[v] = -1; /* being overwritten: not a copy until it is whole */
         pthread_mutex_unlock(&r->mu);
-        CHECK(exchange_round(r, j, r->pack, h->buf[v]));
+        for (int a = 0; a < 3; a++)
+            CHECK(exchange_round(r, j, arena[a] + r->x_lo, h->buf[v] + (size_t)a * r->x_n));
         pthread_mutex_lock(&r->mu);
         h->step[v] = step;
         pthread_mutex_unlock(&r->mu);
@@ -159,7 +155,7 @@ moe_status replica_open(struct trainer *t) {
     r->s = t->mesh.slot;
     r->nb = mesh_buddies(&t->spec.mesh);
     r->check_every = t->spec.mesh.check_every;
-    r->live_valid = 1;
+    r->live_valid = !t->empty; /* an empty trainer offers nothing until its state arrives */
     for (int i = 0; i < MODEL_NUM_TENSORS; i++) {
         if (model_tensor_is_expert(i)) r->x_n += m->tensor_sizes[i];
         else if (i < 4) r->x_lo += m->tensor_sizes[i]; /* tensors 4..6 are the experts' */
@@ -173,8 +169,7 @@ moe_status replica_open(struct trainer *t) {
                         "state (%zu parameters)", m->n_params);
     if (r->nb > 0) {
         r->held = calloc((size_t)r->nb, sizeof *r->held);
-        r->pack = malloc(sizeof(real) * 3 * r->x_n);
-        if (!r->held || !r->pack) return moe_fail(MOE_ENOMEM, "out of memory for buddy copies");
+        if (!r->held) return moe_fail(MOE_ENOMEM, "out of memory for buddy copies");
         for (int j = 0; j < r->nb; j++) {
             struct held *h = &r->held[j];
             h->slot = (r->s - (j + 1) + r->S) % r->S;
@@ -208,7 +203,6 @@ void replica_close(struct trainer *t) {
     model_state_free(&r->prev);
     for (int j = 0; r->held && j < r->nb; j++) free(r->held[j].buf[0]), free(r->held[j].buf[1]);
     free(r->held);
-    free(r->pack);
     free(r);
     t->mesh.rep = NULL;
 }

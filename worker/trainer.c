@@ -23,8 +23,10 @@ static double now_seconds(void) {
 
 _Static_assert(sizeof(real) == sizeof(float), "the trainer adds shard gradients as floats");
 
+/* slot_mode: this process plays (pod, slot) and holds that slot's experts; its comm may come
+ * later (trainer_rebind). init 0: the state is left zero, to be received (replica_restore). */
 static moe_status open_common(struct trainer *t, const struct job_spec *spec, int pod, int slot,
-                              struct comm *comm) {
+                              struct comm *comm, int slot_mode, int init) {
     memset(t, 0, sizeof *t);
     t->spec = *spec;
     t->spec.optimizer.total_steps = (int)spec->run.steps;
@@ -41,8 +43,8 @@ static moe_status open_common(struct trainer *t, const struct job_spec *spec, in
     mesh->slot = slot;
     mesh->comm = comm;
     int E = t->spec.model.n_experts;
-    mesh->n_local_experts = comm ? E / mesh->slots : E;
-    mesh->expert_lo = comm ? slot * mesh->n_local_experts : 0;
+    mesh->n_local_experts = slot_mode ? E / mesh->slots : E;
+    mesh->expert_lo = slot_mode ? slot * mesh->n_local_experts : 0;
 
     t->B = t->spec.run.batch_size;
     t->Bd = t->B / mesh->shards;
@@ -63,16 +65,17 @@ static moe_status open_common(struct trainer *t, const struct job_spec *spec, in
                        t->M, t->T);
         goto fail;
     }
-    if (!comm && mesh->shards > 1) {
+    if (!slot_mode && mesh->shards > 1) {
         mesh->shard_grads = calloc((size_t)mesh->shards, sizeof *mesh->shard_grads);
         if (!mesh->shard_grads) goto oom;
         mesh->shard_grads[0] = t->model.grad_mem;
         for (int d = 1; d < mesh->shards; d++)
             if (!(mesh->shard_grads[d] = calloc(t->model.n_params, sizeof(real)))) goto oom;
     }
-    model_init(&t->model, t->spec.run.seed);
+    if (init) model_init(&t->model, t->spec.run.seed);
+    t->empty = !init;
     if (comm) CHECK_GOTO(slot_exec_open(t), res, fail);
-    if (comm) CHECK_GOTO(replica_open(t), res, fail);
+    if (slot_mode) CHECK_GOTO(replica_open(t), res, fail);
     return MOE_OK;
 oom:
     res = moe_fail(MOE_ENOMEM, "out of memory for the gradients of %d data shards (%zu "
@@ -83,22 +86,33 @@ fail:
 }
 
 moe_status trainer_open(struct trainer *t, const struct job_spec *spec) {
-    return open_common(t, spec, 0, 0, NULL);
+    return open_common(t, spec, 0, 0, NULL, 0, 1);
+}
+
+static moe_status check_slot(const struct job_spec *spec, int pod, int slot) {
+    if (pod < 0 || pod >= spec->mesh.pods || slot < 0 || slot >= spec->mesh.slots)
+        return moe_fail(MOE_EINVAL, "slot (%d, %d) is outside the %d x %d mesh", pod, slot,
+                        spec->mesh.pods, spec->mesh.slots);
+    return MOE_OK;
+}
+
+moe_status trainer_open_slot_later(struct trainer *t, const struct job_spec *spec, int pod,
+                                   int slot, int init) {
+    CHECK(check_slot(spec, pod, slot));
+    return open_common(t, spec, pod, slot, NULL, 1, init);
 }
 
 moe_status trainer_open_slot(struct trainer *t, const struct job_spec *spec, int pod, int slot,
                              struct comm *comm) {
     if (!comm) return moe_fail(MOE_EINVAL, "trainer_open_slot: no data-plane communicator");
-    if (pod < 0 || pod >= spec->mesh.pods || slot < 0 || slot >= spec->mesh.slots)
-        return moe_fail(MOE_EINVAL, "slot (%d, %d) is outside the %d x %d mesh", pod, slot,
-                        spec->mesh.pods, spec->mesh.slots);
+    CHECK(check_slot(spec, pod, slot));
     if (comm_size(comm) != spec->mesh.pods * spec->mesh.slots ||
         comm_rank(comm) != pod * spec->mesh.slots + slot)
         return moe_fail(MOE_EINVAL, "slot (%d, %d): the communicator has rank %d of %d, the "
                         "%d x %d mesh needs rank %d of %d", pod, slot, comm_rank(comm),
                         comm_size(comm), spec->mesh.pods, spec->mesh.slots,
                         pod * spec->mesh.slots + slot, spec->mesh.pods * spec->mesh.slots);
-    return open_common(t, spec, pod, slot, comm);
+    return open_common(t, spec, pod, slot, comm, 1, 1);
 }
 
 int trainer_writes_model(const struct trainer *t) {
@@ -106,8 +120,13 @@ int trainer_writes_model(const struct trainer *t) {
 }
 
 moe_status trainer_rebind(struct trainer *t, struct comm *comm) {
-    if (!t->mesh.exec || !comm) return moe_fail(MOE_EINVAL, "trainer_rebind: not a slot");
-    slot_exec_close(t);
+    if (!t->mesh.rep || !comm) return moe_fail(MOE_EINVAL, "trainer_rebind: not a slot");
+    int P = t->mesh.pods, S = t->mesh.slots, rank = t->mesh.pod * S + t->mesh.slot;
+    if (comm_size(comm) != P * S || comm_rank(comm) != rank)
+        return moe_fail(MOE_EINVAL, "slot (%d, %d): the communicator has rank %d of %d, the "
+                        "%d x %d mesh needs rank %d", t->mesh.pod, t->mesh.slot,
+                        comm_rank(comm), comm_size(comm), P, S, rank);
+    if (t->mesh.exec) slot_exec_close(t);
     t->mesh.comm = comm;
     return slot_exec_open(t);
 }

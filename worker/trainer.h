@@ -49,6 +49,7 @@ struct trainer {
     int pass;              // the shard's pass (micro-batch) running now, of Bd / M
     long *load_sum;        // (L, E) expert loads summed over the step's micro-batches
     double unigram_bits;   // entropy of the training data, the bar a model must beat
+    int empty;             // opened without initialising: the state is to be received
 };
 
 struct step_report {
@@ -88,6 +89,13 @@ moe_status trainer_open(struct trainer *t, const struct job_spec *spec);
  * order, and an error on one (a dead peer) is an error on all. */
 moe_status trainer_open_slot(struct trainer *t, const struct job_spec *spec, int pod, int slot,
                              struct comm *comm);
+
+/* The same without a comm yet (the distributed step forms at trainer_rebind): the slow part
+ * of joining — data, memory, initialisation — happens before the epoch's data plane is up.
+ * init 0 leaves the state zero and marks it empty (no copy to offer) until replica_restore
+ * receives it: a recovery's new holder. */
+moe_status trainer_open_slot_later(struct trainer *t, const struct job_spec *spec, int pod,
+                                   int slot, int init);
 
 /* Slot mode: the slot goes on in a new epoch with `comm` (the last one is closed): the model
  * and its copies are kept, the distributed step re-forms over the new comm. */

@@ -307,27 +307,39 @@ static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struc
     return 1;
 }
 
-/* Opens the trainer for this job's slot: the plain trainer for a 1 x 1 mesh, else the comm
- * and the slot's share of the model. *error says why not; *why is the status. */
+/* Opens the trainer for this job's slot: the plain trainer for a 1 x 1 mesh, else the slot's
+ * share of the model and then the comm. Returns 1; 0 when there is no trainer; -1 when the
+ * trainer is open but the comm is not. *error says why not; *why is the status. */
 static int open_trainer(struct job *j, struct trainer *t, char *error, size_t error_len,
                         moe_status *why) {
     moe_status s;
     if (j->pods * j->slots == 1) {
         s = trainer_open(t, &j->spec);
     } else {
+        /* the slow part first (data, memory, initialisation: seconds for a big model), so
+         * that the peers of the epoch are not left waiting on us in its first transfer; a
+         * recovery's new holder skips initialising the state it is about to receive */
+        int rank = j->pod * j->slots + j->slot;
+        int pulls = j->cur.restore && j->cur.restore_from && j->cur.restore_from[rank] >= 0;
+        s = trainer_open_slot_later(t, &j->spec, j->pod, j->slot, !pulls);
+        if (s != MOE_OK) {
+            snprintf(error, error_len, "%s", moe_errmsg());
+            *why = s;
+            return 0;
+        }
         s = job_open_comm(j);
         if (s == MOE_OK) {
             struct comm *c;
             uv_mutex_lock(&j->comm_mu);
             c = j->comm;
             uv_mutex_unlock(&j->comm_mu);
-            s = trainer_open_slot(t, &j->spec, j->pod, j->slot, c);
-            if (s != MOE_OK) {
-                snprintf(error, error_len, "%s", moe_errmsg());
-                *why = s;
-                job_close_comm(j);
-                return 0;
-            }
+            s = trainer_rebind(t, c);
+        }
+        if (s != MOE_OK) {
+            /* the trainer is ours: keep it for the next epoch (a data-plane failure) */
+            snprintf(error, error_len, "%s", moe_errmsg());
+            *why = s;
+            return -1;
         }
     }
     *why = s;
@@ -456,11 +468,13 @@ static int join_epoch(struct job *j, struct rpc_channel *ch, struct trainer *t, 
                       char *error, size_t error_len, moe_status *why) {
     double t0 = job_now();
     if (!*have_t) {
-        if (!open_trainer(j, t, error, error_len, why)) return 0;
-        *have_t = 1;
+        int opened = open_trainer(j, t, error, error_len, why);
+        if (opened == 0) return 0;
+        *have_t = 1; /* opened, maybe without its comm (-1): it waits for the next epoch */
         uv_mutex_lock(&j->ep_mu);
         j->trainer = t;
         uv_mutex_unlock(&j->ep_mu);
+        if (opened < 0) return 0;
     } else {
         if ((*why = job_open_comm(j)) == MOE_OK) {
             uv_mutex_lock(&j->comm_mu);
