@@ -43,6 +43,7 @@ bench: build
 	./$(BUILD)/bin/bench_mesh
 	./$(BUILD)/bin/bench_alltoall
 	./$(BUILD)/bin/bench_status
+	bash tests/bench/bench_recovery.sh ./$(BUILD)/bin
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -9,7 +9,19 @@
  * E/S experts and B/D sequences); the table says how much of a step is the data plane.
  * Columns: ms per step (median over the timed steps, slowest rank), tokens/s of the job, the
  * share of rank 0's step spent waiting in the data plane, and rank 0's bytes per step sent by
- * dispatch/combine and by gradient reductions.
+ * dispatch/combine (buddy copies, which the comm counts with them, left out) and by gradient
+ * reductions.
+ *
+ * A second table (alone with --replicas) is the cost of keeping replicas (docs/recovery.md):
+ * the same meshes with mesh.replicas = 1 (no redundancy: the update is in place, no copies)
+ * against the default 2.
+ * At 2 x 2 replicas = 2 costs only the previous version (an out-of-place update into a second
+ * arena, no copy); at 1 x 2 and 1 x 4 it adds a buddy copy: every slot sends its experts and
+ * their moments to the next slot of its pod on channel 2, overlapped with the step. The two
+ * settings alternate over several rounds (the machine is shared and noisy): the ms/step are
+ * the medians of all rounds' timed steps, the overhead the median of the rounds' ratios (and
+ * their range), and beside it the ratio of the two fastest steps, which a neighbour's load,
+ * only ever adding time, distorts least.
  */
 #include "../../common/blas_select.h"
 #include "../../common/log.h"
@@ -30,19 +42,24 @@
 #define TIMED 8
 #define MAX_RANKS 8
 
+#define ROUNDS 6 // of each replicas setting, alternating, in the replica-overhead table
+
 struct rank_result {
     int ok;
     double step_s[TIMED];
     double comm_s, a2a_bytes, red_bytes; // means over the timed steps
+    double copy_bytes;                   // buddy copies sent per step (counted in a2a_bytes)
     char error[200];
 };
 
 static const char *data_path = "/usr/share/games/fortunes";
 
-static void make_spec(struct job_spec *s, int pods, int slots) {
+/* replicas 0: the spec's default (2) */
+static void make_spec(struct job_spec *s, int pods, int slots, int replicas) {
     spec_defaults(s);
     s->mesh.pods = pods;
     s->mesh.slots = slots;
+    if (replicas > 0) s->mesh.replicas = replicas;
     s->model.d_model = 128;
     s->model.n_layers = 2;
     s->model.n_heads = 4;
@@ -60,9 +77,10 @@ static void make_spec(struct job_spec *s, int pods, int slots) {
 
 static int rank_main(char **argv) {
     int pods = atoi(argv[2]), slots = atoi(argv[3]), rank = atoi(argv[4]), threads = atoi(argv[5]);
+    int replicas = atoi(argv[6]);
     omp_set_num_threads(threads);
     struct job_spec spec;
-    make_spec(&spec, pods, slots);
+    make_spec(&spec, pods, slots, replicas);
     struct rank_result out;
     memset(&out, 0, sizeof out);
     struct comm_listener *l = NULL;
@@ -73,6 +91,11 @@ static int rank_main(char **argv) {
         snprintf(out.error, sizeof out.error, "%s", moe_errmsg());
     } else {
         out.ok = 1;
+        /* what replica.c sends its buddies each step: its experts' parameters and moments */
+        size_t x_n = 0;
+        for (int i = 0; i < MODEL_NUM_TENSORS; i++)
+            if (model_tensor_is_expert(i)) x_n += t.model.tensor_sizes[i];
+        out.copy_bytes = (double)mesh_buddies(&spec.mesh) * 3 * x_n * sizeof(real);
         for (int i = 0; i < WARMUP + TIMED && out.ok; i++) {
             struct step_report r;
             if (trainer_step(&t, &r) != MOE_OK) {
@@ -102,42 +125,93 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static void run_mesh(const char *self, int pods, int slots, int cores) {
+/* Runs the mesh once; slowest[i] = the slowest rank's time of timed step i. res (D entries)
+ * keeps every rank's result. Returns 0, or -1 (the failure printed). */
+static int run_once(const char *self, int pods, int slots, int replicas, int cores,
+                    struct rank_result *res, double *slowest) {
     int D = pods * slots, threads = cores / D > 0 ? cores / D : 1;
-    char a[MAX_RANKS][4][16];
-    char *argv[MAX_RANKS][6];
+    char a[MAX_RANKS][5][16];
+    char *argv[MAX_RANKS][7];
     char *const *args[MAX_RANKS];
     for (int r = 0; r < D; r++) {
         snprintf(a[r][0], 16, "%d", pods), snprintf(a[r][1], 16, "%d", slots);
         snprintf(a[r][2], 16, "%d", r), snprintf(a[r][3], 16, "%d", threads);
-        char *v[] = {"--rank", a[r][0], a[r][1], a[r][2], a[r][3], NULL};
+        snprintf(a[r][4], 16, "%d", replicas);
+        char *v[] = {"--rank", a[r][0], a[r][1], a[r][2], a[r][3], a[r][4], NULL};
         memcpy(argv[r], v, sizeof v);
         args[r] = argv[r];
     }
-    struct rank_result res[MAX_RANKS];
     int got[MAX_RANKS], status[MAX_RANKS], ok = 1;
-    if (rank_procs_run(self, D, args, res, sizeof *res, got, status) != 0) return;
+    if (rank_procs_run(self, D, args, res, sizeof *res, got, status) != 0) return -1;
     for (int r = 0; r < D; r++)
         if (!got[r] || !res[r].ok) {
-            printf("  %d x %d: rank %d failed: %s\n", pods, slots, r,
+            printf("  %d x %d (replicas %d): rank %d failed: %s\n", pods, slots, replicas, r,
                    got[r] ? res[r].error : "no result");
             ok = 0;
         }
-    if (!ok) return;
-    double slowest[TIMED];
+    if (!ok) return -1;
     for (int i = 0; i < TIMED; i++) {
         slowest[i] = 0;
         for (int r = 0; r < D; r++)
             if (res[r].step_s[i] > slowest[i]) slowest[i] = res[r].step_s[i];
     }
-    qsort(slowest, TIMED, sizeof *slowest, cmp_double);
-    double med = (slowest[TIMED / 2 - 1] + slowest[TIMED / 2]) / 2;
+    return 0;
+}
+
+static double median(double *x, int n) {
+    qsort(x, (size_t)n, sizeof *x, cmp_double);
+    return n % 2 ? x[n / 2] : (x[n / 2 - 1] + x[n / 2]) / 2;
+}
+
+static void run_mesh(const char *self, int pods, int slots, int cores) {
+    int D = pods * slots, threads = cores / D > 0 ? cores / D : 1;
+    struct rank_result res[MAX_RANKS];
+    double slowest[TIMED];
+    if (run_once(self, pods, slots, 0, cores, res, slowest) != 0) return;
+    double med = median(slowest, TIMED);
     struct job_spec s;
-    make_spec(&s, pods, slots);
+    make_spec(&s, pods, slots, 0);
     double tokens = (double)s.run.batch_size * s.model.seq_len;
     printf("| %d x %d | %d | %d | %8.1f | %8.0f | %5.1f%% | %7.2f | %7.2f |\n", pods, slots, D,
-           threads, med * 1e3, tokens / med, 100 * res[0].comm_s / med, res[0].a2a_bytes / 1e6,
-           res[0].red_bytes / 1e6);
+           threads, med * 1e3, tokens / med, 100 * res[0].comm_s / med,
+           (res[0].a2a_bytes - res[0].copy_bytes) / 1e6, res[0].red_bytes / 1e6);
+    fflush(stdout);
+}
+
+/* The step with mesh.replicas = 1 against 2, alternating rounds (see the header). The
+ * overhead is the median over the rounds of each round's ratio (the two runs of a round are
+ * back to back, so a neighbour's load that comes and goes cancels out more than it does
+ * between all-round medians). */
+static void run_replicas(const char *self, int pods, int slots, int cores) {
+    static double steps[2][ROUNDS * TIMED];
+    double ratio[ROUNDS], one[TIMED];
+    struct rank_result res[MAX_RANKS];
+    double copy_mb = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        double med[2];
+        for (int k = 0; k < 2; k++) {
+            /* the order alternates too, so neither setting always runs first */
+            int which = (round % 2) ? 1 - k : k;
+            double *mine = steps[which] + round * TIMED;
+            if (run_once(self, pods, slots, which + 1, cores, res, mine)) return;
+            if (which == 1) copy_mb = res[0].copy_bytes / 1e6;
+            memcpy(one, mine, sizeof one);
+            med[which] = median(one, TIMED);
+        }
+        ratio[round] = med[1] / med[0];
+    }
+    double m1 = median(steps[0], ROUNDS * TIMED), m2 = median(steps[1], ROUNDS * TIMED);
+    double over = median(ratio, ROUNDS) - 1; /* and ratio[] is sorted: the range */
+    /* median() sorted the steps: [0] is the fastest of each, where a neighbour's load (which
+     * only ever adds time) weighs least */
+    double best = steps[1][0] / steps[0][0] - 1;
+    struct job_spec s;
+    make_spec(&s, pods, slots, 2);
+    const char *what = mesh_buddies(&s.mesh) > 0 ? "previous version + buddy copy"
+                                                 : "previous version";
+    printf("| %d x %d | %s | %7.2f | %8.1f | %8.1f | %+5.1f%% | %+5.1f%% .. %+5.1f%% "
+           "| %+5.1f%% |\n", pods, slots, what, copy_mb, m1 * 1e3, m2 * 1e3, 100 * over,
+           100 * (ratio[0] - 1), 100 * (ratio[ROUNDS - 1] - 1), 100 * best);
     fflush(stdout);
 }
 
@@ -153,15 +227,29 @@ int main(int argc, char **argv) {
     self[n] = 0;
     int cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
     struct job_spec s;
-    make_spec(&s, 1, 1);
+    make_spec(&s, 1, 1, 0);
     printf("bench_mesh: C=%d L=%d E=%d top-%d F=%d, %d x %d tokens per step, dropless, tcp "
-           "data plane on loopback, %d cores\n", s.model.d_model, s.model.n_layers,
-           s.model.n_experts, s.model.top_k, s.model.d_ff, s.run.batch_size, s.model.seq_len,
-           cores);
-    printf("| mesh | processes | threads each | ms/step | tokens/s | in data plane | "
-           "dispatch+combine MB/step | reductions MB/step |\n|---|---|---|---|---|---|---|---|\n");
-    static const int meshes[][2] = {{1, 1}, {1, 2}, {2, 1}, {1, 4}, {2, 2}};
-    for (size_t i = 0; i < sizeof meshes / sizeof *meshes; i++)
-        run_mesh(self, meshes[i][0], meshes[i][1], cores);
+           "data plane on loopback, mesh.replicas = %d (the default), %d cores\n",
+           s.model.d_model, s.model.n_layers, s.model.n_experts, s.model.top_k, s.model.d_ff,
+           s.run.batch_size, s.model.seq_len, s.mesh.replicas, cores);
+    /* --replicas: only the second table */
+    int replicas_only = argc > 1 && strcmp(argv[1], "--replicas") == 0;
+    if (!replicas_only) {
+        printf("| mesh | processes | threads each | ms/step | tokens/s | in data plane | "
+               "dispatch+combine MB/step | reductions MB/step |\n"
+               "|---|---|---|---|---|---|---|---|\n");
+        static const int meshes[][2] = {{1, 1}, {1, 2}, {2, 1}, {1, 4}, {2, 2}};
+        for (size_t i = 0; i < sizeof meshes / sizeof *meshes; i++)
+            run_mesh(self, meshes[i][0], meshes[i][1], cores);
+    }
+
+    printf("\nkeeping replicas: mesh.replicas = 1 (none) vs 2 (the default), median of %d x %d "
+           "timed steps each, alternating runs\n", ROUNDS, TIMED);
+    printf("| mesh | replicas = 2 keeps | buddy MB/step (rank 0) | replicas = 1 ms/step | "
+           "replicas = 2 ms/step | overhead | rounds' range | fastest step's |\n"
+           "|---|---|---|---|---|---|---|---|\n");
+    static const int rmeshes[][2] = {{1, 2}, {1, 4}, {2, 2}};
+    for (size_t i = 0; i < sizeof rmeshes / sizeof *rmeshes; i++)
+        run_replicas(self, rmeshes[i][0], rmeshes[i][1], cores);
     return 0;
 }
