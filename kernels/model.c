@@ -7,6 +7,32 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+/* The state's big arenas (parameters, moments, and a slot's previous version) are anonymous
+ * mappings with transparent huge pages asked for: zeroed by the kernel and faulted in 2 MiB
+ * at a time, so a recovery's new holder receives 1 GB of state into fresh memory at memory
+ * speed instead of taking a quarter million page faults (and the steps use fewer TLB
+ * entries). Small arenas, and where mmap fails, use calloc. */
+#define ARENA_MMAP_MIN ((size_t)4 << 20)
+
+static real *arena_alloc(size_t n) {
+    size_t bytes = n * sizeof(real);
+    if (bytes < ARENA_MMAP_MIN) return calloc(n ? n : 1, sizeof(real));
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: without THP the pages are 4 KiB */
+#endif
+    return p;
+}
+
+static void arena_free(real *p, size_t n) {
+    if (!p) return;
+    size_t bytes = n * sizeof(real);
+    if (bytes < ARENA_MMAP_MIN) free(p);
+    else munmap(p, bytes);
+}
 
 /* ---- configuration ---- */
 
@@ -206,10 +232,10 @@ int model_alloc_experts(struct model *m, const struct model_config *cfg, int B_m
     size_t n_int;
     m->act_size = acts_carve(&a, NULL, NULL, cfg, B_max, &n_int);
 
-    m->param_mem = calloc(m->n_params, sizeof(real));
+    m->param_mem = arena_alloc(m->n_params);
     m->grad_mem = calloc(m->n_params, sizeof(real));
-    m->m_mem = calloc(m->n_params, sizeof(real));
-    m->v_mem = calloc(m->n_params, sizeof(real));
+    m->m_mem = arena_alloc(m->n_params);
+    m->v_mem = arena_alloc(m->n_params);
     m->buffer_mem = calloc(m->n_buffers, sizeof(real));
     m->act_mem = calloc(m->act_size, sizeof(real));
     m->n_int = n_int;
@@ -246,10 +272,10 @@ real *model_swap_grad_arena(struct model *m, real *mem) {
 }
 
 void model_free(struct model *m) {
-    free(m->param_mem);
+    arena_free(m->param_mem, m->n_params);
     free(m->grad_mem);
-    free(m->m_mem);
-    free(m->v_mem);
+    arena_free(m->m_mem, m->n_params);
+    arena_free(m->v_mem, m->n_params);
     free(m->buffer_mem);
     free(m->act_mem);
     free(m->int_mem);
@@ -582,9 +608,10 @@ void model_update_with_norm(struct model *m, const struct adamw_config *o, doubl
 }
 
 int model_state_alloc(const struct model *m, struct model_state *s) {
-    s->param_mem = malloc(sizeof(real) * m->n_params);
-    s->m_mem = malloc(sizeof(real) * m->n_params);
-    s->v_mem = malloc(sizeof(real) * m->n_params);
+    s->n_params = m->n_params;
+    s->param_mem = arena_alloc(m->n_params);
+    s->m_mem = arena_alloc(m->n_params);
+    s->v_mem = arena_alloc(m->n_params);
     s->buffer_mem = malloc(sizeof(real) * (m->n_buffers ? m->n_buffers : 1));
     s->step = -1;
     if (s->param_mem && s->m_mem && s->v_mem && s->buffer_mem) return 0;
@@ -593,15 +620,16 @@ int model_state_alloc(const struct model *m, struct model_state *s) {
 }
 
 void model_state_free(struct model_state *s) {
-    free(s->param_mem);
-    free(s->m_mem);
-    free(s->v_mem);
+    arena_free(s->param_mem, s->n_params);
+    arena_free(s->m_mem, s->n_params);
+    arena_free(s->v_mem, s->n_params);
     free(s->buffer_mem);
     memset(s, 0, sizeof *s);
 }
 
 void model_state_swap(struct model *m, struct model_state *s) {
-    struct model_state mine = {m->param_mem, m->m_mem, m->v_mem, m->buffer_mem, m->step};
+    struct model_state mine = {m->param_mem, m->m_mem, m->v_mem, m->buffer_mem, m->step,
+                               m->n_params};
     m->param_mem = s->param_mem;
     m->m_mem = s->m_mem;
     m->v_mem = s->v_mem;

@@ -202,6 +202,7 @@ void model_update_with_norm(struct model *m, const struct adamw_config *opt, dou
 struct model_state {
     real *param_mem, *m_mem, *v_mem, *buffer_mem;
     long step;
+    size_t n_params; // the arenas' length
 };
 int model_state_alloc(const struct model *m, struct model_state *s); // 0 or -1 (memory)
 void model_state_free(struct model_state *s);
