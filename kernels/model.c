@@ -16,7 +16,7 @@
  * entries). Small arenas, and where mmap fails, use calloc. */
 #define ARENA_MMAP_MIN ((size_t)4 << 20)
 
-static real *arena_alloc(size_t n) {
+real *model_arena_alloc(size_t n) {
     size_t bytes = n * sizeof(real);
     if (bytes < ARENA_MMAP_MIN) return calloc(n ? n : 1, sizeof(real));
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -27,7 +27,7 @@ static real *arena_alloc(size_t n) {
     return p;
 }
 
-static void arena_free(real *p, size_t n) {
+void model_arena_free(real *p, size_t n) {
     if (!p) return;
     size_t bytes = n * sizeof(real);
     if (bytes < ARENA_MMAP_MIN) free(p);
@@ -232,10 +232,10 @@ int model_alloc_experts(struct model *m, const struct model_config *cfg, int B_m
     size_t n_int;
     m->act_size = acts_carve(&a, NULL, NULL, cfg, B_max, &n_int);
 
-    m->param_mem = arena_alloc(m->n_params);
+    m->param_mem = model_arena_alloc(m->n_params);
     m->grad_mem = calloc(m->n_params, sizeof(real));
-    m->m_mem = arena_alloc(m->n_params);
-    m->v_mem = arena_alloc(m->n_params);
+    m->m_mem = model_arena_alloc(m->n_params);
+    m->v_mem = model_arena_alloc(m->n_params);
     m->buffer_mem = calloc(m->n_buffers, sizeof(real));
     m->act_mem = calloc(m->act_size, sizeof(real));
     m->n_int = n_int;
@@ -272,10 +272,10 @@ real *model_swap_grad_arena(struct model *m, real *mem) {
 }
 
 void model_free(struct model *m) {
-    arena_free(m->param_mem, m->n_params);
+    model_arena_free(m->param_mem, m->n_params);
     free(m->grad_mem);
-    arena_free(m->m_mem, m->n_params);
-    arena_free(m->v_mem, m->n_params);
+    model_arena_free(m->m_mem, m->n_params);
+    model_arena_free(m->v_mem, m->n_params);
     free(m->buffer_mem);
     free(m->act_mem);
     free(m->int_mem);
@@ -609,9 +609,9 @@ void model_update_with_norm(struct model *m, const struct adamw_config *o, doubl
 
 int model_state_alloc(const struct model *m, struct model_state *s) {
     s->n_params = m->n_params;
-    s->param_mem = arena_alloc(m->n_params);
-    s->m_mem = arena_alloc(m->n_params);
-    s->v_mem = arena_alloc(m->n_params);
+    s->param_mem = model_arena_alloc(m->n_params);
+    s->m_mem = model_arena_alloc(m->n_params);
+    s->v_mem = model_arena_alloc(m->n_params);
     s->buffer_mem = malloc(sizeof(real) * (m->n_buffers ? m->n_buffers : 1));
     s->step = -1;
     if (s->param_mem && s->m_mem && s->v_mem && s->buffer_mem) return 0;
@@ -620,9 +620,9 @@ int model_state_alloc(const struct model *m, struct model_state *s) {
 }
 
 void model_state_free(struct model_state *s) {
-    arena_free(s->param_mem, s->n_params);
-    arena_free(s->m_mem, s->n_params);
-    arena_free(s->v_mem, s->n_params);
+    model_arena_free(s->param_mem, s->n_params);
+    model_arena_free(s->m_mem, s->n_params);
+    model_arena_free(s->v_mem, s->n_params);
     free(s->buffer_mem);
     memset(s, 0, sizeof *s);
 }

@@ -196,6 +196,10 @@ double model_update(struct model *m, const struct adamw_config *opt);
  * the other slots) and the loads in m->stats.load already the whole batch's. */
 void model_update_with_norm(struct model *m, const struct adamw_config *opt, double norm);
 
+/* A state-sized arena of n reals, zeroed (big ones on transparent huge pages), and its free. */
+real *model_arena_alloc(size_t n);
+void model_arena_free(real *p, size_t n);
+
 /* A second copy of a model's training state (parameters, moments, buffers, step), the same
  * shape: the previous version a slot keeps so that it can return one step (docs/recovery.md).
  * model_update_into writes the next state into it and swaps, so keeping it copies nothing. */

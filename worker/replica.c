@@ -175,7 +175,7 @@ moe_status replica_open(struct trainer *t) {
             h->slot = (r->s - (j + 1) + r->S) % r->S;
             for (int v = 0; v < 2; v++) {
                 h->step[v] = -1;
-                if (!(h->buf[v] = malloc(sizeof(real) * 3 * r->x_n)))
+                if (!(h->buf[v] = model_arena_alloc(3 * r->x_n)))
                     return moe_fail(MOE_ENOMEM, "out of memory for buddy copies of slot %d's "
                                     "%zu expert parameters", h->slot, r->x_n);
             }
@@ -201,7 +201,8 @@ void replica_close(struct trainer *t) {
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     model_state_free(&r->prev);
-    for (int j = 0; r->held && j < r->nb; j++) free(r->held[j].buf[0]), free(r->held[j].buf[1]);
+    for (int j = 0; r->held && j < r->nb; j++)
+        for (int v = 0; v < 2; v++) model_arena_free(r->held[j].buf[v], 3 * r->x_n);
     free(r->held);
     free(r);
     t->mesh.rep = NULL;
