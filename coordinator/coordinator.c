@@ -197,7 +197,8 @@ static void batch_meta(struct store_batch *b, const struct coordinator *co) {
     store_batch_meta(b, &m);
 }
 
-static void worker_info(Moed__V1__WorkerInfo *wi, const struct worker *w) {
+/* extra: room for the one extra data address the message points to (the caller's). */
+static void worker_info(Moed__V1__WorkerInfo *wi, const struct worker *w, char *extra[1]) {
     Moed__V1__WorkerInfo init = MOED__V1__WORKER_INFO__INIT;
     *wi = init;
     wi->worker_id = (char *)w->id;
@@ -213,7 +214,6 @@ static void worker_info(Moed__V1__WorkerInfo *wi, const struct worker *w) {
     wi->registered_unix_ms = w->registered_ms;
     wi->cpus = w->cpus;
     wi->data_address = (char *)w->data_address;
-    static char *extra[1];
     extra[0] = (char *)w->extra_data_address;
     wi->n_extra_data_addresses = w->extra_data_address[0] ? 1 : 0;
     wi->extra_data_addresses = extra;
@@ -224,7 +224,8 @@ static void worker_info(Moed__V1__WorkerInfo *wi, const struct worker *w) {
 
 void coordinator_batch_worker(struct store_batch *b, const struct worker *w) {
     Moed__V1__WorkerInfo wi;
-    worker_info(&wi, w);
+    char *extra[1];
+    worker_info(&wi, w, extra);
     store_batch_worker(b, &wi); // packs now
 }
 

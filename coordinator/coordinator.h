@@ -113,6 +113,7 @@ struct job {
     /* recovery (recovery.c, docs/recovery.md); the spec's knobs are read from spec_json */
     int recoverable;           // mesh_recoverable(): a lost slot is recovered, not fatal
     int replicas;              // mesh.replicas
+    int buddies;               // mesh_buddies(): the slots after each in its pod holding its copy
     double spare_wait_s;       // mesh.spare_wait_s
     int64_t committed_step;    // min over the slots of their replicated_step; never decreases
     int recoveries;            // recoveries completed

@@ -208,9 +208,7 @@ static int replace_mpi(const struct coordinator *co, const struct job *j, const 
  * worker first (its pod keeps its own slots' speed). NULL when none qualifies. */
 static struct worker *double_up(const struct job *j, const char *need,
                                 struct worker *const *keep, struct worker *const *out, int k) {
-    int S = j->slots, n = j->pods * S, s = k % S, p = k / S;
-    int buddies = j->replicas > j->pods ? j->replicas - j->pods : 0;
-    if (buddies > S - 1) buddies = S - 1;
+    int S = j->slots, n = j->pods * S, s = k % S, p = k / S, buddies = j->buddies;
     struct worker *best = NULL;
     int best_elsewhere = 0;
     for (int i = 0; i < n; i++) {

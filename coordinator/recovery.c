@@ -176,6 +176,7 @@ static void give_up(struct coordinator *co, struct job *j, const char *why) {
 void recovery_configure(struct job *j, const struct mesh_spec *m) {
     j->recoverable = mesh_recoverable(m);
     j->replicas = m->replicas;
+    j->buddies = mesh_buddies(m);
     j->spare_wait_s = m->spare_wait_s;
 }
 

@@ -575,17 +575,24 @@ static void heartbeat(struct rpc_call *call, const ProtobufCMessage *m, void *ct
     rpc_reply(call, &resp.base);
 }
 
+/* The job and the worker a worker's report names; NOT_FOUND (and 0) when either is unknown. */
+static int report_source(struct rpc_call *call, struct coordinator *co, const char *job_id,
+                         const char *worker_id, struct job **j, struct worker **w) {
+    *j = coordinator_find_job(co, job_id);
+    *w = coordinator_find_worker(co, worker_id);
+    if (*j && *w) return 1;
+    rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no %s %s", *j ? "worker" : "job",
+             *j ? worker_id : job_id);
+    return 0;
+}
+
 static void report_step(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
     const Moed__V1__StepReport *req = (const void *)m;
     struct coordinator *co = CO(ctx);
     Moed__V1__StepReportResponse resp = MOED__V1__STEP_REPORT_RESPONSE__INIT;
-    struct job *j = coordinator_find_job(co, req->job_id);
-    struct worker *w = coordinator_find_worker(co, req->worker_id);
-    if (!j || !w) {
-        rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no %s %s", j ? "worker" : "job",
-                 j ? req->worker_id : req->job_id);
-        return;
-    }
+    struct job *j;
+    struct worker *w;
+    if (!report_source(call, co, req->job_id, req->worker_id, &j, &w)) return;
     if (!req->n_metrics) {
         rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "a step report without metrics");
         return;
@@ -732,13 +739,9 @@ static int file_sha256(const char *path, unsigned char out[32], int64_t *size) {
 static void report_job_end(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
     const Moed__V1__JobEndReport *req = (const void *)m;
     struct coordinator *co = CO(ctx);
-    struct job *j = coordinator_find_job(co, req->job_id);
-    struct worker *w = coordinator_find_worker(co, req->worker_id);
-    if (!j || !w) {
-        rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no %s %s", j ? "worker" : "job",
-                 j ? req->worker_id : req->job_id);
-        return;
-    }
+    struct job *j;
+    struct worker *w;
+    if (!report_source(call, co, req->job_id, req->worker_id, &j, &w)) return;
     Moed__V1__Empty empty = MOED__V1__EMPTY__INIT;
     /* the slot the report names, when this worker plays it (a worker may play two) */
     int named = req->pod >= 0 && req->pod < j->pods && req->slot >= 0 && req->slot < j->slots
@@ -867,13 +870,9 @@ static int reported_slot(struct rpc_call *call, const struct job *j, const struc
 static void report_fault(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
     const Moed__V1__FaultReport *req = (const void *)m;
     struct coordinator *co = CO(ctx);
-    struct job *j = coordinator_find_job(co, req->job_id);
-    struct worker *w = coordinator_find_worker(co, req->worker_id);
-    if (!j || !w) {
-        rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no %s %s", j ? "worker" : "job",
-                 j ? req->worker_id : req->job_id);
-        return;
-    }
+    struct job *j;
+    struct worker *w;
+    if (!report_source(call, co, req->job_id, req->worker_id, &j, &w)) return;
     w->last_heartbeat_ms = now_ms(); // it is alive, whatever its peers are
     int k = reported_slot(call, j, w, req->pod, req->slot, req->epoch);
     if (k == -2) return;
@@ -895,13 +894,9 @@ static void report_fault(struct rpc_call *call, const ProtobufCMessage *m, void 
 static void report_restored(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
     const Moed__V1__RestoredReport *req = (const void *)m;
     struct coordinator *co = CO(ctx);
-    struct job *j = coordinator_find_job(co, req->job_id);
-    struct worker *w = coordinator_find_worker(co, req->worker_id);
-    if (!j || !w) {
-        rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no %s %s", j ? "worker" : "job",
-                 j ? req->worker_id : req->job_id);
-        return;
-    }
+    struct job *j;
+    struct worker *w;
+    if (!report_source(call, co, req->job_id, req->worker_id, &j, &w)) return;
     w->last_heartbeat_ms = now_ms();
     int k = reported_slot(call, j, w, req->pod, req->slot, req->epoch);
     if (k == -2) return;

@@ -358,6 +358,18 @@ static int data_plane_error(moe_status s) {
     return s == MOE_EUNAVAILABLE || s == MOE_EINTERNAL || s == MOE_EAUTH;
 }
 
+/* A report whose answer is Empty, retried for budget_s; a failure is only logged: the
+ * coordinator also learns what it says from fences, heartbeats and registrations. */
+static void tell(struct job *j, struct rpc_channel *ch, const char *method,
+                 const ProtobufCMessage *req, double budget_s, const char *what) {
+    ProtobufCMessage *resp = NULL;
+    if (job_call_retry(j, ch, method, req, &moed__v1__empty__descriptor, &resp, budget_s,
+                       NULL) == MOE_OK)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    else
+        LOG_WARN("%s: could not report %s: %s", j->id, what, moe_errmsg());
+}
+
 static void report_fault(struct job *j, struct rpc_channel *ch, long step, const char *error) {
     char worker_id[WORKER_ID_MAX];
     worker_copy_id(j->w, worker_id);
@@ -369,13 +381,8 @@ static void report_fault(struct job *j, struct rpc_channel *ch, long step, const
     req.epoch = j->epoch;
     req.step = step;
     req.error = (char *)error;
-    ProtobufCMessage *resp = NULL;
     /* short: the coordinator learns it from the fence and heartbeats too */
-    if (job_call_retry(j, ch, FAULT_METHOD, &req.base, &moed__v1__empty__descriptor, &resp, 2.0,
-                       NULL) == MOE_OK)
-        protobuf_c_message_free_unpacked(resp, NULL);
-    else
-        LOG_WARN("%s: could not report the fault: %s", j->id, moe_errmsg());
+    tell(j, ch, FAULT_METHOD, &req.base, 2.0, "the fault");
 }
 
 static void report_restored(struct job *j, struct rpc_channel *ch, long step, double connect_s,
@@ -393,12 +400,7 @@ static void report_restored(struct job *j, struct rpc_channel *ch, long step, do
     req.transfer_seconds = st->transfer_s;
     req.bytes_received = st->bytes_received;
     req.bytes_sent = st->bytes_sent;
-    ProtobufCMessage *resp = NULL;
-    if (job_call_retry(j, ch, RESTORED_METHOD, &req.base, &moed__v1__empty__descriptor, &resp,
-                       REPORT_TIMEOUT_S, NULL) == MOE_OK)
-        protobuf_c_message_free_unpacked(resp, NULL);
-    else
-        LOG_WARN("%s: could not report the restore: %s", j->id, moe_errmsg());
+    tell(j, ch, RESTORED_METHOD, &req.base, REPORT_TIMEOUT_S, "the restore");
 }
 
 /* Takes the next epoch's binding as the job's: epoch, peers, timeout, restore plan. */
@@ -435,16 +437,13 @@ static int wait_for_epoch(struct job *j, struct rpc_channel *ch, struct trainer 
     uv_mutex_lock(&j->ep_mu);
     while (atomic_load(&j->stop) == JOB_RUN && !(j->next && j->next->epoch > j->epoch))
         uv_cond_wait(&j->ep_cv, &j->ep_mu);
-    struct epoch_binding *b = NULL;
-    if (atomic_load(&j->stop) == JOB_RUN) {
-        b = j->next;
+    int go = atomic_load(&j->stop) == JOB_RUN;
+    if (go) { /* under the same lock: the loop never sees the binding taken but not adopted */
+        adopt(j, j->next);
         j->next = NULL;
     }
     uv_mutex_unlock(&j->ep_mu);
-    if (!b) return 0;
-    uv_mutex_lock(&j->ep_mu);
-    adopt(j, b);
-    uv_mutex_unlock(&j->ep_mu);
+    if (!go) return 0;
     atomic_store(&j->holding, 0);
     LOG_INFO("%s: slot (%d, %d) joins epoch %llu%s", j->id, j->pod, j->slot,
              (unsigned long long)j->epoch, j->cur.restore ? " to restore" : "");

@@ -162,9 +162,8 @@ static int check_restore(struct rpc_call *call, const Moed__V1__RunSlotRequest *
 }
 
 /* The epoch's part of a RunSlot (addresses, timeout, restore plan), owned by the caller. */
-static struct epoch_binding *binding_of(const struct worker *w, const Moed__V1__RunSlotRequest *req,
-                                        long n, double timeout_s) {
-    (void)w;
+static struct epoch_binding *binding_of(const Moed__V1__RunSlotRequest *req, long n,
+                                        double timeout_s) {
     struct epoch_binding *b = calloc(1, sizeof *b);
     if (!b) return NULL;
     b->epoch = req->epoch;
@@ -199,7 +198,7 @@ static void run_next_epoch(struct rpc_call *call, struct worker *w, struct job *
     }
     if (check_mesh(call, w, req, n, &backend) || check_restore(call, req, n)) return;
     double timeout = req->timeout_s > 0 ? req->timeout_s : j->spec.mesh.timeout_s;
-    struct epoch_binding *b = binding_of(w, req, n, timeout);
+    struct epoch_binding *b = binding_of(req, n, timeout);
     if (!b) {
         rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker out of memory");
         return;
