@@ -208,17 +208,46 @@ def watch(client, job_id, out):
         out["details"] = e.details()
 
 
+def wait_state(client, job_id, states, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        js = client.unary("/moed.v1.Status/GetJob", client.pb.JobRef(job_id=job_id),
+                          client.pb.JobStatus)
+        if js.job.state in states:
+            return js
+        time.sleep(0.05)
+    return js
+
+
 def run_job(client, args):
     pb = client.pb
+    # The 20-step job takes ~50 ms, less than a watch takes to start. So a long job holds the
+    # only worker first: the job under test queues behind it, the watch is attached while it
+    # is QUEUED, and only then is the blocker cancelled. Every state change is then streamed.
+    blocker = client.unary("/moed.v1.Jobs/SubmitJob", pb.SubmitJobRequest(
+        spec=(SPEC % args.data).replace("steps: 20", "steps: 1000000")
+        .replace("stock-client", "stock-client-blocker")), pb.JobInfo)
+    held = wait_state(client, blocker.job_id, (pb.JOB_RUNNING,))
+    check(held.job.state == pb.JOB_RUNNING, "SubmitJob: the blocker %s is %s"
+          % (blocker.job_id, pb.JobState.Name(held.job.state)))
     info = client.unary("/moed.v1.Jobs/SubmitJob", pb.SubmitJobRequest(spec=SPEC % args.data),
                         pb.JobInfo)
     check(info.job_id.startswith("job-") and info.total_steps == 20 and info.name == "stock-client"
-          and info.state in (pb.JOB_QUEUED, pb.JOB_RUNNING),
-          "SubmitJob: %s %s, %d steps"
+          and info.state == pb.JOB_QUEUED,
+          "SubmitJob: %s %s behind the blocker, %d steps"
           % (info.job_id, pb.JobState.Name(info.state), info.total_steps))
     watched = {"updates": [], "code": None}
     watcher = threading.Thread(target=watch, args=(client, info.job_id, watched))
     watcher.start()
+    deadline = time.time() + 60
+    while not watched["updates"] and watcher.is_alive() and time.time() < deadline:
+        time.sleep(0.01)
+    check(watched["updates"] and watched["updates"][0].job.state == pb.JOB_QUEUED,
+          "WatchJob: the first update shows the job QUEUED")
+    client.unary("/moed.v1.Jobs/CancelJob", pb.JobRef(job_id=blocker.job_id), pb.JobInfo)
+    gone = wait_state(client, blocker.job_id, (pb.JOB_CANCELLED, pb.JOB_FAILED, pb.JOB_SUCCEEDED))
+    check(gone.job.state == pb.JOB_CANCELLED, "CancelJob: the blocker is %s"
+          % pb.JobState.Name(gone.job.state))
 
     deadline = time.time() + 300
     js = None
