@@ -283,6 +283,10 @@ void recovery_step_reported(struct coordinator *co, struct job *j, int k,
                             const Moed__V1__StepMetrics *m);
 /* Re-plans recoveries waiting for a spare, and fails those that waited mesh.spare_wait_s. */
 void recovery_poll(struct coordinator *co);
+/* Moves a slot that plays on a worker's second listener (a recovery without a spare doubled it
+ * up) onto an idle worker, once one is there: fence, plan, restore as in a recovery, with the
+ * events "rebalance", "moving" and "moved". Called by every schedule pass. */
+void recovery_rebalance(struct coordinator *co);
 /* Recoveries the store says were in progress when the previous coordinator stopped: fenced
  * again (coordinator_start). */
 void recovery_resume(struct coordinator *co);

@@ -76,6 +76,8 @@ struct recovery {
     int64_t planned_ms;          // the plan was stored
     int64_t accepted_ms;         // every RunSlot(restore) was accepted
     int64_t wait_since_ms;       // no spare since then (0: not waiting)
+    int move;                    // a move: the doubled slot that goes to a spare (-1: none)
+    int faulted;                 // the move met a fault (a slot lost, a restart): a recovery too
     int waiting_announced;
     char first_signal[300];
     char exclude[REC_MAX_EXCLUDED][24];
@@ -144,6 +146,9 @@ static void exclude_worker(struct recovery *r, const char *id) {
     snprintf(r->exclude[r->n_exclude++], sizeof r->exclude[0], "%s", id);
 }
 
+/* A move that no fault joined: its own events ("moving", "moved"), not counted as a recovery. */
+static int only_move(const struct recovery *r) { return r->move >= 0 && !r->faulted; }
+
 static int has_copy(const struct fence_answer *a, int s, int64_t t) {
     for (int i = 0; i < a->n_copies; i++)
         if (a->copies[i].slot == s && a->copies[i].step == t) return 1;
@@ -206,22 +211,28 @@ int recovery_dropped(const struct job *j, const struct worker *w) {
 
 /* The first signal of a recovery: event "failure", then the fence. */
 static void begin(struct coordinator *co, struct job *j, int k, const char *what,
-                  const char *kind) {
+                  const char *kind, int move) {
     struct recovery *r = calloc(1, sizeof *r);
     if (!r) {
         give_up(co, j, "out of memory starting a recovery");
         return;
     }
     int64_t now = now_ms();
+    r->move = move;
     j->rec = r;
     j->recovering = 1;
     if (!j->recovery_signal_ms) j->recovery_signal_ms = now; // kept across our restart
     r->signal_ms = j->recovery_signal_ms;
     snprintf(r->first_signal, sizeof r->first_signal, "%s", what);
     char where[96];
-    coordinator_event(co, j, 1, kind, "%s: %s; recovering from the replicas (mesh.replicas = "
-                      "%d, committed step %lld)", slot_where(j, k, where, sizeof where), what,
-                      j->replicas, (long long)j->committed_step);
+    if (move >= 0)
+        coordinator_event(co, j, 1, kind, "%s: %s; moving it there from the replicas "
+                          "(committed step %lld)", slot_where(j, k, where, sizeof where), what,
+                          (long long)j->committed_step);
+    else
+        coordinator_event(co, j, 1, kind, "%s: %s; recovering from the replicas (mesh.replicas "
+                          "= %d, committed step %lld)", slot_where(j, k, where, sizeof where),
+                          what, j->replicas, (long long)j->committed_step);
     fence_round(co, j);
 }
 
@@ -230,6 +241,7 @@ static void begin(struct coordinator *co, struct job *j, int k, const char *what
 static void restart(struct coordinator *co, struct job *j, int k, const char *what) {
     struct recovery *r = j->rec;
     char where[96];
+    r->faulted = 1; // a move that meets a fault is a recovery (events, JobInfo.recoveries)
     if (++r->rounds >= REC_MAX_ROUNDS) {
         char why[900];
         snprintf(why, sizeof why, "%s: the recovery gave up after %d attempts; the last fault: %s",
@@ -271,7 +283,7 @@ void recovery_signal(struct coordinator *co, struct job *j, int k, enum fault_ki
     coordinator_name_ranks(j, what, sizeof what);
     struct recovery *r = j->rec;
     if (!r) {
-        begin(co, j, k, what, "failure");
+        begin(co, j, k, what, "failure", -1);
         return;
     }
     if (r->phase == REC_FENCING || r->phase == REC_WAITING)
@@ -606,6 +618,10 @@ static void plan_text(const struct job *j, const struct recovery *r, const char 
         if (keep[k])
             o += (size_t)snprintf(out + o, cap - o, "; slot %s on %s pulls its state%s",
                                   slot_text(j, k, sl, sizeof sl), j->bindings[k].worker_id, src);
+        else if (k == r->move && r->ans[k].state == ANS_HOLDS)
+            o += (size_t)snprintf(out + o, cap - o, "; slot %s: off %s's second listener -> %s%s",
+                                  slot_text(j, k, sl, sizeof sl), r->ans[k].worker_id,
+                                  j->bindings[k].worker_id, src);
         else
             o += (size_t)snprintf(out + o, cap - o, "; slot %s: %s %s -> %s%s%s",
                                   slot_text(j, k, sl, sizeof sl), r->ans[k].worker_id,
@@ -639,8 +655,14 @@ static void record(struct coordinator *co, struct job *j, int64_t t, const char 
         return;
     }
     for (int k = 0; k < n; k++) from[k] = plan_source(j, r, keep, k, t);
-    for (int k = 0; k < n; k++) // the workers that leave the job
-        if (!keep[k]) release_worker(co, j, coordinator_find_worker(co, r->ans[k].worker_id), b);
+    for (int k = 0; k < n; k++) { // the workers that leave the job
+        int stays = 0; /* a moved slot's worker keeps its other slot (and stops this one when
+                        * that slot's RunSlot shows it no longer binds it) */
+        for (int q = 0; q < n && !keep[k] && !stays; q++)
+            stays = keep[q] && !strcmp(r->ans[q].worker_id, r->ans[k].worker_id);
+        if (!keep[k] && !stays)
+            release_worker(co, j, coordinator_find_worker(co, r->ans[k].worker_id), b);
+    }
     j->epoch++;
     for (int k = 0; k < n; k++) {
         struct binding *bd = &j->bindings[k];
@@ -688,7 +710,8 @@ static void record(struct coordinator *co, struct job *j, int64_t t, const char 
              "%lld)", (unsigned long long)j->epoch, (long long)t, (long long)j->committed_step);
     plan_text(j, r, keep, text, sizeof text);
     /* The decision is stored before any worker hears of it. */
-    if (coordinator_event_batch(co, j, b, 1, "recovering", "%s", text) != MOE_OK) {
+    if (coordinator_event_batch(co, j, b, 1, only_move(r) ? "moving" : "recovering", "%s",
+                                text) != MOE_OK) {
         char why[600];
         snprintf(why, sizeof why, "the coordinator cannot store its recovery plan: %.500s",
                  moe_errmsg());
@@ -696,6 +719,31 @@ static void record(struct coordinator *co, struct job *j, int64_t t, const char 
         return;
     }
     coordinator_send_run_slots(co, j, 1, r->gen, run_slot_answer);
+}
+
+/* A move takes the doubled slot off its worker, which keeps its other slot. The copies of the
+ * moved slot's index that worker listed came from the moved slot itself (double_up chose a
+ * worker holding no other copy of it): they leave with it, so no plan may source from them. */
+static void plan_move(const struct job *j, struct recovery *r, char *keep,
+                      struct worker **kept) {
+    int k2 = r->move, n = n_slots(j), other = 0;
+    if (k2 < 0) return;
+    for (int q = 0; q < n && !other; q++)
+        other = q != k2 && keep[q] && !strcmp(r->ans[q].worker_id, r->ans[k2].worker_id);
+    if (!keep[k2] || !other) { // lost anyway, or its worker lost the other: a plain recovery
+        r->move = -1;
+        return;
+    }
+    keep[k2] = 0;
+    kept[k2] = NULL;
+    for (int q = 0; q < n; q++) {
+        struct fence_answer *a = &r->ans[q];
+        if (strcmp(a->worker_id, r->ans[k2].worker_id) != 0) continue;
+        int m = 0;
+        for (int i = 0; i < a->n_copies; i++)
+            if (a->copies[i].slot != k2 % j->slots) a->copies[m++] = a->copies[i];
+        a->n_copies = m;
+    }
 }
 
 static void plan(struct coordinator *co, struct job *j) {
@@ -709,11 +757,14 @@ static void plan(struct coordinator *co, struct job *j) {
         goto exit;
     }
     plan_keep(j, r, keep);
+    for (int k = 0; k < n; k++) /* the ReportFaults a fence causes are no fault; a lost slot is */
+        if (r->ans[k].state != ANS_HOLDS) r->faulted = 1;
     for (int k = 0; k < n; k++) {
         kept[k] = keep[k] ? coordinator_find_worker(co, r->ans[k].worker_id) : NULL;
         if (!kept[k]) keep[k] = 0;
-        need[k] = !keep[k];
     }
+    plan_move(j, r, keep, kept);
+    for (int k = 0; k < n; k++) need[k] = !keep[k];
     int64_t t = plan_step(j, r, keep);
     if (t < 0) {
         unrecoverable(co, j, keep);
@@ -752,6 +803,41 @@ void recovery_poll(struct coordinator *co) {
     }
 }
 
+/* A tcp job whose slot k plays on a worker's second listener (a recovery that found no spare):
+ * the slot's worker and whether an idle worker could take it now. -1: none to move. */
+static int doubled_slot(struct coordinator *co, const struct job *j) {
+    if (strcmp(j->backend, "tcp") != 0 || j->n_running != n_slots(j) || j->step <= j->restore_step)
+        return -1; // not yet one step trained in the epoch since the last re-form
+    int doubled = -1;
+    for (int k = 0; k < n_slots(j) && doubled < 0; k++) {
+        const struct worker *w = coordinator_find_worker(co, j->bindings[k].worker_id);
+        if (w && w->extra_data_address[0] &&
+            !strcmp(j->bindings[k].data_address, w->extra_data_address))
+            doubled = k;
+    }
+    if (doubled < 0) return -1;
+    for (int i = 0; i < co->n_workers; i++)
+        if (worker_schedulable(co->workers[i]) && co->workers[i]->confirmed) return doubled;
+    return -1;
+}
+
+void recovery_rebalance(struct coordinator *co) {
+    for (int i = 0; i < co->n_jobs; i++) {
+        struct job *j = co->jobs[i];
+        if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || !j->recoverable || j->rec) continue;
+        int k = doubled_slot(co, j);
+        if (k < 0) continue;
+        char what[200];
+        struct worker *spare = NULL;
+        for (int q = 0; q < co->n_workers && !spare; q++)
+            if (worker_schedulable(co->workers[q]) && co->workers[q]->confirmed)
+                spare = co->workers[q];
+        snprintf(what, sizeof what, "%s plays it on its second listener, beside another slot, "
+                 "and %s is idle", j->bindings[k].worker_id, spare ? spare->id : "a worker");
+        begin(co, j, k, what, "rebalance", k);
+    }
+}
+
 void recovery_resume(struct coordinator *co) {
     for (int i = 0; i < co->n_jobs; i++) {
         struct job *j = co->jobs[i];
@@ -761,7 +847,7 @@ void recovery_resume(struct coordinator *co) {
             continue;
         }
         begin(co, j, -1, "the coordinator restarted during a recovery: fencing the epoch again",
-              "recovery_resumed");
+              "recovery_resumed", -1);
     }
 }
 
@@ -819,20 +905,32 @@ static void recovered(struct coordinator *co, struct job *j) {
         snprintf(fault, sizeof fault, "; the earliest ReportFault at %+lld ms",
                  (long long)(r->first_fault_ms - r->signal_ms));
     char text[1200];
-    snprintf(text, sizeof text,
-             "epoch %llu: every slot is back at step %lld and trains on (recovery %d of the "
-             "job%s); detection %lld ms (first signal: %.300s%s), fencing %lld ms, waiting for a "
-             "spare %lld ms, rebinding %lld ms, state transfer %.3f s (connect %.3f s), total "
-             "%.3f s; %llu bytes of state moved",
-             (unsigned long long)j->epoch, (long long)j->restore_step, j->recoveries + 1,
-             r->rounds ? ", after restarts" : "", (long long)(r->first_fence_ms - r->signal_ms),
-             r->first_signal, fault, (long long)(r->fenced_ms - r->fence_ms),
-             (long long)(r->planned_ms - r->fenced_ms), (long long)(accepted - r->planned_ms),
-             r->max_transfer_s, r->max_connect_s, (double)(now - r->signal_ms) / 1000.0,
-             (unsigned long long)r->bytes);
-    j->recoveries++;
+    int move = only_move(r);
+    if (move)
+        snprintf(text, sizeof text,
+                 "epoch %llu: every slot is back at step %lld and trains on (slot (%d, %d) "
+                 "moved from %s onto %s); fencing %lld ms, rebinding %lld ms, state transfer "
+                 "%.3f s (connect %.3f s), total %.3f s; %llu bytes of state moved",
+                 (unsigned long long)j->epoch, (long long)j->restore_step, r->move / j->slots,
+                 r->move % j->slots, r->ans ? r->ans[r->move].worker_id : "?",
+                 j->bindings[r->move].worker_id, (long long)(r->fenced_ms - r->fence_ms),
+                 (long long)(accepted - r->planned_ms), r->max_transfer_s, r->max_connect_s,
+                 (double)(now - r->signal_ms) / 1000.0, (unsigned long long)r->bytes);
+    else
+        snprintf(text, sizeof text,
+                 "epoch %llu: every slot is back at step %lld and trains on (recovery %d of the "
+                 "job%s); detection %lld ms (first signal: %.300s%s), fencing %lld ms, waiting "
+                 "for a spare %lld ms, rebinding %lld ms, state transfer %.3f s (connect %.3f "
+                 "s), total %.3f s; %llu bytes of state moved",
+                 (unsigned long long)j->epoch, (long long)j->restore_step, j->recoveries + 1,
+                 r->rounds ? ", after restarts" : "", (long long)(r->first_fence_ms - r->signal_ms),
+                 r->first_signal, fault, (long long)(r->fenced_ms - r->fence_ms),
+                 (long long)(r->planned_ms - r->fenced_ms), (long long)(accepted - r->planned_ms),
+                 r->max_transfer_s, r->max_connect_s, (double)(now - r->signal_ms) / 1000.0,
+                 (unsigned long long)r->bytes);
+    if (!move) j->recoveries++;
     recovery_end(j);
-    coordinator_event(co, j, 1, "recovered", "%s", text);
+    coordinator_event(co, j, 1, move ? "moved" : "recovered", "%s", text);
 }
 
 void recovery_restored(struct coordinator *co, struct job *j, int k,

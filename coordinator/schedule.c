@@ -230,7 +230,8 @@ void coordinator_send_run_slots(struct coordinator *co, struct job *j, int resto
 
 void coordinator_schedule(struct coordinator *co) {
     if (co->stopping) return;
-    recovery_poll(co); // a running job that lost a slot comes before any queued job
+    recovery_poll(co);      // a running job that lost a slot comes before any queued job
+    recovery_rebalance(co); // and so does one whose slot a survivor plays beside its own
     for (int i = 0; i < co->n_jobs; i++) {
         struct job *j = co->jobs[i];
         if (j->state != MOED__V1__JOB_STATE__JOB_QUEUED) continue;

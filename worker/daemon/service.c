@@ -184,6 +184,29 @@ static struct epoch_binding *binding_of(const Moed__V1__RunSlotRequest *req, lon
     return b;
 }
 
+/* A second slot of the job that the new epoch binds elsewhere (the coordinator moved it onto a
+ * spare): it stops, here, alone; StopJob would stop both slots. */
+static void drop_unbound(struct worker *w, const struct job *j,
+                         const Moed__V1__RunSlotRequest *req) {
+    for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
+        struct job *o = w->jobs[k];
+        if (!o || o == j || atomic_load(&o->finished) || strcmp(o->id, j->id) != 0 ||
+            job_epoch(o) >= req->epoch)
+            continue;
+        const char *addr = NULL;
+        for (size_t i = 0; i < req->n_bindings && !addr; i++)
+            if (req->bindings[i]->pod == o->pod && req->bindings[i]->slot == o->slot)
+                addr = req->bindings[i]->data_address;
+        if (!addr || !strcmp(addr, w->data_addresses[o->local])) continue;
+        int run = JOB_RUN;
+        if (atomic_compare_exchange_strong(&o->stop, &run, JOB_STOP_COORDINATOR))
+            LOG_INFO("%s: slot (%d, %d) moves to %s in epoch %llu: stopping it here", o->id,
+                     o->pod, o->slot, addr, (unsigned long long)req->epoch);
+        job_abort_comm(o);
+        job_wake(o);
+    }
+}
+
 /* RunSlot of a newer epoch for the slot this worker holds: a recovery re-forms the mesh. */
 static void run_next_epoch(struct rpc_call *call, struct worker *w, struct job *j,
                            const Moed__V1__RunSlotRequest *req) {
@@ -206,6 +229,7 @@ static void run_next_epoch(struct rpc_call *call, struct worker *w, struct job *
     LOG_INFO("%s: epoch %llu for slot (%d, %d)%s", req->job_id, (unsigned long long)req->epoch,
              req->pod, req->slot, req->restore ? ", restoring" : "");
     job_next_epoch(j, b);
+    drop_unbound(w, j, req);
     reply_empty(call);
 }
 
