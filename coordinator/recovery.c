@@ -27,6 +27,9 @@
  * event "replica_mismatch".
  * With no spare for a lost slot (tcp), a worker that stays plays it too, on its second data
  * listener (placement.c: double_up), if one qualifies; otherwise the slot waits for a spare.
+ * Move: once a worker is idle, a doubled slot is moved onto it by the same fence, plan, record
+ * and restore (recovery_rebalance; events "rebalance", "moving", "moved"; not a recovery unless
+ * a fault joins it). Its old worker stays for its other slot and stops the moved one itself.
  * Never: touches tensors or guesses what a worker holds (its FenceResponse says); recovers a job mesh_recoverable() refuses (failure.c fails it as before); or
  * plans below committed_step (that would be a bug: the job fails loudly instead).
  */

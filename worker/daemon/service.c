@@ -6,7 +6,8 @@
  * checks everything it is given (the mesh, the slot, the binding table, the backend against
  * what this process can do) and answers INVALID_ARGUMENT naming what is wrong.
  * Recovery (docs/recovery.md): RunSlot of a newer epoch for the job this worker holds hands
- * the new binding to its training thread; RunSlot with `restore` to an idle worker makes it a
+ * the new binding to its training thread (and stops a second slot of the job that the new
+ * binding has moved elsewhere); RunSlot with `restore` to an idle worker makes it a
  * slot's new holder; FenceSlot ends an epoch here and lists the state copies this worker can
  * send; InjectFault is moectl chaos's way in (cut a data-plane connection, flip a bit).
  */
