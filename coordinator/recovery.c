@@ -724,27 +724,32 @@ static void record(struct coordinator *co, struct job *j, int64_t t, const char 
     coordinator_send_run_slots(co, j, 1, r->gen, run_slot_answer);
 }
 
-/* A move takes the doubled slot off its worker, which keeps its other slot. The copies of the
- * moved slot's index that worker listed came from the moved slot itself (double_up chose a
- * worker holding no other copy of it): they leave with it, so no plan may source from them. */
+/* A move takes the doubled slot off its worker, which keeps its other slot. Of the copies that
+ * worker listed, only those of the kept slot stay (its own slot index and, with buddies, the
+ * indexes it holds copies of); the others came from the moved slot (its own state, which
+ * double_up made sure the kept slot held no copy of, and its buddy copies) and leave with it,
+ * so no plan may count or source from them. */
 static void plan_move(const struct job *j, struct recovery *r, char *keep,
                       struct worker **kept) {
-    int k2 = r->move, n = n_slots(j), other = 0;
+    int k2 = r->move, n = n_slots(j), S = j->slots, k1 = -1;
     if (k2 < 0) return;
-    for (int q = 0; q < n && !other; q++)
-        other = q != k2 && keep[q] && !strcmp(r->ans[q].worker_id, r->ans[k2].worker_id);
-    if (!keep[k2] || !other) { // lost anyway, or its worker lost the other: a plain recovery
+    for (int q = 0; q < n && k1 < 0; q++)
+        if (q != k2 && keep[q] && !strcmp(r->ans[q].worker_id, r->ans[k2].worker_id)) k1 = q;
+    if (!keep[k2] || k1 < 0) { // lost anyway, or its worker lost the other: a plain recovery
         r->move = -1;
         return;
     }
     keep[k2] = 0;
     kept[k2] = NULL;
+    int s1 = k1 % S;
     for (int q = 0; q < n; q++) {
         struct fence_answer *a = &r->ans[q];
         if (strcmp(a->worker_id, r->ans[k2].worker_id) != 0) continue;
         int m = 0;
-        for (int i = 0; i < a->n_copies; i++)
-            if (a->copies[i].slot != k2 % j->slots) a->copies[m++] = a->copies[i];
+        for (int i = 0; i < a->n_copies; i++) {
+            int back = (s1 - a->copies[i].slot + S) % S; /* 0: its own; 1..buddies: a buddy's */
+            if (back <= j->buddies) a->copies[m++] = a->copies[i];
+        }
         a->n_copies = m;
     }
 }
