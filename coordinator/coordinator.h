@@ -119,6 +119,7 @@ struct job {
     int recoveries;            // recoveries completed
     int recovering;            // a recovery is in progress (fence .. every slot restored)
     int64_t restore_step;      // T of the latest recovery epoch (0: none yet)
+    int64_t next_move_ms;      // no move of a doubled slot before (a move failed lately)
     int32_t *restore_from;     // (pods * slots) its sources, RunSlotRequest.restore_from
     int64_t recovery_signal_ms; // the first fault signal of the recovery in progress
     /* not persisted */

@@ -46,6 +46,7 @@
 #define FENCE_DEADLINE_S 1.0   // a killed worker is refused at once, a stopped one times out
 #define REC_MAX_ROUNDS 8       // fence rounds of one recovery before the job fails
 #define REC_MAX_EXCLUDED 16    // workers a recovery will not choose again as spares
+#define MOVE_RETRY_MS 10000    // after a move that became a recovery, the next try waits
 
 enum rec_phase { REC_FENCING, REC_WAITING, REC_REBINDING, REC_RESTORING };
 enum answer { ANS_PENDING, ANS_HOLDS, ANS_EMPTY, ANS_LOST };
@@ -80,6 +81,7 @@ struct recovery {
     int64_t accepted_ms;         // every RunSlot(restore) was accepted
     int64_t wait_since_ms;       // no spare since then (0: not waiting)
     int move;                    // a move: the doubled slot that goes to a spare (-1: none)
+    int asked_move;              // this began as a move (recovery_rebalance)
     int faulted;                 // the move met a fault (a slot lost, a restart): a recovery too
     int waiting_announced;
     char first_signal[300];
@@ -222,6 +224,7 @@ static void begin(struct coordinator *co, struct job *j, int k, const char *what
     }
     int64_t now = now_ms();
     r->move = move;
+    r->asked_move = move >= 0;
     j->rec = r;
     j->recovering = 1;
     if (!j->recovery_signal_ms) j->recovery_signal_ms = now; // kept across our restart
@@ -811,11 +814,12 @@ void recovery_poll(struct coordinator *co) {
     }
 }
 
-/* A tcp job whose slot k plays on a worker's second listener (a recovery that found no spare):
- * the slot's worker and whether an idle worker could take it now. -1: none to move. */
-static int doubled_slot(struct coordinator *co, const struct job *j) {
-    if (strcmp(j->backend, "tcp") != 0 || j->n_running != n_slots(j) || j->step <= j->restore_step)
-        return -1; // not yet one step trained in the epoch since the last re-form
+/* A tcp job's slot that plays on a worker's second listener (a recovery that found no spare),
+ * when an idle worker could take it now (*spare); -1: none to move. */
+static int doubled_slot(struct coordinator *co, const struct job *j, struct worker **spare) {
+    if (strcmp(j->backend, "tcp") != 0 || j->n_running != n_slots(j) ||
+        j->step <= j->restore_step || now_ms() < j->next_move_ms)
+        return -1; // not one step trained since the last re-form, or a move failed lately
     int doubled = -1;
     for (int k = 0; k < n_slots(j) && doubled < 0; k++) {
         const struct worker *w = coordinator_find_worker(co, j->bindings[k].worker_id);
@@ -823,25 +827,22 @@ static int doubled_slot(struct coordinator *co, const struct job *j) {
             !strcmp(j->bindings[k].data_address, w->extra_data_address))
             doubled = k;
     }
-    if (doubled < 0) return -1;
-    for (int i = 0; i < co->n_workers; i++)
-        if (worker_schedulable(co->workers[i]) && co->workers[i]->confirmed) return doubled;
-    return -1;
+    *spare = NULL;
+    for (int i = 0; doubled >= 0 && i < co->n_workers && !*spare; i++)
+        if (worker_schedulable(co->workers[i]) && co->workers[i]->confirmed) *spare = co->workers[i];
+    return *spare ? doubled : -1;
 }
 
 void recovery_rebalance(struct coordinator *co) {
     for (int i = 0; i < co->n_jobs; i++) {
         struct job *j = co->jobs[i];
+        struct worker *spare;
         if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || !j->recoverable || j->rec) continue;
-        int k = doubled_slot(co, j);
+        int k = doubled_slot(co, j, &spare);
         if (k < 0) continue;
         char what[200];
-        struct worker *spare = NULL;
-        for (int q = 0; q < co->n_workers && !spare; q++)
-            if (worker_schedulable(co->workers[q]) && co->workers[q]->confirmed)
-                spare = co->workers[q];
         snprintf(what, sizeof what, "%s plays it on its second listener, beside another slot, "
-                 "and %s is idle", j->bindings[k].worker_id, spare ? spare->id : "a worker");
+                 "and %s is idle", j->bindings[k].worker_id, spare->id);
         begin(co, j, k, what, "rebalance", k);
     }
 }
@@ -937,6 +938,9 @@ static void recovered(struct coordinator *co, struct job *j) {
                  r->max_transfer_s, r->max_connect_s, (double)(now - r->signal_ms) / 1000.0,
                  (unsigned long long)r->bytes);
     if (!move) j->recoveries++;
+    /* a move that did not happen as one (a fault, a refusal) is not tried again at once: a
+     * worker that is idle but cannot take the slot must not cost a fence every pass */
+    if (r->asked_move && !move) j->next_move_ms = now + MOVE_RETRY_MS;
     recovery_end(j);
     coordinator_event(co, j, 1, move ? "moved" : "recovered", "%s", text);
 }
