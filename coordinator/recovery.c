@@ -20,7 +20,8 @@
  *   restore  RunSlot answers (a refusal restarts the recovery without that worker) and
  *            ReportRestored; event "recovered" with the time split when every slot is back
  * committed_step: the minimum over the slots of the current epoch of their latest
- * replicated_step; it never decreases, and a recovery sets it to at least T.
+ * replicated_step; it never decreases, and a recovery raises it to T once every slot is back
+ * at T (not when the plan is stored: T may have had a single copy until then).
  * Replica hash check: the latest state hash of each slot; slots of the same index in different
  * pods must agree at the same step. The first agreement is the event "replica_check", further
  * ones only count (job->replica_matches, logged at debug level); every disagreement is the
@@ -698,7 +699,10 @@ static void record(struct coordinator *co, struct job *j, int64_t t, const char 
     free(j->restore_from);
     j->restore_from = from;
     j->restore_step = t;
-    if (t > j->committed_step) j->committed_step = t;
+    /* committed_step is not raised to T here: T may have one copy only (a survivor that
+     * finished step T while its data-parallel peer lost the step's last message with the
+     * connection), and if that worker dies before the restore ends, the next plan must be
+     * free to go back below T. Once every slot is restored, T is in every pod: then it is. */
     j->step = t;
     j->n_running = 0;
     j->failing_ms = 0;
@@ -937,6 +941,7 @@ static void recovered(struct coordinator *co, struct job *j) {
                  (long long)(r->planned_ms - r->fenced_ms), (long long)(accepted - r->planned_ms),
                  r->max_transfer_s, r->max_connect_s, (double)(now - r->signal_ms) / 1000.0,
                  (unsigned long long)r->bytes);
+    if (j->restore_step > j->committed_step) j->committed_step = j->restore_step;
     if (!move) j->recoveries++;
     /* a move that did not happen as one (a fault, a refusal) is not tried again at once: a
      * worker that is idle but cannot take the slot must not cost a fence every pass */

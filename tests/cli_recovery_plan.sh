@@ -7,7 +7,9 @@
 # recovered; a spare that refuses its RunSlot restarts the recovery without it, which waits for
 # a newcomer (recovery_waiting); a wrong state hash is a replica_mismatch naming both workers;
 # losing every copy of slot index 1 FAILS the job naming the slot, both workers and the
-# committed step; and a job with no spare fails after mesh.spare_wait_s. The end-to-end version
+# committed step; a job with no spare fails after mesh.spare_wait_s; and a plan whose step T
+# had a single copy (pod 0 finished a step pod 1 did not), whose holder dies before the restore
+# ends, is planned again at the step before (T was not committed yet). The end-to-end version
 # with real workers and tensors is cli_chaos_*.sh. $1 (moectl) is not used.
 set -u
 bin=$MOE_BUILD_DIR/bin

@@ -62,6 +62,8 @@ class FakeWorker:
         self.step, self.holding, self.ready = 0, False, False
         self.refuse = None       # a grpc.StatusCode RunSlot answers with, once
         self.corrupt = False     # report a wrong state hash
+        self.ahead = False       # at its next fence it has finished one more step (once)
+        self.stall = False       # never reports its restore (it stays "restoring")
         self.run_slots = []      # every RunSlotRequest received
         self.alive = True
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -146,10 +148,11 @@ class FakeWorker:
             if self.job and req.epoch < self.job.epoch:
                 ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, "older epoch")
             self.job, self.holding, self.ready = req, False, False
-            if req.restore:
-                self.step = req.restore_step
-            else:
+            if not req.restore:
                 self.step = 0
+            elif req.restore_from[req.pod * req.slots + req.slot] < 0:
+                self.step = req.restore_step  # its own live or previous version
+            # a slot that pulls its state keeps the one it has until the transfer is done
         threading.Thread(target=self.restored if req.restore else self.started, args=(req,),
                          daemon=True).start()
         return pb.Empty()
@@ -161,10 +164,23 @@ class FakeWorker:
 
     def restored(self, req):
         time.sleep(0.05)
+        src = req.restore_from[req.pod * req.slots + req.slot]
+        if src >= 0:  # the transfer needs its source alive, and restored itself first
+            ids = [b.worker_id for b in req.bindings if b.pod * req.slots + b.slot == src]
+            source = [w for w in workers if ids and w.id == ids[0]]
+            end = time.time() + 20
+            while source and source[0].alive and not source[0].ready and time.time() < end:
+                time.sleep(0.02)
+            if not source or not source[0].alive:
+                return  # the transfer broke: the coordinator's next fence finds the old state
+        if self.stall:
+            return
         with self.lock:
             if self.job is not req:
                 return
-            got = 0 if req.restore_from[req.pod * req.slots + req.slot] < 0 else 1000
+            if src >= 0:
+                self.step = req.restore_step
+            got = 0 if src < 0 else 1000
             rep = pb.RestoredReport(worker_id=self.id, job_id=req.job_id, pod=req.pod,
                                     slot=req.slot, epoch=req.epoch, step=self.step,
                                     connect_seconds=0.01, transfer_seconds=0.02,
@@ -186,6 +202,8 @@ class FakeWorker:
             if not j or j.job_id != req.job_id:
                 return pb.FenceResponse(holds=False)
             self.holding, self.ready = True, False
+            if self.ahead:  # it finished a step its data-parallel peer did not
+                self.step, self.ahead = self.step + 1, False
             copies = [pb.StateCopy(slot=j.slot, step=self.step)]
             if self.step > 0:
                 copies.append(pb.StateCopy(slot=j.slot, step=self.step - 1))
@@ -363,6 +381,41 @@ def main():
     check("the coordinator still answers",
           coord.call("/moed.v1.Status/GetCluster", pb.GetClusterRequest(), pb.ClusterStatus,
                      CLIENT_TOKEN).jobs_total == 2)
+
+    # ---- the plan's T has one copy, whose holder dies before the restore ends: the next plan
+    # goes back to the step the others hold (T is committed only once every slot restored) ----
+    for w in workers:
+        if w.alive:
+            w.kill()
+    for pod in (0, 0, 1, 1, 1, 0):  # 2 x 2 and a spare in each pod
+        workers.append(FakeWorker(pod))
+    job3 = coord.submit(SPEC % (5, CORPUS))
+    check("a 2 x 2 job runs (%s)" % job3, running_at(job3, 8))
+    lone, peer = by_id(slot_worker(job3, 0, 0)), by_id(slot_worker(job3, 0, 1))
+    lone.ahead = peer.ahead = True  # pod 0 finished the step pod 1 did not
+    lone.stall = True
+    lost = by_id(slot_worker(job3, 1, 1))
+    lost.kill()
+    time.sleep(0.1)
+    s10 = by_id(slot_worker(job3, 1, 0))
+    frozen = s10.step
+    s10.report_fault("comm: rank 3 closed its connection")
+    check("planned: every slot to step %d, slot (1, 0) from rank 0 alone" % (frozen + 1),
+          wait("recovering", lambda: any("returns to step %d" % (frozen + 1) in m
+                                         for m in events(job3, "recovering"))))
+    check("... and the committed step is not T yet (%d)" % coord.job(job3).job.committed_step,
+          coord.job(job3).job.committed_step <= frozen)
+    lone.kill()  # before its restore: the only copy of slot index 0 at step frozen + 1 is gone
+    check("recovered anyway (after restarts)", wait("recovered 3", lambda: any(
+        "after restarts" in m for m in events(job3, "recovered"))))
+    st = coord.job(job3)
+    print("     " + events(job3, "recovering")[-1])
+    check("every slot back at step %d, from %s's state (job %s, committed step %d)"
+          % (frozen, s10.id, pb.JobState.Name(st.job.state), st.job.committed_step),
+          st.job.state == pb.JOB_RUNNING and
+          any("returns to step %d" % frozen in m for m in events(job3, "recovering")) and
+          st.job.committed_step == frozen)
+    check("it trains on", running_at(job3, frozen + 5))
     for w in workers:
         if w.alive:
             w.kill()
