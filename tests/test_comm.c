@@ -411,8 +411,19 @@ static void test_ops(const char *what) {
 
 /* ---- the handshake's refusals ------------------------------------------------------- */
 
+static int refusal_which; // the test_refusal case the forked ranks run
+
 static int body_expect_refusal(struct scenario *s, int rank, struct comm *c, moe_status st) {
     const char *needle = (const char *)s->job[MAXR - 1]; // stashed by the test below
+    if (refusal_which == 2 && rank == 0) {
+        /* The acceptor is behind: the connector takes it for a peer that has not heard of
+         * the new epoch yet, dials until the open's deadline, then names what it saw. */
+        EXPECT_MSG(st == MOE_EUNAVAILABLE && strstr(moe_errmsg(), "it is in epoch 6, we are "
+                                                                  "in epoch 7"),
+                   "rank 0: wanted MOE_EUNAVAILABLE naming the acceptor's epoch 6, got %s: %s",
+                   moe_status_str(st), moe_errmsg());
+        return 0;
+    }
     EXPECT_MSG(st == MOE_EAUTH && strstr(moe_errmsg(), needle),
                "rank %d: wanted MOE_EAUTH naming \"%s\", got %s: %s", rank, needle,
                moe_status_str(st), moe_errmsg());
@@ -428,10 +439,50 @@ static void test_refusal(const char *what, int which, const char *needle) {
     if (which == 2) s.epoch[1] = 6;              // rank 1 (acceptor) is stale
     if (which == 3) s.job[1] = "job-other";
     s.job[MAXR - 1] = needle;
+    refusal_which = which;
     double t0 = now_s();
     scenario_fork(&s, body_expect_refusal);
     scenario_reap(&s, 20);
     EXPECT_MSG(now_s() - t0 < 5, "refusal took %.1f s", now_s() - t0);
+}
+
+/* A recovery's RunSlots reach workers one at a time: rank 0 opens epoch 7 while rank 1 still
+ * opens epoch 6. Rank 1's old open fails (a newer epoch dialled it), it opens epoch 7 a moment
+ * later, and rank 0's one open succeeds: it dialled again instead of failing. */
+static int body_lagging_acceptor(struct scenario *s, int rank, struct comm *c, moe_status st) {
+    struct comm_group all = {.n = 2, .me = rank, .ranks = {0, 1}};
+    if (rank == 0) {
+        EXPECT_MSG(st == MOE_OK, "rank 0: the open of epoch 7 with rank 1 behind: %s",
+                   moe_errmsg());
+        if (st == MOE_OK) {
+            long w = td_check_allreduce(c, 0, &all, 99, 82);
+            EXPECT_MSG(w == 0, "rank 0 allreduce in epoch 7: %ld (%s)", w, moe_errmsg());
+        }
+        return 0;
+    }
+    EXPECT_MSG(st == MOE_EAUTH && strstr(moe_errmsg(), "it is in epoch 7, we are in epoch 6"),
+               "rank 1: its epoch-6 open should fail naming epoch 7, got %s: %s",
+               moe_status_str(st), moe_errmsg());
+    struct comm *next = NULL;
+    struct comm_config cfg = config_of(s, rank, COMM_TCP);
+    cfg.epoch = 7;
+    moe_status st2 = comm_open(&next, &cfg, s->l[rank]);
+    EXPECT_MSG(st2 == MOE_OK, "rank 1: the open of epoch 7: %s", moe_errmsg());
+    if (st2 == MOE_OK) {
+        long w = td_check_allreduce(next, 0, &all, 99, 82);
+        EXPECT_MSG(w == 0, "rank 1 allreduce in epoch 7: %ld (%s)", w, moe_errmsg());
+        comm_close(next);
+    }
+    return 0;
+}
+
+static void test_lagging_acceptor(void) {
+    printf("refusal: the acceptor one epoch behind, then caught up\n");
+    struct scenario s;
+    scenario_init(&s, 1, 2, 2);
+    s.epoch[1] = 6;
+    scenario_fork(&s, body_lagging_acceptor);
+    scenario_reap(&s, 30);
 }
 
 /* Strangers on the listener: garbage, silence, a half hello. The comm opens anyway. */
@@ -663,6 +714,7 @@ int main(int argc, char **argv) {
         test_refusal("stale connector epoch", 1, "epoch");
         test_refusal("stale acceptor epoch", 2, "epoch");
         test_refusal("another job", 3, "job");
+        test_lagging_acceptor();
     }
     if (selected(argc, argv, "strangers")) test_strangers();
     if (selected(argc, argv, "kill")) {

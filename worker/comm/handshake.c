@@ -112,6 +112,8 @@ struct hs_ctx {
     uint8_t host[32];
     bool shm_capable;
     char refused[256]; // the last connection we refused without failing (stale epoch)
+    char behind[256];  // the last peer that answered from an older epoch (we dial again)
+    bool peer_behind[COMM_MAX_RANKS]; // it answered so: its resets are its old comm closing
 };
 
 static void host_identity(uint8_t out[32]) {
@@ -164,6 +166,14 @@ static void hs_drop(struct hs *h) {
     shm_ring_close(h->rx);
     h->tx = h->rx = NULL;
     h->phase = PH_DEAD;
+}
+
+/* An outgoing connection to dial again shortly: the peer's listener is not up yet, or is still
+ * serving the peer's older epoch (it takes ours once its worker hears of it). */
+static void redial(struct hs *h) {
+    hs_drop(h);
+    h->phase = PH_RETRY;
+    h->retry_at = comm_now() + 0.02;
 }
 
 static moe_status start_connect(struct hs_ctx *x, struct hs *h) {
@@ -274,6 +284,15 @@ static moe_status advance(struct hs_ctx *x, struct hs *h) {
         if (memcmp(r->magic, HS_MAGIC, 8) != 0)
             return moe_fail(MOE_EAUTH, "comm: rank %d at %s does not speak the moed handshake",
                             h->peer, x->cfg->peers[h->peer]);
+        if (r->verdict == HS_EPOCH_DIFFERS && r->epoch < c->epoch) {
+            /* The peer has not taken our epoch yet (a recovery's RunSlot reaches the workers
+             * one by one): not a fault, so dial again until the open's deadline. */
+            refusal_error(x, h->peer, (enum hs_verdict)r->verdict, r->job, r->epoch, false);
+            snprintf(x->behind, sizeof x->behind, "%s", moe_errmsg());
+            x->peer_behind[h->peer] = true;
+            redial(h);
+            return MOE_OK;
+        }
         if (r->verdict != HS_OK)
             return refusal_error(x, h->peer, (enum hs_verdict)r->verdict, r->job, r->epoch,
                                  false);
@@ -511,7 +530,10 @@ static moe_status prefer_refusal(struct hs_ctx *x, struct hs *hs, int nh, int pe
             if (!pf[p].revents) continue;
             moe_status s = pump(x, of[p]);
             if (s == MOE_EAUTH) return s;
-            if (s != MOE_OK) hs_drop(of[p]);
+            if (s != MOE_OK && x->peer_behind[peer])
+                redial(of[p]);
+            else if (s != MOE_OK)
+                hs_drop(of[p]);
         }
     }
     return moe_fail(broke, "%s", why);
@@ -596,6 +618,9 @@ moe_status comm_connect_all(struct comm *c, const struct comm_config *cfg,
             if (x.refused[0])
                 res = moe_fail(MOE_EAUTH, "comm: rank %d never connected; %s", missing,
                                x.refused);
+            else if (missing >= 0 && x.peer_behind[missing])
+                res = moe_fail(MOE_EUNAVAILABLE, "comm: no connection with rank %d within "
+                               "%.1f s: %s", missing, 5 * c->timeout_s, x.behind);
             else
                 res = moe_fail(MOE_EUNAVAILABLE,
                                "comm: no connection with rank %d within %.1f s (%d of %d links "
@@ -664,6 +689,10 @@ moe_status comm_connect_all(struct comm *c, const struct comm_config *cfg,
                 int peer = h->peer;
                 hs_drop(h);
                 res = prefer_refusal(&x, hs, nh, peer, res);
+                if (res != MOE_OK && res != MOE_EAUTH && x.peer_behind[peer]) {
+                    redial(h); // its old comm closing on us: it will listen in our epoch
+                    res = MOE_OK;
+                }
             }
             if (res != MOE_OK) goto unlock;
         }
