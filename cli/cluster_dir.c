@@ -200,6 +200,32 @@ char *mpirun_file(char *out, const char *dir, int pod, const char *suffix) {
 
 /* Alive and still a moed daemon (a pid file can outlive its process and the pid be reused).
  * Zombies count as gone: nobody may reap the daemons of an earlier `cluster up`. */
+/* A process whose main thread is a zombie has ended only once its other threads have too:
+ * after a kill -9, the leader can read Z while the rest are still torn down, holding the
+ * process's files and locks (the coordinator's RocksDB LOCK). 1 while any task is not Z or X. */
+static int threads_left(pid_t pid) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d) return 0;
+    int left = 0;
+    struct dirent *e;
+    while (!left && (e = readdir(d))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        char stat_path[64 + 256 + 8], buf[512];
+        snprintf(stat_path, sizeof stat_path, "%s/%s/stat", path, e->d_name);
+        FILE *f = fopen(stat_path, "r");
+        if (!f) continue;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        const char *rp = strrchr(buf, ')');
+        if (rp && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X') left = 1;
+    }
+    closedir(d);
+    return left;
+}
+
 int daemon_alive(pid_t pid) {
     if (pid <= 1) return 0;
     /* Our own child: waitpid knows, whatever it is doing (the worker re-executes itself to
@@ -216,7 +242,7 @@ int daemon_alive(pid_t pid) {
     fclose(f);
     buf[n] = 0;
     const char *rp = strrchr(buf, ')');
-    if (rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X')) return 0;
+    if (rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X')) return threads_left(pid);
     char comm[32] = "";
     const char *lp = strchr(buf, '(');
     if (lp && rp && rp > lp) snprintf(comm, sizeof comm, "%.*s", (int)(rp - lp - 1), lp + 1);

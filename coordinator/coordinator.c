@@ -252,6 +252,7 @@ static void recent_push(struct job *j, Moed__V1__Event *e) {
 /* Too far behind: a watcher that has this many updates queued skips the next step updates
  * (it still gets every event and the final state). */
 #define WATCHER_MAX_QUEUED 16
+#define STORE_LOCK_WAIT_S 10.0 // a restart waits this long for a dying predecessor's lock
 
 void coordinator_notify(struct coordinator *co, struct job *j, const Moed__V1__Event *new_event) {
     if (!j->watchers) return;
@@ -661,7 +662,15 @@ moe_status coordinator_start(struct coordinator *co, uv_loop_t *loop,
     snprintf(co->models_dir, sizeof co->models_dir, "%s/models", cfg->dir);
     if (mkdir(co->models_dir, 0700) != 0 && errno != EEXIST)
         return moe_fail(MOE_EIO, "cannot create %s: %s", co->models_dir, strerror(errno));
-    CHECK(store_open(&co->store, db));
+    /* A coordinator restarted right after a kill -9 can find its predecessor's lock on the
+     * database for a moment, until the kernel has torn all of that process down. */
+    moe_status opened = store_open(&co->store, db, 0);
+    if (opened != MOE_OK) {
+        if (!strstr(moe_errmsg(), "lock")) return opened;
+        LOG_WARN("%s; waiting up to %.0f s for it to be released (another coordinator on this "
+                 "directory, or the previous one still exiting)", moe_errmsg(), STORE_LOCK_WAIT_S);
+        CHECK(store_open(&co->store, db, STORE_LOCK_WAIT_S));
+    }
 
     Moed__Store__MetaRecord *meta;
     CHECK(store_meta_get(co->store, &meta));

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 /* Long enough for the longest key, "s/<20 digits>/<20 digits>". */
 #define KEY_MAX 64
@@ -135,7 +136,7 @@ static moe_status mkdir_p(const char *dir) {
     return MOE_OK;
 }
 
-moe_status store_open(struct store **out, const char *dir) {
+moe_status store_open(struct store **out, const char *dir, double lock_wait_s) {
     *out = NULL;
     if (!dir) return moe_fail(MOE_EINVAL, "store: no directory");
     CHECK(mkdir_p(dir));
@@ -157,8 +158,22 @@ moe_status store_open(struct store **out, const char *dir) {
     st->write_nosync = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(st->write_nosync, 0);
 
+    /* RocksDB holds its LOCK file with a POSIX lock, released only once the holder has fully
+     * exited: a coordinator restarted right after a kill -9 can see its predecessor's lock for
+     * a moment (its threads are still being torn down). */
+    struct timespec t0, now, pause = {0, 50 * 1000 * 1000};
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     char *err = NULL;
-    st->db = rocksdb_open(st->options, dir, &err);
+    for (;;) {
+        st->db = rocksdb_open(st->options, dir, &err);
+        if (!err || !strstr(err, "lock")) break;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double waited = (double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) / 1e9;
+        if (waited >= lock_wait_s) break;
+        rocksdb_free(err);
+        err = NULL;
+        nanosleep(&pause, NULL);
+    }
     if (err || !st->db) {
         moe_status s = rocks_fail(&err, "store: cannot open %s", dir);
         store_close(st);

@@ -40,8 +40,10 @@
 struct store;
 
 /* Opens (creating `dir` and the database if missing). MOE_EIO naming dir and RocksDB's reason,
- * e.g. the lock another coordinator holds on the same directory. */
-moe_status store_open(struct store **out, const char *dir);
+ * e.g. the lock another coordinator holds on the same directory. A lock held by someone else is
+ * tried again every 50 ms for up to `lock_wait_s` seconds (0: refused at once), for a restart
+ * that races its predecessor's exit. */
+moe_status store_open(struct store **out, const char *dir, double lock_wait_s);
 void store_close(struct store *st);
 
 /* The meta record. *out is never NULL on success: when none was stored yet it is a fresh

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static char dir[] = "/tmp/test_store.XXXXXX";
@@ -126,9 +127,15 @@ static const char *seen_list(const struct seen *s) {
     EXPECT_MSG(strcmp(seen_list(&(s)), (want)) == 0, "saw [%s], wanted [%s]", seen_list(&(s)),     \
                (want))
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static struct store *open_or_die(const char *path) {
     struct store *st;
-    if (store_open(&st, path) != MOE_OK) {
+    if (store_open(&st, path, 0) != MOE_OK) {
         printf("FAIL cannot open %s: %s\n", path, moe_errmsg());
         exit(1);
     }
@@ -160,7 +167,7 @@ static void test_killed_coordinator(void) {
         close(ready[0]);
         close(go[1]);
         struct store *st;
-        if (store_open(&st, path) != MOE_OK) _exit(3);
+        if (store_open(&st, path, 0) != MOE_OK) _exit(3);
         Moed__Store__MetaRecord meta = MOED__STORE__META_RECORD__INIT;
         meta.next_job = 2;
         meta.next_worker = 1;
@@ -191,19 +198,28 @@ static void test_killed_coordinator(void) {
     EXPECT_MSG(read(ready[0], &c, 1) == 1, "the child failed before its writes");
 
     struct store *second = NULL;
-    EXPECT_FAIL(store_open(&second, path), MOE_EIO, path);
+    EXPECT_FAIL(store_open(&second, path, 0), MOE_EIO, path);
     EXPECT_MSG(strstr(moe_errmsg(), "lock") != NULL, "lock failure says: %s", moe_errmsg());
     EXPECT(second == NULL);
+    /* Waiting for a lock whose holder lives on: refused after the wait, not sooner. */
+    double t0 = now_s();
+    EXPECT_FAIL(store_open(&second, path, 0.3), MOE_EIO, path);
+    EXPECT_MSG(now_s() - t0 >= 0.29, "refused after %.3f s of a 0.3 s wait", now_s() - t0);
+    EXPECT(second == NULL);
 
+    /* A restart that races its predecessor's death (chaos restarts a coordinator right after
+     * kill -9): opened at once with the wait, as soon as the lock is free, without waitpid. */
     EXPECT(write(go[1], "g", 1) == 1);
+    struct store *st = NULL;
+    EXPECT_MSG(store_open(&st, path, 10) == MOE_OK, "open after the holder's kill: %s",
+               moe_errmsg());
     int wstatus;
     EXPECT(waitpid(pid, &wstatus, 0) == pid);
     EXPECT_MSG(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL,
                "child ended with status 0x%x, not by SIGKILL", wstatus);
     close(ready[0]);
     close(go[1]);
-
-    struct store *st = open_or_die(path);
+    if (!st) st = open_or_die(path);
     Moed__Store__MetaRecord *meta = NULL;
     EXPECT(store_meta_get(st, &meta) == MOE_OK);
     EXPECT(meta && meta->next_job == 2 && strcmp(meta->cluster_id, "c-killed") == 0);
@@ -444,7 +460,7 @@ static void test_reopen(const char *path) {
 
     /* The same process opening the same directory twice is refused too. */
     struct store *again = NULL;
-    EXPECT_FAIL(store_open(&again, path), MOE_EIO, path);
+    EXPECT_FAIL(store_open(&again, path, 0), MOE_EIO, path);
     EXPECT(again == NULL);
     store_close(st);
 }
