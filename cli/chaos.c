@@ -678,6 +678,7 @@ static void print_json(const struct chaos *c, int ok) {
     cJSON_AddNumberToObject(j, "step", job ? (double)job->step : 0);
     cJSON_AddNumberToObject(j, "committed_step", job ? (double)job->committed_step : 0);
     cJSON_AddNumberToObject(j, "recoveries", job ? job->recoveries : 0);
+    cJSON_AddNumberToObject(j, "moves", job ? job->moves : 0);
     cJSON_AddStringToObject(j, "job_error", job ? job->error : "");
     for (int i = 0; i < c->n_samples; i++) {
         cJSON *s = cJSON_CreateObject();

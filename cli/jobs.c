@@ -295,8 +295,11 @@ static void print_event(const Moed__V1__Event *e, const char *indent) {
  * and the failures it came through (docs/recovery.md). */
 static void print_recovery(const Moed__V1__JobInfo *j) {
     if (j->pods <= 0 && !j->recoveries && !j->recovering) return;
-    printf("  recovery  committed step %lld, %d recover%s%s\n", (long long)j->committed_step,
-           j->recoveries, j->recoveries == 1 ? "y" : "ies",
+    char moves[32] = "";
+    if (j->moves > 0)
+        snprintf(moves, sizeof moves, ", %d move%s", j->moves, j->moves == 1 ? "" : "s");
+    printf("  recovery  committed step %lld, %d recover%s%s%s\n", (long long)j->committed_step,
+           j->recoveries, j->recoveries == 1 ? "y" : "ies", moves,
            j->recovering ? "; RECOVERING now (fencing, rebinding, restoring)" : "");
 }
 
@@ -510,6 +513,7 @@ static void step_text(char *out, size_t cap, const Moed__V1__JobUpdate *u, int t
         put(&l, "%scommitted %lld", sep, (long long)j->committed_step);
     if (j->recoveries > 0)
         put(&l, "%s%d recover%s", sep, j->recoveries, j->recoveries == 1 ? "y" : "ies");
+    if (j->moves > 0) put(&l, "%s%d move%s", sep, j->moves, j->moves == 1 ? "" : "s");
     if (j->recovering) put(&l, "%sRECOVERING", sep);
     if (!tty && eta[0]) put(&l, "%sETA %s", sep, eta);
 }

@@ -102,6 +102,9 @@ static const struct field spec_fields[] = {
               "steps between hash comparisons of data-parallel replicas' state (0: never)"),
     DOUBLE_FIELD("mesh.spare_wait_s", mesh.spare_wait_s, "60", 0, 86400, BOUND_CLOSED,
                  "a recovery waits this long for a worker to play a lost slot, then fails"),
+    BOOL_FIELD("mesh.move_to_spare", mesh.move_to_spare, "true",
+               "a slot a survivor plays beside its own moves onto the next idle worker (tcp; "
+               "false: it stays, and idle workers are left to queued jobs)"),
 
     INT_FIELD("model.vocab", model.vocab, "256", 2, 65536,
               "vocabulary size (V); at least 256: tokens are bytes"),

@@ -69,6 +69,7 @@ struct mesh_spec {
                       // 1: no redundancy, a lost slot fails the job
     int check_every;  // steps between comparisons of data-parallel replicas' state hashes (0: off)
     double spare_wait_s; // a recovery waits this long for a worker to play a lost slot
+    int move_to_spare;   // a slot doubled up on a survivor moves onto an idle worker (tcp)
 };
 
 /* Buddy copies of each slot's experts (the slots after it in its pod hold them): what

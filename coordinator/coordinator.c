@@ -141,6 +141,7 @@ void job_view_fill(struct job_view *v, const struct job *j) {
     v->info.backend = (char *)j->backend;
     v->info.committed_step = j->committed_step;
     v->info.recoveries = j->recoveries;
+    v->info.moves = j->moves;
     v->info.recovering = j->recovering;
 }
 
@@ -538,6 +539,7 @@ static int load_job(const Moed__Store__JobRecord *r, void *arg) {
     recovery_configure(j, &spec.mesh);
     j->committed_step = in->committed_step;
     j->recoveries = in->recoveries;
+    j->moves = in->moves;
     j->recovering = in->recovering;
     j->restore_step = r->restore_step;
     j->recovery_signal_ms = r->recovery_signal_ms;

@@ -117,6 +117,8 @@ struct job {
     double spare_wait_s;       // mesh.spare_wait_s
     int64_t committed_step;    // min over the slots of their replicated_step; never decreases
     int recoveries;            // recoveries completed
+    int moves;                 // doubled slots moved onto a spare ("moved" events)
+    int move_to_spare;         // mesh.move_to_spare: doubled slots move onto idle workers
     int recovering;            // a recovery is in progress (fence .. every slot restored)
     int64_t restore_step;      // T of the latest recovery epoch (0: none yet)
     int64_t next_move_ms;      // no move of a doubled slot before (a move failed lately)

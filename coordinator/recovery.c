@@ -189,6 +189,7 @@ void recovery_configure(struct job *j, const struct mesh_spec *m) {
     j->replicas = m->replicas;
     j->buddies = mesh_buddies(m);
     j->spare_wait_s = m->spare_wait_s;
+    j->move_to_spare = m->move_to_spare;
 }
 
 uint64_t recovery_round(const struct job *j) { return j->rec ? j->rec->gen : 0; }
@@ -821,7 +822,7 @@ void recovery_poll(struct coordinator *co) {
 /* A tcp job's slot that plays on a worker's second listener (a recovery that found no spare),
  * when an idle worker could take it now (*spare); -1: none to move. */
 static int doubled_slot(struct coordinator *co, const struct job *j, struct worker **spare) {
-    if (strcmp(j->backend, "tcp") != 0 || j->n_running != n_slots(j) ||
+    if (!j->move_to_spare || strcmp(j->backend, "tcp") != 0 || j->n_running != n_slots(j) ||
         j->step <= j->restore_step || now_ms() < j->next_move_ms)
         return -1; // not one step trained since the last re-form, or a move failed lately
     int doubled = -1;
@@ -942,7 +943,10 @@ static void recovered(struct coordinator *co, struct job *j) {
                  r->max_transfer_s, r->max_connect_s, (double)(now - r->signal_ms) / 1000.0,
                  (unsigned long long)r->bytes);
     if (j->restore_step > j->committed_step) j->committed_step = j->restore_step;
-    if (!move) j->recoveries++;
+    if (move)
+        j->moves++;
+    else
+        j->recoveries++;
     /* a move that did not happen as one (a fault, a refusal) is not tried again at once: a
      * worker that is idle but cannot take the slot must not cost a fence every pass */
     if (r->asked_move && !move) j->next_move_ms = now + MOVE_RETRY_MS;
