@@ -198,8 +198,6 @@ char *mpirun_file(char *out, const char *dir, int pod, const char *suffix) {
 
 /* ---- processes ---- */
 
-/* Alive and still a moed daemon (a pid file can outlive its process and the pid be reused).
- * Zombies count as gone: nobody may reap the daemons of an earlier `cluster up`. */
 /* A process whose main thread is a zombie has ended only once its other threads have too:
  * after a kill -9, the leader can read Z while the rest are still torn down, holding the
  * process's files and locks (the coordinator's RocksDB LOCK). 1 while any task is not Z or X. */
@@ -226,6 +224,9 @@ static int threads_left(pid_t pid) {
     return left;
 }
 
+/* Alive and still a moed daemon (a pid file can outlive its process and the pid be reused).
+ * Zombies count as gone, once all their threads are: nobody may reap the daemons of an earlier
+ * `cluster up`. */
 int daemon_alive(pid_t pid) {
     if (pid <= 1) return 0;
     /* Our own child: waitpid knows, whatever it is doing (the worker re-executes itself to

@@ -66,7 +66,8 @@ int worker_pod(const struct shape *sh, int i);       // the pod of worker i
 int worker_by_mpirun(const struct shape *sh, int i); // worker i is rank i % S of its pod's mpirun
 
 /* ---- processes ---- */
-/* Alive and one of ours (a moed daemon, or an mpirun of moed-worker); zombies are gone. */
+/* Alive and one of ours (a moed daemon, or an mpirun of moed-worker); a zombie is gone once
+ * every thread of it is (the last ones hold its files and locks). */
 int daemon_alive(pid_t pid);
 void reap(void); // reaps our exited children
 void sleep_s(double s);
