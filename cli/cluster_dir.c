@@ -198,6 +198,24 @@ char *mpirun_file(char *out, const char *dir, int pod, const char *suffix) {
 
 /* ---- processes ---- */
 
+/* Up to cap - 1 bytes of a /proc file, NUL-terminated: how many, or -1 when it cannot be
+ * opened. */
+static int read_proc(const char *path, char *buf, size_t cap) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, cap - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return (int)n;
+}
+
+/* The state letter of a stat line "pid (comm) S ppid ..." (0 when malformed); comm may hold
+ * spaces and parentheses, so the last ')' ends it. */
+static char stat_state(const char *buf) {
+    const char *rp = strrchr(buf, ')');
+    return rp && rp[1] == ' ' ? rp[2] : 0;
+}
+
 /* A process whose main thread is a zombie has ended only once its other threads have too:
  * after a kill -9, the leader can read Z while the rest are still torn down, holding the
  * process's files and locks (the coordinator's RocksDB LOCK). 1 while any task is not Z or X. */
@@ -212,13 +230,8 @@ static int threads_left(pid_t pid) {
         if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
         char stat_path[64 + 256 + 8], buf[512];
         snprintf(stat_path, sizeof stat_path, "%s/%s/stat", path, e->d_name);
-        FILE *f = fopen(stat_path, "r");
-        if (!f) continue;
-        size_t n = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[n] = 0;
-        const char *rp = strrchr(buf, ')');
-        if (rp && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X') left = 1;
+        char state = read_proc(stat_path, buf, sizeof buf) < 0 ? 0 : stat_state(buf);
+        if (state && state != 'Z' && state != 'X') left = 1;
     }
     closedir(d);
     return left;
@@ -237,21 +250,17 @@ int daemon_alive(pid_t pid) {
     if (kill(pid, 0) != 0 && errno != EPERM) return 0;
     char path[64], buf[512];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return access("/proc/self/stat", R_OK) != 0; // no /proc: trust kill()
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *rp = strrchr(buf, ')');
-    if (rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X')) return threads_left(pid);
+    if (read_proc(path, buf, sizeof buf) < 0)
+        return access("/proc/self/stat", R_OK) != 0; // no /proc: trust kill()
+    char state = stat_state(buf);
+    if (state == 'Z' || state == 'X') return threads_left(pid);
     char comm[32] = "";
-    const char *lp = strchr(buf, '(');
+    const char *lp = strchr(buf, '('), *rp = strrchr(buf, ')');
     if (lp && rp && rp > lp) snprintf(comm, sizeof comm, "%.*s", (int)(rp - lp - 1), lp + 1);
     snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
-    if (!(f = fopen(path, "r"))) return 0;
-    n = fread(buf, 1, sizeof buf - 1, f); // argv[0], NUL-terminated
-    fclose(f);
-    buf[n] = 0;
+    int got = read_proc(path, buf, sizeof buf); // argv[0], NUL-terminated, then the others
+    if (got < 0) return 0;
+    size_t n = (size_t)got;
     /* an mpirun counts when it is one of ours: moed-worker among its arguments */
     if (n && strstr(buf, "mpirun")) return memmem(buf, n, "moed-worker", 11) != NULL;
     if (n) return strstr(buf, "moed-") != NULL;
@@ -431,11 +440,7 @@ moe_status ensure_tls(const char *dir) {
 pid_t parent_of(pid_t pid) {
     char path[64], buf[512];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
+    if (read_proc(path, buf, sizeof buf) < 0) return 0;
     const char *rp = strrchr(buf, ')'); // "pid (comm) S ppid ..."
     int ppid = 0;
     if (!rp || sscanf(rp + 1, " %*c %d", &ppid) != 1) return 0;
