@@ -25,12 +25,6 @@
 
 #define MAXR 8
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* One scenario: n ranks, their listeners, and per-rank overrides of the config. */
 struct scenario {
     int n, pods, slots;

@@ -29,12 +29,6 @@
 #define SLOTS 2
 #define SIZE (PODS * SLOTS)
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* ---- inside mpirun ---- */
 
 struct thread_arg {

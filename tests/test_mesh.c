@@ -69,12 +69,6 @@ struct restore_case {
     int from[MAX_RANKS];
 };
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Pseudo-English text from a fixed generator: enough structure that routing is not uniform. */
 static void write_text(const char *path) {
     static const char *words[] = {"the", "of", "mixture", "experts", "router", "token", "and",

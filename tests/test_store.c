@@ -127,12 +127,6 @@ static const char *seen_list(const struct seen *s) {
     EXPECT_MSG(strcmp(seen_list(&(s)), (want)) == 0, "saw [%s], wanted [%s]", seen_list(&(s)),     \
                (want))
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static struct store *open_or_die(const char *path) {
     struct store *st;
     if (store_open(&st, path, 0) != MOE_OK) {
