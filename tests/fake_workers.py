@@ -218,9 +218,14 @@ class FakeWorker:
 workers = []
 
 
+passes = 0  # trainer passes begun
+
+
 def trainer():
     """Every slot of a job steps together, only when all of them run its newest epoch."""
+    global passes
     while True:
+        passes += 1
         time.sleep(0.03)
         jobs = {}
         for w in workers:
@@ -237,6 +242,14 @@ def trainer():
                 with w.lock:
                     w.step += 1
                 w.report_step()
+
+
+def settle():
+    """After a kill: wait until a whole trainer pass ran after it, so no survivor is still
+    being stepped by a pass that saw the killed worker alive (a loaded machine can stretch a
+    pass's ReportStep calls past any fixed sleep)."""
+    p = passes
+    wait("two trainer passes", lambda: passes >= p + 2)
 
 
 def wait(what, cond, seconds=20):
@@ -288,7 +301,7 @@ def main():
           wait("replica_check", lambda: len(events(job, "replica_check")) == 1))
     victim = by_id(slot_worker(job, 1, 0))
     victim.kill()
-    time.sleep(0.1)
+    settle()
     w00 = by_id(slot_worker(job, 0, 0))
     frozen = w00.step
     w00.report_fault("comm: rank 2 closed its connection (process gone?)")
@@ -322,7 +335,7 @@ def main():
     spare.refuse = grpc.StatusCode.UNAVAILABLE
     victim2 = by_id(slot_worker(job, 0, 1))
     victim2.kill()
-    time.sleep(0.1)
+    settle()
     by_id(slot_worker(job, 1, 1)).report_fault("comm: rank 1 closed its connection")
     check("the refusal restarted the recovery (event failure: refused RunSlot)",
           wait("refusal", lambda: any("refused RunSlot" in m for m in events(job, "failure"))))
@@ -352,7 +365,7 @@ def main():
     a, b = by_id(slot_worker(job, 0, 1)), by_id(slot_worker(job, 1, 1))
     a.kill()
     b.kill()
-    time.sleep(0.1)
+    settle()
     by_id(slot_worker(job, 0, 0)).report_fault("comm: rank 1 closed its connection")
     check("the job FAILED", wait("failed", lambda: coord.job(job).job.state == pb.JOB_FAILED))
     st = coord.job(job)
@@ -371,7 +384,7 @@ def main():
     check("a 2 x 2 job with mesh.spare_wait_s 1 runs (%s)" % job2, running_at(job2, 5))
     gone = by_id(slot_worker(job2, 1, 1))
     gone.kill()
-    time.sleep(0.1)
+    settle()
     by_id(slot_worker(job2, 0, 0)).report_fault("comm: rank 3 closed its connection")
     check("it FAILED after waiting for a spare", wait("failed 2", lambda: coord.job(job2).job.state == pb.JOB_FAILED, 10))
     err = coord.job(job2).job.error
@@ -396,7 +409,7 @@ def main():
     lone.stall = True
     lost = by_id(slot_worker(job3, 1, 1))
     lost.kill()
-    time.sleep(0.1)
+    settle()
     s10 = by_id(slot_worker(job3, 1, 0))
     frozen = s10.step
     s10.report_fault("comm: rank 3 closed its connection")
