@@ -559,9 +559,12 @@ static int body_kill(struct scenario *s, int rank, struct comm *c, moe_status st
     report(s, rank, "call_s", end - t);
     if (r != MOE_EUNAVAILABLE)
         printf("rank %d: after the failure: %s: %s\n", rank, moe_status_str(r), moe_errmsg());
-    /* The comm is broken now: a later call fails at once. */
+    /* The comm is broken now: a later call fails at once (far under the scenario's 10 s
+     * timeout, with room for a loaded machine). */
     double t1 = now_s();
-    EXPECT(comm_barrier(c, 1, &all) == MOE_EUNAVAILABLE && now_s() - t1 < 0.1);
+    EXPECT(comm_barrier(c, 1, &all) == MOE_EUNAVAILABLE);
+    EXPECT_MSG(now_s() - t1 < 1.0, "rank %d: the broken comm took %.2f s to fail", rank,
+               now_s() - t1);
     wait_go(s, rank, 20); // stay alive so that peers see rank 3 fail, not us leaving
     free(sbuf);
     free(rbuf);
@@ -664,7 +667,8 @@ static int body_abort(struct scenario *s, int rank, struct comm *c, moe_status s
     pthread_join(t, NULL);
     t0 = now_s();
     EXPECT_FAIL(comm_send(c, 1, 1, buf, 4), MOE_EINTERNAL, "aborted");
-    EXPECT(now_s() - t0 < 0.1);
+    EXPECT_MSG(now_s() - t0 < 1.0, "a send on an aborted comm took %.2f s (timeout 30 s)",
+               now_s() - t0);
     if (write(s->go[1][1], "g", 1) < 0) perror("go");
     return 0;
 }
