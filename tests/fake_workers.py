@@ -244,12 +244,18 @@ def trainer():
                 w.report_step()
 
 
-def settle():
-    """After a kill: wait until a whole trainer pass ran after it, so no survivor is still
-    being stepped by a pass that saw the killed worker alive (a loaded machine can stretch a
-    pass's ReportStep calls past any fixed sleep)."""
+def lose(job_id, victims, reporter, error):
+    """The victims die; once a whole trainer pass has run after that, so that no pass that saw
+    them alive can still step a survivor (a loaded machine can stretch a pass's ReportStep
+    calls past any fixed sleep), the survivor playing slot `reporter` (pod, slot) reports the
+    broken connection. Returns that survivor: its step is where the job froze."""
+    for v in victims:
+        v.kill()
     p = passes
     wait("two trainer passes", lambda: passes >= p + 2)
+    w = by_id(slot_worker(job_id, *reporter))
+    w.report_fault(error)
+    return w
 
 
 def wait(what, cond, seconds=20):
@@ -300,11 +306,7 @@ def main():
     check("the replica hashes agree: event replica_check",
           wait("replica_check", lambda: len(events(job, "replica_check")) == 1))
     victim = by_id(slot_worker(job, 1, 0))
-    victim.kill()
-    settle()
-    w00 = by_id(slot_worker(job, 0, 0))
-    frozen = w00.step
-    w00.report_fault("comm: rank 2 closed its connection (process gone?)")
+    frozen = lose(job, [victim], (0, 0), "comm: rank 2 closed its connection (process gone?)").step
     check("recovered (event recovered)", wait("recovered", lambda: len(events(job, "recovered")) == 1))
     st = coord.job(job)
     print("     " + events(job, "recovering")[-1])
@@ -334,9 +336,7 @@ def main():
     spare = workers[4]
     spare.refuse = grpc.StatusCode.UNAVAILABLE
     victim2 = by_id(slot_worker(job, 0, 1))
-    victim2.kill()
-    settle()
-    by_id(slot_worker(job, 1, 1)).report_fault("comm: rank 1 closed its connection")
+    lose(job, [victim2], (1, 1), "comm: rank 1 closed its connection")
     check("the refusal restarted the recovery (event failure: refused RunSlot)",
           wait("refusal", lambda: any("refused RunSlot" in m for m in events(job, "failure"))))
     check("... and, without a spare, it waits (event recovery_waiting)",
@@ -363,10 +363,7 @@ def main():
     step = coord.job(job).job.step
     check("it trains on", running_at(job, step + 5))
     a, b = by_id(slot_worker(job, 0, 1)), by_id(slot_worker(job, 1, 1))
-    a.kill()
-    b.kill()
-    settle()
-    by_id(slot_worker(job, 0, 0)).report_fault("comm: rank 1 closed its connection")
+    lose(job, [a, b], (0, 0), "comm: rank 1 closed its connection")
     check("the job FAILED", wait("failed", lambda: coord.job(job).job.state == pb.JOB_FAILED))
     st = coord.job(job)
     print("     error: " + st.job.error)
@@ -383,9 +380,7 @@ def main():
     job2 = coord.submit(SPEC % (1, CORPUS))
     check("a 2 x 2 job with mesh.spare_wait_s 1 runs (%s)" % job2, running_at(job2, 5))
     gone = by_id(slot_worker(job2, 1, 1))
-    gone.kill()
-    settle()
-    by_id(slot_worker(job2, 0, 0)).report_fault("comm: rank 3 closed its connection")
+    lose(job2, [gone], (0, 0), "comm: rank 3 closed its connection")
     check("it FAILED after waiting for a spare", wait("failed 2", lambda: coord.job(job2).job.state == pb.JOB_FAILED, 10))
     err = coord.job(job2).job.error
     print("     error: " + err)
@@ -408,11 +403,8 @@ def main():
     lone.ahead = peer.ahead = True  # pod 0 finished the step pod 1 did not
     lone.stall = True
     lost = by_id(slot_worker(job3, 1, 1))
-    lost.kill()
-    settle()
-    s10 = by_id(slot_worker(job3, 1, 0))
+    s10 = lose(job3, [lost], (1, 0), "comm: rank 3 closed its connection")
     frozen = s10.step
-    s10.report_fault("comm: rank 3 closed its connection")
     check("planned: every slot to step %d, slot (1, 0) from rank 0 alone" % (frozen + 1),
           wait("recovering", lambda: any("returns to step %d" % (frozen + 1) in m
                                          for m in events(job3, "recovering"))))
