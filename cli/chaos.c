@@ -14,6 +14,7 @@
 #include "cluster_dir.h"
 #include "moectl.h"
 
+#include "../common/clock.h"
 #include "proto/moed.pb-c.h"
 
 #include <errno.h>
@@ -318,10 +319,10 @@ static int worker_index(const struct chaos *c, pid_t pid) {
 }
 
 static int wait_gone(pid_t pid) {
-    double deadline = client_now() + GONE_TIMEOUT_S;
+    double deadline = moe_clock_s() + GONE_TIMEOUT_S;
     while (daemon_alive(pid)) {
         reap();
-        if (client_now() > deadline) return -1;
+        if (moe_clock_s() > deadline) return -1;
         sleep_s(0.01);
     }
     return 0;
@@ -438,9 +439,9 @@ static int inject_stop(struct chaos *c, struct fault *f) {
     say(c, "fault %d/%d at step %lld: stop: SIGSTOP %s (pid %d, slot (%d, %d)); waiting until the "
         "coordinator fences it", (int)(f - c->faults) + 1, c->n_faults, (long long)f->step,
         v->worker_id, (int)v->pid, v->pod, v->slot);
-    double t0 = client_now();
+    double t0 = moe_clock_s();
     int ok = 0;
-    while (!interrupted && client_now() - t0 < c->timeout_s) {
+    while (!interrupted && moe_clock_s() - t0 < c->timeout_s) {
         if (poll_job(c) < 0) break;
         if ((ok = fenced(c, f))) break;
         sleep_s(POLL_S);
@@ -448,7 +449,7 @@ static int inject_stop(struct chaos *c, struct fault *f) {
     kill(v->pid, SIGCONT);
     c->stopped = 0;
     snprintf(f->did, sizeof f->did, "stopped %s (pid %d, slot (%d, %d)) for %.1f s, until %s; "
-             "then SIGCONT", v->worker_id, (int)v->pid, v->pod, v->slot, client_now() - t0,
+             "then SIGCONT", v->worker_id, (int)v->pid, v->pod, v->slot, moe_clock_s() - t0,
              ok ? "the coordinator fenced it" : "chaos gave up");
     if (!ok) return chaos_error(c, "fault stop: the coordinator did not fence %s (SIGSTOPped) "
                                 "within %.0f s", v->worker_id, c->timeout_s);
@@ -467,11 +468,11 @@ static int inject_coordinator(struct chaos *c, struct fault *f) {
     if (wait_gone(pid))
         return chaos_error(c, "the coordinator (pid %d) still runs %.0f s after SIGKILL", (int)pid,
                            GONE_TIMEOUT_S);
-    double t0 = client_now();
+    double t0 = moe_clock_s();
     if (restart_cluster(c, "the coordinator")) return -1;
     pid_t now = read_pid(in_dir(path, c->dir, "coordinator.pid"));
     snprintf(f->did, sizeof f->did, "killed the coordinator (pid %d); restarted it as pid %d on "
-             "its port in %.2f s", (int)pid, (int)now, client_now() - t0);
+             "its port in %.2f s", (int)pid, (int)now, moe_clock_s() - t0);
     return reconnect(c);
 }
 
@@ -554,7 +555,7 @@ static int recovered(struct chaos *c, struct fault *f, int recoveries_before) {
 
 /* Waits until the job has done `gap` steps since `base` and is not recovering. */
 static int wait_gap(struct chaos *c, int index, int64_t base) {
-    double t0 = client_now();
+    double t0 = moe_clock_s();
     for (;;) {
         if (interrupted) return chaos_error(c, "interrupted (signal %d)", (int)interrupted);
         int r = poll_job(c);
@@ -572,7 +573,7 @@ static int wait_gap(struct chaos *c, int index, int64_t base) {
                 j->step >= base + c->gap_steps && j->n_bindings > 0)
                 return 0;
         }
-        if (client_now() - t0 > c->timeout_s)
+        if (moe_clock_s() - t0 > c->timeout_s)
             return chaos_error(c, "fault %d of %d: the job did not make %d steps past step %lld "
                                "within %.0f s", index + 1, c->n_faults, c->gap_steps,
                                (long long)base, c->timeout_s);
@@ -582,7 +583,7 @@ static int wait_gap(struct chaos *c, int index, int64_t base) {
 
 static int wait_recovered(struct chaos *c, int index, int recoveries_before) {
     struct fault *f = &c->faults[index];
-    double t0 = client_now();
+    double t0 = moe_clock_s();
     for (;;) {
         if (interrupted) return chaos_error(c, "interrupted (signal %d)", (int)interrupted);
         int r = poll_job(c);
@@ -597,7 +598,7 @@ static int wait_recovered(struct chaos *c, int index, int recoveries_before) {
                                    kind_names[f->kind], jt);
             }
         }
-        if (client_now() - t0 > c->timeout_s) {
+        if (moe_clock_s() - t0 > c->timeout_s) {
             char jt[TEXT_CAP] = "not answering";
             if (c->st) job_text(jt, sizeof jt, c->st->job);
             return chaos_error(c, "fault %d (%s): no %s within %.0f s; the job is %s", index + 1,
@@ -817,7 +818,7 @@ static int open_cluster(struct chaos *c) {
 
 /* Waits for a just-submitted job to run; refuses one that has ended. Sets the mesh. */
 static int check_job(struct chaos *c) {
-    double t0 = client_now();
+    double t0 = moe_clock_s();
     for (;;) {
         int r = poll_job(c);
         if (r < 0) {
@@ -832,7 +833,7 @@ static int check_job(struct chaos *c) {
             return moectl_fail(EXIT_BAD_INPUT, "chaos: %s is %s, not running: there is nothing "
                                "to inject faults into", c->job_id, state_name(j->state));
         if (j->state == MOED__V1__JOB_STATE__JOB_RUNNING && j->n_bindings > 0) break;
-        if (client_now() - t0 > c->timeout_s)
+        if (moe_clock_s() - t0 > c->timeout_s)
             return moectl_fail(EXIT_RUN_FAILED, "chaos: %s is still %s after %.0f s", c->job_id,
                                state_name(j->state), c->timeout_s);
         sleep_s(POLL_S);

@@ -313,12 +313,6 @@ const char *client_enum_name(const ProtobufCEnumDescriptor *d, int value) {
 
 /* ---- time ---- */
 
-double client_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 long long client_unix_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

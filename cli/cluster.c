@@ -15,6 +15,7 @@
 #include "cluster_dir.h"
 #include "moectl.h"
 
+#include "../common/clock.h"
 #include "proto/moed.pb-c.h"
 
 #include <errno.h>
@@ -63,7 +64,7 @@ static int wait_for_address(const char *dir, pid_t pid, char *address, size_t ca
     char path[PATH_CAP], log[PATH_CAP];
     in_dir(path, dir, "coordinator.addr");
     in_dir(log, dir, "coordinator.log");
-    double deadline = client_now() + UP_TIMEOUT_S;
+    double deadline = moe_clock_s() + UP_TIMEOUT_S;
     for (;;) {
         if (read_small_file(path, address, cap) == 0 && port_of(address) > 0) return EXIT_OK;
         reap();
@@ -73,7 +74,7 @@ static int wait_for_address(const char *dir, pid_t pid, char *address, size_t ca
             show_log_tail(log, 6);
             return EXIT_RUN_FAILED;
         }
-        if (client_now() > deadline) {
+        if (moe_clock_s() > deadline) {
             moectl_fail(EXIT_RUN_FAILED, "the coordinator (pid %d) did not write %s within %.0f s",
                         (int)pid, path, UP_TIMEOUT_S);
             show_log_tail(log, 6);
@@ -100,7 +101,7 @@ static int wait_for_workers(struct client *c, const char *dir, pid_t coord, pid_
                             const struct shape *sh, const pid_t *launchers, const int *only) {
     int n = sh->workers, want = 0;
     for (int i = 0; i < n; i++) want += !only || only[i];
-    double deadline = client_now() + UP_TIMEOUT_S;
+    double deadline = moe_clock_s() + UP_TIMEOUT_S;
     char log[PATH_CAP];
     int alive = 0;
     char last_error[600] = "";
@@ -156,7 +157,7 @@ static int wait_for_workers(struct client *c, const char *dir, pid_t coord, pid_
             show_log_tail(worker_file(log, dir, i, ".log"), 6);
             return EXIT_RUN_FAILED;
         }
-        if (client_now() > deadline) {
+        if (moe_clock_s() > deadline) {
             moectl_fail(EXIT_RUN_FAILED,
                         "only %d of %d workers registered with the coordinator within %.0f s%s%s; "
                         "logs are in %s (`moectl cluster down --dir %s` stops what runs)",
@@ -675,11 +676,11 @@ static int cluster_down(int argc, char **argv) {
         if (daemon_alive(pids[i]) && kill(pids[i], SIGTERM) == 0) n_running++;
         else pids[i] = 0;
     }
-    double t0 = client_now();
+    double t0 = moe_clock_s();
     for (;;) {
         int left = 0;
         for (int i = 0; i < n_workers; i++) left += daemon_alive(pids[i]);
-        if (!left || client_now() - t0 > DOWN_TIMEOUT_S * 0.6) break;
+        if (!left || moe_clock_s() - t0 > DOWN_TIMEOUT_S * 0.6) break;
         sleep_s(0.02);
     }
     for (int p = 0; p < n_mpi; p++) {
@@ -691,7 +692,7 @@ static int cluster_down(int argc, char **argv) {
         int left = coord_ran && daemon_alive(coord);
         for (int i = 0; i < n; i++) left += daemon_alive(pids[i]);
         if (!left) break;
-        if (client_now() - t0 > DOWN_TIMEOUT_S) {
+        if (moe_clock_s() - t0 > DOWN_TIMEOUT_S) {
             for (int i = 0; i < n; i++)
                 if (daemon_alive(pids[i])) {
                     fprintf(stderr, "moectl: %s %d (pid %d) ignored SIGTERM for %.0f s: "

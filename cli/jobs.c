@@ -11,6 +11,7 @@
 #include "client.h"
 #include "moectl.h"
 
+#include "../common/clock.h"
 #include "../common/spec.h"
 #include "proto/moed.pb-c.h"
 
@@ -566,7 +567,7 @@ static int watch_update(struct watch *w, const Moed__V1__JobUpdate *u) {
             printf("%s\n", line);
         }
     }
-    double now = client_now();
+    double now = moe_clock_s();
     if (w->tty) {
         if (j->state == MOED__V1__JOB_STATE__JOB_QUEUED)
             snprintf(w->bar, sizeof w->bar, "%s QUEUED: waiting for free workers", j->job_id);
@@ -655,7 +656,7 @@ int cmd_watch(int argc, char **argv) {
                                                           : EXIT_RUN_FAILED, "%s", why);
             break;
         }
-        double now = client_now();
+        double now = moe_clock_s();
         if (!lost_at) {
             lost_at = now;
             say(&w, "lost the coordinator (%s); reconnecting for up to %.0f s", why, RECONNECT_S);

@@ -19,6 +19,7 @@
  * Never: does the math itself; the trainer library and the kernels do.
  */
 #include "../common/blas_select.h"
+#include "../common/clock.h"
 #include "../common/log.h"
 #include "../common/spec.h"
 #include "../kernels/model.h"
@@ -35,7 +36,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t interrupted;
@@ -117,12 +117,6 @@ struct progress {
     long tokens;
 };
 
-static double wall(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void format_eta(char *out, size_t len, double seconds) {
     long s = (long)(seconds + 0.5);
     if (s >= 3600)
@@ -132,7 +126,7 @@ static void format_eta(char *out, size_t len, double seconds) {
 }
 
 static void draw_bar(const struct progress *p, const struct step_report *r) {
-    double elapsed = wall() - p->started;
+    double elapsed = moe_clock_s() - p->started;
     double frac = (double)r->step / p->total;
     char eta[32];
     format_eta(eta, sizeof eta, elapsed / frac * (1 - frac));
@@ -146,7 +140,7 @@ static void draw_bar(const struct progress *p, const struct step_report *r) {
 }
 
 static void print_step(const struct progress *p, const struct step_report *r) {
-    double elapsed = wall() - p->started;
+    double elapsed = moe_clock_s() - p->started;
     double tps = p->tokens / elapsed;
     if (p->json) {
         /* the loss with every digit: a distributed run must match it exactly */
@@ -279,7 +273,7 @@ static int cmd_train(int argc, char **argv) {
     int code = 0;
     double val = NAN;
     long windows = 0;
-    p.started = wall();
+    p.started = moe_clock_s();
     while (t.model.step < last) {
         if (interrupted) {
             code = EXIT_RUN_FAILED;
@@ -316,7 +310,7 @@ static int cmd_train(int argc, char **argv) {
         code = fail(EXIT_RUN_FAILED, moe_errmsg());
         goto exit;
     }
-    double secs = wall() - p.started;
+    double secs = moe_clock_s() - p.started;
     if (p.json)
         printf("{\"event\":\"done\",\"steps\":%ld,\"seconds\":%.3f,\"tokens_per_s\":%.1f,"
                "\"val_bits_per_byte\":%.6f,\"unigram_bits_per_byte\":%.6f,\"model\":\"%s\"}\n",

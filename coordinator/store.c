@@ -1,4 +1,5 @@
 #include "store.h"
+#include "../common/clock.h"
 
 #include <rocksdb/c.h>
 
@@ -161,15 +162,13 @@ moe_status store_open(struct store **out, const char *dir, double lock_wait_s) {
     /* RocksDB holds its LOCK file with a POSIX lock, released only once the holder has fully
      * exited: a coordinator restarted right after a kill -9 can see its predecessor's lock for
      * a moment (its threads are still being torn down). */
-    struct timespec t0, now, pause = {0, 50 * 1000 * 1000};
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct timespec pause = {0, 50 * 1000 * 1000};
+    double t0 = moe_clock_s();
     char *err = NULL;
     for (;;) {
         st->db = rocksdb_open(st->options, dir, &err);
         if (!err || !strstr(err, "lock")) break;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        double waited = (double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) / 1e9;
-        if (waited >= lock_wait_s) break;
+        if (moe_clock_s() - t0 >= lock_wait_s) break;
         rocksdb_free(err);
         err = NULL;
         nanosleep(&pause, NULL);

@@ -4,22 +4,17 @@
  *   EXPECT(cond)                   prints the condition
  *   EXPECT_MSG(cond, fmt, ...)     prints a message
  *   EXPECT_FAIL(call, want, text)  `call` must return status `want` with `text` in moe_errmsg()
- * and now_s(), a monotonic clock in seconds for the tests that time a wait.
+ * Tests that time a wait use moe_clock_s() (common/clock.h).
  */
 #ifndef MOE_TESTS_CHECK_H
 #define MOE_TESTS_CHECK_H
 
+#include "../common/clock.h"
+
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 static int failures;
-
-static inline double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 #define EXPECT_MSG(cond, ...)                                                                     \
     do {                                                                                          \

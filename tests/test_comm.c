@@ -111,7 +111,7 @@ static void scenario_fork(struct scenario *s, rank_body body) {
 
 /* Reaps every child within `seconds` (kills the rest), counting failures. */
 static void scenario_reap(struct scenario *s, double seconds) {
-    double deadline = now_s() + seconds;
+    double deadline = moe_clock_s() + seconds;
     int left = s->n;
     for (int r = 0; r < s->n; r++)
         if (!s->pid[r]) left--;
@@ -133,7 +133,7 @@ static void scenario_reap(struct scenario *s, double seconds) {
                 }
             continue;
         }
-        if (now_s() > deadline) {
+        if (moe_clock_s() > deadline) {
             for (int r = 0; r < s->n; r++)
                 if (s->pid[r]) {
                     printf("FAIL rank %d did not finish in %.0f s: killed\n", r, seconds);
@@ -141,7 +141,7 @@ static void scenario_reap(struct scenario *s, double seconds) {
                     kill(s->pid[r], SIGCONT);
                     kill(s->pid[r], SIGKILL);
                 }
-            deadline = now_s() + 10;
+            deadline = moe_clock_s() + 10;
         }
         usleep(2000);
     }
@@ -159,7 +159,7 @@ static int read_reports(struct scenario *s, int want, double seconds, int *rank,
     static char buf[8192];
     static size_t have;
     int got = 0;
-    double deadline = now_s() + seconds;
+    double deadline = moe_clock_s() + seconds;
     while (got < want) {
         char *nl;
         while (got < want && (nl = memchr(buf, '\n', have))) {
@@ -170,7 +170,7 @@ static int read_reports(struct scenario *s, int want, double seconds, int *rank,
             have -= used;
         }
         if (got == want) break;
-        int ms = (int)((deadline - now_s()) * 1000);
+        int ms = (int)((deadline - moe_clock_s()) * 1000);
         if (ms <= 0) break;
         struct pollfd p = {.fd = s->report[0], .events = POLLIN};
         if (poll(&p, 1, ms) <= 0) break;
@@ -434,10 +434,10 @@ static void test_refusal(const char *what, int which, const char *needle) {
     if (which == 3) s.job[1] = "job-other";
     s.job[MAXR - 1] = needle;
     refusal_which = which;
-    double t0 = now_s();
+    double t0 = moe_clock_s();
     scenario_fork(&s, body_expect_refusal);
     scenario_reap(&s, 20);
-    EXPECT_MSG(now_s() - t0 < 5, "refusal took %.1f s", now_s() - t0);
+    EXPECT_MSG(moe_clock_s() - t0 < 5, "refusal took %.1f s", moe_clock_s() - t0);
 }
 
 /* A recovery's RunSlots reach workers one at a time: rank 0 opens epoch 7 while rank 1 still
@@ -526,10 +526,10 @@ static void test_strangers(void) {
     struct linger lg = {.l_onoff = 1, .l_linger = 0};
     setsockopt(refused, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     close(refused);
-    double t0 = now_s();
+    double t0 = moe_clock_s();
     scenario_fork(&s, body_strangers);
     scenario_reap(&s, 20);
-    EXPECT_MSG(now_s() - t0 < 5, "opening with strangers took %.1f s", now_s() - t0);
+    EXPECT_MSG(moe_clock_s() - t0 < 5, "opening with strangers took %.1f s", moe_clock_s() - t0);
     close(junk), close(silent), close(half);
 }
 
@@ -542,14 +542,14 @@ static int body_kill(struct scenario *s, int rank, struct comm *c, moe_status st
     size_t per = 16 << 20;
     uint8_t *sbuf = calloc(4, per), *rbuf = calloc(4, per);
     size_t sb[4] = {per, per, per, per}, rb[4] = {per, per, per, per};
-    report(s, rank, "started", now_s());
+    report(s, rank, "started", moe_clock_s());
     moe_status r = MOE_OK;
     double t = 0;
     for (int i = 0; i < 500 && r == MOE_OK; i++) {
-        t = now_s();
+        t = moe_clock_s();
         r = comm_alltoallv(c, 0, &all, sbuf, sb, rbuf, rb);
     }
-    double end = now_s();
+    double end = moe_clock_s();
     /* A survivor names rank 3, or a survivor that gave up because of rank 3 (a failing
      * rank shuts its links down, so that the failure spreads at once). */
     const char *ev = r != MOE_EUNAVAILABLE ? "failed_bad"
@@ -561,10 +561,10 @@ static int body_kill(struct scenario *s, int rank, struct comm *c, moe_status st
         printf("rank %d: after the failure: %s: %s\n", rank, moe_status_str(r), moe_errmsg());
     /* The comm is broken now: a later call fails at once (far under the scenario's 10 s
      * timeout, with room for a loaded machine). */
-    double t1 = now_s();
+    double t1 = moe_clock_s();
     EXPECT(comm_barrier(c, 1, &all) == MOE_EUNAVAILABLE);
-    EXPECT_MSG(now_s() - t1 < 1.0, "rank %d: the broken comm took %.2f s to fail", rank,
-               now_s() - t1);
+    EXPECT_MSG(moe_clock_s() - t1 < 1.0, "rank %d: the broken comm took %.2f s to fail", rank,
+               moe_clock_s() - t1);
     wait_go(s, rank, 20); // stay alive so that peers see rank 3 fail, not us leaving
     free(sbuf);
     free(rbuf);
@@ -582,7 +582,7 @@ static void test_kill(void) {
     int got = read_reports(&s, 4, 20, rank, ev, val);
     EXPECT_MSG(got == 4, "only %d ranks started", got);
     usleep(150000); // a few alltoallvs in
-    double killed = now_s();
+    double killed = moe_clock_s();
     kill(s.pid[3], SIGKILL);
     got = read_reports(&s, 6, 20, rank, ev, val);
     EXPECT_MSG(got == 6, "only %d reports after the kill", got);
@@ -616,7 +616,7 @@ static void test_stop(void) {
     int got = read_reports(&s, 4, 20, rank, ev, val);
     EXPECT_MSG(got == 4, "only %d ranks started", got);
     usleep(150000);
-    double stopped = now_s();
+    double stopped = moe_clock_s();
     kill(s.pid[3], SIGSTOP);
     got = read_reports(&s, 6, 20, rank, ev, val);
     EXPECT_MSG(got == 6, "only %d reports after the stop", got);
@@ -660,15 +660,15 @@ static int body_abort(struct scenario *s, int rank, struct comm *c, moe_status s
     pthread_t t;
     pthread_create(&t, NULL, abort_later, &a);
     char buf[16];
-    double t0 = now_s();
+    double t0 = moe_clock_s();
     EXPECT_FAIL(comm_recv(c, 0, 1, buf, sizeof buf), MOE_EINTERNAL, "aborted");
-    double dt = now_s() - t0;
+    double dt = moe_clock_s() - t0;
     EXPECT_MSG(dt > 0.25 && dt < 1.0, "abort took %.2f s to wake the recv", dt);
     pthread_join(t, NULL);
-    t0 = now_s();
+    t0 = moe_clock_s();
     EXPECT_FAIL(comm_send(c, 1, 1, buf, 4), MOE_EINTERNAL, "aborted");
-    EXPECT_MSG(now_s() - t0 < 1.0, "a send on an aborted comm took %.2f s (timeout 30 s)",
-               now_s() - t0);
+    EXPECT_MSG(moe_clock_s() - t0 < 1.0, "a send on an aborted comm took %.2f s (timeout 30 s)",
+               moe_clock_s() - t0);
     if (write(s->go[1][1], "g", 1) < 0) perror("go");
     return 0;
 }
@@ -692,7 +692,7 @@ static int selected(int argc, char **argv, const char *name) {
 int main(int argc, char **argv) {
     moe_log_init("test");
     signal(SIGPIPE, SIG_DFL); // the data plane must not need SIGPIPE ignored
-    double t0 = now_s();
+    double t0 = moe_clock_s();
     if (selected(argc, argv, "ops")) {
         test_ops("shared memory between local peers, large payloads by cma");
         setenv("MOE_COMM_CMA_MIN", "1", 1); // every payload by descriptor, mismatches too
@@ -723,6 +723,6 @@ int main(int argc, char **argv) {
     }
     if (selected(argc, argv, "stop")) test_stop();
     if (selected(argc, argv, "abort")) test_abort();
-    printf("test_comm: %d failures in %.1f s\n", failures, now_s() - t0);
+    printf("test_comm: %d failures in %.1f s\n", failures, moe_clock_s() - t0);
     return failures ? 1 : 0;
 }

@@ -68,10 +68,10 @@ static int rank_stall(struct comm *c, int rank) {
                moe_errmsg());
         return 1;
     }
-    double t0 = now_s();
+    double t0 = moe_clock_s();
     float buf[64] = {0};
     moe_status st = comm_allreduce(c, 0, &all, buf, 64);
-    double dt = now_s() - t0;
+    double dt = moe_clock_s() - t0;
     EXPECT_MSG(st == MOE_EUNAVAILABLE, "rank %d: allreduce with a dead pod: %s: %s", rank,
                moe_status_str(st), moe_errmsg());
     EXPECT_MSG(dt < 2 * STALL_TIMEOUT + 5, "rank %d: failing took %.1f s", rank, dt);
@@ -96,7 +96,7 @@ struct abort_arg {
 };
 static void *abort_soon(void *p) {
     struct abort_arg *a = p;
-    for (double until = now_s() + 30; !comm_ops_in_flight(a->c) && now_s() < until;)
+    for (double until = moe_clock_s() + 30; !comm_ops_in_flight(a->c) && moe_clock_s() < until;)
         usleep(1000);
     a->saw_op = comm_ops_in_flight(a->c) > 0;
     usleep(200000); // the operation is well under way, waiting for rank 1
@@ -115,9 +115,9 @@ static int rank_abort(struct comm *c, int rank, const char *dir) {
         pthread_t t;
         struct abort_arg a = {.c = c, .dir = dir};
         pthread_create(&t, NULL, abort_soon, &a);
-        double t0 = now_s();
+        double t0 = moe_clock_s();
         long w = td_check_alltoallv(c, 0, &pod_g, 5, 8000); // megabytes: rendezvous sends
-        double dt = now_s() - t0;
+        double dt = moe_clock_s() - t0;
         pthread_join(t, NULL);
         EXPECT_MSG(a.saw_op, "rank 0: its alltoallv never had its transfers posted");
         EXPECT_MSG(w < 0 && strstr(moe_errmsg(), "aborted"), "rank 0: %ld: %s", w,
@@ -128,7 +128,7 @@ static int rank_abort(struct comm *c, int rank, const char *dir) {
     } else if (rank == 1) {
         char path[600];
         snprintf(path, sizeof path, "%s/aborted", dir);
-        for (double until = now_s() + 30; access(path, F_OK) != 0 && now_s() < until;)
+        for (double until = moe_clock_s() + 30; access(path, F_OK) != 0 && moe_clock_s() < until;)
             usleep(10000);
         EXPECT_MSG(access(path, F_OK) == 0, "rank 1: rank 0 never aborted");
         usleep(100000); // enters after rank 0 was aborted
@@ -177,11 +177,11 @@ static int rank_main(void) {
     rename(tmp, path); // others see the whole address or nothing
     static char addr[SIZE][COMM_ADDR_MAX];
     const char *peers[SIZE] = {0};
-    double deadline = now_s() + 30;
+    double deadline = moe_clock_s() + 30;
     for (int q = 0; q < SIZE; q++) {
         if (q / SLOTS == pod) continue; // reached through MPI: no address needed
         snprintf(path, sizeof path, "%s/addr.%d", dir, q);
-        while (read_file(path, addr[q], sizeof addr[q]) != 0 && now_s() < deadline)
+        while (read_file(path, addr[q], sizeof addr[q]) != 0 && moe_clock_s() < deadline)
             usleep(10000);
         peers[q] = addr[q];
     }
@@ -332,7 +332,7 @@ static void run_pods(const char *scenario, double seconds, int status[PODS], dou
             _exit(127);
         }
     }
-    double t0 = now_s(), deadline = t0 + seconds;
+    double t0 = moe_clock_s(), deadline = t0 + seconds;
     int left = PODS;
     while (left > 0) {
         int st;
@@ -343,11 +343,11 @@ static void run_pods(const char *scenario, double seconds, int status[PODS], dou
                     left--;
                     pid[p] = 0;
                     status[p] = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-                    took[p] = now_s() - t0;
+                    took[p] = moe_clock_s() - t0;
                 }
             continue;
         }
-        if (now_s() > deadline) {
+        if (moe_clock_s() > deadline) {
             for (int p = 0; p < PODS; p++)
                 if (pid[p]) {
                     printf("FAIL: pod %d's mpirun did not finish in %.0f s: killed\n", p,
@@ -356,7 +356,7 @@ static void run_pods(const char *scenario, double seconds, int status[PODS], dou
                     kill(-pid[p], SIGKILL);
                     status[p] = -1;
                 }
-            deadline = now_s() + 30;
+            deadline = moe_clock_s() + 30;
         }
         usleep(10000);
     }

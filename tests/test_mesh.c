@@ -222,9 +222,9 @@ static int slot_main(int argc, char **argv) {
             usleep(20000); /* the others are inside the step's all-to-alls by now */
             raise(SIGKILL);
         }
-        double t0 = now_s();
+        double t0 = moe_clock_s();
         if (trainer_step(&t, &r) != MOE_OK) {
-            out.fail_seconds = now_s() - t0;
+            out.fail_seconds = moe_clock_s() - t0;
             goto fail;
         }
         if (i < STEPS) record(&out, i, &r);

@@ -1,6 +1,7 @@
 /* replica.c — a slot's previous version, buddy copies, fence and restore (see replica.h). */
 #include "replica.h"
 
+#include "../common/clock.h"
 #include "../common/log.h"
 #include "comm/comm.h"
 
@@ -10,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* Channel 2 carries the buddy copies: the compute thread's all-to-alls use 0, the gradient
  * reductions 1, and these overlap with both. */
@@ -50,12 +50,6 @@ struct replica {
     long hash_step;
     int hash_ready;
 };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ---- the copies' transfer ---- */
 
@@ -424,7 +418,7 @@ moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
     memset(st, 0, sizeof *st);
     if (p->n != n)
         return moe_fail(MOE_EINVAL, "restore: the plan has %d sources for %d ranks", p->n, n);
-    double t0 = now_s();
+    double t0 = moe_clock_s();
     (void)wait_thread(r); /* the last epoch's copy, if it was still running */
     pthread_mutex_lock(&r->mu);
     if (p->from[me] < 0) {
@@ -457,7 +451,7 @@ moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
     pthread_mutex_lock(&r->mu);
     r->fenced = 0;
     pthread_mutex_unlock(&r->mu);
-    st->transfer_s = now_s() - t0;
+    st->transfer_s = moe_clock_s() - t0;
     LOG_INFO("slot (%d, %d): restored to step %ld in %.3f s (received %.1f MB, sent %.1f MB)",
              t->mesh.pod, t->mesh.slot, p->step, st->transfer_s, st->bytes_received / 1e6,
              st->bytes_sent / 1e6);

@@ -1,6 +1,7 @@
 /* slot.c — one slot of a distributed job: the distributed step (see slot.h). */
 #include "slot.h"
 
+#include "../common/clock.h"
 #include "../common/log.h"
 #include "../kernels/layers.h"
 #include "../kernels/tree_sum.h"
@@ -12,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* Channel 0 carries what the compute thread waits for (dispatch, combine, statistics);
  * channel 1 the gradient reductions that overlap the backward. */
@@ -63,12 +63,6 @@ struct slot_exec {
     moe_status err;
     char errmsg[512];
 };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ---- the reducer ---- */
 
@@ -147,9 +141,9 @@ static int last_pass(const struct slot_exec *x) {
  * `on_error` runs with the status in s_. */
 #define TIMED(call, on_error)                                                                     \
     do {                                                                                          \
-        double timed_t0_ = now_s();                                                               \
+        double timed_t0_ = moe_clock_s();                                                               \
         moe_status s_ = (call);                                                                   \
-        x->t_comm += now_s() - timed_t0_;                                                         \
+        x->t_comm += moe_clock_s() - timed_t0_;                                                         \
         if (s_ != MOE_OK) {                                                                       \
             on_error;                                                                             \
         }                                                                                         \
@@ -484,7 +478,7 @@ static moe_status grad_norm(struct slot_exec *x, double *norm) {
 moe_status slot_step(struct trainer *t, struct step_report *r) {
     struct slot_exec *x = t->mesh.exec;
     struct model *m = &t->model;
-    double t0 = now_s();
+    double t0 = moe_clock_s();
     long step = m->step;
     size_t n_load = (size_t)x->L * x->E;
     memset(r, 0, sizeof *r);
@@ -524,13 +518,13 @@ moe_status slot_step(struct trainer *t, struct step_report *r) {
     r->dropped = (long)counts[0];
     for (size_t j = 0; j < n_load; j++) t->load_sum[j] = m->stats.load[j] = (long)counts[1 + j];
 
-    double u0 = now_s(), norm = 0;
+    double u0 = moe_clock_s(), norm = 0;
     STEP(grad_norm(x, &norm));
     r->lr = adamw_lr(&t->spec.optimizer, step);
     r->load_max_over_mean = trainer_load_imbalance(m);
     r->grad_norm = norm;
     if ((res = replica_update(t, norm)) != MOE_OK) goto fail;
-    r->t_update = now_s() - u0;
+    r->t_update = moe_clock_s() - u0;
     r->replicated_step = step; /* every slot passed this step's all-rank collective */
     r->has_hash = replica_hash(t, r->state_sha256, &r->hash_step);
     trainer_finish_report(t, r, t0);

@@ -1,5 +1,6 @@
 /* trainer.c — the step-by-step training loop (see trainer.h). */
 #include "trainer.h"
+#include "../common/clock.h"
 #include "../common/log.h"
 #include "../common/safetensors.h"
 #include "../kernels/tree_sum.h"
@@ -11,15 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <errno.h>
 #include <unistd.h>
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 _Static_assert(sizeof(real) == sizeof(float), "the trainer adds shard gradients as floats");
 
@@ -197,13 +191,13 @@ int trainer_shard_passes(struct trainer *t, int shard, long step, struct shard_l
         t->pass = i;
         data_train_batch(&t->data, t->spec.run.seed, step, shard * t->Bd + i * t->M, t->M,
                          t->tokens, t->targets);
-        double f0 = now_seconds(), loss;
+        double f0 = moe_clock_s(), loss;
         if (model_forward_exec(m, t->tokens, t->targets, t->M, t->T, ex, &loss) != 0) return -1;
-        double f1 = now_seconds();
+        double f1 = moe_clock_s();
         if (model_backward_exec(m, t->tokens, t->targets, t->M, t->T, share, i > 0, ex) != 0)
             return -1;
         r->t_forward += f1 - f0;
-        r->t_backward += now_seconds() - f1;
+        r->t_backward += moe_clock_s() - f1;
         part->loss += share * m->stats.loss;
         part->ce += share * m->stats.ce;
         part->aux += share * m->stats.aux;
@@ -219,12 +213,12 @@ void trainer_finish_report(struct trainer *t, struct step_report *r, double t0) 
     r->step = m->step;
     r->tokens = (long)t->B * t->T;
     r->assignments = r->tokens * m->cfg.top_k * m->cfg.n_layers;
-    r->seconds = now_seconds() - t0;
+    r->seconds = moe_clock_s() - t0;
 }
 
 moe_status trainer_step(struct trainer *t, struct step_report *r) {
     if (t->mesh.exec) return slot_step(t, r);
-    double t0 = now_seconds();
+    double t0 = moe_clock_s();
     struct model *m = &t->model;
     long step = m->step;
     size_t n_load = (size_t)m->cfg.n_layers * m->cfg.n_experts;
@@ -244,7 +238,7 @@ moe_status trainer_step(struct trainer *t, struct step_report *r) {
         total.z += part.z;
         total.dropped += part.dropped;
     }
-    double u0 = now_seconds();
+    double u0 = moe_clock_s();
     if (D > 1) {
         reduce_shards(t);
         model_swap_grad_arena(m, t->mesh.shard_grads[0]);
@@ -259,7 +253,7 @@ moe_status trainer_step(struct trainer *t, struct step_report *r) {
     r->lr = adamw_lr(&t->spec.optimizer, step);
     r->load_max_over_mean = trainer_load_imbalance(m);
     r->grad_norm = model_update(m, &t->spec.optimizer);
-    r->t_update = now_seconds() - u0;
+    r->t_update = moe_clock_s() - u0;
     trainer_finish_report(t, r, t0);
     if (r->loss != r->loss) /* NaN: diverged. Say so rather than train on garbage. */
         return moe_fail(MOE_EINVAL, "training diverged at step %ld (loss is NaN); lower "

@@ -10,6 +10,7 @@
  * Never: moves payload (engine.c does) or interprets it (collectives.c does).
  */
 #include "comm_internal.h"
+#include "../../common/clock.h"
 #include "../../common/log.h"
 
 #include <errno.h>
@@ -17,15 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-double comm_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static moe_status check_config(const struct comm_config *cfg) {
     if (cfg->backend != COMM_TCP && cfg->backend != COMM_MPI)
@@ -55,7 +49,7 @@ moe_status comm_open(struct comm **out, const struct comm_config *cfg, struct co
     pthread_mutex_init(&c->broken_mu, NULL);
     c->rank = cfg->rank, c->size = cfg->size, c->pods = cfg->pods, c->slots = cfg->slots;
     c->timeout_s = cfg->timeout_s;
-    c->open_deadline = comm_now() + 5 * cfg->timeout_s;
+    c->open_deadline = moe_clock_s() + 5 * cfg->timeout_s;
     c->backend = cfg->backend;
     c->epoch = cfg->epoch;
     snprintf(c->job_id, sizeof c->job_id, "%s", cfg->job_id);

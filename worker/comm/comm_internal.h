@@ -135,7 +135,6 @@ long comm_header_arrived(struct comm *c, int channel, struct xfer *x);
 moe_status comm_check_usable(struct comm *c);             // aborted or broken: the error
 moe_status comm_break(struct comm *c, moe_status s);       // records s + moe_errmsg, returns s
 void *comm_scratch(struct comm *c, int channel, size_t bytes); // NULL: out of memory
-double comm_now(void);
 
 /* tcp.c: byte streams on a nonblocking socket. >0 bytes moved, 0 would block,
  * <0 the connection failed (moe_fail set, naming the peer). */

@@ -13,6 +13,7 @@
  * nothing to wake it: every wait is a poll() with a deadline.
  */
 #include "comm_internal.h"
+#include "../../common/clock.h"
 #include "../../common/log.h"
 
 #include <errno.h>
@@ -220,7 +221,7 @@ moe_status comm_exchange(struct comm *c, int channel, struct xfer *x, int nx) {
     CHECK(comm_check_usable(c));
     moe_status res = MOE_OK;
     struct pollfd *pf = NULL;
-    double now = comm_now();
+    double now = moe_clock_s();
     bool any_mpi = false, armed = false, counted = false; // counted: in c->in_flight
     int culprit = -1; // the peer whose failure failed the operation, if any
     size_t cma_min = cma_min_bytes();
@@ -262,11 +263,11 @@ moe_status comm_exchange(struct comm *c, int channel, struct xfer *x, int nx) {
         res = moe_fail(MOE_ENOMEM, "comm: out of memory for %d transfers", nx);
         goto fail;
     }
-    double idle_since = comm_now(), spin_s = spin_seconds();
+    double idle_since = moe_clock_s(), spin_s = spin_seconds();
     for (;;) {
         int pending = 0, mpi_pending = 0, shm_pending = 0;
         bool moved_any = false;
-        now = comm_now();
+        now = moe_clock_s();
         for (int i = 0; i < nx; i++) {
             if (x[i].out_fin && x[i].in_fin) continue;
             bool moved = false;

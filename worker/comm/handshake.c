@@ -11,6 +11,7 @@
  * handshake within timeout_s, or speaks garbage, is closed and forgotten.
  */
 #include "comm_internal.h"
+#include "../../common/clock.h"
 #include "../../common/log.h"
 
 #include <errno.h>
@@ -173,7 +174,7 @@ static void hs_drop(struct hs *h) {
 static void redial(struct hs *h) {
     hs_drop(h);
     h->phase = PH_RETRY;
-    h->retry_at = comm_now() + 0.02;
+    h->retry_at = moe_clock_s() + 0.02;
 }
 
 static moe_status start_connect(struct hs_ctx *x, struct hs *h) {
@@ -201,7 +202,7 @@ static moe_status start_connect(struct hs_ctx *x, struct hs *h) {
             close(h->fd);
             h->fd = -1;
             h->phase = PH_RETRY;
-            h->retry_at = comm_now() + 0.02;
+            h->retry_at = moe_clock_s() + 0.02;
             return MOE_OK;
         }
         return moe_fail(MOE_EUNAVAILABLE, "comm: connecting to rank %d at %s: %s", h->peer, addr,
@@ -490,7 +491,7 @@ static moe_status finish_connect(struct hs_ctx *x, struct hs *h) {
         close(h->fd);
         h->fd = -1;
         h->phase = PH_RETRY;
-        h->retry_at = comm_now() + 0.02;
+        h->retry_at = moe_clock_s() + 0.02;
         return MOE_OK;
     }
     if (err != 0)
@@ -511,7 +512,7 @@ static moe_status prefer_refusal(struct hs_ctx *x, struct hs *hs, int nh, int pe
                                  moe_status broke) {
     char why[512];
     snprintf(why, sizeof why, "%s", moe_errmsg());
-    double until = comm_now() + 0.25 * x->c->timeout_s;
+    double until = moe_clock_s() + 0.25 * x->c->timeout_s;
     for (;;) {
         struct pollfd pf[COMM_CHANNELS];
         struct hs *of[COMM_CHANNELS];
@@ -524,7 +525,7 @@ static moe_status prefer_refusal(struct hs_ctx *x, struct hs *hs, int nh, int pe
                 of[np++] = h;
             }
         }
-        int ms = (int)((until - comm_now()) * 1000);
+        int ms = (int)((until - moe_clock_s()) * 1000);
         if (np == 0 || ms <= 0 || poll(pf, (nfds_t)np, ms) <= 0) break;
         for (int p = 0; p < np; p++) {
             if (!pf[p].revents) continue;
@@ -584,7 +585,7 @@ moe_status comm_connect_all(struct comm *c, const struct comm_config *cfg,
     }
     int have = 0;
     for (;;) {
-        double now = comm_now();
+        double now = moe_clock_s();
         have = 0;
         for (int i = 0; i < nh; i++) {
             struct hs *h = &hs[i];
@@ -676,7 +677,7 @@ moe_status comm_connect_all(struct comm *c, const struct comm_config *cfg,
                     struct hs *h = &hs[nh++];
                     memset(h, 0, sizeof *h);
                     h->fd = fd, h->outgoing = false, h->peer = -1, h->channel = -1;
-                    h->deadline = comm_now() + c->timeout_s;
+                    h->deadline = moe_clock_s() + c->timeout_s;
                     if (h->deadline > deadline) h->deadline = deadline;
                     tcp_set_socket_options(fd);
                     start_io(h, ST_RECV_HELLO, NULL, sizeof h->hello);

@@ -24,6 +24,7 @@
  * sends to a rank outside the pod.
  */
 #include "comm_internal.h"
+#include "../../common/clock.h"
 #include "../../common/log.h"
 
 #include <limits.h>
@@ -113,7 +114,7 @@ moe_status comm_mpi_open(struct comm *c) {
         int done = 0;
         MPI_Testall(COMM_CHANNELS, req, &done, MPI_STATUSES_IGNORE);
         if (done) break;
-        if (comm_now() > deadline)
+        if (moe_clock_s() > deadline)
             mpi_abort_job("the pod's MPI ranks did not all join the comm in time");
         sched_yield();
     }
@@ -144,9 +145,9 @@ static void drain(struct comm *c) {
     struct comm_mpi *m = c->mpi;
     int S = c->slots, me = c->rank % S, missing = (S - 1) * COMM_CHANNELS;
     char *seen = calloc((size_t)(COMM_CHANNELS * S), 1);
-    double deadline = comm_now() + c->timeout_s;
+    double deadline = moe_clock_s() + c->timeout_s;
     long drained = 0;
-    while (seen && missing > 0 && comm_now() < deadline) {
+    while (seen && missing > 0 && moe_clock_s() < deadline) {
         int any = 0;
         for (int ch = 0; ch < COMM_CHANNELS; ch++) {
             int flag = 0;
@@ -293,7 +294,7 @@ void comm_mpi_settle(struct comm *c, struct xfer *x, int nx) {
     /* First let the transfers finish: a pod peer that is in the same operation completes
      * its side whether or not it is failing too (it settles the same way), and nothing has
      * to be torn out of Open MPI. Cancelling our receives instead would strand its sends. */
-    double deadline = comm_now() + c->timeout_s;
+    double deadline = moe_clock_s() + c->timeout_s;
     for (bool broken = false; !broken;) {
         int pending = 0;
         for (int i = 0; i < nx && !broken; i++) {
@@ -303,7 +304,7 @@ void comm_mpi_settle(struct comm *c, struct xfer *x, int nx) {
             broken = r < 0; // a broken stream: cancel what is left
             pending += r == 0;
         }
-        if (!pending || comm_now() > deadline) break;
+        if (!pending || moe_clock_s() > deadline) break;
         sched_yield();
     }
     /* What is left waits on a peer that never came: receives can be cancelled; a send that
@@ -314,7 +315,7 @@ void comm_mpi_settle(struct comm *c, struct xfer *x, int nx) {
         for (int q = 2; q < 4; q++)
             if (m->req[q] != MPI_REQUEST_NULL) MPI_Cancel(&m->req[q]);
     }
-    deadline = comm_now() + 1;
+    deadline = moe_clock_s() + 1;
     for (int i = 0; i < nx; i++) {
         struct mpi_xfer *m = x[i].mpi_state;
         if (!m) continue;
@@ -322,7 +323,7 @@ void comm_mpi_settle(struct comm *c, struct xfer *x, int nx) {
             int done = 0;
             MPI_Testall(4, m->req, &done, MPI_STATUSES_IGNORE);
             if (done) break;
-            if (comm_now() > deadline)
+            if (moe_clock_s() > deadline)
                 mpi_abort_job("an MPI send to a peer that left the operation cannot be "
                               "cancelled");
             sched_yield();

@@ -6,6 +6,7 @@
  */
 #include "worker.h"
 
+#include "../../common/clock.h"
 #include "../../common/log.h"
 #include "proto/moed.pb-c.h"
 
@@ -102,7 +103,7 @@ moe_status worker_register(struct worker *w) {
     char id[WORKER_ID_MAX];
     long step;
     fill_register(w, &req, id, &step);
-    double t0 = job_now();
+    double t0 = moe_clock_s();
     int attempts = 0;
     for (;;) {
         ProtobufCMessage *resp = NULL;
@@ -128,7 +129,7 @@ moe_status worker_register(struct worker *w) {
             return moe_fail(MOE_EAUTH, "coordinator refused the cluster token (%s): check "
                             "--cluster-token-file against the coordinator's", res.details);
         if (s != MOE_EUNAVAILABLE) return s; // rpc_call_sync's message names the method
-        double waited = job_now() - t0;
+        double waited = moe_clock_s() - t0;
         if (waited >= REGISTER_RETRY_S)
             return moe_fail(MOE_EUNAVAILABLE, "cannot reach the coordinator at %s after %.0f s "
                             "(%d attempts): %s: %s", w->cfg.coordinator, waited, attempts,

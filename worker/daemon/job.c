@@ -12,6 +12,7 @@
  */
 #include "worker.h"
 
+#include "../../common/clock.h"
 #include "../../common/log.h"
 #include "proto/moed.pb-c.h"
 
@@ -26,12 +27,6 @@
 #define BACKOFF_MAX_S 8.0
 #define REPORT_INTERVAL_S 1.0 // batch the reports of faster steps (one call per interval)
 #define REPORT_BATCH_MAX 512   // steps per call: far below the 4 MiB message limit
-
-double job_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static long unix_ms(void) {
     struct timespec ts;
@@ -56,13 +51,13 @@ moe_status job_call_retry(struct job *j, struct rpc_channel *ch, const char *met
                           ProtobufCMessage **resp, double budget_s, struct rpc_result *res) {
     struct rpc_result local;
     if (!res) res = &local;
-    double t0 = job_now();
+    double t0 = moe_clock_s();
     int warned = 0;
     for (;;) {
         moe_status s = rpc_call_sync(ch, method, req, type, resp, REPORT_TIMEOUT_S, res);
         if (s != MOE_EUNAVAILABLE) return s;
         double budget = retry_budget(j, budget_s);
-        if (job_now() - t0 >= budget) return s; // rpc_call_sync's message says why
+        if (moe_clock_s() - t0 >= budget) return s; // rpc_call_sync's message says why
         if (!warned)
             LOG_WARN("%s: %s; retrying for up to %.0f s", j->id, moe_errmsg(), budget);
         warned = 1;
@@ -184,9 +179,9 @@ static void backlog_free(struct backlog *b) {
  * unreachable are dropped with a warning: sending them again would not change its mind. */
 static int backlog_flush(struct job *j, struct rpc_channel *ch, struct backlog *b, int now) {
     int stop = 0;
-    if (b->failing && job_now() < b->next_try && atomic_load(&j->w->contact) == b->contact)
+    if (b->failing && moe_clock_s() < b->next_try && atomic_load(&j->w->contact) == b->contact)
         return 0;
-    if (!b->failing && !now && job_now() - b->last_sent < REPORT_INTERVAL_S) return 0;
+    if (!b->failing && !now && moe_clock_s() - b->last_sent < REPORT_INTERVAL_S) return 0;
     size_t held = b->len;
     char worker_id[WORKER_ID_MAX];
     worker_copy_id(j->w, worker_id);
@@ -216,7 +211,7 @@ static int backlog_flush(struct job *j, struct rpc_channel *ch, struct backlog *
             b->backoff_s = b->failing ? b->backoff_s * 2 : BACKOFF_MIN_S;
             if (b->backoff_s > BACKOFF_MAX_S) b->backoff_s = BACKOFF_MAX_S;
             b->failing = 1;
-            b->next_try = job_now() + b->backoff_s;
+            b->next_try = moe_clock_s() + b->backoff_s;
             b->contact = atomic_load(&j->w->contact);
             return stop;
         }
@@ -228,7 +223,7 @@ static int backlog_flush(struct job *j, struct rpc_channel *ch, struct backlog *
                      "far): %s", j->id, (long)e->m.step, b->refused, moe_errmsg());
         }
         for (size_t i = 0; i < n; i++) backlog_pop(b);
-        b->last_sent = job_now();
+        b->last_sent = moe_clock_s();
     }
     if (b->failing)
         LOG_INFO("%s: the coordinator answers again: sent %zu held step reports", j->id, held);
@@ -239,12 +234,12 @@ static int backlog_flush(struct job *j, struct rpc_channel *ch, struct backlog *
 /* At the end of the job: every held report goes out before the end report, if the
  * coordinator comes back within the budget. */
 static int backlog_drain(struct job *j, struct rpc_channel *ch, struct backlog *b) {
-    double t0 = job_now();
+    double t0 = moe_clock_s();
     int stop = 0;
     for (;;) {
         stop |= backlog_flush(j, ch, b, 1);
         if (!b->len) return stop;
-        if (job_now() - t0 >= retry_budget(j, FINISH_RETRY_S)) {
+        if (moe_clock_s() - t0 >= retry_budget(j, FINISH_RETRY_S)) {
             LOG_ERROR("%s: %zu step reports could not be delivered", j->id, b->len);
             return stop;
         }
@@ -465,7 +460,7 @@ static moe_status restore(struct job *j, struct rpc_channel *ch, struct trainer 
  * comm under the trainer it has; either restores if the binding says so. */
 static int join_epoch(struct job *j, struct rpc_channel *ch, struct trainer *t, int *have_t,
                       char *error, size_t error_len, moe_status *why) {
-    double t0 = job_now();
+    double t0 = moe_clock_s();
     if (!*have_t) {
         int opened = open_trainer(j, t, error, error_len, why);
         if (opened == 0) return 0;
@@ -486,7 +481,7 @@ static int join_epoch(struct job *j, struct rpc_channel *ch, struct trainer *t, 
             return 0;
         }
     }
-    if (j->cur.restore && (*why = restore(j, ch, t, job_now() - t0)) != MOE_OK) {
+    if (j->cur.restore && (*why = restore(j, ch, t, moe_clock_s() - t0)) != MOE_OK) {
         snprintf(error, error_len, "restoring step %ld: %s", j->cur.restore_step, moe_errmsg());
         return 0;
     }
@@ -507,7 +502,7 @@ void job_thread(void *arg) {
     int have_t = 0, logged = 0, complete = 0;
     struct backlog b = {0};
     char error[512] = "";
-    double t0 = job_now();
+    double t0 = moe_clock_s();
     for (;;) {
         moe_status why = MOE_OK;
         error[0] = 0;
@@ -526,7 +521,7 @@ void job_thread(void *arg) {
                     atomic_compare_exchange_strong(&j->stop, &run, JOB_STOP_COORDINATOR);
                 }
                 if (atomic_load(&j->stop) == JOB_STOP_COORDINATOR) break;
-                LOG_INFO("%s: trained %ld steps in %.1f s", j->id, t.model.step, job_now() - t0);
+                LOG_INFO("%s: trained %ld steps in %.1f s", j->id, t.model.step, moe_clock_s() - t0);
                 int saved = job_finish_ok(j, ch, &t, j->recoverable);
                 if (saved) break;
                 why = MOE_EUNAVAILABLE; /* the collective save lost a peer: recover, save again */

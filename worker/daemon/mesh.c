@@ -13,6 +13,7 @@
  */
 #include "worker.h"
 
+#include "../../common/clock.h"
 #include "../../common/log.h"
 
 #include <stdlib.h>
@@ -40,7 +41,7 @@ moe_status job_open_comm(struct job *j) {
         .timeout_s = j->timeout_s,
     };
     struct comm *c = NULL;
-    double t0 = job_now();
+    double t0 = moe_clock_s();
     moe_status s = comm_open(&c, &cfg, j->w->listeners[j->local]);
     free(peers);
     if (s != MOE_OK) return s; // comm's message names the peer
@@ -52,7 +53,7 @@ moe_status job_open_comm(struct job *j) {
     if (abort_now) comm_abort(c);
     LOG_INFO("%s: data plane up: rank %d of %d (%d x %d, %s, epoch %llu) in %.2f s", j->id,
              cfg.rank, n, j->pods, j->slots, j->backend == COMM_MPI ? "mpi" : "tcp",
-             (unsigned long long)j->epoch, job_now() - t0);
+             (unsigned long long)j->epoch, moe_clock_s() - t0);
     return MOE_OK;
 }
 

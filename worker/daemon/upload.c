@@ -10,6 +10,7 @@
  */
 #include "worker.h"
 
+#include "../../common/clock.h"
 #include "../../common/log.h"
 #include "proto/moed.pb-c.h"
 
@@ -195,7 +196,7 @@ int job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t
     /* DATA_LOSS: what arrived does not match the size or hash we report: upload again */
     for (int attempt = 1;; attempt++) {
         LOG_INFO("%s: uploading the model (%ld bytes)", j->id, size);
-        double t0 = job_now();
+        double t0 = moe_clock_s();
         s = upload_model(j, ch, path, size);
         if (s != MOE_OK) {
             snprintf(error, sizeof error, "uploading the trained model: %s", moe_errmsg());
@@ -203,7 +204,7 @@ int job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t
             job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
             return 1;
         }
-        LOG_INFO("%s: model uploaded in %.2f s", j->id, job_now() - t0);
+        LOG_INFO("%s: model uploaded in %.2f s", j->id, moe_clock_s() - t0);
         struct rpc_result res;
         if (job_report_end(j, ch, 1, 0, "", size, sha, &res) == MOE_OK) break;
         if (res.code == GRPC_STATUS_DATA_LOSS && attempt > UPLOAD_RESTARTS) {

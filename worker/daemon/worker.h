@@ -179,7 +179,6 @@ void worker_reap_job(struct worker *w); // joins and frees w->job if its thread 
 
 /* job.c */
 void job_thread(void *arg);
-double job_now(void); // monotonic seconds
 /* A blocking call to the coordinator from the training thread, retried while it is
  * unreachable, for up to `budget_s` (shortened when the daemon is shutting down). `res`
  * (may be NULL) gets the last attempt's gRPC outcome. */
