@@ -18,7 +18,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 static char dir[] = "/tmp/test_store.XXXXXX";
@@ -198,7 +197,8 @@ static void test_killed_coordinator(void) {
     /* Waiting for a lock whose holder lives on: refused after the wait, not sooner. */
     double t0 = moe_clock_s();
     EXPECT_FAIL(store_open(&second, path, 0.3), MOE_EIO, path);
-    EXPECT_MSG(moe_clock_s() - t0 >= 0.29, "refused after %.3f s of a 0.3 s wait", moe_clock_s() - t0);
+    EXPECT_MSG(moe_clock_s() - t0 >= 0.29, "refused after %.3f s of a 0.3 s wait",
+               moe_clock_s() - t0);
     EXPECT(second == NULL);
 
     /* A restart that races its predecessor's death (chaos restarts a coordinator right after

@@ -141,9 +141,9 @@ static int last_pass(const struct slot_exec *x) {
  * `on_error` runs with the status in s_. */
 #define TIMED(call, on_error)                                                                     \
     do {                                                                                          \
-        double timed_t0_ = moe_clock_s();                                                               \
+        double timed_t0_ = moe_clock_s();                                                         \
         moe_status s_ = (call);                                                                   \
-        x->t_comm += moe_clock_s() - timed_t0_;                                                         \
+        x->t_comm += moe_clock_s() - timed_t0_;                                                   \
         if (s_ != MOE_OK) {                                                                       \
             on_error;                                                                             \
         }                                                                                         \

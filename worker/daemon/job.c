@@ -521,7 +521,8 @@ void job_thread(void *arg) {
                     atomic_compare_exchange_strong(&j->stop, &run, JOB_STOP_COORDINATOR);
                 }
                 if (atomic_load(&j->stop) == JOB_STOP_COORDINATOR) break;
-                LOG_INFO("%s: trained %ld steps in %.1f s", j->id, t.model.step, moe_clock_s() - t0);
+                LOG_INFO("%s: trained %ld steps in %.1f s", j->id, t.model.step,
+                         moe_clock_s() - t0);
                 int saved = job_finish_ok(j, ch, &t, j->recoverable);
                 if (saved) break;
                 why = MOE_EUNAVAILABLE; /* the collective save lost a peer: recover, save again */
