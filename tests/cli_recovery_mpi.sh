@@ -50,10 +50,7 @@ check "the killed rank's pod ($pod) runs as a new mpirun ($mpiruns_before -> $mp
 wait "$watch_pid"
 rc=$?
 watch_pid=
-check "the job SUCCEEDS (watch exits 0)" '[ $rc -eq 0 ]'
-[ $rc -eq 0 ] || tail -n 15 "$tmp/watch.out"
-"$moectl" fetch "$job" -o "$tmp/cluster.safetensors" >/dev/null 2>&1
-check "its model is byte for byte the reference" 'cmp "$tmp/cluster.safetensors" "$tmp/reference.safetensors"'
+check_same_model "$job" $rc
 "$moectl" status "$job" --json >"$tmp/final.json"
 check "the job counts a recovery" '[ "$(json "d[\"job\"][\"recoveries\"]" <"$tmp/final.json")" -ge 1 ]'
 check "... and its slots of pod $pod are played by other workers than at the start" \

@@ -6,8 +6,8 @@
 # report in any daemon's log then fails the test.
 # Needs $moectl. Gives: check NAME CONDITION, json EXPR, wait_until SECONDS CONDITION,
 # state_of JOB, step_of JOB, running_from DIR (pids of processes whose command line names
-# DIR/), losses_of JOB (its stored per-step losses, "step loss" lines), and $fails (the number
-# of failed checks).
+# DIR/), check_same_model JOB RC, losses_of JOB (its stored per-step losses, "step loss"
+# lines), and $fails (the number of failed checks).
 py=/usr/bin/python3
 
 cluster_test_init() {
@@ -46,6 +46,15 @@ wait_until() {
 state_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"]["state"]'; }
 step_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"]["step"]'; }
 running_from() { for p in /proc/[0-9]*; do grep -qsaF -- "$1/" "$p/cmdline" && echo "${p#/proc/}"; done; }
+# check_same_model JOB RC: the job SUCCEEDED (RC: the exit status of its `moectl watch`, whose
+# output's tail, $tmp/watch.out, is shown when it is not 0) and the model it made is byte for
+# byte $tmp/reference.safetensors (what `moectl train` made in one process)
+check_same_model() {
+  check "the job SUCCEEDS (watch exits 0)" "[ $2 -eq 0 ]"
+  [ "$2" -eq 0 ] || tail -n 15 "$tmp/watch.out"
+  "$moectl" fetch "$1" -o "$tmp/cluster.safetensors" >/dev/null 2>&1
+  check "its model is byte for byte the reference" 'cmp "$tmp/cluster.safetensors" "$tmp/reference.safetensors"'
+}
 # every stored step of a job as "step loss" (the loss with all its digits, as Python prints it)
 losses_of() { "$moectl" steps "$1" --json | "$py" -c 'import json,sys
 for l in sys.stdin: d=json.loads(l); print(d["step"], repr(float(d["loss"])))'; }
