@@ -16,6 +16,7 @@
 
 #include "../common/clock.h"
 #include "proto/moed.pb-c.h"
+#include "../proto/methods.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -259,7 +260,7 @@ static void take_committed(struct chaos *c, int64_t committed) {
         }
     }
     if (c->n_samples < MAX_SAMPLES)
-        c->samples[c->n_samples++] = (struct sample){client_unix_ms(), committed};
+        c->samples[c->n_samples++] = (struct sample){moe_wall_ms(), committed};
 }
 
 /* One GetJob. 1: c->st is the fresh answer; 0: the coordinator did not answer (it may be
@@ -270,7 +271,7 @@ static int poll_job(struct chaos *c) {
     req.job_id = (char *)c->job_id;
     ProtobufCMessage *reply = NULL;
     struct rpc_result res;
-    if (rpc_call_sync(c->cl.ch, "/moed.v1.Jobs/GetJob", &req.base,
+    if (rpc_call_sync(c->cl.ch, RPC_JOBS_GET_JOB, &req.base,
                       &moed__v1__job_status__descriptor, &reply, CALL_TIMEOUT_S, &res) != MOE_OK) {
         if (res.code == GRPC_STATUS_UNAVAILABLE || res.code == GRPC_STATUS_DEADLINE_EXCEEDED ||
             res.code == GRPC_STATUS_CANCELLED)
@@ -334,7 +335,7 @@ static Moed__V1__ClusterStatus *get_cluster(struct chaos *c) {
     Moed__V1__GetClusterRequest req = MOED__V1__GET_CLUSTER_REQUEST__INIT;
     ProtobufCMessage *reply = NULL;
     struct rpc_result res;
-    moe_status s = rpc_call_sync(c->cl.ch, "/moed.v1.Status/GetCluster", &req.base,
+    moe_status s = rpc_call_sync(c->cl.ch, RPC_STATUS_GET_CLUSTER, &req.base,
                                  &moed__v1__cluster_status__descriptor, &reply, CALL_TIMEOUT_S,
                                  &res);
     if (s != MOE_OK) return NULL;
@@ -388,7 +389,7 @@ static int restart_cluster(struct chaos *c, const char *what) {
 static int inject_kill(struct chaos *c, struct fault *f) {
     for (int i = 0; i < f->n_victims; i++)
         if (find_victim(c, &f->v[i])) return -1;
-    f->injected_ms = client_unix_ms();
+    f->injected_ms = moe_wall_ms();
     for (int i = 0; i < f->n_victims; i++) // back to back: "at once" for the coordinator
         if (kill(f->v[i].pid, SIGKILL) != 0)
             return chaos_error(c, "kill -9 %d (%s): %s", (int)f->v[i].pid, f->v[i].worker_id,
@@ -431,7 +432,7 @@ static int fenced(struct chaos *c, const struct fault *f) {
 static int inject_stop(struct chaos *c, struct fault *f) {
     struct victim *v = &f->v[0];
     if (find_victim(c, v)) return -1;
-    f->injected_ms = client_unix_ms();
+    f->injected_ms = moe_wall_ms();
     if (kill(v->pid, SIGSTOP) != 0)
         return chaos_error(c, "kill -STOP %d (%s): %s", (int)v->pid, v->worker_id, strerror(errno));
     c->stopped = v->pid;
@@ -462,7 +463,7 @@ static int inject_coordinator(struct chaos *c, struct fault *f) {
     if (!daemon_alive(pid))
         return chaos_error(c, "no live coordinator in %s (coordinator.pid says %d)", c->dir,
                            (int)pid);
-    f->injected_ms = client_unix_ms();
+    f->injected_ms = moe_wall_ms();
     if (kill(pid, SIGKILL) != 0)
         return chaos_error(c, "kill -9 %d (the coordinator): %s", (int)pid, strerror(errno));
     if (wait_gone(pid))
@@ -495,8 +496,8 @@ static int inject_rpc(struct chaos *c, struct fault *f) {
     req.peer_rank = f->peer_rank;
     ProtobufCMessage *reply = NULL;
     struct rpc_result res;
-    f->injected_ms = client_unix_ms();
-    moe_status s = rpc_call_sync(w.ch, "/moed.v1.Worker/InjectFault", &req.base,
+    f->injected_ms = moe_wall_ms();
+    moe_status s = rpc_call_sync(w.ch, RPC_WORKER_INJECT_FAULT, &req.base,
                                  &moed__v1__empty__descriptor, &reply, CALL_TIMEOUT_S, &res);
     client_close(&w);
     if (s != MOE_OK) return chaos_error(c, "%s", moe_errmsg());
@@ -548,7 +549,7 @@ static int recovered(struct chaos *c, struct fault *f, int recoveries_before) {
     }
     if (!text) return 0;
     f->recovered = 1;
-    f->recovered_ms = client_unix_ms();
+    f->recovered_ms = moe_wall_ms();
     snprintf(f->recovery, sizeof f->recovery, "%s", text);
     return 1;
 }
@@ -863,7 +864,7 @@ int cmd_chaos(int argc, char **argv) {
     int code = parse_options(&c, argc, argv);
     if (code) return code < 0 ? EXIT_OK : code;
     if ((code = open_cluster(&c))) return code;
-    c.start_ms = client_unix_ms();
+    c.start_ms = moe_wall_ms();
     c.faults = calloc((size_t)c.n_faults, sizeof *c.faults);
     c.samples = calloc(MAX_SAMPLES, sizeof *c.samples);
     if (!c.faults || !c.samples) {

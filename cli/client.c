@@ -313,11 +313,6 @@ const char *client_enum_name(const ProtobufCEnumDescriptor *d, int value) {
 
 /* ---- time ---- */
 
-long long client_unix_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void client_age(char *out, size_t cap, long long ms) {
     if (ms < 0) ms = 0;

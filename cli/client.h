@@ -83,7 +83,6 @@ void client_print_json(const ProtobufCMessage *m);
 const char *client_enum_name(const ProtobufCEnumDescriptor *d, int value);
 
 /* Time helpers for human output. */
-long long client_unix_ms(void);                   // wall clock, ms
 void client_age(char *out, size_t cap, long long ms); // "4s", "3m07s", "2h05m", "3d04h"
 void client_clock(char *out, size_t cap, long long unix_ms); // local "16:40:01"
 void client_duration(char *out, size_t cap, double seconds); // "0:42", "1:02:03"

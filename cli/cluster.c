@@ -17,6 +17,7 @@
 
 #include "../common/clock.h"
 #include "proto/moed.pb-c.h"
+#include "../proto/methods.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -109,7 +110,7 @@ static int wait_for_workers(struct client *c, const char *dir, pid_t coord, pid_
         Moed__V1__GetClusterRequest req = MOED__V1__GET_CLUSTER_REQUEST__INIT;
         ProtobufCMessage *reply = NULL;
         struct rpc_result res;
-        if (rpc_call_sync(c->ch, "/moed.v1.Status/GetCluster", &req.base,
+        if (rpc_call_sync(c->ch, RPC_STATUS_GET_CLUSTER, &req.base,
                           &moed__v1__cluster_status__descriptor, &reply, 5.0, &res) == MOE_OK) {
             const Moed__V1__ClusterStatus *cs = (const Moed__V1__ClusterStatus *)reply;
             alive = 0;
@@ -776,7 +777,7 @@ static int cluster_status(int argc, char **argv) {
     if (code) return code;
     Moed__V1__GetClusterRequest req = MOED__V1__GET_CLUSTER_REQUEST__INIT;
     ProtobufCMessage *reply = NULL;
-    code = client_call(&cl, "/moed.v1.Status/GetCluster", &req.base,
+    code = client_call(&cl, RPC_STATUS_GET_CLUSTER, &req.base,
                        &moed__v1__cluster_status__descriptor, &reply, NULL);
     if (code) goto exit;
     const Moed__V1__ClusterStatus *cs = (const Moed__V1__ClusterStatus *)reply;

@@ -5,6 +5,8 @@
 #include "cluster_dir.h"
 #include "moectl.h"
 
+#include "../common/fileio.h"
+
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
@@ -53,23 +55,6 @@ moe_status mkdir_p(const char *path, mode_t mode) {
     return MOE_OK;
 }
 
-/* Writes `text` to path.tmp and renames it over `path`: readers see all of it or none. */
-moe_status write_file_atomic(const char *path, const char *text, mode_t mode) {
-    char tmp[PATH_CAP + 8];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) return moe_fail(MOE_EIO, "cannot write %s: %s", tmp, strerror(errno));
-    size_t n = strlen(text);
-    int ok = write(fd, text, n) == (ssize_t)n && fchmod(fd, mode) == 0;
-    ok &= close(fd) == 0;
-    if (!ok || rename(tmp, path) != 0) {
-        int err = errno;
-        unlink(tmp);
-        return moe_fail(MOE_EIO, "cannot write %s: %s", path, strerror(err));
-    }
-    return MOE_OK;
-}
-
 int read_small_file(const char *path, char *out, size_t cap) {
     FILE *f = fopen(path, "r");
     if (!f) return -1;
@@ -90,7 +75,7 @@ pid_t read_pid(const char *path) {
 moe_status write_pid(const char *path, pid_t pid) {
     char text[32];
     snprintf(text, sizeof text, "%d\n", (int)pid);
-    return write_file_atomic(path, text, 0600);
+    return moe_write_file_atomic(path, text, strlen(text), 0600);
 }
 
 /* Workers with a pid file: one past the highest index found. */
@@ -171,7 +156,7 @@ moe_status write_shape(const char *dir, const struct shape *sh) {
     if (line) {
         memcpy(line, text, n);
         memcpy(line + n, "\n", 2);
-        s = write_file_atomic(in_dir(path, dir, "cluster.json"), line, 0600);
+        s = moe_write_file_atomic(in_dir(path, dir, "cluster.json"), line, strlen(line), 0600);
         free(line);
     }
     cJSON_free(text);
@@ -389,7 +374,7 @@ moe_status ensure_token(const char *path) {
     char hex[2 * sizeof raw + 2];
     for (size_t i = 0; i < sizeof raw; i++) snprintf(hex + 2 * i, 3, "%02x", raw[i]);
     strcat(hex, "\n");
-    return write_file_atomic(path, hex, 0600);
+    return moe_write_file_atomic(path, hex, strlen(hex), 0600);
 }
 
 /* A self-signed certificate for 127.0.0.1 (the coordinator's; clients trust it as their CA). */

@@ -51,8 +51,6 @@ char *in_dir(char *out, const char *dir, const char *name);            // DIR/na
 char *worker_file(char *out, const char *dir, int i, const char *suffix); // DIR/worker-<i>SUFFIX
 char *mpirun_file(char *out, const char *dir, int pod, const char *suffix); // DIR/mpirun-<p>SUFFIX
 moe_status mkdir_p(const char *path, mode_t mode);
-/* path.tmp, then renamed over path: readers see all of it or none */
-moe_status write_file_atomic(const char *path, const char *text, mode_t mode);
 int read_small_file(const char *path, char *out, size_t cap); // trailing whitespace cut; -1
 pid_t read_pid(const char *path);                               // 0 when none
 moe_status write_pid(const char *path, pid_t pid);

@@ -14,6 +14,7 @@
 #include "../common/clock.h"
 #include "../common/spec.h"
 #include "proto/moed.pb-c.h"
+#include "../proto/methods.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,7 +32,6 @@
 #define RECONNECT_S 60.0   // watch: how long to wait for a coordinator that went away
 #define THROTTLE_S 1.0     // watch, not on a terminal: at most one step line per this long
 #define REDRAW_S 0.05      // watch, on a terminal: at most 20 redraws a second
-#define M_JOBS "/moed.v1.Jobs/"
 
 static const char *state_name(int state) {
     return client_enum_name(&moed__v1__job_state__descriptor, state);
@@ -168,7 +168,7 @@ int cmd_submit(int argc, char **argv) {
     if ((code = client_open(&cl, &a.conn))) goto exit;
     Moed__V1__SubmitJobRequest req = MOED__V1__SUBMIT_JOB_REQUEST__INIT;
     req.spec = json; // overrides are already applied: the coordinator gets one complete spec
-    if ((code = client_call(&cl, M_JOBS "SubmitJob", &req.base, &moed__v1__job_info__descriptor,
+    if ((code = client_call(&cl, RPC_JOBS_SUBMIT_JOB, &req.base, &moed__v1__job_info__descriptor,
                             &reply, NULL)))
         goto exit;
     const Moed__V1__JobInfo *job = (const Moed__V1__JobInfo *)reply;
@@ -204,7 +204,7 @@ int cmd_jobs(int argc, char **argv) {
     Moed__V1__ListJobsRequest req = MOED__V1__LIST_JOBS_REQUEST__INIT;
     req.active_only = active;
     ProtobufCMessage *reply = NULL;
-    code = client_call(&cl, M_JOBS "ListJobs", &req.base, &moed__v1__list_jobs_response__descriptor,
+    code = client_call(&cl, RPC_JOBS_LIST_JOBS, &req.base, &moed__v1__list_jobs_response__descriptor,
                        &reply, NULL);
     client_close(&cl);
     if (code) return code;
@@ -214,7 +214,7 @@ int cmd_jobs(int argc, char **argv) {
     } else if (!r->n_jobs) {
         printf("no %sjobs (moectl submit SPEC starts one)\n", active ? "active " : "");
     } else {
-        long long now = client_unix_ms();
+        long long now = moe_wall_ms();
         printf("%-10s %-16s %-10s %-13s %-8s %-8s %-5s %-10s %s\n", "JOB", "NAME", "STATE", "STEP",
                "LOSS", "VAL", "MESH", "CREATED", "ERROR");
         for (size_t i = 0; i < r->n_jobs; i++) {
@@ -332,7 +332,7 @@ static int call_on_job(int argc, char **argv, struct job_args *a, const char *me
 int cmd_status(int argc, char **argv) {
     struct job_args a;
     ProtobufCMessage *reply;
-    int code = call_on_job(argc, argv, &a, M_JOBS "GetJob", &moed__v1__job_status__descriptor, &reply);
+    int code = call_on_job(argc, argv, &a, RPC_JOBS_GET_JOB, &moed__v1__job_status__descriptor, &reply);
     if (code) return code < 0 ? EXIT_OK : code;
     const Moed__V1__JobStatus *st = (const Moed__V1__JobStatus *)reply;
     if (a.json || !st->job) {
@@ -387,7 +387,7 @@ int cmd_status(int argc, char **argv) {
         printf("  %-9s (pod %d, slot %d) on %s at %s\n", i ? "" : "bindings", b->pod, b->slot,
                b->worker_id, b->worker_address);
     }
-    long long now = client_unix_ms();
+    long long now = moe_wall_ms();
     char when[16], age[32];
     client_clock(when, sizeof when, j->created_unix_ms);
     client_age(age, sizeof age, now - j->created_unix_ms);
@@ -628,7 +628,7 @@ int cmd_watch(int argc, char **argv) {
     int state = 0, got_any = 0;
     double lost_at = 0; // when the stream broke; 0 while it is up
     for (;;) {
-        if (!s && rpc_stream_open(&s, cl.ch, M_JOBS "WatchJob", &req.base, 0) != MOE_OK) {
+        if (!s && rpc_stream_open(&s, cl.ch, RPC_JOBS_WATCH_JOB, &req.base, 0) != MOE_OK) {
             code = moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
             break;
         }
@@ -685,7 +685,7 @@ int cmd_watch(int argc, char **argv) {
 int cmd_cancel(int argc, char **argv) {
     struct job_args a;
     ProtobufCMessage *reply;
-    int code = call_on_job(argc, argv, &a, M_JOBS "CancelJob", &moed__v1__job_info__descriptor, &reply);
+    int code = call_on_job(argc, argv, &a, RPC_JOBS_CANCEL_JOB, &moed__v1__job_info__descriptor, &reply);
     if (code) return code < 0 ? EXIT_OK : code;
     const Moed__V1__JobInfo *j = (const Moed__V1__JobInfo *)reply;
     if (a.json)
@@ -754,7 +754,7 @@ int cmd_fetch(int argc, char **argv) {
     req.job_id = (char *)id;
     struct rpc_stream *s = NULL;
     long long written = 0, total = -1;
-    if (rpc_stream_open(&s, cl.ch, M_JOBS "FetchModel", &req.base, 0) != MOE_OK) {
+    if (rpc_stream_open(&s, cl.ch, RPC_JOBS_FETCH_MODEL, &req.base, 0) != MOE_OK) {
         code = moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
         goto fail;
     }
@@ -866,7 +866,7 @@ int cmd_steps(int argc, char **argv) {
         req.job_id = (char *)id;
         req.from_step = from;
         ProtobufCMessage *reply = NULL;
-        if ((code = client_call(&cl, M_JOBS "ListSteps", &req.base,
+        if ((code = client_call(&cl, RPC_JOBS_LIST_STEPS, &req.base,
                                 &moed__v1__list_steps_response__descriptor, &reply, NULL)))
             break;
         const Moed__V1__ListStepsResponse *r = (const Moed__V1__ListStepsResponse *)reply;

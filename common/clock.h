@@ -1,19 +1,28 @@
 /*
- * clock.h — the monotonic clock everything in moed measures durations and deadlines with.
+ * clock.h — the two clocks of moed.
  *
- * Owns: moe_clock_s(), seconds on CLOCK_MONOTONIC (never steps back with the wall clock, so
- * a timeout or a measured duration cannot go negative). Wall-clock times that go on the wire
- * or into the store (unix milliseconds) are not this clock's job.
+ * Owns: moe_clock_s(), seconds on CLOCK_MONOTONIC, for durations and deadlines (it never steps
+ * back with the wall clock, so a timeout or a measured duration cannot go negative); and
+ * moe_wall_ms(), unix milliseconds on CLOCK_REALTIME, for times that go on the wire, into the
+ * store or in front of a person (created_unix_ms, event times, "3 s ago").
+ * Never: measures a duration with the wall clock, or stamps a record with the monotonic one.
  */
 #ifndef MOE_CLOCK_H
 #define MOE_CLOCK_H
 
+#include <stdint.h>
 #include <time.h>
 
 static inline double moe_clock_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static inline int64_t moe_wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 #endif

@@ -1,4 +1,5 @@
 #include "safetensors.h"
+#include "fileio.h"
 
 #include <cjson/cJSON.h>
 
@@ -71,20 +72,6 @@ static size_t shape_bytes(int ndim, const int64_t *shape, enum st_dtype dtype, s
 }
 
 /* ---- writing ---- */
-
-static int write_all(int fd, const void *buf, size_t n) {
-    const uint8_t *p = buf;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
 
 static cJSON *int_array(int n, const int64_t *v) {
     cJSON *a = cJSON_CreateArray();
@@ -192,8 +179,7 @@ fail:
 moe_status st_write(const char *path, const struct st_tensor_out *tensors, int n_tensors,
                     const struct st_meta *meta, int n_meta) {
     moe_status res = MOE_OK;
-    char *json = NULL, *tmp = NULL;
-    int fd = -1, created = 0;
+    char *json = NULL;
     size_t *nbytes = calloc(n_tensors > 0 ? (size_t)n_tensors : 1, sizeof *nbytes);
     if (!nbytes) return moe_fail(MOE_ENOMEM, "%s: out of memory", path);
     if (n_tensors < 0 || n_meta < 0) {
@@ -207,43 +193,16 @@ moe_status st_write(const char *path, const struct st_tensor_out *tensors, int n
     uint8_t len_le[8];
     for (int i = 0; i < 8; i++) len_le[i] = (uint8_t)((uint64_t)header_len >> (8 * i));
 
-    size_t tmp_cap = strlen(path) + sizeof ".tmp.XXXXXX";
-    tmp = malloc(tmp_cap);
-    if (!tmp) {
-        res = moe_fail(MOE_ENOMEM, "%s: out of memory", path);
-        goto exit;
-    }
-    snprintf(tmp, tmp_cap, "%s.tmp.XXXXXX", path);
-    fd = mkstemp(tmp);
-    if (fd < 0) {
-        res = moe_fail(MOE_EIO, "%s: cannot create a temporary file: %s", path, strerror(errno));
-        goto exit;
-    }
-    created = 1;
-    /* mkstemp makes the file 0600; a model file is meant to be shared. */
-    if (fchmod(fd, 0644) != 0) goto io_error;
-
     static const char spaces[] = "        ";
-    if (write_all(fd, len_le, sizeof len_le) != 0 || write_all(fd, json, json_len) != 0 ||
-        write_all(fd, spaces, header_len - json_len) != 0)
-        goto io_error;
+    struct moe_atomic_file f;
+    CHECK_GOTO(moe_atomic_begin(&f, path, 0644), res, exit); // a model is meant to be shared
+    CHECK_GOTO(moe_atomic_write(&f, len_le, sizeof len_le), res, exit);
+    CHECK_GOTO(moe_atomic_write(&f, json, json_len), res, exit);
+    CHECK_GOTO(moe_atomic_write(&f, spaces, header_len - json_len), res, exit);
     for (int i = 0; i < n_tensors; i++)
-        if (nbytes[i] > 0 && write_all(fd, tensors[i].data, nbytes[i]) != 0) goto io_error;
-    if (close(fd) != 0) {
-        fd = -1;
-        goto io_error;
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0) goto io_error;
-    created = 0; // renamed into place: nothing left to clean up
-    goto exit;
-
-io_error:
-    res = moe_fail(MOE_EIO, "%s: %s", path, strerror(errno));
+        if (nbytes[i] > 0) CHECK_GOTO(moe_atomic_write(&f, tensors[i].data, nbytes[i]), res, exit);
+    res = moe_atomic_commit(&f);
 exit:
-    if (fd >= 0) close(fd);
-    if (created) unlink(tmp);
-    free(tmp);
     free(json);
     free(nbytes);
     return res;

@@ -13,6 +13,7 @@
 #include "coordinator.h"
 
 #include "../common/log.h"
+#include "../proto/methods.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -33,7 +34,7 @@ void coordinator_stop_worker(struct coordinator *co, struct job *j, struct worke
     ref.job_id = j->id;
     char *what = malloc(64);
     if (what) snprintf(what, 64, "%s on %s", j->id, w->id);
-    rpc_call_async(co->pump, w->channel, "/moed.v1.Worker/StopJob", &ref.base,
+    rpc_call_async(co->pump, w->channel, RPC_WORKER_STOP_JOB, &ref.base,
                    &moed__v1__empty__descriptor, 5.0, stop_job_reply, what);
 }
 

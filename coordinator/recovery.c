@@ -37,6 +37,7 @@
 #include "coordinator.h"
 
 #include "../common/log.h"
+#include "../proto/methods.h"
 
 #include <limits.h>
 #include <stdarg.h>
@@ -455,7 +456,7 @@ static void fence_round(struct coordinator *co, struct job *j) {
         snprintf(f->worker_id, sizeof f->worker_id, "%s", w->id);
         f->gen = r->gen;
         f->slot = k;
-        if (rpc_call_async(co->pump, w->channel, "/moed.v1.Worker/FenceSlot", &req.base,
+        if (rpc_call_async(co->pump, w->channel, RPC_WORKER_FENCE_SLOT, &req.base,
                            &moed__v1__fence_response__descriptor, FENCE_DEADLINE_S, fence_reply,
                            f) != MOE_OK) {
             char why[200];

@@ -11,6 +11,7 @@
 #include "coordinator.h"
 
 #include "../common/log.h"
+#include "../proto/methods.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -211,7 +212,7 @@ void coordinator_send_run_slots(struct coordinator *co, struct job *j, int resto
         a->gen = gen;
         a->slot = k;
         moe_status s = w && w->channel
-                           ? rpc_call_async(co->pump, w->channel, "/moed.v1.Worker/RunSlot",
+                           ? rpc_call_async(co->pump, w->channel, RPC_WORKER_RUN_SLOT,
                                             &req.base, &moed__v1__empty__descriptor, 10.0, cb, a)
                            : moe_fail(MOE_EUNAVAILABLE, "no channel to %s", a->worker_id);
         if (s != MOE_OK) {

@@ -7,6 +7,7 @@
 #include "coordinator.h"
 
 #include "../common/log.h"
+#include "../proto/methods.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -912,28 +913,25 @@ static void report_restored(struct rpc_call *call, const ProtobufCMessage *m, vo
 
 /* ---- tables ---- */
 
-#define JOBS(name) "/moed.v1.Jobs/" name
-#define STATUS(name) "/moed.v1.Status/" name
-#define CLUSTER(name) "/moed.v1.Cluster/" name
 
 const struct rpc_method coordinator_methods[] = {
-    {JOBS("SubmitJob"), &moed__v1__submit_job_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, submit_job},
-    {JOBS("CancelJob"), &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, cancel_job},
-    {JOBS("ListJobs"), &moed__v1__list_jobs_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, list_jobs},
-    {JOBS("GetJob"), &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, get_job},
-    {JOBS("WatchJob"), &moed__v1__watch_job_request__descriptor, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, watch_job},
-    {JOBS("FetchModel"), &moed__v1__job_ref__descriptor, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, fetch_model},
-    {JOBS("ListSteps"), &moed__v1__list_steps_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, list_steps},
-    {STATUS("GetCluster"), &moed__v1__get_cluster_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, get_cluster},
-    {STATUS("GetJob"), &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, get_job},
-    {STATUS("WatchJob"), &moed__v1__watch_job_request__descriptor, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, watch_job},
-    {STATUS("ListSteps"), &moed__v1__list_steps_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, list_steps},
-    {CLUSTER("RegisterWorker"), &moed__v1__register_request__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, register_worker},
-    {CLUSTER("Heartbeat"), &moed__v1__heartbeat_request__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, heartbeat},
-    {CLUSTER("ReportStep"), &moed__v1__step_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_step},
-    {CLUSTER("UploadModel"), &moed__v1__model_chunk__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, upload_model},
-    {CLUSTER("ReportJobEnd"), &moed__v1__job_end_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_job_end},
-    {CLUSTER("ReportFault"), &moed__v1__fault_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_fault},
-    {CLUSTER("ReportRestored"), &moed__v1__restored_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_restored},
+    {RPC_JOBS_SUBMIT_JOB, &moed__v1__submit_job_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, submit_job},
+    {RPC_JOBS_CANCEL_JOB, &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, cancel_job},
+    {RPC_JOBS_LIST_JOBS, &moed__v1__list_jobs_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, list_jobs},
+    {RPC_JOBS_GET_JOB, &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, get_job},
+    {RPC_JOBS_WATCH_JOB, &moed__v1__watch_job_request__descriptor, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, watch_job},
+    {RPC_JOBS_FETCH_MODEL, &moed__v1__job_ref__descriptor, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, fetch_model},
+    {RPC_JOBS_LIST_STEPS, &moed__v1__list_steps_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, list_steps},
+    {RPC_STATUS_GET_CLUSTER, &moed__v1__get_cluster_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, get_cluster},
+    {RPC_STATUS_GET_JOB, &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, get_job},
+    {RPC_STATUS_WATCH_JOB, &moed__v1__watch_job_request__descriptor, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, watch_job},
+    {RPC_STATUS_LIST_STEPS, &moed__v1__list_steps_request__descriptor, RPC_UNARY, RPC_AUTH_CLIENT, list_steps},
+    {RPC_CLUSTER_REGISTER_WORKER, &moed__v1__register_request__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, register_worker},
+    {RPC_CLUSTER_HEARTBEAT, &moed__v1__heartbeat_request__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, heartbeat},
+    {RPC_CLUSTER_REPORT_STEP, &moed__v1__step_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_step},
+    {RPC_CLUSTER_UPLOAD_MODEL, &moed__v1__model_chunk__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, upload_model},
+    {RPC_CLUSTER_REPORT_JOB_END, &moed__v1__job_end_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_job_end},
+    {RPC_CLUSTER_REPORT_FAULT, &moed__v1__fault_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_fault},
+    {RPC_CLUSTER_REPORT_RESTORED, &moed__v1__restored_report__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER, report_restored},
 };
 const int coordinator_n_methods = (int)(sizeof coordinator_methods / sizeof coordinator_methods[0]);

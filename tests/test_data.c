@@ -5,7 +5,7 @@
  * mapped, not copied.
  */
 #include "../common/log.h"
-#include "../worker/data.h"
+#include "../worker/trainer/data.h"
 #include "check.h"
 
 #include <errno.h>

@@ -27,8 +27,8 @@
 #include "../common/log.h"
 #include "../common/spec.h"
 #include "../worker/comm/comm.h"
-#include "../worker/replica.h"
-#include "../worker/trainer.h"
+#include "../worker/trainer/replica.h"
+#include "../worker/trainer/trainer.h"
 #include "check.h"
 #include "rank_procs.h"
 

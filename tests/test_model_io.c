@@ -9,7 +9,7 @@
 #include "check.h"
 #include "../common/safetensors.h"
 #include "../kernels/model.h"
-#include "../worker/model_io.h"
+#include "../worker/trainer/model_io.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -12,8 +12,12 @@
  * thread; blocking calls from several threads at once; TLS with a self-signed certificate (and
  * its refusal of clients that do not trust it); a shutdown that cancels open streams and
  * pending calls, after which the loop runs dry with no handle left (and, under ASan, no leak).
+ * And proto/methods.h names exactly the methods of proto/moed.proto, and the coordinator's
+ * method table serves each of its services' methods with the request type the .proto gives.
  */
 #include "../common/log.h"
+#include "../coordinator/coordinator.h"
+#include "../proto/methods.h"
 #include "../proto/rpc.h"
 #include "check.h"
 #include "proto/moed.pb-c.h"
@@ -1092,8 +1096,51 @@ static void test_shutdown(struct env *e, struct rpc_channel *ch) {
     EXPECT_FAIL(echo(ch, "gone", &info, 5, &res), MOE_EUNAVAILABLE, "UNAVAILABLE");
 }
 
+
+/* ---- the method paths against the .proto ---- */
+
+static const ProtobufCMethodDescriptor *proto_method(const char *path) {
+    static const ProtobufCServiceDescriptor *services[] = {
+        &moed__v1__jobs__descriptor, &moed__v1__status__descriptor,
+        &moed__v1__cluster__descriptor, &moed__v1__worker__descriptor};
+    for (size_t i = 0; i < sizeof services / sizeof services[0]; i++)
+        for (unsigned m = 0; m < services[i]->n_methods; m++) {
+            char want[160];
+            snprintf(want, sizeof want, "/%s/%s", services[i]->name, services[i]->methods[m].name);
+            if (!strcmp(want, path)) return &services[i]->methods[m];
+        }
+    return NULL;
+}
+
+static void test_method_paths(void) {
+    static const char *paths[] = {
+        RPC_JOBS_SUBMIT_JOB, RPC_JOBS_CANCEL_JOB, RPC_JOBS_LIST_JOBS, RPC_JOBS_GET_JOB,
+        RPC_JOBS_WATCH_JOB, RPC_JOBS_FETCH_MODEL, RPC_JOBS_LIST_STEPS, RPC_STATUS_GET_CLUSTER,
+        RPC_STATUS_GET_JOB, RPC_STATUS_WATCH_JOB, RPC_STATUS_LIST_STEPS,
+        RPC_CLUSTER_REGISTER_WORKER, RPC_CLUSTER_HEARTBEAT, RPC_CLUSTER_REPORT_STEP,
+        RPC_CLUSTER_UPLOAD_MODEL, RPC_CLUSTER_REPORT_JOB_END, RPC_CLUSTER_REPORT_FAULT,
+        RPC_CLUSTER_REPORT_RESTORED, RPC_WORKER_RUN_SLOT, RPC_WORKER_STOP_JOB,
+        RPC_WORKER_FENCE_SLOT, RPC_WORKER_INJECT_FAULT};
+    size_t n = sizeof paths / sizeof paths[0];
+    for (size_t i = 0; i < n; i++) EXPECT_MSG(proto_method(paths[i]), "%s is not in moed.proto", paths[i]);
+    size_t in_proto = moed__v1__jobs__descriptor.n_methods + moed__v1__status__descriptor.n_methods +
+                      moed__v1__cluster__descriptor.n_methods + moed__v1__worker__descriptor.n_methods;
+    EXPECT_MSG(n == in_proto, "methods.h names %zu methods, moed.proto has %zu", n, in_proto);
+    /* the coordinator serves Jobs, Status and Cluster whole, each with the .proto's types */
+    size_t served = moed__v1__jobs__descriptor.n_methods + moed__v1__status__descriptor.n_methods +
+                    moed__v1__cluster__descriptor.n_methods;
+    EXPECT((size_t)coordinator_n_methods == served);
+    for (int i = 0; i < coordinator_n_methods; i++) {
+        const struct rpc_method *m = &coordinator_methods[i];
+        const ProtobufCMethodDescriptor *d = proto_method(m->path);
+        EXPECT_MSG(d && d->input == m->request_type, "%s: request type differs from moed.proto",
+                   m->path);
+    }
+}
+
 int main(void) {
     moe_log_init("test");
+    test_method_paths();
     alarm(240); // a hang is a failure, not a stuck ctest
     test_read_token();
 

@@ -16,7 +16,7 @@
 #include "../common/log.h"
 #include "check.h"
 #include "../common/spec.h"
-#include "../worker/trainer.h"
+#include "../worker/trainer/trainer.h"
 
 #include <cblas.h>
 #include <omp.h>

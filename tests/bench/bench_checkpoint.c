@@ -24,7 +24,7 @@
 #include "../../common/blas_select.h"
 #include "../../common/log.h"
 #include "../../common/spec.h"
-#include "../../worker/trainer.h"
+#include "../../worker/trainer/trainer.h"
 #include "bench.h"
 
 #include <errno.h>

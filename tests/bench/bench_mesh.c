@@ -27,7 +27,7 @@
 #include "../../common/log.h"
 #include "../../common/spec.h"
 #include "../../worker/comm/comm.h"
-#include "../../worker/trainer.h"
+#include "../../worker/trainer/trainer.h"
 #include "../rank_procs.h"
 #include "bench.h"
 

@@ -16,6 +16,7 @@
  * (PR_SET_PDEATHSIG) if this program is killed.
  */
 #include "../../common/log.h"
+#include "../../proto/methods.h"
 #include "../../proto/rpc.h"
 #include "bench.h"
 #include "proto/moed.pb-c.h"
@@ -215,7 +216,7 @@ static Moed__V1__JobInfo *submit(struct cluster *c, const char *name, long steps
     Moed__V1__SubmitJobRequest req = MOED__V1__SUBMIT_JOB_REQUEST__INIT;
     req.spec = spec;
     ProtobufCMessage *resp = NULL;
-    if (rpc_call_sync(c->ch, "/moed.v1.Jobs/SubmitJob", &req.base, &moed__v1__job_info__descriptor,
+    if (rpc_call_sync(c->ch, RPC_JOBS_SUBMIT_JOB, &req.base, &moed__v1__job_info__descriptor,
                       &resp, 10, NULL) != MOE_OK) {
         fprintf(stderr, "bench_status: %s\n", moe_errmsg());
         return NULL;
@@ -227,7 +228,7 @@ static Moed__V1__JobStatus *get_job(struct cluster *c, const char *id) {
     Moed__V1__JobRef ref = MOED__V1__JOB_REF__INIT;
     ref.job_id = (char *)id;
     ProtobufCMessage *resp = NULL;
-    if (rpc_call_sync(c->ch, "/moed.v1.Status/GetJob", &ref.base, &moed__v1__job_status__descriptor,
+    if (rpc_call_sync(c->ch, RPC_STATUS_GET_JOB, &ref.base, &moed__v1__job_status__descriptor,
                       &resp, 10, NULL) != MOE_OK) {
         fprintf(stderr, "bench_status: %s\n", moe_errmsg());
         return NULL;
@@ -289,7 +290,7 @@ static void watcher_main(void *arg) {
     Moed__V1__WatchJobRequest req = MOED__V1__WATCH_JOB_REQUEST__INIT;
     req.job_id = w->job;
     struct rpc_stream *s = NULL;
-    if (rpc_stream_open(&s, w->c->ch, "/moed.v1.Status/WatchJob", &req.base, 0) != MOE_OK) {
+    if (rpc_stream_open(&s, w->c->ch, RPC_STATUS_WATCH_JOB, &req.base, 0) != MOE_OK) {
         atomic_fetch_add(&w->failed, 1);
         atomic_fetch_add(&w->opened, 1);
         free(a);
@@ -383,9 +384,9 @@ static int latency_table(struct cluster *c, const char *label, const char *job) 
     Moed__V1__JobRef ref = MOED__V1__JOB_REF__INIT;
     ref.job_id = (char *)job;
     Moed__V1__GetClusterRequest gc = MOED__V1__GET_CLUSTER_REQUEST__INIT;
-    int errors = latency_row(c, label, "/moed.v1.Status/GetJob", &ref.base,
+    int errors = latency_row(c, label, RPC_STATUS_GET_JOB, &ref.base,
                              &moed__v1__job_status__descriptor);
-    errors += latency_row(c, label, "/moed.v1.Status/GetCluster", &gc.base,
+    errors += latency_row(c, label, RPC_STATUS_GET_CLUSTER, &gc.base,
                           &moed__v1__cluster_status__descriptor);
     return errors;
 }
@@ -514,7 +515,7 @@ static int run(struct cluster *c) {
     Moed__V1__JobRef ref = MOED__V1__JOB_REF__INIT;
     ref.job_id = rid;
     ProtobufCMessage *resp = NULL;
-    if (rpc_call_sync(c->ch, "/moed.v1.Jobs/CancelJob", &ref.base, &moed__v1__job_info__descriptor,
+    if (rpc_call_sync(c->ch, RPC_JOBS_CANCEL_JOB, &ref.base, &moed__v1__job_info__descriptor,
                       &resp, 10, NULL) != MOE_OK)
         fprintf(stderr, "bench_status: %s\n", moe_errmsg());
     if (resp) protobuf_c_message_free_unpacked(resp, NULL);

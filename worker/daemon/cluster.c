@@ -9,6 +9,7 @@
 #include "../../common/clock.h"
 #include "../../common/log.h"
 #include "proto/moed.pb-c.h"
+#include "../../proto/methods.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,8 +17,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define REGISTER_METHOD "/moed.v1.Cluster/RegisterWorker"
-#define HEARTBEAT_METHOD "/moed.v1.Cluster/Heartbeat"
 #define REGISTER_CALL_TIMEOUT_S 5.0
 
 void worker_copy_id(struct worker *w, char out[WORKER_ID_MAX]) {
@@ -108,7 +107,7 @@ moe_status worker_register(struct worker *w) {
     for (;;) {
         ProtobufCMessage *resp = NULL;
         struct rpc_result res;
-        moe_status s = rpc_call_sync(w->coord, REGISTER_METHOD, &req.base,
+        moe_status s = rpc_call_sync(w->coord, RPC_CLUSTER_REGISTER_WORKER, &req.base,
                                      &moed__v1__register_response__descriptor, &resp,
                                      REGISTER_CALL_TIMEOUT_S, &res);
         attempts++;
@@ -173,7 +172,7 @@ static void reregister(struct worker *w) {
     long step;
     fill_register(w, &req, id, &step);
     /* the request is packed before rpc_call_async returns: stack strings are fine */
-    if (rpc_call_async(w->pump, w->coord, REGISTER_METHOD, &req.base,
+    if (rpc_call_async(w->pump, w->coord, RPC_CLUSTER_REGISTER_WORKER, &req.base,
                        &moed__v1__register_response__descriptor, REGISTER_CALL_TIMEOUT_S,
                        on_reregistered, w) != MOE_OK) {
         LOG_WARN("re-registration: %s", moe_errmsg());
@@ -254,7 +253,7 @@ static void heartbeat_tick(uv_timer_t *t) {
     double timeout = 2.0 * (double)w->heartbeat_ms / 1000.0;
     if (timeout < 1.0) timeout = 1.0;
     if (timeout > 10.0) timeout = 10.0;
-    if (rpc_call_async(w->pump, w->coord, HEARTBEAT_METHOD, &req.base,
+    if (rpc_call_async(w->pump, w->coord, RPC_CLUSTER_HEARTBEAT, &req.base,
                        &moed__v1__heartbeat_response__descriptor, timeout, on_heartbeat,
                        hb) != MOE_OK) {
         LOG_DEBUG("heartbeat: %s", moe_errmsg());

@@ -15,6 +15,7 @@
 #include "../../common/clock.h"
 #include "../../common/log.h"
 #include "proto/moed.pb-c.h"
+#include "../../proto/methods.h"
 
 #include <omp.h>
 #include <stdio.h>
@@ -22,17 +23,10 @@
 #include <string.h>
 #include <time.h>
 
-#define REPORT_METHOD "/moed.v1.Cluster/ReportStep"
 #define BACKOFF_MIN_S 1.0 // after a failed report, wait before trying again (doubling)
 #define BACKOFF_MAX_S 8.0
 #define REPORT_INTERVAL_S 1.0 // batch the reports of faster steps (one call per interval)
 #define REPORT_BATCH_MAX 512   // steps per call: far below the 4 MiB message limit
-
-static long unix_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void sleep_s(double s) {
     struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
@@ -106,7 +100,7 @@ static struct step_entry *entry_new(const struct trainer *t, const struct step_r
     e->m.dropped = r->dropped;
     e->m.assignments = r->assignments;
     e->m.load_max_over_mean = r->load_max_over_mean;
-    e->m.reported_unix_ms = unix_ms(); // when the step completed, even if sent later
+    e->m.reported_unix_ms = moe_wall_ms(); // when the step completed, even if sent later
     e->m.val_loss = val_loss;
     e->m.pod = t->mesh.pod;
     e->m.slot = t->mesh.slot;
@@ -200,7 +194,7 @@ static int backlog_flush(struct job *j, struct rpc_channel *ch, struct backlog *
         req.metrics = batch;
         ProtobufCMessage *resp = NULL;
         struct rpc_result res;
-        moe_status s = rpc_call_sync(ch, REPORT_METHOD, &req.base,
+        moe_status s = rpc_call_sync(ch, RPC_CLUSTER_REPORT_STEP, &req.base,
                                      &moed__v1__step_report_response__descriptor, &resp,
                                      REPORT_TIMEOUT_S, &res);
         if (s == MOE_EUNAVAILABLE) {
@@ -344,8 +338,6 @@ static int open_trainer(struct job *j, struct trainer *t, char *error, size_t er
 
 /* ---- recovery: the epochs of one slot (docs/recovery.md) ---- */
 
-#define FAULT_METHOD "/moed.v1.Cluster/ReportFault"
-#define RESTORED_METHOD "/moed.v1.Cluster/ReportRestored"
 
 /* A data-plane failure (a peer lost, the epoch aborted, a stale or broken connection) is one
  * the coordinator can recover from; anything else (bad spec, memory, divergence) ends the job. */
@@ -377,7 +369,7 @@ static void report_fault(struct job *j, struct rpc_channel *ch, long step, const
     req.step = step;
     req.error = (char *)error;
     /* short: the coordinator learns it from the fence and heartbeats too */
-    tell(j, ch, FAULT_METHOD, &req.base, 2.0, "the fault");
+    tell(j, ch, RPC_CLUSTER_REPORT_FAULT, &req.base, 2.0, "the fault");
 }
 
 static void report_restored(struct job *j, struct rpc_channel *ch, long step, double connect_s,
@@ -395,7 +387,7 @@ static void report_restored(struct job *j, struct rpc_channel *ch, long step, do
     req.transfer_seconds = st->transfer_s;
     req.bytes_received = st->bytes_received;
     req.bytes_sent = st->bytes_sent;
-    tell(j, ch, RESTORED_METHOD, &req.base, REPORT_TIMEOUT_S, "the restore");
+    tell(j, ch, RPC_CLUSTER_REPORT_RESTORED, &req.base, REPORT_TIMEOUT_S, "the restore");
 }
 
 /* Takes the next epoch's binding as the job's: epoch, peers, timeout, restore plan. */

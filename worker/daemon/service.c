@@ -15,6 +15,7 @@
 
 #include "../../common/log.h"
 #include "proto/moed.pb-c.h"
+#include "../../proto/methods.h"
 
 #include <ctype.h>
 #include <stdlib.h>
@@ -478,13 +479,13 @@ static void inject_fault(struct rpc_call *call, const ProtobufCMessage *msg, voi
 }
 
 const struct rpc_method worker_methods[] = {
-    {"/moed.v1.Worker/RunSlot", &moed__v1__run_slot_request__descriptor, RPC_UNARY,
+    {RPC_WORKER_RUN_SLOT, &moed__v1__run_slot_request__descriptor, RPC_UNARY,
      RPC_AUTH_CLUSTER, run_slot},
-    {"/moed.v1.Worker/StopJob", &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER,
+    {RPC_WORKER_STOP_JOB, &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER,
      stop_job},
-    {"/moed.v1.Worker/FenceSlot", &moed__v1__fence_request__descriptor, RPC_UNARY,
+    {RPC_WORKER_FENCE_SLOT, &moed__v1__fence_request__descriptor, RPC_UNARY,
      RPC_AUTH_CLUSTER, fence_slot},
-    {"/moed.v1.Worker/InjectFault", &moed__v1__inject_fault_request__descriptor, RPC_UNARY,
+    {RPC_WORKER_INJECT_FAULT, &moed__v1__inject_fault_request__descriptor, RPC_UNARY,
      RPC_AUTH_CLUSTER, inject_fault},
 };
 const int worker_n_methods = sizeof worker_methods / sizeof worker_methods[0];

@@ -11,20 +11,19 @@
 #include "worker.h"
 
 #include "../../common/clock.h"
+#include "../../common/fileio.h"
 #include "../../common/log.h"
 #include "proto/moed.pb-c.h"
+#include "../../proto/methods.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define UPLOAD_METHOD "/moed.v1.Cluster/UploadModel"
-#define END_METHOD "/moed.v1.Cluster/ReportJobEnd"
 #define UPLOAD_RESTARTS 3 // times a refused or corrupted upload starts over from offset 0
 
 /* Reads exactly n bytes at off (short reads of a regular file are retried). */
@@ -39,40 +38,6 @@ static moe_status read_at(int fd, const char *path, unsigned char *buf, size_t n
         got += (size_t)r;
     }
     return MOE_OK;
-}
-
-static moe_status file_sha256(const char *path, unsigned char sha[32], long *size) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return moe_fail(MOE_EIO, "cannot open %s: %s", path, strerror(errno));
-    struct stat st;
-    unsigned char *buf = malloc(RPC_MODEL_CHUNK);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    moe_status res = MOE_OK;
-    if (!buf || !ctx) {
-        res = moe_fail(MOE_ENOMEM, "out of memory hashing %s", path);
-        goto exit;
-    }
-    if (fstat(fd, &st) != 0) {
-        res = moe_fail(MOE_EIO, "cannot stat %s: %s", path, strerror(errno));
-        goto exit;
-    }
-    *size = (long)st.st_size;
-    unsigned int len = 0;
-    if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) goto crypto_fail;
-    for (long off = 0; off < *size; off += RPC_MODEL_CHUNK) {
-        size_t n = (size_t)(*size - off < RPC_MODEL_CHUNK ? *size - off : RPC_MODEL_CHUNK);
-        CHECK_GOTO(read_at(fd, path, buf, n, off), res, exit);
-        if (EVP_DigestUpdate(ctx, buf, n) != 1) goto crypto_fail;
-    }
-    if (EVP_DigestFinal_ex(ctx, sha, &len) != 1 || len != 32) goto crypto_fail;
-    goto exit;
-crypto_fail:
-    res = moe_fail(MOE_EINTERNAL, "SHA-256 of %s failed in libcrypto", path);
-exit:
-    EVP_MD_CTX_free(ctx);
-    free(buf);
-    close(fd);
-    return res;
 }
 
 static moe_status upload_model(struct job *j, struct rpc_channel *ch, const char *path, long size) {
@@ -96,7 +61,7 @@ static moe_status upload_model(struct job *j, struct rpc_channel *ch, const char
         chunk.data.data = buf;
         chunk.total_bytes = size;
         ProtobufCMessage *resp = NULL;
-        res = job_call_retry(j, ch, UPLOAD_METHOD, &chunk.base, &moed__v1__empty__descriptor,
+        res = job_call_retry(j, ch, RPC_CLUSTER_UPLOAD_MODEL, &chunk.base, &moed__v1__empty__descriptor,
                              &resp, FINISH_RETRY_S, NULL);
         if (res == MOE_OK) {
             protobuf_c_message_free_unpacked(resp, NULL);
@@ -141,7 +106,7 @@ moe_status job_report_end(struct job *j, struct rpc_channel *ch, int ok, int sto
         req.model_sha256.data = (uint8_t *)sha256;
     }
     ProtobufCMessage *resp = NULL;
-    moe_status s = job_call_retry(j, ch, END_METHOD, &req.base, &moed__v1__empty__descriptor,
+    moe_status s = job_call_retry(j, ch, RPC_CLUSTER_REPORT_JOB_END, &req.base, &moed__v1__empty__descriptor,
                                   &resp, FINISH_RETRY_S, res);
     if (s != MOE_OK) {
         if (!res || res->code != GRPC_STATUS_DATA_LOSS) // the caller uploads again
@@ -158,7 +123,7 @@ int job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t
     snprintf(path, sizeof path, "%s/%s.safetensors", j->w->scratch, j->id);
     snprintf(config, sizeof config, "%s/%s.json", j->w->scratch, j->id);
     unsigned char sha[32];
-    long size = 0;
+    int64_t size = 0;
     moe_status s = trainer_save_model(t, path);
     int writer = trainer_writes_model(t);
     if (s != MOE_OK && recoverable && atomic_load(&j->stop) == JOB_RUN &&
@@ -171,7 +136,7 @@ int job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t
         moe_fail(s, "%s", why);
         return 0;
     }
-    if (s == MOE_OK && writer) s = file_sha256(path, sha, &size);
+    if (s == MOE_OK && writer) s = moe_file_sha256(path, sha, &size);
     if (s == MOE_OK && !writer) { // our experts went to the writer: nothing to upload
         LOG_INFO("%s: slot (%d, %d) done; slot (0, 0) uploads the model", j->id, j->pod, j->slot);
         job_report_end(j, ch, 1, 0, "", 0, NULL, NULL);

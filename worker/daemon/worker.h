@@ -30,8 +30,8 @@
 #include "../../common/status.h"
 #include "../../proto/rpc.h"
 #include "../comm/comm.h"
-#include "../replica.h"
-#include "../trainer.h"
+#include "../trainer/replica.h"
+#include "../trainer/trainer.h"
 
 #include <limits.h>
 #include <stdatomic.h>

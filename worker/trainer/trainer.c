@@ -1,10 +1,11 @@
 /* trainer.c — the step-by-step training loop (see trainer.h). */
 #include "trainer.h"
-#include "../common/clock.h"
-#include "../common/log.h"
-#include "../common/safetensors.h"
-#include "../kernels/tree_sum.h"
-#include "comm/comm.h"
+#include "../../common/clock.h"
+#include "../../common/fileio.h"
+#include "../../common/log.h"
+#include "../../common/safetensors.h"
+#include "../../kernels/tree_sum.h"
+#include "../comm/comm.h"
 #include "model_io.h"
 #include "replica.h"
 #include "slot.h"
@@ -325,26 +326,6 @@ static void config_path_for(const char *model_path, char *out, size_t len) {
         snprintf(out, len, "%s.json", model_path);
 }
 
-static moe_status write_file_atomic(const char *path, const char *text) {
-    char tmp[SPEC_PATH_MAX + 32];
-    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
-    if (!f) {
-        int err = errno;
-        if (fd >= 0) close(fd), unlink(tmp);
-        return moe_fail(MOE_EIO, "%s: cannot write: %s", path, strerror(err));
-    }
-    int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-    ok &= fclose(f) == 0;
-    if (!ok || rename(tmp, path) != 0) {
-        int err = errno;
-        unlink(tmp);
-        return moe_fail(MOE_EIO, "%s: cannot write: %s", path, strerror(err));
-    }
-    return MOE_OK;
-}
-
 moe_status trainer_save_model(const struct trainer *t, const char *path) {
     if (t->mesh.exec) return slot_save_model(t, path);
     return trainer_write_model(t, &t->model, path);
@@ -366,8 +347,8 @@ moe_status trainer_write_model(const struct trainer *t, const struct model *mode
         if (!doc) {
             res = moe_fail(MOE_ENOMEM, "out of memory");
         } else {
-            snprintf(doc, n, "{\"step\": %ld, \"spec\": %s}", model->step, spec_json);
-            res = write_file_atomic(cfg_path, doc);
+            snprintf(doc, n, "{\"step\": %ld, \"spec\": %s}\n", model->step, spec_json);
+            res = moe_write_file_atomic(cfg_path, doc, strlen(doc), 0644);
             free(doc);
         }
         if (res != MOE_OK) unlink(path); /* both files or neither */

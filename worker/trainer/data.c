@@ -1,7 +1,7 @@
 #include "data.h"
-#include "../kernels/mix64.h"
+#include "../../kernels/mix64.h"
 
-#include "../common/log.h"
+#include "../../common/log.h"
 
 #include <dirent.h>
 #include <errno.h>

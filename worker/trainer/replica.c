@@ -1,9 +1,9 @@
 /* replica.c — a slot's previous version, buddy copies, fence and restore (see replica.h). */
 #include "replica.h"
 
-#include "../common/clock.h"
-#include "../common/log.h"
-#include "comm/comm.h"
+#include "../../common/clock.h"
+#include "../../common/log.h"
+#include "../comm/comm.h"
 
 #include <openssl/evp.h>
 #include <pthread.h>

@@ -1,6 +1,6 @@
 /* model_io.c — struct model <-> named safetensors tensors (see model_io.h). */
 #include "model_io.h"
-#include "../common/safetensors.h"
+#include "../../common/safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>

@@ -9,8 +9,8 @@
 #ifndef MOE_MODEL_IO_H
 #define MOE_MODEL_IO_H
 
-#include "../common/status.h"
-#include "../kernels/model.h"
+#include "../../common/status.h"
+#include "../../kernels/model.h"
 
 /* Writes parameters and expert biases. extra_meta (may be NULL/0) adds key/value strings. */
 moe_status model_save(const struct model *m, const char *path, const char *const *extra_meta,

@@ -11,9 +11,9 @@
 #ifndef MOE_TRAINER_H
 #define MOE_TRAINER_H
 
-#include "../common/spec.h"
-#include "../common/status.h"
-#include "../kernels/model.h"
+#include "../../common/spec.h"
+#include "../../common/status.h"
+#include "../../kernels/model.h"
 #include "data.h"
 
 struct comm;

@@ -1,11 +1,11 @@
 /* slot.c — one slot of a distributed job: the distributed step (see slot.h). */
 #include "slot.h"
 
-#include "../common/clock.h"
-#include "../common/log.h"
-#include "../kernels/layers.h"
-#include "../kernels/tree_sum.h"
-#include "comm/comm.h"
+#include "../../common/clock.h"
+#include "../../common/log.h"
+#include "../../kernels/layers.h"
+#include "../../kernels/tree_sum.h"
+#include "../comm/comm.h"
 #include "replica.h"
 
 #include <math.h>

@@ -22,8 +22,8 @@
 #ifndef MOE_DATA_H
 #define MOE_DATA_H
 
-#include "../common/spec.h"
-#include "../common/status.h"
+#include "../../common/spec.h"
+#include "../../common/status.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,6 +1,6 @@
 /* generate.c — sampling text from a trained model (see generate.h). */
 #include "generate.h"
-#include "../kernels/mix64.h"
+#include "../../kernels/mix64.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -11,8 +11,8 @@
 #ifndef MOE_GENERATE_H
 #define MOE_GENERATE_H
 
-#include "../common/status.h"
-#include "../kernels/model.h"
+#include "../../common/status.h"
+#include "../../kernels/model.h"
 
 #include <stddef.h>
 #include <stdint.h>

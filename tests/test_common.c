@@ -1,0 +1,154 @@
+/*
+ * test_common.c — the small shared helpers of common/: the knob table (defaults, environment,
+ * command line, bounds, --help), the atomic file writer and the file hash, the two clocks.
+ * Exits non-zero on any failed check.
+ */
+#include "../common/clock.h"
+#include "../common/fileio.h"
+#include "../common/knobs.h"
+#include "check.h"
+
+#include <openssl/sha.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct cfg {
+    char listen[16];
+    int pod;
+    long timeout_ms;
+    double rate;
+    int verbose;
+    int level;
+    int shm;
+};
+
+static const struct knob table[] = {
+    {"listen", NULL, KNOB_STR, KNOB_AT(struct cfg, listen), "127.0.0.1:0", 0, 0, NULL,
+     "HOST:PORT", "where to listen"},
+    {"pod", NULL, KNOB_INT, KNOB_AT(struct cfg, pod), "0", 0, 1 << 20, NULL, "N", "the pod"},
+    {"timeout-ms", "TEST_KNOB_TIMEOUT", KNOB_LONG, KNOB_AT(struct cfg, timeout_ms), "2000", 10,
+     3600000, NULL, "MS", "a worker silent this long is dead"},
+    {"rate", NULL, KNOB_DOUBLE, KNOB_AT(struct cfg, rate), "0.5", 0, 1, NULL, "R", "a rate"},
+    {"verbose", NULL, KNOB_BOOL, KNOB_AT(struct cfg, verbose), "", 0, 0, NULL, NULL, "say more"},
+    {"log-level", NULL, KNOB_CHOICE, KNOB_AT(struct cfg, level), "info", 0, 0,
+     "debug|info|warn|error", NULL, "how much to log"},
+    {NULL, "TEST_KNOB_SHM", KNOB_BOOL, KNOB_AT(struct cfg, shm), "1", 0, 0, NULL, NULL,
+     "move bulk data through shared memory"},
+};
+static const int n_table = (int)(sizeof table / sizeof table[0]);
+
+static moe_status parse(struct cfg *c, int *help, int argc, const char **argv) {
+    memset(c, 0x7f, sizeof *c); // every field must come from the table
+    return knobs_parse(table, n_table, c, argc, (char **)argv, help);
+}
+
+static void test_knobs(void) {
+    struct cfg c;
+    int help;
+    unsetenv("TEST_KNOB_TIMEOUT");
+    unsetenv("TEST_KNOB_SHM");
+    const char *none[] = {"prog"};
+    EXPECT(parse(&c, &help, 1, none) == MOE_OK);
+    EXPECT(!strcmp(c.listen, "127.0.0.1:0") && c.pod == 0 && c.timeout_ms == 2000);
+    EXPECT(c.rate == 0.5 && c.verbose == 0 && c.level == 1 && c.shm == 1 && !help);
+
+    const char *all[] = {"prog", "--listen", "0.0.0.0:7", "--pod=3", "--timeout-ms", "50",
+                         "--rate", "0.25", "--verbose", "--log-level", "warn", "--help"};
+    EXPECT(parse(&c, &help, 12, all) == MOE_OK);
+    EXPECT(!strcmp(c.listen, "0.0.0.0:7") && c.pod == 3 && c.timeout_ms == 50);
+    EXPECT(c.rate == 0.25 && c.verbose == 1 && c.level == 2 && help == 1);
+
+    /* the environment is read before the command line, which wins */
+    setenv("TEST_KNOB_TIMEOUT", "700", 1);
+    setenv("TEST_KNOB_SHM", "0", 1);
+    EXPECT(parse(&c, &help, 1, none) == MOE_OK && c.timeout_ms == 700 && c.shm == 0);
+    const char *over[] = {"prog", "--timeout-ms", "900"};
+    EXPECT(parse(&c, &help, 3, over) == MOE_OK && c.timeout_ms == 900);
+    setenv("TEST_KNOB_SHM", "yes", 1);
+    EXPECT_FAIL(parse(&c, &help, 1, none), MOE_EINVAL, "TEST_KNOB_SHM must be 0 or 1, not 'yes'");
+    unsetenv("TEST_KNOB_SHM");
+    setenv("TEST_KNOB_TIMEOUT", "5", 1);
+    EXPECT_FAIL(parse(&c, &help, 1, none), MOE_EINVAL, "TEST_KNOB_TIMEOUT must be an integer in 10..3600000");
+    unsetenv("TEST_KNOB_TIMEOUT");
+
+    const char *bad_int[] = {"prog", "--pod", "x"};
+    EXPECT_FAIL(parse(&c, &help, 3, bad_int), MOE_EINVAL, "--pod must be an integer in 0..1048576, not 'x'");
+    const char *neg[] = {"prog", "--pod", "-1"};
+    EXPECT_FAIL(parse(&c, &help, 3, neg), MOE_EINVAL, "--pod must be an integer");
+    const char *bad_rate[] = {"prog", "--rate", "2"};
+    EXPECT_FAIL(parse(&c, &help, 3, bad_rate), MOE_EINVAL, "--rate must be a number in 0..1, not '2'");
+    const char *nan[] = {"prog", "--rate", "nan"};
+    EXPECT_FAIL(parse(&c, &help, 3, nan), MOE_EINVAL, "--rate must be a number");
+    const char *lvl[] = {"prog", "--log-level", "loud"};
+    EXPECT_FAIL(parse(&c, &help, 3, lvl), MOE_EINVAL, "--log-level must be one of debug|info|warn|error");
+    const char *longs[] = {"prog", "--listen", "a-much-too-long-address:1"};
+    EXPECT_FAIL(parse(&c, &help, 3, longs), MOE_EINVAL, "--listen is longer than 15 bytes");
+    const char *unknown[] = {"prog", "--colour"};
+    EXPECT_FAIL(parse(&c, &help, 2, unknown), MOE_EINVAL, "unknown option '--colour'");
+    const char *missing[] = {"prog", "--pod"};
+    EXPECT_FAIL(parse(&c, &help, 2, missing), MOE_EINVAL, "--pod needs a value");
+    const char *stray[] = {"prog", "extra"};
+    EXPECT_FAIL(parse(&c, &help, 2, stray), MOE_EINVAL, "unexpected argument 'extra'");
+
+    /* --help comes from the same table: every flag, its default, bounds and environment */
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    knobs_print(f, table, n_table, 0);
+    knobs_print(f, table, n_table, 1);
+    fclose(f);
+    EXPECT(strstr(text, "--listen HOST:PORT") && strstr(text, "(default 127.0.0.1:0)"));
+    EXPECT(strstr(text, "10..3600000;") && strstr(text, "$TEST_KNOB_TIMEOUT)"));
+    EXPECT(strstr(text, "--log-level debug|info|warn|error") && strstr(text, "--verbose "));
+    EXPECT(strstr(text, "TEST_KNOB_SHM=0|1") && strstr(text, "(default 1)"));
+    free(text);
+}
+
+static void test_fileio(void) {
+    char dir[] = "/tmp/moe_test_common.XXXXXX";
+    EXPECT(mkdtemp(dir) != NULL);
+    char path[128];
+    snprintf(path, sizeof path, "%s/file", dir);
+    EXPECT(moe_write_file_atomic(path, "first\n", 6, 0640) == MOE_OK);
+    EXPECT(moe_write_file_atomic(path, "second\n", 7, 0640) == MOE_OK);
+    struct stat st;
+    EXPECT(stat(path, &st) == 0 && st.st_size == 7 && (st.st_mode & 0777) == 0640);
+
+    /* the hash against libcrypto's one-shot SHA256 of the same bytes */
+    unsigned char sum[32], want[32];
+    int64_t size = -1;
+    EXPECT(moe_file_sha256(path, sum, &size) == MOE_OK && size == 7);
+    SHA256((const unsigned char *)"second\n", 7, want);
+    EXPECT(!memcmp(sum, want, 32));
+    EXPECT_FAIL(moe_file_sha256("/nonexistent/x", sum, &size), MOE_EIO, "/nonexistent/x");
+
+    /* an aborted write leaves the old file and no temporary behind */
+    struct moe_atomic_file af;
+    EXPECT(moe_atomic_begin(&af, path, 0600) == MOE_OK);
+    EXPECT(moe_atomic_write(&af, "partial", 7) == MOE_OK);
+    moe_atomic_abort(&af);
+    EXPECT(stat(path, &st) == 0 && st.st_size == 7);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "test $(ls -A %s | wc -l) -eq 1", dir);
+    EXPECT(system(cmd) == 0);
+    EXPECT_FAIL(moe_write_file_atomic("/nonexistent/dir/f", "x", 1, 0600), MOE_EIO,
+                "cannot write /nonexistent/dir/f");
+    unlink(path);
+    rmdir(dir);
+}
+
+static void test_clocks(void) {
+    int64_t wall = moe_wall_ms();
+    EXPECT(wall > 1700000000000LL); // after 2023: a unix time in milliseconds
+    double a = moe_clock_s(), b = moe_clock_s();
+    EXPECT(b >= a);
+}
+
+int main(void) {
+    test_knobs();
+    test_fileio();
+    test_clocks();
+    if (failures) printf("%d check(s) failed\n", failures);
+    return failures ? 1 : 0;
+}
