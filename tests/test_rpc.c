@@ -16,7 +16,7 @@
  * method table serves each of its services' methods with the request type the .proto gives.
  */
 #include "../common/log.h"
-#include "../coordinator/coordinator.h"
+#include "../coordinator/handlers/handlers.h"
 #include "../proto/methods.h"
 #include "../proto/rpc.h"
 #include "check.h"

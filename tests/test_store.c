@@ -6,7 +6,7 @@
  * restart, and a corrupted value that must fail with the key's name, not crash.
  */
 #include "../common/log.h"
-#include "../coordinator/store.h"
+#include "../coordinator/state/store.h"
 #include "check.h"
 
 #include <dirent.h>

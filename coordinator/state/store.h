@@ -31,7 +31,7 @@
 #ifndef MOE_COORDINATOR_STORE_H
 #define MOE_COORDINATOR_STORE_H
 
-#include "../common/status.h"
+#include "../../common/status.h"
 #include "proto/moed.pb-c.h"
 #include "proto/store.pb-c.h"
 

@@ -1,5 +1,5 @@
 #include "store.h"
-#include "../common/clock.h"
+#include "../../common/clock.h"
 
 #include <rocksdb/c.h>
 

@@ -14,23 +14,13 @@
  * Idle workers left over are spares. A recovery replaces lost slots from them
  * (placement_replace): tcp one spare per lost slot, from the physical pod of the logical pod's
  * surviving slots when it has one; mpi a whole idle MPI job for each pod that lost a slot.
- * Never: changes a worker or a job (coordinator.c binds what this file chooses), or looks at
+ * Never: changes a worker or a job (schedule.c and recovery.c bind what this file chooses), or looks at
  * anything but the worker table: the choice depends only on it, so it is predictable.
  */
-#include "coordinator.h"
+#include "placement.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-static int alive(const struct worker *w) {
-    return w->state == MOED__V1__WORKER_STATE__WORKER_IDLE ||
-           w->state == MOED__V1__WORKER_STATE__WORKER_BUSY;
-}
-
-int worker_schedulable(const struct worker *w) {
-    return w->state == MOED__V1__WORKER_STATE__WORKER_IDLE && !w->job_id[0] && w->channel &&
-           !w->awaiting_idle;
-}
 
 static int is_mpi(const char *backend) { return backend && strcmp(backend, "mpi") == 0; }
 
@@ -39,7 +29,7 @@ typedef int (*usable_fn)(const struct worker *w, const void *ctx);
 
 static int usable_alive(const struct worker *w, const void *ctx) {
     (void)ctx;
-    return alive(w);
+    return worker_alive(w);
 }
 
 static int usable_schedulable(const struct worker *w, const void *ctx) {
@@ -94,7 +84,7 @@ static int mpi_groups(const struct coordinator *co, int slots, usable_fn ok, con
 moe_status placement_check(const struct coordinator *co, int pods, int slots, const char *backend) {
     long need = (long)pods * slots;
     int live = 0;
-    for (int i = 0; i < co->n_workers; i++) live += alive(co->workers[i]);
+    for (int i = 0; i < co->n_workers; i++) live += worker_alive(co->workers[i]);
     if (need > live)
         return moe_fail(MOE_EINVAL,
                         "mesh: mesh.pods x mesh.slots = %d x %d = %ld slots, but the cluster has "
@@ -108,7 +98,7 @@ moe_status placement_check(const struct coordinator *co, int pods, int slots, co
     if (groups < pods) {
         int mpi_workers = 0;
         for (int i = 0; i < co->n_workers; i++)
-            mpi_workers += alive(co->workers[i]) && co->workers[i]->mpi_size > 0;
+            mpi_workers += worker_alive(co->workers[i]) && co->workers[i]->mpi_size > 0;
         return moe_fail(MOE_EINVAL,
                         "mesh: mesh.backend = mpi needs %d pod%s, each one mpirun job of exactly "
                         "mesh.slots = %d live ranks, but the cluster has %d such job%s (%d live "

@@ -1,0 +1,277 @@
+/*
+ * jobs_service.c — the Jobs and Status services: what clients call (see handlers.h).
+ * Submitting and cancelling go to policy/schedule.c and state/transitions.c; every other call
+ * reads the tables (views of jobs and workers, the stored loss curve, the model file).
+ */
+#include "handlers.h"
+
+#include "../../common/clock.h"
+#include "../../common/log.h"
+#include "../policy/schedule.h"
+#include "../state/events.h"
+#include "../state/models.h"
+#include "../state/transitions.h"
+#include "../state/workers.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CO(ctx) ((struct coordinator *)(ctx))
+#define LIST_STEPS_MAX 10000
+#define LIST_STEPS_BYTES (3 << 20) // below the 4 MiB message limit, whatever the expert count
+
+/* The job a request names; NOT_FOUND (and NULL) when there is none. */
+static struct job *job_or_fail(struct rpc_call *call, struct coordinator *co, const char *id) {
+    struct job *j = id && id[0] ? jobs_find(co, id) : NULL;
+    if (!j) rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no job %s", id && id[0] ? id : "(empty id)");
+    return j;
+}
+
+static void reply_job_info(struct rpc_call *call, const struct job *j) {
+    struct job_view v;
+    job_view_fill(&v, j);
+    rpc_reply(call, &v.info.base);
+    job_view_free(&v);
+}
+
+void handle_submit_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__SubmitJobRequest *req = (const void *)m;
+    struct job *j;
+    moe_status s = schedule_submit(CO(ctx), req->spec, strlen(req->spec), req->overrides,
+                                   req->n_overrides, &j);
+    if (s == MOE_EINVAL || s == MOE_EFORMAT || s == MOE_ENOTFOUND || s == MOE_EIO) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", moe_errmsg());
+        return;
+    }
+    if (s != MOE_OK) {
+        rpc_fail(call, GRPC_STATUS_INTERNAL, "%s", moe_errmsg());
+        return;
+    }
+    reply_job_info(call, j);
+    schedule_pass(CO(ctx));
+}
+
+void handle_cancel_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__JobRef *req = (const void *)m;
+    struct job *j = job_or_fail(call, CO(ctx), req->job_id);
+    if (!j) return;
+    if (job_is_final(j)) {
+        rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%s already ended: %s", j->id,
+                 job_state_name(j->state));
+        return;
+    }
+    if (job_cancel(CO(ctx), j) != MOE_OK) {
+        rpc_fail(call, GRPC_STATUS_INTERNAL, "%s", moe_errmsg());
+        return;
+    }
+    schedule_pass(CO(ctx)); // its workers may take the next job
+    reply_job_info(call, j);
+}
+
+void handle_list_jobs(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__ListJobsRequest *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    Moed__V1__ListJobsResponse resp = MOED__V1__LIST_JOBS_RESPONSE__INIT;
+    struct job_view *views = calloc((size_t)co->n_jobs + 1, sizeof *views);
+    Moed__V1__JobInfo **ptrs = calloc((size_t)co->n_jobs + 1, sizeof *ptrs);
+    if (!views || !ptrs) {
+        free(views);
+        free(ptrs);
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    size_t n = 0;
+    for (int i = 0; i < co->n_jobs; i++) {
+        struct job *j = co->jobs[i];
+        if (req->active_only && job_is_final(j)) continue;
+        job_view_fill(&views[n], j);
+        ptrs[n] = &views[n].info;
+        n++;
+    }
+    resp.n_jobs = n;
+    resp.jobs = ptrs;
+    rpc_reply(call, &resp.base);
+    for (size_t i = 0; i < n; i++) job_view_free(&views[i]);
+    free(views);
+    free(ptrs);
+}
+
+void handle_get_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__JobRef *req = (const void *)m;
+    struct job *j = job_or_fail(call, CO(ctx), req->job_id);
+    if (!j) return;
+    Moed__V1__JobStatus st = MOED__V1__JOB_STATUS__INIT;
+    struct job_view v;
+    job_view_fill(&v, j);
+    st.job = &v.info;
+    st.last = j->last;
+    Moed__V1__Event *events[JOB_RECENT_EVENTS];
+    st.n_events = job_recent_events(j, events);
+    st.events = events;
+    st.spec_json = j->spec_json;
+    st.eta_seconds = job_eta_seconds(j);
+    st.n_slots = v.n_slots;
+    st.slots = v.slot_ptrs;
+    rpc_reply(call, &st.base);
+    job_view_free(&v);
+}
+
+void handle_watch_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__WatchJobRequest *req = (const void *)m;
+    struct job *j = job_or_fail(call, CO(ctx), req->job_id);
+    if (!j) return;
+    /* The first update is the whole picture: state, last metrics, recent events. */
+    Moed__V1__JobUpdate u = MOED__V1__JOB_UPDATE__INIT;
+    struct job_view v;
+    job_view_fill(&v, j);
+    u.job = &v.info;
+    u.last = j->last;
+    Moed__V1__Event *events[JOB_RECENT_EVENTS];
+    u.n_new_events = job_recent_events(j, events);
+    u.new_events = events;
+    u.eta_seconds = job_eta_seconds(j);
+    u.n_slots = v.n_slots;
+    u.slots = v.slot_ptrs;
+    rpc_stream_send(call, &u.base);
+    job_view_free(&v);
+    if (job_is_final(j))
+        rpc_stream_finish(call, GRPC_STATUS_OK, "");
+    else if (job_watch(j, call) != MOE_OK)
+        rpc_stream_finish(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+}
+
+/* FetchModel streams the file a chunk at a time: the next read happens when the previous
+ * chunk has been handed to the network, so a large model never sits in memory whole. */
+struct fetch {
+    int fd;
+    int64_t offset, total;
+    char job_id[24];
+    uint8_t *buf;
+};
+
+static void fetch_closed(struct rpc_call *c, void *arg) {
+    (void)c;
+    struct fetch *f = arg;
+    close(f->fd);
+    free(f->buf);
+    free(f);
+}
+
+static void fetch_next(struct rpc_call *c, void *arg) {
+    struct fetch *f = arg;
+    if (f->offset >= f->total) {
+        rpc_stream_finish(c, GRPC_STATUS_OK, "");
+        return;
+    }
+    int64_t want = f->total - f->offset;
+    if (want > RPC_MODEL_CHUNK) want = RPC_MODEL_CHUNK;
+    ssize_t got = pread(f->fd, f->buf, (size_t)want, f->offset);
+    if (got != want) {
+        rpc_stream_finish(c, GRPC_STATUS_DATA_LOSS, "the stored model is shorter than recorded");
+        return;
+    }
+    Moed__V1__ModelChunk chunk = MOED__V1__MODEL_CHUNK__INIT;
+    chunk.job_id = f->job_id;
+    chunk.offset = f->offset;
+    chunk.total_bytes = f->total;
+    chunk.data.len = (size_t)got;
+    chunk.data.data = f->buf;
+    f->offset += got;
+    rpc_stream_send(c, &chunk.base);
+}
+
+void handle_fetch_model(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__JobRef *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    struct job *j = job_or_fail(call, co, req->job_id);
+    if (!j) return;
+    if (j->state != MOED__V1__JOB_STATE__JOB_SUCCEEDED) {
+        rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%s has no model: it is %s", j->id,
+                 job_state_name(j->state));
+        return;
+    }
+    struct fetch *f = calloc(1, sizeof *f);
+    if (!f || !(f->buf = malloc(RPC_MODEL_CHUNK))) {
+        free(f);
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    if (model_open(co, j, &f->fd, &f->total) != MOE_OK) {
+        free(f->buf);
+        free(f);
+        rpc_fail(call, GRPC_STATUS_DATA_LOSS, "%s", moe_errmsg());
+        return;
+    }
+    snprintf(f->job_id, sizeof f->job_id, "%s", j->id);
+    rpc_stream_on_close(call, fetch_closed, f);
+    rpc_stream_on_sent(call, fetch_next, f);
+    fetch_next(call, f);
+}
+
+/* ---- the loss curve ---- */
+
+struct step_list {
+    Moed__V1__StepMetrics **steps;
+    size_t n, max, bytes;
+};
+
+static int collect_step(const Moed__V1__StepMetrics *m, void *arg) {
+    struct step_list *l = arg;
+    size_t size = protobuf_c_message_get_packed_size(&m->base) + 8;
+    if (l->n >= l->max || (l->n && l->bytes + size > LIST_STEPS_BYTES)) return 1;
+    Moed__V1__StepMetrics *copy = (Moed__V1__StepMetrics *)pb_clone(&m->base);
+    if (!copy) return 1;
+    l->steps[l->n++] = copy;
+    l->bytes += size;
+    return 0;
+}
+
+void handle_list_steps(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__ListStepsRequest *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    struct job *j = job_or_fail(call, co, req->job_id);
+    if (!j) return;
+    struct step_list l = {0};
+    l.max = req->max_steps > 0 && req->max_steps <= LIST_STEPS_MAX ? (size_t)req->max_steps
+                                                                    : LIST_STEPS_MAX;
+    l.steps = calloc(l.max, sizeof *l.steps);
+    if (!l.steps) {
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    moe_status s = store_steps_scan(co->store, j->id, req->from_step > 1 ? req->from_step : 1,
+                                    collect_step, &l);
+    if (s != MOE_OK) {
+        LOG_ERROR("%s: reading its steps: %s", j->id, moe_errmsg());
+        rpc_fail(call, GRPC_STATUS_INTERNAL, "the coordinator cannot read the steps of %s", j->id);
+    } else {
+        Moed__V1__ListStepsResponse resp = MOED__V1__LIST_STEPS_RESPONSE__INIT;
+        resp.n_steps = l.n;
+        resp.steps = l.steps;
+        rpc_reply(call, &resp.base);
+    }
+    for (size_t i = 0; i < l.n; i++) moed__v1__step_metrics__free_unpacked(l.steps[i], NULL);
+    free(l.steps);
+}
+
+/* ---- Status ---- */
+
+void handle_get_cluster(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    (void)m;
+    struct coordinator *co = CO(ctx);
+    int64_t now = moe_wall_ms();
+    struct cluster_view v;
+    if (cluster_view_fill(&v, co, now) != MOE_OK) {
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    v.st.coordinator_version = MOED_VERSION;
+    v.st.coordinator_address = co->address;
+    v.st.started_unix_ms = co->started_ms;
+    v.st.uptime_seconds = (double)(now - co->started_ms) / 1000.0;
+    v.st.heartbeat_timeout_ms = co->cfg.heartbeat_timeout_ms;
+    rpc_reply(call, &v.st.base);
+    cluster_view_free(&v);
+}

@@ -1,0 +1,200 @@
+/*
+ * membership.c — who is in the cluster and what each worker should be doing.
+ *
+ * Owns: registration (a new worker gets "w-N"; a known one — restarted, or re-registering
+ * because a restarted coordinator asked — keeps its id), reattaching a worker that still runs
+ * the slot it is bound to (after a coordinator restart: principle 5, a restart loses nothing),
+ * what a heartbeat means (alive; back from the dead; idle again so schedulable; told to stop a
+ * job it no longer plays), and liveness: a worker silent past the heartbeat timeout is dead.
+ * A worker's slot that is lost on the way (it restarted, it went silent) goes to faults.c; a
+ * recoverable mesh's worker between its fence and its new epoch is recovery.c's to judge.
+ * Never: decides recover-or-fail (faults.c), or places a job (schedule.c, after each change
+ * that may free a worker: a registration's handler runs it once the worker has its answer).
+ */
+#include "membership.h"
+
+#include "../../common/clock.h"
+#include "../../common/log.h"
+#include "../state/events.h"
+#include "faults.h"
+#include "recovery.h"
+#include "schedule.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* The registration's description of the worker into its record. */
+static void update_record(struct worker *w, const Moed__V1__RegisterRequest *req) {
+    snprintf(w->address, sizeof w->address, "%s", req->address);
+    w->pod = req->pod;
+    snprintf(w->version, sizeof w->version, "%s", req->version);
+    snprintf(w->host, sizeof w->host, "%s", req->host);
+    w->pid = req->pid;
+    w->cpus = req->cpus;
+    snprintf(w->data_address, sizeof w->data_address, "%s", req->data_address);
+    w->extra_data_address[0] = 0;
+    if (req->n_extra_data_addresses && strchr(req->extra_data_addresses[0], ':'))
+        snprintf(w->extra_data_address, sizeof w->extra_data_address, "%s",
+                 req->extra_data_addresses[0]);
+    w->mpi_rank = req->mpi_rank;
+    w->mpi_size = req->mpi_size;
+    snprintf(w->mpi_job, sizeof w->mpi_job, "%s", req->mpi_job);
+    w->last_heartbeat_ms = moe_wall_ms();
+}
+
+/* w still runs slot k of j (the same epoch, or, in a recoverable mesh, an older one whose
+ * frozen state it holds): it keeps the slot. */
+static void reattach(struct coordinator *co, struct worker *w, struct job *j, int k,
+                     const Moed__V1__RegisterRequest *req, int same_epoch) {
+    snprintf(w->job_id, sizeof w->job_id, "%s", j->id);
+    w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
+    w->slot = k % j->slots;
+    w->epoch = j->epoch;
+    if (same_epoch && req->step > j->bindings[k].step) j->bindings[k].step = (long)req->step;
+    if (same_epoch && k == 0 && req->step > j->step) j->step = req->step;
+    char held[96] = "";
+    if (!same_epoch || req->holding)
+        snprintf(held, sizeof held, ", %s epoch %llu", req->holding ? "holding its state of"
+                 : "still in", (unsigned long long)req->epoch);
+    if (job_n_slots(j) == 1)
+        job_event(co, j, 1, "reattached", "%s reattached at step %ld%s", w->id, (long)req->step,
+                  held);
+    else
+        job_event(co, j, 1, "reattached", "%s reattached to slot (%d, %d) at step %ld%s", w->id,
+                  k / j->slots, k % j->slots, (long)req->step, held);
+    if (j->recoverable)
+        recovery_worker_state(co, j, k, w, req->epoch, req->holding, "re-registered and");
+}
+
+/* Re-registration after our restart: a worker still running a slot we think it runs (the
+ * same job, slot and epoch) is reattached; anything else it runs will be told to stop by its
+ * next heartbeat, and the slot we had bound it to, if it no longer plays it, is lost. */
+static void bind_registered(struct coordinator *co, struct worker *w,
+                            const Moed__V1__RegisterRequest *req) {
+    struct job *bound = w->job_id[0] ? jobs_find(co, w->job_id) : NULL;
+    int bound_slot = bound ? job_slot_of(bound, w->id) : -1;
+    struct job *j = req->job_id[0] ? jobs_find(co, req->job_id) : NULL;
+    int k = j ? job_slot_of(j, w->id) : -1;
+    int same_epoch = j && (!req->epoch || req->epoch == j->epoch);
+    /* A recoverable mesh's worker may hold a frozen state of an older epoch, waiting for the
+     * RunSlot of the one it is bound in: it keeps its slot (recovery_worker_state decides). */
+    int behind = j && j->recoverable && req->epoch && req->epoch < j->epoch;
+    if (j && j->state == MOED__V1__JOB_STATE__JOB_RUNNING && k >= 0 && (same_epoch || behind) &&
+        !recovery_dropped(j, w)) {
+        reattach(co, w, j, k, req, same_epoch);
+        return;
+    }
+    if (req->job_id[0]) {
+        snprintf(w->job_id, sizeof w->job_id, "%s", req->job_id); // busy until it stops
+        w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
+        w->epoch = req->epoch;
+    } else {
+        w->job_id[0] = 0;
+        w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
+    }
+    if (bound) fault_slot_abandoned(co, bound, bound_slot, w, j);
+}
+
+moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterRequest *req,
+                               struct worker **out) {
+    struct worker *w = req->worker_id[0] ? workers_find(co, req->worker_id) : NULL;
+    int known = w != NULL;
+    if (!w) {
+        CHECK(workers_add_new(co, &w));
+        CHECK(coordinator_save_meta(co));
+        w->registered_ms = moe_wall_ms();
+    }
+    update_record(w, req);
+    /* The channel first, and kept when the address did not change: a recovery fences the
+     * worker on it (one its registration starts, or one resumed at our start), and replacing
+     * the channel would cancel that call and lose the worker. */
+    if (!w->channel || strcmp(rpc_channel_target(w->channel), w->address) != 0)
+        CHECK(worker_connect(co, w));
+    bind_registered(co, w, req);
+    w->confirmed = 1;
+    w->awaiting_idle = 0;
+    CHECK(worker_save(co, w));
+    char mpi[320] = "";
+    if (w->mpi_size)
+        snprintf(mpi, sizeof mpi, ", MPI rank %d of %d in %s", w->mpi_rank, w->mpi_size,
+                 w->mpi_job);
+    LOG_INFO("%s %s: %s pod %d pid %d (%s, %d cpus), data plane %s%s", w->id,
+             known ? "re-registered" : "registered", w->address, w->pod, w->pid, w->host, w->cpus,
+             w->data_address[0] ? w->data_address : "-", mpi);
+    *out = w;
+    return MOE_OK;
+}
+
+/* A heartbeat of a worker that says it runs a slot of j: keep it (1) or tell it to stop (0). */
+static int keeps_slot(struct coordinator *co, struct worker *w, struct job *j,
+                      const Moed__V1__HeartbeatRequest *req) {
+    int k = j ? job_slot_of(j, w->id) : -1;
+    int keep = j && j->state == MOED__V1__JOB_STATE__JOB_RUNNING &&
+               strcmp(w->job_id, j->id) == 0 && k >= 0;
+    int same_epoch = j && (!req->epoch || req->epoch == j->epoch);
+    /* a recoverable mesh's worker between its fence and its new epoch keeps its slot */
+    if (keep && j->recoverable && (!same_epoch || req->holding))
+        keep = recovery_worker_state(co, j, k, w, req->epoch, req->holding, "heartbeats and");
+    else if (keep)
+        keep = same_epoch && !(j->recoverable && recovery_dropped(j, w));
+    if (keep && same_epoch) {
+        if (req->step > j->bindings[k].step) j->bindings[k].step = (long)req->step;
+        if (k == 0 && req->step > j->step) j->step = req->step;
+    }
+    return keep;
+}
+
+void membership_heartbeat(struct coordinator *co, const Moed__V1__HeartbeatRequest *req,
+                          Moed__V1__HeartbeatResponse *resp) {
+    struct worker *w = workers_find(co, req->worker_id);
+    if (!w || w->state == MOED__V1__WORKER_STATE__WORKER_LEFT) {
+        resp->reregister = 1;
+        return;
+    }
+    w->last_heartbeat_ms = moe_wall_ms();
+    if (!w->confirmed) {
+        /* Known from the store, not yet seen by this process: have it register again, with
+         * the job and step it is running, so the coordinator reattaches it knowingly. */
+        resp->reregister = 1;
+        return;
+    }
+    if (w->state == MOED__V1__WORKER_STATE__WORKER_DEAD) {
+        /* Back from the dead (a pause, a partition). Its old job already failed, or a
+         * recovery replaced it: told to stop below, it becomes a spare. */
+        LOG_WARN("%s at %s is heartbeating again", w->id, w->address);
+        w->state = req->job_id[0] ? MOED__V1__WORKER_STATE__WORKER_BUSY
+                                  : MOED__V1__WORKER_STATE__WORKER_IDLE;
+        snprintf(w->job_id, sizeof w->job_id, "%s", req->job_id);
+        w->epoch = req->epoch;
+        worker_save(co, w);
+    }
+    if (!req->job_id[0] && w->awaiting_idle) {
+        w->awaiting_idle = 0; // idle now: schedulable again
+        schedule_pass(co);
+    }
+    if (req->job_id[0]) {
+        struct job *j = jobs_find(co, req->job_id);
+        if (!keeps_slot(co, w, j, req)) resp->stop_job = 1;
+    } else if (w->job_id[0]) {
+        /* It runs nothing: a job we thought it was finishing is over for it, or it no longer
+         * plays a slot of it (a recovery fenced it out, the job went back to the queue). A
+         * worker still in the job's binding waits for its RunSlot. */
+        struct job *mine = jobs_find(co, w->job_id);
+        if (!mine || job_is_final(mine) || job_slot_of(mine, w->id) < 0 ||
+            recovery_dropped(mine, w)) {
+            w->job_id[0] = 0;
+            w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
+            worker_save(co, w);
+            schedule_pass(co);
+        }
+    }
+}
+
+void membership_check(struct coordinator *co, int64_t now) {
+    for (int i = 0; i < co->n_workers; i++) {
+        struct worker *w = co->workers[i];
+        if (!worker_alive(w)) continue;
+        int64_t silent = now - w->last_heartbeat_ms;
+        if (silent > co->cfg.heartbeat_timeout_ms) fault_worker_dead(co, w, silent);
+    }
+}

@@ -1,0 +1,21 @@
+/*
+ * membership.h — who is in the cluster and what each worker should be doing (membership.c).
+ */
+#ifndef MOE_COORD_MEMBERSHIP_H
+#define MOE_COORD_MEMBERSHIP_H
+
+#include "../state/workers.h"
+
+/* A well-formed RegisterWorker (the handler checked its fields): a new worker gets the next
+ * id, a known one its record updated; one that still runs the slot we bound it to is
+ * reattached, one that no longer does has lost that slot (faults.c). *out is the worker. The
+ * caller answers, then runs a schedule pass (a new worker may take a queued job). */
+moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterRequest *req,
+                               struct worker **out);
+/* A Heartbeat: fills resp (reregister, stop_job). */
+void membership_heartbeat(struct coordinator *co, const Moed__V1__HeartbeatRequest *req,
+                          Moed__V1__HeartbeatResponse *resp);
+/* The monitor's tick: workers silent past the heartbeat timeout are dead. */
+void membership_check(struct coordinator *co, int64_t now);
+
+#endif

@@ -1,0 +1,175 @@
+/*
+ * recovery_plan.c — the plan of a recovery, from what the fenced workers answered (see
+ * recovery_plan.h). No calls, no events, no store: they read the answers and the job and write
+ * only the plan, so the plan reads apart from the calls that drive a recovery (recovery.c).
+ */
+#include "recovery_plan.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static int has_copy(const struct fence_answer *a, int s, int64_t t) {
+    for (int i = 0; i < a->n_copies; i++)
+        if (a->copies[i].slot == s && a->copies[i].step == t) return 1;
+    return 0;
+}
+
+
+void plan_keep(const struct job *j, const struct recovery *r, char *keep) {
+    int S = j->slots, n = job_n_slots(j);
+    for (int k = 0; k < n; k++) keep[k] = r->ans[k].state == ANS_HOLDS;
+    if (strcmp(j->backend, "mpi") != 0) return;
+    for (int p = 0; p < j->pods; p++) {
+        int whole = 1;
+        for (int s = 0; s < S; s++) whole &= keep[p * S + s];
+        if (!whole)
+            for (int s = 0; s < S; s++) keep[p * S + s] = 0;
+    }
+}
+
+/* Whether every slot index has a copy at step t on a worker that stays. */
+static int step_covered(const struct job *j, const struct recovery *r, const char *keep,
+                        int64_t t) {
+    for (int s = 0; s < j->slots; s++) {
+        int have = 0;
+        for (int k = 0; k < job_n_slots(j) && !have; k++)
+            have = keep[k] && has_copy(&r->ans[k], s, t);
+        if (!have) return 0;
+    }
+    return 1;
+}
+
+int64_t plan_step(const struct job *j, const struct recovery *r, const char *keep) {
+    int64_t best = -1;
+    for (int k = 0; k < job_n_slots(j); k++) {
+        if (!keep[k]) continue;
+        for (int i = 0; i < r->ans[k].n_copies; i++) {
+            int64_t t = r->ans[k].copies[i].step;
+            if (t >= j->committed_step && t > best && step_covered(j, r, keep, t)) best = t;
+        }
+    }
+    if (best < 0 && j->committed_step == 0) best = 0;
+    return best;
+}
+
+int plan_source(const struct job *j, const struct recovery *r, const char *keep, int k,
+                int64_t t) {
+    int S = j->slots, s = k % S;
+    if (t == 0 || (keep[k] && has_copy(&r->ans[k], s, t))) return -1;
+    for (int p = 0; p < j->pods; p++) { // the same slot index in another pod: its own state
+        int q = p * S + s;
+        if (q != k && keep[q] && has_copy(&r->ans[q], s, t)) return q;
+    }
+    for (int q = 0; q < job_n_slots(j); q++) // a buddy's copy
+        if (keep[q] && has_copy(&r->ans[q], s, t)) return q;
+    return -2; // cannot happen when t is covered
+}
+
+void plan_unrecoverable(const struct job *j, const struct recovery *r, const char *keep,
+                        char *why, size_t cap) {
+    int S = j->slots, n = job_n_slots(j), bad = -1;
+    for (int s = 0; s < S && bad < 0; s++) {
+        int have = 0;
+        for (int k = 0; k < n && !have; k++)
+            for (int i = 0; keep[k] && i < r->ans[k].n_copies && !have; i++)
+                have = r->ans[k].copies[i].slot == s &&
+                       r->ans[k].copies[i].step >= j->committed_step;
+        if (!have) bad = s;
+    }
+    char sl[32];
+    if (bad < 0) {
+        snprintf(why, cap, "the %d x %d mesh, epoch %llu: no step >= the committed step "
+                 "%lld at which every slot's state still has a copy; last committed step %lld",
+                 j->pods, j->slots, (unsigned long long)j->epoch, (long long)j->committed_step,
+                 (long long)j->committed_step);
+        return;
+    }
+    /* the slot of that index to name: the first whose worker did not stay */
+    int k0 = bad;
+    for (int p = 0; p < j->pods; p++)
+        if (!keep[p * S + bad]) {
+            k0 = p * S + bad;
+            break;
+        }
+    /* "w-2 and w-4 lost", or "w-2 lost and w-4 without state" when they differ */
+    char who[400] = "";
+    size_t o = 0;
+    int named = 0, total = 0, same = 1;
+    enum answer first = ANS_PENDING;
+    for (int p = 0; p < j->pods; p++) {
+        if (keep[p * S + bad]) continue;
+        if (!total++) first = r->ans[p * S + bad].state;
+        same &= r->ans[p * S + bad].state == first;
+    }
+    for (int p = 0; p < j->pods && o < sizeof who; p++) {
+        const struct fence_answer *a = &r->ans[p * S + bad];
+        if (keep[p * S + bad]) continue;
+        named++;
+        const char *how = a->state == ANS_LOST    ? "lost"
+                          : a->state == ANS_EMPTY ? "without state"
+                                                  : "dropped with its pod";
+        o += (size_t)snprintf(who + o, sizeof who - o, "%s%s%s%s",
+                              named == 1 ? "" : named == total ? " and " : ", ", a->worker_id,
+                              same && named < total ? "" : " ", same && named < total ? "" : how);
+    }
+    snprintf(why, cap, "slot %s of the %d x %d mesh: every copy of its state is gone "
+             "(%s); last committed step %lld", job_slot_text(j, k0, sl, sizeof sl), j->pods,
+             j->slots, who, (long long)j->committed_step);
+}
+
+void plan_text(const struct job *j, const struct recovery *r, const char *keep, char *out,
+               size_t cap) {
+    size_t o = strlen(out);
+    int moved = 0;
+    for (int k = 0; k < job_n_slots(j) && o < cap; k++) {
+        int from = j->restore_from[k];
+        if (keep[k] && from < 0) continue;
+        char sl[32], src[80] = "";
+        if (from >= 0)
+            snprintf(src, sizeof src, ", state from rank %d (%s)", from,
+                     j->bindings[from].worker_id);
+        if (keep[k])
+            o += (size_t)snprintf(out + o, cap - o, "; slot %s on %s pulls its state%s",
+                                  job_slot_text(j, k, sl, sizeof sl), j->bindings[k].worker_id,
+                                  src);
+        else if (k == r->move && r->ans[k].state == ANS_HOLDS)
+            o += (size_t)snprintf(out + o, cap - o, "; slot %s: off %s's second listener -> %s%s",
+                                  job_slot_text(j, k, sl, sizeof sl), r->ans[k].worker_id,
+                                  j->bindings[k].worker_id, src);
+        else
+            o += (size_t)snprintf(out + o, cap - o, "; slot %s: %s %s -> %s%s%s",
+                                  job_slot_text(j, k, sl, sizeof sl), r->ans[k].worker_id,
+                                  r->ans[k].state == ANS_LOST    ? "lost"
+                                  : r->ans[k].state == ANS_EMPTY ? "without state"
+                                                                 : "dropped with its pod",
+                                  j->bindings[k].worker_id,
+                                  strcmp(r->ans[k].worker_id, j->bindings[k].worker_id)
+                                      ? "" : " (back as a spare)", src);
+        moved++;
+    }
+    if (!moved && o < cap) snprintf(out + o, cap - o, "; every slot keeps its worker and state");
+}
+
+void plan_move(const struct job *j, struct recovery *r, char *keep, struct worker **kept) {
+    int k2 = r->move, n = job_n_slots(j), S = j->slots, k1 = -1;
+    if (k2 < 0) return;
+    for (int q = 0; q < n && k1 < 0; q++)
+        if (q != k2 && keep[q] && !strcmp(r->ans[q].worker_id, r->ans[k2].worker_id)) k1 = q;
+    if (!keep[k2] || k1 < 0) { // lost anyway, or its worker lost the other: a plain recovery
+        r->move = -1;
+        return;
+    }
+    keep[k2] = 0;
+    kept[k2] = NULL;
+    int s1 = k1 % S;
+    for (int q = 0; q < n; q++) {
+        struct fence_answer *a = &r->ans[q];
+        if (strcmp(a->worker_id, r->ans[k2].worker_id) != 0) continue;
+        int m = 0;
+        for (int i = 0; i < a->n_copies; i++) {
+            int back = (s1 - a->copies[i].slot + S) % S; /* 0: its own; 1..buddies: a buddy's */
+            if (back <= j->buddies) a->copies[m++] = a->copies[i];
+        }
+        a->n_copies = m;
+    }
+}

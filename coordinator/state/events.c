@@ -1,0 +1,146 @@
+/*
+ * events.c — a job's events and watchers (see events.h).
+ */
+#include "events.h"
+
+#include "../../common/clock.h"
+#include "../../common/log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Too far behind: a watcher that has this many updates queued skips the next step updates
+ * (it still gets every event and the final state). */
+#define WATCHER_MAX_QUEUED 16
+
+void job_notify(struct coordinator *co, struct job *j, const Moed__V1__Event *new_event) {
+    (void)co;
+    if (!j->watchers) return;
+    Moed__V1__JobUpdate u = MOED__V1__JOB_UPDATE__INIT;
+    struct job_view v;
+    job_view_fill(&v, j);
+    u.job = &v.info;
+    u.last = j->last;
+    u.eta_seconds = job_eta_seconds(j);
+    u.n_slots = v.n_slots;
+    u.slots = v.slot_ptrs;
+    Moed__V1__Event *ev[1] = {(Moed__V1__Event *)new_event};
+    if (new_event) {
+        u.n_new_events = 1;
+        u.new_events = ev;
+    }
+    int final = job_is_final(j);
+    struct rpc_message *msg = rpc_message_pack(&u.base); // once, however many watchers
+    for (struct watcher *w = j->watchers, *next; w && msg; w = next) {
+        next = w->next;
+        if (!final && !new_event && rpc_stream_queued(w->call) >= WATCHER_MAX_QUEUED) continue;
+        rpc_stream_send_packed(w->call, msg);
+        if (final) rpc_stream_finish(w->call, GRPC_STATUS_OK, ""); // on_close unlinks it
+    }
+    rpc_message_free(msg);
+    job_view_free(&v);
+}
+
+static moe_status event_commit(struct coordinator *co, struct job *j, struct store_batch *b,
+                               int sync, const char *kind, const char *msg) {
+    Moed__V1__Event e = MOED__V1__EVENT__INIT;
+    e.unix_ms = moe_wall_ms();
+    e.kind = (char *)kind;
+    e.message = (char *)msg;
+    int64_t seq = j->next_event++;
+    job_batch(b, j);
+    store_batch_event(b, j->id, seq, &e);
+    moe_status s = store_batch_commit(co->store, b, sync);
+    if (s != MOE_OK) {
+        LOG_ERROR("store: cannot record event of %s: %s", j->id, moe_errmsg());
+        return s;
+    }
+    LOG_INFO("%s: %s: %s", j->id, kind, msg);
+    Moed__V1__Event *copy = (Moed__V1__Event *)pb_clone(&e.base);
+    if (copy) job_recent_push(j, copy);
+    job_notify(co, j, &e);
+    return MOE_OK;
+}
+
+moe_status job_event(struct coordinator *co, struct job *j, int sync, const char *kind,
+                     const char *fmt, ...) {
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return event_commit(co, j, store_batch_new(), sync, kind, msg);
+}
+
+moe_status job_event_batch(struct coordinator *co, struct job *j, struct store_batch *b,
+                           int sync, const char *kind, const char *fmt, ...) {
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return event_commit(co, j, b, sync, kind, msg);
+}
+
+static void watch_closed(struct rpc_call *c, void *arg) {
+    (void)c;
+    struct watcher *w = arg;
+    if (w->prev)
+        w->prev->next = w->next;
+    else if (w->job)
+        w->job->watchers = w->next;
+    if (w->next) w->next->prev = w->prev;
+    free(w);
+}
+
+moe_status job_watch(struct job *j, struct rpc_call *call) {
+    struct watcher *w = calloc(1, sizeof *w);
+    if (!w) return moe_fail(MOE_ENOMEM, "out of memory");
+    w->call = call;
+    w->job = j;
+    w->next = j->watchers;
+    if (j->watchers) j->watchers->prev = w;
+    j->watchers = w;
+    rpc_stream_on_close(call, watch_closed, w);
+    return MOE_OK;
+}
+
+void job_record_steps(struct coordinator *co, struct job *j, int k,
+                      Moed__V1__StepMetrics *const *m, size_t n) {
+    struct binding *bd = &j->bindings[k];
+    for (size_t i = 0; i < n; i++) {
+        bd->total_alltoall += m[i]->bytes_alltoall;
+        bd->total_allreduce += m[i]->bytes_allreduce;
+    }
+    const Moed__V1__StepMetrics *newest = m[n - 1];
+    if ((long)newest->step > bd->step) bd->step = (long)newest->step;
+    bd->step_seconds = newest->seconds;
+    bd->comm_seconds = newest->comm_seconds;
+    bd->bytes_alltoall = newest->bytes_alltoall;
+    bd->bytes_allreduce = newest->bytes_allreduce;
+    struct store_batch *b = store_batch_new();
+    if (k == 0) { // slot (0, 0) speaks for the job: its loss, its step, the stored curve
+        for (size_t i = 0; i < n; i++) {
+            store_batch_step(b, j->id, m[i]);
+            if (m[i]->step > j->step) j->step = m[i]->step;
+            j->loss = m[i]->loss;
+            if (m[i]->val_loss > 0) j->val_loss = m[i]->val_loss;
+            if (m[i]->seconds > 0)
+                j->sec_per_step = j->sec_per_step > 0
+                                      ? 0.9 * j->sec_per_step + 0.1 * m[i]->seconds
+                                      : m[i]->seconds;
+        }
+        Moed__V1__StepMetrics *copy = (Moed__V1__StepMetrics *)pb_clone(&newest->base);
+        if (copy) {
+            if (!copy->reported_unix_ms) copy->reported_unix_ms = moe_wall_ms();
+            if (j->last) moed__v1__step_metrics__free_unpacked(j->last, NULL);
+            j->last = copy;
+        }
+    }
+    job_batch(b, j);
+    if (store_batch_commit(co->store, b, 0) != MOE_OK)
+        LOG_WARN("%s: steps up to %ld not stored: %s", j->id, j->step, moe_errmsg());
+    co->steps_reported += n;
+    job_notify(co, j, NULL);
+}

@@ -1,0 +1,424 @@
+/*
+ * jobs.c — the job table and each job's record (see jobs.h).
+ */
+#include "jobs.h"
+
+#include "../../common/clock.h"
+#include "../../common/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- the table ---- */
+
+struct job *jobs_find(struct coordinator *co, const char *id) {
+    for (int i = 0; i < co->n_jobs; i++)
+        if (strcmp(co->jobs[i]->id, id) == 0) return co->jobs[i];
+    return NULL;
+}
+
+static struct job *job_new(void) {
+    struct job *j = calloc(1, sizeof *j);
+    if (!j) return NULL;
+    j->upload_fd = -1;
+    return j;
+}
+
+void job_read_mesh(struct job *j, const struct mesh_spec *m) {
+    j->timeout_s = m->timeout_s;
+    j->recoverable = mesh_recoverable(m);
+    j->replicas = m->replicas;
+    j->buddies = mesh_buddies(m);
+    j->spare_wait_s = m->spare_wait_s;
+    j->move_to_spare = m->move_to_spare;
+}
+
+struct job *job_create(struct coordinator *co, const struct job_spec *spec) {
+    struct job *j = job_new();
+    if (!j) return NULL;
+    j->num = co->next_job;
+    snprintf(j->id, sizeof j->id, "job-%ld", j->num);
+    snprintf(j->name, sizeof j->name, "%s", spec->name);
+    j->state = MOED__V1__JOB_STATE__JOB_QUEUED;
+    j->total_steps = spec->run.steps;
+    j->created_ms = moe_wall_ms();
+    j->spec_json = spec_to_json(spec);
+    j->pods = spec->mesh.pods;
+    j->slots = spec->mesh.slots;
+    snprintf(j->backend, sizeof j->backend, "%s", spec->mesh.backend);
+    job_read_mesh(j, &spec->mesh);
+    j->bindings = calloc((size_t)job_n_slots(j), sizeof *j->bindings);
+    if (!j->spec_json || !j->bindings) {
+        job_free(j);
+        return NULL;
+    }
+    return j;
+}
+
+void job_free(struct job *j) {
+    job_drop_recovery(j);
+    free(j->hashes);
+    free(j->restore_from);
+    free(j->spec_json);
+    free(j->bindings);
+    if (j->last) moed__v1__step_metrics__free_unpacked(j->last, NULL);
+    for (int i = 0; i < j->n_recent; i++)
+        moed__v1__event__free_unpacked(j->recent[(j->recent_head + i) % JOB_RECENT_EVENTS], NULL);
+    if (j->upload_fd >= 0) close(j->upload_fd);
+    for (struct watcher *w = j->watchers; w; w = w->next) w->job = NULL;
+    free(j);
+}
+
+moe_status jobs_add(struct coordinator *co, struct job *j) {
+    if (co->n_jobs == co->cap_jobs) {
+        int cap = co->cap_jobs ? co->cap_jobs * 2 : 64;
+        struct job **nj = realloc(co->jobs, (size_t)cap * sizeof *nj);
+        if (!nj) return moe_fail(MOE_ENOMEM, "out of memory for the job table");
+        co->jobs = nj;
+        co->cap_jobs = cap;
+    }
+    co->jobs[co->n_jobs++] = j;
+    return MOE_OK;
+}
+
+/* ---- questions ---- */
+
+const char *job_state_name(Moed__V1__JobState s) {
+    switch (s) {
+    case MOED__V1__JOB_STATE__JOB_QUEUED: return "QUEUED";
+    case MOED__V1__JOB_STATE__JOB_RUNNING: return "RUNNING";
+    case MOED__V1__JOB_STATE__JOB_SUCCEEDED: return "SUCCEEDED";
+    case MOED__V1__JOB_STATE__JOB_FAILED: return "FAILED";
+    case MOED__V1__JOB_STATE__JOB_CANCELLED: return "CANCELLED";
+    default: return "UNSPECIFIED";
+    }
+}
+
+int job_is_final(const struct job *j) {
+    return j->state == MOED__V1__JOB_STATE__JOB_SUCCEEDED ||
+           j->state == MOED__V1__JOB_STATE__JOB_FAILED ||
+           j->state == MOED__V1__JOB_STATE__JOB_CANCELLED;
+}
+
+int job_state_allowed(const struct job *j, Moed__V1__JobState to) {
+    switch (j->state) {
+    case MOED__V1__JOB_STATE__JOB_QUEUED:
+        return to == MOED__V1__JOB_STATE__JOB_RUNNING || to == MOED__V1__JOB_STATE__JOB_CANCELLED;
+    case MOED__V1__JOB_STATE__JOB_RUNNING:
+        return to == MOED__V1__JOB_STATE__JOB_QUEUED || to == MOED__V1__JOB_STATE__JOB_SUCCEEDED ||
+               to == MOED__V1__JOB_STATE__JOB_FAILED || to == MOED__V1__JOB_STATE__JOB_CANCELLED;
+    default: return 0; // a final state is final
+    }
+}
+
+int job_slot_of(const struct job *j, const char *worker_id) {
+    for (int k = 0; k < job_n_slots(j); k++)
+        if (strcmp(j->bindings[k].worker_id, worker_id) == 0) return k;
+    return -1;
+}
+
+double job_eta_seconds(const struct job *j) {
+    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || j->sec_per_step <= 0) return 0;
+    return (double)(j->total_steps - j->step) * j->sec_per_step;
+}
+
+void recovery_answers_free(struct recovery *r, int n) {
+    if (!r->ans) return;
+    for (int k = 0; k < n; k++) free(r->ans[k].copies);
+    free(r->ans);
+    r->ans = NULL;
+}
+
+void job_drop_recovery(struct job *j) {
+    if (j->rec) {
+        recovery_answers_free(j->rec, job_n_slots(j));
+        free(j->rec->restored);
+        free(j->rec);
+    }
+    j->rec = NULL;
+    j->recovering = 0;
+    j->recovery_signal_ms = 0;
+}
+
+size_t job_recent_events(const struct job *j, Moed__V1__Event **out) {
+    for (int i = 0; i < j->n_recent; i++) out[i] = j->recent[(j->recent_head + i) % JOB_RECENT_EVENTS];
+    return (size_t)j->n_recent;
+}
+
+void job_recent_push(struct job *j, Moed__V1__Event *copy) {
+    int slot = (j->recent_head + j->n_recent) % JOB_RECENT_EVENTS;
+    if (j->n_recent == JOB_RECENT_EVENTS) {
+        moed__v1__event__free_unpacked(j->recent[j->recent_head], NULL);
+        slot = j->recent_head;
+        j->recent_head = (j->recent_head + 1) % JOB_RECENT_EVENTS;
+    } else {
+        j->n_recent++;
+    }
+    j->recent[slot] = copy;
+}
+
+/* ---- texts ---- */
+
+const char *job_slot_text(const struct job *j, int k, char *buf, size_t cap) {
+    snprintf(buf, cap, "(%d, %d)", k / j->slots, k % j->slots);
+    return buf;
+}
+
+const char *job_slot_where(const struct job *j, int k, char *buf, size_t cap) {
+    if (k < 0)
+        snprintf(buf, cap, "the %d x %d mesh, epoch %llu", j->pods, j->slots,
+                 (unsigned long long)j->epoch);
+    else
+        snprintf(buf, cap, "slot (%d, %d) of the %d x %d mesh, epoch %llu", k / j->slots,
+                 k % j->slots, j->pods, j->slots, (unsigned long long)j->epoch);
+    return buf;
+}
+
+void job_binding_text(const struct job *j, char *out, size_t cap) {
+    int n = job_n_slots(j);
+    if (n == 1) {
+        snprintf(out, cap, "slot (0, 0) bound to %s at %s", j->bindings[0].worker_id,
+                 j->bindings[0].address);
+        return;
+    }
+    size_t o = (size_t)snprintf(out, cap, "epoch %llu: %d x %d mesh (%s) bound:",
+                                (unsigned long long)j->epoch, j->pods, j->slots, j->backend);
+    for (int k = 0; k < n && o < cap; k++)
+        o += (size_t)snprintf(out + o, cap - o, "%s (%d, %d) %s", k ? "," : "", k / j->slots,
+                              k % j->slots, j->bindings[k].worker_id);
+}
+
+void job_name_ranks(const struct job *j, char *why, size_t cap) {
+    int n = job_n_slots(j);
+    char *seen = calloc((size_t)n, 1);
+    if (!seen) return;
+    for (const char *p = strstr(why, "rank "); p; p = strstr(p + 5, "rank ")) {
+        char *end;
+        long r = strtol(p + 5, &end, 10);
+        if (end == p + 5 || r < 0 || r >= n || seen[r]) continue;
+        seen[r] = 1;
+        size_t len = strlen(why);
+        snprintf(why + len, cap - len, " [rank %ld = slot (%ld, %ld) on %s at %s]", r,
+                 r / j->slots, r % j->slots, j->bindings[r].worker_id, j->bindings[r].address);
+    }
+    free(seen);
+}
+
+/* ---- protobuf views ---- */
+
+static Moed__V1__SlotStatus slot_status(const struct job *j, int k) {
+    const struct binding *b = &j->bindings[k];
+    Moed__V1__SlotStatus ss = MOED__V1__SLOT_STATUS__INIT;
+    ss.pod = k / j->slots;
+    ss.slot = k % j->slots;
+    ss.worker_id = (char *)b->worker_id;
+    ss.worker_address = (char *)b->address;
+    ss.data_address = (char *)b->data_address;
+    ss.step = b->step;
+    ss.step_seconds = b->step_seconds;
+    ss.comm_seconds = b->comm_seconds;
+    ss.bytes_alltoall = b->bytes_alltoall;
+    ss.bytes_allreduce = b->bytes_allreduce;
+    ss.total_bytes_alltoall = b->total_alltoall;
+    ss.total_bytes_allreduce = b->total_allreduce;
+    ss.ended = b->ended;
+    ss.ok = b->ok;
+    ss.error = (char *)b->error;
+    ss.mpi_rank = b->mpi_rank;
+    return ss;
+}
+
+static void job_info(Moed__V1__JobInfo *info, const struct job *j) {
+    info->job_id = (char *)j->id;
+    info->name = (char *)j->name;
+    info->state = j->state;
+    info->step = j->step;
+    info->total_steps = j->total_steps;
+    info->loss = j->loss;
+    info->val_loss = j->val_loss;
+    info->created_unix_ms = j->created_ms;
+    info->started_unix_ms = j->started_ms;
+    info->finished_unix_ms = j->finished_ms;
+    info->error = (char *)j->error;
+    info->pods = j->pods;
+    info->slots = j->slots;
+    info->model_bytes = j->model_bytes;
+    info->epoch = j->epoch;
+    info->backend = (char *)j->backend;
+    info->committed_step = j->committed_step;
+    info->recoveries = j->recoveries;
+    info->moves = j->moves;
+    info->recovering = j->recovering;
+}
+
+void job_view_fill(struct job_view *v, const struct job *j) {
+    Moed__V1__JobInfo init = MOED__V1__JOB_INFO__INIT;
+    v->info = init;
+    int n = job_n_slots(j);
+    v->bind = calloc((size_t)n, sizeof *v->bind);
+    v->bind_ptrs = calloc((size_t)n, sizeof *v->bind_ptrs);
+    v->slot = calloc((size_t)n, sizeof *v->slot);
+    v->slot_ptrs = calloc((size_t)n, sizeof *v->slot_ptrs);
+    if (!v->bind || !v->bind_ptrs || !v->slot || !v->slot_ptrs) n = 0; // a view without
+                                                                     // bindings beats no answer
+    v->n_slots = (size_t)n;
+    int bound = 0;
+    for (int k = 0; k < n; k++) {
+        v->slot[k] = slot_status(j, k);
+        v->slot_ptrs[k] = &v->slot[k];
+        if (!j->bindings[k].worker_id[0]) continue; // unbound slots (a queued job) are left out
+        Moed__V1__SlotBinding b = MOED__V1__SLOT_BINDING__INIT;
+        b.pod = k / j->slots;
+        b.slot = k % j->slots;
+        b.worker_id = (char *)j->bindings[k].worker_id;
+        b.worker_address = (char *)j->bindings[k].address;
+        b.data_address = (char *)j->bindings[k].data_address;
+        v->bind[bound] = b;
+        v->bind_ptrs[bound] = &v->bind[bound];
+        bound++;
+    }
+    job_info(&v->info, j);
+    v->info.n_bindings = (size_t)bound;
+    v->info.bindings = v->bind_ptrs;
+}
+
+void job_view_free(struct job_view *v) {
+    free(v->bind);
+    free(v->bind_ptrs);
+    free(v->slot);
+    free(v->slot_ptrs);
+}
+
+/* ---- the record ---- */
+
+void job_batch(struct store_batch *b, const struct job *j) {
+    Moed__Store__JobRecord rec = MOED__STORE__JOB_RECORD__INIT;
+    struct job_view v;
+    job_view_fill(&v, j);
+    rec.job = &v.info;
+    rec.spec_json = j->spec_json;
+    rec.next_event = j->next_event;
+    rec.n_slots = v.n_slots;
+    rec.slots = v.slot_ptrs;
+    rec.restore_step = j->restore_step;
+    if (j->restore_from) {
+        rec.n_restore_from = (size_t)job_n_slots(j);
+        rec.restore_from = j->restore_from;
+    }
+    rec.recovery_signal_ms = j->recovery_signal_ms;
+    store_batch_job(b, &rec); // packs now
+    job_view_free(&v);
+}
+
+/* ---- loading ---- */
+
+static void load_bindings(struct job *j, const Moed__Store__JobRecord *r) {
+    const Moed__V1__JobInfo *in = r->job;
+    int n = job_n_slots(j);
+    for (size_t i = 0; i < in->n_bindings; i++) {
+        const Moed__V1__SlotBinding *b = in->bindings[i];
+        int k = b->pod * j->slots + b->slot;
+        if (k < 0 || k >= n) continue;
+        snprintf(j->bindings[k].worker_id, sizeof j->bindings[k].worker_id, "%s", b->worker_id);
+        snprintf(j->bindings[k].address, sizeof j->bindings[k].address, "%s", b->worker_address);
+        snprintf(j->bindings[k].data_address, sizeof j->bindings[k].data_address, "%s",
+                 b->data_address);
+    }
+    for (size_t i = 0; i < r->n_slots; i++) {
+        const Moed__V1__SlotStatus *ss = r->slots[i];
+        int k = ss->pod * j->slots + ss->slot;
+        if (ss->pod < 0 || ss->slot < 0 || ss->slot >= j->slots || k >= n) continue;
+        struct binding *bd = &j->bindings[k];
+        bd->mpi_rank = ss->mpi_rank;
+        bd->step = (long)ss->step;
+        bd->step_seconds = ss->step_seconds;
+        bd->comm_seconds = ss->comm_seconds;
+        bd->bytes_alltoall = ss->bytes_alltoall;
+        bd->bytes_allreduce = ss->bytes_allreduce;
+        bd->total_alltoall = ss->total_bytes_alltoall;
+        bd->total_allreduce = ss->total_bytes_allreduce;
+        bd->ended = ss->ended;
+        bd->ok = ss->ok;
+        snprintf(bd->error, sizeof bd->error, "%s", ss->error);
+    }
+}
+
+/* The mesh knobs are in the stored spec (JobInfo carries only pods, slots and backend). */
+static void load_mesh(struct job *j, const char *spec_json) {
+    struct job_spec spec;
+    spec_defaults(&spec);
+    if (spec_json && spec_parse(&spec, spec_json, strlen(spec_json), "stored spec") != MOE_OK)
+        spec_defaults(&spec);
+    spec.mesh.pods = j->pods; // what the job was bound as, whatever the stored spec says
+    spec.mesh.slots = j->slots;
+    snprintf(spec.mesh.backend, sizeof spec.mesh.backend, "%s", j->backend);
+    job_read_mesh(j, &spec.mesh);
+}
+
+static int load_job(const Moed__Store__JobRecord *r, void *arg) {
+    struct coordinator *co = arg;
+    const Moed__V1__JobInfo *in = r->job;
+    struct job *j = job_new();
+    if (!j) return 1;
+    snprintf(j->id, sizeof j->id, "%s", in->job_id);
+    j->num = strtol(in->job_id + 4, NULL, 10);
+    snprintf(j->name, sizeof j->name, "%s", in->name);
+    j->state = in->state;
+    j->step = in->step;
+    j->total_steps = in->total_steps;
+    j->loss = in->loss;
+    j->val_loss = in->val_loss;
+    j->created_ms = in->created_unix_ms;
+    j->started_ms = in->started_unix_ms;
+    j->finished_ms = in->finished_unix_ms;
+    snprintf(j->error, sizeof j->error, "%s", in->error);
+    j->spec_json = strdup(r->spec_json);
+    j->pods = in->pods > 0 ? in->pods : 1;
+    j->slots = in->slots > 0 ? in->slots : 1;
+    j->bindings = calloc((size_t)job_n_slots(j), sizeof *j->bindings);
+    if (j->bindings) load_bindings(j, r);
+    j->epoch = in->epoch;
+    snprintf(j->backend, sizeof j->backend, "%s", in->backend[0] ? in->backend : "tcp");
+    load_mesh(j, r->spec_json);
+    j->committed_step = in->committed_step;
+    j->recoveries = in->recoveries;
+    j->moves = in->moves;
+    j->recovering = in->recovering;
+    j->restore_step = r->restore_step;
+    j->recovery_signal_ms = r->recovery_signal_ms;
+    if (r->n_restore_from == (size_t)job_n_slots(j) &&
+        (j->restore_from = calloc(r->n_restore_from, sizeof *j->restore_from)))
+        memcpy(j->restore_from, r->restore_from, r->n_restore_from * sizeof *j->restore_from);
+    j->model_bytes = in->model_bytes;
+    j->next_event = r->next_event;
+    if (!j->spec_json || !j->bindings || jobs_add(co, j) != MOE_OK) {
+        job_free(j);
+        return 1;
+    }
+    return 0;
+}
+
+static int load_event(const Moed__V1__Event *e, void *arg) {
+    Moed__V1__Event *copy = (Moed__V1__Event *)pb_clone(&e->base);
+    if (copy) job_recent_push(arg, copy);
+    return 0;
+}
+
+static int load_last_step(const Moed__V1__StepMetrics *m, void *arg) {
+    struct job *j = arg;
+    if (j->last) moed__v1__step_metrics__free_unpacked(j->last, NULL);
+    j->last = (Moed__V1__StepMetrics *)pb_clone(&m->base);
+    return 0;
+}
+
+moe_status jobs_load(struct coordinator *co) {
+    CHECK(store_jobs_scan(co->store, load_job, co));
+    for (int i = 0; i < co->n_jobs; i++) {
+        struct job *j = co->jobs[i];
+        CHECK(store_events_tail(co->store, j->id, JOB_RECENT_EVENTS, load_event, j));
+        if (j->step > 0) CHECK(store_steps_scan(co->store, j->id, j->step, load_last_step, j));
+    }
+    return MOE_OK;
+}

@@ -1,0 +1,168 @@
+/*
+ * jobs.h — the job table: every job the coordinator knows, its mesh, the binding of each
+ * logical slot to a worker, its progress, and its durable record.
+ *
+ * Owns: struct job and struct binding; finding, adding, loading and freeing jobs; the job's
+ * record in the store (JobRecord) and its protobuf views (JobInfo, SlotStatus); the texts that
+ * name a job's slots ("slot (1, 0) of the 2 x 2 mesh, epoch 3"); and which state changes are
+ * allowed (job_state_allowed: the state machine below). The changes themselves, with their
+ * events and side effects, are transitions.c's.
+ *
+ * The state machine of a job (docs/protocol.md):
+ *   QUEUED --bound (every slot, epoch + 1)--> RUNNING --model uploaded, every slot ended ok--> SUCCEEDED
+ *     ^                                        |  |
+ *     '--requeued (a refusal before step 1)----'  '--a slot lost (not recoverable) / cancel--> FAILED / CANCELLED
+ *   QUEUED --cancel--> CANCELLED
+ * A recoverable mesh that loses a slot stays RUNNING through its recovery (epoch + 1 on the
+ * replicas) and FAILS only when it cannot recover.
+ * A job's mesh is pods x slots; logical slot (p, s) is index k = p * slots + s of bindings[].
+ * Slot (0, 0) speaks for the job (its loss, its step); every slot reports its own progress.
+ * Never: decides (policy/ does), sends a call, or writes a state change without its event.
+ */
+#ifndef MOE_COORD_JOBS_H
+#define MOE_COORD_JOBS_H
+
+#include "recovery_state.h"
+#include "state.h"
+
+#define JOB_RECENT_EVENTS 32 // kept in memory per job for GetJob / a new watcher
+
+/* Who plays one logical slot in the job's current epoch, and how that slot is doing. */
+struct binding {
+    char worker_id[24];
+    char address[160];             // its Worker service
+    char data_address[DATA_ADDR_MAX]; // its data-plane listener
+    int mpi_rank;                  // backend mpi: its rank in its pod's MPI job
+    /* progress in this epoch (SlotStatus; persisted with the job record) */
+    long step;
+    double step_seconds, comm_seconds;
+    uint64_t bytes_alltoall, bytes_allreduce;   // the last step's
+    uint64_t total_alltoall, total_allreduce;   // summed over the epoch's reported steps
+    int ended, ok;                 // the worker reported the slot's end (a decision: synced)
+    char error[256];
+    /* not persisted */
+    int running;                   // RunSlot accepted in this epoch
+    long replicated_step;          // the newest StepMetrics.replicated_step of this epoch
+};
+
+/* A client following the job (WatchJob): events.c sends it every change. */
+struct watcher {
+    struct rpc_call *call;
+    struct job *job;
+    struct watcher *prev, *next;
+};
+
+struct job {
+    long num;                  // N of "job-N"
+    char id[24];
+    char name[128];
+    Moed__V1__JobState state;  // changed only by transitions.c
+    long step, total_steps;
+    double loss, val_loss;
+    int64_t created_ms, started_ms, finished_ms;
+    char error[768];
+    char *spec_json;
+    int pods, slots;
+    char backend[16];          // mesh.backend: "tcp" or "mpi"
+    double timeout_s;          // mesh.timeout_s, told to the workers
+    uint64_t epoch;            // +1 each time the job is bound; 0 while never bound
+    struct binding *bindings;  // (pods * slots), slot (p, s) at p * slots + s
+    int64_t model_bytes;       // > 0 once the model is uploaded and checked
+    int64_t next_event;
+    /* recovery (docs/recovery.md); the spec's knobs, read by job_read_mesh */
+    int recoverable;           // mesh_recoverable(): a lost slot is recovered, not fatal
+    int replicas;              // mesh.replicas
+    int buddies;               // mesh_buddies(): the slots after each in its pod holding its copy
+    double spare_wait_s;       // mesh.spare_wait_s
+    int move_to_spare;         // mesh.move_to_spare: doubled slots move onto idle workers
+    int64_t committed_step;    // min over the slots of their replicated_step; never decreases
+    int recoveries;            // recoveries completed
+    int moves;                 // doubled slots moved onto a spare ("moved" events)
+    int recovering;            // a recovery is in progress (fence .. every slot restored)
+    int64_t restore_step;      // T of the latest recovery epoch (0: none yet)
+    int64_t next_move_ms;      // no move of a doubled slot before (a move failed lately)
+    int32_t *restore_from;     // (pods * slots) its sources, RunSlotRequest.restore_from
+    int64_t recovery_signal_ms; // the first fault signal of the recovery in progress
+    /* not persisted */
+    struct recovery *rec;      // the recovery this process drives (NULL: none)
+    struct replica_hash *hashes; // (pods * slots) the latest state hash each slot reported
+    uint64_t replica_matches;  // hash comparisons that agreed
+    int replica_verified;      // the first agreement has been announced (event replica_check)
+    int assign_attempts;
+    int n_running;                            // slots whose RunSlot was accepted this epoch
+    int64_t failing_ms;                       // a slot failed at this time: the job fails once
+                                              // the others answered (policy/faults.c)
+    int first_failed;                         //   that slot, and what it said
+    char first_failure[512];
+    Moed__V1__StepMetrics *last;              // a private copy of the latest step's metrics
+    Moed__V1__Event *recent[JOB_RECENT_EVENTS]; // ring of the latest events, private copies
+    int n_recent, recent_head;
+    double sec_per_step;                      // moving average, for the ETA
+    struct watcher *watchers;
+    int upload_fd;                            // model upload in progress (-1: none; models.c)
+    int64_t upload_offset;
+};
+
+/* ---- the table ---- */
+
+struct job *jobs_find(struct coordinator *co, const char *id);
+/* A new QUEUED job "job-N" from a validated spec (N = co->next_job; not yet in the table). */
+struct job *job_create(struct coordinator *co, const struct job_spec *spec);
+moe_status jobs_add(struct coordinator *co, struct job *j);
+/* Reads every job with its recent events and latest step from the store (coordinator_start). */
+moe_status jobs_load(struct coordinator *co);
+/* Frees a job and whatever recovery it had in progress. */
+void job_free(struct job *j);
+
+/* The mesh and recovery knobs of a spec into j (creation and loading). */
+void job_read_mesh(struct job *j, const struct mesh_spec *m);
+
+/* ---- questions ---- */
+
+int job_is_final(const struct job *j);
+const char *job_state_name(Moed__V1__JobState s);
+/* Whether `to` may follow j's state (the machine above). */
+int job_state_allowed(const struct job *j, Moed__V1__JobState to);
+static inline int job_n_slots(const struct job *j) { return j->pods * j->slots; }
+/* The index (p * slots + s) of the slot worker `worker_id` plays in the current epoch, or -1. */
+int job_slot_of(const struct job *j, const char *worker_id);
+double job_eta_seconds(const struct job *j);
+/* The job's recent events, oldest first, as pointers into its ring (out: JOB_RECENT_EVENTS). */
+size_t job_recent_events(const struct job *j, Moed__V1__Event **out);
+/* Adds a private copy of an event to the ring, dropping the oldest when it is full. */
+void job_recent_push(struct job *j, Moed__V1__Event *copy);
+/* Drops the recovery in progress (its answers are ignored from now): the job ends, or every
+ * slot is back. */
+void job_drop_recovery(struct job *j);
+
+/* ---- texts ---- */
+
+/* "(1, 0)" */
+const char *job_slot_text(const struct job *j, int k, char *buf, size_t cap);
+/* "slot (1, 0) of the 2 x 2 mesh, epoch 3"; k < 0: "the 2 x 2 mesh, epoch 3" */
+const char *job_slot_where(const struct job *j, int k, char *buf, size_t cap);
+/* "slot (0, 0) bound to w-1 at ..." or "epoch 2: 2 x 2 mesh (tcp) bound: (0, 0) w-1, ..." */
+void job_binding_text(const struct job *j, char *out, size_t cap);
+/* A data-plane error names its peer by rank ("comm: rank 2 closed its connection"); the
+ * operator needs the worker: " [rank 2 = slot (1, 0) on w-4 at 127.0.0.1:40133]" is appended
+ * for each rank `why` names. */
+void job_name_ranks(const struct job *j, char *why, size_t cap);
+
+/* ---- records and views ---- */
+
+/* Adds the job's record (info, spec, event counter) to a store batch. */
+void job_batch(struct store_batch *b, const struct job *j);
+
+/* Protobuf views of a job (pointing into the job; valid until it changes). */
+struct job_view {
+    Moed__V1__JobInfo info;
+    Moed__V1__SlotBinding *bind;
+    Moed__V1__SlotBinding **bind_ptrs;
+    Moed__V1__SlotStatus *slot;      // every slot of the mesh, pod-major
+    Moed__V1__SlotStatus **slot_ptrs;
+    size_t n_slots;
+};
+void job_view_fill(struct job_view *v, const struct job *j);
+void job_view_free(struct job_view *v);
+
+#endif

@@ -1,0 +1,30 @@
+/*
+ * models.h — the trained models the coordinator keeps: DIR/models/<job>.safetensors.
+ *
+ * Owns: the upload of a job's model (chunks appended in order to a .part file from offset 0,
+ * an upload restarted at offset 0 starts over), its check against the size and SHA-256 its
+ * worker reports (synced, then renamed into place: a model is there whole or not at all), and
+ * opening it for FetchModel.
+ * Never: decides that a job succeeded (policy/reports.c does, once the model checks out), or
+ * holds a model in memory.
+ */
+#ifndef MOE_COORD_MODELS_H
+#define MOE_COORD_MODELS_H
+
+#include "jobs.h"
+
+/* One chunk of j's upload. MOE_EINVAL: out of order ("chunk at 5, expected 0: restart at 0");
+ * MOE_EIO: the coordinator cannot write it (logged). */
+moe_status model_upload_chunk(struct coordinator *co, struct job *j, int64_t offset,
+                              const uint8_t *data, size_t len);
+/* The upload is whole: checks it has `bytes` bytes with SHA-256 `sha` (sha_len 32) and moves it
+ * into place; j->model_bytes is set. MOE_EFORMAT: it does not match (the worker may upload
+ * again); MOE_EIO: it cannot be stored. */
+moe_status model_upload_commit(struct coordinator *co, struct job *j, int64_t bytes,
+                               const uint8_t *sha, size_t sha_len);
+/* Drops an upload in progress (the job ended). */
+void model_upload_abort(struct job *j);
+/* Opens j's model for reading: *fd and its size. MOE_EIO when it is missing (logged). */
+moe_status model_open(struct coordinator *co, const struct job *j, int *fd, int64_t *size);
+
+#endif

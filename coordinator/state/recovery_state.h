@@ -1,0 +1,77 @@
+/*
+ * recovery_state.h — a job's recovery in progress, as data (docs/recovery.md).
+ *
+ * Owns: the record of one recovery from its first fault signal to its last ReportRestored: the
+ * phase, what each fenced slot's worker answered (the state copies it holds), the round of
+ * calls in flight, the exclusions, and the timings the "recovered" event reports; and the
+ * latest state hash each slot reported (the replica check). struct job points to both; they
+ * are not persisted (a restarted coordinator fences again: job->recovering is).
+ * Never: decides anything. policy/recovery.c drives a recovery through these fields,
+ * policy/recovery_plan.c reads the answers into a plan, policy/replicas.c compares the hashes;
+ * this header only lets the state layer hold and free them (jobs.c job_drop_recovery).
+ */
+#ifndef MOE_COORD_RECOVERY_STATE_H
+#define MOE_COORD_RECOVERY_STATE_H
+
+#include <stdint.h>
+
+#define REC_MAX_EXCLUDED 16 // workers a recovery will not choose again as spares
+
+enum rec_phase { REC_FENCING, REC_WAITING, REC_REBINDING, REC_RESTORING };
+enum answer { ANS_PENDING, ANS_HOLDS, ANS_EMPTY, ANS_LOST };
+
+/* One copy a worker can send: the whole state of slot index `slot` after `step`. */
+struct state_copy {
+    int slot;
+    int64_t step;
+};
+
+/* What the worker of one slot of the fenced epoch said. */
+struct fence_answer {
+    char worker_id[24];
+    enum answer state;
+    int64_t step;                // its live step (ANS_HOLDS)
+    struct state_copy *copies;
+    int n_copies;
+    char why[200];               // ANS_LOST / ANS_EMPTY: what was seen
+};
+
+struct recovery {
+    enum rec_phase phase;
+    int rounds;                  // fence rounds after the first (restarts)
+    uint64_t gen;                // the round of calls in flight; older answers are dropped
+    int sending;                 // fence calls are being sent: answers wait for the loop's end
+    int pending;                 // fence answers still to come
+    struct fence_answer *ans;    // (pods * slots) the fenced epoch's slots
+    int64_t signal_ms;           // the first fault signal
+    int64_t first_fault_ms;      // the earliest ReportFault (0: none)
+    int64_t first_fence_ms;      // the first fence round started
+    int64_t fence_ms, fenced_ms; // the last fence round: started, every answer in
+    int64_t planned_ms;          // the plan was stored
+    int64_t accepted_ms;         // every RunSlot(restore) was accepted
+    int64_t wait_since_ms;       // no spare since then (0: not waiting)
+    int move;                    // a move: the doubled slot that goes to a spare (-1: none)
+    int asked_move;              // this began as a move (recovery_rebalance)
+    int faulted;                 // the move met a fault (a slot lost, a restart): a recovery too
+    int waiting_announced;
+    char first_signal[300];
+    char exclude[REC_MAX_EXCLUDED][24];
+    int n_exclude;
+    /* restoring */
+    char *restored;              // (pods * slots) ReportRestored seen
+    int n_restored;
+    double max_transfer_s, max_connect_s;
+    uint64_t bytes;
+};
+
+/* The latest state hash one slot reported. */
+struct replica_hash {
+    int have;
+    int64_t step;
+    uint8_t sha[32];
+};
+
+/* Frees the fence answers of a recovery of an n-slot mesh (for the next round). */
+void recovery_answers_free(struct recovery *r, int n);
+
+#endif

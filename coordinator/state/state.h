@@ -1,0 +1,91 @@
+/*
+ * state.h — what the coordinator knows: struct coordinator, passed to every function of every
+ * layer of coordinator/.
+ *
+ * coordinator/ is three layers that only call downward, one folder each:
+ *   handlers/  the RPC handlers: decode a request, call one policy, answer. Nothing else.
+ *   policy/    every decision: admitting and binding jobs (schedule.c, placement.c), what a
+ *              worker's registration and heartbeats mean (membership.c), what its reports mean
+ *              (reports.c), whether a lost slot is recovered or fails its job (faults.c), how a
+ *              recovery goes (recovery.c, recovery_plan.c, replicas.c).
+ *   state/     the tables and their durable record: jobs and their state machine (jobs.c,
+ *              transitions.c), workers (workers.c), events and watchers (events.c), uploaded
+ *              models (models.c), RocksDB (store.c), and the calls that go out to workers
+ *              (worker_calls.c). State records decisions; it never makes one.
+ * The process around them (coordinator.c: start, the monitor's tick, stop; main.c: flags) sits
+ * on top. docs/architecture.md walks one step through these files.
+ *
+ * Owns: struct coordinator — the configuration, the job and worker tables, the store, the pump
+ * the outgoing calls go through, and the process's handles. Defined here, at the bottom, so
+ * that each layer can take it without including one above.
+ * Threads: one. Everything of the coordinator runs on its libuv loop thread: no locks.
+ */
+#ifndef MOE_COORD_STATE_H
+#define MOE_COORD_STATE_H
+
+#include "../../common/spec.h"
+#include "../../common/status.h"
+#include "../../proto/rpc.h"
+#include "proto/moed.pb-c.h"
+#include "store.h"
+
+#include <stdint.h>
+#include <uv.h>
+
+/* Every knob of the coordinator; main.c's table (coordinator_knobs) fills it. */
+struct coordinator_config {
+    char listen[160];             // --listen, "127.0.0.1:0" picks a port
+    char dir[1024];               // --dir: RocksDB and uploaded models live here
+    char addr_file[1024];         // --addr-file: the bound address is written here when ready
+    char client_token_file[1024], cluster_token_file[1024];
+    char client_token[256];       // read from client_token_file; "" disables the check
+    char cluster_token[256];      // read from cluster_token_file; "" disables the check
+    char tls_cert[1024], tls_key[1024]; // --tls-cert/--tls-key: serve TLS
+    char worker_tls_ca[1024];     // --worker-tls-ca: verify workers' TLS when calling them
+    long heartbeat_interval_ms;   // told to workers at registration
+    long heartbeat_timeout_ms;    // a worker silent this long is dead
+    int max_assign_attempts;      // RunSlot refusals before a job fails
+    int log_level;                // enum moe_log_level
+};
+
+/* Defaults (docs/operations.md): a dead worker is noticed within 2 s, and the check keeps
+ * room for three missed heartbeats. */
+#define COORD_HEARTBEAT_INTERVAL_MS 500
+#define COORD_HEARTBEAT_TIMEOUT_MS 2000
+#define COORD_MAX_ASSIGN_ATTEMPTS 3
+
+#define DATA_ADDR_MAX 300 // a worker's data-plane address (worker/comm COMM_ADDR_MAX)
+
+struct job;    // jobs.h
+struct worker; // workers.h
+
+struct coordinator {
+    struct coordinator_config cfg;
+    uv_loop_t *loop;
+    struct rpc_pump *pump;     // the outgoing calls (worker_calls.c) and the server's
+    struct rpc_server *server;
+    char address[160];         // host:port actually bound
+    struct store *store;
+    char models_dir[1100];     // uploaded models (models.c)
+    long next_job, next_worker;
+    char cluster_id[40];
+    struct job **jobs;         // in submission order
+    int n_jobs, cap_jobs;
+    struct worker **workers;   // in registration order
+    int n_workers, cap_workers;
+    uv_timer_t monitor;        // the heartbeat monitor's tick (coordinator.c)
+    uv_signal_t sig_term, sig_int;
+    int64_t started_ms;
+    int stopping;
+    uint64_t steps_reported;   // step reports handled since start (the bench reads it)
+    uint64_t recovery_calls;   // numbers the rounds of recovery calls (stale replies are dropped)
+};
+
+/* The meta record: the id counters and the cluster id. */
+void coordinator_batch_meta(struct store_batch *b, const struct coordinator *co);
+moe_status coordinator_save_meta(struct coordinator *co);
+
+/* Deep copy of a protobuf-c message (pack + unpack); NULL when out of memory. */
+ProtobufCMessage *pb_clone(const ProtobufCMessage *m);
+
+#endif

@@ -1,0 +1,222 @@
+/*
+ * workers.c — the worker table and each worker's record (see workers.h).
+ */
+#include "workers.h"
+
+#include "jobs.h"
+
+#include "../../common/clock.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct worker *workers_find(struct coordinator *co, const char *id) {
+    for (int i = 0; i < co->n_workers; i++)
+        if (strcmp(co->workers[i]->id, id) == 0) return co->workers[i];
+    return NULL;
+}
+
+static int load_worker(const Moed__V1__WorkerInfo *in, void *arg) {
+    struct coordinator *co = arg;
+    struct worker *w = calloc(1, sizeof *w);
+    if (!w) return 1;
+    snprintf(w->id, sizeof w->id, "%s", in->worker_id);
+    w->num = strtol(in->worker_id + 2, NULL, 10);
+    snprintf(w->address, sizeof w->address, "%s", in->address);
+    w->pod = in->pod;
+    w->state = in->state;
+    snprintf(w->version, sizeof w->version, "%s", in->version);
+    snprintf(w->host, sizeof w->host, "%s", in->host);
+    w->pid = in->pid;
+    w->cpus = in->cpus;
+    w->registered_ms = in->registered_unix_ms;
+    w->last_heartbeat_ms = in->last_heartbeat_unix_ms;
+    snprintf(w->job_id, sizeof w->job_id, "%s", in->job_id);
+    w->slot = in->slot;
+    snprintf(w->data_address, sizeof w->data_address, "%s", in->data_address);
+    snprintf(w->extra_data_address, sizeof w->extra_data_address, "%s",
+             in->n_extra_data_addresses ? in->extra_data_addresses[0] : "");
+    w->mpi_rank = in->mpi_rank;
+    w->mpi_size = in->mpi_size;
+    snprintf(w->mpi_job, sizeof w->mpi_job, "%s", in->mpi_job);
+    if (co->n_workers == co->cap_workers) {
+        int cap = co->cap_workers ? co->cap_workers * 2 : 16;
+        struct worker **nw = realloc(co->workers, (size_t)cap * sizeof *nw);
+        if (!nw) {
+            free(w);
+            return 1;
+        }
+        co->workers = nw;
+        co->cap_workers = cap;
+    }
+    co->workers[co->n_workers++] = w;
+    return 0;
+}
+
+moe_status workers_add_new(struct coordinator *co, struct worker **out) {
+    Moed__V1__WorkerInfo wi = MOED__V1__WORKER_INFO__INIT;
+    char id[24];
+    snprintf(id, sizeof id, "w-%ld", co->next_worker);
+    wi.worker_id = id;
+    if (load_worker(&wi, co) != 0) return moe_fail(MOE_ENOMEM, "out of memory for the worker table");
+    co->next_worker++;
+    *out = co->workers[co->n_workers - 1];
+    return MOE_OK;
+}
+
+moe_status worker_connect(struct coordinator *co, struct worker *w) {
+    if (w->channel) rpc_channel_close(w->channel);
+    w->channel = NULL;
+    struct rpc_tls tls = {NULL, NULL, co->cfg.worker_tls_ca};
+    return rpc_channel_open(&w->channel, w->address, co->cfg.worker_tls_ca[0] ? &tls : NULL,
+                            co->cfg.cluster_token, 0);
+}
+
+moe_status workers_load(struct coordinator *co) {
+    CHECK(store_workers_scan(co->store, load_worker, co));
+    int64_t now = moe_wall_ms();
+    for (int i = 0; i < co->n_workers; i++) {
+        struct worker *w = co->workers[i];
+        if (!worker_alive(w)) continue;
+        w->last_heartbeat_ms = now;
+        CHECK(worker_connect(co, w));
+    }
+    return MOE_OK;
+}
+
+void workers_free(struct coordinator *co) {
+    for (int i = 0; i < co->n_workers; i++) {
+        if (co->workers[i]->channel) rpc_channel_close(co->workers[i]->channel);
+        free(co->workers[i]);
+    }
+    free(co->workers);
+    co->workers = NULL;
+    co->n_workers = 0;
+}
+
+int worker_alive(const struct worker *w) {
+    return w->state == MOED__V1__WORKER_STATE__WORKER_IDLE ||
+           w->state == MOED__V1__WORKER_STATE__WORKER_BUSY;
+}
+
+int worker_schedulable(const struct worker *w) {
+    return w->state == MOED__V1__WORKER_STATE__WORKER_IDLE && !w->job_id[0] && w->channel &&
+           !w->awaiting_idle;
+}
+
+void worker_set_free(struct worker *w, int awaiting_idle) {
+    w->job_id[0] = 0;
+    if (w->state == MOED__V1__WORKER_STATE__WORKER_BUSY) w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
+    if (awaiting_idle) w->awaiting_idle = 1;
+}
+
+void worker_mark_dead(struct coordinator *co, struct worker *w) {
+    w->state = MOED__V1__WORKER_STATE__WORKER_DEAD;
+    w->job_id[0] = 0;
+    worker_save(co, w);
+}
+
+void worker_info(Moed__V1__WorkerInfo *wi, const struct worker *w, char *extra[1]) {
+    Moed__V1__WorkerInfo init = MOED__V1__WORKER_INFO__INIT;
+    *wi = init;
+    wi->worker_id = (char *)w->id;
+    wi->address = (char *)w->address;
+    wi->pod = w->pod;
+    wi->state = w->state;
+    wi->version = (char *)w->version;
+    wi->host = (char *)w->host;
+    wi->pid = w->pid;
+    wi->last_heartbeat_unix_ms = w->last_heartbeat_ms;
+    wi->job_id = (char *)w->job_id;
+    wi->slot = w->slot;
+    wi->registered_unix_ms = w->registered_ms;
+    wi->cpus = w->cpus;
+    wi->data_address = (char *)w->data_address;
+    extra[0] = (char *)w->extra_data_address;
+    wi->n_extra_data_addresses = w->extra_data_address[0] ? 1 : 0;
+    wi->extra_data_addresses = extra;
+    wi->mpi_rank = w->mpi_rank;
+    wi->mpi_size = w->mpi_size;
+    wi->mpi_job = (char *)w->mpi_job;
+}
+
+void worker_batch(struct store_batch *b, const struct worker *w) {
+    Moed__V1__WorkerInfo wi;
+    char *extra[1];
+    worker_info(&wi, w, extra);
+    store_batch_worker(b, &wi); // packs now
+}
+
+moe_status worker_save(struct coordinator *co, const struct worker *w) {
+    struct store_batch *b = store_batch_new();
+    worker_batch(b, w);
+    return store_batch_commit(co->store, b, 1);
+}
+
+/* The pods of the workers that did not leave, ascending by pod number. */
+static size_t pods_of(struct cluster_view *v, const struct coordinator *co) {
+    size_t n_pods = 0;
+    for (int i = 0; i < co->n_workers; i++) {
+        const struct worker *w = co->workers[i];
+        if (w->state == MOED__V1__WORKER_STATE__WORKER_LEFT) continue;
+        size_t k = 0;
+        while (k < n_pods && v->pods[k].pod != w->pod) k++;
+        if (k == n_pods) {
+            Moed__V1__PodInfo pi = MOED__V1__POD_INFO__INIT;
+            pi.pod = w->pod;
+            v->pods[n_pods++] = pi;
+        }
+        v->pods[k].workers++;
+        v->pods[k].alive += worker_alive(w);
+    }
+    for (size_t a = 1; a < n_pods; a++) // insertion sort by pod number
+        for (size_t b = a; b > 0 && v->pods[b - 1].pod > v->pods[b].pod; b--) {
+            Moed__V1__PodInfo t = v->pods[b];
+            v->pods[b] = v->pods[b - 1];
+            v->pods[b - 1] = t;
+        }
+    for (size_t k = 0; k < n_pods; k++) {
+        v->pods[k].healthy = v->pods[k].alive == v->pods[k].workers;
+        v->pod_ptrs[k] = &v->pods[k];
+    }
+    return n_pods;
+}
+
+moe_status cluster_view_fill(struct cluster_view *v, const struct coordinator *co, int64_t now) {
+    Moed__V1__ClusterStatus init = MOED__V1__CLUSTER_STATUS__INIT;
+    v->st = init;
+    size_t n = (size_t)co->n_workers;
+    v->infos = calloc(n + 1, sizeof *v->infos);
+    v->info_ptrs = calloc(n + 1, sizeof *v->info_ptrs);
+    v->extra = calloc(n + 1, sizeof *v->extra);
+    v->pods = calloc(n + 1, sizeof *v->pods);
+    v->pod_ptrs = calloc(n + 1, sizeof *v->pod_ptrs);
+    if (!v->infos || !v->info_ptrs || !v->extra || !v->pods || !v->pod_ptrs) {
+        cluster_view_free(v);
+        return moe_fail(MOE_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        worker_info(&v->infos[i], co->workers[i], &v->extra[i]);
+        v->infos[i].ms_since_heartbeat = now - co->workers[i]->last_heartbeat_ms;
+        v->info_ptrs[i] = &v->infos[i];
+    }
+    v->st.n_workers = n;
+    v->st.workers = v->info_ptrs;
+    v->st.n_pods = pods_of(v, co);
+    v->st.pods = v->pod_ptrs;
+    for (int i = 0; i < co->n_jobs; i++) {
+        v->st.jobs_queued += co->jobs[i]->state == MOED__V1__JOB_STATE__JOB_QUEUED;
+        v->st.jobs_running += co->jobs[i]->state == MOED__V1__JOB_STATE__JOB_RUNNING;
+    }
+    v->st.jobs_total = co->n_jobs;
+    return MOE_OK;
+}
+
+void cluster_view_free(struct cluster_view *v) {
+    free(v->infos);
+    free(v->info_ptrs);
+    free(v->extra);
+    free(v->pods);
+    free(v->pod_ptrs);
+}

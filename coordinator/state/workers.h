@@ -1,0 +1,84 @@
+/*
+ * workers.h — the worker table: every worker process that ever registered, its addresses, its
+ * pod, its health, the job slot it plays, and its durable record.
+ *
+ * Owns: struct worker; finding, adding and loading workers; a worker's record in the store
+ * (WorkerInfo) and its view for GetCluster; the channel to its Worker service; and the plain
+ * changes of a worker's state (dead, free again) that several policies make.
+ * States: IDLE (alive, may be given a slot), BUSY (bound to a job, or finishing one), DEAD
+ * (silent past the heartbeat timeout, or did not answer a fence), LEFT.
+ * Never: decides whether a worker is dead or which slot it plays (policy/membership.c,
+ * policy/schedule.c and policy/recovery.c do), or calls it (worker_calls.c does).
+ */
+#ifndef MOE_COORD_WORKERS_H
+#define MOE_COORD_WORKERS_H
+
+#include "state.h"
+
+struct worker {
+    long num;                  // N of "w-N"
+    char id[24];
+    char address[160];
+    int pod;
+    Moed__V1__WorkerState state;
+    char version[32], host[128];
+    int pid, cpus;
+    char data_address[DATA_ADDR_MAX]; // its data-plane listener
+    char extra_data_address[DATA_ADDR_MAX]; // its listener for a second slot of one job ("":
+                               // it cannot play two; see policy/placement.c double_up)
+    int mpi_rank, mpi_size;    // under mpirun (mpi_size 0: not)
+    char mpi_job[256];         // which mpirun job: equal for the ranks of one pod only
+    int64_t registered_ms, last_heartbeat_ms;
+    char job_id[24];           // the job whose slot it plays (or is finishing); "" when free
+    int slot;
+    uint64_t epoch;            // the epoch of job_id it was bound in (0: unknown, after a
+                               // coordinator restart until it re-registers)
+    struct rpc_channel *channel; // to its Worker service
+    int confirmed;             // registered with this coordinator process (not only loaded)
+    int awaiting_idle;         // refused a job as busy: not schedulable until a heartbeat
+                               // shows it idle
+};
+
+struct worker *workers_find(struct coordinator *co, const char *id);
+/* A new worker record with the next id ("w-N"); the caller fills and saves it. */
+moe_status workers_add_new(struct coordinator *co, struct worker **out);
+/* Reads every worker from the store; those that were alive get a full heartbeat timeout from
+ * now to show they still are, and a channel (coordinator_start). */
+moe_status workers_load(struct coordinator *co);
+void workers_free(struct coordinator *co);
+
+/* (Re)opens the channel to a worker's Worker service at w->address. */
+moe_status worker_connect(struct coordinator *co, struct worker *w);
+
+/* IDLE or BUSY. */
+int worker_alive(const struct worker *w);
+/* It can be given a slot now: idle, free, reachable, not waiting to show it is idle. */
+int worker_schedulable(const struct worker *w);
+
+/* It plays no slot any more: BUSY becomes IDLE; with awaiting_idle it is not schedulable
+ * until a heartbeat shows it idle (its training thread may still be running). Not saved. */
+void worker_set_free(struct worker *w, int awaiting_idle);
+/* DEAD and unbound, saved. */
+void worker_mark_dead(struct coordinator *co, struct worker *w);
+
+/* Adds a worker's record to a store batch; saves one on its own (synced). */
+void worker_batch(struct store_batch *b, const struct worker *w);
+moe_status worker_save(struct coordinator *co, const struct worker *w);
+
+/* The WorkerInfo view of w (pointing into it); `extra` holds the one extra data address the
+ * message points to. */
+void worker_info(Moed__V1__WorkerInfo *wi, const struct worker *w, char *extra[1]);
+
+/* The ClusterStatus view (pointing into the tables; valid until they change): every worker,
+ * the pods (distinct pod numbers of the workers that did not leave, ascending; healthy when
+ * all of a pod's workers are alive), the job counts. MOE_ENOMEM when it cannot be built. */
+struct cluster_view {
+    Moed__V1__ClusterStatus st;
+    Moed__V1__WorkerInfo *infos, **info_ptrs;
+    char **extra;          // one extra data address per worker
+    Moed__V1__PodInfo *pods, **pod_ptrs;
+};
+moe_status cluster_view_fill(struct cluster_view *v, const struct coordinator *co, int64_t now);
+void cluster_view_free(struct cluster_view *v);
+
+#endif
