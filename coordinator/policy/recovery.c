@@ -379,12 +379,60 @@ static void wait_for_spare(struct coordinator *co, struct job *j, int k) {
 
 static void run_slot_answer(void *arg, const struct rpc_result *res, const ProtobufCMessage *msg);
 
-/* Stores the new epoch (binding, T, sources, committed step) with the event "recovering",
- * then sends RunSlot(restore) to every slot. */
+/* The workers that leave the job: freed, in the plan's batch. A moved slot's worker keeps its
+ * other slot (and stops this one when that slot's RunSlot shows it no longer binds it). */
+static void release_leavers(struct coordinator *co, struct job *j, const char *keep,
+                            struct store_batch *b) {
+    struct recovery *r = j->rec;
+    int n = job_n_slots(j);
+    for (int k = 0; k < n; k++) {
+        int stays = 0;
+        for (int q = 0; q < n && !keep[k] && !stays; q++)
+            stays = keep[q] && !strcmp(r->ans[q].worker_id, r->ans[k].worker_id);
+        if (!keep[k] && !stays)
+            release_worker(co, j, workers_find(co, r->ans[k].worker_id), b);
+    }
+}
+
+/* The new epoch's binding: kept slots keep their worker and listener, lost ones get their
+ * spare (a survivor given a lost slot too plays it on its second listener); every slot starts
+ * at step t. The workers' records go into the plan's batch. */
+static void rebind(struct coordinator *co, struct job *j, int64_t t, const char *keep,
+                   struct worker **spare, struct store_batch *b) {
+    struct recovery *r = j->rec;
+    int n = job_n_slots(j);
+    for (int k = 0; k < n; k++) {
+        struct binding *bd = &j->bindings[k];
+        struct worker *w = keep[k] ? workers_find(co, bd->worker_id) : spare[k];
+        char kept_addr[DATA_ADDR_MAX]; /* a kept slot keeps its listener (maybe a second one) */
+        snprintf(kept_addr, sizeof kept_addr, "%s", bd->data_address);
+        memset(bd, 0, sizeof *bd);
+        bd->step = (long)t;
+        if (!w) continue; // cannot happen: kept workers are known, spares were chosen
+        snprintf(bd->worker_id, sizeof bd->worker_id, "%s", w->id);
+        snprintf(bd->address, sizeof bd->address, "%s", w->address);
+        int second = 0;
+        for (int q = 0; q < n && !keep[k] && !second; q++)
+            second = keep[q] && !strcmp(r->ans[q].worker_id, w->id);
+        snprintf(bd->data_address, sizeof bd->data_address, "%s",
+                 keep[k] ? kept_addr : second ? w->extra_data_address : w->data_address);
+        bd->mpi_rank = w->mpi_rank;
+        snprintf(w->job_id, sizeof w->job_id, "%s", j->id);
+        if (second) continue; // its record already says it plays this job
+        w->slot = k % j->slots;
+        w->epoch = j->epoch;
+        w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
+        w->awaiting_idle = 0;
+        worker_batch(b, w);
+    }
+}
+
+/* Stores the new epoch (binding, T, sources) with the event "recovering", then sends
+ * RunSlot(restore) to every slot. */
 static void record(struct coordinator *co, struct job *j, int64_t t, const char *keep,
                    struct worker **spare) {
     struct recovery *r = j->rec;
-    int n = job_n_slots(j), S = j->slots;
+    int n = job_n_slots(j);
     int32_t *from = calloc((size_t)n, sizeof *from);
     char *restored = calloc((size_t)n, 1);
     struct store_batch *b = store_batch_new();
@@ -396,40 +444,9 @@ static void record(struct coordinator *co, struct job *j, int64_t t, const char 
         return;
     }
     for (int k = 0; k < n; k++) from[k] = plan_source(j, r, keep, k, t);
-    for (int k = 0; k < n; k++) { // the workers that leave the job
-        int stays = 0; /* a moved slot's worker keeps its other slot (and stops this one when
-                        * that slot's RunSlot shows it no longer binds it) */
-        for (int q = 0; q < n && !keep[k] && !stays; q++)
-            stays = keep[q] && !strcmp(r->ans[q].worker_id, r->ans[k].worker_id);
-        if (!keep[k] && !stays)
-            release_worker(co, j, workers_find(co, r->ans[k].worker_id), b);
-    }
+    release_leavers(co, j, keep, b);
     j->epoch++;
-    for (int k = 0; k < n; k++) {
-        struct binding *bd = &j->bindings[k];
-        struct worker *w = keep[k] ? workers_find(co, bd->worker_id) : spare[k];
-        char kept_addr[DATA_ADDR_MAX]; /* a kept slot keeps its listener (maybe a second one) */
-        snprintf(kept_addr, sizeof kept_addr, "%s", bd->data_address);
-        memset(bd, 0, sizeof *bd);
-        bd->step = (long)t;
-        if (!w) continue; // cannot happen: kept workers are known, spares were chosen
-        snprintf(bd->worker_id, sizeof bd->worker_id, "%s", w->id);
-        snprintf(bd->address, sizeof bd->address, "%s", w->address);
-        /* a survivor given a lost slot too (no spare) plays it on its second listener */
-        int second = 0;
-        for (int q = 0; q < n && !keep[k] && !second; q++)
-            second = keep[q] && !strcmp(r->ans[q].worker_id, w->id);
-        snprintf(bd->data_address, sizeof bd->data_address, "%s",
-                 keep[k] ? kept_addr : second ? w->extra_data_address : w->data_address);
-        bd->mpi_rank = w->mpi_rank;
-        snprintf(w->job_id, sizeof w->job_id, "%s", j->id);
-        if (second) continue; // its record already says it plays this job
-        w->slot = k % S;
-        w->epoch = j->epoch;
-        w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
-        w->awaiting_idle = 0;
-        worker_batch(b, w);
-    }
+    rebind(co, j, t, keep, spare, b);
     free(j->restore_from);
     j->restore_from = from;
     j->restore_step = t;
@@ -465,7 +482,6 @@ static void record(struct coordinator *co, struct job *j, int64_t t, const char 
     if (worker_call_run_slots(co, j, 1, r->gen, run_slot_answer) != MOE_OK)
         give_up(co, j, moe_errmsg());
 }
-
 
 static void plan(struct coordinator *co, struct job *j) {
     struct recovery *r = j->rec;

@@ -253,6 +253,16 @@ static void job_info(Moed__V1__JobInfo *info, const struct job *j) {
     info->recovering = j->recovering;
 }
 
+Moed__V1__SlotBinding job_slot_binding(const struct job *j, int k) {
+    Moed__V1__SlotBinding b = MOED__V1__SLOT_BINDING__INIT;
+    b.pod = k / j->slots;
+    b.slot = k % j->slots;
+    b.worker_id = (char *)j->bindings[k].worker_id;
+    b.worker_address = (char *)j->bindings[k].address;
+    b.data_address = (char *)j->bindings[k].data_address;
+    return b;
+}
+
 void job_view_fill(struct job_view *v, const struct job *j) {
     Moed__V1__JobInfo init = MOED__V1__JOB_INFO__INIT;
     v->info = init;
@@ -269,13 +279,7 @@ void job_view_fill(struct job_view *v, const struct job *j) {
         v->slot[k] = slot_status(j, k);
         v->slot_ptrs[k] = &v->slot[k];
         if (!j->bindings[k].worker_id[0]) continue; // unbound slots (a queued job) are left out
-        Moed__V1__SlotBinding b = MOED__V1__SLOT_BINDING__INIT;
-        b.pod = k / j->slots;
-        b.slot = k % j->slots;
-        b.worker_id = (char *)j->bindings[k].worker_id;
-        b.worker_address = (char *)j->bindings[k].address;
-        b.data_address = (char *)j->bindings[k].data_address;
-        v->bind[bound] = b;
+        v->bind[bound] = job_slot_binding(j, k);
         v->bind_ptrs[bound] = &v->bind[bound];
         bound++;
     }

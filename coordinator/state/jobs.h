@@ -163,6 +163,8 @@ struct job_view {
     size_t n_slots;
 };
 void job_view_fill(struct job_view *v, const struct job *j);
+/* Slot k's binding as a message (pointing into the job). */
+Moed__V1__SlotBinding job_slot_binding(const struct job *j, int k);
 void job_view_free(struct job_view *v);
 
 #endif

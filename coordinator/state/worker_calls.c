@@ -64,13 +64,7 @@ moe_status worker_call_run_slots(struct coordinator *co, struct job *j, int rest
         return moe_fail(MOE_ENOMEM, "out of memory sending RunSlot");
     }
     for (int k = 0; k < n; k++) {
-        Moed__V1__SlotBinding sb = MOED__V1__SLOT_BINDING__INIT;
-        sb.pod = k / j->slots;
-        sb.slot = k % j->slots;
-        sb.worker_id = j->bindings[k].worker_id;
-        sb.worker_address = j->bindings[k].address;
-        sb.data_address = j->bindings[k].data_address;
-        tab[k] = sb;
+        tab[k] = job_slot_binding(j, k);
         ptrs[k] = &tab[k];
     }
     Moed__V1__RunSlotRequest req = MOED__V1__RUN_SLOT_REQUEST__INIT;
