@@ -3,7 +3,9 @@
 
 #include <math.h>
 
-__global__ void adamw_kernel(float *params, const float *grads, float *m, float *v, size_t n,
+/* The outputs may be the inputs: each element is read before it is written, by one thread. */
+__global__ void adamw_kernel(float *params_out, float *m_out, float *v_out, const float *params,
+                             const float *grads, const float *m, const float *v, size_t n,
                              size_t n_decay, float lr, float beta1, float beta2, float eps,
                              float weight_decay, float grad_scale, float inv_bc1, float inv_bc2,
                              bf16 *shadow) {
@@ -11,33 +13,43 @@ __global__ void adamw_kernel(float *params, const float *grads, float *m, float 
         float g = grads[i] * grad_scale;
         float mi = beta1 * m[i] + (1 - beta1) * g;
         float vi = beta2 * v[i] + (1 - beta2) * g * g;
-        m[i] = mi;
-        v[i] = vi;
+        float p = params[i];
+        m_out[i] = mi;
+        v_out[i] = vi;
         float wd = i < n_decay ? weight_decay : 0.0f;
-        float p = params[i] - lr * ((mi * inv_bc1) / (sqrtf(vi * inv_bc2) + eps) + wd * params[i]);
-        params[i] = p;
-        if (shadow) shadow[i] = __float2bfloat16_rn(p);
+        float q = p - lr * ((mi * inv_bc1) / (sqrtf(vi * inv_bc2) + eps) + wd * p);
+        params_out[i] = q;
+        if (shadow) shadow[i] = __float2bfloat16_rn(q);
     }
 }
 
-void adamw_update_cuda(float *params, const float *grads, float *m, float *v, size_t n,
-                       size_t n_decay, float lr, float beta1, float beta2, float eps,
-                       float weight_decay, float grad_scale, long t, struct cuda_ctx *ctx) {
+void adamw_update_into_cuda(float *params_out, float *m_out, float *v_out, const float *params,
+                            const float *grads, const float *m, const float *v, size_t n,
+                            size_t n_decay, float lr, float beta1, float beta2, float eps,
+                            float weight_decay, float grad_scale, long t, struct cuda_ctx *ctx) {
     if (ctx->failed || n == 0) return;
     /* the bias corrections exactly as the CPU computes them (double, then rounded) */
     float inv_bc1 = (float)(1.0 / (1.0 - pow(beta1, (double)t)));
     float inv_bc2 = (float)(1.0 / (1.0 - pow(beta2, (double)t)));
+    /* the bf16 copy follows the registered arena: only an update written into it changes it */
     bf16 *shadow = NULL;
     if (ctx->arena_bf16) {
-        uintptr_t p = (uintptr_t)params, lo = (uintptr_t)ctx->arena;
+        uintptr_t p = (uintptr_t)params_out, lo = (uintptr_t)ctx->arena;
         uintptr_t hi = lo + ctx->arena_n * sizeof(float);
         if (p >= lo && p < hi && n <= (hi - p) / sizeof(float))
             shadow = ctx->arena_bf16 + (p - lo) / sizeof(float);
     }
     adamw_kernel<<<grid_for(n, THREADS), THREADS, 0, ctx->stream>>>(
-        params, grads, m, v, n, n_decay, lr, beta1, beta2, eps, weight_decay, grad_scale, inv_bc1,
-        inv_bc2, shadow);
+        params_out, m_out, v_out, params, grads, m, v, n, n_decay, lr, beta1, beta2, eps,
+        weight_decay, grad_scale, inv_bc1, inv_bc2, shadow);
     LAUNCH_OK(ctx, "adamw_kernel");
+}
+
+void adamw_update_cuda(float *params, const float *grads, float *m, float *v, size_t n,
+                       size_t n_decay, float lr, float beta1, float beta2, float eps,
+                       float weight_decay, float grad_scale, long t, struct cuda_ctx *ctx) {
+    adamw_update_into_cuda(params, m, v, params, grads, m, v, n, n_decay, lr, beta1, beta2, eps,
+                           weight_decay, grad_scale, t, ctx);
 }
 
 enum { SQ_CHUNK = 1 << 16 }; /* the CPU's chunk */

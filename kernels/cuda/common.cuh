@@ -24,7 +24,7 @@ typedef __nv_bfloat16 bf16;
  * that buffers live at the same time never share a slot. A slot's contents live from the
  * function that fills it to that function's return (in stream order). */
 enum ws_slot {
-    WS_OP0, WS_OP1, WS_OP2, WS_OP3, // bf16 GEMM operands: up to eight live in moe_backward
+    WS_OP0, WS_OP1, WS_OP2, WS_OP3, // bf16 GEMM operands: up to eight live in expert_ffn_backward
     WS_OP4, WS_OP5, WS_OP6, WS_OP7,
     WS_ATT_P,   // attention GEMM path: one sequence's (NH, T, T) probabilities
     WS_ATT_DS,  // ... and their gradients

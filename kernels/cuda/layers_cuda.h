@@ -171,20 +171,59 @@ long router_forward_cuda(struct moe_acts_cuda *a, long *load, const float *inp,
 /* aux, z: HOST doubles. Synchronises. */
 void router_losses_cuda(double *aux, double *z, const struct moe_acts_cuda *a,
                         const struct moe_layer_cfg *c, struct cuda_ctx *ctx);
+/* The composition of moe_gather_cuda, expert_ffn_forward_cuda for each expert (row counts
+ * from a->expert_off_host) and moe_combine_cuda, as on the CPU. */
 void experts_forward_cuda(float *out, struct moe_acts_cuda *a, const float *inp,
                           const float *w_gate, const float *w_up, const float *w_down,
                           const struct moe_layer_cfg *c, struct cuda_ctx *ctx);
-/* scratch: moe_backward_scratch_size(c) floats, as on the CPU */
+/* scratch: moe_backward_scratch_size(c) floats, as on the CPU. The composition of
+ * moe_combine_backward_cuda, expert_ffn_backward_cuda for each expert and
+ * moe_router_backward_cuda, as on the CPU. */
 void moe_backward_cuda(float *dinp, float *drouter_w, float *dw_gate, float *dw_up,
                        float *dw_down, float *scratch, const float *dout,
                        const struct moe_acts_cuda *a, const float *inp, const float *router_w,
                        const float *w_gate, const float *w_up, const float *w_down,
                        const struct moe_layer_cfg *c, struct cuda_ctx *ctx);
 
+/* The phases of the MoE layer (kernels/layers.h), for a caller that runs the experts
+ * elsewhere. struct moe_scratch and moe_backward_scratch() / moe_backward_scratch_size() are
+ * the CPU's, used as they are: they only carve pointers, so the views point into a device
+ * scratch as well as a host one. A row count m is a host int. */
+
+void moe_gather_cuda(float *xe, const float *inp, const int *row_token, int rows, int C,
+                     struct cuda_ctx *ctx);
+/* in bf16 mode xe and ha are rounded to bf16 for the products, the weights read from the
+ * parameter arena's bf16 copy where they lie in it */
+void expert_ffn_forward_cuda(float *ye, float *h1, float *h2, float *ha, const float *xe,
+                             const float *w_gate, const float *w_up, const float *w_down, int m,
+                             int C, int F, struct cuda_ctx *ctx);
+void moe_combine_cuda(float *out, const float *ye, const int *row_of, const float *gates, int N,
+                      int K, int C, struct cuda_ctx *ctx);
+/* dgates' dot products in double, a fixed tree */
+void moe_combine_backward_cuda(float *dye, float *dgates, const float *dout, const float *ye,
+                               const int *row_of, const float *gates, int N, int K, int C,
+                               struct cuda_ctx *ctx);
+void expert_ffn_backward_cuda(float *dxe, float *dw_gate, float *dw_up, float *dw_down,
+                              float *dh1, float *dh2, const float *dye, const float *xe,
+                              const float *h1, const float *h2, const float *ha,
+                              const float *w_gate, const float *w_up, const float *w_down, int m,
+                              int C, int F, int accumulate, struct cuda_ctx *ctx);
+/* s: device views (moe_backward_scratch on a device scratch) */
+void moe_router_backward_cuda(float *dinp, float *drouter_w, const struct moe_scratch *s,
+                              const struct moe_acts_cuda *a, const float *inp,
+                              const float *router_w, const struct moe_layer_cfg *c,
+                              struct cuda_ctx *ctx);
+
 /* ---- optimizer ---- */
 
-/* The CPU's AdamW, element for element. If [params, params + n) lies in the registered
- * parameter arena, its bf16 copy is updated in the same pass. */
+/* The CPU's AdamW, element for element, written into other arrays (which may be the inputs).
+ * If [params_out, params_out + n) lies in the registered parameter arena, its bf16 copy is
+ * updated in the same pass; an update into another arena leaves the registered one and its
+ * copy as they were (register the new arena once the model points at it). */
+void adamw_update_into_cuda(float *params_out, float *m_out, float *v_out, const float *params,
+                            const float *grads, const float *m, const float *v, size_t n,
+                            size_t n_decay, float lr, float beta1, float beta2, float eps,
+                            float weight_decay, float grad_scale, long t, struct cuda_ctx *ctx);
 void adamw_update_cuda(float *params, const float *grads, float *m, float *v, size_t n,
                        size_t n_decay, float lr, float beta1, float beta2, float eps,
                        float weight_decay, float grad_scale, long t, struct cuda_ctx *ctx);

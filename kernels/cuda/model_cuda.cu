@@ -401,9 +401,17 @@ static bool upload_batch(struct model_cuda *m, const int *tokens, const int *tar
 
 double model_forward_cuda(struct model_cuda *m, const int *tokens, const int *targets, int B,
                           int T) {
+    double loss;
+    model_forward_exec_cuda(m, tokens, targets, B, T, NULL, &loss);
+    return loss;
+}
+
+int model_forward_exec_cuda(struct model_cuda *m, const int *tokens, const int *targets, int B,
+                            int T, const struct model_exec_cuda *x, double *loss) {
     struct cuda_ctx *ctx = m->ctx;
     const struct model_config *c = &m->cfg;
-    if (ctx->failed || !upload_batch(m, tokens, targets, B, T)) return NAN;
+    *loss = NAN;
+    if (ctx->failed || !upload_batch(m, tokens, targets, B, T)) return -1;
     int C = c->d_model, NH = c->n_heads, L = c->n_layers, V = c->vocab, E = c->n_experts;
     int N = B * T;
     struct acts a;
@@ -418,18 +426,18 @@ double model_forward_cuda(struct model_cuda *m, const int *tokens, const int *ta
 
     encoder_forward_cuda(a.resid, m->tokens, p->wte, N, C, ctx);
     for (int l = 0; l < L; l++) {
-        float *x = a.resid + l * s.NC, *xmid = a.resid_mid + l * s.NC;
+        float *xin = a.resid + l * s.NC, *xmid = a.resid_mid + l * s.NC;
         float *ln1 = a.ln1 + l * s.NC, *qkv = a.qkv + l * 3 * s.NC, *att = a.att + l * s.att;
         float *atty = a.atty + l * s.NC, *ln2 = a.ln2 + l * s.NC;
         float *xout = a.resid + (l + 1) * s.NC;
 
-        rmsnorm_forward_cuda(ln1, a.ln1_rstd + l * s.N, x, p->ln1_w + l * C, N, C, c->norm_eps,
-                             ctx);
+        rmsnorm_forward_cuda(ln1, a.ln1_rstd + l * s.N, xin, p->ln1_w + l * C, N, C,
+                             c->norm_eps, ctx);
         matmul_forward_cuda(qkv, ln1, p->qkv_w + (size_t)l * 3 * C * C, N, C, 3 * C, ctx);
         rope_forward_cuda(qkv, a.freqs, B, T, C, NH, ctx);
         attention_forward_cuda(atty, att, qkv, B, T, C, NH, ctx);
         matmul_forward_cuda(xmid, atty, p->attn_out + (size_t)l * C * C, N, C, C, ctx);
-        add_inplace(ctx, xmid, x, (size_t)N * C);
+        add_inplace(ctx, xmid, xin, (size_t)N * C);
 
         rmsnorm_forward_cuda(ln2, a.ln2_rstd + l * s.N, xmid, p->ln2_w + l * C, N, C, c->norm_eps,
                              ctx);
@@ -442,9 +450,15 @@ double model_forward_cuda(struct model_cuda *m, const int *tokens, const int *ta
         router_losses_cuda(&aux, &z, &ma, &mc, ctx);
         aux_total += aux;
         z_total += z;
-        size_t FC = (size_t)c->d_ff * C;
-        experts_forward_cuda(a.moe_out, &ma, ln2, p->w_gate + l * E * FC, p->w_up + l * E * FC,
-                             p->w_down + l * E * FC, &mc, ctx);
+        if (x && x->experts_forward) {
+            moe_gather_cuda(ma.xe, ln2, ma.row_token, ma.expert_off_host[E], C, ctx);
+            if (ctx->failed || x->experts_forward(x->ctx, l, &ma, &mc) != 0) return -1;
+            moe_combine_cuda(a.moe_out, ma.ye, ma.row_of, ma.gates, N, c->top_k, C, ctx);
+        } else {
+            size_t FC = (size_t)c->d_ff * C;
+            experts_forward_cuda(a.moe_out, &ma, ln2, p->w_gate + l * E * FC,
+                                 p->w_up + l * E * FC, p->w_down + l * E * FC, &mc, ctx);
+        }
         add_into(ctx, xout, xmid, a.moe_out, (size_t)N * C);
     }
     rmsnorm_forward_cuda(a.lnf, a.lnf_rstd, a.resid + L * s.NC, p->lnf_w, N, C, c->norm_eps, ctx);
@@ -457,7 +471,9 @@ double model_forward_cuda(struct model_cuda *m, const int *tokens, const int *ta
     m->stats.aux = aux_total;
     m->stats.z = z_total;
     m->stats.loss = m->stats.ce + c->aux_loss_coef * aux_total + c->z_loss_coef * z_total;
-    return ctx->failed ? NAN : m->stats.loss;
+    if (ctx->failed) return -1;
+    *loss = m->stats.loss;
+    return 0;
 }
 
 const float *model_logits_cuda(const struct model_cuda *m) {
@@ -470,14 +486,20 @@ const float *model_logits_cuda(const struct model_cuda *m) {
 
 void model_backward_cuda(struct model_cuda *m, const int *tokens, const int *targets, int B,
                          int T, double loss_scale, int accumulate) {
+    model_backward_exec_cuda(m, tokens, targets, B, T, loss_scale, accumulate, NULL);
+}
+
+int model_backward_exec_cuda(struct model_cuda *m, const int *tokens, const int *targets, int B,
+                             int T, double loss_scale, int accumulate,
+                             const struct model_exec_cuda *x) {
     struct cuda_ctx *ctx = m->ctx;
     const struct model_config *c = &m->cfg;
-    if (ctx->failed) return;
+    if (ctx->failed) return -1;
     if (!targets) {
         CTX_FAIL(ctx, "model_backward_cuda: no targets");
-        return;
+        return -1;
     }
-    if (!upload_batch(m, tokens, targets, B, T)) return;
+    if (!upload_batch(m, tokens, targets, B, T)) return -1;
     int C = c->d_model, NH = c->n_heads, L = c->n_layers, V = c->vocab, E = c->n_experts;
     int N = B * T;
     struct acts a;
@@ -493,29 +515,40 @@ void model_backward_cuda(struct model_cuda *m, const int *tokens, const int *tar
     if (!accumulate &&
         !CUDA_OK(ctx, cudaMemsetAsync(m->grad_mem + m->n_decay, 0,
                                       sizeof(float) * (m->n_params - m->n_decay), ctx->stream)))
-        return;
+        return -1;
     float *dresid = a.scratch, *dln = dresid + s.NC, *datty = dln + s.NC;
     float *dqkv = datty + s.NC, *lscratch = dqkv + 3 * s.NC;
 
     crossentropy_backward_cuda(a.probs, a.probs, m->targets, N, V, loss_scale / N, ctx);
     matmul_backward_cuda(dln, g->wte, a.probs, a.lnf, p->wte, N, C, V, accumulate, ctx);
     if (!CUDA_OK(ctx, cudaMemsetAsync(dresid, 0, sizeof(float) * (size_t)N * C, ctx->stream)))
-        return;
+        return -1;
     rmsnorm_backward_cuda(dresid, g->lnf_w, dln, a.resid + L * s.NC, p->lnf_w, a.lnf_rstd, N, C,
                           ctx);
 
     for (int l = L - 1; l >= 0; l--) {
-        float *x = a.resid + l * s.NC, *xmid = a.resid_mid + l * s.NC;
+        float *xin = a.resid + l * s.NC, *xmid = a.resid_mid + l * s.NC;
         float *ln1 = a.ln1 + l * s.NC, *qkv = a.qkv + l * 3 * s.NC, *att = a.att + l * s.att;
         float *atty = a.atty + l * s.NC, *ln2 = a.ln2 + l * s.NC;
         size_t FC = (size_t)c->d_ff * C;
 
+        /* MoE block: dresid holds d(xout) = d(xmid) through the skip; add the MoE path */
         struct moe_acts_cuda ma;
         moe_acts_of(&ma, &a, m, l);
-        moe_backward_cuda(dln, g->router_w + (size_t)l * E * C, g->w_gate + l * E * FC,
-                          g->w_up + l * E * FC, g->w_down + l * E * FC, lscratch, dresid, &ma,
-                          ln2, p->router_w + (size_t)l * E * C, p->w_gate + l * E * FC,
-                          p->w_up + l * E * FC, p->w_down + l * E * FC, &mc, ctx);
+        if (x && x->experts_backward) {
+            struct moe_scratch ms;
+            moe_backward_scratch(&ms, lscratch, &mc);
+            moe_combine_backward_cuda(ms.dye, ms.dgates, dresid, ma.ye, ma.row_of, ma.gates, N,
+                                      c->top_k, C, ctx);
+            if (ctx->failed || x->experts_backward(x->ctx, l, &ma, &ms, &mc) != 0) return -1;
+            moe_router_backward_cuda(dln, g->router_w + (size_t)l * E * C, &ms, &ma, ln2,
+                                     p->router_w + (size_t)l * E * C, &mc, ctx);
+        } else {
+            moe_backward_cuda(dln, g->router_w + (size_t)l * E * C, g->w_gate + l * E * FC,
+                              g->w_up + l * E * FC, g->w_down + l * E * FC, lscratch, dresid,
+                              &ma, ln2, p->router_w + (size_t)l * E * C, p->w_gate + l * E * FC,
+                              p->w_up + l * E * FC, p->w_down + l * E * FC, &mc, ctx);
+        }
         rmsnorm_backward_cuda(dresid, g->ln2_w + l * C, dln, xmid, p->ln2_w + l * C,
                               a.ln2_rstd + l * s.N, N, C, ctx);
 
@@ -525,10 +558,12 @@ void model_backward_cuda(struct model_cuda *m, const int *tokens, const int *tar
         rope_backward_cuda(dqkv, a.freqs, B, T, C, NH, ctx);
         matmul_backward_cuda(dln, g->qkv_w + (size_t)l * 3 * C * C, dqkv, ln1,
                              p->qkv_w + (size_t)l * 3 * C * C, N, C, 3 * C, accumulate, ctx);
-        rmsnorm_backward_cuda(dresid, g->ln1_w + l * C, dln, x, p->ln1_w + l * C,
+        rmsnorm_backward_cuda(dresid, g->ln1_w + l * C, dln, xin, p->ln1_w + l * C,
                               a.ln1_rstd + l * s.N, N, C, ctx);
+        if (x && x->layer_done && (ctx->failed || x->layer_done(x->ctx, l) != 0)) return -1;
     }
     encoder_backward_cuda(g->wte, dresid, m->tokens, N, C, ctx);
+    return ctx->failed ? -1 : 0;
 }
 
 /* ---- optimizer ---- */

@@ -1,6 +1,6 @@
 /*
  * model_cuda.h — the whole model on one GPU: kernels/model.h's forward, backward and AdamW
- * step over the layers of layers_cuda.h.
+ * step over the layers of layers_cuda.h, and model.h's hooks for where the experts run.
  *
  * Owns: the device arenas (parameters, gradients, AdamW moments, expert biases) in exactly the
  * CPU's layout, so a state moves between struct model and struct model_cuda with one copy per
@@ -65,6 +65,38 @@ double model_forward_cuda(struct model_cuda *m, const int *tokens, const int *ta
                           int T);
 void model_backward_cuda(struct model_cuda *m, const int *tokens, const int *targets, int B,
                          int T, double loss_scale, int accumulate);
+
+/* Where the experts run: kernels/model.h's struct model_exec for this model. The model routes,
+ * gathers, combines and back-propagates through the router itself; the hooks move rows to the
+ * experts' holders and back. The CPU's struct cannot serve as it is: its hooks see a struct
+ * moe_acts, and a hook here needs the row layout on the host (expert_off_host) to size what
+ * it sends. A hook returns 0, or -1 to abandon the pass (it keeps its own error).
+ * Stream order: a hook is called once the work before it is queued on cuda_ctx_stream(ctx),
+ * not necessarily done. It queues its own device work on that stream, or synchronises
+ * (cuda_ctx_sync) before the host or another stream touches the rows, and its outputs must be
+ * complete in that stream's order when it returns. No hook is called after a context error. */
+struct model_exec_cuda {
+    void *ctx;
+    /* both expert hooks, or neither (NULL: the experts run here) */
+    /* a->xe holds every kept row of layer l (all E experts): fill a->ye for every row */
+    int (*experts_forward)(void *ctx, int l, struct moe_acts_cuda *a,
+                           const struct moe_layer_cfg *c);
+    /* s->dye holds every row's output gradient: fill s->dxe for every row, and write this
+     * model's own experts' gradients of layer l (add to them when c->accumulate) */
+    int (*experts_backward)(void *ctx, int l, const struct moe_acts_cuda *a,
+                            struct moe_scratch *s, const struct moe_layer_cfg *c);
+    /* every gradient of layer l is final in stream order (called as the backward leaves it;
+     * may be NULL) */
+    int (*layer_done)(void *ctx, int l);
+};
+/* model_forward_cuda / model_backward_cuda with the experts run by x (NULL: here). Return 0,
+ * or -1 when a hook failed or the context holds an error (cuda_ctx_error says which); *loss
+ * is NaN then. */
+int model_forward_exec_cuda(struct model_cuda *m, const int *tokens, const int *targets, int B,
+                            int T, const struct model_exec_cuda *x, double *loss);
+int model_backward_exec_cuda(struct model_cuda *m, const int *tokens, const int *targets, int B,
+                             int T, double loss_scale, int accumulate,
+                             const struct model_exec_cuda *x);
 double model_update_cuda(struct model_cuda *m, const struct adamw_config *opt);
 
 /* Logits of the last forward: device (B, T, V). */

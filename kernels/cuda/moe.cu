@@ -1,6 +1,7 @@
 /*
- * moe.cu — the mixture-of-experts layer: routing, capacity, dispatch (gather into expert-major
- * rows), the experts' SwiGLU as per-expert GEMMs, the weighted combine, the losses, backward.
+ * moe.cu — the mixture-of-experts layer: routing, capacity, the row layout, the losses, the
+ * router's backward, and the whole layer (experts_forward_cuda, moe_backward_cuda) as the
+ * composition of experts.cu's phases, exactly as kernels/layers.c composes the CPU's.
  *
  * Routing decisions are exact integer logic and must match the CPU bit for bit given the same
  * probabilities: softmax and top-k run one thread per token with the CPU's loop; capacity is
@@ -270,45 +271,7 @@ void router_losses_cuda(double *aux, double *z, const struct moe_acts_cuda *a,
     *z = h[1];
 }
 
-/* ---- experts ---- */
-
-/* dispatch: xe[r] = inp[row_token[r]] (and its bf16 copy for the GEMMs) */
-__global__ void gather_rows_kernel(float *xe, bf16 *xe16, const float *inp, const int *row_token,
-                                   int C, size_t total) {
-    GRID_STRIDE(i, total) {
-        size_t r = i / C;
-        float v = inp[(size_t)row_token[r] * C + i % C];
-        xe[i] = v;
-        if (xe16) xe16[i] = __float2bfloat16_rn(v);
-    }
-}
-
-__device__ __forceinline__ float sigmoidf_(float x) { return 1 / (1 + expf(-x)); }
-
-__global__ void swiglu_forward_kernel(float *ha, bf16 *ha16, const float *h1, const float *h2,
-                                      size_t total) {
-    GRID_STRIDE(i, total) {
-        float v = h1[i] * sigmoidf_(h1[i]) * h2[i];
-        ha[i] = v;
-        if (ha16) ha16[i] = __float2bfloat16_rn(v);
-    }
-}
-
-/* combine: out[n] = sum over kept k, in k order, of gate * ye[row] */
-__global__ void combine_kernel(float *out, const float *ye, const int *row_of, const float *gates,
-                               int C, int K, size_t total) {
-    GRID_STRIDE(i, total) {
-        size_t n = i / C;
-        int c = (int)(i % C);
-        float y = 0;
-        for (int k = 0; k < K; k++) {
-            int row = row_of[n * K + k];
-            if (row < 0) continue; /* dropped: the residual carries the token */
-            y += gates[n * K + k] * ye[(size_t)row * C + c];
-        }
-        out[i] = y;
-    }
-}
+/* ---- the experts (the phases are experts.cu's) ---- */
 
 void experts_forward_cuda(float *out, struct moe_acts_cuda *a, const float *inp,
                           const float *w_gate, const float *w_up, const float *w_down,
@@ -316,96 +279,18 @@ void experts_forward_cuda(float *out, struct moe_acts_cuda *a, const float *inp,
     if (ctx->failed) return;
     const int N = c->B * c->T, C = c->C, E = c->E, K = c->K, F = c->F;
     const int *off = a->expert_off_host;
-    const size_t rows = (size_t)off[E];
-    const enum cuda_precision p = ctx->prec;
-    if (rows > 0) {
-        bf16 *xe16 = bf16_out(ctx, p, rows * C, WS_OP0);
-        const void *wg = operand(ctx, p, w_gate, (size_t)E * F * C, WS_OP1);
-        const void *wu = operand(ctx, p, w_up, (size_t)E * F * C, WS_OP2);
-        const void *wd = operand(ctx, p, w_down, (size_t)E * C * F, WS_OP3);
-        bf16 *ha16 = bf16_out(ctx, p, rows * F, WS_OP4);
-        if (ctx->failed) return;
-        gather_rows_kernel<<<grid_for(rows * C, THREADS), THREADS, 0, ctx->stream>>>(
-            a->xe, xe16, inp, a->row_token, C, rows * C);
-        if (!LAUNCH_OK(ctx, "gather_rows_kernel")) return;
-        const void *x = p == CUDA_BF16 ? (const void *)xe16 : (const void *)a->xe;
-        for (int e = 0; e < E; e++) {
-            int r0 = off[e], m = off[e + 1] - r0;
-            if (m == 0) continue;
-            if (!gemm(ctx, p, false, true, m, F, C, 1.0f, elem_offset(p, x, (size_t)r0 * C), C, 0,
-                      elem_offset(p, wg, (size_t)e * F * C), C, 0, 0.0f, a->h1 + (size_t)r0 * F, F,
-                      0, 1) ||
-                !gemm(ctx, p, false, true, m, F, C, 1.0f, elem_offset(p, x, (size_t)r0 * C), C, 0,
-                      elem_offset(p, wu, (size_t)e * F * C), C, 0, 0.0f, a->h2 + (size_t)r0 * F, F,
-                      0, 1))
-                return;
-        }
-        swiglu_forward_kernel<<<grid_for(rows * F, THREADS), THREADS, 0, ctx->stream>>>(
-            a->ha, ha16, a->h1, a->h2, rows * F);
-        if (!LAUNCH_OK(ctx, "swiglu_forward_kernel")) return;
-        const void *hx = p == CUDA_BF16 ? (const void *)ha16 : (const void *)a->ha;
-        for (int e = 0; e < E; e++) {
-            int r0 = off[e], m = off[e + 1] - r0;
-            if (m == 0) continue;
-            if (!gemm(ctx, p, false, true, m, C, F, 1.0f, elem_offset(p, hx, (size_t)r0 * F), F, 0,
-                      elem_offset(p, wd, (size_t)e * C * F), F, 0, 0.0f, a->ye + (size_t)r0 * C, C,
-                      0, 1))
-                return;
-        }
+    const size_t FC = (size_t)F * C;
+    moe_gather_cuda(a->xe, inp, a->row_token, off[E], C, ctx);
+    for (int e = 0; e < E; e++) {
+        size_t r0 = (size_t)off[e];
+        expert_ffn_forward_cuda(a->ye + r0 * C, a->h1 + r0 * F, a->h2 + r0 * F, a->ha + r0 * F,
+                                a->xe + r0 * C, w_gate + e * FC, w_up + e * FC, w_down + e * FC,
+                                off[e + 1] - off[e], C, F, ctx);
     }
-    size_t total = (size_t)N * C;
-    if (total == 0) return;
-    combine_kernel<<<grid_for(total, THREADS), THREADS, 0, ctx->stream>>>(out, a->ye, a->row_of,
-                                                                         a->gates, C, K, total);
-    LAUNCH_OK(ctx, "combine_kernel");
+    moe_combine_cuda(out, a->ye, a->row_of, a->gates, N, K, C, ctx);
 }
 
 /* ---- backward ---- */
-
-/* one block per token: dye[row] = g dy, dgates = <dy, ye[row]> (double, fixed tree) */
-__global__ void combine_backward_kernel(float *dye, bf16 *dye16, float *dgates, const float *dout,
-                                        const float *ye, const int *row_of, const float *gates,
-                                        int C, int K) {
-    const size_t n = blockIdx.x;
-    const float *dy = dout + n * C;
-    for (int k = 0; k < K; k++) {
-        const size_t nk = n * K + k;
-        const int row = row_of[nk]; /* block-uniform */
-        if (row < 0) {
-            if (threadIdx.x == 0) dgates[nk] = 0;
-            continue;
-        }
-        const float g = gates[nk];
-        const float *y = ye + (size_t)row * C;
-        float *d = dye + (size_t)row * C;
-        double dot = 0;
-        for (int i = threadIdx.x; i < C; i += blockDim.x) {
-            float v = g * dy[i];
-            d[i] = v;
-            if (dye16) dye16[(size_t)row * C + i] = __float2bfloat16_rn(v);
-            dot += (double)dy[i] * y[i];
-        }
-        dot = block_sum(dot);
-        if (threadIdx.x == 0) dgates[nk] = (float)dot;
-    }
-}
-
-/* SwiGLU backward, in place as the CPU: g1 holds dha on entry, dh1 on exit; g2 gets dh2 */
-__global__ void swiglu_backward_kernel(float *g1, float *g2, bf16 *g1_16, bf16 *g2_16,
-                                       const float *h1, const float *h2, size_t total) {
-    GRID_STRIDE(i, total) {
-        float s = sigmoidf_(h1[i]);
-        float dha = g1[i];
-        float d2 = dha * h1[i] * s;                       /* d h2 = dha silu(h1) */
-        float d1 = dha * h2[i] * s * (1 + h1[i] * (1 - s)); /* silu'(x) = s (1 + x (1 - s)) */
-        g2[i] = d2;
-        g1[i] = d1;
-        if (g1_16) {
-            g1_16[i] = __float2bfloat16_rn(d1);
-            g2_16[i] = __float2bfloat16_rn(d2);
-        }
-    }
-}
 
 /* aux-loss gradient per (sequence, expert): alpha E f_be / (T K) / (B T), rounded to float */
 __global__ void aux_grad_kernel(float *faux, const int *topk, int B, int T, int E, int K,
@@ -472,90 +357,14 @@ __global__ void scatter_add_rows_kernel(float *dinp, const float *dxe, const int
     }
 }
 
-void moe_backward_cuda(float *dinp, float *drouter_w, float *dw_gate, float *dw_up,
-                       float *dw_down, float *scratch, const float *dout,
-                       const struct moe_acts_cuda *a, const float *inp, const float *router_w,
-                       const float *w_gate, const float *w_up, const float *w_down,
-                       const struct moe_layer_cfg *c, struct cuda_ctx *ctx) {
+void moe_router_backward_cuda(float *dinp, float *drouter_w, const struct moe_scratch *s,
+                              const struct moe_acts_cuda *a, const float *inp,
+                              const float *router_w, const struct moe_layer_cfg *c,
+                              struct cuda_ctx *ctx) {
     if (ctx->failed) return;
-    const int B = c->B, T = c->T, N = B * T, C = c->C, E = c->E, K = c->K, F = c->F;
+    const int B = c->B, T = c->T, N = B * T, C = c->C, E = c->E, K = c->K;
     if (N <= 0) return;
-    const size_t NK = (size_t)N * K;
-    const int *off = a->expert_off_host;
-    const size_t rows = (size_t)off[E];
-    const enum cuda_precision p = ctx->prec;
-    const float beta = c->accumulate ? 1.0f : 0.0f;
-    /* the CPU's scratch layout */
-    float *dye = scratch, *dxe = dye + NK * C, *dh1 = dxe + NK * C, *dh2 = dh1 + NK * F;
-    float *dprobs = dh2 + NK * F, *dlogits = dprobs + (size_t)N * E;
-    float *dgates = dlogits + (size_t)N * E;
-
-    /* bf16 operands: slot per array, all live until the end of this function */
-    bf16 *dye16 = bf16_out(ctx, p, rows * C, WS_OP0);
-    const void *ha = operand(ctx, p, a->ha, rows * F, WS_OP1);
-    const void *wd = operand(ctx, p, w_down, (size_t)E * C * F, WS_OP2);
-    bf16 *g1_16 = bf16_out(ctx, p, rows * F, WS_OP3);
-    bf16 *g2_16 = bf16_out(ctx, p, rows * F, WS_OP4);
-    const void *xe = operand(ctx, p, a->xe, rows * C, WS_OP5);
-    const void *wg = operand(ctx, p, w_gate, (size_t)E * F * C, WS_OP6);
-    const void *wu = operand(ctx, p, w_up, (size_t)E * F * C, WS_OP7);
-    if (ctx->failed) return;
-
-    int threads = row_threads(C) < THREADS ? row_threads(C) : THREADS;
-    combine_backward_kernel<<<N, threads, 0, ctx->stream>>>(dye, dye16, dgates, dout, a->ye,
-                                                           a->row_of, a->gates, C, K);
-    if (!LAUNCH_OK(ctx, "combine_backward_kernel")) return;
-    const void *dy = p == CUDA_BF16 ? (const void *)dye16 : (const void *)dye;
-
-    /* experts; one that received no token has zero gradients */
-    for (int e = 0; e < E; e++) {
-        int r0 = off[e], m = off[e + 1] - r0;
-        if (m == 0) {
-            if (c->accumulate) continue;
-            if (!CUDA_OK(ctx, cudaMemsetAsync(dw_gate + (size_t)e * F * C, 0,
-                                              sizeof(float) * F * C, ctx->stream)) ||
-                !CUDA_OK(ctx, cudaMemsetAsync(dw_up + (size_t)e * F * C, 0,
-                                              sizeof(float) * F * C, ctx->stream)) ||
-                !CUDA_OK(ctx, cudaMemsetAsync(dw_down + (size_t)e * C * F, 0,
-                                              sizeof(float) * C * F, ctx->stream)))
-                return;
-            continue;
-        }
-        const void *dy_e = elem_offset(p, dy, (size_t)r0 * C);
-        if (!gemm(ctx, p, true, false, C, F, m, 1.0f, dy_e, C, 0,
-                  elem_offset(p, ha, (size_t)r0 * F), F, 0, beta, dw_down + (size_t)e * C * F, F,
-                  0, 1) ||
-            !gemm(ctx, p, false, false, m, F, C, 1.0f, dy_e, C, 0,
-                  elem_offset(p, wd, (size_t)e * C * F), F, 0, 0.0f, dh1 + (size_t)r0 * F, F, 0,
-                  1)) /* dha, into dh1 */
-            return;
-    }
-    if (rows > 0) {
-        swiglu_backward_kernel<<<grid_for(rows * F, THREADS), THREADS, 0, ctx->stream>>>(
-            dh1, dh2, g1_16, g2_16, a->h1, a->h2, rows * F);
-        if (!LAUNCH_OK(ctx, "swiglu_backward_kernel")) return;
-    }
-    const void *g1 = p == CUDA_BF16 ? (const void *)g1_16 : (const void *)dh1;
-    const void *g2 = p == CUDA_BF16 ? (const void *)g2_16 : (const void *)dh2;
-    for (int e = 0; e < E; e++) {
-        int r0 = off[e], m = off[e + 1] - r0;
-        if (m == 0) continue;
-        const void *g1e = elem_offset(p, g1, (size_t)r0 * F);
-        const void *g2e = elem_offset(p, g2, (size_t)r0 * F);
-        const void *xe_e = elem_offset(p, xe, (size_t)r0 * C);
-        float *dx_e = dxe + (size_t)r0 * C;
-        if (!gemm(ctx, p, true, false, F, C, m, 1.0f, g1e, F, 0, xe_e, C, 0, beta,
-                  dw_gate + (size_t)e * F * C, C, 0, 1) ||
-            !gemm(ctx, p, true, false, F, C, m, 1.0f, g2e, F, 0, xe_e, C, 0, beta,
-                  dw_up + (size_t)e * F * C, C, 0, 1) ||
-            !gemm(ctx, p, false, false, m, C, F, 1.0f, g1e, F, 0,
-                  elem_offset(p, wg, (size_t)e * F * C), C, 0, 0.0f, dx_e, C, 0, 1) ||
-            !gemm(ctx, p, false, false, m, C, F, 1.0f, g2e, F, 0,
-                  elem_offset(p, wu, (size_t)e * F * C), C, 0, 1.0f, dx_e, C, 0, 1))
-            return;
-    }
-
-    /* router: gates through the renormalisation, plus the two losses */
+    /* gates through the renormalisation, plus the two losses */
     float *faux = NULL;
     if (c->aux_coef != 0) {
         faux = (float *)ws_get(ctx, WS_PARTIAL, sizeof(float) * (size_t)B * E);
@@ -565,17 +374,41 @@ void moe_backward_cuda(float *dinp, float *drouter_w, float *dw_gate, float *dw_
         if (!LAUNCH_OK(ctx, "aux_grad_kernel")) return;
     }
     router_backward_kernel<<<N, row_threads(E) < THREADS ? row_threads(E) : THREADS, 0,
-                             ctx->stream>>>(dlogits, dprobs, a->probs, a->lse, a->topk, a->gates,
-                                            dgates, faux, T, E, K, 2.0 * c->z_coef / N);
+                             ctx->stream>>>(s->dlogits, s->dprobs, a->probs, a->lse, a->topk,
+                                            a->gates, s->dgates, faux, T, E, K,
+                                            2.0 * c->z_coef / N);
     if (!LAUNCH_OK(ctx, "router_backward_kernel")) return;
     /* the router's products in fp32, as its forward */
-    if (!gemm(ctx, CUDA_FP32, false, false, N, C, E, 1.0f, dlogits, E, 0, router_w, C, 0, 0.0f,
+    if (!gemm(ctx, CUDA_FP32, false, false, N, C, E, 1.0f, s->dlogits, E, 0, router_w, C, 0, 0.0f,
               dinp, C, 0, 1) ||
-        !gemm(ctx, CUDA_FP32, true, false, E, C, N, 1.0f, dlogits, E, 0, inp, C, 0, beta,
-              drouter_w, C, 0, 1))
+        !gemm(ctx, CUDA_FP32, true, false, E, C, N, 1.0f, s->dlogits, E, 0, inp, C, 0,
+              c->accumulate ? 1.0f : 0.0f, drouter_w, C, 0, 1))
         return;
     size_t total = (size_t)N * C;
     scatter_add_rows_kernel<<<grid_for(total, THREADS), THREADS, 0, ctx->stream>>>(
-        dinp, dxe, a->row_of, C, K, total);
+        dinp, s->dxe, a->row_of, C, K, total);
     LAUNCH_OK(ctx, "scatter_add_rows_kernel");
+}
+
+void moe_backward_cuda(float *dinp, float *drouter_w, float *dw_gate, float *dw_up,
+                       float *dw_down, float *scratch, const float *dout,
+                       const struct moe_acts_cuda *a, const float *inp, const float *router_w,
+                       const float *w_gate, const float *w_up, const float *w_down,
+                       const struct moe_layer_cfg *c, struct cuda_ctx *ctx) {
+    if (ctx->failed) return;
+    const int N = c->B * c->T, C = c->C, E = c->E, K = c->K, F = c->F;
+    const int *off = a->expert_off_host;
+    const size_t FC = (size_t)F * C;
+    struct moe_scratch s;
+    moe_backward_scratch(&s, scratch, c);
+    moe_combine_backward_cuda(s.dye, s.dgates, dout, a->ye, a->row_of, a->gates, N, K, C, ctx);
+    for (int e = 0; e < E; e++) {
+        size_t r0 = (size_t)off[e];
+        expert_ffn_backward_cuda(s.dxe + r0 * C, dw_gate + e * FC, dw_up + e * FC,
+                                 dw_down + e * FC, s.dh1 + r0 * F, s.dh2 + r0 * F,
+                                 s.dye + r0 * C, a->xe + r0 * C, a->h1 + r0 * F, a->h2 + r0 * F,
+                                 a->ha + r0 * F, w_gate + e * FC, w_up + e * FC, w_down + e * FC,
+                                 off[e + 1] - off[e], C, F, c->accumulate, ctx);
+    }
+    moe_router_backward_cuda(dinp, drouter_w, &s, a, inp, router_w, c, ctx);
 }

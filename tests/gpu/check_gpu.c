@@ -1,6 +1,9 @@
 /*
  * check_gpu — every CUDA layer against the CPU reference (kernels/layers.c), forward and
- * backward, then the whole model's step, then 20 training steps; one line per comparison:
+ * backward, and each phase of the MoE layer alone (the distributed step's pieces); then the
+ * whole model's step, its exec-hook path (model_forward_exec_cuda / model_backward_exec_cuda
+ * with a trivial local hook) against the CPU's, then 20 training steps; one line per
+ * comparison:
  *
  *     name  max_abs  max_rel  tol  OK|FAIL
  *
@@ -553,6 +556,137 @@ static void test_moe(const struct moe_case *mc_) {
     dfree_all();
 }
 
+/* The phases one at a time (the distributed step's pieces), each on the CPU's own inputs so
+ * that a line measures that phase alone: moe_gather, expert_ffn_forward for every expert,
+ * moe_combine, moe_combine_backward, expert_ffn_backward (writing and accumulating; idle
+ * experts write zeros or add nothing), moe_router_backward (writing and accumulating). */
+static void test_moe_phases(const struct moe_case *t) {
+    struct moe_layer_cfg c;
+    memset(&c, 0, sizeof c);
+    c.B = t->B, c.T = t->T, c.C = t->C, c.E = t->E, c.K = t->K, c.F = t->F;
+    c.capacity = t->capacity;
+    c.aux_coef = 0.1;
+    c.z_coef = 0.01;
+    const int N = c.B * c.T, C = c.C, E = c.E, K = c.K, F = c.F;
+    const size_t NK = (size_t)N * K, FC = (size_t)F * C, nw = (size_t)E * FC;
+    char name[96];
+#define LINE(what) (snprintf(name, sizeof name, "phase.%s.%s", t->name, what), name)
+
+    float *inp = hrandom((size_t)N * C, 70, 1), *rw = hrandom((size_t)E * C, 71, 0.3);
+    float *bias = t->bias ? hrandom(E, 72, 0.05) : NULL;
+    float *wg = hrandom(nw, 73, 0.1), *wu = hrandom(nw, 74, 0.1), *wd = hrandom(nw, 75, 0.1);
+    struct moe_acts a;
+    host_acts_alloc(&a, &c);
+    long load[4096] = {0};
+    router_forward(&a, load, inp, rw, bias, &c);
+    const int *off = a.expert_off;
+    const size_t rows = (size_t)off[E];
+    struct moe_acts_cuda d; /* the CPU's routing; the float outputs stay poisoned */
+    dev_acts(&d, &a, &c, 0);
+    up(d.topk, a.topk, sizeof(int) * NK);
+    up(d.row_of, a.row_of, sizeof(int) * NK);
+    up(d.row_token, a.row_token, sizeof(int) * NK);
+    up(d.gates, a.gates, sizeof(float) * NK);
+    float *d_inp = dfloats(inp, (size_t)N * C), *d_rw = dfloats(rw, (size_t)E * C);
+    float *d_wg = dfloats(wg, nw), *d_wu = dfloats(wu, nw), *d_wd = dfloats(wd, nw);
+
+    /* forward phases */
+    moe_gather(a.xe, inp, a.row_token, (int)rows, C);
+    moe_gather_cuda(d.xe, d_inp, d.row_token, (int)rows, C, ctx);
+    compare_dev(LINE("moe_gather.xe"), d.xe, a.xe, rows * C, TOL_SAME);
+
+    up(d.xe, a.xe, sizeof(float) * rows * C);
+    for (int e = 0; e < E; e++) {
+        size_t r0 = (size_t)off[e];
+        int m = off[e + 1] - off[e];
+        expert_ffn_forward(a.ye + r0 * C, a.h1 + r0 * F, a.h2 + r0 * F, a.ha + r0 * F,
+                           a.xe + r0 * C, wg + e * FC, wu + e * FC, wd + e * FC, m, C, F);
+        expert_ffn_forward_cuda(d.ye + r0 * C, d.h1 + r0 * F, d.h2 + r0 * F, d.ha + r0 * F,
+                                d.xe + r0 * C, d_wg + e * FC, d_wu + e * FC, d_wd + e * FC, m, C,
+                                F, ctx);
+    }
+    compare_dev(LINE("expert_ffn_forward.h1"), d.h1, a.h1, rows * F, TOL_GEMM);
+    compare_dev(LINE("expert_ffn_forward.h2"), d.h2, a.h2, rows * F, TOL_GEMM);
+    compare_dev(LINE("expert_ffn_forward.ha"), d.ha, a.ha, rows * F, TOL_GEMM);
+    compare_dev(LINE("expert_ffn_forward.ye"), d.ye, a.ye, rows * C, TOL_GEMM);
+
+    up(d.ye, a.ye, sizeof(float) * rows * C);
+    float *out = hfloats((size_t)N * C), *d_out = dfloats(NULL, (size_t)N * C);
+    moe_combine(out, a.ye, a.row_of, a.gates, N, K, C);
+    moe_combine_cuda(d_out, d.ye, d.row_of, d.gates, N, K, C, ctx);
+    compare_dev(LINE("moe_combine.out"), d_out, out, (size_t)N * C, TOL_SAME);
+
+    /* the router's saved values, which the router backward reads */
+    up(d.probs, a.probs, sizeof(float) * N * E);
+    up(d.lse, a.lse, sizeof(float) * N);
+    float *dout = hrandom((size_t)N * C, 85, 1), *d_dout = dfloats(dout, (size_t)N * C);
+    for (int acc = 0; acc < 2; acc++) {
+        c.accumulate = acc;
+        const char *sfx = acc ? ".acc" : "";
+        char what[64];
+#define PH(x) (snprintf(what, sizeof what, "%s%s", x, sfx), LINE(what))
+        size_t n_scr = moe_backward_scratch_size(&c);
+        float *scratch = hfloats(n_scr), *d_scratch = dfloats(NULL, n_scr);
+        struct moe_scratch s, ds;
+        moe_backward_scratch(&s, scratch, &c);
+        moe_backward_scratch(&ds, d_scratch, &c); /* the CPU's carving, on device memory */
+
+        moe_combine_backward(s.dye, s.dgates, dout, a.ye, a.row_of, a.gates, N, K, C);
+        moe_combine_backward_cuda(ds.dye, ds.dgates, d_dout, d.ye, d.row_of, d.gates, N, K, C,
+                                  ctx);
+        compare_dev(PH("moe_combine_backward.dye"), ds.dye, s.dye, rows * C, TOL_SAME);
+        compare_dev(PH("moe_combine_backward.dgates"), ds.dgates, s.dgates, NK, TOL_ORDER);
+
+        /* the experts on the CPU's dye, saved activations and (when accumulating) gradients */
+        up(ds.dye, s.dye, sizeof(float) * rows * C);
+        up(d.h1, a.h1, sizeof(float) * rows * F);
+        up(d.h2, a.h2, sizeof(float) * rows * F);
+        up(d.ha, a.ha, sizeof(float) * rows * F);
+        float *dwg = hrandom(nw, 86, 1), *dwu = hrandom(nw, 87, 1), *dwd = hrandom(nw, 88, 1);
+        float *d_dwg = dfloats(acc ? dwg : NULL, nw), *d_dwu = dfloats(acc ? dwu : NULL, nw);
+        float *d_dwd = dfloats(acc ? dwd : NULL, nw);
+        for (int e = 0; e < E; e++) {
+            size_t r0 = (size_t)off[e];
+            int m = off[e + 1] - off[e];
+            expert_ffn_backward(s.dxe + r0 * C, dwg + e * FC, dwu + e * FC, dwd + e * FC,
+                                s.dh1 + r0 * F, s.dh2 + r0 * F, s.dye + r0 * C, a.xe + r0 * C,
+                                a.h1 + r0 * F, a.h2 + r0 * F, a.ha + r0 * F, wg + e * FC,
+                                wu + e * FC, wd + e * FC, m, C, F, acc);
+            expert_ffn_backward_cuda(ds.dxe + r0 * C, d_dwg + e * FC, d_dwu + e * FC,
+                                     d_dwd + e * FC, ds.dh1 + r0 * F, ds.dh2 + r0 * F,
+                                     ds.dye + r0 * C, d.xe + r0 * C, d.h1 + r0 * F,
+                                     d.h2 + r0 * F, d.ha + r0 * F, d_wg + e * FC, d_wu + e * FC,
+                                     d_wd + e * FC, m, C, F, acc, ctx);
+        }
+        compare_dev(PH("expert_ffn_backward.dxe"), ds.dxe, s.dxe, rows * C, TOL_CHAIN);
+        compare_dev(PH("expert_ffn_backward.dw_gate"), d_dwg, dwg, nw, TOL_CHAIN);
+        compare_dev(PH("expert_ffn_backward.dw_up"), d_dwu, dwu, nw, TOL_CHAIN);
+        compare_dev(PH("expert_ffn_backward.dw_down"), d_dwd, dwd, nw, TOL_CHAIN);
+
+        /* the router on the CPU's dgates and dxe */
+        up(ds.dgates, s.dgates, sizeof(float) * NK);
+        up(ds.dxe, s.dxe, sizeof(float) * rows * C);
+        float *dinp = hfloats((size_t)N * C), *drw = hrandom((size_t)E * C, 89, 1);
+        float *d_dinp = dfloats(NULL, (size_t)N * C);
+        float *d_drw = dfloats(acc ? drw : NULL, (size_t)E * C);
+        moe_router_backward(dinp, drw, &s, &a, inp, rw, &c);
+        moe_router_backward_cuda(d_dinp, d_drw, &ds, &d, d_inp, d_rw, &c, ctx);
+        compare_dev(PH("moe_router_backward.dprobs"), ds.dprobs, s.dprobs, (size_t)N * E,
+                    TOL_SAME);
+        compare_dev(PH("moe_router_backward.dlogits"), ds.dlogits, s.dlogits, (size_t)N * E,
+                    TOL_ORDER);
+        compare_dev(PH("moe_router_backward.dinp"), d_dinp, dinp, (size_t)N * C, TOL_CHAIN);
+        compare_dev(PH("moe_router_backward.drouter_w"), d_drw, drw, (size_t)E * C, TOL_CHAIN);
+#undef PH
+        free(scratch), free(dwg), free(dwu), free(dwd), free(dinp), free(drw);
+    }
+#undef LINE
+    host_acts_free(&a);
+    free(d.expert_off_host);
+    free(inp), free(rw), free(bias), free(wg), free(wu), free(wd), free(out), free(dout);
+    dfree_all();
+}
+
 /* bf16 mode: the experts and the MoE backward against the fp32 CPU, as sanity bounds */
 static void test_moe_bf16(void) {
     struct moe_layer_cfg c;
@@ -615,6 +749,26 @@ static void test_adamw(void) {
     compare_dev("adamw.params", d_p, p, n, TOL_SAME);
     compare_dev("adamw.m", d_m, m, n, TOL_SAME);
     compare_dev("adamw.v", d_v, v, n, TOL_SAME);
+
+    /* the out-of-place form: the state written into a second arena, the inputs left alone */
+    float *p0 = hrandom(n, 105, 0.1), *g0 = hrandom(n, 106, 0.01), *m0 = hrandom(n, 107, 0.001);
+    float *v0 = hrandom(n, 108, 1e-4);
+    for (size_t i = 0; i < n; i++) v0[i] = v0[i] * v0[i];
+    float *po = hfloats(n), *mo = hfloats(n), *vo = hfloats(n);
+    float *d_p0 = dfloats(p0, n), *d_g0 = dfloats(g0, n), *d_m0 = dfloats(m0, n);
+    float *d_v0 = dfloats(v0, n);
+    float *d_po = dfloats(NULL, n), *d_mo = dfloats(NULL, n), *d_vo = dfloats(NULL, n);
+    adamw_update_into(po, mo, vo, p0, g0, m0, v0, n, n_decay, 2e-3f, 0.9f, 0.95f, 1e-8f, 0.1f,
+                      1.0f, 5);
+    adamw_update_into_cuda(d_po, d_mo, d_vo, d_p0, d_g0, d_m0, d_v0, n, n_decay, 2e-3f, 0.9f,
+                           0.95f, 1e-8f, 0.1f, 1.0f, 5, ctx);
+    compare_dev("adamw_into.params_out", d_po, po, n, TOL_SAME);
+    compare_dev("adamw_into.m_out", d_mo, mo, n, TOL_SAME);
+    compare_dev("adamw_into.v_out", d_vo, vo, n, TOL_SAME);
+    compare_dev("adamw_into.params_in (unchanged)", d_p0, p0, n, 0);
+    compare_dev("adamw_into.m_in (unchanged)", d_m0, m0, n, 0);
+    compare_dev("adamw_into.v_in (unchanged)", d_v0, v0, n, 0);
+    free(p0), free(g0), free(m0), free(v0), free(po), free(mo), free(vo);
     /* the gradient norm's sum of squares: fixed chunks of 65536, added in order */
     const size_t big = 200003;
     float *x = hrandom(big, 104, 1);
@@ -770,6 +924,208 @@ static void test_model_step(const char *mode, double tol_fwd, double tol_grad, d
     model_free(&cpu), model_free(&mirror);
 }
 
+/* ---- the hooks for where experts run ---- */
+
+/* A trivial local hook: the experts of this very model, run by the hook (the distributed
+ * step's hooks move the rows to other slots in between). fail_layer >= 0 makes the expert
+ * hooks abandon the pass there; done[] records layer_done's calls in order. */
+struct local_hooks {
+    struct model *cpu;      // one of the two is set
+    struct model_cuda *gpu;
+    int fail_layer;
+    int done[16], n_done;
+};
+
+static int cpu_experts_forward(void *hctx, int l, struct moe_acts *a,
+                               const struct moe_layer_cfg *c) {
+    struct local_hooks *h = (struct local_hooks *)hctx;
+    if (l == h->fail_layer) return -1;
+    const struct model_params *p = &h->cpu->params;
+    int C = c->C, F = c->F;
+    size_t FC = (size_t)F * C, w = (size_t)l * c->E * FC;
+    for (int e = 0; e < c->E; e++) {
+        size_t r0 = (size_t)a->expert_off[e], o = w + e * FC;
+        expert_ffn_forward(a->ye + r0 * C, a->h1 + r0 * F, a->h2 + r0 * F, a->ha + r0 * F,
+                           a->xe + r0 * C, p->w_gate + o, p->w_up + o, p->w_down + o,
+                           a->expert_off[e + 1] - a->expert_off[e], C, F);
+    }
+    return 0;
+}
+
+static int cpu_experts_backward(void *hctx, int l, const struct moe_acts *a, struct moe_scratch *s,
+                                const struct moe_layer_cfg *c) {
+    struct local_hooks *h = (struct local_hooks *)hctx;
+    if (l == h->fail_layer) return -1;
+    const struct model_params *p = &h->cpu->params, *g = &h->cpu->grads;
+    int C = c->C, F = c->F;
+    size_t FC = (size_t)F * C, w = (size_t)l * c->E * FC;
+    for (int e = 0; e < c->E; e++) {
+        size_t r0 = (size_t)a->expert_off[e], o = w + e * FC;
+        expert_ffn_backward(s->dxe + r0 * C, g->w_gate + o, g->w_up + o, g->w_down + o,
+                            s->dh1 + r0 * F, s->dh2 + r0 * F, s->dye + r0 * C, a->xe + r0 * C,
+                            a->h1 + r0 * F, a->h2 + r0 * F, a->ha + r0 * F, p->w_gate + o,
+                            p->w_up + o, p->w_down + o, a->expert_off[e + 1] - a->expert_off[e],
+                            C, F, c->accumulate);
+    }
+    return 0;
+}
+
+static int gpu_experts_forward(void *hctx, int l, struct moe_acts_cuda *a,
+                               const struct moe_layer_cfg *c) {
+    struct local_hooks *h = (struct local_hooks *)hctx;
+    if (l == h->fail_layer) return -1;
+    const struct model_params *p = &h->gpu->params;
+    const int *off = a->expert_off_host;
+    int C = c->C, F = c->F;
+    size_t FC = (size_t)F * C, w = (size_t)l * c->E * FC;
+    for (int e = 0; e < c->E; e++) {
+        size_t r0 = (size_t)off[e], o = w + e * FC;
+        expert_ffn_forward_cuda(a->ye + r0 * C, a->h1 + r0 * F, a->h2 + r0 * F, a->ha + r0 * F,
+                                a->xe + r0 * C, p->w_gate + o, p->w_up + o, p->w_down + o,
+                                off[e + 1] - off[e], C, F, h->gpu->ctx);
+    }
+    return 0;
+}
+
+static int gpu_experts_backward(void *hctx, int l, const struct moe_acts_cuda *a,
+                                struct moe_scratch *s, const struct moe_layer_cfg *c) {
+    struct local_hooks *h = (struct local_hooks *)hctx;
+    if (l == h->fail_layer) return -1;
+    const struct model_params *p = &h->gpu->params, *g = &h->gpu->grads;
+    const int *off = a->expert_off_host;
+    int C = c->C, F = c->F;
+    size_t FC = (size_t)F * C, w = (size_t)l * c->E * FC;
+    for (int e = 0; e < c->E; e++) {
+        size_t r0 = (size_t)off[e], o = w + e * FC;
+        expert_ffn_backward_cuda(s->dxe + r0 * C, g->w_gate + o, g->w_up + o, g->w_down + o,
+                                 s->dh1 + r0 * F, s->dh2 + r0 * F, s->dye + r0 * C,
+                                 a->xe + r0 * C, a->h1 + r0 * F, a->h2 + r0 * F, a->ha + r0 * F,
+                                 p->w_gate + o, p->w_up + o, p->w_down + o, off[e + 1] - off[e],
+                                 C, F, c->accumulate, h->gpu->ctx);
+    }
+    return 0;
+}
+
+static int record_layer_done(void *hctx, int l) {
+    struct local_hooks *h = (struct local_hooks *)hctx;
+    if (h->n_done < 16) h->done[h->n_done] = l;
+    h->n_done++;
+    return 0;
+}
+
+/* layer_done's calls of one backward: L - 1 down to 0, once each; counts the wrong ones */
+static long layer_done_errors(const struct local_hooks *h, int L) {
+    long bad = h->n_done != L;
+    for (int i = 0; i < h->n_done && i < 16; i++) bad += h->done[i] != L - 1 - i;
+    return bad;
+}
+
+/* model_forward_exec_cuda / model_backward_exec_cuda with the trivial local hooks: equal to the
+ * GPU's plain path bit for bit (the same kernels in the same order), and to the CPU's
+ * exec-hook path within the whole-model tolerances; micro-batches accumulate through the
+ * hooks; a hook's failure abandons the pass without a context error. */
+static void test_model_exec(void) {
+    struct model_config cfg = gpu_test_model();
+    const int B = GPU_TEST_B, T = cfg.seq_len, N = B * T, L = cfg.n_layers;
+    struct model cpu, mirror;
+    struct model_cuda gpu;
+    alloc_pair(&cpu, &mirror, &gpu, &cfg, B);
+    gpu_test_init(&cpu);
+    model_upload_cuda(&gpu, &cpu);
+    ctx_ok("model_upload_cuda");
+    int *tok = (int *)xcalloc(N, sizeof(int)), *tgt = (int *)xcalloc(N, sizeof(int));
+    gpu_test_batch(tok, tgt, B, T, 2, GPU_TEST_SEED);
+    size_t n_logits = (size_t)N * cfg.vocab;
+    float *logits_plain = hfloats(n_logits), *grads_plain = hfloats(cpu.n_params);
+
+    struct local_hooks hc = {.cpu = &cpu, .fail_layer = -1};
+    struct local_hooks hg = {.gpu = &gpu, .fail_layer = -1};
+    struct model_exec xc = {&hc, cpu_experts_forward, cpu_experts_backward, record_layer_done};
+    struct model_exec_cuda xg = {&hg, gpu_experts_forward, gpu_experts_backward,
+                                 record_layer_done};
+
+    /* the CPU's hook path is its plain path (so the hook is a fair stand-in) */
+    double lc_plain = model_forward(&cpu, tok, tgt, B, T);
+    model_backward(&cpu, tok, tgt, B, T, 1.0, 0);
+    memcpy(grads_plain, cpu.grad_mem, sizeof(float) * cpu.n_params);
+    double lc;
+    int rc_f = model_forward_exec(&cpu, tok, tgt, B, T, &xc, &lc);
+    int rc_b = model_backward_exec(&cpu, tok, tgt, B, T, 1.0, 0, &xc);
+    report("exec.cpu.return_codes", rc_f != 0 || rc_b != 0, rc_f != 0 || rc_b != 0, 0);
+    compare_scalar("exec.cpu.hooks_vs_plain.loss", lc, lc_plain, 0);
+    compare("exec.cpu.hooks_vs_plain.grad", cpu.grad_mem, grads_plain, cpu.n_params, 0);
+
+    /* the GPU's hook path is its plain path, bit for bit */
+    double lg_plain = model_forward_cuda(&gpu, tok, tgt, B, T);
+    model_backward_cuda(&gpu, tok, tgt, B, T, 1.0, 0);
+    down(logits_plain, model_logits_cuda(&gpu), sizeof(float) * n_logits);
+    model_download_cuda(&mirror, &gpu);
+    ctx_ok("plain forward and backward");
+    memcpy(grads_plain, mirror.grad_mem, sizeof(float) * cpu.n_params);
+    double lg;
+    rc_f = model_forward_exec_cuda(&gpu, tok, tgt, B, T, &xg, &lg);
+    rc_b = model_backward_exec_cuda(&gpu, tok, tgt, B, T, 1.0, 0, &xg);
+    ctx_ok("model_forward_exec_cuda / model_backward_exec_cuda");
+    report("exec.gpu.return_codes", rc_f != 0 || rc_b != 0, rc_f != 0 || rc_b != 0, 0);
+    compare_scalar("exec.gpu.hooks_vs_plain.loss", lg, lg_plain, 0);
+    compare_dev("exec.gpu.hooks_vs_plain.logits", model_logits_cuda(&gpu), logits_plain,
+                n_logits, 0);
+    model_download_cuda(&mirror, &gpu);
+    compare("exec.gpu.hooks_vs_plain.grad", mirror.grad_mem, grads_plain, cpu.n_params, 0);
+
+    /* the GPU's hook path against the CPU's */
+    compare_scalar("exec.loss", lg, lc, TOL_LOSS);
+    compare_dev("exec.logits", model_logits_cuda(&gpu), model_logits(&cpu), n_logits,
+                TOL_MODEL_FWD);
+    compare_arena("exec.grad", &cpu, mirror.grad_mem, cpu.grad_mem, TOL_MODEL_GRAD);
+    long bad = layer_done_errors(&hc, L) + layer_done_errors(&hg, L);
+    report("exec.layer_done (L-1 .. 0, once each)", (double)bad, bad ? 1 : 0, 0);
+
+    /* layer_done alone (a pod of one slot): the experts run here, the plain path's numbers */
+    struct local_hooks hd = {.gpu = &gpu, .fail_layer = -1};
+    struct model_exec_cuda xd = {&hd, NULL, NULL, record_layer_done};
+    rc_f = model_forward_exec_cuda(&gpu, tok, tgt, B, T, &xd, &lg);
+    rc_b = model_backward_exec_cuda(&gpu, tok, tgt, B, T, 1.0, 0, &xd);
+    model_download_cuda(&mirror, &gpu);
+    ctx_ok("layer_done alone");
+    bad = (rc_f != 0 || rc_b != 0) + layer_done_errors(&hd, L);
+    report("exec.layer_done_only (return codes, order)", (double)bad, bad ? 1 : 0, 0);
+    compare("exec.layer_done_only.grad", mirror.grad_mem, grads_plain, cpu.n_params, 0);
+
+    /* micro-batches 2 + 2, loss_scale 1/2, the second accumulating through the hooks */
+    for (int part = 0; part < 2; part++) {
+        const int *pt = tok + (size_t)part * 2 * T, *pg = tgt + (size_t)part * 2 * T;
+        rc_f = model_forward_exec(&cpu, pt, pg, 2, T, &xc, &lc);
+        rc_b = model_backward_exec(&cpu, pt, pg, 2, T, 0.5, part, &xc);
+        rc_f |= model_forward_exec_cuda(&gpu, pt, pg, 2, T, &xg, &lg);
+        rc_b |= model_backward_exec_cuda(&gpu, pt, pg, 2, T, 0.5, part, &xg);
+    }
+    model_download_cuda(&mirror, &gpu);
+    ctx_ok("exec micro-batches");
+    report("exec.microbatch.return_codes", rc_f != 0 || rc_b != 0, rc_f != 0 || rc_b != 0, 0);
+    compare_arena("exec.microbatch.grad", &cpu, mirror.grad_mem, cpu.grad_mem, TOL_MODEL_GRAD);
+
+    /* a failing hook abandons the pass (-1, loss NaN) and leaves the context usable */
+    hg.fail_layer = L - 1;
+    bad = 0;
+    bad += model_forward_exec_cuda(&gpu, tok, tgt, B, T, &xg, &lg) != -1 || !isnan(lg);
+    bad += cuda_ctx_error(ctx) != NULL;
+    hg.fail_layer = -1;
+    bad += model_forward_exec_cuda(&gpu, tok, tgt, B, T, &xg, &lg) != 0;
+    hg.fail_layer = 0;
+    bad += model_backward_exec_cuda(&gpu, tok, tgt, B, T, 1.0, 0, &xg) != -1;
+    bad += cuda_ctx_error(ctx) != NULL;
+    report("exec.failing_hook (abandons, no ctx error)", (double)bad, bad ? 1 : 0, 0);
+    hg.fail_layer = -1;
+    lg = model_forward_cuda(&gpu, tok, tgt, B, T);
+    ctx_ok("forward after a failed hook");
+    compare_scalar("exec.forward_after_failed_hook.loss", lg, lg_plain, 0);
+
+    free(tok), free(tgt), free(logits_plain), free(grads_plain);
+    model_free_cuda(&gpu);
+    model_free(&cpu), model_free(&mirror);
+}
+
 /* 20 training steps from the same start on the same batches; the loss curves must agree */
 static void test_train(const char *mode, double tol) {
     struct model_config cfg = gpu_test_model();
@@ -863,11 +1219,13 @@ int main(int argc, char **argv) {
         {"top1", 2, 33, 64, 4, 1, 64, 9, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_moe(&cases[i]);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_moe_phases(&cases[i]);
     test_adamw();
     if (!quick) {
         test_model_init();
         cuda_ctx_set_attention(ctx, CUDA_ATTN_FUSED); /* fp32's default */
         test_model_step("", TOL_MODEL_FWD, TOL_MODEL_GRAD, TOL_LOSS, 1);
+        test_model_exec();
         test_train("fp32.", TOL_TRAIN_FP32);
         cuda_ctx_set_attention(ctx, CUDA_ATTN_GEMM);
         test_model_step("attn_gemm.", TOL_MODEL_FWD, TOL_MODEL_GRAD, TOL_LOSS, 1);

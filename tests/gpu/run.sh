@@ -3,8 +3,9 @@
 # CMake project, OpenBLAS or other -dev package needed):
 #   1. builds kernels/ (CPU reference, MOE_NO_BLAS) and kernels/cuda/ standalone (Makefile);
 #   2. check_gpu: every CUDA layer against the CPU reference, forward and backward, in fp32
-#      mode; the whole model's forward, backward, update and micro-batches; a 20-step fp32
-#      training run on GPU and CPU whose loss curves must agree; bf16-mode sanity lines.
+#      mode, and each MoE phase alone; the whole model's forward, backward, update and
+#      micro-batches, and its exec-hook path against the CPU's; a 20-step fp32 training run
+#      on GPU and CPU whose loss curves must agree; bf16-mode sanity lines.
 #      One line per comparison: name max_abs max_rel tol OK|FAIL;
 #   3. torch_ref.py --check: the PyTorch model of the benchmark computes the C reference's
 #      loss on the same weights and batch (float64), so bench.sh compares the same model.
