@@ -70,7 +70,8 @@ def moe(u, tensors, l, cfg):
     if cfg["dropless"]:
         cap = T * K
     else:
-        cap = min(int(np.ceil(np.float32(cfg["capacity_factor"]) * T * K / E)), T * K)
+        # in double, from the factor as the model holds it (a float32): docs/model.md
+        cap = min(int(np.ceil(float(np.float32(cfg["capacity_factor"])) * T * K / E)), T * K)
     used = np.zeros(E, dtype=int)
     kept = np.zeros((T, K), dtype=bool)
     for k in range(K):
