@@ -86,6 +86,31 @@ static cJSON *int_array(int n, const int64_t *v) {
     return a;
 }
 
+/* Tensor i of a write, against the header built so far: its byte size in *nbytes. */
+static moe_status check_tensor(const char *path, const cJSON *root, const struct st_tensor_out *t,
+                               int i, size_t *nbytes) {
+    if (!t->name || strlen(t->name) >= ST_NAME_MAX || strcmp(t->name, "__metadata__") == 0)
+        return moe_fail(MOE_EINVAL, "%s: tensor %d has an invalid name", path, i);
+    if (cJSON_GetObjectItemCaseSensitive(root, t->name))
+        return moe_fail(MOE_EINVAL, "%s: tensor '%s' given twice", path, t->name);
+    if ((int)t->dtype < 0 || (int)t->dtype >= N_DTYPES)
+        return moe_fail(MOE_EINVAL, "%s: tensor '%s' has unknown dtype %d", path, t->name,
+                        (int)t->dtype);
+    if (t->ndim < 0 || t->ndim > ST_MAX_DIMS)
+        return moe_fail(MOE_EINVAL, "%s: tensor '%s' has %d dims (at most %d)", path, t->name,
+                        t->ndim, ST_MAX_DIMS);
+    int ok;
+    *nbytes = shape_bytes(t->ndim, t->shape, t->dtype, (size_t)1 << 52, &ok);
+    if (!ok) {
+        char sh[256];
+        return moe_fail(MOE_EINVAL, "%s: tensor '%s' has invalid shape %s", path, t->name,
+                        shape_str(sh, sizeof sh, t->ndim, t->shape));
+    }
+    if (*nbytes > 0 && !t->data)
+        return moe_fail(MOE_EINVAL, "%s: tensor '%s' has no data", path, t->name);
+    return MOE_OK;
+}
+
 /* The header JSON (unpadded), tensor byte sizes in nbytes[]. */
 static moe_status build_header(const char *path, const struct st_tensor_out *tensors,
                                int n_tensors, const struct st_meta *meta, int n_meta,
@@ -113,36 +138,7 @@ static moe_status build_header(const char *path, const struct st_tensor_out *ten
     uint64_t offset = 0;
     for (int i = 0; i < n_tensors; i++) {
         const struct st_tensor_out *t = &tensors[i];
-        char sh[256];
-        if (!t->name || strlen(t->name) >= ST_NAME_MAX || strcmp(t->name, "__metadata__") == 0) {
-            res = moe_fail(MOE_EINVAL, "%s: tensor %d has an invalid name", path, i);
-            goto fail;
-        }
-        if (cJSON_GetObjectItemCaseSensitive(root, t->name)) {
-            res = moe_fail(MOE_EINVAL, "%s: tensor '%s' given twice", path, t->name);
-            goto fail;
-        }
-        if ((int)t->dtype < 0 || (int)t->dtype >= N_DTYPES) {
-            res = moe_fail(MOE_EINVAL, "%s: tensor '%s' has unknown dtype %d", path, t->name,
-                           (int)t->dtype);
-            goto fail;
-        }
-        if (t->ndim < 0 || t->ndim > ST_MAX_DIMS) {
-            res = moe_fail(MOE_EINVAL, "%s: tensor '%s' has %d dims (at most %d)", path, t->name,
-                           t->ndim, ST_MAX_DIMS);
-            goto fail;
-        }
-        int ok;
-        nbytes[i] = shape_bytes(t->ndim, t->shape, t->dtype, (size_t)1 << 52, &ok);
-        if (!ok) {
-            res = moe_fail(MOE_EINVAL, "%s: tensor '%s' has invalid shape %s", path, t->name,
-                           shape_str(sh, sizeof sh, t->ndim, t->shape));
-            goto fail;
-        }
-        if (nbytes[i] > 0 && !t->data) {
-            res = moe_fail(MOE_EINVAL, "%s: tensor '%s' has no data", path, t->name);
-            goto fail;
-        }
+        CHECK_GOTO(check_tensor(path, root, t, i, &nbytes[i]), res, fail);
         int64_t offs[2] = {(int64_t)offset, (int64_t)(offset + nbytes[i])};
         offset += nbytes[i];
         if (offset > ((uint64_t)1 << 52)) {
@@ -367,40 +363,45 @@ static moe_status parse_meta(struct st_file *f, const cJSON *m) {
     return MOE_OK;
 }
 
-static moe_status parse_file(struct st_file *f) {
+/* The 8-byte header size and what it allows: *hlen, the JSON header's length. */
+static moe_status header_size(const struct st_file *f, uint64_t *hlen) {
     const char *path = f->path;
-    moe_status res = MOE_OK;
     if (f->size < 8)
         return moe_fail(MOE_EFORMAT,
                         "%s: not a safetensors file (%zu bytes, shorter than the 8-byte header "
                         "size)",
                         path, f->size);
-    uint64_t hlen = 0;
-    for (int i = 0; i < 8; i++) hlen |= (uint64_t)f->buf[i] << (8 * i);
-    if (hlen > f->size - 8)
+    *hlen = 0;
+    for (int i = 0; i < 8; i++) *hlen |= (uint64_t)f->buf[i] << (8 * i);
+    if (*hlen > f->size - 8)
         return moe_fail(MOE_EFORMAT,
                         "%s: not a safetensors file (header size %llu exceeds file size %zu)",
-                        path, (unsigned long long)hlen, f->size);
-    if (hlen > ST_HEADER_MAX)
+                        path, (unsigned long long)*hlen, f->size);
+    if (*hlen > ST_HEADER_MAX)
         return moe_fail(MOE_EFORMAT,
                         "%s: not a safetensors file (header size %llu exceeds the limit of %u)",
-                        path, (unsigned long long)hlen, ST_HEADER_MAX);
-    if (hlen < 2)
+                        path, (unsigned long long)*hlen, ST_HEADER_MAX);
+    if (*hlen < 2)
         return moe_fail(MOE_EFORMAT, "%s: not a safetensors file (header size %llu)", path,
-                        (unsigned long long)hlen);
-    const char *hdr = (const char *)f->buf + 8;
-    if (memchr(hdr, '\0', hlen))
+                        (unsigned long long)*hlen);
+    if (memchr(f->buf + 8, '\0', *hlen))
         return moe_fail(MOE_EFORMAT, "%s: header contains a NUL byte", path);
+    return MOE_OK;
+}
 
+/* The header as a JSON object, nothing after it but white space. *root is the caller's. */
+static moe_status header_json(const struct st_file *f, uint64_t hlen, cJSON **root) {
+    const char *path = f->path;
+    *root = NULL;
     /* A terminated copy: cJSON must never look past the header, whatever it holds. */
     char *text = malloc(hlen + 1);
     if (!text) return moe_fail(MOE_ENOMEM, "%s: out of memory", path);
-    memcpy(text, hdr, hlen);
+    memcpy(text, f->buf + 8, hlen);
     text[hlen] = '\0';
     const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, hlen, &end, 0);
-    struct span *spans = NULL;
-    if (!root) {
+    moe_status res = MOE_OK;
+    *root = cJSON_ParseWithLengthOpts(text, hlen, &end, 0);
+    if (!*root) {
         long at = end ? (long)(end - text) : 0;
         res = moe_fail(MOE_EFORMAT, "%s: header is not valid JSON (near byte %ld)", path, at);
         goto exit;
@@ -411,11 +412,81 @@ static moe_status parse_file(struct st_file *f) {
                            path, (long)(p - text));
             goto exit;
         }
-    if (!cJSON_IsObject(root)) {
+    if (!cJSON_IsObject(*root))
         res = moe_fail(MOE_EFORMAT, "%s: header is not a JSON object", path);
-        goto exit;
-    }
+exit:
+    free(text);
+    return res;
+}
 
+/* Every entry of the header: the metadata, and each tensor with its span of the data. */
+static moe_status parse_entries(struct st_file *f, const cJSON *root, const uint8_t *data,
+                                size_t data_size, struct span *spans) {
+    const cJSON *e;
+    cJSON_ArrayForEach(e, root) {
+        if (strcmp(e->string, "__metadata__") == 0) {
+            CHECK(parse_meta(f, e));
+            continue;
+        }
+        struct st_tensor *t = &f->tensors[f->n_tensors];
+        if (strlen(e->string) >= ST_NAME_MAX)
+            return moe_fail(MOE_EFORMAT, "%s: tensor name '%.40s...' is %zu bytes (at most %d)",
+                            f->path, e->string, strlen(e->string), ST_NAME_MAX - 1);
+        strcpy(t->name, e->string);
+        spans[f->n_tensors].tensor = f->n_tensors;
+        CHECK(parse_tensor(f->path, e, t, data, data_size, &spans[f->n_tensors]));
+        f->n_tensors++;
+    }
+    return MOE_OK;
+}
+
+/* The tensors must tile the data section exactly: no overlap, no gap, no trailing bytes. */
+static moe_status check_tiling(const struct st_file *f, struct span *spans, int n,
+                               size_t data_size) {
+    qsort(spans, (size_t)n, sizeof *spans, span_cmp);
+    size_t covered = 0;
+    for (int i = 0; i < n; i++) {
+        const struct span *s = &spans[i];
+        if (s->begin < covered) {
+            const struct span *prev = &spans[i - 1];
+            return moe_fail(MOE_EFORMAT,
+                            "%s: tensors '%s' [%zu, %zu] and '%s' [%zu, %zu] overlap", f->path,
+                            f->tensors[prev->tensor].name, prev->begin, prev->end,
+                            f->tensors[s->tensor].name, s->begin, s->end);
+        }
+        if (s->begin > covered)
+            return moe_fail(MOE_EFORMAT, "%s: data bytes [%zu, %zu) belong to no tensor",
+                            f->path, covered, s->begin);
+        covered = s->end;
+    }
+    if (covered != data_size)
+        return moe_fail(MOE_EFORMAT, "%s: data bytes [%zu, %zu) belong to no tensor", f->path,
+                        covered, data_size);
+    return MOE_OK;
+}
+
+/* cJSON keeps duplicate keys; a file that names a tensor twice is ambiguous. */
+static moe_status check_unique(const struct st_file *f) {
+    int n = f->n_tensors;
+    struct st_tensor *sorted = malloc(((size_t)n + 1) * sizeof *sorted);
+    if (!sorted) return moe_fail(MOE_ENOMEM, "%s: out of memory", f->path);
+    memcpy(sorted, f->tensors, (size_t)n * sizeof *sorted);
+    qsort(sorted, (size_t)n, sizeof *sorted, name_cmp);
+    moe_status res = MOE_OK;
+    for (int i = 1; i < n && res == MOE_OK; i++)
+        if (strcmp(sorted[i - 1].name, sorted[i].name) == 0)
+            res = moe_fail(MOE_EFORMAT, "%s: tensor '%s' appears twice", f->path, sorted[i].name);
+    free(sorted);
+    return res;
+}
+
+static moe_status parse_file(struct st_file *f) {
+    uint64_t hlen = 0;
+    CHECK(header_size(f, &hlen));
+    cJSON *root = NULL;
+    struct span *spans = NULL;
+    moe_status res;
+    CHECK_GOTO(header_json(f, hlen, &root), res, exit);
     const uint8_t *data = f->buf + 8 + hlen;
     size_t data_size = f->size - 8 - (size_t)hlen;
     int n = 0, n_meta_objs = 0;
@@ -425,77 +496,21 @@ static moe_status parse_file(struct st_file *f) {
         else n++;
     }
     if (n_meta_objs > 1) {
-        res = moe_fail(MOE_EFORMAT, "%s: header has more than one __metadata__", path);
+        res = moe_fail(MOE_EFORMAT, "%s: header has more than one __metadata__", f->path);
         goto exit;
     }
     f->tensors = calloc((size_t)n + 1, sizeof *f->tensors);
     spans = calloc((size_t)n + 1, sizeof *spans);
     if (!f->tensors || !spans) {
-        res = moe_fail(MOE_ENOMEM, "%s: out of memory", path);
+        res = moe_fail(MOE_ENOMEM, "%s: out of memory", f->path);
         goto exit;
     }
-    cJSON_ArrayForEach(e, root) {
-        if (strcmp(e->string, "__metadata__") == 0) {
-            CHECK_GOTO(parse_meta(f, e), res, exit);
-            continue;
-        }
-        struct st_tensor *t = &f->tensors[f->n_tensors];
-        if (strlen(e->string) >= ST_NAME_MAX) {
-            res = moe_fail(MOE_EFORMAT, "%s: tensor name '%.40s...' is %zu bytes (at most %d)",
-                           path, e->string, strlen(e->string), ST_NAME_MAX - 1);
-            goto exit;
-        }
-        strcpy(t->name, e->string);
-        spans[f->n_tensors].tensor = f->n_tensors;
-        CHECK_GOTO(parse_tensor(path, e, t, data, data_size, &spans[f->n_tensors]), res, exit);
-        f->n_tensors++;
-    }
-
-    /* The tensors must tile the data section exactly: no overlap, no gap, no trailing bytes. */
-    qsort(spans, (size_t)n, sizeof *spans, span_cmp);
-    size_t covered = 0;
-    for (int i = 0; i < n; i++) {
-        const struct span *s = &spans[i];
-        if (s->begin < covered) {
-            const struct span *prev = &spans[i - 1];
-            res = moe_fail(MOE_EFORMAT,
-                           "%s: tensors '%s' [%zu, %zu] and '%s' [%zu, %zu] overlap", path,
-                           f->tensors[prev->tensor].name, prev->begin, prev->end,
-                           f->tensors[s->tensor].name, s->begin, s->end);
-            goto exit;
-        }
-        if (s->begin > covered) {
-            res = moe_fail(MOE_EFORMAT, "%s: data bytes [%zu, %zu) belong to no tensor", path,
-                           covered, s->begin);
-            goto exit;
-        }
-        covered = s->end;
-    }
-    if (covered != data_size) {
-        res = moe_fail(MOE_EFORMAT, "%s: data bytes [%zu, %zu) belong to no tensor", path, covered,
-                       data_size);
-        goto exit;
-    }
-
-    /* cJSON keeps duplicate keys; a file that names a tensor twice is ambiguous. */
-    struct st_tensor *sorted = malloc(((size_t)n + 1) * sizeof *sorted);
-    if (!sorted) {
-        res = moe_fail(MOE_ENOMEM, "%s: out of memory", path);
-        goto exit;
-    }
-    memcpy(sorted, f->tensors, (size_t)n * sizeof *sorted);
-    qsort(sorted, (size_t)n, sizeof *sorted, name_cmp);
-    for (int i = 1; i < n; i++)
-        if (strcmp(sorted[i - 1].name, sorted[i].name) == 0) {
-            res = moe_fail(MOE_EFORMAT, "%s: tensor '%s' appears twice", path, sorted[i].name);
-            break;
-        }
-    free(sorted);
-
+    CHECK_GOTO(parse_entries(f, root, data, data_size, spans), res, exit);
+    CHECK_GOTO(check_tiling(f, spans, n, data_size), res, exit);
+    res = check_unique(f);
 exit:
     free(spans);
     cJSON_Delete(root);
-    free(text);
     return res;
 }
 

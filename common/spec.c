@@ -648,54 +648,62 @@ static moe_status read_item(const struct reader *r, const struct field *table, s
     return MOE_OK;
 }
 
-/* A list replaces whatever the spec held before: a file or --set gives the whole list. */
-static moe_status read_sources(const struct reader *r, const yaml_node_t *node) {
-    struct data_spec *data = &r->s->data;
-    if (node->type != YAML_SEQUENCE_NODE)
-        return fail_kind(r, node, "data.sources", type_noun(TYPE_SOURCES));
-    long n = seq_len(node);
-    if (n > SPEC_MAX_SOURCES)
-        return at(r, node, moe_fail(MOE_EINVAL, "spec: data.sources: %ld sources, at most %d", n,
-                                    SPEC_MAX_SOURCES));
-    memset(data->sources, 0, sizeof data->sources);
-    for (long i = 0; i < n; i++) {
-        const yaml_node_t *item = seq_item(r, node, i);
-        char prefix[48];
-        snprintf(prefix, sizeof prefix, "data.sources.%ld", i);
-        set_defaults(source_fields, N_OF(source_fields), &data->sources[i]);
-        int given[N_OF(source_fields)] = {0};
-        CHECK(read_item(r, source_fields, N_OF(source_fields), &data->sources[i], prefix, item,
-                        given));
-    }
-    data->n_sources = (int)n;
-    return MOE_OK;
-}
+/* data.sources and data.schedule: a list of items read against a table of their fields. */
+#define LIST_FIELDS_MAX 4 // fields of a list item (source_fields, schedule_fields)
+_Static_assert(N_OF(source_fields) <= LIST_FIELDS_MAX && N_OF(schedule_fields) <= LIST_FIELDS_MAX,
+               "a list item has more fields than read_list counts");
+struct list_kind {
+    const char *name;          // "data.sources"
+    int type;                  // TYPE_SOURCES / TYPE_SCHEDULE
+    const char *unit;          // "sources"
+    long max;
+    const struct field *fields;
+    size_t n_fields;
+    size_t item_size;
+    int item_defaults;         // each item starts from its fields' defaults
+};
 
-static moe_status read_schedule(const struct reader *r, const yaml_node_t *node) {
-    struct data_spec *data = &r->s->data;
+static const struct list_kind sources_list = {
+    "data.sources", TYPE_SOURCES, "sources", SPEC_MAX_SOURCES, source_fields,
+    N_OF(source_fields), sizeof(struct data_source_spec), 1};
+static const struct list_kind schedule_list = {
+    "data.schedule", TYPE_SCHEDULE, "points", SPEC_MAX_SCHEDULE, schedule_fields,
+    N_OF(schedule_fields), sizeof(struct schedule_point), 0};
+
+/* A list replaces whatever the spec held before: a file or --set gives the whole list. The
+ * caller has cleared `items`; *n_out is set once every item was read. */
+static moe_status read_list(const struct reader *r, const yaml_node_t *node,
+                            const struct list_kind *k, void *items, int *n_out) {
     if (node->type != YAML_SEQUENCE_NODE)
-        return fail_kind(r, node, "data.schedule", type_noun(TYPE_SCHEDULE));
+        return fail_kind(r, node, k->name, type_noun(k->type));
     long n = seq_len(node);
-    if (n > SPEC_MAX_SCHEDULE)
-        return at(r, node, moe_fail(MOE_EINVAL, "spec: data.schedule: %ld points, at most %d", n,
-                                    SPEC_MAX_SCHEDULE));
-    clear_schedule(data);
+    if (n > k->max)
+        return at(r, node, moe_fail(MOE_EINVAL, "spec: %s: %ld %s, at most %ld", k->name, n,
+                                    k->unit, k->max));
     for (long i = 0; i < n; i++) {
         const yaml_node_t *item = seq_item(r, node, i);
+        void *dst = (char *)items + (size_t)i * k->item_size;
         char prefix[48];
-        snprintf(prefix, sizeof prefix, "data.schedule.%ld", i);
-        int given[N_OF(schedule_fields)] = {0};
-        CHECK(read_item(r, schedule_fields, N_OF(schedule_fields), &data->schedule[i], prefix,
-                        item, given));
+        snprintf(prefix, sizeof prefix, "%s.%ld", k->name, i);
+        if (k->item_defaults) set_defaults(k->fields, k->n_fields, dst);
+        int given[LIST_FIELDS_MAX] = {0};
+        CHECK(read_item(r, k->fields, k->n_fields, dst, prefix, item, given));
     }
-    data->n_schedule = (int)n;
+    *n_out = (int)n;
     return MOE_OK;
 }
 
 /* Any field of the main table, list or scalar. */
 static moe_status read_field(const struct reader *r, const struct field *f, const yaml_node_t *v) {
-    if (f->type == TYPE_SOURCES) return read_sources(r, v);
-    if (f->type == TYPE_SCHEDULE) return read_schedule(r, v);
+    struct data_spec *data = &r->s->data;
+    if (f->type == TYPE_SOURCES) {
+        memset(data->sources, 0, sizeof data->sources);
+        return read_list(r, v, &sources_list, data->sources, &data->n_sources);
+    }
+    if (f->type == TYPE_SCHEDULE) {
+        clear_schedule(data);
+        return read_list(r, v, &schedule_list, data->schedule, &data->n_schedule);
+    }
     return read_scalar(r, f, r->s, f->name, v);
 }
 
