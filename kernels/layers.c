@@ -204,22 +204,28 @@ void attention_backward(real *dqkv, real *scratch, const real *dout, const real 
 
 /* ---- cross-entropy ---- */
 
+/* p = softmax(z) over n entries, the max subtracted first; returns the log-sum-exp of z in
+ * double. The loss and the router share it, so both round the same way. */
+static double softmax_row(real *p, const real *z, int n) {
+    real mx = z[0];
+    for (int i = 1; i < n; i++) mx = z[i] > mx ? z[i] : mx;
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        p[i] = (real)exp((double)(z[i] - mx));
+        sum += p[i];
+    }
+    real inv = (real)(1.0 / sum);
+    for (int i = 0; i < n; i++) p[i] *= inv;
+    return (double)mx + log(sum);
+}
+
 double crossentropy_forward(real *probs, const real *logits, const int *targets, int N, int V) {
     double total = 0;
     for (int n = 0; n < N; n++) {
         const real *z = logits + (size_t)n * V;
-        real *p = probs + (size_t)n * V;
-        real mx = z[0];
-        for (int i = 1; i < V; i++) mx = z[i] > mx ? z[i] : mx;
-        double sum = 0;
-        for (int i = 0; i < V; i++) {
-            p[i] = (real)exp((double)(z[i] - mx));
-            sum += p[i];
-        }
-        real inv = (real)(1.0 / sum);
-        for (int i = 0; i < V; i++) p[i] *= inv;
+        double lse = softmax_row(probs + (size_t)n * V, z, V);
         /* the loss from the logits directly: -log softmax = lse - z_target, no log(0) */
-        if (targets) total += (double)mx + log(sum) - (double)z[targets[n]];
+        if (targets) total += lse - (double)z[targets[n]];
     }
     return total;
 }
@@ -242,18 +248,8 @@ long router_forward(struct moe_acts *a, long *load, const real *inp, const real 
     matmul_forward(a->logits, inp, router_w, N, c->C, E);
     PARALLEL_FOR
     for (int n = 0; n < N; n++) {
-        const real *z = a->logits + (size_t)n * E;
         real *p = a->probs + (size_t)n * E;
-        real mx = z[0];
-        for (int e = 1; e < E; e++) mx = z[e] > mx ? z[e] : mx;
-        double sum = 0;
-        for (int e = 0; e < E; e++) {
-            p[e] = (real)exp((double)(z[e] - mx));
-            sum += p[e];
-        }
-        real inv = (real)(1.0 / sum);
-        for (int e = 0; e < E; e++) p[e] *= inv;
-        a->lse[n] = (real)(mx + log(sum));
+        a->lse[n] = (real)softmax_row(p, a->logits + (size_t)n * E, E);
 
         /* top-k of probs + bias, best first; ties go to the lower expert index */
         int *idx = a->topk + (size_t)n * K;

@@ -155,8 +155,9 @@ struct model_exec {
     /* both expert hooks, or neither (NULL: the experts run here, all E must be local) */
     /* a->xe holds every kept row of layer l (all E experts): fill a->ye for every row */
     int (*experts_forward)(void *ctx, int l, struct moe_acts *a, const struct moe_layer_cfg *c);
-    /* s->dye holds every row's output gradient: fill s->dxe for every row, and write (not
-     * add) the gradients of this model's own experts of layer l */
+    /* s->dye holds every row's output gradient: fill s->dxe for every row, and the gradients
+     * of this model's own experts of layer l: written, or added when c->accumulate is set (a
+     * micro-batch after the first), as model_backward's own experts are */
     int (*experts_backward)(void *ctx, int l, const struct moe_acts *a, struct moe_scratch *s,
                             const struct moe_layer_cfg *c);
     /* every gradient of layer l is final (called as the backward leaves it; may be NULL) */
