@@ -35,9 +35,7 @@ moe_status schedule_submit(struct coordinator *co, const char *spec_text, size_t
     CHECK(spec_validate(&spec));
     /* A mesh no set of live workers could ever hold is refused now, not queued forever. */
     CHECK(placement_check(co, spec.mesh.pods, spec.mesh.slots, spec.mesh.backend));
-    CHECK(job_admit(co, &spec, out));
-    LOG_INFO("%s: submitted (%s, %ld steps)", (*out)->id, (*out)->name, (*out)->total_steps);
-    return MOE_OK;
+    return job_admit(co, &spec, out); // logged with its event
 }
 
 /* Every slot accepted: the event "running", once. */
