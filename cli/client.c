@@ -8,7 +8,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,16 +16,6 @@
 
 #define CALL_TIMEOUT_S 30.0
 #define TOKEN_MAX 256
-
-int moectl_fail(int code, const char *fmt, ...) {
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "moectl: %s\n", msg);
-    return code;
-}
 
 int client_option(struct client_options *o, int opt, const char *arg) {
     switch (opt) {
