@@ -238,7 +238,7 @@ static void take_events(struct chaos *c, const Moed__V1__JobStatus *st) {
         const Moed__V1__Event *e = st->events[i];
         if (e->unix_ms < c->start_ms || !event_set_add(&c->seen, e)) continue;
         char when[16];
-        client_clock(when, sizeof when, e->unix_ms);
+        moectl_clock(when, sizeof when, e->unix_ms);
         say(c, "    %s %-16s %s", when, e->kind, e->message);
         for (int k = 0; k < 4; k++)
             if (strcmp(e->kind, tracked_events[k]) == 0 && e->unix_ms >= c->last_ms[k]) {
@@ -290,21 +290,11 @@ static int poll_job(struct chaos *c) {
     return 1;
 }
 
-static int job_final(const Moed__V1__JobInfo *j) {
-    return j->state == MOED__V1__JOB_STATE__JOB_SUCCEEDED ||
-           j->state == MOED__V1__JOB_STATE__JOB_FAILED ||
-           j->state == MOED__V1__JOB_STATE__JOB_CANCELLED;
-}
-
-static const char *state_name(int state) {
-    return client_enum_name(&moed__v1__job_state__descriptor, state);
-}
-
 /* "FAILED at step 12: <error>" */
 static void job_text(char *out, size_t cap, const Moed__V1__JobInfo *j) {
-    snprintf(out, cap, "%s at step %lld (committed %lld, %d recover%s%s)%s%s", state_name(j->state),
-             (long long)j->step, (long long)j->committed_step, j->recoveries,
-             j->recoveries == 1 ? "y" : "ies", j->recovering ? ", recovering" : "",
+    snprintf(out, cap, "%s at step %lld (committed %lld, %d recover%s%s)%s%s",
+             client_job_state(j->state), (long long)j->step, (long long)j->committed_step,
+             j->recoveries, j->recoveries == 1 ? "y" : "ies", j->recovering ? ", recovering" : "",
              j->error[0] ? ": " : "", j->error);
 }
 
@@ -329,17 +319,10 @@ static int wait_gone(pid_t pid) {
     return 0;
 }
 
-/* GetCluster: the workers as the coordinator sees them (free with
- * protobuf_c_message_free_unpacked), or NULL when it does not answer. */
+/* The workers as the coordinator sees them, or NULL when it does not answer. */
 static Moed__V1__ClusterStatus *get_cluster(struct chaos *c) {
-    Moed__V1__GetClusterRequest req = MOED__V1__GET_CLUSTER_REQUEST__INIT;
-    ProtobufCMessage *reply = NULL;
     struct rpc_result res;
-    moe_status s = rpc_call_sync(c->cl.ch, RPC_STATUS_GET_CLUSTER, &req.base,
-                                 &moed__v1__cluster_status__descriptor, &reply, CALL_TIMEOUT_S,
-                                 &res);
-    if (s != MOE_OK) return NULL;
-    return (Moed__V1__ClusterStatus *)reply;
+    return client_get_cluster(&c->cl, CALL_TIMEOUT_S, &res);
 }
 
 /* Who plays slot (pod, slot) now: its worker id from the job, its pid and address from the
@@ -416,8 +399,8 @@ static int inject_kill(struct chaos *c, struct fault *f) {
  * or holds the worker dead. */
 static int fenced(struct chaos *c, const struct fault *f) {
     const Moed__V1__JobInfo *j = c->st->job;
-    if (job_final(j) || j->recovering || c->last_ms[EV_RECOVERING] >= f->injected_ms ||
-        c->last_ms[EV_RECOVERED] >= f->injected_ms)
+    if (client_job_final(j->state) || j->recovering ||
+        c->last_ms[EV_RECOVERING] >= f->injected_ms || c->last_ms[EV_RECOVERED] >= f->injected_ms)
         return 1;
     Moed__V1__ClusterStatus *cs = get_cluster(c);
     if (!cs) return 0;
@@ -554,61 +537,79 @@ static int recovered(struct chaos *c, struct fault *f, int recoveries_before) {
     return 1;
 }
 
-/* Waits until the job has done `gap` steps since `base` and is not recovering. */
-static int wait_gap(struct chaos *c, int index, int64_t base) {
+/* Polls the job every POLL_S until reached() says it is there (1; 0: not yet, -1: an error
+ * it recorded), for up to c->timeout_s. 0 when reached, -1 after an error (recorded), 1
+ * when the time ran out. */
+static int poll_until(struct chaos *c, int (*reached)(struct chaos *c, const void *arg),
+                      const void *arg) {
     double t0 = moe_clock_s();
     for (;;) {
         if (interrupted) return chaos_error(c, "interrupted (signal %d)", (int)interrupted);
         int r = poll_job(c);
         if (r < 0) return -1;
-        if (r > 0) {
-            const Moed__V1__JobInfo *j = c->st->job;
-            if (job_final(j)) {
-                char jt[TEXT_CAP];
-                job_text(jt, sizeof jt, j);
-                return chaos_error(c, "the job ended before fault %d of %d: %s%s", index + 1,
-                                   c->n_faults, jt, j->state == MOED__V1__JOB_STATE__JOB_SUCCEEDED
-                                       ? " (give it more run.steps, or fewer faults)" : "");
-            }
-            if (j->state == MOED__V1__JOB_STATE__JOB_RUNNING && !j->recovering &&
-                j->step >= base + c->gap_steps && j->n_bindings > 0)
-                return 0;
-        }
-        if (moe_clock_s() - t0 > c->timeout_s)
-            return chaos_error(c, "fault %d of %d: the job did not make %d steps past step %lld "
-                               "within %.0f s", index + 1, c->n_faults, c->gap_steps,
-                               (long long)base, c->timeout_s);
+        if (r > 0 && (r = reached(c, arg)) != 0) return r > 0 ? 0 : -1;
+        if (moe_clock_s() - t0 > c->timeout_s) return 1;
         sleep_s(POLL_S);
     }
 }
 
-static int wait_recovered(struct chaos *c, int index, int recoveries_before) {
-    struct fault *f = &c->faults[index];
-    double t0 = moe_clock_s();
-    for (;;) {
-        if (interrupted) return chaos_error(c, "interrupted (signal %d)", (int)interrupted);
-        int r = poll_job(c);
-        if (r < 0) return -1;
-        if (r > 0) {
-            if (recovered(c, f, recoveries_before)) return 0;
-            const Moed__V1__JobInfo *j = c->st->job;
-            if (job_final(j)) {
-                char jt[TEXT_CAP];
-                job_text(jt, sizeof jt, j);
-                return chaos_error(c, "fault %d (%s) was not recovered: the job %s", index + 1,
-                                   kind_names[f->kind], jt);
-            }
-        }
-        if (moe_clock_s() - t0 > c->timeout_s) {
-            char jt[TEXT_CAP] = "not answering";
-            if (c->st) job_text(jt, sizeof jt, c->st->job);
-            return chaos_error(c, "fault %d (%s): no %s within %.0f s; the job is %s", index + 1,
-                               kind_names[f->kind], f->kind == K_FLIP ? "replica_mismatch event"
-                                                                      : "recovery",
-                               c->timeout_s, jt);
-        }
-        sleep_s(POLL_S);
+struct gap {
+    int index;    // of the fault to come
+    int64_t base; // the step the gap counts from
+};
+
+/* The job has done `gap_steps` steps since the base and is not recovering. */
+static int gap_done(struct chaos *c, const void *arg) {
+    const struct gap *g = arg;
+    const Moed__V1__JobInfo *j = c->st->job;
+    if (client_job_final(j->state)) {
+        char jt[TEXT_CAP];
+        job_text(jt, sizeof jt, j);
+        return chaos_error(c, "the job ended before fault %d of %d: %s%s", g->index + 1,
+                           c->n_faults, jt, j->state == MOED__V1__JOB_STATE__JOB_SUCCEEDED
+                               ? " (give it more run.steps, or fewer faults)" : "");
     }
+    return j->state == MOED__V1__JOB_STATE__JOB_RUNNING && !j->recovering &&
+           j->step >= g->base + c->gap_steps && j->n_bindings > 0;
+}
+
+static int wait_gap(struct chaos *c, int index, int64_t base) {
+    const struct gap g = {index, base};
+    int r = poll_until(c, gap_done, &g);
+    if (r <= 0) return r;
+    return chaos_error(c, "fault %d of %d: the job did not make %d steps past step %lld "
+                       "within %.0f s", index + 1, c->n_faults, c->gap_steps, (long long)base,
+                       c->timeout_s);
+}
+
+struct pending_fault {
+    int index;
+    int recoveries_before; // the job's count of recoveries before the fault
+};
+
+static int fault_recovered(struct chaos *c, const void *arg) {
+    const struct pending_fault *p = arg;
+    struct fault *f = &c->faults[p->index];
+    if (recovered(c, f, p->recoveries_before)) return 1;
+    const Moed__V1__JobInfo *j = c->st->job;
+    if (!client_job_final(j->state)) return 0;
+    char jt[TEXT_CAP];
+    job_text(jt, sizeof jt, j);
+    return chaos_error(c, "fault %d (%s) was not recovered: the job %s", p->index + 1,
+                       kind_names[f->kind], jt);
+}
+
+static int wait_recovered(struct chaos *c, int index, int recoveries_before) {
+    const struct pending_fault p = {index, recoveries_before};
+    int r = poll_until(c, fault_recovered, &p);
+    if (r <= 0) return r;
+    const struct fault *f = &c->faults[index];
+    char jt[TEXT_CAP] = "not answering";
+    if (c->st) job_text(jt, sizeof jt, c->st->job);
+    return chaos_error(c, "fault %d (%s): no %s within %.0f s; the job is %s", index + 1,
+                       kind_names[f->kind], f->kind == K_FLIP ? "replica_mismatch event"
+                                                              : "recovery",
+                       c->timeout_s, jt);
 }
 
 /* One fault: wait for the gap, inject, wait it out. Returns 0 when it was recovered. */
@@ -628,7 +629,7 @@ static int run_fault(struct chaos *c, int i, int64_t *base) {
     const Moed__V1__JobInfo *j = c->st->job;
     say(c, "fault %d/%d %s after %.2f s: %s; job %s at step %lld, committed %lld, %d recover%s",
         i + 1, c->n_faults, f->kind == K_FLIP ? "reported" : "recovered",
-        (f->recovered_ms - f->injected_ms) / 1000.0, f->recovery, state_name(j->state),
+        (f->recovered_ms - f->injected_ms) / 1000.0, f->recovery, client_job_state(j->state),
         (long long)j->step, (long long)j->committed_step, j->recoveries,
         j->recoveries == 1 ? "y" : "ies");
     *base = j->step;
@@ -676,7 +677,7 @@ static void print_json(const struct chaos *c, int ok) {
     }
     cJSON_AddItemToObject(j, "faults", fs);
     const Moed__V1__JobInfo *job = c->st ? c->st->job : NULL;
-    cJSON_AddStringToObject(j, "final_state", job ? state_name(job->state) : "UNKNOWN");
+    cJSON_AddStringToObject(j, "final_state", job ? client_job_state(job->state) : "UNKNOWN");
     cJSON_AddNumberToObject(j, "step", job ? (double)job->step : 0);
     cJSON_AddNumberToObject(j, "committed_step", job ? (double)job->committed_step : 0);
     cJSON_AddNumberToObject(j, "recoveries", job ? job->recoveries : 0);
@@ -690,11 +691,7 @@ static void print_json(const struct chaos *c, int ok) {
     }
     cJSON_AddItemToObject(j, "committed_steps", cs);
     cJSON_AddBoolToObject(j, "committed_step_decreased", c->decreased);
-    char *text = cJSON_PrintUnformatted(j);
-    if (text) printf("%s\n", text);
-    cJSON_free(text);
-    cJSON_Delete(j);
-    fflush(stdout);
+    moectl_print_json(j);
 }
 
 static void print_summary(const struct chaos *c) {
@@ -708,7 +705,8 @@ static void print_summary(const struct chaos *c) {
 
 /* ---- options ---- */
 
-static void chaos_usage(FILE *to) {
+static void chaos_usage(FILE *to, const char *cmd) {
+    (void)cmd;
     fprintf(to,
             "usage: moectl chaos JOB [--seed N] [--faults K] [--kinds KIND,...] [--gap-steps G]\n"
             "                    [--timeout S] [--dir CLUSTER_DIR] [--json] [--dry-run]\n"
@@ -720,17 +718,6 @@ static void chaos_usage(FILE *to) {
             "  job's mesh allows), 5 steps between a recovery and the next fault, 120 s for each\n"
             "  wait. The same seed on the same mesh gives the same faults and victims.\n"
             "  --dry-run prints the schedule and injects nothing.\n");
-}
-
-static int parse_long(const char *s, const char *flag, long long lo, long long hi, long long *out) {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (!s[0] || *end || errno || v < lo || v > hi)
-        return moectl_fail(EXIT_BAD_INPUT, "%s: expected an integer in [%lld, %lld], got '%s'",
-                           flag, lo, hi, s);
-    *out = v;
-    return 0;
 }
 
 static int parse_kinds(const char *list, unsigned *out) {
@@ -751,7 +738,39 @@ static int parse_kinds(const char *list, unsigned *out) {
     return 0;
 }
 
-static int parse_options(struct chaos *c, int argc, char **argv) {
+static int take_option(void *ctx, int o, const char *arg) {
+    struct chaos *c = ctx;
+    long long v = 0;
+    if (client_option(&c->conn, o, arg)) return EXIT_OK;
+    switch (o) {
+    case 's':
+        if (moectl_parse_int(arg, "--seed", 0, INT64_MAX, &v)) return EXIT_BAD_INPUT;
+        c->seed = (uint64_t)v;
+        return EXIT_OK;
+    case 'f':
+        if (moectl_parse_int(arg, "--faults", 1, MAX_FAULTS, &v)) return EXIT_BAD_INPUT;
+        c->n_faults = (int)v;
+        return EXIT_OK;
+    case 'k':
+        if (parse_kinds(arg, &c->kinds)) return EXIT_BAD_INPUT;
+        c->kinds_given = 1;
+        return EXIT_OK;
+    case 'g':
+        if (moectl_parse_int(arg, "--gap-steps", 0, 1000000000, &v)) return EXIT_BAD_INPUT;
+        c->gap_steps = (int)v;
+        return EXIT_OK;
+    case 't':
+        if (moectl_parse_int(arg, "--timeout", 1, 86400, &v)) return EXIT_BAD_INPUT;
+        c->timeout_s = (double)v;
+        return EXIT_OK;
+    case 'j': c->json = 1; return EXIT_OK;
+    case 'n': c->dry_run = 1; return EXIT_OK;
+    default: return -1;
+    }
+}
+
+/* 1: go on; 0: stop with *code (EXIT_OK after --help). */
+static int parse_options(struct chaos *c, int argc, char **argv, int *code) {
     static const struct option opts[] = {CLIENT_LONG_OPTIONS,
                                          {"dir", required_argument, 0, OPT_CLUSTER_DIR},
                                          {"seed", required_argument, 0, 's'},
@@ -765,45 +784,10 @@ static int parse_options(struct chaos *c, int argc, char **argv) {
                                          {0, 0, 0, 0}};
     c->seed = 1, c->n_faults = DEFAULT_FAULTS, c->gap_steps = DEFAULT_GAP_STEPS;
     c->timeout_s = DEFAULT_TIMEOUT_S, c->kinds = DEFAULT_KINDS;
-    long long v = 0;
-    int o;
-    while ((o = getopt_long(argc, argv, "s:f:k:g:t:jh", opts, NULL)) != -1) {
-        if (client_option(&c->conn, o, optarg)) continue;
-        switch (o) {
-        case 's':
-            if (parse_long(optarg, "--seed", 0, INT64_MAX, &v)) return EXIT_BAD_INPUT;
-            c->seed = (uint64_t)v;
-            break;
-        case 'f':
-            if (parse_long(optarg, "--faults", 1, MAX_FAULTS, &v)) return EXIT_BAD_INPUT;
-            c->n_faults = (int)v;
-            break;
-        case 'k':
-            if (parse_kinds(optarg, &c->kinds)) return EXIT_BAD_INPUT;
-            c->kinds_given = 1;
-            break;
-        case 'g':
-            if (parse_long(optarg, "--gap-steps", 0, 1000000000, &v)) return EXIT_BAD_INPUT;
-            c->gap_steps = (int)v;
-            break;
-        case 't':
-            if (parse_long(optarg, "--timeout", 1, 86400, &v)) return EXIT_BAD_INPUT;
-            c->timeout_s = (double)v;
-            break;
-        case 'j': c->json = 1; break;
-        case 'n': c->dry_run = 1; break;
-        case 'h': chaos_usage(stdout); return -1;
-        default: chaos_usage(stderr); return EXIT_BAD_INPUT;
-        }
-    }
-    if (argc - optind != 1) {
-        chaos_usage(stderr);
-        return EXIT_BAD_INPUT;
-    }
+    const struct command_line cmd = {opts, "s:f:k:g:t:jh", chaos_usage, take_option, c, 1};
+    if (!moectl_options(argc, argv, &cmd, code)) return 0;
     c->job_id = argv[optind];
-    if (!c->job_id[0])
-        return moectl_fail(EXIT_BAD_INPUT, "the job id is empty (moectl jobs lists them)");
-    return 0;
+    return (*code = client_need_job_id(c->job_id)) == EXIT_OK;
 }
 
 /* The cluster directory must hold a local cluster: chaos kills and restarts its processes. */
@@ -830,13 +814,13 @@ static int check_job(struct chaos *c) {
             return moectl_fail(EXIT_UNREACHABLE, "chaos: the coordinator of %s does not answer",
                                c->dir);
         const Moed__V1__JobInfo *j = c->st->job;
-        if (job_final(j))
+        if (client_job_final(j->state))
             return moectl_fail(EXIT_BAD_INPUT, "chaos: %s is %s, not running: there is nothing "
-                               "to inject faults into", c->job_id, state_name(j->state));
+                               "to inject faults into", c->job_id, client_job_state(j->state));
         if (j->state == MOED__V1__JOB_STATE__JOB_RUNNING && j->n_bindings > 0) break;
         if (moe_clock_s() - t0 > c->timeout_s)
             return moectl_fail(EXIT_RUN_FAILED, "chaos: %s is still %s after %.0f s", c->job_id,
-                               state_name(j->state), c->timeout_s);
+                               client_job_state(j->state), c->timeout_s);
         sleep_s(POLL_S);
     }
     const Moed__V1__JobInfo *j = c->st->job;
@@ -861,8 +845,8 @@ static int check_kinds(struct chaos *c) {
 
 int cmd_chaos(int argc, char **argv) {
     struct chaos c = {0};
-    int code = parse_options(&c, argc, argv);
-    if (code) return code < 0 ? EXIT_OK : code;
+    int code;
+    if (!parse_options(&c, argc, argv, &code)) return code;
     if ((code = open_cluster(&c))) return code;
     c.start_ms = moe_wall_ms();
     c.faults = calloc((size_t)c.n_faults, sizeof *c.faults);

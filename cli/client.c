@@ -3,30 +3,20 @@
  */
 #include "client.h"
 
+#include "cluster_dir.h"
 #include "moectl.h"
 #include "proto/moed.pb-c.h"
+#include "../proto/methods.h"
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #define CALL_TIMEOUT_S 30.0
 #define TOKEN_MAX 256
-
-int moectl_fail(int code, const char *fmt, ...) {
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "moectl: %s\n", msg);
-    return code;
-}
 
 int client_option(struct client_options *o, int opt, const char *arg) {
     switch (opt) {
@@ -36,6 +26,14 @@ int client_option(struct client_options *o, int opt, const char *arg) {
     case OPT_CLUSTER_DIR: o->cluster_dir = arg; return 1;
     default: return 0;
     }
+}
+
+int client_take_option(void *ctx, int opt, const char *arg) {
+    struct client_args *a = ctx;
+    if (client_option(&a->conn, opt, arg)) return 0;
+    if (opt != 'j') return -1;
+    a->json = 1;
+    return 0;
 }
 
 moe_status client_cluster_dir(const char *flag, char *out, size_t cap) {
@@ -56,24 +54,6 @@ moe_status client_cluster_dir(const char *flag, char *out, size_t cap) {
     return MOE_OK;
 }
 
-/* The first line of a small file, surrounding whitespace dropped. -1 with errno set when it
- * cannot be read. */
-static int read_line_file(const char *path, char *out, size_t cap) {
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    char *got = fgets(out, (int)cap, f);
-    fclose(f);
-    if (!got) {
-        errno = ENODATA;
-        return -1;
-    }
-    size_t n = strlen(out);
-    while (n && (out[n - 1] == '\n' || out[n - 1] == '\r' || out[n - 1] == ' ')) out[--n] = 0;
-    size_t lead = strspn(out, " \t");
-    memmove(out, out + lead, n - lead + 1);
-    return 0;
-}
-
 int client_open_at(struct client *c, const char *target, const char *token, const char *ca_file) {
     memset(c, 0, sizeof *c);
     snprintf(c->target, sizeof c->target, "%s", target);
@@ -85,71 +65,91 @@ int client_open_at(struct client *c, const char *target, const char *token, cons
     return EXIT_OK;
 }
 
-int client_open(struct client *c, const struct client_options *o) {
-    memset(c, 0, sizeof *c);
-    char dir[PATH_MAX], path[PATH_MAX + 32];
-    int dir_ok = client_cluster_dir(o->cluster_dir, dir, sizeof dir) == MOE_OK;
+/* The address: --coordinator, $MOED_COORDINATOR, else DIR/coordinator.addr (dir NULL: none
+ * could be named). An exit code; `origin` says where the address came from. */
+static int resolve_address(const struct client_options *o, const char *dir, char *target,
+                           size_t cap, char *origin, size_t origin_cap) {
     const char *env;
-
-    /* the address */
-    char target[256] = "", origin[PATH_MAX + 64];
     if (o->coordinator && o->coordinator[0]) {
-        snprintf(target, sizeof target, "%s", o->coordinator);
-        snprintf(origin, sizeof origin, "--coordinator");
+        snprintf(target, cap, "%s", o->coordinator);
+        snprintf(origin, origin_cap, "--coordinator");
     } else if ((env = getenv("MOED_COORDINATOR")) && env[0]) {
-        snprintf(target, sizeof target, "%s", env);
-        snprintf(origin, sizeof origin, "MOED_COORDINATOR");
+        snprintf(target, cap, "%s", env);
+        snprintf(origin, origin_cap, "MOED_COORDINATOR");
     } else {
-        if (!dir_ok) return moectl_fail(EXIT_UNREACHABLE, "no coordinator: %s", moe_errmsg());
-        snprintf(path, sizeof path, "%s/coordinator.addr", dir);
+        if (!dir) return moectl_fail(EXIT_UNREACHABLE, "no coordinator: %s", moe_errmsg());
+        char path[PATH_CAP];
+        in_dir(path, dir, "coordinator.addr");
         errno = 0;
-        if (read_line_file(path, target, sizeof target) != 0 || !target[0])
+        if (read_small_file(path, target, cap) != 0 || !target[0])
             return moectl_fail(EXIT_UNREACHABLE,
                                "no coordinator: %s: %s (start a local cluster with `moectl "
                                "cluster up`, or give --coordinator HOST:PORT)",
                                path, errno ? strerror(errno) : "empty");
-        snprintf(origin, sizeof origin, "%s", path);
+        snprintf(origin, origin_cap, "%s", path);
     }
+    return EXIT_OK;
+}
 
-    /* the token */
-    char token[TOKEN_MAX] = "";
-    const char *token_file = NULL;
+/* The token: --token-file, $MOED_TOKEN, $MOED_TOKEN_FILE, else DIR/client.token when it
+ * exists ("" when none). An exit code. */
+static int resolve_token(const struct client_options *o, const char *dir, char *token,
+                         size_t cap) {
+    const char *env, *token_file = NULL;
+    token[0] = 0;
     if (o->token_file) {
         token_file = o->token_file;
     } else if ((env = getenv("MOED_TOKEN")) && env[0]) {
-        snprintf(token, sizeof token, "%s", env);
+        snprintf(token, cap, "%s", env);
     } else if ((env = getenv("MOED_TOKEN_FILE")) && env[0]) {
         token_file = env;
-    } else if (dir_ok) {
-        snprintf(path, sizeof path, "%s/client.token", dir);
+    } else if (dir) {
+        char path[PATH_CAP];
         struct stat st;
-        if (stat(path, &st) == 0) {
-            if (rpc_read_token(path, token, sizeof token) != MOE_OK)
-                return moectl_fail(EXIT_UNREACHABLE, "%s", moe_errmsg());
-        }
+        if (stat(in_dir(path, dir, "client.token"), &st) == 0 &&
+            rpc_read_token(path, token, cap) != MOE_OK)
+            return moectl_fail(EXIT_UNREACHABLE, "%s", moe_errmsg());
     }
-    if (token_file && rpc_read_token(token_file, token, sizeof token) != MOE_OK)
+    if (token_file && rpc_read_token(token_file, token, cap) != MOE_OK)
         return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
+    return EXIT_OK;
+}
 
-    /* the CA that signs the coordinator's certificate, if it speaks TLS */
-    const char *ca = NULL;
-    char ca_path[PATH_MAX + 32];
+/* The CA that signs the coordinator's certificate, if it speaks TLS: --ca, $MOED_TLS_CA, else
+ * DIR/tls/cert.pem when it exists. *ca NULL for plaintext; an exit code. */
+static int resolve_ca(const struct client_options *o, const char *dir, char *buf,
+                      const char **ca) {
+    const char *env;
+    *ca = NULL;
     if (o->ca) {
-        ca = o->ca;
+        *ca = o->ca;
     } else if ((env = getenv("MOED_TLS_CA"))) {
-        ca = env;
-    } else if (dir_ok) {
-        snprintf(ca_path, sizeof ca_path, "%s/tls/cert.pem", dir);
+        *ca = env;
+    } else if (dir) {
         struct stat st;
-        if (stat(ca_path, &st) == 0) ca = ca_path;
+        if (stat(in_dir(buf, dir, "tls/cert.pem"), &st) == 0) *ca = buf;
     }
-    if (ca && ca[0]) {
-        FILE *f = fopen(ca, "r");
-        if (!f) return moectl_fail(EXIT_BAD_INPUT, "TLS CA %s: %s", ca, strerror(errno));
+    if (*ca && !(*ca)[0]) *ca = NULL;
+    if (*ca) {
+        FILE *f = fopen(*ca, "r");
+        if (!f) return moectl_fail(EXIT_BAD_INPUT, "TLS CA %s: %s", *ca, strerror(errno));
         fclose(f);
     }
+    return EXIT_OK;
+}
 
-    int code = client_open_at(c, target, token, ca && ca[0] ? ca : NULL);
+int client_open(struct client *c, const struct client_options *o) {
+    memset(c, 0, sizeof *c);
+    char dir_buf[PATH_MAX], target[256] = "", origin[PATH_CAP], token[TOKEN_MAX], ca_buf[PATH_CAP];
+    const char *dir = client_cluster_dir(o->cluster_dir, dir_buf, sizeof dir_buf) == MOE_OK
+                          ? dir_buf : NULL;
+    const char *ca;
+    int code;
+    if ((code = resolve_address(o, dir, target, sizeof target, origin, sizeof origin)) ||
+        (code = resolve_token(o, dir, token, sizeof token)) ||
+        (code = resolve_ca(o, dir, ca_buf, &ca)))
+        return code;
+    code = client_open_at(c, target, token, ca);
     snprintf(c->origin, sizeof c->origin, "%s", origin);
     return code;
 }
@@ -282,7 +282,8 @@ cJSON *client_json(const ProtobufCMessage *m) {
             v = cJSON_CreateArray();
             for (size_t k = 0; v && k < n; k++)
                 cJSON_AddItemToArray(v, json_value(f, arr + k * element_size(f->type)));
-        } else if (f->type == PROTOBUF_C_TYPE_MESSAGE && !*(ProtobufCMessage *const *)(base + f->offset)) {
+        } else if (f->type == PROTOBUF_C_TYPE_MESSAGE &&
+                   !*(ProtobufCMessage *const *)(base + f->offset)) {
             continue; // absent
         } else {
             v = json_value(f, base + f->offset);
@@ -293,13 +294,8 @@ cJSON *client_json(const ProtobufCMessage *m) {
 }
 
 void client_print_json(const ProtobufCMessage *m) {
-    cJSON *j = client_json(m);
-    char *text = j ? cJSON_PrintUnformatted(j) : NULL;
-    if (text) printf("%s\n", text);
-    else fprintf(stderr, "moectl: out of memory printing JSON\n");
-    fflush(stdout);
-    cJSON_free(text);
-    cJSON_Delete(j);
+    if (moectl_print_json(client_json(m)) != 0)
+        fprintf(stderr, "moectl: out of memory printing JSON\n");
 }
 
 const char *client_enum_name(const ProtobufCEnumDescriptor *d, int value) {
@@ -311,35 +307,31 @@ const char *client_enum_name(const ProtobufCEnumDescriptor *d, int value) {
     return u + 1;
 }
 
-/* ---- time ---- */
+/* ---- jobs and workers ---- */
 
-
-void client_age(char *out, size_t cap, long long ms) {
-    if (ms < 0) ms = 0;
-    long long s = ms / 1000;
-    if (s < 60)
-        snprintf(out, cap, "%.1fs", ms / 1000.0);
-    else if (s < 3600)
-        snprintf(out, cap, "%lldm%02llds", s / 60, s % 60);
-    else if (s < 86400)
-        snprintf(out, cap, "%lldh%02lldm", s / 3600, s / 60 % 60);
-    else
-        snprintf(out, cap, "%lldd%02lldh", s / 86400, s / 3600 % 24);
+const char *client_job_state(int state) {
+    return client_enum_name(&moed__v1__job_state__descriptor, state);
 }
 
-void client_clock(char *out, size_t cap, long long unix_ms) {
-    time_t t = (time_t)(unix_ms / 1000);
-    struct tm tm;
-    localtime_r(&t, &tm);
-    strftime(out, cap, "%H:%M:%S", &tm);
+int client_job_final(int state) {
+    return state == MOED__V1__JOB_STATE__JOB_SUCCEEDED ||
+           state == MOED__V1__JOB_STATE__JOB_FAILED ||
+           state == MOED__V1__JOB_STATE__JOB_CANCELLED;
 }
 
-void client_duration(char *out, size_t cap, double seconds) {
-    long s = (long)(seconds + 0.5);
-    if (s >= 3600)
-        snprintf(out, cap, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
-    else
-        snprintf(out, cap, "%ld:%02ld", s / 60, s % 60);
+int client_need_job_id(const char *id) {
+    if (id[0]) return EXIT_OK;
+    return moectl_fail(EXIT_BAD_INPUT, "the job id is empty (moectl jobs lists them)");
+}
+
+Moed__V1__ClusterStatus *client_get_cluster(struct client *c, double timeout_s,
+                                            struct rpc_result *res) {
+    Moed__V1__GetClusterRequest req = MOED__V1__GET_CLUSTER_REQUEST__INIT;
+    ProtobufCMessage *reply = NULL;
+    if (rpc_call_sync(c->ch, RPC_STATUS_GET_CLUSTER, &req.base,
+                      &moed__v1__cluster_status__descriptor, &reply, timeout_s, res) != MOE_OK)
+        return NULL;
+    return (Moed__V1__ClusterStatus *)reply;
 }
 
 static uint64_t event_hash(const Moed__V1__Event *e) {

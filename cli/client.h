@@ -3,8 +3,15 @@
  *
  * Owns: the connection options every client command takes, their environment variables and
  * the local cluster directory behind them; opening the channel; turning a call's gRPC status
- * into moectl's exit code and one error line; printing a reply message as JSON.
- * Never: decides what a command shows a person (cluster.c, jobs.c do), or starts processes.
+ * into moectl's exit code and one error line; printing a reply message as JSON; the few
+ * readings of a reply that several commands share (a job state's name, whether it is final,
+ * the events already shown).
+ * Never: decides what a command shows a person (cluster.c, jobs.c, chaos.c do), or starts
+ * processes.
+ *
+ * Include it first in a .c file: gRPC's headers (through proto/rpc.h) define _GNU_SOURCE,
+ * which must come before any system header for pipe2, nftw and memmem to be declared; a
+ * header that pulls in a system header (common/clock.h: <time.h>) must come after it.
  *
  * Where each setting comes from, first match wins (each setting on its own):
  *   address  --coordinator HOST:PORT   $MOED_COORDINATOR   DIR/coordinator.addr
@@ -46,6 +53,15 @@ enum { OPT_COORDINATOR = 0x100, OPT_TOKEN_FILE, OPT_CA, OPT_CLUSTER_DIR };
 /* 1 when `opt` was a connection option (stored in *o), else 0. */
 int client_option(struct client_options *o, int opt, const char *arg);
 
+/* What most commands that talk to a coordinator take: the connection options and --json. */
+struct client_args {
+    struct client_options conn;
+    int json;
+};
+/* A take() for moectl_options (ctx: a struct client_args): the connection options and 'j';
+ * -1 for any other. */
+int client_take_option(void *ctx, int opt, const char *arg);
+
 /* DIR: the flag's value, else $MOED_CLUSTER_DIR, else $HOME/.moed/cluster. */
 moe_status client_cluster_dir(const char *flag, char *out, size_t cap);
 
@@ -82,10 +98,18 @@ void client_print_json(const ProtobufCMessage *m);
 /* "RUNNING" for JOB_RUNNING, "IDLE" for WORKER_IDLE: an enum value's name without its prefix. */
 const char *client_enum_name(const ProtobufCEnumDescriptor *d, int value);
 
-/* Time helpers for human output. */
-void client_age(char *out, size_t cap, long long ms); // "4s", "3m07s", "2h05m", "3d04h"
-void client_clock(char *out, size_t cap, long long unix_ms); // local "16:40:01"
-void client_duration(char *out, size_t cap, double seconds); // "0:42", "1:02:03"
+/* ---- jobs and workers as the coordinator reports them ---- */
+
+const char *client_job_state(int state); // "RUNNING" for JOB_RUNNING
+int client_job_final(int state);         // SUCCEEDED, FAILED or CANCELLED: it changes no more
+/* EXIT_OK, or EXIT_BAD_INPUT after saying that a job id given is empty. */
+int client_need_job_id(const char *id);
+
+struct Moed__V1__ClusterStatus;
+/* GetCluster within timeout_s, without printing: the reply (free it with
+ * protobuf_c_message_free_unpacked), or NULL with *res and moe_errmsg() saying why. */
+struct Moed__V1__ClusterStatus *client_get_cluster(struct client *c, double timeout_s,
+                                                   struct rpc_result *res);
 
 struct Moed__V1__Event;
 

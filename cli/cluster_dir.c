@@ -1,9 +1,8 @@
 /*
  * cluster_dir.c — a local cluster's directory and its processes (see cluster_dir.h).
  */
-#include "client.h" // first: its gRPC headers choose the feature macros (pipe2, nftw, memmem)
+#include "../proto/rpc.h" // first: gRPC's headers choose the feature macros (pipe2, nftw, memmem)
 #include "cluster_dir.h"
-#include "moectl.h"
 
 #include "../common/fileio.h"
 
@@ -55,13 +54,29 @@ moe_status mkdir_p(const char *path, mode_t mode) {
     return MOE_OK;
 }
 
-int read_small_file(const char *path, char *out, size_t cap) {
+/* Up to cap - 1 bytes of a file, NUL-terminated: how many, or -1 with errno set when it
+ * cannot be opened. */
+static int read_head(const char *path, char *buf, size_t cap) {
     FILE *f = fopen(path, "r");
     if (!f) return -1;
-    size_t n = fread(out, 1, cap - 1, f);
+    size_t n = fread(buf, 1, cap - 1, f);
     fclose(f);
-    out[n] = 0;
-    while (n && (out[n - 1] == '\n' || out[n - 1] == ' ' || out[n - 1] == '\r')) out[--n] = 0;
+    buf[n] = 0;
+    return (int)n;
+}
+
+int read_small_file(const char *path, char *out, size_t cap) {
+    int got = read_head(path, out, cap);
+    if (got < 0) return -1;
+    if (got == 0) {
+        errno = ENODATA;
+        return -1;
+    }
+    static const char space[] = " \t\r\n";
+    size_t n = (size_t)got;
+    while (n && out[n - 1] && strchr(space, out[n - 1])) out[--n] = 0;
+    size_t lead = strspn(out, space);
+    memmove(out, out + lead, n - lead + 1);
     return 0;
 }
 
@@ -150,15 +165,11 @@ moe_status write_shape(const char *dir, const struct shape *sh) {
     cJSON_Delete(j);
     if (!text) return moe_fail(MOE_ENOMEM, "out of memory");
     char path[PATH_CAP];
-    size_t n = strlen(text);
-    char *line = malloc(n + 2);
-    moe_status s = MOE_ENOMEM;
-    if (line) {
-        memcpy(line, text, n);
-        memcpy(line + n, "\n", 2);
-        s = moe_write_file_atomic(in_dir(path, dir, "cluster.json"), line, strlen(line), 0600);
-        free(line);
-    }
+    struct moe_atomic_file f;
+    moe_status s = moe_atomic_begin(&f, in_dir(path, dir, "cluster.json"), 0600);
+    if (s == MOE_OK) s = moe_atomic_write(&f, text, strlen(text));
+    if (s == MOE_OK) s = moe_atomic_write(&f, "\n", 1);
+    if (s == MOE_OK) s = moe_atomic_commit(&f); // each step cleans up after its own failure
     cJSON_free(text);
     return s;
 }
@@ -183,17 +194,6 @@ char *mpirun_file(char *out, const char *dir, int pod, const char *suffix) {
 
 /* ---- processes ---- */
 
-/* Up to cap - 1 bytes of a /proc file, NUL-terminated: how many, or -1 when it cannot be
- * opened. */
-static int read_proc(const char *path, char *buf, size_t cap) {
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    size_t n = fread(buf, 1, cap - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return (int)n;
-}
-
 /* The state letter of a stat line "pid (comm) S ppid ..." (0 when malformed); comm may hold
  * spaces and parentheses, so the last ')' ends it. */
 static char stat_state(const char *buf) {
@@ -215,7 +215,7 @@ static int threads_left(pid_t pid) {
         if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
         char stat_path[64 + 256 + 8], buf[512];
         snprintf(stat_path, sizeof stat_path, "%s/%s/stat", path, e->d_name);
-        char state = read_proc(stat_path, buf, sizeof buf) < 0 ? 0 : stat_state(buf);
+        char state = read_head(stat_path, buf, sizeof buf) < 0 ? 0 : stat_state(buf);
         if (state && state != 'Z' && state != 'X') left = 1;
     }
     closedir(d);
@@ -235,7 +235,7 @@ int daemon_alive(pid_t pid) {
     if (kill(pid, 0) != 0 && errno != EPERM) return 0;
     char path[64], buf[512];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    if (read_proc(path, buf, sizeof buf) < 0)
+    if (read_head(path, buf, sizeof buf) < 0)
         return access("/proc/self/stat", R_OK) != 0; // no /proc: trust kill()
     char state = stat_state(buf);
     if (state == 'Z' || state == 'X') return threads_left(pid);
@@ -243,7 +243,7 @@ int daemon_alive(pid_t pid) {
     const char *lp = strchr(buf, '('), *rp = strrchr(buf, ')');
     if (lp && rp && rp > lp) snprintf(comm, sizeof comm, "%.*s", (int)(rp - lp - 1), lp + 1);
     snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
-    int got = read_proc(path, buf, sizeof buf); // argv[0], NUL-terminated, then the others
+    int got = read_head(path, buf, sizeof buf); // argv[0], NUL-terminated, then the others
     if (got < 0) return 0;
     size_t n = (size_t)got;
     /* an mpirun counts when it is one of ours: moed-worker among its arguments */
@@ -425,7 +425,7 @@ moe_status ensure_tls(const char *dir) {
 pid_t parent_of(pid_t pid) {
     char path[64], buf[512];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    if (read_proc(path, buf, sizeof buf) < 0) return 0;
+    if (read_head(path, buf, sizeof buf) < 0) return 0;
     const char *rp = strrchr(buf, ')'); // "pid (comm) S ppid ..."
     int ppid = 0;
     if (!rp || sscanf(rp + 1, " %*c %d", &ppid) != 1) return 0;

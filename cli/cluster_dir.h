@@ -51,7 +51,9 @@ char *in_dir(char *out, const char *dir, const char *name);            // DIR/na
 char *worker_file(char *out, const char *dir, int i, const char *suffix); // DIR/worker-<i>SUFFIX
 char *mpirun_file(char *out, const char *dir, int pod, const char *suffix); // DIR/mpirun-<p>SUFFIX
 moe_status mkdir_p(const char *path, mode_t mode);
-int read_small_file(const char *path, char *out, size_t cap); // trailing whitespace cut; -1
+/* The text of a small file (up to cap - 1 bytes), surrounding whitespace cut: 0, or -1 with
+ * errno set when it cannot be read or holds no byte at all (ENODATA). */
+int read_small_file(const char *path, char *out, size_t cap);
 pid_t read_pid(const char *path);                               // 0 when none
 moe_status write_pid(const char *path, pid_t pid);
 int worker_files(const char *dir); // workers with a pid file: one past the highest index

@@ -12,6 +12,7 @@
 #include "moectl.h"
 
 #include "../common/clock.h"
+#include "../common/fileio.h"
 #include "../common/spec.h"
 #include "proto/moed.pb-c.h"
 #include "../proto/methods.h"
@@ -33,15 +34,6 @@
 #define THROTTLE_S 1.0     // watch, not on a terminal: at most one step line per this long
 #define REDRAW_S 0.05      // watch, on a terminal: at most 20 redraws a second
 
-static const char *state_name(int state) {
-    return client_enum_name(&moed__v1__job_state__descriptor, state);
-}
-
-static int is_final(int state) {
-    return state == MOED__V1__JOB_STATE__JOB_SUCCEEDED || state == MOED__V1__JOB_STATE__JOB_FAILED ||
-           state == MOED__V1__JOB_STATE__JOB_CANCELLED;
-}
-
 static void job_usage(FILE *to, const char *cmd) {
     static const struct {
         const char *cmd, *args;
@@ -60,57 +52,46 @@ static void job_usage(FILE *to, const char *cmd) {
                     forms[i].args);
 }
 
+/* What a job command was given: the connection options and --json, and where it has one,
+ * an option of its own (`extra`, getopt letters `shorts`) that take_extra stores in ctx,
+ * returning 0 or -1 (a usage error). */
 struct job_args {
-    struct client_options conn;
-    int json;
+    struct client_args common;
+    const struct option *extra;
+    const char *shorts;
+    int (*take_extra)(void *ctx, int opt, const char *arg);
+    void *ctx;
 };
 
-/* Parses a command's options: the connection options, --json, --help, and `extra` (their
- * getopt letters in `shorts`, handled by `on_extra`). Returns 0 with optind at the first of
- * exactly `want_operands` operands, -1 after printing help, or EXIT_BAD_INPUT after usage. */
+static int take_job_option(void *ctx, int opt, const char *arg) {
+    struct job_args *a = ctx;
+    int r = client_take_option(&a->common, opt, arg);
+    return r < 0 && a->take_extra ? a->take_extra(a->ctx, opt, arg) : r;
+}
 
-static int parse_args(int argc, char **argv, struct job_args *a, const struct option *extra,
-                      int n_extra, const char *shorts, int (*on_extra)(int c, void *ctx), void *ctx,
-                      int want_operands) {
-    struct option opts[16] = {CLIENT_LONG_OPTIONS, {"json", no_argument, 0, 'j'},
-                              {"help", no_argument, 0, 'h'}};
-    int n = 6;
-    for (int i = 0; i < n_extra && n < 15; i++) opts[n++] = extra[i];
-    memset(&opts[n], 0, sizeof opts[n]);
-    char optstring[32];
-    snprintf(optstring, sizeof optstring, "jh%s", shorts);
-    memset(a, 0, sizeof *a);
-    int c;
-    while ((c = getopt_long(argc, argv, optstring, opts, NULL)) != -1) {
-        if (client_option(&a->conn, c, optarg)) continue;
-        if (c == 'j') {
-            a->json = 1;
-        } else if (c == 'h') {
-            job_usage(stdout, argv[0]);
-            return -1;
-        } else if (c == '?' || !on_extra || on_extra(c, ctx) != 0) {
-            job_usage(stderr, argv[0]);
-            return EXIT_BAD_INPUT;
-        }
-    }
-    if (argc - optind != want_operands) {
-        job_usage(stderr, argv[0]);
-        return EXIT_BAD_INPUT;
-    }
-    return 0;
+/* Reads a job command's options. 1: go on, optind at the first of exactly `operands`
+ * operands; 0: stop with *code (EXIT_OK after --help). */
+static int parse_args(int argc, char **argv, struct job_args *a, int operands, int *code) {
+    struct option opts[8] = {CLIENT_LONG_OPTIONS, {"json", no_argument, 0, 'j'},
+                             {"help", no_argument, 0, 'h'}};
+    if (a->extra) opts[6] = *a->extra;
+    char shorts[16];
+    snprintf(shorts, sizeof shorts, "jh%s", a->shorts ? a->shorts : "");
+    const struct command_line cmd = {opts, shorts, job_usage, take_job_option, a, operands};
+    return moectl_options(argc, argv, &cmd, code);
 }
 
 /* ---- submit ---- */
 
 struct submit_ctx {
-    char **sets;
+    const char **sets;
     int n_sets;
 };
 
-static int submit_extra(int c, void *ctx) {
+static int take_set(void *ctx, int c, const char *arg) {
     struct submit_ctx *s = ctx;
     if (c != 's') return -1;
-    s->sets[s->n_sets++] = optarg;
+    s->sets[s->n_sets++] = arg;
     return 0;
 }
 
@@ -118,7 +99,8 @@ static int submit_extra(int c, void *ctx) {
  * daemons do not share. */
 static int absolute_sources(struct job_spec *spec) {
     char cwd[PATH_MAX];
-    if (!getcwd(cwd, sizeof cwd)) return moectl_fail(EXIT_RUN_FAILED, "getcwd: %s", strerror(errno));
+    if (!getcwd(cwd, sizeof cwd))
+        return moectl_fail(EXIT_RUN_FAILED, "getcwd: %s", strerror(errno));
     for (int i = 0; i < spec->data.n_sources; i++) {
         char *p = spec->data.sources[i].path;
         if (p[0] == '/' || p[0] == 0) continue;
@@ -135,19 +117,16 @@ static int absolute_sources(struct job_spec *spec) {
 }
 
 int cmd_submit(int argc, char **argv) {
-    static const struct option extra[] = {{"set", required_argument, 0, 's'}};
+    static const struct option set = {"set", required_argument, 0, 's'};
     struct submit_ctx sc = {calloc((size_t)argc, sizeof(char *)), 0};
-    struct job_args a;
     if (!sc.sets) return moectl_fail(EXIT_RUN_FAILED, "out of memory");
-    int code = parse_args(argc, argv, &a, extra, 1, "s:", submit_extra, &sc, 1);
+    struct job_args a = {.extra = &set, .shorts = "s:", .take_extra = take_set, .ctx = &sc};
+    int code, go_on = parse_args(argc, argv, &a, 1, &code);
     struct job_spec *spec = NULL;
     char *json = NULL;
     ProtobufCMessage *reply = NULL;
     struct client cl = {0};
-    if (code) {
-        code = code < 0 ? EXIT_OK : code;
-        goto exit;
-    }
+    if (!go_on) goto exit;
     spec = malloc(sizeof *spec);
     if (!spec) {
         code = moectl_fail(EXIT_RUN_FAILED, "out of memory");
@@ -165,17 +144,16 @@ int cmd_submit(int argc, char **argv) {
         code = moectl_fail(EXIT_RUN_FAILED, "out of memory");
         goto exit;
     }
-    if ((code = client_open(&cl, &a.conn))) goto exit;
+    if ((code = client_open(&cl, &a.common.conn))) goto exit;
     Moed__V1__SubmitJobRequest req = MOED__V1__SUBMIT_JOB_REQUEST__INIT;
     req.spec = json; // overrides are already applied: the coordinator gets one complete spec
     if ((code = client_call(&cl, RPC_JOBS_SUBMIT_JOB, &req.base, &moed__v1__job_info__descriptor,
                             &reply, NULL)))
         goto exit;
-    const Moed__V1__JobInfo *job = (const Moed__V1__JobInfo *)reply;
-    if (a.json)
+    if (a.common.json)
         client_print_json(reply);
     else
-        printf("%s\n", job->job_id);
+        printf("%s\n", ((const Moed__V1__JobInfo *)reply)->job_id);
 exit:
     if (reply) protobuf_c_message_free_unpacked(reply, NULL);
     if (cl.ch) client_close(&cl);
@@ -187,48 +165,52 @@ exit:
 
 /* ---- jobs ---- */
 
-static int jobs_extra(int c, void *ctx) {
+static int take_active(void *ctx, int c, const char *arg) {
+    (void)arg;
     if (c != 'a') return -1;
     *(int *)ctx = 1;
     return 0;
 }
 
+static void print_jobs(const Moed__V1__ListJobsResponse *r) {
+    long long now = moe_wall_ms();
+    printf("%-10s %-16s %-10s %-13s %-8s %-8s %-5s %-10s %s\n", "JOB", "NAME", "STATE", "STEP",
+           "LOSS", "VAL", "MESH", "CREATED", "ERROR");
+    for (size_t i = 0; i < r->n_jobs; i++) {
+        const Moed__V1__JobInfo *j = r->jobs[i];
+        char step[48], loss[24] = "-", val[24] = "-", mesh[24] = "-", age[32];
+        snprintf(step, sizeof step, "%lld/%lld", (long long)j->step, (long long)j->total_steps);
+        if (j->step > 0) snprintf(loss, sizeof loss, "%.4f", j->loss);
+        if (j->val_loss > 0) snprintf(val, sizeof val, "%.4f", j->val_loss);
+        if (j->pods > 0) snprintf(mesh, sizeof mesh, "%dx%d", j->pods, j->slots);
+        moectl_age(age, sizeof age, now - j->created_unix_ms);
+        printf("%-10s %-16.16s %-10s %-13s %-8s %-8s %-5s %-10s %.60s\n", j->job_id, j->name,
+               client_job_state(j->state), step, loss, val, mesh, strcat(age, " ago"), j->error);
+    }
+}
+
 int cmd_jobs(int argc, char **argv) {
-    static const struct option extra[] = {{"active", no_argument, 0, 'a'}};
-    struct job_args a;
-    int active = 0;
-    int code = parse_args(argc, argv, &a, extra, 1, "a", jobs_extra, &active, 0);
-    if (code) return code < 0 ? EXIT_OK : code;
+    static const struct option active_only = {"active", no_argument, 0, 'a'};
+    int active = 0, code;
+    struct job_args a = {.extra = &active_only, .shorts = "a", .take_extra = take_active,
+                         .ctx = &active};
+    if (!parse_args(argc, argv, &a, 0, &code)) return code;
     struct client cl;
-    if ((code = client_open(&cl, &a.conn))) return code;
+    if ((code = client_open(&cl, &a.common.conn))) return code;
     Moed__V1__ListJobsRequest req = MOED__V1__LIST_JOBS_REQUEST__INIT;
     req.active_only = active;
     ProtobufCMessage *reply = NULL;
-    code = client_call(&cl, RPC_JOBS_LIST_JOBS, &req.base, &moed__v1__list_jobs_response__descriptor,
-                       &reply, NULL);
+    code = client_call(&cl, RPC_JOBS_LIST_JOBS, &req.base,
+                       &moed__v1__list_jobs_response__descriptor, &reply, NULL);
     client_close(&cl);
     if (code) return code;
     const Moed__V1__ListJobsResponse *r = (const Moed__V1__ListJobsResponse *)reply;
-    if (a.json) {
+    if (a.common.json)
         client_print_json(reply);
-    } else if (!r->n_jobs) {
+    else if (!r->n_jobs)
         printf("no %sjobs (moectl submit SPEC starts one)\n", active ? "active " : "");
-    } else {
-        long long now = moe_wall_ms();
-        printf("%-10s %-16s %-10s %-13s %-8s %-8s %-5s %-10s %s\n", "JOB", "NAME", "STATE", "STEP",
-               "LOSS", "VAL", "MESH", "CREATED", "ERROR");
-        for (size_t i = 0; i < r->n_jobs; i++) {
-            const Moed__V1__JobInfo *j = r->jobs[i];
-            char step[48], loss[24] = "-", val[24] = "-", mesh[24] = "-", age[32];
-            snprintf(step, sizeof step, "%lld/%lld", (long long)j->step, (long long)j->total_steps);
-            if (j->step > 0) snprintf(loss, sizeof loss, "%.4f", j->loss);
-            if (j->val_loss > 0) snprintf(val, sizeof val, "%.4f", j->val_loss);
-            if (j->pods > 0) snprintf(mesh, sizeof mesh, "%dx%d", j->pods, j->slots);
-            client_age(age, sizeof age, now - j->created_unix_ms);
-            printf("%-10s %-16.16s %-10s %-13s %-8s %-8s %-5s %-10s %.60s\n", j->job_id, j->name,
-                   state_name(j->state), step, loss, val, mesh, strcat(age, " ago"), j->error);
-        }
-    }
+    else
+        print_jobs(r);
     protobuf_c_message_free_unpacked(reply, NULL);
     return EXIT_OK;
 }
@@ -242,7 +224,8 @@ static void load_text(char *out, size_t cap, const Moed__V1__StepMetrics *m) {
     if (m->n_expert_load <= 16) {
         n += snprintf(out + n, cap - (size_t)n, " [");
         for (size_t e = 0; e < m->n_expert_load && (size_t)n < cap; e++)
-            n += snprintf(out + n, cap - (size_t)n, "%s%.0f", e ? " " : "", 100.0 * m->expert_load[e]);
+            n += snprintf(out + n, cap - (size_t)n, "%s%.0f", e ? " " : "",
+                          100.0 * m->expert_load[e]);
         if ((size_t)n < cap) snprintf(out + n, cap - (size_t)n, "]%%");
     } else {
         float lo = m->expert_load[0], hi = lo;
@@ -288,7 +271,7 @@ static double comm_share(Moed__V1__SlotStatus *const *slots, size_t n) {
 
 static void print_event(const Moed__V1__Event *e, const char *indent) {
     char when[16];
-    client_clock(when, sizeof when, e->unix_ms);
+    moectl_clock(when, sizeof when, e->unix_ms);
     printf("%s%s %-12s %s\n", indent, when, e->kind, e->message);
 }
 
@@ -306,51 +289,40 @@ static void print_recovery(const Moed__V1__JobInfo *j) {
 
 /* ---- status ---- */
 
-static int need_job_id(const char *id) {
-    if (id[0]) return 0;
-    return moectl_fail(EXIT_BAD_INPUT, "the job id is empty (moectl jobs lists them)");
-}
-
 /* The shape of every command that names one job and makes one call: parse the options,
- * connect, send a JobRef. Returns the exit code (EXIT_OK with *reply set on success). */
+ * connect, send a JobRef. 1 with *reply set; 0 with *code to exit with. */
 static int call_on_job(int argc, char **argv, struct job_args *a, const char *method,
-                       const ProtobufCMessageDescriptor *reply_type, ProtobufCMessage **reply) {
+                       const ProtobufCMessageDescriptor *reply_type, ProtobufCMessage **reply,
+                       int *code) {
     *reply = NULL;
-    int code = parse_args(argc, argv, a, NULL, 0, "", NULL, NULL, 1);
-    if (code) return code < 0 ? -1 : code;
+    if (!parse_args(argc, argv, a, 1, code)) return 0;
     const char *id = argv[optind];
-    if ((code = need_job_id(id))) return code;
+    if ((*code = client_need_job_id(id))) return 0;
     struct client cl;
-    if ((code = client_open(&cl, &a->conn))) return code;
+    if ((*code = client_open(&cl, &a->common.conn))) return 0;
     Moed__V1__JobRef req = MOED__V1__JOB_REF__INIT;
     req.job_id = (char *)id;
-    code = client_call(&cl, method, &req.base, reply_type, reply, NULL);
+    *code = client_call(&cl, method, &req.base, reply_type, reply, NULL);
     client_close(&cl);
-    return code;
+    return *code == EXIT_OK;
 }
 
-int cmd_status(int argc, char **argv) {
-    struct job_args a;
-    ProtobufCMessage *reply;
-    int code = call_on_job(argc, argv, &a, RPC_JOBS_GET_JOB, &moed__v1__job_status__descriptor, &reply);
-    if (code) return code < 0 ? EXIT_OK : code;
-    const Moed__V1__JobStatus *st = (const Moed__V1__JobStatus *)reply;
-    if (a.json || !st->job) {
-        client_print_json(reply);
-        protobuf_c_message_free_unpacked(reply, NULL);
-        return EXIT_OK;
-    }
+/* The headline: "job-2 'tiny' RUNNING: step 135/300 (45%), ETA 0:42". */
+static void print_headline(const Moed__V1__JobStatus *st) {
     const Moed__V1__JobInfo *j = st->job;
-    const Moed__V1__StepMetrics *m = st->last;
     double pct = j->total_steps > 0 ? 100.0 * (double)j->step / (double)j->total_steps : 0;
     char eta[32] = "";
     if (st->eta_seconds > 0) {
         char d[24];
-        client_duration(d, sizeof d, st->eta_seconds);
+        moectl_duration(d, sizeof d, st->eta_seconds);
         snprintf(eta, sizeof eta, ", ETA %s", d);
     }
-    printf("%s '%s' %s: step %lld/%lld (%.0f%%)%s\n", j->job_id, j->name, state_name(j->state),
-           (long long)j->step, (long long)j->total_steps, pct, eta);
+    printf("%s '%s' %s: step %lld/%lld (%.0f%%)%s\n", j->job_id, j->name,
+           client_job_state(j->state), (long long)j->step, (long long)j->total_steps, pct, eta);
+}
+
+/* The last step's metrics, or without them the job's loss. */
+static void print_metrics(const Moed__V1__JobInfo *j, const Moed__V1__StepMetrics *m) {
     if (m) {
         printf("  loss      %.4f (ce %.4f, aux %.4f, z %.4f)", m->loss, m->ce, m->aux, m->z);
         if (j->val_loss > 0) printf("   val loss %.4f", j->val_loss);
@@ -367,14 +339,22 @@ int cmd_status(int argc, char **argv) {
         if (j->val_loss > 0) printf("   val loss %.4f", j->val_loss);
         printf("\n");
     }
-    if (j->pods > 0)
+}
+
+/* The mesh: its shape, its recovery state, and a slot table with the expert load, or for a
+ * single slot its binding. */
+static void print_mesh(const Moed__V1__JobStatus *st) {
+    const Moed__V1__JobInfo *j = st->job;
+    const Moed__V1__StepMetrics *m = st->last;
+    if (j->pods > 0) {
         printf("  mesh      %d pod%s x %d slot%s%s%s", j->pods, j->pods == 1 ? "" : "s", j->slots,
                j->slots == 1 ? "" : "s", j->backend[0] ? ", backend " : "", j->backend);
-    if (j->pods > 0 && j->epoch) printf(", epoch %llu", (unsigned long long)j->epoch);
-    if (j->pods > 0) printf("\n");
+        if (j->epoch) printf(", epoch %llu", (unsigned long long)j->epoch);
+        printf("\n");
+    }
     print_recovery(j);
     if (st->n_slots > 1) {
-        print_slots(st->slots, st->n_slots, is_final(j->state), "    ");
+        print_slots(st->slots, st->n_slots, client_job_final(j->state), "    ");
         if (m && m->n_expert_load) {
             printf("  expert load (share of assignments, averaged over layers)\n    ");
             for (size_t e = 0; e < m->n_expert_load; e++)
@@ -387,17 +367,21 @@ int cmd_status(int argc, char **argv) {
         printf("  %-9s (pod %d, slot %d) on %s at %s\n", i ? "" : "bindings", b->pod, b->slot,
                b->worker_id, b->worker_address);
     }
-    long long now = moe_wall_ms();
+}
+
+/* When it was created, started and finished; its model, its error, its events. */
+static void print_history(const Moed__V1__JobStatus *st) {
+    const Moed__V1__JobInfo *j = st->job;
     char when[16], age[32];
-    client_clock(when, sizeof when, j->created_unix_ms);
-    client_age(age, sizeof age, now - j->created_unix_ms);
+    moectl_clock(when, sizeof when, j->created_unix_ms);
+    moectl_age(age, sizeof age, moe_wall_ms() - j->created_unix_ms);
     printf("  created   %s (%s ago)", when, age);
     if (j->started_unix_ms) {
-        client_clock(when, sizeof when, j->started_unix_ms);
+        moectl_clock(when, sizeof when, j->started_unix_ms);
         printf(", started %s", when);
     }
     if (j->finished_unix_ms) {
-        client_clock(when, sizeof when, j->finished_unix_ms);
+        moectl_clock(when, sizeof when, j->finished_unix_ms);
         printf(", finished %s", when);
     }
     printf("\n");
@@ -408,6 +392,24 @@ int cmd_status(int argc, char **argv) {
     if (st->n_events) {
         printf("  events\n");
         for (size_t i = 0; i < st->n_events; i++) print_event(st->events[i], "    ");
+    }
+}
+
+int cmd_status(int argc, char **argv) {
+    struct job_args a = {0};
+    ProtobufCMessage *reply;
+    int code;
+    if (!call_on_job(argc, argv, &a, RPC_JOBS_GET_JOB, &moed__v1__job_status__descriptor, &reply,
+                     &code))
+        return code;
+    const Moed__V1__JobStatus *st = (const Moed__V1__JobStatus *)reply;
+    if (a.common.json || !st->job) {
+        client_print_json(reply);
+    } else {
+        print_headline(st);
+        print_metrics(st->job, st->last);
+        print_mesh(st);
+        print_history(st);
     }
     protobuf_c_message_free_unpacked(reply, NULL);
     return EXIT_OK;
@@ -429,6 +431,8 @@ struct watch {
     uint64_t table_epoch;  // the epoch whose slot table was printed (a mesh's, once running)
     uint64_t step_epoch;   // the epoch of the steps shown
     int recovering;        // the job was recovering at the last update
+    int got_any;           // an update came: a broken stream after that is worth waiting out
+    double lost_at;        // when the stream broke; 0 while it is up
 };
 
 static int terminal_width(void) {
@@ -490,14 +494,13 @@ static void step_text(char *out, size_t cap, const Moed__V1__JobUpdate *u, int t
     struct line l = {out, cap, 0};
     out[0] = 0;
     char eta[24] = "", load[200] = "";
-    if (u->eta_seconds > 0 && !is_final(j->state)) client_duration(eta, sizeof eta, u->eta_seconds);
+    if (u->eta_seconds > 0 && !client_job_final(j->state))
+        moectl_duration(eta, sizeof eta, u->eta_seconds);
     if (m) load_text(load, sizeof load, m);
     const char *sep = tty ? " " : " | ";
     if (tty) {
         char bar[32];
-        int width = 20, filled = (int)(frac * width);
-        for (int i = 0; i < width; i++) bar[i] = i < filled ? '=' : (i == filled ? '>' : ' ');
-        bar[width] = 0;
+        moectl_bar(bar, 20, frac);
         put(&l, "%s [%s] %3.0f%% %lld/%lld", j->job_id, bar, 100 * frac, (long long)j->step,
             (long long)j->total_steps);
         if (eta[0]) put(&l, " ETA %s", eta);
@@ -519,54 +522,53 @@ static void step_text(char *out, size_t cap, const Moed__V1__JobUpdate *u, int t
     if (!tty && eta[0]) put(&l, "%sETA %s", sep, eta);
 }
 
-/* Shows one update; returns the job's state. */
-static int watch_update(struct watch *w, const Moed__V1__JobUpdate *u) {
-    if (!u->job) return 0;
-    const Moed__V1__JobInfo *j = u->job;
-    if (w->json) {
-        client_print_json(&u->base);
-        return j->state;
-    }
-    int final = is_final(j->state);
-    /* A step line the throttle held back is older than this update's events: it goes first
-     * when nothing else would ever print it. */
-    if (final && w->pending[0]) {
-        printf("%s\n", w->pending);
-        w->pending[0] = 0;
-    }
-    /* Events go above the progress line, which is drawn again below them. */
+/* The update's events that were not shown yet, above the progress line, which is drawn
+ * again below them. */
+static void show_events(struct watch *w, const Moed__V1__JobUpdate *u, int final) {
     for (size_t i = 0; i < u->n_new_events; i++) {
         if (!event_set_add(&w->seen, u->new_events[i])) continue;
         int redraw = w->bar_shown;
         clear_bar(w);
-        printf("%s ", j->job_id);
+        printf("%s ", u->job->job_id);
         print_event(u->new_events[i], "");
         if (redraw && !final) draw_bar(w);
     }
-    /* A mesh's slot table: once every slot trains (who plays what), and at the end. */
+}
+
+/* A mesh's slot table: once every slot trains (who plays what), and at the end. */
+static void show_slot_table(struct watch *w, const Moed__V1__JobUpdate *u, int final) {
+    const Moed__V1__JobInfo *j = u->job;
     int all_training = u->n_slots > 1;
     for (size_t i = 0; i < u->n_slots; i++) all_training &= u->slots[i]->step > 0;
-    if (u->n_slots > 1 && ((all_training && w->table_epoch != j->epoch) || final)) {
-        clear_bar(w);
-        printf("%s %d x %d mesh, epoch %llu:\n", j->job_id, j->pods, j->slots,
-               (unsigned long long)j->epoch);
-        print_slots(u->slots, u->n_slots, final, "  ");
-        w->table_epoch = j->epoch;
-    }
-    /* A recovery returns the job to an earlier step in a new epoch: the replayed steps are
-     * shown again, and so is the change into and out of recovering. */
+    if (u->n_slots <= 1 || !((all_training && w->table_epoch != j->epoch) || final)) return;
+    clear_bar(w);
+    printf("%s %d x %d mesh, epoch %llu:\n", j->job_id, j->pods, j->slots,
+           (unsigned long long)j->epoch);
+    print_slots(u->slots, u->n_slots, final, "  ");
+    w->table_epoch = j->epoch;
+}
+
+/* A recovery returns the job to an earlier step in a new epoch: the replayed steps are
+ * shown again, and so is the change into and out of recovering. */
+static void follow_recovery(struct watch *w, const Moed__V1__JobUpdate *u, int final) {
+    const Moed__V1__JobInfo *j = u->job;
     if (j->epoch != w->step_epoch) {
         w->step_epoch = j->epoch;
         if (j->step < w->last_step) w->last_step = j->step - 1;
     }
-    if (j->recovering != w->recovering) {
-        w->recovering = j->recovering;
-        if (!w->tty && !final) {
-            char line[512];
-            step_text(line, sizeof line, u, 0);
-            printf("%s\n", line);
-        }
+    if (j->recovering == w->recovering) return;
+    w->recovering = j->recovering;
+    if (!w->tty && !final) {
+        char line[512];
+        step_text(line, sizeof line, u, 0);
+        printf("%s\n", line);
     }
+}
+
+/* The progress: on a terminal the bar, redrawn at most every REDRAW_S; otherwise a line
+ * for each new step, at most one every THROTTLE_S (the last one held back in `pending`). */
+static void show_progress(struct watch *w, const Moed__V1__JobUpdate *u, int final) {
+    const Moed__V1__JobInfo *j = u->job;
     double now = moe_clock_s();
     if (w->tty) {
         if (j->state == MOED__V1__JOB_STATE__JOB_QUEUED)
@@ -590,20 +592,44 @@ static int watch_update(struct watch *w, const Moed__V1__JobUpdate *u) {
         }
     }
     if (j->step > w->last_step) w->last_step = j->step;
-    if (final) {
-        clear_bar(w);
-        printf("%s %s at step %lld/%lld", j->job_id, state_name(j->state), (long long)j->step,
-               (long long)j->total_steps);
-        if (j->step > 0) printf(", loss %.4f", j->loss);
-        if (j->val_loss > 0) printf(", val loss %.4f", j->val_loss);
-        if (j->recoveries > 0)
-            printf(" after %d recover%s", j->recoveries, j->recoveries == 1 ? "y" : "ies");
-        if (j->error[0]) printf(": %s", j->error);
-        if (j->state == MOED__V1__JOB_STATE__JOB_SUCCEEDED)
-            printf("; model %lld bytes (moectl fetch %s -o FILE)", (long long)j->model_bytes,
-                   j->job_id);
-        printf("\n");
+}
+
+/* "job-2 SUCCEEDED at step 300/300, loss 1.2345; model 1234 bytes (moectl fetch ...)" */
+static void show_outcome(struct watch *w, const Moed__V1__JobInfo *j) {
+    clear_bar(w);
+    printf("%s %s at step %lld/%lld", j->job_id, client_job_state(j->state), (long long)j->step,
+           (long long)j->total_steps);
+    if (j->step > 0) printf(", loss %.4f", j->loss);
+    if (j->val_loss > 0) printf(", val loss %.4f", j->val_loss);
+    if (j->recoveries > 0)
+        printf(" after %d recover%s", j->recoveries, j->recoveries == 1 ? "y" : "ies");
+    if (j->error[0]) printf(": %s", j->error);
+    if (j->state == MOED__V1__JOB_STATE__JOB_SUCCEEDED)
+        printf("; model %lld bytes (moectl fetch %s -o FILE)", (long long)j->model_bytes,
+               j->job_id);
+    printf("\n");
+}
+
+/* Shows one update; returns the job's state. */
+static int watch_update(struct watch *w, const Moed__V1__JobUpdate *u) {
+    if (!u->job) return 0;
+    const Moed__V1__JobInfo *j = u->job;
+    if (w->json) {
+        client_print_json(&u->base);
+        return j->state;
     }
+    int final = client_job_final(j->state);
+    /* A step line the throttle held back is older than this update's events: it goes first
+     * when nothing else would ever print it. */
+    if (final && w->pending[0]) {
+        printf("%s\n", w->pending);
+        w->pending[0] = 0;
+    }
+    show_events(w, u, final);
+    show_slot_table(w, u, final);
+    follow_recovery(w, u, final);
+    show_progress(w, u, final);
+    if (final) show_outcome(w, j);
     fflush(stdout);
     return j->state;
 }
@@ -612,64 +638,73 @@ static int retryable(grpc_status_code code) {
     return code == GRPC_STATUS_UNAVAILABLE || code == GRPC_STATUS_CANCELLED;
 }
 
-int cmd_watch(int argc, char **argv) {
-    struct job_args a;
-    int code = parse_args(argc, argv, &a, NULL, 0, "", NULL, NULL, 1);
-    if (code) return code < 0 ? EXIT_OK : code;
-    struct watch w = {.job_id = argv[optind], .json = a.json, .last_step = -1, .line_at = -1e9};
-    w.tty = !w.json && isatty(STDOUT_FILENO);
-    if ((code = need_job_id(w.job_id))) return code;
-    struct client cl;
-    if ((code = client_open(&cl, &a.conn))) return code;
+/* The stream broke (r: 0 it ended, -1 it failed, saying `why`). A coordinator that restarts
+ * comes back with the job where it was: wait for it, up to RECONNECT_S. EXIT_OK to try
+ * again; else the exit code, after saying why. */
+static int watch_lost(struct watch *w, int r, grpc_status_code status, const char *why) {
+    if (r == -1 && (!w->got_any || !retryable(status))) {
+        clear_bar(w);
+        int code = client_exit_code(status);
+        return moectl_fail(code ? code : EXIT_RUN_FAILED, "%s", why);
+    }
+    double now = moe_clock_s();
+    if (!w->lost_at) {
+        w->lost_at = now;
+        say(w, "lost the coordinator (%s); reconnecting for up to %.0f s", why, RECONNECT_S);
+    } else if (now - w->lost_at > RECONNECT_S) {
+        clear_bar(w);
+        return moectl_fail(EXIT_UNREACHABLE, "gave up after %.0f s without the coordinator: %s",
+                           RECONNECT_S, why);
+    }
+    struct timespec ts = {0, 500 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    return EXIT_OK;
+}
 
+/* Follows the job's updates until it ends: its last state, or 0 with *code set. */
+static int follow(struct watch *w, struct client *cl, int *code) {
     Moed__V1__WatchJobRequest req = MOED__V1__WATCH_JOB_REQUEST__INIT;
-    req.job_id = (char *)w.job_id;
+    req.job_id = (char *)w->job_id;
     struct rpc_stream *s = NULL;
-    int state = 0, got_any = 0;
-    double lost_at = 0; // when the stream broke; 0 while it is up
+    int state = 0;
     for (;;) {
-        if (!s && rpc_stream_open(&s, cl.ch, RPC_JOBS_WATCH_JOB, &req.base, 0) != MOE_OK) {
-            code = moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
-            break;
+        if (!s && rpc_stream_open(&s, cl->ch, RPC_JOBS_WATCH_JOB, &req.base, 0) != MOE_OK) {
+            *code = moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
+            return 0;
         }
         ProtobufCMessage *msg = NULL;
         struct rpc_result res;
         int r = rpc_stream_next(s, &moed__v1__job_update__descriptor, &msg, &res);
         if (r == 1) {
-            if (lost_at) say(&w, "reconnected to %s", cl.target);
-            lost_at = 0;
-            got_any = 1;
-            state = watch_update(&w, (const Moed__V1__JobUpdate *)msg);
+            if (w->lost_at) say(w, "reconnected to %s", cl->target);
+            w->lost_at = 0;
+            w->got_any = 1;
+            state = watch_update(w, (const Moed__V1__JobUpdate *)msg);
             protobuf_c_message_free_unpacked(msg, NULL);
-            if (is_final(state)) break;
-            continue;
+            if (!client_job_final(state)) continue;
+            rpc_stream_close(s);
+            return state;
         }
         char why[600];
         snprintf(why, sizeof why, "%s", r == 0 ? "the stream ended before the job did"
                                                : moe_errmsg());
         rpc_stream_close(s);
         s = NULL;
-        /* A coordinator that restarts comes back with the job where it was: wait for it. */
-        if (r == -1 && (!got_any || !retryable(res.code))) {
-            clear_bar(&w);
-            code = moectl_fail(client_exit_code(res.code) ? client_exit_code(res.code)
-                                                          : EXIT_RUN_FAILED, "%s", why);
-            break;
-        }
-        double now = moe_clock_s();
-        if (!lost_at) {
-            lost_at = now;
-            say(&w, "lost the coordinator (%s); reconnecting for up to %.0f s", why, RECONNECT_S);
-        } else if (now - lost_at > RECONNECT_S) {
-            clear_bar(&w);
-            code = moectl_fail(EXIT_UNREACHABLE, "gave up after %.0f s without the coordinator: %s",
-                               RECONNECT_S, why);
-            break;
-        }
-        struct timespec ts = {0, 500 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        if ((*code = watch_lost(w, r, res.code, why))) return 0;
     }
-    if (s) rpc_stream_close(s);
+}
+
+int cmd_watch(int argc, char **argv) {
+    struct job_args a = {0};
+    int code;
+    if (!parse_args(argc, argv, &a, 1, &code)) return code;
+    struct watch w = {.job_id = argv[optind], .json = a.common.json, .last_step = -1,
+                      .line_at = -1e9};
+    w.tty = !w.json && isatty(STDOUT_FILENO);
+    if ((code = client_need_job_id(w.job_id))) return code;
+    struct client cl;
+    if ((code = client_open(&cl, &a.common.conn))) return code;
+    int state = follow(&w, &cl, &code);
     client_close(&cl);
     event_set_free(&w.seen);
     if (code) return code;
@@ -683,16 +718,18 @@ int cmd_watch(int argc, char **argv) {
 /* ---- cancel ---- */
 
 int cmd_cancel(int argc, char **argv) {
-    struct job_args a;
+    struct job_args a = {0};
     ProtobufCMessage *reply;
-    int code = call_on_job(argc, argv, &a, RPC_JOBS_CANCEL_JOB, &moed__v1__job_info__descriptor, &reply);
-    if (code) return code < 0 ? EXIT_OK : code;
+    int code;
+    if (!call_on_job(argc, argv, &a, RPC_JOBS_CANCEL_JOB, &moed__v1__job_info__descriptor, &reply,
+                     &code))
+        return code;
     const Moed__V1__JobInfo *j = (const Moed__V1__JobInfo *)reply;
-    if (a.json)
+    if (a.common.json)
         client_print_json(reply);
     else
-        printf("%s %s at step %lld/%lld\n", j->job_id, state_name(j->state), (long long)j->step,
-               (long long)j->total_steps);
+        printf("%s %s at step %lld/%lld\n", j->job_id, client_job_state(j->state),
+               (long long)j->step, (long long)j->total_steps);
     protobuf_c_message_free_unpacked(reply, NULL);
     return EXIT_OK;
 }
@@ -707,57 +744,48 @@ static void fetch_interrupted(int sig) {
     raise(sig);
 }
 
-static int fetch_extra(int c, void *ctx) {
+static int take_output(void *ctx, int c, const char *arg) {
     if (c != 'o') return -1;
-    *(const char **)ctx = optarg;
+    *(const char **)ctx = arg;
     return 0;
 }
 
-static int write_all(int fd, const uint8_t *p, size_t n) {
-    while (n) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
+/* A model on its way into fetch_tmp. */
+struct fetch {
+    const char *id;
+    int fd;
+    long long written, total; // total: -1 before the first chunk
+};
+
+/* One chunk: it must follow the bytes before it, within a total that does not change. */
+static int fetch_chunk(struct fetch *f, const Moed__V1__ModelChunk *ch) {
+    const char *bad = NULL;
+    if (ch->offset != f->written)
+        bad = "a chunk out of order";
+    else if (ch->total_bytes < 0 || (f->total >= 0 && ch->total_bytes != f->total))
+        bad = "a changing total size";
+    else if (f->written + (long long)ch->data.len > ch->total_bytes)
+        bad = "more bytes than the total size";
+    if (bad)
+        return moectl_fail(EXIT_RUN_FAILED, "fetch %s: the coordinator sent %s (offset %lld, "
+                           "%zu bytes, total %lld, after %lld bytes)", f->id, bad,
+                           (long long)ch->offset, ch->data.len, (long long)ch->total_bytes,
+                           f->written);
+    f->total = ch->total_bytes;
+    if (moe_write_all(f->fd, ch->data.data, ch->data.len) != 0)
+        return moectl_fail(EXIT_RUN_FAILED, "cannot write %s: %s", fetch_tmp, strerror(errno));
+    f->written += (long long)ch->data.len;
+    return EXIT_OK;
 }
 
-int cmd_fetch(int argc, char **argv) {
-    static const struct option extra[] = {{"output", required_argument, 0, 'o'}};
-    struct job_args a;
-    const char *out = NULL;
-    int code = parse_args(argc, argv, &a, extra, 1, "o:", fetch_extra, &out, 1);
-    if (code) return code < 0 ? EXIT_OK : code;
-    const char *id = argv[optind];
-    if ((code = need_job_id(id))) return code;
-    if (!out || !out[0]) return moectl_fail(EXIT_BAD_INPUT, "fetch: -o FILE is required");
-    if (strlen(out) + 5 > sizeof fetch_tmp)
-        return moectl_fail(EXIT_BAD_INPUT, "fetch: %s: path too long", out);
-    struct client cl;
-    if ((code = client_open(&cl, &a.conn))) return code;
-
-    snprintf(fetch_tmp, sizeof fetch_tmp, "%s.tmp", out);
-    int fd = open(fetch_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        code = moectl_fail(EXIT_RUN_FAILED, "cannot write %s: %s", fetch_tmp, strerror(errno));
-        fetch_tmp[0] = 0;
-        client_close(&cl);
-        return code;
-    }
-    signal(SIGINT, fetch_interrupted);
-    signal(SIGTERM, fetch_interrupted);
-    signal(SIGHUP, fetch_interrupted);
-
+/* The FetchModel stream, every byte of it, into f->fd. An exit code. */
+static int fetch_stream(struct client *cl, struct fetch *f) {
     Moed__V1__JobRef req = MOED__V1__JOB_REF__INIT;
-    req.job_id = (char *)id;
+    req.job_id = (char *)f->id;
     struct rpc_stream *s = NULL;
-    long long written = 0, total = -1;
-    if (rpc_stream_open(&s, cl.ch, RPC_JOBS_FETCH_MODEL, &req.base, 0) != MOE_OK) {
-        code = moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
-        goto fail;
-    }
+    if (rpc_stream_open(&s, cl->ch, RPC_JOBS_FETCH_MODEL, &req.base, 0) != MOE_OK)
+        return moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
+    int code = EXIT_OK;
     for (;;) {
         ProtobufCMessage *msg = NULL;
         struct rpc_result res;
@@ -767,81 +795,87 @@ int cmd_fetch(int argc, char **argv) {
             int c = client_exit_code(res.code);
             if (res.code == GRPC_STATUS_FAILED_PRECONDITION)
                 code = moectl_fail(EXIT_RUN_FAILED, "%s has no model to fetch: only a SUCCEEDED "
-                                   "job has one (%s)", id, moe_errmsg());
+                                   "job has one (%s)", f->id, moe_errmsg());
             else
                 code = moectl_fail(c ? c : EXIT_RUN_FAILED, "%s", moe_errmsg());
-            goto fail;
+            break;
         }
-        const Moed__V1__ModelChunk *ch = (const Moed__V1__ModelChunk *)msg;
-        const char *bad = NULL;
-        if (ch->offset != written) bad = "a chunk out of order";
-        else if (ch->total_bytes < 0 || (total >= 0 && ch->total_bytes != total)) bad = "a changing total size";
-        else if (written + (long long)ch->data.len > ch->total_bytes) bad = "more bytes than the total size";
-        if (bad) {
-            code = moectl_fail(EXIT_RUN_FAILED, "fetch %s: the coordinator sent %s (offset %lld, "
-                               "%zu bytes, total %lld, after %lld bytes)", id, bad,
-                               (long long)ch->offset, ch->data.len, (long long)ch->total_bytes,
-                               written);
-            protobuf_c_message_free_unpacked(msg, NULL);
-            goto fail;
-        }
-        total = ch->total_bytes;
-        if (write_all(fd, ch->data.data, ch->data.len) != 0) {
-            code = moectl_fail(EXIT_RUN_FAILED, "cannot write %s: %s", fetch_tmp, strerror(errno));
-            protobuf_c_message_free_unpacked(msg, NULL);
-            goto fail;
-        }
-        written += (long long)ch->data.len;
+        code = fetch_chunk(f, (const Moed__V1__ModelChunk *)msg);
         protobuf_c_message_free_unpacked(msg, NULL);
+        if (code) break;
     }
-    if (total < 0 || written != total) {
+    if (!code && (f->total < 0 || f->written != f->total))
         code = moectl_fail(EXIT_RUN_FAILED, "fetch %s: the stream ended after %lld of %lld bytes",
-                           id, written, total);
-        goto fail;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        fd = -1;
-        code = moectl_fail(EXIT_RUN_FAILED, "cannot write %s: %s", fetch_tmp, strerror(errno));
-        goto fail;
-    }
-    fd = -1;
-    if (rename(fetch_tmp, out) != 0) {
-        code = moectl_fail(EXIT_RUN_FAILED, "cannot rename %s to %s: %s", fetch_tmp, out,
-                           strerror(errno));
-        goto fail;
-    }
-    fetch_tmp[0] = 0;
-    if (a.json) {
-        cJSON *j = cJSON_CreateObject();
-        cJSON_AddStringToObject(j, "job_id", id);
-        cJSON_AddStringToObject(j, "file", out);
-        cJSON_AddNumberToObject(j, "bytes", (double)written);
-        char *text = cJSON_PrintUnformatted(j);
-        if (text) printf("%s\n", text);
-        cJSON_free(text);
-        cJSON_Delete(j);
-    } else
-        printf("moectl: wrote %s: the model of %s, %lld bytes\n", out, id, written);
+                           f->id, f->written, f->total);
     rpc_stream_close(s);
-    client_close(&cl);
-    return EXIT_OK;
-fail:
-    if (fd >= 0) close(fd);
-    unlink(fetch_tmp);
-    fetch_tmp[0] = 0;
-    if (s) rpc_stream_close(s);
-    client_close(&cl);
     return code;
+}
+
+/* The whole model is in fetch_tmp: on disk, then under its name. */
+static int fetch_commit(struct fetch *f, const char *out) {
+    int fd = f->fd;
+    f->fd = -1;
+    if (fsync(fd) != 0 || close(fd) != 0)
+        return moectl_fail(EXIT_RUN_FAILED, "cannot write %s: %s", fetch_tmp, strerror(errno));
+    if (rename(fetch_tmp, out) != 0)
+        return moectl_fail(EXIT_RUN_FAILED, "cannot rename %s to %s: %s", fetch_tmp, out,
+                           strerror(errno));
+    return EXIT_OK;
+}
+
+int cmd_fetch(int argc, char **argv) {
+    static const struct option output = {"output", required_argument, 0, 'o'};
+    const char *out = NULL;
+    struct job_args a = {.extra = &output, .shorts = "o:", .take_extra = take_output, .ctx = &out};
+    int code;
+    if (!parse_args(argc, argv, &a, 1, &code)) return code;
+    struct fetch f = {.id = argv[optind], .fd = -1, .total = -1};
+    if ((code = client_need_job_id(f.id))) return code;
+    if (!out || !out[0]) return moectl_fail(EXIT_BAD_INPUT, "fetch: -o FILE is required");
+    if (strlen(out) + 5 > sizeof fetch_tmp)
+        return moectl_fail(EXIT_BAD_INPUT, "fetch: %s: path too long", out);
+    struct client cl;
+    if ((code = client_open(&cl, &a.common.conn))) return code;
+
+    snprintf(fetch_tmp, sizeof fetch_tmp, "%s.tmp", out);
+    f.fd = open(fetch_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (f.fd < 0) {
+        code = moectl_fail(EXIT_RUN_FAILED, "cannot write %s: %s", fetch_tmp, strerror(errno));
+        fetch_tmp[0] = 0;
+        client_close(&cl);
+        return code;
+    }
+    signal(SIGINT, fetch_interrupted);
+    signal(SIGTERM, fetch_interrupted);
+    signal(SIGHUP, fetch_interrupted);
+    if (!(code = fetch_stream(&cl, &f))) code = fetch_commit(&f, out);
+    if (code) {
+        if (f.fd >= 0) close(f.fd);
+        unlink(fetch_tmp);
+    }
+    fetch_tmp[0] = 0;
+    client_close(&cl);
+    if (code) return code;
+    if (a.common.json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "job_id", f.id);
+        cJSON_AddStringToObject(j, "file", out);
+        cJSON_AddNumberToObject(j, "bytes", (double)f.written);
+        moectl_print_json(j);
+    } else {
+        printf("moectl: wrote %s: the model of %s, %lld bytes\n", out, f.id, f.written);
+    }
+    return EXIT_OK;
 }
 
 /* ---- steps: the stored loss curve ---- */
 
-static int steps_extra(int c, void *ctx) {
+static int take_from(void *ctx, int c, const char *arg) {
     if (c != 'f') return -1;
     char *end;
-    long v = strtol(optarg, &end, 10);
-    if (!optarg[0] || *end || v < 1) {
-        moectl_fail(EXIT_BAD_INPUT, "--from: expected a step >= 1, got '%s'", optarg);
+    long v = strtol(arg, &end, 10);
+    if (!arg[0] || *end || v < 1) {
+        moectl_fail(EXIT_BAD_INPUT, "--from: expected a step >= 1, got '%s'", arg);
         return -1;
     }
     *(long *)ctx = v;
@@ -849,16 +883,17 @@ static int steps_extra(int c, void *ctx) {
 }
 
 int cmd_steps(int argc, char **argv) {
-    static const struct option extra[] = {{"from", required_argument, 0, 'f'}};
-    struct job_args a;
+    static const struct option from_step = {"from", required_argument, 0, 'f'};
     long from = 1;
-    int code = parse_args(argc, argv, &a, extra, 1, "f:", steps_extra, &from, 1);
-    if (code) return code < 0 ? EXIT_OK : code;
+    struct job_args a = {.extra = &from_step, .shorts = "f:", .take_extra = take_from,
+                         .ctx = &from};
+    int code;
+    if (!parse_args(argc, argv, &a, 1, &code)) return code;
     const char *id = argv[optind];
-    if ((code = need_job_id(id))) return code;
+    if ((code = client_need_job_id(id))) return code;
     struct client cl;
-    if ((code = client_open(&cl, &a.conn))) return code;
-    if (!a.json)
+    if ((code = client_open(&cl, &a.common.conn))) return code;
+    if (!a.common.json)
         printf("%-7s %-9s %-9s %-8s %-9s %-9s %-9s %s\n", "STEP", "LOSS", "CE", "AUX", "LR",
                "GRAD", "TOK/S", "VAL");
     for (;;) { // pages of steps until an empty one
@@ -872,7 +907,7 @@ int cmd_steps(int argc, char **argv) {
         const Moed__V1__ListStepsResponse *r = (const Moed__V1__ListStepsResponse *)reply;
         for (size_t i = 0; i < r->n_steps; i++) {
             const Moed__V1__StepMetrics *m = r->steps[i];
-            if (a.json) {
+            if (a.common.json) {
                 client_print_json(&m->base);
             } else {
                 char val[24] = "-";

@@ -1,7 +1,8 @@
 /*
- * moectl — the command line of moed.
+ * moectl.c — the command line of moed: dispatch, and the commands that run in this process.
  *
- * Owns: argument parsing, human and --json output, progress display, exit codes.
+ * Owns: which file runs each command, the usage text, and the in-process commands with their
+ * output (human lines, a progress bar on a terminal, or --json events, one a line):
  *   moectl train SPEC [--set key.path=value ...] [--json] [--quiet]
  *                [--resume STATE] [--state-out STATE] [--stop-at STEP]
  *   moectl eval MODEL DATA [--batch N] [--max-windows N] [--json]
@@ -16,7 +17,8 @@
  * file, an unknown job (NOT_FOUND); 3 watch: the job was cancelled; 4 the coordinator cannot be
  * reached or refused the credentials (UNAVAILABLE, DEADLINE_EXCEEDED, UNAUTHENTICATED).
  * Errors are one line on stderr: "moectl: <what is wrong>".
- * Never: does the math itself; the trainer library and the kernels do.
+ * Never: does the math itself (the trainer library and the kernels do), or starts gRPC
+ * before a command that talks to a coordinator needs it.
  */
 #include "../common/blas_select.h"
 #include "../common/clock.h"
@@ -41,12 +43,8 @@
 static volatile sig_atomic_t interrupted;
 static void on_signal(int sig) { interrupted = sig; }
 
-static int fail(int code, const char *what) {
-    fprintf(stderr, "moectl: %s\n", what);
-    return code;
-}
-
-static void usage(FILE *to) {
+static void usage(FILE *to, const char *cmd) {
+    (void)cmd; // one text for every command of this file
     fprintf(to,
             "usage: moectl <command> [options]\n"
             "\n"
@@ -117,23 +115,12 @@ struct progress {
     long tokens;
 };
 
-static void format_eta(char *out, size_t len, double seconds) {
-    long s = (long)(seconds + 0.5);
-    if (s >= 3600)
-        snprintf(out, len, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
-    else
-        snprintf(out, len, "%ld:%02ld", s / 60, s % 60);
-}
-
 static void draw_bar(const struct progress *p, const struct step_report *r) {
     double elapsed = moe_clock_s() - p->started;
     double frac = (double)r->step / p->total;
-    char eta[32];
-    format_eta(eta, sizeof eta, elapsed / frac * (1 - frac));
-    int width = 30, filled = (int)(frac * width);
-    char bar[64];
-    for (int i = 0; i < width; i++) bar[i] = i < filled ? '=' : (i == filled ? '>' : ' ');
-    bar[width] = 0;
+    char eta[32], bar[64];
+    moectl_duration(eta, sizeof eta, elapsed / frac * (1 - frac));
+    moectl_bar(bar, 30, frac);
     printf("\r\033[K[%s] %3.0f%% step %ld/%ld loss %.4f %.0f tok/s ETA %s", bar, frac * 100,
            r->step, p->total, r->loss, p->tokens / elapsed, eta);
     fflush(stdout);
@@ -179,7 +166,8 @@ static void print_eval(const struct progress *p, long step, double loss, long wi
 /* Writes the full training state; says where it went and how to go on. 0 on success. */
 static int save_state(const struct trainer *t, const char *path, const struct progress *p,
                       const char *why) {
-    if (trainer_save_state(t, path) != MOE_OK) return fail(EXIT_RUN_FAILED, moe_errmsg());
+    if (trainer_save_state(t, path) != MOE_OK)
+        return moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
     if (p->json)
         printf("{\"event\":\"state\",\"reason\":\"%s\",\"step\":%ld,\"state\":\"%s\"}\n", why,
                t->model.step, path);
@@ -192,7 +180,121 @@ static int save_state(const struct trainer *t, const char *path, const struct pr
     return 0;
 }
 
-static int parse_positive(const char *s, const char *flag, long *out);
+/* A positive integer flag: EXIT_OK, or EXIT_BAD_INPUT after saying what is wrong. */
+static int parse_positive(const char *s, const char *flag, long *out) {
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end != 0 || v <= 0)
+        return moectl_fail(EXIT_BAD_INPUT, "%s: expected a positive integer, got '%s'", flag, s);
+    *out = v;
+    return EXIT_OK;
+}
+
+struct train_args {
+    const char **sets; // the --set overrides, in order
+    int n_sets;
+    const char *resume, *state_out;
+    long stop_at; // 0: run to run.steps
+    struct progress p;
+};
+
+static int take_train_option(void *ctx, int c, const char *arg) {
+    struct train_args *a = ctx;
+    switch (c) {
+    case 's': a->sets[a->n_sets++] = arg; return EXIT_OK;
+    case 'j': a->p.json = 1; return EXIT_OK;
+    case 'q': a->p.quiet = 1; return EXIT_OK;
+    case 'r': a->resume = arg; return EXIT_OK;
+    case 'o': a->state_out = arg; return EXIT_OK;
+    case 'S': return parse_positive(arg, "--stop-at", &a->stop_at);
+    default: return -1;
+    }
+}
+
+/* The spec with its overrides, a trainer on it, resumed from a state when asked. An exit
+ * code; on EXIT_OK the trainer is open. */
+static int open_run(struct trainer *t, const char *spec_path, const struct train_args *a) {
+    struct job_spec spec;
+    spec_defaults(&spec);
+    moe_status s = spec_load_file(&spec, spec_path);
+    for (int i = 0; s == MOE_OK && i < a->n_sets; i++) s = spec_set(&spec, a->sets[i]);
+    if (s != MOE_OK) return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
+    if (trainer_open(t, &spec) != MOE_OK) return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
+    if (a->resume && trainer_load_state(t, a->resume) != MOE_OK) {
+        trainer_close(t);
+        return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
+    }
+    if (a->stop_at > t->spec.run.steps) {
+        trainer_close(t);
+        return moectl_fail(EXIT_BAD_INPUT, "--stop-at %ld is past run.steps = %ld", a->stop_at,
+                           t->spec.run.steps);
+    }
+    return EXIT_OK;
+}
+
+static void print_run(const struct trainer *t, long last) {
+    const struct model *m = &t->model;
+    printf("moectl: training '%s': %zu parameters (%d layers, d_model %d, %d experts, "
+           "top-%d), batch %d x %d, steps %ld..%ld of %ld\n",
+           t->spec.name, m->n_params, m->cfg.n_layers, m->cfg.d_model, m->cfg.n_experts,
+           m->cfg.top_k, t->B, t->T, m->step + 1, last, t->spec.run.steps);
+    if (t->mesh.shards > 1)
+        printf("moectl: playing the %d data shards of the %d x %d mesh in turn: the model a "
+               "%d x %d job writes, byte for byte\n", t->mesh.shards, t->mesh.pods, t->mesh.slots,
+               t->mesh.pods, t->mesh.slots);
+}
+
+/* The steps up to `last`, each shown as the progress asks, with an evaluation where the
+ * spec wants one (*val: the last held-out loss). An interruption writes the state when
+ * state_out is given. An exit code. */
+static int run_steps(struct trainer *t, struct progress *p, long last, const char *state_out,
+                     double *val) {
+    long windows = 0;
+    while (t->model.step < last) {
+        if (interrupted) {
+            if (state_out && save_state(t, state_out, p, "interrupted") == 0)
+                return EXIT_RUN_FAILED;
+            return moectl_fail(EXIT_RUN_FAILED, "interrupted: no model written");
+        }
+        struct step_report r;
+        if (trainer_step(t, &r) != MOE_OK) return moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
+        p->tokens += r.tokens;
+        if (!p->quiet && (r.step % t->spec.run.log_every == 0 || r.step == 1 || r.step == p->total))
+            print_step(p, &r);
+        else if (!p->quiet && p->tty)
+            draw_bar(p, &r);
+        int eval_now = r.step == p->total ||
+                       (t->spec.run.eval_every > 0 && r.step % t->spec.run.eval_every == 0);
+        if (eval_now && t->spec.data.val_fraction > 0) {
+            if (trainer_eval(t, val, &windows) != MOE_OK)
+                return moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
+            if (!p->quiet) print_eval(p, r.step, *val, windows, t->unigram_bits);
+        }
+    }
+    return EXIT_OK;
+}
+
+/* After the last step: the state when asked, and once run.steps are done the model and the
+ * line that says so. An exit code. */
+static int finish_run(struct trainer *t, const struct progress *p, const char *state_out,
+                      double val) {
+    if (state_out && save_state(t, state_out, p, t->model.step < p->total ? "stopped" : "done"))
+        return EXIT_RUN_FAILED;
+    if (t->model.step < p->total) return EXIT_OK; // --stop-at: the model is not finished
+    if (trainer_save_model(t, t->spec.run.output) != MOE_OK)
+        return moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
+    double secs = moe_clock_s() - p->started;
+    if (p->json)
+        printf("{\"event\":\"done\",\"steps\":%ld,\"seconds\":%.3f,\"tokens_per_s\":%.1f,"
+               "\"val_bits_per_byte\":%.6f,\"unigram_bits_per_byte\":%.6f,\"model\":\"%s\"}\n",
+               t->model.step, secs, p->tokens / secs, isnan(val) ? -1.0 : bits(val),
+               t->unigram_bits, t->spec.run.output);
+    else if (!p->quiet)
+        printf("moectl: trained %ld steps in %.1f s (%.0f tok/s); wrote %s and its config "
+               "beside it\n",
+               t->model.step, secs, p->tokens / secs, t->spec.run.output);
+    return EXIT_OK;
+}
 
 static int cmd_train(int argc, char **argv) {
     static const struct option opts[] = {{"set", required_argument, 0, 's'},
@@ -203,139 +305,74 @@ static int cmd_train(int argc, char **argv) {
                                          {"stop-at", required_argument, 0, 'S'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    struct progress p = {0};
-    char **sets = calloc((size_t)argc, sizeof *sets);
-    const char *resume = NULL, *state_out = NULL;
-    long stop_at = 0;
-    int n_sets = 0, c;
-    while ((c = getopt_long(argc, argv, "s:jqh", opts, NULL)) != -1) {
-        switch (c) {
-        case 's': sets[n_sets++] = optarg; break;
-        case 'j': p.json = 1; break;
-        case 'q': p.quiet = 1; break;
-        case 'r': resume = optarg; break;
-        case 'o': state_out = optarg; break;
-        case 'S':
-            if (parse_positive(optarg, "--stop-at", &stop_at)) {
-                free(sets);
-                return EXIT_BAD_INPUT;
-            }
-            break;
-        case 'h': usage(stdout); free(sets); return 0;
-        default: usage(stderr); free(sets); return EXIT_BAD_INPUT;
-        }
+    struct train_args a = {.sets = calloc((size_t)argc, sizeof(char *))};
+    if (!a.sets) return moectl_fail(EXIT_RUN_FAILED, "out of memory");
+    const struct command_line cmd = {opts, "s:jqh", usage, take_train_option, &a, 1};
+    int code;
+    if (!moectl_options(argc, argv, &cmd, &code)) goto exit;
+    if (a.stop_at && !a.state_out) {
+        code = moectl_fail(EXIT_BAD_INPUT, "--stop-at needs --state-out: the stopped run's "
+                           "state would be lost");
+        goto exit;
     }
-    if (optind != argc - 1) {
-        free(sets);
-        usage(stderr);
-        return EXIT_BAD_INPUT;
-    }
-    if (stop_at && !state_out) {
-        free(sets);
-        return fail(EXIT_BAD_INPUT, "--stop-at needs --state-out: the stopped run's state "
-                                    "would be lost");
-    }
-    struct job_spec spec;
-    spec_defaults(&spec);
-    moe_status s = spec_load_file(&spec, argv[optind]);
-    for (int i = 0; s == MOE_OK && i < n_sets; i++) s = spec_set(&spec, sets[i]);
-    free(sets);
-    if (s != MOE_OK) return fail(EXIT_BAD_INPUT, moe_errmsg());
-
     struct trainer t;
-    if (trainer_open(&t, &spec) != MOE_OK) return fail(EXIT_BAD_INPUT, moe_errmsg());
-    if (resume && trainer_load_state(&t, resume) != MOE_OK) {
-        trainer_close(&t);
-        return fail(EXIT_BAD_INPUT, moe_errmsg());
-    }
-    if (stop_at > t.spec.run.steps) {
-        trainer_close(&t);
-        fprintf(stderr, "moectl: --stop-at %ld is past run.steps = %ld\n", stop_at,
-                t.spec.run.steps);
-        return EXIT_BAD_INPUT;
-    }
-    const struct model *m = &t.model;
-    p.tty = !p.json && isatty(STDOUT_FILENO);
-    p.total = t.spec.run.steps;
-    long last = stop_at ? stop_at : p.total;
-    if (!p.json && !p.quiet)
-        printf("moectl: training '%s': %zu parameters (%d layers, d_model %d, %d experts, "
-               "top-%d), batch %d x %d, steps %ld..%ld of %ld\n",
-               t.spec.name, m->n_params, m->cfg.n_layers, m->cfg.d_model, m->cfg.n_experts,
-               m->cfg.top_k, t.B, t.T, t.model.step + 1, last, p.total);
-    if (!p.json && !p.quiet && t.mesh.shards > 1)
-        printf("moectl: playing the %d data shards of the %d x %d mesh in turn: the model a "
-               "%d x %d job writes, byte for byte\n", t.mesh.shards, t.mesh.pods, t.mesh.slots,
-               t.mesh.pods, t.mesh.slots);
-
+    if ((code = open_run(&t, argv[optind], &a))) goto exit;
+    struct progress *p = &a.p;
+    p->tty = !p->json && isatty(STDOUT_FILENO);
+    p->total = t.spec.run.steps;
+    long last = a.stop_at ? a.stop_at : p->total;
+    if (!p->json && !p->quiet) print_run(&t, last);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
-    int code = 0;
     double val = NAN;
-    long windows = 0;
-    p.started = moe_clock_s();
-    while (t.model.step < last) {
-        if (interrupted) {
-            code = EXIT_RUN_FAILED;
-            if (state_out && save_state(&t, state_out, &p, "interrupted") == 0) goto exit;
-            fail(EXIT_RUN_FAILED, "interrupted: no model written");
-            goto exit;
-        }
-        struct step_report r;
-        if (trainer_step(&t, &r) != MOE_OK) {
-            code = fail(EXIT_RUN_FAILED, moe_errmsg());
-            goto exit;
-        }
-        p.tokens += r.tokens;
-        if (!p.quiet && (r.step % t.spec.run.log_every == 0 || r.step == 1 || r.step == p.total))
-            print_step(&p, &r);
-        else if (!p.quiet && p.tty)
-            draw_bar(&p, &r);
-        int eval_now = r.step == p.total ||
-                       (t.spec.run.eval_every > 0 && r.step % t.spec.run.eval_every == 0);
-        if (eval_now && t.spec.data.val_fraction > 0) {
-            if (trainer_eval(&t, &val, &windows) != MOE_OK) {
-                code = fail(EXIT_RUN_FAILED, moe_errmsg());
-                goto exit;
-            }
-            if (!p.quiet) print_eval(&p, r.step, val, windows, t.unigram_bits);
-        }
-    }
-    if (state_out && save_state(&t, state_out, &p, t.model.step < p.total ? "stopped" : "done")) {
-        code = EXIT_RUN_FAILED;
-        goto exit;
-    }
-    if (t.model.step < p.total) goto exit; /* --stop-at: the model is not finished */
-    if (trainer_save_model(&t, t.spec.run.output) != MOE_OK) {
-        code = fail(EXIT_RUN_FAILED, moe_errmsg());
-        goto exit;
-    }
-    double secs = moe_clock_s() - p.started;
-    if (p.json)
-        printf("{\"event\":\"done\",\"steps\":%ld,\"seconds\":%.3f,\"tokens_per_s\":%.1f,"
-               "\"val_bits_per_byte\":%.6f,\"unigram_bits_per_byte\":%.6f,\"model\":\"%s\"}\n",
-               t.model.step, secs, p.tokens / secs, isnan(val) ? -1.0 : bits(val),
-               t.unigram_bits, t.spec.run.output);
-    else if (!p.quiet)
-        printf("moectl: trained %ld steps in %.1f s (%.0f tok/s); wrote %s and its config "
-               "beside it\n",
-               t.model.step, secs, p.tokens / secs, t.spec.run.output);
-exit:
+    p->started = moe_clock_s();
+    code = run_steps(&t, p, last, a.state_out, &val);
+    if (!code) code = finish_run(&t, p, a.state_out, val);
     trainer_close(&t);
+exit:
+    free(a.sets);
     return code;
 }
 
 /* ---- eval ---- */
 
-static int parse_positive(const char *s, const char *flag, long *out) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*s == 0 || *end != 0 || v <= 0) {
-        fprintf(stderr, "moectl: %s: expected a positive integer, got '%s'\n", flag, s);
-        return -1;
+struct eval_args {
+    long batch, max_windows;
+    int json;
+};
+
+static int take_eval_option(void *ctx, int c, const char *arg) {
+    struct eval_args *a = ctx;
+    switch (c) {
+    case 'b': return parse_positive(arg, "--batch", &a->batch);
+    case 'w': return parse_positive(arg, "--max-windows", &a->max_windows);
+    case 'j': a->json = 1; return EXIT_OK;
+    default: return -1;
     }
-    *out = v;
-    return 0;
+}
+
+/* The mean loss over `want` windows spread evenly over the stream's `total`, `batch` at a
+ * time; *done says how many were read (fewer when out of memory). */
+static double mean_loss(struct model *m, const struct data_stream *st, long batch, long want,
+                        long total, long *done) {
+    int T = m->cfg.seq_len;
+    size_t n = (size_t)batch * T;
+    int *tok = malloc(sizeof(int) * n), *tgt = malloc(sizeof(int) * n);
+    double sum = 0;
+    *done = 0;
+    while (tok && tgt && *done < want) {
+        int b = 0;
+        for (; b < batch && *done + b < want; b++) {
+            long w = (long)((double)(*done + b) * total / want);
+            stream_window(st, T, w, tok + (size_t)b * T, tgt + (size_t)b * T);
+        }
+        model_forward(m, tok, tgt, b, T);
+        sum += m->stats.ce * b;
+        *done += b;
+    }
+    free(tok);
+    free(tgt);
+    return *done ? sum / *done : 0;
 }
 
 static int cmd_eval(int argc, char **argv) {
@@ -343,65 +380,35 @@ static int cmd_eval(int argc, char **argv) {
                                          {"max-windows", required_argument, 0, 'w'},
                                          {"json", no_argument, 0, 'j'},
                                          {0, 0, 0, 0}};
-    long batch = 8, max_windows = 0;
-    int json = 0, c;
-    while ((c = getopt_long(argc, argv, "b:w:j", opts, NULL)) != -1) {
-        switch (c) {
-        case 'b': if (parse_positive(optarg, "--batch", &batch)) return EXIT_BAD_INPUT; break;
-        case 'w': if (parse_positive(optarg, "--max-windows", &max_windows)) return EXIT_BAD_INPUT; break;
-        case 'j': json = 1; break;
-        default: usage(stderr); return EXIT_BAD_INPUT;
-        }
-    }
-    if (optind != argc - 2) {
-        usage(stderr);
-        return EXIT_BAD_INPUT;
-    }
+    struct eval_args a = {.batch = 8};
+    const struct command_line cmd = {opts, "b:w:j", usage, take_eval_option, &a, 2};
+    int code;
+    if (!moectl_options(argc, argv, &cmd, &code)) return code;
     const char *model_path = argv[optind], *data_path = argv[optind + 1];
     struct model m;
-    if (model_load(&m, model_path, (int)batch) != MOE_OK) return fail(EXIT_BAD_INPUT, moe_errmsg());
+    if (model_load(&m, model_path, (int)a.batch) != MOE_OK)
+        return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
     struct data_stream st;
     if (data_load_stream(&st, data_path) != MOE_OK) {
         model_free(&m);
-        return fail(EXIT_BAD_INPUT, moe_errmsg());
+        return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
     }
-    int T = m.cfg.seq_len, code = 0;
-    long total = stream_windows(&st, T);
-    if (total == 0) {
-        fprintf(stderr, "moectl: %s: %zu bytes, fewer than one window of seq_len+1 = %d\n",
-                data_path, st.n, T + 1);
-        code = EXIT_BAD_INPUT;
-        goto exit;
-    }
-    long want = max_windows && max_windows < total ? max_windows : total;
-    int *tok = malloc(sizeof(int) * (size_t)batch * T), *tgt = malloc(sizeof(int) * (size_t)batch * T);
-    double sum = 0;
-    long done = 0;
-    while (tok && tgt && done < want) {
-        int b = 0;
-        for (; b < batch && done + b < want; b++) {
-            long w = (long)((double)(done + b) * total / want);
-            stream_window(&st, T, w, tok + (size_t)b * T, tgt + (size_t)b * T);
-        }
-        model_forward(&m, tok, tgt, b, T);
-        sum += m.stats.ce * b;
-        done += b;
-    }
-    free(tok);
-    free(tgt);
-    if (done < want) {
-        code = fail(EXIT_RUN_FAILED, "out of memory");
-        goto exit;
-    }
-    double loss = sum / done;
-    if (json)
+    int T = m.cfg.seq_len;
+    long total = stream_windows(&st, T), done = 0;
+    long want = a.max_windows && a.max_windows < total ? a.max_windows : total;
+    double loss = total ? mean_loss(&m, &st, a.batch, want, total, &done) : 0;
+    if (total == 0)
+        code = moectl_fail(EXIT_BAD_INPUT, "%s: %zu bytes, fewer than one window of seq_len+1 = %d",
+                           data_path, st.n, T + 1);
+    else if (done < want)
+        code = moectl_fail(EXIT_RUN_FAILED, "out of memory");
+    else if (a.json)
         printf("{\"model\":\"%s\",\"data\":\"%s\",\"windows\":%ld,\"seq_len\":%d,"
                "\"loss\":%.6f,\"bits_per_byte\":%.6f}\n",
                model_path, data_path, done, T, loss, bits(loss));
     else
         printf("eval %s on %s: %ld windows of %d bytes: loss %.4f nats/byte = %.4f bits/byte\n",
                model_path, data_path, done, T, loss, bits(loss));
-exit:
     data_stream_free(&st);
     model_free(&m);
     return code;
@@ -409,51 +416,54 @@ exit:
 
 /* ---- generate ---- */
 
+struct generate_args {
+    const char *prompt;
+    long n_new, seed;
+    double temperature;
+};
+
+static int take_generate_option(void *ctx, int c, const char *arg) {
+    struct generate_args *a = ctx;
+    char *end;
+    switch (c) {
+    case 'p': a->prompt = arg; return EXIT_OK;
+    case 'n': return parse_positive(arg, "--bytes", &a->n_new);
+    case 's': return parse_positive(arg, "--seed", &a->seed);
+    case 't':
+        a->temperature = strtod(arg, &end);
+        if (*arg == 0 || *end != 0 || !(a->temperature >= 0) || a->temperature > 100)
+            return moectl_fail(EXIT_BAD_INPUT,
+                               "--temperature: expected a number in [0, 100], got '%s'", arg);
+        return EXIT_OK;
+    default: return -1;
+    }
+}
+
 static int cmd_generate(int argc, char **argv) {
     static const struct option opts[] = {{"prompt", required_argument, 0, 'p'},
                                          {"bytes", required_argument, 0, 'n'},
                                          {"temperature", required_argument, 0, 't'},
                                          {"seed", required_argument, 0, 's'},
                                          {0, 0, 0, 0}};
-    const char *prompt = "";
-    long n_new = 200, seed = 1;
-    double temperature = 0.8;
-    int c;
-    while ((c = getopt_long(argc, argv, "p:n:t:s:", opts, NULL)) != -1) {
-        char *end;
-        switch (c) {
-        case 'p': prompt = optarg; break;
-        case 'n': if (parse_positive(optarg, "--bytes", &n_new)) return EXIT_BAD_INPUT; break;
-        case 's': if (parse_positive(optarg, "--seed", &seed)) return EXIT_BAD_INPUT; break;
-        case 't':
-            temperature = strtod(optarg, &end);
-            if (*optarg == 0 || *end != 0 || !(temperature >= 0) || temperature > 100) {
-                fprintf(stderr, "moectl: --temperature: expected a number in [0, 100], got '%s'\n",
-                        optarg);
-                return EXIT_BAD_INPUT;
-            }
-            break;
-        default: usage(stderr); return EXIT_BAD_INPUT;
-        }
-    }
-    if (optind != argc - 1) {
-        usage(stderr);
-        return EXIT_BAD_INPUT;
-    }
-    if (n_new > (1L << 20)) return fail(EXIT_BAD_INPUT, "--bytes: at most 1048576");
+    struct generate_args a = {.prompt = "", .n_new = 200, .seed = 1, .temperature = 0.8};
+    const struct command_line cmd = {opts, "p:n:t:s:", usage, take_generate_option, &a, 1};
+    int code;
+    if (!moectl_options(argc, argv, &cmd, &code)) return code;
+    if (a.n_new > (1L << 20)) return moectl_fail(EXIT_BAD_INPUT, "--bytes: at most 1048576");
     struct model m;
-    if (model_load(&m, argv[optind], 1) != MOE_OK) return fail(EXIT_BAD_INPUT, moe_errmsg());
-    size_t n_prompt = strlen(prompt);
-    uint8_t *text = malloc(n_prompt + (size_t)n_new);
-    int code = 0;
+    if (model_load(&m, argv[optind], 1) != MOE_OK)
+        return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
+    size_t n_prompt = strlen(a.prompt), n = n_prompt + (size_t)a.n_new;
+    uint8_t *text = malloc(n);
     if (!text) {
-        code = fail(EXIT_RUN_FAILED, "out of memory");
+        code = moectl_fail(EXIT_RUN_FAILED, "out of memory");
     } else {
-        memcpy(text, prompt, n_prompt);
-        if (generate_bytes(&m, text, n_prompt, (size_t)n_new, (float)temperature, (uint64_t)seed) != MOE_OK)
-            code = fail(EXIT_RUN_FAILED, moe_errmsg());
-        else {
-            fwrite(text, 1, n_prompt + (size_t)n_new, stdout);
+        memcpy(text, a.prompt, n_prompt);
+        if (generate_bytes(&m, text, n_prompt, (size_t)a.n_new, (float)a.temperature,
+                           (uint64_t)a.seed) != MOE_OK) {
+            code = moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
+        } else {
+            fwrite(text, 1, n, stdout);
             fputc('\n', stdout);
         }
     }
@@ -468,7 +478,7 @@ static int cmd_spec(void) {
     struct job_spec s;
     spec_defaults(&s);
     char *yaml = spec_to_yaml(&s);
-    if (!yaml) return fail(EXIT_RUN_FAILED, "out of memory");
+    if (!yaml) return moectl_fail(EXIT_RUN_FAILED, "out of memory");
     fputs(yaml, stdout);
     free(yaml);
     return 0;
@@ -477,7 +487,7 @@ static int cmd_spec(void) {
 int main(int argc, char **argv) {
     moe_log_init("cli");
     if (argc < 2) {
-        usage(stderr);
+        usage(stderr, NULL);
         return EXIT_BAD_INPUT;
     }
     const char *cmd = argv[1];
@@ -488,7 +498,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
     if (strcmp(cmd, "spec") == 0) return cmd_spec();
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
-        usage(stdout);
+        usage(stdout, NULL);
         return 0;
     }
     static const struct {
