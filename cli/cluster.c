@@ -19,6 +19,7 @@
 #include "proto/moed.pb-c.h"
 #include "../proto/methods.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <sched.h>
@@ -809,11 +810,17 @@ static void stop_cluster(struct down *d) {
  * nothing else is in it. n: how many workers and mpiruns had pid files. */
 static void purge(const char *dir, int n) {
     static const char *const names[] = {"coordinator", "coordinator.log", "client.token",
-                                        "cluster.token", "cluster.json", "tls",
-                                        "coordinator.addr.tmp", "cluster.json.tmp"};
+                                        "cluster.token", "cluster.json", "tls"};
     char path[PATH_CAP];
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         rm_tree(in_dir(path, dir, names[i]));
+    /* what a crash left of an atomic write: "cluster.json.tmp.XXXXXX" (common/fileio.h) */
+    DIR *d = opendir(dir);
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (!strncmp(e->d_name, "coordinator.addr.tmp", 20) ||
+            !strncmp(e->d_name, "cluster.json.tmp", 16))
+            unlink(in_dir(path, dir, e->d_name));
+    if (d) closedir(d);
     for (int i = 0; i < MAX_WORKERS; i++) {
         struct stat ws;
         int any = 0;
