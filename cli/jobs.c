@@ -134,7 +134,7 @@ int cmd_submit(int argc, char **argv) {
     }
     spec_defaults(spec);
     moe_status s = spec_load_file(spec, argv[optind]);
-    for (int i = 0; s == MOE_OK && i < sc.n_sets; i++) s = spec_set(spec, sc.sets[i]);
+    if (s == MOE_OK) s = spec_set_all(spec, sc.sets, (size_t)sc.n_sets);
     if (s != MOE_OK) {
         code = moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
         goto exit;

@@ -217,7 +217,7 @@ static int open_run(struct trainer *t, const char *spec_path, const struct train
     struct job_spec spec;
     spec_defaults(&spec);
     moe_status s = spec_load_file(&spec, spec_path);
-    for (int i = 0; s == MOE_OK && i < a->n_sets; i++) s = spec_set(&spec, a->sets[i]);
+    if (s == MOE_OK) s = spec_set_all(&spec, a->sets, (size_t)a->n_sets);
     if (s != MOE_OK) return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
     if (trainer_open(t, &spec) != MOE_OK) return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
     if (a->resume && trainer_load_state(t, a->resume) != MOE_OK) {

@@ -911,6 +911,11 @@ static moe_status set_source_field(struct reader *r, const char *key, const yaml
     return read_scalar(r, f, &data->sources[i], key, v);
 }
 
+moe_status spec_set_all(struct job_spec *s, const char *const *assignments, size_t n) {
+    for (size_t i = 0; i < n; i++) CHECK(spec_set(s, assignments[i]));
+    return MOE_OK;
+}
+
 moe_status spec_set(struct job_spec *s, const char *assignment) {
     char buf[80], key[128];
     const char *eq = strchr(assignment, '=');

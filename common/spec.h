@@ -108,6 +108,8 @@ moe_status spec_load_file(struct job_spec *s, const char *path);
 /* Applies one "key.path=value" override, e.g. "router.top_k=2", "data.sources.0.path=x.txt",
  * "run.steps=100". Same errors as spec_parse. */
 moe_status spec_set(struct job_spec *s, const char *assignment);
+/* Applies n overrides in order (a later one wins); stops at the first that fails. */
+moe_status spec_set_all(struct job_spec *s, const char *const *assignments, size_t n);
 
 /* Cross-field checks: top_k <= experts, heads divide d_model, head dim even, a source exists
  * and is readable, schedule well formed, ... Fails with MOE_EINVAL naming the field. */

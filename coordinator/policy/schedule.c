@@ -31,7 +31,7 @@ moe_status schedule_submit(struct coordinator *co, const char *spec_text, size_t
     struct job_spec spec;
     spec_defaults(&spec);
     CHECK(spec_parse(&spec, spec_text, len, "spec"));
-    for (size_t i = 0; i < n_overrides; i++) CHECK(spec_set(&spec, overrides[i]));
+    CHECK(spec_set_all(&spec, (const char *const *)overrides, n_overrides));
     CHECK(spec_validate(&spec));
     /* A mesh no set of live workers could ever hold is refused now, not queued forever. */
     CHECK(placement_check(co, spec.mesh.pods, spec.mesh.slots, spec.mesh.backend));
