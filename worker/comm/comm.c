@@ -2,6 +2,7 @@
  * comm.c — the life of a comm: opening (validating the config, joining MPI, connecting the
  * tcp links), aborting, closing; groups; the chunk rule; statistics; the broken state.
  *
+ * Reads the tunables once per process (tunables.c) before anything else.
  * Owns: the rule that after an error (other than a size disagreement) the comm is broken:
  * every later operation fails at once with the first error, and its tcp links are shut
  * down so that every peer's pending operation fails at once too (a failure spreads in one
@@ -42,6 +43,8 @@ static moe_status check_config(const struct comm_config *cfg) {
 moe_status comm_open(struct comm **out, const struct comm_config *cfg, struct comm_listener *l) {
     *out = NULL;
     CHECK(check_config(cfg));
+    const struct comm_tunables *tun = comm_tunables();
+    if (!tun) return MOE_EINVAL;
     moe_status res = MOE_OK;
     struct comm *c = calloc(1, sizeof *c);
     if (!c) return moe_fail(MOE_ENOMEM, "comm: out of memory");
@@ -52,6 +55,7 @@ moe_status comm_open(struct comm **out, const struct comm_config *cfg, struct co
     c->open_deadline = moe_clock_s() + 5 * cfg->timeout_s;
     c->backend = cfg->backend;
     c->epoch = cfg->epoch;
+    c->tun = tun;
     snprintf(c->job_id, sizeof c->job_id, "%s", cfg->job_id);
     c->peers = calloc((size_t)c->size, sizeof *c->peers);
     if (!c->peers) {

@@ -76,6 +76,7 @@ struct comm {
     enum comm_backend backend;
     uint64_t epoch;
     char job_id[128];
+    const struct comm_tunables *tun; // this process's MOE_COMM_* values (tunables.c)
     struct peer *peers; // (size); peers[rank] is self and unused
     int abort_pipe[2];  // comm_abort writes one byte; the read end is in every poll set
     atomic_int aborted;
@@ -152,7 +153,6 @@ long shm_send_some(struct shm_ring *r, int fd, int peer, const void *p, size_t n
 long shm_recv_some(struct shm_ring *r, int fd, int peer, void *p, size_t n);
 /* Reads pending doorbell bytes; <0 when the socket reports EOF or an error. */
 int shm_drain_doorbell(int fd, int peer);
-size_t shm_ring_capacity(void); // MOE_COMM_SHM_RING_MB, 0 when MOE_COMM_SHM=0
 
 /* shm.c, for cma: the receiver acknowledges a descriptor in the control block of the ring
  * it came through; a sender that gives up revokes, so a late reader knows its copy may be
@@ -166,11 +166,9 @@ void shm_notify(int fd); // one doorbell byte; errors are the reader side's to f
 int shm_revoked(const struct shm_ring *r); // 0 no, 1 aborted, 2 + the culprit's rank
 
 /* cma.c */
-bool cma_enabled(void); // MOE_COMM_CMA=0 turns it off
 void cma_probe_of_self(uint64_t *addr, uint64_t *value);
 bool cma_probe_peer(int pid, uint64_t addr, uint64_t value);
 long cma_read(int pid, int peer, void *dst, uint64_t src, size_t n); // >0 bytes, <0 error
-size_t cma_min_bytes(void);
 
 /* handshake.c: connects and authenticates every tcp link of the comm. */
 moe_status comm_connect_all(struct comm *c, const struct comm_config *cfg,

@@ -191,12 +191,6 @@ static void arm_links(struct comm *c, int channel, struct xfer *x, int nx, bool 
     }
 }
 
-static double spin_seconds(void) {
-    const char *e = getenv("MOE_COMM_SPIN_US");
-    double us = e ? atof(e) : 100;
-    return us > 0 ? us * 1e-6 : 0;
-}
-
 static enum stat_kind stat_of(enum op_kind k) {
     if (k == OP_ALLTOALLV) return STAT_ALLTOALL;
     if (k == OP_REDUCE || k == OP_GATHER) return STAT_REDUCE;
@@ -224,7 +218,7 @@ moe_status comm_exchange(struct comm *c, int channel, struct xfer *x, int nx) {
     double now = moe_clock_s();
     bool any_mpi = false, armed = false, counted = false; // counted: in c->in_flight
     int culprit = -1; // the peer whose failure failed the operation, if any
-    size_t cma_min = cma_min_bytes();
+    size_t cma_min = (size_t)c->tun->cma_min;
     for (int i = 0; i < nx; i++) x[i].mpi_state = NULL;
     for (int i = 0; i < nx; i++) {
         struct link *k = &c->peers[x[i].peer].ch[channel];
@@ -263,7 +257,7 @@ moe_status comm_exchange(struct comm *c, int channel, struct xfer *x, int nx) {
         res = moe_fail(MOE_ENOMEM, "comm: out of memory for %d transfers", nx);
         goto fail;
     }
-    double idle_since = moe_clock_s(), spin_s = spin_seconds();
+    double idle_since = moe_clock_s(), spin_s = c->tun->spin_us * 1e-6;
     for (;;) {
         int pending = 0, mpi_pending = 0, shm_pending = 0;
         bool moved_any = false;

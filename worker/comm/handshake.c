@@ -308,7 +308,7 @@ static moe_status advance(struct hs_ctx *x, struct hs *h) {
             return MOE_OK;
         }
         if (r->shm && x->shm_capable) {
-            size_t cap = shm_ring_capacity();
+            size_t cap = (size_t)c->tun->shm_ring_mb << 20;
             h->tx = shm_ring_create(cap, f->ring_c2a, sizeof f->ring_c2a);
             h->rx = h->tx ? shm_ring_create(cap, f->ring_a2c, sizeof f->ring_a2c) : NULL;
             if (!h->rx) {
@@ -319,7 +319,7 @@ static moe_status advance(struct hs_ctx *x, struct hs *h) {
                          moe_errmsg());
             }
             f->shm = h->rx != NULL;
-            if (f->shm && cma_enabled()) {
+            if (f->shm && c->tun->cma) {
                 f->pid = (uint32_t)getpid();
                 cma_probe_of_self(&f->probe_addr, &f->probe_value);
             }
@@ -425,7 +425,7 @@ static moe_status advance(struct hs_ctx *x, struct hs *h) {
                 h->rx = NULL;
             }
             h->final.shm = h->tx != NULL;
-            if (h->final.shm && cma_enabled()) {
+            if (h->final.shm && c->tun->cma) {
                 h->final.cma_ok = cma_probe_peer((int)f->pid, f->probe_addr, f->probe_value);
                 h->final.pid = (uint32_t)getpid();
                 cma_probe_of_self(&h->final.probe_addr, &h->final.probe_value);
@@ -543,7 +543,7 @@ static moe_status prefer_refusal(struct hs_ctx *x, struct hs *hs, int nh, int pe
 moe_status comm_connect_all(struct comm *c, const struct comm_config *cfg,
                             struct comm_listener *l) {
     moe_status res = MOE_OK;
-    struct hs_ctx x = {.c = c, .cfg = cfg, .shm_capable = shm_ring_capacity() > 0};
+    struct hs_ctx x = {.c = c, .cfg = cfg, .shm_capable = c->tun->shm};
     host_identity(x.host);
     int expect_in = 0, nout = 0;
     for (int q = 0; q < c->size; q++) {

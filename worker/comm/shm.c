@@ -51,16 +51,6 @@ struct shm_ring {
     bool owner; // created it: unlinks the name on close (attach already did, usually)
 };
 
-size_t shm_ring_capacity(void) {
-    const char *off = getenv("MOE_COMM_SHM");
-    if (off && strcmp(off, "0") == 0) return 0;
-    const char *mb = getenv("MOE_COMM_SHM_RING_MB");
-    long v = mb ? atol(mb) : 4;
-    if (v < 1) v = 1;
-    if (v > 1024) v = 1024;
-    return (size_t)v << 20;
-}
-
 static struct shm_ring *map_ring(int fd, size_t bytes, const char *name, bool owner) {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {
