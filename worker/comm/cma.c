@@ -10,7 +10,7 @@
  * authenticated link's ring (address, length) while it waits for our acknowledgement.
  */
 #define _GNU_SOURCE // process_vm_readv
-#include "comm_internal.h"
+#include "transport.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -10,7 +10,8 @@
  * an unauthenticated connection become a link. A connection that does not finish its
  * handshake within timeout_s, or speaks garbage, is closed and forgotten.
  */
-#include "comm_internal.h"
+#include "handshake.h"
+#include "transport.h"
 #include "../../common/clock.h"
 #include "../../common/log.h"
 

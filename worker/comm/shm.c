@@ -12,7 +12,7 @@
  * Never: blocks, spins, or frames messages (the engine's header travels through the ring
  * like any byte).
  */
-#include "comm_internal.h"
+#include "transport.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -136,7 +136,7 @@ void shm_ring_close(struct shm_ring *r) {
  * end may reset the socket while our last doorbell is on its way, and that is no failure.
  * A peer we still need bytes from is judged by the reader side (shm_drain_doorbell) only
  * once the ring itself can make no more progress. */
-void shm_notify(int fd) {
+static void notify(int fd) {
     static const char one = 1;
     while (send(fd, &one, 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno == EINTR) {
     }
@@ -155,7 +155,7 @@ int shm_drain_doorbell(int fd, int peer) {
  * our update when it looks again after arming, or we see its flag (seq_cst on both sides). */
 static void wake(_Atomic uint32_t *waiting, int fd) {
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(waiting, memory_order_relaxed)) shm_notify(fd);
+    if (atomic_load_explicit(waiting, memory_order_relaxed)) notify(fd);
 }
 
 void shm_arm(struct shm_ring *tx, struct shm_ring *rx, bool on) {
