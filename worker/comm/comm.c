@@ -126,28 +126,26 @@ int comm_cut(struct comm *c, int peer) {
 int comm_rank(const struct comm *c) { return c->rank; }
 int comm_size(const struct comm *c) { return c->size; }
 
-void comm_group_pod(struct comm_group *g, const struct comm *c, int pod) {
-    g->n = c->slots;
+/* The n ranks first, first + stride, ...: a pod's slots (stride 1) or a slot's pods. */
+static void group_of(struct comm_group *g, const struct comm *c, int n, int first, int stride) {
+    g->n = n;
     g->me = -1;
-    for (int s = 0; s < c->slots; s++) {
-        g->ranks[s] = pod * c->slots + s;
-        if (g->ranks[s] == c->rank) g->me = s;
+    for (int i = 0; i < n; i++) {
+        g->ranks[i] = first + i * stride;
+        if (g->ranks[i] == c->rank) g->me = i;
     }
+}
+
+void comm_group_pod(struct comm_group *g, const struct comm *c, int pod) {
+    group_of(g, c, c->slots, pod * c->slots, 1);
 }
 
 void comm_group_slot(struct comm_group *g, const struct comm *c, int slot) {
-    g->n = c->pods;
-    g->me = -1;
-    for (int p = 0; p < c->pods; p++) {
-        g->ranks[p] = p * c->slots + slot;
-        if (g->ranks[p] == c->rank) g->me = p;
-    }
+    group_of(g, c, c->pods, slot, c->slots);
 }
 
 void comm_group_all(struct comm_group *g, const struct comm *c) {
-    g->n = c->size;
-    g->me = c->rank;
-    for (int r = 0; r < c->size; r++) g->ranks[r] = r;
+    group_of(g, c, c->size, 0, 1);
 }
 
 int comm_ops_in_flight(const struct comm *c) {
