@@ -87,7 +87,7 @@ static enum stat_kind stat_of(enum op_kind k) {
 static bool done(const struct xfer *x) { return x->out_fin && x->in_fin; }
 
 /* Writes each transfer's header and posts what its transport posts up front. On an error,
- * the transfers after the failing one are untouched (their transport's abandon skips them). */
+ * the transfers after the failing one have posted nothing: abandon finds nothing of theirs. */
 static moe_status post(struct comm *c, int channel, struct xfer *x, int nx) {
     double now = moe_clock_s();
     for (int i = 0; i < nx; i++) {

@@ -9,7 +9,7 @@
  * and a sleeping one is never missed; a spare doorbell only costs a spurious wake-up. A
  * full doorbell socket is fine: the peer has unread doorbells, so it will wake. The tcp
  * socket stays the failure detector: a dead peer is its EOF.
- * Never: blocks, spins, or frames messages (the engine's header travels through the ring
+ * Never: blocks, spins, or frames messages (stream.c's header travels through the ring
  * like any byte).
  */
 #include "transport.h"

@@ -8,8 +8,8 @@
  * through Open MPI), each behind a struct transport that the engine drives; and listener.c,
  * the socket that handshake.c accepts connections from.
  * Owns: the contract between the engine and the transports (struct transport).
- * Never: a transport calls the engine, decides an operation's fate (it reports, the engine
- * decides), or touches a peer of another transport.
+ * Never: a transport calls the engine (it reports by its return values, and the engine
+ * fails the operation) or touches a peer of another transport.
  */
 #ifndef MOE_COMM_TRANSPORT_H
 #define MOE_COMM_TRANSPORT_H
