@@ -13,7 +13,6 @@
 #include "transport.h"
 
 #include <errno.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <openssl/rand.h>
