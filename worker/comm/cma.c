@@ -10,10 +10,9 @@
  * authenticated link's ring (address, length) while it waits for our acknowledgement.
  */
 #define _GNU_SOURCE // process_vm_readv
-#include "comm_internal.h"
+#include "transport.h"
 
 #include <errno.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <openssl/rand.h>
@@ -24,11 +23,6 @@ static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
 static void probe_init(void) {
     RAND_bytes((unsigned char *)&probe_value, sizeof probe_value);
     probe_value |= 1; // never 0, so an all-zero read cannot pass
-}
-
-bool cma_enabled(void) {
-    const char *e = getenv("MOE_COMM_CMA");
-    return !(e && strcmp(e, "0") == 0);
 }
 
 void cma_probe_of_self(uint64_t *addr, uint64_t *value) {
@@ -57,12 +51,4 @@ long cma_read(int pid, int peer, void *dst, uint64_t src, size_t n) {
                  k == 0 ? "nothing read" : errno == ESRCH ? "process gone" : strerror(errno));
         return -1;
     }
-}
-
-size_t cma_min_bytes(void) {
-    const char *e = getenv("MOE_COMM_CMA_MIN");
-    /* Measured with bench_alltoall: at 16 KiB per peer one copy and an acknowledgement
-     * already beat two copies through the ring. */
-    long v = e ? atol(e) : 8192;
-    return v < 1 ? 1 : (size_t)v;
 }

@@ -9,9 +9,10 @@
  * reduction needs members x piece bytes of scratch, not a copy of the buffer; tree_sum adds
  * each element independently, so the pieces change no bit. All-to-all and gathers move
  * bytes straight between user buffers.
- * Never: assumes anything about the peers' timing, or adds in any other order.
+ * Never: assumes anything about the peers' timing, adds in any other order, or knows how a
+ * peer is reached (engine.h is all it calls).
  */
-#include "comm_internal.h"
+#include "engine.h"
 #include "../../kernels/tree_sum.h"
 
 #include <stdlib.h>
@@ -39,6 +40,23 @@ static moe_status check_group(const struct comm *c, int channel, const struct co
             return moe_fail(MOE_EINVAL, "comm: rank %d appears twice in a group", r);
     }
     return MOE_OK;
+}
+
+void comm_chunk(size_t n, int members, int i, size_t *lo, size_t *hi) {
+    size_t m = (size_t)members, base = n / m, rem = n % m, ii = (size_t)i;
+    *lo = ii * base + (ii < rem ? ii : rem);
+    *hi = *lo + base + (ii < rem ? 1 : 0);
+}
+
+/* The channel's scratch for the leaves of a reduction, grown as needed and kept until
+ * comm_close; NULL: out of memory. */
+static void *channel_scratch(struct comm *c, int channel, size_t bytes) {
+    if (bytes <= c->scratch_bytes[channel]) return c->scratch[channel];
+    void *p = realloc(c->scratch[channel], bytes);
+    if (!p) return NULL;
+    c->scratch[channel] = p;
+    c->scratch_bytes[channel] = bytes;
+    return p;
 }
 
 static struct xfer *xfers_alloc(int n) {
@@ -97,7 +115,7 @@ static moe_status reduce_scatter(struct comm *c, int channel, const struct comm_
     size_t maxchunk = n / (size_t)m + (n % (size_t)m != 0);
     /* At least one round even when n = 0: members that disagree on n find out. */
     size_t rounds = maxchunk ? (maxchunk + piece - 1) / piece : 1;
-    uint8_t *scratch = comm_scratch(c, channel, (size_t)m * piece * elt);
+    uint8_t *scratch = channel_scratch(c, channel, (size_t)m * piece * elt);
     void **leaves = malloc(sizeof *leaves * (size_t)m);
     struct xfer *x = xfers_alloc(m - 1);
     moe_status res = MOE_OK;

@@ -1,15 +1,15 @@
 /*
- * comm.c — the life of a comm: opening (validating the config, joining MPI, connecting the
- * tcp links), aborting, closing; groups; the chunk rule; statistics; the broken state.
+ * comm.c — the life of a comm: opening (validating the config, reading the tunables, joining
+ * MPI, connecting the tcp links), aborting, cutting, closing; groups; statistics.
  *
- * Owns: the rule that after an error (other than a size disagreement) the comm is broken:
- * every later operation fails at once with the first error, and its tcp links are shut
- * down so that every peer's pending operation fails at once too (a failure spreads in one
- * round trip, not one timeout per hop); and that comm_abort from any thread wakes every
- * pending operation (a byte on a pipe that every poll() watches).
- * Never: moves payload (engine.c does) or interprets it (collectives.c does).
+ * Owns: the rule that comm_abort from any thread wakes every pending operation (a byte on a
+ * pipe that every poll() watches), and that closing frees what opening made, whatever state
+ * a failed open or a broken comm left.
+ * Never: moves payload (engine.c does) or interprets it (collectives.c does), and is called
+ * by no other file of worker/comm: it is the top layer.
  */
-#include "comm_internal.h"
+#include "handshake.h"
+#include "transport.h"
 #include "../../common/clock.h"
 #include "../../common/log.h"
 
@@ -42,6 +42,8 @@ static moe_status check_config(const struct comm_config *cfg) {
 moe_status comm_open(struct comm **out, const struct comm_config *cfg, struct comm_listener *l) {
     *out = NULL;
     CHECK(check_config(cfg));
+    const struct comm_tunables *tun = comm_tunables();
+    if (!tun) return MOE_EINVAL;
     moe_status res = MOE_OK;
     struct comm *c = calloc(1, sizeof *c);
     if (!c) return moe_fail(MOE_ENOMEM, "comm: out of memory");
@@ -52,6 +54,7 @@ moe_status comm_open(struct comm **out, const struct comm_config *cfg, struct co
     c->open_deadline = moe_clock_s() + 5 * cfg->timeout_s;
     c->backend = cfg->backend;
     c->epoch = cfg->epoch;
+    c->tun = tun;
     snprintf(c->job_id, sizeof c->job_id, "%s", cfg->job_id);
     c->peers = calloc((size_t)c->size, sizeof *c->peers);
     if (!c->peers) {
@@ -123,74 +126,26 @@ int comm_cut(struct comm *c, int peer) {
 int comm_rank(const struct comm *c) { return c->rank; }
 int comm_size(const struct comm *c) { return c->size; }
 
-moe_status comm_check_usable(struct comm *c) {
-    if (atomic_load(&c->aborted))
-        return moe_fail(MOE_EINTERNAL, "comm: aborted (epoch %llu is over)",
-                        (unsigned long long)c->epoch);
-    int b = atomic_load(&c->broken);
-    if (b) {
-        char msg[sizeof c->broken_msg];
-        pthread_mutex_lock(&c->broken_mu);
-        memcpy(msg, c->broken_msg, sizeof msg);
-        pthread_mutex_unlock(&c->broken_mu);
-        return moe_fail((moe_status)b, "comm: broken by an earlier error: %s", msg);
+/* The n ranks first, first + stride, ...: a pod's slots (stride 1) or a slot's pods. */
+static void group_of(struct comm_group *g, const struct comm *c, int n, int first, int stride) {
+    g->n = n;
+    g->me = -1;
+    for (int i = 0; i < n; i++) {
+        g->ranks[i] = first + i * stride;
+        if (g->ranks[i] == c->rank) g->me = i;
     }
-    return MOE_OK;
-}
-
-moe_status comm_break(struct comm *c, moe_status s) {
-    pthread_mutex_lock(&c->broken_mu);
-    bool first = !atomic_load(&c->broken);
-    if (first) {
-        snprintf(c->broken_msg, sizeof c->broken_msg, "%s", moe_errmsg());
-        atomic_store(&c->broken, (int)s);
-    }
-    pthread_mutex_unlock(&c->broken_mu);
-    /* Tell every peer at once: a peer whose transfers with us are still pending would
-     * otherwise wait for its timeout, because we stop moving bytes but are alive. shutdown,
-     * not close: the other channel's thread may be polling these sockets right now, and
-     * shutdown wakes it (EOF) where close would leave it a reused descriptor. */
-    if (first) {
-        for (int q = 0; q < c->size; q++)
-            for (int ch = 0; ch < COMM_CHANNELS; ch++)
-                if (c->peers[q].ch[ch].fd >= 0) shutdown(c->peers[q].ch[ch].fd, SHUT_RDWR);
-        if (c->mpi) comm_mpi_leave(c); /* the pod peers' equivalent of the shutdowns */
-        LOG_DEBUG("comm: rank %d broke its comm: %s", c->rank, c->broken_msg);
-    }
-    return s;
-}
-
-void *comm_scratch(struct comm *c, int channel, size_t bytes) {
-    if (bytes <= c->scratch_bytes[channel]) return c->scratch[channel];
-    void *p = realloc(c->scratch[channel], bytes);
-    if (!p) return NULL;
-    c->scratch[channel] = p;
-    c->scratch_bytes[channel] = bytes;
-    return p;
 }
 
 void comm_group_pod(struct comm_group *g, const struct comm *c, int pod) {
-    g->n = c->slots;
-    g->me = -1;
-    for (int s = 0; s < c->slots; s++) {
-        g->ranks[s] = pod * c->slots + s;
-        if (g->ranks[s] == c->rank) g->me = s;
-    }
+    group_of(g, c, c->slots, pod * c->slots, 1);
 }
 
 void comm_group_slot(struct comm_group *g, const struct comm *c, int slot) {
-    g->n = c->pods;
-    g->me = -1;
-    for (int p = 0; p < c->pods; p++) {
-        g->ranks[p] = p * c->slots + slot;
-        if (g->ranks[p] == c->rank) g->me = p;
-    }
+    group_of(g, c, c->pods, slot, c->slots);
 }
 
 void comm_group_all(struct comm_group *g, const struct comm *c) {
-    g->n = c->size;
-    g->me = c->rank;
-    for (int r = 0; r < c->size; r++) g->ranks[r] = r;
+    group_of(g, c, c->size, 0, 1);
 }
 
 int comm_ops_in_flight(const struct comm *c) {
@@ -201,12 +156,6 @@ int comm_shm_peers(const struct comm *c) {
     int n = 0;
     for (int q = 0; q < c->size; q++) n += c->peers[q].ch[0].tx != NULL;
     return n;
-}
-
-void comm_chunk(size_t n, int members, int i, size_t *lo, size_t *hi) {
-    size_t m = (size_t)members, base = n / m, rem = n % m, ii = (size_t)i;
-    *lo = ii * base + (ii < rem ? ii : rem);
-    *hi = *lo + base + (ii < rem ? 1 : 0);
 }
 
 void comm_get_stats(const struct comm *c, struct comm_stats *s) {

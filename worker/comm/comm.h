@@ -39,6 +39,7 @@
 #ifndef MOE_COMM_H
 #define MOE_COMM_H
 
+#include "../../common/knobs.h"
 #include "../../common/status.h"
 
 #include <stddef.h>
@@ -159,6 +160,23 @@ int comm_shm_peers(const struct comm *c);
  * returned. A comm_abort that finds one settles what it posted (see comm_abort); one begun
  * after comm_abort posts nothing and fails at once. For diagnostics and tests. */
 int comm_ops_in_flight(const struct comm *c);
+
+/* The data plane's environment knobs (MOE_COMM_*), read once per process: by the first
+ * comm_open or comm_tunables. A forked child keeps what its parent read, so a program that
+ * sets them per child process must not open a comm (or call comm_tunables) before forking.
+ * comm_knobs is their table (knobs_print(..., 1) lists them under a daemon's --help). */
+struct comm_tunables {
+    int shm;         // MOE_COMM_SHM: 0 never shares memory between peers of one host
+    int shm_ring_mb; // MOE_COMM_SHM_RING_MB: each shared-memory ring's size
+    int cma;         // MOE_COMM_CMA: 0 never reads a local peer's buffer directly
+    long cma_min;    // MOE_COMM_CMA_MIN: the smallest payload that goes by descriptor
+    double spin_us;  // MOE_COMM_SPIN_US: how long a waiting side yields before it sleeps
+};
+extern const struct knob comm_knobs[];
+extern const int comm_n_knobs;
+/* This process's values; NULL when one does not parse or is out of bounds (moe_errmsg names
+ * it, and comm_open fails with MOE_EINVAL saying the same). */
+const struct comm_tunables *comm_tunables(void);
 
 /* The mpi backend: MPI_Init_thread(MPI_THREAD_MULTIPLE) once per process, before any
  * comm_open with COMM_MPI; *rank and *size of MPI_COMM_WORLD (the pod's slot and slots).

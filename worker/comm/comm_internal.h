@@ -1,12 +1,19 @@
 /*
- * comm_internal.h — what the files of worker/comm share: the comm object, the per-peer links,
- * the wire header, and the one progress engine every operation goes through.
+ * comm_internal.h — the lowest layer of worker/comm: the state every file reads (the comm, its
+ * per-peer links, the transfers of one operation), the wire format, and the tunables.
  *
- * Owns: the layout of struct comm and the contracts between comm.c (lifecycle, groups),
- * collectives.c (the operations), engine.c (moving bytes with deadlines), handshake.c
- * (connecting and authenticating), tcp.c / shm.c (byte streams), cma.c (single-copy reads
- * of a local peer's buffer) and mpi.c (Open MPI peers).
- * Never: visible outside worker/comm; the trainer sees only comm.h.
+ * The files form layers, and a file calls only into its own layer's helpers or lower ones:
+ *   5  comm.c (open, abort, close, groups)      collectives.c (operations as exchanges)
+ *   4  engine.c (moving one operation; engine.h)   handshake.c (connecting; handshake.h)
+ *   3  stream.c (tcp and shm transfers)   mpi.c (Open MPI transfers)   listener.c
+ *   2  tcp.c (sockets)   shm.c (rings; doorbells on tcp.c)   cma.c (single copies)
+ *   1  wire.c (the header check)   tunables.c (MOE_COMM_* knobs)          — this header
+ * Layers 2 and 3 are declared in transport.h; the engine drives layer 3 through a table of
+ * function pointers per kind of peer (struct transport), so a transport reports what arrived
+ * by returning, never by calling the engine.
+ * Owns: the layout of struct comm, struct link and struct xfer, and the wire header.
+ * Never: visible outside worker/comm (the trainer sees only comm.h); nothing declared here
+ * calls a higher layer.
  */
 #ifndef MOE_COMM_INTERNAL_H
 #define MOE_COMM_INTERNAL_H
@@ -19,7 +26,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct shm_ring; // shm.c
+struct shm_ring;  // shm.c
+struct comm_mpi;  // mpi.c
+struct transport; // transport.h
 
 /* One peer on one channel. The tcp socket is always there for tcp peers: it carries the
  * data itself, or, when the pair shares memory, only doorbell bytes — its EOF is still how
@@ -67,8 +76,6 @@ struct wire_header {
 
 enum stat_kind { STAT_ALLTOALL = 0, STAT_REDUCE, STAT_OTHER, STAT_KINDS };
 
-struct comm_mpi; // mpi.c
-
 struct comm {
     int rank, size, pods, slots;
     double timeout_s;
@@ -76,6 +83,7 @@ struct comm {
     enum comm_backend backend;
     uint64_t epoch;
     char job_id[128];
+    const struct comm_tunables *tun; // this process's MOE_COMM_* values (tunables.c)
     struct peer *peers; // (size); peers[rank] is self and unused
     int abort_pipe[2];  // comm_abort writes one byte; the read end is in every poll set
     atomic_int aborted;
@@ -108,6 +116,7 @@ struct xfer {
     struct wire_header in;  // the peer's header once received
     bool mismatch;          // the peer disagreed about a size or the operation
     /* engine state */
+    const struct transport *t; // how this peer is reached (engine.c picks it)
     struct wire_header out;
     size_t out_done, in_done; // bytes of header + payload moved so far
     bool out_fin, in_fin;
@@ -120,78 +129,13 @@ struct xfer {
     void *mpi_state; // mpi.c
 };
 
-/* engine.c: moves every xfer to completion, all peers at once (never send-then-receive),
- * failing at once on a broken connection or comm_abort, and with MOE_EUNAVAILABLE naming
- * the rank when a peer makes no progress for timeout_s. On an error other than MOE_EINVAL
- * the comm is marked broken. Returns MOE_EINVAL (after completing every transfer) when a
- * peer disagreed; the message names it. */
-moe_status comm_exchange(struct comm *c, int channel, struct xfer *x, int nx);
-
-/* engine.c, for mpi.c: checks a header that has fully arrived, sets x->mismatch, and
- * returns the payload bytes that follow it; <0 when the stream is out of step (broken). */
-long comm_header_arrived(struct comm *c, int channel, struct xfer *x);
-
-/* comm.c */
-moe_status comm_check_usable(struct comm *c);             // aborted or broken: the error
-moe_status comm_break(struct comm *c, moe_status s);       // records s + moe_errmsg, returns s
-void *comm_scratch(struct comm *c, int channel, size_t bytes); // NULL: out of memory
-
-/* tcp.c: byte streams on a nonblocking socket. >0 bytes moved, 0 would block,
- * <0 the connection failed (moe_fail set, naming the peer). */
-long tcp_send_some(int fd, int peer, const void *p, size_t n);
-long tcp_recv_some(int fd, int peer, void *p, size_t n);
-moe_status tcp_set_socket_options(int fd);
-moe_status tcp_parse_address(const char *host_port, char *host, size_t host_len, int *port);
-
-/* shm.c: a byte ring in a shared segment between two processes of one host, with the
- * pair's tcp socket as doorbell. Same return convention as tcp. */
-struct shm_ring *shm_ring_create(size_t capacity, char *name, size_t name_len);
-struct shm_ring *shm_ring_attach(const char *name); // unlinks the name once mapped
-void shm_ring_close(struct shm_ring *r);
-long shm_send_some(struct shm_ring *r, int fd, int peer, const void *p, size_t n);
-long shm_recv_some(struct shm_ring *r, int fd, int peer, void *p, size_t n);
-/* Reads pending doorbell bytes; <0 when the socket reports EOF or an error. */
-int shm_drain_doorbell(int fd, int peer);
-size_t shm_ring_capacity(void); // MOE_COMM_SHM_RING_MB, 0 when MOE_COMM_SHM=0
-
-/* shm.c, for cma: the receiver acknowledges a descriptor in the control block of the ring
- * it came through; a sender that gives up revokes, so a late reader knows its copy may be
- * garbage. */
-void shm_ack(struct shm_ring *r, int fd);
-/* on: this side may sleep on the link (the peer will ring); off: it is running again. */
-void shm_arm(struct shm_ring *tx, struct shm_ring *rx, bool on);
-uint64_t shm_acks(const struct shm_ring *r);
-void shm_revoke(struct shm_ring *r, int culprit); // culprit: the rank that failed us, or -1
-void shm_notify(int fd); // one doorbell byte; errors are the reader side's to find
-int shm_revoked(const struct shm_ring *r); // 0 no, 1 aborted, 2 + the culprit's rank
-
-/* cma.c */
-bool cma_enabled(void); // MOE_COMM_CMA=0 turns it off
-void cma_probe_of_self(uint64_t *addr, uint64_t *value);
-bool cma_probe_peer(int pid, uint64_t addr, uint64_t value);
-long cma_read(int pid, int peer, void *dst, uint64_t src, size_t n); // >0 bytes, <0 error
-size_t cma_min_bytes(void);
-
-/* handshake.c: connects and authenticates every tcp link of the comm. */
-moe_status comm_connect_all(struct comm *c, const struct comm_config *cfg,
-                            struct comm_listener *l);
-/* listener.c, for handshake.c */
-int comm_listener_fd(const struct comm_listener *l);
-pthread_mutex_t *comm_listener_lock(struct comm_listener *l);
-
-/* mpi.c */
-moe_status comm_mpi_open(struct comm *c);
-void comm_mpi_close(struct comm *c);
-/* The comm broke: tell the pod peers at once (LEAVE on every channel); idempotent. */
-void comm_mpi_leave(struct comm *c);
-moe_status comm_mpi_start(struct comm *c, int channel, struct xfer *x);
-/* 1 done, 0 pending, <0 error (moe_fail set). *progressed when anything completed. */
-int comm_mpi_progress(struct comm *c, struct xfer *x, bool *progressed);
-/* The op failed with MPI requests pending, whose buffers are the caller's: let them finish
- * (up to timeout_s), cancel the receives still open, and abort the MPI job (the failure
- * domain) if a send remains. Returns with no request pending. */
-void comm_mpi_settle(struct comm *c, struct xfer *x, int nx);
-/* An MPI peer made no progress for timeout_s: aborts the MPI job; does not return. */
-void comm_mpi_stalled(void);
+/* wire.c: the peer's header has fully arrived in x->in over link k: checks that it keeps the
+ * stream in step (its seq), notes in x->mismatch whether the peer disagrees about the
+ * operation or a size, and returns the payload bytes that follow it; <0 when the stream is
+ * out of step (moe_fail set; the comm must break). Every transport calls it. */
+long wire_header_arrived(struct link *k, int channel, struct xfer *x);
+/* The MOE_EINVAL for a transfer whose peer disagreed, naming it and both sizes. */
+moe_status wire_mismatch_error(const struct xfer *x);
+const char *wire_kind_name(uint32_t kind); // "alltoallv"
 
 #endif

@@ -6,7 +6,7 @@
  * opened wait in the kernel's backlog; handshake.c refuses those of other epochs).
  * Never: reads from an accepted connection (handshake.c does, under a deadline).
  */
-#include "comm_internal.h"
+#include "transport.h"
 #include "../../common/log.h"
 
 #include <errno.h>

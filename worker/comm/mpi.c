@@ -20,10 +20,11 @@
  * left fails instead of waiting out the timeout, and closing a broken comm drains what the
  * pod peers still send until each has left too (or timeout_s): their sends complete, and the
  * pod survives to form the next epoch.
- * Never: calls a blocking MPI operation after MPI_Init_thread (MPI_Comm_idup, not dup), or
- * sends to a rank outside the pod.
+ * Never: calls a blocking MPI operation after MPI_Init_thread (MPI_Comm_idup, not dup),
+ * sends to a rank outside the pod, or calls the engine (a header that arrived is checked by
+ * wire.c, and the engine learns the outcome from transport_mpi's return values).
  */
-#include "comm_internal.h"
+#include "transport.h"
 #include "../../common/clock.h"
 #include "../../common/log.h"
 
@@ -197,7 +198,7 @@ void comm_mpi_close(struct comm *c) {
     c->mpi = NULL;
 }
 
-moe_status comm_mpi_start(struct comm *c, int channel, struct xfer *x) {
+static moe_status start(struct comm *c, int channel, struct xfer *x) {
     if (x->send_bytes > INT_MAX || x->recv_bytes > INT_MAX)
         return moe_fail(MOE_EINVAL, "comm: %zu bytes to rank %d: the mpi backend moves at most "
                         "%d bytes per message", x->send_bytes > x->recv_bytes ? x->send_bytes
@@ -225,7 +226,13 @@ moe_status comm_mpi_start(struct comm *c, int channel, struct xfer *x) {
     return MOE_OK;
 }
 
-static void release(struct xfer *x);
+/* Frees what a transfer holds once its requests are all done (or cancelled). */
+static void release(struct xfer *x) {
+    struct mpi_xfer *m = x->mpi_state;
+    free(m->drain);
+    free(m);
+    x->mpi_state = NULL;
+}
 
 static int test(MPI_Request *r, bool *progressed) {
     if (*r == MPI_REQUEST_NULL) return 1;
@@ -235,18 +242,16 @@ static int test(MPI_Request *r, bool *progressed) {
     return done;
 }
 
-int comm_mpi_progress(struct comm *c, struct xfer *x, bool *progressed) {
+/* 1 done, 0 pending, <0 error (moe_fail set). *progressed when anything completed. */
+static int progress(struct comm *c, int channel, struct xfer *x, bool *progressed) {
     struct mpi_xfer *m = x->mpi_state;
-    int channel = -1;
-    for (int ch = 0; ch < COMM_CHANNELS; ch++)
-        if (c->mpi->comm[ch] == m->comm) channel = ch;
     if (test(&m->req[0], progressed) < 0 || test(&m->req[1], progressed) < 0) goto fail;
     if (x->do_recv && !m->header_in) {
         int h = test(&m->req[2], progressed);
         if (h < 0) goto fail;
         if (h) {
             m->header_in = true;
-            long n = comm_header_arrived(c, channel, x);
+            long n = wire_header_arrived(&c->peers[x->peer].ch[channel], channel, x);
             if (n < 0) return -1;
             void *dst = x->recv;
             if (x->mismatch) dst = m->drain = malloc(n ? (size_t)n : 1);
@@ -280,17 +285,25 @@ fail:
     return -1;
 }
 
-void comm_mpi_stalled(void) { mpi_abort_job("an MPI peer stalled"); }
-
-/* Frees what a transfer holds once its requests are all done (or cancelled). */
-static void release(struct xfer *x) {
-    struct mpi_xfer *m = x->mpi_state;
-    free(m->drain);
-    free(m);
-    x->mpi_state = NULL;
+/* transport_mpi's progress: any failure is the peer's being unavailable. */
+static moe_status progress_status(struct comm *c, int channel, struct xfer *x, bool *moved) {
+    return progress(c, channel, x, moved) < 0 ? MOE_EUNAVAILABLE : MOE_OK;
 }
 
-void comm_mpi_settle(struct comm *c, struct xfer *x, int nx) {
+/* An MPI peer made no progress for timeout_s: Open MPI 4.1 cannot give up on a rank, so the
+ * pod is the failure domain. Does not return. */
+static void stalled(struct comm *c, const struct xfer *x, double idle_s) {
+    LOG_ERROR("comm: rank %d (MPI rank %d) made no progress for %.1f s in %s; "
+              "aborting this MPI job",
+              x->peer, c->peers[x->peer].mpi_rank, idle_s, wire_kind_name(x->kind));
+    mpi_abort_job("an MPI peer stalled");
+}
+
+/* The op failed with MPI requests pending, whose buffers are the caller's: let them finish
+ * (up to timeout_s), cancel the receives still open, and abort the MPI job (the failure
+ * domain) if a send remains. Returns with no request pending. */
+static void settle(struct comm *c, int channel, struct xfer *x, int nx, int culprit) {
+    (void)culprit; // whoever failed the operation, a pod peer in it still completes its side
     /* First let the transfers finish: a pod peer that is in the same operation completes
      * its side whether or not it is failing too (it settles the same way), and nothing has
      * to be torn out of Open MPI. Cancelling our receives instead would strand its sends. */
@@ -300,7 +313,7 @@ void comm_mpi_settle(struct comm *c, struct xfer *x, int nx) {
         for (int i = 0; i < nx && !broken; i++) {
             if (!x[i].mpi_state) continue;
             bool moved = false;
-            int r = comm_mpi_progress(c, &x[i], &moved);
+            int r = progress(c, channel, &x[i], &moved);
             broken = r < 0; // a broken stream: cancel what is left
             pending += r == 0;
         }
@@ -331,3 +344,12 @@ void comm_mpi_settle(struct comm *c, struct xfer *x, int nx) {
         release(&x[i]);
     }
 }
+
+const struct transport transport_mpi = {
+    .name = "mpi",
+    .wait = WAIT_TEST,
+    .start = start,
+    .progress = progress_status,
+    .abandon = settle,
+    .stalled = stalled,
+};

@@ -9,10 +9,10 @@
  * and a sleeping one is never missed; a spare doorbell only costs a spurious wake-up. A
  * full doorbell socket is fine: the peer has unread doorbells, so it will wake. The tcp
  * socket stays the failure detector: a dead peer is its EOF.
- * Never: blocks, spins, or frames messages (the engine's header travels through the ring
+ * Never: blocks, spins, or frames messages (stream.c's header travels through the ring
  * like any byte).
  */
-#include "comm_internal.h"
+#include "transport.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -50,16 +50,6 @@ struct shm_ring {
     char name[64];
     bool owner; // created it: unlinks the name on close (attach already did, usually)
 };
-
-size_t shm_ring_capacity(void) {
-    const char *off = getenv("MOE_COMM_SHM");
-    if (off && strcmp(off, "0") == 0) return 0;
-    const char *mb = getenv("MOE_COMM_SHM_RING_MB");
-    long v = mb ? atol(mb) : 4;
-    if (v < 1) v = 1;
-    if (v > 1024) v = 1024;
-    return (size_t)v << 20;
-}
 
 static struct shm_ring *map_ring(int fd, size_t bytes, const char *name, bool owner) {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -146,7 +136,7 @@ void shm_ring_close(struct shm_ring *r) {
  * end may reset the socket while our last doorbell is on its way, and that is no failure.
  * A peer we still need bytes from is judged by the reader side (shm_drain_doorbell) only
  * once the ring itself can make no more progress. */
-void shm_notify(int fd) {
+static void notify(int fd) {
     static const char one = 1;
     while (send(fd, &one, 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno == EINTR) {
     }
@@ -165,7 +155,7 @@ int shm_drain_doorbell(int fd, int peer) {
  * our update when it looks again after arming, or we see its flag (seq_cst on both sides). */
 static void wake(_Atomic uint32_t *waiting, int fd) {
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(waiting, memory_order_relaxed)) shm_notify(fd);
+    if (atomic_load_explicit(waiting, memory_order_relaxed)) notify(fd);
 }
 
 void shm_arm(struct shm_ring *tx, struct shm_ring *rx, bool on) {

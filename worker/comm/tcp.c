@@ -7,7 +7,7 @@
  * Never: blocks (every call is MSG_DONTWAIT), raises SIGPIPE (MSG_NOSIGNAL), or decides what
  * the bytes mean.
  */
-#include "comm_internal.h"
+#include "transport.h"
 
 #include <errno.h>
 #include <netinet/in.h>
