@@ -6,7 +6,7 @@
  * collective returns at once instead of after the data-plane timeout.
  * For recovery (docs/recovery.md) it also owns the hand-over of a later epoch's binding from
  * the loop (a recovery's RunSlot) to the training thread, and the fence: FenceSlot aborts the
- * epoch's comm and freezes the trainer's state (worker/replica.h) so that the copies it lists
+ * epoch's comm and freezes the trainer's state (worker/trainer/replica.h) so that the copies it lists
  * stay what they are until the next epoch begins.
  * Never: chooses peers or epochs (the coordinator does), or moves tensor bytes itself (the
  * trainer does, through worker/comm).
