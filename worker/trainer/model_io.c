@@ -152,7 +152,8 @@ moe_status model_save(const struct model *m, const char *path, const char *const
     }
     meta[0] = (struct st_meta){META_FORMAT, "moed"};
     meta[1] = (struct st_meta){META_CONFIG, cfg};
-    for (int i = 0; i < n_extra; i++) meta[2 + i] = (struct st_meta){extra_meta[2 * i], extra_meta[2 * i + 1]};
+    for (int i = 0; i < n_extra; i++)
+        meta[2 + i] = (struct st_meta){extra_meta[2 * i], extra_meta[2 * i + 1]};
     res = st_write(path, out, n, meta, n_extra + 2);
 exit:
     free(cfg);

@@ -264,7 +264,8 @@ static int add_copy(struct state_copy *out, int n, int max, int slot, long step)
 
 /* Whether this slot holds its own dense state at `step` (live or previous). */
 static int holds_own(const struct replica *r, long step) {
-    return (r->live_valid && r->t->model.step == step) || (r->prev.step >= 0 && r->prev.step == step);
+    return (r->live_valid && r->t->model.step == step) ||
+           (r->prev.step >= 0 && r->prev.step == step);
 }
 
 int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live) {
@@ -429,7 +430,8 @@ moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
         int from = p->from[k];
         if (from < 0) continue;
         if (from >= n || from == k)
-            return moe_fail(MOE_EINVAL, "restore: rank %d's source %d is not another rank", k, from);
+            return moe_fail(MOE_EINVAL, "restore: rank %d's source %d is not another rank", k,
+                            from);
         if (me == from) CHECK(send_state(r, k, k % r->S, p->step, &st->bytes_sent));
         if (me == k) CHECK(recv_state(r, from, p->step, &st->bytes_received));
     }

@@ -78,7 +78,8 @@ static moe_status reduce_one(struct slot_exec *x, const struct reduce_item *it) 
         CHECK(comm_reduce_scatter(x->comm, CH_GRAD, &x->pod, it->p, it->n));
         comm_chunk(it->n, x->S, x->pod.me, &lo, &hi);
     }
-    if (x->P > 1 && hi > lo) CHECK(comm_allreduce(x->comm, CH_GRAD, &x->cross, it->p + lo, hi - lo));
+    if (x->P > 1 && hi > lo)
+        CHECK(comm_allreduce(x->comm, CH_GRAD, &x->cross, it->p + lo, hi - lo));
     if (x->S > 1) CHECK(comm_allgather_chunks(x->comm, CH_GRAD, &x->pod, it->p, it->n));
     return MOE_OK;
 }
@@ -263,9 +264,9 @@ static int hook_backward(void *ctx, int l, const struct moe_acts *a, struct moe_
                         m->grads.w_down + l * layer};
         /* with micro-batches each layer keeps its own leaves until the last pass adds them */
         size_t slot_l = x->leaves_per_layer ? (size_t)l : 0;
-        for (int k = 0; k < 3; k++)
-            leaf[k][i] = i == 0 ? own[k]
-                                : x->leaves + (((size_t)(i - 1) * x->leaf_layers + slot_l) * 3 + k) * layer;
+        real *leaves = i == 0 ? NULL
+                              : x->leaves + ((size_t)(i - 1) * x->leaf_layers + slot_l) * 3 * layer;
+        for (int k = 0; k < 3; k++) leaf[k][i] = i == 0 ? own[k] : leaves + (size_t)k * layer;
     }
     size_t r = 0;
     for (int i = 0; i < S; i++)
