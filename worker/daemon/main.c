@@ -151,6 +151,12 @@ static void scratch_remove(struct worker *w) {
         LOG_WARN("cannot remove the scratch directory %s: %s", w->scratch, strerror(errno));
 }
 
+/* "", 0.0.0.0, [::] or ::: a host to listen on everywhere, not one to dial. */
+static int wildcard_host(const char *host, size_t len) {
+    return len == 0 || (len == 7 && strncmp(host, "0.0.0.0", 7) == 0) ||
+           (len == 4 && strncmp(host, "[::]", 4) == 0) || (len == 2 && strncmp(host, "::", 2) == 0);
+}
+
 /* The address the coordinator will call: a wildcard or loopback listen address becomes
  * 127.0.0.1 (the local cluster); any other host is given as it was. */
 static void advertised_address(struct worker *w, int port) {
@@ -159,8 +165,7 @@ static void advertised_address(struct worker *w, int port) {
     size_t host_len = colon ? (size_t)(colon - listen) : strlen(listen);
     char host[256];
     snprintf(host, sizeof host, "%.*s", (int)(host_len < 255 ? host_len : 255), listen);
-    if (!host[0] || strcmp(host, "127.0.0.1") == 0 || strcmp(host, "0.0.0.0") == 0 ||
-        strcmp(host, "[::]") == 0 || strcmp(host, "::") == 0)
+    if (wildcard_host(host, strlen(host)) || strcmp(host, "127.0.0.1") == 0)
         snprintf(host, sizeof host, "127.0.0.1");
     snprintf(w->address, sizeof w->address, "%s:%d", host, port);
 }
@@ -170,12 +175,8 @@ static void advertised_address(struct worker *w, int port) {
 static void advertised_data_address(struct worker *w, int k) {
     const char *a = comm_listener_address(w->listeners[k]);
     const char *colon = strrchr(a, ':');
-    size_t host_len = colon ? (size_t)(colon - a) : 0;
-    int wildcard = host_len == 0 || (host_len == 7 && strncmp(a, "0.0.0.0", 7) == 0) ||
-                   (host_len == 4 && strncmp(a, "[::]", 4) == 0) ||
-                   (host_len == 2 && strncmp(a, "::", 2) == 0);
     char *out = w->data_addresses[k];
-    if (!wildcard || !colon) {
+    if (!colon || !wildcard_host(a, (size_t)(colon - a))) {
         snprintf(out, COMM_ADDR_MAX, "%s", a);
         return;
     }
