@@ -1,15 +1,20 @@
 /*
  * service.c — the Worker service the coordinator calls: RunSlot starts a job's slot on a
  * training thread, StopJob asks it to stop (and aborts its data plane, so that a collective
- * waiting on a peer returns at once). All need the cluster token. One job at a time; a
- * finished job's thread is joined here, on the loop, before the next can start. RunSlot
- * checks everything it is given (the mesh, the slot, the binding table, the backend against
- * what this process can do) and answers INVALID_ARGUMENT naming what is wrong.
+ * waiting on a peer returns at once). All need the cluster token. One job at a time (two of
+ * its slots at most, after a recovery that found no spare); a finished job's thread is
+ * joined here, on the loop, before the next can start (main.c calls worker_reap_jobs when a
+ * thread says it is done). RunSlot checks everything it is given (the mesh, the slot, the
+ * binding table, the backend against what this process can do) and answers INVALID_ARGUMENT
+ * naming what is wrong.
  * Recovery (docs/recovery.md): RunSlot of a newer epoch for the job this worker holds hands
  * the new binding to its training thread (and stops a second slot of the job that the new
- * binding has moved elsewhere); RunSlot with `restore` to an idle worker makes it a
- * slot's new holder; FenceSlot ends an epoch here and lists the state copies this worker can
- * send; InjectFault is moectl chaos's way in (cut a data-plane connection, flip a bit).
+ * binding has moved elsewhere); RunSlot with `restore` makes this worker a lost slot's new
+ * holder (an idle worker, or a survivor of the same job with a free listener); FenceSlot ends
+ * an epoch here and lists the state copies this worker can send; InjectFault is moectl
+ * chaos's way in (cut a data-plane connection, flip a bit).
+ * Never: trains or talks to the coordinator itself (the job's thread does), or blocks the
+ * loop: every handler answers at once.
  */
 #include "worker.h"
 
