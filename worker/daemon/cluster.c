@@ -1,8 +1,9 @@
 /*
  * cluster.c — joining the cluster and staying in it: RegisterWorker at startup (blocking,
  * retried while the coordinator starts), a Heartbeat per interval, and registering again,
- * with the same id and the running job, when a restarted coordinator does not know us.
- * Loop thread only, except worker_copy_id.
+ * with the same id and the running job, when a restarted coordinator does not know us. A
+ * heartbeat's answer may stop the job the coordinator no longer runs here.
+ * Loop thread only.
  */
 #include "worker.h"
 
@@ -18,12 +19,6 @@
 #include <unistd.h>
 
 #define REGISTER_CALL_TIMEOUT_S 5.0
-
-void worker_copy_id(struct worker *w, char out[WORKER_ID_MAX]) {
-    uv_mutex_lock(&w->id_mu);
-    memcpy(out, w->worker_id, WORKER_ID_MAX);
-    uv_mutex_unlock(&w->id_mu);
-}
 
 /* The running job as the coordinator should learn it: id, last step and epoch, or none.
  * With two slots (of one job) the step is the lower one, the epoch the newer one, and it is
@@ -217,11 +212,8 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
     for (int k = 0; r->stop_job && hb->job_id[0] && k < WORKER_MAX_SLOTS; k++) {
         struct job *j = w->jobs[k];
         if (!j || atomic_load(&j->finished) || strcmp(j->id, hb->job_id) != 0) continue;
-        int run = JOB_RUN;
-        if (atomic_compare_exchange_strong(&j->stop, &run, JOB_STOP_COORDINATOR))
+        if (job_stop(j, JOB_STOP_COORDINATOR))
             LOG_INFO("%s: the coordinator says it no longer runs here: stopping", hb->job_id);
-        job_abort_comm(j);
-        job_wake(j); // a slot holding its state for the next epoch stops waiting
     }
 done:
     free(hb);

@@ -4,26 +4,27 @@
  *   moed-worker --coordinator HOST:PORT --cluster-token-file FILE [--listen 127.0.0.1:0]
  *               [--pod N] [--threads N] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
  *               [--dir SCRATCH_DIR] [--data-listen HOST:PORT] [--mpi]
- *               [--log-level debug|info|warn|error]
+ *               [--log-level debug|info|warn|error|off]
  *
- * main.c: the command line, the scratch directory, starting the loop, and the orderly way
- * down on SIGTERM/SIGINT: stop the job and join its thread, shut the server down, stop the
- * pump, close the handles, exit 0.
+ * main.c: the command line and environment (one knob table: --help, the defaults and the
+ * checks all come from it), the scratch directory, starting the loop, reaping a job whose
+ * thread is done, and the orderly way down on SIGTERM/SIGINT: stop the job and join its
+ * thread, shut the server down, stop the pump, close the handles, exit 0.
  * Under mpirun (OMPI_COMM_WORLD_RANK set) or with --mpi, MPI is initialised first thing and
  * the rank, size and mpirun job are registered: the ranks of one mpirun job are one pod.
- * Exit codes: 0 stopped by a signal; 1 could not start or join (coordinator unreachable for
- * 30 s, the cluster token refused, the address in use, MPI would not start); 2 bad command
- * line.
+ * Exit codes: 0 stopped by a signal, or after --help; 1 could not start or join (coordinator
+ * unreachable for 30 s, the cluster token refused, the address in use, MPI would not start);
+ * 2 bad command line (one line on stderr names the flag).
  */
 #include "worker.h"
 
 #include "../../common/blas_select.h"
+#include "../../common/knobs.h"
 #include "../../common/log.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,110 +35,78 @@
 #define EXIT_FAILED 1
 #define EXIT_USAGE 2
 
+/* ---- the command line ---- */
+
+#define AT(field) KNOB_AT(struct worker_config, field)
+static const struct knob knobs[] = {
+    {"coordinator", NULL, KNOB_STR, AT(coordinator), "", 0, 0, NULL, "HOST:PORT",
+     "the coordinator's Cluster service (required)"},
+    {"cluster-token-file", NULL, KNOB_STR, AT(token_file), "", 0, 0, NULL, "FILE",
+     "the cluster token, one line (required)"},
+    {"listen", NULL, KNOB_STR, AT(listen), "127.0.0.1:0", 0, 0, NULL, "HOST:PORT",
+     "where the Worker service listens; port 0 picks a free port"},
+    {"pod", NULL, KNOB_INT, AT(pod), "0", 0, 1 << 20, NULL, "N",
+     "the pod this worker belongs to"},
+    {"threads", NULL, KNOB_INT, AT(threads), "", 1, 1 << 20, NULL, "N",
+     "OpenMP threads for training; all cores when not given"},
+    {"tls-ca", NULL, KNOB_STR, AT(tls_ca), "", 0, 0, NULL, "FILE",
+     "verify the coordinator's TLS certificate with this CA"},
+    {"tls-cert", NULL, KNOB_STR, AT(tls_cert), "", 0, 0, NULL, "FILE",
+     "serve the Worker service over TLS with this PEM certificate; needs --tls-key"},
+    {"tls-key", NULL, KNOB_STR, AT(tls_key), "", 0, 0, NULL, "FILE",
+     "the PEM private key of --tls-cert"},
+    {"dir", NULL, KNOB_STR, AT(dir), "", 0, 0, NULL, "DIR",
+     "scratch directory for trained models; without it, a temporary directory under "
+     "$TMPDIR, removed at exit"},
+    {"data-listen", NULL, KNOB_STR, AT(data_listen), "127.0.0.1:0", 0, 0, NULL, "HOST:PORT",
+     "the data plane's listener, where the other slots of a job connect; port 0 picks a "
+     "free port"},
+    {"mpi", NULL, KNOB_BOOL, AT(mpi), "", 0, 0, NULL, NULL,
+     "initialise MPI and register the rank (implied under mpirun, which sets "
+     "OMPI_COMM_WORLD_RANK)"},
+    {"log-level", "MOE_LOG_LEVEL", KNOB_CHOICE, AT(log_level), "info", 0, 0,
+     "debug|info|warn|error|off", NULL, "how much to log to stderr"},
+    {NULL, "TMPDIR", KNOB_STR, AT(tmpdir), "/tmp", 0, 0, NULL, "DIR",
+     "where the temporary scratch directory goes when --dir is not given"},
+};
+#undef AT
+static const int n_knobs = (int)(sizeof knobs / sizeof knobs[0]);
+
 static void usage(FILE *to) {
-    fprintf(to,
-            "usage: moed-worker --coordinator HOST:PORT --cluster-token-file FILE [options]\n"
-            "\n"
-            "Joins a moed cluster and trains the job slots its coordinator assigns.\n"
-            "\n"
-            "  --coordinator HOST:PORT     the coordinator's Cluster service\n"
-            "  --cluster-token-file FILE   the cluster token (one line)\n"
-            "  --listen HOST:PORT          where the Worker service listens (default\n"
-            "                              127.0.0.1:0: a free port)\n"
-            "  --pod N                     the pod this worker belongs to (default 0)\n"
-            "  --threads N                 OpenMP threads for training (default: all cores)\n"
-            "  --tls-ca FILE               verify the coordinator's TLS certificate with this CA\n"
-            "  --tls-cert FILE --tls-key FILE\n"
-            "                              serve the Worker service over TLS (PEM files)\n"
-            "  --dir DIR                   scratch directory for trained models (default: a\n"
-            "                              temporary directory, removed at exit)\n"
-            "  --data-listen HOST:PORT     the data plane's listener, where the other slots of\n"
-            "                              a job connect (default 127.0.0.1:0: a free port)\n"
-            "  --mpi                       initialise MPI and register the rank (implied under\n"
-            "                              mpirun, which sets OMPI_COMM_WORLD_RANK)\n"
-            "  --log-level LEVEL           debug, info, warn or error (default info, or\n"
-            "                              $MOE_LOG_LEVEL)\n");
+    fprintf(to, "usage: moed-worker --coordinator HOST:PORT --cluster-token-file FILE [options]\n"
+                "\n"
+                "Joins a moed cluster and trains the job slots its coordinator assigns.\n"
+                "\n");
+    knobs_print(to, knobs, n_knobs, 0);
+    fprintf(to, "\nEnvironment:\n");
+    knobs_print(to, knobs, n_knobs, 1);
 }
 
-static int parse_int(const char *text, const char *flag, int lo, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || end == text || *end || v < lo || v > 1 << 20) {
-        fprintf(stderr, "moed-worker: %s must be an integer >= %d (got '%s')\n", flag, lo, text);
+/* Defaults, then the environment, then the flags. Returns 0 to go on, -1 after --help, or
+ * EXIT_USAGE after saying what is wrong. */
+static int parse_args(struct worker_config *cfg, int argc, char **argv) {
+    int help = 0;
+    moe_status s = knobs_parse(knobs, n_knobs, cfg, argc, argv, &help);
+    if (help) {
+        usage(stdout);
         return -1;
     }
-    *out = (int)v;
-    return 0;
-}
-
-static int parse_level(const char *text) {
-    static const char *names[] = {"debug", "info", "warn", "error"};
-    for (int i = 0; i < 4; i++)
-        if (strcmp(text, names[i]) == 0) {
-            moe_log_set_level((enum moe_log_level)i);
-            return 0;
-        }
-    fprintf(stderr, "moed-worker: --log-level must be debug, info, warn or error (got '%s')\n",
-            text);
-    return -1;
-}
-
-static int parse_args(struct worker_config *cfg, int argc, char **argv) {
-    static const struct option opts[] = {{"coordinator", required_argument, 0, 'c'},
-                                         {"cluster-token-file", required_argument, 0, 't'},
-                                         {"listen", required_argument, 0, 'l'},
-                                         {"pod", required_argument, 0, 'p'},
-                                         {"threads", required_argument, 0, 'n'},
-                                         {"tls-ca", required_argument, 0, 'a'},
-                                         {"tls-cert", required_argument, 0, 'C'},
-                                         {"tls-key", required_argument, 0, 'K'},
-                                         {"dir", required_argument, 0, 'd'},
-                                         {"data-listen", required_argument, 0, 'D'},
-                                         {"mpi", no_argument, 0, 'M'},
-                                         {"log-level", required_argument, 0, 'L'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    cfg->listen = "127.0.0.1:0";
-    cfg->data_listen = "127.0.0.1:0";
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': cfg->coordinator = optarg; break;
-        case 't': cfg->token_file = optarg; break;
-        case 'l': cfg->listen = optarg; break;
-        case 'p':
-            if (parse_int(optarg, "--pod", 0, &cfg->pod)) return EXIT_USAGE;
-            break;
-        case 'n':
-            if (parse_int(optarg, "--threads", 1, &cfg->threads)) return EXIT_USAGE;
-            break;
-        case 'a': cfg->tls.ca_file = optarg; break;
-        case 'C': cfg->serve_tls.cert_file = optarg; break;
-        case 'K': cfg->serve_tls.key_file = optarg; break;
-        case 'd': cfg->dir = optarg; break;
-        case 'D': cfg->data_listen = optarg; break;
-        case 'M': cfg->mpi = 1; break;
-        case 'L':
-            if (parse_level(optarg)) return EXIT_USAGE;
-            break;
-        case 'h': usage(stdout); return -1;
-        default: usage(stderr); return EXIT_USAGE;
-        }
+    if (s != MOE_OK) {
+        fprintf(stderr, "moed-worker: %s\n", moe_errmsg());
+        return EXIT_USAGE;
     }
-    if (!cfg->serve_tls.cert_file != !cfg->serve_tls.key_file) {
+    if (!cfg->tls_cert[0] != !cfg->tls_key[0]) {
         fprintf(stderr, "moed-worker: --tls-cert and --tls-key go together\n");
         return EXIT_USAGE;
     }
-    if (optind != argc) {
-        fprintf(stderr, "moed-worker: unexpected argument '%s'\n", argv[optind]);
-        return EXIT_USAGE;
-    }
-    if (!cfg->coordinator || !cfg->token_file) {
+    if (!cfg->coordinator[0] || !cfg->token_file[0]) {
         fprintf(stderr, "moed-worker: --coordinator and --cluster-token-file are required\n");
-        usage(stderr);
         return EXIT_USAGE;
     }
+    cfg->tls.ca_file = cfg->tls_ca[0] ? cfg->tls_ca : NULL;
+    cfg->serve_tls.cert_file = cfg->tls_cert[0] ? cfg->tls_cert : NULL;
+    cfg->serve_tls.key_file = cfg->tls_key[0] ? cfg->tls_key : NULL;
+    moe_log_set_level((enum moe_log_level)cfg->log_level);
     return 0;
 }
 
@@ -158,8 +127,7 @@ static moe_status scratch_use_dir(struct worker *w) {
 /* Without --dir: a temporary directory, made once we joined (until then a signal ends the
  * process the default way and leaves nothing behind). */
 static moe_status scratch_make_temp(struct worker *w) {
-    const char *tmp = getenv("TMPDIR");
-    if (!tmp || !tmp[0]) tmp = "/tmp";
+    const char *tmp = w->cfg.tmpdir;
     snprintf(w->scratch, sizeof w->scratch, "%s/moed-worker-XXXXXX", tmp);
     if (!mkdtemp(w->scratch))
         return moe_fail(MOE_EIO, "cannot create a scratch directory under %s: %s", tmp,
@@ -183,6 +151,12 @@ static void scratch_remove(struct worker *w) {
         LOG_WARN("cannot remove the scratch directory %s: %s", w->scratch, strerror(errno));
 }
 
+/* "", 0.0.0.0, [::] or ::: a host to listen on everywhere, not one to dial. */
+static int wildcard_host(const char *host, size_t len) {
+    return len == 0 || (len == 7 && strncmp(host, "0.0.0.0", 7) == 0) ||
+           (len == 4 && strncmp(host, "[::]", 4) == 0) || (len == 2 && strncmp(host, "::", 2) == 0);
+}
+
 /* The address the coordinator will call: a wildcard or loopback listen address becomes
  * 127.0.0.1 (the local cluster); any other host is given as it was. */
 static void advertised_address(struct worker *w, int port) {
@@ -191,8 +165,7 @@ static void advertised_address(struct worker *w, int port) {
     size_t host_len = colon ? (size_t)(colon - listen) : strlen(listen);
     char host[256];
     snprintf(host, sizeof host, "%.*s", (int)(host_len < 255 ? host_len : 255), listen);
-    if (!host[0] || strcmp(host, "127.0.0.1") == 0 || strcmp(host, "0.0.0.0") == 0 ||
-        strcmp(host, "[::]") == 0 || strcmp(host, "::") == 0)
+    if (wildcard_host(host, strlen(host)) || strcmp(host, "127.0.0.1") == 0)
         snprintf(host, sizeof host, "127.0.0.1");
     snprintf(w->address, sizeof w->address, "%s:%d", host, port);
 }
@@ -202,12 +175,8 @@ static void advertised_address(struct worker *w, int port) {
 static void advertised_data_address(struct worker *w, int k) {
     const char *a = comm_listener_address(w->listeners[k]);
     const char *colon = strrchr(a, ':');
-    size_t host_len = colon ? (size_t)(colon - a) : 0;
-    int wildcard = host_len == 0 || (host_len == 7 && strncmp(a, "0.0.0.0", 7) == 0) ||
-                   (host_len == 4 && strncmp(a, "[::]", 4) == 0) ||
-                   (host_len == 2 && strncmp(a, "::", 2) == 0);
     char *out = w->data_addresses[k];
-    if (!wildcard || !colon) {
+    if (!colon || !wildcard_host(a, (size_t)(colon - a))) {
         snprintf(out, COMM_ADDR_MAX, "%s", a);
         return;
     }
@@ -240,7 +209,8 @@ static void server_stopped(void *arg) {
         pump_stopped(w);
 }
 
-void worker_shutdown_continue(struct worker *w) {
+/* The jobs are gone: take the daemon down (server, pump, handles). */
+static void shutdown_continue(struct worker *w) {
     if (w->server_down) return;
     w->server_down = 1;
     uv_timer_stop(&w->heartbeat);
@@ -258,16 +228,25 @@ static void shutdown_begin(struct worker *w, int exit_code) {
     for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
         struct job *j = w->jobs[k];
         if (!j || atomic_load(&j->finished)) continue;
-        int run = JOB_RUN;
-        atomic_compare_exchange_strong(&j->stop, &run, JOB_STOP_SHUTDOWN);
-        job_wake(j); // one holding its state for a next epoch stops waiting
+        job_stop(j, JOB_STOP_SHUTDOWN);
         LOG_INFO("%s: waiting for slot (%d, %d) to stop after its current step", j->id, j->pod,
                  j->slot);
         waiting = 1;
     }
-    if (waiting) return; // worker_on_job_done continues once the threads are done
-    worker_reap_job(w);
-    worker_shutdown_continue(w);
+    if (waiting) return; // on_job_done goes on once the threads are done
+    worker_reap_jobs(w);
+    shutdown_continue(w);
+}
+
+/* A training thread is done (wake-ups coalesce, so look at the whole state rather than
+ * count): join it; a worker that has become idle says so at once (the coordinator may bind
+ * it), and a shutdown that waited for the jobs goes on. */
+static void on_job_done(uv_async_t *a) {
+    struct worker *w = a->data;
+    int had = !worker_idle(w);
+    worker_reap_jobs(w);
+    if (had && worker_idle(w)) worker_heartbeat_now(w);
+    if (atomic_load(&w->shutting_down) && worker_idle(w)) shutdown_continue(w);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -332,12 +311,39 @@ static moe_status start(struct worker *w) {
              MOED_VERSION, w->address, w->data_addresses[0], w->cfg.pod,
              w->mpi_size ? ", under mpirun" : "", w->cfg.coordinator);
     CHECK(worker_register(w));
-    if (!w->cfg.dir) CHECK(scratch_make_temp(w));
+    if (!w->cfg.dir[0]) CHECK(scratch_make_temp(w));
     LOG_INFO("scratch directory %s", w->scratch);
     uv_signal_start(&w->sigterm, on_signal, SIGTERM);
     uv_signal_start(&w->sigint, on_signal, SIGINT);
     worker_heartbeat_start(w);
     return MOE_OK;
+}
+
+/* What the daemon needs before its loop: the token, the host, the cores, the scratch
+ * directory given with --dir, and MPI (before any thread). */
+static moe_status prepare(struct worker *w) {
+    CHECK(rpc_read_token(w->cfg.token_file, w->token, sizeof w->token));
+    if (gethostname(w->host, sizeof w->host) != 0) snprintf(w->host, sizeof w->host, "unknown");
+    w->host[sizeof w->host - 1] = 0;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    w->cpus = w->cfg.threads > 0 ? w->cfg.threads : (int)(cores > 0 ? cores : 1);
+    w->heartbeat_ms = 1000;
+    if (w->cfg.dir[0]) CHECK(scratch_use_dir(w));
+    return start_mpi(w);
+}
+
+static void init_loop(struct worker *w, uv_loop_t *loop) {
+    uv_loop_init(loop);
+    w->loop = loop;
+    uv_mutex_init(&w->id_mu);
+    atomic_init(&w->shutting_down, 0);
+    uv_timer_init(loop, &w->heartbeat);
+    w->heartbeat.data = w;
+    uv_async_init(loop, &w->job_done, on_job_done);
+    w->job_done.data = w;
+    uv_signal_init(loop, &w->sigterm);
+    uv_signal_init(loop, &w->sigint);
+    w->sigterm.data = w->sigint.data = w;
 }
 
 int main(int argc, char **argv) {
@@ -348,37 +354,12 @@ int main(int argc, char **argv) {
     static struct worker w; // static: zeroed, and large (paths)
     int code = parse_args(&w.cfg, argc, argv);
     if (code) return code < 0 ? 0 : code;
-    if (rpc_read_token(w.cfg.token_file, w.token, sizeof w.token) != MOE_OK) {
+    if (prepare(&w) != MOE_OK) {
         LOG_ERROR("%s", moe_errmsg());
         return EXIT_FAILED;
     }
-    if (gethostname(w.host, sizeof w.host) != 0) snprintf(w.host, sizeof w.host, "unknown");
-    w.host[sizeof w.host - 1] = 0;
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    w.cpus = w.cfg.threads > 0 ? w.cfg.threads : (int)(cores > 0 ? cores : 1);
-    w.heartbeat_ms = 1000;
-    if (w.cfg.dir && scratch_use_dir(&w) != MOE_OK) {
-        LOG_ERROR("%s", moe_errmsg());
-        return EXIT_FAILED;
-    }
-    if (start_mpi(&w) != MOE_OK) {
-        LOG_ERROR("%s", moe_errmsg());
-        return EXIT_FAILED;
-    }
-
     uv_loop_t loop;
-    uv_loop_init(&loop);
-    w.loop = &loop;
-    uv_mutex_init(&w.id_mu);
-    atomic_init(&w.shutting_down, 0);
-    uv_timer_init(&loop, &w.heartbeat);
-    w.heartbeat.data = &w;
-    uv_async_init(&loop, &w.job_done, worker_on_job_done);
-    w.job_done.data = &w;
-    uv_signal_init(&loop, &w.sigterm);
-    uv_signal_init(&loop, &w.sigint);
-    w.sigterm.data = w.sigint.data = &w;
-
+    init_loop(&w, &loop);
     if (start(&w) != MOE_OK) {
         LOG_ERROR("%s", moe_errmsg());
         shutdown_begin(&w, EXIT_FAILED);

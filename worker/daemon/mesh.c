@@ -1,13 +1,15 @@
 /*
- * mesh.c — a job's data plane as the worker daemon holds it: the comm of one slot of a
- * pods x slots mesh, opened on the training thread from the binding table RunSlot carried
- * (rank = pod * slots + slot, the peers' data addresses, the epoch, the cluster token), and
- * aborted from the loop when the coordinator says stop, so that a slot blocked in a
- * collective returns at once instead of after the data-plane timeout.
- * For recovery (docs/recovery.md) it also owns the hand-over of a later epoch's binding from
- * the loop (a recovery's RunSlot) to the training thread, and the fence: FenceSlot aborts the
- * epoch's comm and freezes the trainer's state (worker/replica.h) so that the copies it lists
- * stay what they are until the next epoch begins.
+ * mesh.c — a job as the loop and its training thread share it. Its data plane: the comm of
+ * one slot of a pods x slots mesh, opened on the training thread from the binding table
+ * RunSlot carried (rank = pod * slots + slot, the peers' data addresses, the epoch, the
+ * cluster token), and aborted from the loop when the coordinator says stop, so that a slot
+ * blocked in a collective returns at once instead of after the data-plane timeout. Stopping
+ * the job (the coordinator's word, or a shutdown) and waking a thread that waits.
+ * For recovery (docs/recovery.md) it also owns the bindings of epochs: the first one adopted
+ * when RunSlot makes the job, a later one handed from the loop (a recovery's RunSlot) to the
+ * training thread; and the fence: FenceSlot aborts the epoch's comm and freezes the trainer's
+ * state (worker/trainer/replica.h) so that the copies it lists stay what they are until the
+ * next epoch begins.
  * Never: chooses peers or epochs (the coordinator does), or moves tensor bytes itself (the
  * trainer does, through worker/comm).
  */
@@ -57,7 +59,8 @@ moe_status job_open_comm(struct job *j) {
     return MOE_OK;
 }
 
-void job_abort_comm(struct job *j) {
+/* Any thread: a collective blocked in the job's comm returns now. */
+static void abort_comm(struct job *j) {
     uv_mutex_lock(&j->comm_mu);
     j->aborted = 1;
     if (j->comm) comm_abort(j->comm);
@@ -86,6 +89,21 @@ uint64_t job_epoch(struct job *j) {
     return e;
 }
 
+void job_adopt(struct job *j, struct epoch_binding *b) {
+    uv_mutex_lock(&j->comm_mu);
+    j->epoch = b->epoch;
+    j->aborted = 0;
+    free(j->peers);
+    j->peers = b->peers;
+    b->peers = NULL;
+    j->timeout_s = b->timeout_s;
+    uv_mutex_unlock(&j->comm_mu);
+    free(j->cur.restore_from);
+    j->cur = *b;
+    b->restore_from = NULL;
+    free(b);
+}
+
 void job_next_epoch(struct job *j, struct epoch_binding *b) {
     uv_mutex_lock(&j->ep_mu);
     if (j->next && j->next->epoch >= b->epoch) { /* the same (or newer) one is waiting */
@@ -103,10 +121,19 @@ void job_next_epoch(struct job *j, struct epoch_binding *b) {
     uv_mutex_unlock(&j->comm_mu);
 }
 
-void job_wake(struct job *j) {
+/* Wakes the thread if it waits for an epoch. */
+static void wake(struct job *j) {
     uv_mutex_lock(&j->ep_mu);
     uv_cond_broadcast(&j->ep_cv);
     uv_mutex_unlock(&j->ep_mu);
+}
+
+int job_stop(struct job *j, enum job_stop why) {
+    int run = JOB_RUN;
+    int stopped = atomic_compare_exchange_strong(&j->stop, &run, (int)why);
+    if (why == JOB_STOP_COORDINATOR) abort_comm(j);
+    wake(j);
+    return stopped;
 }
 
 int job_fence(struct job *j, uint64_t epoch, struct state_copy *copies, int max, int *n,

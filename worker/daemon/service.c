@@ -1,15 +1,20 @@
 /*
  * service.c — the Worker service the coordinator calls: RunSlot starts a job's slot on a
  * training thread, StopJob asks it to stop (and aborts its data plane, so that a collective
- * waiting on a peer returns at once). Both need the cluster token. One job at a time; a
- * finished job's thread is joined here, on the loop, before the next can start. RunSlot
- * checks everything it is given (the mesh, the slot, the binding table, the backend against
- * what this process can do) and answers INVALID_ARGUMENT naming what is wrong.
+ * waiting on a peer returns at once). All need the cluster token. One job at a time (two of
+ * its slots at most, after a recovery that found no spare); a finished job's thread is
+ * joined here, on the loop, before the next can start (main.c calls worker_reap_jobs when a
+ * thread says it is done). RunSlot checks everything it is given (the mesh, the slot, the
+ * binding table, the backend against what this process can do) and answers INVALID_ARGUMENT
+ * naming what is wrong.
  * Recovery (docs/recovery.md): RunSlot of a newer epoch for the job this worker holds hands
  * the new binding to its training thread (and stops a second slot of the job that the new
- * binding has moved elsewhere); RunSlot with `restore` to an idle worker makes it a
- * slot's new holder; FenceSlot ends an epoch here and lists the state copies this worker can
- * send; InjectFault is moectl chaos's way in (cut a data-plane connection, flip a bit).
+ * binding has moved elsewhere); RunSlot with `restore` makes this worker a lost slot's new
+ * holder (an idle worker, or a survivor of the same job with a free listener); FenceSlot ends
+ * an epoch here and lists the state copies this worker can send; InjectFault is moectl
+ * chaos's way in (cut a data-plane connection, flip a bit).
+ * Never: trains or talks to the coordinator itself (the job's thread does), or blocks the
+ * loop: every handler answers at once.
  */
 #include "worker.h"
 
@@ -21,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-void worker_reap_job(struct worker *w) {
+void worker_reap_jobs(struct worker *w) {
     for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
         struct job *j = w->jobs[k];
         if (!j || !atomic_load(&j->finished)) continue;
@@ -39,19 +44,11 @@ int worker_idle(const struct worker *w) {
     return 1;
 }
 
-struct job *worker_any_job(struct worker *w) {
+/* A slot it plays (not finished), or NULL. */
+static struct job *any_job(struct worker *w) {
     for (int k = 0; k < WORKER_MAX_SLOTS; k++)
         if (w->jobs[k] && !atomic_load(&w->jobs[k]->finished)) return w->jobs[k];
     return NULL;
-}
-
-/* The async callback: wake-ups coalesce, so look at the whole state rather than count. */
-void worker_on_job_done(uv_async_t *a) {
-    struct worker *w = a->data;
-    int had = !worker_idle(w);
-    worker_reap_job(w);
-    if (had && worker_idle(w)) worker_heartbeat_now(w); // "idle": the coordinator may bind us
-    if (atomic_load(&w->shutting_down) && worker_idle(w)) worker_shutdown_continue(w);
 }
 
 /* The slot (pod, slot) of job `id` this worker plays, if any (pod < 0: any slot of it). */
@@ -79,6 +76,10 @@ static int job_id_ok(const char *id) {
 static void reply_empty(struct rpc_call *call) {
     Moed__V1__Empty empty = MOED__V1__EMPTY__INIT;
     rpc_reply(call, &empty.base);
+}
+
+static void fail_oom(struct rpc_call *call) {
+    rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker out of memory");
 }
 
 /* The mesh part of a RunSlot for more than one slot: the binding table must name every slot
@@ -118,7 +119,7 @@ static int check_mesh(struct rpc_call *call, struct worker *w, const Moed__V1__R
     }
     char *seen = calloc((size_t)n, 1);
     if (!seen) {
-        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker out of memory");
+        fail_oom(call);
         return 1;
     }
     int bad = 0;
@@ -163,22 +164,23 @@ static int check_restore(struct rpc_call *call, const Moed__V1__RunSlotRequest *
     return 0;
 }
 
-/* The epoch's part of a RunSlot (addresses, timeout, restore plan), owned by the caller. */
+/* The epoch's part of a RunSlot (addresses, timeout, restore plan), owned by the caller. A
+ * 1 x 1 job has no peers; a mesh's bindings passed check_mesh. */
 static struct epoch_binding *binding_of(const Moed__V1__RunSlotRequest *req, long n,
                                         double timeout_s) {
     struct epoch_binding *b = calloc(1, sizeof *b);
     if (!b) return NULL;
     b->epoch = req->epoch;
     b->timeout_s = timeout_s;
-    b->peers = calloc((size_t)n, sizeof *b->peers);
+    if (n > 1) b->peers = calloc((size_t)n, sizeof *b->peers);
     b->restore = req->restore;
     b->restore_step = req->restore_step;
     if (req->restore) b->restore_from = calloc((size_t)n, sizeof *b->restore_from);
-    if (!b->peers || (req->restore && !b->restore_from)) {
+    if ((n > 1 && !b->peers) || (req->restore && !b->restore_from)) {
         epoch_binding_free(b);
         return NULL;
     }
-    for (size_t i = 0; i < req->n_bindings; i++) {
+    for (size_t i = 0; n > 1 && i < req->n_bindings; i++) {
         const Moed__V1__SlotBinding *sb = req->bindings[i];
         snprintf(b->peers[sb->pod * req->slots + sb->slot], COMM_ADDR_MAX, "%s", sb->data_address);
     }
@@ -200,12 +202,9 @@ static void drop_unbound(struct worker *w, const struct job *j,
             if (req->bindings[i]->pod == o->pod && req->bindings[i]->slot == o->slot)
                 addr = req->bindings[i]->data_address;
         if (!addr || !strcmp(addr, w->data_addresses[o->local])) continue;
-        int run = JOB_RUN;
-        if (atomic_compare_exchange_strong(&o->stop, &run, JOB_STOP_COORDINATOR))
+        if (job_stop(o, JOB_STOP_COORDINATOR))
             LOG_INFO("%s: slot (%d, %d) moves to %s in epoch %llu: stopping it here", o->id,
                      o->pod, o->slot, addr, (unsigned long long)req->epoch);
-        job_abort_comm(o);
-        job_wake(o);
     }
 }
 
@@ -225,7 +224,7 @@ static void run_next_epoch(struct rpc_call *call, struct worker *w, struct job *
     double timeout = req->timeout_s > 0 ? req->timeout_s : j->spec.mesh.timeout_s;
     struct epoch_binding *b = binding_of(req, n, timeout);
     if (!b) {
-        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker out of memory");
+        fail_oom(call);
         return;
     }
     LOG_INFO("%s: epoch %llu for slot (%d, %d)%s", req->job_id, (unsigned long long)req->epoch,
@@ -235,6 +234,129 @@ static void run_next_epoch(struct rpc_call *call, struct worker *w, struct job *
     reply_empty(call);
 }
 
+/* The worker's slot (its data listener) for a new slot of a job: the one whose address the
+ * binding names for it, else any free one; -1 when none is free. */
+static int free_local_slot(const struct worker *w, const Moed__V1__RunSlotRequest *req) {
+    for (size_t i = 0; i < req->n_bindings; i++) {
+        const Moed__V1__SlotBinding *b = req->bindings[i];
+        if (b->pod != req->pod || b->slot != req->slot) continue;
+        for (int k = 0; k < WORKER_MAX_SLOTS; k++)
+            if (w->listeners[k] && !w->jobs[k] && !strcmp(b->data_address, w->data_addresses[k]))
+                return k;
+    }
+    for (int k = 0; k < WORKER_MAX_SLOTS; k++)
+        if (!w->jobs[k] && w->listeners[k]) return k;
+    return -1;
+}
+
+/* A busy worker takes a second slot only of the job it plays, as a recovery's restore (one
+ * that found no spare gives a survivor a lost slot; never a second job, never under mpirun).
+ * Returns 1 after refusing the call. */
+static int refuse_busy(struct rpc_call *call, struct worker *w,
+                       const Moed__V1__RunSlotRequest *req, int local) {
+    if (worker_idle(w)) return 0;
+    struct job *other = any_job(w);
+    if (other && strcmp(other->id, req->job_id) == 0 && req->restore && local >= 0) return 0;
+    struct job *busy = other ? other : w->jobs[0] ? w->jobs[0] : w->jobs[1];
+    rpc_fail(call, GRPC_STATUS_UNAVAILABLE, "busy with %s", busy ? busy->id : "a job");
+    return 1;
+}
+
+/* The request for a new slot: its id, its place in the mesh, the binding table and the
+ * restore plan. Returns 1 after failing the call. */
+static int check_new_slot(struct rpc_call *call, struct worker *w,
+                          const Moed__V1__RunSlotRequest *req, enum comm_backend *backend) {
+    if (!job_id_ok(req->job_id)) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+                 "job_id '%.64s' is not a job id (letters, digits, '-', '_', '.'; at most 63)",
+                 req->job_id);
+        return 1;
+    }
+    if (req->pods < 1 || req->slots < 1) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+                 "%s: the mesh must have pods >= 1 and slots >= 1 (got %d x %d)", req->job_id,
+                 req->pods, req->slots);
+        return 1;
+    }
+    if (req->pod < 0 || req->pod >= req->pods || req->slot < 0 || req->slot >= req->slots) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+                 "%s: slot (%d, %d) is outside the %d x %d mesh", req->job_id, req->pod,
+                 req->slot, req->pods, req->slots);
+        return 1;
+    }
+    long n = (long)req->pods * req->slots;
+    *backend = COMM_TCP;
+    if (n > 1 && check_mesh(call, w, req, n, backend)) return 1;
+    return check_restore(call, req, n);
+}
+
+/* The spec RunSlot carries, parsed and held against the binding. Returns 1 after failing the
+ * call. */
+static int check_spec(struct rpc_call *call, struct job *j, const Moed__V1__RunSlotRequest *req) {
+    if (spec_parse(&j->spec, req->spec_json, strlen(req->spec_json), "RunSlot spec_json") !=
+            MOE_OK ||
+        spec_validate(&j->spec) != MOE_OK) {
+        LOG_WARN("%s: refused: %s", req->job_id, moe_errmsg());
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", moe_errmsg());
+        return 1;
+    }
+    if (j->spec.mesh.pods != req->pods || j->spec.mesh.slots != req->slots) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: the spec's mesh is %d x %d but RunSlot "
+                 "binds a %d x %d mesh", req->job_id, j->spec.mesh.pods, j->spec.mesh.slots,
+                 req->pods, req->slots);
+        return 1;
+    }
+    if (req->restore && !mesh_recoverable(&j->spec.mesh)) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: restore asked for a job whose mesh "
+                 "keeps no copies (mesh.replicas = %d)", req->job_id, j->spec.mesh.replicas);
+        return 1;
+    }
+    return 0;
+}
+
+/* A new job's slot from a checked request, with its first epoch's binding adopted; NULL after
+ * failing the call. */
+static struct job *job_of(struct rpc_call *call, struct worker *w,
+                          const Moed__V1__RunSlotRequest *req, int local,
+                          enum comm_backend backend) {
+    struct job *j = calloc(1, sizeof *j);
+    if (!j) {
+        fail_oom(call);
+        return NULL;
+    }
+    uv_mutex_init(&j->comm_mu);
+    uv_mutex_init(&j->ep_mu);
+    uv_cond_init(&j->ep_cv);
+    spec_defaults(&j->spec);
+    if (check_spec(call, j, req)) {
+        job_free(j);
+        return NULL;
+    }
+    long n = (long)req->pods * req->slots;
+    struct epoch_binding *b =
+        binding_of(req, n, req->timeout_s > 0 ? req->timeout_s : j->spec.mesh.timeout_s);
+    if (!b) {
+        fail_oom(call);
+        job_free(j);
+        return NULL;
+    }
+    job_adopt(j, b);
+    j->pods = req->pods;
+    j->slots = req->slots;
+    j->recoverable = n > 1 && mesh_recoverable(&j->spec.mesh);
+    j->backend = backend;
+    j->w = w;
+    j->local = local;
+    snprintf(j->id, sizeof j->id, "%s", req->job_id);
+    j->pod = req->pod;
+    j->slot = req->slot;
+    atomic_init(&j->stop, JOB_RUN);
+    atomic_init(&j->step, 0);
+    atomic_init(&j->finished, 0);
+    atomic_init(&j->holding, 0);
+    return j;
+}
+
 static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     struct worker *w = ctx;
     const Moed__V1__RunSlotRequest *req = (const Moed__V1__RunSlotRequest *)msg;
@@ -242,7 +364,7 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
         rpc_fail(call, GRPC_STATUS_UNAVAILABLE, "worker %s is shutting down", w->worker_id);
         return;
     }
-    worker_reap_job(w); // a job that just ended may not have been joined yet
+    worker_reap_jobs(w); // a job that just ended may not have been joined yet
     struct job *same = find_job(w, req->job_id, req->pod, req->slot);
     if (same && job_epoch(same) == req->epoch) {
         /* a coordinator that restarted may send the same slot again: it runs already */
@@ -254,114 +376,11 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
         run_next_epoch(call, w, same, req);
         return;
     }
-    /* a free slot: the first one, or a second one of the job it plays (a recovery that found
-     * no spare gives a survivor a lost slot; never a second job, never under mpirun) */
-    int local = -1;
-    for (size_t i = 0; i < req->n_bindings && local < 0; i++) { /* the listener it names */
-        const Moed__V1__SlotBinding *b = req->bindings[i];
-        for (int k = 0; b->pod == req->pod && b->slot == req->slot && k < WORKER_MAX_SLOTS; k++)
-            if (w->listeners[k] && !w->jobs[k] && !strcmp(b->data_address, w->data_addresses[k]))
-                local = k;
-    }
-    for (int k = 0; k < WORKER_MAX_SLOTS && local < 0; k++)
-        if (!w->jobs[k] && w->listeners[k]) local = k;
-    struct job *other = worker_any_job(w);
-    if (!worker_idle(w) && (!other || strcmp(other->id, req->job_id) != 0 || !req->restore ||
-                            local < 0)) {
-        struct job *busy = other ? other : w->jobs[0] ? w->jobs[0] : w->jobs[1];
-        rpc_fail(call, GRPC_STATUS_UNAVAILABLE, "busy with %s", busy ? busy->id : "a job");
-        return;
-    }
-    if (!job_id_ok(req->job_id)) {
-        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
-                 "job_id '%.64s' is not a job id (letters, digits, '-', '_', '.'; at most 63)",
-                 req->job_id);
-        return;
-    }
-    if (req->pods < 1 || req->slots < 1) {
-        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
-                 "%s: the mesh must have pods >= 1 and slots >= 1 (got %d x %d)", req->job_id,
-                 req->pods, req->slots);
-        return;
-    }
-    if (req->pod < 0 || req->pod >= req->pods || req->slot < 0 || req->slot >= req->slots) {
-        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: slot (%d, %d) is outside the %d x %d mesh",
-                 req->job_id, req->pod, req->slot, req->pods, req->slots);
-        return;
-    }
-    long n = (long)req->pods * req->slots;
-    int mesh = n > 1;
-    enum comm_backend backend = COMM_TCP;
-    if (mesh && check_mesh(call, w, req, n, &backend)) return;
-    if (check_restore(call, req, n)) return;
-    struct job *j = calloc(1, sizeof *j);
-    if (!j) {
-        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker out of memory");
-        return;
-    }
-    uv_mutex_init(&j->comm_mu);
-    uv_mutex_init(&j->ep_mu);
-    uv_cond_init(&j->ep_cv);
-    spec_defaults(&j->spec);
-    if (spec_parse(&j->spec, req->spec_json, strlen(req->spec_json), "RunSlot spec_json") !=
-            MOE_OK ||
-        spec_validate(&j->spec) != MOE_OK) {
-        LOG_WARN("%s: refused: %s", req->job_id, moe_errmsg());
-        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", moe_errmsg());
-        job_free(j);
-        return;
-    }
-    if (j->spec.mesh.pods != req->pods || j->spec.mesh.slots != req->slots) {
-        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: the spec's mesh is %d x %d but RunSlot "
-                 "binds a %d x %d mesh", req->job_id, j->spec.mesh.pods, j->spec.mesh.slots,
-                 req->pods, req->slots);
-        job_free(j);
-        return;
-    }
-    if (req->restore && !mesh_recoverable(&j->spec.mesh)) {
-        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: restore asked for a job whose mesh "
-                 "keeps no copies (mesh.replicas = %d)", req->job_id, j->spec.mesh.replicas);
-        job_free(j);
-        return;
-    }
-    j->pods = req->pods;
-    j->slots = req->slots;
-    j->epoch = req->epoch;
-    j->recoverable = mesh && mesh_recoverable(&j->spec.mesh);
-    j->cur.restore = req->restore;
-    j->cur.restore_step = req->restore_step;
-    if (req->restore) {
-        j->cur.restore_from = calloc((size_t)n, sizeof *j->cur.restore_from);
-        if (!j->cur.restore_from) {
-            rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker out of memory");
-            job_free(j);
-            return;
-        }
-        for (long k = 0; k < n; k++) j->cur.restore_from[k] = req->restore_from[k];
-    }
-    j->backend = backend;
-    j->timeout_s = req->timeout_s > 0 ? req->timeout_s : j->spec.mesh.timeout_s;
-    if (mesh) {
-        j->peers = calloc((size_t)n, sizeof *j->peers);
-        if (!j->peers) {
-            rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker out of memory");
-            job_free(j);
-            return;
-        }
-        for (size_t i = 0; i < req->n_bindings; i++) {
-            const Moed__V1__SlotBinding *b = req->bindings[i];
-            snprintf(j->peers[b->pod * req->slots + b->slot], COMM_ADDR_MAX, "%s", b->data_address);
-        }
-    }
-    j->w = w;
-    j->local = local;
-    snprintf(j->id, sizeof j->id, "%s", req->job_id);
-    j->pod = req->pod;
-    j->slot = req->slot;
-    atomic_init(&j->stop, JOB_RUN);
-    atomic_init(&j->step, 0);
-    atomic_init(&j->finished, 0);
-    atomic_init(&j->holding, 0);
+    int local = free_local_slot(w, req);
+    enum comm_backend backend;
+    if (refuse_busy(call, w, req, local) || check_new_slot(call, w, req, &backend)) return;
+    struct job *j = job_of(call, w, req, local, backend);
+    if (!j) return;
     if (uv_thread_create(&j->thread, job_thread, j) != 0) {
         LOG_ERROR("%s: cannot start a training thread", j->id);
         rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker cannot start a training thread");
@@ -383,12 +402,9 @@ static void stop_job(struct rpc_call *call, const ProtobufCMessage *msg, void *c
     for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
         struct job *j = w->jobs[k];
         if (!j || atomic_load(&j->finished) || strcmp(j->id, req->job_id) != 0) continue;
-        int run = JOB_RUN;
-        if (atomic_compare_exchange_strong(&j->stop, &run, JOB_STOP_COORDINATOR))
+        if (job_stop(j, JOB_STOP_COORDINATOR))
             LOG_INFO("%s: slot (%d, %d): stop requested by the coordinator", j->id, j->pod,
                      j->slot);
-        job_abort_comm(j); // a collective waiting on a peer returns now
-        job_wake(j);       // one holding its state for a next epoch stops waiting
         found = 1;
     }
     if (!found) LOG_DEBUG("StopJob %.64s: not running here", req->job_id);
@@ -421,17 +437,15 @@ static void fence_slot(struct rpc_call *call, const ProtobufCMessage *msg, void 
                  j->pod, j->slot, (unsigned long long)req->epoch, live, got,
                  got == 1 ? "y" : "ies");
     }
-    {
-        for (int i = 0; i < n; i++) {
-            Moed__V1__StateCopy c = MOED__V1__STATE_COPY__INIT;
-            c.slot = copies[i].slot;
-            c.step = copies[i].step;
-            pb[i] = c;
-            ptrs[i] = &pb[i];
-        }
-        resp.n_copies = (size_t)n;
-        resp.copies = ptrs;
+    for (int i = 0; i < n; i++) {
+        Moed__V1__StateCopy c = MOED__V1__STATE_COPY__INIT;
+        c.slot = copies[i].slot;
+        c.step = copies[i].step;
+        pb[i] = c;
+        ptrs[i] = &pb[i];
     }
+    resp.n_copies = (size_t)n;
+    resp.copies = ptrs;
     rpc_reply(call, &resp.base); // holds = false: nothing of that job here
 }
 

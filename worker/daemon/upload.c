@@ -1,12 +1,13 @@
 /*
  * upload.c — how a job ends, on its training thread: the trained model is saved to the
  * scratch directory, hashed (SHA-256, which the coordinator checks), uploaded in chunks of
- * RPC_MODEL_CHUNK bytes from offset 0, and the end is reported. Each call is retried while
- * the coordinator is unreachable (it may be restarting): the model must not be lost. The
- * scratch files go once the coordinator has the model; if it never got it they stay, and
- * the log says where. In a mesh the save is collective (every slot calls it, the slots of
- * pod 0 send their experts to the writer); only the slot that wrote the file
+ * RPC_MODEL_CHUNK bytes from offset 0, and the end is reported (report.c). Each call is
+ * retried while the coordinator is unreachable (it may be restarting): the model must not be
+ * lost. The scratch files go once the coordinator has the model; if it never got it they
+ * stay, and the log says where. In a mesh the save is collective (every slot calls it, the
+ * slots of pod 0 send their experts to the writer); only the slot that wrote the file
  * (trainer_writes_model) uploads it, the others report their end without a model.
+ * Never: decides whether the job is over (job.c does), or keeps a model the coordinator has.
  */
 #include "worker.h"
 
@@ -40,7 +41,8 @@ static moe_status read_at(int fd, const char *path, unsigned char *buf, size_t n
     return MOE_OK;
 }
 
-static moe_status upload_model(struct job *j, struct rpc_channel *ch, const char *path, long size) {
+static moe_status upload_model(struct job *j, struct rpc_channel *ch, const char *path,
+                               long size) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return moe_fail(MOE_EIO, "cannot open %s: %s", path, strerror(errno));
     unsigned char *buf = malloc(RPC_MODEL_CHUNK);
@@ -61,8 +63,8 @@ static moe_status upload_model(struct job *j, struct rpc_channel *ch, const char
         chunk.data.data = buf;
         chunk.total_bytes = size;
         ProtobufCMessage *resp = NULL;
-        res = job_call_retry(j, ch, RPC_CLUSTER_UPLOAD_MODEL, &chunk.base, &moed__v1__empty__descriptor,
-                             &resp, FINISH_RETRY_S, NULL);
+        res = job_call_retry(j, ch, RPC_CLUSTER_UPLOAD_MODEL, &chunk.base,
+                             &moed__v1__empty__descriptor, &resp, FINISH_RETRY_S, NULL);
         if (res == MOE_OK) {
             protobuf_c_message_free_unpacked(resp, NULL);
             off += (long)n;
@@ -85,45 +87,18 @@ exit:
     return res;
 }
 
-moe_status job_report_end(struct job *j, struct rpc_channel *ch, int ok, int stopped,
-                          const char *error, long model_bytes, const unsigned char *sha256,
-                          struct rpc_result *res) {
-    char worker_id[WORKER_ID_MAX];
-    worker_copy_id(j->w, worker_id);
-    Moed__V1__JobEndReport req = MOED__V1__JOB_END_REPORT__INIT;
-    req.worker_id = worker_id;
-    req.job_id = j->id;
-    req.ok = ok;
-    req.stopped = stopped;
-    req.error = (char *)(error ? error : "");
-    req.step = atomic_load(&j->step);
-    req.pod = j->pod;
-    req.slot = j->slot;
-    req.epoch = j->epoch;
-    req.model_bytes = model_bytes;
-    if (sha256) {
-        req.model_sha256.len = 32;
-        req.model_sha256.data = (uint8_t *)sha256;
-    }
-    ProtobufCMessage *resp = NULL;
-    moe_status s = job_call_retry(j, ch, RPC_CLUSTER_REPORT_JOB_END, &req.base, &moed__v1__empty__descriptor,
-                                  &resp, FINISH_RETRY_S, res);
-    if (s != MOE_OK) {
-        if (!res || res->code != GRPC_STATUS_DATA_LOSS) // the caller uploads again
-            LOG_ERROR("%s: could not report the job's end: %s", j->id, moe_errmsg());
-        return s;
-    }
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return MOE_OK;
+/* The scratch files of a model that will not be uploaded (again). */
+static void remove_scratch(const char *path, const char *config) {
+    unlink(path);
+    unlink(config);
 }
 
-int job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t,
-                  int recoverable) {
-    char path[PATH_MAX + 80], config[PATH_MAX + 80], error[600];
-    snprintf(path, sizeof path, "%s/%s.safetensors", j->w->scratch, j->id);
-    snprintf(config, sizeof config, "%s/%s.json", j->w->scratch, j->id);
-    unsigned char sha[32];
-    int64_t size = 0;
+/* Saves the model (collective in a mesh) and, on the slot that writes it, hashes it. Returns
+ * 1 when there is a model to upload (*size, sha); 0 when the job's end is reported already
+ * (no model: another slot writes it, the coordinator stopped the save, or it failed); -1 when
+ * a recoverable job lost a peer during the save (nothing reported, moe_errmsg says what). */
+static int save(struct job *j, struct rpc_channel *ch, const struct trainer *t, int recoverable,
+                const char *path, const char *config, unsigned char sha[32], int64_t *size) {
     moe_status s = trainer_save_model(t, path);
     int writer = trainer_writes_model(t);
     if (s != MOE_OK && recoverable && atomic_load(&j->stop) == JOB_RUN &&
@@ -131,63 +106,81 @@ int job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t
         /* a peer was lost during the collective save: the job recovers and saves again */
         char why[512];
         snprintf(why, sizeof why, "%s", moe_errmsg());
-        unlink(path);
-        unlink(config);
+        remove_scratch(path, config);
         moe_fail(s, "%s", why);
-        return 0;
+        return -1;
     }
-    if (s == MOE_OK && writer) s = moe_file_sha256(path, sha, &size);
+    if (s == MOE_OK && writer) s = moe_file_sha256(path, sha, size);
     if (s == MOE_OK && !writer) { // our experts went to the writer: nothing to upload
         LOG_INFO("%s: slot (%d, %d) done; slot (0, 0) uploads the model", j->id, j->pod, j->slot);
         job_report_end(j, ch, 1, 0, "", 0, NULL, NULL);
-        return 1;
+        return 0;
     }
     if (s != MOE_OK && atomic_load(&j->stop) == JOB_STOP_COORDINATOR) {
         /* another slot failed and the coordinator aborted the collective save */
         LOG_INFO("%s: stopped while saving the model (the coordinator asked)", j->id);
         job_report_end(j, ch, 0, 1, "stopped", 0, NULL, NULL);
-        unlink(path);
-        unlink(config);
-        return 1;
+        remove_scratch(path, config);
+        return 0;
     }
     if (s != MOE_OK) {
+        char error[600];
         snprintf(error, sizeof error, "saving the trained model: %s", moe_errmsg());
         LOG_ERROR("%s: %s", j->id, error);
         job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
-        unlink(path);
-        unlink(config);
-        return 1;
+        remove_scratch(path, config);
+        return 0;
     }
-    /* DATA_LOSS: what arrived does not match the size or hash we report: upload again */
+    return 1;
+}
+
+/* Uploads the saved model and reports the end with its size and hash, again while the
+ * coordinator answers DATA_LOSS (what arrived does not match). Returns 1 when it has the
+ * model; 0 when the end is reported as failed or could not be reported (the model stays). */
+static int upload_until_accepted(struct job *j, struct rpc_channel *ch, const char *path,
+                                 int64_t size, const unsigned char sha[32]) {
+    char error[600];
     for (int attempt = 1;; attempt++) {
         LOG_INFO("%s: uploading the model (%ld bytes)", j->id, size);
         double t0 = moe_clock_s();
-        s = upload_model(j, ch, path, size);
+        moe_status s = upload_model(j, ch, path, size);
         if (s != MOE_OK) {
             snprintf(error, sizeof error, "uploading the trained model: %s", moe_errmsg());
             LOG_ERROR("%s: %s; the model stays in %s", j->id, error, path);
             job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
-            return 1;
+            return 0;
         }
         LOG_INFO("%s: model uploaded in %.2f s", j->id, moe_clock_s() - t0);
         struct rpc_result res;
-        if (job_report_end(j, ch, 1, 0, "", size, sha, &res) == MOE_OK) break;
+        if (job_report_end(j, ch, 1, 0, "", size, sha, &res) == MOE_OK) return 1;
         if (res.code == GRPC_STATUS_DATA_LOSS && attempt > UPLOAD_RESTARTS) {
             snprintf(error, sizeof error, "the model arrived corrupted %d times: %s", attempt,
                      res.details);
             LOG_ERROR("%s: %s; the model stays in %s", j->id, error, path);
             job_report_end(j, ch, 0, 0, error, 0, NULL, NULL);
-            return 1;
+            return 0;
         }
         if (res.code != GRPC_STATUS_DATA_LOSS) {
             LOG_ERROR("%s: the model stays in %s", j->id, path);
-            return 1;
+            return 0;
         }
         LOG_WARN("%s: the coordinator got a different model (%s): uploading again", j->id,
                  res.details);
     }
+}
+
+int job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t,
+                  int recoverable) {
+    char path[PATH_MAX + 80], config[PATH_MAX + 80];
+    snprintf(path, sizeof path, "%s/%s.safetensors", j->w->scratch, j->id);
+    snprintf(config, sizeof config, "%s/%s.json", j->w->scratch, j->id);
+    unsigned char sha[32];
+    int64_t size = 0;
+    int saved = save(j, ch, t, recoverable, path, config, sha, &size);
+    if (saved < 0) return 0;
+    if (saved == 0) return 1;
+    if (!upload_until_accepted(j, ch, path, size, sha)) return 1;
     LOG_INFO("%s: succeeded", j->id);
-    unlink(path);
-    unlink(config);
+    remove_scratch(path, config);
     return 1;
 }

@@ -3,19 +3,25 @@
  *
  * Owns: joining the cluster (RegisterWorker, then a Heartbeat every interval the coordinator
  * gives, registering again when a restarted coordinator asks), the Worker service the
- * coordinator calls (RunSlot, StopJob), and the training thread of the job it runs: the
- * trainer library's steps, step reports batched to one call a second (kept in order while
- * the coordinator is unreachable), the model's upload and the job's end report. A scratch directory holds the
- * trained model between saving and upload. For a slot of a larger mesh it also owns the
- * data-plane listener (opened at startup, its address registered) and the job's comm, opened
- * from RunSlot's binding table and aborted by StopJob; under mpirun, MPI's initialisation.
- *   worker.h      the shared state (struct worker, struct job) and the functions between files
- *   main.c        command line, scratch directory, loop, signals, orderly shutdown
+ * coordinator calls (RunSlot, StopJob, FenceSlot, InjectFault), and the training thread of the
+ * job it runs: the trainer library's steps, step reports batched to one call a second (kept in
+ * order while the coordinator is unreachable), the model's upload and the job's end report. A
+ * scratch directory holds the trained model between saving and upload. For a slot of a larger
+ * mesh it also owns the data-plane listener (opened at startup, its address registered) and
+ * the job's comm, opened from RunSlot's binding table and aborted by StopJob; under mpirun,
+ * MPI's initialisation.
+ * The files, each calling only those below it:
+ *   main.c        command line (one knob table), scratch directory, loop, signals, reaping
+ *                 finished jobs when their thread says so, the orderly way down
+ *   service.c     the Worker service handlers; starting a job's thread, joining it (loop)
  *   cluster.c     registration and heartbeats (loop thread)
- *   service.c     the Worker service handlers and reaping finished jobs (loop thread)
- *   job.c         the training thread: steps, step reports and their backlog, evaluation
- *   mesh.c        the training thread's data plane: comm_open from the binding, comm_abort
- *   upload.c      the training thread's ending: save, hash, upload, ReportJobEnd
+ *   job.c         the training thread: epochs, steps, evaluation, recovery's waits
+ *   upload.c      the training thread's ending: save, hash, upload
+ *   report.c      the training thread's calls to the coordinator: retries, step reports and
+ *                 their backlog, fault, restored and end reports
+ *   mesh.c        a job as both threads share it: its comm (opened by the thread, aborted by
+ *                 the loop), the hand-over of a later epoch, the fence, stopping it
+ *   worker.h      the shared state (struct worker, struct job) and the functions between files
  * Threads: the libuv loop thread owns struct worker and every RPC handler and callback; the
  * training thread owns its trainer and its own channel to the coordinator. They share only
  * what is marked below (atomics, and worker_id under id_mu).
@@ -35,8 +41,8 @@
 
 #include <limits.h>
 #include <stdatomic.h>
+#include <string.h>
 #include <uv.h>
-
 
 #define WORKER_ID_MAX 64
 /* Slots one worker may play at once: its own, and one more of the same job when a recovery
@@ -51,18 +57,24 @@
 #define FINISH_RETRY_SHUTDOWN_S 5.0 // ... unless the daemon is being stopped
 #define REPORT_BACKLOG_MAX 100000
 
-/* From the command line; fixed once the daemon runs (both threads read it without locks). */
+/* From the command line and the environment (main.c's knob table); fixed once the daemon
+ * runs (both threads read it without locks). An empty string is a flag not given. */
 struct worker_config {
-    const char *coordinator;   // host:port
-    const char *token_file;
-    const char *listen;        // default 127.0.0.1:0
+    char coordinator[256];        // host:port
+    char token_file[PATH_MAX];
+    char listen[256];             // default 127.0.0.1:0
     int pod;
-    int threads;               // OpenMP threads for training; 0: OpenMP's default (all cores)
-    struct rpc_tls tls;        // ca_file only: the coordinator's CA
-    struct rpc_tls serve_tls;  // cert_file + key_file: serve the Worker service over TLS
-    const char *dir;           // scratch directory; NULL: a temporary one
-    const char *data_listen;   // the data-plane listener, default 127.0.0.1:0
-    int mpi;                   // --mpi: initialise MPI (also when OMPI_COMM_WORLD_RANK is set)
+    int threads;                  // OpenMP threads for training; 0: OpenMP's default (all cores)
+    char tls_ca[PATH_MAX];        // the coordinator's CA
+    char tls_cert[PATH_MAX];      // with tls_key: serve the Worker service over TLS
+    char tls_key[PATH_MAX];
+    char dir[PATH_MAX];           // scratch directory; "": a temporary one under tmpdir
+    char tmpdir[1024];            // $TMPDIR, default /tmp
+    char data_listen[COMM_ADDR_MAX]; // the data-plane listener, default 127.0.0.1:0
+    int mpi;                      // --mpi: initialise MPI (also when OMPI_COMM_WORLD_RANK is set)
+    int log_level;                // enum moe_log_level
+    struct rpc_tls tls;           // ca_file (tls_ca) only: for calls to the coordinator
+    struct rpc_tls serve_tls;     // cert_file + key_file: for the Worker service
 };
 
 struct worker;
@@ -71,8 +83,8 @@ struct worker;
  * shutdown that arrives after the last step still uploads the finished model. */
 enum job_stop { JOB_RUN = 0, JOB_STOP_COORDINATOR, JOB_STOP_SHUTDOWN };
 
-/* The binding of a later epoch of the job a worker holds (a recovery's RunSlot), handed from
- * the loop to the training thread. */
+/* The binding of one epoch of a job, from a RunSlot: the first (adopted when the job is made)
+ * or a recovery's later one, handed from the loop to the training thread. */
 struct epoch_binding {
     uint64_t epoch;
     double timeout_s;
@@ -84,7 +96,7 @@ struct epoch_binding {
 void epoch_binding_free(struct epoch_binding *b);
 
 /* One job's slot in training. Created by RunSlot on the loop, run by its own thread, joined
- * and freed on the loop once `finished` is set (service.c: worker_reap_job). */
+ * and freed on the loop once `finished` is set (service.c: worker_reap_jobs). */
 struct job {
     struct worker *w;
     int local;                    // which of the worker's slots (and data listeners) it uses
@@ -160,59 +172,98 @@ struct worker {
     int exit_code;
 };
 
-/* main.c (loop thread): the job is gone, take the daemon down (server, pump, handles). */
-void worker_shutdown_continue(struct worker *w);
+/* Any thread: the worker's id as the coordinator last gave it. */
+static inline void worker_copy_id(struct worker *w, char out[WORKER_ID_MAX]) {
+    uv_mutex_lock(&w->id_mu);
+    memcpy(out, w->worker_id, WORKER_ID_MAX);
+    uv_mutex_unlock(&w->id_mu);
+}
 
 /* cluster.c (loop thread) */
 moe_status worker_register(struct worker *w); // blocking, at startup, with retries
 void worker_heartbeat_start(struct worker *w);
 void worker_heartbeat_now(struct worker *w); // an extra one (a job just ended)
-void worker_copy_id(struct worker *w, char out[WORKER_ID_MAX]); // any thread
 
 /* service.c (loop thread) */
-struct job *worker_any_job(struct worker *w); // a slot it plays (not finished), or NULL
-int worker_idle(const struct worker *w);      // no job thread at all (finished ones reaped)
 extern const struct rpc_method worker_methods[];
 extern const int worker_n_methods;
-void worker_on_job_done(uv_async_t *a);
-void worker_reap_job(struct worker *w); // joins and frees w->job if its thread has finished
+int worker_idle(const struct worker *w); // no job thread at all (finished ones reaped)
+void worker_reap_jobs(struct worker *w); // joins and frees the jobs whose thread has finished
 
-/* job.c */
+/* job.c: the training thread's body (service.c starts it) */
 void job_thread(void *arg);
-/* A blocking call to the coordinator from the training thread, retried while it is
- * unreachable, for up to `budget_s` (shortened when the daemon is shutting down). `res`
- * (may be NULL) gets the last attempt's gRPC outcome. */
-moe_status job_call_retry(struct job *j, struct rpc_channel *ch, const char *method,
-                          const ProtobufCMessage *req, const ProtobufCMessageDescriptor *type,
-                          ProtobufCMessage **resp, double budget_s, struct rpc_result *res);
-
-/* The epoch the coordinator should hear about: a pending newer one, else the current one
- * (loop thread). */
-uint64_t job_epoch(struct job *j);
-/* Hands a recovery's binding (owned from now on) to the thread: any thread (the loop). */
-void job_next_epoch(struct job *j, struct epoch_binding *b);
-/* Wakes the thread if it waits for an epoch (StopJob, shutdown). */
-void job_wake(struct job *j);
-/* FenceSlot: aborts the comm of `epoch` or older and freezes the trainer's state; fills the
- * copies it can send. Returns 1 when it holds state. Loop thread. */
-int job_fence(struct job *j, uint64_t epoch, struct state_copy *copies, int max, int *n,
-              long *live);
-
-/* mesh.c (training thread, except job_abort_comm and job_free) */
-/* Opens the job's comm (rank pod * slots + slot) from its binding; the error names the peer. */
-moe_status job_open_comm(struct job *j);
-void job_close_comm(struct job *j);
-/* Any thread: a collective blocked in the job's comm returns now (StopJob, stop answers). */
-void job_abort_comm(struct job *j);
-void job_free(struct job *j); // the loop, once the thread is joined
 
 /* upload.c (training thread): save the trained model, upload it, report the end; returns 1.
  * With `recoverable`, a save that lost a peer reports nothing and returns 0 (moe_errmsg says
  * what happened): the job recovers and saves again. */
 int job_finish_ok(struct job *j, struct rpc_channel *ch, const struct trainer *t,
                   int recoverable);
+
+/* report.c (training thread) */
+/* A blocking call to the coordinator, retried while it is unreachable, for up to `budget_s`
+ * (shortened when the daemon is shutting down). `res` (may be NULL) gets the last attempt's
+ * gRPC outcome. */
+moe_status job_call_retry(struct job *j, struct rpc_channel *ch, const char *method,
+                          const ProtobufCMessage *req, const ProtobufCMessageDescriptor *type,
+                          ProtobufCMessage **resp, double budget_s, struct rpc_result *res);
+struct step_entry; // report.c: one step's metrics as they go on the wire
+/* Step reports not yet accepted by the coordinator, oldest first (a ring of at most
+ * REPORT_BACKLOG_MAX; when full, the oldest go). Zero-initialised before the first step. */
+struct backlog {
+    struct step_entry **ring;
+    size_t head, len, cap;
+    long dropped;     // oldest reports dropped because the backlog was full
+    long refused;     // reports the coordinator answered with an error (not sent again)
+    int failing;      // the last attempt could not reach the coordinator
+    double backoff_s; // wait before the next attempt while failing
+    double next_try;
+    unsigned contact; // w->contact when it started failing: a change means "try now"
+    double last_sent; // when the last batch was accepted
+};
+/* The report of step r (with its evaluation loss, 0 if none) joins the backlog; -1 when out of
+ * memory. */
+int backlog_add(struct backlog *b, const struct trainer *t, const struct step_report *r,
+                double val_loss);
+/* Sends what waits if it is time (`now`: at once; else at most one call a second, or after
+ * the backoff while failing). Never blocks training for long: one call. Returns 1 when the
+ * coordinator answered stop. */
+int backlog_flush(struct job *j, struct rpc_channel *ch, struct backlog *b, int now);
+/* The job's end: every held report goes out first, retried within the finish budget. Returns
+ * 1 when the coordinator answered stop. */
+int backlog_drain(struct job *j, struct rpc_channel *ch, struct backlog *b);
+void backlog_free(struct backlog *b);
+/* The slot lost its data plane and holds its state for the next epoch (a short try: the
+ * coordinator also learns it from the fence and heartbeats). */
+void job_report_fault(struct job *j, struct rpc_channel *ch, long step, const char *error);
+/* The slot restored its state in a recovery epoch, and what it took. */
+void job_report_restored(struct job *j, struct rpc_channel *ch, long step, double connect_s,
+                         const struct restore_stats *st);
+/* ReportJobEnd: ok with the model's size and hash, or failed (`error`) or stopped. */
 moe_status job_report_end(struct job *j, struct rpc_channel *ch, int ok, int stopped,
                           const char *error, long model_bytes, const unsigned char *sha256,
                           struct rpc_result *res);
+
+/* mesh.c: a job as the loop and its thread share it */
+/* Training thread: opens the job's comm (rank pod * slots + slot) from its binding; the error
+ * names the peer. */
+moe_status job_open_comm(struct job *j);
+void job_close_comm(struct job *j);
+/* Any thread: asks the job to stop. RUN becomes `why`; the coordinator's stop also aborts the
+ * comm (a collective waiting on a peer returns now), a shutdown lets the step finish; a slot
+ * holding its state for the next epoch stops waiting. Returns 1 when this call stopped it. */
+int job_stop(struct job *j, enum job_stop why);
+/* The epoch the coordinator should hear about: a pending newer one, else the current one
+ * (loop thread). */
+uint64_t job_epoch(struct job *j);
+/* Hands a recovery's binding (owned from now on) to the thread: any thread (the loop). */
+void job_next_epoch(struct job *j, struct epoch_binding *b);
+/* Takes a binding (owned from now on) as the job's: epoch, peers, timeout, restore plan. The
+ * loop for a new job, the training thread for a later epoch (holding ep_mu). */
+void job_adopt(struct job *j, struct epoch_binding *b);
+/* FenceSlot: aborts the comm of `epoch` or older and freezes the trainer's state; fills the
+ * copies it can send. Returns 1 when it holds state. Loop thread. */
+int job_fence(struct job *j, uint64_t epoch, struct state_copy *copies, int max, int *n,
+              long *live);
+void job_free(struct job *j); // the loop, once the thread is joined
 
 #endif

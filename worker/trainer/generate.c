@@ -36,7 +36,8 @@ moe_status generate_bytes(struct model *m, uint8_t *out, size_t n_prompt, size_t
         int T = n_ctx < (size_t)T_max ? (int)n_ctx : T_max;
         for (int t = 0; t < T; t++) tokens[t] = ctx[n_ctx - (size_t)T + (size_t)t];
         model_forward(m, tokens, NULL, 1, T);
-        out[len] = (uint8_t)sample(model_logits(m) + (size_t)(T - 1) * V, V, temperature, seed, len);
+        const real *last = model_logits(m) + (size_t)(T - 1) * V;
+        out[len] = (uint8_t)sample(last, V, temperature, seed, len);
     }
     free(tokens);
     return MOE_OK;

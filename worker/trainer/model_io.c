@@ -1,11 +1,13 @@
 /* model_io.c — struct model <-> named safetensors tensors (see model_io.h). */
 #include "model_io.h"
+#include "../../common/fileio.h"
 #include "../../common/safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Model files hold F32; the trainer library is built with float kernels only. */
 _Static_assert(sizeof(real) == sizeof(float), "model_io expects the float kernels");
@@ -150,13 +152,49 @@ moe_status model_save(const struct model *m, const char *path, const char *const
     }
     meta[0] = (struct st_meta){META_FORMAT, "moed"};
     meta[1] = (struct st_meta){META_CONFIG, cfg};
-    for (int i = 0; i < n_extra; i++) meta[2 + i] = (struct st_meta){extra_meta[2 * i], extra_meta[2 * i + 1]};
+    for (int i = 0; i < n_extra; i++)
+        meta[2 + i] = (struct st_meta){extra_meta[2 * i], extra_meta[2 * i + 1]};
     res = st_write(path, out, n, meta, n_extra + 2);
 exit:
     free(cfg);
     free(meta);
     free(out);
     free(t);
+    return res;
+}
+
+/* "x.safetensors" -> "x.json"; any other name gets ".json" appended. */
+static void config_path_for(const char *model_path, char *out, size_t len) {
+    const char *ext = ".safetensors";
+    size_t n = strlen(model_path), e = strlen(ext);
+    if (n > e && strcmp(model_path + n - e, ext) == 0)
+        snprintf(out, len, "%.*s.json", (int)(n - e), model_path);
+    else
+        snprintf(out, len, "%s.json", model_path);
+}
+
+moe_status model_save_job(const struct model *m, const struct job_spec *spec, const char *path) {
+    char step[32];
+    snprintf(step, sizeof step, "%ld", m->step);
+    char *spec_json = spec_to_json(spec);
+    if (!spec_json) return moe_fail(MOE_ENOMEM, "out of memory serialising the spec");
+    const char *meta[] = {"moed.step", step, "moed.job_name", spec->name};
+    moe_status res = model_save(m, path, meta, 2);
+    if (res == MOE_OK) {
+        char cfg_path[SPEC_PATH_MAX + 16];
+        config_path_for(path, cfg_path, sizeof cfg_path);
+        size_t n = strlen(spec_json) + 64;
+        char *doc = malloc(n);
+        if (!doc) {
+            res = moe_fail(MOE_ENOMEM, "out of memory");
+        } else {
+            snprintf(doc, n, "{\"step\": %ld, \"spec\": %s}\n", m->step, spec_json);
+            res = moe_write_file_atomic(cfg_path, doc, strlen(doc), 0644);
+            free(doc);
+        }
+        if (res != MOE_OK) unlink(path); /* both files or neither */
+    }
+    free(spec_json);
     return res;
 }
 

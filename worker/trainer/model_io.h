@@ -3,18 +3,25 @@
  *
  * Owns: the mapping between struct model's arenas and named tensors
  * (blocks.{l}.attn.qkv.weight, ...; docs/model.md lists them all), the model config stored in
- * the file's metadata, and loading a file back with every shape checked.
- * Never: trains, or decides where files go.
+ * the file's metadata, loading a file back with every shape checked, and a trained job's pair
+ * of files (the model, and its spec and step as JSON beside it).
+ * Never: trains, or decides which directory files go to (callers give the path).
  */
 #ifndef MOE_MODEL_IO_H
 #define MOE_MODEL_IO_H
 
+#include "../../common/spec.h"
 #include "../../common/status.h"
 #include "../../kernels/model.h"
 
 /* Writes parameters and expert biases. extra_meta (may be NULL/0) adds key/value strings. */
 moe_status model_save(const struct model *m, const char *path, const char *const *extra_meta,
                       int n_extra);
+
+/* A job's trained model: `path` (.safetensors, with the step and the job's name in its
+ * metadata) plus `path` with .json for .safetensors ({"step": N, "spec": {...}}). Both are
+ * written atomically, and a failure leaves neither. */
+moe_status model_save_job(const struct model *m, const struct job_spec *spec, const char *path);
 
 /* Reads a file written by model_save: allocates `m` for batches up to B_max from the config in
  * its metadata and fills parameters and biases. Wrong shapes, missing tensors or a missing or

@@ -4,6 +4,7 @@
 #include "../../common/clock.h"
 #include "../../common/log.h"
 #include "../comm/comm.h"
+#include "thread_error.h"
 
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -44,8 +45,7 @@ struct replica {
     int pending, running, stop;
     long job_step;
     int do_send, do_hash;
-    moe_status err;
-    char errmsg[512];
+    struct thread_error err;
     uint8_t hash[32];
     long hash_step;
     int hash_ready;
@@ -121,10 +121,7 @@ static void *replica_main(void *arg) {
         int hashed = 0;
         if (s == MOE_OK && hash) hashed = (s = hash_state(&r->t->model, h)) == MOE_OK;
         pthread_mutex_lock(&r->mu);
-        if (s != MOE_OK) {
-            r->err = s;
-            snprintf(r->errmsg, sizeof r->errmsg, "%s", moe_errmsg());
-        }
+        thread_error_keep(&r->err, s);
         if (hashed) {
             memcpy(r->hash, h, sizeof h);
             r->hash_step = step;
@@ -212,7 +209,7 @@ void replica_step_begin(struct trainer *t) {
     r->do_send = r->nb > 0;
     r->do_hash = r->check_every > 0 && step > 0 && step % r->check_every == 0;
     r->hash_ready = 0;
-    r->err = MOE_OK;
+    r->err.status = MOE_OK;
     r->pending = r->do_send || r->do_hash;
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
@@ -221,12 +218,9 @@ void replica_step_begin(struct trainer *t) {
 static moe_status wait_thread(struct replica *r) {
     pthread_mutex_lock(&r->mu);
     while (r->pending || r->running) pthread_cond_wait(&r->cv, &r->mu);
-    moe_status s = r->err;
-    char msg[sizeof r->errmsg];
-    snprintf(msg, sizeof msg, "%s", r->errmsg);
-    r->err = MOE_OK;
+    moe_status s = thread_error_take(&r->err, "buddy copy: ");
     pthread_mutex_unlock(&r->mu);
-    return s == MOE_OK ? MOE_OK : moe_fail(s, "buddy copy: %s", msg);
+    return s;
 }
 
 moe_status replica_step_join(struct trainer *t) { return wait_thread(t->mesh.rep); }
@@ -270,7 +264,8 @@ static int add_copy(struct state_copy *out, int n, int max, int slot, long step)
 
 /* Whether this slot holds its own dense state at `step` (live or previous). */
 static int holds_own(const struct replica *r, long step) {
-    return (r->live_valid && r->t->model.step == step) || (r->prev.step >= 0 && r->prev.step == step);
+    return (r->live_valid && r->t->model.step == step) ||
+           (r->prev.step >= 0 && r->prev.step == step);
 }
 
 int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live) {
@@ -435,7 +430,8 @@ moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
         int from = p->from[k];
         if (from < 0) continue;
         if (from >= n || from == k)
-            return moe_fail(MOE_EINVAL, "restore: rank %d's source %d is not another rank", k, from);
+            return moe_fail(MOE_EINVAL, "restore: rank %d's source %d is not another rank", k,
+                            from);
         if (me == from) CHECK(send_state(r, k, k % r->S, p->step, &st->bytes_sent));
         if (me == k) CHECK(recv_state(r, from, p->step, &st->bytes_received));
     }

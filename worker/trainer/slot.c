@@ -6,7 +6,10 @@
 #include "../../kernels/layers.h"
 #include "../../kernels/tree_sum.h"
 #include "../comm/comm.h"
+#include "model_io.h"
 #include "replica.h"
+#include "step.h"
+#include "thread_error.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -60,8 +63,7 @@ struct slot_exec {
     struct reduce_item *queue;
     size_t q_cap, q_head, q_len;
     int busy, stop;
-    moe_status err;
-    char errmsg[512];
+    struct thread_error err;
 };
 
 /* ---- the reducer ---- */
@@ -76,7 +78,8 @@ static moe_status reduce_one(struct slot_exec *x, const struct reduce_item *it) 
         CHECK(comm_reduce_scatter(x->comm, CH_GRAD, &x->pod, it->p, it->n));
         comm_chunk(it->n, x->S, x->pod.me, &lo, &hi);
     }
-    if (x->P > 1 && hi > lo) CHECK(comm_allreduce(x->comm, CH_GRAD, &x->cross, it->p + lo, hi - lo));
+    if (x->P > 1 && hi > lo)
+        CHECK(comm_allreduce(x->comm, CH_GRAD, &x->cross, it->p + lo, hi - lo));
     if (x->S > 1) CHECK(comm_allgather_chunks(x->comm, CH_GRAD, &x->pod, it->p, it->n));
     return MOE_OK;
 }
@@ -91,14 +94,11 @@ static void *reducer_main(void *arg) {
         x->q_head = (x->q_head + 1) % x->q_cap;
         x->q_len--;
         x->busy = 1;
-        int failed = x->err != MOE_OK;
+        int failed = x->err.status != MOE_OK;
         pthread_mutex_unlock(&x->mu);
         moe_status s = failed ? MOE_OK : reduce_one(x, &it);
         pthread_mutex_lock(&x->mu);
-        if (s != MOE_OK && x->err == MOE_OK) {
-            x->err = s;
-            snprintf(x->errmsg, sizeof x->errmsg, "%s", moe_errmsg());
-        }
+        thread_error_keep(&x->err, s);
         x->busy = 0;
         pthread_cond_broadcast(&x->cv);
     }
@@ -120,14 +120,9 @@ static void reducer_push(struct slot_exec *x, real *p, size_t n, int expert) {
 static moe_status reducer_wait(struct slot_exec *x) {
     pthread_mutex_lock(&x->mu);
     while (x->q_len || x->busy) pthread_cond_wait(&x->cv, &x->mu);
-    moe_status s = x->err;
-    char msg[sizeof x->errmsg];
-    snprintf(msg, sizeof msg, "%s", x->errmsg);
-    x->err = MOE_OK;
-    x->errmsg[0] = 0;
+    moe_status s = thread_error_take(&x->err, "");
     pthread_mutex_unlock(&x->mu);
-    if (s != MOE_OK) return moe_fail(s, "%s", msg);
-    return MOE_OK;
+    return s;
 }
 
 /* ---- the experts' hooks (compute thread, channel 0) ---- */
@@ -269,9 +264,9 @@ static int hook_backward(void *ctx, int l, const struct moe_acts *a, struct moe_
                         m->grads.w_down + l * layer};
         /* with micro-batches each layer keeps its own leaves until the last pass adds them */
         size_t slot_l = x->leaves_per_layer ? (size_t)l : 0;
-        for (int k = 0; k < 3; k++)
-            leaf[k][i] = i == 0 ? own[k]
-                                : x->leaves + (((size_t)(i - 1) * x->leaf_layers + slot_l) * 3 + k) * layer;
+        real *leaves = i == 0 ? NULL
+                              : x->leaves + ((size_t)(i - 1) * x->leaf_layers + slot_l) * 3 * layer;
+        for (int k = 0; k < 3; k++) leaf[k][i] = i == 0 ? own[k] : leaves + (size_t)k * layer;
     }
     size_t r = 0;
     for (int i = 0; i < S; i++)
@@ -472,6 +467,45 @@ static moe_status grad_norm(struct slot_exec *x, double *norm) {
     return res;
 }
 
+/* The whole batch's statistics into r and the model: the shards' losses gathered and added in
+ * shard order, the dropped count and the expert loads added exactly. */
+static moe_status gather_statistics(struct slot_exec *x, const struct shard_losses *part,
+                                    struct step_report *r) {
+    struct trainer *t = x->t;
+    size_t n_load = (size_t)x->L * x->E;
+    double mine[4] = {part->loss, part->ce, part->aux, part->z}, parts[4 * COMM_MAX_RANKS];
+    int64_t *counts = x->counts; /* dropped, then the loads (L, E) */
+    counts[0] = part->dropped;
+    for (size_t j = 0; j < n_load; j++) counts[1 + j] = t->load_sum[j];
+    TIMED(comm_allgather(x->comm, CH_MOE, &x->all, mine, sizeof mine, parts), return s_);
+    double sum[4] = {0, 0, 0, 0};
+    for (int d = 0; d < x->D; d++)
+        for (int k = 0; k < 4; k++) sum[k] += parts[4 * d + k];
+    TIMED(comm_allreduce_i64(x->comm, CH_MOE, &x->all, counts, 1 + n_load), return s_);
+    r->loss = sum[0];
+    r->ce = sum[1];
+    r->aux = sum[2];
+    r->z = sum[3];
+    r->dropped = (long)counts[0];
+    for (size_t j = 0; j < n_load; j++)
+        t->load_sum[j] = t->model.stats.load[j] = (long)counts[1 + j];
+    return MOE_OK;
+}
+
+/* The data plane's part of the report: this step's time in it, its rows and bytes. */
+static void report_comm(const struct slot_exec *x, const struct comm_stats *before,
+                        struct step_report *r) {
+    struct comm_stats after;
+    comm_get_stats(x->comm, &after);
+    r->t_comm = x->t_comm;
+    r->rows_dispatched = x->rows_dispatched;
+    r->rows_served = x->rows_served;
+    r->rows_returned = x->rows_returned;
+    r->bytes_alltoall = after.alltoall_bytes - before->alltoall_bytes;
+    r->bytes_allreduce = (after.reduce_bytes - before->reduce_bytes) +
+                         (after.other_bytes - before->other_bytes);
+}
+
 /* in the step: fail it */
 #define STEP(call) TIMED(call, res = s_; goto fail)
 
@@ -480,10 +514,8 @@ moe_status slot_step(struct trainer *t, struct step_report *r) {
     struct model *m = &t->model;
     double t0 = moe_clock_s();
     long step = m->step;
-    size_t n_load = (size_t)x->L * x->E;
-    memset(r, 0, sizeof *r);
-    memset(t->load_sum, 0, sizeof(long) * n_load);
-    struct comm_stats before, after;
+    step_begin(t, r);
+    struct comm_stats before;
     comm_get_stats(x->comm, &before);
     x->t_comm = 0;
     x->rows_dispatched = x->rows_served = x->rows_returned = 0;
@@ -493,53 +525,26 @@ moe_status slot_step(struct trainer *t, struct step_report *r) {
     replica_step_begin(t); /* buddy copies of S(step) and its hash, beside the compute */
     int shard = t->mesh.pod * x->S + t->mesh.slot;
     struct shard_losses part = {0};
-    if (trainer_shard_passes(t, shard, step, &part, r, &x->exec) != 0) return pass_failed(x);
+    if (step_shard_passes(t, shard, step, &part, r, &x->exec) != 0) return pass_failed(x);
     /* the embedding's gradient is final only now (the LM head and the encoder share it) */
     reducer_push(x, m->grads.wte, m->tensor_sizes[0], 0);
     STEP(reducer_wait(x));
     /* before the all-rank collective: whoever passes it knows every buddy copy of S(step) is
      * whole (docs/recovery.md, "Why two versions are enough") */
     STEP(replica_step_join(t));
-
-    /* the whole batch's statistics: losses added in shard order, counts exactly */
-    double mine[4] = {part.loss, part.ce, part.aux, part.z}, parts[4 * COMM_MAX_RANKS];
-    int64_t *counts = x->counts; /* dropped, then the loads (L, E) */
-    counts[0] = part.dropped;
-    for (size_t j = 0; j < n_load; j++) counts[1 + j] = t->load_sum[j];
-    STEP(comm_allgather(x->comm, CH_MOE, &x->all, mine, sizeof mine, parts));
-    double sum[4] = {0, 0, 0, 0};
-    for (int d = 0; d < x->D; d++)
-        for (int k = 0; k < 4; k++) sum[k] += parts[4 * d + k];
-    STEP(comm_allreduce_i64(x->comm, CH_MOE, &x->all, counts, 1 + n_load));
-    r->loss = sum[0];
-    r->ce = sum[1];
-    r->aux = sum[2];
-    r->z = sum[3];
-    r->dropped = (long)counts[0];
-    for (size_t j = 0; j < n_load; j++) t->load_sum[j] = m->stats.load[j] = (long)counts[1 + j];
+    if ((res = gather_statistics(x, &part, r)) != MOE_OK) goto fail;
 
     double u0 = moe_clock_s(), norm = 0;
     STEP(grad_norm(x, &norm));
     r->lr = adamw_lr(&t->spec.optimizer, step);
-    r->load_max_over_mean = trainer_load_imbalance(m);
+    r->load_max_over_mean = step_load_imbalance(m);
     r->grad_norm = norm;
     if ((res = replica_update(t, norm)) != MOE_OK) goto fail;
     r->t_update = moe_clock_s() - u0;
     r->replicated_step = step; /* every slot passed this step's all-rank collective */
     r->has_hash = replica_hash(t, r->state_sha256, &r->hash_step);
-    trainer_finish_report(t, r, t0);
-    comm_get_stats(x->comm, &after);
-    r->t_comm = x->t_comm;
-    r->rows_dispatched = x->rows_dispatched;
-    r->rows_served = x->rows_served;
-    r->rows_returned = x->rows_returned;
-    r->bytes_alltoall = after.alltoall_bytes - before.alltoall_bytes;
-    r->bytes_allreduce = (after.reduce_bytes - before.reduce_bytes) +
-                         (after.other_bytes - before.other_bytes);
-    if (r->loss != r->loss)
-        return moe_fail(MOE_EINVAL, "training diverged at step %ld (loss is NaN); lower "
-                        "optimizer.lr or raise optimizer.warmup_steps", r->step);
-    return MOE_OK;
+    report_comm(x, &before, r);
+    return step_end(t, r, t0);
 fail:
     comm_abort(x->comm);
     replica_step_abandon(t);
@@ -589,7 +594,7 @@ static moe_status gather_and_write(const struct trainer *t, const char *path) {
                 memcpy(dst[k] + l * whole_layer + (size_t)j * layer, src + l * layer,
                        sizeof(real) * layer);
         }
-    res = trainer_write_model(t, &full, path);
+    res = model_save_job(&full, &t->spec, path);
 exit:
     free(part);
     model_free(&full);

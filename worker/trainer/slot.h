@@ -11,7 +11,8 @@
  * gradient norm and statistics, and gathering the whole model on rank 0 at the end.
  * Never: changes the math. Every number it produces is the one the local trainer (which
  * plays every shard in one process) produces, bit for bit; tests/test_mesh.c holds it to that.
- * Internal to worker/: trainer.c calls these, nothing else does.
+ * Internal to worker/trainer: trainer.c calls these, nothing else does; slot.c calls only
+ * below it (step.c, replica.c, model_io.c, the data plane), never back into trainer.c.
  */
 #ifndef MOE_SLOT_H
 #define MOE_SLOT_H
@@ -28,17 +29,5 @@ moe_status slot_forward(struct trainer *t, int B);
 moe_status slot_sum_over_shards(struct trainer *t, double v, double *sum);
 /* trainer_save_model for a slot: collective; rank 0 writes */
 moe_status slot_save_model(const struct trainer *t, const char *path);
-
-/* trainer.c, shared with slot.c */
-struct shard_losses {
-    double loss, ce, aux, z; // share-weighted sums over the shard's passes
-    long dropped;
-};
-int trainer_shard_passes(struct trainer *t, int shard, long step, struct shard_losses *part,
-                         struct step_report *r, const struct model_exec *ex);
-double trainer_load_imbalance(const struct model *m);
-void trainer_finish_report(struct trainer *t, struct step_report *r, double t0);
-moe_status trainer_write_model(const struct trainer *t, const struct model *model,
-                               const char *path);
 
 #endif

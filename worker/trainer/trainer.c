@@ -1,20 +1,18 @@
 /* trainer.c — the step-by-step training loop (see trainer.h). */
 #include "trainer.h"
+
 #include "../../common/clock.h"
-#include "../../common/fileio.h"
-#include "../../common/log.h"
 #include "../../common/safetensors.h"
 #include "../../kernels/tree_sum.h"
 #include "../comm/comm.h"
 #include "model_io.h"
 #include "replica.h"
 #include "slot.h"
+#include "step.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
-#include <unistd.h>
 
 _Static_assert(sizeof(real) == sizeof(float), "the trainer adds shard gradients as floats");
 
@@ -146,23 +144,6 @@ void trainer_close(struct trainer *t) {
     t->load_sum = NULL;
 }
 
-/* Busiest expert's share against an even split, worst layer: 1.0 is perfect balance. */
-double trainer_load_imbalance(const struct model *m) {
-    int E = m->cfg.n_experts;
-    double worst = 0;
-    for (int l = 0; l < m->cfg.n_layers; l++) {
-        long total = 0, mx = 0;
-        for (int e = 0; e < E; e++) {
-            long v = m->stats.load[(size_t)l * E + e];
-            total += v;
-            if (v > mx) mx = v;
-        }
-        double r = total ? (double)mx * E / total : 0;
-        if (r > worst) worst = r;
-    }
-    return worst;
-}
-
 /* Adds the shards' gradient arenas as the mesh does: the slots of each pod in tree order,
  * then the pods in tree order (kernels/tree_sum.h). The sum lands in arena 0. */
 static void reduce_shards(struct trainer *t) {
@@ -178,53 +159,12 @@ static void reduce_shards(struct trainer *t) {
     tree_sum_f32(pod_sums, P, n);
 }
 
-/* One shard's forward and backward passes (its micro-batches in sequence order), into the
- * model's current gradient arena, with the experts where `ex` says (NULL: here). Adds the
- * shard's losses (each term a mean over the whole batch, so a pass's share is M/B) to *part
- * and its loads to t->load_sum. -1 when a hook failed. */
-int trainer_shard_passes(struct trainer *t, int shard, long step, struct shard_losses *part,
-                         struct step_report *r, const struct model_exec *ex) {
-    struct model *m = &t->model;
-    size_t n_load = (size_t)m->cfg.n_layers * m->cfg.n_experts;
-    int n_micro = t->Bd / t->M;
-    double share = (double)t->M / t->B;
-    for (int i = 0; i < n_micro; i++) {
-        t->pass = i;
-        data_train_batch(&t->data, t->spec.run.seed, step, shard * t->Bd + i * t->M, t->M,
-                         t->tokens, t->targets);
-        double f0 = moe_clock_s(), loss;
-        if (model_forward_exec(m, t->tokens, t->targets, t->M, t->T, ex, &loss) != 0) return -1;
-        double f1 = moe_clock_s();
-        if (model_backward_exec(m, t->tokens, t->targets, t->M, t->T, share, i > 0, ex) != 0)
-            return -1;
-        r->t_forward += f1 - f0;
-        r->t_backward += moe_clock_s() - f1;
-        part->loss += share * m->stats.loss;
-        part->ce += share * m->stats.ce;
-        part->aux += share * m->stats.aux;
-        part->z += share * m->stats.z;
-        part->dropped += m->stats.dropped;
-        for (size_t j = 0; j < n_load; j++) t->load_sum[j] += m->stats.load[j];
-    }
-    return 0;
-}
-
-void trainer_finish_report(struct trainer *t, struct step_report *r, double t0) {
-    struct model *m = &t->model;
-    r->step = m->step;
-    r->tokens = (long)t->B * t->T;
-    r->assignments = r->tokens * m->cfg.top_k * m->cfg.n_layers;
-    r->seconds = moe_clock_s() - t0;
-}
-
 moe_status trainer_step(struct trainer *t, struct step_report *r) {
     if (t->mesh.exec) return slot_step(t, r);
     double t0 = moe_clock_s();
     struct model *m = &t->model;
     long step = m->step;
-    size_t n_load = (size_t)m->cfg.n_layers * m->cfg.n_experts;
-    memset(r, 0, sizeof *r);
-    memset(t->load_sum, 0, sizeof(long) * n_load);
+    step_begin(t, r);
     /* every shard of the mesh in turn, each into its own gradient arena; the losses add in
      * shard order, exactly as the slots' all-gather adds them */
     int D = t->mesh.shards;
@@ -232,7 +172,7 @@ moe_status trainer_step(struct trainer *t, struct step_report *r) {
     for (int d = 0; d < D; d++) {
         if (D > 1) model_swap_grad_arena(m, t->mesh.shard_grads[d]);
         struct shard_losses part = {0};
-        trainer_shard_passes(t, d, step, &part, r, NULL); /* no hooks: cannot fail */
+        step_shard_passes(t, d, step, &part, r, NULL); /* no hooks: cannot fail */
         total.loss += part.loss;
         total.ce += part.ce;
         total.aux += part.aux;
@@ -250,16 +190,12 @@ moe_status trainer_step(struct trainer *t, struct step_report *r) {
     r->z = total.z;
     r->dropped = total.dropped;
     /* the expert-bias update and the balance figure see the whole batch's load */
-    memcpy(m->stats.load, t->load_sum, sizeof(long) * n_load);
+    memcpy(m->stats.load, t->load_sum, sizeof(long) * (size_t)m->cfg.n_layers * m->cfg.n_experts);
     r->lr = adamw_lr(&t->spec.optimizer, step);
-    r->load_max_over_mean = trainer_load_imbalance(m);
+    r->load_max_over_mean = step_load_imbalance(m);
     r->grad_norm = model_update(m, &t->spec.optimizer);
     r->t_update = moe_clock_s() - u0;
-    trainer_finish_report(t, r, t0);
-    if (r->loss != r->loss) /* NaN: diverged. Say so rather than train on garbage. */
-        return moe_fail(MOE_EINVAL, "training diverged at step %ld (loss is NaN); lower "
-                        "optimizer.lr or raise optimizer.warmup_steps", r->step);
-    return MOE_OK;
+    return step_end(t, r, t0);
 }
 
 /* Shard d's part of an evaluation: windows [d * per, (d + 1) * per) of the `want` spread
@@ -316,45 +252,9 @@ moe_status trainer_eval(struct trainer *t, double *loss, long *windows) {
     return MOE_OK;
 }
 
-/* "x.safetensors" -> "x.json"; any other name gets ".json" appended. */
-static void config_path_for(const char *model_path, char *out, size_t len) {
-    const char *ext = ".safetensors";
-    size_t n = strlen(model_path), e = strlen(ext);
-    if (n > e && strcmp(model_path + n - e, ext) == 0)
-        snprintf(out, len, "%.*s.json", (int)(n - e), model_path);
-    else
-        snprintf(out, len, "%s.json", model_path);
-}
-
 moe_status trainer_save_model(const struct trainer *t, const char *path) {
     if (t->mesh.exec) return slot_save_model(t, path);
-    return trainer_write_model(t, &t->model, path);
-}
-
-moe_status trainer_write_model(const struct trainer *t, const struct model *model,
-                               const char *path) {
-    char step[32];
-    snprintf(step, sizeof step, "%ld", model->step);
-    char *spec_json = spec_to_json(&t->spec);
-    if (!spec_json) return moe_fail(MOE_ENOMEM, "out of memory serialising the spec");
-    const char *meta[] = {"moed.step", step, "moed.job_name", t->spec.name};
-    moe_status res = model_save(model, path, meta, 2);
-    if (res == MOE_OK) {
-        char cfg_path[SPEC_PATH_MAX + 16];
-        config_path_for(path, cfg_path, sizeof cfg_path);
-        size_t n = strlen(spec_json) + 64;
-        char *doc = malloc(n);
-        if (!doc) {
-            res = moe_fail(MOE_ENOMEM, "out of memory");
-        } else {
-            snprintf(doc, n, "{\"step\": %ld, \"spec\": %s}\n", model->step, spec_json);
-            res = moe_write_file_atomic(cfg_path, doc, strlen(doc), 0644);
-            free(doc);
-        }
-        if (res != MOE_OK) unlink(path); /* both files or neither */
-    }
-    free(spec_json);
-    return res;
+    return model_save_job(&t->model, &t->spec, path);
 }
 
 /* The state file: the four arenas as flat tensors, the step in metadata. */

@@ -3,8 +3,11 @@
  *
  * Owns: a job's model (parameters, gradients, AdamW moments, expert biases), its dataset,
  * the batch buffers, and the sequence "batch(seed, step) -> forward -> backward -> update".
- * The worker daemon (a later issue) drives exactly these calls for the slots it plays;
- * `moectl train` drives them in-process.
+ * The worker daemon (worker/daemon/job.c) drives exactly these calls for each slot it plays;
+ * `moectl train` drives them in-process, playing every shard of the mesh in turn.
+ * Inside: trainer.c plays the local mesh and hands a slot's step to slot.c; both build on
+ * step.c (one shard's passes, the report) and model_io.c (the files); replica.c keeps a
+ * slot's copies. Nothing below trainer.c calls back into it.
  * Never: prints progress or parses command lines (callers do), and never writes to disk
  * except through the explicit save calls.
  */
@@ -34,8 +37,8 @@ struct trainer_mesh {
     struct comm *comm;        // NULL: local
     int expert_lo, n_local_experts; // the experts this slot owns (all E when local)
     real **shard_grads;       // local, D > 1: a gradient arena per shard (0 is the model's)
-    struct slot_exec *exec;   // slot mode: the distributed step's state (worker/slot.h)
-    struct replica *rep;      // slot mode: previous version, buddy copies (worker/replica.h)
+    struct slot_exec *exec;   // slot mode: the distributed step's state (slot.h)
+    struct replica *rep;      // slot mode: previous version, buddy copies (replica.h)
 };
 
 struct trainer {
