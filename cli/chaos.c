@@ -314,7 +314,7 @@ static int wait_gone(pid_t pid) {
     while (daemon_alive(pid)) {
         reap();
         if (moe_clock_s() > deadline) return -1;
-        sleep_s(0.01);
+        moe_sleep_s(0.01);
     }
     return 0;
 }
@@ -428,7 +428,7 @@ static int inject_stop(struct chaos *c, struct fault *f) {
     while (!interrupted && moe_clock_s() - t0 < c->timeout_s) {
         if (poll_job(c) < 0) break;
         if ((ok = fenced(c, f))) break;
-        sleep_s(POLL_S);
+        moe_sleep_s(POLL_S);
     }
     kill(v->pid, SIGCONT);
     c->stopped = 0;
@@ -549,7 +549,7 @@ static int poll_until(struct chaos *c, int (*reached)(struct chaos *c, const voi
         if (r < 0) return -1;
         if (r > 0 && (r = reached(c, arg)) != 0) return r > 0 ? 0 : -1;
         if (moe_clock_s() - t0 > c->timeout_s) return 1;
-        sleep_s(POLL_S);
+        moe_sleep_s(POLL_S);
     }
 }
 
@@ -821,7 +821,7 @@ static int check_job(struct chaos *c) {
         if (moe_clock_s() - t0 > c->timeout_s)
             return moectl_fail(EXIT_RUN_FAILED, "chaos: %s is still %s after %.0f s", c->job_id,
                                client_job_state(j->state), c->timeout_s);
-        sleep_s(POLL_S);
+        moe_sleep_s(POLL_S);
     }
     const Moed__V1__JobInfo *j = c->st->job;
     c->pods = j->pods > 0 ? j->pods : 1;

@@ -341,7 +341,7 @@ static int wait_for_address(const char *dir, pid_t pid, char *address, size_t ca
             show_log_tail(log, 6);
             return EXIT_RUN_FAILED;
         }
-        sleep_s(0.02);
+        moe_sleep_s(0.02);
     }
 }
 
@@ -548,7 +548,7 @@ static int wait_for_workers(struct up *u, struct client *c, const int *only) {
                                "%.0f s%s%s; logs are in %s (`moectl cluster down --dir %s` stops "
                                "what runs)", alive, want, UP_TIMEOUT_S, last_error[0] ? ": " : "",
                                last_error, u->dir, u->dir);
-        sleep_s(0.1);
+        moe_sleep_s(0.1);
     }
 }
 
@@ -779,7 +779,7 @@ static void kill_stragglers(struct down *d) {
         kill(d->coord, SIGKILL), d->killed++;
     }
     for (int k = 0; k < 100 && left_running(d); k++) // SIGKILL is quick, but not instantaneous
-        sleep_s(0.02);
+        moe_sleep_s(0.02);
 }
 
 static void stop_cluster(struct down *d) {
@@ -791,14 +791,14 @@ static void stop_cluster(struct down *d) {
     stop_workers(d);
     double t0 = moe_clock_s();
     while (n_alive(d->pids, d->n_workers) && moe_clock_s() - t0 <= DOWN_TIMEOUT_S * 0.6)
-        sleep_s(0.02);
+        moe_sleep_s(0.02);
     stop_the_rest(d);
     while (left_running(d)) {
         if (moe_clock_s() - t0 > DOWN_TIMEOUT_S) {
             kill_stragglers(d);
             break;
         }
-        sleep_s(0.02);
+        moe_sleep_s(0.02);
     }
     for (int i = 0; i < d->n_workers; i++) unlink(worker_file(path, d->dir, i, ".pid"));
     for (int p = 0; p < d->n_mpi; p++) unlink(mpirun_file(path, d->dir, p, ".pid"));

@@ -260,10 +260,6 @@ void reap(void) {
     }
 }
 
-void sleep_s(double s) {
-    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
-    nanosleep(&ts, NULL);
-}
 
 /* Starts argv[0] in its own session (a Ctrl-C in the shell that ran `cluster up` must not
  * reach it), stdin from /dev/null, stdout and stderr appended to `log`. Returns once the

@@ -70,7 +70,6 @@ int worker_by_mpirun(const struct shape *sh, int i); // worker i is rank i % S o
  * every thread of it is (the last ones hold its files and locks). */
 int daemon_alive(pid_t pid);
 void reap(void); // reaps our exited children
-void sleep_s(double s);
 pid_t parent_of(pid_t pid); // from /proc; 0 when unknown
 /* argv[0] in its own session, stdin /dev/null, output appended to `log`; returns once it
  * exec'd (or failed to). Before the process has any thread. */

@@ -656,8 +656,7 @@ static int watch_lost(struct watch *w, int r, grpc_status_code status, const cha
         return moectl_fail(EXIT_UNREACHABLE, "gave up after %.0f s without the coordinator: %s",
                            RECONNECT_S, why);
     }
-    struct timespec ts = {0, 500 * 1000 * 1000};
-    nanosleep(&ts, NULL);
+    moe_sleep_s(0.5);
     return EXIT_OK;
 }
 

@@ -162,7 +162,6 @@ moe_status store_open(struct store **out, const char *dir, double lock_wait_s) {
     /* RocksDB holds its LOCK file with a POSIX lock, released only once the holder has fully
      * exited: a coordinator restarted right after a kill -9 can see its predecessor's lock for
      * a moment (its threads are still being torn down). */
-    struct timespec pause = {0, 50 * 1000 * 1000};
     double t0 = moe_clock_s();
     char *err = NULL;
     for (;;) {
@@ -171,7 +170,7 @@ moe_status store_open(struct store **out, const char *dir, double lock_wait_s) {
         if (moe_clock_s() - t0 >= lock_wait_s) break;
         rocksdb_free(err);
         err = NULL;
-        nanosleep(&pause, NULL);
+        moe_sleep_s(0.05);
     }
     if (err || !st->db) {
         moe_status s = rocks_fail(&err, "store: cannot open %s", dir);

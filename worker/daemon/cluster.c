@@ -87,11 +87,6 @@ static void apply_registration(struct worker *w, const Moed__V1__RegisterRespons
     if (changed && uv_is_active((uv_handle_t *)&w->heartbeat)) worker_heartbeat_start(w);
 }
 
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 moe_status worker_register(struct worker *w) {
     Moed__V1__RegisterRequest req = MOED__V1__REGISTER_REQUEST__INIT;
     char id[WORKER_ID_MAX];
@@ -129,7 +124,7 @@ moe_status worker_register(struct worker *w) {
                             "(%d attempts): %s: %s", w->cfg.coordinator, waited, attempts,
                             rpc_code_name(res.code), res.details);
         LOG_DEBUG("registration attempt %d: %s", attempts, moe_errmsg());
-        sleep_ms(200); // a call that failed fast must not turn into a busy loop
+        moe_sleep_s(0.2); // a call that failed fast must not turn into a busy loop
     }
 }
 

@@ -38,10 +38,6 @@
 #define REPORT_INTERVAL_S 1.0 // batch the reports of faster steps (one call per interval)
 #define REPORT_BATCH_MAX 512   // steps per call: far below the 4 MiB message limit
 
-static void sleep_s(double s) {
-    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
-    nanosleep(&ts, NULL);
-}
 
 /* Budget for a retried call: shortened once the daemon is being stopped. */
 static double retry_budget(const struct job *j, double budget_s) {
@@ -65,7 +61,7 @@ moe_status job_call_retry(struct job *j, struct rpc_channel *ch, const char *met
         if (!warned)
             LOG_WARN("%s: %s; retrying for up to %.0f s", j->id, moe_errmsg(), budget);
         warned = 1;
-        sleep_s(0.5);
+        moe_sleep_s(0.5);
     }
 }
 
@@ -238,7 +234,7 @@ int backlog_drain(struct job *j, struct rpc_channel *ch, struct backlog *b) {
             LOG_ERROR("%s: %zu step reports could not be delivered", j->id, b->len);
             return stop;
         }
-        sleep_s(0.1);
+        moe_sleep_s(0.1);
     }
 }
 
