@@ -16,6 +16,7 @@
 #include "moectl.h"
 
 #include "../common/clock.h"
+#include "../common/fileio.h"
 #include "proto/moed.pb-c.h"
 #include "../proto/methods.h"
 
@@ -186,7 +187,7 @@ static int up_dir(struct up *u, const char *dir_flag) {
             return moectl_fail(EXIT_BAD_INPUT, "%s: path too long", abs);
         memcpy(u->dir, abs, (size_t)n + 1);
     }
-    if (mkdir_p(u->dir, 0700) != MOE_OK) return moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
+    if (moe_mkdir_p(u->dir, 0700) != MOE_OK) return moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
     return EXIT_OK;
 }
 
@@ -435,7 +436,7 @@ static int start_workers(struct up *u) {
         if (u->pids[i]) continue;
         char scratch[PATH_CAP], log[PATH_CAP], path[PATH_CAP];
         int p = worker_pod(sh, i);
-        if (mkdir_p(worker_file(scratch, u->dir, i, ""), 0700) != MOE_OK)
+        if (moe_mkdir_p(worker_file(scratch, u->dir, i, ""), 0700) != MOE_OK)
             return moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
         struct worker_argv w;
         int n = worker_command(u, p, &w);

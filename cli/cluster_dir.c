@@ -36,24 +36,6 @@ char *worker_file(char *out, const char *dir, int i, const char *suffix) {
     return out;
 }
 
-moe_status mkdir_p(const char *path, mode_t mode) {
-    char buf[PATH_CAP];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p != '/' && *p != 0) continue;
-        char c = *p;
-        *p = 0;
-        if (mkdir(buf, mode) != 0 && errno != EEXIST)
-            return moe_fail(MOE_EIO, "cannot create %s: %s", buf, strerror(errno));
-        *p = c;
-        if (!c) break;
-    }
-    struct stat st;
-    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
-        return moe_fail(MOE_EIO, "%s: not a directory", path);
-    return MOE_OK;
-}
-
 /* Up to cap - 1 bytes of a file, NUL-terminated: how many, or -1 with errno set when it
  * cannot be opened. */
 static int read_head(const char *path, char *buf, size_t cap) {
@@ -377,7 +359,7 @@ moe_status ensure_token(const char *path) {
 moe_status ensure_tls(const char *dir) {
     char tls[PATH_CAP], cert[PATH_CAP], key[PATH_CAP], log[PATH_CAP];
     in_dir(tls, dir, "tls");
-    CHECK(mkdir_p(tls, 0700));
+    CHECK(moe_mkdir_p(tls, 0700));
     in_dir(cert, tls, "cert.pem");
     in_dir(key, tls, "key.pem");
     in_dir(log, tls, "openssl.log");

@@ -50,7 +50,6 @@ struct shape {
 char *in_dir(char *out, const char *dir, const char *name);            // DIR/name
 char *worker_file(char *out, const char *dir, int i, const char *suffix); // DIR/worker-<i>SUFFIX
 char *mpirun_file(char *out, const char *dir, int pod, const char *suffix); // DIR/mpirun-<p>SUFFIX
-moe_status mkdir_p(const char *path, mode_t mode);
 /* The text of a small file (up to cap - 1 bytes), surrounding whitespace cut: 0, or -1 with
  * errno set when it cannot be read or holds no byte at all (ENODATA). */
 int read_small_file(const char *path, char *out, size_t cap);

@@ -127,3 +127,25 @@ exit:
     close(fd);
     return res;
 }
+
+moe_status moe_mkdir_p(const char *path, mode_t mode) {
+    size_t n = strlen(path);
+    if (n == 0) return moe_fail(MOE_EINVAL, "an empty directory name");
+    char *buf = strdup(path);
+    if (!buf) return moe_fail(MOE_ENOMEM, "out of memory creating %s", path);
+    moe_status s = MOE_OK;
+    for (char *p = buf + 1; s == MOE_OK; p++) {
+        if (*p != '/' && *p != 0) continue;
+        char c = *p;
+        *p = 0;
+        if (mkdir(buf, mode) != 0 && errno != EEXIST)
+            s = moe_fail(MOE_EIO, "cannot create %s: %s", buf, strerror(errno));
+        *p = c;
+        if (!c) break;
+    }
+    free(buf);
+    struct stat st;
+    if (s == MOE_OK && (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)))
+        s = moe_fail(MOE_EIO, "%s: not a directory", path);
+    return s;
+}

@@ -1,11 +1,12 @@
 /*
- * fileio.h — writing files so that readers see all of a file or none of it, and hashing one.
+ * fileio.h — files and directories: written so that readers see all of a file or none of it,
+ * made with their parents, hashed.
  *
  * Owns: the one atomic writer of moed (a temporary file beside the target, made with mkstemp,
  * written whole, given its mode, then renamed over the target), the loop that writes a buffer
- * through short writes and EINTR, and the SHA-256 of a file (OpenSSL's libcrypto). Every file
- * another process reads while it may be rewritten goes through here: models, their .json
- * sidecars, address files, cluster state, training state.
+ * through short writes and EINTR, making a directory with its parents, and the SHA-256 of a
+ * file (OpenSSL's libcrypto). Every file another process reads while it may be rewritten goes
+ * through here: models, their .json sidecars, address files, cluster state, training state.
  * Never: syncs to disk (callers that need durability fsync themselves: the coordinator's
  * store has RocksDB for that), decides where files go, or logs: failures come back as a
  * moe_status whose message names the file.
@@ -40,6 +41,10 @@ moe_status moe_write_file_atomic(const char *path, const void *data, size_t n, m
 
 /* Writes all n bytes to fd (short writes and EINTR retried): 0, or -1 with errno set. */
 int moe_write_all(int fd, const void *buf, size_t n);
+
+/* Creates the directory and its missing parents (mode for the ones it makes); MOE_EIO names
+ * the one it could not make, or a path that exists and is not a directory. */
+moe_status moe_mkdir_p(const char *path, mode_t mode);
 
 /* SHA-256 of the file at path and its size in bytes. */
 moe_status moe_file_sha256(const char *path, unsigned char sha[32], int64_t *size);

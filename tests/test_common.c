@@ -134,6 +134,16 @@ static void test_fileio(void) {
     EXPECT(system(cmd) == 0);
     EXPECT_FAIL(moe_write_file_atomic("/nonexistent/dir/f", "x", 1, 0600), MOE_EIO,
                 "cannot write /nonexistent/dir/f");
+
+    /* a directory with its parents; a file in the way is named */
+    char deep[160];
+    snprintf(deep, sizeof deep, "%s/a/b/c", dir);
+    EXPECT(moe_mkdir_p(deep, 0700) == MOE_OK && moe_mkdir_p(deep, 0700) == MOE_OK);
+    EXPECT(stat(deep, &st) == 0 && S_ISDIR(st.st_mode));
+    snprintf(deep, sizeof deep, "%s/file/x", dir);
+    EXPECT_FAIL(moe_mkdir_p(deep, 0700), MOE_EIO, "/file");
+    snprintf(cmd, sizeof cmd, "rm -rf %s/a", dir);
+    EXPECT(system(cmd) == 0);
     unlink(path);
     rmdir(dir);
 }

@@ -1,5 +1,6 @@
 #include "store.h"
 #include "../../common/clock.h"
+#include "../../common/fileio.h"
 
 #include <rocksdb/c.h>
 
@@ -121,26 +122,10 @@ static moe_status rocks_fail(char **err, const char *fmt, ...) {
 /* ---------------------------------------------------------------------------------------------
  * Open and close */
 
-static moe_status mkdir_p(const char *dir) {
-    char path[4096];
-    size_t n = strlen(dir);
-    if (n == 0 || n >= sizeof path) return moe_fail(MOE_EINVAL, "store: bad directory \"%s\"", dir);
-    memcpy(path, dir, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (path[i] != '/' && path[i] != '\0') continue;
-        char c = path[i];
-        path[i] = '\0';
-        if (mkdir(path, 0755) != 0 && errno != EEXIST)
-            return moe_fail(MOE_EIO, "store: cannot create %s: %s", path, strerror(errno));
-        path[i] = c;
-    }
-    return MOE_OK;
-}
-
 moe_status store_open(struct store **out, const char *dir, double lock_wait_s) {
     *out = NULL;
     if (!dir) return moe_fail(MOE_EINVAL, "store: no directory");
-    CHECK(mkdir_p(dir));
+    CHECK(moe_mkdir_p(dir, 0755));
     struct store *st = calloc(1, sizeof *st);
     if (!st || !(st->dir = strdup(dir))) {
         free(st);
