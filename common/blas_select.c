@@ -1,16 +1,33 @@
 #include "blas_select.h"
 #include "log.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
 #include <unistd.h>
 
 char *openblas_get_corename(void);
 
+struct blas_tunables {
+    char coretype[32];
+};
+
+const struct knob blas_knobs[] = {
+    {NULL, "MOE_BLAS_CORETYPE", KNOB_STR, KNOB_AT(struct blas_tunables, coretype), "auto", 0, 0,
+     NULL, "auto|keep|NAME",
+     "OpenBLAS's kernels: auto, the fastest this CPU supports; keep, OpenBLAS's own choice; or "
+     "a core type such as SkylakeX or Haswell"},
+};
+const int blas_n_knobs = (int)(sizeof blas_knobs / sizeof blas_knobs[0]);
+
 const char *blas_preferred_coretype(void) {
-    const char *forced = getenv("MOE_BLAS_CORETYPE");
-    if (forced && *forced && strcasecmp(forced, "auto") != 0)
-        return strcasecmp(forced, "keep") == 0 ? NULL : forced;
+    static struct blas_tunables t;
+    if (knobs_load_env(blas_knobs, blas_n_knobs, &t) != MOE_OK) {
+        LOG_WARN("%s; choosing the kernels as for auto", moe_errmsg());
+        snprintf(t.coretype, sizeof t.coretype, "auto");
+    }
+    if (strcasecmp(t.coretype, "auto") != 0)
+        return strcasecmp(t.coretype, "keep") == 0 ? NULL : t.coretype;
 #if defined(__x86_64__)
     __builtin_cpu_init();
     /* SkylakeX kernels need AVX-512 F, BW, VL and DQ; Haswell kernels AVX2 and FMA */

@@ -13,6 +13,12 @@
 #ifndef MOE_BLAS_SELECT_H
 #define MOE_BLAS_SELECT_H
 
+#include "knobs.h"
+
+/* MOE_BLAS_CORETYPE, as a knob table (a daemon's --help lists it). */
+extern const struct knob blas_knobs[];
+extern const int blas_n_knobs;
+
 /* The core type moed would choose for this CPU ("SkylakeX", "Haswell", ...), or NULL to leave
  * OpenBLAS's own choice. */
 const char *blas_preferred_coretype(void);

@@ -51,8 +51,12 @@ moe_status moe_atomic_begin(struct moe_atomic_file *f, const char *path, mode_t 
     return MOE_OK;
 }
 
+static moe_status already_failed(const struct moe_atomic_file *f) {
+    return moe_fail(MOE_EIO, "cannot write %s: already failed", f->path ? f->path : "?");
+}
+
 moe_status moe_atomic_write(struct moe_atomic_file *f, const void *buf, size_t n) {
-    if (f->fd < 0) return moe_fail(MOE_EIO, "cannot write %s: already failed", f->path ? f->path : "?");
+    if (f->fd < 0) return already_failed(f);
     if (moe_write_all(f->fd, buf, n) == 0) return MOE_OK;
     int err = errno;
     moe_status s = moe_fail(MOE_EIO, "cannot write %s: %s", f->path, strerror(err));
@@ -61,7 +65,7 @@ moe_status moe_atomic_write(struct moe_atomic_file *f, const void *buf, size_t n
 }
 
 moe_status moe_atomic_commit(struct moe_atomic_file *f) {
-    if (f->fd < 0) return moe_fail(MOE_EIO, "cannot write %s: already failed", f->path ? f->path : "?");
+    if (f->fd < 0) return already_failed(f);
     int fd = f->fd;
     f->fd = -1;
     if (close(fd) != 0 || rename(f->tmp, f->path) != 0) {

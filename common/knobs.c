@@ -56,8 +56,8 @@ static moe_status set_value(const struct knob *k, void *cfg, const char *v, int 
         errno = 0;
         double x = strtod(v, &end);
         if (errno || end == v || *end || !isfinite(x) || x < k->lo || x > k->hi)
-            return moe_fail(MOE_EINVAL, "%s must be a number in %g..%g, not '%s'", name, k->lo,
-                            k->hi, v);
+            return moe_fail(MOE_EINVAL, "%s must be a number in %.10g..%.10g, not '%s'", name,
+                            k->lo, k->hi, v);
         *(double *)field = x;
         return MOE_OK;
     }
@@ -68,7 +68,8 @@ static moe_status set_value(const struct knob *k, void *cfg, const char *v, int 
         return MOE_OK;
     case KNOB_CHOICE: {
         int i = choice_index(k->choices, v);
-        if (i < 0) return moe_fail(MOE_EINVAL, "%s must be one of %s, not '%s'", name, k->choices, v);
+        if (i < 0)
+            return moe_fail(MOE_EINVAL, "%s must be one of %s, not '%s'", name, k->choices, v);
         *(int *)field = i;
         return MOE_OK;
     }
@@ -167,11 +168,14 @@ void knobs_print(FILE *to, const struct knob *t, int n, int env_only) {
         char text[768], extra[256] = "";
         size_t o = 0;
         if (k->def && k->def[0])
-            o += (size_t)snprintf(extra + o, sizeof extra - o, "%sdefault %s", o ? "; " : "", k->def);
+            o += (size_t)snprintf(extra + o, sizeof extra - o, "%sdefault %s", o ? "; " : "",
+                                  k->def);
         if ((k->type == KNOB_INT || k->type == KNOB_LONG) && o < sizeof extra)
-            o += (size_t)snprintf(extra + o, sizeof extra - o, "%s%.0f..%.0f", o ? "; " : "", k->lo, k->hi);
+            o += (size_t)snprintf(extra + o, sizeof extra - o, "%s%.0f..%.0f", o ? "; " : "",
+                                  k->lo, k->hi);
         if (k->type == KNOB_DOUBLE && o < sizeof extra)
-            o += (size_t)snprintf(extra + o, sizeof extra - o, "%s%g..%g", o ? "; " : "", k->lo, k->hi);
+            o += (size_t)snprintf(extra + o, sizeof extra - o, "%s%.10g..%.10g", o ? "; " : "",
+                                  k->lo, k->hi);
         if (!env_only && k->env && o < sizeof extra)
             o += (size_t)snprintf(extra + o, sizeof extra - o, "%sor $%s", o ? "; " : "", k->env);
         snprintf(text, sizeof text, o ? "%s (%s)" : "%s", k->help, extra);

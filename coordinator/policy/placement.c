@@ -14,8 +14,9 @@
  * Idle workers left over are spares. A recovery replaces lost slots from them
  * (placement_replace): tcp one spare per lost slot, from the physical pod of the logical pod's
  * surviving slots when it has one; mpi a whole idle MPI job for each pod that lost a slot.
- * Never: changes a worker or a job (schedule.c and recovery.c bind what this file chooses), or looks at
- * anything but the worker table: the choice depends only on it, so it is predictable.
+ * Never: changes a worker or a job (schedule.c and recovery.c bind what this file chooses),
+ * or looks at anything but the worker table: the choice depends only on it, so it is
+ * predictable.
  */
 #include "placement.h"
 

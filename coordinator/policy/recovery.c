@@ -557,7 +557,8 @@ static int doubled_slot(struct coordinator *co, const struct job *j, struct work
     }
     *spare = NULL;
     for (int i = 0; doubled >= 0 && i < co->n_workers && !*spare; i++)
-        if (worker_schedulable(co->workers[i]) && co->workers[i]->confirmed) *spare = co->workers[i];
+        if (worker_schedulable(co->workers[i]) && co->workers[i]->confirmed)
+            *spare = co->workers[i];
     return *spare ? doubled : -1;
 }
 

@@ -143,7 +143,8 @@ void job_drop_recovery(struct job *j) {
 }
 
 size_t job_recent_events(const struct job *j, Moed__V1__Event **out) {
-    for (int i = 0; i < j->n_recent; i++) out[i] = j->recent[(j->recent_head + i) % JOB_RECENT_EVENTS];
+    for (int i = 0; i < j->n_recent; i++)
+        out[i] = j->recent[(j->recent_head + i) % JOB_RECENT_EVENTS];
     return (size_t)j->n_recent;
 }
 

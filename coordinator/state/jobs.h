@@ -9,10 +9,11 @@
  * events and side effects, are transitions.c's.
  *
  * The state machine of a job (docs/protocol.md):
- *   QUEUED --bound (every slot, epoch + 1)--> RUNNING --model uploaded, every slot ended ok--> SUCCEEDED
- *     ^                                        |  |
- *     '--requeued (a refusal before step 1)----'  '--a slot lost (not recoverable) / cancel--> FAILED / CANCELLED
- *   QUEUED --cancel--> CANCELLED
+ *   QUEUED --bound (every slot, epoch + 1)--> RUNNING
+ *   RUNNING --requeued (a refusal before step 1)--> QUEUED
+ *   RUNNING --model uploaded and every slot ended ok--> SUCCEEDED
+ *   RUNNING --a slot lost (not recoverable), or a worker cannot start it--> FAILED
+ *   QUEUED or RUNNING --cancel--> CANCELLED
  * A recoverable mesh that loses a slot stays RUNNING through its recovery (epoch + 1 on the
  * replicas) and FAILS only when it cannot recover.
  * A job's mesh is pods x slots; logical slot (p, s) is index k = p * slots + s of bindings[].

@@ -107,7 +107,8 @@ moe_status job_finish(struct coordinator *co, struct job *j, Moed__V1__JobState 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (job_is_final(j)) return moe_fail(MOE_EINVAL, "%s already ended (%s)", j->id, job_state_name(j->state));
+    if (job_is_final(j))
+        return moe_fail(MOE_EINVAL, "%s already ended (%s)", j->id, job_state_name(j->state));
     CHECK(set_state(j, state));
     j->finished_ms = moe_wall_ms();
     job_drop_recovery(j); // a recovery in progress is over with the job (its answers are dropped)

@@ -99,12 +99,13 @@ moe_status worker_call_run_slots(struct coordinator *co, struct job *j, int rest
         a->epoch = epoch;
         a->gen = gen;
         a->slot = k;
-        moe_status s = w && w->channel
-                           ? rpc_call_async(co->pump, w->channel, RPC_WORKER_RUN_SLOT, &req.base,
-                                            &moed__v1__empty__descriptor, RUN_SLOT_DEADLINE_S, cb, a)
-                           : moe_fail(MOE_EUNAVAILABLE, "no channel to %s", a->worker_id);
+        int reachable = w && w->channel;
+        moe_status s = reachable ? rpc_call_async(co->pump, w->channel, RPC_WORKER_RUN_SLOT,
+                                                  &req.base, &moed__v1__empty__descriptor,
+                                                  RUN_SLOT_DEADLINE_S, cb, a)
+                                 : moe_fail(MOE_EUNAVAILABLE, "no channel to %s", a->worker_id);
         if (s != MOE_OK) {
-            struct rpc_result r = {w && w->channel ? GRPC_STATUS_INTERNAL : GRPC_STATUS_UNAVAILABLE, ""};
+            struct rpc_result r = {reachable ? GRPC_STATUS_INTERNAL : GRPC_STATUS_UNAVAILABLE, ""};
             snprintf(r.details, sizeof r.details, "%s", moe_errmsg());
             cb(a, &r, NULL); // may requeue, fail or re-plan the job: stop sending
             if (round_over(co, job_id, epoch, gen)) break;

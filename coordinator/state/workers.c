@@ -59,7 +59,8 @@ moe_status workers_add_new(struct coordinator *co, struct worker **out) {
     char id[24];
     snprintf(id, sizeof id, "w-%ld", co->next_worker);
     wi.worker_id = id;
-    if (load_worker(&wi, co) != 0) return moe_fail(MOE_ENOMEM, "out of memory for the worker table");
+    if (load_worker(&wi, co) != 0)
+        return moe_fail(MOE_ENOMEM, "out of memory for the worker table");
     co->next_worker++;
     *out = co->workers[co->n_workers - 1];
     return MOE_OK;
@@ -107,7 +108,8 @@ int worker_schedulable(const struct worker *w) {
 
 void worker_set_free(struct worker *w, int awaiting_idle) {
     w->job_id[0] = 0;
-    if (w->state == MOED__V1__WORKER_STATE__WORKER_BUSY) w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
+    if (w->state == MOED__V1__WORKER_STATE__WORKER_BUSY)
+        w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
     if (awaiting_idle) w->awaiting_idle = 1;
 }
 

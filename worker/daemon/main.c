@@ -80,6 +80,8 @@ static void usage(FILE *to) {
     knobs_print(to, knobs, n_knobs, 0);
     fprintf(to, "\nEnvironment:\n");
     knobs_print(to, knobs, n_knobs, 1);
+    knobs_print(to, comm_knobs, comm_n_knobs, 1); // the data plane's (worker/comm)
+    knobs_print(to, blas_knobs, blas_n_knobs, 1);
 }
 
 /* Defaults, then the environment, then the flags. Returns 0 to go on, -1 after --help, or
