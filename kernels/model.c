@@ -1,5 +1,6 @@
 /* model.c — the whole model: arenas, initialisation, forward, backward, optimizer step. */
 #include "model.h"
+#include "acts.h"
 #include "layers.h"
 #include "mix64.h"
 
@@ -100,23 +101,11 @@ static void point_into(struct model_params *p, real *mem, const size_t *sizes) {
     }
 }
 
-/* ---- activations ---- */
-
-/* Per-layer activations live at fixed strides computed from (B_max, seq_len), so a shorter
- * batch reuses the same arena. */
-struct acts_layout {
-    size_t NC, N, NE, NK, NKC, NKF, att, scratch;
-};
+/* ---- activations (the arena's carve is kernels/acts.h, shared with the CUDA model) ---- */
 
 static struct acts_layout layout_of(const struct model_config *c, int B) {
-    struct acts_layout l;
-    size_t T = c->seq_len, N = (size_t)B * T, C = c->d_model;
-    l.N = N;
-    l.NC = N * C;
-    l.NE = N * c->n_experts;
-    l.NK = N * c->top_k;
-    l.NKC = l.NK * C;
-    l.NKF = l.NK * c->d_ff;
+    struct acts_layout l = acts_layout_sizes(c, B);
+    size_t T = c->seq_len;
     l.att = (size_t)B * c->n_heads * T * T;
     struct moe_layer_cfg mc = {.B = B, .T = (int)T, .C = c->d_model, .E = c->n_experts,
                                .K = c->top_k, .F = c->d_ff};
@@ -127,61 +116,10 @@ static struct acts_layout layout_of(const struct model_config *c, int B) {
     return l;
 }
 
-/* Offsets of every activation, in reals, from act_mem; ints separately in int_mem. */
-struct acts {
-    real *resid;     // (L+1, N, C) block inputs; resid[L] is the last block's output
-    real *resid_mid; // (L, N, C) after the attention residual
-    real *ln1, *ln1_rstd, *qkv, *att, *atty, *ln2, *ln2_rstd; // (L, ...)
-    real *r_logits, *r_probs, *r_lse, *gates, *xe, *h1, *h2, *ha, *ye;
-    real *moe_out;           // (N, C) scratch for one layer's MoE output
-    real *lnf, *lnf_rstd;    // (N, C), (N)
-    real *logits, *probs;    // (N, V)
-    real *freqs;             // (T, HD/2, 2)
-    real *scratch;
-    int *topk, *row_of, *expert_off, *row_token; // (L, ...)
-};
-
 static size_t acts_carve(struct acts *a, real *mem, int *imem, const struct model_config *c,
                          int B, size_t *n_int) {
     struct acts_layout l = layout_of(c, B);
-    size_t L = c->n_layers, V = c->vocab, T = c->seq_len, HD = c->d_model / c->n_heads;
-    size_t off = 0;
-#define CARVE(field, count) (a->field = mem ? mem + off : NULL, off += (count))
-    CARVE(resid, (L + 1) * l.NC);
-    CARVE(resid_mid, L * l.NC);
-    CARVE(ln1, L * l.NC);
-    CARVE(ln1_rstd, L * l.N);
-    CARVE(qkv, L * 3 * l.NC);
-    CARVE(att, L * l.att);
-    CARVE(atty, L * l.NC);
-    CARVE(ln2, L * l.NC);
-    CARVE(ln2_rstd, L * l.N);
-    CARVE(r_logits, L * l.NE);
-    CARVE(r_probs, L * l.NE);
-    CARVE(r_lse, L * l.N);
-    CARVE(gates, L * l.NK);
-    CARVE(xe, L * l.NKC);
-    CARVE(h1, L * l.NKF);
-    CARVE(h2, L * l.NKF);
-    CARVE(ha, L * l.NKF);
-    CARVE(ye, L * l.NKC);
-    CARVE(moe_out, l.NC);
-    CARVE(lnf, l.NC);
-    CARVE(lnf_rstd, l.N);
-    CARVE(logits, l.N * V);
-    CARVE(probs, l.N * V);
-    CARVE(freqs, T * HD);
-    CARVE(scratch, l.scratch);
-#undef CARVE
-    size_t ioff = 0;
-#define ICARVE(field, count) (a->field = imem ? imem + ioff : NULL, ioff += (count))
-    ICARVE(topk, L * l.NK);
-    ICARVE(row_of, L * l.NK);
-    ICARVE(expert_off, L * (c->n_experts + 1));
-    ICARVE(row_token, L * l.NK);
-#undef ICARVE
-    *n_int = ioff;
-    return off;
+    return acts_carve_layout(a, mem, imem, c, &l, n_int);
 }
 
 static void moe_acts_of(struct moe_acts *m, const struct acts *a, const struct model_config *c,
@@ -340,7 +278,7 @@ static void add_into(real *out, const real *a, const real *b, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
-static struct moe_layer_cfg moe_cfg(const struct model_config *c, int B, int T) {
+struct moe_layer_cfg model_moe_cfg(const struct model_config *c, int B, int T) {
     struct moe_layer_cfg mc = {.B = B, .T = T, .C = c->d_model, .E = c->n_experts,
                                .K = c->top_k, .F = c->d_ff, .capacity = model_expert_capacity(c, T),
                                .aux_coef = c->aux_loss_coef, .z_coef = c->z_loss_coef};
@@ -362,7 +300,7 @@ int model_forward_exec(struct model *m, const int *tokens, const int *targets, i
     size_t n_int;
     acts_carve(&a, m->act_mem, m->int_mem, c, m->B_max, &n_int);
     struct acts_layout s = layout_of(c, m->B_max);
-    struct moe_layer_cfg mc = moe_cfg(c, B, T);
+    struct moe_layer_cfg mc = model_moe_cfg(c, B, T);
     struct model_params *p = &m->params;
 
     memset(m->stats.load, 0, sizeof(long) * L * E);
@@ -439,7 +377,7 @@ int model_backward_exec(struct model *m, const int *tokens, const int *targets, 
     size_t n_int;
     acts_carve(&a, m->act_mem, m->int_mem, c, m->B_max, &n_int);
     struct acts_layout s = layout_of(c, m->B_max);
-    struct moe_layer_cfg mc = moe_cfg(c, B, T);
+    struct moe_layer_cfg mc = model_moe_cfg(c, B, T);
     mc.aux_coef *= loss_scale;
     mc.z_coef *= loss_scale;
     mc.accumulate = accumulate;

@@ -8,48 +8,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../acts.h"
 #include "../mix64.h"
-
-/* ---- configuration (as model.c) ---- */
-
-static int expert_capacity(const struct model_config *c, int T) {
-    if (c->dropless) return T * c->top_k;
-    int cap = (int)ceil((double)c->capacity_factor * T * c->top_k / c->n_experts);
-    return cap < T * c->top_k ? cap : T * c->top_k;
-}
-
-static struct moe_layer_cfg moe_cfg(const struct model_config *c, int B, int T) {
-    struct moe_layer_cfg mc;
-    memset(&mc, 0, sizeof mc);
-    mc.B = B;
-    mc.T = T;
-    mc.C = c->d_model;
-    mc.E = c->n_experts;
-    mc.K = c->top_k;
-    mc.F = c->d_ff;
-    mc.capacity = expert_capacity(c, T);
-    mc.aux_coef = c->aux_loss_coef;
-    mc.z_coef = c->z_loss_coef;
-    return mc;
-}
 
 /* ---- activations: model.c's layout, with (B, NH, T) attention statistics ---- */
 
-struct acts_layout {
-    size_t NC, N, NE, NK, NKC, NKF, att, scratch;
-};
-
 static struct acts_layout layout_of(const struct model_config *c, int B) {
-    struct acts_layout l;
-    size_t T = c->seq_len, N = (size_t)B * T, C = c->d_model;
-    l.N = N;
-    l.NC = N * C;
-    l.NE = N * c->n_experts;
-    l.NK = N * c->top_k;
-    l.NKC = l.NK * C;
-    l.NKF = l.NK * c->d_ff;
+    struct acts_layout l = acts_layout_sizes(c, B);
+    size_t T = c->seq_len;
     l.att = (size_t)B * c->n_heads * T; /* logsumexp per query row */
-    struct moe_layer_cfg mc = moe_cfg(c, B, (int)T);
+    struct moe_layer_cfg mc = model_moe_cfg(c, B, (int)T);
     size_t moe_scratch = moe_backward_scratch_size(&mc);
     size_t attn_scratch = (size_t)B * c->n_heads * T; /* D per query row (fused backward) */
     /* backward scratch: dresid, dln, datty (NC each), dqkv (3NC), then the larger layer scratch */
@@ -57,54 +25,10 @@ static struct acts_layout layout_of(const struct model_config *c, int B) {
     return l;
 }
 
-struct acts {
-    float *resid, *resid_mid, *ln1, *ln1_rstd, *qkv, *att, *atty, *ln2, *ln2_rstd;
-    float *r_logits, *r_probs, *r_lse, *gates, *xe, *h1, *h2, *ha, *ye;
-    float *moe_out, *lnf, *lnf_rstd, *logits, *probs, *freqs, *scratch;
-    int *topk, *row_of, *expert_off, *row_token;
-};
-
 static size_t acts_carve(struct acts *a, float *mem, int *imem, const struct model_config *c,
                          int B, size_t *n_int) {
     struct acts_layout l = layout_of(c, B);
-    size_t L = c->n_layers, V = c->vocab, T = c->seq_len, HD = c->d_model / c->n_heads;
-    size_t off = 0;
-#define CARVE(field, count) (a->field = mem ? mem + off : NULL, off += (count))
-    CARVE(resid, (L + 1) * l.NC);
-    CARVE(resid_mid, L * l.NC);
-    CARVE(ln1, L * l.NC);
-    CARVE(ln1_rstd, L * l.N);
-    CARVE(qkv, L * 3 * l.NC);
-    CARVE(att, L * l.att);
-    CARVE(atty, L * l.NC);
-    CARVE(ln2, L * l.NC);
-    CARVE(ln2_rstd, L * l.N);
-    CARVE(r_logits, L * l.NE);
-    CARVE(r_probs, L * l.NE);
-    CARVE(r_lse, L * l.N);
-    CARVE(gates, L * l.NK);
-    CARVE(xe, L * l.NKC);
-    CARVE(h1, L * l.NKF);
-    CARVE(h2, L * l.NKF);
-    CARVE(ha, L * l.NKF);
-    CARVE(ye, L * l.NKC);
-    CARVE(moe_out, l.NC);
-    CARVE(lnf, l.NC);
-    CARVE(lnf_rstd, l.N);
-    CARVE(logits, l.N * V);
-    CARVE(probs, l.N * V);
-    CARVE(freqs, T * HD);
-    CARVE(scratch, l.scratch);
-#undef CARVE
-    size_t ioff = 0;
-#define ICARVE(field, count) (a->field = imem ? imem + ioff : NULL, ioff += (count))
-    ICARVE(topk, L * l.NK);
-    ICARVE(row_of, L * l.NK);
-    ICARVE(expert_off, L * (c->n_experts + 1));
-    ICARVE(row_token, L * l.NK);
-#undef ICARVE
-    *n_int = ioff;
-    return off;
+    return acts_carve_layout(a, mem, imem, c, &l, n_int);
 }
 
 static void moe_acts_of(struct moe_acts_cuda *m, const struct acts *a, const struct model_cuda *g,
@@ -417,7 +341,7 @@ int model_forward_exec_cuda(struct model_cuda *m, const int *tokens, const int *
     struct acts a;
     carve(&a, m);
     struct acts_layout s = layout_of(c, m->B_max);
-    struct moe_layer_cfg mc = moe_cfg(c, B, T);
+    struct moe_layer_cfg mc = model_moe_cfg(c, B, T);
     struct model_params *p = &m->params;
 
     memset(m->stats.load, 0, sizeof(long) * L * E);
@@ -505,7 +429,7 @@ int model_backward_exec_cuda(struct model_cuda *m, const int *tokens, const int 
     struct acts a;
     carve(&a, m);
     struct acts_layout s = layout_of(c, m->B_max);
-    struct moe_layer_cfg mc = moe_cfg(c, B, T);
+    struct moe_layer_cfg mc = model_moe_cfg(c, B, T);
     mc.aux_coef *= loss_scale;
     mc.z_coef *= loss_scale;
     mc.accumulate = accumulate;
