@@ -99,6 +99,25 @@ static inline size_t acts_carve_layout(struct acts *a, real *mem, int *imem,
     return off;
 }
 
+/* Layer l's slices of the MoE activations into *m: a struct moe_acts, or the CUDA model's
+ * struct moe_acts_cuda (the same member names); s is the arena's layout, E the experts. */
+#define ACTS_MOE_LAYER(m, a, s, l, E)                                                             \
+    do {                                                                                          \
+        (m)->logits = (a)->r_logits + (l) * (s).NE;                                               \
+        (m)->probs = (a)->r_probs + (l) * (s).NE;                                                 \
+        (m)->lse = (a)->r_lse + (l) * (s).N;                                                      \
+        (m)->topk = (a)->topk + (l) * (s).NK;                                                     \
+        (m)->gates = (a)->gates + (l) * (s).NK;                                                   \
+        (m)->row_of = (a)->row_of + (l) * (s).NK;                                                 \
+        (m)->expert_off = (a)->expert_off + (size_t)(l) * ((E) + 1);                              \
+        (m)->row_token = (a)->row_token + (l) * (s).NK;                                           \
+        (m)->xe = (a)->xe + (l) * (s).NKC;                                                        \
+        (m)->h1 = (a)->h1 + (l) * (s).NKF;                                                        \
+        (m)->h2 = (a)->h2 + (l) * (s).NKF;                                                        \
+        (m)->ha = (a)->ha + (l) * (s).NKF;                                                        \
+        (m)->ye = (a)->ye + (l) * (s).NKC;                                                        \
+    } while (0)
+
 /* The MoE layer configuration of a model for batches of B sequences of T tokens. */
 struct moe_layer_cfg model_moe_cfg(const struct model_config *c, int B, int T);
 

@@ -125,19 +125,7 @@ static size_t acts_carve(struct acts *a, real *mem, int *imem, const struct mode
 static void moe_acts_of(struct moe_acts *m, const struct acts *a, const struct model_config *c,
                         int B, int l) {
     struct acts_layout s = layout_of(c, B);
-    m->logits = a->r_logits + l * s.NE;
-    m->probs = a->r_probs + l * s.NE;
-    m->lse = a->r_lse + l * s.N;
-    m->topk = a->topk + l * s.NK;
-    m->gates = a->gates + l * s.NK;
-    m->row_of = a->row_of + l * s.NK;
-    m->expert_off = a->expert_off + (size_t)l * (c->n_experts + 1);
-    m->row_token = a->row_token + l * s.NK;
-    m->xe = a->xe + l * s.NKC;
-    m->h1 = a->h1 + l * s.NKF;
-    m->h2 = a->h2 + l * s.NKF;
-    m->ha = a->ha + l * s.NKF;
-    m->ye = a->ye + l * s.NKC;
+    ACTS_MOE_LAYER(m, a, s, l, c->n_experts);
 }
 
 /* ---- allocation and initialisation ---- */
