@@ -146,7 +146,7 @@ void moe_router_backward(real *dinp, real *drouter_w, const struct moe_scratch *
 
 /* AdamW over a flat arena; the first n_decay elements get decoupled weight decay. */
 /* The same update written into other arrays (which may be the inputs): the out-of-place form
- * keeps the previous version of the state (worker/replica.c); the bits are the same. */
+ * keeps the previous version of the state (worker/trainer/replica.c); the bits are the same. */
 void adamw_update_into(real *params_out, real *m_out, real *v_out, const real *params,
                        const real *grads, const real *m, const real *v, size_t n, size_t n_decay,
                        float lr, float beta1, float beta2, float eps, float weight_decay,

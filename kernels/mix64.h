@@ -2,9 +2,9 @@
  * mix64.h — the counter-based hash behind every "pure function of (seed, ...)" in moed.
  *
  * Owns: the splitmix64 finaliser, a bijection on 64 bits with full avalanche. Initialisation
- * (kernels/model.c) and the data order (worker/data.c) both derive their randomness from it,
- * so no random state is carried between steps and any value can be recomputed from its
- * coordinates. docs/model.md specifies it.
+ * (kernels/model.c) and the data order (worker/trainer/data.c) both derive their randomness
+ * from it, so no random state is carried between steps and any value can be recomputed from
+ * its coordinates. docs/model.md specifies it.
  */
 #ifndef MOE_MIX64_H
 #define MOE_MIX64_H

@@ -16,7 +16,7 @@
  *     the tree order's promise (kernels/tree_sum.h); 1x1 differs from them only by rounding;
  *   - a slot killed with SIGKILL in the middle of a step makes every survivor's step fail
  *     with an error naming a peer, within the data plane's bound (never a hang);
- *   - recovery's restore (worker/replica.h): after some steps every slot fences, one slot
+ *   - recovery's restore (worker/trainer/replica.h): after some steps every slot fences, one slot
  *     starts over with a fresh trainer (a new holder), a second epoch's comm forms and every
  *     slot returns to the plan's step — survivors from their live or previous version, the
  *     new holder from another pod's slot or from its buddy copy — and the job trains on to

@@ -3,10 +3,11 @@
  *
  * Each rank is its own process (this program re-executed with --rank, as a worker daemon is
  * its own process), connected over loopback by worker/comm's tcp backend, running the
- * distributed step of worker/slot.c. Every process gets cores / ranks OpenMP threads (at least
- * one), so the machine's cores are shared, not oversubscribed: on a 2-core machine 4 ranks
- * run at one thread each on half a core. What scales is then the work per process (each holds
- * E/S experts and B/D sequences); the table says how much of a step is the data plane.
+ * distributed step of worker/trainer/slot.c. Every process gets cores / ranks OpenMP threads
+ * (at least one), so the machine's cores are shared, not oversubscribed: on a 2-core machine
+ * 4 ranks run at one thread each on half a core. What scales is then the work per process
+ * (each holds E/S experts and B/D sequences); the table says how much of a step is the data
+ * plane.
  * Columns: ms per step (median over the timed steps, slowest rank), tokens/s of the job, the
  * share of rank 0's step spent waiting in the data plane, and rank 0's bytes per step sent by
  * dispatch/combine (buddy copies, which the comm counts with them, left out) and by gradient
