@@ -449,14 +449,20 @@ static void explain_topk(const struct moe_acts *a, const int *gpu_topk, const fl
         }
 }
 
-static void test_moe(const struct moe_case *mc_) {
-    const struct moe_case *t = mc_;
+/* The layer configuration of a case. */
+static struct moe_layer_cfg case_cfg(const struct moe_case *t) {
     struct moe_layer_cfg c;
     memset(&c, 0, sizeof c);
     c.B = t->B, c.T = t->T, c.C = t->C, c.E = t->E, c.K = t->K, c.F = t->F;
     c.capacity = t->capacity;
     c.aux_coef = 0.1;
     c.z_coef = 0.01;
+    return c;
+}
+
+static void test_moe(const struct moe_case *mc_) {
+    const struct moe_case *t = mc_;
+    struct moe_layer_cfg c = case_cfg(t);
     const int N = c.B * c.T, C = c.C, E = c.E, K = c.K, F = c.F;
     const size_t NK = (size_t)N * K;
     char name[96];
@@ -561,12 +567,7 @@ static void test_moe(const struct moe_case *mc_) {
  * moe_combine, moe_combine_backward, expert_ffn_backward (writing and accumulating; idle
  * experts write zeros or add nothing), moe_router_backward (writing and accumulating). */
 static void test_moe_phases(const struct moe_case *t) {
-    struct moe_layer_cfg c;
-    memset(&c, 0, sizeof c);
-    c.B = t->B, c.T = t->T, c.C = t->C, c.E = t->E, c.K = t->K, c.F = t->F;
-    c.capacity = t->capacity;
-    c.aux_coef = 0.1;
-    c.z_coef = 0.01;
+    struct moe_layer_cfg c = case_cfg(t);
     const int N = c.B * c.T, C = c.C, E = c.E, K = c.K, F = c.F;
     const size_t NK = (size_t)N * K, FC = (size_t)F * C, nw = (size_t)E * FC;
     char name[96];
