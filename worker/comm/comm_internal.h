@@ -1,6 +1,7 @@
 /*
  * comm_internal.h — the lowest layer of worker/comm: the state every file reads (the comm, its
- * per-peer links, the transfers of one operation), the wire format, and the tunables.
+ * per-peer links, the transfers of one operation, the tunables it was opened with) and the
+ * wire format.
  *
  * The files form layers, and a file calls only into its own layer's helpers or lower ones:
  *   5  comm.c (open, abort, close, groups)      collectives.c (operations as exchanges)

@@ -11,9 +11,9 @@
 
 /* Moves every xfer to completion, all peers at once (never send-then-receive), failing at
  * once on a broken connection or comm_abort, and with MOE_EUNAVAILABLE naming the rank when
- * a peer makes no progress for timeout_s. On an error other than MOE_EINVAL the comm is
- * marked broken. Returns MOE_EINVAL (after completing every transfer) when a peer
- * disagreed; the message names it. */
+ * a peer makes no progress for timeout_s; any such failure marks the comm broken. Returns
+ * MOE_EINVAL (after completing every transfer, the comm still usable) when a peer disagreed
+ * about a size; the message names it. */
 moe_status comm_exchange(struct comm *c, int channel, struct xfer *x, int nx);
 
 #endif

@@ -346,7 +346,6 @@ static void settle(struct comm *c, int channel, struct xfer *x, int nx, int culp
 }
 
 const struct transport transport_mpi = {
-    .name = "mpi",
     .wait = WAIT_TEST,
     .start = start,
     .progress = progress_status,

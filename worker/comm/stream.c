@@ -194,13 +194,11 @@ static void revoke_descriptors(struct comm *c, int channel, struct xfer *x, int 
 }
 
 const struct transport transport_tcp = {
-    .name = "tcp",
     .wait = WAIT_POLL,
     .progress = progress,
 };
 
 const struct transport transport_shm = {
-    .name = "shared memory",
     .wait = WAIT_SPIN,
     .start = offer_descriptor,
     .progress = progress,

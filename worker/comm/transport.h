@@ -27,7 +27,6 @@ enum transport_wait {
 /* One kind of peer, as the engine sees it (redis's connection types, libuv's stream
  * vtables): the engine picks the table for each transfer and never asks which it is. */
 struct transport {
-    const char *name;
     enum transport_wait wait;
     /* Before the engine's loop, once the header is in x->out: posts what can be posted.
      * NULL: nothing to post. */
@@ -42,8 +41,9 @@ struct transport {
      * (their buffers go back to the caller). culprit: the rank that failed it, or -1.
      * NULL: nothing outlives the operation. */
     void (*abandon)(struct comm *c, int channel, struct xfer *x, int nx, int culprit);
-    /* x's peer has made no progress for idle_s (>= timeout_s); the operation fails after
-     * this returns. NULL: nothing more to do. */
+    /* x's peer has made no progress for idle_s (>= timeout_s): the operation fails when this
+     * returns, and it may not return (mpi aborts its MPI job: the pod is the failure domain).
+     * NULL: nothing more to do. */
     void (*stalled)(struct comm *c, const struct xfer *x, double idle_s);
 };
 
