@@ -92,6 +92,11 @@ moe_status knobs_load_env(const struct knob *t, int n, void *cfg) {
 
 moe_status knobs_parse(const struct knob *t, int n, void *cfg, int argc, char **argv, int *help) {
     *help = 0;
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { // help wins over bad knobs
+            *help = 1;
+            return MOE_OK;
+        }
     CHECK(knobs_load_env(t, n, cfg));
     struct option *opts = calloc((size_t)n + 2, sizeof *opts);
     if (!opts) return moe_fail(MOE_ENOMEM, "out of memory reading the command line");

@@ -45,8 +45,8 @@ struct knob {
 
 /* Defaults, the environment, then argv (getopt_long; argv[0] is the program). MOE_EINVAL
  * names the flag or variable and what it takes: "--pod must be an integer in 0..1048576, not
- * 'x'". *help is set to 1 when --help was given (the rest of argv is still read). Arguments
- * that are not flags are an error. */
+ * 'x'". Arguments that are not flags are an error. With --help (or -h) anywhere, *help is 1,
+ * nothing is read and the result is MOE_OK: help is printed whatever else is wrong. */
 moe_status knobs_parse(const struct knob *t, int n, void *cfg, int argc, char **argv, int *help);
 
 /* Only the defaults and the environment (a library's tunables). */

@@ -54,10 +54,15 @@ static void test_knobs(void) {
     EXPECT(c.rate == 0.5 && c.verbose == 0 && c.level == 1 && c.shm == 1 && !help);
 
     const char *all[] = {"prog", "--listen", "0.0.0.0:7", "--pod=3", "--timeout-ms", "50",
-                         "--rate", "0.25", "--verbose", "--log-level", "warn", "--help"};
-    EXPECT(parse(&c, &help, 12, all) == MOE_OK);
+                         "--rate", "0.25", "--verbose", "--log-level", "warn"};
+    EXPECT(parse(&c, &help, 11, all) == MOE_OK);
     EXPECT(!strcmp(c.listen, "0.0.0.0:7") && c.pod == 3 && c.timeout_ms == 50);
-    EXPECT(c.rate == 0.25 && c.verbose == 1 && c.level == 2 && help == 1);
+    EXPECT(c.rate == 0.25 && c.verbose == 1 && c.level == 2 && help == 0);
+    /* --help wins over anything wrong beside it */
+    setenv("TEST_KNOB_SHM", "maybe", 1);
+    const char *asks[] = {"prog", "--pod", "x", "--help"};
+    EXPECT(parse(&c, &help, 4, asks) == MOE_OK && help == 1);
+    unsetenv("TEST_KNOB_SHM");
 
     /* the environment is read before the command line, which wins */
     setenv("TEST_KNOB_TIMEOUT", "700", 1);

@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* Who reports: the worker (its id as the coordinator last gave it), the job, the slot, the
  * slot's epoch. Every report message has these five fields. */
@@ -37,7 +36,6 @@
 #define BACKOFF_MAX_S 8.0
 #define REPORT_INTERVAL_S 1.0 // batch the reports of faster steps (one call per interval)
 #define REPORT_BATCH_MAX 512   // steps per call: far below the 4 MiB message limit
-
 
 /* Budget for a retried call: shortened once the daemon is being stopped. */
 static double retry_budget(const struct job *j, double budget_s) {

@@ -22,7 +22,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define UPLOAD_RESTARTS 3 // times a refused or corrupted upload starts over from offset 0
