@@ -81,7 +81,7 @@ static int resolve_address(const struct client_options *o, const char *dir, char
         char path[PATH_CAP];
         in_dir(path, dir, "coordinator.addr");
         errno = 0;
-        if (read_small_file(path, target, cap) != 0 || !target[0])
+        if (read_first_line(path, target, cap) != 0 || !target[0])
             return moectl_fail(EXIT_UNREACHABLE,
                                "no coordinator: %s: %s (start a local cluster with `moectl "
                                "cluster up`, or give --coordinator HOST:PORT)",

@@ -187,7 +187,8 @@ static int up_dir(struct up *u, const char *dir_flag) {
             return moectl_fail(EXIT_BAD_INPUT, "%s: path too long", abs);
         memcpy(u->dir, abs, (size_t)n + 1);
     }
-    if (moe_mkdir_p(u->dir, 0700) != MOE_OK) return moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
+    if (moe_mkdir_p(u->dir, 0700) != MOE_OK)
+        return moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
     return EXIT_OK;
 }
 
@@ -328,7 +329,7 @@ static int wait_for_address(const char *dir, pid_t pid, char *address, size_t ca
     in_dir(log, dir, "coordinator.log");
     double deadline = moe_clock_s() + UP_TIMEOUT_S;
     for (;;) {
-        if (read_small_file(path, address, cap) == 0 && port_of(address) > 0) return EXIT_OK;
+        if (read_first_line(path, address, cap) == 0 && port_of(address) > 0) return EXIT_OK;
         reap();
         if (!daemon_alive(pid)) {
             moectl_fail(EXIT_RUN_FAILED, "the coordinator (pid %d) exited while starting",
@@ -350,7 +351,7 @@ static int wait_for_address(const char *dir, pid_t pid, char *address, size_t ca
  * -1 when neither holds one. */
 static int recorded_port(const struct up *u) {
     char path[PATH_CAP], recorded[256] = "";
-    if (read_small_file(in_dir(path, u->dir, "coordinator.addr"), recorded, sizeof recorded) != 0 ||
+    if (read_first_line(in_dir(path, u->dir, "coordinator.addr"), recorded, sizeof recorded) != 0 ||
         port_of(recorded) < 0)
         snprintf(recorded, sizeof recorded, "%s", u->sh.address);
     return port_of(recorded);
@@ -362,7 +363,7 @@ static int start_coordinator(struct up *u) {
     const char *dir = u->dir;
     char path[PATH_CAP];
     if (u->coord) {
-        if (read_small_file(in_dir(path, dir, "coordinator.addr"), u->address,
+        if (read_first_line(in_dir(path, dir, "coordinator.addr"), u->address,
                             sizeof u->address) != 0 || port_of(u->address) < 0)
             snprintf(u->address, sizeof u->address, "%s", u->sh.address);
         return EXIT_OK;
@@ -815,12 +816,14 @@ static void purge(const char *dir, int n) {
     char path[PATH_CAP];
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         rm_tree(in_dir(path, dir, names[i]));
-    /* what a crash left of an atomic write: "cluster.json.tmp.XXXXXX" (common/fileio.h) */
+    /* what a crash left of an atomic write: "worker-0.pid.tmp.XXXXXX" (common/fileio.h), or
+     * "cluster.json.tmp" from an older moectl */
     DIR *d = opendir(dir);
-    for (struct dirent *e; d && (e = readdir(d));)
-        if (!strncmp(e->d_name, "coordinator.addr.tmp", 20) ||
-            !strncmp(e->d_name, "cluster.json.tmp", 16))
+    for (struct dirent *e; d && (e = readdir(d));) {
+        const char *tmp = strstr(e->d_name, ".tmp");
+        if (tmp && tmp != e->d_name && (!tmp[4] || tmp[4] == '.'))
             unlink(in_dir(path, dir, e->d_name));
+    }
     if (d) closedir(d);
     for (int i = 0; i < MAX_WORKERS; i++) {
         struct stat ws;

@@ -62,9 +62,17 @@ int read_small_file(const char *path, char *out, size_t cap) {
     return 0;
 }
 
+int read_first_line(const char *path, char *out, size_t cap) {
+    if (read_small_file(path, out, cap) != 0) return -1;
+    out[strcspn(out, "\r\n")] = 0;
+    size_t n = strlen(out);
+    while (n && strchr(" \t", out[n - 1])) out[--n] = 0;
+    return 0;
+}
+
 pid_t read_pid(const char *path) {
     char text[32];
-    if (read_small_file(path, text, sizeof text) != 0) return 0;
+    if (read_first_line(path, text, sizeof text) != 0) return 0;
     long v = strtol(text, NULL, 10);
     return v > 1 ? (pid_t)v : 0;
 }

@@ -53,6 +53,8 @@ char *mpirun_file(char *out, const char *dir, int pod, const char *suffix); // D
 /* The text of a small file (up to cap - 1 bytes), surrounding whitespace cut: 0, or -1 with
  * errno set when it cannot be read or holds no byte at all (ENODATA). */
 int read_small_file(const char *path, char *out, size_t cap);
+/* The same, cut at the end of its first line (address, pid and token files hold one). */
+int read_first_line(const char *path, char *out, size_t cap);
 pid_t read_pid(const char *path);                               // 0 when none
 moe_status write_pid(const char *path, pid_t pid);
 int worker_files(const char *dir); // workers with a pid file: one past the highest index

@@ -132,7 +132,8 @@ with socket.create_connection((host, int(port)), timeout=5) as s, ctx.wrap_socke
 PY
   check "the worker's own port speaks TLS" '[ $? -eq 0 ]'
   # what a crash in the middle of an atomic write would leave (common/fileio.h's temporaries)
-  touch "$tdir/cluster.json.tmp.Ab12Cd" "$tdir/coordinator.addr.tmp.Ef34Gh"
+  touch "$tdir/cluster.json.tmp.Ab12Cd" "$tdir/coordinator.addr.tmp.Ef34Gh" \
+    "$tdir/worker-0.pid.tmp.Ij56Kl" "$tdir/client.token.tmp"
   "$moectl" cluster down --dir "$tdir" --purge >/dev/null
   check "cluster down --purge removes what cluster up made, half-written files too" '[ ! -e "$tdir" ]'
 else
