@@ -208,6 +208,16 @@ long router_forward_cuda(struct moe_acts_cuda *a, long *load, const float *inp,
 
 /* ---- the losses ---- */
 
+/* cnt[e] = how many of sequence b's (token, choice) pairs chose expert e; the whole block
+ * counts (integer atomics: exact), and every thread sees the counts when it returns. */
+static __device__ void count_choices(int *cnt, const int *topk, int b, int T, int E, int K) {
+    for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    const int *tk = topk + (size_t)b * T * K;
+    for (int i = threadIdx.x; i < T * K; i += blockDim.x) atomicAdd(&cnt[tk[i]], 1);
+    __syncthreads();
+}
+
 /* One block per sequence: f by integer counts, P_e by a sum over t in token order (one thread
  * per expert, the CPU's order), and thread 0 adds the experts' terms in expert order. */
 __global__ void aux_per_sequence_kernel(double *aux_b, const int *topk, const float *probs, int T,
@@ -216,11 +226,7 @@ __global__ void aux_per_sequence_kernel(double *aux_b, const int *topk, const fl
     double *term = shd;
     int *cnt = (int *)(shd + E);
     const int b = blockIdx.x;
-    for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
-    __syncthreads();
-    const int *tk = topk + (size_t)b * T * K;
-    for (int i = threadIdx.x; i < T * K; i += blockDim.x) atomicAdd(&cnt[tk[i]], 1);
-    __syncthreads();
+    count_choices(cnt, topk, b, T, E, K);
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
         double P = 0;
         for (int t = 0; t < T; t++) P += probs[((size_t)b * T + t) * E + e];
@@ -297,11 +303,7 @@ __global__ void aux_grad_kernel(float *faux, const int *topk, int B, int T, int 
                                 double aux_coef) {
     extern __shared__ int cnt[];
     const int b = blockIdx.x;
-    for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
-    __syncthreads();
-    const int *tk = topk + (size_t)b * T * K;
-    for (int i = threadIdx.x; i < T * K; i += blockDim.x) atomicAdd(&cnt[tk[i]], 1);
-    __syncthreads();
+    count_choices(cnt, topk, b, T, E, K);
     for (int e = threadIdx.x; e < E; e += blockDim.x)
         faux[(size_t)b * E + e] =
             (float)(aux_coef * E * ((double)cnt[e] / ((double)T * K)) / ((double)B * T));
