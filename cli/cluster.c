@@ -39,16 +39,18 @@ static void cluster_usage(FILE *to, const char *cmd) {
             "usage: moectl cluster up [--workers N | --slots S [--spares N]] [--pods P]\n"
             "                         [--backend tcp|mpi] [--threads N] [--port P]\n"
             "                         [--tls|--no-tls] [--heartbeat-timeout-ms N] [--dir DIR]\n"
-            "                         [--json]\n"
+            "                         [--data-root DIR ...] [--json]\n"
             "       moectl cluster down [--dir DIR] [--purge]\n"
             "       moectl cluster status [--json]\n"
             "                         " CLIENT_OPTIONS_USAGE "\n"
-            "DIR defaults to $MOED_CLUSTER_DIR, else $HOME/.moed/cluster.\n");
+            "DIR defaults to $MOED_CLUSTER_DIR, else $HOME/.moed/cluster.\n"
+            "Jobs read data only beneath the workers' data roots: --data-root (repeatable), by\n"
+            "default /usr/share and the current directory (not when it is / or holds DIR).\n");
 }
 
 enum { UP_WORKERS = 1, UP_PODS = 2, UP_THREADS = 4, UP_PORT = 8, UP_TLS = 16, UP_HEARTBEAT = 32,
-       UP_SLOTS = 64, UP_SPARES = 128, UP_BACKEND = 256 };
-enum { OPT_SLOTS = 0x200, OPT_SPARES, OPT_BACKEND };
+       UP_SLOTS = 64, UP_SPARES = 128, UP_BACKEND = 256, UP_ROOTS = 512 };
+enum { OPT_SLOTS = 0x200, OPT_SPARES, OPT_BACKEND, OPT_DATA_ROOT };
 
 /* What the flags of `cluster up` ask for; `given` says which were given. */
 struct up_flags {
@@ -57,6 +59,31 @@ struct up_flags {
     const char *dir_flag;
     int json;
 };
+
+/* Appends `dir` to a shape's root list (common/knobs.h's list form); -1 when full. */
+static int roots_add(struct shape *sh, const char *dir) {
+    size_t used = 0, len = strlen(dir);
+    while (sh->data_roots[used]) used += strlen(sh->data_roots + used) + 1;
+    if (used + len + 2 > sizeof sh->data_roots) return -1;
+    memcpy(sh->data_roots + used, dir, len + 1);
+    sh->data_roots[used + len + 1] = 0;
+    return 0;
+}
+
+/* --data-root DIR: an existing directory, recorded absolute and canonical. */
+static int take_data_root(struct up_flags *f, const char *arg) {
+    char real[PATH_MAX];
+    struct stat st;
+    if (!realpath(arg, real) || stat(real, &st) != 0)
+        return moectl_fail(EXIT_BAD_INPUT, "--data-root %s: %s", arg, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return moectl_fail(EXIT_BAD_INPUT, "--data-root %s: not a directory", arg);
+    if (roots_add(&f->want, real) != 0)
+        return moectl_fail(EXIT_BAD_INPUT, "--data-root: more directories than fit in %zu bytes",
+                           sizeof f->want.data_roots);
+    f->given |= UP_ROOTS;
+    return EXIT_OK;
+}
 
 /* An integer flag of `cluster up` into its member of the shape, and its bit into `given`. */
 static int take_int(struct up_flags *f, const char *arg, const char *flag, long lo, long hi,
@@ -91,6 +118,7 @@ static int take_up_option(void *ctx, int c, const char *arg) {
     case 'T': w->tls = 1, f->given |= UP_TLS; return EXIT_OK;
     case 'N': w->tls = 0, f->given |= UP_TLS; return EXIT_OK;
     case 'd': f->dir_flag = arg; return EXIT_OK;
+    case OPT_DATA_ROOT: return take_data_root(f, arg);
     case 'j': f->json = 1; return EXIT_OK;
     default: return -1;
     }
@@ -124,6 +152,7 @@ static int cluster_up(int argc, char **argv) {
                                          {"slots", required_argument, 0, OPT_SLOTS},
                                          {"spares", required_argument, 0, OPT_SPARES},
                                          {"backend", required_argument, 0, OPT_BACKEND},
+                                         {"data-root", required_argument, 0, OPT_DATA_ROOT},
                                          {"dir", required_argument, 0, 'd'},
                                          {"cluster-dir", required_argument, 0, 'd'},
                                          {"json", no_argument, 0, 'j'},
@@ -236,6 +265,8 @@ static const char *shape_conflict(const struct shape *want, int given, const str
     if ((given & UP_TLS) && want->tls != sh->tls) return "--tls";
     if ((given & UP_HEARTBEAT) && want->heartbeat_timeout_ms != sh->heartbeat_timeout_ms)
         return "--heartbeat-timeout-ms";
+    if ((given & UP_ROOTS) && memcmp(want->data_roots, sh->data_roots, sizeof sh->data_roots))
+        return "--data-root";
     return NULL;
 }
 
@@ -288,6 +319,7 @@ static int plan_fresh(struct up *u, const struct shape *want, int given) {
     if (given & UP_PORT) sh->port = want->port;
     if (given & UP_TLS) sh->tls = want->tls;
     if (given & UP_HEARTBEAT) sh->heartbeat_timeout_ms = want->heartbeat_timeout_ms;
+    if (given & UP_ROOTS) memcpy(sh->data_roots, want->data_roots, sizeof sh->data_roots);
     if (given & UP_THREADS) {
         sh->threads = want->threads;
     } else if (!u->have_old || (given & UP_WORKERS)) {
@@ -305,11 +337,48 @@ static int plan_fresh(struct up *u, const struct shape *want, int given) {
     return EXIT_OK;
 }
 
+/* Does the directory `root` (canonical) hold the cluster directory `dir`, or is it it? */
+static int holds(const char *root, const char *dir) {
+    char real[PATH_MAX];
+    if (!realpath(dir, real)) snprintf(real, sizeof real, "%s", dir);
+    size_t n = strlen(root);
+    if (n == 1 && root[0] == '/') return 1;
+    return strncmp(real, root, n) == 0 && (real[n] == '/' || real[n] == 0);
+}
+
+/* The workers' data roots (docs/security-data-roots.md). Given ones must not hold the
+ * cluster directory, whose tokens a job could otherwise read. None given or recorded: the
+ * system's shared data (/usr/share: the demo's fortunes, the tests' licences) and the
+ * directory `cluster up` runs in, where a user keeps the data of the specs they submit from
+ * there (the client makes relative data paths absolute from its own current directory) —
+ * unless that is / or holds the cluster directory. */
+static int data_roots(struct up *u) {
+    struct shape *sh = &u->sh;
+    for (const char *r = sh->data_roots; *r; r += strlen(r) + 1)
+        if (holds(r, u->dir))
+            return moectl_fail(EXIT_BAD_INPUT, "--data-root %s holds the cluster directory %s "
+                               "(its tokens): jobs must not read it; choose a directory beside "
+                               "it", r, u->dir);
+    if (sh->data_roots[0]) return EXIT_OK;
+    struct stat st;
+    if (stat("/usr/share", &st) == 0 && S_ISDIR(st.st_mode)) roots_add(sh, "/usr/share");
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd) || !strcmp(cwd, "/") || !strcmp(cwd, "/usr/share")) return EXIT_OK;
+    if (holds(cwd, u->dir))
+        fprintf(stderr, "moectl: cluster up: the current directory %s holds the cluster "
+                "directory, so it is no data root (--data-root DIR adds one)\n", cwd);
+    else if (roots_add(sh, cwd) != 0)
+        return moectl_fail(EXIT_BAD_INPUT, "the current directory's path is too long");
+    return EXIT_OK;
+}
+
 /* Before anything starts (a cluster that cannot be whole is none): mpirun when the shape
- * needs it, the credentials, the TLS certificate. */
+ * needs it, the data roots, the credentials, the TLS certificate. */
 static int prepare(struct up *u) {
     if (u->sh.mpi && find_mpirun(u->mpirun) != MOE_OK)
         return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
+    int code = data_roots(u);
+    if (code) return code;
     in_dir(u->client_token, u->dir, "client.token");
     in_dir(u->cluster_token, u->dir, "cluster.token");
     in_dir(u->cert, u->dir, "tls/cert.pem");
@@ -403,9 +472,11 @@ static int start_coordinator(struct up *u) {
     return wait_for_address(dir, u->coord, u->address, sizeof u->address);
 }
 
-/* The strings a worker's command line points into. */
+/* The strings a worker's command line points into (a --data-root takes two: the recorded
+ * list holds at most this many). */
+#define MAX_ARG_ROOTS (sizeof ((struct shape *)0)->data_roots / 2)
 struct worker_argv {
-    const char *args[32];
+    const char *args[32 + 2 * MAX_ARG_ROOTS];
     char pod[16], threads[16];
 };
 
@@ -425,6 +496,8 @@ static int worker_command(const struct up *u, int pod, struct worker_argv *w) {
         args[n++] = "--tls-ca", args[n++] = u->cert;
         args[n++] = "--tls-cert", args[n++] = u->cert, args[n++] = "--tls-key", args[n++] = u->key;
     }
+    for (const char *r = u->sh.data_roots; *r; r += strlen(r) + 1)
+        args[n++] = "--data-root", args[n++] = r;
     args[n] = NULL;
     return n;
 }
@@ -604,6 +677,9 @@ static void print_up_json(const struct up *u) {
     cJSON_AddNumberToObject(j, "spares", sh->spares);
     cJSON_AddStringToObject(j, "backend", sh->mpi ? "mpi" : "tcp");
     cJSON_AddNumberToObject(j, "threads_per_worker", sh->threads);
+    cJSON *roots = cJSON_AddArrayToObject(j, "data_roots");
+    for (const char *r = sh->data_roots; roots && *r; r += strlen(r) + 1)
+        cJSON_AddItemToArray(roots, cJSON_CreateString(r));
     moectl_print_json(j);
 }
 
@@ -640,6 +716,9 @@ static void print_up_text(const struct up *u) {
                u->started[i] ? "" : " (was running)");
     }
     printf("  credentials  %s (client), %s (workers)\n", u->client_token, u->cluster_token);
+    printf("  data roots  ");
+    for (const char *r = sh->data_roots; *r; r += strlen(r) + 1) printf(" %s", r);
+    printf("%s (jobs read data only beneath these)\n", sh->data_roots[0] ? "" : " none");
     if (sh->tls) printf("  TLS          the coordinator's certificate, clients' CA: %s\n", u->cert);
     char def[PATH_MAX];
     if (client_cluster_dir(NULL, def, sizeof def) == MOE_OK && strcmp(def, dir) == 0)

@@ -115,8 +115,23 @@ void rm_tree(const char *path) {
 
 /* ---- the recorded shape ---- */
 
+/* The "data_roots" array of cluster.json into the shape's list (entries that do not fit are
+ * dropped: a root list never grows past what cluster up accepts). */
+static void read_roots(const cJSON *a, struct shape *sh) {
+    size_t used = 0;
+    const cJSON *v;
+    cJSON_ArrayForEach(v, a) {
+        if (!cJSON_IsString(v) || !v->valuestring[0]) continue;
+        size_t len = strlen(v->valuestring);
+        if (used + len + 2 > sizeof sh->data_roots) break;
+        memcpy(sh->data_roots + used, v->valuestring, len + 1);
+        used += len + 1;
+        sh->data_roots[used] = 0;
+    }
+}
+
 int read_shape(const char *dir, struct shape *sh) {
-    char path[PATH_CAP], text[4096];
+    char path[PATH_CAP], text[16384];
     if (read_small_file(in_dir(path, dir, "cluster.json"), text, sizeof text) != 0) return 0;
     cJSON *j = cJSON_Parse(text);
     if (!j) return 0;
@@ -135,6 +150,7 @@ int read_shape(const char *dir, struct shape *sh) {
     sh->tls = cJSON_IsTrue(cJSON_GetObjectItem(j, "tls"));
     if ((v = cJSON_GetObjectItem(j, "address")) && cJSON_IsString(v))
         snprintf(sh->address, sizeof sh->address, "%s", v->valuestring);
+    if ((v = cJSON_GetObjectItem(j, "data_roots")) && cJSON_IsArray(v)) read_roots(v, sh);
     cJSON_Delete(j);
     return sh->workers >= 1 && sh->workers <= MAX_WORKERS && sh->pods >= 1 && sh->threads >= 1;
 }
@@ -151,6 +167,9 @@ moe_status write_shape(const char *dir, const struct shape *sh) {
     cJSON_AddNumberToObject(j, "port", sh->port);
     cJSON_AddNumberToObject(j, "heartbeat_timeout_ms", (double)sh->heartbeat_timeout_ms);
     cJSON_AddStringToObject(j, "address", sh->address);
+    cJSON *roots = cJSON_AddArrayToObject(j, "data_roots");
+    for (const char *r = sh->data_roots; roots && *r; r += strlen(r) + 1)
+        cJSON_AddItemToArray(roots, cJSON_CreateString(r));
     char *text = cJSON_Print(j);
     cJSON_Delete(j);
     if (!text) return moe_fail(MOE_ENOMEM, "out of memory");

@@ -6,7 +6,8 @@
  * daemons among the host's processes, and the credentials and TLS material. A cluster
  * directory holds:
  *   client.token, cluster.token   credentials (0600), kept across restarts
- *   cluster.json                  the shape it was started with and the coordinator's address
+ *   cluster.json                  the shape it was started with (the workers' data roots too)
+ *                                 and the coordinator's address
  *   coordinator/                  the coordinator's RocksDB: jobs survive `cluster down`
  *   coordinator.{addr,pid,log}    where it listens ("host:port", written by the coordinator
  *                                 once it serves), its pid, its output
@@ -44,6 +45,8 @@ struct shape {
     int port;                 // asked for (0: pick)
     long heartbeat_timeout_ms; // 0: the coordinator's default
     char address[256];        // where the coordinator listened last
+    char data_roots[4096];    // the workers' --data-root directories, absolute: a knob list
+                              // (common/knobs.h: NUL-separated, "" after the last); "" none yet
 };
 
 /* ---- files (paths are shorter than PATH_MAX, names short: these never truncate) ---- */

@@ -28,6 +28,43 @@ static int choice_index(const char *choices, const char *v) {
     return -1;
 }
 
+const char *knob_list_next(const char *v) { return v + strlen(v) + 1; }
+
+int knob_list_count(const char *list) {
+    int n = 0;
+    for (const char *v = list; *v; v = knob_list_next(v)) n++;
+    return n;
+}
+
+/* Appends the value v[0..len) to the list in `field`. */
+static moe_status list_add(const struct knob *k, char *field, const char *v, size_t len,
+                           const char *name) {
+    size_t used = 0;
+    while (field[used]) used += strlen(field + used) + 1; // to the empty string that ends it
+    if (len == 0) return moe_fail(MOE_EINVAL, "%s needs a non-empty value", name);
+    if (memchr(v, 0, len)) return moe_fail(MOE_EINVAL, "%s: a value holds a NUL byte", name);
+    if (used + len + 2 > k->size)
+        return moe_fail(MOE_EINVAL, "%s: the values given are longer than %zu bytes in all", name,
+                        k->size - 2);
+    memcpy(field + used, v, len);
+    field[used + len] = 0;
+    field[used + len + 1] = 0;
+    return MOE_OK;
+}
+
+/* The list becomes the colon-separated entries of v (a default or the environment). */
+static moe_status list_split(const struct knob *k, char *field, const char *v, const char *name) {
+    memset(field, 0, k->size);
+    for (const char *p = v; *p;) {
+        const char *colon = strchr(p, ':');
+        size_t len = colon ? (size_t)(colon - p) : strlen(p);
+        if (len > 0) CHECK(list_add(k, field, p, len, name));
+        p += len;
+        if (*p == ':') p++;
+    }
+    return MOE_OK;
+}
+
 static moe_status set_value(const struct knob *k, void *cfg, const char *v, int from_env) {
     char name[96];
     knob_name(k, from_env, name, sizeof name);
@@ -66,6 +103,8 @@ static moe_status set_value(const struct knob *k, void *cfg, const char *v, int 
             return moe_fail(MOE_EINVAL, "%s is longer than %zu bytes", name, k->size - 1);
         memcpy(field, v, strlen(v) + 1);
         return MOE_OK;
+    case KNOB_LIST: // a flag adds one value (knobs_parse empties the list at its first use)
+        return from_env ? list_split(k, field, v, name) : list_add(k, field, v, strlen(v), name);
     case KNOB_CHOICE: {
         int i = choice_index(k->choices, v);
         if (i < 0)
@@ -80,7 +119,8 @@ static moe_status set_value(const struct knob *k, void *cfg, const char *v, int 
 moe_status knobs_load_env(const struct knob *t, int n, void *cfg) {
     for (int i = 0; i < n; i++) {
         const char *d = t[i].def ? t[i].def : "";
-        if (t[i].type == KNOB_STR || d[0]) CHECK(set_value(&t[i], cfg, d, 0));
+        if (t[i].type == KNOB_LIST) CHECK(set_value(&t[i], cfg, d, 1)); // split, not appended
+        else if (t[i].type == KNOB_STR || d[0]) CHECK(set_value(&t[i], cfg, d, 0));
         else if (t[i].type == KNOB_BOOL) *(int *)((char *)cfg + t[i].offset) = 0;
     }
     for (int i = 0; i < n; i++) {
@@ -110,6 +150,12 @@ moe_status knobs_parse(const struct knob *t, int n, void *cfg, int argc, char **
     }
     opts[n_opts].name = "help";
     opts[n_opts].val = 'h';
+    /* the first use of a repeatable flag replaces the environment's list */
+    unsigned char *listed = calloc((size_t)n, 1);
+    if (!listed) {
+        free(opts);
+        return moe_fail(MOE_ENOMEM, "out of memory reading the command line");
+    }
     moe_status s = MOE_OK;
     optind = 1;
     opterr = 0;
@@ -119,6 +165,8 @@ moe_status knobs_parse(const struct knob *t, int n, void *cfg, int argc, char **
             *help = 1;
         } else if (c >= 1000) {
             const struct knob *k = &t[c - 1000];
+            if (k->type == KNOB_LIST && !listed[c - 1000]++)
+                memset((char *)cfg + k->offset, 0, k->size);
             s = set_value(k, cfg, k->type == KNOB_BOOL ? "1" : optarg, 0);
         } else if (c == ':') {
             s = moe_fail(MOE_EINVAL, "%s needs a value", argv[optind - 1]);
@@ -128,6 +176,7 @@ moe_status knobs_parse(const struct knob *t, int n, void *cfg, int argc, char **
     }
     if (s == MOE_OK && optind < argc)
         s = moe_fail(MOE_EINVAL, "unexpected argument '%s'", argv[optind]);
+    free(listed);
     free(opts);
     return s;
 }
@@ -164,7 +213,8 @@ void knobs_print(FILE *to, const struct knob *t, int n, int env_only) {
         char head[128];
         const char *arg = k->arg ? k->arg : k->type == KNOB_CHOICE ? k->choices : "VALUE";
         if (env_only)
-            snprintf(head, sizeof head, "  %s=%s", k->env, k->type == KNOB_BOOL ? "0|1" : arg);
+            snprintf(head, sizeof head, "  %s=%s%s", k->env, k->type == KNOB_BOOL ? "0|1" : arg,
+                     k->type == KNOB_LIST ? ":..." : "");
         else if (k->type == KNOB_BOOL)
             snprintf(head, sizeof head, "  --%s", k->flag);
         else
@@ -181,8 +231,11 @@ void knobs_print(FILE *to, const struct knob *t, int n, int env_only) {
         if (k->type == KNOB_DOUBLE && o < sizeof extra)
             o += (size_t)snprintf(extra + o, sizeof extra - o, "%s%.10g..%.10g", o ? "; " : "",
                                   k->lo, k->hi);
+        if (!env_only && k->type == KNOB_LIST && o < sizeof extra)
+            o += (size_t)snprintf(extra + o, sizeof extra - o, "%srepeatable", o ? "; " : "");
         if (!env_only && k->env && o < sizeof extra)
-            o += (size_t)snprintf(extra + o, sizeof extra - o, "%sor $%s", o ? "; " : "", k->env);
+            o += (size_t)snprintf(extra + o, sizeof extra - o, "%sor $%s%s", o ? "; " : "", k->env,
+                                  k->type == KNOB_LIST ? ", colon-separated" : "");
         snprintf(text, sizeof text, o ? "%s (%s)" : "%s", k->help, extra);
         fputs(head, to);
         int at = (int)strlen(head);

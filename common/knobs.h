@@ -25,7 +25,16 @@ enum knob_type {
     KNOB_DOUBLE, // double, within [lo, hi]
     KNOB_STR,    // copied into a char array of `size` bytes; longer is an error
     KNOB_CHOICE, // int: the index of the value in `choices` ("debug|info|warn|error")
+    KNOB_LIST,   // repeatable: a char array of `size` bytes holding the values as a list (below)
 };
+
+/* KNOB_LIST: every use of the flag adds a value; the flags given replace the environment's
+ * list, which is colon-separated like $PATH (empty entries ignored). The field holds the
+ * values one after another, each NUL-terminated, and an empty string after the last:
+ *   for (const char *v = cfg.roots; *v; v = knob_list_next(v)) ...
+ * A list that would not fit in the field is an error naming the flag. */
+const char *knob_list_next(const char *v);
+int knob_list_count(const char *list);
 
 struct knob {
     const char *flag;    // "listen" for --listen; NULL: environment only

@@ -17,6 +17,7 @@ const char *moe_status_str(moe_status s) {
     case MOE_EINTERNAL: return "internal error";
     case MOE_EAUTH: return "unauthenticated";
     case MOE_EUNAVAILABLE: return "unavailable";
+    case MOE_ECANCELED: return "canceled";
     }
     return "unknown status";
 }

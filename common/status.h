@@ -20,6 +20,7 @@ typedef enum moe_status {
     MOE_EINTERNAL, /* a broken invariant inside moed: a bug */
     MOE_EAUTH,     /* a peer refused our credentials (or we refused theirs) */
     MOE_EUNAVAILABLE, /* a peer cannot be reached now, or the call timed out: retry later */
+    MOE_ECANCELED, /* the caller asked the work to stop before it was done */
 } moe_status;
 
 const char *moe_status_str(moe_status s);

@@ -67,7 +67,7 @@ check "the coordinator is up at ${addr:-?}" '[ -n "$addr" ] && running $cpid'
 [ -n "$addr" ] || { logs; exit 1; }
 
 "$bin/moed-worker" --coordinator "$addr" --cluster-token-file "$dir/cluster.token" --threads 1 \
-  2>"$dir/worker.log" &
+  --data-root /usr/share/common-licenses 2>"$dir/worker.log" &
 wpid=$!
 
 "$py" "$MOE_SOURCE_DIR/tests/grpc_stock_client.py" --pb-dir "$dir/py" --target "$addr" \

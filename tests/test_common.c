@@ -110,6 +110,54 @@ static void test_knobs(void) {
     free(text);
 }
 
+/* A repeatable flag: the flags replace the environment's colon-separated list. */
+struct list_cfg {
+    char roots[24];
+};
+static const struct knob list_table[] = {
+    {"root", "TEST_KNOB_ROOTS", KNOB_LIST, KNOB_AT(struct list_cfg, roots), "", 0, 0, NULL, "DIR",
+     "a root"},
+};
+
+static int list_is(const char *list, const char *const *want, int n) {
+    int i = 0;
+    for (const char *v = list; *v; v = knob_list_next(v), i++)
+        if (i >= n || strcmp(v, want[i]) != 0) return 0;
+    return i == n && knob_list_count(list) == n;
+}
+
+static void test_knob_list(void) {
+    struct list_cfg c;
+    int help;
+    unsetenv("TEST_KNOB_ROOTS");
+    const char *none[] = {"prog"};
+    memset(&c, 0x7f, sizeof c);
+    EXPECT(knobs_parse(list_table, 1, &c, 1, (char **)none, &help) == MOE_OK);
+    EXPECT(list_is(c.roots, NULL, 0));
+    setenv("TEST_KNOB_ROOTS", "/a::/bb:", 1);
+    EXPECT(knobs_parse(list_table, 1, &c, 1, (char **)none, &help) == MOE_OK);
+    const char *env[] = {"/a", "/bb"};
+    EXPECT(list_is(c.roots, env, 2));
+    const char *two[] = {"prog", "--root", "/x", "--root=/y:z"};
+    EXPECT(knobs_parse(list_table, 1, &c, 4, (char **)two, &help) == MOE_OK);
+    const char *flags[] = {"/x", "/y:z"}; // a flag's value is one entry, colons and all
+    EXPECT(list_is(c.roots, flags, 2));
+    const char *empty[] = {"prog", "--root", ""};
+    EXPECT_FAIL(knobs_parse(list_table, 1, &c, 3, (char **)empty, &help), MOE_EINVAL,
+                "--root needs a non-empty value");
+    const char *many[] = {"prog", "--root", "/0123456789", "--root", "/0123456789"};
+    EXPECT_FAIL(knobs_parse(list_table, 1, &c, 5, (char **)many, &help), MOE_EINVAL,
+                "--root: the values given are longer than 22 bytes in all");
+    unsetenv("TEST_KNOB_ROOTS");
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    knobs_print(f, list_table, 1, 0);
+    fclose(f);
+    EXPECT(strstr(text, "--root DIR") && strstr(text, "repeatable; or $TEST_KNOB_ROOTS, colon-separated"));
+    free(text);
+}
+
 static void test_fileio(void) {
     char dir[] = "/tmp/moe_test_common.XXXXXX";
     EXPECT(mkdtemp(dir) != NULL);
@@ -162,6 +210,7 @@ static void test_clocks(void) {
 
 int main(void) {
     test_knobs();
+    test_knob_list();
     test_fileio();
     test_clocks();
     if (failures) printf("%d check(s) failed\n", failures);

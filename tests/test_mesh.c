@@ -175,7 +175,7 @@ static moe_status change_epoch(struct trainer *t, const struct job_spec *spec, i
     if (rank == rc->victim) { /* a new holder, as the daemon makes one: nothing of the job in
                                * memory, the trainer built before the comm, its state zero */
         trainer_close(t);
-        CHECK(trainer_open_slot_later(t, spec, rank / slots, rank % slots, 0));
+        CHECK(trainer_open_slot_later(t, spec, rank / slots, rank % slots, 0, NULL));
     }
     CHECK(comm_open(c, &cc, l));
     CHECK(trainer_rebind(t, *c));

@@ -86,15 +86,17 @@ static moe_status bind_comm(struct job *j, struct trainer *t) {
 static int open_trainer(struct job *j, struct trainer *t, char *error, size_t error_len,
                         moe_status *why) {
     moe_status s;
+    /* only beneath the worker's data roots; a stop ends the loading at once */
+    const struct data_access access = {j->w->roots, &j->stop};
     if (j->pods * j->slots == 1) {
-        s = trainer_open(t, &j->spec);
+        s = trainer_open_access(t, &j->spec, &access);
     } else {
         /* the slow part first (data, memory, initialisation: seconds for a big model), so
          * that the peers of the epoch are not left waiting on us in its first transfer; a
          * recovery's new holder skips initialising the state it is about to receive */
         int rank = j->pod * j->slots + j->slot;
         int pulls = j->cur.restore && j->cur.restore_from && j->cur.restore_from[rank] >= 0;
-        s = trainer_open_slot_later(t, &j->spec, j->pod, j->slot, !pulls);
+        s = trainer_open_slot_later(t, &j->spec, j->pod, j->slot, !pulls, &access);
         if (s != MOE_OK) {
             snprintf(error, error_len, "%s", moe_errmsg());
             *why = s;

@@ -3,11 +3,12 @@
  *
  *   moed-worker --coordinator HOST:PORT --cluster-token-file FILE [--listen 127.0.0.1:0]
  *               [--pod N] [--threads N] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
- *               [--dir SCRATCH_DIR] [--data-listen HOST:PORT] [--mpi]
+ *               [--dir SCRATCH_DIR] [--data-listen HOST:PORT] [--mpi] [--data-root DIR ...]
  *               [--log-level debug|info|warn|error|off]
  *
  * main.c: the command line and environment (one knob table: --help, the defaults and the
- * checks all come from it), the scratch directory, starting the loop, reaping a job whose
+ * checks all come from it), the data roots (opened once, before anything is served), the
+ * scratch directory, starting the loop, reaping a job whose
  * thread is done, and the orderly way down on SIGTERM/SIGINT: stop the job and join its
  * thread, shut the server down, stop the pump, close the handles, exit 0.
  * Under mpirun (OMPI_COMM_WORLD_RANK set) or with --mpi, MPI is initialised first thing and
@@ -64,6 +65,9 @@ static const struct knob knobs[] = {
     {"mpi", NULL, KNOB_BOOL, AT(mpi), "", 0, 0, NULL, NULL,
      "initialise MPI and register the rank (implied under mpirun, which sets "
      "OMPI_COMM_WORLD_RANK)"},
+    {"data-root", "MOED_DATA_ROOTS", KNOB_LIST, AT(data_roots), "", 0, 0, NULL, "DIR",
+     "a directory whose files jobs may train on: every data.sources path must lie beneath one "
+     "(symlinks may not leave it); without any, the worker refuses every data source"},
     {"log-level", "MOE_LOG_LEVEL", KNOB_CHOICE, AT(log_level), "info", 0, 0,
      "debug|info|warn|error|off", NULL, "how much to log to stderr"},
     {NULL, "TMPDIR", KNOB_STR, AT(tmpdir), "/tmp", 0, 0, NULL, "DIR",
@@ -321,10 +325,29 @@ static moe_status start(struct worker *w) {
     return MOE_OK;
 }
 
-/* What the daemon needs before its loop: the token, the host, the cores, the scratch
- * directory given with --dir, and MPI (before any thread). */
+/* The directories jobs may read (docs/security-data-roots.md), each held open from now on;
+ * none that holds the daemon's own secrets. */
+static moe_status open_data_roots(struct worker *w) {
+    const char *dirs[256];
+    int n = 0;
+    for (const char *v = w->cfg.data_roots; *v; v = knob_list_next(v)) {
+        if (n == (int)(sizeof dirs / sizeof dirs[0]))
+            return moe_fail(MOE_EINVAL, "more than %d --data-root directories", n);
+        dirs[n++] = v;
+    }
+    CHECK(data_roots_open(&w->roots, dirs, n));
+    CHECK(data_roots_guard(w->roots, w->cfg.token_file, "--cluster-token-file"));
+    if (w->cfg.tls_key[0]) CHECK(data_roots_guard(w->roots, w->cfg.tls_key, "--tls-key"));
+    for (int i = 0; i < n; i++) LOG_INFO("data root %s", data_roots_dir(w->roots, i));
+    if (n == 0) LOG_WARN("no --data-root: jobs cannot read any data file on this worker");
+    return MOE_OK;
+}
+
+/* What the daemon needs before its loop: the token, the data roots, the host, the cores, the
+ * scratch directory given with --dir, and MPI (before any thread). */
 static moe_status prepare(struct worker *w) {
     CHECK(rpc_read_token(w->cfg.token_file, w->token, sizeof w->token));
+    CHECK(open_data_roots(w));
     if (gethostname(w->host, sizeof w->host) != 0) snprintf(w->host, sizeof w->host, "unknown");
     w->host[sizeof w->host - 1] = 0;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -358,6 +381,7 @@ int main(int argc, char **argv) {
     if (code) return code < 0 ? 0 : code;
     if (prepare(&w) != MOE_OK) {
         LOG_ERROR("%s", moe_errmsg());
+        data_roots_close(w.roots);
         return EXIT_FAILED;
     }
     uv_loop_t loop;
@@ -373,6 +397,7 @@ int main(int argc, char **argv) {
         if (w.listeners[k]) comm_listener_close(w.listeners[k]);
     if (w.mpi_size) comm_mpi_finalize();
     scratch_remove(&w);
+    data_roots_close(w.roots);
     rpc_shutdown_library();
     LOG_INFO("stopped");
     return w.exit_code;

@@ -314,6 +314,17 @@ static int check_spec(struct rpc_call *call, struct job *j, const Moed__V1__RunS
     return 0;
 }
 
+/* The spec's data paths, each opened beneath the worker's data roots: a path it may not read
+ * fails the job now, naming the field, rather than in its training thread. Returns 1 after
+ * failing the call. */
+static int check_data(struct rpc_call *call, const struct worker *w, const struct job *j,
+                      const Moed__V1__RunSlotRequest *req) {
+    if (data_check_sources(w->roots, &j->spec.data) == MOE_OK) return 0;
+    LOG_WARN("%s: refused: %s", req->job_id, moe_errmsg());
+    rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", moe_errmsg());
+    return 1;
+}
+
 /* A new job's slot from a checked request, with its first epoch's binding adopted; NULL after
  * failing the call. */
 static struct job *job_of(struct rpc_call *call, struct worker *w,
@@ -328,7 +339,7 @@ static struct job *job_of(struct rpc_call *call, struct worker *w,
     uv_mutex_init(&j->ep_mu);
     uv_cond_init(&j->ep_cv);
     spec_defaults(&j->spec);
-    if (check_spec(call, j, req)) {
+    if (check_spec(call, j, req) || check_data(call, w, j, req)) {
         job_free(j);
         return NULL;
     }

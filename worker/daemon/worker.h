@@ -36,6 +36,7 @@
 #include "../../common/status.h"
 #include "../../proto/rpc.h"
 #include "../comm/comm.h"
+#include "../trainer/data_roots.h"
 #include "../trainer/replica.h"
 #include "../trainer/trainer.h"
 
@@ -72,6 +73,7 @@ struct worker_config {
     char tmpdir[1024];            // $TMPDIR, default /tmp
     char data_listen[COMM_ADDR_MAX]; // the data-plane listener, default 127.0.0.1:0
     int mpi;                      // --mpi: initialise MPI (also when OMPI_COMM_WORLD_RANK is set)
+    char data_roots[8192];        // --data-root (repeatable): a knob list (common/knobs.h)
     int log_level;                // enum moe_log_level
     struct rpc_tls tls;           // ca_file (tls_ca) only: for calls to the coordinator
     struct rpc_tls serve_tls;     // cert_file + key_file: for the Worker service
@@ -145,6 +147,8 @@ struct worker {
     int cpus;
     char scratch[PATH_MAX];
     int scratch_is_temp;          // made by us: removed at exit
+    struct data_roots *roots;     // where jobs may read data (trainer/data_roots.h); fixed once
+                                  // the daemon runs, read by both threads
 
     struct rpc_pump *pump;
     struct rpc_server *server;

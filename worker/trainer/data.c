@@ -1,5 +1,6 @@
 #include "data.h"
 #include "../../kernels/mix64.h"
+#include "data_roots.h"
 
 #include "../../common/log.h"
 
@@ -17,8 +18,26 @@
 /* A file whose first BINARY_PROBE bytes hold a NUL is not text (fortune's .dat indexes,
  * images, compiled files that sit beside a corpus). */
 #define BINARY_PROBE 4096
+/* Files read into the heap are read this much at a time, the stop flag checked in between. */
+#define READ_CHUNK (1 << 20)
 
 /* ---- loading ---- */
+
+/* One source being loaded: how it may be read, how errors name it, the stream it fills. */
+struct loader {
+    const struct data_roots *roots; // NULL: any path
+    const atomic_int *cancel;       // non-zero: stop
+    struct data_name name;
+    struct data_stream *s;
+    int cap;      // of s->segments
+    int n_copied; // files read into the heap
+};
+
+static moe_status stopped(const struct loader *l) {
+    if (l->cancel && atomic_load(l->cancel) != 0)
+        return moe_fail(MOE_ECANCELED, "data: loading %s stopped", l->name.path);
+    return MOE_OK;
+}
 
 /* Heap copies, for the files that cannot be mapped (see add_file). */
 struct bytebuf {
@@ -40,19 +59,31 @@ static int bytebuf_reserve(struct bytebuf *b, size_t extra) {
     return 0;
 }
 
-/* Reads fd from its current offset to EOF into b; `hint` is the size fstat reported. */
-static moe_status read_to_end(int fd, const char *path, size_t hint, struct bytebuf *b) {
+/* Reads fd from its current offset to EOF into b, READ_CHUNK at a time so that a stop is
+ * seen; `hint` is the size fstat reported. The file was opened O_NONBLOCK: one with nothing
+ * to read yet (a kernel file such as /proc/kmsg, which `moectl train` may be given) is an
+ * error rather than a wait that never ends. */
+static moe_status read_to_end(const struct loader *l, int fd, const char *rel, size_t hint,
+                              struct bytebuf *b) {
+    char shown[700];
     /* Room for the whole file and one more byte, so that the read seeing EOF needs no growth. */
     size_t want = hint > 0 && hint < SIZE_MAX ? hint + 1 : 4096;
     for (;;) {
+        CHECK(stopped(l));
         /* Grows again only when the file grew under us (or stat gave no size). */
         if ((want > 0 || b->n == b->cap) && bytebuf_reserve(b, want > 0 ? want : 4096) != 0)
-            return moe_fail(MOE_ENOMEM, "data: %s: out of memory", path);
+            return moe_fail(MOE_ENOMEM, "%s: out of memory",
+                            data_name_str(&l->name, rel, shown, sizeof shown));
         want = 0;
-        ssize_t r = read(fd, b->p + b->n, b->cap - b->n);
+        size_t room = b->cap - b->n < READ_CHUNK ? b->cap - b->n : READ_CHUNK;
+        ssize_t r = read(fd, b->p + b->n, room);
         if (r < 0) {
             if (errno == EINTR) continue;
-            return moe_fail(MOE_EIO, "data: %s: %s", path, strerror(errno));
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return moe_fail(MOE_EINVAL, "%s: has nothing to read yet (not a file of data)",
+                                data_name_str(&l->name, rel, shown, sizeof shown));
+            return moe_fail(MOE_EIO, "%s: %s", data_name_str(&l->name, rel, shown, sizeof shown),
+                            strerror(errno));
         }
         if (r == 0) return MOE_OK;
         b->n += (size_t)r;
@@ -64,14 +95,14 @@ static void segment_release(struct data_segment *g) {
     else free((void *)g->bytes);
 }
 
-static moe_status push_segment(struct data_stream *s, int *cap, struct data_segment g,
-                               const char *path) {
-    if (s->n_segments == *cap) {
-        int c = *cap ? *cap * 2 : 16;
+static moe_status push_segment(struct loader *l, struct data_segment g) {
+    struct data_stream *s = l->s;
+    if (s->n_segments == l->cap) {
+        int c = l->cap ? l->cap * 2 : 16;
         struct data_segment *p = realloc(s->segments, (size_t)c * sizeof *p);
-        if (!p) return moe_fail(MOE_ENOMEM, "data: %s: out of memory", path);
+        if (!p) return moe_fail(MOE_ENOMEM, "data: %s: out of memory", l->name.path);
         s->segments = p;
-        *cap = c;
+        l->cap = c;
     }
     g.start = s->n;
     s->segments[s->n_segments++] = g;
@@ -79,70 +110,72 @@ static moe_status push_segment(struct data_stream *s, int *cap, struct data_segm
     return MOE_OK;
 }
 
-/* Appends the file at `path` to s as one segment, or none when it is empty (an empty file
- * still counts in n_files). With `text_only`, a file whose first BINARY_PROBE bytes hold a
- * NUL is left out and not counted.
+/* The bytes of the open file fd (regular, checked by data_roots.c): mapped, or read into the
+ * heap where mapping fails or the file reports size 0 (see add_file). */
+static moe_status file_bytes(struct loader *l, int fd, const char *rel, struct data_segment *g) {
+    char shown[700];
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return moe_fail(MOE_EIO, "%s: %s", data_name_str(&l->name, rel, shown, sizeof shown),
+                        strerror(errno));
+    size_t size = st.st_size > 0 ? (size_t)st.st_size : 0;
+    if (st.st_size > 0 && (off_t)size != st.st_size)
+        return moe_fail(MOE_EINVAL, "%s: too large to map",
+                        data_name_str(&l->name, rel, shown, sizeof shown));
+    if (size > 0) {
+        void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p != MAP_FAILED) {
+            g->bytes = p;
+            g->n = size;
+            g->mapped = 1;
+            return MOE_OK;
+        }
+        LOG_DEBUG("%s: cannot map (%s), reading it into memory",
+                  data_name_str(&l->name, rel, shown, sizeof shown), strerror(errno));
+        l->n_copied++;
+    }
+    struct bytebuf b = {0};
+    moe_status res = read_to_end(l, fd, rel, size, &b);
+    if (res != MOE_OK) {
+        free(b.p);
+        return res;
+    }
+    g->bytes = b.p;
+    g->n = b.n;
+    return MOE_OK;
+}
+
+/* Appends the open file fd (closed here) to the stream as one segment, or none when it is
+ * empty (an empty file still counts in n_files). With `text_only`, a file whose first
+ * BINARY_PROBE bytes hold a NUL is left out and not counted.
  *
  * The file is mapped, not read: only the pages a batch touches are ever read, and they live
  * in the page cache, shared with every other process that maps the file. The mapping stays
  * valid after close(). A file that shrinks while mapped makes the pages past its new end raise
  * SIGBUS when read — corpora must not be truncated while a job reads them.
  * Two kinds of file are read into the heap instead, so that they load as they always have:
- * files that report size 0 yet hold bytes (procfs, sysfs), and files that cannot be mapped
- * (a filesystem without mmap, or more files than vm.max_map_count allows mappings). */
-static moe_status add_file(struct data_stream *s, int *cap, const char *path, int text_only,
-                           int *n_copied) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return moe_fail(MOE_EIO, "data: %s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return moe_fail(MOE_EIO, "data: %s: %s", path, strerror(e));
-    }
-    size_t size = st.st_size > 0 ? (size_t)st.st_size : 0;
-    if (st.st_size > 0 && (off_t)size != st.st_size) {
-        close(fd);
-        return moe_fail(MOE_EINVAL, "data: %s: too large to map", path);
-    }
+ * files that report size 0 yet hold bytes (procfs, sysfs: only without data roots), and files
+ * that cannot be mapped (a filesystem without mmap, or more files than vm.max_map_count
+ * allows mappings). */
+static moe_status add_file(struct loader *l, int fd, const char *rel, int text_only) {
     struct data_segment g = {0};
-    if (size > 0) {
-        void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (p != MAP_FAILED) {
-            g.bytes = p;
-            g.n = size;
-            g.mapped = 1;
-        } else {
-            LOG_DEBUG("data: %s: cannot map (%s), reading it into memory", path, strerror(errno));
-            (*n_copied)++;
-        }
-    }
-    if (!g.mapped) {
-        struct bytebuf b = {0};
-        moe_status res = read_to_end(fd, path, size, &b);
-        if (res != MOE_OK) {
-            free(b.p);
-            close(fd);
-            return res;
-        }
-        g.bytes = b.p;
-        g.n = b.n;
-    }
+    moe_status res = file_bytes(l, fd, rel, &g);
     close(fd);
-
+    if (res != MOE_OK) return res;
+    struct data_stream *s = l->s;
     if (g.n == 0) {
         segment_release(&g);
         s->n_files++;
         return MOE_OK;
     }
     if (text_only && memchr(g.bytes, '\0', g.n < BINARY_PROBE ? g.n : BINARY_PROBE)) {
-        LOG_DEBUG("data: skipping %s (binary)", path);
+        LOG_DEBUG("data: skipping %s/%s (binary)", l->name.path, rel);
         segment_release(&g);
         return MOE_OK;
     }
     /* Batches read short windows at random offsets: readahead would only evict useful pages. */
     if (g.mapped) (void)madvise((void *)g.bytes, g.n, MADV_RANDOM);
-    moe_status res = push_segment(s, cap, g, path);
+    res = push_segment(l, g);
     if (res != MOE_OK) {
         segment_release(&g);
         return res;
@@ -161,76 +194,109 @@ static void pathlist_free(struct pathlist *l) {
     free(l->p);
 }
 
+static int pathlist_push(struct pathlist *out, char *path) {
+    if (out->n == out->cap) {
+        int cap = out->cap ? out->cap * 2 : 64;
+        char **p = realloc(out->p, (size_t)cap * sizeof *p);
+        if (!p) return -1;
+        out->p = p;
+        out->cap = cap;
+    }
+    out->p[out->n++] = path;
+    return 0;
+}
+
 static int path_cmp(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Collects the regular files under dir (recursively), skipping dot-entries and symlinks. */
-static moe_status walk_dir(const char *dir, struct pathlist *out) {
-    DIR *d = opendir(dir);
-    if (!d) return moe_fail(MOE_EIO, "data: %s: %s", dir, strerror(errno));
+static moe_status walk_dir(struct loader *l, int top, const char *prefix, struct pathlist *out);
+
+/* One entry of a directory being walked: a directory is walked, a regular file collected
+ * (its path relative to the source's top directory `top`), anything else skipped. */
+static moe_status walk_entry(struct loader *l, int top, int dfd, const char *prefix,
+                             const char *name, struct pathlist *out) {
+    char shown[700];
+    size_t len = strlen(prefix) + 1 + strlen(name) + 1;
+    char *rel = malloc(len);
+    if (!rel) return moe_fail(MOE_ENOMEM, "data: %s: out of memory", l->name.path);
+    snprintf(rel, len, "%s%s%s", prefix, prefix[0] ? "/" : "", name);
+    struct stat st;
+    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        moe_status s = moe_fail(MOE_EIO, "%s: %s",
+                                data_name_str(&l->name, rel, shown, sizeof shown),
+                                strerror(errno));
+        free(rel);
+        return s;
+    }
     moe_status res = MOE_OK;
-    size_t dlen = strlen(dir);
-    const char *sep = dlen > 0 && dir[dlen - 1] == '/' ? "" : "/";
-    struct dirent *ent;
+    if (S_ISDIR(st.st_mode)) {
+        res = walk_dir(l, top, rel, out);
+    } else if (S_ISREG(st.st_mode)) {
+        if (pathlist_push(out, rel) == 0) return MOE_OK;
+        res = moe_fail(MOE_ENOMEM, "data: %s: out of memory", l->name.path);
+    } else {
+        LOG_DEBUG("%s: skipped (%s)", data_name_str(&l->name, rel, shown, sizeof shown),
+                  S_ISLNK(st.st_mode) ? "symlink" : "not a regular file");
+    }
+    free(rel);
+    return res;
+}
+
+/* Collects the regular files under directory `prefix` of the source open at `top` ("" is top
+ * itself), recursively, skipping dot-entries and symlinks. Each directory is opened beneath
+ * top without following a symlink (data_entry_open), so the walk never leaves it. */
+static moe_status walk_dir(struct loader *l, int top, const char *prefix, struct pathlist *out) {
+    char shown[700];
+    int dfd = top;
+    if (prefix[0]) CHECK(data_entry_open(l->roots, &l->name, top, prefix, 1, &dfd));
+    else if ((dfd = dup(top)) < 0)
+        return moe_fail(MOE_EIO, "%s: %s", data_name_str(&l->name, NULL, shown, sizeof shown),
+                        strerror(errno));
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        int e = errno;
+        close(dfd);
+        return moe_fail(MOE_EIO, "%s: %s", data_name_str(&l->name, prefix, shown, sizeof shown),
+                        strerror(e));
+    }
+    moe_status res = MOE_OK;
     for (;;) {
+        if ((res = stopped(l)) != MOE_OK) break;
         errno = 0;
-        ent = readdir(d);
+        struct dirent *ent = readdir(d);
         if (!ent) {
-            if (errno != 0) res = moe_fail(MOE_EIO, "data: %s: %s", dir, strerror(errno));
+            if (errno != 0)
+                res = moe_fail(MOE_EIO, "%s: %s",
+                               data_name_str(&l->name, prefix, shown, sizeof shown),
+                               strerror(errno));
             break;
         }
         if (ent->d_name[0] == '.') continue;
-        size_t len = dlen + strlen(sep) + strlen(ent->d_name) + 1;
-        char *full = malloc(len);
-        if (!full) {
-            res = moe_fail(MOE_ENOMEM, "data: %s: out of memory", dir);
-            break;
-        }
-        snprintf(full, len, "%s%s%s", dir, sep, ent->d_name);
-        struct stat st;
-        if (lstat(full, &st) != 0) {
-            res = moe_fail(MOE_EIO, "data: %s: %s", full, strerror(errno));
-            free(full);
-            break;
-        }
-        if (S_ISDIR(st.st_mode)) {
-            res = walk_dir(full, out);
-            free(full);
-            if (res != MOE_OK) break;
-        } else if (S_ISREG(st.st_mode)) {
-            if (out->n == out->cap) {
-                int cap = out->cap ? out->cap * 2 : 64;
-                char **p = realloc(out->p, (size_t)cap * sizeof *p);
-                if (!p) {
-                    free(full);
-                    res = moe_fail(MOE_ENOMEM, "data: %s: out of memory", dir);
-                    break;
-                }
-                out->p = p;
-                out->cap = cap;
-            }
-            out->p[out->n++] = full;
-        } else {
-            LOG_DEBUG("data: skipping %s (%s)", full,
-                      S_ISLNK(st.st_mode) ? "symlink" : "not a regular file");
-            free(full);
-        }
+        if ((res = walk_entry(l, top, dirfd(d), prefix, ent->d_name, out)) != MOE_OK) break;
     }
     closedir(d);
     return res;
 }
 
-static moe_status load_dir(struct data_stream *s, int *cap, const char *path, int *n_copied) {
+static moe_status load_dir(struct loader *l, int top) {
     struct pathlist files = {0};
     moe_status res;
-    CHECK_GOTO(walk_dir(path, &files), res, exit);
-    /* One global byte-wise order over full paths, so "a.txt" < "a/b.txt" never depends on
-     * the order readdir happens to return. */
+    CHECK_GOTO(walk_dir(l, top, "", &files), res, exit);
+    /* One global byte-wise order over the paths, so "a.txt" < "a/b.txt" never depends on the
+     * order readdir happens to return. */
     if (files.n > 1) qsort(files.p, (size_t)files.n, sizeof *files.p, path_cmp);
-    for (int i = 0; i < files.n; i++)
-        CHECK_GOTO(add_file(s, cap, files.p[i], 1, n_copied), res, exit);
-    if (s->n_files == 0) res = moe_fail(MOE_EINVAL, "data: %s: no text files", path);
+    for (int i = 0; i < files.n; i++) {
+        int fd;
+        CHECK_GOTO(stopped(l), res, exit);
+        CHECK_GOTO(data_entry_open(l->roots, &l->name, top, files.p[i], 0, &fd), res, exit);
+        CHECK_GOTO(add_file(l, fd, files.p[i], 1), res, exit);
+    }
+    if (l->s->n_files == 0) {
+        char shown[700];
+        res = moe_fail(MOE_EINVAL, "%s: no text files",
+                       data_name_str(&l->name, NULL, shown, sizeof shown));
+    }
 exit:
     pathlist_free(&files);
     return res;
@@ -243,41 +309,51 @@ static void release_segments(struct data_stream *s) {
     s->n_segments = 0;
 }
 
-static moe_status load_path(struct data_stream *s, const char *path) {
+/* Source `index` (-1: a stream for `eval`, not a spec's source) as `a` says it may be read. */
+static moe_status load_path(struct data_stream *s, const char *path, int index,
+                            const struct data_access *a) {
     memset(s, 0, sizeof *s);
+    char field[48];
+    snprintf(field, sizeof field, "data.sources[%d].path", index);
+    const struct data_roots *roots = a ? a->roots : NULL;
+    struct loader l = {.roots = roots, .cancel = a ? a->cancel : NULL, .s = s};
+    l.name.field = roots ? field : NULL;
+    l.name.path = path;
     if (strlen(path) >= sizeof s->path)
-        return moe_fail(MOE_EINVAL, "data: %.64s...: path longer than %d bytes", path,
-                        SPEC_PATH_MAX - 1);
+        return moe_fail(MOE_EINVAL, "%s%s%.64s...: path longer than %d bytes",
+                        roots ? field : "data", roots ? " '" : ": ", path, SPEC_PATH_MAX - 1);
     strcpy(s->path, path);
 
-    struct stat st;
-    if (stat(path, &st) != 0) return moe_fail(MOE_EIO, "data: %s: %s", path, strerror(errno));
-    moe_status res = MOE_OK;
-    int cap = 0, n_copied = 0;
-    if (S_ISDIR(st.st_mode)) {
-        res = load_dir(s, &cap, path, &n_copied);
-    } else if (S_ISREG(st.st_mode)) {
-        res = add_file(s, &cap, path, 0, &n_copied);
-    } else {
-        res = moe_fail(MOE_EINVAL, "data: %s: not a regular file or directory", path);
+    int fd, is_dir;
+    moe_status res = stopped(&l);
+    if (res == MOE_OK) res = data_path_open(roots, &l.name, &fd, &is_dir);
+    if (res == MOE_OK) {
+        if (is_dir) {
+            res = load_dir(&l, fd);
+            close(fd);
+        } else {
+            res = add_file(&l, fd, NULL, 0);
+        }
     }
-    if (res == MOE_OK && s->n == 0) res = moe_fail(MOE_EINVAL, "data: %s: empty", path);
+    char shown[700];
+    if (res == MOE_OK && s->n == 0)
+        res = moe_fail(MOE_EINVAL, "%s: empty", data_name_str(&l.name, NULL, shown, sizeof shown));
     if (res != MOE_OK) {
         release_segments(s);
         s->n = 0;
         s->n_files = 0;
         return res;
     }
-    if (n_copied > 0)
+    if (l.n_copied > 0)
         LOG_WARN("data: %s: %d file(s) could not be memory-mapped and were read into private "
                  "memory instead (MOE_LOG_LEVEL=debug names them)",
-                 path, n_copied);
+                 path, l.n_copied);
     s->n_train = s->n;
     return MOE_OK;
 }
 
 moe_status data_load_stream(struct data_stream *s, const char *path) {
-    CHECK(load_path(s, path));
+    CHECK(load_path(s, path, -1, NULL));
     LOG_DEBUG("data: %s: %zu bytes from %d file(s)", s->path, s->n, s->n_files);
     return MOE_OK;
 }
@@ -287,7 +363,43 @@ void data_stream_free(struct data_stream *s) {
     memset(s, 0, sizeof *s);
 }
 
-moe_status data_open(struct dataset *d, const struct data_spec *spec, int T) {
+moe_status data_check_sources(const struct data_roots *roots, const struct data_spec *spec) {
+    for (int j = 0; j < spec->n_sources && j < SPEC_MAX_SOURCES; j++) {
+        char field[48];
+        snprintf(field, sizeof field, "data.sources[%d].path", j);
+        struct data_name name = {field, spec->sources[j].path};
+        int fd, is_dir;
+        CHECK(data_path_open(roots, &name, &fd, &is_dir));
+        close(fd);
+    }
+    return MOE_OK;
+}
+
+/* The split of a loaded source into training and held-out parts, checked against T. */
+static moe_status split_source(struct data_stream *s, int j, const struct data_spec *spec,
+                               int T, const struct data_roots *roots) {
+    char field[48], shown[700];
+    snprintf(field, sizeof field, "data.sources[%d].path", j);
+    struct data_name name = {roots ? field : NULL, s->path};
+    data_name_str(&name, NULL, shown, sizeof shown);
+    size_t need = (size_t)T + 1;
+    size_t held = (size_t)floor((double)s->n * spec->val_fraction);
+    s->n_train = s->n - held;
+    if (s->n_train < need)
+        return moe_fail(MOE_EINVAL, "%s: training part has %zu bytes, fewer than seq_len+1 = %zu",
+                        shown, s->n_train, need);
+    if (spec->val_fraction > 0 && held < need)
+        return moe_fail(MOE_EINVAL,
+                        "%s: held-out part (data.val_fraction = %g) has %zu bytes, fewer than "
+                        "seq_len+1 = %zu",
+                        shown, spec->val_fraction, held, need);
+    LOG_INFO("data: %s: %zu bytes from %d file(s), %zu for training, %zu held out", s->path,
+             s->n, s->n_files, s->n_train, held);
+    return MOE_OK;
+}
+
+moe_status data_open_access(struct dataset *d, const struct data_spec *spec, int T,
+                            const struct data_access *a) {
     memset(d, 0, sizeof *d);
     if (T < 1) return moe_fail(MOE_EINVAL, "data: seq_len = %d must be at least 1", T);
     if (spec->n_sources < 1 || spec->n_sources > SPEC_MAX_SOURCES)
@@ -299,34 +411,21 @@ moe_status data_open(struct dataset *d, const struct data_spec *spec, int T) {
     d->T = T;
 
     moe_status res = MOE_OK;
-    size_t need = (size_t)T + 1;
     for (int j = 0; j < spec->n_sources; j++) {
         struct data_stream *s = &d->sources[j];
-        CHECK_GOTO(load_path(s, spec->sources[j].path), res, fail);
+        CHECK_GOTO(load_path(s, spec->sources[j].path, j, a), res, fail);
         d->n_sources = j + 1; // so that data_close frees it
-        size_t held = (size_t)floor((double)s->n * spec->val_fraction);
-        s->n_train = s->n - held;
-        if (s->n_train < need) {
-            res = moe_fail(MOE_EINVAL,
-                           "data: %s: training part has %zu bytes, fewer than seq_len+1 = %zu",
-                           s->path, s->n_train, need);
-            goto fail;
-        }
-        if (spec->val_fraction > 0 && held < need) {
-            res = moe_fail(MOE_EINVAL,
-                           "data: %s: held-out part (data.val_fraction = %g) has %zu bytes, fewer "
-                           "than seq_len+1 = %zu",
-                           s->path, spec->val_fraction, held, need);
-            goto fail;
-        }
-        LOG_INFO("data: %s: %zu bytes from %d file(s), %zu for training, %zu held out", s->path,
-                 s->n, s->n_files, s->n_train, held);
+        CHECK_GOTO(split_source(s, j, spec, T, a ? a->roots : NULL), res, fail);
     }
     return MOE_OK;
 
 fail:
     data_close(d);
     return res;
+}
+
+moe_status data_open(struct dataset *d, const struct data_spec *spec, int T) {
+    return data_open_access(d, spec, T, NULL);
 }
 
 void data_close(struct dataset *d) {

@@ -3,7 +3,8 @@
  *
  * Owns: loading each data source (a text file, or a directory of text files read recursively
  * in byte-wise sorted path order, skipping symlinks and files that are not text) as one byte
- * stream per source; the split of each stream into a training part and a held-out tail; and
+ * stream per source, as a data_access allows: a worker reads only beneath its data roots
+ * (data_roots.h opens every file) and stops loading when its job is stopped; the split of each stream into a training part and a held-out tail; and
  * the batch function. Tokens are bytes (vocabulary 256).
  *
  * A stream is not copied into memory: each file is memory-mapped read-only, and the stream is
@@ -25,8 +26,20 @@
 #include "../../common/spec.h"
 #include "../../common/status.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+
+struct data_roots;
+
+/* How a load may read. */
+struct data_access {
+    const struct data_roots *roots; // NULL: any path this process can read (`moectl train`:
+                                    //   the user's own files); else only beneath these roots
+    const atomic_int *cancel;       // non-zero: stop loading now (MOE_ECANCELED); NULL: never.
+                                    //   Files are opened without blocking and read in bounded
+                                    //   chunks, so a stop is seen promptly
+};
 
 /* One non-empty file of a stream: stream bytes [start, start + n). */
 struct data_segment {
@@ -54,8 +67,16 @@ struct dataset {
 
 /* Loads every source of the spec. Fails (MOE_EIO / MOE_EINVAL naming the path) when a source
  * is missing, unreadable, holds no text, or its training part is shorter than T + 1 bytes or
- * (when val_fraction > 0) its held-out part is shorter than T + 1 bytes. */
+ * (when val_fraction > 0) its held-out part is shorter than T + 1 bytes. data_open reads any
+ * path (a = NULL); with roots, errors name the field: "data.sources[1].path '/x' is outside
+ * the worker's data roots" (and say nothing of a file outside them). */
 moe_status data_open(struct dataset *d, const struct data_spec *spec, int T);
+moe_status data_open_access(struct dataset *d, const struct data_spec *spec, int T,
+                            const struct data_access *a);
+
+/* Checks, without reading, that every source path opens beneath the roots as a regular file
+ * or directory (a worker's RunSlot: the job fails at once with MOE_EINVAL naming the field). */
+moe_status data_check_sources(const struct data_roots *roots, const struct data_spec *spec);
 void data_close(struct dataset *d);
 
 /* Loads one path (file or directory) as a single stream with no held-out part, for `eval`. */

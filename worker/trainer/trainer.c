@@ -19,7 +19,8 @@ _Static_assert(sizeof(real) == sizeof(float), "the trainer adds shard gradients 
 /* slot_mode: this process plays (pod, slot) and holds that slot's experts; its comm may come
  * later (trainer_rebind). init 0: the state is left zero, to be received (replica_restore). */
 static moe_status open_common(struct trainer *t, const struct job_spec *spec, int pod, int slot,
-                              struct comm *comm, int slot_mode, int init) {
+                              struct comm *comm, int slot_mode, int init,
+                              const struct data_access *access) {
     memset(t, 0, sizeof *t);
     t->spec = *spec;
     t->spec.optimizer.total_steps = (int)spec->run.steps;
@@ -44,7 +45,7 @@ static moe_status open_common(struct trainer *t, const struct job_spec *spec, in
     t->M = t->spec.run.micro_batch > 0 ? t->spec.run.micro_batch : t->Bd;
     t->T = t->spec.model.seq_len;
     moe_status res;
-    CHECK_GOTO(data_open(&t->data, &t->spec.data, t->T), res, fail);
+    CHECK_GOTO(data_open_access(&t->data, &t->spec.data, t->T, access), res, fail);
     t->unigram_bits = data_unigram_entropy_bits(&t->data);
     t->tokens = malloc(sizeof(int) * (size_t)t->M * t->T);
     t->targets = malloc(sizeof(int) * (size_t)t->M * t->T);
@@ -79,7 +80,12 @@ fail:
 }
 
 moe_status trainer_open(struct trainer *t, const struct job_spec *spec) {
-    return open_common(t, spec, 0, 0, NULL, 0, 1);
+    return open_common(t, spec, 0, 0, NULL, 0, 1, NULL);
+}
+
+moe_status trainer_open_access(struct trainer *t, const struct job_spec *spec,
+                               const struct data_access *access) {
+    return open_common(t, spec, 0, 0, NULL, 0, 1, access);
 }
 
 static moe_status check_slot(const struct job_spec *spec, int pod, int slot) {
@@ -90,9 +96,9 @@ static moe_status check_slot(const struct job_spec *spec, int pod, int slot) {
 }
 
 moe_status trainer_open_slot_later(struct trainer *t, const struct job_spec *spec, int pod,
-                                   int slot, int init) {
+                                   int slot, int init, const struct data_access *access) {
     CHECK(check_slot(spec, pod, slot));
-    return open_common(t, spec, pod, slot, NULL, 1, init);
+    return open_common(t, spec, pod, slot, NULL, 1, init, access);
 }
 
 moe_status trainer_open_slot(struct trainer *t, const struct job_spec *spec, int pod, int slot,
@@ -105,7 +111,7 @@ moe_status trainer_open_slot(struct trainer *t, const struct job_spec *spec, int
                         "%d x %d mesh needs rank %d of %d", pod, slot, comm_rank(comm),
                         comm_size(comm), spec->mesh.pods, spec->mesh.slots,
                         pod * spec->mesh.slots + slot, spec->mesh.pods * spec->mesh.slots);
-    return open_common(t, spec, pod, slot, comm, 1, 1);
+    return open_common(t, spec, pod, slot, comm, 1, 1, NULL);
 }
 
 int trainer_writes_model(const struct trainer *t) {

@@ -84,6 +84,10 @@ struct step_report {
 /* Validates the spec, loads the data, allocates and initialises the model from run.seed.
  * Plays every shard of spec->mesh in this process. */
 moe_status trainer_open(struct trainer *t, const struct job_spec *spec);
+/* The same, reading the data as `access` says (data.h): the worker daemon confines it to its
+ * data roots and stops the load when the job is stopped. NULL: as trainer_open. */
+moe_status trainer_open_access(struct trainer *t, const struct job_spec *spec,
+                               const struct data_access *access);
 
 /* The same for one slot of a distributed job: this process plays (pod, slot) of spec->mesh
  * and reaches the other slots through comm (rank pod * slots + slot, already open). The
@@ -96,9 +100,10 @@ moe_status trainer_open_slot(struct trainer *t, const struct job_spec *spec, int
 /* The same without a comm yet (the distributed step forms at trainer_rebind): the slow part
  * of joining — data, memory, initialisation — happens before the epoch's data plane is up.
  * init 0 leaves the state zero and marks it empty (no copy to offer) until replica_restore
- * receives it: a recovery's new holder. */
+ * receives it: a recovery's new holder. The data is read as `access` says (NULL: any path,
+ * never stopped; see trainer_open_access). */
 moe_status trainer_open_slot_later(struct trainer *t, const struct job_spec *spec, int pod,
-                                   int slot, int init);
+                                   int slot, int init, const struct data_access *access);
 
 /* Slot mode: the slot goes on in a new epoch with `comm` (the last one is closed): the model
  * and its copies are kept, the distributed step re-forms over the new comm. */
