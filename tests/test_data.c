@@ -2,10 +2,13 @@
  * test_data.c — corpus loading (order, skips, errors), the held-out split, and the batch
  * function checked against an independent re-derivation of the documented hash and against
  * the files read back with stdio — across file boundaries too — and that a loaded corpus is
- * mapped, not copied.
+ * mapped, not copied. Data roots: what a worker may read ("..", symlinks in and out, /proc,
+ * FIFOs, its own secrets), that a refusal says nothing of the file, and that a stop ends a
+ * load.
  */
 #include "../common/log.h"
 #include "../worker/trainer/data.h"
+#include "../worker/trainer/data_roots.h"
 #include "check.h"
 
 #include <errno.h>
@@ -628,6 +631,190 @@ static void test_no_copy(void) {
     free(tgt);
 }
 
+/* ---- data roots ---- */
+
+/* The message of the last failure with every `path` in it written as "P". */
+static const char *masked(const char *msg, const char *path, char *out, size_t cap) {
+    size_t n = strlen(path), o = 0;
+    for (const char *p = msg; *p && o + 2 < cap;) {
+        if (n && strncmp(p, path, n) == 0) {
+            out[o++] = 'P';
+            p += n;
+        } else {
+            out[o++] = *p++;
+        }
+    }
+    out[o] = 0;
+    return out;
+}
+
+/* Opens `path` as source 0 of a one-source spec with `roots`: the status, and the message. */
+static moe_status open_one(const struct data_roots *roots, const char *path, int T, char *msg,
+                           size_t cap) {
+    struct data_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.n_sources = 1;
+    snprintf(spec.sources[0].path, sizeof spec.sources[0].path, "%s", path);
+    spec.sources[0].weight = 1;
+    struct data_access a = {roots, NULL};
+    struct dataset d;
+    moe_status s = data_open_access(&d, &spec, T, &a);
+    snprintf(msg, cap, "%s", moe_errmsg());
+    if (s == MOE_OK) data_close(&d);
+    return s;
+}
+
+/* The refusal of a path outside the roots is one text whatever the file is. */
+static void test_roots_reveal_nothing(const struct data_roots *r) {
+    char m1[800], m2[800], a[800], b[800];
+    const char *cases[][2] = {
+        {"secret.txt", "absent.txt"},         // there or not
+        {"secret.txt", "locked.txt"},         // readable or not
+        {"secret.txt", "outdir"},             // a file or a directory
+        {"in/../secret.txt", "in/../absent.txt"}, // ".." out of the root
+        {"in/link_out", "in/link_nowhere"},   // a symlink out, to a file there or not
+        {"in/abs_out", "in/link_out"},        // absolute or relative
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char p1[600], p2[600];
+        snprintf(p1, sizeof p1, "%s", at(cases[i][0]));
+        snprintf(p2, sizeof p2, "%s", at(cases[i][1]));
+        EXPECT(open_one(r, p1, 4, m1, sizeof m1) == MOE_EINVAL);
+        EXPECT(open_one(r, p2, 4, m2, sizeof m2) == MOE_EINVAL);
+        EXPECT_MSG(strstr(m1, "is outside the worker's data roots") &&
+                       strstr(m1, "data.sources[0].path"), "%s", m1);
+        EXPECT_MSG(!strcmp(masked(m1, p1, a, sizeof a), masked(m2, p2, b, sizeof b)),
+                   "'%s' and '%s' differ", m1, m2);
+    }
+    /* the size of a file outside is never told, even with a seq_len it is too short for */
+    EXPECT(open_one(r, at("secret.txt"), 1 << 20, m1, sizeof m1) == MOE_EINVAL);
+    EXPECT_MSG(!strstr(m1, "7777") && !strstr(m1, "bytes"), "%s", m1);
+}
+
+static void make_roots_tree(void) {
+    make_dir("in");
+    make_dir("in/sub");
+    make_dir("outdir");
+    put_str("in/ok.txt", "inside the root, readable\n");
+    put_str("in/sub/x.txt", "a file in a directory of the root\n");
+    static char secret[7777];
+    memset(secret, 's', sizeof secret);
+    put("secret.txt", secret, sizeof secret);
+    put_str("locked.txt", "nobody may read this\n");
+    chmod(at("locked.txt"), 0);
+    if (symlink("../secret.txt", at("in/link_out")) != 0) perror("symlink");
+    if (symlink("../absent.txt", at("in/link_nowhere")) != 0) perror("symlink");
+    if (symlink(at("secret.txt"), at("in/abs_out")) != 0) perror("symlink");
+    if (symlink("ok.txt", at("in/link_in")) != 0) perror("symlink");
+    if (symlink("../../secret.txt", at("in/sub/up.txt")) != 0) perror("symlink");
+    if (mkfifo(at("in/fifo"), 0600) != 0) perror("mkfifo");
+    if (link(at("secret.txt"), at("in/hard.txt")) != 0) perror("link");
+}
+
+static void test_roots(void) {
+    make_roots_tree();
+    const char *dirs[] = {at("in")};
+    struct data_roots *r = NULL;
+    EXPECT(data_roots_open(&r, dirs, 1) == MOE_OK && data_roots_count(r) == 1);
+    if (!r) return;
+    char msg[800];
+
+    /* inside: a file, a directory (its symlinks and FIFO skipped), a symlink that stays */
+    EXPECT_MSG(open_one(r, at("in/ok.txt"), 4, msg, sizeof msg) == MOE_OK, "%s", msg);
+    EXPECT_MSG(open_one(r, at("in/link_in"), 4, msg, sizeof msg) == MOE_OK, "%s", msg);
+    EXPECT_MSG(open_one(r, at("in/sub"), 4, msg, sizeof msg) == MOE_OK, "%s", msg);
+    char with_dots[600];
+    snprintf(with_dots, sizeof with_dots, "%s/./sub//x.txt", at("in"));
+    EXPECT_MSG(open_one(r, with_dots, 4, msg, sizeof msg) == MOE_OK, "%s", msg);
+    /* inside, errors may say what is wrong */
+    EXPECT(open_one(r, at("in/missing.txt"), 4, msg, sizeof msg) == MOE_EIO &&
+           strstr(msg, "No such file or directory") && strstr(msg, "data.sources[0].path"));
+    EXPECT(open_one(r, at("in/ok.txt"), 1000, msg, sizeof msg) == MOE_EINVAL &&
+           strstr(msg, "training part has 26 bytes"));
+
+    /* a FIFO is never opened for reading (that would wait for a writer forever): a hang
+     * here is killed by the alarm and fails the test */
+    alarm(20);
+    EXPECT(open_one(r, at("in/fifo"), 4, msg, sizeof msg) == MOE_EINVAL &&
+           strstr(msg, "not a regular file or directory"));
+    EXPECT(open_one(NULL, at("in/fifo"), 4, msg, sizeof msg) == MOE_EINVAL);
+    alarm(0);
+
+    test_roots_reveal_nothing(r);
+    EXPECT(open_one(r, "/etc/shadow", 4, msg, sizeof msg) == MOE_EINVAL &&
+           strstr(msg, "is outside the worker's data roots"));
+    EXPECT(open_one(r, "/proc/self/environ", 4, msg, sizeof msg) == MOE_EINVAL &&
+           strstr(msg, "is outside the worker's data roots"));
+    EXPECT(open_one(r, "in/ok.txt", 4, msg, sizeof msg) == MOE_EINVAL &&
+           strstr(msg, "must be an absolute path"));
+    /* a directory's symlink that leaves the root is skipped, as every symlink in a walk */
+    EXPECT_MSG(open_one(r, at("in/sub"), 4, msg, sizeof msg) == MOE_OK, "%s", msg);
+
+    /* the daemon's secret, even through a hard link inside the root */
+    EXPECT(data_roots_guard(r, at("secret.txt"), "--cluster-token-file") == MOE_OK);
+    EXPECT(open_one(r, at("in/hard.txt"), 4, msg, sizeof msg) == MOE_EINVAL &&
+           strstr(msg, "is outside the worker's data roots"));
+    EXPECT_FAIL(data_roots_guard(r, at("in/ok.txt"), "--tls-key"), MOE_EINVAL,
+                "holds");
+    data_roots_close(r);
+
+    /* RunSlot's check names the field of the source at fault */
+    const char *two[] = {at("in")};
+    EXPECT(data_roots_open(&r, two, 1) == MOE_OK);
+    struct data_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.n_sources = 2;
+    snprintf(spec.sources[0].path, sizeof spec.sources[0].path, "%s", at("in/ok.txt"));
+    snprintf(spec.sources[1].path, sizeof spec.sources[1].path, "%s", "/proc/kmsg");
+    EXPECT_FAIL(data_check_sources(r, &spec), MOE_EINVAL,
+                "data.sources[1].path '/proc/kmsg' is outside the worker's data roots");
+    spec.n_sources = 1;
+    EXPECT(data_check_sources(r, &spec) == MOE_OK);
+    data_roots_close(r);
+
+    /* a root of "/" still never reads a kernel filesystem; none is a root itself */
+    const char *slash[] = {"/"}, *proc[] = {"/proc"};
+    EXPECT(data_roots_open(&r, slash, 1) == MOE_OK);
+    if (access("/proc/self/status", R_OK) == 0)
+        EXPECT(open_one(r, "/proc/self/status", 4, msg, sizeof msg) == MOE_EINVAL &&
+               strstr(msg, "kernel filesystem"));
+    data_roots_close(r);
+    EXPECT_FAIL(data_roots_open(&r, proc, 1), MOE_EINVAL, "kernel filesystem");
+    /* no roots: nothing at all */
+    EXPECT(data_roots_open(&r, NULL, 0) == MOE_OK);
+    EXPECT(open_one(r, at("in/ok.txt"), 4, msg, sizeof msg) == MOE_EINVAL &&
+           strstr(msg, "without --data-root"));
+    data_roots_close(r);
+}
+
+/* A stop before or during a load ends it with MOE_ECANCELED. */
+static void test_cancel(void) {
+    struct data_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.n_sources = 1;
+    snprintf(spec.sources[0].path, sizeof spec.sources[0].path, "%s", at("in"));
+    spec.sources[0].weight = 1;
+    atomic_int stop;
+    atomic_init(&stop, 1);
+    struct data_access a = {NULL, &stop};
+    struct dataset d;
+    EXPECT_FAIL(data_open_access(&d, &spec, 4, &a), MOE_ECANCELED, "stopped");
+    EXPECT(d.sources == NULL);
+    atomic_store(&stop, 0);
+    EXPECT(data_open_access(&d, &spec, 4, &a) == MOE_OK);
+    data_close(&d);
+}
+
+static void cleanup_roots(void) {
+    static const char *files[] = {"in/ok.txt", "in/sub/x.txt", "secret.txt", "locked.txt",
+                                  "in/link_out", "in/link_nowhere", "in/abs_out", "in/link_in",
+                                  "in/sub/up.txt", "in/fifo", "in/hard.txt"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) unlink(at(files[i]));
+    rmdir(at("in/sub"));
+    rmdir(at("in"));
+    rmdir(at("outdir"));
+}
+
 static void cleanup(void) {
     static const char *files[] = {
         "corpus/b.txt", "corpus/a.txt", "corpus/A_upper.txt", "corpus/sub.txt",
@@ -664,6 +851,9 @@ int main(void) {
     test_boundaries();
     test_empty_files();
     test_no_copy();
+    test_roots();
+    test_cancel();
+    cleanup_roots();
     cleanup();
     if (failures) {
         fprintf(stderr, "test_data: %d check(s) failed\n", failures);
