@@ -140,6 +140,10 @@ int cmd_submit(int argc, char **argv) {
         goto exit;
     }
     if ((code = absolute_sources(spec))) goto exit;
+    if (spec_check_sources(spec) != MOE_OK) { // the user's paths, as the user sees them
+        code = moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
+        goto exit;
+    }
     if (!(json = spec_to_json(spec))) {
         code = moectl_fail(EXIT_RUN_FAILED, "out of memory");
         goto exit;

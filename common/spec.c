@@ -1042,8 +1042,16 @@ static moe_status validate_sources(const struct data_spec *d) {
             snprintf(name, sizeof name, "data.sources.%d.%s", i, source_fields[j].name);
             CHECK(check_stored(&source_fields[j], &d->sources[i], name));
         }
+    }
+    return MOE_OK;
+}
+
+moe_status spec_check_sources(const struct job_spec *s) {
+    const struct data_spec *d = &s->data;
+    for (int i = 0; i < d->n_sources && i < SPEC_MAX_SOURCES; i++) {
         /* Only that it is there and readable: reading it is the data loader's job. */
         const char *path = d->sources[i].path;
+        char name[64];
         struct stat st;
         snprintf(name, sizeof name, "data.sources.%d.path", i);
         if (stat(path, &st) != 0 || access(path, R_OK) != 0)

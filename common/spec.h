@@ -111,9 +111,14 @@ moe_status spec_set(struct job_spec *s, const char *assignment);
 /* Applies n overrides in order (a later one wins); stops at the first that fails. */
 moe_status spec_set_all(struct job_spec *s, const char *const *assignments, size_t n);
 
-/* Cross-field checks: top_k <= experts, heads divide d_model, head dim even, a source exists
- * and is readable, schedule well formed, ... Fails with MOE_EINVAL naming the field. */
+/* Cross-field checks: top_k <= experts, heads divide d_model, head dim even, schedule well
+ * formed, ... Fails with MOE_EINVAL naming the field. Touches no file: a daemon that validates
+ * a spec must not tell its sender which paths exist on its host (docs/security-data-roots.md). */
 moe_status spec_validate(const struct job_spec *s);
+
+/* That every data source exists here, is readable and is a file or a directory: for a client
+ * checking its own user's paths (`moectl submit`), never a daemon. MOE_EINVAL naming the field. */
+moe_status spec_check_sources(const struct job_spec *s);
 
 /* A complete spec in YAML with every field, its value and a one-line comment. Caller frees. */
 char *spec_to_yaml(const struct job_spec *s);
