@@ -3,6 +3,8 @@
  */
 #include "jobs.h"
 
+#include "models.h"
+
 #include "../../common/clock.h"
 #include "../../common/log.h"
 
@@ -13,9 +15,24 @@
 
 /* ---- the table ---- */
 
+/* The table is in submission order, which is ascending job number (jobs_add appends the
+ * newest, jobs_load reads them in key order), so a number is found by bisection. */
+int jobs_index_after(const struct coordinator *co, long num) {
+    int lo = 0, hi = co->n_jobs;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (co->jobs[mid]->num <= num) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
 struct job *jobs_find(struct coordinator *co, const char *id) {
-    for (int i = 0; i < co->n_jobs; i++)
-        if (strcmp(co->jobs[i]->id, id) == 0) return co->jobs[i];
+    if (!id || strncmp(id, "job-", 4) != 0 || id[4] < '0' || id[4] > '9') return NULL;
+    long num = strtol(id + 4, NULL, 10);
+    int i = jobs_index_after(co, num - 1);
+    if (i < co->n_jobs && co->jobs[i]->num == num && strcmp(co->jobs[i]->id, id) == 0)
+        return co->jobs[i];
     return NULL;
 }
 
@@ -69,6 +86,35 @@ void job_free(struct job *j) {
     if (j->upload_fd >= 0) close(j->upload_fd);
     for (struct watcher *w = j->watchers; w; w = w->next) w->job = NULL;
     free(j);
+}
+
+moe_status jobs_delete(struct coordinator *co, struct job *const *del, int n) {
+    if (n <= 0) return MOE_OK;
+    struct store_batch *b = store_batch_new();
+    for (int i = 0; i < n; i++) {
+        if (!job_is_final(del[i])) {
+            store_batch_free(b);
+            return moe_fail(MOE_EINVAL, "%s is %s: only an ended job can be deleted", del[i]->id,
+                            job_state_name(del[i]->state));
+        }
+        store_batch_delete_job(b, del[i]->id);
+    }
+    CHECK(store_batch_commit(co->store, b, 1)); // gone for good before anything else goes
+    for (int i = 0; i < n; i++) {
+        model_remove(co, del[i]);
+        LOG_INFO("%s: deleted (%s, finished %lld)", del[i]->id, job_state_name(del[i]->state),
+                 (long long)del[i]->finished_ms);
+    }
+    /* One pass over the table, however many go. */
+    for (int i = 0; i < n; i++) del[i]->deleted = 1;
+    int kept = 0;
+    for (int i = 0; i < co->n_jobs; i++) {
+        struct job *j = co->jobs[i];
+        if (j->deleted) job_free(j); // its watchers (if any are still closing) let go of it
+        else co->jobs[kept++] = j;
+    }
+    co->n_jobs = kept;
+    return MOE_OK;
 }
 
 moe_status jobs_add(struct coordinator *co, struct job *j) {
