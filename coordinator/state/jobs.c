@@ -237,14 +237,37 @@ void job_binding_text(const struct job *j, char *out, size_t cap) {
                               k % j->slots, j->bindings[k].worker_id);
 }
 
+/* The rank a "rank N" at p speaks of, or -1: a number outside the mesh, the writer's own
+ * rank ("we are rank 0") or what an unproven peer claimed to be ("refused rank 0: it is in
+ * job-4"): the worker the binding has at that rank is not who that was. */
+static long rank_at(const struct job *j, const char *why, const char *p) {
+    char *end;
+    long r = strtol(p + 5, &end, 10);
+    if (end == p + 5 || r < 0 || r >= job_n_slots(j)) return -1;
+    static const char *const not_the_peer[] = {"we are ", "refused "};
+    for (size_t i = 0; i < sizeof not_the_peer / sizeof not_the_peer[0]; i++) {
+        size_t len = strlen(not_the_peer[i]);
+        if ((size_t)(p - why) >= len && !strncmp(p - len, not_the_peer[i], len)) return -1;
+    }
+    return r;
+}
+
+int job_blamed_rank(const struct job *j, const char *why, int reporter) {
+    long blamed = -1;
+    for (const char *p = strstr(why, "rank "); p; p = strstr(p + 5, "rank ")) {
+        long r = rank_at(j, why, p);
+        if (r >= 0 && r != reporter) blamed = r; // "rank 0 gave up ... because of rank 2": 2
+    }
+    return (int)blamed;
+}
+
 void job_name_ranks(const struct job *j, char *why, size_t cap) {
     int n = job_n_slots(j);
     char *seen = calloc((size_t)n, 1);
     if (!seen) return;
     for (const char *p = strstr(why, "rank "); p; p = strstr(p + 5, "rank ")) {
-        char *end;
-        long r = strtol(p + 5, &end, 10);
-        if (end == p + 5 || r < 0 || r >= n || seen[r]) continue;
+        long r = rank_at(j, why, p);
+        if (r < 0 || seen[r]) continue;
         seen[r] = 1;
         size_t len = strlen(why);
         snprintf(why + len, cap - len, " [rank %ld = slot (%ld, %ld) on %s at %s]", r,

@@ -157,6 +157,11 @@ void job_binding_text(const struct job *j, char *out, size_t cap);
  * operator needs the worker: " [rank 2 = slot (1, 0) on w-4 at 127.0.0.1:40133]" is appended
  * for each rank `why` names. */
 void job_name_ranks(const struct job *j, char *why, size_t cap);
+/* The rank (= slot index) a data-plane error reported by slot `reporter` says failed: the
+ * last peer it names ("comm: rank 0 gave up on the operation because of rank 2" -> 2), never
+ * the reporter itself, nor a rank only an unproven peer claimed ("refused rank 0: ..."), nor
+ * one the text gives as its writer's own ("we are rank 0"); -1 when it names none. */
+int job_blamed_rank(const struct job *j, const char *why, int reporter);
 
 /* ---- records and views ---- */
 
