@@ -187,6 +187,85 @@ int client_call(struct client *c, const char *method, const ProtobufCMessage *re
     return moectl_fail(code, "%s", moe_errmsg());
 }
 
+/* ---- pages ---- */
+
+/* A singular string field of m by name (the page tokens), or NULL. */
+static char **string_field(ProtobufCMessage *m, const char *name) {
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(m->descriptor, name);
+    if (!f || f->type != PROTOBUF_C_TYPE_STRING || f->label == PROTOBUF_C_LABEL_REPEATED)
+        return NULL;
+    return (char **)((char *)m + f->offset);
+}
+
+/* Moves the elements of repeated field `f` of `page` onto the end of `into`'s (replies of one
+ * type, unpacked with the default allocator); `page` keeps none. 0, or -1 out of memory. */
+static int move_items(ProtobufCMessage *into, ProtobufCMessage *page,
+                      const ProtobufCFieldDescriptor *f) {
+    size_t *n_into = (size_t *)((char *)into + f->quantifier_offset);
+    size_t *n_page = (size_t *)((char *)page + f->quantifier_offset);
+    void ***a_into = (void ***)((char *)into + f->offset);
+    void ***a_page = (void ***)((char *)page + f->offset);
+    if (!*n_page) return 0;
+    void **grown = realloc(*a_into, (*n_into + *n_page) * sizeof *grown);
+    if (!grown) return -1;
+    memcpy(grown + *n_into, *a_page, *n_page * sizeof *grown);
+    *a_into = grown;
+    *n_into += *n_page;
+    *n_page = 0; // its array is freed with it, the elements are into's now
+    return 0;
+}
+
+static size_t items_in(const ProtobufCMessage *m, const ProtobufCFieldDescriptor *f) {
+    return *(const size_t *)((const char *)m + f->quantifier_offset);
+}
+
+int client_call_pages(struct client *c, const char *method, ProtobufCMessage *request,
+                      const ProtobufCMessageDescriptor *response_type, const char *items,
+                      size_t limit, int quiet, ProtobufCMessage **response,
+                      struct rpc_result *res, double timeout_s) {
+    struct rpc_result local;
+    if (!res) res = &local;
+    if (timeout_s <= 0) timeout_s = CALL_TIMEOUT_S;
+    *response = NULL;
+    char **ask = string_field(request, "page_token"), token[64] = "";
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(response_type, items);
+    if (!ask || !f || f->label != PROTOBUF_C_LABEL_REPEATED)
+        return moectl_fail(EXIT_RUN_FAILED, "%s is not a paged method", method);
+    for (;;) {
+        ProtobufCMessage *page = NULL;
+        *ask = token;
+        int code = EXIT_OK;
+        if (rpc_call_sync(c->ch, method, request, response_type, &page, timeout_s, res) !=
+            MOE_OK) {
+            code = res->code == GRPC_STATUS_OK ? EXIT_RUN_FAILED : client_exit_code(res->code);
+            if (!quiet) moectl_fail(code, "%s", moe_errmsg());
+        } else if (*response && move_items(*response, page, f) != 0) {
+            code = quiet ? EXIT_RUN_FAILED : moectl_fail(EXIT_RUN_FAILED, "out of memory");
+        }
+        char **next = page ? string_field(page, "next_page_token") : NULL;
+        snprintf(token, sizeof token, "%s", next && *next ? *next : "");
+        if (!*response) *response = page; // the first page holds the summary and the rest
+        else if (page) protobuf_c_message_free_unpacked(page, NULL);
+        if (code) {
+            if (*response) protobuf_c_message_free_unpacked(*response, NULL);
+            *response = NULL;
+            *ask = (char *)protobuf_c_empty_string;
+            return code;
+        }
+        if (!token[0] || (limit && items_in(*response, f) >= limit)) break;
+    }
+    char **last = string_field(*response, "next_page_token"); // "" unless stopped at `limit`
+    if (last && *last != protobuf_c_empty_string) {
+        free(*last);
+        *last = token[0] ? strdup(token) : NULL;
+        if (!*last) *last = (char *)protobuf_c_empty_string;
+    }
+    *ask = (char *)protobuf_c_empty_string; // the request must not point at a local
+    return EXIT_OK;
+}
+
 /* ---- JSON ---- */
 
 static size_t element_size(ProtobufCType t) {
@@ -328,8 +407,9 @@ Moed__V1__ClusterStatus *client_get_cluster(struct client *c, double timeout_s,
                                             struct rpc_result *res) {
     Moed__V1__GetClusterRequest req = MOED__V1__GET_CLUSTER_REQUEST__INIT;
     ProtobufCMessage *reply = NULL;
-    if (rpc_call_sync(c->ch, RPC_STATUS_GET_CLUSTER, &req.base,
-                      &moed__v1__cluster_status__descriptor, &reply, timeout_s, res) != MOE_OK)
+    if (client_call_pages(c, RPC_STATUS_GET_CLUSTER, &req.base,
+                          &moed__v1__cluster_status__descriptor, "workers", 0, 1, &reply, res,
+                          timeout_s) != EXIT_OK)
         return NULL;
     return (Moed__V1__ClusterStatus *)reply;
 }

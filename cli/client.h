@@ -84,6 +84,17 @@ int client_call(struct client *c, const char *method, const ProtobufCMessage *re
                 const ProtobufCMessageDescriptor *response_type, ProtobufCMessage **response,
                 struct rpc_result *res);
 
+/* A paged method (ListJobs, GetCluster: docs/protocol.md "Paging") called page after page
+ * with the request's page_token, until the last page or until `limit` (0: no limit) of the
+ * repeated field `items` have come: one reply holding them all, with the first page's
+ * summary, and next_page_token "" (or where to go on after `limit`). Fails like client_call
+ * (quietly with `quiet`: only the exit code, *res and moe_errmsg()); each call has
+ * timeout_s (<= 0: the 30 s of client_call). */
+int client_call_pages(struct client *c, const char *method, ProtobufCMessage *request,
+                      const ProtobufCMessageDescriptor *response_type, const char *items,
+                      size_t limit, int quiet, ProtobufCMessage **response,
+                      struct rpc_result *res, double timeout_s);
+
 /* moectl's exit code for a gRPC status: OK 0; INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE,
  * ALREADY_EXISTS 2; UNAVAILABLE, DEADLINE_EXCEEDED, UNAUTHENTICATED, PERMISSION_DENIED 4;
  * anything else (FAILED_PRECONDITION, INTERNAL, ...) 1. */
@@ -106,8 +117,9 @@ int client_job_final(int state);         // SUCCEEDED, FAILED or CANCELLED: it c
 int client_need_job_id(const char *id);
 
 struct Moed__V1__ClusterStatus;
-/* GetCluster within timeout_s, without printing: the reply (free it with
- * protobuf_c_message_free_unpacked), or NULL with *res and moe_errmsg() saying why. */
+/* GetCluster within timeout_s a page, every page, without printing: the reply with every
+ * worker (free it with protobuf_c_message_free_unpacked), or NULL with *res and moe_errmsg()
+ * saying why. */
 struct Moed__V1__ClusterStatus *client_get_cluster(struct client *c, double timeout_s,
                                                    struct rpc_result *res);
 

@@ -978,18 +978,17 @@ static void print_pods(const Moed__V1__ClusterStatus *cs) {
     }
 }
 
+/* The counts cover the whole cluster whatever the pages held (docs/protocol.md "Paging"). */
 static void print_cluster(const Moed__V1__ClusterStatus *cs, const char *target) {
     char up[32];
     moectl_age(up, sizeof up, (long long)(cs->uptime_seconds * 1000));
-    int alive = 0;
-    for (size_t i = 0; i < cs->n_workers; i++)
-        alive += cs->workers[i]->state == MOED__V1__WORKER_STATE__WORKER_IDLE ||
-                 cs->workers[i]->state == MOED__V1__WORKER_STATE__WORKER_BUSY;
     printf("coordinator %s (version %s, up %s, heartbeat timeout %.1f s)\n",
            cs->coordinator_address[0] ? cs->coordinator_address : target,
            cs->coordinator_version, up, cs->heartbeat_timeout_ms / 1000.0);
-    printf("workers: %d alive of %zu registered; jobs: %d running, %d queued, %d in all\n", alive,
-           cs->n_workers, cs->jobs_running, cs->jobs_queued, cs->jobs_total);
+    printf("workers: %d alive of %d registered (%d idle, %d busy, %d dead, %d left); jobs: %d "
+           "running, %d queued, %d in all\n", cs->workers_idle + cs->workers_busy,
+           cs->workers_total, cs->workers_idle, cs->workers_busy, cs->workers_dead,
+           cs->workers_left, cs->jobs_running, cs->jobs_queued, cs->jobs_total);
     if (cs->n_workers) print_workers(cs);
     if (cs->n_pods) print_pods(cs);
 }
@@ -1008,8 +1007,9 @@ static int cluster_status(int argc, char **argv) {
     if ((code = client_open(&cl, &a.conn))) return code;
     Moed__V1__GetClusterRequest req = MOED__V1__GET_CLUSTER_REQUEST__INIT;
     ProtobufCMessage *reply = NULL;
-    code = client_call(&cl, RPC_STATUS_GET_CLUSTER, &req.base,
-                       &moed__v1__cluster_status__descriptor, &reply, NULL);
+    code = client_call_pages(&cl, RPC_STATUS_GET_CLUSTER, &req.base,
+                             &moed__v1__cluster_status__descriptor, "workers", 0, 0, &reply, NULL,
+                             0);
     if (!code && a.json) client_print_json(reply);
     else if (!code) print_cluster((const Moed__V1__ClusterStatus *)reply, cl.target);
     if (reply) protobuf_c_message_free_unpacked(reply, NULL);

@@ -1,5 +1,5 @@
 /*
- * jobs.c — moectl's job commands: submit, jobs, status, watch, cancel, fetch, steps.
+ * jobs.c — moectl's job commands: submit, jobs, status, watch, cancel, delete, fetch, steps.
  *
  * Owns: turning a spec file and its overrides into a SubmitJob request, and showing the Jobs
  * service's answers to a person (tables, a live progress line, the mesh's slot table) or to a
@@ -39,10 +39,11 @@ static void job_usage(FILE *to, const char *cmd) {
         const char *cmd, *args;
     } forms[] = {
         {"submit", "SPEC [--set key.path=value ...] [--json]"},
-        {"jobs", "[--active] [--json]"},
+        {"jobs", "[--active] [--limit N] [--page-size N] [--json]"},
         {"status", "JOB [--json]"},
         {"watch", "JOB [--json]"},
         {"cancel", "JOB [--json]"},
+        {"delete", "JOB [--json]"},
         {"fetch", "JOB -o FILE [--json]"},
         {"steps", "JOB [--from STEP] [--json]"},
     };
@@ -52,9 +53,10 @@ static void job_usage(FILE *to, const char *cmd) {
                     forms[i].args);
 }
 
-/* What a job command was given: the connection options and --json, and where it has one,
- * an option of its own (`extra`, getopt letters `shorts`) that take_extra stores in ctx,
- * returning 0 or -1 (a usage error). */
+/* What a job command was given: the connection options and --json, and where it has them,
+ * options of its own (`extra`, ended by an all-zero entry; getopt letters `shorts`) that
+ * take_extra stores in ctx, returning 0 or -1 (a usage error). */
+#define JOB_MAX_EXTRA 4
 struct job_args {
     struct client_args common;
     const struct option *extra;
@@ -72,9 +74,10 @@ static int take_job_option(void *ctx, int opt, const char *arg) {
 /* Reads a job command's options. 1: go on, optind at the first of exactly `operands`
  * operands; 0: stop with *code (EXIT_OK after --help). */
 static int parse_args(int argc, char **argv, struct job_args *a, int operands, int *code) {
-    struct option opts[8] = {CLIENT_LONG_OPTIONS, {"json", no_argument, 0, 'j'},
-                             {"help", no_argument, 0, 'h'}};
-    if (a->extra) opts[6] = *a->extra;
+    struct option opts[JOB_MAX_EXTRA + 7] = {CLIENT_LONG_OPTIONS, {"json", no_argument, 0, 'j'},
+                                             {"help", no_argument, 0, 'h'}};
+    for (int i = 0; a->extra && i < JOB_MAX_EXTRA && a->extra[i].name; i++)
+        opts[6 + i] = a->extra[i];
     char shorts[16];
     snprintf(shorts, sizeof shorts, "jh%s", a->shorts ? a->shorts : "");
     const struct command_line cmd = {opts, shorts, job_usage, take_job_option, a, operands};
@@ -117,10 +120,10 @@ static int absolute_sources(struct job_spec *spec) {
 }
 
 int cmd_submit(int argc, char **argv) {
-    static const struct option set = {"set", required_argument, 0, 's'};
+    static const struct option set[] = {{"set", required_argument, 0, 's'}, {0, 0, 0, 0}};
     struct submit_ctx sc = {calloc((size_t)argc, sizeof(char *)), 0};
     if (!sc.sets) return moectl_fail(EXIT_RUN_FAILED, "out of memory");
-    struct job_args a = {.extra = &set, .shorts = "s:", .take_extra = take_set, .ctx = &sc};
+    struct job_args a = {.extra = set, .shorts = "s:", .take_extra = take_set, .ctx = &sc};
     int code, go_on = parse_args(argc, argv, &a, 1, &code);
     struct job_spec *spec = NULL;
     char *json = NULL;
@@ -169,11 +172,35 @@ exit:
 
 /* ---- jobs ---- */
 
-static int take_active(void *ctx, int c, const char *arg) {
-    (void)arg;
-    if (c != 'a') return -1;
-    *(int *)ctx = 1;
+struct jobs_ctx {
+    int active;
+    long long limit, page_size; // 0: every job; 0: the coordinator's page size
+};
+
+static int take_jobs_option(void *ctx, int c, const char *arg) {
+    struct jobs_ctx *j = ctx;
+    if (c == 'a') j->active = 1;
+    else if (c == 'l') return moectl_parse_int(arg, "--limit", 1, 1LL << 40, &j->limit);
+    else if (c == 'p') return moectl_parse_int(arg, "--page-size", 1, 1 << 30, &j->page_size);
+    else return -1;
     return 0;
+}
+
+/* "12 jobs: 1 running, 2 queued, 6 succeeded, 2 failed, 1 cancelled" (the states it has). */
+static void print_job_counts(const Moed__V1__ListJobsResponse *r) {
+    const struct {
+        int n;
+        const char *what;
+    } c[] = {{r->running, "running"},     {r->queued, "queued"}, {r->succeeded, "succeeded"},
+             {r->failed, "failed"},       {r->cancelled, "cancelled"}};
+    int all = r->queued + r->running + r->succeeded + r->failed + r->cancelled, first = 1;
+    printf("%d job%s", all, all == 1 ? "" : "s");
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++)
+        if (c[i].n) {
+            printf("%s %d %s", first ? ":" : ",", c[i].n, c[i].what);
+            first = 0;
+        }
+    printf("\n");
 }
 
 static void print_jobs(const Moed__V1__ListJobsResponse *r) {
@@ -191,30 +218,47 @@ static void print_jobs(const Moed__V1__ListJobsResponse *r) {
         printf("%-10s %-16.16s %-10s %-13s %-8s %-8s %-5s %-10s %.60s\n", j->job_id, j->name,
                client_job_state(j->state), step, loss, val, mesh, strcat(age, " ago"), j->error);
     }
+    if (r->next_page_token[0]) // stopped at --limit
+        printf("... %zu of %d shown (--limit)\n", r->n_jobs, r->total);
 }
 
+/* Every page of ListJobs (up to --limit jobs), as one reply. */
 int cmd_jobs(int argc, char **argv) {
-    static const struct option active_only = {"active", no_argument, 0, 'a'};
-    int active = 0, code;
-    struct job_args a = {.extra = &active_only, .shorts = "a", .take_extra = take_active,
-                         .ctx = &active};
+    static const struct option opts[] = {{"active", no_argument, 0, 'a'},
+                                         {"limit", required_argument, 0, 'l'},
+                                         {"page-size", required_argument, 0, 'p'},
+                                         {0, 0, 0, 0}};
+    struct jobs_ctx jc = {0};
+    int code;
+    struct job_args a = {.extra = opts, .shorts = "al:p:", .take_extra = take_jobs_option,
+                         .ctx = &jc};
     if (!parse_args(argc, argv, &a, 0, &code)) return code;
     struct client cl;
     if ((code = client_open(&cl, &a.common.conn))) return code;
     Moed__V1__ListJobsRequest req = MOED__V1__LIST_JOBS_REQUEST__INIT;
-    req.active_only = active;
+    req.active_only = jc.active;
+    req.page_size = (int32_t)jc.page_size;
     ProtobufCMessage *reply = NULL;
-    code = client_call(&cl, RPC_JOBS_LIST_JOBS, &req.base,
-                       &moed__v1__list_jobs_response__descriptor, &reply, NULL);
+    code = client_call_pages(&cl, RPC_JOBS_LIST_JOBS, &req.base,
+                             &moed__v1__list_jobs_response__descriptor, "jobs",
+                             (size_t)jc.limit, 0, &reply, NULL, 0);
     client_close(&cl);
     if (code) return code;
-    const Moed__V1__ListJobsResponse *r = (const Moed__V1__ListJobsResponse *)reply;
-    if (a.common.json)
+    Moed__V1__ListJobsResponse *r = (Moed__V1__ListJobsResponse *)reply;
+    if (jc.limit && r->n_jobs > (size_t)jc.limit) { // the last page went past it
+        for (size_t i = (size_t)jc.limit; i < r->n_jobs; i++)
+            moed__v1__job_info__free_unpacked(r->jobs[i], NULL);
+        r->n_jobs = (size_t)jc.limit;
+        if (!r->next_page_token[0]) r->next_page_token = strdup("more");
+    }
+    if (a.common.json) {
         client_print_json(reply);
-    else if (!r->n_jobs)
-        printf("no %sjobs (moectl submit SPEC starts one)\n", active ? "active " : "");
-    else
+    } else if (!r->n_jobs) {
+        printf("no %sjobs (moectl submit SPEC starts one)\n", jc.active ? "active " : "");
+    } else {
+        print_job_counts(r);
         print_jobs(r);
+    }
     protobuf_c_message_free_unpacked(reply, NULL);
     return EXIT_OK;
 }
@@ -737,6 +781,24 @@ int cmd_cancel(int argc, char **argv) {
     return EXIT_OK;
 }
 
+/* ---- delete ---- */
+
+/* An ended job, its steps, events and model go for good (its id is never used again). */
+int cmd_delete(int argc, char **argv) {
+    struct job_args a = {0};
+    ProtobufCMessage *reply;
+    int code;
+    if (!call_on_job(argc, argv, &a, RPC_JOBS_DELETE_JOB, &moed__v1__empty__descriptor, &reply,
+                     &code))
+        return code;
+    if (a.common.json)
+        client_print_json(reply);
+    else
+        printf("%s deleted\n", argv[optind]);
+    protobuf_c_message_free_unpacked(reply, NULL);
+    return EXIT_OK;
+}
+
 /* ---- fetch ---- */
 
 /* Interrupted mid-transfer: the temporary file goes, so no partial model is ever left. */
@@ -827,9 +889,9 @@ static int fetch_commit(struct fetch *f, const char *out) {
 }
 
 int cmd_fetch(int argc, char **argv) {
-    static const struct option output = {"output", required_argument, 0, 'o'};
+    static const struct option output[] = {{"output", required_argument, 0, 'o'}, {0, 0, 0, 0}};
     const char *out = NULL;
-    struct job_args a = {.extra = &output, .shorts = "o:", .take_extra = take_output, .ctx = &out};
+    struct job_args a = {.extra = output, .shorts = "o:", .take_extra = take_output, .ctx = &out};
     int code;
     if (!parse_args(argc, argv, &a, 1, &code)) return code;
     struct fetch f = {.id = argv[optind], .fd = -1, .total = -1};
@@ -886,9 +948,9 @@ static int take_from(void *ctx, int c, const char *arg) {
 }
 
 int cmd_steps(int argc, char **argv) {
-    static const struct option from_step = {"from", required_argument, 0, 'f'};
+    static const struct option from_step[] = {{"from", required_argument, 0, 'f'}, {0, 0, 0, 0}};
     long from = 1;
-    struct job_args a = {.extra = &from_step, .shorts = "f:", .take_extra = take_from,
+    struct job_args a = {.extra = from_step, .shorts = "f:", .take_extra = take_from,
                          .ctx = &from};
     int code;
     if (!parse_args(argc, argv, &a, 1, &code)) return code;

@@ -10,7 +10,7 @@
  *   moectl spec            print a complete default job spec (YAML, one comment per field)
  * and, talking to a coordinator (client.c says how it is found):
  *   moectl cluster up|down|status      a local cluster of real processes (cluster.c)
- *   moectl submit|jobs|status|watch|cancel|fetch|steps   jobs on a cluster (jobs.c)
+ *   moectl submit|jobs|status|watch|cancel|delete|fetch|steps   jobs on a cluster (jobs.c)
  *   moectl chaos JOB                   faults injected into a job on a local cluster (chaos.c)
  * Exit codes: 0 success (watch: the job succeeded); 1 the run, the job or the operation failed;
  * 2 bad input: usage, a malformed or inconsistent spec, a missing or malformed data or model
@@ -79,12 +79,16 @@ static void usage(FILE *to, const char *cmd) {
             "jobs on a cluster:\n"
             "  submit SPEC [--set key.path=value ...] [--json]\n"
             "        prints the new job's id (JOB=$(moectl submit job.yaml))\n"
-            "  jobs [--active] [--json]    every job and its state\n"
+            "  jobs [--active] [--limit N] [--json]\n"
+            "        every job and its state, oldest first (read page by page; --limit N: the\n"
+            "        first N only)\n"
             "  status JOB [--json]         step, loss, speed, expert load, the mesh's slots\n"
             "                              (worker, step, step/comm ms, bytes moved), the\n"
             "                              committed step and recoveries, events\n"
             "  watch JOB [--json]          live progress until the job ends; exit code from it\n"
             "  cancel JOB [--json]\n"
+            "  delete JOB [--json]         an ended job, its steps, events and model, for good\n"
+            "                              (the coordinator also expires them: --job-retention-s)\n"
             "  fetch JOB -o FILE [--json]  the trained model (.safetensors)\n"
             "  steps JOB [--from STEP] [--json]  every stored step's metrics: the loss curve\n"
             "  chaos JOB [--seed N] [--faults K] [--kinds kill,kill2,stop,coordinator,cut,flip]\n"
@@ -506,7 +510,8 @@ int main(int argc, char **argv) {
         int (*run)(int argc, char **argv);
     } client_cmds[] = {{"cluster", cmd_cluster}, {"submit", cmd_submit}, {"jobs", cmd_jobs},
                        {"status", cmd_status},   {"watch", cmd_watch},   {"cancel", cmd_cancel},
-                       {"fetch", cmd_fetch},     {"steps", cmd_steps},   {"chaos", cmd_chaos}};
+                       {"fetch", cmd_fetch},     {"steps", cmd_steps},   {"chaos", cmd_chaos},
+                       {"delete", cmd_delete}};
     for (size_t i = 0; i < sizeof client_cmds / sizeof client_cmds[0]; i++) {
         if (strcmp(cmd, client_cmds[i].name) != 0) continue;
         int code = client_cmds[i].run(argc - 1, argv + 1);

@@ -72,6 +72,7 @@ int cmd_jobs(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_watch(int argc, char **argv);
 int cmd_cancel(int argc, char **argv);
+int cmd_delete(int argc, char **argv); // an ended job, for good
 int cmd_fetch(int argc, char **argv);
 int cmd_steps(int argc, char **argv); // a job's stored per-step metrics (its loss curve)
 int cmd_chaos(int argc, char **argv); // a reproducible schedule of faults against a job

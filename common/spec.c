@@ -851,8 +851,6 @@ exit:
     return st;
 }
 
-#define SPEC_FILE_MAX (1u << 20) // a spec is a few KiB
-
 moe_status spec_load_file(struct job_spec *s, const char *path) {
     FILE *fp = fopen(path, "rb");
     if (!fp) return moe_fail(MOE_EIO, "spec: %s: %s", path, strerror(errno));
@@ -861,9 +859,9 @@ moe_status spec_load_file(struct job_spec *s, const char *path) {
     size_t len = 0, cap = 0;
     for (;;) {
         if (len == cap) {
-            if (cap >= SPEC_FILE_MAX) {
-                st = moe_fail(MOE_EINVAL, "spec: %s: larger than %u MiB, not a job spec", path,
-                              SPEC_FILE_MAX >> 20);
+            if (cap >= SPEC_TEXT_MAX) {
+                st = moe_fail(MOE_EINVAL, "spec: %s: larger than %d MiB, not a job spec", path,
+                              SPEC_TEXT_MAX >> 20);
                 goto exit;
             }
             cap = cap ? 2 * cap : 4096;
@@ -911,12 +909,24 @@ static moe_status set_source_field(struct reader *r, const char *key, const yaml
     return read_scalar(r, f, &data->sources[i], key, v);
 }
 
-moe_status spec_set_all(struct job_spec *s, const char *const *assignments, size_t n) {
-    for (size_t i = 0; i < n; i++) CHECK(spec_set(s, assignments[i]));
+moe_status spec_check_sizes(size_t spec_bytes, const char *const *assignments, size_t n) {
+    if (spec_bytes > SPEC_TEXT_MAX)
+        return moe_fail(MOE_EINVAL, "spec: %zu bytes, more than the limit of %d KiB: not a job "
+                        "spec", spec_bytes, SPEC_TEXT_MAX >> 10);
+    if (n > SPEC_MAX_OVERRIDES)
+        return moe_fail(MOE_EINVAL, "spec: %zu overrides, more than the limit of %d", n,
+                        SPEC_MAX_OVERRIDES);
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++) bytes += strlen(assignments[i]);
+    if (bytes > SPEC_OVERRIDES_BYTES_MAX)
+        return moe_fail(MOE_EINVAL, "spec: the overrides total %zu bytes, more than the limit of "
+                        "%d KiB", bytes, SPEC_OVERRIDES_BYTES_MAX >> 10);
     return MOE_OK;
 }
 
-moe_status spec_set(struct job_spec *s, const char *assignment) {
+/* One "key.path=value" into `s` itself, which the caller throws away on failure (spec_set and
+ * spec_set_all apply to a copy, so that a failure changes nothing). */
+static moe_status set_one(struct job_spec *s, const char *assignment) {
     char buf[80], key[128];
     const char *eq = strchr(assignment, '=');
     if (!eq || eq == assignment || *assignment == ' ')
@@ -936,31 +946,39 @@ moe_status spec_set(struct job_spec *s, const char *assignment) {
     CHECK(load_document(&doc, eq + 1, strlen(eq + 1), key, NULL, &root));
 
     moe_status st = MOE_OK;
-    struct job_spec *copy = malloc(sizeof *copy);
-    if (!copy) {
-        st = moe_fail(MOE_ENOMEM, "spec: out of memory");
-        goto exit;
-    }
-    memcpy(copy, s, sizeof *copy);
-    struct reader r = {.s = copy, .doc = &doc, .with_lines = 0};
+    struct reader r = {.s = s, .doc = &doc, .with_lines = 0};
     yaml_node_t empty = {.type = YAML_SCALAR_NODE};
     empty.data.scalar.value = (yaml_char_t *)"";
     if (!root) root = &empty; // "key=" sets the empty string (and fails for numbers)
 
     const struct field *f = find_field(spec_fields, N_FIELDS, key);
-    if (f) CHECK_GOTO(read_field(&r, f, root), st, exit);
+    if (f) st = read_field(&r, f, root);
     else if (strncmp(key, "data.sources.", strlen("data.sources.")) == 0)
-        CHECK_GOTO(set_source_field(&r, key, root), st, exit);
+        st = set_source_field(&r, key, root);
     else
-        CHECK_GOTO(moe_fail(MOE_EINVAL, "spec: %s: unknown field",
-                            shown(key, klen, buf, sizeof buf)),
-                   st, exit);
-    copy->optimizer.total_steps = (int)copy->run.steps;
-    memcpy(s, copy, sizeof *s);
-exit:
-    free(copy);
+        st = moe_fail(MOE_EINVAL, "spec: %s: unknown field", shown(key, klen, buf, sizeof buf));
+    s->optimizer.total_steps = (int)s->run.steps;
     yaml_document_delete(&doc);
     return st;
+}
+
+/* The spec is copied once for all of them, not once per override: a request's cost is its
+ * overrides' length plus one spec, never their number times the spec (the ~22 KiB struct). */
+moe_status spec_set_all(struct job_spec *s, const char *const *assignments, size_t n) {
+    if (!n) return MOE_OK;
+    CHECK(spec_check_sizes(0, assignments, n));
+    struct job_spec *copy = malloc(sizeof *copy);
+    if (!copy) return moe_fail(MOE_ENOMEM, "spec: out of memory");
+    memcpy(copy, s, sizeof *copy);
+    moe_status st = MOE_OK;
+    for (size_t i = 0; i < n && st == MOE_OK; i++) st = set_one(copy, assignments[i]);
+    if (st == MOE_OK) memcpy(s, copy, sizeof *s);
+    free(copy);
+    return st;
+}
+
+moe_status spec_set(struct job_spec *s, const char *assignment) {
+    return spec_set_all(s, &assignment, 1);
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -108,8 +108,17 @@ moe_status spec_load_file(struct job_spec *s, const char *path);
 /* Applies one "key.path=value" override, e.g. "router.top_k=2", "data.sources.0.path=x.txt",
  * "run.steps=100". Same errors as spec_parse. */
 moe_status spec_set(struct job_spec *s, const char *assignment);
-/* Applies n overrides in order (a later one wins); stops at the first that fails. */
+/* Applies n overrides in order (a later one wins), all or none: the first that fails leaves
+ * s as it was. More than the limits below is MOE_EINVAL before any is read. */
 moe_status spec_set_all(struct job_spec *s, const char *const *assignments, size_t n);
+
+/* What one submission may carry (docs/security-limits.md). A spec is a few KiB and a handful
+ * of overrides; these are far above any real one, and keep the parse of one request short. */
+#define SPEC_TEXT_MAX (1 << 20)            // bytes of spec text (a file, or SubmitJob.spec)
+#define SPEC_MAX_OVERRIDES 1000            // "key.path=value" overrides
+#define SPEC_OVERRIDES_BYTES_MAX (64 << 10) // their bytes, all together
+/* MOE_EINVAL naming the limit a spec of spec_bytes bytes with these n overrides exceeds. */
+moe_status spec_check_sizes(size_t spec_bytes, const char *const *assignments, size_t n);
 
 /* Cross-field checks: top_k <= experts, heads divide d_model, head dim even, schedule well
  * formed, ... Fails with MOE_EINVAL naming the field. Touches no file: a daemon that validates

@@ -11,8 +11,10 @@
 #include "policy/faults.h"
 #include "policy/membership.h"
 #include "policy/recovery.h"
+#include "policy/retention.h"
 #include "policy/schedule.h"
 #include "state/jobs.h"
+#include "state/models.h"
 #include "state/workers.h"
 
 #include <errno.h>
@@ -53,6 +55,11 @@ const struct knob coordinator_knobs[] = {
     {"max-assign-attempts", NULL, KNOB_INT, CFG(max_assign_attempts),
      XSTR(COORD_MAX_ASSIGN_ATTEMPTS), 1, 1000, NULL, "N",
      "RunSlot refusals (other than busy or unreachable) before a job fails"},
+    {"job-retention-s", NULL, KNOB_LONG, CFG(job_retention_s), XSTR(COORD_JOB_RETENTION_S), 0,
+     1e12, NULL, "S", "delete an ended job (its record, steps, events and model) this long after "
+     "it ended; 0 keeps ended jobs until `moectl delete`"},
+    {"max-finished-jobs", NULL, KNOB_LONG, CFG(max_finished_jobs), XSTR(COORD_MAX_FINISHED_JOBS),
+     0, 1e9, NULL, "N", "keep at most N ended jobs, deleting the oldest beyond that; 0: no limit"},
     {"log-level", "MOE_LOG_LEVEL", KNOB_CHOICE, CFG(log_level), "info", 0, 0,
      "debug|info|warn|error|off", NULL, "how much to log"},
 };
@@ -66,6 +73,7 @@ static void monitor_tick(uv_timer_t *t) {
     membership_check(co, now);
     faults_tick(co, now);
     schedule_pass(co);
+    retention_tick(co, now);
 }
 
 /* ---- start ---- */
@@ -169,6 +177,7 @@ moe_status coordinator_start(struct coordinator *co, uv_loop_t *loop,
     CHECK(open_store(co, cfg->dir));
     CHECK(load_meta(co));
     CHECK(load_tables(co));
+    models_sweep(co); // files of jobs whose deletion was stored just before a crash
     CHECK(serve(co, loop));
     uv_timer_init(loop, &co->monitor);
     co->monitor.data = co;

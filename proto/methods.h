@@ -18,6 +18,7 @@
 #define RPC_JOBS_WATCH_JOB "/moed.v1.Jobs/WatchJob"
 #define RPC_JOBS_FETCH_MODEL "/moed.v1.Jobs/FetchModel"
 #define RPC_JOBS_LIST_STEPS "/moed.v1.Jobs/ListSteps"
+#define RPC_JOBS_DELETE_JOB "/moed.v1.Jobs/DeleteJob"
 
 /* Status: read-only views for any gRPC client. Client token. */
 #define RPC_STATUS_GET_CLUSTER "/moed.v1.Status/GetCluster"

@@ -1,6 +1,7 @@
 /*
  * test_store.c — the coordinator's RocksDB record against a real database in a fresh directory:
- * round trips, key order (job-2 before job-10), step and event ranges, batch atomicity, a
+ * round trips, key order (job-2 before job-10), step and event ranges, deleting a job's
+ * record, steps and events (and nothing of its neighbours), batch atomicity, a
  * restart, a coordinator killed with SIGKILL right after a synced write, the lock a second
  * coordinator meets, a recovering job's record (committed step, restore plan) across a
  * restart, and a corrupted value that must fail with the key's name, not crash.
@@ -345,6 +346,56 @@ static void test_steps_and_events(struct store *st) {
     EXPECT(gone.n == 0);
 }
 
+/* Deleting job-4 removes its record, steps and events, and nothing of job-40 or job-5 (whose
+ * keys share job-4's digits or sit next to its ranges); the meta counter stays. They are all
+ * gone again at the end (test_reopen counts what is left). */
+static void test_delete_job(struct store *st) {
+    put_job(st, "job-4", "four", MOED__V1__JOB_STATE__JOB_SUCCEEDED, 3);
+    put_job(st, "job-40", "forty", MOED__V1__JOB_STATE__JOB_FAILED, 1);
+    struct store_batch *b = store_batch_new();
+    for (int64_t k = 1; k <= 3; k++) put_step(b, "job-4", k), put_event(b, "job-4", k - 1);
+    put_step(b, "job-40", 1);
+    put_event(b, "job-40", 0);
+    put_step(b, "job-5", 5);
+    EXPECT(store_batch_commit(st, b, 1) == MOE_OK);
+    Moed__Store__MetaRecord *before = NULL, *after = NULL;
+    EXPECT(store_meta_get(st, &before) == MOE_OK);
+    b = store_batch_new();
+    store_batch_delete_job(b, "job-4");
+    EXPECT(store_batch_commit(st, b, 1) == MOE_OK);
+    Moed__Store__JobRecord *rec = NULL;
+    EXPECT_FAIL(store_job_get(st, "job-4", &rec), MOE_ENOTFOUND, "job-4");
+    struct seen steps = {0}, events = {0}, j40 = {0}, j40e = {0}, j5 = {0}, jobs = {0};
+    EXPECT(store_steps_scan(st, "job-4", 0, see_step, &steps) == MOE_OK);
+    EXPECT(store_events_tail(st, "job-4", 0, see_event, &events) == MOE_OK);
+    EXPECT_MSG(steps.n == 0 && events.n == 0, "job-4 kept %d steps and %d events", steps.n,
+               events.n);
+    EXPECT(store_steps_scan(st, "job-40", 0, see_step, &j40) == MOE_OK);
+    EXPECT_SEEN(j40, "1");
+    EXPECT(store_events_tail(st, "job-40", 0, see_event, &j40e) == MOE_OK);
+    EXPECT_SEEN(j40e, "event 0");
+    EXPECT(store_steps_scan(st, "job-5", 0, see_step, &j5) == MOE_OK);
+    EXPECT_SEEN(j5, "5");
+    EXPECT(store_job_get(st, "job-40", &rec) == MOE_OK);
+    if (rec) moed__store__job_record__free_unpacked(rec, NULL);
+    EXPECT(store_jobs_scan(st, see_job, &jobs) == MOE_OK);
+    for (int i = 0; i < jobs.n && i < 64; i++) EXPECT(strcmp(jobs.item[i], "job-4") != 0);
+    EXPECT(store_meta_get(st, &after) == MOE_OK);
+    EXPECT(before && after && before->next_job == after->next_job);
+    if (before) moed__store__meta_record__free_unpacked(before, NULL);
+    if (after) moed__store__meta_record__free_unpacked(after, NULL);
+    b = store_batch_new();
+    store_batch_delete_job(b, "job-04");
+    EXPECT_FAIL(store_batch_commit(st, b, 1), MOE_EINVAL, "job-04");
+    b = store_batch_new(); // two in one batch; job-5 has steps but no record
+    store_batch_delete_job(b, "job-40");
+    store_batch_delete_job(b, "job-5");
+    EXPECT(store_batch_commit(st, b, 1) == MOE_OK);
+    struct seen left = {0};
+    EXPECT(store_steps_scan(st, "job-5", 0, see_step, &left) == MOE_OK);
+    EXPECT(store_job_get(st, "job-40", &rec) == MOE_ENOTFOUND && left.n == 0);
+}
+
 /* A batch is all or nothing: everything visible after its commit, nothing after a failed one
  * or a dropped one. */
 static void test_batches(struct store *st) {
@@ -610,6 +661,7 @@ int main(void) {
     test_jobs(st);
     test_workers(st);
     test_steps_and_events(st);
+    test_delete_job(st);
     test_batches(st);
     store_close(st);
     test_reopen(path);

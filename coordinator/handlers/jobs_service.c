@@ -1,7 +1,8 @@
 /*
  * jobs_service.c — the Jobs and Status services: what clients call (see handlers.h).
- * Submitting and cancelling go to policy/schedule.c and state/transitions.c; every other call
- * reads the tables (views of jobs and workers, the stored loss curve, the model file).
+ * Submitting and cancelling go to policy/schedule.c and state/transitions.c, deleting to
+ * state/jobs.c; every other call reads the tables (views of jobs and workers, the stored loss
+ * curve, the model file). Lists come in pages (page_after, page_size).
  */
 #include "handlers.h"
 
@@ -13,6 +14,7 @@
 #include "../state/transitions.h"
 #include "../state/workers.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,13 @@
 #define CO(ctx) ((struct coordinator *)(ctx))
 #define LIST_STEPS_MAX 10000
 #define LIST_STEPS_BYTES (3 << 20) // below the 4 MiB message limit, whatever the expert count
+/* Pages (docs/protocol.md "Paging"): a page_size of 0 (an older client) gets the default; a
+ * page never packs beyond PAGE_BYTES, whatever the jobs' meshes or the workers' addresses. */
+#define LIST_JOBS_DEFAULT 100
+#define LIST_JOBS_MAX 1000
+#define CLUSTER_WORKERS_DEFAULT 500
+#define CLUSTER_WORKERS_MAX 5000
+#define PAGE_BYTES (3 << 20)
 
 /* The job a request names; NOT_FOUND (and NULL) when there is none. */
 static struct job *job_or_fail(struct rpc_call *call, struct coordinator *co, const char *id) {
@@ -39,6 +48,12 @@ static void reply_job_info(struct rpc_call *call, const struct job *j) {
 void handle_submit_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
     const Moed__V1__SubmitJobRequest *req = (const void *)m;
     struct job *j;
+    /* Sizes first: nothing of a request beyond the limits is parsed (docs/security-limits.md). */
+    if (spec_check_sizes(strlen(req->spec), (const char *const *)req->overrides,
+                         req->n_overrides) != MOE_OK) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", moe_errmsg());
+        return;
+    }
     moe_status s = schedule_submit(CO(ctx), req->spec, strlen(req->spec), req->overrides,
                                    req->n_overrides, &j);
     if (s == MOE_EINVAL || s == MOE_EFORMAT || s == MOE_ENOTFOUND || s == MOE_EIO) {
@@ -70,32 +85,123 @@ void handle_cancel_job(struct rpc_call *call, const ProtobufCMessage *m, void *c
     reply_job_info(call, j);
 }
 
+/* ---- pages ---- */
+
+static int page_size(int32_t asked, int def, int max) {
+    return asked <= 0 ? def : asked > max ? max : asked;
+}
+
+/* A page token is the number of the last job (or worker) of the page before: "" is 0, the
+ * first page. 0 and INVALID_ARGUMENT for anything this coordinator never gave out. */
+static int page_after(struct rpc_call *call, const char *token, long *after) {
+    *after = 0;
+    if (!token[0]) return 1;
+    char *end;
+    errno = 0;
+    long v = strtol(token, &end, 10);
+    if (token[0] < '0' || token[0] > '9' || *end || errno || v < 0) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "page_token \"%.40s\" is not a token this "
+                 "coordinator gave out (send the next_page_token of the page before, or \"\")",
+                 token);
+        return 0;
+    }
+    *after = v;
+    return 1;
+}
+
+/* Every job's state, counted for each page's summary; `total` counts those the request
+ * matches. */
+static void count_jobs(Moed__V1__ListJobsResponse *r, const struct coordinator *co,
+                       int active_only) {
+    for (int i = 0; i < co->n_jobs; i++) {
+        const struct job *j = co->jobs[i];
+        r->total += !active_only || !job_is_final(j);
+        switch (j->state) {
+        case MOED__V1__JOB_STATE__JOB_QUEUED: r->queued++; break;
+        case MOED__V1__JOB_STATE__JOB_RUNNING: r->running++; break;
+        case MOED__V1__JOB_STATE__JOB_SUCCEEDED: r->succeeded++; break;
+        case MOED__V1__JOB_STATE__JOB_FAILED: r->failed++; break;
+        case MOED__V1__JOB_STATE__JOB_CANCELLED: r->cancelled++; break;
+        default: break;
+        }
+    }
+}
+
+struct job_page {
+    struct job_view *views;
+    Moed__V1__JobInfo **ptrs;
+    size_t n;
+    char next[24];
+};
+
+/* The jobs of one page, from the first above `after` that the request matches. */
+static void fill_job_page(struct job_page *p, struct coordinator *co, int active_only,
+                          long after, size_t max) {
+    size_t bytes = 0;
+    int i = jobs_index_after(co, after), last = -1;
+    for (; i < co->n_jobs && p->n < max; i++) {
+        struct job *j = co->jobs[i];
+        if (active_only && job_is_final(j)) continue;
+        job_view_fill(&p->views[p->n], j);
+        bytes += protobuf_c_message_get_packed_size(&p->views[p->n].info.base) + 8;
+        if (p->n && bytes > PAGE_BYTES) {
+            job_view_free(&p->views[p->n]);
+            break;
+        }
+        p->ptrs[p->n] = &p->views[p->n].info;
+        p->n++;
+        last = i;
+    }
+    for (; last >= 0 && i < co->n_jobs; i++) // more after this page?
+        if (!active_only || !job_is_final(co->jobs[i])) {
+            snprintf(p->next, sizeof p->next, "%ld", co->jobs[last]->num);
+            break;
+        }
+}
+
 void handle_list_jobs(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
     const Moed__V1__ListJobsRequest *req = (const void *)m;
     struct coordinator *co = CO(ctx);
-    Moed__V1__ListJobsResponse resp = MOED__V1__LIST_JOBS_RESPONSE__INIT;
-    struct job_view *views = calloc((size_t)co->n_jobs + 1, sizeof *views);
-    Moed__V1__JobInfo **ptrs = calloc((size_t)co->n_jobs + 1, sizeof *ptrs);
-    if (!views || !ptrs) {
-        free(views);
-        free(ptrs);
+    long after;
+    if (!page_after(call, req->page_token, &after)) return;
+    size_t max = (size_t)page_size(req->page_size, LIST_JOBS_DEFAULT, LIST_JOBS_MAX);
+    struct job_page p = {calloc(max, sizeof *p.views), calloc(max, sizeof *p.ptrs), 0, ""};
+    if (!p.views || !p.ptrs) {
+        free(p.views);
+        free(p.ptrs);
         rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
-    size_t n = 0;
-    for (int i = 0; i < co->n_jobs; i++) {
-        struct job *j = co->jobs[i];
-        if (req->active_only && job_is_final(j)) continue;
-        job_view_fill(&views[n], j);
-        ptrs[n] = &views[n].info;
-        n++;
-    }
-    resp.n_jobs = n;
-    resp.jobs = ptrs;
+    fill_job_page(&p, co, req->active_only, after, max);
+    Moed__V1__ListJobsResponse resp = MOED__V1__LIST_JOBS_RESPONSE__INIT;
+    resp.n_jobs = p.n;
+    resp.jobs = p.ptrs;
+    resp.next_page_token = p.next;
+    count_jobs(&resp, co, req->active_only);
     rpc_reply(call, &resp.base);
-    for (size_t i = 0; i < n; i++) job_view_free(&views[i]);
-    free(views);
-    free(ptrs);
+    for (size_t i = 0; i < p.n; i++) job_view_free(&p.views[i]);
+    free(p.views);
+    free(p.ptrs);
+}
+
+void handle_delete_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__JobRef *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    struct job *j = job_or_fail(call, co, req->job_id);
+    if (!j) return;
+    if (!job_is_final(j)) {
+        rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%s is %s: only an ended job "
+                 "(SUCCEEDED, FAILED or CANCELLED) can be deleted; cancel it first", j->id,
+                 job_state_name(j->state));
+        return;
+    }
+    if (jobs_delete(co, &j, 1) != MOE_OK) {
+        LOG_ERROR("deleting %s: %s", req->job_id, moe_errmsg());
+        rpc_fail(call, GRPC_STATUS_INTERNAL, "the coordinator cannot delete %s", req->job_id);
+        return;
+    }
+    Moed__V1__Empty empty = MOED__V1__EMPTY__INIT;
+    rpc_reply(call, &empty.base);
 }
 
 void handle_get_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
@@ -259,11 +365,14 @@ void handle_list_steps(struct rpc_call *call, const ProtobufCMessage *m, void *c
 /* ---- Status ---- */
 
 void handle_get_cluster(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
-    (void)m;
+    const Moed__V1__GetClusterRequest *req = (const void *)m;
     struct coordinator *co = CO(ctx);
     int64_t now = moe_wall_ms();
+    long after;
+    if (!page_after(call, req->page_token, &after)) return;
+    int max = page_size(req->page_size, CLUSTER_WORKERS_DEFAULT, CLUSTER_WORKERS_MAX);
     struct cluster_view v;
-    if (cluster_view_fill(&v, co, now) != MOE_OK) {
+    if (cluster_view_fill(&v, co, now, after, max, PAGE_BYTES) != MOE_OK) {
         rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }

@@ -18,6 +18,7 @@ const struct rpc_method coordinator_methods[] = {
     CLIENT(RPC_JOBS_WATCH_JOB, moed__v1__watch_job_request__descriptor, RPC_SERVER_STREAM, handle_watch_job),
     CLIENT(RPC_JOBS_FETCH_MODEL, moed__v1__job_ref__descriptor, RPC_SERVER_STREAM, handle_fetch_model),
     CLIENT(RPC_JOBS_LIST_STEPS, moed__v1__list_steps_request__descriptor, RPC_UNARY, handle_list_steps),
+    CLIENT(RPC_JOBS_DELETE_JOB, moed__v1__job_ref__descriptor, RPC_UNARY, handle_delete_job),
     CLIENT(RPC_STATUS_GET_CLUSTER, moed__v1__get_cluster_request__descriptor, RPC_UNARY, handle_get_cluster),
     CLIENT(RPC_STATUS_GET_JOB, moed__v1__job_ref__descriptor, RPC_UNARY, handle_get_job),
     CLIENT(RPC_STATUS_WATCH_JOB, moed__v1__watch_job_request__descriptor, RPC_SERVER_STREAM, handle_watch_job),

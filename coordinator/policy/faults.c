@@ -14,7 +14,8 @@
  *     window: the other slots are told to stop, and the job fails once every slot has answered
  *     or MESH_FAILURE_WINDOW_MS has passed — naming the slot that never answered if there is
  *     one (the peers of a dead slot all report losing it; the silent one is the cause), else
- *     the first failure.
+ *     the slot the first failure's data-plane error names (job_blamed_rank), else the slot
+ *     that reported it.
  * Never: recovers a job (recovery.c does), decides that a worker is dead on its own (the
  * monitor's heartbeat timeout and a recovery's fence do), or ends a job except through
  * state/transitions.c.
@@ -69,7 +70,15 @@ static void decide_failure(struct coordinator *co, struct job *j) {
     for (int k = 0; k < n && silent < 0; k++)
         if (!j->bindings[k].ended) silent = k;
     if (silent < 0) { // everyone answered: the first failure is the cause
-        job_fail(co, j, j->first_failed, "failed", "%s", j->first_failure);
+        /* ... and the slot it names failed, not the slot that reported it (often rank 0,
+         * which is healthy) */
+        int k = j->first_failed, blamed = job_blamed_rank(j, j->first_failure, k);
+        if (blamed < 0)
+            job_fail(co, j, k, "failed", "%s", j->first_failure);
+        else
+            job_fail(co, j, blamed, "failed", "worker %s failed as slot (%d, %d) on %s "
+                     "reported: %s", j->bindings[blamed].worker_id, k / j->slots, k % j->slots,
+                     j->bindings[k].worker_id, j->first_failure);
         return;
     }
     const struct binding *b = &j->bindings[silent];

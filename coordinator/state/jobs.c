@@ -3,6 +3,8 @@
  */
 #include "jobs.h"
 
+#include "models.h"
+
 #include "../../common/clock.h"
 #include "../../common/log.h"
 
@@ -13,9 +15,24 @@
 
 /* ---- the table ---- */
 
+/* The table is in submission order, which is ascending job number (jobs_add appends the
+ * newest, jobs_load reads them in key order), so a number is found by bisection. */
+int jobs_index_after(const struct coordinator *co, long num) {
+    int lo = 0, hi = co->n_jobs;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (co->jobs[mid]->num <= num) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
 struct job *jobs_find(struct coordinator *co, const char *id) {
-    for (int i = 0; i < co->n_jobs; i++)
-        if (strcmp(co->jobs[i]->id, id) == 0) return co->jobs[i];
+    if (!id || strncmp(id, "job-", 4) != 0 || id[4] < '0' || id[4] > '9') return NULL;
+    long num = strtol(id + 4, NULL, 10);
+    int i = jobs_index_after(co, num - 1);
+    if (i < co->n_jobs && co->jobs[i]->num == num && strcmp(co->jobs[i]->id, id) == 0)
+        return co->jobs[i];
     return NULL;
 }
 
@@ -69,6 +86,35 @@ void job_free(struct job *j) {
     if (j->upload_fd >= 0) close(j->upload_fd);
     for (struct watcher *w = j->watchers; w; w = w->next) w->job = NULL;
     free(j);
+}
+
+moe_status jobs_delete(struct coordinator *co, struct job *const *del, int n) {
+    if (n <= 0) return MOE_OK;
+    struct store_batch *b = store_batch_new();
+    for (int i = 0; i < n; i++) {
+        if (!job_is_final(del[i])) {
+            store_batch_free(b);
+            return moe_fail(MOE_EINVAL, "%s is %s: only an ended job can be deleted", del[i]->id,
+                            job_state_name(del[i]->state));
+        }
+        store_batch_delete_job(b, del[i]->id);
+    }
+    CHECK(store_batch_commit(co->store, b, 1)); // gone for good before anything else goes
+    for (int i = 0; i < n; i++) {
+        model_remove(co, del[i]);
+        LOG_INFO("%s: deleted (%s, finished %lld)", del[i]->id, job_state_name(del[i]->state),
+                 (long long)del[i]->finished_ms);
+    }
+    /* One pass over the table, however many go. */
+    for (int i = 0; i < n; i++) del[i]->deleted = 1;
+    int kept = 0;
+    for (int i = 0; i < co->n_jobs; i++) {
+        struct job *j = co->jobs[i];
+        if (j->deleted) job_free(j); // its watchers (if any are still closing) let go of it
+        else co->jobs[kept++] = j;
+    }
+    co->n_jobs = kept;
+    return MOE_OK;
 }
 
 moe_status jobs_add(struct coordinator *co, struct job *j) {
@@ -191,14 +237,37 @@ void job_binding_text(const struct job *j, char *out, size_t cap) {
                               k % j->slots, j->bindings[k].worker_id);
 }
 
+/* The rank a "rank N" at p speaks of, or -1: a number outside the mesh, the writer's own
+ * rank ("we are rank 0") or what an unproven peer claimed to be ("refused rank 0: it is in
+ * job-4"): the worker the binding has at that rank is not who that was. */
+static long rank_at(const struct job *j, const char *why, const char *p) {
+    char *end;
+    long r = strtol(p + 5, &end, 10);
+    if (end == p + 5 || r < 0 || r >= job_n_slots(j)) return -1;
+    static const char *const not_the_peer[] = {"we are ", "refused "};
+    for (size_t i = 0; i < sizeof not_the_peer / sizeof not_the_peer[0]; i++) {
+        size_t len = strlen(not_the_peer[i]);
+        if ((size_t)(p - why) >= len && !strncmp(p - len, not_the_peer[i], len)) return -1;
+    }
+    return r;
+}
+
+int job_blamed_rank(const struct job *j, const char *why, int reporter) {
+    long blamed = -1;
+    for (const char *p = strstr(why, "rank "); p; p = strstr(p + 5, "rank ")) {
+        long r = rank_at(j, why, p);
+        if (r >= 0 && r != reporter) blamed = r; // "rank 0 gave up ... because of rank 2": 2
+    }
+    return (int)blamed;
+}
+
 void job_name_ranks(const struct job *j, char *why, size_t cap) {
     int n = job_n_slots(j);
     char *seen = calloc((size_t)n, 1);
     if (!seen) return;
     for (const char *p = strstr(why, "rank "); p; p = strstr(p + 5, "rank ")) {
-        char *end;
-        long r = strtol(p + 5, &end, 10);
-        if (end == p + 5 || r < 0 || r >= n || seen[r]) continue;
+        long r = rank_at(j, why, p);
+        if (r < 0 || seen[r]) continue;
         seen[r] = 1;
         size_t len = strlen(why);
         snprintf(why + len, cap - len, " [rank %ld = slot (%ld, %ld) on %s at %s]", r,

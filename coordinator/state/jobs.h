@@ -2,11 +2,11 @@
  * jobs.h — the job table: every job the coordinator knows, its mesh, the binding of each
  * logical slot to a worker, its progress, and its durable record.
  *
- * Owns: struct job and struct binding; finding, adding, loading and freeing jobs; the job's
- * record in the store (JobRecord) and its protobuf views (JobInfo, SlotStatus); the texts that
- * name a job's slots ("slot (1, 0) of the 2 x 2 mesh, epoch 3"); and which state changes are
- * allowed (job_state_allowed: the state machine below). The changes themselves, with their
- * events and side effects, are transitions.c's.
+ * Owns: struct job and struct binding; finding, adding, loading, deleting and freeing jobs;
+ * the job's record in the store (JobRecord) and its protobuf views (JobInfo, SlotStatus); the
+ * texts that name a job's slots ("slot (1, 0) of the 2 x 2 mesh, epoch 3"); and which state
+ * changes are allowed (job_state_allowed: the state machine below). The changes themselves,
+ * with their events and side effects, are transitions.c's.
  *
  * The state machine of a job (docs/protocol.md):
  *   QUEUED --bound (every slot, epoch + 1)--> RUNNING
@@ -102,11 +102,15 @@ struct job {
     struct watcher *watchers;
     int upload_fd;                            // model upload in progress (-1: none; models.c)
     int64_t upload_offset;
+    int deleted;                              // being removed from the table (jobs_delete)
 };
 
 /* ---- the table ---- */
 
 struct job *jobs_find(struct coordinator *co, const char *id);
+/* The index in co->jobs of the first job whose number is above `num` (n_jobs: none): where
+ * a page that follows job-<num> starts, whether or not job-<num> is still there. */
+int jobs_index_after(const struct coordinator *co, long num);
 /* A new QUEUED job "job-N" from a validated spec (N = co->next_job; not yet in the table). */
 struct job *job_create(struct coordinator *co, const struct job_spec *spec);
 moe_status jobs_add(struct coordinator *co, struct job *j);
@@ -114,6 +118,11 @@ moe_status jobs_add(struct coordinator *co, struct job *j);
 moe_status jobs_load(struct coordinator *co);
 /* Frees a job and whatever recovery it had in progress. */
 void job_free(struct job *j);
+/* Removes ended jobs for good: their records, steps and events in one synced batch, then
+ * their model files, then from the table (freed: `del` holds dangling pointers after). Job
+ * numbers are not reused (the meta counter stays). MOE_EINVAL, with nothing removed, when one
+ * has not ended; MOE_EIO when the store refuses (nothing removed either). */
+moe_status jobs_delete(struct coordinator *co, struct job *const *del, int n);
 
 /* The mesh and recovery knobs of a spec into j (creation and loading). */
 void job_read_mesh(struct job *j, const struct mesh_spec *m);
@@ -148,6 +157,11 @@ void job_binding_text(const struct job *j, char *out, size_t cap);
  * operator needs the worker: " [rank 2 = slot (1, 0) on w-4 at 127.0.0.1:40133]" is appended
  * for each rank `why` names. */
 void job_name_ranks(const struct job *j, char *why, size_t cap);
+/* The rank (= slot index) a data-plane error reported by slot `reporter` says failed: the
+ * last peer it names ("comm: rank 0 gave up on the operation because of rank 2" -> 2), never
+ * the reporter itself, nor a rank only an unproven peer claimed ("refused rank 0: ..."), nor
+ * one the text gives as its writer's own ("we are rank 0"); -1 when it names none. */
+int job_blamed_rank(const struct job *j, const char *why, int reporter);
 
 /* ---- records and views ---- */
 

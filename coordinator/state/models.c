@@ -6,6 +6,7 @@
 #include "../../common/fileio.h"
 #include "../../common/log.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -86,4 +87,40 @@ moe_status model_open(struct coordinator *co, const struct job *j, int *fd, int6
     }
     *size = sb.st_size;
     return MOE_OK;
+}
+
+void model_remove(struct coordinator *co, struct job *j) {
+    model_upload_abort(j);
+    for (int part = 0; part <= 1; part++) {
+        char path[1200];
+        model_path(co, j, path, sizeof path, part);
+        if (unlink(path) != 0 && errno != ENOENT)
+            LOG_WARN("%s: cannot remove %s: %s", j->id, path, strerror(errno));
+    }
+    j->model_bytes = 0;
+}
+
+/* "job-17.safetensors" or "job-17.safetensors.part" -> "job-17"; 0 for any other name. */
+static int model_job_id(const char *name, char *id, size_t cap) {
+    const char *dot = strchr(name, '.');
+    if (strncmp(name, "job-", 4) != 0 || !dot || (size_t)(dot - name) >= cap) return 0;
+    if (strcmp(dot, ".safetensors") != 0 && strcmp(dot, ".safetensors.part") != 0) return 0;
+    memcpy(id, name, (size_t)(dot - name));
+    id[dot - name] = 0;
+    return 1;
+}
+
+void models_sweep(struct coordinator *co) {
+    DIR *d = opendir(co->models_dir);
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d));) {
+        char id[24], path[sizeof co->models_dir + sizeof e->d_name + 2];
+        if (!model_job_id(e->d_name, id, sizeof id) || jobs_find(co, id)) continue;
+        snprintf(path, sizeof path, "%s/%s", co->models_dir, e->d_name);
+        if (unlink(path) == 0)
+            LOG_INFO("removed %s: its job was deleted", path);
+        else
+            LOG_WARN("cannot remove %s (its job was deleted): %s", path, strerror(errno));
+    }
+    closedir(d);
 }

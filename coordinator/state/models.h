@@ -3,8 +3,8 @@
  *
  * Owns: the upload of a job's model (chunks appended in order to a .part file from offset 0,
  * an upload restarted at offset 0 starts over), its check against the size and SHA-256 its
- * worker reports (synced, then renamed into place: a model is there whole or not at all), and
- * opening it for FetchModel.
+ * worker reports (synced, then renamed into place: a model is there whole or not at all),
+ * opening it for FetchModel, and removing it with its job.
  * Never: decides that a job succeeded (policy/reports.c does, once the model checks out), or
  * holds a model in memory.
  */
@@ -26,5 +26,11 @@ moe_status model_upload_commit(struct coordinator *co, struct job *j, int64_t by
 void model_upload_abort(struct job *j);
 /* Opens j's model for reading: *fd and its size. MOE_EIO when it is missing (logged). */
 moe_status model_open(struct coordinator *co, const struct job *j, int *fd, int64_t *size);
+/* Removes j's model and any upload in progress (the job is being deleted); a file that
+ * cannot be removed is logged, and models_sweep tries again at the next start. */
+void model_remove(struct coordinator *co, struct job *j);
+/* Removes the files of jobs the table does not hold: a deletion is stored before its files
+ * go, so a coordinator that died in between leaves them (coordinator_start, after loading). */
+void models_sweep(struct coordinator *co);
 
 #endif

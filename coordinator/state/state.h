@@ -45,6 +45,8 @@ struct coordinator_config {
     long heartbeat_interval_ms;   // told to workers at registration
     long heartbeat_timeout_ms;    // a worker silent this long is dead
     int max_assign_attempts;      // RunSlot refusals before a job fails
+    long job_retention_s;         // an ended job is deleted this long after it ended (0: kept)
+    long max_finished_jobs;       // the oldest ended jobs beyond this many are deleted (0: all)
     int log_level;                // enum moe_log_level
 };
 
@@ -53,6 +55,10 @@ struct coordinator_config {
 #define COORD_HEARTBEAT_INTERVAL_MS 500
 #define COORD_HEARTBEAT_TIMEOUT_MS 2000
 #define COORD_MAX_ASSIGN_ATTEMPTS 3
+/* Retention (docs/operations.md): an ended job stays a week, and at most this many stay
+ * (what keeps the tables, and every page of ListJobs, bounded). */
+#define COORD_JOB_RETENTION_S 604800 // 7 days
+#define COORD_MAX_FINISHED_JOBS 10000
 
 #define DATA_ADDR_MAX 300 // a worker's data-plane address (worker/comm COMM_ADDR_MAX)
 

@@ -351,6 +351,26 @@ void store_batch_worker(struct store_batch *b, const Moed__V1__WorkerInfo *w) {
     batch_put(b, key, key1(key, 'w', num), &w->base);
 }
 
+/* [prefix, prefix with its last '/' made '0'): everything under "s/<job>/" or "e/<job>/"
+ * ('0' is the byte after '/'). */
+static void batch_delete_under(struct store_batch *b, char tag, int64_t num) {
+    char from[KEY_MAX], to[KEY_MAX];
+    size_t n = key_prefix(from, tag, num);
+    memcpy(to, from, n);
+    to[n - 1] = '0';
+    rocksdb_writebatch_delete_range(b->wb, from, n, to, n);
+}
+
+void store_batch_delete_job(struct store_batch *b, const char *job_id) {
+    if (!batch_usable(b)) return;
+    int64_t num = batch_id(b, job_id, "job-");
+    if (num < 0) return;
+    char key[KEY_MAX];
+    rocksdb_writebatch_delete(b->wb, key, key1(key, 'j', num));
+    batch_delete_under(b, 's', num);
+    batch_delete_under(b, 'e', num);
+}
+
 moe_status store_batch_commit(struct store *st, struct store_batch *b, int sync) {
     if (!b) return moe_fail(MOE_ENOMEM, "store: out of memory for a write batch");
     moe_status s = MOE_OK;

@@ -65,6 +65,10 @@ void store_batch_event(struct store_batch *b, const char *job_id, int64_t seq,
 void store_batch_step(struct store_batch *b, const char *job_id,
                       const Moed__V1__StepMetrics *m); // key: m->step
 void store_batch_worker(struct store_batch *b, const Moed__V1__WorkerInfo *w); // key: w->worker_id
+/* Removes a job: its record, every step and every event (range deletions: one job's
+ * thousands of steps cost the batch three entries). The meta counter is not touched: a job
+ * number is never handed out again. */
+void store_batch_delete_job(struct store_batch *b, const char *job_id);
 moe_status store_batch_commit(struct store *st, struct store_batch *b, int sync); // frees b
 void store_batch_free(struct store_batch *b); // drops an uncommitted batch
 

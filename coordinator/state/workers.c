@@ -156,28 +156,34 @@ moe_status worker_save(struct coordinator *co, const struct worker *w) {
     return store_batch_commit(co->store, b, 1);
 }
 
-/* The pods of the workers that did not leave, ascending by pod number. */
+/* The pods of the workers that did not leave, ascending by pod number: sorted, not searched,
+ * so that ten thousand workers in thousands of pods cost a sort, not their product. */
+static int by_pod(const void *a, const void *b) {
+    const Moed__V1__PodInfo *x = a, *y = b;
+    return (x->pod > y->pod) - (x->pod < y->pod);
+}
+
 static size_t pods_of(struct cluster_view *v, const struct coordinator *co) {
-    size_t n_pods = 0;
-    for (int i = 0; i < co->n_workers; i++) {
+    size_t n = 0;
+    for (int i = 0; i < co->n_workers; i++) { // one entry per worker, then merged
         const struct worker *w = co->workers[i];
         if (w->state == MOED__V1__WORKER_STATE__WORKER_LEFT) continue;
-        size_t k = 0;
-        while (k < n_pods && v->pods[k].pod != w->pod) k++;
-        if (k == n_pods) {
-            Moed__V1__PodInfo pi = MOED__V1__POD_INFO__INIT;
-            pi.pod = w->pod;
-            v->pods[n_pods++] = pi;
-        }
-        v->pods[k].workers++;
-        v->pods[k].alive += worker_alive(w);
+        Moed__V1__PodInfo pi = MOED__V1__POD_INFO__INIT;
+        pi.pod = w->pod;
+        pi.workers = 1;
+        pi.alive = worker_alive(w);
+        v->pods[n++] = pi;
     }
-    for (size_t a = 1; a < n_pods; a++) // insertion sort by pod number
-        for (size_t b = a; b > 0 && v->pods[b - 1].pod > v->pods[b].pod; b--) {
-            Moed__V1__PodInfo t = v->pods[b];
-            v->pods[b] = v->pods[b - 1];
-            v->pods[b - 1] = t;
+    qsort(v->pods, n, sizeof *v->pods, by_pod);
+    size_t n_pods = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (n_pods && v->pods[n_pods - 1].pod == v->pods[i].pod) {
+            v->pods[n_pods - 1].workers++;
+            v->pods[n_pods - 1].alive += v->pods[i].alive;
+        } else {
+            v->pods[n_pods++] = v->pods[i];
         }
+    }
     for (size_t k = 0; k < n_pods; k++) {
         v->pods[k].healthy = v->pods[k].alive == v->pods[k].workers;
         v->pod_ptrs[k] = &v->pods[k];
@@ -185,28 +191,72 @@ static size_t pods_of(struct cluster_view *v, const struct coordinator *co) {
     return n_pods;
 }
 
-moe_status cluster_view_fill(struct cluster_view *v, const struct coordinator *co, int64_t now) {
+/* The first worker whose number is above `after`: the table is in registration order, which
+ * is ascending worker number. */
+static int workers_index_after(const struct coordinator *co, long after) {
+    int lo = 0, hi = co->n_workers;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (co->workers[mid]->num <= after) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* Every worker's state, counted for the summary of each page. */
+static void count_workers(Moed__V1__ClusterStatus *st, const struct coordinator *co) {
+    st->workers_total = co->n_workers;
+    for (int i = 0; i < co->n_workers; i++) switch (co->workers[i]->state) {
+        case MOED__V1__WORKER_STATE__WORKER_IDLE: st->workers_idle++; break;
+        case MOED__V1__WORKER_STATE__WORKER_BUSY: st->workers_busy++; break;
+        case MOED__V1__WORKER_STATE__WORKER_DEAD: st->workers_dead++; break;
+        case MOED__V1__WORKER_STATE__WORKER_LEFT: st->workers_left++; break;
+        default: break;
+        }
+}
+
+/* The page's workers: from the first above `after`, at most max_workers of them and about
+ * max_bytes (one at least); next_token names the last one when more follow. */
+static void page_workers(struct cluster_view *v, const struct coordinator *co, int64_t now,
+                         long after, int max_workers, size_t max_bytes) {
+    size_t n = 0, bytes = 0;
+    int i = workers_index_after(co, after);
+    for (; i < co->n_workers && n < (size_t)max_workers; i++) {
+        const struct worker *w = co->workers[i];
+        worker_info(&v->infos[n], w, &v->extra[n]); // each its own slot of v->extra
+        v->infos[n].ms_since_heartbeat = now - w->last_heartbeat_ms;
+        bytes += protobuf_c_message_get_packed_size(&v->infos[n].base) + 8;
+        if (n && bytes > max_bytes) break;
+        v->info_ptrs[n] = &v->infos[n];
+        n++;
+    }
+    if (i < co->n_workers && n)
+        snprintf(v->next_token, sizeof v->next_token, "%ld", co->workers[i - 1]->num);
+    v->st.n_workers = n;
+    v->st.workers = v->info_ptrs;
+}
+
+moe_status cluster_view_fill(struct cluster_view *v, const struct coordinator *co, int64_t now,
+                             long after, int max_workers, size_t max_bytes) {
     Moed__V1__ClusterStatus init = MOED__V1__CLUSTER_STATUS__INIT;
+    memset(v, 0, sizeof *v);
     v->st = init;
-    size_t n = (size_t)co->n_workers;
-    v->infos = calloc(n + 1, sizeof *v->infos);
-    v->info_ptrs = calloc(n + 1, sizeof *v->info_ptrs);
-    v->extra = calloc(n + 1, sizeof *v->extra);
+    size_t n = (size_t)co->n_workers, page = (size_t)(max_workers > 0 ? max_workers : 1);
+    if (page > n) page = n;
+    v->infos = calloc(page + 1, sizeof *v->infos);
+    v->info_ptrs = calloc(page + 1, sizeof *v->info_ptrs);
+    v->extra = calloc(page + 1, sizeof *v->extra);
     v->pods = calloc(n + 1, sizeof *v->pods);
     v->pod_ptrs = calloc(n + 1, sizeof *v->pod_ptrs);
     if (!v->infos || !v->info_ptrs || !v->extra || !v->pods || !v->pod_ptrs) {
         cluster_view_free(v);
         return moe_fail(MOE_ENOMEM, "out of memory");
     }
-    for (size_t i = 0; i < n; i++) {
-        worker_info(&v->infos[i], co->workers[i], &v->extra[i]);
-        v->infos[i].ms_since_heartbeat = now - co->workers[i]->last_heartbeat_ms;
-        v->info_ptrs[i] = &v->infos[i];
-    }
-    v->st.n_workers = n;
-    v->st.workers = v->info_ptrs;
+    page_workers(v, co, now, after, (int)page, max_bytes);
+    v->st.next_page_token = v->next_token;
     v->st.n_pods = pods_of(v, co);
     v->st.pods = v->pod_ptrs;
+    count_workers(&v->st, co);
     for (int i = 0; i < co->n_jobs; i++) {
         v->st.jobs_queued += co->jobs[i]->state == MOED__V1__JOB_STATE__JOB_QUEUED;
         v->st.jobs_running += co->jobs[i]->state == MOED__V1__JOB_STATE__JOB_RUNNING;

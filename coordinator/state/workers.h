@@ -69,16 +69,21 @@ moe_status worker_save(struct coordinator *co, const struct worker *w);
  * message points to. */
 void worker_info(Moed__V1__WorkerInfo *wi, const struct worker *w, char *extra[1]);
 
-/* The ClusterStatus view (pointing into the tables; valid until they change): every worker,
- * the pods (distinct pod numbers of the workers that did not leave, ascending; healthy when
- * all of a pod's workers are alive), the job counts. MOE_ENOMEM when it cannot be built. */
+/* A page of the ClusterStatus view (pointing into the tables; valid until they change): the
+ * workers after worker number `after` (0: from the first), at most max_workers (>= 1) and
+ * about max_bytes packed, one at least; next_token (st.next_page_token) the last one's number
+ * when more follow, else "". On every page: the pods (distinct pod numbers of the workers that
+ * did not leave, ascending; healthy when all of a pod's workers are alive), the workers by
+ * state, the job counts. MOE_ENOMEM when it cannot be built. */
 struct cluster_view {
     Moed__V1__ClusterStatus st;
     Moed__V1__WorkerInfo *infos, **info_ptrs;
-    char **extra;          // one extra data address per worker
+    char **extra;          // one extra data address per worker of the page
     Moed__V1__PodInfo *pods, **pod_ptrs;
+    char next_token[24];
 };
-moe_status cluster_view_fill(struct cluster_view *v, const struct coordinator *co, int64_t now);
+moe_status cluster_view_fill(struct cluster_view *v, const struct coordinator *co, int64_t now,
+                             long after, int max_workers, size_t max_bytes);
 void cluster_view_free(struct cluster_view *v);
 
 #endif
