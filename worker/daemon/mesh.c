@@ -54,9 +54,10 @@ moe_status job_open_comm(struct job *j) {
     int abort_now = j->aborted || j->fenced_epoch >= j->epoch;
     uv_mutex_unlock(&j->comm_mu);
     if (abort_now) comm_abort(c);
-    LOG_INFO("%s: data plane up: rank %d of %d (%d x %d, %s, epoch %llu) in %.2f s", j->id,
-             cfg.rank, n, j->pods, j->slots, j->backend == COMM_MPI ? "mpi" : "tcp",
-             (unsigned long long)j->epoch, moe_clock_s() - t0);
+    LOG_INFO("%s: data plane up: rank %d of %d (%d x %d, %s, epoch %llu, %d peers over "
+             "encrypted tcp) in %.2f s", j->id, cfg.rank, n, j->pods, j->slots,
+             j->backend == COMM_MPI ? "mpi" : "tcp", (unsigned long long)j->epoch,
+             comm_encrypted_peers(c), moe_clock_s() - t0);
     return MOE_OK;
 }
 
