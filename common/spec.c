@@ -105,6 +105,9 @@ static const struct field spec_fields[] = {
     BOOL_FIELD("mesh.move_to_spare", mesh.move_to_spare, "true",
                "a slot a survivor plays beside its own moves onto the next idle worker (tcp; "
                "false: it stays, and idle workers are left to queued jobs)"),
+    BOOL_FIELD("mesh.encrypt", mesh.encrypt, "false",
+               "encrypt the data plane's tcp links (AES-256-GCM) for networks nobody vouches for; "
+               "shared memory between slots of one host stays as is"),
 
     INT_FIELD("model.vocab", model.vocab, "256", 2, 65536,
               "vocabulary size (V); at least 256: tokens are bytes"),

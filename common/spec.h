@@ -70,6 +70,7 @@ struct mesh_spec {
     int check_every;  // steps between comparisons of data-parallel replicas' state hashes (0: off)
     double spare_wait_s; // a recovery waits this long for a worker to play a lost slot
     int move_to_spare;   // a slot doubled up on a survivor moves onto an idle worker (tcp)
+    int encrypt;         // the data plane's tcp links are encrypted (docs/dataplane.md)
 };
 
 /* Buddy copies of each slot's experts (the slots after it in its pod hold them): what

@@ -99,11 +99,13 @@ cases = {
     "mpi on a tcp worker": pb.RunSlotRequest(job_id="job-903", spec_json=spec, pods=1, slots=2, epoch=1,
                                              backend="mpi", bindings=[binding(0), binding(1)]),
     "mesh unlike the spec": pb.RunSlotRequest(job_id="job-904", spec_json=spec, pods=2, slots=1, epoch=1,
-                                              backend="tcp", bindings=[binding(0), pb.SlotBinding(
+                                              backend="tcp", data_key=bytes(32), bindings=[binding(0), pb.SlotBinding(
                                                   pod=1, slot=0, worker_id="w-2", worker_address="x:1",
                                                   data_address="127.0.0.1:1")]),
     "epoch 0": pb.RunSlotRequest(job_id="job-905", spec_json=spec, pods=1, slots=2, epoch=0,
                                  backend="tcp", bindings=[binding(0), binding(1)]),
+    "no data key": pb.RunSlotRequest(job_id="job-906", spec_json=spec, pods=1, slots=2, epoch=1,
+                                     backend="tcp", bindings=[binding(0), binding(1)]),
 }
 for name, req in cases.items():
     try:
@@ -112,7 +114,8 @@ for name, req in cases.items():
     except grpc.RpcError as e:
         print("%s: %s %s" % (name, e.code().name, e.details()))
 PY
-  for c in "no bindings" "slot outside" "no data address" "mpi on a tcp worker" "mesh unlike the spec" "epoch 0"; do
+  for c in "no bindings" "slot outside" "no data address" "mpi on a tcp worker" "mesh unlike the spec" "epoch 0" \
+           "no data key"; do
     check "RunSlot with $c: INVALID_ARGUMENT ($(grep "^$c:" "$tmp/runslot.out" | head -c 150))" \
       'grep -q "^$c: INVALID_ARGUMENT" "$tmp/runslot.out"'
   done

@@ -46,10 +46,20 @@ static inline int rank_procs_read_table(int n, char addrs[][COMM_ADDR_MAX], cons
     return 0;
 }
 
+/* A test's data-plane key: the seed's bytes, zero-padded (the ranks of one test share it). */
+static inline const uint8_t *rank_procs_key(const char *seed) {
+    static uint8_t key[COMM_KEY_BYTES];
+    memset(key, 0, sizeof key);
+    size_t n = strlen(seed);
+    memcpy(key, seed, n < sizeof key ? n : sizeof key);
+    return key;
+}
+
 /* Rank side, all of the above and the comm: a listener, the address exchange, comm_open
- * (tcp) as rank `rank` of a pods x slots mesh. *l and *c are the caller's to close. */
+ * (tcp) as rank `rank` of a pods x slots mesh, with rank_procs_key(key_seed). *l and *c are
+ * the caller's to close. */
 static moe_status rank_procs_open_comm(int rank, int pods, int slots, uint64_t epoch,
-                                       const char *job, const char *token, double timeout_s,
+                                       const char *job, const char *key_seed, double timeout_s,
                                        struct comm_listener **l, struct comm **c) {
     static char addrs[RANK_PROCS_MAX][COMM_ADDR_MAX];
     const char *peers[RANK_PROCS_MAX];
@@ -59,8 +69,9 @@ static moe_status rank_procs_open_comm(int rank, int pods, int slots, uint64_t e
     if (rank_procs_exchange(*l, n, addrs, peers) != 0)
         return moe_fail(MOE_EIO, "rank %d: no address table on stdin", rank);
     struct comm_config cc = {.backend = COMM_TCP, .rank = rank, .size = n, .pods = pods,
-                             .slots = slots, .epoch = epoch, .job_id = job, .token = token,
-                             .peers = peers, .timeout_s = timeout_s};
+                             .slots = slots, .epoch = epoch, .job_id = job,
+                             .key = rank_procs_key(key_seed), .peers = peers,
+                             .timeout_s = timeout_s};
     return comm_open(c, &cc, *l);
 }
 

@@ -1,7 +1,9 @@
 /*
  * test_comm.c — the data plane between real processes over real sockets: every operation
- * against an independent expectation (test_comm_data.h), the handshake's refusals, and the
- * never-hang promise (a rank killed, a rank stopped, comm_abort from another thread).
+ * against an independent expectation (test_comm_data.h), plain and encrypted; a handshake
+ * that answers and counts nothing unauthenticated (other keys, jobs and epochs, planted and
+ * live; garbage; a slowloris flood; a failed open's leftovers); a tampered encrypted frame;
+ * and the never-hang promise (a rank killed, a rank stopped, comm_abort from another thread).
  * Each scenario forks its ranks from listeners the parent opened, and reaps every child.
  */
 #include "check.h"
@@ -17,6 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -30,7 +35,10 @@ struct scenario {
     int n, pods, slots;
     double timeout_s;
     uint64_t epoch[MAXR];
-    const char *token[MAXR];
+    const char *key[MAXR];   // seeds of the ranks' data-plane keys (key_of)
+    uint8_t key_buf[MAXR][COMM_KEY_BYTES];
+    int encrypt[MAXR];
+    double timeout_r[MAXR];  // > 0: this rank's first open's timeout_s instead of timeout_s
     const char *job[MAXR];
     struct comm_listener *l[MAXR];
     const char *addr[MAXR];
@@ -47,7 +55,7 @@ static void scenario_init(struct scenario *s, int pods, int slots, double timeou
     s->n = pods * slots, s->pods = pods, s->slots = slots, s->timeout_s = timeout_s;
     for (int r = 0; r < s->n; r++) {
         s->epoch[r] = 7;
-        s->token[r] = "cluster-secret";
+        s->key[r] = "the job's data-plane key";
         s->job[r] = "job-test";
         if (comm_listener_open(&s->l[r], "127.0.0.1:0") != MOE_OK) {
             printf("listener: %s\n", moe_errmsg());
@@ -75,11 +83,21 @@ static void wait_go(struct scenario *s, int rank, double seconds) {
     }
 }
 
+/* A data-plane key from a seed: its bytes, zero-padded. */
+static const uint8_t *key_of(uint8_t buf[COMM_KEY_BYTES], const char *seed) {
+    memset(buf, 0, COMM_KEY_BYTES);
+    size_t n = strlen(seed);
+    memcpy(buf, seed, n < COMM_KEY_BYTES ? n : COMM_KEY_BYTES);
+    return buf;
+}
+
 static struct comm_config config_of(struct scenario *s, int r, enum comm_backend backend) {
     return (struct comm_config){.backend = backend, .rank = r, .size = s->n, .pods = s->pods,
                                 .slots = s->slots, .epoch = s->epoch[r], .job_id = s->job[r],
-                                .token = s->token[r], .peers = s->addr,
-                                .timeout_s = s->timeout_s};
+                                .key = key_of(s->key_buf[r], s->key[r]),
+                                .encrypt = s->encrypt[r], .peers = s->addr,
+                                .timeout_s = s->timeout_r[r] > 0 ? s->timeout_r[r]
+                                                                 : s->timeout_s};
 }
 
 /* Forks every rank; each opens its comm and runs body; returns once all are reaped, the
@@ -219,6 +237,11 @@ static int body_ops(struct scenario *s, int rank, struct comm *c, moe_status st)
     int want_shm = shm_off && strcmp(shm_off, "0") == 0 ? 0 : 3;
     EXPECT_MSG(comm_shm_peers(c) == want_shm, "rank %d: %d peers through shared memory, wanted %d",
                rank, comm_shm_peers(c), want_shm);
+    /* encryption covers the tcp links, never shared memory */
+    const char *enc = getenv("MOE_COMM_ENCRYPT");
+    int want_enc = enc && strcmp(enc, "1") == 0 ? 3 - want_shm : 0;
+    EXPECT_MSG(comm_encrypted_peers(c) == want_enc, "rank %d: %d peers through encrypted tcp, "
+               "wanted %d", rank, comm_encrypted_peers(c), want_enc);
     struct comm_group all, pod2;
     comm_group_all(&all, c);
     EXPECT(all.n == 4 && all.me == rank && all.ranks[3] == 3);
@@ -403,46 +426,37 @@ static void test_ops(const char *what) {
     scenario_reap(&s, 60);
 }
 
-/* ---- the handshake's refusals ------------------------------------------------------- */
+/* ---- the handshake: nothing unauthenticated is answered or counts ------------------- */
 
-static int refusal_which; // the test_refusal case the forked ranks run
-
-static int body_expect_refusal(struct scenario *s, int rank, struct comm *c, moe_status st) {
-    const char *needle = (const char *)s->job[MAXR - 1]; // stashed by the test below
-    if (refusal_which == 2 && rank == 0) {
-        /* The acceptor is behind: the connector takes it for a peer that has not heard of
-         * the new epoch yet, dials until the open's deadline, then names what it saw. */
-        EXPECT_MSG(st == MOE_EUNAVAILABLE && strstr(moe_errmsg(), "it is in epoch 6, we are "
-                                                                  "in epoch 7"),
-                   "rank 0: wanted MOE_EUNAVAILABLE naming the acceptor's epoch 6, got %s: %s",
-                   moe_status_str(st), moe_errmsg());
-        return 0;
-    }
-    EXPECT_MSG(st == MOE_EAUTH && strstr(moe_errmsg(), needle),
-               "rank %d: wanted MOE_EAUTH naming \"%s\", got %s: %s", rank, needle,
-               moe_status_str(st), moe_errmsg());
+/* Connector and acceptor disagree (key, epoch either way, job): no link forms, nobody is
+ * answered, and at the open's deadline each names the other rank and what it saw. */
+static int body_mismatch(struct scenario *s, int rank, struct comm *c, moe_status st) {
+    const char *who = rank == 0 ? "rank 1" : "rank 0";
+    const char *saw = rank == 0 ? "without an authentic answer" : "did not authenticate";
+    EXPECT_MSG(st == MOE_EUNAVAILABLE && strstr(moe_errmsg(), who) && strstr(moe_errmsg(), saw),
+               "rank %d: wanted MOE_EUNAVAILABLE naming %s and \"%s\", got %s: %s", rank, who,
+               saw, moe_status_str(st), moe_errmsg());
     return 0;
 }
 
-static void test_refusal(const char *what, int which, const char *needle) {
-    printf("refusal: %s\n", what);
+static void test_mismatch(const char *what, int which) {
+    printf("mismatch: %s\n", what);
     struct scenario s;
     scenario_init(&s, 1, 2, 0.4);
-    if (which == 0) s.token[1] = "another-secret";
-    if (which == 1) s.epoch[0] = 6;              // rank 0 (connector) is stale
-    if (which == 2) s.epoch[1] = 6;              // rank 1 (acceptor) is stale
+    if (which == 0) s.key[1] = "another job's data-plane key";
+    if (which == 1) s.epoch[0] = 6; // rank 0 (connector) is stale
+    if (which == 2) s.epoch[1] = 6; // rank 1 (acceptor) is stale
     if (which == 3) s.job[1] = "job-other";
-    s.job[MAXR - 1] = needle;
-    refusal_which = which;
     double t0 = moe_clock_s();
-    scenario_fork(&s, body_expect_refusal);
+    scenario_fork(&s, body_mismatch);
     scenario_reap(&s, 20);
-    EXPECT_MSG(moe_clock_s() - t0 < 5, "refusal took %.1f s", moe_clock_s() - t0);
+    EXPECT_MSG(moe_clock_s() - t0 < 6, "the mismatch took %.1f s", moe_clock_s() - t0);
 }
 
 /* A recovery's RunSlots reach workers one at a time: rank 0 opens epoch 7 while rank 1 still
- * opens epoch 6. Rank 1's old open fails (a newer epoch dialled it), it opens epoch 7 a moment
- * later, and rank 0's one open succeeds: it dialled again instead of failing. */
+ * opens epoch 6 (a short one here). Rank 1's old open sees only hellos it cannot verify and
+ * fails at its deadline; it opens epoch 7 then, and rank 0's one open succeeds: it dialled
+ * again each time rank 1 closed it without an answer. */
 static int body_lagging_acceptor(struct scenario *s, int rank, struct comm *c, moe_status st) {
     struct comm_group all = {.n = 2, .me = rank, .ranks = {0, 1}};
     if (rank == 0) {
@@ -454,12 +468,13 @@ static int body_lagging_acceptor(struct scenario *s, int rank, struct comm *c, m
         }
         return 0;
     }
-    EXPECT_MSG(st == MOE_EAUTH && strstr(moe_errmsg(), "it is in epoch 7, we are in epoch 6"),
-               "rank 1: its epoch-6 open should fail naming epoch 7, got %s: %s",
-               moe_status_str(st), moe_errmsg());
+    EXPECT_MSG(st == MOE_EUNAVAILABLE && strstr(moe_errmsg(), "did not authenticate"),
+               "rank 1: its epoch-6 open should time out, having refused epoch 7's hellos, got "
+               "%s: %s", moe_status_str(st), moe_errmsg());
     struct comm *next = NULL;
     struct comm_config cfg = config_of(s, rank, COMM_TCP);
     cfg.epoch = 7;
+    cfg.timeout_s = s->timeout_s;
     moe_status st2 = comm_open(&next, &cfg, s->l[rank]);
     EXPECT_MSG(st2 == MOE_OK, "rank 1: the open of epoch 7: %s", moe_errmsg());
     if (st2 == MOE_OK) {
@@ -471,15 +486,16 @@ static int body_lagging_acceptor(struct scenario *s, int rank, struct comm *c, m
 }
 
 static void test_lagging_acceptor(void) {
-    printf("refusal: the acceptor one epoch behind, then caught up\n");
+    printf("mismatch: the acceptor one epoch behind, then caught up\n");
     struct scenario s;
     scenario_init(&s, 1, 2, 2);
     s.epoch[1] = 6;
+    s.timeout_r[1] = 0.3;
     scenario_fork(&s, body_lagging_acceptor);
     scenario_reap(&s, 30);
 }
 
-/* Strangers on the listener: garbage, silence, a half hello. The comm opens anyway. */
+/* The comm opens anyway, and so does the next epoch's through the same listeners. */
 static int body_strangers(struct scenario *s, int rank, struct comm *c, moe_status st) {
     EXPECT_MSG(st == MOE_OK, "rank %d open with strangers around: %s", rank, moe_errmsg());
     if (st == MOE_OK) {
@@ -488,7 +504,6 @@ static int body_strangers(struct scenario *s, int rank, struct comm *c, moe_stat
         EXPECT_MSG(w == 0, "rank %d allreduce with strangers around: %ld (%s)", rank, w,
                    moe_errmsg());
     }
-    /* The listener outlives comms: the next epoch's comm connects through it again. */
     struct comm *next = NULL;
     struct comm_config cfg = config_of(s, rank, COMM_TCP);
     cfg.epoch++;
@@ -513,24 +528,244 @@ static int connect_to(const char *addr) {
     return fd;
 }
 
+/* A stranger learns nothing: once the scenario is over its socket reads end of file or a
+ * reset, never a byte. */
+static void expect_nothing_back(int fd, const char *who) {
+    char b[64];
+    ssize_t k = recv(fd, b, sizeof b, MSG_DONTWAIT);
+    EXPECT_MSG(k == 0 || (k < 0 && errno == ECONNRESET), "%s got %zd bytes back (errno %d)", who,
+               k, k < 0 ? errno : 0);
+}
+
+/* A process that plays `rank` of a 2-rank comm with the given job, epoch and key (a real v2
+ * hello, as a stale or foreign worker sends it) until its open's deadline, then exits: 0
+ * when its open failed, as it must. */
+static pid_t rogue(struct scenario *s, int rank, const char *job, uint64_t epoch,
+                   const char *key, double timeout_s) {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid != 0) return pid;
+    for (int q = 0; q < s->n; q++)
+        if (q != rank) comm_listener_close(s->l[q]);
+    uint8_t kb[COMM_KEY_BYTES];
+    struct comm_config cfg = {.backend = COMM_TCP, .rank = rank, .size = 2, .pods = 1,
+                              .slots = 2, .epoch = epoch, .job_id = job, .key = key_of(kb, key),
+                              .peers = s->addr, .timeout_s = timeout_s};
+    struct comm *c = NULL;
+    moe_status st = comm_open(&c, &cfg, rank ? s->l[rank] : NULL);
+    comm_close(c);
+    _exit(st == MOE_EUNAVAILABLE ? 0 : 1);
+}
+
+static void reap_rogue(pid_t pid, const char *what) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    EXPECT_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: its open did not fail as it "
+               "should (status %d)", what, status);
+}
+
+/* Hellos of another key, another job, an older and a newer epoch, planted before the open
+ * (each dialled, was never answered, gave up and closed: its hello waits in the accept
+ * queue), wrong-key hellos all through the open, garbage, half a hello, silence, a reset. */
 static void test_strangers(void) {
-    printf("strangers on the listener\n");
+    printf("strangers: planted and live hellos of other keys, jobs and epochs; garbage, "
+           "silence\n");
     struct scenario s;
-    scenario_init(&s, 1, 2, 0.5);
+    scenario_init(&s, 1, 2, 1);
+    const char *key = s.key[0], *other = "another job's data-plane key";
+    pid_t planted[4] = {rogue(&s, 0, "job-test", 7, other, 0.1),
+                        rogue(&s, 0, "job-other", 7, key, 0.1),
+                        rogue(&s, 0, "job-test", 6, key, 0.1),
+                        rogue(&s, 0, "job-test", 8, key, 0.1)};
+    for (int i = 0; i < 4; i++) reap_rogue(planted[i], "a planted hello");
     int junk = connect_to(s.addr[1]), silent = connect_to(s.addr[1]), half = connect_to(s.addr[1]);
     char garbage[3000];
     for (size_t i = 0; i < sizeof garbage; i++) garbage[i] = (char)mix64(i);
     if (write(junk, garbage, sizeof garbage) < 0) perror("write");
-    if (write(half, "MOEDCOMM\1\0\0\0", 12) < 0) perror("write");
-    int refused = connect_to(s.addr[1]); // connects, then resets at once
+    if (write(half, garbage, 40) < 0) perror("write");
+    int reset = connect_to(s.addr[1]); // connects, then resets at once
     struct linger lg = {.l_onoff = 1, .l_linger = 0};
-    setsockopt(refused, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    close(refused);
+    setsockopt(reset, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(reset);
+    pid_t live = rogue(&s, 0, "job-test", 7, other, 0.5); // dials again and again meanwhile
     double t0 = moe_clock_s();
     scenario_fork(&s, body_strangers);
-    scenario_reap(&s, 20);
-    EXPECT_MSG(moe_clock_s() - t0 < 5, "opening with strangers took %.1f s", moe_clock_s() - t0);
+    reap_rogue(live, "wrong-key hellos during the open");
+    scenario_reap(&s, 30);
+    EXPECT_MSG(moe_clock_s() - t0 < 8, "opening with strangers took %.1f s", moe_clock_s() - t0);
+    expect_nothing_back(junk, "garbage");
+    expect_nothing_back(half, "half a hello");
+    expect_nothing_back(silent, "a silent connection");
     close(junk), close(silent), close(half);
+}
+
+/* Job 4's open on rank 1 failed (its rank 0 was a newer epoch), and job 4's rank 0 went on
+ * dialling after it: its hellos wait in rank 1's queue. Job 5 opens on the same listeners. */
+static void test_after_failed_open(void) {
+    printf("a failed open's queued connections do not touch the next job's open\n");
+    struct scenario s;
+    scenario_init(&s, 1, 2, 1);
+    s.job[0] = s.job[1] = "job-5";
+    pid_t old0 = rogue(&s, 0, "job-4", 2, s.key[0], 0.3);
+    pid_t old1 = rogue(&s, 1, "job-4", 1, s.key[0], 0.1);
+    reap_rogue(old1, "job 4's rank 1");
+    reap_rogue(old0, "job 4's rank 0");
+    double t0 = moe_clock_s();
+    scenario_fork(&s, body_strangers);
+    scenario_reap(&s, 30);
+    EXPECT_MSG(moe_clock_s() - t0 < 8, "job 5's opens took %.1f s", moe_clock_s() - t0);
+}
+
+/* 1,200 silent connections (slowloris) on the acceptor's listener before and through a real
+ * open: the oldest silent one makes room for each newcomer, and real peers' hellos are read
+ * as soon as they are accepted. */
+static void test_slowloris(void) {
+    enum { SILENT = 1200 };
+    printf("slowloris: %d silent connections on the acceptor's listener\n", SILENT);
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur < SILENT + 256) {
+        rl.rlim_cur = rl.rlim_max < SILENT + 256 ? rl.rlim_max : SILENT + 256;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    struct scenario s;
+    scenario_init(&s, 1, 2, 2);
+    const char *colon = strrchr(s.addr[1], ':');
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int fd[SILENT], n = 0;
+    for (; n < SILENT; n++) {
+        fd[n] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (fd[n] < 0) break;
+        connect(fd[n], (struct sockaddr *)&sa, sizeof sa); // in progress, or queued
+    }
+    EXPECT_MSG(n >= 1000, "only %d sockets (RLIMIT_NOFILE)", n);
+    double t0 = moe_clock_s();
+    scenario_fork(&s, body_strangers);
+    scenario_reap(&s, 60);
+    EXPECT_MSG(moe_clock_s() - t0 < 20, "opening through the flood took %.1f s",
+               moe_clock_s() - t0);
+    int data = 0;
+    for (int i = 0; i < n; i++) {
+        char b[16];
+        data += recv(fd[i], b, sizeof b, MSG_DONTWAIT) > 0;
+        close(fd[i]);
+    }
+    EXPECT_MSG(data == 0, "%d silent connections got bytes back", data);
+}
+
+/* ---- encryption: a tampered frame fails the comm ------------------------------------ */
+
+/* A man in the middle on rank 0's connections to rank 1: forwards both ways and flips one
+ * bit in the first stream from rank 0 that passes flip_at bytes. */
+struct proxy {
+    int lfd;
+    char addr[64];
+    const char *target;
+    long flip_at;
+    atomic_int stop;
+};
+
+static void forward(int from, int to, long *moved, long flip_at, int *a, int *b) {
+    char buf[65536];
+    ssize_t k = recv(from, buf, sizeof buf, MSG_DONTWAIT);
+    if (k == 0 || (k < 0 && errno != EAGAIN)) {
+        close(*a), close(*b);
+        *a = *b = -1;
+        return;
+    }
+    if (k < 0) return;
+    if (flip_at >= 0 && *moved <= flip_at && *moved + k > flip_at) buf[flip_at - *moved] ^= 1;
+    *moved += k;
+    for (ssize_t off = 0; off < k;) {
+        ssize_t w = send(to, buf + off, (size_t)(k - off), MSG_NOSIGNAL);
+        if (w <= 0) return;
+        off += w;
+    }
+}
+
+static void *proxy_main(void *p) {
+    struct proxy *x = p;
+    int a[COMM_CHANNELS], b[COMM_CHANNELS], n = 0, flipped = -1;
+    long up[COMM_CHANNELS] = {0}, down[COMM_CHANNELS] = {0};
+    double end = moe_clock_s() + 40;
+    while (!atomic_load(&x->stop) && moe_clock_s() < end) {
+        struct pollfd pf[1 + 2 * COMM_CHANNELS] = {{.fd = x->lfd, .events = POLLIN}};
+        for (int i = 0; i < n; i++) {
+            pf[1 + 2 * i] = (struct pollfd){.fd = a[i], .events = POLLIN};
+            pf[2 + 2 * i] = (struct pollfd){.fd = b[i], .events = POLLIN};
+        }
+        if (poll(pf, (nfds_t)(1 + 2 * n), 50) <= 0) continue;
+        if (pf[0].revents && n < COMM_CHANNELS) {
+            a[n] = accept(x->lfd, NULL, NULL);
+            b[n] = connect_to(x->target);
+            n++;
+            continue;
+        }
+        for (int i = 0; i < n; i++) {
+            if (a[i] >= 0 && pf[1 + 2 * i].revents) {
+                long before = up[i];
+                bool mine = flipped < 0 || flipped == i;
+                forward(a[i], b[i], &up[i], mine ? x->flip_at : -1, &a[i], &b[i]);
+                if (mine && before <= x->flip_at && up[i] > x->flip_at) flipped = i;
+            }
+            if (a[i] >= 0 && pf[2 + 2 * i].revents)
+                forward(b[i], a[i], &down[i], -1, &b[i], &a[i]);
+        }
+    }
+    for (int i = 0; i < n; i++)
+        if (a[i] >= 0) close(a[i]), close(b[i]);
+    return NULL;
+}
+
+static int body_tamper(struct scenario *s, int rank, struct comm *c, moe_status st) {
+    EXPECT_MSG(st == MOE_OK, "rank %d open through the proxy: %s", rank, moe_errmsg());
+    if (st != MOE_OK) return 1;
+    /* only rank 0 asked for encryption: a link is encrypted when either end asks */
+    EXPECT_MSG(comm_encrypted_peers(c) == 1, "rank %d: %d encrypted peers", rank,
+               comm_encrypted_peers(c));
+    struct comm_group all = {.n = 2, .me = rank, .ranks = {0, 1}};
+    size_t n = (size_t)1 << 20;
+    float *buf = calloc(n, sizeof *buf);
+    for (size_t i = 0; i < n; i++) buf[i] = (float)(i % 1000) * 0.5f;
+    moe_status r = comm_allreduce(c, 0, &all, buf, n);
+    free(buf);
+    if (rank == 1)
+        EXPECT_MSG(r == MOE_EAUTH && strstr(moe_errmsg(), "failed authentication"),
+                   "rank 1: a tampered frame should fail with MOE_EAUTH, got %s: %s",
+                   moe_status_str(r), moe_errmsg());
+    else
+        EXPECT_MSG(r != MOE_OK, "rank 0: the allreduce succeeded across a tampered link");
+    return 0;
+}
+
+static void test_tamper(void) {
+    printf("encryption: a bit flipped on the way fails the comm with an authentication error\n");
+    struct scenario s;
+    scenario_init(&s, 1, 2, 5);
+    s.encrypt[0] = 1;
+    struct proxy px = {.target = s.addr_buf[1], .flip_at = 256 << 10};
+    px.lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    socklen_t sl = sizeof sa;
+    if (bind(px.lfd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(px.lfd, 8) != 0 ||
+        getsockname(px.lfd, (struct sockaddr *)&sa, &sl) != 0) {
+        perror("proxy");
+        failures++;
+        return;
+    }
+    snprintf(px.addr, sizeof px.addr, "127.0.0.1:%d", ntohs(sa.sin_port));
+    s.addr[1] = px.addr; // rank 0 dials rank 1 through the proxy
+    pthread_t t;
+    pthread_create(&t, NULL, proxy_main, &px);
+    setenv("MOE_COMM_SHM", "0", 1); // the proxy is on this host: keep the link on tcp
+    scenario_fork(&s, body_tamper);
+    unsetenv("MOE_COMM_SHM");
+    scenario_reap(&s, 30);
+    atomic_store(&px.stop, 1);
+    pthread_join(t, NULL);
+    close(px.lfd);
 }
 
 /* ---- never hangs -------------------------------------------------------------------- */
@@ -688,7 +923,8 @@ static int selected(int argc, char **argv, const char *name) {
     return 0;
 }
 
-/* Arguments, if any, name the scenarios to run (ops, refusal, strangers, kill, stop, abort). */
+/* Arguments, if any, name the scenarios to run (ops, encrypt, mismatch, strangers, slowloris,
+ * tamper, kill, stop, abort). */
 int main(int argc, char **argv) {
     moe_log_init("test");
     signal(SIGPIPE, SIG_DFL); // the data plane must not need SIGPIPE ignored
@@ -707,14 +943,27 @@ int main(int argc, char **argv) {
         test_ops("tcp only");
         unsetenv("MOE_COMM_SHM");
     }
-    if (selected(argc, argv, "refusal")) {
-        test_refusal("wrong token", 0, "token");
-        test_refusal("stale connector epoch", 1, "epoch");
-        test_refusal("stale acceptor epoch", 2, "epoch");
-        test_refusal("another job", 3, "job");
+    if (selected(argc, argv, "ops") || selected(argc, argv, "encrypt")) {
+        setenv("MOE_COMM_ENCRYPT", "1", 1);
+        test_ops("encryption asked: shared memory stays as is");
+        setenv("MOE_COMM_SHM", "0", 1);
+        test_ops("tcp only, encrypted");
+        unsetenv("MOE_COMM_SHM");
+        unsetenv("MOE_COMM_ENCRYPT");
+    }
+    if (selected(argc, argv, "mismatch")) {
+        test_mismatch("another data-plane key", 0);
+        test_mismatch("stale connector epoch", 1);
+        test_mismatch("stale acceptor epoch", 2);
+        test_mismatch("another job", 3);
         test_lagging_acceptor();
     }
-    if (selected(argc, argv, "strangers")) test_strangers();
+    if (selected(argc, argv, "strangers")) {
+        test_strangers();
+        test_after_failed_open();
+    }
+    if (selected(argc, argv, "slowloris")) test_slowloris();
+    if (selected(argc, argv, "tamper")) test_tamper();
     if (selected(argc, argv, "kill")) {
         test_kill();
         setenv("MOE_COMM_SHM", "0", 1);

@@ -150,6 +150,9 @@ static int read_file(const char *path, char *buf, size_t len) {
     return n > 0 ? 0 : -1;
 }
 
+/* The job's data-plane key, as RunSlot would carry it (31 characters and a zero). */
+static const uint8_t mpi_test_key[COMM_KEY_BYTES] = "test_comm_mpi: a data-plane key";
+
 static int rank_main(void) {
     const char *dir = getenv("MOE_COMM_TEST_DIR"), *pod_s = getenv("MOE_COMM_TEST_POD");
     if (!dir || !pod_s) {
@@ -190,7 +193,7 @@ static int rank_main(void) {
     bool abort_scenario = scenario && strcmp(scenario, "abort") == 0;
     struct comm_config cfg = {.backend = COMM_MPI, .rank = rank, .size = SIZE, .pods = PODS,
                               .slots = SLOTS, .epoch = 3, .job_id = "job-mpi",
-                              .token = "mpi-secret", .peers = peers,
+                              .key = mpi_test_key, .peers = peers,
                               .timeout_s = stall            ? STALL_TIMEOUT
                                            : abort_scenario ? ABORT_TIMEOUT
                                                             : 20};

@@ -170,7 +170,8 @@ static moe_status change_epoch(struct trainer *t, const struct job_spec *spec, i
         return moe_fail(MOE_EIO, "no second address table");
     struct comm_config cc = {.backend = COMM_TCP, .rank = rank, .size = n,
                              .pods = spec->mesh.pods, .slots = slots, .epoch = 8,
-                             .job_id = "job-mesh", .token = "mesh-test-token", .peers = peers,
+                             .job_id = "job-mesh", .key = rank_procs_key("mesh-test-token"),
+                             .peers = peers,
                              .timeout_s = spec->mesh.timeout_s};
     if (rank == rc->victim) { /* a new holder, as the daemon makes one: nothing of the job in
                                * memory, the trainer built before the comm, its state zero */

@@ -8,6 +8,7 @@
 #include "../../common/clock.h"
 #include "../../common/log.h"
 
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,7 +68,8 @@ struct job *job_create(struct coordinator *co, const struct job_spec *spec) {
     snprintf(j->backend, sizeof j->backend, "%s", spec->mesh.backend);
     job_read_mesh(j, &spec->mesh);
     j->bindings = calloc((size_t)job_n_slots(j), sizeof *j->bindings);
-    if (!j->spec_json || !j->bindings) {
+    /* the data-plane key: the job's workers prove it to each other (docs/dataplane.md) */
+    if (!j->spec_json || !j->bindings || RAND_bytes(j->data_key, sizeof j->data_key) != 1) {
         job_free(j);
         return NULL;
     }
@@ -382,6 +384,8 @@ void job_batch(struct store_batch *b, const struct job *j) {
         rec.restore_from = j->restore_from;
     }
     rec.recovery_signal_ms = j->recovery_signal_ms;
+    rec.data_key.len = sizeof j->data_key;
+    rec.data_key.data = (uint8_t *)j->data_key;
     store_batch_job(b, &rec); // packs now
     job_view_free(&v);
 }
@@ -462,6 +466,12 @@ static int load_job(const Moed__Store__JobRecord *r, void *arg) {
     j->recovering = in->recovering;
     j->restore_step = r->restore_step;
     j->recovery_signal_ms = r->recovery_signal_ms;
+    if (r->data_key.len == sizeof j->data_key) // else a record from before keys: a new one
+        memcpy(j->data_key, r->data_key.data, sizeof j->data_key);
+    else if (RAND_bytes(j->data_key, sizeof j->data_key) != 1) {
+        job_free(j);
+        return 1;
+    }
     if (r->n_restore_from == (size_t)job_n_slots(j) &&
         (j->restore_from = calloc(r->n_restore_from, sizeof *j->restore_from)))
         memcpy(j->restore_from, r->restore_from, r->n_restore_from * sizeof *j->restore_from);

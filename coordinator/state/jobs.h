@@ -53,6 +53,7 @@ struct watcher {
     struct watcher *prev, *next;
 };
 
+#define JOB_DATA_KEY_BYTES 32
 struct job {
     long num;                  // N of "job-N"
     char id[24];
@@ -84,6 +85,8 @@ struct job {
     int64_t next_move_ms;      // no move of a doubled slot before (a move failed lately)
     int32_t *restore_from;     // (pods * slots) its sources, RunSlotRequest.restore_from
     int64_t recovery_signal_ms; // the first fault signal of the recovery in progress
+    uint8_t data_key[JOB_DATA_KEY_BYTES]; // the data-plane key (RunSlotRequest.data_key);
+                               //   random at admission, never in JobInfo
     /* not persisted */
     struct recovery *rec;      // the recovery this process drives (NULL: none)
     struct replica_hash *hashes; // (pods * slots) the latest state hash each slot reported

@@ -77,6 +77,8 @@ moe_status worker_call_run_slots(struct coordinator *co, struct job *j, int rest
     req.timeout_s = j->timeout_s;
     req.n_bindings = (size_t)n;
     req.bindings = ptrs;
+    req.data_key.len = sizeof j->data_key;
+    req.data_key.data = j->data_key;
     if (restore && j->restore_from) {
         req.restore = 1;
         req.restore_step = j->restore_step;

@@ -7,7 +7,9 @@
  * that arrived different from what was sent (checked after the timed runs). Columns: the
  * tcp backend with shared memory between local peers (the default), the tcp backend over
  * loopback sockets only (MOE_COMM_SHM=0), MPI_Alltoallv and moed's mpi backend (one pod of
- * n MPI ranks), the last two in one mpirun job that this program starts on itself.
+ * n MPI ranks), the last two in one mpirun job that this program starts on itself. A second
+ * table measures the cost of data-plane encryption: the tcp loopback column again with every
+ * link encrypted (comm_config.encrypt: AES-256-GCM per frame), same sizes, same rounds.
  *
  *   bench_alltoall [--ranks 4] [--min 65536] [--max 67108864] [--seconds 0.5] [--repeat 3]
  * Rounds alternate between the backends, and each column keeps its best time per size (a
@@ -103,6 +105,8 @@ static int run_sizes(void *ctx, a2a_fn step, max_fn max_all, sum_fn sum_all, int
 
 /* ---- moed's data plane ---- */
 
+static const uint8_t bench_key[COMM_KEY_BYTES] = "bench: a data-plane key";
+
 struct comm_ctx {
     struct comm *c;
     struct comm_group g;
@@ -131,7 +135,7 @@ static long comm_sum(void *p, long v) {
 
 /* Forks o->ranks processes on the tcp backend; rank 0 writes the results into `out`
  * through a pipe. Returns the number of sizes, or -1. */
-static int bench_tcp(const struct opts *o, struct result *out) {
+static int bench_tcp(const struct opts *o, bool encrypt, struct result *out) {
     int n = o->ranks;
     struct comm_listener *l[COMM_MAX_RANKS];
     char addr[COMM_MAX_RANKS][COMM_ADDR_MAX];
@@ -152,8 +156,8 @@ static int bench_tcp(const struct opts *o, struct result *out) {
         pid[r] = fork();
         if (pid[r] != 0) continue;
         struct comm_config cfg = {.backend = COMM_TCP, .rank = r, .size = n, .pods = 1,
-                                  .slots = n, .epoch = 1, .job_id = "bench",
-                                  .token = "bench-token", .peers = peers, .timeout_s = 30};
+                                  .slots = n, .epoch = 1, .job_id = "bench", .key = bench_key,
+                                  .encrypt = encrypt, .peers = peers, .timeout_s = 30};
         struct comm_ctx x = {.g = {.n = n, .me = r}};
         for (int j = 0; j < n; j++) x.g.ranks[j] = j;
         if (comm_open(&x.c, &cfg, l[r]) != MOE_OK) {
@@ -225,7 +229,7 @@ static int mpi_child(const struct opts *o) {
     for (int i = 0; rank == 0 && i < ns; i++)
         printf("R mpi %zu %.9f %ld\n", res[i].bytes, res[i].time_s, res[i].wrong);
     struct comm_config cfg = {.backend = COMM_MPI, .rank = rank, .size = n, .pods = 1,
-                              .slots = n, .epoch = 1, .job_id = "bench", .token = "bench-token",
+                              .slots = n, .epoch = 1, .job_id = "bench", .key = bench_key,
                               .timeout_s = 30};
     struct comm_ctx x = {.g = {.n = n, .me = rank}};
     for (int j = 0; j < n; j++) x.g.ranks[j] = j;
@@ -285,6 +289,32 @@ static double busbw(const struct result *r, int n) {
     return r->time_s > 0 ? (double)r->bytes / r->time_s / 1e9 * (n - 1) / n : 0;
 }
 
+/* The second table: tcp loopback plain against encrypted; returns the encrypted runs' wrong
+ * bytes. */
+static long print_encryption(const struct opts *o, const struct result *plain, int n_plain,
+                             const struct result *enc, int n_enc) {
+    printf("# data-plane encryption, tcp loopback only (MOE_COMM_SHM=0), same sizes and rounds: "
+           "plain vs AES-256-GCM per frame\n");
+    printf("# %10s | %9s %8s | %9s %8s %8s | %s\n", "bytes", "time(us)", "busbw", "time(us)",
+           "busbw", "wrong", "encrypted/plain busbw");
+    long wrong = 0;
+    size_t sizes[MAX_SIZES];
+    int ns = n_sizes(o, sizes);
+    for (int i = 0; i < ns; i++) {
+        const struct result *p = i < n_plain ? &plain[i] : NULL, *e = i < n_enc ? &enc[i] : NULL;
+        printf("  %10zu |", sizes[i]);
+        if (p) printf(" %9.1f %8.3f |", p->time_s * 1e6, busbw(p, o->ranks));
+        else printf(" %9s %8s |", "-", "-");
+        if (e) printf(" %9.1f %8.3f %8ld |", e->time_s * 1e6, busbw(e, o->ranks), e->wrong);
+        else printf(" %9s %8s %8s |", "-", "-", "-");
+        if (p && e && busbw(p, o->ranks) > 0)
+            printf(" %.2f", busbw(e, o->ranks) / busbw(p, o->ranks));
+        printf("\n");
+        if (e) wrong += e->wrong;
+    }
+    return wrong;
+}
+
 int main(int argc, char **argv) {
     moe_log_init("bench");
     struct opts o = {.ranks = 4, .min = 64 << 10, .max = 64 << 20, .seconds = 0.5, .repeat = 3};
@@ -315,22 +345,25 @@ int main(int argc, char **argv) {
      * a neighbour's burst on a shared host does not decide the comparison. */
     struct result shm[MAX_SIZES], tcp[MAX_SIZES], mpi[MAX_SIZES], moe_mpi[MAX_SIZES];
     struct result r_shm[MAX_SIZES], r_tcp[MAX_SIZES], r_mpi[MAX_SIZES], r_moe[MAX_SIZES];
-    int n_shm = 0, n_tcp = 0, n_mpi = 0, n_moe = 0, mpi_rc = 0;
+    struct result enc[MAX_SIZES], r_enc[MAX_SIZES];
+    int n_shm = 0, n_tcp = 0, n_mpi = 0, n_moe = 0, n_enc = 0, mpi_rc = 0;
     char self[4096];
     ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
     self[k > 0 ? k : 0] = 0;
     bool have_mpirun = system("command -v mpirun > /dev/null 2>&1") == 0;
     if (!have_mpirun) printf("# no mpirun on the PATH: the MPI columns are left out\n");
     for (int round = 0; round < o.repeat; round++) {
-        int a = bench_tcp(&o, r_shm);
+        int a = bench_tcp(&o, false, r_shm);
         setenv("MOE_COMM_SHM", "0", 1);
-        int b = bench_tcp(&o, r_tcp);
+        int b = bench_tcp(&o, false, r_tcp);
+        int e = bench_tcp(&o, true, r_enc);
         unsetenv("MOE_COMM_SHM");
         int c = 0, d = 0;
         int rc = !have_mpirun ? 0 : k > 0 ? bench_mpi(self, &o, r_mpi, r_moe, &c, &d) : -1;
         if (rc != 0) mpi_rc = rc;
         keep_best(shm, &n_shm, r_shm, a, round);
         keep_best(tcp, &n_tcp, r_tcp, b, round);
+        keep_best(enc, &n_enc, r_enc, e, round);
         keep_best(mpi, &n_mpi, r_mpi, c, round);
         keep_best(moe_mpi, &n_moe, r_moe, d, round);
     }
@@ -366,8 +399,10 @@ int main(int argc, char **argv) {
         if (cols[0] && cols[2]) printf(" %.2f", busbw(cols[0], o.ranks) / busbw(cols[2], o.ranks));
         printf("\n");
     }
-    if (n_shm < 0 || n_tcp < 0 || mpi_rc != 0)
-        printf("# a run failed: tcp+shm %d, tcp %d, mpirun %d\n", n_shm, n_tcp, mpi_rc);
+    wrong += print_encryption(&o, tcp, n_tcp, enc, n_enc);
+    if (n_shm < 0 || n_tcp < 0 || n_enc < 0 || mpi_rc != 0)
+        printf("# a run failed: tcp+shm %d, tcp %d, tcp encrypted %d, mpirun %d\n", n_shm, n_tcp,
+               n_enc, mpi_rc);
     printf("# wrong results: %ld\n", wrong);
-    return wrong || n_shm < 0 || n_tcp < 0 || mpi_rc != 0 ? 1 : 0;
+    return wrong || n_shm < 0 || n_tcp < 0 || n_enc < 0 || mpi_rc != 0 ? 1 : 0;
 }

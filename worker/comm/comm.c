@@ -34,8 +34,7 @@ static moe_status check_config(const struct comm_config *cfg) {
         return moe_fail(MOE_EINVAL, "comm: timeout_s %g must be in (0, 86400]", cfg->timeout_s);
     if (!cfg->job_id || !cfg->job_id[0] || strlen(cfg->job_id) >= 128)
         return moe_fail(MOE_EINVAL, "comm: job_id must have 1 to 127 characters");
-    if (!cfg->token || !cfg->token[0] || strlen(cfg->token) > 512)
-        return moe_fail(MOE_EINVAL, "comm: the cluster token must have 1 to 512 characters");
+    if (!cfg->key) return moe_fail(MOE_EINVAL, "comm: no data-plane key");
     return MOE_OK;
 }
 
@@ -54,6 +53,7 @@ moe_status comm_open(struct comm **out, const struct comm_config *cfg, struct co
     c->open_deadline = moe_clock_s() + 5 * cfg->timeout_s;
     c->backend = cfg->backend;
     c->epoch = cfg->epoch;
+    c->encrypt = cfg->encrypt || tun->encrypt;
     c->tun = tun;
     snprintf(c->job_id, sizeof c->job_id, "%s", cfg->job_id);
     c->peers = calloc((size_t)c->size, sizeof *c->peers);
@@ -73,8 +73,9 @@ moe_status comm_open(struct comm **out, const struct comm_config *cfg, struct co
     }
     if (c->backend == COMM_MPI) CHECK_GOTO(comm_mpi_open(c), res, fail);
     CHECK_GOTO(comm_connect_all(c, cfg, l), res, fail);
-    LOG_DEBUG("comm: rank %d of %d open (job %s, epoch %llu, %d peers through shared memory)",
-              c->rank, c->size, c->job_id, (unsigned long long)c->epoch, comm_shm_peers(c));
+    LOG_DEBUG("comm: rank %d of %d open (job %s, epoch %llu, %d peers through shared memory, "
+              "%d through encrypted tcp)", c->rank, c->size, c->job_id,
+              (unsigned long long)c->epoch, comm_shm_peers(c), comm_encrypted_peers(c));
     *out = c;
     return MOE_OK;
 fail:
@@ -100,6 +101,7 @@ void comm_close(struct comm *c) {
                 if (k->fd >= 0) close(k->fd);
                 shm_ring_close(k->tx);
                 shm_ring_close(k->rx);
+                seal_free(k->seal);
             }
     }
     comm_mpi_close(c);
@@ -155,6 +157,12 @@ int comm_ops_in_flight(const struct comm *c) {
 int comm_shm_peers(const struct comm *c) {
     int n = 0;
     for (int q = 0; q < c->size; q++) n += c->peers[q].ch[0].tx != NULL;
+    return n;
+}
+
+int comm_encrypted_peers(const struct comm *c) {
+    int n = 0;
+    for (int q = 0; q < c->size; q++) n += c->peers[q].ch[0].seal != NULL;
     return n;
 }
 

@@ -3,7 +3,8 @@
  * processes of one job, in one epoch.
  *
  * Owns: the connections between the ranks of a job (rank = pod * slots + slot), their
- * authentication (the cluster token), every byte of tensor data that moves between workers,
+ * authentication (the job's data-plane key, bound to the job, the epoch and both ranks) and
+ * optional encryption (docs/dataplane.md), every byte of tensor data that moves between workers,
  * and the promise that no operation ever hangs: each one returns MOE_OK, or an error within
  * the configured bound when a peer dies, stalls or the epoch is aborted.
  * Never: decides who the peers are (the coordinator does, per epoch), knows what the bytes
@@ -30,7 +31,7 @@
  * Errors (moe_errmsg names the peer rank and what happened):
  *   MOE_EUNAVAILABLE  a peer closed or broke its connection, or made no progress for
  *                     timeout_s (a SIGSTOPped or hung peer)
- *   MOE_EAUTH         a peer proved the wrong token, job or epoch while connecting
+ *   MOE_EAUTH         an encrypted frame failed authentication (tampered with on the way)
  *   MOE_EINVAL        sizes that disagree between peers, a rank outside the comm, ...
  *   MOE_EINTERNAL     comm_abort was called (the epoch is over)
  * After any error other than MOE_EINVAL the comm is broken: every later operation fails at
@@ -48,6 +49,7 @@
 #define COMM_MAX_RANKS 256
 #define COMM_ADDR_MAX 300
 #define COMM_CHANNELS 3
+#define COMM_KEY_BYTES 32
 
 enum comm_backend { COMM_TCP = 0, COMM_MPI = 1 };
 
@@ -55,9 +57,12 @@ struct comm_config {
     enum comm_backend backend;
     int rank, size;         // this process's rank, and pods * slots
     int pods, slots;        // rank = pod * slots + slot
-    uint64_t epoch;         // a connection from another epoch is refused
-    const char *job_id;     // so is one from another job
-    const char *token;      // the cluster token; never sent in the clear (HMAC challenge)
+    uint64_t epoch;         // a connection of another epoch never authenticates
+    const char *job_id;     // nor one of another job
+    const uint8_t *key;     // (COMM_KEY_BYTES) the job's data-plane key; never sent: the link
+                            // key derived from it, the job and the epoch is proven by HMAC
+    int encrypt;            // 1: tcp links are encrypted (so they are with MOE_COMM_ENCRYPT=1,
+                            // or when either end of a link asks); shared memory never is
     const char *const *peers; // (size) host:port of each rank's comm_listener (tcp), or NULL
                               // for ranks reached through MPI
     double timeout_s;       // no progress for this long on an operation: MOE_EUNAVAILABLE
@@ -66,7 +71,8 @@ struct comm_config {
 /* A rank's listening socket for the data plane. A worker opens one at startup, registers
  * its address with the coordinator, and keeps it for its lifetime: every comm it opens
  * accepts its peers' connections here. One comm_open at a time takes connections from it
- * (a second one waits); connections of other epochs or jobs are refused and dropped. */
+ * (a second one waits); a connection that does not prove this job's and epoch's key at once
+ * is closed without an answer. */
 struct comm_listener;
 moe_status comm_listener_open(struct comm_listener **l, const char *host_port); // "127.0.0.1:0"
 const char *comm_listener_address(const struct comm_listener *l);              // "127.0.0.1:40123"
@@ -77,9 +83,9 @@ struct comm;
 /* Connects to every other rank (or joins MPI for the pod's ranks) within timeout_s * 5 at
  * most. The mpi backend needs MPI initialised first (comm_mpi_init). `l` may be NULL when
  * no rank below this one is reached through tcp (rank 0, or a one-pod mpi comm).
- * A connection from an older epoch is refused without failing the open (a fenced worker
- * must not stop the new epoch from forming); a newer epoch, another job or another token
- * fails it with MOE_EAUTH on both ends. */
+ * Nothing a connection says fails the open: one that does not authenticate (another job,
+ * epoch or key, garbage, silence) is closed silently, and a peer that does not answer is
+ * dialled again, until the deadline: then MOE_EUNAVAILABLE names the missing rank. */
 moe_status comm_open(struct comm **c, const struct comm_config *cfg, struct comm_listener *l);
 /* From any thread: every pending and later operation fails with MOE_EINTERNAL, and the
  * peers' pending operations with this rank fail at once too (its links are shut down).
@@ -156,6 +162,8 @@ struct comm_stats {
 void comm_get_stats(const struct comm *c, struct comm_stats *s);
 /* How many peers this rank reaches through shared memory (same host, tcp backend). */
 int comm_shm_peers(const struct comm *c);
+/* How many peers this rank reaches through encrypted tcp links. */
+int comm_encrypted_peers(const struct comm *c);
 /* Operations (all channels) that have posted their transfers with their peers and not yet
  * returned. A comm_abort that finds one settles what it posted (see comm_abort); one begun
  * after comm_abort posts nothing and fails at once. For diagnostics and tests. */
@@ -171,6 +179,7 @@ struct comm_tunables {
     int cma;         // MOE_COMM_CMA: 0 never reads a local peer's buffer directly
     long cma_min;    // MOE_COMM_CMA_MIN: the smallest payload that goes by descriptor
     double spin_us;  // MOE_COMM_SPIN_US: how long a waiting side yields before it sleeps
+    int encrypt;     // MOE_COMM_ENCRYPT: 1 encrypts every tcp link this process opens
 };
 extern const struct knob comm_knobs[];
 extern const int comm_n_knobs;

@@ -7,7 +7,8 @@
  *   5  comm.c (open, abort, close, groups)      collectives.c (operations as exchanges)
  *   4  engine.c (moving one operation; engine.h)   handshake.c (connecting; handshake.h)
  *   3  stream.c (tcp and shm transfers)   mpi.c (Open MPI transfers)   listener.c
- *   2  tcp.c (sockets)   shm.c (rings; doorbells on tcp.c)   cma.c (single copies)
+ *   2  tcp.c (sockets)   seal.c (encrypted frames on tcp.c)   shm.c (rings; doorbells on
+ *      tcp.c)   cma.c (single copies)
  *   1  wire.c (the header check)   tunables.c (MOE_COMM_* knobs)          — this header
  * Layers 2 and 3 are declared in transport.h; the engine drives layer 3 through a table of
  * function pointers per kind of peer (struct transport), so a transport reports what arrived
@@ -28,6 +29,7 @@
 #include <stdint.h>
 
 struct shm_ring;  // shm.c
+struct seal;      // seal.c
 struct comm_mpi;  // mpi.c
 struct transport; // transport.h
 
@@ -38,6 +40,7 @@ struct link {
     int fd;                // -1 for MPI peers and self
     struct shm_ring *tx;   // non-NULL: bytes to the peer go through this ring (shm.c)
     struct shm_ring *rx;   // and bytes from the peer come from this one
+    struct seal *seal;     // non-NULL: the tcp bytes are encrypted (never with tx/rx)
     uint32_t tx_seq;       // headers sent on this link
     uint32_t rx_seq;       // headers received
     bool cma;              // shm pair that may read each other's memory (cma.c)
@@ -84,6 +87,7 @@ struct comm {
     enum comm_backend backend;
     uint64_t epoch;
     char job_id[128];
+    bool encrypt; // tcp links are sealed (seal.c): the config's or MOE_COMM_ENCRYPT's wish
     const struct comm_tunables *tun; // this process's MOE_COMM_* values (tunables.c)
     struct peer *peers; // (size); peers[rank] is self and unused
     int abort_pipe[2];  // comm_abort writes one byte; the read end is in every poll set

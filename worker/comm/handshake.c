@@ -1,14 +1,22 @@
 /*
  * handshake.c — connecting the tcp links of a comm and proving, on each, that both ends hold
- * the cluster token and belong to the same job and epoch.
+ * the link key of this job and epoch before either says anything else (handshake v2,
+ * docs/dataplane.md).
  *
  * Owns: who connects to whom (the lower rank connects to the higher, one connection per
- * channel), the handshake messages (docs/dataplane.md), the refusal rules, and the setting
- * up of shared-memory rings for peers on the same host.
- * Never: sends the token (only HMAC-SHA256 values over both nonces and the whole
- * transcript), blocks (every socket is nonblocking and polled against a deadline), or lets
- * an unauthenticated connection become a link. A connection that does not finish its
- * handshake within timeout_s, or speaks garbage, is closed and forgotten.
+ * channel), the link key K (derived from the job's data-plane key, the job id and the epoch),
+ * the handshake messages, the rule that an acceptor reads nothing but a complete HELLO and
+ * answers nothing before that HELLO's MAC verified under K, the per-direction encryption keys
+ * of an encrypted link, and the setting up of shared-memory rings for peers on the same host.
+ * Never: sends a key (only HMAC-SHA256 values over both nonces and the transcript), sends the
+ * job id or the epoch, answers or reports anything to a connection that did not authenticate
+ * (it is closed silently and counted: one summary line per open), lets anything an incoming
+ * connection says fail the open, blocks (every socket is nonblocking and polled against a
+ * deadline), or lets an unauthenticated connection become a link. An incoming connection
+ * has min(timeout_s, 2 s) to deliver its HELLO; a full table of strangers makes room by
+ * closing the oldest one that has not authenticated, so a flood of silent connections cannot
+ * starve real peers. A connector whose peer closes, resets or answers unauthentically dials
+ * again until the open's deadline: that peer may not have heard of this epoch yet.
  */
 #include "handshake.h"
 #include "transport.h"
@@ -30,56 +38,43 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define HS_MAGIC "MOEDCOMM"
-#define HS_VERSION 1u
+#define HS_VERSION 2u
+#define HS_STRANGERS 64     // incoming connections in progress beyond the expected ones
+#define HS_HELLO_S 2.0      // an incoming connection's time to deliver its HELLO, at most
+#define HS_ACCEPT_BURST 64  // connections accepted per poll round
 
-enum hs_verdict {
-    HS_OK = 0,
-    HS_VERSION_DIFFERS = 1,
-    HS_JOB_DIFFERS = 2,
-    HS_EPOCH_DIFFERS = 3,
-    HS_NOT_ME = 4,   // the connector thinks we are another rank, or the comm sizes differ
-    HS_DUPLICATE = 5,
-    HS_TOKEN_DIFFERS = 6,
-};
-
-struct hs_hello { // connector -> acceptor
-    char magic[8];
-    uint32_t version;
-    uint32_t from, to, channel, size;
-    uint32_t shm; // connector can share memory
-    uint64_t epoch;
-    char job[128];
+struct hs_hello { // connector -> acceptor; names neither the job nor the epoch
+    uint8_t nonce[32];
+    uint32_t version, from, to, channel, size;
+    uint32_t shm;     // connector can share memory
+    uint32_t encrypt; // connector wants the link encrypted
+    uint32_t pad;
     uint8_t host[32]; // hash of hostname, boot id and namespaces: equal = shm may work
-    uint8_t nonce[32];
+    uint8_t mac[32];  // HMAC(K, "hello" | hello up to mac)
 };
-struct hs_reply { // acceptor -> connector
-    char magic[8];
-    uint32_t verdict;
-    uint32_t shm; // both ends on one host and capable
-    uint64_t epoch;
-    char job[128];
+struct hs_reply { // acceptor -> connector, only after the hello's mac verified
     uint8_t nonce[32];
-    uint8_t mac[32]; // HMAC(token, "acceptor" | hello | reply up to mac)
+    uint32_t shm;     // both ends on one host and capable
+    uint32_t encrypt; // acceptor wants the link encrypted
+    uint8_t mac[32];  // HMAC(K, "reply" | hello | reply up to mac)
 };
 struct hs_finish { // connector -> acceptor
-    uint32_t verdict; // HS_OK, or HS_TOKEN_DIFFERS when the acceptor's mac was wrong
-    uint32_t shm;     // rings created, names below
+    uint32_t shm;  // rings created, names below
     char ring_c2a[64], ring_a2c[64];
-    uint32_t pid;                      // cma probe: the acceptor tries to read
-    uint64_t probe_addr, probe_value;  // probe_value at probe_addr in process pid
-    uint8_t mac[32]; // HMAC(token, "connector" | hello | reply | finish up to mac)
+    uint32_t pid;                     // cma probe: the acceptor tries to read
+    uint64_t probe_addr, probe_value; // probe_value at probe_addr in process pid
+    uint8_t mac[32]; // HMAC(K, "finish" | hello | reply | finish up to mac)
 };
 struct hs_final { // acceptor -> connector
-    uint32_t verdict;
     uint32_t shm;    // the acceptor mapped both rings: the link uses them
     uint32_t cma_ok; // the acceptor could read the connector's probe
-    uint32_t pid;
+    uint32_t pid, pad;
     uint64_t probe_addr, probe_value; // the connector's turn to try
-    uint8_t mac[32]; // HMAC(token, "final" | hello | reply | final up to mac)
+    uint8_t mac[32]; // HMAC(K, "final" | hello | reply | finish | final up to mac)
 };
 struct hs_confirm { // connector -> acceptor
-    uint32_t cma;    // both could read each other: large payloads go by descriptor
+    uint32_t cma, pad; // both could read each other: large payloads go by descriptor
+    uint8_t mac[32];   // HMAC(K, "confirm" | hello | reply | finish | final | confirm up to mac)
 };
 
 enum hs_phase { PH_CONNECT, PH_RETRY, PH_IO, PH_DONE, PH_DEAD };
@@ -87,24 +82,25 @@ enum hs_phase { PH_CONNECT, PH_RETRY, PH_IO, PH_DONE, PH_DEAD };
 enum hs_step {
     ST_SEND_HELLO, ST_RECV_REPLY, ST_SEND_FINISH, ST_RECV_FINAL, ST_SEND_CONFIRM, // connector
     ST_RECV_HELLO, ST_SEND_REPLY, ST_RECV_FINISH, ST_SEND_FINAL, ST_RECV_CONFIRM, // acceptor
-    ST_SEND_REFUSAL
 };
 
 struct hs {
     int fd;
     bool outgoing;
-    int peer, channel; // for incoming, known once the hello is in
+    int peer, channel; // for incoming, known once the hello authenticated
     enum hs_phase phase;
     enum hs_step step;
     uint8_t buf[512];
     size_t len, off;
-    double deadline, retry_at;
+    double born, deadline, retry_at;
+    int dials;
     struct hs_hello hello;
     struct hs_reply reply;
     struct hs_finish finish;
     struct hs_final final;
     struct hs_confirm confirm;
     struct shm_ring *tx, *rx;
+    struct seal *seal;
     bool cma;
 };
 
@@ -113,16 +109,21 @@ struct hs_ctx {
     struct comm *c;
     const struct comm_config *cfg;
     struct comm_listener *l; // NULL when no lower rank dials us
+    uint8_t key[32];         // K: this job's and epoch's link key
     uint8_t host[32];
     bool shm_capable;        // MOE_COMM_SHM
-    char refused[256]; // the last connection we refused without failing (stale epoch)
-    char behind[256];  // the last peer that answered from an older epoch (we dial again)
-    bool peer_behind[COMM_MAX_RANKS]; // it answered so: its resets are its old comm closing
     int expect_in, nout;     // connections to accept, and to dial
     struct hs *hs;           // (cap) every connection in progress
     int nh, cap;             // room for the expected ones plus strangers
     struct pollfd *pf;       // (cap + 1) this round's poll set
     int *pf_of;              // (cap + 1) the connection of each pollfd (-1: the listener)
+    /* what this open saw, for its one summary line and the deadline's error */
+    int unauthentic;         // incoming: a message whose mac did not verify under K
+    int strays;              // incoming: authentic, but not a link we expect (or a duplicate)
+    int silent;              // incoming: no hello within its deadline, or closed before
+    int evicted;             // incoming: closed to make room for a newer one
+    int *unanswered;         // (size) per peer: our dials it closed or answered unauthentically
+    char dial_error[256];    // the last error dialling a peer, "" if none
 };
 
 static void host_identity(uint8_t out[32]) {
@@ -143,16 +144,43 @@ static void host_identity(uint8_t out[32]) {
     SHA256((const unsigned char *)id, n, out);
 }
 
-static void mac_of(const char *token, const char *role, const void *a, size_t alen,
-                   const void *b, size_t blen, const void *c2, size_t clen, uint8_t out[32]) {
-    uint8_t msg[1024];
-    size_t n = 0, rl = strlen(role);
-    memcpy(msg + n, role, rl), n += rl;
-    memcpy(msg + n, a, alen), n += alen;
-    memcpy(msg + n, b, blen), n += blen;
-    if (clen) memcpy(msg + n, c2, clen), n += clen;
+/* K = HKDF-Expand(job key, "moed dataplane v2" 0 job id 0 epoch, 32 bytes) (RFC 5869; the
+ * job key is uniformly random already, so it serves as the pseudorandom key). */
+static void link_key(const uint8_t job_key[32], const char *job, uint64_t epoch,
+                     uint8_t out[32]) {
+    uint8_t info[256];
+    size_t n = 0, jl = strlen(job);
+    static const char label[] = "moed dataplane v2";
+    memcpy(info, label, sizeof label), n += sizeof label; // with its 0
+    memcpy(info + n, job, jl + 1), n += jl + 1;           // jl < 128
+    for (int i = 0; i < 8; i++) info[n++] = (uint8_t)(epoch >> (8 * i));
+    info[n++] = 1; // HKDF's block counter
     unsigned int ol = 32;
-    HMAC(EVP_sha256(), token, (int)strlen(token), msg, n, out, &ol);
+    HMAC(EVP_sha256(), job_key, COMM_KEY_BYTES, info, n, out, &ol);
+}
+
+/* HMAC(K, role | the first n parts of the transcript | the last one up to its mac). */
+static void mac_of(const struct hs_ctx *x, const struct hs *h, const char *role, int n,
+                   size_t last_len, uint8_t out[32]) {
+    const void *part[] = {&h->hello, &h->reply, &h->finish, &h->final, &h->confirm};
+    const size_t len[] = {sizeof h->hello, sizeof h->reply, sizeof h->finish, sizeof h->final,
+                          sizeof h->confirm};
+    uint8_t msg[1024];
+    size_t m = strlen(role);
+    memcpy(msg, role, m);
+    for (int i = 0; i < n; i++) {
+        size_t l = i == n - 1 ? last_len : len[i];
+        memcpy(msg + m, part[i], l), m += l;
+    }
+    unsigned int ol = 32;
+    HMAC(EVP_sha256(), x->key, 32, msg, m, out, &ol);
+}
+
+static bool mac_ok(const struct hs_ctx *x, const struct hs *h, const char *role, int n,
+                   size_t last_len, const uint8_t mac[32]) {
+    uint8_t want[32];
+    mac_of(x, h, role, n, last_len, want);
+    return CRYPTO_memcmp(want, mac, 32) == 0;
 }
 
 static void start_io(struct hs *h, enum hs_step step, const void *msg, size_t len) {
@@ -165,7 +193,7 @@ static void start_io(struct hs *h, enum hs_step step, const void *msg, size_t le
 
 static bool step_is_send(enum hs_step s) {
     return s == ST_SEND_HELLO || s == ST_SEND_FINISH || s == ST_SEND_REPLY ||
-           s == ST_SEND_FINAL || s == ST_SEND_REFUSAL || s == ST_SEND_CONFIRM;
+           s == ST_SEND_FINAL || s == ST_SEND_CONFIRM;
 }
 
 static void hs_drop(struct hs *h) {
@@ -173,16 +201,29 @@ static void hs_drop(struct hs *h) {
     h->fd = -1;
     shm_ring_close(h->tx);
     shm_ring_close(h->rx);
+    seal_free(h->seal);
     h->tx = h->rx = NULL;
+    h->seal = NULL;
     h->phase = PH_DEAD;
 }
 
-/* An outgoing connection to dial again shortly: the peer's listener is not up yet, or is still
- * serving the peer's older epoch (it takes ours once its worker hears of it). */
-static void redial(struct hs *h) {
+/* An outgoing connection to dial again shortly: the peer's listener is not up yet, or the
+ * peer is not in our epoch yet (it closed us without an answer), or something on the way
+ * answered for it. Soon at first, then every 100 ms. */
+static void redial(struct hs_ctx *x, struct hs *h, bool unanswered) {
     hs_drop(h);
+    if (unanswered) x->unanswered[h->peer]++;
     h->phase = PH_RETRY;
-    h->retry_at = moe_clock_s() + 0.02;
+    h->retry_at = moe_clock_s() + (h->dials++ < 10 ? 0.02 : 0.1);
+}
+
+/* A dial that failed on our side (no route, no name, no socket): noted for the deadline's
+ * error, and dialled again. */
+static moe_status dial_failed(struct hs_ctx *x, struct hs *h, const char *why) {
+    snprintf(x->dial_error, sizeof x->dial_error, "connecting to rank %d at %s: %s", h->peer,
+             x->cfg->peers[h->peer], why);
+    redial(x, h, false);
+    return MOE_OK;
 }
 
 static moe_status start_connect(struct hs_ctx *x, struct hs *h) {
@@ -195,23 +236,21 @@ static moe_status start_connect(struct hs_ctx *x, struct hs *h) {
                              .ai_flags = AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
     int gai = getaddrinfo(host, port_s, &hints, &ai);
-    if (gai != 0)
-        return moe_fail(MOE_EUNAVAILABLE, "comm: rank %d's address \"%s\": %s", h->peer, addr,
-                        gai_strerror(gai));
+    if (gai != 0) return dial_failed(x, h, gai_strerror(gai));
     h->fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (h->fd < 0) {
         freeaddrinfo(ai);
-        return moe_fail(MOE_EIO, "comm: socket: %s", strerror(errno));
+        return dial_failed(x, h, strerror(errno));
     }
     int r = connect(h->fd, ai->ai_addr, ai->ai_addrlen);
+    int err = errno;
     freeaddrinfo(ai);
-    if (r != 0 && errno != EINPROGRESS) {
-        if (errno == ECONNREFUSED) { // its listener is not up yet: try again shortly
-            redial(h);
+    if (r != 0 && err != EINPROGRESS) {
+        if (err == ECONNREFUSED) { // its listener is not up yet: try again shortly
+            redial(x, h, false);
             return MOE_OK;
         }
-        return moe_fail(MOE_EUNAVAILABLE, "comm: connecting to rank %d at %s: %s", h->peer, addr,
-                        strerror(errno));
+        return dial_failed(x, h, strerror(err));
     }
     h->phase = PH_CONNECT;
     return MOE_OK;
@@ -220,60 +259,43 @@ static moe_status start_connect(struct hs_ctx *x, struct hs *h) {
 static void make_hello(struct hs_ctx *x, struct hs *h) {
     struct hs_hello *m = &h->hello;
     memset(m, 0, sizeof *m);
-    memcpy(m->magic, HS_MAGIC, 8);
+    RAND_bytes(m->nonce, 32);
     m->version = HS_VERSION;
     m->from = (uint32_t)x->c->rank;
     m->to = (uint32_t)h->peer;
     m->channel = (uint32_t)h->channel;
     m->size = (uint32_t)x->c->size;
     m->shm = x->shm_capable;
-    m->epoch = x->c->epoch;
-    snprintf(m->job, sizeof m->job, "%s", x->c->job_id);
+    m->encrypt = x->c->encrypt;
     memcpy(m->host, x->host, 32);
-    RAND_bytes(m->nonce, 32);
+    mac_of(x, h, "hello", 1, offsetof(struct hs_hello, mac), m->mac);
 }
 
-/* An acceptor's verdict on a hello: which difference, if any, refuses it. */
-static enum hs_verdict judge_hello(struct hs_ctx *x, const struct hs_hello *m) {
-    struct comm *c = x->c;
-    if (memcmp(m->magic, HS_MAGIC, 8) != 0) return HS_VERSION_DIFFERS;
-    if (m->version != HS_VERSION) return HS_VERSION_DIFFERS;
-    if (strncmp(m->job, c->job_id, sizeof m->job) != 0) return HS_JOB_DIFFERS;
-    if (m->epoch != c->epoch) return HS_EPOCH_DIFFERS;
-    if (m->to != (uint32_t)c->rank || m->size != (uint32_t)c->size ||
-        m->from >= (uint32_t)c->rank || m->channel >= COMM_CHANNELS ||
-        c->peers[m->from].mpi_rank >= 0)
-        return HS_NOT_ME;
-    if (c->peers[m->from].ch[m->channel].fd >= 0) return HS_DUPLICATE;
-    return HS_OK;
+/* Whether an authentic hello asks for a link we expect and do not have yet. */
+static bool hello_is_for_us(const struct hs_ctx *x, const struct hs_hello *m) {
+    const struct comm *c = x->c;
+    return m->version == HS_VERSION && m->to == (uint32_t)c->rank &&
+           m->size == (uint32_t)c->size && m->from < (uint32_t)c->rank &&
+           m->channel < COMM_CHANNELS && c->peers[m->from].mpi_rank < 0 &&
+           c->peers[m->from].ch[m->channel].fd < 0;
 }
 
-static moe_status refusal_error(struct hs_ctx *x, int peer, enum hs_verdict v,
-                                const char *their_job, uint64_t their_epoch, bool we_refused) {
-    struct comm *c = x->c;
-    const char *who = we_refused ? "refused rank" : "rank";
-    switch (v) {
-    case HS_JOB_DIFFERS:
-        return moe_fail(MOE_EAUTH, "comm: %s %d: it is in job \"%.100s\", we are in job \"%s\"",
-                        who, peer, their_job, c->job_id);
-    case HS_EPOCH_DIFFERS:
-        return moe_fail(MOE_EAUTH, "comm: %s %d: it is in epoch %llu, we are in epoch %llu", who,
-                        peer, (unsigned long long)their_epoch, (unsigned long long)c->epoch);
-    case HS_TOKEN_DIFFERS:
-        return moe_fail(MOE_EAUTH, "comm: %s %d: the cluster tokens differ (HMAC mismatch)", who,
-                        peer);
-    case HS_NOT_ME:
-        return moe_fail(MOE_EAUTH,
-                        "comm: %s %d: it expected another rank or comm size (we are rank %d of "
-                        "%d)",
-                        who, peer, c->rank, c->size);
-    case HS_VERSION_DIFFERS:
-        return moe_fail(MOE_EAUTH, "comm: %s %d: handshake version differs", who, peer);
-    case HS_DUPLICATE:
-        return moe_fail(MOE_EAUTH, "comm: %s %d: duplicate connection", who, peer);
-    case HS_OK: break;
-    }
-    return moe_fail(MOE_EINTERNAL, "comm: refusal without a reason from rank %d", peer);
+/* An authenticated link that wants encryption (either end asked, and it does not go through
+ * shared memory) gets its cipher: one key per direction, from K and both nonces. */
+static moe_status make_seal(struct hs_ctx *x, struct hs *h) {
+    if (h->tx || !(h->hello.encrypt || h->reply.encrypt)) return MOE_OK;
+    uint8_t msg[80], c2a[32], a2c[32];
+    unsigned int ol = 32;
+    memcpy(msg + 8, h->hello.nonce, 32);
+    memcpy(msg + 40, h->reply.nonce, 32);
+    memcpy(msg, "seal c2a", 8);
+    HMAC(EVP_sha256(), x->key, 32, msg, 72, c2a, &ol);
+    memcpy(msg, "seal a2c", 8);
+    HMAC(EVP_sha256(), x->key, 32, msg, 72, a2c, &ol);
+    h->seal = h->outgoing ? seal_new(c2a, a2c) : seal_new(a2c, c2a);
+    OPENSSL_cleanse(c2a, sizeof c2a);
+    OPENSSL_cleanse(a2c, sizeof a2c);
+    return h->seal ? MOE_OK : MOE_ENOMEM;
 }
 
 /* The connector, for FINISH: creates the pair's two rings (or falls back to tcp when it
@@ -316,52 +338,19 @@ static void map_rings(struct hs_ctx *x, struct hs *h) {
     }
 }
 
-/* The connector, REPLY in: the acceptor's verdict and proof. A peer still in an older epoch
- * is dialled again; a wrong proof is answered (so both ends report the same cause) before
- * failing. */
+/* The connector, REPLY in: the acceptor proves K over our hello and its nonce. One that does
+ * not is not our peer in this epoch (or not our peer at all): dial again. */
 static moe_status got_reply(struct hs_ctx *x, struct hs *h) {
     memcpy(&h->reply, h->buf, sizeof h->reply);
-    struct hs_reply *r = &h->reply;
-    r->job[sizeof r->job - 1] = 0;
-    if (memcmp(r->magic, HS_MAGIC, 8) != 0)
-        return moe_fail(MOE_EAUTH, "comm: rank %d at %s does not speak the moed handshake",
-                        h->peer, x->cfg->peers[h->peer]);
-    if (r->verdict == HS_EPOCH_DIFFERS && r->epoch < x->c->epoch) {
-        /* The peer has not taken our epoch yet (a recovery's RunSlot reaches the workers
-         * one by one): not a fault, so dial again until the open's deadline. */
-        refusal_error(x, h->peer, (enum hs_verdict)r->verdict, r->job, r->epoch, false);
-        snprintf(x->behind, sizeof x->behind, "%s", moe_errmsg());
-        x->peer_behind[h->peer] = true;
-        redial(h);
+    if (!mac_ok(x, h, "reply", 2, offsetof(struct hs_reply, mac), h->reply.mac)) {
+        redial(x, h, true);
         return MOE_OK;
     }
-    if (r->verdict != HS_OK)
-        return refusal_error(x, h->peer, (enum hs_verdict)r->verdict, r->job, r->epoch, false);
-    uint8_t want[32];
-    mac_of(x->cfg->token, "acceptor", &h->hello, sizeof h->hello, r,
-           offsetof(struct hs_reply, mac), NULL, 0, want);
     struct hs_finish *f = &h->finish;
     memset(f, 0, sizeof *f);
-    if (CRYPTO_memcmp(want, r->mac, 32) != 0) {
-        f->verdict = HS_TOKEN_DIFFERS; // tell it, so both ends report the same cause
-        start_io(h, ST_SEND_FINISH, f, sizeof *f);
-        return MOE_OK;
-    }
-    if (r->shm && x->shm_capable) offer_rings(x, h);
-    mac_of(x->cfg->token, "connector", &h->hello, sizeof h->hello, r, sizeof *r, f,
-           offsetof(struct hs_finish, mac), f->mac);
+    if (h->reply.shm && x->shm_capable) offer_rings(x, h);
+    mac_of(x, h, "finish", 3, offsetof(struct hs_finish, mac), f->mac);
     start_io(h, ST_SEND_FINISH, f, sizeof *f);
-    return MOE_OK;
-}
-
-/* FINISH or FINAL has left: if it told the peer its proof was wrong, that fails the open;
- * otherwise wait for the next message. */
-static moe_status sent_proof(struct hs *h, uint32_t verdict, enum hs_step next, size_t len) {
-    if (verdict == HS_TOKEN_DIFFERS)
-        return moe_fail(MOE_EAUTH,
-                        "comm: rank %d proved a different cluster token (HMAC mismatch)",
-                        h->peer);
-    start_io(h, next, NULL, len);
     return MOE_OK;
 }
 
@@ -370,14 +359,10 @@ static moe_status sent_proof(struct hs *h, uint32_t verdict, enum hs_step next, 
 static moe_status got_final(struct hs_ctx *x, struct hs *h) {
     memcpy(&h->final, h->buf, sizeof h->final);
     struct hs_final *fi = &h->final;
-    if (fi->verdict != HS_OK)
-        return refusal_error(x, h->peer, (enum hs_verdict)fi->verdict, "", 0, false);
-    uint8_t want[32];
-    mac_of(x->cfg->token, "final", &h->hello, sizeof h->hello, &h->reply, sizeof h->reply, fi,
-           offsetof(struct hs_final, mac), want);
-    if (CRYPTO_memcmp(want, fi->mac, 32) != 0)
-        return moe_fail(MOE_EAUTH, "comm: rank %d's last handshake message is not "
-                        "authentic", h->peer);
+    if (!mac_ok(x, h, "final", 4, offsetof(struct hs_final, mac), fi->mac)) {
+        redial(x, h, true);
+        return MOE_OK;
+    }
     if (!fi->shm) {
         shm_ring_close(h->tx);
         shm_ring_close(h->rx);
@@ -385,76 +370,58 @@ static moe_status got_final(struct hs_ctx *x, struct hs *h) {
     }
     h->cma = h->tx && fi->cma_ok && h->finish.pid &&
              cma_probe_peer((int)fi->pid, fi->probe_addr, fi->probe_value);
+    memset(&h->confirm, 0, sizeof h->confirm);
     h->confirm.cma = h->cma;
+    mac_of(x, h, "confirm", 5, offsetof(struct hs_confirm, mac), h->confirm.mac);
     start_io(h, ST_SEND_CONFIRM, &h->confirm, sizeof h->confirm);
     return MOE_OK;
 }
 
-/* The acceptor, HELLO in: judge it and answer (REPLY, or the refusal that says why). A
- * stranger that does not speak the handshake is dropped. */
+/* The acceptor, HELLO in: nothing of it counts before its mac verified under K; a hello
+ * that does not verify, or asks for a link we do not expect, is closed without a word. */
 static moe_status got_hello(struct hs_ctx *x, struct hs *h) {
-    struct comm *c = x->c;
     memcpy(&h->hello, h->buf, sizeof h->hello);
     struct hs_hello *m = &h->hello;
-    m->job[sizeof m->job - 1] = 0;
-    if (memcmp(m->magic, HS_MAGIC, 8) != 0) {
-        LOG_WARN("comm: dropped a connection that does not speak the moed handshake");
+    if (!mac_ok(x, h, "hello", 1, offsetof(struct hs_hello, mac), m->mac)) {
+        x->unauthentic++;
         hs_drop(h);
         return MOE_OK;
     }
-    enum hs_verdict v = judge_hello(x, m);
+    if (!hello_is_for_us(x, m)) {
+        x->strays++;
+        hs_drop(h);
+        return MOE_OK;
+    }
     h->peer = (int)m->from;
     h->channel = (int)m->channel;
     struct hs_reply *r = &h->reply;
     memset(r, 0, sizeof *r);
-    memcpy(r->magic, HS_MAGIC, 8);
-    r->verdict = v;
-    r->epoch = c->epoch;
-    snprintf(r->job, sizeof r->job, "%s", c->job_id);
     RAND_bytes(r->nonce, 32);
-    r->shm = v == HS_OK && m->shm && x->shm_capable && memcmp(m->host, x->host, 32) == 0;
-    mac_of(x->cfg->token, "acceptor", m, sizeof *m, r, offsetof(struct hs_reply, mac), NULL, 0,
-           r->mac);
-    start_io(h, v == HS_OK ? ST_SEND_REPLY : ST_SEND_REFUSAL, r, sizeof *r);
+    r->shm = m->shm && x->shm_capable && memcmp(m->host, x->host, 32) == 0;
+    r->encrypt = x->c->encrypt;
+    mac_of(x, h, "reply", 2, offsetof(struct hs_reply, mac), r->mac);
+    /* A proven peer gets the whole timeout for the rest. */
+    h->deadline = moe_clock_s() + x->c->timeout_s;
+    if (h->deadline > x->c->open_deadline) h->deadline = x->c->open_deadline;
+    start_io(h, ST_SEND_REPLY, r, sizeof *r);
     return MOE_OK;
 }
 
-/* The acceptor's refusal has left: an older epoch is a fenced worker still trying, and
- * refusing it must not stop the new epoch from forming (nor must a duplicate or another
- * version); everything else is a misconfiguration worth failing for. */
-static moe_status sent_refusal(struct hs_ctx *x, struct hs *h) {
-    struct hs_hello *m = &h->hello;
-    enum hs_verdict v = (enum hs_verdict)h->reply.verdict;
-    if ((v == HS_EPOCH_DIFFERS && m->epoch < x->c->epoch) || v == HS_DUPLICATE ||
-        v == HS_VERSION_DIFFERS) {
-        refusal_error(x, (int)m->from, v, m->job, m->epoch, true);
-        snprintf(x->refused, sizeof x->refused, "%s", moe_errmsg());
-        LOG_WARN("%s", x->refused);
-        hs_drop(h);
-        return MOE_OK;
-    }
-    return refusal_error(x, (int)m->from, v, m->job, m->epoch, true);
-}
-
-/* The acceptor, FINISH in: the connector's proof, and the rings it offers; we answer with
- * FINAL (our proof, whether we mapped the rings, whether we could read its memory). */
+/* The acceptor, FINISH in: the connector's proof over both nonces, and the rings it offers;
+ * we answer with FINAL (our proof, whether we mapped the rings, whether we could read its
+ * memory). A replayed hello ends here: its sender cannot prove our fresh nonce. */
 static moe_status got_finish(struct hs_ctx *x, struct hs *h) {
     memcpy(&h->finish, h->buf, sizeof h->finish);
     struct hs_finish *f = &h->finish;
+    if (!mac_ok(x, h, "finish", 3, offsetof(struct hs_finish, mac), f->mac)) {
+        x->unauthentic++;
+        hs_drop(h);
+        return MOE_OK;
+    }
     f->ring_c2a[sizeof f->ring_c2a - 1] = f->ring_a2c[sizeof f->ring_a2c - 1] = 0;
-    if (f->verdict == HS_TOKEN_DIFFERS)
-        return moe_fail(MOE_EAUTH, "comm: rank %d refused our proof: the cluster tokens differ",
-                        h->peer);
-    uint8_t want[32];
-    mac_of(x->cfg->token, "connector", &h->hello, sizeof h->hello, &h->reply, sizeof h->reply,
-           f, offsetof(struct hs_finish, mac), want);
     memset(&h->final, 0, sizeof h->final);
-    if (CRYPTO_memcmp(want, f->mac, 32) != 0)
-        h->final.verdict = HS_TOKEN_DIFFERS;
-    else if (f->shm)
-        map_rings(x, h);
-    mac_of(x->cfg->token, "final", &h->hello, sizeof h->hello, &h->reply, sizeof h->reply,
-           &h->final, offsetof(struct hs_final, mac), h->final.mac);
+    if (f->shm) map_rings(x, h);
+    mac_of(x, h, "final", 4, offsetof(struct hs_final, mac), h->final.mac);
     start_io(h, ST_SEND_FINAL, &h->final, sizeof h->final);
     return MOE_OK;
 }
@@ -462,40 +429,41 @@ static moe_status got_finish(struct hs_ctx *x, struct hs *h) {
 /* The acceptor, CONFIRM in: the link is up, with cma if both could read each other. */
 static moe_status got_confirm(struct hs_ctx *x, struct hs *h) {
     memcpy(&h->confirm, h->buf, sizeof h->confirm);
-    h->cma = h->tx && h->final.cma_ok && h->confirm.cma;
-    /* A valid duplicate may have completed meanwhile: the first one wins. */
-    if (x->c->peers[h->peer].ch[h->channel].fd >= 0) {
+    if (!mac_ok(x, h, "confirm", 5, offsetof(struct hs_confirm, mac), h->confirm.mac) ||
+        x->c->peers[h->peer].ch[h->channel].fd >= 0) { // a duplicate: the first one won
+        x->unauthentic++;
         hs_drop(h);
         return MOE_OK;
     }
+    h->cma = h->tx && h->final.cma_ok && h->confirm.cma;
     h->phase = PH_DONE;
-    return MOE_OK;
+    return make_seal(x, h);
 }
 
-/* A message has fully arrived or left: decide the next step. Returns an error that fails
- * comm_open; a connection merely dropped returns MOE_OK with phase PH_DEAD. */
+/* A message has fully arrived or left: decide the next step. Returns an error only for a
+ * failure of our own (one that fails comm_open); a connection dropped or to dial again
+ * returns MOE_OK. */
 static moe_status advance(struct hs_ctx *x, struct hs *h) {
     switch (h->step) {
     /* the connector (the lower rank) */
     case ST_SEND_HELLO: start_io(h, ST_RECV_REPLY, NULL, sizeof h->reply); return MOE_OK;
     case ST_RECV_REPLY: return got_reply(x, h);
-    case ST_SEND_FINISH:
-        return sent_proof(h, h->finish.verdict, ST_RECV_FINAL, sizeof h->final);
+    case ST_SEND_FINISH: start_io(h, ST_RECV_FINAL, NULL, sizeof h->final); return MOE_OK;
     case ST_RECV_FINAL: return got_final(x, h);
-    case ST_SEND_CONFIRM: h->phase = PH_DONE; return MOE_OK;
+    case ST_SEND_CONFIRM: h->phase = PH_DONE; return make_seal(x, h);
     /* the acceptor */
     case ST_RECV_HELLO: return got_hello(x, h);
-    case ST_SEND_REFUSAL: return sent_refusal(x, h);
     case ST_SEND_REPLY: start_io(h, ST_RECV_FINISH, NULL, sizeof h->finish); return MOE_OK;
     case ST_RECV_FINISH: return got_finish(x, h);
-    case ST_SEND_FINAL:
-        return sent_proof(h, h->final.verdict, ST_RECV_CONFIRM, sizeof h->confirm);
+    case ST_SEND_FINAL: start_io(h, ST_RECV_CONFIRM, NULL, sizeof h->confirm); return MOE_OK;
     case ST_RECV_CONFIRM: return got_confirm(x, h);
     }
     return moe_fail(MOE_EINTERNAL, "comm: handshake in an unknown step");
 }
 
-/* Moves bytes of the current message; calls advance() when it is complete. */
+/* Moves bytes of the current message; calls advance() when it is complete. A connection that
+ * breaks is dropped (incoming) or dialled again (outgoing: the peer closed or reset us,
+ * which is how a peer not yet in our epoch answers). */
 static moe_status pump(struct hs_ctx *x, struct hs *h) {
     while (h->phase == PH_IO) {
         long k;
@@ -504,14 +472,13 @@ static moe_status pump(struct hs_ctx *x, struct hs *h) {
         else
             k = tcp_recv_some(h->fd, h->peer, h->buf + h->off, h->len - h->off);
         if (k < 0) {
-            if (!h->outgoing) { // an incoming connection that went away: not our problem
+            if (!h->outgoing) {
+                if (h->step == ST_RECV_HELLO) x->silent++;
                 hs_drop(h);
-                return MOE_OK;
+            } else {
+                redial(x, h, true);
             }
-            char why[512];
-            snprintf(why, sizeof why, "%s", moe_errmsg()); // moe_fail overwrites it
-            return moe_fail(MOE_EUNAVAILABLE, "comm: handshake with rank %d failed: %s", h->peer,
-                            why);
+            return MOE_OK;
         }
         if (k == 0) return MOE_OK;
         h->off += (size_t)k;
@@ -526,52 +493,14 @@ static moe_status finish_connect(struct hs_ctx *x, struct hs *h) {
     getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &el);
     if (err == EINPROGRESS) return MOE_OK;
     if (err == ECONNREFUSED) {
-        redial(h);
+        redial(x, h, false);
         return MOE_OK;
     }
-    if (err != 0)
-        return moe_fail(MOE_EUNAVAILABLE, "comm: connecting to rank %d at %s: %s", h->peer,
-                        x->cfg->peers[h->peer], strerror(err));
+    if (err != 0) return dial_failed(x, h, strerror(err));
     CHECK(tcp_set_socket_options(h->fd));
     make_hello(x, h);
     start_io(h, ST_SEND_HELLO, &h->hello, sizeof h->hello);
     return pump(x, h);
-}
-
-/* A connection to `peer` broke (reset, closed) during the handshake. When the peer refuses
- * us, it answers on one connection and closes the others, whose unread hellos make the
- * close a reset: the reset can overtake the refusal that says why. So before reporting the
- * break, give the peer's other connections a moment (a fraction of the timeout) to deliver
- * a refusal, and report that instead (MOE_EAUTH naming what differs). */
-static moe_status prefer_refusal(struct hs_ctx *x, int peer, moe_status broke) {
-    char why[512];
-    snprintf(why, sizeof why, "%s", moe_errmsg());
-    double until = moe_clock_s() + 0.25 * x->c->timeout_s;
-    for (;;) {
-        struct pollfd pf[COMM_CHANNELS];
-        struct hs *of[COMM_CHANNELS];
-        int np = 0;
-        for (int i = 0; i < x->nh && np < COMM_CHANNELS; i++) {
-            struct hs *h = &x->hs[i];
-            if (h->outgoing && h->peer == peer && h->phase == PH_IO && h->fd >= 0) {
-                pf[np] = (struct pollfd){.fd = h->fd,
-                                         .events = step_is_send(h->step) ? POLLOUT : POLLIN};
-                of[np++] = h;
-            }
-        }
-        int ms = (int)((until - moe_clock_s()) * 1000);
-        if (np == 0 || ms <= 0 || poll(pf, (nfds_t)np, ms) <= 0) break;
-        for (int p = 0; p < np; p++) {
-            if (!pf[p].revents) continue;
-            moe_status s = pump(x, of[p]);
-            if (s == MOE_EAUTH) return s;
-            if (s != MOE_OK && x->peer_behind[peer])
-                redial(of[p]);
-            else if (s != MOE_OK)
-                hs_drop(of[p]);
-        }
-    }
-    return moe_fail(broke, "%s", why);
 }
 
 /* Starts the outgoing connections: one per channel to every higher tcp peer. */
@@ -606,12 +535,15 @@ static int adopt_links(struct hs_ctx *x) {
             k->fd = h->fd;
             k->tx = h->tx;
             k->rx = h->rx;
+            k->seal = h->seal;
             k->cma = h->cma;
             k->pid = (int)(h->outgoing ? h->final.pid : h->finish.pid);
             LOG_DEBUG("comm: rank %d channel %d: link up (%s%s)", h->peer, h->channel,
-                      k->tx ? "shared memory" : "tcp", k->cma ? ", cma" : "");
+                      k->tx ? "shared memory" : k->seal ? "tcp, encrypted" : "tcp",
+                      k->cma ? ", cma" : "");
             h->fd = -1;
             h->tx = h->rx = NULL;
+            h->seal = NULL;
         }
         if (h->phase == PH_DONE) have++;
     }
@@ -619,7 +551,7 @@ static int adopt_links(struct hs_ctx *x) {
 }
 
 /* The open's deadline passed with links missing: the error names the first missing rank and
- * the likeliest reason (a refusal we made, a peer still in an older epoch, or silence). */
+ * what we saw of it (it closed our dials unanswered, a dial failed, or silence). */
 static moe_status missing_links(struct hs_ctx *x, int have) {
     struct comm *c = x->c;
     int missing = -1, want = x->nout + x->expect_in;
@@ -627,23 +559,28 @@ static moe_status missing_links(struct hs_ctx *x, int have) {
         if (q != c->rank && c->peers[q].mpi_rank < 0)
             for (int ch = 0; ch < COMM_CHANNELS; ch++)
                 if (c->peers[q].ch[ch].fd < 0) missing = q;
-    if (x->refused[0])
-        return moe_fail(MOE_EAUTH, "comm: rank %d never connected; %s", missing, x->refused);
-    if (missing >= 0 && x->peer_behind[missing])
-        return moe_fail(MOE_EUNAVAILABLE, "comm: no connection with rank %d within %.1f s: %s",
-                        missing, 5 * c->timeout_s, x->behind);
+    char seen[400] = "";
+    if (missing > c->rank && x->unanswered[missing] > 0)
+        snprintf(seen, sizeof seen, "; it closed %d of our connections without an authentic "
+                 "answer (another job or epoch, or another data-plane key)",
+                 x->unanswered[missing]);
+    else if (missing > c->rank && x->dial_error[0])
+        snprintf(seen, sizeof seen, "; %s", x->dial_error);
+    else if (missing < c->rank && x->unauthentic + x->strays > 0)
+        snprintf(seen, sizeof seen, "; %d connections here did not authenticate",
+                 x->unauthentic + x->strays);
     return moe_fail(MOE_EUNAVAILABLE,
                     "comm: no connection with rank %d within %.1f s (%d of %d links up; is its "
-                    "worker running and in this epoch?)",
-                    missing, 5 * c->timeout_s, have, want);
+                    "worker running and in this epoch?)%s",
+                    missing, 5 * c->timeout_s, have, want, seen);
 }
 
-/* This round's poll set (*np entries): the listener while there is room, and every
- * connection that waits on its socket. Dials again those whose retry is due, drops strangers
- * past their deadline, and shortens *wait_ms to the nearest retry or deadline. */
+/* This round's poll set (*np entries): the listener, and every connection that waits on its
+ * socket. Dials again those whose retry is due, drops incoming ones past their deadline,
+ * and shortens *wait_ms to the nearest retry or deadline. */
 static moe_status watch(struct hs_ctx *x, double now, int *np_out, int *wait_ms) {
     int np = 0;
-    if (x->expect_in > 0 && x->nh < x->cap) {
+    if (x->expect_in > 0) {
         x->pf[np] = (struct pollfd){.fd = comm_listener_fd(x->l), .events = POLLIN};
         x->pf_of[np++] = -1;
     }
@@ -660,9 +597,7 @@ static moe_status watch(struct hs_ctx *x, double now, int *np_out, int *wait_ms)
         }
         if (h->phase != PH_CONNECT && h->phase != PH_IO) continue;
         if (!h->outgoing && now >= h->deadline) {
-            LOG_WARN("comm: dropped an incoming connection that did not finish its handshake "
-                     "within %.1f s",
-                     x->c->timeout_s);
+            x->silent++; // no hello in time, or stalled after it
             hs_drop(h);
             continue;
         }
@@ -676,39 +611,50 @@ static moe_status watch(struct hs_ctx *x, double now, int *np_out, int *wait_ms)
     return MOE_OK;
 }
 
-/* Accepts everything waiting on the listener; each stranger costs one slot until it finishes
- * or its own deadline passes. */
-static void accept_all(struct hs_ctx *x) {
-    while (x->nh < x->cap) {
+/* A table entry for a new incoming connection: a free one, else the oldest incoming one
+ * that has not authenticated (then the oldest incoming one not done), closed to make room. */
+static struct hs *room_for_incoming(struct hs_ctx *x) {
+    if (x->nh < x->cap) return &x->hs[x->nh++];
+    struct hs *oldest = NULL;
+    for (int pass = 0; pass < 2 && !oldest; pass++)
+        for (int i = 0; i < x->nh; i++) {
+            struct hs *h = &x->hs[i];
+            if (h->phase == PH_DEAD) return h;
+            if (h->outgoing || h->phase == PH_DONE || (pass == 0 && h->step != ST_RECV_HELLO))
+                continue;
+            if (!oldest || h->born < oldest->born) oldest = h;
+        }
+    if (oldest) {
+        x->evicted++;
+        hs_drop(oldest);
+    }
+    return oldest;
+}
+
+/* Accepts what waits on the listener (a burst at most, so that the connections in progress
+ * move on too) and reads each one's hello at once: a real peer sends it right away. */
+static moe_status accept_some(struct hs_ctx *x) {
+    for (int n = 0; n < HS_ACCEPT_BURST; n++) {
         int fd = accept(comm_listener_fd(x->l), NULL, NULL);
         if (fd < 0) break;
         fcntl(fd, F_SETFL, O_NONBLOCK); // not inherited from the listener on Linux
         fcntl(fd, F_SETFD, FD_CLOEXEC);
-        struct hs *h = &x->hs[x->nh++];
+        struct hs *h = room_for_incoming(x);
+        if (!h) { // every entry is a link in the making: cannot happen with HS_STRANGERS > 0
+            close(fd);
+            continue;
+        }
         memset(h, 0, sizeof *h);
         h->fd = fd, h->outgoing = false, h->peer = -1, h->channel = -1;
-        h->deadline = moe_clock_s() + x->c->timeout_s;
+        h->born = moe_clock_s();
+        double hello_s = x->c->timeout_s < HS_HELLO_S ? x->c->timeout_s : HS_HELLO_S;
+        h->deadline = h->born + hello_s;
         if (h->deadline > x->c->open_deadline) h->deadline = x->c->open_deadline;
         tcp_set_socket_options(fd);
         start_io(h, ST_RECV_HELLO, NULL, sizeof h->hello);
+        CHECK(pump(x, h));
     }
-}
-
-/* A connection's socket is ready: move its handshake on. An outgoing one that breaks may
- * have a refusal on its way (prefer_refusal), or be a peer still in an older epoch closing
- * its old comm on us: dial it again. */
-static moe_status serve(struct hs_ctx *x, struct hs *h) {
-    moe_status res = h->phase == PH_CONNECT ? finish_connect(x, h) : pump(x, h);
-    if (res != MOE_OK && res != MOE_EAUTH && h->outgoing) {
-        int peer = h->peer;
-        hs_drop(h);
-        res = prefer_refusal(x, peer, res);
-        if (res != MOE_OK && res != MOE_EAUTH && x->peer_behind[peer]) {
-            redial(h); // its old comm closing on us: it will listen in our epoch
-            res = MOE_OK;
-        }
-    }
-    return res;
+    return MOE_OK;
 }
 
 /* Every connection progresses in one poll() loop until all links are up or the open's
@@ -726,8 +672,10 @@ static moe_status handshake_all(struct hs_ctx *x) {
         if (r < 0 && errno != EINTR) return moe_fail(MOE_EIO, "comm: poll: %s", strerror(errno));
         for (int p = 0; r > 0 && p < np; p++) {
             if (!x->pf[p].revents) continue;
-            if (x->pf_of[p] < 0) accept_all(x);
-            else CHECK(serve(x, &x->hs[x->pf_of[p]]));
+            struct hs *h = x->pf_of[p] < 0 ? NULL : &x->hs[x->pf_of[p]];
+            if (!h) CHECK(accept_some(x));
+            else if (h->phase == PH_CONNECT) CHECK(finish_connect(x, h));
+            else CHECK(pump(x, h));
         }
         /* Compact dead strangers away so that the table does not fill up. */
         int w = 0;
@@ -735,6 +683,15 @@ static moe_status handshake_all(struct hs_ctx *x) {
             if (x->hs[i].phase != PH_DEAD) x->hs[w++] = x->hs[i];
         x->nh = w;
     }
+}
+
+/* One line per open for what strangers did, never one per connection. */
+static void log_strangers(const struct hs_ctx *x) {
+    if (x->unauthentic + x->strays + x->silent + x->evicted == 0) return;
+    LOG_WARN("comm: rank %d closed incoming connections without an answer: %d did not "
+             "authenticate, %d were not for a link we expect, %d did not finish in time (%d "
+             "of them closed to make room)",
+             x->c->rank, x->unauthentic, x->strays, x->silent + x->evicted, x->evicted);
 }
 
 moe_status comm_connect_all(struct comm *c, const struct comm_config *cfg,
@@ -749,13 +706,15 @@ moe_status comm_connect_all(struct comm *c, const struct comm_config *cfg,
     if (x.expect_in + x.nout == 0) return MOE_OK;
     if (x.expect_in > 0 && !l)
         return moe_fail(MOE_EINVAL, "comm: rank %d needs a listener for its lower peers", c->rank);
+    link_key(cfg->key, c->job_id, c->epoch, x.key);
     /* Room for every expected connection plus strangers (stale workers, port scanners). */
-    x.cap = x.nout + x.expect_in + 64;
+    x.cap = x.nout + x.expect_in + HS_STRANGERS;
     x.hs = calloc((size_t)x.cap, sizeof *x.hs);
     x.pf = calloc((size_t)x.cap + 1, sizeof *x.pf);
     x.pf_of = calloc((size_t)x.cap + 1, sizeof *x.pf_of);
+    x.unanswered = calloc((size_t)c->size, sizeof *x.unanswered);
     moe_status res = MOE_OK;
-    if (!x.hs || !x.pf || !x.pf_of) {
+    if (!x.hs || !x.pf || !x.pf_of || !x.unanswered) {
         res = moe_fail(MOE_ENOMEM, "comm: out of memory for the handshake");
         goto exit;
     }
@@ -763,11 +722,14 @@ moe_status comm_connect_all(struct comm *c, const struct comm_config *cfg,
     res = dial_higher_ranks(&x);
     if (res == MOE_OK) res = handshake_all(&x);
     if (x.expect_in > 0) pthread_mutex_unlock(comm_listener_lock(l));
+    log_strangers(&x);
     for (int i = 0; i < x.nh; i++)
         if (x.hs[i].phase != PH_DEAD) hs_drop(&x.hs[i]);
 exit:
+    OPENSSL_cleanse(x.key, sizeof x.key);
     free(x.hs);
     free(x.pf);
     free(x.pf_of);
+    free(x.unanswered);
     return res;
 }

@@ -1,9 +1,11 @@
 /*
  * listener.c — a worker's one listening socket for the data plane.
  *
- * Owns: binding host:port, the address peers are told, and the lock that lets only one
- * comm_open at a time take connections from it (connections for a comm that is not being
- * opened wait in the kernel's backlog; handshake.c refuses those of other epochs).
+ * Owns: binding host:port, the address peers are told, the size of the kernel's accept queue
+ * (LISTEN_BACKLOG: small and explicit, so that a flood of connections costs the kernel a
+ * bounded queue, not us), and the lock that lets only one comm_open at a time take
+ * connections from it (connections for a comm that is not being opened wait in the queue;
+ * handshake.c closes, without an answer, those that do not prove the open's link key).
  * Never: reads from an accepted connection (handshake.c does, under a deadline).
  */
 #include "transport.h"
@@ -17,6 +19,11 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+/* Peers dial before this worker reaches comm_open: the queue holds every channel of 42
+ * peers' connections; more wait for their SYN to be retried (the kernel's business), and
+ * handshake.c drains the queue as fast as it can read hellos. */
+#define LISTEN_BACKLOG 128
 
 struct comm_listener {
     int fd;
@@ -51,10 +58,7 @@ moe_status comm_listener_open(struct comm_listener **out, const char *host_port)
     }
     int one = 1;
     setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    /* A backlog that holds every channel of every peer of the largest comm: peers connect
-     * before this worker reaches comm_open. */
-    if (bind(l->fd, ai->ai_addr, ai->ai_addrlen) != 0 ||
-        listen(l->fd, 2 * COMM_MAX_RANKS * COMM_CHANNELS) != 0) {
+    if (bind(l->fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(l->fd, LISTEN_BACKLOG) != 0) {
         res = moe_fail(MOE_EIO, "comm: cannot listen on %s: %s", host_port, strerror(errno));
         goto fail;
     }

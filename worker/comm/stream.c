@@ -1,15 +1,17 @@
 /*
  * stream.c — the transports of tcp peers: one transfer's messages over a byte stream, either
- * the pair's socket (transport_tcp) or, between peers of one host, its shared-memory rings
- * (transport_shm), where large payloads may go by descriptor (cma).
+ * the pair's socket (transport_tcp; sealed per frame by seal.c when the link is encrypted)
+ * or, between peers of one host, its shared-memory rings (transport_shm), where large
+ * payloads may go by descriptor (cma).
  *
  * Owns: the framing of a message on a stream (header, then payload or a 16-byte descriptor),
  * reading and dropping a payload of a size we disagree with so that the stream stays in
  * step, and the descriptor handshake: read the sender's buffer, then acknowledge; revoke
  * what we described when we give up.
  * Never: copies payload through a buffer of its own (tcp reads and writes user buffers;
- * shm.c copies once into and once out of its ring; cma once, from buffer to buffer), blocks,
- * or decides an operation's fate (it reports; the engine fails the operation).
+ * seal.c seals and opens them through one frame; shm.c copies once into and once out of its
+ * ring; cma once, from buffer to buffer), blocks, or decides an operation's fate (it
+ * reports; the engine fails the operation).
  */
 #include "transport.h"
 
@@ -98,9 +100,10 @@ static moe_status send_message(struct link *k, bool shm, struct xfer *x, bool *m
             n = x->send_bytes - at;
         }
         if (n > IO_MAX) n = IO_MAX;
-        long got = shm ? shm_send_some(k->tx, k->fd, x->peer, p, n)
-                       : tcp_send_some(k->fd, x->peer, p, n);
-        if (got < 0) return MOE_EUNAVAILABLE;
+        long got = shm       ? shm_send_some(k->tx, k->fd, x->peer, p, n)
+                   : k->seal ? seal_send_some(k->seal, k->fd, x->peer, p, n)
+                             : tcp_send_some(k->fd, x->peer, p, n);
+        if (got < 0) return got == SEAL_EAUTH ? MOE_EAUTH : MOE_EUNAVAILABLE;
         if (got == 0) break;
         *moved = true;
         x->out_done += (size_t)got;
@@ -146,9 +149,10 @@ static moe_status recv_message(struct link *k, int channel, bool shm, struct xfe
             }
         }
         if (n > IO_MAX) n = IO_MAX;
-        long got = shm ? shm_recv_some(k->rx, k->fd, x->peer, p, n)
-                       : tcp_recv_some(k->fd, x->peer, p, n);
-        if (got < 0) return MOE_EUNAVAILABLE;
+        long got = shm       ? shm_recv_some(k->rx, k->fd, x->peer, p, n)
+                   : k->seal ? seal_recv_some(k->seal, k->fd, x->peer, p, n)
+                             : tcp_recv_some(k->fd, x->peer, p, n);
+        if (got < 0) return got == SEAL_EAUTH ? MOE_EAUTH : MOE_EUNAVAILABLE;
         if (got == 0) break;
         *moved = true;
         bool header_was_partial = x->in_done < WIRE_HEADER_BYTES;

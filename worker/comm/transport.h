@@ -1,7 +1,8 @@
 /*
  * transport.h — layers 2 and 3 of worker/comm: how bytes move between two ranks.
  *
- * Layer 2 moves bytes and knows nothing of messages: tcp.c (a nonblocking socket), shm.c (a
+ * Layer 2 moves bytes and knows nothing of messages: tcp.c (a nonblocking socket), seal.c
+ * (the same socket, encrypted per frame), shm.c (a
  * byte ring in shared memory, with the pair's socket as doorbell) and cma.c (reading a local
  * peer's buffer). Layer 3 carries one transfer's messages over them: stream.c (header then
  * payload or descriptor, over a socket or a ring) and mpi.c (header and payload messages
@@ -57,6 +58,16 @@ long tcp_send_some(int fd, int peer, const void *p, size_t n);
 long tcp_recv_some(int fd, int peer, void *p, size_t n);
 moe_status tcp_set_socket_options(int fd);
 moe_status tcp_parse_address(const char *host_port, char *host, size_t host_len, int *port);
+
+/* seal.c: the tcp stream encrypted (AES-256-GCM per frame), with tcp's return convention;
+ * a frame whose tag does not verify is SEAL_EAUTH (moe_fail set, MOE_EAUTH). A frame is made
+ * of one send call's bytes, and seal_send_some reports them sent only once the whole frame
+ * is on the wire: until then it returns 0 and the caller presents the same bytes again. */
+#define SEAL_EAUTH (-2L)
+struct seal *seal_new(const uint8_t tx_key[32], const uint8_t rx_key[32]);
+void seal_free(struct seal *s);
+long seal_send_some(struct seal *s, int fd, int peer, const void *p, size_t n);
+long seal_recv_some(struct seal *s, int fd, int peer, void *p, size_t n);
 
 /* shm.c: a byte ring in a shared segment between two processes of one host, with the
  * pair's tcp socket as doorbell. Same return convention as tcp. */

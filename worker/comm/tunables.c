@@ -25,6 +25,9 @@ const struct knob comm_knobs[] = {
      "receiving peer straight from the sender's buffer)"},
     {NULL, "MOE_COMM_SPIN_US", KNOB_DOUBLE, KNOB_AT(struct comm_tunables, spin_us), "100", 0, 1e6,
      NULL, "US", "how long a waiting side yields the core before it sleeps in poll()"},
+    {NULL, "MOE_COMM_ENCRYPT", KNOB_BOOL, KNOB_AT(struct comm_tunables, encrypt), "0", 0, 0, NULL,
+     NULL, "1: encrypt every tcp link (AES-256-GCM per frame) for networks nobody vouches for; "
+     "shared memory between peers of one host stays as is"},
 };
 const int comm_n_knobs = (int)(sizeof comm_knobs / sizeof comm_knobs[0]);
 

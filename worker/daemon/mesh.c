@@ -2,7 +2,7 @@
  * mesh.c — a job as the loop and its training thread share it. Its data plane: the comm of
  * one slot of a pods x slots mesh, opened on the training thread from the binding table
  * RunSlot carried (rank = pod * slots + slot, the peers' data addresses, the epoch, the
- * cluster token), and aborted from the loop when the coordinator says stop, so that a slot
+ * job's data-plane key, mesh.encrypt), and aborted from the loop when the coordinator says stop, so that a slot
  * blocked in a collective returns at once instead of after the data-plane timeout. Stopping
  * the job (the coordinator's word, or a shutdown) and waking a thread that waits.
  * For recovery (docs/recovery.md) it also owns the bindings of epochs: the first one adopted
@@ -38,7 +38,8 @@ moe_status job_open_comm(struct job *j) {
         .slots = j->slots,
         .epoch = j->epoch,
         .job_id = j->id,
-        .token = j->w->token,
+        .key = j->data_key,
+        .encrypt = j->spec.mesh.encrypt,
         .peers = peers,
         .timeout_s = j->timeout_s,
     };
@@ -53,9 +54,10 @@ moe_status job_open_comm(struct job *j) {
     int abort_now = j->aborted || j->fenced_epoch >= j->epoch;
     uv_mutex_unlock(&j->comm_mu);
     if (abort_now) comm_abort(c);
-    LOG_INFO("%s: data plane up: rank %d of %d (%d x %d, %s, epoch %llu) in %.2f s", j->id,
-             cfg.rank, n, j->pods, j->slots, j->backend == COMM_MPI ? "mpi" : "tcp",
-             (unsigned long long)j->epoch, moe_clock_s() - t0);
+    LOG_INFO("%s: data plane up: rank %d of %d (%d x %d, %s, epoch %llu, %d peers over "
+             "encrypted tcp) in %.2f s", j->id, cfg.rank, n, j->pods, j->slots,
+             j->backend == COMM_MPI ? "mpi" : "tcp", (unsigned long long)j->epoch,
+             comm_encrypted_peers(c), moe_clock_s() - t0);
     return MOE_OK;
 }
 

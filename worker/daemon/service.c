@@ -141,6 +141,12 @@ static int check_mesh(struct rpc_call *call, struct worker *w, const Moed__V1__R
         if (!bad) seen[k] = 1;
     }
     free(seen);
+    if (!bad && req->data_key.len != COMM_KEY_BYTES) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: data_key has %zu bytes: a mesh needs "
+                 "the job's %d-byte data-plane key", req->job_id, req->data_key.len,
+                 COMM_KEY_BYTES);
+        bad = 1;
+    }
     return bad;
 }
 
@@ -352,6 +358,7 @@ static struct job *job_of(struct rpc_call *call, struct worker *w,
         return NULL;
     }
     job_adopt(j, b);
+    if (n > 1) memcpy(j->data_key, req->data_key.data, COMM_KEY_BYTES); // check_mesh: 32 bytes
     j->pods = req->pods;
     j->slots = req->slots;
     j->recoverable = n > 1 && mesh_recoverable(&j->spec.mesh);

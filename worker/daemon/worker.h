@@ -91,6 +91,7 @@ struct epoch_binding {
     uint64_t epoch;
     double timeout_s;
     char (*peers)[COMM_ADDR_MAX]; // (pods * slots) data addresses, rank order
+    uint8_t data_key[COMM_KEY_BYTES]; // the job's data-plane key (RunSlot; the same every epoch)
     int restore;                  // return to restore_step first (docs/recovery.md)
     long restore_step;
     int *restore_from;            // (pods * slots) the rank sending each rank its state, or -1
@@ -112,6 +113,7 @@ struct job {
     enum comm_backend backend;
     double timeout_s;
     char (*peers)[COMM_ADDR_MAX]; // (pods * slots) data addresses, rank order
+    uint8_t data_key[COMM_KEY_BYTES]; // the job's data-plane key (RunSlot; the same every epoch)
     uv_mutex_t comm_mu;           // guards comm between the thread (open, close) and the loop
     struct comm *comm;            //   (StopJob's abort)
     int aborted;                  // comm_abort was called (under comm_mu)
