@@ -17,7 +17,8 @@ source "$(dirname "$0")/cluster_lib.sh"
 cluster_test_init cli_probe_dataplane
 ulimit -n 8192 2>/dev/null || ulimit -n 4096
 
-"$moectl" cluster up --pods 2 --slots 2 --threads 1 --dir "$cdir" >"$tmp/up.out" 2>&1
+# every link over tcp, as between hosts (no shared memory between these same-host workers)
+MOE_COMM_SHM=0 "$moectl" cluster up --pods 2 --slots 2 --threads 1 --dir "$cdir" >"$tmp/up.out" 2>&1
 rc=$?
 check "cluster up --pods 2 --slots 2 exits 0" '[ $rc -eq 0 ]'
 [ $rc -eq 0 ] || { cat "$tmp/up.out"; tail -n 20 "$cdir"/*.log; exit 1; }
@@ -36,17 +37,18 @@ OMP_NUM_THREADS=1 "$moectl" train "$tmp/mesh.yaml" --quiet \
   --set run.output="$tmp/reference.safetensors" >/dev/null 2>"$tmp/train.err"
 check "moectl train made the reference model" '[ -s "$tmp/reference.safetensors" ]'
 
-run_job() { # run_job LABEL: a 2x2 job succeeds with the reference model
-  local job rc
-  job=$("$moectl" submit "$tmp/mesh.yaml")
+run_job() { # run_job LABEL [--set ...]: a 2x2 job succeeds with the reference model
+  local job rc label=$1
+  shift
+  job=$("$moectl" submit "$tmp/mesh.yaml" "$@")
   timeout 180 "$moectl" watch "$job" >"$tmp/watch.out" 2>&1
   rc=$?
-  echo "     $1: $job"
+  echo "     $label: $job"
   check_same_model "$job" $rc
   "$moectl" status "$job" --json >"$tmp/status.json" 2>/dev/null
   local formed
   formed=$(json 'str(d["job"].get("epoch")) + "/" + str(d["job"].get("recoveries", 0))' <"$tmp/status.json")
-  check "$1: it formed its mesh once (epoch/recoveries $formed, want 1/0)" '[ "$formed" = 1/0 ]'
+  check "$label: it formed its mesh once (epoch/recoveries $formed, want 1/0)" '[ "$formed" = 1/0 ]'
 }
 
 # 1. planted before the job
@@ -78,6 +80,12 @@ wait_until 60 '[ "$(state_of "$job")" = JOB_CANCELLED ]'
 check "the interrupted job is CANCELLED" '[ "$(state_of "$job")" = JOB_CANCELLED ]'
 "$py" "$(dirname "$0")/probe_dataplane.py" plant $addrs >/dev/null 2>&1
 run_job "after a cancelled job and more planted connections"
+
+# 4. the same attacks on an encrypted data plane: same model, and every link said so
+"$py" "$(dirname "$0")/probe_dataplane.py" plant $addrs >/dev/null 2>&1
+run_job "encrypted (mesh.encrypt), after planted connections" --set mesh.encrypt=true
+check "every worker's data plane reached its 3 peers over encrypted tcp" \
+  '[ "$(cat "$cdir"/*.log | grep -c "epoch 1, 3 peers over encrypted tcp")" -ge 4 ]'
 
 idle_count() { "$moectl" cluster status --json | json 'sum(w["state"] == "WORKER_IDLE" for w in d["workers"])'; }
 wait_until 30 '[ "$(idle_count)" = 4 ]'
