@@ -102,6 +102,7 @@ struct job {
     struct watcher *watchers;
     int upload_fd;                            // model upload in progress (-1: none; models.c)
     int64_t upload_offset;
+    char upload_worker[24];                   //   the worker uploading it (its chunks only)
 };
 
 /* ---- the table ---- */
