@@ -4,7 +4,8 @@
  *
  * Owns: the schedule (kinds and logical victims drawn from a seed, so that the same seed and
  * the same mesh give the same faults), injecting each fault into the processes of the cluster
- * directory (kill -9, SIGSTOP/SIGCONT, the coordinator's death and restart, Worker.InjectFault),
+ * directory (kill -9, SIGSTOP/SIGCONT, the coordinator's death and restart, Worker.InjectFault
+ * with the operator token the victim wrote to its scratch directory worker-<i>/),
  * restarting what it killed so that it comes back as spares, watching the job's events and
  * committed step between faults, and the report of what happened (text, or --json).
  * Never: signals a process that is not one of the cluster directory's (pid files), decides
@@ -460,13 +461,14 @@ static int inject_coordinator(struct chaos *c, struct fault *f) {
     return reconnect(c);
 }
 
-/* cut and flip: Worker.InjectFault on the victim's worker, with the cluster's token, as the
- * coordinator calls workers. */
+/* cut and flip: Worker.InjectFault on the victim's worker, with the operator token that worker
+ * wrote to its scratch directory (worker-<i>/operator.token: only the cluster directory's owner
+ * can read it; the cluster token opens nothing on a worker). */
 static int inject_rpc(struct chaos *c, struct fault *f) {
     struct victim *v = &f->v[0];
     if (find_victim(c, v)) return -1;
     char token_file[PATH_CAP], token[256], ca[PATH_CAP];
-    in_dir(token_file, c->dir, "cluster.token");
+    worker_file(token_file, c->dir, v->index, "/operator.token");
     in_dir(ca, c->dir, "tls/cert.pem");
     if (rpc_read_token(token_file, token, sizeof token) != MOE_OK)
         return chaos_error(c, "%s", moe_errmsg());

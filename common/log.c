@@ -39,3 +39,29 @@ void moe_log_write(enum moe_log_level level, const char *fmt, ...) {
     fprintf(stderr, "%s.%03ldZ %d %s %s %s\n", when, ts.tv_nsec / 1000000L, (int)getpid(),
             log_role, tags[level], msg);
 }
+
+void moe_log_limit_end(struct moe_log_limit *l, enum moe_log_level level, double now) {
+    if (l->window_start <= 0) return;
+    if (l->suppressed > 0 && level >= moe_log_active)
+        moe_log_write(level, "%ld more %s in the last %.0f s", l->suppressed, l->what,
+                      now - l->window_start);
+    l->window_start = 0;
+    l->written = 0;
+    l->suppressed = 0;
+}
+
+void moe_log_limit_flush(struct moe_log_limit *l, enum moe_log_level level, double now) {
+    if (l->window_start > 0 && now - l->window_start >= l->interval_s)
+        moe_log_limit_end(l, level, now);
+}
+
+int moe_log_limit_pass(struct moe_log_limit *l, enum moe_log_level level, double now) {
+    moe_log_limit_flush(l, level, now);
+    if (l->window_start <= 0) l->window_start = now;
+    if (l->written < l->burst) {
+        l->written++;
+        return 1;
+    }
+    l->suppressed++;
+    return 0;
+}

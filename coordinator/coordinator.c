@@ -141,6 +141,7 @@ static moe_status serve(struct coordinator *co, uv_loop_t *loop) {
         .tls = cfg->tls_cert[0] ? &tls : NULL,
         .client_token = cfg->client_token,
         .cluster_token = cfg->cluster_token,
+        .identify = workers_identify, // workers' own credentials (state/workers.c)
         .role = "coordinator",
     };
     int port = 0;

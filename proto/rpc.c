@@ -17,6 +17,8 @@
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -99,6 +101,24 @@ moe_status rpc_read_token(const char *path, char *out, size_t cap) {
     }
     free(text);
     return res;
+}
+
+int rpc_secret_equal(const char *given, size_t len, const char *expected) {
+    size_t n = strlen(expected);
+    if (len != n || n == 0) return 0; // the lengths are not the secret
+    return CRYPTO_memcmp(given, expected, n) == 0;
+}
+
+moe_status rpc_new_credential(const char *prefix, char *out, size_t cap) {
+    unsigned char raw[RPC_SECRET_HEX / 2];
+    if (strlen(prefix) + 1 + RPC_SECRET_HEX >= cap)
+        return moe_fail(MOE_EINVAL, "a credential for %s does not fit in %zu bytes", prefix, cap);
+    if (RAND_bytes(raw, (int)sizeof raw) != 1)
+        return moe_fail(MOE_EINTERNAL, "no randomness for a new credential (RAND_bytes)");
+    size_t n = (size_t)snprintf(out, cap, "%s.", prefix);
+    for (size_t i = 0; i < sizeof raw; i++) n += (size_t)snprintf(out + n, cap - n, "%02x", raw[i]);
+    OPENSSL_cleanse(raw, sizeof raw);
+    return MOE_OK;
 }
 
 /* ---- messages <-> byte buffers ---- */
@@ -248,12 +268,14 @@ moe_status rpc_pump_start(struct rpc_pump **out, uv_loop_t *loop) {
 struct rpc_channel {
     grpc_channel *channel;
     char target[256];
-    char auth[320]; // "Bearer <token>", or "" for none
+    uv_mutex_t auth_mu; // auth may change between calls (rpc_channel_set_token)
+    char auth[320];     // "Bearer <token>", or "" for none
     int wait_for_ready;
 };
 
 struct client_ops {
     grpc_metadata auth_md;
+    int has_auth;       // auth_md.value is this call's own copy
     grpc_metadata_array initial_md, trailing_md;
     grpc_byte_buffer *request, *response;
     grpc_status_code status;
@@ -280,12 +302,15 @@ static size_t client_send_ops(struct rpc_channel *ch, struct client_ops *co, grp
     size_t n = 0;
     memset(ops, 0, 3 * sizeof *ops);
     ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
-    if (ch->auth[0]) {
+    uv_mutex_lock(&ch->auth_mu);
+    if (ch->auth[0]) { // the call's own copy: the channel's may change while it is in flight
         co->auth_md.key = grpc_slice_from_static_string("authorization");
-        co->auth_md.value = grpc_slice_from_static_string(ch->auth);
+        co->auth_md.value = grpc_slice_from_copied_string(ch->auth);
+        co->has_auth = 1;
         ops[n].data.send_initial_metadata.count = 1;
         ops[n].data.send_initial_metadata.metadata = &co->auth_md;
     }
+    uv_mutex_unlock(&ch->auth_mu);
     if (ch->wait_for_ready) ops[n].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
     n++;
     ops[n].op = GRPC_OP_SEND_MESSAGE;
@@ -305,6 +330,8 @@ static void client_ops_init(struct client_ops *co, const ProtobufCMessage *reque
 }
 
 static void client_ops_destroy(struct client_ops *co) {
+    if (co->has_auth) grpc_slice_unref(co->auth_md.value);
+    co->has_auth = 0;
     grpc_metadata_array_destroy(&co->initial_md);
     grpc_metadata_array_destroy(&co->trailing_md);
     if (co->request) grpc_byte_buffer_destroy(co->request);
@@ -349,6 +376,7 @@ moe_status rpc_channel_open(struct rpc_channel **out, const char *target, const 
     struct rpc_channel *ch = calloc(1, sizeof *ch);
     if (!ch) return moe_fail(MOE_ENOMEM, "rpc: out of memory");
     snprintf(ch->target, sizeof ch->target, "%s", target);
+    uv_mutex_init(&ch->auth_mu);
     if (token && token[0]) snprintf(ch->auth, sizeof ch->auth, "Bearer %s", token);
     ch->wait_for_ready = wait_for_ready;
 
@@ -356,6 +384,7 @@ moe_status rpc_channel_open(struct rpc_channel **out, const char *target, const 
     if (tls && tls->ca_file && tls->ca_file[0]) {
         char *ca = read_text_file(tls->ca_file);
         if (!ca) {
+            uv_mutex_destroy(&ch->auth_mu);
             free(ch);
             return moe_fail(MOE_EIO, "cannot read TLS CA file %s: %s", tls->ca_file, strerror(errno));
         }
@@ -383,6 +412,7 @@ moe_status rpc_channel_open(struct rpc_channel **out, const char *target, const 
     ch->channel = grpc_channel_create(target, creds, &cargs);
     grpc_channel_credentials_release(creds);
     if (!ch->channel) {
+        uv_mutex_destroy(&ch->auth_mu);
         free(ch);
         return moe_fail(MOE_EINVAL, "cannot create a channel to %s", target);
     }
@@ -390,9 +420,20 @@ moe_status rpc_channel_open(struct rpc_channel **out, const char *target, const 
     return MOE_OK;
 }
 
+void rpc_channel_set_token(struct rpc_channel *ch, const char *token) {
+    uv_mutex_lock(&ch->auth_mu);
+    if (token && token[0])
+        snprintf(ch->auth, sizeof ch->auth, "Bearer %s", token);
+    else
+        ch->auth[0] = 0;
+    uv_mutex_unlock(&ch->auth_mu);
+}
+
 void rpc_channel_close(struct rpc_channel *ch) {
     if (!ch) return;
     grpc_channel_destroy(ch->channel);
+    OPENSSL_cleanse(ch->auth, sizeof ch->auth);
+    uv_mutex_destroy(&ch->auth_mu);
     free(ch);
 }
 
@@ -672,6 +713,7 @@ struct rpc_call {
     char unknown_path[128];
     grpc_call *call;
     char peer[96];
+    char identity[RPC_IDENTITY_MAX]; // from the server's identify; "" when none
     int refs;          // batches in flight, plus one while the handler holds a unary call
     int answered;      // unary: a reply or failure went out
     int initial_sent;
@@ -703,6 +745,9 @@ struct rpc_server {
     void **handles;
     void *ctx;
     char *client_token, *cluster_token;
+    rpc_identify_fn identify;
+    /* refusals, one rate limit per method and kind (REFUSE_*); [n_methods] for unknown ones */
+    struct moe_log_limit *limits;
     char role[32];
     struct rpc_call *calls;
     int slots_out; // request slots still registered with gRPC
@@ -714,6 +759,16 @@ struct rpc_server {
 };
 
 #define SLOTS_PER_METHOD 4
+
+/* Kinds of refusal, each rate-limited on its own per method (a flood of one kind does not
+ * hide the first lines of another). */
+enum { REFUSE_AUTH = 0, REFUSE_DENIED, REFUSE_MALFORMED, REFUSE_KINDS };
+
+static struct moe_log_limit *refusal_limit(struct rpc_server *srv, const struct rpc_method *m,
+                                           int kind) {
+    int i = m ? (int)(m - srv->methods) : srv->n_methods;
+    return &srv->limits[i * REFUSE_KINDS + kind];
+}
 
 static void slot_arm(struct request_slot *s);
 static void server_maybe_destroy(struct rpc_server *srv);
@@ -793,6 +848,18 @@ void rpc_fail(struct rpc_call *c, grpc_status_code code, const char *fmt, ...) {
     }
     LOG_DEBUG("rpc: %s from %s: %s: %s", c->path, c->peer, rpc_code_name(code), details);
     send_unary(c, NULL, code, details);
+}
+
+void rpc_refuse(struct rpc_call *c, grpc_status_code code, const char *fmt, ...) {
+    char details[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(details, sizeof details, fmt, ap);
+    va_end(ap);
+    LOG_WARN_LIMITED(refusal_limit(c->srv, c->method, REFUSE_DENIED),
+                     "rpc: refused %s from %s%s%s: %s: %s", c->path, c->peer,
+                     c->identity[0] ? " as " : "", c->identity, rpc_code_name(code), details);
+    rpc_fail(c, code, "%s", details);
 }
 
 /* -- streams -- */
@@ -959,23 +1026,51 @@ void rpc_stream_on_sent(struct rpc_call *c, void (*on_sent)(struct rpc_call *c, 
 size_t rpc_stream_queued(const struct rpc_call *c) { return c->q_len; }
 const char *rpc_call_method(const struct rpc_call *c) { return c->path; }
 const char *rpc_call_peer(const struct rpc_call *c) { return c->peer; }
+const char *rpc_call_identity(const struct rpc_call *c) {
+    return c->identity[0] ? c->identity : NULL;
+}
 
 /* -- incoming calls -- */
 
-static int token_matches(const grpc_metadata_array *md, const char *token) {
-    if (!token || !token[0]) return 1;
-    size_t tlen = strlen(token);
+/* The secret of the call's "authorization: Bearer <secret>" (the first such header); NULL when
+ * there is none. */
+static const char *bearer_of(const grpc_metadata_array *md, size_t *len) {
     for (size_t i = 0; i < md->count; i++) {
         if (grpc_slice_str_cmp(md->metadata[i].key, "authorization") != 0) continue;
-        const unsigned char *v = GRPC_SLICE_START_PTR(md->metadata[i].value);
+        const char *v = (const char *)GRPC_SLICE_START_PTR(md->metadata[i].value);
         size_t vlen = GRPC_SLICE_LENGTH(md->metadata[i].value);
-        if (vlen != tlen + 7 || memcmp(v, "Bearer ", 7) != 0) return 0;
-        /* constant time in the token's length: no early exit on the first differing byte */
-        unsigned char diff = 0;
-        for (size_t k = 0; k < tlen; k++) diff |= (unsigned char)(v[7 + k] ^ (unsigned char)token[k]);
-        return diff == 0;
+        if (vlen < 7 || memcmp(v, "Bearer ", 7) != 0) return NULL;
+        *len = vlen - 7;
+        return v + 7;
     }
-    return 0;
+    return NULL;
+}
+
+/* Whether the call may reach method m's handler; the identity of its credential, if it has
+ * one, goes to c->identity. NULL when it may; else why not (the client's answer). */
+static const char *authorize(struct rpc_server *srv, const struct rpc_method *m,
+                             const grpc_metadata_array *md, struct rpc_call *c) {
+    if (m->auth == RPC_AUTH_NONE) return NULL;
+    size_t len = 0;
+    const char *bearer = bearer_of(md, &len);
+    if (m->auth == RPC_AUTH_CLIENT) {
+        if (!srv->client_token || !srv->client_token[0]) return NULL;
+        return bearer && rpc_secret_equal(bearer, len, srv->client_token)
+                   ? NULL : "missing or wrong client token";
+    }
+    int open = m->auth == RPC_AUTH_CLUSTER && (!srv->cluster_token || !srv->cluster_token[0]);
+    if (m->auth == RPC_AUTH_CLUSTER && bearer && !open &&
+        rpc_secret_equal(bearer, len, srv->cluster_token))
+        return NULL;
+    if (bearer && srv->identify && srv->identify(srv->ctx, bearer, len, c->identity)) {
+        c->identity[RPC_IDENTITY_MAX - 1] = 0;
+        return NULL;
+    }
+    c->identity[0] = 0;
+    if (open) return NULL;
+    return m->auth == RPC_AUTH_CLUSTER ? "missing or wrong cluster token"
+                                       : "missing or unknown credential: this call needs the "
+                                         "caller's own credential, not a token";
 }
 
 static struct rpc_call *call_new(struct rpc_server *srv, grpc_call *gc) {
@@ -1003,22 +1098,19 @@ static void handle_call(struct rpc_server *srv, struct request_slot *s) {
     }
     c->method = m;
     c->path = m->path;
-    const char *token = m->auth == RPC_AUTH_CLIENT    ? srv->client_token
-                        : m->auth == RPC_AUTH_CLUSTER ? srv->cluster_token
-                                                      : NULL;
     ProtobufCMessage *req = NULL;
-    if (!token_matches(&s->md, token)) {
-        LOG_WARN("rpc: rejected %s from %s: missing or wrong %s token", m->path, c->peer,
-                 m->auth == RPC_AUTH_CLIENT ? "client" : "cluster");
+    const char *refused = authorize(srv, m, &s->md, c);
+    if (refused) {
+        LOG_WARN_LIMITED(refusal_limit(srv, m, REFUSE_AUTH), "rpc: rejected %s from %s: %s",
+                         m->path, c->peer, refused);
         c->method = NULL; // answer as unary whatever the kind
-        send_unary(c, NULL, GRPC_STATUS_UNAUTHENTICATED,
-                   m->auth == RPC_AUTH_CLIENT ? "missing or wrong client token"
-                                              : "missing or wrong cluster token");
+        send_unary(c, NULL, GRPC_STATUS_UNAUTHENTICATED, refused);
     } else if (!s->payload) {
         c->method = NULL;
         send_unary(c, NULL, GRPC_STATUS_INVALID_ARGUMENT, "no request message");
     } else if (!(req = unpack_message(s->payload, m->request_type))) {
-        LOG_WARN("rpc: malformed %s from %s", m->path, c->peer);
+        LOG_WARN_LIMITED(refusal_limit(srv, m, REFUSE_MALFORMED), "rpc: malformed %s from %s",
+                         m->path, c->peer);
         c->method = NULL;
         char det[200];
         snprintf(det, sizeof det, "malformed request: not a valid %s", m->request_type->name);
@@ -1062,7 +1154,8 @@ static void handle_unknown(struct rpc_server *srv, struct request_slot *s) {
     memcpy(c->unknown_path, GRPC_SLICE_START_PTR(s->details.method), n);
     c->unknown_path[n] = 0;
     c->path = c->unknown_path;
-    LOG_WARN("rpc: unknown method %s from %s", c->path, c->peer);
+    LOG_WARN_LIMITED(refusal_limit(srv, NULL, REFUSE_MALFORMED), "rpc: unknown method %s from %s",
+                     c->path, c->peer);
     char det[200];
     snprintf(det, sizeof det, "unknown method %s", c->path);
     send_unary(c, NULL, GRPC_STATUS_UNIMPLEMENTED, det);
@@ -1162,8 +1255,20 @@ moe_status rpc_server_start(struct rpc_server **out, struct rpc_pump *pump,
     srv->ctx = ctx;
     srv->client_token = cfg->client_token ? strdup(cfg->client_token) : NULL;
     srv->cluster_token = cfg->cluster_token ? strdup(cfg->cluster_token) : NULL;
+    srv->identify = cfg->identify;
     snprintf(srv->role, sizeof srv->role, "%s", cfg->role ? cfg->role : "server");
     srv->handles = calloc((size_t)n_methods, sizeof *srv->handles);
+    srv->limits = calloc((size_t)(n_methods + 1) * REFUSE_KINDS, sizeof *srv->limits);
+    if (!srv->handles || !srv->limits) {
+        free(srv->handles);
+        free(srv->limits);
+        free(srv->client_token);
+        free(srv->cluster_token);
+        free(srv);
+        return moe_fail(MOE_ENOMEM, "rpc: out of memory");
+    }
+    for (int i = 0; i < (n_methods + 1) * REFUSE_KINDS; i++)
+        srv->limits[i] = (struct moe_log_limit)MOE_LOG_LIMIT_INIT("refused calls like this");
 
     /* Clients ping every 10 s (keepalive); allow it without calls in flight. */
     grpc_arg args[] = {
@@ -1204,6 +1309,7 @@ fail:
     /* grpc_server_destroy on a server never started needs no shutdown */
     grpc_server_destroy(srv->server);
     free(srv->handles);
+    free(srv->limits);
     free(srv->client_token);
     free(srv->cluster_token);
     free(srv);
@@ -1223,7 +1329,10 @@ static void server_maybe_destroy(struct rpc_server *srv) {
     grpc_server_destroy(srv->server);
     void (*done)(void *) = srv->done;
     void *arg = srv->done_arg;
+    for (int i = 0; i < (srv->n_methods + 1) * REFUSE_KINDS; i++) // counts not yet written
+        moe_log_limit_end(&srv->limits[i], MOE_LOG_WARN, moe_clock_s());
     free(srv->handles);
+    free(srv->limits);
     free(srv->client_token);
     free(srv->cluster_token);
     free(srv);

@@ -3,7 +3,9 @@
  *
  * Owns: the completion queue of a process and the thread that drains it; handing every
  * completion to the process's libuv loop (handlers and callbacks run on the loop thread only,
- * so daemon state needs no locks); request/reply framing with protobuf-c; token checks;
+ * so daemon state needs no locks); request/reply framing with protobuf-c; token and
+ * credential checks (who a credential belongs to is the service's resolver's answer), refusals
+ * logged under a rate limit;
  * server-streaming with one send in flight and a queue behind it; client calls (blocking for
  * the CLI and the training thread, asynchronous for the loop); TLS or insecure credentials.
  * Never: knows what a job or a worker is. Services own their state; this module owns calls.
@@ -51,7 +53,13 @@ void rpc_pump_stop(struct rpc_pump *p, void (*done)(void *arg), void *arg);
 
 /* ---- servers ---- */
 
-enum rpc_auth { RPC_AUTH_NONE = 0, RPC_AUTH_CLIENT, RPC_AUTH_CLUSTER };
+/* What a call must carry as "authorization: Bearer <secret>":
+ *   CLIENT    the client token;
+ *   CLUSTER   the cluster token, or a credential the server's `identify` accepts (the call then
+ *             has that identity: rpc_call_identity);
+ *   IDENTITY  only a credential `identify` accepts: a token alone is refused (UNAUTHENTICATED).
+ * A token that is not configured ("") is not checked (CLIENT, CLUSTER). */
+enum rpc_auth { RPC_AUTH_NONE = 0, RPC_AUTH_CLIENT, RPC_AUTH_CLUSTER, RPC_AUTH_IDENTITY };
 enum rpc_kind { RPC_UNARY = 0, RPC_SERVER_STREAM };
 
 struct rpc_call;   // one incoming call, owned by this module
@@ -69,11 +77,21 @@ struct rpc_method {
     rpc_handler handler;
 };
 
+#define RPC_IDENTITY_MAX 64
+
+/* Whose credential `cred` (len bytes, the bearer value) is: writes the identity ("w-3",
+ * "coordinator"; fewer than RPC_IDENTITY_MAX bytes) to `out` and returns 1, or returns 0 when
+ * it is no one's. `ctx` is the server's context. Runs on the loop thread before the request is
+ * unpacked; it must compare secrets in constant time (rpc_secret_equal). */
+typedef int (*rpc_identify_fn)(void *ctx, const char *cred, size_t len,
+                               char out[RPC_IDENTITY_MAX]);
+
 struct rpc_server_config {
     const char *listen;              // "127.0.0.1:7070"; port 0 picks a free one
     const struct rpc_tls *tls;       // NULL: insecure
     const char *client_token;        // required by RPC_AUTH_CLIENT methods
     const char *cluster_token;       // required by RPC_AUTH_CLUSTER methods
+    rpc_identify_fn identify;        // RPC_AUTH_IDENTITY (and CLUSTER) credentials; NULL: none
     const char *role;                // for log lines: "coordinator", "worker"
 };
 
@@ -89,6 +107,11 @@ void rpc_server_shutdown(struct rpc_server *s, void (*done)(void *arg), void *ar
 /* Unary answers. The call is released after the status is sent: drop the pointer. */
 void rpc_reply(struct rpc_call *c, const ProtobufCMessage *response);
 void rpc_fail(struct rpc_call *c, grpc_status_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* rpc_fail for a caller that may not do what it asks (PERMISSION_DENIED, UNAUTHENTICATED): the
+ * refusal is logged with the method, the peer and the caller's identity, under the rate limit
+ * of that method's refusals (the first few per 10 s in full, then a count). */
+void rpc_refuse(struct rpc_call *c, grpc_status_code code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Streams. rpc_stream_send packs `msg` and queues it (one send in flight per call); returns
@@ -115,6 +138,9 @@ void rpc_stream_on_sent(struct rpc_call *c, void (*on_sent)(struct rpc_call *c, 
 
 const char *rpc_call_method(const struct rpc_call *c);
 const char *rpc_call_peer(const struct rpc_call *c); // "ipv4:127.0.0.1:50312"
+/* The identity the server's `identify` gave the call's credential; NULL when the call carried
+ * a token instead (or its method needs none). */
+const char *rpc_call_identity(const struct rpc_call *c);
 
 /* ---- clients ---- */
 
@@ -125,6 +151,9 @@ struct rpc_channel;
  * fast with UNAVAILABLE while the server is down: workers want that, the CLI does not. */
 moe_status rpc_channel_open(struct rpc_channel **out, const char *target, const struct rpc_tls *tls,
                             const char *token, int wait_for_ready);
+/* The bearer secret of the channel's next calls (NULL or "": none); calls already started keep
+ * the one they had. Any thread. */
+void rpc_channel_set_token(struct rpc_channel *ch, const char *token);
 void rpc_channel_close(struct rpc_channel *ch);
 const char *rpc_channel_target(const struct rpc_channel *ch);
 
@@ -163,5 +192,13 @@ const char *rpc_code_name(grpc_status_code code); // "UNAUTHENTICATED"
 
 /* Reads a token file (one line, surrounding whitespace dropped); MOE_EIO names the file. */
 moe_status rpc_read_token(const char *path, char *out, size_t cap);
+
+/* A new secret credential "<prefix>.<64 hex digits>" (256 random bits from OpenSSL's
+ * RAND_bytes); MOE_EINVAL when it does not fit in cap, MOE_EINTERNAL without randomness. */
+#define RPC_SECRET_HEX 64
+moe_status rpc_new_credential(const char *prefix, char *out, size_t cap);
+/* Whether a presented secret (len bytes) equals the expected one, in time that depends only on
+ * the lengths. */
+int rpc_secret_equal(const char *given, size_t len, const char *expected);
 
 #endif

@@ -3,7 +3,9 @@ coordinator's recovery (coordinator/recovery.c) without tensors: tests/cli_recov
 
 Each FakeWorker serves the Worker service (RunSlot, StopJob, FenceSlot) and calls the Cluster
 service like moed-worker does (RegisterWorker, Heartbeat with epoch and holding, ReportStep with
-replicated_step and state hashes, ReportFault, ReportRestored). A Trainer advances every slot of
+replicated_step and state hashes, ReportFault, ReportRestored). Like moed-worker it registers
+with the cluster token, then proves itself with the credential the registration returned, and
+its Worker service accepts only calls that carry that credential (the coordinator's). A Trainer advances every slot of
 a job one step at a time, and only when all of them run the job's newest epoch: a killed slot
 stops the others, as a collective would. What the coordinator decided is checked through its
 Status service and in the RunSlot requests the fakes received.
@@ -66,19 +68,20 @@ class FakeWorker:
         self.stall = False       # never reports its restore (it stays "restoring")
         self.run_slots = []      # every RunSlotRequest received
         self.alive = True
+        self.refused = 0         # Worker calls without our credential
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         h = {
             "RunSlot": grpc.unary_unary_rpc_method_handler(
-                self.run_slot, pb.RunSlotRequest.FromString, pb.Empty.SerializeToString),
+                self.authed(self.run_slot), pb.RunSlotRequest.FromString, pb.Empty.SerializeToString),
             "StopJob": grpc.unary_unary_rpc_method_handler(
-                self.stop_job, pb.JobRef.FromString, pb.Empty.SerializeToString),
+                self.authed(self.stop_job), pb.JobRef.FromString, pb.Empty.SerializeToString),
             "FenceSlot": grpc.unary_unary_rpc_method_handler(
-                self.fence, pb.FenceRequest.FromString, pb.FenceResponse.SerializeToString),
+                self.authed(self.fence), pb.FenceRequest.FromString, pb.FenceResponse.SerializeToString),
         }
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("moed.v1.Worker", h),))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
-        self.id = ""
+        self.id, self.cred = "", ""
         self.register()
         threading.Thread(target=self.heartbeats, daemon=True).start()
 
@@ -91,7 +94,22 @@ class FakeWorker:
                                      cpus=1, data_address="127.0.0.1:1",
                                      job_id=j.job_id if j else "", step=self.step,
                                      epoch=j.epoch if j else 0, holding=self.holding)
-        self.id = coord.call("/moed.v1.Cluster/RegisterWorker", req, pb.RegisterResponse).worker_id
+            token = self.cred or CLUSTER_TOKEN  # again as itself, or as a new worker
+            # under the lock: a RunSlot that follows the answer at once waits for the credential
+            r = coord.call("/moed.v1.Cluster/RegisterWorker", req, pb.RegisterResponse, token)
+            self.id, self.cred = r.worker_id, r.worker_credential
+
+    def authed(self, handler):
+        """The handler, for calls that carry this worker's own credential only."""
+        def check(req, ctx):
+            md = dict(ctx.invocation_metadata())
+            with self.lock:
+                cred = self.cred
+            if not cred or md.get("authorization") != "Bearer " + cred:
+                self.refused += 1
+                ctx.abort(grpc.StatusCode.PERMISSION_DENIED, "not the coordinator")
+            return handler(req, ctx)
+        return check
 
     def heartbeats(self):
         while self.alive:
@@ -101,7 +119,7 @@ class FakeWorker:
                                           step=self.step, epoch=j.epoch if j else 0,
                                           holding=self.holding)
             try:
-                r = coord.call("/moed.v1.Cluster/Heartbeat", req, pb.HeartbeatResponse)
+                r = coord.call("/moed.v1.Cluster/Heartbeat", req, pb.HeartbeatResponse, self.cred)
                 if r.reregister:
                     self.register()
                 if r.stop_job:
@@ -118,7 +136,7 @@ class FakeWorker:
             req = pb.FaultReport(worker_id=self.id, job_id=j.job_id, pod=j.pod, slot=j.slot,
                                  epoch=j.epoch, step=self.step, error=error)
             self.holding, self.ready = True, False
-        coord.call("/moed.v1.Cluster/ReportFault", req, pb.Empty)
+        coord.call("/moed.v1.Cluster/ReportFault", req, pb.Empty, self.cred)
 
     def report_step(self):
         with self.lock:
@@ -132,7 +150,7 @@ class FakeWorker:
             req = pb.StepReport(worker_id=self.id, job_id=j.job_id, pod=j.pod, slot=j.slot,
                                 epoch=j.epoch, metrics=[m])
         try:
-            coord.call("/moed.v1.Cluster/ReportStep", req, pb.StepReportResponse)
+            coord.call("/moed.v1.Cluster/ReportStep", req, pb.StepReportResponse, self.cred)
         except grpc.RpcError:
             pass
 
@@ -185,7 +203,7 @@ class FakeWorker:
                                     slot=req.slot, epoch=req.epoch, step=self.step,
                                     connect_seconds=0.01, transfer_seconds=0.02,
                                     bytes_received=got)
-        coord.call("/moed.v1.Cluster/ReportRestored", rep, pb.Empty)
+        coord.call("/moed.v1.Cluster/ReportRestored", rep, pb.Empty, self.cred)
         with self.lock:
             if self.job is req:
                 self.ready = True
@@ -424,6 +442,8 @@ def main():
           any("back at step %d " % frozen in m for m in events(job3, "recovered")) and
           st.job.committed_step >= frozen)
     check("it trains on", running_at(job3, frozen + 5))
+    check("every Worker call carried the worker's own credential (%d refused)"
+          % sum(w.refused for w in workers), sum(w.refused for w in workers) == 0)
     for w in workers:
         if w.alive:
             w.kill()

@@ -327,6 +327,15 @@ def bad_input(client, cluster, args):
     pid = args.coordinator_pid
     before = client.unary("/moed.v1.Jobs/ListJobs", pb.ListJobsRequest(), pb.ListJobsResponse)
     n_jobs = len(before.jobs)
+    # every Cluster call but a first registration needs a worker's own credential: join as one
+    # (at an address nobody serves; it never heartbeats and goes DEAD)
+    joined = cluster.unary("/moed.v1.Cluster/RegisterWorker",
+                           pb.RegisterRequest(address="127.0.0.1:1", version="stock"),
+                           pb.RegisterResponse)
+    check(joined.worker_credential.startswith(joined.worker_id + ".") and
+          len(joined.worker_credential) == len(joined.worker_id) + 65,
+          "RegisterWorker with the cluster token: %s and its own credential" % joined.worker_id)
+    member = Client(pb, args.target, joined.worker_credential)
 
     # bytes that are no protobuf at all: a varint that never ends, then a bad wire type
     garbage = b"\xff" * 11 + b"\x0f\x00\x13\x37garbage"
@@ -340,8 +349,11 @@ def bad_input(client, cluster, args):
               "garbage to %s -> %s \"%s\"" % (path, code.name, det))
     for path in ["/moed.v1.Cluster/Heartbeat", "/moed.v1.Cluster/ReportStep",
                  "/moed.v1.Cluster/UploadModel", "/moed.v1.Cluster/RegisterWorker"]:
-        code, det = cluster.raw(path, garbage)
+        code, det = member.raw(path, garbage)
         check(code == grpc.StatusCode.INVALID_ARGUMENT, "garbage to %s -> %s" % (path, code.name))
+    code, det = cluster.raw("/moed.v1.Cluster/RegisterWorker", garbage)
+    check(code == grpc.StatusCode.INVALID_ARGUMENT,
+          "garbage to RegisterWorker with the cluster token -> %s" % code.name)
     still_serving(client, pid, "garbage")
 
     # valid messages cut short
@@ -354,9 +366,9 @@ def bad_input(client, cluster, args):
     ref = pb.JobRef(job_id="job-1").SerializeToString()
     code, det = client.raw("/moed.v1.Status/GetJob", ref[:-2])
     check(code == grpc.StatusCode.INVALID_ARGUMENT, "GetJob cut short -> %s" % code.name)
-    report = pb.StepReport(worker_id="w-1", job_id="job-1",
+    report = pb.StepReport(worker_id=joined.worker_id, job_id="job-1",
                            metrics=[pb.StepMetrics(step=1, loss=1.0)]).SerializeToString()
-    code, det = cluster.raw("/moed.v1.Cluster/ReportStep", report[:-3])
+    code, det = member.raw("/moed.v1.Cluster/ReportStep", report[:-3])
     check(code == grpc.StatusCode.INVALID_ARGUMENT, "ReportStep cut short -> %s" % code.name)
     still_serving(client, pid, "truncated messages")
 
@@ -373,7 +385,7 @@ def bad_input(client, cluster, args):
     check(code == grpc.StatusCode.RESOURCE_EXHAUSTED, "5 MiB to WatchJob -> %s" % code.name)
     chunk = pb.ModelChunk(job_id="job-1", offset=0, data=b"\0" * (5 << 20),
                           total_bytes=5 << 20).SerializeToString()
-    code, det = cluster.raw("/moed.v1.Cluster/UploadModel", chunk)
+    code, det = member.raw("/moed.v1.Cluster/UploadModel", chunk)
     check(code == grpc.StatusCode.RESOURCE_EXHAUSTED, "a 5 MiB UploadModel -> %s" % code.name)
     still_serving(client, pid, "oversized messages")
 
@@ -394,6 +406,11 @@ def bad_input(client, cluster, args):
         expect_error(client, "/moed.v1.Cluster/RegisterWorker",
                      pb.RegisterRequest(address="127.0.0.1:1", version="x"), pb.RegisterResponse,
                      grpc.StatusCode.UNAUTHENTICATED, "cluster token", token=token, what=what)
+    for token, what in ((cluster.token, "the cluster token"), (None, "no token"),
+                        (joined.worker_credential[:-1], "a credential cut short")):
+        expect_error(member, "/moed.v1.Cluster/Heartbeat",
+                     pb.HeartbeatRequest(worker_id=joined.worker_id), pb.HeartbeatResponse,
+                     grpc.StatusCode.UNAUTHENTICATED, "credential", token=token, what=what)
     code, det = client.raw("/moed.v1.Status/GetCluster", garbage, token=None)
     check(code == grpc.StatusCode.UNAUTHENTICATED, "garbage without a token -> %s" % code.name)
     still_serving(client, pid, "calls without the right token")
@@ -452,6 +469,7 @@ def bad_input(client, cluster, args):
                           pb.JobStatus)
         check(js.job.state == before.jobs[-1].state and js.job.step == before.jobs[-1].step,
               "%s is unchanged" % js.job.job_id)
+    member.channel.close()
 
 
 def main():

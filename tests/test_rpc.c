@@ -189,6 +189,36 @@ static void cluster_unary(struct rpc_call *call, const ProtobufCMessage *m, void
     rpc_reply(call, &empty.base);
 }
 
+/* Answers with the caller's identity as the job id ("-": none); "deny" is refused as a
+ * service refuses a caller that asks for what it may not. */
+static void identity_unary(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    (void)ctx;
+    const Moed__V1__JobRef *req = (const void *)m;
+    const char *who = rpc_call_identity(call);
+    if (!strcmp(req->job_id, "deny")) {
+        rpc_refuse(call, GRPC_STATUS_PERMISSION_DENIED, "%s may not", who ? who : "nobody");
+        return;
+    }
+    Moed__V1__JobInfo info = MOED__V1__JOB_INFO__INIT;
+    info.job_id = (char *)(who ? who : "-");
+    rpc_reply(call, &info.base);
+}
+
+/* The toy server's credentials: "<name>.secret-of-<name>" for alice and bob. */
+static int toy_identify(void *ctx, const char *cred, size_t len, char out[RPC_IDENTITY_MAX]) {
+    (void)ctx;
+    static const char *const names[] = {"alice", "bob"};
+    for (size_t i = 0; i < 2; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "%s.secret-of-%s", names[i], names[i]);
+        if (rpc_secret_equal(cred, len, want)) {
+            snprintf(out, RPC_IDENTITY_MAX, "%s", names[i]);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void open_unary(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
     struct env *e = ctx;
     atomic_fetch_add(&e->open_calls, 1);
@@ -329,6 +359,8 @@ static const struct rpc_method toy_methods[] = {
     {"/test.Echo/Unary", REF, RPC_UNARY, RPC_AUTH_CLIENT, echo_unary},
     {"/test.Echo/Cluster", REF, RPC_UNARY, RPC_AUTH_CLUSTER, cluster_unary},
     {"/test.Echo/Open", REF, RPC_UNARY, RPC_AUTH_NONE, open_unary},
+    {"/test.Echo/Identity", REF, RPC_UNARY, RPC_AUTH_IDENTITY, identity_unary},
+    {"/test.Echo/Join", REF, RPC_UNARY, RPC_AUTH_CLUSTER, identity_unary},
     {"/test.Echo/Count", REF, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, count_stream},
     {"/test.Echo/Forever", REF, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, forever_stream},
     {"/test.Echo/Big", REF, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, big_stream},
@@ -351,6 +383,7 @@ static void start_server_on_loop(struct env *e, void *arg) {
                                     .tls = ss->tls,
                                     .client_token = CLIENT_TOKEN,
                                     .cluster_token = CLUSTER_TOKEN,
+                                    .identify = toy_identify,
                                     .role = "test"};
     ss->status = rpc_server_start(ss->out, e->pump, &cfg, toy_methods, N_TOY_METHODS, e, ss->port);
     snprintf(ss->error, sizeof ss->error, "%s", ss->status == MOE_OK ? "" : moe_errmsg());
@@ -563,6 +596,74 @@ static void test_unary(struct env *e, struct rpc_channel *ch) {
     EXPECT_MSG(atomic_load(&e->unary_calls) == before + 7, "handler ran %d times, wanted 7",
                atomic_load(&e->unary_calls) - before);
     expect_echo(ch, "after-errors");
+}
+
+/* The identity a call to `method` on ch is answered with ("-": none); "" when it failed. */
+static void expect_identity(struct rpc_channel *ch, const char *method, const char *want) {
+    Moed__V1__JobRef ref = MOED__V1__JOB_REF__INIT;
+    ref.job_id = "who";
+    ProtobufCMessage *resp = NULL;
+    struct rpc_result res;
+    rpc_call_sync(ch, method, &ref.base, &moed__v1__job_info__descriptor, &resp, 5, &res);
+    const char *got = resp ? ((Moed__V1__JobInfo *)resp)->job_id : "";
+    EXPECT_MSG(!strcmp(got, want), "%s: identity \"%s\", wanted \"%s\" (%s %s)", method, got,
+               want, rpc_code_name(res.code), res.details);
+    if (resp) protobuf_c_message_free_unpacked(resp, NULL);
+}
+
+/* IDENTITY methods take only a credential the server's identify accepts; CLUSTER ones the
+ * cluster token or such a credential; the handler learns whose it is. */
+static void test_identity(struct env *e) {
+    struct rpc_channel *ch = NULL, *cluster = NULL;
+    EXPECT(rpc_channel_open(&ch, e->target, NULL, "alice.secret-of-alice", 0) == MOE_OK);
+    EXPECT(rpc_channel_open(&cluster, e->target, NULL, CLUSTER_TOKEN, 0) == MOE_OK);
+    if (!ch || !cluster) return;
+    expect_identity(ch, "/test.Echo/Identity", "alice");
+    expect_identity(ch, "/test.Echo/Join", "alice");
+    expect_identity(cluster, "/test.Echo/Join", "-"); // the token: no identity
+    expect_code(cluster, "/test.Echo/Identity", "who", GRPC_STATUS_UNAUTHENTICATED, "credential");
+    expect_code(ch, "/test.Echo/Unary", "who", GRPC_STATUS_UNAUTHENTICATED, "client token");
+    expect_code(ch, "/test.Echo/Identity", "deny", GRPC_STATUS_PERMISSION_DENIED, "alice may not");
+    /* the channel's secret changes between calls */
+    rpc_channel_set_token(ch, "bob.secret-of-bob");
+    expect_identity(ch, "/test.Echo/Identity", "bob");
+    const char *bad[] = {"bob.secret-of-alice", "bob.secret-of-bo", "bob.secret-of-bobb",
+                         "alice", "", NULL};
+    for (int i = 0; bad[i]; i++) {
+        rpc_channel_set_token(ch, bad[i]);
+        expect_code(ch, "/test.Echo/Identity", "who", GRPC_STATUS_UNAUTHENTICATED, "credential");
+        expect_code(ch, "/test.Echo/Join", "who", GRPC_STATUS_UNAUTHENTICATED, "cluster token");
+    }
+    rpc_channel_close(ch);
+    rpc_channel_close(cluster);
+}
+
+static void test_credentials(void) {
+    char a[128], b[128], small[40];
+    EXPECT(rpc_new_credential("w-12", a, sizeof a) == MOE_OK);
+    EXPECT(rpc_new_credential("w-12", b, sizeof b) == MOE_OK);
+    EXPECT_MSG(strlen(a) == 5 + RPC_SECRET_HEX && !strncmp(a, "w-12.", 5) &&
+                   strspn(a + 5, "0123456789abcdef") == RPC_SECRET_HEX, "credential %s", a);
+    EXPECT(strcmp(a, b) != 0);
+    EXPECT_FAIL(rpc_new_credential("w-12", small, sizeof small), MOE_EINVAL, "does not fit");
+    EXPECT(rpc_secret_equal(a, strlen(a), a));
+    EXPECT(!rpc_secret_equal(b, strlen(b), a));
+    EXPECT(!rpc_secret_equal(a, strlen(a) - 1, a));
+    EXPECT(!rpc_secret_equal("", 0, "")); // nothing expected: nothing matches
+}
+
+/* The first `burst` lines of an interval pass, the rest are counted; the next interval starts
+ * afresh (its first line writes the count). */
+static void test_log_limit(void) {
+    struct moe_log_limit l = MOE_LOG_LIMIT_INIT("refused calls like this");
+    int passed = 0;
+    for (int i = 0; i < 100; i++) passed += moe_log_limit_pass(&l, MOE_LOG_WARN, 100.0 + i * 0.01);
+    EXPECT_MSG(passed == MOE_LOG_LIMIT_BURST && l.suppressed == 100 - MOE_LOG_LIMIT_BURST,
+               "%d passed, %ld counted", passed, l.suppressed);
+    EXPECT(moe_log_limit_pass(&l, MOE_LOG_WARN, 100.0 + MOE_LOG_LIMIT_INTERVAL_S + 0.5));
+    EXPECT(l.suppressed == 0 && l.written == 1);
+    moe_log_limit_end(&l, MOE_LOG_WARN, 120.0);
+    EXPECT(l.window_start == 0 && l.written == 0);
 }
 
 static void test_auth(struct env *e) {
@@ -1136,6 +1237,12 @@ static void test_method_paths(void) {
         const ProtobufCMethodDescriptor *d = proto_method(m->path);
         EXPECT_MSG(d && d->input == m->request_type, "%s: request type differs from moed.proto",
                    m->path);
+        /* who may call: clients the Jobs and Status services; a worker's own credential every
+         * Cluster call but RegisterWorker, which the cluster token opens too (a new worker) */
+        enum rpc_auth want = strncmp(m->path, "/moed.v1.Cluster/", 17) != 0 ? RPC_AUTH_CLIENT
+                             : !strcmp(m->path, RPC_CLUSTER_REGISTER_WORKER) ? RPC_AUTH_CLUSTER
+                                                                            : RPC_AUTH_IDENTITY;
+        EXPECT_MSG(m->auth == want, "%s: auth %d, wanted %d", m->path, (int)m->auth, (int)want);
     }
 }
 
@@ -1144,6 +1251,8 @@ int main(void) {
     test_method_paths();
     alarm(240); // a hang is a failure, not a stuck ctest
     test_read_token();
+    test_credentials();
+    test_log_limit();
 
     struct env *e = calloc(1, sizeof *e);
     if (!e) return 1;
@@ -1177,6 +1286,7 @@ int main(void) {
 
     test_unary(e, ch);
     test_auth(e);
+    test_identity(e);
     test_bad_requests(e, ch);
     test_streams(e, ch);
     test_big(e, ch);

@@ -283,6 +283,12 @@ static void test_jobs(struct store *st) {
     EXPECT_FAIL(store_job_get(st, NULL, &j), MOE_EINVAL, "bad id");
 }
 
+static int see_record(const Moed__Store__WorkerRecord *r, void *arg) {
+    char t[32];
+    snprintf(t, sizeof t, "%.8s=%.16s", r->worker_id, r->credential);
+    return seen_add(arg, t);
+}
+
 static void test_workers(struct store *st) {
     put_worker(st, "w-10", 1);
     put_worker(st, "w-2", 0);
@@ -290,6 +296,25 @@ static void test_workers(struct store *st) {
     struct seen s = {0};
     EXPECT(store_workers_scan(st, see_worker, &s) == MOE_OK);
     EXPECT_SEEN(s, "w-1,w-2,w-10");
+    /* identities live under their own prefix: the WorkerInfo scan never sees them */
+    struct store_batch *b = store_batch_new();
+    Moed__Store__WorkerRecord r = MOED__STORE__WORKER_RECORD__INIT;
+    r.worker_id = "w-10";
+    r.credential = "w-10.secret";
+    store_batch_worker_record(b, &r);
+    r.worker_id = "w-2";
+    r.credential = "w-2.secret";
+    store_batch_worker_record(b, &r);
+    EXPECT(store_batch_commit(st, b, 1) == MOE_OK);
+    struct seen ids = {0}, recs = {0};
+    EXPECT(store_workers_scan(st, see_worker, &ids) == MOE_OK);
+    EXPECT_SEEN(ids, "w-1,w-2,w-10");
+    EXPECT(store_worker_records_scan(st, see_record, &recs) == MOE_OK);
+    EXPECT_SEEN(recs, "w-2=w-2.secret,w-10=w-10.secret");
+    b = store_batch_new();
+    r.worker_id = "job-1";
+    store_batch_worker_record(b, &r);
+    EXPECT_FAIL(store_batch_commit(st, b, 1), MOE_EINVAL, "job-1");
 }
 
 static void test_steps_and_events(struct store *st) {

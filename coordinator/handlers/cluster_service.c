@@ -3,6 +3,10 @@
  * Registration and heartbeats go to policy/membership.c, reports to policy/reports.c (faults
  * to policy/faults.c, restores to policy/recovery.c). Every call that may have freed a worker
  * ends with a schedule pass, once the worker has its answer.
+ * Identity: every call but a first registration carries the calling worker's own credential
+ * (proto/rpc.c resolved it through state/workers.c before the handler runs), and a worker
+ * speaks only for itself: a request naming another worker's id is refused (PERMISSION_DENIED,
+ * logged under a rate limit). Which slot a worker may speak for is the policies' to judge.
  */
 #include "handlers.h"
 
@@ -19,14 +23,32 @@
 
 #define CO(ctx) ((struct coordinator *)(ctx))
 
-/* The job and the worker a worker's report names; NOT_FOUND (and 0) when either is unknown. */
+/* The worker whose credential the call carries, when the request names that worker (`named`;
+ * NULL: the request names none); otherwise the call is refused and NULL returned. */
+static struct worker *caller(struct rpc_call *call, struct coordinator *co, const char *named) {
+    const char *me = rpc_call_identity(call);
+    struct worker *w = me ? workers_find(co, me) : NULL;
+    if (!w) {
+        rpc_refuse(call, GRPC_STATUS_UNAUTHENTICATED, "this call needs a worker's own credential");
+        return NULL;
+    }
+    if (named && strcmp(named, w->id) != 0) {
+        rpc_refuse(call, GRPC_STATUS_PERMISSION_DENIED, "%s cannot speak for worker %.64s",
+                   w->id, named);
+        return NULL;
+    }
+    return w;
+}
+
+/* The job a worker's report names and the worker (the caller itself); 0 after failing the call
+ * when the caller is not the named worker, or the job is unknown (NOT_FOUND). */
 static int report_source(struct rpc_call *call, struct coordinator *co, const char *job_id,
                          const char *worker_id, struct job **j, struct worker **w) {
+    *w = caller(call, co, worker_id);
+    if (!*w) return 0;
     *j = jobs_find(co, job_id);
-    *w = workers_find(co, worker_id);
-    if (*j && *w) return 1;
-    rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no %s %s", *j ? "worker" : "job",
-             *j ? worker_id : job_id);
+    if (*j) return 1;
+    rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no job %.64s", job_id);
     return 0;
 }
 
@@ -61,8 +83,23 @@ void handle_register_worker(struct rpc_call *call, const ProtobufCMessage *m, vo
         rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", why);
         return;
     }
+    /* The cluster token makes a new worker; an existing id is re-registered only with that
+     * worker's own credential (a restarted worker process registers as a new one). */
+    const char *me = rpc_call_identity(call);
+    struct worker *known = me ? workers_find(co, me) : NULL;
+    if (me && strcmp(req->worker_id, me) != 0) {
+        rpc_refuse(call, GRPC_STATUS_PERMISSION_DENIED, "the credential of %s cannot register "
+                   "worker id \"%.64s\"", me, req->worker_id);
+        return;
+    }
+    if (!me && req->worker_id[0] && workers_find(co, req->worker_id)) {
+        rpc_refuse(call, GRPC_STATUS_PERMISSION_DENIED, "worker id %.64s is taken: registering it "
+                   "again needs its worker credential (without an id, a new worker joins)",
+                   req->worker_id);
+        return;
+    }
     struct worker *w;
-    if (membership_register(co, req, &w) != MOE_OK) {
+    if (membership_register(co, req, known, &w) != MOE_OK) {
         rpc_fail(call, GRPC_STATUS_INTERNAL, "%s", moe_errmsg());
         return;
     }
@@ -70,13 +107,17 @@ void handle_register_worker(struct rpc_call *call, const ProtobufCMessage *m, vo
     resp.worker_id = w->id;
     resp.heartbeat_interval_ms = co->cfg.heartbeat_interval_ms;
     resp.cluster_id = co->cluster_id;
+    resp.worker_credential = w->credential;
     rpc_reply(call, &resp.base);
     schedule_pass(co);
 }
 
 void handle_heartbeat(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__HeartbeatRequest *req = (const void *)m;
+    struct worker *w = caller(call, CO(ctx), req->worker_id);
+    if (!w) return;
     Moed__V1__HeartbeatResponse resp = MOED__V1__HEARTBEAT_RESPONSE__INIT;
-    membership_heartbeat(CO(ctx), (const Moed__V1__HeartbeatRequest *)m, &resp);
+    membership_heartbeat(CO(ctx), w, req, &resp);
     rpc_reply(call, &resp.base);
 }
 
@@ -101,6 +142,8 @@ void handle_report_step(struct rpc_call *call, const ProtobufCMessage *m, void *
 
 void handle_upload_model(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
     const Moed__V1__ModelChunk *req = (const void *)m;
+    struct worker *w = caller(call, CO(ctx), NULL); // the chunk names no worker: the caller
+    if (!w) return;
     struct job *j = jobs_find(CO(ctx), req->job_id);
     if (!j) {
         rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no job %s", req->job_id);
@@ -112,7 +155,11 @@ void handle_upload_model(struct rpc_call *call, const ProtobufCMessage *m, void 
                  (long)req->offset, req->data.len, (long)req->total_bytes);
         return;
     }
-    moe_status s = reports_model_chunk(CO(ctx), j, req);
+    moe_status s = reports_model_chunk(CO(ctx), j, w, req);
+    if (s == MOE_EAUTH) {
+        rpc_refuse(call, GRPC_STATUS_PERMISSION_DENIED, "%s", moe_errmsg());
+        return;
+    }
     if (s != MOE_OK) {
         rpc_fail(call, s == MOE_EINVAL ? GRPC_STATUS_FAILED_PRECONDITION : GRPC_STATUS_INTERNAL,
                  "%s", moe_errmsg());
@@ -127,6 +174,10 @@ void handle_report_job_end(struct rpc_call *call, const ProtobufCMessage *m, voi
     struct worker *w;
     if (!report_source(call, CO(ctx), req->job_id, req->worker_id, &j, &w)) return;
     moe_status s = reports_job_end(CO(ctx), j, w, req);
+    if (s == MOE_EAUTH) {
+        rpc_refuse(call, GRPC_STATUS_PERMISSION_DENIED, "%s", moe_errmsg());
+        return;
+    }
     if (s != MOE_OK) {
         rpc_fail(call, s == MOE_EFORMAT ? GRPC_STATUS_DATA_LOSS : GRPC_STATUS_INTERNAL, "%s",
                  moe_errmsg());

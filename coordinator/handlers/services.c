@@ -8,7 +8,10 @@
 #include "proto/moed.pb-c.h"
 
 #define CLIENT(path, type, kind, handler) {path, &type, kind, RPC_AUTH_CLIENT, handler}
-#define CLUSTER(path, type, handler) {path, &type, RPC_UNARY, RPC_AUTH_CLUSTER, handler}
+/* RegisterWorker: the cluster token (a new worker) or the worker's own credential (it again);
+ * every other Cluster call: the calling worker's own credential only (docs/protocol.md). */
+#define JOIN(path, type, handler) {path, &type, RPC_UNARY, RPC_AUTH_CLUSTER, handler}
+#define CLUSTER(path, type, handler) {path, &type, RPC_UNARY, RPC_AUTH_IDENTITY, handler}
 
 const struct rpc_method coordinator_methods[] = {
     CLIENT(RPC_JOBS_SUBMIT_JOB, moed__v1__submit_job_request__descriptor, RPC_UNARY, handle_submit_job),
@@ -23,7 +26,7 @@ const struct rpc_method coordinator_methods[] = {
     CLIENT(RPC_STATUS_GET_JOB, moed__v1__job_ref__descriptor, RPC_UNARY, handle_get_job),
     CLIENT(RPC_STATUS_WATCH_JOB, moed__v1__watch_job_request__descriptor, RPC_SERVER_STREAM, handle_watch_job),
     CLIENT(RPC_STATUS_LIST_STEPS, moed__v1__list_steps_request__descriptor, RPC_UNARY, handle_list_steps),
-    CLUSTER(RPC_CLUSTER_REGISTER_WORKER, moed__v1__register_request__descriptor, handle_register_worker),
+    JOIN(RPC_CLUSTER_REGISTER_WORKER, moed__v1__register_request__descriptor, handle_register_worker),
     CLUSTER(RPC_CLUSTER_HEARTBEAT, moed__v1__heartbeat_request__descriptor, handle_heartbeat),
     CLUSTER(RPC_CLUSTER_REPORT_STEP, moed__v1__step_report__descriptor, handle_report_step),
     CLUSTER(RPC_CLUSTER_UPLOAD_MODEL, moed__v1__model_chunk__descriptor, handle_upload_model),

@@ -1,8 +1,9 @@
 /*
  * membership.c — who is in the cluster and what each worker should be doing.
  *
- * Owns: registration (a new worker gets "w-N"; a known one — restarted, or re-registering
- * because a restarted coordinator asked — keeps its id), reattaching a worker that still runs
+ * Owns: registration (a new worker gets "w-N" and its credential; a known one — re-registering
+ * with its own credential because a restarted coordinator asked — keeps its id; a worker
+ * process that restarted lost its credential and joins as a new worker), reattaching a worker that still runs
  * the slot it is bound to (after a coordinator restart: principle 5, a restart loses nothing),
  * what a heartbeat means (alive; back from the dead; idle again so schedulable; told to stop a
  * job it no longer plays), and liveness: a worker silent past the heartbeat timeout is dead.
@@ -96,9 +97,8 @@ static void bind_registered(struct coordinator *co, struct worker *w,
 }
 
 moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterRequest *req,
-                               struct worker **out) {
-    struct worker *w = req->worker_id[0] ? workers_find(co, req->worker_id) : NULL;
-    int known = w != NULL;
+                               struct worker *known, struct worker **out) {
+    struct worker *w = known;
     if (!w) {
         CHECK(workers_add_new(co, &w));
         CHECK(coordinator_save_meta(co));
@@ -144,10 +144,9 @@ static int keeps_slot(struct coordinator *co, struct worker *w, struct job *j,
     return keep;
 }
 
-void membership_heartbeat(struct coordinator *co, const Moed__V1__HeartbeatRequest *req,
-                          Moed__V1__HeartbeatResponse *resp) {
-    struct worker *w = workers_find(co, req->worker_id);
-    if (!w || w->state == MOED__V1__WORKER_STATE__WORKER_LEFT) {
+void membership_heartbeat(struct coordinator *co, struct worker *w,
+                          const Moed__V1__HeartbeatRequest *req, Moed__V1__HeartbeatResponse *resp) {
+    if (w->state == MOED__V1__WORKER_STATE__WORKER_LEFT) {
         resp->reregister = 1;
         return;
     }

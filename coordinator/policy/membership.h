@@ -6,15 +6,18 @@
 
 #include "../state/workers.h"
 
-/* A well-formed RegisterWorker (the handler checked its fields): a new worker gets the next
- * id, a known one its record updated; one that still runs the slot we bound it to is
- * reattached, one that no longer does has lost that slot (faults.c). *out is the worker. The
- * caller answers, then runs a schedule pass (a new worker may take a queued job). */
+/* A well-formed RegisterWorker (the handler checked its fields and who calls): `known` is the
+ * worker whose own credential the call carried, re-registering, and gets its record updated;
+ * NULL makes a new worker with the next id and a new credential. One that still runs the slot
+ * we bound it to is reattached, one that no longer does has lost that slot (faults.c). *out is
+ * the worker. The caller answers, then runs a schedule pass (a new worker may take a queued
+ * job). */
 moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterRequest *req,
-                               struct worker **out);
-/* A Heartbeat: fills resp (reregister, stop_job). */
-void membership_heartbeat(struct coordinator *co, const Moed__V1__HeartbeatRequest *req,
-                          Moed__V1__HeartbeatResponse *resp);
+                               struct worker *known, struct worker **out);
+/* A Heartbeat of worker w (the caller, proven by its credential): fills resp (reregister,
+ * stop_job). */
+void membership_heartbeat(struct coordinator *co, struct worker *w,
+                          const Moed__V1__HeartbeatRequest *req, Moed__V1__HeartbeatResponse *resp);
 /* The monitor's tick: workers silent past the heartbeat timeout are dead. */
 void membership_check(struct coordinator *co, int64_t now);
 

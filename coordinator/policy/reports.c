@@ -7,7 +7,9 @@
  * curve), a slot's end (the worker is free again; an error is a lost slot for faults.c; a
  * done slot counts towards the job's end, and the job SUCCEEDS once every slot ended ok and
  * the model it uploaded checks out), the model's upload, and the fault and restore reports
- * of a recovery (recovery.c).
+ * of a recovery (recovery.c). The model is written by slot (0, 0) (the trainer's writer): only
+ * the worker bound to it in the current epoch may upload it, and only that uploader's end
+ * report, with the size and SHA-256 of what arrived, commits it.
  * Never: ends a job except through state/transitions.c, or trusts a report's slot without
  * checking that the reporting worker plays it.
  */
@@ -120,8 +122,11 @@ moe_status reports_job_end(struct coordinator *co, struct job *j, struct worker 
         return MOE_OK;
     }
     if (req->model_bytes > 0 || req->model_sha256.len) { // this slot wrote the job's model
-        moe_status s = model_upload_commit(co, j, req->model_bytes, req->model_sha256.data,
-                                           req->model_sha256.len);
+        if (k != MODEL_WRITER_SLOT)
+            return moe_fail(MOE_EAUTH, "%s plays slot (%d, %d) of %s: only slot (0, 0) reports "
+                            "the model", w->id, k / j->slots, k % j->slots, j->id);
+        moe_status s = model_upload_commit(co, j, w->id, req->model_bytes,
+                                           req->model_sha256.data, req->model_sha256.len);
         if (s != MOE_OK) { // the worker still holds the model: it may upload again
             snprintf(w->job_id, sizeof w->job_id, "%s", j->id); // still busy with it
             w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
@@ -132,12 +137,15 @@ moe_status reports_job_end(struct coordinator *co, struct job *j, struct worker 
     return MOE_OK;
 }
 
-moe_status reports_model_chunk(struct coordinator *co, struct job *j,
+moe_status reports_model_chunk(struct coordinator *co, struct job *j, const struct worker *w,
                                const Moed__V1__ModelChunk *req) {
     if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING)
         return moe_fail(MOE_EINVAL, "%s is %s: no upload accepted", j->id,
                         job_state_name(j->state));
-    return model_upload_chunk(co, j, req->offset, req->data.data, req->data.len);
+    if (strcmp(j->bindings[MODEL_WRITER_SLOT].worker_id, w->id) != 0 || recovery_dropped(j, w))
+        return moe_fail(MOE_EAUTH, "%s does not play slot (0, 0) of %s (epoch %llu), which "
+                        "uploads its model", w->id, j->id, (unsigned long long)j->epoch);
+    return model_upload_chunk(co, j, w->id, req->offset, req->data.data, req->data.len);
 }
 
 /* ---- recovery's reports ---- */

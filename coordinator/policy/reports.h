@@ -15,12 +15,14 @@ moe_status reports_step(struct coordinator *co, struct job *j, struct worker *w,
 /* ReportJobEnd: frees the worker, and decides what the slot's end means for the job (failed:
  * faults.c; done: the job SUCCEEDS once every slot ended ok and the model checked out).
  * MOE_EFORMAT: the uploaded model does not match what the worker reports (it may upload
- * again; the job stays RUNNING); MOE_EIO: it cannot be stored. */
+ * again; the job stays RUNNING); MOE_EIO: it cannot be stored; MOE_EAUTH: it reports a model
+ * but it is not the slot that writes it, or not the worker that uploaded it. */
 moe_status reports_job_end(struct coordinator *co, struct job *j, struct worker *w,
                            const Moed__V1__JobEndReport *req);
-/* UploadModel: a chunk of the model a running job's worker uploads. MOE_EINVAL: not now (the
- * job is not RUNNING, the chunk is out of order); MOE_EIO: it cannot be stored. */
-moe_status reports_model_chunk(struct coordinator *co, struct job *j,
+/* UploadModel: a chunk of the model a running job's worker uploads. MOE_EAUTH: w is not the
+ * worker bound to the writing slot (0, 0) in the current epoch; MOE_EINVAL: not now (the job is
+ * not RUNNING, the chunk is out of order); MOE_EIO: it cannot be stored. */
+moe_status reports_model_chunk(struct coordinator *co, struct job *j, const struct worker *w,
                                const Moed__V1__ModelChunk *req);
 
 /* The slot a fault or restore report names, if w plays it in the job's current epoch (and the

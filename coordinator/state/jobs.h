@@ -106,6 +106,7 @@ struct job {
     int upload_fd;                            // model upload in progress (-1: none; models.c)
     int64_t upload_offset;
     int deleted;                              // being removed from the table (jobs_delete)
+    char upload_worker[24];                   //   the worker uploading it (its chunks only)
 };
 
 /* ---- the table ---- */

@@ -19,11 +19,15 @@ static void model_path(const struct coordinator *co, const struct job *j, char *
     snprintf(out, cap, "%s/%s.safetensors%s", co->models_dir, j->id, part ? ".part" : "");
 }
 
-moe_status model_upload_chunk(struct coordinator *co, struct job *j, int64_t offset,
-                              const uint8_t *data, size_t len) {
+moe_status model_upload_chunk(struct coordinator *co, struct job *j, const char *uploader,
+                              int64_t offset, const uint8_t *data, size_t len) {
     char path[1200];
     model_path(co, j, path, sizeof path, 1);
+    if (offset != 0 && j->upload_fd >= 0 && strcmp(j->upload_worker, uploader) != 0)
+        return moe_fail(MOE_EINVAL, "chunk at %ld from %s: the upload in progress is %s's",
+                        (long)offset, uploader, j->upload_worker);
     if (offset == 0) { // (re)start the upload
+        snprintf(j->upload_worker, sizeof j->upload_worker, "%s", uploader);
         if (j->upload_fd >= 0) close(j->upload_fd);
         j->upload_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         j->upload_offset = 0;
@@ -46,11 +50,16 @@ moe_status model_upload_chunk(struct coordinator *co, struct job *j, int64_t off
 void model_upload_abort(struct job *j) {
     if (j->upload_fd >= 0) close(j->upload_fd);
     j->upload_fd = -1;
+    j->upload_worker[0] = 0;
 }
 
-moe_status model_upload_commit(struct coordinator *co, struct job *j, int64_t bytes,
-                               const uint8_t *sha, size_t sha_len) {
+moe_status model_upload_commit(struct coordinator *co, struct job *j, const char *uploader,
+                               int64_t bytes, const uint8_t *sha, size_t sha_len) {
     char part[1200], final[1200];
+    if (strcmp(j->upload_worker, uploader) != 0)
+        return moe_fail(MOE_EFORMAT, "the model of %s was not uploaded by %s (%s): upload it "
+                        "again", j->id, uploader, j->upload_worker[0] ? j->upload_worker
+                                                                      : "no upload");
     model_path(co, j, part, sizeof part, 1);
     model_path(co, j, final, sizeof final, 0);
     if (j->upload_fd >= 0) {

@@ -371,6 +371,18 @@ void store_batch_delete_job(struct store_batch *b, const char *job_id) {
     batch_delete_under(b, 'e', num);
 }
 
+void store_batch_worker_record(struct store_batch *b, const Moed__Store__WorkerRecord *r) {
+    if (!batch_usable(b)) return;
+    if (!r) {
+        batch_fail(b, MOE_EINVAL, "store: no worker identity to write");
+        return;
+    }
+    int64_t num = batch_id(b, r->worker_id, "w-");
+    if (num < 0) return;
+    char key[KEY_MAX];
+    batch_put(b, key, key1(key, 'i', num), &r->base);
+}
+
 moe_status store_batch_commit(struct store *st, struct store_batch *b, int sync) {
     if (!b) return moe_fail(MOE_ENOMEM, "store: out of memory for a write batch");
     moe_status s = MOE_OK;
@@ -435,6 +447,7 @@ static moe_status scan(struct store *st, const char *prefix, size_t plen, const 
 
 struct job_visit { int (*cb)(const Moed__Store__JobRecord *, void *); void *arg; };
 struct worker_visit { int (*cb)(const Moed__V1__WorkerInfo *, void *); void *arg; };
+struct record_visit { int (*cb)(const Moed__Store__WorkerRecord *, void *); void *arg; };
 struct step_visit { int (*cb)(const Moed__V1__StepMetrics *, void *); void *arg; };
 struct event_visit { int (*cb)(const Moed__V1__Event *, void *); void *arg; };
 
@@ -445,6 +458,10 @@ static int visit_job(const ProtobufCMessage *m, void *ctx) {
 static int visit_worker(const ProtobufCMessage *m, void *ctx) {
     struct worker_visit *v = ctx;
     return v->cb((const Moed__V1__WorkerInfo *)m, v->arg);
+}
+static int visit_record(const ProtobufCMessage *m, void *ctx) {
+    struct record_visit *v = ctx;
+    return v->cb((const Moed__Store__WorkerRecord *)m, v->arg);
 }
 static int visit_step(const ProtobufCMessage *m, void *ctx) {
     struct step_visit *v = ctx;
@@ -465,6 +482,13 @@ moe_status store_workers_scan(struct store *st,
                               int (*cb)(const Moed__V1__WorkerInfo *w, void *arg), void *arg) {
     struct worker_visit v = {cb, arg};
     return scan(st, "w/", 2, "w/", 2, &moed__v1__worker_info__descriptor, visit_worker, &v);
+}
+
+moe_status store_worker_records_scan(struct store *st,
+                                     int (*cb)(const Moed__Store__WorkerRecord *r, void *arg),
+                                     void *arg) {
+    struct record_visit v = {cb, arg};
+    return scan(st, "i/", 2, "i/", 2, &moed__store__worker_record__descriptor, visit_record, &v);
 }
 
 moe_status store_steps_scan(struct store *st, const char *job_id, int64_t from_step,

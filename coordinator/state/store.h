@@ -17,6 +17,8 @@
  *   m                    MetaRecord
  *   j/<job>              JobRecord             job-17 -> j/00000000000000000017
  *   w/<worker>           WorkerInfo            w-3    -> w/00000000000000000003
+ *   i/<worker>           WorkerRecord          the worker's credential (written once, with the
+ *                                              worker's first WorkerInfo; never shown)
  *   s/<job>/<step>       StepMetrics of one step of a job
  *   e/<job>/<seq>        Event number seq of a job (JobRecord.next_event is the next seq)
  * Ids must read "job-N" / "w-N" with N a decimal number without leading zeros (N < 10^18);
@@ -69,6 +71,7 @@ void store_batch_worker(struct store_batch *b, const Moed__V1__WorkerInfo *w); /
  * thousands of steps cost the batch three entries). The meta counter is not touched: a job
  * number is never handed out again. */
 void store_batch_delete_job(struct store_batch *b, const char *job_id);
+void store_batch_worker_record(struct store_batch *b, const Moed__Store__WorkerRecord *r);
 moe_status store_batch_commit(struct store *st, struct store_batch *b, int sync); // frees b
 void store_batch_free(struct store_batch *b); // drops an uncommitted batch
 
@@ -81,6 +84,10 @@ moe_status store_job_get(struct store *st, const char *job_id, Moed__Store__JobR
 /* Every job, in submission order (job-2 before job-10). */
 moe_status store_jobs_scan(struct store *st, int (*cb)(const Moed__Store__JobRecord *j, void *arg),
                            void *arg);
+/* Every worker's identity record, in id order. */
+moe_status store_worker_records_scan(struct store *st,
+                                     int (*cb)(const Moed__Store__WorkerRecord *r, void *arg),
+                                     void *arg);
 /* Every worker, in id order (w-2 before w-10). */
 moe_status store_workers_scan(struct store *st,
                               int (*cb)(const Moed__V1__WorkerInfo *w, void *arg), void *arg);

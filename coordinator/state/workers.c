@@ -7,6 +7,7 @@
 
 #include "../../common/clock.h"
 
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,16 +55,47 @@ static int load_worker(const Moed__V1__WorkerInfo *in, void *arg) {
     return 0;
 }
 
+/* The identity record of a new worker, synced: its credential must survive a restart before
+ * the worker learns it. */
+static moe_status save_identity(struct coordinator *co, const struct worker *w) {
+    Moed__Store__WorkerRecord r = MOED__STORE__WORKER_RECORD__INIT;
+    r.worker_id = (char *)w->id;
+    r.credential = (char *)w->credential;
+    r.issued_unix_ms = moe_wall_ms();
+    struct store_batch *b = store_batch_new();
+    store_batch_worker_record(b, &r);
+    return store_batch_commit(co->store, b, 1);
+}
+
 moe_status workers_add_new(struct coordinator *co, struct worker **out) {
     Moed__V1__WorkerInfo wi = MOED__V1__WORKER_INFO__INIT;
-    char id[24];
+    char id[24], cred[WORKER_CREDENTIAL_MAX];
     snprintf(id, sizeof id, "w-%ld", co->next_worker);
+    CHECK(rpc_new_credential(id, cred, sizeof cred));
     wi.worker_id = id;
     if (load_worker(&wi, co) != 0)
         return moe_fail(MOE_ENOMEM, "out of memory for the worker table");
     co->next_worker++;
-    *out = co->workers[co->n_workers - 1];
-    return MOE_OK;
+    struct worker *w = co->workers[co->n_workers - 1];
+    memcpy(w->credential, cred, sizeof cred);
+    OPENSSL_cleanse(cred, sizeof cred);
+    *out = w;
+    return save_identity(co, w);
+}
+
+int workers_identify(void *ctx, const char *cred, size_t len, char out[RPC_IDENTITY_MAX]) {
+    struct coordinator *co = ctx;
+    /* "w-N.<secret>": the id before the dot says whose secret to compare with */
+    const char *dot = memchr(cred, '.', len);
+    size_t n = dot ? (size_t)(dot - cred) : 0;
+    char id[24];
+    if (n < 3 || n >= sizeof id) return 0;
+    memcpy(id, cred, n);
+    id[n] = 0;
+    struct worker *w = workers_find(co, id);
+    if (!w || !w->credential[0] || !rpc_secret_equal(cred, len, w->credential)) return 0;
+    snprintf(out, RPC_IDENTITY_MAX, "%s", w->id);
+    return 1;
 }
 
 moe_status worker_connect(struct coordinator *co, struct worker *w) {
@@ -71,11 +103,18 @@ moe_status worker_connect(struct coordinator *co, struct worker *w) {
     w->channel = NULL;
     struct rpc_tls tls = {NULL, NULL, co->cfg.worker_tls_ca};
     return rpc_channel_open(&w->channel, w->address, co->cfg.worker_tls_ca[0] ? &tls : NULL,
-                            co->cfg.cluster_token, 0);
+                            w->credential, 0);
+}
+
+static int load_identity(const Moed__Store__WorkerRecord *r, void *arg) {
+    struct worker *w = workers_find(arg, r->worker_id);
+    if (w) snprintf(w->credential, sizeof w->credential, "%s", r->credential);
+    return 0;
 }
 
 moe_status workers_load(struct coordinator *co) {
     CHECK(store_workers_scan(co->store, load_worker, co));
+    CHECK(store_worker_records_scan(co->store, load_identity, co));
     int64_t now = moe_wall_ms();
     for (int i = 0; i < co->n_workers; i++) {
         struct worker *w = co->workers[i];
@@ -89,6 +128,7 @@ moe_status workers_load(struct coordinator *co) {
 void workers_free(struct coordinator *co) {
     for (int i = 0; i < co->n_workers; i++) {
         if (co->workers[i]->channel) rpc_channel_close(co->workers[i]->channel);
+        OPENSSL_cleanse(co->workers[i]->credential, sizeof co->workers[i]->credential);
         free(co->workers[i]);
     }
     free(co->workers);

@@ -3,8 +3,11 @@
  * pod, its health, the job slot it plays, and its durable record.
  *
  * Owns: struct worker; finding, adding and loading workers; a worker's record in the store
- * (WorkerInfo) and its view for GetCluster; the channel to its Worker service; and the plain
- * changes of a worker's state (dead, free again) that several policies make.
+ * (WorkerInfo) and its view for GetCluster; its identity (a credential made when its id is
+ * handed out, kept in the store's WorkerRecord, never in GetCluster's view): who a credential
+ * belongs to, and the credential the coordinator's calls to the worker carry; the channel to
+ * its Worker service; and the plain changes of a worker's state (dead, free again) that several
+ * policies make.
  * States: IDLE (alive, may be given a slot), BUSY (bound to a job, or finishing one), DEAD
  * (silent past the heartbeat timeout, or did not answer a fence), LEFT.
  * Never: decides whether a worker is dead or which slot it plays (policy/membership.c,
@@ -15,9 +18,13 @@
 
 #include "state.h"
 
+#define WORKER_CREDENTIAL_MAX 128 // "w-N.<64 hex>"
+
 struct worker {
     long num;                  // N of "w-N"
     char id[24];
+    char credential[WORKER_CREDENTIAL_MAX]; // its secret ("": none on record, it cannot be
+                               // called or speak for itself; it registers as a new worker)
     char address[160];
     int pod;
     Moed__V1__WorkerState state;
@@ -40,14 +47,19 @@ struct worker {
 };
 
 struct worker *workers_find(struct coordinator *co, const char *id);
-/* A new worker record with the next id ("w-N"); the caller fills and saves it. */
+/* A new worker record with the next id ("w-N") and a new credential, the credential already
+ * stored (synced); the caller fills and saves the rest. */
 moe_status workers_add_new(struct coordinator *co, struct worker **out);
+/* rpc_identify_fn for the coordinator's server (ctx: the coordinator): the id of the worker
+ * whose credential `cred` is, compared in constant time. */
+int workers_identify(void *ctx, const char *cred, size_t len, char out[RPC_IDENTITY_MAX]);
 /* Reads every worker from the store; those that were alive get a full heartbeat timeout from
  * now to show they still are, and a channel (coordinator_start). */
 moe_status workers_load(struct coordinator *co);
 void workers_free(struct coordinator *co);
 
-/* (Re)opens the channel to a worker's Worker service at w->address. */
+/* (Re)opens the channel to a worker's Worker service at w->address; its calls carry the
+ * worker's own credential (the worker accepts no other). */
 moe_status worker_connect(struct coordinator *co, struct worker *w);
 
 /* IDLE or BUSY. */

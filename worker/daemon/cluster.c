@@ -3,6 +3,10 @@
  * retried while the coordinator starts), a Heartbeat per interval, and registering again,
  * with the same id and the running job, when a restarted coordinator does not know us. A
  * heartbeat's answer may stop the job the coordinator no longer runs here.
+ * Identity: the first registration carries the cluster token and returns our own credential;
+ * every later call carries that credential instead (the channel's token is switched), and so
+ * does re-registering our id. A coordinator that refuses the credential (its store was lost)
+ * gets a registration as a new worker, with the cluster token and no id.
  * Loop thread only.
  */
 #include "worker.h"
@@ -40,10 +44,33 @@ static const char *running_job(struct worker *w, long *step, uint64_t *epoch, in
     return id;
 }
 
+/* The channel's next calls prove who we are: our credential, or before we have one (or after
+ * the coordinator forgot it) the cluster token, which only registers a new worker. */
+static void use_identity(struct worker *w) {
+    char cred[WORKER_CREDENTIAL_MAX];
+    worker_copy_credential(w, cred);
+    rpc_channel_set_token(w->coord, cred[0] ? cred : w->token);
+}
+
+/* The coordinator does not know our credential (a coordinator whose store is gone): we join
+ * again as a new worker. */
+static void forget_identity(struct worker *w, const char *why) {
+    char id[WORKER_ID_MAX];
+    worker_copy_id(w, id);
+    LOG_WARN("the coordinator refused the credential of %s (%s): registering as a new worker",
+             id, why);
+    uv_mutex_lock(&w->id_mu);
+    w->worker_id[0] = 0;
+    memset(w->credential, 0, sizeof w->credential);
+    uv_mutex_unlock(&w->id_mu);
+    use_identity(w);
+}
+
 static void fill_register(struct worker *w, Moed__V1__RegisterRequest *req, char *id_buf,
                           long *step) {
     worker_copy_id(w, id_buf);
-    req->worker_id = id_buf;
+    req->worker_id = id_buf; // "" after forget_identity: a new worker
+    use_identity(w);
     req->address = w->address;
     req->pod = w->cfg.pod;
     req->version = (char *)MOED_VERSION;
@@ -67,14 +94,18 @@ static void fill_register(struct worker *w, Moed__V1__RegisterRequest *req, char
     req->mpi_job = w->mpi_job;
 }
 
-/* Takes the coordinator's answer: our id (kept across re-registrations) and the interval. */
+/* Takes the coordinator's answer: our id and credential (kept across re-registrations) and
+ * the interval. */
 static void apply_registration(struct worker *w, const Moed__V1__RegisterResponse *resp) {
     char old[WORKER_ID_MAX];
     worker_copy_id(w, old);
     if (resp->worker_id[0]) { // an answer without an id keeps the one we have
         uv_mutex_lock(&w->id_mu);
         snprintf(w->worker_id, sizeof w->worker_id, "%s", resp->worker_id);
+        if (resp->worker_credential[0])
+            snprintf(w->credential, sizeof w->credential, "%s", resp->worker_credential);
         uv_mutex_unlock(&w->id_mu);
+        use_identity(w);
         if (old[0] && strcmp(old, resp->worker_id) != 0)
             LOG_WARN("the coordinator gave us a new id: %s (was %s)", resp->worker_id, old);
     }
@@ -108,9 +139,9 @@ moe_status worker_register(struct worker *w) {
                      w->cfg.coordinator, w->worker_id, r->cluster_id[0] ? r->cluster_id : "-",
                      w->cfg.pod, w->heartbeat_ms, w->address);
             protobuf_c_message_free_unpacked(resp, NULL);
-            if (!w->worker_id[0])
+            if (!w->worker_id[0] || !w->credential[0])
                 return moe_fail(MOE_EINTERNAL, "the coordinator at %s registered us without "
-                                "a worker id", w->cfg.coordinator);
+                                "a worker id and credential", w->cfg.coordinator);
             return MOE_OK;
         }
         if (s == MOE_EAUTH)
@@ -133,6 +164,13 @@ static void on_reregistered(void *arg, const struct rpc_result *res, const Proto
     struct worker *w = arg;
     w->reregistering = 0;
     if (atomic_load(&w->shutting_down)) return;
+    char cred[WORKER_CREDENTIAL_MAX];
+    worker_copy_credential(w, cred);
+    if (cred[0] && (res->code == GRPC_STATUS_UNAUTHENTICATED ||
+                    res->code == GRPC_STATUS_PERMISSION_DENIED)) {
+        forget_identity(w, res->details); // the next heartbeat's refusal registers us anew
+        return;
+    }
     if (res->code != GRPC_STATUS_OK) {
         if (res->code == GRPC_STATUS_UNAUTHENTICATED)
             LOG_ERROR("coordinator refused the cluster token on re-registration: %s",
@@ -184,6 +222,13 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
     struct worker *w = hb->w;
     w->heartbeat_in_flight = 0;
     if (atomic_load(&w->shutting_down)) goto done;
+    if (res->code == GRPC_STATUS_UNAUTHENTICATED) { // it does not know who we are
+        char cred[WORKER_CREDENTIAL_MAX];
+        worker_copy_credential(w, cred);
+        if (cred[0]) forget_identity(w, res->details);
+        reregister(w);
+        goto done;
+    }
     if (res->code != GRPC_STATUS_OK) {
         if (!w->coordinator_lost)
             LOG_INFO("heartbeat failed (%s: %s); training goes on, retrying every %ld ms",

@@ -273,7 +273,8 @@ void job_thread(void *arg) {
     /* OpenMP's thread count is per thread: set it where the math runs */
     if (w->cfg.threads > 0) omp_set_num_threads(w->cfg.threads);
     struct rpc_channel *ch = NULL;
-    if (rpc_channel_open(&ch, w->cfg.coordinator, &w->cfg.tls, w->token, 0) != MOE_OK) {
+    /* no token: each call carries the worker's credential of the moment (report.c) */
+    if (rpc_channel_open(&ch, w->cfg.coordinator, &w->cfg.tls, NULL, 0) != MOE_OK) {
         LOG_ERROR("%s: %s", j->id, moe_errmsg());
         goto done;
     }

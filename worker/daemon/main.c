@@ -20,6 +20,7 @@
 #include "worker.h"
 
 #include "../../common/blas_select.h"
+#include "../../common/fileio.h"
 #include "../../common/knobs.h"
 #include "../../common/log.h"
 
@@ -155,6 +156,23 @@ static void scratch_remove(struct worker *w) {
     }
     if (rmdir(w->scratch) != 0)
         LOG_WARN("cannot remove the scratch directory %s: %s", w->scratch, strerror(errno));
+}
+
+/* The operator's credential for InjectFault (moectl chaos): new at each start, readable only
+ * by whoever can read our scratch directory (our own user), gone when we stop. */
+static moe_status operator_token_write(struct worker *w) {
+    CHECK(rpc_new_credential("operator", w->operator_token, sizeof w->operator_token));
+    char path[PATH_MAX + 32], line[WORKER_CREDENTIAL_MAX + 1];
+    snprintf(path, sizeof path, "%s/%s", w->scratch, OPERATOR_TOKEN_FILE);
+    int n = snprintf(line, sizeof line, "%s\n", w->operator_token);
+    return moe_write_file_atomic(path, line, (size_t)n, 0600);
+}
+
+static void operator_token_remove(struct worker *w) {
+    if (!w->scratch[0] || !w->operator_token[0]) return;
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/%s", w->scratch, OPERATOR_TOKEN_FILE);
+    unlink(path);
 }
 
 /* "", 0.0.0.0, [::] or ::: a host to listen on everywhere, not one to dial. */
@@ -294,7 +312,8 @@ static moe_status start(struct worker *w) {
     struct rpc_server_config sc = {.listen = w->cfg.listen,
                                    .tls = w->cfg.serve_tls.cert_file ? &w->cfg.serve_tls : NULL,
                                    .client_token = NULL,
-                                   .cluster_token = w->token,
+                                   .cluster_token = NULL, // it opens nothing here
+                                   .identify = worker_identify,
                                    .role = "worker"};
     int port = 0;
     CHECK(rpc_server_start(&w->server, w->pump, &sc, worker_methods, worker_n_methods, w, &port));
@@ -318,6 +337,7 @@ static moe_status start(struct worker *w) {
              w->mpi_size ? ", under mpirun" : "", w->cfg.coordinator);
     CHECK(worker_register(w));
     if (!w->cfg.dir[0]) CHECK(scratch_make_temp(w));
+    CHECK(operator_token_write(w));
     LOG_INFO("scratch directory %s", w->scratch);
     uv_signal_start(&w->sigterm, on_signal, SIGTERM);
     uv_signal_start(&w->sigint, on_signal, SIGINT);
@@ -396,6 +416,7 @@ int main(int argc, char **argv) {
     for (int k = 0; k < WORKER_MAX_SLOTS; k++)
         if (w.listeners[k]) comm_listener_close(w.listeners[k]);
     if (w.mpi_size) comm_mpi_finalize();
+    operator_token_remove(&w);
     scratch_remove(&w);
     data_roots_close(w.roots);
     rpc_shutdown_library();

@@ -6,7 +6,9 @@
  * most one call a second (REPORT_BATCH_MAX steps each) and held in a bounded backlog while the
  * coordinator is away, sent oldest first once it answers again, so that it sees every step in
  * order; and the one-off reports: a fault (the slot lost its data plane), a restore, the end.
- * Every report names its sender the same way (worker, job, slot, epoch).
+ * Every report names its sender the same way (worker, job, slot, epoch), and every call proves
+ * it: it carries the worker's own credential, as the worker holds it at the time of the call
+ * (a re-registration may have changed it).
  * Never: decides what a job does next (job.c does, from what these return), or runs on the
  * loop thread: each call blocks the thread that makes it.
  */
@@ -37,6 +39,18 @@
 #define REPORT_INTERVAL_S 1.0 // batch the reports of faster steps (one call per interval)
 #define REPORT_BATCH_MAX 512   // steps per call: far below the 4 MiB message limit
 
+/* One call of the training thread, with the worker's credential of the moment. */
+static moe_status call_as_worker(struct job *j, struct rpc_channel *ch, const char *method,
+                                 const ProtobufCMessage *req,
+                                 const ProtobufCMessageDescriptor *type, ProtobufCMessage **resp,
+                                 struct rpc_result *res) {
+    char cred[WORKER_CREDENTIAL_MAX];
+    worker_copy_credential(j->w, cred);
+    rpc_channel_set_token(ch, cred);
+    memset(cred, 0, sizeof cred);
+    return rpc_call_sync(ch, method, req, type, resp, REPORT_TIMEOUT_S, res);
+}
+
 /* Budget for a retried call: shortened once the daemon is being stopped. */
 static double retry_budget(const struct job *j, double budget_s) {
     if (atomic_load(&j->w->shutting_down) && budget_s > FINISH_RETRY_SHUTDOWN_S)
@@ -52,7 +66,7 @@ moe_status job_call_retry(struct job *j, struct rpc_channel *ch, const char *met
     double t0 = moe_clock_s();
     int warned = 0;
     for (;;) {
-        moe_status s = rpc_call_sync(ch, method, req, type, resp, REPORT_TIMEOUT_S, res);
+        moe_status s = call_as_worker(j, ch, method, req, type, resp, res);
         if (s != MOE_EUNAVAILABLE) return s;
         double budget = retry_budget(j, budget_s);
         if (moe_clock_s() - t0 >= budget) return s; // rpc_call_sync's message says why
@@ -189,9 +203,8 @@ int backlog_flush(struct job *j, struct rpc_channel *ch, struct backlog *b, int 
         req.metrics = batch;
         ProtobufCMessage *resp = NULL;
         struct rpc_result res;
-        moe_status s = rpc_call_sync(ch, RPC_CLUSTER_REPORT_STEP, &req.base,
-                                     &moed__v1__step_report_response__descriptor, &resp,
-                                     REPORT_TIMEOUT_S, &res);
+        moe_status s = call_as_worker(j, ch, RPC_CLUSTER_REPORT_STEP, &req.base,
+                                      &moed__v1__step_report_response__descriptor, &resp, &res);
         if (s == MOE_EUNAVAILABLE) {
             if (!b->failing)
                 LOG_WARN("%s: cannot report step %ld (%s: %s): training goes on, reports wait "

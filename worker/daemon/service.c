@@ -1,7 +1,11 @@
 /*
  * service.c — the Worker service the coordinator calls: RunSlot starts a job's slot on a
  * training thread, StopJob asks it to stop (and aborts its data plane, so that a collective
- * waiting on a peer returns at once). All need the cluster token. One job at a time (two of
+ * waiting on a peer returns at once). Who may call (worker_identify): RunSlot, StopJob and
+ * FenceSlot only the coordinator, proving itself with our own current credential (which only
+ * it and we know; before we registered nothing is accepted); InjectFault only the operator,
+ * with the token this worker wrote to its scratch directory (moectl chaos reads it there);
+ * the cluster token opens nothing here. One job at a time (two of
  * its slots at most, after a recovery that found no spare); a finished job's thread is
  * joined here, on the loop, before the next can start (main.c calls worker_reap_jobs when a
  * thread says it is done). RunSlot checks everything it is given (the mesh, the slot, the
@@ -25,6 +29,28 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+
+int worker_identify(void *ctx, const char *cred, size_t len, char out[RPC_IDENTITY_MAX]) {
+    struct worker *w = ctx;
+    char mine[WORKER_CREDENTIAL_MAX];
+    worker_copy_credential(w, mine);
+    int coordinator = rpc_secret_equal(cred, len, mine); // "" (none yet) matches nothing
+    int operator = rpc_secret_equal(cred, len, w->operator_token);
+    memset(mine, 0, sizeof mine);
+    if (!coordinator && !operator) return 0;
+    snprintf(out, RPC_IDENTITY_MAX, "%s", coordinator ? "coordinator" : "operator");
+    return 1;
+}
+
+/* Whether the call comes from `who` ("coordinator", "operator"); refused (and logged under the
+ * rate limit) otherwise. */
+static int called_by(struct rpc_call *call, const char *who) {
+    const char *caller = rpc_call_identity(call);
+    if (caller && strcmp(caller, who) == 0) return 1;
+    rpc_refuse(call, GRPC_STATUS_PERMISSION_DENIED, "only the %s may call %s here", who,
+               rpc_call_method(call));
+    return 0;
+}
 
 void worker_reap_jobs(struct worker *w) {
     for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
@@ -378,6 +404,7 @@ static struct job *job_of(struct rpc_call *call, struct worker *w,
 static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     struct worker *w = ctx;
     const Moed__V1__RunSlotRequest *req = (const Moed__V1__RunSlotRequest *)msg;
+    if (!called_by(call, "coordinator")) return;
     if (atomic_load(&w->shutting_down)) {
         rpc_fail(call, GRPC_STATUS_UNAVAILABLE, "worker %s is shutting down", w->worker_id);
         return;
@@ -416,6 +443,7 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
 static void stop_job(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     struct worker *w = ctx;
     const Moed__V1__JobRef *req = (const Moed__V1__JobRef *)msg;
+    if (!called_by(call, "coordinator")) return;
     int found = 0;
     for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
         struct job *j = w->jobs[k];
@@ -432,6 +460,7 @@ static void stop_job(struct rpc_call *call, const ProtobufCMessage *msg, void *c
 static void fence_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     struct worker *w = ctx;
     const Moed__V1__FenceRequest *req = (const Moed__V1__FenceRequest *)msg;
+    if (!called_by(call, "coordinator")) return;
     Moed__V1__FenceResponse resp = MOED__V1__FENCE_RESPONSE__INIT;
     struct state_copy copies[REPLICA_MAX_COPIES];
     Moed__V1__StateCopy pb[REPLICA_MAX_COPIES], *ptrs[REPLICA_MAX_COPIES];
@@ -470,6 +499,7 @@ static void fence_slot(struct rpc_call *call, const ProtobufCMessage *msg, void 
 static void inject_fault(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     struct worker *w = ctx;
     const Moed__V1__InjectFaultRequest *req = (const Moed__V1__InjectFaultRequest *)msg;
+    if (!called_by(call, "operator")) return;
     struct job *j = find_job(w, req->job_id, -1, -1);
     if (!j) {
         rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%.64s does not run on this worker",
@@ -512,12 +542,12 @@ static void inject_fault(struct rpc_call *call, const ProtobufCMessage *msg, voi
 
 const struct rpc_method worker_methods[] = {
     {RPC_WORKER_RUN_SLOT, &moed__v1__run_slot_request__descriptor, RPC_UNARY,
-     RPC_AUTH_CLUSTER, run_slot},
-    {RPC_WORKER_STOP_JOB, &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_CLUSTER,
+     RPC_AUTH_IDENTITY, run_slot},
+    {RPC_WORKER_STOP_JOB, &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_IDENTITY,
      stop_job},
     {RPC_WORKER_FENCE_SLOT, &moed__v1__fence_request__descriptor, RPC_UNARY,
-     RPC_AUTH_CLUSTER, fence_slot},
+     RPC_AUTH_IDENTITY, fence_slot},
     {RPC_WORKER_INJECT_FAULT, &moed__v1__inject_fault_request__descriptor, RPC_UNARY,
-     RPC_AUTH_CLUSTER, inject_fault},
+     RPC_AUTH_IDENTITY, inject_fault},
 };
 const int worker_n_methods = sizeof worker_methods / sizeof worker_methods[0];

@@ -50,6 +50,8 @@
  * finds no spare (docs/recovery.md). Each has its own data-plane listener. */
 #define WORKER_MAX_SLOTS 2
 #define WORKER_TOKEN_MAX 256
+#define WORKER_CREDENTIAL_MAX 128 // "w-N.<64 hex>" from the coordinator; "operator.<64 hex>"
+#define OPERATOR_TOKEN_FILE "operator.token" // in the scratch directory (service.c)
 
 /* Retry budgets for calls to a coordinator that may be restarting. */
 #define REGISTER_RETRY_S 30.0   // joining at startup
@@ -137,7 +139,10 @@ struct job {
 struct worker {
     uv_loop_t *loop;
     struct worker_config cfg;
-    char token[WORKER_TOKEN_MAX]; // the cluster token
+    char token[WORKER_TOKEN_MAX]; // the cluster token: only for registering as a new worker
+                                  // (and the data plane's handshake)
+    char operator_token[WORKER_CREDENTIAL_MAX]; // made at start, written to the scratch
+                                  // directory: what InjectFault needs (moectl chaos)
     char address[300];            // where our Worker service listens, as registered
     /* the data plane's listening sockets: one per slot this worker may play ([0] is its own,
      * registered as data_address; the others as extra_data_addresses) */
@@ -156,8 +161,11 @@ struct worker {
     struct rpc_server *server;
     struct rpc_channel *coord;    // the loop's channel (wait_for_ready) for register/heartbeat
 
-    uv_mutex_t id_mu;             // guards worker_id: the training thread puts it in reports
-    char worker_id[WORKER_ID_MAX];
+    uv_mutex_t id_mu;             // guards worker_id and credential: the training thread puts
+    char worker_id[WORKER_ID_MAX];  // them in its reports
+    char credential[WORKER_CREDENTIAL_MAX]; // our own, from registration ("": none yet, or
+                                  // the coordinator no longer knows it): our calls carry it,
+                                  // and the Worker service accepts the coordinator's only with it
 
     long heartbeat_ms;
     uv_timer_t heartbeat;
@@ -185,6 +193,13 @@ static inline void worker_copy_id(struct worker *w, char out[WORKER_ID_MAX]) {
     uv_mutex_unlock(&w->id_mu);
 }
 
+/* Any thread: the credential that goes with the id ("" when none). */
+static inline void worker_copy_credential(struct worker *w, char out[WORKER_CREDENTIAL_MAX]) {
+    uv_mutex_lock(&w->id_mu);
+    memcpy(out, w->credential, WORKER_CREDENTIAL_MAX);
+    uv_mutex_unlock(&w->id_mu);
+}
+
 /* cluster.c (loop thread) */
 moe_status worker_register(struct worker *w); // blocking, at startup, with retries
 void worker_heartbeat_start(struct worker *w);
@@ -193,6 +208,9 @@ void worker_heartbeat_now(struct worker *w); // an extra one (a job just ended)
 /* service.c (loop thread) */
 extern const struct rpc_method worker_methods[];
 extern const int worker_n_methods;
+/* rpc_identify_fn of the Worker service (ctx: the worker): "coordinator" for our own current
+ * credential (only the coordinator and we know it), "operator" for operator_token. */
+int worker_identify(void *ctx, const char *cred, size_t len, char out[RPC_IDENTITY_MAX]);
 int worker_idle(const struct worker *w); // no job thread at all (finished ones reaped)
 void worker_reap_jobs(struct worker *w); // joins and frees the jobs whose thread has finished
 
