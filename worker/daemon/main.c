@@ -335,9 +335,11 @@ static moe_status start(struct worker *w) {
     LOG_INFO("moed-worker %s listening on %s, data plane on %s (pod %d%s); joining %s",
              MOED_VERSION, w->address, w->data_addresses[0], w->cfg.pod,
              w->mpi_size ? ", under mpirun" : "", w->cfg.coordinator);
-    CHECK(worker_register(w));
+    /* the operator token before registering: once the coordinator lists us, `moectl chaos`
+     * may read it, and must not find the one a killed predecessor left in the same place */
     if (!w->cfg.dir[0]) CHECK(scratch_make_temp(w));
     CHECK(operator_token_write(w));
+    CHECK(worker_register(w));
     LOG_INFO("scratch directory %s", w->scratch);
     uv_signal_start(&w->sigterm, on_signal, SIGTERM);
     uv_signal_start(&w->sigint, on_signal, SIGINT);
