@@ -71,12 +71,25 @@ check "a stock client gets INVALID_ARGUMENT for 4 slots on 2 workers" \
 check "... and for mesh.pods = 0, named by the coordinator" \
   'grep -q "skip: no grpcio" "$tmp/py.out" || grep -q "^0 1 INVALID_ARGUMENT.*mesh.pods" "$tmp/py.out"'
 
-# a worker refuses a RunSlot it cannot play (INVALID_ARGUMENT naming why) and keeps serving
+# a worker refuses a RunSlot it cannot play (INVALID_ARGUMENT naming why) and keeps serving.
+# Only its coordinator may call RunSlot (with the credential it handed the worker), so this
+# worker registers with a stand-in coordinator (tests/fake_coordinator.py) that tells us it.
 src=${MOE_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
-waddr=$("$moectl" cluster status --json | json 'd["workers"][0]["address"]')
+bin=$(dirname "$moectl")
 if "$py" -c "import grpc, google.protobuf" 2>/dev/null && command -v protoc >/dev/null &&
    protoc --python_out="$tmp" -I "$src/proto" "$src/proto/moed.proto" 2>"$tmp/protoc.err"; then
-  "$py" - "$tmp" "$waddr" "$(cat "$cdir/cluster.token")" "$corpus" <<'PY' >"$tmp/runslot.out" 2>&1
+  mkdir -p "$tmp/fake"
+  "$py" "$src/tests/fake_coordinator.py" "$tmp" "$cdir/cluster.token" "$tmp/fake/addr" \
+    "$tmp/fake/cred" 2>"$tmp/fake/coordinator.log" &
+  fake_pid=$!
+  wait_until 30 '[ -s "$tmp/fake/addr" ]'
+  "$bin/moed-worker" --coordinator "$(cat "$tmp/fake/addr")" --cluster-token-file "$cdir/cluster.token" \
+    --threads 1 --data-root /usr/share/common-licenses --dir "$tmp/fake/scratch" 2>"$tmp/fake/worker.log" &
+  fake_worker=$!
+  wait_until 30 '[ "$(wc -l <"$tmp/fake/cred" 2>/dev/null)" = 2 ]'
+  check "a worker registered with the stand-in coordinator" '[ "$(wc -l <"$tmp/fake/cred" 2>/dev/null)" = 2 ]'
+  waddr=$(sed -n 2p "$tmp/fake/cred")
+  "$py" - "$tmp" "$waddr" "$(sed -n 1p "$tmp/fake/cred")" "$corpus" "$cdir/cluster.token" <<'PY' >"$tmp/runslot.out" 2>&1
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import grpc
@@ -107,6 +120,12 @@ cases = {
     "no data key": pb.RunSlotRequest(job_id="job-906", spec_json=spec, pods=1, slots=2, epoch=1,
                                      backend="tcp", bindings=[binding(0), binding(1)]),
 }
+try:
+    run(cases["epoch 0"], metadata=[("authorization", "Bearer " + open(sys.argv[5]).read().strip())],
+        timeout=10)
+    print("cluster token: accepted")
+except grpc.RpcError as e:
+    print("cluster token: %s %s" % (e.code().name, e.details()))
 for name, req in cases.items():
     try:
         run(req, metadata=[("authorization", "Bearer " + token)], timeout=10)
@@ -119,8 +138,11 @@ PY
     check "RunSlot with $c: INVALID_ARGUMENT ($(grep "^$c:" "$tmp/runslot.out" | head -c 150))" \
       'grep -q "^$c: INVALID_ARGUMENT" "$tmp/runslot.out"'
   done
-  check "the worker is still alive and idle after them" \
-    '[ "$("$moectl" cluster status --json | json "[w[\"state\"] for w in d[\"workers\"] if w[\"address\"] == \"$waddr\"][0]")" = WORKER_IDLE ]'
+  check "RunSlot with the cluster token: UNAUTHENTICATED" 'grep -q "^cluster token: UNAUTHENTICATED" "$tmp/runslot.out"'
+  check "the worker is still alive after them, and stops on SIGTERM" \
+    'kill -0 $fake_worker && kill -TERM $fake_worker && wait $fake_worker'
+  kill -TERM $fake_pid 2>/dev/null
+  wait $fake_pid
 else
   echo "skip RunSlot checks: no python3-grpcio, python3-protobuf or protoc"
 fi
