@@ -113,7 +113,7 @@ moe_status spec_set(struct job_spec *s, const char *assignment);
  * s as it was. More than the limits below is MOE_EINVAL before any is read. */
 moe_status spec_set_all(struct job_spec *s, const char *const *assignments, size_t n);
 
-/* What one submission may carry (docs/security-limits.md). A spec is a few KiB and a handful
+/* What one submission may carry (docs/security.md). A spec is a few KiB and a handful
  * of overrides; these are far above any real one, and keep the parse of one request short. */
 #define SPEC_TEXT_MAX (1 << 20)            // bytes of spec text (a file, or SubmitJob.spec)
 #define SPEC_MAX_OVERRIDES 1000            // "key.path=value" overrides
@@ -123,7 +123,7 @@ moe_status spec_check_sizes(size_t spec_bytes, const char *const *assignments, s
 
 /* Cross-field checks: top_k <= experts, heads divide d_model, head dim even, schedule well
  * formed, ... Fails with MOE_EINVAL naming the field. Touches no file: a daemon that validates
- * a spec must not tell its sender which paths exist on its host (docs/security-data-roots.md). */
+ * a spec must not tell its sender which paths exist on its host (docs/security.md). */
 moe_status spec_validate(const struct job_spec *s);
 
 /* That every data source exists here, is readable and is a file or a directory: for a client

@@ -48,7 +48,7 @@ static void reply_job_info(struct rpc_call *call, const struct job *j) {
 void handle_submit_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
     const Moed__V1__SubmitJobRequest *req = (const void *)m;
     struct job *j;
-    /* Sizes first: nothing of a request beyond the limits is parsed (docs/security-limits.md). */
+    /* Sizes first: nothing of a request beyond the limits is parsed (docs/security.md). */
     if (spec_check_sizes(strlen(req->spec), (const char *const *)req->overrides,
                          req->n_overrides) != MOE_OK) {
         rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", moe_errmsg());
