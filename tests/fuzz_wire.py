@@ -659,27 +659,28 @@ def poke(addr, payload, end, hold_s):
     return got
 
 
-def fuzz_dataplane(fz, tag_, n, job, epoch, stop=None):
-    """n connections per listener, four at a time; `stop` (an Event) ends it early."""
+def fuzz_dataplane(fz, tag_, n, job, epoch, stop=None, sent=None):
+    """n connections per listener, four at a time; with `stop` (an Event), connections go on
+    (up to 20 n per listener) until it is set."""
     addrs = fz.listeners()
     if not addrs:
         check(False, "the workers report data-plane listeners")
         return 0
-    sent = [0]
+    sent = sent if sent is not None else [0]
     lock = threading.Lock()
-    jobs = [(a, i) for i in range(n) for a in addrs]
+    limit = n * len(addrs) * (20 if stop is not None else 1)
 
     def run():
         while True:
             with lock:
-                if not jobs or (stop is not None and stop.is_set()):
+                k = sent[0]
+                if k >= limit or (stop is not None and stop.is_set()):
                     return
-                addr, i = jobs.pop(0)
+                sent[0] += 1
+            addr, i = addrs[k % len(addrs)], k // len(addrs)
             rng = random.Random("%d:dataplane:%s:%d" % (fz.args.seed, tag_, i))
             kind, payload, end = dataplane_input(rng, job, epoch)
             poke(addr, payload, end, hold_s=rng.choice([0.05, 0.3, 1.0]))
-            with lock:
-                sent[0] += 1
     threads = [threading.Thread(target=run) for _ in range(4)]
     for t in threads:
         t.start()
@@ -690,37 +691,43 @@ def fuzz_dataplane(fz, tag_, n, job, epoch, stop=None):
 
 def dataplane_phase(fz):
     pb = fz.pb
-    job = fz.done_job.encode()
     n = max(1, fz.args.conns)
-    sent = fuzz_dataplane(fz, "idle", n, job, 1)
+    sent = fuzz_dataplane(fz, "idle", n, fz.done_job.encode(), 1)
     dead = [k for k, ok in fz.daemons_alive().items() if not ok]
     check(not dead, "%d data-plane connections to idle workers: every daemon lives %s"
           % (sent, dead or ""))
-    # while a real 1 x 2 job forms its mesh: the fuzz starts first and goes on until the job
-    # has run a step (or ended)
-    stop = threading.Event()
+    # while a real 1 x 2 job forms its mesh: the fuzz starts before the submit and goes on
+    # until the job has run a step (or ended); its hellos name the job's id
     ids = [int(j.job_id[4:]) for j in fz.unary("/moed.v1.Jobs/ListJobs", pb.ListJobsRequest(),
                                                 pb.ListJobsResponse).jobs if j.job_id[4:].isdigit()]
     guess = b"job-%d" % (max(ids + [0]) + 1)  # the id the job is about to get
-    t = threading.Thread(target=lambda: fuzz_dataplane(fz, "mesh", n, guess, 1, stop))
+    stop, during = threading.Event(), [0]
+    t = threading.Thread(target=fuzz_dataplane, args=(fz, "mesh", n, guess, 1, stop, during))
     t.start()
+    while t.is_alive() and during[0] < n:  # some planted before the job exists
+        time.sleep(0.01)
     info = fz.unary("/moed.v1.Jobs/SubmitJob", pb.SubmitJobRequest(
         spec=fz.spec, overrides=["mesh.pods=1", "mesh.slots=2"]), pb.JobInfo)
-    # the hellos name this job's id and a plausible epoch too
-    fuzz_dataplane(fz, "mesh-named", n, info.job_id.encode(), 1, stop)
-    js = fz.wait_job(info.job_id, 300)
+    deadline = time.time() + 300
+    while t.is_alive() and time.time() < deadline:
+        js = fz.unary("/moed.v1.Status/GetJob", pb.JobRef(job_id=info.job_id), pb.JobStatus)
+        if js.job.step >= 1 or js.job.state in (pb.JOB_SUCCEEDED, pb.JOB_FAILED,
+                                                pb.JOB_CANCELLED):
+            break
+        time.sleep(0.05)
     stop.set()
     t.join()
+    js = fz.wait_job(info.job_id, 300)
     dead = [k for k, ok in fz.daemons_alive().items() if not ok]
-    check(not dead, "a 1 x 2 job that formed its mesh under data-plane fuzzing: every daemon "
-          "lives %s" % (dead or ""))
+    check(not dead, "%s (1 x 2) formed its mesh under %d data-plane connections: every daemon "
+          "lives %s" % (info.job_id, during[0], dead or ""))
     ended = js.job.state in (pb.JOB_SUCCEEDED, pb.JOB_FAILED, pb.JOB_CANCELLED)
     check(ended, "... and the job ended: %s %s (%d recoveries)"
           % (pb.JobState.Name(js.job.state), js.job.error, js.job.recoveries))
     if not ended:
         fz.unary("/moed.v1.Jobs/CancelJob", pb.JobRef(job_id=info.job_id), pb.JobInfo)
-    NOTES.append("the job formed under data-plane fuzzing: %s %s"
-                 % (pb.JobState.Name(js.job.state), js.job.error))
+    NOTES.append("the job formed under data-plane fuzzing: %s %s (%d recoveries)"
+                 % (pb.JobState.Name(js.job.state), js.job.error, js.job.recoveries))
 
 
 def cancel_active(fz):
