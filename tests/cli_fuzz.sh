@@ -18,7 +18,9 @@ source "$(dirname "$0")/cluster_lib.sh"
 cluster_test_init cli_fuzz
 out=${MOE_FUZZ_OUT:-/tmp/moe_fuzz_failures}
 # running_pid PID: alive and not a zombie
-running_pid() { local s; s=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }
+running_pid() {
+  local s; s=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]
+}
 
 if ! "$py" -c 'import grpc, google.protobuf' 2>/dev/null || ! command -v protoc >/dev/null; then
   echo "FAIL needs python3-grpcio, python3-protobuf and protobuf-compiler (deploy/install-deps.sh)"
@@ -49,10 +51,14 @@ rc=$?
 check "the fuzz driver's checks all hold" '[ $rc -eq 0 ]'
 
 for p in $pids; do check "daemon pid $p still runs" 'running_pid $p'; done
+# the handlers' one rule (docs/development.md): every call answered exactly once
+check "no handler answered twice or not at all (the daemons' logs)" \
+  '! grep -aE "answered twice|returned without answering" "$cdir"/*.log'
 [ $fails -eq 0 ] || { tail -n 40 "$cdir"/*.log; exit 1; } # the rest would only wait in vain
 # the workers as GetCluster lists them: both alive (IDLE once the jobs the fuzz started end)
 idle() {
-  "$moectl" cluster status --json 2>/dev/null | json "sorted(w['state'] for w in d['workers'] if w['pid'] in ($(echo $pids | tr ' ' ','))) == ['WORKER_IDLE'] * 2"
+  "$moectl" cluster status --json 2>/dev/null | json "sorted(w['state'] for w in d['workers']
+    if w['pid'] in ($(echo $pids | tr ' ' ','))) == ['WORKER_IDLE'] * 2"
 }
 wait_until 120 '[ "$(idle)" = True ]'
 check "GetCluster answers and both real workers are IDLE" '[ "$(idle)" = True ]'
@@ -68,7 +74,9 @@ check_same_model "$job" $?
 for p in $pids; do check "daemon pid $p still runs at the end" 'running_pid $p'; done
 
 if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 15; }; done
+  for f in "$cdir"/*.log; do
+    [ -f "$f" ] && { echo "== $f"; grep -av " INFO " "$f" | tail -n 15; }
+  done
 fi
 [ $fails -eq 0 ] && echo "cli_fuzz: all checks passed" || echo "cli_fuzz: $fails checks failed"
 exit $((fails > 0))

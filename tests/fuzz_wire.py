@@ -269,7 +269,8 @@ def mutate(rng, buf):
         s, e, num, wt, vs = rng.choice(fields)
         body = bytes(buf[vs:e])
         if wt == 2:
-            new = tag(num, 2, pad=rng.choice([0, 5])) + varint(len(body), pad=rng.choice([3, 9])) + body
+            new = (tag(num, 2, pad=rng.choice([0, 5])) + varint(len(body), pad=rng.choice([3, 9]))
+                   + body)
         else:
             new = tag(num, wt, pad=rng.choice([4, 9])) + body
         buf[s:e] = new
@@ -339,9 +340,11 @@ class Fuzzer:
         self.creds = {"client": bearer(self.client_token), "cluster": bearer(self.cluster_token),
                       "worker": bearer(self.cluster_token),
                       "coordinator": bearer(self.cluster_token)}
-        self.wrong_creds = [[], bearer("wrong-" + self.client_token), bearer(self.client_token[:-1]),
+        self.wrong_creds = [[], bearer("wrong-" + self.client_token),
+                            bearer(self.client_token[:-1]),
                             [("authorization", "Basic " + self.cluster_token)],
-                            [("authorization", "Bearer ")], [("authorization", "Bearer " + "x" * 8000)]]
+                            [("authorization", "Bearer ")],
+                            [("authorization", "Bearer " + "x" * 8000)]]
         self.counts = {}
 
     def channel(self, target):
@@ -367,7 +370,6 @@ class Fuzzer:
             return e.code(), e.details() or "", time.monotonic() - t0
 
     def unary(self, path, req, reply_type, cred="client", target=None):
-        code, det, _ = (None, None, None)
         ch = self.channel(target or self.coord)
         return ch.unary_unary(path, request_serializer=lambda m: m.SerializeToString(),
                               response_deserializer=reply_type.FromString)(
@@ -410,7 +412,8 @@ class Fuzzer:
         self.own_worker = resp.worker_id
         # a per-worker credential, once RegisterResponse carries one (field 4), is presented
         # like a token; change the metadata here if it travels another way
-        cred = [bytes(raw[vs:e]) for (s, e, num, wt, vs) in parse_fields(raw) if num == 4 and wt == 2]
+        cred = [bytes(raw[vs:e]) for (s, e, num, wt, vs) in parse_fields(raw)
+                if num == 4 and wt == 2]
         self.per_worker_credentials = bool(cred)
         if cred:
             self.creds["worker"] = [("authorization", "Bearer " + cred[0].decode("latin-1"))]
@@ -509,7 +512,7 @@ class Fuzzer:
                         pb.RunSlotRequest(job_id=live, spec_json=self.spec_json, pod=0, slot=0,
                                           pods=1, slots=1, epoch=2, backend="tcp", timeout_s=1,
                                           bindings=[b(0, 0)])],
-            "StopJob": [pb.JobRef(job_id=job), pb.JobRef(job_id="job-fuzz"), pb.JobRef(job_id=live)],
+            "StopJob": [pb.JobRef(job_id=j) for j in (job, "job-fuzz", live)],
             "FenceSlot": [pb.FenceRequest(job_id=j, epoch=e) for j in (job, live) for e in (1, 2)],
             "InjectFault": [pb.InjectFaultRequest(job_id=j, kind=k, peer_rank=-1)
                             for j in (job, live) for k in ("cut", "flip")],
@@ -561,9 +564,7 @@ class Fuzzer:
         return self.coord
 
     def fuzz_method(self, m, indices):
-        rng0 = random.Random("%d:%s:seeds" % (self.args.seed, m.path))
         seeds = self.seeds(m)
-        del rng0
         for i in indices:
             rng = random.Random("%d:%s:%d" % (self.args.seed, m.path, i))
             kind, payload, md, timeout = self.make_input(m, rng, seeds)
@@ -654,7 +655,8 @@ def dataplane_input(rng, job, epoch):
         b[i] ^= 1 << rng.randrange(8)
     if r < 0.85:
         return "hello-flipped", bytes(b), end
-    return "hello-then-junk", h + bytes(rng.getrandbits(8) for _ in range(rng.choice([1, 64, 600]))), end
+    junk = bytes(rng.getrandbits(8) for _ in range(rng.choice([1, 64, 600])))
+    return "hello-then-junk", h + junk, end
 
 
 def poke(addr, payload, end, hold_s):
@@ -762,6 +764,66 @@ def dataplane_phase(fz):
                  % (pb.JobState.Name(js.job.state), js.job.error, js.job.recoveries))
 
 
+def streams_phase(fz, n):
+    """Streams cut short from four threads at once: WatchJob of the live job and FetchModel of
+    the finished one, with deadlines down to 1 ms or cancelled after the first message."""
+    pb = fz.pb
+    bad = []
+
+    def run(t):
+        rng = random.Random("%d:streams:%d" % (fz.args.seed, t))
+        ch = grpc.insecure_channel(fz.coord, options=fz.opts)
+        for i in range(n):
+            path, job = rng.choice([("/moed.v1.Status/WatchJob", fz.live_job),
+                                    ("/moed.v1.Jobs/WatchJob", fz.live_job),
+                                    ("/moed.v1.Jobs/FetchModel", fz.done_job)])
+            req = (pb.WatchJobRequest(job_id=job) if "Watch" in path
+                   else pb.JobRef(job_id=job)).SerializeToString()
+            timeout = rng.choice([0.001, 0.01, 0.05, 0.3])
+            t0 = time.monotonic()
+            try:
+                it = ch.unary_stream(path, request_serializer=None, response_deserializer=None)(
+                    req, metadata=fz.creds["client"], timeout=timeout)
+                for _ in it:
+                    if rng.random() < 0.5:
+                        it.cancel()
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                code = e.code()
+            if code in BAD_CODES or time.monotonic() - t0 > timeout + HANG_MARGIN_S:
+                bad.append("%s thread %d input %d: %s after %.1f s"
+                           % (path, t, i, code.name, time.monotonic() - t0))
+        ch.close()
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    dead = [k for k, ok in fz.daemons_alive().items() if not ok]
+    check(not dead and not bad, "%d streams cut short, four at a time (seed %d): every daemon "
+          "lives %s%s" % (4 * n, fz.args.seed, dead or "", "; ".join(bad[:5])))
+
+
+def grpc_port_phase(fz, n):
+    """The gRPC ports themselves: bytes that are not HTTP/2, and HTTP/2's preface followed by
+    junk frames, to the coordinator and every worker."""
+    targets = [fz.coord] + [w.address for w in fz.workers]
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    for i in range(n):
+        rng = random.Random("%d:grpcport:%d" % (fz.args.seed, i))
+        host, port = rng.choice(targets).rsplit(":", 1)
+        junk = bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 9, 100, 2000])))
+        if rng.random() < 0.6:  # a frame header: length, type, flags, stream id, then junk
+            frame = struct.pack(">I", rng.getrandbits(24))[1:] + bytes([rng.randrange(12),
+                                                                      rng.getrandbits(8)])
+            junk = preface + frame + struct.pack(">I", rng.getrandbits(32)) + junk
+        poke((host.strip("[]"), int(port)), junk, rng.choice(["close", "rst", "halfclose"]),
+             hold_s=0.2)
+    dead = [k for k, ok in fz.daemons_alive().items() if not ok]
+    check(not dead, "%d raw connections to the gRPC ports: every daemon lives %s"
+          % (n, dead or ""))
+
+
 def cancel_active(fz):
     """Jobs that fuzzed SubmitJobs queued: cancelled, so that the workers come back idle."""
     pb = fz.pb
@@ -791,8 +853,8 @@ def main():
     ap.add_argument("--conns", type=int, default=int(os.environ.get("MOE_FUZZ_CONNS", "60")),
                     help="data-plane connections per listener and phase")
     ap.add_argument("--out", default="fuzz-failures")
-    ap.add_argument("--verbose", action="store_true", default=bool(os.environ.get("MOE_FUZZ_VERBOSE")),
-                    help="print every input's answer")
+    ap.add_argument("--verbose", action="store_true",
+                    default=bool(os.environ.get("MOE_FUZZ_VERBOSE")), help="every input's answer")
     ap.add_argument("--only", help="one method path")
     ap.add_argument("--index", type=int, help="with --only: one input")
     args = ap.parse_args()
@@ -802,7 +864,8 @@ def main():
     FD = FieldDescriptor
 
     fz = Fuzzer(args, pb)
-    print("fuzzing %s with seed %d, %d inputs per method" % (args.cluster_dir, args.seed, args.inputs))
+    print("fuzzing %s with seed %d, %d inputs per method"
+          % (args.cluster_dir, args.seed, args.inputs))
     fz.prepare()
     methods = []
     for path in methods_of(args.methods):
@@ -829,6 +892,10 @@ def main():
         return 1
     try:
         # what the fuzz stored is still readable by a stock client, whole
+        if args.only is None:
+            fz.ensure_live()
+            streams_phase(fz, max(1, args.inputs // 10))
+            grpc_port_phase(fz, max(1, args.inputs // 2))
         st = fz.cluster()
         check(True, "GetCluster answers a stock client after the RPC fuzz (%d workers known)"
               % len(st.workers))
