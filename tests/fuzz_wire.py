@@ -635,6 +635,8 @@ class Fuzzer:
             if self.args.verbose:
                 print("     %s %d %s %d bytes -> %s %.2f s %r" % (m.path, i, kind, len(payload),
                                                               code.name, secs, det[:120]))
+                if self.args.index is not None:
+                    print("     input: " + payload[:4096].hex())
             key = (m.path, code.name)
             self.counts[key] = self.counts.get(key, 0) + 1
             bad = None
