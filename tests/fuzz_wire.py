@@ -1,19 +1,23 @@
 """Fuzzes a real local cluster's wire: every RPC in proto/methods.h and the data-plane
 handshake. Run by tests/cli_fuzz.sh (which starts the cluster, and after this checks that a
-real job still succeeds); by hand:
+real job still succeeds); by hand, against a fresh cluster:
 
   /usr/bin/python3 fuzz_wire.py --pb-dir DIR --cluster-dir DIR --methods proto/methods.h
-      [--seed N] [--inputs N] [--conns N] [--out DIR] [--only PATH] [--index I]
+      --spec SPEC [--seed N] [--inputs N] [--conns N] [--out DIR] [--verbose]
+      [--only PATH [--index I]]
 
 Each input is a pure function of (seed, method, index): --only PATH --index I sends that one
-input again. Inputs per method (--inputs, default $MOE_FUZZ_INPUTS or 200) are drawn from:
+input again. Inputs per method (--inputs, default $MOE_FUZZ_INPUTS or 300) are drawn from:
 purely random bytes; valid messages built with the classes protoc generates from
 proto/moed.proto, with real job and worker ids, then mutated at the byte level (bit flips,
 truncation, duplicated fields, varints padded to 10 bytes, huge length prefixes, nested
 unknown fields and groups, spliced junk); fields encoded by hand with hostile values
 (negative and huge ints, NaN and infinities, invalid UTF-8, giant strings up to the 4 MiB
-limit, unknown enum values, other jobs' and workers' ids); and any of these with a wrong,
-missing or other service's credential. Streams (WatchJob, FetchModel) get short deadlines.
+limit, unknown enum values, other jobs' and workers' ids); specs (SubmitJob, RunSlot) with
+hostile values and deep nesting; and any of these with a wrong, missing or other service's
+credential. A long job runs meanwhile, so that watches stream and fences, stops and faults
+find a job to act on. Streams (WatchJob, FetchModel) get short deadlines, and are then cut
+short from four threads at once; the gRPC ports also get bytes that are not HTTP/2.
 
 Any answer is fine except: a daemon that dies, a call that outlives its deadline by more than
 a margin (or a unary call that times out at all: handlers answer at once), or INTERNAL /
@@ -24,7 +28,7 @@ The data plane: raw TCP connections to every worker's data-plane listeners with 
 handshake messages (both the v1 layout of worker/comm/handshake.c and one 32 bytes longer, a
 MAC'd first message) built plausibly then mutated and truncated, immediately closed, reset,
 half-closed and silently held connections; first while the workers are idle, then while a
-real 1 x 2 job forms its mesh.
+real 1 x 2 job forms its mesh (some planted before it is submitted).
 """
 import argparse
 import json
