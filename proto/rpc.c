@@ -144,6 +144,55 @@ static ProtobufCMessage *unpack_message(grpc_byte_buffer *bb, const ProtobufCMes
     return msg;
 }
 
+/* Whether s is well-formed UTF-8 (no overlong forms, surrogates or code points past
+ * U+10FFFF): what proto3 requires of a string field, and what protobuf-c does not check. */
+static int utf8_valid(const unsigned char *s) {
+    while (*s) {
+        unsigned c = *s++;
+        int more = c < 0x80 ? 0 : (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2
+                 : (c & 0xF8) == 0xF0 ? 3 : -1;
+        if (more < 0) return 0;
+        unsigned cp = more ? c & (0x3Fu >> more) : c;
+        for (int i = 0; i < more; i++, s++) {
+            if ((*s & 0xC0) != 0x80) return 0;
+            cp = cp << 6 | (*s & 0x3Fu);
+        }
+        static const unsigned least[] = {0, 0x80, 0x800, 0x10000};
+        if (cp < least[more] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    }
+    return 1;
+}
+
+/* The first string field of `m` (nested messages included) that is not UTF-8, or NULL. A
+ * string that is not UTF-8 would be stored and echoed into replies that stock clients then
+ * refuse to parse whole (one bad registration made GetCluster unreadable to Python's grpc). */
+static const ProtobufCFieldDescriptor *non_utf8_field(const ProtobufCMessage *m) {
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+        const char *base = (const char *)m;
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+            continue;
+        size_t n = 1;
+        void *const *items = (void *const *)(base + f->offset);
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            n = *(const size_t *)(base + f->quantifier_offset);
+            items = *(void *const *const *)(base + f->offset);
+        }
+        for (size_t k = 0; k < n; k++) {
+            if (!items[k]) continue;
+            if (f->type == PROTOBUF_C_TYPE_STRING && !utf8_valid(items[k])) return f;
+            if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+                const ProtobufCFieldDescriptor *bad = non_utf8_field(items[k]);
+                if (bad) return bad;
+            }
+        }
+    }
+    return NULL;
+}
+
 /* ---- pump ---- */
 
 struct pump_event {
@@ -1099,6 +1148,7 @@ static void handle_call(struct rpc_server *srv, struct request_slot *s) {
     c->method = m;
     c->path = m->path;
     ProtobufCMessage *req = NULL;
+    const ProtobufCFieldDescriptor *bad;
     const char *refused = authorize(srv, m, &s->md, c);
     if (refused) {
         LOG_WARN_LIMITED(refusal_limit(srv, m, REFUSE_AUTH), "rpc: rejected %s from %s: %s",
@@ -1114,6 +1164,14 @@ static void handle_call(struct rpc_server *srv, struct request_slot *s) {
         c->method = NULL;
         char det[200];
         snprintf(det, sizeof det, "malformed request: not a valid %s", m->request_type->name);
+        send_unary(c, NULL, GRPC_STATUS_INVALID_ARGUMENT, det);
+    } else if ((bad = non_utf8_field(req))) {
+        LOG_WARN_LIMITED(refusal_limit(srv, m, REFUSE_MALFORMED),
+                         "rpc: malformed %s from %s: %s is not UTF-8", m->path, c->peer, bad->name);
+        c->method = NULL;
+        char det[200];
+        snprintf(det, sizeof det, "malformed request: string field %s is not valid UTF-8",
+                 bad->name);
         send_unary(c, NULL, GRPC_STATUS_INVALID_ARGUMENT, det);
     } else if (m->kind == RPC_SERVER_STREAM) {
         c->close_tag.tag.fn = stream_closed;

@@ -149,8 +149,9 @@ void handle_upload_model(struct rpc_call *call, const ProtobufCMessage *m, void 
         rpc_fail(call, GRPC_STATUS_NOT_FOUND, "no job %s", req->job_id);
         return;
     }
-    if (req->total_bytes <= 0 || req->offset < 0 ||
-        req->offset + (int64_t)req->data.len > req->total_bytes) {
+    /* offset + len is never computed: an offset near INT64_MAX would overflow it */
+    if (req->total_bytes <= 0 || req->offset < 0 || req->offset > req->total_bytes ||
+        req->data.len > (uint64_t)(req->total_bytes - req->offset)) {
         rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "chunk at %ld (+%zu) outside a %ld-byte model",
                  (long)req->offset, req->data.len, (long)req->total_bytes);
         return;
