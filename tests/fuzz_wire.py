@@ -54,16 +54,16 @@ SERVICE_CREDENTIAL = {
     "Jobs": "client",
     "Status": "client",
     "Cluster": "worker",   # the fuzzer's own registered identity (falls back to the cluster token)
-    "Worker": "coordinator",  # what the coordinator presents to workers (the cluster token today)
+    "Worker": "coordinator",  # a worker's credential, which only its coordinator presents: the
+                              # --worker-under-test's (from a stand-in coordinator), else none
 }
 # Answers that are never acceptable (a crash path, or a handler that never answered).
 BAD_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 # How long a call may outlive its own deadline before it counts as a hang.
 HANG_MARGIN_S = 10.0
 # The job that forms its mesh under data-plane fuzzing must SUCCEED (True), or only end
-# (False). False while a v1 handshake lets a stranger's HELLO fail a mesh open (issue 14,
-# "data plane authenticates before it judges"); once that lands, this becomes True.
-MESH_JOB_MUST_SUCCEED = False
+# (False): the handshake authenticates before it answers, so no stranger's bytes can fail it.
+MESH_JOB_MUST_SUCCEED = True
 UNARY_DEADLINE_S = 20.0
 
 # Field values a real client would send, by field name: filled in from the live cluster.
@@ -531,6 +531,9 @@ class Fuzzer:
             "GetJob": [pb.JobRef(job_id=job), pb.JobRef(job_id=live)],
             "WatchJob": [pb.WatchJobRequest(job_id=job), pb.WatchJobRequest(job_id=live)],
             "FetchModel": [pb.JobRef(job_id=job), pb.JobRef(job_id=live)],
+            # the running job (refused) and one that never was; the finished one stays, as
+            # later methods read it
+            "DeleteJob": [pb.JobRef(job_id=live), pb.JobRef(job_id="job-999999")],
             "ListSteps": [pb.ListStepsRequest(job_id=job, from_step=2, max_steps=2),
                           pb.ListStepsRequest(job_id=live, from_step=1, max_steps=10000)],
             "GetCluster": [pb.GetClusterRequest()],
@@ -556,14 +559,15 @@ class Fuzzer:
                                                  connect_seconds=.1)],
             "RunSlot": [pb.RunSlotRequest(job_id="job-fuzz", spec_json=self.spec_json, pod=0,
                                           slot=0, pods=1, slots=1, epoch=1, backend="tcp",
-                                          timeout_s=2, bindings=[b(0, 0)]),
+                                          timeout_s=2, bindings=[b(0, 0)], data_key=b"\7" * 32),
                         pb.RunSlotRequest(job_id=job, spec_json=self.spec_json, pod=0, slot=1,
                                           pods=1, slots=2, epoch=3, backend="tcp", timeout_s=1,
                                           bindings=[b(0, 0), b(0, 1)], restore=True,
-                                          restore_step=1, restore_from=[-1, 0]),
+                                          restore_step=1, restore_from=[-1, 0],
+                                          data_key=b"\7" * 32),
                         pb.RunSlotRequest(job_id=live, spec_json=self.spec_json, pod=0, slot=0,
                                           pods=1, slots=1, epoch=2, backend="tcp", timeout_s=1,
-                                          bindings=[b(0, 0)])],
+                                          bindings=[b(0, 0)], data_key=b"\7" * 32)],
             "StopJob": [pb.JobRef(job_id=j) for j in (job, "job-fuzz", live)],
             "FenceSlot": [pb.FenceRequest(job_id=j, epoch=e) for j in (job, live) for e in (1, 2)],
             "InjectFault": [pb.InjectFaultRequest(job_id=j, kind=k, peer_rank=-1)
@@ -620,6 +624,10 @@ class Fuzzer:
 
     def target(self, m, i):
         if m.service == "Worker":
+            # three inputs in four reach the handlers of the worker whose credential we hold;
+            # the fourth goes to a cluster's worker, which must refuse it
+            if self.args.worker_under_test and i % 4:
+                return self.args.worker_under_test
             return self.workers[i % len(self.workers)].address
         return self.coord
 
@@ -917,6 +925,10 @@ def main():
     ap.add_argument("--out", default="fuzz-failures")
     ap.add_argument("--verbose", action="store_true",
                     default=bool(os.environ.get("MOE_FUZZ_VERBOSE")), help="every input's answer")
+    ap.add_argument("--worker-under-test", help="HOST:PORT of a worker registered with a "
+                    "stand-in coordinator (tests/fake_coordinator.py), whose Worker service "
+                    "the fuzz reaches with the credential in --worker-credential-file")
+    ap.add_argument("--worker-credential-file", help="its first line: that credential")
     ap.add_argument("--only", help="one method path")
     ap.add_argument("--index", type=int, help="with --only: one input")
     args = ap.parse_args()
@@ -926,6 +938,9 @@ def main():
     FD = FieldDescriptor
 
     fz = Fuzzer(args, pb)
+    if args.worker_credential_file:
+        cred = open(args.worker_credential_file).read().split()[0]
+        fz.creds["coordinator"] = [("authorization", "Bearer " + cred)]
     print("fuzzing %s with seed %d, %d inputs per method"
           % (args.cluster_dir, args.seed, args.inputs))
     fz.prepare()
