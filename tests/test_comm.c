@@ -916,6 +916,50 @@ static void test_abort(void) {
     scenario_reap(&s, 20);
 }
 
+/* A stop or a fence while the comm is still forming: the open gives up at once instead of
+ * waiting out its deadline (5 x timeout_s), though the peer never answers. */
+struct cancel_arg {
+    atomic_int flag;
+    double delay;
+};
+static void *cancel_later(void *p) {
+    struct cancel_arg *a = p;
+    usleep((useconds_t)(a->delay * 1e6));
+    atomic_store(&a->flag, 1);
+    return NULL;
+}
+
+/* In a child: the data plane's tunables are read once per process, and the other scenarios
+ * set them (MOE_COMM_SHM=0) for their own children. */
+static void test_cancel_open(void) {
+    printf("an open called off while a peer stays silent\n");
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        failures = 0;
+        struct scenario s;
+        scenario_init(&s, 1, 2, 30); // rank 1 listens but never takes a connection
+        struct cancel_arg a = {.delay = 0.3};
+        atomic_init(&a.flag, 0);
+        struct comm_config cfg = config_of(&s, 0, COMM_TCP);
+        cfg.cancel = &a.flag;
+        pthread_t t;
+        pthread_create(&t, NULL, cancel_later, &a);
+        struct comm *c = NULL;
+        double t0 = moe_clock_s();
+        EXPECT_FAIL(comm_open(&c, &cfg, s.l[0]), MOE_EINTERNAL, "called off");
+        double dt = moe_clock_s() - t0;
+        EXPECT_MSG(dt > 0.25 && dt < 2.0, "the open gave up after %.2f s (deadline 150 s)", dt);
+        pthread_join(t, NULL);
+        EXPECT_MSG(c == NULL, "a cancelled open returned a comm");
+        fflush(stdout);
+        _exit(failures > 100 ? 100 : failures);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    EXPECT_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the cancel scenario failed");
+}
+
 static int selected(int argc, char **argv, const char *name) {
     if (argc < 2) return 1;
     for (int i = 1; i < argc; i++)
@@ -924,7 +968,7 @@ static int selected(int argc, char **argv, const char *name) {
 }
 
 /* Arguments, if any, name the scenarios to run (ops, encrypt, mismatch, strangers, slowloris,
- * tamper, kill, stop, abort). */
+ * tamper, kill, stop, abort, cancel). */
 int main(int argc, char **argv) {
     moe_log_init("test");
     signal(SIGPIPE, SIG_DFL); // the data plane must not need SIGPIPE ignored
@@ -951,6 +995,7 @@ int main(int argc, char **argv) {
         unsetenv("MOE_COMM_SHM");
         unsetenv("MOE_COMM_ENCRYPT");
     }
+    if (selected(argc, argv, "cancel")) test_cancel_open();
     if (selected(argc, argv, "mismatch")) {
         test_mismatch("another data-plane key", 0);
         test_mismatch("stale connector epoch", 1);

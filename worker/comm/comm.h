@@ -43,6 +43,7 @@
 #include "../../common/knobs.h"
 #include "../../common/status.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -66,7 +67,13 @@ struct comm_config {
     const char *const *peers; // (size) host:port of each rank's comm_listener (tcp), or NULL
                               // for ranks reached through MPI
     double timeout_s;       // no progress for this long on an operation: MOE_EUNAVAILABLE
+    const atomic_int *cancel; // NULL, or set non-zero from another thread (the job was stopped
+                            // or fenced): a tcp open in progress gives up within
+                            // COMM_CANCEL_POLL_MS with MOE_EINTERNAL, as an aborted operation
+                            // does, instead of waiting out its deadline (comm_abort reaches
+                            // only a comm that is open)
 };
+#define COMM_CANCEL_POLL_MS 50
 
 /* A rank's listening socket for the data plane. A worker opens one at startup, registers
  * its address with the coordinator, and keeps it for its lifetime: every comm it opens

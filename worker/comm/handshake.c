@@ -666,8 +666,12 @@ static moe_status handshake_all(struct hs_ctx *x) {
         int have = adopt_links(x);
         if (have == x->nout + x->expect_in) return MOE_OK;
         if (now >= deadline) return missing_links(x, have);
+        if (x->cfg->cancel && atomic_load(x->cfg->cancel))
+            return moe_fail(MOE_EINTERNAL, "comm: the open was called off (%d of %d links up)",
+                            have, x->nout + x->expect_in);
         int np, wait_ms = (int)((deadline - now) * 1000) + 1;
         CHECK(watch(x, now, &np, &wait_ms));
+        if (x->cfg->cancel && wait_ms > COMM_CANCEL_POLL_MS) wait_ms = COMM_CANCEL_POLL_MS;
         int r = poll(x->pf, (nfds_t)np, wait_ms);
         if (r < 0 && errno != EINTR) return moe_fail(MOE_EIO, "comm: poll: %s", strerror(errno));
         for (int p = 0; r > 0 && p < np; p++) {

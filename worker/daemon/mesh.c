@@ -42,6 +42,7 @@ moe_status job_open_comm(struct job *j) {
         .encrypt = j->spec.mesh.encrypt,
         .peers = peers,
         .timeout_s = j->timeout_s,
+        .cancel = &j->open_cancel,
     };
     struct comm *c = NULL;
     double t0 = moe_clock_s();
@@ -65,6 +66,7 @@ moe_status job_open_comm(struct job *j) {
 static void abort_comm(struct job *j) {
     uv_mutex_lock(&j->comm_mu);
     j->aborted = 1;
+    atomic_store(&j->open_cancel, 1);
     if (j->comm) comm_abort(j->comm);
     uv_mutex_unlock(&j->comm_mu);
 }
@@ -95,6 +97,8 @@ void job_adopt(struct job *j, struct epoch_binding *b) {
     uv_mutex_lock(&j->comm_mu);
     j->epoch = b->epoch;
     j->aborted = 0;
+    atomic_store(&j->open_cancel, j->fenced_epoch >= j->epoch ||
+                                      atomic_load(&j->stop) == JOB_STOP_COORDINATOR);
     free(j->peers);
     j->peers = b->peers;
     b->peers = NULL;
@@ -113,14 +117,17 @@ void job_next_epoch(struct job *j, struct epoch_binding *b) {
         epoch_binding_free(b);
         return;
     }
+    /* a thread still in an older epoch (opening it, or in it without having noticed the
+     * failure yet) leaves it now: before the binding is published, so that nothing here can
+     * reach the comm of the epoch the thread adopts next (it adopts under ep_mu) */
+    uv_mutex_lock(&j->comm_mu);
+    atomic_store(&j->open_cancel, 1);
+    if (j->comm) comm_abort(j->comm);
+    uv_mutex_unlock(&j->comm_mu);
     epoch_binding_free(j->next);
     j->next = b;
     uv_cond_broadcast(&j->ep_cv);
     uv_mutex_unlock(&j->ep_mu);
-    /* a thread still in an older epoch (it has not noticed the failure yet) leaves it now */
-    uv_mutex_lock(&j->comm_mu);
-    if (j->comm) comm_abort(j->comm);
-    uv_mutex_unlock(&j->comm_mu);
 }
 
 /* Wakes the thread if it waits for an epoch. */
@@ -142,6 +149,7 @@ int job_fence(struct job *j, uint64_t epoch, struct state_copy *copies, int max,
               long *live) {
     uv_mutex_lock(&j->comm_mu);
     if (epoch > j->fenced_epoch) j->fenced_epoch = epoch;
+    if (j->epoch <= epoch) atomic_store(&j->open_cancel, 1);
     if (j->comm && j->epoch <= epoch) comm_abort(j->comm);
     uv_mutex_unlock(&j->comm_mu);
     *n = 0;

@@ -121,6 +121,8 @@ struct job {
     int aborted;                  // comm_abort was called (under comm_mu)
     uint64_t fenced_epoch;        // the newest epoch FenceSlot ended (under comm_mu): a comm
                                   //   of that epoch or older is aborted as soon as it opens
+    atomic_int open_cancel;       // a stop, a fence of the epoch, or a newer epoch waiting: the
+                                  //   comm being opened gives up (comm_config.cancel)
     /* recovery (docs/recovery.md) */
     int recoverable;              // mesh_recoverable(spec): a data-plane error waits for the
                                   //   coordinator's next epoch instead of ending the job
