@@ -80,8 +80,14 @@ int plot_format_of(const char *path, enum plot_format *out) {
 
 /* ---- reading the JSON of `moectl steps --json` and `moectl status --json` ---- */
 
+/* A number, also as client_json writes doubles: raw text with every digit. */
 static double jnum(const cJSON *o, const char *name, double dflt) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (cJSON_IsRaw(v)) {
+        char *end;
+        double x = strtod(v->valuestring, &end);
+        return end != v->valuestring && !*end ? x : dflt;
+    }
     return cJSON_IsNumber(v) ? v->valuedouble : dflt;
 }
 
@@ -124,7 +130,7 @@ static const struct {
     {"recovered", MARK_RECOVERED, 0, 0},    {"rebalance", MARK_MOVE, 1, 1},
     {"moving", MARK_MOVE, 1, 0},            {"moved", MARK_MOVE, 0, 0},
     {"reattached", MARK_OTHER, 1, 0},       {"requeued", MARK_OTHER, 1, 0},
-    {"cancelled", MARK_OTHER, 0, 0},
+    {"cancelled", MARK_OTHER, 1, 0},
 };
 
 /* The events of a JobStatus (oldest first) that get a marker, with how long each recovery or
@@ -146,6 +152,7 @@ static moe_status take_events(struct plot_data *d, const cJSON *events) {
             pe->unix_ms = (int64_t)jnum(e, "unix_ms", 0);
             pe->mark = marked[k].mark;
             pe->stage = marked[k].stage;
+            pe->seconds = -1;
             if (marked[k].begins) began = pe->unix_ms;
             int ends = pe->mark == MARK_RECOVERED || strcmp(kind, "moved") == 0;
             if (ends && began) pe->seconds = (double)(pe->unix_ms - began) / 1e3;
@@ -323,8 +330,10 @@ static int print_result(const struct plot_args *a, const struct plot_data *d,
     cJSON_AddNumberToObject(j, "height", (double)a->height);
     cJSON_AddNumberToObject(j, "steps", (double)d->n_steps);
     cJSON_AddNumberToObject(j, "experts", d->n_experts);
-    cJSON_AddNumberToObject(j, "x_first_step", l->x0);
-    cJSON_AddNumberToObject(j, "x_last_step", l->x1);
+    cJSON_AddNumberToObject(j, "step_axis_start", l->s0);
+    cJSON_AddNumberToObject(j, "step_axis_end", l->s1);
+    cJSON_AddNumberToObject(j, "x_axis_start", l->x0);
+    cJSON_AddNumberToObject(j, "x_axis_end", l->x1);
     cJSON_AddNumberToObject(j, "y_top", l->top);
     cJSON_AddNumberToObject(j, "y_bottom", l->bottom);
     cJSON_AddBoolToObject(j, "events_partial", d->events_partial);

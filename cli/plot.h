@@ -39,7 +39,7 @@ struct plot_event {
     enum plot_mark mark;
     int stage;          // a step on the way (recovering, moving): drawn dashed
     long step;          // where it falls: the last step reported before it
-    double seconds;     // recovered, moved: since the signal that began it (0: unknown)
+    double seconds;     // recovered, moved: since the signal that began it (< 0: unknown)
 };
 
 struct plot_data {
@@ -76,7 +76,8 @@ int plot_format_of(const char *path, enum plot_format *out);
 
 /* Where plot_draw puts things, for --json and for tests that check the pixels. */
 struct plot_layout {
-    double x0, x1;      // the step axis: the first step at x0, the last at x1 (pixels)
+    double s0, s1;      // the step axis runs from step s0 at x0 to step s1 at x1 (pixels)
+    double x0, x1;
     double top, bottom; // the panels' span: markers run from top to bottom
     double *marker_x;   // out: each event's marker (n_events of them; the caller frees)
 };

@@ -364,8 +364,10 @@ static void draw_load(const struct frame *f) {
 
 /* A marker's label: its kind, and how long the recovery or move took. */
 static void marker_label(char *out, size_t cap, const struct plot_event *e) {
-    if (e->seconds > 0)
+    if (e->seconds >= 1)
         snprintf(out, cap, "%s %.1fs", e->kind, e->seconds);
+    else if (e->seconds >= 0)
+        snprintf(out, cap, "%s %.0fms", e->kind, e->seconds * 1e3);
     else
         snprintf(out, cap, "%s", e->kind);
 }
@@ -389,8 +391,9 @@ static void marker_line(const struct frame *f, const struct plot_event *e, doubl
     cairo_set_dash(cr, dash, e->stage ? 2 : 0, 0);
     const struct panel *ps[] = {&f->loss, &f->speed, &f->load};
     for (int k = 0; k < 3; k++) {
-        double y0 = k == 0 && label_y > 0 ? label_y : ps[k]->y;
-        line(cr, x, y0, x, ps[k]->y + ps[k]->h, 2, marks[e->mark].colour);
+        double y0 = k == 0 && label_y > 0 ? label_y : ps[k]->y, y1 = ps[k]->y + ps[k]->h;
+        if (k == 2) line(cr, x, y0, x, y1, 4, WHITE); // a halo, to stand out on the heatmap
+        line(cr, x, y0, x, y1, 2, marks[e->mark].colour);
     }
     cairo_set_dash(cr, NULL, 0, 0);
 }
@@ -503,6 +506,8 @@ static void draw(struct frame *f, struct plot_layout *out) {
     if (x) draw_markers(f, x);
     draw_legend(f);
     if (out) {
+        out->s0 = f->s_lo;
+        out->s1 = f->s_hi;
         out->x0 = x_of(f, &f->loss, f->s_lo);
         out->x1 = x_of(f, &f->loss, f->s_hi);
         out->top = f->loss.y;
