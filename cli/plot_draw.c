@@ -13,6 +13,7 @@
 
 #include <cairo-svg.h>
 #include <cairo.h>
+#include <fontconfig/fontconfig.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -440,12 +441,14 @@ static void draw_title(const struct frame *f) {
         if (d->total_steps > 0)
             n += snprintf(facts + n, sizeof facts - (size_t)n, " of %ld", d->total_steps);
         n += snprintf(facts + n, sizeof facts - (size_t)n, "  |  final loss %.4f", last->loss);
-        if (isfinite(val)) n += snprintf(facts + n, sizeof facts - (size_t)n, ", held-out %.4f", val);
+        if (isfinite(val))
+            n += snprintf(facts + n, sizeof facts - (size_t)n, ", held-out %.4f", val);
     } else {
         n += snprintf(facts + n, sizeof facts - (size_t)n, "no steps stored");
     }
     n += snprintf(facts + n, sizeof facts - (size_t)n, "  |  %d recover%s, %d move%s",
-                  d->recoveries, d->recoveries == 1 ? "y" : "ies", d->moves, d->moves == 1 ? "" : "s");
+                  d->recoveries, d->recoveries == 1 ? "y" : "ies", d->moves,
+                  d->moves == 1 ? "" : "s");
     if (d->events_partial)
         snprintf(facts + n, sizeof facts - (size_t)n, "  |  only the latest events are marked");
     else if (d->source[0])
@@ -546,6 +549,10 @@ moe_status plot_draw(const struct plot_data *d, enum plot_format fmt, int width,
     cairo_surface_finish(s); // the SVG's last bytes go out here
     if (st == CAIRO_STATUS_SUCCESS) st = cairo_surface_status(s);
     cairo_surface_destroy(s);
+    /* cairo's font caches and fontconfig's configuration live until the process ends; moectl
+     * draws one picture, so they go now (and the sanitizer build sees no leak) */
+    cairo_debug_reset_static_data();
+    FcFini();
     if (st != CAIRO_STATUS_SUCCESS)
         return moe_fail(MOE_EIO, "cannot draw the plot: %s", cairo_status_to_string(st));
     return MOE_OK;
