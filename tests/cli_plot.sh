@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `moectl plot` (cli/plot.c, cli/plot_draw.c) on real jobs of a local cluster with a spare: a
-# 1 x 2 job whose slot-1 worker is killed with SIGKILL recovers onto the spare and SUCCEEDS;
-# its plot, as SVG and as PNG, is checked with Python (xml.etree, Debian's python3-pil): the
+# 1 x 2 job, plotted while it runs, whose slot-1 worker is killed with SIGKILL recovers onto
+# the spare and SUCCEEDS; its plot, as SVG and as PNG, is checked with Python (xml.etree, Debian's python3-pil): the
 # SVG parses and has the curves (paths of hundreds of points) and the recovery's marker (a
 # vertical line in the "recovered" colour: cairo draws text as glyphs, so colours are what a
 # test can find); the PNG has its signature, the size asked for, the loss curve's colour in
@@ -57,6 +57,8 @@ spec plot-recovery 1000 >"$tmp/a.yaml"
 job=$("$moectl" submit "$tmp/a.yaml")
 check "submitted ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'
 wait_until 120 '[ "$(step_of "$job")" -ge 60 ] 2>/dev/null'
+running=$("$moectl" plot "$job" -o "$tmp/running.png" --json | json 'd["steps"]')
+check "a running job plots too ($running steps stored so far)" '[ "$running" -ge 1 ] && [ "$running" -lt 1000 ]'
 victim=$("$moectl" status "$job" --json | json 'd["job"]["bindings"][1]["worker_id"]')
 vpid=$(pid_of "$victim")
 s_kill=$(step_of "$job")
@@ -105,6 +107,9 @@ print(max([s["step"] for s in steps if s["reported_unix_ms"] <= t[0]] or [steps[
 PY
 }
 read -r rec_step n_steps a_points <<<"$(points_of "$job")"
+# (not all 1000: the steps slot (0, 0) had not yet reported when the recovery began, up to a
+# second's batch, are dropped with their old epoch and not replayed; the plot draws what is
+# stored, and its point counts are checked against that)
 check "$n_steps steps stored; the recovery after step $rec_step (killed at $s_kill, recovered by $s_rec)" \
   '[ "$n_steps" -ge 800 ] && [ "$rec_step" -ge $((s_kill - 20)) ] && [ "$rec_step" -le "$s_rec" ]'
 read -r _ _ b_points <<<"$(points_of "$calm")"
