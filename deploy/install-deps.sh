@@ -22,6 +22,9 @@ pkgs=(
   python3-protobuf                   # tests: its messages, generated from proto/moed.proto
   protobuf-compiler                  # tests: protoc --python_out for that client
   libopenmpi-dev openmpi-bin         # the mpi data-plane backend (a pod = one mpirun job)
+  libcairo2-dev                      # moectl plot: SVG and PNG drawing
+  fonts-dejavu-core                  # moectl plot: the font of its labels
+  python3-pil                        # tests: reading the PNG that moectl plot draws
 )
 
 missing=()
