@@ -38,11 +38,9 @@ moe_status reports_step(struct coordinator *co, struct job *j, struct worker *w,
                 ? req->pod * j->slots + req->slot : -1;
     int bound = j->state == MOED__V1__JOB_STATE__JOB_RUNNING && k >= 0 &&
                 strcmp(j->bindings[k].worker_id, w->id) == 0 && !recovery_dropped(j, w);
-    if (!bound || (req->epoch && req->epoch != j->epoch)) {
-        /* Steps of the epoch before a recovery's new one come late from a slot that keeps its
-         * worker: dropped, but that worker must not stop (it waits for, or already runs, the
-         * new epoch). */
-        *stop = !(bound && j->recoverable && req->epoch < j->epoch);
+    int late = bound && j->recoverable && req->epoch && req->epoch < j->epoch;
+    if (!bound || (req->epoch && req->epoch != j->epoch && !late)) {
+        *stop = 1;
         return MOE_OK;
     }
     for (size_t i = 0; i < req->n_metrics; i++) {
@@ -51,6 +49,14 @@ moe_status reports_step(struct coordinator *co, struct job *j, struct worker *w,
             (i > 0 && step <= (long)req->metrics[i - 1]->step))
             return moe_fail(MOE_EINVAL, "step %ld of %s: steps must ascend within 1..%ld", step,
                             j->id, j->total_steps);
+    }
+    if (late) {
+        /* Steps of the epoch before a recovery's new one come late from a slot that keeps its
+         * worker: that worker must not stop (it waits for, or already runs, the new epoch),
+         * and slot (0, 0)'s go into the stored curve, which would otherwise miss the steps
+         * between the last report and the fault that the new epoch does not compute again. */
+        if (k == 0 && req->n_metrics) job_record_late_steps(co, j, req->metrics, req->n_metrics);
+        return MOE_OK;
     }
     for (size_t i = 0; i < req->n_metrics; i++) replicas_step_reported(co, j, k, req->metrics[i]);
     job_record_steps(co, j, k, req->metrics, req->n_metrics);

@@ -106,6 +106,16 @@ moe_status job_watch(struct job *j, struct rpc_call *call) {
     return MOE_OK;
 }
 
+void job_record_late_steps(struct coordinator *co, struct job *j,
+                           Moed__V1__StepMetrics *const *m, size_t n) {
+    struct store_batch *b = store_batch_new();
+    for (size_t i = 0; i < n; i++) store_batch_step(b, j->id, m[i]);
+    if (store_batch_commit(co->store, b, 0) != MOE_OK)
+        LOG_WARN("%s: late steps %ld..%ld not stored: %s", j->id, (long)m[0]->step,
+                 (long)m[n - 1]->step, moe_errmsg());
+    co->steps_reported += n;
+}
+
 void job_record_steps(struct coordinator *co, struct job *j, int k,
                       Moed__V1__StepMetrics *const *m, size_t n) {
     struct binding *bd = &j->bindings[k];

@@ -29,6 +29,12 @@ moe_status job_event_batch(struct coordinator *co, struct job *j, struct store_b
  * with the job's record; then the watchers get an update. */
 void job_record_steps(struct coordinator *co, struct job *j, int k,
                       Moed__V1__StepMetrics *const *m, size_t n);
+/* Slot (0, 0)'s steps of the epoch before a recovery's, reported late: only stored, for the
+ * curve (ListSteps). A step the new epoch computes again is stored again, with the same values
+ * (every step replays bit for bit); the job's step, loss and slot figures follow the current
+ * epoch alone. */
+void job_record_late_steps(struct coordinator *co, struct job *j,
+                           Moed__V1__StepMetrics *const *m, size_t n);
 
 /* Sends a JobUpdate to every watcher of j, with `new_event` if not NULL; finishes the
  * watchers' streams when the job has ended. */

@@ -161,10 +161,23 @@ static void backlog_push(struct backlog *b, struct step_entry *e) {
     b->len++;
 }
 
+/* A step that is not after the newest waiting one was computed again after a recovery went
+ * back to an earlier step: it replaces the waiting reports from it on (a report's steps must
+ * ascend, or the coordinator refuses the whole batch). */
+static void backlog_drop_from(struct backlog *b, long step) {
+    while (b->len) {
+        size_t last = (b->head + b->len - 1) % b->cap;
+        if ((long)b->ring[last]->m.step < step) break;
+        free(b->ring[last]);
+        b->len--;
+    }
+}
+
 int backlog_add(struct backlog *b, const struct trainer *t, const struct step_report *r,
                 double val_loss) {
     struct step_entry *e = entry_new(t, r, val_loss);
     if (!e) return -1;
+    backlog_drop_from(b, (long)e->m.step);
     backlog_push(b, e);
     return 0;
 }
