@@ -22,6 +22,10 @@ pkgs=(
   python3-protobuf                   # tests: its messages, generated from proto/moed.proto
   protobuf-compiler                  # tests: protoc --python_out for that client
   libopenmpi-dev openmpi-bin         # the mpi data-plane backend (a pod = one mpirun job)
+  libmicrohttpd-dev                  # the coordinator's HTTP port: /metrics and the live page
+  prometheus                         # tests: a real Prometheus server scrapes the coordinator
+  chromium chromium-driver           # tests: the live page in a headless browser
+  python3-selenium                   #   driven through chromedriver
 )
 
 missing=()
