@@ -267,7 +267,7 @@ static void job_family(struct expo *e, const struct jobs_page *p, const char *na
     for (int i = 0; i < p->n; i++) {
         double v = get(p->jobs[i]);
         if (isnan(v)) continue;
-        struct label l[] = {{"job", p->jobs[i]->id}};
+        struct label l[] = {{"job_id", p->jobs[i]->id}};
         expo_sample(e, name, l, 1, v);
     }
 }
@@ -293,13 +293,13 @@ static void write_job_states(struct expo *e, const struct jobs_page *p) {
                 "recently ended)");
     for (int i = 0; i < p->n; i++)
         for (int s = 0; s < N_JOB_STATES; s++) {
-            struct label l[] = {{"job", p->jobs[i]->id}, {"state", job_states[s]}};
+            struct label l[] = {{"job_id", p->jobs[i]->id}, {"state", job_states[s]}};
             expo_sample(e, "moed_job_state", l, 2, p->jobs[i]->state == job_state_values[s]);
         }
     expo_family(e, "moed_job_info", "gauge", "1 per job, its spec's name and data-plane backend");
     for (int i = 0; i < p->n; i++) {
         const struct job *j = p->jobs[i];
-        struct label l[] = {{"job", j->id}, {"name", j->name}, {"backend", j->backend}};
+        struct label l[] = {{"job_id", j->id}, {"name", j->name}, {"backend", j->backend}};
         expo_sample(e, "moed_job_info", l, 3, 1);
     }
 }
@@ -335,7 +335,7 @@ static void write_recovery_durations(struct expo *e, const struct jobs_page *p) 
                 "from a recovery's first fault signal until every slot was back, for the "
                 "recoveries this coordinator process saw end");
     for (int i = 0; i < p->n; i++) {
-        struct label l[] = {{"job", p->jobs[i]->id}};
+        struct label l[] = {{"job_id", p->jobs[i]->id}};
         expo_histogram(e, "moed_job_recovery_duration_seconds", l, 1,
                        &p->jobs[i]->recovery_seconds);
     }
@@ -350,7 +350,7 @@ static void write_expert_load(struct expo *e, const struct jobs_page *p) {
         for (size_t x = 0; j->last && x < j->last->n_expert_load; x++) {
             char expert[24];
             snprintf(expert, sizeof expert, "%zu", x);
-            struct label l[] = {{"job", j->id}, {"expert", expert}};
+            struct label l[] = {{"job_id", j->id}, {"expert", expert}};
             expo_sample(e, "moed_job_expert_load_ratio", l, 2, j->last->expert_load[x]);
         }
     }
@@ -379,7 +379,7 @@ static void slot_family(struct expo *e, const struct jobs_page *p, const char *n
             char pod[16], slot[16];
             snprintf(pod, sizeof pod, "%d", k / j->slots);
             snprintf(slot, sizeof slot, "%d", k % j->slots);
-            struct label l[] = {{"job", j->id}, {"pod", pod}, {"slot", slot}};
+            struct label l[] = {{"job_id", j->id}, {"pod", pod}, {"slot", slot}};
             expo_sample(e, name, l, 3, slot_value(&j->bindings[k], what));
         }
     }

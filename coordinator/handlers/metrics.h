@@ -8,8 +8,10 @@
  * jobs does not print them all on every scrape); the metric families themselves (the list with
  * units and labels is docs/operations.md "Metrics"); and the counts of the coordinator's own
  * RPCs (struct rpc_stats, fed by proto/rpc.c's on_done hook).
- * Labels are few-valued on purpose: job, pod, slot, worker (the worker's id, never its pid),
- * expert, state, service, method, code.
+ * Labels are few-valued on purpose: job_id, pod, slot, worker (the worker's id, never its pid),
+ * expert, state, service, method, code. A job is "job_id", not "job": Prometheus gives every
+ * series it scrapes a "job" label of its own (the scrape config's job_name), and would rename
+ * ours to exported_job.
  * Threads: the loop's (it reads the tables directly; handlers/http_service.c calls it there).
  * Never: decides, writes the store, or reads it (everything comes from memory).
  */
