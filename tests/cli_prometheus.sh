@@ -55,6 +55,25 @@ check "... the job's step, loss, slots and the workers" \
    grep -q "^moed_worker_heartbeat_age_seconds{worker=\"w-3\",pod=\"0\"} " "$tmp/metrics.txt" &&
    grep -q "^moed_rpc_server_handled_total{service=\"moed.v1.Cluster\",method=\"ReportStep\",code=\"OK\"} [1-9]" "$tmp/metrics.txt"'
 check "... and no pid among the labels" '! grep -q "pid=" "$tmp/metrics.txt"'
+# many more connections than the port takes (64), held, then closed: it serves again at once
+"$py" - "$http" "$token" >"$tmp/flood.out" 2>&1 <<'PY'
+import socket, sys, time, urllib.request
+host, port = sys.argv[1].split(":")
+held = [socket.create_connection((host, int(port)), timeout=5) for _ in range(200)]
+held[0].sendall(b"\x00\xff not http\r\n\r\n")
+req = urllib.request.Request("http://%s/metrics" % sys.argv[1],
+                             headers={"Authorization": "Bearer " + sys.argv[2]})
+try:  # queued behind the held ones: not answered while they are open
+    urllib.request.urlopen(req, timeout=1)
+except OSError:
+    pass
+for s in held:
+    s.close()
+t = time.time()
+print(urllib.request.urlopen(req, timeout=5).status, "after %.2f s" % (time.time() - t))
+PY
+check "200 connections held past the limit and closed: /metrics answers at once ($(tail -n 1 "$tmp/flood.out"))" \
+  'grep -q "^200 after" "$tmp/flood.out"'
 if command -v promtool >/dev/null; then
   promtool check metrics <"$tmp/metrics.txt" >"$tmp/promtool.out" 2>&1
   rc=$?

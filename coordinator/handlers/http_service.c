@@ -46,7 +46,17 @@ struct http_service {
 static void on_timer(uv_timer_t *t);
 
 static void run_mhd(struct http_service *h) {
+    /* MHD takes its listening socket off its epoll set while it is at the connection limit and
+     * puts it back only at the start of a later MHD_run: after a run that closed connections,
+     * nothing else would wake us for it (measured: 200 held connections wedged the port for
+     * good). So a run that closed some is followed by another. */
+    const union MHD_DaemonInfo *info;
+    unsigned before = (info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS))
+                          ? info->num_connections : 0;
     MHD_run(h->mhd);
+    if ((info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS)) &&
+        info->num_connections < before)
+        MHD_run(h->mhd);
     MHD_UNSIGNED_LONG_LONG ms;
     if (MHD_get_timeout(h->mhd, &ms) == MHD_YES)
         uv_timer_start(&h->timer, on_timer, (uint64_t)ms, 0);
