@@ -6,7 +6,7 @@
 # (a marker set in the page survives); the loss curve's SVG has points, the slot table a row
 # per slot, and the token has left the address bar. The page's files are served without the
 # token, its data not. A screenshot goes to the test's directory and, for people to look at,
-# to $MOE_BUILD_DIR/live_page.png. Skips, saying so, only where chromium, chromedriver or
+# to $MOE_BUILD_DIR/live_page.png. A cluster with --tls serves the page over HTTPS. Skips, saying so, only where chromium, chromedriver or
 # selenium is not installed (deploy/install-deps.sh installs them).
 set -u
 moectl=$1
@@ -109,4 +109,17 @@ check "... a screenshot was written" '[ -s "$tmp/live_page.png" ] && [ "$(head -
   echo "     screenshot: $MOE_BUILD_DIR/live_page.png"
 
 "$moectl" cancel "$job" >/dev/null 2>&1
+
+# with --tls the HTTP port serves HTTPS with the gRPC port's certificate, and nothing in clear
+tdir=$tmp/tls-cluster
+"$moectl" cluster up --workers 1 --threads 1 --http --tls --dir "$tdir" >"$tmp/up-tls.out" 2>&1
+rc=$?
+check "cluster up --http --tls" '[ $rc -eq 0 ]'
+thttp=$(cat "$tdir/coordinator.http" 2>/dev/null)
+check "... prints an https URL" 'grep -q "live page    https://$thttp/" "$tmp/up-tls.out"'
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$tdir/tls/cert.pem" \
+  -H "Authorization: Bearer $(cat "$tdir/client.token")" "https://$thttp/api/cluster")
+check "HTTPS with the cluster's CA and the token: 200" '[ "$code" = 200 ]'
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://$thttp/")
+check "plain HTTP to it gets no page ($code)" '[ "$code" != 200 ]'
 exit $((fails > 0))
