@@ -4,6 +4,7 @@
  *
  * coordinator/ is three layers that only call downward, one folder each:
  *   handlers/  the RPC handlers: decode a request, call one policy, answer. Nothing else.
+ *              Also the optional HTTP port (http.h): /metrics and the live page, read-only.
  *   policy/    every decision: admitting and binding jobs (schedule.c, placement.c), what a
  *              worker's registration and heartbeats mean (membership.c), what its reports mean
  *              (reports.c), whether a lost slot is recovered or fails its job (faults.c), how a
@@ -11,7 +12,8 @@
  *   state/     the tables and their durable record: jobs and their state machine (jobs.c,
  *              transitions.c), workers (workers.c), events and watchers (events.c), uploaded
  *              models (models.c), RocksDB (store.c), and the calls that go out to workers
- *              (worker_calls.c). State records decisions; it never makes one.
+ *              (worker_calls.c), durations counted for /metrics (histogram.c). State
+ *              records decisions; it never makes one.
  * The process around them (coordinator.c: start, the monitor's tick, stop; main.c: flags) sits
  * on top. docs/architecture.md walks one step through these files.
  *
