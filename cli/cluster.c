@@ -1025,6 +1025,17 @@ static void print_cluster(const Moed__V1__ClusterStatus *cs, const char *target)
     if (cs->n_pods) print_pods(cs);
 }
 
+/* A local cluster's HTTP port (cluster up --http), where its directory records one. */
+static void print_http(const char *dir_flag) {
+    char dir[PATH_MAX], path[PATH_CAP], addr[256];
+    struct shape sh;
+    if (client_cluster_dir(dir_flag, dir, sizeof dir) != MOE_OK || !read_shape(dir, &sh) ||
+        !sh.http || read_first_line(in_dir(path, dir, "coordinator.http"), addr, sizeof addr))
+        return;
+    printf("\nlive page %s://%s/#token=<the client token>; Prometheus: /metrics there\n",
+           sh.tls ? "https" : "http", addr);
+}
+
 static int cluster_status(int argc, char **argv) {
     static const struct option opts[] = {CLIENT_LONG_OPTIONS,
                                          {"dir", required_argument, 0, OPT_CLUSTER_DIR},
@@ -1044,6 +1055,7 @@ static int cluster_status(int argc, char **argv) {
                              0);
     if (!code && a.json) client_print_json(reply);
     else if (!code) print_cluster((const Moed__V1__ClusterStatus *)reply, cl.target);
+    if (!code && !a.json && !a.conn.coordinator) print_http(a.conn.cluster_dir);
     if (reply) protobuf_c_message_free_unpacked(reply, NULL);
     client_close(&cl);
     return code;

@@ -24,6 +24,7 @@ http=$(cat "$cdir/coordinator.http" 2>/dev/null)
 check "the HTTP address is in coordinator.http ($http)" '[[ "$http" =~ ^127\.0\.0\.1:[0-9]+$ ]]'
 check "cluster up prints the live page's URL" 'grep -q "live page    http://$http/" "$tmp/up.out"'
 token=$(cat "$cdir/client.token")
+check "cluster status prints it too" '"$moectl" cluster status | grep -q "^live page http://$http/"'
 
 cat >"$tmp/job.yaml" <<YAML
 name: scraped
