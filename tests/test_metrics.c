@@ -175,9 +175,11 @@ static void test_rpc_counts(void) {
                                     "method=\"Heartbeat\",code=\"OK\"} 2\n") &&
                strstr(text, "moed_rpc_server_handled_total{service=\"moed.v1.Jobs\",method="
                             "\"SubmitJob\",code=\"INVALID_ARGUMENT\"} 1\n") &&
-               strstr(text, "{service=\"unknown\",method=\"unknown\",code=\"UNIMPLEMENTED\"} 1\n") &&
+               strstr(text, "{service=\"unknown\",method=\"unknown\","
+                            "code=\"UNIMPLEMENTED\"} 1\n") &&
                strstr(text, "moed_rpc_server_handling_seconds_bucket{service=\"moed.v1.Cluster\","
-                            "method=\"Heartbeat\",le=\"0.005\"} 2\n"), "got:\n%s", text ? text : "(none)");
+                            "method=\"Heartbeat\",le=\"0.005\"} 2\n"),
+               "got:\n%s", text ? text : "(none)");
     free(text);
     rpc_stats_free(co.rpc_stats);
 }

@@ -245,6 +245,10 @@ static moe_status listen_address(const char *listen, struct sockaddr_storage *sa
     if (*h0 == '[' && h1 > h0 && h1[-1] == ']') h0++, h1--;
     snprintf(host, sizeof host, "%.*s", (int)(h1 - h0), h0);
     snprintf(port, sizeof port, "%s", colon + 1);
+    char *end;
+    long p = strtol(port, &end, 10);
+    if (*end || port[0] < '0' || port[0] > '9' || p > 65535)
+        return moe_fail(MOE_EINVAL, "--http-listen %s: the port must be 0 to 65535", listen);
     struct addrinfo hints = {.ai_flags = AI_PASSIVE | AI_NUMERICSERV, .ai_socktype = SOCK_STREAM};
     struct addrinfo *res = NULL;
     int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
