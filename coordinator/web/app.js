@@ -129,7 +129,7 @@ function drawChart(svg, series, marks, yDigits) {
   y0 -= pad, y1 += pad;
   const sx = (x) => BOX.left + (x - x0) / (x1 - x0) * (BOX.right - BOX.left);
   const sy = (y) => BOX.bottom - (y - y0) / (y1 - y0) * (BOX.bottom - BOX.top);
-  for (const t of niceTicks(y0, y1, 4)) {
+  for (const t of niceTicks(y0, y1, 5)) {
     svg.append(el("svg:line", { class: "grid", x1: BOX.left, x2: BOX.right, y1: sy(t), y2: sy(t) }));
     svg.append(el("svg:text", { x: BOX.left - 6, y: sy(t) + 4, "text-anchor": "end" },
                   t.toFixed(yDigits)));
