@@ -38,19 +38,22 @@ static void cluster_usage(FILE *to, const char *cmd) {
     fprintf(to,
             "usage: moectl cluster up [--workers N | --slots S [--spares N]] [--pods P]\n"
             "                         [--backend tcp|mpi] [--threads N] [--port P]\n"
-            "                         [--tls|--no-tls] [--heartbeat-timeout-ms N] [--dir DIR]\n"
+            "                         [--tls|--no-tls] [--http|--no-http]\n"
+            "                         [--heartbeat-timeout-ms N] [--dir DIR]\n"
             "                         [--data-root DIR ...] [--json]\n"
             "       moectl cluster down [--dir DIR] [--purge]\n"
             "       moectl cluster status [--json]\n"
             "                         " CLIENT_OPTIONS_USAGE "\n"
             "DIR defaults to $MOED_CLUSTER_DIR, else $HOME/.moed/cluster.\n"
             "Jobs read data only beneath the workers' data roots: --data-root (repeatable), by\n"
-            "default /usr/share and the current directory (not when it is / or holds DIR).\n");
+            "default /usr/share and the current directory (not when it is / or holds DIR).\n"
+            "--http: the coordinator also serves /metrics and a live page on a port of its own\n"
+            "(its address in DIR/coordinator.http; docs/operations.md).\n");
 }
 
 enum { UP_WORKERS = 1, UP_PODS = 2, UP_THREADS = 4, UP_PORT = 8, UP_TLS = 16, UP_HEARTBEAT = 32,
-       UP_SLOTS = 64, UP_SPARES = 128, UP_BACKEND = 256, UP_ROOTS = 512 };
-enum { OPT_SLOTS = 0x200, OPT_SPARES, OPT_BACKEND, OPT_DATA_ROOT };
+       UP_SLOTS = 64, UP_SPARES = 128, UP_BACKEND = 256, UP_ROOTS = 512, UP_HTTP = 1024 };
+enum { OPT_SLOTS = 0x200, OPT_SPARES, OPT_BACKEND, OPT_DATA_ROOT, OPT_HTTP, OPT_NO_HTTP };
 
 /* What the flags of `cluster up` ask for; `given` says which were given. */
 struct up_flags {
@@ -117,6 +120,8 @@ static int take_up_option(void *ctx, int c, const char *arg) {
         return EXIT_OK;
     case 'T': w->tls = 1, f->given |= UP_TLS; return EXIT_OK;
     case 'N': w->tls = 0, f->given |= UP_TLS; return EXIT_OK;
+    case OPT_HTTP: w->http = 1, f->given |= UP_HTTP; return EXIT_OK;
+    case OPT_NO_HTTP: w->http = 0, f->given |= UP_HTTP; return EXIT_OK;
     case 'd': f->dir_flag = arg; return EXIT_OK;
     case OPT_DATA_ROOT: return take_data_root(f, arg);
     case 'j': f->json = 1; return EXIT_OK;
@@ -148,6 +153,8 @@ static int cluster_up(int argc, char **argv) {
                                          {"port", required_argument, 0, 'P'},
                                          {"tls", no_argument, 0, 'T'},
                                          {"no-tls", no_argument, 0, 'N'},
+                                         {"http", no_argument, 0, OPT_HTTP},
+                                         {"no-http", no_argument, 0, OPT_NO_HTTP},
                                          {"heartbeat-timeout-ms", required_argument, 0, 'H'},
                                          {"slots", required_argument, 0, OPT_SLOTS},
                                          {"spares", required_argument, 0, OPT_SPARES},
@@ -263,6 +270,7 @@ static const char *shape_conflict(const struct shape *want, int given, const str
     if ((given & UP_SPARES) && want->spares != sh->spares) return "--spares";
     if ((given & UP_BACKEND) && want->mpi != sh->mpi) return "--backend";
     if ((given & UP_TLS) && want->tls != sh->tls) return "--tls";
+    if ((given & UP_HTTP) && want->http != sh->http) return "--http";
     if ((given & UP_HEARTBEAT) && want->heartbeat_timeout_ms != sh->heartbeat_timeout_ms)
         return "--heartbeat-timeout-ms";
     if ((given & UP_ROOTS) && memcmp(want->data_roots, sh->data_roots, sizeof sh->data_roots))
@@ -318,6 +326,7 @@ static int plan_fresh(struct up *u, const struct shape *want, int given) {
     if (given & (UP_SLOTS | UP_SPARES | UP_PODS)) given |= UP_WORKERS; // threads follow
     if (given & UP_PORT) sh->port = want->port;
     if (given & UP_TLS) sh->tls = want->tls;
+    if (given & UP_HTTP) sh->http = want->http;
     if (given & UP_HEARTBEAT) sh->heartbeat_timeout_ms = want->heartbeat_timeout_ms;
     if (given & UP_ROOTS) memcpy(sh->data_roots, want->data_roots, sizeof sh->data_roots);
     if (given & UP_THREADS) {
@@ -333,6 +342,7 @@ static int plan_fresh(struct up *u, const struct shape *want, int given) {
     for (int i = 0; i < u->n_files; i++) unlink(worker_file(path, u->dir, i, ".pid"));
     unlink(in_dir(path, u->dir, "coordinator.pid"));
     unlink(in_dir(path, u->dir, "coordinator.addr"));
+    unlink(in_dir(path, u->dir, "coordinator.http"));
     if (!sh->tls) rm_tree(in_dir(path, u->dir, "tls")); // clients would take its cert as a CA
     return EXIT_OK;
 }
@@ -444,12 +454,15 @@ static int start_coordinator(struct up *u) {
                            "cluster.json; `moectl cluster down --dir %s` and up again",
                            dir, dir);
     char listen[64], store[PATH_CAP], addr_file[PATH_CAP], log[PATH_CAP], hb[32];
+    char http_file[PATH_CAP];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
     snprintf(hb, sizeof hb, "%ld", u->sh.heartbeat_timeout_ms);
     in_dir(store, dir, "coordinator");
     in_dir(addr_file, dir, "coordinator.addr");
     in_dir(log, dir, "coordinator.log");
+    in_dir(http_file, dir, "coordinator.http");
     unlink(addr_file);
+    unlink(http_file);
     const char *args[32];
     int n = 0;
     args[n++] = u->coord_exe;
@@ -464,6 +477,9 @@ static int start_coordinator(struct up *u) {
         args[n++] = "--worker-tls-ca", args[n++] = u->cert;
     }
     if (u->sh.heartbeat_timeout_ms) args[n++] = "--heartbeat-timeout-ms", args[n++] = hb;
+    if (u->sh.http) // a free port: the address file says which (written before coordinator.addr)
+        args[n++] = "--http-listen", args[n++] = "127.0.0.1:0", args[n++] = "--http-addr-file",
+        args[n++] = http_file;
     args[n] = NULL;
     if (spawn(args, log, &u->coord) != MOE_OK ||
         write_pid(in_dir(path, dir, "coordinator.pid"), u->coord) != MOE_OK)
@@ -643,6 +659,16 @@ static int wait_ready(struct up *u, int restart_only) {
 
 /* ---- cluster up: what it says ---- */
 
+/* The live page's address ("" without --http): the coordinator wrote it before serving. */
+static const char *http_url(const struct up *u, char *out, size_t cap) {
+    char path[PATH_CAP], addr[256];
+    out[0] = 0;
+    if (u->sh.http && read_first_line(in_dir(path, u->dir, "coordinator.http"), addr,
+                                      sizeof addr) == 0)
+        snprintf(out, cap, "%s://%s/", u->sh.tls ? "https" : "http", addr);
+    return out;
+}
+
 static void print_up_json(const struct up *u) {
     const struct shape *sh = &u->sh;
     char log[PATH_CAP];
@@ -652,6 +678,9 @@ static void print_up_json(const struct up *u) {
     cJSON_AddStringToObject(j, "client_token_file", u->client_token);
     if (sh->tls) cJSON_AddStringToObject(j, "tls_ca", u->cert);
     else cJSON_AddNullToObject(j, "tls_ca");
+    char url[300];
+    if (http_url(u, url, sizeof url)[0]) cJSON_AddStringToObject(j, "http_url", url);
+    else cJSON_AddNullToObject(j, "http_url");
     cJSON_AddNumberToObject(co, "pid", u->coord);
     cJSON_AddStringToObject(co, "log", in_dir(log, u->dir, "coordinator.log"));
     cJSON_AddBoolToObject(co, "started", u->coord_started);
@@ -720,6 +749,9 @@ static void print_up_text(const struct up *u) {
     for (const char *r = sh->data_roots; *r; r += strlen(r) + 1) printf(" %s", r);
     printf("%s (jobs read data only beneath these)\n", sh->data_roots[0] ? "" : " none");
     if (sh->tls) printf("  TLS          the coordinator's certificate, clients' CA: %s\n", u->cert);
+    char url[300];
+    if (http_url(u, url, sizeof url)[0])
+        printf("  live page    %s#token=<the client token> (Prometheus: %smetrics)\n", url, url);
     char def[PATH_MAX];
     if (client_cluster_dir(NULL, def, sizeof def) == MOE_OK && strcmp(def, dir) == 0)
         printf("use it:   moectl submit SPEC; moectl jobs; moectl watch JOB\n"
@@ -993,6 +1025,17 @@ static void print_cluster(const Moed__V1__ClusterStatus *cs, const char *target)
     if (cs->n_pods) print_pods(cs);
 }
 
+/* A local cluster's HTTP port (cluster up --http), where its directory records one. */
+static void print_http(const char *dir_flag) {
+    char dir[PATH_MAX], path[PATH_CAP], addr[256];
+    struct shape sh;
+    if (client_cluster_dir(dir_flag, dir, sizeof dir) != MOE_OK || !read_shape(dir, &sh) ||
+        !sh.http || read_first_line(in_dir(path, dir, "coordinator.http"), addr, sizeof addr))
+        return;
+    printf("\nlive page %s://%s/#token=<the client token>; Prometheus: /metrics there\n",
+           sh.tls ? "https" : "http", addr);
+}
+
 static int cluster_status(int argc, char **argv) {
     static const struct option opts[] = {CLIENT_LONG_OPTIONS,
                                          {"dir", required_argument, 0, OPT_CLUSTER_DIR},
@@ -1012,6 +1055,7 @@ static int cluster_status(int argc, char **argv) {
                              0);
     if (!code && a.json) client_print_json(reply);
     else if (!code) print_cluster((const Moed__V1__ClusterStatus *)reply, cl.target);
+    if (!code && !a.json && !a.conn.coordinator) print_http(a.conn.cluster_dir);
     if (reply) protobuf_c_message_free_unpacked(reply, NULL);
     client_close(&cl);
     return code;

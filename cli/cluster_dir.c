@@ -148,6 +148,7 @@ int read_shape(const char *dir, struct shape *sh) {
     if ((v = cJSON_GetObjectItem(j, "heartbeat_timeout_ms")) && cJSON_IsNumber(v))
         sh->heartbeat_timeout_ms = (long)v->valuedouble;
     sh->tls = cJSON_IsTrue(cJSON_GetObjectItem(j, "tls"));
+    sh->http = cJSON_IsTrue(cJSON_GetObjectItem(j, "http"));
     if ((v = cJSON_GetObjectItem(j, "address")) && cJSON_IsString(v))
         snprintf(sh->address, sizeof sh->address, "%s", v->valuestring);
     if ((v = cJSON_GetObjectItem(j, "data_roots")) && cJSON_IsArray(v)) read_roots(v, sh);
@@ -164,6 +165,7 @@ moe_status write_shape(const char *dir, const struct shape *sh) {
     cJSON_AddNumberToObject(j, "spares", sh->spares);
     cJSON_AddStringToObject(j, "backend", sh->mpi ? "mpi" : "tcp");
     cJSON_AddBoolToObject(j, "tls", sh->tls);
+    cJSON_AddBoolToObject(j, "http", sh->http);
     cJSON_AddNumberToObject(j, "port", sh->port);
     cJSON_AddNumberToObject(j, "heartbeat_timeout_ms", (double)sh->heartbeat_timeout_ms);
     cJSON_AddStringToObject(j, "address", sh->address);

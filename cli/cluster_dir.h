@@ -11,6 +11,7 @@
  *   coordinator/                  the coordinator's RocksDB: jobs survive `cluster down`
  *   coordinator.{addr,pid,log}    where it listens ("host:port", written by the coordinator
  *                                 once it serves), its pid, its output
+ *   coordinator.http              with --http: where its HTTP port listens ("host:port")
  *   worker-<i>.{pid,log}          worker i's pid and output; worker-<i>/ its scratch directory
  *   mpirun-<p>.{pid,log}          --backend mpi: the mpirun that launched pod p's workers
  *   tls/{cert,key}.pem            with --tls: a self-signed certificate for 127.0.0.1, which
@@ -44,6 +45,7 @@ struct shape {
     int mpi;                  // --backend mpi: each pod's S workers are one mpirun job
     int port;                 // asked for (0: pick)
     long heartbeat_timeout_ms; // 0: the coordinator's default
+    int http;                 // --http: the coordinator serves /metrics and the live page
     char address[256];        // where the coordinator listened last
     char data_roots[4096];    // the workers' --data-root directories, absolute: a knob list
                               // (common/knobs.h: NUL-separated, "" after the last); "" none yet

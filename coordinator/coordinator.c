@@ -8,6 +8,8 @@
 #include "../common/fileio.h"
 #include "../common/log.h"
 #include "handlers/handlers.h"
+#include "handlers/http.h"
+#include "handlers/metrics.h"
 #include "policy/faults.h"
 #include "policy/membership.h"
 #include "policy/recovery.h"
@@ -60,6 +62,16 @@ const struct knob coordinator_knobs[] = {
      "it ended; 0 keeps ended jobs until `moectl delete`"},
     {"max-finished-jobs", NULL, KNOB_LONG, CFG(max_finished_jobs), XSTR(COORD_MAX_FINISHED_JOBS),
      0, 1e9, NULL, "N", "keep at most N ended jobs, deleting the oldest beyond that; 0: no limit"},
+    {"http-listen", NULL, KNOB_STR, CFG(http_listen), "", 0, 0, NULL, "HOST:PORT",
+     "serve /metrics (Prometheus) and the live page over HTTP here; port 0 picks a free one; "
+     "off when not given (docs/operations.md)"},
+    {"http-addr-file", NULL, KNOB_STR, CFG(http_addr_file), "", 0, 0, NULL, "FILE",
+     "write the HTTP port's bound address here once serving"},
+    {"http-open", NULL, KNOB_BOOL, CFG(http_open), "", 0, 0, NULL, NULL,
+     "let /metrics be scraped without the client token (the page's data still needs it)"},
+    {"metrics-ended-jobs", NULL, KNOB_LONG, CFG(metrics_ended_jobs),
+     XSTR(COORD_METRICS_ENDED_JOBS), 0, 10000, NULL, "N",
+     "/metrics shows the active jobs and the N most recently ended"},
     {"log-level", "MOE_LOG_LEVEL", KNOB_CHOICE, CFG(log_level), "info", 0, 0,
      "debug|info|warn|error|off", NULL, "how much to log"},
 };
@@ -143,7 +155,10 @@ static moe_status serve(struct coordinator *co, uv_loop_t *loop) {
         .cluster_token = cfg->cluster_token,
         .identify = workers_identify, // workers' own credentials (state/workers.c)
         .role = "coordinator",
+        .on_done = rpc_stats_on_done, // counted for /metrics
     };
+    co->rpc_stats = rpc_stats_new(coordinator_methods, coordinator_n_methods);
+    if (!co->rpc_stats) return moe_fail(MOE_ENOMEM, "out of memory");
     int port = 0;
     CHECK(rpc_server_start(&co->server, co->pump, &sc, coordinator_methods, coordinator_n_methods,
                            co, &port));
@@ -154,6 +169,8 @@ static moe_status serve(struct coordinator *co, uv_loop_t *loop) {
     if (!strcmp(host, "0.0.0.0") || !strcmp(host, "[::]") || !host[0])
         snprintf(host, sizeof host, "127.0.0.1");
     snprintf(co->address, sizeof co->address, "%s:%d", host, port);
+    /* the HTTP port first: once the address file is there, all of the coordinator serves */
+    if (cfg->http_listen[0]) CHECK(http_service_start(co));
     if (cfg->addr_file[0]) {
         char line[200];
         int n = snprintf(line, sizeof line, "%s\n", co->address);
@@ -207,6 +224,8 @@ static void pump_stopped(void *arg) {
     workers_free(co);
     store_close(co->store);
     co->store = NULL;
+    rpc_stats_free(co->rpc_stats);
+    co->rpc_stats = NULL;
     LOG_INFO("stopped");
 }
 
@@ -221,5 +240,6 @@ void coordinator_stop(struct coordinator *co) {
     uv_close((uv_handle_t *)&co->monitor, NULL);
     uv_close((uv_handle_t *)&co->sig_term, NULL);
     uv_close((uv_handle_t *)&co->sig_int, NULL);
+    http_service_stop(co); // before the tables its requests read go
     rpc_server_shutdown(co->server, server_stopped, co);
 }

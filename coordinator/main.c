@@ -6,8 +6,9 @@
  * Every flag is a row of coordinator_knobs (coordinator.c), from which --help is printed.
  * Heartbeats: every 500 ms by default (told to the workers); a worker silent for 2000 ms is
  * dead, which starts a recovery of a recoverable mesh (docs/recovery.md).
+ * --http-listen HOST:PORT adds the HTTP port: /metrics and the live page (handlers/http.h).
  * Exit codes: 0 after SIGTERM/SIGINT (or --help); 1 when it cannot start (store locked or
- * unreadable, address in use, unreadable token file); 2 bad flags.
+ * unreadable, address in use, unreadable token or TLS file); 2 bad flags.
  */
 #include "../common/log.h"
 #include "coordinator.h"
@@ -30,6 +31,8 @@ static const char *bad_combination(const struct coordinator_config *cfg, char *w
         snprintf(why, cap, "--dir is required (where jobs are stored)");
     else if (!!cfg->tls_cert[0] != !!cfg->tls_key[0])
         snprintf(why, cap, "--tls-cert and --tls-key go together");
+    else if (!cfg->http_listen[0] && (cfg->http_addr_file[0] || cfg->http_open))
+        snprintf(why, cap, "--http-addr-file and --http-open go with --http-listen");
     else if (cfg->heartbeat_timeout_ms < 2 * cfg->heartbeat_interval_ms)
         snprintf(why, cap, "--heartbeat-timeout-ms (%ld) must be at least twice "
                  "--heartbeat-interval-ms (%ld)", cfg->heartbeat_timeout_ms,

@@ -25,6 +25,10 @@ pkgs=(
   libcairo2-dev                      # moectl plot: SVG and PNG drawing
   fonts-dejavu-core                  # moectl plot: the font of its labels
   python3-pil                        # tests: reading the PNG that moectl plot draws
+  libmicrohttpd-dev                  # the coordinator's HTTP port: /metrics and the live page
+  prometheus                         # tests: a real Prometheus server scrapes the coordinator
+  chromium chromium-driver           # tests: the live page in a headless browser
+  python3-selenium                   #   driven through chromedriver
 )
 
 missing=()

@@ -771,6 +771,9 @@ struct rpc_call {
     int cancelled;     // the client went away or a send failed (loop thread only)
     int close_cancelled; // written by gRPC's threads when the close op finishes; read only
                          // once its completion reaches the loop (stream_closed)
+    int method_index;  // in srv->methods; -1: unknown (for on_done)
+    uint64_t arrived_ns; // uv_hrtime when it arrived
+    int counted;       // on_done has run
     struct call_tag close_tag, send_tag, status_tag, unary_tag;
     /* streaming */
     grpc_byte_buffer **queue;
@@ -795,6 +798,7 @@ struct rpc_server {
     void *ctx;
     char *client_token, *cluster_token;
     rpc_identify_fn identify;
+    void (*on_done)(void *ctx, int method, grpc_status_code code, double seconds);
     /* refusals, one rate limit per method and kind (REFUSE_*); [n_methods] for unknown ones */
     struct moe_log_limit *limits;
     char role[32];
@@ -821,6 +825,14 @@ static struct moe_log_limit *refusal_limit(struct rpc_server *srv, const struct 
 
 static void slot_arm(struct request_slot *s);
 static void server_maybe_destroy(struct rpc_server *srv);
+
+/* The server's on_done, once per call. */
+static void call_count(struct rpc_call *c, grpc_status_code code) {
+    if (c->counted || !c->srv->on_done) return;
+    c->counted = 1;
+    c->srv->on_done(c->srv->ctx, c->method_index, code,
+                    (double)(uv_hrtime() - c->arrived_ns) / 1e9);
+}
 
 static void call_release(struct rpc_call *c) {
     if (--c->refs > 0) return;
@@ -861,6 +873,7 @@ static void send_unary(struct rpc_call *c, grpc_byte_buffer *bb, grpc_status_cod
     ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     ops[n++].data.recv_close_on_server.cancelled = &c->close_cancelled;
     c->answered = 1;
+    call_count(c, code);
     c->unary_tag.tag.fn = unary_done;
     c->unary_tag.call = c;
     c->refs++;
@@ -922,6 +935,7 @@ static void stream_closed(struct rpc_tag *tag, int ok) {
     for (size_t i = 0; i < c->q_len; i++)
         grpc_byte_buffer_destroy(c->queue[(c->q_head + i) % c->q_cap]);
     c->q_len = 0;
+    call_count(c, c->status_sent ? c->fin_code : GRPC_STATUS_CANCELLED);
     if (c->on_close) {
         void (*cb)(struct rpc_call *, void *) = c->on_close;
         c->on_close = NULL;
@@ -992,6 +1006,7 @@ static void stream_pump(struct rpc_call *c) {
     ops[n].data.send_status_from_server.status = c->fin_code;
     ops[n++].data.send_status_from_server.status_details = &det;
     c->status_sent = 1;
+    call_count(c, c->fin_code);
     c->status_tag.tag.fn = stream_status_sent;
     c->status_tag.call = c;
     c->refs++;
@@ -1131,6 +1146,8 @@ static struct rpc_call *call_new(struct rpc_server *srv, grpc_call *gc) {
     snprintf(c->peer, sizeof c->peer, "%s", peer ? peer : "?");
     gpr_free(peer);
     c->refs = 1; // the handler's (or the stream owner's) reference
+    c->method_index = -1;
+    c->arrived_ns = uv_hrtime();
     c->next = srv->calls;
     if (srv->calls) srv->calls->prev = c;
     srv->calls = c;
@@ -1146,6 +1163,7 @@ static void handle_call(struct rpc_server *srv, struct request_slot *s) {
         return;
     }
     c->method = m;
+    c->method_index = s->method;
     c->path = m->path;
     ProtobufCMessage *req = NULL;
     const ProtobufCFieldDescriptor *bad;
@@ -1314,6 +1332,7 @@ moe_status rpc_server_start(struct rpc_server **out, struct rpc_pump *pump,
     srv->client_token = cfg->client_token ? strdup(cfg->client_token) : NULL;
     srv->cluster_token = cfg->cluster_token ? strdup(cfg->cluster_token) : NULL;
     srv->identify = cfg->identify;
+    srv->on_done = cfg->on_done;
     snprintf(srv->role, sizeof srv->role, "%s", cfg->role ? cfg->role : "server");
     srv->handles = calloc((size_t)n_methods, sizeof *srv->handles);
     srv->limits = calloc((size_t)(n_methods + 1) * REFUSE_KINDS, sizeof *srv->limits);

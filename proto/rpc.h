@@ -93,6 +93,11 @@ struct rpc_server_config {
     const char *cluster_token;       // required by RPC_AUTH_CLUSTER methods
     rpc_identify_fn identify;        // RPC_AUTH_IDENTITY (and CLUSTER) credentials; NULL: none
     const char *role;                // for log lines: "coordinator", "worker"
+    /* Runs on the loop thread once per call as its status goes out, or as a stream ends
+     * without one (CANCELLED): the index of its method in `methods` (-1: an unknown method),
+     * the code, and the seconds since the call arrived (a stream's whole life). For counting
+     * (the coordinator's /metrics); it must not touch the call. NULL: none. */
+    void (*on_done)(void *ctx, int method, grpc_status_code code, double seconds);
 };
 
 /* Binds, registers `methods` (the array must outlive the server) and starts serving.

@@ -8,6 +8,7 @@
  *   jobs_service.c     Jobs and Status: what clients call (moectl, stock gRPC clients)
  *   cluster_service.c  Cluster: what workers call
  *   services.c         the method table: path, request type, stream or not, which token
+ * The HTTP port's handlers (metrics, the live page) are in http.h and metrics.h.
  * Never: decides anything a policy decides, keeps state of its own (a stream's cursor aside),
  * exits or aborts: a bad request gets a status naming what is wrong.
  */

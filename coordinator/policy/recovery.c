@@ -667,10 +667,12 @@ static void recovered(struct coordinator *co, struct job *j) {
                  r->max_transfer_s, r->max_connect_s, (double)(now - r->signal_ms) / 1000.0,
                  (unsigned long long)r->bytes);
     if (j->restore_step > j->committed_step) j->committed_step = j->restore_step;
-    if (move)
+    if (move) {
         j->moves++;
-    else
+    } else {
         j->recoveries++;
+        histogram_observe(&j->recovery_seconds, (double)(now - r->signal_ms) / 1000.0);
+    }
     /* a move that did not happen as one (a fault, a refusal) is not tried again at once: a
      * worker that is idle but cannot take the slot must not cost a fence every pass */
     if (r->asked_move && !move) j->next_move_ms = now + MOVE_RETRY_MS;

@@ -23,6 +23,7 @@
 #ifndef MOE_COORD_JOBS_H
 #define MOE_COORD_JOBS_H
 
+#include "histogram.h"
 #include "recovery_state.h"
 #include "state.h"
 
@@ -89,6 +90,8 @@ struct job {
                                //   random at admission, never in JobInfo
     /* not persisted */
     struct recovery *rec;      // the recovery this process drives (NULL: none)
+    struct histogram recovery_seconds; // first signal to every slot back, of each recovery
+                               //   this process saw end (/metrics)
     struct replica_hash *hashes; // (pods * slots) the latest state hash each slot reported
     uint64_t replica_matches;  // hash comparisons that agreed
     int replica_verified;      // the first agreement has been announced (event replica_check)

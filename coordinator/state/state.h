@@ -4,6 +4,7 @@
  *
  * coordinator/ is three layers that only call downward, one folder each:
  *   handlers/  the RPC handlers: decode a request, call one policy, answer. Nothing else.
+ *              Also the optional HTTP port (http.h): /metrics and the live page, read-only.
  *   policy/    every decision: admitting and binding jobs (schedule.c, placement.c), what a
  *              worker's registration and heartbeats mean (membership.c), what its reports mean
  *              (reports.c), whether a lost slot is recovered or fails its job (faults.c), how a
@@ -11,7 +12,8 @@
  *   state/     the tables and their durable record: jobs and their state machine (jobs.c,
  *              transitions.c), workers (workers.c), events and watchers (events.c), uploaded
  *              models (models.c), RocksDB (store.c), and the calls that go out to workers
- *              (worker_calls.c). State records decisions; it never makes one.
+ *              (worker_calls.c), durations counted for /metrics (histogram.c). State
+ *              records decisions; it never makes one.
  * The process around them (coordinator.c: start, the monitor's tick, stop; main.c: flags) sits
  * on top. docs/architecture.md walks one step through these files.
  *
@@ -48,6 +50,11 @@ struct coordinator_config {
     long job_retention_s;         // an ended job is deleted this long after it ended (0: kept)
     long max_finished_jobs;       // the oldest ended jobs beyond this many are deleted (0: all)
     int log_level;                // enum moe_log_level
+    /* the HTTP port (handlers/http_service.c): /metrics and the live page; off when "" */
+    char http_listen[160];        // --http-listen HOST:PORT, port 0 picks a free one
+    char http_addr_file[1024];    // --http-addr-file: its bound address is written here
+    int http_open;                // --http-open: /metrics is served without the client token
+    long metrics_ended_jobs;      // --metrics-ended-jobs: ended jobs /metrics still shows
 };
 
 /* Defaults (docs/operations.md): a dead worker is noticed within 2 s, and the check keeps
@@ -59,11 +66,14 @@ struct coordinator_config {
  * (what keeps the tables, and every page of ListJobs, bounded). */
 #define COORD_JOB_RETENTION_S 604800 // 7 days
 #define COORD_MAX_FINISHED_JOBS 10000
+#define COORD_METRICS_ENDED_JOBS 20 // the most recently ended jobs /metrics shows
 
 #define DATA_ADDR_MAX 300 // a worker's data-plane address (worker/comm COMM_ADDR_MAX)
 
 struct job;    // jobs.h
 struct worker; // workers.h
+struct http_service; // handlers/http_service.c
+struct rpc_stats;    // handlers/metrics.c
 
 struct coordinator {
     struct coordinator_config cfg;
@@ -85,6 +95,9 @@ struct coordinator {
     int stopping;
     uint64_t steps_reported;   // step reports handled since start (the bench reads it)
     uint64_t recovery_calls;   // numbers the rounds of recovery calls (stale replies are dropped)
+    struct http_service *http; // the HTTP port, when --http-listen asks for one
+    char http_address[160];    //   host:port it bound
+    struct rpc_stats *rpc_stats; // the server's calls by method and code (/metrics)
 };
 
 /* The meta record: the id counters and the cluster id. */
