@@ -130,6 +130,25 @@ static void moe_acts_of(struct moe_acts *m, const struct acts *a, const struct m
 
 /* ---- allocation and initialisation ---- */
 
+double model_bytes_needed(const struct model_config *cfg, int B_max, int n_local) {
+    double L = cfg->n_layers, params = 0;
+    for (int i = 0; i < MODEL_NUM_TENSORS; i++) {
+        struct model_tensor_info ti;
+        model_tensor_info(cfg, i, &ti);
+        if (model_tensor_is_expert(i)) ti.dims[0] = n_local;
+        params += (double)ti.dims[0] * ti.dims[1] * ti.dims[2] * (ti.per_layer ? L : 1);
+    }
+    /* the activations' largest terms, in doubles first: acts_carve counts in size_t */
+    double N = (double)B_max * cfg->seq_len, C = cfg->d_model, K = cfg->top_k;
+    double rough = L * N * (12 * C + 3 * K * (C + cfg->d_ff) + 4 * cfg->n_experts +
+                            (double)cfg->n_heads * cfg->seq_len) + N * cfg->vocab;
+    if (!(rough < 1e15)) return rough * sizeof(real);
+    struct acts a;
+    size_t n_int;
+    size_t acts = acts_carve(&a, NULL, NULL, cfg, B_max, &n_int);
+    return (4 * params + (double)acts) * sizeof(real) + (double)n_int * sizeof(int);
+}
+
 int model_alloc(struct model *m, const struct model_config *cfg, int B_max) {
     return model_alloc_experts(m, cfg, B_max, 0, cfg->n_experts);
 }

@@ -127,6 +127,11 @@ int model_alloc(struct model *m, const struct model_config *cfg, int B_max);
 int model_alloc_experts(struct model *m, const struct model_config *cfg, int B_max, int expert_lo,
                         int n_local);
 
+/* Bytes that model_alloc_experts would take for n_local experts and micro-batch B_max: the
+ * parameter, gradient and two moment arenas and the activations. A double, so that an absurd
+ * configuration reads as a huge number (or infinity) instead of wrapping around. */
+double model_bytes_needed(const struct model_config *cfg, int B_max, int n_local);
+
 /* Tensors 4..6 (gate, up, down) are the experts': (L, E, ...) with E the local count. */
 static inline int model_tensor_is_expert(int i) { return i >= 4 && i <= 6; }
 

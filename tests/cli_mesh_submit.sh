@@ -147,6 +147,18 @@ else
   echo "skip RunSlot checks: no python3-grpcio, python3-protobuf or protoc"
 fi
 
+# a valid spec whose model is far bigger than a worker's memory: each worker refuses it at
+# RunSlot, naming what it needs and its limit, and stays idle (nothing is allocated)
+job=$("$moectl" submit "$tmp/mesh.yaml" --set mesh.slots=2 --set model.d_model=65536 \
+  --set model.layers=1024 --set model.d_ff=1048576)
+wait_until 60 '[ "$(state_of "$job")" = JOB_FAILED ]'
+why=$("$moectl" status "$job" --json 2>/dev/null | json 'd["job"]["error"]')
+check "a model bigger than the workers' memory FAILS at RunSlot ($why)" \
+  '[ "$(state_of "$job")" = JOB_FAILED ] && [[ "$why" == *"needs at least"*"--memory-limit-mb"* ]]'
+wait_until 30 '[ "$("$moectl" cluster status --json | json "sum(w[\"state\"] == \"WORKER_IDLE\" for w in d[\"workers\"])")" = 2 ]'
+check "... and both workers are idle again" \
+  '[ "$("$moectl" cluster status --json | json "sum(w[\"state\"] == \"WORKER_IDLE\" for w in d[\"workers\"])")" = 2 ]'
+
 # still serving: a 1 x 2 mesh fits, runs and ends
 job=$("$moectl" submit "$tmp/mesh.yaml" --set mesh.slots=2)
 check "the coordinator still serves: a 1 x 2 job is accepted" '[[ "$job" =~ ^job-[0-9]+$ ]]'
@@ -154,7 +166,7 @@ timeout 120 "$moectl" watch "$job" >"$tmp/watch.out" 2>&1
 rc=$?
 check "... and succeeds (trainer_open_slot and the data plane)" '[ $rc -eq 0 ]'
 [ $rc -eq 0 ] || { tail -n 5 "$tmp/watch.out"; }
-check "only that job was stored" '[ "$(n_jobs)" = 1 ]'
+check "only that job and the one too big for the workers were stored" '[ "$(n_jobs)" = 2 ]'
 
 "$moectl" cluster down --dir "$cdir" >/dev/null
 check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'

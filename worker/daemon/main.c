@@ -69,6 +69,10 @@ static const struct knob knobs[] = {
     {"data-root", "MOED_DATA_ROOTS", KNOB_LIST, AT(data_roots), "", 0, 0, NULL, "DIR",
      "a directory whose files jobs may train on: every data.sources path must lie beneath one "
      "(symlinks may not leave it); without any, the worker refuses every data source"},
+    {"memory-limit-mb", "MOED_MEMORY_LIMIT_MB", KNOB_LONG, AT(memory_limit_mb), "0", 0,
+     1L << 40, NULL, "MB",
+     "refuse a slot whose model, gradients, optimizer moments and activations need more than "
+     "this; 0: 90% of this host's physical memory"},
     {"log-level", "MOE_LOG_LEVEL", KNOB_CHOICE, AT(log_level), "info", 0, 0,
      "debug|info|warn|error|off", NULL, "how much to log to stderr"},
     {NULL, "TMPDIR", KNOB_STR, AT(tmpdir), "/tmp", 0, 0, NULL, "DIR",

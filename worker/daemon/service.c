@@ -27,8 +27,10 @@
 #include "../../proto/methods.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int worker_identify(void *ctx, const char *cred, size_t len, char out[RPC_IDENTITY_MAX]) {
     struct worker *w = ctx;
@@ -357,6 +359,35 @@ static int check_data(struct rpc_call *call, const struct worker *w, const struc
     return 1;
 }
 
+/* This worker's memory budget in bytes: --memory-limit-mb, or 90% of physical memory. */
+static double memory_budget(const struct worker *w) {
+    if (w->cfg.memory_limit_mb > 0) return (double)w->cfg.memory_limit_mb * (1 << 20);
+    double pages = (double)sysconf(_SC_PHYS_PAGES), page = (double)sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? 0.9 * pages * page : INFINITY;
+}
+
+/* What the slot's model takes at least (its share of the experts, the smallest micro-batch
+ * it can run): more than the budget fails the job now, naming the fields, instead of letting
+ * one spec take the host's memory. Returns 1 after failing the call. */
+static int check_memory(struct rpc_call *call, const struct worker *w, const struct job *j,
+                        const Moed__V1__RunSlotRequest *req) {
+    const struct job_spec *sp = &j->spec;
+    int shards = sp->mesh.pods * sp->mesh.slots;
+    int n_local = sp->mesh.slots > 1 ? sp->model.n_experts / sp->mesh.slots : sp->model.n_experts;
+    int M = sp->run.micro_batch > 0 ? sp->run.micro_batch : sp->run.batch_size / shards;
+    double need = model_bytes_needed(&sp->model, M > 0 ? M : 1, n_local);
+    double budget = memory_budget(w);
+    if (need <= budget) return 0;
+    rpc_refuse(call, GRPC_STATUS_INVALID_ARGUMENT,
+               "%s: slot (%d, %d) needs at least %.3g GiB (model.d_model %d, model.layers %d, "
+               "model.d_ff %d, %d of model.experts, micro-batch %d x model.seq_len %d), more "
+               "than this worker's memory limit of %.3g GiB (--memory-limit-mb)",
+               req->job_id, req->pod, req->slot, need / (1 << 30), sp->model.d_model,
+               sp->model.n_layers, sp->model.d_ff, n_local, M, sp->model.seq_len,
+               budget / (1 << 30));
+    return 1;
+}
+
 /* A new job's slot from a checked request, with its first epoch's binding adopted; NULL after
  * failing the call. */
 static struct job *job_of(struct rpc_call *call, struct worker *w,
@@ -371,7 +402,8 @@ static struct job *job_of(struct rpc_call *call, struct worker *w,
     uv_mutex_init(&j->ep_mu);
     uv_cond_init(&j->ep_cv);
     spec_defaults(&j->spec);
-    if (check_spec(call, j, req) || check_data(call, w, j, req)) {
+    if (check_spec(call, j, req) || check_memory(call, w, j, req) ||
+        check_data(call, w, j, req)) {
         job_free(j);
         return NULL;
     }

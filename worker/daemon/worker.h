@@ -76,6 +76,7 @@ struct worker_config {
     char data_listen[COMM_ADDR_MAX]; // the data-plane listener, default 127.0.0.1:0
     int mpi;                      // --mpi: initialise MPI (also when OMPI_COMM_WORLD_RANK is set)
     char data_roots[8192];        // --data-root (repeatable): a knob list (common/knobs.h)
+    long memory_limit_mb;         // a slot needing more is refused (0: 90% of physical memory)
     int log_level;                // enum moe_log_level
     struct rpc_tls tls;           // ca_file (tls_ca) only: for calls to the coordinator
     struct rpc_tls serve_tls;     // cert_file + key_file: for the Worker service
@@ -142,7 +143,6 @@ struct worker {
     uv_loop_t *loop;
     struct worker_config cfg;
     char token[WORKER_TOKEN_MAX]; // the cluster token: only for registering as a new worker
-                                  // (and the data plane's handshake)
     char operator_token[WORKER_CREDENTIAL_MAX]; // made at start, written to the scratch
                                   // directory: what InjectFault needs (moectl chaos)
     char address[300];            // where our Worker service listens, as registered
