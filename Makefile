@@ -9,12 +9,15 @@ JOBS       ?= $(shell nproc)
 MAKEFLAGS  += --no-print-directory
 DEMO_OUT   ?= out/demo
 
-.PHONY: all deps build asan demo check test test-asan bench clean
+.PHONY: all deps test-deps build asan demo check test test-asan bench clean
 
 all: build
 
 deps:
 	@bash deploy/install-deps.sh
+
+test-deps:
+	@bash deploy/install-deps.sh --tests
 
 build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DMOE_WERROR=ON >/dev/null
@@ -31,11 +34,11 @@ demo: build
 # exists; nothing on a CPU machine runs them), and runs every test except those labelled
 # "slow" (full training runs, which the release build covers and which only repeat the same
 # code paths more times).
-check: build asan
+check: test-deps build asan
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -LE slow
 
-test: build
+test: test-deps build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 bench: build

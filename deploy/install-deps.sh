@@ -2,6 +2,9 @@
 # Installs whatever moed needs that this Debian 12 machine lacks (apt-get; via sudo when not
 # root). Safe to run often: it checks with dpkg first and touches apt only when something is
 # missing. CUDA is optional and never installed here: the build uses nvcc when it finds one.
+#   install-deps.sh           what building and running moed needs (make demo)
+#   install-deps.sh --tests   and what the tests need besides (make check): a Prometheus
+#                             server, a headless browser, Python's gRPC, ...
 set -euo pipefail
 
 pkgs=(
@@ -10,26 +13,29 @@ pkgs=(
   libcjson-dev                       # JSON: safetensors headers, config files
   libyaml-dev                        # YAML (and JSON) job specs
   fortunes                           # the demo's English corpus (/usr/share/games/fortunes)
-  python3-numpy                      # tests: an independent NumPy implementation of the model
   libgrpc-dev                        # gRPC C core: every RPC between the processes
   libprotobuf-c-dev                  # protobuf-c runtime for the generated messages
   protobuf-c-compiler                # protoc-c: proto/*.proto to C at build time
   libuv1-dev                         # the daemons' event loops and timers
   librocksdb-dev                     # the coordinator's durable job store
   libssl-dev                         # libcrypto: SHA-256 of model transfers
-  openssl                            # tests: self-signed certificates for the TLS checks
-  python3-grpcio                     # tests: a stock gRPC client that is not part of moed
-  python3-protobuf                   # tests: its messages, generated from proto/moed.proto
-  protobuf-compiler                  # tests: protoc --python_out for that client
+  openssl                            # self-signed certificates (moectl cluster up --tls)
   libopenmpi-dev openmpi-bin         # the mpi data-plane backend (a pod = one mpirun job)
   libcairo2-dev                      # moectl plot: SVG and PNG drawing
   fonts-dejavu-core                  # moectl plot: the font of its labels
-  python3-pil                        # tests: reading the PNG that moectl plot draws
   libmicrohttpd-dev                  # the coordinator's HTTP port: /metrics and the live page
-  prometheus                         # tests: a real Prometheus server scrapes the coordinator
-  chromium chromium-driver           # tests: the live page in a headless browser
+)
+test_pkgs=(
+  python3-numpy                      # an independent NumPy implementation of the model
+  python3-grpcio                     # a stock gRPC client that is not part of moed
+  python3-protobuf                   # its messages, generated from proto/moed.proto
+  protobuf-compiler                  # protoc --python_out for that client
+  python3-pil                        # reading the PNG that moectl plot draws
+  prometheus                         # a real Prometheus server scrapes the coordinator
+  chromium chromium-driver           # the live page in a headless browser
   python3-selenium                   #   driven through chromedriver
 )
+[ "${1:-}" = --tests ] && pkgs+=("${test_pkgs[@]}")
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -45,3 +51,9 @@ fi
 echo "install-deps: installing ${missing[*]}" >&2
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# the prometheus package starts a system-wide server on :9090 where systemd runs; the tests
+# start their own on 127.0.0.1, so that one is stopped and left disabled
+if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null &&
+   systemctl is-system-running >/dev/null 2>&1; then
+  $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
