@@ -1,5 +1,6 @@
 /*
- * jobs.c — moectl's job commands: submit, jobs, status, watch, cancel, delete, fetch, steps.
+ * jobs.c — moectl's job commands: submit, jobs, status, watch, cancel, delete, fetch, steps,
+ * events.
  *
  * Owns: turning a spec file and its overrides into a SubmitJob request, and showing the Jobs
  * service's answers to a person (tables, a live progress line, the mesh's slot table) or to a
@@ -46,6 +47,7 @@ static void job_usage(FILE *to, const char *cmd) {
         {"delete", "JOB [--json]"},
         {"fetch", "JOB -o FILE [--json]"},
         {"steps", "JOB [--from STEP] [--json]"},
+        {"events", "JOB [--page-size N] [--json]"},
     };
     for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++)
         if (strcmp(forms[i].cmd, cmd) == 0)
@@ -986,6 +988,67 @@ int cmd_steps(int argc, char **argv) {
         size_t n = r->n_steps;
         protobuf_c_message_free_unpacked(reply, NULL);
         if (!n) break;
+    }
+    fflush(stdout);
+    client_close(&cl);
+    return code;
+}
+
+/* ---- events: the whole history ---- */
+
+static int take_page_size(void *ctx, int c, const char *arg) {
+    if (c != 'p') return -1;
+    return moectl_parse_int(arg, "--page-size", 1, 10000, ctx);
+}
+
+/* One event: "0  2025-06-01 12:00:03  submitted  job-2 'tiny' ...". */
+static void print_event_line(const Moed__V1__Event *e) {
+    time_t t = (time_t)(e->unix_ms / 1000);
+    struct tm tm;
+    char when[32];
+    localtime_r(&t, &tm);
+    strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
+    printf("%-5lld %s  %-16s %s\n", (long long)e->seq, when, e->kind, e->message);
+}
+
+/* Every stored event of a job, ListEvents page after page (GetJob has only the latest). */
+int cmd_events(int argc, char **argv) {
+    static const struct option opts[] = {{"page-size", required_argument, 0, 'p'},
+                                         {0, 0, 0, 0}};
+    long long page_size = 0; // 0: the coordinator's
+    struct job_args a = {.extra = opts, .shorts = "p:", .take_extra = take_page_size,
+                         .ctx = &page_size};
+    int code;
+    if (!parse_args(argc, argv, &a, 1, &code)) return code;
+    const char *id = argv[optind];
+    if ((code = client_need_job_id(id))) return code;
+    struct client cl;
+    if ((code = client_open(&cl, &a.common.conn))) return code;
+    if (!a.common.json) printf("%-5s %-20s %-16s %s\n", "SEQ", "TIME", "KIND", "MESSAGE");
+    for (int64_t from = 0;;) { // pages until an empty one
+        Moed__V1__ListEventsRequest req = MOED__V1__LIST_EVENTS_REQUEST__INIT;
+        req.job_id = (char *)id;
+        req.from_seq = from;
+        req.max_events = (int32_t)page_size;
+        ProtobufCMessage *reply = NULL;
+        if ((code = client_call(&cl, RPC_JOBS_LIST_EVENTS, &req.base,
+                                &moed__v1__list_events_response__descriptor, &reply, NULL)))
+            break;
+        const Moed__V1__ListEventsResponse *r = (const Moed__V1__ListEventsResponse *)reply;
+        for (size_t i = 0; i < r->n_events; i++) {
+            if (a.common.json) client_print_json(&r->events[i]->base);
+            else print_event_line(r->events[i]);
+        }
+        size_t n = r->n_events;
+        int ahead = r->next_seq > from; // a reply that does not move on would loop for ever
+        from = r->next_seq;
+        protobuf_c_message_free_unpacked(reply, NULL);
+        if (!n) break;
+        if (!ahead) {
+            code = moectl_fail(EXIT_RUN_FAILED, "events: the coordinator's next_seq %lld does "
+                               "not move past %lld", (long long)from, (long long)req.from_seq);
+            break;
+        }
     }
     fflush(stdout);
     client_close(&cl);

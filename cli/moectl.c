@@ -10,7 +10,7 @@
  *   moectl spec            print a complete default job spec (YAML, one comment per field)
  * and, talking to a coordinator (client.c says how it is found):
  *   moectl cluster up|down|status      a local cluster of real processes (cluster.c)
- *   moectl submit|jobs|status|watch|cancel|delete|fetch|steps   jobs on a cluster (jobs.c)
+ *   moectl submit|jobs|status|watch|cancel|delete|fetch|steps|events   jobs on a cluster (jobs.c)
  *   moectl plot JOB -o FILE.svg|.png   a job's curves, expert load and events (plot.c)
  *   moectl chaos JOB                   faults injected into a job on a local cluster (chaos.c)
  * Exit codes: 0 success (watch: the job succeeded); 1 the run, the job or the operation failed;
@@ -93,6 +93,8 @@ static void usage(FILE *to, const char *cmd) {
             "                              (the coordinator also expires them: --job-retention-s)\n"
             "  fetch JOB -o FILE [--json]  the trained model (.safetensors)\n"
             "  steps JOB [--from STEP] [--json]  every stored step's metrics: the loss curve\n"
+            "  events JOB [--page-size N] [--json]  every event of the job, oldest first, with\n"
+            "                              its seq (status shows only the latest)\n"
             "  plot JOB -o FILE.svg|FILE.png [--width W] [--height H] [--json]\n"
             "        the loss, held-out loss, tokens/s and expert load against step, with the\n"
             "        failures, recoveries and moves marked (offline: --from-steps, moectl plot -h)\n"
@@ -516,7 +518,7 @@ int main(int argc, char **argv) {
     } client_cmds[] = {{"cluster", cmd_cluster}, {"submit", cmd_submit}, {"jobs", cmd_jobs},
                        {"status", cmd_status},   {"watch", cmd_watch},   {"cancel", cmd_cancel},
                        {"fetch", cmd_fetch},     {"steps", cmd_steps},   {"chaos", cmd_chaos},
-                       {"delete", cmd_delete}, {"plot", cmd_plot}};
+                       {"delete", cmd_delete}, {"plot", cmd_plot}, {"events", cmd_events}};
     for (size_t i = 0; i < sizeof client_cmds / sizeof client_cmds[0]; i++) {
         if (strcmp(cmd, client_cmds[i].name) != 0) continue;
         int code = client_cmds[i].run(argc - 1, argv + 1);

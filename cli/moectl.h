@@ -75,6 +75,7 @@ int cmd_cancel(int argc, char **argv);
 int cmd_delete(int argc, char **argv); // an ended job, for good
 int cmd_fetch(int argc, char **argv);
 int cmd_steps(int argc, char **argv); // a job's stored per-step metrics (its loss curve)
+int cmd_events(int argc, char **argv); // every stored event of a job (ListEvents, paged)
 int cmd_chaos(int argc, char **argv); // a reproducible schedule of faults against a job
 
 /* Restarts what has stopped of the local cluster in `dir` the way `moectl cluster up` does:

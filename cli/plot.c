@@ -4,13 +4,14 @@
  *   moectl plot JOB -o FILE.svg|FILE.png [--width W] [--height H] [--json]
  *   moectl plot --from-steps STEPS [--from-status STATUS] -o FILE ...
  *
- * From a coordinator: GetJob for the job's facts and its events, then ListSteps page after
- * page for every stored step. Offline: STEPS is what `moectl steps JOB --json` printed, and
- * STATUS (optional) what `moectl status JOB --json` printed. Both ways go through the same
- * JSON readers: a reply is first turned into the JSON those commands print (client_json).
- * An event's place on the step axis is the last step reported before it; GetJob serves only
- * the coordinator's most recent events, so on a long job with many faults the oldest go
- * unmarked (the plot says so).
+ * From a coordinator: GetJob for the job's facts, ListEvents page after page for every event
+ * of its history, then ListSteps page after page for every stored step. Offline: STEPS is what
+ * `moectl steps JOB --json` printed, and STATUS (optional) what `moectl status JOB --json`
+ * printed. Both ways go through the same JSON readers: a reply is first turned into the JSON
+ * those commands print (client_json).
+ * An event's place on the step axis is the last step reported before it. A STATUS holds only
+ * the coordinator's most recent events, so offline on a long job with many faults the oldest
+ * go unmarked (the plot says so).
  * The file is written whole or not at all (a temporary beside it, renamed).
  * Exit codes (moectl.h): 2 for usage, a suffix other than .svg/.png, a size out of bounds, a
  * path that cannot be written, an unknown job or a malformed dump; 4 no coordinator.
@@ -226,7 +227,47 @@ static int gather_steps(struct client *cl, const char *id, struct plot_data *d) 
     }
 }
 
-/* The job (GetJob: its facts and events), then its steps. An exit code. */
+/* Every event of job `id` (ListEvents, page after page) in place of GetJob's latest ones, as
+ * the JSON array a JobStatus holds. An exit code. */
+static int gather_events(struct client *cl, const char *id, struct plot_data *d) {
+    cJSON *all = cJSON_CreateArray();
+    int code = all ? EXIT_OK : moectl_fail(EXIT_RUN_FAILED, "plot: out of memory");
+    for (int64_t from = 0; !code;) {
+        Moed__V1__ListEventsRequest req = MOED__V1__LIST_EVENTS_REQUEST__INIT;
+        req.job_id = (char *)id;
+        req.from_seq = from;
+        ProtobufCMessage *reply = NULL;
+        if ((code = client_call(cl, RPC_JOBS_LIST_EVENTS, &req.base,
+                                &moed__v1__list_events_response__descriptor, &reply, NULL)))
+            break;
+        const Moed__V1__ListEventsResponse *r = (const Moed__V1__ListEventsResponse *)reply;
+        size_t n = r->n_events;
+        for (size_t i = 0; i < n && !code; i++) {
+            cJSON *e = client_json(&r->events[i]->base);
+            if (!e || !cJSON_AddItemToArray(all, e))
+                code = moectl_fail(EXIT_RUN_FAILED, "plot: out of memory");
+        }
+        int ahead = r->next_seq > from;
+        from = r->next_seq;
+        protobuf_c_message_free_unpacked(reply, NULL);
+        if (!n) break;
+        if (!code && !ahead)
+            code = moectl_fail(EXIT_RUN_FAILED, "plot: ListEvents does not move past seq %lld",
+                               (long long)from);
+    }
+    if (!code) {
+        free(d->events);
+        d->events = NULL;
+        d->n_events = 0;
+        if (take_events(d, all) != MOE_OK) code = moectl_fail(EXIT_RUN_FAILED, "plot: %s",
+                                                               moe_errmsg());
+        d->events_partial = 0; // the whole history: nothing is left unmarked
+    }
+    cJSON_Delete(all);
+    return code;
+}
+
+/* The job (GetJob: its facts), its events, then its steps. An exit code. */
 static int gather_job(const struct client_options *conn, const char *id, struct plot_data *d) {
     int code = client_need_job_id(id);
     struct client cl;
@@ -238,6 +279,7 @@ static int gather_job(const struct client_options *conn, const char *id, struct 
                        &reply, NULL);
     if (!code) code = take_reply(d, reply, take_status_json);
     if (reply) protobuf_c_message_free_unpacked(reply, NULL);
+    if (!code) code = gather_events(&cl, id, d);
     if (!code) code = gather_steps(&cl, id, d);
     client_close(&cl);
     return code;

@@ -5,7 +5,8 @@
  * held-out loss, tokens/s and expert load, and the events worth a marker on the step axis)
  * and the two halves that meet in it:
  *   plot.c       the command: its options, gathering a plot_data from a coordinator (GetJob
- *                for the job and its events, ListSteps page after page for the steps) or
+ *                for the job, ListEvents and ListSteps page after page for every event and
+ *                step) or
  *                from a `moectl steps JOB --json` dump, placing each event on the step axis,
  *                and writing the file whole or not at all;
  *   plot_draw.c  drawing a plot_data with cairo (Debian's libcairo2): the title, the loss
@@ -54,7 +55,7 @@ struct plot_data {
     float *load;        // (n_steps, n_experts) share of assignments per expert; NAN: none
     struct plot_event *events; // oldest first
     size_t n_events;
-    int events_partial; // the coordinator served only its latest events: older ones lack a mark
+    int events_partial; // offline, a STATUS with only the latest events: older ones lack a mark
 };
 
 /* Appends a step (steps come in ascending order) with its per-expert load (n_load 0: none).

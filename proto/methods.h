@@ -19,12 +19,14 @@
 #define RPC_JOBS_FETCH_MODEL "/moed.v1.Jobs/FetchModel"
 #define RPC_JOBS_LIST_STEPS "/moed.v1.Jobs/ListSteps"
 #define RPC_JOBS_DELETE_JOB "/moed.v1.Jobs/DeleteJob"
+#define RPC_JOBS_LIST_EVENTS "/moed.v1.Jobs/ListEvents"
 
 /* Status: read-only views for any gRPC client. Client token. */
 #define RPC_STATUS_GET_CLUSTER "/moed.v1.Status/GetCluster"
 #define RPC_STATUS_GET_JOB "/moed.v1.Status/GetJob"
 #define RPC_STATUS_WATCH_JOB "/moed.v1.Status/WatchJob"
 #define RPC_STATUS_LIST_STEPS "/moed.v1.Status/ListSteps"
+#define RPC_STATUS_LIST_EVENTS "/moed.v1.Status/ListEvents"
 
 /* Cluster: workers to the coordinator. Cluster token. */
 #define RPC_CLUSTER_REGISTER_WORKER "/moed.v1.Cluster/RegisterWorker"

@@ -1,10 +1,13 @@
 """What keeps the coordinator's state and its answers bounded, checked through a stock gRPC
 client against a real coordinator (tests/cli_bounded_state.sh starts it): ListJobs and
-GetCluster in pages, DeleteJob, and the per-request limits of SubmitJob.
+GetCluster in pages, DeleteJob, the per-request limits of SubmitJob, and ListEvents paging
+through a job's whole history.
 
 Usage: bounded_state.py PYDIR ADDR CLIENT_TOKEN_FILE CLUSTER_TOKEN_FILE PHASE [ARGS]
   jobs DATA       a coordinator whose one worker runs a long job (every other job queues)
   cluster N       N workers registered from here, each with its own extra data address
+  events JOB N    a coordinator without workers and JOB queued: a worker registered from here
+                  that cannot be reached takes JOB until it has N events, then JOB is cancelled
 Prints "ok"/"FAIL" lines; exits 1 when a check failed.
 """
 import sys
@@ -272,10 +275,86 @@ def phase_cluster(n):
           len(big.workers) == first.workers_total and not big.next_page_token)
 
 
+# ---- events: a history longer than GetJob's 32 ----
+
+def list_events(job, size=0, service="Jobs"):
+    """Every event of job through ListEvents in pages of `size`: (events, pages, last next_seq)."""
+    got, frm, pages = [], 0, 0
+    while pages < 10000:
+        r = call("/moed.v1.%s/ListEvents" % service,
+                 pb.ListEventsRequest(job_id=job, from_seq=frm, max_events=size),
+                 pb.ListEventsResponse)
+        pages += 1
+        if not r.events:
+            return got, pages, r.next_seq
+        got += r.events
+        frm = r.next_seq
+    return got, pages, frm
+
+
+def make_history(job, n):
+    """Each round the job is bound to a worker whose RunSlot cannot connect ("scheduled", then
+    "requeued": not the job's fault), and a heartbeat shows the worker idle again, until the
+    job has n events."""
+    me = call("/moed.v1.Cluster/RegisterWorker",
+              pb.RegisterRequest(address="127.0.0.1:1", pod=0, version="fake", host="fake",
+                                 pid=1, cpus=1, data_address="127.0.0.1:1"),
+              pb.RegisterResponse, CLUSTER_TOKEN)
+    requeued, deadline = 0, time.time() + 120
+    while time.time() < deadline:
+        evs = list_events(job)[0]
+        if len(evs) >= n:
+            break
+        now = sum(e.kind == "requeued" for e in evs)
+        if now > requeued:  # the worker is waiting for a heartbeat that shows it idle
+            requeued = now
+            call("/moed.v1.Cluster/Heartbeat", pb.HeartbeatRequest(worker_id=me.worker_id),
+                 pb.HeartbeatResponse, me.worker_credential)
+        else:
+            time.sleep(0.02)  # polling the condition above, with its deadline
+    call("/moed.v1.Jobs/CancelJob", pb.JobRef(job_id=job), pb.JobInfo)
+
+
+def phase_events(job, n):
+    make_history(job, n)
+    whole, pages, after = list_events(job)
+    n = len(whole)
+    key = lambda evs: [(e.seq, e.kind, e.message, e.unix_ms) for e in evs]
+    check("ListEvents: %d events in one page, seq 0..%d in order, from submitted to cancelled"
+          % (n, n - 1), n > 32 and pages == 2 and [e.seq for e in whole] == list(range(n))
+          and whole[0].kind == "submitted" and whole[-1].kind == "cancelled" and after == n)
+    paged, pages, _ = list_events(job, 7)
+    check("pages of 7: the same %d events in %d pages" % (len(paged), pages),
+          key(paged) == key(whole) and pages == (n + 6) // 7 + 1)
+    check("Status/ListEvents pages alike", key(list_events(job, 5, "Status")[0]) == key(whole))
+    st = call("/moed.v1.Jobs/GetJob", pb.JobRef(job_id=job), pb.JobStatus)
+    check("GetJob's %d events are the last 32, with their seq" % len(st.events),
+          key(st.events) == key(whole[-32:]))
+    r = call("/moed.v1.Jobs/ListEvents", pb.ListEventsRequest(job_id=job, from_seq=n - 3,
+                                                              max_events=2), pb.ListEventsResponse)
+    check("from_seq %d, max_events 2: seq %s, next_seq %d" % (n - 3, [e.seq for e in r.events],
+                                                              r.next_seq),
+          [e.seq for e in r.events] == [n - 3, n - 2] and r.next_seq == n - 1)
+    r = call("/moed.v1.Jobs/ListEvents", pb.ListEventsRequest(job_id=job, from_seq=-5,
+                                                              max_events=100000),
+             pb.ListEventsResponse)
+    check("from_seq -5, max_events 100000: every event", key(r.events) == key(whole))
+    r = call("/moed.v1.Jobs/ListEvents", pb.ListEventsRequest(job_id=job, from_seq=n + 10),
+             pb.ListEventsResponse)
+    check("past the last: none, next_seq %d" % r.next_seq, not r.events and r.next_seq == n + 10)
+    for bad in ("job-999999", "bogus", ""):
+        code, details, _ = code_of("/moed.v1.Jobs/ListEvents", pb.ListEventsRequest(job_id=bad),
+                                   pb.ListEventsResponse)
+        check("ListEvents of %r: NOT_FOUND (%s)" % (bad, details),
+              code == grpc.StatusCode.NOT_FOUND)
+
+
 if __name__ == "__main__":
     phase = sys.argv[5]
     if phase == "jobs":
         phase_jobs(sys.argv[6], sys.argv[7])
+    elif phase == "events":
+        phase_events(sys.argv[6], int(sys.argv[7]))
     else:
         phase_cluster(int(sys.argv[6]))
     sys.exit(1 if fails else 0)

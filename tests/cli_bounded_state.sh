@@ -5,8 +5,10 @@
 # deletes), DeleteJob removes an ended job with its model for good and refuses a queued or
 # running one, oversized submissions are INVALID_ARGUMENT at once (tests/bounded_state.py,
 # a stock gRPC client), `moectl jobs` follows the pages and `moectl delete` deletes;
-# --max-finished-jobs and --job-retention-s expire ended jobs after a restart; GetCluster
-# pages hundreds of registered workers, each with its own extra data address.
+# --max-finished-jobs and --job-retention-s expire ended jobs after a restart; a job with more
+# events than GetJob's 32 (a worker that cannot be reached takes it again and again) is read
+# whole by ListEvents, in pages, and by `moectl events`; GetCluster pages hundreds of
+# registered workers, each with its own extra data address.
 set -u
 moectl=$1
 bin=$(dirname "$moectl")
@@ -104,6 +106,33 @@ check "--max-finished-jobs 3 keeps the 3 newest ended jobs ($newest3)" \
 "$moectl" status "$done_job" >/dev/null 2>&1
 check "the deleted $done_job stays deleted after a restart" '[ $? -eq 2 ]'
 check "no model file of a deleted job is left" '[ -z "$(ls "$models")" ]'
+
+# ---- a job's whole history: ListEvents pages, moectl events ----
+hist=$("$moectl" submit "$tmp/tiny.yaml")
+bounded events "$hist" 45
+check "the ListEvents checks hold" '[ $? -eq 0 ]'
+"$moectl" events "$hist" --json >"$tmp/events.json"
+seqs=$("$py" -c 'import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ok = [int(e["seq"]) for e in ev] == list(range(len(ev))) and ev[0]["kind"] == "submitted" \
+  and ev[-1]["kind"] == "cancelled"
+print(len(ev), "in-order" if ok else "out-of-order")' "$tmp/events.json")
+check "moectl events $hist --json: every event, seq ascending from 0 ($seqs)" \
+  '[ "${seqs% *}" -ge 45 ] && [ "${seqs#* }" = in-order ]'
+"$moectl" events "$hist" --json --page-size 4 >"$tmp/events4.json"
+check "... the same with --page-size 4" 'cmp -s "$tmp/events.json" "$tmp/events4.json"'
+"$moectl" events "$hist" >"$tmp/events.out"
+check "moectl events $hist: a header and one line per event" \
+  '[ "$(wc -l <"$tmp/events.out")" = $(( ${seqs% *} + 1 )) ] && grep -q "^0 .* submitted " "$tmp/events.out"'
+"$moectl" plot "$hist" -o "$tmp/hist.svg" --json >"$tmp/hist_plot.json" 2>"$tmp/err" || cat "$tmp/err"
+marked=$(json '"%s %d" % (d["events_partial"], len(d["markers"]))' <"$tmp/hist_plot.json")
+want=$("$py" -c 'import json, sys
+print(sum(json.loads(l)["kind"] in ("requeued", "cancelled") for l in open(sys.argv[1]) if l.strip()))' \
+  "$tmp/events.json")
+check "moectl plot $hist marks every requeue of its history, not GetJob's latest 32 ($marked, want False $want)" \
+  '[ "$marked" = "False $want" ]'
+"$moectl" events job-999999 >/dev/null 2>&1
+check "moectl events of an unknown job: exit 2" '[ $? -eq 2 ]'
 stop_coordinator
 check "the coordinator exits 0 on SIGTERM" '[ $crc -eq 0 ]'
 start_coordinator --job-retention-s 1 --max-finished-jobs 0
@@ -113,12 +142,12 @@ check "--job-retention-s 1 deletes every ended job" \
 grep -q "retention: deleted" "$cdir/coordinator.log"
 check "the coordinator logged what retention deleted" '[ $? -eq 0 ]'
 
-# ---- GetCluster pages ----
+# ---- GetCluster pages (the 300 registered here, the cluster's worker and events' one) ----
 bounded cluster 300
 check "the GetCluster checks hold" '[ $? -eq 0 ]'
 "$moectl" cluster status --json >"$tmp/cluster.json"
 listed=$(json 'len(d["workers"]), d["workers_total"]' <"$tmp/cluster.json")
-check "moectl cluster status lists all 301 workers ($listed)" '[ "$listed" = "301 301" ]'
+check "moectl cluster status lists all 302 workers ($listed)" '[ "$listed" = "302 302" ]'
 stop_coordinator
 
 if [ $fails -ne 0 ]; then

@@ -536,6 +536,8 @@ class Fuzzer:
             "DeleteJob": [pb.JobRef(job_id=live), pb.JobRef(job_id="job-999999")],
             "ListSteps": [pb.ListStepsRequest(job_id=job, from_step=2, max_steps=2),
                           pb.ListStepsRequest(job_id=live, from_step=1, max_steps=10000)],
+            "ListEvents": [pb.ListEventsRequest(job_id=job, from_seq=1, max_events=2),
+                           pb.ListEventsRequest(job_id=live, from_seq=0, max_events=10000)],
             "GetCluster": [pb.GetClusterRequest()],
             "RegisterWorker": [pb.RegisterRequest(worker_id=own, address="127.0.0.1:1", pod=9,
                                                   version="fuzz", host="fuzz", pid=1, cpus=1,

@@ -113,6 +113,15 @@ static int see_event(const Moed__V1__Event *e, void *arg) {
     return seen_add(arg, e->message);
 }
 
+/* An event of a range read: its seq, which must be the one put_event wrote into its message. */
+static int see_event_seq(int64_t seq, const Moed__V1__Event *e, void *arg) {
+    char t[32];
+    snprintf(t, sizeof t, "event %" PRId64, seq);
+    EXPECT_MSG(strcmp(e->message, t) == 0, "seq %" PRId64 " holds \"%s\"", seq, e->message);
+    snprintf(t, sizeof t, "%" PRId64, seq);
+    return seen_add(arg, t);
+}
+
 /* "a,b,c" from what a scan saw, for one-line comparisons. */
 static const char *seen_list(const struct seen *s) {
     static char buf[2048];
@@ -317,6 +326,50 @@ static void test_workers(struct store *st) {
     EXPECT_FAIL(store_batch_commit(st, b, 1), MOE_EINVAL, "job-1");
 }
 
+/* Range reads of job-2's events 0..11 (and job-3's and job-20's one each), as ListEvents pages
+ * through them: from a seq on, in seq order (10 after 9), stopping where the callback says. */
+static void test_events_range(struct store *st) {
+    struct seen all = {0};
+    EXPECT(store_events_range(st, "job-2", 0, see_event_seq, &all) == MOE_OK);
+    EXPECT_SEEN(all, "0,1,2,3,4,5,6,7,8,9,10,11");
+    struct seen below = {0};
+    EXPECT(store_events_range(st, "job-2", -7, see_event_seq, &below) == MOE_OK);
+    EXPECT(below.n == 12);
+    struct seen late = {0};
+    EXPECT(store_events_range(st, "job-2", 9, see_event_seq, &late) == MOE_OK);
+    EXPECT_SEEN(late, "9,10,11");
+    struct seen page = {.stop_after = 2};
+    EXPECT(store_events_range(st, "job-2", 5, see_event_seq, &page) == MOE_OK);
+    EXPECT_SEEN(page, "5,6");
+    /* Pages of 5, each from one past the last seq seen, until one comes back empty. */
+    struct seen pages[4] = {{.stop_after = 5}, {.stop_after = 5}, {.stop_after = 5},
+                            {.stop_after = 5}};
+    int64_t from = 0;
+    int n_pages = 0;
+    for (; n_pages < 4; n_pages++) {
+        EXPECT(store_events_range(st, "job-2", from, see_event_seq, &pages[n_pages]) == MOE_OK);
+        if (!pages[n_pages].n) break;
+        from = atoll(pages[n_pages].item[pages[n_pages].n - 1]) + 1;
+    }
+    EXPECT_MSG(n_pages == 3, "%d pages", n_pages);
+    EXPECT_SEEN(pages[0], "0,1,2,3,4");
+    EXPECT_SEEN(pages[2], "10,11");
+    struct seen past = {0};
+    EXPECT(store_events_range(st, "job-2", 12, see_event_seq, &past) == MOE_OK);
+    EXPECT(past.n == 0);
+    struct seen j3 = {0};
+    EXPECT(store_events_range(st, "job-3", 0, see_event_seq, &j3) == MOE_OK);
+    EXPECT_SEEN(j3, "0");
+    /* job-20's events end the database; job-2's range must not run into them. */
+    struct seen j20 = {0};
+    EXPECT(store_events_range(st, "job-20", 1, see_event_seq, &j20) == MOE_OK);
+    EXPECT(j20.n == 0);
+    struct seen gone = {0};
+    EXPECT(store_events_range(st, "job-99", 0, see_event_seq, &gone) == MOE_OK);
+    EXPECT(gone.n == 0);
+    EXPECT_FAIL(store_events_range(st, "job-x", 0, see_event_seq, &gone), MOE_EINVAL, "job-x");
+}
+
 static void test_steps_and_events(struct store *st) {
     struct store_batch *b = store_batch_new();
     for (int64_t step = 1; step <= 12; step++) put_step(b, "job-2", step);
@@ -369,6 +422,7 @@ static void test_steps_and_events(struct store *st) {
     struct seen gone = {0};
     EXPECT(store_events_tail(st, "job-99", 5, see_event, &gone) == MOE_OK);
     EXPECT(gone.n == 0);
+    test_events_range(st);
 }
 
 /* Deleting job-4 removes its record, steps and events, and nothing of job-40 or job-5 (whose

@@ -25,6 +25,7 @@ void handle_get_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
 void handle_watch_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx);
 void handle_fetch_model(struct rpc_call *call, const ProtobufCMessage *m, void *ctx);
 void handle_list_steps(struct rpc_call *call, const ProtobufCMessage *m, void *ctx);
+void handle_list_events(struct rpc_call *call, const ProtobufCMessage *m, void *ctx);
 void handle_delete_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx);
 void handle_get_cluster(struct rpc_call *call, const ProtobufCMessage *m, void *ctx);
 

@@ -23,6 +23,8 @@
 #define CO(ctx) ((struct coordinator *)(ctx))
 #define LIST_STEPS_MAX 10000
 #define LIST_STEPS_BYTES (3 << 20) // below the 4 MiB message limit, whatever the expert count
+#define LIST_EVENTS_MAX 10000
+#define LIST_EVENTS_BYTES (3 << 20)
 /* Pages (docs/protocol.md "Paging"): a page_size of 0 (an older client) gets the default; a
  * page never packs beyond PAGE_BYTES, whatever the jobs' meshes or the workers' addresses. */
 #define LIST_JOBS_DEFAULT 100
@@ -360,6 +362,54 @@ void handle_list_steps(struct rpc_call *call, const ProtobufCMessage *m, void *c
     }
     for (size_t i = 0; i < l.n; i++) moed__v1__step_metrics__free_unpacked(l.steps[i], NULL);
     free(l.steps);
+}
+
+/* ---- the whole history of events ---- */
+
+struct event_list {
+    Moed__V1__Event **events;
+    size_t n, max, bytes;
+};
+
+static int collect_event(int64_t seq, const Moed__V1__Event *e, void *arg) {
+    struct event_list *l = arg;
+    size_t size = protobuf_c_message_get_packed_size(&e->base) + 16; // + seq, + framing
+    if (l->n >= l->max || (l->n && l->bytes + size > LIST_EVENTS_BYTES)) return 1;
+    Moed__V1__Event *copy = (Moed__V1__Event *)pb_clone(&e->base);
+    if (!copy) return 1;
+    copy->seq = seq; // the key's number: events stored before Event.seq existed lack the field
+    l->events[l->n++] = copy;
+    l->bytes += size;
+    return 0;
+}
+
+void handle_list_events(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
+    const Moed__V1__ListEventsRequest *req = (const void *)m;
+    struct coordinator *co = CO(ctx);
+    struct job *j = job_or_fail(call, co, req->job_id);
+    if (!j) return;
+    struct event_list l = {0};
+    l.max = req->max_events > 0 && req->max_events <= LIST_EVENTS_MAX ? (size_t)req->max_events
+                                                                       : LIST_EVENTS_MAX;
+    l.events = calloc(l.max, sizeof *l.events);
+    if (!l.events) {
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    int64_t from = req->from_seq > 0 ? req->from_seq : 0;
+    moe_status s = store_events_range(co->store, j->id, from, collect_event, &l);
+    if (s != MOE_OK) {
+        LOG_ERROR("%s: reading its events: %s", j->id, moe_errmsg());
+        rpc_fail(call, GRPC_STATUS_INTERNAL, "the coordinator cannot read the events of %s", j->id);
+    } else {
+        Moed__V1__ListEventsResponse resp = MOED__V1__LIST_EVENTS_RESPONSE__INIT;
+        resp.n_events = l.n;
+        resp.events = l.events;
+        resp.next_seq = l.n ? l.events[l.n - 1]->seq + 1 : from;
+        rpc_reply(call, &resp.base);
+    }
+    for (size_t i = 0; i < l.n; i++) moed__v1__event__free_unpacked(l.events[i], NULL);
+    free(l.events);
 }
 
 /* ---- Status ---- */

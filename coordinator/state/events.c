@@ -49,6 +49,7 @@ static moe_status event_commit(struct coordinator *co, struct job *j, struct sto
     e.kind = (char *)kind;
     e.message = (char *)msg;
     int64_t seq = j->next_event++;
+    e.seq = seq; // GetJob and WatchJob carry it too: a client can go on with ListEvents from it
     job_batch(b, j);
     store_batch_event(b, j->id, seq, &e);
     moe_status s = store_batch_commit(co->store, b, sync);

@@ -531,3 +531,56 @@ exit:
     rocksdb_iter_destroy(it);
     return s;
 }
+
+/* The seq of an event's key "e/<job>/<seq>", which `it` stands on; -1 when it does not end in
+ * exactly 20 digits after the prefix. */
+static int64_t event_seq(rocksdb_iterator_t *it, size_t plen) {
+    size_t klen;
+    const char *k = rocksdb_iter_key(it, &klen);
+    if (klen != plen + 20) return -1;
+    int64_t v = 0;
+    for (size_t i = plen; i < klen; i++) {
+        if (k[i] < '0' || k[i] > '9' || v > (INT64_MAX - 9) / 10) return -1;
+        v = v * 10 + (k[i] - '0');
+    }
+    return v;
+}
+
+struct event_range_visit {
+    int (*cb)(int64_t, const Moed__V1__Event *, void *);
+    void *arg;
+    rocksdb_iterator_t *it; // on the key of the event being visited
+    size_t plen;
+    moe_status err;         // a key without a seq: MOE_EFORMAT, and the scan stops
+};
+
+static int visit_event_seq(const ProtobufCMessage *m, void *ctx) {
+    struct event_range_visit *v = ctx;
+    int64_t seq = event_seq(v->it, v->plen);
+    if (seq < 0) {
+        size_t klen;
+        const char *k = rocksdb_iter_key(v->it, &klen);
+        char kt[2 * KEY_MAX];
+        v->err = moe_fail(MOE_EFORMAT, "store: key %s is not an event's (e/<job>/<seq>)",
+                          key_text(kt, sizeof kt, k, klen));
+        return 1;
+    }
+    return v->cb(seq, (const Moed__V1__Event *)m, v->arg);
+}
+
+moe_status store_events_range(struct store *st, const char *job_id, int64_t from_seq,
+                              int (*cb)(int64_t seq, const Moed__V1__Event *e, void *arg),
+                              void *arg) {
+    int64_t num;
+    char prefix[KEY_MAX], from[KEY_MAX];
+    CHECK(parse_id(job_id, "job-", &num));
+    size_t plen = key_prefix(prefix, 'e', num);
+    size_t flen = key2(from, 'e', num, from_seq > 0 ? from_seq : 0);
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, st->read);
+    rocksdb_iter_seek(it, from, flen);
+    struct event_range_visit v = {cb, arg, it, plen, MOE_OK};
+    moe_status s = scan_forward(st, it, prefix, plen, &moed__v1__event__descriptor,
+                                visit_event_seq, &v);
+    rocksdb_iter_destroy(it);
+    return s != MOE_OK ? s : v.err;
+}

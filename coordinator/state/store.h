@@ -97,5 +97,10 @@ moe_status store_steps_scan(struct store *st, const char *job_id, int64_t from_s
 /* A job's last `max` events (all of them if max <= 0), oldest first. */
 moe_status store_events_tail(struct store *st, const char *job_id, int max,
                              int (*cb)(const Moed__V1__Event *e, void *arg), void *arg);
+/* A job's events with seq >= from_seq (< 0: from the first), ascending by seq: the whole
+ * history, read a page at a time (ListEvents). cb gets each event's seq as its key holds it. */
+moe_status store_events_range(struct store *st, const char *job_id, int64_t from_seq,
+                              int (*cb)(int64_t seq, const Moed__V1__Event *e, void *arg),
+                              void *arg);
 
 #endif
