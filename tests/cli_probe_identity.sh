@@ -5,9 +5,11 @@
 # another worker's slot, re-registers a live worker's id, sends RunSlot, StopJob, FenceSlot and
 # InjectFault to a worker with the tokens, and heartbeats for a stopped (SIGSTOP) spare. Each is
 # refused with the right code or changes nothing; the stopped spare is declared DEAD all the
-# same. Then the job ends with a model byte for byte `moectl train`'s and its in-process loss
-# curve, and the coordinator's log holds the refusals under the rate limit (a few lines in full,
-# then a count), not one line per refused call.
+# same, and the attacked job runs on in its first epoch (it is long, so that a fast machine
+# cannot finish it before the probe does; then it is cancelled). A 2 x 2 job on the same
+# workers then ends with a model byte for byte `moectl train`'s and its in-process loss curve,
+# and the coordinator's log holds the refusals under the rate limit (a few lines in full, then
+# a count), not one line per refused call.
 set -u
 moectl=$1
 corpus=/usr/share/common-licenses/GPL-3
@@ -40,8 +42,10 @@ OMP_NUM_THREADS=1 "$moectl" train "$tmp/spec.yaml" --json --set run.output="$tmp
   2>"$tmp/train.err" | train_losses >"$tmp/reference.loss"
 check "the reference: moectl train in one process" '[ -s "$tmp/reference.safetensors" ]'
 
-job=$("$moectl" submit "$tmp/spec.yaml")
-check "submitted the 2 x 2 job ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'
+# the job under attack runs far longer than the probe takes, however fast the machine (it is
+# cancelled afterwards); then a 2 x 2 job of the reference's spec must make its model
+job=$("$moectl" submit "$tmp/spec.yaml" --set run.steps=1000000)
+check "submitted the 2 x 2 job under attack ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'
 wait_until 60 '[ "$(step_of "$job")" -ge 5 ] 2>/dev/null'
 check "$job runs (step $(step_of "$job"))" '[ "$(state_of "$job")" = JOB_RUNNING ]'
 spare=$(cat "$cdir/worker-4.pid")
@@ -53,10 +57,18 @@ grep -E "^(ok|FAIL|     )" "$tmp/probe.out"
 check "the probe's checks all hold" '[ $rc -eq 0 ]'
 [ $rc -eq 0 ] || tail -n 20 "$tmp/probe.out"
 
+check "the attacked job ran on in one epoch, without a recovery" \
+  '[ "$(state_of "$job")" = JOB_RUNNING ] && [ "$("$moectl" status "$job" --json | json "(d[\"job\"][\"recoveries\"], d[\"job\"][\"epoch\"])")" = "(0, 1)" ]'
+"$moectl" cancel "$job" >/dev/null 2>&1
+wait_until 60 '[ "$(state_of "$job")" = JOB_CANCELLED ]'
+check "... and is cancelled" '[ "$(state_of "$job")" = JOB_CANCELLED ]'
+wait_until 60 '[ "$("$moectl" cluster status --json | json "sum(w[\"state\"] == \"WORKER_IDLE\" for w in d[\"workers\"])")" = 5 ]'
+
+job=$("$moectl" submit "$tmp/spec.yaml")
 timeout 180 "$moectl" watch "$job" >"$tmp/watch.out" 2>&1
 check_same_model "$job" $?
 losses_of "$job" >"$tmp/cluster.loss"
-check "the stored loss of every step is the in-process loss (no forged step counted)" \
+check "the stored loss of every step is the in-process loss" \
   'diff -q "$tmp/cluster.loss" "$tmp/reference.loss" >/dev/null'
 check "no recovery, one epoch" \
   '[ "$("$moectl" status "$job" --json | json "(d[\"job\"][\"recoveries\"], d[\"job\"][\"epoch\"])")" = "(0, 1)" ]'
