@@ -53,12 +53,12 @@ events() { "$moectl" status "$1" --json | json '" ".join(e["kind"] for e in d["e
 pid_of() { "$moectl" cluster status --json | json "[w['pid'] for w in d['workers'] if w['worker_id'] == '$1'][0]"; }
 
 # ---- a job that recovers once ----
-spec plot-recovery 1000 >"$tmp/a.yaml"
+spec plot-recovery 3000 >"$tmp/a.yaml"
 job=$("$moectl" submit "$tmp/a.yaml")
 check "submitted ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'
 wait_until 120 '[ "$(step_of "$job")" -ge 60 ] 2>/dev/null'
 running=$("$moectl" plot "$job" -o "$tmp/running.png" --json | json 'd["steps"]')
-check "a running job plots too ($running steps stored so far)" '[ "$running" -ge 1 ] && [ "$running" -lt 1000 ]'
+check "a running job plots too ($running steps stored so far)" '[ "$running" -ge 1 ] && [ "$running" -lt 3000 ]'
 victim=$("$moectl" status "$job" --json | json 'd["job"]["bindings"][1]["worker_id"]')
 vpid=$(pid_of "$victim")
 s_kill=$(step_of "$job")
@@ -107,10 +107,10 @@ print(max([s["step"] for s in steps if s["reported_unix_ms"] <= t[0]] or [steps[
 PY
 }
 read -r rec_step n_steps a_points <<<"$(points_of "$job")"
-# (all 1000: slot (0, 0) kept its worker, so the steps it reported late, in the epoch before
+# (all 3000: slot (0, 0) kept its worker, so the steps it reported late, in the epoch before
 # the recovery's, are stored too; the plot's point counts are checked against what is stored)
-check "$n_steps of 1000 steps stored; the recovery after step $rec_step (killed at $s_kill, recovered by $s_rec)" \
-  '[ "$n_steps" -eq 1000 ] && [ "$rec_step" -ge $((s_kill - 20)) ] && [ "$rec_step" -le "$s_rec" ]'
+check "$n_steps of 3000 steps stored; the recovery after step $rec_step (killed at $s_kill, recovered by $s_rec)" \
+  '[ "$n_steps" -eq 3000 ] && [ "$rec_step" -ge $((s_kill - 20)) ] && [ "$rec_step" -le "$s_rec" ]'
 read -r _ _ b_points <<<"$(points_of "$calm")"
 
 # SVG: FILE MARKERS(yes|no) POINTS(loss tokens/s held-out): prints what is wrong, nothing when

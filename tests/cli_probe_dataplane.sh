@@ -73,7 +73,7 @@ check "the attacker's HELLOs were sent" '[ "$(json "d[\"sent_hello\"]" <"$tmp/ho
 
 # 3. a failed open leaves nothing that fails the next job: cancel a job while its mesh forms
 #    (a 2x2 job of a spec whose worker-side start is slow enough is not needed: cancel at once)
-job=$("$moectl" submit "$tmp/mesh.yaml" --set run.steps=400)
+job=$("$moectl" submit "$tmp/mesh.yaml" --set run.steps=1000000)
 wait_until 60 '[ "$(state_of "$job")" = JOB_RUNNING ]'
 "$moectl" cancel "$job" >/dev/null 2>&1
 wait_until 60 '[ "$(state_of "$job")" = JOB_CANCELLED ]'
