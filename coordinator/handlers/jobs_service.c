@@ -197,7 +197,7 @@ void handle_delete_job(struct rpc_call *call, const ProtobufCMessage *m, void *c
                  job_state_name(j->state));
         return;
     }
-    if (jobs_delete(co, &j, 1) != MOE_OK) {
+    if (job_delete(co, &j, 1) != MOE_OK) {
         LOG_ERROR("deleting %s: %s", req->job_id, moe_errmsg());
         rpc_fail(call, GRPC_STATUS_INTERNAL, "the coordinator cannot delete %s", req->job_id);
         return;

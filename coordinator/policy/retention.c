@@ -30,7 +30,7 @@ int retention_tick(struct coordinator *co, int64_t now_ms) {
         }
     }
     if (!n) return 0;
-    if (jobs_delete(co, del, n) != MOE_OK) {
+    if (job_delete(co, del, n) != MOE_OK) {
         LOG_ERROR("retention: cannot delete %d ended jobs: %s", n, moe_errmsg());
         return 0;
     }

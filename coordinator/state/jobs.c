@@ -3,7 +3,6 @@
  */
 #include "jobs.h"
 
-#include "models.h"
 
 #include "../../common/clock.h"
 #include "../../common/log.h"
@@ -90,7 +89,7 @@ void job_free(struct job *j) {
     free(j);
 }
 
-moe_status jobs_delete(struct coordinator *co, struct job *const *del, int n) {
+moe_status jobs_delete_records(struct coordinator *co, struct job *const *del, int n) {
     if (n <= 0) return MOE_OK;
     struct store_batch *b = store_batch_new();
     for (int i = 0; i < n; i++) {
@@ -101,12 +100,10 @@ moe_status jobs_delete(struct coordinator *co, struct job *const *del, int n) {
         }
         store_batch_delete_job(b, del[i]->id);
     }
-    CHECK(store_batch_commit(co->store, b, 1)); // gone for good before anything else goes
-    for (int i = 0; i < n; i++) {
-        model_remove(co, del[i]);
-        LOG_INFO("%s: deleted (%s, finished %lld)", del[i]->id, job_state_name(del[i]->state),
-                 (long long)del[i]->finished_ms);
-    }
+    return store_batch_commit(co->store, b, 1); // gone for good before anything else goes
+}
+
+void jobs_drop(struct coordinator *co, struct job *const *del, int n) {
     /* One pass over the table, however many go. */
     for (int i = 0; i < n; i++) del[i]->deleted = 1;
     int kept = 0;
@@ -116,7 +113,6 @@ moe_status jobs_delete(struct coordinator *co, struct job *const *del, int n) {
         else co->jobs[kept++] = j;
     }
     co->n_jobs = kept;
-    return MOE_OK;
 }
 
 moe_status jobs_add(struct coordinator *co, struct job *j) {

@@ -108,7 +108,7 @@ struct job {
     struct watcher *watchers;
     int upload_fd;                            // model upload in progress (-1: none; models.c)
     int64_t upload_offset;
-    int deleted;                              // being removed from the table (jobs_delete)
+    int deleted;                              // being removed from the table (job_delete)
     char upload_worker[24];                   //   the worker uploading it (its chunks only)
 };
 
@@ -125,11 +125,12 @@ moe_status jobs_add(struct coordinator *co, struct job *j);
 moe_status jobs_load(struct coordinator *co);
 /* Frees a job and whatever recovery it had in progress. */
 void job_free(struct job *j);
-/* Removes ended jobs for good: their records, steps and events in one synced batch, then
- * their model files, then from the table (freed: `del` holds dangling pointers after). Job
- * numbers are not reused (the meta counter stays). MOE_EINVAL, with nothing removed, when one
- * has not ended; MOE_EIO when the store refuses (nothing removed either). */
-moe_status jobs_delete(struct coordinator *co, struct job *const *del, int n);
+/* The two halves of deleting ended jobs (transitions.c's job_delete puts their model files
+ * between them): their records, steps and events removed in one synced batch (MOE_EINVAL,
+ * with nothing removed, when one has not ended; MOE_EIO when the store refuses); then the
+ * jobs dropped from the table and freed (`del` holds dangling pointers after). */
+moe_status jobs_delete_records(struct coordinator *co, struct job *const *del, int n);
+void jobs_drop(struct coordinator *co, struct job *const *del, int n);
 
 /* The mesh and recovery knobs of a spec into j (creation and loading). */
 void job_read_mesh(struct job *j, const struct mesh_spec *m);

@@ -149,3 +149,15 @@ moe_status job_cancel(struct coordinator *co, struct job *j) {
     if (was_running) worker_call_stop_all(co, j);
     return MOE_OK;
 }
+
+moe_status job_delete(struct coordinator *co, struct job *const *del, int n) {
+    if (n <= 0) return MOE_OK;
+    CHECK(jobs_delete_records(co, del, n));
+    for (int i = 0; i < n; i++) {
+        model_remove(co, del[i]);
+        LOG_INFO("%s: deleted (%s, finished %lld)", del[i]->id, job_state_name(del[i]->state),
+                 (long long)del[i]->finished_ms);
+    }
+    jobs_drop(co, del, n);
+    return MOE_OK;
+}

@@ -15,6 +15,12 @@
 #include "jobs.h"
 #include "workers.h"
 
+/* Removes ended jobs for good: their records, steps and events in one synced batch, then
+ * their model files, then from the table (freed: `del` holds dangling pointers after). Job
+ * numbers are not reused (the meta counter stays). MOE_EINVAL, with nothing removed, when one
+ * has not ended; MOE_EIO when the store refuses (nothing removed either). */
+moe_status job_delete(struct coordinator *co, struct job *const *del, int n);
+
 /* A new QUEUED job from a validated spec, stored with its "submitted" event and the advanced
  * job counter in one synced batch, then added to the table. */
 moe_status job_admit(struct coordinator *co, const struct job_spec *spec, struct job **out);
