@@ -51,21 +51,12 @@ YAML
 # a worker whose Worker service the fuzz can reach past its credential check: it registers
 # with a stand-in coordinator that tells us the credential it handed out (only a worker's
 # coordinator holds it; the cluster's own workers must refuse everyone else)
-mkdir -p "$tmp/fake"
-"$py" "$MOE_SOURCE_DIR/tests/fake_coordinator.py" "$tmp/py" "$cdir/cluster.token" "$tmp/fake/addr" \
-  "$tmp/fake/cred" 2>"$tmp/fake/coordinator.log" &
-fake_pid=$!
-wait_until 30 '[ -s "$tmp/fake/addr" ]'
-"$(dirname "$moectl")/moed-worker" --coordinator "$(cat "$tmp/fake/addr")" \
-  --cluster-token-file "$cdir/cluster.token" --threads 1 --data-root /usr/share/common-licenses \
-  --dir "$tmp/fake/scratch" 2>"$tmp/fake/worker.log" &
-fake_worker=$!
-wait_until 30 '[ "$(wc -l <"$tmp/fake/cred" 2>/dev/null)" = 2 ]'
-check "a worker registered with the stand-in coordinator" '[ "$(wc -l <"$tmp/fake/cred" 2>/dev/null)" = 2 ]'
+start_fake_worker "$tmp/py"
+check "a worker registered with the stand-in coordinator" '[ -n "${fake_addr:-}" ]'
 
 "$py" "$MOE_SOURCE_DIR/tests/fuzz_wire.py" --pb-dir "$tmp/py" --cluster-dir "$cdir" \
   --methods "$MOE_SOURCE_DIR/proto/methods.h" --spec "$tmp/job.yaml" --out "$out" \
-  --worker-under-test "$(sed -n 2p "$tmp/fake/cred")" --worker-credential-file "$tmp/fake/cred"
+  --worker-under-test "${fake_addr:-}" --worker-credential-file "$tmp/fake/cred"
 rc=$?
 check "the fuzz driver's checks all hold" '[ $rc -eq 0 ]'
 

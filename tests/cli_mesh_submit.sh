@@ -75,21 +75,12 @@ check "... and for mesh.pods = 0, named by the coordinator" \
 # Only its coordinator may call RunSlot (with the credential it handed the worker), so this
 # worker registers with a stand-in coordinator (tests/fake_coordinator.py) that tells us it.
 src=${MOE_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
-bin=$(dirname "$moectl")
 if "$py" -c "import grpc, google.protobuf" 2>/dev/null && command -v protoc >/dev/null &&
    protoc --python_out="$tmp" -I "$src/proto" "$src/proto/moed.proto" 2>"$tmp/protoc.err"; then
-  mkdir -p "$tmp/fake"
-  "$py" "$src/tests/fake_coordinator.py" "$tmp" "$cdir/cluster.token" "$tmp/fake/addr" \
-    "$tmp/fake/cred" 2>"$tmp/fake/coordinator.log" &
-  fake_pid=$!
-  wait_until 30 '[ -s "$tmp/fake/addr" ]'
-  "$bin/moed-worker" --coordinator "$(cat "$tmp/fake/addr")" --cluster-token-file "$cdir/cluster.token" \
-    --threads 1 --data-root /usr/share/common-licenses --dir "$tmp/fake/scratch" 2>"$tmp/fake/worker.log" &
-  fake_worker=$!
-  wait_until 30 '[ "$(wc -l <"$tmp/fake/cred" 2>/dev/null)" = 2 ]'
-  check "a worker registered with the stand-in coordinator" '[ "$(wc -l <"$tmp/fake/cred" 2>/dev/null)" = 2 ]'
-  waddr=$(sed -n 2p "$tmp/fake/cred")
-  "$py" - "$tmp" "$waddr" "$(sed -n 1p "$tmp/fake/cred")" "$corpus" "$cdir/cluster.token" <<'PY' >"$tmp/runslot.out" 2>&1
+  start_fake_worker "$tmp"
+  check "a worker registered with the stand-in coordinator" '[ -n "${fake_addr:-}" ]'
+  waddr=${fake_addr:-}
+  "$py" - "$tmp" "$waddr" "${fake_cred:-}" "$corpus" "$cdir/cluster.token" <<'PY' >"$tmp/runslot.out" 2>&1
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import grpc

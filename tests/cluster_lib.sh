@@ -7,7 +7,8 @@
 # Needs $moectl. Gives: check NAME CONDITION, json EXPR, wait_until SECONDS CONDITION,
 # state_of JOB, step_of JOB, running_from DIR (pids of processes whose command line names
 # DIR/), check_same_model JOB RC, losses_of JOB (its stored per-step losses, "step loss"
-# lines), and $fails (the number of failed checks).
+# lines), start_fake_worker PBDIR (a worker under a stand-in coordinator), and $fails (the
+# number of failed checks).
 py=/usr/bin/python3
 
 cluster_test_init() {
@@ -63,3 +64,23 @@ train_losses() { "$py" -c 'import json,sys
 for l in sys.stdin:
     d=json.loads(l)
     if d.get("event") == "step": print(d["step"], repr(float(d["loss"])))'; }
+# start_fake_worker PBDIR: a real moed-worker registered with tests/fake_coordinator.py (PBDIR
+# holds moed_pb2.py), so that a test can call its Worker service as its coordinator would,
+# with the credential only a coordinator holds. Sets $fake_pid (the stand-in), $fake_worker
+# (the worker), $fake_addr (its Worker service) and $fake_cred (the credential); returns 1
+# when it did not register. Needs $cdir's cluster.token; the files are in $tmp/fake.
+start_fake_worker() {
+  local src=${MOE_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+  mkdir -p "$tmp/fake"
+  "$py" "$src/tests/fake_coordinator.py" "$1" "$cdir/cluster.token" "$tmp/fake/addr" \
+    "$tmp/fake/cred" 2>"$tmp/fake/coordinator.log" &
+  fake_pid=$!
+  wait_until 30 '[ -s "$tmp/fake/addr" ]'
+  "$(dirname "$moectl")/moed-worker" --coordinator "$(cat "$tmp/fake/addr")" \
+    --cluster-token-file "$cdir/cluster.token" --threads 1 \
+    --data-root /usr/share/common-licenses --dir "$tmp/fake/scratch" 2>"$tmp/fake/worker.log" &
+  fake_worker=$!
+  wait_until 30 '[ "$(wc -l <"$tmp/fake/cred" 2>/dev/null)" = 2 ]' || return 1
+  fake_cred=$(sed -n 1p "$tmp/fake/cred")
+  fake_addr=$(sed -n 2p "$tmp/fake/cred")
+}
