@@ -42,13 +42,14 @@ OMP_NUM_THREADS=1 "$moectl" train "$tmp/spec.yaml" --json --set run.output="$tmp
   2>"$tmp/train.err" | train_losses >"$tmp/reference.loss"
 check "the reference: moectl train in one process" '[ -s "$tmp/reference.safetensors" ]'
 
-# the job under attack runs far longer than the probe takes, however fast the machine (it is
-# cancelled afterwards); then a 2 x 2 job of the reference's spec must make its model
+# the job under attack runs far longer than the probe takes, however fast the machine; it is
+# cancelled afterwards. Then a 2 x 2 job of the reference's spec must make its model
 job=$("$moectl" submit "$tmp/spec.yaml" --set run.steps=1000000)
 check "submitted the 2 x 2 job under attack ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'
 wait_until 60 '[ "$(step_of "$job")" -ge 5 ] 2>/dev/null'
 check "$job runs (step $(step_of "$job"))" '[ "$(state_of "$job")" = JOB_RUNNING ]'
-spare=$(cat "$cdir/worker-4.pid")
+# the spare: whichever worker the job left idle (placement picks the four, not the file names)
+spare=$("$moectl" cluster status --json | json '[w["pid"] for w in d["workers"] if w["state"] == "WORKER_IDLE"][0]')
 
 timeout 150 "$py" "$MOE_SOURCE_DIR/tests/probe_identity.py" "$tmp/py" "$cdir" "$job" "$spare" \
   >"$tmp/probe.out" 2>&1
