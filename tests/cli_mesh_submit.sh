@@ -123,6 +123,25 @@ for name, req in cases.items():
         print("%s: accepted" % name)
     except grpc.RpcError as e:
         print("%s: %s %s" % (name, e.code().name, e.details()))
+# a StopJob of an older epoch than the slot runs (a requeue's stop, overtaken by the next
+# binding's RunSlot) leaves the slot running; one of its own epoch stops it
+stop = ch.unary_unary("/moed.v1.Worker/StopJob", request_serializer=lambda m: m.SerializeToString(),
+                      response_deserializer=pb.Empty.FromString)
+one = json.loads(spec)
+one["mesh"] = {"pods": 1, "slots": 1}
+one["run"]["steps"] = 1000000
+md = [("authorization", "Bearer " + token)]
+for what, call, req in (
+        ("runslot epoch 2", run, pb.RunSlotRequest(job_id="job-910", spec_json=json.dumps(one), pods=1,
+                                                   slots=1, epoch=2, backend="tcp", data_key=bytes(32),
+                                                   bindings=[binding(0)])),
+        ("stop epoch 1", stop, pb.StopJobRequest(job_id="job-910", epoch=1)),
+        ("stop epoch 2", stop, pb.StopJobRequest(job_id="job-910", epoch=2))):
+    try:
+        call(req, metadata=md, timeout=10)
+        print("%s: accepted" % what)
+    except grpc.RpcError as e:
+        print("%s: %s %s" % (what, e.code().name, e.details()))
 PY
   for c in "no bindings" "slot outside" "no data address" "mpi on a tcp worker" "mesh unlike the spec" "epoch 0" \
            "no data key"; do
@@ -130,6 +149,15 @@ PY
       'grep -q "^$c: INVALID_ARGUMENT" "$tmp/runslot.out"'
   done
   check "RunSlot with the cluster token: UNAUTHENTICATED" 'grep -q "^cluster token: UNAUTHENTICATED" "$tmp/runslot.out"'
+  check "a 1 x 1 slot of epoch 2 runs ($(grep "^runslot epoch 2:" "$tmp/runslot.out" | head -c 150))" \
+    'grep -q "^runslot epoch 2: accepted" "$tmp/runslot.out"'
+  # StopJob answers after acting, so the log says what each did by the time the client is done
+  check "... a StopJob of epoch 1 leaves it running" \
+    'grep -q "job-910: slot (0, 0): StopJob of epoch 1 ignored: it runs epoch 2" "$tmp/fake/worker.log" &&
+     [ "$(grep -n "job-910: slot (0, 0): stop requested by the coordinator" "$tmp/fake/worker.log" | cut -d: -f1)" \
+       -gt "$(grep -n "StopJob of epoch 1 ignored" "$tmp/fake/worker.log" | cut -d: -f1)" ]'
+  check "... and one of epoch 2 stops it" \
+    'wait_until 60 "grep -q \"job-910: stopped after step\" \"$tmp/fake/worker.log\""'
   check "the worker is still alive after them, and stops on SIGTERM" \
     'kill -0 $fake_worker && kill -TERM $fake_worker && wait $fake_worker'
   kill -TERM $fake_pid 2>/dev/null

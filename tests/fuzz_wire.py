@@ -570,7 +570,8 @@ class Fuzzer:
                         pb.RunSlotRequest(job_id=live, spec_json=self.spec_json, pod=0, slot=0,
                                           pods=1, slots=1, epoch=2, backend="tcp", timeout_s=1,
                                           bindings=[b(0, 0)], data_key=b"\7" * 32)],
-            "StopJob": [pb.JobRef(job_id=j) for j in (job, "job-fuzz", live)],
+            "StopJob": [pb.StopJobRequest(job_id=j, epoch=e) for j in (job, "job-fuzz", live)
+                        for e in (0, 1, 2**64 - 1)],
             "FenceSlot": [pb.FenceRequest(job_id=j, epoch=e) for j in (job, live) for e in (1, 2)],
             "InjectFault": [pb.InjectFaultRequest(job_id=j, kind=k, peer_rank=-1)
                             for j in (job, live) for k in ("cut", "flip")],

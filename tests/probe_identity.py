@@ -160,7 +160,7 @@ def main():
     # ---- the coordinator's calls to a worker, from the attacker ----
     target = addr[victim]
     calls = (("RunSlot", pb.RunSlotRequest(job_id="job-999", pods=1, slots=1, epoch=1)),
-             ("StopJob", pb.JobRef(job_id=JOB)),
+             ("StopJob", pb.StopJobRequest(job_id=JOB)),
              ("FenceSlot", pb.FenceRequest(job_id=JOB, epoch=9)),
              ("InjectFault", pb.InjectFaultRequest(job_id=JOB, kind="flip")))
     for name, req in calls:

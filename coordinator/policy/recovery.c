@@ -68,7 +68,7 @@ static int only_move(const struct recovery *r) { return r->move >= 0 && !r->faul
 static void release_worker(struct coordinator *co, struct job *j, struct worker *w,
                            struct store_batch *b) {
     if (!w || strcmp(w->job_id, j->id) != 0) return;
-    if (w->state != MOED__V1__WORKER_STATE__WORKER_DEAD) worker_call_stop(co, j, w);
+    if (w->state != MOED__V1__WORKER_STATE__WORKER_DEAD) worker_call_stop(co, j, w, w->epoch);
     worker_set_free(w, 1);
     if (b)
         worker_batch(b, w);
@@ -613,7 +613,7 @@ static void run_slot_answer(void *arg, const struct rpc_result *res, const Proto
                          (long long)(j->rec->accepted_ms - j->rec->planned_ms));
             }
         } else if (j && w && job_is_final(j)) {
-            worker_call_stop(co, j, w); // it took a binding that is over already
+            worker_call_stop(co, j, w, a->epoch); // it took a binding that is over already
         }
         free(a);
         return;

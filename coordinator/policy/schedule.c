@@ -88,7 +88,7 @@ static void run_slot_reply(void *arg, const struct rpc_result *res, const Protob
         if (current && !j->bindings[a->slot].running)
             slot_accepted(co, j, a);
         else if (!current && w && j)
-            worker_call_stop(co, j, w); // started a binding that is over already
+            worker_call_stop(co, j, w, a->epoch); // started a binding that is over already
         free(a);
         return;
     }

@@ -19,12 +19,14 @@ static void stop_job_reply(void *arg, const struct rpc_result *res, const Protob
     free(what);
 }
 
-void worker_call_stop(struct coordinator *co, const struct job *j, const struct worker *w) {
+void worker_call_stop(struct coordinator *co, const struct job *j, const struct worker *w,
+                      uint64_t epoch) {
     if (!w->channel) return;
-    Moed__V1__JobRef ref = MOED__V1__JOB_REF__INIT;
+    Moed__V1__StopJobRequest ref = MOED__V1__STOP_JOB_REQUEST__INIT;
     ref.job_id = (char *)j->id;
-    char *what = malloc(64);
-    if (what) snprintf(what, 64, "%s on %s", j->id, w->id);
+    ref.epoch = epoch;
+    char *what = malloc(80);
+    if (what) snprintf(what, 80, "%s epoch %llu on %s", j->id, (unsigned long long)epoch, w->id);
     rpc_call_async(co->pump, w->channel, RPC_WORKER_STOP_JOB, &ref.base,
                    &moed__v1__empty__descriptor, STOP_JOB_DEADLINE_S, stop_job_reply, what);
 }
@@ -32,7 +34,7 @@ void worker_call_stop(struct coordinator *co, const struct job *j, const struct 
 void worker_call_stop_all(struct coordinator *co, const struct job *j) {
     for (int i = 0; i < job_n_slots(j); i++) {
         struct worker *w = workers_find(co, j->bindings[i].worker_id);
-        if (w && strcmp(w->job_id, j->id) == 0) worker_call_stop(co, j, w);
+        if (w && strcmp(w->job_id, j->id) == 0) worker_call_stop(co, j, w, j->epoch);
     }
 }
 

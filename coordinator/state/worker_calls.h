@@ -35,9 +35,12 @@ struct assign_ctx {
  * MOE_ENOMEM when nothing could be sent. */
 moe_status worker_call_run_slots(struct coordinator *co, struct job *j, int restore, uint64_t gen,
                                  rpc_reply_cb cb);
-/* StopJob for j to w (its answer is only logged: its heartbeat will say stop again). */
-void worker_call_stop(struct coordinator *co, const struct job *j, const struct worker *w);
-/* StopJob to every worker still bound to j. */
+/* StopJob for j's slots on w in `epoch` or older (its answer is only logged: its heartbeat will
+ * say stop again). The epoch is the binding's that ends: a RunSlot of a newer one that reaches
+ * the worker first keeps running (the calls may cross). */
+void worker_call_stop(struct coordinator *co, const struct job *j, const struct worker *w,
+                      uint64_t epoch);
+/* StopJob, of j's current epoch, to every worker still bound to j. */
 void worker_call_stop_all(struct coordinator *co, const struct job *j);
 /* FenceSlot for j's current epoch to w; `cb` gets the FenceResponse. */
 moe_status worker_call_fence(struct coordinator *co, const struct job *j, const struct worker *w,

@@ -213,6 +213,7 @@ static void reregister(struct worker *w) {
 struct heartbeat {
     struct worker *w;
     char job_id[64]; // the job this heartbeat spoke for: stop_job refers to it
+    uint64_t epoch;  // ... and its epoch: a slot given a newer one since runs on
 };
 
 static void heartbeat_tick(uv_timer_t *t);
@@ -251,6 +252,7 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
     for (int k = 0; r->stop_job && hb->job_id[0] && k < WORKER_MAX_SLOTS; k++) {
         struct job *j = w->jobs[k];
         if (!j || atomic_load(&j->finished) || strcmp(j->id, hb->job_id) != 0) continue;
+        if (hb->epoch && job_epoch(j) > hb->epoch) continue; // a RunSlot overtook the answer
         if (job_stop(j, JOB_STOP_COORDINATOR))
             LOG_INFO("%s: the coordinator says it no longer runs here: stopping", hb->job_id);
     }
@@ -272,6 +274,7 @@ static void heartbeat_tick(uv_timer_t *t) {
     uint64_t epoch;
     int holding;
     snprintf(hb->job_id, sizeof hb->job_id, "%s", running_job(w, &step, &epoch, &holding));
+    hb->epoch = epoch;
     char id[WORKER_ID_MAX];
     worker_copy_id(w, id);
     Moed__V1__HeartbeatRequest req = MOED__V1__HEARTBEAT_REQUEST__INIT;

@@ -474,12 +474,20 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
 
 static void stop_job(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     struct worker *w = ctx;
-    const Moed__V1__JobRef *req = (const Moed__V1__JobRef *)msg;
+    const Moed__V1__StopJobRequest *req = (const Moed__V1__StopJobRequest *)msg;
     if (!called_by(call, "coordinator")) return;
     int found = 0;
     for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
         struct job *j = w->jobs[k];
         if (!j || atomic_load(&j->finished) || strcmp(j->id, req->job_id) != 0) continue;
+        uint64_t e = job_epoch(j);
+        if (req->epoch && e > req->epoch) {
+            /* the stop of an older binding, overtaken by the RunSlot of this one */
+            LOG_INFO("%s: slot (%d, %d): StopJob of epoch %llu ignored: it runs epoch %llu",
+                     j->id, j->pod, j->slot, (unsigned long long)req->epoch,
+                     (unsigned long long)e);
+            continue;
+        }
         if (job_stop(j, JOB_STOP_COORDINATOR))
             LOG_INFO("%s: slot (%d, %d): stop requested by the coordinator", j->id, j->pod,
                      j->slot);
@@ -575,7 +583,7 @@ static void inject_fault(struct rpc_call *call, const ProtobufCMessage *msg, voi
 const struct rpc_method worker_methods[] = {
     {RPC_WORKER_RUN_SLOT, &moed__v1__run_slot_request__descriptor, RPC_UNARY,
      RPC_AUTH_IDENTITY, run_slot},
-    {RPC_WORKER_STOP_JOB, &moed__v1__job_ref__descriptor, RPC_UNARY, RPC_AUTH_IDENTITY,
+    {RPC_WORKER_STOP_JOB, &moed__v1__stop_job_request__descriptor, RPC_UNARY, RPC_AUTH_IDENTITY,
      stop_job},
     {RPC_WORKER_FENCE_SLOT, &moed__v1__fence_request__descriptor, RPC_UNARY,
      RPC_AUTH_IDENTITY, fence_slot},
