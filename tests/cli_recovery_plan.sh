@@ -9,7 +9,9 @@
 # losing every copy of slot index 1 FAILS the job naming the slot, both workers and the
 # committed step; a job with no spare fails after mesh.spare_wait_s; and a plan whose step T
 # had a single copy (pod 0 finished a step pod 1 did not), whose holder dies before the restore
-# ends, is planned again at the step before (T was not committed yet). The end-to-end version
+# ends, is planned again at the step before (T was not committed yet). Workers killed but not
+# yet timed out stay in the cluster for that last job: a newcomer at one's address makes it
+# DEAD at once, and RunSlots to the others requeue the job until it runs on live ones. The end-to-end version
 # with real workers and tensors is cli_chaos_*.sh. $1 (moectl) is not used.
 set -u
 bin=$MOE_BUILD_DIR/bin
@@ -58,7 +60,7 @@ check "the coordinator is up at ${addr:-?}" '[ -n "$addr" ] && running $cpid'
 [ -n "$addr" ] || { tail -n 30 "$dir/coordinator.log"; exit 1; }
 
 timeout 300 "$py" "$MOE_SOURCE_DIR/tests/fake_workers.py" "$dir/py" "$addr" "$dir/client.token" \
-  "$dir/cluster.token" /usr/share/common-licenses/GPL-3
+  "$dir/cluster.token" /usr/share/common-licenses/GPL-3 "$dir/coordinator.log"
 rc=$?
 check "the fake workers' checks all hold" '[ $rc -eq 0 ]'
 check "the coordinator is still running" 'running $cpid'

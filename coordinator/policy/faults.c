@@ -126,8 +126,9 @@ void faults_tick(struct coordinator *co, int64_t now) {
 
 /* ---- the ways a slot is lost ---- */
 
-void fault_worker_dead(struct coordinator *co, struct worker *w, int64_t silent_ms) {
-    LOG_WARN("%s at %s is dead: no heartbeat for %.1f s", w->id, w->address, silent_ms / 1000.0);
+/* w is DEAD (`why`: what showed it); the slot it played is lost. */
+static void worker_lost(struct coordinator *co, struct worker *w, const char *why) {
+    LOG_WARN("%s at %s is dead: %s", w->id, w->address, why);
     char job_id[24];
     snprintf(job_id, sizeof job_id, "%s", w->job_id);
     worker_mark_dead(co, w);
@@ -136,17 +137,28 @@ void fault_worker_dead(struct coordinator *co, struct worker *w, int64_t silent_
     if (!losable(j, k)) return;
     long step = j->bindings[k].step > j->step ? j->bindings[k].step : j->step;
     if (decide(j, LOST_DEAD) == RECOVER)
-        recovery_signal(co, j, k, FAULT_DEAD, "worker %s (%s, pod %d) died at step %ld: no "
-                        "heartbeat for %.1f s", w->id, w->address, w->pod, step,
-                        silent_ms / 1000.0);
+        recovery_signal(co, j, k, FAULT_DEAD, "worker %s (%s, pod %d) died at step %ld: %s",
+                        w->id, w->address, w->pod, step, why);
     else if (j->failing_ms) // its peers reported losing it first: the reason says what they saw
         job_fail(co, j, k, "worker_dead", "worker %s (%s, pod %d) stopped answering its peers "
-                 "after step %ld (no heartbeat for %.1f s); first report: slot (%d, %d) on %s",
-                 w->id, w->address, w->pod, j->bindings[k].step, silent_ms / 1000.0,
-                 j->first_failed / j->slots, j->first_failed % j->slots, j->first_failure);
+                 "after step %ld (%s); first report: slot (%d, %d) on %s", w->id, w->address,
+                 w->pod, j->bindings[k].step, why, j->first_failed / j->slots,
+                 j->first_failed % j->slots, j->first_failure);
     else
-        job_fail(co, j, k, "worker_dead", "worker %s (%s, pod %d) died at step %ld: no heartbeat "
-                 "for %.1f s", w->id, w->address, w->pod, step, silent_ms / 1000.0);
+        job_fail(co, j, k, "worker_dead", "worker %s (%s, pod %d) died at step %ld: %s", w->id,
+                 w->address, w->pod, step, why);
+}
+
+void fault_worker_dead(struct coordinator *co, struct worker *w, int64_t silent_ms) {
+    char why[64];
+    snprintf(why, sizeof why, "no heartbeat for %.1f s", silent_ms / 1000.0);
+    worker_lost(co, w, why);
+}
+
+void fault_worker_superseded(struct coordinator *co, struct worker *w, const struct worker *by) {
+    char why[96];
+    snprintf(why, sizeof why, "%s registered at its address", by->id);
+    worker_lost(co, w, why);
 }
 
 void fault_slot_ended(struct coordinator *co, struct job *j, int k, const struct worker *w,
@@ -195,6 +207,18 @@ void fault_slot_abandoned(struct coordinator *co, struct job *j, int k, const st
         job_fail(co, j, k, "failed", "worker %s (%s, pod %d) re-registered %s: it no longer runs "
                  "its slot", w->id, w->address, w->pod,
                  runs_another ? "running another job" : "idle");
+}
+
+void fault_slot_forgotten(struct coordinator *co, struct job *j, int k, const struct worker *w) {
+    if (!losable(j, k) || recovery_dropped(j, w)) return;
+    if (decide(j, LOST_ABANDONED) == RECOVER)
+        recovery_signal(co, j, k, FAULT_ENDED, "worker %s (%s, pod %d) runs nothing: it no "
+                        "longer plays its slot of epoch %llu", w->id, w->address, w->pod,
+                        (unsigned long long)j->epoch);
+    else
+        job_fail(co, j, k, "failed", "worker %s (%s, pod %d) runs nothing: it no longer plays "
+                 "its slot of epoch %llu", w->id, w->address, w->pod,
+                 (unsigned long long)j->epoch);
 }
 
 void fault_not_started(struct coordinator *co, struct job *j, int k, const char *worker_id,

@@ -11,6 +11,9 @@
 
 /* The monitor found w silent for silent_ms: it is DEAD, and the slot it played is lost. */
 void fault_worker_dead(struct coordinator *co, struct worker *w, int64_t silent_ms);
+/* Another worker, `by`, registered at w's address: w's process is gone (two processes cannot
+ * listen on one address), so w is DEAD now, not a heartbeat timeout later, and its slot lost. */
+void fault_worker_superseded(struct coordinator *co, struct worker *w, const struct worker *by);
 /* w ended slot k of j with an error at `step` (ReportJobEnd, ok = 0). `stopped`: it stopped
  * because the coordinator told it to (another slot failed): an answer, not a cause. */
 void fault_slot_ended(struct coordinator *co, struct job *j, int k, const struct worker *w,
@@ -21,6 +24,9 @@ void fault_reported(struct coordinator *co, struct job *j, int k, const Moed__V1
  * job `runs` when it is known here): the slot is lost. */
 void fault_slot_abandoned(struct coordinator *co, struct job *j, int k, const struct worker *w,
                           const struct job *runs);
+/* w accepted slot k of j's current epoch, yet its heartbeats say it runs nothing (its job's
+ * end never reached us, or a stop meant for another epoch ended it): the slot is lost. */
+void fault_slot_forgotten(struct coordinator *co, struct job *j, int k, const struct worker *w);
 /* The worker of slot k refused the scheduler's RunSlot after the job's first step. */
 void fault_not_started(struct coordinator *co, struct job *j, int k, const char *worker_id,
                        const struct rpc_result *res);

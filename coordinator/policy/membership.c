@@ -6,7 +6,8 @@
  * process that restarted lost its credential and joins as a new worker), reattaching a worker that still runs
  * the slot it is bound to (after a coordinator restart: principle 5, a restart loses nothing),
  * what a heartbeat means (alive; back from the dead; idle again so schedulable; told to stop a
- * job it no longer plays), and liveness: a worker silent past the heartbeat timeout is dead.
+ * job it no longer plays), and liveness: a worker silent past the heartbeat timeout is dead,
+ * as is one whose address another worker registered at.
  * A worker's slot that is lost on the way (it restarted, it went silent) goes to faults.c; a
  * recoverable mesh's worker between its fence and its new epoch is recovery.c's to judge.
  * Never: decides recover-or-fail (faults.c), or places a job (schedule.c, after each change
@@ -96,6 +97,17 @@ static void bind_registered(struct coordinator *co, struct worker *w,
     if (bound) fault_slot_abandoned(co, bound, bound_slot, w, j);
 }
 
+/* Any other live worker at w's address is a process that is gone (its port was free to take):
+ * DEAD now, so that neither a job nor a recovery waits a heartbeat timeout for it or sends
+ * it calls that reach w. */
+static void supersede(struct coordinator *co, struct worker *w) {
+    for (int i = 0; i < co->n_workers; i++) {
+        struct worker *o = co->workers[i];
+        if (o != w && worker_alive(o) && strcmp(o->address, w->address) == 0)
+            fault_worker_superseded(co, o, w);
+    }
+}
+
 moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterRequest *req,
                                struct worker *known, struct worker **out) {
     struct worker *w = known;
@@ -114,6 +126,7 @@ moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterR
     w->confirmed = 1;
     w->awaiting_idle = 0;
     CHECK(worker_save(co, w));
+    supersede(co, w);
     char mpi[320] = "";
     if (w->mpi_size)
         snprintf(mpi, sizeof mpi, ", MPI rank %d of %d in %s", w->mpi_rank, w->mpi_size,
@@ -138,6 +151,7 @@ static int keeps_slot(struct coordinator *co, struct worker *w, struct job *j,
     else if (keep)
         keep = same_epoch && !(j->recoverable && recovery_dropped(j, w));
     if (keep && same_epoch) {
+        j->bindings[k].idle_beats = 0;
         if (req->step > j->bindings[k].step) j->bindings[k].step = (long)req->step;
         if (k == 0 && req->step > j->step) j->step = req->step;
     }
@@ -177,14 +191,19 @@ void membership_heartbeat(struct coordinator *co, struct worker *w,
     } else if (w->job_id[0]) {
         /* It runs nothing: a job we thought it was finishing is over for it, or it no longer
          * plays a slot of it (a recovery fenced it out, the job went back to the queue). A
-         * worker still in the job's binding waits for its RunSlot. */
+         * worker still in the job's binding waits for its RunSlot, unless it took it. */
         struct job *mine = jobs_find(co, w->job_id);
-        if (!mine || job_is_final(mine) || job_slot_of(mine, w->id) < 0 ||
-            recovery_dropped(mine, w)) {
+        int k = mine ? job_slot_of(mine, w->id) : -1;
+        if (!mine || job_is_final(mine) || k < 0 || recovery_dropped(mine, w)) {
             w->job_id[0] = 0;
             w->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
             worker_save(co, w);
             schedule_pass(co);
+        } else if (mine->bindings[k].running && ++mine->bindings[k].idle_beats >= 2) {
+            /* It accepted the slot, yet runs nothing. One such heartbeat may have left before
+             * the RunSlot came; the next one left after its answer to that one, so after the
+             * RunSlot: the slot is gone from the worker. */
+            fault_slot_forgotten(co, mine, k, w);
         }
     }
 }

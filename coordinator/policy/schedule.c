@@ -6,9 +6,10 @@
  * overtakes it), binding (the workers placement.c chooses, stored with the new epoch before
  * RunSlot, with the whole binding table, goes to every bound worker) and what the RunSlot
  * answers of a fresh binding mean: every slot accepted (event "running"); a refusal before
- * any step requeues the job (a busy or unreachable worker: not the job's fault) or fails it (a
- * worker that cannot play it, or max_assign_attempts refusals); a refusal after the first step
- * is a lost slot (faults.c). Recovery's RunSlots (recovery.c) have their own answer handler.
+ * any step requeues the job (a busy or unreachable worker, or a stranger at its address: not
+ * the job's fault) or fails it (a worker that cannot play it, or max_assign_attempts
+ * refusals); a refusal after the first step is a lost slot (faults.c). Recovery's RunSlots
+ * (recovery.c) have their own answer handler.
  * Never: chooses workers (placement.c), changes a job's state itself (state/transitions.c),
  * or waits: every call is asynchronous, on the loop.
  */
@@ -100,10 +101,14 @@ static void run_slot_reply(void *arg, const struct rpc_result *res, const Protob
         worker_set_free(w, 0);
         worker_save(co, w);
     }
-    /* Busy (still finishing its previous job) or unreachable: not the job's fault. The worker
-     * waits for a heartbeat that shows it idle (or for the timeout that declares it dead). */
+    /* Busy (still finishing its previous job), unreachable, or another process answering at
+     * its address (it does not know our credential for it: the worker we registered is gone):
+     * not the job's fault. The worker waits for a heartbeat that shows it idle (or for the
+     * timeout that declares it dead). */
     int not_the_jobs_fault = res->code == GRPC_STATUS_UNAVAILABLE ||
-                             res->code == GRPC_STATUS_DEADLINE_EXCEEDED;
+                             res->code == GRPC_STATUS_DEADLINE_EXCEEDED ||
+                             res->code == GRPC_STATUS_UNAUTHENTICATED ||
+                             res->code == GRPC_STATUS_PERMISSION_DENIED;
     if (w && not_the_jobs_fault) w->awaiting_idle = 1;
     if (current) slot_refused(co, j, a, res, not_the_jobs_fault);
     free(a);

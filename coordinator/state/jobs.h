@@ -44,6 +44,7 @@ struct binding {
     char error[256];
     /* not persisted */
     int running;                   // RunSlot accepted in this epoch
+    int idle_beats;                // heartbeats in a row, since, of its worker running nothing
     long replicated_step;          // the newest StepMetrics.replicated_step of this epoch
 };
 
