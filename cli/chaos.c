@@ -1,17 +1,21 @@
 /*
  * chaos.c — `moectl chaos JOB`: a reproducible schedule of faults against a job on a local
- * cluster, each one waited out until the job has recovered from it (docs/recovery.md).
+ * cluster, each one waited out until the job has survived it (docs/recovery.md), and judged by
+ * what the job did about it (docs/operations.md, "Chaos testing").
  *
  * Owns: the schedule (kinds and logical victims drawn from a seed, so that the same seed and
  * the same mesh give the same faults), injecting each fault into the processes of the cluster
  * directory (kill -9, SIGSTOP/SIGCONT, the coordinator's death and restart, Worker.InjectFault
  * with the operator token the victim wrote to its scratch directory worker-<i>/),
- * restarting what it killed so that it comes back as spares, watching the job's events and
- * committed step between faults, and the report of what happened (text, or --json).
+ * restarting what it killed so that it comes back as spares, watching the job's status and
+ * committed step between faults, judging each fault by its account in the job's event history
+ * (chaos_ledger.c: recovered, moved, reattached, repaired, or held) and by the job training on
+ * past it, and the report of what happened (text, or --json).
  * Never: signals a process that is not one of the cluster directory's (pid files), decides
  * anything about the recovery itself (the coordinator does), or leaves a process stopped.
  */
 #include "client.h"
+#include "chaos_ledger.h"
 #include "cluster_dir.h"
 #include "moectl.h"
 
@@ -40,10 +44,14 @@
 #define TEXT_CAP 1024
 
 enum kind { K_KILL, K_KILL2, K_STOP, K_COORDINATOR, K_CUT, K_FLIP, N_KINDS };
+/* What the job did about a fault (docs/operations.md): the first that applies, in this order. */
+enum outcome { O_NONE, O_REPAIRED, O_RECOVERED, O_MOVED, O_REATTACHED, O_HELD, N_OUTCOMES };
+static const char *const outcome_names[N_OUTCOMES] = {"none",  "repaired",   "recovered",
+                                                      "moved", "reattached", "held"};
 static const char *const kind_names[N_KINDS] = {"kill", "kill2", "stop", "coordinator", "cut",
                                                 "flip"};
-/* What --kinds means when it is not given: every fault a recovery must survive (flip is a
- * corruption the replica check reports, not one the job recovers from). */
+/* What --kinds means when it is not given: every fault a recovery must survive (flip needs
+ * mesh.check_every and the coordinator's repair of what the replica check reports). */
 #define DEFAULT_KINDS ((1u << K_KILL) | (1u << K_KILL2) | (1u << K_STOP) | (1u << K_COORDINATOR) | \
                        (1u << K_CUT))
 
@@ -61,11 +69,17 @@ struct fault {
     struct victim v[2];
     int peer_rank;            // cut: the rank whose connection goes
     int64_t step;             // the job's step when it went in
-    int64_t step_back;        // coordinator: the step the restarted one first reported (-1)
-    long long injected_ms, recovered_ms;
-    int recovered;
+    int64_t seq;              // the job's next event seq when it went in: its window starts
+    int64_t settled_seq;      //   ... and the next one when it was judged survived
+    int64_t base;             // the step the job must train past before it is judged
+    int looked;               // the job was seen once since it went in
+    long long injected_ms, recovered_ms; // recovered_ms: when it was judged survived
+    int recovered;            // survived: the job trains on past it, nothing in progress
+    enum outcome outcome;
+    struct account account;   // its window of the event history when it was judged
+    int shared_with;          // index of a fault an episode of its account also covered (-1)
     char did[TEXT_CAP];       // what chaos did, for the fault's line
-    char recovery[TEXT_CAP];  // the coordinator's event that closed it
+    char recovery[TEXT_CAP];  // how it was accounted for, in words
 };
 
 struct sample {
@@ -91,9 +105,7 @@ struct chaos {
     long long start_ms;
     /* what the polls saw */
     Moed__V1__JobStatus *st;  // the last GetJob answer (NULL before the first)
-    struct event_set seen;    // events already printed
-    long long last_ms[4];     // newest event of each kind below, and its text
-    char last_text[4][TEXT_CAP];
+    struct ledger ledger;     // every event of the job, read after each GetJob
     struct sample *samples;
     int n_samples;
     int decreased;            // committed_step went down (a recovery below it: a bug)
@@ -101,9 +113,6 @@ struct chaos {
     char error[TEXT_CAP];     // what went wrong, "" while nothing did
     pid_t stopped;            // a worker chaos has SIGSTOPped and must SIGCONT
 };
-enum { EV_FAILURE, EV_RECOVERING, EV_RECOVERED, EV_MISMATCH };
-static const char *const tracked_events[4] = {"failure", "recovering", "recovered",
-                                              "replica_mismatch"};
 
 static volatile sig_atomic_t interrupted;
 static void on_signal(int sig) { interrupted = sig; }
@@ -186,7 +195,7 @@ static void make_schedule(struct chaos *c) {
         memset(f, 0, sizeof *f);
         f->kind = i < n ? order[i] : order[below(&rng, n)];
         f->peer_rank = -1;
-        f->step_back = -1;
+        f->shared_with = -1;
         if (f->kind == K_COORDINATOR) continue;
         f->n_victims = 1;
         f->v[0].pod = below(&rng, P);
@@ -232,21 +241,25 @@ static void print_schedule(const struct chaos *c) {
 
 /* ---- watching the job ---- */
 
-/* Prints the job's events that are new since the run started, and remembers the newest of
- * the kinds that close a fault. */
-static void take_events(struct chaos *c, const Moed__V1__JobStatus *st) {
-    for (size_t i = 0; i < st->n_events; i++) {
-        const Moed__V1__Event *e = st->events[i];
-        if (e->unix_ms < c->start_ms || !event_set_add(&c->seen, e)) continue;
+/* Reads the job's events past those held, and prints the new ones (not those before the run
+ * started). 1: read; 0: the coordinator did not answer; -1: an error, recorded. */
+static int take_events(struct chaos *c) {
+    size_t n_new = 0;
+    struct rpc_result res;
+    if (ledger_pull(&c->ledger, c->cl.ch, c->job_id, CALL_TIMEOUT_S, &res, &n_new) != MOE_OK) {
+        if (res.code == GRPC_STATUS_UNAVAILABLE || res.code == GRPC_STATUS_DEADLINE_EXCEEDED ||
+            res.code == GRPC_STATUS_CANCELLED)
+            return 0;
+        return chaos_error(c, "%s", moe_errmsg());
+    }
+    for (size_t i = c->ledger.n - n_new; i < c->ledger.n; i++) {
+        const struct ledger_event *e = &c->ledger.ev[i];
+        if (e->unix_ms < c->start_ms) continue;
         char when[16];
         moectl_clock(when, sizeof when, e->unix_ms);
-        say(c, "    %s %-16s %s", when, e->kind, e->message);
-        for (int k = 0; k < 4; k++)
-            if (strcmp(e->kind, tracked_events[k]) == 0 && e->unix_ms >= c->last_ms[k]) {
-                c->last_ms[k] = e->unix_ms;
-                snprintf(c->last_text[k], sizeof c->last_text[k], "%s", e->message);
-            }
+        say(c, "    %s %-5lld %-16s %s", when, (long long)e->seq, e->kind, e->message);
     }
+    return 1;
 }
 
 /* Keeps every change of committed_step, and notes one that goes down. */
@@ -264,7 +277,8 @@ static void take_committed(struct chaos *c, int64_t committed) {
         c->samples[c->n_samples++] = (struct sample){moe_wall_ms(), committed};
 }
 
-/* One GetJob. 1: c->st is the fresh answer; 0: the coordinator did not answer (it may be
+/* One GetJob, then the events that came since the last look (ListEvents). 1: c->st is the
+ * fresh answer and c->ledger at least as new; 0: the coordinator did not answer (it may be
  * restarting; c->st keeps the previous one); -1: an answer that ends the run (NOT_FOUND,
  * credentials), recorded in c->error. */
 static int poll_job(struct chaos *c) {
@@ -286,9 +300,8 @@ static int poll_job(struct chaos *c) {
     }
     if (c->st) protobuf_c_message_free_unpacked(&c->st->base, NULL);
     c->st = st;
-    take_events(c, st);
     take_committed(c, st->job->committed_step);
-    return 1;
+    return take_events(c);
 }
 
 /* "FAILED at step 12: <error>" */
@@ -396,13 +409,12 @@ static int inject_kill(struct chaos *c, struct fault *f) {
     return failed;
 }
 
-/* Fenced: the coordinator began (or finished) a recovery after the fault, or stopped the job,
- * or holds the worker dead. */
+/* Fenced: the coordinator began (or advanced, or finished) a recovery or a move after the
+ * fault, or stopped the job, or holds the worker dead. A recovery or move already in progress
+ * when the fault went in is not enough (issue 18): its fence may have passed the worker. */
 static int fenced(struct chaos *c, const struct fault *f) {
     const Moed__V1__JobInfo *j = c->st->job;
-    if (client_job_final(j->state) || j->recovering ||
-        c->last_ms[EV_RECOVERING] >= f->injected_ms || c->last_ms[EV_RECOVERED] >= f->injected_ms)
-        return 1;
+    if (client_job_final(j->state) || ledger_episode_since(&c->ledger, f->seq)) return 1;
     Moed__V1__ClusterStatus *cs = get_cluster(c);
     if (!cs) return 0;
     int dead = 0;
@@ -498,7 +510,8 @@ static int inject_rpc(struct chaos *c, struct fault *f) {
 }
 
 static int inject(struct chaos *c, struct fault *f) {
-    f->step = c->st->job->step;
+    f->step = f->base = c->st->job->step;
+    f->seq = c->ledger.next_seq; // read by the poll that let it go in
     switch (f->kind) {
     case K_KILL:
     case K_KILL2: return inject_kill(c, f);
@@ -508,35 +521,6 @@ static int inject(struct chaos *c, struct fault *f) {
     case K_FLIP: return inject_rpc(c, f);
     default: return chaos_error(c, "fault kind %d", (int)f->kind);
     }
-}
-
-/* Has the job recovered from `f`? (Or, for flip, has the replica check reported it?) A
- * recovery is closed by a "recovered" event newer than the fault, or a count of recoveries
- * past the one before it with none in progress. A coordinator restart needs no recovery when
- * every worker reattaches in its epoch: then the job training on is the proof. */
-static int recovered(struct chaos *c, struct fault *f, int recoveries_before) {
-    const Moed__V1__JobInfo *j = c->st->job;
-    const char *text = NULL;
-    if (f->kind == K_FLIP) {
-        if (c->last_ms[EV_MISMATCH] >= f->injected_ms) text = c->last_text[EV_MISMATCH];
-    } else if (j->recovering) {
-        return 0;
-    } else if (c->last_ms[EV_RECOVERED] >= f->injected_ms) {
-        text = c->last_text[EV_RECOVERED];
-    } else if (j->recoveries > recoveries_before) {
-        text = "(no \"recovered\" event seen; JobInfo.recoveries grew)";
-    } else if (f->kind == K_COORDINATOR && j->state == MOED__V1__JOB_STATE__JOB_RUNNING) {
-        /* Past the first step the restarted coordinator showed: reports flow again (the ones
-         * the workers held back during its death arrive first). */
-        if (f->step_back < 0) f->step_back = j->step;
-        else if (j->step > f->step_back && j->step > f->step)
-            text = "(no recovery needed: the workers reattached and the job trains on)";
-    }
-    if (!text) return 0;
-    f->recovered = 1;
-    f->recovered_ms = moe_wall_ms();
-    snprintf(f->recovery, sizeof f->recovery, "%s", text);
-    return 1;
 }
 
 /* Polls the job every POLL_S until reached() says it is there (1; 0: not yet, -1: an error
@@ -560,17 +544,22 @@ struct gap {
     int64_t base; // the step the gap counts from
 };
 
+/* -1 (recorded) when the job has ended before fault `index` could go in, else 0. */
+static int ended_before(struct chaos *c, int index) {
+    const Moed__V1__JobInfo *j = c->st->job;
+    if (!client_job_final(j->state)) return 0;
+    char jt[TEXT_CAP];
+    job_text(jt, sizeof jt, j);
+    return chaos_error(c, "the job ended before fault %d of %d: %s%s", index + 1, c->n_faults, jt,
+                       j->state == MOED__V1__JOB_STATE__JOB_SUCCEEDED
+                           ? " (give it more run.steps, or fewer faults)" : "");
+}
+
 /* The job has done `gap_steps` steps since the base and is not recovering. */
 static int gap_done(struct chaos *c, const void *arg) {
     const struct gap *g = arg;
     const Moed__V1__JobInfo *j = c->st->job;
-    if (client_job_final(j->state)) {
-        char jt[TEXT_CAP];
-        job_text(jt, sizeof jt, j);
-        return chaos_error(c, "the job ended before fault %d of %d: %s%s", g->index + 1,
-                           c->n_faults, jt, j->state == MOED__V1__JOB_STATE__JOB_SUCCEEDED
-                               ? " (give it more run.steps, or fewer faults)" : "");
-    }
+    if (ended_before(c, g->index)) return -1;
     return j->state == MOED__V1__JOB_STATE__JOB_RUNNING && !j->recovering &&
            j->step >= g->base + c->gap_steps && j->n_bindings > 0;
 }
@@ -584,41 +573,156 @@ static int wait_gap(struct chaos *c, int index, int64_t base) {
                        c->timeout_s);
 }
 
-struct pending_fault {
-    int index;
-    int recoveries_before; // the job's count of recoveries before the fault
-};
+/* ---- judging a fault ---- */
 
-static int fault_recovered(struct chaos *c, const void *arg) {
-    const struct pending_fault *p = arg;
-    struct fault *f = &c->faults[p->index];
-    if (recovered(c, f, p->recoveries_before)) return 1;
-    const Moed__V1__JobInfo *j = c->st->job;
-    if (!client_job_final(j->state)) return 0;
-    char jt[TEXT_CAP];
-    job_text(jt, sizeof jt, j);
-    return chaos_error(c, "fault %d (%s) was not recovered: the job %s", p->index + 1,
-                       kind_names[f->kind], jt);
+/* What the account of its window says the job did about a fault of kind k, the first that
+ * applies; O_NONE: not enough yet (a kill needs a recovery or a move, a flip its repair or a
+ * recovery that restored the state over it). */
+static enum outcome outcome_of(enum kind k, const struct account *a) {
+    if (k == K_FLIP) return a->repaired ? O_REPAIRED : a->recovered ? O_RECOVERED : O_NONE;
+    if (a->recovered) return O_RECOVERED;
+    if (a->moved) return O_MOVED;
+    if (k == K_KILL || k == K_KILL2) return O_NONE;
+    if (k == K_COORDINATOR && a->reattached) return O_REATTACHED;
+    return O_HELD;
 }
 
-static int wait_recovered(struct chaos *c, int index, int recoveries_before) {
-    const struct pending_fault p = {index, recoveries_before};
-    int r = poll_until(c, fault_recovered, &p);
-    if (r <= 0) return r;
-    const struct fault *f = &c->faults[index];
-    char jt[TEXT_CAP] = "not answering";
-    if (c->st) job_text(jt, sizeof jt, c->st->job);
-    return chaos_error(c, "fault %d (%s): no %s within %.0f s; the job is %s", index + 1,
-                       kind_names[f->kind], f->kind == K_FLIP ? "replica_mismatch event"
-                                                              : "recovery",
-                       c->timeout_s, jt);
+/* "events 120-131", or the empty window. */
+static void window_text(char *out, size_t cap, const struct fault *f) {
+    const struct account *a = &f->account;
+    if (a->first_seq >= 0)
+        snprintf(out, cap, "events %lld-%lld", (long long)a->first_seq, (long long)a->last_seq);
+    else
+        snprintf(out, cap, "no event of the job between seq %lld and %lld", (long long)f->seq,
+                 (long long)f->settled_seq);
 }
 
-/* One fault: wait for the gap, inject, wait it out. Returns 0 when it was recovered. */
-static int run_fault(struct chaos *c, int i, int64_t *base) {
+/* The fault's account in words, into f->recovery. */
+static void describe(struct chaos *c, int i) {
     struct fault *f = &c->faults[i];
-    if (wait_gap(c, i, *base)) return -1;
-    int recoveries_before = c->st->job->recoveries;
+    const struct account *a = &f->account;
+    char w[96], what[TEXT_CAP], earlier[160] = "";
+    window_text(w, sizeof w, f);
+    switch (f->outcome) {
+    case O_REPAIRED:
+        snprintf(what, sizeof what, "replica_mismatch at seq %lld, repaired at seq %lld: %.600s",
+                 (long long)(a->mismatch ? a->mismatch->seq : -1),
+                 (long long)a->repaired_by->seq, a->repaired_by->message);
+        break;
+    case O_RECOVERED:
+        snprintf(what, sizeof what, "%d recover%s (%s), the last at seq %lld: %.600s",
+                 a->recovered, a->recovered == 1 ? "y" : "ies", w,
+                 (long long)a->recovered_by->seq, a->recovered_by->message);
+        break;
+    case O_MOVED:
+        snprintf(what, sizeof what, "a move (%s), at seq %lld: %.600s", w,
+                 (long long)a->moved_by->seq, a->moved_by->message);
+        break;
+    case O_REATTACHED:
+        snprintf(what, sizeof what, "%d slot%s reattached to the restarted coordinator (%s); no "
+                 "recovery needed", a->reattached, a->reattached == 1 ? "" : "s", w);
+        break;
+    default:
+        snprintf(what, sizeof what, "the job needed nothing: no recovery, move or repair (%s)",
+                 w);
+    }
+    if (a->earlier_seq >= 0)
+        snprintf(earlier, sizeof earlier, "; it landed during an episode that began at seq %lld%s",
+                 (long long)a->earlier_seq, f->shared_with >= 0
+                     ? ", in the previous fault's window: that one counts for both" : "");
+    snprintf(f->recovery, sizeof f->recovery, "%.900s%s%s", what, earlier,
+             c->st->job->state == MOED__V1__JOB_STATE__JOB_SUCCEEDED ? "; the job SUCCEEDED" : "");
+}
+
+/* Fault i is survived with outcome o: the account is kept, and an episode that began in the
+ * previous fault's window (after it was judged) is said to cover both. */
+static void settle(struct chaos *c, int i, const struct account *a, enum outcome o) {
+    struct fault *f = &c->faults[i];
+    f->account = *a;
+    f->outcome = o;
+    f->settled_seq = c->ledger.next_seq;
+    f->recovered = 1;
+    f->recovered_ms = moe_wall_ms();
+    if (i > 0 && a->earlier_seq >= c->faults[i - 1].seq) {
+        f->shared_with = i - 1;
+        c->faults[i - 1].shared_with = i;
+    }
+    describe(c, i);
+}
+
+/* Survived: the job is RUNNING with no recovery, move or repair in progress, what the fault
+ * needed has happened (outcome_of), and it trained --gap-steps (at least 1) past the step it
+ * was at when the fault went in and past any recovery after it; or it SUCCEEDED. FAILED or
+ * CANCELLED ends the run. */
+static int fault_settled(struct chaos *c, const void *arg) {
+    const int i = *(const int *)arg;
+    struct fault *f = &c->faults[i];
+    const Moed__V1__JobInfo *j = c->st->job;
+    struct account a;
+    ledger_account(&c->ledger, f->seq, c->ledger.next_seq, &a);
+    enum outcome o = outcome_of(f->kind, &a);
+    if (j->state == MOED__V1__JOB_STATE__JOB_SUCCEEDED) {
+        settle(c, i, &a, o == O_NONE ? O_HELD : o);
+        return 1;
+    }
+    if (client_job_final(j->state)) {
+        char jt[TEXT_CAP];
+        job_text(jt, sizeof jt, j);
+        return chaos_error(c, "fault %d (%s) was not survived: the job %s", i + 1,
+                           kind_names[f->kind], jt);
+    }
+    int busy = j->state != MOED__V1__JOB_STATE__JOB_RUNNING || j->recovering ||
+               a.open_seq >= 0 || a.repair_seq >= 0 || o == O_NONE;
+    if (busy || !f->looked) { // the first look after a restart: its stored step is the base
+        if (j->step > f->base) f->base = j->step;
+        f->looked = 1;
+        return 0;
+    }
+    if (j->step < f->base + (c->gap_steps > 0 ? c->gap_steps : 1)) return 0;
+    settle(c, i, &a, o);
+    return 1;
+}
+
+/* What fault i still waits for, in words. */
+static void missing_text(struct chaos *c, int i, char *out, size_t cap) {
+    const struct fault *f = &c->faults[i];
+    struct account a;
+    ledger_account(&c->ledger, f->seq, c->ledger.next_seq, &a);
+    const struct ledger_event *last = c->ledger.n ? &c->ledger.ev[c->ledger.n - 1] : NULL;
+    char ev[400] = "no event";
+    if (last)
+        snprintf(ev, sizeof ev, "the last event: seq %lld %s: %.300s", (long long)last->seq,
+                 last->kind, last->message);
+    if (a.repair_seq >= 0)
+        snprintf(out, cap, "replica_mismatch at seq %lld and no repaired after it (%s)",
+                 (long long)a.repair_seq, ev);
+    else if (a.open_seq >= 0)
+        snprintf(out, cap, "a recovery or move in progress since seq %lld (%s)",
+                 (long long)a.open_seq, ev);
+    else if (outcome_of(f->kind, &a) == O_NONE)
+        snprintf(out, cap, "%s (%s)", f->kind == K_FLIP
+                     ? "no replica_mismatch then repaired (is mesh.check_every on?)"
+                     : "no recovery or move after it", ev);
+    else
+        snprintf(out, cap, "the job did not train %d step%s past step %lld (%s)",
+                 c->gap_steps > 0 ? c->gap_steps : 1, c->gap_steps > 1 ? "s" : "",
+                 (long long)f->base, ev);
+}
+
+static int wait_settled(struct chaos *c, int i) {
+    int r = poll_until(c, fault_settled, &i);
+    if (r <= 0) return r;
+    char jt[TEXT_CAP] = "not answering", miss[TEXT_CAP];
+    if (c->st) job_text(jt, sizeof jt, c->st->job);
+    missing_text(c, i, miss, sizeof miss);
+    return chaos_error(c, "fault %d (%s) was not survived within %.0f s: %s; the job is %s", i + 1,
+                       kind_names[c->faults[i].kind], c->timeout_s, miss, jt);
+}
+
+/* One fault: inject it, wait until the job has survived it. Returns 0 when it did. */
+static int run_fault(struct chaos *c, int i) {
+    struct fault *f = &c->faults[i];
+    if (ended_before(c, i)) return -1;
     int failed = inject(c, f);
     char what[160];
     victims_text(what, sizeof what, f);
@@ -627,14 +731,13 @@ static int run_fault(struct chaos *c, int i, int64_t *base) {
     else
         say(c, "fault %d/%d at step %lld: %s: %s", i + 1, c->n_faults, (long long)f->step,
             kind_names[f->kind], f->did[0] ? f->did : what);
-    if (failed || wait_recovered(c, i, recoveries_before)) return -1;
+    if (failed || wait_settled(c, i)) return -1;
     const Moed__V1__JobInfo *j = c->st->job;
-    say(c, "fault %d/%d %s after %.2f s: %s; job %s at step %lld, committed %lld, %d recover%s",
-        i + 1, c->n_faults, f->kind == K_FLIP ? "reported" : "recovered",
+    say(c, "fault %d/%d %s after %.2f s: %s; job %s at step %lld, committed %lld, %d recover%s, "
+        "%d move%s", i + 1, c->n_faults, outcome_names[f->outcome],
         (f->recovered_ms - f->injected_ms) / 1000.0, f->recovery, client_job_state(j->state),
         (long long)j->step, (long long)j->committed_step, j->recoveries,
-        j->recoveries == 1 ? "y" : "ies");
-    *base = j->step;
+        j->recoveries == 1 ? "y" : "ies", j->moves, j->moves == 1 ? "" : "s");
     return 0;
 }
 
@@ -644,6 +747,28 @@ static int n_recovered(const struct chaos *c) {
     int n = 0;
     for (int i = 0; i < c->n_faults; i++) n += c->faults[i].recovered;
     return n;
+}
+
+/* The faults injected (of `kind`, or all when it is -1) by outcome; n[O_NONE]: those not
+ * survived. */
+static void count_outcomes(const struct chaos *c, int kind, int n[N_OUTCOMES]) {
+    memset(n, 0, N_OUTCOMES * sizeof *n);
+    for (int i = 0; i < c->n_faults; i++)
+        if (c->faults[i].injected_ms && (kind < 0 || (int)c->faults[i].kind == kind))
+            n[c->faults[i].recovered ? c->faults[i].outcome : O_NONE]++;
+}
+
+/* "12 recovered, 3 held" (the outcomes that occurred), or "none". */
+static void outcomes_text(char *out, size_t cap, const int n[N_OUTCOMES]) {
+    size_t len = 0;
+    out[0] = 0;
+    for (int o = 1; o <= N_OUTCOMES; o++) {
+        int k = o % N_OUTCOMES; // O_NONE ("not survived") last
+        if (!n[k] || len >= cap) continue;
+        len += (size_t)snprintf(out + len, cap - len, "%s%d %s", len ? ", " : "", n[k],
+                                k == O_NONE ? "not survived" : outcome_names[k]);
+    }
+    if (!len) snprintf(out, cap, "none");
 }
 
 static void print_json(const struct chaos *c, int ok) {
@@ -673,11 +798,23 @@ static void print_json(const struct chaos *c, int ok) {
         cJSON_AddNumberToObject(o, "injected_unix_ms", (double)f->injected_ms);
         cJSON_AddBoolToObject(o, "recovered", f->recovered);
         cJSON_AddNumberToObject(o, "recovered_unix_ms", (double)f->recovered_ms);
+        cJSON_AddStringToObject(o, "outcome", outcome_names[f->recovered ? f->outcome : O_NONE]);
+        cJSON_AddNumberToObject(o, "seq", (double)f->seq);
+        cJSON_AddNumberToObject(o, "settled_seq", (double)f->settled_seq);
+        cJSON_AddNumberToObject(o, "first_seq", (double)f->account.first_seq);
+        cJSON_AddNumberToObject(o, "last_seq", (double)f->account.last_seq);
+        cJSON_AddNumberToObject(o, "began_before_seq", (double)f->account.earlier_seq);
+        cJSON_AddNumberToObject(o, "shared_with", f->shared_with + 1);
         cJSON_AddStringToObject(o, "did", f->did);
         cJSON_AddStringToObject(o, "recovery", f->recovery);
         cJSON_AddItemToArray(fs, o);
     }
     cJSON_AddItemToObject(j, "faults", fs);
+    int n[N_OUTCOMES];
+    count_outcomes(c, -1, n);
+    cJSON *os = cJSON_AddObjectToObject(j, "outcomes");
+    for (int o = 0; o < N_OUTCOMES; o++)
+        cJSON_AddNumberToObject(os, o == O_NONE ? "not_survived" : outcome_names[o], n[o]);
     const Moed__V1__JobInfo *job = c->st ? c->st->job : NULL;
     cJSON_AddStringToObject(j, "final_state", job ? client_job_state(job->state) : "UNKNOWN");
     cJSON_AddNumberToObject(j, "step", job ? (double)job->step : 0);
@@ -696,11 +833,38 @@ static void print_json(const struct chaos *c, int ok) {
     moectl_print_json(j);
 }
 
+/* "kill 8 (7 recovered, 1 moved); stop 3 (...)": the outcomes of each kind injected. */
+static void kinds_text(const struct chaos *c, char *out, size_t cap) {
+    size_t len = 0;
+    out[0] = 0;
+    for (int k = 0; k < N_KINDS && len < cap; k++) {
+        int n[N_OUTCOMES], total = 0;
+        char o[256];
+        count_outcomes(c, k, n);
+        for (int i = 0; i < N_OUTCOMES; i++) total += n[i];
+        if (!total) continue;
+        outcomes_text(o, sizeof o, n);
+        len += (size_t)snprintf(out + len, cap - len, "%s%s %d (%s)", len ? "; " : "",
+                                kind_names[k], total, o);
+    }
+}
+
 static void print_summary(const struct chaos *c) {
-    char jt[TEXT_CAP] = "unknown (the coordinator never answered)";
+    char jt[TEXT_CAP] = "unknown (the coordinator never answered)", all[256], by[TEXT_CAP];
     if (c->st) job_text(jt, sizeof jt, c->st->job);
-    say(c, "chaos %s: %d of %d fault%s recovered; the job is %s; committed step %s (%d "
-        "value%s seen)", c->job_id, n_recovered(c), c->n_faults, c->n_faults == 1 ? "" : "s", jt,
+    int n[N_OUTCOMES], shared = 0;
+    count_outcomes(c, -1, n);
+    outcomes_text(all, sizeof all, n);
+    kinds_text(c, by, sizeof by);
+    for (int i = 0; i < c->n_faults; i++) shared += c->faults[i].shared_with > i;
+    say(c, "chaos %s: %d of %d fault%s survived: %s", c->job_id, n_recovered(c), c->n_faults,
+        c->n_faults == 1 ? "" : "s", all);
+    say(c, "  by kind: %s%s", by[0] ? by : "no fault injected",
+        shared ? "" : "; no episode covered two faults");
+    if (shared)
+        say(c, "  %d episode%s covered two faults (each counts for both)", shared,
+            shared == 1 ? "" : "s");
+    say(c, "  the job is %s; committed step %s (%d value%s seen)", jt,
         c->decreased ? c->decrease : "never went down", c->n_samples,
         c->n_samples == 1 ? "" : "s");
 }
@@ -715,10 +879,15 @@ static void chaos_usage(FILE *to, const char *cmd) {
             "  kinds: kill (kill -9 a slot's worker), kill2 (two, in different pods and slot\n"
             "  indices, at once), stop (SIGSTOP a slot's worker until it is fenced), coordinator\n"
             "  (kill -9 it and restart it), cut (one data-plane connection of a slot's worker),\n"
-            "  flip (a bit of a slot's live parameters: the replica check must report it).\n"
+            "  flip (a bit of a slot's live parameters: the replica check must report it and\n"
+            "  the coordinator repair it).\n"
+            "  Each fault is judged by what the job did about it, read from its events after the\n"
+            "  fault: recovered, moved, reattached (after a coordinator restart), repaired\n"
+            "  (flip), or held (it needed nothing); and the job must train G steps past it with\n"
+            "  nothing in progress. FAILED, or no progress within S seconds, fails the run.\n"
             "  Defaults: seed 1, 5 faults, kinds kill,kill2,stop,coordinator,cut (those the\n"
-            "  job's mesh allows), 5 steps between a recovery and the next fault, 120 s for each\n"
-            "  wait. The same seed on the same mesh gives the same faults and victims.\n"
+            "  job's mesh allows), G = 5 steps, S = 120 s for each wait. The same seed on the\n"
+            "  same mesh gives the same faults and victims.\n"
             "  --dry-run prints the schedule and injects nothing.\n");
 }
 
@@ -867,9 +1036,9 @@ int cmd_chaos(int argc, char **argv) {
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
 
-    int64_t base = c.st->job->step;
-    for (int i = 0; i < c.n_faults; i++)
-        if (run_fault(&c, i, &base)) break;
+    if (!wait_gap(&c, 0, c.st->job->step))
+        for (int i = 0; i < c.n_faults; i++)
+            if (run_fault(&c, i)) break;
     if (c.stopped) kill(c.stopped, SIGCONT); // never leave a worker stopped
     if (!c.error[0] && poll_job(&c) > 0) { // the final state
         const Moed__V1__JobInfo *j = c.st->job;
@@ -890,6 +1059,6 @@ exit:
     if (c.cl.ch) client_close(&c.cl);
     free(c.faults);
     free(c.samples);
-    event_set_free(&c.seen);
+    ledger_free(&c.ledger);
     return code;
 }

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# A chaos soak (docs/operations.md, "Chaos testing"): a 2-pod x 2-slot job on 2 x 2 workers and
+# 1 spare goes through `moectl chaos --faults $faults` of every kind in $kinds, from a fixed
+# seed, each fault as soon as the job has survived the one before (so faults land during moves
+# a kill2's doubled slot makes once the killed workers are back, during reattachment, ...).
+# Every fault is accounted for by what the job did about it (recovered, moved, reattached,
+# repaired or held, read from its event history), an outcome its kind allows; the accounts
+# agree with the coordinator's counters; the job SUCCEEDS with the model `moectl train` makes
+# in one process, byte for byte; the committed step never goes down.
+# CHAOS_SOAK_FAULTS, CHAOS_SOAK_SEED, CHAOS_SOAK_KINDS and CHAOS_SOAK_STEPS change the run
+# (a 100-fault soak: CHAOS_SOAK_FAULTS=100 CHAOS_SOAK_STEPS=12000).
+set -u
+moectl=$1
+corpus=/usr/share/common-licenses/GPL-3
+source "$(dirname "$0")/cluster_lib.sh"
+cluster_test_init cli_chaos_soak
+
+faults=${CHAOS_SOAK_FAULTS:-30}
+seed=${CHAOS_SOAK_SEED:-5}
+# flip joins these once the coordinator repairs what the replica check reports
+kinds=${CHAOS_SOAK_KINDS:-kill,kill2,stop,coordinator,cut}
+steps=${CHAOS_SOAK_STEPS:-4000}
+
+"$moectl" cluster up --pods 2 --slots 2 --spares 1 --threads 1 --dir "$cdir" >"$tmp/up.out" 2>&1
+rc=$?
+check "cluster up --pods 2 --slots 2 --spares 1: 5 workers" '[ $rc -eq 0 ]'
+[ $rc -eq 0 ] || { cat "$tmp/up.out"; exit 1; }
+
+cat >"$tmp/soak.yaml" <<YAML
+name: chaos-soak
+mesh: {pods: 2, slots: 2, spare_wait_s: 20, check_every: 20}
+model: {d_model: 32, layers: 1, heads: 2, seq_len: 32, experts: 4, d_ff: 64}
+router: {top_k: 2}
+data: {sources: [{path: $corpus}], val_fraction: 0.05}
+run: {steps: $steps, batch_size: 8, log_every: 1000, eval_every: 0}
+YAML
+OMP_NUM_THREADS=1 "$moectl" train "$tmp/soak.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
+check "the reference: moectl train in one process ($steps steps)" '[ -s "$tmp/reference.safetensors" ]'
+
+job=$("$moectl" submit "$tmp/soak.yaml")
+check "submitted ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'
+timeout 800 "$moectl" watch "$job" >"$tmp/watch.out" 2>&1 &
+watch_pid=$!
+
+start=$SECONDS
+timeout 700 "$moectl" chaos "$job" --seed "$seed" --faults "$faults" --kinds "$kinds" \
+  --gap-steps 10 --timeout 60 --json >"$tmp/chaos.json" 2>"$tmp/chaos.err"
+rc=$?
+grep -E "^(fault|chaos|  )" "$tmp/chaos.err" | grep -vE "^fault [0-9]+/[0-9]+ at step|: stop: SIGSTOP" | sed 's/^/     /'
+echo "     (chaos took $((SECONDS - start)) s)"
+check "moectl chaos --faults $faults exits 0: every fault survived" '[ $rc -eq 0 ]'
+[ $rc -eq 0 ] || tail -n 25 "$tmp/chaos.err"
+faults_json() { json "$1" <"$tmp/chaos.json" 2>/dev/null; }
+check "$faults faults injected, each judged survived with an outcome" \
+  '[ "$(faults_json "sum(f[\"injected\"] and f[\"recovered\"] and f[\"outcome\"] != \"none\" and f[\"recovery\"] != \"\" for f in d[\"faults\"])")" = "$faults" ]'
+check "every kind of $kinds was injected" \
+  '[ "$(faults_json "sorted({f[\"kind\"] for f in d[\"faults\"]}) == sorted(\"$kinds\".split(\",\"))")" = True ]'
+allowed='{"kill": {"recovered", "moved"}, "kill2": {"recovered", "moved"}, "stop": {"recovered", "moved", "held"}, "cut": {"recovered", "moved", "held"}, "coordinator": {"reattached", "recovered", "moved", "held"}, "flip": {"repaired", "recovered"}}'
+check "each outcome is one its kind allows (a kill is never held)" \
+  '[ "$(faults_json "all(f[\"outcome\"] in $allowed[f[\"kind\"]] for f in d[\"faults\"])")" = True ]'
+check "the summary's outcomes add up to the faults" \
+  '[ "$(faults_json "sum(d[\"outcomes\"].values()) == len(d[\"faults\"]) and d[\"outcomes\"][\"not_survived\"] == 0")" = True ]'
+check "each account lies in its fault's window of events" \
+  '[ "$(faults_json "all(f[\"seq\"] <= f[\"settled_seq\"] and (f[\"first_seq\"] < 0 or f[\"seq\"] <= f[\"first_seq\"] <= f[\"last_seq\"] < f[\"settled_seq\"]) for f in d[\"faults\"])")" = True ]'
+grep -c "^fault [0-9]*/$faults .* after " "$tmp/chaos.err" >"$tmp/lines"
+check "one line per fault says how it was accounted for" '[ "$(cat "$tmp/lines")" = "$faults" ]'
+
+wait "$watch_pid"
+rc=$?
+watch_pid=
+check_same_model "$job" $rc
+
+"$moectl" status "$job" --json >"$tmp/final.json"
+recoveries=$(json 'd["job"]["recoveries"]' <"$tmp/final.json")
+moves=$(json 'd["job"].get("moves", 0)' <"$tmp/final.json")
+# a recovery accounted to two faults is one of the job's
+distinct=$(faults_json 'sum(f["outcome"] == "recovered" and not (f["shared_with"] and f["shared_with"] < f["index"]) for f in d["faults"])')
+check "the job counts a recovery for every fault accounted as recovered ($recoveries >= ${distinct:-?})" \
+  '[ -n "$distinct" ] && [ "$recoveries" -ge "$distinct" ]'
+kills=$(faults_json 'sum(f["kind"] in ("kill", "kill2") and not (f["shared_with"] and f["shared_with"] < f["index"]) for f in d["faults"])')
+check "... and a recovery or move for every kill ($recoveries + $moves >= ${kills:-?})" \
+  '[ -n "$kills" ] && [ $((recoveries + moves)) -ge "$kills" ]'
+check "committed step never went down in what chaos saw" \
+  '[ "$(faults_json "not d[\"committed_step_decreased\"] and len(d[\"committed_steps\"]) > 1")" = True ]'
+
+[ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30
+"$moectl" cluster down --dir "$cdir" >/dev/null
+check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
+if [ $fails -gt 0 ]; then
+  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
+fi
+[ $fails -eq 0 ] && echo "cli_chaos_soak: all checks passed" || echo "cli_chaos_soak: $fails checks failed"
+exit $((fails > 0))
