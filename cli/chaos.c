@@ -101,6 +101,7 @@ struct chaos {
     struct client cl;
     struct shape shape;
     int pods, slots, mpi;     // the job's mesh
+    int check_every;          // its mesh.check_every (-1: its spec does not say)
     struct fault *faults;
     long long start_ms;
     /* what the polls saw */
@@ -155,7 +156,9 @@ static int below(uint64_t *state, int n) {
 }
 
 /* Why `kind` cannot hit a pods x slots job of this backend, or NULL when it can. */
-static const char *kind_unfit(enum kind k, int pods, int slots, int mpi) {
+static const char *kind_unfit(enum kind k, int pods, int slots, int mpi, int check_every) {
+    if (k == K_FLIP && check_every == 0)
+        return "flip needs mesh.check_every > 0: nothing else finds a flipped bit";
     if (k == K_KILL2 && (pods < 2 || slots < 2))
         return "kill2 kills two workers in different pods and different slot indices: it needs "
                "a job of at least 2 pods x 2 slots";
@@ -610,9 +613,10 @@ static void describe(struct chaos *c, int i) {
                  (long long)a->repaired_by->seq, a->repaired_by->message);
         break;
     case O_RECOVERED:
-        snprintf(what, sizeof what, "%d recover%s (%s), the last at seq %lld: %.600s",
-                 a->recovered, a->recovered == 1 ? "y" : "ies", w,
-                 (long long)a->recovered_by->seq, a->recovered_by->message);
+        snprintf(what, sizeof what, "%d recover%s%s (%s), the last at seq %lld: %.600s",
+                 a->recovered, a->recovered == 1 ? "y" : "ies",
+                 a->moved ? " and a move" : "", w, (long long)a->recovered_by->seq,
+                 a->recovered_by->message);
         break;
     case O_MOVED:
         snprintf(what, sizeof what, "a move (%s), at seq %lld: %.600s", w,
@@ -972,6 +976,16 @@ static int open_cluster(struct chaos *c) {
     return client_open(&c->cl, &c->conn);
 }
 
+/* mesh.check_every of a stored spec (every field explicit), or -1. */
+static int spec_check_every(const char *spec_json) {
+    cJSON *spec = cJSON_Parse(spec_json ? spec_json : "");
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(spec, "mesh"), "check_every");
+    int n = cJSON_IsNumber(v) ? (int)v->valuedouble : -1;
+    cJSON_Delete(spec);
+    return n;
+}
+
 /* Waits for a just-submitted job to run; refuses one that has ended. Sets the mesh. */
 static int check_job(struct chaos *c) {
     double t0 = moe_clock_s();
@@ -998,13 +1012,14 @@ static int check_job(struct chaos *c) {
     c->pods = j->pods > 0 ? j->pods : 1;
     c->slots = j->slots > 0 ? j->slots : 1;
     c->mpi = strcmp(j->backend, "mpi") == 0;
+    c->check_every = spec_check_every(c->st->spec_json);
     return 0;
 }
 
 /* Given kinds must fit the mesh; default ones that do not are dropped. */
 static int check_kinds(struct chaos *c) {
     for (int k = 0; k < N_KINDS; k++) {
-        const char *why = kind_unfit((enum kind)k, c->pods, c->slots, c->mpi);
+        const char *why = kind_unfit((enum kind)k, c->pods, c->slots, c->mpi, c->check_every);
         if (!(c->kinds & (1u << k)) || !why) continue;
         if (c->kinds_given)
             return moectl_fail(EXIT_BAD_INPUT, "chaos %s (%d x %d, %s): %s", c->job_id, c->pods,

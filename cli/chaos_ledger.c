@@ -2,8 +2,7 @@
  * chaos_ledger.c — a job's event history for `moectl chaos`, and the account of a window of
  * it (chaos_ledger.h says what it owns).
  */
-#include "client.h"
-#include "chaos_ledger.h"
+#include "chaos_ledger.h" // first: through proto/rpc.h, _GNU_SOURCE before any system header
 
 #include "proto/moed.pb-c.h"
 #include "../proto/methods.h"
@@ -137,7 +136,8 @@ void ledger_account(const struct ledger *l, int64_t from, int64_t to, struct acc
             if (in) a->mismatches++, a->mismatch = e, span(a, e->seq);
         } else if (!strcmp(e->kind, "repaired")) {
             if (closes_in(&w, repair >= 0 ? repair : e->seq, e)) a->repaired++, a->repaired_by = e;
-            if (repair >= 0 && open > repair) open = -1; // a repair may fence and rebind: its own, not a recovery
+            /* a repair may fence and rebind: that is the repair's, not a recovery left open */
+            if (repair >= 0 && open > repair) open = -1;
             repair = -1;
         } else if (!strcmp(e->kind, "reattached")) {
             if (in) a->reattached++, span(a, e->seq);

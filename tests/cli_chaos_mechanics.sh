@@ -5,7 +5,8 @@
 # mesh (--dry-run twice gives the same faults and victims, another seed others, every listed
 # kind appears when --faults is at least their number) and injects nothing; a coordinator
 # fault kills the coordinator with SIGKILL and restarts it on its port the way `cluster up`
-# does, the workers reattach and the job goes on (no recovery needed), --json reports it.
+# does, the workers reattach and the job goes on (no recovery needed), --json reports it,
+# with each fault's outcome; flip is refused on a job whose replicas are never compared.
 set -u
 moectl=$1
 corpus=/usr/share/common-licenses/GPL-3
@@ -75,8 +76,11 @@ cat "$tmp/chaos.err" | sed 's/^/     /'
 check "chaos --kinds coordinator --faults 2 exits 0" '[ $rc -eq 0 ]'
 check "the coordinator was killed and restarted (pid $coord -> $(cat "$cdir/coordinator.pid"))" \
   '[ "$(cat "$cdir/coordinator.pid")" != "$coord" ] && gone "$coord"'
-check "--json: 2 coordinator faults, both recovered, the job RUNNING" \
+check "--json: 2 coordinator faults, both survived, the job RUNNING" \
   '[ "$(json "len(d[\"faults\"]) == 2 and all(f[\"kind\"] == \"coordinator\" and f[\"recovered\"] and f[\"recovered_unix_ms\"] >= f[\"injected_unix_ms\"] > 0 for f in d[\"faults\"]) and d[\"final_state\"] == \"RUNNING\" and d[\"ok\"]" <"$tmp/chaos.json")" = True ]'
+check "... each accounted for: reattached (or a recovery), counted in the summary" \
+  '[ "$(json "all(f[\"outcome\"] in (\"reattached\", \"recovered\", \"moved\", \"held\") and f[\"recovery\"] for f in d[\"faults\"]) and d[\"outcomes\"][\"not_survived\"] == 0 and sum(d[\"outcomes\"].values()) == 2" <"$tmp/chaos.json")" = True ]'
+check "... and one line each says so" '[ "$(grep -cE "^fault [12]/2 (reattached|recovered|moved|held) after " "$tmp/chaos.err")" = 2 ] && grep -q "^chaos $job: 2 of 2 faults survived" "$tmp/chaos.err"'
 step=$(step_of "$job")
 wait_until 20 '[ "$(step_of "$job")" -gt "$step" ] 2>/dev/null'
 check "the job trains on after the restarts" '[ "$(state_of "$job")" = JOB_RUNNING ] && [ "$(step_of "$job")" -gt "$step" ]'
@@ -91,7 +95,7 @@ check "a job that has ended: exit 2, saying so" '[ $rc -eq 2 ] && grep -q "is CA
 
 # a kind the mesh cannot take: kill2 on one pod
 cat >"$tmp/one.yaml" <<YAML
-mesh: {pods: 1, slots: 2}
+mesh: {pods: 1, slots: 2, check_every: 0}
 model: {d_model: 32, layers: 1, heads: 2, seq_len: 32, experts: 4, d_ff: 64}
 data: {sources: [{path: $corpus}]}
 run: {steps: 1000000, batch_size: 8, eval_every: 0}
@@ -101,6 +105,9 @@ wait_until 30 '[ "$(state_of "$one")" = JOB_RUNNING ]'
 "$moectl" chaos "$one" --kinds kill2 --dry-run >/dev/null 2>"$tmp/err"
 rc=$?
 check "kill2 on a 1-pod job: exit 2, saying why" '[ $rc -eq 2 ] && grep -q "at least 2 pods x 2 slots" "$tmp/err"'
+"$moectl" chaos "$one" --kinds flip --dry-run >/dev/null 2>"$tmp/err"
+rc=$?
+check "flip on a job with mesh.check_every 0: exit 2, saying why" '[ $rc -eq 2 ] && grep -q "flip needs mesh.check_every" "$tmp/err"'
 "$moectl" chaos "$one" --dry-run --faults 4 >"$tmp/dry1.out" 2>&1
 check "... and the default kinds leave it out" '[ $? -eq 0 ] && ! grep -q " kill2 " "$tmp/dry1.out"'
 "$moectl" cancel "$one" >/dev/null
