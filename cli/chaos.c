@@ -386,9 +386,53 @@ static int restart_cluster(struct chaos *c, const char *what) {
 
 /* ---- the faults ---- */
 
+/* A slot index none of whose copies (slot s of every pod) would outlive the workers of f's
+ * victims, or -1. A worker may play two slots (a recovery without a spare doubled one up), so
+ * two victims in different pods and slot indices can still take every copy of one. */
+static int slot_index_lost(const struct chaos *c, const struct fault *f) {
+    const Moed__V1__JobStatus *st = c->st;
+    for (int s = 0; s < c->slots; s++) {
+        int kept = 0;
+        for (int p = 0; p < c->pods && !kept; p++) {
+            size_t r = (size_t)(p * c->slots + s);
+            const char *w = r < st->n_slots ? st->slots[r]->worker_id : "";
+            kept = w[0] && strcmp(w, f->v[0].worker_id) != 0 &&
+                   (f->n_victims < 2 || strcmp(w, f->v[1].worker_id) != 0);
+        }
+        if (!kept) return s;
+    }
+    return -1;
+}
+
+/* Finds the victims; a kill2 whose victims would take every copy of a slot index waits (up
+ * to --timeout) until the coordinator has moved the doubled slot onto a spare: the fault is
+ * meant to be recoverable. */
+static int find_kill_victims(struct chaos *c, struct fault *f) {
+    double t0 = moe_clock_s();
+    for (int said = 0;; said = 1) {
+        for (int i = 0; i < f->n_victims; i++)
+            if (find_victim(c, &f->v[i])) return -1;
+        int s = f->n_victims == 2 ? slot_index_lost(c, f) : -1;
+        if (s < 0) break;
+        if (!said)
+            say(c, "fault %d/%d: kill2 waits: %s and %s play every copy of slot index %d (one "
+                "plays two slots); waiting until a doubled slot moves onto a spare",
+                (int)(f - c->faults) + 1, c->n_faults, f->v[0].worker_id, f->v[1].worker_id, s);
+        if (interrupted) return chaos_error(c, "interrupted (signal %d)", (int)interrupted);
+        if (moe_clock_s() - t0 > c->timeout_s)
+            return chaos_error(c, "fault %d (kill2): %s and %s still play every copy of slot "
+                               "index %d after %.0f s (is mesh.move_to_spare off?)",
+                               (int)(f - c->faults) + 1, f->v[0].worker_id, f->v[1].worker_id,
+                               s, c->timeout_s);
+        moe_sleep_s(POLL_S);
+        if (poll_job(c) < 0) return -1;
+    }
+    f->step = f->base = c->st->job->step;
+    return 0;
+}
+
 static int inject_kill(struct chaos *c, struct fault *f) {
-    for (int i = 0; i < f->n_victims; i++)
-        if (find_victim(c, &f->v[i])) return -1;
+    if (find_kill_victims(c, f)) return -1;
     f->injected_ms = moe_wall_ms();
     for (int i = 0; i < f->n_victims; i++) // back to back: "at once" for the coordinator
         if (kill(f->v[i].pid, SIGKILL) != 0)

@@ -7,7 +7,8 @@
 # repaired or held, read from its event history), an outcome its kind allows; the accounts
 # agree with the coordinator's counters; the job SUCCEEDS with the model `moectl train` makes
 # in one process, byte for byte; the committed step never goes down.
-# CHAOS_SOAK_FAULTS, CHAOS_SOAK_SEED, CHAOS_SOAK_KINDS and CHAOS_SOAK_STEPS change the run
+# CHAOS_SOAK_FAULTS, CHAOS_SOAK_SEED, CHAOS_SOAK_KINDS and CHAOS_SOAK_STEPS change the run,
+# CHAOS_SOAK_KEEP=DIR keeps chaos's output (chaos.err, chaos.json) and the cluster's logs there
 # (a 100-fault soak: CHAOS_SOAK_FAULTS=100 CHAOS_SOAK_STEPS=20000). A fault costs the job up to
 # ~150 steps on an idle machine (the polls between faults, the workers' run-ahead while the
 # coordinator restarts), fewer under load: run.steps leaves room for all of them.
@@ -87,6 +88,7 @@ check "committed step never went down in what chaos saw" \
   '[ "$(faults_json "not d[\"committed_step_decreased\"] and len(d[\"committed_steps\"]) > 1")" = True ]'
 
 [ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30
+[ -n "${CHAOS_SOAK_KEEP:-}" ] && cp "$tmp"/chaos.err "$tmp"/chaos.json "$cdir"/*.log "$CHAOS_SOAK_KEEP"/
 "$moectl" cluster down --dir "$cdir" >/dev/null
 check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
 if [ $fails -gt 0 ]; then
