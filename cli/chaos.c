@@ -74,7 +74,7 @@ struct fault {
     int64_t base;             // the step the job must train past before it is judged
     int looked;               // the job was seen once since it went in
     long long injected_ms, recovered_ms; // recovered_ms: when it was judged survived
-    int recovered;            // survived: the job trains on past it, nothing in progress
+    int recovered;            // survived (--json "recovered", the name its readers know)
     enum outcome outcome;
     struct account account;   // its window of the event history when it was judged
     int shared_with;          // index of a fault an episode of its account also covered (-1)

@@ -6,7 +6,8 @@
  * returns the process's exit code. moectl.c dispatches and runs train, eval and generate in
  * this process; cluster.c and jobs.c are the commands that talk to a coordinator; client.c is
  * how they reach it; cluster_dir.c holds a local cluster's files and processes; chaos.c
- * injects faults into a job on a local cluster; output.c holds the helpers below.
+ * injects faults into a job on a local cluster, and chaos_ledger.c reads the job's event
+ * history for it (on the layer of client.c); output.c holds the helpers below.
  * Layers, lowest first: output.c; cluster_dir.c; client.c; the command files (moectl.c,
  * cluster.c, jobs.c, chaos.c). A file calls only into the layers below it, and among the
  * command files only main's dispatch and chaos.c's use of cluster_restart cross over.
