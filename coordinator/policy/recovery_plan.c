@@ -88,10 +88,10 @@ void plan_no_source(const struct job *j, const struct recovery *r, int k, int64_
                     size_t cap) {
     char sl[32];
     size_t o = (size_t)snprintf(why, cap, "slot %s of the %d x %d mesh: no source of its state "
-                                "at step %lld left after %d attempt%s: every worker holding a "
-                                "copy sent one that failed its checksum",
+                                "at step %lld left at attempt %d: every worker holding a copy "
+                                "sent one that failed its checksum",
                                 job_slot_text(j, k, sl, sizeof sl), j->pods, j->slots,
-                                (long long)t, r->rounds + 1, r->rounds ? "s" : "");
+                                (long long)t, r->rounds + 1);
     for (int i = 0; i < r->n_refused && o < cap; i++)
         if (r->refused[i].slot == k % j->slots)
             o += (size_t)snprintf(why + o, cap - o, "; refused from %s: %s",

@@ -412,17 +412,17 @@ static void sign_pieces(const struct replica *r, const struct piece pc[STATE_PIE
     }
 }
 
-/* Sends the pieces; chaos "corrupt-transfer" flips one bit of the first non-empty piece on
- * its way out (after the checksums were made), and back once it is sent. */
+/* Sends the pieces; chaos "corrupt-transfer" flips one bit of the expert parameters on their
+ * way out (after the checksums were made: a buddy's copy keeps its sender's), and back once
+ * they are sent. */
 static moe_status send_pieces(struct replica *r, int to, const struct piece pc[STATE_PIECES]) {
     struct comm *c = r->t->mesh.comm;
     int corrupt = atomic_exchange(&r->corrupt, 0);
     for (int i = 0; i < STATE_PIECES; i++) {
-        unsigned char *bit = corrupt && pc[i].bytes ? (unsigned char *)pc[i].p + pc[i].bytes / 2
-                                                    : NULL;
+        unsigned char *bit = corrupt && i == 1 && pc[i].bytes
+                                 ? (unsigned char *)pc[i].p + pc[i].bytes / 2 : NULL;
         if (bit) {
             *bit ^= 1u << 2;
-            corrupt = 0;
             LOG_WARN("chaos: slot (%d, %d) sends rank %d a state with a flipped bit (%s, byte "
                      "%zu)", r->t->mesh.pod, r->s, to, piece_names[i], pc[i].bytes / 2);
         }
@@ -486,7 +486,7 @@ static moe_status check_pieces(const struct replica *r, const struct piece pc[ST
         if (b >= 0) {
             st->refused_from = from;
             return moe_fail(MOE_EINTERNAL, "the state of slot (%d, %d) at step %ld from rank %d "
-                            "failed its checksum: %s, block %ld of %zu (bytes %zu..): CRC-32C "
+                            "failed its checksum: %s, block %ld of %zu (from byte %zu): CRC-32C "
                             "%08x, the sender's %08x; refused", r->t->mesh.pod, r->s, step, from,
                             piece_names[i], b, transfer_blocks(pc[i].bytes),
                             (size_t)b * TRANSFER_BLOCK_BYTES, got, sum[b]);
