@@ -40,6 +40,39 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t c, const unsig
 }
 #endif
 
+#ifdef HAVE_HW
+/* Three independent chains in one loop: the instruction's latency (3 cycles) hides behind the
+ * other two, so three equal blocks cost about what one does alone. */
+__attribute__((target("sse4.2"))) static void crc_hw3(const unsigned char *const p[3], size_t n,
+                                                      uint32_t out[3]) {
+    uint64_t a = 0xFFFFFFFFu, b = 0xFFFFFFFFu, c = 0xFFFFFFFFu;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t va, vb, vc;
+        memcpy(&va, p[0] + i, 8);
+        memcpy(&vb, p[1] + i, 8);
+        memcpy(&vc, p[2] + i, 8);
+        a = __builtin_ia32_crc32di(a, va);
+        b = __builtin_ia32_crc32di(b, vb);
+        c = __builtin_ia32_crc32di(c, vc);
+    }
+    out[0] = ~crc_hw((uint32_t)a, p[0] + i, n - i);
+    out[1] = ~crc_hw((uint32_t)b, p[1] + i, n - i);
+    out[2] = ~crc_hw((uint32_t)c, p[2] + i, n - i);
+}
+#endif
+
+void moe_crc32c_3(const void *const buf[3], size_t n, uint32_t out[3]) {
+#ifdef HAVE_HW
+    if (__builtin_cpu_supports("sse4.2")) {
+        const unsigned char *const p[3] = {buf[0], buf[1], buf[2]};
+        crc_hw3(p, n, out);
+        return;
+    }
+#endif
+    for (int k = 0; k < 3; k++) out[k] = moe_crc32c(0, buf[k], n);
+}
+
 uint32_t moe_crc32c(uint32_t crc, const void *buf, size_t n) {
     uint32_t c = ~crc;
 #ifdef HAVE_HW

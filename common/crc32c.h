@@ -16,4 +16,8 @@
 /* The CRC-32C of buf[0..n) continuing `crc` (0 to start). */
 uint32_t moe_crc32c(uint32_t crc, const void *buf, size_t n);
 
+/* The CRC-32C of three buffers of n bytes each (each from 0): out[k] = moe_crc32c(0, buf[k],
+ * n), computed together (about three times the speed of three calls on the hardware path). */
+void moe_crc32c_3(const void *const buf[3], size_t n, uint32_t out[3]);
+
 #endif

@@ -222,6 +222,10 @@ static void test_crc32c(void) {
     uint32_t parts = moe_crc32c(moe_crc32c(moe_crc32c(0, buf, 5), buf + 5, 1000), buf + 1005,
                                 sizeof buf - 1005);
     EXPECT(whole == parts);
+    const void *three[3] = {buf, buf + 1, buf + 3};
+    uint32_t got[3];
+    moe_crc32c_3(three, 4001, got); /* not a multiple of 8: the tail of every chain */
+    for (int k = 0; k < 3; k++) EXPECT(got[k] == moe_crc32c(0, three[k], 4001));
     buf[2047] ^= 0x10;
     EXPECT(moe_crc32c(0, buf, sizeof buf) != whole);
 }

@@ -30,6 +30,8 @@
 #include "../common/spec.h"
 #include "../worker/comm/comm.h"
 #include "../worker/trainer/replica.h"
+#include "../worker/trainer/transfer_check.h"
+#include "../common/crc32c.h"
 #include "../worker/trainer/trainer.h"
 #include "check.h"
 #include "rank_procs.h"
@@ -437,6 +439,28 @@ static void check_refusal(const char *name, int pods, int slots, const struct re
            failures ? "...." : "OK  ", name, pods, slots, rc->victim, rc->corrupt, v->error);
 }
 
+/* The blocks of a transfer: 7 whole blocks and a short one (two triples, one lone block, the
+ * tail), each the CRC-32C of its bytes alone; a flipped bit in block 5 is found there. */
+static void check_transfer_blocks(void) {
+    size_t bytes = 7 * TRANSFER_BLOCK_BYTES + 12345;
+    unsigned char *buf = malloc(bytes);
+    uint32_t sum[8], scratch[8], got = 0;
+    if (!buf) return;
+    for (size_t i = 0; i < bytes; i++) buf[i] = (unsigned char)(i * 2654435761u >> 13);
+    EXPECT(transfer_blocks(bytes) == 8 && transfer_blocks(0) == 0);
+    transfer_checksum(buf, bytes, sum, 1);
+    for (size_t b = 0; b < 8; b++) {
+        size_t off = b * TRANSFER_BLOCK_BYTES, len = b < 7 ? TRANSFER_BLOCK_BYTES : 12345;
+        EXPECT_MSG(sum[b] == moe_crc32c(0, buf + off, len), "block %zu's checksum", b);
+    }
+    EXPECT(transfer_verify(buf, bytes, sum, scratch, 0, &got) == -1);
+    buf[5 * TRANSFER_BLOCK_BYTES + 77] ^= 0x40;
+    EXPECT(transfer_verify(buf, bytes, sum, scratch, 1, &got) == 5 && got != sum[5]);
+    free(buf);
+    printf("%s transfer blocks: 8 blocks' CRC-32C, a flipped bit found in block 5\n",
+           failures ? "...." : "OK  ");
+}
+
 static void check_kill(void) {
     struct job_spec spec;
     make_spec(&spec, 2, 2, 0, 0, 0, 0);
@@ -505,6 +529,7 @@ int main(int argc, char **argv) {
                    r11.loss[0]);
         trainer_close(&t4);
     }
+    check_transfer_blocks();
     check_kill();
     /* 2 x 2: the new holder of slot (1, 1) pulls slot 1's state from pod 0 */
     struct restore_case pods_case = {4, 4, 3, -1, {-1, -1, -1, 1}};

@@ -7,15 +7,20 @@ size_t transfer_blocks(size_t bytes) {
     return (bytes + TRANSFER_BLOCK_BYTES - 1) / TRANSFER_BLOCK_BYTES;
 }
 
+/* Whole blocks three at a time (moe_crc32c_3: three chains in one loop), over the threads;
+ * the last one or two whole blocks and the short tail one by one. */
 void transfer_checksum(const void *buf, size_t bytes, uint32_t *out, int parallel) {
     const unsigned char *p = buf;
-    long n = (long)transfer_blocks(bytes);
-#pragma omp parallel for schedule(static) if (parallel && n > 1)
-    for (long i = 0; i < n; i++) {
-        size_t off = (size_t)i * TRANSFER_BLOCK_BYTES;
-        size_t len = bytes - off < TRANSFER_BLOCK_BYTES ? bytes - off : TRANSFER_BLOCK_BYTES;
-        out[i] = moe_crc32c(0, p + off, len);
+    const size_t B = TRANSFER_BLOCK_BYTES;
+    long whole = (long)(bytes / B), triples = whole / 3;
+#pragma omp parallel for schedule(static) if (parallel && triples > 1)
+    for (long t = 0; t < triples; t++) {
+        const unsigned char *q = p + (size_t)t * 3 * B;
+        const void *three[3] = {q, q + B, q + 2 * B};
+        moe_crc32c_3(three, B, out + 3 * t);
     }
+    for (long i = 3 * triples; i < whole; i++) out[i] = moe_crc32c(0, p + (size_t)i * B, B);
+    if (bytes % B) out[whole] = moe_crc32c(0, p + (size_t)whole * B, bytes % B);
 }
 
 long transfer_verify(const void *buf, size_t bytes, const uint32_t *want, uint32_t *scratch,

@@ -7,7 +7,8 @@
  * sender's. A sender computes the checksums from the state it sends, before it sends it, and
  * sends them after the data; the receiver recomputes them over what arrived and refuses the
  * copy at the first block that differs. Blocks, not one checksum per buffer: the blocks are
- * hashed in parallel (OpenMP), a mismatch names where it is, and a CRC-32C's guarantees
+ * hashed three at a time per thread (three CRC chains in one loop) and over the OpenMP
+ * threads, a mismatch names where it is, and a CRC-32C's guarantees
  * (every burst of up to 32 flipped bits, every odd number of flips) hold for any length but
  * its chance of missing random damage (2^-32) is per block.
  * Never: sends or receives (replica.c does), or decides what a mismatch means.
