@@ -20,7 +20,9 @@
  *     starts over with a fresh trainer (a new holder), a second epoch's comm forms and every
  *     slot returns to the plan's step — survivors from their live or previous version, the
  *     new holder from another pod's slot or from its buddy copy — and the job trains on to
- *     the same bits as the reference; the fence lists exactly the copies each slot holds.
+ *     the same bits as the reference; the fence lists exactly the copies each slot holds;
+ *   - the same two restores with a bit flipped in the source's send after its checksums were
+ *     made (replica_request_corrupt): the new holder refuses the state, naming the source.
  * Runs on one OpenMP thread (ctest sets it): OpenBLAS's AVX2 sgemm is not thread-count
  * independent (see test_trainer), and a mesh test must vary one thing at a time.
  */
@@ -28,6 +30,8 @@
 #include "../common/spec.h"
 #include "../worker/comm/comm.h"
 #include "../worker/trainer/replica.h"
+#include "../worker/trainer/transfer_check.h"
+#include "../common/crc32c.h"
 #include "../worker/trainer/trainer.h"
 #include "check.h"
 #include "rank_procs.h"
@@ -60,12 +64,14 @@ struct run_result {
     int n_copies;        // the restore case: what the fence listed
     struct state_copy copies[8];
     long restored_to;
+    int refused_from;    // the restore refused that rank's state (-1: none)
 };
 
 /* The restore case: everyone trains `first` steps in epoch 1, fences; rank `victim` starts
  * over with a fresh trainer; epoch 2 restores every rank to `step` with sources from[]. */
 struct restore_case {
     int first, step, victim;
+    int corrupt; // the rank whose restore send carries a flipped bit (-1: none)
     int from[MAX_RANKS];
 };
 
@@ -182,7 +188,10 @@ static moe_status change_epoch(struct trainer *t, const struct job_spec *spec, i
     CHECK(trainer_rebind(t, *c));
     struct restore_plan p = {rc->step, rc->from, n};
     struct restore_stats st;
-    CHECK(replica_restore(t, &p, &st));
+    if (rank == rc->corrupt) replica_request_corrupt(t);
+    moe_status s = replica_restore(t, &p, &st);
+    out->refused_from = s == MOE_OK ? -1 : st.refused_from;
+    CHECK(s);
     out->restored_to = t->model.step;
     return MOE_OK;
 }
@@ -209,8 +218,9 @@ static int slot_main(int argc, char **argv) {
     if (trainer_open_slot(&t, &spec, rank / slots, rank % slots, c) != MOE_OK) goto fail;
     opened = 1;
     struct restore_case rc;
-    int restoring = sscanf(argv[12], "%d,%d,%d,%d,%d,%d,%d", &rc.first, &rc.step, &rc.victim,
-                           &rc.from[0], &rc.from[1], &rc.from[2], &rc.from[3]) == 3 + pods * slots;
+    int restoring = sscanf(argv[12], "%d,%d,%d,%d,%d,%d,%d,%d", &rc.first, &rc.step,
+                           &rc.victim, &rc.corrupt, &rc.from[0], &rc.from[1], &rc.from[2],
+                           &rc.from[3]) == 4 + pods * slots;
     while (t.model.step < spec.run.steps) {
         int i = (int)t.model.step;
         struct step_report r;
@@ -264,7 +274,8 @@ static int run_mesh(const struct job_spec *spec, const char *model_path, int kil
         snprintf(a[r][7], 32, "%d", spec->run.batch_size);
         snprintf(a[r][8], 64, "none");
         if (rc) {
-            int o = snprintf(a[r][8], 64, "%d,%d,%d", rc->first, rc->step, rc->victim);
+            int o = snprintf(a[r][8], 64, "%d,%d,%d,%d", rc->first, rc->step, rc->victim,
+                             rc->corrupt);
             for (int k = 0; k < D; k++) o += snprintf(a[r][8] + o, (size_t)(64 - o), ",%d", rc->from[k]);
         }
         char *v[] = {"--slot", a[r][0], a[r][1], a[r][2], a[r][3], a[r][4], a[r][5],
@@ -411,6 +422,45 @@ static void check_restore(const char *name, int pods, int slots, const struct re
            name, pods, slots, rc->first, rc->victim, rc->step, STEPS, lister, got);
 }
 
+/* A restore whose source sends a flipped bit (after its checksums were made): the new holder
+ * refuses the state, naming the source, and never trains on it. */
+static void check_refusal(const char *name, int pods, int slots, const struct restore_case *rc) {
+    struct job_spec spec;
+    make_spec(&spec, pods, slots, 0, 0, 0, 0);
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s.refused.safetensors", dir, name);
+    struct run_result out[MAX_RANKS];
+    if (run_mesh(&spec, path, -1, rc, out) != 0) return;
+    const struct run_result *v = &out[rc->victim];
+    EXPECT_MSG(!v->ok && v->refused_from == rc->corrupt && strstr(v->error, "failed its checksum"),
+               "%s: rank %d: ok %d, refused_from %d: %s", name, rc->victim, v->ok, v->refused_from,
+               v->error);
+    printf("%s refusal %-18s %d x %d: rank %d refused rank %d's state: %s\n",
+           failures ? "...." : "OK  ", name, pods, slots, rc->victim, rc->corrupt, v->error);
+}
+
+/* The blocks of a transfer: 7 whole blocks and a short one (two triples, one lone block, the
+ * tail), each the CRC-32C of its bytes alone; a flipped bit in block 5 is found there. */
+static void check_transfer_blocks(void) {
+    size_t bytes = 7 * TRANSFER_BLOCK_BYTES + 12345;
+    unsigned char *buf = malloc(bytes);
+    uint32_t sum[8], scratch[8], got = 0;
+    if (!buf) return;
+    for (size_t i = 0; i < bytes; i++) buf[i] = (unsigned char)(i * 2654435761u >> 13);
+    EXPECT(transfer_blocks(bytes) == 8 && transfer_blocks(0) == 0);
+    transfer_checksum(buf, bytes, sum, 1);
+    for (size_t b = 0; b < 8; b++) {
+        size_t off = b * TRANSFER_BLOCK_BYTES, len = b < 7 ? TRANSFER_BLOCK_BYTES : 12345;
+        EXPECT_MSG(sum[b] == moe_crc32c(0, buf + off, len), "block %zu's checksum", b);
+    }
+    EXPECT(transfer_verify(buf, bytes, sum, scratch, 0, &got) == -1);
+    buf[5 * TRANSFER_BLOCK_BYTES + 77] ^= 0x40;
+    EXPECT(transfer_verify(buf, bytes, sum, scratch, 1, &got) == 5 && got != sum[5]);
+    free(buf);
+    printf("%s transfer blocks: 8 blocks' CRC-32C, a flipped bit found in block 5\n",
+           failures ? "...." : "OK  ");
+}
+
 static void check_kill(void) {
     struct job_spec spec;
     make_spec(&spec, 2, 2, 0, 0, 0, 0);
@@ -479,16 +529,22 @@ int main(int argc, char **argv) {
                    r11.loss[0]);
         trainer_close(&t4);
     }
+    check_transfer_blocks();
     check_kill();
     /* 2 x 2: the new holder of slot (1, 1) pulls slot 1's state from pod 0 */
-    struct restore_case pods_case = {4, 4, 3, {-1, -1, -1, 1}};
+    struct restore_case pods_case = {4, 4, 3, -1, {-1, -1, -1, 1}};
     struct state_copy pods_want[] = {{1, 4}, {1, 3}};
     check_restore("pod-replica", 2, 2, &pods_case, 1, pods_want, 2);
     /* 1 x 4 with buddies: everyone is one step past the target and goes back to its previous
      * version; slot 2's new holder pulls from slot 3, which holds its buddy copy */
-    struct restore_case buddy_case = {5, 4, 2, {-1, -1, 3, -1}};
+    struct restore_case buddy_case = {5, 4, 2, -1, {-1, -1, 3, -1}};
     struct state_copy buddy_want[] = {{3, 5}, {3, 4}, {2, 4}};
     check_restore("buddy", 1, 4, &buddy_case, 3, buddy_want, 3);
+    /* the same two restores with their source's send corrupted: refused */
+    struct restore_case pods_bad = {4, 4, 3, 1, {-1, -1, -1, 1}};
+    check_refusal("pod-replica", 2, 2, &pods_bad);
+    struct restore_case buddy_bad = {5, 4, 2, 3, {-1, -1, 3, -1}};
+    check_refusal("buddy", 1, 4, &buddy_bad);
 
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -133,9 +133,11 @@ static void restart(struct coordinator *co, struct job *j, int k, const char *wh
     char where[96];
     r->faulted = 1; // a move that meets a fault is a recovery (events, JobInfo.recoveries)
     if (++r->rounds >= REC_MAX_ROUNDS) {
-        char why[900];
-        snprintf(why, sizeof why, "%s: the recovery gave up after %d attempts; the last fault: %s",
-                 job_slot_where(j, k, where, sizeof where), r->rounds, what);
+        char why[1800];
+        snprintf(why, sizeof why, "%s: the recovery gave up after %d attempts (at most %d); the "
+                 "last fault: %s", job_slot_where(j, k, where, sizeof where), r->rounds,
+                 REC_MAX_ROUNDS, what);
+        plan_refused_text(r, why, sizeof why);
         give_up(co, j, why);
         return;
     }
@@ -182,9 +184,30 @@ void recovery_signal(struct coordinator *co, struct job *j, int k, enum fault_ki
         restart(co, j, k, what);
 }
 
+/* A restore refused the state rep->source_rank sent (its checksum failed): that worker is no
+ * source of that slot index for the rest of this recovery (recovery_plan.c plan_source). */
+static void note_refused(struct job *j, int k, const Moed__V1__FaultReport *rep) {
+    struct recovery *r = j->rec;
+    if (!r || rep->source_rank < 0 || rep->source_rank >= job_n_slots(j)) return;
+    const char *src = j->bindings[rep->source_rank].worker_id;
+    if (plan_refused(r, src, k % j->slots)) return;
+    if (r->n_refused == REC_MAX_REFUSED) { // the oldest makes room
+        memmove(&r->refused[0], &r->refused[1], sizeof r->refused[0] * (REC_MAX_REFUSED - 1));
+        r->n_refused--;
+    }
+    struct refused_source *f = &r->refused[r->n_refused++];
+    snprintf(f->worker_id, sizeof f->worker_id, "%s", src);
+    f->slot = k % j->slots;
+    snprintf(f->why, sizeof f->why, "%.239s", rep->error);
+    LOG_WARN("%s: %s refused the state of slot index %d from %s (rank %d): %s; not a source of "
+             "it again in this recovery", j->id, rep->worker_id, f->slot, src, rep->source_rank,
+             rep->error);
+}
+
 void recovery_fault_report(struct coordinator *co, struct job *j, int k,
                            const Moed__V1__FaultReport *rep) {
     int64_t now = moe_wall_ms();
+    if (rep->transfer_refused) note_refused(j, k, rep);
     recovery_signal(co, j, k, FAULT_REPORTED, "%s reported a data-plane fault at step %lld: %s",
                     rep->worker_id, (long long)rep->step,
                     rep->error[0] ? rep->error : "(no error given)");
@@ -517,6 +540,13 @@ static void plan(struct coordinator *co, struct job *j) {
         give_up(co, j, why);
         goto exit;
     }
+    for (int k = 0; k < n; k++)
+        if (plan_source(j, r, keep, k, t) == -2) { // every source left was refused
+            char why[2400];
+            plan_no_source(j, r, k, t, why, sizeof why);
+            give_up(co, j, why);
+            goto exit;
+        }
     int needy = 0;
     for (int k = 0; k < n; k++) needy += need[k];
     int placed = needy ? placement_replace(co, j, need, kept, r->exclude, r->n_exclude, spare) : 1;

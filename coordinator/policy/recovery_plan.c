@@ -52,17 +52,52 @@ int64_t plan_step(const struct job *j, const struct recovery *r, const char *kee
     return best;
 }
 
+int plan_refused(const struct recovery *r, const char *worker, int s) {
+    for (int i = 0; i < r->n_refused; i++)
+        if (r->refused[i].slot == s && !strcmp(r->refused[i].worker_id, worker)) return 1;
+    return 0;
+}
+
+/* Worker q can send slot index s's state at t, and no restore of this recovery refused it. */
+static int can_source(const struct recovery *r, const char *keep, int q, int s, int64_t t) {
+    return keep[q] && has_copy(&r->ans[q], s, t) && !plan_refused(r, r->ans[q].worker_id, s);
+}
+
 int plan_source(const struct job *j, const struct recovery *r, const char *keep, int k,
                 int64_t t) {
     int S = j->slots, s = k % S;
     if (t == 0 || (keep[k] && has_copy(&r->ans[k], s, t))) return -1;
     for (int p = 0; p < j->pods; p++) { // the same slot index in another pod: its own state
         int q = p * S + s;
-        if (q != k && keep[q] && has_copy(&r->ans[q], s, t)) return q;
+        if (q != k && can_source(r, keep, q, s, t)) return q;
     }
     for (int q = 0; q < job_n_slots(j); q++) // a buddy's copy
-        if (keep[q] && has_copy(&r->ans[q], s, t)) return q;
-    return -2; // cannot happen when t is covered
+        if (q != k && can_source(r, keep, q, s, t)) return q;
+    return -2; // only when every source left was refused: t is covered
+}
+
+void plan_refused_text(const struct recovery *r, char *out, size_t cap) {
+    size_t o = strlen(out);
+    for (int i = 0; i < r->n_refused && o < cap; i++)
+        o += (size_t)snprintf(out + o, cap - o, "%s%s for slot index %d (%s)",
+                              i ? "; " : "; sources refused: ", r->refused[i].worker_id,
+                              r->refused[i].slot, r->refused[i].why);
+}
+
+void plan_no_source(const struct job *j, const struct recovery *r, int k, int64_t t, char *why,
+                    size_t cap) {
+    char sl[32];
+    size_t o = (size_t)snprintf(why, cap, "slot %s of the %d x %d mesh: no source of its state "
+                                "at step %lld left at attempt %d: every worker holding a copy "
+                                "sent one that failed its checksum",
+                                job_slot_text(j, k, sl, sizeof sl), j->pods, j->slots,
+                                (long long)t, r->rounds + 1);
+    for (int i = 0; i < r->n_refused && o < cap; i++)
+        if (r->refused[i].slot == k % j->slots)
+            o += (size_t)snprintf(why + o, cap - o, "; refused from %s: %s",
+                                  r->refused[i].worker_id, r->refused[i].why);
+    if (o < cap)
+        snprintf(why + o, cap - o, "; last committed step %lld", (long long)j->committed_step);
 }
 
 void plan_unrecoverable(const struct job *j, const struct recovery *r, const char *keep,

@@ -32,7 +32,8 @@ void plan_move(const struct job *j, struct recovery *r, char *keep, struct worke
 int64_t plan_step(const struct job *j, const struct recovery *r, const char *keep);
 
 /* The rank of the new epoch that sends slot k its state at t (the same slot index in another
- * pod first: its own state; else a buddy's copy), or -1: its own worker has it. */
+ * pod first: its own state; else a buddy's copy), or -1: its own worker has it; -2: none (every
+ * worker holding a copy at t sent a state this recovery refused, r->refused). */
 int plan_source(const struct job *j, const struct recovery *r, const char *keep, int k,
                 int64_t t);
 
@@ -40,6 +41,17 @@ int plan_source(const struct job *j, const struct recovery *r, const char *keep,
  * ("w-2 and w-4 lost", "w-2 lost and w-4 without state"). */
 void plan_unrecoverable(const struct job *j, const struct recovery *r, const char *keep,
                         char *why, size_t cap);
+
+/* Whether a restore of this recovery refused the state `worker` sent for slot index s. */
+int plan_refused(const struct recovery *r, const char *worker, int s);
+
+/* A slot with no source left (plan_source -2): why, naming the slot, the step and every source
+ * refused, with the receiver's words ("...: refused from w-1: ...; from w-2: ..."). */
+void plan_no_source(const struct job *j, const struct recovery *r, int k, int64_t t, char *why,
+                    size_t cap);
+
+/* Appends "; sources refused: w-1 for slot index 0 (...)" when a restore refused some. */
+void plan_refused_text(const struct recovery *r, char *out, size_t cap);
 
 /* Appends to `out` (after its text) "; slot (1, 0): w-4 lost -> w-6, state from rank 0 (w-1)"
  * for each slot that moves or pulls its state; j->bindings and j->restore_from are the new

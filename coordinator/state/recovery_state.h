@@ -3,7 +3,8 @@
  *
  * Owns: the record of one recovery from its first fault signal to its last ReportRestored: the
  * phase, what each fenced slot's worker answered (the state copies it holds), the round of
- * calls in flight, the exclusions, and the timings the "recovered" event reports; and the
+ * calls in flight, the exclusions (spares that refused a RunSlot, sources whose state was
+ * refused), and the timings the "recovered" event reports; and the
  * latest state hash each slot reported (the replica check). struct job points to both; they
  * are not persisted (a restarted coordinator fences again: job->recovering is).
  * Never: decides anything. policy/recovery.c drives a recovery through these fields,
@@ -16,6 +17,7 @@
 #include <stdint.h>
 
 #define REC_MAX_EXCLUDED 16 // workers a recovery will not choose again as spares
+#define REC_MAX_REFUSED 16  // sources whose state a recovery refused (kept: the newest)
 
 enum rec_phase { REC_FENCING, REC_WAITING, REC_REBINDING, REC_RESTORING };
 enum answer { ANS_PENDING, ANS_HOLDS, ANS_EMPTY, ANS_LOST };
@@ -34,6 +36,14 @@ struct fence_answer {
     struct state_copy *copies;
     int n_copies;
     char why[200];               // ANS_LOST / ANS_EMPTY: what was seen
+};
+
+/* A state a restore refused: it failed its checksum (docs/recovery.md, "Checked transfers").
+ * That worker is no source of that slot index for the rest of the recovery. */
+struct refused_source {
+    char worker_id[24]; // the sender
+    int slot;           // the slot index whose state it sent
+    char why[240];      // the receiver's words: which block, which checksums
 };
 
 struct recovery {
@@ -57,6 +67,8 @@ struct recovery {
     char first_signal[300];
     char exclude[REC_MAX_EXCLUDED][24];
     int n_exclude;
+    struct refused_source refused[REC_MAX_REFUSED];
+    int n_refused;
     /* restoring */
     char *restored;              // (pods * slots) ReportRestored seen
     int n_restored;

@@ -137,7 +137,7 @@ static int wait_for_epoch(struct job *j, struct rpc_channel *ch, struct trainer 
              "its state for the coordinator's next epoch", j->id, j->pod, j->slot,
              (unsigned long long)j->epoch, step, error);
     atomic_store(&j->holding, 1);
-    job_report_fault(j, ch, step, error);
+    job_report_fault(j, ch, step, error, -1);
     uv_mutex_lock(&j->ep_mu);
     while (atomic_load(&j->stop) == JOB_RUN && !(j->next && j->next->epoch > j->epoch))
         uv_cond_wait(&j->ep_cv, &j->ep_mu);
@@ -154,12 +154,24 @@ static int wait_for_epoch(struct job *j, struct rpc_channel *ch, struct trainer 
     return 1;
 }
 
-/* The restore of a recovery epoch, once the comm and the trainer are up. */
+/* The restore of a recovery epoch, once the comm and the trainer are up. A state that failed
+ * its checksum is reported at once, naming its sender, before this slot leaves the epoch (so
+ * the coordinator knows it before the peers' faults make it plan again); the slot then holds
+ * no state of its own and waits for the next epoch like any slot whose data plane failed. */
 static moe_status restore(struct job *j, struct rpc_channel *ch, struct trainer *t,
                           double connect_s) {
     struct restore_plan p = {j->cur.restore_step, j->cur.restore_from, j->pods * j->slots};
     struct restore_stats st;
-    CHECK(replica_restore(t, &p, &st));
+    moe_status s = replica_restore(t, &p, &st);
+    if (s != MOE_OK && st.refused_from >= 0) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", moe_errmsg());
+        LOG_WARN("%s: slot (%d, %d) epoch %llu: %s", j->id, j->pod, j->slot,
+                 (unsigned long long)j->epoch, why);
+        job_report_fault(j, ch, j->cur.restore_step, why, st.refused_from);
+        return moe_fail(s, "%s", why);
+    }
+    CHECK(s);
     atomic_store(&j->step, t->model.step);
     job_report_restored(j, ch, t->model.step, connect_s, &st);
     return MOE_OK;

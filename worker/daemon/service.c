@@ -562,19 +562,23 @@ static void inject_fault(struct rpc_call *call, const ProtobufCMessage *msg, voi
         }
         LOG_WARN("chaos: %s: cut %d data-plane connection%s to rank %d", j->id, n,
                  n == 1 ? "" : "s", req->peer_rank);
-    } else if (strcmp(req->kind, "flip") == 0) {
+    } else if (strcmp(req->kind, "flip") == 0 || strcmp(req->kind, "corrupt-transfer") == 0) {
+        int flip = strcmp(req->kind, "flip") == 0;
         uv_mutex_lock(&j->ep_mu);
-        if (j->trainer) replica_request_flip(j->trainer);
         int ok = j->trainer && j->trainer->mesh.rep;
+        if (ok && flip) replica_request_flip(j->trainer);
+        if (ok && !flip) replica_request_corrupt(j->trainer);
         uv_mutex_unlock(&j->ep_mu);
         if (!ok) {
             rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%s: no slot state to corrupt yet",
                      j->id);
             return;
         }
+        if (!flip) LOG_WARN("chaos: %s: the next state this worker sends for a restore carries a "
+                            "flipped bit", j->id);
     } else {
-        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "fault kind '%.32s': want cut or flip",
-                 req->kind);
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "fault kind '%.32s': want cut, flip or "
+                 "corrupt-transfer", req->kind);
         return;
     }
     reply_empty(call);

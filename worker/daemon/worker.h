@@ -259,8 +259,10 @@ int backlog_flush(struct job *j, struct rpc_channel *ch, struct backlog *b, int 
 int backlog_drain(struct job *j, struct rpc_channel *ch, struct backlog *b);
 void backlog_free(struct backlog *b);
 /* The slot lost its data plane and holds its state for the next epoch (a short try: the
- * coordinator also learns it from the fence and heartbeats). */
-void job_report_fault(struct job *j, struct rpc_channel *ch, long step, const char *error);
+ * coordinator also learns it from the fence and heartbeats). refused_from >= 0: the fault is
+ * the state that rank sent for a restore, refused for its checksum (error says where). */
+void job_report_fault(struct job *j, struct rpc_channel *ch, long step, const char *error,
+                      int refused_from);
 /* The slot restored its state in a recovery epoch, and what it took. */
 void job_report_restored(struct job *j, struct rpc_channel *ch, long step, double connect_s,
                          const struct restore_stats *st);

@@ -5,6 +5,7 @@
 #include "../../common/log.h"
 #include "../comm/comm.h"
 #include "thread_error.h"
+#include "transfer_check.h"
 
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -21,6 +22,7 @@ enum { CH_MAIN = 0, CH_COPY = 2 };
 struct held {
     int slot;        // the slot index whose experts these are
     real *buf[2];    // (3 * x_n): parameters, first moments, second moments
+    uint32_t *sum[2]; // (3 * xb) the sender's CRC-32C of each block of each third of buf
     long step[2];    // the step each version is from; -1: none (or being received)
 };
 
@@ -28,12 +30,16 @@ struct replica {
     struct trainer *t;
     int S, s, nb;
     size_t x_lo, x_n;           // the experts' floats in every arena: [x_lo, x_lo + x_n)
+    size_t xb;                  // blocks of x_n floats (transfer_check.h)
+    uint32_t *x_sum;            // (3 * xb) the checksums of the experts this slot sends
+    uint32_t *x_scratch;        // (3 * xb) a received copy's, recomputed
     struct model_state prev;    // the previous version; prev.step -1: none
     int live_valid;             // the live arenas hold a whole state (not while receiving one)
     struct held *held;          // (nb) copies of slots s-1, ..., s-nb
     int check_every;
     int keep_prev;              // the job can recover (mesh_recoverable): keep S(t - 1)
     atomic_int flip;            // a bit flip was asked for (chaos)
+    atomic_int corrupt;         // the next state sent for a restore carries a flipped bit (chaos)
 
     pthread_mutex_t mu;         // guards fenced, the versions' steps and the update
     int fenced;
@@ -53,26 +59,47 @@ struct replica {
 
 /* ---- the copies' transfer ---- */
 
-/* Round j of the buddy exchange over the pod: this slot sends `send` (x_n floats) to slot
- * s + j and receives slot s - j's into `recv`. */
-static moe_status exchange_round(struct replica *r, int j, const real *send, real *recv) {
+/* Round j of the buddy exchange over the pod: this slot sends `bytes` of `send` to slot s + j
+ * and receives slot s - j's into `recv`. */
+static moe_status exchange_round(struct replica *r, int j, const void *send, void *recv,
+                                 size_t bytes) {
     struct comm *c = r->t->mesh.comm;
     struct comm_group g;
     comm_group_pod(&g, c, r->t->mesh.pod);
     size_t sb[COMM_MAX_RANKS] = {0}, rb[COMM_MAX_RANKS] = {0};
-    size_t bytes = sizeof(real) * r->x_n;
     sb[(r->s + j) % r->S] = bytes;
     rb[(r->s - j + r->S) % r->S] = bytes;
     return comm_alltoallv(c, CH_COPY, &g, send, sb, recv, rb);
 }
 
+/* Whether version v of a received copy is what its sender checksummed. One that is not is
+ * not kept as a copy (no fence lists it): a restore never starts from it. */
+static int copy_intact(struct replica *r, const struct held *h, int v, long step) {
+    size_t bytes = sizeof(real) * r->x_n;
+    for (int a = 0; a < 3; a++) {
+        uint32_t got;
+        long b = transfer_verify(h->buf[v] + (size_t)a * r->x_n, bytes, h->sum[v] + a * r->xb,
+                                 r->x_scratch + a * r->xb, 0, &got);
+        if (b < 0) continue;
+        LOG_WARN("slot (%d, %d): the buddy copy of slot %d's experts at step %ld failed its "
+                 "checksum (part %d, block %ld: CRC-32C %08x, the sender's %08x): not kept",
+                 r->t->mesh.pod, r->s, h->slot, step, a, b, got, h->sum[v][a * r->xb + b]);
+        return 0;
+    }
+    return 1;
+}
+
 /* Sends S(step)'s experts to every buddy and receives the copies of the slots before us, each
  * into the version that does not hold the newest copy. Straight from the arenas (the live
  * state does not change before the step's update, which waits for this): one round for the
- * parameters and one for each moment, no staging copy. */
+ * parameters and one for each moment, no staging copy; then the checksums the receiver holds
+ * the copy to (here on arrival, and again by whoever it restores from this copy). */
 static moe_status send_copies(struct replica *r, long step) {
     const struct model *m = &r->t->model;
     const real *arena[3] = {m->param_mem, m->m_mem, m->v_mem};
+    size_t bytes = sizeof(real) * r->x_n;
+    for (int a = 0; a < 3; a++)
+        transfer_checksum(arena[a] + r->x_lo, bytes, r->x_sum + a * r->xb, 0);
     for (int j = 1; j <= r->nb; j++) {
         struct held *h = &r->held[j - 1];
         int v = h->step[0] <= h->step[1] ? 0 : 1; /* the older (or empty) one */
@@ -80,9 +107,11 @@ static moe_status send_copies(struct replica *r, long step) {
         h->step[v] = -1; /* being overwritten: not a copy until it is whole */
         pthread_mutex_unlock(&r->mu);
         for (int a = 0; a < 3; a++)
-            CHECK(exchange_round(r, j, arena[a] + r->x_lo, h->buf[v] + (size_t)a * r->x_n));
+            CHECK(exchange_round(r, j, arena[a] + r->x_lo, h->buf[v] + (size_t)a * r->x_n, bytes));
+        CHECK(exchange_round(r, j, r->x_sum, h->sum[v], sizeof(uint32_t) * 3 * r->xb));
+        int ok = copy_intact(r, h, v, step);
         pthread_mutex_lock(&r->mu);
-        h->step[v] = step;
+        h->step[v] = ok ? step : -1;
         pthread_mutex_unlock(&r->mu);
     }
     return MOE_OK;
@@ -151,6 +180,7 @@ moe_status replica_open(struct trainer *t) {
         if (model_tensor_is_expert(i)) r->x_n += m->tensor_sizes[i];
         else if (i < 4) r->x_lo += m->tensor_sizes[i]; /* tensors 4..6 are the experts' */
     }
+    r->xb = transfer_blocks(sizeof(real) * r->x_n);
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     r->prev.step = -1;
@@ -160,13 +190,17 @@ moe_status replica_open(struct trainer *t) {
                         "state (%zu parameters)", m->n_params);
     if (r->nb > 0) {
         r->held = calloc((size_t)r->nb, sizeof *r->held);
-        if (!r->held) return moe_fail(MOE_ENOMEM, "out of memory for buddy copies");
+        r->x_sum = calloc(3 * r->xb + 1, sizeof *r->x_sum);
+        r->x_scratch = calloc(3 * r->xb + 1, sizeof *r->x_scratch);
+        if (!r->held || !r->x_sum || !r->x_scratch)
+            return moe_fail(MOE_ENOMEM, "out of memory for buddy copies");
         for (int j = 0; j < r->nb; j++) {
             struct held *h = &r->held[j];
             h->slot = (r->s - (j + 1) + r->S) % r->S;
             for (int v = 0; v < 2; v++) {
                 h->step[v] = -1;
-                if (!(h->buf[v] = model_arena_alloc(3 * r->x_n)))
+                if (!(h->sum[v] = calloc(3 * r->xb + 1, sizeof *h->sum[v])) ||
+                    !(h->buf[v] = model_arena_alloc(3 * r->x_n)))
                     return moe_fail(MOE_ENOMEM, "out of memory for buddy copies of slot %d's "
                                     "%zu expert parameters", h->slot, r->x_n);
             }
@@ -193,8 +227,13 @@ void replica_close(struct trainer *t) {
     pthread_cond_destroy(&r->cv);
     model_state_free(&r->prev);
     for (int j = 0; r->held && j < r->nb; j++)
-        for (int v = 0; v < 2; v++) model_arena_free(r->held[j].buf[v], 3 * r->x_n);
+        for (int v = 0; v < 2; v++) {
+            model_arena_free(r->held[j].buf[v], 3 * r->x_n);
+            free(r->held[j].sum[v]);
+        }
     free(r->held);
+    free(r->x_sum);
+    free(r->x_scratch);
     free(r);
     t->mesh.rep = NULL;
 }
@@ -290,6 +329,10 @@ void replica_request_flip(struct trainer *t) {
     if (t->mesh.rep) atomic_store(&t->mesh.rep->flip, 1);
 }
 
+void replica_request_corrupt(struct trainer *t) {
+    if (t->mesh.rep) atomic_store(&t->mesh.rep->corrupt, 1);
+}
+
 void replica_apply_flip(struct trainer *t) {
     struct replica *r = t->mesh.rep;
     if (!r || !atomic_exchange(&r->flip, 0)) return;
@@ -321,10 +364,85 @@ static int own_version(struct replica *r, long step, real *arena[4]) {
 
 /* Every transfer of a slot's state is the same sequence of messages: a header (step, slot
  * index), then for the parameters and both moments the three pieces around the experts (so
- * that a buddy can send its own dense part with its copy of the experts), then the buffers. */
+ * that a buddy can send its own dense part with its copy of the experts), then the buffers,
+ * then the CRC-32C of every block of every piece (transfer_check.h), computed before any of
+ * it was sent. The receiver uses the state only once every block matches. */
 struct state_header {
     int64_t step, slot;
 };
+
+enum { STATE_PIECES = 10 };
+
+struct piece {
+    real *p;
+    size_t bytes;
+};
+
+static const char *const piece_names[STATE_PIECES] = {
+    "parameters before the experts", "expert parameters", "parameters after the experts",
+    "first moments before the experts", "expert first moments", "first moments after the experts",
+    "second moments before the experts", "expert second moments",
+    "second moments after the experts", "buffers"};
+
+/* The pieces in the order they go; returns how many checksums they have. */
+static size_t state_pieces(const struct replica *r, real *const own[4], real *const experts[3],
+                           struct piece pc[STATE_PIECES]) {
+    const struct model *m = &r->t->model;
+    size_t n = m->n_params, hi = r->x_lo + r->x_n, blocks = 0;
+    for (int a = 0; a < 3; a++) {
+        pc[3 * a] = (struct piece){own[a], sizeof(real) * r->x_lo};
+        pc[3 * a + 1] = (struct piece){experts[a], sizeof(real) * r->x_n};
+        pc[3 * a + 2] = (struct piece){own[a] + hi, sizeof(real) * (n - hi)};
+    }
+    pc[9] = (struct piece){own[3], sizeof(real) * m->n_buffers};
+    for (int i = 0; i < STATE_PIECES; i++) blocks += transfer_blocks(pc[i].bytes);
+    return blocks;
+}
+
+/* The sender's checksums: a buddy's copy of the experts keeps those its sender made (so that
+ * damage to the copy in this process's memory shows too); the rest are computed now. */
+static void sign_pieces(const struct replica *r, const struct piece pc[STATE_PIECES],
+                        const uint32_t *copy_sum, uint32_t *sum) {
+    for (int i = 0; i < STATE_PIECES; i++) {
+        if (copy_sum && i % 3 == 1 && i < 9)
+            memcpy(sum, copy_sum + (i / 3) * r->xb, sizeof *sum * r->xb);
+        else
+            transfer_checksum(pc[i].p, pc[i].bytes, sum, 1);
+        sum += transfer_blocks(pc[i].bytes);
+    }
+}
+
+/* Sends the pieces; chaos "corrupt-transfer" flips one bit of the expert parameters on their
+ * way out (after the checksums were made: a buddy's copy keeps its sender's), and back once
+ * they are sent. */
+static moe_status send_pieces(struct replica *r, int to, const struct piece pc[STATE_PIECES]) {
+    struct comm *c = r->t->mesh.comm;
+    int corrupt = atomic_exchange(&r->corrupt, 0);
+    for (int i = 0; i < STATE_PIECES; i++) {
+        unsigned char *bit = corrupt && i == 1 && pc[i].bytes
+                                 ? (unsigned char *)pc[i].p + pc[i].bytes / 2 : NULL;
+        if (bit) {
+            *bit ^= 1u << 2;
+            LOG_WARN("chaos: slot (%d, %d) sends rank %d a state with a flipped bit (%s, byte "
+                     "%zu)", r->t->mesh.pod, r->s, to, piece_names[i], pc[i].bytes / 2);
+        }
+        moe_status s = comm_send(c, CH_MAIN, to, pc[i].p, pc[i].bytes);
+        if (bit) *bit ^= 1u << 2;
+        CHECK(s);
+    }
+    return MOE_OK;
+}
+
+/* A buddy's copy of slot `slot`'s experts at `step` (its buffers and checksums), or NULL. */
+static const struct held *held_copy(const struct replica *r, int slot, long step, int *v) {
+    for (int j = 0; j < r->nb; j++)
+        for (int k = 0; k < 2; k++)
+            if (r->held[j].slot == slot && r->held[j].step[k] == step) {
+                *v = k;
+                return &r->held[j];
+            }
+    return NULL;
+}
 
 static moe_status send_state(struct replica *r, int to, int slot, long step, uint64_t *bytes) {
     struct comm *c = r->t->mesh.comm;
@@ -333,56 +451,86 @@ static moe_status send_state(struct replica *r, int to, int slot, long step, uin
     if (!own_version(r, step, own))
         return moe_fail(MOE_EINVAL, "restore: asked to send step %ld, but this slot holds steps "
                         "%ld and %ld", step, m->step, r->prev.step);
-    const real *experts[3] = {own[0] + r->x_lo, own[1] + r->x_lo, own[2] + r->x_lo};
+    real *experts[3] = {own[0] + r->x_lo, own[1] + r->x_lo, own[2] + r->x_lo};
+    const struct held *h = NULL;
+    int v = 0;
     if (slot != r->s) { /* a buddy copy */
-        const struct held *h = NULL;
-        int v = -1;
-        for (int j = 0; j < r->nb && v < 0; j++)
-            for (int k = 0; k < 2; k++)
-                if (r->held[j].slot == slot && r->held[j].step[k] == step) h = &r->held[j], v = k;
-        if (v < 0)
+        if (!(h = held_copy(r, slot, step, &v)))
             return moe_fail(MOE_EINVAL, "restore: asked to send slot %d at step %ld, but holds "
                             "no copy of it", slot, step);
         for (int a = 0; a < 3; a++) experts[a] = h->buf[v] + (size_t)a * r->x_n;
     }
+    struct piece pc[STATE_PIECES];
+    size_t n_sum = state_pieces(r, own, experts, pc);
+    uint32_t *sum = calloc(n_sum + 1, sizeof *sum);
+    if (!sum) return moe_fail(MOE_ENOMEM, "out of memory for %zu checksums", n_sum);
+    sign_pieces(r, pc, h ? h->sum[v] : NULL, sum);
     struct state_header hd = {step, slot};
-    CHECK(comm_send(c, CH_MAIN, to, &hd, sizeof hd));
-    size_t n = m->n_params, hi = r->x_lo + r->x_n;
-    for (int a = 0; a < 3; a++) {
-        CHECK(comm_send(c, CH_MAIN, to, own[a], sizeof(real) * r->x_lo));
-        CHECK(comm_send(c, CH_MAIN, to, experts[a], sizeof(real) * r->x_n));
-        CHECK(comm_send(c, CH_MAIN, to, own[a] + hi, sizeof(real) * (n - hi)));
-    }
-    CHECK(comm_send(c, CH_MAIN, to, own[3], sizeof(real) * m->n_buffers));
-    *bytes += sizeof hd + sizeof(real) * (3 * n + m->n_buffers);
+    moe_status s = comm_send(c, CH_MAIN, to, &hd, sizeof hd);
+    if (s == MOE_OK) s = send_pieces(r, to, pc);
+    if (s == MOE_OK) s = comm_send(c, CH_MAIN, to, sum, sizeof *sum * n_sum);
+    free(sum);
+    CHECK(s);
+    *bytes += sizeof hd + sizeof(real) * (3 * m->n_params + m->n_buffers) + sizeof *sum * n_sum;
     return MOE_OK;
 }
 
-static moe_status recv_state(struct replica *r, int from, long step, uint64_t *bytes) {
+/* The received pieces against the sender's checksums: MOE_OK, or the refusal, naming the
+ * first block that differs (st->refused_from: the sender). */
+static moe_status check_pieces(const struct replica *r, const struct piece pc[STATE_PIECES],
+                               const uint32_t *sum, uint32_t *scratch, int from, long step,
+                               struct restore_stats *st) {
+    for (int i = 0; i < STATE_PIECES; i++) {
+        uint32_t got;
+        long b = transfer_verify(pc[i].p, pc[i].bytes, sum, scratch, 1, &got);
+        if (b >= 0) {
+            st->refused_from = from;
+            return moe_fail(MOE_EINTERNAL, "the state of slot (%d, %d) at step %ld from rank %d "
+                            "failed its checksum: %s, block %ld of %zu (from byte %zu): CRC-32C "
+                            "%08x, the sender's %08x; refused", r->t->mesh.pod, r->s, step, from,
+                            piece_names[i], b, transfer_blocks(pc[i].bytes),
+                            (size_t)b * TRANSFER_BLOCK_BYTES, got, sum[b]);
+        }
+        sum += transfer_blocks(pc[i].bytes);
+    }
+    return MOE_OK;
+}
+
+static moe_status recv_pieces(const struct replica *r, int from, const struct piece *pc,
+                              uint32_t *sum, size_t n_sum) {
+    struct comm *c = r->t->mesh.comm;
+    for (int i = 0; i < STATE_PIECES; i++) CHECK(comm_recv(c, CH_MAIN, from, pc[i].p, pc[i].bytes));
+    return comm_recv(c, CH_MAIN, from, sum, sizeof *sum * n_sum);
+}
+
+static moe_status recv_state(struct replica *r, int from, long step, struct restore_stats *st) {
     struct comm *c = r->t->mesh.comm;
     struct model *m = &r->t->model;
     struct state_header hd;
     pthread_mutex_lock(&r->mu);
-    r->live_valid = 0; /* until every byte is in: a fence now lists no live copy */
+    r->live_valid = 0; /* until every byte is in and checked: a fence now lists no live copy */
     pthread_mutex_unlock(&r->mu);
     CHECK(comm_recv(c, CH_MAIN, from, &hd, sizeof hd));
     if (hd.step != step || hd.slot != r->s)
         return moe_fail(MOE_EINVAL, "restore: rank %d sent slot %lld at step %lld, expected "
                         "slot %d at step %ld", from, (long long)hd.slot, (long long)hd.step,
                         r->s, step);
-    real *own[3] = {m->param_mem, m->m_mem, m->v_mem};
-    size_t n = m->n_params, hi = r->x_lo + r->x_n;
-    for (int a = 0; a < 3; a++) {
-        CHECK(comm_recv(c, CH_MAIN, from, own[a], sizeof(real) * r->x_lo));
-        CHECK(comm_recv(c, CH_MAIN, from, own[a] + r->x_lo, sizeof(real) * r->x_n));
-        CHECK(comm_recv(c, CH_MAIN, from, own[a] + hi, sizeof(real) * (n - hi)));
-    }
-    CHECK(comm_recv(c, CH_MAIN, from, m->buffer_mem, sizeof(real) * m->n_buffers));
+    real *own[4] = {m->param_mem, m->m_mem, m->v_mem, m->buffer_mem};
+    real *experts[3] = {own[0] + r->x_lo, own[1] + r->x_lo, own[2] + r->x_lo};
+    struct piece pc[STATE_PIECES];
+    size_t n_sum = state_pieces(r, own, experts, pc);
+    uint32_t *sum = calloc(2 * n_sum + 1, sizeof *sum);
+    if (!sum) return moe_fail(MOE_ENOMEM, "out of memory for %zu checksums", n_sum);
+    moe_status s = recv_pieces(r, from, pc, sum, n_sum);
+    if (s == MOE_OK) s = check_pieces(r, pc, sum, sum + n_sum, from, step, st);
+    free(sum);
+    CHECK(s);
     pthread_mutex_lock(&r->mu);
     m->step = step;
     r->live_valid = 1;
     pthread_mutex_unlock(&r->mu);
-    *bytes += sizeof hd + sizeof(real) * (3 * n + m->n_buffers);
+    st->bytes_received += sizeof hd + sizeof(real) * (3 * m->n_params + m->n_buffers) +
+                          sizeof *sum * n_sum;
     return MOE_OK;
 }
 
@@ -411,6 +559,7 @@ moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
     struct comm *c = t->mesh.comm;
     int me = comm_rank(c), n = comm_size(c);
     memset(st, 0, sizeof *st);
+    st->refused_from = -1;
     if (p->n != n)
         return moe_fail(MOE_EINVAL, "restore: the plan has %d sources for %d ranks", p->n, n);
     double t0 = moe_clock_s();
@@ -433,7 +582,7 @@ moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
             return moe_fail(MOE_EINVAL, "restore: rank %d's source %d is not another rank", k,
                             from);
         if (me == from) CHECK(send_state(r, k, k % r->S, p->step, &st->bytes_sent));
-        if (me == k) CHECK(recv_state(r, from, p->step, &st->bytes_received));
+        if (me == k) CHECK(recv_state(r, from, p->step, st));
     }
     /* every slot is at `step` now: the versions of other steps are gone, buddies start over */
     pthread_mutex_lock(&r->mu);

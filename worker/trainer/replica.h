@@ -13,11 +13,13 @@
  *     previous versions, its buddy copies) are frozen and listed for the coordinator;
  *   - restoring a new epoch: every slot returns to the plan's step, pulling its state from a
  *     source rank when it does not hold it, and the buddy copies are refreshed;
+ *   - the checksums of every state transfer, restores and buddy copies alike
+ *     (transfer_check.h): a copy that does not match what its sender hashed is never used;
  *   - the state hash that data-parallel replicas compare (SHA-256, every mesh.check_every steps,
  *     off the training thread).
  * Never: decides the plan (the coordinator does), or writes anything to disk.
- * Threads: the training thread calls everything but replica_fence and replica_request_flip,
- * which any thread may call (the worker daemon's loop).
+ * Threads: the training thread calls everything but replica_fence, replica_request_flip and
+ * replica_request_corrupt, which any thread may call (the worker daemon's loop).
  */
 #ifndef MOE_REPLICA_H
 #define MOE_REPLICA_H
@@ -61,6 +63,9 @@ int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live
  * (moectl chaos "flip": silent corruption the replica check must catch). */
 void replica_request_flip(struct trainer *t);
 void replica_apply_flip(struct trainer *t); // the training thread, between steps
+/* Any thread: the next state this slot sends for a restore carries one flipped bit, after its
+ * checksums were made (moectl's InjectFault "corrupt-transfer": the receiver must refuse it). */
+void replica_request_corrupt(struct trainer *t);
 
 /* A recovery epoch: every slot of the new comm (already in t->mesh.comm) calls it with the
  * same plan. from[k] (rank order) is the rank that sends rank k its state at `step`, or -1
@@ -73,6 +78,7 @@ struct restore_plan {
 struct restore_stats {
     double transfer_s;
     uint64_t bytes_sent, bytes_received;
+    int refused_from; // the rank whose state failed its checksum (the error says where), or -1
 };
 moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
                            struct restore_stats *st);
