@@ -625,7 +625,7 @@ static void test_recovery_record(void) {
     rec.restore_step = 41;
     rec.n_restore_from = 4;
     rec.restore_from = from;
-    rec.recovery_signal_ms = 1764580000123;
+    rec.recovery_since_ms = 1764580000123;
     uint8_t sha[32];
     for (int i = 0; i < 32; i++) sha[i] = (uint8_t)(i * 7);
     Moed__V1__StepMetrics m = MOED__V1__STEP_METRICS__INIT;
@@ -644,7 +644,7 @@ static void test_recovery_record(void) {
     Moed__Store__JobRecord *j = NULL;
     EXPECT(store_job_get(st, "job-7", &j) == MOE_OK);
     EXPECT(j && j->job->committed_step == 41 && j->job->recoveries == 2 && j->job->recovering &&
-           j->job->epoch == 3 && j->restore_step == 41 && j->recovery_signal_ms == 1764580000123);
+           j->job->epoch == 3 && j->restore_step == 41 && j->recovery_since_ms == 1764580000123);
     EXPECT(j && j->n_restore_from == 4 && j->restore_from[0] == -1 && j->restore_from[2] == 0 &&
            j->restore_from[3] == -1);
     if (j) moed__store__job_record__free_unpacked(j, NULL);

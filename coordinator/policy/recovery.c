@@ -98,9 +98,38 @@ int recovery_dropped(const struct job *j, const struct worker *w) {
 
 /* ---- signals ---- */
 
-/* The first signal of a recovery: event "failure", then the fence. */
+/* What a recovery's detection and total are timed from (docs/recovery.md, "What the figures
+ * measure"): the fault's effect as the coordinator can know it, the last sign of life of the
+ * slot's worker before the first signal. A worker found gone (`dead`: silent past the
+ * heartbeat timeout, replaced at its address) was last alive at its last heartbeat or step
+ * report, whichever is newer; a signal the worker sent itself (its ReportFault, its slot's
+ * end, its frozen state) is that sign; a move starts at its decision. Kept across our
+ * restart: JobRecord.recovery_since_ms. */
+static void since_fault(struct coordinator *co, struct job *j, int k, int dead, int64_t now) {
+    struct recovery *r = j->rec;
+    const char *id = k >= 0 ? j->bindings[k].worker_id : "";
+    struct worker *w = dead && id[0] ? workers_find(co, id) : NULL;
+    r->since_ms = now;
+    if (j->recovery_since_ms) {
+        r->since_ms = j->recovery_since_ms;
+        snprintf(r->since, sizeof r->since, "the recovery's start, before the coordinator "
+                 "restarted");
+    } else if (w && w->last_heartbeat_ms > 0 && w->last_heartbeat_ms <= now) {
+        r->since_ms = w->last_heartbeat_ms;
+        snprintf(r->since, sizeof r->since, "%s's last %s", w->id,
+                 w->last_report_ms >= w->last_heartbeat_ms ? "step report" : "heartbeat");
+    } else if (id[0] && r->move < 0) {
+        snprintf(r->since, sizeof r->since, "%s's own report", id);
+    } else {
+        snprintf(r->since, sizeof r->since, "the first signal");
+    }
+    j->recovery_since_ms = r->since_ms;
+}
+
+/* The first signal of a recovery: event "failure", then the fence. `dead`: the signal says
+ * slot k's worker is gone. */
 static void begin(struct coordinator *co, struct job *j, int k, const char *what,
-                  const char *kind, int move) {
+                  const char *kind, int move, int dead) {
     struct recovery *r = calloc(1, sizeof *r);
     if (!r) {
         give_up(co, j, "out of memory starting a recovery");
@@ -111,8 +140,8 @@ static void begin(struct coordinator *co, struct job *j, int k, const char *what
     r->asked_move = move >= 0;
     j->rec = r;
     j->recovering = 1;
-    if (!j->recovery_signal_ms) j->recovery_signal_ms = now; // kept across our restart
-    r->signal_ms = j->recovery_signal_ms;
+    r->signal_ms = now;
+    since_fault(co, j, k, dead, now);
     snprintf(r->first_signal, sizeof r->first_signal, "%s", what);
     char where[96];
     if (move >= 0)
@@ -175,7 +204,7 @@ void recovery_signal(struct coordinator *co, struct job *j, int k, enum fault_ki
     job_name_ranks(j, what, sizeof what);
     struct recovery *r = j->rec;
     if (!r) {
-        begin(co, j, k, what, "failure", -1);
+        begin(co, j, k, what, "failure", -1, kind == FAULT_DEAD);
         return;
     }
     if (r->phase == REC_FENCING || r->phase == REC_WAITING)
@@ -602,7 +631,7 @@ void recovery_rebalance(struct coordinator *co) {
         char what[200];
         snprintf(what, sizeof what, "%s plays it on its second listener, beside another slot, "
                  "and %s is idle", j->bindings[k].worker_id, spare->id);
-        begin(co, j, k, what, "rebalance", k);
+        begin(co, j, k, what, "rebalance", k, 0);
     }
 }
 
@@ -615,7 +644,7 @@ void recovery_resume(struct coordinator *co) {
             continue;
         }
         begin(co, j, -1, "the coordinator restarted during a recovery: fencing the epoch again",
-              "recovery_resumed", -1);
+              "recovery_resumed", -1, 0);
     }
 }
 
@@ -663,16 +692,17 @@ static void run_slot_answer(void *arg, const struct rpc_result *res, const Proto
     free(a);
 }
 
-/* Every slot is back at T: event "recovered" with the time split. */
+/* Every slot is back at T: event "recovered" with the time split, timed from r->since_ms. */
 static void recovered(struct coordinator *co, struct job *j) {
     struct recovery *r = j->rec;
     int64_t now = moe_wall_ms();
     int64_t accepted = r->accepted_ms ? r->accepted_ms : now;
+    double total_s = (double)(now - r->since_ms) / 1000.0;
     char fault[96] = "";
     if (r->first_fault_ms)
         snprintf(fault, sizeof fault, "; the earliest ReportFault at %+lld ms",
-                 (long long)(r->first_fault_ms - r->signal_ms));
-    char text[1200];
+                 (long long)(r->first_fault_ms - r->since_ms));
+    char text[1400];
     int move = only_move(r);
     if (move)
         snprintf(text, sizeof text,
@@ -683,25 +713,25 @@ static void recovered(struct coordinator *co, struct job *j) {
                  r->move % j->slots, r->ans ? r->ans[r->move].worker_id : "?",
                  j->bindings[r->move].worker_id, (long long)(r->fenced_ms - r->fence_ms),
                  (long long)(accepted - r->planned_ms), r->max_transfer_s, r->max_connect_s,
-                 (double)(now - r->signal_ms) / 1000.0, (unsigned long long)r->bytes);
+                 total_s, (unsigned long long)r->bytes);
     else
         snprintf(text, sizeof text,
                  "epoch %llu: every slot is back at step %lld and trains on (recovery %d of the "
-                 "job%s); detection %lld ms (first signal: %.300s%s), fencing %lld ms, waiting "
-                 "for a spare %lld ms, rebinding %lld ms, state transfer %.3f s (connect %.3f "
-                 "s), total %.3f s; %llu bytes of state moved",
+                 "job%s); detection %lld ms (since %s; first signal at %+lld ms: %.300s%s), "
+                 "fencing %lld ms, waiting for a spare %lld ms, rebinding %lld ms, state "
+                 "transfer %.3f s (connect %.3f s), total %.3f s; %llu bytes of state moved",
                  (unsigned long long)j->epoch, (long long)j->restore_step, j->recoveries + 1,
-                 r->rounds ? ", after restarts" : "", (long long)(r->first_fence_ms - r->signal_ms),
-                 r->first_signal, fault, (long long)(r->fenced_ms - r->fence_ms),
-                 (long long)(r->planned_ms - r->fenced_ms), (long long)(accepted - r->planned_ms),
-                 r->max_transfer_s, r->max_connect_s, (double)(now - r->signal_ms) / 1000.0,
-                 (unsigned long long)r->bytes);
+                 r->rounds ? ", after restarts" : "", (long long)(r->first_fence_ms - r->since_ms),
+                 r->since, (long long)(r->signal_ms - r->since_ms), r->first_signal, fault,
+                 (long long)(r->fenced_ms - r->fence_ms), (long long)(r->planned_ms - r->fenced_ms),
+                 (long long)(accepted - r->planned_ms), r->max_transfer_s, r->max_connect_s,
+                 total_s, (unsigned long long)r->bytes);
     if (j->restore_step > j->committed_step) j->committed_step = j->restore_step;
     if (move) {
         j->moves++;
     } else {
         j->recoveries++;
-        histogram_observe(&j->recovery_seconds, (double)(now - r->signal_ms) / 1000.0);
+        histogram_observe(&j->recovery_seconds, total_s);
     }
     /* a move that did not happen as one (a fault, a refusal) is not tried again at once: a
      * worker that is idle but cannot take the slot must not cost a fence every pass */

@@ -32,7 +32,7 @@
 moe_status reports_step(struct coordinator *co, struct job *j, struct worker *w,
                         const Moed__V1__StepReport *req, int *stop) {
     *stop = 0;
-    w->last_heartbeat_ms = moe_wall_ms(); // a report is as good as a heartbeat
+    w->last_heartbeat_ms = w->last_report_ms = moe_wall_ms(); // as good as a heartbeat
     /* Only the worker bound to the slot it names, in the current epoch, speaks for it. */
     int k = req->pod >= 0 && req->pod < j->pods && req->slot >= 0 && req->slot < j->slots
                 ? req->pod * j->slots + req->slot : -1;

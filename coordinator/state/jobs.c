@@ -183,7 +183,7 @@ void job_drop_recovery(struct job *j) {
     }
     j->rec = NULL;
     j->recovering = 0;
-    j->recovery_signal_ms = 0;
+    j->recovery_since_ms = 0;
 }
 
 size_t job_recent_events(const struct job *j, Moed__V1__Event **out) {
@@ -379,7 +379,7 @@ void job_batch(struct store_batch *b, const struct job *j) {
         rec.n_restore_from = (size_t)job_n_slots(j);
         rec.restore_from = j->restore_from;
     }
-    rec.recovery_signal_ms = j->recovery_signal_ms;
+    rec.recovery_since_ms = j->recovery_since_ms;
     rec.data_key.len = sizeof j->data_key;
     rec.data_key.data = (uint8_t *)j->data_key;
     store_batch_job(b, &rec); // packs now
@@ -461,7 +461,7 @@ static int load_job(const Moed__Store__JobRecord *r, void *arg) {
     j->moves = in->moves;
     j->recovering = in->recovering;
     j->restore_step = r->restore_step;
-    j->recovery_signal_ms = r->recovery_signal_ms;
+    j->recovery_since_ms = r->recovery_since_ms;
     if (r->data_key.len == sizeof j->data_key) // else a record from before keys: a new one
         memcpy(j->data_key, r->data_key.data, sizeof j->data_key);
     else if (RAND_bytes(j->data_key, sizeof j->data_key) != 1) {

@@ -86,12 +86,14 @@ struct job {
     int64_t restore_step;      // T of the latest recovery epoch (0: none yet)
     int64_t next_move_ms;      // no move of a doubled slot before (a move failed lately)
     int32_t *restore_from;     // (pods * slots) its sources, RunSlotRequest.restore_from
-    int64_t recovery_signal_ms; // the first fault signal of the recovery in progress
+    int64_t recovery_since_ms; // where the recovery in progress is timed from: its lost
+                               //   worker's last sign of life (recovery.c since_fault)
     uint8_t data_key[JOB_DATA_KEY_BYTES]; // the data-plane key (RunSlotRequest.data_key);
                                //   random at admission, never in JobInfo
     /* not persisted */
     struct recovery *rec;      // the recovery this process drives (NULL: none)
-    struct histogram recovery_seconds; // first signal to every slot back, of each recovery
+    struct histogram recovery_seconds; // each recovery's total: the lost worker's last sign
+                                       //   of life to every slot back
                                //   this process saw end (/metrics)
     struct replica_hash *hashes; // (pods * slots) the latest state hash each slot reported
     uint64_t replica_matches;  // hash comparisons that agreed

@@ -44,6 +44,8 @@ struct worker {
     int confirmed;             // registered with this coordinator process (not only loaded)
     int awaiting_idle;         // refused a job as busy: not schedulable until a heartbeat
                                // shows it idle
+    int64_t last_report_ms;    // its last StepReport (last_heartbeat_ms counts it too): which
+                               // sign of life a recovery's detection starts from (recovery.c)
 };
 
 struct worker *workers_find(struct coordinator *co, const char *id);

@@ -165,7 +165,9 @@ text = rec["message"]
 def num(pat, scale=1.0):
     m = re.search(pat, text)
     return float(m.group(1)) * scale if m else float("nan")
-gap = num(r"detection (\d+) ms")          # first signal -> first fence round (coordinator)
+# detection is timed from the lost worker's last sign of life; the first signal's offset from
+# that leaves the coordinator's own part: first signal -> first fence round
+gap = num(r"detection (\d+) ms") - num(r"first signal at ([+-]\d+) ms")
 fencing = num(r"fencing (\d+) ms")
 waiting = num(r"waiting for a spare (\d+) ms")
 rebind = num(r"rebinding (\d+) ms")
