@@ -99,31 +99,46 @@ int recovery_dropped(const struct job *j, const struct worker *w) {
 /* ---- signals ---- */
 
 /* What a recovery's detection and total are timed from (docs/recovery.md, "What the figures
- * measure"): the fault's effect as the coordinator can know it, the last sign of life of the
- * slot's worker before the first signal. A worker found gone (`dead`: silent past the
- * heartbeat timeout, replaced at its address) was last alive at its last heartbeat or step
- * report, whichever is newer; a signal the worker sent itself (its ReportFault, its slot's
- * end, its frozen state) is that sign; a move starts at its decision. Kept across our
- * restart: JobRecord.recovery_since_ms. */
+ * measure"): the fault's effect as the coordinator can know it. A worker the recovery lost
+ * that had been silent for more than two heartbeat intervals at the first signal was failing
+ * before it: the recovery is timed from its last sign of life, its last heartbeat or step
+ * report, whichever is newer (a ReportFault counts too: cluster_service.c). Otherwise (a
+ * killed worker whose peer reported the closed connection at once, a worker that reported its
+ * own fault) from the first signal, the report itself; a move from its decision. Kept across
+ * our restart: JobRecord.recovery_since_ms. */
+static void since_lost(struct coordinator *co, struct job *j, const struct worker *w) {
+    struct recovery *r = j->rec;
+    if (!w || w->last_heartbeat_ms <= 0 || w->last_heartbeat_ms >= r->since_ms ||
+        r->signal_ms - w->last_heartbeat_ms <= 2 * co->cfg.heartbeat_interval_ms)
+        return;
+    r->since_ms = j->recovery_since_ms = w->last_heartbeat_ms;
+    snprintf(r->since, sizeof r->since, "%s's last %s", w->id,
+             w->last_report_ms >= w->last_heartbeat_ms ? "step report" : "heartbeat");
+}
+
+/* At the first signal: `dead`, the signal says slot k's worker is gone. */
 static void since_fault(struct coordinator *co, struct job *j, int k, int dead, int64_t now) {
     struct recovery *r = j->rec;
     const char *id = k >= 0 ? j->bindings[k].worker_id : "";
-    struct worker *w = dead && id[0] ? workers_find(co, id) : NULL;
-    r->since_ms = now;
-    if (j->recovery_since_ms) {
-        r->since_ms = j->recovery_since_ms;
+    r->since_ms = j->recovery_since_ms ? j->recovery_since_ms : now;
+    if (j->recovery_since_ms)
         snprintf(r->since, sizeof r->since, "the recovery's start, before the coordinator "
                  "restarted");
-    } else if (w && w->last_heartbeat_ms > 0 && w->last_heartbeat_ms <= now) {
-        r->since_ms = w->last_heartbeat_ms;
-        snprintf(r->since, sizeof r->since, "%s's last %s", w->id,
-                 w->last_report_ms >= w->last_heartbeat_ms ? "step report" : "heartbeat");
-    } else if (id[0] && r->move < 0) {
-        snprintf(r->since, sizeof r->since, "%s's own report", id);
-    } else {
+    else if (id[0] && r->move < 0)
+        snprintf(r->since, sizeof r->since, "%s's report", id);
+    else
         snprintf(r->since, sizeof r->since, "the first signal");
-    }
     j->recovery_since_ms = r->since_ms;
+    if (dead && id[0]) since_lost(co, j, workers_find(co, id));
+}
+
+/* The first fence round's lost workers: one silent before the first signal times the recovery
+ * (a SIGSTOPped worker whose peer's data plane timed out before the heartbeats did). */
+static void since_fenced(struct coordinator *co, struct job *j) {
+    struct recovery *r = j->rec;
+    if (r->rounds || only_move(r)) return;
+    for (int k = 0; k < job_n_slots(j); k++)
+        if (r->ans[k].state == ANS_LOST) since_lost(co, j, workers_find(co, r->ans[k].worker_id));
 }
 
 /* The first signal of a recovery: event "failure", then the fence. `dead`: the signal says
@@ -281,6 +296,7 @@ static void fence_answered(struct coordinator *co, struct job *j) {
     LOG_INFO("%s: epoch %llu fenced in %lld ms: %d slot%s lost, %d without state, %d holding",
              j->id, (unsigned long long)j->epoch, (long long)(r->fenced_ms - r->fence_ms), lost,
              lost == 1 ? "" : "s", empty, n - lost - empty);
+    since_fenced(co, j);
     plan(co, j);
 }
 
