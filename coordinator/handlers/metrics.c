@@ -332,9 +332,9 @@ static void write_job_scalars(struct expo *e, const struct jobs_page *p) {
 
 static void write_recovery_durations(struct expo *e, const struct jobs_page *p) {
     expo_family(e, "moed_job_recovery_duration_seconds", "histogram",
-                "from the lost worker's last sign of life before a recovery's first fault "
-                "signal (the recovered event's total, docs/recovery.md) until every slot was "
-                "back, for the recoveries this coordinator process saw end");
+                "from a recovery's fault (a silent lost worker's last sign of life, else the "
+                "first fault signal: the recovered event's total, docs/recovery.md) until "
+                "every slot was back, for the recoveries this coordinator process saw end");
     for (int i = 0; i < p->n; i++) {
         struct label l[] = {{"job_id", p->jobs[i]->id}};
         expo_histogram(e, "moed_job_recovery_duration_seconds", l, 1,

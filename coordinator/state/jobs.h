@@ -86,8 +86,9 @@ struct job {
     int64_t restore_step;      // T of the latest recovery epoch (0: none yet)
     int64_t next_move_ms;      // no move of a doubled slot before (a move failed lately)
     int32_t *restore_from;     // (pods * slots) its sources, RunSlotRequest.restore_from
-    int64_t recovery_since_ms; // where the recovery in progress is timed from: its lost
-                               //   worker's last sign of life (recovery.c since_fault)
+    int64_t recovery_since_ms; // where the recovery in progress is timed from: a silent
+                               //   lost worker's last sign of life, else its first signal
+                               //   (recovery.c since_fault)
     uint8_t data_key[JOB_DATA_KEY_BYTES]; // the data-plane key (RunSlotRequest.data_key);
                                //   random at admission, never in JobInfo
     /* not persisted */

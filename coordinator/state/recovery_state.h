@@ -54,8 +54,9 @@ struct recovery {
     int pending;                 // fence answers still to come
     struct fence_answer *ans;    // (pods * slots) the fenced epoch's slots
     int64_t signal_ms;           // the first fault signal
-    int64_t since_ms;            // what detection and the total are timed from: the lost
-                                 // worker's last sign of life before that signal (recovery.c)
+    int64_t since_ms;            // what detection and the total are timed from: a silent
+                                 // lost worker's last sign of life, else that signal
+                                 // (recovery.c since_fault)
     char since[96];              // which sign that was ("w-3's last heartbeat")
     int64_t first_fault_ms;      // the earliest ReportFault (0: none)
     int64_t first_fence_ms;      // the first fence round started
