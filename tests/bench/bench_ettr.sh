@@ -106,8 +106,9 @@ fault_loop() {
   done
 }
 
+stops="one in $stop_every a SIGSTOP"; [ "$stop_every" -gt 0 ] || stops="kills only"
 echo "bench_ettr: 2 pods x 1 slot + 1 spare, tcp, 1 thread per worker; $steps steps; a fault every" \
-     "$mtbf_s s (one in $stop_every a SIGSTOP); $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+     "$mtbf_s s ($stops); $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 "$moectl" cluster up --pods 2 --slots 1 --spares 1 --threads 1 >"$tmp/up.out" 2>&1 || { cat "$tmp/up.out"; exit 1; }
 cat >"$tmp/job.yaml" <<YAML
 name: bench-ettr
