@@ -44,6 +44,8 @@ struct worker {
     int confirmed;             // registered with this coordinator process (not only loaded)
     int awaiting_idle;         // refused a job as busy: not schedulable until a heartbeat
                                // shows it idle
+    int wrong_copies;          // repairs that found its copy of a state wrong (policy/repair.c)
+    int drained;               // wrong twice: no new slot until its process restarts
 };
 
 struct worker *workers_find(struct coordinator *co, const char *id);

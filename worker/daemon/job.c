@@ -130,14 +130,15 @@ static int wait_for_epoch(struct job *j, struct rpc_channel *ch, struct trainer 
                           const char *error) {
     struct state_copy copies[REPLICA_MAX_COPIES];
     long live = -1;
-    if (have_t) replica_fence(t, copies, REPLICA_MAX_COPIES, &live);
+    if (have_t) replica_fence(t, copies, REPLICA_MAX_COPIES, &live, 0);
     job_close_comm(j);
     long step = have_t ? t->model.step : 0;
     LOG_WARN("%s: slot (%d, %d) lost its data plane in epoch %llu after step %ld (%s): holding "
              "its state for the coordinator's next epoch", j->id, j->pod, j->slot,
              (unsigned long long)j->epoch, step, error);
     atomic_store(&j->holding, 1);
-    job_report_fault(j, ch, step, error);
+    job_report_fault(j, ch, step, error, have_t ? t->mesh.mismatch_step : 0,
+                     have_t ? t->mesh.mismatch_slot : 0);
     uv_mutex_lock(&j->ep_mu);
     while (atomic_load(&j->stop) == JOB_RUN && !(j->next && j->next->epoch > j->epoch))
         uv_cond_wait(&j->ep_cv, &j->ep_mu);

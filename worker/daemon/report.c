@@ -276,13 +276,16 @@ static void tell(struct job *j, struct rpc_channel *ch, const char *method,
         LOG_WARN("%s: could not report %s: %s", j->id, what, moe_errmsg());
 }
 
-void job_report_fault(struct job *j, struct rpc_channel *ch, long step, const char *error) {
+void job_report_fault(struct job *j, struct rpc_channel *ch, long step, const char *error,
+                      long mismatch_step, int mismatch_slot) {
     char worker_id[WORKER_ID_MAX];
     worker_copy_id(j->w, worker_id);
     Moed__V1__FaultReport req = MOED__V1__FAULT_REPORT__INIT;
     SET_SENDER(req, j, worker_id);
     req.step = step;
     req.error = (char *)error;
+    req.mismatch_step = mismatch_step; /* > 0: the replicas differ: a repair, not a recovery */
+    req.mismatch_slot = mismatch_slot;
     /* short: the coordinator learns it from the fence and heartbeats too */
     tell(j, ch, RPC_CLUSTER_REPORT_FAULT, &req.base, 2.0, "the fault");
 }
