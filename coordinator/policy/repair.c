@@ -43,7 +43,7 @@ static int watch_new(struct job *j, int s, int64_t t) {
     }
     w->slot = s;
     w->step = t;
-    w->back_to = -1;
+    w->back_to = w->held_lo = w->held_hi = -1;
     w->pods = P;
     repair_watch_free(j->repair);
     j->repair = w;
@@ -114,6 +114,13 @@ static int held_agreed(const struct recovery *r, int n, int k, const struct stat
 /* Each pod's hash of the step that disagreed: from its fence answer, else from its report. */
 static void note_hashes(struct job *j, const struct recovery *r) {
     struct repair_watch *w = j->repair;
+    for (int k = 0; w && k < job_n_slots(j); k++) // what is held of it, for a failure's words
+        for (int i = 0; i < r->ans[k].n_copies; i++) {
+            int64_t t = r->ans[k].copies[i].step;
+            if (r->ans[k].copies[i].slot != w->slot) continue;
+            if (w->held_lo < 0 || t < w->held_lo) w->held_lo = t;
+            if (t > w->held_hi) w->held_hi = t;
+        }
     for (int p = 0; w && p < w->pods; p++) {
         int k = p * j->slots + w->slot;
         const struct fence_answer *a = &r->ans[k];
@@ -152,11 +159,14 @@ void repair_verify(struct job *j, struct recovery *r, const char *keep) {
     for (int k = 0; k < n; k++) { // then drop the others: the answers are read above
         struct fence_answer *a = &r->ans[k];
         int m = 0;
-        for (int i = 0; i < a->n_copies; i++)
+        for (int i = 0; i < a->n_copies; i++) {
+            char h[17] = "none";
+            if (a->copies[i].has_sha) hex_short(a->copies[i].sha, h);
+            LOG_INFO("%s: repair: %s holds slot index %d at step %lld, sha256 %s: %s", j->id,
+                     a->worker_id, a->copies[i].slot, (long long)a->copies[i].step, h,
+                     good[k] && good[k][i] ? "agreed" : "not agreed: not used");
             if (good[k] && good[k][i]) a->copies[m++] = a->copies[i];
-        if (m < a->n_copies)
-            LOG_INFO("%s: repair: %s holds %d cop%s whose hash is not agreed: not used", j->id,
-                     a->worker_id, a->n_copies - m, a->n_copies - m == 1 ? "y" : "ies");
+        }
         a->n_copies = m;
         free(good[k]);
     }
@@ -169,19 +179,16 @@ void repair_planned(struct job *j, const struct recovery *r, int64_t t) {
 }
 
 void repair_unrecoverable(const struct job *j, const struct recovery *r, char *why, size_t cap) {
+    (void)r;
     const struct repair_watch *w = j->repair;
-    int64_t lo = -1, hi = -1;
-    for (int k = 0; r->ans && k < job_n_slots(j); k++)
-        for (int i = 0; i < r->ans[k].n_copies; i++) {
-            int64_t t = r->ans[k].copies[i].step;
-            if (lo < 0 || t < lo) lo = t;
-            if (t > hi) hi = t;
-        }
-    char held[80] = "none";
-    if (hi >= 0) snprintf(held, sizeof held, "steps %lld to %lld", (long long)lo, (long long)hi);
+    char held[120] = "none";
+    if (w && w->held_hi >= 0)
+        snprintf(held, sizeof held, "steps %lld to %lld", (long long)w->held_lo,
+                 (long long)w->held_hi);
     snprintf(why, cap, "the replicas of slot index %d differ at step %lld and no state they "
-             "agree on is still held (copies with an agreed hash: %s; committed step %lld): "
-             "the job fails rather than train on with two models", w ? w->slot : -1,
+             "agree on is still held (its copies held: %s, none both agreed on and at or "
+             "above the committed step %lld; the last agreement is older): the job fails "
+             "rather than train on with two models", w ? w->slot : -1,
              w ? (long long)w->step : -1LL, held, (long long)j->committed_step);
 }
 

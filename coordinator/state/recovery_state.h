@@ -80,6 +80,7 @@ struct repair_watch {
     int slot;                    // the slot index whose replicas differed
     int64_t step;                //   at this step
     int64_t back_to;             // T: the step every slot returned to
+    int64_t held_lo, held_hi;    // the steps of the copies of `slot` the fence found (-1: none)
     int pods;
     char (*worker_id)[24];       // (pods) the worker that held slot index `slot` of each pod
     char *have;                  // (pods) its hash of (slot, step) is known

@@ -283,14 +283,14 @@ int main(int argc, char **argv) {
     }
 
     if (!check_only) {
-    printf("\nkeeping replicas: mesh.replicas = 1 (none) vs 2 (the default), median of %d x %d "
-           "timed steps each, alternating runs\n", ROUNDS, TIMED);
-    printf("| mesh | replicas = 2 keeps | buddy MB/step (rank 0) | replicas = 1 ms/step | "
-           "replicas = 2 ms/step | overhead | rounds' range | fastest step's |\n"
-           "|---|---|---|---|---|---|---|---|\n");
-    static const int rmeshes[][2] = {{1, 2}, {1, 4}, {2, 2}};
-    for (size_t i = 0; i < sizeof rmeshes / sizeof *rmeshes; i++)
-        run_replicas(self, rmeshes[i][0], rmeshes[i][1], cores);
+        printf("\nkeeping replicas: mesh.replicas = 1 (none) vs 2 (the default), median of %d "
+               "x %d timed steps each, alternating runs\n", ROUNDS, TIMED);
+        printf("| mesh | replicas = 2 keeps | buddy MB/step (rank 0) | replicas = 1 ms/step | "
+               "replicas = 2 ms/step | overhead | rounds' range | fastest step's |\n"
+               "|---|---|---|---|---|---|---|---|\n");
+        static const int rmeshes[][2] = {{1, 2}, {1, 4}, {2, 2}};
+        for (size_t i = 0; i < sizeof rmeshes / sizeof *rmeshes; i++)
+            run_replicas(self, rmeshes[i][0], rmeshes[i][1], cores);
     }
     if (replicas_only) return 0;
     printf("\nthe replica check: mesh.check_every = 0 (never) vs 1 (every step), median of %d "
