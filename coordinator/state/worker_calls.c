@@ -45,7 +45,8 @@ moe_status worker_call_fence(struct coordinator *co, const struct job *j, const 
     req.epoch = j->epoch;
     req.hash_copies = j->rec && j->rec->repair; // a repair learns which copies are good
     return rpc_call_async(co->pump, w->channel, RPC_WORKER_FENCE_SLOT, &req.base,
-                          &moed__v1__fence_response__descriptor, FENCE_DEADLINE_S, cb, arg);
+                          &moed__v1__fence_response__descriptor,
+                          req.hash_copies ? REPAIR_FENCE_DEADLINE_S : FENCE_DEADLINE_S, cb, arg);
 }
 
 /* Whether a RunSlot round must stop sending: the answer given at once changed the job. */
