@@ -7,7 +7,7 @@
 # the replay shows which copy was wrong ("repaired" names the slot, that worker and the step
 # returned to), and the job ends with the model `moectl train` makes in one process, byte for
 # byte. The same worker's copy wrong a second time drains it: GetCluster shows it drained,
-# and it is given no new slot.
+# it is given no new slot, and a restarted worker process comes back as a new worker.
 set -u
 moectl=$1
 corpus=/usr/share/common-licenses/GPL-3
@@ -74,6 +74,20 @@ wait_until 30 '[ "$(json "sum(w[\"state\"] == \"WORKER_IDLE\" for w in d[\"worke
 job2=$("$moectl" submit "$tmp/job.yaml")
 check "a new 2 x 2 job is not given the drained worker: it waits ($(state_of "$job2"))" \
   '[ "$(state_of "$job2")" = JOB_QUEUED ]'
+# the operator brings the machine back by restarting the worker process: it registers as a new
+# worker (a worker's identity lives in its process), not drained; the old id stays drained
+vpid=$(json "[w['pid'] for w in d['workers'] if w['worker_id'] == '$victim'][0]" <"$tmp/cluster.json")
+kill -9 "$vpid"
+wait_until 30 '! kill -0 "$vpid" 2>/dev/null'
+"$moectl" cluster up --dir "$cdir" >"$tmp/up2.out" 2>&1
+check "cluster up restarts the drained worker's process" '[ $? -eq 0 ]'
+wait_until 60 '[ "$(state_of "$job2")" = JOB_RUNNING ]'
+check "... which registers as a new worker, and the queued job runs ($(state_of "$job2"))" \
+  '[ "$(state_of "$job2")" = JOB_RUNNING ]'
+drained_dead() { "$moectl" cluster status --json | json "[(w['worker_id'], w['state']) for w in d['workers'] if w.get('drained')]"; }
+wait_until 30 '[ "$(drained_dead)" = "[('"'"'$victim'"'"', '"'"'WORKER_DEAD'"'"')]" ]'
+check "GetCluster: the old id is still drained, and DEAD once its heartbeats stopped; nothing else is drained ($(drained_dead))" \
+  '[ "$(drained_dead)" = "[('"'"'$victim'"'"', '"'"'WORKER_DEAD'"'"')]" ]'
 "$moectl" cancel "$job2" >/dev/null 2>&1
 
 [ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30

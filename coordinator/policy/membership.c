@@ -111,12 +111,6 @@ static void supersede(struct coordinator *co, struct worker *w) {
 moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterRequest *req,
                                struct worker *known, struct worker **out) {
     struct worker *w = known;
-    if (w && w->drained && w->pid != req->pid) { // a new process: the operator brought it back
-        LOG_WARN("%s: its process restarted (pid %d -> %d): no longer drained (it had %d "
-                 "wrong copies)", w->id, w->pid, req->pid, w->wrong_copies);
-        w->drained = 0;
-        w->wrong_copies = 0;
-    }
     if (!w) {
         CHECK(workers_add_new(co, &w));
         CHECK(coordinator_save_meta(co));

@@ -199,13 +199,13 @@ static void count_wrong(struct coordinator *co, struct worker *w, char *out, siz
     w->wrong_copies++;
     if (w->wrong_copies >= REPAIR_DRAIN_AFTER && !w->drained) {
         w->drained = 1;
-        LOG_WARN("%s: drained: %d of its copies were wrong; it gets no new slot until its "
-                 "process restarts", w->id, w->wrong_copies);
+        LOG_WARN("%s: drained: %d of its copies were wrong; it gets no new slot (a restarted "
+                 "worker process registers as a new worker)", w->id, w->wrong_copies);
     }
     worker_save(co, w);
     snprintf(out, cap, "%s has had %d wrong cop%s%s", w->id, w->wrong_copies,
              w->wrong_copies == 1 ? "y" : "ies",
-             w->drained ? ": drained (no new slot until its process restarts)" : "");
+             w->drained ? ": drained (given no new slot)" : "");
 }
 
 /* The replay's hashes of the step that disagreed, once every pod reported its own: the one

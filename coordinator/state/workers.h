@@ -45,7 +45,7 @@ struct worker {
     int awaiting_idle;         // refused a job as busy: not schedulable until a heartbeat
                                // shows it idle
     int wrong_copies;          // repairs that found its copy of a state wrong (policy/repair.c)
-    int drained;               // wrong twice: no new slot until its process restarts
+    int drained;               // wrong twice: given no new slot (policy/repair.c)
 };
 
 struct worker *workers_find(struct coordinator *co, const char *id);
