@@ -995,7 +995,9 @@ static void print_workers(const Moed__V1__ClusterStatus *cs) {
         if (w->mpi_size > 0) snprintf(mpi, sizeof mpi, "%d/%d", w->mpi_rank, w->mpi_size);
         moectl_age(age, sizeof age, w->ms_since_heartbeat);
         printf("%-8s %-4d %-6s %-22s %-22s %-6s %-10s %-12s %-8d %d\n", w->worker_id, w->pod,
-               client_enum_name(&moed__v1__worker_state__descriptor, w->state), w->address,
+               w->drained ? "DRAINED" // wrong copies twice: see docs/operations.md
+                          : client_enum_name(&moed__v1__worker_state__descriptor, w->state),
+               w->address,
                w->data_address[0] ? w->data_address : "-", mpi, strcat(age, " ago"), job,
                w->pid, w->cpus);
     }

@@ -131,7 +131,8 @@ static const struct {
     {"recovered", MARK_RECOVERED, 0, 0},    {"rebalance", MARK_MOVE, 1, 1},
     {"moving", MARK_MOVE, 1, 0},            {"moved", MARK_MOVE, 0, 0},
     {"reattached", MARK_OTHER, 1, 0},       {"requeued", MARK_OTHER, 1, 0},
-    {"cancelled", MARK_OTHER, 1, 0},
+    {"cancelled", MARK_OTHER, 1, 0},        {"repairing", MARK_RECOVERING, 1, 1},
+    {"repaired", MARK_RECOVERED, 0, 0},
 };
 
 /* The events of a JobStatus (oldest first) that get a marker, with how long each recovery or

@@ -98,7 +98,7 @@ static const struct field spec_fields[] = {
     INT_FIELD("mesh.replicas", mesh.replicas, "2", 1, 16,
               "copies of each committed step's state in different failure domains (pods count; "
               "the rest are buddy copies); 1: a lost slot fails the job"),
-    INT_FIELD("mesh.check_every", mesh.check_every, "50", 0, 1000000000,
+    INT_FIELD("mesh.check_every", mesh.check_every, "1", 0, 1000000000,
               "steps between hash comparisons of data-parallel replicas' state (0: never)"),
     DOUBLE_FIELD("mesh.spare_wait_s", mesh.spare_wait_s, "60", 0, 86400, BOUND_CLOSED,
                  "a recovery waits this long for a worker to play a lost slot, then fails"),

@@ -5,12 +5,13 @@
 # the new holder's state from rank 0, the spare of the lost slot's physical pod), recorded as
 # epoch 2 and restored, with committed_step, recoveries and the events failure / recovering /
 # recovered; a spare that refuses its RunSlot restarts the recovery without it, which waits for
-# a newcomer (recovery_waiting); a wrong state hash is a replica_mismatch naming both workers;
-# losing every copy of slot index 1 FAILS the job naming the slot, both workers and the
+# a newcomer (recovery_waiting); losing every copy of slot index 1 FAILS the job naming the slot, both workers and the
 # committed step; a job with no spare fails after mesh.spare_wait_s; and a plan whose step T
 # had a single copy (pod 0 finished a step pod 1 did not), whose holder dies before the restore
-# ends, is planned again at the step before (T was not committed yet). Workers killed but not
-# yet timed out stay in the cluster for that last job: a newcomer at one's address makes it
+# ends, is planned again at the step before (T was not committed yet); a wrong state hash is a
+# replica_mismatch naming both workers, then a repair whose fence asks for the copies' hashes,
+# and when no copy of that slot index has an agreed hash the job FAILS saying so. Workers killed
+# but not yet timed out stay in the cluster for that last job: a newcomer at one's address makes it
 # DEAD at once, and RunSlots to the others requeue the job until it runs on live ones. The end-to-end version
 # with real workers and tensors is cli_chaos_*.sh. $1 (moectl) is not used.
 set -u

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The replica hash check (docs/recovery.md): slot s of every pod holds the same bytes after
-# every step, and every mesh.check_every steps the coordinator compares their SHA-256. One bit
+# every step, and every mesh.check_every steps (default 1) their SHA-256 are compared. One bit
 # of one worker's live parameters is flipped (`moectl chaos --kinds flip`, Worker.InjectFault
-# "flip"): an event "replica_mismatch" names the step, the slot and both workers.
+# "flip"): an event "replica_mismatch" names the step, the slot and both workers (the repair
+# that follows is tests/cli_repair.sh's).
 set -u
 moectl=$1
 corpus=/usr/share/common-licenses/GPL-3
@@ -14,14 +15,14 @@ rc=$?
 check "cluster up --pods 2 --slots 2" '[ $rc -eq 0 ]'
 [ $rc -eq 0 ] || { cat "$tmp/up.out"; exit 1; }
 cat >"$tmp/job.yaml" <<YAML
-mesh: {pods: 2, slots: 2, check_every: 3}
+mesh: {pods: 2, slots: 2}
 model: {d_model: 32, layers: 1, heads: 2, seq_len: 32, experts: 4, d_ff: 64}
 data: {sources: [{path: $corpus}]}
 run: {steps: 1000000, batch_size: 8, eval_every: 0}
 YAML
 job=$("$moectl" submit "$tmp/job.yaml")
 wait_until 30 '[ "$(step_of "$job")" -ge 10 ] 2>/dev/null'
-check "the 2 x 2 job runs with mesh.check_every 3 ($job)" '[ "$(state_of "$job")" = JOB_RUNNING ]'
+check "the 2 x 2 job runs ($job)" '[ "$(state_of "$job")" = JOB_RUNNING ]'
 check "no mismatch before the flip" \
   '[ "$("$moectl" status "$job" --json | json "sum(e[\"kind\"] == \"replica_mismatch\" for e in d[\"events\"])")" = 0 ]'
 

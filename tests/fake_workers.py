@@ -63,10 +63,11 @@ class FakeWorker:
         self.job = None          # the RunSlotRequest it plays, or None
         self.step, self.holding, self.ready = 0, False, False
         self.refuse = None       # a grpc.StatusCode RunSlot answers with, once
-        self.corrupt = False     # report a wrong state hash
+        self.corrupt = False     # wrong state hashes: reported, and at a repair's fence
         self.ahead = False       # at its next fence it has finished one more step (once)
         self.stall = False       # never reports its restore (it stays "restoring")
         self.run_slots = []      # every RunSlotRequest received
+        self.fences = []         # every FenceRequest received
         self.alive = True
         self.refused = 0         # Worker calls without our credential
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -221,15 +222,18 @@ class FakeWorker:
 
     def fence(self, req, ctx):
         with self.lock:
+            self.fences.append(req)
             j = self.job
             if not j or j.job_id != req.job_id:
                 return pb.FenceResponse(holds=False)
             self.holding, self.ready = True, False
             if self.ahead:  # it finished a step its data-parallel peer did not
                 self.step, self.ahead = self.step + 1, False
-            copies = [pb.StateCopy(slot=j.slot, step=self.step)]
-            if self.step > 0:
-                copies.append(pb.StateCopy(slot=j.slot, step=self.step - 1))
+            steps = [self.step] + ([self.step - 1] if self.step > 0 else [])
+            copies = [pb.StateCopy(slot=j.slot, step=s) for s in steps]
+            for c in copies if req.hash_copies else []:  # a repair's fence: what it holds
+                c.sha256 = hashlib.sha256(b"%d-%d%s" % (j.slot, c.step,
+                                                        b"x" if self.corrupt else b"")).digest()
             return pb.FenceResponse(holds=True, epoch=j.epoch, pod=j.pod, slot=j.slot,
                                     step=self.step, copies=copies)
 
@@ -376,13 +380,6 @@ def main():
     check("2 recoveries, epoch 4 (one epoch was refused)",
           coord.job(job).job.recoveries == 2 and coord.job(job).job.epoch == 4)
 
-    # ---- a replica that disagrees ----
-    by_id(slot_worker(job, 1, 1)).corrupt = True
-    check("a wrong state hash: event replica_mismatch naming both workers",
-          wait("mismatch", lambda: any(slot_worker(job, 0, 1) in m and slot_worker(job, 1, 1) in m
-                                       for m in events(job, "replica_mismatch"))))
-    by_id(slot_worker(job, 1, 1)).corrupt = False
-
     # ---- every copy of slot index 1 lost at once: FAILED, naming it; the coordinator serves on ----
     step = coord.job(job).job.step
     check("it trains on", running_at(job, step + 5))
@@ -472,6 +469,24 @@ def main():
                                            in m for m in events(job3, "failure"))))
     check("... and the job recovers", wait("recovered 4", lambda: coord.job(job3).job.recoveries > done))
     check("... and trains on", running_at(job3, coord.job(job3).job.step + 5))
+
+    # ---- a replica that disagrees, and every copy it holds disagrees too: no state the
+    # replicas agree on is held, so the repair FAILS the job rather than train on ----
+    good, bad = slot_worker(job3, 0, 1), slot_worker(job3, 1, 1)
+    by_id(bad).corrupt = True  # every hash of its state is wrong, reported or at the fence
+    check("a wrong state hash: event replica_mismatch naming both workers",
+          wait("mismatch", lambda: any(good in m and bad in m
+                                       for m in events(job3, "replica_mismatch"))))
+    check("... then a repair (event repairing naming both)", wait("repairing", lambda: any(
+        good in m and bad in m for m in events(job3, "repairing"))))
+    check("the job FAILED", wait("failed 3", lambda: coord.job(job3).job.state == pb.JOB_FAILED))
+    err = coord.job(job3).job.error
+    print("     error: " + err)
+    check("... because no state the replicas of slot index 1 agree on is held",
+          err.startswith("the replicas of slot index 1 differ at step ") and
+          "no state they agree on is still held" in err and "two models" in err)
+    check("the fence asked for the copies' hashes",
+          any(r for r in by_id(bad).fences if r.hash_copies))
     check("every Worker call carried the worker's own credential (%d refused)"
           % sum(w.refused for w in workers), sum(w.refused for w in workers) == 0)
     for w in workers:

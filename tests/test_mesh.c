@@ -164,7 +164,7 @@ static moe_status change_epoch(struct trainer *t, const struct job_spec *spec, i
                                struct comm_listener *l, struct comm **c,
                                const struct restore_case *rc, struct run_result *out) {
     long live;
-    out->n_copies = replica_fence(t, out->copies, 8, &live);
+    out->n_copies = replica_fence(t, out->copies, 8, &live, 0);
     comm_close(*c);
     *c = NULL;
     int n = spec->mesh.pods * spec->mesh.slots, slots = spec->mesh.slots;
@@ -533,12 +533,13 @@ int main(int argc, char **argv) {
     check_kill();
     /* 2 x 2: the new holder of slot (1, 1) pulls slot 1's state from pod 0 */
     struct restore_case pods_case = {4, 4, 3, -1, {-1, -1, -1, 1}};
-    struct state_copy pods_want[] = {{1, 4}, {1, 3}};
+    struct state_copy pods_want[] = {{.slot = 1, .step = 4}, {.slot = 1, .step = 3}};
     check_restore("pod-replica", 2, 2, &pods_case, 1, pods_want, 2);
     /* 1 x 4 with buddies: everyone is one step past the target and goes back to its previous
      * version; slot 2's new holder pulls from slot 3, which holds its buddy copy */
     struct restore_case buddy_case = {5, 4, 2, -1, {-1, -1, 3, -1}};
-    struct state_copy buddy_want[] = {{3, 5}, {3, 4}, {2, 4}};
+    struct state_copy buddy_want[] = {{.slot = 3, .step = 5}, {.slot = 3, .step = 4},
+                                     {.slot = 2, .step = 4}};
     check_restore("buddy", 1, 4, &buddy_case, 3, buddy_want, 3);
     /* the same two restores with their source's send corrupted: refused */
     struct restore_case pods_bad = {4, 4, 3, 1, {-1, -1, -1, 1}};

@@ -27,6 +27,7 @@
 #include "../state/events.h"
 #include "../state/transitions.h"
 #include "../state/worker_calls.h"
+#include "repair.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -185,11 +186,13 @@ void fault_slot_ended(struct coordinator *co, struct job *j, int k, const struct
 void fault_reported(struct coordinator *co, struct job *j, int k, const Moed__V1__FaultReport *r) {
     /* an ended slot's fault still counts: a recovery times its earliest ReportFault */
     if (!j || j->state != MOED__V1__JOB_STATE__JOB_RUNNING || k < 0) return;
-    if (decide(j, LOST_REPORTED) == RECOVER)
-        recovery_fault_report(co, j, k, r);
-    else // a worker only reports faults of recoverable jobs; otherwise it is a failure
-        slot_failed(co, j, k, LOST_REPORTED, (long)r->step,
+    if (decide(j, LOST_REPORTED) != RECOVER) // a worker only reports faults of recoverable
+        slot_failed(co, j, k, LOST_REPORTED, (long)r->step, // jobs; otherwise it is a failure
                     r->error[0] ? r->error : "data-plane fault");
+    else if (r->mismatch_step > 0)
+        repair_fault_report(co, j, k, r); // the replicas differ: not a lost data plane
+    else
+        recovery_fault_report(co, j, k, r);
 }
 
 void fault_slot_abandoned(struct coordinator *co, struct job *j, int k, const struct worker *w,

@@ -38,6 +38,7 @@
 #include "../state/worker_calls.h"
 #include "placement.h"
 #include "recovery_plan.h"
+#include "repair.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -153,13 +154,18 @@ static void begin(struct coordinator *co, struct job *j, int k, const char *what
     int64_t now = moe_wall_ms();
     r->move = move;
     r->asked_move = move >= 0;
+    r->repair = !strcmp(kind, "repairing"); // the fence asks for the copies' hashes
     j->rec = r;
     j->recovering = 1;
     r->signal_ms = now;
     since_fault(co, j, k, dead, now);
     snprintf(r->first_signal, sizeof r->first_signal, "%s", what);
     char where[96];
-    if (move >= 0)
+    if (r->repair)
+        job_event(co, j, 1, kind, "%s; every slot returns to the last step whose state the "
+                          "replicas agree on, the wrong copy restored from a good one, and "
+                          "replays (committed step %lld)", what, (long long)j->committed_step);
+    else if (move >= 0)
         job_event(co, j, 1, kind, "%s: %s; moving it there from the replicas "
                           "(committed step %lld)", job_slot_where(j, k, where, sizeof where), what,
                           (long long)j->committed_step);
@@ -188,6 +194,23 @@ static void restart(struct coordinator *co, struct job *j, int k, const char *wh
     job_event(co, j, 1, "failure", "%s: %s; the recovery starts again (attempt %d)",
                       job_slot_where(j, k, where, sizeof where), what, r->rounds + 1);
     fence_round(co, j);
+}
+
+void recovery_repair(struct coordinator *co, struct job *j, int k, const char *what) {
+    struct recovery *r = j->rec;
+    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || !j->recoverable || (r && r->repair))
+        return;
+    if (!r) {
+        begin(co, j, k, what, "repairing", -1, 0);
+        return;
+    }
+    /* a recovery in progress becomes a repair: fenced again, this time for the hashes */
+    r->repair = 1;
+    job_event(co, j, 1, "repairing", "%s; the recovery in progress becomes a repair", what);
+    if (r->phase == REC_FENCING || r->phase == REC_WAITING)
+        fence_round(co, j);
+    else
+        restart(co, j, k, what);
 }
 
 /* A signal while the fence answers come in or a spare is awaited: what it says about the
@@ -319,6 +342,9 @@ static void fence_holds(struct coordinator *co, struct job *j, struct fence_answ
         if (resp->copies[i]->slot < 0 || resp->copies[i]->slot >= j->slots) continue;
         a->copies[a->n_copies].slot = resp->copies[i]->slot;
         a->copies[a->n_copies].step = resp->copies[i]->step;
+        a->copies[a->n_copies].has_sha = resp->copies[i]->sha256.len == 32;
+        if (a->copies[a->n_copies].has_sha)
+            memcpy(a->copies[a->n_copies].sha, resp->copies[i]->sha256.data, 32);
         a->n_copies++;
     }
     if (w && w->state == MOED__V1__WORKER_STATE__WORKER_DEAD) {
@@ -569,11 +595,16 @@ static void plan(struct coordinator *co, struct job *j) {
         if (!kept[k]) keep[k] = 0;
     }
     plan_move(j, r, keep, kept);
+    if (r->repair) repair_verify(j, r, keep); // only copies whose hash is agreed count
     for (int k = 0; k < n; k++) need[k] = !keep[k];
     int64_t t = plan_step(j, r, keep);
+    if (t >= 0 && r->repair) repair_planned(j, r, t);
     if (t < 0) {
         char why[900];
-        plan_unrecoverable(j, r, keep, why, sizeof why);
+        if (r->repair)
+            repair_unrecoverable(j, r, why, sizeof why);
+        else
+            plan_unrecoverable(j, r, keep, why, sizeof why);
         give_up(co, j, why);
         goto exit;
     }

@@ -21,6 +21,10 @@ enum fault_kind {
  * recovery's own epoch). `what` says what was seen, for the event "failure". */
 void recovery_signal(struct coordinator *co, struct job *j, int k, enum fault_kind kind,
                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* The data-parallel replicas differ (policy/repair.c says where, in `what`): event
+ * "repairing", then a recovery whose fence asks for every copy's hash and whose plan counts
+ * only copies with an agreed hash (a recovery in progress becomes one). */
+void recovery_repair(struct coordinator *co, struct job *j, int k, const char *what);
 /* ReportFault of the current epoch, from the worker bound to slot k. */
 void recovery_fault_report(struct coordinator *co, struct job *j, int k,
                            const Moed__V1__FaultReport *r);

@@ -5,6 +5,7 @@
 
 #include "../../common/log.h"
 #include "../state/events.h"
+#include "repair.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -57,6 +58,8 @@ static void hash_check(struct coordinator *co, struct job *j, int k, int64_t t,
                               "%s...: the data-parallel replicas differ (silent corruption?)",
                               (long long)t, k % S, q / S, q % S, j->bindings[q].worker_id,
                               theirs, k / S, k % S, j->bindings[k].worker_id, mine);
+            repair_reported_mismatch(co, j, k, t);
+            return;
         }
     }
 }
@@ -68,6 +71,8 @@ void replicas_step_reported(struct coordinator *co, struct job *j, int k,
         bd->replicated_step = (long)m->replicated_step;
         update_committed(j);
     }
-    if (m->state_sha256.len == 32 && m->state_hash_step >= 0)
+    if (m->state_sha256.len == 32 && m->state_hash_step >= 0) {
+        repair_hash_reported(co, j, k, m->state_hash_step, m->state_sha256.data);
         hash_check(co, j, k, m->state_hash_step, m->state_sha256.data);
+    }
 }

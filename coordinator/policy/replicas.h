@@ -8,7 +8,8 @@
  * state hash at the same step. The first agreement is the event "replica_check", further ones
  * only count (job->replica_matches, logged at debug level); every disagreement is the event
  * "replica_mismatch".
- * Never: repairs a mismatch or stops a job over one (it reports it).
+ * A mismatch starts a repair, and every reported hash is shown to it (policy/repair.c).
+ * Never: repairs a mismatch itself.
  */
 #ifndef MOE_COORD_REPLICAS_H
 #define MOE_COORD_REPLICAS_H

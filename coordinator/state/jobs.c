@@ -78,6 +78,7 @@ struct job *job_create(struct coordinator *co, const struct job_spec *spec) {
 void job_free(struct job *j) {
     job_drop_recovery(j);
     free(j->hashes);
+    repair_watch_free(j->repair);
     free(j->restore_from);
     free(j->spec_json);
     free(j->bindings);
@@ -173,6 +174,16 @@ void recovery_answers_free(struct recovery *r, int n) {
     for (int k = 0; k < n; k++) free(r->ans[k].copies);
     free(r->ans);
     r->ans = NULL;
+}
+
+void repair_watch_free(struct repair_watch *w) {
+    if (!w) return;
+    free(w->worker_id);
+    free(w->have);
+    free(w->sha);
+    free(w->replayed);
+    free(w->replay_sha);
+    free(w);
 }
 
 void job_drop_recovery(struct job *j) {

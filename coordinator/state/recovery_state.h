@@ -26,6 +26,8 @@ enum answer { ANS_PENDING, ANS_HOLDS, ANS_EMPTY, ANS_LOST };
 struct state_copy {
     int slot;
     int64_t step;
+    int has_sha;                 // a repair's fence: sha is the copy's SHA-256
+    uint8_t sha[32];
 };
 
 /* What the worker of one slot of the fenced epoch said. */
@@ -68,6 +70,7 @@ struct recovery {
     int asked_move;              // this began as a move (recovery_rebalance)
     int faulted;                 // the move met a fault (a slot lost, a restart): a recovery too
     int waiting_announced;
+    int repair;                  // the replicas differ: only hash-verified copies count
     char first_signal[300];
     char exclude[REC_MAX_EXCLUDED][24];
     int n_exclude;
@@ -86,6 +89,22 @@ struct replica_hash {
     int64_t step;
     uint8_t sha[32];
 };
+
+/* A repair waits for the replay to hash the step whose replicas differed: the copy that
+ * disagrees with the replay's agreed hash was the wrong one (policy/repair.c). */
+struct repair_watch {
+    int slot;                    // the slot index whose replicas differed
+    int64_t step;                //   at this step
+    int64_t back_to;             // T: the step every slot returned to
+    int64_t held_lo, held_hi;    // the steps of the copies of `slot` the fence found (-1: none)
+    int pods;
+    char (*worker_id)[24];       // (pods) the worker that held slot index `slot` of each pod
+    char *have;                  // (pods) its hash of (slot, step) is known
+    uint8_t (*sha)[32];          // (pods) that hash
+    char *replayed;              // (pods) the replay's hash of (slot, step) reported
+    uint8_t (*replay_sha)[32];   // (pods) that hash
+};
+void repair_watch_free(struct repair_watch *w);
 
 /* Frees the fence answers of a recovery of an n-slot mesh (for the next round). */
 void recovery_answers_free(struct recovery *r, int n);

@@ -43,8 +43,10 @@ moe_status worker_call_fence(struct coordinator *co, const struct job *j, const 
     Moed__V1__FenceRequest req = MOED__V1__FENCE_REQUEST__INIT;
     req.job_id = (char *)j->id;
     req.epoch = j->epoch;
+    req.hash_copies = j->rec && j->rec->repair; // a repair learns which copies are good
     return rpc_call_async(co->pump, w->channel, RPC_WORKER_FENCE_SLOT, &req.base,
-                          &moed__v1__fence_response__descriptor, FENCE_DEADLINE_S, cb, arg);
+                          &moed__v1__fence_response__descriptor,
+                          req.hash_copies ? REPAIR_FENCE_DEADLINE_S : FENCE_DEADLINE_S, cb, arg);
 }
 
 /* Whether a RunSlot round must stop sending: the answer given at once changed the job. */

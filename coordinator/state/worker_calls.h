@@ -14,6 +14,7 @@
 #include "workers.h"
 
 #define FENCE_DEADLINE_S 1.0   // a killed worker is refused at once, a stopped one times out
+#define REPAIR_FENCE_DEADLINE_S 10.0 // a repair's fence hashes every own copy (1.8 GB/s each)
 #define RUN_SLOT_DEADLINE_S 10.0
 #define STOP_JOB_DEADLINE_S 5.0
 

@@ -41,6 +41,8 @@ static int load_worker(const Moed__V1__WorkerInfo *in, void *arg) {
     w->mpi_rank = in->mpi_rank;
     w->mpi_size = in->mpi_size;
     snprintf(w->mpi_job, sizeof w->mpi_job, "%s", in->mpi_job);
+    w->wrong_copies = in->wrong_copies;
+    w->drained = in->drained;
     if (co->n_workers == co->cap_workers) {
         int cap = co->cap_workers ? co->cap_workers * 2 : 16;
         struct worker **nw = realloc(co->workers, (size_t)cap * sizeof *nw);
@@ -143,7 +145,7 @@ int worker_alive(const struct worker *w) {
 
 int worker_schedulable(const struct worker *w) {
     return w->state == MOED__V1__WORKER_STATE__WORKER_IDLE && !w->job_id[0] && w->channel &&
-           !w->awaiting_idle;
+           !w->awaiting_idle && !w->drained;
 }
 
 void worker_set_free(struct worker *w, int awaiting_idle) {
@@ -181,6 +183,8 @@ void worker_info(Moed__V1__WorkerInfo *wi, const struct worker *w, char *extra[1
     wi->mpi_rank = w->mpi_rank;
     wi->mpi_size = w->mpi_size;
     wi->mpi_job = (char *)w->mpi_job;
+    wi->wrong_copies = w->wrong_copies;
+    wi->drained = w->drained;
 }
 
 void worker_batch(struct store_batch *b, const struct worker *w) {

@@ -46,6 +46,8 @@ struct worker {
                                // shows it idle
     int64_t last_report_ms;    // its last StepReport (last_heartbeat_ms counts it too): which
                                // sign of life a recovery's detection starts from (recovery.c)
+    int wrong_copies;          // repairs that found its copy of a state wrong (policy/repair.c)
+    int drained;               // wrong twice: given no new slot (policy/repair.c)
 };
 
 struct worker *workers_find(struct coordinator *co, const char *id);

@@ -8,7 +8,7 @@
 
 const POLL_MS = 1000;
 const SVG = "http://www.w3.org/2000/svg";
-const MARKED_EVENTS = new Set(["recovered", "moved", "worker_dead", "fault", "failed"]);
+const MARKED_EVENTS = new Set(["recovered", "moved", "repaired", "worker_dead", "fault", "failed"]);
 
 const state = {
   token: sessionStorage.getItem("moed-token") || "",

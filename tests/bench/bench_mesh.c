@@ -23,6 +23,12 @@
  * the medians of all rounds' timed steps, the overhead the median of the rounds' ratios (and
  * their range), and beside it the ratio of the two fastest steps, which a neighbour's load,
  * only ever adding time, distorts least.
+ *
+ * A third table (alone with --check) is the cost of the replica check (docs/operations.md):
+ * at 2 x 2, mesh.check_every = 0 (never) against 1 (every step, the default): every slot
+ * hashes (SHA-256) its whole state on the replica thread, overlapped with the step, and the
+ * hashes ride in the step's statistics all-gather. Same rounds and columns as above, and the
+ * state a slot hashes each step.
  */
 #include "../../common/blas_select.h"
 #include "../../common/log.h"
@@ -50,6 +56,7 @@ struct rank_result {
     double step_s[TIMED];
     double comm_s, a2a_bytes, red_bytes; // means over the timed steps
     double copy_bytes;                   // buddy copies sent per step (counted in a2a_bytes)
+    double state_bytes;                  // what the replica check hashes: the whole state
     char error[200];
 };
 
@@ -78,10 +85,11 @@ static void make_spec(struct job_spec *s, int pods, int slots, int replicas) {
 
 static int rank_main(char **argv) {
     int pods = atoi(argv[2]), slots = atoi(argv[3]), rank = atoi(argv[4]), threads = atoi(argv[5]);
-    int replicas = atoi(argv[6]);
+    int replicas = atoi(argv[6]), check = atoi(argv[7]);
     omp_set_num_threads(threads);
     struct job_spec spec;
     make_spec(&spec, pods, slots, replicas);
+    if (check >= 0) spec.mesh.check_every = check;
     struct rank_result out;
     memset(&out, 0, sizeof out);
     struct comm_listener *l = NULL;
@@ -97,6 +105,7 @@ static int rank_main(char **argv) {
         for (int i = 0; i < MODEL_NUM_TENSORS; i++)
             if (model_tensor_is_expert(i)) x_n += t.model.tensor_sizes[i];
         out.copy_bytes = (double)mesh_buddies(&spec.mesh) * 3 * x_n * sizeof(real);
+        out.state_bytes = (double)(3 * t.model.n_params + t.model.n_buffers) * sizeof(real);
         for (int i = 0; i < WARMUP + TIMED && out.ok; i++) {
             struct step_report r;
             if (trainer_step(&t, &r) != MOE_OK) {
@@ -127,18 +136,19 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 /* Runs the mesh once; slowest[i] = the slowest rank's time of timed step i. res (D entries)
- * keeps every rank's result. Returns 0, or -1 (the failure printed). */
-static int run_once(const char *self, int pods, int slots, int replicas, int cores,
+ * keeps every rank's result. check: mesh.check_every (-1: the default). Returns 0, or -1 (the
+ * failure printed). */
+static int run_once(const char *self, int pods, int slots, int replicas, int check, int cores,
                     struct rank_result *res, double *slowest) {
     int D = pods * slots, threads = cores / D > 0 ? cores / D : 1;
-    char a[MAX_RANKS][5][16];
-    char *argv[MAX_RANKS][7];
+    char a[MAX_RANKS][6][16];
+    char *argv[MAX_RANKS][8];
     char *const *args[MAX_RANKS];
     for (int r = 0; r < D; r++) {
         snprintf(a[r][0], 16, "%d", pods), snprintf(a[r][1], 16, "%d", slots);
         snprintf(a[r][2], 16, "%d", r), snprintf(a[r][3], 16, "%d", threads);
-        snprintf(a[r][4], 16, "%d", replicas);
-        char *v[] = {"--rank", a[r][0], a[r][1], a[r][2], a[r][3], a[r][4], NULL};
+        snprintf(a[r][4], 16, "%d", replicas), snprintf(a[r][5], 16, "%d", check);
+        char *v[] = {"--rank", a[r][0], a[r][1], a[r][2], a[r][3], a[r][4], a[r][5], NULL};
         memcpy(argv[r], v, sizeof v);
         args[r] = argv[r];
     }
@@ -168,7 +178,7 @@ static void run_mesh(const char *self, int pods, int slots, int cores) {
     int D = pods * slots, threads = cores / D > 0 ? cores / D : 1;
     struct rank_result res[MAX_RANKS];
     double slowest[TIMED];
-    if (run_once(self, pods, slots, 0, cores, res, slowest) != 0) return;
+    if (run_once(self, pods, slots, 0, -1, cores, res, slowest) != 0) return;
     double med = median(slowest, TIMED);
     struct job_spec s;
     make_spec(&s, pods, slots, 0);
@@ -179,40 +189,67 @@ static void run_mesh(const char *self, int pods, int slots, int cores) {
     fflush(stdout);
 }
 
-/* The step with mesh.replicas = 1 against 2, alternating rounds (see the header). The
- * overhead is the median over the rounds of each round's ratio (the two runs of a round are
- * back to back, so a neighbour's load that comes and goes cancels out more than it does
- * between all-round medians). */
-static void run_replicas(const char *self, int pods, int slots, int cores) {
+/* Two settings (replicas, check_every) of one mesh, alternating rounds: the ms/step of each
+ * (medians of all rounds' steps), the overhead of the second (the median over the rounds of
+ * each round's ratio: the two runs of a round are back to back, so a neighbour's load that
+ * comes and goes cancels out more than it does between all-round medians), the rounds' range,
+ * the fastest steps' ratio. res keeps the second setting's last results. */
+struct pair_result {
+    double ms[2], over, lo, hi, best;
+};
+static int run_pair(const char *self, int pods, int slots, int cores, const int set[2][2],
+                    struct rank_result *res, struct pair_result *out) {
     static double steps[2][ROUNDS * TIMED];
     double ratio[ROUNDS], one[TIMED];
-    struct rank_result res[MAX_RANKS];
-    double copy_mb = 0;
     for (int round = 0; round < ROUNDS; round++) {
         double med[2];
         for (int k = 0; k < 2; k++) {
             /* the order alternates too, so neither setting always runs first */
             int which = (round % 2) ? 1 - k : k;
             double *mine = steps[which] + round * TIMED;
-            if (run_once(self, pods, slots, which + 1, cores, res, mine)) return;
-            if (which == 1) copy_mb = res[0].copy_bytes / 1e6;
+            if (run_once(self, pods, slots, set[which][0], set[which][1], cores, res, mine))
+                return -1;
             memcpy(one, mine, sizeof one);
             med[which] = median(one, TIMED);
         }
         ratio[round] = med[1] / med[0];
     }
-    double m1 = median(steps[0], ROUNDS * TIMED), m2 = median(steps[1], ROUNDS * TIMED);
-    double over = median(ratio, ROUNDS) - 1; /* and ratio[] is sorted: the range */
+    out->ms[0] = median(steps[0], ROUNDS * TIMED) * 1e3;
+    out->ms[1] = median(steps[1], ROUNDS * TIMED) * 1e3;
+    out->over = median(ratio, ROUNDS) - 1; /* and ratio[] is sorted: the range */
+    out->lo = ratio[0] - 1;
+    out->hi = ratio[ROUNDS - 1] - 1;
     /* median() sorted the steps: [0] is the fastest of each, where a neighbour's load (which
      * only ever adds time) weighs least */
-    double best = steps[1][0] / steps[0][0] - 1;
+    out->best = steps[1][0] / steps[0][0] - 1;
+    return 0;
+}
+
+/* The step with mesh.replicas = 1 against 2 (see the header). */
+static void run_replicas(const char *self, int pods, int slots, int cores) {
+    static const int set[2][2] = {{1, -1}, {2, -1}};
+    struct rank_result res[MAX_RANKS];
+    struct pair_result p;
+    if (run_pair(self, pods, slots, cores, set, res, &p) != 0) return;
     struct job_spec s;
     make_spec(&s, pods, slots, 2);
     const char *what = mesh_buddies(&s.mesh) > 0 ? "previous version + buddy copy"
                                                  : "previous version";
     printf("| %d x %d | %s | %7.2f | %8.1f | %8.1f | %+5.1f%% | %+5.1f%% .. %+5.1f%% "
-           "| %+5.1f%% |\n", pods, slots, what, copy_mb, m1 * 1e3, m2 * 1e3, 100 * over,
-           100 * (ratio[0] - 1), 100 * (ratio[ROUNDS - 1] - 1), 100 * best);
+           "| %+5.1f%% |\n", pods, slots, what, res[0].copy_bytes / 1e6, p.ms[0], p.ms[1],
+           100 * p.over, 100 * p.lo, 100 * p.hi, 100 * p.best);
+    fflush(stdout);
+}
+
+/* The step with mesh.check_every = 0 against 1 (see the header). */
+static void run_check(const char *self, int pods, int slots, int cores) {
+    static const int set[2][2] = {{0, 0}, {0, 1}};
+    struct rank_result res[MAX_RANKS];
+    struct pair_result p;
+    if (run_pair(self, pods, slots, cores, set, res, &p) != 0) return;
+    printf("| %d x %d | %7.2f | %8.1f | %8.1f | %+5.1f%% | %+5.1f%% .. %+5.1f%% | %+5.1f%% |\n",
+           pods, slots, res[0].state_bytes / 1e6, p.ms[0], p.ms[1], 100 * p.over, 100 * p.lo,
+           100 * p.hi, 100 * p.best);
     fflush(stdout);
 }
 
@@ -233,9 +270,10 @@ int main(int argc, char **argv) {
            "data plane on loopback, mesh.replicas = %d (the default), %d cores\n",
            s.model.d_model, s.model.n_layers, s.model.n_experts, s.model.top_k, s.model.d_ff,
            s.run.batch_size, s.model.seq_len, s.mesh.replicas, cores);
-    /* --replicas: only the second table */
+    /* --replicas: only the second table; --check: only the third */
     int replicas_only = argc > 1 && strcmp(argv[1], "--replicas") == 0;
-    if (!replicas_only) {
+    int check_only = argc > 1 && strcmp(argv[1], "--check") == 0;
+    if (!replicas_only && !check_only) {
         printf("| mesh | processes | threads each | ms/step | tokens/s | in data plane | "
                "dispatch+combine MB/step | reductions MB/step |\n"
                "|---|---|---|---|---|---|---|---|\n");
@@ -244,13 +282,21 @@ int main(int argc, char **argv) {
             run_mesh(self, meshes[i][0], meshes[i][1], cores);
     }
 
-    printf("\nkeeping replicas: mesh.replicas = 1 (none) vs 2 (the default), median of %d x %d "
-           "timed steps each, alternating runs\n", ROUNDS, TIMED);
-    printf("| mesh | replicas = 2 keeps | buddy MB/step (rank 0) | replicas = 1 ms/step | "
-           "replicas = 2 ms/step | overhead | rounds' range | fastest step's |\n"
-           "|---|---|---|---|---|---|---|---|\n");
-    static const int rmeshes[][2] = {{1, 2}, {1, 4}, {2, 2}};
-    for (size_t i = 0; i < sizeof rmeshes / sizeof *rmeshes; i++)
-        run_replicas(self, rmeshes[i][0], rmeshes[i][1], cores);
+    if (!check_only) {
+        printf("\nkeeping replicas: mesh.replicas = 1 (none) vs 2 (the default), median of %d "
+               "x %d timed steps each, alternating runs\n", ROUNDS, TIMED);
+        printf("| mesh | replicas = 2 keeps | buddy MB/step (rank 0) | replicas = 1 ms/step | "
+               "replicas = 2 ms/step | overhead | rounds' range | fastest step's |\n"
+               "|---|---|---|---|---|---|---|---|\n");
+        static const int rmeshes[][2] = {{1, 2}, {1, 4}, {2, 2}};
+        for (size_t i = 0; i < sizeof rmeshes / sizeof *rmeshes; i++)
+            run_replicas(self, rmeshes[i][0], rmeshes[i][1], cores);
+    }
+    if (replicas_only) return 0;
+    printf("\nthe replica check: mesh.check_every = 0 (never) vs 1 (every step), median of %d "
+           "x %d timed steps each, alternating runs\n", ROUNDS, TIMED);
+    printf("| mesh | state hashed MB/step (rank 0) | check 0 ms/step | check 1 ms/step | "
+           "overhead | rounds' range | fastest step's |\n|---|---|---|---|---|---|---|\n");
+    run_check(self, 2, 2, cores);
     return 0;
 }

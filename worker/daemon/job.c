@@ -130,14 +130,19 @@ static int wait_for_epoch(struct job *j, struct rpc_channel *ch, struct trainer 
                           const char *error) {
     struct state_copy copies[REPLICA_MAX_COPIES];
     long live = -1;
-    if (have_t) replica_fence(t, copies, REPLICA_MAX_COPIES, &live);
+    if (have_t) replica_fence(t, copies, REPLICA_MAX_COPIES, &live, 0);
     job_close_comm(j);
     long step = have_t ? t->model.step : 0;
     LOG_WARN("%s: slot (%d, %d) lost its data plane in epoch %llu after step %ld (%s): holding "
              "its state for the coordinator's next epoch", j->id, j->pod, j->slot,
              (unsigned long long)j->epoch, step, error);
     atomic_store(&j->holding, 1);
-    job_report_fault(j, ch, step, error, -1);
+    struct fault_detail d = {.refused_from = -1};
+    if (have_t) {
+        d.mismatch_step = t->mesh.mismatch_step;
+        d.mismatch_slot = t->mesh.mismatch_slot;
+    }
+    job_report_fault(j, ch, step, error, &d);
     uv_mutex_lock(&j->ep_mu);
     while (atomic_load(&j->stop) == JOB_RUN && !(j->next && j->next->epoch > j->epoch))
         uv_cond_wait(&j->ep_cv, &j->ep_mu);
@@ -168,7 +173,8 @@ static moe_status restore(struct job *j, struct rpc_channel *ch, struct trainer 
         snprintf(why, sizeof why, "%s", moe_errmsg());
         LOG_WARN("%s: slot (%d, %d) epoch %llu: %s", j->id, j->pod, j->slot,
                  (unsigned long long)j->epoch, why);
-        job_report_fault(j, ch, j->cur.restore_step, why, st.refused_from);
+        struct fault_detail d = {.refused_from = st.refused_from};
+        job_report_fault(j, ch, j->cur.restore_step, why, &d);
         return moe_fail(s, "%s", why);
     }
     CHECK(s);

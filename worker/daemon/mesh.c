@@ -146,7 +146,7 @@ int job_stop(struct job *j, enum job_stop why) {
 }
 
 int job_fence(struct job *j, uint64_t epoch, struct state_copy *copies, int max, int *n,
-              long *live) {
+              long *live, int hash) {
     uv_mutex_lock(&j->comm_mu);
     if (epoch > j->fenced_epoch) j->fenced_epoch = epoch;
     if (j->epoch <= epoch) atomic_store(&j->open_cancel, 1);
@@ -156,7 +156,7 @@ int job_fence(struct job *j, uint64_t epoch, struct state_copy *copies, int max,
     *live = -1;
     uv_mutex_lock(&j->ep_mu);
     int holds = j->trainer != NULL;
-    if (holds) *n = replica_fence(j->trainer, copies, max, live);
+    if (holds) *n = replica_fence(j->trainer, copies, max, live, hash);
     uv_mutex_unlock(&j->ep_mu);
     return holds && *n > 0;
 }

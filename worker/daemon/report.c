@@ -277,15 +277,19 @@ static void tell(struct job *j, struct rpc_channel *ch, const char *method,
 }
 
 void job_report_fault(struct job *j, struct rpc_channel *ch, long step, const char *error,
-                      int refused_from) {
+                      const struct fault_detail *d) {
     char worker_id[WORKER_ID_MAX];
     worker_copy_id(j->w, worker_id);
     Moed__V1__FaultReport req = MOED__V1__FAULT_REPORT__INIT;
     SET_SENDER(req, j, worker_id);
     req.step = step;
     req.error = (char *)error;
-    req.transfer_refused = refused_from >= 0;
-    req.source_rank = refused_from >= 0 ? refused_from : 0;
+    if (d) {
+        req.transfer_refused = d->refused_from >= 0;
+        req.source_rank = d->refused_from >= 0 ? d->refused_from : 0;
+        req.mismatch_step = d->mismatch_step; /* > 0: the replicas differ: a repair */
+        req.mismatch_slot = d->mismatch_slot;
+    }
     /* short: the coordinator learns it from the fence and heartbeats too */
     tell(j, ch, RPC_CLUSTER_REPORT_FAULT, &req.base, 2.0, "the fault");
 }

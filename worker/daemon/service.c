@@ -511,7 +511,8 @@ static void fence_slot(struct rpc_call *call, const ProtobufCMessage *msg, void 
         /* two slots of one job: one answer with the copies of both (each names its slot) */
         int got = 0;
         long live = -1;
-        int holds = job_fence(j, req->epoch, copies + n, REPLICA_MAX_COPIES - n, &got, &live);
+        int holds = job_fence(j, req->epoch, copies + n, REPLICA_MAX_COPIES - n, &got, &live,
+                              req->hash_copies);
         if (!resp.holds || (holds && live < resp.step)) {
             resp.pod = j->pod;
             resp.slot = j->slot;
@@ -528,6 +529,10 @@ static void fence_slot(struct rpc_call *call, const ProtobufCMessage *msg, void 
         Moed__V1__StateCopy c = MOED__V1__STATE_COPY__INIT;
         c.slot = copies[i].slot;
         c.step = copies[i].step;
+        if (copies[i].has_sha) {
+            c.sha256.data = copies[i].sha;
+            c.sha256.len = sizeof copies[i].sha;
+        }
         pb[i] = c;
         ptrs[i] = &pb[i];
     }

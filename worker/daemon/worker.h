@@ -259,10 +259,17 @@ int backlog_flush(struct job *j, struct rpc_channel *ch, struct backlog *b, int 
 int backlog_drain(struct job *j, struct rpc_channel *ch, struct backlog *b);
 void backlog_free(struct backlog *b);
 /* The slot lost its data plane and holds its state for the next epoch (a short try: the
- * coordinator also learns it from the fence and heartbeats). refused_from >= 0: the fault is
- * the state that rank sent for a restore, refused for its checksum (error says where). */
+ * coordinator also learns it from the fence and heartbeats). d (NULL: a plain data-plane
+ * fault) says more: refused_from >= 0, the state that rank sent for a restore was refused for
+ * its checksum (error says where); mismatch_step > 0, the replicas of slot index
+ * mismatch_slot differed at that step (a repair, not a recovery). */
+struct fault_detail {
+    int refused_from;
+    long mismatch_step;
+    int mismatch_slot;
+};
 void job_report_fault(struct job *j, struct rpc_channel *ch, long step, const char *error,
-                      int refused_from);
+                      const struct fault_detail *d);
 /* The slot restored its state in a recovery epoch, and what it took. */
 void job_report_restored(struct job *j, struct rpc_channel *ch, long step, double connect_s,
                          const struct restore_stats *st);
@@ -291,7 +298,7 @@ void job_adopt(struct job *j, struct epoch_binding *b);
 /* FenceSlot: aborts the comm of `epoch` or older and freezes the trainer's state; fills the
  * copies it can send. Returns 1 when it holds state. Loop thread. */
 int job_fence(struct job *j, uint64_t epoch, struct state_copy *copies, int max, int *n,
-              long *live);
+              long *live, int hash);
 void job_free(struct job *j); // the loop, once the thread is joined
 
 #endif

@@ -117,20 +117,26 @@ static moe_status send_copies(struct replica *r, long step) {
     return MOE_OK;
 }
 
-/* SHA-256 of the whole state: step, parameters, moments, buffers (what data-parallel replicas
- * must agree on bit for bit). */
-static moe_status hash_state(const struct model *m, uint8_t out[32]) {
+/* SHA-256 of a whole state: step, parameters, moments, buffers (what data-parallel replicas
+ * must agree on bit for bit). The live state and the previous version hash alike. */
+static moe_status hash_arenas(long step_l, const real *param, const real *mom1, const real *mom2,
+                              const real *buf, size_t n_params, size_t n_buffers,
+                              uint8_t out[32]) {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int64_t step = m->step;
-    size_t n = sizeof(real) * m->n_params;
+    int64_t step = step_l;
+    size_t n = sizeof(real) * n_params;
     int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
-             EVP_DigestUpdate(ctx, &step, sizeof step) &&
-             EVP_DigestUpdate(ctx, m->param_mem, n) && EVP_DigestUpdate(ctx, m->m_mem, n) &&
-             EVP_DigestUpdate(ctx, m->v_mem, n) &&
-             EVP_DigestUpdate(ctx, m->buffer_mem, sizeof(real) * m->n_buffers) &&
+             EVP_DigestUpdate(ctx, &step, sizeof step) && EVP_DigestUpdate(ctx, param, n) &&
+             EVP_DigestUpdate(ctx, mom1, n) && EVP_DigestUpdate(ctx, mom2, n) &&
+             EVP_DigestUpdate(ctx, buf, sizeof(real) * n_buffers) &&
              EVP_DigestFinal_ex(ctx, out, NULL);
     EVP_MD_CTX_free(ctx);
     return ok ? MOE_OK : moe_fail(MOE_EINTERNAL, "SHA-256 of the slot's state failed");
+}
+
+static moe_status hash_state(const struct model *m, uint8_t out[32]) {
+    return hash_arenas(m->step, m->param_mem, m->m_mem, m->v_mem, m->buffer_mem, m->n_params,
+                       m->n_buffers, out);
 }
 
 static void *replica_main(void *arg) {
@@ -297,7 +303,7 @@ int replica_hash(const struct trainer *t, uint8_t out[32], long *step) {
 static int add_copy(struct state_copy *out, int n, int max, int slot, long step) {
     for (int i = 0; i < n; i++)
         if (out[i].slot == slot && out[i].step == step) return n;
-    if (n < max) out[n++] = (struct state_copy){slot, step};
+    if (n < max) out[n++] = (struct state_copy){slot, step, 0, {0}};
     return n;
 }
 
@@ -307,7 +313,24 @@ static int holds_own(const struct replica *r, long step) {
            (r->prev.step >= 0 && r->prev.step == step);
 }
 
-int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live) {
+/* A repair's fence: the SHA-256 of the slot's own copies (live and previous), computed now,
+ * so that a bit that flipped after the step's hash is seen too. Buddy copies hold experts
+ * only: no whole state to hash. */
+static void hash_own_copies(struct replica *r, struct state_copy *out, int n) {
+    const struct model *m = &r->t->model;
+    const struct model_state *p = &r->prev;
+    for (int i = 0; i < n; i++) {
+        if (out[i].slot != r->s) continue;
+        if (r->live_valid && out[i].step == m->step)
+            out[i].has_sha = hash_state(m, out[i].sha) == MOE_OK;
+        else if (p->step >= 0 && out[i].step == p->step)
+            out[i].has_sha = hash_arenas(p->step, p->param_mem, p->m_mem, p->v_mem,
+                                         p->buffer_mem, m->n_params, m->n_buffers,
+                                         out[i].sha) == MOE_OK;
+    }
+}
+
+int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live, int hash) {
     struct replica *r = t->mesh.rep;
     if (!r) return 0;
     pthread_mutex_lock(&r->mu);
@@ -321,6 +344,7 @@ int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live
             long st = r->held[j].step[v];
             if (st >= 0 && holds_own(r, st)) n = add_copy(out, n, max, r->held[j].slot, st);
         }
+    if (hash) hash_own_copies(r, out, n);
     pthread_mutex_unlock(&r->mu);
     return n;
 }

@@ -34,6 +34,8 @@
 struct state_copy {
     int slot;
     long step;
+    int has_sha;     // sha holds the copy's SHA-256 (a repair's fence asked; own copies only)
+    uint8_t sha[32];
 };
 
 struct replica;
@@ -57,8 +59,9 @@ moe_status replica_update(struct trainer *t, double norm);
 int replica_hash(const struct trainer *t, uint8_t out[32], long *step);
 
 /* Any thread: freeze the state (no update starts after this) and list the copies held:
- * returns how many (at most max), *live the live step. */
-int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live);
+ * returns how many (at most max), *live the live step. hash: also the SHA-256 of each own
+ * copy (a repair's fence; it reads the whole state twice). */
+int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live, int hash);
 /* Any thread: the training thread flips one bit of its live parameters before its next step
  * (moectl chaos "flip": silent corruption the replica check must catch). */
 void replica_request_flip(struct trainer *t);

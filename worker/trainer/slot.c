@@ -467,20 +467,53 @@ static moe_status grad_norm(struct slot_exec *x, double *norm) {
     return res;
 }
 
+/* What every shard gives the statistics all-gather: its losses and, on a check step, the
+ * SHA-256 of its state at the step's start (the replica thread's, joined before). */
+struct stat_part {
+    double loss[4];
+    int64_t hash_step; // -1: no hash this step
+    uint8_t sha[32];
+};
+
+/* The replica check, before the update: the data-parallel replicas (the same slot index in
+ * every pod) must have hashed the same state. Every shard sees every hash, so every slot
+ * stops at the same step when one pair differs, holding the step's live state and the
+ * previous version, which the last check agreed on: the coordinator repairs from there. */
+static moe_status check_replicas(struct slot_exec *x, const struct stat_part *parts) {
+    struct trainer *t = x->t;
+    for (int d = x->S; d < x->D; d++) {
+        const struct stat_part *a = &parts[d % x->S], *b = &parts[d];
+        if (a->hash_step < 0 || b->hash_step != a->hash_step || !memcmp(a->sha, b->sha, 32))
+            continue;
+        t->mesh.mismatch_step = a->hash_step;
+        t->mesh.mismatch_slot = d % x->S;
+        return moe_fail(MOE_EINTERNAL, "replica mismatch: the state of slot index %d after step "
+                        "%lld differs between pods 0 (%02x%02x%02x%02x...) and %d "
+                        "(%02x%02x%02x%02x...): stopped before the update for a repair",
+                        d % x->S, (long long)a->hash_step, a->sha[0], a->sha[1], a->sha[2],
+                        a->sha[3], d / x->S, b->sha[0], b->sha[1], b->sha[2], b->sha[3]);
+    }
+    return MOE_OK;
+}
+
 /* The whole batch's statistics into r and the model: the shards' losses gathered and added in
  * shard order, the dropped count and the expert loads added exactly. */
 static moe_status gather_statistics(struct slot_exec *x, const struct shard_losses *part,
                                     struct step_report *r) {
     struct trainer *t = x->t;
     size_t n_load = (size_t)x->L * x->E;
-    double mine[4] = {part->loss, part->ce, part->aux, part->z}, parts[4 * COMM_MAX_RANKS];
+    struct stat_part mine = {{part->loss, part->ce, part->aux, part->z}, -1, {0}};
+    struct stat_part parts[COMM_MAX_RANKS];
+    long hs;
+    if (replica_hash(t, mine.sha, &hs)) mine.hash_step = hs;
     int64_t *counts = x->counts; /* dropped, then the loads (L, E) */
     counts[0] = part->dropped;
     for (size_t j = 0; j < n_load; j++) counts[1 + j] = t->load_sum[j];
-    TIMED(comm_allgather(x->comm, CH_MOE, &x->all, mine, sizeof mine, parts), return s_);
+    TIMED(comm_allgather(x->comm, CH_MOE, &x->all, &mine, sizeof mine, parts), return s_);
+    CHECK(check_replicas(x, parts));
     double sum[4] = {0, 0, 0, 0};
     for (int d = 0; d < x->D; d++)
-        for (int k = 0; k < 4; k++) sum[k] += parts[4 * d + k];
+        for (int k = 0; k < 4; k++) sum[k] += parts[d].loss[k];
     TIMED(comm_allreduce_i64(x->comm, CH_MOE, &x->all, counts, 1 + n_load), return s_);
     r->loss = sum[0];
     r->ce = sum[1];
@@ -521,6 +554,7 @@ moe_status slot_step(struct trainer *t, struct step_report *r) {
     x->rows_dispatched = x->rows_served = x->rows_returned = 0;
     moe_status res = MOE_OK;
 
+    t->mesh.mismatch_step = 0;
     replica_apply_flip(t);
     replica_step_begin(t); /* buddy copies of S(step) and its hash, beside the compute */
     int shard = t->mesh.pod * x->S + t->mesh.slot;

@@ -39,6 +39,8 @@ struct trainer_mesh {
     real **shard_grads;       // local, D > 1: a gradient arena per shard (0 is the model's)
     struct slot_exec *exec;   // slot mode: the distributed step's state (slot.h)
     struct replica *rep;      // slot mode: previous version, buddy copies (replica.h)
+    long mismatch_step;       // slot mode: > 0 when the last step stopped because the state
+    int mismatch_slot;        //   hashes of slot index mismatch_slot's replicas differed there
 };
 
 struct trainer {
