@@ -678,7 +678,7 @@ static void describe(struct chaos *c, int i) {
         snprintf(earlier, sizeof earlier, "; it landed during an episode that began at seq %lld%s",
                  (long long)a->earlier_seq, f->shared_with >= 0
                      ? ", in the previous fault's window: that one counts for both" : "");
-    snprintf(f->recovery, sizeof f->recovery, "%.900s%s%s", what, earlier,
+    snprintf(f->recovery, sizeof f->recovery, "%.800s%.160s%s", what, earlier,
              c->st->job->state == MOED__V1__JOB_STATE__JOB_SUCCEEDED ? "; the job SUCCEEDED" : "");
 }
 
