@@ -59,12 +59,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now_ms() { date +%s%3N; }
-json() { "$py" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-wait_until() {
-  local end=$((SECONDS + $1))
-  until eval "$2"; do [ $SECONDS -ge $end ] && return 1; sleep 0.1; done
-}
+source "$(dirname "$0")/bench_lib.sh"
 job_json() { "$moectl" status "$job" --json 2>/dev/null; }
 state_of() { job_json | json 'd["job"]["state"]'; }
 step_of() { job_json | json 'd["job"]["step"]'; }
