@@ -1220,7 +1220,9 @@ static const ProtobufCMethodDescriptor *proto_method(const char *path) {
 /* No credential opens only the health service: a table that would open anything else, or
  * that forgets to name a row's class, never serves. */
 static void test_auth_classes(struct env *e) {
-    struct rpc_server_config cfg = {.listen = "127.0.0.1:0", .role = "test"};
+    /* an address it could never bind: should the table pass, the start still fails (EIO),
+     * and no stray server is left running */
+    struct rpc_server_config cfg = {.listen = "127.0.0.1:notaport", .role = "test"};
     const struct rpc_method sneaky[] = {
         {"/test.Echo/Unary", REF, RPC_UNARY, RPC_AUTH_CLIENT, echo_unary},
         {"/test.Echo/Sneaky", REF, RPC_UNARY, RPC_AUTH_HEALTH, open_unary}};
