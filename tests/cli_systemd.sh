@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # deploy/systemd: the units, and the daemons' side of Type=notify.
 #
-# Run here: `systemd-analyze verify` on both units (copies whose ExecStart names the binaries
-# just built, since verify checks that they exist; the worker template as an instance), and
-# the test fails on any line verify prints about them; a copy with a misspelt key must make it
+# Run here: `systemd-analyze verify --root` on both units (the worker template as an
+# instance) over a root where `cmake --install` put the build (verify checks that ExecStart's
+# binaries exist), and the test fails on any line verify prints about them; a copy with a misspelt key must make it
 # complain (so a silent verify means something). Then the notify protocol for real: each daemon
 # is started with NOTIFY_SOCKET pointing at a datagram socket this test reads
 # (tests/notify_listener.py), as systemd would start it: the coordinator says READY=1 once it
@@ -51,21 +51,28 @@ for need in "$bin/moed-coordinator" "$bin/moed-worker" "$MOE_BUILD_DIR/moed.prot
 done
 command -v systemd-analyze >/dev/null || { echo "FAIL needs systemd-analyze (the systemd package)"; exit 1; }
 
-# ---- systemd-analyze verify ----
-mkdir -p "$dir/units" "$dir/bad"
-for u in moed-coordinator.service moed-worker@.service; do
-  sed "s#/usr/local/bin/#$bin/#g" "$src/deploy/systemd/$u" >"$dir/units/$u"
-done
-ln -s moed-worker@.service "$dir/units/moed-worker@gpu0.service"
-verify() { systemd-analyze verify --man=no "$@" 2>&1 | grep -E 'moed-(coordinator|worker)'; }
-out=$(verify "$dir/units/moed-coordinator.service" "$dir/units/moed-worker@gpu0.service")
+# ---- systemd-analyze verify, on what `cmake --install` lays out ----
+# verify checks that ExecStart's binary exists: install the build into a root of our own, as
+# the units expect it (/usr/local), with systemd's own units beside ours (their dependencies).
+root=$dir/root
+DESTDIR=$root cmake --install "$MOE_BUILD_DIR" --prefix /usr/local >"$dir/install.log" 2>&1
+check "cmake --install lays out /usr/local/bin and the descriptor set" \
+  '[ -x "$root/usr/local/bin/moed-coordinator" ] && [ -x "$root/usr/local/bin/moed-worker" ] &&
+   [ -s "$root/usr/local/share/moed/moed.protoset" ]'
+check "  and the installed worker keeps its RUNPATH to the OpenMP OpenBLAS" \
+  'readelf -d "$root/usr/local/bin/moed-worker" | grep -q "RUNPATH.*openblas-openmp"'
+sysunits=/usr/lib/systemd/system
+[ -d "$sysunits" ] || sysunits=/lib/systemd/system
+mkdir -p "$root/etc/systemd/system" "$root/usr/lib/systemd"
+cp -r "$sysunits" "$root/usr/lib/systemd/system"
+cp "$src/deploy/systemd/moed-coordinator.service" "$src/deploy/systemd/moed-worker@.service" \
+  "$root/etc/systemd/system/"
+verify() { systemd-analyze verify --man=no --root="$root" "$@" 2>&1 | grep -E 'moed-'; }
+out=$(verify moed-coordinator.service moed-worker@gpu0.service)
 check "systemd-analyze verify says nothing about the units${out:+: $out}" '[ -z "$out" ]'
-check "  and the units name /usr/local/bin (cmake --install's default prefix)" \
-  'grep -q "^ExecStart=/usr/local/bin/moed-coordinator " "$src/deploy/systemd/moed-coordinator.service" &&
-   grep -q "^ExecStart=/usr/local/bin/moed-worker " "$src/deploy/systemd/moed-worker@.service"'
-sed 's/^ProtectSystem=/ProtectSystm=/' "$dir/units/moed-coordinator.service" \
-  >"$dir/bad/moed-coordinator.service"
-out=$(verify "$dir/bad/moed-coordinator.service")
+sed 's/^ProtectSystem=/ProtectSystm=/' "$src/deploy/systemd/moed-coordinator.service" \
+  >"$root/etc/systemd/system/moed-typo.service"
+out=$(verify moed-typo.service)
 check "verify does complain about a misspelt key (so its silence above counts)" \
   '[[ "$out" == *ProtectSystm* ]]'
 
