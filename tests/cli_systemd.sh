@@ -76,6 +76,15 @@ out=$(verify moed-typo.service)
 check "verify does complain about a misspelt key (so its silence above counts)" \
   '[[ "$out" == *ProtectSystm* ]]'
 
+# systemd's own score of the sandbox (0 most confined, 10 exposed): a guard against dropping
+# hardening by accident; docs/deploy/systemd.md quotes the numbers
+for u in moed-coordinator.service moed-worker@gpu0.service; do
+  score=$(systemd-analyze security --offline=true --root="$root" "$u" 2>/dev/null |
+          sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+  check "systemd-analyze security scores $u ${score:-?} (at most 3)" \
+    '[ -n "$score" ] && awk -v s="$score" "BEGIN { exit !(s <= 3) }"'
+done
+
 # ---- the notify protocol: the coordinator ----
 umask 077
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/client.token"
