@@ -15,7 +15,7 @@
 # also when it fails.
 set -u
 moectl_bin=$1
-bin=$(dirname "$moectl_bin")
+bin=$(cd "$(dirname "$moectl_bin")" && pwd)
 here=$(dirname "$0")
 corpus=/usr/share/common-licenses/GPL-3
 source "$here/cluster_lib.sh"
@@ -73,6 +73,7 @@ hosts_start 0 "$tmp/h0/coordinator.log" "$bin/moed-coordinator" --listen "$caddr
   --cluster-token-file "$tmp/h0/cluster.token" --addr-file "$tmp/h0/coordinator.addr"
 wait_until 30 '[ -s "$tmp/h0/coordinator.addr" ]'
 check "the coordinator serves on host 0 at $caddr" '[ "$(cat "$tmp/h0/coordinator.addr" 2>/dev/null)" = "$caddr" ]'
+[ -s "$tmp/h0/coordinator.addr" ] || { tail -n 8 "$tmp/h0/coordinator.log"; exit 1; }
 
 # start_worker HOST POD NAME PORT: a worker listening on its host's address (its data plane on
 # PORT + 100), with its scratch directory on that host

@@ -167,12 +167,12 @@ hosts_stop_switch() {
 
 hosts_run() {
   local n=$1; shift
-  nsenter -t "$(hosts_anchor "$n")" -n -u -i -m -- "$@"
+  nsenter -t "$(hosts_anchor "$n")" -n -u -i -m --wd="$PWD" -- "$@"
 }
 
 hosts_start() {
   local n=$1 log=$2; shift 2
-  nsenter -t "$(hosts_anchor "$n")" -n -u -i -m -- "$@" </dev/null >>"$log" 2>&1 &
+  nsenter -t "$(hosts_anchor "$n")" -n -u -i -m --wd="$PWD" -- "$@" </dev/null >>"$log" 2>&1 &
   hosts_pid=$!
   disown "$hosts_pid" # a test's kill -9 is no news either
 }
