@@ -9,7 +9,8 @@
 # that slot, and the job SUCCEEDS with the model `moectl train` makes in one process, byte for
 # byte. Within a host a pair of slots shares memory, across hosts it talks TCP: seen in the
 # workers' mappings of the shared-memory rings (/proc/PID/maps) and, marked [links], in
-# `moectl status --json` (slots[i].links[j].transport), before and after the spare came in.
+# `moectl status --json` (slots[i].links[j] = {pod, slot, transport}), before and after the
+# spare came in (the [links] checks need that status field of issue 15; without it they fail).
 # Needs root; without network namespaces (not root, no `ip`, no veth) it says why on one line
 # and exits 77, a skip. Every namespace, interface and process it made is gone at the end,
 # also when it fails.
@@ -76,7 +77,8 @@ check "the coordinator serves on host 0 at $caddr" '[ "$(cat "$tmp/h0/coordinato
 [ -s "$tmp/h0/coordinator.addr" ] || { tail -n 8 "$tmp/h0/coordinator.log"; exit 1; }
 
 # start_worker HOST POD NAME PORT: a worker listening on its host's address (its data plane on
-# PORT + 100), with its scratch directory on that host
+# PORT + 100), with its scratch directory on that host. (With issue 15's --advertise, a worker
+# may bind 0.0.0.0 instead and announce "$a:PORT"; docs/deploy/hosts.md shows both.)
 start_worker() {
   local a; a=$(hosts_addr "$1")
   mkdir -p "$tmp/h$1/$3"
