@@ -165,8 +165,9 @@ check "[links] status: shm within a host, tcp across hosts ($(links_report))" '[
 # ---- a worker of host 1 dies; the spare on host 3 takes its slot ----
 spare=$(json '[w["worker_id"] for w in d["workers"] if w.get("pod", 0) == 2][0]' <"$tmp/cluster.json")
 victim_pid=$(pid_of_slot 0 1)
-check "slot (0, 1)'s worker (pid $victim_pid) runs on host 1" \
-  '[ -n "$victim_pid" ] && [ "$(readlink /proc/$victim_pid/ns/uts)" = "$(readlink /proc/$(hosts_anchor 1)/ns/uts)" ]'
+on_host1() { [ -n "$victim_pid" ] && [ "$(readlink "/proc/$victim_pid/ns/uts")" = "$(readlink "/proc/$(hosts_anchor 1)/ns/uts")" ]; }
+check "slot (0, 1)'s worker (pid $victim_pid) runs on host 1" on_host1
+on_host1 || exit 1 # never a kill -9 of a pid that is not that worker
 at=$(step_of "$job")
 check "the job still RUNNING at the kill, at step $at of ${MULTIHOST_STEPS:-3000}" \
   '[ "$(state_of "$job")" = JOB_RUNNING ]'
