@@ -35,6 +35,7 @@ test_pkgs=(
   prometheus                         # a real Prometheus server scrapes the coordinator
   chromium chromium-driver           # the live page in a headless browser
   python3-selenium                   #   driven through chromedriver
+  iproute2                           # ip netns: the emulated hosts of cli_multihost
   systemd                            # systemd-analyze verify on deploy/systemd's units
 )
 [ "${1:-}" = --tests ] && pkgs+=("${test_pkgs[@]}")
