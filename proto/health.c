@@ -11,10 +11,12 @@
 #include <string.h>
 
 typedef Grpc__Health__V1__HealthCheckResponse__ServingStatus serving_status;
+#define SERVICE_UNKNOWN GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN
 
 struct watcher {
     struct rpc_call *call;
     struct rpc_health *h;
+    int known;                // of a name the server answers for: told each change
     struct watcher *next;
 };
 
@@ -22,7 +24,8 @@ struct rpc_health {
     const char *const *services;
     int n_services;
     int serving;
-    struct watcher *watchers; // Watch streams of a known name; unknown ones are not told
+    struct watcher *watchers; // every open Watch stream
+    int n_watchers;           // at most RPC_HEALTH_MAX_WATCHES
 };
 
 struct rpc_health *rpc_health_new(const char *const *services, int n_services) {
@@ -54,7 +57,8 @@ static void send_status(struct rpc_call *c, serving_status st) {
 void rpc_health_set(struct rpc_health *h, int serving) {
     if (!h || !!serving == h->serving) return;
     h->serving = !!serving;
-    for (struct watcher *w = h->watchers; w; w = w->next) send_status(w->call, status_now(h));
+    for (struct watcher *w = h->watchers; w; w = w->next)
+        if (w->known) send_status(w->call, status_now(h));
 }
 
 int rpc_health_serving(const struct rpc_health *h) { return h && h->serving; }
@@ -87,19 +91,26 @@ static void watch_closed(struct rpc_call *c, void *arg) {
     for (struct watcher **p = &me->h->watchers; *p; p = &(*p)->next) {
         if (*p != me) continue;
         *p = me->next;
+        me->h->n_watchers--;
         break;
     }
     free(me);
 }
 
 /* Open until the client cancels or the server goes down: the protocol's Watch never ends on
- * its own, not even for an unknown name (SERVICE_UNKNOWN, and the name may appear later). */
+ * its own, not even for an unknown name (SERVICE_UNKNOWN, and the name may appear later).
+ * Anyone may open one without a credential, so their number is bounded. */
 void rpc_health_watch(struct rpc_call *call, const ProtobufCMessage *request, void *ctx) {
     const Grpc__Health__V1__HealthCheckRequest *req =
         (const Grpc__Health__V1__HealthCheckRequest *)request;
     struct rpc_health *h = rpc_call_health(call);
-    if (!h || !known(h, req->service)) {
-        send_status(call, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN);
+    if (!h) {
+        rpc_stream_finish(call, GRPC_STATUS_UNIMPLEMENTED, "no health service here");
+        return;
+    }
+    if (h->n_watchers >= RPC_HEALTH_MAX_WATCHES) {
+        rpc_stream_finish(call, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                          "too many health watches open; use Check");
         return;
     }
     struct watcher *w = calloc(1, sizeof *w);
@@ -109,8 +120,10 @@ void rpc_health_watch(struct rpc_call *call, const ProtobufCMessage *request, vo
     }
     w->call = call;
     w->h = h;
+    w->known = known(h, req->service);
     w->next = h->watchers;
     h->watchers = w;
+    h->n_watchers++;
     rpc_stream_on_close(call, watch_closed, w);
-    send_status(call, status_now(h));
+    send_status(call, w->known ? status_now(h) : SERVICE_UNKNOWN);
 }

@@ -4,8 +4,8 @@
  * grpcurl) can ask a daemon whether it serves, without a token.
  *
  * Owns: a server's serving status (one status for every name the server answers to: "" and
- * the services it lists), Check's answers, the open Watch streams and the message each gets
- * when the status changes.
+ * the services it lists), Check's answers, the open Watch streams (a bounded number: no
+ * credential is needed to open one) and the message each gets when the status changes.
  * Never: decides when a daemon serves (the daemon calls rpc_health_set), or lets a call
  * without a credential reach any other method (RPC_AUTH_HEALTH, held to these paths by
  * rpc_server_start). What each daemon reports: docs/operations.md "Health".
@@ -21,6 +21,10 @@
 #define RPC_HEALTH_WATCH RPC_HEALTH_PREFIX "Watch"
 
 struct rpc_health;
+
+/* Watch streams open at once per server (anyone may open them, without a credential); beyond
+ * it Watch answers RESOURCE_EXHAUSTED. Probes use Check; a Watch is one per client channel. */
+#define RPC_HEALTH_MAX_WATCHES 256
 
 /* A status for "" and each of `services` (an array that must outlive it: "moed.v1.Jobs", ...),
  * NOT_SERVING until rpc_health_set says otherwise. NULL when out of memory. */

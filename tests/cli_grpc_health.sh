@@ -5,8 +5,9 @@
 # that set describes every moed service. Checked: Check and Watch answer SERVING for "" and
 # each daemon's services, NOT_FOUND / SERVICE_UNKNOWN for other names; a worker answers no
 # SERVING before it has registered (its calls wait: a probe with a deadline fails) and SERVING
-# after; a Watch opened before registration sees SERVING once it registers; a daemon going down
-# never reports SERVING again; and every moed method still refuses a call without a token.
+# after; a Watch opened before registration sees SERVING once it registers; open Watches are
+# bounded; a daemon going down never reports SERVING again; and every moed method still
+# refuses a call without a token.
 # $1 (moectl) is not used.
 set -u
 bin=$MOE_BUILD_DIR/bin
@@ -128,6 +129,14 @@ done
 wait_for 30 '[ -s "$dir/worker.watch" ]'
 check "worker Watch opened before registering: SERVING once registered" \
   '[ "$(head -n 1 "$dir/worker.watch")" = SERVING ]'
+
+# Anyone may open a Watch, so their number is bounded (RPC_HEALTH_MAX_WATCHES, 256 with the
+# one opened above), and a closed one makes room again.
+got=$(hc watch-many "$waddr" 300 | tr '\n' ' ')
+check "worker Watch streams beyond 256 are RESOURCE_EXHAUSTED, room again once closed ($got)" \
+  '[ "$got" = "served 255 then RESOURCE_EXHAUSTED again SERVING " ]'
+got=$(hc check "$waddr" "")
+check "  and Check still answers SERVING (got $got)" '[ "$got" = SERVING ]'
 
 # No token opens health alone: every other service still refuses.
 for m in /moed.v1.Status/GetCluster /moed.v1.Jobs/ListJobs /moed.v1.Jobs/SubmitJob \

@@ -9,12 +9,16 @@ cli_grpc_health.sh; one verb per run:
       Health/Check without a token: prints the status (SERVING, ...) or the call's error code
   grpc_health_client.py PROTOSET watch TARGET SERVICE
       Health/Watch without a token: prints each status as it comes, then "END <code>"
+  grpc_health_client.py PROTOSET watch-many TARGET MAX
+      opens Watch streams of "" until one is refused or MAX are open: prints "served N then
+      <code>"; closes them all, then opens one more: "again SERVING" once one is served
   grpc_health_client.py PROTOSET call TARGET /pkg.Service/Method
       a unary call of that method with an empty request and no token: prints the code
 
 Every line is flushed at once: the shell test waits for lines, never for time.
 """
 import sys
+import time
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -68,6 +72,38 @@ def health(pool, target, method, service, kind, timeout):
         out(("END " if kind != "unary_unary" else "") + e.code().name)
 
 
+def watch_many(pool, target, limit):
+    req_cls = message_class(pool, "grpc.health.v1.HealthCheckRequest")
+    resp_cls = message_class(pool, "grpc.health.v1.HealthCheckResponse")
+    channel = grpc.insecure_channel(target)
+    watch = channel.unary_stream("/grpc.health.v1.Health/Watch",
+                                 request_serializer=req_cls.SerializeToString,
+                                 response_deserializer=resp_cls.FromString)
+    streams, code = [], "nothing"
+    for _ in range(limit):
+        it = watch(req_cls(service=""), timeout=60)
+        try:
+            next(it)
+            streams.append(it)
+        except grpc.RpcError as e:
+            code = e.code().name
+            break
+    out("served %d then %s" % (len(streams), code))
+    for it in streams:
+        it.cancel()
+    deadline = time.time() + 30  # the server closes them as the cancellations arrive
+    while time.time() < deadline:
+        it = watch(req_cls(service=""), timeout=10)
+        try:
+            next(it)
+            it.cancel()
+            out("again SERVING")
+            return
+        except grpc.RpcError:
+            time.sleep(0.05)
+    out("again refused")
+
+
 def unary_no_token(pool, target, path):
     service, method = path.strip("/").split("/")
     m = pool.FindServiceByName(service).FindMethodByName(method)
@@ -92,6 +128,8 @@ def main(argv):
         health(pool, argv[3], "Check", argv[4], "unary_unary", timeout)
     elif verb == "watch":
         health(pool, argv[3], "Watch", argv[4], "unary_stream", None)
+    elif verb == "watch-many":
+        watch_many(pool, argv[3], int(argv[4]))
     elif verb == "call":
         unary_no_token(pool, argv[3], argv[4])
     else:
