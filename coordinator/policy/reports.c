@@ -124,7 +124,8 @@ moe_status reports_job_end(struct coordinator *co, struct job *j, struct worker 
     if (req->step > bd->step) bd->step = (long)req->step;
     if (k == 0 && req->step > j->step) j->step = req->step;
     if (!req->ok) {
-        fault_slot_ended(co, j, k, w, (long)req->step, req->error, req->stopped);
+        fault_slot_ended(co, j, k, w, (long)req->step, req->error, req->stopped,
+                         req->unrecoverable);
         return MOE_OK;
     }
     if (req->model_bytes > 0 || req->model_sha256.len) { // this slot wrote the job's model

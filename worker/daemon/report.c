@@ -317,6 +317,7 @@ moe_status job_report_end(struct job *j, struct rpc_channel *ch, int ok, int sto
     SET_SENDER(req, j, worker_id);
     req.ok = ok;
     req.stopped = stopped;
+    req.unrecoverable = !ok && !stopped && j->unrecoverable;
     req.error = (char *)(error ? error : "");
     req.step = atomic_load(&j->step);
     req.model_bytes = model_bytes;

@@ -133,6 +133,8 @@ struct job {
     struct epoch_binding *next;   //   a newer epoch's binding, not yet taken by the thread
     struct trainer *trainer;      //   the thread's trainer while it is open (FenceSlot)
     atomic_int holding;           // fenced and waiting for the next epoch (heartbeats say so)
+    int unrecoverable;            // (thread only) the slot could not load its data or spec here:
+                                  //   its end report says a recovery would fail the same way
     /* shared with the loop */
     atomic_int stop;     // enum job_stop: set by the loop, read by the thread between steps
     atomic_long step;    // last completed step, for heartbeats and re-registration
