@@ -121,6 +121,22 @@ static int absolute_sources(struct job_spec *spec) {
     return 0;
 }
 
+/* The paths as this machine sees them: one that is not here (or not readable by this user)
+ * may be on the workers' hosts, which check every path themselves before the job starts
+ * (RunSlot): a note, and the spec goes. One that is here but no file or directory (a device)
+ * is surely a mistake: refused. */
+static int check_sources_here(const struct job_spec *spec) {
+    for (int i = 0; i < spec->data.n_sources && i < SPEC_MAX_SOURCES; i++) {
+        moe_status s = spec_check_source(spec, i);
+        if (s == MOE_ENOTFOUND)
+            fprintf(stderr, "moectl: note: data.sources.%d.path %s is not on this machine; the "
+                    "workers will check it\n", i, spec->data.sources[i].path);
+        else if (s != MOE_OK)
+            return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
+    }
+    return 0;
+}
+
 int cmd_submit(int argc, char **argv) {
     static const struct option set[] = {{"set", required_argument, 0, 's'}, {0, 0, 0, 0}};
     struct submit_ctx sc = {calloc((size_t)argc, sizeof(char *)), 0};
@@ -145,10 +161,7 @@ int cmd_submit(int argc, char **argv) {
         goto exit;
     }
     if ((code = absolute_sources(spec))) goto exit;
-    if (spec_check_sources(spec) != MOE_OK) { // the user's paths, as the user sees them
-        code = moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
-        goto exit;
-    }
+    if ((code = check_sources_here(spec))) goto exit;
     if (!(json = spec_to_json(spec))) {
         code = moectl_fail(EXIT_RUN_FAILED, "out of memory");
         goto exit;
