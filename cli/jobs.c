@@ -10,6 +10,7 @@
  * INVALID_ARGUMENT naming the field), or writes a partial model file.
  */
 #include "client.h"
+#include "links_text.h"
 #include "moectl.h"
 
 #include "../common/clock.h"
@@ -323,6 +324,19 @@ static void print_slots(Moed__V1__SlotStatus *const *slots, size_t n, int job_en
     }
 }
 
+/* How each slot reaches its peers in this epoch (docs/dataplane.md, "Transports"). */
+static void print_links(Moed__V1__SlotStatus *const *slots, size_t n, int job_ended,
+                        const char *indent) {
+    size_t known = 0;
+    for (size_t i = 0; i < n; i++) known += slots[i]->n_links;
+    if (job_ended && !known) return; // a finished job seen by a restarted coordinator
+    for (size_t i = 0; i < n; i++) {
+        char text[512];
+        printf("%s%-9s (%d, %d) %s\n", indent, i ? "" : "links", slots[i]->pod, slots[i]->slot,
+               links_text(slots[i], text, sizeof text));
+    }
+}
+
 /* The busiest slot's share of its last step spent on the data plane (0 without a mesh). */
 static double comm_share(Moed__V1__SlotStatus *const *slots, size_t n) {
     double worst = 0;
@@ -418,6 +432,7 @@ static void print_mesh(const Moed__V1__JobStatus *st) {
     print_recovery(j);
     if (st->n_slots > 1) {
         print_slots(st->slots, st->n_slots, client_job_final(j->state), "    ");
+        print_links(st->slots, st->n_slots, client_job_final(j->state), "  ");
         if (m && m->n_expert_load) {
             printf("  expert load (share of assignments, averaged over layers)\n    ");
             for (size_t e = 0; e < m->n_expert_load; e++)

@@ -58,6 +58,7 @@ moe_status reports_step(struct coordinator *co, struct job *j, struct worker *w,
         if (k == 0 && req->n_metrics) job_record_late_steps(co, j, req->metrics, req->n_metrics);
         return MOE_OK;
     }
+    if (req->n_links) job_record_links(j, k, req->links, req->n_links); // shown with the steps
     for (size_t i = 0; i < req->n_metrics; i++) replicas_step_reported(co, j, k, req->metrics[i]);
     job_record_steps(co, j, k, req->metrics, req->n_metrics);
     return MOE_OK;
