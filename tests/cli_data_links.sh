@@ -50,7 +50,8 @@ fails_at_once() { # LABEL JOB
   "$moectl" status "$fjob" --json >"$tmp/st.json"
   err=$(json 'd["job"]["error"]' <"$tmp/st.json")
   echo "     error: $err"
-  local kinds; kinds=$(json '" ".join(e["kind"] for e in d["events"])' <"$tmp/st.json")
+  # "running" may come or not: every slot may accept RunSlot before one fails loading
+  local kinds; kinds=$(json '" ".join(e["kind"] for e in d["events"] if e["kind"] != "running")' <"$tmp/st.json")
   check "$1: bound once, no recovery (events: $kinds)" \
     '[ "$kinds" = "submitted scheduled failed" ] && [ "$(json "d[\"job\"][\"recoveries\"]" <"$tmp/st.json")" = 0 ]'
   check "$1: all 4 workers are IDLE again within 15 s" 'wait_until 15 "[ \"\$(idle_count)\" = 4 ]"'
@@ -77,7 +78,7 @@ check "a device here is still refused at submit" \
 # ---- a good job: the pairs of one host share memory ----
 (cd "$tmp" && OMP_NUM_THREADS=1 "$moectl" train "$tmp/mesh.yaml" --quiet \
   --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err")
-check "moectl train made the reference" '[ -s "$tmp/reference.safetensors" ]'
+check "moectl train made the reference" '[ -s "$tmp/reference.safetensors" ] || { cat "$tmp/train.err"; false; }'
 links_are() { # JOB TRANSPORT: every slot lists its 3 peers, each with TRANSPORT
   "$moectl" status "$1" --json | json 'all(sorted((l["pod"], l["slot"]) for l in s["links"]) == sorted((p, q) for p in range(2) for q in range(2) if (p, q) != (s["pod"], s["slot"])) and all(l["transport"] == "'"$2"'" for l in s["links"]) for s in d["slots"])'
 }
@@ -97,6 +98,8 @@ victim_pid=$(cat "$cdir/worker-3.pid")
 victim_id=$("$moectl" cluster status --json | json '[w["worker_id"] for w in d["workers"] if w["pid"] == '"$victim_pid"'][0]')
 kill -TERM "$victim_pid"
 wait_until 30 '! kill -0 "$victim_pid" 2>/dev/null'
+gone() { "$moectl" cluster status --json | json '[w["state"] for w in d["workers"] if w["worker_id"] == "'"$victim_id"'"][0] in ("WORKER_LEFT", "WORKER_DEAD")'; }
+wait_until 30 '[ "$(gone)" = True ]'
 mv "$data" "$tmp/data-held"
 mkdir "$data"
 up
