@@ -12,7 +12,10 @@
 #    naming that worker;
 #  - a good job's `moectl status --json` lists every peer of every slot with transport "shm"
 #    (one host) and the human form says so; with MOE_COMM_SHM=0 the same job's pairs are
-#    "tcp"; both models are byte for byte `moectl train`'s.
+#    "tcp"; both models are byte for byte `moectl train`'s;
+#  - after the coordinator is killed (SIGKILL) and restarted, a running job lists its links
+#    again (the coordinator does not store them: the slots send them again once they
+#    re-register).
 set -u
 moectl=$1
 source "$(dirname "$0")/cluster_lib.sh"
@@ -121,6 +124,20 @@ wait_until 60 '[ "$(links_are "$job" tcp)" = True ] || [ "$(state_of "$job")" = 
 timeout 120 "$moectl" watch "$job" >"$tmp/watch.out" 2>&1
 check_same_model "$job" $?
 check "MOE_COMM_SHM=0: every slot lists its 3 peers, all \"tcp\"" '[ "$(links_are "$job" tcp)" = True ]'
+
+# ---- a restarted coordinator keeps no links: the slots send them again ----
+job=$("$moectl" submit "$tmp/mesh.yaml" --set run.steps=1000000 --set run.eval_every=0)
+wait_until 60 '[ "$(links_are "$job" tcp)" = True ]'
+check "a long job lists its links" '[ "$(links_are "$job" tcp)" = True ]'
+coord_pid=$(cat "$cdir/coordinator.pid")
+kill -9 "$coord_pid"
+wait_until 10 '! kill -0 "$coord_pid" 2>/dev/null'
+up
+step0=$(step_of "$job")
+wait_until 60 '[ "$(links_are "$job" tcp)" = True ]'
+check "after the coordinator's restart, the same job lists them again (step $step0 -> $(step_of "$job"))" \
+  '[ "$(links_are "$job" tcp)" = True ] && [ "$(state_of "$job")" = JOB_RUNNING ]'
+"$moectl" cancel "$job" >/dev/null
 
 if [ $fails -ne 0 ]; then
   echo "--- coordinator.log"; tail -n 30 "$cdir/coordinator.log"
