@@ -67,10 +67,11 @@ static void test_links(void) {
            !job_link_name(99));
     /* slot (0, 0): its pod peer by shm, the other pod by tcp; itself, a peer outside the
      * mesh and an unknown transport are left out */
-    Moed__V1__PeerLink l[6] = {link_of(0, 1, "shm"), link_of(1, 0, "tcp"), link_of(1, 1, "tcp"),
-                               link_of(0, 0, "shm"), link_of(2, 0, "tcp"), link_of(1, 1, "udp")};
-    Moed__V1__PeerLink *p[6] = {&l[0], &l[1], &l[2], &l[3], &l[4], &l[5]};
-    EXPECT(job_record_links(j, 0, p, 6) == 3);
+    Moed__V1__PeerLink l[7] = {link_of(0, 1, "shm"), link_of(1, 0, "tcp"), link_of(1, 1, "tcp"),
+                               link_of(0, 0, "shm"), link_of(2, 0, "tcp"), link_of(1, 1, "udp"),
+                               link_of(2147483647, 1, "tcp")};
+    Moed__V1__PeerLink *p[7] = {&l[0], &l[1], &l[2], &l[3], &l[4], &l[5], &l[6]};
+    EXPECT(job_record_links(j, 0, p, 7) == 3);
     struct job_view v;
     job_view_fill(&v, j);
     EXPECT(v.n_slots == 4 && v.slot[0].n_links == 3 && v.slot[1].n_links == 0);

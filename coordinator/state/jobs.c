@@ -307,10 +307,9 @@ int job_record_links(struct job *j, int k, Moed__V1__PeerLink *const *links, siz
     memset(b->links, 0, sizeof b->links);
     for (size_t i = 0; i < n; i++) {
         const Moed__V1__PeerLink *l = links[i];
+        if (l->pod < 0 || l->pod >= j->pods || l->slot < 0 || l->slot >= j->slots) continue;
         int q = l->pod * j->slots + l->slot, code = job_link_code(l->transport);
-        if (l->pod < 0 || l->slot < 0 || l->slot >= j->slots || q >= size || q == k ||
-            q >= JOB_LINKS_MAX || !code)
-            continue;
+        if (q >= size || q == k || q >= JOB_LINKS_MAX || !code) continue;
         taken += !b->links[q];
         b->links[q] = (uint8_t)code;
     }

@@ -29,11 +29,11 @@
 
 #define JOB_RECENT_EVENTS 32 // kept in memory per job for GetJob / a new watcher
 
-/* Who plays one logical slot in the job's current epoch, and how that slot is doing. */
 /* The transports a slot pair may use (PeerLink.transport), coded per peer in a binding. */
 enum job_link { JOB_LINK_NONE = 0, JOB_LINK_SHM, JOB_LINK_TCP, JOB_LINK_MPI };
 #define JOB_LINKS_MAX 256 // a worker opens no mesh of more ranks (COMM_MAX_RANKS)
 
+/* Who plays one logical slot in the job's current epoch, and how that slot is doing. */
 struct binding {
     char worker_id[24];
     char address[160];             // its Worker service
