@@ -3,8 +3,8 @@
  *
  * Owns: who speaks for a slot (only the worker bound to it, in the current epoch: anything
  * else is stale, and the worker is told to stop unless it waits for a recovery's new epoch),
- * step reports (the slot's progress, the committed step and the replica check, the loss
- * curve), a slot's end (the worker is free again; an error is a lost slot for faults.c; a
+ * step reports (the slot's progress and links, the committed step and the replica check, the
+ * loss curve), a slot's end (the worker is free again; an error is a lost slot for faults.c; a
  * done slot counts towards the job's end, and the job SUCCEEDS once every slot ended ok and
  * the model it uploaded checks out), the model's upload, and the fault and restore reports
  * of a recovery (recovery.c). The model is written by slot (0, 0) (the trainer's writer): only

@@ -5,7 +5,9 @@
  * with a budget that shrinks once the daemon is being stopped; the step reports, batched to at
  * most one call a second (REPORT_BATCH_MAX steps each) and held in a bounded backlog while the
  * coordinator is away, sent oldest first once it answers again, so that it sees every step in
- * order; and the one-off reports: a fault (the slot lost its data plane), a restore, the end.
+ * order; the slot's links (its transport to each peer), sent with the first report of each
+ * epoch and again after each (re-)registration; and the one-off reports: a fault (the slot
+ * lost its data plane), a restore, the end.
  * Every report names its sender the same way (worker, job, slot, epoch), and every call proves
  * it: it carries the worker's own credential, as the worker holds it at the time of the call
  * (a re-registration may have changed it).
