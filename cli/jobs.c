@@ -10,6 +10,7 @@
  * INVALID_ARGUMENT naming the field), or writes a partial model file.
  */
 #include "client.h"
+#include "links_text.h"
 #include "moectl.h"
 
 #include "../common/clock.h"
@@ -121,6 +122,22 @@ static int absolute_sources(struct job_spec *spec) {
     return 0;
 }
 
+/* The paths as this machine sees them: one that is not here (or not readable by this user)
+ * may be on the workers' hosts, which check every path themselves before the job starts
+ * (RunSlot): a note, and the spec goes. One that is here but no file or directory (a device)
+ * is surely a mistake: refused. */
+static int check_sources_here(const struct job_spec *spec) {
+    for (int i = 0; i < spec->data.n_sources && i < SPEC_MAX_SOURCES; i++) {
+        moe_status s = spec_check_source(spec, i);
+        if (s == MOE_ENOTFOUND)
+            fprintf(stderr, "moectl: note: data.sources.%d.path %s is not on this machine; the "
+                    "workers will check it\n", i, spec->data.sources[i].path);
+        else if (s != MOE_OK)
+            return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
+    }
+    return 0;
+}
+
 int cmd_submit(int argc, char **argv) {
     static const struct option set[] = {{"set", required_argument, 0, 's'}, {0, 0, 0, 0}};
     struct submit_ctx sc = {calloc((size_t)argc, sizeof(char *)), 0};
@@ -145,10 +162,7 @@ int cmd_submit(int argc, char **argv) {
         goto exit;
     }
     if ((code = absolute_sources(spec))) goto exit;
-    if (spec_check_sources(spec) != MOE_OK) { // the user's paths, as the user sees them
-        code = moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
-        goto exit;
-    }
+    if ((code = check_sources_here(spec))) goto exit;
     if (!(json = spec_to_json(spec))) {
         code = moectl_fail(EXIT_RUN_FAILED, "out of memory");
         goto exit;
@@ -310,6 +324,19 @@ static void print_slots(Moed__V1__SlotStatus *const *slots, size_t n, int job_en
     }
 }
 
+/* How each slot reaches its peers in this epoch (docs/dataplane.md, "Transports"). */
+static void print_links(Moed__V1__SlotStatus *const *slots, size_t n, int job_ended,
+                        const char *indent) {
+    size_t known = 0;
+    for (size_t i = 0; i < n; i++) known += slots[i]->n_links;
+    if (job_ended && !known) return; // a finished job seen by a restarted coordinator
+    for (size_t i = 0; i < n; i++) {
+        char text[512];
+        printf("%s%-9s (%d, %d) %s\n", indent, i ? "" : "links", slots[i]->pod, slots[i]->slot,
+               links_text(slots[i], text, sizeof text));
+    }
+}
+
 /* The busiest slot's share of its last step spent on the data plane (0 without a mesh). */
 static double comm_share(Moed__V1__SlotStatus *const *slots, size_t n) {
     double worst = 0;
@@ -405,6 +432,7 @@ static void print_mesh(const Moed__V1__JobStatus *st) {
     print_recovery(j);
     if (st->n_slots > 1) {
         print_slots(st->slots, st->n_slots, client_job_final(j->state), "    ");
+        print_links(st->slots, st->n_slots, client_job_final(j->state), "  ");
         if (m && m->n_expert_load) {
             printf("  expert load (share of assignments, averaged over layers)\n    ");
             for (size_t e = 0; e < m->n_expert_load; e++)

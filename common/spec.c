@@ -1067,19 +1067,19 @@ static moe_status validate_sources(const struct data_spec *d) {
     return MOE_OK;
 }
 
-moe_status spec_check_sources(const struct job_spec *s) {
-    const struct data_spec *d = &s->data;
-    for (int i = 0; i < d->n_sources && i < SPEC_MAX_SOURCES; i++) {
-        /* Only that it is there and readable: reading it is the data loader's job. */
-        const char *path = d->sources[i].path;
-        char name[64];
-        struct stat st;
-        snprintf(name, sizeof name, "data.sources.%d.path", i);
-        if (stat(path, &st) != 0 || access(path, R_OK) != 0)
-            return moe_fail(MOE_EINVAL, "spec: %s: %s: %s", name, path, strerror(errno));
-        if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
-            return moe_fail(MOE_EINVAL, "spec: %s: %s: not a file or a directory", name, path);
+moe_status spec_check_source(const struct job_spec *s, int i) {
+    /* Only that it is there and readable: reading it is the data loader's job. */
+    const char *path = s->data.sources[i].path;
+    char name[64];
+    struct stat st;
+    snprintf(name, sizeof name, "data.sources.%d.path", i);
+    if (stat(path, &st) != 0 || access(path, R_OK) != 0) {
+        int e = errno;
+        return moe_fail(e == ENOENT || e == ENOTDIR || e == EACCES ? MOE_ENOTFOUND : MOE_EINVAL,
+                        "spec: %s: %s: %s", name, path, strerror(e));
     }
+    if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
+        return moe_fail(MOE_EINVAL, "spec: %s: %s: not a file or a directory", name, path);
     return MOE_OK;
 }
 

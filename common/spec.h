@@ -126,9 +126,11 @@ moe_status spec_check_sizes(size_t spec_bytes, const char *const *assignments, s
  * a spec must not tell its sender which paths exist on its host (docs/security.md). */
 moe_status spec_validate(const struct job_spec *s);
 
-/* That every data source exists here, is readable and is a file or a directory: for a client
- * checking its own user's paths (`moectl submit`), never a daemon. MOE_EINVAL naming the field. */
-moe_status spec_check_sources(const struct job_spec *s);
+/* That data source i exists here, is readable and is a file or a directory: for a client
+ * checking its own user's paths (`moectl submit`), never a daemon. MOE_ENOTFOUND when it is
+ * not there or not readable here (the workers' hosts may have it: a note, not an error);
+ * MOE_EINVAL when it is there but no file or directory. Both name the field. */
+moe_status spec_check_source(const struct job_spec *s, int i);
 
 /* A complete spec in YAML with every field, its value and a one-line comment. Caller frees. */
 char *spec_to_yaml(const struct job_spec *s);

@@ -3,7 +3,9 @@
 # workers with one `mpirun -np 2` (on 127.0.0.1 only), the workers register their MPI rank and
 # mpirun job, and a 2-pod x 2-slot job with mesh.backend = mpi binds slot s of each pod to MPI
 # rank s of one mpirun, trains, and gives byte for byte the model `moectl train` gives for the
-# same mesh. `cluster down` stops the workers and the mpiruns.
+# same mesh; its status lists each slot's pod peer as "mpi" and the other pod's slots as "shm"
+# (the cross-pod links are the tcp backend's, on one host). `cluster down` stops the workers
+# and the mpiruns.
 set -u
 moectl=$1
 corpus=/usr/share/common-licenses/GPL-3
@@ -53,6 +55,14 @@ ok = all(w[s['worker_id']]['mpi_rank'] == s['slot'] for s in st['slots'])
 ok &= all(len({w[s['worker_id']]['mpi_job'] for s in st['slots'] if s['pod'] == p}) == 1 for p in (0, 1))
 sys.exit(0 if ok and len(st['slots']) == 4 else 1)"
 check "... and the backend is mpi" '[ "$(json "d[\"job\"][\"backend\"]" <"$tmp/st.json")" = mpi ]'
+# status: a pod's peer through MPI, the other pod's slots over the tcp backend's links (shared
+# memory on this one host)
+check "status lists the pod peer as mpi and the other pod's two slots as shm" "$py" -c "import json,sys
+st = json.load(open('$tmp/st.json'))
+ok = all(sorted((l['pod'], l['slot'], l['transport']) for l in s['links']) ==
+         sorted((p, q, 'mpi' if p == s['pod'] else 'shm') for p in (0, 1) for q in (0, 1)
+                if (p, q) != (s['pod'], s['slot'])) for s in st['slots'])
+sys.exit(0 if ok else 1)"
 if [ $rc -eq 0 ]; then
   "$moectl" fetch "$job" -o "$tmp/cluster.safetensors" >/dev/null
   check "the fetched model is byte for byte the in-process model" 'cmp "$tmp/cluster.safetensors" "$tmp/local.safetensors"'

@@ -770,6 +770,21 @@ static void test_roots(void) {
                 "data.sources[1].path '/proc/kmsg' is outside the worker's data roots");
     spec.n_sources = 1;
     EXPECT(data_check_sources(r, &spec) == MOE_OK);
+    /* inside the roots, what would fail the slot's loading at once fails RunSlot instead:
+     * missing, an empty file, an empty directory (dot-files do not count) */
+    snprintf(spec.sources[0].path, sizeof spec.sources[0].path, "%s", at("in/missing.txt"));
+    EXPECT_FAIL(data_check_sources(r, &spec), MOE_EIO, "No such file or directory");
+    put_str("in/empty.txt", "");
+    snprintf(spec.sources[0].path, sizeof spec.sources[0].path, "%s", at("in/empty.txt"));
+    EXPECT_FAIL(data_check_sources(r, &spec), MOE_EINVAL, "in/empty.txt': empty");
+    make_dir("in/void");
+    put_str("in/void/.hidden", "not data\n");
+    snprintf(spec.sources[0].path, sizeof spec.sources[0].path, "%s", at("in/void"));
+    EXPECT_FAIL(data_check_sources(r, &spec), MOE_EINVAL,
+                "data.sources[0].path '");
+    EXPECT_FAIL(data_check_sources(r, &spec), MOE_EINVAL, "in/void': an empty directory");
+    put_str("in/void/a.txt", "x");
+    EXPECT(data_check_sources(r, &spec) == MOE_OK);
     data_roots_close(r);
 
     /* a root of "/" still never reads a kernel filesystem; none is a root itself */
@@ -808,8 +823,10 @@ static void test_cancel(void) {
 static void cleanup_roots(void) {
     static const char *files[] = {"in/ok.txt", "in/sub/x.txt", "secret.txt", "locked.txt",
                                   "in/link_out", "in/link_nowhere", "in/abs_out", "in/link_in",
-                                  "in/sub/up.txt", "in/fifo", "in/hard.txt"};
+                                  "in/sub/up.txt", "in/fifo", "in/hard.txt", "in/empty.txt",
+                                  "in/void/.hidden", "in/void/a.txt"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) unlink(at(files[i]));
+    rmdir(at("in/void"));
     rmdir(at("in/sub"));
     rmdir(at("in"));
     rmdir(at("outdir"));

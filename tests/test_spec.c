@@ -613,12 +613,14 @@ static void test_validate(void) {
     FRESH();
     EXPECT_OK(spec_set(&s, "data.sources.0.path=/x/y"));
     EXPECT_OK(spec_validate(&s)); // validation touches no file: a daemon must not tell
-    EXPECT_ERROR(spec_check_sources(&s), MOE_EINVAL,
+    EXPECT_ERROR(spec_check_source(&s, 0), MOE_ENOTFOUND,
                  "spec: data.sources.0.path: /x/y: No such file or directory", NULL);
     FRESH();
     EXPECT_OK(spec_set(&s, "data.sources.1.path=/dev/null"));
     EXPECT_OK(spec_validate(&s));
-    EXPECT_ERROR(spec_check_sources(&s), MOE_EINVAL, "data.sources.1.path: /dev/null", "not a file");
+    EXPECT_OK(spec_check_source(&s, 0));
+    EXPECT_ERROR(spec_check_source(&s, 1), MOE_EINVAL, "data.sources.1.path: /dev/null",
+                 "not a file");
     FRESH();
     EXPECT_OK(setf(&s, "data.sources.1.path=%s", corpus_dir)); // a directory is a source
     EXPECT_OK(spec_validate(&s));

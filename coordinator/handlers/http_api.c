@@ -136,6 +136,14 @@ static cJSON *slot_json(const Moed__V1__SlotStatus *s) {
     cJSON_AddBoolToObject(o, "ended", s->ended);
     cJSON_AddBoolToObject(o, "ok", s->ok);
     cJSON_AddStringToObject(o, "error", s->error);
+    cJSON *links = cJSON_AddArrayToObject(o, "links");
+    for (size_t i = 0; links && i < s->n_links; i++) {
+        cJSON *l = cJSON_CreateObject();
+        cJSON_AddNumberToObject(l, "pod", s->links[i]->pod);
+        cJSON_AddNumberToObject(l, "slot", s->links[i]->slot);
+        cJSON_AddStringToObject(l, "transport", s->links[i]->transport);
+        cJSON_AddItemToArray(links, l);
+    }
     return o;
 }
 

@@ -10,6 +10,8 @@
  *     naming that worker (and, when its peers had already reported losing it, what they saw);
  *   - a slot that never started in its epoch (the scheduler's RunSlot refused after the job's
  *     first step) fails the job at once;
+ *   - a slot that could not load the job's data or spec (ReportJobEnd.unrecoverable: the same
+ *     data fails the same way on every attempt) fails the job at once, recoverable or not;
  *   - a slot that ended with an error, or reported a data-plane fault, opens the failure
  *     window: the other slots are told to stop, and the job fails once every slot has answered
  *     or MESH_FAILURE_WINDOW_MS has passed — naming the slot that never answered if there is
@@ -40,17 +42,20 @@ enum fault_source {
     LOST_REPORTED,    // ReportFault
     LOST_ABANDONED,   // re-registered without its slot
     LOST_NOT_STARTED, // the scheduler's RunSlot refused after step 1
+    LOST_UNRUNNABLE,  // ReportJobEnd.unrecoverable: its data or spec cannot be loaded there
 };
 
 enum verdict { RECOVER, FAIL_NOW, FAIL_WINDOW };
 
 /* The rule, all of it. */
 static enum verdict decide(const struct job *j, enum fault_source source) {
+    if (source == LOST_UNRUNNABLE) return FAIL_NOW;
     if (j->recoverable && source != LOST_NOT_STARTED) return RECOVER;
     if (job_n_slots(j) == 1) return FAIL_NOW;
     switch (source) {
     case LOST_DEAD:
     case LOST_ABANDONED:
+    case LOST_UNRUNNABLE:
     case LOST_NOT_STARTED: return FAIL_NOW;
     case LOST_ENDED:
     case LOST_REPORTED: return FAIL_WINDOW;
@@ -163,10 +168,12 @@ void fault_worker_superseded(struct coordinator *co, struct worker *w, const str
 }
 
 void fault_slot_ended(struct coordinator *co, struct job *j, int k, const struct worker *w,
-                      long step, const char *error, int stopped) {
+                      long step, const char *error, int stopped, int unrecoverable) {
     if (!losable(j, k)) return;
     const char *why = error[0] ? error : "stopped";
-    if (decide(j, LOST_ENDED) == RECOVER) {
+    if (unrecoverable && !stopped) {
+        slot_failed(co, j, k, LOST_UNRUNNABLE, step, why);
+    } else if (decide(j, LOST_ENDED) == RECOVER) {
         /* its worker is alive, but its state is gone */
         struct binding *bd = &j->bindings[k];
         bd->ended = 1;

@@ -15,9 +15,10 @@ void fault_worker_dead(struct coordinator *co, struct worker *w, int64_t silent_
  * listen on one address), so w is DEAD now, not a heartbeat timeout later, and its slot lost. */
 void fault_worker_superseded(struct coordinator *co, struct worker *w, const struct worker *by);
 /* w ended slot k of j with an error at `step` (ReportJobEnd, ok = 0). `stopped`: it stopped
- * because the coordinator told it to (another slot failed): an answer, not a cause. */
+ * because the coordinator told it to (another slot failed): an answer, not a cause.
+ * `unrecoverable`: it could not load the job's data or spec: the job fails at once. */
 void fault_slot_ended(struct coordinator *co, struct job *j, int k, const struct worker *w,
-                      long step, const char *error, int stopped);
+                      long step, const char *error, int stopped, int unrecoverable);
 /* The worker of slot k reported a data-plane fault of the current epoch (ReportFault). */
 void fault_reported(struct coordinator *co, struct job *j, int k, const Moed__V1__FaultReport *r);
 /* w re-registered without slot k of j: idle, or running another job or epoch (w->job_id, the

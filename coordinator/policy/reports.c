@@ -3,8 +3,8 @@
  *
  * Owns: who speaks for a slot (only the worker bound to it, in the current epoch: anything
  * else is stale, and the worker is told to stop unless it waits for a recovery's new epoch),
- * step reports (the slot's progress, the committed step and the replica check, the loss
- * curve), a slot's end (the worker is free again; an error is a lost slot for faults.c; a
+ * step reports (the slot's progress and links, the committed step and the replica check, the
+ * loss curve), a slot's end (the worker is free again; an error is a lost slot for faults.c; a
  * done slot counts towards the job's end, and the job SUCCEEDS once every slot ended ok and
  * the model it uploaded checks out), the model's upload, and the fault and restore reports
  * of a recovery (recovery.c). The model is written by slot (0, 0) (the trainer's writer): only
@@ -58,6 +58,7 @@ moe_status reports_step(struct coordinator *co, struct job *j, struct worker *w,
         if (k == 0 && req->n_metrics) job_record_late_steps(co, j, req->metrics, req->n_metrics);
         return MOE_OK;
     }
+    if (req->n_links) job_record_links(j, k, req->links, req->n_links); // shown with the steps
     for (size_t i = 0; i < req->n_metrics; i++) replicas_step_reported(co, j, k, req->metrics[i]);
     job_record_steps(co, j, k, req->metrics, req->n_metrics);
     return MOE_OK;
@@ -124,7 +125,8 @@ moe_status reports_job_end(struct coordinator *co, struct job *j, struct worker 
     if (req->step > bd->step) bd->step = (long)req->step;
     if (k == 0 && req->step > j->step) j->step = req->step;
     if (!req->ok) {
-        fault_slot_ended(co, j, k, w, (long)req->step, req->error, req->stopped);
+        fault_slot_ended(co, j, k, w, (long)req->step, req->error, req->stopped,
+                         req->unrecoverable);
         return MOE_OK;
     }
     if (req->model_bytes > 0 || req->model_sha256.len) { // this slot wrote the job's model

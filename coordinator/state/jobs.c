@@ -285,6 +285,37 @@ void job_name_ranks(const struct job *j, char *why, size_t cap) {
     free(seen);
 }
 
+/* ---- links ---- */
+
+static const char *const link_names[] = {[JOB_LINK_SHM] = "shm", [JOB_LINK_TCP] = "tcp",
+                                         [JOB_LINK_MPI] = "mpi"};
+#define N_LINK_NAMES ((int)(sizeof link_names / sizeof link_names[0]))
+
+const char *job_link_name(int code) {
+    return code > JOB_LINK_NONE && code < N_LINK_NAMES ? link_names[code] : NULL;
+}
+
+int job_link_code(const char *name) {
+    for (int c = JOB_LINK_NONE + 1; name && c < N_LINK_NAMES; c++)
+        if (!strcmp(name, link_names[c])) return c;
+    return JOB_LINK_NONE;
+}
+
+int job_record_links(struct job *j, int k, Moed__V1__PeerLink *const *links, size_t n) {
+    struct binding *b = &j->bindings[k];
+    int taken = 0, size = job_n_slots(j);
+    memset(b->links, 0, sizeof b->links);
+    for (size_t i = 0; i < n; i++) {
+        const Moed__V1__PeerLink *l = links[i];
+        if (l->pod < 0 || l->pod >= j->pods || l->slot < 0 || l->slot >= j->slots) continue;
+        int q = l->pod * j->slots + l->slot, code = job_link_code(l->transport);
+        if (q >= size || q == k || q >= JOB_LINKS_MAX || !code) continue;
+        taken += !b->links[q];
+        b->links[q] = (uint8_t)code;
+    }
+    return taken;
+}
+
 /* ---- protobuf views ---- */
 
 static Moed__V1__SlotStatus slot_status(const struct job *j, int k) {
@@ -342,9 +373,39 @@ Moed__V1__SlotBinding job_slot_binding(const struct job *j, int k) {
     return b;
 }
 
+/* Every slot's reported links into the view's PeerLink array (one allocation for all). */
+static void view_links(struct job_view *v, const struct job *j) {
+    int n = (int)v->n_slots, lim = n < JOB_LINKS_MAX ? n : JOB_LINKS_MAX;
+    size_t total = 0;
+    for (int k = 0; k < n; k++)
+        for (int q = 0; q < lim; q++) total += j->bindings[k].links[q] != JOB_LINK_NONE;
+    if (!total) return;
+    v->link = calloc(total, sizeof *v->link);
+    v->link_ptrs = calloc(total, sizeof *v->link_ptrs);
+    if (!v->link || !v->link_ptrs) return; // a view without links beats no answer
+    size_t at = 0;
+    for (int k = 0; k < n; k++) {
+        v->slot[k].links = v->link_ptrs + at;
+        for (int q = 0; q < lim; q++) {
+            const char *name = job_link_name(j->bindings[k].links[q]);
+            if (!name) continue;
+            Moed__V1__PeerLink l = MOED__V1__PEER_LINK__INIT;
+            l.pod = q / j->slots;
+            l.slot = q % j->slots;
+            l.transport = (char *)name;
+            v->link[at] = l;
+            v->link_ptrs[at] = &v->link[at];
+            at++;
+            v->slot[k].n_links++;
+        }
+    }
+}
+
 void job_view_fill(struct job_view *v, const struct job *j) {
     Moed__V1__JobInfo init = MOED__V1__JOB_INFO__INIT;
     v->info = init;
+    v->link = NULL;
+    v->link_ptrs = NULL;
     int n = job_n_slots(j);
     v->bind = calloc((size_t)n, sizeof *v->bind);
     v->bind_ptrs = calloc((size_t)n, sizeof *v->bind_ptrs);
@@ -365,6 +426,7 @@ void job_view_fill(struct job_view *v, const struct job *j) {
     job_info(&v->info, j);
     v->info.n_bindings = (size_t)bound;
     v->info.bindings = v->bind_ptrs;
+    view_links(v, j);
 }
 
 void job_view_free(struct job_view *v) {
@@ -372,6 +434,8 @@ void job_view_free(struct job_view *v) {
     free(v->bind_ptrs);
     free(v->slot);
     free(v->slot_ptrs);
+    free(v->link);
+    free(v->link_ptrs);
 }
 
 /* ---- the record ---- */
@@ -385,6 +449,7 @@ void job_batch(struct store_batch *b, const struct job *j) {
     rec.next_event = j->next_event;
     rec.n_slots = v.n_slots;
     rec.slots = v.slot_ptrs;
+    for (size_t k = 0; k < v.n_slots; k++) v.slot[k].n_links = 0; // n^2 entries: not stored
     rec.restore_step = j->restore_step;
     if (j->restore_from) {
         rec.n_restore_from = (size_t)job_n_slots(j);

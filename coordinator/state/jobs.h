@@ -29,6 +29,10 @@
 
 #define JOB_RECENT_EVENTS 32 // kept in memory per job for GetJob / a new watcher
 
+/* The transports a slot pair may use (PeerLink.transport), coded per peer in a binding. */
+enum job_link { JOB_LINK_NONE = 0, JOB_LINK_SHM, JOB_LINK_TCP, JOB_LINK_MPI };
+#define JOB_LINKS_MAX 256 // a worker opens no mesh of more ranks (COMM_MAX_RANKS)
+
 /* Who plays one logical slot in the job's current epoch, and how that slot is doing. */
 struct binding {
     char worker_id[24];
@@ -46,6 +50,10 @@ struct binding {
     int running;                   // RunSlot accepted in this epoch
     int idle_beats;                // heartbeats in a row, since, of its worker running nothing
     long replicated_step;          // the newest StepMetrics.replicated_step of this epoch
+    /* how it reaches each peer in this epoch (StepReport.links; SlotStatus.links): a
+     * JOB_LINK_* per rank, JOB_LINK_NONE until reported. Not persisted (a slot reports them
+     * again once it re-registers), and zeroed with the binding at every new epoch. */
+    uint8_t links[JOB_LINKS_MAX];
 };
 
 /* A client following the job (WatchJob): events.c sends it every change. */
@@ -189,8 +197,17 @@ struct job_view {
     Moed__V1__SlotStatus *slot;      // every slot of the mesh, pod-major
     Moed__V1__SlotStatus **slot_ptrs;
     size_t n_slots;
+    Moed__V1__PeerLink *link;        // every slot's reported links, slot after slot
+    Moed__V1__PeerLink **link_ptrs;
 };
 void job_view_fill(struct job_view *v, const struct job *j);
+/* A slot's report of its links (StepReport.links) into binding k: unknown transports and
+ * peers outside the mesh are left out. Returns how many it took. */
+int job_record_links(struct job *j, int k, Moed__V1__PeerLink *const *links, size_t n);
+/* "shm", "tcp", "mpi" for a JOB_LINK_*, NULL for JOB_LINK_NONE or an unknown code; and back
+ * (JOB_LINK_NONE for a name it does not know). */
+const char *job_link_name(int code);
+int job_link_code(const char *name);
 /* Slot k's binding as a message (pointing into the job). */
 Moed__V1__SlotBinding job_slot_binding(const struct job *j, int k);
 void job_view_free(struct job_view *v);

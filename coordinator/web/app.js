@@ -310,9 +310,19 @@ function drawSlots(slots) {
               el("td", { class: "num" }, fmt(s.comm_seconds, 3)),
               el("td", { class: "num" }, fmtBytes(s.total_bytes_alltoall)),
               el("td", { class: "num" }, fmtBytes(s.total_bytes_allreduce)),
+              linksCell(s.links || []),
               el("td", { class: s.ended && !s.ok ? "bad" : "" }, status));
     body.append(tr);
   }
+}
+
+// "shm 1, tcp 2": how many peers the slot reaches by each transport; each peer in the title
+function linksCell(links) {
+  const count = {};
+  for (const l of links) count[l.transport] = (count[l.transport] || 0) + 1;
+  const text = Object.keys(count).sort().map(t => t + " " + count[t]).join(", ");
+  const title = links.map(l => "(" + l.pod + ", " + l.slot + ") " + l.transport).join("\n");
+  return el("td", { title: title }, text || "–");
 }
 
 function drawEvents(events) {

@@ -160,6 +160,13 @@ int comm_shm_peers(const struct comm *c) {
     return n;
 }
 
+const char *comm_peer_transport(const struct comm *c, int rank) {
+    if (rank < 0 || rank >= c->size || rank == c->rank) return NULL;
+    const struct peer *p = &c->peers[rank];
+    if (p->mpi_rank >= 0) return "mpi";
+    return p->ch[0].tx ? "shm" : "tcp";
+}
+
 int comm_encrypted_peers(const struct comm *c) {
     int n = 0;
     for (int q = 0; q < c->size; q++) n += c->peers[q].ch[0].seal != NULL;

@@ -171,6 +171,10 @@ void comm_get_stats(const struct comm *c, struct comm_stats *s);
 int comm_shm_peers(const struct comm *c);
 /* How many peers this rank reaches through encrypted tcp links. */
 int comm_encrypted_peers(const struct comm *c);
+/* How this rank reaches `rank`: "shm" (shared memory, same host), "tcp" (a socket, encrypted
+ * or not) or "mpi" (a pod peer of the mpi backend); NULL for itself or a rank outside the
+ * comm. Read from the first channel's link (the others are made the same way). */
+const char *comm_peer_transport(const struct comm *c, int rank);
 /* Operations (all channels) that have posted their transfers with their peers and not yet
  * returned. A comm_abort that finds one settles what it posted (see comm_abort); one begun
  * after comm_abort posts nothing and fails at once. For diagnostics and tests. */

@@ -80,6 +80,16 @@ static moe_status bind_comm(struct job *j, struct trainer *t) {
     return trainer_rebind(t, c);
 }
 
+/* The trainer could not open: bad data or spec on this host (not memory, not a stop) is
+ * marked unrecoverable, and its error names the host (data lives on each worker's host). */
+static void trainer_failed(struct job *j, moe_status s, char *error, size_t error_len) {
+    j->unrecoverable = s == MOE_EINVAL || s == MOE_EIO || s == MOE_EFORMAT || s == MOE_ENOTFOUND;
+    if (j->unrecoverable)
+        snprintf(error, error_len, "%.400s (on host %.80s)", moe_errmsg(), j->w->host);
+    else
+        snprintf(error, error_len, "%s", moe_errmsg());
+}
+
 /* Opens the trainer for this job's slot: the plain trainer for a 1 x 1 mesh, else the slot's
  * share of the model and then the comm. Returns 1; 0 when there is no trainer; -1 when the
  * trainer is open but the comm is not. *error says why not; *why is the status. */
@@ -98,7 +108,7 @@ static int open_trainer(struct job *j, struct trainer *t, char *error, size_t er
         int pulls = j->cur.restore && j->cur.restore_from && j->cur.restore_from[rank] >= 0;
         s = trainer_open_slot_later(t, &j->spec, j->pod, j->slot, !pulls, &access);
         if (s != MOE_OK) {
-            snprintf(error, error_len, "%s", moe_errmsg());
+            trainer_failed(j, s, error, error_len);
             *why = s;
             return 0;
         }
@@ -111,7 +121,7 @@ static int open_trainer(struct job *j, struct trainer *t, char *error, size_t er
         }
     }
     *why = s;
-    if (s != MOE_OK) snprintf(error, error_len, "%s", moe_errmsg());
+    if (s != MOE_OK) trainer_failed(j, s, error, error_len);
     return s == MOE_OK;
 }
 

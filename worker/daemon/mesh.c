@@ -55,10 +55,12 @@ moe_status job_open_comm(struct job *j) {
     int abort_now = j->aborted || j->fenced_epoch >= j->epoch;
     uv_mutex_unlock(&j->comm_mu);
     if (abort_now) comm_abort(c);
-    LOG_INFO("%s: data plane up: rank %d of %d (%d x %d, %s, epoch %llu, %d peers over "
-             "encrypted tcp) in %.2f s", j->id, cfg.rank, n, j->pods, j->slots,
+    for (int r = 0; r < n && r < COMM_MAX_RANKS; r++) j->links[r] = comm_peer_transport(c, r);
+    j->links_epoch = j->epoch;
+    LOG_INFO("%s: data plane up: rank %d of %d (%d x %d, %s, epoch %llu, %d peers over shared "
+             "memory, %d over encrypted tcp) in %.2f s", j->id, cfg.rank, n, j->pods, j->slots,
              j->backend == COMM_MPI ? "mpi" : "tcp", (unsigned long long)j->epoch,
-             comm_encrypted_peers(c), moe_clock_s() - t0);
+             comm_shm_peers(c), comm_encrypted_peers(c), moe_clock_s() - t0);
     return MOE_OK;
 }
 

@@ -5,7 +5,9 @@
  * with a budget that shrinks once the daemon is being stopped; the step reports, batched to at
  * most one call a second (REPORT_BATCH_MAX steps each) and held in a bounded backlog while the
  * coordinator is away, sent oldest first once it answers again, so that it sees every step in
- * order; and the one-off reports: a fault (the slot lost its data plane), a restore, the end.
+ * order; the slot's links (its transport to each peer), sent with the first report of each
+ * epoch and again after each (re-)registration; and the one-off reports: a fault (the slot
+ * lost its data plane), a restore, the end.
  * Every report names its sender the same way (worker, job, slot, epoch), and every call proves
  * it: it carries the worker's own credential, as the worker holds it at the time of the call
  * (a re-registration may have changed it).
@@ -193,6 +195,28 @@ void backlog_free(struct backlog *b) {
     free(b->ring);
 }
 
+/* The slot's transport to each peer (StepReport.links), when the coordinator does not have
+ * this epoch's yet, or has not had them since it last (re-)registered us (`contact`): the
+ * entries in out and ptrs (COMM_MAX_RANKS each), and their count; 0 when none is due. */
+static size_t links_due(const struct job *j, unsigned contact, Moed__V1__PeerLink *out,
+                        Moed__V1__PeerLink **ptrs) {
+    if (!j->links_epoch || j->links_epoch != j->epoch ||
+        (j->links_sent_epoch == j->epoch && j->links_sent_contact == contact))
+        return 0;
+    size_t n = 0;
+    for (int r = 0; r < j->pods * j->slots && r < COMM_MAX_RANKS; r++) {
+        if (!j->links[r]) continue;
+        Moed__V1__PeerLink init = MOED__V1__PEER_LINK__INIT;
+        out[n] = init;
+        out[n].pod = r / j->slots;
+        out[n].slot = r % j->slots;
+        out[n].transport = (char *)j->links[r];
+        ptrs[n] = &out[n];
+        n++;
+    }
+    return n;
+}
+
 /* The waiting reports go oldest first until one cannot be delivered. While failing, the
  * backoff is waited out first (without blocking: training goes on). Reports the coordinator
  * refuses for another reason than being unreachable are dropped with a warning: sending them
@@ -214,10 +238,18 @@ int backlog_flush(struct job *j, struct rpc_channel *ch, struct backlog *b, int 
         SET_SENDER(req, j, worker_id);
         req.n_metrics = n;
         req.metrics = batch;
+        unsigned contact = atomic_load(&j->w->contact);
+        Moed__V1__PeerLink links[COMM_MAX_RANKS], *link_ptrs[COMM_MAX_RANKS];
+        req.n_links = links_due(j, contact, links, link_ptrs);
+        req.links = link_ptrs;
         ProtobufCMessage *resp = NULL;
         struct rpc_result res;
         moe_status s = call_as_worker(j, ch, RPC_CLUSTER_REPORT_STEP, &req.base,
                                       &moed__v1__step_report_response__descriptor, &resp, &res);
+        if (s == MOE_OK && req.n_links) {
+            j->links_sent_epoch = j->epoch;
+            j->links_sent_contact = contact;
+        }
         if (s == MOE_EUNAVAILABLE) {
             if (!b->failing)
                 LOG_WARN("%s: cannot report step %ld (%s: %s): training goes on, reports wait "
@@ -317,6 +349,7 @@ moe_status job_report_end(struct job *j, struct rpc_channel *ch, int ok, int sto
     SET_SENDER(req, j, worker_id);
     req.ok = ok;
     req.stopped = stopped;
+    req.unrecoverable = !ok && !stopped && j->unrecoverable;
     req.error = (char *)(error ? error : "");
     req.step = atomic_load(&j->step);
     req.model_bytes = model_bytes;

@@ -349,14 +349,15 @@ static int check_spec(struct rpc_call *call, struct job *j, const Moed__V1__RunS
     return 0;
 }
 
-/* The spec's data paths, each opened beneath the worker's data roots: a path it may not read
- * fails the job now, naming the field, rather than in its training thread. Returns 1 after
- * failing the call. */
+/* The spec's data paths, each opened beneath the worker's data roots: a path it may not read,
+ * or that is missing or empty on this host, fails the job now, naming the field, the path and
+ * the host (data lives on each worker's host, and they may differ), rather than in its
+ * training thread. Returns 1 after failing the call. */
 static int check_data(struct rpc_call *call, const struct worker *w, const struct job *j,
                       const Moed__V1__RunSlotRequest *req) {
     if (data_check_sources(w->roots, &j->spec.data) == MOE_OK) return 0;
     LOG_WARN("%s: refused: %s", req->job_id, moe_errmsg());
-    rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", moe_errmsg());
+    rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s (on host %s)", moe_errmsg(), w->host);
     return 1;
 }
 

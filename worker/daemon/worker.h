@@ -124,6 +124,12 @@ struct job {
                                   //   of that epoch or older is aborted as soon as it opens
     atomic_int open_cancel;       // a stop, a fence of the epoch, or a newer epoch waiting: the
                                   //   comm being opened gives up (comm_config.cancel)
+    /* the transport to each peer (thread only): reported with the epoch's first step report
+     * and again after a re-registration (StepReport.links) */
+    const char *links[COMM_MAX_RANKS]; // (pods * slots) comm_peer_transport; NULL: itself
+    uint64_t links_epoch;         // the epoch they describe (0: none yet)
+    uint64_t links_sent_epoch;    // what the coordinator has: links of this epoch, sent
+    unsigned links_sent_contact;  //   while w->contact was this
     /* recovery (docs/recovery.md) */
     int recoverable;              // mesh_recoverable(spec): a data-plane error waits for the
                                   //   coordinator's next epoch instead of ending the job
@@ -133,6 +139,8 @@ struct job {
     struct epoch_binding *next;   //   a newer epoch's binding, not yet taken by the thread
     struct trainer *trainer;      //   the thread's trainer while it is open (FenceSlot)
     atomic_int holding;           // fenced and waiting for the next epoch (heartbeats say so)
+    int unrecoverable;            // (thread only) the slot could not load its data or spec here:
+                                  //   its end report says a recovery would fail the same way
     /* shared with the loop */
     atomic_int stop;     // enum job_stop: set by the loop, read by the thread between steps
     atomic_long step;    // last completed step, for heartbeats and re-registration

@@ -363,6 +363,39 @@ void data_stream_free(struct data_stream *s) {
     memset(s, 0, sizeof *s);
 }
 
+/* An open source holds something: a file of at least one byte, or a directory with at least
+ * one entry that is not a dot-file. One fstat or the first few readdir entries: never a walk,
+ * so RunSlot answers at once however big the corpus (the loader finds the rest). */
+static moe_status check_not_empty(const struct data_name *name, int fd, int is_dir) {
+    char shown[700];
+    if (!is_dir) {
+        struct stat st;
+        if (fstat(fd, &st) == 0 && st.st_size == 0)
+            return moe_fail(MOE_EINVAL, "%s: empty",
+                            data_name_str(name, NULL, shown, sizeof shown));
+        return MOE_OK;
+    }
+    int dfd = dup(fd);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!d) {
+        int e = errno;
+        if (dfd >= 0) close(dfd);
+        return moe_fail(MOE_EIO, "%s: %s", data_name_str(name, NULL, shown, sizeof shown),
+                        strerror(e));
+    }
+    struct dirent *ent;
+    errno = 0;
+    while ((ent = readdir(d)) && ent->d_name[0] == '.') errno = 0;
+    int e = errno;
+    closedir(d);
+    if (ent) return MOE_OK;
+    if (e)
+        return moe_fail(MOE_EIO, "%s: %s", data_name_str(name, NULL, shown, sizeof shown),
+                        strerror(e));
+    return moe_fail(MOE_EINVAL, "%s: an empty directory",
+                    data_name_str(name, NULL, shown, sizeof shown));
+}
+
 moe_status data_check_sources(const struct data_roots *roots, const struct data_spec *spec) {
     for (int j = 0; j < spec->n_sources && j < SPEC_MAX_SOURCES; j++) {
         char field[48];
@@ -370,7 +403,9 @@ moe_status data_check_sources(const struct data_roots *roots, const struct data_
         struct data_name name = {field, spec->sources[j].path};
         int fd, is_dir;
         CHECK(data_path_open(roots, &name, &fd, &is_dir));
+        moe_status s = check_not_empty(&name, fd, is_dir);
         close(fd);
+        CHECK(s);
     }
     return MOE_OK;
 }

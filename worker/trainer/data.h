@@ -74,8 +74,9 @@ moe_status data_open(struct dataset *d, const struct data_spec *spec, int T);
 moe_status data_open_access(struct dataset *d, const struct data_spec *spec, int T,
                             const struct data_access *a);
 
-/* Checks, without reading, that every source path opens beneath the roots as a regular file
- * or directory (a worker's RunSlot: the job fails at once with MOE_EINVAL naming the field). */
+/* Checks, without reading, that every source path opens for reading beneath the roots as a
+ * non-empty regular file or a directory with an entry (a worker's RunSlot: the job fails at
+ * once, MOE_EINVAL or MOE_EIO naming the field and the path). Cheap: no directory walk. */
 moe_status data_check_sources(const struct data_roots *roots, const struct data_spec *spec);
 void data_close(struct dataset *d);
 
