@@ -154,29 +154,45 @@ for backend in tcp mpi; do
   [ $backend = mpi ] && check "mpi: each worker is a rank of its pod's srun step" \
     '[ "$(grep -l "MPI: rank [01] of 2 in mpirun job .*slurm.pmix.$id" "$out.logs"/worker-*.log | wc -l)" = 4 ]'
   check "$backend: no token was ever in the submit directory" '[ -n "$token" ] && ! grep -rqsF "$token" "$tmp/submit"'
+  check "$backend: at the end every worker stopped on SIGTERM, none was killed" \
+    '[ "$(grep -l "Terminated: stopping" "$out.logs"/worker-*.log | wc -l)" = 4 ] && ! grep -q Killed "$tmp/submit/slurm-$id.out"'
   check "$backend: at the end no daemon of it runs, and its private directories are gone" \
     '[ -z "$(running_from "$local")" ] && [ ! -e "$jd" ] && [ ! -e "$local" ]'
   [ $fails -eq 0 ] || show_job "$id"
 done
 
-# ---- scancel while it trains ----
+# ---- stopped while it trains: by the time limit's signal, and by scancel ----
+# --signal=B:TERM@60 (in the recipe) signals the batch shell alone a minute before the time
+# limit, as `scancel --batch --signal=TERM` does now; a plain scancel signals every process
+# of the job at once. Either way nothing of the job is left.
 sed 's/steps: 12,/steps: 1000000,/' "$tmp/submit/mesh.yaml" >"$tmp/submit/long.yaml"
-id=$(sbatch_recipe MOED_SPEC=long.yaml 2>"$tmp/sbatch.err")
-check "scancel: sbatch takes a long job (job $id)" '[[ "$id" =~ ^[0-9]+$ ]]'
-jd=$tmp/home/.moed/slurm/$id local=$tmp/nodetmp/moed-$id
-wait_until 120 'grep -qs "submitted job-" "$tmp/submit/slurm-$id.out" || job_ended $id'
-MOED_CLUSTER_DIR=$jd wait_until 60 '[ "$(step_of job-1 2>/dev/null || echo 0)" -ge 1 ]'
-check "scancel: the job trains (step $(MOED_CLUSTER_DIR=$jd step_of job-1 2>/dev/null))" \
-  '[ "$(MOED_CLUSTER_DIR=$jd step_of job-1 2>/dev/null || echo 0)" -ge 1 ]'
-scancel "$id"
-wait_until 90 'job_ended $id && [ -z "$(squeue -h -j $id 2>/dev/null)" ]'
-state=$(job_state "$id")
-check "scancel: the Slurm job is CANCELLED ($state)" '[ "$state" = CANCELLED ]'
-check "scancel: its trap stopped every daemon and removed its private directories" \
-  '[ -z "$(running_from "$local")" ] && [ ! -e "$jd" ] && [ ! -e "$local" ]'
-check "scancel: no model was fetched" '[ ! -e "$tmp/submit/moed-$id.safetensors" ]'
-check "scancel: the recipe said it was stopping" 'grep -q "signalled: stopping" "$tmp/submit/slurm-$id.out"'
-[ $fails -eq 0 ] || show_job "$id"
+for how in "time limit" scancel; do
+  id=$(sbatch_recipe MOED_SPEC=long.yaml 2>"$tmp/sbatch.err")
+  check "$how: sbatch takes a long job (job $id)" '[[ "$id" =~ ^[0-9]+$ ]]'
+  jd=$tmp/home/.moed/slurm/$id local=$tmp/nodetmp/moed-$id
+  wait_until 120 'grep -qs "submitted job-" "$tmp/submit/slurm-$id.out" || job_ended $id'
+  MOED_CLUSTER_DIR=$jd wait_until 60 '[ "$(step_of job-1 2>/dev/null || echo 0)" -ge 1 ]'
+  check "$how: the job trains (step $(MOED_CLUSTER_DIR=$jd step_of job-1 2>/dev/null))" \
+    '[ "$(MOED_CLUSTER_DIR=$jd step_of job-1 2>/dev/null || echo 0)" -ge 1 ]'
+  if [ "$how" = scancel ]; then scancel "$id"; want=CANCELLED
+  else scancel --batch --signal=TERM "$id"; want=FAILED; fi
+  wait_until 90 'job_ended $id && [ -z "$(squeue -h -j $id 2>/dev/null)" ]'
+  state=$(job_state "$id")
+  check "$how: the Slurm job ends $want ($state)" '[ "$state" = $want ]'
+  check "$how: the recipe's trap stopped every daemon and removed its private directories" \
+    '[ -z "$(running_from "$local")" ] && [ ! -e "$jd" ] && [ ! -e "$local" ]'
+  check "$how: no model was fetched" '[ ! -e "$tmp/submit/moed-$id.safetensors" ]'
+  check "$how: the recipe said it was stopping" 'grep -q "signalled: stopping" "$tmp/submit/slurm-$id.out"'
+  [ "$how" = scancel ] || check "$how: the workers stopped on SIGTERM, none was killed" \
+    '[ "$(grep -l "Terminated: stopping" "$tmp/submit/moed-$id.logs"/worker-*.log | wc -l)" = 4 ] && ! grep -q Killed "$tmp/submit/slurm-$id.out"'
+  [ $fails -eq 0 ] || show_job "$id"
+done
+
+# ---- bad input: one clear line, and the Slurm job fails ----
+id=$(sbatch_recipe MOED_SPEC= 2>/dev/null)
+wait_until 60 'job_ended $id && [ -z "$(squeue -h -j $id 2>/dev/null)" ]'
+check "without MOED_SPEC the job FAILS ($(job_state "$id")) and says why" \
+  '[ "$(job_state "$id")" = FAILED ] && grep -q "MOED_SPEC: name the job spec" "$tmp/submit/slurm-$id.out"'
 
 [ $fails -eq 0 ] && echo "cli_slurm: all checks passed" || echo "cli_slurm: $fails checks failed"
 exit $((fails > 0))
