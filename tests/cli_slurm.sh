@@ -126,8 +126,10 @@ show_job() {
 }
 
 # ---- the recipe, with each backend ----
+# (the mpi job also runs its control plane over TLS, MOED_TLS=1)
 for backend in tcp mpi; do
-  id=$(sbatch_recipe MOED_SPEC=mesh.yaml MOED_BACKEND=$backend 2>"$tmp/sbatch.err")
+  tls=0; [ $backend = mpi ] && tls=1
+  id=$(sbatch_recipe MOED_SPEC=mesh.yaml MOED_BACKEND=$backend MOED_TLS=$tls 2>"$tmp/sbatch.err")
   check "$backend: sbatch takes the recipe (job $id)" '[[ "$id" =~ ^[0-9]+$ ]]' || { cat "$tmp/sbatch.err"; continue; }
   jd=$tmp/home/.moed/slurm/$id local=$tmp/nodetmp/moed-$id out=$tmp/submit/moed-$id
   token=""
@@ -151,6 +153,8 @@ for backend in tcp mpi; do
     'cmp "$out.safetensors" "$tmp/reference.safetensors"'
   check "$backend: the daemons' logs are in the submit directory" \
     '[ -s "$out.logs/coordinator.log" ] && [ "$(ls "$out.logs"/worker-*.log | wc -l)" = 4 ]'
+  [ $tls = 1 ] && check "mpi: with MOED_TLS=1 every daemon spoke TLS" \
+    'grep -q "(TLS)" "$out.logs/coordinator.log" && grep -q "TLS certificate for IP:127.0.0.1" "$tmp/submit/slurm-$id.out"'
   [ $backend = mpi ] && check "mpi: each worker is a rank of its pod's srun step" \
     '[ "$(grep -l "MPI: rank [01] of 2 in mpirun job .*slurm.pmix.$id" "$out.logs"/worker-*.log | wc -l)" = 4 ]'
   check "$backend: no token was ever in the submit directory" '[ -n "$token" ] && ! grep -rqsF "$token" "$tmp/submit"'
