@@ -112,7 +112,8 @@ for k in 1 2; do
   slurm_pids+=($!)
   ip link add vn$k type veth peer name en$k && ip link set vn$k master br0 up &&
     ip link set en$k netns "${node_pid[n$k]}" &&
-    nsenter -t "${node_pid[n$k]}" -n sh -c "ip link set lo up && ip addr add 10.77.0.1$k/24 dev en$k && ip link set en$k up" ||
+    nsenter -t "${node_pid[n$k]}" -n sh -c "ip link set lo up && ip link set en$k name eth0 &&
+      ip addr add 10.77.0.1$k/24 dev eth0 && ip link set eth0 up" ||
     skip "cannot give a network namespace a veth to the bridge"
   touch "$sl/n$k.ready"
 done
@@ -163,11 +164,12 @@ show_job() {
 }
 
 # ---- the recipe: one node and two, each backend ----
-# case: name | mesh | parameters | sbatch flags
+# case: name | mesh | parameters | sbatch flags (on two nodes, the daemons' address is the
+# node's hostname, or its eth0's address with MOED_IFACE)
 cases=(
   "1 node, tcp|2x2|MOED_PODS_PER_NODE=2|--nodes=1 --ntasks-per-node=4"
   "1 node, mpi|2x2|MOED_PODS_PER_NODE=2 MOED_BACKEND=mpi|--nodes=1 --ntasks-per-node=4"
-  "2 nodes, tcp|1x4|MOED_NODES_PER_POD=2|--nodes=2 --ntasks-per-node=2"
+  "2 nodes, tcp, MOED_IFACE|1x4|MOED_NODES_PER_POD=2 MOED_IFACE=eth0|--nodes=2 --ntasks-per-node=2"
   "2 nodes, mpi, TLS|2x2|MOED_BACKEND=mpi MOED_TLS=1|--nodes=2 --ntasks-per-node=2"
 )
 for c in "${cases[@]}"; do
@@ -203,8 +205,9 @@ for c in "${cases[@]}"; do
   check "$name: the daemons' logs are in the submit directory" \
     '[ -s "$out.logs/coordinator.log" ] && [ "$(ls "$out.logs"/worker-*.log | wc -l)" = 4 ]'
   if [ $nodes = 2 ]; then
-    check "$name: each node's workers listen on and announce its hostname" \
-      '[ "$(grep -ho "listening on n[12]:[0-9]*, data plane on n[12]" "$out.logs"/worker-*.log | cut -c14-15 | sort | tr -d "\n")" = n1n1n2n2 ]'
+    n1=n1 n2=n2; [[ $params == *IFACE* ]] && n1=10.77.0.11 n2=10.77.0.12
+    check "$name: each node's workers listen on and announce its address ($n1, $n2)" \
+      '[ "$(sed -n "s/.*listening on \([^:]*\):[0-9]*, data plane on \1:.*/\1/p" "$out.logs"/worker-*.log | sort | tr "\n" " ")" = "$n1 $n1 $n2 $n2 " ]'
   fi
   [[ $name == *TLS* ]] && check "$name: the certificate names both nodes, and the coordinator speaks TLS" \
     'grep -q "TLS certificate for IP:127.0.0.1,DNS:n1,DNS:n2" "$tmp/submit/slurm-$id.out" && grep -q "(TLS)" "$out.logs/coordinator.log"'
