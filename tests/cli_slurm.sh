@@ -174,6 +174,7 @@ cases=(
 )
 for c in "${cases[@]}"; do
   IFS='|' read -r name mesh params flags <<<"$c"
+  f0=$fails
   backend=tcp; [[ $params == *mpi* ]] && backend=mpi
   nodes=1; [[ $name == 2* ]] && nodes=2
   # shellcheck disable=SC2086
@@ -204,6 +205,9 @@ for c in "${cases[@]}"; do
     'cmp "$out.safetensors" "$tmp/reference-$mesh.safetensors"'
   check "$name: the daemons' logs are in the submit directory" \
     '[ -s "$out.logs/coordinator.log" ] && [ "$(ls "$out.logs"/worker-*.log | wc -l)" = 4 ]'
+  S=${mesh#*x}
+  check "$name: task i is a worker of pod i / $S" \
+    '(for i in 0 1 2 3; do grep -q "data plane on .* (pod $((i / S))[,)]" "$out.logs/worker-$i.log" || exit 1; done)'
   if [ $nodes = 2 ]; then
     n1=n1 n2=n2; [[ $params == *IFACE* ]] && n1=10.77.0.11 n2=10.77.0.12
     check "$name: each node's workers listen on and announce its address ($n1, $n2)" \
@@ -218,7 +222,7 @@ for c in "${cases[@]}"; do
     '[ "$(grep -l "Terminated: stopping" "$out.logs"/worker-*.log | wc -l)" = 4 ] && ! grep -q Killed "$tmp/submit/slurm-$id.out"'
   check "$name: at the end no daemon of it runs, and its private directories are gone" \
     '[ -z "$(running_from "$local")" ] && [ ! -e "$jd" ] && [ ! -e "$local" ]'
-  [ $fails -eq 0 ] || show_job "$id"
+  [ $fails -eq $f0 ] || show_job "$id"
 done
 
 # ---- stopped while it trains: by the time limit's signal, and by scancel ----
@@ -227,6 +231,7 @@ done
 # of the job at once. Either way nothing of the job is left, on either node.
 sed 's/steps: 12,/steps: 1000000,/' "$tmp/submit/mesh.yaml" >"$tmp/submit/long.yaml"
 for how in "time limit" scancel; do
+  f0=$fails
   id=$(sbatch_recipe MOED_SPEC=long.yaml -- --nodes=2 --ntasks-per-node=2 2>"$tmp/sbatch.err")
   check "$how: sbatch takes a long two-node job (job $id)" '[[ "$id" =~ ^[0-9]+$ ]]'
   jd=$tmp/home/.moed/slurm/$id local=$tmp/nodetmp/moed-$id
@@ -245,7 +250,7 @@ for how in "time limit" scancel; do
   check "$how: the recipe said it was stopping" 'grep -q "signalled: stopping" "$tmp/submit/slurm-$id.out"'
   [ "$how" = scancel ] || check "$how: the workers stopped on SIGTERM, none was killed" \
     '[ "$(grep -l "Terminated: stopping" "$tmp/submit/moed-$id.logs"/worker-*.log | wc -l)" = 4 ] && ! grep -q Killed "$tmp/submit/slurm-$id.out"'
-  [ $fails -eq 0 ] || show_job "$id"
+  [ $fails -eq $f0 ] || show_job "$id"
 done
 
 # ---- bad input: one clear line, and the Slurm job fails ----
