@@ -35,7 +35,7 @@ test_pkgs=(
   prometheus                         # a real Prometheus server scrapes the coordinator
   chromium chromium-driver           # the live page in a headless browser
   python3-selenium                   #   driven through chromedriver
-  iproute2                           # ip netns: the emulated hosts of cli_multihost
+  iproute2                           # ip netns: the emulated hosts of cli_multihost and cli_slurm
   systemd                            # systemd-analyze verify on deploy/systemd's units
   slurm-wlm munge                    # a Slurm cluster runs deploy/slurm/moed.sbatch (cli_slurm)
 )
