@@ -35,8 +35,9 @@ test_pkgs=(
   prometheus                         # a real Prometheus server scrapes the coordinator
   chromium chromium-driver           # the live page in a headless browser
   python3-selenium                   #   driven through chromedriver
-  iproute2                           # ip netns: the emulated hosts of cli_multihost
+  iproute2                           # ip netns: the emulated hosts of cli_multihost and cli_slurm
   systemd                            # systemd-analyze verify on deploy/systemd's units
+  slurm-wlm munge                    # a Slurm cluster runs deploy/slurm/moed.sbatch (cli_slurm)
 )
 [ "${1:-}" = --tests ] && pkgs+=("${test_pkgs[@]}")
 
@@ -59,4 +60,9 @@ DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recomme
 if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null &&
    systemctl is-system-running >/dev/null 2>&1; then
   $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+# likewise Slurm's and munge's daemons: the Slurm test runs its own, with its own key and config
+if [[ " ${missing[*]} " == *" slurm-wlm "* ]] && command -v systemctl >/dev/null &&
+   systemctl is-system-running >/dev/null 2>&1; then
+  $sudo systemctl disable --now slurmctld slurmd munge >/dev/null 2>&1 || true
 fi
