@@ -73,7 +73,10 @@ struct worker_config {
     char tls_key[PATH_MAX];
     char dir[PATH_MAX];           // scratch directory; "": a temporary one under tmpdir
     char tmpdir[1024];            // $TMPDIR, default /tmp
-    char data_listen[COMM_ADDR_MAX]; // the data-plane listener, default 127.0.0.1:0
+    char data_listen[COMM_ADDR_MAX]; // the data-plane listener, default <--listen host>:0
+    char advertise[300];          // --advertise HOST[:PORT]: the address we register ("":
+                                  // derived from --listen, docs/operations.md "Addresses")
+    char data_advertise[300];     // --data-advertise HOST: where peers dial our data listeners
     int mpi;                      // --mpi: initialise MPI (also when OMPI_COMM_WORLD_RANK is set)
     char data_roots[8192];        // --data-root (repeatable): a knob list (common/knobs.h)
     long memory_limit_mb;         // a slot needing more is refused (0: 90% of physical memory)
@@ -146,6 +149,7 @@ struct worker {
     char operator_token[WORKER_CREDENTIAL_MAX]; // made at start, written to the scratch
                                   // directory: what InjectFault needs (moectl chaos)
     char address[300];            // where our Worker service listens, as registered
+    char data_host[300];          // the host our data listeners are dialled at
     /* the data plane's listening sockets: one per slot this worker may play ([0] is its own,
      * registered as data_address; the others as extra_data_addresses) */
     struct comm_listener *listeners[WORKER_MAX_SLOTS];
