@@ -14,6 +14,7 @@
 #include "../../common/clock.h"
 #include "../../common/log.h"
 #include "proto/moed.pb-c.h"
+#include "../../proto/diagnose.h"
 #include "../../proto/methods.h"
 
 #include <stdio.h>
@@ -117,7 +118,40 @@ static void apply_registration(struct worker *w, const Moed__V1__RegisterRespons
     if (changed && uv_is_active((uv_handle_t *)&w->heartbeat)) worker_heartbeat_start(w);
 }
 
+/* Why the coordinator cannot be reached, by a dial of our own (proto/diagnose.h): a TLS mistake
+ * fails the start at once, named (retrying cannot mend it), where gRPC would only time out;
+ * a coordinator that does not answer yet is waited for. */
+static moe_status diagnose_coordinator(struct worker *w, int *said) {
+    char why[768];
+    enum rpc_diagnosis d = rpc_diagnose(w->cfg.coordinator, &w->cfg.tls, DIAGNOSE_TIMEOUT_S, why,
+                                        sizeof why);
+    if (d == RPC_DIAG_TLS)
+        return moe_fail(MOE_EUNAVAILABLE, "cannot register with the coordinator: %s%s", why,
+                        w->cfg.tls.ca_file ? " (--tls-ca)" : " (no --tls-ca was given)");
+    if (d == RPC_DIAG_DOWN && !*said) {
+        LOG_WARN("the coordinator does not answer yet: %s; retrying for %.0f s", why,
+                 REGISTER_RETRY_S);
+        *said = 1;
+    }
+    return MOE_OK;
+}
+
+/* The coordinator's word on whether it will give us work (RegisterResponse / HeartbeatResponse
+ * `refused`): logged when it changes, never acted on otherwise — we stay registered and keep
+ * heartbeating at the interval, and the coordinator probes us again with its backoff. */
+static void note_refusal(struct worker *w, const char *refused) {
+    if (!refused) refused = "";
+    if (!strcmp(refused, w->refused)) return;
+    if (refused[0])
+        LOG_WARN("the coordinator gives this worker no job: %s", refused);
+    else
+        LOG_INFO("the coordinator accepts this worker now (it reaches %s)", w->address);
+    snprintf(w->refused, sizeof w->refused, "%s", refused);
+}
+
 moe_status worker_register(struct worker *w) {
+    int said = 0;
+    CHECK(diagnose_coordinator(w, &said));
     Moed__V1__RegisterRequest req = MOED__V1__REGISTER_REQUEST__INIT;
     char id[WORKER_ID_MAX];
     long step;
@@ -138,6 +172,7 @@ moe_status worker_register(struct worker *w) {
                      "heartbeat every %ld ms), serving on %s",
                      w->cfg.coordinator, w->worker_id, r->cluster_id[0] ? r->cluster_id : "-",
                      w->cfg.pod, w->heartbeat_ms, w->address);
+            note_refusal(w, r->refused);
             protobuf_c_message_free_unpacked(resp, NULL);
             if (!w->worker_id[0] || !w->credential[0])
                 return moe_fail(MOE_EINTERNAL, "the coordinator at %s registered us without "
@@ -148,6 +183,7 @@ moe_status worker_register(struct worker *w) {
             return moe_fail(MOE_EAUTH, "coordinator refused the cluster token (%s): check "
                             "--cluster-token-file against the coordinator's", res.details);
         if (s != MOE_EUNAVAILABLE) return s; // rpc_call_sync's message names the method
+        CHECK(diagnose_coordinator(w, &said));
         double waited = moe_clock_s() - t0;
         if (waited >= REGISTER_RETRY_S)
             return moe_fail(MOE_EUNAVAILABLE, "cannot reach the coordinator at %s after %.0f s "
@@ -181,6 +217,7 @@ static void on_reregistered(void *arg, const struct rpc_result *res, const Proto
         return;
     }
     apply_registration(w, (const Moed__V1__RegisterResponse *)msg);
+    note_refusal(w, ((const Moed__V1__RegisterResponse *)msg)->refused);
     atomic_fetch_add(&w->contact, 1);
     long step;
     uint64_t epoch;
@@ -245,6 +282,7 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
     }
     w->coordinator_lost = 0;
     const Moed__V1__HeartbeatResponse *r = (const Moed__V1__HeartbeatResponse *)msg;
+    if (!r->reregister) note_refusal(w, r->refused);
     if (r->reregister) {
         LOG_INFO("the coordinator does not know us (restarted?): registering again");
         reregister(w);

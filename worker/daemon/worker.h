@@ -55,6 +55,7 @@
 
 /* Retry budgets for calls to a coordinator that may be restarting. */
 #define REGISTER_RETRY_S 30.0   // joining at startup
+#define DIAGNOSE_TIMEOUT_S 5.0  // a dial that names why the coordinator cannot be reached
 #define REPORT_TIMEOUT_S 10.0   // one ReportStep
 #define FINISH_RETRY_S 600.0    // UploadModel and ReportJobEnd: the model must not be lost
 #define FINISH_RETRY_SHUTDOWN_S 5.0 // ... unless the daemon is being stopped
@@ -150,6 +151,8 @@ struct worker {
                                   // directory: what InjectFault needs (moectl chaos)
     char address[300];            // where our Worker service listens, as registered
     char data_host[300];          // the host our data listeners are dialled at
+    char refused[1024];           // why the coordinator gives us no job ("": it may), as it
+                                  // last said (cluster.c, loop thread)
     /* the data plane's listening sockets: one per slot this worker may play ([0] is its own,
      * registered as data_address; the others as extra_data_addresses) */
     struct comm_listener *listeners[WORKER_MAX_SLOTS];
