@@ -182,10 +182,13 @@ int client_fail(const struct client *c, int code, const struct rpc_result *res) 
     char saved[1024], why[768];
     snprintf(saved, sizeof saved, "%s", moe_errmsg());
     struct rpc_tls tls = {.ca_file = c->ca};
-    if ((res->code == GRPC_STATUS_UNAVAILABLE || res->code == GRPC_STATUS_DEADLINE_EXCEEDED) &&
-        rpc_diagnose(c->target, &tls, DIAGNOSE_TIMEOUT_S, why, sizeof why) != RPC_DIAG_FINE)
-        return moectl_fail(code, "%s", why);
-    return moectl_fail(code, "%s", saved);
+    if ((res->code != GRPC_STATUS_UNAVAILABLE && res->code != GRPC_STATUS_DEADLINE_EXCEEDED) ||
+        rpc_diagnose(c->target, &tls, DIAGNOSE_TIMEOUT_S, why, sizeof why) == RPC_DIAG_FINE)
+        return moectl_fail(code, "%s", saved);
+    /* "ListJobs on H:P: UNAVAILABLE: " as the call said it, then the cause */
+    const char *name = strstr(saved, rpc_code_name(res->code));
+    int prefix = name ? (int)(name - saved + strlen(rpc_code_name(res->code))) : 0;
+    return moectl_fail(code, "%.*s%s%s", prefix, saved, prefix ? ": " : "", why);
 }
 
 int client_call(struct client *c, const char *method, const ProtobufCMessage *request,
