@@ -104,6 +104,7 @@ static void usage(FILE *to, const char *cmd) {
             "        (kill -9 workers, SIGSTOP one, kill and restart the coordinator, cut a\n"
             "        data-plane connection), each waited for until the job has recovered\n"
             "  they take [--coordinator HOST:PORT] [--token-file F] [--ca F] [--cluster-dir DIR]\n"
+            "  (after the command or before it: moectl --coordinator H:P jobs)\n"
             "  (or $MOED_COORDINATOR, $MOED_TOKEN or $MOED_TOKEN_FILE, $MOED_TLS_CA,\n"
             "  $MOED_CLUSTER_DIR); by default the local cluster's coordinator.addr, client.token\n"
             "  and tls/cert.pem. --json prints the reply messages of proto/moed.proto, one a line\n"
@@ -495,8 +496,72 @@ static int cmd_spec(void) {
     return 0;
 }
 
+/* ---- global options ---- */
+
+/* The options that may come before the command (`moectl --coordinator H:P jobs`): the
+ * connection options, which take a value, and --json. */
+static int global_option(const char *arg, int *takes_value) {
+    static const char *const with_value[] = {"--coordinator", "--token-file", "--ca",
+                                             "--cluster-dir"};
+    for (size_t i = 0; i < sizeof with_value / sizeof with_value[0]; i++) {
+        size_t n = strlen(with_value[i]);
+        if (strncmp(arg, with_value[i], n) != 0) continue;
+        if (arg[n] == 0) return *takes_value = 1, 1;
+        if (arg[n] == '=') return *takes_value = 0, 1;
+    }
+    *takes_value = 0;
+    return strcmp(arg, "--json") == 0;
+}
+
+/* Moves the global options given before the command to just after it (after `cluster`'s
+ * subcommand), where every command's own parser takes them: `moectl --coordinator X jobs`
+ * is `moectl jobs --coordinator X`. Returns the new argc, or -1 after saying what is wrong.
+ * `out` has room for argc + 1 pointers. */
+static int hoist_global_options(int argc, char **argv, char **out) {
+    int i = 1, n_global = 0;
+    while (i < argc && argv[i][0] == '-' && strcmp(argv[i], "--help") && strcmp(argv[i], "-h")) {
+        int takes_value;
+        if (!global_option(argv[i], &takes_value))
+            return moectl_fail(EXIT_BAD_INPUT, "%s: not an option that may come before the "
+                               "command (moectl help lists them)", argv[i]), -1;
+        if (takes_value && i + 1 >= argc)
+            return moectl_fail(EXIT_BAD_INPUT, "%s: needs a value", argv[i]), -1;
+        i += 1 + takes_value;
+    }
+    n_global = i - 1;
+    if (i >= argc) return moectl_fail(EXIT_BAD_INPUT, "no command after the options"), -1;
+    const char *cmd = argv[i];
+    int in_process = !strcmp(cmd, "train") || !strcmp(cmd, "eval") ||
+                     !strcmp(cmd, "generate") || !strcmp(cmd, "spec") || !strcmp(cmd, "help");
+    for (int k = 1; k <= n_global && in_process; k++)
+        if (strcmp(argv[k], "--json") != 0 && argv[k][0] == '-')
+            return moectl_fail(EXIT_BAD_INPUT, "%s: '%s' runs in this process and talks to no "
+                               "coordinator", argv[k], cmd), -1;
+    int head = (!strcmp(cmd, "cluster") && i + 1 < argc) ? 2 : 1; // the command [subcommand]
+    int m = 0;
+    out[m++] = argv[0];
+    for (int k = 0; k < head; k++) out[m++] = argv[i + k];
+    for (int k = 1; k <= n_global; k++) out[m++] = argv[k];
+    for (int k = i + head; k < argc; k++) out[m++] = argv[k];
+    out[m] = NULL;
+    return m;
+}
+
+static int run_command(int argc, char **argv);
+
 int main(int argc, char **argv) {
     moe_log_init("cli");
+    if (argc < 2 || argv[1][0] != '-' || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))
+        return run_command(argc, argv);
+    char **hoisted = calloc((size_t)argc + 1, sizeof *hoisted);
+    if (!hoisted) return moectl_fail(EXIT_RUN_FAILED, "out of memory");
+    int n = hoist_global_options(argc, argv, hoisted);
+    int code = n < 0 ? EXIT_BAD_INPUT : run_command(n, hoisted);
+    free(hoisted);
+    return code;
+}
+
+static int run_command(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr, NULL);
         return EXIT_BAD_INPUT;

@@ -8,6 +8,8 @@
 #include "../common/fileio.h"
 #include "../common/log.h"
 #include "../common/netaddr.h"
+#include "../common/sdnotify.h"
+#include "../proto/health.h"
 #include "handlers/handlers.h"
 #include "handlers/http.h"
 #include "handlers/metrics.h"
@@ -93,6 +95,7 @@ static void monitor_tick(uv_timer_t *t) {
     faults_tick(co, now);
     schedule_pass(co);
     retention_tick(co, now);
+    moe_notify_watchdog(); // a loop that stops ticking is what WatchdogSec= catches
 }
 
 /* ---- start ---- */
@@ -186,7 +189,9 @@ static moe_status serve(struct coordinator *co, uv_loop_t *loop) {
         .on_done = rpc_stats_on_done, // counted for /metrics
     };
     co->rpc_stats = rpc_stats_new(coordinator_methods, coordinator_n_methods);
-    if (!co->rpc_stats) return moe_fail(MOE_ENOMEM, "out of memory");
+    co->health = rpc_health_new(coordinator_health_names, coordinator_n_health_names);
+    if (!co->rpc_stats || !co->health) return moe_fail(MOE_ENOMEM, "out of memory");
+    sc.health = co->health;
     int port = 0;
     CHECK(rpc_server_start(&co->server, co->pump, &sc, coordinator_methods, coordinator_n_methods,
                            co, &port));
@@ -232,6 +237,7 @@ moe_status coordinator_start(struct coordinator *co, uv_loop_t *loop,
     uv_signal_start(&co->sig_int, on_signal, SIGINT);
     recovery_resume(co); // recoveries the previous process had not finished: fenced again
     schedule_pass(co);
+    rpc_health_set(co->health, 1);
     return MOE_OK;
 }
 
@@ -248,6 +254,8 @@ static void pump_stopped(void *arg) {
     co->store = NULL;
     rpc_stats_free(co->rpc_stats);
     co->rpc_stats = NULL;
+    rpc_health_free(co->health);
+    co->health = NULL;
     LOG_INFO("stopped");
 }
 
@@ -259,6 +267,8 @@ static void server_stopped(void *arg) {
 void coordinator_stop(struct coordinator *co) {
     if (co->stopping) return;
     co->stopping = 1;
+    rpc_health_set(co->health, 0); // probes see it go before the port does
+    moe_notify_stopping("stopping");
     uv_close((uv_handle_t *)&co->monitor, NULL);
     uv_close((uv_handle_t *)&co->sig_term, NULL);
     uv_close((uv_handle_t *)&co->sig_int, NULL);

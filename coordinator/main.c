@@ -12,6 +12,7 @@
  */
 #include "../common/log.h"
 #include "../common/netaddr.h"
+#include "../common/sdnotify.h"
 #include "coordinator.h"
 
 #include <stdio.h>
@@ -90,6 +91,7 @@ int main(int argc, char **argv) {
         LOG_ERROR("cannot start: %s", co ? moe_errmsg() : "out of memory");
         return 1; /* the process ends; the OS reclaims what a half start held */
     }
+    moe_notify_ready("serving"); // Type=notify (deploy/systemd): serving from here on
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     free(co);

@@ -24,6 +24,7 @@ pkgs=(
   libcairo2-dev                      # moectl plot: SVG and PNG drawing
   fonts-dejavu-core                  # moectl plot: the font of its labels
   libmicrohttpd-dev                  # the coordinator's HTTP port: /metrics and the live page
+  libsystemd-dev                     # sd_notify: Type=notify units (optional: builds without)
 )
 test_pkgs=(
   python3-numpy                      # an independent NumPy implementation of the model
@@ -34,6 +35,8 @@ test_pkgs=(
   prometheus                         # a real Prometheus server scrapes the coordinator
   chromium chromium-driver           # the live page in a headless browser
   python3-selenium                   #   driven through chromedriver
+  iproute2                           # ip netns: the emulated hosts of cli_multihost
+  systemd                            # systemd-analyze verify on deploy/systemd's units
 )
 [ "${1:-}" = --tests ] && pkgs+=("${test_pkgs[@]}")
 

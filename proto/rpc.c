@@ -799,6 +799,7 @@ struct rpc_server {
     char *client_token, *cluster_token;
     rpc_identify_fn identify;
     void (*on_done)(void *ctx, int method, grpc_status_code code, double seconds);
+    struct rpc_health *health; // answers the health service (proto/health.h)
     /* refusals, one rate limit per method and kind (REFUSE_*); [n_methods] for unknown ones */
     struct moe_log_limit *limits;
     char role[32];
@@ -1093,6 +1094,7 @@ const char *rpc_call_peer(const struct rpc_call *c) { return c->peer; }
 const char *rpc_call_identity(const struct rpc_call *c) {
     return c->identity[0] ? c->identity : NULL;
 }
+struct rpc_health *rpc_call_health(const struct rpc_call *c) { return c->srv->health; }
 
 /* -- incoming calls -- */
 
@@ -1114,7 +1116,8 @@ static const char *bearer_of(const grpc_metadata_array *md, size_t *len) {
  * one, goes to c->identity. NULL when it may; else why not (the client's answer). */
 static const char *authorize(struct rpc_server *srv, const struct rpc_method *m,
                              const grpc_metadata_array *md, struct rpc_call *c) {
-    if (m->auth == RPC_AUTH_NONE) return NULL;
+    if (m->auth == RPC_AUTH_HEALTH) return NULL; // rpc_server_start kept it to health paths
+    if (m->auth < RPC_AUTH_CLIENT || m->auth > RPC_AUTH_IDENTITY) return "no such auth class";
     size_t len = 0;
     const char *bearer = bearer_of(md, &len);
     if (m->auth == RPC_AUTH_CLIENT) {
@@ -1319,10 +1322,25 @@ static grpc_server_credentials *server_credentials(const struct rpc_tls *tls, mo
     return creds;
 }
 
+/* Every row names its auth class, and only the health service goes without a credential. */
+static moe_status check_auth_classes(const struct rpc_method *methods, int n_methods) {
+    for (int i = 0; i < n_methods; i++) {
+        enum rpc_auth a = methods[i].auth;
+        if (a < RPC_AUTH_CLIENT || a > RPC_AUTH_HEALTH)
+            return moe_fail(MOE_EINVAL, "rpc: %s names no auth class", methods[i].path);
+        if (a == RPC_AUTH_HEALTH &&
+            strncmp(methods[i].path, RPC_HEALTH_PREFIX, strlen(RPC_HEALTH_PREFIX)) != 0)
+            return moe_fail(MOE_EINVAL, "rpc: %s may not go without a credential: only %s* "
+                            "methods do", methods[i].path, RPC_HEALTH_PREFIX);
+    }
+    return MOE_OK;
+}
+
 moe_status rpc_server_start(struct rpc_server **out, struct rpc_pump *pump,
                             const struct rpc_server_config *cfg, const struct rpc_method *methods,
                             int n_methods, void *ctx, int *bound_port) {
     rpc_init();
+    CHECK(check_auth_classes(methods, n_methods));
     struct rpc_server *srv = calloc(1, sizeof *srv);
     if (!srv) return moe_fail(MOE_ENOMEM, "rpc: out of memory");
     srv->pump = pump;
@@ -1333,6 +1351,7 @@ moe_status rpc_server_start(struct rpc_server **out, struct rpc_pump *pump,
     srv->cluster_token = cfg->cluster_token ? strdup(cfg->cluster_token) : NULL;
     srv->identify = cfg->identify;
     srv->on_done = cfg->on_done;
+    srv->health = cfg->health;
     snprintf(srv->role, sizeof srv->role, "%s", cfg->role ? cfg->role : "server");
     srv->handles = calloc((size_t)n_methods, sizeof *srv->handles);
     srv->limits = calloc((size_t)(n_methods + 1) * REFUSE_KINDS, sizeof *srv->limits);

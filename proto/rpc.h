@@ -57,9 +57,20 @@ void rpc_pump_stop(struct rpc_pump *p, void (*done)(void *arg), void *arg);
  *   CLIENT    the client token;
  *   CLUSTER   the cluster token, or a credential the server's `identify` accepts (the call then
  *             has that identity: rpc_call_identity);
- *   IDENTITY  only a credential `identify` accepts: a token alone is refused (UNAUTHENTICATED).
- * A token that is not configured ("") is not checked (CLIENT, CLUSTER). */
-enum rpc_auth { RPC_AUTH_NONE = 0, RPC_AUTH_CLIENT, RPC_AUTH_CLUSTER, RPC_AUTH_IDENTITY };
+ *   IDENTITY  only a credential `identify` accepts: a token alone is refused (UNAUTHENTICATED);
+ *   HEALTH    nothing: the standard health service, which stock probes call without a token.
+ *             rpc_server_start refuses it on any path outside "/grpc.health.v1.Health/", so it
+ *             can never open another method.
+ * A token that is not configured ("") is not checked (CLIENT, CLUSTER). A row that names no
+ * class (0, RPC_AUTH_UNSET) is refused by rpc_server_start: forgetting is never "open". */
+enum rpc_auth {
+    RPC_AUTH_UNSET = 0,
+    RPC_AUTH_CLIENT,
+    RPC_AUTH_CLUSTER,
+    RPC_AUTH_IDENTITY,
+    RPC_AUTH_HEALTH,
+};
+#define RPC_HEALTH_PREFIX "/grpc.health.v1.Health/"
 enum rpc_kind { RPC_UNARY = 0, RPC_SERVER_STREAM };
 
 struct rpc_call;   // one incoming call, owned by this module
@@ -98,10 +109,12 @@ struct rpc_server_config {
      * the code, and the seconds since the call arrived (a stream's whole life). For counting
      * (the coordinator's /metrics); it must not touch the call. NULL: none. */
     void (*on_done)(void *ctx, int method, grpc_status_code code, double seconds);
+    struct rpc_health *health;       // what the health service answers (proto/health.h); NULL: none
 };
 
 /* Binds, registers `methods` (the array must outlive the server) and starts serving.
- * *bound_port gets the port actually bound. Unknown methods get UNIMPLEMENTED. */
+ * *bound_port gets the port actually bound. Unknown methods get UNIMPLEMENTED. A table whose
+ * row names no auth class, or RPC_AUTH_HEALTH outside the health service, is MOE_EINVAL. */
 moe_status rpc_server_start(struct rpc_server **out, struct rpc_pump *pump,
                             const struct rpc_server_config *cfg, const struct rpc_method *methods,
                             int n_methods, void *ctx, int *bound_port);
@@ -146,6 +159,8 @@ const char *rpc_call_peer(const struct rpc_call *c); // "ipv4:127.0.0.1:50312"
 /* The identity the server's `identify` gave the call's credential; NULL when the call carried
  * a token instead (or its method needs none). */
 const char *rpc_call_identity(const struct rpc_call *c);
+/* The health state of the call's server (rpc_server_config.health). */
+struct rpc_health *rpc_call_health(const struct rpc_call *c);
 
 /* ---- clients ---- */
 

@@ -57,6 +57,13 @@ check "fetch exits 0 and leaves no temporary file" '[ $? -eq 0 ] && [ -s "$tmp/f
 (cd "$(dirname "$corpus")" && OMP_NUM_THREADS=1 "$moectl" train "$tmp/tiny.yaml" --quiet 2>/dev/null)
 check "the fetched model equals moectl train's, byte for byte" 'cmp "$tmp/fetched.safetensors" "$tmp/local.safetensors"'
 check "jobs lists it SUCCEEDED" '"$moectl" jobs | grep "^$job " | grep -q SUCCEEDED'
+addr=$(cat "$cdir/coordinator.addr")
+check "global options before the command: moectl --coordinator A --token-file F jobs" \
+  '"$moectl" --coordinator "$addr" --token-file "$cdir/client.token" jobs | grep "^$job " | grep -q SUCCEEDED'
+check "... --cluster-dir=DIR --json before status" \
+  '"$moectl" --cluster-dir="$cdir" --json status "$job" | grep -q JOB_SUCCEEDED'
+"$moectl" --coordinator "$addr" train "$tmp/tiny.yaml" >"$tmp/out" 2>"$tmp/err"
+check "... refused before an in-process command (exit 2, named)" '[ $? -eq 2 ] && grep -q "coordinator.*train" "$tmp/err"'
 
 # ---- refusals ----
 before=$(n_jobs)

@@ -8,7 +8,7 @@
 # state_of JOB, step_of JOB, running_from DIR (pids of processes whose command line names
 # DIR/), check_same_model JOB RC, losses_of JOB (its stored per-step losses, "step loss"
 # lines), start_fake_worker PBDIR (a worker under a stand-in coordinator), and $fails (the
-# number of failed checks).
+# number of failed checks), sanitizer_reports LOG... (shows any sanitizer report; 1 if one).
 py=/usr/bin/python3
 
 cluster_test_init() {
@@ -26,17 +26,20 @@ cluster_test_cleanup() {
   # the daemons' logs survive `cluster down` (not --purge): a sanitizer report in any of them
   # fails the test, whatever its checks said (the ASan build runs these tests too)
   for d in "$tmp"/*/; do "$moectl" cluster down --dir "${d%/}" >/dev/null 2>&1; done
-  local bad; bad=$(grep -lsE "ERROR: (Address|Leak|Thread)Sanitizer|runtime error:" "$tmp"/*/*.log)
-  if [ -n "$bad" ]; then
-    for f in $bad; do echo "FAIL sanitizer report in $f:"; grep -sE -A12 "Sanitizer|runtime error:" "$f" | head -n 40; done
-    rc=1
-  fi
+  sanitizer_reports "$tmp"/*/*.log || rc=1
   for d in "$tmp"/*/; do "$moectl" cluster down --dir "${d%/}" --purge >/dev/null 2>&1; done
   for p in /proc/[0-9]*; do grep -qsaF -- "$tmp/" "$p/cmdline" && kill -9 "${p#/proc/}" 2>/dev/null; done
   rm -rf "$tmp"
   exit $rc
 }
 
+# sanitizer_reports LOG...: shows each sanitizer report in the logs; 1 if there was one
+sanitizer_reports() {
+  local bad; bad=$(grep -lsE "ERROR: (Address|Leak|Thread)Sanitizer|runtime error:" "$@")
+  [ -z "$bad" ] && return 0
+  for f in $bad; do echo "FAIL sanitizer report in $f:"; grep -sE -A12 "Sanitizer|runtime error:" "$f" | head -n 40; done
+  return 1
+}
 check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails+1)); fi; }
 # json EXPR: evaluates a Python expression over the JSON document `d` read from stdin
 json() { "$py" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }

@@ -12,11 +12,14 @@
  * thread; blocking calls from several threads at once; TLS with a self-signed certificate (and
  * its refusal of clients that do not trust it); a shutdown that cancels open streams and
  * pending calls, after which the loop runs dry with no handle left (and, under ASan, no leak).
+ * A method table that leaves a row's auth class unset, or opens a method outside the health
+ * service without a credential, is refused at server start.
  * And proto/methods.h names exactly the methods of proto/moed.proto, and the coordinator's
  * method table serves each of its services' methods with the request type the .proto gives.
  */
 #include "../common/log.h"
 #include "../coordinator/handlers/handlers.h"
+#include "../proto/health.h"
 #include "../proto/methods.h"
 #include "../proto/rpc.h"
 #include "check.h"
@@ -358,7 +361,7 @@ static void big_stream(struct rpc_call *call, const ProtobufCMessage *m, void *c
 static const struct rpc_method toy_methods[] = {
     {"/test.Echo/Unary", REF, RPC_UNARY, RPC_AUTH_CLIENT, echo_unary},
     {"/test.Echo/Cluster", REF, RPC_UNARY, RPC_AUTH_CLUSTER, cluster_unary},
-    {"/test.Echo/Open", REF, RPC_UNARY, RPC_AUTH_NONE, open_unary},
+    {RPC_HEALTH_PREFIX "Open", REF, RPC_UNARY, RPC_AUTH_HEALTH, open_unary},
     {"/test.Echo/Identity", REF, RPC_UNARY, RPC_AUTH_IDENTITY, identity_unary},
     {"/test.Echo/Join", REF, RPC_UNARY, RPC_AUTH_CLUSTER, identity_unary},
     {"/test.Echo/Count", REF, RPC_SERVER_STREAM, RPC_AUTH_CLIENT, count_stream},
@@ -711,7 +714,7 @@ static void test_auth(struct env *e) {
     EXPECT(rpc_call_sync(cluster, "/test.Echo/Cluster", &r.base, &moed__v1__empty__descriptor,
                          &resp, 5, NULL) == MOE_OK);
     if (resp) protobuf_c_message_free_unpacked(resp, NULL);
-    EXPECT(rpc_call_sync(none, "/test.Echo/Open", &r.base, &moed__v1__empty__descriptor, &resp, 5,
+    EXPECT(rpc_call_sync(none, RPC_HEALTH_PREFIX "Open", &r.base, &moed__v1__empty__descriptor, &resp, 5,
                          NULL) == MOE_OK);
     if (resp) protobuf_c_message_free_unpacked(resp, NULL);
     EXPECT(atomic_load(&e->cluster_calls) == clus + 1);
@@ -1203,7 +1206,8 @@ static void test_shutdown(struct env *e, struct rpc_channel *ch) {
 static const ProtobufCMethodDescriptor *proto_method(const char *path) {
     static const ProtobufCServiceDescriptor *services[] = {
         &moed__v1__jobs__descriptor, &moed__v1__status__descriptor,
-        &moed__v1__cluster__descriptor, &moed__v1__worker__descriptor};
+        &moed__v1__cluster__descriptor, &moed__v1__worker__descriptor,
+        &grpc__health__v1__health__descriptor};
     for (size_t i = 0; i < sizeof services / sizeof services[0]; i++)
         for (unsigned m = 0; m < services[i]->n_methods; m++) {
             char want[160];
@@ -1211,6 +1215,28 @@ static const ProtobufCMethodDescriptor *proto_method(const char *path) {
             if (!strcmp(want, path)) return &services[i]->methods[m];
         }
     return NULL;
+}
+
+/* No credential opens only the health service: a table that would open anything else, or
+ * that forgets to name a row's class, never serves. */
+static void test_auth_classes(struct env *e) {
+    /* an address it could never bind: should the table pass, the start still fails (EIO),
+     * and no stray server is left running */
+    struct rpc_server_config cfg = {.listen = "127.0.0.1:notaport", .role = "test"};
+    const struct rpc_method sneaky[] = {
+        {"/test.Echo/Unary", REF, RPC_UNARY, RPC_AUTH_CLIENT, echo_unary},
+        {"/test.Echo/Sneaky", REF, RPC_UNARY, RPC_AUTH_HEALTH, open_unary}};
+    const struct rpc_method lookalike[] = {
+        {"/grpc.health.v1.HealthX/Check", REF, RPC_UNARY, RPC_AUTH_HEALTH, open_unary}};
+    const struct rpc_method unset[] = {{"/test.Echo/Unset", REF, RPC_UNARY, 0, open_unary}};
+    struct rpc_server *never = NULL;
+    EXPECT_FAIL(rpc_server_start(&never, e->pump, &cfg, sneaky, 2, e, NULL), MOE_EINVAL,
+                "/test.Echo/Sneaky may not go without a credential");
+    EXPECT_FAIL(rpc_server_start(&never, e->pump, &cfg, lookalike, 1, e, NULL), MOE_EINVAL,
+                "may not go without a credential");
+    EXPECT_FAIL(rpc_server_start(&never, e->pump, &cfg, unset, 1, e, NULL), MOE_EINVAL,
+                "/test.Echo/Unset names no auth class");
+    EXPECT(never == NULL);
 }
 
 static void test_method_paths(void) {
@@ -1228,18 +1254,23 @@ static void test_method_paths(void) {
     size_t in_proto = moed__v1__jobs__descriptor.n_methods + moed__v1__status__descriptor.n_methods +
                       moed__v1__cluster__descriptor.n_methods + moed__v1__worker__descriptor.n_methods;
     EXPECT_MSG(n == in_proto, "methods.h names %zu methods, moed.proto has %zu", n, in_proto);
-    /* the coordinator serves Jobs, Status and Cluster whole, each with the .proto's types */
+    /* the coordinator serves Jobs, Status, Cluster and Health whole, each with the .proto's
+     * types */
     size_t served = moed__v1__jobs__descriptor.n_methods + moed__v1__status__descriptor.n_methods +
-                    moed__v1__cluster__descriptor.n_methods;
+                    moed__v1__cluster__descriptor.n_methods +
+                    grpc__health__v1__health__descriptor.n_methods;
     EXPECT((size_t)coordinator_n_methods == served);
     for (int i = 0; i < coordinator_n_methods; i++) {
         const struct rpc_method *m = &coordinator_methods[i];
         const ProtobufCMethodDescriptor *d = proto_method(m->path);
         EXPECT_MSG(d && d->input == m->request_type, "%s: request type differs from moed.proto",
                    m->path);
-        /* who may call: clients the Jobs and Status services; a worker's own credential every
-         * Cluster call but RegisterWorker, which the cluster token opens too (a new worker) */
-        enum rpc_auth want = strncmp(m->path, "/moed.v1.Cluster/", 17) != 0 ? RPC_AUTH_CLIENT
+        /* who may call: anyone the health service; clients the Jobs and Status services; a
+         * worker's own credential every Cluster call but RegisterWorker, which the cluster
+         * token opens too (a new worker) */
+        int health = !strncmp(m->path, RPC_HEALTH_PREFIX, strlen(RPC_HEALTH_PREFIX));
+        enum rpc_auth want = health ? RPC_AUTH_HEALTH
+                             : strncmp(m->path, "/moed.v1.Cluster/", 17) != 0 ? RPC_AUTH_CLIENT
                              : !strcmp(m->path, RPC_CLUSTER_REGISTER_WORKER) ? RPC_AUTH_CLUSTER
                                                                             : RPC_AUTH_IDENTITY;
         EXPECT_MSG(m->auth == want, "%s: auth %d, wanted %d", m->path, (int)m->auth, (int)want);
@@ -1279,6 +1310,7 @@ int main(void) {
     struct rpc_server_config cfg = {.listen = "127.0.0.1:notaport", .role = "test"};
     EXPECT_FAIL(rpc_server_start(&never, e->pump, &cfg, toy_methods, N_TOY_METHODS, e, NULL),
                 MOE_EIO, "cannot listen on 127.0.0.1:notaport");
+    test_auth_classes(e);
 
     struct rpc_channel *ch = NULL;
     EXPECT(rpc_channel_open(&ch, e->target, NULL, CLIENT_TOKEN, 0) == MOE_OK);

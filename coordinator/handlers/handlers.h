@@ -41,5 +41,7 @@ void handle_report_restored(struct rpc_call *call, const ProtobufCMessage *m, vo
 /* services.c: the table rpc_server_start serves (ctx: the struct coordinator *). */
 extern const struct rpc_method coordinator_methods[];
 extern const int coordinator_n_methods;
+extern const char *const coordinator_health_names[]; // grpc.health.v1 names besides ""
+extern const int coordinator_n_health_names;
 
 #endif

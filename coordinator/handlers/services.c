@@ -4,6 +4,7 @@
  */
 #include "handlers.h"
 
+#include "../../proto/health.h"
 #include "../../proto/methods.h"
 #include "proto/moed.pb-c.h"
 
@@ -35,5 +36,13 @@ const struct rpc_method coordinator_methods[] = {
     CLUSTER(RPC_CLUSTER_REPORT_JOB_END, moed__v1__job_end_report__descriptor, handle_report_job_end),
     CLUSTER(RPC_CLUSTER_REPORT_FAULT, moed__v1__fault_report__descriptor, handle_report_fault),
     CLUSTER(RPC_CLUSTER_REPORT_RESTORED, moed__v1__restored_report__descriptor, handle_report_restored),
+    RPC_HEALTH_METHODS, // no token: stock probes send none (proto/health.h)
 };
 const int coordinator_n_methods = (int)(sizeof coordinator_methods / sizeof coordinator_methods[0]);
+
+/* The names grpc.health.v1 answers for besides "": the services above, all served or not
+ * together (docs/operations.md "Health"). */
+const char *const coordinator_health_names[] = {"moed.v1.Jobs", "moed.v1.Status",
+                                                "moed.v1.Cluster"};
+const int coordinator_n_health_names =
+    (int)(sizeof coordinator_health_names / sizeof coordinator_health_names[0]);

@@ -76,6 +76,7 @@ struct job;    // jobs.h
 struct worker; // workers.h
 struct http_service; // handlers/http_service.c
 struct rpc_stats;    // handlers/metrics.c
+struct rpc_health;   // proto/health.h
 
 struct coordinator {
     struct coordinator_config cfg;
@@ -100,6 +101,7 @@ struct coordinator {
     struct http_service *http; // the HTTP port, when --http-listen asks for one
     char http_address[160];    //   host:port it bound
     struct rpc_stats *rpc_stats; // the server's calls by method and code (/metrics)
+    struct rpc_health *health;   // grpc.health.v1: SERVING from start until stopping
 };
 
 /* The meta record: the id counters and the cluster id. */

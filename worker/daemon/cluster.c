@@ -13,6 +13,7 @@
 
 #include "../../common/clock.h"
 #include "../../common/log.h"
+#include "../../common/sdnotify.h"
 #include "proto/moed.pb-c.h"
 #include "../../proto/diagnose.h"
 #include "../../proto/methods.h"
@@ -304,6 +305,7 @@ done:
 
 static void heartbeat_tick(uv_timer_t *t) {
     struct worker *w = t->data;
+    moe_notify_watchdog(); // a loop that stops ticking is what WatchdogSec= catches
     if (w->heartbeat_in_flight || atomic_load(&w->shutting_down)) return;
     struct heartbeat *hb = calloc(1, sizeof *hb);
     if (!hb) return;

@@ -24,6 +24,8 @@
 #include "../../common/knobs.h"
 #include "../../common/log.h"
 #include "../../common/netaddr.h"
+#include "../../common/sdnotify.h"
+#include "../../proto/health.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -271,6 +273,8 @@ static void pump_stopped(void *arg) {
 static void server_stopped(void *arg) {
     struct worker *w = arg;
     w->server = NULL;
+    rpc_health_free(w->health);
+    w->health = NULL;
     if (w->pump)
         rpc_pump_stop(w->pump, pump_stopped, w); // cancels a heartbeat in flight
     else
@@ -292,6 +296,8 @@ static void shutdown_begin(struct worker *w, int exit_code) {
     if (atomic_exchange(&w->shutting_down, 1)) return;
     w->exit_code = exit_code;
     uv_timer_stop(&w->heartbeat);
+    rpc_health_set(w->health, 0); // draining: probes see NOT_SERVING while the jobs stop
+    moe_notify_stopping("stopping");
     int waiting = 0;
     for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
         struct job *j = w->jobs[k];
@@ -359,6 +365,8 @@ static moe_status start(struct worker *w) {
                                    .cluster_token = NULL, // it opens nothing here
                                    .identify = worker_identify,
                                    .role = "worker"};
+    sc.health = w->health = rpc_health_new(worker_health_names, worker_n_health_names);
+    if (!w->health) return moe_fail(MOE_ENOMEM, "out of memory");
     int port = 0;
     CHECK(rpc_server_start(&w->server, w->pump, &sc, worker_methods, worker_n_methods, w, &port));
     CHECK(advertised_address(w, port));
@@ -385,6 +393,8 @@ static moe_status start(struct worker *w) {
     if (!w->cfg.dir[0]) CHECK(scratch_make_temp(w));
     CHECK(operator_token_write(w));
     CHECK(worker_register(w));
+    rpc_health_set(w->health, 1);
+    moe_notify_ready("registered"); // Type=notify (deploy/systemd): ready once registered
     LOG_INFO("scratch directory %s", w->scratch);
     uv_signal_start(&w->sigterm, on_signal, SIGTERM);
     uv_signal_start(&w->sigint, on_signal, SIGINT);

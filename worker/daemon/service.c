@@ -24,6 +24,7 @@
 
 #include "../../common/log.h"
 #include "proto/moed.pb-c.h"
+#include "../../proto/health.h"
 #include "../../proto/methods.h"
 
 #include <ctype.h>
@@ -598,5 +599,8 @@ const struct rpc_method worker_methods[] = {
      RPC_AUTH_IDENTITY, fence_slot},
     {RPC_WORKER_INJECT_FAULT, &moed__v1__inject_fault_request__descriptor, RPC_UNARY,
      RPC_AUTH_IDENTITY, inject_fault},
+    RPC_HEALTH_METHODS, // no token: stock probes send none (proto/health.h)
 };
 const int worker_n_methods = sizeof worker_methods / sizeof worker_methods[0];
+const char *const worker_health_names[] = {"moed.v1.Worker"};
+const int worker_n_health_names = sizeof worker_health_names / sizeof worker_health_names[0];

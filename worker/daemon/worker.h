@@ -168,6 +168,7 @@ struct worker {
 
     struct rpc_pump *pump;
     struct rpc_server *server;
+    struct rpc_health *health;    // grpc.health.v1: SERVING from registration until stopping
     struct rpc_channel *coord;    // the loop's channel (wait_for_ready) for register/heartbeat
 
     uv_mutex_t id_mu;             // guards worker_id and credential: the training thread puts
@@ -217,6 +218,8 @@ void worker_heartbeat_now(struct worker *w); // an extra one (a job just ended)
 /* service.c (loop thread) */
 extern const struct rpc_method worker_methods[];
 extern const int worker_n_methods;
+extern const char *const worker_health_names[]; // grpc.health.v1 names besides ""
+extern const int worker_n_health_names;
 /* rpc_identify_fn of the Worker service (ctx: the worker): "coordinator" for our own current
  * credential (only the coordinator and we know it), "operator" for operator_token. */
 int worker_identify(void *ctx, const char *cred, size_t len, char out[RPC_IDENTITY_MAX]);
