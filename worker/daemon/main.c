@@ -385,8 +385,8 @@ static moe_status start(struct worker *w) {
         }
     }
     CHECK(rpc_channel_open(&w->coord, w->cfg.coordinator, &w->cfg.tls, w->token, 1));
-    LOG_INFO("moed-worker %s listening on %s as %s, data plane on %s (pod %d%s); joining %s",
-             MOED_VERSION, w->cfg.listen, w->address, w->data_addresses[0], w->cfg.pod,
+    LOG_INFO("moed-worker %s listening on %s, data plane on %s (pod %d%s); joining %s",
+             MOED_VERSION, w->address, w->data_addresses[0], w->cfg.pod,
              w->mpi_size ? ", under mpirun" : "", w->cfg.coordinator);
     /* the operator token before registering: once the coordinator lists us, `moectl chaos`
      * may read it, and must not find the one a killed predecessor left in the same place */
