@@ -7,6 +7,11 @@
  * every later call carries that credential instead (the channel's token is switched), and so
  * does re-registering our id. A coordinator that refuses the credential (its store was lost)
  * gets a registration as a new worker, with the cluster token and no id.
+ * Reachability (docs/operations.md, "Addresses"; docs/security.md, "TLS mistakes"): a
+ * coordinator that cannot be reached is diagnosed by a dial of our own (proto/diagnose.h) —
+ * at start before and between registration attempts (a TLS mistake ends the start at once),
+ * and once per loss of heartbeats on the thread pool; the coordinator's `refused` (why it
+ * gives us no job) is logged when it changes, never acted on.
  * Loop thread only.
  */
 #include "worker.h"
@@ -248,6 +253,45 @@ static void reregister(struct worker *w) {
 
 /* ---- heartbeats ---- */
 
+/* A heartbeat that could not reach the coordinator (after we had joined: a coordinator
+ * restarted with another certificate, a firewall) is diagnosed once per loss, by the same dial
+ * as at start, on libuv's thread pool: the loop never waits for it. */
+struct lost_dial {
+    uv_work_t req;
+    struct worker *w;
+    char why[768];
+    enum rpc_diagnosis d;
+};
+
+static void lost_dial_work(uv_work_t *req) {
+    struct lost_dial *l = req->data;
+    l->d = rpc_diagnose(l->w->cfg.coordinator, &l->w->cfg.tls, DIAGNOSE_TIMEOUT_S, l->why,
+                        sizeof l->why);
+}
+
+static void lost_dial_done(uv_work_t *req, int status) {
+    struct lost_dial *l = req->data;
+    l->w->diagnosing = 0;
+    if (status == 0 && l->d != RPC_DIAG_FINE && !atomic_load(&l->w->shutting_down))
+        LOG_WARN("the coordinator at %s cannot be reached: %s", l->w->cfg.coordinator, l->why);
+    free(l);
+}
+
+static void diagnose_lost(struct worker *w, grpc_status_code code) {
+    if (w->diagnosing ||
+        (code != GRPC_STATUS_UNAVAILABLE && code != GRPC_STATUS_DEADLINE_EXCEEDED))
+        return;
+    struct lost_dial *l = calloc(1, sizeof *l);
+    if (!l) return;
+    l->w = w;
+    l->req.data = l;
+    if (uv_queue_work(w->loop, &l->req, lost_dial_work, lost_dial_done) != 0) {
+        free(l);
+        return;
+    }
+    w->diagnosing = 1;
+}
+
 struct heartbeat {
     struct worker *w;
     char job_id[64]; // the job this heartbeat spoke for: stop_job refers to it
@@ -269,9 +313,11 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
         goto done;
     }
     if (res->code != GRPC_STATUS_OK) {
-        if (!w->coordinator_lost)
+        if (!w->coordinator_lost) {
             LOG_INFO("heartbeat failed (%s: %s); training goes on, retrying every %ld ms",
                      rpc_code_name(res->code), res->details, w->heartbeat_ms);
+            diagnose_lost(w, res->code);
+        }
         else
             LOG_DEBUG("heartbeat failed: %s: %s", rpc_code_name(res->code), res->details);
         w->coordinator_lost = 1;

@@ -183,6 +183,7 @@ struct worker {
     int heartbeat_again;          // worker_heartbeat_now while one was in flight
     int reregistering;
     int coordinator_lost;         // the last heartbeat failed (log the change, not every tick)
+    int diagnosing;               // a dial naming why the coordinator is lost, on the thread pool
     atomic_uint contact;          // +1 when the coordinator answers again or re-registers us:
                                   // the training thread then retries its reports at once
 
