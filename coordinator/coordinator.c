@@ -166,7 +166,8 @@ static moe_status advertised_address(struct coordinator *co, int port) {
     int unused;
     if (net_split(cfg->listen, host, sizeof host, &unused) != 0) host[0] = 0;
     if (net_host_is_wildcard(host)) {
-        if (gethostname(host, sizeof host) != 0 || !host[0]) snprintf(host, sizeof host, "localhost");
+        if (gethostname(host, sizeof host) != 0 || !host[0])
+            snprintf(host, sizeof host, "localhost");
         host[sizeof host - 1] = 0;
         LOG_INFO("--listen %s binds every address; advertising %s:%d (this machine's hostname; "
                  "--advertise HOST[:PORT] names another)", cfg->listen, host, port);

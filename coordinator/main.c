@@ -1,7 +1,8 @@
 /*
  * moed-coordinator — the single controller's process: flags, the loop, and nothing else.
  *
- *   moed-coordinator --dir DIR [--listen HOST:PORT] [--advertise HOST[:PORT]] [--addr-file FILE] ...
+ *   moed-coordinator --dir DIR [--listen HOST:PORT] [--advertise HOST[:PORT]]
+ *                    [--addr-file FILE] ...
  *
  * Every flag is a row of coordinator_knobs (coordinator.c), from which --help is printed.
  * Heartbeats: every 500 ms by default (told to the workers); a worker silent for 2000 ms is

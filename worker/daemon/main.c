@@ -2,7 +2,8 @@
  * moed-worker — the worker daemon (see worker.h for what it owns).
  *
  *   moed-worker --coordinator HOST:PORT --cluster-token-file FILE [--listen 127.0.0.1:0]
- *               [--advertise HOST[:PORT]] [--data-advertise HOST] [--pod N] [--threads N] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
+ *               [--advertise HOST[:PORT]] [--data-advertise HOST] [--pod N] [--threads N]
+ *               [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
  *               [--dir SCRATCH_DIR] [--data-listen HOST:PORT] [--mpi] [--data-root DIR ...]
  *               [--log-level debug|info|warn|error|off]
  *
@@ -108,7 +109,8 @@ static void usage(FILE *to) {
 static moe_status check_addresses(struct worker_config *cfg) {
     char out[300], host[NET_HOST_MAX];
     int port;
-    if (cfg->advertise[0]) CHECK(net_advertise_parse("--advertise", cfg->advertise, 1, out, sizeof out));
+    if (cfg->advertise[0])
+        CHECK(net_advertise_parse("--advertise", cfg->advertise, 1, out, sizeof out));
     if (cfg->data_advertise[0])
         CHECK(net_advertise_parse("--data-advertise", cfg->data_advertise, -1, out, sizeof out));
     if (net_split(cfg->listen, host, sizeof host, &port) != 0 || port < 0)
@@ -239,7 +241,8 @@ static void advertised_data_host(struct worker *w) {
         snprintf(w->data_host, sizeof w->data_host, "%s", w->cfg.data_advertise);
         return;
     }
-    if (net_split(w->cfg.data_listen, host, sizeof host, &port) == 0 && !net_host_is_wildcard(host)) {
+    if (net_split(w->cfg.data_listen, host, sizeof host, &port) == 0 &&
+        !net_host_is_wildcard(host)) {
         snprintf(w->data_host, sizeof w->data_host, strchr(host, ':') ? "[%s]" : "%s", host);
         return;
     }
