@@ -9,8 +9,8 @@
  * its Worker service; and the plain changes of a worker's state (dead, free again) that several
  * policies make.
  * States: IDLE (alive, may be given a slot once its address is probed reachable), BUSY (bound
- * to a job, or finishing one), DEAD
- * (silent past the heartbeat timeout, or did not answer a fence), LEFT.
+ * to a job, or finishing one), DEAD (silent past the heartbeat timeout, or did not answer a
+ * fence), LEFT.
  * Never: decides whether a worker is dead or which slot it plays (policy/membership.c,
  * policy/schedule.c and policy/recovery.c do), or calls it (worker_calls.c does).
  */
