@@ -6,6 +6,7 @@
 #include "cluster_dir.h"
 #include "moectl.h"
 #include "proto/moed.pb-c.h"
+#include "../proto/diagnose.h"
 #include "../proto/methods.h"
 
 #include <errno.h>
@@ -57,6 +58,7 @@ moe_status client_cluster_dir(const char *flag, char *out, size_t cap) {
 int client_open_at(struct client *c, const char *target, const char *token, const char *ca_file) {
     memset(c, 0, sizeof *c);
     snprintf(c->target, sizeof c->target, "%s", target);
+    snprintf(c->ca, sizeof c->ca, "%.4000s", ca_file ? ca_file : "");
     struct rpc_tls tls = {.ca_file = ca_file};
     /* Not wait-for-ready: a coordinator that is down should be reported at once, not after
      * the call's deadline. */
@@ -174,6 +176,21 @@ int client_exit_code(grpc_status_code code) {
     }
 }
 
+#define DIAGNOSE_TIMEOUT_S 5.0
+
+int client_fail(const struct client *c, int code, const struct rpc_result *res) {
+    char saved[1024], why[768];
+    snprintf(saved, sizeof saved, "%s", moe_errmsg());
+    struct rpc_tls tls = {.ca_file = c->ca};
+    if ((res->code != GRPC_STATUS_UNAVAILABLE && res->code != GRPC_STATUS_DEADLINE_EXCEEDED) ||
+        rpc_diagnose(c->target, &tls, DIAGNOSE_TIMEOUT_S, why, sizeof why) == RPC_DIAG_FINE)
+        return moectl_fail(code, "%s", saved);
+    /* "ListJobs on H:P: UNAVAILABLE: " as the call said it, then the cause */
+    const char *name = strstr(saved, rpc_code_name(res->code));
+    int prefix = name ? (int)(name - saved + strlen(rpc_code_name(res->code))) : 0;
+    return moectl_fail(code, "%.*s%s%s", prefix, saved, prefix ? ": " : "", why);
+}
+
 int client_call(struct client *c, const char *method, const ProtobufCMessage *request,
                 const ProtobufCMessageDescriptor *response_type, ProtobufCMessage **response,
                 struct rpc_result *res) {
@@ -184,7 +201,7 @@ int client_call(struct client *c, const char *method, const ProtobufCMessage *re
         return EXIT_OK;
     int code = client_exit_code(res->code);
     if (res->code == GRPC_STATUS_OK) code = EXIT_RUN_FAILED; // a reply we could not read
-    return moectl_fail(code, "%s", moe_errmsg());
+    return client_fail(c, code, res);
 }
 
 /* ---- pages ---- */
@@ -240,7 +257,7 @@ int client_call_pages(struct client *c, const char *method, ProtobufCMessage *re
         if (rpc_call_sync(c->ch, method, request, response_type, &page, timeout_s, res) !=
             MOE_OK) {
             code = res->code == GRPC_STATUS_OK ? EXIT_RUN_FAILED : client_exit_code(res->code);
-            if (!quiet) moectl_fail(code, "%s", moe_errmsg());
+            if (!quiet) client_fail(c, code, res);
         } else if (*response && move_items(*response, page, f) != 0) {
             code = quiet ? EXIT_RUN_FAILED : moectl_fail(EXIT_RUN_FAILED, "out of memory");
         }

@@ -69,6 +69,7 @@ struct client {
     struct rpc_channel *ch;
     char target[256];
     char origin[PATH_MAX + 64]; // where the address came from, for error hints
+    char ca[PATH_MAX];          // the CA the channel verifies the coordinator with ("": none)
 };
 
 /* Resolves the settings and opens the channel. Returns an exit code: 0, or after printing
@@ -76,6 +77,11 @@ struct client {
 int client_open(struct client *c, const struct client_options *o);
 /* Opens a channel to a known address (cluster up, which made the credentials itself). */
 int client_open_at(struct client *c, const char *target, const char *token, const char *ca_file);
+/* A call that failed as `res` says: prints "moectl: <why>" and returns `code`. A call that
+ * could not reach the coordinator (UNAVAILABLE, DEADLINE_EXCEEDED) is diagnosed by a dial of
+ * its own (proto/diagnose.h), so that a TLS mistake is named: "TLS handshake with H:P failed:
+ * hostname mismatch: ..."; otherwise the call's own message (moe_errmsg()) is printed. */
+int client_fail(const struct client *c, int code, const struct rpc_result *res);
 void client_close(struct client *c);
 
 /* Blocking unary call. On failure prints "moectl: <method on target: CODE: details>" and

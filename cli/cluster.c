@@ -986,7 +986,7 @@ static int cluster_down(int argc, char **argv) {
 /* ---- cluster status ---- */
 
 static void print_workers(const Moed__V1__ClusterStatus *cs) {
-    printf("\n%-8s %-4s %-6s %-22s %-22s %-6s %-10s %-12s %-8s %s\n", "WORKER", "POD", "STATE",
+    printf("\n%-8s %-4s %-7s %-22s %-22s %-6s %-10s %-12s %-8s %s\n", "WORKER", "POD", "STATE",
            "ADDRESS", "DATA PLANE", "MPI", "HEARTBEAT", "JOB", "PID", "CPUS");
     for (size_t i = 0; i < cs->n_workers; i++) {
         const Moed__V1__WorkerInfo *w = cs->workers[i];
@@ -994,13 +994,19 @@ static void print_workers(const Moed__V1__ClusterStatus *cs) {
         if (w->job_id[0]) snprintf(job, sizeof job, "%s/%d", w->job_id, w->slot);
         if (w->mpi_size > 0) snprintf(mpi, sizeof mpi, "%d/%d", w->mpi_rank, w->mpi_size);
         moectl_age(age, sizeof age, w->ms_since_heartbeat);
-        printf("%-8s %-4d %-6s %-22s %-22s %-6s %-10s %-12s %-8d %d\n", w->worker_id, w->pod,
+        printf("%-8s %-4d %-7s %-22s %-22s %-6s %-10s %-12s %-8d %d\n", w->worker_id, w->pod,
                w->drained ? "DRAINED" // wrong copies twice: see docs/operations.md
-                          : client_enum_name(&moed__v1__worker_state__descriptor, w->state),
+               : w->refused[0] && (w->state == MOED__V1__WORKER_STATE__WORKER_IDLE ||
+                                   w->state == MOED__V1__WORKER_STATE__WORKER_BUSY)
+                   ? "REFUSED" // the coordinator cannot use its address: said below
+                   : client_enum_name(&moed__v1__worker_state__descriptor, w->state),
                w->address,
                w->data_address[0] ? w->data_address : "-", mpi, strcat(age, " ago"), job,
                w->pid, w->cpus);
     }
+    for (size_t i = 0; i < cs->n_workers; i++)
+        if (cs->workers[i]->refused[0])
+            printf("%s refused: %s\n", cs->workers[i]->worker_id, cs->workers[i]->refused);
 }
 
 static void print_pods(const Moed__V1__ClusterStatus *cs) {

@@ -892,7 +892,7 @@ static int fetch_stream(struct client *cl, struct fetch *f) {
                 code = moectl_fail(EXIT_RUN_FAILED, "%s has no model to fetch: only a SUCCEEDED "
                                    "job has one (%s)", f->id, moe_errmsg());
             else
-                code = moectl_fail(c ? c : EXIT_RUN_FAILED, "%s", moe_errmsg());
+                code = client_fail(cl, c ? c : EXIT_RUN_FAILED, &res);
             break;
         }
         code = fetch_chunk(f, (const Moed__V1__ModelChunk *)msg);

@@ -7,6 +7,7 @@
 #include "../common/clock.h"
 #include "../common/fileio.h"
 #include "../common/log.h"
+#include "../common/netaddr.h"
 #include "../common/sdnotify.h"
 #include "../proto/health.h"
 #include "handlers/handlers.h"
@@ -27,6 +28,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define STORE_LOCK_WAIT_S 10.0 // a restart waits this long for a dying predecessor's lock
 
@@ -38,7 +40,12 @@ const struct knob coordinator_knobs[] = {
     {"dir", NULL, KNOB_STR, CFG(dir), "", 0, 0, NULL, "DIR",
      "where jobs are stored: RocksDB in DIR/db, uploaded models in DIR/models (required)"},
     {"listen", NULL, KNOB_STR, CFG(listen), "127.0.0.1:0", 0, 0, NULL, "HOST:PORT",
-     "where the Jobs, Status and Cluster services listen; port 0 picks a free one"},
+     "where the Jobs, Status and Cluster services listen; port 0 picks a free one; 0.0.0.0 "
+     "listens everywhere"},
+    {"advertise", "MOED_COORDINATOR_ADVERTISE", KNOB_STR, CFG(advertise), "", 0, 0, NULL,
+     "HOST[:PORT]", "the address clients and workers dial, as logged and written to --addr-file; "
+     "PORT defaults to the bound port; without it, the --listen host, or for a wildcard "
+     "--listen this machine's hostname"},
     {"addr-file", NULL, KNOB_STR, CFG(addr_file), "", 0, 0, NULL, "FILE",
      "write the bound address here once serving"},
     {"client-token-file", NULL, KNOB_STR, CFG(client_token_file), "", 0, 0, NULL, "FILE",
@@ -147,6 +154,28 @@ static moe_status load_tables(struct coordinator *co) {
     return MOE_OK;
 }
 
+/* The address we log, write to --addr-file and judge workers' addresses by
+ * (docs/operations.md, "Addresses"): --advertise; else the --listen host; for a wildcard
+ * listen, this machine's hostname. */
+static moe_status advertised_address(struct coordinator *co, int port) {
+    const struct coordinator_config *cfg = &co->cfg;
+    if (cfg->advertise[0])
+        return net_advertise_parse("--advertise", cfg->advertise, port, co->address,
+                                   sizeof co->address);
+    char host[NET_HOST_MAX];
+    int unused;
+    if (net_split(cfg->listen, host, sizeof host, &unused) != 0) host[0] = 0;
+    if (net_host_is_wildcard(host)) {
+        if (gethostname(host, sizeof host) != 0 || !host[0])
+            snprintf(host, sizeof host, "localhost");
+        host[sizeof host - 1] = 0;
+        LOG_INFO("--listen %s binds every address; advertising %s:%d (this machine's hostname; "
+                 "--advertise HOST[:PORT] names another)", cfg->listen, host, port);
+    }
+    return net_advertise_parse("the advertised address", host, port, co->address,
+                               sizeof co->address);
+}
+
 static moe_status serve(struct coordinator *co, uv_loop_t *loop) {
     const struct coordinator_config *cfg = &co->cfg;
     CHECK(rpc_pump_start(&co->pump, loop));
@@ -167,17 +196,11 @@ static moe_status serve(struct coordinator *co, uv_loop_t *loop) {
     int port = 0;
     CHECK(rpc_server_start(&co->server, co->pump, &sc, coordinator_methods, coordinator_n_methods,
                            co, &port));
-    char host[140];
-    snprintf(host, sizeof host, "%.139s", cfg->listen);
-    char *colon = strrchr(host, ':');
-    if (colon) *colon = 0;
-    if (!strcmp(host, "0.0.0.0") || !strcmp(host, "[::]") || !host[0])
-        snprintf(host, sizeof host, "127.0.0.1");
-    snprintf(co->address, sizeof co->address, "%s:%d", host, port);
+    CHECK(advertised_address(co, port));
     /* the HTTP port first: once the address file is there, all of the coordinator serves */
     if (cfg->http_listen[0]) CHECK(http_service_start(co));
     if (cfg->addr_file[0]) {
-        char line[200];
+        char line[320];
         int n = snprintf(line, sizeof line, "%s\n", co->address);
         CHECK(moe_write_file_atomic(cfg->addr_file, line, (size_t)n, 0644));
     }

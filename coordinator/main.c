@@ -1,7 +1,8 @@
 /*
  * moed-coordinator — the single controller's process: flags, the loop, and nothing else.
  *
- *   moed-coordinator --dir DIR [--listen HOST:PORT] [--addr-file FILE] ...
+ *   moed-coordinator --dir DIR [--listen HOST:PORT] [--advertise HOST[:PORT]]
+ *                    [--addr-file FILE] ...
  *
  * Every flag is a row of coordinator_knobs (coordinator.c), from which --help is printed.
  * Heartbeats: every 500 ms by default (told to the workers); a worker silent for 2000 ms is
@@ -11,6 +12,7 @@
  * unreadable, address in use, unreadable token or TLS file); 2 bad flags.
  */
 #include "../common/log.h"
+#include "../common/netaddr.h"
 #include "../common/sdnotify.h"
 #include "coordinator.h"
 
@@ -38,6 +40,9 @@ static const char *bad_combination(const struct coordinator_config *cfg, char *w
         snprintf(why, cap, "--heartbeat-timeout-ms (%ld) must be at least twice "
                  "--heartbeat-interval-ms (%ld)", cfg->heartbeat_timeout_ms,
                  cfg->heartbeat_interval_ms);
+    else if (cfg->advertise[0] &&
+             net_advertise_parse("--advertise", cfg->advertise, 1, why, cap) != MOE_OK)
+        snprintf(why, cap, "%s", moe_errmsg());
     else
         return NULL;
     return why;

@@ -18,7 +18,7 @@ pkgs=(
   protobuf-c-compiler                # protoc-c: proto/*.proto to C at build time
   libuv1-dev                         # the daemons' event loops and timers
   librocksdb-dev                     # the coordinator's durable job store
-  libssl-dev                         # libcrypto: SHA-256 of model transfers
+  libssl-dev                         # libcrypto: SHA-256 of model transfers; libssl: TLS diagnosis
   openssl                            # self-signed certificates (moectl cluster up --tls)
   libopenmpi-dev openmpi-bin         # the mpi data-plane backend (a pod = one mpirun job)
   libcairo2-dev                      # moectl plot: SVG and PNG drawing

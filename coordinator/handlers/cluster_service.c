@@ -99,7 +99,7 @@ void handle_register_worker(struct rpc_call *call, const ProtobufCMessage *m, vo
         return;
     }
     struct worker *w;
-    if (membership_register(co, req, known, &w) != MOE_OK) {
+    if (membership_register(co, req, known, rpc_call_peer(call), &w) != MOE_OK) {
         rpc_fail(call, GRPC_STATUS_INTERNAL, "%s", moe_errmsg());
         return;
     }
@@ -108,6 +108,7 @@ void handle_register_worker(struct rpc_call *call, const ProtobufCMessage *m, vo
     resp.heartbeat_interval_ms = co->cfg.heartbeat_interval_ms;
     resp.cluster_id = co->cluster_id;
     resp.worker_credential = w->credential;
+    resp.refused = w->refused;
     rpc_reply(call, &resp.base);
     schedule_pass(co);
 }

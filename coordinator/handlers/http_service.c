@@ -322,7 +322,8 @@ static struct MHD_Daemon *start_mhd(struct http_service *h, const struct sockadd
         h->cert ? tls : tls + 2, MHD_OPTION_END);
 }
 
-/* "host:port" of what MHD bound: a wildcard host is reached on 127.0.0.1 from here. */
+/* "host:port" of what MHD bound: a wildcard host is reached at the host the coordinator
+ * advertises (its --advertise, or its hostname; docs/operations.md, "Addresses"). */
 static void bound_address(struct http_service *h, const char *listen) {
     struct coordinator *co = h->co;
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
@@ -330,8 +331,10 @@ static void bound_address(struct http_service *h, const char *listen) {
     snprintf(host, sizeof host, "%.139s", listen);
     char *colon = strrchr(host, ':');
     if (colon) *colon = 0;
-    if (!strcmp(host, "0.0.0.0") || !strcmp(host, "[::]") || !host[0])
-        snprintf(host, sizeof host, "127.0.0.1");
+    if (!strcmp(host, "0.0.0.0") || !strcmp(host, "[::]") || !host[0]) {
+        const char *at = strrchr(co->address, ':'); // co->address is set before we start
+        snprintf(host, sizeof host, "%.*s", at ? (int)(at - co->address) : 0, co->address);
+    }
     snprintf(co->http_address, sizeof co->http_address, "%s:%u", host,
              di ? (unsigned)di->port : 0u);
 }

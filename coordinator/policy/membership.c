@@ -19,6 +19,7 @@
 #include "../../common/log.h"
 #include "../state/events.h"
 #include "faults.h"
+#include "reachability.h"
 #include "recovery.h"
 #include "schedule.h"
 
@@ -109,7 +110,7 @@ static void supersede(struct coordinator *co, struct worker *w) {
 }
 
 moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterRequest *req,
-                               struct worker *known, struct worker **out) {
+                               struct worker *known, const char *peer, struct worker **out) {
     struct worker *w = known;
     if (!w) {
         CHECK(workers_add_new(co, &w));
@@ -127,6 +128,7 @@ moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterR
     w->awaiting_idle = 0;
     CHECK(worker_save(co, w));
     supersede(co, w);
+    reach_registered(co, w, peer);
     char mpi[320] = "";
     if (w->mpi_size)
         snprintf(mpi, sizeof mpi, ", MPI rank %d of %d in %s", w->mpi_rank, w->mpi_size,
@@ -165,6 +167,8 @@ void membership_heartbeat(struct coordinator *co, struct worker *w,
         return;
     }
     w->last_heartbeat_ms = moe_wall_ms();
+    reach_heartbeat(co, w, w->last_heartbeat_ms);
+    resp->refused = w->refused;
     if (!w->confirmed) {
         /* Known from the store, not yet seen by this process: have it register again, with
          * the job and step it is running, so the coordinator reattaches it knowingly. */

@@ -9,13 +9,13 @@
 /* A well-formed RegisterWorker (the handler checked its fields and who calls): `known` is the
  * worker whose own credential the call carried, re-registering, and gets its record updated;
  * NULL makes a new worker with the next id and a new credential. One that still runs the slot
- * we bound it to is reattached, one that no longer does has lost that slot (faults.c). *out is
- * the worker. The caller answers, then runs a schedule pass (a new worker may take a queued
- * job). */
+ * we bound it to is reattached, one that no longer does has lost that slot (faults.c). It is
+ * then judged from `peer` (rpc_call_peer) and probed (reachability.h). *out is the worker.
+ * The caller answers, then runs a schedule pass (a new worker may take a queued job). */
 moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterRequest *req,
-                               struct worker *known, struct worker **out);
+                               struct worker *known, const char *peer, struct worker **out);
 /* A Heartbeat of worker w (the caller, proven by its credential): fills resp (reregister,
- * stop_job). */
+ * stop_job, refused). */
 void membership_heartbeat(struct coordinator *co, struct worker *w,
                           const Moed__V1__HeartbeatRequest *req, Moed__V1__HeartbeatResponse *resp);
 /* The monitor's tick: workers silent past the heartbeat timeout are dead. */

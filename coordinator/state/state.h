@@ -39,6 +39,8 @@ struct coordinator_config {
     char listen[160];             // --listen, "127.0.0.1:0" picks a port
     char dir[1024];               // --dir: RocksDB and uploaded models live here
     char addr_file[1024];         // --addr-file: the bound address is written here when ready
+    char advertise[300];          // --advertise HOST[:PORT]: the address we log, write and
+                                  // judge workers by ("": derived from listen, coordinator.c)
     char client_token_file[1024], cluster_token_file[1024];
     char client_token[256];       // read from client_token_file; "" disables the check
     char cluster_token[256];      // read from cluster_token_file; "" disables the check
@@ -81,7 +83,7 @@ struct coordinator {
     uv_loop_t *loop;
     struct rpc_pump *pump;     // the outgoing calls (worker_calls.c) and the server's
     struct rpc_server *server;
-    char address[160];         // host:port actually bound
+    char address[300];         // host:port as advertised (the port actually bound)
     struct store *store;
     char models_dir[1100];     // uploaded models (models.c)
     long next_job, next_worker;

@@ -38,6 +38,14 @@ void worker_call_stop_all(struct coordinator *co, const struct job *j) {
     }
 }
 
+moe_status worker_call_probe(struct coordinator *co, const struct worker *w, rpc_reply_cb cb,
+                             void *arg) {
+    if (!w->channel) return moe_fail(MOE_EUNAVAILABLE, "no channel to %s", w->id);
+    Moed__V1__StopJobRequest ref = MOED__V1__STOP_JOB_REQUEST__INIT; // job "": none
+    return rpc_call_async(co->pump, w->channel, RPC_WORKER_STOP_JOB, &ref.base,
+                          &moed__v1__empty__descriptor, PROBE_DEADLINE_S, cb, arg);
+}
+
 moe_status worker_call_fence(struct coordinator *co, const struct job *j, const struct worker *w,
                              rpc_reply_cb cb, void *arg) {
     Moed__V1__FenceRequest req = MOED__V1__FENCE_REQUEST__INIT;

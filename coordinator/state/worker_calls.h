@@ -2,7 +2,8 @@
  * worker_calls.h — the calls the coordinator makes to workers' Worker service.
  *
  * Owns: building and sending RunSlot (the whole binding table, and a recovery's restore step
- * and sources), StopJob and FenceSlot, asynchronously on the loop, with their deadlines. An
+ * and sources), StopJob, FenceSlot and the reachability probe, asynchronously on the loop,
+ * with their deadlines. An
  * answer goes to the callback the policy gave, with a context naming the job, worker, epoch
  * and round it belongs to, so that a late answer to an older binding is recognised and dropped.
  * Never: decides what an answer means (the policy's callback does) or waits for one.
@@ -17,6 +18,7 @@
 #define REPAIR_FENCE_DEADLINE_S 10.0 // a repair's fence hashes every own copy (1.8 GB/s each)
 #define RUN_SLOT_DEADLINE_S 10.0
 #define STOP_JOB_DEADLINE_S 5.0
+#define PROBE_DEADLINE_S 5.0   // the reachability probe (policy/reachability.c)
 
 /* One RunSlot call of a binding round; `gen` tells the rounds of a recovery apart (0 when the
  * scheduler sends it). The callback frees it. */
@@ -43,6 +45,10 @@ void worker_call_stop(struct coordinator *co, const struct job *j, const struct 
                       uint64_t epoch);
 /* StopJob, of j's current epoch, to every worker still bound to j. */
 void worker_call_stop_all(struct coordinator *co, const struct job *j);
+/* The reachability probe: StopJob of no job (a no-op the worker answers at once) on w's
+ * channel, with its credential and over TLS when configured, exactly as a RunSlot would go. */
+moe_status worker_call_probe(struct coordinator *co, const struct worker *w, rpc_reply_cb cb,
+                             void *arg);
 /* FenceSlot for j's current epoch to w; `cb` gets the FenceResponse. */
 moe_status worker_call_fence(struct coordinator *co, const struct job *j, const struct worker *w,
                              rpc_reply_cb cb, void *arg);

@@ -145,7 +145,7 @@ int worker_alive(const struct worker *w) {
 
 int worker_schedulable(const struct worker *w) {
     return w->state == MOED__V1__WORKER_STATE__WORKER_IDLE && !w->job_id[0] && w->channel &&
-           !w->awaiting_idle && !w->drained;
+           !w->awaiting_idle && !w->drained && w->reachable && !w->refused[0];
 }
 
 void worker_set_free(struct worker *w, int awaiting_idle) {
@@ -185,6 +185,9 @@ void worker_info(Moed__V1__WorkerInfo *wi, const struct worker *w, char *extra[1
     wi->mpi_job = (char *)w->mpi_job;
     wi->wrong_copies = w->wrong_copies;
     wi->drained = w->drained;
+    wi->reachable = w->reachable;
+    wi->refused = (char *)w->refused;
+    wi->probing = w->probing;
 }
 
 void worker_batch(struct store_batch *b, const struct worker *w) {

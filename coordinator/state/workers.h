@@ -8,8 +8,9 @@
  * belongs to, and the credential the coordinator's calls to the worker carry; the channel to
  * its Worker service; and the plain changes of a worker's state (dead, free again) that several
  * policies make.
- * States: IDLE (alive, may be given a slot), BUSY (bound to a job, or finishing one), DEAD
- * (silent past the heartbeat timeout, or did not answer a fence), LEFT.
+ * States: IDLE (alive, may be given a slot once its address is probed reachable), BUSY (bound
+ * to a job, or finishing one), DEAD (silent past the heartbeat timeout, or did not answer a
+ * fence), LEFT.
  * Never: decides whether a worker is dead or which slot it plays (policy/membership.c,
  * policy/schedule.c and policy/recovery.c do), or calls it (worker_calls.c does).
  */
@@ -48,6 +49,15 @@ struct worker {
                                // sign of life a recovery's detection starts from (recovery.c)
     int wrong_copies;          // repairs that found its copy of a state wrong (policy/repair.c)
     int drained;               // wrong twice: given no new slot (policy/repair.c)
+    /* whether the coordinator can use it (policy/reachability.c); not loaded from the store:
+     * every registration probes again */
+    int reachable;             // the probe of `address` answered since it registered
+    char refused[768];         // why it gets no slot ("": none), as GetCluster shows it
+    int refused_for_good;      // its address is loopback: only a new registration mends that
+    int probing;               // a probe (or its diagnosis) in flight
+    unsigned probe_gen;        // numbers the probes: the answer to an older one is dropped
+    int probe_failures;        // failed probes in a row: the backoff before the next
+    int64_t next_probe_ms;     // a heartbeat after this starts the next probe
 };
 
 struct worker *workers_find(struct coordinator *co, const char *id);
@@ -68,7 +78,8 @@ moe_status worker_connect(struct coordinator *co, struct worker *w);
 
 /* IDLE or BUSY. */
 int worker_alive(const struct worker *w);
-/* It can be given a slot now: idle, free, reachable, not waiting to show it is idle. */
+/* It can be given a slot now: idle, free, probed reachable and not refused, not waiting to
+ * show it is idle. */
 int worker_schedulable(const struct worker *w);
 
 /* It plays no slot any more: BUSY becomes IDLE; with awaiting_idle it is not schedulable

@@ -7,6 +7,11 @@
  * every later call carries that credential instead (the channel's token is switched), and so
  * does re-registering our id. A coordinator that refuses the credential (its store was lost)
  * gets a registration as a new worker, with the cluster token and no id.
+ * Reachability (docs/operations.md, "Addresses"; docs/security.md, "TLS mistakes"): a
+ * coordinator that cannot be reached is diagnosed by a dial of our own (proto/diagnose.h) —
+ * at start before and between registration attempts (a TLS mistake ends the start at once),
+ * and once per loss of heartbeats on the thread pool; the coordinator's `refused` (why it
+ * gives us no job) is logged when it changes, never acted on.
  * Loop thread only.
  */
 #include "worker.h"
@@ -15,6 +20,7 @@
 #include "../../common/log.h"
 #include "../../common/sdnotify.h"
 #include "proto/moed.pb-c.h"
+#include "../../proto/diagnose.h"
 #include "../../proto/methods.h"
 
 #include <stdio.h>
@@ -118,7 +124,40 @@ static void apply_registration(struct worker *w, const Moed__V1__RegisterRespons
     if (changed && uv_is_active((uv_handle_t *)&w->heartbeat)) worker_heartbeat_start(w);
 }
 
+/* Why the coordinator cannot be reached, by a dial of our own (proto/diagnose.h): a TLS mistake
+ * fails the start at once, named (retrying cannot mend it), where gRPC would only time out;
+ * a coordinator that does not answer yet is waited for. */
+static moe_status diagnose_coordinator(struct worker *w, int *said) {
+    char why[768];
+    enum rpc_diagnosis d = rpc_diagnose(w->cfg.coordinator, &w->cfg.tls, DIAGNOSE_TIMEOUT_S, why,
+                                        sizeof why);
+    if (d == RPC_DIAG_TLS)
+        return moe_fail(MOE_EUNAVAILABLE, "cannot register with the coordinator: %s%s", why,
+                        w->cfg.tls.ca_file ? " (--tls-ca)" : " (no --tls-ca was given)");
+    if (d == RPC_DIAG_DOWN && !*said) {
+        LOG_WARN("the coordinator does not answer yet: %s; retrying for %.0f s", why,
+                 REGISTER_RETRY_S);
+        *said = 1;
+    }
+    return MOE_OK;
+}
+
+/* The coordinator's word on whether it will give us work (RegisterResponse / HeartbeatResponse
+ * `refused`): logged when it changes, never acted on otherwise — we stay registered and keep
+ * heartbeating at the interval, and the coordinator probes us again with its backoff. */
+static void note_refusal(struct worker *w, const char *refused) {
+    if (!refused) refused = "";
+    if (!strcmp(refused, w->refused)) return;
+    if (refused[0])
+        LOG_WARN("the coordinator gives this worker no job: %s", refused);
+    else
+        LOG_INFO("the coordinator accepts this worker now (it reaches %s)", w->address);
+    snprintf(w->refused, sizeof w->refused, "%s", refused);
+}
+
 moe_status worker_register(struct worker *w) {
+    int said = 0;
+    CHECK(diagnose_coordinator(w, &said));
     Moed__V1__RegisterRequest req = MOED__V1__REGISTER_REQUEST__INIT;
     char id[WORKER_ID_MAX];
     long step;
@@ -139,6 +178,7 @@ moe_status worker_register(struct worker *w) {
                      "heartbeat every %ld ms), serving on %s",
                      w->cfg.coordinator, w->worker_id, r->cluster_id[0] ? r->cluster_id : "-",
                      w->cfg.pod, w->heartbeat_ms, w->address);
+            note_refusal(w, r->refused);
             protobuf_c_message_free_unpacked(resp, NULL);
             if (!w->worker_id[0] || !w->credential[0])
                 return moe_fail(MOE_EINTERNAL, "the coordinator at %s registered us without "
@@ -149,6 +189,7 @@ moe_status worker_register(struct worker *w) {
             return moe_fail(MOE_EAUTH, "coordinator refused the cluster token (%s): check "
                             "--cluster-token-file against the coordinator's", res.details);
         if (s != MOE_EUNAVAILABLE) return s; // rpc_call_sync's message names the method
+        CHECK(diagnose_coordinator(w, &said));
         double waited = moe_clock_s() - t0;
         if (waited >= REGISTER_RETRY_S)
             return moe_fail(MOE_EUNAVAILABLE, "cannot reach the coordinator at %s after %.0f s "
@@ -182,6 +223,7 @@ static void on_reregistered(void *arg, const struct rpc_result *res, const Proto
         return;
     }
     apply_registration(w, (const Moed__V1__RegisterResponse *)msg);
+    note_refusal(w, ((const Moed__V1__RegisterResponse *)msg)->refused);
     atomic_fetch_add(&w->contact, 1);
     long step;
     uint64_t epoch;
@@ -211,6 +253,45 @@ static void reregister(struct worker *w) {
 
 /* ---- heartbeats ---- */
 
+/* A heartbeat that could not reach the coordinator (after we had joined: a coordinator
+ * restarted with another certificate, a firewall) is diagnosed once per loss, by the same dial
+ * as at start, on libuv's thread pool: the loop never waits for it. */
+struct lost_dial {
+    uv_work_t req;
+    struct worker *w;
+    char why[768];
+    enum rpc_diagnosis d;
+};
+
+static void lost_dial_work(uv_work_t *req) {
+    struct lost_dial *l = req->data;
+    l->d = rpc_diagnose(l->w->cfg.coordinator, &l->w->cfg.tls, DIAGNOSE_TIMEOUT_S, l->why,
+                        sizeof l->why);
+}
+
+static void lost_dial_done(uv_work_t *req, int status) {
+    struct lost_dial *l = req->data;
+    l->w->diagnosing = 0;
+    if (status == 0 && l->d != RPC_DIAG_FINE && !atomic_load(&l->w->shutting_down))
+        LOG_WARN("the coordinator at %s cannot be reached: %s", l->w->cfg.coordinator, l->why);
+    free(l);
+}
+
+static void diagnose_lost(struct worker *w, grpc_status_code code) {
+    if (w->diagnosing ||
+        (code != GRPC_STATUS_UNAVAILABLE && code != GRPC_STATUS_DEADLINE_EXCEEDED))
+        return;
+    struct lost_dial *l = calloc(1, sizeof *l);
+    if (!l) return;
+    l->w = w;
+    l->req.data = l;
+    if (uv_queue_work(w->loop, &l->req, lost_dial_work, lost_dial_done) != 0) {
+        free(l);
+        return;
+    }
+    w->diagnosing = 1;
+}
+
 struct heartbeat {
     struct worker *w;
     char job_id[64]; // the job this heartbeat spoke for: stop_job refers to it
@@ -232,9 +313,11 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
         goto done;
     }
     if (res->code != GRPC_STATUS_OK) {
-        if (!w->coordinator_lost)
+        if (!w->coordinator_lost) {
             LOG_INFO("heartbeat failed (%s: %s); training goes on, retrying every %ld ms",
                      rpc_code_name(res->code), res->details, w->heartbeat_ms);
+            diagnose_lost(w, res->code);
+        }
         else
             LOG_DEBUG("heartbeat failed: %s: %s", rpc_code_name(res->code), res->details);
         w->coordinator_lost = 1;
@@ -246,6 +329,7 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
     }
     w->coordinator_lost = 0;
     const Moed__V1__HeartbeatResponse *r = (const Moed__V1__HeartbeatResponse *)msg;
+    if (!r->reregister) note_refusal(w, r->refused);
     if (r->reregister) {
         LOG_INFO("the coordinator does not know us (restarted?): registering again");
         reregister(w);

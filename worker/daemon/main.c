@@ -2,7 +2,8 @@
  * moed-worker — the worker daemon (see worker.h for what it owns).
  *
  *   moed-worker --coordinator HOST:PORT --cluster-token-file FILE [--listen 127.0.0.1:0]
- *               [--pod N] [--threads N] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
+ *               [--advertise HOST[:PORT]] [--data-advertise HOST] [--pod N] [--threads N]
+ *               [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
  *               [--dir SCRATCH_DIR] [--data-listen HOST:PORT] [--mpi] [--data-root DIR ...]
  *               [--log-level debug|info|warn|error|off]
  *
@@ -23,6 +24,7 @@
 #include "../../common/fileio.h"
 #include "../../common/knobs.h"
 #include "../../common/log.h"
+#include "../../common/netaddr.h"
 #include "../../common/sdnotify.h"
 #include "../../proto/health.h"
 
@@ -48,7 +50,14 @@ static const struct knob knobs[] = {
     {"cluster-token-file", NULL, KNOB_STR, AT(token_file), "", 0, 0, NULL, "FILE",
      "the cluster token, one line (required)"},
     {"listen", NULL, KNOB_STR, AT(listen), "127.0.0.1:0", 0, 0, NULL, "HOST:PORT",
-     "where the Worker service listens; port 0 picks a free port"},
+     "where the Worker service listens; port 0 picks a free port; 0.0.0.0 listens everywhere"},
+    {"advertise", "MOED_ADVERTISE", KNOB_STR, AT(advertise), "", 0, 0, NULL, "HOST[:PORT]",
+     "the address the coordinator and the other workers dial for the Worker service; PORT "
+     "defaults to the bound port; without it, the --listen host, or for a wildcard --listen "
+     "this machine's hostname (127.0.0.1 when the coordinator is on loopback)"},
+    {"data-advertise", "MOED_DATA_ADVERTISE", KNOB_STR, AT(data_advertise), "", 0, 0, NULL,
+     "HOST", "the host the other workers dial for the data plane's listeners; without it, the "
+     "--data-listen host, or for a wildcard the advertised host"},
     {"pod", NULL, KNOB_INT, AT(pod), "0", 0, 1 << 20, NULL, "N",
      "the pod this worker belongs to"},
     {"threads", NULL, KNOB_INT, AT(threads), "", 1, 1 << 20, NULL, "N",
@@ -62,9 +71,9 @@ static const struct knob knobs[] = {
     {"dir", NULL, KNOB_STR, AT(dir), "", 0, 0, NULL, "DIR",
      "scratch directory for trained models; without it, a temporary directory under "
      "$TMPDIR, removed at exit"},
-    {"data-listen", NULL, KNOB_STR, AT(data_listen), "127.0.0.1:0", 0, 0, NULL, "HOST:PORT",
+    {"data-listen", NULL, KNOB_STR, AT(data_listen), "", 0, 0, NULL, "HOST:PORT",
      "the data plane's listener, where the other slots of a job connect; port 0 picks a "
-     "free port"},
+     "free port; without it, the --listen host and port 0"},
     {"mpi", NULL, KNOB_BOOL, AT(mpi), "", 0, 0, NULL, NULL,
      "initialise MPI and register the rank (implied under mpirun, which sets "
      "OMPI_COMM_WORLD_RANK)"},
@@ -95,6 +104,23 @@ static void usage(FILE *to) {
     knobs_print(to, blas_knobs, blas_n_knobs, 1);
 }
 
+/* --advertise and --data-advertise are dialable (never a wildcard), and --data-listen without a
+ * value follows --listen's host (binding everywhere binds the data plane everywhere too). */
+static moe_status check_addresses(struct worker_config *cfg) {
+    char out[300], host[NET_HOST_MAX];
+    int port;
+    if (cfg->advertise[0])
+        CHECK(net_advertise_parse("--advertise", cfg->advertise, 1, out, sizeof out));
+    if (cfg->data_advertise[0])
+        CHECK(net_advertise_parse("--data-advertise", cfg->data_advertise, -1, out, sizeof out));
+    if (net_split(cfg->listen, host, sizeof host, &port) != 0 || port < 0)
+        return moe_fail(MOE_EINVAL, "--listen '%s' is not HOST:PORT", cfg->listen);
+    if (!cfg->data_listen[0])
+        snprintf(cfg->data_listen, sizeof cfg->data_listen, strchr(host, ':') ? "[%s]:0" : "%s:0",
+                 host);
+    return MOE_OK;
+}
+
 /* Defaults, then the environment, then the flags. Returns 0 to go on, -1 after --help, or
  * EXIT_USAGE after saying what is wrong. */
 static int parse_args(struct worker_config *cfg, int argc, char **argv) {
@@ -114,6 +140,10 @@ static int parse_args(struct worker_config *cfg, int argc, char **argv) {
     }
     if (!cfg->coordinator[0] || !cfg->token_file[0]) {
         fprintf(stderr, "moed-worker: --coordinator and --cluster-token-file are required\n");
+        return EXIT_USAGE;
+    }
+    if (check_addresses(cfg) != MOE_OK) {
+        fprintf(stderr, "moed-worker: %s\n", moe_errmsg());
         return EXIT_USAGE;
     }
     cfg->tls.ca_file = cfg->tls_ca[0] ? cfg->tls_ca : NULL;
@@ -181,38 +211,51 @@ static void operator_token_remove(struct worker *w) {
     unlink(path);
 }
 
-/* "", 0.0.0.0, [::] or ::: a host to listen on everywhere, not one to dial. */
-static int wildcard_host(const char *host, size_t len) {
-    return len == 0 || (len == 7 && strncmp(host, "0.0.0.0", 7) == 0) ||
-           (len == 4 && strncmp(host, "[::]", 4) == 0) || (len == 2 && strncmp(host, "::", 2) == 0);
+/* The address the coordinator and the peers dial (docs/operations.md, "Addresses"):
+ * --advertise; else the --listen host; for a wildcard listen, this machine's hostname, or
+ * 127.0.0.1 when the coordinator is on loopback (the local cluster). */
+static moe_status advertised_address(struct worker *w, int port) {
+    if (w->cfg.advertise[0])
+        return net_advertise_parse("--advertise", w->cfg.advertise, port, w->address,
+                                   sizeof w->address);
+    char host[NET_HOST_MAX];
+    int unused;
+    net_split(w->cfg.listen, host, sizeof host, &unused); // checked by check_addresses
+    if (net_host_is_wildcard(host)) {
+        int local = net_addr_is_loopback(w->cfg.coordinator);
+        snprintf(host, sizeof host, "%s", local ? "127.0.0.1" : w->host);
+        LOG_INFO("--listen %s binds every address; advertising %s:%d (%s; --advertise "
+                 "HOST[:PORT] names another)", w->cfg.listen, host, port,
+                 local ? "the coordinator is on loopback" : "this machine's hostname");
+    }
+    return net_advertise_parse("the advertised address", host, port, w->address,
+                               sizeof w->address);
 }
 
-/* The address the coordinator will call: a wildcard or loopback listen address becomes
- * 127.0.0.1 (the local cluster); any other host is given as it was. */
-static void advertised_address(struct worker *w, int port) {
-    const char *listen = w->cfg.listen;
-    const char *colon = strrchr(listen, ':');
-    size_t host_len = colon ? (size_t)(colon - listen) : strlen(listen);
-    char host[256];
-    snprintf(host, sizeof host, "%.*s", (int)(host_len < 255 ? host_len : 255), listen);
-    if (wildcard_host(host, strlen(host)) || strcmp(host, "127.0.0.1") == 0)
-        snprintf(host, sizeof host, "127.0.0.1");
-    snprintf(w->address, sizeof w->address, "%s:%d", host, port);
+/* The host the peers dial our data listeners at: --data-advertise; else the --data-listen
+ * host; for a wildcard, the host of our advertised address. */
+static void advertised_data_host(struct worker *w) {
+    char host[NET_HOST_MAX];
+    int port;
+    if (w->cfg.data_advertise[0]) {
+        snprintf(w->data_host, sizeof w->data_host, "%s", w->cfg.data_advertise);
+        return;
+    }
+    if (net_split(w->cfg.data_listen, host, sizeof host, &port) == 0 &&
+        !net_host_is_wildcard(host)) {
+        snprintf(w->data_host, sizeof w->data_host, strchr(host, ':') ? "[%s]" : "%s", host);
+        return;
+    }
+    const char *colon = strrchr(w->address, ':');
+    snprintf(w->data_host, sizeof w->data_host, "%.*s", (int)(colon - w->address), w->address);
 }
 
-/* The data plane's address as peers should dial it: a wildcard host ("0.0.0.0:0" listens
- * everywhere) is no address to dial, so it becomes the host the Worker service advertises. */
+/* Listener k's address as peers dial it: the data host and the port it bound. */
 static void advertised_data_address(struct worker *w, int k) {
     const char *a = comm_listener_address(w->listeners[k]);
     const char *colon = strrchr(a, ':');
-    char *out = w->data_addresses[k];
-    if (!colon || !wildcard_host(a, (size_t)(colon - a))) {
-        snprintf(out, COMM_ADDR_MAX, "%s", a);
-        return;
-    }
-    const char *wcolon = strrchr(w->address, ':');
-    int wlen = wcolon ? (int)(wcolon - w->address) : (int)strlen(w->address);
-    snprintf(out, COMM_ADDR_MAX, "%.*s%s", wlen, w->address, colon);
+    snprintf(w->data_addresses[k], COMM_ADDR_MAX, "%.250s%.8s", w->data_host,
+             colon ? colon : ":0");
 }
 
 /* ---- the way down ---- */
@@ -329,7 +372,8 @@ static moe_status start(struct worker *w) {
     if (!w->health) return moe_fail(MOE_ENOMEM, "out of memory");
     int port = 0;
     CHECK(rpc_server_start(&w->server, w->pump, &sc, worker_methods, worker_n_methods, w, &port));
-    advertised_address(w, port);
+    CHECK(advertised_address(w, port));
+    advertised_data_host(w);
     CHECK(comm_listener_open(&w->listeners[0], w->cfg.data_listen));
     advertised_data_address(w, 0);
     /* a second slot's listener, on the same host and any port (mpi pods never double up) */

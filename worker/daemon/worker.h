@@ -55,6 +55,7 @@
 
 /* Retry budgets for calls to a coordinator that may be restarting. */
 #define REGISTER_RETRY_S 30.0   // joining at startup
+#define DIAGNOSE_TIMEOUT_S 5.0  // a dial that names why the coordinator cannot be reached
 #define REPORT_TIMEOUT_S 10.0   // one ReportStep
 #define FINISH_RETRY_S 600.0    // UploadModel and ReportJobEnd: the model must not be lost
 #define FINISH_RETRY_SHUTDOWN_S 5.0 // ... unless the daemon is being stopped
@@ -73,7 +74,10 @@ struct worker_config {
     char tls_key[PATH_MAX];
     char dir[PATH_MAX];           // scratch directory; "": a temporary one under tmpdir
     char tmpdir[1024];            // $TMPDIR, default /tmp
-    char data_listen[COMM_ADDR_MAX]; // the data-plane listener, default 127.0.0.1:0
+    char data_listen[COMM_ADDR_MAX]; // the data-plane listener, default <--listen host>:0
+    char advertise[300];          // --advertise HOST[:PORT]: the address we register ("":
+                                  // derived from --listen, docs/operations.md "Addresses")
+    char data_advertise[300];     // --data-advertise HOST: where peers dial our data listeners
     int mpi;                      // --mpi: initialise MPI (also when OMPI_COMM_WORLD_RANK is set)
     char data_roots[8192];        // --data-root (repeatable): a knob list (common/knobs.h)
     long memory_limit_mb;         // a slot needing more is refused (0: 90% of physical memory)
@@ -154,6 +158,9 @@ struct worker {
     char operator_token[WORKER_CREDENTIAL_MAX]; // made at start, written to the scratch
                                   // directory: what InjectFault needs (moectl chaos)
     char address[300];            // where our Worker service listens, as registered
+    char data_host[300];          // the host our data listeners are dialled at
+    char refused[1024];           // why the coordinator gives us no job ("": it may), as it
+                                  // last said (cluster.c, loop thread)
     /* the data plane's listening sockets: one per slot this worker may play ([0] is its own,
      * registered as data_address; the others as extra_data_addresses) */
     struct comm_listener *listeners[WORKER_MAX_SLOTS];
@@ -184,6 +191,7 @@ struct worker {
     int heartbeat_again;          // worker_heartbeat_now while one was in flight
     int reregistering;
     int coordinator_lost;         // the last heartbeat failed (log the change, not every tick)
+    int diagnosing;               // a dial naming why the coordinator is lost, on the thread pool
     atomic_uint contact;          // +1 when the coordinator answers again or re-registers us:
                                   // the training thread then retries its reports at once
 
