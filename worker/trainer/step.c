@@ -23,19 +23,23 @@ int step_shard_passes(struct trainer *t, int shard, long step, struct shard_loss
         data_train_batch(&t->data, t->spec.run.seed, step, shard * t->Bd + i * t->M, t->M,
                          t->tokens, t->targets);
         double f0 = moe_clock_s(), loss;
-        if (model_forward_exec(m, t->tokens, t->targets, t->M, t->T, ex, &loss) != 0) return -1;
+        teacher_forward(&t->teacher, m, &t->spec.distill, t->tokens, t->M, t->T);
+        if (model_forward_exec(m, t->tokens, t->targets, t->M, t->T, ex, &loss) != 0)
+            return teacher_detach(m), -1;
         double f1 = moe_clock_s();
         if (model_backward_exec(m, t->tokens, t->targets, t->M, t->T, share, i > 0, ex) != 0)
-            return -1;
+            return teacher_detach(m), -1;
         r->t_forward += f1 - f0;
         r->t_backward += moe_clock_s() - f1;
         part->loss += share * m->stats.loss;
         part->ce += share * m->stats.ce;
         part->aux += share * m->stats.aux;
         part->z += share * m->stats.z;
+        part->kl += share * m->stats.kl;
         part->dropped += m->stats.dropped;
         for (size_t j = 0; j < n_load; j++) t->load_sum[j] += m->stats.load[j];
     }
+    teacher_detach(m); /* evaluations and the rest are plain cross-entropy */
     return 0;
 }
 
