@@ -35,6 +35,7 @@ test_pkgs=(
   chromium chromium-driver           # the live page in a headless browser
   python3-selenium                   #   driven through chromedriver
   iproute2                           # ip netns: the emulated hosts of cli_multihost
+  python3-kubernetes python3-yaml    # deploy/k8s's manifests checked against the API's models
 )
 [ "${1:-}" = --tests ] && pkgs+=("${test_pkgs[@]}")
 
