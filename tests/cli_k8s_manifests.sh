@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# deploy/k8s, validated offline (there is no cluster here, and no container runtime): every
+# deploy/k8s (base, tls, submit), validated offline (there is no cluster here, and no container runtime): every
 # manifest through the typed models of the Kubernetes Python client, the objects checked
 # against each other and the daemons' command lines against the built binaries' --help
 # (tests/k8s_validate.py says what is checked); then each check made to fail on a broken copy

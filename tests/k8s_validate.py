@@ -1,13 +1,15 @@
 #!/usr/bin/python3
 """Offline validation of moed's Kubernetes manifests (deploy/k8s/): no cluster, no kubectl.
 
-    k8s_validate.py [--bin BUILD/bin] DIR
+    k8s_validate.py [--bin BUILD/bin] DIR...
 
-DIR holds a kustomization.yaml (and subdirectories may hold more: deploy/k8s/submit/). Each
-is rendered here as `kubectl kustomize` would, for the subset of kustomize the manifests use
-(resources, namespace, images, secretGenerator, configMapGenerator, generatorOptions with
-disableNameSuffixHash; anything else is refused, not guessed at), and all the objects
-together are checked:
+    k8s_validate.py deploy/k8s/base deploy/k8s/submit   # plaintext, and the demo job
+    k8s_validate.py deploy/k8s/tls deploy/k8s/submit    # with TLS
+
+Each DIR holds a kustomization.yaml, rendered here as `kubectl kustomize` would for the subset
+of kustomize the manifests use (resources, files or a base directory; namespace; images;
+secretGenerator and configMapGenerator with disableNameSuffixHash; inline JSON 6902 patches;
+anything else is refused, not guessed at), and the objects of all of them are checked together:
 
 - every object deserializes into the typed models of the Kubernetes Python client (Debian's
   python3-kubernetes), strictly: an unknown field, a value of the wrong type, or a missing
@@ -19,6 +21,7 @@ together are checked:
   containers, and a daemon's containerPorts are exactly the ports it is told to listen on;
 - every Secret, ConfigMap, key, volume and claim referred to exists; every file path given
   under a Secret or ConfigMap mount is a key of it; what a daemon writes is on a writable volume;
+- a daemon serving TLS has no gRPC probe (Kubernetes' gRPC probe cannot speak TLS);
 - the daemons' command lines: every flag is one the built binary's --help lists, with a value
   when it takes one, within its bounds or choices; required flags are given; $(VAR)s are
   defined; a worker advertises its own StatefulSet DNS name on the ports it listens on; the
@@ -69,7 +72,7 @@ WRITTEN_FLAGS = ("dir", "addr-file", "http-addr-file")  # paths the daemons crea
 ADVERTISED = {"advertise": "listen", "data-advertise": "data-listen"}
 DIAL_FLAGS = ("coordinator",)  # HOST:PORT a daemon dials
 KUSTOMIZE_FIELDS = {"apiVersion", "kind", "namespace", "resources", "images", "secretGenerator",
-                    "configMapGenerator", "generatorOptions"}
+                    "configMapGenerator", "generatorOptions", "patches"}
 POD_LABEL = "moed-pod"
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 VAR_RE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
@@ -166,12 +169,20 @@ def render(kdir, problems):
     objs = []
     for rel in k.get("resources") or []:
         path = os.path.join(kdir, rel)
-        if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(path, "kustomization.yaml")):  # a base this one builds on
+            base = os.path.realpath(path)
+            if (os.path.realpath(kdir) + os.sep).startswith(base + os.sep):
+                problems.add(where, f"resource {rel} contains this kustomization (kustomize "
+                                    f"refuses the cycle: put the overlay beside its base)")
+            else:
+                objs += render(os.path.normpath(path), problems)
+        elif not os.path.isfile(path):
             problems.add(where, f"resource {rel}: no such file")
-            continue
-        for i, doc in enumerate(read_yaml_docs(path)):
-            objs.append(Obj(doc, f"{path}#{i + 1}"))
+        else:
+            objs += [Obj(doc, f"{path}#{i + 1}") for i, doc in enumerate(read_yaml_docs(path))]
     objs += generate(k, kdir, problems, where)
+    for i, patch in enumerate(k.get("patches") or []):
+        apply_patch(objs, patch, f"{where}: patches[{i}]", problems)
     for o in objs:
         set_images(o.doc, k.get("images") or [])
         if k.get("namespace") and o.kind not in CLUSTER_SCOPED:
@@ -185,27 +196,58 @@ def render(kdir, problems):
     return objs
 
 
+def apply_patch(objs, patch, where, problems):
+    """A JSON 6902 patch (inline) on every object its target names."""
+    target, ops = patch.get("target") or {}, yaml.safe_load(patch.get("patch") or "null")
+    if set(patch) - {"target", "patch"} or set(target) - {"kind", "name", "labelSelector"} or \
+            not isinstance(ops, list):
+        problems.add(where, "only inline JSON 6902 patches with a target of kind, name and "
+                            "labelSelector are rendered here")
+        return
+    want = dict(kv.split("=", 1) for kv in (target.get("labelSelector") or "").split(",") if kv)
+    hits = [o for o in objs if o.kind == target.get("kind", o.kind) and
+            o.name == target.get("name", o.name) and
+            all(((o.doc.get("metadata") or {}).get("labels") or {}).get(a) == b for a, b in want.items())]
+    if not hits:
+        problems.add(where, f"target {target} matches no object")
+    for o in hits:
+        for op in ops:
+            try:
+                json_patch_op(o.doc, op)
+            except (KeyError, IndexError, ValueError, TypeError) as e:
+                problems.add(where, f"{o.kind}/{o.name}: {op.get('op')} {op.get('path')}: "
+                                    f"no such path ({e!r})")
+
+
+def json_patch_op(doc, op):
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+    parent = doc
+    for p in parts[:-1]:
+        parent = parent[int(p)] if isinstance(parent, list) else parent[p]
+    last, kind = parts[-1], op["op"]
+    if isinstance(parent, list):
+        if kind == "add":
+            parent.insert(len(parent) if last == "-" else int(last), copy.deepcopy(op["value"]))
+        elif kind == "replace":
+            parent[int(last)] = copy.deepcopy(op["value"])
+        elif kind == "remove":
+            del parent[int(last)]
+        else:
+            raise ValueError(kind)
+    elif kind == "add" or (kind == "replace" and last in parent):
+        parent[last] = copy.deepcopy(op["value"])
+    elif kind == "remove":
+        del parent[last]
+    else:
+        raise KeyError(last)
+
+
 def generator_sources(k):
     out = set()
     for entry in (k.get("secretGenerator") or []) + (k.get("configMapGenerator") or []):
         for spec in entry.get("files") or []:
             out.add(spec.partition("=")[2] if "=" in spec else spec)
     return out
-
-
-def kustomization_dirs(top):
-    """top and each of its subdirectories that holds a kustomization.yaml."""
-    return [d for d in [top] + sorted(os.path.join(top, x) for x in os.listdir(top))
-            if os.path.isfile(os.path.join(d, "kustomization.yaml"))]
-
-
-def render_tree(top, problems):
-    if not os.path.isfile(os.path.join(top, "kustomization.yaml")):
-        problems.add(top, "no kustomization.yaml")
-    objs = []
-    for d in kustomization_dirs(top):
-        objs += render(d, problems)
-    return objs
 
 
 # ---- typed models ----
@@ -467,6 +509,8 @@ def check_volume_source(world, pod, name, v, problems):
         if field not in v:
             continue
         target = world.get(kind, pod.ns, v[field].get(ref))
+        if not target and v[field].get("optional"):
+            continue  # mounted where it exists (the TLS CA, with deploy/k8s/tls)
         if not target:
             problems.add(pod.where(), f"volume {name!r}: {kind} {v[field].get(ref)!r} is not "
                                       f"among the manifests")
@@ -735,6 +779,9 @@ def check_daemon(world, pod, c, helps, problems):
         port = ((c.get(kind) or {}).get("grpc") or {}).get("port")
         if port is not None and port != grpc_port:
             problems.add(where, f"{kind}.grpc.port {port} is not its gRPC --listen port {grpc_port}")
+        if port is not None and flags.get("tls-cert"):
+            problems.add(where, f"{kind}.grpc with --tls-cert: Kubernetes' gRPC probe speaks "
+                                f"plaintext only, and would fail (use tcpSocket)")
     if binary == "moed-worker":
         check_advertised(world, pod, c, flags, problems)
 
@@ -923,9 +970,15 @@ def check_spec_fits(spec, sets, world, where, problems):
 
 # ---- all of it ----
 
-def validate(top, bindir):
+def validate(dirs, bindir):
+    """Every object the kustomizations in dirs render, together (one deployment)."""
     problems = Problems()
-    objs = render_tree(top, problems)
+    objs = []
+    for d in dirs:
+        if not os.path.isfile(os.path.join(d, "kustomization.yaml")):
+            problems.add(d, "no kustomization.yaml")
+        else:
+            objs += render(d, problems)
     check_models(objs, problems)
     world = World(objs)
     namespaces = {o.name for o in world.of_kind("Namespace")}
@@ -961,16 +1014,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default=os.path.join(os.environ.get("MOE_BUILD_DIR", "build"), "bin"),
                     help="where the built moed-coordinator, moed-worker and moectl are")
-    ap.add_argument("dir", help="the manifests' directory (deploy/k8s)")
+    ap.add_argument("dirs", nargs="+", metavar="DIR",
+                    help="kustomizations applied together (deploy/k8s/base deploy/k8s/submit)")
     a = ap.parse_args()
     for b in DAEMONS + ("moectl",):
         if not os.access(os.path.join(a.bin, b), os.X_OK):
             print(f"k8s_validate: {os.path.join(a.bin, b)} is not built", file=sys.stderr)
             return 2
-    objs, lines = validate(a.dir, a.bin)
+    objs, lines = validate(a.dirs, a.bin)
     for line in lines:
         print(line)
-    print(f"k8s_validate: {len(objs)} objects in {a.dir}: " +
+    print(f"k8s_validate: {len(objs)} objects in {' '.join(a.dirs)}: " +
           (f"{len(lines)} problems" if lines else "all checks hold"))
     return 1 if lines else 0
 

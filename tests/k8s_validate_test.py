@@ -3,7 +3,8 @@
 
     k8s_validate_test.py --bin BUILD/bin DIR
 
-1. DIR (deploy/k8s) as it is: no problem.
+1. DIR (deploy/k8s) as it is, both ways it is deployed: DIR/base with DIR/submit (plaintext)
+   and DIR/tls with DIR/submit (TLS): no problem.
 2. Each mutation below, applied to a copy of DIR, one at a time: the validator must report
    the problem named (a line containing the expected text). A check that cannot fail shows
    up here as a mutation it did not catch.
@@ -13,6 +14,7 @@
 Exit 0 when all hold; 1 otherwise, naming each failure.
 """
 import argparse
+import base64
 import os
 import shutil
 import subprocess
@@ -53,8 +55,8 @@ def env_drop(c, name):
     c["env"] = [e for e in c["env"] if e["name"] != name]
 
 
-C, W, N, K, S, J, SPEC = ("coordinator.yaml", "workers.yaml", "networkpolicy.yaml",
-                          "kustomization.yaml", "submit/kustomization.yaml", "submit/job.yaml",
+C, W, N, K, S, J, SPEC = ("base/coordinator.yaml", "base/workers.yaml", "base/networkpolicy.yaml",
+                          "base/kustomization.yaml", "submit/kustomization.yaml", "submit/job.yaml",
                           "submit/spec.yaml")
 MUTATIONS = [
     # the typed models
@@ -215,6 +217,35 @@ MUTATIONS = [
 ]
 
 
+def patch_ops(d, i, fn):
+    """fn on the JSON 6902 operations of the overlay's patch i (kept as the inline text)."""
+    ops = yaml.safe_load(d[0]["patches"][i]["patch"])
+    fn(ops)
+    d[0]["patches"][i]["patch"] = yaml.safe_dump(ops)
+
+
+T = "tls/kustomization.yaml"
+TLS = [  # on deploy/k8s/tls + submit
+    ("a TLS daemon with a gRPC probe", T,
+     lambda d: patch_ops(d, 0, lambda ops: ops.remove(next(o for o in ops if o["path"].endswith("readinessProbe")))),
+     "readinessProbe.grpc with --tls-cert"),
+    ("a certificate that is not its Secret's key", T,
+     lambda d: d[0]["secretGenerator"][1]["files"].__setitem__(0, "cert.pem=secrets/worker.crt"),
+     "has no key 'tls.crt'"),
+    ("a patch of a path that is not there", T,
+     lambda d: patch_ops(d, 1, lambda ops: ops[0].update(path="/spec/template/spec/containers/1/args/-")),
+     "no such path"),
+    ("a patch whose target matches nothing", T,
+     lambda d: d[0]["patches"][0]["target"].update(name="moed-coord"), "matches no object"),
+    ("an overlay that includes itself", T, lambda d: d[0]["resources"].append("."),
+     "contains this kustomization"),
+    ("an overlay whose Secrets lack the namespace", T, lambda d: d[0].pop("namespace"),
+     "namespace None: no such Namespace"),
+]
+TLS_MUTATIONS = {label for label, *_ in TLS}
+MUTATIONS += TLS
+
+
 def mutate(src, rel, fn, into):
     shutil.copytree(src, into)
     path = os.path.join(into, rel)
@@ -230,7 +261,8 @@ def run_mutations(top, bindir):
     for label, rel, fn, expect in MUTATIONS:
         with tempfile.TemporaryDirectory(prefix="moe_k8s.") as tmp:
             mutate(top, rel, fn, os.path.join(tmp, "k8s"))
-            _, lines = k8s_validate.validate(os.path.join(tmp, "k8s"), bindir)
+            _, lines = k8s_validate.validate(deployments(os.path.join(tmp, "k8s"))[label in TLS_MUTATIONS],
+                                             bindir)
         hit = [x for x in lines if expect in x]
         if hit:
             print(f"ok   {label}: {hit[0].split(': ', 1)[-1].splitlines()[0]}")
@@ -243,7 +275,15 @@ def run_mutations(top, bindir):
 
 
 def by_identity(docs):
-    return {(d.get("kind"), d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in docs}
+    """kind, namespace, name -> the object; a Secret's data decoded (kustomize folds its
+    base64 into lines of 76)."""
+    out = {}
+    for d in docs:
+        if d.get("kind") == "Secret":
+            d = dict(d, data={k: base64.b64decode("".join(v.split())) for k, v in
+                              (d.get("data") or {}).items()})
+        out[(d.get("kind"), d["metadata"].get("namespace"), d["metadata"]["name"])] = d
+    return out
 
 
 def compare_with_kubectl(top, bindir, kubectl):
@@ -252,10 +292,11 @@ def compare_with_kubectl(top, bindir, kubectl):
     with tempfile.TemporaryDirectory(prefix="moe_k8s.") as tmp:
         copy = os.path.join(tmp, "k8s")
         shutil.copytree(top, copy)
-        for name in ("client.token", "cluster.token"):
-            with open(os.path.join(copy, "secrets", name), "w") as f:
+        for name in ("base/secrets/client.token", "base/secrets/cluster.token", "tls/secrets/ca.crt") + \
+                tuple(f"tls/secrets/{w}.{x}" for w in ("coordinator", "worker") for x in ("crt", "key")):
+            with open(os.path.join(copy, name), "w") as f:
                 f.write(f"made-up {name} for the comparison\n")
-        for d in k8s_validate.kustomization_dirs(copy):
+        for d in (os.path.join(copy, x) for x in ("base", "submit", "tls")):
             out = subprocess.run([kubectl, "kustomize", d], capture_output=True, text=True, timeout=60)
             if out.returncode != 0:
                 print(f"FAIL kubectl kustomize {d}: {out.stderr.strip()}")
@@ -274,19 +315,26 @@ def compare_with_kubectl(top, bindir, kubectl):
     return failures
 
 
+def deployments(top):
+    """The two ways deploy/k8s is applied: plaintext, and with TLS; each with the demo job."""
+    return ([os.path.join(top, "base"), os.path.join(top, "submit")],
+            [os.path.join(top, "tls"), os.path.join(top, "submit")])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
     ap.add_argument("dir")
     a = ap.parse_args()
-    objs, lines = k8s_validate.validate(a.dir, a.bin)
-    for x in lines:
-        print(f"FAIL {x}")
-    if lines:
-        print(f"FAIL the manifests in {a.dir} do not validate: {len(lines)} problems "
-              f"(the mutations need a valid start)")
-        return 1
-    print(f"ok   {a.dir}: {len(objs)} objects, every check holds")
+    for dirs in deployments(a.dir):
+        objs, lines = k8s_validate.validate(dirs, a.bin)
+        for x in lines:
+            print(f"FAIL {x}")
+        if lines:
+            print(f"FAIL {' + '.join(dirs)} do not validate: {len(lines)} problems "
+                  f"(the mutations need a valid start)")
+            return 1
+        print(f"ok   {' + '.join(dirs)}: {len(objs)} objects, every check holds")
     failures = run_mutations(a.dir, a.bin)
     kubectl = shutil.which("kubectl")
     if kubectl:
