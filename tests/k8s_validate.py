@@ -70,7 +70,8 @@ DAEMONS = ("moed-coordinator", "moed-worker")
 LISTEN_FLAGS = ("listen", "data-listen", "http-listen")
 WRITTEN_FLAGS = ("dir", "addr-file", "http-addr-file")  # paths the daemons create or write
 ADVERTISED = {"advertise": "listen", "data-advertise": "data-listen"}
-DIAL_FLAGS = ("coordinator",)  # HOST:PORT a daemon dials
+# HOST:PORT values that name the coordinator as others dial it: a Service port reaching its --listen
+DIAL_FLAGS = {"moed-worker": ("coordinator",), "moed-coordinator": ("advertise",)}
 KUSTOMIZE_FIELDS = {"apiVersion", "kind", "namespace", "resources", "images", "secretGenerator",
                     "configMapGenerator", "generatorOptions", "patches"}
 POD_LABEL = "moed-pod"
@@ -743,8 +744,10 @@ def check_values(flags, help_, binary, where, problems):
                 lo, hi = help_.bounds[name]
                 if not re.match(r"^-?\d+$", v) or not lo <= int(v) <= hi:
                     problems.add(where, f"--{name} {v}: must be an integer in {lo}..{hi}")
-            if meta == "HOST:PORT" and not re.match(r"^[^\s:]+:\d+$|^\[[0-9a-fA-F:]+\]:\d+$", v):
-                problems.add(where, f"--{name} {v}: not HOST:PORT")
+            if meta in ("HOST:PORT", "HOST[:PORT]") and \
+                    not re.match(r"^[^\s:]+:\d+$|^\[[0-9a-fA-F:]+\]:\d+$", v) and \
+                    not (meta == "HOST[:PORT]" and re.match(r"^[^\s:]+$", v)):
+                problems.add(where, f"--{name} {v}: not {meta}")
 
 
 def port_of(hostport):
@@ -783,7 +786,7 @@ def check_daemon(world, pod, c, helps, problems):
             problems.add(where, f"{kind}.grpc with --tls-cert: Kubernetes' gRPC probe speaks "
                                 f"plaintext only, and would fail (use tcpSocket)")
     if binary == "moed-worker":
-        check_advertised(world, pod, c, flags, problems)
+        check_advertised(world, pod, c, flags, helps[binary], problems)
 
 
 def names_in(name, text):
@@ -796,8 +799,9 @@ def check_env_names(c, help_, where, problems):
             problems.add(where, f"env {e['name']}: a moed variable its --help does not name")
 
 
-def check_advertised(world, pod, c, flags, problems):
-    """Listening everywhere, a worker must advertise its own stable DNS name."""
+def check_advertised(world, pod, c, flags, help_, problems):
+    """Listening everywhere, a worker must advertise its own stable DNS name (with the port it
+    listens on, where the flag takes a port: HOST[:PORT] or HOST:PORT; none where it is HOST)."""
     where = pod.where(c)
     service = pod.owner.doc["spec"].get("serviceName")
     for adv, listen in ADVERTISED.items():
@@ -807,14 +811,20 @@ def check_advertised(world, pod, c, flags, problems):
         if adv not in flags:
             if host in ("0.0.0.0", "[::]", "::", ""):
                 problems.add(where, f"--{listen} {flags[listen][-1]} without --{adv}: it would "
-                                    f"announce an address other pods cannot reach")
+                                    f"announce 127.0.0.1 or its bare hostname, which other pods "
+                                    f"cannot reach")
             continue
-        ahost, aport = port_of(flags[adv][-1])
-        if aport != port:
+        value, meta = flags[adv][-1], help_.flags.get(adv) or ""
+        ahost, aport = port_of(value)
+        if ahost is None:
+            ahost = value
+        elif meta == "HOST":
+            problems.add(where, f"--{adv} {value}: takes a host ({meta}), not a port")
+        if aport is not None and aport != port:
             problems.add(where, f"--{adv} port {aport} is not its --{listen} port {port}")
         own = f"{pod.sample_name()}.{service}.{pod.ns}.svc"
         if pod.owner.kind != "StatefulSet" or ahost not in (own, own + ".cluster.local"):
-            problems.add(where, f"--{adv} {flags[adv][-1]}: not the pod's own DNS name "
+            problems.add(where, f"--{adv} {value}: not the pod's own DNS name "
                                 f"($(POD_NAME).{service}.$(POD_NAMESPACE).svc, here {own})")
         svc = world.get("Service", pod.ns, service)
         if svc and not (svc.doc.get("spec") or {}).get("publishNotReadyAddresses"):
@@ -1001,7 +1011,8 @@ def validate(dirs, bindir):
     for pod in world.pods:  # once every daemon's flags are known
         for c in pod.containers:
             flags = world.flags.get((pod.owner.name, c.get("name"))) or {}
-            for name in DIAL_FLAGS:
+            binary = os.path.basename((c.get("command") or [""])[0])
+            for name in DIAL_FLAGS.get(binary, ()):
                 for v in flags.get(name, []):
                     check_dial(world, pod, v, f"--{name}", pod.where(c), problems)
             if uses(c, "moectl"):
