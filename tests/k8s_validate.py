@@ -570,7 +570,6 @@ def check_writable(pod, c, path, what, problems):
 
 
 def check_env_refs(world, pod, c, problems):
-    names = {x.get("name") for x in pod.containers}
     for e in c.get("env") or []:
         src = e.get("valueFrom") or {}
         for field, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
