@@ -30,7 +30,10 @@ anything else is refused, not guessed at), and the objects of all of them are ch
 - pod security: Kubernetes' "restricted" profile, a read-only root filesystem, resource
   requests and a memory limit;
 - the worker StatefulSets differ only in their names and pod label, one per pod of the mesh;
-  the job spec submitted fits them (pods, slots) and reads only under their --data-root.
+  the job spec submitted fits them (pods, slots) and reads only under their --data-root;
+- with --dockerfile: every shared library the built binaries load (ldd) belongs to a Debian
+  package that the image's runtime stage installs, or that those or apt depend on (dpkg), and
+  that stage copies the three binaries. The image itself is not built.
 
 Exit 0 when everything holds; else 1, one line per problem. Not checked: anything a cluster,
 an admission controller, a network plugin or the image would decide (docs/deploy/kubernetes.md).
@@ -977,6 +980,76 @@ def check_spec_fits(spec, sets, world, where, problems):
                                     f"{p.owner.name} ({roots})")
 
 
+# ---- the image ----
+
+IMAGE_BINARIES = ("moed-coordinator", "moed-worker", "moectl")
+
+
+def runtime_packages(dockerfile):
+    """The packages the Dockerfile's last stage installs with apt-get, and the binaries it copies."""
+    text = re.sub(r"\\\n", " ", open(dockerfile).read())
+    stage = re.split(r"^FROM\s", text, flags=re.M)[-1]
+    pkgs, copied = set(), set()
+    for line in stage.splitlines():
+        m = re.search(r"apt-get install ([^&>|;]*)", line)
+        if line.startswith("RUN") and m:
+            pkgs |= {w for w in m.group(1).split() if not w.startswith("-")}
+        if line.startswith("COPY") and "--from=" in line:
+            copied |= {os.path.basename(w) for w in line.split()[2:-1]}
+    return pkgs, copied
+
+
+def installed_depends():
+    """package -> the packages it depends on (first installed alternative), from dpkg."""
+    out = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\t${Pre-Depends}, ${Depends}\n"],
+                         capture_output=True, text=True).stdout
+    deps = {}
+    for line in out.splitlines():
+        name, _, rest = line.partition("\t")
+        firsts = [d.split("|")[0].split() for d in rest.split(",") if d.strip()]
+        deps[name] = [re.sub(r":.*", "", f[0]) for f in firsts if f]
+    return deps
+
+
+def closure(roots, deps):
+    seen, todo = set(), list(roots)
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            todo += deps.get(p, [])
+    return seen
+
+
+def image_problems(dockerfile, bindir):
+    """Every shared library the built binaries load comes from a package that the image's
+    runtime stage installs, or that one of those (or apt, in every Debian image) depends on;
+    and the runtime stage copies the three binaries."""
+    problems = Problems()
+    pkgs, copied = runtime_packages(dockerfile)
+    for b in sorted(set(IMAGE_BINARIES) - copied):
+        problems.add(dockerfile, f"the runtime stage does not copy {b}")
+    libs = set()
+    for b in IMAGE_BINARIES:
+        out = subprocess.run(["ldd", os.path.join(bindir, b)], capture_output=True, text=True).stdout
+        libs |= {os.path.realpath(m) for m in re.findall(r"=> (/\S+)", out)}
+    owners = {}  # dpkg may know a library by its path before /usr was merged (/lib/...)
+    asked = sorted(libs | {lib[4:] for lib in libs if lib.startswith("/usr/lib/")})
+    for line in subprocess.run(["dpkg", "-S"] + asked, capture_output=True,
+                               text=True).stdout.splitlines():
+        pkg, _, path = line.partition(": ")
+        for lib in (path, "/usr" + path):
+            owners[lib] = pkg.split(":")[0].split(",")[0]
+    have = closure(pkgs | {"apt"}, installed_depends())
+    for lib in sorted(libs):
+        if lib not in owners:
+            print(f"note: {lib} (linked by the build here) is no Debian package's: not checked")
+        elif owners[lib] not in have:
+            problems.add(dockerfile, f"{lib} (package {owners[lib]}) is linked by the binaries "
+                                     f"but the runtime stage does not install it")
+    return problems.lines
+
+
 # ---- all of it ----
 
 def validate(dirs, bindir):
@@ -1024,6 +1097,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default=os.path.join(os.environ.get("MOE_BUILD_DIR", "build"), "bin"),
                     help="where the built moed-coordinator, moed-worker and moectl are")
+    ap.add_argument("--dockerfile", help="also check that the image installs every library the "
+                                         "built binaries link (deploy/docker/Dockerfile)")
     ap.add_argument("dirs", nargs="+", metavar="DIR",
                     help="kustomizations applied together (deploy/k8s/base deploy/k8s/submit)")
     a = ap.parse_args()
@@ -1032,6 +1107,7 @@ def main():
             print(f"k8s_validate: {os.path.join(a.bin, b)} is not built", file=sys.stderr)
             return 2
     objs, lines = validate(a.dirs, a.bin)
+    lines += image_problems(a.dockerfile, a.bin) if a.dockerfile else []
     for line in lines:
         print(line)
     print(f"k8s_validate: {len(objs)} objects in {' '.join(a.dirs)}: " +

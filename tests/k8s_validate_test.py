@@ -8,7 +8,9 @@
 2. Each mutation below, applied to a copy of DIR, one at a time: the validator must report
    the problem named (a line containing the expected text). A check that cannot fail shows
    up here as a mutation it did not catch.
-3. Where kubectl is installed (not on a fresh CI machine, so optional): `kubectl kustomize`
+3. deploy/docker/Dockerfile's runtime stage installs every library the built binaries link,
+   and a copy missing one (or missing a binary) is caught.
+4. Where kubectl is installed (not on a fresh CI machine, so optional): `kubectl kustomize`
    of each kustomization renders the same objects as the validator's own rendering, with
    made-up tokens in place of the secrets.
 Exit 0 when all hold; 1 otherwise, naming each failure.
@@ -279,6 +281,29 @@ def run_mutations(top, bindir):
     return failures
 
 
+def check_image(dockerfile, bindir):
+    """The runtime stage installs what the binaries link; and it is caught when it does not."""
+    failures = 0
+    lines = k8s_validate.image_problems(dockerfile, bindir)
+    for x in lines:
+        print(f"FAIL {x}")
+    if not lines:
+        print(f"ok   {dockerfile}: its runtime stage installs every library the binaries link")
+    text = open(dockerfile).read()
+    for label, old, new, expect in (
+            ("a runtime library left out", " librocksdb7.8", "", "(package librocksdb7.8)"),
+            ("a binary not copied", " /build/bin/moectl", "", "does not copy moectl")):
+        with tempfile.TemporaryDirectory(prefix="moe_k8s.") as tmp:
+            broken = os.path.join(tmp, "Dockerfile")
+            with open(broken, "w") as f:
+                f.write(text.replace(old, new, 1))
+            hit = [x for x in k8s_validate.image_problems(broken, bindir) if expect in x]
+        print(f"ok   {label}: {hit[0].split(': ', 1)[1]}" if hit else
+              f"FAIL {label}: nothing reported containing {expect!r}")
+        failures += 0 if hit else 1
+    return failures + (1 if lines else 0)
+
+
 def by_identity(docs):
     """kind, namespace, name -> the object; a Secret's data decoded (kustomize folds its
     base64 into lines of 76)."""
@@ -341,6 +366,7 @@ def main():
             return 1
         print(f"ok   {' + '.join(dirs)}: {len(objs)} objects, every check holds")
     failures = run_mutations(a.dir, a.bin)
+    failures += check_image(os.path.normpath(os.path.join(a.dir, "..", "docker", "Dockerfile")), a.bin)
     kubectl = shutil.which("kubectl")
     if kubectl:
         failures += compare_with_kubectl(a.dir, a.bin, kubectl)
