@@ -1021,6 +1021,20 @@ def closure(roots, deps):
     return seen
 
 
+def linked_libraries(bindir):
+    """The real paths of the shared libraries the image's binaries load, as built here."""
+    libs = set()
+    for b in IMAGE_BINARIES:
+        out = subprocess.run(["ldd", os.path.join(bindir, b)], capture_output=True, text=True).stdout
+        libs |= {os.path.realpath(m) for m in re.findall(r"=> (/\S+)", out)}
+    return libs
+
+
+def sanitized(bindir):
+    """A sanitizer build links libasan/libubsan, which the image (a release build) never has."""
+    return any(re.match(r"lib(a|ub|t)san", os.path.basename(lib)) for lib in linked_libraries(bindir))
+
+
 def image_problems(dockerfile, bindir):
     """Every shared library the built binaries load comes from a package that the image's
     runtime stage installs, or that one of those (or apt, in every Debian image) depends on;
@@ -1029,10 +1043,7 @@ def image_problems(dockerfile, bindir):
     pkgs, copied = runtime_packages(dockerfile)
     for b in sorted(set(IMAGE_BINARIES) - copied):
         problems.add(dockerfile, f"the runtime stage does not copy {b}")
-    libs = set()
-    for b in IMAGE_BINARIES:
-        out = subprocess.run(["ldd", os.path.join(bindir, b)], capture_output=True, text=True).stdout
-        libs |= {os.path.realpath(m) for m in re.findall(r"=> (/\S+)", out)}
+    libs = linked_libraries(bindir)
     owners = {}  # dpkg may know a library by its path before /usr was merged (/lib/...)
     asked = sorted(libs | {lib[4:] for lib in libs if lib.startswith("/usr/lib/")})
     for line in subprocess.run(["dpkg", "-S"] + asked, capture_output=True,

@@ -283,6 +283,10 @@ def run_mutations(top, bindir):
 
 def check_image(dockerfile, bindir):
     """The runtime stage installs what the binaries link; and it is caught when it does not."""
+    if k8s_validate.sanitized(bindir):
+        print(f"note: {bindir} is a sanitizer build: the image's libraries are checked against "
+              f"the release build's")
+        return 0
     failures = 0
     lines = k8s_validate.image_problems(dockerfile, bindir)
     for x in lines:
