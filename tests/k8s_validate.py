@@ -3,7 +3,7 @@
 
     k8s_validate.py [--bin BUILD/bin] DIR...
 
-    k8s_validate.py deploy/k8s/base deploy/k8s/submit   # plaintext, and the demo job
+    k8s_validate.py deploy/k8s deploy/k8s/submit        # plaintext, and the demo job
     k8s_validate.py deploy/k8s/tls deploy/k8s/submit    # with TLS
 
 Each DIR holds a kustomization.yaml, rendered here as `kubectl kustomize` would for the subset
@@ -1111,7 +1111,7 @@ def main():
     ap.add_argument("--dockerfile", help="also check that the image installs every library the "
                                          "built binaries link (deploy/docker/Dockerfile)")
     ap.add_argument("dirs", nargs="+", metavar="DIR",
-                    help="kustomizations applied together (deploy/k8s/base deploy/k8s/submit)")
+                    help="kustomizations applied together (deploy/k8s deploy/k8s/submit)")
     a = ap.parse_args()
     for b in DAEMONS + ("moectl",):
         if not os.access(os.path.join(a.bin, b), os.X_OK):

@@ -3,8 +3,8 @@
 
     k8s_validate_test.py --bin BUILD/bin DIR
 
-1. DIR (deploy/k8s) as it is, both ways it is deployed: DIR/base with DIR/submit (plaintext)
-   and DIR/tls with DIR/submit (TLS): no problem.
+1. DIR (deploy/k8s) as it is, both ways it is deployed: DIR (that is, DIR/base) with DIR/submit
+   (plaintext) and DIR/tls with DIR/submit (TLS): no problem.
 2. Each mutation below, applied to a copy of DIR, one at a time: the validator must report
    the problem named (a line containing the expected text). A check that cannot fail shows
    up here as a mutation it did not catch.
@@ -330,7 +330,7 @@ def compare_with_kubectl(top, bindir, kubectl):
                 tuple(f"tls/secrets/{w}.{x}" for w in ("coordinator", "worker") for x in ("crt", "key")):
             with open(os.path.join(copy, name), "w") as f:
                 f.write(f"made-up {name} for the comparison\n")
-        for d in (os.path.join(copy, x) for x in ("base", "submit", "tls")):
+        for d in [copy] + [os.path.join(copy, x) for x in ("base", "submit", "tls")]:
             out = subprocess.run([kubectl, "kustomize", d], capture_output=True, text=True, timeout=60)
             if out.returncode != 0:
                 print(f"FAIL kubectl kustomize {d}: {out.stderr.strip()}")
@@ -351,7 +351,7 @@ def compare_with_kubectl(top, bindir, kubectl):
 
 def deployments(top):
     """The two ways deploy/k8s is applied: plaintext, and with TLS; each with the demo job."""
-    return ([os.path.join(top, "base"), os.path.join(top, "submit")],
+    return ([top, os.path.join(top, "submit")],
             [os.path.join(top, "tls"), os.path.join(top, "submit")])
 
 
