@@ -7,9 +7,8 @@
 # a stock gRPC client), `moectl jobs` follows the pages and `moectl delete` deletes;
 # --max-finished-jobs and --job-retention-s expire ended jobs after a restart; a job with more
 # events than GetJob's 32 (a reachable worker whose RunSlot is always UNAVAILABLE takes it again
-# and again) is read
-# whole by ListEvents, in pages, and by `moectl events`; GetCluster pages hundreds of
-# registered workers, each with its own extra data address.
+# and again) is read whole by ListEvents, in pages, and by `moectl events`; GetCluster pages
+# hundreds of registered workers, each with its own extra data address.
 set -u
 moectl=$1
 bin=$(dirname "$moectl")
