@@ -145,7 +145,8 @@ static void check_accumulation(const char *mode, struct model_config cfg) {
         for (int i = 0; i < B / micro; i++) {
             /* a micro-batch's teacher logits are the batch's rows of those sequences */
             if (distill.teacher_logits)
-                m.distill.teacher_logits = distill.teacher_logits + (size_t)i * micro * T * cfg.vocab;
+                m.distill.teacher_logits =
+                    distill.teacher_logits + (size_t)i * micro * T * cfg.vocab;
             loss += share * model_forward(&m, tok + i * micro * T, tgt + i * micro * T, micro, T);
             model_backward(&m, tok + i * micro * T, tgt + i * micro * T, micro, T, share, i > 0);
         }

@@ -297,8 +297,10 @@ moe_status model_params_from(struct model *m, const struct st_file *f) {
         CHECK(st_expect(f, name, ST_F32, 1, shape, &st));
         memcpy(m->buffers.expert_bias + (size_t)l * E, st->data, sizeof(real) * (size_t)E);
     }
+    /* a model file may also carry its tokenizer's bytes: not a parameter */
     for (int k = 0; k < f->n_tensors; k++)
-        if (!has_tensor(c, f->tensors[k].name))
+        if (strcmp(f->tensors[k].name, "tokenizer.model") != 0 &&
+            !has_tensor(c, f->tensors[k].name))
             return moe_fail(MOE_EFORMAT, "%s: tensor '%s' is not in a model of this spec "
                             "(model.layers = %d)", f->path, f->tensors[k].name, L);
     return MOE_OK;
