@@ -216,6 +216,16 @@ real *model_swap_grad_arena(struct model *m, real *mem) {
     return old;
 }
 
+void model_forward_only(struct model *m) {
+    free(m->grad_mem);
+    model_arena_free(m->m_mem, m->n_params);
+    model_arena_free(m->v_mem, m->n_params);
+    m->grad_mem = m->m_mem = m->v_mem = NULL;
+    memset(&m->grads, 0, sizeof m->grads);
+    memset(&m->m, 0, sizeof m->m);
+    memset(&m->v, 0, sizeof m->v);
+}
+
 void model_free(struct model *m) {
     model_arena_free(m->param_mem, m->n_params);
     free(m->grad_mem);

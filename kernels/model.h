@@ -151,6 +151,9 @@ static inline int model_tensor_is_expert(int i) { return i >= 4 && i <= 6; }
  * mesh-emulating trainer gives each data shard its own arena this way. */
 real *model_swap_grad_arena(struct model *m, real *mem);
 void model_free(struct model *m);
+/* Frees the gradient and moment arenas of a model that will only run forward (a teacher):
+ * three quarters of its state. model_backward and the updates must not be called after. */
+void model_forward_only(struct model *m);
 
 /* Deterministic initialisation from seed (docs/model.md, "Initialisation"). Zeroes moments,
  * buffers and the step counter. */

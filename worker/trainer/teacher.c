@@ -55,6 +55,7 @@ moe_status teacher_open(struct teacher *tc, const struct job_spec *spec, int B_m
         return moe_fail(s, "distill.teacher: %s", msg);
     }
     tc->on = 1;
+    model_forward_only(&tc->model);
     if ((s = check_fit(&tc->model.cfg, &spec->model, path)) != MOE_OK) teacher_close(tc);
     return s;
 }

@@ -21,7 +21,7 @@ struct data_roots;
 
 struct teacher {
     int on;             // the spec names a teacher
-    struct model model; // whole, for micro-batches of B_max sequences; its gradients unused
+    struct model model; // whole, for micro-batches of B_max sequences; forward only
 };
 
 /* Loads spec->distill.teacher (if any) for micro-batches of B_max sequences. A missing or
