@@ -38,13 +38,13 @@ enum field_type {
     TYPE_FLOAT,    // float
     TYPE_DOUBLE,   // double
     TYPE_BOOL,     // int, 0 or 1
-    TYPE_STRING,   // char[size], NUL-terminated, non-empty unless MAY_BE_EMPTY
+    TYPE_STRING,   // char[size], NUL-terminated, non-empty
     TYPE_SOURCES,  // data.sources: a list of {path, weight}
     TYPE_SCHEDULE, // data.schedule: a list of {step, weights}
     TYPE_WEIGHTS,  // schedule_point.weights: a list of numbers
 };
 
-enum { BOUND_CLOSED = 0, MIN_OPEN = 1, MAX_OPEN = 2, MAY_BE_EMPTY = 4 /* strings: "" is off */ };
+enum { BOUND_CLOSED = 0, MIN_OPEN = 1, MAX_OPEN = 2 };
 
 struct field {
     const char *name; // dotted, as written in --set ("router.top_k")
@@ -80,9 +80,6 @@ struct field {
 #define STRING_FIELD(key, member, def, why)                                                       \
     {key, TYPE_STRING, AT(struct job_spec, member, char *),                                       \
      sizeof(((struct job_spec *)0)->member), def, -NONE, NONE, BOUND_CLOSED, why}
-#define OPTIONAL_PATH_FIELD(key, member, why)                                                     \
-    {key, TYPE_STRING, AT(struct job_spec, member, char *),                                       \
-     sizeof(((struct job_spec *)0)->member), "", -NONE, NONE, MAY_BE_EMPTY, why}
 #define LIST_FIELD(key, type, why) {key, type, 0, 0, NULL, -NONE, NONE, BOUND_CLOSED, why}
 
 /* In section order: spec_to_yaml prints them in this order. The sizes' upper bounds only keep
@@ -176,13 +173,13 @@ static const struct field spec_fields[] = {
               "held-out loss every N steps; 0: only at the end"),
     INT_FIELD("run.eval_batches", run.eval_batches, "16", 1, 1 << 20,
               "held-out batches per evaluation"),
-    OPTIONAL_PATH_FIELD("run.init_from", run.init_from,
-                        "start from this model's parameters (same shapes; fresh optimizer); "
-                        "\"\": from run.seed"),
+    STRING_FIELD("run.init_from", run.init_from, "",
+                 "start from this model's parameters (same shapes; fresh optimizer); "
+                 "empty: from run.seed"),
 
-    OPTIONAL_PATH_FIELD("distill.teacher", distill.teacher,
-                        "a teacher model (.safetensors, the same vocabulary) to distill from; "
-                        "\"\": none"),
+    STRING_FIELD("distill.teacher", distill.teacher, "",
+                 "a teacher model (.safetensors, the same vocabulary) to distill from; "
+                 "empty: none"),
     FLOAT_FIELD("distill.alpha", distill.alpha, "0.5", 0, 1, BOUND_CLOSED,
                 "loss = (1 - alpha) ce + alpha temperature^2 KL(teacher || student)"),
     FLOAT_FIELD("distill.temperature", distill.temperature, "2", 0, NONE, MIN_OPEN,
@@ -409,8 +406,10 @@ static int within_bounds(const struct field *f, double v) {
 static moe_status check_string(const struct field *f, const char *name, const char *text,
                                size_t len) {
     char buf[80];
-    if (len == 0 && (f->open & MAY_BE_EMPTY)) return MOE_OK;
-    if (len == 0) return moe_fail(MOE_EINVAL, "spec: %s: must not be empty", name);
+    /* A string whose default is empty is optional (data.tokenizer): empty means "none". */
+    if (len == 0 && !(f->def && !f->def[0]))
+        return moe_fail(MOE_EINVAL, "spec: %s: must not be empty", name);
+    if (len == 0) return MOE_OK;
     if (len >= f->size)
         return moe_fail(MOE_EINVAL, "spec: %s: too long (%zu bytes, at most %zu)", name, len,
                         f->size - 1);
