@@ -158,6 +158,12 @@ static const struct field spec_fields[] = {
                "from each step on, sample the sources with these weights"),
     DOUBLE_FIELD("data.val_fraction", data.val_fraction, "0.05", 0, 0.5, BOUND_CLOSED,
                  "tail of each source held out for evaluation"),
+    STRING_FIELD("data.tokenizer", data.tokenizer, "",
+                 "a SentencePiece model (moectl tokenizer train); model.vocab follows it; "
+                 "empty: tokens are bytes"),
+    STRING_FIELD("data.prepared", data.prepared, "",
+                 "a directory of the sources' tokens (moectl data prepare); empty: the "
+                 "sources are tokenized as they load"),
 
     /* run.steps also becomes optimizer.total_steps, an int: hence INT_MAX. */
     LONG_FIELD("run.steps", run.steps, "300", 1, INT_MAX, "optimizer steps to train"),
@@ -394,7 +400,10 @@ static int within_bounds(const struct field *f, double v) {
 static moe_status check_string(const struct field *f, const char *name, const char *text,
                                size_t len) {
     char buf[80];
-    if (len == 0) return moe_fail(MOE_EINVAL, "spec: %s: must not be empty", name);
+    /* A string whose default is empty is optional (data.tokenizer): empty means "none". */
+    if (len == 0 && !(f->def && !f->def[0]))
+        return moe_fail(MOE_EINVAL, "spec: %s: must not be empty", name);
+    if (len == 0) return MOE_OK;
     if (len >= f->size)
         return moe_fail(MOE_EINVAL, "spec: %s: too long (%zu bytes, at most %zu)", name, len,
                         f->size - 1);
