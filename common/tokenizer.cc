@@ -154,7 +154,13 @@ extern "C" moe_status tokenizer_train(const tokenizer_texts *texts, int vocab, c
         TextLines lines(texts);
         std::string out;
         auto st = sentencepiece::SentencePieceTrainer::Train(kw, &lines, &out);
-        if (!st.ok()) return moe_fail(MOE_EINVAL, "tokenizer: %s", st.ToString().c_str());
+        if (!st.ok()) {
+            // "Internal: ./src/x.cc(660) [check] Reason." says its reason last
+            std::string why = st.ToString();
+            size_t k = why.rfind("] ");
+            if (k != std::string::npos) why = why.substr(k + 2);
+            return moe_fail(MOE_EINVAL, "tokenizer: %s", why.c_str());
+        }
         *model = (uint8_t *)std::malloc(out.size());
         if (!*model) return moe_fail(MOE_ENOMEM, "tokenizer: out of memory");
         std::memcpy(*model, out.data(), out.size());

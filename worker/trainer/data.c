@@ -440,8 +440,10 @@ static moe_status split_source(struct data_stream *s, int j, const struct data_s
                         "%s: held-out part (data.val_fraction = %g) has %zu %s, fewer than "
                         "seq_len+1 = %zu",
                         shown, spec->val_fraction, held, unit, need);
-    LOG_INFO("data: %s: %zu %s (%zu bytes) from %d file(s), %zu for training, %zu held out",
-             s->path, s->n, unit, s->n_bytes, s->n_files, s->n_train, held);
+    char text[48] = "";
+    if (s->ids) snprintf(text, sizeof text, " (%zu bytes of text)", s->n_bytes);
+    LOG_INFO("data: %s: %zu %s%s from %d file(s), %zu for training, %zu held out", s->path,
+             s->n, unit, text, s->n_files, s->n_train, held);
     return MOE_OK;
 }
 
