@@ -179,8 +179,8 @@ extern "C" moe_status tokenizer_load(const uint8_t *model, size_t len, const cha
         auto st = t->sp.LoadFromSerializedProto(std::string((const char *)model, len));
         if (!st.ok()) {
             delete t;
-            return moe_fail(MOE_EFORMAT, "%s: not a SentencePiece tokenizer (%s)", origin,
-                            st.ToString().c_str());
+            return moe_fail(MOE_EFORMAT, "%s: not a SentencePiece tokenizer (moectl tokenizer "
+                            "train makes one)", origin);
         }
         for (int b = 0; b < 256; b++) {
             char name[8];

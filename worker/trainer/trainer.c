@@ -18,15 +18,30 @@
 _Static_assert(sizeof(real) == sizeof(float), "the trainer adds shard gradients as floats");
 
 /* With data.tokenizer, model.vocab is the tokenizer's: left at its default (256) it is set,
- * given it must agree. */
-static moe_status vocab_follows_tokenizer(struct trainer *t) {
-    if (!t->data.tok) return MOE_OK;
-    int V = tokenizer_vocab(t->data.tok);
+ * given it must agree. Checked before the sources load, so that a mismatch is the one thing
+ * said; the dataset's own copy of the tokenizer is checked again once loaded. */
+static moe_status vocab_follows_tokenizer(struct trainer *t, const struct data_access *a) {
+    if (!t->spec.data.tokenizer[0]) return MOE_OK;
+    uint8_t *bytes;
+    size_t n;
+    struct tokenizer *tok;
+    CHECK(data_tokenizer_open(a ? a->roots : NULL, "data.tokenizer", t->spec.data.tokenizer,
+                              &bytes, &n, &tok));
+    int V = tokenizer_vocab(tok);
+    tokenizer_free(tok);
+    free(bytes);
     if (t->spec.model.vocab != 256 && t->spec.model.vocab != V)
         return moe_fail(MOE_EINVAL, "spec: model.vocab = %d, but data.tokenizer '%s' has %d "
                         "pieces (leave model.vocab out: it follows the tokenizer)",
                         t->spec.model.vocab, t->spec.data.tokenizer, V);
     t->spec.model.vocab = V;
+    return MOE_OK;
+}
+
+static moe_status check_vocab(const struct trainer *t) {
+    if (t->data.tok && tokenizer_vocab(t->data.tok) != t->spec.model.vocab)
+        return moe_fail(MOE_EINVAL, "data.tokenizer '%s' changed while the job loaded it",
+                        t->spec.data.tokenizer);
     return MOE_OK;
 }
 
@@ -59,8 +74,9 @@ static moe_status open_common(struct trainer *t, const struct job_spec *spec, in
     t->M = t->spec.run.micro_batch > 0 ? t->spec.run.micro_batch : t->Bd;
     t->T = t->spec.model.seq_len;
     moe_status res;
+    CHECK_GOTO(vocab_follows_tokenizer(t, access), res, fail);
     CHECK_GOTO(data_open_access(&t->data, &t->spec.data, t->T, access), res, fail);
-    CHECK_GOTO(vocab_follows_tokenizer(t), res, fail);
+    CHECK_GOTO(check_vocab(t), res, fail);
     t->unigram_bits = data_unigram_entropy_bits(&t->data);
     t->tokens = malloc(sizeof(int) * (size_t)t->M * t->T);
     t->targets = malloc(sizeof(int) * (size_t)t->M * t->T);
