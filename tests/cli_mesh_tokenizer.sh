@@ -4,7 +4,7 @@
 # by the workers beneath their data roots, like the sources), a 2 x 2 job trains; one of its
 # workers is killed with SIGKILL mid-job; the job recovers onto the spare and SUCCEEDS with the
 # model `moectl train` makes in one process, byte for byte (tokenizer included), and the stored
-# loss of every step is the in-process loss.
+# loss of every step is the in-process loss; steps and status report bits per byte of text.
 set -u
 moectl=$1
 corpus=/usr/share/common-licenses/GPL-3
@@ -52,6 +52,14 @@ check "the job recovered" 'events "$job" | grep -q "^recovered: "'
 check_same_model "$job" $rc
 losses_of "$job" >"$tmp/cluster.loss"
 check "the stored loss of every step equals the in-process loss" 'diff "$tmp/cluster.loss" "$tmp/local.loss" >/dev/null'
+"$moectl" steps "$job" --json >"$tmp/steps.json"
+check "every stored step has bits per byte below bits per token, and evaluations held-out bits per byte" \
+  '"$py" -c "import json,sys,math
+m = [json.loads(l) for l in open(sys.argv[1])]
+sys.exit(not (all(0 < d[\"bits_per_byte\"] < d[\"ce\"] / math.log(2) for d in m) and
+              any(d.get(\"val_bits_per_byte\", 0) > 0 for d in m)))" "$tmp/steps.json"'
+"$moectl" status "$job" >"$tmp/status.out"
+check "status shows the loss in bits per byte" 'grep -q "bits/byte" "$tmp/status.out"'
 "$moectl" eval "$tmp/cluster.safetensors" "$corpus" --max-windows 4 >"$tmp/eval.out" 2>&1
 check "the fetched model evaluates with the tokenizer it carries" 'grep -q "bits/byte" "$tmp/eval.out"'
 
