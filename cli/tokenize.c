@@ -19,7 +19,8 @@
 
 static void usage(FILE *to, const char *cmd) {
     (void)cmd;
-    fprintf(to, "usage: moectl tokenizer train DATA... --vocab N [--type bpe|unigram] -o TOK.model\n"
+    fprintf(to, "usage: moectl tokenizer train DATA... --vocab N [--type bpe|unigram] "
+                "-o TOK.model\n"
                 "       moectl data prepare SPEC [--set key.path=value ...] [--tokenizer TOK] "
                 "-o DIR\n");
 }
@@ -177,8 +178,12 @@ static int data_prepare_cmd(int argc, char **argv) {
         moectl_fail(code, "%s", moe_errmsg());
         goto exit;
     }
-    if (tokens_prepare(&d, a.out) != MOE_OK) code = moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
-    else print_prepared(&d, a.out), code = EXIT_OK;
+    if (tokens_prepare(&d, a.out) != MOE_OK) {
+        code = moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
+    } else {
+        print_prepared(&d, a.out);
+        code = EXIT_OK;
+    }
     data_close(&d);
 exit:
     free(a.sets);

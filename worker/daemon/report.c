@@ -112,8 +112,8 @@ static struct step_entry *entry_new(const struct trainer *t, const struct step_r
     e->m.val_loss = val_loss;
     e->m.text_bytes = r->bytes;
     e->m.bits_per_byte = r->bytes ? r->ce * (double)r->tokens / (double)r->bytes / M_LN2 : 0;
-    e->m.val_bits_per_byte =
-        val_loss > 0 && t->eval_bytes_per_token > 0 ? val_loss / M_LN2 / t->eval_bytes_per_token : 0;
+    if (val_loss > 0 && t->eval_bytes_per_token > 0)
+        e->m.val_bits_per_byte = val_loss / M_LN2 / t->eval_bytes_per_token;
     e->m.pod = t->mesh.pod;
     e->m.slot = t->mesh.slot;
     e->m.comm_seconds = r->t_comm;

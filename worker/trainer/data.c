@@ -561,7 +561,8 @@ moe_status data_tokenize_stream(struct data_stream *s, const struct tokenizer *t
 static uint64_t window_bytes(const struct data_stream *s, size_t off, int T) {
     if (!s->ids) return (uint64_t)T;
     uint64_t sum = 0;
-    for (int t = 1; t <= T; t++) sum += (uint64_t)tokenizer_token_bytes(s->tok, (int)s->ids[off + t]);
+    for (int t = 1; t <= T; t++)
+        sum += (uint64_t)tokenizer_token_bytes(s->tok, (int)s->ids[off + t]);
     return sum;
 }
 

@@ -143,8 +143,8 @@ void data_val_window(const struct dataset *d, long i, int *tokens, int *targets)
 long stream_windows(const struct data_stream *s, int T);
 void stream_window(const struct data_stream *s, int T, long i, int *tokens, int *targets);
 
-/* Unigram (byte- or token-frequency) entropy, in bits per byte of the training parts, mixture-weighted
- * by the step-0 weights: the loss a model that ignores context cannot beat. */
+/* Unigram (byte- or token-frequency) entropy, in bits per byte of the training parts,
+ * mixture-weighted by the step-0 weights: the loss a model that ignores context cannot beat. */
 double data_unigram_entropy_bits(const struct dataset *d);
 
 #endif

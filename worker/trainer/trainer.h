@@ -123,8 +123,8 @@ void trainer_close(struct trainer *t);
 /* One optimizer step on the batch of step t->model.step. */
 moe_status trainer_step(struct trainer *t, struct step_report *r);
 
-/* Mean cross-entropy (nats per token; sets t->eval_bytes_per_token) over run.eval_batches batches of held-out windows spread
- * evenly over the held-out data; MOE_EINVAL if the spec holds nothing out. */
+/* Mean cross-entropy (nats per token; sets t->eval_bytes_per_token) over run.eval_batches
+ * batches of held-out windows spread evenly over the held-out data; MOE_EINVAL if the spec holds nothing out. */
 moe_status trainer_eval(struct trainer *t, double *loss, long *windows);
 
 /* The trained model: `path` (.safetensors) plus `path` with .json for .safetensors (the job
