@@ -4,7 +4,8 @@
 # by the workers beneath their data roots, like the sources), a 2 x 2 job trains; one of its
 # workers is killed with SIGKILL mid-job; the job recovers onto the spare and SUCCEEDS with the
 # model `moectl train` makes in one process, byte for byte (tokenizer included), and the stored
-# loss of every step is the in-process loss; steps and status report bits per byte of text.
+# loss of every step is the in-process loss; steps and status report bits per byte of text. A
+# tokenizer outside the workers' data roots fails a job at once, naming the field.
 set -u
 moectl=$1
 corpus=/usr/share/common-licenses/GPL-3
@@ -62,6 +63,16 @@ sys.exit(not (all(0 < d[\"bits_per_byte\"] < d[\"ce\"] / math.log(2) for d in m)
 check "status shows the loss in bits per byte" 'grep -q "bits/byte" "$tmp/status.out"'
 "$moectl" eval "$tmp/cluster.safetensors" "$corpus" --max-windows 4 >"$tmp/eval.out" 2>&1
 check "the fetched model evaluates with the tokenizer it carries" 'grep -q "bits/byte" "$tmp/eval.out"'
+
+# a tokenizer the workers may not read (outside their data roots): the job fails at once, one
+# reason naming the field
+cp "$tmp/data/tok.model" "$tmp/outside.model"
+bad=$("$moectl" submit "$tmp/job.yaml" --set data.tokenizer="$tmp/outside.model" --set data.prepared=)
+wait_until 60 '[ "$(state_of "$bad")" = JOB_FAILED ]'
+err=$("$moectl" status "$bad" --json | json 'd["job"]["error"]')
+echo "     reason: $err"
+check "a tokenizer outside the data roots fails the job naming data.tokenizer" \
+  '[ "$(state_of "$bad")" = JOB_FAILED ] && [[ "$err" == *"data.tokenizer '"'"'$tmp/outside.model'"'"' is outside the worker"* ]]'
 
 [ $fails -eq 0 ] && echo "cli_mesh_tokenizer: all checks passed" || echo "cli_mesh_tokenizer: $fails checks failed"
 exit $((fails > 0))

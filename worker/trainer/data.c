@@ -418,6 +418,21 @@ moe_status data_check_sources(const struct data_roots *roots, const struct data_
         close(fd);
         CHECK(s);
     }
+    /* the tokenizer and the prepared tokens are checked the same cheap way */
+    const char *fields[2] = {"data.tokenizer", "data.prepared"};
+    const char *paths[2] = {spec->tokenizer, spec->prepared};
+    for (int k = 0; k < 2; k++) {
+        if (!paths[k][0]) continue;
+        struct data_name name = {fields[k], paths[k]};
+        int fd, is_dir;
+        CHECK(data_path_open(roots, &name, &fd, &is_dir));
+        close(fd);
+        char shown[700];
+        if (is_dir != (k == 1))
+            return moe_fail(MOE_EINVAL, "%s: %s", data_name_str(&name, NULL, shown, sizeof shown),
+                            k == 1 ? "not a directory (moectl data prepare -o DIR)"
+                                   : "a directory, not a tokenizer file");
+    }
     return MOE_OK;
 }
 

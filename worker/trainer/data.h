@@ -90,7 +90,8 @@ moe_status data_open_access(struct dataset *d, const struct data_spec *spec, int
 
 /* Checks, without reading, that every source path opens for reading beneath the roots as a
  * non-empty regular file or a directory with an entry (a worker's RunSlot: the job fails at
- * once, MOE_EINVAL or MOE_EIO naming the field and the path). Cheap: no directory walk. */
+ * once, MOE_EINVAL or MOE_EIO naming the field and the path), and that data.tokenizer opens
+ * as a file and data.prepared as a directory. Cheap: no directory walk. */
 moe_status data_check_sources(const struct data_roots *roots, const struct data_spec *spec);
 void data_close(struct dataset *d);
 
