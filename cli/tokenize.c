@@ -64,7 +64,7 @@ static int load_texts(char **paths, int n, struct data_stream *streams,
 static int take_train(void *ctx, int c, const char *arg) {
     struct train_tok *a = ctx;
     switch (c) {
-    case 'v': return moectl_parse_int(arg, "--vocab", 260, 1 << 20, &a->vocab);
+    case 'v': return moectl_parse_int(arg, "--vocab", 260, 65536, &a->vocab);
     case 't': a->type = arg; return EXIT_OK;
     case 'o': a->out = arg; return EXIT_OK;
     default: return -1;

@@ -137,9 +137,9 @@ extern "C" moe_status tokenizer_train(const tokenizer_texts *texts, int vocab, c
     std::string t = type ? type : "bpe";
     if (t != "bpe" && t != "unigram")
         return moe_fail(MOE_EINVAL, "tokenizer: --type %s (bpe or unigram)", t.c_str());
-    if (vocab < 260 || vocab > 1 << 20)
-        return moe_fail(MOE_EINVAL, "tokenizer: --vocab %d (need 260 to %d: 256 byte pieces, "
-                        "the unknown piece and learned ones)", vocab, 1 << 20);
+    if (vocab < 260 || vocab > 65536)
+        return moe_fail(MOE_EINVAL, "tokenizer: --vocab %d (need 260 to 65536, model.vocab's "
+                        "bounds: 256 byte pieces, the unknown piece and learned ones)", vocab);
     // docs/model.md lists these options: change them only together with it.
     std::unordered_map<std::string, std::string> kw = {
         {"model_type", t}, {"vocab_size", std::to_string(vocab)},
