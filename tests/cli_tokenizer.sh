@@ -84,5 +84,17 @@ rm "$tmp/prep/0.tok"
 check "a missing token file: one line, no model" \
   'one_line "$moectl" train "$tmp/job.yaml" --set data.prepared="$tmp/prep" --set run.output="$tmp/x.safetensors" && [ ! -e "$tmp/x.safetensors" ] && grep -q "0.tok" "$tmp/err"'
 
+# a teacher or a starting model must read the job's tokens: the same tokenizer, or bytes on both
+# sides (found once the data is open, after its log line: one error line, exit 2)
+one_error() { "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$?; grep "^moectl:" "$tmp/err" | sed 's/^/     /'; [ $rc -eq 2 ] && [ "$(grep -c "^moectl:" "$tmp/err")" = 1 ]; }
+check "a teacher trained on another tokenizer: one line, no model" \
+  'one_error "$moectl" train "$tmp/job.yaml" --set data.tokenizer="$tmp/uni.model" --set distill.teacher="$tmp/fly.safetensors" --set run.output="$tmp/x.safetensors" && [ ! -e "$tmp/x.safetensors" ] && grep -q "distill.teacher .*trained on tokenizer .*the job on data.tokenizer" "$tmp/err"'
+check "a byte-level teacher for a tokenized job: one line" \
+  'one_error "$moectl" train "$tmp/job.yaml" --set distill.teacher="$tmp/bytes.safetensors" --set run.output="$tmp/x.safetensors" && grep -q "distill.teacher .*trained on bytes, the job on data.tokenizer" "$tmp/err"'
+check "run.init_from a byte-level model in a tokenized job: one line" \
+  'one_error "$moectl" train "$tmp/job.yaml" --set run.init_from="$tmp/bytes.safetensors" --set run.output="$tmp/x.safetensors" && [ ! -e "$tmp/x.safetensors" ] && grep -q "run.init_from .*trained on bytes" "$tmp/err"'
+check "run.init_from a model of the same tokenizer trains" \
+  '"$moectl" train "$tmp/job.yaml" --quiet --set run.init_from="$tmp/fly.safetensors" --set run.steps=2 --set run.output="$tmp/init.safetensors" 2>"$tmp/err" && [ -s "$tmp/init.safetensors" ]'
+
 [ $fails -eq 0 ] && echo "cli_tokenizer: all checks passed" || echo "cli_tokenizer: $fails checks failed"
 exit $((fails > 0))

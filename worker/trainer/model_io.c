@@ -15,7 +15,6 @@ _Static_assert(sizeof(real) == sizeof(float), "model_io expects the float kernel
 
 #define META_FORMAT "format"
 #define META_CONFIG "moed.model_config"
-#define META_TOKENIZER_SHA "moed.tokenizer_sha256"
 #define TOKENIZER_TENSOR "tokenizer.model"
 #define EXPERT_BIAS_NAME "moe.expert_bias"
 

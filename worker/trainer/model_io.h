@@ -27,6 +27,10 @@ moe_status model_save(const struct model *m, const char *path, const char *const
 moe_status model_save_job(const struct model *m, const struct job_spec *spec,
                           const uint8_t *tokenizer, size_t tokenizer_len, const char *path);
 
+/* The metadata key under which a model file records the SHA-256 (hex) of the tokenizer it was
+ * trained with; absent: the model reads bytes. */
+#define META_TOKENIZER_SHA "moed.tokenizer_sha256"
+
 /* The tokenizer stored in a model file: *bytes (malloc'd) and its SHA-256 in hex, or *bytes
  * NULL and sha "" for a byte-level model. MOE_EFORMAT when the stored bytes do not match the
  * stored SHA-256. */

@@ -28,6 +28,19 @@ static moe_status read_model_file(const struct data_roots *roots, const char *fi
     return s;
 }
 
+/* A model file read for field (its metadata in f) and the job share their tokens: the same
+ * tokenizer's SHA-256 (job_sha: "" for bytes), or bytes on both sides. */
+static moe_status same_tokenizer(const struct st_file *f, const char *field, const char *path,
+                                 const char *job_sha) {
+    const char *sha = st_meta_get(f, META_TOKENIZER_SHA);
+    if (!sha) sha = "";
+    if (strcmp(sha, job_sha) == 0) return MOE_OK;
+    return moe_fail(MOE_EINVAL, "%s '%s': it was trained on %s%.12s%s, the job on %s%.12s%s: "
+                    "the token ids would mean other text", field, path,
+                    sha[0] ? "tokenizer " : "bytes", sha, sha[0] ? "..." : "",
+                    job_sha[0] ? "data.tokenizer " : "bytes", job_sha, job_sha[0] ? "..." : "");
+}
+
 static moe_status check_fit(const struct model_config *tc, const struct model_config *st,
                             const char *path) {
     if (tc->vocab != st->vocab)
@@ -41,13 +54,18 @@ static moe_status check_fit(const struct model_config *tc, const struct model_co
 }
 
 moe_status teacher_open(struct teacher *tc, const struct job_spec *spec, int B_max,
-                        const struct data_roots *roots) {
+                        const struct data_roots *roots, const char *tokenizer_sha) {
     memset(tc, 0, sizeof *tc);
     const char *path = spec->distill.teacher;
     if (!path[0]) return MOE_OK;
     struct st_file f;
     CHECK(read_model_file(roots, "distill.teacher", path, &f));
-    moe_status s = model_load_st(&tc->model, &f, path, B_max);
+    moe_status s = same_tokenizer(&f, "distill.teacher", path, tokenizer_sha);
+    if (s != MOE_OK) {
+        st_close(&f);
+        return s;
+    }
+    s = model_load_st(&tc->model, &f, path, B_max);
     st_close(&f);
     if (s != MOE_OK) {
         char msg[1024];
@@ -78,12 +96,17 @@ void teacher_detach(struct model *student) {
 }
 
 moe_status model_init_from(struct model *m, const struct job_spec *spec,
-                           const struct data_roots *roots) {
+                           const struct data_roots *roots, const char *tokenizer_sha) {
     const char *path = spec->run.init_from;
     if (!path[0]) return MOE_OK;
     struct st_file f;
     CHECK(read_model_file(roots, "run.init_from", path, &f));
-    moe_status s = model_params_from(m, &f);
+    moe_status s = same_tokenizer(&f, "run.init_from", path, tokenizer_sha);
+    if (s != MOE_OK) {
+        st_close(&f);
+        return s;
+    }
+    s = model_params_from(m, &f);
     st_close(&f);
     if (s != MOE_OK) {
         char msg[1024];

@@ -26,10 +26,11 @@ struct teacher {
 
 /* Loads spec->distill.teacher (if any) for micro-batches of B_max sequences. A missing or
  * unreadable file, one outside the roots, not a moed model, or a teacher whose vocabulary
- * differs from model.vocab or whose seq_len is shorter than the student's fails with one line
- * naming distill.teacher and what is wrong. */
+ * differs from model.vocab, whose tokenizer is not the job's (tokenizer_sha: the SHA-256 hex
+ * of data.tokenizer's file, "" for bytes) or whose seq_len is shorter than the student's fails
+ * with one line naming distill.teacher and what is wrong. */
 moe_status teacher_open(struct teacher *tc, const struct job_spec *spec, int B_max,
-                        const struct data_roots *roots);
+                        const struct data_roots *roots, const char *tokenizer_sha);
 void teacher_close(struct teacher *tc);
 
 /* Runs the teacher on tokens (B, T) and points the student's distillation at its logits
@@ -40,9 +41,10 @@ void teacher_forward(struct teacher *tc, struct model *student, const struct dis
 void teacher_detach(struct model *student);
 
 /* run.init_from, if the spec names one: m's parameters and expert biases from that file
- * (m may hold some experts only); its moments stay zero and its step 0. */
+ * (m may hold some experts only); its moments stay zero and its step 0. A file trained on
+ * another tokenizer than the job's (tokenizer_sha, as for teacher_open) is refused. */
 moe_status model_init_from(struct model *m, const struct job_spec *spec,
-                           const struct data_roots *roots);
+                           const struct data_roots *roots, const char *tokenizer_sha);
 
 /* That the spec's model files open beneath the roots (a worker's RunSlot check: fail now,
  * naming the field, rather than in the training thread). Reads nothing. */

@@ -7,6 +7,7 @@
 #include "../../kernels/tree_sum.h"
 #include "../comm/comm.h"
 #include "model_io.h"
+#include "tokens.h"
 #include "replica.h"
 #include "slot.h"
 #include "step.h"
@@ -100,8 +101,10 @@ static moe_status open_common(struct trainer *t, const struct job_spec *spec, in
     if (init) model_init(&t->model, t->spec.run.seed);
     /* the files a spec names besides its data are read as its data is */
     const struct data_roots *roots = access ? access->roots : NULL;
-    CHECK_GOTO(teacher_open(&t->teacher, &t->spec, t->M, roots), res, fail);
-    if (init) CHECK_GOTO(model_init_from(&t->model, &t->spec, roots), res, fail);
+    char tok_sha[65] = ""; // the job's tokens, which a teacher and an init_from must share
+    if (t->data.tok_model) tokens_sha256_hex(t->data.tok_model, t->data.tok_model_len, tok_sha);
+    CHECK_GOTO(teacher_open(&t->teacher, &t->spec, t->M, roots, tok_sha), res, fail);
+    if (init) CHECK_GOTO(model_init_from(&t->model, &t->spec, roots, tok_sha), res, fail);
     t->empty = !init;
     if (comm) CHECK_GOTO(slot_exec_open(t), res, fail);
     if (slot_mode) CHECK_GOTO(replica_open(t), res, fail);
