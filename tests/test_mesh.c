@@ -118,6 +118,11 @@ static void make_spec(struct job_spec *s, int pods, int slots, int dropless, int
     snprintf(s->data.sources[0].path, SPEC_PATH_MAX, "%s", text_path);
     s->data.sources[0].weight = 1;
     s->data.val_fraction = 0.1;
+    /* the gradient buckets' size (slot.c): the default makes one bucket of this small model;
+     * the "buckets" cases set 1 KiB, a bucket per layer, through the environment that the
+     * slots' processes inherit */
+    const char *kb = getenv("TEST_MESH_BUCKET_KB");
+    if (kb && *kb) s->mesh.bucket_kb = atoi(kb);
 }
 
 static void record(struct run_result *out, int i, const struct step_report *r) {
@@ -511,6 +516,18 @@ int main(int argc, char **argv) {
     check_case("three-slots", 2, 3, 1, 0, 6, 12, f3);
     EXPECT_MSG(same_file(f22, f14), "2x2 and 1x4 (4 shards each) wrote different models");
     EXPECT_MSG(same_file(f22, f41), "2x2 and 4x1 (4 shards each) wrote different models");
+    /* several buckets per step, each reduced while the backward goes on: two pods (one
+     * exchange per bucket), four (reduce-scatter and all-gather across pods), three (a tree
+     * of odd width across pods), and with micro-batches (only the last pass starts them) */
+    char fb22[512], fb41[512], fb31[512], fbmb[512];
+    setenv("TEST_MESH_BUCKET_KB", "1", 1);
+    check_case("buckets", 2, 2, 0, 0, 0, 0, fb22);
+    check_case("buckets-pods", 4, 1, 0, 0, 0, 0, fb41);
+    check_case("buckets-three-pods", 3, 1, 0, 0, 0, 6, fb31);
+    check_case("buckets-micro", 2, 2, 0, 1, 0, 0, fbmb);
+    unsetenv("TEST_MESH_BUCKET_KB");
+    EXPECT_MSG(same_file(f22, fb22) && same_file(f22, fb41),
+               "2x2 and 4x1 with a bucket per layer wrote another model than 2x2 with one bucket");
 
     /* one shard adds its gradient in one GEMM instead of four: close, not the same bits */
     struct job_spec one;
