@@ -49,6 +49,7 @@ bench: build
 	./$(BUILD)/bin/bench_transfer_check
 	bash tests/bench/bench_recovery.sh ./$(BUILD)/bin
 	bash tests/bench/bench_ettr.sh ./$(BUILD)/bin
+	bash tests/bench/bench_xpod.sh ./$(BUILD)/bin
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -108,6 +108,9 @@ static const struct field spec_fields[] = {
     BOOL_FIELD("mesh.encrypt", mesh.encrypt, "false",
                "encrypt the data plane's tcp links (AES-256-GCM) for networks nobody vouches for; "
                "shared memory between slots of one host stays as is"),
+    INT_FIELD("mesh.bucket_kb", mesh.bucket_kb, "1024", 1, 1048576,
+              "gradients reduced across pods in buckets of at least this many KiB, each started "
+              "as soon as its layers' backward is done (fewer, larger buckets: fewer round trips)"),
 
     INT_FIELD("model.vocab", model.vocab, "256", 2, 65536,
               "vocabulary size (V); at least 256: tokens are bytes"),

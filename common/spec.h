@@ -83,6 +83,7 @@ struct mesh_spec {
     double spare_wait_s; // a recovery waits this long for a worker to play a lost slot
     int move_to_spare;   // a slot doubled up on a survivor moves onto an idle worker (tcp)
     int encrypt;         // the data plane's tcp links are encrypted (docs/dataplane.md)
+    int bucket_kb;       // gradient bucket size for the overlapped cross-pod sync (KiB)
 };
 
 /* Buddy copies of each slot's experts (the slots after it in its pod hold them): what

@@ -14,7 +14,10 @@
  *     (all of them when dropless);
  *   - 1x4, 2x2 and 4x1 (same shards, S a power of two) give the same file as each other,
  *     the tree order's promise (kernels/tree_sum.h); 1x1 differs from them only by rounding;
- *   - a slot killed with SIGKILL in the middle of a step makes every survivor's step fail
+ *   - several gradient buckets per step (a bucket per layer: 2x2, 4x1, 3x1, micro-batches, a
+ *     restore) give the same bits as the default single bucket and as the reference;
+ *   - a slot killed with SIGKILL in the middle of a step (also inside the overlapped gradient
+ *     sync, with several buckets) makes every survivor's step fail
  *     with an error naming a peer, within the data plane's bound (never a hang);
  *   - recovery's restore (worker/trainer/replica.h): after some steps every slot fences, one slot
  *     starts over with a fresh trainer (a new holder), a second epoch's comm forms and every
@@ -44,6 +47,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #define STEPS 6
@@ -118,6 +122,11 @@ static void make_spec(struct job_spec *s, int pods, int slots, int dropless, int
     snprintf(s->data.sources[0].path, SPEC_PATH_MAX, "%s", text_path);
     s->data.sources[0].weight = 1;
     s->data.val_fraction = 0.1;
+    /* the gradient buckets' size (slot.c): the default makes one bucket of this small model;
+     * the "buckets" cases set 1 KiB, a bucket per layer, through the environment that the
+     * slots' processes inherit */
+    const char *kb = getenv("TEST_MESH_BUCKET_KB");
+    if (kb && *kb) s->mesh.bucket_kb = atoi(kb);
 }
 
 static void record(struct run_result *out, int i, const struct step_report *r) {
@@ -196,6 +205,37 @@ static moe_status change_epoch(struct trainer *t, const struct job_spec *spec, i
     return MOE_OK;
 }
 
+/* TEST_MESH_KILL_IN_SYNC: rank 3 dies the moment its step's gradient reductions move their
+ * first bytes (channel 1's reduce bytes grow), i.e. inside the sync that overlaps the
+ * backward, instead of before the step. */
+static struct comm *watch_comm;
+static uint64_t watch_base;
+
+static void *kill_in_sync(void *arg) {
+    (void)arg;
+    for (;;) {
+        struct comm_stats st;
+        comm_get_stats(watch_comm, &st);
+        if (st.reduce_bytes > watch_base) raise(SIGKILL);
+        usleep(20);
+    }
+    return NULL;
+}
+
+static void kill_self(struct comm *c) {
+    if (!getenv("TEST_MESH_KILL_IN_SYNC")) {
+        usleep(20000); /* the others are inside the step's all-to-alls by now */
+        raise(SIGKILL);
+    }
+    struct comm_stats st;
+    comm_get_stats(c, &st);
+    watch_comm = c;
+    watch_base = st.reduce_bytes;
+    pthread_t th;
+    if (pthread_create(&th, NULL, kill_in_sync, NULL) != 0) raise(SIGKILL);
+    pthread_detach(th);
+}
+
 static int slot_main(int argc, char **argv) {
     if (argc != 13) return 2;
     int pods = atoi(argv[2]), slots = atoi(argv[3]), dropless = atoi(argv[4]);
@@ -229,10 +269,7 @@ static int slot_main(int argc, char **argv) {
             if (change_epoch(&t, &spec, rank, l, &c, &rc, &out) != MOE_OK) goto fail;
             continue;
         }
-        if (i == kill_at && rank == 3) {
-            usleep(20000); /* the others are inside the step's all-to-alls by now */
-            raise(SIGKILL);
-        }
+        if (i == kill_at && rank == 3) kill_self(c);
         double t0 = moe_clock_s();
         if (trainer_step(&t, &r) != MOE_OK) {
             out.fail_seconds = moe_clock_s() - t0;
@@ -461,11 +498,12 @@ static void check_transfer_blocks(void) {
            failures ? "...." : "OK  ");
 }
 
-static void check_kill(void) {
+static void check_kill(const char *when) {
     struct job_spec spec;
     make_spec(&spec, 2, 2, 0, 0, 0, 0);
     char path[512];
     snprintf(path, sizeof path, "%s/kill.safetensors", dir);
+    unlink(path);
     struct run_result out[MAX_RANKS];
     if (run_mesh(&spec, path, 2, NULL, out) != 0) return;
     EXPECT_MSG(!out[3].ok, "the killed rank reported success");
@@ -477,8 +515,8 @@ static void check_kill(void) {
                    spec.mesh.timeout_s);
         printf("     rank %d failed after %.3f s: %s\n", r, out[r].fail_seconds, out[r].error);
     }
-    printf("%s kill -9 of rank 3 mid-step: every survivor's step failed within the bound\n",
-           failures ? "...." : "OK  ");
+    printf("%s kill -9 of rank 3 %s: every survivor's step failed within the bound\n",
+           failures ? "...." : "OK  ", when);
 }
 
 int main(int argc, char **argv) {
@@ -511,6 +549,18 @@ int main(int argc, char **argv) {
     check_case("three-slots", 2, 3, 1, 0, 6, 12, f3);
     EXPECT_MSG(same_file(f22, f14), "2x2 and 1x4 (4 shards each) wrote different models");
     EXPECT_MSG(same_file(f22, f41), "2x2 and 4x1 (4 shards each) wrote different models");
+    /* several buckets per step, each reduced while the backward goes on: two pods (one
+     * exchange per bucket), four (reduce-scatter and all-gather across pods), three (a tree
+     * of odd width across pods), and with micro-batches (only the last pass starts them) */
+    char fb22[512], fb41[512], fb31[512], fbmb[512];
+    setenv("TEST_MESH_BUCKET_KB", "1", 1);
+    check_case("buckets", 2, 2, 0, 0, 0, 0, fb22);
+    check_case("buckets-pods", 4, 1, 0, 0, 0, 0, fb41);
+    check_case("buckets-three-pods", 3, 1, 0, 0, 0, 6, fb31);
+    check_case("buckets-micro", 2, 2, 0, 1, 0, 0, fbmb);
+    unsetenv("TEST_MESH_BUCKET_KB");
+    EXPECT_MSG(same_file(f22, fb22) && same_file(f22, fb41),
+               "2x2 and 4x1 with a bucket per layer wrote another model than 2x2 with one bucket");
 
     /* one shard adds its gradient in one GEMM instead of four: close, not the same bits */
     struct job_spec one;
@@ -530,11 +580,20 @@ int main(int argc, char **argv) {
         trainer_close(&t4);
     }
     check_transfer_blocks();
-    check_kill();
+    check_kill("mid-step");
+    /* the same inside the overlapped sync, with a bucket per layer */
+    setenv("TEST_MESH_BUCKET_KB", "1", 1);
+    setenv("TEST_MESH_KILL_IN_SYNC", "1", 1);
+    check_kill("during the overlapped gradient sync");
+    unsetenv("TEST_MESH_KILL_IN_SYNC");
+    unsetenv("TEST_MESH_BUCKET_KB");
     /* 2 x 2: the new holder of slot (1, 1) pulls slot 1's state from pod 0 */
     struct restore_case pods_case = {4, 4, 3, -1, {-1, -1, -1, 1}};
     struct state_copy pods_want[] = {{.slot = 1, .step = 4}, {.slot = 1, .step = 3}};
     check_restore("pod-replica", 2, 2, &pods_case, 1, pods_want, 2);
+    setenv("TEST_MESH_BUCKET_KB", "1", 1); /* the same, reducing a bucket per layer */
+    check_restore("pod-replica-buckets", 2, 2, &pods_case, 1, pods_want, 2);
+    unsetenv("TEST_MESH_BUCKET_KB");
     /* 1 x 4 with buddies: everyone is one step past the target and goes back to its previous
      * version; slot 2's new holder pulls from slot 3, which holds its buddy copy */
     struct restore_case buddy_case = {5, 4, 2, -1, {-1, -1, 3, -1}};

@@ -141,7 +141,8 @@ moe_status comm_reduce_scatter(struct comm *c, int channel, const struct comm_gr
 /* buf: member i's chunk is valid on member i; afterwards all of buf is, on every member. */
 moe_status comm_allgather_chunks(struct comm *c, int channel, const struct comm_group *g,
                                  float *buf, size_t n);
-/* reduce_scatter then allgather_chunks: every member ends with the same tree_sum. */
+/* reduce_scatter then allgather_chunks: every member ends with the same tree_sum. A group of
+ * two does it in one exchange of whole buffers (the same bytes and bits, one round trip). */
 moe_status comm_allreduce(struct comm *c, int channel, const struct comm_group *g, float *buf,
                           size_t n);
 /* The same for doubles and 64-bit integers (statistics, losses, expert loads). */

@@ -21,10 +21,23 @@
  * channel 1 the gradient reductions that overlap the backward. */
 enum { CH_MOE = 0, CH_GRAD = 1 };
 
-struct reduce_item {
+/* A piece of the gradient arena that a bucket carries. */
+struct seg {
     real *p;
     size_t n;
-    int expert; // 1: an expert block, reduced over pods only
+};
+
+/* Gradients reduced together: the blocks of layers [lo, hi] (hi first, as the backward
+ * finishes them), the final norm with layer L-1 and the embedding with layer 0. Dense blocks
+ * are packed into buf[0, n_dense), this slot's expert blocks (already added over the pod's
+ * sources) after them; the bucket is reduced as one buffer, each element in the mesh's order
+ * (docs/dataplane.md, "Gradient buckets"). */
+struct bucket {
+    int lo, hi;
+    struct seg *segs;  // dense segments, then n_eseg expert segments
+    int n_dseg, n_eseg;
+    size_t n_dense, n_expert;
+    real *buf;         // (n_dense + n_expert)
 };
 
 struct slot_exec {
@@ -49,38 +62,72 @@ struct slot_exec {
     int *cnt;                          // (L, S, El) rows from source i for local expert e
     int *cnt_send;                     // (S, El)
     size_t *send_b, *recv_b;           // (S) bytes of the all-to-all at hand
-    int64_t *counts;                   // (1 + L * E) a step's dropped count and expert loads
+    uint8_t *stats;                    // (D + 1, stat record) the statistics all-gather
     struct model_exec exec;
     moe_status hook_status;
     double t_comm;                     // this step's seconds in data-plane calls
     long rows_dispatched, rows_served, rows_returned; // this step's forward rows
 
-    /* the reducer: a thread that runs the queued reductions in order, on channel 1 */
+    /* the reducer: a thread that reduces the queued buckets in order, on channel 1 */
+    struct bucket *buckets;            // (n_buckets), from layer L-1's down to layer 0's
+    int n_buckets;
+    int *bucket_of;                    // (L) the bucket whose lowest layer is l, else -1
     pthread_t thread;
     int thread_started;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct reduce_item *queue;
+    int *queue;                        // (n_buckets) bucket indices
     size_t q_cap, q_head, q_len;
     int busy, stop;
     struct thread_error err;
+    /* where the cross-pod time went, over the exec's steps (logged at close) */
+    double t_cross, t_wait;            // seconds in cross-pod reductions; the step waiting
+    long sync_steps;
 };
+
+static size_t stat_record_bytes(const struct slot_exec *x);
 
 /* ---- the reducer ---- */
 
-static moe_status reduce_one(struct slot_exec *x, const struct reduce_item *it) {
-    if (it->expert) { /* the pod's sources are already added (experts_backward) */
-        if (x->P > 1) CHECK(comm_allreduce(x->comm, CH_GRAD, &x->cross, it->p, it->n));
-        return MOE_OK;
+static void bucket_pack(const struct bucket *b) {
+    real *o = b->buf;
+    for (int i = 0; i < b->n_dseg + b->n_eseg; i++) {
+        memcpy(o, b->segs[i].p, sizeof(real) * b->segs[i].n);
+        o += b->segs[i].n;
     }
-    size_t lo = 0, hi = it->n;
-    if (x->S > 1) {
-        CHECK(comm_reduce_scatter(x->comm, CH_GRAD, &x->pod, it->p, it->n));
-        comm_chunk(it->n, x->S, x->pod.me, &lo, &hi);
+}
+
+static void bucket_unpack(const struct bucket *b) {
+    const real *o = b->buf;
+    for (int i = 0; i < b->n_dseg + b->n_eseg; i++) {
+        memcpy(b->segs[i].p, o, sizeof(real) * b->segs[i].n);
+        o += b->segs[i].n;
     }
-    if (x->P > 1 && hi > lo)
-        CHECK(comm_allreduce(x->comm, CH_GRAD, &x->cross, it->p + lo, hi - lo));
-    if (x->S > 1) CHECK(comm_allgather_chunks(x->comm, CH_GRAD, &x->pod, it->p, it->n));
+}
+
+/* Dense: reduce-scatter in the pod, all-reduce of this slot's chunk over pods, all-gather in
+ * the pod; experts: all-reduce over pods. The chunk is moved next to the expert part (the rest
+ * of the dense part is garbage between the reduce-scatter and the all-gather), so the
+ * cross-pod traffic of the bucket is one all-reduce: one exchange with two pods. */
+static moe_status reduce_bucket(struct slot_exec *x, const struct bucket *b) {
+    real *buf = b->buf;
+    size_t nd = b->n_dense, lo = 0, hi = nd;
+    bucket_pack(b);
+    if (x->S > 1 && nd) {
+        CHECK(comm_reduce_scatter(x->comm, CH_GRAD, &x->pod, buf, nd));
+        comm_chunk(nd, x->S, x->pod.me, &lo, &hi);
+    }
+    size_t len = hi - lo, at = nd - len;
+    if (x->P > 1 && len + b->n_expert) {
+        if (at != lo) memmove(buf + at, buf + lo, sizeof(real) * len);
+        double t0 = moe_clock_s();
+        moe_status s = comm_allreduce(x->comm, CH_GRAD, &x->cross, buf + at, len + b->n_expert);
+        x->t_cross += moe_clock_s() - t0;
+        CHECK(s);
+        if (at != lo) memmove(buf + lo, buf + at, sizeof(real) * len);
+    }
+    if (x->S > 1 && nd) CHECK(comm_allgather_chunks(x->comm, CH_GRAD, &x->pod, buf, nd));
+    bucket_unpack(b);
     return MOE_OK;
 }
 
@@ -90,13 +137,13 @@ static void *reducer_main(void *arg) {
     for (;;) {
         while (!x->stop && x->q_len == 0) pthread_cond_wait(&x->cv, &x->mu);
         if (x->q_len == 0) break; /* stopping, nothing left */
-        struct reduce_item it = x->queue[x->q_head];
+        int bi = x->queue[x->q_head];
         x->q_head = (x->q_head + 1) % x->q_cap;
         x->q_len--;
         x->busy = 1;
         int failed = x->err.status != MOE_OK;
         pthread_mutex_unlock(&x->mu);
-        moe_status s = failed ? MOE_OK : reduce_one(x, &it);
+        moe_status s = failed ? MOE_OK : reduce_bucket(x, &x->buckets[bi]);
         pthread_mutex_lock(&x->mu);
         thread_error_keep(&x->err, s);
         x->busy = 0;
@@ -106,11 +153,10 @@ static void *reducer_main(void *arg) {
     return NULL;
 }
 
-static void reducer_push(struct slot_exec *x, real *p, size_t n, int expert) {
-    if (n == 0) return;
+static void reducer_push(struct slot_exec *x, int bucket) {
     pthread_mutex_lock(&x->mu);
-    /* the queue holds a step's pieces at most (sized in slot_exec_open) */
-    x->queue[(x->q_head + x->q_len) % x->q_cap] = (struct reduce_item){p, n, expert};
+    /* a bucket is pushed once per step, and the step waits for all before the next */
+    x->queue[(x->q_head + x->q_len) % x->q_cap] = bucket;
     x->q_len++;
     pthread_cond_broadcast(&x->cv);
     pthread_mutex_unlock(&x->mu);
@@ -123,6 +169,77 @@ static moe_status reducer_wait(struct slot_exec *x) {
     moe_status s = thread_error_take(&x->err, "");
     pthread_mutex_unlock(&x->mu);
     return s;
+}
+
+/* Layer l's blocks into b's segments: dense ones (the final norm before layer L-1's, the
+ * embedding after layer 0's) or, with `expert`, this slot's three expert blocks. */
+static int layer_segs(const struct slot_exec *x, int l, int expert, struct seg *o) {
+    const struct model_params *g = &x->t->model.grads;
+    size_t C = (size_t)x->C, E = (size_t)x->E, L = (size_t)l;
+    size_t ex = (size_t)x->El * x->F * C;
+    int n = 0;
+    if (expert) {
+        o[n++] = (struct seg){g->w_gate + L * ex, ex};
+        o[n++] = (struct seg){g->w_up + L * ex, ex};
+        o[n++] = (struct seg){g->w_down + L * ex, ex};
+        return n;
+    }
+    if (l == x->L - 1) o[n++] = (struct seg){g->lnf_w, C};
+    o[n++] = (struct seg){g->qkv_w + L * 3 * C * C, 3 * C * C};
+    o[n++] = (struct seg){g->attn_out + L * C * C, C * C};
+    o[n++] = (struct seg){g->router_w + L * E * C, E * C};
+    o[n++] = (struct seg){g->ln1_w + L * C, C};
+    o[n++] = (struct seg){g->ln2_w + L * C, C};
+    if (l == 0) o[n++] = (struct seg){g->wte, x->t->model.tensor_sizes[0]};
+    return n;
+}
+
+static moe_status bucket_init(struct slot_exec *x, struct bucket *b, int hi, int lo) {
+    int layers = hi - lo + 1, with_exp = x->P > 1;
+    b->lo = lo, b->hi = hi;
+    b->segs = calloc((size_t)layers * 10, sizeof *b->segs);
+    if (!b->segs) return moe_fail(MOE_ENOMEM, "out of memory");
+    for (int l = hi; l >= lo; l--) b->n_dseg += layer_segs(x, l, 0, b->segs + b->n_dseg);
+    for (int l = hi; with_exp && l >= lo; l--)
+        b->n_eseg += layer_segs(x, l, 1, b->segs + b->n_dseg + b->n_eseg);
+    for (int i = 0; i < b->n_dseg + b->n_eseg; i++)
+        *(i < b->n_dseg ? &b->n_dense : &b->n_expert) += b->segs[i].n;
+    b->buf = malloc(sizeof(real) * (b->n_dense + b->n_expert + 1));
+    if (!b->buf) return moe_fail(MOE_ENOMEM, "out of memory for a gradient bucket");
+    return MOE_OK;
+}
+
+/* Layers L-1 down to 0 fill buckets of at least mesh.bucket_kb; the last takes what is left.
+ * Every slot cuts the same buckets (the same spec, the same sizes per slot index). */
+static moe_status buckets_open(struct slot_exec *x) {
+    size_t want = (size_t)x->t->spec.mesh.bucket_kb * 1024, have = 0;
+    struct seg tmp[10];
+    x->buckets = calloc((size_t)x->L, sizeof *x->buckets);
+    x->bucket_of = malloc(sizeof(int) * (size_t)x->L);
+    if (!x->buckets || !x->bucket_of) return moe_fail(MOE_ENOMEM, "out of memory");
+    int hi = x->L - 1;
+    for (int l = x->L - 1; l >= 0; l--) {
+        x->bucket_of[l] = -1;
+        int n = layer_segs(x, l, 0, tmp);
+        if (x->P > 1) n += layer_segs(x, l, 1, tmp + n);
+        for (int i = 0; i < n; i++) have += sizeof(real) * tmp[i].n;
+        if (have < want && l > 0) continue;
+        x->bucket_of[l] = x->n_buckets;
+        CHECK(bucket_init(x, &x->buckets[x->n_buckets++], hi, l));
+        hi = l - 1;
+        have = 0;
+    }
+    x->q_cap = (size_t)x->n_buckets;
+    x->queue = calloc(x->q_cap, sizeof *x->queue);
+    return x->queue ? MOE_OK : moe_fail(MOE_ENOMEM, "out of memory");
+}
+
+static void buckets_close(struct slot_exec *x) {
+    for (int i = 0; x->buckets && i < x->n_buckets; i++)
+        free(x->buckets[i].segs), free(x->buckets[i].buf);
+    free(x->buckets);
+    free(x->bucket_of);
+    free(x->queue);
 }
 
 /* ---- the experts' hooks (compute thread, channel 0) ---- */
@@ -288,24 +405,12 @@ static int hook_backward(void *ctx, int l, const struct moe_acts *a, struct moe_
     return 0;
 }
 
-/* Layer l's gradients are final: reduce them while the backward goes on below. */
+/* Layer l's gradients are final: when it is the last layer of a bucket, reduce the bucket
+ * while the backward goes on below. Layer 0's waits for the embedding (slot_step). */
 static int hook_layer_done(void *ctx, int l) {
     struct slot_exec *x = ctx;
-    if (!last_pass(x)) return 0;
-    struct model *m = &x->t->model;
-    const struct model_params *g = &m->grads;
-    size_t C = (size_t)x->C, E = (size_t)x->E, FC = (size_t)x->F * C, El = (size_t)x->El;
-    if (l == x->L - 1) reducer_push(x, g->lnf_w, C, 0); /* final since the backward began */
-    reducer_push(x, g->qkv_w + l * 3 * C * C, 3 * C * C, 0);
-    reducer_push(x, g->attn_out + l * C * C, C * C, 0);
-    reducer_push(x, g->router_w + l * E * C, E * C, 0);
-    reducer_push(x, g->ln1_w + l * C, C, 0);
-    reducer_push(x, g->ln2_w + l * C, C, 0);
-    if (x->P > 1) {
-        reducer_push(x, g->w_gate + l * El * FC, El * FC, 1);
-        reducer_push(x, g->w_up + l * El * FC, El * FC, 1);
-        reducer_push(x, g->w_down + l * El * FC, El * FC, 1);
-    }
+    if (!last_pass(x) || l == 0 || x->bucket_of[l] < 0) return 0;
+    reducer_push(x, x->bucket_of[l]);
     return 0;
 }
 
@@ -332,10 +437,9 @@ moe_status slot_exec_open(struct trainer *t) {
     comm_group_all(&x->all, x->comm);
     pthread_mutex_init(&x->mu, NULL);
     pthread_cond_init(&x->cv, NULL);
-    x->q_cap = (size_t)x->L * 8 + 4;
-    x->queue = calloc(x->q_cap, sizeof *x->queue);
-    x->counts = calloc(1 + (size_t)x->L * x->E, sizeof *x->counts);
-    if (!x->queue || !x->counts) return moe_fail(MOE_ENOMEM, "out of memory");
+    CHECK(buckets_open(x));
+    x->stats = malloc(stat_record_bytes(x) * ((size_t)x->D + 1));
+    if (!x->stats) return moe_fail(MOE_ENOMEM, "out of memory");
 
     x->exec.ctx = x;
     x->exec.layer_done = hook_layer_done;
@@ -379,10 +483,16 @@ void slot_exec_close(struct trainer *t) {
         pthread_mutex_unlock(&x->mu);
         pthread_join(x->thread, NULL);
     }
+    if (x->sync_steps > 0 && x->P > 1)
+        LOG_INFO("gradient sync over %ld steps: %d bucket%s, cross-pod reductions %.1f ms "
+                     "per step, the step waited %.1f ms for them (%.0f%% hidden)",
+                     x->sync_steps, x->n_buckets, x->n_buckets == 1 ? "" : "s",
+                     1e3 * x->t_cross / x->sync_steps, 1e3 * x->t_wait / x->sync_steps,
+                     x->t_cross > 0 ? 100 * (1 - fmin(1, x->t_wait / x->t_cross)) : 0);
     pthread_mutex_destroy(&x->mu);
     pthread_cond_destroy(&x->cv);
-    free(x->queue);
-    free(x->counts);
+    buckets_close(x);
+    free(x->stats);
     for (int l = 0; x->served && l < x->L; l++) {
         struct served *sv = &x->served[l];
         free(sv->xe), free(sv->h1), free(sv->h2), free(sv->ha);
@@ -496,33 +606,52 @@ static moe_status check_replicas(struct slot_exec *x, const struct stat_part *pa
     return MOE_OK;
 }
 
+/* One shard's record in the statistics all-gather: its stat_part, then its dropped count and
+ * its expert loads (L, E). */
+static size_t stat_record_bytes(const struct slot_exec *x) {
+    return sizeof(struct stat_part) + sizeof(int64_t) * (1 + (size_t)x->L * x->E);
+}
+
 /* The whole batch's statistics into r and the model: the shards' losses gathered and added in
- * shard order, the dropped count and the expert loads added exactly. */
+ * shard order, the dropped count and the expert loads added exactly. One all-gather over every
+ * rank carries all of it: a single exchange, since it crosses the pods' slow links. */
 static moe_status gather_statistics(struct slot_exec *x, const struct shard_losses *part,
                                     struct step_report *r) {
     struct trainer *t = x->t;
-    size_t n_load = (size_t)x->L * x->E;
+    size_t n_load = (size_t)x->L * x->E, rec = stat_record_bytes(x);
     struct stat_part mine = {{part->loss, part->ce, part->aux, part->z, part->kl}, -1, {0}};
     struct stat_part parts[COMM_MAX_RANKS];
     long hs;
     if (replica_hash(t, mine.sha, &hs)) mine.hash_step = hs;
-    int64_t *counts = x->counts; /* dropped, then the loads (L, E) */
-    counts[0] = part->dropped;
-    for (size_t j = 0; j < n_load; j++) counts[1 + j] = t->load_sum[j];
-    TIMED(comm_allgather(x->comm, CH_MOE, &x->all, &mine, sizeof mine, parts), return s_);
+    uint8_t *all = x->stats, *own = x->stats + (size_t)x->D * rec;
+    int64_t dropped = part->dropped;
+    memcpy(own, &mine, sizeof mine);
+    memcpy(own + sizeof mine, &dropped, sizeof dropped);
+    for (size_t j = 0; j < n_load; j++) {
+        int64_t v = t->load_sum[j];
+        memcpy(own + sizeof mine + sizeof(int64_t) * (1 + j), &v, sizeof v);
+    }
+    TIMED(comm_allgather(x->comm, CH_MOE, &x->all, own, rec, all), return s_);
+    for (int d = 0; d < x->D; d++) memcpy(&parts[d], all + (size_t)d * rec, sizeof parts[d]);
     CHECK(check_replicas(x, parts));
     double sum[5] = {0, 0, 0, 0, 0};
     for (int d = 0; d < x->D; d++)
         for (int k = 0; k < 5; k++) sum[k] += parts[d].loss[k];
-    TIMED(comm_allreduce_i64(x->comm, CH_MOE, &x->all, counts, 1 + n_load), return s_);
     r->loss = sum[0];
     r->ce = sum[1];
     r->aux = sum[2];
     r->z = sum[3];
     r->kl = sum[4];
-    r->dropped = (long)counts[0];
-    for (size_t j = 0; j < n_load; j++)
-        t->load_sum[j] = t->model.stats.load[j] = (long)counts[1 + j];
+    for (size_t j = 0; j < 1 + n_load; j++) {
+        uint64_t total = 0; /* integers: exact in any order (two's complement, no UB) */
+        for (int d = 0; d < x->D; d++) {
+            int64_t v;
+            memcpy(&v, all + (size_t)d * rec + sizeof mine + sizeof v * j, sizeof v);
+            total += (uint64_t)v;
+        }
+        if (j == 0) r->dropped = (long)(int64_t)total;
+        else t->load_sum[j - 1] = t->model.stats.load[j - 1] = (long)(int64_t)total;
+    }
     return MOE_OK;
 }
 
@@ -562,8 +691,11 @@ moe_status slot_step(struct trainer *t, struct step_report *r) {
     struct shard_losses part = {0};
     if (step_shard_passes(t, shard, step, &part, r, &x->exec) != 0) return pass_failed(x);
     /* the embedding's gradient is final only now (the LM head and the encoder share it) */
-    reducer_push(x, m->grads.wte, m->tensor_sizes[0], 0);
+    reducer_push(x, x->bucket_of[0]);
+    double w0 = moe_clock_s();
     STEP(reducer_wait(x));
+    x->t_wait += moe_clock_s() - w0;
+    x->sync_steps++;
     /* before the all-rank collective: whoever passes it knows every buddy copy of S(step) is
      * whole (docs/recovery.md, "Why two versions are enough") */
     STEP(replica_step_join(t));

@@ -6,8 +6,9 @@
  * that hold their experts and combining the answers (all-to-all inside the pod), running its
  * own experts on the rows the pod's slots sent it, adding gradients across shards in the
  * mesh's fixed order (dense: reduce-scatter in the pod, all-reduce over pods, all-gather in
- * the pod; experts: tree over the pod's sources here, then all-reduce over pods), overlapping
- * those reductions with the rest of the backward on a second channel and thread, the global
+ * the pod; experts: tree over the pod's sources here, then all-reduce over pods) in buckets of
+ * layers (mesh.bucket_kb) that each cross the pods as one all-reduce, overlapping those
+ * reductions with the rest of the backward on a second channel and thread, the global
  * gradient norm and statistics, and gathering the whole model on rank 0 at the end.
  * Never: changes the math. Every number it produces is the one the local trainer (which
  * plays every shard in one process) produces, bit for bit; tests/test_mesh.c holds it to that.
