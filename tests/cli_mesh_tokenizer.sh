@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A job with a learned vocabulary on a local cluster is the same computation as in one
-# process: a tokenizer trained on the corpus and the corpus's tokens prepared once (both read
-# by the workers beneath their data roots, like the sources), a 2 x 2 job trains; one of its
+# process: a tokenizer trained on the corpus, the corpus's tokens prepared once and a larger
+# teacher on the same tokens (all read by the workers beneath their data roots, like the
+# sources), a 2 x 2 job distils from it; one of its
 # workers is killed with SIGKILL mid-job; the job recovers onto the spare and SUCCEEDS with the
 # model `moectl train` makes in one process, byte for byte (tokenizer included), and the stored
 # loss of every step is the in-process loss; steps and status report bits per byte of text. A
@@ -30,6 +31,12 @@ run: {steps: 400, batch_size: 8, log_every: 1, eval_every: 200, eval_batches: 2}
 YAML
 "$moectl" data prepare "$tmp/job.yaml" -o "$tmp/data/prep" >/dev/null 2>&1
 check "its tokens prepared" '[ -s "$tmp/data/prep/index.json" ]'
+# a larger teacher on the same tokens, which the job distils from (issue 20: tokenizer and
+# teacher together)
+"$moectl" train "$tmp/job.yaml" --quiet --set model.d_model=48 --set model.d_ff=96 \
+  --set run.steps=60 --set run.eval_every=0 --set run.output="$tmp/data/teacher.safetensors" 2>/dev/null
+check "a teacher (d_model 48) trained on the same tokenizer" '[ -s "$tmp/data/teacher.safetensors" ]'
+echo "distill: {teacher: $tmp/data/teacher.safetensors, alpha: 0.5, temperature: 2}" >>"$tmp/job.yaml"
 "$moectl" train "$tmp/job.yaml" --json --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err" |
   train_losses >"$tmp/local.loss"
 check "the reference: moectl train in one process" '[ -s "$tmp/reference.safetensors" ] && [ "$(wc -l <"$tmp/local.loss")" = 400 ]'
@@ -54,6 +61,8 @@ check_same_model "$job" $rc
 losses_of "$job" >"$tmp/cluster.loss"
 check "the stored loss of every step equals the in-process loss" 'diff "$tmp/cluster.loss" "$tmp/local.loss" >/dev/null'
 "$moectl" steps "$job" --json >"$tmp/steps.json"
+check "every stored step distilled: its KL part to the teacher > 0" \
+  '"$py" -c "import json,sys; m = [json.loads(l) for l in open(sys.argv[1])]; sys.exit(not (len(m) == 400 and all(d.get(\"kl\", 0) > 0 for d in m)))" "$tmp/steps.json"'
 check "every stored step has bits per byte below bits per token, and evaluations held-out bits per byte" \
   '"$py" -c "import json,sys,math
 m = [json.loads(l) for l in open(sys.argv[1])]
