@@ -51,7 +51,8 @@ check "/metrics with the token: the text format 0.0.4" \
   'grep -qi "^content-type: text/plain; version=0.0.4" "$tmp/metrics.headers"'
 check "... the job's step, loss, slots and the workers" \
   'grep -q "^moed_job_step{job_id=\"$job\"} [1-9]" "$tmp/metrics.txt" &&
-   grep -q "^moed_job_loss_nats_per_byte{job_id=\"$job\"} " "$tmp/metrics.txt" &&
+   grep -q "^moed_job_loss_nats_per_token{job_id=\"$job\"} " "$tmp/metrics.txt" &&
+   grep -q "^moed_job_bpb{job_id=\"$job\"} " "$tmp/metrics.txt" &&
    grep -q "^moed_job_alltoall_bytes_total{job_id=\"$job\",pod=\"0\",slot=\"1\"} [1-9]" "$tmp/metrics.txt" &&
    grep -q "^moed_worker_heartbeat_age_seconds{worker=\"w-3\",pod=\"0\"} " "$tmp/metrics.txt" &&
    grep -q "^moed_rpc_server_handled_total{service=\"moed.v1.Cluster\",method=\"ReportStep\",code=\"OK\"} [1-9]" "$tmp/metrics.txt"'

@@ -278,6 +278,12 @@ static double j_committed(const struct job *j) { return (double)j->committed_ste
 static double j_epoch(const struct job *j) { return (double)j->epoch; }
 static double j_loss(const struct job *j) { return j->step > 0 ? j->loss : NAN; }
 static double j_val_loss(const struct job *j) { return j->val_loss > 0 ? j->val_loss : NAN; }
+static double j_bpb(const struct job *j) {
+    return j->last && j->last->bits_per_byte > 0 ? j->last->bits_per_byte : NAN;
+}
+static double j_val_bpb(const struct job *j) {
+    return j->val_bits_per_byte > 0 ? j->val_bits_per_byte : NAN;
+}
 static double j_recoveries(const struct job *j) { return (double)j->recoveries; }
 static double j_moves(const struct job *j) { return (double)j->moves; }
 static double j_recovering(const struct job *j) { return j->recovering ? 1 : 0; }
@@ -312,10 +318,16 @@ static void write_job_scalars(struct expo *e, const struct jobs_page *p) {
                "the newest step held in every failure domain the spec asks for; a recovery "
                "never returns below it", j_committed);
     job_family(e, p, "moed_job_epoch", "gauge", "times the job was bound to workers", j_epoch);
-    job_family(e, p, "moed_job_loss_nats_per_byte", "gauge",
+    job_family(e, p, "moed_job_loss_nats_per_token", "gauge",
                "training loss at the last step (cross-entropy + auxiliary terms)", j_loss);
-    job_family(e, p, "moed_job_val_loss_nats_per_byte", "gauge",
+    job_family(e, p, "moed_job_val_loss_nats_per_token", "gauge",
                "the last held-out loss (absent before the first evaluation)", j_val_loss);
+    job_family(e, p, "moed_job_bpb", "gauge",
+               "the last step's cross-entropy in bits per byte of text: comparable across "
+               "tokenizers", j_bpb);
+    job_family(e, p, "moed_job_val_bpb", "gauge",
+               "the last held-out cross-entropy in bits per byte of text (absent before the "
+               "first evaluation since the coordinator started)", j_val_bpb);
     job_family(e, p, "moed_job_tokens_per_second", "gauge", "tokens per second of the last step",
                j_tps);
     job_family(e, p, "moed_job_step_dropped_assignments", "gauge",

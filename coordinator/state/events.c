@@ -137,6 +137,7 @@ void job_record_steps(struct coordinator *co, struct job *j, int k,
             if (m[i]->step > j->step) j->step = m[i]->step;
             j->loss = m[i]->loss;
             if (m[i]->val_loss > 0) j->val_loss = m[i]->val_loss;
+            if (m[i]->val_bits_per_byte > 0) j->val_bits_per_byte = m[i]->val_bits_per_byte;
             if (m[i]->seconds > 0)
                 j->sec_per_step = j->sec_per_step > 0
                                       ? 0.9 * j->sec_per_step + 0.1 * m[i]->seconds

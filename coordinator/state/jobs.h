@@ -71,6 +71,7 @@ struct job {
     Moed__V1__JobState state;  // changed only by transitions.c
     long step, total_steps;
     double loss, val_loss;
+    double val_bits_per_byte; // the last evaluation's, in memory only (0: none since start)
     int64_t created_ms, started_ms, finished_ms;
     char error[768];
     char *spec_json;
