@@ -39,6 +39,7 @@ test_pkgs=(
   iproute2                           # ip netns: the emulated hosts of cli_multihost and cli_slurm
   systemd                            # systemd-analyze verify on deploy/systemd's units
   slurm-wlm munge                    # a Slurm cluster runs deploy/slurm/moed.sbatch (cli_slurm)
+  python3-kubernetes python3-yaml    # deploy/k8s's manifests checked against the API's models
 )
 [ "${1:-}" = --tests ] && pkgs+=("${test_pkgs[@]}")
 

@@ -12,6 +12,7 @@ Prints "ok"/"FAIL" lines; exits 1 when a check failed.
 """
 import sys
 import time
+from concurrent import futures
 
 import grpc
 
@@ -292,13 +293,36 @@ def list_events(job, size=0, service="Jobs"):
     return got, pages, frm
 
 
+class BusyWorker(grpc.GenericRpcHandler):
+    """A Worker service that the coordinator can reach (its probe, a StopJob of no job, is
+    answered) but that answers every RunSlot UNAVAILABLE, as a worker still busy would."""
+
+    def service(self, details):
+        if details.method == "/moed.v1.Worker/StopJob":
+            return grpc.unary_unary_rpc_method_handler(lambda req, ctx: b"")
+        if details.method == "/moed.v1.Worker/RunSlot":
+            return grpc.unary_unary_rpc_method_handler(
+                lambda req, ctx: ctx.abort(grpc.StatusCode.UNAVAILABLE, "busy"))
+        return None
+
+
 def make_history(job, n):
-    """Each round the job is bound to a worker whose RunSlot cannot connect ("scheduled", then
+    """Each round the job is bound to a worker whose RunSlot is UNAVAILABLE ("scheduled", then
     "requeued": not the job's fault), and a heartbeat shows the worker idle again, until the
     job has n events."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[BusyWorker()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        history_rounds(job, n, "127.0.0.1:%d" % port)
+    finally:
+        server.stop(None)
+
+
+def history_rounds(job, n, address):
     me = call("/moed.v1.Cluster/RegisterWorker",
-              pb.RegisterRequest(address="127.0.0.1:1", pod=0, version="fake", host="fake",
-                                 pid=1, cpus=1, data_address="127.0.0.1:1"),
+              pb.RegisterRequest(address=address, pod=0, version="fake", host="fake",
+                                 pid=1, cpus=1, data_address=address),
               pb.RegisterResponse, CLUSTER_TOKEN)
     requeued, deadline = 0, time.time() + 120
     while time.time() < deadline:

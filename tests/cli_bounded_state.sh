@@ -6,9 +6,9 @@
 # running one, oversized submissions are INVALID_ARGUMENT at once (tests/bounded_state.py,
 # a stock gRPC client), `moectl jobs` follows the pages and `moectl delete` deletes;
 # --max-finished-jobs and --job-retention-s expire ended jobs after a restart; a job with more
-# events than GetJob's 32 (a worker that cannot be reached takes it again and again) is read
-# whole by ListEvents, in pages, and by `moectl events`; GetCluster pages hundreds of
-# registered workers, each with its own extra data address.
+# events than GetJob's 32 (a reachable worker whose RunSlot is always UNAVAILABLE takes it again
+# and again) is read whole by ListEvents, in pages, and by `moectl events`; GetCluster pages
+# hundreds of registered workers, each with its own extra data address.
 set -u
 moectl=$1
 bin=$(dirname "$moectl")

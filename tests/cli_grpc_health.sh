@@ -16,37 +16,16 @@ py=/usr/bin/python3 # Debian's python, where python3-grpcio lives
 client=$MOE_SOURCE_DIR/tests/grpc_health_client.py
 dir=$(mktemp -d /tmp/moe_cli_grpc_health.XXXXXX)
 cpid= wpid= watchers=()
-running() {
-  local s
-  s=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)
-  [ -n "$s" ] && [ "$s" != Z ]
-}
-stop() { # stop <pid> [seconds]: SIGTERM, SIGKILL if it lingers; $rc gets its exit status
-  rc=
-  [ -n "$1" ] || return 0
-  kill -TERM "$1" 2>/dev/null
-  for _ in $(seq 1 $((${2:-5} * 20))); do running "$1" || break; sleep 0.05; done
-  running "$1" && { echo "note: pid $1 ignored SIGTERM, killing it"; kill -KILL "$1" 2>/dev/null; }
-  wait "$1" 2>/dev/null
-  rc=$?
-}
+source "$(dirname "$0")/proc_lib.sh"
 cleanup() {
   for p in "${watchers[@]}"; do stop "$p" 2; done
   stop "$wpid"; stop "$cpid"; rm -rf "$dir"
 }
 trap cleanup EXIT
-fails=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails+1)); fi; }
 logs() {
   echo "--- coordinator log (tail)"; tail -n 30 "$dir/coordinator.log" 2>/dev/null
   echo "--- worker log (tail)"; tail -n 30 "$dir/worker.log" 2>/dev/null
   for f in "$dir"/*.watch; do echo "--- $f"; cat "$f"; done 2>/dev/null
-}
-# wait_for <seconds> <condition>: polls the condition every 50 ms
-wait_for() {
-  local n=$(($1 * 20))
-  for _ in $(seq 1 $n); do eval "$2" && return 0; sleep 0.05; done
-  return 1
 }
 hc() { "$py" "$client" "$set_file" "$@" 2>>"$dir/client.err"; }
 watch_bg() { # watch_bg <name> <target> <service>: a Watch in the background, lines to <name>.watch

@@ -12,25 +12,8 @@ py=/usr/bin/python3 # Debian's python, where python3-grpcio lives (not a pyenv o
 dir=$(mktemp -d /tmp/moe_cli_grpc_python.XXXXXX)
 cpid=
 wpid=
-# running <pid>: alive and not a zombie waiting for us (kill -0 succeeds on zombies)
-running() {
-  local s
-  s=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)
-  [ -n "$s" ] && [ "$s" != Z ]
-}
-# stop <pid> [seconds]: SIGTERM, SIGKILL if it lingers; sets $rc to its exit status
-stop() {
-  rc=
-  [ -n "$1" ] || return 0
-  kill -TERM "$1" 2>/dev/null
-  for _ in $(seq 1 $((${2:-5} * 20))); do running "$1" || break; sleep 0.05; done
-  running "$1" && { echo "note: pid $1 ignored SIGTERM, killing it"; kill -KILL "$1" 2>/dev/null; }
-  wait "$1" 2>/dev/null
-  rc=$?
-}
+source "$(dirname "$0")/proc_lib.sh"
 trap 'stop "$wpid"; stop "$cpid"; rm -rf "$dir"' EXIT
-fails=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails+1)); fi; }
 logs() {
   echo "--- coordinator log (tail)"; tail -n 30 "$dir/coordinator.log" 2>/dev/null
   echo "--- worker log (tail)"; tail -n 30 "$dir/worker.log" 2>/dev/null

@@ -69,21 +69,24 @@ new_token >"$tmp/h0/cluster.token"
 for h in 1 2 3; do cp "$tmp/h0/cluster.token" "$tmp/h$h/cluster.token"; done
 
 caddr=$(hosts_addr 0):7000
-hosts_start 0 "$tmp/h0/coordinator.log" "$bin/moed-coordinator" --listen "$caddr" \
+hosts_start 0 "$tmp/h0/coordinator.log" "$bin/moed-coordinator" --listen 0.0.0.0:7000 --advertise "$caddr" \
   --dir "$tmp/h0/store" --client-token-file "$tmp/h0/client.token" \
   --cluster-token-file "$tmp/h0/cluster.token" --addr-file "$tmp/h0/coordinator.addr"
 wait_until 30 '[ -s "$tmp/h0/coordinator.addr" ]'
-check "the coordinator serves on host 0 at $caddr" '[ "$(cat "$tmp/h0/coordinator.addr" 2>/dev/null)" = "$caddr" ]'
+check "the coordinator binds 0.0.0.0 and advertises $caddr" '[ "$(cat "$tmp/h0/coordinator.addr" 2>/dev/null)" = "$caddr" ]'
 [ -s "$tmp/h0/coordinator.addr" ] || { tail -n 8 "$tmp/h0/coordinator.log"; exit 1; }
 
-# start_worker HOST POD NAME PORT: a worker listening on its host's address (its data plane on
-# PORT + 100), with its scratch directory on that host. (With issue 15's --advertise, a worker
-# may bind 0.0.0.0 instead and announce "$a:PORT"; docs/deploy/hosts.md shows both.)
+# start_worker HOST POD NAME PORT: a worker on its host's address (its data plane on PORT + 100),
+# with its scratch directory on that host. Host 2's workers bind every address and advertise
+# their host's (--advertise / --data-advertise); the others listen on it: both forms of
+# docs/deploy/hosts.md.
 start_worker() {
-  local a; a=$(hosts_addr "$1")
+  local a addrs; a=$(hosts_addr "$1")
+  addrs=(--listen "$a:$4" --data-listen "$a:$(($4 + 100))")
+  [ "$1" = 2 ] && addrs=(--listen "0.0.0.0:$4" --advertise "$a" --data-listen "0.0.0.0:$(($4 + 100))" --data-advertise "$a")
   mkdir -p "$tmp/h$1/$3"
   hosts_start "$1" "$tmp/h$1/$3.log" "$bin/moed-worker" --coordinator "$caddr" \
-    --cluster-token-file "$tmp/h$1/cluster.token" --listen "$a:$4" --data-listen "$a:$(($4 + 100))" \
+    --cluster-token-file "$tmp/h$1/cluster.token" "${addrs[@]}" \
     --pod "$2" --threads 1 --data-root /usr/share/common-licenses --dir "$tmp/h$1/$3"
 }
 start_worker 1 0 w0 7001; start_worker 1 0 w1 7002
@@ -198,6 +201,19 @@ rc=$(cat "$tmp/watch.rc")
 check_same_model "$job" $rc
 recoveries=$(mctl status "$job" --json | json 'd["job"]["recoveries"]')
 check "one recovery counted ($recoveries)" '[ "$recoveries" = 1 ]'
+
+# ---- a worker on host 3 that advertises loopback to a coordinator on another host: refused,
+# with the reason in status and in its own log, and never given work ----
+hosts_start 3 "$tmp/h3/loopback.log" "$bin/moed-worker" --coordinator "$caddr" \
+  --cluster-token-file "$tmp/h3/cluster.token" --listen 0.0.0.0:7009 --advertise 127.0.0.1 \
+  --data-listen 0.0.0.0:7109 --pod 3 --threads 1 --data-root /usr/share/common-licenses \
+  --dir "$tmp/h3/loopback"
+refusal() { mctl cluster status --json | json '" ".join(w.get("refused", "") for w in d["workers"] if w.get("pod", 0) == 3)'; }
+wait_until 30 '[[ "$(refusal)" == *loopback* ]]'
+check "a worker advertising 127.0.0.1 from host 3 is refused: $(refusal)" \
+  '[[ "$(refusal)" == *"is loopback but it connected from $(hosts_addr 3)"* ]]'
+wait_until 10 'grep -q "gives this worker no job: .*loopback" "$tmp/h3/loopback.log"'
+check "... and its log says why" 'grep -q "gives this worker no job: .*loopback" "$tmp/h3/loopback.log"'
 if [ $fails -gt 0 ]; then
   mctl status "$job" 2>&1 | tail -n 30
   for f in "$tmp"/h*/*.log; do echo "== $f"; grep -v " INFO " "$f" | tail -n 8; done

@@ -85,7 +85,7 @@ run_job "after a cancelled job and more planted connections"
 "$py" "$(dirname "$0")/probe_dataplane.py" plant $addrs >/dev/null 2>&1
 run_job "encrypted (mesh.encrypt), after planted connections" --set mesh.encrypt=true
 check "every worker's data plane reached its 3 peers over encrypted tcp" \
-  '[ "$(cat "$cdir"/*.log | grep -c "epoch 1, 3 peers over encrypted tcp")" -ge 4 ]'
+  '[ "$(cat "$cdir"/*.log | grep -c "epoch 1, 0 peers over shared memory, 3 over encrypted tcp")" -ge 4 ]'
 
 idle_count() { "$moectl" cluster status --json | json 'sum(w["state"] == "WORKER_IDLE" for w in d["workers"])'; }
 wait_until 30 '[ "$(idle_count)" = 4 ]'

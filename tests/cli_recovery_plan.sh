@@ -23,23 +23,8 @@ if ! "$py" -c 'import grpc, google.protobuf' 2>/dev/null || ! command -v protoc 
 fi
 dir=$(mktemp -d /tmp/moe_cli_recovery_plan.XXXXXX)
 cpid=
-running() {
-  local s
-  s=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)
-  [ -n "$s" ] && [ "$s" != Z ]
-}
-stop() {
-  rc=
-  [ -n "$1" ] || return 0
-  kill -TERM "$1" 2>/dev/null
-  for _ in $(seq 1 100); do running "$1" || break; sleep 0.05; done
-  running "$1" && kill -KILL "$1" 2>/dev/null
-  wait "$1" 2>/dev/null
-  rc=$?
-}
+source "$(dirname "$0")/proc_lib.sh"
 trap 'stop "$cpid"; rm -rf "$dir"' EXIT
-fails=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails+1)); fi; }
 
 mkdir -p "$dir/py"
 protoc --python_out="$dir/py" -I "$MOE_SOURCE_DIR/proto" "$MOE_SOURCE_DIR/proto/moed.proto"

@@ -20,28 +20,8 @@ src=$MOE_SOURCE_DIR
 py=/usr/bin/python3
 dir=$(mktemp -d /tmp/moe_cli_systemd.XXXXXX)
 cpid= wpid= lcpid= lwpid=
-running() {
-  local s
-  s=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)
-  [ -n "$s" ] && [ "$s" != Z ]
-}
-stop() { # stop <pid> [seconds]: SIGTERM, SIGKILL if it lingers; $rc gets its exit status
-  rc=
-  [ -n "$1" ] || return 0
-  kill -TERM "$1" 2>/dev/null
-  for _ in $(seq 1 $((${2:-5} * 20))); do running "$1" || break; sleep 0.05; done
-  running "$1" && { echo "note: pid $1 ignored SIGTERM, killing it"; kill -KILL "$1" 2>/dev/null; }
-  wait "$1" 2>/dev/null
-  rc=$?
-}
+source "$(dirname "$0")/proc_lib.sh"
 trap 'stop "$wpid"; stop "$cpid"; stop "$lwpid" 1; stop "$lcpid" 1; rm -rf "$dir"' EXIT
-fails=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails+1)); fi; }
-wait_for() { # wait_for <seconds> <condition>: polls every 50 ms
-  local n=$(($1 * 20))
-  for _ in $(seq 1 $n); do eval "$2" && return 0; sleep 0.05; done
-  return 1
-}
 logs() {
   for f in "$dir"/*.log "$dir"/*.notify; do echo "--- $f"; tail -n 30 "$f"; done 2>/dev/null
 }

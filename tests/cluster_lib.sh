@@ -4,7 +4,7 @@
 # MOED_CLUSTER_DIR), and arms a cleanup that stops every cluster under $tmp and anything still
 # running from it (a daemon whose pid file was lost), whatever way the test ends; a sanitizer
 # report in any daemon's log then fails the test.
-# Needs $moectl. Gives: check NAME CONDITION, json EXPR, wait_until SECONDS CONDITION,
+# Needs $moectl. Gives (with proc_lib.sh: check NAME CONDITION, wait_for, running, stop) json EXPR, wait_until SECONDS CONDITION,
 # state_of JOB, step_of JOB, running_from DIR (pids of processes whose command line names
 # DIR/), check_same_model JOB RC, losses_of JOB (its stored per-step losses, "step loss"
 # lines), start_fake_worker PBDIR (a worker under a stand-in coordinator), and $fails (the
@@ -40,7 +40,7 @@ sanitizer_reports() {
   for f in $bad; do echo "FAIL sanitizer report in $f:"; grep -sE -A12 "Sanitizer|runtime error:" "$f" | head -n 40; done
   return 1
 }
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails+1)); fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/proc_lib.sh" # check, wait_for, running, stop
 # json EXPR: evaluates a Python expression over the JSON document `d` read from stdin
 json() { "$py" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 wait_until() {

@@ -190,14 +190,24 @@ void fault_slot_ended(struct coordinator *co, struct job *j, int k, const struct
     }
 }
 
+static void replica_mismatch(struct coordinator *co, struct job *j, int k,
+                             const Moed__V1__FaultReport *r) {
+    char what[REPAIR_WHAT_MAX];
+    switch (repair_fault_report(co, j, k, r, what)) {
+    case REPAIR_START: recovery_repair(co, j, k, what); break;
+    case REPAIR_AS_FAULT: recovery_fault_report(co, j, k, r); break;
+    case REPAIR_NOTHING: break;
+    }
+}
+
 void fault_reported(struct coordinator *co, struct job *j, int k, const Moed__V1__FaultReport *r) {
     /* an ended slot's fault still counts: a recovery times its earliest ReportFault */
     if (!j || j->state != MOED__V1__JOB_STATE__JOB_RUNNING || k < 0) return;
     if (decide(j, LOST_REPORTED) != RECOVER) // a worker only reports faults of recoverable
         slot_failed(co, j, k, LOST_REPORTED, (long)r->step, // jobs; otherwise it is a failure
                     r->error[0] ? r->error : "data-plane fault");
-    else if (r->mismatch_step > 0)
-        repair_fault_report(co, j, k, r); // the replicas differ: not a lost data plane
+    else if (r->mismatch_step > 0) // the replicas differ: not a lost data plane
+        replica_mismatch(co, j, k, r);
     else
         recovery_fault_report(co, j, k, r);
 }

@@ -1,13 +1,13 @@
 /*
  * repair.c — a replica mismatch repaired by returning to an agreed state and replaying (see
- * repair.h). It decides which copies count and what the events say; recovery.c drives.
+ * repair.h). It decides which copies count and what the events say; recovery.c drives,
+ * and this file never calls it.
  */
 #include "repair.h"
 
 #include "../../common/log.h"
 #include "../state/events.h"
 #include "../state/workers.h"
-#include "recovery.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,23 +50,21 @@ static int watch_new(struct job *j, int s, int64_t t) {
     return 0;
 }
 
-static void start(struct coordinator *co, struct job *j, int k, int s, int64_t t,
-                  const char *seen) {
-    if (j->rec && j->rec->repair) return; // one repair at a time: this one joins it
-    char who[600], what[900];
+/* A repair of slot index s from step t, unless one is under way (one at a time: this one
+ * joins it). */
+static enum repair_next start(struct job *j, int s, int64_t t, const char *seen, char *what) {
+    if (j->rec && j->rec->repair) return REPAIR_NOTHING;
+    char who[600];
     replicas_text(j, s, who, sizeof who);
     if (watch_new(j, s, t) != 0) LOG_WARN("%s: out of memory noting the repair", j->id);
-    snprintf(what, sizeof what, "step %lld, slot index %d: the replicas on %s differ (%s)",
+    snprintf(what, REPAIR_WHAT_MAX, "step %lld, slot index %d: the replicas on %s differ (%s)",
              (long long)t, s, who, seen);
-    recovery_repair(co, j, k, what);
+    return REPAIR_START;
 }
 
-void repair_fault_report(struct coordinator *co, struct job *j, int k,
-                         const Moed__V1__FaultReport *rep) {
-    if (j->rec && j->rec->repair) { // another slot of the same stop: one repair
-        recovery_fault_report(co, j, k, rep);
-        return;
-    }
+enum repair_next repair_fault_report(struct coordinator *co, struct job *j, int k,
+                                     const Moed__V1__FaultReport *rep, char *what) {
+    if (j->rec && j->rec->repair) return REPAIR_AS_FAULT; // another slot of the same stop
     int s = rep->mismatch_slot >= 0 && rep->mismatch_slot < j->slots ? rep->mismatch_slot
                                                                        : k % j->slots;
     char who[600];
@@ -76,12 +74,12 @@ void repair_fault_report(struct coordinator *co, struct job *j, int k,
               "(%s: %s)", (long long)rep->mismatch_step, s, who,
               (long long)rep->mismatch_step + 1, rep->worker_id,
               rep->error[0] ? rep->error : "no detail");
-    start(co, j, k, s, rep->mismatch_step, "the slots' own check in the step");
+    return start(j, s, rep->mismatch_step, "the slots' own check in the step", what);
 }
 
-void repair_reported_mismatch(struct coordinator *co, struct job *j, int k, int64_t t) {
-    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || !j->recoverable) return;
-    start(co, j, k, k % j->slots, t, "the coordinator's comparison of the reported hashes");
+enum repair_next repair_reported_mismatch(struct job *j, int k, int64_t t, char *what) {
+    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || !j->recoverable) return REPAIR_NOTHING;
+    return start(j, k % j->slots, t, "the coordinator's comparison of the reported hashes", what);
 }
 
 /* ---- the plan ---- */

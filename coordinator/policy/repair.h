@@ -19,13 +19,22 @@
 
 #define REPAIR_DRAIN_AFTER 2 // wrong copies after which a worker gets no new slot
 
-/* ReportFault with mismatch_step > 0 from slot k: event "replica_mismatch", then a repair
- * (a later slot's report of the same joins it). */
-void repair_fault_report(struct coordinator *co, struct job *j, int k,
-                         const Moed__V1__FaultReport *rep);
+/* What the caller does next about a replica mismatch (repair.c decides, recovery.c acts: this
+ * file never calls into recovery, whose plan calls into it). */
+enum repair_next {
+    REPAIR_NOTHING, // the job already repairs: the mismatch joins that repair
+    REPAIR_START,   // recovery_repair(co, j, k, what): a new repair, its reason in what
+    REPAIR_AS_FAULT // recovery_fault_report(): another slot's report of a stop under repair
+};
+#define REPAIR_WHAT_MAX 900
+
+/* ReportFault with mismatch_step > 0 from slot k: event "replica_mismatch", then what next
+ * (what: REPAIR_WHAT_MAX bytes). */
+enum repair_next repair_fault_report(struct coordinator *co, struct job *j, int k,
+                                     const Moed__V1__FaultReport *rep, char *what);
 /* The coordinator's own comparison of reported hashes found slot k's replicas differ at
- * step t ("replica_mismatch" is already out): a repair. */
-void repair_reported_mismatch(struct coordinator *co, struct job *j, int k, int64_t t);
+ * step t ("replica_mismatch" is already out): what next. */
+enum repair_next repair_reported_mismatch(struct job *j, int k, int64_t t, char *what);
 
 /* The plan of a repair: of the copies in the fence answers, keeps only those whose hash is
  * agreed (recovery_plan's functions then see nothing else), after noting each pod's hash of

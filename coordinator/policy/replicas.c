@@ -5,6 +5,7 @@
 
 #include "../../common/log.h"
 #include "../state/events.h"
+#include "recovery.h"
 #include "repair.h"
 
 #include <limits.h>
@@ -58,7 +59,9 @@ static void hash_check(struct coordinator *co, struct job *j, int k, int64_t t,
                               "%s...: the data-parallel replicas differ (silent corruption?)",
                               (long long)t, k % S, q / S, q % S, j->bindings[q].worker_id,
                               theirs, k / S, k % S, j->bindings[k].worker_id, mine);
-            repair_reported_mismatch(co, j, k, t);
+            char what[REPAIR_WHAT_MAX];
+            if (repair_reported_mismatch(j, k, t, what) == REPAIR_START)
+                recovery_repair(co, j, k, what);
             return;
         }
     }
