@@ -79,8 +79,9 @@ static pid_t spawn(struct bench_daemon *d, const char *listen) {
     snprintf(state, sizeof state, "%s/state", d->dir);
     snprintf(af, sizeof af, "%s/addr", d->dir);
     unlink(af);
-    char *argv[] = {d->exe, "--dir", state, "--listen", (char *)listen, "--addr-file", af,
-                    "--client-token-file", ct, "--cluster-token-file", kt, NULL};
+    char *argv[20] = {d->exe, "--dir", state, "--listen", (char *)listen, "--addr-file", af,
+                      "--client-token-file", ct, "--cluster-token-file", kt};
+    for (int i = 0; i < d->n_extra; i++) argv[11 + i] = d->extra[i];
     pid_t pid = bench_fork_child();
     if (pid != 0) return pid;
     int fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
@@ -117,8 +118,10 @@ static int wait_serving(struct bench_daemon *d) {
     return -1;
 }
 
-int bench_daemon_start(struct bench_daemon *d, const char *name) {
+int bench_daemon_start(struct bench_daemon *d, const char *name, char *const *extra,
+                       int n_extra) {
     memset(d, 0, sizeof *d);
+    for (int i = 0; i < n_extra && i < 8; i++) d->extra[d->n_extra++] = extra[i];
     find_bin(d);
     snprintf(d->dir, sizeof d->dir, "/tmp/moe-bench-XXXXXX");
     if (!mkdtemp(d->dir)) return -1;

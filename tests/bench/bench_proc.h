@@ -22,6 +22,8 @@ struct bench_daemon {
     char addr[160];            // host:port it serves on
     int port;
     char client_token[64], cluster_token[64];
+    char *extra[8];            // more flags, given to every start
+    int n_extra;
 };
 
 double bench_now(void);
@@ -32,8 +34,10 @@ pid_t bench_fork_child(void);
 int bench_stop(pid_t pid);
 
 /* The coordinator `name` (in the build's bin/) in a new temporary directory, on 127.0.0.1
- * with a free port; returns once it wrote its address file (0) or failed (-1, said). */
-int bench_daemon_start(struct bench_daemon *d, const char *name);
+ * with a free port, with n_extra (at most 8) more flags; returns once it wrote its address
+ * file (0) or failed (-1, said). */
+int bench_daemon_start(struct bench_daemon *d, const char *name, char *const *extra,
+                       int n_extra);
 /* Kills it with `sig`, then starts it again on the same port and directory; returns once it
  * serves again. */
 int bench_daemon_restart(struct bench_daemon *d, int sig);

@@ -13,8 +13,12 @@
  *   - GetJob and GetCluster (first page) p50/p99 while the job runs.
  *
  * Usage: bench_scale [--check] [--pod-size W] [--job PxS] [--lose N] [--measure-s S]
- *                    [--report-ms MS] [WORKERS...]   (default: 1088 4352 10064)
- * Workers i is in physical pod i / W (W = 68 by default: 64 slots and 4 spares). --check runs
+ *                    [--report-ms MS] [--heartbeat-timeout-ms MS] [WORKERS...]
+ *                    (default: 1156 4420 10064 workers; the coordinator's default timeout, 2 s)
+ * On a machine too loaded for the simulators to heartbeat in time, a longer timeout keeps
+ * workers from being declared dead (the heartbeats, every 500 ms, cost the same).
+ * Worker i is in physical pod i / W (W = 68 by default: 64 slots and 4 spares; a job of up
+ * to 64 pods leaves at least one physical pod of spares, for the 64 lost at once). --check runs
  * once and asserts correctness instead of reporting speed (the test cli_scale_small): every
  * slot bound once, each lost slot replanned onto a spare, no worker lost across the restart.
  * The daemons come from $MOE_BUILD_DIR/bin, else from beside this program.
@@ -38,11 +42,11 @@
 
 #define SIMS_PER_PROC 2500 // listening ports + accepted connections stay under 20,000 fds
 #define MAX_PROCS 16
-#define WAIT_S 300.0       // any one phase
+#define WAIT_S 120.0       // any one phase
 
 struct opts {
     int check, pod_size, pods, slots, lose_many, measure_s;
-    long report_ms;
+    long report_ms, heartbeat_timeout_ms;
 };
 
 struct run {
@@ -308,12 +312,14 @@ static int report_fault(struct run *r, int peer, int lost_slot) {
     return st == MOE_OK ? 0 : -1;
 }
 
-/* Loses `n` workers of the job at once (slot 1 of pods 0, 1, ..., then slot 2, ...), a peer
- * reports the fault; the seconds from the report to the last RunSlot of the new epoch. */
+/* Loses `n` workers of the job at once, a peer reports the fault; the seconds from the
+ * report to the last RunSlot of the new epoch. */
 static double lose(struct run *r, int n) {
     int lost[1024], n_lost = 0;
     for (int k = 0; k < n && n_lost < 1024; k++) {
-        int p = k % r->o.pods, s = 1 + (k / r->o.pods) % (r->o.slots - 1);
+        /* (k mod P, 1 + k mod (S - 1)): no slot index lost in every pod at once, or its
+         * every copy would be gone (the job rightly fails) */
+        int p = k % r->o.pods, s = 1 + k % (r->o.slots - 1);
         int i = player(r, p, s);
         if (i >= 0) lost[n_lost++] = i;
     }
@@ -386,26 +392,38 @@ static void status_latency(struct run *r) {
             &r->getcl_p50, &r->getcl_p99);
 }
 
+static void progress(const struct run *r, const char *what, double v) {
+    fprintf(stderr, "bench_scale: %d workers: %s %.3f\n", r->n, what, v);
+}
+
 static int phases(struct run *r) {
     double t0 = bench_now();
     if (wait_for(r, all_registered, NULL, "every registration") ||
         wait_for(r, cluster_ready, NULL, "every worker probed and idle"))
         return -1;
     r->reg_s = bench_now() - t0;
+    progress(r, "registered and probed, s:", r->reg_s);
     if (!r->o.check) steady(r, &r->idle_cpu, &r->idle_rss);
+    progress(r, "idle coordinator CPU, %:", r->idle_cpu);
     if (schedule_job(r)) return -1;
+    progress(r, "job scheduled, s:", r->sched_s);
     if (!r->o.check) steady(r, &r->job_cpu, &r->job_rss);
     if (!r->o.check) status_latency(r);
     if (settle(r, 2)) return -1; // a fault after some steps, as in a real run
     r->rec1_s = lose(r, 1);
+    progress(r, "recovery of 1, s:", r->rec1_s);
     if (isnan(r->rec1_s) || settle(r, 0)) return -1;
     r->recn_s = lose(r, r->o.lose_many);
+    progress(r, "recovery of many, s:", r->recn_s);
     if (isnan(r->recn_s) || settle(r, 0)) return -1;
     return restart(r);
 }
 
 static int run_size(struct run *r) {
-    if (bench_daemon_start(&r->co, "moed-coordinator") != 0) return -1;
+    char timeout[32];
+    snprintf(timeout, sizeof timeout, "%ld", r->o.heartbeat_timeout_ms);
+    char *flags[] = {"--heartbeat-timeout-ms", timeout};
+    if (bench_daemon_start(&r->co, "moed-coordinator", flags, 2) != 0) return -1;
     snprintf(r->cluster_token, sizeof r->cluster_token, "%s", r->co.cluster_token);
     int rc = start_sims(r);
     if (rc == 0) rc = rpc_channel_open(&r->ch, r->co.addr, NULL, r->co.client_token, 1);
@@ -426,7 +444,7 @@ static void print_row(const struct run *r) {
 }
 
 static int parse(int argc, char **argv, struct opts *o, int *sizes, int *n_sizes) {
-    *o = (struct opts){0, 68, 0, 64, 64, 10, 1000};
+    *o = (struct opts){0, 68, 0, 64, 64, 10, 1000, 2000};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--check")) o->check = 1;
         else if (!strcmp(argv[i], "--pod-size") && i + 1 < argc) o->pod_size = atoi(argv[++i]);
@@ -435,11 +453,13 @@ static int parse(int argc, char **argv, struct opts *o, int *sizes, int *n_sizes
         else if (!strcmp(argv[i], "--lose") && i + 1 < argc) o->lose_many = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--measure-s") && i + 1 < argc) o->measure_s = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--report-ms") && i + 1 < argc) o->report_ms = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--heartbeat-timeout-ms") && i + 1 < argc)
+            o->heartbeat_timeout_ms = atol(argv[++i]);
         else if (argv[i][0] != '-' && *n_sizes < 8) sizes[(*n_sizes)++] = atoi(argv[i]);
         else return -1;
     }
     if (!*n_sizes) {
-        int def[] = {1088, 4352, 10064};
+        int def[] = {1156, 4420, 10064}; // 16 and 64 job pods, and a pod of spares
         memcpy(sizes, def, sizeof def);
         *n_sizes = 3;
     }
@@ -451,7 +471,8 @@ int main(int argc, char **argv) {
     int sizes[8], n_sizes = 0, failed = 0;
     if (parse(argc, argv, &o, sizes, &n_sizes)) {
         fprintf(stderr, "usage: bench_scale [--check] [--pod-size W] [--job PxS] [--lose N] "
-                        "[--measure-s S] [--report-ms MS] [WORKERS...]\n");
+                        "[--measure-s S] [--report-ms MS] [--heartbeat-timeout-ms MS] "
+                        "[WORKERS...]\n");
         return 2;
     }
     moe_log_set_level(MOE_LOG_ERROR);
@@ -462,7 +483,8 @@ int main(int argc, char **argv) {
            "sched_s", "rec1_s", "recN_s", "serve_s", "reatt_s", "job_p99", "cl_p99");
     for (int k = 0; k < n_sizes; k++) {
         struct run r = {.o = o, .n = sizes[k]};
-        if (!r.o.pods) r.o.pods = sizes[k] / o.pod_size < 64 ? sizes[k] / o.pod_size : 64;
+        int whole = sizes[k] / o.pod_size - 1; // a physical pod left over for spares
+        if (!r.o.pods) r.o.pods = whole < 64 ? (whole > 2 ? whole : 2) : 64;
         if (r.o.lose_many > r.o.pods * (r.o.slots - 1)) r.o.lose_many = r.o.pods;
         if (run_size(&r) != 0) {
             fprintf(stderr, "bench_scale: %d workers: did not complete (coordinator log: %s)\n",
