@@ -13,7 +13,8 @@
  *   - GetJob and GetCluster (first page) p50/p99 while the job runs.
  *
  * Usage: bench_scale [--check] [--pod-size W] [--job PxS] [--lose N] [--measure-s S]
- *                    [--report-ms MS] [--heartbeat-timeout-ms MS] [WORKERS...]
+ *                    [--report-ms MS] [--heartbeat-timeout-ms MS]
+ *                    [--heartbeat-interval-ms MS] [WORKERS...]
  *                    (default: 1156 4420 10064 workers; the coordinator's default timeout, 2 s)
  * On a machine too loaded for the simulators to heartbeat in time, a longer timeout keeps
  * workers from being declared dead (the heartbeats, every 500 ms, cost the same).
@@ -46,7 +47,7 @@
 
 struct opts {
     int check, pod_size, pods, slots, lose_many, measure_s;
-    long report_ms, heartbeat_timeout_ms;
+    long report_ms, heartbeat_timeout_ms, heartbeat_interval_ms;
 };
 
 struct run {
@@ -360,7 +361,7 @@ static int restart(struct run *r) {
     int rc = bench_daemon_restart(&r->co, SIGKILL);
     r->serve_s = bench_now() - t0;
     if (rc == 0) rc = wait_for(r, live_reregistered, before, "every worker to register again");
-    r->reattach_s = bench_now() - t0;
+    if (rc == 0) r->reattach_s = bench_now() - t0;
     free(before);
     if (rc) return rc;
     sleep(2); // a few heartbeats: a worker the restart lost would be told to stop by now
@@ -420,10 +421,11 @@ static int phases(struct run *r) {
 }
 
 static int run_size(struct run *r) {
-    char timeout[32];
+    char timeout[32], interval[32];
     snprintf(timeout, sizeof timeout, "%ld", r->o.heartbeat_timeout_ms);
-    char *flags[] = {"--heartbeat-timeout-ms", timeout};
-    if (bench_daemon_start(&r->co, "moed-coordinator", flags, 2) != 0) return -1;
+    snprintf(interval, sizeof interval, "%ld", r->o.heartbeat_interval_ms);
+    char *flags[] = {"--heartbeat-timeout-ms", timeout, "--heartbeat-interval-ms", interval};
+    if (bench_daemon_start(&r->co, "moed-coordinator", flags, 4) != 0) return -1;
     snprintf(r->cluster_token, sizeof r->cluster_token, "%s", r->co.cluster_token);
     int rc = start_sims(r);
     if (rc == 0) rc = rpc_channel_open(&r->ch, r->co.addr, NULL, r->co.client_token, 1);
@@ -444,7 +446,7 @@ static void print_row(const struct run *r) {
 }
 
 static int parse(int argc, char **argv, struct opts *o, int *sizes, int *n_sizes) {
-    *o = (struct opts){0, 68, 0, 64, 64, 10, 1000, 2000};
+    *o = (struct opts){0, 68, 0, 64, 64, 10, 1000, 2000, 500};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--check")) o->check = 1;
         else if (!strcmp(argv[i], "--pod-size") && i + 1 < argc) o->pod_size = atoi(argv[++i]);
@@ -455,6 +457,8 @@ static int parse(int argc, char **argv, struct opts *o, int *sizes, int *n_sizes
         else if (!strcmp(argv[i], "--report-ms") && i + 1 < argc) o->report_ms = atol(argv[++i]);
         else if (!strcmp(argv[i], "--heartbeat-timeout-ms") && i + 1 < argc)
             o->heartbeat_timeout_ms = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--heartbeat-interval-ms") && i + 1 < argc)
+            o->heartbeat_interval_ms = atol(argv[++i]);
         else if (argv[i][0] != '-' && *n_sizes < 8) sizes[(*n_sizes)++] = atoi(argv[i]);
         else return -1;
     }
@@ -472,17 +476,21 @@ int main(int argc, char **argv) {
     if (parse(argc, argv, &o, sizes, &n_sizes)) {
         fprintf(stderr, "usage: bench_scale [--check] [--pod-size W] [--job PxS] [--lose N] "
                         "[--measure-s S] [--report-ms MS] [--heartbeat-timeout-ms MS] "
-                        "[WORKERS...]\n");
+                        "[--heartbeat-interval-ms MS] [WORKERS...]\n");
         return 2;
     }
     moe_log_set_level(MOE_LOG_ERROR);
-    printf("bench_scale: one coordinator, simulated workers over gRPC (heartbeat 500 ms, a "
+    printf("bench_scale: one coordinator, simulated workers over gRPC (heartbeat %ld ms, a "
            "step report per %ld ms per slot)\n"
            "%7s %10s %6s %7s %7s %7s %7s %8s %8s %8s %7s %8s %7s %7s\n",
-           o.report_ms, "workers", "job", "reg_s", "idle%", "idleMiB", "job%", "jobMiB",
+           o.heartbeat_interval_ms, o.report_ms, "workers", "job", "reg_s", "idle%", "idleMiB", "job%", "jobMiB",
            "sched_s", "rec1_s", "recN_s", "serve_s", "reatt_s", "job_p99", "cl_p99");
     for (int k = 0; k < n_sizes; k++) {
         struct run r = {.o = o, .n = sizes[k]};
+        double *res[] = {&r.reg_s, &r.idle_cpu, &r.idle_rss, &r.sched_s, &r.job_cpu,
+                         &r.job_rss, &r.rec1_s, &r.recn_s, &r.serve_s, &r.reattach_s,
+                         &r.getjob_p50, &r.getjob_p99, &r.getcl_p50, &r.getcl_p99};
+        for (size_t i = 0; i < sizeof res / sizeof res[0]; i++) *res[i] = NAN; // not measured
         int whole = sizes[k] / o.pod_size - 1; // a physical pod left over for spares
         if (!r.o.pods) r.o.pods = whole < 64 ? (whole > 2 ? whole : 2) : 64;
         if (r.o.lose_many > r.o.pods * (r.o.slots - 1)) r.o.lose_many = r.o.pods;
@@ -490,9 +498,8 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench_scale: %d workers: did not complete (coordinator log: %s)\n",
                     r.n, r.co.log);
             failed++;
-            continue;
         }
-        print_row(&r);
+        print_row(&r); // what did not complete: nan
         failed += r.failed;
     }
     if (o.check) printf("bench_scale --check: %s\n", failed ? "FAILED" : "ok");
