@@ -166,11 +166,19 @@ static double last_runslot(struct run *r, int64_t t0_ns, uint64_t *epoch) {
 
 /* ---- client calls ---- */
 
+/* A call of the client's; UNAVAILABLE (a connection the coordinator's restart broke) is tried
+ * again for up to 10 s. */
 static ProtobufCMessage *call(struct run *r, const char *method, const ProtobufCMessage *req,
                               const ProtobufCMessageDescriptor *type) {
     ProtobufCMessage *resp = NULL;
     struct rpc_result res;
-    if (rpc_call_sync(r->ch, method, req, type, &resp, 30.0, &res) != MOE_OK) {
+    moe_status s;
+    for (int i = 0; i < 50; i++) {
+        s = rpc_call_sync(r->ch, method, req, type, &resp, 30.0, &res);
+        if (s != MOE_EUNAVAILABLE) break;
+        usleep(200000);
+    }
+    if (s != MOE_OK) {
         fprintf(stderr, "bench_scale: %s\n", moe_errmsg());
         return NULL;
     }
