@@ -129,33 +129,42 @@ static int all_registered(struct run *r, void *arg) {
     return 1;
 }
 
-/* Every slot of the job played by a live worker at an epoch after `*after`. */
+/* The newest epoch a live worker was bound in: a worker of an older binding (a RunSlot round
+ * that a loaded machine let time out, then a new binding) plays until its StopJob arrives. */
+static uint64_t newest_epoch(struct run *r) {
+    uint64_t e = 0;
+    for (int i = 0; i < r->n; i++)
+        if (!atomic_load(&r->sh[i].dead) && atomic_load(&r->sh[i].pod) >= 0 &&
+            atomic_load(&r->sh[i].epoch) > e)
+            e = atomic_load(&r->sh[i].epoch);
+    return e;
+}
+
+static int in_epoch(struct sim_shared *s, uint64_t e) {
+    return !atomic_load(&s->dead) && atomic_load(&s->pod) >= 0 && atomic_load(&s->epoch) == e;
+}
+
+/* Every slot of the job played by a live worker in the newest epoch, after `*after`. */
 static int job_bound(struct run *r, void *arg) {
-    uint64_t after = *(uint64_t *)arg;
+    uint64_t after = *(uint64_t *)arg, e = newest_epoch(r);
     int n = 0;
-    for (int i = 0; i < r->n; i++) {
-        struct sim_shared *s = &r->sh[i];
-        n += !atomic_load(&s->dead) && atomic_load(&s->pod) >= 0 &&
-             atomic_load(&s->epoch) > after;
-    }
+    for (int i = 0; e > after && i < r->n; i++) n += in_epoch(&r->sh[i], e);
     return n >= r->o.pods * r->o.slots;
 }
 
-/* The last RunSlot of the bound slots, in seconds after t0_ns; checks each slot is played by
- * exactly one live worker. */
+/* The last RunSlot of the newest epoch's slots, in seconds after t0_ns; checks each slot is
+ * played by exactly one live worker in it. */
 static double last_runslot(struct run *r, int64_t t0_ns, uint64_t *epoch) {
     int n_slots = r->o.pods * r->o.slots;
     int *seen = calloc((size_t)n_slots, sizeof *seen);
     int64_t last = t0_ns;
-    *epoch = 0;
+    *epoch = newest_epoch(r);
     for (int i = 0; seen && i < r->n; i++) {
         struct sim_shared *s = &r->sh[i];
-        int p = atomic_load(&s->pod);
-        if (atomic_load(&s->dead) || p < 0) continue;
-        int k = p * r->o.slots + atomic_load(&s->slot);
+        if (!in_epoch(s, *epoch)) continue;
+        int k = atomic_load(&s->pod) * r->o.slots + atomic_load(&s->slot);
         if (k >= 0 && k < n_slots) seen[k]++;
         if (atomic_load(&s->runslot_ns) > last) last = atomic_load(&s->runslot_ns);
-        if (atomic_load(&s->epoch) > *epoch) *epoch = atomic_load(&s->epoch);
     }
     for (int k = 0; seen && k < n_slots; k++)
         CHECK_THAT(r, seen[k] == 1, "slot (%d, %d) is played by %d workers", k / r->o.slots,
@@ -361,9 +370,9 @@ static int restart(struct run *r) {
     int *before = calloc((size_t)r->n, sizeof *before);
     int stops = 0;
     if (!before) return -1;
-    for (int i = 0; i < r->n; i++) {
+    for (int i = 0; i < r->n; i++) { // stops: of the job's slots (not of stale bindings)
         before[i] = atomic_load(&r->sh[i].registrations);
-        stops += atomic_load(&r->sh[i].stops);
+        stops += in_epoch(&r->sh[i], r->epoch) ? atomic_load(&r->sh[i].stops) : 0;
     }
     double t0 = bench_now();
     int rc = bench_daemon_restart(&r->co, SIGKILL);
@@ -374,7 +383,8 @@ static int restart(struct run *r) {
     if (rc) return rc;
     sleep(2); // a few heartbeats: a worker the restart lost would be told to stop by now
     int after = 0;
-    for (int i = 0; i < r->n; i++) after += atomic_load(&r->sh[i].stops);
+    for (int i = 0; i < r->n; i++)
+        after += atomic_load(&r->sh[i].epoch) == r->epoch ? atomic_load(&r->sh[i].stops) : 0;
     CHECK_THAT(r, after == stops, "%d slots stopped after the restart", after - stops);
     Moed__V1__GetClusterRequest gc = MOED__V1__GET_CLUSTER_REQUEST__INIT;
     gc.page_size = 1;
