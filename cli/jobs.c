@@ -101,25 +101,33 @@ static int take_set(void *ctx, int c, const char *arg) {
     return 0;
 }
 
-/* Data paths as `moectl train` would read them: relative to the current directory, which the
- * daemons do not share. */
+/* p (a SPEC_PATH_MAX buffer, spec field `field`) made absolute from cwd; "" stays "". */
+static int absolute_path(char *p, const char *cwd, const char *field) {
+    if (p[0] == '/' || p[0] == 0) return 0;
+    const char *rel = p;
+    while (rel[0] == '.' && rel[1] == '/') rel += 2;
+    char abs[SPEC_PATH_MAX + PATH_MAX + 2];
+    snprintf(abs, sizeof abs, "%s/%s", cwd, rel);
+    if (strlen(abs) >= SPEC_PATH_MAX)
+        return moectl_fail(EXIT_BAD_INPUT, "spec: %s: %s is longer than %d bytes once made "
+                           "absolute", field, abs, SPEC_PATH_MAX - 1);
+    memcpy(p, abs, strlen(abs) + 1);
+    return 0;
+}
+
+/* Data and model paths as `moectl train` would read them: relative to the current directory,
+ * which the daemons do not share. */
 static int absolute_sources(struct job_spec *spec) {
-    char cwd[PATH_MAX];
+    char cwd[PATH_MAX], field[64];
     if (!getcwd(cwd, sizeof cwd))
         return moectl_fail(EXIT_RUN_FAILED, "getcwd: %s", strerror(errno));
     for (int i = 0; i < spec->data.n_sources; i++) {
-        char *p = spec->data.sources[i].path;
-        if (p[0] == '/' || p[0] == 0) continue;
-        const char *rel = p;
-        while (rel[0] == '.' && rel[1] == '/') rel += 2;
-        char abs[SPEC_PATH_MAX + PATH_MAX + 2];
-        snprintf(abs, sizeof abs, "%s/%s", cwd, rel);
-        if (strlen(abs) >= SPEC_PATH_MAX)
-            return moectl_fail(EXIT_BAD_INPUT, "spec: data.sources.%d.path: %s is longer than %d "
-                               "bytes once made absolute", i, abs, SPEC_PATH_MAX - 1);
-        memcpy(p, abs, strlen(abs) + 1);
+        snprintf(field, sizeof field, "data.sources.%d.path", i);
+        int code = absolute_path(spec->data.sources[i].path, cwd, field);
+        if (code) return code;
     }
-    return 0;
+    int code = absolute_path(spec->distill.teacher, cwd, "distill.teacher");
+    return code ? code : absolute_path(spec->run.init_from, cwd, "run.init_from");
 }
 
 /* The paths as this machine sees them: one that is not here (or not readable by this user)
@@ -401,7 +409,9 @@ static void print_headline(const Moed__V1__JobStatus *st) {
 /* The last step's metrics, or without them the job's loss. */
 static void print_metrics(const Moed__V1__JobInfo *j, const Moed__V1__StepMetrics *m) {
     if (m) {
-        printf("  loss      %.4f (ce %.4f, aux %.4f, z %.4f)", m->loss, m->ce, m->aux, m->z);
+        printf("  loss      %.4f (ce %.4f, aux %.4f, z %.4f", m->loss, m->ce, m->aux, m->z);
+        if (m->kl > 0) printf(", kl %.4f", m->kl);
+        printf(")");
         if (j->val_loss > 0) printf("   val loss %.4f", j->val_loss);
         printf("\n  speed     %.0f tok/s, %.3f s/step, lr %.2e, grad norm %.3g\n",
                m->tokens_per_second, m->seconds, m->lr, m->grad_norm);

@@ -122,6 +122,7 @@ struct progress {
     int tty;       // stdout is a terminal: draw a bar with an ETA
     int json;
     int quiet;
+    int distilling; // the spec names a teacher: the lines show the KL part
     long total;
     double started;
     long tokens;
@@ -144,19 +145,21 @@ static void print_step(const struct progress *p, const struct step_report *r) {
     if (p->json) {
         /* the loss with every digit: a distributed run must match it exactly */
         printf("{\"event\":\"step\",\"step\":%ld,\"loss\":%.17g,\"ce\":%.6f,\"aux\":%.6f,"
-               "\"z\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
+               "\"z\":%.6f,\"kl\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
                "\"load_max_over_mean\":%.4f,\"dropped\":%ld,\"step_ms\":%.2f,"
                "\"forward_ms\":%.2f,\"backward_ms\":%.2f,\"optimizer_ms\":%.2f}\n",
-               r->step, r->loss, r->ce, r->aux, r->z, r->lr, r->grad_norm, tps,
+               r->step, r->loss, r->ce, r->aux, r->z, r->kl, r->lr, r->grad_norm, tps,
                r->load_max_over_mean, r->dropped, 1e3 * r->seconds, 1e3 * r->t_forward,
                1e3 * r->t_backward, 1e3 * r->t_update);
         return;
     }
     if (p->tty) printf("\r\033[K");
-    printf("step %5ld/%ld | loss %.4f (ce %.4f aux %.4f z %.3f) | lr %.2e | %6.0f tok/s | "
+    char kl[32] = "";
+    if (p->distilling) snprintf(kl, sizeof kl, " kl %.4f", r->kl);
+    printf("step %5ld/%ld | loss %.4f (ce %.4f%s aux %.4f z %.3f) | lr %.2e | %6.0f tok/s | "
            "load max/mean %.2f | dropped %.1f%%\n",
-           r->step, p->total, r->loss, r->ce, r->aux, r->z, r->lr, tps, r->load_max_over_mean,
-           100.0 * r->dropped / (double)r->assignments);
+           r->step, p->total, r->loss, r->ce, kl, r->aux, r->z, r->lr, tps,
+           r->load_max_over_mean, 100.0 * r->dropped / (double)r->assignments);
     fflush(stdout);
 }
 
@@ -250,6 +253,16 @@ static void print_run(const struct trainer *t, long last) {
            "top-%d), batch %d x %d, steps %ld..%ld of %ld\n",
            t->spec.name, m->n_params, m->cfg.n_layers, m->cfg.d_model, m->cfg.n_experts,
            m->cfg.top_k, t->B, t->T, m->step + 1, last, t->spec.run.steps);
+    if (t->teacher.on)
+        printf("moectl: distilling from %s (%zu parameters, %d layers, d_model %d, %d experts): "
+               "loss = %.3g ce + %.3g x %.3g^2 KL at temperature %.3g\n", t->spec.distill.teacher,
+               t->teacher.model.n_params, t->teacher.model.cfg.n_layers,
+               t->teacher.model.cfg.d_model, t->teacher.model.cfg.n_experts,
+               1 - t->spec.distill.alpha, t->spec.distill.alpha, t->spec.distill.temperature,
+               t->spec.distill.temperature);
+    if (t->spec.run.init_from[0] && m->step == 0)
+        printf("moectl: parameters from %s; optimizer moments start at zero\n",
+               t->spec.run.init_from);
     if (t->mesh.shards > 1)
         printf("moectl: playing the %d data shards of the %d x %d mesh in turn: the model a "
                "%d x %d job writes, byte for byte\n", t->mesh.shards, t->mesh.pods, t->mesh.slots,
@@ -332,6 +345,7 @@ static int cmd_train(int argc, char **argv) {
     struct progress *p = &a.p;
     p->tty = !p->json && isatty(STDOUT_FILENO);
     p->total = t.spec.run.steps;
+    p->distilling = t.teacher.on;
     long last = a.stop_at ? a.stop_at : p->total;
     if (!p->json && !p->quiet) print_run(&t, last);
     signal(SIGINT, on_signal);

@@ -206,9 +206,16 @@ exit:
 
 /* ---- reading ---- */
 
+static moe_status read_whole_fd(int fd, const char *path, uint8_t **buf, size_t *size);
+
 static moe_status read_whole_file(const char *path, uint8_t **buf, size_t *size) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) return moe_fail(MOE_EIO, "%s: %s", path, strerror(errno));
+    return read_whole_fd(fd, path, buf, size);
+}
+
+/* Reads all of fd (closed before returning); `path` names it in errors. */
+static moe_status read_whole_fd(int fd, const char *path, uint8_t **buf, size_t *size) {
     struct stat st;
     if (fstat(fd, &st) != 0) goto io_error;
     if (!S_ISREG(st.st_mode)) {
@@ -514,10 +521,11 @@ exit:
     return res;
 }
 
-moe_status st_read(struct st_file *f, const char *path) {
+static moe_status read_and_parse(struct st_file *f, const char *path, int fd) {
     memset(f, 0, sizeof *f);
     snprintf(f->path, sizeof f->path, "%s", path);
-    moe_status res = read_whole_file(path, &f->buf, &f->size);
+    moe_status res = fd < 0 ? read_whole_file(path, &f->buf, &f->size)
+                            : read_whole_fd(fd, path, &f->buf, &f->size);
     if (res == MOE_OK) res = parse_file(f);
     if (res != MOE_OK) {
         st_close(f);
@@ -529,6 +537,12 @@ moe_status st_read(struct st_file *f, const char *path) {
         moe_fail(res, "%s", msg);
     }
     return res;
+}
+
+moe_status st_read(struct st_file *f, const char *path) { return read_and_parse(f, path, -1); }
+
+moe_status st_read_fd(struct st_file *f, int fd, const char *path) {
+    return read_and_parse(f, path, fd);
 }
 
 void st_close(struct st_file *f) {

@@ -60,6 +60,9 @@ struct st_file {
  * in bounds, non-overlapping and covering the data section, byte counts matching shapes.
  * Failures are MOE_EIO (cannot read) or MOE_EFORMAT, the message naming the file and the fault. */
 moe_status st_read(struct st_file *f, const char *path);
+/* The same from an open file (closed before returning, whatever the outcome); `path` names it
+ * in errors (a file opened beneath a worker's data roots). */
+moe_status st_read_fd(struct st_file *f, int fd, const char *path);
 void st_close(struct st_file *f);
 
 /* NULL when absent. */

@@ -173,6 +173,17 @@ static const struct field spec_fields[] = {
               "held-out loss every N steps; 0: only at the end"),
     INT_FIELD("run.eval_batches", run.eval_batches, "16", 1, 1 << 20,
               "held-out batches per evaluation"),
+    STRING_FIELD("run.init_from", run.init_from, "",
+                 "start from this model's parameters (same shapes; fresh optimizer); "
+                 "empty: from run.seed"),
+
+    STRING_FIELD("distill.teacher", distill.teacher, "",
+                 "a teacher model (.safetensors, the same vocabulary) to distill from; "
+                 "empty: none"),
+    FLOAT_FIELD("distill.alpha", distill.alpha, "0.5", 0, 1, BOUND_CLOSED,
+                "loss = (1 - alpha) ce + alpha temperature^2 KL(teacher || student)"),
+    FLOAT_FIELD("distill.temperature", distill.temperature, "2", 0, NONE, MIN_OPEN,
+                "softmax temperature of both distributions in the KL"),
 };
 #define N_FIELDS (sizeof spec_fields / sizeof spec_fields[0])
 
@@ -186,6 +197,7 @@ static const struct {
     {"optimizer", "AdamW, linear warm-up, cosine decay to min_lr at run.steps"},
     {"data", "what to train on"},
     {"run", "how long, how big, and where the model goes"},
+    {"distill", "learning from a teacher model's outputs (off without a teacher)"},
 };
 
 /* Items of data.sources. */
@@ -394,7 +406,10 @@ static int within_bounds(const struct field *f, double v) {
 static moe_status check_string(const struct field *f, const char *name, const char *text,
                                size_t len) {
     char buf[80];
-    if (len == 0) return moe_fail(MOE_EINVAL, "spec: %s: must not be empty", name);
+    /* A string whose default is empty is optional (data.tokenizer): empty means "none". */
+    if (len == 0 && !(f->def && !f->def[0]))
+        return moe_fail(MOE_EINVAL, "spec: %s: must not be empty", name);
+    if (len == 0) return MOE_OK;
     if (len >= f->size)
         return moe_fail(MOE_EINVAL, "spec: %s: too long (%zu bytes, at most %zu)", name, len,
                         f->size - 1);

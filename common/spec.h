@@ -50,6 +50,15 @@ struct run_spec {
     int log_every;    // progress line every N steps
     int eval_every;   // held-out loss every N steps (0: only at the end)
     int eval_batches; // held-out batches per evaluation
+    char init_from[SPEC_PATH_MAX]; // a moed .safetensors whose parameters (and expert biases)
+                                   // the run starts from, every tensor's shape checked; "": seed
+};
+
+/* Knowledge distillation from a teacher model (docs/model.md, "Distillation"). */
+struct distill_spec {
+    char teacher[SPEC_PATH_MAX]; // a moed .safetensors with the student's vocabulary; "": none
+    float alpha;                 // loss = (1 - alpha) ce + alpha temperature^2 KL + router terms
+    float temperature;           // both softmaxes of the KL are of logits / temperature
 };
 
 /* The logical mesh (docs/architecture.md, "The mesh"): pods x slots data shards. Slot s of
@@ -95,6 +104,7 @@ struct job_spec {
     struct adamw_config optimizer; // "optimizer" section; total_steps := run.steps
     struct data_spec data;
     struct run_spec run;
+    struct distill_spec distill;
 };
 
 /* Fills every field with its default. data has no sources (the one field without a default). */

@@ -240,6 +240,48 @@ void crossentropy_backward(real *dlogits, const real *probs, const int *targets,
     }
 }
 
+/* ---- distillation ---- */
+
+/* max and log-sum-exp of z / temp over n entries, in double */
+static double scaled_lse(const real *z, int n, double temp, double *mx_out) {
+    double mx = (double)z[0] / temp;
+    for (int i = 1; i < n; i++) mx = fmax(mx, (double)z[i] / temp);
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += exp((double)z[i] / temp - mx);
+    *mx_out = mx;
+    return mx + log(sum);
+}
+
+double distill_forward(const real *logits, const real *teacher_logits, int N, int V, float temp) {
+    double total = 0, mx;
+    for (int n = 0; n < N; n++) {
+        const real *z = logits + (size_t)n * V, *zt = teacher_logits + (size_t)n * V;
+        double lse_s = scaled_lse(z, V, temp, &mx), lse_t = scaled_lse(zt, V, temp, &mx);
+        double kl = 0;
+        for (int i = 0; i < V; i++) {
+            double log_q = (double)zt[i] / temp - lse_t, log_p = (double)z[i] / temp - lse_s;
+            double q = exp(log_q);
+            if (q > 0) kl += q * (log_q - log_p); /* 0 log 0 = 0 */
+        }
+        total += kl;
+    }
+    return total;
+}
+
+void distill_backward(real *dlogits, const real *logits, const real *teacher_logits, int N, int V,
+                      float temp, double scale) {
+    PARALLEL_FOR
+    for (int n = 0; n < N; n++) {
+        const real *z = logits + (size_t)n * V, *zt = teacher_logits + (size_t)n * V;
+        real *d = dlogits + (size_t)n * V;
+        double mx, lse_s = scaled_lse(z, V, temp, &mx), lse_t = scaled_lse(zt, V, temp, &mx);
+        for (int i = 0; i < V; i++) {
+            double p = exp((double)z[i] / temp - lse_s), q = exp((double)zt[i] / temp - lse_t);
+            d[i] += (real)(scale * (p - q));
+        }
+    }
+}
+
 /* ---- mixture of experts ---- */
 
 long router_forward(struct moe_acts *a, long *load, const real *inp, const real *router_w,

@@ -54,6 +54,15 @@ double crossentropy_forward(real *probs, const real *logits, const int *targets,
 void crossentropy_backward(real *dlogits, const real *probs, const int *targets, int N, int V,
                            double scale);
 
+/* Distillation (docs/model.md, "Distillation"): with u = z / temp and w = zt / temp row by row
+ * (in double), returns the sum over tokens of KL(softmax(w) || softmax(u)), each row's terms
+ * added in index order and the rows in token order. Reads only. */
+double distill_forward(const real *logits, const real *teacher_logits, int N, int V, float temp);
+/* adds scale * (softmax(u) - softmax(w)) to dlogits, row by row (the caller's scale carries
+ * alpha * temp / N: d(temp^2 KL)/dz = temp (softmax(u) - softmax(w))) */
+void distill_backward(real *dlogits, const real *logits, const real *teacher_logits, int N, int V,
+                      float temp, double scale);
+
 /* ---- Mixture of experts ---- */
 
 /* Saved activations of one MoE layer. Rows are (token, expert) assignments kept after the

@@ -216,6 +216,16 @@ real *model_swap_grad_arena(struct model *m, real *mem) {
     return old;
 }
 
+void model_forward_only(struct model *m) {
+    free(m->grad_mem);
+    model_arena_free(m->m_mem, m->n_params);
+    model_arena_free(m->v_mem, m->n_params);
+    m->grad_mem = m->m_mem = m->v_mem = NULL;
+    memset(&m->grads, 0, sizeof m->grads);
+    memset(&m->m, 0, sizeof m->m);
+    memset(&m->v, 0, sizeof m->v);
+}
+
 void model_free(struct model *m) {
     model_arena_free(m->param_mem, m->n_params);
     free(m->grad_mem);
@@ -356,7 +366,15 @@ int model_forward_exec(struct model *m, const int *tokens, const int *targets, i
     m->stats.ce = targets ? ce_sum / N : 0;
     m->stats.aux = aux_total;
     m->stats.z = z_total;
-    m->stats.loss = m->stats.ce + c->aux_loss_coef * aux_total + c->z_loss_coef * z_total;
+    const struct model_distill *dt = &m->distill;
+    int distilling = targets && dt->teacher_logits;
+    m->stats.kl = distilling ? distill_forward(a.logits, dt->teacher_logits, N, V,
+                                               dt->temperature) / N : 0;
+    double task = m->stats.ce;
+    if (distilling)
+        task = (1 - (double)dt->alpha) * m->stats.ce +
+               (double)dt->alpha * dt->temperature * dt->temperature * m->stats.kl;
+    m->stats.loss = task + c->aux_loss_coef * aux_total + c->z_loss_coef * z_total;
     *loss = m->stats.loss;
     return 0;
 }
@@ -397,8 +415,14 @@ int model_backward_exec(struct model *m, const int *tokens, const int *targets, 
     real *dresid = a.scratch, *dln = dresid + s.NC, *datty = dln + s.NC;
     real *dqkv = datty + s.NC, *lscratch = dqkv + 3 * s.NC;
 
-    /* loss = mean over tokens of CE: dlogits overwrite probs */
-    crossentropy_backward(a.probs, a.probs, targets, N, V, loss_scale / N);
+    /* loss = mean over tokens of CE (weighted 1 - alpha when distilling, plus alpha T^2 times
+     * the mean KL, whose logit gradient is alpha T (p_T - q_T) / N): dlogits overwrite probs */
+    const struct model_distill *dt = &m->distill;
+    double ce_w = dt->teacher_logits ? 1 - (double)dt->alpha : 1;
+    crossentropy_backward(a.probs, a.probs, targets, N, V, ce_w * loss_scale / N);
+    if (dt->teacher_logits)
+        distill_backward(a.probs, a.logits, dt->teacher_logits, N, V, dt->temperature,
+                         (double)dt->alpha * dt->temperature * loss_scale / N);
     matmul_backward(dln, g->wte, a.probs, a.lnf, p->wte, N, C, V, accumulate);
     memset(dresid, 0, sizeof(real) * (size_t)N * C);
     rmsnorm_backward(dresid, g->lnf_w, dln, a.resid + L * s.NC, p->lnf_w, a.lnf_rstd, N, C);

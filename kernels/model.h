@@ -84,8 +84,19 @@ struct moe_stats {
     double ce;        // mean cross-entropy (nats/token)
     double aux;       // sum over layers of the load-balancing loss
     double z;         // sum over layers of the z-loss
+    double kl;        // mean distillation KL(teacher_T || student_T) (nats/token); 0 without
     long dropped;     // (token, expert) assignments dropped by capacity, all layers
     long *load;       // (L, E) tokens selected per expert (before capacity), owned by the model
+};
+
+/* Distillation (docs/model.md, "Distillation"): while teacher_logits is set, a forward with
+ * targets computes loss = (1 - alpha) ce + alpha temp^2 kl + the router terms, and the
+ * backward differentiates that. The caller points it at the teacher's logits of the same
+ * tokens (B, T, V) for the passes it trains, and clears it for evaluation. */
+struct model_distill {
+    const real *teacher_logits; // NULL: plain cross-entropy
+    float alpha;                // weight of the KL term, in [0, 1]
+    float temperature;          // > 0; both softmaxes are taken of logits / temperature
 };
 
 struct model {
@@ -110,6 +121,7 @@ struct model {
     int *int_mem;                 // routing decisions (top-k, rows) of the last forward
     size_t n_int;
     struct moe_stats stats;
+    struct model_distill distill; // zero: no teacher
     long step; // optimizer steps taken
 };
 
@@ -139,6 +151,9 @@ static inline int model_tensor_is_expert(int i) { return i >= 4 && i <= 6; }
  * mesh-emulating trainer gives each data shard its own arena this way. */
 real *model_swap_grad_arena(struct model *m, real *mem);
 void model_free(struct model *m);
+/* Frees the gradient and moment arenas of a model that will only run forward (a teacher):
+ * three quarters of its state. model_backward and the updates must not be called after. */
+void model_forward_only(struct model *m);
 
 /* Deterministic initialisation from seed (docs/model.md, "Initialisation"). Zeroes moments,
  * buffers and the step counter. */

@@ -7,7 +7,12 @@ JSON header, raw little-endian data), cuts a text file into the windows `moectl 
 cross-entropy in nats per byte as JSON. NumPy in float64; moed computes in float32, so the two
 agree to about 1e-5 relative, barring a routing decision that flips between the precisions.
 
+With --teacher, the distillation loss instead (docs/model.md, "Distillation"): MODEL the
+student and TEACHER the teacher on the first T+1 bytes of DATA (T the student's seq_len),
+printing ce, kl and (1 - alpha) ce + alpha T^2 kl.
+
 usage: reference_model.py MODEL DATA [--max-windows N]
+       reference_model.py MODEL DATA --teacher TEACHER --alpha A --temperature T
 """
 import json
 import struct
@@ -96,7 +101,7 @@ def moe(u, tensors, l, cfg):
     return out
 
 
-def window_loss(tokens, targets, tensors, cfg):
+def window_logits(tokens, tensors, cfg):
     T = len(tokens)
     C, NH = cfg["d_model"], cfg["n_heads"]
     HD = C // NH
@@ -119,14 +124,44 @@ def window_loss(tokens, targets, tensors, cfg):
         m = h + o @ tensors[f"blocks.{l}.attn.out.weight"].T
         u = rmsnorm(m, tensors[f"blocks.{l}.ffn_norm.weight"], eps)
         h = m + moe(u, tensors, l, cfg)
-    z = rmsnorm(h, tensors["final_norm.weight"], eps) @ wte.T
+    return rmsnorm(h, tensors["final_norm.weight"], eps) @ wte.T
+
+
+def log_softmax(z):
     zmax = z.max(axis=-1, keepdims=True)
-    lse = (zmax + np.log(np.exp(z - zmax).sum(axis=-1, keepdims=True)))[:, 0]
-    return float(np.sum(lse - z[np.arange(T), targets]))
+    return z - (zmax + np.log(np.exp(z - zmax).sum(axis=-1, keepdims=True)))
+
+
+def window_loss(tokens, targets, tensors, cfg):
+    z = window_logits(tokens, tensors, cfg)
+    return float(-np.sum(log_softmax(z)[np.arange(len(tokens)), targets]))
+
+
+def distill_losses(student, teacher, data, alpha, tau):
+    """docs/model.md, "Distillation": ce and kl (means over the first window's T tokens) and
+    (1 - alpha) ce + alpha tau^2 kl, the router terms left out."""
+    s_tensors, s_meta = load_safetensors(student)
+    t_tensors, t_meta = load_safetensors(teacher)
+    s_cfg, t_cfg = json.loads(s_meta["moed.model_config"]), json.loads(t_meta["moed.model_config"])
+    T = s_cfg["seq_len"]
+    with open(data, "rb") as f:
+        win = np.frombuffer(f.read(T + 1), dtype=np.uint8).astype(np.int64)
+    z = window_logits(win[:-1], s_tensors, s_cfg)
+    zt = window_logits(win[:-1], t_tensors, t_cfg)
+    ce = float(-np.mean(log_softmax(z)[np.arange(T), win[1:]]))
+    log_p, log_q = log_softmax(z / tau), log_softmax(zt / tau)
+    kl = float(np.mean(np.sum(np.exp(log_q) * (log_q - log_p), axis=-1)))
+    return {"ce": ce, "kl": kl, "loss": (1 - alpha) * ce + alpha * tau * tau * kl}
 
 
 def main(argv):
     model, data = argv[1], argv[2]
+    if "--teacher" in argv:  # the distillation loss of the first T + 1 bytes of data
+        opt = lambda name: argv[argv.index(name) + 1]
+        r = distill_losses(model, opt("--teacher"), data, float(opt("--alpha")),
+                           float(opt("--temperature")))
+        print(json.dumps(r))
+        return
     max_windows = int(argv[argv.index("--max-windows") + 1]) if "--max-windows" in argv else 0
     tensors, meta = load_safetensors(model)
     cfg = json.loads(meta["moed.model_config"])

@@ -13,6 +13,11 @@
  * 1 + 1 + 1 + 1 (loss_scale = share, accumulate after the first) must give the whole batch's
  * gradient to within 1e-12 relative, in every mode: routing groups are sequences, so
  * splitting the batch cannot change which tokens are dropped.
+ *
+ * Distillation: the same checks with a teacher's logits given (random, larger than the
+ * student's so that the KL term dominates), alpha 0.6 and temperature 2, so the loss is
+ * 0.4 ce + 0.6 * 4 * kl + router terms; and the KL itself against a direct evaluation of
+ * sum q (log q - log p) (an independent formula, not the kernel's).
  */
 #include "../kernels/model.h"
 
@@ -22,6 +27,9 @@
 #include <string.h>
 
 static int failures;
+
+/* The distillation in force for the next check (teacher_logits NULL: none). */
+static struct model_distill distill;
 
 static void make_batch(int *tokens, int *targets, int n, int V, unsigned seed) {
     srand(seed);
@@ -44,6 +52,7 @@ static void check_mode(const char *mode, struct model_config cfg, int bias) {
         return;
     }
     model_init(&m, 42);
+    m.distill = distill;
     /* a larger init than training uses makes routing less uniform and gradients larger */
     for (size_t i = 0; i < m.n_decay; i++) m.param_mem[i] *= 10;
     if (bias)
@@ -123,6 +132,7 @@ static void check_accumulation(const char *mode, struct model_config cfg) {
         return;
     }
     model_init(&m, 43);
+    m.distill = distill;
     for (size_t i = 0; i < m.n_decay; i++) m.param_mem[i] *= 10;
     int tok[B * T], tgt[B * T];
     make_batch(tok, tgt, B * T, cfg.vocab, 11);
@@ -133,6 +143,10 @@ static void check_accumulation(const char *mode, struct model_config cfg) {
     for (int micro = 2; micro >= 1; micro--) {
         double loss = 0, share = (double)micro / B;
         for (int i = 0; i < B / micro; i++) {
+            /* a micro-batch's teacher logits are the batch's rows of those sequences */
+            if (distill.teacher_logits)
+                m.distill.teacher_logits =
+                    distill.teacher_logits + (size_t)i * micro * T * cfg.vocab;
             loss += share * model_forward(&m, tok + i * micro * T, tgt + i * micro * T, micro, T);
             model_backward(&m, tok + i * micro * T, tgt + i * micro * T, micro, T, share, i > 0);
         }
@@ -149,6 +163,46 @@ static void check_accumulation(const char *mode, struct model_config cfg) {
         if (!ok) failures++;
     }
     free(full);
+    model_free(&m);
+}
+
+/* The mean KL of the last forward against sum_n sum_i q (log q - log p) / N computed here from
+ * softmaxes of the logits / T, and the objective against its parts. */
+static void check_kl_value(struct model_config cfg) {
+    enum { B = 3, T = 6 };
+    struct model m;
+    if (model_alloc(&m, &cfg, B) != 0) {
+        printf("FAIL kl: alloc\n");
+        failures++;
+        return;
+    }
+    model_init(&m, 44);
+    m.distill = distill;
+    int tok[B * T], tgt[B * T];
+    make_batch(tok, tgt, B * T, cfg.vocab, 13);
+    double loss = model_forward(&m, tok, tgt, B, T);
+    const real *z = model_logits(&m), *zt = distill.teacher_logits;
+    int V = cfg.vocab;
+    double tau = distill.temperature, kl = 0;
+    for (int n = 0; n < B * T; n++) {
+        double sp = 0, sq = 0;
+        for (int i = 0; i < V; i++) {
+            sp += exp(z[n * V + i] / tau);
+            sq += exp(zt[n * V + i] / tau);
+        }
+        for (int i = 0; i < V; i++) {
+            double p = exp(z[n * V + i] / tau) / sp, q = exp(zt[n * V + i] / tau) / sq;
+            kl += q * log(q / p);
+        }
+    }
+    kl /= B * T;
+    double a = distill.alpha;
+    double want = (1 - a) * m.stats.ce + a * tau * tau * kl + cfg.aux_loss_coef * m.stats.aux +
+                  cfg.z_loss_coef * m.stats.z;
+    int ok = fabs(m.stats.kl - kl) <= 1e-12 * kl && kl > 0 && fabs(loss - want) <= 1e-12 * want;
+    printf("%-4s kl        mean KL %.12f (direct %.12f), loss %.12f (from its parts %.12f)\n",
+           ok ? "OK" : "FAIL", m.stats.kl, kl, loss, want);
+    if (!ok) failures++;
     model_free(&m);
 }
 
@@ -172,6 +226,19 @@ int main(void) {
     check_accumulation("dropping", cfg);
     cfg.dropless = 1;
     check_accumulation("dropless", cfg);
+
+    /* distillation: the teacher's logits for the largest batch (4 x 6 tokens) */
+    real teacher[4 * 6 * 16];
+    srand(5);
+    for (size_t i = 0; i < sizeof teacher / sizeof teacher[0]; i++)
+        teacher[i] = 3.0 * ((double)rand() / RAND_MAX - 0.5);
+    distill = (struct model_distill){teacher, 0.6f, 2.0f};
+    cfg.dropless = 0;
+    check_mode("distill", cfg, 0);
+    cfg.dropless = 1;
+    check_mode("distill-1", cfg, 0);
+    check_accumulation("distill", cfg);
+    check_kl_value(cfg);
     if (failures) {
         printf("gradcheck: %d FAILED\n", failures);
         return 1;

@@ -154,6 +154,7 @@ static cJSON *step_json(const Moed__V1__StepMetrics *m, int with_load) {
     cJSON_AddNumberToObject(o, "step", (double)m->step);
     cJSON_AddNumberToObject(o, "loss", m->loss);
     cJSON_AddNumberToObject(o, "ce", m->ce);
+    cJSON_AddNumberToObject(o, "kl", m->kl);
     cJSON_AddNumberToObject(o, "val_loss", m->val_loss);
     cJSON_AddNumberToObject(o, "tokens_per_second", m->tokens_per_second);
     cJSON_AddNumberToObject(o, "seconds", m->seconds);

@@ -99,6 +99,7 @@ static struct step_entry *entry_new(const struct trainer *t, const struct step_r
     e->m.ce = r->ce;
     e->m.aux = r->aux;
     e->m.z = r->z;
+    e->m.kl = r->kl;
     e->m.grad_norm = r->grad_norm;
     e->m.lr = r->lr;
     e->m.tokens = r->tokens;

@@ -355,7 +355,9 @@ static int check_spec(struct rpc_call *call, struct job *j, const Moed__V1__RunS
  * training thread. Returns 1 after failing the call. */
 static int check_data(struct rpc_call *call, const struct worker *w, const struct job *j,
                       const Moed__V1__RunSlotRequest *req) {
-    if (data_check_sources(w->roots, &j->spec.data) == MOE_OK) return 0;
+    if (data_check_sources(w->roots, &j->spec.data) == MOE_OK &&
+        model_files_check(w->roots, &j->spec) == MOE_OK)
+        return 0;
     LOG_WARN("%s: refused: %s", req->job_id, moe_errmsg());
     rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s (on host %s)", moe_errmsg(), w->host);
     return 1;

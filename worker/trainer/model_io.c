@@ -94,6 +94,71 @@ static void tensor_name_shape(const struct model_config *c, int i, int l, char *
     }
 }
 
+/* Whether `name` is one of the tensors a model of config c has. */
+static int has_tensor(const struct model_config *c, const char *name) {
+    char want[128];
+    int ndim;
+    int64_t shape[3];
+    size_t count;
+    for (int i = 0; i < MODEL_NUM_TENSORS; i++)
+        for (int l = 0; l < c->n_layers; l++) {
+            tensor_name_shape(c, i, l, want, sizeof want, &ndim, shape, &count);
+            if (!strcmp(want, name)) return 1;
+        }
+    for (int l = 0; l < c->n_layers; l++) {
+        snprintf(want, sizeof want, "blocks.%d.%s", l, EXPERT_BIAS_NAME);
+        if (!strcmp(want, name)) return 1;
+    }
+    return 0;
+}
+
+/* Tensor i of layer l from f into m: the whole tensor, or for an expert tensor the rows of
+ * m's experts [expert_lo, expert_lo + n_local_experts). */
+static moe_status copy_tensor(struct model *m, const struct st_file *f, int i, int l) {
+    const struct model_config *c = &m->cfg;
+    char name[128];
+    int ndim;
+    int64_t shape[3];
+    size_t count;
+    tensor_name_shape(c, i, l, name, sizeof name, &ndim, shape, &count); /* the whole shape */
+    const struct st_tensor *st;
+    CHECK(st_expect(f, name, ST_F32, ndim, shape, &st));
+    const real *src = st->data;
+    real *dst = model_tensor(&m->params, i);
+    if (!model_tensor_is_expert(i)) {
+        memcpy(dst + count * (size_t)l, src, sizeof(real) * count);
+        return MOE_OK;
+    }
+    size_t per_expert = count / (size_t)c->n_experts, local = per_expert * m->n_local_experts;
+    memcpy(dst + local * (size_t)l, src + per_expert * m->expert_lo, sizeof(real) * local);
+    return MOE_OK;
+}
+
+moe_status model_params_from(struct model *m, const struct st_file *f) {
+    const struct model_config *c = &m->cfg;
+    int L = c->n_layers, E = c->n_experts;
+    for (int i = 0; i < MODEL_NUM_TENSORS; i++) {
+        struct model_tensor_info ti;
+        model_tensor_info(c, i, &ti);
+        for (int l = 0; l < (ti.per_layer ? L : 1); l++) CHECK(copy_tensor(m, f, i, l));
+    }
+    for (int l = 0; l < L; l++) {
+        char name[128];
+        snprintf(name, sizeof name, "blocks.%d.%s", l, EXPERT_BIAS_NAME);
+        const struct st_tensor *st;
+        int64_t shape[1] = {E};
+        CHECK(st_expect(f, name, ST_F32, 1, shape, &st));
+        memcpy(m->buffers.expert_bias + (size_t)l * E, st->data, sizeof(real) * (size_t)E);
+    }
+    /* a model file may also carry its tokenizer's bytes: not a parameter */
+    for (int k = 0; k < f->n_tensors; k++)
+        if (strcmp(f->tensors[k].name, "tokenizer.model") != 0 &&
+            !has_tensor(c, f->tensors[k].name))
+            return moe_fail(MOE_EFORMAT, "%s: tensor '%s' is not in a model of this spec "
+                            "(model.layers = %d)", f->path, f->tensors[k].name, L);
+    return MOE_OK;
+}
+
 /* Every tensor as (name, shape, pointer), in arena order, expert biases last per layer. */
 struct named {
     char name[128];
@@ -201,10 +266,18 @@ moe_status model_save_job(const struct model *m, const struct job_spec *spec, co
 moe_status model_load(struct model *m, const char *path, int B_max) {
     struct st_file f;
     CHECK(st_read(&f, path));
+    moe_status res = model_load_st(m, &f, path, B_max);
+    st_close(&f);
+    return res;
+}
+
+moe_status model_load_st(struct model *m, const struct st_file *file, const char *path,
+                         int B_max) {
+    const struct st_file *f = file;
     moe_status res = MOE_OK;
     struct named *t = NULL;
     int model_ready = 0;
-    const char *cfg_json = st_meta_get(&f, META_CONFIG);
+    const char *cfg_json = st_meta_get(f, META_CONFIG);
     if (!cfg_json) {
         res = moe_fail(MOE_EFORMAT, "%s: not a moed model (no '%s' metadata)", path, META_CONFIG);
         goto exit;
@@ -224,12 +297,11 @@ moe_status model_load(struct model *m, const char *path, int B_max) {
     }
     for (int i = 0; i < n; i++) {
         const struct st_tensor *st;
-        CHECK_GOTO(st_expect(&f, t[i].name, ST_F32, t[i].ndim, t[i].shape, &st), res, exit);
+        CHECK_GOTO(st_expect(f, t[i].name, ST_F32, t[i].ndim, t[i].shape, &st), res, exit);
         memcpy(t[i].ptr, st->data, st->nbytes);
     }
 exit:
     free(t);
-    st_close(&f);
     if (res != MOE_OK && model_ready) model_free(m);
     return res;
 }

@@ -27,6 +27,16 @@ moe_status model_save_job(const struct model *m, const struct job_spec *spec, co
  * its metadata and fills parameters and biases. Wrong shapes, missing tensors or a missing or
  * malformed config fail with MOE_EFORMAT naming the file and tensor. */
 moe_status model_load(struct model *m, const char *path, int B_max);
+/* The same from a file already read (`path` names it in errors). */
+struct st_file;
+moe_status model_load_st(struct model *m, const struct st_file *f, const char *path, int B_max);
+
+/* Starts m (allocated for its spec; it may hold experts [expert_lo, expert_lo + n_local)
+ * only) from a whole model file: parameters and expert biases. Every tensor of m's config
+ * must be in f with its whole shape: the first that is missing or shaped otherwise fails
+ * (MOE_ENOTFOUND / MOE_EFORMAT) naming it, with the expected and the found shape; a tensor
+ * the config does not have fails too. The moments and the step are not touched. */
+moe_status model_params_from(struct model *m, const struct st_file *f);
 
 /* The model config as a JSON object string (caller frees), and back. */
 char *model_config_json(const struct model_config *c);

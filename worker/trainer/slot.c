@@ -470,7 +470,7 @@ static moe_status grad_norm(struct slot_exec *x, double *norm) {
 /* What every shard gives the statistics all-gather: its losses and, on a check step, the
  * SHA-256 of its state at the step's start (the replica thread's, joined before). */
 struct stat_part {
-    double loss[4];
+    double loss[5]; // loss, ce, aux, z, kl
     int64_t hash_step; // -1: no hash this step
     uint8_t sha[32];
 };
@@ -502,7 +502,7 @@ static moe_status gather_statistics(struct slot_exec *x, const struct shard_loss
                                     struct step_report *r) {
     struct trainer *t = x->t;
     size_t n_load = (size_t)x->L * x->E;
-    struct stat_part mine = {{part->loss, part->ce, part->aux, part->z}, -1, {0}};
+    struct stat_part mine = {{part->loss, part->ce, part->aux, part->z, part->kl}, -1, {0}};
     struct stat_part parts[COMM_MAX_RANKS];
     long hs;
     if (replica_hash(t, mine.sha, &hs)) mine.hash_step = hs;
@@ -511,14 +511,15 @@ static moe_status gather_statistics(struct slot_exec *x, const struct shard_loss
     for (size_t j = 0; j < n_load; j++) counts[1 + j] = t->load_sum[j];
     TIMED(comm_allgather(x->comm, CH_MOE, &x->all, &mine, sizeof mine, parts), return s_);
     CHECK(check_replicas(x, parts));
-    double sum[4] = {0, 0, 0, 0};
+    double sum[5] = {0, 0, 0, 0, 0};
     for (int d = 0; d < x->D; d++)
-        for (int k = 0; k < 4; k++) sum[k] += parts[d].loss[k];
+        for (int k = 0; k < 5; k++) sum[k] += parts[d].loss[k];
     TIMED(comm_allreduce_i64(x->comm, CH_MOE, &x->all, counts, 1 + n_load), return s_);
     r->loss = sum[0];
     r->ce = sum[1];
     r->aux = sum[2];
     r->z = sum[3];
+    r->kl = sum[4];
     r->dropped = (long)counts[0];
     for (size_t j = 0; j < n_load; j++)
         t->load_sum[j] = t->model.stats.load[j] = (long)counts[1 + j];

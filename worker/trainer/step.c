@@ -18,25 +18,35 @@ int step_shard_passes(struct trainer *t, int shard, long step, struct shard_loss
     size_t n_load = (size_t)m->cfg.n_layers * m->cfg.n_experts;
     int n_micro = t->Bd / t->M;
     double share = (double)t->M / t->B;
+    int res = 0;
     for (int i = 0; i < n_micro; i++) {
         t->pass = i;
         data_train_batch(&t->data, t->spec.run.seed, step, shard * t->Bd + i * t->M, t->M,
                          t->tokens, t->targets);
         double f0 = moe_clock_s(), loss;
-        if (model_forward_exec(m, t->tokens, t->targets, t->M, t->T, ex, &loss) != 0) return -1;
+        /* the teacher's logits of the same tokens, when distilling: part of the forward */
+        teacher_forward(&t->teacher, m, &t->spec.distill, t->tokens, t->M, t->T);
+        if (model_forward_exec(m, t->tokens, t->targets, t->M, t->T, ex, &loss) != 0) {
+            res = -1;
+            break;
+        }
         double f1 = moe_clock_s();
-        if (model_backward_exec(m, t->tokens, t->targets, t->M, t->T, share, i > 0, ex) != 0)
-            return -1;
+        if (model_backward_exec(m, t->tokens, t->targets, t->M, t->T, share, i > 0, ex) != 0) {
+            res = -1;
+            break;
+        }
         r->t_forward += f1 - f0;
         r->t_backward += moe_clock_s() - f1;
         part->loss += share * m->stats.loss;
         part->ce += share * m->stats.ce;
         part->aux += share * m->stats.aux;
         part->z += share * m->stats.z;
+        part->kl += share * m->stats.kl;
         part->dropped += m->stats.dropped;
         for (size_t j = 0; j < n_load; j++) t->load_sum[j] += m->stats.load[j];
     }
-    return 0;
+    teacher_detach(m); /* evaluations and the rest are plain cross-entropy */
+    return res;
 }
 
 double step_load_imbalance(const struct model *m) {

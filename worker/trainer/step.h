@@ -17,7 +17,7 @@
 /* The losses of one shard's passes: each term a share-weighted sum, so that the shards' parts
  * add up to the whole batch's means. */
 struct shard_losses {
-    double loss, ce, aux, z;
+    double loss, ce, aux, z, kl;
     long dropped;
 };
 

@@ -67,6 +67,10 @@ static moe_status open_common(struct trainer *t, const struct job_spec *spec, in
             if (!(mesh->shard_grads[d] = calloc(t->model.n_params, sizeof(real)))) goto oom;
     }
     if (init) model_init(&t->model, t->spec.run.seed);
+    /* the files a spec names besides its data are read as its data is */
+    const struct data_roots *roots = access ? access->roots : NULL;
+    CHECK_GOTO(teacher_open(&t->teacher, &t->spec, t->M, roots), res, fail);
+    if (init) CHECK_GOTO(model_init_from(&t->model, &t->spec, roots), res, fail);
     t->empty = !init;
     if (comm) CHECK_GOTO(slot_exec_open(t), res, fail);
     if (slot_mode) CHECK_GOTO(replica_open(t), res, fail);
@@ -142,6 +146,7 @@ void trainer_close(struct trainer *t) {
     }
     /* the data spec inside t->spec is what t->data borrows, so the dataset goes first */
     data_close(&t->data);
+    teacher_close(&t->teacher);
     model_free(&t->model);
     free(t->tokens);
     free(t->targets);
@@ -183,6 +188,7 @@ moe_status trainer_step(struct trainer *t, struct step_report *r) {
         total.ce += part.ce;
         total.aux += part.aux;
         total.z += part.z;
+        total.kl += part.kl;
         total.dropped += part.dropped;
     }
     double u0 = moe_clock_s();
@@ -194,6 +200,7 @@ moe_status trainer_step(struct trainer *t, struct step_report *r) {
     r->ce = total.ce;
     r->aux = total.aux;
     r->z = total.z;
+    r->kl = total.kl;
     r->dropped = total.dropped;
     /* the expert-bias update and the balance figure see the whole batch's load */
     memcpy(m->stats.load, t->load_sum, sizeof(long) * (size_t)m->cfg.n_layers * m->cfg.n_experts);

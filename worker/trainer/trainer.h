@@ -18,6 +18,7 @@
 #include "../../common/status.h"
 #include "../../kernels/model.h"
 #include "data.h"
+#include "teacher.h"
 
 struct comm;
 struct slot_exec;
@@ -48,6 +49,7 @@ struct trainer {
     struct trainer_mesh mesh;
     struct model model;
     struct dataset data;
+    struct teacher teacher; // distill.teacher, whole in every process (teacher.h)
     int *tokens, *targets; // (M, T): one micro-batch
     int B, M, T;           // sequences per step, per micro-batch (M divides B / D), length
     int Bd;                // sequences of one data shard per step: B / D
@@ -60,6 +62,7 @@ struct trainer {
 struct step_report {
     long step;          // the step just completed (1-based count of updates)
     double loss, ce, aux, z;
+    double kl;          // mean distillation KL(teacher_T || student_T); 0 without a teacher
     double grad_norm, lr;
     long dropped;       // assignments dropped by capacity this step
     long assignments;   // (token, expert) assignments routed this step, all layers
