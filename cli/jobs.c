@@ -409,7 +409,8 @@ static void print_headline(const Moed__V1__JobStatus *st) {
 /* The last step's metrics, or without them the job's loss. */
 static void print_metrics(const Moed__V1__JobInfo *j, const Moed__V1__StepMetrics *m) {
     if (m) {
-        printf("  loss      %.4f (ce %.4f, aux %.4f, z %.4f", m->loss, m->ce, m->aux, m->z);
+        printf("  loss      %.4f (ce %.4f = %.4f bits/byte, aux %.4f, z %.4f", m->loss, m->ce,
+               m->bits_per_byte, m->aux, m->z);
         if (m->kl > 0) printf(", kl %.4f", m->kl);
         printf(")");
         if (j->val_loss > 0) printf("   val loss %.4f", j->val_loss);
@@ -999,8 +1000,8 @@ int cmd_steps(int argc, char **argv) {
     struct client cl;
     if ((code = client_open(&cl, &a.common.conn))) return code;
     if (!a.common.json)
-        printf("%-7s %-9s %-9s %-8s %-9s %-9s %-9s %s\n", "STEP", "LOSS", "CE", "AUX", "LR",
-               "GRAD", "TOK/S", "VAL");
+        printf("%-7s %-9s %-9s %-8s %-8s %-9s %-9s %-9s %-9s %s\n", "STEP", "LOSS", "CE",
+               "BITS/B", "AUX", "LR", "GRAD", "TOK/S", "VAL", "VAL BITS/B");
     for (;;) { // pages of steps until an empty one
         Moed__V1__ListStepsRequest req = MOED__V1__LIST_STEPS_REQUEST__INIT;
         req.job_id = (char *)id;
@@ -1015,11 +1016,13 @@ int cmd_steps(int argc, char **argv) {
             if (a.common.json) {
                 client_print_json(&m->base);
             } else {
-                char val[24] = "-";
+                char val[24] = "-", vbpb[24] = "-";
                 if (m->val_loss > 0) snprintf(val, sizeof val, "%.4f", m->val_loss);
-                printf("%-7lld %-9.4f %-9.4f %-8.4f %-9.2e %-9.3g %-9.0f %s\n",
-                       (long long)m->step, m->loss, m->ce, m->aux, m->lr, m->grad_norm,
-                       m->tokens_per_second, val);
+                if (m->val_bits_per_byte > 0)
+                    snprintf(vbpb, sizeof vbpb, "%.4f", m->val_bits_per_byte);
+                printf("%-7lld %-9.4f %-9.4f %-8.4f %-8.4f %-9.2e %-9.3g %-9.0f %-9s %s\n",
+                       (long long)m->step, m->loss, m->ce, m->bits_per_byte, m->aux, m->lr,
+                       m->grad_norm, m->tokens_per_second, val, vbpb);
             }
             from = (long)m->step + 1;
         }

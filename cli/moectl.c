@@ -5,9 +5,11 @@
  * output (human lines, a progress bar on a terminal, or --json events, one a line):
  *   moectl train SPEC [--set key.path=value ...] [--json] [--quiet]
  *                [--resume STATE] [--state-out STATE] [--stop-at STEP]
- *   moectl eval MODEL DATA [--batch N] [--max-windows N] [--json]
+ *   moectl eval MODEL DATA [--batch N] [--max-windows N] [--tokenizer TOK] [--json]
  *   moectl generate MODEL [--prompt TEXT] [--bytes N] [--temperature T] [--seed S]
+ *                  [--tokenizer TOK]
  *   moectl spec            print a complete default job spec (YAML, one comment per field)
+ *   moectl tokenizer train | data prepare   learned vocabularies (tokenize.c)
  * and, talking to a coordinator (client.c says how it is found):
  *   moectl cluster up|down|status      a local cluster of real processes (cluster.c)
  *   moectl submit|jobs|status|watch|cancel|delete|fetch|steps|events   jobs on a cluster (jobs.c)
@@ -25,6 +27,7 @@
 #include "../common/clock.h"
 #include "../common/log.h"
 #include "../common/spec.h"
+#include "../common/tokenizer.h"
 #include "../kernels/model.h"
 #include "../worker/trainer/data.h"
 #include "../worker/trainer/generate.h"
@@ -57,10 +60,17 @@ static void usage(FILE *to, const char *cmd) {
             "        --state-out writes the full training state (parameters, optimizer moments,\n"
             "        step) when the run ends, stops at --stop-at, or is interrupted; --resume\n"
             "        continues from one, reaching the same model bit for bit\n"
-            "  eval MODEL DATA [--batch N] [--max-windows N] [--json]\n"
-            "        mean loss of a .safetensors model on a text file or directory\n"
+            "  eval MODEL DATA [--batch N] [--max-windows N] [--tokenizer TOK] [--json]\n"
+            "        mean loss of a .safetensors model on a text file or directory, per token\n"
+            "        and in bits per byte of text (a model trained with a tokenizer carries\n"
+            "        it; --tokenizer TOK only checks that it is that one)\n"
             "  generate MODEL [--prompt TEXT] [--bytes N] [--temperature T] [--seed S]\n"
-            "        sample text from a model (temperature 0: always the likeliest byte)\n"
+            "           [--tokenizer TOK]\n"
+            "        sample N tokens of text from a model (temperature 0: always the likeliest)\n"
+            "  tokenizer train DATA... --vocab N [--type bpe|unigram] -o TOK.model\n"
+            "        learn a SentencePiece vocabulary of N pieces (byte fallback) from text\n"
+            "  data prepare SPEC [--set key.path=value ...] [--tokenizer TOK] -o DIR\n"
+            "        tokenize the spec's sources once into DIR (then data.prepared: DIR)\n"
             "  spec  print a complete default job spec to edit\n"
             "  help  this text\n"
             "\n"
@@ -126,6 +136,7 @@ struct progress {
     long total;
     double started;
     long tokens;
+    uint64_t bytes; // of text the tokens stand for (= tokens for byte tokens)
 };
 
 static void draw_bar(const struct progress *p, const struct step_report *r) {
@@ -139,41 +150,50 @@ static void draw_bar(const struct progress *p, const struct step_report *r) {
     fflush(stdout);
 }
 
+/* Bits per byte of text of a mean loss of `nats` per token over `tokens` covering `bytes`. */
+static double bits_per_byte(double nats, double tokens, double bytes) {
+    return bytes > 0 ? bits(nats) * tokens / bytes : NAN;
+}
+
 static void print_step(const struct progress *p, const struct step_report *r) {
     double elapsed = moe_clock_s() - p->started;
-    double tps = p->tokens / elapsed;
+    double tps = p->tokens / elapsed, bps = (double)p->bytes / elapsed;
+    double bpb = bits_per_byte(r->ce, (double)r->tokens, (double)r->bytes);
     if (p->json) {
         /* the loss with every digit: a distributed run must match it exactly */
         printf("{\"event\":\"step\",\"step\":%ld,\"loss\":%.17g,\"ce\":%.6f,\"aux\":%.6f,"
                "\"z\":%.6f,\"kl\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
+               "\"bytes_per_s\":%.1f,\"bits_per_byte\":%.6f,"
                "\"load_max_over_mean\":%.4f,\"dropped\":%ld,\"step_ms\":%.2f,"
                "\"forward_ms\":%.2f,\"backward_ms\":%.2f,\"optimizer_ms\":%.2f}\n",
-               r->step, r->loss, r->ce, r->aux, r->z, r->kl, r->lr, r->grad_norm, tps,
+               r->step, r->loss, r->ce, r->aux, r->z, r->kl, r->lr, r->grad_norm, tps, bps, bpb,
                r->load_max_over_mean, r->dropped, 1e3 * r->seconds, 1e3 * r->t_forward,
                1e3 * r->t_backward, 1e3 * r->t_update);
         return;
     }
     if (p->tty) printf("\r\033[K");
     char kl[32] = "";
-    if (p->distilling) snprintf(kl, sizeof kl, " kl %.4f", r->kl);
-    printf("step %5ld/%ld | loss %.4f (ce %.4f%s aux %.4f z %.3f) | lr %.2e | %6.0f tok/s | "
-           "load max/mean %.2f | dropped %.1f%%\n",
-           r->step, p->total, r->loss, r->ce, kl, r->aux, r->z, r->lr, tps,
+    if (p->distilling) snprintf(kl, sizeof kl, ", kl %.4f", r->kl);
+    printf("step %5ld/%ld | loss %.4f (ce %.4f = %.3f bits/byte%s, aux %.4f z %.3f) | lr %.2e | "
+           "%6.0f tok/s | load max/mean %.2f | dropped %.1f%%\n",
+           r->step, p->total, r->loss, r->ce, bpb, kl, r->aux, r->z, r->lr, tps,
            r->load_max_over_mean, 100.0 * r->dropped / (double)r->assignments);
     fflush(stdout);
 }
 
-static void print_eval(const struct progress *p, long step, double loss, long windows,
-                       double unigram) {
+/* loss: nats per token; bpt: the windows' bytes per token. */
+static void print_eval(const struct progress *p, long step, double loss, double bpt,
+                       long windows, double unigram) {
     if (p->json) {
-        printf("{\"event\":\"eval\",\"step\":%ld,\"val_loss\":%.6f,\"val_bits_per_byte\":%.6f,"
+        printf("{\"event\":\"eval\",\"step\":%ld,\"val_loss\":%.6f,\"val_bits_per_token\":%.6f,"
+               "\"val_bits_per_byte\":%.6f,\"bytes_per_token\":%.6f,"
                "\"unigram_bits_per_byte\":%.6f,\"windows\":%ld}\n",
-               step, loss, bits(loss), unigram, windows);
+               step, loss, bits(loss), bits(loss) / bpt, bpt, unigram, windows);
     } else {
         if (p->tty) printf("\r\033[K");
-        printf("eval step %ld: held-out loss %.4f nats = %.4f bits/byte over %ld windows "
-               "(unigram entropy %.4f bits/byte)\n",
-               step, loss, bits(loss), windows, unigram);
+        printf("eval step %ld: held-out loss %.4f nats/token = %.4f bits/byte over %ld windows "
+               "(%.3f bytes/token; unigram entropy %.4f bits/byte)\n",
+               step, loss, bits(loss) / bpt, windows, bpt, unigram);
     }
     fflush(stdout);
 }
@@ -284,6 +304,7 @@ static int run_steps(struct trainer *t, struct progress *p, long last, const cha
         struct step_report r;
         if (trainer_step(t, &r) != MOE_OK) return moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
         p->tokens += r.tokens;
+        p->bytes += r.bytes;
         if (!p->quiet && (r.step % t->spec.run.log_every == 0 || r.step == 1 || r.step == p->total))
             print_step(p, &r);
         else if (!p->quiet && p->tty)
@@ -293,7 +314,8 @@ static int run_steps(struct trainer *t, struct progress *p, long last, const cha
         if (eval_now && t->spec.data.val_fraction > 0) {
             if (trainer_eval(t, val, &windows) != MOE_OK)
                 return moectl_fail(EXIT_RUN_FAILED, "%s", moe_errmsg());
-            if (!p->quiet) print_eval(p, r.step, *val, windows, t->unigram_bits);
+            if (!p->quiet)
+                print_eval(p, r.step, *val, t->eval_bytes_per_token, windows, t->unigram_bits);
         }
     }
     return EXIT_OK;
@@ -312,7 +334,8 @@ static int finish_run(struct trainer *t, const struct progress *p, const char *s
     if (p->json)
         printf("{\"event\":\"done\",\"steps\":%ld,\"seconds\":%.3f,\"tokens_per_s\":%.1f,"
                "\"val_bits_per_byte\":%.6f,\"unigram_bits_per_byte\":%.6f,\"model\":\"%s\"}\n",
-               t->model.step, secs, p->tokens / secs, isnan(val) ? -1.0 : bits(val),
+               t->model.step, secs, p->tokens / secs,
+               isnan(val) ? -1.0 : bits(val) / t->eval_bytes_per_token,
                t->unigram_bits, t->spec.run.output);
     else if (!p->quiet)
         printf("moectl: trained %ld steps in %.1f s (%.0f tok/s); wrote %s and its config "
@@ -365,6 +388,7 @@ exit:
 struct eval_args {
     long batch, max_windows;
     int json;
+    const char *tokenizer; // to check against the model's
 };
 
 static int take_eval_option(void *ctx, int c, const char *arg) {
@@ -373,14 +397,16 @@ static int take_eval_option(void *ctx, int c, const char *arg) {
     case 'b': return parse_positive(arg, "--batch", &a->batch);
     case 'w': return parse_positive(arg, "--max-windows", &a->max_windows);
     case 'j': a->json = 1; return EXIT_OK;
+    case 'k': a->tokenizer = arg; return EXIT_OK;
     default: return -1;
     }
 }
 
 /* The mean loss over `want` windows spread evenly over the stream's `total`, `batch` at a
- * time; *done says how many were read (fewer when out of memory). */
+ * time; *done says how many were read (fewer when out of memory), *bytes the bytes of text
+ * their targets stand for. */
 static double mean_loss(struct model *m, const struct data_stream *st, long batch, long want,
-                        long total, long *done) {
+                        long total, long *done, uint64_t *bytes) {
     int T = m->cfg.seq_len;
     size_t n = (size_t)batch * T;
     int *tok = malloc(sizeof(int) * n), *tgt = malloc(sizeof(int) * n);
@@ -391,6 +417,7 @@ static double mean_loss(struct model *m, const struct data_stream *st, long batc
         for (; b < batch && *done + b < want; b++) {
             long w = (long)((double)(*done + b) * total / want);
             stream_window(st, T, w, tok + (size_t)b * T, tgt + (size_t)b * T);
+            *bytes += stream_window_bytes(st, T, w);
         }
         model_forward(m, tok, tgt, b, T);
         sum += m->stats.ce * b;
@@ -401,41 +428,63 @@ static double mean_loss(struct model *m, const struct data_stream *st, long batc
     return *done ? sum / *done : 0;
 }
 
+/* The evaluation of a loaded model on a loaded (tokenized) stream, and its line. */
+static int eval_stream(struct model *m, const struct data_stream *st, const struct eval_args *a,
+                       const char *model_path, const char *data_path) {
+    int T = m->cfg.seq_len;
+    long total = stream_windows(st, T), done = 0;
+    long want = a->max_windows && a->max_windows < total ? a->max_windows : total;
+    uint64_t bytes = 0;
+    double loss = total ? mean_loss(m, st, a->batch, want, total, &done, &bytes) : 0;
+    double bpb = bits_per_byte(loss, (double)done * T, (double)bytes);
+    const char *unit = st->ids ? "tokens" : "bytes";
+    if (total == 0)
+        return moectl_fail(EXIT_BAD_INPUT, "%s: %zu %s, fewer than one window of seq_len+1 = %d",
+                           data_path, st->n, unit, T + 1);
+    if (done < want) return moectl_fail(EXIT_RUN_FAILED, "out of memory");
+    if (a->json)
+        printf("{\"model\":\"%s\",\"data\":\"%s\",\"windows\":%ld,\"seq_len\":%d,"
+               "\"loss\":%.6f,\"bits_per_token\":%.6f,\"bits_per_byte\":%.6f,"
+               "\"tokens\":%ld,\"bytes\":%llu}\n",
+               model_path, data_path, done, T, loss, bits(loss), bpb, done * T,
+               (unsigned long long)bytes);
+    else
+        printf("eval %s on %s: %ld windows of %d %s: loss %.4f nats/token = %.4f bits/byte "
+               "(%.3f bytes/token)\n",
+               model_path, data_path, done, T, unit, loss, bpb, (double)bytes / (done * T));
+    return EXIT_OK;
+}
+
 static int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {{"batch", required_argument, 0, 'b'},
                                          {"max-windows", required_argument, 0, 'w'},
                                          {"json", no_argument, 0, 'j'},
+                                         {"tokenizer", required_argument, 0, 'k'},
                                          {0, 0, 0, 0}};
     struct eval_args a = {.batch = 8};
-    const struct command_line cmd = {opts, "b:w:j", usage, take_eval_option, &a, 2};
+    const struct command_line cmd = {opts, "b:w:jk:", usage, take_eval_option, &a, 2};
     int code;
     if (!moectl_options(argc, argv, &cmd, &code)) return code;
     const char *model_path = argv[optind], *data_path = argv[optind + 1];
     struct model m;
+    struct tokenizer *tok = NULL;
     if (model_load(&m, model_path, (int)a.batch) != MOE_OK)
         return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
-    struct data_stream st;
-    if (data_load_stream(&st, data_path) != MOE_OK) {
+    if ((code = moectl_model_tokenizer(model_path, m.cfg.vocab, a.tokenizer, &tok))) {
         model_free(&m);
-        return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
+        return code;
     }
-    int T = m.cfg.seq_len;
-    long total = stream_windows(&st, T), done = 0;
-    long want = a.max_windows && a.max_windows < total ? a.max_windows : total;
-    double loss = total ? mean_loss(&m, &st, a.batch, want, total, &done) : 0;
-    if (total == 0)
-        code = moectl_fail(EXIT_BAD_INPUT, "%s: %zu bytes, fewer than one window of seq_len+1 = %d",
-                           data_path, st.n, T + 1);
-    else if (done < want)
-        code = moectl_fail(EXIT_RUN_FAILED, "out of memory");
-    else if (a.json)
-        printf("{\"model\":\"%s\",\"data\":\"%s\",\"windows\":%ld,\"seq_len\":%d,"
-               "\"loss\":%.6f,\"bits_per_byte\":%.6f}\n",
-               model_path, data_path, done, T, loss, bits(loss));
-    else
-        printf("eval %s on %s: %ld windows of %d bytes: loss %.4f nats/byte = %.4f bits/byte\n",
-               model_path, data_path, done, T, loss, bits(loss));
+    struct data_stream st;
+    moe_status s = data_load_stream(&st, data_path);
+    if (s == MOE_OK && tok && (s = data_tokenize_stream(&st, tok)) != MOE_OK) data_stream_free(&st);
+    if (s != MOE_OK) {
+        code = moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
+        goto exit;
+    }
+    code = eval_stream(&m, &st, &a, model_path, data_path);
     data_stream_free(&st);
+exit:
+    if (tok) tokenizer_free(tok);
     model_free(&m);
     return code;
 }
@@ -443,7 +492,7 @@ static int cmd_eval(int argc, char **argv) {
 /* ---- generate ---- */
 
 struct generate_args {
-    const char *prompt;
+    const char *prompt, *tokenizer;
     long n_new, seed;
     double temperature;
 };
@@ -453,6 +502,7 @@ static int take_generate_option(void *ctx, int c, const char *arg) {
     char *end;
     switch (c) {
     case 'p': a->prompt = arg; return EXIT_OK;
+    case 'k': a->tokenizer = arg; return EXIT_OK;
     case 'n': return parse_positive(arg, "--bytes", &a->n_new);
     case 's': return parse_positive(arg, "--seed", &a->seed);
     case 't':
@@ -465,20 +515,63 @@ static int take_generate_option(void *ctx, int c, const char *arg) {
     }
 }
 
+/* generate with a learned vocabulary: the prompt encoded, the new tokens decoded. */
+static int generate_text(struct model *m, const struct tokenizer *tok,
+                         const struct generate_args *a) {
+    uint32_t *prompt = NULL;
+    size_t n_prompt = 0, cap = 0;
+    int piece_len = 0, code = EXIT_OK;
+    uint32_t *nl = NULL;
+    size_t n_nl = 0, nl_cap = 0;
+    moe_status s = tokenizer_encode(tok, (const uint8_t *)a->prompt, strlen(a->prompt), &prompt,
+                                    &n_prompt, &cap);
+    if (s == MOE_OK) s = tokenizer_encode(tok, (const uint8_t *)"\n", 1, &nl, &n_nl, &nl_cap);
+    int *ids = s == MOE_OK ? malloc(sizeof(int) * (n_prompt + (size_t)a->n_new)) : NULL;
+    if (s == MOE_OK && ids) {
+        for (size_t k = 0; k < n_prompt; k++) ids[k] = (int)prompt[k];
+        s = generate_tokens(m, ids, n_prompt, (size_t)a->n_new, (int)nl[0],
+                            (float)a->temperature, (uint64_t)a->seed);
+    }
+    if (s != MOE_OK || !ids) {
+        code = moectl_fail(EXIT_RUN_FAILED, "%s", s != MOE_OK ? moe_errmsg() : "out of memory");
+    } else {
+        fputs(a->prompt, stdout);
+        uint8_t piece[256];
+        for (size_t k = n_prompt; k < n_prompt + (size_t)a->n_new; k++) {
+            if (tokenizer_token_bytes(tok, ids[k]) > (int)sizeof piece) continue;
+            piece_len = (int)tokenizer_decode_token(tok, ids[k], piece);
+            fwrite(piece, 1, (size_t)piece_len, stdout);
+        }
+        fputc('\n', stdout);
+    }
+    free(ids);
+    free(prompt);
+    free(nl);
+    return code;
+}
+
 static int cmd_generate(int argc, char **argv) {
     static const struct option opts[] = {{"prompt", required_argument, 0, 'p'},
                                          {"bytes", required_argument, 0, 'n'},
                                          {"temperature", required_argument, 0, 't'},
                                          {"seed", required_argument, 0, 's'},
+                                         {"tokenizer", required_argument, 0, 'k'},
                                          {0, 0, 0, 0}};
     struct generate_args a = {.prompt = "", .n_new = 200, .seed = 1, .temperature = 0.8};
-    const struct command_line cmd = {opts, "p:n:t:s:", usage, take_generate_option, &a, 1};
+    const struct command_line cmd = {opts, "p:n:t:s:k:", usage, take_generate_option, &a, 1};
     int code;
     if (!moectl_options(argc, argv, &cmd, &code)) return code;
     if (a.n_new > (1L << 20)) return moectl_fail(EXIT_BAD_INPUT, "--bytes: at most 1048576");
     struct model m;
+    struct tokenizer *tok = NULL;
     if (model_load(&m, argv[optind], 1) != MOE_OK)
         return moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
+    if ((code = moectl_model_tokenizer(argv[optind], m.cfg.vocab, a.tokenizer, &tok)) || tok) {
+        if (tok) code = generate_text(&m, tok, &a);
+        if (tok) tokenizer_free(tok);
+        model_free(&m);
+        return code;
+    }
     size_t n_prompt = strlen(a.prompt), n = n_prompt + (size_t)a.n_new;
     uint8_t *text = malloc(n);
     if (!text) {
@@ -546,7 +639,8 @@ static int hoist_global_options(int argc, char **argv, char **out) {
     if (i >= argc) return moectl_fail(EXIT_BAD_INPUT, "no command after the options"), -1;
     const char *cmd = argv[i];
     int in_process = !strcmp(cmd, "train") || !strcmp(cmd, "eval") ||
-                     !strcmp(cmd, "generate") || !strcmp(cmd, "spec") || !strcmp(cmd, "help");
+                     !strcmp(cmd, "generate") || !strcmp(cmd, "spec") || !strcmp(cmd, "help") ||
+                     !strcmp(cmd, "tokenizer") || !strcmp(cmd, "data");
     for (int k = 1; k <= n_global && in_process; k++)
         if (strcmp(argv[k], "--json") != 0 && argv[k][0] == '-')
             return moectl_fail(EXIT_BAD_INPUT, "%s: '%s' runs in this process and talks to no "
@@ -587,6 +681,8 @@ static int run_command(int argc, char **argv) {
     if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
     if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
     if (strcmp(cmd, "spec") == 0) return cmd_spec();
+    if (strcmp(cmd, "tokenizer") == 0) return cmd_tokenizer(argc - 1, argv + 1);
+    if (strcmp(cmd, "data") == 0) return cmd_data(argc - 1, argv + 1);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         usage(stdout, NULL);
         return 0;

@@ -46,7 +46,7 @@ struct command_line {
     void (*usage)(FILE *to, const char *cmd);
     int (*take)(void *ctx, int opt, const char *arg);
     void *ctx;
-    int operands; // exactly this many after the options
+    int operands; // exactly this many after the options (-1: any number)
 };
 /* Reads the options of argv (argv[0] the command's name). 1: go on, with optind at the
  * first operand and *code EXIT_OK; 0: stop with *code, EXIT_OK after --help, else
@@ -78,6 +78,14 @@ int cmd_fetch(int argc, char **argv);
 int cmd_steps(int argc, char **argv); // a job's stored per-step metrics (its loss curve)
 int cmd_events(int argc, char **argv); // every stored event of a job (ListEvents, paged)
 int cmd_chaos(int argc, char **argv); // a reproducible schedule of faults against a job
+int cmd_tokenizer(int argc, char **argv); // tokenizer train (tokenize.c)
+int cmd_data(int argc, char **argv);      // data prepare (tokenize.c)
+struct tokenizer;
+/* The tokenizer stored in model_path (*tok NULL for a byte-level model), checked against the
+ * model's vocab and, when check is not NULL, against the tokenizer file `check`: EXIT_OK, or
+ * EXIT_BAD_INPUT after one line saying what does not match. (tokenize.c) */
+int moectl_model_tokenizer(const char *model_path, int vocab, const char *check,
+                           struct tokenizer **tok);
 
 /* Restarts what has stopped of the local cluster in `dir` the way `moectl cluster up` does:
  * the coordinator on its recorded port, each dead worker, an mpirun pod that lost any rank as a

@@ -47,7 +47,7 @@ int moectl_options(int argc, char **argv, const struct command_line *cl, int *co
         *code = r < 0 ? EXIT_BAD_INPUT : r;
         return 0;
     }
-    if (argc - optind != cl->operands) {
+    if (cl->operands >= 0 && argc - optind != cl->operands) {
         cl->usage(stderr, argv[0]);
         *code = EXIT_BAD_INPUT;
         return 0;

@@ -158,6 +158,12 @@ static const struct field spec_fields[] = {
                "from each step on, sample the sources with these weights"),
     DOUBLE_FIELD("data.val_fraction", data.val_fraction, "0.05", 0, 0.5, BOUND_CLOSED,
                  "tail of each source held out for evaluation"),
+    STRING_FIELD("data.tokenizer", data.tokenizer, "",
+                 "a SentencePiece model (moectl tokenizer train); model.vocab follows it; "
+                 "empty: tokens are bytes"),
+    STRING_FIELD("data.prepared", data.prepared, "",
+                 "a directory of the sources' tokens (moectl data prepare); empty: the "
+                 "sources are tokenized as they load"),
 
     /* run.steps also becomes optimizer.total_steps, an int: hence INT_MAX. */
     LONG_FIELD("run.steps", run.steps, "300", 1, INT_MAX, "optimizer steps to train"),

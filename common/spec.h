@@ -39,6 +39,9 @@ struct data_spec {
     int n_schedule; // sorted by step, strictly increasing, all > 0
     struct schedule_point schedule[SPEC_MAX_SCHEDULE];
     double val_fraction; // tail of each source held out for evaluation, in [0, 0.5]
+    char tokenizer[SPEC_PATH_MAX]; // a SentencePiece model (moectl tokenizer train); "": bytes
+    char prepared[SPEC_PATH_MAX];  // tokens of the sources (moectl data prepare); "": tokenize
+                                   //   the sources when the job loads them
 };
 
 struct run_spec {

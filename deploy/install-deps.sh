@@ -10,6 +10,7 @@ set -euo pipefail
 pkgs=(
   build-essential cmake pkg-config   # toolchain
   libopenblas-openmp-dev             # BLAS for every matrix product (OpenMP build)
+  libsentencepiece-dev               # learned tokenizers (moectl tokenizer train, data.tokenizer)
   libcjson-dev                       # JSON: safetensors headers, config files
   libyaml-dev                        # YAML (and JSON) job specs
   fortunes                           # the demo's English corpus (/usr/share/games/fortunes)

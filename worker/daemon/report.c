@@ -21,6 +21,7 @@
 #include "proto/moed.pb-c.h"
 #include "../../proto/methods.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +111,10 @@ static struct step_entry *entry_new(const struct trainer *t, const struct step_r
     e->m.load_max_over_mean = r->load_max_over_mean;
     e->m.reported_unix_ms = moe_wall_ms(); // when the step completed, even if sent later
     e->m.val_loss = val_loss;
+    e->m.text_bytes = r->bytes;
+    e->m.bits_per_byte = r->bytes ? r->ce * (double)r->tokens / (double)r->bytes / M_LN2 : 0;
+    if (val_loss > 0 && t->eval_bytes_per_token > 0)
+        e->m.val_bits_per_byte = val_loss / M_LN2 / t->eval_bytes_per_token;
     e->m.pod = t->mesh.pod;
     e->m.slot = t->mesh.slot;
     e->m.comm_seconds = r->t_comm;

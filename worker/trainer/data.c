@@ -1,8 +1,10 @@
 #include "data.h"
 #include "../../kernels/mix64.h"
 #include "data_roots.h"
+#include "tokens.h"
 
 #include "../../common/log.h"
+#include "../../common/tokenizer.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -349,6 +351,7 @@ static moe_status load_path(struct data_stream *s, const char *path, int index,
                  "memory instead (MOE_LOG_LEVEL=debug names them)",
                  path, l.n_copied);
     s->n_train = s->n;
+    s->n_bytes = s->n;
     return MOE_OK;
 }
 
@@ -358,8 +361,16 @@ moe_status data_load_stream(struct data_stream *s, const char *path) {
     return MOE_OK;
 }
 
+static void release_ids(struct data_stream *s) {
+    if (s->ids_mapped) munmap((void *)s->ids, s->ids_mapped);
+    else free((void *)s->ids);
+    s->ids = NULL;
+    s->ids_mapped = 0;
+}
+
 void data_stream_free(struct data_stream *s) {
     release_segments(s);
+    release_ids(s);
     memset(s, 0, sizeof *s);
 }
 
@@ -407,6 +418,21 @@ moe_status data_check_sources(const struct data_roots *roots, const struct data_
         close(fd);
         CHECK(s);
     }
+    /* the tokenizer and the prepared tokens are checked the same cheap way */
+    const char *fields[2] = {"data.tokenizer", "data.prepared"};
+    const char *paths[2] = {spec->tokenizer, spec->prepared};
+    for (int k = 0; k < 2; k++) {
+        if (!paths[k][0]) continue;
+        struct data_name name = {fields[k], paths[k]};
+        int fd, is_dir;
+        CHECK(data_path_open(roots, &name, &fd, &is_dir));
+        close(fd);
+        char shown[700];
+        if (is_dir != (k == 1))
+            return moe_fail(MOE_EINVAL, "%s: %s", data_name_str(&name, NULL, shown, sizeof shown),
+                            k == 1 ? "not a directory (moectl data prepare -o DIR)"
+                                   : "a directory, not a tokenizer file");
+    }
     return MOE_OK;
 }
 
@@ -419,17 +445,20 @@ static moe_status split_source(struct data_stream *s, int j, const struct data_s
     data_name_str(&name, NULL, shown, sizeof shown);
     size_t need = (size_t)T + 1;
     size_t held = (size_t)floor((double)s->n * spec->val_fraction);
+    const char *unit = s->ids ? "tokens" : "bytes";
     s->n_train = s->n - held;
     if (s->n_train < need)
-        return moe_fail(MOE_EINVAL, "%s: training part has %zu bytes, fewer than seq_len+1 = %zu",
-                        shown, s->n_train, need);
+        return moe_fail(MOE_EINVAL, "%s: training part has %zu %s, fewer than seq_len+1 = %zu",
+                        shown, s->n_train, unit, need);
     if (spec->val_fraction > 0 && held < need)
         return moe_fail(MOE_EINVAL,
-                        "%s: held-out part (data.val_fraction = %g) has %zu bytes, fewer than "
+                        "%s: held-out part (data.val_fraction = %g) has %zu %s, fewer than "
                         "seq_len+1 = %zu",
-                        shown, spec->val_fraction, held, need);
-    LOG_INFO("data: %s: %zu bytes from %d file(s), %zu for training, %zu held out", s->path,
-             s->n, s->n_files, s->n_train, held);
+                        shown, spec->val_fraction, held, unit, need);
+    char text[48] = "";
+    if (s->ids) snprintf(text, sizeof text, " (%zu bytes of text)", s->n_bytes);
+    LOG_INFO("data: %s: %zu %s%s from %d file(s), %zu for training, %zu held out", s->path,
+             s->n, unit, text, s->n_files, s->n_train, held);
     return MOE_OK;
 }
 
@@ -446,11 +475,21 @@ moe_status data_open_access(struct dataset *d, const struct data_spec *spec, int
     d->T = T;
 
     moe_status res = MOE_OK;
+    const struct data_roots *roots = a ? a->roots : NULL;
+    if (spec->tokenizer[0])
+        CHECK_GOTO(data_tokenizer_open(roots, "data.tokenizer", spec->tokenizer, &d->tok_model,
+                                       &d->tok_model_len, &d->tok),
+                   res, fail);
     for (int j = 0; j < spec->n_sources; j++) {
         struct data_stream *s = &d->sources[j];
-        CHECK_GOTO(load_path(s, spec->sources[j].path, j, a), res, fail);
         d->n_sources = j + 1; // so that data_close frees it
-        CHECK_GOTO(split_source(s, j, spec, T, a ? a->roots : NULL), res, fail);
+        if (spec->prepared[0]) {
+            CHECK_GOTO(tokens_load_source(s, d, j, roots), res, fail);
+        } else {
+            CHECK_GOTO(load_path(s, spec->sources[j].path, j, a), res, fail);
+            if (d->tok) CHECK_GOTO(data_tokenize_stream(s, d->tok), res, fail);
+        }
+        CHECK_GOTO(split_source(s, j, spec, T, roots), res, fail);
     }
     return MOE_OK;
 
@@ -466,7 +505,80 @@ moe_status data_open(struct dataset *d, const struct data_spec *spec, int T) {
 void data_close(struct dataset *d) {
     for (int j = 0; j < d->n_sources; j++) data_stream_free(&d->sources[j]);
     free(d->sources);
+    if (d->tok) tokenizer_free(d->tok);
+    free(d->tok_model);
     memset(d, 0, sizeof *d);
+}
+
+/* ---- tokens ---- */
+
+moe_status data_read_file(const struct data_roots *roots, const char *field, const char *path,
+                          uint8_t **bytes, size_t *n) {
+    char shown[700];
+    struct data_name name = {field, path};
+    data_name_str(&name, NULL, shown, sizeof shown);
+    int fd, is_dir;
+    CHECK(data_path_open(roots, &name, &fd, &is_dir));
+    if (is_dir) {
+        close(fd);
+        return moe_fail(MOE_EINVAL, "%s: is a directory, not a file", shown);
+    }
+    struct loader l = {.roots = roots, .name = name};
+    struct bytebuf b = {0};
+    struct stat st;
+    moe_status res = fstat(fd, &st) == 0
+                         ? read_to_end(&l, fd, NULL, st.st_size > 0 ? (size_t)st.st_size : 0, &b)
+                         : moe_fail(MOE_EIO, "%s: %s", shown, strerror(errno));
+    close(fd);
+    if (res != MOE_OK) {
+        free(b.p);
+        return res;
+    }
+    *bytes = b.p;
+    *n = b.n;
+    return MOE_OK;
+}
+
+moe_status data_tokenizer_open(const struct data_roots *roots, const char *field,
+                               const char *path, uint8_t **bytes, size_t *n,
+                               struct tokenizer **tok) {
+    char shown[700];
+    struct data_name name = {field, path};
+    data_name_str(&name, NULL, shown, sizeof shown);
+    CHECK(data_read_file(roots, field, path, bytes, n));
+    moe_status res = tokenizer_load(*bytes, *n, shown, tok);
+    if (res != MOE_OK) {
+        free(*bytes);
+        *bytes = NULL;
+    }
+    return res;
+}
+
+moe_status data_tokenize_stream(struct data_stream *s, const struct tokenizer *tok) {
+    uint32_t *ids = NULL;
+    size_t n_ids = 0, cap = 0;
+    for (int k = 0; k < s->n_segments; k++) {
+        const struct data_segment *g = &s->segments[k];
+        moe_status res = tokenizer_encode(tok, g->bytes, g->n, &ids, &n_ids, &cap);
+        if (res != MOE_OK) {
+            free(ids);
+            return res;
+        }
+    }
+    release_segments(s);
+    s->ids = ids;
+    s->tok = tok;
+    s->n_bytes = s->n;
+    s->n = s->n_train = n_ids;
+    return MOE_OK;
+}
+
+static uint64_t window_bytes(const struct data_stream *s, size_t off, int T) {
+    if (!s->ids) return (uint64_t)T;
+    uint64_t sum = 0;
+    for (int t = 1; t <= T; t++)
+        sum += (uint64_t)tokenizer_token_bytes(s->tok, (int)s->ids[off + t]);
+    return sum;
 }
 
 /* ---- batches ---- */
@@ -512,6 +624,13 @@ static const struct data_segment *segment_at(const struct data_stream *s, size_t
  * from the mapping; the window needs off + T < s->n. */
 static void write_window(const struct data_stream *s, size_t off, int T, int *tokens,
                          int *targets) {
+    if (s->ids) {
+        for (int t = 0; t < T; t++) {
+            tokens[t] = (int)s->ids[off + t];
+            targets[t] = (int)s->ids[off + t + 1];
+        }
+        return;
+    }
     const struct data_segment *g = segment_at(s, off);
     size_t in = off - g->start, need = (size_t)T + 1;
     if (g->n - in >= need) { // the window lies inside one file: the common case
@@ -533,6 +652,17 @@ static void write_window(const struct data_stream *s, size_t off, int T, int *to
     }
 }
 
+/* Sequence i of a step (step_key and the weights w in force): its source and start. */
+static const struct data_stream *train_window(const struct dataset *d, uint64_t step_key,
+                                              const double *w, int i, size_t *off) {
+    uint64_t h1 = mix64(step_key ^ (uint64_t)i);
+    uint64_t h2 = mix64(h1);
+    double u = (double)(h1 >> 11) * 0x1.0p-53;
+    const struct data_stream *s = &d->sources[pick_source(w, d->n_sources, u)];
+    *off = (size_t)(h2 % (uint64_t)(s->n_train - (size_t)d->T));
+    return s;
+}
+
 void data_train_batch(const struct dataset *d, uint64_t seed, long step, int first, int count,
                       int *tokens, int *targets) {
     int T = d->T;
@@ -540,14 +670,24 @@ void data_train_batch(const struct dataset *d, uint64_t seed, long step, int fir
     data_weights_at(d->spec, step, w);
     uint64_t step_key = mix64(mix64(seed) ^ (uint64_t)step);
     for (int j = 0; j < count; j++) {
-        int i = first + j;
-        uint64_t h1 = mix64(step_key ^ (uint64_t)i);
-        uint64_t h2 = mix64(h1);
-        double u = (double)(h1 >> 11) * 0x1.0p-53;
-        const struct data_stream *s = &d->sources[pick_source(w, d->n_sources, u)];
-        size_t off = (size_t)(h2 % (uint64_t)(s->n_train - (size_t)T));
+        size_t off;
+        const struct data_stream *s = train_window(d, step_key, w, first + j, &off);
         write_window(s, off, T, tokens + (size_t)j * T, targets + (size_t)j * T);
     }
+}
+
+uint64_t data_train_batch_bytes(const struct dataset *d, uint64_t seed, long step, int first,
+                                int count) {
+    if (!d->tok) return (uint64_t)count * (uint64_t)d->T;
+    double w[SPEC_MAX_SOURCES];
+    data_weights_at(d->spec, step, w);
+    uint64_t step_key = mix64(mix64(seed) ^ (uint64_t)step), sum = 0;
+    for (int j = 0; j < count; j++) {
+        size_t off;
+        const struct data_stream *s = train_window(d, step_key, w, first + j, &off);
+        sum += window_bytes(s, off, d->T);
+    }
+    return sum;
 }
 
 void data_shard_batch(const struct dataset *d, uint64_t seed, long step, int shard, int n_shards,
@@ -573,16 +713,34 @@ long data_val_windows(const struct dataset *d) {
     return total;
 }
 
-void data_val_window(const struct dataset *d, long i, int *tokens, int *targets) {
+/* Held-out window i: its stream and start, or NULL past the last. */
+static const struct data_stream *val_window(const struct dataset *d, long i, size_t *off) {
     for (int j = 0; j < d->n_sources; j++) {
         const struct data_stream *s = &d->sources[j];
         long c = count_windows(s->n_train, s->n, d->T);
         if (i < c) {
-            write_window(s, s->n_train + (size_t)i * (size_t)d->T, d->T, tokens, targets);
-            return;
+            *off = s->n_train + (size_t)i * (size_t)d->T;
+            return s;
         }
         i -= c;
     }
+    return NULL;
+}
+
+void data_val_window(const struct dataset *d, long i, int *tokens, int *targets) {
+    size_t off;
+    const struct data_stream *s = val_window(d, i, &off);
+    if (s) write_window(s, off, d->T, tokens, targets);
+}
+
+uint64_t data_val_window_bytes(const struct dataset *d, long i) {
+    size_t off;
+    const struct data_stream *s = val_window(d, i, &off);
+    return s ? window_bytes(s, off, d->T) : 0;
+}
+
+uint64_t stream_window_bytes(const struct data_stream *s, int T, long i) {
+    return window_bytes(s, (size_t)i * (size_t)T, T);
 }
 
 long stream_windows(const struct data_stream *s, int T) { return count_windows(0, s->n, T); }
@@ -593,9 +751,34 @@ void stream_window(const struct data_stream *s, int T, long i, int *tokens, int 
 
 /* ---- entropy ---- */
 
+/* With a tokenizer: the entropy of the mixture's token frequencies (bits per token) over its
+ * mean bytes per token. */
+static double token_unigram_entropy_bits(const struct dataset *d, const double *w) {
+    int V = tokenizer_vocab(d->tok);
+    double *p = calloc((size_t)V, sizeof *p), bytes_per_token = 0;
+    if (!p) return NAN;
+    for (int j = 0; j < d->n_sources; j++) {
+        const struct data_stream *s = &d->sources[j];
+        if (!(w[j] > 0) || s->n_train == 0) continue;
+        double share = w[j] / (double)s->n_train;
+        uint64_t bytes = 0;
+        for (size_t q = 0; q < s->n_train; q++) {
+            p[s->ids[q]] += share;
+            bytes += (uint64_t)tokenizer_token_bytes(d->tok, (int)s->ids[q]);
+        }
+        bytes_per_token += share * (double)bytes;
+    }
+    double h = 0;
+    for (int v = 0; v < V; v++)
+        if (p[v] > 0) h -= p[v] * log2(p[v]);
+    free(p);
+    return bytes_per_token > 0 ? h / bytes_per_token : NAN;
+}
+
 double data_unigram_entropy_bits(const struct dataset *d) {
     double w[SPEC_MAX_SOURCES], p[256] = {0};
     data_weights_at(d->spec, 0, w);
+    if (d->tok) return token_unigram_entropy_bits(d, w);
     for (int j = 0; j < d->n_sources; j++) {
         const struct data_stream *s = &d->sources[j];
         if (!(w[j] > 0) || s->n_train == 0) continue;

@@ -5,7 +5,12 @@
  * in byte-wise sorted path order, skipping symlinks and files that are not text) as one byte
  * stream per source, as a data_access allows: a worker reads only beneath its data roots
  * (data_roots.h opens every file) and stops loading when its job is stopped; the split of each stream into a training part and a held-out tail; and
- * the batch function. Tokens are bytes (vocabulary 256).
+ * the batch function. Tokens are bytes (vocabulary 256), or, when the spec names a tokenizer
+ * (data.tokenizer), the ids of each file's text as common/tokenizer.h encodes it, either
+ * encoded as the source loads or read from a prepared directory (data.prepared, tokens.h).
+ * Either way a stream is then a sequence of token ids, and every count below (n, n_train,
+ * windows, offsets) is in tokens; the bytes of text each target token stands for are counted
+ * for bits per byte (data_*_bytes).
  *
  * A stream is not copied into memory: each file is memory-mapped read-only, and the stream is
  * the concatenation of those mappings. Every process that loads a corpus on one host shares
@@ -31,6 +36,7 @@
 #include <stdint.h>
 
 struct data_roots;
+struct tokenizer;
 
 /* How a load may read. */
 struct data_access {
@@ -56,6 +62,11 @@ struct data_stream {
     size_t n;       // all bytes of the source
     size_t n_train; // bytes [0, n_train) train, [n_train, n) held out
     int n_files;    // text files read, empty ones included (1 for a plain file)
+    /* With a tokenizer (segments are then released): */
+    const uint32_t *ids;         // (n) the tokens: each file's encoding, in file order
+    size_t ids_mapped;           // bytes mapped at ids (a prepared file); 0: heap
+    size_t n_bytes;              // bytes of text the tokens stand for (n when ids is NULL)
+    const struct tokenizer *tok; // borrowed from the dataset (or the caller, for eval)
 };
 
 struct dataset {
@@ -63,6 +74,9 @@ struct dataset {
     struct data_stream *sources;
     const struct data_spec *spec; // weights and schedule (borrowed; must outlive the dataset)
     int T;                        // sequence length
+    struct tokenizer *tok;        // data.tokenizer loaded; NULL: tokens are bytes
+    uint8_t *tok_model;           // (tok_model_len) the tokenizer file's bytes, for the model
+    size_t tok_model_len;
 };
 
 /* Loads every source of the spec. Fails (MOE_EIO / MOE_EINVAL naming the path) when a source
@@ -76,13 +90,36 @@ moe_status data_open_access(struct dataset *d, const struct data_spec *spec, int
 
 /* Checks, without reading, that every source path opens for reading beneath the roots as a
  * non-empty regular file or a directory with an entry (a worker's RunSlot: the job fails at
- * once, MOE_EINVAL or MOE_EIO naming the field and the path). Cheap: no directory walk. */
+ * once, MOE_EINVAL or MOE_EIO naming the field and the path), and that data.tokenizer opens
+ * as a file and data.prepared as a directory. Cheap: no directory walk. */
 moe_status data_check_sources(const struct data_roots *roots, const struct data_spec *spec);
 void data_close(struct dataset *d);
 
 /* Loads one path (file or directory) as a single stream with no held-out part, for `eval`. */
 moe_status data_load_stream(struct data_stream *s, const char *path);
 void data_stream_free(struct data_stream *s);
+
+/* Reads the whole regular file `path` beneath the roots (NULL: anywhere) into *bytes
+ * (malloc'd); errors name it as "FIELD 'PATH'". */
+moe_status data_read_file(const struct data_roots *roots, const char *field, const char *path,
+                          uint8_t **bytes, size_t *n);
+
+/* Reads the tokenizer file `path` (field names it in errors: "data.tokenizer") beneath the
+ * roots (NULL: anywhere) and loads it: *bytes (malloc'd) and *tok. */
+moe_status data_tokenizer_open(const struct data_roots *roots, const char *field,
+                               const char *path, uint8_t **bytes, size_t *n,
+                               struct tokenizer **tok);
+
+/* Replaces a loaded stream's bytes by their tokens (each segment, i.e. file, encoded on its
+ * own), for `eval` and for sources loaded without a prepared directory. */
+moe_status data_tokenize_stream(struct data_stream *s, const struct tokenizer *tok);
+
+/* Bytes of text of the targets of a batch's sequences [first, first + count), of held-out
+ * window i, of a stream's window i: what bits per byte divides by. Byte streams: count * T. */
+uint64_t data_train_batch_bytes(const struct dataset *d, uint64_t seed, long step, int first,
+                                int count);
+uint64_t data_val_window_bytes(const struct dataset *d, long i);
+uint64_t stream_window_bytes(const struct data_stream *s, int T, long i);
 
 /* Mixture weights (normalised to sum 1) in force at `step`. */
 void data_weights_at(const struct data_spec *spec, long step, double *weights);
@@ -107,8 +144,8 @@ void data_val_window(const struct dataset *d, long i, int *tokens, int *targets)
 long stream_windows(const struct data_stream *s, int T);
 void stream_window(const struct data_stream *s, int T, long i, int *tokens, int *targets);
 
-/* Unigram (byte-frequency) entropy in bits per byte of the training parts, mixture-weighted
- * by the step-0 weights: the loss a model that ignores context cannot beat. */
+/* Unigram (byte- or token-frequency) entropy, in bits per byte of the training parts,
+ * mixture-weighted by the step-0 weights: the loss a model that ignores context cannot beat. */
 double data_unigram_entropy_bits(const struct dataset *d);
 
 #endif

@@ -1,5 +1,6 @@
 /*
- * generate.h — sampling text from a trained model, one byte at a time.
+ * generate.h — sampling text from a trained model, one token (a byte, or a piece of a
+ * learned vocabulary) at a time.
  *
  * Owns: the decoding loop. The context is the last seq_len bytes; the next byte is drawn from
  * softmax(logits / temperature) with a uniform from the counter-based hash of (seed, position),
@@ -21,5 +22,10 @@
  * n_prompt + n_new). An empty prompt starts from a newline. The model must have B_max >= 1. */
 moe_status generate_bytes(struct model *m, uint8_t *out, size_t n_prompt, size_t n_new,
                           float temperature, uint64_t seed);
+
+/* The same over token ids: appends n_new ids to ids (n_prompt first, room for both); an empty
+ * prompt starts from the token `start`. */
+moe_status generate_tokens(struct model *m, int *ids, size_t n_prompt, size_t n_new, int start,
+                           float temperature, uint64_t seed);
 
 #endif

@@ -2,6 +2,7 @@
 #include "model_io.h"
 #include "../../common/fileio.h"
 #include "../../common/safetensors.h"
+#include "tokens.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -14,6 +15,8 @@ _Static_assert(sizeof(real) == sizeof(float), "model_io expects the float kernel
 
 #define META_FORMAT "format"
 #define META_CONFIG "moed.model_config"
+#define META_TOKENIZER_SHA "moed.tokenizer_sha256"
+#define TOKENIZER_TENSOR "tokenizer.model"
 #define EXPERT_BIAS_NAME "moe.expert_bias"
 
 /* The config fields, once: name in JSON, and where it lives. Ints and floats are kept apart so
@@ -195,11 +198,13 @@ static struct named *named_tensors(const struct model *m, int *n_out) {
     return t;
 }
 
-moe_status model_save(const struct model *m, const char *path, const char *const *extra_meta,
-                      int n_extra) {
+/* model_save, plus the tokenizer file's bytes (tok_len 0: none) as the U8 tensor
+ * TOKENIZER_TENSOR. */
+static moe_status save_with(const struct model *m, const char *path, const char *const *extra_meta,
+                            int n_extra, const uint8_t *tok, size_t tok_len) {
     int n;
     struct named *t = named_tensors(m, &n);
-    struct st_tensor_out *out = calloc((size_t)n, sizeof *out);
+    struct st_tensor_out *out = calloc((size_t)n + 1, sizeof *out);
     struct st_meta *meta = calloc((size_t)n_extra + 2, sizeof *meta);
     char *cfg = model_config_json(&m->cfg);
     moe_status res;
@@ -215,6 +220,8 @@ moe_status model_save(const struct model *m, const char *path, const char *const
         for (int d = 0; d < t[i].ndim; d++) out[i].shape[d] = t[i].shape[d];
         out[i].data = t[i].ptr;
     }
+    if (tok_len > 0)
+        out[n++] = (struct st_tensor_out){TOKENIZER_TENSOR, ST_U8, 1, {(int64_t)tok_len}, tok};
     meta[0] = (struct st_meta){META_FORMAT, "moed"};
     meta[1] = (struct st_meta){META_CONFIG, cfg};
     for (int i = 0; i < n_extra; i++)
@@ -228,6 +235,11 @@ exit:
     return res;
 }
 
+moe_status model_save(const struct model *m, const char *path, const char *const *extra_meta,
+                      int n_extra) {
+    return save_with(m, path, extra_meta, n_extra, NULL, 0);
+}
+
 /* "x.safetensors" -> "x.json"; any other name gets ".json" appended. */
 static void config_path_for(const char *model_path, char *out, size_t len) {
     const char *ext = ".safetensors";
@@ -238,13 +250,16 @@ static void config_path_for(const char *model_path, char *out, size_t len) {
         snprintf(out, len, "%s.json", model_path);
 }
 
-moe_status model_save_job(const struct model *m, const struct job_spec *spec, const char *path) {
-    char step[32];
+moe_status model_save_job(const struct model *m, const struct job_spec *spec,
+                          const uint8_t *tokenizer, size_t tokenizer_len, const char *path) {
+    char step[32], sha[65];
     snprintf(step, sizeof step, "%ld", m->step);
     char *spec_json = spec_to_json(spec);
     if (!spec_json) return moe_fail(MOE_ENOMEM, "out of memory serialising the spec");
-    const char *meta[] = {"moed.step", step, "moed.job_name", spec->name};
-    moe_status res = model_save(m, path, meta, 2);
+    if (tokenizer_len > 0) tokens_sha256_hex(tokenizer, tokenizer_len, sha);
+    const char *meta[] = {"moed.step", step, "moed.job_name", spec->name,
+                          META_TOKENIZER_SHA, sha};
+    moe_status res = save_with(m, path, meta, tokenizer_len > 0 ? 3 : 2, tokenizer, tokenizer_len);
     if (res == MOE_OK) {
         char cfg_path[SPEC_PATH_MAX + 16];
         config_path_for(path, cfg_path, sizeof cfg_path);
@@ -303,5 +318,36 @@ moe_status model_load_st(struct model *m, const struct st_file *file, const char
 exit:
     free(t);
     if (res != MOE_OK && model_ready) model_free(m);
+    return res;
+}
+
+moe_status model_load_tokenizer(const char *path, uint8_t **bytes, size_t *n, char sha[65]) {
+    struct st_file f;
+    CHECK(st_read(&f, path));
+    moe_status res = MOE_OK;
+    const struct st_tensor *t = st_find(&f, TOKENIZER_TENSOR);
+    const char *want = st_meta_get(&f, META_TOKENIZER_SHA);
+    *bytes = NULL;
+    *n = 0;
+    sha[0] = 0;
+    if (!t) goto exit;
+    if (t->dtype != ST_U8 || t->ndim != 1 || !want || strlen(want) != 64) {
+        res = moe_fail(MOE_EFORMAT, "%s: malformed '%s' tensor", path, TOKENIZER_TENSOR);
+        goto exit;
+    }
+    tokens_sha256_hex(t->data, t->nbytes, sha);
+    if (strcmp(sha, want) != 0) {
+        res = moe_fail(MOE_EFORMAT, "%s: its tokenizer does not match the SHA-256 in its "
+                       "metadata (a corrupt file)", path);
+        goto exit;
+    }
+    if (!(*bytes = malloc(t->nbytes ? t->nbytes : 1))) {
+        res = moe_fail(MOE_ENOMEM, "%s: out of memory", path);
+        goto exit;
+    }
+    memcpy(*bytes, t->data, t->nbytes);
+    *n = t->nbytes;
+exit:
+    st_close(&f);
     return res;
 }

@@ -20,8 +20,17 @@ moe_status model_save(const struct model *m, const char *path, const char *const
 
 /* A job's trained model: `path` (.safetensors, with the step and the job's name in its
  * metadata) plus `path` with .json for .safetensors ({"step": N, "spec": {...}}). Both are
- * written atomically, and a failure leaves neither. */
-moe_status model_save_job(const struct model *m, const struct job_spec *spec, const char *path);
+ * written atomically, and a failure leaves neither. A job with a tokenizer (tokenizer_len > 0)
+ * stores the tokenizer file's bytes in the model as the U8 tensor "tokenizer.model" and its
+ * SHA-256 (hex) as metadata "moed.tokenizer_sha256": the model file is all that eval and
+ * generate need, and nothing can pair it with another tokenizer. */
+moe_status model_save_job(const struct model *m, const struct job_spec *spec,
+                          const uint8_t *tokenizer, size_t tokenizer_len, const char *path);
+
+/* The tokenizer stored in a model file: *bytes (malloc'd) and its SHA-256 in hex, or *bytes
+ * NULL and sha "" for a byte-level model. MOE_EFORMAT when the stored bytes do not match the
+ * stored SHA-256. */
+moe_status model_load_tokenizer(const char *path, uint8_t **bytes, size_t *n, char sha[65]);
 
 /* Reads a file written by model_save: allocates `m` for batches up to B_max from the config in
  * its metadata and fills parameters and biases. Wrong shapes, missing tensors or a missing or

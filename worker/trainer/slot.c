@@ -629,7 +629,8 @@ static moe_status gather_and_write(const struct trainer *t, const char *path) {
                 memcpy(dst[k] + l * whole_layer + (size_t)j * layer, src + l * layer,
                        sizeof(real) * layer);
         }
-    res = model_save_job(&full, &t->spec, path);
+    res = model_save_job(&full, &t->spec, t->data.tok_model, t->data.tok_model_len,
+                         path);
 exit:
     free(part);
     model_free(&full);

@@ -9,6 +9,8 @@ void step_begin(struct trainer *t, struct step_report *r) {
     const struct model_config *c = &t->model.cfg;
     memset(r, 0, sizeof *r);
     memset(t->load_sum, 0, sizeof(long) * (size_t)c->n_layers * c->n_experts);
+    /* every slot counts the whole batch's bytes itself: the batch is a pure function */
+    r->bytes = data_train_batch_bytes(&t->data, t->spec.run.seed, t->model.step, 0, t->B);
 }
 
 /* Each loss term is a mean over the whole batch, so a pass's share of it is M/B. */

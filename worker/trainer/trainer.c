@@ -3,6 +3,7 @@
 
 #include "../../common/clock.h"
 #include "../../common/safetensors.h"
+#include "../../common/tokenizer.h"
 #include "../../kernels/tree_sum.h"
 #include "../comm/comm.h"
 #include "model_io.h"
@@ -15,6 +16,34 @@
 #include <string.h>
 
 _Static_assert(sizeof(real) == sizeof(float), "the trainer adds shard gradients as floats");
+
+/* With data.tokenizer, model.vocab is the tokenizer's: left at its default (256) it is set,
+ * given it must agree. Checked before the sources load, so that a mismatch is the one thing
+ * said; the dataset's own copy of the tokenizer is checked again once loaded. */
+static moe_status vocab_follows_tokenizer(struct trainer *t, const struct data_access *a) {
+    if (!t->spec.data.tokenizer[0]) return MOE_OK;
+    uint8_t *bytes;
+    size_t n;
+    struct tokenizer *tok;
+    CHECK(data_tokenizer_open(a ? a->roots : NULL, "data.tokenizer", t->spec.data.tokenizer,
+                              &bytes, &n, &tok));
+    int V = tokenizer_vocab(tok);
+    tokenizer_free(tok);
+    free(bytes);
+    if (t->spec.model.vocab != 256 && t->spec.model.vocab != V)
+        return moe_fail(MOE_EINVAL, "spec: model.vocab = %d, but data.tokenizer '%s' has %d "
+                        "pieces (leave model.vocab out: it follows the tokenizer)",
+                        t->spec.model.vocab, t->spec.data.tokenizer, V);
+    t->spec.model.vocab = V;
+    return MOE_OK;
+}
+
+static moe_status check_vocab(const struct trainer *t) {
+    if (t->data.tok && tokenizer_vocab(t->data.tok) != t->spec.model.vocab)
+        return moe_fail(MOE_EINVAL, "data.tokenizer '%s' changed while the job loaded it",
+                        t->spec.data.tokenizer);
+    return MOE_OK;
+}
 
 /* slot_mode: this process plays (pod, slot) and holds that slot's experts; its comm may come
  * later (trainer_rebind). init 0: the state is left zero, to be received (replica_restore). */
@@ -45,7 +74,9 @@ static moe_status open_common(struct trainer *t, const struct job_spec *spec, in
     t->M = t->spec.run.micro_batch > 0 ? t->spec.run.micro_batch : t->Bd;
     t->T = t->spec.model.seq_len;
     moe_status res;
+    CHECK_GOTO(vocab_follows_tokenizer(t, access), res, fail);
     CHECK_GOTO(data_open_access(&t->data, &t->spec.data, t->T, access), res, fail);
+    CHECK_GOTO(check_vocab(t), res, fail);
     t->unigram_bits = data_unigram_entropy_bits(&t->data);
     t->tokens = malloc(sizeof(int) * (size_t)t->M * t->T);
     t->targets = malloc(sizeof(int) * (size_t)t->M * t->T);
@@ -249,6 +280,10 @@ moe_status trainer_eval(struct trainer *t, double *loss, long *windows) {
                         "shards (raise data.val_fraction)", total, D);
     long per = want / D;
     double sum = 0;
+    uint64_t bytes = 0; // every slot counts all windows' bytes itself
+    for (long i = 0; i < want; i++)
+        bytes += data_val_window_bytes(&t->data, (long)((double)i * total / want));
+    t->eval_bytes_per_token = (double)bytes / ((double)want * t->T);
     if (t->mesh.exec) {
         double part;
         CHECK(eval_shard(t, t->mesh.pod * t->mesh.slots + t->mesh.slot, per, want, total, &part));
@@ -267,7 +302,7 @@ moe_status trainer_eval(struct trainer *t, double *loss, long *windows) {
 
 moe_status trainer_save_model(const struct trainer *t, const char *path) {
     if (t->mesh.exec) return slot_save_model(t, path);
-    return model_save_job(&t->model, &t->spec, path);
+    return model_save_job(&t->model, &t->spec, t->data.tok_model, t->data.tok_model_len, path);
 }
 
 /* The state file: the four arenas as flat tensors, the step in metadata. */

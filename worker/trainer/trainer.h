@@ -56,6 +56,9 @@ struct trainer {
     int pass;              // the shard's pass (micro-batch) running now, of Bd / M
     long *load_sum;        // (L, E) expert loads summed over the step's micro-batches
     double unigram_bits;   // entropy of the training data, the bar a model must beat
+                           //   (bits per byte of text)
+    double eval_bytes_per_token; // of the last trainer_eval's windows (1 for byte tokens):
+                                 //   bits per byte = loss / ln 2 / eval_bytes_per_token
     int empty;             // opened without initialising: the state is to be received
 };
 
@@ -70,6 +73,8 @@ struct step_report {
     double seconds;     // wall time of the step: data + forward + backward + update
     double t_forward, t_backward, t_update; // its parts (the rest is reading the batch)
     long tokens;        // tokens processed this step, all shards
+    uint64_t bytes;     // bytes of text their targets stand for (= tokens for byte tokens):
+                        //   bits per byte = ce * tokens / bytes / ln 2
     /* the data plane, this slot only (0 when local) */
     double t_comm;            // seconds waiting for dispatch/combine and gradient reductions
     uint64_t bytes_alltoall;  // bytes this slot sent in dispatch and combine all-to-alls
@@ -121,8 +126,8 @@ void trainer_close(struct trainer *t);
 /* One optimizer step on the batch of step t->model.step. */
 moe_status trainer_step(struct trainer *t, struct step_report *r);
 
-/* Mean cross-entropy (nats per byte) over run.eval_batches batches of held-out windows spread
- * evenly over the held-out data; MOE_EINVAL if the spec holds nothing out. */
+/* Mean cross-entropy (nats per token; sets t->eval_bytes_per_token) over run.eval_batches
+ * batches of held-out windows spread evenly over the held-out data; MOE_EINVAL if the spec holds nothing out. */
 moe_status trainer_eval(struct trainer *t, double *loss, long *windows);
 
 /* The trained model: `path` (.safetensors) plus `path` with .json for .safetensors (the job
