@@ -46,6 +46,7 @@ bench: build
 	./$(BUILD)/bin/bench_mesh
 	./$(BUILD)/bin/bench_alltoall
 	./$(BUILD)/bin/bench_status
+	./$(BUILD)/bin/bench_scale
 	./$(BUILD)/bin/bench_transfer_check
 	bash tests/bench/bench_recovery.sh ./$(BUILD)/bin
 	bash tests/bench/bench_ettr.sh ./$(BUILD)/bin

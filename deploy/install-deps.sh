@@ -25,6 +25,7 @@ pkgs=(
   libcairo2-dev                      # moectl plot: SVG and PNG drawing
   fonts-dejavu-core                  # moectl plot: the font of its labels
   libmicrohttpd-dev                  # the coordinator's HTTP port: /metrics and the live page
+  uthash-dev                         # hash tables (header-only): the coordinator's indexes
   libsystemd-dev                     # sd_notify: Type=notify units (optional: builds without)
 )
 test_pkgs=(

@@ -1388,6 +1388,10 @@ moe_status rpc_server_start(struct rpc_server **out, struct rpc_pump *pump,
     grpc_server_credentials *creds = server_credentials(cfg->tls, &st);
     if (!creds) goto fail;
     int port = grpc_server_add_http2_port(srv->server, cfg->listen, creds);
+    for (int i = 0; port && i < cfg->n_more_listen; i++)
+        if ((cfg->more_bound[i] = grpc_server_add_http2_port(srv->server, cfg->more_listen[i],
+                                                             creds)) == 0)
+            port = 0;
     grpc_server_credentials_release(creds);
     if (port == 0) {
         st = moe_fail(MOE_EIO, "%s: cannot listen on %s (in use, or not a host:port)", srv->role,

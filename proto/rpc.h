@@ -110,6 +110,12 @@ struct rpc_server_config {
      * (the coordinator's /metrics); it must not touch the call. NULL: none. */
     void (*on_done)(void *ctx, int method, grpc_status_code code, double seconds);
     struct rpc_health *health;       // what the health service answers (proto/health.h); NULL: none
+    /* More listeners, each "host:port" (port 0 picks one), bound before the server starts;
+     * their ports go to more_bound[i]. One process that plays many workers, each at an
+     * address of its own (tests/bench/bench_scale.c). NULL / 0: none. */
+    const char *const *more_listen;
+    int n_more_listen;
+    int *more_bound;
 };
 
 /* Binds, registers `methods` (the array must outlive the server) and starts serving.

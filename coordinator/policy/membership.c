@@ -59,11 +59,12 @@ static void reattach(struct coordinator *co, struct worker *w, struct job *j, in
     if (!same_epoch || req->holding)
         snprintf(held, sizeof held, ", %s epoch %llu", req->holding ? "holding its state of"
                  : "still in", (unsigned long long)req->epoch);
+    /* not synced, like the record (membership_register): a lost one is told again */
     if (job_n_slots(j) == 1)
-        job_event(co, j, 1, "reattached", "%s reattached at step %ld%s", w->id, (long)req->step,
+        job_event(co, j, 0, "reattached", "%s reattached at step %ld%s", w->id, (long)req->step,
                   held);
     else
-        job_event(co, j, 1, "reattached", "%s reattached to slot (%d, %d) at step %ld%s", w->id,
+        job_event(co, j, 0, "reattached", "%s reattached to slot (%d, %d) at step %ld%s", w->id,
                   k / j->slots, k % j->slots, (long)req->step, held);
     if (j->recoverable)
         recovery_worker_state(co, j, k, w, req->epoch, req->holding, "re-registered and");
@@ -113,8 +114,7 @@ moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterR
                                struct worker *known, const char *peer, struct worker **out) {
     struct worker *w = known;
     if (!w) {
-        CHECK(workers_add_new(co, &w));
-        CHECK(coordinator_save_meta(co));
+        CHECK(workers_add_new(co, &w)); // the id counter too
         w->registered_ms = moe_wall_ms();
     }
     update_record(w, req);
@@ -126,7 +126,10 @@ moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterR
     bind_registered(co, w, req);
     w->confirmed = 1;
     w->awaiting_idle = 0;
-    CHECK(worker_save(co, w));
+    /* A known worker's record is written, not synced: should the machine lose it, the worker
+     * registers again and says it all again; after a coordinator restart thousands re-register
+     * at once, and an fsync each (~5 ms here) made reattaching them take a minute. */
+    CHECK(known ? worker_save_unsynced(co, w) : worker_save(co, w));
     supersede(co, w);
     reach_registered(co, w, peer);
     char mpi[320] = "";

@@ -519,6 +519,7 @@ static void rebind(struct coordinator *co, struct job *j, int64_t t, const char 
         w->awaiting_idle = 0;
         worker_batch(b, w);
     }
+    job_bindings_changed(j);
 }
 
 /* Stores the new epoch (binding, T, sources) with the event "recovering", then sends

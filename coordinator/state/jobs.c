@@ -3,6 +3,7 @@
  */
 #include "jobs.h"
 
+#include "workers.h" // uthash, as the worker table uses it
 
 #include "../../common/clock.h"
 #include "../../common/log.h"
@@ -26,6 +27,10 @@ int jobs_index_after(const struct coordinator *co, long num) {
     }
     return lo;
 }
+
+struct slot_index;
+static struct slot_index *slot_index_new(const struct job *j);
+static void slot_index_free(struct slot_index *x);
 
 struct job *jobs_find(struct coordinator *co, const char *id) {
     if (!id || strncmp(id, "job-", 4) != 0 || id[4] < '0' || id[4] > '9') return NULL;
@@ -67,6 +72,7 @@ struct job *job_create(struct coordinator *co, const struct job_spec *spec) {
     snprintf(j->backend, sizeof j->backend, "%s", spec->mesh.backend);
     job_read_mesh(j, &spec->mesh);
     j->bindings = calloc((size_t)job_n_slots(j), sizeof *j->bindings);
+    j->by_worker = slot_index_new(j);
     /* the data-plane key: the job's workers prove it to each other (docs/dataplane.md) */
     if (!j->spec_json || !j->bindings || RAND_bytes(j->data_key, sizeof j->data_key) != 1) {
         job_free(j);
@@ -82,6 +88,7 @@ void job_free(struct job *j) {
     free(j->restore_from);
     free(j->spec_json);
     free(j->bindings);
+    slot_index_free(j->by_worker);
     if (j->last) moed__v1__step_metrics__free_unpacked(j->last, NULL);
     for (int i = 0; i < j->n_recent; i++)
         moed__v1__event__free_unpacked(j->recent[(j->recent_head + i) % JOB_RECENT_EVENTS], NULL);
@@ -158,10 +165,68 @@ int job_state_allowed(const struct job *j, Moed__V1__JobState to) {
     }
 }
 
+struct slot_entry {
+    const char *id; // the binding's worker_id: the index is rebuilt before it could change
+    int k;
+    UT_hash_handle hh;
+};
+
+struct slot_index {
+    int valid;                 // 1: current; 0: rebuild on the next lookup; -1: no memory, scan
+    struct slot_entry *entries; // one per slot
+    struct slot_entry *head;
+};
+
+static struct slot_index *slot_index_new(const struct job *j) {
+    struct slot_index *x = calloc(1, sizeof *x);
+    if (x) x->entries = calloc((size_t)job_n_slots(j), sizeof *x->entries);
+    if (x && !x->entries) {
+        free(x);
+        x = NULL;
+    }
+    return x;
+}
+
+static void slot_index_free(struct slot_index *x) {
+    if (!x) return;
+    HASH_CLEAR(hh, x->head);
+    free(x->entries);
+    free(x);
+}
+
+/* O(pods * slots), once after each change of the binding. */
+static void slot_index_build(const struct job *j, struct slot_index *x) {
+    HASH_CLEAR(hh, x->head);
+    unsigned wanted = 0;
+    for (int k = 0; k < job_n_slots(j); k++) {
+        const char *id = j->bindings[k].worker_id;
+        struct slot_entry *e = NULL;
+        if (!id[0]) continue;
+        HASH_FIND(hh, x->head, id, strlen(id), e);
+        if (e) continue; // a worker that plays two slots: the first one, as a scan finds it
+        x->entries[k].id = id;
+        x->entries[k].k = k;
+        HASH_ADD_KEYPTR(hh, x->head, id, strlen(id), &x->entries[k]);
+        wanted++;
+    }
+    x->valid = HASH_COUNT(x->head) == wanted ? 1 : -1;
+}
+
 int job_slot_of(const struct job *j, const char *worker_id) {
-    for (int k = 0; k < job_n_slots(j); k++)
+    struct slot_index *x = j->by_worker;
+    if (x && x->valid == 0) slot_index_build(j, x);
+    if (x && x->valid == 1) {
+        struct slot_entry *e = NULL;
+        HASH_FIND(hh, x->head, worker_id, strlen(worker_id), e);
+        return e ? e->k : -1;
+    }
+    for (int k = 0; k < job_n_slots(j); k++) // O(pods * slots): only without memory for the index
         if (strcmp(j->bindings[k].worker_id, worker_id) == 0) return k;
     return -1;
+}
+
+void job_bindings_changed(struct job *j) {
+    if (j->by_worker) j->by_worker->valid = 0;
 }
 
 double job_eta_seconds(const struct job *j) {
@@ -528,6 +593,7 @@ static int load_job(const Moed__Store__JobRecord *r, void *arg) {
     j->pods = in->pods > 0 ? in->pods : 1;
     j->slots = in->slots > 0 ? in->slots : 1;
     j->bindings = calloc((size_t)job_n_slots(j), sizeof *j->bindings);
+    j->by_worker = slot_index_new(j);
     if (j->bindings) load_bindings(j, r);
     j->epoch = in->epoch;
     snprintf(j->backend, sizeof j->backend, "%s", in->backend[0] ? in->backend : "tcp");

@@ -80,6 +80,7 @@ struct job {
     double timeout_s;          // mesh.timeout_s, told to the workers
     uint64_t epoch;            // +1 each time the job is bound; 0 while never bound
     struct binding *bindings;  // (pods * slots), slot (p, s) at p * slots + s
+    struct slot_index *by_worker; // which slot each worker of `bindings` plays (jobs.c)
     int64_t model_bytes;       // > 0 once the model is uploaded and checked
     int64_t next_event;
     /* recovery (docs/recovery.md); the spec's knobs, read by job_read_mesh */
@@ -156,8 +157,12 @@ const char *job_state_name(Moed__V1__JobState s);
 /* Whether `to` may follow j's state (the machine above). */
 int job_state_allowed(const struct job *j, Moed__V1__JobState to);
 static inline int job_n_slots(const struct job *j) { return j->pods * j->slots; }
-/* The index (p * slots + s) of the slot worker `worker_id` plays in the current epoch, or -1. */
+/* The index (p * slots + s) of the (first) slot worker `worker_id` plays in the current epoch,
+ * or -1. O(1): a hash table of the binding, rebuilt (O(pods * slots)) on the first lookup after
+ * job_bindings_changed, so the heartbeats and step reports of a 4,096-slot job do not scan it. */
 int job_slot_of(const struct job *j, const char *worker_id);
+/* Whoever writes a binding's worker_id (binding, re-binding, clearing, loading) calls this. */
+void job_bindings_changed(struct job *j);
 double job_eta_seconds(const struct job *j);
 /* The job's recent events, oldest first, as pointers into its ring (out: JOB_RECENT_EVENTS). */
 size_t job_recent_events(const struct job *j, Moed__V1__Event **out);

@@ -92,6 +92,7 @@ struct coordinator {
     int n_jobs, cap_jobs;
     struct worker **workers;   // in registration order
     int n_workers, cap_workers;
+    struct worker *workers_by_id; // the same workers, by id (uthash; workers.c)
     uv_timer_t monitor;        // the heartbeat monitor's tick (coordinator.c)
     uv_signal_t sig_term, sig_int;
     int64_t started_ms;

@@ -68,6 +68,7 @@ moe_status job_bind(struct coordinator *co, struct job *j, struct worker **chose
         w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;
         worker_batch(b, w);
     }
+    job_bindings_changed(j);
     char text[700];
     job_binding_text(j, text, sizeof text);
     /* The decision is stored before any worker hears of it. */
@@ -82,6 +83,7 @@ moe_status job_bind(struct coordinator *co, struct job *j, struct worker **chose
             chosen[k]->state = MOED__V1__WORKER_STATE__WORKER_IDLE;
         }
         memset(j->bindings, 0, sizeof *j->bindings * (size_t)n);
+        job_bindings_changed(j);
     }
     return s;
 }
@@ -96,6 +98,7 @@ void job_requeue(struct coordinator *co, struct job *j, const char *fmt, ...) {
     j->started_ms = 0;
     worker_call_stop_all(co, j);
     memset(j->bindings, 0, sizeof *j->bindings * (size_t)job_n_slots(j));
+    job_bindings_changed(j);
     j->n_running = 0;
     job_event(co, j, 1, "requeued", "%s", why);
 }

@@ -13,9 +13,9 @@
 #include <string.h>
 
 struct worker *workers_find(struct coordinator *co, const char *id) {
-    for (int i = 0; i < co->n_workers; i++)
-        if (strcmp(co->workers[i]->id, id) == 0) return co->workers[i];
-    return NULL;
+    struct worker *w = NULL;
+    HASH_FIND_STR(co->workers_by_id, id, w);
+    return w;
 }
 
 static int load_worker(const Moed__V1__WorkerInfo *in, void *arg) {
@@ -53,12 +53,18 @@ static int load_worker(const Moed__V1__WorkerInfo *in, void *arg) {
         co->workers = nw;
         co->cap_workers = cap;
     }
+    HASH_ADD_STR(co->workers_by_id, id, w);
+    if (workers_find(co, w->id) != w) { // the index could not grow
+        free(w);
+        return 1;
+    }
     co->workers[co->n_workers++] = w;
     return 0;
 }
 
-/* The identity record of a new worker, synced: its credential must survive a restart before
- * the worker learns it. */
+/* The identity record of a new worker and the id counter, in one synced write (one fsync, not
+ * two: at thousands of registrations the fsyncs were their cost): the credential must survive
+ * a restart before the worker learns it. */
 static moe_status save_identity(struct coordinator *co, const struct worker *w) {
     Moed__Store__WorkerRecord r = MOED__STORE__WORKER_RECORD__INIT;
     r.worker_id = (char *)w->id;
@@ -66,6 +72,7 @@ static moe_status save_identity(struct coordinator *co, const struct worker *w) 
     r.issued_unix_ms = moe_wall_ms();
     struct store_batch *b = store_batch_new();
     store_batch_worker_record(b, &r);
+    coordinator_batch_meta(b, co);
     return store_batch_commit(co->store, b, 1);
 }
 
@@ -128,6 +135,7 @@ moe_status workers_load(struct coordinator *co) {
 }
 
 void workers_free(struct coordinator *co) {
+    HASH_CLEAR(hh, co->workers_by_id);
     for (int i = 0; i < co->n_workers; i++) {
         if (co->workers[i]->channel) rpc_channel_close(co->workers[i]->channel);
         OPENSSL_cleanse(co->workers[i]->credential, sizeof co->workers[i]->credential);
@@ -201,6 +209,12 @@ moe_status worker_save(struct coordinator *co, const struct worker *w) {
     struct store_batch *b = store_batch_new();
     worker_batch(b, w);
     return store_batch_commit(co->store, b, 1);
+}
+
+moe_status worker_save_unsynced(struct coordinator *co, const struct worker *w) {
+    struct store_batch *b = store_batch_new();
+    worker_batch(b, w);
+    return store_batch_commit(co->store, b, 0);
 }
 
 /* The pods of the workers that did not leave, ascending by pod number: sorted, not searched,

@@ -19,6 +19,11 @@
 
 #include "state.h"
 
+/* Out of memory in a table's index is an error the caller handles (the table stays
+ * consistent), never an exit: the daemons do not exit on a bad moment. */
+#define HASH_NONFATAL_OOM 1
+#include <uthash.h>
+
 #define WORKER_CREDENTIAL_MAX 128 // "w-N.<64 hex>"
 
 struct worker {
@@ -58,11 +63,15 @@ struct worker {
     unsigned probe_gen;        // numbers the probes: the answer to an older one is dropped
     int probe_failures;        // failed probes in a row: the backoff before the next
     int64_t next_probe_ms;     // a heartbeat after this starts the next probe
+    UT_hash_handle hh;         // in co->workers_by_id, keyed by id (which never changes)
 };
 
+/* The worker with this id, or NULL: O(1) (a hash table, co->workers_by_id), so that the
+ * lookup every call from a worker makes (its credential, then its request) does not grow with
+ * the cluster. */
 struct worker *workers_find(struct coordinator *co, const char *id);
-/* A new worker record with the next id ("w-N") and a new credential, the credential already
- * stored (synced); the caller fills and saves the rest. */
+/* A new worker record with the next id ("w-N") and a new credential, the credential and the
+ * id counter already stored (synced); the caller fills and saves the rest. */
 moe_status workers_add_new(struct coordinator *co, struct worker **out);
 /* rpc_identify_fn for the coordinator's server (ctx: the coordinator): the id of the worker
  * whose credential `cred` is, compared in constant time. */
@@ -91,6 +100,9 @@ void worker_mark_dead(struct coordinator *co, struct worker *w);
 /* Adds a worker's record to a store batch; saves one on its own (synced). */
 void worker_batch(struct store_batch *b, const struct worker *w);
 moe_status worker_save(struct coordinator *co, const struct worker *w);
+/* Written before it returns but not synced: it survives the coordinator's death (SIGKILL), not
+ * the machine's. For what a worker tells again anyway (its re-registration). */
+moe_status worker_save_unsynced(struct coordinator *co, const struct worker *w);
 
 /* The WorkerInfo view of w (pointing into it); `extra` holds the one extra data address the
  * message points to. */

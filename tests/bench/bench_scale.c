@@ -1,0 +1,525 @@
+/*
+ * bench_scale — one real coordinator (its real RocksDB) and thousands of simulated workers
+ * over real gRPC (scale_sim.h), on one machine. For each cluster size it measures:
+ *
+ *   - the coordinator's CPU (utime+stime from /proc/PID/stat) and RSS at steady state: every
+ *     worker idle and heartbeating; then with one big job running (every slot reporting);
+ *   - the time to schedule the job (pods x slots, 64 x 64 from 4,352 workers up): SubmitJob
+ *     to the last RunSlot received;
+ *   - a recovery for 1 and for many (64) workers of that job lost at once: the peer's fault
+ *     report to the last RunSlot of the new epoch received;
+ *   - a coordinator SIGKILL and restart: to serving (its address file), and to every live
+ *     worker registered again (reattached);
+ *   - GetJob and GetCluster (first page) p50/p99 while the job runs.
+ *
+ * Usage: bench_scale [--check] [--pod-size W] [--job PxS] [--lose N] [--measure-s S]
+ *                    [--report-ms MS] [--heartbeat-timeout-ms MS]
+ *                    [--heartbeat-interval-ms MS] [WORKERS...]
+ *                    (default: 1156 4420 10064 workers; the coordinator's default timeout, 2 s)
+ * On a machine too loaded for the simulators to heartbeat in time, a longer timeout keeps
+ * workers from being declared dead (the heartbeats, every 500 ms, cost the same).
+ * Worker i is in physical pod i / W (W = 68 by default: 64 slots and 4 spares; a job of up
+ * to 64 pods leaves at least one physical pod of spares, for the 64 lost at once). --check runs
+ * once and asserts correctness instead of reporting speed (the test cli_scale_small): every
+ * slot bound once, each lost slot replanned onto a spare, no worker lost across the restart.
+ * The daemons come from $MOE_BUILD_DIR/bin, else from beside this program.
+ */
+#include "../../common/log.h"
+#include "../../proto/methods.h"
+#include "../../proto/rpc.h"
+#include "bench_proc.h"
+#include "proto/moed.pb-c.h"
+#include "scale_sim.h"
+
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SIMS_PER_PROC 2500 // listening ports + accepted connections stay under 20,000 fds
+#define MAX_PROCS 16
+#define WAIT_S 120.0       // any one phase
+
+struct opts {
+    int check, pod_size, pods, slots, lose_many, measure_s;
+    long report_ms, heartbeat_timeout_ms, heartbeat_interval_ms;
+};
+
+struct run {
+    struct opts o;
+    int n;                          // simulated workers
+    struct bench_daemon co;         // the coordinator
+    char cluster_token[64];
+    struct sim_shared *sh;
+    pid_t sims[MAX_PROCS];
+    int n_procs;
+    struct rpc_channel *ch;         // the client's
+    char job[24];
+    uint64_t epoch;
+    int lost;                       // workers lost so far
+    int failed;                     // --check: assertions that failed
+    /* results */
+    double reg_s, idle_cpu, idle_rss, sched_s, job_cpu, job_rss, rec1_s, recn_s, serve_s,
+        reattach_s, getjob_p50, getjob_p99, getcl_p50, getcl_p99;
+};
+
+#define CHECK_THAT(r, cond, ...)                                                                   \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "bench_scale: FAILED: " __VA_ARGS__);                                  \
+            fprintf(stderr, "\n");                                                                 \
+            (r)->failed++;                                                                         \
+        }                                                                                          \
+    } while (0)
+
+/* ---- the simulators ---- */
+
+static int start_sims(struct run *r) {
+    size_t bytes = (size_t)r->n * sizeof *r->sh;
+    r->sh = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (r->sh == MAP_FAILED) return -1;
+    memset(r->sh, 0, bytes);
+    r->n_procs = (r->n + SIMS_PER_PROC - 1) / SIMS_PER_PROC;
+    if (r->n_procs > MAX_PROCS) return -1;
+    for (int k = 0; k < r->n_procs; k++) {
+        int first = k * r->n / r->n_procs, last = (k + 1) * r->n / r->n_procs;
+        pid_t pid = bench_fork_child();
+        if (pid < 0) return -1;
+        if (pid == 0) {
+            struct sim_config c = {r->co.addr, r->cluster_token, first, last - first,
+                                   r->o.pod_size, r->o.report_ms, r->sh};
+            _exit(sim_main(&c));
+        }
+        r->sims[k] = pid;
+    }
+    return 0;
+}
+
+static void stop_sims(struct run *r) {
+    for (int k = 0; k < r->n_procs; k++) bench_stop(r->sims[k]);
+    if (r->sh) munmap(r->sh, (size_t)r->n * sizeof *r->sh);
+    r->sh = NULL;
+}
+
+/* ---- waiting on what the simulators share ---- */
+
+typedef int (*done_fn)(struct run *r, void *arg);
+
+static int wait_for(struct run *r, done_fn done, void *arg, const char *what) {
+    double t0 = bench_now();
+    while (!done(r, arg)) {
+        if (bench_now() - t0 > WAIT_S) {
+            fprintf(stderr, "bench_scale: gave up waiting for %s after %.0f s\n", what, WAIT_S);
+            return -1;
+        }
+        usleep(2000);
+    }
+    return 0;
+}
+
+static int all_registered(struct run *r, void *arg) {
+    (void)arg;
+    for (int i = 0; i < r->n; i++)
+        if (atomic_load(&r->sh[i].registrations) == 0) return 0;
+    return 1;
+}
+
+/* The newest epoch a live worker was bound in: a worker of an older binding (a RunSlot round
+ * that a loaded machine let time out, then a new binding) plays until its StopJob arrives. */
+static uint64_t newest_epoch(struct run *r) {
+    uint64_t e = 0;
+    for (int i = 0; i < r->n; i++)
+        if (!atomic_load(&r->sh[i].dead) && atomic_load(&r->sh[i].pod) >= 0 &&
+            atomic_load(&r->sh[i].epoch) > e)
+            e = atomic_load(&r->sh[i].epoch);
+    return e;
+}
+
+static int in_epoch(struct sim_shared *s, uint64_t e) {
+    return !atomic_load(&s->dead) && atomic_load(&s->pod) >= 0 && atomic_load(&s->epoch) == e;
+}
+
+/* Every slot of the job played by a live worker in the newest epoch, after `*after`. */
+static int job_bound(struct run *r, void *arg) {
+    uint64_t after = *(uint64_t *)arg, e = newest_epoch(r);
+    int n = 0;
+    for (int i = 0; e > after && i < r->n; i++) n += in_epoch(&r->sh[i], e);
+    return n >= r->o.pods * r->o.slots;
+}
+
+/* The last RunSlot of the newest epoch's slots, in seconds after t0_ns; checks each slot is
+ * played by exactly one live worker in it. */
+static double last_runslot(struct run *r, int64_t t0_ns, uint64_t *epoch) {
+    int n_slots = r->o.pods * r->o.slots;
+    int *seen = calloc((size_t)n_slots, sizeof *seen);
+    int64_t last = t0_ns;
+    *epoch = newest_epoch(r);
+    for (int i = 0; seen && i < r->n; i++) {
+        struct sim_shared *s = &r->sh[i];
+        if (!in_epoch(s, *epoch)) continue;
+        int k = atomic_load(&s->pod) * r->o.slots + atomic_load(&s->slot);
+        if (k >= 0 && k < n_slots) seen[k]++;
+        if (atomic_load(&s->runslot_ns) > last) last = atomic_load(&s->runslot_ns);
+    }
+    for (int k = 0; seen && k < n_slots; k++)
+        CHECK_THAT(r, seen[k] == 1, "slot (%d, %d) is played by %d workers", k / r->o.slots,
+                   k % r->o.slots, seen[k]);
+    free(seen);
+    return (double)(last - t0_ns) / 1e9;
+}
+
+/* ---- client calls ---- */
+
+/* A call of the client's; UNAVAILABLE (a connection the coordinator's restart broke) is tried
+ * again for up to 10 s. */
+static ProtobufCMessage *call(struct run *r, const char *method, const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *type) {
+    ProtobufCMessage *resp = NULL;
+    struct rpc_result res;
+    moe_status s;
+    for (int i = 0; i < 50; i++) {
+        s = rpc_call_sync(r->ch, method, req, type, &resp, 30.0, &res);
+        if (s != MOE_EUNAVAILABLE) break;
+        usleep(200000);
+    }
+    if (s != MOE_OK) {
+        fprintf(stderr, "bench_scale: %s\n", moe_errmsg());
+        return NULL;
+    }
+    return resp;
+}
+
+/* Whether every worker is alive, idle and reachable (probed), from GetCluster's pages. */
+static int cluster_ready(struct run *r, void *arg) {
+    (void)arg;
+    char token[32] = "";
+    int ready = 0;
+    do {
+        Moed__V1__GetClusterRequest req = MOED__V1__GET_CLUSTER_REQUEST__INIT;
+        req.page_size = 1000;
+        req.page_token = token;
+        Moed__V1__ClusterStatus *st = (Moed__V1__ClusterStatus *)call(
+            r, RPC_STATUS_GET_CLUSTER, &req.base, &moed__v1__cluster_status__descriptor);
+        if (!st) return 0;
+        for (size_t i = 0; i < st->n_workers; i++)
+            ready += st->workers[i]->reachable &&
+                     st->workers[i]->state == MOED__V1__WORKER_STATE__WORKER_IDLE;
+        snprintf(token, sizeof token, "%s", st->next_page_token);
+        protobuf_c_message_free_unpacked(&st->base, NULL);
+    } while (token[0]);
+    if (ready < r->n) usleep(200000);
+    return ready >= r->n;
+}
+
+static int submit(struct run *r) {
+    char spec[1024];
+    snprintf(spec, sizeof spec,
+             "name: scale\n"
+             "mesh: {pods: %d, slots: %d}\n"
+             "model: {d_model: 32, layers: 1, heads: 2, seq_len: 16, experts: %d, d_ff: 32}\n"
+             "router: {top_k: 1}\n"
+             "data: {sources: [{path: /usr/share/common-licenses/GPL-3}]}\n"
+             "run: {steps: 100000000, batch_size: %d, eval_every: 0}\n",
+             r->o.pods, r->o.slots, r->o.slots, r->o.pods * r->o.slots);
+    Moed__V1__SubmitJobRequest req = MOED__V1__SUBMIT_JOB_REQUEST__INIT;
+    req.spec = spec;
+    Moed__V1__JobInfo *ji = (Moed__V1__JobInfo *)call(r, RPC_JOBS_SUBMIT_JOB, &req.base,
+                                                      &moed__v1__job_info__descriptor);
+    if (!ji) return -1;
+    snprintf(r->job, sizeof r->job, "%s", ji->job_id);
+    protobuf_c_message_free_unpacked(&ji->base, NULL);
+    return 0;
+}
+
+/* The job runs, no recovery in progress, at step min_step or later: the next phase starts
+ * from a steady job (a restart amid a recovery resumes it: a new epoch, rightly). */
+static int job_settled(struct run *r, void *arg) {
+    long min_step = *(long *)arg;
+    Moed__V1__JobRef ref = MOED__V1__JOB_REF__INIT;
+    ref.job_id = r->job;
+    Moed__V1__JobStatus *st = (Moed__V1__JobStatus *)call(r, RPC_STATUS_GET_JOB, &ref.base,
+                                                          &moed__v1__job_status__descriptor);
+    int settled = st && st->job && st->job->state == MOED__V1__JOB_STATE__JOB_RUNNING &&
+                  !st->job->recovering && st->job->step >= min_step;
+    if (st) protobuf_c_message_free_unpacked(&st->base, NULL);
+    if (!settled) usleep(100000);
+    return settled;
+}
+
+static int settle(struct run *r, long min_step) {
+    return wait_for(r, job_settled, &min_step, "the job to run on, not recovering");
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* p50 and p99 (ms) of `n` calls of method. */
+static void latency(struct run *r, const char *method, const ProtobufCMessage *req,
+                    const ProtobufCMessageDescriptor *type, int n, double *p50, double *p99) {
+    double *t = calloc((size_t)n, sizeof *t);
+    int got = 0;
+    for (int i = 0; t && i < n; i++) {
+        double t0 = bench_now();
+        ProtobufCMessage *m = call(r, method, req, type);
+        if (!m) break;
+        t[got++] = (bench_now() - t0) * 1e3;
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    qsort(t, (size_t)got, sizeof *t, cmp_double);
+    *p50 = got ? t[got / 2] : NAN;
+    *p99 = got ? t[(got * 99) / 100 < got ? (got * 99) / 100 : got - 1] : NAN;
+    free(t);
+}
+
+/* ---- phases ---- */
+
+static void steady(struct run *r, double *cpu, double *rss) {
+    double c0 = bench_cpu_seconds(r->co.pid), t0 = bench_now();
+    sleep((unsigned)r->o.measure_s);
+    *cpu = 100.0 * (bench_cpu_seconds(r->co.pid) - c0) / (bench_now() - t0);
+    *rss = bench_rss_mib(r->co.pid);
+}
+
+static int schedule_job(struct run *r) {
+    uint64_t none = 0;
+    int64_t t0 = sim_now_ns();
+    if (submit(r) || wait_for(r, job_bound, &none, "the job's RunSlots")) return -1;
+    r->sched_s = last_runslot(r, t0, &r->epoch);
+    return 0;
+}
+
+/* The live worker that plays slot (p, s), or -1. */
+static int player(struct run *r, int p, int s) {
+    for (int i = 0; i < r->n; i++)
+        if (!atomic_load(&r->sh[i].dead) && atomic_load(&r->sh[i].pod) == p &&
+            atomic_load(&r->sh[i].slot) == s)
+            return i;
+    return -1;
+}
+
+/* What a peer of a lost worker sends when its data plane breaks (worker/daemon/report.c). */
+static int report_fault(struct run *r, int peer, int lost_slot) {
+    struct sim_shared *s = &r->sh[peer];
+    struct rpc_channel *ch;
+    if (rpc_channel_open(&ch, r->co.addr, NULL, s->credential, 1) != MOE_OK) return -1;
+    Moed__V1__FaultReport req = MOED__V1__FAULT_REPORT__INIT;
+    char err[96];
+    snprintf(err, sizeof err, "recv from rank %d: connection reset by peer (simulated)",
+             lost_slot);
+    req.worker_id = s->id;
+    req.job_id = r->job;
+    req.pod = atomic_load(&s->pod);
+    req.slot = atomic_load(&s->slot);
+    req.epoch = atomic_load(&s->epoch);
+    req.step = atomic_load(&s->step);
+    req.error = err;
+    ProtobufCMessage *resp = NULL;
+    struct rpc_result res;
+    moe_status st = rpc_call_sync(ch, RPC_CLUSTER_REPORT_FAULT, &req.base,
+                                  &moed__v1__empty__descriptor, &resp, 30.0, &res);
+    if (resp) protobuf_c_message_free_unpacked(resp, NULL);
+    rpc_channel_close(ch);
+    if (st != MOE_OK) fprintf(stderr, "bench_scale: ReportFault: %s\n", moe_errmsg());
+    return st == MOE_OK ? 0 : -1;
+}
+
+/* Loses `n` workers of the job at once, a peer reports the fault; the seconds from the
+ * report to the last RunSlot of the new epoch. */
+static double lose(struct run *r, int n) {
+    int lost[1024], n_lost = 0;
+    for (int k = 0; k < n && n_lost < 1024; k++) {
+        /* (k mod P, 1 + k mod (S - 1)): no slot index lost in every pod at once, or its
+         * every copy would be gone (the job rightly fails) */
+        int p = k % r->o.pods, s = 1 + k % (r->o.slots - 1);
+        int i = player(r, p, s);
+        if (i >= 0) lost[n_lost++] = i;
+    }
+    int peer = player(r, 0, 0);
+    for (int k = 0; k < n_lost; k++) atomic_store(&r->sh[lost[k]].dead, 1);
+    r->lost += n_lost;
+    uint64_t before = r->epoch;
+    int64_t t0 = sim_now_ns();
+    if (peer < 0 || report_fault(r, peer, 1) ||
+        wait_for(r, job_bound, &before, "the recovery's RunSlots"))
+        return NAN;
+    double s = last_runslot(r, t0, &r->epoch);
+    for (int i = 0; i < r->n; i++) // every lost slot went to a spare, restored
+        if (atomic_load(&r->sh[i].pod) >= 0 && atomic_load(&r->sh[i].epoch) == r->epoch &&
+            atomic_load(&r->sh[i].runslots) == 1)
+            CHECK_THAT(r, atomic_load(&r->sh[i].restores) == 1,
+                       "a spare took a slot without a restore");
+    return s;
+}
+
+static int live_reregistered(struct run *r, void *arg) {
+    const int *before = arg;
+    for (int i = 0; i < r->n; i++)
+        if (!atomic_load(&r->sh[i].dead) && atomic_load(&r->sh[i].registrations) <= before[i])
+            return 0;
+    return 1;
+}
+
+static int restart(struct run *r) {
+    int *before = calloc((size_t)r->n, sizeof *before);
+    int stops = 0;
+    if (!before) return -1;
+    for (int i = 0; i < r->n; i++) { // stops: of the job's slots (not of stale bindings)
+        before[i] = atomic_load(&r->sh[i].registrations);
+        stops += in_epoch(&r->sh[i], r->epoch) ? atomic_load(&r->sh[i].stops) : 0;
+    }
+    double t0 = bench_now();
+    int rc = bench_daemon_restart(&r->co, SIGKILL);
+    r->serve_s = bench_now() - t0;
+    if (rc == 0) rc = wait_for(r, live_reregistered, before, "every worker to register again");
+    if (rc == 0) r->reattach_s = bench_now() - t0;
+    free(before);
+    if (rc) return rc;
+    sleep(2); // a few heartbeats: a worker the restart lost would be told to stop by now
+    int after = 0;
+    for (int i = 0; i < r->n; i++)
+        after += atomic_load(&r->sh[i].epoch) == r->epoch ? atomic_load(&r->sh[i].stops) : 0;
+    CHECK_THAT(r, after == stops, "%d slots stopped after the restart", after - stops);
+    Moed__V1__GetClusterRequest gc = MOED__V1__GET_CLUSTER_REQUEST__INIT;
+    gc.page_size = 1;
+    Moed__V1__ClusterStatus *st = (Moed__V1__ClusterStatus *)call(
+        r, RPC_STATUS_GET_CLUSTER, &gc.base, &moed__v1__cluster_status__descriptor);
+    CHECK_THAT(r, st && st->workers_total == r->n && st->workers_dead == r->lost,
+               "after the restart: %d workers, %d dead (want %d, %d)", st ? st->workers_total : -1,
+               st ? st->workers_dead : -1, r->n, r->lost);
+    if (st) protobuf_c_message_free_unpacked(&st->base, NULL);
+    uint64_t e;
+    last_runslot(r, 0, &e);
+    CHECK_THAT(r, e == r->epoch, "the restart moved the job from epoch %llu to %llu",
+               (unsigned long long)r->epoch, (unsigned long long)e);
+    return 0;
+}
+
+static void status_latency(struct run *r) {
+    Moed__V1__JobRef jr = MOED__V1__JOB_REF__INIT;
+    jr.job_id = r->job;
+    latency(r, RPC_STATUS_GET_JOB, &jr.base, &moed__v1__job_status__descriptor, 300,
+            &r->getjob_p50, &r->getjob_p99);
+    Moed__V1__GetClusterRequest gc = MOED__V1__GET_CLUSTER_REQUEST__INIT;
+    latency(r, RPC_STATUS_GET_CLUSTER, &gc.base, &moed__v1__cluster_status__descriptor, 300,
+            &r->getcl_p50, &r->getcl_p99);
+}
+
+static void progress(const struct run *r, const char *what, double v) {
+    fprintf(stderr, "bench_scale: %d workers: %s %.3f\n", r->n, what, v);
+}
+
+static int phases(struct run *r) {
+    double t0 = bench_now();
+    if (wait_for(r, all_registered, NULL, "every registration") ||
+        wait_for(r, cluster_ready, NULL, "every worker probed and idle"))
+        return -1;
+    r->reg_s = bench_now() - t0;
+    progress(r, "registered and probed, s:", r->reg_s);
+    if (!r->o.check) steady(r, &r->idle_cpu, &r->idle_rss);
+    progress(r, "idle coordinator CPU, %:", r->idle_cpu);
+    if (schedule_job(r)) return -1;
+    progress(r, "job scheduled, s:", r->sched_s);
+    if (!r->o.check) steady(r, &r->job_cpu, &r->job_rss);
+    if (!r->o.check) status_latency(r);
+    if (settle(r, 2)) return -1; // a fault after some steps, as in a real run
+    r->rec1_s = lose(r, 1);
+    progress(r, "recovery of 1, s:", r->rec1_s);
+    if (isnan(r->rec1_s) || settle(r, 0)) return -1;
+    r->recn_s = lose(r, r->o.lose_many);
+    progress(r, "recovery of many, s:", r->recn_s);
+    if (isnan(r->recn_s) || settle(r, 0)) return -1;
+    return restart(r);
+}
+
+static int run_size(struct run *r) {
+    char timeout[32], interval[32];
+    snprintf(timeout, sizeof timeout, "%ld", r->o.heartbeat_timeout_ms);
+    snprintf(interval, sizeof interval, "%ld", r->o.heartbeat_interval_ms);
+    char *flags[] = {"--heartbeat-timeout-ms", timeout, "--heartbeat-interval-ms", interval};
+    if (bench_daemon_start(&r->co, "moed-coordinator", flags, 4) != 0) return -1;
+    snprintf(r->cluster_token, sizeof r->cluster_token, "%s", r->co.cluster_token);
+    int rc = start_sims(r);
+    if (rc == 0) rc = rpc_channel_open(&r->ch, r->co.addr, NULL, r->co.client_token, 1);
+    if (rc == 0) rc = phases(r);
+    if (r->ch) rpc_channel_close(r->ch);
+    stop_sims(r);
+    bench_daemon_stop(&r->co);
+    return rc;
+}
+
+static void print_row(const struct run *r) {
+    printf("%7d %6dx%-3d %6.1f %7.1f %7.0f %7.1f %7.0f %8.3f %8.3f %8.3f %7.2f %8.2f %7.2f "
+           "%7.2f\n",
+           r->n, r->o.pods, r->o.slots, r->reg_s, r->idle_cpu, r->idle_rss, r->job_cpu,
+           r->job_rss, r->sched_s, r->rec1_s, r->recn_s, r->serve_s, r->reattach_s,
+           r->getjob_p99, r->getcl_p99);
+    fflush(stdout);
+}
+
+static int parse(int argc, char **argv, struct opts *o, int *sizes, int *n_sizes) {
+    *o = (struct opts){0, 68, 0, 64, 64, 10, 1000, 2000, 500};
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--check")) o->check = 1;
+        else if (!strcmp(argv[i], "--pod-size") && i + 1 < argc) o->pod_size = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--job") && i + 1 < argc &&
+                 sscanf(argv[++i], "%dx%d", &o->pods, &o->slots) == 2) continue;
+        else if (!strcmp(argv[i], "--lose") && i + 1 < argc) o->lose_many = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--measure-s") && i + 1 < argc) o->measure_s = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--report-ms") && i + 1 < argc) o->report_ms = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--heartbeat-timeout-ms") && i + 1 < argc)
+            o->heartbeat_timeout_ms = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--heartbeat-interval-ms") && i + 1 < argc)
+            o->heartbeat_interval_ms = atol(argv[++i]);
+        else if (argv[i][0] != '-' && *n_sizes < 8) sizes[(*n_sizes)++] = atoi(argv[i]);
+        else return -1;
+    }
+    if (!*n_sizes) {
+        int def[] = {1156, 4420, 10064}; // 16 and 64 job pods, and a pod of spares
+        memcpy(sizes, def, sizeof def);
+        *n_sizes = 3;
+    }
+    return o->pod_size > 1 && o->slots > 1 && o->lose_many > 0 && o->report_ms > 0 ? 0 : -1;
+}
+
+int main(int argc, char **argv) {
+    struct opts o;
+    int sizes[8], n_sizes = 0, failed = 0;
+    if (parse(argc, argv, &o, sizes, &n_sizes)) {
+        fprintf(stderr, "usage: bench_scale [--check] [--pod-size W] [--job PxS] [--lose N] "
+                        "[--measure-s S] [--report-ms MS] [--heartbeat-timeout-ms MS] "
+                        "[--heartbeat-interval-ms MS] [WORKERS...]\n");
+        return 2;
+    }
+    moe_log_set_level(MOE_LOG_ERROR);
+    printf("bench_scale: one coordinator, simulated workers over gRPC (heartbeat %ld ms, a "
+           "step report per %ld ms per slot)\n"
+           "%7s %10s %6s %7s %7s %7s %7s %8s %8s %8s %7s %8s %7s %7s\n",
+           o.heartbeat_interval_ms, o.report_ms, "workers", "job", "reg_s", "idle%", "idleMiB", "job%", "jobMiB",
+           "sched_s", "rec1_s", "recN_s", "serve_s", "reatt_s", "job_p99", "cl_p99");
+    for (int k = 0; k < n_sizes; k++) {
+        struct run r = {.o = o, .n = sizes[k]};
+        double *res[] = {&r.reg_s, &r.idle_cpu, &r.idle_rss, &r.sched_s, &r.job_cpu,
+                         &r.job_rss, &r.rec1_s, &r.recn_s, &r.serve_s, &r.reattach_s,
+                         &r.getjob_p50, &r.getjob_p99, &r.getcl_p50, &r.getcl_p99};
+        for (size_t i = 0; i < sizeof res / sizeof res[0]; i++) *res[i] = NAN; // not measured
+        int whole = sizes[k] / o.pod_size - 1; // a physical pod left over for spares
+        if (!r.o.pods) r.o.pods = whole < 64 ? (whole > 2 ? whole : 2) : 64;
+        if (r.o.lose_many > r.o.pods * (r.o.slots - 1)) r.o.lose_many = r.o.pods;
+        if (run_size(&r) != 0) {
+            fprintf(stderr, "bench_scale: %d workers: did not complete (coordinator log: %s)\n",
+                    r.n, r.co.log);
+            failed++;
+        }
+        print_row(&r); // what did not complete: nan
+        failed += r.failed;
+    }
+    if (o.check) printf("bench_scale --check: %s\n", failed ? "FAILED" : "ok");
+    return failed ? 1 : 0;
+}
