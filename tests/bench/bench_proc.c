@@ -41,7 +41,7 @@ int bench_stop(pid_t pid) {
     return -1;
 }
 
-static int write_file(const char *path, const char *text) {
+int bench_write_file(const char *path, const char *text) {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (fd < 0) return -1;
     size_t n = strlen(text);
@@ -50,7 +50,7 @@ static int write_file(const char *path, const char *text) {
     return ok ? 0 : -1;
 }
 
-static int random_token(char *out, size_t cap) {
+int bench_random_token(char *out, size_t cap) {
     unsigned char raw[24];
     FILE *f = fopen("/dev/urandom", "rb");
     int ok = f && fread(raw, 1, sizeof raw, f) == sizeof raw;
@@ -130,9 +130,9 @@ int bench_daemon_start(struct bench_daemon *d, const char *name, char *const *ex
     char ct[PATH_MAX + 32], kt[PATH_MAX + 32];
     snprintf(ct, sizeof ct, "%s/client.token", d->dir);
     snprintf(kt, sizeof kt, "%s/cluster.token", d->dir);
-    if (random_token(d->client_token, sizeof d->client_token) ||
-        random_token(d->cluster_token, sizeof d->cluster_token) ||
-        write_file(ct, d->client_token) || write_file(kt, d->cluster_token))
+    if (bench_random_token(d->client_token, sizeof d->client_token) ||
+        bench_random_token(d->cluster_token, sizeof d->cluster_token) ||
+        bench_write_file(ct, d->client_token) || bench_write_file(kt, d->cluster_token))
         return -1;
     d->pid = spawn(d, "127.0.0.1:0");
     return d->pid > 0 ? wait_serving(d) : -1;

@@ -27,6 +27,10 @@ struct bench_daemon {
 };
 
 double bench_now(void);
+/* text into a new 0600 file (0, or -1 with errno); 48 random hex digits into out (0, or -1
+ * when /dev/urandom cannot be read). */
+int bench_write_file(const char *path, const char *text);
+int bench_random_token(char *out, size_t cap);
 
 /* fork() whose child gets SIGTERM when this process dies: 0 in the child. */
 pid_t bench_fork_child(void);

@@ -3,7 +3,8 @@
  *
  *   1. Status/GetJob and Status/GetCluster latency (p50/p99/max over 2000 blocking calls from
  *      one client thread) with 100 concurrent WatchJob streams open: first on a queued job
- *      (the watchers idle), then on a running job (every watcher gets an update per step).
+ *      (the watchers idle; it waits behind another job that keeps the one worker busy, since
+ *      the coordinator refuses a job larger than its live workers), then on a running job (every watcher gets an update per step).
  *      Target: p99 < 5 ms.
  *   2. The coordinator's CPU time per training step: a real worker runs a job of 200 steps of
  *      the demo model; the coordinator's utime+stime (/proc/PID/stat, in clock ticks, and its
@@ -19,6 +20,7 @@
 #include "../../proto/methods.h"
 #include "../../proto/rpc.h"
 #include "bench.h"
+#include "bench_proc.h"
 #include "proto/moed.pb-c.h"
 
 #include <errno.h>
@@ -31,7 +33,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -62,31 +63,9 @@ struct cluster {
 
 /* ---- processes ---- */
 
-static int write_file(const char *path, const char *text) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0) return -1;
-    size_t n = strlen(text);
-    int ok = write(fd, text, n) == (ssize_t)n;
-    close(fd);
-    return ok ? 0 : -1;
-}
-
-static void random_token(char *out, size_t cap) {
-    unsigned char raw[24];
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f || fread(raw, 1, sizeof raw, f) != sizeof raw) {
-        for (size_t i = 0; i < sizeof raw; i++) raw[i] = (unsigned char)(rand() & 0xff);
-    }
-    if (f) fclose(f);
-    for (size_t i = 0; i < sizeof raw && 2 * i + 2 < cap; i++) sprintf(out + 2 * i, "%02x", raw[i]);
-}
-
 static pid_t spawn(char *const argv[], const char *log_path) {
-    pid_t parent = getpid();
-    pid_t pid = fork();
+    pid_t pid = bench_fork_child();
     if (pid != 0) return pid;
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent) _exit(127); // the bench already died
     int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (fd >= 0) {
         dup2(fd, 2);
@@ -96,22 +75,6 @@ static pid_t spawn(char *const argv[], const char *log_path) {
     execv(argv[0], argv);
     fprintf(stderr, "bench_status: cannot run %s: %s\n", argv[0], strerror(errno));
     _exit(127);
-}
-
-/* SIGTERM, then SIGKILL after 30 s; returns the exit status (-1 when killed). */
-static int stop(pid_t pid) {
-    if (pid <= 0) return 0;
-    kill(pid, SIGTERM);
-    int st = 0;
-    for (int i = 0; i < 3000; i++) {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        if (r < 0) return -1;
-        usleep(10000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    return -1;
 }
 
 static void find_bin(struct cluster *c) {
@@ -128,8 +91,9 @@ static void find_bin(struct cluster *c) {
 
 static int start_coordinator(struct cluster *c) {
     char cluster_token[64];
-    random_token(c->client_token, sizeof c->client_token);
-    random_token(cluster_token, sizeof cluster_token);
+    if (bench_random_token(c->client_token, sizeof c->client_token) ||
+        bench_random_token(cluster_token, sizeof cluster_token))
+        return -1;
     char ct[PATH_MAX + 32], kt[PATH_MAX + 32], state[PATH_MAX + 32], addr_file[PATH_MAX + 32],
         exe[PATH_MAX + 32], log[PATH_MAX + 32];
     snprintf(ct, sizeof ct, "%s/client.token", c->dir);
@@ -138,7 +102,7 @@ static int start_coordinator(struct cluster *c) {
     snprintf(addr_file, sizeof addr_file, "%s/addr", c->dir);
     snprintf(exe, sizeof exe, "%s/moed-coordinator", c->bin);
     snprintf(log, sizeof log, "%s/coordinator.log", c->dir);
-    if (write_file(ct, c->client_token) || write_file(kt, cluster_token)) return -1;
+    if (bench_write_file(ct, c->client_token) || bench_write_file(kt, cluster_token)) return -1;
     char *argv[] = {exe,
                     "--dir",
                     state,
@@ -175,32 +139,14 @@ static int start_worker(struct cluster *c) {
     snprintf(exe, sizeof exe, "%s/moed-worker", c->bin);
     snprintf(kt, sizeof kt, "%s/cluster.token", c->dir);
     snprintf(log, sizeof log, "%s/worker.log", c->dir);
-    char *argv[] = {exe, "--coordinator", c->addr, "--cluster-token-file",
-                    kt,  "--threads",     "1",     NULL};
+    char *argv[] = {exe, "--coordinator", c->addr, "--cluster-token-file", kt, "--threads", "1",
+                    "--data-root", "/usr/share", NULL}; // the spec's corpus is beneath it
     c->worker = spawn(argv, log);
     return c->worker > 0 ? 0 : -1;
 }
 
-/* The coordinator's CPU time: utime+stime from /proc (clock ticks, every thread that ever ran),
- * and its process CPU clock (ns). */
-static double cpu_ticks_seconds(pid_t pid) {
-    char path[64], buf[2048];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return NAN;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')'); // the command name may hold spaces
-    unsigned long utime = 0, stime = 0;
-    /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt, then
-     * utime and stime (fields 14 and 15) */
-    if (!p ||
-        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2)
-        return NAN;
-    return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
-}
-
+/* The coordinator's CPU time: utime+stime from /proc (bench_cpu_seconds: clock ticks, every
+ * thread that ever ran), and its process CPU clock (ns). */
 static double cpu_clock_seconds(pid_t pid) {
     clockid_t id;
     struct timespec ts;
@@ -234,6 +180,25 @@ static Moed__V1__JobStatus *get_job(struct cluster *c, const char *id) {
         return NULL;
     }
     return (Moed__V1__JobStatus *)resp;
+}
+
+/* Submits a job of `steps` steps; its id into id[32]. */
+static int submit_id(struct cluster *c, const char *name, long steps, char id[32]) {
+    Moed__V1__JobInfo *info = submit(c, name, steps);
+    if (!info) return -1;
+    snprintf(id, 32, "%s", info->job_id);
+    moed__v1__job_info__free_unpacked(info, NULL);
+    return 0;
+}
+
+static void cancel_job(struct cluster *c, const char *id) {
+    Moed__V1__JobRef ref = MOED__V1__JOB_REF__INIT;
+    ref.job_id = (char *)id;
+    ProtobufCMessage *resp = NULL;
+    if (rpc_call_sync(c->ch, RPC_JOBS_CANCEL_JOB, &ref.base, &moed__v1__job_info__descriptor,
+                      &resp, 10, NULL) != MOE_OK)
+        fprintf(stderr, "bench_status: %s\n", moe_errmsg());
+    if (resp) protobuf_c_message_free_unpacked(resp, NULL);
 }
 
 static int is_final(Moed__V1__JobState s) {
@@ -400,6 +365,33 @@ struct cpu_run {
     double wall_step_s; // (finished - started) / steps, from the job's own timestamps
 };
 
+/* Whether a worker has registered and been found reachable (so may be given a job) within
+ * 60 s. */
+static int worker_ready(struct cluster *c) {
+    for (double t0 = bench_now(); bench_now() - t0 < 60; usleep(50000)) {
+        Moed__V1__GetClusterRequest req = MOED__V1__GET_CLUSTER_REQUEST__INIT;
+        ProtobufCMessage *resp = NULL;
+        if (rpc_call_sync(c->ch, RPC_STATUS_GET_CLUSTER, &req.base,
+                          &moed__v1__cluster_status__descriptor, &resp, 10, NULL) != MOE_OK)
+            continue;
+        const Moed__V1__ClusterStatus *cs = (const Moed__V1__ClusterStatus *)resp;
+        int ready = cs->n_workers > 0 && cs->workers[0]->reachable;
+        protobuf_c_message_free_unpacked(resp, NULL);
+        if (ready) return 1;
+    }
+    fprintf(stderr, "bench_status: no worker became reachable within 60 s\n");
+    return 0;
+}
+
+/* Whether job id runs within 60 s. */
+static int job_reaches_running(struct cluster *c, const char *id) {
+    Moed__V1__JobStatus *st = wait_job(c, id, MOED__V1__JOB_STATE__JOB_RUNNING, 60, 0.05, NULL);
+    int running = st && st->job->state == MOED__V1__JOB_STATE__JOB_RUNNING;
+    if (st) moed__v1__job_status__free_unpacked(st, NULL);
+    if (!running) fprintf(stderr, "bench_status: %s did not start running\n", id);
+    return running;
+}
+
 static void cpu_row(const char *label, const struct cpu_run *r) {
     double per_step = r->clock_s / r->steps;
     printf("  %-26s %5ld %8.1f %8.1f %9.1f %9.2f %9.2f %7.2f%%   %s\n", label, r->steps,
@@ -412,7 +404,7 @@ static int finish_cpu_run(struct cluster *c, const char *job, struct cpu_run *r,
                           double clock0, double *sampled) {
     Moed__V1__JobStatus *st =
         wait_job(c, job, MOED__V1__JOB_STATE__JOB_SUCCEEDED, 600, 0.25, sampled);
-    r->ticks_s = cpu_ticks_seconds(c->coordinator) - ticks0;
+    r->ticks_s = bench_cpu_seconds(c->coordinator) - ticks0;
     r->clock_s = cpu_clock_seconds(c->coordinator) - clock0;
     if (!st || st->job->state != MOED__V1__JOB_STATE__JOB_SUCCEEDED) {
         fprintf(stderr, "bench_status: %s ended %s: %s\n", job,
@@ -433,7 +425,7 @@ static int finish_cpu_run(struct cluster *c, const char *job, struct cpu_run *r,
 /* Stops the daemons (which ends any watch stream still open), joins the watchers, closes
  * the channel; -1 when a daemon did not exit 0 on SIGTERM. */
 static int teardown(struct cluster *c, struct watchers *w) {
-    int wrc = stop(c->worker), crc = stop(c->coordinator);
+    int wrc = bench_stop(c->worker), crc = bench_stop(c->coordinator);
     watchers_join(w);
     if (c->ch) rpc_channel_close(c->ch);
     c->ch = NULL;
@@ -453,12 +445,13 @@ static int run(struct cluster *c) {
     }
     printf("# coordinator pid %d at %s; state, logs in %s\n", (int)c->coordinator, c->addr, c->dir);
 
-    /* 1. latency with 100 idle watchers on a queued job (no worker yet) */
-    Moed__V1__JobInfo *q = submit(c, "bench-watched", STEPS);
-    if (!q) goto out;
-    char qid[32];
-    snprintf(qid, sizeof qid, "%s", q->job_id);
-    moed__v1__job_info__free_unpacked(q, NULL);
+    /* 1. latency with 100 idle watchers on a queued job: the one worker is busy with another
+     * (a job bigger than the live workers would be refused, not queued) */
+    char blocker[32], qid[32];
+    if (start_worker(c) != 0 || !worker_ready(c)) goto out;
+    if (submit_id(c, "bench-blocker", 1000000, blocker) != 0) goto out;
+    if (!job_reaches_running(c, blocker)) goto out;
+    if (submit_id(c, "bench-watched", STEPS, qid) != 0) goto out;
     if (watchers_start(w, c, qid) != 0) {
         fprintf(stderr, "bench_status: %d of %d watchers opened, %d failed: %s\n",
                 atomic_load(&w->opened), WATCHERS, atomic_load(&w->failed), w->error);
@@ -473,11 +466,11 @@ static int run(struct cluster *c) {
            "cpu/call");
     int errors = latency_table(c, "queued, 100 idle watchers", qid);
 
-    /* 2. CPU per step with the 100 watchers: the worker joins and runs the watched job */
+    /* 2. CPU per step with the 100 watchers: the worker leaves the blocker for the watched job */
     struct cpu_run with = {0}, without = {0};
-    double ticks0 = cpu_ticks_seconds(c->coordinator);
+    double ticks0 = bench_cpu_seconds(c->coordinator);
     double clock0 = cpu_clock_seconds(c->coordinator), sampled;
-    if (start_worker(c) != 0) goto out;
+    cancel_job(c, blocker);
     if (finish_cpu_run(c, qid, &with, ticks0, clock0, &sampled) != 0) goto out;
     watchers_join(w);
     with.worker_step_s = w->steps_seen ? w->step_seconds / w->steps_seen : sampled;
@@ -485,26 +478,17 @@ static int run(struct cluster *c) {
     int watched_ended = atomic_load(&w->ended), watched_failed = atomic_load(&w->failed);
 
     /* 3. CPU per step without watchers */
-    ticks0 = cpu_ticks_seconds(c->coordinator);
+    ticks0 = bench_cpu_seconds(c->coordinator);
     clock0 = cpu_clock_seconds(c->coordinator);
-    Moed__V1__JobInfo *b = submit(c, "bench-unwatched", STEPS);
-    if (!b) goto out;
     char bid[32];
-    snprintf(bid, sizeof bid, "%s", b->job_id);
-    moed__v1__job_info__free_unpacked(b, NULL);
+    if (submit_id(c, "bench-unwatched", STEPS, bid) != 0) goto out;
     if (finish_cpu_run(c, bid, &without, ticks0, clock0, &sampled) != 0) goto out;
     without.worker_step_s = sampled;
 
     /* 4. latency with 100 watchers on a running job: an update to each of them per step */
-    Moed__V1__JobInfo *r = submit(c, "bench-running", 1000000);
-    if (!r) goto out;
     char rid[32];
-    snprintf(rid, sizeof rid, "%s", r->job_id);
-    moed__v1__job_info__free_unpacked(r, NULL);
-    Moed__V1__JobStatus *st = wait_job(c, rid, MOED__V1__JOB_STATE__JOB_RUNNING, 60, 0.05, NULL);
-    int running = st && st->job->state == MOED__V1__JOB_STATE__JOB_RUNNING;
-    if (st) moed__v1__job_status__free_unpacked(st, NULL);
-    if (!running || watchers_start(w, c, rid) != 0) {
+    if (submit_id(c, "bench-running", 1000000, rid) != 0) goto out;
+    if (!job_reaches_running(c, rid) || watchers_start(w, c, rid) != 0) {
         fprintf(stderr, "bench_status: %s is not running with its watchers\n", rid);
         goto out;
     }
@@ -512,13 +496,7 @@ static int run(struct cluster *c) {
     double l0 = bench_now();
     errors += latency_table(c, "running, 100 watching", rid);
     double update_rate = (atomic_load(&w->updates) - u0) / (bench_now() - l0);
-    Moed__V1__JobRef ref = MOED__V1__JOB_REF__INIT;
-    ref.job_id = rid;
-    ProtobufCMessage *resp = NULL;
-    if (rpc_call_sync(c->ch, RPC_JOBS_CANCEL_JOB, &ref.base, &moed__v1__job_info__descriptor,
-                      &resp, 10, NULL) != MOE_OK)
-        fprintf(stderr, "bench_status: %s\n", moe_errmsg());
-    if (resp) protobuf_c_message_free_unpacked(resp, NULL);
+    cancel_job(c, rid);
     watchers_join(w);
     printf("  (coord cpu/call: the coordinator's CPU time over the timed calls, divided by them; "
            "while a job runs it includes the step reports and watcher updates of that time)\n");
@@ -538,7 +516,7 @@ static int run(struct cluster *c) {
            "wall", "");
     cpu_row("100 watchers", &with);
     cpu_row("no watchers", &without);
-    printf("  (the first row's job includes the worker joining; %ld updates went to the watchers; "
+    printf("  (the first row's job includes the worker leaving the cancelled blocker for it; %ld updates went to the watchers; "
            "ticks are 1/%ld s)\n",
            watched_updates, sysconf(_SC_CLK_TCK));
     rc = errors ? 1 : 0;
