@@ -516,8 +516,8 @@ static int run(struct cluster *c) {
            "wall", "");
     cpu_row("100 watchers", &with);
     cpu_row("no watchers", &without);
-    printf("  (the first row's job includes the worker leaving the cancelled blocker for it; %ld updates went to the watchers; "
-           "ticks are 1/%ld s)\n",
+    printf("  (the first row's job includes the worker leaving the cancelled blocker for it; %ld "
+           "updates went to the watchers; ticks are 1/%ld s)\n",
            watched_updates, sysconf(_SC_CLK_TCK));
     rc = errors ? 1 : 0;
 out:
