@@ -89,6 +89,9 @@ try:
     rows = len(d.find_elements("css selector", "#slots tbody tr"))
     workers = [e.text for e in d.find_elements("css selector", "#slots tbody tr td:nth-child(3)")]
     print("loss curve points", points, "held-out points", val, "slot rows", rows, workers)
+    loss_text = until("the loss in bits per byte", lambda: "bits/byte" in d.find_element(
+        "id", "job-loss").text and d.find_element("id", "job-loss").text)
+    print("loss on the page:", loss_text)
     print("address", d.current_url.split("#", 1)[-1] if "#" in d.current_url else "")
     time.sleep(0.5)  # one more poll drawn, for the picture
     d.save_screenshot(shot)
@@ -104,6 +107,8 @@ check "headless Chromium: the step advances on the page without a reload" \
   '[ $rc -eq 0 ] && grep -q "without a reload: True" "$tmp/page.out"'
 check "... the loss curve has points, held-out ones too, and the slot table a row per slot" \
   'grep -q "^PAGE OK" "$tmp/page.out"'
+check "... the loss shown in nats per token and bits per byte of text" \
+  'grep -qE "^loss on the page: [0-9.]+ = [0-9.]+ bits/byte" "$tmp/page.out"'
 check "... a screenshot was written" '[ -s "$tmp/live_page.png" ] && [ "$(head -c 4 "$tmp/live_page.png" | tail -c 3)" = PNG ]'
 [ -n "${MOE_BUILD_DIR:-}" ] && [ -s "$tmp/live_page.png" ] && cp "$tmp/live_page.png" "$MOE_BUILD_DIR/live_page.png" &&
   echo "     screenshot: $MOE_BUILD_DIR/live_page.png"

@@ -81,6 +81,8 @@ static cJSON *job_summary(const struct job *j) {
     cJSON_AddNumberToObject(o, "committed_step", (double)j->committed_step);
     cJSON_AddNumberToObject(o, "loss", j->loss);
     cJSON_AddNumberToObject(o, "val_loss", j->val_loss);
+    cJSON_AddNumberToObject(o, "bits_per_byte", j->last ? j->last->bits_per_byte : 0);
+    cJSON_AddNumberToObject(o, "val_bits_per_byte", j->val_bits_per_byte);
     cJSON_AddNumberToObject(o, "tokens_per_second", j->last ? j->last->tokens_per_second : 0);
     cJSON_AddNumberToObject(o, "pods", j->pods);
     cJSON_AddNumberToObject(o, "slots", j->slots);

@@ -277,8 +277,10 @@ function drawJob(job) {
   $("job-state").className = "state " + job.state;
   $("job-step").textContent = job.step + " / " + job.total_steps;
   $("job-committed").textContent = job.committed_step;
-  $("job-loss").textContent = job.step ? fmt(job.loss, 4) : "–";
-  $("job-val-loss").textContent = job.val_loss ? fmt(job.val_loss, 4) : "–";
+  // nats per token, and bits per byte of text: the figure that compares across tokenizers
+  const bpb = (v) => (v > 0 ? " = " + fmt(v, 3) + " bits/byte" : "");
+  $("job-loss").textContent = job.step ? fmt(job.loss, 4) + bpb(job.bits_per_byte) : "–";
+  $("job-val-loss").textContent = job.val_loss ? fmt(job.val_loss, 4) + bpb(job.val_bits_per_byte) : "–";
   $("job-tps").textContent = job.tokens_per_second ? Math.round(job.tokens_per_second) : "–";
   $("job-eta").textContent = job.state === "RUNNING" ? fmtDuration(job.eta_seconds) : "–";
   $("job-recoveries").textContent = job.recoveries;
