@@ -28,7 +28,7 @@ check "cluster up --pods 3 --slots 1 --spares 1" '[ $rc -eq 0 ]'
 [ $rc -eq 0 ] || { cat "$tmp/up.out"; exit 1; }
 cat >"$tmp/job.yaml" <<YAML
 name: transfer-check
-mesh: {pods: 3, slots: 1, spare_wait_s: 30}
+mesh: {pods: 3, slots: 1, spare_wait_s: 30, timeout_s: 30}
 model: {d_model: 32, layers: 2, heads: 2, seq_len: 32, experts: 4, d_ff: 64}
 router: {top_k: 2}
 data: {sources: [{path: $corpus}], val_fraction: 0.05}
@@ -66,8 +66,18 @@ start
 corrupt "$job" 0
 check "InjectFault corrupt-transfer on rank 0 ($r0) accepted" '[ $? -eq 0 ]'
 victim=$(worker_field "$r2" pid)
+# Rank 2 stopped first: ranks 0 and 1 finish the steps it has fed and then both wait in the
+# same one (mesh.timeout_s is long), so both hold the step the recovery returns to and the
+# plan takes rank 0's copy first. A kill mid-step could find rank 0 a step behind rank 1,
+# and rank 0 then pulls state instead of sending it.
+kill -STOP "$victim"
+survivor_steps() { "$moectl" status "$job" --json | json '" ".join(str(s.get("step", 0)) for s in d["slots"][:2])'; }
+held=
+both_waiting() { local now; now=$(survivor_steps); [ "$now" = "$held" ] && [ "${now% *}" = "${now#* }" ] || { held=$now; false; }; }
+wait_until 20 'both_waiting && sleep 0.5 && both_waiting'
+echo "     ranks 0 and 1 wait at steps $held"
 kill -9 "$victim"
-echo "     killed $r2 (pid $victim, rank 2) at step $(step_of "$job")"
+echo "     killed $r2 (pid $victim, rank 2, stopped) at step $(step_of "$job")"
 wait_until 90 '[[ "$(events "$job")" == *"recovered: "* ]] || [ "$(state_of "$job")" != JOB_RUNNING ]'
 events "$job" >"$tmp/events.txt"
 check "the job recovered" 'grep -q "^recovered: " "$tmp/events.txt"'
