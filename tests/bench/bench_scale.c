@@ -386,10 +386,19 @@ static int restart(struct run *r) {
     for (int i = 0; i < r->n; i++)
         after += atomic_load(&r->sh[i].epoch) == r->epoch ? atomic_load(&r->sh[i].stops) : 0;
     CHECK_THAT(r, after == stops, "%d slots stopped after the restart", after - stops);
+    /* A lost worker the coordinator had not yet declared dead when it was killed (it knew it
+     * only as lost to its job) comes back from the store as it was, and is declared dead when
+     * its heartbeat timeout passes after the restart: wait that long for the count. */
     Moed__V1__GetClusterRequest gc = MOED__V1__GET_CLUSTER_REQUEST__INIT;
     gc.page_size = 1;
-    Moed__V1__ClusterStatus *st = (Moed__V1__ClusterStatus *)call(
-        r, RPC_STATUS_GET_CLUSTER, &gc.base, &moed__v1__cluster_status__descriptor);
+    Moed__V1__ClusterStatus *st = NULL;
+    for (double t1 = bench_now(); bench_now() - t1 < r->o.heartbeat_timeout_ms / 1e3 + 10;
+         usleep(100000)) {
+        if (st) protobuf_c_message_free_unpacked(&st->base, NULL);
+        st = (Moed__V1__ClusterStatus *)call(r, RPC_STATUS_GET_CLUSTER, &gc.base,
+                                             &moed__v1__cluster_status__descriptor);
+        if (st && st->workers_dead >= r->lost) break;
+    }
     CHECK_THAT(r, st && st->workers_total == r->n && st->workers_dead == r->lost,
                "after the restart: %d workers, %d dead (want %d, %d)", st ? st->workers_total : -1,
                st ? st->workers_dead : -1, r->n, r->lost);
