@@ -22,7 +22,8 @@ fi
 mkdir -p "$tmp/pb"
 protoc --python_out="$tmp/pb" -I "$src/proto" "$src/proto/moed.proto"
 
-"$moectl" cluster up --pods 3 --slots 1 --spares 1 --threads 1 --dir "$cdir" >"$tmp/up.out" 2>&1
+"$moectl" cluster up --pods 3 --slots 1 --spares 1 --threads 1 --heartbeat-timeout-ms 10000 \
+  --dir "$cdir" >"$tmp/up.out" 2>&1 # a stopped rank 2 (below) is found by its kill, not its silence
 rc=$?
 check "cluster up --pods 3 --slots 1 --spares 1" '[ $rc -eq 0 ]'
 [ $rc -eq 0 ] || { cat "$tmp/up.out"; exit 1; }
@@ -61,23 +62,27 @@ start() {
   r0=$(rank_worker "$job" 0) r1=$(rank_worker "$job" 1) r2=$(rank_worker "$job" 2)
 }
 
+# kill_rank2: rank 2 stopped first, killed once ranks 0 and 1 have finished every step it fed
+# (their steps stand still; mesh.timeout_s is long): then they usually hold the same step and
+# each is a source of it. A kill mid-step more often finds one a step behind the other, which
+# then pulls state instead of sending it (rank 2 may still have fed one survivor a step more).
+survivor_steps() { "$moectl" status "$job" --json | json '" ".join(str(s.get("step", 0)) for s in d["slots"][:2])'; }
+both_waiting() { local now; now=$(survivor_steps); [ "$now" = "$held" ] || { held=$now; false; }; }
+kill_rank2() {
+  local victim; victim=$(worker_field "$r2" pid)
+  held=
+  kill -STOP "$victim"
+  wait_until 20 'both_waiting && sleep 0.5 && both_waiting'
+  echo "     ranks 0 and 1 stand at steps $held"
+  kill -9 "$victim"
+  echo "     killed $r2 (pid $victim, rank 2, stopped) at step $(step_of "$job")"
+}
+
 echo "== one bad source: refused, the other one used"
 start
 corrupt "$job" 0
 check "InjectFault corrupt-transfer on rank 0 ($r0) accepted" '[ $? -eq 0 ]'
-victim=$(worker_field "$r2" pid)
-# Rank 2 stopped first: ranks 0 and 1 finish the steps it has fed and then both wait in the
-# same one (mesh.timeout_s is long), so both hold the step the recovery returns to and the
-# plan takes rank 0's copy first. A kill mid-step could find rank 0 a step behind rank 1,
-# and rank 0 then pulls state instead of sending it.
-kill -STOP "$victim"
-survivor_steps() { "$moectl" status "$job" --json | json '" ".join(str(s.get("step", 0)) for s in d["slots"][:2])'; }
-held=
-both_waiting() { local now; now=$(survivor_steps); [ "$now" = "$held" ] && [ "${now% *}" = "${now#* }" ] || { held=$now; false; }; }
-wait_until 20 'both_waiting && sleep 0.5 && both_waiting'
-echo "     ranks 0 and 1 wait at steps $held"
-kill -9 "$victim"
-echo "     killed $r2 (pid $victim, rank 2, stopped) at step $(step_of "$job")"
+kill_rank2
 wait_until 90 '[[ "$(events "$job")" == *"recovered: "* ]] || [ "$(state_of "$job")" != JOB_RUNNING ]'
 events "$job" >"$tmp/events.txt"
 check "the job recovered" 'grep -q "^recovered: " "$tmp/events.txt"'
@@ -102,7 +107,7 @@ start --set run.steps=1000000
 corrupt "$job" 0 && corrupt "$job" 1
 check "InjectFault corrupt-transfer on ranks 0 ($r0) and 1 ($r1) accepted" '[ $? -eq 0 ]'
 coord=$(cat "$cdir/coordinator.pid")
-kill -9 "$(worker_field "$r2" pid)"
+kill_rank2
 wait_until 90 '[ "$(state_of "$job")" = JOB_FAILED ]'
 check "the job FAILED" '[ "$(state_of "$job")" = JOB_FAILED ]'
 err=$("$moectl" status "$job" --json | json 'd["job"]["error"]')
