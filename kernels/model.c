@@ -308,6 +308,8 @@ double model_forward(struct model *m, const int *tokens, const int *targets, int
     return loss;
 }
 
+static int go_on(const struct model_exec *x) { return !x || !x->between || !x->between(x->ctx); }
+
 int model_forward_exec(struct model *m, const int *tokens, const int *targets, int B, int T,
                        const struct model_exec *x, double *loss) {
     const struct model_config *c = &m->cfg;
@@ -337,6 +339,7 @@ int model_forward_exec(struct model *m, const int *tokens, const int *targets, i
         attention_forward(atty, att, qkv, B, T, C, NH);
         matmul_forward(xmid, atty, p->attn_out + (size_t)l * C * C, N, C, C);
         add_inplace(xmid, xin, (size_t)N * C);
+        if (!go_on(x)) return -1;
 
         rmsnorm_forward(ln2, a.ln2_rstd + l * s.N, xmid, p->ln2_w + l * C, N, C, c->norm_eps);
         struct moe_acts ma;
@@ -358,6 +361,7 @@ int model_forward_exec(struct model *m, const int *tokens, const int *targets, i
                             p->w_down + l * E * FC, &mc);
         }
         add_into(xout, xmid, a.moe_out, (size_t)N * C);
+        if (!go_on(x)) return -1;
     }
     rmsnorm_forward(a.lnf, a.lnf_rstd, a.resid + L * s.NC, p->lnf_w, N, C, c->norm_eps);
     matmul_forward(a.logits, a.lnf, p->wte, N, C, V);
@@ -452,6 +456,7 @@ int model_backward_exec(struct model *m, const int *tokens, const int *targets, 
         }
         rmsnorm_backward(dresid, g->ln2_w + l * C, dln, xmid, p->ln2_w + l * C,
                          a.ln2_rstd + l * s.N, N, C);
+        if (!go_on(x)) return -1;
 
         /* attention block */
         matmul_backward(datty, g->attn_out + (size_t)l * C * C, dresid, atty,
@@ -464,6 +469,7 @@ int model_backward_exec(struct model *m, const int *tokens, const int *targets, 
         rmsnorm_backward(dresid, g->ln1_w + l * C, dln, xin, p->ln1_w + l * C,
                          a.ln1_rstd + l * s.N, N, C);
         if (x && x->layer_done && x->layer_done(x->ctx, l) != 0) return -1;
+        if (!go_on(x)) return -1;
     }
     encoder_backward(g->wte, dresid, tokens, N, C);
     return 0;

@@ -182,6 +182,9 @@ struct model_exec {
                             const struct moe_layer_cfg *c);
     /* every gradient of layer l is final (called as the backward leaves it; may be NULL) */
     int (*layer_done)(void *ctx, int l);
+    /* between two pieces of a pass (each layer's attention and MoE block, forward and
+     * backward; may be NULL): non-zero abandons the pass, as a failed hook does */
+    int (*between)(void *ctx);
 };
 /* model_forward / model_backward with the experts run by x (NULL: here, all E must be
  * local). Return 0, or -1 when a hook failed. */

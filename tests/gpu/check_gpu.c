@@ -1041,7 +1041,8 @@ static void test_model_exec(void) {
 
     struct local_hooks hc = {.cpu = &cpu, .fail_layer = -1};
     struct local_hooks hg = {.gpu = &gpu, .fail_layer = -1};
-    struct model_exec xc = {&hc, cpu_experts_forward, cpu_experts_backward, record_layer_done};
+    struct model_exec xc = {&hc, cpu_experts_forward, cpu_experts_backward, record_layer_done,
+                            NULL};
     struct model_exec_cuda xg = {&hg, gpu_experts_forward, gpu_experts_backward,
                                  record_layer_done};
 

@@ -161,6 +161,16 @@ moe_status comm_barrier(struct comm *c, int channel, const struct comm_group *g)
 moe_status comm_send(struct comm *c, int channel, int to_rank, const void *buf, size_t bytes);
 moe_status comm_recv(struct comm *c, int channel, int from_rank, void *buf, size_t bytes);
 
+/* Between operations, from the thread that computes: MOE_OK, or MOE_EUNAVAILABLE naming a
+ * tcp peer whose connection closed (a dead process: the comm breaks, as an operation with
+ * it would), or the error of a comm already broken or aborted. A collective sees a dead
+ * peer at once, but a rank that computes for a long time between two of them would see it
+ * only at the next one: asking here between pieces of the compute finds it within one
+ * piece. Nonblocking and cheap: it looks at most once per COMM_PEER_CHECK_MS (one poll()
+ * without waiting) and reads no byte. */
+#define COMM_PEER_CHECK_MS 2
+moe_status comm_check_peers(struct comm *c);
+
 /* Bytes this rank sent to other ranks since comm_open, by kind of operation. */
 struct comm_stats {
     uint64_t alltoall_bytes;  // comm_alltoallv

@@ -100,6 +100,7 @@ struct comm {
     struct comm_mpi *mpi; // NULL for the tcp backend
     void *scratch[COMM_CHANNELS]; // per-channel leaves of the reductions (members x piece)
     size_t scratch_bytes[COMM_CHANNELS];
+    double next_peer_check; // comm_check_peers looks again from then on (its caller's thread)
 };
 
 /* One peer's part in an exchange: a header and `send_bytes` of payload go out (when

@@ -15,6 +15,7 @@
  * mpi.c), allocates per byte, or sleeps with nothing to wake it: every wait is a poll() with
  * a deadline.
  */
+#define _GNU_SOURCE // POLLRDHUP: a peer's FIN, seen without reading the stream
 #include "engine.h"
 #include "transport.h"
 #include "../../common/clock.h"
@@ -285,4 +286,28 @@ moe_status comm_exchange(struct comm *c, int channel, struct xfer *x, int nx) {
         if (transports[t]->abandon) transports[t]->abandon(c, channel, x, nx, r.culprit);
     if (counted) atomic_fetch_sub(&c->in_flight, 1);
     return break_comm(c, res);
+}
+
+/* A peer's closed connection shows on its socket as a half-close (the FIN a dying process's
+ * kernel sends) or a reset, whether or not bytes wait unread in front of it: poll() reports
+ * that without reading the stream. Channel 0's sockets stand for the peer (all its links
+ * close together); MPI peers have none and are found by their operations. */
+moe_status comm_check_peers(struct comm *c) {
+    CHECK(check_usable(c));
+    double now = moe_clock_s();
+    if (now < c->next_peer_check) return MOE_OK;
+    c->next_peer_check = now + COMM_PEER_CHECK_MS * 1e-3;
+    struct pollfd pf[COMM_MAX_RANKS];
+    int who[COMM_MAX_RANKS], n = 0;
+    for (int q = 0; q < c->size; q++)
+        if (c->peers[q].ch[0].fd >= 0) {
+            pf[n] = (struct pollfd){.fd = c->peers[q].ch[0].fd, .events = POLLRDHUP};
+            who[n++] = q;
+        }
+    if (n == 0 || poll(pf, (nfds_t)n, 0) <= 0) return MOE_OK;
+    for (int i = 0; i < n; i++)
+        if (pf[i].revents & (POLLRDHUP | POLLHUP | POLLERR))
+            return break_comm(c, moe_fail(MOE_EUNAVAILABLE, "comm: rank %d closed its "
+                                          "connection (process gone?)", who[i]));
+    return MOE_OK;
 }

@@ -306,6 +306,18 @@ oom:
                     "in layer %d", rows, x->pod.me, l);
 }
 
+/* Between experts: a peer whose process died is found within one expert's compute, not at
+ * the next collective (a large share of a step later), so the fault is reported and the
+ * recovery starts while this slot would otherwise still compute a step it will throw away. */
+static int peers_alive(struct slot_exec *x) {
+    moe_status s = comm_check_peers(x->comm);
+    if (s == MOE_OK) return 1;
+    x->hook_status = s;
+    return 0;
+}
+
+static int hook_between(void *ctx) { return peers_alive(ctx) ? 0 : -1; }
+
 static int hook_forward(void *ctx, int l, struct moe_acts *a, const struct moe_layer_cfg *c) {
     struct slot_exec *x = ctx;
     int S = x->S, El = x->El, C = x->C, F = x->F;
@@ -347,6 +359,7 @@ static int hook_forward(void *ctx, int l, struct moe_acts *a, const struct moe_l
         for (int e = 0; e < El; e++) {
             int m = cnt[i * El + e];
             size_t w = ((size_t)l * El + e) * FC;
+            if (!peers_alive(x)) return -1;
             expert_ffn_forward(x->ye_r + r * C, h1 + r * F, h2 + r * F, ha + r * F, xe + r * C,
                                p->w_gate + w, p->w_up + w, p->w_down + w, m, C, F);
             r += (size_t)m;
@@ -390,6 +403,7 @@ static int hook_backward(void *ctx, int l, const struct moe_acts *a, struct moe_
         for (int e = 0; e < El; e++) {
             int rows = cnt[i * El + e];
             size_t w = ((size_t)l * El + e) * FC, o = (size_t)e * FC;
+            if (!peers_alive(x)) return -1;
             expert_ffn_backward(x->dxe_r + r * C, leaf[0][i] + o, leaf[1][i] + o, leaf[2][i] + o,
                                 x->dh1_r, x->dh2_r, x->dye_r + r * C, xe + r * C, h1 + r * F,
                                 h2 + r * F, ha + r * F, p->w_gate + w, p->w_up + w,
@@ -443,6 +457,7 @@ moe_status slot_exec_open(struct trainer *t) {
 
     x->exec.ctx = x;
     x->exec.layer_done = hook_layer_done;
+    x->exec.between = hook_between;
     if (x->S > 1) {
         x->exec.experts_forward = hook_forward;
         x->exec.experts_backward = hook_backward;
