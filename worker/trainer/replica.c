@@ -6,6 +6,7 @@
 #include "../comm/comm.h"
 #include "thread_error.h"
 #include "transfer_check.h"
+#include "transfer_lanes.h"
 
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -397,21 +398,17 @@ static int own_version(struct replica *r, long step, real *arena[4]) {
     return 0;
 }
 
-/* Every transfer of a slot's state is the same sequence of messages: a header (step, slot
- * index), then for the parameters and both moments the three pieces around the experts (so
- * that a buddy can send its own dense part with its copy of the experts), then the buffers,
- * then the CRC-32C of every block of every piece (transfer_check.h), computed before any of
- * it was sent. The receiver uses the state only once every block matches. */
+/* Every transfer of a slot's state is the same sequence: a header (step, slot index), then
+ * for the parameters and both moments the three pieces around the experts (so that a buddy
+ * can send its own dense part with its copy of the experts), then the buffers, these ten in
+ * chunks over the lanes (transfer_lanes.h), then the CRC-32C of every block of every piece
+ * (transfer_check.h), each computed before its block was sent. The receiver computes its own
+ * as the chunks arrive and uses the state only once every block matches. */
 struct state_header {
     int64_t step, slot;
 };
 
 enum { STATE_PIECES = 10 };
-
-struct piece {
-    real *p;
-    size_t bytes;
-};
 
 static const char *const piece_names[STATE_PIECES] = {
     "parameters before the experts", "expert parameters", "parameters after the experts",
@@ -421,51 +418,33 @@ static const char *const piece_names[STATE_PIECES] = {
 
 /* The pieces in the order they go; returns how many checksums they have. */
 static size_t state_pieces(const struct replica *r, real *const own[4], real *const experts[3],
-                           struct piece pc[STATE_PIECES]) {
+                           struct lane_piece pc[STATE_PIECES]) {
     const struct model *m = &r->t->model;
     size_t n = m->n_params, hi = r->x_lo + r->x_n, blocks = 0;
     for (int a = 0; a < 3; a++) {
-        pc[3 * a] = (struct piece){own[a], sizeof(real) * r->x_lo};
-        pc[3 * a + 1] = (struct piece){experts[a], sizeof(real) * r->x_n};
-        pc[3 * a + 2] = (struct piece){own[a] + hi, sizeof(real) * (n - hi)};
+        pc[3 * a] = (struct lane_piece){own[a], sizeof(real) * r->x_lo, NULL};
+        pc[3 * a + 1] = (struct lane_piece){experts[a], sizeof(real) * r->x_n, NULL};
+        pc[3 * a + 2] = (struct lane_piece){own[a] + hi, sizeof(real) * (n - hi), NULL};
     }
-    pc[9] = (struct piece){own[3], sizeof(real) * m->n_buffers};
+    pc[9] = (struct lane_piece){own[3], sizeof(real) * m->n_buffers, NULL};
     for (int i = 0; i < STATE_PIECES; i++) blocks += transfer_blocks(pc[i].bytes);
     return blocks;
 }
 
-/* The sender's checksums: a buddy's copy of the experts keeps those its sender made (so that
- * damage to the copy in this process's memory shows too); the rest are computed now. */
-static void sign_pieces(const struct replica *r, const struct piece pc[STATE_PIECES],
-                        const uint32_t *copy_sum, uint32_t *sum) {
-    for (int i = 0; i < STATE_PIECES; i++) {
-        if (copy_sum && i % 3 == 1 && i < 9)
-            memcpy(sum, copy_sum + (i / 3) * r->xb, sizeof *sum * r->xb);
-        else
-            transfer_checksum(pc[i].p, pc[i].bytes, sum, 1);
-        sum += transfer_blocks(pc[i].bytes);
-    }
+/* A buddy's copy of the experts keeps the checksums its sender made (so that damage to the
+ * copy in this process's memory shows too); the rest are computed as the chunks go. */
+static void sign_copy(const struct replica *r, struct lane_piece pc[STATE_PIECES],
+                      const uint32_t *copy_sum) {
+    for (int a = 0; copy_sum && a < 3; a++) pc[3 * a + 1].sum = copy_sum + a * r->xb;
 }
 
-/* Sends the pieces; chaos "corrupt-transfer" flips one bit of the expert parameters on their
- * way out (after the checksums were made: a buddy's copy keeps its sender's), and back once
- * they are sent. */
-static moe_status send_pieces(struct replica *r, int to, const struct piece pc[STATE_PIECES]) {
-    struct comm *c = r->t->mesh.comm;
-    int corrupt = atomic_exchange(&r->corrupt, 0);
-    for (int i = 0; i < STATE_PIECES; i++) {
-        unsigned char *bit = corrupt && i == 1 && pc[i].bytes
-                                 ? (unsigned char *)pc[i].p + pc[i].bytes / 2 : NULL;
-        if (bit) {
-            *bit ^= 1u << 2;
-            LOG_WARN("chaos: slot (%d, %d) sends rank %d a state with a flipped bit (%s, byte "
-                     "%zu)", r->t->mesh.pod, r->s, to, piece_names[i], pc[i].bytes / 2);
-        }
-        moe_status s = comm_send(c, CH_MAIN, to, pc[i].p, pc[i].bytes);
-        if (bit) *bit ^= 1u << 2;
-        CHECK(s);
-    }
-    return MOE_OK;
+/* Chaos "corrupt-transfer": a bit of the expert parameters flipped on their way out (after
+ * its block's checksum was made: a buddy's copy keeps its sender's), and back once sent. */
+static unsigned char *corrupt_byte(struct replica *r, int to, const struct lane_piece pc[]) {
+    if (!atomic_exchange(&r->corrupt, 0) || !pc[1].bytes) return NULL;
+    LOG_WARN("chaos: slot (%d, %d) sends rank %d a state with a flipped bit (%s, byte %zu)",
+             r->t->mesh.pod, r->s, to, piece_names[1], pc[1].bytes / 2);
+    return (unsigned char *)pc[1].p + pc[1].bytes / 2;
 }
 
 /* A buddy's copy of slot `slot`'s experts at `step` (its buffers and checksums), or NULL. */
@@ -495,14 +474,15 @@ static moe_status send_state(struct replica *r, int to, int slot, long step, uin
                             "no copy of it", slot, step);
         for (int a = 0; a < 3; a++) experts[a] = h->buf[v] + (size_t)a * r->x_n;
     }
-    struct piece pc[STATE_PIECES];
+    struct lane_piece pc[STATE_PIECES];
     size_t n_sum = state_pieces(r, own, experts, pc);
     uint32_t *sum = calloc(n_sum + 1, sizeof *sum);
     if (!sum) return moe_fail(MOE_ENOMEM, "out of memory for %zu checksums", n_sum);
-    sign_pieces(r, pc, h ? h->sum[v] : NULL, sum);
+    sign_copy(r, pc, h ? h->sum[v] : NULL);
     struct state_header hd = {step, slot};
     moe_status s = comm_send(c, CH_MAIN, to, &hd, sizeof hd);
-    if (s == MOE_OK) s = send_pieces(r, to, pc);
+    if (s == MOE_OK)
+        s = transfer_lanes_send(c, to, pc, STATE_PIECES, sum, corrupt_byte(r, to, pc));
     if (s == MOE_OK) s = comm_send(c, CH_MAIN, to, sum, sizeof *sum * n_sum);
     free(sum);
     CHECK(s);
@@ -512,30 +492,24 @@ static moe_status send_state(struct replica *r, int to, int slot, long step, uin
 
 /* The received pieces against the sender's checksums: MOE_OK, or the refusal, naming the
  * first block that differs (st->refused_from: the sender). */
-static moe_status check_pieces(const struct replica *r, const struct piece pc[STATE_PIECES],
-                               const uint32_t *sum, uint32_t *scratch, int from, long step,
+static moe_status check_pieces(const struct replica *r, const struct lane_piece pc[STATE_PIECES],
+                               const uint32_t *sum, const uint32_t *got, int from, long step,
                                struct restore_stats *st) {
     for (int i = 0; i < STATE_PIECES; i++) {
-        uint32_t got;
-        long b = transfer_verify(pc[i].p, pc[i].bytes, sum, scratch, 1, &got);
-        if (b >= 0) {
+        size_t b = 0, n = transfer_blocks(pc[i].bytes);
+        while (b < n && got[b] == sum[b]) b++;
+        if (b < n) {
             st->refused_from = from;
             return moe_fail(MOE_EINTERNAL, "the state of slot (%d, %d) at step %ld from rank %d "
                             "failed its checksum: %s, block %ld of %zu (from byte %zu): CRC-32C "
                             "%08x, the sender's %08x; refused", r->t->mesh.pod, r->s, step, from,
-                            piece_names[i], b, transfer_blocks(pc[i].bytes),
-                            (size_t)b * TRANSFER_BLOCK_BYTES, got, sum[b]);
+                            piece_names[i], (long)b, n, b * TRANSFER_BLOCK_BYTES, got[b],
+                            sum[b]);
         }
-        sum += transfer_blocks(pc[i].bytes);
+        sum += n;
+        got += n;
     }
     return MOE_OK;
-}
-
-static moe_status recv_pieces(const struct replica *r, int from, const struct piece *pc,
-                              uint32_t *sum, size_t n_sum) {
-    struct comm *c = r->t->mesh.comm;
-    for (int i = 0; i < STATE_PIECES; i++) CHECK(comm_recv(c, CH_MAIN, from, pc[i].p, pc[i].bytes));
-    return comm_recv(c, CH_MAIN, from, sum, sizeof *sum * n_sum);
 }
 
 static moe_status recv_state(struct replica *r, int from, long step, struct restore_stats *st) {
@@ -552,11 +526,12 @@ static moe_status recv_state(struct replica *r, int from, long step, struct rest
                         r->s, step);
     real *own[4] = {m->param_mem, m->m_mem, m->v_mem, m->buffer_mem};
     real *experts[3] = {own[0] + r->x_lo, own[1] + r->x_lo, own[2] + r->x_lo};
-    struct piece pc[STATE_PIECES];
+    struct lane_piece pc[STATE_PIECES];
     size_t n_sum = state_pieces(r, own, experts, pc);
     uint32_t *sum = calloc(2 * n_sum + 1, sizeof *sum);
     if (!sum) return moe_fail(MOE_ENOMEM, "out of memory for %zu checksums", n_sum);
-    moe_status s = recv_pieces(r, from, pc, sum, n_sum);
+    moe_status s = transfer_lanes_recv(c, from, pc, STATE_PIECES, sum + n_sum);
+    if (s == MOE_OK) s = comm_recv(c, CH_MAIN, from, sum, sizeof *sum * n_sum);
     if (s == MOE_OK) s = check_pieces(r, pc, sum, sum + n_sum, from, step, st);
     free(sum);
     CHECK(s);
