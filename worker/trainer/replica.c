@@ -73,18 +73,35 @@ static moe_status exchange_round(struct replica *r, int j, const void *send, voi
     return comm_alltoallv(c, CH_COPY, &g, send, sb, recv, rb);
 }
 
-/* Whether version v of a received copy is what its sender checksummed. One that is not is
- * not kept as a copy (no fence lists it): a restore never starts from it. */
+/* Round j's part of one arena (the parameters or a moment), in chunks: each chunk's blocks
+ * are checksummed just before it goes (in round 1: every round sends the same bytes) and
+ * just after it arrived (into x_scratch), while it is in the cache, so the copy costs no
+ * separate pass over the memory on either side. */
+static moe_status exchange_arena(struct replica *r, int j, int a, const real *send, real *recv) {
+    const size_t Q = TRANSFER_LANE_CHUNK_BYTES, bytes = sizeof(real) * r->x_n;
+    uint32_t *mine = r->x_sum + a * r->xb, *got = r->x_scratch + a * r->xb;
+    for (size_t off = 0; off < bytes; off += Q) {
+        size_t len = bytes - off < Q ? bytes - off : Q, b = off / TRANSFER_BLOCK_BYTES;
+        const unsigned char *out = (const unsigned char *)send + off;
+        unsigned char *in = (unsigned char *)recv + off;
+        if (j == 1) transfer_checksum(out, len, mine + b, 0);
+        CHECK(exchange_round(r, j, out, in, len));
+        transfer_checksum(in, len, got + b, 0);
+    }
+    return MOE_OK;
+}
+
+/* Whether version v of a received copy, as it arrived, is what its sender checksummed. One
+ * that is not is not kept as a copy (no fence lists it): a restore never starts from it. */
 static int copy_intact(struct replica *r, const struct held *h, int v, long step) {
-    size_t bytes = sizeof(real) * r->x_n;
     for (int a = 0; a < 3; a++) {
-        uint32_t got;
-        long b = transfer_verify(h->buf[v] + (size_t)a * r->x_n, bytes, h->sum[v] + a * r->xb,
-                                 r->x_scratch + a * r->xb, 0, &got);
-        if (b < 0) continue;
+        const uint32_t *want = h->sum[v] + a * r->xb, *got = r->x_scratch + a * r->xb;
+        size_t b = 0;
+        while (b < r->xb && got[b] == want[b]) b++;
+        if (b == r->xb) continue;
         LOG_WARN("slot (%d, %d): the buddy copy of slot %d's experts at step %ld failed its "
-                 "checksum (part %d, block %ld: CRC-32C %08x, the sender's %08x): not kept",
-                 r->t->mesh.pod, r->s, h->slot, step, a, b, got, h->sum[v][a * r->xb + b]);
+                 "checksum (part %d, block %zu: CRC-32C %08x, the sender's %08x): not kept",
+                 r->t->mesh.pod, r->s, h->slot, step, a, b, got[b], want[b]);
         return 0;
     }
     return 1;
@@ -92,15 +109,12 @@ static int copy_intact(struct replica *r, const struct held *h, int v, long step
 
 /* Sends S(step)'s experts to every buddy and receives the copies of the slots before us, each
  * into the version that does not hold the newest copy. Straight from the arenas (the live
- * state does not change before the step's update, which waits for this): one round for the
- * parameters and one for each moment, no staging copy; then the checksums the receiver holds
- * the copy to (here on arrival, and again by whoever it restores from this copy). */
+ * state does not change before the step's update, which waits for this): the parameters and
+ * each moment in chunks, no staging copy; then the checksums the receiver holds the copy to
+ * (here on arrival, and again by whoever it restores from this copy). */
 static moe_status send_copies(struct replica *r, long step) {
     const struct model *m = &r->t->model;
     const real *arena[3] = {m->param_mem, m->m_mem, m->v_mem};
-    size_t bytes = sizeof(real) * r->x_n;
-    for (int a = 0; a < 3; a++)
-        transfer_checksum(arena[a] + r->x_lo, bytes, r->x_sum + a * r->xb, 0);
     for (int j = 1; j <= r->nb; j++) {
         struct held *h = &r->held[j - 1];
         int v = h->step[0] <= h->step[1] ? 0 : 1; /* the older (or empty) one */
@@ -108,7 +122,7 @@ static moe_status send_copies(struct replica *r, long step) {
         h->step[v] = -1; /* being overwritten: not a copy until it is whole */
         pthread_mutex_unlock(&r->mu);
         for (int a = 0; a < 3; a++)
-            CHECK(exchange_round(r, j, arena[a] + r->x_lo, h->buf[v] + (size_t)a * r->x_n, bytes));
+            CHECK(exchange_arena(r, j, a, arena[a] + r->x_lo, h->buf[v] + (size_t)a * r->x_n));
         CHECK(exchange_round(r, j, r->x_sum, h->sum[v], sizeof(uint32_t) * 3 * r->xb));
         int ok = copy_intact(r, h, v, step);
         pthread_mutex_lock(&r->mu);
