@@ -413,6 +413,7 @@ void experts_forward(real *out, struct moe_acts *a, const real *inp, const real 
     int N = c->B * c->T, C = c->C, E = c->E, K = c->K, F = c->F;
     moe_gather(a->xe, inp, a->row_token, a->expert_off[E], C);
     for (int e = 0; e < E; e++) {
+        if (c->interrupt && c->interrupt(c->interrupt_ctx)) break;
         int r0 = a->expert_off[e], m = a->expert_off[e + 1] - r0;
         expert_ffn_forward(a->ye + (size_t)r0 * C, a->h1 + (size_t)r0 * F, a->h2 + (size_t)r0 * F,
                            a->ha + (size_t)r0 * F, a->xe + (size_t)r0 * C,
@@ -560,6 +561,7 @@ void moe_backward(real *dinp, real *drouter_w, real *dw_gate, real *dw_up, real 
     moe_backward_scratch(&s, scratch, c);
     moe_combine_backward(s.dye, s.dgates, dout, a->ye, a->row_of, a->gates, N, K, C);
     for (int e = 0; e < E; e++) {
+        if (c->interrupt && c->interrupt(c->interrupt_ctx)) break;
         int r0 = a->expert_off[e], m = a->expert_off[e + 1] - r0;
         expert_ffn_backward(s.dxe + (size_t)r0 * C, dw_gate + (size_t)e * F * C,
                             dw_up + (size_t)e * F * C, dw_down + (size_t)e * C * F,

@@ -88,6 +88,9 @@ struct moe_layer_cfg {
     int capacity;        // per expert per sequence; >= T*K means dropless
     double aux_coef, z_coef; // loss weights, already scaled for a micro-batch's share
     int accumulate;      // backward adds to the weight gradients instead of writing them
+    int (*interrupt)(void *ctx); // NULL, or asked before each expert's forward and backward:
+    void *interrupt_ctx;         // non-zero skips the layer's other experts (the caller, told
+                                 // the same by its own ask, abandons the pass)
 };
 
 /* Routing: logits, softmax, top-k on probs + bias, gates, capacity per sequence (k-major

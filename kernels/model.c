@@ -310,6 +310,13 @@ double model_forward(struct model *m, const int *tokens, const int *targets, int
 
 static int go_on(const struct model_exec *x) { return !x || !x->between || !x->between(x->ctx); }
 
+/* The local experts ask x->between too: an expert's compute is most of a layer's. */
+static void interruptible(struct moe_layer_cfg *mc, const struct model_exec *x) {
+    if (!x) return;
+    mc->interrupt = x->between;
+    mc->interrupt_ctx = x->ctx;
+}
+
 int model_forward_exec(struct model *m, const int *tokens, const int *targets, int B, int T,
                        const struct model_exec *x, double *loss) {
     const struct model_config *c = &m->cfg;
@@ -320,6 +327,7 @@ int model_forward_exec(struct model *m, const int *tokens, const int *targets, i
     acts_carve(&a, m->act_mem, m->int_mem, c, m->B_max, &n_int);
     struct acts_layout s = layout_of(c, m->B_max);
     struct moe_layer_cfg mc = model_moe_cfg(c, B, T);
+    interruptible(&mc, x);
     struct model_params *p = &m->params;
 
     memset(m->stats.load, 0, sizeof(long) * L * E);
@@ -407,6 +415,7 @@ int model_backward_exec(struct model *m, const int *tokens, const int *targets, 
     acts_carve(&a, m->act_mem, m->int_mem, c, m->B_max, &n_int);
     struct acts_layout s = layout_of(c, m->B_max);
     struct moe_layer_cfg mc = model_moe_cfg(c, B, T);
+    interruptible(&mc, x);
     mc.aux_coef *= loss_scale;
     mc.z_coef *= loss_scale;
     mc.accumulate = accumulate;

@@ -845,6 +845,63 @@ static void test_kill(void) {
     scenario_reap(&s, 20);
 }
 
+/* comm_check_peers, between operations: a live peer is never taken for a dead one; a
+ * killed one is found without any operation, long before the timeout, and named. */
+static int body_check_peers(struct scenario *s, int rank, struct comm *c, moe_status st) {
+    EXPECT_MSG(st == MOE_OK, "rank %d open: %s", rank, moe_errmsg());
+    if (st != MOE_OK) return 1;
+    struct comm_group all = {.n = 2, .me = rank, .ranks = {0, 1}};
+    EXPECT(comm_barrier(c, 0, &all) == MOE_OK); /* the links have carried bytes */
+    report(s, rank, "started", moe_clock_s());
+    if (rank == 1) {
+        wait_go(s, rank, 20); /* the parent kills it meanwhile */
+        return 0;
+    }
+    moe_status r = MOE_OK;
+    long looks = 0;
+    double end = moe_clock_s() + 20;
+    while ((r = comm_check_peers(c)) == MOE_OK && moe_clock_s() < end) {
+        looks++;
+        usleep(500);
+    }
+    report(s, rank, r == MOE_EUNAVAILABLE && strstr(moe_errmsg(), "rank 1") ? "found" : "missed",
+           moe_clock_s());
+    report(s, rank, "looks", (double)looks);
+    /* the comm is broken: an operation fails at once */
+    EXPECT(comm_barrier(c, 1, &all) == MOE_EUNAVAILABLE);
+    return 0;
+}
+
+static void test_check_peers(void) {
+    printf("comm_check_peers finds a killed rank between operations\n");
+    struct scenario s;
+    scenario_init(&s, 1, 2, 10); // the timeout is long: only the check can explain a find
+    scenario_fork(&s, body_check_peers);
+    int rank[8];
+    char ev[8][32];
+    double val[8];
+    int got = read_reports(&s, 2, 20, rank, ev, val);
+    EXPECT_MSG(got == 2, "only %d ranks started", got);
+    usleep(100000); // rank 0 looks at a live peer a while first
+    double killed = moe_clock_s();
+    kill(s.pid[1], SIGKILL);
+    got = read_reports(&s, 2, 20, rank, ev, val);
+    EXPECT_MSG(got == 2, "only %d reports after the kill", got);
+    for (int i = 0; i < got; i++) {
+        if (strcmp(ev[i], "looks") == 0) {
+            EXPECT_MSG(val[i] > 10, "rank 0 looked only %.0f times before the kill", val[i]);
+            continue;
+        }
+        EXPECT_MSG(strcmp(ev[i], "found") == 0, "rank 0 did not find the killed rank 1: %s",
+                   ev[i]);
+        EXPECT_MSG(val[i] - killed < 2.0, "rank 0 found it %.2f s after the kill",
+                   val[i] - killed);
+        printf("  rank 0 found it %.3f s after the kill\n", val[i] - killed);
+    }
+    if (write(s.go[0][1], "g", 1) < 0) perror("go");
+    scenario_reap(&s, 20);
+}
+
 static void test_stop(void) {
     printf("SIGSTOP a rank\n");
     struct scenario s;
@@ -974,7 +1031,7 @@ static int selected(int argc, char **argv, const char *name) {
 }
 
 /* Arguments, if any, name the scenarios to run (ops, encrypt, mismatch, strangers, slowloris,
- * tamper, kill, stop, abort, cancel). */
+ * tamper, kill, check_peers, stop, abort, cancel). */
 int main(int argc, char **argv) {
     moe_log_init("test");
     signal(SIGPIPE, SIG_DFL); // the data plane must not need SIGPIPE ignored
@@ -1019,6 +1076,12 @@ int main(int argc, char **argv) {
         test_kill();
         setenv("MOE_COMM_SHM", "0", 1);
         test_kill();
+        unsetenv("MOE_COMM_SHM");
+    }
+    if (selected(argc, argv, "check_peers")) {
+        test_check_peers();
+        setenv("MOE_COMM_SHM", "0", 1);
+        test_check_peers();
         unsetenv("MOE_COMM_SHM");
     }
     if (selected(argc, argv, "stop")) test_stop();
