@@ -41,6 +41,7 @@ struct replica {
     int keep_prev;              // the job can recover (mesh_recoverable): keep S(t - 1)
     atomic_int flip;            // a bit flip was asked for (chaos)
     atomic_int corrupt;         // the next state sent for a restore carries a flipped bit (chaos)
+    atomic_int cut_short;       // the step was given up: the thread's hash stops where it is
 
     pthread_mutex_t mu;         // guards fenced, the versions' steps and the update
     int fenced;
@@ -132,15 +133,28 @@ static moe_status send_copies(struct replica *r, long step) {
     return MOE_OK;
 }
 
+/* transfer_checksum of one part, chunk by chunk; 0 when `stop` was set before its end. */
+static int checksum_part(const void *p, size_t bytes, uint32_t *out, const atomic_int *stop) {
+    const size_t Q = TRANSFER_LANE_CHUNK_BYTES;
+    for (size_t at = 0; at < bytes; at += Q) {
+        if (stop && atomic_load(stop)) return 0;
+        transfer_checksum((const unsigned char *)p + at, bytes - at < Q ? bytes - at : Q,
+                          out + at / TRANSFER_BLOCK_BYTES, 0);
+    }
+    return 1;
+}
+
 /* The digest data-parallel replicas compare (bit for bit): SHA-256 of the step and of the
  * CRC-32C of every 1 MiB block of the parameters, both moments and the buffers, the blocks of
  * a checked transfer (transfer_check.c). A flipped bit always changes its block's CRC, other
  * damage escapes with chance 2^-32 per block, and the CRCs run at 20-30 GB/s on one core
  * where SHA-256 over the bytes runs at 1.8 GB/s: this is what makes checking every step
- * cheap. On the calling thread alone (the replica thread, or the loop at a fence). */
+ * cheap. On the calling thread alone (the replica thread, or the loop at a fence). In
+ * chunks, looking at `stop` (NULL: never) before each: a step given up does not wait for the
+ * hash of a state it will not report (a recovery's detection would wait a pass over it). */
 static moe_status hash_arenas(long step_l, const real *param, const real *mom1, const real *mom2,
                               const real *buf, size_t n_params, size_t n_buffers,
-                              uint8_t out[32]) {
+                              const atomic_int *stop, uint8_t out[32]) {
     const void *part[4] = {param, mom1, mom2, buf};
     size_t bytes[4] = {sizeof(real) * n_params, sizeof(real) * n_params,
                        sizeof(real) * n_params, sizeof(real) * n_buffers};
@@ -151,18 +165,20 @@ static moe_status hash_arenas(long step_l, const real *param, const real *mom1, 
     int64_t step = step_l;
     int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
              EVP_DigestUpdate(ctx, &step, sizeof step);
-    for (size_t i = 0, off = 0; ok && i < 4; off += transfer_blocks(bytes[i]), i++)
-        transfer_checksum(part[i], bytes[i], sums + off, 0);
-    ok = ok && EVP_DigestUpdate(ctx, sums, nb * sizeof *sums) &&
+    int whole = 1;
+    for (size_t i = 0, off = 0; ok && whole && i < 4; off += transfer_blocks(bytes[i]), i++)
+        whole = checksum_part(part[i], bytes[i], sums + off, stop);
+    ok = ok && whole && EVP_DigestUpdate(ctx, sums, nb * sizeof *sums) &&
          EVP_DigestFinal_ex(ctx, out, NULL);
     EVP_MD_CTX_free(ctx);
     free(sums);
+    if (!whole) return moe_fail(MOE_EINTERNAL, "the digest of the slot's state was cut short");
     return ok ? MOE_OK : moe_fail(MOE_EINTERNAL, "the digest of the slot's state failed");
 }
 
-static moe_status hash_state(const struct model *m, uint8_t out[32]) {
+static moe_status hash_state(const struct model *m, const atomic_int *stop, uint8_t out[32]) {
     return hash_arenas(m->step, m->param_mem, m->m_mem, m->v_mem, m->buffer_mem, m->n_params,
-                       m->n_buffers, out);
+                       m->n_buffers, stop, out);
 }
 
 static void *replica_main(void *arg) {
@@ -180,7 +196,7 @@ static void *replica_main(void *arg) {
         if (send) s = send_copies(r, step);
         uint8_t h[32];
         int hashed = 0;
-        if (s == MOE_OK && hash) hashed = (s = hash_state(&r->t->model, h)) == MOE_OK;
+        if (s == MOE_OK && hash) hashed = (s = hash_state(&r->t->model, &r->cut_short, h)) == MOE_OK;
         pthread_mutex_lock(&r->mu);
         thread_error_keep(&r->err, s);
         if (hashed) {
@@ -297,7 +313,11 @@ static moe_status wait_thread(struct replica *r) {
 moe_status replica_step_join(struct trainer *t) { return wait_thread(t->mesh.rep); }
 
 void replica_step_abandon(struct trainer *t) {
-    if (t->mesh.rep) (void)wait_thread(t->mesh.rep);
+    struct replica *r = t->mesh.rep;
+    if (!r) return;
+    atomic_store(&r->cut_short, 1);
+    (void)wait_thread(r);
+    atomic_store(&r->cut_short, 0);
 }
 
 moe_status replica_update(struct trainer *t, double norm) {
@@ -348,10 +368,10 @@ static void hash_own_copies(struct replica *r, struct state_copy *out, int n) {
     for (int i = 0; i < n; i++) {
         if (out[i].slot != r->s) continue;
         if (r->live_valid && out[i].step == m->step)
-            out[i].has_sha = hash_state(m, out[i].sha) == MOE_OK;
+            out[i].has_sha = hash_state(m, NULL, out[i].sha) == MOE_OK;
         else if (p->step >= 0 && out[i].step == p->step)
             out[i].has_sha = hash_arenas(p->step, p->param_mem, p->m_mem, p->v_mem,
-                                         p->buffer_mem, m->n_params, m->n_buffers,
+                                         p->buffer_mem, m->n_params, m->n_buffers, NULL,
                                          out[i].sha) == MOE_OK;
     }
 }
