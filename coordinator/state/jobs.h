@@ -88,6 +88,7 @@ struct job {
     int replicas;              // mesh.replicas
     int buddies;               // mesh_buddies(): the slots after each in its pod holding its copy
     double spare_wait_s;       // mesh.spare_wait_s
+    double partition_wait_s;   // mesh.partition_wait_s
     int move_to_spare;         // mesh.move_to_spare: doubled slots move onto idle workers
     int64_t committed_step;    // min over the slots of their replicated_step; never decreases
     int recoveries;            // recoveries completed
