@@ -47,7 +47,7 @@ mesh: {pods: 2, slots: 2}
 model: {d_model: 32, layers: 2, heads: 2, seq_len: 32, experts: 4, d_ff: 64}
 router: {top_k: 2}
 data: {sources: [{path: $corpus}], val_fraction: 0.05}
-run: {steps: ${PARTITION_STEPS:-600}, batch_size: 8, log_every: 100, eval_every: 0}
+run: {steps: ${PARTITION_STEPS:-1500}, batch_size: 8, log_every: 100, eval_every: 0}
 YAML
 OMP_NUM_THREADS=1 "$moectl_bin" train "$tmp/job.yaml" --quiet \
   --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err" &
