@@ -10,7 +10,11 @@
 # the job SUCCEEDS with the model `moectl train` makes in one process, byte for byte. Then a
 # job with mesh.partition_wait_s: 5 meets a cut that lasts longer: it FAILS with a reason
 # naming the pods and mesh.partition_wait_s, and the coordinator keeps serving (once the link
-# is back, the four workers are idle again and a short job SUCCEEDS on them).
+# is back, the four workers are idle again and a short job SUCCEEDS on them). Last, one
+# worker per host: a 2 x 1 job without spares whose host-2 worker is cut off from the
+# coordinator (not from its peer) for 20 s: its fence times out, so instead of failing after
+# mesh.spare_wait_s the recovery waits for it (partition_held, HELD); back, it keeps its slot
+# and the job ends with `moectl train`'s model for that mesh, byte for byte.
 # Needs root; without network namespaces it says why and exits 77, a skip. Every namespace
 # and process it made is gone at the end, also when it fails.
 set -u
@@ -161,8 +165,47 @@ job3=$(mctl submit "$tmp/tiny.yaml")
 mctl_for 120 watch "$job3" >/dev/null 2>&1
 check "... and the next job SUCCEEDS ($job3: $(state_of "$job3"))" '[ "$(state_of "$job3")" = JOB_SUCCEEDED ]'
 
+# ---- a worker cut off from the coordinator, that no plan can do without, is waited for ----
+# A 2 x 1 job on one worker per host (the others leave): slot (1, 0)'s worker on host 2 loses
+# the coordinator (its peer on host 1 still reaches it). It is found silent, and its fence times
+# out: cut off, not known dead. No spare, and the survivor holds the same slot index, so it
+# cannot play both: instead of failing after mesh.spare_wait_s (3 s) the recovery waits for it;
+# back, it is fenced again and the job goes on with it, ending with moectl train's model.
+sed -e "s/mesh: {pods: 2, slots: 2}/mesh: {pods: 2, slots: 1, spare_wait_s: 3}/" "$tmp/job.yaml" >"$tmp/cut.yaml"
+OMP_NUM_THREADS=1 "$moectl_bin" train "$tmp/cut.yaml" --quiet \
+  --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err" &
+ref_pid=$!
+for pid in $(mctl cluster status --json | json '" ".join(str(w["pid"]) for w in d["workers"] if w["address"].endswith(":7002") and w["state"] == "WORKER_IDLE")'); do
+  kill -TERM "$pid"
+done
+wait_until 30 '[ "$(alive)" = 2 ]'
+check "two workers left; one per host is alive ($(alive))" '[ "$(alive)" = 2 ]'
+job4=$(mctl submit "$tmp/cut.yaml")
+wait_until 90 '[ "$(step_of "$job4")" -ge 20 ] 2>/dev/null'
+check "a 2 x 1 job trains on hosts 1 and 2 ($job4, step $(step_of "$job4"))" '[ "$(step_of "$job4")" -ge 20 ]'
+cut_worker=$(mctl status "$job4" --json | json "[s['worker_id'] for s in d['slots'] if s.get('pod', 0) == 1][0]")
+printf '* * 0 1000 0\n0 2 0 1000 1\n2 0 0 1000 1\n' >"$tmp/links.conf"; hosts_links
+cut_at=$SECONDS
+wait_until 60 'has_event "$job4" partition_held || [ "$(state_of "$job4")" != JOB_RUNNING ]'
+check "host 2 cut from the coordinator: the recovery waits for $cut_worker (partition_held after $((SECONDS - cut_at)) s; $(events "$job4"))" \
+  'has_event "$job4" partition_held && [[ "$(event_text "$job4" partition_held)" == *"$cut_worker"*"cut off from the coordinator"* ]]'
+wait_until 30 '[ $((SECONDS - cut_at)) -ge 20 ] || [ "$(state_of "$job4")" != JOB_RUNNING ]'
+check "... still RUNNING $((SECONDS - cut_at)) s into the cut, past mesh.spare_wait_s, HELD" \
+  '[ "$(state_of "$job4")" = JOB_RUNNING ] && mctl status "$job4" | head -n 1 | grep -q HELD'
+links open
+wait_until 60 'has_event "$job4" recovered || [ "$(state_of "$job4")" != JOB_RUNNING ]'
+check "the link is back: $cut_worker is fenced again and keeps its slot ($(events "$job4"))" \
+  'has_event "$job4" partition_healed && has_event "$job4" recovered && [ "$(mctl status "$job4" --json | json "[s[\"worker_id\"] for s in d[\"slots\"] if s.get(\"pod\", 0) == 1][0]")" = "$cut_worker" ]'
+mctl_for 600 watch "$job4" >"$tmp/watch.out" 2>&1
+echo $? >"$tmp/watch.rc"
+wait "$ref_pid"
+rc=$?
+ref_pid=
+check "the reference of the 2 x 1 job" '[ $rc -eq 0 ] && [ -s "$tmp/reference.safetensors" ]'
+check_same_model "$job4" "$(cat "$tmp/watch.rc")"
+
 if [ $fails -gt 0 ]; then
-  for j in "$job" "$job2"; do mctl status "$j" 2>&1 | tail -n 25; done
+  for j in "$job" "$job2" "${job4:-}"; do mctl status "$j" 2>&1 | tail -n 25; done
   for f in "$tmp"/h*/*.log; do echo "== $f"; grep -v " INFO " "$f" | tail -n 8; done
 fi
 [ $fails -eq 0 ] && echo "cli_partition: all checks passed" || echo "cli_partition: $fails checks failed"

@@ -10,6 +10,9 @@
  * 10 s) after the last failed one, and when the hold has lasted mesh.partition_wait_s the job
  * fails naming the pods that could not reach each other and for how long. A rebind that
  * works ends it: event "partition_healed". JobInfo.held says it all meanwhile.
+ * Also: a worker whose fence timed out or found no route (cut off from the coordinator, not
+ * known dead) that no plan can do without (no spare after mesh.spare_wait_s, the last copy of
+ * a slot) is waited for up to mesh.partition_wait_s (recovery.c fences again when it is back).
  * Never: fences, plans or rebinds (recovery.c does, and counts the faults that are no
  * partition), or decides that a worker is dead (a fence that finds one lost is no partition).
  */
@@ -135,11 +138,55 @@ int partition_wait(struct coordinator *co, struct job *j, char *why, size_t cap)
     return now < p->retry_ms;
 }
 
+/* "w-3 (slot (1, 0)), w-4 (slot (1, 1))": the workers lost at the fence by a timeout. */
+static int cut_off_text(const struct job *j, char *out, size_t cap) {
+    const struct recovery *r = j->rec;
+    size_t len = 0;
+    int n = 0;
+    out[0] = 0;
+    for (int k = 0; r->ans && k < job_n_slots(j) && len < cap; k++) {
+        if (r->ans[k].state != ANS_LOST || !r->ans[k].cut_off) continue;
+        char sl[32];
+        len += snprintf(out + len, cap - len, "%s%s (slot %s)", n++ ? ", " : "",
+                        r->ans[k].worker_id, job_slot_text(j, k, sl, sizeof sl));
+    }
+    return n;
+}
+
+int partition_cut_off(struct coordinator *co, struct job *j, const char *base, char *why,
+                      size_t cap) {
+    struct recovery *r = j->rec;
+    struct partition *p = &r->part;
+    char who[300];
+    if (!cut_off_text(j, who, sizeof who)) return 0;
+    int64_t now = moe_wall_ms();
+    if (!r->wait_since_ms) r->wait_since_ms = now;
+    double waited = (double)(now - r->wait_since_ms) / 1000.0;
+    if (waited >= j->partition_wait_s) {
+        snprintf(why, cap, "%s; %s did not answer its fence in time and did not come back "
+                 "within %.0f s (mesh.partition_wait_s): cut off from the coordinator, or dead",
+                 base, who, j->partition_wait_s);
+        return -1;
+    }
+    if (p->since_ms) return 1;
+    p->since_ms = now;
+    snprintf(p->text, sizeof p->text, "%s did not answer its fence in time: cut off from the "
+             "coordinator, not known dead; without it: %.300s; waiting for it to come back, or "
+             "for what it lacks, until %.0f s (mesh.partition_wait_s)", who, base,
+             j->partition_wait_s);
+    LOG_WARN("%s: %s", j->id, p->text);
+    job_event(co, j, 1, "partition_held", "%s", p->text);
+    return 1;
+}
+
 void partition_healed(struct coordinator *co, struct job *j) {
     struct partition *p = &j->rec->part;
     if (!p->since_ms) return;
+    char failed[48] = "";
+    if (p->tries)
+        snprintf(failed, sizeof failed, " and %d rebind%s that failed", p->tries,
+                 p->tries == 1 ? "" : "s");
     job_event(co, j, 1, "partition_healed", "the partition is over: every slot reached its "
-              "peers in epoch %llu, after %.1f s held and %d rebind%s that failed",
-              (unsigned long long)j->epoch, (double)(moe_wall_ms() - p->since_ms) / 1000.0,
-              p->tries, p->tries == 1 ? "" : "s");
+              "peers in epoch %llu, after %.1f s held%s", (unsigned long long)j->epoch,
+              (double)(moe_wall_ms() - p->since_ms) / 1000.0, failed);
 }

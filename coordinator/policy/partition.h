@@ -19,6 +19,13 @@ int partition_hold(struct coordinator *co, struct job *j, char *why, size_t cap)
  * was lost meanwhile: no longer a partition only), -1 when mesh.partition_wait_s has passed
  * (`why` says so). */
 int partition_wait(struct coordinator *co, struct job *j, char *why, size_t cap);
+/* The recovery cannot go on without a worker lost at its fence (`base`: why it would fail:
+ * no spare, no copy left). When a lost worker's fence timed out or found no route (cut off
+ * from the coordinator, not known dead), the recovery waits for it up to mesh.partition_wait_s
+ * from the start of its wait (event "partition_held" once): 1. -1: that has passed, `why` is
+ * the failure reason. 0: every lost worker is known dead, fail with `base`. */
+int partition_cut_off(struct coordinator *co, struct job *j, const char *base, char *why,
+                      size_t cap);
 /* Every slot is back: event "partition_healed" if the recovery was held. */
 void partition_healed(struct coordinator *co, struct job *j);
 

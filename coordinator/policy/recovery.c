@@ -10,8 +10,10 @@
  *            bound worker that holds a frozen state (or missed its new epoch) after a
  *            coordinator restart: event "failure"; a signal during a recovery's rebinding or
  *            restoring starts it again
- *   fence    FenceSlot (1 s, failing fast) to every worker bound in the epoch; an answer lists
- *            the state copies the worker holds, no answer makes the worker DEAD and its slot lost
+ *   fence    FenceSlot (1 s, failing fast) to every worker bound in the epoch (one found dead
+ *            too, unless superseded); an answer lists the state copies the worker holds, no
+ *            answer makes the worker DEAD and its slot lost (cut off, not known dead, when the
+ *            call timed out or found no route: partition.c may wait for it to come back)
  *   plan     recovery_plan.c: the slots that keep their worker, T, the sources; placement.c: a
  *            spare for every lost slot (tcp: any idle worker, or a survivor's second listener;
  *            mpi: a whole idle MPI job per lost pod), or a wait of up to mesh.spare_wait_s for
@@ -310,10 +312,26 @@ void recovery_fault_report(struct coordinator *co, struct job *j, int k,
     if (j->rec && !j->rec->first_fault_ms) j->rec->first_fault_ms = now;
 }
 
+/* A worker whose fence found it cut off (not dead) shows up again holding its state of the
+ * fenced epoch while the recovery waits without it: fenced again, so that its copies count. */
+static int back_from_cut(struct coordinator *co, struct job *j, int k, const struct worker *w,
+                         uint64_t epoch, int holding) {
+    struct recovery *r = j->rec;
+    if (!r || r->phase != REC_WAITING || !r->ans || k < 0 || !holding || epoch != j->epoch)
+        return 0;
+    const struct fence_answer *a = &r->ans[k];
+    if (a->state != ANS_LOST || !a->cut_off || strcmp(a->worker_id, w->id) != 0) return 0;
+    LOG_WARN("%s: %s is back, holding its state of epoch %llu: fencing again", j->id, w->id,
+             (unsigned long long)epoch);
+    fence_round(co, j);
+    return 1;
+}
+
 int recovery_worker_state(struct coordinator *co, struct job *j, int k, struct worker *w,
                           uint64_t epoch, int holding, const char *how) {
     if (!epoch) return 1; // a worker that does not say its epoch: nothing to compare
     if (epoch > j->epoch) return 0;
+    if (back_from_cut(co, j, k, w, epoch, holding)) return 1;
     if (dropped(j, w, k)) return 0; // fenced out: it becomes a spare once it stopped
     if (epoch == j->epoch && !holding) return 1;
     if (j->rec) return 1;           // our recovery reaches it: a fence, then its RunSlot
@@ -384,6 +402,15 @@ static void fence_holds(struct coordinator *co, struct job *j, struct fence_answ
     }
 }
 
+/* A fence that timed out or found no route to the worker: it may be alive and cut off from
+ * the coordinator (a partition). A refused or reset connection says its process is gone. */
+static int cut_off(const struct rpc_result *res) {
+    if (res->code == GRPC_STATUS_DEADLINE_EXCEEDED) return 1;
+    return res->code == GRPC_STATUS_UNAVAILABLE &&
+           (strstr(res->details, "No route") || strstr(res->details, "unreachable") ||
+            strstr(res->details, "timed out") || strstr(res->details, "Timeout"));
+}
+
 static void fence_reply(void *arg, const struct rpc_result *res, const ProtobufCMessage *msg) {
     struct fence_ctx *f = arg;
     struct coordinator *co = f->co;
@@ -413,7 +440,9 @@ static void fence_reply(void *arg, const struct rpc_result *res, const ProtobufC
     } else {
         char why[64]; // for events; the log has gRPC's whole story
         snprintf(why, sizeof why, "did not answer its fence (%s)", rpc_code_name(res->code));
-        if (answer_set(r, f->slot, ANS_LOST, why) && w) {
+        int set = answer_set(r, f->slot, ANS_LOST, why);
+        if (set) a->cut_off = cut_off(res);
+        if (set && w) {
             LOG_WARN("%s: %s at %s did not answer its fence: %s: %s: lost", j->id, w->id,
                      w->address, rpc_code_name(res->code), res->details);
             if (w->state != MOED__V1__WORKER_STATE__WORKER_LEFT) worker_mark_dead(co, w);
@@ -421,6 +450,15 @@ static void fence_reply(void *arg, const struct rpc_result *res, const ProtobufC
     }
     free(f);
     fence_answered(co, j);
+}
+
+/* Another live worker registered at w's address: w's process is gone for sure. */
+static int superseded(const struct coordinator *co, const struct worker *w) {
+    for (int i = 0; i < co->n_workers; i++) {
+        const struct worker *o = co->workers[i];
+        if (o != w && worker_alive(o) && !strcmp(o->address, w->address)) return 1;
+    }
+    return 0;
 }
 
 static void fence_round(struct coordinator *co, struct job *j) {
@@ -442,8 +480,10 @@ static void fence_round(struct coordinator *co, struct job *j) {
         struct fence_answer *a = &r->ans[k];
         snprintf(a->worker_id, sizeof a->worker_id, "%s", j->bindings[k].worker_id);
         struct worker *w = workers_find(co, a->worker_id);
-        if (!w || w->state == MOED__V1__WORKER_STATE__WORKER_DEAD ||
-            w->state == MOED__V1__WORKER_STATE__WORKER_LEFT || !w->channel) {
+        /* one the monitor found silent is fenced too: a refusal says it is dead, a timeout
+         * that it may be cut off from us (a partition) */
+        if (!w || w->state == MOED__V1__WORKER_STATE__WORKER_LEFT || !w->channel ||
+            (w->state == MOED__V1__WORKER_STATE__WORKER_DEAD && superseded(co, w))) {
             answer_set(r, k, ANS_LOST, "is dead");
             continue;
         }
@@ -488,7 +528,9 @@ static void wait_for_spare(struct coordinator *co, struct job *j, int k) {
                  "committed step %lld", job_slot_text(j, k, sl, sizeof sl), j->pods, j->slots, need,
                  waited, r->ans[k].worker_id, r->ans[k].why[0] ? r->ans[k].why : "was lost",
                  (long long)j->committed_step);
-        give_up(co, j, why);
+        char held[1400];
+        int cut = partition_cut_off(co, j, why, held, sizeof held); // it may come back
+        if (cut <= 0) give_up(co, j, cut < 0 ? held : why);
         return;
     }
     if (!r->waiting_announced) {
@@ -663,12 +705,16 @@ static void plan(struct coordinator *co, struct job *j) {
     int64_t t = plan_step(j, r, keep);
     if (t >= 0 && r->repair) repair_planned(j, r, t);
     if (t < 0) {
-        char why[900];
-        if (r->repair)
+        char why[900], held[1400];
+        int cut = 0;
+        if (r->repair) {
             repair_unrecoverable(j, r, why, sizeof why);
-        else
+        } else {
             plan_unrecoverable(j, r, keep, why, sizeof why);
-        give_up(co, j, why);
+            cut = partition_cut_off(co, j, why, held, sizeof held); // the copy may come back
+        }
+        if (cut > 0) r->phase = REC_WAITING;
+        if (cut <= 0) give_up(co, j, cut < 0 ? held : why);
         goto exit;
     }
     if (t < j->committed_step) { // the argument in docs/recovery.md says never: a bug

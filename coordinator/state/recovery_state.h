@@ -38,6 +38,8 @@ struct fence_answer {
     struct state_copy *copies;
     int n_copies;
     char why[200];               // ANS_LOST / ANS_EMPTY: what was seen
+    int cut_off;                 // ANS_LOST: its fence timed out or found no route, so it may
+                                 // be alive but cut off from us (a refusal says it is gone)
 };
 
 /* A state a restore refused: it failed its checksum (docs/recovery.md, "Checked transfers").
