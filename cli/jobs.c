@@ -370,6 +370,12 @@ static void print_recovery(const Moed__V1__JobInfo *j) {
     printf("  recovery  committed step %lld, %d recover%s%s%s\n", (long long)j->committed_step,
            j->recoveries, j->recoveries == 1 ? "y" : "ies", moves,
            j->recovering ? "; RECOVERING now (fencing, rebinding, restoring)" : "");
+    if (j->held_since_unix_ms) { // a partition waited out (docs/recovery.md, "Partitions")
+        char when[16], age[32];
+        moectl_clock(when, sizeof when, j->held_since_unix_ms);
+        moectl_age(age, sizeof age, moe_wall_ms() - j->held_since_unix_ms);
+        printf("  held      since %s (%s): %s\n", when, age, j->held);
+    }
 }
 
 /* ---- status ---- */
@@ -402,8 +408,9 @@ static void print_headline(const Moed__V1__JobStatus *st) {
         moectl_duration(d, sizeof d, st->eta_seconds);
         snprintf(eta, sizeof eta, ", ETA %s", d);
     }
-    printf("%s '%s' %s: step %lld/%lld (%.0f%%)%s\n", j->job_id, j->name,
-           client_job_state(j->state), (long long)j->step, (long long)j->total_steps, pct, eta);
+    printf("%s '%s' %s%s: step %lld/%lld (%.0f%%)%s\n", j->job_id, j->name,
+           client_job_state(j->state), j->held_since_unix_ms ? ", HELD (partition)" : "",
+           (long long)j->step, (long long)j->total_steps, pct, eta);
 }
 
 /* The last step's metrics, or without them the job's loss. */

@@ -102,6 +102,9 @@ static const struct field spec_fields[] = {
               "steps between hash comparisons of data-parallel replicas' state (0: never)"),
     DOUBLE_FIELD("mesh.spare_wait_s", mesh.spare_wait_s, "60", 0, 86400, BOUND_CLOSED,
                  "a recovery waits this long for a worker to play a lost slot, then fails"),
+    DOUBLE_FIELD("mesh.partition_wait_s", mesh.partition_wait_s, "600", 0, 86400, BOUND_CLOSED,
+                 "a recovery whose workers all hold their state but cannot reach each other (a "
+                 "partition) retries this long, then fails"),
     BOOL_FIELD("mesh.move_to_spare", mesh.move_to_spare, "true",
                "a slot a survivor plays beside its own moves onto the next idle worker (tcp; "
                "false: it stays, and idle workers are left to queued jobs)"),

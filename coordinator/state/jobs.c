@@ -54,6 +54,7 @@ void job_read_mesh(struct job *j, const struct mesh_spec *m) {
     j->replicas = m->replicas;
     j->buddies = mesh_buddies(m);
     j->spare_wait_s = m->spare_wait_s;
+    j->partition_wait_s = m->partition_wait_s;
     j->move_to_spare = m->move_to_spare;
 }
 
@@ -84,6 +85,7 @@ struct job *job_create(struct coordinator *co, const struct job_spec *spec) {
 void job_free(struct job *j) {
     job_drop_recovery(j);
     free(j->hashes);
+    free(j->agreed);
     repair_watch_free(j->repair);
     free(j->restore_from);
     free(j->spec_json);
@@ -426,6 +428,10 @@ static void job_info(Moed__V1__JobInfo *info, const struct job *j) {
     info->recoveries = j->recoveries;
     info->moves = j->moves;
     info->recovering = j->recovering;
+    if (j->rec && j->rec->part.since_ms) { // a partition held (policy/partition.c)
+        info->held = (char *)j->rec->part.text;
+        info->held_since_unix_ms = j->rec->part.since_ms;
+    }
 }
 
 Moed__V1__SlotBinding job_slot_binding(const struct job *j, int k) {

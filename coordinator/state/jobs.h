@@ -88,6 +88,7 @@ struct job {
     int replicas;              // mesh.replicas
     int buddies;               // mesh_buddies(): the slots after each in its pod holding its copy
     double spare_wait_s;       // mesh.spare_wait_s
+    double partition_wait_s;   // mesh.partition_wait_s
     int move_to_spare;         // mesh.move_to_spare: doubled slots move onto idle workers
     int64_t committed_step;    // min over the slots of their replicated_step; never decreases
     int recoveries;            // recoveries completed
@@ -107,6 +108,7 @@ struct job {
                                        //   of life to every slot back
                                //   this process saw end (/metrics)
     struct replica_hash *hashes; // (pods * slots) the latest state hash each slot reported
+    struct replica_hash *agreed; // (slots * REPLICA_AGREED_KEEP) the newest agreed hashes
     struct repair_watch *repair; // a repair whose replay has not yet shown the wrong copy
     uint64_t replica_matches;  // hash comparisons that agreed
     int replica_verified;      // the first agreement has been announced (event replica_check)
