@@ -308,6 +308,7 @@ moe_status comm_check_peers(struct comm *c) {
     for (int i = 0; i < n; i++)
         if (pf[i].revents & (POLLRDHUP | POLLHUP | POLLERR))
             return break_comm(c, moe_fail(MOE_EUNAVAILABLE, "comm: rank %d closed its "
-                                          "connection (process gone?)", who[i]));
+                                          "connection (process gone?), seen between "
+                                          "operations", who[i]));
     return MOE_OK;
 }
