@@ -21,7 +21,8 @@
  * Worker i is in physical pod i / W (W = 68 by default: 64 slots and 4 spares; a job of up
  * to 64 pods leaves at least one physical pod of spares, for the 64 lost at once). --check runs
  * once and asserts correctness instead of reporting speed (the test cli_scale_small): every
- * slot bound once, each lost slot replanned onto a spare, no worker lost across the restart.
+ * slot bound once, every RunSlot's addresses naming its worker at its rank, each lost slot
+ * replanned onto a spare, no worker lost across the restart.
  * The daemons come from $MOE_BUILD_DIR/bin, else from beside this program.
  */
 #include "../../common/log.h"
@@ -424,6 +425,13 @@ static void progress(const struct run *r, const char *what, double v) {
     fprintf(stderr, "bench_scale: %d workers: %s %.3f\n", r->n, what, v);
 }
 
+/* Every RunSlot's binding named its callee at its own rank (scale_sim.c checks each). */
+static void check_named(struct run *r) {
+    int misbound = 0;
+    for (int i = 0; i < r->n; i++) misbound += atomic_load(&r->sh[i].misbound);
+    CHECK_THAT(r, misbound == 0, "%d RunSlots' addresses did not name their worker", misbound);
+}
+
 static int phases(struct run *r) {
     double t0 = bench_now();
     if (wait_for(r, all_registered, NULL, "every registration") ||
@@ -444,6 +452,7 @@ static int phases(struct run *r) {
     r->recn_s = lose(r, r->o.lose_many);
     progress(r, "recovery of many, s:", r->recn_s);
     if (isnan(r->recn_s) || settle(r, 0)) return -1;
+    check_named(r);
     return restart(r);
 }
 

@@ -243,6 +243,19 @@ static void reply_empty(struct rpc_call *call) {
     rpc_reply(call, &e.base);
 }
 
+/* Whether the binding names w's own address at the rank it is given, as a real worker
+ * finds its listener in it (the compact form the coordinator sends: every rank's address). */
+static int names_me(const struct simw *w, const Moed__V1__RunSlotRequest *req) {
+    const Moed__V1__MeshAddresses *a = req->addresses;
+    long k = (long)req->pod * req->slots + req->slot, n = (long)req->pods * req->slots;
+    if (!a || (long)a->n_host != n || (long)a->n_port != n || k < 0 || k >= n ||
+        a->host[k] >= a->n_hosts)
+        return 0;
+    char addr[80];
+    snprintf(addr, sizeof addr, "%s:%u", a->hosts[a->host[k]], a->port[k]);
+    return strcmp(addr, w->address) == 0;
+}
+
 static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     const Moed__V1__RunSlotRequest *req = (const Moed__V1__RunSlotRequest *)msg;
     struct simw *w = callee(call, ctx);
@@ -266,6 +279,7 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
     atomic_fetch_add(&w->s->restores, req->restore ? 1 : 0);
     atomic_store(&w->s->runslot_ns, sim_now_ns());
     atomic_fetch_add(&w->s->runslots, 1);
+    if (!names_me(w, req)) atomic_fetch_add(&w->s->misbound, 1);
     reply_empty(call);
     if (req->restore) report_restored(w);
     uv_timer_start(&w->report, report_tick, (uint64_t)w->h->cfg->report_ms,
