@@ -31,6 +31,7 @@ struct simw {
     struct rpc_channel *ch;   // to the coordinator: one each, one connection for all of them
     uv_timer_t beat, report;
     int beat_in_flight, registering, report_in_flight;
+    uint64_t beat_sent_ms;    // uv_now of the last heartbeat
     char job[24];             // the job it plays ("": none)
     uint64_t epoch;
     int pod, slot, running, holding;
@@ -47,6 +48,7 @@ struct sim_host {
     struct simw *by_id;       // uthash head
     int registering;            // first registrations in flight
     long heartbeat_ms;
+    long idle_heartbeat_ms;   // 0: every tick
     uv_signal_t sig;
 };
 
@@ -73,6 +75,8 @@ static void on_registered(void *arg, const struct rpc_result *res, const Protobu
         HASH_ADD_STR(h->by_id, id, w);
         rpc_channel_set_token(w->ch, w->credential);
         if (r->heartbeat_interval_ms > 0) h->heartbeat_ms = (long)r->heartbeat_interval_ms;
+        if (r->idle_heartbeat_interval_ms > h->heartbeat_ms)
+            h->idle_heartbeat_ms = (long)r->idle_heartbeat_interval_ms;
         heartbeat_start(w);
     }
     atomic_fetch_add(&w->s->registrations, 1);
@@ -94,6 +98,7 @@ static void register_one(struct simw *w) {
     req.data_address = w->address; // never dialled: no slot of the simulator opens a data plane
     req.job_id = w->job;
     req.step = w->step;
+    req.idle_heartbeats = 1; // heartbeat_tick
     req.epoch = w->job[0] ? w->epoch : 0;
     req.holding = w->holding;
     if (rpc_call_async(w->h->pump, w->ch, RPC_CLUSTER_REGISTER_WORKER, &req.base,
@@ -131,6 +136,12 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
 static void heartbeat_tick(uv_timer_t *t) {
     struct simw *w = t->data;
     if (w->beat_in_flight || atomic_load(&w->s->dead)) return;
+    uint64_t now = uv_now(w->h->loop); // idle: as seldom as the coordinator allows (cluster.c)
+    uint64_t idle = (uint64_t)w->h->idle_heartbeat_ms;
+    if (idle && !w->job[0] && !w->holding &&
+        now - w->beat_sent_ms + (uint64_t)w->h->heartbeat_ms / 2 < idle)
+        return;
+    w->beat_sent_ms = now;
     Moed__V1__HeartbeatRequest req = MOED__V1__HEARTBEAT_REQUEST__INIT;
     req.worker_id = w->id;
     req.job_id = w->job;
