@@ -21,8 +21,9 @@
  * Worker i is in physical pod i / W (W = 68 by default: 64 slots and 4 spares; a job of up
  * to 64 pods leaves at least one physical pod of spares, for the 64 lost at once). --check runs
  * once and asserts correctness instead of reporting speed (the test cli_scale_small): every
- * slot bound once, every RunSlot's addresses naming its worker at its rank, each lost slot
- * replanned onto a spare, no worker lost across the restart.
+ * slot bound once, logical pod p on physical pod p, every RunSlot's addresses naming its
+ * worker at its rank, each lost slot replanned onto a spare, no worker lost across the
+ * restart.
  * The daemons come from $MOE_BUILD_DIR/bin, else from beside this program.
  */
 #include "../../common/log.h"
@@ -288,11 +289,23 @@ static void steady(struct run *r, double *cpu, double *rss) {
     *rss = bench_rss_mib(r->co.pid);
 }
 
+/* The placement rule on a cluster of idle physical pods of W >= S workers: logical pod p
+ * takes S workers of the lowest-numbered physical pod with S idle, so physical pod p. */
+static void check_placement(struct run *r) {
+    int misplaced = 0;
+    for (int i = 0; i < r->n; i++)
+        misplaced += in_epoch(&r->sh[i], r->epoch) &&
+                     atomic_load(&r->sh[i].pod) != i / r->o.pod_size;
+    CHECK_THAT(r, misplaced == 0, "%d slots not in the physical pod of their logical pod",
+               misplaced);
+}
+
 static int schedule_job(struct run *r) {
     uint64_t none = 0;
     int64_t t0 = sim_now_ns();
     if (submit(r) || wait_for(r, job_bound, &none, "the job's RunSlots")) return -1;
     r->sched_s = last_runslot(r, t0, &r->epoch);
+    check_placement(r);
     return 0;
 }
 

@@ -54,6 +54,7 @@ struct sim_host {
 
 static void register_next(struct sim_host *h);
 static void heartbeat_start(struct simw *w);
+static void heartbeat_soon(struct simw *w);
 
 /* ---- registration ---- */
 
@@ -130,6 +131,7 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
         w->running = w->holding = 0;
         atomic_store(&w->s->pod, -1);
         atomic_fetch_add(&w->s->stops, 1);
+        heartbeat_soon(w);
     }
 }
 
@@ -158,6 +160,13 @@ static void heartbeat_tick(uv_timer_t *t) {
 static void heartbeat_start(struct simw *w) {
     uint64_t phase = (uint64_t)(rand() % (int)w->h->heartbeat_ms);
     uv_timer_start(&w->beat, heartbeat_tick, phase, (uint64_t)w->h->heartbeat_ms);
+}
+
+/* As a real worker does when its slot ends (worker_heartbeat_now): idle at once, not at the
+ * next idle heartbeat, so the coordinator may give it the next slot. */
+static void heartbeat_soon(struct simw *w) {
+    w->beat_sent_ms = 0;
+    uv_timer_start(&w->beat, heartbeat_tick, 0, (uint64_t)w->h->heartbeat_ms);
 }
 
 static void on_reported(void *arg, const struct rpc_result *res, const ProtobufCMessage *m) {
@@ -306,6 +315,7 @@ static void stop_job(struct rpc_call *call, const ProtobufCMessage *msg, void *c
         w->running = w->holding = 0;
         atomic_store(&w->s->pod, -1);
         atomic_fetch_add(&w->s->stops, 1);
+        heartbeat_soon(w);
     }
     reply_empty(call); // the reachability probe (job "") too
 }
