@@ -218,7 +218,7 @@ static int check_addresses(struct rpc_call *call, const Moed__V1__RunSlotRequest
                            enum comm_backend backend) {
     const Moed__V1__MeshAddresses *a = req->addresses;
     if (req->n_bindings || (long)a->n_host != n || (long)a->n_port != n) {
-        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: addresses name %zu hosts and %zu "
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: addresses give %zu host indexes and %zu "
                  "ports (and %zu bindings) for a %d x %d mesh: want %ld of each, no bindings",
                  req->job_id, a->n_host, a->n_port, req->n_bindings, req->pods, req->slots, n);
         return 1;
@@ -241,7 +241,8 @@ static int check_addresses(struct rpc_call *call, const Moed__V1__RunSlotRequest
     return 0;
 }
 
-/* The restore plan as (rank, source) pairs: each a rank and another rank of the mesh. */
+/* The restore plan in the compact form: (rank, source) pairs, each a rank and another rank of
+ * the mesh (none: every slot holds its own state). */
 static int check_restore_pulls(struct rpc_call *call, const Moed__V1__RunSlotRequest *req,
                                long n) {
     size_t m = req->n_restore_pulls;
@@ -265,7 +266,7 @@ static int check_restore_pulls(struct rpc_call *call, const Moed__V1__RunSlotReq
 /* The restore plan of a recovery RunSlot: one source per rank, each -1 or another rank. */
 static int check_restore(struct rpc_call *call, const Moed__V1__RunSlotRequest *req, long n) {
     if (!req->restore) return 0;
-    if (req->n_restore_pulls) return check_restore_pulls(call, req, n);
+    if (req->addresses) return check_restore_pulls(call, req, n); // the compact form
     if (req->restore_step < 0 || (long)req->n_restore_from != n) {
         rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: restore to step %lld with %zu sources "
                  "for %ld slots", req->job_id, (long long)req->restore_step,
@@ -305,7 +306,7 @@ static struct epoch_binding *binding_of(const Moed__V1__RunSlotRequest *req, lon
     }
     for (long k = 0; n > 1 && req->addresses && k < n; k++) rank_address(req, k, b->peers[k]);
     for (long k = 0; req->restore && k < n; k++)
-        b->restore_from[k] = req->n_restore_pulls ? -1 : req->restore_from[k];
+        b->restore_from[k] = req->addresses ? -1 : req->restore_from[k];
     for (size_t i = 0; req->restore && i + 1 < req->n_restore_pulls; i += 2)
         b->restore_from[req->restore_pulls[i]] = req->restore_pulls[i + 1];
     return b;
