@@ -138,8 +138,9 @@ static int check_addresses(struct rpc_call *call, const Moed__V1__RunSlotRequest
                            enum comm_backend backend);
 
 /* The mesh part of a RunSlot for more than one slot: the binding (a table, or the compact
- * addresses the coordinator sends) must name every slot once with a data address, and an mpi slot must be this process's MPI rank. Returns 0 when
- * it is fine, else 1 after failing the call. */
+ * addresses the coordinator sends) must name every slot once with a data address, and an mpi
+ * slot must be this process's MPI rank. Returns 0 when it is fine, else 1 after failing the
+ * call. */
 static int check_mesh(struct rpc_call *call, struct worker *w, const Moed__V1__RunSlotRequest *req,
                       long n, enum comm_backend *backend) {
     if (n > COMM_MAX_RANKS) {
