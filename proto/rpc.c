@@ -261,41 +261,44 @@ static void pump_closed(uv_handle_t *h) {
     if (done) done(arg);
 }
 
+/* One batch per turn of the loop: what arrives meanwhile was signalled by pump_push and is
+ * drained at the next turn, after the loop's timers. Draining until the queue was empty never
+ * returned under a steady stream of calls (thousands of workers), and the coordinator's
+ * heartbeat monitor, a timer, went unrun for tens of seconds. */
 static void pump_drain(uv_async_t *a) {
     struct rpc_pump *p = a->data;
-    for (;;) {
-        uv_mutex_lock(&p->mu);
-        size_t n = p->n_events;
-        struct pump_event *batch = NULL;
-        if (n) {
-            batch = malloc(n * sizeof *batch);
-            if (batch) {
-                memcpy(batch, p->events, n * sizeof *batch);
-                p->n_events = 0;
-            }
-        }
-        uv_mutex_unlock(&p->mu);
-        if (!n) return;
-        if (!batch) {
-            LOG_ERROR("rpc: out of memory draining completions");
-            abort();
-        }
-        int shutdown = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (!batch[i].tag)
-                shutdown = 1;
-            else
-                batch[i].tag->fn(batch[i].tag, batch[i].ok);
-        }
-        free(batch);
-        if (shutdown) {
-            uv_thread_join(&p->thread);
-            grpc_completion_queue_destroy(p->cq);
-            p->cq = NULL;
-            uv_close((uv_handle_t *)&p->async, pump_closed);
-            return;
-        }
+    uv_mutex_lock(&p->mu);
+    size_t n = p->n_events;
+    struct pump_event *batch = n ? malloc(n * sizeof *batch) : NULL;
+    if (batch) {
+        memcpy(batch, p->events, n * sizeof *batch);
+        p->n_events = 0;
     }
+    uv_mutex_unlock(&p->mu);
+    if (!n) return;
+    if (!batch) {
+        LOG_ERROR("rpc: out of memory draining completions");
+        abort();
+    }
+    int shutdown = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!batch[i].tag)
+            shutdown = 1;
+        else
+            batch[i].tag->fn(batch[i].tag, batch[i].ok);
+    }
+    free(batch);
+    if (shutdown) {
+        uv_thread_join(&p->thread);
+        grpc_completion_queue_destroy(p->cq);
+        p->cq = NULL;
+        uv_close((uv_handle_t *)&p->async, pump_closed);
+        return;
+    }
+    uv_mutex_lock(&p->mu);
+    int more = p->n_events > 0;
+    uv_mutex_unlock(&p->mu);
+    if (more) uv_async_send(a); // the next turn, whether or not pump_push's send coalesced
 }
 
 moe_status rpc_pump_start(struct rpc_pump **out, uv_loop_t *loop) {
