@@ -220,14 +220,17 @@ static void fence_one(struct coordinator *co, struct job *j, int k) {
     struct fence_answer *a = &x->ans[k];
     snprintf(a->worker_id, sizeof a->worker_id, "%s", j->bindings[k].worker_id);
     struct worker *w = workers_find(co, a->worker_id);
-    int alive = w && w->channel && w->state == MOED__V1__WORKER_STATE__WORKER_BUSY &&
-                !strcmp(w->job_id, j->id);
+    int up = w && w->channel && (w->state == MOED__V1__WORKER_STATE__WORKER_BUSY ||
+                                 w->state == MOED__V1__WORKER_STATE__WORKER_IDLE);
+    int alive = up && !strcmp(w->job_id, j->id);
     struct export_ctx *c = alive ? ctx_new(co, j, k) : NULL;
     x->pending++;
     if (c && worker_call_fence(co, j, w, fence_reply, c) == MOE_OK) return;
     free(c);
     a->state = ANS_LOST;
-    snprintf(a->why, sizeof a->why, "%s", alive ? "could not be fenced" : "lost");
+    snprintf(a->why, sizeof a->why, "%s", alive ? "could not be fenced"
+                                          : up  ? "ended its slot"
+                                                : "lost");
     x->pending--;
 }
 

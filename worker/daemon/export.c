@@ -79,7 +79,7 @@ static void export_done(uv_work_t *req, int status) {
         rpc_reply(x->call, &resp.base);
     }
     free(x);
-    worker_reap_jobs(w); // its thread may have finished while we wrote
+    uv_async_send(&w->job_done); // its thread may have finished while we wrote: reap it
 }
 
 /* The slot of job `id` this worker plays whose slot index is `slot` (its thread may be holding

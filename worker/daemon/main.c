@@ -307,8 +307,8 @@ static void shutdown_begin(struct worker *w, int exit_code) {
     int waiting = 0;
     for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
         struct job *j = w->jobs[k];
-        if (!j || atomic_load(&j->finished)) continue;
-        job_stop(j, JOB_STOP_SHUTDOWN);
+        if (!j || (atomic_load(&j->finished) && !j->exporting)) continue;
+        job_stop(j, JOB_STOP_SHUTDOWN); // an export in flight ends in on_job_done too
         LOG_INFO("%s: waiting for slot (%d, %d) to stop after its current step", j->id, j->pod,
                  j->slot);
         waiting = 1;
