@@ -126,7 +126,12 @@ static int open_trainer(struct job *j, struct trainer *t, char *error, size_t er
         int rank = j->pod * j->slots + j->slot;
         int pulls = j->cur.restore && j->cur.restore_from && j->cur.restore_from[rank] >= 0;
         s = trainer_open_slot_later(t, &j->spec, j->pod, j->slot, !pulls, &access);
-        if (s == MOE_OK && j->resume_path[0]) s = resume_state(j, t);
+        if (s == MOE_OK && j->resume_path[0] && (s = resume_state(j, t)) != MOE_OK) {
+            trainer_failed(j, s, error, error_len);
+            trainer_close(t); // no trainer: the slot ends
+            *why = s;
+            return 0;
+        }
         if (s != MOE_OK) {
             trainer_failed(j, s, error, error_len);
             *why = s;
