@@ -186,9 +186,9 @@ static const struct field spec_fields[] = {
                  "start from this model's parameters (same shapes; fresh optimizer); "
                  "empty: from run.seed"),
     STRING_FIELD("run.export_dir", run.export_dir, "",
-                 "where the survivors of a failed or cancelled job write its state (an "
-                 "absolute directory, shared storage on a real cluster); empty: each "
-                 "worker's own export directory"),
+                 "where the survivors of a failed or cancelled job write its state: an "
+                 "absolute directory beneath every worker's --export-dir; empty: that "
+                 "directory itself"),
 
     STRING_FIELD("distill.teacher", distill.teacher, "",
                  "a teacher model (.safetensors, the same vocabulary) to distill from; "

@@ -126,6 +126,17 @@ check_same_model "$resumed" $?
 check "(a) moectl status of $resumed says where it resumed from" \
   'grep -qE "^  resumed   from $job at step [0-9]+" "$tmp/resumed.status"'
 
+# ---- run.export_dir outside the workers' export directory: nothing is written there ----
+out_job=$("$moectl" submit "$tmp/mesh.yaml" --set run.export_dir="$tmp/elsewhere")
+wait_until 60 '[ "$(committed_of "$out_job")" -ge 5 ] 2>/dev/null'
+"$moectl" cancel "$out_job" >/dev/null
+wait_until 60 'export_done "$out_job"'
+check "run.export_dir outside the workers' export directory: export_failed, naming both" \
+  '[[ "$(exported "$out_job" why_missing)" == *"run.export_dir $tmp/elsewhere is not beneath this worker'"'"'s export directory"* ]] && kinds "$out_job" | grep -qx export_failed'
+check "... and nothing was written there" '[ ! -e "$tmp/elsewhere" ]'
+check "a run.export_dir with .. is refused at submission" \
+  '"$moectl" submit "$tmp/mesh.yaml" --set run.export_dir=/a/../b 2>&1 | grep -q "contains \"..\""'
+
 # ---- a damaged export file is refused by the worker, naming it ----
 afile=$(exported "$job" slots | "$py" -c "import ast,sys; print(ast.literal_eval(sys.stdin.read())[1]['path'])")
 printf '\x01' | dd of="$afile" bs=1 seek=5000 conv=notrunc status=none

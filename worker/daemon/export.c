@@ -8,7 +8,7 @@
  * trainer: the state cannot go away while it is written, and the job is not freed until every
  * export of it has answered (struct job.exporting).
  * Never: chooses the step or the slot index (the coordinator does), or writes anywhere but
- * run.export_dir or this worker's export directory.
+ * beneath this worker's export directory (run.export_dir may name a directory inside it).
  */
 #include "worker.h"
 
@@ -32,14 +32,27 @@ struct export_work {
     struct slot_state_file file;
 };
 
-/* The directory the request names, else --export-dir, else <scratch>/exports. */
-static void export_dir(const struct worker *w, const char *asked, char *out, size_t cap) {
-    if (asked[0])
-        snprintf(out, cap, "%s", asked);
-    else if (w->cfg.export_dir[0])
-        snprintf(out, cap, "%s", w->cfg.export_dir);
+/* The directory the request names (run.export_dir), which must lie beneath this worker's
+ * export directory (--export-dir, else <scratch>/exports: a job writes nowhere else), or that
+ * directory itself. 0, or -1 after failing the call. The spec's check refused ".." already. */
+static int export_dir(struct rpc_call *call, const struct worker *w, const char *asked,
+                      char *out, size_t cap) {
+    char mine[PATH_MAX + 16];
+    if (w->cfg.export_dir[0])
+        snprintf(mine, sizeof mine, "%s", w->cfg.export_dir);
     else
-        snprintf(out, cap, "%s/exports", w->scratch);
+        snprintf(mine, sizeof mine, "%s/exports", w->scratch);
+    size_t n = strlen(mine);
+    while (n > 1 && mine[n - 1] == '/') mine[--n] = 0;
+    int inside = !asked[0] || (!strncmp(asked, mine, n) && (asked[n] == '/' || !asked[n]) &&
+                               !strstr(asked, "/../") && !strstr(asked, "/./"));
+    if (!inside) {
+        rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "run.export_dir %s is not beneath this "
+                 "worker's export directory %s (--export-dir) on host %s", asked, mine, w->host);
+        return -1;
+    }
+    snprintf(out, cap, "%s", asked[0] ? asked : mine);
+    return 0;
 }
 
 static void export_run(uv_work_t *req) {
@@ -112,7 +125,10 @@ void worker_export_state(struct rpc_call *call, const ProtobufCMessage *msg, voi
     x->j = j;
     x->call = call;
     x->step = (long)req->step;
-    export_dir(w, req->dir, x->dir, sizeof x->dir);
+    if (export_dir(call, w, req->dir, x->dir, sizeof x->dir) != 0) {
+        free(x);
+        return;
+    }
     if (uv_queue_work(w->loop, &x->req, export_run, export_done) != 0) {
         free(x);
         rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker cannot start the export");
