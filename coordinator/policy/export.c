@@ -361,6 +361,32 @@ static void finish_export(struct coordinator *co, struct job *j) {
 
 /* ---- resume ---- */
 
+static const char *file_host(const struct job *j, int s) {
+    for (size_t i = 0; i < j->resume->n_slots; i++)
+        if (j->resume->slots[i]->slot == s) return j->resume->slots[i]->host;
+    return NULL;
+}
+
+void export_prefer_hosts(const struct job *j, struct worker **chosen) {
+    if (!j->resume || !strcmp(j->backend, "mpi")) return; // mpi: slot = the worker's rank
+    for (int p = 0; p < j->pods; p++) {
+        struct worker **pod = chosen + p * j->slots;
+        for (int s = 0; s < j->slots; s++) {
+            const char *want = file_host(j, s);
+            if (!want || !want[0] || !strcmp(pod[s]->host, want)) continue;
+            for (int o = s + 1; o < j->slots; o++) { // a later slot's worker on that host
+                const char *theirs = file_host(j, o);
+                if (strcmp(pod[o]->host, want) != 0 || (theirs && !strcmp(pod[o]->host, theirs)))
+                    continue;
+                struct worker *w = pod[s];
+                pod[s] = pod[o];
+                pod[o] = w;
+                break;
+            }
+        }
+    }
+}
+
 /* The first field of the new spec b that would change the math of a's continuation, or NULL:
  * the mesh's shape, the model, the optimizer (but total_steps, which is run.steps), the data,
  * the seed, the batch, the starting point and the teacher. */

@@ -19,6 +19,11 @@ void export_poll(struct coordinator *co);
  * its slots (its heartbeats and step reports are not told to stop). */
 int export_holds(const struct job *j, const struct worker *w);
 
+/* A resumed job's placement (tcp): inside each pod, the workers chosen[] are permuted so that
+ * slot s runs where slot index s's file was written when a chosen worker is on that host (its
+ * file is read there, not over shared storage). The pods and the set of workers stay. */
+void export_prefer_hosts(const struct job *j, struct worker **chosen);
+
 /* SubmitJob with resume_from: whether the new job (its validated spec, as JSON) may start from
  * job `from`'s export: `from` ended FAILED or CANCELLED, its export is complete, and the
  * specs agree but for the name, run.steps (which may grow, not shrink below the exported step),

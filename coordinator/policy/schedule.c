@@ -144,7 +144,9 @@ void schedule_pass(struct coordinator *co) {
         struct worker **chosen = calloc((size_t)job_n_slots(j), sizeof *chosen);
         if (!chosen) return;
         /* jobs run in submission order: none may overtake the oldest */
-        int placed = placement_choose(co, j, chosen) && bind_and_run(co, j, chosen);
+        int placed = placement_choose(co, j, chosen);
+        if (placed) export_prefer_hosts(j, chosen); // a resumed slot reads its file locally
+        placed = placed && bind_and_run(co, j, chosen);
         free(chosen);
         if (!placed) return;
     }
