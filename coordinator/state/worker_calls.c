@@ -64,6 +64,22 @@ static int round_over(struct coordinator *co, const char *job_id, uint64_t epoch
            (gen && (j->rec ? j->rec->gen : 0) != gen);
 }
 
+/* A resumed job's first epoch (not a recovery's): slot index req->slot loads its state from
+ * the export's file (docs/recovery.md, "Export and resume"). */
+static void resume_fields(const struct job *j, Moed__V1__RunSlotRequest *req, int restore) {
+    req->resume_step = 0;
+    req->resume_path = (char *)protobuf_c_empty_string;
+    req->resume_crc32c = 0;
+    if (restore || !j->resume) return;
+    for (size_t i = 0; i < j->resume->n_slots; i++) {
+        const Moed__V1__ExportedSlot *e = j->resume->slots[i];
+        if (e->slot != req->slot) continue;
+        req->resume_step = j->resume->step;
+        req->resume_path = e->path;
+        req->resume_crc32c = e->crc32c;
+    }
+}
+
 /* A binding round's shared request, built once: the mesh's addresses (each distinct host
  * once) and the restore plan as pairs. Owns what the packed request points into. */
 struct run_slot_round {
@@ -168,8 +184,9 @@ static struct rpc_message *round_pack(struct run_slot_round *r, const struct job
     return rpc_message_pack(&req.base);
 }
 
-/* Slot k's call of the round: the shared request with its pod and slot appended. */
-static moe_status send_run_slot(struct coordinator *co, const struct job *j, int k,
+/* Slot k's call of the round: the shared request with what is the slot's own appended (its
+ * pod and slot, a resumed job's file of its slot index). */
+static moe_status send_run_slot(struct coordinator *co, const struct job *j, int k, int restore,
                                 const struct rpc_message *m, rpc_reply_cb cb,
                                 struct assign_ctx *a) {
     struct worker *w = workers_find(co, j->bindings[k].worker_id);
@@ -177,6 +194,7 @@ static moe_status send_run_slot(struct coordinator *co, const struct job *j, int
     Moed__V1__RunSlotRequest tail = MOED__V1__RUN_SLOT_REQUEST__INIT;
     tail.pod = k / j->slots;
     tail.slot = k % j->slots;
+    resume_fields(j, &tail, restore);
     return rpc_call_async_packed(co->pump, w->channel, RPC_WORKER_RUN_SLOT, m, &tail.base,
                                  &moed__v1__empty__descriptor, RUN_SLOT_DEADLINE_S, cb, a);
 }
@@ -201,7 +219,7 @@ moe_status worker_call_run_slots(struct coordinator *co, struct job *j, int rest
         a->epoch = epoch;
         a->gen = gen;
         a->slot = k;
-        moe_status s = send_run_slot(co, j, k, m, cb, a);
+        moe_status s = send_run_slot(co, j, k, restore, m, cb, a);
         if (s != MOE_OK) {
             struct rpc_result res = {s == MOE_EUNAVAILABLE ? GRPC_STATUS_UNAVAILABLE
                                                            : GRPC_STATUS_INTERNAL, ""};
