@@ -188,6 +188,10 @@ static const struct field spec_fields[] = {
     STRING_FIELD("run.init_from", run.init_from, "",
                  "start from this model's parameters (same shapes; fresh optimizer); "
                  "empty: from run.seed"),
+    STRING_FIELD("run.export_dir", run.export_dir, "",
+                 "where the survivors of a failed or cancelled job write its state: an "
+                 "absolute directory beneath every worker's --export-dir; empty: that "
+                 "directory itself"),
 
     STRING_FIELD("distill.teacher", distill.teacher, "",
                  "a teacher model (.safetensors, the same vocabulary) to distill from; "
@@ -1144,6 +1148,17 @@ static moe_status validate_schedule(const struct data_spec *d) {
     return MOE_OK;
 }
 
+/* An export directory is absolute and climbs nowhere: a worker writes beneath exactly it. */
+static moe_status validate_export_dir(const char *d) {
+    if (!d[0]) return MOE_OK;
+    if (d[0] != '/')
+        return moe_fail(MOE_EINVAL, "spec: run.export_dir = \"%s\" is not an absolute path", d);
+    for (const char *p = d; (p = strstr(p, "..")); p += 2)
+        if ((p == d || p[-1] == '/') && (p[2] == '/' || p[2] == 0))
+            return moe_fail(MOE_EINVAL, "spec: run.export_dir = \"%s\" contains \"..\"", d);
+    return MOE_OK;
+}
+
 moe_status spec_validate(const struct job_spec *s) {
     for (size_t i = 0; i < N_FIELDS; i++)
         CHECK(check_stored(&spec_fields[i], s, spec_fields[i].name));
@@ -1152,6 +1167,7 @@ moe_status spec_validate(const struct job_spec *s) {
     if (s->run.micro_batch > 0 && s->run.batch_size % s->run.micro_batch != 0)
         return moe_fail(MOE_EINVAL, "spec: run.micro_batch = %d does not divide run.batch_size = %d",
                         s->run.micro_batch, s->run.batch_size);
+    CHECK(validate_export_dir(s->run.export_dir));
     CHECK(validate_source_count(&s->data)); // the schedule's checks need a sane count
     CHECK(validate_schedule(&s->data));
     CHECK(validate_sources(&s->data)); // last: the only check that touches the filesystem

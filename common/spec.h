@@ -55,6 +55,9 @@ struct run_spec {
     int eval_batches; // held-out batches per evaluation
     char init_from[SPEC_PATH_MAX]; // a moed .safetensors whose parameters (and expert biases)
                                    // the run starts from, every tensor's shape checked; "": seed
+    char export_dir[SPEC_PATH_MAX]; // where a failed or cancelled job's survivors write its
+                                    // state: absolute, beneath every worker's --export-dir;
+                                    // "": that directory itself (docs/recovery.md)
 };
 
 /* Knowledge distillation from a teacher model (docs/model.md, "Distillation"). */

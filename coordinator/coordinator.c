@@ -13,6 +13,7 @@
 #include "handlers/handlers.h"
 #include "handlers/http.h"
 #include "handlers/metrics.h"
+#include "policy/export.h"
 #include "policy/faults.h"
 #include "policy/membership.h"
 #include "policy/recovery.h"
@@ -63,6 +64,10 @@ const struct knob coordinator_knobs[] = {
     {"heartbeat-timeout-ms", NULL, KNOB_LONG, CFG(heartbeat_timeout_ms),
      XSTR(COORD_HEARTBEAT_TIMEOUT_MS), 10, 3600000, NULL, "MS",
      "a worker silent this long is dead (at least twice the interval)"},
+    {"idle-heartbeat-interval-ms", NULL, KNOB_LONG, CFG(idle_heartbeat_interval_ms),
+     XSTR(COORD_IDLE_HEARTBEAT_INTERVAL_MS), 0, 3600000, NULL, "MS",
+     "how often idle workers heartbeat (0: as busy ones; dead after the timeout plus the "
+     "difference)"},
     {"max-assign-attempts", NULL, KNOB_INT, CFG(max_assign_attempts),
      XSTR(COORD_MAX_ASSIGN_ATTEMPTS), 1, 1000, NULL, "N",
      "RunSlot refusals (other than busy or unreachable) before a job fails"},
@@ -93,6 +98,7 @@ static void monitor_tick(uv_timer_t *t) {
     int64_t now = moe_wall_ms();
     membership_check(co, now);
     faults_tick(co, now);
+    export_poll(co);
     schedule_pass(co);
     retention_tick(co, now);
     moe_notify_watchdog(); // a loop that stops ticking is what WatchdogSec= catches
