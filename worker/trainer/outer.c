@@ -19,7 +19,7 @@ struct outer {
     real *mom[2];              // (n_params) the outer momentum with each
     int cur;                   // ver[cur] is the newest
     size_t x_lo, x_n;          // this slot's experts in every arena: [x_lo, x_lo + x_n)
-    real *buf;                 // (3 * n_params + n_buffers) what crosses the pods
+    real *buf;                 // (n_params + n_buffers) what crosses the pods
     real *delta;               // (n_params) the pods' mean pseudo-gradient
     double t_total, t_cross;   // seconds in outer steps, and in their cross-pod all-reduce
     long n_outer;
@@ -48,7 +48,7 @@ moe_status outer_open(struct trainer *t) {
     for (int k = 0; k < 2; k++)
         if (model_state_alloc(m, &o->ver[k]) != 0 || !(o->mom[k] = model_arena_alloc(m->n_params)))
             goto oom;
-    o->buf = malloc(sizeof(real) * (3 * m->n_params + m->n_buffers + 1));
+    o->buf = malloc(sizeof(real) * (m->n_params + m->n_buffers + 1));
     o->delta = model_arena_alloc(m->n_params);
     if (!o->buf || !o->delta) goto oom;
     if (!t->empty) copy_live_into(m, &o->ver[0]); /* the momentum starts at zero */
@@ -87,33 +87,28 @@ long outer_committed(const struct trainer *t) {
 
 /* ---- the outer step ---- */
 
-/* What crosses the pods, packed: the dense part (the pseudo-gradient, both moments, the
- * biases: the same on every slot of a pod), then this slot's experts' (pseudo-gradient, both
- * moments). `out` 0 packs from the live state; 1 unpacks the means into delta and the live
- * moments and biases. */
+/* n floats between a part of an arena and the buffer: into the buffer, or (out) back. */
+static size_t move(real *part, real *buf, size_t n, int out) {
+    if (out) memcpy(part, buf, sizeof(real) * n);
+    else memcpy(buf, part, sizeof(real) * n);
+    return n;
+}
+
+/* What crosses the pods, packed: the dense part (the pseudo-gradient and the biases: the
+ * same on every slot of a pod), then this slot's experts' pseudo-gradient. `out` 0 packs from
+ * the live state and returns the dense part's length; 1 unpacks the means into delta and the
+ * live biases. */
 static size_t pack(struct outer *o, struct model *m, int out) {
     size_t n = m->n_params, hi = o->x_lo + o->x_n, k = 0;
-    real *arena[3] = {o->delta, m->m_mem, m->v_mem};
     if (!out) {
         const real *outer = o->ver[o->cur].param_mem, *inner = m->param_mem;
         for (size_t i = 0; i < n; i++) o->delta[i] = outer[i] - inner[i];
     }
-    struct { size_t lo, hi; } dense[2] = {{0, o->x_lo}, {hi, n}};
-    for (int a = 0; a < 3; a++)
-        for (int d = 0; d < 2; d++) {
-            size_t len = dense[d].hi - dense[d].lo;
-            real *p = arena[a] + dense[d].lo;
-            out ? memcpy(p, o->buf + k, sizeof(real) * len) : memcpy(o->buf + k, p, sizeof(real) * len);
-            k += len;
-        }
-    out ? memcpy(m->buffer_mem, o->buf + k, sizeof(real) * m->n_buffers)
-        : memcpy(o->buf + k, m->buffer_mem, sizeof(real) * m->n_buffers);
-    k += m->n_buffers;
-    size_t nd = k;
-    for (int a = 0; a < 3; a++, k += o->x_n)
-        out ? memcpy(arena[a] + o->x_lo, o->buf + k, sizeof(real) * o->x_n)
-            : memcpy(o->buf + k, arena[a] + o->x_lo, sizeof(real) * o->x_n);
-    return nd;
+    k += move(o->delta, o->buf, o->x_lo, out);
+    k += move(o->delta + hi, o->buf + k, n - hi, out);
+    k += move(m->buffer_mem, o->buf + k, m->n_buffers, out);
+    move(o->delta + o->x_lo, o->buf + k, o->x_n, out);
+    return k;
 }
 
 /* The pods' sum of the packed buffer, in pod order: the dense part is the same on every slot
@@ -144,10 +139,13 @@ moe_status outer_step(struct trainer *t) {
     struct outer *o = t->mesh.outer;
     struct model *m = &t->model;
     double t0 = moe_clock_s();
-    size_t n_all = 3 * m->n_params + m->n_buffers;
     size_t nd = pack(o, m, 0);
-    CHECK(average_over_pods(o, t, nd, n_all));
+    CHECK(average_over_pods(o, t, nd, m->n_params + m->n_buffers));
     pack(o, m, 1);
+    /* the inner AdamW starts again from zero moments (docs/model.md, "Outer steps": measured
+     * against averaging them) */
+    memset(m->m_mem, 0, sizeof(real) * m->n_params);
+    memset(m->v_mem, 0, sizeof(real) * m->n_params);
     /* the new version is written under the replica lock: a fence lists the versions held,
      * and none may change after it */
     CHECK(replica_lock_unfenced(t, "the outer step"));

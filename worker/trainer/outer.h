@@ -4,9 +4,9 @@
  *
  * Between outer steps the pods train apart: the slot's inner steps reduce gradients inside its
  * pod only (slot.c). Every mesh.outer_every (H) steps, the outer step: the pseudo-gradient
- * delta = theta_outer - theta_inner of every parameter the slot holds, and both AdamW moments
- * and the expert biases, are averaged over the pods in pod order (fp32), the outer Nesterov
- * step moves theta_outer, and the inner state starts again from it. Afterwards slot s of
+ * delta = theta_outer - theta_inner of every parameter the slot holds, and the expert biases,
+ * are averaged over the pods in pod order (fp32), the outer Nesterov step moves theta_outer,
+ * and the inner state starts again from it, with zero AdamW moments. Afterwards slot s of
  * every pod holds the same bytes again.
  *
  * Owns: the state at the last two outer steps (parameters = theta_outer, moments, biases,
