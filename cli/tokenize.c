@@ -10,6 +10,7 @@
 #include "../common/spec.h"
 #include "../common/tokenizer.h"
 #include "../worker/trainer/data.h"
+#include "../worker/trainer/data_roots.h"
 #include "../worker/trainer/model_io.h"
 #include "../worker/trainer/tokens.h"
 #include "moectl.h"

@@ -7,8 +7,10 @@
 # repaired or held, read from its event history), an outcome its kind allows; the accounts
 # agree with the coordinator's counters; the job SUCCEEDS with the model `moectl train` makes
 # in one process, byte for byte; the committed step never goes down.
-# Then a second run of kills and flips (CHAOS_SOAK_FLIPS faults, CHAOS_SOAK_FLIP_KINDS): each
-# flip is repaired by replay and accounted for as `repaired`.
+# Flips land anywhere, also in the state a recovery or a move has just restored (repaired
+# against the hash the pods agreed on for that step before the fault). Then a second run of
+# kills and flips (CHAOS_SOAK_FLIPS faults, CHAOS_SOAK_FLIP_KINDS): each flip is repaired by
+# replay and accounted for as `repaired`, and a worker wrong twice is drained.
 # CHAOS_SOAK_FAULTS, CHAOS_SOAK_SEED, CHAOS_SOAK_KINDS and CHAOS_SOAK_STEPS change the run,
 # CHAOS_SOAK_KEEP=DIR keeps chaos's output (chaos.*, flips.*) and the cluster's logs there
 # (a 100-fault soak: CHAOS_SOAK_FAULTS=100 CHAOS_SOAK_STEPS=20000). A fault costs the job up to
@@ -22,7 +24,7 @@ cluster_test_init cli_chaos_soak
 
 faults=${CHAOS_SOAK_FAULTS:-30}
 seed=${CHAOS_SOAK_SEED:-5}
-kinds=${CHAOS_SOAK_KINDS:-kill,kill2,stop,coordinator,cut}
+kinds=${CHAOS_SOAK_KINDS:-kill,kill2,stop,coordinator,cut,flip}
 # then a run of flips and kills (CHAOS_SOAK_FLIP_KINDS empty: none): the coordinator repairs
 # what the replicas' every-step check finds (mesh.check_every 1, the default)
 flip_kinds=${CHAOS_SOAK_FLIP_KINDS-kill,flip}
@@ -88,11 +90,7 @@ allowed='{"kill": {"recovered", "moved"}, "kill2": {"recovered", "moved"}, "stop
 distinct=0
 kills=0
 soak chaos "$kinds" "$faults" "$seed"
-# flips, in a run of their own with kills: a flip is repaired from the state the replicas
-# last agreed on, which a slot holds once it has trained a step past a restore; a cut whose
-# connection is not in use at once can break it many steps later, when a flip may be waiting
-# in the frozen state of the recovery it causes (repairable only if the agreed state is held:
-# the job then fails rather than train on with two models), so cut and stop stay out of it
+# then flips and kills only: more flips per fault, so that one worker is wrong twice
 [ -n "$flip_kinds" ] && soak flips "$flip_kinds" "$flips" $((seed + 1))
 
 wait "$watch_pid"

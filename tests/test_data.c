@@ -10,6 +10,7 @@
 #include "../worker/trainer/data.h"
 #include "../worker/trainer/data_roots.h"
 #include "check.h"
+#include "temp_tree.h"
 
 #include <errno.h>
 #include <math.h>
@@ -18,34 +19,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static char root[] = "/tmp/test_data.XXXXXX";
-
-static const char *at(const char *rel) {
-    static char buf[8][600];
-    static int k;
-    k = (k + 1) % 8;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", root, rel);
-    return buf[k];
-}
-
-static void put(const char *rel, const void *p, size_t n) {
-    FILE *f = fopen(at(rel), "wb");
-    if (!f || fwrite(p, 1, n, f) != n) {
-        fprintf(stderr, "cannot write %s: %s\n", at(rel), strerror(errno));
-        exit(2);
-    }
-    fclose(f);
-}
-
-static void put_str(const char *rel, const char *s) { put(rel, s, strlen(s)); }
-
-static void make_dir(const char *rel) {
-    if (mkdir(at(rel), 0755) != 0) {
-        fprintf(stderr, "mkdir %s: %s\n", at(rel), strerror(errno));
-        exit(2);
-    }
-}
 
 static void spec_init(struct data_spec *s, int n, const char *const *paths, const double *w,
                       double val_fraction) {
@@ -858,10 +831,7 @@ static void cleanup(void) {
 int main(void) {
     moe_log_init("test");
     if (!getenv("MOE_LOG_LEVEL")) moe_log_set_level(MOE_LOG_WARN);
-    if (!mkdtemp(root)) {
-        perror("mkdtemp");
-        return 2;
-    }
+    tree_make("test_data");
     test_loading();
     test_batches();
     test_entropy();

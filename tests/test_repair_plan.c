@@ -8,7 +8,11 @@
  *   - its previous version corrupt too, and both pods reported step 9's hash (the good one):
  *     T = 9, slot (1, 1) pulls it from rank 1 (the same slot index in pod 0);
  *   - both versions of slot index 1 disagree and nothing was reported: no T, and the reason
- *     names the slot index, the step and what is held.
+ *     names the slot index, the step and what is held;
+ *   - a recovery restored every slot to step 10 (only that version held, committed 10) and a
+ *     bit flipped in slot (1, 1)'s copy before the next check: the pods' agreement on step 10,
+ *     kept since although later reports replaced the per-slot hashes, names the good copy:
+ *     T = 10, slot (1, 1) pulls it from rank 1; without that agreement the job fails.
  */
 #include "../common/log.h"
 #include "../coordinator/policy/recovery_plan.h"
@@ -25,6 +29,7 @@ static struct binding bindings[N];
 static struct replica_hash hashes[N];
 static struct fence_answer ans[N];
 static struct state_copy copies[N][2];
+static struct replica_hash agreed[2 * REPLICA_AGREED_KEEP];
 static struct job job;
 static struct recovery rec;
 
@@ -114,12 +119,39 @@ static void test_nothing_agreed(void) {
                "%s", why);
 }
 
+static void test_restored_then_flipped(void) {
+    static const int wrong[N][2] = {{0, 0}, {0, 0}, {0, 0}, {1, 0}};
+    int from[N];
+    for (int with = 0; with < 2; with++) {
+        fence(wrong, 10);
+        memset(hashes, 0, sizeof hashes);
+        memset(agreed, 0, sizeof agreed);
+        for (int k = 0; k < N; k++) ans[k].n_copies = 1; // the restore kept S(10) only
+        for (int i = 0; i < REPLICA_AGREED_KEEP; i++) { // agreements of steps 7..10
+            agreed[REPLICA_AGREED_KEEP + i].have = 1;
+            agreed[REPLICA_AGREED_KEEP + i].step = 7 + i;
+            sha_of(1, 7 + i, 0, agreed[REPLICA_AGREED_KEEP + i].sha);
+        }
+        job.agreed = with ? agreed : NULL;
+        int64_t t = plan(from);
+        if (!with) {
+            EXPECT_MSG(t < 0, "no agreement kept: T = %lld, want none", (long long)t);
+            continue;
+        }
+        EXPECT_MSG(t == 10, "T = %lld, want 10", (long long)t);
+        EXPECT_MSG(from[3] == 1, "slot (1, 1): source %d, want rank 1", from[3]);
+        EXPECT_MSG(from[0] == -1 && from[1] == -1 && from[2] == -1, "sources %d %d %d",
+                   from[0], from[1], from[2]);
+    }
+}
+
 int main(void) {
     moe_log_init("test");
     moe_log_set_level(MOE_LOG_WARN);
     test_live_flipped();
     test_previous_corrupt();
     test_nothing_agreed();
+    test_restored_then_flipped();
     if (failures) {
         printf("test_repair_plan: %d failures\n", failures);
         return 1;

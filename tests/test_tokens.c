@@ -11,31 +11,13 @@
 #include "../worker/trainer/data.h"
 #include "../worker/trainer/tokens.h"
 #include "check.h"
+#include "temp_tree.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static char root[] = "/tmp/test_tokens.XXXXXX";
-
-static const char *at(const char *rel) {
-    static char buf[8][600];
-    static int k;
-    k = (k + 1) % 8;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", root, rel);
-    return buf[k];
-}
-
-static void put(const char *rel, const void *p, size_t n) {
-    FILE *f = fopen(at(rel), "wb");
-    if (!f || fwrite(p, 1, n, f) != n) {
-        fprintf(stderr, "cannot write %s: %s\n", at(rel), strerror(errno));
-        exit(2);
-    }
-    fclose(f);
-}
 
 /* n bytes of text, mostly words, some invalid UTF-8 and control bytes. */
 static uint8_t *text(uint64_t seed, size_t n) {
@@ -68,7 +50,8 @@ static const size_t sizes[3] = {30000, 7000, 20000}; // d/a.txt, d/b.txt, c.txt
 static uint8_t *files[3];
 
 static void make_corpus(void) {
-    if (!mkdtemp(root) || mkdir(at("d"), 0755) != 0) exit(2);
+    tree_make("test_tokens");
+    make_dir("d");
     const char *names[3] = {"d/b.txt", "d/a.txt", "c.txt"}; // d/a.txt sorts first
     for (int i = 0; i < 3; i++) {
         files[i] = text((uint64_t)i + 1, sizes[i]);
@@ -188,9 +171,7 @@ int main(void) {
     data_close(&a);
     tokenizer_free(t);
     tokenizer_free(other);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", root);
-    if (system(cmd) != 0) printf("could not remove %s\n", root);
+    tree_remove();
     for (int i = 0; i < 3; i++) free(files[i]);
     printf("%s: %s\n", __FILE__, failures ? "FAILED" : "ok");
     return failures ? 1 : 0;

@@ -310,36 +310,42 @@ static void write_job_states(struct expo *e, const struct jobs_page *p) {
     }
 }
 
+/* The per-job gauges and counters, one sample per job each. */
+static const struct job_metric {
+    const char *name, *type, *help;
+    double (*get)(const struct job *); // NAN: no sample for this job
+} job_metrics[] = {
+    {"moed_job_step", "gauge", "the last completed optimizer step", j_step},
+    {"moed_job_total_steps", "gauge", "the steps the job runs (run.steps)", j_total},
+    {"moed_job_committed_step", "gauge",
+     "the newest step held in every failure domain the spec asks for; a recovery never returns "
+     "below it", j_committed},
+    {"moed_job_epoch", "gauge", "times the job was bound to workers", j_epoch},
+    {"moed_job_loss_nats_per_token", "gauge",
+     "training loss at the last step (cross-entropy + auxiliary terms)", j_loss},
+    {"moed_job_val_loss_nats_per_token", "gauge",
+     "the last held-out loss (absent before the first evaluation)", j_val_loss},
+    {"moed_job_bpb", "gauge",
+     "the last step's cross-entropy in bits per byte of text: comparable across tokenizers",
+     j_bpb},
+    {"moed_job_val_bpb", "gauge",
+     "the last held-out cross-entropy in bits per byte of text (absent before the first "
+     "evaluation since the coordinator started)", j_val_bpb},
+    {"moed_job_tokens_per_second", "gauge", "tokens per second of the last step", j_tps},
+    {"moed_job_step_dropped_assignments", "gauge",
+     "(token, expert) assignments the last step dropped for capacity", j_dropped},
+    {"moed_job_step_assignments", "gauge", "(token, expert) assignments of the last step",
+     j_assign},
+    {"moed_job_recoveries_total", "counter", "failures the job recovered from", j_recoveries},
+    {"moed_job_moves_total", "counter", "doubled slots moved onto a spare worker", j_moves},
+    {"moed_job_recovering", "gauge", "1 while a recovery is in progress", j_recovering},
+};
+
 static void write_job_scalars(struct expo *e, const struct jobs_page *p) {
-    job_family(e, p, "moed_job_step", "gauge", "the last completed optimizer step", j_step);
-    job_family(e, p, "moed_job_total_steps", "gauge", "the steps the job runs (run.steps)",
-               j_total);
-    job_family(e, p, "moed_job_committed_step", "gauge",
-               "the newest step held in every failure domain the spec asks for; a recovery "
-               "never returns below it", j_committed);
-    job_family(e, p, "moed_job_epoch", "gauge", "times the job was bound to workers", j_epoch);
-    job_family(e, p, "moed_job_loss_nats_per_token", "gauge",
-               "training loss at the last step (cross-entropy + auxiliary terms)", j_loss);
-    job_family(e, p, "moed_job_val_loss_nats_per_token", "gauge",
-               "the last held-out loss (absent before the first evaluation)", j_val_loss);
-    job_family(e, p, "moed_job_bpb", "gauge",
-               "the last step's cross-entropy in bits per byte of text: comparable across "
-               "tokenizers", j_bpb);
-    job_family(e, p, "moed_job_val_bpb", "gauge",
-               "the last held-out cross-entropy in bits per byte of text (absent before the "
-               "first evaluation since the coordinator started)", j_val_bpb);
-    job_family(e, p, "moed_job_tokens_per_second", "gauge", "tokens per second of the last step",
-               j_tps);
-    job_family(e, p, "moed_job_step_dropped_assignments", "gauge",
-               "(token, expert) assignments the last step dropped for capacity", j_dropped);
-    job_family(e, p, "moed_job_step_assignments", "gauge",
-               "(token, expert) assignments of the last step", j_assign);
-    job_family(e, p, "moed_job_recoveries_total", "counter",
-               "failures the job recovered from", j_recoveries);
-    job_family(e, p, "moed_job_moves_total", "counter",
-               "doubled slots moved onto a spare worker", j_moves);
-    job_family(e, p, "moed_job_recovering", "gauge", "1 while a recovery is in progress",
-               j_recovering);
+    for (size_t k = 0; k < sizeof job_metrics / sizeof job_metrics[0]; k++) {
+        const struct job_metric *m = &job_metrics[k];
+        job_family(e, p, m->name, m->type, m->help, m->get);
+    }
 }
 
 static void write_recovery_durations(struct expo *e, const struct jobs_page *p) {

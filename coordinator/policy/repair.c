@@ -84,12 +84,17 @@ enum repair_next repair_reported_mismatch(struct job *j, int k, int64_t t, char 
 
 /* ---- the plan ---- */
 
-/* Whether two pods reported sha as slot index s's state at step t. */
+/* Whether two pods reported sha as slot index s's state at step t: in their latest reports,
+ * or in an agreement kept since (replicas.c). */
 static int reported_agreed(const struct job *j, int s, int64_t t, const uint8_t *sha) {
     int n = 0;
     for (int p = 0; j->hashes && p < j->pods; p++) {
         const struct replica_hash *h = &j->hashes[p * j->slots + s];
         n += h->have && h->step == t && !memcmp(h->sha, sha, 32);
+    }
+    for (int i = 0; j->agreed && i < REPLICA_AGREED_KEEP; i++) {
+        const struct replica_hash *a = &j->agreed[s * REPLICA_AGREED_KEEP + i];
+        n += 2 * (a->have && a->step == t && !memcmp(a->sha, sha, 32));
     }
     return n >= 2;
 }

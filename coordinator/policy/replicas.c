@@ -24,6 +24,21 @@ static void update_committed(struct job *j) {
     if (c != LONG_MAX && c > j->committed_step) j->committed_step = c;
 }
 
+/* Two pods agree on slot index s at step t: kept in place of the oldest agreement held. */
+static void note_agreed(struct job *j, int s, int64_t t, const uint8_t *sha) {
+    if (!j->agreed && !(j->agreed = calloc((size_t)j->slots * REPLICA_AGREED_KEEP,
+                                           sizeof *j->agreed)))
+        return;
+    struct replica_hash *ring = &j->agreed[s * REPLICA_AGREED_KEEP], *oldest = ring;
+    for (int i = 0; i < REPLICA_AGREED_KEEP; i++) {
+        if (ring[i].have && ring[i].step == t) return;
+        if (!ring[i].have || (oldest->have && ring[i].step < oldest->step)) oldest = &ring[i];
+    }
+    oldest->have = 1;
+    oldest->step = t;
+    memcpy(oldest->sha, sha, 32);
+}
+
 static void hash_check(struct coordinator *co, struct job *j, int k, int64_t t,
                        const uint8_t *sha) {
     int n = job_n_slots(j), S = j->slots;
@@ -41,6 +56,7 @@ static void hash_check(struct coordinator *co, struct job *j, int k, int64_t t,
         hex_short(o->sha, theirs);
         if (!memcmp(o->sha, sha, 32)) {
             j->replica_matches++;
+            note_agreed(j, k % S, t, sha);
             LOG_DEBUG("%s: step %lld, slot index %d: pods %d and %d agree (%s); %llu agreements",
                       j->id, (long long)t, k % S, p, k / S, mine,
                       (unsigned long long)j->replica_matches);

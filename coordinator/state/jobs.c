@@ -84,6 +84,7 @@ struct job *job_create(struct coordinator *co, const struct job_spec *spec) {
 void job_free(struct job *j) {
     job_drop_recovery(j);
     free(j->hashes);
+    free(j->agreed);
     repair_watch_free(j->repair);
     free(j->restore_from);
     free(j->spec_json);

@@ -107,6 +107,7 @@ struct job {
                                        //   of life to every slot back
                                //   this process saw end (/metrics)
     struct replica_hash *hashes; // (pods * slots) the latest state hash each slot reported
+    struct replica_hash *agreed; // (slots * REPLICA_AGREED_KEEP) the newest agreed hashes
     struct repair_watch *repair; // a repair whose replay has not yet shown the wrong copy
     uint64_t replica_matches;  // hash comparisons that agreed
     int replica_verified;      // the first agreement has been announced (event replica_check)

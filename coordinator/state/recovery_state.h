@@ -90,6 +90,13 @@ struct replica_hash {
     uint8_t sha[32];
 };
 
+/* The newest steps at which two pods reported the same hash of one slot index: a copy of such
+ * a step with that hash is good even after later reports have replaced the per-slot hashes.
+ * A repair judges a recovery's restored state by it (a restore keeps only S(T), so a bit that
+ * flips in it before the next step's check has no older copy to fall back to; T's own agreed
+ * hash tells the good copy from the bad one). */
+#define REPLICA_AGREED_KEEP 4 // per slot index
+
 /* A repair waits for the replay to hash the step whose replicas differed: the copy that
  * disagrees with the replay's agreed hash was the wrong one (policy/repair.c). */
 struct repair_watch {

@@ -512,33 +512,6 @@ void data_close(struct dataset *d) {
 
 /* ---- tokens ---- */
 
-moe_status data_read_file(const struct data_roots *roots, const char *field, const char *path,
-                          uint8_t **bytes, size_t *n) {
-    char shown[700];
-    struct data_name name = {field, path};
-    data_name_str(&name, NULL, shown, sizeof shown);
-    int fd, is_dir;
-    CHECK(data_path_open(roots, &name, &fd, &is_dir));
-    if (is_dir) {
-        close(fd);
-        return moe_fail(MOE_EINVAL, "%s: is a directory, not a file", shown);
-    }
-    struct loader l = {.roots = roots, .name = name};
-    struct bytebuf b = {0};
-    struct stat st;
-    moe_status res = fstat(fd, &st) == 0
-                         ? read_to_end(&l, fd, NULL, st.st_size > 0 ? (size_t)st.st_size : 0, &b)
-                         : moe_fail(MOE_EIO, "%s: %s", shown, strerror(errno));
-    close(fd);
-    if (res != MOE_OK) {
-        free(b.p);
-        return res;
-    }
-    *bytes = b.p;
-    *n = b.n;
-    return MOE_OK;
-}
-
 moe_status data_tokenizer_open(const struct data_roots *roots, const char *field,
                                const char *path, uint8_t **bytes, size_t *n,
                                struct tokenizer **tok) {

@@ -286,3 +286,48 @@ moe_status data_entry_open(const struct data_roots *r, const struct data_name *n
                         RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
                         want_dir ? S_IFDIR : S_IFREG, fd, &is_dir);
 }
+
+/* Reads fd to its end into *buf (malloc'd, *len bytes), starting with room for `hint`. */
+static moe_status read_whole(int fd, size_t hint, const char *shown, uint8_t **buf, size_t *len) {
+    size_t cap = hint > 0 && hint < SIZE_MAX / 2 ? hint + 1 : 4096, n = 0;
+    uint8_t *p = malloc(cap);
+    for (;;) {
+        if (p && n == cap) {
+            uint8_t *q = cap < SIZE_MAX / 2 ? realloc(p, cap * 2) : NULL;
+            if (!q) free(p);
+            p = q;
+            cap *= 2;
+        }
+        if (!p) return moe_fail(MOE_ENOMEM, "%s: out of memory", shown);
+        ssize_t r = read(fd, p + n, cap - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            int e = errno;
+            free(p);
+            return moe_fail(MOE_EIO, "%s: %s", shown, strerror(e));
+        }
+        if (r == 0) break;
+        n += (size_t)r;
+    }
+    *buf = p;
+    *len = n;
+    return MOE_OK;
+}
+
+moe_status data_read_file(const struct data_roots *roots, const char *field, const char *path,
+                          uint8_t **bytes, size_t *n) {
+    char shown[700];
+    struct data_name name = {field, path};
+    data_name_str(&name, NULL, shown, sizeof shown);
+    int fd, is_dir;
+    CHECK(data_path_open(roots, &name, &fd, &is_dir));
+    if (is_dir) {
+        close(fd);
+        return moe_fail(MOE_EINVAL, "%s: is a directory, not a file", shown);
+    }
+    struct stat st;
+    size_t hint = fstat(fd, &st) == 0 && st.st_size > 0 ? (size_t)st.st_size : 0;
+    moe_status res = read_whole(fd, hint, shown, bytes, n);
+    close(fd);
+    return res;
+}

@@ -11,7 +11,8 @@
  * A refused path outside the roots gets one message whatever the file is (there or not,
  * readable or not, its type or size): "data.sources[1].path '/etc/shadow' is outside the
  * worker's data roots". Inside a root the errors say what is wrong.
- * Never: reads data (data.c does), or decides by the text of a path alone what it reaches.
+ * Never: reads a data source (data.c does; data_read_file reads one small whole file), or
+ * decides by the text of a path alone what it reaches.
  * See docs/security-data-roots.md.
  */
 #ifndef MOE_DATA_ROOTS_H
@@ -20,6 +21,7 @@
 #include "../../common/status.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct data_roots;
 
@@ -52,6 +54,11 @@ moe_status data_path_open(const struct data_roots *r, const struct data_name *na
  * Errors name it as the source's path joined with rel. */
 moe_status data_entry_open(const struct data_roots *r, const struct data_name *name, int dirfd,
                            const char *rel, int want_dir, int *fd);
+
+/* Reads the whole regular file `path` beneath the roots (NULL: anywhere) into *bytes
+ * (malloc'd), in one go (a small file: an index, a tokenizer); errors name it as "FIELD 'PATH'". */
+moe_status data_read_file(const struct data_roots *roots, const char *field, const char *path,
+                          uint8_t **bytes, size_t *n);
 
 /* Writes "data: PATH/REL" or "FIELD 'PATH/REL'" (rel NULL or ""): how errors name a file. */
 const char *data_name_str(const struct data_name *name, const char *rel, char *out, size_t cap);

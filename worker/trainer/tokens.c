@@ -176,7 +176,8 @@ moe_status tokens_load_source(struct data_stream *s, const struct dataset *d, in
         res = moe_fail(MOE_EFORMAT, "%s: source %d has no token count", shown, j);
     if (res == MOE_OK) res = map_tokens(s, d, j, roots, (size_t)n);
     if (res != MOE_OK) {
-        data_stream_free(s);
+        if (s->ids_mapped) munmap((void *)s->ids, s->ids_mapped);
+        memset(s, 0, sizeof *s);
         return res;
     }
     snprintf(s->path, sizeof s->path, "%s", spec->sources[j].path);

@@ -19,7 +19,7 @@
 #define MOE_TOKENS_H
 
 #include "../../common/status.h"
-#include "data.h"
+#include "dataset.h"
 
 /* Writes DIR for the loaded dataset d (opened with a tokenizer and no data.prepared). On
  * failure nothing usable is left: the files written so far are removed. */
