@@ -26,8 +26,9 @@ YAML
 
 # ---- refused in one line ----
 out=$(OMP_NUM_THREADS=1 "$moectl" train "$tmp/diloco.yaml" --quiet 2>&1)
+rc=$?
 check "moectl train refuses diloco: it plays one model" \
-  '[ $? -ne 0 ] && [[ "$out" == *"mesh.sync = diloco"*"submit it to a cluster"* ]] && [ "$(printf "%s\n" "$out" | wc -l)" -le 2 ]'
+  '[ $rc -ne 0 ] && [[ "$out" == *"mesh.sync = diloco"*"submit it to a cluster"* ]] && [ "$(printf "%s\n" "$out" | wc -l)" -le 2 ]'
 out=$("$moectl" train "$tmp/diloco.yaml" --set run.steps=805 2>&1)
 check "run.steps not a multiple of mesh.outer_every: refused naming both" \
   '[[ "$out" == *"run.steps = 805 is not a multiple of mesh.outer_every = $H"* ]]'
