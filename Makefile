@@ -49,6 +49,7 @@ bench: build
 	./$(BUILD)/bin/bench_status
 	./$(BUILD)/bin/bench_scale
 	./$(BUILD)/bin/bench_transfer_check
+	mkdir -p $(BUILD)/bench_export && ./$(BUILD)/bin/bench_export $(BUILD)/bench_export
 	bash tests/bench/bench_recovery.sh ./$(BUILD)/bin
 	bash tests/bench/bench_ettr.sh ./$(BUILD)/bin
 	bash tests/bench/bench_xpod.sh ./$(BUILD)/bin

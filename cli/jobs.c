@@ -40,7 +40,7 @@ static void job_usage(FILE *to, const char *cmd) {
     static const struct {
         const char *cmd, *args;
     } forms[] = {
-        {"submit", "SPEC [--set key.path=value ...] [--json]"},
+        {"submit", "SPEC [--set key.path=value ...] [--resume-from JOB] [--json]"},
         {"jobs", "[--active] [--limit N] [--page-size N] [--json]"},
         {"status", "JOB [--json]"},
         {"watch", "JOB [--json]"},
@@ -92,10 +92,15 @@ static int parse_args(int argc, char **argv, struct job_args *a, int operands, i
 struct submit_ctx {
     const char **sets;
     int n_sets;
+    const char *resume_from; // --resume-from JOB: start from that job's export
 };
 
 static int take_set(void *ctx, int c, const char *arg) {
     struct submit_ctx *s = ctx;
+    if (c == 'r') {
+        s->resume_from = arg;
+        return 0;
+    }
     if (c != 's') return -1;
     s->sets[s->n_sets++] = arg;
     return 0;
@@ -127,6 +132,7 @@ static int absolute_sources(struct job_spec *spec) {
         if (code) return code;
     }
     int code = absolute_path(spec->distill.teacher, cwd, "distill.teacher");
+    if (!code) code = absolute_path(spec->run.export_dir, cwd, "run.export_dir");
     return code ? code : absolute_path(spec->run.init_from, cwd, "run.init_from");
 }
 
@@ -147,10 +153,12 @@ static int check_sources_here(const struct job_spec *spec) {
 }
 
 int cmd_submit(int argc, char **argv) {
-    static const struct option set[] = {{"set", required_argument, 0, 's'}, {0, 0, 0, 0}};
-    struct submit_ctx sc = {calloc((size_t)argc, sizeof(char *)), 0};
+    static const struct option set[] = {{"set", required_argument, 0, 's'},
+                                        {"resume-from", required_argument, 0, 'r'},
+                                        {0, 0, 0, 0}};
+    struct submit_ctx sc = {calloc((size_t)argc, sizeof(char *)), 0, NULL};
     if (!sc.sets) return moectl_fail(EXIT_RUN_FAILED, "out of memory");
-    struct job_args a = {.extra = set, .shorts = "s:", .take_extra = take_set, .ctx = &sc};
+    struct job_args a = {.extra = set, .shorts = "s:r:", .take_extra = take_set, .ctx = &sc};
     int code, go_on = parse_args(argc, argv, &a, 1, &code);
     struct job_spec *spec = NULL;
     char *json = NULL;
@@ -169,6 +177,7 @@ int cmd_submit(int argc, char **argv) {
         code = moectl_fail(EXIT_BAD_INPUT, "%s", moe_errmsg());
         goto exit;
     }
+    if (sc.resume_from && (code = client_need_job_id(sc.resume_from))) goto exit;
     if ((code = absolute_sources(spec))) goto exit;
     if ((code = check_sources_here(spec))) goto exit;
     if (!(json = spec_to_json(spec))) {
@@ -178,6 +187,7 @@ int cmd_submit(int argc, char **argv) {
     if ((code = client_open(&cl, &a.common.conn))) goto exit;
     Moed__V1__SubmitJobRequest req = MOED__V1__SUBMIT_JOB_REQUEST__INIT;
     req.spec = json; // overrides are already applied: the coordinator gets one complete spec
+    if (sc.resume_from) req.resume_from = (char *)sc.resume_from;
     if ((code = client_call(&cl, RPC_JOBS_SUBMIT_JOB, &req.base, &moed__v1__job_info__descriptor,
                             &reply, NULL)))
         goto exit;
@@ -370,6 +380,39 @@ static void print_recovery(const Moed__V1__JobInfo *j) {
     printf("  recovery  committed step %lld, %d recover%s%s%s\n", (long long)j->committed_step,
            j->recoveries, j->recoveries == 1 ? "y" : "ies", moves,
            j->recovering ? "; RECOVERING now (fencing, rebinding, restoring)" : "");
+    if (j->held_since_unix_ms) { // a partition waited out (docs/recovery.md, "Partitions")
+        char when[16], age[32];
+        moectl_clock(when, sizeof when, j->held_since_unix_ms);
+        moectl_age(age, sizeof age, moe_wall_ms() - j->held_since_unix_ms);
+        printf("  held      since %s (%s): %s\n", when, age, j->held);
+    }
+}
+
+/* What a FAILED or CANCELLED job left on disk, and where a job resumed from (docs/recovery.md,
+ * "Export and resume"): "exported step 40: slots 0-1 complete" or "slot 1 missing: ...". */
+static void print_export(const Moed__V1__JobInfo *j) {
+    if (j->resumed_from[0])
+        printf("  resumed   from %s at step %lld\n", j->resumed_from, (long long)j->resumed_step);
+    const Moed__V1__ExportManifest *m = j->exported;
+    if (!m) return;
+    if (m->in_progress) {
+        printf("  export    in progress: the survivors are writing the job's state\n");
+        return;
+    }
+    if (m->complete && m->n_slots > 1)
+        printf("  export    exported step %lld: slots 0-%d complete\n", (long long)m->step,
+               (int)m->n_slots - 1);
+    else if (m->complete)
+        printf("  export    exported step %lld: slot 0 complete\n", (long long)m->step);
+    else if (m->n_slots)
+        printf("  export    exported step %lld: %zu of %zu slots; %s\n", (long long)m->step,
+               m->n_slots, m->n_slots + m->n_missing, m->why_missing);
+    else
+        printf("  export    nothing exported: %s\n", m->why_missing);
+    for (size_t i = 0; i < m->n_slots; i++)
+        printf("            slot %d  %s (%s on %s, %lld bytes, CRC-32C %08x)\n",
+               m->slots[i]->slot, m->slots[i]->path, m->slots[i]->worker_id, m->slots[i]->host,
+               (long long)m->slots[i]->bytes, m->slots[i]->crc32c);
 }
 
 /* ---- status ---- */
@@ -402,8 +445,9 @@ static void print_headline(const Moed__V1__JobStatus *st) {
         moectl_duration(d, sizeof d, st->eta_seconds);
         snprintf(eta, sizeof eta, ", ETA %s", d);
     }
-    printf("%s '%s' %s: step %lld/%lld (%.0f%%)%s\n", j->job_id, j->name,
-           client_job_state(j->state), (long long)j->step, (long long)j->total_steps, pct, eta);
+    printf("%s '%s' %s%s: step %lld/%lld (%.0f%%)%s\n", j->job_id, j->name,
+           client_job_state(j->state), j->held_since_unix_ms ? ", HELD (partition)" : "",
+           (long long)j->step, (long long)j->total_steps, pct, eta);
 }
 
 /* The last step's metrics, or without them the job's loss. */
@@ -441,6 +485,7 @@ static void print_mesh(const Moed__V1__JobStatus *st) {
         printf("\n");
     }
     print_recovery(j);
+    print_export(j);
     if (st->n_slots > 1) {
         print_slots(st->slots, st->n_slots, client_job_final(j->state), "    ");
         print_links(st->slots, st->n_slots, client_job_final(j->state), "  ");

@@ -102,6 +102,9 @@ static const struct field spec_fields[] = {
               "steps between hash comparisons of data-parallel replicas' state (0: never)"),
     DOUBLE_FIELD("mesh.spare_wait_s", mesh.spare_wait_s, "60", 0, 86400, BOUND_CLOSED,
                  "a recovery waits this long for a worker to play a lost slot, then fails"),
+    DOUBLE_FIELD("mesh.partition_wait_s", mesh.partition_wait_s, "600", 0, 86400, BOUND_CLOSED,
+                 "a recovery whose workers all hold their state but cannot reach each other (a "
+                 "partition) retries this long, then fails"),
     BOOL_FIELD("mesh.move_to_spare", mesh.move_to_spare, "true",
                "a slot a survivor plays beside its own moves onto the next idle worker (tcp; "
                "false: it stays, and idle workers are left to queued jobs)"),
@@ -194,6 +197,10 @@ static const struct field spec_fields[] = {
     STRING_FIELD("run.init_from", run.init_from, "",
                  "start from this model's parameters (same shapes; fresh optimizer); "
                  "empty: from run.seed"),
+    STRING_FIELD("run.export_dir", run.export_dir, "",
+                 "where the survivors of a failed or cancelled job write its state: an "
+                 "absolute directory beneath every worker's --export-dir; empty: that "
+                 "directory itself"),
 
     STRING_FIELD("distill.teacher", distill.teacher, "",
                  "a teacher model (.safetensors, the same vocabulary) to distill from; "
@@ -1177,6 +1184,17 @@ static moe_status validate_schedule(const struct data_spec *d) {
     return MOE_OK;
 }
 
+/* An export directory is absolute and climbs nowhere: a worker writes beneath exactly it. */
+static moe_status validate_export_dir(const char *d) {
+    if (!d[0]) return MOE_OK;
+    if (d[0] != '/')
+        return moe_fail(MOE_EINVAL, "spec: run.export_dir = \"%s\" is not an absolute path", d);
+    for (const char *p = d; (p = strstr(p, "..")); p += 2)
+        if ((p == d || p[-1] == '/') && (p[2] == '/' || p[2] == 0))
+            return moe_fail(MOE_EINVAL, "spec: run.export_dir = \"%s\" contains \"..\"", d);
+    return MOE_OK;
+}
+
 moe_status spec_validate(const struct job_spec *s) {
     for (size_t i = 0; i < N_FIELDS; i++)
         CHECK(check_stored(&spec_fields[i], s, spec_fields[i].name));
@@ -1185,6 +1203,7 @@ moe_status spec_validate(const struct job_spec *s) {
     if (s->run.micro_batch > 0 && s->run.batch_size % s->run.micro_batch != 0)
         return moe_fail(MOE_EINVAL, "spec: run.micro_batch = %d does not divide run.batch_size = %d",
                         s->run.micro_batch, s->run.batch_size);
+    CHECK(validate_export_dir(s->run.export_dir));
     CHECK(validate_source_count(&s->data)); // the schedule's checks need a sane count
     CHECK(validate_schedule(&s->data));
     CHECK(validate_sources(&s->data)); // last: the only check that touches the filesystem

@@ -55,6 +55,9 @@ struct run_spec {
     int eval_batches; // held-out batches per evaluation
     char init_from[SPEC_PATH_MAX]; // a moed .safetensors whose parameters (and expert biases)
                                    // the run starts from, every tensor's shape checked; "": seed
+    char export_dir[SPEC_PATH_MAX]; // where a failed or cancelled job's survivors write its
+                                    // state: absolute, beneath every worker's --export-dir;
+                                    // "": that directory itself (docs/recovery.md)
 };
 
 /* Knowledge distillation from a teacher model (docs/model.md, "Distillation"). */
@@ -81,6 +84,8 @@ struct mesh_spec {
                       // 1: no redundancy, a lost slot fails the job
     int check_every;  // steps between comparisons of data-parallel replicas' state hashes (0: off)
     double spare_wait_s; // a recovery waits this long for a worker to play a lost slot
+    double partition_wait_s; // a recovery whose workers hold every slot's state but cannot
+                             // reach each other (a partition) is held this long, then fails
     int move_to_spare;   // a slot doubled up on a survivor moves onto an idle worker (tcp)
     int encrypt;         // the data plane's tcp links are encrypted (docs/dataplane.md)
     int bucket_kb;       // gradient bucket size for the overlapped cross-pod sync (KiB)

@@ -13,6 +13,7 @@
 #include "handlers/handlers.h"
 #include "handlers/http.h"
 #include "handlers/metrics.h"
+#include "policy/export.h"
 #include "policy/faults.h"
 #include "policy/membership.h"
 #include "policy/recovery.h"
@@ -93,6 +94,7 @@ static void monitor_tick(uv_timer_t *t) {
     int64_t now = moe_wall_ms();
     membership_check(co, now);
     faults_tick(co, now);
+    export_poll(co);
     schedule_pass(co);
     retention_tick(co, now);
     moe_notify_watchdog(); // a loop that stops ticking is what WatchdogSec= catches

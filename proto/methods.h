@@ -42,5 +42,6 @@
 #define RPC_WORKER_STOP_JOB "/moed.v1.Worker/StopJob"
 #define RPC_WORKER_FENCE_SLOT "/moed.v1.Worker/FenceSlot"
 #define RPC_WORKER_INJECT_FAULT "/moed.v1.Worker/InjectFault"
+#define RPC_WORKER_EXPORT_STATE "/moed.v1.Worker/ExportState"
 
 #endif

@@ -765,6 +765,7 @@ struct rpc_call {
     char identity[RPC_IDENTITY_MAX]; // from the server's identify; "" when none
     int refs;          // batches in flight, plus one while the handler holds a unary call
     int answered;      // unary: a reply or failure went out
+    int deferred;      // unary: the handler answers later (rpc_defer), holding a reference
     int initial_sent;
     int status_sent;
     int closed;        // RECV_CLOSE_ON_SERVER completed: the call is over
@@ -885,6 +886,16 @@ static void send_unary(struct rpc_call *c, grpc_byte_buffer *bb, grpc_status_cod
         LOG_ERROR("rpc: answering %s failed (error %d)", c->path, (int)e);
         c->refs--;
     }
+    if (c->deferred) { // the reference rpc_defer took
+        c->deferred = 0;
+        call_release(c);
+    }
+}
+
+void rpc_defer(struct rpc_call *c) {
+    if (c->answered || c->deferred) return;
+    c->deferred = 1;
+    c->refs++;
 }
 
 void rpc_reply(struct rpc_call *c, const ProtobufCMessage *response) {
@@ -1213,7 +1224,7 @@ static void handle_call(struct rpc_server *srv, struct request_slot *s) {
         }
     } else {
         m->handler(c, req, srv->ctx);
-        if (!c->answered) {
+        if (!c->answered && !c->deferred) {
             LOG_ERROR("rpc: handler of %s returned without answering", m->path);
             send_unary(c, NULL, GRPC_STATUS_INTERNAL, "internal error: no answer");
         }

@@ -132,6 +132,9 @@ void rpc_server_shutdown(struct rpc_server *s, void (*done)(void *arg), void *ar
 void rpc_reply(struct rpc_call *c, const ProtobufCMessage *response);
 void rpc_fail(struct rpc_call *c, grpc_status_code code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* A unary handler that answers later, on the loop (after work on another thread): the call
+ * stays valid until its rpc_reply or rpc_fail, which must come exactly once. */
+void rpc_defer(struct rpc_call *c);
 /* rpc_fail for a caller that may not do what it asks (PERMISSION_DENIED, UNAUTHENTICATED): the
  * refusal is logged with the method, the peer and the caller's identity, under the rate limit
  * of that method's refusals (the first few per 10 s in full, then a count). */

@@ -1248,7 +1248,7 @@ static void test_method_paths(void) {
         RPC_CLUSTER_REGISTER_WORKER, RPC_CLUSTER_HEARTBEAT, RPC_CLUSTER_REPORT_STEP,
         RPC_CLUSTER_UPLOAD_MODEL, RPC_CLUSTER_REPORT_JOB_END, RPC_CLUSTER_REPORT_FAULT,
         RPC_CLUSTER_REPORT_RESTORED, RPC_WORKER_RUN_SLOT, RPC_WORKER_STOP_JOB,
-        RPC_WORKER_FENCE_SLOT, RPC_WORKER_INJECT_FAULT};
+        RPC_WORKER_FENCE_SLOT, RPC_WORKER_INJECT_FAULT, RPC_WORKER_EXPORT_STATE};
     size_t n = sizeof paths / sizeof paths[0];
     for (size_t i = 0; i < n; i++) EXPECT_MSG(proto_method(paths[i]), "%s is not in moed.proto", paths[i]);
     size_t in_proto = moed__v1__jobs__descriptor.n_methods + moed__v1__status__descriptor.n_methods +

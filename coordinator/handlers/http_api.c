@@ -91,6 +91,7 @@ static cJSON *job_summary(const struct job *j) {
     cJSON_AddNumberToObject(o, "recoveries", j->recoveries);
     cJSON_AddNumberToObject(o, "moves", j->moves);
     cJSON_AddBoolToObject(o, "recovering", j->recovering);
+    cJSON_AddStringToObject(o, "held", j->rec && j->rec->part.since_ms ? j->rec->part.text : "");
     cJSON_AddNumberToObject(o, "created_unix_ms", (double)j->created_ms);
     cJSON_AddNumberToObject(o, "started_unix_ms", (double)j->started_ms);
     cJSON_AddNumberToObject(o, "finished_unix_ms", (double)j->finished_ms);

@@ -57,7 +57,13 @@ void handle_submit_job(struct rpc_call *call, const ProtobufCMessage *m, void *c
         return;
     }
     moe_status s = schedule_submit(CO(ctx), req->spec, strlen(req->spec), req->overrides,
-                                   req->n_overrides, &j);
+                                   req->n_overrides, req->resume_from, &j);
+    if (req->resume_from[0] && (s == MOE_EINVAL || s == MOE_ENOTFOUND) &&
+        !strncmp(moe_errmsg(), "--resume-from", 13)) { // the job named, not the spec, is wrong
+        rpc_fail(call, s == MOE_ENOTFOUND ? GRPC_STATUS_NOT_FOUND
+                                          : GRPC_STATUS_FAILED_PRECONDITION, "%s", moe_errmsg());
+        return;
+    }
     if (s == MOE_EINVAL || s == MOE_EFORMAT || s == MOE_ENOTFOUND || s == MOE_EIO) {
         rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", moe_errmsg());
         return;

@@ -287,6 +287,7 @@ static double j_val_bpb(const struct job *j) {
 static double j_recoveries(const struct job *j) { return (double)j->recoveries; }
 static double j_moves(const struct job *j) { return (double)j->moves; }
 static double j_recovering(const struct job *j) { return j->recovering ? 1 : 0; }
+static double j_held(const struct job *j) { return j->rec && j->rec->part.since_ms ? 1 : 0; }
 static double j_tps(const struct job *j) { return j->last ? j->last->tokens_per_second : NAN; }
 static double j_dropped(const struct job *j) { return j->last ? (double)j->last->dropped : NAN; }
 static double j_assign(const struct job *j) {
@@ -339,6 +340,8 @@ static const struct job_metric {
     {"moed_job_recoveries_total", "counter", "failures the job recovered from", j_recoveries},
     {"moed_job_moves_total", "counter", "doubled slots moved onto a spare worker", j_moves},
     {"moed_job_recovering", "gauge", "1 while a recovery is in progress", j_recovering},
+    {"moed_job_partition_held", "gauge",
+     "1 while a recovery is held through a partition (docs/recovery.md)", j_held},
 };
 
 static void write_job_scalars(struct expo *e, const struct jobs_page *p) {

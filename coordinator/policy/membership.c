@@ -18,6 +18,7 @@
 #include "../../common/clock.h"
 #include "../../common/log.h"
 #include "../state/events.h"
+#include "export.h"
 #include "faults.h"
 #include "reachability.h"
 #include "recovery.h"
@@ -194,7 +195,8 @@ void membership_heartbeat(struct coordinator *co, struct worker *w,
     }
     if (req->job_id[0]) {
         struct job *j = jobs_find(co, req->job_id);
-        if (!keeps_slot(co, w, j, req)) resp->stop_job = 1;
+        /* a job that ended early keeps its workers until they exported its state */
+        if (!keeps_slot(co, w, j, req) && !export_holds(j, w)) resp->stop_job = 1;
     } else if (w->job_id[0]) {
         /* It runs nothing: a job we thought it was finishing is over for it, or it no longer
          * plays a slot of it (a recovery fenced it out, the job went back to the queue). A

@@ -10,8 +10,10 @@
  *            bound worker that holds a frozen state (or missed its new epoch) after a
  *            coordinator restart: event "failure"; a signal during a recovery's rebinding or
  *            restoring starts it again
- *   fence    FenceSlot (1 s, failing fast) to every worker bound in the epoch; an answer lists
- *            the state copies the worker holds, no answer makes the worker DEAD and its slot lost
+ *   fence    FenceSlot (1 s, failing fast) to every worker bound in the epoch (one found dead
+ *            too, unless superseded); an answer lists the state copies the worker holds, no
+ *            answer makes the worker DEAD and its slot lost (cut off, not known dead, when the
+ *            call timed out or found no route: partition.c may wait for it to come back)
  *   plan     recovery_plan.c: the slots that keep their worker, T, the sources; placement.c: a
  *            spare for every lost slot (tcp: any idle worker, or a survivor's second listener;
  *            mpi: a whole idle MPI job per lost pod), or a wait of up to mesh.spare_wait_s for
@@ -22,6 +24,10 @@
  *            ReportRestored; event "recovered" with the time split when every slot is back, and
  *            the committed step raised to T (not when the plan is stored: T may have had a
  *            single copy until then)
+ * Partition: a rebind's data-plane fault counts as an attempt only if the fence after it finds
+ * a slot lost; when every worker answers holding its state, partition.c holds the recovery
+ * (events "partition_held", "partition_healed"; rebound after a backoff, not counted against
+ * REC_MAX_ROUNDS, failed after mesh.partition_wait_s).
  * Move: once a worker is idle, a doubled slot is moved onto it by the same fence, plan, record
  * and restore (recovery_rebalance; events "rebalance", "moving", "moved"; not a recovery unless
  * a fault joins it). Its old worker stays for its other slot and stops the moved one itself.
@@ -36,6 +42,7 @@
 #include "../state/events.h"
 #include "../state/transitions.h"
 #include "../state/worker_calls.h"
+#include "partition.h"
 #include "placement.h"
 #include "recovery_plan.h"
 #include "repair.h"
@@ -176,12 +183,11 @@ static void begin(struct coordinator *co, struct job *j, int k, const char *what
     fence_round(co, j);
 }
 
-/* A new fault while the recovery rebinds or restores: the procedure starts again from the
- * fence, with the newest epoch. */
-static void restart(struct coordinator *co, struct job *j, int k, const char *what) {
+/* One more attempt of the recovery (event "failure"); 0 when that was the last one allowed
+ * and the job failed. */
+static int counted(struct coordinator *co, struct job *j, int k, const char *what) {
     struct recovery *r = j->rec;
     char where[96];
-    r->faulted = 1; // a move that meets a fault is a recovery (events, JobInfo.recoveries)
     if (++r->rounds >= REC_MAX_ROUNDS) {
         char why[1800];
         snprintf(why, sizeof why, "%s: the recovery gave up after %d attempts (at most %d); the "
@@ -189,10 +195,27 @@ static void restart(struct coordinator *co, struct job *j, int k, const char *wh
                  REC_MAX_ROUNDS, what);
         plan_refused_text(r, why, sizeof why);
         give_up(co, j, why);
-        return;
+        return 0;
     }
     job_event(co, j, 1, "failure", "%s: %s; the recovery starts again (attempt %d)",
                       job_slot_where(j, k, where, sizeof where), what, r->rounds + 1);
+    return 1;
+}
+
+/* A new fault while the recovery rebinds or restores: the procedure starts again from the
+ * fence, with the newest epoch. `reach`: a data-plane fault, which may be a partition: the
+ * fence tells (plan: counted, or held by partition.c). */
+static void restart(struct coordinator *co, struct job *j, int k, const char *what, int reach) {
+    struct recovery *r = j->rec;
+    r->faulted = 1; // a move that meets a fault is a recovery (events, JobInfo.recoveries)
+    if (reach && !r->part.suspect) {
+        r->part.suspect = 1;
+        r->part.suspect_slot = k;
+        snprintf(r->part.suspect_what, sizeof r->part.suspect_what, "%.499s", what);
+        LOG_INFO("%s: %s; fencing to tell a partition from a loss", j->id, what);
+    } else if (!counted(co, j, k, what)) {
+        return;
+    }
     fence_round(co, j);
 }
 
@@ -210,7 +233,7 @@ void recovery_repair(struct coordinator *co, struct job *j, int k, const char *w
     if (r->phase == REC_FENCING || r->phase == REC_WAITING)
         fence_round(co, j);
     else
-        restart(co, j, k, what);
+        restart(co, j, k, what, 0);
 }
 
 /* A signal while the fence answers come in or a spare is awaited: what it says about the
@@ -231,15 +254,11 @@ static void note(struct coordinator *co, struct job *j, int k, enum fault_kind k
     if (r->phase == REC_WAITING) plan(co, j); // the plan it waits with is wrong now
 }
 
-void recovery_signal(struct coordinator *co, struct job *j, int k, enum fault_kind kind,
-                     const char *fmt, ...) {
-    char what[700];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
-    va_end(ap);
+/* `reach`: a data-plane fault that may mean only that peers cannot reach each other. */
+static void signal_fault(struct coordinator *co, struct job *j, int k, enum fault_kind kind,
+                         int reach, char *what, size_t cap) {
     if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || !j->recoverable) return;
-    job_name_ranks(j, what, sizeof what);
+    job_name_ranks(j, what, cap);
     struct recovery *r = j->rec;
     if (!r) {
         begin(co, j, k, what, "failure", -1, kind == FAULT_DEAD);
@@ -248,7 +267,17 @@ void recovery_signal(struct coordinator *co, struct job *j, int k, enum fault_ki
     if (r->phase == REC_FENCING || r->phase == REC_WAITING)
         note(co, j, k, kind, what);
     else
-        restart(co, j, k, what);
+        restart(co, j, k, what, reach);
+}
+
+void recovery_signal(struct coordinator *co, struct job *j, int k, enum fault_kind kind,
+                     const char *fmt, ...) {
+    char what[700];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    signal_fault(co, j, k, kind, 0, what, sizeof what);
 }
 
 /* A restore refused the state rep->source_rank sent (its checksum failed): that worker is no
@@ -275,16 +304,34 @@ void recovery_fault_report(struct coordinator *co, struct job *j, int k,
                            const Moed__V1__FaultReport *rep) {
     int64_t now = moe_wall_ms();
     if (rep->transfer_refused) note_refused(j, k, rep);
-    recovery_signal(co, j, k, FAULT_REPORTED, "%s reported a data-plane fault at step %lld: %s",
-                    rep->worker_id, (long long)rep->step,
-                    rep->error[0] ? rep->error : "(no error given)");
+    partition_report(j, k, rep);
+    char what[700];
+    snprintf(what, sizeof what, "%s reported a data-plane fault at step %lld: %s",
+             rep->worker_id, (long long)rep->step, rep->error[0] ? rep->error : "(no error given)");
+    signal_fault(co, j, k, FAULT_REPORTED, !rep->transfer_refused, what, sizeof what);
     if (j->rec && !j->rec->first_fault_ms) j->rec->first_fault_ms = now;
+}
+
+/* A worker whose fence found it cut off (not dead) shows up again holding its state of the
+ * fenced epoch while the recovery waits without it: fenced again, so that its copies count. */
+static int back_from_cut(struct coordinator *co, struct job *j, int k, const struct worker *w,
+                         uint64_t epoch, int holding) {
+    struct recovery *r = j->rec;
+    if (!r || r->phase != REC_WAITING || !r->ans || k < 0 || !holding || epoch != j->epoch)
+        return 0;
+    const struct fence_answer *a = &r->ans[k];
+    if (a->state != ANS_LOST || !a->cut_off || strcmp(a->worker_id, w->id) != 0) return 0;
+    LOG_WARN("%s: %s is back, holding its state of epoch %llu: fencing again", j->id, w->id,
+             (unsigned long long)epoch);
+    fence_round(co, j);
+    return 1;
 }
 
 int recovery_worker_state(struct coordinator *co, struct job *j, int k, struct worker *w,
                           uint64_t epoch, int holding, const char *how) {
     if (!epoch) return 1; // a worker that does not say its epoch: nothing to compare
     if (epoch > j->epoch) return 0;
+    if (back_from_cut(co, j, k, w, epoch, holding)) return 1;
     if (dropped(j, w, k)) return 0; // fenced out: it becomes a spare once it stopped
     if (epoch == j->epoch && !holding) return 1;
     if (j->rec) return 1;           // our recovery reaches it: a fence, then its RunSlot
@@ -355,6 +402,15 @@ static void fence_holds(struct coordinator *co, struct job *j, struct fence_answ
     }
 }
 
+/* A fence that timed out or found no route to the worker: it may be alive and cut off from
+ * the coordinator (a partition). A refused or reset connection says its process is gone. */
+static int cut_off(const struct rpc_result *res) {
+    if (res->code == GRPC_STATUS_DEADLINE_EXCEEDED) return 1;
+    return res->code == GRPC_STATUS_UNAVAILABLE &&
+           (strstr(res->details, "No route") || strstr(res->details, "unreachable") ||
+            strstr(res->details, "timed out") || strstr(res->details, "Timeout"));
+}
+
 static void fence_reply(void *arg, const struct rpc_result *res, const ProtobufCMessage *msg) {
     struct fence_ctx *f = arg;
     struct coordinator *co = f->co;
@@ -384,7 +440,9 @@ static void fence_reply(void *arg, const struct rpc_result *res, const ProtobufC
     } else {
         char why[64]; // for events; the log has gRPC's whole story
         snprintf(why, sizeof why, "did not answer its fence (%s)", rpc_code_name(res->code));
-        if (answer_set(r, f->slot, ANS_LOST, why) && w) {
+        int set = answer_set(r, f->slot, ANS_LOST, why);
+        if (set) a->cut_off = cut_off(res);
+        if (set && w) {
             LOG_WARN("%s: %s at %s did not answer its fence: %s: %s: lost", j->id, w->id,
                      w->address, rpc_code_name(res->code), res->details);
             if (w->state != MOED__V1__WORKER_STATE__WORKER_LEFT) worker_mark_dead(co, w);
@@ -392,6 +450,15 @@ static void fence_reply(void *arg, const struct rpc_result *res, const ProtobufC
     }
     free(f);
     fence_answered(co, j);
+}
+
+/* Another live worker registered at w's address: w's process is gone for sure. */
+static int superseded(const struct coordinator *co, const struct worker *w) {
+    for (int i = 0; i < co->n_workers; i++) {
+        const struct worker *o = co->workers[i];
+        if (o != w && worker_alive(o) && !strcmp(o->address, w->address)) return 1;
+    }
+    return 0;
 }
 
 static void fence_round(struct coordinator *co, struct job *j) {
@@ -413,8 +480,10 @@ static void fence_round(struct coordinator *co, struct job *j) {
         struct fence_answer *a = &r->ans[k];
         snprintf(a->worker_id, sizeof a->worker_id, "%s", j->bindings[k].worker_id);
         struct worker *w = workers_find(co, a->worker_id);
-        if (!w || w->state == MOED__V1__WORKER_STATE__WORKER_DEAD ||
-            w->state == MOED__V1__WORKER_STATE__WORKER_LEFT || !w->channel) {
+        /* one the monitor found silent is fenced too: a refusal says it is dead, a timeout
+         * that it may be cut off from us (a partition) */
+        if (!w || w->state == MOED__V1__WORKER_STATE__WORKER_LEFT || !w->channel ||
+            (w->state == MOED__V1__WORKER_STATE__WORKER_DEAD && superseded(co, w))) {
             answer_set(r, k, ANS_LOST, "is dead");
             continue;
         }
@@ -459,7 +528,9 @@ static void wait_for_spare(struct coordinator *co, struct job *j, int k) {
                  "committed step %lld", job_slot_text(j, k, sl, sizeof sl), j->pods, j->slots, need,
                  waited, r->ans[k].worker_id, r->ans[k].why[0] ? r->ans[k].why : "was lost",
                  (long long)j->committed_step);
-        give_up(co, j, why);
+        char held[1400];
+        int cut = partition_cut_off(co, j, why, held, sizeof held); // it may come back
+        if (cut <= 0) give_up(co, j, cut < 0 ? held : why);
         return;
     }
     if (!r->waiting_announced) {
@@ -522,6 +593,19 @@ static void rebind(struct coordinator *co, struct job *j, int64_t t, const char 
     job_bindings_changed(j);
 }
 
+/* The plan in `b` and the job's record, stored with the event "recovering" (or "moving"); a
+ * rebind of a held partition that every worker keeps is stored without one (partition_held
+ * said it: one event per retry would drown the log during a long partition). */
+static moe_status record_plan(struct coordinator *co, struct job *j, struct store_batch *b,
+                              const char *text) {
+    if (j->rec->part.since_ms && partition_all_hold(j)) {
+        LOG_INFO("%s: partition held: rebinding again: %s", j->id, text);
+        job_batch(b, j);
+        return store_batch_commit(co->store, b, 1);
+    }
+    return job_event_batch(co, j, b, 1, only_move(j->rec) ? "moving" : "recovering", "%s", text);
+}
+
 /* Stores the new epoch (binding, T, sources) with the event "recovering", then sends
  * RunSlot(restore) to every slot. */
 static void record(struct coordinator *co, struct job *j, int64_t t, const char *keep,
@@ -566,8 +650,7 @@ static void record(struct coordinator *co, struct job *j, int64_t t, const char 
              "%lld)", (unsigned long long)j->epoch, (long long)t, (long long)j->committed_step);
     plan_text(j, r, keep, text, sizeof text);
     /* The decision is stored before any worker hears of it. */
-    if (job_event_batch(co, j, b, 1, only_move(r) ? "moving" : "recovering", "%s", text) !=
-        MOE_OK) {
+    if (record_plan(co, j, b, text) != MOE_OK) {
         char why[600];
         snprintf(why, sizeof why, "the coordinator cannot store its recovery plan: %.500s",
                  moe_errmsg());
@@ -578,9 +661,30 @@ static void record(struct coordinator *co, struct job *j, int64_t t, const char 
         give_up(co, j, moe_errmsg());
 }
 
+/* Whether a plan may be made now: after a rebind's data-plane fault the fence's answers say
+ * whether it was a partition (every slot held: held, not counted) or a loss (counted); a held
+ * recovery waits its backoff (phase REC_WAITING: recovery_poll plans again). 0: not now (the
+ * job may have failed). */
+static int partition_gate(struct coordinator *co, struct job *j) {
+    struct recovery *r = j->rec;
+    char why[1400];
+    int held = 0;
+    if (r->part.suspect) {
+        r->part.suspect = 0;
+        if (!partition_all_hold(j))
+            return counted(co, j, r->part.suspect_slot, r->part.suspect_what);
+        held = partition_hold(co, j, why, sizeof why);
+    }
+    if (held == 0) held = partition_wait(co, j, why, sizeof why);
+    if (held < 0) give_up(co, j, why);
+    if (held > 0) r->phase = REC_WAITING;
+    return held == 0;
+}
+
 static void plan(struct coordinator *co, struct job *j) {
     struct recovery *r = j->rec;
     int n = job_n_slots(j);
+    if (!partition_gate(co, j)) return;
     char *keep = calloc((size_t)n, 1), *need = calloc((size_t)n, 1);
     struct worker **kept = calloc((size_t)n, sizeof *kept);
     struct worker **spare = calloc((size_t)n, sizeof *spare);
@@ -601,12 +705,16 @@ static void plan(struct coordinator *co, struct job *j) {
     int64_t t = plan_step(j, r, keep);
     if (t >= 0 && r->repair) repair_planned(j, r, t);
     if (t < 0) {
-        char why[900];
-        if (r->repair)
+        char why[900], held[1400];
+        int cut = 0;
+        if (r->repair) {
             repair_unrecoverable(j, r, why, sizeof why);
-        else
+        } else {
             plan_unrecoverable(j, r, keep, why, sizeof why);
-        give_up(co, j, why);
+            cut = partition_cut_off(co, j, why, held, sizeof held); // the copy may come back
+        }
+        if (cut > 0) r->phase = REC_WAITING;
+        if (cut <= 0) give_up(co, j, cut < 0 ? held : why);
         goto exit;
     }
     if (t < j->committed_step) { // the argument in docs/recovery.md says never: a bug
@@ -735,7 +843,7 @@ static void run_slot_answer(void *arg, const struct rpc_result *res, const Proto
         char what[700];
         snprintf(what, sizeof what, "%s refused RunSlot of epoch %llu: %s: %.400s", a->worker_id,
                  (unsigned long long)a->epoch, rpc_code_name(res->code), res->details);
-        restart(co, j, a->slot, what);
+        restart(co, j, a->slot, what, 0);
     }
     free(a);
 }
@@ -766,12 +874,14 @@ static void recovered(struct coordinator *co, struct job *j) {
         snprintf(text, sizeof text,
                  "epoch %llu: every slot is back at step %lld and trains on (recovery %d of the "
                  "job%s); detection %lld ms (since %s; first signal at %+lld ms: %.300s%s), "
-                 "fencing %lld ms, waiting for a spare %lld ms, rebinding %lld ms, state "
+                 "fencing %lld ms, %s %lld ms, rebinding %lld ms, state "
                  "transfer %.3f s (connect %.3f s), total %.3f s; %llu bytes of state moved",
                  (unsigned long long)j->epoch, (long long)j->restore_step, j->recoveries + 1,
                  r->rounds ? ", after restarts" : "", (long long)(r->first_fence_ms - r->since_ms),
                  r->since, (long long)(r->signal_ms - r->since_ms), r->first_signal, fault,
-                 (long long)(r->fenced_ms - r->fence_ms), (long long)(r->planned_ms - r->fenced_ms),
+                 (long long)(r->fenced_ms - r->fence_ms),
+                 r->part.since_ms ? "waiting out the partition" : "waiting for a spare",
+                 (long long)(r->planned_ms - r->fenced_ms),
                  (long long)(accepted - r->planned_ms), r->max_transfer_s, r->max_connect_s,
                  total_s, (unsigned long long)r->bytes);
     if (j->restore_step > j->committed_step) j->committed_step = j->restore_step;
@@ -784,6 +894,7 @@ static void recovered(struct coordinator *co, struct job *j) {
     /* a move that did not happen as one (a fault, a refusal) is not tried again at once: a
      * worker that is idle but cannot take the slot must not cost a fence every pass */
     if (r->asked_move && !move) j->next_move_ms = now + MOVE_RETRY_MS;
+    partition_healed(co, j);
     job_drop_recovery(j);
     job_event(co, j, 1, move ? "moved" : "recovered", "%s", text);
 }

@@ -20,6 +20,7 @@
 #include "../state/events.h"
 #include "../state/models.h"
 #include "../state/transitions.h"
+#include "export.h"
 #include "faults.h"
 #include "recovery.h"
 #include "replicas.h"
@@ -40,7 +41,7 @@ moe_status reports_step(struct coordinator *co, struct job *j, struct worker *w,
                 strcmp(j->bindings[k].worker_id, w->id) == 0 && !recovery_dropped(j, w);
     int late = bound && j->recoverable && req->epoch && req->epoch < j->epoch;
     if (!bound || (req->epoch && req->epoch != j->epoch && !late)) {
-        *stop = 1;
+        *stop = !export_holds(j, w); // its fence comes: a stop now would lose the state
         return MOE_OK;
     }
     for (size_t i = 0; i < req->n_metrics; i++) {

@@ -19,6 +19,7 @@
 #include "../state/events.h"
 #include "../state/transitions.h"
 #include "../state/worker_calls.h"
+#include "export.h"
 #include "faults.h"
 #include "placement.h"
 #include "recovery.h"
@@ -28,15 +29,24 @@
 #include <string.h>
 
 moe_status schedule_submit(struct coordinator *co, const char *spec_text, size_t len,
-                           char *const *overrides, size_t n_overrides, struct job **out) {
+                           char *const *overrides, size_t n_overrides, const char *resume_from,
+                           struct job **out) {
     struct job_spec spec;
     spec_defaults(&spec);
     CHECK(spec_parse(&spec, spec_text, len, "spec"));
     CHECK(spec_set_all(&spec, (const char *const *)overrides, n_overrides));
     CHECK(spec_validate(&spec));
+    const Moed__V1__ExportManifest *resume = NULL;
+    if (resume_from && resume_from[0]) { // compared as the job will store it: every field
+        char *json = spec_to_json(&spec);
+        if (!json) return moe_fail(MOE_ENOMEM, "out of memory");
+        moe_status s = export_check_resume(co, resume_from, json, &resume);
+        free(json);
+        CHECK(s);
+    }
     /* A mesh no set of live workers could ever hold is refused now, not queued forever. */
     CHECK(placement_check(co, spec.mesh.pods, spec.mesh.slots, spec.mesh.backend));
-    return job_admit(co, &spec, out); // logged with its event
+    return job_admit(co, &spec, resume, out); // logged with its event
 }
 
 /* Every slot accepted: the event "running", once. */
@@ -125,6 +135,7 @@ static int bind_and_run(struct coordinator *co, struct job *j, struct worker **c
 
 void schedule_pass(struct coordinator *co) {
     if (co->stopping) return;
+    export_poll(co);        // a job that just ended early leaves its state on disk first
     recovery_poll(co);      // a running job that lost a slot comes before any queued job
     recovery_rebalance(co); // and so does one whose slot a survivor plays beside its own
     for (int i = 0; i < co->n_jobs; i++) {
@@ -133,7 +144,9 @@ void schedule_pass(struct coordinator *co) {
         struct worker **chosen = calloc((size_t)job_n_slots(j), sizeof *chosen);
         if (!chosen) return;
         /* jobs run in submission order: none may overtake the oldest */
-        int placed = placement_choose(co, j, chosen) && bind_and_run(co, j, chosen);
+        int placed = placement_choose(co, j, chosen);
+        if (placed) export_prefer_hosts(j, chosen); // a resumed slot reads its file locally
+        placed = placed && bind_and_run(co, j, chosen);
         free(chosen);
         if (!placed) return;
     }

@@ -54,6 +54,7 @@ void job_read_mesh(struct job *j, const struct mesh_spec *m) {
     j->replicas = m->replicas;
     j->buddies = mesh_buddies(m);
     j->spare_wait_s = m->spare_wait_s;
+    j->partition_wait_s = m->partition_wait_s;
     j->move_to_spare = m->move_to_spare;
 }
 
@@ -91,6 +92,9 @@ void job_free(struct job *j) {
     free(j->bindings);
     slot_index_free(j->by_worker);
     if (j->last) moed__v1__step_metrics__free_unpacked(j->last, NULL);
+    if (j->exported) moed__v1__export_manifest__free_unpacked(j->exported, NULL);
+    if (j->resume) moed__v1__export_manifest__free_unpacked(j->resume, NULL);
+    job_export_free(j->exp);
     for (int i = 0; i < j->n_recent; i++)
         moed__v1__event__free_unpacked(j->recent[(j->recent_head + i) % JOB_RECENT_EVENTS], NULL);
     if (j->upload_fd >= 0) close(j->upload_fd);
@@ -427,6 +431,15 @@ static void job_info(Moed__V1__JobInfo *info, const struct job *j) {
     info->recoveries = j->recoveries;
     info->moves = j->moves;
     info->recovering = j->recovering;
+    if (j->rec && j->rec->part.since_ms) { // a partition held (policy/partition.c)
+        info->held = (char *)j->rec->part.text;
+        info->held_since_unix_ms = j->rec->part.since_ms;
+    }
+    info->exported = j->exported;
+    if (j->resume) {
+        info->resumed_from = j->resume->job_id;
+        info->resumed_step = j->resume->step;
+    }
 }
 
 Moed__V1__SlotBinding job_slot_binding(const struct job *j, int k) {
@@ -524,6 +537,7 @@ void job_batch(struct store_batch *b, const struct job *j) {
     rec.recovery_since_ms = j->recovery_since_ms;
     rec.data_key.len = sizeof j->data_key;
     rec.data_key.data = (uint8_t *)j->data_key;
+    rec.resume = j->resume;
     store_batch_job(b, &rec); // packs now
     job_view_free(&v);
 }
@@ -573,6 +587,22 @@ static void load_mesh(struct job *j, const char *spec_json) {
     job_read_mesh(j, &spec.mesh);
 }
 
+/* The export manifests. One stored while the survivors were writing was cut short by our
+ * restart: the workers were told to stop when they re-registered, so it stays incomplete. */
+static void load_export(struct job *j, const Moed__V1__JobInfo *in,
+                        const Moed__Store__JobRecord *r) {
+    if (in->exported)
+        j->exported = (Moed__V1__ExportManifest *)pb_clone(&in->exported->base);
+    if (r->resume) j->resume = (Moed__V1__ExportManifest *)pb_clone(&r->resume->base);
+    if (j->exported && j->exported->in_progress) {
+        j->exported->in_progress = 0;
+        j->exported->complete = 0;
+        if (j->exported->why_missing != protobuf_c_empty_string) free(j->exported->why_missing);
+        j->exported->why_missing = strdup("the coordinator restarted while the survivors "
+                                          "were writing it");
+    }
+}
+
 static int load_job(const Moed__Store__JobRecord *r, void *arg) {
     struct coordinator *co = arg;
     const Moed__V1__JobInfo *in = r->job;
@@ -616,6 +646,7 @@ static int load_job(const Moed__Store__JobRecord *r, void *arg) {
         memcpy(j->restore_from, r->restore_from, r->n_restore_from * sizeof *j->restore_from);
     j->model_bytes = in->model_bytes;
     j->next_event = r->next_event;
+    load_export(j, in, r);
     if (!j->spec_json || !j->bindings || jobs_add(co, j) != MOE_OK) {
         job_free(j);
         return 1;
@@ -632,6 +663,9 @@ static int load_event(const Moed__V1__Event *e, void *arg) {
 static int load_last_step(const Moed__V1__StepMetrics *m, void *arg) {
     struct job *j = arg;
     if (j->last) moed__v1__step_metrics__free_unpacked(j->last, NULL);
+    if (j->exported) moed__v1__export_manifest__free_unpacked(j->exported, NULL);
+    if (j->resume) moed__v1__export_manifest__free_unpacked(j->resume, NULL);
+    job_export_free(j->exp);
     j->last = (Moed__V1__StepMetrics *)pb_clone(&m->base);
     return 0;
 }

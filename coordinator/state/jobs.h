@@ -23,6 +23,7 @@
 #ifndef MOE_COORD_JOBS_H
 #define MOE_COORD_JOBS_H
 
+#include "export_state.h"
 #include "histogram.h"
 #include "recovery_state.h"
 #include "state.h"
@@ -88,6 +89,7 @@ struct job {
     int replicas;              // mesh.replicas
     int buddies;               // mesh_buddies(): the slots after each in its pod holding its copy
     double spare_wait_s;       // mesh.spare_wait_s
+    double partition_wait_s;   // mesh.partition_wait_s
     int move_to_spare;         // mesh.move_to_spare: doubled slots move onto idle workers
     int64_t committed_step;    // min over the slots of their replicated_step; never decreases
     int recoveries;            // recoveries completed
@@ -101,6 +103,14 @@ struct job {
                                //   (recovery.c since_fault)
     uint8_t data_key[JOB_DATA_KEY_BYTES]; // the data-plane key (RunSlotRequest.data_key);
                                //   random at admission, never in JobInfo
+    /* export and resume (docs/recovery.md, "Export and resume"; policy/export.c) */
+    Moed__V1__ExportManifest *exported; // what the job's end left on disk (JobInfo.export);
+                               //   NULL: nothing tried
+    Moed__V1__ExportManifest *resume; // a resumed job: the export it starts from
+                               //   (JobRecord.resume; its job_id is JobInfo.resumed_from)
+    int export_due;            // ended holding its state: policy/export.c exports it, then
+                               //   stops the workers (not persisted)
+    struct job_export *exp;    // the export in progress (not persisted)
     /* not persisted */
     struct recovery *rec;      // the recovery this process drives (NULL: none)
     struct histogram recovery_seconds; // each recovery's total: the lost worker's last sign

@@ -38,6 +38,8 @@ struct fence_answer {
     struct state_copy *copies;
     int n_copies;
     char why[200];               // ANS_LOST / ANS_EMPTY: what was seen
+    int cut_off;                 // ANS_LOST: its fence timed out or found no route, so it may
+                                 // be alive but cut off from us (a refusal says it is gone)
 };
 
 /* A state a restore refused: it failed its checksum (docs/recovery.md, "Checked transfers").
@@ -46,6 +48,21 @@ struct refused_source {
     char worker_id[24]; // the sender
     int slot;           // the slot index whose state it sent
     char why[240];      // the receiver's words: which block, which checksums
+};
+
+/* A partition (docs/recovery.md, "Partitions"): a rebind's data plane failed while every
+ * slot's worker still answers its fence holding its state. policy/partition.c keeps it. */
+#define PART_MAX_PAIRS 16
+struct partition {
+    int suspect;                 // a rebind's data-plane fault: the next fence tells
+    int suspect_slot;            //   the slot that reported it
+    char suspect_what[500];      //   and what it said
+    int64_t since_ms;            // held since (0: not held)
+    int64_t retry_ms;            // held: the next rebind is not sent before this
+    int tries;                   // rebinds that failed while held
+    int n_pairs;
+    struct { int from, to; } pairs[PART_MAX_PAIRS]; // rank `from` reported it lost rank `to`
+    char text[600];              // JobInfo.held
 };
 
 struct recovery {
@@ -76,6 +93,7 @@ struct recovery {
     int n_exclude;
     struct refused_source refused[REC_MAX_REFUSED];
     int n_refused;
+    struct partition part;
     /* restoring */
     char *restored;              // (pods * slots) ReportRestored seen
     int n_restored;

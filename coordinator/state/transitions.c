@@ -27,15 +27,27 @@ static moe_status set_state(struct job *j, Moed__V1__JobState to) {
     return MOE_OK;
 }
 
-moe_status job_admit(struct coordinator *co, const struct job_spec *spec, struct job **out) {
+moe_status job_admit(struct coordinator *co, const struct job_spec *spec,
+                     const Moed__V1__ExportManifest *resume, struct job **out) {
     struct job *j = job_create(co, spec);
     if (!j) return moe_fail(MOE_ENOMEM, "out of memory");
+    char from[120] = "";
+    if (resume) { // it starts where that export left: no recovery may plan below it
+        j->resume = (Moed__V1__ExportManifest *)pb_clone(&resume->base);
+        if (!j->resume) {
+            job_free(j);
+            return moe_fail(MOE_ENOMEM, "out of memory");
+        }
+        j->committed_step = resume->step;
+        snprintf(from, sizeof from, ", resuming %s at step %lld", resume->job_id,
+                 (long long)resume->step);
+    }
     /* One batch: the job, its first event and the advanced counter. */
     co->next_job++;
     struct store_batch *b = store_batch_new();
     coordinator_batch_meta(b, co);
-    moe_status s = job_event_batch(co, j, b, 1, "submitted", "submitted: %s, %ld steps", j->name,
-                                   j->total_steps);
+    moe_status s = job_event_batch(co, j, b, 1, "submitted", "submitted: %s, %ld steps%s",
+                                   j->name, j->total_steps, from);
     if (s == MOE_OK) s = jobs_add(co, j);
     if (s != MOE_OK) {
         co->next_job--;
@@ -121,6 +133,15 @@ moe_status job_finish(struct coordinator *co, struct job *j, Moed__V1__JobState 
     return MOE_OK;
 }
 
+/* A recoverable mesh that ran holds its state in its workers' memory when it ends early: it is
+ * marked for the export (policy/export.c, docs/recovery.md "Export and resume"), which stops
+ * the workers once the state is on disk. Not in a repair: the replicas disagree, and no copy
+ * held is known good. 1 when marked. */
+static int export_marked(struct job *j, int repairing) {
+    j->export_due = j->recoverable && j->epoch > 0 && !repairing;
+    return j->export_due;
+}
+
 void job_fail(struct coordinator *co, struct job *j, int k, const char *kind, const char *fmt,
               ...) {
     char why[700];
@@ -130,6 +151,7 @@ void job_fail(struct coordinator *co, struct job *j, int k, const char *kind, co
     va_end(ap);
     if (job_n_slots(j) > 1) job_name_ranks(j, why, sizeof why);
     if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING) return;
+    int repairing = j->rec && j->rec->repair; // job_finish drops the recovery
     /* A 1 x 1 job keeps the message it always had; a mesh says which slot. */
     if (job_n_slots(j) == 1 || k < 0) {
         job_finish(co, j, MOED__V1__JOB_STATE__JOB_FAILED, kind, "%s", why);
@@ -139,17 +161,19 @@ void job_fail(struct coordinator *co, struct job *j, int k, const char *kind, co
                    job_slot_where(j, k, where, sizeof where), why);
     }
     /* A slot blocked in a collective returns at once; every worker stays bound until it
-     * reports the end (or a heartbeat shows it idle): it must not get a new job while busy. */
-    worker_call_stop_all(co, j);
+     * reports the end (or a heartbeat shows it idle): it must not get a new job while busy.
+     * A recoverable mesh's workers hold its state: they are stopped after its export. */
+    if (!export_marked(j, repairing)) worker_call_stop_all(co, j);
 }
 
 moe_status job_cancel(struct coordinator *co, struct job *j) {
     if (job_is_final(j))
         return moe_fail(MOE_EINVAL, "%s already ended (%s)", j->id, job_state_name(j->state));
     int was_running = j->state == MOED__V1__JOB_STATE__JOB_RUNNING;
+    int repairing = j->rec && j->rec->repair;
     CHECK(job_finish(co, j, MOED__V1__JOB_STATE__JOB_CANCELLED, "cancelled",
                      "cancelled by a client at step %ld", j->step));
-    if (was_running) worker_call_stop_all(co, j);
+    if (was_running && !export_marked(j, repairing)) worker_call_stop_all(co, j);
     return MOE_OK;
 }
 

@@ -6,7 +6,8 @@
  * finished (SUCCEEDED, FAILED, CANCELLED). Each is stored, synced, with its event before any
  * worker or watcher hears of it (principle 5), and refused when the machine does not allow it.
  * The side effects of an ending live here too: a failed or cancelled job's workers are told to
- * stop and freed, its upload and its recovery are dropped, its watchers' streams end.
+ * stop (a recoverable mesh's after its export: export_due) and freed, its upload and its
+ * recovery are dropped, its watchers' streams end.
  * Never: decides that a transition should happen (policies do), or sends RunSlot.
  */
 #ifndef MOE_COORD_TRANSITIONS_H
@@ -22,8 +23,10 @@
 moe_status job_delete(struct coordinator *co, struct job *const *del, int n);
 
 /* A new QUEUED job from a validated spec, stored with its "submitted" event and the advanced
- * job counter in one synced batch, then added to the table. */
-moe_status job_admit(struct coordinator *co, const struct job_spec *spec, struct job **out);
+ * job counter in one synced batch, then added to the table. `resume` (NULL: none): the
+ * complete export it starts from (a copy is kept; its step is the job's committed step). */
+moe_status job_admit(struct coordinator *co, const struct job_spec *spec,
+                     const Moed__V1__ExportManifest *resume, struct job **out);
 
 /* QUEUED -> RUNNING: binds slot k to chosen[k] in epoch + 1 and stores the binding with the
  * event "scheduled" (the workers' records in the same batch). On failure nothing changed. */

@@ -64,6 +64,22 @@ static int round_over(struct coordinator *co, const char *job_id, uint64_t epoch
            (gen && (j->rec ? j->rec->gen : 0) != gen);
 }
 
+/* A resumed job's first epoch (not a recovery's): slot index req->slot loads its state from
+ * the export's file (docs/recovery.md, "Export and resume"). */
+static void resume_fields(const struct job *j, Moed__V1__RunSlotRequest *req, int restore) {
+    req->resume_step = 0;
+    req->resume_path = (char *)protobuf_c_empty_string;
+    req->resume_crc32c = 0;
+    if (restore || !j->resume) return;
+    for (size_t i = 0; i < j->resume->n_slots; i++) {
+        const Moed__V1__ExportedSlot *e = j->resume->slots[i];
+        if (e->slot != req->slot) continue;
+        req->resume_step = j->resume->step;
+        req->resume_path = e->path;
+        req->resume_crc32c = e->crc32c;
+    }
+}
+
 moe_status worker_call_run_slots(struct coordinator *co, struct job *j, int restore, uint64_t gen,
                                  rpc_reply_cb cb) {
     int n = job_n_slots(j);
@@ -105,6 +121,7 @@ moe_status worker_call_run_slots(struct coordinator *co, struct job *j, int rest
         struct worker *w = workers_find(co, j->bindings[k].worker_id);
         req.pod = k / j->slots;
         req.slot = k % j->slots;
+        resume_fields(j, &req, restore);
         struct assign_ctx *a = calloc(1, sizeof *a);
         if (!a) break;
         a->co = co;

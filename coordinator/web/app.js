@@ -273,7 +273,8 @@ function drawJob(job) {
   $("job").hidden = false;
   $("job-id").textContent = job.job_id;
   $("job-name").textContent = job.name;
-  $("job-state").textContent = job.state.toLowerCase() + (job.recovering ? " (recovering)" : "");
+  $("job-state").textContent = job.state.toLowerCase() +
+    (job.held ? " (held: " + job.held + ")" : job.recovering ? " (recovering)" : "");
   $("job-state").className = "state " + job.state;
   $("job-step").textContent = job.step + " / " + job.total_steps;
   $("job-committed").textContent = job.committed_step;

@@ -13,6 +13,8 @@
  */
 #include "worker.h"
 
+#include "../trainer/slot_state.h"
+
 #include "../../common/clock.h"
 #include "../../common/log.h"
 
@@ -90,6 +92,23 @@ static void trainer_failed(struct job *j, moe_status s, char *error, size_t erro
         snprintf(error, error_len, "%s", moe_errmsg());
 }
 
+/* A resumed job's slot starts from the exported state of its slot index (slot_state.h): every
+ * checksum verified first; a file this worker cannot read or check ends the slot naming it. */
+static moe_status resume_state(struct job *j, struct trainer *t) {
+    if (j->pods * j->slots == 1 || !t->mesh.rep)
+        return moe_fail(MOE_EINVAL, "%s: only a slot of a mesh resumes from an export", j->id);
+    moe_status s = slot_state_load(t, j->resume_path, j->resume_step, j->resume_crc32c);
+    if (s != MOE_OK) {
+        char why[400];
+        snprintf(why, sizeof why, "%s", moe_errmsg());
+        return moe_fail(s, "resuming from the export: %s", why);
+    }
+    atomic_store(&j->step, j->resume_step);
+    LOG_INFO("%s: slot (%d, %d) resumes at step %ld from %s", j->id, j->pod, j->slot,
+             j->resume_step, j->resume_path);
+    return MOE_OK;
+}
+
 /* Opens the trainer for this job's slot: the plain trainer for a 1 x 1 mesh, else the slot's
  * share of the model and then the comm. Returns 1; 0 when there is no trainer; -1 when the
  * trainer is open but the comm is not. *error says why not; *why is the status. */
@@ -107,6 +126,12 @@ static int open_trainer(struct job *j, struct trainer *t, char *error, size_t er
         int rank = j->pod * j->slots + j->slot;
         int pulls = j->cur.restore && j->cur.restore_from && j->cur.restore_from[rank] >= 0;
         s = trainer_open_slot_later(t, &j->spec, j->pod, j->slot, !pulls, &access);
+        if (s == MOE_OK && j->resume_path[0] && (s = resume_state(j, t)) != MOE_OK) {
+            trainer_failed(j, s, error, error_len);
+            trainer_close(t); // no trainer: the slot ends
+            *why = s;
+            return 0;
+        }
         if (s != MOE_OK) {
             trainer_failed(j, s, error, error_len);
             *why = s;

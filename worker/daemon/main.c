@@ -71,6 +71,9 @@ static const struct knob knobs[] = {
     {"dir", NULL, KNOB_STR, AT(dir), "", 0, 0, NULL, "DIR",
      "scratch directory for trained models; without it, a temporary directory under "
      "$TMPDIR, removed at exit"},
+    {"export-dir", NULL, KNOB_STR, AT(export_dir), "", 0, 0, NULL, "DIR",
+     "where the state of a job that cannot go on is written when its spec names no "
+     "run.export_dir; without it, DIR/exports under --dir (docs/recovery.md)"},
     {"data-listen", NULL, KNOB_STR, AT(data_listen), "", 0, 0, NULL, "HOST:PORT",
      "the data plane's listener, where the other slots of a job connect; port 0 picks a "
      "free port; without it, the --listen host and port 0"},
@@ -304,8 +307,8 @@ static void shutdown_begin(struct worker *w, int exit_code) {
     int waiting = 0;
     for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
         struct job *j = w->jobs[k];
-        if (!j || atomic_load(&j->finished)) continue;
-        job_stop(j, JOB_STOP_SHUTDOWN);
+        if (!j || (atomic_load(&j->finished) && !j->exporting)) continue;
+        job_stop(j, JOB_STOP_SHUTDOWN); // an export in flight ends in on_job_done too
         LOG_INFO("%s: waiting for slot (%d, %d) to stop after its current step", j->id, j->pod,
                  j->slot);
         waiting = 1;

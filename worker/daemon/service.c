@@ -45,9 +45,7 @@ int worker_identify(void *ctx, const char *cred, size_t len, char out[RPC_IDENTI
     return 1;
 }
 
-/* Whether the call comes from `who` ("coordinator", "operator"); refused (and logged under the
- * rate limit) otherwise. */
-static int called_by(struct rpc_call *call, const char *who) {
+int worker_called_by(struct rpc_call *call, const char *who) {
     const char *caller = rpc_call_identity(call);
     if (caller && strcmp(caller, who) == 0) return 1;
     rpc_refuse(call, GRPC_STATUS_PERMISSION_DENIED, "only the %s may call %s here", who,
@@ -58,7 +56,7 @@ static int called_by(struct rpc_call *call, const char *who) {
 void worker_reap_jobs(struct worker *w) {
     for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
         struct job *j = w->jobs[k];
-        if (!j || !atomic_load(&j->finished)) continue;
+        if (!j || !atomic_load(&j->finished) || j->exporting) continue;
         /* finished is the thread's last word: the join returns at once */
         uv_thread_join(&j->thread);
         LOG_DEBUG("%s: slot (%d, %d)'s training thread joined", j->id, j->pod, j->slot);
@@ -430,6 +428,11 @@ static struct job *job_of(struct rpc_call *call, struct worker *w,
     snprintf(j->id, sizeof j->id, "%s", req->job_id);
     j->pod = req->pod;
     j->slot = req->slot;
+    if (!req->restore && req->resume_path[0]) { // a resumed job's first epoch
+        j->resume_step = (long)req->resume_step;
+        snprintf(j->resume_path, sizeof j->resume_path, "%s", req->resume_path);
+        j->resume_crc32c = req->resume_crc32c;
+    }
     atomic_init(&j->stop, JOB_RUN);
     atomic_init(&j->step, 0);
     atomic_init(&j->finished, 0);
@@ -440,7 +443,7 @@ static struct job *job_of(struct rpc_call *call, struct worker *w,
 static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     struct worker *w = ctx;
     const Moed__V1__RunSlotRequest *req = (const Moed__V1__RunSlotRequest *)msg;
-    if (!called_by(call, "coordinator")) return;
+    if (!worker_called_by(call, "coordinator")) return;
     if (atomic_load(&w->shutting_down)) {
         rpc_fail(call, GRPC_STATUS_UNAVAILABLE, "worker %s is shutting down", w->worker_id);
         return;
@@ -479,7 +482,7 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
 static void stop_job(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     struct worker *w = ctx;
     const Moed__V1__StopJobRequest *req = (const Moed__V1__StopJobRequest *)msg;
-    if (!called_by(call, "coordinator")) return;
+    if (!worker_called_by(call, "coordinator")) return;
     int found = 0;
     for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
         struct job *j = w->jobs[k];
@@ -504,7 +507,7 @@ static void stop_job(struct rpc_call *call, const ProtobufCMessage *msg, void *c
 static void fence_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     struct worker *w = ctx;
     const Moed__V1__FenceRequest *req = (const Moed__V1__FenceRequest *)msg;
-    if (!called_by(call, "coordinator")) return;
+    if (!worker_called_by(call, "coordinator")) return;
     Moed__V1__FenceResponse resp = MOED__V1__FENCE_RESPONSE__INIT;
     struct state_copy copies[REPLICA_MAX_COPIES];
     Moed__V1__StateCopy pb[REPLICA_MAX_COPIES], *ptrs[REPLICA_MAX_COPIES];
@@ -548,7 +551,7 @@ static void fence_slot(struct rpc_call *call, const ProtobufCMessage *msg, void 
 static void inject_fault(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     struct worker *w = ctx;
     const Moed__V1__InjectFaultRequest *req = (const Moed__V1__InjectFaultRequest *)msg;
-    if (!called_by(call, "operator")) return;
+    if (!worker_called_by(call, "operator")) return;
     struct job *j = find_job(w, req->job_id, -1, -1);
     if (!j) {
         rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%.64s does not run on this worker",
@@ -602,6 +605,8 @@ const struct rpc_method worker_methods[] = {
      RPC_AUTH_IDENTITY, fence_slot},
     {RPC_WORKER_INJECT_FAULT, &moed__v1__inject_fault_request__descriptor, RPC_UNARY,
      RPC_AUTH_IDENTITY, inject_fault},
+    {RPC_WORKER_EXPORT_STATE, &moed__v1__export_state_request__descriptor, RPC_UNARY,
+     RPC_AUTH_IDENTITY, worker_export_state},
     RPC_HEALTH_METHODS, // no token: stock probes send none (proto/health.h)
 };
 const int worker_n_methods = sizeof worker_methods / sizeof worker_methods[0];

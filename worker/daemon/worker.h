@@ -80,6 +80,9 @@ struct worker_config {
     char data_advertise[300];     // --data-advertise HOST: where peers dial our data listeners
     int mpi;                      // --mpi: initialise MPI (also when OMPI_COMM_WORLD_RANK is set)
     char data_roots[8192];        // --data-root (repeatable): a knob list (common/knobs.h)
+    char export_dir[PATH_MAX];    // --export-dir: where a job's state is exported when it
+                                  // cannot go on and its spec names no run.export_dir ("":
+                                  // <scratch>/exports)
     long memory_limit_mb;         // a slot needing more is refused (0: 90% of physical memory)
     int log_level;                // enum moe_log_level
     struct rpc_tls tls;           // ca_file (tls_ca) only: for calls to the coordinator
@@ -145,6 +148,11 @@ struct job {
     atomic_int holding;           // fenced and waiting for the next epoch (heartbeats say so)
     int unrecoverable;            // (thread only) the slot could not load its data or spec here:
                                   //   its end report says a recovery would fail the same way
+    /* export and resume (docs/recovery.md, "Export and resume") */
+    long resume_step;             // a resumed job's first epoch: load the state after this step
+    char resume_path[SPEC_PATH_MAX + 128]; //   from this file ("": start from the seed)
+    uint32_t resume_crc32c;       //   whose whole file has this CRC-32C
+    int exporting;                // (loop only) ExportState writes in flight: not freed until 0
     /* shared with the loop */
     atomic_int stop;     // enum job_stop: set by the loop, read by the thread between steps
     atomic_long step;    // last completed step, for heartbeats and re-registration
@@ -233,6 +241,13 @@ extern const int worker_n_health_names;
  * credential (only the coordinator and we know it), "operator" for operator_token. */
 int worker_identify(void *ctx, const char *cred, size_t len, char out[RPC_IDENTITY_MAX]);
 int worker_idle(const struct worker *w); // no job thread at all (finished ones reaped)
+/* Whether the call comes from `who` ("coordinator", "operator"); refused (and logged under the
+ * rate limit) otherwise. */
+int worker_called_by(struct rpc_call *call, const char *who);
+
+/* export.c (loop thread; the write on libuv's thread pool) */
+/* ExportState: writes this worker's own copy of a slot index at a step to a file. */
+void worker_export_state(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx);
 void worker_reap_jobs(struct worker *w); // joins and frees the jobs whose thread has finished
 
 /* job.c: the training thread's body (service.c starts it) */

@@ -430,6 +430,17 @@ static int own_version(struct replica *r, long step, real *arena[4], real **mom)
     return 0;
 }
 
+int replica_own_state(struct trainer *t, long step, const real *arena[4]) {
+    struct replica *r = t->mesh.rep;
+    if (!r) return 0;
+    real *a[4];
+    pthread_mutex_lock(&r->mu);
+    int ok = r->fenced && own_version(r, step, a);
+    pthread_mutex_unlock(&r->mu);
+    for (int i = 0; ok && i < 4; i++) arena[i] = a[i];
+    return ok;
+}
+
 /* Every transfer of a slot's state is the same sequence of messages: a header (step, slot
  * index), then for the parameters and both moments the three pieces around the experts (so
  * that a buddy can send its own dense part with its copy of the experts), then the buffers,

@@ -1,0 +1,143 @@
+/*
+ * test_slot_state.c — a slot's exported state (worker/trainer/slot_state.h), without daemons:
+ * written from the fenced live state and read back into a fresh slot bit for bit; refused,
+ * naming what is wrong, when the file was damaged or is of another step or slot index, or the
+ * slot does not hold the step asked for; a world-writable directory is refused.
+ */
+#include "../common/log.h"
+#include "../worker/trainer/replica.h"
+#include "../worker/trainer/slot_state.h"
+#include "check.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static char dir[] = "/tmp/moe_test_slot_state.XXXXXX";
+static char text_path[600];
+
+static void write_text(const char *path) {
+    FILE *f = fopen(path, "w");
+    for (int i = 0; f && i < 4000; i++) fprintf(f, "the router sends token %d to an expert. ", i);
+    if (f) fclose(f);
+}
+
+static void make_spec(struct job_spec *s) {
+    spec_defaults(s);
+    s->mesh.pods = 2;
+    s->mesh.slots = 2;
+    s->model.d_model = 32;
+    s->model.n_layers = 1;
+    s->model.n_heads = 2;
+    s->model.seq_len = 32;
+    s->model.n_experts = 4;
+    s->model.d_ff = 48;
+    s->run.batch_size = 8;
+    s->data.n_sources = 1;
+    snprintf(s->data.sources[0].path, SPEC_PATH_MAX, "%s", text_path);
+    s->data.sources[0].weight = 1;
+}
+
+/* A slot's trainer with a state unlike the seed's: every float of every arena set from i. */
+static int open_slot(struct trainer *t, const struct job_spec *spec, int slot, float salt) {
+    if (trainer_open_slot_later(t, spec, 0, slot, 1, NULL) != MOE_OK) {
+        printf("FAIL open: %s\n", moe_errmsg());
+        failures++;
+        return 0;
+    }
+    struct model *m = &t->model;
+    for (size_t i = 0; i < m->n_params; i++) {
+        m->param_mem[i] = salt + (float)i * 1e-3f;
+        m->m_mem[i] = salt * 2 + (float)i;
+        m->v_mem[i] = salt * 3 + (float)i;
+    }
+    m->step = 7;
+    return 1;
+}
+
+static int same_state(const struct model *a, const struct model *b) {
+    size_t n = sizeof(real) * a->n_params;
+    return a->n_params == b->n_params && a->step == b->step &&
+           !memcmp(a->param_mem, b->param_mem, n) && !memcmp(a->m_mem, b->m_mem, n) &&
+           !memcmp(a->v_mem, b->v_mem, n) &&
+           !memcmp(a->buffer_mem, b->buffer_mem, sizeof(real) * a->n_buffers);
+}
+
+static void flip_byte(const char *path, long at) {
+    FILE *f = fopen(path, "r+b");
+    if (!f) return;
+    fseek(f, at, SEEK_SET);
+    int c = fgetc(f);
+    fseek(f, at, SEEK_SET);
+    fputc(c ^ 0x10, f);
+    fclose(f);
+}
+
+static void test_round_trip(const struct job_spec *spec) {
+    struct trainer a, b, other;
+    if (!open_slot(&a, spec, 1, 0.5f)) return;
+    struct state_copy copies[8];
+    long live;
+    replica_fence(&a, copies, 8, &live, 0);
+    struct slot_state_file f;
+    EXPECT(slot_state_export(&a, "job-7", 7, dir, &f) == MOE_OK);
+    EXPECT(strstr(f.path, "/job-7/slot-1-step-7.safetensors") != NULL);
+    struct stat st;
+    EXPECT(stat(f.path, &st) == 0 && st.st_size == f.bytes && (st.st_mode & 0777) == 0600);
+    EXPECT_FAIL(slot_state_export(&a, "job-7", 6, dir, &f), MOE_ENOTFOUND,
+                "holds no state of step 6");
+    if (open_slot(&b, spec, 1, 9.0f)) {
+        EXPECT(slot_state_load(&b, f.path, 7, f.crc32c) == MOE_OK);
+        EXPECT_MSG(same_state(&a.model, &b.model), "the loaded state differs from the exported");
+        EXPECT_FAIL(slot_state_load(&b, f.path, 8, f.crc32c), MOE_EINVAL,
+                    "moed.step is 7, this slot needs 8");
+        EXPECT_FAIL(slot_state_load(&b, f.path, 7, f.crc32c ^ 1), MOE_EFORMAT,
+                    "the export recorded");
+        trainer_close(&b);
+    }
+    if (open_slot(&other, spec, 0, 1.0f)) {
+        EXPECT_FAIL(slot_state_load(&other, f.path, 7, f.crc32c), MOE_EINVAL,
+                    "moed.slot is 1, this slot needs 0");
+        trainer_close(&other);
+    }
+    /* a byte of the data damaged after the export: the file's checksum no longer matches */
+    flip_byte(f.path, (long)f.bytes - 100);
+    if (open_slot(&b, spec, 1, 9.0f)) {
+        EXPECT_FAIL(slot_state_load(&b, f.path, 7, f.crc32c), MOE_EFORMAT, "CRC-32C");
+        trainer_close(&b);
+    }
+    trainer_close(&a);
+}
+
+static void test_world_writable(const struct job_spec *spec) {
+    char open_dir[700];
+    snprintf(open_dir, sizeof open_dir, "%s/open", dir);
+    mkdir(open_dir, 0777);
+    chmod(open_dir, 0777);
+    struct trainer a;
+    if (!open_slot(&a, spec, 0, 0.25f)) return;
+    struct state_copy copies[8];
+    long live;
+    replica_fence(&a, copies, 8, &live, 0);
+    struct slot_state_file f;
+    EXPECT_FAIL(slot_state_export(&a, "job-8", 7, open_dir, &f), MOE_EIO, "writable by anyone");
+    trainer_close(&a);
+}
+
+int main(void) {
+    moe_log_init("test");
+    moe_log_set_level(MOE_LOG_WARN);
+    if (!mkdtemp(dir)) return perror("mkdtemp"), 1;
+    snprintf(text_path, sizeof text_path, "%s/text.txt", dir);
+    write_text(text_path);
+    struct job_spec spec;
+    make_spec(&spec);
+    test_round_trip(&spec);
+    test_world_writable(&spec);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) printf("could not remove %s\n", dir);
+    printf("test_slot_state: %s\n", failures ? "FAILED" : "ok");
+    return failures != 0;
+}

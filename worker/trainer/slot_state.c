@@ -1,0 +1,210 @@
+/* slot_state.c — a slot's whole state in one checked file (see slot_state.h). */
+#include "slot_state.h"
+
+#include "../../common/crc32c.h"
+#include "../../common/fileio.h"
+#include "../../common/safetensors.h"
+#include "model_io.h"
+#include "replica.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *const part_names[4] = {"state.params", "state.adam_m", "state.adam_v",
+                                          "state.buffers"};
+
+/* A directory that anyone may write is no place for a job's state (docs/security.md). */
+static moe_status check_dir(const char *dir) {
+    struct stat st;
+    if (stat(dir, &st) != 0) return MOE_OK; // made below, 0700
+    if (!S_ISDIR(st.st_mode))
+        return moe_fail(MOE_EIO, "export directory %s is not a directory", dir);
+    if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
+        return moe_fail(MOE_EIO, "export directory %s is writable by anyone: refused", dir);
+    return MOE_OK;
+}
+
+static moe_status fsync_path(const char *path, int dir) {
+    int fd = open(path, (dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) != 0) {
+        int err = errno;
+        if (fd >= 0) close(fd);
+        return moe_fail(MOE_EIO, "cannot sync %s: %s", path, strerror(err));
+    }
+    close(fd);
+    return MOE_OK;
+}
+
+/* The CRC-32C and size of a whole file, read back from disk. */
+static moe_status file_crc(const char *path, uint32_t *crc, int64_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return moe_fail(MOE_EIO, "cannot read %s: %s", path, strerror(errno));
+    enum { CHUNK = 1 << 20 };
+    char *buf = malloc(CHUNK);
+    *crc = 0;
+    *size = 0;
+    size_t n;
+    while (buf && (n = fread(buf, 1, CHUNK, f)) > 0) {
+        *crc = moe_crc32c(*crc, buf, n);
+        *size += (int64_t)n;
+    }
+    int bad = !buf || ferror(f);
+    free(buf);
+    fclose(f);
+    return bad ? moe_fail(MOE_EIO, "cannot read %s back", path) : MOE_OK;
+}
+
+/* The metadata of a slot's file: owned strings in val[], pointed at by meta[]. */
+struct meta_texts {
+    char val[10][96];
+    char *cfg;
+    struct st_meta meta[14];
+    int n;
+};
+
+static void meta_add(struct meta_texts *m, const char *key, const char *value) {
+    m->meta[m->n].key = key;
+    m->meta[m->n].value = value;
+    m->n++;
+}
+
+static moe_status build_meta(struct meta_texts *m, const struct trainer *t, const char *job_id,
+                             long step, const struct st_tensor_out out[4]) {
+    static const char *const crc_keys[4] = {"moed.crc32c.state.params", "moed.crc32c.state.adam_m",
+                                            "moed.crc32c.state.adam_v",
+                                            "moed.crc32c.state.buffers"};
+    m->n = 0;
+    m->cfg = model_config_json(&t->model.cfg);
+    if (!m->cfg) return moe_fail(MOE_ENOMEM, "out of memory");
+    snprintf(m->val[0], sizeof m->val[0], "%.80s", job_id);
+    snprintf(m->val[1], sizeof m->val[1], "%ld", step);
+    snprintf(m->val[2], sizeof m->val[2], "%d", t->mesh.slot);
+    snprintf(m->val[3], sizeof m->val[3], "%dx%d", t->mesh.pods, t->mesh.slots);
+    meta_add(m, "format", SLOT_STATE_FORMAT);
+    meta_add(m, "moed.job", m->val[0]);
+    meta_add(m, "moed.step", m->val[1]);
+    meta_add(m, "moed.slot", m->val[2]);
+    meta_add(m, "moed.mesh", m->val[3]);
+    meta_add(m, "moed.model_config", m->cfg);
+    for (int i = 0; i < 4; i++) {
+        size_t bytes = (size_t)out[i].shape[0] * sizeof(real);
+        snprintf(m->val[4 + i], sizeof m->val[4 + i], "%08x", moe_crc32c(0, out[i].data, bytes));
+        meta_add(m, crc_keys[i], m->val[4 + i]);
+    }
+    return MOE_OK;
+}
+
+/* The file itself: written as path.part (temporary, renamed), synced, renamed, directory synced. */
+static moe_status write_durably(const char *path, const char *dir, const struct st_tensor_out *out,
+                                const struct meta_texts *m) {
+    char part[SPEC_PATH_MAX + 160];
+    snprintf(part, sizeof part, "%s.part", path);
+    CHECK(st_write(part, out, 4, m->meta, m->n));
+    moe_status s = chmod(part, 0600) == 0 ? fsync_path(part, 0)
+                                          : moe_fail(MOE_EIO, "chmod %s: %s", part, strerror(errno));
+    if (s == MOE_OK && rename(part, path) != 0)
+        s = moe_fail(MOE_EIO, "cannot rename %s to %s: %s", part, path, strerror(errno));
+    if (s != MOE_OK) {
+        unlink(part);
+        return s;
+    }
+    return fsync_path(dir, 1);
+}
+
+moe_status slot_state_export(struct trainer *t, const char *job_id, long step, const char *dir,
+                             struct slot_state_file *out) {
+    const real *arena[4];
+    if (!replica_own_state(t, step, arena))
+        return moe_fail(MOE_ENOTFOUND, "slot (%d, %d) holds no state of step %ld (live step %ld)",
+                        t->mesh.pod, t->mesh.slot, step, t->model.step);
+    CHECK(check_dir(dir));
+    char sub[SPEC_PATH_MAX + 80];
+    snprintf(sub, sizeof sub, "%s/%s", dir, job_id);
+    CHECK(moe_mkdir_p(sub, 0700));
+    snprintf(out->path, sizeof out->path, "%s/slot-%d-step-%ld.safetensors", sub, t->mesh.slot,
+             step);
+    const struct model *m = &t->model;
+    int64_t np = (int64_t)m->n_params, nb = (int64_t)m->n_buffers;
+    struct st_tensor_out parts[4] = {
+        {part_names[0], ST_F32, 1, {np}, arena[0]}, {part_names[1], ST_F32, 1, {np}, arena[1]},
+        {part_names[2], ST_F32, 1, {np}, arena[2]}, {part_names[3], ST_F32, 1, {nb}, arena[3]},
+    };
+    struct meta_texts meta;
+    CHECK(build_meta(&meta, t, job_id, step, parts));
+    moe_status s = write_durably(out->path, sub, parts, &meta);
+    free(meta.cfg);
+    CHECK(s);
+    return file_crc(out->path, &out->crc32c, &out->bytes);
+}
+
+/* ---- loading ---- */
+
+static moe_status meta_is(const struct st_file *f, const char *key, const char *want) {
+    const char *got = st_meta_get(f, key);
+    if (got && !strcmp(got, want)) return MOE_OK;
+    return moe_fail(MOE_EINVAL, "%s: %s is %s, this slot needs %s", f->path, key,
+                    got ? got : "missing", want);
+}
+
+static moe_status check_meta(const struct st_file *f, const struct trainer *t, long step) {
+    char want[96];
+    CHECK(meta_is(f, "format", SLOT_STATE_FORMAT));
+    snprintf(want, sizeof want, "%ld", step);
+    CHECK(meta_is(f, "moed.step", want));
+    snprintf(want, sizeof want, "%d", t->mesh.slot);
+    CHECK(meta_is(f, "moed.slot", want));
+    snprintf(want, sizeof want, "%dx%d", t->mesh.pods, t->mesh.slots);
+    CHECK(meta_is(f, "moed.mesh", want));
+    const char *cfg_json = st_meta_get(f, "moed.model_config");
+    struct model_config cfg;
+    if (!cfg_json) return moe_fail(MOE_EFORMAT, "%s: no model config", f->path);
+    CHECK(model_config_from_json(&cfg, cfg_json, f->path));
+    if (memcmp(&cfg, &t->model.cfg, sizeof cfg) != 0)
+        return moe_fail(MOE_EINVAL, "%s: the state is of another model config", f->path);
+    return MOE_OK;
+}
+
+/* Every tensor with the shape of t's arenas and the CRC-32C its writer recorded. */
+static moe_status check_parts(const struct st_file *f, const struct trainer *t,
+                              const struct st_tensor *got[4]) {
+    int64_t np = (int64_t)t->model.n_params, nb = (int64_t)t->model.n_buffers;
+    const int64_t n[4] = {np, np, np, nb};
+    for (int i = 0; i < 4; i++) {
+        CHECK(st_expect(f, part_names[i], ST_F32, 1, &n[i], &got[i]));
+        char key[64], crc[16];
+        snprintf(key, sizeof key, "moed.crc32c.%s", part_names[i]);
+        snprintf(crc, sizeof crc, "%08x", moe_crc32c(0, got[i]->data, got[i]->nbytes));
+        const char *want = st_meta_get(f, key);
+        if (!want || strcmp(want, crc) != 0)
+            return moe_fail(MOE_EFORMAT, "%s: %s has CRC-32C %s, its writer recorded %s",
+                            f->path, part_names[i], crc, want ? want : "none");
+    }
+    return MOE_OK;
+}
+
+moe_status slot_state_load(struct trainer *t, const char *path, long step, uint32_t crc32c) {
+    struct st_file f;
+    CHECK(st_read(&f, path));
+    moe_status res = MOE_OK;
+    uint32_t crc = moe_crc32c(0, f.buf, f.size);
+    if (crc != crc32c) {
+        res = moe_fail(MOE_EFORMAT, "%s: CRC-32C %08x, the export recorded %08x (damaged or "
+                       "replaced since)", path, crc, crc32c);
+        goto exit;
+    }
+    CHECK_GOTO(check_meta(&f, t, step), res, exit);
+    const struct st_tensor *got[4];
+    CHECK_GOTO(check_parts(&f, t, got), res, exit);
+    struct model *m = &t->model;
+    real *dst[4] = {m->param_mem, m->m_mem, m->v_mem, m->buffer_mem};
+    for (int i = 0; i < 4; i++) memcpy(dst[i], got[i]->data, got[i]->nbytes);
+    m->step = step;
+exit:
+    st_close(&f);
+    return res;
+}
