@@ -433,9 +433,9 @@ static int own_version(struct replica *r, long step, real *arena[4], real **mom)
 int replica_own_state(struct trainer *t, long step, const real *arena[4]) {
     struct replica *r = t->mesh.rep;
     if (!r) return 0;
-    real *a[4];
+    real *a[4], *mom;
     pthread_mutex_lock(&r->mu);
-    int ok = r->fenced && own_version(r, step, a);
+    int ok = r->fenced && own_version(r, step, a, &mom);
     pthread_mutex_unlock(&r->mu);
     for (int i = 0; ok && i < 4; i++) arena[i] = a[i];
     return ok;
