@@ -5,9 +5,10 @@
 # and a cut data-plane connection: both are recovered, every recovery returns to an outer
 # step (the committed step, sampled all along, is always a multiple of H and never goes
 # down), and the job ends with the reference's model byte for byte: within this mode the
-# same job with and without failures gives the same bits. Its model is not the synchronous
-# mode's (the pods train apart between outer steps). Spec errors and `moectl train` (which
-# does not play this mode) are refused in one line.
+# same job with and without failures gives the same bits. A cancelled diloco job exports
+# its state at an outer step, and a job resumes from it (refused with other outer knobs).
+# Its model is not the synchronous mode's (the pods train apart between outer steps). Spec
+# errors and `moectl train` (which does not play this mode) are refused in one line.
 set -u
 moectl=$1
 corpus=/usr/share/common-licenses/GPL-3
@@ -95,6 +96,24 @@ ev=[e for e in json.load(sys.stdin)[\"events\"] if e[\"kind\"] == \"recovering\"
 steps=[int(m) for e in ev for m in re.findall(r\"returns to step (\d+)\", e[\"message\"])]
 print(\"     recovery targets:\", steps)
 sys.exit(0 if ev and len(steps) == len(ev) and all(s % $H == 0 for s in steps) else 1)"'
+
+# ---- cancelled: the survivors export an outer step, and a job resumes from it ----
+committed_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"].get("committed_step", 0)'; }
+export_done() { [ -n "$("$moectl" status "$1" --json 2>/dev/null | json "d['job'].get('exported', {}) and not d['job']['exported'].get('in_progress') or ''")" ]; }
+exported() { "$moectl" status "$1" --json 2>/dev/null | json "d['job'].get('exported', {}).get('$2', '')"; }
+cjob=$("$moectl" submit "$tmp/diloco.yaml")
+wait_until 60 '[ "$(committed_of "$cjob")" -ge $((2 * H)) ] 2>/dev/null'
+"$moectl" cancel "$cjob" >/dev/null
+wait_until 60 'export_done "$cjob"'
+estep=$(exported "$cjob" step)
+check "a cancelled diloco job exports its state whole, at an outer step ($estep)" \
+  '[ "$(exported "$cjob" complete)" = True ] && [ "$estep" -gt 0 ] && [ $((estep % H)) = 0 ]'
+out=$("$moectl" submit "$tmp/diloco.yaml" --resume-from "$cjob" --set mesh.outer_every=20 2>&1)
+check "--resume-from with another mesh.outer_every is refused naming mesh.sync" \
+  '[[ "$out" == *"the spec'"'"'s mesh.sync"*"differs from the job'"'"'s"* ]]'
+rjob=$("$moectl" submit "$tmp/diloco.yaml" --resume-from "$cjob")
+timeout 300 "$moectl" watch "$rjob" >"$tmp/watch-resume.out" 2>&1
+check "the resumed job ($rjob) SUCCEEDS" '[ $? -eq 0 ]'
 
 # ---- not the synchronous mode's model ----
 sync=$("$moectl" submit "$tmp/diloco.yaml" --set mesh.sync=sync)
