@@ -64,6 +64,10 @@ const struct knob coordinator_knobs[] = {
     {"heartbeat-timeout-ms", NULL, KNOB_LONG, CFG(heartbeat_timeout_ms),
      XSTR(COORD_HEARTBEAT_TIMEOUT_MS), 10, 3600000, NULL, "MS",
      "a worker silent this long is dead (at least twice the interval)"},
+    {"idle-heartbeat-interval-ms", NULL, KNOB_LONG, CFG(idle_heartbeat_interval_ms),
+     XSTR(COORD_IDLE_HEARTBEAT_INTERVAL_MS), 0, 3600000, NULL, "MS",
+     "how often idle workers heartbeat (0: as busy ones; dead after the timeout plus the "
+     "difference)"},
     {"max-assign-attempts", NULL, KNOB_INT, CFG(max_assign_attempts),
      XSTR(COORD_MAX_ASSIGN_ATTEMPTS), 1, 1000, NULL, "N",
      "RunSlot refusals (other than busy or unreachable) before a job fails"},

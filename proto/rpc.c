@@ -123,6 +123,11 @@ moe_status rpc_new_credential(const char *prefix, char *out, size_t cap) {
 
 /* ---- messages <-> byte buffers ---- */
 
+/* A message packed once, for many calls or streams. */
+struct rpc_message {
+    grpc_byte_buffer *bb;
+};
+
 static grpc_byte_buffer *pack_message(const ProtobufCMessage *msg) {
     size_t size = protobuf_c_message_get_packed_size(msg);
     grpc_slice slice = grpc_slice_malloc(size);
@@ -256,41 +261,44 @@ static void pump_closed(uv_handle_t *h) {
     if (done) done(arg);
 }
 
+/* One batch per turn of the loop: what arrives meanwhile was signalled by pump_push and is
+ * drained at the next turn, after the loop's timers. Draining until the queue was empty never
+ * returned under a steady stream of calls (thousands of workers), and the coordinator's
+ * heartbeat monitor, a timer, went unrun for tens of seconds. */
 static void pump_drain(uv_async_t *a) {
     struct rpc_pump *p = a->data;
-    for (;;) {
-        uv_mutex_lock(&p->mu);
-        size_t n = p->n_events;
-        struct pump_event *batch = NULL;
-        if (n) {
-            batch = malloc(n * sizeof *batch);
-            if (batch) {
-                memcpy(batch, p->events, n * sizeof *batch);
-                p->n_events = 0;
-            }
-        }
-        uv_mutex_unlock(&p->mu);
-        if (!n) return;
-        if (!batch) {
-            LOG_ERROR("rpc: out of memory draining completions");
-            abort();
-        }
-        int shutdown = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (!batch[i].tag)
-                shutdown = 1;
-            else
-                batch[i].tag->fn(batch[i].tag, batch[i].ok);
-        }
-        free(batch);
-        if (shutdown) {
-            uv_thread_join(&p->thread);
-            grpc_completion_queue_destroy(p->cq);
-            p->cq = NULL;
-            uv_close((uv_handle_t *)&p->async, pump_closed);
-            return;
-        }
+    uv_mutex_lock(&p->mu);
+    size_t n = p->n_events;
+    struct pump_event *batch = n ? malloc(n * sizeof *batch) : NULL;
+    if (batch) {
+        memcpy(batch, p->events, n * sizeof *batch);
+        p->n_events = 0;
     }
+    uv_mutex_unlock(&p->mu);
+    if (!n) return;
+    if (!batch) {
+        LOG_ERROR("rpc: out of memory draining completions");
+        abort();
+    }
+    int shutdown = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!batch[i].tag)
+            shutdown = 1;
+        else
+            batch[i].tag->fn(batch[i].tag, batch[i].ok);
+    }
+    free(batch);
+    if (shutdown) {
+        uv_thread_join(&p->thread);
+        grpc_completion_queue_destroy(p->cq);
+        p->cq = NULL;
+        uv_close((uv_handle_t *)&p->async, pump_closed);
+        return;
+    }
+    uv_mutex_lock(&p->mu);
+    int more = p->n_events > 0;
+    uv_mutex_unlock(&p->mu);
+    if (more) uv_async_send(a); // the next turn, whether or not pump_push's send coalesced
 }
 
 moe_status rpc_pump_start(struct rpc_pump **out, uv_loop_t *loop) {
@@ -374,7 +382,7 @@ static void client_ops_init(struct client_ops *co, const ProtobufCMessage *reque
     memset(co, 0, sizeof *co);
     grpc_metadata_array_init(&co->initial_md);
     grpc_metadata_array_init(&co->trailing_md);
-    co->request = pack_message(request);
+    co->request = request ? pack_message(request) : NULL;
     co->details = grpc_empty_slice();
 }
 
@@ -588,13 +596,54 @@ static void client_call_done(struct rpc_tag *tag, int ok) {
     free(cc);
 }
 
+/* The bytes of a shared message followed by a tail's: the tail's slice is new, the shared
+ * ones are references. */
+static grpc_byte_buffer *append_message(const struct rpc_message *m, const ProtobufCMessage *tail) {
+    const grpc_slice_buffer *sb = &m->bb->data.raw.slice_buffer;
+    grpc_slice s[8];
+    if (sb->count + 1 > sizeof s / sizeof *s) return NULL;
+    memcpy(s, sb->slices, sb->count * sizeof *s);
+    size_t size = protobuf_c_message_get_packed_size(tail);
+    s[sb->count] = grpc_slice_malloc(size);
+    protobuf_c_message_pack(tail, GRPC_SLICE_START_PTR(s[sb->count]));
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(s, sb->count + 1);
+    grpc_slice_unref(s[sb->count]);
+    return bb;
+}
+
+static moe_status call_async(struct rpc_pump *p, struct rpc_channel *ch, const char *method,
+                             const ProtobufCMessage *request, grpc_byte_buffer *packed,
+                             const ProtobufCMessageDescriptor *response_type, double timeout_s,
+                             rpc_reply_cb cb, void *arg);
+
 moe_status rpc_call_async(struct rpc_pump *p, struct rpc_channel *ch, const char *method,
                           const ProtobufCMessage *request,
                           const ProtobufCMessageDescriptor *response_type, double timeout_s,
                           rpc_reply_cb cb, void *arg) {
+    return call_async(p, ch, method, request, NULL, response_type, timeout_s, cb, arg);
+}
+
+moe_status rpc_call_async_packed(struct rpc_pump *p, struct rpc_channel *ch, const char *method,
+                                 const struct rpc_message *request, const ProtobufCMessage *tail,
+                                 const ProtobufCMessageDescriptor *response_type,
+                                 double timeout_s, rpc_reply_cb cb, void *arg) {
+    if (p->stopping) return moe_fail(MOE_EUNAVAILABLE, "rpc: shutting down");
+    grpc_byte_buffer *bb = append_message(request, tail);
+    if (!bb) return moe_fail(MOE_EINTERNAL, "rpc: a shared message in too many pieces");
+    return call_async(p, ch, method, NULL, bb, response_type, timeout_s, cb, arg);
+}
+
+/* `packed` (taken) when not NULL, else `request` packed. */
+static moe_status call_async(struct rpc_pump *p, struct rpc_channel *ch, const char *method,
+                             const ProtobufCMessage *request, grpc_byte_buffer *packed,
+                             const ProtobufCMessageDescriptor *response_type, double timeout_s,
+                             rpc_reply_cb cb, void *arg) {
     if (p->stopping) return moe_fail(MOE_EUNAVAILABLE, "rpc: shutting down");
     struct client_call *cc = calloc(1, sizeof *cc);
-    if (!cc) return moe_fail(MOE_ENOMEM, "rpc: out of memory");
+    if (!cc) {
+        if (packed) grpc_byte_buffer_destroy(packed);
+        return moe_fail(MOE_ENOMEM, "rpc: out of memory");
+    }
     cc->tag.fn = client_call_done;
     cc->pump = p;
     cc->response_type = response_type;
@@ -604,6 +653,7 @@ moe_status rpc_call_async(struct rpc_pump *p, struct rpc_channel *ch, const char
     snprintf(cc->method, sizeof cc->method, "%s", method);
     cc->call = client_call_create(ch, p->cq, method, timeout_s);
     client_ops_init(&cc->co, request);
+    if (packed) cc->co.request = packed;
     grpc_op ops[6];
     size_t n = client_send_ops(ch, &cc->co, ops);
     memset(ops + n, 0, 3 * sizeof *ops);
@@ -1055,10 +1105,6 @@ int rpc_stream_send(struct rpc_call *c, const ProtobufCMessage *msg) {
     if (c->closed || c->cancelled || c->finishing) return -1;
     return stream_enqueue(c, pack_message(msg));
 }
-
-struct rpc_message {
-    grpc_byte_buffer *bb;
-};
 
 struct rpc_message *rpc_message_pack(const ProtobufCMessage *msg) {
     struct rpc_message *m = malloc(sizeof *m);

@@ -207,6 +207,14 @@ moe_status rpc_call_async(struct rpc_pump *p, struct rpc_channel *ch, const char
                           const ProtobufCMessageDescriptor *response_type, double timeout_s,
                           rpc_reply_cb cb, void *arg);
 
+/* rpc_call_async of one request to many callees, packed once (rpc_message_pack): each call
+ * sends the shared bytes followed by `tail`'s. Protobuf merges concatenated messages (a
+ * scalar field's last value wins), so the tail sets what differs between callees. */
+moe_status rpc_call_async_packed(struct rpc_pump *p, struct rpc_channel *ch, const char *method,
+                                 const struct rpc_message *request, const ProtobufCMessage *tail,
+                                 const ProtobufCMessageDescriptor *response_type,
+                                 double timeout_s, rpc_reply_cb cb, void *arg);
+
 /* Blocking server-streaming call (moectl watch, fetch). timeout_s <= 0: no deadline. */
 struct rpc_stream;
 moe_status rpc_stream_open(struct rpc_stream **out, struct rpc_channel *ch, const char *method,

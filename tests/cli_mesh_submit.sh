@@ -5,7 +5,8 @@
 # workers. Each is INVALID_ARGUMENT (moectl exit 2) naming what is wrong, stores nothing, and
 # the coordinator keeps serving: a mesh that fits then runs to the end. A worker handed a
 # RunSlot it cannot play (no binding table, a slot outside the mesh, a peer without a data
-# address, an mpi slot on a worker not under mpirun, ...) answers INVALID_ARGUMENT and stays up.
+# address, an mpi slot on a worker not under mpirun, compact addresses or restore pulls that do
+# not fit the mesh, ...) answers INVALID_ARGUMENT and stays up.
 set -u
 moectl=$1
 corpus=/usr/share/common-licenses/GPL-3
@@ -110,6 +111,24 @@ cases = {
                                  backend="tcp", bindings=[binding(0), binding(1)]),
     "no data key": pb.RunSlotRequest(job_id="job-906", spec_json=spec, pods=1, slots=2, epoch=1,
                                      backend="tcp", bindings=[binding(0), binding(1)]),
+    # the compact form the coordinator sends (MeshAddresses, restore_pulls)
+    "addresses short": pb.RunSlotRequest(job_id="job-907", spec_json=spec, pods=1, slots=2, epoch=1,
+                                         backend="tcp", data_key=bytes(32), addresses=pb.MeshAddresses(
+                                             hosts=["127.0.0.1"], host=[0], port=[1])),
+    "addresses host outside": pb.RunSlotRequest(job_id="job-908", spec_json=spec, pods=1, slots=2, epoch=1,
+                                                backend="tcp", data_key=bytes(32), addresses=pb.MeshAddresses(
+                                                    hosts=["127.0.0.1"], host=[0, 3], port=[1, 2])),
+    "addresses without port": pb.RunSlotRequest(job_id="job-909", spec_json=spec, pods=1, slots=2, epoch=1,
+                                                backend="tcp", data_key=bytes(32), addresses=pb.MeshAddresses(
+                                                    hosts=["127.0.0.1"], host=[0, 0], port=[1, 0])),
+    "restore_pulls odd": pb.RunSlotRequest(job_id="job-911", spec_json=spec, pods=1, slots=2, epoch=1,
+                                           backend="tcp", data_key=bytes(32), restore=True, restore_pulls=[1],
+                                           addresses=pb.MeshAddresses(hosts=["127.0.0.1"], host=[0, 0],
+                                                                      port=[1, 2])),
+    "restore_pulls from itself": pb.RunSlotRequest(job_id="job-912", spec_json=spec, pods=1, slots=2, epoch=1,
+                                                   backend="tcp", data_key=bytes(32), restore=True,
+                                                   restore_pulls=[1, 1], addresses=pb.MeshAddresses(
+                                                       hosts=["127.0.0.1"], host=[0, 0], port=[1, 2])),
 }
 try:
     run(cases["epoch 0"], metadata=[("authorization", "Bearer " + open(sys.argv[5]).read().strip())],
@@ -144,7 +163,8 @@ for what, call, req in (
         print("%s: %s %s" % (what, e.code().name, e.details()))
 PY
   for c in "no bindings" "slot outside" "no data address" "mpi on a tcp worker" "mesh unlike the spec" "epoch 0" \
-           "no data key"; do
+           "no data key" "addresses short" "addresses host outside" "addresses without port" \
+           "restore_pulls odd" "restore_pulls from itself"; do
     check "RunSlot with $c: INVALID_ARGUMENT ($(grep "^$c:" "$tmp/runslot.out" | head -c 150))" \
       'grep -q "^$c: INVALID_ARGUMENT" "$tmp/runslot.out"'
   done

@@ -36,6 +36,25 @@ def check(what, cond):
         fails += 1
 
 
+def sources(req):
+    """Each rank's restore source in a RunSlotRequest, in either form: the coordinator's compact
+    one (restore_pulls pairs, with addresses) or the table's restore_from."""
+    if req.HasField("addresses"):
+        src = [-1] * (req.pods * req.slots)
+        for i in range(0, len(req.restore_pulls) - 1, 2):
+            src[req.restore_pulls[i]] = req.restore_pulls[i + 1]
+        return src
+    return list(req.restore_from)
+
+
+def rank_address(req, k):
+    """Rank k's data address in either form of the binding."""
+    if req.HasField("addresses"):
+        a = req.addresses
+        host = a.hosts[a.host[k]]
+        return "%s:%d" % (host, a.port[k]) if a.port[k] else host
+    return [b.data_address for b in req.bindings if b.pod * req.slots + b.slot == k][0]
+
 class Coordinator:
     def __init__(self):
         self.ch = grpc.insecure_channel(COORD)
@@ -94,7 +113,7 @@ class FakeWorker:
             j = self.job
             req = pb.RegisterRequest(worker_id=self.id, address="127.0.0.1:%d" % self.port,
                                      pod=self.pod, version="fake", host="fake", pid=os.getpid(),
-                                     cpus=1, data_address="127.0.0.1:1",
+                                     cpus=1, data_address="127.0.0.1:%d" % self.port,
                                      job_id=j.job_id if j else "", step=self.step,
                                      epoch=j.epoch if j else 0, holding=self.holding)
             token = self.cred or CLUSTER_TOKEN  # again as itself, or as a new worker
@@ -173,7 +192,7 @@ class FakeWorker:
             self.job, self.holding, self.ready = req, False, False
             if not req.restore:
                 self.step = 0
-            elif req.restore_from[req.pod * req.slots + req.slot] < 0:
+            elif sources(req)[req.pod * req.slots + req.slot] < 0:
                 self.step = req.restore_step  # its own live or previous version
             # a slot that pulls its state keeps the one it has until the transfer is done
         threading.Thread(target=self.restored if req.restore else self.started, args=(req,),
@@ -187,10 +206,14 @@ class FakeWorker:
 
     def restored(self, req):
         time.sleep(0.05)
-        src = req.restore_from[req.pod * req.slots + req.slot]
+        src = sources(req)[req.pod * req.slots + req.slot]
         if src >= 0:  # the transfer needs its source alive, and restored itself first
-            ids = [b.worker_id for b in req.bindings if b.pod * req.slots + b.slot == src]
-            source = [w for w in workers if ids and w.id == ids[0]]
+            # each fake's data address is its own port's; a newcomer may take a killed one's port
+            addr = rank_address(req, src)
+            at = [w for w in workers if "127.0.0.1:%d" % w.port == addr]
+            source = [w for w in at if w.job is not None and w.job.epoch == req.epoch and
+                      w.job.pod * w.job.slots + w.job.slot == src]
+            source = source or [w for w in at if w.alive] or at
             end = time.time() + 20
             while source and source[0].alive and not source[0].ready and time.time() < end:
                 time.sleep(0.02)
@@ -344,7 +367,7 @@ def main():
     rs = [r for r in by_id(new).run_slots if r.restore]
     check("its RunSlot: epoch 2, restore at the frozen step %d, state from rank 0" % frozen,
           len(rs) == 1 and rs[0].epoch == 2 and rs[0].restore_step == frozen and
-          list(rs[0].restore_from) == [-1, -1, 0, -1])
+          sources(rs[0]) == [-1, -1, 0, -1])
     check("every slot got RunSlot(restore) of epoch 2",
           all(any(r.restore and r.epoch == 2 for r in by_id(slot_worker(job, p, s)).run_slots)
               for p in (0, 1) for s in (0, 1)))

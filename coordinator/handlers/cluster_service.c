@@ -106,6 +106,7 @@ void handle_register_worker(struct rpc_call *call, const ProtobufCMessage *m, vo
     Moed__V1__RegisterResponse resp = MOED__V1__REGISTER_RESPONSE__INIT;
     resp.worker_id = w->id;
     resp.heartbeat_interval_ms = co->cfg.heartbeat_interval_ms;
+    resp.idle_heartbeat_interval_ms = co->cfg.idle_heartbeat_interval_ms;
     resp.cluster_id = co->cluster_id;
     resp.worker_credential = w->credential;
     resp.refused = w->refused;

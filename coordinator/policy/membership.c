@@ -44,6 +44,8 @@ static void update_record(struct worker *w, const Moed__V1__RegisterRequest *req
     w->mpi_size = req->mpi_size;
     snprintf(w->mpi_job, sizeof w->mpi_job, "%s", req->mpi_job);
     w->last_heartbeat_ms = moe_wall_ms();
+    w->idle_heartbeats = req->idle_heartbeats;
+    w->beats_idle = w->idle_heartbeats && !req->job_id[0] && !req->holding;
 }
 
 /* w still runs slot k of j (the same epoch, or, in a recoverable mesh, an older one whose
@@ -171,6 +173,7 @@ void membership_heartbeat(struct coordinator *co, struct worker *w,
         return;
     }
     w->last_heartbeat_ms = moe_wall_ms();
+    w->beats_idle = w->idle_heartbeats && !req->job_id[0] && !req->holding;
     reach_heartbeat(co, w, w->last_heartbeat_ms);
     resp->refused = w->refused;
     if (!w->confirmed) {
@@ -217,11 +220,28 @@ void membership_heartbeat(struct coordinator *co, struct worker *w,
     }
 }
 
+/* O(workers) per monitor tick: a compare each. A worker whose last heartbeat named no job
+ * may be that much slower (its idle interval); one that runs a slot heartbeats at the full
+ * rate from its next tick on. */
 void membership_check(struct coordinator *co, int64_t now) {
+    long idle = co->cfg.idle_heartbeat_interval_ms - co->cfg.heartbeat_interval_ms;
+    int64_t gap = co->checked_ms ? now - co->checked_ms : 0;
+    co->checked_ms = now;
+    if (gap >= co->cfg.heartbeat_timeout_ms / 2) {
+        /* libuv runs timers before the calls that queued meanwhile: without this, a stall
+         * longer than the timeout would declare every worker dead before its heartbeat is read */
+        LOG_WARN("the coordinator stood still for %.1f s: every worker's silence is counted "
+                 "from now", (double)gap / 1e3);
+        for (int i = 0; i < co->n_workers; i++)
+            if (worker_alive(co->workers[i]) && co->workers[i]->last_heartbeat_ms < now)
+                co->workers[i]->last_heartbeat_ms = now;
+        return;
+    }
     for (int i = 0; i < co->n_workers; i++) {
         struct worker *w = co->workers[i];
         if (!worker_alive(w)) continue;
         int64_t silent = now - w->last_heartbeat_ms;
-        if (silent > co->cfg.heartbeat_timeout_ms) fault_worker_dead(co, w, silent);
+        if (silent > co->cfg.heartbeat_timeout_ms + (w->beats_idle && idle > 0 ? idle : 0))
+            fault_worker_dead(co, w, silent);
     }
 }

@@ -18,7 +18,9 @@ moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterR
  * stop_job, refused). */
 void membership_heartbeat(struct coordinator *co, struct worker *w,
                           const Moed__V1__HeartbeatRequest *req, Moed__V1__HeartbeatResponse *resp);
-/* The monitor's tick: workers silent past the heartbeat timeout are dead. */
+/* The monitor's tick: workers silent past the heartbeat timeout are dead. A tick that comes
+ * late by half the timeout or more (the coordinator itself stood still: a blocked disk, a
+ * starved process) judges no one: the heartbeats that waited meanwhile are read first. */
 void membership_check(struct coordinator *co, int64_t now);
 
 #endif

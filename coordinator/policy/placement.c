@@ -120,33 +120,66 @@ static int choose_mpi(const struct coordinator *co, const struct job *j, struct 
     return groups == j->pods;
 }
 
+/* Idle workers per physical pod: (pod, idle) ascending by pod. */
+struct pod_idle {
+    int pod, idle;
+};
+
+static int cmp_int(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+static int cmp_pod(const void *key, const void *elem) {
+    return cmp_int(key, &((const struct pod_idle *)elem)->pod);
+}
+
+/* O(N log N) for N workers, once per choice. Returns how many pods have idle workers. */
+static int pods_idle(const struct coordinator *co, struct pod_idle *out) {
+    int *pods = malloc(sizeof *pods * ((size_t)co->n_workers + 1)), m = 0, runs = 0;
+    if (!pods) return -1;
+    for (int i = 0; i < co->n_workers; i++)
+        if (worker_schedulable(co->workers[i])) pods[m++] = co->workers[i]->pod;
+    qsort(pods, (size_t)m, sizeof *pods, cmp_int);
+    for (int k = 0; k < m; k++) {
+        if (!runs || out[runs - 1].pod != pods[k]) out[runs++] = (struct pod_idle){pods[k], 0};
+        out[runs - 1].idle++;
+    }
+    free(pods);
+    return runs;
+}
+
+/* Logical pod p's S workers into out: those of physical pod `pod` (any pod when -1) not used
+ * yet, in registration order. Returns how many it found. O(N). */
+static int take_pod(const struct coordinator *co, int pod, int S, char *used,
+                    struct pod_idle *pi, int runs, struct worker **out) {
+    int s = 0;
+    for (int i = 0; i < co->n_workers && s < S; i++) {
+        struct worker *w = co->workers[i];
+        if (used[i] || !worker_schedulable(w) || (pod >= 0 && w->pod != pod)) continue;
+        used[i] = 1;
+        out[s++] = w;
+        struct pod_idle *r = bsearch(&w->pod, pi, (size_t)runs, sizeof *pi, cmp_pod);
+        if (r) r->idle--;
+    }
+    return s;
+}
+
+/* O(N log N + P * (N + pods)) for N workers and a job of P logical pods: the idle workers are
+ * counted per physical pod once, each logical pod then scans the counts and the workers once. */
 static int choose_tcp(const struct coordinator *co, const struct job *j, struct worker **out) {
     int n = co->n_workers, S = j->slots;
     char *used = calloc((size_t)n + 1, 1);
-    if (!used) return 0;
-    int placed = 1;
+    struct pod_idle *pi = malloc(sizeof *pi * ((size_t)n + 1));
+    int runs = used && pi ? pods_idle(co, pi) : -1, placed = runs >= 0;
     for (int p = 0; p < j->pods && placed; p++) {
-        /* the lowest-numbered physical pod with S idle workers not taken yet */
-        int best = -1;
-        for (int i = 0; i < n; i++) {
-            const struct worker *w = co->workers[i];
-            if (used[i] || !worker_schedulable(w) || (best >= 0 && w->pod >= best)) continue;
-            int have = 0;
-            for (int k = 0; k < n; k++)
-                have += !used[k] && worker_schedulable(co->workers[k]) &&
-                        co->workers[k]->pod == w->pod;
-            if (have >= S) best = w->pod;
-        }
-        int s = 0;
-        for (int i = 0; i < n && s < S; i++) { // registration order inside the pod
-            const struct worker *w = co->workers[i];
-            if (used[i] || !worker_schedulable(w) || (best >= 0 && w->pod != best)) continue;
-            used[i] = 1;
-            out[p * S + s++] = co->workers[i];
-        }
-        placed = s == S;
+        int best = -1; // the lowest-numbered physical pod with S idle workers not taken yet
+        for (int r = 0; r < runs && best < 0; r++)
+            if (pi[r].idle >= S) best = pi[r].pod;
+        placed = take_pod(co, best, S, used, pi, runs, out + (size_t)p * S) == S;
     }
     free(used);
+    free(pi);
     return placed;
 }
 

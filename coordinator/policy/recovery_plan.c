@@ -39,13 +39,20 @@ static int step_covered(const struct job *j, const struct recovery *r, const cha
     return 1;
 }
 
+/* O(slots * copies) to list the candidate steps, and each distinct step judged once (a
+ * failed one is remembered) at O(slots) when pod 0 holds it, O(slots^2) at worst; judging a
+ * failed step again for every slot that holds it made that the common case. */
 int64_t plan_step(const struct job *j, const struct recovery *r, const char *keep) {
-    int64_t best = -1;
+    int64_t best = -1, failed[8];
+    int n_failed = 0;
     for (int k = 0; k < job_n_slots(j); k++) {
-        if (!keep[k]) continue;
-        for (int i = 0; i < r->ans[k].n_copies; i++) {
+        for (int i = 0; keep[k] && i < r->ans[k].n_copies; i++) {
             int64_t t = r->ans[k].copies[i].step;
-            if (t >= j->committed_step && t > best && step_covered(j, r, keep, t)) best = t;
+            int known = 0;
+            for (int f = 0; f < n_failed && !known; f++) known = failed[f] == t;
+            if (known || t < j->committed_step || t <= best) continue;
+            if (step_covered(j, r, keep, t)) best = t;
+            else if (n_failed < 8) failed[n_failed++] = t; // (beyond 8: judged again)
         }
     }
     if (best < 0 && j->committed_step == 0) best = 0;

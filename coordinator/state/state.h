@@ -48,6 +48,9 @@ struct coordinator_config {
     char worker_tls_ca[1024];     // --worker-tls-ca: verify workers' TLS when calling them
     long heartbeat_interval_ms;   // told to workers at registration
     long heartbeat_timeout_ms;    // a worker silent this long is dead
+    long idle_heartbeat_interval_ms; // told to workers: how seldom they heartbeat while idle
+                                  // (an idle worker is allowed this much longer, less the
+                                  // interval, before it is dead)
     int max_assign_attempts;      // RunSlot refusals before a job fails
     long job_retention_s;         // an ended job is deleted this long after it ended (0: kept)
     long max_finished_jobs;       // the oldest ended jobs beyond this many are deleted (0: all)
@@ -63,6 +66,7 @@ struct coordinator_config {
  * room for three missed heartbeats. */
 #define COORD_HEARTBEAT_INTERVAL_MS 500
 #define COORD_HEARTBEAT_TIMEOUT_MS 2000
+#define COORD_IDLE_HEARTBEAT_INTERVAL_MS 5000
 #define COORD_MAX_ASSIGN_ATTEMPTS 3
 /* Retention (docs/operations.md): an ended job stays a week, and at most this many stay
  * (what keeps the tables, and every page of ListJobs, bounded). */
@@ -94,6 +98,7 @@ struct coordinator {
     int n_workers, cap_workers;
     struct worker *workers_by_id; // the same workers, by id (uthash; workers.c)
     uv_timer_t monitor;        // the heartbeat monitor's tick (coordinator.c)
+    int64_t checked_ms;        // when membership_check last ran (0: never)
     uv_signal_t sig_term, sig_int;
     int64_t started_ms;
     int stopping;

@@ -80,48 +80,137 @@ static void resume_fields(const struct job *j, Moed__V1__RunSlotRequest *req, in
     }
 }
 
-moe_status worker_call_run_slots(struct coordinator *co, struct job *j, int restore, uint64_t gen,
-                                 rpc_reply_cb cb) {
+/* A binding round's shared request, built once: the mesh's addresses (each distinct host
+ * once) and the restore plan as pairs. Owns what the packed request points into. */
+struct run_slot_round {
+    Moed__V1__MeshAddresses addresses;
+    char **hosts;             // into the bindings' data addresses, cut at the port's ':'
+    uint32_t *host, *port;    // (n)
+    int32_t *pulls;           // (rank, source) pairs
+    size_t n_pulls;
+};
+
+struct host_entry {
+    const char *name;
+    size_t len;
+    uint32_t index;
+    UT_hash_handle hh;
+};
+
+static void round_free(struct run_slot_round *r) {
+    for (size_t i = 0; r->hosts && i < r->addresses.n_hosts; i++) free(r->hosts[i]);
+    free(r->hosts);
+    free(r->host);
+    free(r->port);
+    free(r->pulls);
+}
+
+/* Rank k's address into host index and port (port 0: the whole address is the host). O(1)
+ * per rank: the distinct hosts are hashed. Returns -1 when out of memory. */
+static int round_add(struct run_slot_round *r, struct host_entry **seen, struct host_entry *e,
+                     int k, const char *addr) {
+    const char *colon = strrchr(addr, ':');
+    char *end = NULL;
+    unsigned long port = colon ? strtoul(colon + 1, &end, 10) : 0;
+    /* only a port that prints back as it was written ("host:80", not "host:080" or "host:+80") */
+    int split = colon && colon[1] >= '1' && colon[1] <= '9' && !*end && port < 65536;
+    size_t len = split ? (size_t)(colon - addr) : strlen(addr);
+    struct host_entry *have;
+    HASH_FIND(hh, *seen, addr, len, have);
+    if (!have) {
+        size_t i = r->addresses.n_hosts;
+        if (!(r->hosts[i] = strndup(addr, len))) return -1;
+        e->name = r->hosts[i], e->len = len, e->index = (uint32_t)i;
+        HASH_ADD_KEYPTR(hh, *seen, e->name, e->len, e);
+        r->addresses.n_hosts++;
+        have = e;
+    }
+    r->host[k] = have->index;
+    r->port[k] = split ? (uint32_t)port : 0;
+    return 0;
+}
+
+static moe_status round_build(struct run_slot_round *r, const struct job *j, int restore) {
     int n = job_n_slots(j);
-    /* The request: the whole table, so that every slot knows every peer's data address. */
-    Moed__V1__SlotBinding *tab = calloc((size_t)n, sizeof *tab);
-    Moed__V1__SlotBinding **ptrs = calloc((size_t)n, sizeof *ptrs);
-    if (!tab || !ptrs) {
-        free(tab);
-        free(ptrs);
-        return moe_fail(MOE_ENOMEM, "out of memory sending RunSlot");
+    Moed__V1__MeshAddresses init = MOED__V1__MESH_ADDRESSES__INIT;
+    *r = (struct run_slot_round){.addresses = init};
+    r->hosts = calloc((size_t)n, sizeof *r->hosts);
+    r->host = calloc((size_t)n, sizeof *r->host);
+    r->port = calloc((size_t)n, sizeof *r->port);
+    struct host_entry *entries = calloc((size_t)n, sizeof *entries), *seen = NULL;
+    int bad = !r->hosts || !r->host || !r->port || !entries;
+    for (int k = 0; k < n && !bad; k++)
+        bad = round_add(r, &seen, &entries[k], k, j->bindings[k].data_address) != 0;
+    HASH_CLEAR(hh, seen);
+    free(entries);
+    if (!bad && restore && j->restore_from) {
+        r->pulls = calloc(2 * (size_t)n, sizeof *r->pulls);
+        for (int k = 0; r->pulls && k < n; k++)
+            if (j->restore_from[k] >= 0) {
+                r->pulls[r->n_pulls++] = k;
+                r->pulls[r->n_pulls++] = j->restore_from[k];
+            }
+        bad = !r->pulls;
     }
-    for (int k = 0; k < n; k++) {
-        tab[k] = job_slot_binding(j, k);
-        ptrs[k] = &tab[k];
-    }
+    r->addresses.hosts = r->hosts;
+    r->addresses.n_host = r->addresses.n_port = (size_t)n;
+    r->addresses.host = r->host;
+    r->addresses.port = r->port;
+    if (bad) round_free(r);
+    return bad ? moe_fail(MOE_ENOMEM, "out of memory sending RunSlot") : MOE_OK;
+}
+
+/* The request every slot of the round shares, packed once (pod and slot 0: each call's tail
+ * sets them). O(slots) to build and pack; each call then costs O(1) here. */
+static struct rpc_message *round_pack(struct run_slot_round *r, const struct job *j,
+                                      int restore) {
     Moed__V1__RunSlotRequest req = MOED__V1__RUN_SLOT_REQUEST__INIT;
-    req.job_id = j->id;
+    req.job_id = (char *)j->id;
     req.spec_json = j->spec_json;
     req.pods = j->pods;
     req.slots = j->slots;
     req.epoch = j->epoch;
-    req.backend = j->backend;
+    req.backend = (char *)j->backend;
     req.timeout_s = j->timeout_s;
-    req.n_bindings = (size_t)n;
-    req.bindings = ptrs;
+    req.addresses = &r->addresses;
     req.data_key.len = sizeof j->data_key;
-    req.data_key.data = j->data_key;
+    req.data_key.data = (uint8_t *)j->data_key;
     if (restore && j->restore_from) {
         req.restore = 1;
         req.restore_step = j->restore_step;
-        req.n_restore_from = (size_t)n;
-        req.restore_from = j->restore_from;
+        req.n_restore_pulls = r->n_pulls;
+        req.restore_pulls = r->pulls;
     }
-    /* the request is packed by rpc_call_async: copies of what a synchronous answer may change */
+    return rpc_message_pack(&req.base);
+}
+
+/* Slot k's call of the round: the shared request with what is the slot's own appended (its
+ * pod and slot, a resumed job's file of its slot index). */
+static moe_status send_run_slot(struct coordinator *co, const struct job *j, int k, int restore,
+                                const struct rpc_message *m, rpc_reply_cb cb,
+                                struct assign_ctx *a) {
+    struct worker *w = workers_find(co, j->bindings[k].worker_id);
+    if (!w || !w->channel) return moe_fail(MOE_EUNAVAILABLE, "no channel to %s", a->worker_id);
+    Moed__V1__RunSlotRequest tail = MOED__V1__RUN_SLOT_REQUEST__INIT;
+    tail.pod = k / j->slots;
+    tail.slot = k % j->slots;
+    resume_fields(j, &tail, restore);
+    return rpc_call_async_packed(co->pump, w->channel, RPC_WORKER_RUN_SLOT, m, &tail.base,
+                                 &moed__v1__empty__descriptor, RUN_SLOT_DEADLINE_S, cb, a);
+}
+
+moe_status worker_call_run_slots(struct coordinator *co, struct job *j, int restore, uint64_t gen,
+                                 rpc_reply_cb cb) {
+    struct run_slot_round r;
+    CHECK(round_build(&r, j, restore));
+    struct rpc_message *m = round_pack(&r, j, restore);
+    round_free(&r); // packed: the bytes are the message's
+    if (!m) return moe_fail(MOE_ENOMEM, "out of memory sending RunSlot");
+    /* copies of what a synchronous answer may change */
     char job_id[24];
     snprintf(job_id, sizeof job_id, "%s", j->id);
     uint64_t epoch = j->epoch;
-    for (int k = 0; k < n; k++) {
-        struct worker *w = workers_find(co, j->bindings[k].worker_id);
-        req.pod = k / j->slots;
-        req.slot = k % j->slots;
-        resume_fields(j, &req, restore);
+    for (int k = 0; k < job_n_slots(j); k++) {
         struct assign_ctx *a = calloc(1, sizeof *a);
         if (!a) break;
         a->co = co;
@@ -130,20 +219,16 @@ moe_status worker_call_run_slots(struct coordinator *co, struct job *j, int rest
         a->epoch = epoch;
         a->gen = gen;
         a->slot = k;
-        int reachable = w && w->channel;
-        moe_status s = reachable ? rpc_call_async(co->pump, w->channel, RPC_WORKER_RUN_SLOT,
-                                                  &req.base, &moed__v1__empty__descriptor,
-                                                  RUN_SLOT_DEADLINE_S, cb, a)
-                                 : moe_fail(MOE_EUNAVAILABLE, "no channel to %s", a->worker_id);
+        moe_status s = send_run_slot(co, j, k, restore, m, cb, a);
         if (s != MOE_OK) {
-            struct rpc_result r = {reachable ? GRPC_STATUS_INTERNAL : GRPC_STATUS_UNAVAILABLE, ""};
-            snprintf(r.details, sizeof r.details, "%s", moe_errmsg());
-            cb(a, &r, NULL); // may requeue, fail or re-plan the job: stop sending
+            struct rpc_result res = {s == MOE_EUNAVAILABLE ? GRPC_STATUS_UNAVAILABLE
+                                                           : GRPC_STATUS_INTERNAL, ""};
+            snprintf(res.details, sizeof res.details, "%s", moe_errmsg());
+            cb(a, &res, NULL); // may requeue, fail or re-plan the job: stop sending
             if (round_over(co, job_id, epoch, gen)) break;
             j = jobs_find(co, job_id);
         }
     }
-    free(tab);
-    free(ptrs);
+    rpc_message_free(m); // the calls hold references to its bytes
     return MOE_OK;
 }

@@ -1,9 +1,10 @@
 /*
  * worker_calls.h — the calls the coordinator makes to workers' Worker service.
  *
- * Owns: building and sending RunSlot (the whole binding table, and a recovery's restore step
- * and sources), StopJob, FenceSlot and the reachability probe, asynchronously on the loop,
- * with their deadlines. An
+ * Owns: building and sending RunSlot (every slot's data address in compact form, and a
+ * recovery's restore step and sources: one request packed once per round, O(slots), that
+ * every slot's call shares), StopJob, FenceSlot and the reachability probe, asynchronously on
+ * the loop, with their deadlines. An
  * answer goes to the callback the policy gave, with a context naming the job, worker, epoch
  * and round it belongs to, so that a late answer to an older binding is recognised and dropped.
  * Never: decides what an answer means (the policy's callback does) or waits for one.

@@ -129,6 +129,9 @@ moe_status workers_load(struct coordinator *co) {
         struct worker *w = co->workers[i];
         if (!worker_alive(w)) continue;
         w->last_heartbeat_ms = now;
+        /* not stored whether it heartbeats seldom when idle: an idle one is waited for as
+         * long as if it did, until it registers again */
+        w->beats_idle = !w->job_id[0];
         CHECK(worker_connect(co, w));
     }
     return MOE_OK;

@@ -42,6 +42,8 @@ struct worker {
     int mpi_rank, mpi_size;    // under mpirun (mpi_size 0: not)
     char mpi_job[256];         // which mpirun job: equal for the ranks of one pod only
     int64_t registered_ms, last_heartbeat_ms;
+    int idle_heartbeats;       // it registered saying it heartbeats seldom while idle
+    int beats_idle;            // ... and its last heartbeat named no job: it may be slow
     char job_id[24];           // the job whose slot it plays (or is finishing); "" when free
     int slot;
     uint64_t epoch;            // the epoch of job_id it was bound in (0: unknown, after a

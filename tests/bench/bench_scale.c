@@ -21,7 +21,9 @@
  * Worker i is in physical pod i / W (W = 68 by default: 64 slots and 4 spares; a job of up
  * to 64 pods leaves at least one physical pod of spares, for the 64 lost at once). --check runs
  * once and asserts correctness instead of reporting speed (the test cli_scale_small): every
- * slot bound once, each lost slot replanned onto a spare, no worker lost across the restart.
+ * slot bound once, logical pod p on physical pod p, every RunSlot's addresses naming its
+ * worker at its rank, each lost slot replanned onto a spare, no worker lost across the
+ * restart.
  * The daemons come from $MOE_BUILD_DIR/bin, else from beside this program.
  */
 #include "../../common/log.h"
@@ -287,11 +289,23 @@ static void steady(struct run *r, double *cpu, double *rss) {
     *rss = bench_rss_mib(r->co.pid);
 }
 
+/* The placement rule on a cluster of idle physical pods of W >= S workers: logical pod p
+ * takes S workers of the lowest-numbered physical pod with S idle, so physical pod p. */
+static void check_placement(struct run *r) {
+    int misplaced = 0;
+    for (int i = 0; i < r->n; i++)
+        misplaced += in_epoch(&r->sh[i], r->epoch) &&
+                     atomic_load(&r->sh[i].pod) != i / r->o.pod_size;
+    CHECK_THAT(r, misplaced == 0, "%d slots not in the physical pod of their logical pod",
+               misplaced);
+}
+
 static int schedule_job(struct run *r) {
     uint64_t none = 0;
     int64_t t0 = sim_now_ns();
     if (submit(r) || wait_for(r, job_bound, &none, "the job's RunSlots")) return -1;
     r->sched_s = last_runslot(r, t0, &r->epoch);
+    check_placement(r);
     return 0;
 }
 
@@ -424,6 +438,13 @@ static void progress(const struct run *r, const char *what, double v) {
     fprintf(stderr, "bench_scale: %d workers: %s %.3f\n", r->n, what, v);
 }
 
+/* Every RunSlot's binding named its callee at its own rank (scale_sim.c checks each). */
+static void check_named(struct run *r) {
+    int misbound = 0;
+    for (int i = 0; i < r->n; i++) misbound += atomic_load(&r->sh[i].misbound);
+    CHECK_THAT(r, misbound == 0, "%d RunSlots' addresses did not name their worker", misbound);
+}
+
 static int phases(struct run *r) {
     double t0 = bench_now();
     if (wait_for(r, all_registered, NULL, "every registration") ||
@@ -444,6 +465,7 @@ static int phases(struct run *r) {
     r->recn_s = lose(r, r->o.lose_many);
     progress(r, "recovery of many, s:", r->recn_s);
     if (isnan(r->recn_s) || settle(r, 0)) return -1;
+    check_named(r);
     return restart(r);
 }
 

@@ -31,6 +31,7 @@ struct simw {
     struct rpc_channel *ch;   // to the coordinator: one each, one connection for all of them
     uv_timer_t beat, report;
     int beat_in_flight, registering, report_in_flight;
+    uint64_t beat_sent_ms;    // uv_now of the last heartbeat
     char job[24];             // the job it plays ("": none)
     uint64_t epoch;
     int pod, slot, running, holding;
@@ -47,11 +48,13 @@ struct sim_host {
     struct simw *by_id;       // uthash head
     int registering;            // first registrations in flight
     long heartbeat_ms;
+    long idle_heartbeat_ms;   // 0: every tick
     uv_signal_t sig;
 };
 
 static void register_next(struct sim_host *h);
 static void heartbeat_start(struct simw *w);
+static void heartbeat_soon(struct simw *w);
 
 /* ---- registration ---- */
 
@@ -73,6 +76,8 @@ static void on_registered(void *arg, const struct rpc_result *res, const Protobu
         HASH_ADD_STR(h->by_id, id, w);
         rpc_channel_set_token(w->ch, w->credential);
         if (r->heartbeat_interval_ms > 0) h->heartbeat_ms = (long)r->heartbeat_interval_ms;
+        if (r->idle_heartbeat_interval_ms > h->heartbeat_ms)
+            h->idle_heartbeat_ms = (long)r->idle_heartbeat_interval_ms;
         heartbeat_start(w);
     }
     atomic_fetch_add(&w->s->registrations, 1);
@@ -94,6 +99,7 @@ static void register_one(struct simw *w) {
     req.data_address = w->address; // never dialled: no slot of the simulator opens a data plane
     req.job_id = w->job;
     req.step = w->step;
+    req.idle_heartbeats = 1; // heartbeat_tick
     req.epoch = w->job[0] ? w->epoch : 0;
     req.holding = w->holding;
     if (rpc_call_async(w->h->pump, w->ch, RPC_CLUSTER_REGISTER_WORKER, &req.base,
@@ -125,12 +131,19 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
         w->running = w->holding = 0;
         atomic_store(&w->s->pod, -1);
         atomic_fetch_add(&w->s->stops, 1);
+        heartbeat_soon(w);
     }
 }
 
 static void heartbeat_tick(uv_timer_t *t) {
     struct simw *w = t->data;
     if (w->beat_in_flight || atomic_load(&w->s->dead)) return;
+    uint64_t now = uv_now(w->h->loop); // idle: as seldom as the coordinator allows (cluster.c)
+    uint64_t idle = (uint64_t)w->h->idle_heartbeat_ms;
+    if (idle && !w->job[0] && !w->holding &&
+        now - w->beat_sent_ms + (uint64_t)w->h->heartbeat_ms / 2 < idle)
+        return;
+    w->beat_sent_ms = now;
     Moed__V1__HeartbeatRequest req = MOED__V1__HEARTBEAT_REQUEST__INIT;
     req.worker_id = w->id;
     req.job_id = w->job;
@@ -147,6 +160,13 @@ static void heartbeat_tick(uv_timer_t *t) {
 static void heartbeat_start(struct simw *w) {
     uint64_t phase = (uint64_t)(rand() % (int)w->h->heartbeat_ms);
     uv_timer_start(&w->beat, heartbeat_tick, phase, (uint64_t)w->h->heartbeat_ms);
+}
+
+/* As a real worker does when its slot ends (worker_heartbeat_now): idle at once, not at the
+ * next idle heartbeat, so the coordinator may give it the next slot. */
+static void heartbeat_soon(struct simw *w) {
+    w->beat_sent_ms = 0;
+    uv_timer_start(&w->beat, heartbeat_tick, 0, (uint64_t)w->h->heartbeat_ms);
 }
 
 static void on_reported(void *arg, const struct rpc_result *res, const ProtobufCMessage *m) {
@@ -243,6 +263,19 @@ static void reply_empty(struct rpc_call *call) {
     rpc_reply(call, &e.base);
 }
 
+/* Whether the binding names w's own address at the rank it is given, as a real worker
+ * finds its listener in it (the compact form the coordinator sends: every rank's address). */
+static int names_me(const struct simw *w, const Moed__V1__RunSlotRequest *req) {
+    const Moed__V1__MeshAddresses *a = req->addresses;
+    long k = (long)req->pod * req->slots + req->slot, n = (long)req->pods * req->slots;
+    if (!a || (long)a->n_host != n || (long)a->n_port != n || k < 0 || k >= n ||
+        a->host[k] >= a->n_hosts)
+        return 0;
+    char addr[80];
+    snprintf(addr, sizeof addr, "%s:%u", a->hosts[a->host[k]], a->port[k]);
+    return strcmp(addr, w->address) == 0;
+}
+
 static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx) {
     const Moed__V1__RunSlotRequest *req = (const Moed__V1__RunSlotRequest *)msg;
     struct simw *w = callee(call, ctx);
@@ -266,6 +299,7 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
     atomic_fetch_add(&w->s->restores, req->restore ? 1 : 0);
     atomic_store(&w->s->runslot_ns, sim_now_ns());
     atomic_fetch_add(&w->s->runslots, 1);
+    if (!names_me(w, req)) atomic_fetch_add(&w->s->misbound, 1);
     reply_empty(call);
     if (req->restore) report_restored(w);
     uv_timer_start(&w->report, report_tick, (uint64_t)w->h->cfg->report_ms,
@@ -281,6 +315,7 @@ static void stop_job(struct rpc_call *call, const ProtobufCMessage *msg, void *c
         w->running = w->holding = 0;
         atomic_store(&w->s->pod, -1);
         atomic_fetch_add(&w->s->stops, 1);
+        heartbeat_soon(w);
     }
     reply_empty(call); // the reachability probe (job "") too
 }

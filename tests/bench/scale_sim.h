@@ -11,7 +11,8 @@
  * address of its own (one listening port each, all in one gRPC server: the coordinator's
  * calls carry the worker's credential, which says whom they are for). RunSlot is answered
  * like an idle worker answers it and "trains" by reporting one step per report interval
- * without computing; FenceSlot answers with the state a real slot holds (its live step and
+ * without computing (after checking that the binding names its own address at its rank);
+ * FenceSlot answers with the state a real slot holds (its live step and
  * the previous one); StopJob (the coordinator's reachability probe too) stops.
  * Never: computes, or opens a data plane: the coordinator is what is measured.
  */
@@ -34,6 +35,7 @@ struct sim_shared {
     _Atomic int pod, slot;      // the slot it plays (pod -1: none)
     _Atomic int64_t step;       // its live step
     _Atomic int stops;          // StopJobs (or heartbeat answers) that stopped its job
+    _Atomic int misbound;       // RunSlots whose addresses did not name it at its own rank
     char id[24];                // written before the first registration is counted
     char credential[SIM_CRED_MAX];
 };

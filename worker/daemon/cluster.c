@@ -98,6 +98,7 @@ static void fill_register(struct worker *w, Moed__V1__RegisterRequest *req, char
     req->extra_data_addresses = extra;
     req->mpi_rank = w->mpi_rank;
     req->mpi_size = w->mpi_size;
+    req->idle_heartbeats = 1; // heartbeat_timer
     req->mpi_job = w->mpi_job;
 }
 
@@ -121,6 +122,8 @@ static void apply_registration(struct worker *w, const Moed__V1__RegisterRespons
     if (ms < 50) ms = 50;
     int changed = ms != w->heartbeat_ms;
     w->heartbeat_ms = ms;
+    long idle = (long)resp->idle_heartbeat_interval_ms;
+    w->idle_heartbeat_ms = idle > ms ? idle : 0;
     if (changed && uv_is_active((uv_handle_t *)&w->heartbeat)) worker_heartbeat_start(w);
 }
 
@@ -381,6 +384,25 @@ static void heartbeat_tick(uv_timer_t *t) {
         return;
     }
     w->heartbeat_in_flight = 1;
+    w->heartbeat_sent_ms = uv_now(w->loop);
+}
+
+/* The timer's tick: every interval while a slot runs (or is held), every idle interval while
+ * none does (the coordinator waits that much longer for an idle worker); a job's start is
+ * seen at the next tick, so a busy worker is never late by more than one interval. */
+static void heartbeat_timer(uv_timer_t *t) {
+    struct worker *w = t->data;
+    long step;
+    uint64_t epoch;
+    int holding;
+    const char *job = running_job(w, &step, &epoch, &holding);
+    if (w->idle_heartbeat_ms > 0 && !job[0] && !holding &&
+        uv_now(w->loop) - w->heartbeat_sent_ms + (uint64_t)w->heartbeat_ms / 2 <
+            (uint64_t)w->idle_heartbeat_ms) {
+        moe_notify_watchdog();
+        return;
+    }
+    heartbeat_tick(t);
 }
 
 /* Now, not at the next tick: the coordinator waits for a heartbeat without a job before it
@@ -396,6 +418,6 @@ void worker_heartbeat_now(struct worker *w) {
 
 void worker_heartbeat_start(struct worker *w) {
     w->heartbeat.data = w;
-    uv_timer_start(&w->heartbeat, heartbeat_tick, (uint64_t)w->heartbeat_ms,
+    uv_timer_start(&w->heartbeat, heartbeat_timer, (uint64_t)w->heartbeat_ms,
                    (uint64_t)w->heartbeat_ms);
 }

@@ -109,9 +109,36 @@ static void fail_oom(struct rpc_call *call) {
     rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker out of memory");
 }
 
-/* The mesh part of a RunSlot for more than one slot: the binding table must name every slot
- * once with a data address, and an mpi slot must be this process's MPI rank. Returns 0 when
- * it is fine, else 1 after failing the call. */
+/* Rank k's data address as the request names it, in either form of the binding, into out;
+ * "" when it names none (or one too long). O(1) in the compact form, O(slots) in a table. */
+static void rank_address(const Moed__V1__RunSlotRequest *req, long k, char out[COMM_ADDR_MAX]) {
+    const Moed__V1__MeshAddresses *a = req->addresses;
+    int len = 0;
+    out[0] = 0;
+    if (a && k >= 0 && k < (long)a->n_host && k < (long)a->n_port && a->host[k] < a->n_hosts) {
+        const char *host = a->hosts[a->host[k]];
+        len = a->port[k] ? snprintf(out, COMM_ADDR_MAX, "%s:%u", host, a->port[k])
+                         : snprintf(out, COMM_ADDR_MAX, "%s", host);
+    }
+    for (size_t i = 0; !a && i < req->n_bindings; i++) {
+        const Moed__V1__SlotBinding *b = req->bindings[i];
+        if ((long)b->pod * req->slots + b->slot == k) {
+            len = snprintf(out, COMM_ADDR_MAX, "%s", b->data_address);
+            break;
+        }
+    }
+    if (len >= COMM_ADDR_MAX) out[0] = 0;
+}
+
+static int check_bindings(struct rpc_call *call, const Moed__V1__RunSlotRequest *req, long n,
+                          enum comm_backend backend);
+static int check_addresses(struct rpc_call *call, const Moed__V1__RunSlotRequest *req, long n,
+                           enum comm_backend backend);
+
+/* The mesh part of a RunSlot for more than one slot: the binding (a table, or the compact
+ * addresses the coordinator sends) must name every slot once with a data address, and an mpi
+ * slot must be this process's MPI rank. Returns 0 when it is fine, else 1 after failing the
+ * call. */
 static int check_mesh(struct rpc_call *call, struct worker *w, const Moed__V1__RunSlotRequest *req,
                       long n, enum comm_backend *backend) {
     if (n > COMM_MAX_RANKS) {
@@ -139,6 +166,20 @@ static int check_mesh(struct rpc_call *call, struct worker *w, const Moed__V1__R
                  req->slot, req->slots, w->mpi_size ? "another rank" : "not under mpirun");
         return 1;
     }
+    int bad = req->addresses ? check_addresses(call, req, n, *backend)
+                             : check_bindings(call, req, n, *backend);
+    if (!bad && req->data_key.len != COMM_KEY_BYTES) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: data_key has %zu bytes: a mesh needs "
+                 "the job's %d-byte data-plane key", req->job_id, req->data_key.len,
+                 COMM_KEY_BYTES);
+        bad = 1;
+    }
+    return bad;
+}
+
+/* The binding as a table of SlotBindings: every slot once, each with a data address. */
+static int check_bindings(struct rpc_call *call, const Moed__V1__RunSlotRequest *req, long n,
+                          enum comm_backend backend) {
     if ((long)req->n_bindings != n) {
         rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: %zu bindings for a %d x %d mesh",
                  req->job_id, req->n_bindings, req->pods, req->slots);
@@ -153,7 +194,7 @@ static int check_mesh(struct rpc_call *call, struct worker *w, const Moed__V1__R
     for (size_t i = 0; i < req->n_bindings && !bad; i++) {
         const Moed__V1__SlotBinding *b = req->bindings[i];
         long k = (long)b->pod * req->slots + b->slot;
-        int needs_tcp = *backend == COMM_TCP || b->pod != req->pod;
+        int needs_tcp = backend == COMM_TCP || b->pod != req->pod;
         if (b->pod < 0 || b->pod >= req->pods || b->slot < 0 || b->slot >= req->slots || seen[k]) {
             rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: binding %zu names slot (%d, %d): "
                      "outside the mesh or twice", req->job_id, i, b->pod, b->slot);
@@ -168,18 +209,63 @@ static int check_mesh(struct rpc_call *call, struct worker *w, const Moed__V1__R
         if (!bad) seen[k] = 1;
     }
     free(seen);
-    if (!bad && req->data_key.len != COMM_KEY_BYTES) {
-        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: data_key has %zu bytes: a mesh needs "
-                 "the job's %d-byte data-plane key", req->job_id, req->data_key.len,
-                 COMM_KEY_BYTES);
-        bad = 1;
-    }
     return bad;
+}
+
+/* The binding in compact form: a host and a port for every slot, each host one listed. */
+static int check_addresses(struct rpc_call *call, const Moed__V1__RunSlotRequest *req, long n,
+                           enum comm_backend backend) {
+    const Moed__V1__MeshAddresses *a = req->addresses;
+    if (req->n_bindings || (long)a->n_host != n || (long)a->n_port != n) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: addresses give %zu host indexes and %zu "
+                 "ports (and %zu bindings) for a %d x %d mesh: want %ld of each, no bindings",
+                 req->job_id, a->n_host, a->n_port, req->n_bindings, req->pods, req->slots, n);
+        return 1;
+    }
+    for (long k = 0; k < n; k++) {
+        char addr[COMM_ADDR_MAX];
+        if (a->host[k] >= a->n_hosts || a->port[k] > 65535) {
+            rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: addresses: rank %ld names host %u "
+                     "of %zu, port %u", req->job_id, k, a->host[k], a->n_hosts, a->port[k]);
+            return 1;
+        }
+        rank_address(req, k, addr);
+        if ((backend == COMM_TCP || k / req->slots != req->pod) && !strchr(addr, ':')) {
+            rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: slot (%ld, %ld) has no usable "
+                     "data address ('%.64s')", req->job_id, k / req->slots, k % req->slots,
+                     a->hosts[a->host[k]]);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The restore plan in the compact form: (rank, source) pairs, each a rank and another rank of
+ * the mesh (none: every slot holds its own state). */
+static int check_restore_pulls(struct rpc_call *call, const Moed__V1__RunSlotRequest *req,
+                               long n) {
+    size_t m = req->n_restore_pulls;
+    if (req->restore_step < 0 || req->n_restore_from || m % 2) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: restore to step %lld with %zu pull "
+                 "numbers (want pairs) and %zu sources", req->job_id,
+                 (long long)req->restore_step, m, req->n_restore_from);
+        return 1;
+    }
+    for (size_t i = 0; i < m; i += 2) {
+        int32_t k = req->restore_pulls[i], f = req->restore_pulls[i + 1];
+        if (k < 0 || k >= n || f < 0 || f >= n || f == k) {
+            rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: restore_pulls: rank %d from %d: "
+                     "not two ranks of the %ld", req->job_id, k, f, n);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* The restore plan of a recovery RunSlot: one source per rank, each -1 or another rank. */
 static int check_restore(struct rpc_call *call, const Moed__V1__RunSlotRequest *req, long n) {
     if (!req->restore) return 0;
+    if (req->addresses) return check_restore_pulls(call, req, n); // the compact form
     if (req->restore_step < 0 || (long)req->n_restore_from != n) {
         rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: restore to step %lld with %zu sources "
                  "for %ld slots", req->job_id, (long long)req->restore_step,
@@ -217,7 +303,11 @@ static struct epoch_binding *binding_of(const Moed__V1__RunSlotRequest *req, lon
         const Moed__V1__SlotBinding *sb = req->bindings[i];
         snprintf(b->peers[sb->pod * req->slots + sb->slot], COMM_ADDR_MAX, "%s", sb->data_address);
     }
-    for (long k = 0; req->restore && k < n; k++) b->restore_from[k] = req->restore_from[k];
+    for (long k = 0; n > 1 && req->addresses && k < n; k++) rank_address(req, k, b->peers[k]);
+    for (long k = 0; req->restore && k < n; k++)
+        b->restore_from[k] = req->addresses ? -1 : req->restore_from[k];
+    for (size_t i = 0; req->restore && i + 1 < req->n_restore_pulls; i += 2)
+        b->restore_from[req->restore_pulls[i]] = req->restore_pulls[i + 1];
     return b;
 }
 
@@ -230,11 +320,9 @@ static void drop_unbound(struct worker *w, const struct job *j,
         if (!o || o == j || atomic_load(&o->finished) || strcmp(o->id, j->id) != 0 ||
             job_epoch(o) >= req->epoch)
             continue;
-        const char *addr = NULL;
-        for (size_t i = 0; i < req->n_bindings && !addr; i++)
-            if (req->bindings[i]->pod == o->pod && req->bindings[i]->slot == o->slot)
-                addr = req->bindings[i]->data_address;
-        if (!addr || !strcmp(addr, w->data_addresses[o->local])) continue;
+        char addr[COMM_ADDR_MAX];
+        rank_address(req, (long)o->pod * req->slots + o->slot, addr);
+        if (!addr[0] || !strcmp(addr, w->data_addresses[o->local])) continue;
         if (job_stop(o, JOB_STOP_COORDINATOR))
             LOG_INFO("%s: slot (%d, %d) moves to %s in epoch %llu: stopping it here", o->id,
                      o->pod, o->slot, addr, (unsigned long long)req->epoch);
@@ -270,13 +358,10 @@ static void run_next_epoch(struct rpc_call *call, struct worker *w, struct job *
 /* The worker's slot (its data listener) for a new slot of a job: the one whose address the
  * binding names for it, else any free one; -1 when none is free. */
 static int free_local_slot(const struct worker *w, const Moed__V1__RunSlotRequest *req) {
-    for (size_t i = 0; i < req->n_bindings; i++) {
-        const Moed__V1__SlotBinding *b = req->bindings[i];
-        if (b->pod != req->pod || b->slot != req->slot) continue;
-        for (int k = 0; k < WORKER_MAX_SLOTS; k++)
-            if (w->listeners[k] && !w->jobs[k] && !strcmp(b->data_address, w->data_addresses[k]))
-                return k;
-    }
+    char mine[COMM_ADDR_MAX];
+    rank_address(req, (long)req->pod * req->slots + req->slot, mine);
+    for (int k = 0; mine[0] && k < WORKER_MAX_SLOTS; k++)
+        if (w->listeners[k] && !w->jobs[k] && !strcmp(mine, w->data_addresses[k])) return k;
     for (int k = 0; k < WORKER_MAX_SLOTS; k++)
         if (!w->jobs[k] && w->listeners[k]) return k;
     return -1;

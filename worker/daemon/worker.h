@@ -194,6 +194,8 @@ struct worker {
                                   // and the Worker service accepts the coordinator's only with it
 
     long heartbeat_ms;
+    long idle_heartbeat_ms;       // while it runs no slot, a heartbeat this seldom (0: every tick)
+    uint64_t heartbeat_sent_ms;   // when the last one left (uv_now)
     uv_timer_t heartbeat;
     int heartbeat_in_flight;
     int heartbeat_again;          // worker_heartbeat_now while one was in flight
