@@ -114,6 +114,15 @@ static const struct field spec_fields[] = {
     INT_FIELD("mesh.bucket_kb", mesh.bucket_kb, "1024", 1, 1048576,
               "gradients reduced across pods in buckets of at least this many KiB, each started "
               "as soon as its layers' backward is done (fewer, larger buckets: fewer round trips)"),
+    STRING_FIELD("mesh.sync", mesh.sync, "sync",
+                 "across pods: sync (one synchronous step over the mesh) or diloco (pods take "
+                 "mesh.outer_every steps apart, then average their progress: slow links)"),
+    INT_FIELD("mesh.outer_every", mesh.outer_every, "20", 1, 1000000,
+              "diloco: inner steps between outer steps (H); run.steps must be a multiple"),
+    FLOAT_FIELD("mesh.outer_lr", mesh.outer_lr, "0.7", 0, NONE, MIN_OPEN,
+                "diloco: learning rate of the outer Nesterov step on the pods' mean progress"),
+    FLOAT_FIELD("mesh.outer_momentum", mesh.outer_momentum, "0.9", 0, 1, MAX_OPEN,
+                "diloco: momentum of the outer Nesterov step, in [0, 1)"),
 
     INT_FIELD("model.vocab", model.vocab, "256", 2, 65536,
               "vocabulary size (V); at least 256: tokens are bytes"),
@@ -1045,6 +1054,32 @@ static moe_status validate_model(const struct job_spec *s) {
     return MOE_OK;
 }
 
+/* mesh.sync: diloco (docs/crosspod.md): pods to average, and every point where the pods must
+ * hold the same model (the end, an evaluation) an outer step. */
+static moe_status validate_diloco(const struct job_spec *s) {
+    const struct mesh_spec *m = &s->mesh;
+    if (strcmp(m->sync, "sync") != 0 && strcmp(m->sync, "diloco") != 0)
+        return moe_fail(MOE_EINVAL, "spec: mesh.sync = '%s': must be sync or diloco", m->sync);
+    if (!mesh_diloco(m)) return MOE_OK;
+    int H = m->outer_every;
+    if (m->pods < 2)
+        return moe_fail(MOE_EINVAL, "spec: mesh.sync = diloco averages the pods' progress: it "
+                        "needs mesh.pods >= 2 (has %d)", m->pods);
+    if (s->run.steps % H != 0)
+        return moe_fail(MOE_EINVAL, "spec: mesh.sync = diloco: run.steps = %ld is not a multiple "
+                        "of mesh.outer_every = %d (the job ends on an outer step)", s->run.steps,
+                        H);
+    if (s->run.eval_every > 0 && s->run.eval_every % H != 0)
+        return moe_fail(MOE_EINVAL, "spec: mesh.sync = diloco: run.eval_every = %d is not a "
+                        "multiple of mesh.outer_every = %d (the pods hold one model only after "
+                        "an outer step)", s->run.eval_every, H);
+    if (mesh_buddies(m) > 0)
+        return moe_fail(MOE_EINVAL, "spec: mesh.sync = diloco: mesh.replicas = %d exceeds "
+                        "mesh.pods = %d (the pods' copies of each outer step are its replicas; "
+                        "buddy copies are not kept in this mode)", m->replicas, m->pods);
+    return MOE_OK;
+}
+
 /* The mesh rules of docs/model.md: every slot owns the same number of experts, and every data
  * shard the same number of sequences (and of micro-batches). */
 static moe_status validate_mesh(const struct job_spec *s) {
@@ -1069,6 +1104,7 @@ static moe_status validate_mesh(const struct job_spec *s) {
                         "hold them", m->replicas, buddies, buddies == 1 ? "y" : "ies", m->pods,
                         m->pods == 1 ? "" : "s", m->slots, m->slots - 1,
                         m->slots == 2 ? "" : "s");
+    CHECK(validate_diloco(s));
     int per_shard = (int)(s->run.batch_size / shards);
     if (s->run.micro_batch > 0 && shards > 1 && per_shard % s->run.micro_batch != 0)
         return moe_fail(MOE_EINVAL,

@@ -89,7 +89,16 @@ struct mesh_spec {
     int move_to_spare;   // a slot doubled up on a survivor moves onto an idle worker (tcp)
     int encrypt;         // the data plane's tcp links are encrypted (docs/dataplane.md)
     int bucket_kb;       // gradient bucket size for the overlapped cross-pod sync (KiB)
+    /* across pods (docs/crosspod.md): "sync", every step one synchronous step over the mesh;
+     * "diloco", pods take outer_every inner steps on their own, then one outer step */
+    char sync[MESH_BACKEND_MAX];
+    int outer_every;      // H: inner steps per outer step (diloco)
+    float outer_lr;       // the outer Nesterov step's learning rate (diloco)
+    float outer_momentum; // its momentum (diloco)
 };
+
+/* The pods train apart between outer steps (mesh.sync: diloco). */
+static inline int mesh_diloco(const struct mesh_spec *m) { return m->sync[0] == 'd'; }
 
 /* Buddy copies of each slot's experts (the slots after it in its pod hold them): what
  * mesh.replicas asks beyond the pods, at most slots - 1. */

@@ -591,6 +591,19 @@ void model_update_with_norm(struct model *m, const struct adamw_config *o, doubl
     m->step++;
 }
 
+void outer_nesterov(real *theta_out, real *u_out, const real *theta, const real *u,
+                    const real *delta, size_t n, float lr, float mu) {
+    /* elementwise, every output its own: the same bits on any number of threads */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (size_t i = 0; i < n; i++) {
+        real v = mu * u[i] + delta[i];
+        u_out[i] = v;
+        theta_out[i] = theta[i] - lr * (delta[i] + mu * v);
+    }
+}
+
 int model_state_alloc(const struct model *m, struct model_state *s) {
     s->n_params = m->n_params;
     s->param_mem = model_arena_alloc(m->n_params);

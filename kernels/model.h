@@ -241,6 +241,13 @@ void model_state_swap(struct model *m, struct model_state *s);
 void model_update_into(struct model *m, struct model_state *s, const struct adamw_config *opt,
                        double norm);
 
+/* The outer step of mesh.sync: diloco (docs/model.md, "Outer steps"), over n floats, with
+ * delta the pods' mean pseudo-gradient (theta - the inner parameters):
+ *   u_out = mu * u + delta;  theta_out = theta - lr * (delta + mu * u_out)   (Nesterov)
+ * Outputs may not alias inputs (the inputs are the previous version, kept). */
+void outer_nesterov(real *theta_out, real *u_out, const real *theta, const real *u,
+                    const real *delta, size_t n, float lr, float mu);
+
 /* Learning rate at optimizer step `step` (0-based). */
 double adamw_lr(const struct adamw_config *opt, long step);
 

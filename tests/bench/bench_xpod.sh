@@ -13,7 +13,15 @@
 # last step over the steps between (polled every 0.1 s), and "added" is that minus the 0 ms
 # run's. Where the workers log it (the bucketed sync), "hidden" is the share of the cross-pod
 # reductions' time that the step did not wait for (worker/trainer/slot.c), the mean over the
-# four slots. Needs root for the namespaces; without them it says why and exits 0 (a
+# four slots. Then the outer-step mode (mesh.sync: diloco, H = BENCH_XPOD_H, default 20) at
+# the round trips BENCH_XPOD_DILOCO_RTTS (default 0 and 50 ms; "0 50 0 50" alternates them
+# against the host's drift) between the pods: (N + 1) H steps, timed over the last N H (N =
+# BENCH_XPOD_PERIODS, default 2, whole outer periods, each with its outer step), "added" against
+# its own 0 ms row, and against the synchronous 0 ms row in brackets; instead of "hidden",
+# "outer ms": an outer step's time as the workers log it (worker/trainer/outer.c), the mean
+# over the slots and the least slot's mean: the time includes waiting for the other pod to
+# arrive (the pods drift apart over H steps on a loaded host), so the least is the closer
+# to what the exchange itself costs. Needs root for the namespaces; without them it says why and exits 0 (a
 # benchmark reports, it does not fail). Numbers are reported, never asserted.
 set -u
 bin=${1:?usage: bench_xpod.sh BIN_DIR}
@@ -24,6 +32,9 @@ corpus=/usr/share/common-licenses/GPL-3
 steps=${BENCH_XPOD_STEPS:-25}
 warm=${BENCH_XPOD_WARMUP:-5}
 rtts=${BENCH_XPOD_RTTS:-0 2 10 50}
+H=${BENCH_XPOD_H:-20}
+diloco_rtts=${BENCH_XPOD_DILOCO_RTTS:-0 50}
+periods=${BENCH_XPOD_PERIODS:-2}
 source "$here/bench_lib.sh"
 source "$here/../linkemu/hosts_lib.sh"
 export MOE_BUILD_DIR=${MOE_BUILD_DIR:-$(dirname "$bin")}
@@ -68,6 +79,9 @@ router: {top_k: 2, capacity_factor: 1.25}
 data: {sources: [{path: $corpus}], val_fraction: 0.05}
 run: {steps: $steps, log_every: 1000, eval_every: 0}
 YAML
+sed -e "s/^mesh: {/mesh: {sync: diloco, outer_every: $H, /" \
+  -e "s/steps: $steps,/steps: $(((periods + 1) * H)),/" \
+  "$tmp/job.yaml" >"$tmp/diloco.yaml"
 
 # links WHERE RTT_MS: the links file for a delay between the pods or inside them
 links() {
@@ -91,15 +105,26 @@ hidden() {
   [ $n -gt 0 ] && echo "$((sum / n))%" || echo "-"
 }
 
-# run WHERE RTT_MS: prints the step time in ms
+# outer_ms: the mean of the slots' "outer steps: N, X ms each" in their logs since the mark
+outer_ms() {
+  local h v
+  for h in 1 2 3 4; do
+    tail -n +"$(($(cat "$tmp/h$h/mark") + 1))" "$tmp/h$h/worker.log" |
+      grep -o 'outer steps: [0-9]*, [0-9.]* ms each' | tail -n 1 | awk '{print $4}'
+  done | awk 'NR == 1 || $1 < m {m = $1} {s += $1; n++}
+              END {if (n) printf "%.1f/%.1f\n", s / n, m; else print "-"}'
+}
+
+# run WHERE RTT_MS [SPEC STEPS WARMUP]: prints the step time in ms
 run() {
+  local spec=${3:-$tmp/job.yaml} steps=${4:-$steps} warm=${5:-$warm}
   links "$1" "$2" >"$tmp/links.conf"
   hosts_links
   wait_until 10 "[ \$(grep -c 'linkswitch: loaded' '$tmp/hosts/linkswitch.log') -gt $nloads ]"
   nloads=$(grep -c 'linkswitch: loaded' "$tmp/hosts/linkswitch.log")
   for h in 1 2 3 4; do wc -l <"$tmp/h$h/worker.log" >"$tmp/h$h/mark"; done
   local job t0 t1
-  job=$(mctl submit "$tmp/job.yaml") || { echo "bench_xpod: submit failed" >&2; echo "-"; return; }
+  job=$(mctl submit "$spec") || { echo "bench_xpod: submit failed" >&2; echo "-"; return; }
   wait_until 300 '[ "$(step_of "$job")" -ge '$warm' ] 2>/dev/null'
   t0=$(now_ms)
   wait_until 600 '[ "$(step_of "$job")" -ge '$steps' ] 2>/dev/null || [[ "$(state_of "$job")" =~ FAILED|CANCELLED ]]'
@@ -121,4 +146,15 @@ for rtt in $rtts; do
     added=$("$py" -c "print('%.1f' % ($ms - $base))" 2>/dev/null || echo "-")
     printf '%-12s %-8s %10s %10s %8s\n' "$rtt ms" "$([ "$rtt" = 0 ] && echo "-" || echo "$where")" "$ms" "$added" "$(hidden)"
   done
+done
+[ -n "$diloco_rtts" ] &&
+  echo "mesh.sync: diloco, H = $H: $(((periods + 1) * H)) steps, the last $((periods * H)) timed" &&
+  printf '%-12s %-8s %10s %18s %12s\n' "round trip" "where" "step ms" "added ms (vs sync)" "outer ms/min"
+dbase=""
+for rtt in $diloco_rtts; do
+  ms=$(run between "$rtt" "$tmp/diloco.yaml" $(((periods + 1) * H)) "$H")
+  [ "$rtt" = 0 ] && dbase=$ms
+  added=$("$py" -c "print('%.1f (%+.1f)' % ($ms - $dbase, $ms - $base))" 2>/dev/null ||
+    "$py" -c "print('%.1f' % ($ms - $dbase))" 2>/dev/null || echo "-")
+  printf '%-12s %-8s %10s %18s %12s\n' "$rtt ms" "$([ "$rtt" = 0 ] && echo "-" || echo between)" "$ms" "$added" "$(outer_ms)"
 done

@@ -4,6 +4,7 @@
 #include "../../common/clock.h"
 #include "../../common/log.h"
 #include "../comm/comm.h"
+#include "outer.h"
 #include "thread_error.h"
 #include "transfer_check.h"
 #include "transfer_lanes.h"
@@ -18,6 +19,9 @@
 /* Channel 2 carries the buddy copies: the compute thread's all-to-alls use 0, the gradient
  * reductions 1, and these overlap with both. */
 enum { CH_MAIN = 0, CH_COPY = 2 };
+
+/* The pieces of a state transfer (below, "restore"); the last only with diloco. */
+enum { STATE_PIECES = 11 };
 
 /* Two versions of the copy of another slot's experts (their parameters and moments). */
 struct held {
@@ -38,6 +42,7 @@ struct replica {
     int live_valid;             // the live arenas hold a whole state (not while receiving one)
     struct held *held;          // (nb) copies of slots s-1, ..., s-nb
     int check_every;
+    int n_pieces;               // of a state transfer: STATE_PIECES, one more with diloco
     int keep_prev;              // the job can recover (mesh_recoverable): keep S(t - 1)
     atomic_int flip;            // a bit flip was asked for (chaos)
     atomic_int corrupt;         // the next state sent for a restore carries a flipped bit (chaos)
@@ -196,7 +201,8 @@ static void *replica_main(void *arg) {
         if (send) s = send_copies(r, step);
         uint8_t h[32];
         int hashed = 0;
-        if (s == MOE_OK && hash) hashed = (s = hash_state(&r->t->model, &r->cut_short, h)) == MOE_OK;
+        if (s == MOE_OK && hash)
+            hashed = (s = hash_state(&r->t->model, &r->cut_short, h)) == MOE_OK;
         pthread_mutex_lock(&r->mu);
         thread_error_keep(&r->err, s);
         if (hashed) {
@@ -223,6 +229,7 @@ moe_status replica_open(struct trainer *t) {
     r->s = t->mesh.slot;
     r->nb = mesh_buddies(&t->spec.mesh);
     r->check_every = t->spec.mesh.check_every;
+    r->n_pieces = STATE_PIECES - !mesh_diloco(&t->spec.mesh);
     r->live_valid = !t->empty; /* an empty trainer offers nothing until its state arrives */
     for (int i = 0; i < MODEL_NUM_TENSORS; i++) {
         if (model_tensor_is_expert(i)) r->x_n += m->tensor_sizes[i];
@@ -232,7 +239,8 @@ moe_status replica_open(struct trainer *t) {
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     r->prev.step = -1;
-    r->keep_prev = mesh_recoverable(&t->spec.mesh);
+    /* diloco: the versions a recovery returns to are the outer steps' (outer.c) */
+    r->keep_prev = mesh_recoverable(&t->spec.mesh) && !mesh_diloco(&t->spec.mesh);
     if (r->keep_prev && model_state_alloc(m, &r->prev) != 0)
         return moe_fail(MOE_ENOMEM, "out of memory for the previous version of the slot's "
                         "state (%zu parameters)", m->n_params);
@@ -288,13 +296,22 @@ void replica_close(struct trainer *t) {
 
 /* ---- the step ---- */
 
+int replica_checks(const struct trainer *t, long step) {
+    int every = t->spec.mesh.check_every;
+    if (every <= 0 || step <= 0) return 0;
+    if (!t->mesh.outer) return step % every == 0;
+    /* diloco: only an outer step's state is the same in every pod */
+    int H = t->spec.mesh.outer_every;
+    return step % H == 0 && (step / H) % every == 0;
+}
+
 void replica_step_begin(struct trainer *t) {
     struct replica *r = t->mesh.rep;
     long step = t->model.step;
     pthread_mutex_lock(&r->mu);
     r->job_step = step;
     r->do_send = r->nb > 0;
-    r->do_hash = r->check_every > 0 && step > 0 && step % r->check_every == 0;
+    r->do_hash = replica_checks(t, step);
     r->hash_ready = 0;
     r->err.status = MOE_OK;
     r->pending = r->do_send || r->do_hash;
@@ -336,6 +353,17 @@ moe_status replica_update(struct trainer *t, double norm) {
     return MOE_OK;
 }
 
+moe_status replica_lock_unfenced(struct trainer *t, const char *what) {
+    struct replica *r = t->mesh.rep;
+    pthread_mutex_lock(&r->mu);
+    if (!r->fenced) return MOE_OK;
+    pthread_mutex_unlock(&r->mu);
+    return moe_fail(MOE_EINTERNAL, "fenced by the coordinator before %s of step %ld", what,
+                    t->model.step);
+}
+
+void replica_unlock(struct trainer *t) { pthread_mutex_unlock(&t->mesh.rep->mu); }
+
 int replica_hash(const struct trainer *t, uint8_t out[32], long *step) {
     struct replica *r = t->mesh.rep;
     if (!r || !r->hash_ready) return 0;
@@ -353,6 +381,8 @@ static int add_copy(struct state_copy *out, int n, int max, int slot, long step)
     return n;
 }
 
+static int own_version(struct replica *r, long step, real *arena[4], real **mom);
+
 /* Whether this slot holds its own dense state at `step` (live or previous). */
 static int holds_own(const struct replica *r, long step) {
     return (r->live_valid && r->t->model.step == step) ||
@@ -364,15 +394,11 @@ static int holds_own(const struct replica *r, long step) {
  * only: no whole state to hash. */
 static void hash_own_copies(struct replica *r, struct state_copy *out, int n) {
     const struct model *m = &r->t->model;
-    const struct model_state *p = &r->prev;
     for (int i = 0; i < n; i++) {
-        if (out[i].slot != r->s) continue;
-        if (r->live_valid && out[i].step == m->step)
-            out[i].has_sha = hash_state(m, NULL, out[i].sha) == MOE_OK;
-        else if (p->step >= 0 && out[i].step == p->step)
-            out[i].has_sha = hash_arenas(p->step, p->param_mem, p->m_mem, p->v_mem,
-                                         p->buffer_mem, m->n_params, m->n_buffers, NULL,
-                                         out[i].sha) == MOE_OK;
+        real *a[4], *mom;
+        if (out[i].slot != r->s || !own_version(r, out[i].step, a, &mom)) continue;
+        out[i].has_sha = hash_arenas(out[i].step, a[0], a[1], a[2], a[3], m->n_params,
+                                     m->n_buffers, NULL, out[i].sha) == MOE_OK;
     }
 }
 
@@ -383,7 +409,12 @@ int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live
     r->fenced = 1;
     int n = 0;
     *live = r->live_valid ? t->model.step : -1;
-    if (r->live_valid) n = add_copy(out, n, max, r->s, t->model.step);
+    if (t->mesh.outer) { /* diloco: only the outer steps' versions are another pod's too */
+        long steps[2];
+        int k = outer_copies(t, steps);
+        for (int i = 0; i < k; i++) n = add_copy(out, n, max, r->s, steps[i]);
+    }
+    if (r->live_valid && !t->mesh.outer) n = add_copy(out, n, max, r->s, t->model.step);
     if (r->prev.step >= 0) n = add_copy(out, n, max, r->s, r->prev.step);
     for (int j = 0; j < r->nb; j++)
         for (int v = 0; v < 2; v++) {
@@ -417,9 +448,12 @@ void replica_apply_flip(struct trainer *t) {
 
 /* ---- restore ---- */
 
-/* The arenas of this slot's own version at `step` (live or previous). */
-static int own_version(struct replica *r, long step, real *arena[4]) {
+/* The arenas of this slot's own version at `step` (live or previous; with diloco an outer
+ * version, *mom its outer momentum). */
+static int own_version(struct replica *r, long step, real *arena[4], real **mom) {
     struct model *m = &r->t->model;
+    *mom = NULL;
+    if (r->t->mesh.outer) return outer_version(r->t, step, arena, mom);
     if (r->live_valid && m->step == step) {
         arena[0] = m->param_mem, arena[1] = m->m_mem, arena[2] = m->v_mem, arena[3] = m->buffer_mem;
         return 1;
@@ -435,9 +469,9 @@ static int own_version(struct replica *r, long step, real *arena[4]) {
 int replica_own_state(struct trainer *t, long step, const real *arena[4]) {
     struct replica *r = t->mesh.rep;
     if (!r) return 0;
-    real *a[4];
+    real *a[4], *mom;
     pthread_mutex_lock(&r->mu);
-    int ok = r->fenced && own_version(r, step, a);
+    int ok = r->fenced && own_version(r, step, a, &mom);
     pthread_mutex_unlock(&r->mu);
     for (int i = 0; ok && i < 4; i++) arena[i] = a[i];
     return ok;
@@ -453,17 +487,16 @@ struct state_header {
     int64_t step, slot;
 };
 
-enum { STATE_PIECES = 10 };
 
 static const char *const piece_names[STATE_PIECES] = {
     "parameters before the experts", "expert parameters", "parameters after the experts",
     "first moments before the experts", "expert first moments", "first moments after the experts",
     "second moments before the experts", "expert second moments",
-    "second moments after the experts", "buffers"};
+    "second moments after the experts", "buffers", "outer momentum"};
 
 /* The pieces in the order they go; returns how many checksums they have. */
 static size_t state_pieces(const struct replica *r, real *const own[4], real *const experts[3],
-                           struct lane_piece pc[STATE_PIECES]) {
+                           real *mom, struct lane_piece pc[STATE_PIECES]) {
     const struct model *m = &r->t->model;
     size_t n = m->n_params, hi = r->x_lo + r->x_n, blocks = 0;
     for (int a = 0; a < 3; a++) {
@@ -472,8 +505,14 @@ static size_t state_pieces(const struct replica *r, real *const own[4], real *co
         pc[3 * a + 2] = (struct lane_piece){own[a] + hi, sizeof(real) * (n - hi), NULL};
     }
     pc[9] = (struct lane_piece){own[3], sizeof(real) * m->n_buffers, NULL};
-    for (int i = 0; i < STATE_PIECES; i++) blocks += transfer_blocks(pc[i].bytes);
+    pc[10] = (struct lane_piece){mom, mom ? sizeof(real) * n : 0, NULL};
+    for (int i = 0; i < r->n_pieces; i++) blocks += transfer_blocks(pc[i].bytes);
     return blocks;
+}
+
+static size_t state_bytes(const struct replica *r) {
+    const struct model *m = &r->t->model;
+    return sizeof(real) * ((3 + (r->t->mesh.outer != NULL)) * m->n_params + m->n_buffers);
 }
 
 /* A buddy's copy of the experts keeps the checksums its sender made (so that damage to the
@@ -506,8 +545,8 @@ static const struct held *held_copy(const struct replica *r, int slot, long step
 static moe_status send_state(struct replica *r, int to, int slot, long step, uint64_t *bytes) {
     struct comm *c = r->t->mesh.comm;
     const struct model *m = &r->t->model;
-    real *own[4];
-    if (!own_version(r, step, own))
+    real *own[4], *mom;
+    if (!own_version(r, step, own, &mom))
         return moe_fail(MOE_EINVAL, "restore: asked to send step %ld, but this slot holds steps "
                         "%ld and %ld", step, m->step, r->prev.step);
     real *experts[3] = {own[0] + r->x_lo, own[1] + r->x_lo, own[2] + r->x_lo};
@@ -520,18 +559,18 @@ static moe_status send_state(struct replica *r, int to, int slot, long step, uin
         for (int a = 0; a < 3; a++) experts[a] = h->buf[v] + (size_t)a * r->x_n;
     }
     struct lane_piece pc[STATE_PIECES];
-    size_t n_sum = state_pieces(r, own, experts, pc);
+    size_t n_sum = state_pieces(r, own, experts, mom, pc);
     uint32_t *sum = calloc(n_sum + 1, sizeof *sum);
     if (!sum) return moe_fail(MOE_ENOMEM, "out of memory for %zu checksums", n_sum);
     sign_copy(r, pc, h ? h->sum[v] : NULL);
     struct state_header hd = {step, slot};
     moe_status s = comm_send(c, CH_MAIN, to, &hd, sizeof hd);
     if (s == MOE_OK)
-        s = transfer_lanes_send(c, to, pc, STATE_PIECES, sum, corrupt_byte(r, to, pc));
+        s = transfer_lanes_send(c, to, pc, r->n_pieces, sum, corrupt_byte(r, to, pc));
     if (s == MOE_OK) s = comm_send(c, CH_MAIN, to, sum, sizeof *sum * n_sum);
     free(sum);
     CHECK(s);
-    *bytes += sizeof hd + sizeof(real) * (3 * m->n_params + m->n_buffers) + sizeof *sum * n_sum;
+    *bytes += sizeof hd + state_bytes(r) + sizeof *sum * n_sum;
     return MOE_OK;
 }
 
@@ -540,7 +579,7 @@ static moe_status send_state(struct replica *r, int to, int slot, long step, uin
 static moe_status check_pieces(const struct replica *r, const struct lane_piece pc[STATE_PIECES],
                                const uint32_t *sum, const uint32_t *got, int from, long step,
                                struct restore_stats *st) {
-    for (int i = 0; i < STATE_PIECES; i++) {
+    for (int i = 0; i < r->n_pieces; i++) {
         size_t b = 0, n = transfer_blocks(pc[i].bytes);
         while (b < n && got[b] == sum[b]) b++;
         if (b < n) {
@@ -563,6 +602,7 @@ static moe_status recv_state(struct replica *r, int from, long step, struct rest
     struct state_header hd;
     pthread_mutex_lock(&r->mu);
     r->live_valid = 0; /* until every byte is in and checked: a fence now lists no live copy */
+    real *mom = r->t->mesh.outer ? outer_incoming_momentum(r->t) : NULL; /* nor outer one */
     pthread_mutex_unlock(&r->mu);
     CHECK(comm_recv(c, CH_MAIN, from, &hd, sizeof hd));
     if (hd.step != step || hd.slot != r->s)
@@ -572,10 +612,10 @@ static moe_status recv_state(struct replica *r, int from, long step, struct rest
     real *own[4] = {m->param_mem, m->m_mem, m->v_mem, m->buffer_mem};
     real *experts[3] = {own[0] + r->x_lo, own[1] + r->x_lo, own[2] + r->x_lo};
     struct lane_piece pc[STATE_PIECES];
-    size_t n_sum = state_pieces(r, own, experts, pc);
+    size_t n_sum = state_pieces(r, own, experts, mom, pc);
     uint32_t *sum = calloc(2 * n_sum + 1, sizeof *sum);
     if (!sum) return moe_fail(MOE_ENOMEM, "out of memory for %zu checksums", n_sum);
-    moe_status s = transfer_lanes_recv(c, from, pc, STATE_PIECES, sum + n_sum);
+    moe_status s = transfer_lanes_recv(c, from, pc, r->n_pieces, sum + n_sum);
     if (s == MOE_OK) s = comm_recv(c, CH_MAIN, from, sum, sizeof *sum * n_sum);
     if (s == MOE_OK) s = check_pieces(r, pc, sum, sum + n_sum, from, step, st);
     free(sum);
@@ -583,15 +623,20 @@ static moe_status recv_state(struct replica *r, int from, long step, struct rest
     pthread_mutex_lock(&r->mu);
     m->step = step;
     r->live_valid = 1;
+    if (r->t->mesh.outer) outer_adopt(r->t);
     pthread_mutex_unlock(&r->mu);
-    st->bytes_received += sizeof hd + sizeof(real) * (3 * m->n_params + m->n_buffers) +
-                          sizeof *sum * n_sum;
+    st->bytes_received += sizeof hd + state_bytes(r) + sizeof *sum * n_sum;
     return MOE_OK;
 }
 
 /* This slot's own part of the plan: its live state becomes S(step). */
 static moe_status return_to(struct replica *r, long step) {
     struct model *m = &r->t->model;
+    if (r->t->mesh.outer) { /* diloco: to an outer step, replaying the inner steps after it */
+        CHECK(outer_return(r->t, step));
+        r->live_valid = 1;
+        return MOE_OK;
+    }
     if (r->live_valid && m->step == step) return MOE_OK;
     if (r->prev.step == step) { /* one step back: the previous version becomes live */
         model_state_swap(m, &r->prev);

@@ -7,6 +7,7 @@
 #include "../../kernels/tree_sum.h"
 #include "../comm/comm.h"
 #include "model_io.h"
+#include "outer.h"
 #include "replica.h"
 #include "step.h"
 #include "thread_error.h"
@@ -44,7 +45,7 @@ struct slot_exec {
     struct trainer *t;
     struct comm *comm;
     struct comm_group pod, cross, all; // my pod (slot order), my slot over pods, every rank
-    int P, S, D, E, El, K, C, F, L;
+    int P, S, D, E, El, K, C, F, L;    // P: the pods a step's gradients cross (1 with diloco)
     size_t rows_max;                   // rows the pod may send this slot's experts in a layer
     /* The rows other slots sent to this slot's experts, saved per layer for the backward,
      * and one layer's working rows. They grow to the most rows seen (rows_max is the worst
@@ -437,7 +438,8 @@ moe_status slot_exec_open(struct trainer *t) {
     const struct model_config *c = &t->spec.model;
     x->t = t;
     x->comm = t->mesh.comm;
-    x->P = t->mesh.pods;
+    /* diloco: inner steps reduce inside the pod; the pods meet in the outer step (outer.c) */
+    x->P = mesh_diloco(&t->spec.mesh) ? 1 : t->mesh.pods;
     x->S = t->mesh.slots;
     x->D = t->mesh.shards;
     x->E = c->n_experts;
@@ -629,7 +631,9 @@ static size_t stat_record_bytes(const struct slot_exec *x) {
 
 /* The whole batch's statistics into r and the model: the shards' losses gathered and added in
  * shard order, the dropped count and the expert loads added exactly. One all-gather over every
- * rank carries all of it: a single exchange, since it crosses the pods' slow links. */
+ * rank carries all of it: a single exchange, since it crosses the pods' slow links. Between
+ * diloco's outer steps a pod's batch is the batch: the all-gather stays inside the pod, except
+ * on a check step, whose hashes every pod must see (the pod's records still make the sums). */
 static moe_status gather_statistics(struct slot_exec *x, const struct shard_losses *part,
                                     struct step_report *r) {
     struct trainer *t = x->t;
@@ -646,11 +650,15 @@ static moe_status gather_statistics(struct slot_exec *x, const struct shard_loss
         int64_t v = t->load_sum[j];
         memcpy(own + sizeof mine + sizeof(int64_t) * (1 + j), &v, sizeof v);
     }
-    TIMED(comm_allgather(x->comm, CH_MOE, &x->all, own, rec, all), return s_);
-    for (int d = 0; d < x->D; d++) memcpy(&parts[d], all + (size_t)d * rec, sizeof parts[d]);
-    CHECK(check_replicas(x, parts));
+    int diloco = t->mesh.outer != NULL, whole = !diloco || replica_checks(t, t->model.step);
+    TIMED(comm_allgather(x->comm, CH_MOE, whole ? &x->all : &x->pod, own, rec, all),
+          return s_);
+    int n = whole ? x->D : x->S;
+    for (int d = 0; d < n; d++) memcpy(&parts[d], all + (size_t)d * rec, sizeof parts[d]);
+    if (whole) CHECK(check_replicas(x, parts));
+    int lo = diloco && whole ? t->mesh.pod * x->S : 0, hi = lo + (diloco ? x->S : x->D);
     double sum[5] = {0, 0, 0, 0, 0};
-    for (int d = 0; d < x->D; d++)
+    for (int d = lo; d < hi; d++)
         for (int k = 0; k < 5; k++) sum[k] += parts[d].loss[k];
     r->loss = sum[0];
     r->ce = sum[1];
@@ -659,7 +667,7 @@ static moe_status gather_statistics(struct slot_exec *x, const struct shard_loss
     r->kl = sum[4];
     for (size_t j = 0; j < 1 + n_load; j++) {
         uint64_t total = 0; /* integers: exact in any order (two's complement, no UB) */
-        for (int d = 0; d < x->D; d++) {
+        for (int d = lo; d < hi; d++) {
             int64_t v;
             memcpy(&v, all + (size_t)d * rec + sizeof mine + sizeof v * j, sizeof v);
             total += (uint64_t)v;
@@ -722,8 +730,11 @@ moe_status slot_step(struct trainer *t, struct step_report *r) {
     r->load_max_over_mean = step_load_imbalance(m);
     r->grad_norm = norm;
     if ((res = replica_update(t, norm)) != MOE_OK) goto fail;
+    if (outer_due(t)) STEP(outer_step(t));
     r->t_update = moe_clock_s() - u0;
-    r->replicated_step = step; /* every slot passed this step's all-rank collective */
+    /* every slot passed this step's all-rank collective; with diloco, the last outer step
+     * before the one this slot passed (docs/recovery.md, "Outer steps") */
+    r->replicated_step = t->mesh.outer ? outer_committed(t) : step;
     r->has_hash = replica_hash(t, r->state_sha256, &r->hash_step);
     report_comm(x, &before, r);
     return step_end(t, r, t0);

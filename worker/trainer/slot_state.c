@@ -5,6 +5,7 @@
 #include "../../common/fileio.h"
 #include "../../common/safetensors.h"
 #include "model_io.h"
+#include "outer.h"
 #include "replica.h"
 
 #include <errno.h>
@@ -204,6 +205,10 @@ moe_status slot_state_load(struct trainer *t, const char *path, long step, uint3
     real *dst[4] = {m->param_mem, m->m_mem, m->v_mem, m->buffer_mem};
     for (int i = 0; i < 4; i++) memcpy(dst[i], got[i]->data, got[i]->nbytes);
     m->step = step;
+    if (t->mesh.outer) { /* diloco: an outer step's state; the file has no outer momentum */
+        memset(outer_incoming_momentum(t), 0, sizeof(real) * m->n_params);
+        outer_adopt(t);
+    }
 exit:
     st_close(&f);
     return res;

@@ -13,13 +13,14 @@ void step_begin(struct trainer *t, struct step_report *r) {
     r->bytes = data_train_batch_bytes(&t->data, t->spec.run.seed, t->model.step, 0, t->B);
 }
 
-/* Each loss term is a mean over the whole batch, so a pass's share of it is M/B. */
+/* Each loss term is a mean over the batch an update averages (the whole batch, or a pod's
+ * between outer steps), so a pass's share of it is M / Bstep. */
 int step_shard_passes(struct trainer *t, int shard, long step, struct shard_losses *part,
                       struct step_report *r, const struct model_exec *ex) {
     struct model *m = &t->model;
     size_t n_load = (size_t)m->cfg.n_layers * m->cfg.n_experts;
     int n_micro = t->Bd / t->M;
-    double share = (double)t->M / t->B;
+    double share = (double)t->M / t->Bstep;
     int res = 0;
     for (int i = 0; i < n_micro; i++) {
         t->pass = i;

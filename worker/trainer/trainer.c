@@ -7,6 +7,7 @@
 #include "../../kernels/tree_sum.h"
 #include "../comm/comm.h"
 #include "model_io.h"
+#include "outer.h"
 #include "tokens.h"
 #include "replica.h"
 #include "slot.h"
@@ -72,6 +73,11 @@ static moe_status open_common(struct trainer *t, const struct job_spec *spec, in
 
     t->B = t->spec.run.batch_size;
     t->Bd = t->B / mesh->shards;
+    int diloco = mesh_diloco(&t->spec.mesh);
+    if (diloco && !slot_mode)
+        return moe_fail(MOE_EINVAL, "spec: mesh.sync = diloco trains the pods apart, which "
+                        "moectl train (one model) does not play: submit it to a cluster");
+    t->Bstep = diloco ? t->B / mesh->pods : t->B;
     t->M = t->spec.run.micro_batch > 0 ? t->spec.run.micro_batch : t->Bd;
     t->T = t->spec.model.seq_len;
     moe_status res;
@@ -108,6 +114,7 @@ static moe_status open_common(struct trainer *t, const struct job_spec *spec, in
     t->empty = !init;
     if (comm) CHECK_GOTO(slot_exec_open(t), res, fail);
     if (slot_mode) CHECK_GOTO(replica_open(t), res, fail);
+    if (slot_mode && diloco) CHECK_GOTO(outer_open(t), res, fail);
     return MOE_OK;
 oom:
     res = moe_fail(MOE_ENOMEM, "out of memory for the gradients of %d data shards (%zu "
@@ -169,6 +176,7 @@ moe_status trainer_rebind(struct trainer *t, struct comm *comm) {
 }
 
 void trainer_close(struct trainer *t) {
+    if (t->mesh.outer) outer_close(t);
     if (t->mesh.rep) replica_close(t);
     if (t->mesh.exec) slot_exec_close(t);
     if (t->mesh.shard_grads) {

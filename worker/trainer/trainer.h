@@ -22,6 +22,7 @@
 
 struct comm;
 struct slot_exec;
+struct outer;
 
 /* The logical mesh as the trainer plays it (docs/architecture.md, "The mesh"):
  *   D = pods * slots data shards; shard d = p * slots + s reads sequences
@@ -40,6 +41,7 @@ struct trainer_mesh {
     real **shard_grads;       // local, D > 1: a gradient arena per shard (0 is the model's)
     struct slot_exec *exec;   // slot mode: the distributed step's state (slot.h)
     struct replica *rep;      // slot mode: previous version, buddy copies (replica.h)
+    struct outer *outer;      // slot mode, mesh.sync diloco: the outer versions (outer.h)
     long mismatch_step;       // slot mode: > 0 when the last step stopped because the state
     int mismatch_slot;        //   hashes of slot index mismatch_slot's replicas differed there
 };
@@ -53,6 +55,8 @@ struct trainer {
     int *tokens, *targets; // (M, T): one micro-batch
     int B, M, T;           // sequences per step, per micro-batch (M divides B / D), length
     int Bd;                // sequences of one data shard per step: B / D
+    int Bstep;             // sequences one update averages over: B, or a pod's B / P between
+                           //   the outer steps of mesh.sync diloco
     int pass;              // the shard's pass (micro-batch) running now, of Bd / M
     long *load_sum;        // (L, E) expert loads summed over the step's micro-batches
     double unigram_bits;   // entropy of the training data, the bar a model must beat

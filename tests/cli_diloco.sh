@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# The outer-step mode, mesh.sync: diloco (docs/crosspod.md, docs/recovery.md "Outer steps").
+# A 2 x 2 diloco job (H = 10) runs on a cluster of 2 x 2 workers and 1 spare without faults:
+# its model is the reference. The same job again goes through `moectl chaos` with a kill -9
+# and a cut data-plane connection: both are recovered, every recovery returns to an outer
+# step (the committed step, sampled all along, is always a multiple of H and never goes
+# down), and the job ends with the reference's model byte for byte: within this mode the
+# same job with and without failures gives the same bits. A cancelled diloco job exports
+# its state at an outer step, and a job resumes from it (refused with other outer knobs).
+# Its model is not the synchronous mode's (the pods train apart between outer steps). Spec
+# errors and `moectl train` (which does not play this mode) are refused in one line.
+set -u
+moectl=$1
+corpus=/usr/share/common-licenses/GPL-3
+source "$(dirname "$0")/cluster_lib.sh"
+cluster_test_init cli_diloco
+H=10
+
+cat >"$tmp/diloco.yaml" <<YAML
+name: diloco
+mesh: {pods: 2, slots: 2, spare_wait_s: 20, sync: diloco, outer_every: $H}
+model: {d_model: 32, layers: 2, heads: 2, seq_len: 32, experts: 4, d_ff: 64}
+router: {top_k: 2}
+data: {sources: [{path: $corpus}], val_fraction: 0.05}
+run: {steps: 800, batch_size: 8, log_every: 1000, eval_every: 0}
+YAML
+
+# ---- refused in one line ----
+out=$(OMP_NUM_THREADS=1 "$moectl" train "$tmp/diloco.yaml" --quiet 2>&1)
+rc=$?
+check "moectl train refuses diloco: it plays one model" \
+  '[ $rc -ne 0 ] && [[ "$out" == *"mesh.sync = diloco"*"submit it to a cluster"* ]] && [ "$(printf "%s\n" "$out" | wc -l)" -le 2 ]'
+out=$("$moectl" train "$tmp/diloco.yaml" --set run.steps=805 2>&1)
+check "run.steps not a multiple of mesh.outer_every: refused naming both" \
+  '[[ "$out" == *"run.steps = 805 is not a multiple of mesh.outer_every = $H"* ]]'
+out=$("$moectl" train "$tmp/diloco.yaml" --set mesh.pods=1 --set run.batch_size=4 2>&1)
+check "one pod: refused" '[[ "$out" == *"needs mesh.pods >= 2"* ]]'
+out=$("$moectl" train "$tmp/diloco.yaml" --set mesh.sync=async 2>&1)
+check "an unknown mesh.sync: refused" '[[ "$out" == *"mesh.sync = '"'"'async'"'"': must be sync or diloco"* ]]'
+out=$("$moectl" train "$tmp/diloco.yaml" --set mesh.outer_momentum=1 2>&1)
+check "mesh.outer_momentum = 1: refused" '[[ "$out" == *"mesh.outer_momentum"* ]]'
+
+"$moectl" cluster up --pods 2 --slots 2 --spares 1 --threads 1 --dir "$cdir" >"$tmp/up.out" 2>&1
+rc=$?
+check "cluster up --pods 2 --slots 2 --spares 1: 5 workers" '[ $rc -eq 0 ]'
+[ $rc -eq 0 ] || { cat "$tmp/up.out"; exit 1; }
+out=$("$moectl" submit "$tmp/diloco.yaml" --set run.eval_every=15 2>&1)
+check "submit refuses run.eval_every that is not a multiple of H" \
+  '[[ "$out" == *"run.eval_every = 15 is not a multiple of mesh.outer_every"* ]]'
+
+# ---- the failure-free run: the reference ----
+ref=$("$moectl" submit "$tmp/diloco.yaml")
+check "submitted the failure-free run ($ref)" '[[ "$ref" =~ ^job-[0-9]+$ ]]'
+timeout 300 "$moectl" watch "$ref" >"$tmp/watch-ref.out" 2>&1
+check "it SUCCEEDS" '[ $? -eq 0 ]'
+"$moectl" fetch "$ref" -o "$tmp/reference.safetensors" >/dev/null 2>&1
+check "its model is there" '[ -s "$tmp/reference.safetensors" ]'
+check "it committed the last outer step" \
+  '[ "$("$moectl" status "$ref" --json | json "d[\"job\"].get(\"committed_step\", 0) % $H == 0")" = True ]'
+
+# ---- the same job through a kill and a cut ----
+job=$("$moectl" submit "$tmp/diloco.yaml")
+check "submitted the run with faults ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'
+( while kill -0 $$ 2>/dev/null && [ -d "$tmp" ]; do
+    "$moectl" status "$job" --json 2>/dev/null >>"$tmp/samples.jsonl"; sleep 0.2
+  done ) &
+timeout 400 "$moectl" watch "$job" >"$tmp/watch.out" 2>&1 &
+watch_pid=$!
+timeout 300 "$moectl" chaos "$job" --seed 3 --faults 2 --kinds kill,cut \
+  --gap-steps 25 --timeout 60 --json >"$tmp/chaos.json" 2>"$tmp/chaos.err"
+rc=$?
+sed 's/^/     /' "$tmp/chaos.err"
+check "moectl chaos exits 0: both faults survived" '[ $rc -eq 0 ]'
+faults() { json "$1" <"$tmp/chaos.json" 2>/dev/null; }
+check "a kill and a cut were injected" \
+  '[ "$(faults "sorted(f[\"kind\"] for f in d[\"faults\"] if f[\"injected\"])")" = "['"'"'cut'"'"', '"'"'kill'"'"']" ]'
+wait "$watch_pid"
+rc=$?
+watch_pid=
+check_same_model "$job" $rc
+recoveries=$("$moectl" status "$job" --json | json 'd["job"]["recoveries"]')
+check "the kill was recovered ($recoveries recoveries)" '[ "$recoveries" -ge 1 ]'
+outer_only() { "$py" -c 'import json,sys
+vals = []
+for l in open(sys.argv[1]):
+    try: vals.append(int(json.loads(l)["job"].get("committed_step", 0)))
+    except (ValueError, KeyError): pass
+print(len(vals), "samples,", sorted(set(vals))[:8], "...", file=sys.stderr)
+ok = len(vals) > 10 and all(a <= b for a, b in zip(vals, vals[1:])) and vals[-1] > 0
+sys.exit(0 if ok and all(v % int(sys.argv[2]) == 0 for v in vals) else 1)' "$1" "$H"; }
+check "the committed step is always an outer step and never went down" \
+  'outer_only "$tmp/samples.jsonl"'
+check "every recovery returned to an outer step" \
+  '"$moectl" status "$job" --json | "$py" -c "import json,re,sys
+ev=[e for e in json.load(sys.stdin)[\"events\"] if e[\"kind\"] == \"recovering\"]
+steps=[int(m) for e in ev for m in re.findall(r\"returns to step (\d+)\", e[\"message\"])]
+print(\"     recovery targets:\", steps)
+sys.exit(0 if ev and len(steps) == len(ev) and all(s % $H == 0 for s in steps) else 1)"'
+
+# ---- cancelled: the survivors export an outer step, and a job resumes from it ----
+committed_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"].get("committed_step", 0)'; }
+export_done() { [ -n "$("$moectl" status "$1" --json 2>/dev/null | json "d['job'].get('exported', {}) and not d['job']['exported'].get('in_progress') or ''")" ]; }
+exported() { "$moectl" status "$1" --json 2>/dev/null | json "d['job'].get('exported', {}).get('$2', '')"; }
+cjob=$("$moectl" submit "$tmp/diloco.yaml")
+wait_until 60 '[ "$(committed_of "$cjob")" -ge $((2 * H)) ] 2>/dev/null'
+"$moectl" cancel "$cjob" >/dev/null
+wait_until 60 'export_done "$cjob"'
+estep=$(exported "$cjob" step)
+check "a cancelled diloco job exports its state whole, at an outer step ($estep)" \
+  '[ "$(exported "$cjob" complete)" = True ] && [ "$estep" -gt 0 ] && [ $((estep % H)) = 0 ]'
+out=$("$moectl" submit "$tmp/diloco.yaml" --resume-from "$cjob" --set mesh.outer_every=20 2>&1)
+check "--resume-from with another mesh.outer_every is refused naming mesh.sync" \
+  '[[ "$out" == *"the spec'"'"'s mesh.sync"*"differs from the job'"'"'s"* ]]'
+rjob=$("$moectl" submit "$tmp/diloco.yaml" --resume-from "$cjob")
+timeout 300 "$moectl" watch "$rjob" >"$tmp/watch-resume.out" 2>&1
+check "the resumed job ($rjob) SUCCEEDS" '[ $? -eq 0 ]'
+
+# ---- not the synchronous mode's model ----
+sync=$("$moectl" submit "$tmp/diloco.yaml" --set mesh.sync=sync)
+timeout 300 "$moectl" watch "$sync" >/dev/null 2>&1
+"$moectl" fetch "$sync" -o "$tmp/sync.safetensors" >/dev/null 2>&1
+check "the synchronous mode's model differs" \
+  '[ -s "$tmp/sync.safetensors" ] && ! cmp -s "$tmp/sync.safetensors" "$tmp/reference.safetensors"'
+
+[ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30
+"$moectl" cluster down --dir "$cdir" >/dev/null
+check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
+if [ $fails -gt 0 ]; then
+  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
+fi
+[ $fails -eq 0 ] && echo "cli_diloco: all checks passed" || echo "cli_diloco: $fails checks failed"
+exit $((fails > 0))
