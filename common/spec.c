@@ -119,9 +119,9 @@ static const struct field spec_fields[] = {
                  "mesh.outer_every steps apart, then average their progress: slow links)"),
     INT_FIELD("mesh.outer_every", mesh.outer_every, "20", 1, 1000000,
               "diloco: inner steps between outer steps (H); run.steps must be a multiple"),
-    FLOAT_FIELD("mesh.outer_lr", mesh.outer_lr, "0.7", 0, NONE, MIN_OPEN,
-                "diloco: learning rate of the outer Nesterov step on the pods' mean progress"),
-    FLOAT_FIELD("mesh.outer_momentum", mesh.outer_momentum, "0.9", 0, 1, MAX_OPEN,
+    FLOAT_FIELD("mesh.outer_lr", mesh.outer_lr, "1", 0, NONE, MIN_OPEN,
+                "diloco: learning rate of the outer Nesterov step on the pods' mean progress (1 with momentum 0: plain averaging; DiLoCo's 0.7 suits long runs)"),
+    FLOAT_FIELD("mesh.outer_momentum", mesh.outer_momentum, "0", 0, 1, MAX_OPEN,
                 "diloco: momentum of the outer Nesterov step, in [0, 1)"),
 
     INT_FIELD("model.vocab", model.vocab, "256", 2, 65536,

@@ -170,9 +170,9 @@ int partition_cut_off(struct coordinator *co, struct job *j, const char *base, c
     }
     if (p->since_ms) return 1;
     p->since_ms = now;
-    snprintf(p->text, sizeof p->text, "%s did not answer its fence in time: cut off from the "
-             "coordinator, not known dead; without it: %.300s; waiting for it to come back, or "
-             "for what it lacks, until %.0f s (mesh.partition_wait_s)", who, base,
+    snprintf(p->text, sizeof p->text, "%.180s did not answer its fence in time: cut off from "
+             "the coordinator, not known dead; without it: %.180s; waiting for it to come back, "
+             "or for what it lacks, until %.0f s (mesh.partition_wait_s)", who, base,
              j->partition_wait_s);
     LOG_WARN("%s: %s", j->id, p->text);
     job_event(co, j, 1, "partition_held", "%s", p->text);
