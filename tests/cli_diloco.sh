@@ -80,16 +80,21 @@ watch_pid=
 check_same_model "$job" $rc
 recoveries=$("$moectl" status "$job" --json | json 'd["job"]["recoveries"]')
 check "the kill was recovered ($recoveries recoveries)" '[ "$recoveries" -ge 1 ]'
+# the committed steps seen: this script's samples of the running job (as many as its speed
+# allows) and every change chaos saw while it polled
 outer_only() { "$py" -c 'import json,sys
 vals = []
 for l in open(sys.argv[1]):
     try: vals.append(int(json.loads(l)["job"].get("committed_step", 0)))
     except (ValueError, KeyError): pass
-print(len(vals), "samples,", sorted(set(vals))[:8], "...", file=sys.stderr)
-ok = len(vals) > 10 and all(a <= b for a, b in zip(vals, vals[1:])) and vals[-1] > 0
-sys.exit(0 if ok and all(v % int(sys.argv[2]) == 0 for v in vals) else 1)' "$1" "$H"; }
+seen = [int(v["committed_step"]) for v in json.load(open(sys.argv[3])).get("committed_steps", [])]
+print("     committed steps:", len(vals), "samples", sorted(set(vals))[:8], "...; chaos saw",
+      seen[:8], "...", file=sys.stderr)
+ok = len(vals) >= 2 and len(seen) >= 2 and vals[-1] > 0
+ok = ok and all(a <= b for v in (vals, seen) for a, b in zip(v, v[1:]))
+sys.exit(0 if ok and all(v % int(sys.argv[2]) == 0 for v in vals + seen) else 1)' "$1" "$H" "$2"; }
 check "the committed step is always an outer step and never went down" \
-  'outer_only "$tmp/samples.jsonl"'
+  'outer_only "$tmp/samples.jsonl" "$tmp/chaos.json"'
 check "every recovery returned to an outer step" \
   '"$moectl" status "$job" --json | "$py" -c "import json,re,sys
 ev=[e for e in json.load(sys.stdin)[\"events\"] if e[\"kind\"] == \"recovering\"]
