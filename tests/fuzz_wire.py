@@ -575,6 +575,9 @@ class Fuzzer:
             "FenceSlot": [pb.FenceRequest(job_id=j, epoch=e) for j in (job, live) for e in (1, 2)],
             "InjectFault": [pb.InjectFaultRequest(job_id=j, kind=k, peer_rank=-1)
                             for j in (job, live) for k in ("cut", "flip")],
+            "ExportState": [pb.ExportStateRequest(job_id=j, epoch=e, slot=s, step=1, dir=d)
+                            for j in (job, live) for e in (1, 2) for s in (0, 1)
+                            for d in ("", "/tmp/../etc")],
         }
         if m.name not in table:
             raise SystemExit("fuzz_wire.py: no valid message for %s: add one to Fuzzer.seeds"

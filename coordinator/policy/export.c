@@ -95,20 +95,30 @@ static int holder(const struct job_export *x, int slots, int s, int64_t t) {
     return -1;
 }
 
-/* Why no worker holds slot index s at t: what each of its workers' fences said. */
+/* Whether the fence answer a holds slot index s at any step. */
+static int holds_any(const struct fence_answer *a, int s) {
+    for (int c = 0; a->state == ANS_HOLDS && c < a->n_copies; c++)
+        if (a->copies[c].slot == s) return 1;
+    return 0;
+}
+
+/* Why no worker holds slot index s at t: what each of its workers' fences said. A worker that
+ * plays the slot after a recovery that never finished may answer holding only other slots'
+ * state: every copy is lost then too. */
 static void why_none(const struct job *j, const struct job_export *x, int s, int64_t t,
                      char *out, size_t cap) {
     int held = 0;
-    for (int k = s; k < x->n; k += j->slots) held |= x->ans[k].state == ANS_HOLDS;
+    for (int k = s; k < x->n; k += j->slots) held |= holds_any(&x->ans[k], s);
     size_t len = held ? (size_t)snprintf(out, cap, "no copy at step %lld (", (long long)t)
                       : (size_t)snprintf(out, cap, "every copy lost (");
     for (int k = s; k < x->n && len < cap; k += j->slots) {
         const struct fence_answer *a = &x->ans[k];
         len += (size_t)snprintf(out + len, cap - len, "%s%s %s", k == s ? "" : ", ",
                                 a->worker_id[0] ? a->worker_id : "(unbound)",
-                                a->state == ANS_HOLDS ? "holds other steps"
-                                : a->why[0]           ? a->why
-                                                      : "lost");
+                                holds_any(a, s)           ? "holds other steps"
+                                : a->state == ANS_HOLDS ? "holds none of it"
+                                : a->why[0]             ? a->why
+                                                        : "lost");
     }
     if (len < cap) snprintf(out + len, cap - len, ")");
 }

@@ -133,12 +133,13 @@ moe_status job_finish(struct coordinator *co, struct job *j, Moed__V1__JobState 
     return MOE_OK;
 }
 
-/* A recoverable mesh that ran holds its state in its workers' memory when it ends early: it is
+/* A recoverable mesh that trained a step holds its state in its workers' memory when it ends
+ * early (one that failed before its first step has nothing a resubmit would not remake): it is
  * marked for the export (policy/export.c, docs/recovery.md "Export and resume"), which stops
  * the workers once the state is on disk. Not in a repair: the replicas disagree, and no copy
  * held is known good. 1 when marked. */
 static int export_marked(struct job *j, int repairing) {
-    j->export_due = j->recoverable && j->epoch > 0 && !repairing;
+    j->export_due = j->recoverable && j->epoch > 0 && j->step > 0 && !repairing;
     return j->export_due;
 }
 
