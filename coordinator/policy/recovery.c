@@ -782,6 +782,10 @@ void recovery_rebalance(struct coordinator *co) {
         struct job *j = co->jobs[i];
         struct worker *spare;
         if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || !j->recoverable || j->rec) continue;
+        /* Not while a repair waits for its replay's hashes of the step that disagreed: a move's
+         * new epoch would drop the old epoch's reports still on their way, and the wrong copy
+         * would never be named. Once the committed step is past that step they have come. */
+        if (j->repair && j->repair->back_to >= 0 && j->committed_step <= j->repair->step) continue;
         int k = doubled_slot(co, j, &spare);
         if (k < 0) continue;
         char what[200];
