@@ -48,27 +48,32 @@ int partition_all_hold(const struct job *j) {
 }
 
 /* "pod 0 and pod 1 cannot reach each other (rank 0 lost rank 2, ...)": the pods first, each
- * pair once, then the ranks as reported. */
+ * pair once, then the ranks as reported. Slots of one pod are named only when no two pods lost
+ * each other: beside a cut between pods, a loss inside a pod is the cut's echo (a rank whose
+ * links across the cut never came up cannot serve its own pod's either). */
 static void who_text(const struct job *j, const struct partition *p, char *out, size_t cap) {
     int seen[PART_MAX_PAIRS][2], n_seen = 0;
     size_t len = 0;
     out[0] = 0;
-    for (int i = 0; i < p->n_pairs && len < cap; i++) {
-        int a = p->pairs[i].from / j->slots, b = p->pairs[i].to / j->slots, dup = 0;
-        if (a > b) {
-            int t = a;
-            a = b;
-            b = t;
+    for (int pass = 0; pass < 2 && !n_seen; pass++) // 0: pairs of pods; 1: inside pods
+        for (int i = 0; i < p->n_pairs && len < cap; i++) {
+            int a = p->pairs[i].from / j->slots, b = p->pairs[i].to / j->slots, dup = 0;
+            if ((a == b) != pass) continue;
+            if (a > b) {
+                int t = a;
+                a = b;
+                b = t;
+            }
+            for (int q = 0; q < n_seen; q++) dup |= seen[q][0] == a && seen[q][1] == b;
+            if (dup) continue;
+            seen[n_seen][0] = a;
+            seen[n_seen++][1] = b;
+            if (a == b)
+                len += snprintf(out + len, cap - len, "%sslots of pod %d", len ? ", " : "", a);
+            else
+                len += snprintf(out + len, cap - len, "%spod %d and pod %d", len ? ", " : "", a,
+                                b);
         }
-        for (int q = 0; q < n_seen; q++) dup |= seen[q][0] == a && seen[q][1] == b;
-        if (dup) continue;
-        seen[n_seen][0] = a;
-        seen[n_seen++][1] = b;
-        if (a == b)
-            len += snprintf(out + len, cap - len, "%sslots of pod %d", len ? ", " : "", a);
-        else
-            len += snprintf(out + len, cap - len, "%spod %d and pod %d", len ? ", " : "", a, b);
-    }
     if (!n_seen) {
         snprintf(out, cap, "slots of the %d x %d mesh", j->pods, j->slots);
         return;
