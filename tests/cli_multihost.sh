@@ -21,25 +21,7 @@ here=$(dirname "$0")
 corpus=/usr/share/common-licenses/GPL-3
 source "$here/cluster_lib.sh"
 source "$here/linkemu/hosts_lib.sh"
-unset MOED_CLUSTER_DIR MOED_COORDINATOR MOED_TOKEN MOED_TOKEN_FILE MOED_TLS_CA
-tmp=$(mktemp -d /tmp/moe_cli_multihost.XXXXXX)
-fails=0
-
-cleanup() {
-  local rc=$?
-  [ -n "${ref_pid:-}" ] && kill "$ref_pid" 2>/dev/null
-  hosts_down
-  sanitizer_reports "$tmp"/h*/*.log || rc=1
-  rm -rf "$tmp"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 143' INT TERM
-hosts_init "$tmp/hosts"
-if ! hosts_probe; then
-  echo "SKIP cli_multihost: network namespaces cannot be created here: $hosts_why"
-  exit 77
-fi
+hosts_test_init cli_multihost
 
 cat >"$tmp/job.yaml" <<YAML
 name: multihost
@@ -61,12 +43,7 @@ check "4 emulated hosts ($(hosts_name 0)..$(hosts_name 3) at $(hosts_addr 0)..$(
 [ $rc -eq 0 ] || { cat "$tmp/hosts.out"; exit 1; }
 
 # the tokens, made on the coordinator's host; the cluster token copied to each worker host
-umask 077
-mkdir -p "$tmp"/h{0,1,2,3}
-new_token() { od -An -tx1 -N32 /dev/urandom | tr -d ' \n'; echo; }
-new_token >"$tmp/h0/client.token"
-new_token >"$tmp/h0/cluster.token"
-for h in 1 2 3; do cp "$tmp/h0/cluster.token" "$tmp/h$h/cluster.token"; done
+hosts_test_tokens 3
 
 caddr=$(hosts_addr 0):7000
 hosts_start 0 "$tmp/h0/coordinator.log" "$bin/moed-coordinator" --listen 0.0.0.0:7000 --advertise "$caddr" \

@@ -25,25 +25,7 @@ corpus=/usr/share/common-licenses/GPL-3
 cut_s=${PARTITION_CUT_S:-120}
 source "$here/cluster_lib.sh"
 source "$here/linkemu/hosts_lib.sh"
-unset MOED_CLUSTER_DIR MOED_COORDINATOR MOED_TOKEN MOED_TOKEN_FILE MOED_TLS_CA
-tmp=$(mktemp -d /tmp/moe_cli_partition.XXXXXX)
-fails=0
-
-cleanup() {
-  local rc=$?
-  [ -n "${ref_pid:-}" ] && kill "$ref_pid" 2>/dev/null
-  hosts_down
-  sanitizer_reports "$tmp"/h*/*.log || rc=1
-  rm -rf "$tmp"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 143' INT TERM
-hosts_init "$tmp/hosts" 10.213.13
-if ! hosts_probe; then
-  echo "SKIP cli_partition: network namespaces cannot be created here: $hosts_why"
-  exit 77
-fi
+hosts_test_init cli_partition 10.213.13
 
 cat >"$tmp/job.yaml" <<YAML
 name: partition
@@ -65,10 +47,7 @@ check "3 emulated hosts joined by linkswitch" '[ $rc -eq 0 ]'
 [ $rc -eq 0 ] || { cat "$tmp/hosts.out"; exit 1; }
 links open
 
-umask 077
-mkdir -p "$tmp"/h{0,1,2}
-od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$tmp/h0/client.token"
-od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$tmp/h0/cluster.token"
+hosts_test_tokens 2
 caddr=$(hosts_addr 0):7000
 hosts_start 0 "$tmp/h0/coordinator.log" "$bin/moed-coordinator" --listen "$caddr" \
   --dir "$tmp/h0/store" --client-token-file "$tmp/h0/client.token" \
@@ -77,7 +56,6 @@ wait_until 30 '[ -s "$tmp/h0/coordinator.addr" ]'
 check "the coordinator runs on host 0 ($caddr)" '[ -s "$tmp/h0/coordinator.addr" ]'
 [ -s "$tmp/h0/coordinator.addr" ] || { tail -n 8 "$tmp/h0/coordinator.log"; exit 1; }
 for h in 1 2; do
-  cp "$tmp/h0/cluster.token" "$tmp/h$h/cluster.token"
   for w in 1 2; do
     hosts_start $h "$tmp/h$h/w$w.log" "$bin/moed-worker" --coordinator "$caddr" \
       --cluster-token-file "$tmp/h$h/cluster.token" --listen "$(hosts_addr $h):700$w" \

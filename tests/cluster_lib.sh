@@ -33,6 +33,44 @@ cluster_test_cleanup() {
   exit $rc
 }
 
+# hosts_test_init NAME [NET]: a test on emulated hosts (tests/linkemu/hosts_lib.sh, sourced by
+# the caller) on the /24 NET: $tmp, $fails, and a cleanup that stops every process of the hosts,
+# removes them and fails the test on a sanitizer report in their logs ($tmp/h*/*.log; a killed
+# reference training $ref_pid is stopped too). Where namespaces cannot be made: SKIP, exit 77.
+hosts_test_init() {
+  unset MOED_CLUSTER_DIR MOED_COORDINATOR MOED_TOKEN MOED_TOKEN_FILE MOED_TLS_CA
+  tmp=$(mktemp -d "/tmp/moe_$1.XXXXXX")
+  fails=0
+  trap hosts_test_cleanup EXIT
+  trap 'exit 143' INT TERM
+  hosts_init "$tmp/hosts" ${2:+"$2"}
+  if ! hosts_probe; then
+    echo "SKIP $1: network namespaces cannot be created here: $hosts_why"
+    exit 77
+  fi
+}
+
+hosts_test_cleanup() {
+  local rc=$?
+  [ -n "${ref_pid:-}" ] && kill "$ref_pid" 2>/dev/null
+  hosts_down
+  sanitizer_reports "$tmp"/h*/*.log || rc=1
+  rm -rf "$tmp"
+  exit $rc
+}
+
+# hosts_test_tokens N: a client and a cluster token made in $tmp/h0 (the coordinator's host),
+# the cluster token copied to $tmp/h1 .. $tmp/hN (the worker hosts); sets umask 077 for the
+# rest of the test, so that what the daemons write there is private too
+hosts_test_tokens() {
+  local h
+  umask 077
+  mkdir -p "$tmp/h0"
+  od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$tmp/h0/client.token"
+  od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$tmp/h0/cluster.token"
+  for h in $(seq 1 "$1"); do mkdir -p "$tmp/h$h" && cp "$tmp/h0/cluster.token" "$tmp/h$h/"; done
+}
+
 # sanitizer_reports LOG...: shows each sanitizer report in the logs; 1 if there was one
 sanitizer_reports() {
   local bad; bad=$(grep -lsE "ERROR: (Address|Leak|Thread)Sanitizer|runtime error:" "$@")
