@@ -45,6 +45,7 @@ struct replica {
     int n_pieces;               // of a state transfer: STATE_PIECES, one more with diloco
     int keep_prev;              // the job can recover (mesh_recoverable): keep S(t - 1)
     atomic_int flip;            // a bit flip was asked for (chaos)
+    long since;                 // the step this slot (re)started from: opened or restored at
     atomic_int corrupt;         // the next state sent for a restore carries a flipped bit (chaos)
     atomic_int cut_short;       // the step was given up: the thread's hash stops where it is
 
@@ -229,6 +230,7 @@ moe_status replica_open(struct trainer *t) {
     r->s = t->mesh.slot;
     r->nb = mesh_buddies(&t->spec.mesh);
     r->check_every = t->spec.mesh.check_every;
+    r->since = m->step;
     r->n_pieces = STATE_PIECES - !mesh_diloco(&t->spec.mesh);
     r->live_valid = !t->empty; /* an empty trainer offers nothing until its state arrives */
     for (int i = 0; i < MODEL_NUM_TENSORS; i++) {
@@ -434,9 +436,14 @@ void replica_request_corrupt(struct trainer *t) {
     if (t->mesh.rep) atomic_store(&t->mesh.rep->corrupt, 1);
 }
 
+/* Applied only once the slot has trained a step since it (re)started: then the state it
+ * restarted from has been compared across the pods (in that step's all-gather) and is held as
+ * the previous version, which a repair returns to. A flip into a restored state whose step was
+ * never compared has no agreed copy to return to (docs/recovery.md, "What a repair cannot
+ * do"): chaos does not aim at that window, it waits out the first step. */
 void replica_apply_flip(struct trainer *t) {
     struct replica *r = t->mesh.rep;
-    if (!r || !atomic_exchange(&r->flip, 0)) return;
+    if (!r || t->model.step <= r->since || !atomic_exchange(&r->flip, 0)) return;
     uint32_t bits;
     size_t i = t->model.n_params / 2; /* a dense weight every slot has */
     memcpy(&bits, &t->model.param_mem[i], sizeof bits);
@@ -687,6 +694,7 @@ moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
     /* every slot is at `step` now: the versions of other steps are gone, buddies start over */
     pthread_mutex_lock(&r->mu);
     r->prev.step = -1;
+    r->since = p->step;
     for (int j = 0; j < r->nb; j++) r->held[j].step[0] = r->held[j].step[1] = -1;
     pthread_mutex_unlock(&r->mu);
     if (r->nb > 0) CHECK(send_copies(r, p->step));
