@@ -3,7 +3,7 @@
 #               it, fetch the model, stop the cluster
 #   make check  install, build (warnings as errors) and run every test, also under ASan+UBSan
 #   make bench  benchmarks (numbers come from here, never from tests)
-#   make soak   a 100-fault chaos soak of every kind, flips included (6.5 minutes here)
+#   make soak   a 100-fault chaos soak of every kind, flips included (2-7 minutes here)
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc)
