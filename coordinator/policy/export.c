@@ -24,6 +24,7 @@
 #include "../../proto/methods.h"
 #include "../state/events.h"
 #include "../state/worker_calls.h"
+#include "recovery_plan.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -208,11 +209,7 @@ static void fence_reply(void *arg, const struct rpc_result *res, const ProtobufC
         const Moed__V1__FenceResponse *r = (const void *)msg;
         if (res->code == GRPC_STATUS_OK && r->holds) {
             a->state = ANS_HOLDS;
-            a->copies = r->n_copies ? calloc(r->n_copies, sizeof *a->copies) : NULL;
-            for (size_t i = 0; a->copies && i < r->n_copies; i++) {
-                a->copies[a->n_copies].slot = r->copies[i]->slot;
-                a->copies[a->n_copies++].step = r->copies[i]->step;
-            }
+            plan_answer_copies(a, r, j->slots);
         } else {
             a->state = res->code == GRPC_STATUS_OK ? ANS_EMPTY : ANS_LOST;
             snprintf(a->why, sizeof a->why, "%s", res->code == GRPC_STATUS_OK

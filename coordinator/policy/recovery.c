@@ -382,18 +382,7 @@ static int answer_set(struct recovery *r, int k, enum answer state, const char *
 
 static void fence_holds(struct coordinator *co, struct job *j, struct fence_answer *a,
                         struct worker *w, const Moed__V1__FenceResponse *resp) {
-    a->step = resp->step;
-    a->copies = resp->n_copies ? calloc(resp->n_copies, sizeof *a->copies) : NULL;
-    a->n_copies = 0;
-    for (size_t i = 0; a->copies && i < resp->n_copies; i++) {
-        if (resp->copies[i]->slot < 0 || resp->copies[i]->slot >= j->slots) continue;
-        a->copies[a->n_copies].slot = resp->copies[i]->slot;
-        a->copies[a->n_copies].step = resp->copies[i]->step;
-        a->copies[a->n_copies].has_sha = resp->copies[i]->sha256.len == 32;
-        if (a->copies[a->n_copies].has_sha)
-            memcpy(a->copies[a->n_copies].sha, resp->copies[i]->sha256.data, 32);
-        a->n_copies++;
-    }
+    plan_answer_copies(a, resp, j->slots);
     if (w && w->state == MOED__V1__WORKER_STATE__WORKER_DEAD) {
         /* declared dead a moment ago, but it answered: it still holds its slot */
         w->state = MOED__V1__WORKER_STATE__WORKER_BUSY;

@@ -6,6 +6,7 @@
 #include "recovery_plan.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int has_copy(const struct fence_answer *a, int s, int64_t t) {
@@ -213,5 +214,20 @@ void plan_move(const struct job *j, struct recovery *r, char *keep, struct worke
             if (back <= j->buddies) a->copies[m++] = a->copies[i];
         }
         a->n_copies = m;
+    }
+}
+
+void plan_answer_copies(struct fence_answer *a, const Moed__V1__FenceResponse *resp, int slots) {
+    a->step = resp->step;
+    a->copies = resp->n_copies ? calloc(resp->n_copies, sizeof *a->copies) : NULL;
+    a->n_copies = 0;
+    for (size_t i = 0; a->copies && i < resp->n_copies; i++) {
+        const Moed__V1__StateCopy *c = resp->copies[i];
+        if (c->slot < 0 || c->slot >= slots) continue;
+        struct state_copy *o = &a->copies[a->n_copies++];
+        o->slot = c->slot;
+        o->step = c->step;
+        o->has_sha = c->sha256.len == 32;
+        if (o->has_sha) memcpy(o->sha, c->sha256.data, 32);
     }
 }

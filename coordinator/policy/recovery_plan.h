@@ -17,6 +17,11 @@
  * pod that lost a slot moves whole (its MPI job is one failure domain). */
 void plan_keep(const struct job *j, const struct recovery *r, char *keep);
 
+/* A fence's answer that holds state: its step and the copies it lists (slot index, step, hash),
+ * those naming a slot index outside the mesh of `slots` dropped. Used by a recovery's fence and
+ * by an export's (policy/export.c). a->copies is malloc'd (NULL when none or out of memory). */
+void plan_answer_copies(struct fence_answer *a, const Moed__V1__FenceResponse *resp, int slots);
+
 /* A move takes the doubled slot r->move off its worker, which keeps its other slot: keep and
  * kept lose the moved slot, and of the copies that worker listed only those of the kept slot
  * stay (its own slot index and, with buddies, the indexes it holds copies of); the others came
