@@ -101,6 +101,7 @@ static void monitor_tick(uv_timer_t *t) {
     export_poll(co);
     schedule_pass(co);
     retention_tick(co, now);
+    jobs_flush_records(co); // the slots' progress, once a tick
     moe_notify_watchdog(); // a loop that stops ticking is what WatchdogSec= catches
 }
 
@@ -252,6 +253,7 @@ moe_status coordinator_start(struct coordinator *co, uv_loop_t *loop,
 
 static void pump_stopped(void *arg) {
     struct coordinator *co = arg;
+    jobs_flush_records(co); // a clean stop loses no progress
     for (int i = 0; i < co->n_jobs; i++) job_free(co->jobs[i]);
     free(co->jobs);
     co->jobs = NULL;

@@ -62,13 +62,16 @@ static void reattach(struct coordinator *co, struct worker *w, struct job *j, in
     if (!same_epoch || req->holding)
         snprintf(held, sizeof held, ", %s epoch %llu", req->holding ? "holding its state of"
                  : "still in", (unsigned long long)req->epoch);
-    /* not synced, like the record (membership_register): a lost one is told again */
+    /* not synced, like the worker's record (membership_register), and the job's record
+     * deferred to the next flush: a lost one is told again, and after a restart every slot
+     * reattaches at once (writing the record, every slot in it, per reattachment made
+     * reattaching N slots cost O(N^2) bytes) */
     if (job_n_slots(j) == 1)
-        job_event(co, j, 0, "reattached", "%s reattached at step %ld%s", w->id, (long)req->step,
-                  held);
+        job_event_deferred(co, j, "reattached", "%s reattached at step %ld%s", w->id,
+                           (long)req->step, held);
     else
-        job_event(co, j, 0, "reattached", "%s reattached to slot (%d, %d) at step %ld%s", w->id,
-                  k / j->slots, k % j->slots, (long)req->step, held);
+        job_event_deferred(co, j, "reattached", "%s reattached to slot (%d, %d) at step %ld%s",
+                           w->id, k / j->slots, k % j->slots, (long)req->step, held);
     if (j->recoverable)
         recovery_worker_state(co, j, k, w, req->epoch, req->holding, "re-registered and");
 }

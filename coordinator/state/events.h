@@ -23,10 +23,17 @@ moe_status job_event_batch(struct coordinator *co, struct job *j, struct store_b
                            int sync, const char *kind, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
 
+/* An event stored now (not synced) without the job's record, which the next
+ * jobs_flush_records writes: for what a worker tells again should the event's change be lost
+ * (a reattachment), so that a thousand of them after a restart do not write the record, every
+ * slot in it, a thousand times. */
+moe_status job_event_deferred(struct coordinator *co, struct job *j, const char *kind,
+                              const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
 /* Slot k's step metrics of the current epoch (n >= 1, steps ascending): its numbers for the
  * mesh view; from slot (0, 0), which speaks for the job, also the job's step, loss and speed
- * and the stored loss curve. Stored without fsync (metrics are not decisions) in one batch
- * with the job's record; then the watchers get an update. */
+ * and the stored loss curve (stored at once, without fsync: metrics are not decisions). The
+ * job's record follows at the next jobs_flush_records; then the watchers get an update. */
 void job_record_steps(struct coordinator *co, struct job *j, int k,
                       Moed__V1__StepMetrics *const *m, size_t n);
 /* Slot (0, 0)'s steps of the epoch before a recovery's, reported late: only stored, for the

@@ -542,6 +542,19 @@ void job_batch(struct store_batch *b, const struct job *j) {
     job_view_free(&v);
 }
 
+void jobs_flush_records(struct coordinator *co) {
+    struct store_batch *b = NULL;
+    for (int i = 0; i < co->n_jobs; i++) {
+        struct job *j = co->jobs[i];
+        if (!j->record_dirty) continue;
+        if (!b && !(b = store_batch_new())) return;
+        job_batch(b, j);
+        j->record_dirty = 0;
+    }
+    if (b && store_batch_commit(co->store, b, 0) != MOE_OK)
+        LOG_WARN("store: the jobs' progress is not stored: %s", moe_errmsg());
+}
+
 /* ---- loading ---- */
 
 static void load_bindings(struct job *j, const Moed__Store__JobRecord *r) {
@@ -655,6 +668,10 @@ static int load_job(const Moed__Store__JobRecord *r, void *arg) {
 }
 
 static int load_event(const Moed__V1__Event *e, void *arg) {
+    struct job *j = arg;
+    /* an event stored without the record (job_event_deferred) just before a kill: the next
+     * one takes the seq after it, not its place */
+    if (e->seq >= j->next_event) j->next_event = e->seq + 1;
     Moed__V1__Event *copy = (Moed__V1__Event *)pb_clone(&e->base);
     if (copy) job_recent_push(arg, copy);
     return 0;

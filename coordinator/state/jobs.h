@@ -112,6 +112,7 @@ struct job {
                                //   stops the workers (not persisted)
     struct job_export *exp;    // the export in progress (not persisted)
     /* not persisted */
+    int record_dirty;          // its record changed since written: jobs_flush_records writes it
     struct recovery *rec;      // the recovery this process drives (NULL: none)
     struct histogram recovery_seconds; // each recovery's total: the lost worker's last sign
                                        //   of life to every slot back
@@ -205,6 +206,10 @@ int job_blamed_rank(const struct job *j, const char *why, int reporter);
 
 /* Adds the job's record (info, spec, event counter) to a store batch. */
 void job_batch(struct store_batch *b, const struct job *j);
+/* Writes (not synced) the record of every job whose record_dirty is set, in one batch: what
+ * changes with every report (each slot's step and figures) reaches the store once per monitor
+ * tick, not once per report. */
+void jobs_flush_records(struct coordinator *co);
 
 /* Protobuf views of a job (pointing into the job; valid until it changes). */
 struct job_view {
