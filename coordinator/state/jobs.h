@@ -223,6 +223,14 @@ struct job_view {
     Moed__V1__PeerLink **link_ptrs;
 };
 void job_view_fill(struct job_view *v, const struct job *j);
+/* The same with only the slots first .. first + n - 1 (0 <= first, first + n <= the mesh's
+ * slots) and their bindings: a page of GetJob. */
+void job_view_fill_slots(struct job_view *v, const struct job *j, int first, int n);
+/* Every pod of j's mesh summarised (PodSummary) into out[pods], ptrs[pods] pointing at them:
+ * O(slots), a lookup of each bound slot's worker (a hash table), no allocation; the strings
+ * are static. */
+void job_pod_summaries(struct coordinator *co, const struct job *j, Moed__V1__PodSummary *out,
+                       Moed__V1__PodSummary **ptrs);
 /* A slot's report of its links (StepReport.links) into binding k: unknown transports and
  * peers outside the mesh are left out. Returns how many it took. */
 int job_record_links(struct job *j, int k, Moed__V1__PeerLink *const *links, size_t n);

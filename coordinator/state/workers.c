@@ -305,7 +305,7 @@ moe_status cluster_view_fill(struct cluster_view *v, const struct coordinator *c
     Moed__V1__ClusterStatus init = MOED__V1__CLUSTER_STATUS__INIT;
     memset(v, 0, sizeof *v);
     v->st = init;
-    size_t n = (size_t)co->n_workers, page = (size_t)(max_workers > 0 ? max_workers : 1);
+    size_t n = (size_t)co->n_workers, page = (size_t)(max_workers > 0 ? max_workers : 0);
     if (page > n) page = n;
     v->infos = calloc(page + 1, sizeof *v->infos);
     v->info_ptrs = calloc(page + 1, sizeof *v->info_ptrs);
