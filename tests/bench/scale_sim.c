@@ -55,6 +55,7 @@ struct sim_host {
 static void register_next(struct sim_host *h);
 static void heartbeat_start(struct simw *w);
 static void heartbeat_soon(struct simw *w);
+static void leave_job(struct simw *w);
 
 /* ---- registration ---- */
 
@@ -126,13 +127,7 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
     if (res->code != GRPC_STATUS_OK || atomic_load(&w->s->dead)) return;
     const Moed__V1__HeartbeatResponse *r = (const Moed__V1__HeartbeatResponse *)m;
     if (r->reregister && !w->registering) register_one(w);
-    if (r->stop_job && w->job[0]) {
-        w->job[0] = 0;
-        w->running = w->holding = 0;
-        atomic_store(&w->s->pod, -1);
-        atomic_fetch_add(&w->s->stops, 1);
-        heartbeat_soon(w);
-    }
+    if (r->stop_job && w->job[0]) leave_job(w);
 }
 
 static void heartbeat_tick(uv_timer_t *t) {
@@ -169,15 +164,21 @@ static void heartbeat_soon(struct simw *w) {
     uv_timer_start(&w->beat, heartbeat_tick, 0, (uint64_t)w->h->heartbeat_ms);
 }
 
+/* Its slot is over, however it heard (StopJob, a heartbeat's or a step report's answer): idle
+ * at once, and it says so with a heartbeat now, as a real worker does. */
+static void leave_job(struct simw *w) {
+    w->job[0] = 0;
+    w->running = w->holding = 0;
+    atomic_store(&w->s->pod, -1);
+    atomic_fetch_add(&w->s->stops, 1);
+    heartbeat_soon(w);
+}
+
 static void on_reported(void *arg, const struct rpc_result *res, const ProtobufCMessage *m) {
     struct simw *w = arg;
     w->report_in_flight = 0;
-    if (res->code == GRPC_STATUS_OK && ((const Moed__V1__StepReportResponse *)m)->stop) {
-        w->running = 0; // the job ended: the next heartbeat shows it idle
-        w->job[0] = 0;
-        atomic_store(&w->s->pod, -1);
-        atomic_fetch_add(&w->s->stops, 1);
-    }
+    if (res->code == GRPC_STATUS_OK && ((const Moed__V1__StepReportResponse *)m)->stop)
+        leave_job(w); // the job ended
 }
 
 /* One step "trained" per tick, reported like a real slot reports it. */
@@ -310,13 +311,8 @@ static void stop_job(struct rpc_call *call, const ProtobufCMessage *msg, void *c
     const Moed__V1__StopJobRequest *req = (const Moed__V1__StopJobRequest *)msg;
     struct simw *w = callee(call, ctx);
     if (!w) return;
-    if (w->job[0] && !strcmp(w->job, req->job_id) && (!req->epoch || req->epoch >= w->epoch)) {
-        w->job[0] = 0;
-        w->running = w->holding = 0;
-        atomic_store(&w->s->pod, -1);
-        atomic_fetch_add(&w->s->stops, 1);
-        heartbeat_soon(w);
-    }
+    if (w->job[0] && !strcmp(w->job, req->job_id) && (!req->epoch || req->epoch >= w->epoch))
+        leave_job(w);
     reply_empty(call); // the reachability probe (job "") too
 }
 
