@@ -113,6 +113,8 @@ struct job {
     struct job_export *exp;    // the export in progress (not persisted)
     /* not persisted */
     int record_dirty;          // its record changed since written: jobs_flush_records writes it
+    int64_t events_below, steps_below; // its stored events and steps numbered below these
+                               // are deleted (policy/retention.c; 0 after a start: trimmed again)
     struct recovery *rec;      // the recovery this process drives (NULL: none)
     struct histogram recovery_seconds; // each recovery's total: the lost worker's last sign
                                        //   of life to every slot back
