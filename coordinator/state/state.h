@@ -103,6 +103,7 @@ struct coordinator {
     struct worker **workers;   // in registration order
     int n_workers, cap_workers;
     struct worker *workers_by_id; // the same workers, by id (uthash; workers.c)
+    struct worker *workers_by_address; // the last registered at each address (workers.c)
     uv_timer_t monitor;        // the heartbeat monitor's tick (coordinator.c)
     int64_t checked_ms;        // when membership_check last ran (0: never)
     uv_signal_t sig_term, sig_int;

@@ -18,6 +18,24 @@ struct worker *workers_find(struct coordinator *co, const char *id) {
     return w;
 }
 
+struct worker *workers_index_address(struct coordinator *co, struct worker *w) {
+    struct worker *had = NULL;
+    HASH_FIND(hh_address, co->workers_by_address, w->address, strlen(w->address), had);
+    if (had == w) return NULL;
+    if (had) workers_unindex_address(co, had);
+    HASH_ADD_KEYPTR(hh_address, co->workers_by_address, w->address, strlen(w->address), w);
+    struct worker *now = NULL; // out of memory in the index leaves w out of it, nothing worse
+    HASH_FIND(hh_address, co->workers_by_address, w->address, strlen(w->address), now);
+    w->address_indexed = now == w;
+    return had;
+}
+
+void workers_unindex_address(struct coordinator *co, struct worker *w) {
+    if (!w->address_indexed) return;
+    HASH_DELETE(hh_address, co->workers_by_address, w);
+    w->address_indexed = 0;
+}
+
 static int load_worker(const Moed__V1__WorkerInfo *in, void *arg) {
     struct coordinator *co = arg;
     struct worker *w = calloc(1, sizeof *w);
@@ -132,6 +150,7 @@ moe_status workers_load(struct coordinator *co) {
         /* not stored whether it heartbeats seldom when idle: an idle one is waited for as
          * long as if it did, until it registers again */
         w->beats_idle = !w->job_id[0];
+        workers_index_address(co, w);
         CHECK(worker_connect(co, w));
     }
     return MOE_OK;
@@ -139,6 +158,7 @@ moe_status workers_load(struct coordinator *co) {
 
 void workers_free(struct coordinator *co) {
     HASH_CLEAR(hh, co->workers_by_id);
+    HASH_CLEAR(hh_address, co->workers_by_address);
     for (int i = 0; i < co->n_workers; i++) {
         if (co->workers[i]->channel) rpc_channel_close(co->workers[i]->channel);
         OPENSSL_cleanse(co->workers[i]->credential, sizeof co->workers[i]->credential);
