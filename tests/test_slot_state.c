@@ -59,6 +59,15 @@ static int open_slot(struct trainer *t, const struct job_spec *spec, int slot, f
     return 1;
 }
 
+/* The same, fenced: its state frozen, as the export finds it. */
+static int open_fenced(struct trainer *t, const struct job_spec *spec, int slot, float salt) {
+    if (!open_slot(t, spec, slot, salt)) return 0;
+    struct state_copy copies[8];
+    long live;
+    replica_fence(t, copies, 8, &live, 0);
+    return 1;
+}
+
 static int same_state(const struct model *a, const struct model *b) {
     size_t n = sizeof(real) * a->n_params;
     return a->n_params == b->n_params && a->step == b->step &&
@@ -89,10 +98,7 @@ static moe_status export_to(struct trainer *t, const char *job, long step, const
 
 static void test_round_trip(const struct job_spec *spec) {
     struct trainer a, b, other;
-    if (!open_slot(&a, spec, 1, 0.5f)) return;
-    struct state_copy copies[8];
-    long live;
-    replica_fence(&a, copies, 8, &live, 0);
+    if (!open_fenced(&a, spec, 1, 0.5f)) return;
     struct slot_state_file f;
     EXPECT(export_to(&a, "job-7", 7, dir, &f) == MOE_OK);
     EXPECT(strstr(f.path, "/job-7/slot-1-step-7.safetensors") != NULL);
@@ -129,10 +135,7 @@ static void test_world_writable(const struct job_spec *spec) {
     mkdir(open_dir, 0777);
     chmod(open_dir, 0777);
     struct trainer a;
-    if (!open_slot(&a, spec, 0, 0.25f)) return;
-    struct state_copy copies[8];
-    long live;
-    replica_fence(&a, copies, 8, &live, 0);
+    if (!open_fenced(&a, spec, 0, 0.25f)) return;
     struct slot_state_file f;
     EXPECT_FAIL(export_to(&a, "job-8", 7, open_dir, &f), MOE_EIO, "writable by anyone");
     trainer_close(&a);
@@ -151,10 +154,7 @@ static void test_symlink_out(const struct job_spec *spec) {
     mkdir(exports, 0700);
     EXPECT(symlink(out_dir, link) == 0);
     struct trainer a;
-    if (!open_slot(&a, spec, 0, 0.75f)) return;
-    struct state_copy copies[8];
-    long live;
-    replica_fence(&a, copies, 8, &live, 0);
+    if (!open_fenced(&a, spec, 0, 0.75f)) return;
     struct slot_state_file f;
     EXPECT_FAIL(export_to(&a, "job-9", 7, exports, &f), MOE_EINVAL, "job-9 is a symlink");
     struct stat st;
