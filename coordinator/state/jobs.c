@@ -246,6 +246,13 @@ void recovery_answers_free(struct recovery *r, int n) {
     r->ans = NULL;
 }
 
+void job_export_free(struct job_export *x) {
+    if (!x) return;
+    recovery_answers_free(&(struct recovery){.ans = x->ans}, x->n);
+    free(x->out);
+    free(x);
+}
+
 void repair_watch_free(struct repair_watch *w) {
     if (!w) return;
     free(w->worker_id);
