@@ -91,12 +91,9 @@ moe_status moe_atomic_write(struct moe_atomic_file *f, const void *buf, size_t n
     return atomic_fail(f, "write", errno);
 }
 
-/* fsync of the directory the target is in: dirfd, or the parent of a path of the process's. */
-static int sync_dir(const struct moe_atomic_file *f) {
-    if (f->dirfd != AT_FDCWD) return fsync(f->dirfd);
-    const char *slash = strrchr(f->path, '/');
-    char *dir = slash ? strndup(f->path, slash == f->path ? 1 : (size_t)(slash - f->path))
-                      : strdup(".");
+int moe_sync_parent(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
     int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
     int rc = fd >= 0 ? fsync(fd) : -1;
     int err = errno;
@@ -104,6 +101,11 @@ static int sync_dir(const struct moe_atomic_file *f) {
     free(dir);
     errno = err;
     return rc;
+}
+
+/* fsync of the directory the target is in: dirfd, or the parent of a path of the process's. */
+static int sync_dir(const struct moe_atomic_file *f) {
+    return f->dirfd != AT_FDCWD ? fsync(f->dirfd) : moe_sync_parent(f->path);
 }
 
 moe_status moe_atomic_commit(struct moe_atomic_file *f) {

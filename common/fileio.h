@@ -4,7 +4,8 @@
  *
  * Owns: the one atomic writer of moed (a temporary file beside the target, made exclusively
  * with a random name, written whole, given its mode, then renamed over the target; on request
- * durable: the file synced before the rename and its directory after), the loop that writes a
+ * durable: the file synced before the rename and its directory after; a directory synced after
+ * a caller's own rename), the loop that writes a
  * buffer through short writes and EINTR, making a directory with its parents, opening a
  * directory beneath another without leaving it (openat2 RESOLVE_BENEATH, no symlinks), and
  * the SHA-256 of a file (OpenSSL's libcrypto). Every file another process reads while it may
@@ -49,6 +50,10 @@ void moe_atomic_abort(struct moe_atomic_file *f);
 
 /* The whole file in one call: `n` bytes of `data`. */
 moe_status moe_write_file_atomic(const char *path, const void *data, size_t n, mode_t mode);
+
+/* fsync of the directory that holds path (after a rename into it, so that the new name
+ * survives a crash): 0, or -1 with errno set. */
+int moe_sync_parent(const char *path);
 
 /* Writes all n bytes to fd (short writes and EINTR retried): 0, or -1 with errno set. */
 int moe_write_all(int fd, const void *buf, size_t n);
