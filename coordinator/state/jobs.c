@@ -235,7 +235,9 @@ void job_bindings_changed(struct job *j) {
 }
 
 double job_eta_seconds(const struct job *j) {
-    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || j->sec_per_step <= 0) return 0;
+    /* a recovery (or a partition held) lasts as long as it lasts: no estimate meanwhile */
+    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || j->sec_per_step <= 0 || j->recovering)
+        return 0;
     return (double)(j->total_steps - j->step) * j->sec_per_step;
 }
 
