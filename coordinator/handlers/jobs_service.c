@@ -214,24 +214,26 @@ void handle_delete_job(struct rpc_call *call, const ProtobufCMessage *m, void *c
     rpc_reply(call, &empty.base);
 }
 
-/* The slots of GetJob's page: from the index the token names, at most `max` and about
- * PAGE_BYTES; the view is filled and next set when more follow. 0 after failing the call for
- * a token past the mesh. */
+/* The slots of GetJob's page: from the index the token names, at most `max`, and with their
+ * bindings and the spec about PAGE_BYTES (one slot at least); the view is filled and next set
+ * when more follow. 0 after failing the call for a token past the mesh. */
 static int fill_slot_page(struct rpc_call *call, struct job_view *v, const struct job *j,
                           const Moed__V1__JobRef *req, char next[24]) {
     long first;
     int n_slots = job_n_slots(j), n = 0;
     if (!page_after(call, req->page_token, &first)) return 0;
-    if (first > n_slots) {
+    if (first > 0 && first >= n_slots) {
         rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "page_token \"%.40s\" is past the %d slots "
                  "of %s", req->page_token, n_slots, j->id);
         return 0;
     }
     int max = req->summary_only ? 0 : page_size(req->page_size, JOB_SLOTS_DEFAULT, JOB_SLOTS_MAX);
     job_view_fill_slots(v, j, (int)first, max < n_slots - (int)first ? max : n_slots - (int)first);
-    size_t bytes = 0;
-    for (; n < (int)v->n_slots; n++) { // the bytes bound: a slot's links may be hundreds
-        bytes += protobuf_c_message_get_packed_size(&v->slot[n].base) + 16;
+    size_t bytes = strlen(j->spec_json); // a spec may be 1 MiB, a slot's links hundreds
+    for (; n < (int)v->n_slots; n++) {
+        Moed__V1__SlotBinding b = job_slot_binding(j, (int)first + n);
+        bytes += protobuf_c_message_get_packed_size(&v->slot[n].base) +
+                 protobuf_c_message_get_packed_size(&b.base) + 16;
         if (n && bytes > PAGE_BYTES) break;
     }
     v->n_slots = (size_t)n;
@@ -281,19 +283,13 @@ void handle_watch_job(struct rpc_call *call, const ProtobufCMessage *m, void *ct
     struct job *j = job_or_fail(call, CO(ctx), req->job_id);
     if (!j) return;
     /* The first update is the whole picture: state, last metrics, recent events. */
-    Moed__V1__JobUpdate u = MOED__V1__JOB_UPDATE__INIT;
-    struct job_view v;
-    job_view_fill(&v, j);
-    u.job = &v.info;
-    u.last = j->last;
+    struct job_update x;
+    job_update_fill(&x, CO(ctx), j);
     Moed__V1__Event *events[JOB_RECENT_EVENTS];
-    u.n_new_events = job_recent_events(j, events);
-    u.new_events = events;
-    u.eta_seconds = job_eta_seconds(j);
-    u.n_slots = v.n_slots;
-    u.slots = v.slot_ptrs;
-    rpc_stream_send(call, &u.base);
-    job_view_free(&v);
+    x.u.n_new_events = job_recent_events(j, events);
+    x.u.new_events = events;
+    rpc_stream_send(call, &x.u.base);
+    job_update_free(&x);
     if (job_is_final(j))
         rpc_stream_finish(call, GRPC_STATUS_OK, "");
     else if (job_watch(j, call) != MOE_OK)

@@ -14,24 +14,42 @@
  * (it still gets every event and the final state). */
 #define WATCHER_MAX_QUEUED 16
 
+void job_update_fill(struct job_update *x, struct coordinator *co, const struct job *j) {
+    Moed__V1__JobUpdate init = MOED__V1__JOB_UPDATE__INIT;
+    x->u = init;
+    int n = job_n_slots(j), whole = n <= JOB_WATCH_SLOTS;
+    job_view_fill_slots(&x->v, j, 0, whole ? n : 0);
+    x->pods = whole ? NULL : calloc((size_t)j->pods, sizeof *x->pods);
+    x->pod_ptrs = whole ? NULL : calloc((size_t)j->pods, sizeof *x->pod_ptrs);
+    if (x->pods && x->pod_ptrs) {
+        job_pod_summaries(co, j, x->pods, x->pod_ptrs);
+        x->u.n_pods = (size_t)j->pods;
+        x->u.pods = x->pod_ptrs;
+    }
+    x->u.job = &x->v.info;
+    x->u.last = j->last;
+    x->u.eta_seconds = job_eta_seconds(j);
+    x->u.n_slots = x->v.n_slots;
+    x->u.slots = x->v.slot_ptrs;
+}
+
+void job_update_free(struct job_update *x) {
+    job_view_free(&x->v);
+    free(x->pods);
+    free(x->pod_ptrs);
+}
+
 void job_notify(struct coordinator *co, struct job *j, const Moed__V1__Event *new_event) {
-    (void)co;
     if (!j->watchers) return;
-    Moed__V1__JobUpdate u = MOED__V1__JOB_UPDATE__INIT;
-    struct job_view v;
-    job_view_fill(&v, j);
-    u.job = &v.info;
-    u.last = j->last;
-    u.eta_seconds = job_eta_seconds(j);
-    u.n_slots = v.n_slots;
-    u.slots = v.slot_ptrs;
+    struct job_update x;
+    job_update_fill(&x, co, j);
     Moed__V1__Event *ev[1] = {(Moed__V1__Event *)new_event};
     if (new_event) {
-        u.n_new_events = 1;
-        u.new_events = ev;
+        x.u.n_new_events = 1;
+        x.u.new_events = ev;
     }
     int final = job_is_final(j);
-    struct rpc_message *msg = rpc_message_pack(&u.base); // once, however many watchers
+    struct rpc_message *msg = rpc_message_pack(&x.u.base); // once, however many watchers
     for (struct watcher *w = j->watchers, *next; w && msg; w = next) {
         next = w->next;
         if (!final && !new_event && rpc_stream_queued(w->call) >= WATCHER_MAX_QUEUED) continue;
@@ -39,7 +57,7 @@ void job_notify(struct coordinator *co, struct job *j, const Moed__V1__Event *ne
         if (final) rpc_stream_finish(w->call, GRPC_STATUS_OK, ""); // on_close unlinks it
     }
     rpc_message_free(msg);
-    job_view_free(&v);
+    job_update_free(&x);
 }
 
 /* Stores the event, with the job's record unless `deferred` (then written by the next
@@ -172,5 +190,7 @@ void job_record_steps(struct coordinator *co, struct job *j, int k,
      * flush's worth of them, which the slots report again as they re-register. */
     j->record_dirty = 1;
     co->steps_reported += n;
-    job_notify(co, j, NULL);
+    /* a watcher of a big mesh follows the job by slot (0, 0): an update per slot's report,
+     * each O(slots), made one step O(slots^2) */
+    if (k == 0 || job_n_slots(j) <= JOB_WATCH_SLOTS) job_notify(co, j, NULL);
 }

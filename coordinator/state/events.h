@@ -4,8 +4,8 @@
  * Owns: appending an event to a job (the job's record and the event in one store batch,
  * committed before anyone hears of it; a private copy in the job's ring of recent events), the
  * watchers of a job (WatchJob streams) and what they are sent: a JobUpdate for every event and
- * every reported step (recorded here too: the loss curve), the stream finished when the job
- * ends. A watcher that falls behind
+ * every reported step (recorded here too: the loss curve; of a mesh of more than
+ * JOB_WATCH_SLOTS slots, slot (0, 0)'s steps only), the stream finished when the job ends. A watcher that falls behind
  * skips step updates, never events or the end.
  * Never: decides what happens (policies name the event), or blocks on a slow client.
  */
@@ -42,6 +42,18 @@ void job_record_steps(struct coordinator *co, struct job *j, int k,
  * epoch alone. */
 void job_record_late_steps(struct coordinator *co, struct job *j,
                            Moed__V1__StepMetrics *const *m, size_t n);
+
+/* A JobUpdate's view of j (pointing into it; valid until it changes): the job, its last
+ * metrics and ETA, and every slot and binding of a mesh of up to JOB_WATCH_SLOTS slots, or for
+ * a bigger mesh none of them but a summary per pod (docs/protocol.md, "Watching"). */
+#define JOB_WATCH_SLOTS 500
+struct job_update {
+    Moed__V1__JobUpdate u;
+    struct job_view v;
+    Moed__V1__PodSummary *pods, **pod_ptrs;
+};
+void job_update_fill(struct job_update *x, struct coordinator *co, const struct job *j);
+void job_update_free(struct job_update *x);
 
 /* Sends a JobUpdate to every watcher of j, with `new_event` if not NULL; finishes the
  * watchers' streams when the job has ended. */
