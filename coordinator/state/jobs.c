@@ -738,9 +738,6 @@ static int load_event(const Moed__V1__Event *e, void *arg) {
 static int load_last_step(const Moed__V1__StepMetrics *m, void *arg) {
     struct job *j = arg;
     if (j->last) moed__v1__step_metrics__free_unpacked(j->last, NULL);
-    if (j->exported) moed__v1__export_manifest__free_unpacked(j->exported, NULL);
-    if (j->resume) moed__v1__export_manifest__free_unpacked(j->resume, NULL);
-    job_export_free(j->exp);
     j->last = (Moed__V1__StepMetrics *)pb_clone(&m->base);
     return 0;
 }
