@@ -481,6 +481,15 @@ static void check_job_pages(struct run *r) {
     free(seen);
     Moed__V1__JobRef req = MOED__V1__JOB_REF__INIT;
     req.job_id = r->job;
+    req.summary_only = 1;
+    st = (Moed__V1__JobStatus *)call(r, RPC_STATUS_GET_JOB, &req.base,
+                                     &moed__v1__job_status__descriptor);
+    CHECK_THAT(r, st && !st->n_slots && !st->job->n_bindings && !st->next_page_token[0] &&
+                      st->n_pods == (size_t)r->o.pods,
+               "GetJob summary_only: %zu slots, %zu bindings, %zu pods", st ? st->n_slots : 0,
+               st ? st->job->n_bindings : 0, st ? st->n_pods : 0);
+    if (st) protobuf_c_message_free_unpacked(&st->base, NULL);
+    req.summary_only = 0;
     req.page_token = (char *)"99999999";
     ProtobufCMessage *resp = NULL;
     struct rpc_result res;
@@ -523,6 +532,15 @@ static void check_cluster_pages(struct run *r) {
                "GetCluster: %d busy in its pages, %d in its summary, for %d slots", busy,
                busy_said, r->o.pods * r->o.slots);
     free(seen);
+    Moed__V1__GetClusterRequest req = MOED__V1__GET_CLUSTER_REQUEST__INIT;
+    req.summary_only = 1;
+    Moed__V1__ClusterStatus *st = (Moed__V1__ClusterStatus *)call(
+        r, RPC_STATUS_GET_CLUSTER, &req.base, &moed__v1__cluster_status__descriptor);
+    CHECK_THAT(r, st && !st->n_workers && !st->next_page_token[0] && st->workers_total == r->n &&
+                      st->n_pods > 0,
+               "GetCluster summary_only: %zu workers listed, total %d, %zu pods",
+               st ? st->n_workers : 0, st ? st->workers_total : -1, st ? st->n_pods : 0);
+    if (st) protobuf_c_message_free_unpacked(&st->base, NULL);
 }
 
 /* The summaries (what a status page polls) and a default page of each list. */
