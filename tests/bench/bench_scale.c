@@ -25,7 +25,7 @@
  * slot bound once, logical pod p on physical pod p, every RunSlot's addresses naming its
  * worker at its rank, each lost slot replanned onto a spare, no worker lost across the
  * restart, GetJob's and GetCluster's pages listing every slot and worker once and agreeing
- * with their summaries.
+ * with their summaries, WatchJob sending a mesh of more than 500 slots by pod.
  * The daemons come from $MOE_BUILD_DIR/bin, else from beside this program.
  */
 #include "../../common/log.h"
@@ -543,6 +543,35 @@ static void check_cluster_pages(struct run *r) {
     if (st) protobuf_c_message_free_unpacked(&st->base, NULL);
 }
 
+/* WatchJob of a mesh bigger than a page (500 slots) sends it by pod: no slot, no binding, a
+ * summary of every pod, and the job's step moving on from update to update. */
+static void check_watch(struct run *r) {
+    if (r->o.pods * r->o.slots <= 500) return; // a smaller mesh comes whole, as before
+    Moed__V1__WatchJobRequest req = MOED__V1__WATCH_JOB_REQUEST__INIT;
+    req.job_id = r->job;
+    struct rpc_stream *s;
+    if (rpc_stream_open(&s, r->ch, RPC_STATUS_WATCH_JOB, &req.base, 60.0) != MOE_OK) {
+        CHECK_THAT(r, 0, "WatchJob: %s", moe_errmsg());
+        return;
+    }
+    long first = -1, last = -1;
+    for (int n = 0; n < 4; n++) {
+        ProtobufCMessage *m = NULL;
+        struct rpc_result res;
+        if (rpc_stream_next(s, &moed__v1__job_update__descriptor, &m, &res) != 1) break;
+        const Moed__V1__JobUpdate *u = (const Moed__V1__JobUpdate *)m;
+        CHECK_THAT(r, !u->n_slots && !u->job->n_bindings && u->n_pods == (size_t)r->o.pods,
+                   "WatchJob of %d slots: an update with %zu slots, %zu bindings, %zu pods",
+                   r->o.pods * r->o.slots, u->n_slots, u->job->n_bindings, u->n_pods);
+        if (first < 0) first = (long)u->job->step;
+        last = (long)u->job->step;
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    rpc_stream_close(s);
+    CHECK_THAT(r, first >= 0 && last > first, "WatchJob: the step went from %ld to %ld in 4 "
+               "updates", first, last);
+}
+
 /* The summaries (what a status page polls) and a default page of each list. */
 static void status_latency(struct run *r) {
     Moed__V1__JobRef jr = MOED__V1__JOB_REF__INIT;
@@ -586,6 +615,7 @@ static int phases(struct run *r) {
     progress(r, "job scheduled, s:", r->sched_s);
     if (r->o.check) check_job_pages(r);
     if (r->o.check) check_cluster_pages(r);
+    if (r->o.check) check_watch(r);
     if (!r->o.check) steady(r, &r->job_cpu, &r->job_rss);
     if (!r->o.check) status_latency(r);
     if (settle(r, 2)) return -1; // a fault after some steps, as in a real run
