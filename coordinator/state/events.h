@@ -5,8 +5,8 @@
  * committed before anyone hears of it; a private copy in the job's ring of recent events), the
  * watchers of a job (WatchJob streams) and what they are sent: a JobUpdate for every event and
  * every reported step (recorded here too: the loss curve; of a mesh of more than
- * JOB_WATCH_SLOTS slots, slot (0, 0)'s steps only), the stream finished when the job ends. A watcher that falls behind
- * skips step updates, never events or the end.
+ * JOB_WATCH_SLOTS slots, slot (0, 0)'s steps only), the stream finished when the job ends. A
+ * watcher that falls behind skips step updates, never events or the end.
  * Never: decides what happens (policies name the event), or blocks on a slow client.
  */
 #ifndef MOE_COORD_EVENTS_H

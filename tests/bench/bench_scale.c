@@ -472,7 +472,8 @@ static void check_job_pages(struct run *r) {
     for (size_t p = 0; st && p < st->n_pods; p++) {
         const Moed__V1__PodSummary *ps = st->pods[p];
         CHECK_THAT(r, ps->pod == (int)p && ps->slots == r->o.slots && ps->bound == r->o.slots &&
-                          ps->alive == r->o.slots && ps->failed == 0 && ps->min_step <= ps->max_step,
+                          ps->alive == r->o.slots && ps->failed == 0 &&
+                          ps->min_step <= ps->max_step,
                    "pod %zu's summary: pod %d, %d slots, %d bound, %d alive, %d failed, steps "
                    "%lld..%lld", p, ps->pod, ps->slots, ps->bound, ps->alive, ps->failed,
                    (long long)ps->min_step, (long long)ps->max_step);
