@@ -143,7 +143,8 @@ wait_until 30 '[ "$("$moectl" events "$hist" --json | grep -c .)" -le 11 ]'
 "$moectl" events "$hist" --json >"$tmp/events10.json"
 kept=$("$py" -c 'import json, sys
 ev = [int(json.loads(l)["seq"]) for l in open(sys.argv[1]) if l.strip()]
-print(len(ev), ev == list(range(ev[0], ev[0] + len(ev))) and ev[-1] == int(sys.argv[2]))'   "$tmp/events10.json" "$last_seq")
+print(len(ev), ev == list(range(ev[0], ev[0] + len(ev))) and ev[-1] == int(sys.argv[2]))' \
+  "$tmp/events10.json" "$last_seq")
 check "--max-events-per-job 10 keeps the newest 10-11 of $hist's events, in order, to seq $last_seq ($kept)" \
   '[ "${kept#* }" = True ] && [ "${kept% *}" -ge 10 ] && [ "${kept% *}" -le 11 ]'
 stop_coordinator

@@ -123,9 +123,9 @@ void worker_info(Moed__V1__WorkerInfo *wi, const struct worker *w, char *extra[1
 /* A page of the ClusterStatus view (pointing into the tables; valid until they change): the
  * workers after worker number `after` (0: from the first), at most max_workers (0: none, the
  * summary only) and about max_bytes packed, one at least; next_token (st.next_page_token)
- * the last one's number when more follow, else "". On every page: the pods (distinct pod numbers of the workers that
- * did not leave, ascending; healthy when all of a pod's workers are alive), the workers by
- * state, the job counts. MOE_ENOMEM when it cannot be built. */
+ * the last one's number when more follow, else "". On every page: the pods (distinct pod
+ * numbers of the workers that did not leave, ascending; healthy when all of a pod's workers
+ * are alive), the workers by state, the job counts. MOE_ENOMEM when it cannot be built. */
 struct cluster_view {
     Moed__V1__ClusterStatus st;
     Moed__V1__WorkerInfo *infos, **info_ptrs;
