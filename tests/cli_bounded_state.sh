@@ -155,12 +155,12 @@ check "--job-retention-s 1 deletes every ended job" \
 grep -q "retention: deleted" "$cdir/coordinator.log"
 check "the coordinator logged what retention deleted" '[ $? -eq 0 ]'
 
-# ---- GetCluster pages (the 300 registered here, the cluster's worker and events' one) ----
+# ---- GetCluster pages (the 301 registered here, the cluster's worker and events' one) ----
 bounded cluster 300
 check "the GetCluster checks hold" '[ $? -eq 0 ]'
 "$moectl" cluster status --json >"$tmp/cluster.json"
 listed=$(json 'len(d["workers"]), d["workers_total"]' <"$tmp/cluster.json")
-check "moectl cluster status lists all 302 workers ($listed)" '[ "$listed" = "302 302" ]'
+check "moectl cluster status lists all 303 workers ($listed)" '[ "$listed" = "303 303" ]'
 stop_coordinator
 
 if [ $fails -ne 0 ]; then

@@ -240,16 +240,19 @@ moe_status worker_save_unsynced(struct coordinator *co, const struct worker *w) 
     return store_batch_commit(co->store, b, 0);
 }
 
-/* The pods of the workers that did not leave, ascending by pod number: sorted, not searched,
- * so that ten thousand workers in thousands of pods cost a sort, not their product. */
+/* The pods of the workers that did not leave, ascending by pod number: counted into an array
+ * indexed by pod number when the numbers are small (O(workers), the usual case: pods numbered
+ * from 0), else sorted, never searched, so that ten thousand workers in thousands of pods cost
+ * a pass or a sort, not their product. */
 static int by_pod(const void *a, const void *b) {
     const Moed__V1__PodInfo *x = a, *y = b;
     return (x->pod > y->pod) - (x->pod < y->pod);
 }
 
-static size_t pods_of(struct cluster_view *v, const struct coordinator *co) {
+/* The sorted way: one entry per worker, sorted, then merged. */
+static size_t pods_sorted(struct cluster_view *v, const struct coordinator *co) {
     size_t n = 0;
-    for (int i = 0; i < co->n_workers; i++) { // one entry per worker, then merged
+    for (int i = 0; i < co->n_workers; i++) {
         const struct worker *w = co->workers[i];
         if (w->state == MOED__V1__WORKER_STATE__WORKER_LEFT) continue;
         Moed__V1__PodInfo pi = MOED__V1__POD_INFO__INIT;
@@ -268,6 +271,42 @@ static size_t pods_of(struct cluster_view *v, const struct coordinator *co) {
             v->pods[n_pods++] = v->pods[i];
         }
     }
+    return n_pods;
+}
+
+/* The counted way, for pod numbers below `limit`: 0 when it cannot count (out of memory). */
+static size_t pods_counted(struct cluster_view *v, const struct coordinator *co, int limit) {
+    int *count = calloc(2 * (size_t)limit, sizeof *count); // workers, alive: per pod number
+    if (!count) return 0;
+    for (int i = 0; i < co->n_workers; i++) {
+        const struct worker *w = co->workers[i];
+        if (w->state == MOED__V1__WORKER_STATE__WORKER_LEFT) continue;
+        count[2 * w->pod]++;
+        count[2 * w->pod + 1] += worker_alive(w);
+    }
+    size_t n_pods = 0;
+    for (int p = 0; p < limit; p++) {
+        if (!count[2 * p]) continue;
+        Moed__V1__PodInfo pi = MOED__V1__POD_INFO__INIT;
+        pi.pod = p;
+        pi.workers = count[2 * p];
+        pi.alive = count[2 * p + 1];
+        v->pods[n_pods++] = pi;
+    }
+    free(count);
+    return n_pods;
+}
+
+static size_t pods_of(struct cluster_view *v, const struct coordinator *co) {
+    int top = -1, low = 0; // a registration with a negative pod is refused; a record is
+    for (int i = 0; i < co->n_workers; i++) { // not trusted to say the same
+        if (co->workers[i]->pod > top) top = co->workers[i]->pod;
+        if (co->workers[i]->pod < low) low = co->workers[i]->pod;
+    }
+    size_t n_pods = 0;
+    if (low == 0 && top >= 0 && top < 4 * co->n_workers + 64)
+        n_pods = pods_counted(v, co, top + 1);
+    if (!n_pods) n_pods = pods_sorted(v, co);
     for (size_t k = 0; k < n_pods; k++) {
         v->pods[k].healthy = v->pods[k].alive == v->pods[k].workers;
         v->pod_ptrs[k] = &v->pods[k];
