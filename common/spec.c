@@ -126,6 +126,9 @@ static const struct field spec_fields[] = {
     BOOL_FIELD("mesh.outer_overlap", mesh.outer_overlap, "false",
                "diloco: the pods' average crosses during the next outer_every inner steps and "
                "is applied one outer step late (the pods never wait for it)"),
+    STRING_FIELD("mesh.outer_quant", mesh.outer_quant, "none",
+                 "diloco: what crosses the pods at an outer step: none (float32) or int8 (a "
+                 "quarter of the bytes: one scale per 256 values, added in pod order in float32)"),
 
     INT_FIELD("model.vocab", model.vocab, "256", 2, 65536,
               "vocabulary size (V); at least 256: tokens are bytes"),
@@ -1066,6 +1069,12 @@ static moe_status validate_diloco(const struct job_spec *s) {
     if (!mesh_diloco(m) && m->outer_overlap)
         return moe_fail(MOE_EINVAL, "spec: mesh.outer_overlap = true needs mesh.sync = diloco "
                         "(the synchronous mode has no outer step to overlap)");
+    if (strcmp(m->outer_quant, "none") != 0 && strcmp(m->outer_quant, "int8") != 0)
+        return moe_fail(MOE_EINVAL, "spec: mesh.outer_quant = '%s': must be none or int8",
+                        m->outer_quant);
+    if (!mesh_diloco(m) && strcmp(m->outer_quant, "none") != 0)
+        return moe_fail(MOE_EINVAL, "spec: mesh.outer_quant = %s needs mesh.sync = diloco (the "
+                        "synchronous mode's gradients cross unquantised)", m->outer_quant);
     if (!mesh_diloco(m)) return MOE_OK;
     int H = m->outer_every;
     if (m->pods < 2)

@@ -97,6 +97,7 @@ struct mesh_spec {
     float outer_momentum; // its momentum (diloco)
     int outer_overlap;    // the outer average crosses during the next period, applied one
                           // outer step late (diloco; docs/model.md "Overlapped outer steps")
+    char outer_quant[MESH_BACKEND_MAX]; // what crosses at an outer step: "none" or "int8"
 };
 
 /* The pods train apart between outer steps (mesh.sync: diloco). */

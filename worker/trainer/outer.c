@@ -3,6 +3,7 @@
 
 #include "../../common/clock.h"
 #include "../../common/log.h"
+#include "../../kernels/quant.h"
 #include "../comm/comm.h"
 #include "replica.h"
 #include "thread_error.h"
@@ -31,6 +32,7 @@ struct outer {
     real *buf;                 // (n_params + n_buffers) what crosses the pods
     real *delta;               // (n_params) the pseudo-gradient, then the pods' mean of it
     real *drift;               // (n_buffers) overlapped: the biases' change over the period
+    void *qsend, *qrecv;       // mesh.outer_quant int8: this slot's wire form, the pods' (P)
     /* overlapped: the exchange in flight, on its own thread */
     pthread_t thread;
     int running;
@@ -73,6 +75,10 @@ moe_status outer_open(struct trainer *t) {
     o->delta = model_arena_alloc(m->n_params);
     o->drift = calloc(m->n_buffers + 1, sizeof(real));
     if (!o->buf || !o->delta || !o->drift) goto oom;
+    if (!strcmp(t->spec.mesh.outer_quant, "int8")) {
+        size_t q = quant_bytes(m->n_params + m->n_buffers);
+        if (!(o->qsend = malloc(q)) || !(o->qrecv = malloc(q * (size_t)o->P))) goto oom;
+    }
     /* the momentum and the first mean start at zero (the arenas come zeroed) */
     if (!t->empty) copy_live_into(m, &o->ver[0]);
     o->done[0] = 1;
@@ -96,6 +102,8 @@ void outer_close(struct trainer *t) {
     }
     model_arena_free(o->delta, t->model.n_params);
     free(o->drift);
+    free(o->qsend);
+    free(o->qrecv);
     free(o->buf);
     free(o);
     t->mesh.outer = NULL;
@@ -156,6 +164,16 @@ static void pseudo_gradient(struct outer *o, const struct model *m) {
     for (size_t i = 0; i < m->n_params; i++) o->delta[i] = outer[i] - inner[i];
 }
 
+/* The pods' sum of x (n), quantised (mesh.outer_quant int8): each pod's wire form goes to
+ * every other, and each adds them decoded in pod order, so every pod holds the same bits. */
+static moe_status allreduce_int8(struct outer *o, struct comm *c, int ch,
+                                 const struct comm_group *g, real *x, size_t n) {
+    quant_encode(o->qsend, x, n);
+    CHECK(comm_allgather(c, ch, g, o->qsend, quant_bytes(n), o->qrecv));
+    quant_sum(x, o->qrecv, o->P, n);
+    return MOE_OK;
+}
+
 /* The pods' sum of the packed buffer, in pod order: the dense part is the same on every slot
  * of a pod, so each slot carries one chunk of it across (with its experts, one all-reduce:
  * one exchange with two pods) and the pod gathers the chunks; then the mean. */
@@ -170,7 +188,8 @@ static moe_status average_over_pods(struct outer *o, struct trainer *t, size_t n
     size_t len = hi - lo, at = nd - len;
     if (at != lo) memmove(buf + at, buf + lo, sizeof(real) * len);
     double t0 = moe_clock_s();
-    moe_status s = comm_allreduce(c, ch, &cross, buf + at, n - at);
+    moe_status s = o->qsend ? allreduce_int8(o, c, ch, &cross, buf + at, n - at)
+                            : comm_allreduce(c, ch, &cross, buf + at, n - at);
     o->t_cross += moe_clock_s() - t0;
     CHECK(s);
     if (at != lo) memmove(buf + lo, buf + at, sizeof(real) * len);
