@@ -7,7 +7,9 @@
 # with a kill -9 and a cut data-plane connection ends with the reference's bits, every
 # recovery returning to an outer step. A cancelled overlapped job exports an outer step with
 # its momentum and the mean still to apply, and the job resumed from it also ends with the
-# reference's bits. The knob without diloco is refused in one line.
+# reference's bits. The same job with mesh.outer_quant int8 makes a model of its own, and
+# its run with a kill ends with that model's bits. The knobs without diloco, and bad values,
+# are refused in one line.
 set -u
 moectl=$1
 corpus=/usr/share/common-licenses/GPL-3
@@ -30,6 +32,11 @@ check "mesh.outer_overlap without diloco: refused in one line" \
   '[[ "$out" == *"mesh.outer_overlap = true needs mesh.sync = diloco"* ]] && [ "$(printf "%s\n" "$out" | wc -l)" -le 2 ]'
 out=$("$moectl" train "$tmp/overlap.yaml" --set mesh.outer_overlap=maybe 2>&1)
 check "mesh.outer_overlap = maybe: refused naming it" '[[ "$out" == *"mesh.outer_overlap"* ]]'
+out=$("$moectl" train "$tmp/overlap.yaml" --set mesh.outer_quant=int4 2>&1)
+check "mesh.outer_quant = int4: refused" '[[ "$out" == *"mesh.outer_quant = '"'"'int4'"'"': must be none or int8"* ]]'
+out=$("$moectl" train "$tmp/overlap.yaml" --set mesh.sync=sync --set mesh.outer_overlap=false \
+  --set mesh.outer_quant=int8 2>&1)
+check "mesh.outer_quant without diloco: refused" '[[ "$out" == *"mesh.outer_quant = int8 needs mesh.sync = diloco"* ]]'
 
 "$moectl" cluster up --pods 2 --slots 2 --spares 1 --threads 1 --dir "$cdir" >"$tmp/up.out" 2>&1
 rc=$?
@@ -48,6 +55,21 @@ timeout 300 "$moectl" watch "$plain" >/dev/null 2>&1
 "$moectl" fetch "$plain" -o "$tmp/plain.safetensors" >/dev/null 2>&1
 check "without the overlap the model differs" \
   '[ -s "$tmp/plain.safetensors" ] && ! cmp -s "$tmp/plain.safetensors" "$tmp/reference.safetensors"'
+
+# ---- quantised: other bits, and the same ones again through a kill ----
+quant=$("$moectl" submit "$tmp/overlap.yaml" --set mesh.outer_quant=int8)
+timeout 300 "$moectl" watch "$quant" >/dev/null 2>&1
+"$moectl" fetch "$quant" -o "$tmp/quant.safetensors" >/dev/null 2>&1
+check "quantised (int8): it SUCCEEDS with a model of its own" \
+  '[ -s "$tmp/quant.safetensors" ] && ! cmp -s "$tmp/quant.safetensors" "$tmp/reference.safetensors"'
+qjob=$("$moectl" submit "$tmp/overlap.yaml" --set mesh.outer_quant=int8)
+timeout 300 "$moectl" chaos "$qjob" --seed 11 --faults 1 --kinds kill --gap-steps 25 \
+  --timeout 60 >"$tmp/qchaos.out" 2>&1
+check "quantised: moectl chaos survives a kill" '[ $? -eq 0 ] && grep -q "1 of 1 fault survived: 1 recovered" "$tmp/qchaos.out"'
+timeout 300 "$moectl" watch "$qjob" >/dev/null 2>&1
+"$moectl" fetch "$qjob" -o "$tmp/quant-kill.safetensors" >/dev/null 2>&1
+check "quantised: the job with the kill ends with the same bits" \
+  'cmp "$tmp/quant-kill.safetensors" "$tmp/quant.safetensors"'
 
 # ---- the same job through a kill and a cut ----
 job=$("$moectl" submit "$tmp/overlap.yaml")
