@@ -92,10 +92,15 @@ void outer_close(struct trainer *t) {
     struct outer *o = t->mesh.outer;
     if (!o) return;
     outer_abandon(t); /* the job ends: an exchange in flight is of no use */
-    if (o->n_outer > 0)
-        LOG_INFO("outer steps: %ld, %.1f ms each, of which %.1f ms in the cross-pod all-reduce "
-                 "and %.1f ms waiting for it", o->n_outer, 1e3 * o->t_total / o->n_outer,
-                 1e3 * o->t_cross / o->n_outer, 1e3 * o->t_wait / o->n_outer);
+    double n = (double)o->n_outer;
+    if (n > 0 && !o->overlap)
+        LOG_INFO("outer steps: %ld, %.1f ms each, of which %.1f ms in the cross-pod all-reduce",
+                 o->n_outer, 1e3 * o->t_total / n, 1e3 * o->t_cross / n);
+    if (n > 0 && o->overlap) /* the exchange ran beside the inner steps */
+        LOG_INFO("outer steps: %ld, %.1f ms each, of which %.1f ms waiting for the exchange of "
+                 "the period before; its cross-pod all-reduce took %.1f ms beside the inner "
+                 "steps", o->n_outer, 1e3 * o->t_total / n, 1e3 * o->t_wait / n,
+                 1e3 * o->t_cross / n);
     for (int k = 0; k < o->n_ver; k++) {
         model_state_free(&o->ver[k]);
         model_arena_free(o->carry[k], o->n_carry);
