@@ -35,8 +35,8 @@ static void log_step(const struct job *j, const struct trainer *t, const struct 
 
 /* Runs the steps. Returns 1 when all steps ran, 0 when the job ended early; *error says why
  * (empty when it was stopped). */
-static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struct backlog *b,
-                 char *error, size_t error_len, moe_status *why) {
+static int train_steps(struct job *j, struct rpc_channel *ch, struct trainer *t,
+                       struct backlog *b, char *error, size_t error_len, moe_status *why) {
     long total = t->spec.run.steps;
     int log_every = t->spec.run.log_every > 0 ? t->spec.run.log_every : 1;
     while (t->model.step < total) {
@@ -71,6 +71,17 @@ static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struc
             LOG_INFO("%s: the coordinator says stop after step %ld", j->id, r.step);
     }
     return 1;
+}
+
+/* While the steps run, a peer whose connection closes is a fault the comm's watcher reports
+ * at once (mesh.c); outside them (opening, restoring, saving the model, ending) a closing peer
+ * may be one that finished or left the epoch first, and the thread judges what it meets. */
+static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struct backlog *b,
+                 char *error, size_t error_len, moe_status *why) {
+    atomic_store(&j->in_steps, 1);
+    int done = train_steps(j, ch, t, b, error, error_len, why);
+    atomic_store(&j->in_steps, 0);
+    return done;
 }
 
 /* The epoch's comm (mesh.c), and the trainer's distributed step re-formed over it. */
@@ -331,6 +342,7 @@ void job_thread(void *arg) {
         LOG_ERROR("%s: %s", j->id, moe_errmsg());
         goto done;
     }
+    j->report_ch = ch; // before any comm opens: its watcher reports on it
     struct trainer t;
     int have_t = 0;
     struct backlog b = {0};

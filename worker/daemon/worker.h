@@ -146,6 +146,10 @@ struct job {
     struct epoch_binding *next;   //   a newer epoch's binding, not yet taken by the thread
     struct trainer *trainer;      //   the thread's trainer while it is open (FenceSlot)
     atomic_int holding;           // fenced and waiting for the next epoch (heartbeats say so)
+    atomic_int in_steps;          // the thread runs the step loop (job.c: train): a peer lost
+                                  //   now is a fault the comm's watcher reports at once
+    struct rpc_channel *report_ch; // the thread's channel to the coordinator (any thread may
+                                  //   call on it: the watcher's report of a lost peer)
     int unrecoverable;            // (thread only) the slot could not load its data or spec here:
                                   //   its end report says a recovery would fail the same way
     /* export and resume (docs/recovery.md, "Export and resume") */
