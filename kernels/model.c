@@ -10,11 +10,14 @@
 #include <string.h>
 #include <sys/mman.h>
 
-/* The state's big arenas (parameters, moments, and a slot's previous version) are anonymous
- * mappings with transparent huge pages asked for: zeroed by the kernel and faulted in 2 MiB
- * at a time, so a recovery's new holder receives 1 GB of state into fresh memory at memory
- * speed instead of taking a quarter million page faults (and the steps use fewer TLB
- * entries). Small arenas, and where mmap fails, use calloc. */
+/* The state's big arenas (parameters, gradients, moments, and a slot's previous version) are
+ * anonymous mappings with transparent huge pages asked for: zeroed by the kernel and faulted
+ * in 2 MiB at a time, so a recovery's new holder receives 1 GB of state into fresh memory at
+ * memory speed instead of taking a quarter million page faults (and the steps use fewer TLB
+ * entries). And a killed process's kernel frees all its memory before it closes its sockets,
+ * so the peers see the death (docs/recovery.md, "Failure detection") only after that: 4 KiB
+ * pages take several times longer to free than huge ones. Small arenas, and where mmap
+ * fails, use calloc. */
 #define ARENA_MMAP_MIN ((size_t)4 << 20)
 
 real *model_arena_alloc(size_t n) {
@@ -178,7 +181,7 @@ int model_alloc_experts(struct model *m, const struct model_config *cfg, int B_m
     m->act_size = acts_carve(&a, NULL, NULL, cfg, B_max, &n_int);
 
     m->param_mem = model_arena_alloc(m->n_params);
-    m->grad_mem = calloc(m->n_params, sizeof(real));
+    m->grad_mem = model_arena_alloc(m->n_params);
     m->m_mem = model_arena_alloc(m->n_params);
     m->v_mem = model_arena_alloc(m->n_params);
     m->buffer_mem = calloc(m->n_buffers, sizeof(real));
@@ -217,7 +220,7 @@ real *model_swap_grad_arena(struct model *m, real *mem) {
 }
 
 void model_forward_only(struct model *m) {
-    free(m->grad_mem);
+    model_arena_free(m->grad_mem, m->n_params);
     model_arena_free(m->m_mem, m->n_params);
     model_arena_free(m->v_mem, m->n_params);
     m->grad_mem = m->m_mem = m->v_mem = NULL;
@@ -228,7 +231,7 @@ void model_forward_only(struct model *m) {
 
 void model_free(struct model *m) {
     model_arena_free(m->param_mem, m->n_params);
-    free(m->grad_mem);
+    model_arena_free(m->grad_mem, m->n_params);
     model_arena_free(m->m_mem, m->n_params);
     model_arena_free(m->v_mem, m->n_params);
     free(m->buffer_mem);
