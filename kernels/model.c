@@ -1,6 +1,7 @@
 /* model.c — the whole model: arenas, initialisation, forward, backward, optimizer step. */
 #include "model.h"
 #include "acts.h"
+#include "arena_pool.h"
 #include "layers.h"
 #include "mix64.h"
 
@@ -23,7 +24,9 @@
 real *model_arena_alloc(size_t n) {
     size_t bytes = n * sizeof(real);
     if (bytes < ARENA_MMAP_MIN) return calloc(n ? n : 1, sizeof(real));
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *p = arena_pool_take(bytes); /* a spare's, faulted in before it was needed */
+    if (p) return p;
+    p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return NULL;
 #ifdef MADV_HUGEPAGE
     (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: without THP the pages are 4 KiB */
@@ -133,7 +136,7 @@ static void moe_acts_of(struct moe_acts *m, const struct acts *a, const struct m
 
 /* ---- allocation and initialisation ---- */
 
-double model_bytes_needed(const struct model_config *cfg, int B_max, int n_local) {
+double model_params_of(const struct model_config *cfg, int n_local) {
     double L = cfg->n_layers, params = 0;
     for (int i = 0; i < MODEL_NUM_TENSORS; i++) {
         struct model_tensor_info ti;
@@ -141,6 +144,11 @@ double model_bytes_needed(const struct model_config *cfg, int B_max, int n_local
         if (model_tensor_is_expert(i)) ti.dims[0] = n_local;
         params += (double)ti.dims[0] * ti.dims[1] * ti.dims[2] * (ti.per_layer ? L : 1);
     }
+    return params;
+}
+
+double model_bytes_needed(const struct model_config *cfg, int B_max, int n_local) {
+    double L = cfg->n_layers, params = model_params_of(cfg, n_local);
     /* the activations' largest terms, in doubles first: acts_carve counts in size_t */
     double N = (double)B_max * cfg->seq_len, C = cfg->d_model, K = cfg->top_k;
     double rough = L * N * (12 * C + 3 * K * (C + cfg->d_ff) + 4 * cfg->n_experts +

@@ -14,6 +14,7 @@
 #include "worker.h"
 
 #include "../trainer/slot_state.h"
+#include "../../kernels/arena_pool.h"
 
 #include "../../common/clock.h"
 #include "../../common/log.h"
@@ -136,7 +137,11 @@ static int open_trainer(struct job *j, struct trainer *t, char *error, size_t er
          * recovery's new holder skips initialising the state it is about to receive */
         int rank = j->pod * j->slots + j->slot;
         int pulls = j->cur.restore && j->cur.restore_from && j->cur.restore_from[rank] >= 0;
+        long prepared = arena_pool_taken();
         s = trainer_open_slot_later(t, &j->spec, j->pod, j->slot, !pulls, &access);
+        if (s == MOE_OK && (prepared = arena_pool_taken() - prepared) > 0)
+            LOG_INFO("%s: slot (%d, %d) took %ld arenas prepared while it stood by (spare.c)",
+                     j->id, j->pod, j->slot, prepared);
         if (s == MOE_OK && j->resume_path[0] && (s = resume_state(j, t)) != MOE_OK) {
             trainer_failed(j, s, error, error_len);
             trainer_close(t); // no trainer: the slot ends
