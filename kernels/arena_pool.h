@@ -15,6 +15,9 @@
 #include <stddef.h>
 
 #define ARENA_POOL_MAX 8
+/* model_arena_alloc maps arenas from this size up (smaller ones are calloc'd): a smaller
+ * prepared arena would never be taken. */
+#define ARENA_MAPPED_MIN ((size_t)4 << 20)
 
 /* Maps and faults in arenas of `bytes` until the pool holds `count` of that size (at most
  * ARENA_POOL_MAX in all), one at a time (each joins the pool as soon as it is ready). Slow

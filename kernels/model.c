@@ -19,7 +19,7 @@
  * so the peers see the death (docs/recovery.md, "Failure detection") only after that: 4 KiB
  * pages take several times longer to free than huge ones. Small arenas, and where mmap
  * fails, use calloc. */
-#define ARENA_MMAP_MIN ((size_t)4 << 20)
+#define ARENA_MMAP_MIN ARENA_MAPPED_MIN
 
 real *model_arena_alloc(size_t n) {
     size_t bytes = n * sizeof(real);

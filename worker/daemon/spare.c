@@ -60,7 +60,7 @@ static int plan(const struct worker *w, const char *job_id, const char *spec_jso
         int slots = sp->mesh.slots, E = sp->model.n_experts;
         double b = model_params_of(&sp->model, slots > 1 ? E / slots : E) * sizeof(real);
         double cap = (double)w->cfg.spare_arena_mb * 1e6;
-        n = b > 0 && b < cap ? (int)(cap / b) : 0;
+        n = b >= (double)ARENA_MAPPED_MIN && b <= cap ? (int)(cap / b) : 0;
         if (n > SPARE_ARENAS) n = SPARE_ARENAS;
         *bytes = (size_t)b;
     }
