@@ -968,7 +968,7 @@ static int fetch_commit(struct fetch *f, const char *out) {
     f->fd = -1;
     if (fsync(fd) != 0 || close(fd) != 0)
         return moectl_fail(EXIT_RUN_FAILED, "cannot write %s: %s", fetch_tmp, strerror(errno));
-    if (rename(fetch_tmp, out) != 0)
+    if (rename(fetch_tmp, out) != 0 || moe_sync_parent(out) != 0)
         return moectl_fail(EXIT_RUN_FAILED, "cannot rename %s to %s: %s", fetch_tmp, out,
                            strerror(errno));
     return EXIT_OK;

@@ -172,36 +172,43 @@ fail:
     return res;
 }
 
-moe_status st_write(const char *path, const struct st_tensor_out *tensors, int n_tensors,
-                    const struct st_meta *meta, int n_meta) {
+moe_status st_write_into(struct moe_atomic_file *f, const struct st_tensor_out *tensors,
+                         int n_tensors, const struct st_meta *meta, int n_meta) {
+    const char *path = f->shown;
     moe_status res = MOE_OK;
     char *json = NULL;
     size_t *nbytes = calloc(n_tensors > 0 ? (size_t)n_tensors : 1, sizeof *nbytes);
-    if (!nbytes) return moe_fail(MOE_ENOMEM, "%s: out of memory", path);
-    if (n_tensors < 0 || n_meta < 0) {
+    if (!nbytes) res = moe_fail(MOE_ENOMEM, "%s: out of memory", path);
+    else if (n_tensors < 0 || n_meta < 0)
         res = moe_fail(MOE_EINVAL, "%s: negative tensor or metadata count", path);
+    else
+        res = build_header(path, tensors, n_tensors, meta, n_meta, nbytes, &json);
+    if (res != MOE_OK) {
+        moe_atomic_abort(f);
         goto exit;
     }
-    CHECK_GOTO(build_header(path, tensors, n_tensors, meta, n_meta, nbytes, &json), res, exit);
-
     size_t json_len = strlen(json);
     size_t header_len = (json_len + 7) / 8 * 8; // data starts 8-aligned in the file
     uint8_t len_le[8];
     for (int i = 0; i < 8; i++) len_le[i] = (uint8_t)((uint64_t)header_len >> (8 * i));
-
     static const char spaces[] = "        ";
-    struct moe_atomic_file f;
-    CHECK_GOTO(moe_atomic_begin(&f, path, 0644), res, exit); // a model is meant to be shared
-    CHECK_GOTO(moe_atomic_write(&f, len_le, sizeof len_le), res, exit);
-    CHECK_GOTO(moe_atomic_write(&f, json, json_len), res, exit);
-    CHECK_GOTO(moe_atomic_write(&f, spaces, header_len - json_len), res, exit);
+    CHECK_GOTO(moe_atomic_write(f, len_le, sizeof len_le), res, exit);
+    CHECK_GOTO(moe_atomic_write(f, json, json_len), res, exit);
+    CHECK_GOTO(moe_atomic_write(f, spaces, header_len - json_len), res, exit);
     for (int i = 0; i < n_tensors; i++)
-        if (nbytes[i] > 0) CHECK_GOTO(moe_atomic_write(&f, tensors[i].data, nbytes[i]), res, exit);
-    res = moe_atomic_commit(&f);
+        if (nbytes[i] > 0) CHECK_GOTO(moe_atomic_write(f, tensors[i].data, nbytes[i]), res, exit);
 exit:
     free(json);
     free(nbytes);
     return res;
+}
+
+moe_status st_write(const char *path, const struct st_tensor_out *tensors, int n_tensors,
+                    const struct st_meta *meta, int n_meta) {
+    struct moe_atomic_file f;
+    CHECK(moe_atomic_begin(&f, path, 0644)); // a model is meant to be shared
+    CHECK(st_write_into(&f, tensors, n_tensors, meta, n_meta));
+    return moe_atomic_commit(&f);
 }
 
 /* ---- reading ---- */

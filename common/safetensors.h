@@ -11,6 +11,7 @@
 #ifndef MOE_SAFETENSORS_H
 #define MOE_SAFETENSORS_H
 
+#include "fileio.h"
 #include "status.h"
 
 #include <stddef.h>
@@ -33,9 +34,13 @@ struct st_meta {
     const char *key, *value;
 };
 
-/* Writes tensors (in the order given) and metadata atomically to path. */
+/* Writes tensors (in the order given) and metadata atomically to path (mode 0644). */
 moe_status st_write(const char *path, const struct st_tensor_out *tensors, int n_tensors,
                     const struct st_meta *meta, int n_meta);
+/* The same into an atomic file the caller began (where, its mode, durable or not) and then
+ * commits; on failure the file is dropped (common/fileio.h). */
+moe_status st_write_into(struct moe_atomic_file *f, const struct st_tensor_out *tensors,
+                         int n_tensors, const struct st_meta *meta, int n_meta);
 
 struct st_tensor {
     char name[ST_NAME_MAX];

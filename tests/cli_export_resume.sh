@@ -11,7 +11,8 @@
 #  (a) with the killed workers back, a running 2 x 2 job is cancelled: exported complete, and
 #      the resumed job ends with `moectl train`'s model byte for byte.
 # Bad input: --resume-from an unknown job, a running one, an incompatible spec, a malformed id;
-# an export file damaged since is refused by the worker, naming the file.
+# a run.export_dir outside the workers' export directory, or a symlink inside it leading out,
+# writes nothing; an export file damaged since is refused by the worker, naming the file.
 set -u
 moectl=$1
 corpus=/usr/share/common-licenses/GPL-3
@@ -134,6 +135,17 @@ wait_until 60 'export_done "$out_job"'
 check "run.export_dir outside the workers' export directory: export_failed, naming both" \
   '[[ "$(exported "$out_job" why_missing)" == *"run.export_dir $tmp/elsewhere is not beneath this worker'"'"'s export directory"* ]] && kinds "$out_job" | grep -qx export_failed'
 check "... and nothing was written there" '[ ! -e "$tmp/elsewhere" ]'
+# ---- a symlink where a job's export directory goes, leading out: refused, nothing written ----
+link_job=$("$moectl" submit "$tmp/mesh.yaml")
+wait_until 60 '[ "$(committed_of "$link_job")" -ge 5 ] 2>/dev/null'
+mkdir -p "$tmp/lured"
+for w in "$cdir"/worker-*/; do mkdir -p "$w/exports" && ln -s "$tmp/lured" "$w/exports/$link_job"; done
+"$moectl" cancel "$link_job" >/dev/null
+wait_until 60 'export_done "$link_job"'
+check "a symlink in place of the job's export directory: export_failed, naming the symlink" \
+  '[[ "$(exported "$link_job" why_missing)" == *"$link_job is a symlink"* ]] && kinds "$link_job" | grep -qx export_failed'
+[ $fails -gt 0 ] && "$moectl" status "$link_job" --json | json 'd["job"].get("exported")'
+check "... and nothing was written through it" '[ -z "$(ls -A "$tmp/lured")" ]'
 check "a run.export_dir with .. is refused at submission" \
   '"$moectl" submit "$tmp/mesh.yaml" --set run.export_dir=/a/../b 2>&1 | grep -q "contains \"..\""'
 

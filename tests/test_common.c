@@ -10,6 +10,7 @@
 #include "../common/knobs.h"
 #include "check.h"
 
+#include <fcntl.h>
 #include <openssl/sha.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -203,6 +204,44 @@ static void test_fileio(void) {
     rmdir(dir);
 }
 
+/* Directories beneath an open one: made, reopened, never left through ".." or a symlink; a
+ * durable atomic file written beneath it. */
+static void test_dir_beneath(void) {
+    char dir[] = "/tmp/moe_test_beneath.XXXXXX";
+    EXPECT(mkdtemp(dir) != NULL);
+    int root = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), sub = -1;
+    EXPECT(root >= 0);
+    EXPECT(moe_dir_open_beneath(root, "x/y", 1, 0700, "ROOT/x/y", &sub) == MOE_OK);
+    struct moe_atomic_file af;
+    EXPECT(moe_atomic_begin_at(&af, sub, "f", "ROOT/x/y/f", 0600, 1) == MOE_OK);
+    EXPECT(moe_atomic_write(&af, "durable", 7) == MOE_OK && moe_atomic_commit(&af) == MOE_OK);
+    close(sub);
+    char path[160];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/x/y/f", dir);
+    EXPECT(stat(path, &st) == 0 && st.st_size == 7 && (st.st_mode & 0777) == 0600);
+    EXPECT(moe_dir_open_beneath(root, "x/./y/", 0, 0700, "ROOT", &sub) == MOE_OK);
+    close(sub);
+    EXPECT_FAIL(moe_dir_open_beneath(root, "x/../..", 1, 0700, "ROOT/x/../..", &sub), MOE_EINVAL,
+                "\"..\" is not allowed");
+    snprintf(path, sizeof path, "%s/x/out", dir);
+    EXPECT(symlink("/tmp", path) == 0);
+    EXPECT_FAIL(moe_dir_open_beneath(root, "x/out/z", 1, 0700, "ROOT/x/out/z", &sub), MOE_EINVAL,
+                "out is a symlink");
+    EXPECT_FAIL(moe_dir_open_beneath(root, "nope", 0, 0700, "ROOT/nope", &sub), MOE_EIO,
+                "cannot open ROOT/nope");
+    /* a file committed over a symlink replaces the link, not what it points at */
+    EXPECT(moe_dir_open_beneath(root, "x", 0, 0700, "ROOT/x", &sub) == MOE_OK);
+    EXPECT(moe_atomic_begin_at(&af, sub, "out", "ROOT/x/out", 0600, 1) == MOE_OK);
+    EXPECT(moe_atomic_write(&af, "ab", 2) == MOE_OK && moe_atomic_commit(&af) == MOE_OK);
+    close(sub);
+    EXPECT(lstat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 2);
+    close(root);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    EXPECT(system(cmd) == 0);
+}
+
 static void test_clocks(void) {
     int64_t wall = moe_wall_ms();
     EXPECT(wall > 1700000000000LL); // after 2023: a unix time in milliseconds
@@ -235,6 +274,7 @@ int main(void) {
     test_knobs();
     test_knob_list();
     test_fileio();
+    test_dir_beneath();
     test_clocks();
     if (failures) printf("%d check(s) failed\n", failures);
     return failures ? 1 : 0;

@@ -2,17 +2,20 @@
  * test_slot_state.c — a slot's exported state (worker/trainer/slot_state.h), without daemons:
  * written from the fenced live state and read back into a fresh slot bit for bit; refused,
  * naming what is wrong, when the file was damaged or is of another step or slot index, or the
- * slot does not hold the step asked for; a world-writable directory is refused.
+ * slot does not hold the step asked for; a world-writable directory, and a symlink leading out
+ * of the export directory, are refused.
  */
 #include "../common/log.h"
 #include "../worker/trainer/replica.h"
 #include "../worker/trainer/slot_state.h"
 #include "check.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static char dir[] = "/tmp/moe_test_slot_state.XXXXXX";
 static char text_path[600];
@@ -56,6 +59,15 @@ static int open_slot(struct trainer *t, const struct job_spec *spec, int slot, f
     return 1;
 }
 
+/* The same, fenced: its state frozen, as the export finds it. */
+static int open_fenced(struct trainer *t, const struct job_spec *spec, int slot, float salt) {
+    if (!open_slot(t, spec, slot, salt)) return 0;
+    struct state_copy copies[8];
+    long live;
+    replica_fence(t, copies, 8, &live, 0);
+    return 1;
+}
+
 static int same_state(const struct model *a, const struct model *b) {
     size_t n = sizeof(real) * a->n_params;
     return a->n_params == b->n_params && a->step == b->step &&
@@ -74,18 +86,25 @@ static void flip_byte(const char *path, long at) {
     fclose(f);
 }
 
+/* slot_state_export beneath the directory `path`, opened as the worker opens its own. */
+static moe_status export_to(struct trainer *t, const char *job, long step, const char *path,
+                            struct slot_state_file *f) {
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return moe_fail(MOE_EIO, "cannot open %s", path);
+    moe_status s = slot_state_export(t, job, step, fd, path, f);
+    close(fd);
+    return s;
+}
+
 static void test_round_trip(const struct job_spec *spec) {
     struct trainer a, b, other;
-    if (!open_slot(&a, spec, 1, 0.5f)) return;
-    struct state_copy copies[8];
-    long live;
-    replica_fence(&a, copies, 8, &live, 0);
+    if (!open_fenced(&a, spec, 1, 0.5f)) return;
     struct slot_state_file f;
-    EXPECT(slot_state_export(&a, "job-7", 7, dir, &f) == MOE_OK);
+    EXPECT(export_to(&a, "job-7", 7, dir, &f) == MOE_OK);
     EXPECT(strstr(f.path, "/job-7/slot-1-step-7.safetensors") != NULL);
     struct stat st;
     EXPECT(stat(f.path, &st) == 0 && st.st_size == f.bytes && (st.st_mode & 0777) == 0600);
-    EXPECT_FAIL(slot_state_export(&a, "job-7", 6, dir, &f), MOE_ENOTFOUND,
+    EXPECT_FAIL(export_to(&a, "job-7", 6, dir, &f), MOE_ENOTFOUND,
                 "holds no state of step 6");
     if (open_slot(&b, spec, 1, 9.0f)) {
         EXPECT(slot_state_load(&b, f.path, 7, f.crc32c) == MOE_OK);
@@ -116,12 +135,30 @@ static void test_world_writable(const struct job_spec *spec) {
     mkdir(open_dir, 0777);
     chmod(open_dir, 0777);
     struct trainer a;
-    if (!open_slot(&a, spec, 0, 0.25f)) return;
-    struct state_copy copies[8];
-    long live;
-    replica_fence(&a, copies, 8, &live, 0);
+    if (!open_fenced(&a, spec, 0, 0.25f)) return;
     struct slot_state_file f;
-    EXPECT_FAIL(slot_state_export(&a, "job-8", 7, open_dir, &f), MOE_EIO, "writable by anyone");
+    EXPECT_FAIL(export_to(&a, "job-8", 7, open_dir, &f), MOE_EIO, "writable by anyone");
+    trainer_close(&a);
+}
+
+/* A symlink where the job's directory goes, leading out of the export directory: refused by
+ * what the kernel resolves, not by the text of the path, and nothing is written through it. */
+static void test_symlink_out(const struct job_spec *spec) {
+    char out_dir[700], link[700], stray[800];
+    snprintf(out_dir, sizeof out_dir, "%s/outside", dir);
+    snprintf(link, sizeof link, "%s/exports/job-9", dir);
+    snprintf(stray, sizeof stray, "%s/slot-0-step-7.safetensors", out_dir);
+    mkdir(out_dir, 0700);
+    char exports[700];
+    snprintf(exports, sizeof exports, "%s/exports", dir);
+    mkdir(exports, 0700);
+    EXPECT(symlink(out_dir, link) == 0);
+    struct trainer a;
+    if (!open_fenced(&a, spec, 0, 0.75f)) return;
+    struct slot_state_file f;
+    EXPECT_FAIL(export_to(&a, "job-9", 7, exports, &f), MOE_EINVAL, "job-9 is a symlink");
+    struct stat st;
+    EXPECT_MSG(stat(stray, &st) != 0, "the export wrote through the symlink");
     trainer_close(&a);
 }
 
@@ -135,6 +172,7 @@ int main(void) {
     make_spec(&spec);
     test_round_trip(&spec);
     test_world_writable(&spec);
+    test_symlink_out(&spec);
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) printf("could not remove %s\n", dir);

@@ -13,7 +13,6 @@
 #include "recovery_state.h"
 
 #include <stdint.h>
-#include <stdlib.h>
 
 enum export_phase { EXP_FENCING, EXP_WRITING };
 
@@ -40,11 +39,7 @@ struct job_export {
     int64_t started_ms;
 };
 
-static inline void job_export_free(struct job_export *x) {
-    if (!x) return;
-    recovery_answers_free(&(struct recovery){.ans = x->ans}, x->n);
-    free(x->out);
-    free(x);
-}
+/* Frees x and what it holds (NULL: nothing); state/jobs.c, beside the recovery's record. */
+void job_export_free(struct job_export *x);
 
 #endif

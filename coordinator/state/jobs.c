@@ -235,7 +235,9 @@ void job_bindings_changed(struct job *j) {
 }
 
 double job_eta_seconds(const struct job *j) {
-    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || j->sec_per_step <= 0) return 0;
+    /* a recovery (or a partition held) lasts as long as it lasts: no estimate meanwhile */
+    if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || j->sec_per_step <= 0 || j->recovering)
+        return 0;
     return (double)(j->total_steps - j->step) * j->sec_per_step;
 }
 
@@ -244,6 +246,13 @@ void recovery_answers_free(struct recovery *r, int n) {
     for (int k = 0; k < n; k++) free(r->ans[k].copies);
     free(r->ans);
     r->ans = NULL;
+}
+
+void job_export_free(struct job_export *x) {
+    if (!x) return;
+    recovery_answers_free(&(struct recovery){.ans = x->ans}, x->n);
+    free(x->out);
+    free(x);
 }
 
 void repair_watch_free(struct repair_watch *w) {

@@ -174,6 +174,8 @@ static inline int job_n_slots(const struct job *j) { return j->pods * j->slots; 
 int job_slot_of(const struct job *j, const char *worker_id);
 /* Whoever writes a binding's worker_id (binding, re-binding, clearing, loading) calls this. */
 void job_bindings_changed(struct job *j);
+/* Seconds to the last step at the recent rate; 0 when unknown: not running, no rate yet, or a
+ * recovery (or a held partition) in progress. */
 double job_eta_seconds(const struct job *j);
 /* The job's recent events, oldest first, as pointers into its ring (out: JOB_RECENT_EVENTS). */
 size_t job_recent_events(const struct job *j, Moed__V1__Event **out);

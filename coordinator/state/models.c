@@ -75,7 +75,7 @@ moe_status model_upload_commit(struct coordinator *co, struct job *j, const char
         return moe_fail(MOE_EFORMAT, "model upload of %s does not match: got %ld bytes, "
                         "reported %ld, checksum %s", j->id, (long)size, (long)bytes,
                         size == bytes ? "differs" : "not checked");
-    if (rename(part, final) != 0) {
+    if (rename(part, final) != 0 || moe_sync_parent(final) != 0) { // the name survives a crash
         LOG_ERROR("%s: rename %s: %s", j->id, final, strerror(errno));
         return moe_fail(MOE_EIO, "the coordinator cannot store the model");
     }

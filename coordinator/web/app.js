@@ -283,7 +283,7 @@ function drawJob(job) {
   $("job-loss").textContent = job.step ? fmt(job.loss, 4) + bpb(job.bits_per_byte) : "–";
   $("job-val-loss").textContent = job.val_loss ? fmt(job.val_loss, 4) + bpb(job.val_bits_per_byte) : "–";
   $("job-tps").textContent = job.tokens_per_second ? Math.round(job.tokens_per_second) : "–";
-  $("job-eta").textContent = job.state === "RUNNING" ? fmtDuration(job.eta_seconds) : "–";
+  $("job-eta").textContent = job.state === "RUNNING" && job.eta_seconds > 0 ? fmtDuration(job.eta_seconds) : "–";
   $("job-recoveries").textContent = job.recoveries;
   $("job-moves").textContent = job.moves;
   $("job-error").textContent = job.error || "";

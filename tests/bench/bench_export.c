@@ -19,6 +19,7 @@
 #include "../../worker/trainer/slot_state.h"
 #include "bench.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,13 +49,13 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 /* The median of n timings of export (what = 0) or load (what = 1), in seconds; -1 on error. */
-static double timed(struct trainer *t, const char *dir, int what, int runs,
+static double timed(struct trainer *t, int dirfd, const char *dir, int what, int runs,
                     struct slot_state_file *f) {
     double s[32];
     for (int i = 0; i < runs; i++) {
         double t0 = moe_clock_s();
         moe_status r = what ? slot_state_load(t, f->path, t->model.step, f->crc32c)
-                            : slot_state_export(t, "job-bench", t->model.step, dir, f);
+                            : slot_state_export(t, "job-bench", t->model.step, dirfd, dir, f);
         if (r != MOE_OK) {
             fprintf(stderr, "bench_export: %s\n", moe_errmsg());
             return -1;
@@ -92,7 +93,11 @@ int main(int argc, char **argv) {
     long live;
     replica_fence(&t, copies, 8, &live, 0); // the export reads the fenced state
     struct slot_state_file f;
-    double ex = timed(&t, dir, 0, runs, &f), ld = ex < 0 ? -1 : timed(&t, dir, 1, runs, &f);
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0) return fprintf(stderr, "bench_export: cannot open %s\n", dir), 1;
+    double ex = timed(&t, dirfd, dir, 0, runs, &f);
+    double ld = ex < 0 ? -1 : timed(&t, dirfd, dir, 1, runs, &f);
+    close(dirfd);
     double mb = (double)f.bytes / 1e6;
     if (ld >= 0) {
         printf("%-28s %10s %10s %10s\n", "slot (0, 0) of a 2 x 2 mesh", "MB", "ms", "MB/s");

@@ -8,17 +8,24 @@
  * trainer: the state cannot go away while it is written, and the job is not freed until every
  * export of it has answered (struct job.exporting).
  * Never: chooses the step or the slot index (the coordinator does), or writes anywhere but
- * beneath this worker's export directory (run.export_dir may name a directory inside it).
+ * beneath this worker's export directory (run.export_dir may name a directory inside it): the
+ * path is opened component by component beneath it (openat2 RESOLVE_BENEATH, no symlinks),
+ * not judged by its text. The load of a resumed slot (job.c) reads the path the coordinator
+ * recorded: the file is checked whole (CRC-32C, format, shapes) before a byte is used.
  */
 #include "worker.h"
 
+#include "../../common/fileio.h"
 #include "../../common/log.h"
 #include "../trainer/slot_state.h"
 #include "proto/moed.pb-c.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct export_work {
     uv_work_t req;
@@ -26,7 +33,9 @@ struct export_work {
     struct job *j;
     struct rpc_call *call;
     long step;
-    char dir[PATH_MAX + 16];
+    char root[PATH_MAX + 16]; // this worker's export directory
+    char rel[PATH_MAX + 16];  // run.export_dir beneath it ("": the root itself)
+    char dir[PATH_MAX + 16];  // root/rel: how files and errors are named
     moe_status status;
     char error[512];
     struct slot_state_file file;
@@ -34,25 +43,39 @@ struct export_work {
 
 /* The directory the request names (run.export_dir), which must lie beneath this worker's
  * export directory (--export-dir, else <scratch>/exports: a job writes nowhere else), or that
- * directory itself. 0, or -1 after failing the call. The spec's check refused ".." already. */
+ * directory itself: split into x->root and x->rel here by its text, then opened component by
+ * component beneath the root by export_open (no symlink, no ".."). 0, or -1 after failing the
+ * call. */
 static int export_dir(struct rpc_call *call, const struct worker *w, const char *asked,
-                      char *out, size_t cap) {
-    char mine[PATH_MAX + 16];
+                      struct export_work *x) {
     if (w->cfg.export_dir[0])
-        snprintf(mine, sizeof mine, "%s", w->cfg.export_dir);
+        snprintf(x->root, sizeof x->root, "%s", w->cfg.export_dir);
     else
-        snprintf(mine, sizeof mine, "%s/exports", w->scratch);
-    size_t n = strlen(mine);
-    while (n > 1 && mine[n - 1] == '/') mine[--n] = 0;
-    int inside = !asked[0] || (!strncmp(asked, mine, n) && (asked[n] == '/' || !asked[n]) &&
-                               !strstr(asked, "/../") && !strstr(asked, "/./"));
+        snprintf(x->root, sizeof x->root, "%s/exports", w->scratch);
+    size_t n = strlen(x->root);
+    while (n > 1 && x->root[n - 1] == '/') x->root[--n] = 0;
+    int inside = !asked[0] || (!strncmp(asked, x->root, n) && (asked[n] == '/' || !asked[n]));
     if (!inside) {
         rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "run.export_dir %s is not beneath this "
-                 "worker's export directory %s (--export-dir) on host %s", asked, mine, w->host);
+                 "worker's export directory %s (--export-dir) on host %s", asked, x->root,
+                 w->host);
         return -1;
     }
-    snprintf(out, cap, "%s", asked[0] ? asked : mine);
+    snprintf(x->rel, sizeof x->rel, "%s", asked[0] ? asked + n : "");
+    snprintf(x->dir, sizeof x->dir, "%s", asked[0] ? asked : x->root);
     return 0;
+}
+
+/* The export directory open (O_RDONLY), made where missing: the root by its path (the
+ * worker's own flag), what the job names beneath it without leaving it (common/fileio.h). */
+static moe_status export_open(const struct export_work *x, int *dirfd) {
+    CHECK(moe_mkdir_p(x->root, 0700));
+    int root = open(x->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0)
+        return moe_fail(MOE_EIO, "cannot open export directory %s: %s", x->root, strerror(errno));
+    moe_status s = moe_dir_open_beneath(root, x->rel, 1, 0700, x->dir, dirfd);
+    close(root);
+    return s;
 }
 
 static void export_run(uv_work_t *req) {
@@ -62,8 +85,13 @@ static void export_run(uv_work_t *req) {
     if (!j->trainer)
         x->status = moe_fail(MOE_ENOTFOUND, "slot (%d, %d) of %s holds no state any more",
                              j->pod, j->slot, j->id);
-    else
-        x->status = slot_state_export(j->trainer, j->id, x->step, x->dir, &x->file);
+    else {
+        int dirfd = -1;
+        x->status = export_open(x, &dirfd);
+        if (x->status == MOE_OK)
+            x->status = slot_state_export(j->trainer, j->id, x->step, dirfd, x->dir, &x->file);
+        if (dirfd >= 0) close(dirfd);
+    }
     uv_mutex_unlock(&j->ep_mu);
     if (x->status != MOE_OK) snprintf(x->error, sizeof x->error, "%s", moe_errmsg());
 }
@@ -77,8 +105,8 @@ static void export_done(uv_work_t *req, int status) {
     } else if (x->status != MOE_OK) {
         LOG_WARN("%s: export of slot index %d at step %ld: %s", x->j->id, x->j->slot, x->step,
                  x->error);
-        rpc_fail(x->call, x->status == MOE_ENOTFOUND ? GRPC_STATUS_FAILED_PRECONDITION
-                                                     : GRPC_STATUS_INTERNAL,
+        int refused = x->status == MOE_ENOTFOUND || x->status == MOE_EINVAL;
+        rpc_fail(x->call, refused ? GRPC_STATUS_FAILED_PRECONDITION : GRPC_STATUS_INTERNAL,
                  "%s (on host %s)", x->error, w->host);
     } else {
         LOG_INFO("%s: exported slot index %d at step %ld: %s (%lld bytes, CRC-32C %08x)",
@@ -125,7 +153,7 @@ void worker_export_state(struct rpc_call *call, const ProtobufCMessage *msg, voi
     x->j = j;
     x->call = call;
     x->step = (long)req->step;
-    if (export_dir(call, w, req->dir, x->dir, sizeof x->dir) != 0) {
+    if (export_dir(call, w, req->dir, x) != 0) {
         free(x);
         return;
     }

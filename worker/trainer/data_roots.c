@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "data_roots.h"
 
+#include "../../common/fileio.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/magic.h>
@@ -13,7 +15,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #define MAX_SECRETS 8
@@ -35,20 +36,6 @@ struct data_roots {
 };
 
 /* ---- the kernel's part ---- */
-
-/* openat2(2) (glibc 2.36 has no wrapper). A rename racing the walk of ".." makes the kernel
- * answer EAGAIN: try again. Without openat2 (kernel < 5.6), an unconfined open (resolve 0)
- * is a plain openat; a confined one fails. */
-static int open_how(int dirfd, const char *path, int flags, uint64_t resolve) {
-    struct open_how how = {.flags = (uint64_t)(flags | O_CLOEXEC), .resolve = resolve};
-    for (int tries = 0;; tries++) {
-        long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
-        if (fd >= 0) return (int)fd;
-        if (errno == EAGAIN && tries < 16) continue;
-        if (errno == ENOSYS && resolve == 0) return openat(dirfd, path, flags | O_CLOEXEC);
-        return -1;
-    }
-}
 
 /* Filesystems the kernel makes up: their files are views of the system, not data, and some
  * never end (/proc/kmsg) or cost something to read. */
@@ -207,7 +194,7 @@ static moe_status open_checked(const struct data_roots *r, const struct data_nam
                                const char *rel, int dirfd, const char *path, uint64_t resolve,
                                int want, int *fd, int *is_dir) {
     char shown[700];
-    int p = open_how(dirfd, path, O_PATH, resolve);
+    int p = moe_openat2(dirfd, path, O_PATH, resolve);
     if (p < 0) {
         int e = errno;
         if (r && (e == EXDEV || e == ELOOP)) return outside(r, name); // left the root
@@ -223,7 +210,7 @@ static moe_status open_checked(const struct data_roots *r, const struct data_nam
                         data_name_str(name, rel, shown, sizeof shown));
     int dir = S_ISDIR(st.st_mode);
     int flags = O_RDONLY | O_NOCTTY | (dir ? O_DIRECTORY : O_NONBLOCK);
-    int f = open_how(dirfd, path, flags, resolve);
+    int f = moe_openat2(dirfd, path, flags, resolve);
     if (f < 0) {
         int e = errno;
         if (r && (e == EXDEV || e == ELOOP)) return outside(r, name);

@@ -20,31 +20,25 @@ static const char *const part_names[4] = {"state.params", "state.adam_m", "state
                                           "state.buffers"};
 
 /* A directory that anyone may write is no place for a job's state (docs/security.md). */
-static moe_status check_dir(const char *dir) {
+static moe_status check_dir(int dirfd, const char *dir) {
     struct stat st;
-    if (stat(dir, &st) != 0) return MOE_OK; // made below, 0700
-    if (!S_ISDIR(st.st_mode))
-        return moe_fail(MOE_EIO, "export directory %s is not a directory", dir);
+    if (fstat(dirfd, &st) != 0)
+        return moe_fail(MOE_EIO, "cannot stat export directory %s: %s", dir, strerror(errno));
     if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
         return moe_fail(MOE_EIO, "export directory %s is writable by anyone: refused", dir);
     return MOE_OK;
 }
 
-static moe_status fsync_path(const char *path, int dir) {
-    int fd = open(path, (dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-    if (fd < 0 || fsync(fd) != 0) {
+/* The CRC-32C and size of the file `name` beneath dirfd, read back from disk. */
+static moe_status file_crc(int dirfd, const char *name, const char *path, uint32_t *crc,
+                           int64_t *size) {
+    int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
+    if (!f) {
         int err = errno;
         if (fd >= 0) close(fd);
-        return moe_fail(MOE_EIO, "cannot sync %s: %s", path, strerror(err));
+        return moe_fail(MOE_EIO, "cannot read %s: %s", path, strerror(err));
     }
-    close(fd);
-    return MOE_OK;
-}
-
-/* The CRC-32C and size of a whole file, read back from disk. */
-static moe_status file_crc(const char *path, uint32_t *crc, int64_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return moe_fail(MOE_EIO, "cannot read %s: %s", path, strerror(errno));
     enum { CHUNK = 1 << 20 };
     char *buf = malloc(CHUNK);
     *crc = 0;
@@ -100,35 +94,30 @@ static moe_status build_meta(struct meta_texts *m, const struct trainer *t, cons
     return MOE_OK;
 }
 
-/* The file itself: written as path.part (temporary, renamed), synced, renamed, directory synced. */
-static moe_status write_durably(const char *path, const char *dir, const struct st_tensor_out *out,
-                                const struct meta_texts *m) {
-    char part[SPEC_PATH_MAX + 160];
-    snprintf(part, sizeof part, "%s.part", path);
-    CHECK(st_write(part, out, 4, m->meta, m->n));
-    moe_status s = chmod(part, 0600) == 0 ? fsync_path(part, 0)
-                                          : moe_fail(MOE_EIO, "chmod %s: %s", part, strerror(errno));
-    if (s == MOE_OK && rename(part, path) != 0)
-        s = moe_fail(MOE_EIO, "cannot rename %s to %s: %s", part, path, strerror(errno));
-    if (s != MOE_OK) {
-        unlink(part);
-        return s;
-    }
-    return fsync_path(dir, 1);
+/* The file `name` beneath dirfd: a temporary beside it, synced, renamed, the directory synced
+ * (common/fileio.h); then read back whole for its CRC-32C. */
+static moe_status write_file(int dirfd, const char *name, const struct st_tensor_out *parts,
+                             const struct meta_texts *m, struct slot_state_file *out) {
+    struct moe_atomic_file f;
+    CHECK(moe_atomic_begin_at(&f, dirfd, name, out->path, 0600, 1));
+    CHECK(st_write_into(&f, parts, 4, m->meta, m->n));
+    CHECK(moe_atomic_commit(&f));
+    return file_crc(dirfd, name, out->path, &out->crc32c, &out->bytes);
 }
 
-moe_status slot_state_export(struct trainer *t, const char *job_id, long step, const char *dir,
-                             struct slot_state_file *out) {
+moe_status slot_state_export(struct trainer *t, const char *job_id, long step, int dirfd,
+                             const char *dir, struct slot_state_file *out) {
     const real *arena[4];
     if (!replica_own_state(t, step, arena))
         return moe_fail(MOE_ENOTFOUND, "slot (%d, %d) holds no state of step %ld (live step %ld)",
                         t->mesh.pod, t->mesh.slot, step, t->model.step);
-    CHECK(check_dir(dir));
-    char sub[SPEC_PATH_MAX + 80];
-    snprintf(sub, sizeof sub, "%s/%s", dir, job_id);
-    CHECK(moe_mkdir_p(sub, 0700));
-    snprintf(out->path, sizeof out->path, "%s/slot-%d-step-%ld.safetensors", sub, t->mesh.slot,
-             step);
+    CHECK(check_dir(dirfd, dir));
+    char shown[SPEC_PATH_MAX + 80], name[64];
+    snprintf(shown, sizeof shown, "%s/%s", dir, job_id);
+    snprintf(name, sizeof name, "slot-%d-step-%ld.safetensors", t->mesh.slot, step);
+    snprintf(out->path, sizeof out->path, "%s/%s", shown, name);
+    int sub;
+    CHECK(moe_dir_open_beneath(dirfd, job_id, 1, 0700, shown, &sub));
     const struct model *m = &t->model;
     int64_t np = (int64_t)m->n_params, nb = (int64_t)m->n_buffers;
     struct st_tensor_out parts[4] = {
@@ -136,11 +125,11 @@ moe_status slot_state_export(struct trainer *t, const char *job_id, long step, c
         {part_names[2], ST_F32, 1, {np}, arena[2]}, {part_names[3], ST_F32, 1, {nb}, arena[3]},
     };
     struct meta_texts meta;
-    CHECK(build_meta(&meta, t, job_id, step, parts));
-    moe_status s = write_durably(out->path, sub, parts, &meta);
+    moe_status s = build_meta(&meta, t, job_id, step, parts);
+    if (s == MOE_OK) s = write_file(sub, name, parts, &meta, out);
     free(meta.cfg);
-    CHECK(s);
-    return file_crc(out->path, &out->crc32c, &out->bytes);
+    close(sub);
+    return s;
 }
 
 /* ---- loading ---- */
