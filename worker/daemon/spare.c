@@ -40,7 +40,6 @@ static void prepare_done(uv_work_t *req, int status) {
     struct worker *w = p->w;
     w->spare_preparing = 0;
     if (status == 0 && p->got > 0) {
-        snprintf(w->spare_job, sizeof w->spare_job, "%s", p->job_id);
         LOG_INFO("spare: %d arenas of %.1f MB prepared for a slot of %s", p->got,
                  (double)p->bytes / 1e6, p->job_id);
     }
@@ -101,6 +100,9 @@ void worker_spare_hint(struct worker *w, int busy, const char *job_id, const cha
     if (strcmp(job_id, w->spare_job) == 0 || !spec_json[0] || w->cfg.spare_arena_mb <= 0)
         return;
     release(w, "another job to stand by for");
+    /* considered from now on, prepared or not (arenas too small or over the cap): the
+     * heartbeats say so, and the coordinator stops sending the spec */
+    snprintf(w->spare_job, sizeof w->spare_job, "%s", job_id);
     struct prepare *p = calloc(1, sizeof *p);
     if (!p) return;
     p->w = w;

@@ -216,7 +216,8 @@ struct worker {
     struct job *jobs[WORKER_MAX_SLOTS]; // the slots it plays ([k] uses listeners[k]); all of
                                   // one job when there are two; NULL where none
 
-    char spare_job[64];           // (loop) the job whose slot arenas are prepared (spare.c)
+    char spare_job[64];           // (loop) the job whose slot arenas it prepared, or found it
+                                  //   need not (spare.c): HeartbeatRequest.prepared_job_id
     int spare_preparing;          // (loop) they are being prepared on the thread pool
 
     atomic_int shutting_down;     // SIGTERM/SIGINT seen: no new jobs, short retries
