@@ -90,7 +90,7 @@ int client_call(struct client *c, const char *method, const ProtobufCMessage *re
                 const ProtobufCMessageDescriptor *response_type, ProtobufCMessage **response,
                 struct rpc_result *res);
 
-/* A paged method (ListJobs, GetCluster: docs/protocol.md "Paging") called page after page
+/* A paged method (ListJobs, GetCluster, GetJob: docs/protocol.md "Paging") called page by page
  * with the request's page_token, until the last page or until `limit` (0: no limit) of the
  * repeated field `items` have come: one reply holding them all, with the first page's
  * summary, and next_page_token "" (or where to go on after `limit`). Fails like client_call

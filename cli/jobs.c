@@ -473,6 +473,20 @@ static void print_metrics(const Moed__V1__JobInfo *j, const Moed__V1__StepMetric
     }
 }
 
+/* A mesh too big for a slot table: one line per pod (GetJob's summary). */
+static void print_pods(const Moed__V1__JobStatus *st) {
+    printf("  pods      %d slots in %zu pods, a line each (--json lists every slot)\n",
+           st->job->pods * st->job->slots, st->n_pods);
+    printf("    %-4s %6s %6s %8s %6s %6s %9s %9s  %s\n", "POD", "BOUND", "ALIVE", "TRAINING",
+           "ENDED", "FAILED", "MIN STEP", "MAX STEP", "WORST");
+    for (size_t i = 0; i < st->n_pods; i++) {
+        const Moed__V1__PodSummary *p = st->pods[i];
+        printf("    %-4d %6d %6d %8d %6d %6d %9lld %9lld  %s\n", p->pod, p->bound, p->alive,
+               p->training, p->ended, p->failed, (long long)p->min_step, (long long)p->max_step,
+               p->worst);
+    }
+}
+
 /* The mesh: its shape, its recovery state, and a slot table with the expert load, or for a
  * single slot its binding. */
 static void print_mesh(const Moed__V1__JobStatus *st) {
@@ -486,7 +500,9 @@ static void print_mesh(const Moed__V1__JobStatus *st) {
     }
     print_recovery(j);
     print_export(j);
-    if (st->n_slots > 1) {
+    if (st->next_page_token[0]) { // more slots than a page: each pod in a line instead
+        print_pods(st);
+    } else if (st->n_slots > 1) {
         print_slots(st->slots, st->n_slots, client_job_final(j->state), "    ");
         print_links(st->slots, st->n_slots, client_job_final(j->state), "  ");
         if (m && m->n_expert_load) {
@@ -529,13 +545,34 @@ static void print_history(const Moed__V1__JobStatus *st) {
     }
 }
 
+/* GetJob: its first page of slots for the text (a big mesh is shown by pod), every page for
+ * --json. 1 with *reply set; 0 with *code to exit with. */
+static int get_job(int argc, char **argv, struct job_args *a, ProtobufCMessage **reply,
+                   int *code) {
+    *reply = NULL;
+    if (!parse_args(argc, argv, a, 1, code)) return 0;
+    const char *id = argv[optind];
+    if ((*code = client_need_job_id(id))) return 0;
+    struct client cl;
+    if ((*code = client_open(&cl, &a->common.conn))) return 0;
+    Moed__V1__JobRef req = MOED__V1__JOB_REF__INIT;
+    req.job_id = (char *)id;
+    if (a->common.json)
+        *code = client_call_pages(&cl, RPC_JOBS_GET_JOB, &req.base,
+                                  &moed__v1__job_status__descriptor, "slots", 0, 0, reply, NULL,
+                                  0);
+    else
+        *code = client_call(&cl, RPC_JOBS_GET_JOB, &req.base, &moed__v1__job_status__descriptor,
+                            reply, NULL);
+    client_close(&cl);
+    return *code == EXIT_OK;
+}
+
 int cmd_status(int argc, char **argv) {
     struct job_args a = {0};
     ProtobufCMessage *reply;
     int code;
-    if (!call_on_job(argc, argv, &a, RPC_JOBS_GET_JOB, &moed__v1__job_status__descriptor, &reply,
-                     &code))
-        return code;
+    if (!get_job(argc, argv, &a, &reply, &code)) return code;
     const Moed__V1__JobStatus *st = (const Moed__V1__JobStatus *)reply;
     if (a.common.json || !st->job) {
         client_print_json(reply);

@@ -123,6 +123,12 @@ static const struct field spec_fields[] = {
                 "diloco: learning rate of the outer Nesterov step on the pods' mean progress (1 with momentum 0: plain averaging; DiLoCo's 0.7 suits long runs)"),
     FLOAT_FIELD("mesh.outer_momentum", mesh.outer_momentum, "0", 0, 1, MAX_OPEN,
                 "diloco: momentum of the outer Nesterov step, in [0, 1)"),
+    BOOL_FIELD("mesh.outer_overlap", mesh.outer_overlap, "false",
+               "diloco: the pods' average crosses during the next outer_every inner steps and "
+               "is applied one outer step late (the pods never wait for it)"),
+    STRING_FIELD("mesh.outer_quant", mesh.outer_quant, "none",
+                 "diloco: what crosses the pods at an outer step: none (float32) or int8 (a "
+                 "quarter of the bytes: one scale per 256 values, added in pod order in float32)"),
 
     INT_FIELD("model.vocab", model.vocab, "256", 2, 65536,
               "vocabulary size (V); at least 256: tokens are bytes"),
@@ -1060,6 +1066,15 @@ static moe_status validate_diloco(const struct job_spec *s) {
     const struct mesh_spec *m = &s->mesh;
     if (strcmp(m->sync, "sync") != 0 && strcmp(m->sync, "diloco") != 0)
         return moe_fail(MOE_EINVAL, "spec: mesh.sync = '%s': must be sync or diloco", m->sync);
+    if (!mesh_diloco(m) && m->outer_overlap)
+        return moe_fail(MOE_EINVAL, "spec: mesh.outer_overlap = true needs mesh.sync = diloco "
+                        "(the synchronous mode has no outer step to overlap)");
+    if (strcmp(m->outer_quant, "none") != 0 && strcmp(m->outer_quant, "int8") != 0)
+        return moe_fail(MOE_EINVAL, "spec: mesh.outer_quant = '%s': must be none or int8",
+                        m->outer_quant);
+    if (!mesh_diloco(m) && strcmp(m->outer_quant, "none") != 0)
+        return moe_fail(MOE_EINVAL, "spec: mesh.outer_quant = %s needs mesh.sync = diloco (the "
+                        "synchronous mode's gradients cross unquantised)", m->outer_quant);
     if (!mesh_diloco(m)) return MOE_OK;
     int H = m->outer_every;
     if (m->pods < 2)

@@ -95,6 +95,9 @@ struct mesh_spec {
     int outer_every;      // H: inner steps per outer step (diloco)
     float outer_lr;       // the outer Nesterov step's learning rate (diloco)
     float outer_momentum; // its momentum (diloco)
+    int outer_overlap;    // the outer average crosses during the next period, applied one
+                          // outer step late (diloco; docs/model.md "Overlapped outer steps")
+    char outer_quant[MESH_BACKEND_MAX]; // what crosses at an outer step: "none" or "int8"
 };
 
 /* The pods train apart between outer steps (mesh.sync: diloco). */

@@ -76,6 +76,12 @@ const struct knob coordinator_knobs[] = {
      "it ended; 0 keeps ended jobs until `moectl delete`"},
     {"max-finished-jobs", NULL, KNOB_LONG, CFG(max_finished_jobs), XSTR(COORD_MAX_FINISHED_JOBS),
      0, 1e9, NULL, "N", "keep at most N ended jobs, deleting the oldest beyond that; 0: no limit"},
+    {"max-events-per-job", NULL, KNOB_LONG, CFG(max_events_per_job),
+     XSTR(COORD_MAX_EVENTS_PER_JOB), 0, 1e12, NULL, "N",
+     "keep a job's newest N events, deleting older ones (ListEvents); 0: no limit"},
+    {"max-steps-per-job", NULL, KNOB_LONG, CFG(max_steps_per_job), XSTR(COORD_MAX_STEPS_PER_JOB),
+     0, 1e12, NULL, "N",
+     "keep a job's newest N stored steps, deleting older ones (ListSteps); 0: no limit"},
     {"http-listen", NULL, KNOB_STR, CFG(http_listen), "", 0, 0, NULL, "HOST:PORT",
      "serve /metrics (Prometheus) and the live page over HTTP here; port 0 picks a free one; "
      "off when not given (docs/operations.md)"},
@@ -101,6 +107,8 @@ static void monitor_tick(uv_timer_t *t) {
     export_poll(co);
     schedule_pass(co);
     retention_tick(co, now);
+    retention_trim(co);
+    jobs_flush_records(co); // the slots' progress, once a tick
     moe_notify_watchdog(); // a loop that stops ticking is what WatchdogSec= catches
 }
 
@@ -252,6 +260,7 @@ moe_status coordinator_start(struct coordinator *co, uv_loop_t *loop,
 
 static void pump_stopped(void *arg) {
     struct coordinator *co = arg;
+    jobs_flush_records(co); // a clean stop loses no progress
     for (int i = 0; i < co->n_jobs; i++) job_free(co->jobs[i]);
     free(co->jobs);
     co->jobs = NULL;

@@ -224,9 +224,10 @@ def phase_jobs(data, running):
 
 # ---- cluster: GetCluster pages ----
 
-def register(i):
+def register(i, pod=None):
     """A worker that registers and never heartbeats (it will be DEAD: its page entry stays)."""
-    req = pb.RegisterRequest(address="127.0.0.1:%d" % (20000 + i), pod=i % 7, version="fake",
+    req = pb.RegisterRequest(address="127.0.0.1:%d" % (20000 + i),
+                             pod=i % 7 if pod is None else pod, version="fake",
                              host="fake", pid=1000 + i, cpus=1,
                              data_address="127.0.0.1:%d" % (30000 + i),
                              extra_data_addresses=["127.0.0.1:%d" % (40000 + i)])
@@ -239,8 +240,21 @@ def get_cluster(size=0, token=""):
                 pb.GetClusterRequest(page_size=size, page_token=token), pb.ClusterStatus)
 
 
+def pods_of(status):
+    return [(p.pod, p.workers) for p in status.pods]
+
+
 def phase_cluster(n):
     mine = {register(i): i for i in range(n)}
+    # pods numbered from 0 are counted by number, a far one makes the coordinator sort: the
+    # same answer either way, ascending, each pod once
+    near = pods_of(get_cluster(1))
+    far = 10 ** 6
+    mine[register(n, far)] = n
+    both = pods_of(get_cluster(1))
+    check("the pods, counted or sorted, ascend, each once, a far one last (%s, then %s)"
+          % (near[-3:], both[-3:]),
+          [p for p, _ in near] == sorted(set(p for p, _ in near)) and both == near + [(far, 1)])
     first = get_cluster(40)
     check("a page of 40 workers and a next token (%d, %r)"
           % (len(first.workers), first.next_page_token),

@@ -7,7 +7,8 @@
 # a stock gRPC client), `moectl jobs` follows the pages and `moectl delete` deletes;
 # --max-finished-jobs and --job-retention-s expire ended jobs after a restart; a job with more
 # events than GetJob's 32 (a reachable worker whose RunSlot is always UNAVAILABLE takes it again
-# and again) is read whole by ListEvents, in pages, and by `moectl events`; GetCluster pages
+# and again) is read whole by ListEvents, in pages, and by `moectl events`, and is cut to its
+# newest events by --max-events-per-job after a restart; GetCluster pages
 # hundreds of registered workers, each with its own extra data address.
 set -u
 moectl=$1
@@ -135,6 +136,18 @@ check "moectl plot $hist marks every requeue of its history, not GetJob's latest
 check "moectl events of an unknown job: exit 2" '[ $? -eq 2 ]'
 stop_coordinator
 check "the coordinator exits 0 on SIGTERM" '[ $crc -eq 0 ]'
+# ---- a job's history is bounded: its newest --max-events-per-job events stay ----
+last_seq=$(( ${seqs% *} - 1 ))
+start_coordinator --max-events-per-job 10
+wait_until 30 '[ "$("$moectl" events "$hist" --json | grep -c .)" -le 11 ]'
+"$moectl" events "$hist" --json >"$tmp/events10.json"
+kept=$("$py" -c 'import json, sys
+ev = [int(json.loads(l)["seq"]) for l in open(sys.argv[1]) if l.strip()]
+print(len(ev), ev == list(range(ev[0], ev[0] + len(ev))) and ev[-1] == int(sys.argv[2]))' \
+  "$tmp/events10.json" "$last_seq")
+check "--max-events-per-job 10 keeps the newest 10-11 of $hist's events, in order, to seq $last_seq ($kept)" \
+  '[ "${kept#* }" = True ] && [ "${kept% *}" -ge 10 ] && [ "${kept% *}" -le 11 ]'
+stop_coordinator
 start_coordinator --job-retention-s 1 --max-finished-jobs 0
 wait_until 30 '[ "$("$moectl" jobs --json | json "d[\"total\"]")" = 0 ]'
 check "--job-retention-s 1 deletes every ended job" \
@@ -142,12 +155,12 @@ check "--job-retention-s 1 deletes every ended job" \
 grep -q "retention: deleted" "$cdir/coordinator.log"
 check "the coordinator logged what retention deleted" '[ $? -eq 0 ]'
 
-# ---- GetCluster pages (the 300 registered here, the cluster's worker and events' one) ----
+# ---- GetCluster pages (the 301 registered here, the cluster's worker and events' one) ----
 bounded cluster 300
 check "the GetCluster checks hold" '[ $? -eq 0 ]'
 "$moectl" cluster status --json >"$tmp/cluster.json"
 listed=$(json 'len(d["workers"]), d["workers_total"]' <"$tmp/cluster.json")
-check "moectl cluster status lists all 302 workers ($listed)" '[ "$listed" = "302 302" ]'
+check "moectl cluster status lists all 303 workers ($listed)" '[ "$listed" = "303 303" ]'
 stop_coordinator
 
 if [ $fails -ne 0 ]; then

@@ -23,6 +23,7 @@ slot_worker() { "$moectl" status "$1" --json | json "[s['worker_id'] for s in d[
 committed_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"].get("committed_step", 0)'; }
 exported() { "$moectl" status "$1" --json 2>/dev/null | json "d['job'].get('exported', {}).get('$2', '')"; }
 export_done() { [ -n "$("$moectl" status "$1" --json 2>/dev/null | json "d['job'].get('exported', {}) and not d['job']['exported'].get('in_progress') or ''")" ]; }
+idle_count() { "$moectl" cluster status --json | json 'sum(w["state"] == "WORKER_IDLE" for w in d["workers"])'; }
 kinds() { "$moectl" events "$1" --json | json_lines 'e["kind"]'; }
 json_lines() { "$py" -c "import json,sys
 for l in sys.stdin:
@@ -110,6 +111,18 @@ check "(a) event exported after cancelled" \
 "$moectl" status "$job" >"$tmp/job.status"
 check "(a) moectl status: exported step N: slots 0-1 complete" \
   'grep -qE "^  export    exported step [0-9]+: slots 0-1 complete" "$tmp/job.status"'
+# the manifest is the coordinator's durable record: a SIGKILL and restart keep it whole
+coord_pid=$(cat "$cdir/coordinator.pid")
+kill -9 "$coord_pid"
+wait_until 10 '! grep -qs moed- "/proc/$coord_pid/cmdline"'
+"$moectl" cluster up --dir "$cdir" >"$tmp/up2.out" 2>&1
+check "(a) the coordinator is back after a SIGKILL" '[ $? -eq 0 ]'
+wait_until 60 '[ "$(exported "$job" complete)" = True ]'
+"$moectl" status "$job" >"$tmp/job.status2"
+check "(a) ... and shows the same export of $job" \
+  'grep "^  export" "$tmp/job.status" >"$tmp/e1"; grep "^  export" "$tmp/job.status2" >"$tmp/e2"; [ -s "$tmp/e1" ] && cmp -s "$tmp/e1" "$tmp/e2"'
+wait_until 60 '[ "$(idle_count)" -ge 4 ] 2>/dev/null' # reattached: the resume needs all four
+check "(a) ... and its 4 workers are back" '[ "$(idle_count)" -ge 4 ]'
 "$moectl" submit "$tmp/mesh.yaml" --resume-from "$job" --set run.seed=7 >"$tmp/out" 2>"$tmp/err"
 check "--resume-from with another seed is refused naming run.seed" \
   '[ $? -ne 0 ] && grep -q "run.seed differs" "$tmp/err" && [ "$(wc -l <"$tmp/err")" = 1 ]'

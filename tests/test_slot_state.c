@@ -3,9 +3,12 @@
  * written from the fenced live state and read back into a fresh slot bit for bit; refused,
  * naming what is wrong, when the file was damaged or is of another step or slot index, or the
  * slot does not hold the step asked for; a world-writable directory, and a symlink leading out
- * of the export directory, are refused.
+ * of the export directory, are refused. A diloco slot's file carries its outer version's carry
+ * (the outer momentum and, overlapped, the mean in flight) bit for bit, and an overlapped slot
+ * refuses a file without the mean.
  */
 #include "../common/log.h"
+#include "../worker/trainer/outer.h"
 #include "../worker/trainer/replica.h"
 #include "../worker/trainer/slot_state.h"
 #include "check.h"
@@ -162,6 +165,44 @@ static void test_symlink_out(const struct job_spec *spec) {
     trainer_close(&a);
 }
 
+/* The carry of a diloco slot's outer version at step 0 (outer.h), filled from salt. */
+static real *salted_carry(struct trainer *t, float salt) {
+    real *arena[4], *carry = NULL;
+    if (!outer_version(t, 0, arena, &carry)) return NULL;
+    for (size_t i = 0; i < outer_carried(t); i++) carry[i] = salt + (float)i * 1e-4f;
+    return carry;
+}
+
+static void test_diloco_carry(struct job_spec spec) {
+    snprintf(spec.mesh.sync, sizeof spec.mesh.sync, "diloco");
+    spec.mesh.outer_overlap = 1;
+    struct trainer a, b;
+    if (!open_fenced(&a, &spec, 1, 0.5f)) return;
+    real *sent = salted_carry(&a, 3.0f);
+    EXPECT(sent != NULL && outer_carried(&a) == 2 * a.model.n_params + a.model.n_buffers);
+    struct slot_state_file f;
+    EXPECT(export_to(&a, "job-10", 0, dir, &f) == MOE_OK);
+    if (sent && open_slot(&b, &spec, 1, 9.0f)) {
+        EXPECT(slot_state_load(&b, f.path, 0, f.crc32c) == MOE_OK);
+        real *arena[4], *got = NULL;
+        EXPECT(outer_version(&b, 0, arena, &got) == 1);
+        EXPECT_MSG(got && !memcmp(got, sent, sizeof(real) * outer_carried(&a)),
+                   "the loaded outer momentum and mean differ from the exported");
+        trainer_close(&b);
+    }
+    trainer_close(&a);
+    /* a diloco slot without the overlap exports the momentum only: not enough to overlap */
+    spec.mesh.outer_overlap = 0;
+    if (!open_fenced(&a, &spec, 1, 0.5f)) return;
+    EXPECT(export_to(&a, "job-11", 0, dir, &f) == MOE_OK);
+    spec.mesh.outer_overlap = 1;
+    if (open_slot(&b, &spec, 1, 9.0f)) {
+        EXPECT_FAIL(slot_state_load(&b, f.path, 0, f.crc32c), MOE_EINVAL, "no state.outer_mean");
+        trainer_close(&b);
+    }
+    trainer_close(&a);
+}
+
 int main(void) {
     moe_log_init("test");
     moe_log_set_level(MOE_LOG_WARN);
@@ -173,6 +214,7 @@ int main(void) {
     test_round_trip(&spec);
     test_world_writable(&spec);
     test_symlink_out(&spec);
+    test_diloco_carry(spec);
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) printf("could not remove %s\n", dir);

@@ -31,6 +31,8 @@
 #define LIST_JOBS_MAX 1000
 #define CLUSTER_WORKERS_DEFAULT 500
 #define CLUSTER_WORKERS_MAX 5000
+#define JOB_SLOTS_DEFAULT 500
+#define JOB_SLOTS_MAX 5000
 #define PAGE_BYTES (3 << 20)
 
 /* The job a request names; NOT_FOUND (and NULL) when there is none. */
@@ -212,24 +214,68 @@ void handle_delete_job(struct rpc_call *call, const ProtobufCMessage *m, void *c
     rpc_reply(call, &empty.base);
 }
 
+/* The slots of GetJob's page: from the index the token names, at most `max`, and with their
+ * bindings and the spec about PAGE_BYTES (one slot at least); the view is filled and next set
+ * when more follow. 0 after failing the call for a token past the mesh. */
+static int fill_slot_page(struct rpc_call *call, struct job_view *v, const struct job *j,
+                          const Moed__V1__JobRef *req, char next[24]) {
+    long first;
+    int n_slots = job_n_slots(j), n = 0;
+    if (!page_after(call, req->page_token, &first)) return 0;
+    if (first > 0 && first >= n_slots) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "page_token \"%.40s\" is past the %d slots "
+                 "of %s", req->page_token, n_slots, j->id);
+        return 0;
+    }
+    int max = req->summary_only ? 0 : page_size(req->page_size, JOB_SLOTS_DEFAULT, JOB_SLOTS_MAX);
+    job_view_fill_slots(v, j, (int)first, max < n_slots - (int)first ? max : n_slots - (int)first);
+    size_t bytes = strlen(j->spec_json); // a spec may be 1 MiB, a slot's links hundreds
+    for (; n < (int)v->n_slots; n++) {
+        Moed__V1__SlotBinding b = job_slot_binding(j, (int)first + n);
+        bytes += protobuf_c_message_get_packed_size(&v->slot[n].base) +
+                 protobuf_c_message_get_packed_size(&b.base) + 16;
+        if (n && bytes > PAGE_BYTES) break;
+    }
+    v->n_slots = (size_t)n;
+    size_t bound = 0; // the page's bindings: those of its first n slots, in the same order
+    while (bound < v->info.n_bindings && v->info.bindings[bound]->pod * j->slots +
+                                                v->info.bindings[bound]->slot < first + n)
+        bound++;
+    v->info.n_bindings = bound;
+    if (!req->summary_only && first + n < n_slots) snprintf(next, 24, "%ld", first + n);
+    return 1;
+}
+
 void handle_get_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
     const Moed__V1__JobRef *req = (const void *)m;
     struct job *j = job_or_fail(call, CO(ctx), req->job_id);
     if (!j) return;
     Moed__V1__JobStatus st = MOED__V1__JOB_STATUS__INIT;
     struct job_view v;
-    job_view_fill(&v, j);
-    st.job = &v.info;
-    st.last = j->last;
-    Moed__V1__Event *events[JOB_RECENT_EVENTS];
-    st.n_events = job_recent_events(j, events);
-    st.events = events;
-    st.spec_json = j->spec_json;
-    st.eta_seconds = job_eta_seconds(j);
-    st.n_slots = v.n_slots;
-    st.slots = v.slot_ptrs;
-    rpc_reply(call, &st.base);
-    job_view_free(&v);
+    char next[24] = "";
+    Moed__V1__PodSummary *pods = calloc((size_t)j->pods, sizeof *pods);
+    Moed__V1__PodSummary **pod_ptrs = calloc((size_t)j->pods, sizeof *pod_ptrs);
+    if (!pods || !pod_ptrs) {
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    } else if (fill_slot_page(call, &v, j, req, next)) {
+        job_pod_summaries(CO(ctx), j, pods, pod_ptrs);
+        st.job = &v.info;
+        st.last = j->last;
+        Moed__V1__Event *events[JOB_RECENT_EVENTS];
+        st.n_events = job_recent_events(j, events);
+        st.events = events;
+        st.spec_json = j->spec_json;
+        st.eta_seconds = job_eta_seconds(j);
+        st.n_slots = v.n_slots;
+        st.slots = v.slot_ptrs;
+        st.next_page_token = next;
+        st.n_pods = (size_t)j->pods;
+        st.pods = pod_ptrs;
+        rpc_reply(call, &st.base);
+        job_view_free(&v);
+    }
+    free(pods);
+    free(pod_ptrs);
 }
 
 void handle_watch_job(struct rpc_call *call, const ProtobufCMessage *m, void *ctx) {
@@ -237,19 +283,13 @@ void handle_watch_job(struct rpc_call *call, const ProtobufCMessage *m, void *ct
     struct job *j = job_or_fail(call, CO(ctx), req->job_id);
     if (!j) return;
     /* The first update is the whole picture: state, last metrics, recent events. */
-    Moed__V1__JobUpdate u = MOED__V1__JOB_UPDATE__INIT;
-    struct job_view v;
-    job_view_fill(&v, j);
-    u.job = &v.info;
-    u.last = j->last;
+    struct job_update x;
+    job_update_fill(&x, CO(ctx), j);
     Moed__V1__Event *events[JOB_RECENT_EVENTS];
-    u.n_new_events = job_recent_events(j, events);
-    u.new_events = events;
-    u.eta_seconds = job_eta_seconds(j);
-    u.n_slots = v.n_slots;
-    u.slots = v.slot_ptrs;
-    rpc_stream_send(call, &u.base);
-    job_view_free(&v);
+    x.u.n_new_events = job_recent_events(j, events);
+    x.u.new_events = events;
+    rpc_stream_send(call, &x.u.base);
+    job_update_free(&x);
     if (job_is_final(j))
         rpc_stream_finish(call, GRPC_STATUS_OK, "");
     else if (job_watch(j, call) != MOE_OK)
@@ -426,7 +466,9 @@ void handle_get_cluster(struct rpc_call *call, const ProtobufCMessage *m, void *
     int64_t now = moe_wall_ms();
     long after;
     if (!page_after(call, req->page_token, &after)) return;
-    int max = page_size(req->page_size, CLUSTER_WORKERS_DEFAULT, CLUSTER_WORKERS_MAX);
+    int max = req->summary_only
+                  ? 0
+                  : page_size(req->page_size, CLUSTER_WORKERS_DEFAULT, CLUSTER_WORKERS_MAX);
     struct cluster_view v;
     if (cluster_view_fill(&v, co, now, after, max, PAGE_BYTES) != MOE_OK) {
         rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");

@@ -403,8 +403,11 @@ static const char *spec_differs(const struct job_spec *a, const struct job_spec 
     const struct data_spec *da = &a->data, *db = &b->data;
     if (a->mesh.pods != b->mesh.pods || a->mesh.slots != b->mesh.slots) return "mesh (pods x slots)";
     if (strcmp(a->mesh.sync, b->mesh.sync) != 0 || a->mesh.outer_every != b->mesh.outer_every ||
-        a->mesh.outer_lr != b->mesh.outer_lr || a->mesh.outer_momentum != b->mesh.outer_momentum)
-        return "mesh.sync (with mesh.outer_every, outer_lr, outer_momentum)";
+        a->mesh.outer_lr != b->mesh.outer_lr || a->mesh.outer_momentum != b->mesh.outer_momentum ||
+        a->mesh.outer_overlap != b->mesh.outer_overlap ||
+        strcmp(a->mesh.outer_quant, b->mesh.outer_quant) != 0)
+        return "mesh.sync (with mesh.outer_every, outer_lr, outer_momentum, outer_overlap, "
+               "outer_quant)";
     if (memcmp(&a->model, &b->model, sizeof a->model) != 0) return "model";
     if (memcmp(&oa, &ob, sizeof oa) != 0) return "optimizer";
     if (a->run.seed != b->run.seed) return "run.seed";

@@ -62,13 +62,16 @@ static void reattach(struct coordinator *co, struct worker *w, struct job *j, in
     if (!same_epoch || req->holding)
         snprintf(held, sizeof held, ", %s epoch %llu", req->holding ? "holding its state of"
                  : "still in", (unsigned long long)req->epoch);
-    /* not synced, like the record (membership_register): a lost one is told again */
+    /* not synced, like the worker's record (membership_register), and the job's record
+     * deferred to the next flush: a lost one is told again, and after a restart every slot
+     * reattaches at once (writing the record, every slot in it, per reattachment made
+     * reattaching N slots cost O(N^2) bytes) */
     if (job_n_slots(j) == 1)
-        job_event(co, j, 0, "reattached", "%s reattached at step %ld%s", w->id, (long)req->step,
-                  held);
+        job_event_deferred(co, j, "reattached", "%s reattached at step %ld%s", w->id,
+                           (long)req->step, held);
     else
-        job_event(co, j, 0, "reattached", "%s reattached to slot (%d, %d) at step %ld%s", w->id,
-                  k / j->slots, k % j->slots, (long)req->step, held);
+        job_event_deferred(co, j, "reattached", "%s reattached to slot (%d, %d) at step %ld%s",
+                           w->id, k / j->slots, k % j->slots, (long)req->step, held);
     if (j->recoverable)
         recovery_worker_state(co, j, k, w, req->epoch, req->holding, "re-registered and");
 }
@@ -102,15 +105,14 @@ static void bind_registered(struct coordinator *co, struct worker *w,
     if (bound) fault_slot_abandoned(co, bound, bound_slot, w, j);
 }
 
-/* Any other live worker at w's address is a process that is gone (its port was free to take):
+/* Another live worker at w's address is a process that is gone (its port was free to take):
  * DEAD now, so that neither a job nor a recovery waits a heartbeat timeout for it or sends
- * it calls that reach w. */
-static void supersede(struct coordinator *co, struct worker *w) {
-    for (int i = 0; i < co->n_workers; i++) {
-        struct worker *o = co->workers[i];
-        if (o != w && worker_alive(o) && strcmp(o->address, w->address) == 0)
-            fault_worker_superseded(co, o, w);
-    }
+ * it calls that reach w. `o` had the address before w took it in the index: each registration
+ * takes its address from the one before, so no two live workers share one, and none is
+ * searched for. */
+static void supersede(struct coordinator *co, struct worker *w, struct worker *o) {
+    if (o && worker_alive(o) && strcmp(o->address, w->address) == 0)
+        fault_worker_superseded(co, o, w);
 }
 
 moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterRequest *req,
@@ -120,7 +122,9 @@ moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterR
         CHECK(workers_add_new(co, &w)); // the id counter too
         w->registered_ms = moe_wall_ms();
     }
+    workers_unindex_address(co, w); // keyed by the address update_record may change
     update_record(w, req);
+    struct worker *before = workers_index_address(co, w); // who had the address
     /* The channel first, and kept when the address did not change: a recovery fences the
      * worker on it (one its registration starts, or one resumed at our start), and replacing
      * the channel would cancel that call and lose the worker. */
@@ -133,7 +137,7 @@ moe_status membership_register(struct coordinator *co, const Moed__V1__RegisterR
      * registers again and says it all again; after a coordinator restart thousands re-register
      * at once, and an fsync each (~5 ms here) made reattaching them take a minute. */
     CHECK(known ? worker_save_unsynced(co, w) : worker_save(co, w));
-    supersede(co, w);
+    supersede(co, w, before);
     reach_registered(co, w, peer);
     char mpi[320] = "";
     if (w->mpi_size)

@@ -12,6 +12,30 @@ static int expired(const struct coordinator *co, const struct job *j, int64_t no
     return now_ms - ended >= (int64_t)co->cfg.job_retention_s * 1000;
 }
 
+/* Where j's history should start: `below` moved on by at least a tenth of `keep` (so that a
+ * running job is trimmed in steps, not at every event), or 0 when nothing is due. */
+static int64_t trim_to(int64_t newest, long keep, int64_t below) {
+    int64_t to = newest + 1 - keep, step = keep / 10 > 0 ? keep / 10 : 1;
+    return keep > 0 && to > 0 && to >= below + step ? to : 0;
+}
+
+void retention_trim(struct coordinator *co) {
+    struct store_batch *b = NULL;
+    int trimmed = 0;
+    for (int i = 0; i < co->n_jobs; i++) {
+        struct job *j = co->jobs[i];
+        int64_t ev = trim_to(j->next_event - 1, co->cfg.max_events_per_job, j->events_below);
+        int64_t st = trim_to(j->step, co->cfg.max_steps_per_job, j->steps_below);
+        if (!ev && !st) continue;
+        if (!b && !(b = store_batch_new())) return;
+        if (ev) store_batch_trim_events(b, j->id, j->events_below = ev);
+        if (st) store_batch_trim_steps(b, j->id, j->steps_below = st);
+        trimmed++;
+    }
+    if (b && store_batch_commit(co->store, b, 0) != MOE_OK)
+        LOG_WARN("retention: trimming %d jobs' history: %s", trimmed, moe_errmsg());
+}
+
 int retention_tick(struct coordinator *co, int64_t now_ms) {
     if (co->cfg.job_retention_s <= 0 && co->cfg.max_finished_jobs <= 0) return 0;
     long ended = 0;

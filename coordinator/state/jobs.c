@@ -461,21 +461,23 @@ Moed__V1__SlotBinding job_slot_binding(const struct job *j, int k) {
     return b;
 }
 
-/* Every slot's reported links into the view's PeerLink array (one allocation for all). */
-static void view_links(struct job_view *v, const struct job *j) {
-    int n = (int)v->n_slots, lim = n < JOB_LINKS_MAX ? n : JOB_LINKS_MAX;
+/* The reported links of the view's slots (first .. first + n_slots) into its PeerLink array
+ * (one allocation for all). */
+static void view_links(struct job_view *v, const struct job *j, int first) {
+    int n = (int)v->n_slots, all = job_n_slots(j), lim = all < JOB_LINKS_MAX ? all : JOB_LINKS_MAX;
     size_t total = 0;
-    for (int k = 0; k < n; k++)
+    for (int k = first; k < first + n; k++)
         for (int q = 0; q < lim; q++) total += j->bindings[k].links[q] != JOB_LINK_NONE;
     if (!total) return;
     v->link = calloc(total, sizeof *v->link);
     v->link_ptrs = calloc(total, sizeof *v->link_ptrs);
     if (!v->link || !v->link_ptrs) return; // a view without links beats no answer
     size_t at = 0;
-    for (int k = 0; k < n; k++) {
-        v->slot[k].links = v->link_ptrs + at;
+    for (int i = 0; i < n; i++) {
+        const struct binding *b = &j->bindings[first + i];
+        v->slot[i].links = v->link_ptrs + at;
         for (int q = 0; q < lim; q++) {
-            const char *name = job_link_name(j->bindings[k].links[q]);
+            const char *name = job_link_name(b->links[q]);
             if (!name) continue;
             Moed__V1__PeerLink l = MOED__V1__PEER_LINK__INIT;
             l.pod = q / j->slots;
@@ -484,28 +486,32 @@ static void view_links(struct job_view *v, const struct job *j) {
             v->link[at] = l;
             v->link_ptrs[at] = &v->link[at];
             at++;
-            v->slot[k].n_links++;
+            v->slot[i].n_links++;
         }
     }
 }
 
 void job_view_fill(struct job_view *v, const struct job *j) {
+    job_view_fill_slots(v, j, 0, job_n_slots(j));
+}
+
+void job_view_fill_slots(struct job_view *v, const struct job *j, int first, int n) {
     Moed__V1__JobInfo init = MOED__V1__JOB_INFO__INIT;
     v->info = init;
     v->link = NULL;
     v->link_ptrs = NULL;
-    int n = job_n_slots(j);
-    v->bind = calloc((size_t)n, sizeof *v->bind);
-    v->bind_ptrs = calloc((size_t)n, sizeof *v->bind_ptrs);
-    v->slot = calloc((size_t)n, sizeof *v->slot);
-    v->slot_ptrs = calloc((size_t)n, sizeof *v->slot_ptrs);
+    v->bind = calloc((size_t)n + 1, sizeof *v->bind);
+    v->bind_ptrs = calloc((size_t)n + 1, sizeof *v->bind_ptrs);
+    v->slot = calloc((size_t)n + 1, sizeof *v->slot);
+    v->slot_ptrs = calloc((size_t)n + 1, sizeof *v->slot_ptrs);
     if (!v->bind || !v->bind_ptrs || !v->slot || !v->slot_ptrs) n = 0; // a view without
                                                                      // bindings beats no answer
     v->n_slots = (size_t)n;
     int bound = 0;
-    for (int k = 0; k < n; k++) {
-        v->slot[k] = slot_status(j, k);
-        v->slot_ptrs[k] = &v->slot[k];
+    for (int i = 0; i < n; i++) {
+        int k = first + i;
+        v->slot[i] = slot_status(j, k);
+        v->slot_ptrs[i] = &v->slot[i];
         if (!j->bindings[k].worker_id[0]) continue; // unbound slots (a queued job) are left out
         v->bind[bound] = job_slot_binding(j, k);
         v->bind_ptrs[bound] = &v->bind[bound];
@@ -514,7 +520,50 @@ void job_view_fill(struct job_view *v, const struct job *j) {
     job_info(&v->info, j);
     v->info.n_bindings = (size_t)bound;
     v->info.bindings = v->bind_ptrs;
-    view_links(v, j);
+    view_links(v, j, first);
+}
+
+/* How bad a slot's plight is, for PodSummary.worst: the higher, the worse. */
+static const char *const plights[] = {"ended", "training", "starting", "unbound", "lost",
+                                      "failed"};
+
+static int slot_plight(const struct binding *b, const struct worker *w) {
+    if (b->ended) return b->ok ? 0 : 5;
+    if (!b->worker_id[0]) return 3;
+    if (!w || !worker_alive(w)) return 4;
+    return b->running ? 1 : 2;
+}
+
+/* One slot into its pod's summary. */
+static void pod_count(Moed__V1__PodSummary *ps, const struct binding *b, const struct worker *w,
+                      int *worst) {
+    int plight = slot_plight(b, w);
+    if (plight > *worst) *worst = plight;
+    ps->ended += b->ended;
+    ps->failed += b->ended && !b->ok;
+    ps->training += b->running && !b->ended;
+    if (!b->worker_id[0]) return;
+    ps->alive += w && worker_alive(w);
+    ps->min_step = ps->bound && ps->min_step < b->step ? ps->min_step : b->step;
+    ps->max_step = ps->bound && ps->max_step > b->step ? ps->max_step : b->step;
+    ps->bound++;
+}
+
+void job_pod_summaries(struct coordinator *co, const struct job *j, Moed__V1__PodSummary *out,
+                       Moed__V1__PodSummary **ptrs) {
+    for (int p = 0; p < j->pods; p++) {
+        Moed__V1__PodSummary ps = MOED__V1__POD_SUMMARY__INIT;
+        ps.pod = p;
+        ps.slots = j->slots;
+        int worst = 0;
+        for (int s = 0; s < j->slots; s++) {
+            const struct binding *b = &j->bindings[p * j->slots + s];
+            pod_count(&ps, b, b->worker_id[0] ? workers_find(co, b->worker_id) : NULL, &worst);
+        }
+        ps.worst = (char *)plights[worst];
+        out[p] = ps;
+        ptrs[p] = &out[p];
+    }
 }
 
 void job_view_free(struct job_view *v) {
@@ -549,6 +598,19 @@ void job_batch(struct store_batch *b, const struct job *j) {
     rec.resume = j->resume;
     store_batch_job(b, &rec); // packs now
     job_view_free(&v);
+}
+
+void jobs_flush_records(struct coordinator *co) {
+    struct store_batch *b = NULL;
+    for (int i = 0; i < co->n_jobs; i++) {
+        struct job *j = co->jobs[i];
+        if (!j->record_dirty) continue;
+        if (!b && !(b = store_batch_new())) return;
+        job_batch(b, j);
+        j->record_dirty = 0;
+    }
+    if (b && store_batch_commit(co->store, b, 0) != MOE_OK)
+        LOG_WARN("store: the jobs' progress is not stored: %s", moe_errmsg());
 }
 
 /* ---- loading ---- */
@@ -664,6 +726,10 @@ static int load_job(const Moed__Store__JobRecord *r, void *arg) {
 }
 
 static int load_event(const Moed__V1__Event *e, void *arg) {
+    struct job *j = arg;
+    /* an event stored without the record (job_event_deferred) just before a kill: the next
+     * one takes the seq after it, not its place */
+    if (e->seq >= j->next_event) j->next_event = e->seq + 1;
     Moed__V1__Event *copy = (Moed__V1__Event *)pb_clone(&e->base);
     if (copy) job_recent_push(arg, copy);
     return 0;
@@ -672,9 +738,6 @@ static int load_event(const Moed__V1__Event *e, void *arg) {
 static int load_last_step(const Moed__V1__StepMetrics *m, void *arg) {
     struct job *j = arg;
     if (j->last) moed__v1__step_metrics__free_unpacked(j->last, NULL);
-    if (j->exported) moed__v1__export_manifest__free_unpacked(j->exported, NULL);
-    if (j->resume) moed__v1__export_manifest__free_unpacked(j->resume, NULL);
-    job_export_free(j->exp);
     j->last = (Moed__V1__StepMetrics *)pb_clone(&m->base);
     return 0;
 }

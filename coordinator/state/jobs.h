@@ -112,6 +112,9 @@ struct job {
                                //   stops the workers (not persisted)
     struct job_export *exp;    // the export in progress (not persisted)
     /* not persisted */
+    int record_dirty;          // its record changed since written: jobs_flush_records writes it
+    int64_t events_below, steps_below; // its stored events and steps numbered below these
+                               // are deleted (policy/retention.c; 0 after a start: trimmed again)
     struct recovery *rec;      // the recovery this process drives (NULL: none)
     struct histogram recovery_seconds; // each recovery's total: the lost worker's last sign
                                        //   of life to every slot back
@@ -207,6 +210,10 @@ int job_blamed_rank(const struct job *j, const char *why, int reporter);
 
 /* Adds the job's record (info, spec, event counter) to a store batch. */
 void job_batch(struct store_batch *b, const struct job *j);
+/* Writes (not synced) the record of every job whose record_dirty is set, in one batch: what
+ * changes with every report (each slot's step and figures) reaches the store once per monitor
+ * tick, not once per report. */
+void jobs_flush_records(struct coordinator *co);
 
 /* Protobuf views of a job (pointing into the job; valid until it changes). */
 struct job_view {
@@ -220,6 +227,14 @@ struct job_view {
     Moed__V1__PeerLink **link_ptrs;
 };
 void job_view_fill(struct job_view *v, const struct job *j);
+/* The same with only the slots first .. first + n - 1 (0 <= first, first + n <= the mesh's
+ * slots) and their bindings: a page of GetJob. */
+void job_view_fill_slots(struct job_view *v, const struct job *j, int first, int n);
+/* Every pod of j's mesh summarised (PodSummary) into out[pods], ptrs[pods] pointing at them:
+ * O(slots), a lookup of each bound slot's worker (a hash table), no allocation; the strings
+ * are static. */
+void job_pod_summaries(struct coordinator *co, const struct job *j, Moed__V1__PodSummary *out,
+                       Moed__V1__PodSummary **ptrs);
 /* A slot's report of its links (StepReport.links) into binding k: unknown transports and
  * peers outside the mesh are left out. Returns how many it took. */
 int job_record_links(struct job *j, int k, Moed__V1__PeerLink *const *links, size_t n);

@@ -54,6 +54,8 @@ struct coordinator_config {
     int max_assign_attempts;      // RunSlot refusals before a job fails
     long job_retention_s;         // an ended job is deleted this long after it ended (0: kept)
     long max_finished_jobs;       // the oldest ended jobs beyond this many are deleted (0: all)
+    long max_events_per_job;      // a job keeps its newest this many events (0: all)
+    long max_steps_per_job;       // ... and its newest this many stored steps (0: all)
     int log_level;                // enum moe_log_level
     /* the HTTP port (handlers/http_service.c): /metrics and the live page; off when "" */
     char http_listen[160];        // --http-listen HOST:PORT, port 0 picks a free one
@@ -72,6 +74,10 @@ struct coordinator_config {
  * (what keeps the tables, and every page of ListJobs, bounded). */
 #define COORD_JOB_RETENTION_S 604800 // 7 days
 #define COORD_MAX_FINISHED_JOBS 10000
+/* ... and a job, however long it runs or often it recovers, keeps this much history: an event
+ * or a step is a few hundred bytes, so at most ~5 MB and ~300 MB of store a job. */
+#define COORD_MAX_EVENTS_PER_JOB 20000
+#define COORD_MAX_STEPS_PER_JOB 1000000
 #define COORD_METRICS_ENDED_JOBS 20 // the most recently ended jobs /metrics shows
 
 #define DATA_ADDR_MAX 300 // a worker's data-plane address (worker/comm COMM_ADDR_MAX)
@@ -97,6 +103,7 @@ struct coordinator {
     struct worker **workers;   // in registration order
     int n_workers, cap_workers;
     struct worker *workers_by_id; // the same workers, by id (uthash; workers.c)
+    struct worker *workers_by_address; // the last registered at each address (workers.c)
     uv_timer_t monitor;        // the heartbeat monitor's tick (coordinator.c)
     int64_t checked_ms;        // when membership_check last ran (0: never)
     uv_signal_t sig_term, sig_int;

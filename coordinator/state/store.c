@@ -371,6 +371,24 @@ void store_batch_delete_job(struct store_batch *b, const char *job_id) {
     batch_delete_under(b, 'e', num);
 }
 
+/* [<tag>/<job>/0, <tag>/<job>/below): a job's events or steps numbered below `below`. */
+static void batch_trim(struct store_batch *b, char tag, const char *job_id, int64_t below) {
+    if (!batch_usable(b) || below <= 0) return;
+    int64_t num = batch_id(b, job_id, "job-");
+    if (num < 0) return;
+    char from[KEY_MAX], to[KEY_MAX];
+    size_t n = key2(from, tag, num, 0), m = key2(to, tag, num, below);
+    rocksdb_writebatch_delete_range(b->wb, from, n, to, m);
+}
+
+void store_batch_trim_events(struct store_batch *b, const char *job_id, int64_t below) {
+    batch_trim(b, 'e', job_id, below);
+}
+
+void store_batch_trim_steps(struct store_batch *b, const char *job_id, int64_t below) {
+    batch_trim(b, 's', job_id, below);
+}
+
 void store_batch_worker_record(struct store_batch *b, const Moed__Store__WorkerRecord *r) {
     if (!batch_usable(b)) return;
     if (!r) {

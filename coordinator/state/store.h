@@ -71,6 +71,10 @@ void store_batch_worker(struct store_batch *b, const Moed__V1__WorkerInfo *w); /
  * thousands of steps cost the batch three entries). The meta counter is not touched: a job
  * number is never handed out again. */
 void store_batch_delete_job(struct store_batch *b, const char *job_id);
+/* Removes a job's events with seq < below, or its steps with step < below (one range
+ * deletion each): what retention keeps of a long history. */
+void store_batch_trim_events(struct store_batch *b, const char *job_id, int64_t below);
+void store_batch_trim_steps(struct store_batch *b, const char *job_id, int64_t below);
 void store_batch_worker_record(struct store_batch *b, const Moed__Store__WorkerRecord *r);
 moe_status store_batch_commit(struct store *st, struct store_batch *b, int sync); // frees b
 void store_batch_free(struct store_batch *b); // drops an uncommitted batch

@@ -18,6 +18,24 @@ struct worker *workers_find(struct coordinator *co, const char *id) {
     return w;
 }
 
+struct worker *workers_index_address(struct coordinator *co, struct worker *w) {
+    struct worker *had = NULL;
+    HASH_FIND(hh_address, co->workers_by_address, w->address, strlen(w->address), had);
+    if (had == w) return NULL;
+    if (had) workers_unindex_address(co, had);
+    HASH_ADD_KEYPTR(hh_address, co->workers_by_address, w->address, strlen(w->address), w);
+    struct worker *now = NULL; // out of memory in the index leaves w out of it, nothing worse
+    HASH_FIND(hh_address, co->workers_by_address, w->address, strlen(w->address), now);
+    w->address_indexed = now == w;
+    return had;
+}
+
+void workers_unindex_address(struct coordinator *co, struct worker *w) {
+    if (!w->address_indexed) return;
+    HASH_DELETE(hh_address, co->workers_by_address, w);
+    w->address_indexed = 0;
+}
+
 static int load_worker(const Moed__V1__WorkerInfo *in, void *arg) {
     struct coordinator *co = arg;
     struct worker *w = calloc(1, sizeof *w);
@@ -132,6 +150,7 @@ moe_status workers_load(struct coordinator *co) {
         /* not stored whether it heartbeats seldom when idle: an idle one is waited for as
          * long as if it did, until it registers again */
         w->beats_idle = !w->job_id[0];
+        workers_index_address(co, w);
         CHECK(worker_connect(co, w));
     }
     return MOE_OK;
@@ -139,6 +158,7 @@ moe_status workers_load(struct coordinator *co) {
 
 void workers_free(struct coordinator *co) {
     HASH_CLEAR(hh, co->workers_by_id);
+    HASH_CLEAR(hh_address, co->workers_by_address);
     for (int i = 0; i < co->n_workers; i++) {
         if (co->workers[i]->channel) rpc_channel_close(co->workers[i]->channel);
         OPENSSL_cleanse(co->workers[i]->credential, sizeof co->workers[i]->credential);
@@ -220,16 +240,19 @@ moe_status worker_save_unsynced(struct coordinator *co, const struct worker *w) 
     return store_batch_commit(co->store, b, 0);
 }
 
-/* The pods of the workers that did not leave, ascending by pod number: sorted, not searched,
- * so that ten thousand workers in thousands of pods cost a sort, not their product. */
+/* The pods of the workers that did not leave, ascending by pod number: counted into an array
+ * indexed by pod number when the numbers are small (O(workers), the usual case: pods numbered
+ * from 0), else sorted, never searched, so that ten thousand workers in thousands of pods cost
+ * a pass or a sort, not their product. */
 static int by_pod(const void *a, const void *b) {
     const Moed__V1__PodInfo *x = a, *y = b;
     return (x->pod > y->pod) - (x->pod < y->pod);
 }
 
-static size_t pods_of(struct cluster_view *v, const struct coordinator *co) {
+/* The sorted way: one entry per worker, sorted, then merged. */
+static size_t pods_sorted(struct cluster_view *v, const struct coordinator *co) {
     size_t n = 0;
-    for (int i = 0; i < co->n_workers; i++) { // one entry per worker, then merged
+    for (int i = 0; i < co->n_workers; i++) {
         const struct worker *w = co->workers[i];
         if (w->state == MOED__V1__WORKER_STATE__WORKER_LEFT) continue;
         Moed__V1__PodInfo pi = MOED__V1__POD_INFO__INIT;
@@ -248,6 +271,42 @@ static size_t pods_of(struct cluster_view *v, const struct coordinator *co) {
             v->pods[n_pods++] = v->pods[i];
         }
     }
+    return n_pods;
+}
+
+/* The counted way, for pod numbers below `limit`: 0 when it cannot count (out of memory). */
+static size_t pods_counted(struct cluster_view *v, const struct coordinator *co, int limit) {
+    int *count = calloc(2 * (size_t)limit, sizeof *count); // workers, alive: per pod number
+    if (!count) return 0;
+    for (int i = 0; i < co->n_workers; i++) {
+        const struct worker *w = co->workers[i];
+        if (w->state == MOED__V1__WORKER_STATE__WORKER_LEFT) continue;
+        count[2 * w->pod]++;
+        count[2 * w->pod + 1] += worker_alive(w);
+    }
+    size_t n_pods = 0;
+    for (int p = 0; p < limit; p++) {
+        if (!count[2 * p]) continue;
+        Moed__V1__PodInfo pi = MOED__V1__POD_INFO__INIT;
+        pi.pod = p;
+        pi.workers = count[2 * p];
+        pi.alive = count[2 * p + 1];
+        v->pods[n_pods++] = pi;
+    }
+    free(count);
+    return n_pods;
+}
+
+static size_t pods_of(struct cluster_view *v, const struct coordinator *co) {
+    int top = -1, low = 0; // a registration with a negative pod is refused; a record is
+    for (int i = 0; i < co->n_workers; i++) { // not trusted to say the same
+        if (co->workers[i]->pod > top) top = co->workers[i]->pod;
+        if (co->workers[i]->pod < low) low = co->workers[i]->pod;
+    }
+    size_t n_pods = 0;
+    if (low == 0 && top >= 0 && top < 4 * co->n_workers + 64)
+        n_pods = pods_counted(v, co, top + 1);
+    if (!n_pods) n_pods = pods_sorted(v, co);
     for (size_t k = 0; k < n_pods; k++) {
         v->pods[k].healthy = v->pods[k].alive == v->pods[k].workers;
         v->pod_ptrs[k] = &v->pods[k];
@@ -305,7 +364,7 @@ moe_status cluster_view_fill(struct cluster_view *v, const struct coordinator *c
     Moed__V1__ClusterStatus init = MOED__V1__CLUSTER_STATUS__INIT;
     memset(v, 0, sizeof *v);
     v->st = init;
-    size_t n = (size_t)co->n_workers, page = (size_t)(max_workers > 0 ? max_workers : 1);
+    size_t n = (size_t)co->n_workers, page = (size_t)(max_workers > 0 ? max_workers : 0);
     if (page > n) page = n;
     v->infos = calloc(page + 1, sizeof *v->infos);
     v->info_ptrs = calloc(page + 1, sizeof *v->info_ptrs);

@@ -66,12 +66,22 @@ struct worker {
     int probe_failures;        // failed probes in a row: the backoff before the next
     int64_t next_probe_ms;     // a heartbeat after this starts the next probe
     UT_hash_handle hh;         // in co->workers_by_id, keyed by id (which never changes)
+    UT_hash_handle hh_address; // in co->workers_by_address while it holds its address there
+    int address_indexed;       //   (keyed by `address`: taken out before that changes)
 };
 
 /* The worker with this id, or NULL: O(1) (a hash table, co->workers_by_id), so that the
  * lookup every call from a worker makes (its credential, then its request) does not grow with
  * the cluster. */
 struct worker *workers_find(struct coordinator *co, const char *id);
+/* The address index: which worker registered last at an address, so that a registration finds
+ * the live worker it supersedes in O(1), not by a scan of the table (after a coordinator
+ * restart every worker registers again: a scan each made that O(workers^2)). w takes its
+ * address in the index (from whoever had it: returned, NULL when none); workers_unindex
+ * takes it out, before its address changes. */
+struct worker *workers_index_address(struct coordinator *co, struct worker *w);
+void workers_unindex_address(struct coordinator *co, struct worker *w);
+
 /* A new worker record with the next id ("w-N") and a new credential, the credential and the
  * id counter already stored (synced); the caller fills and saves the rest. */
 moe_status workers_add_new(struct coordinator *co, struct worker **out);
@@ -111,11 +121,11 @@ moe_status worker_save_unsynced(struct coordinator *co, const struct worker *w);
 void worker_info(Moed__V1__WorkerInfo *wi, const struct worker *w, char *extra[1]);
 
 /* A page of the ClusterStatus view (pointing into the tables; valid until they change): the
- * workers after worker number `after` (0: from the first), at most max_workers (>= 1) and
- * about max_bytes packed, one at least; next_token (st.next_page_token) the last one's number
- * when more follow, else "". On every page: the pods (distinct pod numbers of the workers that
- * did not leave, ascending; healthy when all of a pod's workers are alive), the workers by
- * state, the job counts. MOE_ENOMEM when it cannot be built. */
+ * workers after worker number `after` (0: from the first), at most max_workers (0: none, the
+ * summary only) and about max_bytes packed, one at least; next_token (st.next_page_token)
+ * the last one's number when more follow, else "". On every page: the pods (distinct pod
+ * numbers of the workers that did not leave, ascending; healthy when all of a pod's workers
+ * are alive), the workers by state, the job counts. MOE_ENOMEM when it cannot be built. */
 struct cluster_view {
     Moed__V1__ClusterStatus st;
     Moed__V1__WorkerInfo *infos, **info_ptrs;

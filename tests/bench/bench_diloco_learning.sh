@@ -6,7 +6,8 @@
 # "20"); every run trains on the same number of tokens. Prints the held-out bits per byte of
 # each run's evaluations (run.eval_every 100, run.eval_batches 16) and the last training
 # losses. BENCH_DILOCO_SET: more --set overrides for every run (e.g. run.steps=200);
-# BENCH_DILOCO_SYNC=0 leaves the synchronous run out.
+# BENCH_DILOCO_SYNC=0 leaves the synchronous run out; BENCH_DILOCO_OVERLAP=1 adds, for each H,
+# the overlapped outer step (mesh.outer_overlap), =only runs it instead of the plain one.
 # Numbers are reported, never asserted.
 set -u
 bin=${1:?usage: bench_diloco_learning.sh BIN_DIR}
@@ -49,4 +50,9 @@ print("%-16s held-out bits/byte %s   train bits/byte (last 20 steps) %.4f   %.0f
 
 echo "bench_diloco_learning: the demo (2 x 2), same tokens for every run"
 [ "${BENCH_DILOCO_SYNC:-1}" = 0 ] || run sync --set mesh.sync=sync
-for h in $hs; do run "diloco-H$h" --set mesh.sync=diloco --set mesh.outer_every="$h"; done
+overlap=${BENCH_DILOCO_OVERLAP:-0}
+for h in $hs; do
+  [ "$overlap" = only ] || run "diloco-H$h" --set mesh.sync=diloco --set mesh.outer_every="$h"
+  [ "$overlap" = 0 ] ||
+    run "overlap-H$h" --set mesh.sync=diloco --set mesh.outer_every="$h" --set mesh.outer_overlap=true
+done

@@ -10,7 +10,8 @@
  *     report to the last RunSlot of the new epoch received;
  *   - a coordinator SIGKILL and restart: to serving (its address file), and to every live
  *     worker registered again (reattached);
- *   - GetJob and GetCluster (first page) p50/p99 while the job runs.
+ *   - GetJob and GetCluster p99 while the job runs: their summaries (summary_only: what a
+ *     status page polls) and a default page of each list (500 slots, 500 workers).
  *
  * Usage: bench_scale [--check] [--pod-size W] [--job PxS] [--lose N] [--measure-s S]
  *                    [--report-ms MS] [--heartbeat-timeout-ms MS]
@@ -23,7 +24,8 @@
  * once and asserts correctness instead of reporting speed (the test cli_scale_small): every
  * slot bound once, logical pod p on physical pod p, every RunSlot's addresses naming its
  * worker at its rank, each lost slot replanned onto a spare, no worker lost across the
- * restart.
+ * restart, GetJob's and GetCluster's pages listing every slot and worker once and agreeing
+ * with their summaries, WatchJob sending a mesh of more than 500 slots by pod.
  * The daemons come from $MOE_BUILD_DIR/bin, else from beside this program.
  */
 #include "../../common/log.h"
@@ -67,7 +69,8 @@ struct run {
     int failed;                     // --check: assertions that failed
     /* results */
     double reg_s, idle_cpu, idle_rss, sched_s, job_cpu, job_rss, rec1_s, recn_s, serve_s,
-        reattach_s, getjob_p50, getjob_p99, getcl_p50, getcl_p99;
+        reattach_s, getjob_p50, getjob_p99, getcl_p50, getcl_p99, jobpage_p50, jobpage_p99,
+        clpage_p50, clpage_p99;
 };
 
 #define CHECK_THAT(r, cond, ...)                                                                   \
@@ -424,14 +427,169 @@ static int restart(struct run *r) {
     return 0;
 }
 
+/* ---- the status calls' pages and summaries (--check) ---- */
+
+/* Every slot of the job, from GetJob pages of `size`, counted in seen[]; the summary of the
+ * first page in *first (the caller frees it). The number of pages, or -1. */
+static int job_pages(struct run *r, int size, int *seen, Moed__V1__JobStatus **first) {
+    char token[32] = "";
+    int pages = 0, n_slots = r->o.pods * r->o.slots;
+    do {
+        Moed__V1__JobRef req = MOED__V1__JOB_REF__INIT;
+        req.job_id = r->job;
+        req.page_size = size;
+        req.page_token = token;
+        Moed__V1__JobStatus *st = (Moed__V1__JobStatus *)call(
+            r, RPC_STATUS_GET_JOB, &req.base, &moed__v1__job_status__descriptor);
+        if (!st) return -1;
+        CHECK_THAT(r, st->n_slots <= (size_t)size, "a GetJob page of %zu slots (asked %d)",
+                   st->n_slots, size);
+        for (size_t i = 0; i < st->n_slots; i++) {
+            int k = st->slots[i]->pod * r->o.slots + st->slots[i]->slot;
+            if (k >= 0 && k < n_slots) seen[k]++;
+        }
+        snprintf(token, sizeof token, "%s", st->next_page_token);
+        if (!*first) *first = st;
+        else protobuf_c_message_free_unpacked(&st->base, NULL);
+        pages++;
+    } while (token[0] && pages <= n_slots);
+    return pages;
+}
+
+/* GetJob's pages list every slot once, bound to one worker each, and its per-pod summary
+ * agrees with them; a token it never gave out is refused. */
+static void check_job_pages(struct run *r) {
+    int n_slots = r->o.pods * r->o.slots, size = 37; // pages that end mid-pod
+    int *seen = calloc((size_t)n_slots, sizeof *seen);
+    Moed__V1__JobStatus *st = NULL;
+    int pages = seen ? job_pages(r, size, seen, &st) : -1;
+    CHECK_THAT(r, pages == (n_slots + size - 1) / size, "GetJob: %d pages of %d for %d slots",
+               pages, size, n_slots);
+    for (int k = 0; seen && k < n_slots; k++)
+        CHECK_THAT(r, seen[k] == 1, "GetJob's pages list slot %d %d times", k, seen[k]);
+    CHECK_THAT(r, st && st->n_pods == (size_t)r->o.pods, "GetJob: %zu pod summaries for %d pods",
+               st ? st->n_pods : 0, r->o.pods);
+    for (size_t p = 0; st && p < st->n_pods; p++) {
+        const Moed__V1__PodSummary *ps = st->pods[p];
+        CHECK_THAT(r, ps->pod == (int)p && ps->slots == r->o.slots && ps->bound == r->o.slots &&
+                          ps->alive == r->o.slots && ps->failed == 0 &&
+                          ps->min_step <= ps->max_step,
+                   "pod %zu's summary: pod %d, %d slots, %d bound, %d alive, %d failed, steps "
+                   "%lld..%lld", p, ps->pod, ps->slots, ps->bound, ps->alive, ps->failed,
+                   (long long)ps->min_step, (long long)ps->max_step);
+    }
+    if (st) protobuf_c_message_free_unpacked(&st->base, NULL);
+    free(seen);
+    Moed__V1__JobRef req = MOED__V1__JOB_REF__INIT;
+    req.job_id = r->job;
+    req.summary_only = 1;
+    st = (Moed__V1__JobStatus *)call(r, RPC_STATUS_GET_JOB, &req.base,
+                                     &moed__v1__job_status__descriptor);
+    CHECK_THAT(r, st && !st->n_slots && !st->job->n_bindings && !st->next_page_token[0] &&
+                      st->n_pods == (size_t)r->o.pods,
+               "GetJob summary_only: %zu slots, %zu bindings, %zu pods", st ? st->n_slots : 0,
+               st ? st->job->n_bindings : 0, st ? st->n_pods : 0);
+    if (st) protobuf_c_message_free_unpacked(&st->base, NULL);
+    req.summary_only = 0;
+    req.page_token = (char *)"99999999";
+    ProtobufCMessage *resp = NULL;
+    struct rpc_result res;
+    rpc_call_sync(r->ch, RPC_STATUS_GET_JOB, &req.base, &moed__v1__job_status__descriptor, &resp,
+                  30.0, &res);
+    CHECK_THAT(r, !resp && res.code == GRPC_STATUS_INVALID_ARGUMENT,
+               "GetJob with a token past the mesh: status %d, not INVALID_ARGUMENT", res.code);
+    if (resp) protobuf_c_message_free_unpacked(resp, NULL);
+}
+
+/* GetCluster's pages list every worker once, and its counts agree with them. */
+static void check_cluster_pages(struct run *r) {
+    char token[32] = "";
+    int *seen = calloc((size_t)r->n + 1, sizeof *seen); // by N of "w-N": 1 .. n
+    int busy = 0, pages = 0, total = -1, busy_said = -1, odd = 0;
+    do {
+        Moed__V1__GetClusterRequest req = MOED__V1__GET_CLUSTER_REQUEST__INIT;
+        req.page_size = 33;
+        req.page_token = token;
+        Moed__V1__ClusterStatus *st = (Moed__V1__ClusterStatus *)call(
+            r, RPC_STATUS_GET_CLUSTER, &req.base, &moed__v1__cluster_status__descriptor);
+        if (!st || !seen) break;
+        for (size_t i = 0; i < st->n_workers; i++) {
+            int w = atoi(st->workers[i]->worker_id + 2);
+            if (w >= 1 && w <= r->n) seen[w]++;
+            else odd++;
+            busy += st->workers[i]->state == MOED__V1__WORKER_STATE__WORKER_BUSY;
+        }
+        total = st->workers_total;
+        busy_said = st->workers_busy;
+        snprintf(token, sizeof token, "%s", st->next_page_token);
+        protobuf_c_message_free_unpacked(&st->base, NULL);
+    } while (token[0] && ++pages <= r->n);
+    int once = 0;
+    for (int i = 1; seen && i <= r->n; i++) once += seen[i] == 1;
+    CHECK_THAT(r, once == r->n && odd == 0 && total == r->n,
+               "GetCluster's pages: %d of %d workers listed once, %d unknown ids, total %d", once,
+               r->n, odd, total);
+    CHECK_THAT(r, busy == busy_said && busy >= r->o.pods * r->o.slots,
+               "GetCluster: %d busy in its pages, %d in its summary, for %d slots", busy,
+               busy_said, r->o.pods * r->o.slots);
+    free(seen);
+    Moed__V1__GetClusterRequest req = MOED__V1__GET_CLUSTER_REQUEST__INIT;
+    req.summary_only = 1;
+    Moed__V1__ClusterStatus *st = (Moed__V1__ClusterStatus *)call(
+        r, RPC_STATUS_GET_CLUSTER, &req.base, &moed__v1__cluster_status__descriptor);
+    CHECK_THAT(r, st && !st->n_workers && !st->next_page_token[0] && st->workers_total == r->n &&
+                      st->n_pods > 0,
+               "GetCluster summary_only: %zu workers listed, total %d, %zu pods",
+               st ? st->n_workers : 0, st ? st->workers_total : -1, st ? st->n_pods : 0);
+    if (st) protobuf_c_message_free_unpacked(&st->base, NULL);
+}
+
+/* WatchJob of a mesh bigger than a page (500 slots) sends it by pod: no slot, no binding, a
+ * summary of every pod, and the job's step moving on from update to update. */
+static void check_watch(struct run *r) {
+    if (r->o.pods * r->o.slots <= 500) return; // a smaller mesh comes whole, as before
+    Moed__V1__WatchJobRequest req = MOED__V1__WATCH_JOB_REQUEST__INIT;
+    req.job_id = r->job;
+    struct rpc_stream *s;
+    if (rpc_stream_open(&s, r->ch, RPC_STATUS_WATCH_JOB, &req.base, 60.0) != MOE_OK) {
+        CHECK_THAT(r, 0, "WatchJob: %s", moe_errmsg());
+        return;
+    }
+    long first = -1, last = -1;
+    for (int n = 0; n < 4; n++) {
+        ProtobufCMessage *m = NULL;
+        struct rpc_result res;
+        if (rpc_stream_next(s, &moed__v1__job_update__descriptor, &m, &res) != 1) break;
+        const Moed__V1__JobUpdate *u = (const Moed__V1__JobUpdate *)m;
+        CHECK_THAT(r, !u->n_slots && !u->job->n_bindings && u->n_pods == (size_t)r->o.pods,
+                   "WatchJob of %d slots: an update with %zu slots, %zu bindings, %zu pods",
+                   r->o.pods * r->o.slots, u->n_slots, u->job->n_bindings, u->n_pods);
+        if (first < 0) first = (long)u->job->step;
+        last = (long)u->job->step;
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    rpc_stream_close(s);
+    CHECK_THAT(r, first >= 0 && last > first, "WatchJob: the step went from %ld to %ld in 4 "
+               "updates", first, last);
+}
+
+/* The summaries (what a status page polls) and a default page of each list. */
 static void status_latency(struct run *r) {
     Moed__V1__JobRef jr = MOED__V1__JOB_REF__INIT;
     jr.job_id = r->job;
+    jr.summary_only = 1;
     latency(r, RPC_STATUS_GET_JOB, &jr.base, &moed__v1__job_status__descriptor, 300,
             &r->getjob_p50, &r->getjob_p99);
+    jr.summary_only = 0;
+    latency(r, RPC_STATUS_GET_JOB, &jr.base, &moed__v1__job_status__descriptor, 100,
+            &r->jobpage_p50, &r->jobpage_p99);
     Moed__V1__GetClusterRequest gc = MOED__V1__GET_CLUSTER_REQUEST__INIT;
+    gc.summary_only = 1;
     latency(r, RPC_STATUS_GET_CLUSTER, &gc.base, &moed__v1__cluster_status__descriptor, 300,
             &r->getcl_p50, &r->getcl_p99);
+    gc.summary_only = 0;
+    latency(r, RPC_STATUS_GET_CLUSTER, &gc.base, &moed__v1__cluster_status__descriptor, 100,
+            &r->clpage_p50, &r->clpage_p99);
 }
 
 static void progress(const struct run *r, const char *what, double v) {
@@ -456,6 +614,9 @@ static int phases(struct run *r) {
     progress(r, "idle coordinator CPU, %:", r->idle_cpu);
     if (schedule_job(r)) return -1;
     progress(r, "job scheduled, s:", r->sched_s);
+    if (r->o.check) check_job_pages(r);
+    if (r->o.check) check_cluster_pages(r);
+    if (r->o.check) check_watch(r);
     if (!r->o.check) steady(r, &r->job_cpu, &r->job_rss);
     if (!r->o.check) status_latency(r);
     if (settle(r, 2)) return -1; // a fault after some steps, as in a real run
@@ -487,10 +648,10 @@ static int run_size(struct run *r) {
 
 static void print_row(const struct run *r) {
     printf("%7d %6dx%-3d %6.1f %7.1f %7.0f %7.1f %7.0f %8.3f %8.3f %8.3f %7.2f %8.2f %7.2f "
-           "%7.2f\n",
+           "%7.2f %7.2f %7.2f\n",
            r->n, r->o.pods, r->o.slots, r->reg_s, r->idle_cpu, r->idle_rss, r->job_cpu,
            r->job_rss, r->sched_s, r->rec1_s, r->recn_s, r->serve_s, r->reattach_s,
-           r->getjob_p99, r->getcl_p99);
+           r->getjob_p99, r->jobpage_p99, r->getcl_p99, r->clpage_p99);
     fflush(stdout);
 }
 
@@ -531,14 +692,16 @@ int main(int argc, char **argv) {
     moe_log_set_level(MOE_LOG_ERROR);
     printf("bench_scale: one coordinator, simulated workers over gRPC (heartbeat %ld ms, a "
            "step report per %ld ms per slot)\n"
-           "%7s %10s %6s %7s %7s %7s %7s %8s %8s %8s %7s %8s %7s %7s\n",
+           "%7s %10s %6s %7s %7s %7s %7s %8s %8s %8s %7s %8s %7s %7s %7s %7s\n",
            o.heartbeat_interval_ms, o.report_ms, "workers", "job", "reg_s", "idle%", "idleMiB", "job%", "jobMiB",
-           "sched_s", "rec1_s", "recN_s", "serve_s", "reatt_s", "job_p99", "cl_p99");
+           "sched_s", "rec1_s", "recN_s", "serve_s", "reatt_s", "job_p99",
+           "jobpg99", "cl_p99", "clpg99");
     for (int k = 0; k < n_sizes; k++) {
         struct run r = {.o = o, .n = sizes[k]};
         double *res[] = {&r.reg_s, &r.idle_cpu, &r.idle_rss, &r.sched_s, &r.job_cpu,
                          &r.job_rss, &r.rec1_s, &r.recn_s, &r.serve_s, &r.reattach_s,
-                         &r.getjob_p50, &r.getjob_p99, &r.getcl_p50, &r.getcl_p99};
+                         &r.getjob_p50, &r.getjob_p99, &r.getcl_p50, &r.getcl_p99,
+                         &r.jobpage_p50, &r.jobpage_p99, &r.clpage_p50, &r.clpage_p99};
         for (size_t i = 0; i < sizeof res / sizeof res[0]; i++) *res[i] = NAN; // not measured
         int whole = sizes[k] / o.pod_size - 1; // a physical pod left over for spares
         if (!r.o.pods) r.o.pods = whole < 64 ? (whole > 2 ? whole : 2) : 64;

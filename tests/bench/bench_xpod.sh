@@ -21,7 +21,9 @@
 # "outer ms": an outer step's time as the workers log it (worker/trainer/outer.c), the mean
 # over the slots and the least slot's mean: the time includes waiting for the other pod to
 # arrive (the pods drift apart over H steps on a loaded host), so the least is the closer
-# to what the exchange itself costs. Needs root for the namespaces; without them it says why and exits 0 (a
+# to what the exchange itself costs. Then the same rows with the overlapped outer step
+# (mesh.outer_overlap; BENCH_XPOD_OVERLAP=0 leaves them out): its job's last outer step still
+# waits for its own exchange, once in the timed window. Needs root for the namespaces; without them it says why and exits 0 (a
 # benchmark reports, it does not fail). Numbers are reported, never asserted.
 set -u
 bin=${1:?usage: bench_xpod.sh BIN_DIR}
@@ -35,6 +37,7 @@ rtts=${BENCH_XPOD_RTTS:-0 2 10 50}
 H=${BENCH_XPOD_H:-20}
 diloco_rtts=${BENCH_XPOD_DILOCO_RTTS:-0 50}
 periods=${BENCH_XPOD_PERIODS:-2}
+overlap=${BENCH_XPOD_OVERLAP:-1}
 source "$here/bench_lib.sh"
 source "$here/../linkemu/hosts_lib.sh"
 export MOE_BUILD_DIR=${MOE_BUILD_DIR:-$(dirname "$bin")}
@@ -82,6 +85,7 @@ YAML
 sed -e "s/^mesh: {/mesh: {sync: diloco, outer_every: $H, /" \
   -e "s/steps: $steps,/steps: $(((periods + 1) * H)),/" \
   "$tmp/job.yaml" >"$tmp/diloco.yaml"
+sed -e "s/^mesh: {/mesh: {outer_overlap: true, /" "$tmp/diloco.yaml" >"$tmp/overlap.yaml"
 
 # links WHERE RTT_MS: the links file for a delay between the pods or inside them
 links() {
@@ -147,14 +151,19 @@ for rtt in $rtts; do
     printf '%-12s %-8s %10s %10s %8s\n' "$rtt ms" "$([ "$rtt" = 0 ] && echo "-" || echo "$where")" "$ms" "$added" "$(hidden)"
   done
 done
-[ -n "$diloco_rtts" ] &&
-  echo "mesh.sync: diloco, H = $H: $(((periods + 1) * H)) steps, the last $((periods * H)) timed" &&
+# diloco_rows SPEC TITLE: the outer-step mode's rows
+diloco_rows() {
+  local spec=$1 dbase="" rtt ms added
+  echo "$2, H = $H: $(((periods + 1) * H)) steps, the last $((periods * H)) timed"
   printf '%-12s %-8s %10s %18s %12s\n' "round trip" "where" "step ms" "added ms (vs sync)" "outer ms/min"
-dbase=""
-for rtt in $diloco_rtts; do
-  ms=$(run between "$rtt" "$tmp/diloco.yaml" $(((periods + 1) * H)) "$H")
-  [ "$rtt" = 0 ] && dbase=$ms
-  added=$("$py" -c "print('%.1f (%+.1f)' % ($ms - $dbase, $ms - $base))" 2>/dev/null ||
-    "$py" -c "print('%.1f' % ($ms - $dbase))" 2>/dev/null || echo "-")
-  printf '%-12s %-8s %10s %18s %12s\n' "$rtt ms" "$([ "$rtt" = 0 ] && echo "-" || echo between)" "$ms" "$added" "$(outer_ms)"
-done
+  for rtt in $diloco_rtts; do
+    ms=$(run between "$rtt" "$spec" $(((periods + 1) * H)) "$H")
+    [ "$rtt" = 0 ] && dbase=$ms
+    added=$("$py" -c "print('%.1f (%+.1f)' % ($ms - $dbase, $ms - $base))" 2>/dev/null ||
+      "$py" -c "print('%.1f' % ($ms - $dbase))" 2>/dev/null || echo "-")
+    printf '%-12s %-8s %10s %18s %12s\n' "$rtt ms" "$([ "$rtt" = 0 ] && echo "-" || echo between)" "$ms" "$added" "$(outer_ms)"
+  done
+}
+[ -z "$diloco_rtts" ] || diloco_rows "$tmp/diloco.yaml" "mesh.sync: diloco"
+[ -z "$diloco_rtts" ] || [ "$overlap" = 0 ] ||
+  diloco_rows "$tmp/overlap.yaml" "mesh.sync: diloco, mesh.outer_overlap: true"

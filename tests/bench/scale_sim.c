@@ -36,6 +36,8 @@ struct simw {
     uint64_t epoch;
     int pod, slot, running, holding;
     long step;
+    unsigned binding;         // +1 at each RunSlot and each end of a slot: an answer to a
+    unsigned beat_binding, report_binding; // call sent under an older one speaks of that one
     UT_hash_handle hh;        // by id: whom a call's credential names
 };
 
@@ -55,6 +57,7 @@ struct sim_host {
 static void register_next(struct sim_host *h);
 static void heartbeat_start(struct simw *w);
 static void heartbeat_soon(struct simw *w);
+static void leave_job(struct simw *w);
 
 /* ---- registration ---- */
 
@@ -126,13 +129,7 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
     if (res->code != GRPC_STATUS_OK || atomic_load(&w->s->dead)) return;
     const Moed__V1__HeartbeatResponse *r = (const Moed__V1__HeartbeatResponse *)m;
     if (r->reregister && !w->registering) register_one(w);
-    if (r->stop_job && w->job[0]) {
-        w->job[0] = 0;
-        w->running = w->holding = 0;
-        atomic_store(&w->s->pod, -1);
-        atomic_fetch_add(&w->s->stops, 1);
-        heartbeat_soon(w);
-    }
+    if (r->stop_job && w->job[0] && w->beat_binding == w->binding) leave_job(w);
 }
 
 static void heartbeat_tick(uv_timer_t *t) {
@@ -144,6 +141,7 @@ static void heartbeat_tick(uv_timer_t *t) {
         now - w->beat_sent_ms + (uint64_t)w->h->heartbeat_ms / 2 < idle)
         return;
     w->beat_sent_ms = now;
+    w->beat_binding = w->binding;
     Moed__V1__HeartbeatRequest req = MOED__V1__HEARTBEAT_REQUEST__INIT;
     req.worker_id = w->id;
     req.job_id = w->job;
@@ -169,15 +167,26 @@ static void heartbeat_soon(struct simw *w) {
     uv_timer_start(&w->beat, heartbeat_tick, 0, (uint64_t)w->h->heartbeat_ms);
 }
 
+/* Its slot is over, however it heard (StopJob, a heartbeat's or a step report's answer): idle
+ * at once, and it says so with a heartbeat now, as a real worker does. A heartbeat or report
+ * answered after a newer RunSlot speaks of the slot before: the callers drop that stop (under
+ * load a spare took a slot while the stop of its old one was on its way, then dropped the new
+ * one, and the restarted coordinator found it idle: a recovery in the restart's place). */
+static void leave_job(struct simw *w) {
+    w->binding++;
+    w->job[0] = 0;
+    w->running = w->holding = 0;
+    atomic_store(&w->s->pod, -1);
+    atomic_fetch_add(&w->s->stops, 1);
+    heartbeat_soon(w);
+}
+
 static void on_reported(void *arg, const struct rpc_result *res, const ProtobufCMessage *m) {
     struct simw *w = arg;
     w->report_in_flight = 0;
-    if (res->code == GRPC_STATUS_OK && ((const Moed__V1__StepReportResponse *)m)->stop) {
-        w->running = 0; // the job ended: the next heartbeat shows it idle
-        w->job[0] = 0;
-        atomic_store(&w->s->pod, -1);
-        atomic_fetch_add(&w->s->stops, 1);
-    }
+    if (res->code == GRPC_STATUS_OK && ((const Moed__V1__StepReportResponse *)m)->stop &&
+        w->report_binding == w->binding)
+        leave_job(w); // the job ended (or this slot of it, not a newer one)
 }
 
 /* One step "trained" per tick, reported like a real slot reports it. */
@@ -202,6 +211,7 @@ static void report_tick(uv_timer_t *t) {
     req.epoch = w->epoch;
     req.n_metrics = 1;
     req.metrics = &smp;
+    w->report_binding = w->binding;
     if (rpc_call_async(w->h->pump, w->ch, RPC_CLUSTER_REPORT_STEP, &req.base,
                        &moed__v1__step_report_response__descriptor, CALL_TIMEOUT_S, on_reported,
                        w) == MOE_OK)
@@ -285,6 +295,7 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
         return;
     }
     snprintf(w->job, sizeof w->job, "%s", req->job_id);
+    w->binding++;
     w->epoch = req->epoch;
     w->pod = req->pod;
     w->slot = req->slot;
@@ -310,13 +321,8 @@ static void stop_job(struct rpc_call *call, const ProtobufCMessage *msg, void *c
     const Moed__V1__StopJobRequest *req = (const Moed__V1__StopJobRequest *)msg;
     struct simw *w = callee(call, ctx);
     if (!w) return;
-    if (w->job[0] && !strcmp(w->job, req->job_id) && (!req->epoch || req->epoch >= w->epoch)) {
-        w->job[0] = 0;
-        w->running = w->holding = 0;
-        atomic_store(&w->s->pod, -1);
-        atomic_fetch_add(&w->s->stops, 1);
-        heartbeat_soon(w);
-    }
+    if (w->job[0] && !strcmp(w->job, req->job_id) && (!req->epoch || req->epoch >= w->epoch))
+        leave_job(w);
     reply_empty(call); // the reachability probe (job "") too
 }
 

@@ -13,6 +13,7 @@
  */
 #include "worker.h"
 
+#include "../trainer/outer.h"
 #include "../trainer/slot_state.h"
 #include "../../kernels/arena_pool.h"
 
@@ -182,6 +183,7 @@ static int wait_for_epoch(struct job *j, struct rpc_channel *ch, struct trainer 
     struct state_copy copies[REPLICA_MAX_COPIES];
     long live = -1;
     if (have_t) replica_fence(t, copies, REPLICA_MAX_COPIES, &live, 0);
+    if (have_t) outer_abandon(t); /* diloco's overlapped exchange must not outlive the comm */
     job_close_comm(j);
     long step = have_t ? t->model.step : 0;
     LOG_WARN("%s: slot (%d, %d) lost its data plane in epoch %llu after step %ld (%s): holding "

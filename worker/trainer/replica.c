@@ -473,7 +473,7 @@ static int own_version(struct replica *r, long step, real *arena[4], real **mom)
     return 0;
 }
 
-int replica_own_state(struct trainer *t, long step, const real *arena[4]) {
+int replica_own_state(struct trainer *t, long step, const real *arena[4], const real **carry) {
     struct replica *r = t->mesh.rep;
     if (!r) return 0;
     real *a[4], *mom;
@@ -481,6 +481,7 @@ int replica_own_state(struct trainer *t, long step, const real *arena[4]) {
     int ok = r->fenced && own_version(r, step, a, &mom);
     pthread_mutex_unlock(&r->mu);
     for (int i = 0; ok && i < 4; i++) arena[i] = a[i];
+    if (ok) *carry = mom;
     return ok;
 }
 
@@ -499,7 +500,7 @@ static const char *const piece_names[STATE_PIECES] = {
     "parameters before the experts", "expert parameters", "parameters after the experts",
     "first moments before the experts", "expert first moments", "first moments after the experts",
     "second moments before the experts", "expert second moments",
-    "second moments after the experts", "buffers", "outer momentum"};
+    "second moments after the experts", "buffers", "outer momentum (and mean to apply)"};
 
 /* The pieces in the order they go; returns how many checksums they have. */
 static size_t state_pieces(const struct replica *r, real *const own[4], real *const experts[3],
@@ -512,14 +513,15 @@ static size_t state_pieces(const struct replica *r, real *const own[4], real *co
         pc[3 * a + 2] = (struct lane_piece){own[a] + hi, sizeof(real) * (n - hi), NULL};
     }
     pc[9] = (struct lane_piece){own[3], sizeof(real) * m->n_buffers, NULL};
-    pc[10] = (struct lane_piece){mom, mom ? sizeof(real) * n : 0, NULL};
+    pc[10] = (struct lane_piece){mom, mom ? sizeof(real) * outer_carried(r->t) : 0, NULL};
     for (int i = 0; i < r->n_pieces; i++) blocks += transfer_blocks(pc[i].bytes);
     return blocks;
 }
 
 static size_t state_bytes(const struct replica *r) {
     const struct model *m = &r->t->model;
-    return sizeof(real) * ((3 + (r->t->mesh.outer != NULL)) * m->n_params + m->n_buffers);
+    size_t carry = r->t->mesh.outer ? outer_carried(r->t) : 0;
+    return sizeof(real) * (3 * m->n_params + m->n_buffers + carry);
 }
 
 /* A buddy's copy of the experts keeps the checksums its sender made (so that damage to the

@@ -71,9 +71,10 @@ int replica_hash(const struct trainer *t, uint8_t out[32], long *step);
  * copy (a repair's fence; it reads the whole state twice). */
 int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live, int hash);
 /* Any thread, after the fence (no update changes them then): the arenas (parameters, both
- * moments, buffers) of this slot's own state after `step`, its live or previous version: 1, or
- * 0 when it holds no such version. What an export writes (slot_state.h). */
-int replica_own_state(struct trainer *t, long step, const real *arena[4]);
+ * moments, buffers) of this slot's own state after `step`, its live or previous version, and
+ * with diloco *carry its outer version's carry (outer.h; else NULL): 1, or 0 when it holds no
+ * such version. What an export writes (slot_state.h). */
+int replica_own_state(struct trainer *t, long step, const real *arena[4], const real **carry);
 /* Any thread: the training thread flips one bit of its live parameters before its next step
  * (moectl chaos "flip": silent corruption the replica check must catch). */
 void replica_request_flip(struct trainer *t);

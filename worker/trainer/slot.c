@@ -536,6 +536,7 @@ static moe_status pass_failed(struct slot_exec *x) {
     comm_abort(x->comm);
     reducer_wait(x);
     replica_step_abandon(x->t);
+    outer_abandon(x->t);
     x->hook_status = MOE_OK;
     return moe_fail(s, "%s", msg);
 }
@@ -744,6 +745,7 @@ moe_status slot_step(struct trainer *t, struct step_report *r) {
 fail:
     comm_abort(x->comm);
     replica_step_abandon(t);
+    outer_abandon(t);
     return res;
 }
 

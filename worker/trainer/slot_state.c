@@ -16,8 +16,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char *const part_names[4] = {"state.params", "state.adam_m", "state.adam_v",
-                                          "state.buffers"};
+/* The four arenas, then with diloco the outer version's carry (outer.h): its momentum, and
+ * overlapped the mean its next outer step applies. */
+enum { MAX_PARTS = 6 };
+static const char *const part_names[MAX_PARTS] = {"state.params", "state.adam_m",
+                                                  "state.adam_v", "state.buffers",
+                                                  "state.outer_momentum", "state.outer_mean"};
 
 /* A directory that anyone may write is no place for a job's state (docs/security.md). */
 static moe_status check_dir(int dirfd, const char *dir) {
@@ -54,11 +58,12 @@ static moe_status file_crc(int dirfd, const char *name, const char *path, uint32
     return bad ? moe_fail(MOE_EIO, "cannot read %s back", path) : MOE_OK;
 }
 
-/* The metadata of a slot's file: owned strings in val[], pointed at by meta[]. */
+/* The metadata of a slot's file: owned strings in val[] and key[], pointed at by meta[]. */
 struct meta_texts {
-    char val[10][96];
+    char val[4 + MAX_PARTS][96];
+    char key[MAX_PARTS][48];
     char *cfg;
-    struct st_meta meta[14];
+    struct st_meta meta[6 + MAX_PARTS];
     int n;
 };
 
@@ -69,10 +74,7 @@ static void meta_add(struct meta_texts *m, const char *key, const char *value) {
 }
 
 static moe_status build_meta(struct meta_texts *m, const struct trainer *t, const char *job_id,
-                             long step, const struct st_tensor_out out[4]) {
-    static const char *const crc_keys[4] = {"moed.crc32c.state.params", "moed.crc32c.state.adam_m",
-                                            "moed.crc32c.state.adam_v",
-                                            "moed.crc32c.state.buffers"};
+                             long step, const struct st_tensor_out *out, int n_out) {
     m->n = 0;
     m->cfg = model_config_json(&t->model.cfg);
     if (!m->cfg) return moe_fail(MOE_ENOMEM, "out of memory");
@@ -86,10 +88,11 @@ static moe_status build_meta(struct meta_texts *m, const struct trainer *t, cons
     meta_add(m, "moed.slot", m->val[2]);
     meta_add(m, "moed.mesh", m->val[3]);
     meta_add(m, "moed.model_config", m->cfg);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < n_out; i++) {
         size_t bytes = (size_t)out[i].shape[0] * sizeof(real);
         snprintf(m->val[4 + i], sizeof m->val[4 + i], "%08x", moe_crc32c(0, out[i].data, bytes));
-        meta_add(m, crc_keys[i], m->val[4 + i]);
+        snprintf(m->key[i], sizeof m->key[i], "moed.crc32c.%s", out[i].name);
+        meta_add(m, m->key[i], m->val[4 + i]);
     }
     return MOE_OK;
 }
@@ -97,18 +100,25 @@ static moe_status build_meta(struct meta_texts *m, const struct trainer *t, cons
 /* The file `name` beneath dirfd: a temporary beside it, synced, renamed, the directory synced
  * (common/fileio.h); then read back whole for its CRC-32C. */
 static moe_status write_file(int dirfd, const char *name, const struct st_tensor_out *parts,
-                             const struct meta_texts *m, struct slot_state_file *out) {
+                             int n_parts, const struct meta_texts *m,
+                             struct slot_state_file *out) {
     struct moe_atomic_file f;
     CHECK(moe_atomic_begin_at(&f, dirfd, name, out->path, 0600, 1));
-    CHECK(st_write_into(&f, parts, 4, m->meta, m->n));
+    CHECK(st_write_into(&f, parts, n_parts, m->meta, m->n));
     CHECK(moe_atomic_commit(&f));
     return file_crc(dirfd, name, out->path, &out->crc32c, &out->bytes);
 }
 
+/* The file's tensors: 4, with diloco 5 (the outer momentum), overlapped 6 (its mean too). */
+static int carry_parts(const struct trainer *t) {
+    if (!t->mesh.outer) return 4;
+    return outer_carried(t) > t->model.n_params ? 6 : 5;
+}
+
 moe_status slot_state_export(struct trainer *t, const char *job_id, long step, int dirfd,
                              const char *dir, struct slot_state_file *out) {
-    const real *arena[4];
-    if (!replica_own_state(t, step, arena))
+    const real *arena[4], *carry = NULL;
+    if (!replica_own_state(t, step, arena, &carry))
         return moe_fail(MOE_ENOTFOUND, "slot (%d, %d) holds no state of step %ld (live step %ld)",
                         t->mesh.pod, t->mesh.slot, step, t->model.step);
     CHECK(check_dir(dirfd, dir));
@@ -120,13 +130,17 @@ moe_status slot_state_export(struct trainer *t, const char *job_id, long step, i
     CHECK(moe_dir_open_beneath(dirfd, job_id, 1, 0700, shown, &sub));
     const struct model *m = &t->model;
     int64_t np = (int64_t)m->n_params, nb = (int64_t)m->n_buffers;
-    struct st_tensor_out parts[4] = {
+    int n_parts = carry_parts(t);
+    struct st_tensor_out parts[MAX_PARTS] = {
         {part_names[0], ST_F32, 1, {np}, arena[0]}, {part_names[1], ST_F32, 1, {np}, arena[1]},
         {part_names[2], ST_F32, 1, {np}, arena[2]}, {part_names[3], ST_F32, 1, {nb}, arena[3]},
     };
+    if (n_parts > 4) parts[4] = (struct st_tensor_out){part_names[4], ST_F32, 1, {np}, carry};
+    if (n_parts > 5)
+        parts[5] = (struct st_tensor_out){part_names[5], ST_F32, 1, {np + nb}, carry + np};
     struct meta_texts meta;
-    moe_status s = build_meta(&meta, t, job_id, step, parts);
-    if (s == MOE_OK) s = write_file(sub, name, parts, &meta, out);
+    moe_status s = build_meta(&meta, t, job_id, step, parts, n_parts);
+    if (s == MOE_OK) s = write_file(sub, name, parts, n_parts, &meta, out);
     free(meta.cfg);
     close(sub);
     return s;
@@ -159,12 +173,20 @@ static moe_status check_meta(const struct st_file *f, const struct trainer *t, l
     return MOE_OK;
 }
 
-/* Every tensor with the shape of t's arenas and the CRC-32C its writer recorded. */
+/* Every tensor with the shape of t's arenas and the CRC-32C its writer recorded. An export
+ * of a diloco job made before the file carried the outer momentum has none: it is zero then
+ * (got[4] NULL); an overlapped job's must carry its mean. */
 static moe_status check_parts(const struct st_file *f, const struct trainer *t,
-                              const struct st_tensor *got[4]) {
+                              const struct st_tensor *got[MAX_PARTS]) {
     int64_t np = (int64_t)t->model.n_params, nb = (int64_t)t->model.n_buffers;
-    const int64_t n[4] = {np, np, np, nb};
-    for (int i = 0; i < 4; i++) {
+    const int64_t n[MAX_PARTS] = {np, np, np, nb, np, np + nb};
+    int n_parts = carry_parts(t);
+    if (n_parts == 5 && !st_find(f, part_names[4])) n_parts = 4, got[4] = NULL;
+    if (n_parts == 6 && !st_find(f, part_names[5]))
+        return moe_fail(MOE_EINVAL, "%s: no %s: the export is not of a job with "
+                        "mesh.outer_overlap (the mean in flight is needed to go on)", f->path,
+                        part_names[5]);
+    for (int i = 0; i < n_parts; i++) {
         CHECK(st_expect(f, part_names[i], ST_F32, 1, &n[i], &got[i]));
         char key[64], crc[16];
         snprintf(key, sizeof key, "moed.crc32c.%s", part_names[i]);
@@ -188,14 +210,17 @@ moe_status slot_state_load(struct trainer *t, const char *path, long step, uint3
         goto exit;
     }
     CHECK_GOTO(check_meta(&f, t, step), res, exit);
-    const struct st_tensor *got[4];
+    const struct st_tensor *got[MAX_PARTS] = {NULL};
     CHECK_GOTO(check_parts(&f, t, got), res, exit);
     struct model *m = &t->model;
     real *dst[4] = {m->param_mem, m->m_mem, m->v_mem, m->buffer_mem};
     for (int i = 0; i < 4; i++) memcpy(dst[i], got[i]->data, got[i]->nbytes);
     m->step = step;
-    if (t->mesh.outer) { /* diloco: an outer step's state; the file has no outer momentum */
-        memset(outer_incoming_momentum(t), 0, sizeof(real) * m->n_params);
+    if (t->mesh.outer) { /* diloco: an outer step's state, with its carry */
+        real *carry = outer_incoming_momentum(t);
+        memset(carry, 0, sizeof(real) * outer_carried(t));
+        if (got[4]) memcpy(carry, got[4]->data, got[4]->nbytes);
+        if (got[5]) memcpy(carry + m->n_params, got[5]->data, got[5]->nbytes);
         outer_adopt(t);
     }
 exit:

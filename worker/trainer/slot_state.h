@@ -3,7 +3,9 @@
  * the start of the job that resumes it (docs/recovery.md, "Export and resume").
  *
  * Owns: the file's layout (safetensors: "state.params", "state.adam_m", "state.adam_v",
- * "state.buffers" of the slot's model, which holds the dense parameters and its experts; the
+ * "state.buffers" of the slot's model, which holds the dense parameters and its experts; with
+ * mesh.sync diloco "state.outer_momentum", and with mesh.outer_overlap "state.outer_mean" (the
+ * pods' mean the next outer step applies: the outer version's carry, outer.h); the
  * metadata says format "moed-slot-state", the job, the step, the slot index, the mesh, the
  * model config and the CRC-32C of each tensor), writing it durably beneath an open directory
  * (common/fileio.h's atomic file: a temporary, fsync, rename, fsync of the directory) and reading it back with every checksum, shape and number
