@@ -22,7 +22,7 @@ fi
 mkdir -p "$tmp/pb"
 protoc --python_out="$tmp/pb" -I "$src/proto" "$src/proto/moed.proto"
 
-"$moectl" cluster up --pods 3 --slots 1 --spares 1 --threads 1 --heartbeat-timeout-ms 10000 \
+"$moectl" cluster up --pods 3 --slots 1 --spares 1 --threads 1 --heartbeat-timeout-ms 30000 \
   --dir "$cdir" >"$tmp/up.out" 2>&1 # a stopped rank 2 (below) is found by its kill, not its silence
 rc=$?
 check "cluster up --pods 3 --slots 1 --spares 1" '[ $rc -eq 0 ]'
@@ -61,24 +61,28 @@ start() {
   r0=$(rank_worker "$job" 0) r1=$(rank_worker "$job" 1) r2=$(rank_worker "$job" 2)
 }
 
-# kill_rank2: rank 2 stopped first, killed once ranks 0 and 1 have finished every step it fed
-# (their steps stand still; mesh.timeout_s is long): then they usually hold the same step and
+# stop_rank2, then kill_rank2: rank 2 stopped first (the job stands still meanwhile, however
+# slowly this script runs: the corruption is armed then), killed once ranks 0 and 1 have
+# finished every step it fed (their steps stand still; mesh.timeout_s is long): then they usually hold the same step and
 # each is a source of it. A kill mid-step more often finds one a step behind the other, which
 # then pulls state instead of sending it (rank 2 may still have fed one survivor a step more).
 survivor_steps() { "$moectl" status "$job" --json | json '" ".join(str(s.get("step", 0)) for s in d["slots"][:2])'; }
 both_waiting() { local now; now=$(survivor_steps); [ "$now" = "$held" ] || { held=$now; false; }; }
-kill_rank2() {
-  local victim; victim=$(worker_field "$r2" pid)
+stop_rank2() {
+  victim=$(worker_field "$r2" pid)
   held=
   kill -STOP "$victim"
   wait_until 20 'both_waiting && sleep 0.5 && both_waiting'
   echo "     ranks 0 and 1 stand at steps $held"
+}
+kill_rank2() {
   kill -9 "$victim"
   echo "     killed $r2 (pid $victim, rank 2, stopped) at step $(step_of "$job")"
 }
 
 echo "== one bad source: refused, the other one used"
 start
+stop_rank2
 corrupt "$job" 0
 check "InjectFault corrupt-transfer on rank 0 ($r0) accepted" '[ $? -eq 0 ]'
 kill_rank2
@@ -103,6 +107,7 @@ check "cluster up starts the killed worker again" '[ $? -eq 0 ]'
 idle() { "$moectl" cluster status --json | json 'sum(w["state"] == "WORKER_IDLE" for w in d["workers"])'; }
 wait_until 30 '[ "$(idle)" -ge 4 ]'
 start --set run.steps=1000000
+stop_rank2
 corrupt "$job" 0 && corrupt "$job" 1
 check "InjectFault corrupt-transfer on ranks 0 ($r0) and 1 ($r1) accepted" '[ $? -eq 0 ]'
 coord=$(cat "$cdir/coordinator.pid")
