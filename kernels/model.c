@@ -1,6 +1,7 @@
 /* model.c — the whole model: arenas, initialisation, forward, backward, optimizer step. */
 #include "model.h"
 #include "acts.h"
+#include "arena_pool.h"
 #include "layers.h"
 #include "mix64.h"
 
@@ -10,17 +11,22 @@
 #include <string.h>
 #include <sys/mman.h>
 
-/* The state's big arenas (parameters, moments, and a slot's previous version) are anonymous
- * mappings with transparent huge pages asked for: zeroed by the kernel and faulted in 2 MiB
- * at a time, so a recovery's new holder receives 1 GB of state into fresh memory at memory
- * speed instead of taking a quarter million page faults (and the steps use fewer TLB
- * entries). Small arenas, and where mmap fails, use calloc. */
-#define ARENA_MMAP_MIN ((size_t)4 << 20)
+/* The state's big arenas (parameters, gradients, moments, and a slot's previous version) are
+ * anonymous mappings with transparent huge pages asked for: zeroed by the kernel and faulted
+ * in 2 MiB at a time, so a recovery's new holder receives 1 GB of state into fresh memory at
+ * memory speed instead of taking a quarter million page faults (and the steps use fewer TLB
+ * entries). And a killed process's kernel frees all its memory before it closes its sockets,
+ * so the peers see the death (docs/recovery.md, "Failure detection") only after that: 4 KiB
+ * pages take several times longer to free than huge ones. Small arenas, and where mmap
+ * fails, use calloc. */
+#define ARENA_MMAP_MIN ARENA_MAPPED_MIN
 
 real *model_arena_alloc(size_t n) {
     size_t bytes = n * sizeof(real);
     if (bytes < ARENA_MMAP_MIN) return calloc(n ? n : 1, sizeof(real));
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *p = arena_pool_take(bytes); /* a spare's, faulted in before it was needed */
+    if (p) return p;
+    p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return NULL;
 #ifdef MADV_HUGEPAGE
     (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: without THP the pages are 4 KiB */
@@ -130,7 +136,7 @@ static void moe_acts_of(struct moe_acts *m, const struct acts *a, const struct m
 
 /* ---- allocation and initialisation ---- */
 
-double model_bytes_needed(const struct model_config *cfg, int B_max, int n_local) {
+double model_params_of(const struct model_config *cfg, int n_local) {
     double L = cfg->n_layers, params = 0;
     for (int i = 0; i < MODEL_NUM_TENSORS; i++) {
         struct model_tensor_info ti;
@@ -138,6 +144,11 @@ double model_bytes_needed(const struct model_config *cfg, int B_max, int n_local
         if (model_tensor_is_expert(i)) ti.dims[0] = n_local;
         params += (double)ti.dims[0] * ti.dims[1] * ti.dims[2] * (ti.per_layer ? L : 1);
     }
+    return params;
+}
+
+double model_bytes_needed(const struct model_config *cfg, int B_max, int n_local) {
+    double L = cfg->n_layers, params = model_params_of(cfg, n_local);
     /* the activations' largest terms, in doubles first: acts_carve counts in size_t */
     double N = (double)B_max * cfg->seq_len, C = cfg->d_model, K = cfg->top_k;
     double rough = L * N * (12 * C + 3 * K * (C + cfg->d_ff) + 4 * cfg->n_experts +
@@ -178,7 +189,7 @@ int model_alloc_experts(struct model *m, const struct model_config *cfg, int B_m
     m->act_size = acts_carve(&a, NULL, NULL, cfg, B_max, &n_int);
 
     m->param_mem = model_arena_alloc(m->n_params);
-    m->grad_mem = calloc(m->n_params, sizeof(real));
+    m->grad_mem = model_arena_alloc(m->n_params);
     m->m_mem = model_arena_alloc(m->n_params);
     m->v_mem = model_arena_alloc(m->n_params);
     m->buffer_mem = calloc(m->n_buffers, sizeof(real));
@@ -217,7 +228,7 @@ real *model_swap_grad_arena(struct model *m, real *mem) {
 }
 
 void model_forward_only(struct model *m) {
-    free(m->grad_mem);
+    model_arena_free(m->grad_mem, m->n_params);
     model_arena_free(m->m_mem, m->n_params);
     model_arena_free(m->v_mem, m->n_params);
     m->grad_mem = m->m_mem = m->v_mem = NULL;
@@ -228,7 +239,7 @@ void model_forward_only(struct model *m) {
 
 void model_free(struct model *m) {
     model_arena_free(m->param_mem, m->n_params);
-    free(m->grad_mem);
+    model_arena_free(m->grad_mem, m->n_params);
     model_arena_free(m->m_mem, m->n_params);
     model_arena_free(m->v_mem, m->n_params);
     free(m->buffer_mem);

@@ -143,6 +143,8 @@ int model_alloc_experts(struct model *m, const struct model_config *cfg, int B_m
  * parameter, gradient and two moment arenas and the activations. A double, so that an absurd
  * configuration reads as a huge number (or infinity) instead of wrapping around. */
 double model_bytes_needed(const struct model_config *cfg, int B_max, int n_local);
+/* The parameters (n_params: each arena's reals) of a model with n_local experts. */
+double model_params_of(const struct model_config *cfg, int n_local);
 
 /* Tensors 4..6 (gate, up, down) are the experts': (L, E, ...) with E the local count. */
 static inline int model_tensor_is_expert(int i) { return i >= 4 && i <= 6; }
@@ -220,7 +222,8 @@ double model_update(struct model *m, const struct adamw_config *opt);
  * the other slots) and the loads in m->stats.load already the whole batch's. */
 void model_update_with_norm(struct model *m, const struct adamw_config *opt, double norm);
 
-/* A state-sized arena of n reals, zeroed (big ones on transparent huge pages), and its free. */
+/* A state-sized arena of n reals, zeroed (big ones on transparent huge pages, and taken from
+ * the prepared ones of kernels/arena_pool.h when one has exactly that size), and its free. */
 real *model_arena_alloc(size_t n);
 void model_arena_free(real *p, size_t n);
 

@@ -88,17 +88,10 @@ rc=$?
 watch_pid=
 check_same_model "$job" $rc
 check "every recovery returned to an outer step" \
-  '"$moectl" status "$job" --json | "$py" -c "import json,re,sys
-ev=[e for e in json.load(sys.stdin)[\"events\"] if e[\"kind\"] == \"recovering\"]
-steps=[int(m) for e in ev for m in re.findall(r\"returns to step (\d+)\", e[\"message\"])]
-print(\"     recovery targets:\", steps)
-sys.exit(0 if ev and len(steps) == len(ev) and all(s % $H == 0 for s in steps) else 1)"'
+  'recoveries_at_multiples "$job" $H'
 
 # ---- cancelled: the survivors export an outer step with its carry; the resumed job ends
 # with the reference's bits ----
-committed_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"].get("committed_step", 0)'; }
-export_done() { [ -n "$("$moectl" status "$1" --json 2>/dev/null | json "d['job'].get('exported', {}) and not d['job']['exported'].get('in_progress') or ''")" ]; }
-exported() { "$moectl" status "$1" --json 2>/dev/null | json "d['job'].get('exported', {}).get('$2', '')"; }
 cjob=$("$moectl" submit "$tmp/overlap.yaml")
 wait_until 90 '[ "$(committed_of "$cjob")" -ge $((3 * H)) ] 2>/dev/null'
 "$moectl" cancel "$cjob" >/dev/null

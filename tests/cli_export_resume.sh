@@ -20,9 +20,6 @@ source "$(dirname "$0")/cluster_lib.sh"
 cluster_test_init cli_export_resume
 worker_pid() { "$moectl" cluster status --json | json "[w['pid'] for w in d['workers'] if w['worker_id'] == '$1'][0]"; }
 slot_worker() { "$moectl" status "$1" --json | json "[s['worker_id'] for s in d['slots'] if (s['pod'], s['slot']) == ($2, $3)][0]"; }
-committed_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"].get("committed_step", 0)'; }
-exported() { "$moectl" status "$1" --json 2>/dev/null | json "d['job'].get('exported', {}).get('$2', '')"; }
-export_done() { [ -n "$("$moectl" status "$1" --json 2>/dev/null | json "d['job'].get('exported', {}) and not d['job']['exported'].get('in_progress') or ''")" ]; }
 idle_count() { "$moectl" cluster status --json | json 'sum(w["state"] == "WORKER_IDLE" for w in d["workers"])'; }
 kinds() { "$moectl" events "$1" --json | json_lines 'e["kind"]'; }
 json_lines() { "$py" -c "import json,sys

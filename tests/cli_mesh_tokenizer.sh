@@ -14,7 +14,6 @@ source "$(dirname "$0")/cluster_lib.sh"
 cluster_test_init cli_mesh_tokenizer
 worker_pid() { "$moectl" cluster status --json | json "[w['pid'] for w in d['workers'] if w['worker_id'] == '$1'][0]"; }
 slot_worker() { "$moectl" status "$1" --json | json "[s['worker_id'] for s in d['slots'] if (s['pod'], s['slot']) == ($2, $3)][0]"; }
-committed_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"].get("committed_step", 0)'; }
 events() { "$moectl" status "$1" --json | json '"\n".join(e["kind"] + ": " + e["message"] for e in d["events"])'; }
 export OMP_NUM_THREADS=1
 mkdir -p "$tmp/data"

@@ -26,7 +26,6 @@ run: {steps: 1000000, batch_size: 8, eval_every: 0}
 YAML
 
 job=$("$moectl" submit "$tmp/job.yaml")
-committed_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"].get("committed_step", 0)'; }
 wait_until 30 '[ "$(committed_of "$job")" -ge 50 ] 2>/dev/null'
 check "the 2 x 2 job runs and has committed steps ($job, committed step $(committed_of "$job"))" \
   '[ "$(state_of "$job")" = JOB_RUNNING ] && [ "$(committed_of "$job")" -ge 50 ]'

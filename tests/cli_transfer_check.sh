@@ -42,7 +42,6 @@ rank_worker() { "$moectl" status "$1" --json | json "d['job']['bindings'][$2]['w
 rank_address() { "$moectl" status "$1" --json | json "d['job']['bindings'][$2]['worker_address']"; }
 worker_field() { "$moectl" cluster status --json | json "[w['$2'] for w in d['workers'] if w['worker_id'] == '$1'][0]"; }
 events() { "$moectl" status "$1" --json | json '"\n".join(e["kind"] + ": " + e["message"] for e in d["events"])'; }
-committed_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"].get("committed_step", 0)'; }
 ca=$("$moectl" cluster status --json | json 'd.get("tls_ca", "")')
 # corrupt JOB RANK: the next state rank RANK's worker sends for a restore carries a flipped bit
 corrupt() {

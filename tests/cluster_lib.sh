@@ -87,6 +87,16 @@ wait_until() {
 }
 state_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"]["state"]'; }
 step_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"]["step"]'; }
+committed_of() { "$moectl" status "$1" --json 2>/dev/null | json 'd["job"].get("committed_step", 0)'; }
+# a job's export manifest (docs/recovery.md, "Export and resume"): one field, and whether it ended
+exported() { "$moectl" status "$1" --json 2>/dev/null | json "d['job'].get('exported', {}).get('$2', '')"; }
+export_done() { [ -n "$("$moectl" status "$1" --json 2>/dev/null | json "d['job'].get('exported', {}) and not d['job']['exported'].get('in_progress') or ''")" ]; }
+# every recovery of job $1 returned to a multiple of $2 (diloco: an outer step)
+recoveries_at_multiples() { "$moectl" status "$1" --json | "$py" -c "import json,re,sys
+ev=[e for e in json.load(sys.stdin)[\"events\"] if e[\"kind\"] == \"recovering\"]
+steps=[int(m) for e in ev for m in re.findall(r\"returns to step (\d+)\", e[\"message\"])]
+print(\"     recovery targets:\", steps)
+sys.exit(0 if ev and len(steps) == len(ev) and all(s % $2 == 0 for s in steps) else 1)"; }
 running_from() { for p in /proc/[0-9]*; do grep -qsaF -- "$1/" "$p/cmdline" && echo "${p#/proc/}"; done; }
 # check_same_model JOB RC: the job SUCCEEDED (RC: the exit status of its `moectl watch`, whose
 # output's tail, $tmp/watch.out, is shown when it is not 0) and the model it made is byte for

@@ -43,6 +43,7 @@ struct scenario {
     struct comm_listener *l[MAXR];
     const char *addr[MAXR];
     char addr_buf[MAXR][COMM_ADDR_MAX]; // copies: a child closes the other ranks' listeners
+    int watch;       // the ranks' comms have a peer watcher (on_peer_lost reports "lost")
     int report[2];   // children -> parent: a line each ("<rank> <event> <value>")
     int go[MAXR][2]; // parent -> child r: permission to go on / exit
     pid_t pid[MAXR];
@@ -91,13 +92,25 @@ static const uint8_t *key_of(uint8_t buf[COMM_KEY_BYTES], const char *seed) {
     return buf;
 }
 
+/* A watched rank's on_peer_lost (in its child): "lost" with the time, and whom it named. */
+static struct scenario *watched_s;
+static int watched_rank;
+static void on_lost(void *arg, int rank, const char *why) {
+    (void)arg;
+    report(watched_s, watched_rank, "lost", moe_clock_s());
+    int named = strstr(why, "rank 1 closed") || strstr(why, "rank 1 is exiting");
+    report(watched_s, watched_rank, named ? "lost_named" : "lost_bad", rank);
+}
+
 static struct comm_config config_of(struct scenario *s, int r, enum comm_backend backend) {
+    watched_s = s, watched_rank = r;
     return (struct comm_config){.backend = backend, .rank = r, .size = s->n, .pods = s->pods,
                                 .slots = s->slots, .epoch = s->epoch[r], .job_id = s->job[r],
                                 .key = key_of(s->key_buf[r], s->key[r]),
                                 .encrypt = s->encrypt[r], .peers = s->addr,
                                 .timeout_s = s->timeout_r[r] > 0 ? s->timeout_r[r]
-                                                                 : s->timeout_s};
+                                                                 : s->timeout_s,
+                                .on_peer_lost = s->watch ? on_lost : NULL};
 }
 
 /* Forks every rank; each opens its comm and runs body; returns once all are reaped, the
@@ -902,6 +915,59 @@ static void test_check_peers(void) {
     scenario_reap(&s, 20);
 }
 
+/* The peer watcher: while both ranks move data (over every channel, large and small, shared
+ * memory or tcp) it never takes a live peer for a dead one nor disturbs a byte; once rank 1
+ * is killed, rank 0, doing nothing with its comm, is told at once and the dead rank named
+ * (its closed connection, or over shared memory its exiting process); its operations then
+ * find the death on their own. */
+static int body_watch(struct scenario *s, int rank, struct comm *c, moe_status st) {
+    EXPECT_MSG(st == MOE_OK, "rank %d open: %s", rank, moe_errmsg());
+    if (st != MOE_OK) return 1;
+    struct comm_group all = {.n = 2, .me = rank, .ranks = {0, 1}};
+    long wrong = 0;
+    for (int i = 0; i < 20; i++)
+        wrong += td_check_allreduce(c, i % COMM_CHANNELS, &all, i % 2 ? 3 : 1 << 20, 30 + i);
+    EXPECT_MSG(wrong == 0, "rank %d: %ld wrong values with the watcher on", rank, wrong);
+    report(s, rank, "started", moe_clock_s());
+    wait_go(s, rank, 20); /* rank 1 is killed meanwhile; rank 0 waits, its comm idle */
+    if (rank != 0) return 0;
+    /* the watcher may have seen the process exiting before its sockets closed: the data
+     * plane's own check meets the closed connection once it is there */
+    moe_status r;
+    double end = moe_clock_s() + 10;
+    while ((r = comm_check_peers(c)) == MOE_OK && moe_clock_s() < end) usleep(1000);
+    EXPECT(r == MOE_EUNAVAILABLE);
+    return 0;
+}
+
+static void test_watch(void) {
+    printf("the peer watcher reports a killed rank at once, with no operation pending\n");
+    struct scenario s;
+    scenario_init(&s, 1, 2, 10); // the timeout is long: only the watcher can explain a report
+    s.watch = 1;
+    scenario_fork(&s, body_watch);
+    int rank[8];
+    char ev[8][32];
+    double val[8];
+    int got = read_reports(&s, 2, 20, rank, ev, val);
+    EXPECT_MSG(got == 2, "only %d ranks started", got);
+    for (int i = 0; i < got; i++)
+        EXPECT_MSG(strcmp(ev[i], "started") == 0, "rank %d: %s before the kill", rank[i], ev[i]);
+    double killed = moe_clock_s();
+    kill(s.pid[1], SIGKILL);
+    got = read_reports(&s, 2, 20, rank, ev, val);
+    EXPECT_MSG(got == 2, "only %d reports after the kill", got);
+    for (int i = 0; i < got; i++) {
+        EXPECT_MSG(rank[i] == 0 && strcmp(ev[i], "lost_bad") != 0, "rank %d: %s", rank[i], ev[i]);
+        if (strcmp(ev[i], "lost") != 0) continue;
+        EXPECT_MSG(val[i] >= killed && val[i] - killed < 1.0, "rank 0 was told %.3f s after "
+                   "the kill", val[i] - killed);
+        printf("  rank 0 was told %.3f s after the kill\n", val[i] - killed);
+    }
+    if (write(s.go[0][1], "g", 1) < 0) perror("go");
+    scenario_reap(&s, 20);
+}
+
 static void test_stop(void) {
     printf("SIGSTOP a rank\n");
     struct scenario s;
@@ -1031,7 +1097,7 @@ static int selected(int argc, char **argv, const char *name) {
 }
 
 /* Arguments, if any, name the scenarios to run (ops, encrypt, mismatch, strangers, slowloris,
- * tamper, kill, check_peers, stop, abort, cancel). */
+ * tamper, watch, kill, check_peers, stop, abort, cancel). */
 int main(int argc, char **argv) {
     moe_log_init("test");
     signal(SIGPIPE, SIG_DFL); // the data plane must not need SIGPIPE ignored
@@ -1072,6 +1138,12 @@ int main(int argc, char **argv) {
     }
     if (selected(argc, argv, "slowloris")) test_slowloris();
     if (selected(argc, argv, "tamper")) test_tamper();
+    if (selected(argc, argv, "watch")) {
+        test_watch();
+        setenv("MOE_COMM_SHM", "0", 1);
+        test_watch();
+        unsetenv("MOE_COMM_SHM");
+    }
     if (selected(argc, argv, "kill")) {
         test_kill();
         setenv("MOE_COMM_SHM", "0", 1);

@@ -170,6 +170,25 @@ static int keeps_slot(struct coordinator *co, struct worker *w, struct job *j,
     return keep;
 }
 
+/* An idle worker may be the spare a recovery picks: it is told the first running recoverable
+ * job (its spec once), and prepares that job's slot arenas before any fault (worker/daemon/
+ * spare.c); told none, it lets them go. */
+static void spare_hint(struct coordinator *co, const struct worker *w,
+                       const Moed__V1__HeartbeatRequest *req, Moed__V1__HeartbeatResponse *resp) {
+    if (req->job_id[0] || req->holding || w->refused[0] ||
+        w->state != MOED__V1__WORKER_STATE__WORKER_IDLE)
+        return;
+    for (int i = 0; i < co->n_jobs; i++) {
+        struct job *j = co->jobs[i];
+        if (j->state != MOED__V1__JOB_STATE__JOB_RUNNING || !j->recoverable ||
+            job_n_slots(j) < 2 || !j->spec_json)
+            continue;
+        resp->prepare_job_id = j->id;
+        if (strcmp(req->prepared_job_id, j->id) != 0) resp->prepare_spec_json = j->spec_json;
+        return;
+    }
+}
+
 void membership_heartbeat(struct coordinator *co, struct worker *w,
                           const Moed__V1__HeartbeatRequest *req, Moed__V1__HeartbeatResponse *resp) {
     if (w->state == MOED__V1__WORKER_STATE__WORKER_LEFT) {
@@ -222,6 +241,7 @@ void membership_heartbeat(struct coordinator *co, struct worker *w,
             fault_slot_forgotten(co, mine, k, w);
         }
     }
+    spare_hint(co, w, req, resp);
 }
 
 /* O(workers) per monitor tick: a compare each. A worker whose last heartbeat named no job

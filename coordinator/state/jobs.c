@@ -748,6 +748,12 @@ moe_status jobs_load(struct coordinator *co) {
         struct job *j = co->jobs[i];
         CHECK(store_events_tail(co->store, j->id, JOB_RECENT_EVENTS, load_event, j));
         if (j->step > 0) CHECK(store_steps_scan(co->store, j->id, j->step, load_last_step, j));
+        /* The record is written once a tick (events.c), the steps with every report of slot
+         * (0, 0): the newest stored step may be past the record's, and its replicated_step is a
+         * step every slot completed, so the committed step a client saw never goes down. */
+        if (j->last && (long)j->last->step > j->step) j->step = (long)j->last->step;
+        if (j->last && (long)j->last->replicated_step > j->committed_step)
+            j->committed_step = (long)j->last->replicated_step;
     }
     return MOE_OK;
 }

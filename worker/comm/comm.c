@@ -73,6 +73,7 @@ moe_status comm_open(struct comm **out, const struct comm_config *cfg, struct co
     }
     if (c->backend == COMM_MPI) CHECK_GOTO(comm_mpi_open(c), res, fail);
     CHECK_GOTO(comm_connect_all(c, cfg, l), res, fail);
+    CHECK_GOTO(comm_watch_start(c, cfg->on_peer_lost, cfg->on_peer_lost_arg), res, fail);
     LOG_DEBUG("comm: rank %d of %d open (job %s, epoch %llu, %d peers through shared memory, "
               "%d through encrypted tcp)", c->rank, c->size, c->job_id,
               (unsigned long long)c->epoch, comm_shm_peers(c), comm_encrypted_peers(c));
@@ -94,6 +95,10 @@ void comm_abort(struct comm *c) {
 
 void comm_close(struct comm *c) {
     if (!c) return;
+    if (c->watch) { /* the watcher sleeps on the sockets closed below: wake it, then join */
+        comm_abort(c);
+        comm_watch_stop(c);
+    }
     if (c->peers) {
         for (int q = 0; q < c->size; q++)
             for (int ch = 0; ch < COMM_CHANNELS; ch++) {

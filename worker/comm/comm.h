@@ -72,6 +72,16 @@ struct comm_config {
                             // COMM_CANCEL_POLL_MS with MOE_EINTERNAL, as an aborted operation
                             // does, instead of waiting out its deadline (comm_abort reaches
                             // only a comm that is open)
+    /* NULL, or called once, from a thread of the comm's own (watch.c), as soon as a tcp
+     * peer's connection closes, or a same-host peer's process is seen exiting (before its
+     * kernel has freed its memory and closed its sockets), while this rank computes or waits
+     * anywhere: so that the fault is reported without waiting for the next operation or
+     * check (comm_check_peers) to meet it. Reads no byte and changes no state of the comm:
+     * operations still find the dead peer themselves. `why` names the rank. Not called
+     * after comm_abort, nor during or after comm_close (which waits for a call in progress:
+     * keep it short). */
+    void (*on_peer_lost)(void *arg, int rank, const char *why);
+    void *on_peer_lost_arg;
 };
 #define COMM_CANCEL_POLL_MS 50
 

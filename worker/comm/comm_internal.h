@@ -6,6 +6,7 @@
  * The files form layers, and a file calls only into its own layer's helpers or lower ones:
  *   5  comm.c (open, abort, close, groups)      collectives.c (operations as exchanges)
  *   4  engine.c (moving one operation; engine.h)   handshake.c (connecting; handshake.h)
+ *      watch.c (a thread that reports a peer's hang-up at once: below)
  *   3  stream.c (tcp and shm transfers)   mpi.c (Open MPI transfers)   listener.c
  *   2  tcp.c (sockets)   seal.c (encrypted frames on tcp.c)   shm.c (rings; doorbells on
  *      tcp.c)   cma.c (single copies)
@@ -101,6 +102,7 @@ struct comm {
     void *scratch[COMM_CHANNELS]; // per-channel leaves of the reductions (members x piece)
     size_t scratch_bytes[COMM_CHANNELS];
     double next_peer_check; // comm_check_peers looks again from then on (its caller's thread)
+    struct comm_watch *watch; // NULL, or the thread that reports a lost peer (watch.c)
 };
 
 /* One peer's part in an exchange: a header and `send_bytes` of payload go out (when
@@ -143,5 +145,11 @@ long wire_header_arrived(struct link *k, int channel, struct xfer *x);
 /* The MOE_EINVAL for a transfer whose peer disagreed, naming it and both sizes. */
 moe_status wire_mismatch_error(const struct xfer *x);
 const char *wire_kind_name(uint32_t kind); // "alltoallv"
+
+/* watch.c (layer 4, beside engine.c): the thread behind comm_config.on_peer_lost. Started by
+ * comm_open once every link is up (nothing to do without a callback or a tcp peer); stopped
+ * by comm_close, after the abort pipe is written (which also ends it). */
+moe_status comm_watch_start(struct comm *c, void (*cb)(void *, int, const char *), void *arg);
+void comm_watch_stop(struct comm *c);
 
 #endif

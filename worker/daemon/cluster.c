@@ -337,6 +337,8 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
         LOG_INFO("the coordinator does not know us (restarted?): registering again");
         reregister(w);
     }
+    if (!r->reregister) worker_spare_hint(w, hb->job_id[0] != 0, r->prepare_job_id,
+                                          r->prepare_spec_json);
     for (int k = 0; r->stop_job && hb->job_id[0] && k < WORKER_MAX_SLOTS; k++) {
         struct job *j = w->jobs[k];
         if (!j || atomic_load(&j->finished) || strcmp(j->id, hb->job_id) != 0) continue;
@@ -372,6 +374,7 @@ static void heartbeat_tick(uv_timer_t *t) {
     req.step = step;
     req.epoch = epoch;
     req.holding = holding;
+    req.prepared_job_id = w->spare_job;
     /* long enough for a busy coordinator, short enough that one lost call skips few ticks */
     double timeout = 2.0 * (double)w->heartbeat_ms / 1000.0;
     if (timeout < 1.0) timeout = 1.0;

@@ -15,6 +15,7 @@
 
 #include "../trainer/outer.h"
 #include "../trainer/slot_state.h"
+#include "../../kernels/arena_pool.h"
 
 #include "../../common/clock.h"
 #include "../../common/log.h"
@@ -36,8 +37,8 @@ static void log_step(const struct job *j, const struct trainer *t, const struct 
 
 /* Runs the steps. Returns 1 when all steps ran, 0 when the job ended early; *error says why
  * (empty when it was stopped). */
-static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struct backlog *b,
-                 char *error, size_t error_len, moe_status *why) {
+static int train_steps(struct job *j, struct rpc_channel *ch, struct trainer *t,
+                       struct backlog *b, char *error, size_t error_len, moe_status *why) {
     long total = t->spec.run.steps;
     int log_every = t->spec.run.log_every > 0 ? t->spec.run.log_every : 1;
     while (t->model.step < total) {
@@ -72,6 +73,17 @@ static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struc
             LOG_INFO("%s: the coordinator says stop after step %ld", j->id, r.step);
     }
     return 1;
+}
+
+/* While the steps run, a peer whose connection closes is a fault the comm's watcher reports
+ * at once (mesh.c); outside them (opening, restoring, saving the model, ending) a closing peer
+ * may be one that finished or left the epoch first, and the thread judges what it meets. */
+static int train(struct job *j, struct rpc_channel *ch, struct trainer *t, struct backlog *b,
+                 char *error, size_t error_len, moe_status *why) {
+    atomic_store(&j->in_steps, 1);
+    int done = train_steps(j, ch, t, b, error, error_len, why);
+    atomic_store(&j->in_steps, 0);
+    return done;
 }
 
 /* The epoch's comm (mesh.c), and the trainer's distributed step re-formed over it. */
@@ -126,7 +138,11 @@ static int open_trainer(struct job *j, struct trainer *t, char *error, size_t er
          * recovery's new holder skips initialising the state it is about to receive */
         int rank = j->pod * j->slots + j->slot;
         int pulls = j->cur.restore && j->cur.restore_from && j->cur.restore_from[rank] >= 0;
+        long prepared = arena_pool_taken();
         s = trainer_open_slot_later(t, &j->spec, j->pod, j->slot, !pulls, &access);
+        if (s == MOE_OK && (prepared = arena_pool_taken() - prepared) > 0)
+            LOG_INFO("%s: slot (%d, %d) took %ld arenas prepared while it stood by (spare.c)",
+                     j->id, j->pod, j->slot, prepared);
         if (s == MOE_OK && j->resume_path[0] && (s = resume_state(j, t)) != MOE_OK) {
             trainer_failed(j, s, error, error_len);
             trainer_close(t); // no trainer: the slot ends
@@ -333,6 +349,7 @@ void job_thread(void *arg) {
         LOG_ERROR("%s: %s", j->id, moe_errmsg());
         goto done;
     }
+    j->report_ch = ch; // before any comm opens: its watcher reports on it
     struct trainer t;
     int have_t = 0;
     struct backlog b = {0};

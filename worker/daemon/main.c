@@ -87,6 +87,10 @@ static const struct knob knobs[] = {
      1L << 40, NULL, "MB",
      "refuse a slot whose model, gradients, optimizer moments and activations need more than "
      "this; 0: 90% of this host's physical memory"},
+    {"spare-arena-mb", "MOED_SPARE_ARENA_MB", KNOB_LONG, AT(spare_arena_mb), "4096", 0,
+     1L << 40, NULL, "MB",
+     "while idle, hold up to this much memory mapped and faulted in for the slot of a running "
+     "job that a recovery may give this worker (its state arrives faster); 0: none"},
     {"log-level", "MOE_LOG_LEVEL", KNOB_CHOICE, AT(log_level), "info", 0, 0,
      "debug|info|warn|error|off", NULL, "how much to log to stderr"},
     {NULL, "TMPDIR", KNOB_STR, AT(tmpdir), "/tmp", 0, 0, NULL, "DIR",

@@ -3,7 +3,9 @@
  * one slot of a pods x slots mesh, opened on the training thread from the binding table
  * RunSlot carried (rank = pod * slots + slot, the peers' data addresses, the epoch, the
  * job's data-plane key, mesh.encrypt), and aborted from the loop when the coordinator says stop, so that a slot
- * blocked in a collective returns at once instead of after the data-plane timeout. Stopping
+ * blocked in a collective returns at once instead of after the data-plane timeout; a peer
+ * whose connection closes while the steps run is reported from the comm's watcher thread at
+ * once (comm_config.on_peer_lost), not when the step next reaches the data plane. Stopping
  * the job (the coordinator's word, or a shutdown) and waking a thread that waits.
  * For recovery (docs/recovery.md) it also owns the bindings of epochs: the first one adopted
  * when RunSlot makes the job, a later one handed from the loop (a recovery's RunSlot) to the
@@ -20,6 +22,19 @@
 
 #include <stdlib.h>
 #include <string.h>
+
+/* The comm's watcher thread: a peer's connection closed while this slot trains. The
+ * coordinator hears it now rather than when the step next reaches the data plane (a large
+ * part of a step later); the thread meets the same failure there, freezes its state and
+ * reports again, which the coordinator takes as the same fault. */
+static void peer_lost(void *arg, int rank, const char *why) {
+    struct job *j = arg;
+    if (!atomic_load(&j->in_steps) || atomic_load(&j->stop) != JOB_RUN || !j->recoverable)
+        return;
+    LOG_WARN("%s: slot (%d, %d) epoch %llu: peer rank %d lost: %s", j->id, j->pod, j->slot,
+             (unsigned long long)j->epoch, rank, why);
+    job_report_fault(j, j->report_ch, atomic_load(&j->step), why, NULL);
+}
 
 moe_status job_open_comm(struct job *j) {
     int n = j->pods * j->slots;
@@ -43,6 +58,8 @@ moe_status job_open_comm(struct job *j) {
         .peers = peers,
         .timeout_s = j->timeout_s,
         .cancel = &j->open_cancel,
+        .on_peer_lost = j->report_ch ? peer_lost : NULL,
+        .on_peer_lost_arg = j,
     };
     struct comm *c = NULL;
     double t0 = moe_clock_s();

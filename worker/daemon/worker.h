@@ -84,6 +84,8 @@ struct worker_config {
                                   // cannot go on and its spec names no run.export_dir ("":
                                   // <scratch>/exports)
     long memory_limit_mb;         // a slot needing more is refused (0: 90% of physical memory)
+    long spare_arena_mb;          // --spare-arena-mb: what an idle worker may hold prepared for
+                                  // a slot a recovery may give it (spare.c; 0: nothing)
     int log_level;                // enum moe_log_level
     struct rpc_tls tls;           // ca_file (tls_ca) only: for calls to the coordinator
     struct rpc_tls serve_tls;     // cert_file + key_file: for the Worker service
@@ -146,6 +148,10 @@ struct job {
     struct epoch_binding *next;   //   a newer epoch's binding, not yet taken by the thread
     struct trainer *trainer;      //   the thread's trainer while it is open (FenceSlot)
     atomic_int holding;           // fenced and waiting for the next epoch (heartbeats say so)
+    atomic_int in_steps;          // the thread runs the step loop (job.c: train): a peer lost
+                                  //   now is a fault the comm's watcher reports at once
+    struct rpc_channel *report_ch; // the thread's channel to the coordinator (any thread may
+                                  //   call on it: the watcher's report of a lost peer)
     int unrecoverable;            // (thread only) the slot could not load its data or spec here:
                                   //   its end report says a recovery would fail the same way
     /* export and resume (docs/recovery.md, "Export and resume") */
@@ -210,6 +216,10 @@ struct worker {
     struct job *jobs[WORKER_MAX_SLOTS]; // the slots it plays ([k] uses listeners[k]); all of
                                   // one job when there are two; NULL where none
 
+    char spare_job[64];           // (loop) the job whose slot arenas it prepared, or found it
+                                  //   need not (spare.c): HeartbeatRequest.prepared_job_id
+    int spare_preparing;          // (loop) they are being prepared on the thread pool
+
     atomic_int shutting_down;     // SIGTERM/SIGINT seen: no new jobs, short retries
     int server_down;
     int exit_code;
@@ -233,6 +243,10 @@ static inline void worker_copy_credential(struct worker *w, char out[WORKER_CRED
 moe_status worker_register(struct worker *w); // blocking, at startup, with retries
 void worker_heartbeat_start(struct worker *w);
 void worker_heartbeat_now(struct worker *w); // an extra one (a job just ended)
+
+/* spare.c (loop thread): a heartbeat's answer to an idle (`busy` 0) or busy worker: prepare
+ * the arenas of a slot of job_id (spec_json: its spec, "" when already sent), or release. */
+void worker_spare_hint(struct worker *w, int busy, const char *job_id, const char *spec_json);
 
 /* service.c (loop thread) */
 extern const struct rpc_method worker_methods[];

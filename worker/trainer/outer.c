@@ -5,7 +5,7 @@
 #include "../../common/log.h"
 #include "../../kernels/quant.h"
 #include "../comm/comm.h"
-#include "replica.h"
+#include "fence_gate.h"
 #include "thread_error.h"
 
 #include <pthread.h>
@@ -205,12 +205,12 @@ static moe_status average_over_pods(struct outer *o, struct trainer *t, size_t n
 }
 
 /* The next version, made from the newest one by the outer Nesterov step on `mean` (n_params),
- * with the live moments and biases; the live parameters become it. Under the replica lock: a
+ * with the live moments and biases; the live parameters become it. Through the fence gate: a
  * fence lists the versions held, and none may change after it. */
 static moe_status new_version(struct trainer *t, const real *mean) {
     struct outer *o = t->mesh.outer;
     struct model *m = &t->model;
-    CHECK(replica_lock_unfenced(t, "the outer step"));
+    CHECK(fence_gate_enter(t->mesh.gate, "the outer step", t->model.step));
     int nw = (o->cur + 1) % o->n_ver;
     struct model_state *v = &o->ver[nw];
     const struct model_state *old = &o->ver[o->cur];
@@ -221,7 +221,7 @@ static moe_status new_version(struct trainer *t, const real *mean) {
     memcpy(m->param_mem, v->param_mem, sizeof(real) * m->n_params);
     copy_live_into(m, v);
     o->cur = nw;
-    replica_unlock(t);
+    fence_gate_leave(t->mesh.gate);
     return MOE_OK;
 }
 
@@ -281,14 +281,14 @@ void outer_abandon(struct trainer *t) {
 
 /* The pods' mean that arrived (in buf) for the newest version: into its carry, and with it the
  * version is complete, a copy another pod holds too. With `last`, it is applied at once, in
- * place: the job's last version holds every period's progress. Under the replica lock (a
+ * place: the job's last version holds every period's progress. Through the fence gate (a
  * fence lists the complete versions). */
 static moe_status keep_mean(struct trainer *t, int last) {
     struct outer *o = t->mesh.outer;
     struct model *m = &t->model;
     struct model_state *v = &o->ver[o->cur];
     real *mean = o->carry[o->cur] + m->n_params, *drift = mean + m->n_params;
-    CHECK(replica_lock_unfenced(t, "the outer step"));
+    CHECK(fence_gate_enter(t->mesh.gate, "the outer step", t->model.step));
     pack(o, m, mean, drift, 1);
     if (last) {
         outer_nesterov(v->param_mem, o->carry[o->cur], v->param_mem, o->carry[o->cur], mean,
@@ -299,7 +299,7 @@ static moe_status keep_mean(struct trainer *t, int last) {
         memcpy(m->buffer_mem, v->buffer_mem, sizeof(real) * m->n_buffers);
     }
     o->done[o->cur] = 1;
-    replica_unlock(t);
+    fence_gate_leave(t->mesh.gate);
     return MOE_OK;
 }
 

@@ -4,6 +4,7 @@
 #include "../../common/clock.h"
 #include "../../common/log.h"
 #include "../comm/comm.h"
+#include "fence_gate.h"
 #include "outer.h"
 #include "thread_error.h"
 #include "transfer_check.h"
@@ -49,8 +50,8 @@ struct replica {
     atomic_int corrupt;         // the next state sent for a restore carries a flipped bit (chaos)
     atomic_int cut_short;       // the step was given up: the thread's hash stops where it is
 
-    pthread_mutex_t mu;         // guards fenced, the versions' steps and the update
-    int fenced;
+    struct fence_gate gate;     // its mutex guards fenced, the versions' steps and the
+                                //   update; diloco's outer step passes it too (fence_gate.h)
 
     /* the thread: one job per step */
     pthread_t thread;
@@ -125,16 +126,16 @@ static moe_status send_copies(struct replica *r, long step) {
     for (int j = 1; j <= r->nb; j++) {
         struct held *h = &r->held[j - 1];
         int v = h->step[0] <= h->step[1] ? 0 : 1; /* the older (or empty) one */
-        pthread_mutex_lock(&r->mu);
+        pthread_mutex_lock(&r->gate.mu);
         h->step[v] = -1; /* being overwritten: not a copy until it is whole */
-        pthread_mutex_unlock(&r->mu);
+        pthread_mutex_unlock(&r->gate.mu);
         for (int a = 0; a < 3; a++)
             CHECK(exchange_arena(r, j, a, arena[a] + r->x_lo, h->buf[v] + (size_t)a * r->x_n));
         CHECK(exchange_round(r, j, r->x_sum, h->sum[v], sizeof(uint32_t) * 3 * r->xb));
         int ok = copy_intact(r, h, v, step);
-        pthread_mutex_lock(&r->mu);
+        pthread_mutex_lock(&r->gate.mu);
         h->step[v] = ok ? step : -1;
-        pthread_mutex_unlock(&r->mu);
+        pthread_mutex_unlock(&r->gate.mu);
     }
     return MOE_OK;
 }
@@ -189,22 +190,22 @@ static moe_status hash_state(const struct model *m, const atomic_int *stop, uint
 
 static void *replica_main(void *arg) {
     struct replica *r = arg;
-    pthread_mutex_lock(&r->mu);
+    pthread_mutex_lock(&r->gate.mu);
     for (;;) {
-        while (!r->stop && !r->pending) pthread_cond_wait(&r->cv, &r->mu);
+        while (!r->stop && !r->pending) pthread_cond_wait(&r->cv, &r->gate.mu);
         if (r->stop) break;
         r->pending = 0;
         r->running = 1;
         long step = r->job_step;
         int send = r->do_send, hash = r->do_hash;
-        pthread_mutex_unlock(&r->mu);
+        pthread_mutex_unlock(&r->gate.mu);
         moe_status s = MOE_OK;
         if (send) s = send_copies(r, step);
         uint8_t h[32];
         int hashed = 0;
         if (s == MOE_OK && hash)
             hashed = (s = hash_state(&r->t->model, &r->cut_short, h)) == MOE_OK;
-        pthread_mutex_lock(&r->mu);
+        pthread_mutex_lock(&r->gate.mu);
         thread_error_keep(&r->err, s);
         if (hashed) {
             memcpy(r->hash, h, sizeof h);
@@ -214,7 +215,7 @@ static void *replica_main(void *arg) {
         r->running = 0;
         pthread_cond_broadcast(&r->cv);
     }
-    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_unlock(&r->gate.mu);
     return NULL;
 }
 
@@ -238,7 +239,8 @@ moe_status replica_open(struct trainer *t) {
         else if (i < 4) r->x_lo += m->tensor_sizes[i]; /* tensors 4..6 are the experts' */
     }
     r->xb = transfer_blocks(sizeof(real) * r->x_n);
-    pthread_mutex_init(&r->mu, NULL);
+    pthread_mutex_init(&r->gate.mu, NULL);
+    t->mesh.gate = &r->gate;
     pthread_cond_init(&r->cv, NULL);
     r->prev.step = -1;
     /* diloco: the versions a recovery returns to are the outer steps' (outer.c) */
@@ -274,14 +276,15 @@ void replica_close(struct trainer *t) {
     struct replica *r = t->mesh.rep;
     if (!r) return;
     if (r->thread_started) {
-        pthread_mutex_lock(&r->mu);
-        while (r->running) pthread_cond_wait(&r->cv, &r->mu);
+        pthread_mutex_lock(&r->gate.mu);
+        while (r->running) pthread_cond_wait(&r->cv, &r->gate.mu);
         r->stop = 1;
         pthread_cond_broadcast(&r->cv);
-        pthread_mutex_unlock(&r->mu);
+        pthread_mutex_unlock(&r->gate.mu);
         pthread_join(r->thread, NULL);
     }
-    pthread_mutex_destroy(&r->mu);
+    t->mesh.gate = NULL;
+    pthread_mutex_destroy(&r->gate.mu);
     pthread_cond_destroy(&r->cv);
     model_state_free(&r->prev);
     for (int j = 0; r->held && j < r->nb; j++)
@@ -310,7 +313,7 @@ int replica_checks(const struct trainer *t, long step) {
 void replica_step_begin(struct trainer *t) {
     struct replica *r = t->mesh.rep;
     long step = t->model.step;
-    pthread_mutex_lock(&r->mu);
+    pthread_mutex_lock(&r->gate.mu);
     r->job_step = step;
     r->do_send = r->nb > 0;
     r->do_hash = replica_checks(t, step);
@@ -318,14 +321,14 @@ void replica_step_begin(struct trainer *t) {
     r->err.status = MOE_OK;
     r->pending = r->do_send || r->do_hash;
     pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_unlock(&r->gate.mu);
 }
 
 static moe_status wait_thread(struct replica *r) {
-    pthread_mutex_lock(&r->mu);
-    while (r->pending || r->running) pthread_cond_wait(&r->cv, &r->mu);
+    pthread_mutex_lock(&r->gate.mu);
+    while (r->pending || r->running) pthread_cond_wait(&r->cv, &r->gate.mu);
     moe_status s = thread_error_take(&r->err, "buddy copy: ");
-    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_unlock(&r->gate.mu);
     return s;
 }
 
@@ -341,9 +344,9 @@ void replica_step_abandon(struct trainer *t) {
 
 moe_status replica_update(struct trainer *t, double norm) {
     struct replica *r = t->mesh.rep;
-    pthread_mutex_lock(&r->mu);
-    if (r->fenced) {
-        pthread_mutex_unlock(&r->mu);
+    pthread_mutex_lock(&r->gate.mu);
+    if (r->gate.fenced) {
+        pthread_mutex_unlock(&r->gate.mu);
         return moe_fail(MOE_EINTERNAL, "fenced by the coordinator before the update of step %ld",
                         t->model.step + 1);
     }
@@ -351,20 +354,9 @@ moe_status replica_update(struct trainer *t, double norm) {
         model_update_into(&t->model, &r->prev, &t->spec.optimizer, norm);
     else
         model_update_with_norm(&t->model, &t->spec.optimizer, norm);
-    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_unlock(&r->gate.mu);
     return MOE_OK;
 }
-
-moe_status replica_lock_unfenced(struct trainer *t, const char *what) {
-    struct replica *r = t->mesh.rep;
-    pthread_mutex_lock(&r->mu);
-    if (!r->fenced) return MOE_OK;
-    pthread_mutex_unlock(&r->mu);
-    return moe_fail(MOE_EINTERNAL, "fenced by the coordinator before %s of step %ld", what,
-                    t->model.step);
-}
-
-void replica_unlock(struct trainer *t) { pthread_mutex_unlock(&t->mesh.rep->mu); }
 
 int replica_hash(const struct trainer *t, uint8_t out[32], long *step) {
     struct replica *r = t->mesh.rep;
@@ -407,8 +399,8 @@ static void hash_own_copies(struct replica *r, struct state_copy *out, int n) {
 int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live, int hash) {
     struct replica *r = t->mesh.rep;
     if (!r) return 0;
-    pthread_mutex_lock(&r->mu);
-    r->fenced = 1;
+    pthread_mutex_lock(&r->gate.mu);
+    r->gate.fenced = 1;
     int n = 0;
     *live = r->live_valid ? t->model.step : -1;
     if (t->mesh.outer) { /* diloco: only the outer steps' versions are another pod's too */
@@ -424,7 +416,7 @@ int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live
             if (st >= 0 && holds_own(r, st)) n = add_copy(out, n, max, r->held[j].slot, st);
         }
     if (hash) hash_own_copies(r, out, n);
-    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_unlock(&r->gate.mu);
     return n;
 }
 
@@ -477,9 +469,9 @@ int replica_own_state(struct trainer *t, long step, const real *arena[4], const 
     struct replica *r = t->mesh.rep;
     if (!r) return 0;
     real *a[4], *mom;
-    pthread_mutex_lock(&r->mu);
-    int ok = r->fenced && own_version(r, step, a, &mom);
-    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_lock(&r->gate.mu);
+    int ok = r->gate.fenced && own_version(r, step, a, &mom);
+    pthread_mutex_unlock(&r->gate.mu);
     for (int i = 0; ok && i < 4; i++) arena[i] = a[i];
     if (ok) *carry = mom;
     return ok;
@@ -609,10 +601,10 @@ static moe_status recv_state(struct replica *r, int from, long step, struct rest
     struct comm *c = r->t->mesh.comm;
     struct model *m = &r->t->model;
     struct state_header hd;
-    pthread_mutex_lock(&r->mu);
+    pthread_mutex_lock(&r->gate.mu);
     r->live_valid = 0; /* until every byte is in and checked: a fence now lists no live copy */
     real *mom = r->t->mesh.outer ? outer_incoming_momentum(r->t) : NULL; /* nor outer one */
-    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_unlock(&r->gate.mu);
     CHECK(comm_recv(c, CH_MAIN, from, &hd, sizeof hd));
     if (hd.step != step || hd.slot != r->s)
         return moe_fail(MOE_EINVAL, "restore: rank %d sent slot %lld at step %lld, expected "
@@ -629,11 +621,11 @@ static moe_status recv_state(struct replica *r, int from, long step, struct rest
     if (s == MOE_OK) s = check_pieces(r, pc, sum, sum + n_sum, from, step, st);
     free(sum);
     CHECK(s);
-    pthread_mutex_lock(&r->mu);
+    pthread_mutex_lock(&r->gate.mu);
     m->step = step;
     r->live_valid = 1;
     if (r->t->mesh.outer) outer_adopt(r->t);
-    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_unlock(&r->gate.mu);
     st->bytes_received += sizeof hd + state_bytes(r) + sizeof *sum * n_sum;
     return MOE_OK;
 }
@@ -673,15 +665,15 @@ moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
         return moe_fail(MOE_EINVAL, "restore: the plan has %d sources for %d ranks", p->n, n);
     double t0 = moe_clock_s();
     (void)wait_thread(r); /* the last epoch's copy, if it was still running */
-    pthread_mutex_lock(&r->mu);
+    pthread_mutex_lock(&r->gate.mu);
     if (p->from[me] < 0) {
         moe_status s = return_to(r, p->step);
         if (s != MOE_OK) {
-            pthread_mutex_unlock(&r->mu);
+            pthread_mutex_unlock(&r->gate.mu);
             return s;
         }
     }
-    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_unlock(&r->gate.mu);
     /* the transfers in the order of their targets: each rank takes its part in turn, so no
      * two synchronous sends wait for each other */
     for (int k = 0; k < n; k++) {
@@ -694,18 +686,18 @@ moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
         if (me == k) CHECK(recv_state(r, from, p->step, st));
     }
     /* every slot is at `step` now: the versions of other steps are gone, buddies start over */
-    pthread_mutex_lock(&r->mu);
+    pthread_mutex_lock(&r->gate.mu);
     r->prev.step = -1;
     r->since = p->step;
     for (int j = 0; j < r->nb; j++) r->held[j].step[0] = r->held[j].step[1] = -1;
-    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_unlock(&r->gate.mu);
     if (r->nb > 0) CHECK(send_copies(r, p->step));
     struct comm_group all;
     comm_group_all(&all, c);
     CHECK(comm_barrier(c, CH_MAIN, &all));
-    pthread_mutex_lock(&r->mu);
-    r->fenced = 0;
-    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_lock(&r->gate.mu);
+    r->gate.fenced = 0;
+    pthread_mutex_unlock(&r->gate.mu);
     st->transfer_s = moe_clock_s() - t0;
     LOG_INFO("slot (%d, %d): restored to step %ld in %.3f s (received %.1f MB, sent %.1f MB)",
              t->mesh.pod, t->mesh.slot, p->step, st->transfer_s, st->bytes_received / 1e6,

@@ -58,11 +58,6 @@ moe_status replica_update(struct trainer *t, double norm);
 /* Whether the step that starts at `step` hashes its state for the replica check (every
  * mesh.check_every steps; with diloco every mesh.check_every outer steps). */
 int replica_checks(const struct trainer *t, long step);
-/* Takes the lock that a fence takes, for a change to the copies a fence lists (the outer step
- * of diloco): MOE_OK with the lock held (release with replica_unlock), or MOE_EINTERNAL
- * naming `what` when the slot is fenced (nothing may change after a fence). */
-moe_status replica_lock_unfenced(struct trainer *t, const char *what);
-void replica_unlock(struct trainer *t);
 /* The hash the thread computed during this step, if it was a check step: 1 and out/step. */
 int replica_hash(const struct trainer *t, uint8_t out[32], long *step);
 

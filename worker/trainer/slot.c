@@ -205,7 +205,7 @@ static moe_status bucket_init(struct slot_exec *x, struct bucket *b, int hi, int
         b->n_eseg += layer_segs(x, l, 1, b->segs + b->n_dseg + b->n_eseg);
     for (int i = 0; i < b->n_dseg + b->n_eseg; i++)
         *(i < b->n_dseg ? &b->n_dense : &b->n_expert) += b->segs[i].n;
-    b->buf = malloc(sizeof(real) * (b->n_dense + b->n_expert + 1));
+    b->buf = model_arena_alloc(b->n_dense + b->n_expert + 1); // huge pages (kernels/model.c)
     if (!b->buf) return moe_fail(MOE_ENOMEM, "out of memory for a gradient bucket");
     return MOE_OK;
 }
@@ -236,8 +236,11 @@ static moe_status buckets_open(struct slot_exec *x) {
 }
 
 static void buckets_close(struct slot_exec *x) {
-    for (int i = 0; x->buckets && i < x->n_buckets; i++)
-        free(x->buckets[i].segs), free(x->buckets[i].buf);
+    for (int i = 0; x->buckets && i < x->n_buckets; i++) {
+        struct bucket *b = &x->buckets[i];
+        free(b->segs);
+        model_arena_free(b->buf, b->n_dense + b->n_expert + 1);
+    }
     free(x->buckets);
     free(x->bucket_of);
     free(x->queue);

@@ -23,6 +23,7 @@
 struct comm;
 struct slot_exec;
 struct outer;
+struct fence_gate;
 
 /* The logical mesh as the trainer plays it (docs/architecture.md, "The mesh"):
  *   D = pods * slots data shards; shard d = p * slots + s reads sequences
@@ -42,6 +43,7 @@ struct trainer_mesh {
     struct slot_exec *exec;   // slot mode: the distributed step's state (slot.h)
     struct replica *rep;      // slot mode: previous version, buddy copies (replica.h)
     struct outer *outer;      // slot mode, mesh.sync diloco: the outer versions (outer.h)
+    struct fence_gate *gate;  // slot mode: the lock a fence takes, the replica's (fence_gate.h)
     long mismatch_step;       // slot mode: > 0 when the last step stopped because the state
     int mismatch_slot;        //   hashes of slot index mismatch_slot's replicas differed there
 };
