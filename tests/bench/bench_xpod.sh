@@ -23,8 +23,12 @@
 # arrive (the pods drift apart over H steps on a loaded host), so the least is the closer
 # to what the exchange itself costs. Then the same rows with the overlapped outer step
 # (mesh.outer_overlap; BENCH_XPOD_OVERLAP=0 leaves them out): its job's last outer step still
-# waits for its own exchange, once in the timed window. Needs root for the namespaces; without them it says why and exits 0 (a
-# benchmark reports, it does not fail). Numbers are reported, never asserted.
+# waits for its own exchange, once in the timed window. BENCH_XPOD_OVERLAP=pair runs the two
+# modes' jobs back to back at each round trip instead (diloco, then overlapped), so that the
+# host's drift touches both alike: "added" is then the overlapped row against the diloco row
+# just before it. BENCH_XPOD_RTTS="" leaves the synchronous rows out. Needs root for the
+# namespaces; without them it says why and exits 0 (a benchmark reports, it does not fail).
+# Numbers are reported, never asserted.
 set -u
 bin=${1:?usage: bench_xpod.sh BIN_DIR}
 bin=$(cd "$bin" && pwd)
@@ -33,7 +37,7 @@ py=/usr/bin/python3
 corpus=/usr/share/common-licenses/GPL-3
 steps=${BENCH_XPOD_STEPS:-25}
 warm=${BENCH_XPOD_WARMUP:-5}
-rtts=${BENCH_XPOD_RTTS:-0 2 10 50}
+rtts=${BENCH_XPOD_RTTS-0 2 10 50}
 H=${BENCH_XPOD_H:-20}
 diloco_rtts=${BENCH_XPOD_DILOCO_RTTS:-0 50}
 periods=${BENCH_XPOD_PERIODS:-2}
@@ -140,7 +144,7 @@ run() {
 
 nloads=$(grep -c 'linkswitch: loaded' "$tmp/hosts/linkswitch.log")
 echo "bench_xpod: 2 x 2 job (demo shape), one worker per emulated host, 1 Gbit/s, $((steps - warm)) steps timed"
-printf '%-12s %-8s %10s %10s %8s\n' "round trip" "where" "step ms" "added ms" "hidden"
+[ -z "$rtts" ] || printf '%-12s %-8s %10s %10s %8s\n' "round trip" "where" "step ms" "added ms" "hidden"
 base=""
 for rtt in $rtts; do
   for where in between inside; do
@@ -164,6 +168,23 @@ diloco_rows() {
     printf '%-12s %-8s %10s %18s %12s\n' "$rtt ms" "$([ "$rtt" = 0 ] && echo "-" || echo between)" "$ms" "$added" "$(outer_ms)"
   done
 }
+# pair_rows: each round trip's diloco job, then its overlapped one
+pair_rows() {
+  local rtt ms ms2
+  echo "mesh.sync: diloco, then with mesh.outer_overlap: true, H = $H: $(((periods + 1) * H)) steps, the last $((periods * H)) timed"
+  printf '%-12s %-8s %10s %12s %10s %12s %10s\n' "round trip" "where" "diloco ms" "outer ms/min" "overlap ms" "outer ms/min" "added ms"
+  for rtt in $diloco_rtts; do
+    ms=$(run between "$rtt" "$tmp/diloco.yaml" $(((periods + 1) * H)) "$H")
+    local o1=$(outer_ms)
+    ms2=$(run between "$rtt" "$tmp/overlap.yaml" $(((periods + 1) * H)) "$H")
+    printf '%-12s %-8s %10s %12s %10s %12s %10s\n' "$rtt ms" "$([ "$rtt" = 0 ] && echo "-" || echo between)" \
+      "$ms" "$o1" "$ms2" "$(outer_ms)" "$("$py" -c "print('%+.1f' % ($ms2 - $ms))" 2>/dev/null || echo "-")"
+  done
+}
+if [ "$overlap" = pair ]; then
+  [ -z "$diloco_rtts" ] || pair_rows
+  exit 0
+fi
 [ -z "$diloco_rtts" ] || diloco_rows "$tmp/diloco.yaml" "mesh.sync: diloco"
 [ -z "$diloco_rtts" ] || [ "$overlap" = 0 ] ||
   diloco_rows "$tmp/overlap.yaml" "mesh.sync: diloco, mesh.outer_overlap: true"
