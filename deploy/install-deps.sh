@@ -15,6 +15,7 @@ pkgs=(
   libyaml-dev                        # YAML (and JSON) job specs
   fortunes                           # the demo's English corpus (/usr/share/games/fortunes)
   libgrpc-dev                        # gRPC C core: every RPC between the processes
+  libabsl-dev                        # Abseil (gRPC's own): its mutex deadlock detection switched off
   libprotobuf-c-dev                  # protobuf-c runtime for the generated messages
   protobuf-c-compiler                # protoc-c: proto/*.proto to C at build time
   libuv1-dev                         # the daemons' event loops and timers

@@ -10,6 +10,7 @@
 #include "rpc.h"
 
 #include "../common/log.h"
+#include "absl_mutex.h"
 
 #include <errno.h>
 #include <grpc/byte_buffer_reader.h>
@@ -35,6 +36,7 @@ static uv_once_t init_once = UV_ONCE_INIT;
 static int initialized; // grpc_shutdown without grpc_init crashes: a process that never
                         // made a call may still end with rpc_shutdown_library
 static void do_init(void) {
+    rpc_absl_mutex_fast(); // before gRPC takes its first lock (absl_mutex.h)
     grpc_init();
     initialized = 1;
 }
