@@ -12,7 +12,9 @@
  *   - a recovery restored every slot to step 10 (only that version held, committed 10) and a
  *     bit flipped in slot (1, 1)'s copy before the next check: the pods' agreement on step 10,
  *     kept since although later reports replaced the per-slot hashes, names the good copy:
- *     T = 10, slot (1, 1) pulls it from rank 1; without that agreement the job fails.
+ *     T = 10, slot (1, 1) pulls it from rank 1; without that agreement the job fails;
+ *   - the same when step 10 was never compared: the slots that kept their own state still hold
+ *     step 9, and the repair returns there, one below the committed step.
  */
 #include "../common/log.h"
 #include "../coordinator/policy/recovery_plan.h"
@@ -145,6 +147,36 @@ static void test_restored_then_flipped(void) {
     }
 }
 
+/* A restore returned every slot to the committed step 10 before any check compared it; the
+ * slots that returned to their own state kept S(9) (replica.c), the new holder of slot (1, 0)
+ * did not; both pods had reported S(9)'s hashes. A bit then flipped in slot (1, 1)'s S(10):
+ * a repair returns one step below the committed step, T = 9, the new holder pulling it from
+ * rank 0 (slot index 0 in pod 0). A recovery that is not a repair never goes below. */
+static void test_restored_never_compared(void) {
+    static const int wrong[N][2] = {{0, 0}, {0, 0}, {0, 0}, {1, 0}};
+    int from[N];
+    fence(wrong, 10);
+    memset(hashes, 0, sizeof hashes);
+    for (int k = 0; k < N; k++) { // S(9)'s hashes rode in step 10's all-gather
+        hashes[k].have = 1;
+        hashes[k].step = 9;
+        sha_of(k % 2, 9, 0, hashes[k].sha);
+    }
+    job.agreed = NULL;    // step 10 was never compared
+    ans[2].n_copies = 1;  // the new holder of slot (1, 0) holds S(10) only
+    int64_t t = plan(from);
+    EXPECT_MSG(t == 9, "T = %lld, want 9 (one below the committed step)", (long long)t);
+    EXPECT_MSG(from[2] == 0, "slot (1, 0): source %d, want rank 0", from[2]);
+    EXPECT_MSG(from[0] == -1 && from[1] == -1 && from[3] == -1, "sources %d %d %d", from[0],
+               from[1], from[3]);
+    fence(wrong, 10); // the same answers to a recovery's fence (no hashes judged)
+    rec.repair = 0;
+    char keep[N];
+    plan_keep(&job, &rec, keep);
+    int64_t t2 = plan_step(&job, &rec, keep);
+    EXPECT_MSG(t2 == 10, "a recovery (not a repair): T = %lld, want 10", (long long)t2);
+}
+
 int main(void) {
     moe_log_init("test");
     moe_log_set_level(MOE_LOG_WARN);
@@ -152,6 +184,7 @@ int main(void) {
     test_previous_corrupt();
     test_nothing_agreed();
     test_restored_then_flipped();
+    test_restored_never_compared();
     if (failures) {
         printf("test_repair_plan: %d failures\n", failures);
         return 1;

@@ -44,6 +44,10 @@ static int step_covered(const struct job *j, const struct recovery *r, const cha
  * failed one is remembered) at O(slots) when pod 0 holds it, O(slots^2) at worst; judging a
  * failed step again for every slot that holds it made that the common case. */
 int64_t plan_step(const struct job *j, const struct recovery *r, const char *keep) {
+    /* a repair may return one step below the committed step: a restore returns every slot to
+     * the committed step, whose state no check may have compared yet, and the slots that kept
+     * their own state still hold the one before it (replica.c), which a check did */
+    int64_t floor = r->repair && j->committed_step > 0 ? j->committed_step - 1 : j->committed_step;
     int64_t best = -1, failed[8];
     int n_failed = 0;
     for (int k = 0; k < job_n_slots(j); k++) {
@@ -51,7 +55,7 @@ int64_t plan_step(const struct job *j, const struct recovery *r, const char *kee
             int64_t t = r->ans[k].copies[i].step;
             int known = 0;
             for (int f = 0; f < n_failed && !known; f++) known = failed[f] == t;
-            if (known || t < j->committed_step || t <= best) continue;
+            if (known || t < floor || t <= best) continue;
             if (step_covered(j, r, keep, t)) best = t;
             else if (n_failed < 8) failed[n_failed++] = t; // (beyond 8: judged again)
         }

@@ -31,8 +31,8 @@ void plan_answer_copies(struct fence_answer *a, const Moed__V1__FenceResponse *r
  * (r->move = -1). */
 void plan_move(const struct job *j, struct recovery *r, char *keep, struct worker **kept);
 
-/* T: the largest step >= committed_step at which every slot index has a copy on a worker that
- * stays; 0 when nothing is committed yet (any worker can make the step-0 state); -1 when
+/* T: the largest step >= committed_step (a repair: >= committed_step - 1) at which every slot
+ * index has a copy on a worker that stays; 0 when nothing is committed yet (any worker can make the step-0 state); -1 when
  * there is none. */
 int64_t plan_step(const struct job *j, const struct recovery *r, const char *keep);
 

@@ -190,9 +190,9 @@ void repair_unrecoverable(const struct job *j, const struct recovery *r, char *w
                  (long long)w->held_hi);
     snprintf(why, cap, "the replicas of slot index %d differ at step %lld and no state they "
              "agree on is still held (its copies held: %s, none both agreed on and at or "
-             "above the committed step %lld; the last agreement is older): the job fails "
-             "rather than train on with two models", w ? w->slot : -1,
-             w ? (long long)w->step : -1LL, held, (long long)j->committed_step);
+             "above step %lld, one below the committed step; the last agreement is older): the "
+             "job fails rather than train on with two models", w ? w->slot : -1,
+             w ? (long long)w->step : -1LL, held, (long long)j->committed_step - 1);
 }
 
 /* ---- the replay's verdict ---- */

@@ -685,9 +685,12 @@ moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
         if (me == from) CHECK(send_state(r, k, k % r->S, p->step, &st->bytes_sent));
         if (me == k) CHECK(recv_state(r, from, p->step, st));
     }
-    /* every slot is at `step` now: the versions of other steps are gone, buddies start over */
+    /* every slot is at `step` now: buddies start over, and of the other versions only S(step - 1)
+     * stays, where the slot held it (it returned to its own live state): a bit that flips in
+     * S(step), which no check compared before the fence, is then repaired from step - 1
+     * (docs/recovery.md, "Repair"); a new holder pulls it from another pod if needed */
     pthread_mutex_lock(&r->gate.mu);
-    r->prev.step = -1;
+    if (r->prev.step != p->step - 1) r->prev.step = -1;
     r->since = p->step;
     for (int j = 0; j < r->nb; j++) r->held[j].step[0] = r->held[j].step[1] = -1;
     pthread_mutex_unlock(&r->gate.mu);
