@@ -89,10 +89,11 @@ wait_until 60 '[[ "$(events "$job")" == *"recovered: "* ]] || [ "$(state_of "$jo
 events "$job" >"$tmp/events.txt"
 check "the job recovered" 'grep -q "^recovered: " "$tmp/events.txt"'
 # the survivor's peer watcher (the closed connection, or before it the exiting process), or
-# its own operation when it was waiting in one for the dead peer
+# its own operation when it was waiting in one for the dead peer (a read or write then meets
+# the reset connection)
 check "the fault was reported as the dead peer's exit" \
   'grep "^failure: " "$tmp/events.txt" | head -n 1 |
-     grep -Eq "rank 1 (closed its connection|is exiting)|reading rank 1.s buffer failed: process gone"'
+     grep -Eq "rank 1 (closed its connection|is exiting)|reading rank 1.s buffer failed: process gone|connection to rank 1 broke while (receiving|sending): Connection reset by peer"'
 holder=$("$moectl" status "$job" --json | json "[s['worker_id'] for s in d['slots'] if (s['pod'], s['slot']) == (1, 0)][0]")
 other=$(tr ' ' '\n' <<<"$spares" | grep -vx "$holder")
 holder_log=${logs[0]} other_log=${logs[1]}

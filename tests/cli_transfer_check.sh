@@ -63,16 +63,24 @@ start() {
 
 # stop_rank2, then kill_rank2: rank 2 stopped first (the job stands still meanwhile, however
 # slowly this script runs: the corruption is armed then), killed once ranks 0 and 1 have
-# finished every step it fed (their steps stand still; mesh.timeout_s is long): then they usually hold the same step and
-# each is a source of it. A kill mid-step more often finds one a step behind the other, which
-# then pulls state instead of sending it (rank 2 may still have fed one survivor a step more).
+# finished every step it fed (their steps stand still; mesh.timeout_s is long) at the same
+# step, so that each is a source of it (rank 2 may have fed one survivor a step more: then it
+# runs on and is stopped again). One a step behind would pull the state instead, and the new
+# holder, given a good copy by the first one-shot corruption's other send, become a source.
 survivor_steps() { "$moectl" status "$job" --json | json '" ".join(str(s.get("step", 0)) for s in d["slots"][:2])'; }
 both_waiting() { local now; now=$(survivor_steps); [ "$now" = "$held" ] || { held=$now; false; }; }
 stop_rank2() {
   victim=$(worker_field "$r2" pid)
-  held=
-  kill -STOP "$victim"
-  wait_until 20 'both_waiting && sleep 0.5 && both_waiting'
+  local try
+  for try in 1 2 3 4 5 6; do # until both survivors stand at the same step: each a source of it
+    held=
+    kill -STOP "$victim"
+    wait_until 20 'both_waiting && sleep 0.5 && both_waiting'
+    [ "${held% *}" = "${held#* }" ] && break
+    kill -CONT "$victim"
+    local was=$held
+    wait_until 10 '[ "$(survivor_steps)" != "$was" ]'
+  done
   echo "     ranks 0 and 1 stand at steps $held"
 }
 kill_rank2() {

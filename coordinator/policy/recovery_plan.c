@@ -28,26 +28,26 @@ void plan_keep(const struct job *j, const struct recovery *r, char *keep) {
     }
 }
 
-/* Whether every slot index has a copy at step t on a worker that stays. */
+/* Whether every slot index has a copy at step t on a worker that stays (and, with `fresh`,
+ * whose state of it this recovery never refused). */
 static int step_covered(const struct job *j, const struct recovery *r, const char *keep,
-                        int64_t t) {
+                        int64_t t, int fresh) {
     for (int s = 0; s < j->slots; s++) {
         int have = 0;
         for (int k = 0; k < job_n_slots(j) && !have; k++)
-            have = keep[k] && has_copy(&r->ans[k], s, t);
+            have = keep[k] && has_copy(&r->ans[k], s, t) &&
+                   !(fresh && plan_refused(r, r->ans[k].worker_id, s));
         if (!have) return 0;
     }
     return 1;
 }
 
-/* O(slots * copies) to list the candidate steps, and each distinct step judged once (a
- * failed one is remembered) at O(slots) when pod 0 holds it, O(slots^2) at worst; judging a
- * failed step again for every slot that holds it made that the common case. */
-int64_t plan_step(const struct job *j, const struct recovery *r, const char *keep) {
-    /* a repair may return one step below the committed step: a restore returns every slot to
-     * the committed step, whose state no check may have compared yet, and the slots that kept
-     * their own state still hold the one before it (replica.c), which a check did */
-    int64_t floor = r->repair && j->committed_step > 0 ? j->committed_step - 1 : j->committed_step;
+/* The newest step >= floor that step_covered judges so. O(slots * copies) to list the
+ * candidate steps, and each distinct step judged once (a failed one is remembered) at
+ * O(slots) when pod 0 holds it, O(slots^2) at worst; judging a failed step again for every
+ * slot that holds it made that the common case. */
+static int64_t newest_covered(const struct job *j, const struct recovery *r, const char *keep,
+                              int64_t floor, int fresh) {
     int64_t best = -1, failed[8];
     int n_failed = 0;
     for (int k = 0; k < job_n_slots(j); k++) {
@@ -56,10 +56,22 @@ int64_t plan_step(const struct job *j, const struct recovery *r, const char *kee
             int known = 0;
             for (int f = 0; f < n_failed && !known; f++) known = failed[f] == t;
             if (known || t < floor || t <= best) continue;
-            if (step_covered(j, r, keep, t)) best = t;
+            if (step_covered(j, r, keep, t, fresh)) best = t;
             else if (n_failed < 8) failed[n_failed++] = t; // (beyond 8: judged again)
         }
     }
+    return best;
+}
+
+int64_t plan_step(const struct job *j, const struct recovery *r, const char *keep) {
+    /* a repair may return one step below the committed step: a restore returns every slot to
+     * the committed step, whose state no check may have compared yet, and the slots that kept
+     * their own state still hold the one before it (replica.c), which a check did */
+    int64_t floor = r->repair && j->committed_step > 0 ? j->committed_step - 1 : j->committed_step;
+    /* a step whose only holders sent refused copies gives way to an older one another worker
+     * holds; with none, the newest held step, whose refused sources plan_source reports */
+    int64_t best = newest_covered(j, r, keep, floor, 1);
+    if (best < 0 && r->n_refused > 0) best = newest_covered(j, r, keep, floor, 0);
     if (best < 0 && j->committed_step == 0) best = 0;
     return best;
 }
