@@ -418,10 +418,11 @@ static void print_export(const Moed__V1__JobInfo *j) {
 /* ---- status ---- */
 
 /* The shape of every command that names one job and makes one call: parse the options,
- * connect, send a JobRef. 1 with *reply set; 0 with *code to exit with. */
-static int call_on_job(int argc, char **argv, struct job_args *a, const char *method,
-                       const ProtobufCMessageDescriptor *reply_type, ProtobufCMessage **reply,
-                       int *code) {
+ * connect, send a JobRef. With `pages` (a repeated field of the reply) and --json, every page
+ * of it is fetched and joined. 1 with *reply set; 0 with *code to exit with. */
+static int call_on_job_paged(int argc, char **argv, struct job_args *a, const char *method,
+                             const ProtobufCMessageDescriptor *reply_type, const char *pages,
+                             ProtobufCMessage **reply, int *code) {
     *reply = NULL;
     if (!parse_args(argc, argv, a, 1, code)) return 0;
     const char *id = argv[optind];
@@ -430,9 +431,18 @@ static int call_on_job(int argc, char **argv, struct job_args *a, const char *me
     if ((*code = client_open(&cl, &a->common.conn))) return 0;
     Moed__V1__JobRef req = MOED__V1__JOB_REF__INIT;
     req.job_id = (char *)id;
-    *code = client_call(&cl, method, &req.base, reply_type, reply, NULL);
+    if (pages && a->common.json)
+        *code = client_call_pages(&cl, method, &req.base, reply_type, pages, 0, 0, reply, NULL, 0);
+    else
+        *code = client_call(&cl, method, &req.base, reply_type, reply, NULL);
     client_close(&cl);
     return *code == EXIT_OK;
+}
+
+static int call_on_job(int argc, char **argv, struct job_args *a, const char *method,
+                       const ProtobufCMessageDescriptor *reply_type, ProtobufCMessage **reply,
+                       int *code) {
+    return call_on_job_paged(argc, argv, a, method, reply_type, NULL, reply, code);
 }
 
 /* The headline: "job-2 'tiny' RUNNING: step 135/300 (45%), ETA 0:42". */
@@ -545,34 +555,14 @@ static void print_history(const Moed__V1__JobStatus *st) {
     }
 }
 
-/* GetJob: its first page of slots for the text (a big mesh is shown by pod), every page for
- * --json. 1 with *reply set; 0 with *code to exit with. */
-static int get_job(int argc, char **argv, struct job_args *a, ProtobufCMessage **reply,
-                   int *code) {
-    *reply = NULL;
-    if (!parse_args(argc, argv, a, 1, code)) return 0;
-    const char *id = argv[optind];
-    if ((*code = client_need_job_id(id))) return 0;
-    struct client cl;
-    if ((*code = client_open(&cl, &a->common.conn))) return 0;
-    Moed__V1__JobRef req = MOED__V1__JOB_REF__INIT;
-    req.job_id = (char *)id;
-    if (a->common.json)
-        *code = client_call_pages(&cl, RPC_JOBS_GET_JOB, &req.base,
-                                  &moed__v1__job_status__descriptor, "slots", 0, 0, reply, NULL,
-                                  0);
-    else
-        *code = client_call(&cl, RPC_JOBS_GET_JOB, &req.base, &moed__v1__job_status__descriptor,
-                            reply, NULL);
-    client_close(&cl);
-    return *code == EXIT_OK;
-}
-
 int cmd_status(int argc, char **argv) {
     struct job_args a = {0};
     ProtobufCMessage *reply;
     int code;
-    if (!get_job(argc, argv, &a, &reply, &code)) return code;
+    /* the text shows the first page of slots (a big mesh by pod); --json every page */
+    if (!call_on_job_paged(argc, argv, &a, RPC_JOBS_GET_JOB, &moed__v1__job_status__descriptor,
+                           "slots", &reply, &code))
+        return code;
     const Moed__V1__JobStatus *st = (const Moed__V1__JobStatus *)reply;
     if (a.common.json || !st->job) {
         client_print_json(reply);
