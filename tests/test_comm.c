@@ -95,10 +95,12 @@ static const uint8_t *key_of(uint8_t buf[COMM_KEY_BYTES], const char *seed) {
 /* A watched rank's on_peer_lost (in its child): "lost" with the time, and whom it named. */
 static struct scenario *watched_s;
 static int watched_rank;
-static void on_lost(void *arg, int rank, const char *why) {
+static void on_lost(void *arg, int rank, bool exited, const char *why) {
     (void)arg;
     report(watched_s, watched_rank, "lost", moe_clock_s());
-    int named = strstr(why, "rank 1 closed") || strstr(why, "rank 1 is exiting");
+    /* `exited` (certain: the process is gone) only when the probe saw it, as the text says */
+    int named = (!exited && strstr(why, "rank 1 closed")) ||
+                (exited && strstr(why, "rank 1 is exiting"));
     report(watched_s, watched_rank, named ? "lost_named" : "lost_bad", rank);
 }
 

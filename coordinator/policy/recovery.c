@@ -57,6 +57,7 @@
 
 static void fence_round(struct coordinator *co, struct job *j);
 static void plan(struct coordinator *co, struct job *j);
+static void peer_exited(struct coordinator *co, struct job *j, const Moed__V1__FaultReport *rep);
 
 static void exclude_worker(struct recovery *r, const char *id) {
     for (int i = 0; i < r->n_exclude; i++)
@@ -310,6 +311,7 @@ void recovery_fault_report(struct coordinator *co, struct job *j, int k,
              rep->worker_id, (long long)rep->step, rep->error[0] ? rep->error : "(no error given)");
     signal_fault(co, j, k, FAULT_REPORTED, !rep->transfer_refused, what, sizeof what);
     if (j->rec && !j->rec->first_fault_ms) j->rec->first_fault_ms = now;
+    if (rep->peer_exited) peer_exited(co, j, rep);
 }
 
 /* A worker whose fence found it cut off (not dead) shows up again holding its state of the
@@ -438,6 +440,25 @@ static void fence_reply(void *arg, const struct rpc_result *res, const ProtobufC
         }
     }
     free(f);
+    fence_answered(co, j);
+}
+
+/* The reporter's peer watcher saw the process of rank rep->exited_rank (of this epoch) exit
+ * (worker/comm/watch.c): its worker is lost now. Its fence would be refused only once its
+ * kernel has freed its memory and closed its sockets, milliseconds (tens per GB) later, and
+ * the plan would wait for that. */
+static void peer_exited(struct coordinator *co, struct job *j, const Moed__V1__FaultReport *rep) {
+    struct recovery *r = j->rec;
+    int g = rep->exited_rank;
+    if (!r || r->phase != REC_FENCING || !r->ans || rep->epoch != j->epoch || g < 0 ||
+        g >= job_n_slots(j) || strcmp(r->ans[g].worker_id, j->bindings[g].worker_id) != 0)
+        return;
+    char why[64];
+    snprintf(why, sizeof why, "is gone (%.24s saw its process exit)", rep->worker_id);
+    if (!answer_set(r, g, ANS_LOST, why)) return;
+    struct worker *w = workers_find(co, r->ans[g].worker_id);
+    LOG_WARN("%s: %s %s: lost without waiting for its fence", j->id, r->ans[g].worker_id, why);
+    if (w && w->state != MOED__V1__WORKER_STATE__WORKER_LEFT) worker_mark_dead(co, w);
     fence_answered(co, j);
 }
 

@@ -44,6 +44,7 @@
 #include "../../common/status.h"
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -77,10 +78,11 @@ struct comm_config {
      * kernel has freed its memory and closed its sockets), while this rank computes or waits
      * anywhere: so that the fault is reported without waiting for the next operation or
      * check (comm_check_peers) to meet it. Reads no byte and changes no state of the comm:
-     * operations still find the dead peer themselves. `why` names the rank. Not called
+     * operations still find the dead peer themselves. `why` names the rank; `exited`: the
+     * process was seen exiting (certain), not only its connection closing. Not called
      * after comm_abort, nor during or after comm_close (which waits for a call in progress:
      * keep it short). */
-    void (*on_peer_lost)(void *arg, int rank, const char *why);
+    void (*on_peer_lost)(void *arg, int rank, bool exited, const char *why);
     void *on_peer_lost_arg;
 };
 #define COMM_CANCEL_POLL_MS 50

@@ -149,7 +149,8 @@ const char *wire_kind_name(uint32_t kind); // "alltoallv"
 /* watch.c (layer 4, beside engine.c): the thread behind comm_config.on_peer_lost. Started by
  * comm_open once every link is up (nothing to do without a callback or a tcp peer); stopped
  * by comm_close, after the abort pipe is written (which also ends it). */
-moe_status comm_watch_start(struct comm *c, void (*cb)(void *, int, const char *), void *arg);
+moe_status comm_watch_start(struct comm *c, void (*cb)(void *, int, bool, const char *),
+                            void *arg);
 void comm_watch_stop(struct comm *c);
 
 #endif

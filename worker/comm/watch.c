@@ -32,7 +32,7 @@
 struct comm_watch {
     struct comm *c;
     pthread_t thread;
-    void (*cb)(void *arg, int rank, const char *why);
+    void (*cb)(void *arg, int rank, bool exited, const char *why);
     void *arg;
     int n;                          // watched peers; pf[n] is the abort pipe
     int who[COMM_MAX_RANKS];        // the rank of pf[i]
@@ -81,11 +81,12 @@ static void *watch_main(void *arg) {
     char why[160];
     snprintf(why, sizeof why, "comm: rank %d %s, seen by the peer watcher", w->who[i],
              exiting ? "is exiting (process gone)" : "closed its connection (process gone?)");
-    w->cb(w->arg, w->who[i], why);
+    w->cb(w->arg, w->who[i], exiting, why);
     return NULL;
 }
 
-moe_status comm_watch_start(struct comm *c, void (*cb)(void *, int, const char *), void *arg) {
+moe_status comm_watch_start(struct comm *c, void (*cb)(void *, int, bool, const char *),
+                            void *arg) {
     if (!cb) return MOE_OK;
     struct comm_watch *w = calloc(1, sizeof *w);
     if (!w) return moe_fail(MOE_ENOMEM, "comm: out of memory for the peer watcher");

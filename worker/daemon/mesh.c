@@ -26,14 +26,16 @@
 /* The comm's watcher thread: a peer's connection closed while this slot trains. The
  * coordinator hears it now rather than when the step next reaches the data plane (a large
  * part of a step later); the thread meets the same failure there, freezes its state and
- * reports again, which the coordinator takes as the same fault. */
-static void peer_lost(void *arg, int rank, const char *why) {
+ * reports again, which the coordinator takes as the same fault. A peer seen exiting is
+ * named as such: the coordinator takes it as lost without waiting for its fence. */
+static void peer_lost(void *arg, int rank, bool exited, const char *why) {
     struct job *j = arg;
     if (!atomic_load(&j->in_steps) || atomic_load(&j->stop) != JOB_RUN || !j->recoverable)
         return;
     LOG_WARN("%s: slot (%d, %d) epoch %llu: peer rank %d lost: %s", j->id, j->pod, j->slot,
              (unsigned long long)j->epoch, rank, why);
-    job_report_fault(j, j->report_ch, atomic_load(&j->step), why, NULL);
+    struct fault_detail d = {.refused_from = -1, .peer_exited = exited, .exited_rank = rank};
+    job_report_fault(j, j->report_ch, atomic_load(&j->step), why, &d);
 }
 
 moe_status job_open_comm(struct job *j) {

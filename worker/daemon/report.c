@@ -327,6 +327,8 @@ void job_report_fault(struct job *j, struct rpc_channel *ch, long step, const ch
         req.source_rank = d->refused_from >= 0 ? d->refused_from : 0;
         req.mismatch_step = d->mismatch_step; /* > 0: the replicas differ: a repair */
         req.mismatch_slot = d->mismatch_slot;
+        req.peer_exited = d->peer_exited != 0;
+        req.exited_rank = d->peer_exited ? d->exited_rank : 0;
     }
     /* short: the coordinator learns it from the fence and heartbeats too */
     tell(j, ch, RPC_CLUSTER_REPORT_FAULT, &req.base, 2.0, "the fault");

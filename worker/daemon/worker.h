@@ -312,11 +312,13 @@ void backlog_free(struct backlog *b);
  * coordinator also learns it from the fence and heartbeats). d (NULL: a plain data-plane
  * fault) says more: refused_from >= 0, the state that rank sent for a restore was refused for
  * its checksum (error says where); mismatch_step > 0, the replicas of slot index
- * mismatch_slot differed at that step (a repair, not a recovery). */
+ * mismatch_slot differed at that step (a repair, not a recovery); peer_exited, the process
+ * of rank exited_rank was seen exiting (the coordinator need not wait for its fence). */
 struct fault_detail {
     int refused_from;
     long mismatch_step;
     int mismatch_slot;
+    int peer_exited, exited_rank;
 };
 void job_report_fault(struct job *j, struct rpc_channel *ch, long step, const char *error,
                       const struct fault_detail *d);
