@@ -488,6 +488,10 @@ void rpc_channel_set_token(struct rpc_channel *ch, const char *token) {
     uv_mutex_unlock(&ch->auth_mu);
 }
 
+void rpc_channel_connect(struct rpc_channel *ch) {
+    (void)grpc_channel_check_connectivity_state(ch->channel, 1);
+}
+
 void rpc_channel_close(struct rpc_channel *ch) {
     if (!ch) return;
     grpc_channel_destroy(ch->channel);

@@ -183,6 +183,9 @@ moe_status rpc_channel_open(struct rpc_channel **out, const char *target, const 
 /* The bearer secret of the channel's next calls (NULL or "": none); calls already started keep
  * the one they had. Any thread. */
 void rpc_channel_set_token(struct rpc_channel *ch, const char *token);
+/* Starts connecting now, in gRPC's threads, instead of at the first call: for a channel
+ * whose first call must be quick (a recovery's new holder reports its restore on it). */
+void rpc_channel_connect(struct rpc_channel *ch);
 void rpc_channel_close(struct rpc_channel *ch);
 const char *rpc_channel_target(const struct rpc_channel *ch);
 

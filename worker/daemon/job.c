@@ -350,6 +350,7 @@ void job_thread(void *arg) {
         goto done;
     }
     j->report_ch = ch; // before any comm opens: its watcher reports on it
+    rpc_channel_connect(ch); /* while the trainer is built: a restore's report goes out at once */
     struct trainer t;
     int have_t = 0;
     struct backlog b = {0};
