@@ -22,6 +22,7 @@
  */
 #include "worker.h"
 
+#include "../../common/clock.h"
 #include "../../common/log.h"
 #include "proto/moed.pb-c.h"
 #include "../../proto/health.h"
@@ -603,8 +604,10 @@ static void fence_slot(struct rpc_call *call, const ProtobufCMessage *msg, void 
         /* two slots of one job: one answer with the copies of both (each names its slot) */
         int got = 0;
         long live = -1;
+        double t0 = moe_clock_s();
         int holds = job_fence(j, req->epoch, copies + n, REPLICA_MAX_COPIES - n, &got, &live,
                               req->hash_copies);
+        double took_ms = (moe_clock_s() - t0) * 1e3;
         if (!resp.holds || (holds && live < resp.step)) {
             resp.pod = j->pod;
             resp.slot = j->slot;
@@ -613,9 +616,9 @@ static void fence_slot(struct rpc_call *call, const ProtobufCMessage *msg, void 
         resp.holds |= holds;
         if (job_epoch(j) > resp.epoch) resp.epoch = job_epoch(j);
         n += got;
-        LOG_INFO("%s: slot (%d, %d) fenced at epoch %llu: live step %ld, %d cop%s", j->id,
-                 j->pod, j->slot, (unsigned long long)req->epoch, live, got,
-                 got == 1 ? "y" : "ies");
+        LOG_INFO("%s: slot (%d, %d) fenced at epoch %llu: live step %ld, %d cop%s (%.1f ms)",
+                 j->id, j->pod, j->slot, (unsigned long long)req->epoch, live, got,
+                 got == 1 ? "y" : "ies", took_ms);
     }
     for (int i = 0; i < n; i++) {
         Moed__V1__StateCopy c = MOED__V1__STATE_COPY__INIT;

@@ -53,6 +53,15 @@ struct replica {
     struct fence_gate gate;     // its mutex guards fenced, the versions' steps and the
                                 //   update; diloco's outer step passes it too (fence_gate.h)
 
+    /* An update in progress holds the gate; a fence meanwhile answers with what the slot will
+     * hold once it is done (below, "fence"), not after it. upd_mu guards these. */
+    pthread_mutex_t upd_mu;
+    int updating;               // the update of `upd_live` runs (it cannot fail)
+    long upd_live;
+    struct state_copy upd_copies[REPLICA_MAX_COPIES];
+    int upd_n;
+    int fence_late;             // a fence came during the update: fenced once it ends
+
     /* the thread: one job per step */
     pthread_t thread;
     int thread_started;
@@ -240,6 +249,7 @@ moe_status replica_open(struct trainer *t) {
     }
     r->xb = transfer_blocks(sizeof(real) * r->x_n);
     pthread_mutex_init(&r->gate.mu, NULL);
+    pthread_mutex_init(&r->upd_mu, NULL);
     t->mesh.gate = &r->gate;
     pthread_cond_init(&r->cv, NULL);
     r->prev.step = -1;
@@ -285,6 +295,7 @@ void replica_close(struct trainer *t) {
     }
     t->mesh.gate = NULL;
     pthread_mutex_destroy(&r->gate.mu);
+    pthread_mutex_destroy(&r->upd_mu);
     pthread_cond_destroy(&r->cv);
     model_state_free(&r->prev);
     for (int j = 0; r->held && j < r->nb; j++)
@@ -342,6 +353,29 @@ void replica_step_abandon(struct trainer *t) {
     atomic_store(&r->cut_short, 0);
 }
 
+static int own_copies(const struct replica *r, long live, long prev, struct state_copy *out,
+                      int max);
+
+/* Under the gate, before the update of a slot that keeps its previous version: what a fence
+ * that comes while it runs answers (the copies once it is done: the update cannot fail). */
+static void update_begins(struct replica *r) {
+    long next = r->t->model.step + 1;
+    pthread_mutex_lock(&r->upd_mu);
+    r->upd_live = next;
+    r->upd_n = own_copies(r, next, next - 1, r->upd_copies, REPLICA_MAX_COPIES);
+    r->updating = 1;
+    pthread_mutex_unlock(&r->upd_mu);
+}
+
+/* Under the gate, once the update is done: a fence that came meanwhile closes it now. */
+static void update_ends(struct replica *r) {
+    pthread_mutex_lock(&r->upd_mu);
+    r->updating = 0;
+    if (r->fence_late) r->gate.fenced = 1;
+    r->fence_late = 0;
+    pthread_mutex_unlock(&r->upd_mu);
+}
+
 moe_status replica_update(struct trainer *t, double norm) {
     struct replica *r = t->mesh.rep;
     pthread_mutex_lock(&r->gate.mu);
@@ -350,10 +384,13 @@ moe_status replica_update(struct trainer *t, double norm) {
         return moe_fail(MOE_EINTERNAL, "fenced by the coordinator before the update of step %ld",
                         t->model.step + 1);
     }
-    if (r->keep_prev)
+    if (r->keep_prev) {
+        update_begins(r);
         model_update_into(&t->model, &r->prev, &t->spec.optimizer, norm);
-    else
+        update_ends(r);
+    } else {
         model_update_with_norm(&t->model, &t->spec.optimizer, norm);
+    }
     pthread_mutex_unlock(&r->gate.mu);
     return MOE_OK;
 }
@@ -396,9 +433,44 @@ static void hash_own_copies(struct replica *r, struct state_copy *out, int n) {
     }
 }
 
+/* The copies a slot that keeps its previous version holds with these live and previous steps
+ * (-1: none): both, and the buddy copies of either step. */
+static int own_copies(const struct replica *r, long live, long prev, struct state_copy *out,
+                      int max) {
+    int n = 0;
+    if (live >= 0) n = add_copy(out, n, max, r->s, live);
+    if (prev >= 0) n = add_copy(out, n, max, r->s, prev);
+    for (int j = 0; j < r->nb; j++)
+        for (int v = 0; v < 2; v++) {
+            long st = r->held[j].step[v];
+            if (st >= 0 && (st == live || st == prev))
+                n = add_copy(out, n, max, r->held[j].slot, st);
+        }
+    return n;
+}
+
+/* A fence during an update (which holds the gate for a pass over the whole state, tens of ms
+ * under load): answered at once with the copies the slot holds when the update ends, which it
+ * cannot fail to; the update closes the gate as it ends, so that no other starts. -1: no
+ * update runs. */
+static int fence_during_update(struct replica *r, struct state_copy *out, int max, long *live) {
+    int n = -1;
+    pthread_mutex_lock(&r->upd_mu);
+    if (r->updating) {
+        r->fence_late = 1;
+        n = r->upd_n < max ? r->upd_n : max;
+        memcpy(out, r->upd_copies, sizeof *out * (size_t)n);
+        *live = r->upd_live;
+    }
+    pthread_mutex_unlock(&r->upd_mu);
+    return n;
+}
+
 int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live, int hash) {
     struct replica *r = t->mesh.rep;
     if (!r) return 0;
+    int early = hash ? -1 : fence_during_update(r, out, max, live); /* a repair hashes: waits */
+    if (early >= 0) return early;
     pthread_mutex_lock(&r->gate.mu);
     r->gate.fenced = 1;
     int n = 0;
