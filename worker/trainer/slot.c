@@ -712,6 +712,9 @@ moe_status slot_step(struct trainer *t, struct step_report *r) {
     moe_status res = MOE_OK;
 
     t->mesh.mismatch_step = 0;
+    /* a fence that came during the last update (replica.c) aborted the comm: the step fails
+     * before its hash and copies start, and the slot joins the next epoch that much sooner */
+    STEP(comm_check_peers(x->comm));
     replica_apply_flip(t);
     replica_step_begin(t); /* buddy copies of S(step) and its hash, beside the compute */
     int shard = t->mesh.pod * x->S + t->mesh.slot;
