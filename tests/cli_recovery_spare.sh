@@ -94,6 +94,14 @@ check "the job recovered" 'grep -q "^recovered: " "$tmp/events.txt"'
 check "the fault was reported as the dead peer's exit" \
   'grep "^failure: " "$tmp/events.txt" | head -n 1 |
      grep -Eq "rank 1 (closed its connection|is exiting)|reading rank 1.s buffer failed: process gone|connection to rank 1 broke while (receiving|sending): Connection reset by peer"'
+# a peer seen exiting (the probe) is lost at once: its fence would be refused only once its
+# kernel has freed its memory and closed its sockets (docs/recovery.md, "Failure detection")
+if grep "^failure: " "$tmp/events.txt" | head -n 1 | grep -q "rank 1 is exiting"; then
+  check "the coordinator took $victim as lost without waiting for its fence" \
+    'grep -q "$victim is gone (w-[0-9]* saw its process exit): lost without waiting for its fence" "$cdir/coordinator.log"'
+else
+  echo "     (the survivor saw the closed connection first: the fence decided)"
+fi
 holder=$("$moectl" status "$job" --json | json "[s['worker_id'] for s in d['slots'] if (s['pod'], s['slot']) == (1, 0)][0]")
 other=$(tr ' ' '\n' <<<"$spares" | grep -vx "$holder")
 holder_log=${logs[0]} other_log=${logs[1]}

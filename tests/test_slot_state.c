@@ -5,15 +5,20 @@
  * slot does not hold the step asked for; a world-writable directory, and a symlink leading out
  * of the export directory, are refused. A diloco slot's file carries its outer version's carry
  * (the outer momentum and, overlapped, the mean in flight) bit for bit, and an overlapped slot
- * refuses a file without the mean.
+ * refuses a file without the mean. And the fence a recovery begins with: one that comes while
+ * the slot's update holds the fence gate answers at once, with what the slot holds once the
+ * update is done, and no update starts after it.
  */
 #include "../common/log.h"
+#include "../worker/trainer/fence_gate.h"
 #include "../worker/trainer/outer.h"
 #include "../worker/trainer/replica.h"
 #include "../worker/trainer/slot_state.h"
 #include "check.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,6 +208,72 @@ static void test_diloco_carry(struct job_spec spec) {
     trainer_close(&a);
 }
 
+struct update_run {
+    struct trainer *t;
+    moe_status s;
+    atomic_int done;
+};
+
+static void *run_update(void *arg) {
+    struct update_run *u = arg;
+    u->s = replica_update(u->t, 1.0);
+    atomic_store(&u->done, 1);
+    return NULL;
+}
+
+static int has_copy(const struct state_copy *c, int n, int slot, long step) {
+    for (int i = 0; i < n; i++)
+        if (c[i].slot == slot && c[i].step == step) return 1;
+    return 0;
+}
+
+/* One try: an update on a thread, a fence from here once the update holds the gate (or has
+ * ended). Returns 1 when the fence answered while the update still held the gate. */
+static int fence_an_update(const struct job_spec *spec) {
+    struct trainer t;
+    if (!open_slot(&t, spec, 1, 0.5f)) return 0;
+    long step = t.model.step;
+    /* the replica thread hashes the state once and is then idle, waiting without the gate: a
+     * busy gate below is the update's */
+    replica_step_begin(&t);
+    EXPECT(replica_step_join(&t) == MOE_OK);
+    struct update_run u = {&t, MOE_OK, 0};
+    pthread_t th;
+    if (pthread_create(&th, NULL, run_update, &u) != 0) {
+        trainer_close(&t);
+        return 0;
+    }
+    pthread_mutex_t *gate = &t.mesh.gate->mu;
+    int busy = 0;
+    while (!busy && !atomic_load(&u.done))
+        if (!(busy = pthread_mutex_trylock(gate) != 0)) pthread_mutex_unlock(gate);
+    struct state_copy c[8];
+    long live = -2;
+    int n = replica_fence(&t, c, 8, &live, 0);
+    int during = 0; /* the update held the gate before the fence and still holds it */
+    if (busy && !(during = pthread_mutex_trylock(gate) != 0)) pthread_mutex_unlock(gate);
+    pthread_join(th, NULL);
+    EXPECT_MSG(u.s == MOE_OK, "the update that had begun before the fence failed: %s",
+               moe_errmsg());
+    EXPECT_MSG(live == step + 1 && t.model.step == step + 1,
+               "the fence said live step %ld; the slot is at %ld (from %ld)", live, t.model.step,
+               step);
+    EXPECT_MSG(n == 2 && has_copy(c, n, 1, step + 1) && has_copy(c, n, 1, step),
+               "the fence listed %d copies, not steps %ld and %ld of slot 1", n, step + 1, step);
+    EXPECT_FAIL(replica_update(&t, 1.0), MOE_EINTERNAL, "fenced by the coordinator");
+    trainer_close(&t);
+    return during;
+}
+
+static void test_fence_during_update(struct job_spec spec) {
+    spec.model.d_model = 128; /* an update of ~1.6 M parameters: milliseconds to land in */
+    spec.model.d_ff = 1024;
+    spec.mesh.check_every = 1;
+    int during = 0;
+    for (int i = 0; i < 20 && during < 3 && !failures; i++) during += fence_an_update(&spec);
+    EXPECT_MSG(during > 0, "no fence was answered while its update ran (20 tries)");
+}
+
 int main(void) {
     moe_log_init("test");
     moe_log_set_level(MOE_LOG_WARN);
@@ -215,6 +286,7 @@ int main(void) {
     test_world_writable(&spec);
     test_symlink_out(&spec);
     test_diloco_carry(spec);
+    test_fence_during_update(spec);
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) printf("could not remove %s\n", dir);
