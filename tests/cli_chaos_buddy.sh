@@ -47,11 +47,4 @@ check "the job counts 3 recoveries or more ($recoveries)" '[ "$recoveries" -ge 3
 check "committed step never went down" \
   '[ "$(json "not d[\"committed_step_decreased\"]" <"$tmp/chaos.json")" = True ]'
 
-[ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_chaos_buddy: all checks passed" || echo "cli_chaos_buddy: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish "$job"

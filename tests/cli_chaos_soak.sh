@@ -108,10 +108,4 @@ check "... and a recovery or move for every kill ($recoveries + $moves >= $kills
 
 [ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30
 [ -n "${CHAOS_SOAK_KEEP:-}" ] && cp "$tmp"/*.err "$tmp"/*.json "$cdir"/*.log "$CHAOS_SOAK_KEEP"/
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_chaos_soak: all checks passed" || echo "cli_chaos_soak: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish

@@ -77,11 +77,4 @@ check "watch showed failure and recovery events" \
 check "the killed workers came back: 5 alive" \
   '[ "$("$moectl" cluster status --json | json "sum(w[\"state\"] in (\"WORKER_IDLE\", \"WORKER_BUSY\") for w in d[\"workers\"])")" -ge 5 ]'
 
-[ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_chaos_tcp: all checks passed" || echo "cli_chaos_tcp: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish "$job"

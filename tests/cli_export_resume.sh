@@ -169,10 +169,4 @@ check "a damaged export file fails the resumed job naming the file and its check
   '[ "$(state_of "$bad")" = JOB_FAILED ] && [[ "$err" == *"$afile"* && "$err" == *CRC-32C* ]]'
 [ $fails -gt 0 ] && echo "     error: $err"
 
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_export_resume: all checks passed" || echo "cli_export_resume: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish

@@ -108,10 +108,4 @@ check "the other spare ($other) released its arenas once the job ended" \
   'grep -q "spare: released .* (no job to stand by for)" "$other_log"'
 
 [ $fails -gt 0 ] && cat "$tmp/events.txt"
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_recovery_spare: all checks passed" || echo "cli_recovery_spare: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish

@@ -90,11 +90,4 @@ check "GetCluster: the old id is still drained, and DEAD once its heartbeats sto
   '[ "$(drained_dead)" = "[('"'"'$victim'"'"', '"'"'WORKER_DEAD'"'"')]" ]'
 "$moectl" cancel "$job2" >/dev/null 2>&1
 
-[ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_repair: all checks passed" || echo "cli_repair: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish "$job"

@@ -133,10 +133,4 @@ check "the coordinator kept serving (pid $coord)" \
   '[ "$(cat "$cdir/coordinator.pid")" = "$coord" ] && kill -0 "$coord" && "$moectl" cluster status >/dev/null'
 
 [ $fails -gt 0 ] && events "$job"
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_transfer_check: all checks passed" || echo "cli_transfer_check: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish
