@@ -24,8 +24,7 @@ router: {top_k: 2}
 data: {sources: [{path: $corpus}], val_fraction: 0.05}
 run: {steps: 1500, batch_size: 8, log_every: 1000, eval_every: 0}
 YAML
-OMP_NUM_THREADS=1 "$moectl" train "$tmp/buddy.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
-check "the reference: moectl train in one process" '[ -s "$tmp/reference.safetensors" ]'
+reference_train "$tmp/buddy.yaml"
 
 job=$("$moectl" submit "$tmp/buddy.yaml")
 check "submitted ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'

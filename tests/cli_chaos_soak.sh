@@ -45,8 +45,7 @@ router: {top_k: 2}
 data: {sources: [{path: $corpus}], val_fraction: 0.05}
 run: {steps: $steps, batch_size: 8, log_every: 1000, eval_every: 0}
 YAML
-OMP_NUM_THREADS=1 "$moectl" train "$tmp/soak.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
-check "the reference: moectl train in one process ($steps steps)" '[ -s "$tmp/reference.safetensors" ]'
+reference_train "$tmp/soak.yaml" "the reference: moectl train in one process ($steps steps)"
 
 job=$("$moectl" submit "$tmp/soak.yaml")
 check "submitted ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'

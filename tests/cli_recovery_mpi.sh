@@ -30,8 +30,7 @@ router: {top_k: 2}
 data: {sources: [{path: $corpus}], val_fraction: 0.05}
 run: {steps: 2000, batch_size: 8, log_every: 1000, eval_every: 0}
 YAML
-OMP_NUM_THREADS=1 "$moectl" train "$tmp/mpi.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
-check "the reference: moectl train in one process" '[ -s "$tmp/reference.safetensors" ]'
+reference_train "$tmp/mpi.yaml"
 
 mpiruns_before="$(cat "$cdir"/mpirun-0.pid) $(cat "$cdir"/mpirun-1.pid)"
 job=$("$moectl" submit "$tmp/mpi.yaml")

@@ -25,8 +25,7 @@ model: {d_model: 32, layers: 1, heads: 2, seq_len: 32, experts: 4, d_ff: 64}
 data: {sources: [{path: $corpus}]}
 run: {steps: 2500, batch_size: 8, log_every: 1000, eval_every: 0}
 YAML
-OMP_NUM_THREADS=1 "$moectl" train "$tmp/job.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
-check "the reference: moectl train in one process" '[ -s "$tmp/reference.safetensors" ]'
+reference_train "$tmp/job.yaml"
 
 job=$("$moectl" submit "$tmp/job.yaml")
 check "submitted ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'

@@ -6,7 +6,8 @@
 # report in any daemon's log then fails the test.
 # Needs $moectl. Gives (with proc_lib.sh: check NAME CONDITION, wait_for, running, stop) json EXPR, wait_until SECONDS CONDITION,
 # cluster_test_finish [JOB], chaos_kill_cut JOB SEED H, cancel_at_outer_step YAML H PERIODS,
-# resume_same_model YAML JOB SET, state_of JOB, step_of JOB, running_from DIR (pids of processes whose command line names
+# resume_same_model YAML JOB SET, reference_train YAML [LABEL] (reference_start YAML and
+# reference_wait [LABEL]), state_of JOB, step_of JOB, running_from DIR (pids of processes whose command line names
 # DIR/), check_same_model JOB RC, losses_of JOB (its stored per-step losses, "step loss"
 # lines), start_fake_worker PBDIR (a worker under a stand-in coordinator), and $fails (the
 # number of failed checks), sanitizer_reports LOG... (shows any sanitizer report; 1 if one).
@@ -35,6 +36,27 @@ cluster_test_cleanup() {
   exit $rc
 }
 
+# reference_train YAML [LABEL]: the reference: `moectl train` of YAML in one process into
+# $tmp/reference.safetensors (what check_same_model compares with), checked. reference_start
+# YAML starts it in the background ($ref_pid) while the test sets up its cluster, and
+# reference_wait [LABEL] waits for it and checks it (a failure shows its last lines).
+reference_train() {
+  reference_start "$1"
+  reference_wait "${2:-}"
+}
+reference_start() {
+  OMP_NUM_THREADS=1 "${moectl_bin:-$moectl}" train "$1" --quiet \
+    --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err" &
+  ref_pid=$!
+}
+reference_wait() {
+  wait "$ref_pid"
+  local rc=$?
+  ref_pid=
+  check "${1:-the reference: moectl train in one process}" \
+    "[ $rc -eq 0 ] && [ -s '$tmp/reference.safetensors' ]"
+  [ $rc -eq 0 ] || tail -n 5 "$tmp/train.err"
+}
 # chaos_kill_cut JOB SEED H: `moectl chaos` kills a worker of JOB and cuts a data-plane
 # connection (--json into $tmp/chaos.json); both survived, the job ends with the reference's
 # model, and every recovery returned to a multiple of H (an outer step)
