@@ -195,7 +195,13 @@ static int wait_for_epoch(struct job *j, struct rpc_channel *ch, struct trainer 
         d.mismatch_step = t->mesh.mismatch_step;
         d.mismatch_slot = t->mesh.mismatch_slot;
     }
-    job_report_fault(j, ch, step, error, &d);
+    /* A newer epoch already waits: the coordinator fenced this slot and rebound it, and would
+     * ignore a report of the epoch it left. Not sent: the restore waits for this slot. */
+    if (job_epoch(j) > j->epoch)
+        LOG_INFO("%s: slot (%d, %d): epoch %llu already waits: the fault is not reported",
+                 j->id, j->pod, j->slot, (unsigned long long)job_epoch(j));
+    else
+        job_report_fault(j, ch, step, error, &d);
     uv_mutex_lock(&j->ep_mu);
     while (atomic_load(&j->stop) == JOB_RUN && !(j->next && j->next->epoch > j->epoch))
         uv_cond_wait(&j->ep_cv, &j->ep_mu);
