@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 /* Channel 2 carries the buddy copies: the compute thread's all-to-alls use 0, the gradient
  * reductions 1, and these overlap with both. */
@@ -190,6 +191,7 @@ static moe_status hash_state(const struct model *m, const atomic_int *stop, uint
 
 static void *replica_main(void *arg) {
     struct replica *r = arg;
+    prctl(PR_SET_NAME, "moe-replica"); /* in top -H, and what bench_mesh reads its CPU time by */
     pthread_mutex_lock(&r->gate.mu);
     for (;;) {
         while (!r->stop && !r->pending) pthread_cond_wait(&r->cv, &r->gate.mu);
