@@ -70,15 +70,20 @@ struct replica {
 /* ---- the copies' transfer ---- */
 
 /* Round j of the buddy exchange over the pod: this slot sends `bytes` of `send` to slot s + j
- * and receives slot s - j's into `recv`. */
+ * and receives slot s - j's into `recv`. A group of just those two peers (one when they are
+ * the same slot): an exchange over the whole pod would make every chunk wait for every slot's
+ * copy thread, and those of the slots this round does not involve have no business in it. */
 static moe_status exchange_round(struct replica *r, int j, const void *send, void *recv,
                                  size_t bytes) {
     struct comm *c = r->t->mesh.comm;
-    struct comm_group g;
-    comm_group_pod(&g, c, r->t->mesh.pod);
-    size_t sb[COMM_MAX_RANKS] = {0}, rb[COMM_MAX_RANKS] = {0};
-    sb[(r->s + j) % r->S] = bytes;
-    rb[(r->s - j + r->S) % r->S] = bytes;
+    struct comm_group pod, g = {.n = 2, .me = 0};
+    comm_group_pod(&pod, c, r->t->mesh.pod);
+    int to = (r->s + j) % r->S, from = (r->s - j + r->S) % r->S;
+    size_t sb[3] = {0, bytes, 0}, rb[3] = {0, 0, 0};
+    g.ranks[0] = pod.ranks[r->s];
+    g.ranks[1] = pod.ranks[to];
+    if (from == to) rb[1] = bytes;
+    else g.ranks[g.n++] = pod.ranks[from], rb[2] = bytes;
     return comm_alltoallv(c, CH_COPY, &g, send, sb, recv, rb);
 }
 
