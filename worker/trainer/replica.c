@@ -31,6 +31,8 @@ struct held {
     real *buf[2];    // (3 * x_n): parameters, first moments, second moments
     uint32_t *sum[2]; // (3 * xb) the sender's CRC-32C of each block of each third of buf
     long step[2];    // the step each version is from; -1: none (or being received)
+    int checked[2];  // version v was compared with its sums (copy_checked): once, when a
+                     //   fence is about to list it or a restore to send it
 };
 
 struct replica {
@@ -39,7 +41,7 @@ struct replica {
     size_t x_lo, x_n;           // the experts' floats in every arena: [x_lo, x_lo + x_n)
     size_t xb;                  // blocks of x_n floats (transfer_check.h)
     uint32_t *x_sum;            // (3 * xb) the checksums of the experts this slot sends
-    uint32_t *x_scratch;        // (3 * xb) a received copy's, recomputed
+    uint32_t *x_scratch;        // (3 * xb) a held copy's, recomputed (under gate.mu)
     struct model_state prev;    // the previous version; prev.step -1: none
     int live_valid;             // the live arenas hold a whole state (not while receiving one)
     struct held *held;          // (nb) copies of slots s-1, ..., s-nb
@@ -88,44 +90,50 @@ static moe_status exchange_round(struct replica *r, int j, const void *send, voi
 }
 
 /* Round j's part of one arena (the parameters or a moment), in chunks: each chunk's blocks
- * are checksummed just before it goes (in round 1: every round sends the same bytes) and
- * just after it arrived (into x_scratch), while it is in the cache, so the copy costs no
- * separate pass over the memory on either side. */
+ * are checksummed just before it goes (in round 1: every round sends the same bytes), while
+ * it is in the cache, so the sender's checksums cost no separate pass over the memory. The
+ * receiver does not check a copy on arrival: it checks it only if it is ever to be used
+ * (copy_checked, at a fence), which is rare, where checking every arrival took a pass over
+ * every received byte every step. */
 static moe_status exchange_arena(struct replica *r, int j, int a, const real *send, real *recv) {
     const size_t Q = TRANSFER_LANE_CHUNK_BYTES, bytes = sizeof(real) * r->x_n;
-    uint32_t *mine = r->x_sum + a * r->xb, *got = r->x_scratch + a * r->xb;
+    uint32_t *mine = r->x_sum + a * r->xb;
     for (size_t off = 0; off < bytes; off += Q) {
         size_t len = bytes - off < Q ? bytes - off : Q, b = off / TRANSFER_BLOCK_BYTES;
         const unsigned char *out = (const unsigned char *)send + off;
-        unsigned char *in = (unsigned char *)recv + off;
         if (j == 1) transfer_checksum(out, len, mine + b, 0);
-        CHECK(exchange_round(r, j, out, in, len));
-        transfer_checksum(in, len, got + b, 0);
+        CHECK(exchange_round(r, j, out, (unsigned char *)recv + off, len));
     }
     return MOE_OK;
 }
 
-/* Whether version v of a received copy, as it arrived, is what its sender checksummed. One
- * that is not is not kept as a copy (no fence lists it): a restore never starts from it. */
-static int copy_intact(struct replica *r, const struct held *h, int v, long step) {
+/* Whether version v of a held copy is what its sender checksummed, computed once (under
+ * gate.mu): before a fence lists it or a restore sends it. One that is not is dropped (no
+ * fence lists it): a restore never starts from it. A restore re-checks whatever it sends
+ * against the same sums at the new holder, so this is what keeps a damaged copy off the
+ * coordinator's list, not the last line of defence. */
+static int copy_checked(struct replica *r, struct held *h, int v) {
+    if (h->checked[v]) return 1;
     for (int a = 0; a < 3; a++) {
-        const uint32_t *want = h->sum[v] + a * r->xb, *got = r->x_scratch + a * r->xb;
+        uint32_t *want = h->sum[v] + a * r->xb, *got = r->x_scratch + a * r->xb;
+        transfer_checksum(h->buf[v] + (size_t)a * r->x_n, sizeof(real) * r->x_n, got, 0);
         size_t b = 0;
         while (b < r->xb && got[b] == want[b]) b++;
         if (b == r->xb) continue;
         LOG_WARN("slot (%d, %d): the buddy copy of slot %d's experts at step %ld failed its "
-                 "checksum (part %d, block %zu: CRC-32C %08x, the sender's %08x): not kept",
-                 r->t->mesh.pod, r->s, h->slot, step, a, b, got[b], want[b]);
+                 "checksum (part %d, block %zu: CRC-32C %08x, the sender's %08x): dropped",
+                 r->t->mesh.pod, r->s, h->slot, h->step[v], a, b, got[b], want[b]);
+        h->step[v] = -1;
         return 0;
     }
-    return 1;
+    return h->checked[v] = 1;
 }
 
 /* Sends S(step)'s experts to every buddy and receives the copies of the slots before us, each
  * into the version that does not hold the newest copy. Straight from the arenas (the live
  * state does not change before the step's update, which waits for this): the parameters and
  * each moment in chunks, no staging copy; then the checksums the receiver holds the copy to
- * (here on arrival, and again by whoever it restores from this copy). */
+ * (before a fence lists it, and again by whoever it restores from this copy). */
 static moe_status send_copies(struct replica *r, long step) {
     const struct model *m = &r->t->model;
     const real *arena[3] = {m->param_mem, m->m_mem, m->v_mem};
@@ -138,9 +146,9 @@ static moe_status send_copies(struct replica *r, long step) {
         for (int a = 0; a < 3; a++)
             CHECK(exchange_arena(r, j, a, arena[a] + r->x_lo, h->buf[v] + (size_t)a * r->x_n));
         CHECK(exchange_round(r, j, r->x_sum, h->sum[v], sizeof(uint32_t) * 3 * r->xb));
-        int ok = copy_intact(r, h, v, step);
         pthread_mutex_lock(&r->gate.mu);
-        h->step[v] = ok ? step : -1;
+        h->step[v] = step;
+        h->checked[v] = 0;
         pthread_mutex_unlock(&r->gate.mu);
     }
     return MOE_OK;
@@ -420,7 +428,8 @@ int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live
     for (int j = 0; j < r->nb; j++)
         for (int v = 0; v < 2; v++) {
             long st = r->held[j].step[v];
-            if (st >= 0 && holds_own(r, st)) n = add_copy(out, n, max, r->held[j].slot, st);
+            if (st >= 0 && holds_own(r, st) && copy_checked(r, &r->held[j], v))
+                n = add_copy(out, n, max, r->held[j].slot, st);
         }
     if (hash) hash_own_copies(r, out, n);
     pthread_mutex_unlock(&r->gate.mu);
@@ -433,6 +442,16 @@ void replica_request_flip(struct trainer *t) {
 
 void replica_request_corrupt(struct trainer *t) {
     if (t->mesh.rep) atomic_store(&t->mesh.rep->corrupt, 1);
+}
+
+void replica_damage_copies(struct trainer *t) {
+    struct replica *r = t->mesh.rep;
+    if (!r) return;
+    pthread_mutex_lock(&r->gate.mu);
+    for (int j = 0; j < r->nb; j++)
+        for (int v = 0; v < 2; v++)
+            if (r->held[j].step[v] >= 0) ((unsigned char *)r->held[j].buf[v])[r->x_n] ^= 0x10;
+    pthread_mutex_unlock(&r->gate.mu);
 }
 
 /* Applied only once the slot has trained a step since it (re)started: then the state it
@@ -539,15 +558,18 @@ static unsigned char *corrupt_byte(struct replica *r, int to, const struct lane_
     return (unsigned char *)pc[1].p + pc[1].bytes / 2;
 }
 
-/* A buddy's copy of slot `slot`'s experts at `step` (its buffers and checksums), or NULL. */
-static const struct held *held_copy(const struct replica *r, int slot, long step, int *v) {
-    for (int j = 0; j < r->nb; j++)
-        for (int k = 0; k < 2; k++)
-            if (r->held[j].slot == slot && r->held[j].step[k] == step) {
-                *v = k;
-                return &r->held[j];
-            }
-    return NULL;
+/* A buddy's copy of slot `slot`'s experts at `step` (its buffers and checksums), checked
+ * (copy_checked: a fence listed it, so normally it was), or NULL. */
+static const struct held *held_copy(struct replica *r, int slot, long step, int *v) {
+    struct held *found = NULL;
+    pthread_mutex_lock(&r->gate.mu);
+    for (int j = 0; !found && j < r->nb; j++)
+        for (int k = 0; !found && k < 2; k++)
+            if (r->held[j].slot == slot && r->held[j].step[k] == step &&
+                copy_checked(r, &r->held[j], k))
+                found = &r->held[j], *v = k;
+    pthread_mutex_unlock(&r->gate.mu);
+    return found;
 }
 
 static moe_status send_state(struct replica *r, int to, int slot, long step, uint64_t *bytes) {
@@ -563,7 +585,7 @@ static moe_status send_state(struct replica *r, int to, int slot, long step, uin
     if (slot != r->s) { /* a buddy copy */
         if (!(h = held_copy(r, slot, step, &v)))
             return moe_fail(MOE_EINVAL, "restore: asked to send slot %d at step %ld, but holds "
-                            "no copy of it", slot, step);
+                            "no copy of it (or none that passed its checksums)", slot, step);
         for (int a = 0; a < 3; a++) experts[a] = h->buf[v] + (size_t)a * r->x_n;
     }
     struct lane_piece pc[STATE_PIECES];
