@@ -41,6 +41,7 @@ struct replica {
     size_t x_lo, x_n;           // the experts' floats in every arena: [x_lo, x_lo + x_n)
     size_t xb;                  // blocks of x_n floats (transfer_check.h)
     uint32_t *x_sum;            // (3 * xb) the checksums of the experts this slot sends
+    int x_summed;               // x_sum already holds this step's (the hash made them)
     uint32_t *x_scratch;        // (3 * xb) a held copy's, recomputed (under gate.mu)
     struct model_state prev;    // the previous version; prev.step -1: none
     int live_valid;             // the live arenas hold a whole state (not while receiving one)
@@ -101,7 +102,7 @@ static moe_status exchange_arena(struct replica *r, int j, int a, const real *se
     for (size_t off = 0; off < bytes; off += Q) {
         size_t len = bytes - off < Q ? bytes - off : Q, b = off / TRANSFER_BLOCK_BYTES;
         const unsigned char *out = (const unsigned char *)send + off;
-        if (j == 1) transfer_checksum(out, len, mine + b, 0);
+        if (j == 1 && !r->x_summed) transfer_checksum(out, len, mine + b, 0);
         CHECK(exchange_round(r, j, out, (unsigned char *)recv + off, len));
     }
     return MOE_OK;
@@ -167,39 +168,54 @@ static int checksum_part(const void *p, size_t bytes, uint32_t *out, const atomi
 
 /* The digest data-parallel replicas compare (bit for bit): SHA-256 of the step and of the
  * CRC-32C of every 1 MiB block of the parameters, both moments and the buffers, the blocks of
- * a checked transfer (transfer_check.c). A flipped bit always changes its block's CRC, other
- * damage escapes with chance 2^-32 per block, and the CRCs run at 20-30 GB/s on one core
- * where SHA-256 over the bytes runs at 1.8 GB/s: this is what makes checking every step
- * cheap. On the calling thread alone (the replica thread, or the loop at a fence). In
- * chunks, looking at `stop` (NULL: never) before each: a step given up does not wait for the
- * hash of a state it will not report (a recovery's detection would wait a pass over it). */
-static moe_status hash_arenas(long step_l, const real *param, const real *mom1, const real *mom2,
-                              const real *buf, size_t n_params, size_t n_buffers,
-                              const atomic_int *stop, uint8_t out[32]) {
-    const void *part[4] = {param, mom1, mom2, buf};
-    size_t bytes[4] = {sizeof(real) * n_params, sizeof(real) * n_params,
-                       sizeof(real) * n_params, sizeof(real) * n_buffers};
-    size_t nb = 0;
-    for (int i = 0; i < 4; i++) nb += transfer_blocks(bytes[i]);
+ * a checked transfer (transfer_check.c): each of the first three in the three pieces of a
+ * transfer (before, of and after the experts), so that the experts' blocks are the ones a
+ * buddy copy is checked by, and a step that hashes gives the copy its checksums (x_sums,
+ * 3 * xb, if not NULL) instead of making them twice. A flipped bit always changes its
+ * block's CRC, other damage escapes with chance 2^-32 per block, and the CRCs run at 20-30
+ * GB/s on one core where SHA-256 over the bytes runs at 1.8 GB/s: this is what makes
+ * checking every step cheap. On the calling thread alone (the replica thread, or the loop
+ * at a fence). In chunks, looking at `stop` (NULL: never) before each: a step given up does
+ * not wait for the hash of a state it will not report (a recovery's detection would wait a
+ * pass over it). */
+static moe_status hash_arenas(const struct replica *r, long step_l, real *const arena[4],
+                              const atomic_int *stop, uint8_t out[32], uint32_t *x_sums) {
+    const struct model *m = &r->t->model;
+    size_t hi = r->x_lo + r->x_n, bytes[10], nb = 0, x_at[3];
+    const void *part[10];
+    for (int a = 0; a < 3; a++) {
+        part[3 * a] = arena[a], bytes[3 * a] = sizeof(real) * r->x_lo;
+        part[3 * a + 1] = arena[a] + r->x_lo, bytes[3 * a + 1] = sizeof(real) * r->x_n;
+        part[3 * a + 2] = arena[a] + hi, bytes[3 * a + 2] = sizeof(real) * (m->n_params - hi);
+    }
+    part[9] = arena[3], bytes[9] = sizeof(real) * m->n_buffers;
+    for (int i = 0; i < 10; i++) {
+        if (i % 3 == 1 && i < 9) x_at[i / 3] = nb;
+        nb += transfer_blocks(bytes[i]);
+    }
     uint32_t *sums = malloc((nb + 1) * sizeof *sums);
     EVP_MD_CTX *ctx = sums ? EVP_MD_CTX_new() : NULL;
     int64_t step = step_l;
     int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
              EVP_DigestUpdate(ctx, &step, sizeof step);
     int whole = 1;
-    for (size_t i = 0, off = 0; ok && whole && i < 4; off += transfer_blocks(bytes[i]), i++)
+    for (size_t i = 0, off = 0; ok && whole && i < 10; off += transfer_blocks(bytes[i]), i++)
         whole = checksum_part(part[i], bytes[i], sums + off, stop);
     ok = ok && whole && EVP_DigestUpdate(ctx, sums, nb * sizeof *sums) &&
          EVP_DigestFinal_ex(ctx, out, NULL);
+    for (int a = 0; ok && x_sums && a < 3; a++)
+        memcpy(x_sums + a * r->xb, sums + x_at[a], r->xb * sizeof *sums);
     EVP_MD_CTX_free(ctx);
     free(sums);
     if (!whole) return moe_fail(MOE_EINTERNAL, "the digest of the slot's state was cut short");
     return ok ? MOE_OK : moe_fail(MOE_EINTERNAL, "the digest of the slot's state failed");
 }
 
-static moe_status hash_state(const struct model *m, const atomic_int *stop, uint8_t out[32]) {
-    return hash_arenas(m->step, m->param_mem, m->m_mem, m->v_mem, m->buffer_mem, m->n_params,
-                       m->n_buffers, stop, out);
+static moe_status hash_state(struct replica *r, const atomic_int *stop, uint8_t out[32],
+                             uint32_t *x_sums) {
+    const struct model *m = &r->t->model;
+    real *const arena[4] = {m->param_mem, m->m_mem, m->v_mem, m->buffer_mem};
+    return hash_arenas(r, m->step, arena, stop, out, x_sums);
 }
 
 static void *replica_main(void *arg) {
@@ -214,12 +230,14 @@ static void *replica_main(void *arg) {
         long step = r->job_step;
         int send = r->do_send, hash = r->do_hash;
         pthread_mutex_unlock(&r->gate.mu);
-        moe_status s = MOE_OK;
-        if (send) s = send_copies(r, step);
+        /* the hash first: it makes the checksums the copies carry */
         uint8_t h[32];
+        moe_status s = MOE_OK;
         int hashed = 0;
-        if (s == MOE_OK && hash)
-            hashed = (s = hash_state(&r->t->model, &r->cut_short, h)) == MOE_OK;
+        if (hash)
+            hashed = (s = hash_state(r, &r->cut_short, h, send ? r->x_sum : NULL)) == MOE_OK;
+        r->x_summed = hashed && send;
+        if (send && s == MOE_OK) s = send_copies(r, step);
         pthread_mutex_lock(&r->gate.mu);
         thread_error_keep(&r->err, s);
         if (hashed) {
@@ -402,12 +420,10 @@ static int holds_own(const struct replica *r, long step) {
  * so that a bit that flipped after the step's hash is seen too. Buddy copies hold experts
  * only: no whole state to hash. */
 static void hash_own_copies(struct replica *r, struct state_copy *out, int n) {
-    const struct model *m = &r->t->model;
     for (int i = 0; i < n; i++) {
         real *a[4], *mom;
         if (out[i].slot != r->s || !own_version(r, out[i].step, a, &mom)) continue;
-        out[i].has_sha = hash_arenas(out[i].step, a[0], a[1], a[2], a[3], m->n_params,
-                                     m->n_buffers, NULL, out[i].sha) == MOE_OK;
+        out[i].has_sha = hash_arenas(r, out[i].step, a, NULL, out[i].sha, NULL) == MOE_OK;
     }
 }
 
@@ -723,6 +739,7 @@ moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
     r->since = p->step;
     for (int j = 0; j < r->nb; j++) r->held[j].step[0] = r->held[j].step[1] = -1;
     pthread_mutex_unlock(&r->gate.mu);
+    r->x_summed = 0; /* the thread's last hash was not of this state */
     if (r->nb > 0) CHECK(send_copies(r, p->step));
     struct comm_group all;
     comm_group_all(&all, c);
