@@ -173,6 +173,8 @@ static moe_status change_epoch(struct trainer *t, const struct job_spec *spec, i
                                struct comm_listener *l, struct comm **c,
                                const struct restore_case *rc, struct run_result *out) {
     long live;
+    const char *damage = getenv("TEST_MESH_DAMAGE_COPY"); /* check_damaged_copy */
+    if (damage && atoi(damage) == rank) replica_damage_copies(t);
     out->n_copies = replica_fence(t, out->copies, 8, &live, 0);
     comm_close(*c);
     *c = NULL;
@@ -476,6 +478,32 @@ static void check_refusal(const char *name, int pods, int slots, const struct re
            failures ? "...." : "OK  ", name, pods, slots, rc->victim, rc->corrupt, v->error);
 }
 
+/* A buddy copy damaged in its holder's memory after it arrived (TEST_MESH_DAMAGE_COPY: a bit
+ * flipped in every copy rank 3 holds, just before the fence): its fence checks the copies
+ * against their sender's checksums and leaves them out, so no plan can name them; asked to
+ * send one anyway, it says it holds none. */
+static void check_damaged_copy(void) {
+    struct job_spec spec;
+    make_spec(&spec, 1, 4, 0, 0, 0, 0);
+    char path[512];
+    snprintf(path, sizeof path, "%s/damaged.safetensors", dir);
+    struct restore_case rc = {5, 4, 2, -1, {-1, -1, 3, -1}};
+    struct run_result out[MAX_RANKS];
+    setenv("TEST_MESH_DAMAGE_COPY", "3", 1);
+    int ran = run_mesh(&spec, path, -1, &rc, out) == 0;
+    unsetenv("TEST_MESH_DAMAGE_COPY");
+    if (!ran) return;
+    const struct run_result *h = &out[3];
+    int buddy = 0;
+    for (int k = 0; k < h->n_copies; k++) buddy |= h->copies[k].slot != 3;
+    EXPECT_MSG(h->n_copies == 2 && !buddy, "damaged copy: rank 3's fence listed %d copies, %s "
+               "of slot 2", h->n_copies, buddy ? "one" : "none");
+    EXPECT_MSG(!h->ok && strstr(h->error, "holds no copy"), "damaged copy: rank 3: ok %d: %s",
+               h->ok, h->error);
+    printf("%s damaged buddy copy 1 x 4: rank 3's fence lists only its own 2 versions; asked "
+           "for slot 2: %s\n", failures ? "...." : "OK  ", h->error);
+}
+
 /* The blocks of a transfer: 7 whole blocks and a short one (two triples, one lone block, the
  * tail), each the CRC-32C of its bytes alone; a flipped bit in block 5 is found there. */
 static void check_transfer_blocks(void) {
@@ -605,6 +633,7 @@ int main(int argc, char **argv) {
     check_refusal("pod-replica", 2, 2, &pods_bad);
     struct restore_case buddy_bad = {5, 4, 2, 3, {-1, -1, 3, -1}};
     check_refusal("buddy", 1, 4, &buddy_bad);
+    check_damaged_copy();
 
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -22,7 +22,14 @@
  * settings alternate over several rounds (the machine is shared and noisy): the ms/step are
  * the medians of all rounds' timed steps, the overhead the median of the rounds' ratios (and
  * their range), and beside it the ratio of the two fastest steps, which a neighbour's load,
- * only ever adding time, distorts least.
+ * only ever adding time, distorts least. Last, the CPU time of all ranks per step (every
+ * thread of every rank process: compute, reductions, copies; the median over the rounds of
+ * each setting), and its overhead: where the ranks fill the cores, as 4 ranks do on 2, every
+ * CPU millisecond the copy takes is one the step waits for, and this is the figure a
+ * neighbour's load leaves nearly alone (it slows a step's wall clock far more than it adds
+ * CPU to it). Of that, the replica threads' (the copies, and with both settings the replica
+ * check's hash: the kernel's count for the thread named moe-replica). `--replicas 1x4 ...`
+ * runs only the meshes named.
  *
  * A third table (alone with --check) is the cost of the replica check (docs/operations.md):
  * at 2 x 2, mesh.check_every = 0 (never) against 1 (every step, the default): every slot
@@ -38,11 +45,13 @@
 #include "../rank_procs.h"
 #include "bench.h"
 
+#include <dirent.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define WARMUP 2
@@ -56,6 +65,8 @@ struct rank_result {
     double step_s[TIMED];
     double comm_s, a2a_bytes, red_bytes; // means over the timed steps
     double copy_bytes;                   // buddy copies sent per step (counted in a2a_bytes)
+    double cpu_s;                        // the process's CPU time per timed step (all threads)
+    double copy_cpu_s;                   // of which its replica thread's (the copies, a hash)
     double state_bytes;                  // what the replica check hashes: the whole state
     char error[200];
 };
@@ -83,6 +94,35 @@ static void make_spec(struct job_spec *s, int pods, int slots, int replicas) {
     s->data.sources[0].weight = 1;
 }
 
+static double process_cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The CPU time of this process's thread named `name` (the kernel's count, in ns: the first
+ * field of its schedstat), or 0 when there is none. */
+static double thread_cpu_s(const char *name) {
+    DIR *d = opendir("/proc/self/task");
+    double s = 0;
+    for (struct dirent *e; d && (e = readdir(d));) {
+        char path[300], comm[32] = "";
+        unsigned long long ns = 0;
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        int named = fgets(comm, sizeof comm, f) && strncmp(comm, name, strlen(name)) == 0;
+        fclose(f);
+        snprintf(path, sizeof path, "/proc/self/task/%s/schedstat", e->d_name);
+        if (named && (f = fopen(path, "r"))) {
+            if (fscanf(f, "%llu", &ns) == 1) s += (double)ns * 1e-9;
+            fclose(f);
+        }
+    }
+    if (d) closedir(d);
+    return s;
+}
+
 static int rank_main(char **argv) {
     int pods = atoi(argv[2]), slots = atoi(argv[3]), rank = atoi(argv[4]), threads = atoi(argv[5]);
     int replicas = atoi(argv[6]), check = atoi(argv[7]);
@@ -107,6 +147,10 @@ static int rank_main(char **argv) {
         out.copy_bytes = (double)mesh_buddies(&spec.mesh) * 3 * x_n * sizeof(real);
         out.state_bytes = (double)(3 * t.model.n_params + t.model.n_buffers) * sizeof(real);
         for (int i = 0; i < WARMUP + TIMED && out.ok; i++) {
+            if (i == WARMUP) {
+                out.cpu_s = -process_cpu_s();
+                out.copy_cpu_s = -thread_cpu_s("moe-replica");
+            }
             struct step_report r;
             if (trainer_step(&t, &r) != MOE_OK) {
                 snprintf(out.error, sizeof out.error, "%s", moe_errmsg());
@@ -119,6 +163,8 @@ static int rank_main(char **argv) {
             out.a2a_bytes += (double)r.bytes_alltoall / TIMED;
             out.red_bytes += (double)r.bytes_allreduce / TIMED;
         }
+        out.cpu_s = (out.cpu_s + process_cpu_s()) / TIMED;
+        out.copy_cpu_s = (out.copy_cpu_s + thread_cpu_s("moe-replica")) / TIMED;
         struct comm_group all;
         comm_group_all(&all, c);
         comm_barrier(c, 0, &all); /* leave together: a closed peer is not a failure then */
@@ -135,11 +181,11 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Runs the mesh once; slowest[i] = the slowest rank's time of timed step i. res (D entries)
- * keeps every rank's result. check: mesh.check_every (-1: the default). Returns 0, or -1 (the
- * failure printed). */
+/* Runs the mesh once; slowest[i] = the slowest rank's time of timed step i, *cpu the ranks'
+ * CPU time per step, added. res (D entries) keeps every rank's result. check:
+ * mesh.check_every (-1: the default). Returns 0, or -1 (the failure printed). */
 static int run_once(const char *self, int pods, int slots, int replicas, int check, int cores,
-                    struct rank_result *res, double *slowest) {
+                    struct rank_result *res, double *slowest, double cpu[2]) {
     int D = pods * slots, threads = cores / D > 0 ? cores / D : 1;
     char a[MAX_RANKS][6][16];
     char *argv[MAX_RANKS][8];
@@ -161,6 +207,8 @@ static int run_once(const char *self, int pods, int slots, int replicas, int che
             ok = 0;
         }
     if (!ok) return -1;
+    cpu[0] = cpu[1] = 0;
+    for (int r = 0; r < D; r++) cpu[0] += res[r].cpu_s, cpu[1] += res[r].copy_cpu_s;
     for (int i = 0; i < TIMED; i++) {
         slowest[i] = 0;
         for (int r = 0; r < D; r++)
@@ -177,8 +225,8 @@ static double median(double *x, int n) {
 static void run_mesh(const char *self, int pods, int slots, int cores) {
     int D = pods * slots, threads = cores / D > 0 ? cores / D : 1;
     struct rank_result res[MAX_RANKS];
-    double slowest[TIMED];
-    if (run_once(self, pods, slots, 0, -1, cores, res, slowest) != 0) return;
+    double slowest[TIMED], cpu[2];
+    if (run_once(self, pods, slots, 0, -1, cores, res, slowest, cpu) != 0) return;
     double med = median(slowest, TIMED);
     struct job_spec s;
     make_spec(&s, pods, slots, 0);
@@ -196,20 +244,25 @@ static void run_mesh(const char *self, int pods, int slots, int cores) {
  * the fastest steps' ratio. res keeps the second setting's last results. */
 struct pair_result {
     double ms[2], over, lo, hi, best;
+    double cpu_ms[2], cpu_over; // all ranks' CPU per step: medians over the rounds, and theirs
+    double thread_ms[2];        // of which the replica threads' (medians over the rounds)
 };
 static int run_pair(const char *self, int pods, int slots, int cores, const int set[2][2],
                     struct rank_result *res, struct pair_result *out) {
     static double steps[2][ROUNDS * TIMED];
     static struct rank_result last[MAX_RANKS];
-    double ratio[ROUNDS], one[TIMED];
+    double ratio[ROUNDS], one[TIMED], cpu[2][ROUNDS], thread[2][ROUNDS], both[2];
     for (int round = 0; round < ROUNDS; round++) {
         double med[2];
         for (int k = 0; k < 2; k++) {
             /* the order alternates too, so neither setting always runs first */
             int which = (round % 2) ? 1 - k : k;
             double *mine = steps[which] + round * TIMED;
-            if (run_once(self, pods, slots, set[which][0], set[which][1], cores, last, mine))
+            if (run_once(self, pods, slots, set[which][0], set[which][1], cores, last, mine,
+                         both))
                 return -1;
+            cpu[which][round] = both[0];
+            thread[which][round] = both[1];
             if (which == 1) memcpy(res, last, sizeof last); /* the last round ends with 0 */
             memcpy(one, mine, sizeof one);
             med[which] = median(one, TIMED);
@@ -224,6 +277,11 @@ static int run_pair(const char *self, int pods, int slots, int cores, const int 
     /* median() sorted the steps: [0] is the fastest of each, where a neighbour's load (which
      * only ever adds time) weighs least */
     out->best = steps[1][0] / steps[0][0] - 1;
+    out->cpu_ms[0] = median(cpu[0], ROUNDS) * 1e3;
+    out->cpu_ms[1] = median(cpu[1], ROUNDS) * 1e3;
+    out->cpu_over = out->cpu_ms[1] / out->cpu_ms[0] - 1;
+    out->thread_ms[0] = median(thread[0], ROUNDS) * 1e3;
+    out->thread_ms[1] = median(thread[1], ROUNDS) * 1e3;
     return 0;
 }
 
@@ -238,8 +296,10 @@ static void run_replicas(const char *self, int pods, int slots, int cores) {
     const char *what = mesh_buddies(&s.mesh) > 0 ? "previous version + buddy copy"
                                                  : "previous version";
     printf("| %d x %d | %s | %7.2f | %8.1f | %8.1f | %+5.1f%% | %+5.1f%% .. %+5.1f%% "
-           "| %+5.1f%% |\n", pods, slots, what, res[0].copy_bytes / 1e6, p.ms[0], p.ms[1],
-           100 * p.over, 100 * p.lo, 100 * p.hi, 100 * p.best);
+           "| %+5.1f%% | %6.1f / %6.1f | %+5.1f%% | %5.2f / %5.2f |\n", pods, slots, what,
+           res[0].copy_bytes / 1e6, p.ms[0], p.ms[1], 100 * p.over, 100 * p.lo, 100 * p.hi,
+           100 * p.best, p.cpu_ms[0], p.cpu_ms[1], 100 * p.cpu_over, p.thread_ms[0],
+           p.thread_ms[1]);
     fflush(stdout);
 }
 
@@ -288,10 +348,22 @@ int main(int argc, char **argv) {
         printf("\nkeeping replicas: mesh.replicas = 1 (none) vs 2 (the default), median of %d "
                "x %d timed steps each, alternating runs\n", ROUNDS, TIMED);
         printf("| mesh | replicas = 2 keeps | buddy MB/step (rank 0) | replicas = 1 ms/step | "
-               "replicas = 2 ms/step | overhead | rounds' range | fastest step's |\n"
-               "|---|---|---|---|---|---|---|---|\n");
+               "replicas = 2 ms/step | overhead | rounds' range | fastest step's | "
+               "CPU ms/step, all ranks (1 / 2) | CPU overhead | replica threads' CPU "
+               "ms/step (1 / 2) |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         static const int rmeshes[][2] = {{1, 2}, {1, 4}, {2, 2}};
-        for (size_t i = 0; i < sizeof rmeshes / sizeof *rmeshes; i++)
+        int picked = 0; /* --replicas 1x4 ...: only those meshes */
+        for (int a = 2; replicas_only && a < argc; a++) {
+            int p = 0, sl = 0;
+            if (sscanf(argv[a], "%dx%d", &p, &sl) != 2 || p < 1 || sl < 1 || p * sl > MAX_RANKS) {
+                fprintf(stderr, "bench_mesh: '%s' is not a mesh PxS of at most %d ranks\n",
+                        argv[a], MAX_RANKS);
+                return 2;
+            }
+            run_replicas(self, p, sl, cores);
+            picked++;
+        }
+        for (size_t i = 0; !picked && i < sizeof rmeshes / sizeof *rmeshes; i++)
             run_replicas(self, rmeshes[i][0], rmeshes[i][1], cores);
     }
     if (replicas_only) return 0;

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 /* Channel 2 carries the buddy copies: the compute thread's all-to-alls use 0, the gradient
  * reductions 1, and these overlap with both. */
@@ -30,6 +31,8 @@ struct held {
     real *buf[2];    // (3 * x_n): parameters, first moments, second moments
     uint32_t *sum[2]; // (3 * xb) the sender's CRC-32C of each block of each third of buf
     long step[2];    // the step each version is from; -1: none (or being received)
+    int checked[2];  // version v was compared with its sums (copy_checked): once, when a
+                     //   fence is about to list it or a restore to send it
 };
 
 struct replica {
@@ -38,7 +41,8 @@ struct replica {
     size_t x_lo, x_n;           // the experts' floats in every arena: [x_lo, x_lo + x_n)
     size_t xb;                  // blocks of x_n floats (transfer_check.h)
     uint32_t *x_sum;            // (3 * xb) the checksums of the experts this slot sends
-    uint32_t *x_scratch;        // (3 * xb) a received copy's, recomputed
+    int x_summed;               // x_sum already holds this step's (the hash made them)
+    uint32_t *x_scratch;        // (3 * xb) a held copy's, recomputed (under gate.mu)
     struct model_state prev;    // the previous version; prev.step -1: none
     int live_valid;             // the live arenas hold a whole state (not while receiving one)
     struct held *held;          // (nb) copies of slots s-1, ..., s-nb
@@ -78,57 +82,68 @@ struct replica {
 /* ---- the copies' transfer ---- */
 
 /* Round j of the buddy exchange over the pod: this slot sends `bytes` of `send` to slot s + j
- * and receives slot s - j's into `recv`. */
+ * and receives slot s - j's into `recv`. A group of just those two peers (one when they are
+ * the same slot): an exchange over the whole pod would make every chunk wait for every slot's
+ * copy thread, and those of the slots this round does not involve have no business in it. */
 static moe_status exchange_round(struct replica *r, int j, const void *send, void *recv,
                                  size_t bytes) {
     struct comm *c = r->t->mesh.comm;
-    struct comm_group g;
-    comm_group_pod(&g, c, r->t->mesh.pod);
-    size_t sb[COMM_MAX_RANKS] = {0}, rb[COMM_MAX_RANKS] = {0};
-    sb[(r->s + j) % r->S] = bytes;
-    rb[(r->s - j + r->S) % r->S] = bytes;
+    struct comm_group pod, g = {.n = 2, .me = 0};
+    comm_group_pod(&pod, c, r->t->mesh.pod);
+    int to = (r->s + j) % r->S, from = (r->s - j + r->S) % r->S;
+    size_t sb[3] = {0, bytes, 0}, rb[3] = {0, 0, 0};
+    g.ranks[0] = pod.ranks[r->s];
+    g.ranks[1] = pod.ranks[to];
+    if (from == to) rb[1] = bytes;
+    else g.ranks[g.n++] = pod.ranks[from], rb[2] = bytes;
     return comm_alltoallv(c, CH_COPY, &g, send, sb, recv, rb);
 }
 
 /* Round j's part of one arena (the parameters or a moment), in chunks: each chunk's blocks
- * are checksummed just before it goes (in round 1: every round sends the same bytes) and
- * just after it arrived (into x_scratch), while it is in the cache, so the copy costs no
- * separate pass over the memory on either side. */
+ * are checksummed just before it goes (in round 1: every round sends the same bytes), while
+ * it is in the cache, so the sender's checksums cost no separate pass over the memory. The
+ * receiver does not check a copy on arrival: it checks it only if it is ever to be used
+ * (copy_checked, at a fence), which is rare, where checking every arrival took a pass over
+ * every received byte every step. */
 static moe_status exchange_arena(struct replica *r, int j, int a, const real *send, real *recv) {
     const size_t Q = TRANSFER_LANE_CHUNK_BYTES, bytes = sizeof(real) * r->x_n;
-    uint32_t *mine = r->x_sum + a * r->xb, *got = r->x_scratch + a * r->xb;
+    uint32_t *mine = r->x_sum + a * r->xb;
     for (size_t off = 0; off < bytes; off += Q) {
         size_t len = bytes - off < Q ? bytes - off : Q, b = off / TRANSFER_BLOCK_BYTES;
         const unsigned char *out = (const unsigned char *)send + off;
-        unsigned char *in = (unsigned char *)recv + off;
-        if (j == 1) transfer_checksum(out, len, mine + b, 0);
-        CHECK(exchange_round(r, j, out, in, len));
-        transfer_checksum(in, len, got + b, 0);
+        if (j == 1 && !r->x_summed) transfer_checksum(out, len, mine + b, 0);
+        CHECK(exchange_round(r, j, out, (unsigned char *)recv + off, len));
     }
     return MOE_OK;
 }
 
-/* Whether version v of a received copy, as it arrived, is what its sender checksummed. One
- * that is not is not kept as a copy (no fence lists it): a restore never starts from it. */
-static int copy_intact(struct replica *r, const struct held *h, int v, long step) {
+/* Whether version v of a held copy is what its sender checksummed, computed once (under
+ * gate.mu): before a fence lists it or a restore sends it. One that is not is dropped (no
+ * fence lists it): a restore never starts from it. A restore re-checks whatever it sends
+ * against the same sums at the new holder, so this is what keeps a damaged copy off the
+ * coordinator's list, not the last line of defence. */
+static int copy_checked(struct replica *r, struct held *h, int v) {
+    if (h->checked[v]) return 1;
     for (int a = 0; a < 3; a++) {
-        const uint32_t *want = h->sum[v] + a * r->xb, *got = r->x_scratch + a * r->xb;
+        uint32_t *want = h->sum[v] + a * r->xb, *got = r->x_scratch + a * r->xb;
+        transfer_checksum(h->buf[v] + (size_t)a * r->x_n, sizeof(real) * r->x_n, got, 0);
         size_t b = 0;
         while (b < r->xb && got[b] == want[b]) b++;
         if (b == r->xb) continue;
         LOG_WARN("slot (%d, %d): the buddy copy of slot %d's experts at step %ld failed its "
-                 "checksum (part %d, block %zu: CRC-32C %08x, the sender's %08x): not kept",
-                 r->t->mesh.pod, r->s, h->slot, step, a, b, got[b], want[b]);
+                 "checksum (part %d, block %zu: CRC-32C %08x, the sender's %08x): dropped",
+                 r->t->mesh.pod, r->s, h->slot, h->step[v], a, b, got[b], want[b]);
+        h->step[v] = -1;
         return 0;
     }
-    return 1;
+    return h->checked[v] = 1;
 }
 
 /* Sends S(step)'s experts to every buddy and receives the copies of the slots before us, each
  * into the version that does not hold the newest copy. Straight from the arenas (the live
  * state does not change before the step's update, which waits for this): the parameters and
  * each moment in chunks, no staging copy; then the checksums the receiver holds the copy to
- * (here on arrival, and again by whoever it restores from this copy). */
+ * (before a fence lists it, and again by whoever it restores from this copy). */
 static moe_status send_copies(struct replica *r, long step) {
     const struct model *m = &r->t->model;
     const real *arena[3] = {m->param_mem, m->m_mem, m->v_mem};
@@ -141,9 +156,9 @@ static moe_status send_copies(struct replica *r, long step) {
         for (int a = 0; a < 3; a++)
             CHECK(exchange_arena(r, j, a, arena[a] + r->x_lo, h->buf[v] + (size_t)a * r->x_n));
         CHECK(exchange_round(r, j, r->x_sum, h->sum[v], sizeof(uint32_t) * 3 * r->xb));
-        int ok = copy_intact(r, h, v, step);
         pthread_mutex_lock(&r->gate.mu);
-        h->step[v] = ok ? step : -1;
+        h->step[v] = step;
+        h->checked[v] = 0;
         pthread_mutex_unlock(&r->gate.mu);
     }
     return MOE_OK;
@@ -162,43 +177,59 @@ static int checksum_part(const void *p, size_t bytes, uint32_t *out, const atomi
 
 /* The digest data-parallel replicas compare (bit for bit): SHA-256 of the step and of the
  * CRC-32C of every 1 MiB block of the parameters, both moments and the buffers, the blocks of
- * a checked transfer (transfer_check.c). A flipped bit always changes its block's CRC, other
- * damage escapes with chance 2^-32 per block, and the CRCs run at 20-30 GB/s on one core
- * where SHA-256 over the bytes runs at 1.8 GB/s: this is what makes checking every step
- * cheap. On the calling thread alone (the replica thread, or the loop at a fence). In
- * chunks, looking at `stop` (NULL: never) before each: a step given up does not wait for the
- * hash of a state it will not report (a recovery's detection would wait a pass over it). */
-static moe_status hash_arenas(long step_l, const real *param, const real *mom1, const real *mom2,
-                              const real *buf, size_t n_params, size_t n_buffers,
-                              const atomic_int *stop, uint8_t out[32]) {
-    const void *part[4] = {param, mom1, mom2, buf};
-    size_t bytes[4] = {sizeof(real) * n_params, sizeof(real) * n_params,
-                       sizeof(real) * n_params, sizeof(real) * n_buffers};
-    size_t nb = 0;
-    for (int i = 0; i < 4; i++) nb += transfer_blocks(bytes[i]);
+ * a checked transfer (transfer_check.c): each of the first three in the three pieces of a
+ * transfer (before, of and after the experts), so that the experts' blocks are the ones a
+ * buddy copy is checked by, and a step that hashes gives the copy its checksums (x_sums,
+ * 3 * xb, if not NULL) instead of making them twice. A flipped bit always changes its
+ * block's CRC, other damage escapes with chance 2^-32 per block, and the CRCs run at 20-30
+ * GB/s on one core where SHA-256 over the bytes runs at 1.8 GB/s: this is what makes
+ * checking every step cheap. On the calling thread alone (the replica thread, or the loop
+ * at a fence). In chunks, looking at `stop` (NULL: never) before each: a step given up does
+ * not wait for the hash of a state it will not report (a recovery's detection would wait a
+ * pass over it). */
+static moe_status hash_arenas(const struct replica *r, long step_l, real *const arena[4],
+                              const atomic_int *stop, uint8_t out[32], uint32_t *x_sums) {
+    const struct model *m = &r->t->model;
+    size_t hi = r->x_lo + r->x_n, bytes[10], nb = 0, x_at[3];
+    const void *part[10];
+    for (int a = 0; a < 3; a++) {
+        part[3 * a] = arena[a], bytes[3 * a] = sizeof(real) * r->x_lo;
+        part[3 * a + 1] = arena[a] + r->x_lo, bytes[3 * a + 1] = sizeof(real) * r->x_n;
+        part[3 * a + 2] = arena[a] + hi, bytes[3 * a + 2] = sizeof(real) * (m->n_params - hi);
+    }
+    part[9] = arena[3], bytes[9] = sizeof(real) * m->n_buffers;
+    for (int i = 0; i < 10; i++) {
+        if (i % 3 == 1 && i < 9) x_at[i / 3] = nb;
+        nb += transfer_blocks(bytes[i]);
+    }
     uint32_t *sums = malloc((nb + 1) * sizeof *sums);
     EVP_MD_CTX *ctx = sums ? EVP_MD_CTX_new() : NULL;
     int64_t step = step_l;
     int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
              EVP_DigestUpdate(ctx, &step, sizeof step);
     int whole = 1;
-    for (size_t i = 0, off = 0; ok && whole && i < 4; off += transfer_blocks(bytes[i]), i++)
+    for (size_t i = 0, off = 0; ok && whole && i < 10; off += transfer_blocks(bytes[i]), i++)
         whole = checksum_part(part[i], bytes[i], sums + off, stop);
     ok = ok && whole && EVP_DigestUpdate(ctx, sums, nb * sizeof *sums) &&
          EVP_DigestFinal_ex(ctx, out, NULL);
+    for (int a = 0; ok && x_sums && a < 3; a++)
+        memcpy(x_sums + a * r->xb, sums + x_at[a], r->xb * sizeof *sums);
     EVP_MD_CTX_free(ctx);
     free(sums);
     if (!whole) return moe_fail(MOE_EINTERNAL, "the digest of the slot's state was cut short");
     return ok ? MOE_OK : moe_fail(MOE_EINTERNAL, "the digest of the slot's state failed");
 }
 
-static moe_status hash_state(const struct model *m, const atomic_int *stop, uint8_t out[32]) {
-    return hash_arenas(m->step, m->param_mem, m->m_mem, m->v_mem, m->buffer_mem, m->n_params,
-                       m->n_buffers, stop, out);
+static moe_status hash_state(struct replica *r, const atomic_int *stop, uint8_t out[32],
+                             uint32_t *x_sums) {
+    const struct model *m = &r->t->model;
+    real *const arena[4] = {m->param_mem, m->m_mem, m->v_mem, m->buffer_mem};
+    return hash_arenas(r, m->step, arena, stop, out, x_sums);
 }
 
 static void *replica_main(void *arg) {
     struct replica *r = arg;
+    prctl(PR_SET_NAME, "moe-replica"); /* in top -H, and what bench_mesh reads its CPU time by */
     pthread_mutex_lock(&r->gate.mu);
     for (;;) {
         while (!r->stop && !r->pending) pthread_cond_wait(&r->cv, &r->gate.mu);
@@ -208,12 +239,14 @@ static void *replica_main(void *arg) {
         long step = r->job_step;
         int send = r->do_send, hash = r->do_hash;
         pthread_mutex_unlock(&r->gate.mu);
-        moe_status s = MOE_OK;
-        if (send) s = send_copies(r, step);
+        /* the hash first: it makes the checksums the copies carry */
         uint8_t h[32];
+        moe_status s = MOE_OK;
         int hashed = 0;
-        if (s == MOE_OK && hash)
-            hashed = (s = hash_state(&r->t->model, &r->cut_short, h)) == MOE_OK;
+        if (hash)
+            hashed = (s = hash_state(r, &r->cut_short, h, send ? r->x_sum : NULL)) == MOE_OK;
+        r->x_summed = hashed && send;
+        if (send && s == MOE_OK) s = send_copies(r, step);
         pthread_mutex_lock(&r->gate.mu);
         thread_error_keep(&r->err, s);
         if (hashed) {
@@ -424,12 +457,10 @@ static int holds_own(const struct replica *r, long step) {
  * so that a bit that flipped after the step's hash is seen too. Buddy copies hold experts
  * only: no whole state to hash. */
 static void hash_own_copies(struct replica *r, struct state_copy *out, int n) {
-    const struct model *m = &r->t->model;
     for (int i = 0; i < n; i++) {
         real *a[4], *mom;
         if (out[i].slot != r->s || !own_version(r, out[i].step, a, &mom)) continue;
-        out[i].has_sha = hash_arenas(out[i].step, a[0], a[1], a[2], a[3], m->n_params,
-                                     m->n_buffers, NULL, out[i].sha) == MOE_OK;
+        out[i].has_sha = hash_arenas(r, out[i].step, a, NULL, out[i].sha, NULL) == MOE_OK;
     }
 }
 
@@ -485,7 +516,8 @@ int replica_fence(struct trainer *t, struct state_copy *out, int max, long *live
     for (int j = 0; j < r->nb; j++)
         for (int v = 0; v < 2; v++) {
             long st = r->held[j].step[v];
-            if (st >= 0 && holds_own(r, st)) n = add_copy(out, n, max, r->held[j].slot, st);
+            if (st >= 0 && holds_own(r, st) && copy_checked(r, &r->held[j], v))
+                n = add_copy(out, n, max, r->held[j].slot, st);
         }
     if (hash) hash_own_copies(r, out, n);
     pthread_mutex_unlock(&r->gate.mu);
@@ -498,6 +530,16 @@ void replica_request_flip(struct trainer *t) {
 
 void replica_request_corrupt(struct trainer *t) {
     if (t->mesh.rep) atomic_store(&t->mesh.rep->corrupt, 1);
+}
+
+void replica_damage_copies(struct trainer *t) {
+    struct replica *r = t->mesh.rep;
+    if (!r) return;
+    pthread_mutex_lock(&r->gate.mu);
+    for (int j = 0; j < r->nb; j++)
+        for (int v = 0; v < 2; v++)
+            if (r->held[j].step[v] >= 0) ((unsigned char *)r->held[j].buf[v])[r->x_n] ^= 0x10;
+    pthread_mutex_unlock(&r->gate.mu);
 }
 
 /* Applied only once the slot has trained a step since it (re)started: then the state it
@@ -604,15 +646,18 @@ static unsigned char *corrupt_byte(struct replica *r, int to, const struct lane_
     return (unsigned char *)pc[1].p + pc[1].bytes / 2;
 }
 
-/* A buddy's copy of slot `slot`'s experts at `step` (its buffers and checksums), or NULL. */
-static const struct held *held_copy(const struct replica *r, int slot, long step, int *v) {
-    for (int j = 0; j < r->nb; j++)
-        for (int k = 0; k < 2; k++)
-            if (r->held[j].slot == slot && r->held[j].step[k] == step) {
-                *v = k;
-                return &r->held[j];
-            }
-    return NULL;
+/* A buddy's copy of slot `slot`'s experts at `step` (its buffers and checksums), checked
+ * (copy_checked: a fence listed it, so normally it was), or NULL. */
+static const struct held *held_copy(struct replica *r, int slot, long step, int *v) {
+    struct held *found = NULL;
+    pthread_mutex_lock(&r->gate.mu);
+    for (int j = 0; !found && j < r->nb; j++)
+        for (int k = 0; !found && k < 2; k++)
+            if (r->held[j].slot == slot && r->held[j].step[k] == step &&
+                copy_checked(r, &r->held[j], k))
+                found = &r->held[j], *v = k;
+    pthread_mutex_unlock(&r->gate.mu);
+    return found;
 }
 
 static moe_status send_state(struct replica *r, int to, int slot, long step, uint64_t *bytes) {
@@ -628,7 +673,7 @@ static moe_status send_state(struct replica *r, int to, int slot, long step, uin
     if (slot != r->s) { /* a buddy copy */
         if (!(h = held_copy(r, slot, step, &v)))
             return moe_fail(MOE_EINVAL, "restore: asked to send slot %d at step %ld, but holds "
-                            "no copy of it", slot, step);
+                            "no copy of it (or none that passed its checksums)", slot, step);
         for (int a = 0; a < 3; a++) experts[a] = h->buf[v] + (size_t)a * r->x_n;
     }
     struct lane_piece pc[STATE_PIECES];
@@ -766,6 +811,7 @@ moe_status replica_restore(struct trainer *t, const struct restore_plan *p,
     r->since = p->step;
     for (int j = 0; j < r->nb; j++) r->held[j].step[0] = r->held[j].step[1] = -1;
     pthread_mutex_unlock(&r->gate.mu);
+    r->x_summed = 0; /* the thread's last hash was not of this state */
     if (r->nb > 0) CHECK(send_copies(r, p->step));
     struct comm_group all;
     comm_group_all(&all, c);

@@ -14,12 +14,14 @@
  *   - restoring a new epoch: every slot returns to the plan's step, pulling its state from a
  *     source rank when it does not hold it, and the buddy copies are refreshed;
  *   - the checksums of every state transfer, restores and buddy copies alike
- *     (transfer_check.h): a copy that does not match what its sender hashed is never used;
+ *     (transfer_check.h): a copy that does not match what its sender hashed is never used
+ *     (a held buddy copy is checked when a fence is about to list it, not on arrival);
  *   - the state hash that data-parallel replicas compare (SHA-256, every mesh.check_every steps,
  *     off the training thread).
  * Never: decides the plan (the coordinator does), or writes anything to disk.
- * Threads: the training thread calls everything but replica_fence, replica_request_flip and
- * replica_request_corrupt, which any thread may call (the worker daemon's loop).
+ * Threads: the training thread calls everything but replica_fence, replica_request_flip,
+ * replica_request_corrupt and replica_damage_copies, which any thread may call (the worker
+ * daemon's loop).
  */
 #ifndef MOE_REPLICA_H
 #define MOE_REPLICA_H
@@ -77,6 +79,9 @@ void replica_apply_flip(struct trainer *t); // the training thread, between step
 /* Any thread: the next state this slot sends for a restore carries one flipped bit, after its
  * checksums were made (moectl's InjectFault "corrupt-transfer": the receiver must refuse it). */
 void replica_request_corrupt(struct trainer *t);
+/* Any thread: one bit flipped in every buddy copy this slot holds, as damage to its memory
+ * after the copies arrived would (tests: the fence must leave them out). */
+void replica_damage_copies(struct trainer *t);
 
 /* A recovery epoch: every slot of the new comm (already in t->mesh.comm) calls it with the
  * same plan. from[k] (rank order) is the rank that sends rank k its state at `step`, or -1
