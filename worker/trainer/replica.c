@@ -480,6 +480,18 @@ static int own_copies(const struct replica *r, long live, long prev, struct stat
     return n;
 }
 
+/* A copy the fence may list: its own state, or a buddy copy that passes copy_checked. Under
+ * upd_mu during an update: the update does not touch the held copies, and the slot goes on
+ * (to anything that does) only once update_ends has taken upd_mu. */
+static int listed_checked(struct replica *r, const struct state_copy *c) {
+    if (c->slot == r->s) return 1;
+    for (int j = 0; j < r->nb; j++)
+        for (int v = 0; v < 2; v++)
+            if (r->held[j].slot == c->slot && r->held[j].step[v] == c->step)
+                return copy_checked(r, &r->held[j], v);
+    return 0;
+}
+
 /* A fence during an update (which holds the gate for a pass over the whole state, tens of ms
  * under load): answered at once with the copies the slot holds when the update ends, which it
  * cannot fail to; the update closes the gate as it ends, so that no other starts. -1: no
@@ -489,8 +501,9 @@ static int fence_during_update(struct replica *r, struct state_copy *out, int ma
     pthread_mutex_lock(&r->upd_mu);
     if (r->updating) {
         r->fence_late = 1;
-        n = r->upd_n < max ? r->upd_n : max;
-        memcpy(out, r->upd_copies, sizeof *out * (size_t)n);
+        n = 0;
+        for (int i = 0; i < r->upd_n && n < max; i++)
+            if (listed_checked(r, &r->upd_copies[i])) out[n++] = r->upd_copies[i];
         *live = r->upd_live;
     }
     pthread_mutex_unlock(&r->upd_mu);
