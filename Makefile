@@ -58,7 +58,7 @@ bench: build
 # job, then flips and kills; the model must come out byte for byte (SOAK_SEED picks the faults)
 SOAK_SEED ?= 5
 soak: test-deps build
-	CHAOS_SOAK_FAULTS=100 CHAOS_SOAK_STEPS=20000 CHAOS_SOAK_SEED=$(SOAK_SEED) \
+	CHAOS_SOAK_FAULTS=100 CHAOS_SOAK_STEPS=50000 CHAOS_SOAK_SEED=$(SOAK_SEED) \
 	  bash tests/cli_chaos_soak.sh ./$(BUILD)/bin/moectl
 
 clean:

@@ -13,9 +13,11 @@
 # replay and accounted for as `repaired`, and a worker wrong twice is drained.
 # CHAOS_SOAK_FAULTS, CHAOS_SOAK_SEED, CHAOS_SOAK_KINDS and CHAOS_SOAK_STEPS change the run,
 # CHAOS_SOAK_KEEP=DIR keeps chaos's output (chaos.*, flips.*) and the cluster's logs there
-# (a 100-fault soak: CHAOS_SOAK_FAULTS=100 CHAOS_SOAK_STEPS=20000). A fault costs the job up to
-# ~150 steps on an idle machine (the polls between faults, the workers' run-ahead while the
-# coordinator restarts), fewer under load: run.steps leaves room for all of them.
+# (a 100-fault soak: CHAOS_SOAK_FAULTS=100 CHAOS_SOAK_STEPS=50000). A fault costs the job up
+# to ~300 steps on an idle machine (the polls between faults, the workers' run-ahead while the
+# coordinator restarts or a stopped worker's timeout runs: fixed waits, while a step of this
+# model takes ~3 ms), fewer under load: run.steps leaves room for all 38 faults. With 9000,
+# an idle machine's job ended before the second run's first fault.
 set -u
 moectl=$1
 corpus=/usr/share/common-licenses/GPL-3
@@ -29,7 +31,7 @@ kinds=${CHAOS_SOAK_KINDS:-kill,kill2,stop,coordinator,cut,flip}
 # what the replicas' every-step check finds (mesh.check_every 1, the default)
 flip_kinds=${CHAOS_SOAK_FLIP_KINDS-kill,flip}
 flips=${CHAOS_SOAK_FLIPS:-8}
-steps=${CHAOS_SOAK_STEPS:-9000}
+steps=${CHAOS_SOAK_STEPS:-20000}
 limit=$(((faults + flips) * 20 + 100)) # seconds for the chaos runs
 
 "$moectl" cluster up --pods 2 --slots 2 --spares 1 --threads 1 --dir "$cdir" >"$tmp/up.out" 2>&1
