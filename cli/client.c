@@ -215,10 +215,34 @@ static char **string_field(ProtobufCMessage *m, const char *name) {
     return (char **)((char *)m + f->offset);
 }
 
-/* Moves the elements of repeated field `f` of `page` onto the end of `into`'s (replies of one
- * type, unpacked with the default allocator); `page` keeps none. 0, or -1 out of memory. */
-static int move_items(ProtobufCMessage *into, ProtobufCMessage *page,
-                      const ProtobufCFieldDescriptor *f) {
+/* The repeated message field at `path` ("slots", "job.bindings": through singular message
+ * fields) of m, as the message holding it and its descriptor; NULL when there is none. */
+static ProtobufCMessage *items_field(ProtobufCMessage *m, const char *path, size_t len,
+                                     const ProtobufCFieldDescriptor **f) {
+    const char *dot = memchr(path, '.', len);
+    char name[64];
+    size_t n = dot ? (size_t)(dot - path) : len;
+    if (!m || n >= sizeof name) return NULL;
+    memcpy(name, path, n);
+    name[n] = 0;
+    *f = protobuf_c_message_descriptor_get_field_by_name(m->descriptor, name);
+    if (!*f) return NULL;
+    if (!dot) return (*f)->label == PROTOBUF_C_LABEL_REPEATED &&
+                     (*f)->type == PROTOBUF_C_TYPE_MESSAGE ? m : NULL;
+    if ((*f)->label == PROTOBUF_C_LABEL_REPEATED || (*f)->type != PROTOBUF_C_TYPE_MESSAGE)
+        return NULL;
+    return items_field(*(ProtobufCMessage **)((char *)m + (*f)->offset), dot + 1,
+                       len - n - 1, f);
+}
+
+/* Moves the elements of the repeated field at `path` of `page` onto the end of `into`'s
+ * (replies of one type, unpacked with the default allocator); `page` keeps none. 0, or -1
+ * out of memory. A field that either lacks (an absent submessage) moves nothing. */
+static int move_items(ProtobufCMessage *into, ProtobufCMessage *page, const char *path,
+                      size_t len) {
+    const ProtobufCFieldDescriptor *f;
+    if (!(into = items_field(into, path, len, &f)) || !(page = items_field(page, path, len, &f)))
+        return 0;
     size_t *n_into = (size_t *)((char *)into + f->quantifier_offset);
     size_t *n_page = (size_t *)((char *)page + f->quantifier_offset);
     void ***a_into = (void ***)((char *)into + f->offset);
@@ -233,8 +257,20 @@ static int move_items(ProtobufCMessage *into, ProtobufCMessage *page,
     return 0;
 }
 
-static size_t items_in(const ProtobufCMessage *m, const ProtobufCFieldDescriptor *f) {
-    return *(const size_t *)((const char *)m + f->quantifier_offset);
+/* move_items of each space-separated path of `items` */
+static int move_all_items(ProtobufCMessage *into, ProtobufCMessage *page, const char *items) {
+    for (const char *p = items; *p;) {
+        size_t len = strcspn(p, " ");
+        if (len && move_items(into, page, p, len) != 0) return -1;
+        p += len + (p[len] == ' ');
+    }
+    return 0;
+}
+
+static size_t items_in(ProtobufCMessage *m, const char *items) {
+    const ProtobufCFieldDescriptor *f;
+    m = items_field(m, items, strcspn(items, " "), &f);
+    return m ? *(const size_t *)((const char *)m + f->quantifier_offset) : 0;
 }
 
 int client_call_pages(struct client *c, const char *method, ProtobufCMessage *request,
@@ -245,9 +281,10 @@ int client_call_pages(struct client *c, const char *method, ProtobufCMessage *re
     if (!res) res = &local;
     if (timeout_s <= 0) timeout_s = CALL_TIMEOUT_S;
     *response = NULL;
-    char **ask = string_field(request, "page_token"), token[64] = "";
+    char **ask = string_field(request, "page_token"), token[64] = "", first[64];
+    snprintf(first, sizeof first, "%.*s", (int)strcspn(items, " ."), items);
     const ProtobufCFieldDescriptor *f =
-        protobuf_c_message_descriptor_get_field_by_name(response_type, items);
+        protobuf_c_message_descriptor_get_field_by_name(response_type, first);
     if (!ask || !f || f->label != PROTOBUF_C_LABEL_REPEATED)
         return moectl_fail(EXIT_RUN_FAILED, "%s is not a paged method", method);
     for (;;) {
@@ -258,7 +295,7 @@ int client_call_pages(struct client *c, const char *method, ProtobufCMessage *re
             MOE_OK) {
             code = res->code == GRPC_STATUS_OK ? EXIT_RUN_FAILED : client_exit_code(res->code);
             if (!quiet) client_fail(c, code, res);
-        } else if (*response && move_items(*response, page, f) != 0) {
+        } else if (*response && move_all_items(*response, page, items) != 0) {
             code = quiet ? EXIT_RUN_FAILED : moectl_fail(EXIT_RUN_FAILED, "out of memory");
         }
         char **next = page ? string_field(page, "next_page_token") : NULL;
@@ -271,7 +308,7 @@ int client_call_pages(struct client *c, const char *method, ProtobufCMessage *re
             *ask = (char *)protobuf_c_empty_string;
             return code;
         }
-        if (!token[0] || (limit && items_in(*response, f) >= limit)) break;
+        if (!token[0] || (limit && items_in(*response, items) >= limit)) break;
     }
     char **last = string_field(*response, "next_page_token"); // "" unless stopped at `limit`
     if (last && *last != protobuf_c_empty_string) {

@@ -92,7 +92,9 @@ int client_call(struct client *c, const char *method, const ProtobufCMessage *re
 
 /* A paged method (ListJobs, GetCluster, GetJob: docs/protocol.md "Paging") called page by page
  * with the request's page_token, until the last page or until `limit` (0: no limit) of the
- * repeated field `items` have come: one reply holding them all, with the first page's
+ * repeated field `items` have come (its first field counts; more, space-separated, may follow,
+ * each a path through singular message fields: "slots job.bindings" gathers GetJob's
+ * bindings too): one reply holding them all, with the first page's
  * summary, and next_page_token "" (or where to go on after `limit`). Fails like client_call
  * (quietly with `quiet`: only the exit code, *res and moe_errmsg()); each call has
  * timeout_s (<= 0: the 30 s of client_call). */

@@ -561,7 +561,7 @@ int cmd_status(int argc, char **argv) {
     int code;
     /* the text shows the first page of slots (a big mesh by pod); --json every page */
     if (!call_on_job_paged(argc, argv, &a, RPC_JOBS_GET_JOB, &moed__v1__job_status__descriptor,
-                           "slots", &reply, &code))
+                           "slots job.bindings", &reply, &code))
         return code;
     const Moed__V1__JobStatus *st = (const Moed__V1__JobStatus *)reply;
     if (a.common.json || !st->job) {

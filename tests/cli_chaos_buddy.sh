@@ -24,8 +24,7 @@ router: {top_k: 2}
 data: {sources: [{path: $corpus}], val_fraction: 0.05}
 run: {steps: 1500, batch_size: 8, log_every: 1000, eval_every: 0}
 YAML
-OMP_NUM_THREADS=1 "$moectl" train "$tmp/buddy.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
-check "the reference: moectl train in one process" '[ -s "$tmp/reference.safetensors" ]'
+reference_train "$tmp/buddy.yaml"
 
 job=$("$moectl" submit "$tmp/buddy.yaml")
 check "submitted ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'
@@ -47,11 +46,4 @@ check "the job counts 3 recoveries or more ($recoveries)" '[ "$recoveries" -ge 3
 check "committed step never went down" \
   '[ "$(json "not d[\"committed_step_decreased\"]" <"$tmp/chaos.json")" = True ]'
 
-[ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_chaos_buddy: all checks passed" || echo "cli_chaos_buddy: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish "$job"

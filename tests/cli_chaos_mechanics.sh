@@ -112,10 +112,4 @@ check "flip on a job with mesh.check_every 0: exit 2, saying why" '[ $rc -eq 2 ]
 check "... and the default kinds leave it out" '[ $? -eq 0 ] && ! grep -q " kill2 " "$tmp/dry1.out"'
 "$moectl" cancel "$one" >/dev/null
 
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_chaos_mechanics: all checks passed" || echo "cli_chaos_mechanics: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish

@@ -45,8 +45,7 @@ router: {top_k: 2}
 data: {sources: [{path: $corpus}], val_fraction: 0.05}
 run: {steps: $steps, batch_size: 8, log_every: 1000, eval_every: 0}
 YAML
-OMP_NUM_THREADS=1 "$moectl" train "$tmp/soak.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
-check "the reference: moectl train in one process ($steps steps)" '[ -s "$tmp/reference.safetensors" ]'
+reference_train "$tmp/soak.yaml" "the reference: moectl train in one process ($steps steps)"
 
 job=$("$moectl" submit "$tmp/soak.yaml")
 check "submitted ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'
@@ -108,10 +107,4 @@ check "... and a recovery or move for every kill ($recoveries + $moves >= $kills
 
 [ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30
 [ -n "${CHAOS_SOAK_KEEP:-}" ] && cp "$tmp"/*.err "$tmp"/*.json "$cdir"/*.log "$CHAOS_SOAK_KEEP"/
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_chaos_soak: all checks passed" || echo "cli_chaos_soak: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish

@@ -27,8 +27,7 @@ router: {top_k: 2}
 data: {sources: [{path: $corpus}], val_fraction: 0.05}
 run: {steps: 2500, batch_size: 8, log_every: 1000, eval_every: 0}
 YAML
-OMP_NUM_THREADS=1 "$moectl" train "$tmp/chaos.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
-check "the reference: moectl train in one process" '[ -s "$tmp/reference.safetensors" ]'
+reference_train "$tmp/chaos.yaml"
 
 job=$("$moectl" submit "$tmp/chaos.yaml")
 check "submitted ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'
@@ -77,11 +76,4 @@ check "watch showed failure and recovery events" \
 check "the killed workers came back: 5 alive" \
   '[ "$("$moectl" cluster status --json | json "sum(w[\"state\"] in (\"WORKER_IDLE\", \"WORKER_BUSY\") for w in d[\"workers\"])")" -ge 5 ]'
 
-[ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_chaos_tcp: all checks passed" || echo "cli_chaos_tcp: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish "$job"

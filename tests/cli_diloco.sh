@@ -65,20 +65,7 @@ check "submitted the run with faults ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'
 ( while kill -0 $$ 2>/dev/null && [ -d "$tmp" ]; do
     "$moectl" status "$job" --json 2>/dev/null >>"$tmp/samples.jsonl"; sleep 0.2
   done ) &
-timeout 400 "$moectl" watch "$job" >"$tmp/watch.out" 2>&1 &
-watch_pid=$!
-timeout 300 "$moectl" chaos "$job" --seed 3 --faults 2 --kinds kill,cut \
-  --gap-steps 25 --timeout 60 --json >"$tmp/chaos.json" 2>"$tmp/chaos.err"
-rc=$?
-sed 's/^/     /' "$tmp/chaos.err"
-check "moectl chaos exits 0: both faults survived" '[ $rc -eq 0 ]'
-faults() { json "$1" <"$tmp/chaos.json" 2>/dev/null; }
-check "a kill and a cut were injected" \
-  '[ "$(faults "sorted(f[\"kind\"] for f in d[\"faults\"] if f[\"injected\"])")" = "['"'"'cut'"'"', '"'"'kill'"'"']" ]'
-wait "$watch_pid"
-rc=$?
-watch_pid=
-check_same_model "$job" $rc
+chaos_kill_cut "$job" 3 $H
 recoveries=$("$moectl" status "$job" --json | json 'd["job"]["recoveries"]')
 check "the kill was recovered ($recoveries recoveries)" '[ "$recoveries" -ge 1 ]'
 # the committed steps seen: this script's samples of the running job (as many as its speed
@@ -96,23 +83,10 @@ ok = ok and all(a <= b for v in (vals, seen) for a, b in zip(v, v[1:]))
 sys.exit(0 if ok and all(v % int(sys.argv[2]) == 0 for v in vals + seen) else 1)' "$1" "$H" "$2"; }
 check "the committed step is always an outer step and never went down" \
   'outer_only "$tmp/samples.jsonl" "$tmp/chaos.json"'
-check "every recovery returned to an outer step" \
-  'recoveries_at_multiples "$job" $H'
 
 # ---- cancelled: the survivors export an outer step, and a job resumes from it ----
-cjob=$("$moectl" submit "$tmp/diloco.yaml")
-wait_until 60 '[ "$(committed_of "$cjob")" -ge $((2 * H)) ] 2>/dev/null'
-"$moectl" cancel "$cjob" >/dev/null
-wait_until 60 'export_done "$cjob"'
-estep=$(exported "$cjob" step)
-check "a cancelled diloco job exports its state whole, at an outer step ($estep)" \
-  '[ "$(exported "$cjob" complete)" = True ] && [ "$estep" -gt 0 ] && [ $((estep % H)) = 0 ]'
-out=$("$moectl" submit "$tmp/diloco.yaml" --resume-from "$cjob" --set mesh.outer_every=20 2>&1)
-check "--resume-from with another mesh.outer_every is refused naming mesh.sync" \
-  '[[ "$out" == *"the spec'"'"'s mesh.sync"*"differs from the job'"'"'s"* ]]'
-rjob=$("$moectl" submit "$tmp/diloco.yaml" --resume-from "$cjob")
-timeout 300 "$moectl" watch "$rjob" >"$tmp/watch.out" 2>&1
-check_same_model "$rjob" $? # the export carries the outer momentum
+cancel_at_outer_step "$tmp/diloco.yaml" $H 2
+resume_same_model "$tmp/diloco.yaml" "$cjob" mesh.outer_every=20 # the export carries the outer momentum
 
 # ---- not the synchronous mode's model ----
 sync=$("$moectl" submit "$tmp/diloco.yaml" --set mesh.sync=sync)
@@ -121,11 +95,4 @@ timeout 300 "$moectl" watch "$sync" >/dev/null 2>&1
 check "the synchronous mode's model differs" \
   '[ -s "$tmp/sync.safetensors" ] && ! cmp -s "$tmp/sync.safetensors" "$tmp/reference.safetensors"'
 
-[ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_diloco: all checks passed" || echo "cli_diloco: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish "$job"

@@ -74,31 +74,11 @@ check "quantised: the job with the kill ends with the same bits" \
 # ---- the same job through a kill and a cut ----
 job=$("$moectl" submit "$tmp/overlap.yaml")
 check "submitted the run with faults ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'
-timeout 400 "$moectl" watch "$job" >"$tmp/watch.out" 2>&1 &
-watch_pid=$!
-timeout 300 "$moectl" chaos "$job" --seed 5 --faults 2 --kinds kill,cut \
-  --gap-steps 25 --timeout 60 --json >"$tmp/chaos.json" 2>"$tmp/chaos.err"
-rc=$?
-sed 's/^/     /' "$tmp/chaos.err"
-check "moectl chaos exits 0: both faults survived" '[ $rc -eq 0 ]'
-check "a kill and a cut were injected" \
-  '[ "$(json "sorted(f[\"kind\"] for f in d[\"faults\"] if f[\"injected\"])" <"$tmp/chaos.json")" = "['"'"'cut'"'"', '"'"'kill'"'"']" ]'
-wait "$watch_pid"
-rc=$?
-watch_pid=
-check_same_model "$job" $rc
-check "every recovery returned to an outer step" \
-  'recoveries_at_multiples "$job" $H'
+chaos_kill_cut "$job" 5 $H
 
 # ---- cancelled: the survivors export an outer step with its carry; the resumed job ends
 # with the reference's bits ----
-cjob=$("$moectl" submit "$tmp/overlap.yaml")
-wait_until 90 '[ "$(committed_of "$cjob")" -ge $((3 * H)) ] 2>/dev/null'
-"$moectl" cancel "$cjob" >/dev/null
-wait_until 60 'export_done "$cjob"'
-estep=$(exported "$cjob" step)
-check "a cancelled overlapped job exports its state whole, at an outer step ($estep)" \
-  '[ "$(exported "$cjob" complete)" = True ] && [ "$estep" -gt 0 ] && [ $((estep % H)) = 0 ]'
+cancel_at_outer_step "$tmp/overlap.yaml" $H 3
 paths=$(exported "$cjob" slots | "$py" -c "import ast,sys; print(' '.join(s['path'] for s in ast.literal_eval(sys.stdin.read())))")
 tensors_in() { "$py" -c 'import json,struct,sys
 for f in sys.argv[1:]:
@@ -107,18 +87,6 @@ for f in sys.argv[1:]:
         print(" ".join(sorted(k for k in json.loads(fh.read(n)) if k.startswith("state.outer"))))' "$@"; }
 check "the export carries the outer momentum and the mean to apply (slot files: $paths)" \
   '[ -n "$paths" ] && [ -z "$(tensors_in $paths | grep -vx "state.outer_mean state.outer_momentum")" ]'
-out=$("$moectl" submit "$tmp/overlap.yaml" --resume-from "$cjob" --set mesh.outer_overlap=false 2>&1)
-check "--resume-from without the overlap is refused naming mesh.sync" \
-  '[[ "$out" == *"the spec'"'"'s mesh.sync"*"differs from the job'"'"'s"* ]]'
-rjob=$("$moectl" submit "$tmp/overlap.yaml" --resume-from "$cjob")
-timeout 300 "$moectl" watch "$rjob" >"$tmp/watch.out" 2>&1
-check_same_model "$rjob" $?
+resume_same_model "$tmp/overlap.yaml" "$cjob" mesh.outer_overlap=false
 
-[ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_diloco_overlap: all checks passed" || echo "cli_diloco_overlap: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish "$job"

@@ -143,10 +143,4 @@ check "every daemon still runs ($daemons)" \
 check "... and serves: a last small job succeeds" \
   'j=$("$moectl" submit "$tmp/student.yaml" --set run.steps=5) && timeout 120 "$moectl" watch "$j" >/dev/null 2>&1'
 
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_distill: all checks passed" || echo "cli_distill: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish

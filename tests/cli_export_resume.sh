@@ -66,8 +66,7 @@ check "(c) --resume-from the partial export is refused naming slot 1 (exit $rc)"
 [ $fails -gt 0 ] && { cat "$tmp/err"; cat "$tmp/lost.status"; }
 
 # ---- (b) a 2 x 1 job fails with its state complete: exported, resumed, the same bits ----
-OMP_NUM_THREADS=1 "$moectl" train "$tmp/pair.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
-check "(b) the reference: moectl train of the 2 x 1 spec" '[ -s "$tmp/reference.safetensors" ]'
+reference_train "$tmp/pair.yaml" "(b) the reference: moectl train of the 2 x 1 spec"
 pair=$("$moectl" submit "$tmp/pair.yaml")
 wait_until 60 '[ "$(committed_of "$pair")" -ge 20 ] 2>/dev/null'
 check "(b) the 2 x 1 job $pair runs on the two workers left" '[ "$(state_of "$pair")" = JOB_RUNNING ]'
@@ -91,8 +90,7 @@ check "(b) the resumed job $again trained from step $((pstep + 1)) on (its first
   '[ "$first" = $((pstep + 1)) ]'
 
 # ---- (a) a cancelled 2 x 2 job: exported complete, resumed, the same bits ----
-OMP_NUM_THREADS=1 "$moectl" train "$tmp/mesh.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
-check "(a) the reference: moectl train of the 2 x 2 spec" '[ -s "$tmp/reference.safetensors" ]'
+reference_train "$tmp/mesh.yaml" "(a) the reference: moectl train of the 2 x 2 spec"
 job=$("$moectl" submit "$tmp/mesh.yaml")
 wait_until 60 '[ "$(committed_of "$job")" -ge 20 ] 2>/dev/null'
 check "(a) the 2 x 2 job $job runs" '[ "$(state_of "$job")" = JOB_RUNNING ]'
@@ -169,10 +167,4 @@ check "a damaged export file fails the resumed job naming the file and its check
   '[ "$(state_of "$bad")" = JOB_FAILED ] && [[ "$err" == *"$afile"* && "$err" == *CRC-32C* ]]'
 [ $fails -gt 0 ] && echo "     error: $err"
 
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_export_resume: all checks passed" || echo "cli_export_resume: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish

@@ -207,10 +207,4 @@ check "... and succeeds (trainer_open_slot and the data plane)" '[ $rc -eq 0 ]'
 [ $rc -eq 0 ] || { tail -n 5 "$tmp/watch.out"; }
 check "only that job and the one too big for the workers were stored" '[ "$(n_jobs)" = 2 ]'
 
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_mesh_submit: all checks passed" || echo "cli_mesh_submit: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish

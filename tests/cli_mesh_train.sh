@@ -93,10 +93,4 @@ else
   echo "     (1x4 and 2x2 differ: the expert reductions add in a different tree order)"
 fi
 
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_mesh_train: all checks passed" || echo "cli_mesh_train: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish

@@ -34,8 +34,7 @@ data: {sources: [{path: $corpus}], val_fraction: 0.05}
 run: {steps: 3000, batch_size: 8, log_every: 1000, eval_every: 0}
 YAML
   if [ "$MOVE" = true ]; then
-    OMP_NUM_THREADS=1 "$moectl" train "$tmp/move.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
-    check "the reference: moectl train in one process" '[ -s "$tmp/reference.safetensors" ]'
+    reference_train "$tmp/move.yaml"
   fi
 
   job=$("$moectl" submit "$tmp/move.yaml")

@@ -32,9 +32,7 @@ data: {sources: [{path: $corpus}], val_fraction: 0.05}
 run: {steps: ${MULTIHOST_STEPS:-3000}, batch_size: 8, log_every: 500, eval_every: 0}
 YAML
 # the reference, in one process, while the hosts come up
-OMP_NUM_THREADS=1 "$moectl_bin" train "$tmp/job.yaml" --quiet \
-  --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err" &
-ref_pid=$!
+reference_start "$tmp/job.yaml"
 
 # ---- four hosts: 0 coordinator, 1 pod 0, 2 pod 1, 3 spare ----
 hosts_up 4 >"$tmp/hosts.out" 2>&1 && { hosts_bridge || hosts_uswitch; } >>"$tmp/hosts.out" 2>&1
@@ -169,11 +167,7 @@ check "[links] status after the recovery: shm within host 2, tcp to and from the
 # ---- the end: moectl train's model ----
 mctl_for 300 watch "$job" >"$tmp/watch.out" 2>&1
 echo $? >"$tmp/watch.rc"
-wait "$ref_pid"
-rc=$?
-ref_pid=
-check "the reference: moectl train in one process" '[ $rc -eq 0 ] && [ -s "$tmp/reference.safetensors" ]'
-[ $rc -eq 0 ] || tail -n 5 "$tmp/train.err"
+reference_wait
 rc=$(cat "$tmp/watch.rc")
 check_same_model "$job" $rc
 recoveries=$(mctl status "$job" --json | json 'd["job"]["recoveries"]')

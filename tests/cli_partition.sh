@@ -35,9 +35,7 @@ router: {top_k: 2}
 data: {sources: [{path: $corpus}], val_fraction: 0.05}
 run: {steps: ${PARTITION_STEPS:-1500}, batch_size: 8, log_every: 100, eval_every: 0}
 YAML
-OMP_NUM_THREADS=1 "$moectl_bin" train "$tmp/job.yaml" --quiet \
-  --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err" &
-ref_pid=$!
+reference_start "$tmp/job.yaml"
 
 # ---- three hosts: 0 coordinator, 1 pod 0, 2 pod 1, through the userspace switch ----
 links() { printf '* * 0 1000 0\n' >"$tmp/links.conf"; [ "$1" = cut ] && printf '1 2 0 1000 1\n2 1 0 1000 1\n' >>"$tmp/links.conf"; hosts_links; }
@@ -110,11 +108,7 @@ check "the link is back: partition_healed, then recovered ($((SECONDS - healed_a
 check "moectl status no longer says HELD" '! mctl status "$job" | grep -q HELD'
 mctl_for 600 watch "$job" >"$tmp/watch.out" 2>&1
 echo $? >"$tmp/watch.rc"
-wait "$ref_pid"
-rc=$?
-ref_pid=
-check "the reference: moectl train in one process" '[ $rc -eq 0 ] && [ -s "$tmp/reference.safetensors" ]'
-[ $rc -eq 0 ] || tail -n 5 "$tmp/train.err"
+reference_wait
 check_same_model "$job" "$(cat "$tmp/watch.rc")"
 recoveries=$(mctl status "$job" --json | json 'd["job"]["recoveries"]')
 check "one recovery counted ($recoveries)" '[ "$recoveries" = 1 ]'
@@ -150,9 +144,7 @@ check "... and the next job SUCCEEDS ($job3: $(state_of "$job3"))" '[ "$(state_o
 # cannot play both: instead of failing after mesh.spare_wait_s (3 s) the recovery waits for it;
 # back, it is fenced again and the job goes on with it, ending with moectl train's model.
 sed -e "s/mesh: {pods: 2, slots: 2}/mesh: {pods: 2, slots: 1, spare_wait_s: 3}/" "$tmp/job.yaml" >"$tmp/cut.yaml"
-OMP_NUM_THREADS=1 "$moectl_bin" train "$tmp/cut.yaml" --quiet \
-  --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err" &
-ref_pid=$!
+reference_start "$tmp/cut.yaml"
 for pid in $(mctl cluster status --json | json '" ".join(str(w["pid"]) for w in d["workers"] if w["address"].endswith(":7002") and w["state"] == "WORKER_IDLE")'); do
   kill -TERM "$pid"
 done
@@ -176,10 +168,7 @@ check "the link is back: $cut_worker is fenced again and keeps its slot ($(event
   'has_event "$job4" partition_healed && has_event "$job4" recovered && [ "$(mctl status "$job4" --json | json "[s[\"worker_id\"] for s in d[\"slots\"] if s.get(\"pod\", 0) == 1][0]")" = "$cut_worker" ]'
 mctl_for 600 watch "$job4" >"$tmp/watch.out" 2>&1
 echo $? >"$tmp/watch.rc"
-wait "$ref_pid"
-rc=$?
-ref_pid=
-check "the reference of the 2 x 1 job" '[ $rc -eq 0 ] && [ -s "$tmp/reference.safetensors" ]'
+reference_wait "the reference of the 2 x 1 job"
 check_same_model "$job4" "$(cat "$tmp/watch.rc")"
 
 if [ $fails -gt 0 ]; then

@@ -129,11 +129,4 @@ check "detection (${det:-?} ms) is most of the data plane's timeout (>= 1500 ms)
 "$moectl" cancel "$job" >/dev/null
 wait_until 20 '[ "$(state_of "$job")" = JOB_CANCELLED ]'
 check "cancelled" '[ "$(state_of "$job")" = JOB_CANCELLED ]'
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  "$moectl" status "$job" 2>&1 | tail -n 20
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_recovery_detection: all checks passed" || echo "cli_recovery_detection: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish "$job"

@@ -30,8 +30,7 @@ router: {top_k: 2}
 data: {sources: [{path: $corpus}], val_fraction: 0.05}
 run: {steps: 2000, batch_size: 8, log_every: 1000, eval_every: 0}
 YAML
-OMP_NUM_THREADS=1 "$moectl" train "$tmp/mpi.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
-check "the reference: moectl train in one process" '[ -s "$tmp/reference.safetensors" ]'
+reference_train "$tmp/mpi.yaml"
 
 mpiruns_before="$(cat "$cdir"/mpirun-0.pid) $(cat "$cdir"/mpirun-1.pid)"
 job=$("$moectl" submit "$tmp/mpi.yaml")
@@ -56,11 +55,4 @@ check "the job counts a recovery" '[ "$(json "d[\"job\"][\"recoveries\"]" <"$tmp
 check "... and its slots of pod $pod are played by other workers than at the start" \
   '[ "$(json "d[\"job\"][\"epoch\"]" <"$tmp/final.json")" -ge 2 ]'
 
-[ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stops the workers and the mpiruns" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_recovery_mpi: all checks passed" || echo "cli_recovery_mpi: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish "$job"

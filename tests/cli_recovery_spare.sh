@@ -29,8 +29,7 @@ router: {top_k: 2}
 data: {sources: [{path: $corpus}]}
 run: {steps: 600, batch_size: 2, log_every: 100, eval_every: 0}
 YAML
-OMP_NUM_THREADS=1 "$moectl" train "$tmp/job.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
-check "the reference: moectl train in one process" '[ -s "$tmp/reference.safetensors" ]'
+reference_train "$tmp/job.yaml"
 
 worker_field() { "$moectl" cluster status --json | json "[w['$2'] for w in d['workers'] if w['worker_id'] == '$1'][0]"; }
 idle_workers() { "$moectl" cluster status --json | json "' '.join(w['worker_id'] for w in d['workers'] if w['state'] == 'WORKER_IDLE')"; }
@@ -108,10 +107,4 @@ check "the other spare ($other) released its arenas once the job ended" \
   'grep -q "spare: released .* (no job to stand by for)" "$other_log"'
 
 [ $fails -gt 0 ] && cat "$tmp/events.txt"
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_recovery_spare: all checks passed" || echo "cli_recovery_spare: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish

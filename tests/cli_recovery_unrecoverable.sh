@@ -61,10 +61,4 @@ check "the next 2 x 2 job SUCCEEDS ($next)" '[ $rc -eq 0 ]'
 [ $rc -eq 0 ] || tail -n 10 "$tmp/watch.out"
 
 [ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 20
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_recovery_unrecoverable: all checks passed" || echo "cli_recovery_unrecoverable: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish

@@ -25,8 +25,7 @@ model: {d_model: 32, layers: 1, heads: 2, seq_len: 32, experts: 4, d_ff: 64}
 data: {sources: [{path: $corpus}]}
 run: {steps: 2500, batch_size: 8, log_every: 1000, eval_every: 0}
 YAML
-OMP_NUM_THREADS=1 "$moectl" train "$tmp/job.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
-check "the reference: moectl train in one process" '[ -s "$tmp/reference.safetensors" ]'
+reference_train "$tmp/job.yaml"
 
 job=$("$moectl" submit "$tmp/job.yaml")
 check "submitted ($job)" '[[ "$job" =~ ^job-[0-9]+$ ]]'
@@ -90,11 +89,4 @@ check "GetCluster: the old id is still drained, and DEAD once its heartbeats sto
   '[ "$(drained_dead)" = "[('"'"'$victim'"'"', '"'"'WORKER_DEAD'"'"')]" ]'
 "$moectl" cancel "$job2" >/dev/null 2>&1
 
-[ $fails -gt 0 ] && "$moectl" status "$job" 2>&1 | tail -n 30
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_repair: all checks passed" || echo "cli_repair: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish "$job"

@@ -41,10 +41,4 @@ check "the replica_mismatch event names both workers" '[[ -n "$victim" && "$msg"
 check "... and the slot" '[[ "$msg" == *"slot"*"$vslot"* ]]'
 
 "$moectl" cancel "$job" >/dev/null 2>&1
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_replica_check: all checks passed" || echo "cli_replica_check: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish

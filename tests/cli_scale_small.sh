@@ -3,7 +3,8 @@
 # (tests/bench/scale_sim.c, real gRPC) and one real coordinator with its real RocksDB; a
 # 16 x 32 job (512 slots: more than GetJob's default page and WatchJob's whole-mesh limit) is
 # bound with every slot played by exactly one worker; GetJob's and GetCluster's pages list
-# every slot and worker once and agree with the summaries; WatchJob sends the mesh by pod; a
+# every slot and worker once and agree with the summaries; WatchJob, ListJobs and the live
+# page's API (GET /api/jobs/ID) send the mesh by pod, without bindings or slots; a
 # lost worker, then four lost at once, are replanned onto spares (restored) in a new epoch;
 # after a SIGKILL and restart of the coordinator every live worker registers again and keeps
 # its slot (no slot stopped, the epoch unchanged). With a budget of 50 idle heartbeats a

@@ -35,8 +35,7 @@ router: {top_k: 2}
 data: {sources: [{path: $corpus}], val_fraction: 0.05}
 run: {steps: 1500, batch_size: 6, log_every: 500, eval_every: 0}
 YAML
-OMP_NUM_THREADS=1 "$moectl" train "$tmp/job.yaml" --quiet --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err"
-check "the reference: moectl train in one process" '[ -s "$tmp/reference.safetensors" ]'
+reference_train "$tmp/job.yaml"
 
 rank_worker() { "$moectl" status "$1" --json | json "d['job']['bindings'][$2]['worker_id']"; }
 rank_address() { "$moectl" status "$1" --json | json "d['job']['bindings'][$2]['worker_address']"; }
@@ -133,10 +132,4 @@ check "the coordinator kept serving (pid $coord)" \
   '[ "$(cat "$cdir/coordinator.pid")" = "$coord" ] && kill -0 "$coord" && "$moectl" cluster status >/dev/null'
 
 [ $fails -gt 0 ] && events "$job"
-"$moectl" cluster down --dir "$cdir" >/dev/null
-check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
-if [ $fails -gt 0 ]; then
-  for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
-fi
-[ $fails -eq 0 ] && echo "cli_transfer_check: all checks passed" || echo "cli_transfer_check: $fails checks failed"
-exit $((fails > 0))
+cluster_test_finish

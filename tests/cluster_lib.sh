@@ -5,13 +5,16 @@
 # running from it (a daemon whose pid file was lost), whatever way the test ends; a sanitizer
 # report in any daemon's log then fails the test.
 # Needs $moectl. Gives (with proc_lib.sh: check NAME CONDITION, wait_for, running, stop) json EXPR, wait_until SECONDS CONDITION,
-# state_of JOB, step_of JOB, running_from DIR (pids of processes whose command line names
+# cluster_test_finish [JOB], chaos_kill_cut JOB SEED H, cancel_at_outer_step YAML H PERIODS,
+# resume_same_model YAML JOB SET, reference_train YAML [LABEL] (reference_start YAML and
+# reference_wait [LABEL]), state_of JOB, step_of JOB, running_from DIR (pids of processes whose command line names
 # DIR/), check_same_model JOB RC, losses_of JOB (its stored per-step losses, "step loss"
 # lines), start_fake_worker PBDIR (a worker under a stand-in coordinator), and $fails (the
 # number of failed checks), sanitizer_reports LOG... (shows any sanitizer report; 1 if one).
 py=/usr/bin/python3
 
 cluster_test_init() {
+  test_name=$1
   tmp=$(mktemp -d "/tmp/moe_$1.XXXXXX")
   cdir=$tmp/cluster
   trap cluster_test_cleanup EXIT
@@ -31,6 +34,83 @@ cluster_test_cleanup() {
   for p in /proc/[0-9]*; do grep -qsaF -- "$tmp/" "$p/cmdline" && kill -9 "${p#/proc/}" 2>/dev/null; done
   rm -rf "$tmp"
   exit $rc
+}
+
+# reference_train YAML [LABEL]: the reference: `moectl train` of YAML in one process into
+# $tmp/reference.safetensors (what check_same_model compares with), checked. reference_start
+# YAML starts it in the background ($ref_pid) while the test sets up its cluster, and
+# reference_wait [LABEL] waits for it and checks it (a failure shows its last lines).
+reference_train() {
+  reference_start "$1"
+  reference_wait "${2:-}"
+}
+reference_start() {
+  OMP_NUM_THREADS=1 "${moectl_bin:-$moectl}" train "$1" --quiet \
+    --set run.output="$tmp/reference.safetensors" 2>"$tmp/train.err" &
+  ref_pid=$!
+}
+reference_wait() {
+  wait "$ref_pid"
+  local rc=$?
+  ref_pid=
+  check "${1:-the reference: moectl train in one process}" \
+    "[ $rc -eq 0 ] && [ -s '$tmp/reference.safetensors' ]"
+  [ $rc -eq 0 ] || tail -n 5 "$tmp/train.err"
+}
+# chaos_kill_cut JOB SEED H: `moectl chaos` kills a worker of JOB and cuts a data-plane
+# connection (--json into $tmp/chaos.json); both survived, the job ends with the reference's
+# model, and every recovery returned to a multiple of H (an outer step)
+chaos_kill_cut() {
+  timeout 400 "$moectl" watch "$1" >"$tmp/watch.out" 2>&1 &
+  watch_pid=$!
+  timeout 300 "$moectl" chaos "$1" --seed "$2" --faults 2 --kinds kill,cut \
+    --gap-steps 25 --timeout 60 --json >"$tmp/chaos.json" 2>"$tmp/chaos.err"
+  local rc=$?
+  sed 's/^/     /' "$tmp/chaos.err"
+  check "moectl chaos exits 0: both faults survived" "[ $rc -eq 0 ]"
+  check "a kill and a cut were injected" \
+    '[ "$(json "sorted(f[\"kind\"] for f in d[\"faults\"] if f[\"injected\"])" <"$tmp/chaos.json")" = "['"'"'cut'"'"', '"'"'kill'"'"']" ]'
+  wait "$watch_pid"
+  rc=$?
+  watch_pid=
+  check_same_model "$1" $rc
+  check "every recovery returned to an outer step" "recoveries_at_multiples $1 $3"
+}
+# cancel_at_outer_step YAML H PERIODS: a job of YAML cancelled once it committed PERIODS
+# outer steps of H; its survivors export its state whole at an outer step. Sets $cjob.
+cancel_at_outer_step() {
+  local h=$2 at=$(($2 * $3)) estep
+  cjob=$("$moectl" submit "$1")
+  wait_until 90 '[ "$(committed_of "$cjob")" -ge $at ] 2>/dev/null'
+  "$moectl" cancel "$cjob" >/dev/null
+  wait_until 60 'export_done "$cjob"'
+  estep=$(exported "$cjob" step)
+  check "a cancelled job exports its state whole, at an outer step ($estep)" \
+    '[ "$(exported "$cjob" complete)" = True ] && [ "$estep" -gt 0 ] && [ $((estep % h)) = 0 ]'
+}
+# resume_same_model YAML JOB SET: --resume-from JOB with `--set SET` (another mesh.sync or H) is
+# refused naming mesh.sync; without it the resumed job ends with the reference's model
+resume_same_model() {
+  local out rjob
+  out=$("$moectl" submit "$1" --resume-from "$2" --set "$3" 2>&1)
+  check "--resume-from with $3 is refused naming mesh.sync" \
+    '[[ "$out" == *"the spec'"'"'s mesh.sync"*"differs from the job'"'"'s"* ]]'
+  rjob=$("$moectl" submit "$1" --resume-from "$2")
+  timeout 300 "$moectl" watch "$rjob" >"$tmp/watch.out" 2>&1
+  check_same_model "$rjob" $?
+}
+# cluster_test_finish [JOB]: the end of a test on the cluster $cdir: stops it and checks that
+# nothing of it still runs; on a failed check, shows the tail of JOB's status and what the
+# daemons' logs said besides INFO lines; prints the verdict and exits 0 or 1
+cluster_test_finish() {
+  [ $fails -gt 0 ] && [ -n "${1:-}" ] && "$moectl" status "$1" 2>&1 | tail -n 30
+  "$moectl" cluster down --dir "$cdir" >/dev/null
+  check "cluster down stopped everything" '[ -z "$(running_from "$cdir")" ]'
+  if [ $fails -gt 0 ]; then
+    for f in "$cdir"/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v " INFO " "$f" | tail -n 10; }; done
+  fi
+  [ $fails -eq 0 ] && echo "$test_name: all checks passed" || echo "$test_name: $fails checks failed"
+  exit $((fails > 0))
 }
 
 # hosts_test_init NAME [NET]: a test on emulated hosts (tests/linkemu/hosts_lib.sh, sourced by

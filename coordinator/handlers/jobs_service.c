@@ -152,7 +152,9 @@ static void fill_job_page(struct job_page *p, struct coordinator *co, int active
     for (; i < co->n_jobs && p->n < max; i++) {
         struct job *j = co->jobs[i];
         if (active_only && job_is_final(j)) continue;
-        job_view_fill(&p->views[p->n], j);
+        /* a mesh bigger than a watch's sends no bindings: GetJob pages them */
+        int n_slots = job_n_slots(j);
+        job_view_fill_slots(&p->views[p->n], j, 0, n_slots <= JOB_WATCH_SLOTS ? n_slots : 0);
         bytes += protobuf_c_message_get_packed_size(&p->views[p->n].info.base) + 8;
         if (p->n && bytes > PAGE_BYTES) {
             job_view_free(&p->views[p->n]);

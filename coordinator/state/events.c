@@ -60,14 +60,17 @@ void job_notify(struct coordinator *co, struct job *j, const Moed__V1__Event *ne
     job_update_free(&x);
 }
 
-/* Stores the event, with the job's record unless `deferred` (then written by the next
- * jobs_flush_records), and tells the watchers. */
+/* Stores the event (its message formatted from `fmt`), with the job's record unless
+ * `deferred` (then written by the next jobs_flush_records), and tells the watchers. */
 static moe_status event_commit(struct coordinator *co, struct job *j, struct store_batch *b,
-                               int sync, int deferred, const char *kind, const char *msg) {
+                               int sync, int deferred, const char *kind, const char *fmt,
+                               va_list ap) {
+    char msg[768];
+    vsnprintf(msg, sizeof msg, fmt, ap);
     Moed__V1__Event e = MOED__V1__EVENT__INIT;
     e.unix_ms = moe_wall_ms();
     e.kind = (char *)kind;
-    e.message = (char *)msg;
+    e.message = msg;
     int64_t seq = j->next_event++;
     e.seq = seq; // GetJob and WatchJob carry it too: a client can go on with ListEvents from it
     if (!deferred) job_batch(b, j);
@@ -77,8 +80,7 @@ static moe_status event_commit(struct coordinator *co, struct job *j, struct sto
         LOG_ERROR("store: cannot record event of %s: %s", j->id, moe_errmsg());
         return s;
     }
-    if (deferred) j->record_dirty = 1;
-    else j->record_dirty = 0;
+    j->record_dirty = deferred;
     LOG_INFO("%s: %s: %s", j->id, kind, msg);
     Moed__V1__Event *copy = (Moed__V1__Event *)pb_clone(&e.base);
     if (copy) job_recent_push(j, copy);
@@ -88,32 +90,29 @@ static moe_status event_commit(struct coordinator *co, struct job *j, struct sto
 
 moe_status job_event(struct coordinator *co, struct job *j, int sync, const char *kind,
                      const char *fmt, ...) {
-    char msg[768];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    moe_status s = event_commit(co, j, store_batch_new(), sync, 0, kind, fmt, ap);
     va_end(ap);
-    return event_commit(co, j, store_batch_new(), sync, 0, kind, msg);
+    return s;
 }
 
 moe_status job_event_batch(struct coordinator *co, struct job *j, struct store_batch *b,
                            int sync, const char *kind, const char *fmt, ...) {
-    char msg[768];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    moe_status s = event_commit(co, j, b, sync, 0, kind, fmt, ap);
     va_end(ap);
-    return event_commit(co, j, b, sync, 0, kind, msg);
+    return s;
 }
 
 moe_status job_event_deferred(struct coordinator *co, struct job *j, const char *kind,
                               const char *fmt, ...) {
-    char msg[768];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    moe_status s = event_commit(co, j, store_batch_new(), 0, 1, kind, fmt, ap);
     va_end(ap);
-    return event_commit(co, j, store_batch_new(), 0, 1, kind, msg);
+    return s;
 }
 
 static void watch_closed(struct rpc_call *c, void *arg) {

@@ -298,6 +298,7 @@ function drawJob(job) {
             marks, 0);
   drawLoad($("load-chart"), job.last ? job.last.expert_load : null);
   drawSlots(job.slots);
+  drawPods(job.pod_summaries || []);
   drawEvents(job.events);
 }
 
@@ -315,6 +316,24 @@ function drawSlots(slots) {
               el("td", { class: "num" }, fmtBytes(s.total_bytes_allreduce)),
               linksCell(s.links || []),
               el("td", { class: s.ended && !s.ok ? "bad" : "" }, status));
+    body.append(tr);
+  }
+}
+
+// a mesh of more than 500 slots comes by pod (the API's "pod_summaries": PodSummary)
+function drawPods(pods) {
+  $("slots").hidden = pods.length > 0;
+  $("pods").hidden = pods.length === 0;
+  const body = $("pods").tBodies[0];
+  body.replaceChildren();
+  for (const p of pods) {
+    const steps = p.min_step === p.max_step ? p.min_step : p.min_step + "–" + p.max_step;
+    const tr = el("tr");
+    tr.append(el("td", {}, p.pod), el("td", { class: "num" }, p.slots),
+              el("td", { class: "num" }, p.bound), el("td", { class: "num" }, p.alive),
+              el("td", { class: "num" }, p.training), el("td", { class: "num" }, p.ended),
+              el("td", { class: "num" }, p.failed), el("td", { class: "num" }, steps),
+              el("td", { class: p.worst === "failed" || p.worst === "lost" ? "bad" : "" }, p.worst));
     body.append(tr);
   }
 }

@@ -26,7 +26,9 @@
  * slot bound once, logical pod p on physical pod p, every RunSlot's addresses naming its
  * worker at its rank, each lost slot replanned onto a spare, no worker lost across the
  * restart, GetJob's and GetCluster's pages listing every slot and worker once and agreeing
- * with their summaries, WatchJob sending a mesh of more than 500 slots by pod.
+ * with their summaries, WatchJob sending a mesh of more than 500 slots by pod, and so do
+ * ListJobs (no bindings) and the live page's API (GET /api/jobs/ID, through curl), while
+ * `moectl status --json` gathers every slot and binding from GetJob's pages.
  * The daemons come from $MOE_BUILD_DIR/bin, else from beside this program.
  */
 #include "../../common/log.h"
@@ -36,6 +38,7 @@
 #include "proto/moed.pb-c.h"
 #include "scale_sim.h"
 
+#include <cjson/cJSON.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -60,6 +63,7 @@ struct run {
     struct opts o;
     int n;                          // simulated workers
     struct bench_daemon co;         // the coordinator
+    char http_dir[64];              // --check: where its live page's address is written
     char cluster_token[64];
     struct sim_shared *sh;
     pid_t sims[MAX_PROCS];
@@ -648,6 +652,88 @@ static void check_watch(struct run *r) {
                "updates", first, last);
 }
 
+/* What `cmd` printed, parsed as JSON; NULL when it failed (said) or printed no JSON. */
+static cJSON *command_json(const char *cmd, const char *what) {
+    FILE *p = popen(cmd, "r");
+    size_t n = 0, cap = 1 << 16;
+    char *buf = malloc(cap + 1);
+    while (p && buf) {
+        if (n == cap) {
+            char *grown = realloc(buf, 2 * cap + 1);
+            if (!grown) break;
+            buf = grown;
+            cap *= 2;
+        }
+        size_t k = fread(buf + n, 1, cap - n, p);
+        if (k == 0) break;
+        n += k;
+    }
+    int rc = p ? pclose(p) : -1;
+    cJSON *o = buf && rc == 0 ? (buf[n] = 0, cJSON_Parse(buf)) : NULL;
+    if (!o) fprintf(stderr, "bench_scale: %s: exit status %d\n", what, rc);
+    free(buf);
+    return o;
+}
+
+/* GET /api/jobs/JOB of the live page's API (--check), through curl. */
+static cJSON *http_get_job(struct run *r) {
+    char path[128], addr[160] = "", cmd[512];
+    snprintf(path, sizeof path, "%s/http.addr", r->http_dir);
+    FILE *f = fopen(path, "r");
+    int got = f && fscanf(f, "%159s", addr) == 1;
+    if (f) fclose(f);
+    if (!got) return NULL;
+    snprintf(cmd, sizeof cmd, "curl -sf --max-time 30 -H 'Authorization: Bearer %s' "
+             "http://%s/api/jobs/%s", r->co.client_token, addr, r->job);
+    return command_json(cmd, "GET /api/jobs/ID");
+}
+
+/* `moectl status JOB --json`, which gathers every page. */
+static cJSON *moectl_status(struct run *r) {
+    char cmd[PATH_MAX + 512];
+    snprintf(cmd, sizeof cmd, "MOED_COORDINATOR=%s MOED_TOKEN=%s '%s/moectl' status %s --json",
+             r->co.addr, r->co.client_token, r->co.bin, r->job);
+    return command_json(cmd, "moectl status --json");
+}
+
+static int json_len(const cJSON *o, const char *a, const char *b) {
+    const cJSON *x = cJSON_GetObjectItem(o, a);
+    return cJSON_GetArraySize(b ? cJSON_GetObjectItem(x, b) : x);
+}
+
+/* ListJobs and the live page's API of a mesh bigger than a watch's (500 slots): the job's
+ * entry in the list carries no binding, and the page's answer comes by pod, without slots,
+ * every slot bound: a poll costs the same at 4,096 slots as at 500. */
+static void check_big_mesh_listed(struct run *r) {
+    if (r->o.pods * r->o.slots <= 500) return;
+    Moed__V1__ListJobsRequest lr = MOED__V1__LIST_JOBS_REQUEST__INIT;
+    Moed__V1__ListJobsResponse *l = (Moed__V1__ListJobsResponse *)call(
+        r, RPC_JOBS_LIST_JOBS, &lr.base, &moed__v1__list_jobs_response__descriptor);
+    CHECK_THAT(r, l && l->n_jobs == 1 && !l->jobs[0]->n_bindings && l->jobs[0]->pods == r->o.pods,
+               "ListJobs: %zu jobs, the first with %zu bindings", l ? l->n_jobs : 0,
+               l && l->n_jobs ? l->jobs[0]->n_bindings : 0);
+    if (l) protobuf_c_message_free_unpacked(&l->base, NULL);
+    cJSON *o = http_get_job(r);
+    cJSON *pods = cJSON_GetObjectItem(o, "pod_summaries"), *slots = cJSON_GetObjectItem(o, "slots");
+    int bound = 0;
+    for (int i = 0; i < cJSON_GetArraySize(pods); i++) {
+        cJSON *b = cJSON_GetObjectItem(cJSON_GetArrayItem(pods, i), "bound");
+        bound += cJSON_IsNumber(b) ? b->valueint : 0;
+    }
+    CHECK_THAT(r, o && cJSON_GetArraySize(slots) == 0 &&
+                      cJSON_GetArraySize(pods) == r->o.pods && bound == r->o.pods * r->o.slots,
+               "the live page's API: %d slots, %d pods, %d bound", cJSON_GetArraySize(slots),
+               cJSON_GetArraySize(pods), bound);
+    cJSON_Delete(o);
+    int n_slots = r->o.pods * r->o.slots;
+    o = moectl_status(r);
+    CHECK_THAT(r, o && json_len(o, "slots", NULL) == n_slots &&
+                      json_len(o, "job", "bindings") == n_slots,
+               "moectl status --json of %d slots: %d slots, %d bindings", n_slots,
+               json_len(o, "slots", NULL), json_len(o, "job", "bindings"));
+    cJSON_Delete(o);
+}
+
 /* The summaries (what a status page polls) and a default page of each list. */
 static void status_latency(struct run *r) {
     Moed__V1__JobRef jr = MOED__V1__JOB_REF__INIT;
@@ -693,6 +779,7 @@ static int phases(struct run *r) {
     if (r->o.check) check_job_pages(r);
     if (r->o.check) check_cluster_pages(r);
     if (r->o.check) check_watch(r);
+    if (r->o.check) check_big_mesh_listed(r);
     if (!r->o.check) steady(r, &r->job_cpu, &r->job_rss);
     if (!r->o.check) status_latency(r);
     if (settle(r, 2)) return -1; // a fault after some steps, as in a real run
@@ -710,9 +797,23 @@ static int run_size(struct run *r) {
     char timeout[32], interval[32];
     snprintf(timeout, sizeof timeout, "%ld", r->o.heartbeat_timeout_ms);
     snprintf(interval, sizeof interval, "%ld", r->o.heartbeat_interval_ms);
-    char *flags[] = {"--heartbeat-timeout-ms", timeout, "--heartbeat-interval-ms", interval,
-                     "--idle-heartbeats-per-s", (char *)r->o.idle_budget};
-    if (bench_daemon_start(&r->co, "moed-coordinator", flags, r->o.idle_budget ? 6 : 4) != 0)
+    char http_addr[96];
+    snprintf(r->http_dir, sizeof r->http_dir, "/tmp/moe-scale-http-XXXXXX");
+    if (r->o.check && !mkdtemp(r->http_dir)) return -1;
+    snprintf(http_addr, sizeof http_addr, "%s/http.addr", r->http_dir);
+    char *flags[10] = {"--heartbeat-timeout-ms", timeout, "--heartbeat-interval-ms", interval};
+    int n_flags = 4;
+    if (r->o.check) {
+        flags[n_flags++] = "--http-listen";
+        flags[n_flags++] = "127.0.0.1:0";
+        flags[n_flags++] = "--http-addr-file";
+        flags[n_flags++] = http_addr;
+    }
+    if (r->o.idle_budget) {
+        flags[n_flags++] = "--idle-heartbeats-per-s";
+        flags[n_flags++] = (char *)r->o.idle_budget;
+    }
+    if (bench_daemon_start(&r->co, "moed-coordinator", flags, n_flags) != 0)
         return -1;
     snprintf(r->cluster_token, sizeof r->cluster_token, "%s", r->co.cluster_token);
     int rc = start_sims(r);
@@ -721,6 +822,10 @@ static int run_size(struct run *r) {
     if (r->ch) rpc_channel_close(r->ch);
     stop_sims(r);
     bench_daemon_stop(&r->co);
+    if (r->o.check) {
+        unlink(http_addr);
+        rmdir(r->http_dir);
+    }
     return rc;
 }
 
