@@ -132,6 +132,7 @@ static void register_next(struct sim_host *h) {
 static void on_heartbeat(void *arg, const struct rpc_result *res, const ProtobufCMessage *m) {
     struct simw *w = arg;
     w->beat_in_flight = 0;
+    if (res->code != GRPC_STATUS_OK) w->beat_sent_ms = 0; // again at the next tick (cluster.c)
     if (res->code != GRPC_STATUS_OK || atomic_load(&w->s->dead)) return;
     const Moed__V1__HeartbeatResponse *r = (const Moed__V1__HeartbeatResponse *)m;
     if (r->reregister && !w->registering) register_one(w);

@@ -318,6 +318,7 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
         goto done;
     }
     if (res->code != GRPC_STATUS_OK) {
+        w->heartbeat_sent_ms = 0; // the next tick tries again, not the next idle interval
         if (!w->coordinator_lost) {
             LOG_INFO("heartbeat failed (%s: %s); training goes on, retrying every %ld ms",
                      rpc_code_name(res->code), res->details, w->heartbeat_ms);
