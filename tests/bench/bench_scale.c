@@ -266,8 +266,13 @@ static int cluster_dead(struct run *r) {
 static void check_idle_lease(struct run *r) {
     long want = want_idle_ms(r);
     if (want <= FIXED_IDLE_MS * 6 / 5) return; // no budget given that lengthens it
-    CHECK_THAT(r, wait_for(r, idle_told_longer, NULL, "the adapted idle interval") == 0,
-               "idle workers were not told an interval longer than %d ms", FIXED_IDLE_MS);
+    int told = wait_for(r, idle_told_longer, NULL, "the adapted idle interval");
+    int shorter = 0, first = -1;
+    for (int i = 0; i < r->n; i++)
+        if (atomic_load(&r->sh[i].idle_ms) <= FIXED_IDLE_MS && !shorter++) first = i;
+    CHECK_THAT(r, told == 0, "%d idle workers were not told an interval longer than %d ms (the "
+               "first: %s, told %ld ms)", shorter, FIXED_IDLE_MS, first >= 0 ? r->sh[first].id : "",
+               first >= 0 ? atomic_load(&r->sh[first].idle_ms) : 0L);
     int gone = r->n - 1; // in the physical pod of spares
     atomic_store(&r->sh[gone].dead, 1);
     r->lost++;
