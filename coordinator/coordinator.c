@@ -68,6 +68,14 @@ const struct knob coordinator_knobs[] = {
      XSTR(COORD_IDLE_HEARTBEAT_INTERVAL_MS), 0, 3600000, NULL, "MS",
      "how often idle workers heartbeat (0: as busy ones; dead after the timeout plus the "
      "difference)"},
+    {"idle-heartbeats-per-s", NULL, KNOB_LONG, CFG(idle_heartbeats_per_s),
+     XSTR(COORD_IDLE_HEARTBEATS_PER_S), 0, 1000000, NULL, "N",
+     "the idle workers' heartbeats a second, at most: past N x the idle interval / 1000 idle "
+     "workers, their interval grows with their number, up to a minute (0: fixed)"},
+    {"step-reports-per-s", NULL, KNOB_LONG, CFG(step_reports_per_s),
+     XSTR(COORD_STEP_REPORTS_PER_S), 0, 1000000, NULL, "N",
+     "the training workers' step reports a second, at most: past N busy workers they report "
+     "less often than once a second, never less often than the heartbeat interval (0: 1 s)"},
     {"max-assign-attempts", NULL, KNOB_INT, CFG(max_assign_attempts),
      XSTR(COORD_MAX_ASSIGN_ATTEMPTS), 1, 1000, NULL, "N",
      "RunSlot refusals (other than busy or unreachable) before a job fails"},
@@ -155,6 +163,7 @@ static moe_status load_meta(struct coordinator *co) {
 static moe_status load_tables(struct coordinator *co) {
     CHECK(jobs_load(co));
     CHECK(workers_load(co));
+    membership_loaded(co);
     for (int i = 0; i < co->n_workers; i++) {
         struct worker *w = co->workers[i];
         struct job *j = w->job_id[0] ? jobs_find(co, w->job_id) : NULL;

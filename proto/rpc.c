@@ -502,6 +502,10 @@ void rpc_channel_close(struct rpc_channel *ch) {
 
 const char *rpc_channel_target(const struct rpc_channel *ch) { return ch->target; }
 
+int rpc_channel_ready(struct rpc_channel *ch) {
+    return grpc_channel_check_connectivity_state(ch->channel, 0) == GRPC_CHANNEL_READY;
+}
+
 /* ---- blocking unary ---- */
 
 static void drain_and_destroy(grpc_completion_queue *cq) {

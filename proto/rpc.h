@@ -188,6 +188,10 @@ void rpc_channel_set_token(struct rpc_channel *ch, const char *token);
 void rpc_channel_connect(struct rpc_channel *ch);
 void rpc_channel_close(struct rpc_channel *ch);
 const char *rpc_channel_target(const struct rpc_channel *ch);
+/* Whether the channel holds a connection now (READY); it does not try to connect. A call
+ * made after the connection broke (a restarted server) finds it not ready: a caller that
+ * calls seldom (an idle worker's heartbeat) calls at once then. */
+int rpc_channel_ready(struct rpc_channel *ch);
 
 /* The outcome of a client call: gRPC's code and the server's message. */
 struct rpc_result {

@@ -106,7 +106,7 @@ void handle_register_worker(struct rpc_call *call, const ProtobufCMessage *m, vo
     Moed__V1__RegisterResponse resp = MOED__V1__REGISTER_RESPONSE__INIT;
     resp.worker_id = w->id;
     resp.heartbeat_interval_ms = co->cfg.heartbeat_interval_ms;
-    resp.idle_heartbeat_interval_ms = co->cfg.idle_heartbeat_interval_ms;
+    resp.idle_heartbeat_interval_ms = membership_idle_told(co, w);
     resp.cluster_id = co->cluster_id;
     resp.worker_credential = w->credential;
     resp.refused = w->refused;
@@ -139,6 +139,11 @@ void handle_report_step(struct rpc_call *call, const ProtobufCMessage *m, void *
     }
     Moed__V1__StepReportResponse resp = MOED__V1__STEP_REPORT_RESPONSE__INIT;
     resp.stop = stop;
+    /* it stands for a heartbeat (reports.c), unless the heartbeat's answer would say more
+     * than "alive": register again (a restarted coordinator), or back from the dead */
+    resp.heartbeat_now = !w->confirmed || !worker_alive(w) ||
+                         w->state == MOED__V1__WORKER_STATE__WORKER_LEFT;
+    resp.report_interval_ms = membership_report_interval(CO(ctx));
     rpc_reply(call, &resp.base);
 }
 

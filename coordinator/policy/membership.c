@@ -242,13 +242,73 @@ void membership_heartbeat(struct coordinator *co, struct worker *w,
         }
     }
     spare_hint(co, w, req, resp);
+    resp->idle_heartbeat_interval_ms = membership_idle_told(co, w);
 }
 
-/* O(workers) per monitor tick: a compare each. A worker whose last heartbeat named no job
- * may be that much slower (its idle interval); one that runs a slot heartbeats at the full
- * rate from its next tick on. */
+/* The idle interval for n idle workers: the configured one, or longer, so that n of them
+ * heartbeat at most idle_heartbeats_per_s times a second together (a lease that grows with
+ * the idle part of the cluster: at 10,000 idle workers and 200 a second, every 50 s). An idle
+ * worker is probed before it is given a slot (reachability.c), so its longer silence delays
+ * no job; only its death is noticed later. 0: idle heartbeats are off. O(1). */
+static long idle_interval(const struct coordinator *co, long n_idle) {
+    long fixed = co->cfg.idle_heartbeat_interval_ms, budget = co->cfg.idle_heartbeats_per_s;
+    if (fixed <= co->cfg.heartbeat_interval_ms) return 0;
+    long ms = budget > 0 ? (n_idle * 1000 + budget - 1) / budget : 0;
+    long cap = fixed > COORD_IDLE_HEARTBEAT_MAX_MS ? fixed : COORD_IDLE_HEARTBEAT_MAX_MS;
+    return ms < fixed ? fixed : ms > cap ? cap : ms;
+}
+
+long membership_idle_told(struct coordinator *co, struct worker *w) {
+    long ms = co->idle_interval_ms ? co->idle_interval_ms : idle_interval(co, 0);
+    /* one the coordinator cannot reach yet is probed again at a heartbeat (reachability.c):
+     * it keeps the configured interval until a probe answered */
+    if (!w->reachable && ms) ms = idle_interval(co, 0);
+    /* it may not have heard the last answer: either interval may be the one it keeps */
+    w->idle_allowance_ms = w->idle_told_ms > ms ? w->idle_told_ms : ms;
+    w->idle_told_ms = ms;
+    return ms;
+}
+
+void membership_loaded(struct coordinator *co) {
+    long n_idle = 0;
+    for (int i = 0; i < co->n_workers; i++)
+        n_idle += worker_alive(co->workers[i]) && co->workers[i]->beats_idle;
+    long ms = idle_interval(co, n_idle);
+    for (int i = 0; i < co->n_workers; i++) {
+        /* not stored whether it heartbeats seldom when idle: as if it did, until it says */
+        co->workers[i]->idle_heartbeats = 1;
+        co->workers[i]->idle_allowance_ms = ms;
+    }
+}
+
+/* The step report interval for n busy workers (a lease like the idle one, for those that
+ * train: their reports stand for their heartbeats): once a second, or less often so that n
+ * of them report at most step_reports_per_s times a second together, up to the heartbeat
+ * interval, so that a hung worker is still dead after the timeout. O(1). */
+static long report_interval(const struct coordinator *co, long n_busy) {
+    long budget = co->cfg.step_reports_per_s, lo = COORD_REPORT_INTERVAL_MIN_MS;
+    long hi = co->cfg.heartbeat_interval_ms > lo ? co->cfg.heartbeat_interval_ms : lo;
+    long ms = budget > 0 ? (n_busy * 1000 + budget - 1) / budget : lo;
+    return ms < lo ? lo : ms > hi ? hi : ms;
+}
+
+long membership_report_interval(const struct coordinator *co) {
+    return co->report_interval_ms ? co->report_interval_ms : report_interval(co, 0);
+}
+
+/* How much longer than the timeout w may be silent: an idle worker's interval less the busy
+ * one (the longest it may still be using). */
+static long idle_slack(const struct coordinator *co, const struct worker *w) {
+    long told = w->idle_allowance_ms ? w->idle_allowance_ms : co->cfg.idle_heartbeat_interval_ms;
+    long slack = told - co->cfg.heartbeat_interval_ms;
+    return w->beats_idle && slack > 0 ? slack : 0;
+}
+
+/* O(workers) per monitor tick: a compare each, and the idle ones counted for the next
+ * tick's interval. A worker whose last heartbeat named no job may be that much slower (the
+ * idle interval it was told); one that runs a slot heartbeats at the full rate from its next
+ * tick on. */
 void membership_check(struct coordinator *co, int64_t now) {
-    long idle = co->cfg.idle_heartbeat_interval_ms - co->cfg.heartbeat_interval_ms;
     int64_t gap = co->checked_ms ? now - co->checked_ms : 0;
     co->checked_ms = now;
     if (gap >= co->cfg.heartbeat_timeout_ms / 2) {
@@ -261,11 +321,16 @@ void membership_check(struct coordinator *co, int64_t now) {
                 co->workers[i]->last_heartbeat_ms = now;
         return;
     }
+    long n_idle = 0, n_busy = 0;
     for (int i = 0; i < co->n_workers; i++) {
         struct worker *w = co->workers[i];
         if (!worker_alive(w)) continue;
+        n_idle += w->beats_idle;
+        n_busy += !w->beats_idle && w->job_id[0];
         int64_t silent = now - w->last_heartbeat_ms;
-        if (silent > co->cfg.heartbeat_timeout_ms + (w->beats_idle && idle > 0 ? idle : 0))
+        if (silent > co->cfg.heartbeat_timeout_ms + idle_slack(co, w))
             fault_worker_dead(co, w, silent);
     }
+    co->idle_interval_ms = idle_interval(co, n_idle);
+    co->report_interval_ms = report_interval(co, n_busy);
 }

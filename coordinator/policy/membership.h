@@ -22,5 +22,17 @@ void membership_heartbeat(struct coordinator *co, struct worker *w,
  * late by half the timeout or more (the coordinator itself stood still: a blocked disk, a
  * starved process) judges no one: the heartbeats that waited meanwhile are read first. */
 void membership_check(struct coordinator *co, int64_t now);
+/* The idle heartbeat interval to tell w now (0: idle heartbeats are off), which it may use
+ * from its next heartbeat on: it grows with the idle workers (--idle-heartbeats-per-s), and
+ * w's silence while idle is judged by the longest of the last two it was told. O(1). */
+long membership_idle_told(struct coordinator *co, struct worker *w);
+/* How often a training worker reports its steps now (StepReportResponse.report_interval_ms):
+ * once a second, less often as more workers train (--step-reports-per-s), never less often
+ * than the heartbeat interval. O(1). */
+long membership_report_interval(const struct coordinator *co);
+/* After the store was loaded: each known worker may be using the interval the coordinator
+ * before the restart told it (as many idle workers, the same interval), until it registers
+ * again. */
+void membership_loaded(struct coordinator *co);
 
 #endif

@@ -616,6 +616,17 @@ static moe_status record_plan(struct coordinator *co, struct job *j, struct stor
     return job_event_batch(co, j, b, 1, only_move(j->rec) ? "moving" : "recovering", "%s", text);
 }
 
+/* Where the coordinator's own part of a recovery went, from the first sign of the fault to
+ * the last RunSlot handed to gRPC (what the issue's "recovery plan" time names; the workers'
+ * receipt and restore come after): bench_scale reads this line. */
+static void log_plan_times(const struct job *j, const struct recovery *r) {
+    int64_t now = moe_wall_ms(), from = r->signal_ms ? r->signal_ms : r->fence_ms;
+    LOG_INFO("%s: epoch %llu: %d RunSlots sent %lld ms after the fault (fence round %lld ms, "
+             "plan %lld ms, store and send %lld ms)", j->id, (unsigned long long)j->epoch,
+             job_n_slots(j), (long long)(now - from), (long long)(r->fenced_ms - r->fence_ms),
+             (long long)(r->planned_ms - r->fenced_ms), (long long)(now - r->planned_ms));
+}
+
 /* Stores the new epoch (binding, T, sources) with the event "recovering", then sends
  * RunSlot(restore) to every slot. */
 static void record(struct coordinator *co, struct job *j, int64_t t, const char *keep,
@@ -667,8 +678,11 @@ static void record(struct coordinator *co, struct job *j, int64_t t, const char 
         give_up(co, j, why);
         return;
     }
-    if (worker_call_run_slots(co, j, 1, r->gen, run_slot_answer) != MOE_OK)
+    if (worker_call_run_slots(co, j, 1, r->gen, run_slot_answer) != MOE_OK) {
         give_up(co, j, moe_errmsg());
+        return;
+    }
+    log_plan_times(j, r);
 }
 
 /* Whether a plan may be made now: after a rebind's data-plane fault the fence's answers say

@@ -51,6 +51,10 @@ struct coordinator_config {
     long idle_heartbeat_interval_ms; // told to workers: how seldom they heartbeat while idle
                                   // (an idle worker is allowed this much longer, less the
                                   // interval, before it is dead)
+    long idle_heartbeats_per_s;   // the idle workers' heartbeats together, at most: their
+                                  // interval grows with their number (0: fixed interval)
+    long step_reports_per_s;      // the training workers' step reports together, at most:
+                                  // their interval grows up to the heartbeat interval (0: 1 s)
     int max_assign_attempts;      // RunSlot refusals before a job fails
     long job_retention_s;         // an ended job is deleted this long after it ended (0: kept)
     long max_finished_jobs;       // the oldest ended jobs beyond this many are deleted (0: all)
@@ -69,6 +73,16 @@ struct coordinator_config {
 #define COORD_HEARTBEAT_INTERVAL_MS 500
 #define COORD_HEARTBEAT_TIMEOUT_MS 2000
 #define COORD_IDLE_HEARTBEAT_INTERVAL_MS 5000
+/* 200 idle heartbeats a second cost a few percent of a core (~100-150 us each); below 1,000
+ * idle workers the interval above holds, at 10,000 they heartbeat every 50 s. The interval
+ * the budget gives is never longer than a minute. */
+#define COORD_IDLE_HEARTBEATS_PER_S 200
+#define COORD_IDLE_HEARTBEAT_MAX_MS 60000
+/* Step reports: once a second each (worker/daemon/report.c) up to 1,000 training workers,
+ * then less often, but never less often than the heartbeat interval: a report is the
+ * worker's heartbeat, and a hung worker is still dead after the timeout. */
+#define COORD_STEP_REPORTS_PER_S 1000
+#define COORD_REPORT_INTERVAL_MIN_MS 1000
 #define COORD_MAX_ASSIGN_ATTEMPTS 3
 /* Retention (docs/operations.md): an ended job stays a week, and at most this many stay
  * (what keeps the tables, and every page of ListJobs, bounded). */
@@ -106,6 +120,8 @@ struct coordinator {
     struct worker *workers_by_address; // the last registered at each address (workers.c)
     uv_timer_t monitor;        // the heartbeat monitor's tick (coordinator.c)
     int64_t checked_ms;        // when membership_check last ran (0: never)
+    long idle_interval_ms;     // the idle interval told now (membership.c; 0: not yet counted)
+    long report_interval_ms;   // the step report interval told now (membership.c; 0: not yet)
     uv_signal_t sig_term, sig_int;
     int64_t started_ms;
     int stopping;

@@ -44,6 +44,8 @@ struct worker {
     int64_t registered_ms, last_heartbeat_ms;
     int idle_heartbeats;       // it registered saying it heartbeats seldom while idle
     int beats_idle;            // ... and its last heartbeat named no job: it may be slow
+    long idle_told_ms;         // the idle interval its last answer told it (0: none yet)
+    long idle_allowance_ms;    // the longest of the last two told: what it may still be using
     char job_id[24];           // the job whose slot it plays (or is finishing); "" when free
     int slot;
     uint64_t epoch;            // the epoch of job_id it was bound in (0: unknown, after a

@@ -79,7 +79,7 @@ static pid_t spawn(struct bench_daemon *d, const char *listen) {
     snprintf(state, sizeof state, "%s/state", d->dir);
     snprintf(af, sizeof af, "%s/addr", d->dir);
     unlink(af);
-    char *argv[20] = {d->exe, "--dir", state, "--listen", (char *)listen, "--addr-file", af,
+    char *argv[12 + BENCH_EXTRA_MAX] = {d->exe, "--dir", state, "--listen", (char *)listen, "--addr-file", af,
                       "--client-token-file", ct, "--cluster-token-file", kt};
     for (int i = 0; i < d->n_extra; i++) argv[11 + i] = d->extra[i];
     pid_t pid = bench_fork_child();
@@ -121,7 +121,11 @@ static int wait_serving(struct bench_daemon *d) {
 int bench_daemon_start(struct bench_daemon *d, const char *name, char *const *extra,
                        int n_extra) {
     memset(d, 0, sizeof *d);
-    for (int i = 0; i < n_extra && i < 8; i++) d->extra[d->n_extra++] = extra[i];
+    if (n_extra > BENCH_EXTRA_MAX) { // dropping some would measure another configuration
+        fprintf(stderr, "bench: %d flags for %s, at most %d\n", n_extra, name, BENCH_EXTRA_MAX);
+        return -1;
+    }
+    for (int i = 0; i < n_extra; i++) d->extra[d->n_extra++] = extra[i];
     find_bin(d);
     snprintf(d->dir, sizeof d->dir, "/tmp/moe-bench-XXXXXX");
     if (!mkdtemp(d->dir)) return -1;

@@ -13,6 +13,8 @@
 #include <limits.h>
 #include <sys/types.h>
 
+#define BENCH_EXTRA_MAX 12 // flags a daemon may be given beside the harness's own
+
 struct bench_daemon {
     pid_t pid;
     char dir[PATH_MAX];        // temporary: state, tokens, logs
@@ -22,7 +24,7 @@ struct bench_daemon {
     char addr[160];            // host:port it serves on
     int port;
     char client_token[64], cluster_token[64];
-    char *extra[8];            // more flags, given to every start
+    char *extra[BENCH_EXTRA_MAX]; // more flags, given to every start
     int n_extra;
 };
 

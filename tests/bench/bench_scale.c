@@ -7,7 +7,8 @@
  *   - the time to schedule the job (pods x slots, 64 x 64 from 4,352 workers up): SubmitJob
  *     to the last RunSlot received;
  *   - a recovery for 1 and for many (64) workers of that job lost at once: the peer's fault
- *     report to the last RunSlot of the new epoch received;
+ *     report to the last RunSlot of the new epoch received (rec*_s), and the coordinator's own
+ *     part, the fault to the last RunSlot handed to gRPC, from its log (rec*co_ms);
  *   - a coordinator SIGKILL and restart: to serving (its address file), and to every live
  *     worker registered again (reattached);
  *   - GetJob and GetCluster p99 while the job runs: their summaries (summary_only: what a
@@ -15,7 +16,7 @@
  *
  * Usage: bench_scale [--check] [--pod-size W] [--job PxS] [--lose N] [--measure-s S]
  *                    [--report-ms MS] [--heartbeat-timeout-ms MS]
- *                    [--heartbeat-interval-ms MS] [WORKERS...]
+ *                    [--heartbeat-interval-ms MS] [--idle-heartbeats-per-s N] [WORKERS...]
  *                    (default: 1156 4420 10064 workers; the coordinator's default timeout, 2 s)
  * On a machine too loaded for the simulators to heartbeat in time, a longer timeout keeps
  * workers from being declared dead (the heartbeats, every 500 ms, cost the same).
@@ -55,6 +56,7 @@
 struct opts {
     int check, pod_size, pods, slots, lose_many, measure_s;
     long report_ms, heartbeat_timeout_ms, heartbeat_interval_ms;
+    const char *idle_budget;    // --idle-heartbeats-per-s for the coordinator (NULL: its default)
 };
 
 struct run {
@@ -72,7 +74,8 @@ struct run {
     int lost;                       // workers lost so far
     int failed;                     // --check: assertions that failed
     /* results */
-    double reg_s, idle_cpu, idle_rss, sched_s, job_cpu, job_rss, rec1_s, recn_s, serve_s,
+    double reg_s, idle_cpu, idle_rss, sched_s, job_cpu, job_rss, rec1_s, recn_s, rec1_co_ms,
+        recn_co_ms, serve_s,
         reattach_s, getjob_p50, getjob_p99, getcl_p50, getcl_p99, jobpage_p50, jobpage_p99,
         clpage_p50, clpage_p99;
 };
@@ -225,6 +228,65 @@ static int cluster_ready(struct run *r, void *arg) {
     return ready >= r->n;
 }
 
+/* ---- the idle workers' lease (--check with --idle-heartbeats-per-s) ---- */
+
+static void progress(const struct run *r, const char *what, double v);
+
+#define FIXED_IDLE_MS 5000 // the coordinator's --idle-heartbeat-interval-ms default
+
+static long want_idle_ms(const struct run *r) {
+    long budget = r->o.idle_budget ? atol(r->o.idle_budget) : 200;
+    return budget > 0 ? ((long)r->n * 1000 + budget - 1) / budget : FIXED_IDLE_MS;
+}
+
+/* Every live idle worker was told an idle interval longer than the fixed one: the one its
+ * number (all of them idle now) gives, or (told before every worker registered) between. */
+static int idle_told_longer(struct run *r, void *arg) {
+    (void)arg;
+    for (int i = 0; i < r->n; i++)
+        if (!atomic_load(&r->sh[i].dead) && atomic_load(&r->sh[i].idle_ms) <= FIXED_IDLE_MS)
+            return 0;
+    return 1;
+}
+
+static int cluster_dead(struct run *r) {
+    Moed__V1__GetClusterRequest gc = MOED__V1__GET_CLUSTER_REQUEST__INIT;
+    gc.summary_only = 1;
+    Moed__V1__ClusterStatus *st = (Moed__V1__ClusterStatus *)call(
+        r, RPC_STATUS_GET_CLUSTER, &gc.base, &moed__v1__cluster_status__descriptor);
+    int dead = st ? st->workers_dead : -1;
+    if (st) protobuf_c_message_free_unpacked(&st->base, NULL);
+    return dead;
+}
+
+/* The idle interval grows with the idle workers (a budget of heartbeats a second), and the
+ * coordinator judges each by what it told it: one idle worker gone silent is declared dead
+ * within the timeout plus that interval (less the busy interval), and none of the others,
+ * which heartbeat that seldom, is. */
+static void check_idle_lease(struct run *r) {
+    long want = want_idle_ms(r);
+    if (want <= FIXED_IDLE_MS * 6 / 5) return; // no budget given that lengthens it
+    int told = wait_for(r, idle_told_longer, NULL, "the adapted idle interval");
+    int shorter = 0, first = -1;
+    for (int i = 0; i < r->n; i++)
+        if (atomic_load(&r->sh[i].idle_ms) <= FIXED_IDLE_MS && !shorter++) first = i;
+    CHECK_THAT(r, told == 0, "%d idle workers were not told an interval longer than %d ms (the "
+               "first: %s, told %ld ms)", shorter, FIXED_IDLE_MS, first >= 0 ? r->sh[first].id : "",
+               first >= 0 ? atomic_load(&r->sh[first].idle_ms) : 0L);
+    int gone = r->n - 1; // in the physical pod of spares
+    atomic_store(&r->sh[gone].dead, 1);
+    r->lost++;
+    double t0 = bench_now(), bound = (r->o.heartbeat_timeout_ms + want -
+                                      r->o.heartbeat_interval_ms) / 1e3 + 3.0;
+    int dead = 0;
+    while ((dead = cluster_dead(r)) == 0 && bench_now() - t0 < bound + 10) usleep(200000);
+    double took = bench_now() - t0;
+    CHECK_THAT(r, dead == 1 && took <= bound, "a silent idle worker: %d dead after %.1f s (want "
+               "1 within %.1f s: the timeout plus the idle interval of %ld ms)", dead, took,
+               bound, want);
+    progress(r, "silent idle worker declared dead, s:", took);
+}
+
 static int submit(struct run *r) {
     char spec[1024];
     snprintf(spec, sizeof spec,
@@ -351,9 +413,26 @@ static int report_fault(struct run *r, int peer, int lost_slot) {
     return st == MOE_OK ? 0 : -1;
 }
 
+/* The coordinator's own part of the recovery to `epoch`: its log line (policy/recovery.c
+ * log_plan_times) "<job>: epoch E: N RunSlots sent M ms after the fault"; NAN when absent. */
+static double coordinator_plan_ms(const struct run *r, uint64_t epoch) {
+    FILE *f = fopen(r->co.log, "r");
+    char line[1024], want[64];
+    double ms = NAN;
+    snprintf(want, sizeof want, "%s: epoch %llu: ", r->job, (unsigned long long)epoch);
+    while (f && fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, want), *q = p ? strstr(p, "RunSlots sent ") : NULL;
+        long long v;
+        if (q && sscanf(q, "RunSlots sent %lld ms", &v) == 1) ms = (double)v;
+    }
+    if (f) fclose(f);
+    return ms;
+}
+
 /* Loses `n` workers of the job at once, a peer reports the fault; the seconds from the
- * report to the last RunSlot of the new epoch. */
-static double lose(struct run *r, int n) {
+ * report to the last RunSlot of the new epoch (received), and in *co_ms the coordinator's
+ * own part (sent). */
+static double lose(struct run *r, int n, double *co_ms) {
     int lost[1024], n_lost = 0;
     for (int k = 0; k < n && n_lost < 1024; k++) {
         /* (k mod P, 1 + k mod (S - 1)): no slot index lost in every pod at once, or its
@@ -371,6 +450,7 @@ static double lose(struct run *r, int n) {
         wait_for(r, job_bound, &before, "the recovery's RunSlots"))
         return NAN;
     double s = last_runslot(r, t0, &r->epoch);
+    *co_ms = coordinator_plan_ms(r, r->epoch);
     for (int i = 0; i < r->n; i++) // every lost slot went to a spare, restored
         if (atomic_load(&r->sh[i].pod) >= 0 && atomic_load(&r->sh[i].epoch) == r->epoch &&
             atomic_load(&r->sh[i].runslots) == 1)
@@ -696,6 +776,7 @@ static int phases(struct run *r) {
         return -1;
     r->reg_s = bench_now() - t0;
     progress(r, "registered and probed, s:", r->reg_s);
+    if (r->o.check) check_idle_lease(r);
     if (!r->o.check) steady(r, &r->idle_cpu, &r->idle_rss);
     progress(r, "idle coordinator CPU, %:", r->idle_cpu);
     if (schedule_job(r)) return -1;
@@ -707,10 +788,10 @@ static int phases(struct run *r) {
     if (!r->o.check) steady(r, &r->job_cpu, &r->job_rss);
     if (!r->o.check) status_latency(r);
     if (settle(r, 2)) return -1; // a fault after some steps, as in a real run
-    r->rec1_s = lose(r, 1);
+    r->rec1_s = lose(r, 1, &r->rec1_co_ms);
     progress(r, "recovery of 1, s:", r->rec1_s);
     if (isnan(r->rec1_s) || settle(r, 0)) return -1;
-    r->recn_s = lose(r, r->o.lose_many);
+    r->recn_s = lose(r, r->o.lose_many, &r->recn_co_ms);
     progress(r, "recovery of many, s:", r->recn_s);
     if (isnan(r->recn_s) || settle(r, 0)) return -1;
     check_named(r);
@@ -725,9 +806,19 @@ static int run_size(struct run *r) {
     snprintf(r->http_dir, sizeof r->http_dir, "/tmp/moe-scale-http-XXXXXX");
     if (r->o.check && !mkdtemp(r->http_dir)) return -1;
     snprintf(http_addr, sizeof http_addr, "%s/http.addr", r->http_dir);
-    char *flags[] = {"--heartbeat-timeout-ms", timeout, "--heartbeat-interval-ms", interval,
-                     "--http-listen", "127.0.0.1:0", "--http-addr-file", http_addr};
-    if (bench_daemon_start(&r->co, "moed-coordinator", flags, r->o.check ? 8 : 4) != 0)
+    char *flags[10] = {"--heartbeat-timeout-ms", timeout, "--heartbeat-interval-ms", interval};
+    int n_flags = 4;
+    if (r->o.check) {
+        flags[n_flags++] = "--http-listen";
+        flags[n_flags++] = "127.0.0.1:0";
+        flags[n_flags++] = "--http-addr-file";
+        flags[n_flags++] = http_addr;
+    }
+    if (r->o.idle_budget) {
+        flags[n_flags++] = "--idle-heartbeats-per-s";
+        flags[n_flags++] = (char *)r->o.idle_budget;
+    }
+    if (bench_daemon_start(&r->co, "moed-coordinator", flags, n_flags) != 0)
         return -1;
     snprintf(r->cluster_token, sizeof r->cluster_token, "%s", r->co.cluster_token);
     int rc = start_sims(r);
@@ -744,16 +835,17 @@ static int run_size(struct run *r) {
 }
 
 static void print_row(const struct run *r) {
-    printf("%7d %6dx%-3d %6.1f %7.1f %7.0f %7.1f %7.0f %8.3f %8.3f %8.3f %7.2f %8.2f %7.2f "
-           "%7.2f %7.2f %7.2f\n",
+    printf("%7d %6dx%-3d %6.1f %7.1f %7.0f %7.1f %7.0f %8.3f %8.3f %8.3f %8.0f %8.0f %7.2f "
+           "%8.2f %7.2f %7.2f %7.2f %7.2f\n",
            r->n, r->o.pods, r->o.slots, r->reg_s, r->idle_cpu, r->idle_rss, r->job_cpu,
-           r->job_rss, r->sched_s, r->rec1_s, r->recn_s, r->serve_s, r->reattach_s,
+           r->job_rss, r->sched_s, r->rec1_s, r->recn_s, r->rec1_co_ms, r->recn_co_ms,
+           r->serve_s, r->reattach_s,
            r->getjob_p99, r->jobpage_p99, r->getcl_p99, r->clpage_p99);
     fflush(stdout);
 }
 
 static int parse(int argc, char **argv, struct opts *o, int *sizes, int *n_sizes) {
-    *o = (struct opts){0, 68, 0, 64, 64, 10, 1000, 2000, 500};
+    *o = (struct opts){0, 68, 0, 64, 64, 10, 1000, 2000, 500, NULL};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--check")) o->check = 1;
         else if (!strcmp(argv[i], "--pod-size") && i + 1 < argc) o->pod_size = atoi(argv[++i]);
@@ -766,6 +858,8 @@ static int parse(int argc, char **argv, struct opts *o, int *sizes, int *n_sizes
             o->heartbeat_timeout_ms = atol(argv[++i]);
         else if (!strcmp(argv[i], "--heartbeat-interval-ms") && i + 1 < argc)
             o->heartbeat_interval_ms = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--idle-heartbeats-per-s") && i + 1 < argc)
+            o->idle_budget = argv[++i];
         else if (argv[i][0] != '-' && *n_sizes < 8) sizes[(*n_sizes)++] = atoi(argv[i]);
         else return -1;
     }
@@ -783,20 +877,23 @@ int main(int argc, char **argv) {
     if (parse(argc, argv, &o, sizes, &n_sizes)) {
         fprintf(stderr, "usage: bench_scale [--check] [--pod-size W] [--job PxS] [--lose N] "
                         "[--measure-s S] [--report-ms MS] [--heartbeat-timeout-ms MS] "
-                        "[--heartbeat-interval-ms MS] [WORKERS...]\n");
+                        "[--heartbeat-interval-ms MS] [--idle-heartbeats-per-s N] "
+                        "[WORKERS...]\n");
         return 2;
     }
     moe_log_set_level(MOE_LOG_ERROR);
     printf("bench_scale: one coordinator, simulated workers over gRPC (heartbeat %ld ms, a "
            "step report per %ld ms per slot)\n"
-           "%7s %10s %6s %7s %7s %7s %7s %8s %8s %8s %7s %8s %7s %7s %7s %7s\n",
-           o.heartbeat_interval_ms, o.report_ms, "workers", "job", "reg_s", "idle%", "idleMiB", "job%", "jobMiB",
-           "sched_s", "rec1_s", "recN_s", "serve_s", "reatt_s", "job_p99",
+           "%7s %10s %6s %7s %7s %7s %7s %8s %8s %8s %8s %8s %7s %8s %7s %7s %7s %7s\n",
+           o.heartbeat_interval_ms, o.report_ms, "workers", "job", "reg_s", "idle%", "idleMiB",
+           "job%", "jobMiB", "sched_s", "rec1_s", "recN_s", "rec1coms", "recNcoms", "serve_s",
+           "reatt_s", "job_p99",
            "jobpg99", "cl_p99", "clpg99");
     for (int k = 0; k < n_sizes; k++) {
         struct run r = {.o = o, .n = sizes[k]};
         double *res[] = {&r.reg_s, &r.idle_cpu, &r.idle_rss, &r.sched_s, &r.job_cpu,
-                         &r.job_rss, &r.rec1_s, &r.recn_s, &r.serve_s, &r.reattach_s,
+                         &r.job_rss, &r.rec1_s, &r.recn_s, &r.rec1_co_ms, &r.recn_co_ms,
+                         &r.serve_s, &r.reattach_s,
                          &r.getjob_p50, &r.getjob_p99, &r.getcl_p50, &r.getcl_p99,
                          &r.jobpage_p50, &r.jobpage_p99, &r.clpage_p50, &r.clpage_p99};
         for (size_t i = 0; i < sizeof res / sizeof res[0]; i++) *res[i] = NAN; // not measured

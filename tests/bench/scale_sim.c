@@ -32,6 +32,11 @@ struct simw {
     uv_timer_t beat, report;
     int beat_in_flight, registering, report_in_flight;
     uint64_t beat_sent_ms;    // uv_now of the last heartbeat
+    uint64_t report_ok_ms;    // uv_now of the last step report answered as a heartbeat (0: none)
+    uint64_t report_sent_ms;  // uv_now of the last step report sent
+    long report_every_ms;     // the coordinator's report_interval_ms (0: 1 s, as report.c)
+    long reported;            // the last step reported (the next report starts after it)
+    long idle_ms;             // the idle interval the coordinator last gave (0: every tick)
     char job[24];             // the job it plays ("": none)
     uint64_t epoch;
     int pod, slot, running, holding;
@@ -50,7 +55,6 @@ struct sim_host {
     struct simw *by_id;       // uthash head
     int registering;            // first registrations in flight
     long heartbeat_ms;
-    long idle_heartbeat_ms;   // 0: every tick
     uv_signal_t sig;
 };
 
@@ -67,7 +71,8 @@ static void on_registered(void *arg, const struct rpc_result *res, const Protobu
     w->registering = 0;
     if (!w->id[0]) h->registering--;
     if (res->code != GRPC_STATUS_OK) { // a first registration is tried again; a later one
-        register_next(h);                 // by the next heartbeat that asks for it
+        w->beat_sent_ms = 0;              // by the next heartbeat that asks for it, at the
+        register_next(h);                 // next tick (as a real worker: cluster.c)
         return;
     }
     const Moed__V1__RegisterResponse *r = (const Moed__V1__RegisterResponse *)m;
@@ -79,10 +84,11 @@ static void on_registered(void *arg, const struct rpc_result *res, const Protobu
         HASH_ADD_STR(h->by_id, id, w);
         rpc_channel_set_token(w->ch, w->credential);
         if (r->heartbeat_interval_ms > 0) h->heartbeat_ms = (long)r->heartbeat_interval_ms;
-        if (r->idle_heartbeat_interval_ms > h->heartbeat_ms)
-            h->idle_heartbeat_ms = (long)r->idle_heartbeat_interval_ms;
         heartbeat_start(w);
     }
+    w->idle_ms = r->idle_heartbeat_interval_ms > h->heartbeat_ms
+                     ? (long)r->idle_heartbeat_interval_ms : 0;
+    atomic_store(&w->s->idle_ms, w->idle_ms);
     atomic_fetch_add(&w->s->registrations, 1);
     register_next(h);
 }
@@ -126,20 +132,34 @@ static void register_next(struct sim_host *h) {
 static void on_heartbeat(void *arg, const struct rpc_result *res, const ProtobufCMessage *m) {
     struct simw *w = arg;
     w->beat_in_flight = 0;
+    if (res->code != GRPC_STATUS_OK) w->beat_sent_ms = 0; // again at the next tick (cluster.c)
     if (res->code != GRPC_STATUS_OK || atomic_load(&w->s->dead)) return;
     const Moed__V1__HeartbeatResponse *r = (const Moed__V1__HeartbeatResponse *)m;
     if (r->reregister && !w->registering) register_one(w);
     if (r->stop_job && w->job[0] && w->beat_binding == w->binding) leave_job(w);
+    if (r->idle_heartbeat_interval_ms > 0) {
+        w->idle_ms = r->idle_heartbeat_interval_ms > w->h->heartbeat_ms
+                         ? (long)r->idle_heartbeat_interval_ms : 0;
+        atomic_store(&w->s->idle_ms, w->idle_ms);
+    }
+}
+
+/* As a real worker's tick decides (worker/daemon/cluster.c heartbeat_skip): a running slot
+ * whose step report was answered within an interval, or an idle worker within the idle
+ * interval it was given while its connection held, sends nothing. */
+static int heartbeat_skip(struct simw *w, uint64_t now) {
+    uint64_t beat = (uint64_t)w->h->heartbeat_ms;
+    if (w->holding) return 0;
+    if (w->job[0]) return w->report_ok_ms && now - w->report_ok_ms < beat;
+    return w->idle_ms && rpc_channel_ready(w->ch) &&
+           now - w->beat_sent_ms + beat / 2 < (uint64_t)w->idle_ms;
 }
 
 static void heartbeat_tick(uv_timer_t *t) {
     struct simw *w = t->data;
     if (w->beat_in_flight || atomic_load(&w->s->dead)) return;
-    uint64_t now = uv_now(w->h->loop); // idle: as seldom as the coordinator allows (cluster.c)
-    uint64_t idle = (uint64_t)w->h->idle_heartbeat_ms;
-    if (idle && !w->job[0] && !w->holding &&
-        now - w->beat_sent_ms + (uint64_t)w->h->heartbeat_ms / 2 < idle)
-        return;
+    uint64_t now = uv_now(w->h->loop);
+    if (heartbeat_skip(w, now)) return;
     w->beat_sent_ms = now;
     w->beat_binding = w->binding;
     Moed__V1__HeartbeatRequest req = MOED__V1__HEARTBEAT_REQUEST__INIT;
@@ -163,7 +183,7 @@ static void heartbeat_start(struct simw *w) {
 /* As a real worker does when its slot ends (worker_heartbeat_now): idle at once, not at the
  * next idle heartbeat, so the coordinator may give it the next slot. */
 static void heartbeat_soon(struct simw *w) {
-    w->beat_sent_ms = 0;
+    w->beat_sent_ms = w->report_ok_ms = 0;
     uv_timer_start(&w->beat, heartbeat_tick, 0, (uint64_t)w->h->heartbeat_ms);
 }
 
@@ -184,33 +204,54 @@ static void leave_job(struct simw *w) {
 static void on_reported(void *arg, const struct rpc_result *res, const ProtobufCMessage *m) {
     struct simw *w = arg;
     w->report_in_flight = 0;
-    if (res->code == GRPC_STATUS_OK && ((const Moed__V1__StepReportResponse *)m)->stop &&
-        w->report_binding == w->binding)
+    if (res->code != GRPC_STATUS_OK) return;
+    const Moed__V1__StepReportResponse *r = (const Moed__V1__StepReportResponse *)m;
+    w->report_ok_ms = r->heartbeat_now ? 0 : uv_now(w->h->loop);
+    if (r->report_interval_ms > 0) w->report_every_ms = (long)r->report_interval_ms;
+    if (w->report_ok_ms && w->job[0] && !w->holding) // the next heartbeat an interval from now
+        uv_timer_start(&w->beat, heartbeat_tick, (uint64_t)w->h->heartbeat_ms,
+                       (uint64_t)w->h->heartbeat_ms);
+    if (r->stop && w->report_binding == w->binding)
         leave_job(w); // the job ended (or this slot of it, not a newer one)
 }
 
-/* One step "trained" per tick, reported like a real slot reports it. */
+#define SIM_REPORT_BATCH_MAX 64
+
+/* One step "trained" per tick; the steps since the last report go in one report per
+ * report interval, as a real slot batches them (worker/daemon/report.c). */
 static void report_tick(uv_timer_t *t) {
     struct simw *w = t->data;
-    if (!w->running || w->report_in_flight || atomic_load(&w->s->dead)) return;
+    if (!w->running || atomic_load(&w->s->dead)) return;
     w->step++;
     atomic_store(&w->s->step, w->step);
-    Moed__V1__StepMetrics sm = MOED__V1__STEP_METRICS__INIT, *smp = &sm;
-    sm.step = w->step;
-    sm.loss = sm.ce = 3.0 / (double)(1 + w->step);
-    sm.lr = 1e-3;
-    sm.tokens = 1024;
-    sm.seconds = (double)w->h->cfg->report_ms / 1000.0;
-    sm.tokens_per_second = 1024.0 / sm.seconds;
-    sm.reported_unix_ms = moe_wall_ms();
+    uint64_t now = uv_now(w->h->loop);
+    long every = w->report_every_ms > 0 ? w->report_every_ms : 1000;
+    if (w->report_in_flight || now - w->report_sent_ms + 1 < (uint64_t)every) return;
+    if (w->reported >= w->step || w->step - w->reported > SIM_REPORT_BATCH_MAX)
+        w->reported = w->step - 1; // a restore went back, or too many waited: the newest
+    Moed__V1__StepMetrics sm[SIM_REPORT_BATCH_MAX], *smp[SIM_REPORT_BATCH_MAX];
+    size_t n = 0;
+    for (long s = w->reported + 1; s <= w->step; s++, n++) {
+        sm[n] = (Moed__V1__StepMetrics)MOED__V1__STEP_METRICS__INIT;
+        smp[n] = &sm[n];
+        sm[n].step = s;
+        sm[n].loss = sm[n].ce = 3.0 / (double)(1 + s);
+        sm[n].lr = 1e-3;
+        sm[n].tokens = 1024;
+        sm[n].seconds = (double)w->h->cfg->report_ms / 1000.0;
+        sm[n].tokens_per_second = 1024.0 / sm[n].seconds;
+        sm[n].reported_unix_ms = moe_wall_ms();
+    }
+    w->reported = w->step;
+    w->report_sent_ms = now;
     Moed__V1__StepReport req = MOED__V1__STEP_REPORT__INIT;
     req.worker_id = w->id;
     req.job_id = w->job;
     req.pod = w->pod;
     req.slot = w->slot;
     req.epoch = w->epoch;
-    req.n_metrics = 1;
-    req.metrics = &smp;
+    req.n_metrics = n;
+    req.metrics = smp;
     w->report_binding = w->binding;
     if (rpc_call_async(w->h->pump, w->ch, RPC_CLUSTER_REPORT_STEP, &req.base,
                        &moed__v1__step_report_response__descriptor, CALL_TIMEOUT_S, on_reported,
@@ -301,6 +342,7 @@ static void run_slot(struct rpc_call *call, const ProtobufCMessage *msg, void *c
     w->slot = req->slot;
     if (req->restore) w->step = (long)req->restore_step;
     else if (!w->running && !w->holding) w->step = 0;
+    w->reported = w->step; // its reports start after it
     w->running = 1;
     w->holding = 0;
     atomic_store(&w->s->epoch, w->epoch);

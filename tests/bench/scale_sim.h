@@ -36,6 +36,7 @@ struct sim_shared {
     _Atomic int64_t step;       // its live step
     _Atomic int stops;          // StopJobs (or heartbeat answers) that stopped its job
     _Atomic int misbound;       // RunSlots whose addresses did not name it at its own rank
+    _Atomic long idle_ms;       // the idle heartbeat interval the coordinator last gave it
     char id[24];                // written before the first registration is counted
     char credential[SIM_CRED_MAX];
 };

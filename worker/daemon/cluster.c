@@ -214,9 +214,11 @@ static void on_reregistered(void *arg, const struct rpc_result *res, const Proto
     if (cred[0] && (res->code == GRPC_STATUS_UNAUTHENTICATED ||
                     res->code == GRPC_STATUS_PERMISSION_DENIED)) {
         forget_identity(w, res->details); // the next heartbeat's refusal registers us anew
+        w->heartbeat_sent_ms = 0;         // at the next tick, however long the idle interval
         return;
     }
     if (res->code != GRPC_STATUS_OK) {
+        w->heartbeat_sent_ms = 0;
         if (res->code == GRPC_STATUS_UNAUTHENTICATED)
             LOG_ERROR("coordinator refused the cluster token on re-registration: %s",
                       res->details);
@@ -316,6 +318,7 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
         goto done;
     }
     if (res->code != GRPC_STATUS_OK) {
+        w->heartbeat_sent_ms = 0; // the next tick tries again, not the next idle interval
         if (!w->coordinator_lost) {
             LOG_INFO("heartbeat failed (%s: %s); training goes on, retrying every %ld ms",
                      rpc_code_name(res->code), res->details, w->heartbeat_ms);
@@ -339,6 +342,8 @@ static void on_heartbeat(void *arg, const struct rpc_result *res, const Protobuf
     }
     if (!r->reregister) worker_spare_hint(w, hb->job_id[0] != 0, r->prepare_job_id,
                                           r->prepare_spec_json);
+    long idle = (long)r->idle_heartbeat_interval_ms; // it grows with the idle workers
+    if (idle > 0) w->idle_heartbeat_ms = idle > w->heartbeat_ms ? idle : 0;
     for (int k = 0; r->stop_job && hb->job_id[0] && k < WORKER_MAX_SLOTS; k++) {
         struct job *j = w->jobs[k];
         if (!j || atomic_load(&j->finished) || strcmp(j->id, hb->job_id) != 0) continue;
@@ -390,18 +395,40 @@ static void heartbeat_tick(uv_timer_t *t) {
     w->heartbeat_sent_ms = uv_now(w->loop);
 }
 
-/* The timer's tick: every interval while a slot runs (or is held), every idle interval while
- * none does (the coordinator waits that much longer for an idle worker); a job's start is
- * seen at the next tick, so a busy worker is never late by more than one interval. */
+static void heartbeat_timer(uv_timer_t *t);
+
+/* Whether this tick's heartbeat may be skipped: a slot runs and a step report was answered
+ * within an interval (the coordinator counts it as our heartbeat: one call, not two; the
+ * next tick then comes an interval after that answer, so that we are never silent longer
+ * than an interval); or none runs and the idle interval the coordinator gave is not over,
+ * while our connection to it held (a broken one is a restarted coordinator, maybe: it hears
+ * from us at once). */
+static int heartbeat_skip(struct worker *w, const char *job, int holding) {
+    if (holding) return 0; // fenced: the recovery hears of it at every tick
+    if (job[0]) {
+        long long answered = atomic_load(&w->report_answered_ms);
+        long long since = (long long)(moe_clock_s() * 1e3) - answered;
+        if (!answered || since >= w->heartbeat_ms) return 0;
+        uv_timer_start(&w->heartbeat, heartbeat_timer, (uint64_t)(w->heartbeat_ms - since),
+                       (uint64_t)w->heartbeat_ms);
+        return 1;
+    }
+    return w->idle_heartbeat_ms > 0 && rpc_channel_ready(w->coord) &&
+           uv_now(w->loop) - w->heartbeat_sent_ms + (uint64_t)w->heartbeat_ms / 2 <
+               (uint64_t)w->idle_heartbeat_ms;
+}
+
+/* The timer's tick: every interval while a slot runs (or is held) and no step report stood
+ * for it, every idle interval while none does (the coordinator waits that much longer for an
+ * idle worker); a job's start is seen at the next tick, so a busy worker is never late by
+ * more than one interval. */
 static void heartbeat_timer(uv_timer_t *t) {
     struct worker *w = t->data;
     long step;
     uint64_t epoch;
     int holding;
     const char *job = running_job(w, &step, &epoch, &holding);
-    if (w->idle_heartbeat_ms > 0 && !job[0] && !holding &&
-        uv_now(w->loop) - w->heartbeat_sent_ms + (uint64_t)w->heartbeat_ms / 2 <
-            (uint64_t)w->idle_heartbeat_ms) {
+    if (heartbeat_skip(w, job, holding)) {
         moe_notify_watchdog();
         return;
     }

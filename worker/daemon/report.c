@@ -231,7 +231,8 @@ int backlog_flush(struct job *j, struct rpc_channel *ch, struct backlog *b, int 
     int stop = 0;
     if (b->failing && moe_clock_s() < b->next_try && atomic_load(&j->w->contact) == b->contact)
         return 0;
-    if (!b->failing && !now && moe_clock_s() - b->last_sent < REPORT_INTERVAL_S) return 0;
+    double interval = b->interval_s > 0 ? b->interval_s : REPORT_INTERVAL_S;
+    if (!b->failing && !now && moe_clock_s() - b->last_sent < interval) return 0;
     size_t held = b->len;
     char worker_id[WORKER_ID_MAX];
     worker_copy_id(j->w, worker_id);
@@ -269,7 +270,11 @@ int backlog_flush(struct job *j, struct rpc_channel *ch, struct backlog *b, int 
             return stop;
         }
         if (s == MOE_OK) {
-            stop |= ((const Moed__V1__StepReportResponse *)resp)->stop;
+            const Moed__V1__StepReportResponse *r = (const void *)resp;
+            stop |= r->stop;
+            atomic_store(&j->w->report_answered_ms,
+                         r->heartbeat_now ? 0 : (long long)(moe_clock_s() * 1e3));
+            if (r->report_interval_ms > 0) b->interval_s = (double)r->report_interval_ms / 1e3;
             protobuf_c_message_free_unpacked(resp, NULL);
         } else if (b->refused++ < 3 || b->refused % 1000 == 0) {
             LOG_WARN("%s: the coordinator refused the report of steps %ld.. (%ld refused so "

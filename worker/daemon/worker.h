@@ -210,6 +210,10 @@ struct worker {
     int diagnosing;               // a dial naming why the coordinator is lost, on the thread pool
     atomic_uint contact;          // +1 when the coordinator answers again or re-registers us:
                                   // the training thread then retries its reports at once
+    atomic_llong report_answered_ms; // (training thread) when a step report was last answered
+                                  // as our heartbeat (moe_clock_s ms; 0: never, or the answer
+                                  // asked for a heartbeat): the heartbeat tick skips until an
+                                  // interval after it
 
     uv_signal_t sigterm, sigint;
     uv_async_t job_done;          // the training thread's "I am finished" (wake-ups coalesce)
@@ -295,6 +299,7 @@ struct backlog {
     double next_try;
     unsigned contact; // w->contact when it started failing: a change means "try now"
     double last_sent; // when the last batch was accepted
+    double interval_s; // batch this long (the coordinator's report_interval_ms; 0: 1 s)
 };
 /* The report of step r (with its evaluation loss, 0 if none) joins the backlog; -1 when out of
  * memory. */
