@@ -136,7 +136,8 @@ check "(a) moectl status of $resumed says where it resumed from" \
   'grep -qE "^  resumed   from $job at step [0-9]+" "$tmp/resumed.status"'
 
 # ---- run.export_dir outside the workers' export directory: nothing is written there ----
-out_job=$("$moectl" submit "$tmp/mesh.yaml" --set run.export_dir="$tmp/elsewhere")
+# (these jobs run until cancelled: 800 steps can end before the cancel on an idle machine)
+out_job=$("$moectl" submit "$tmp/mesh.yaml" --set run.steps=1000000 --set run.export_dir="$tmp/elsewhere")
 wait_until 60 '[ "$(committed_of "$out_job")" -ge 5 ] 2>/dev/null'
 "$moectl" cancel "$out_job" >/dev/null
 wait_until 60 'export_done "$out_job"'
@@ -144,7 +145,7 @@ check "run.export_dir outside the workers' export directory: export_failed, nami
   '[[ "$(exported "$out_job" why_missing)" == *"run.export_dir $tmp/elsewhere is not beneath this worker'"'"'s export directory"* ]] && kinds "$out_job" | grep -qx export_failed'
 check "... and nothing was written there" '[ ! -e "$tmp/elsewhere" ]'
 # ---- a symlink where a job's export directory goes, leading out: refused, nothing written ----
-link_job=$("$moectl" submit "$tmp/mesh.yaml")
+link_job=$("$moectl" submit "$tmp/mesh.yaml" --set run.steps=1000000)
 wait_until 60 '[ "$(committed_of "$link_job")" -ge 5 ] 2>/dev/null'
 mkdir -p "$tmp/lured"
 for w in "$cdir"/worker-*/; do mkdir -p "$w/exports" && ln -s "$tmp/lured" "$w/exports/$link_job"; done
