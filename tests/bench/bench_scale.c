@@ -871,6 +871,28 @@ static int parse(int argc, char **argv, struct opts *o, int *sizes, int *n_sizes
     return o->pod_size > 1 && o->slots > 1 && o->lose_many > 0 && o->report_ms > 0 ? 0 : -1;
 }
 
+/* One cluster size, measured (or checked): the number of failures. */
+static int one_size(const struct opts *o, int n) {
+    struct run r = {.o = *o, .n = n};
+    int failed = 0;
+    double *res[] = {&r.reg_s, &r.idle_cpu, &r.idle_rss, &r.sched_s, &r.job_cpu,
+                     &r.job_rss, &r.rec1_s, &r.recn_s, &r.rec1_co_ms, &r.recn_co_ms,
+                     &r.serve_s, &r.reattach_s,
+                     &r.getjob_p50, &r.getjob_p99, &r.getcl_p50, &r.getcl_p99,
+                     &r.jobpage_p50, &r.jobpage_p99, &r.clpage_p50, &r.clpage_p99};
+    for (size_t i = 0; i < sizeof res / sizeof res[0]; i++) *res[i] = NAN; // not measured
+    int whole = n / o->pod_size - 1; // a physical pod left over for spares
+    if (!r.o.pods) r.o.pods = whole < 64 ? (whole > 2 ? whole : 2) : 64;
+    if (r.o.lose_many > r.o.pods * (r.o.slots - 1)) r.o.lose_many = r.o.pods;
+    if (run_size(&r) != 0) {
+        fprintf(stderr, "bench_scale: %d workers: did not complete (coordinator log: %s)\n",
+                r.n, r.co.log);
+        failed++;
+    }
+    print_row(&r); // what did not complete: nan
+    return failed + r.failed;
+}
+
 int main(int argc, char **argv) {
     struct opts o;
     int sizes[8], n_sizes = 0, failed = 0;
@@ -889,24 +911,16 @@ int main(int argc, char **argv) {
            "job%", "jobMiB", "sched_s", "rec1_s", "recN_s", "rec1coms", "recNcoms", "serve_s",
            "reatt_s", "job_p99",
            "jobpg99", "cl_p99", "clpg99");
+    /* each size in a process of its own, forked before this one ever ran gRPC: the
+     * simulators fork from it, and a child forked after gRPC started never gets its
+     * registrations through (a second size in one process stalled at every registration) */
     for (int k = 0; k < n_sizes; k++) {
-        struct run r = {.o = o, .n = sizes[k]};
-        double *res[] = {&r.reg_s, &r.idle_cpu, &r.idle_rss, &r.sched_s, &r.job_cpu,
-                         &r.job_rss, &r.rec1_s, &r.recn_s, &r.rec1_co_ms, &r.recn_co_ms,
-                         &r.serve_s, &r.reattach_s,
-                         &r.getjob_p50, &r.getjob_p99, &r.getcl_p50, &r.getcl_p99,
-                         &r.jobpage_p50, &r.jobpage_p99, &r.clpage_p50, &r.clpage_p99};
-        for (size_t i = 0; i < sizeof res / sizeof res[0]; i++) *res[i] = NAN; // not measured
-        int whole = sizes[k] / o.pod_size - 1; // a physical pod left over for spares
-        if (!r.o.pods) r.o.pods = whole < 64 ? (whole > 2 ? whole : 2) : 64;
-        if (r.o.lose_many > r.o.pods * (r.o.slots - 1)) r.o.lose_many = r.o.pods;
-        if (run_size(&r) != 0) {
-            fprintf(stderr, "bench_scale: %d workers: did not complete (coordinator log: %s)\n",
-                    r.n, r.co.log);
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) _exit(one_size(&o, sizes[k]) ? 1 : 0);
+        int st = 0;
+        if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st))
             failed++;
-        }
-        print_row(&r); // what did not complete: nan
-        failed += r.failed;
     }
     if (o.check) printf("bench_scale --check: %s\n", failed ? "FAILED" : "ok");
     return failed ? 1 : 0;
